@@ -1,0 +1,249 @@
+"""Configuration dataclasses, one per job, serialised into every checkpoint.
+
+Each config validates itself on construction (so a bad value fails where it was
+written, with a message that says how to fix it) and round-trips through plain
+JSON-able dicts (``to_dict`` / ``from_dict``), which is what ``config.json`` in a
+checkpoint and the ``run.json`` beside every widget run hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+NormName = Literal["batch", "instance", "group"]
+LabelMode = Literal["dense", "sparse"]
+TargetMode = Literal["semantic", "instance"]
+NormalizationMode = Literal["percentile", "window", "none"]
+DeviceName = Literal["auto", "cuda", "mps", "cpu"]
+
+#: Value used in integer target maps for pixels that the loss must ignore.
+IGNORE_INDEX = -1
+
+_C = TypeVar("_C", bound="_Config")
+
+
+class _Config:
+    """Shared ``to_dict`` / ``from_dict`` for the config dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, _Config):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls: type[_C], data: dict[str, Any]) -> _C:
+        """Build from a dict; unknown keys are an error (they mean a typo or a newer file)."""
+        names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(data) - set(names)
+        if unknown:
+            raise ValueError(
+                f"{cls.__name__}: unknown field(s) {sorted(unknown)}; "
+                f"known fields are {sorted(names)}"
+            )
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            sub = _NESTED.get((cls.__name__, key))
+            if sub is not None and isinstance(value, dict):
+                value = sub.from_dict(value)
+            elif isinstance(value, list):
+                value = tuple(value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    def replace(self: _C, **changes: Any) -> _C:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def _check_choice(owner: str, name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{owner}.{name} must be one of {choices}, got {value!r}")
+
+
+def _check_positive(owner: str, name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{owner}.{name} must be > 0, got {value!r}")
+
+
+@dataclass
+class ModelConfig(_Config):
+    """Architecture of a UNet++ (what is needed to rebuild the network).
+
+    ``num_classes`` is the number of output channels: 1 means a binary
+    foreground map (sigmoid), more means mutually exclusive classes (softmax,
+    channel 0 = background).
+    """
+
+    in_channels: int = 1
+    num_classes: int = 1
+    widths: tuple[int, ...] = (32, 64, 128, 256, 512)
+    depth: int = 4
+    spatial_dims: int = 2
+    norm: NormName = "batch"
+    deep_supervision: bool = True
+    class_names: tuple[str, ...] = ()
+    channel_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.widths = tuple(int(w) for w in self.widths)
+        self.class_names = tuple(self.class_names)
+        self.channel_names = tuple(self.channel_names)
+        _check_positive("ModelConfig", "in_channels", self.in_channels)
+        _check_positive("ModelConfig", "num_classes", self.num_classes)
+        _check_choice("ModelConfig", "spatial_dims", self.spatial_dims, (2, 3))
+        _check_choice("ModelConfig", "norm", self.norm, ("batch", "instance", "group"))
+        if not 1 <= self.depth:
+            raise ValueError(f"ModelConfig.depth must be >= 1, got {self.depth}")
+        if len(self.widths) < self.depth + 1:
+            raise ValueError(
+                f"ModelConfig: depth {self.depth} needs {self.depth + 1} widths "
+                f"(one per level), got {len(self.widths)}: {self.widths}"
+            )
+        if any(w <= 0 for w in self.widths):
+            raise ValueError(f"ModelConfig.widths must be positive, got {self.widths}")
+        self.widths = self.widths[: self.depth + 1]
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"ModelConfig.class_names needs {self.num_classes} name(s) "
+                f"(one per output channel), got {self.class_names}"
+            )
+
+
+@dataclass
+class NormalizationConfig(_Config):
+    """How raw intensities become network input; stored so inference matches training.
+
+    ``percentile``: per image, map the ``low``..``high`` percentiles to 0..1
+    (robust to outliers, the default for microscopy). ``window``: fixed
+    intensity window ``low``..``high`` (e.g. Hounsfield units for CT).
+    ``none``: cast to float only.
+    """
+
+    mode: NormalizationMode = "percentile"
+    low: float = 1.0
+    high: float = 99.8
+    clip: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("NormalizationConfig", "mode", self.mode, ("percentile", "window", "none"))
+        if self.mode != "none" and not self.low < self.high:
+            raise ValueError(
+                f"NormalizationConfig: low ({self.low}) must be below high ({self.high})"
+            )
+        if self.mode == "percentile" and not (0 <= self.low and self.high <= 100):
+            raise ValueError("NormalizationConfig: percentiles must lie in 0..100")
+
+    @classmethod
+    def ct_window(cls, center: float = 40.0, width: float = 400.0) -> "NormalizationConfig":
+        """A Hounsfield window (default: abdominal soft tissue, W400 L40)."""
+        return cls(mode="window", low=center - width / 2, high=center + width / 2, clip=True)
+
+
+@dataclass
+class DataConfig(_Config):
+    """How images and labels are read and turned into targets.
+
+    ``channel_axis`` / ``slice_axis`` name axes of the *input array*; ``None``
+    means there is none. ``label_mode`` follows DESIGN.md: ``dense`` (0 =
+    background) or ``sparse`` scribbles (0 = unlabelled and ignored, 1 =
+    background, 2.. = classes). ``target`` ``instance`` turns instance ids into
+    background / interior / boundary classes (3 output channels) so touching
+    nuclei can be separated.
+    """
+
+    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
+    label_mode: LabelMode = "dense"
+    target: TargetMode = "semantic"
+    channel_axis: int | None = None
+    boundary_width: int = 2
+    class_values: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.normalization, dict):
+            self.normalization = NormalizationConfig.from_dict(self.normalization)
+        self.class_values = tuple(int(v) for v in self.class_values)
+        _check_choice("DataConfig", "label_mode", self.label_mode, ("dense", "sparse"))
+        _check_choice("DataConfig", "target", self.target, ("semantic", "instance"))
+        _check_positive("DataConfig", "boundary_width", self.boundary_width)
+
+
+@dataclass
+class TrainConfig(_Config):
+    """Optimisation settings of one training (or fine-tuning) run."""
+
+    iterations: int = 2000
+    batch_size: int = 8
+    patch_size: tuple[int, ...] = (256, 256)
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    validate_every: int = 100
+    validation_fraction: float = 0.2
+    foreground_fraction: float = 0.7
+    augment: bool = True
+    elastic: bool = False
+    dice_weight: float = 1.0
+    device: DeviceName = "auto"
+    mixed_precision: bool = True
+    seed: int = 0
+    freeze_encoder: bool = False
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        self.patch_size = tuple(int(p) for p in self.patch_size)
+        for name in ("iterations", "batch_size", "learning_rate", "validate_every"):
+            _check_positive("TrainConfig", name, getattr(self, name))
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError("TrainConfig.validation_fraction must lie in [0, 1)")
+        if not 0 <= self.foreground_fraction <= 1:
+            raise ValueError("TrainConfig.foreground_fraction must lie in [0, 1]")
+        if len(self.patch_size) not in (2, 3) or any(p <= 0 for p in self.patch_size):
+            raise ValueError(
+                f"TrainConfig.patch_size must be 2 or 3 positive sizes, got {self.patch_size}"
+            )
+        _check_choice("TrainConfig", "device", self.device, ("auto", "cuda", "mps", "cpu"))
+
+
+@dataclass
+class PredictConfig(_Config):
+    """Settings of one inference run.
+
+    ``depths``: which deep-supervision heads to return (empty = all);
+    ``pruned_depth``: run only the pruned sub-network of that depth (fast path).
+    ``tile_size`` is per spatial axis of the model (2 or 3 values).
+    """
+
+    depths: tuple[int, ...] = ()
+    pruned_depth: int | None = None
+    tile_size: tuple[int, ...] = (256, 256)
+    overlap: float = 0.25
+    batch_size: int = 4
+    blending: Literal["gaussian", "constant"] = "gaussian"
+    tta: bool = False
+    device: DeviceName = "auto"
+    mixed_precision: bool = True
+    threshold: float = 0.5
+    min_size: int = 0
+
+    def __post_init__(self) -> None:
+        self.depths = tuple(int(d) for d in self.depths)
+        self.tile_size = tuple(int(t) for t in self.tile_size)
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"PredictConfig.overlap must lie in [0, 1), got {self.overlap}")
+        _check_positive("PredictConfig", "batch_size", self.batch_size)
+        _check_choice("PredictConfig", "blending", self.blending, ("gaussian", "constant"))
+        _check_choice("PredictConfig", "device", self.device, ("auto", "cuda", "mps", "cpu"))
+        if any(t <= 0 for t in self.tile_size):
+            raise ValueError(f"PredictConfig.tile_size must be positive, got {self.tile_size}")
+
+
+_NESTED: dict[tuple[str, str], type[_Config]] = {
+    ("DataConfig", "normalization"): NormalizationConfig,
+}
