@@ -1,0 +1,60 @@
+"""Config dataclasses validate their values and round-trip through JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from napari_unetpp.config import (
+    DataConfig,
+    ModelConfig,
+    NormalizationConfig,
+    PredictConfig,
+    TrainConfig,
+)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ModelConfig(num_classes=3, class_names=("background", "interior", "boundary")),
+        DataConfig(normalization=NormalizationConfig.ct_window(), label_mode="sparse"),
+        TrainConfig(patch_size=(32, 64, 64), iterations=5),
+        PredictConfig(depths=(1, 3), tile_size=(128, 128)),
+    ],
+)
+def test_round_trip_through_json(config):
+    again = type(config).from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+
+
+def test_model_config_keeps_only_the_widths_it_uses():
+    assert ModelConfig(widths=(8, 16, 32, 64, 128), depth=2).widths == (8, 16, 32)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: ModelConfig(spatial_dims=4), "spatial_dims"),
+        (lambda: ModelConfig(depth=5), "needs 6 widths"),
+        (lambda: ModelConfig(num_classes=2, class_names=("a",)), "class_names"),
+        (lambda: NormalizationConfig(low=10, high=5), "below high"),
+        (lambda: TrainConfig(validation_fraction=1.0), "validation_fraction"),
+        (lambda: PredictConfig(overlap=1.0), "overlap"),
+        (lambda: DataConfig(label_mode="scribble"), "label_mode"),
+    ],
+)
+def test_bad_values_fail_where_they_are_written(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_unknown_keys_are_refused():
+    with pytest.raises(ValueError, match="unknown field"):
+        TrainConfig.from_dict({"iteratons": 10})
+
+
+def test_ct_window_is_a_clipped_hounsfield_window():
+    window = NormalizationConfig.ct_window(center=40, width=400)
+    assert (window.mode, window.low, window.high, window.clip) == ("window", -160, 240, True)

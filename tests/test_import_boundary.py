@@ -1,0 +1,30 @@
+"""The engine imports neither Qt nor napari; the package import itself loads nothing heavy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+ENGINE = [
+    "config", "model", "losses", "checkpoint", "devices", "events", "data", "metrics",
+    "training", "tiling", "inference", "postprocess", "pruning", "zoo", "cli",
+]
+GUI = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "superqt")
+
+
+def _loaded_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print('\\n'.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return {name.split(".")[0] for name in out.stdout.split()}
+
+
+def test_engine_modules_do_not_load_gui_toolkits():
+    imports = "; ".join(f"import napari_unetpp.{name}" for name in ENGINE)
+    loaded = _loaded_after(imports)
+    assert "torch" in loaded  # the statement really imported the engine
+    assert not loaded & set(GUI), loaded & set(GUI)
+
+
+def test_package_import_is_light():
+    loaded = _loaded_after("import napari_unetpp")
+    assert not loaded & {"torch", *GUI}
