@@ -1,0 +1,124 @@
+"""Open a saved UNet++ model (folder or .zip) by dropping it onto napari.
+
+A model is not image data, so this reader adds no layer: it registers the model
+for the predict widget, docks that widget with the model selected, and returns
+npe2's null-layer sentinel ``[(None,)]``, the documented value for "this reader
+handled the path but has no layer data" (napari's own ``.py`` reader does the
+same). Returning ``[]`` would instead make napari report "returned no data".
+
+``get_reader`` must be cheap and must not import torch: napari calls it for every
+dropped folder and ``.zip``. It only reads ``config.json`` and checks the format
+marker written by :mod:`napari_unetpp.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["get_reader", "find_checkpoint", "PREDICT_WIDGET"]
+
+#: ``checkpoint.FORMAT`` (kept here as a string so that probing a path never imports torch).
+FORMAT_MARKER = "napari-unetpp-checkpoint"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "weights.safetensors"
+PLUGIN = "napari-unetpp"
+#: The predict widget's display name in napari.yaml.
+PREDICT_WIDGET = "Segment with UNet++ (predict, per-depth layers, pruning)"
+_MAX_CONFIG_BYTES = 16 * 2**20
+
+PathOrPaths = str | Sequence[str]
+LayerData = tuple[Any, ...]
+
+
+def _has_marker(config_bytes: bytes) -> bool:
+    try:
+        return json.loads(config_bytes.decode("utf-8")).get("format") == FORMAT_MARKER
+    except (ValueError, AttributeError):
+        return False
+
+
+def _is_model_folder(folder: Path) -> bool:
+    config = folder / CONFIG_NAME
+    try:
+        if not (folder / WEIGHTS_NAME).is_file() or config.stat().st_size > _MAX_CONFIG_BYTES:
+            return False
+        return _has_marker(config.read_bytes())
+    except OSError:
+        return False
+
+
+def _is_model_zip(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            for name in sorted(names, key=lambda n: n.count("/")):
+                if name.rsplit("/", 1)[-1] != CONFIG_NAME or name.count("/") > 1:
+                    continue
+                prefix = name[: -len(CONFIG_NAME)]
+                if (prefix + WEIGHTS_NAME in names
+                        and archive.getinfo(name).file_size <= _MAX_CONFIG_BYTES):
+                    return _has_marker(archive.read(name))
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError):
+        return False
+    return False
+
+
+def find_checkpoint(path: str | os.PathLike[str]) -> Path | None:
+    """The model in ``path`` (a model folder, a training run's ``best/``, or a model zip)."""
+    path = Path(path)
+    if path.is_dir():
+        for folder in (path, path / "best"):
+            if _is_model_folder(folder):
+                return folder
+        return None
+    if path.name == CONFIG_NAME and _is_model_folder(path.parent):
+        return path.parent
+    if path.suffix.lower() == ".zip" and path.is_file() and _is_model_zip(path):
+        return path
+    return None
+
+
+def get_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerData]] | None:
+    """npe2 reader hook: a reader function if ``path`` is one saved model, else ``None``."""
+    if not isinstance(path, (str, os.PathLike)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    checkpoint = find_checkpoint(path)
+    if checkpoint is None:
+        return None
+    return lambda _path: open_model(checkpoint)
+
+
+def _model_name(checkpoint: Path) -> str:
+    """A readable name: the folder (or zip) name, with the run name for ``run/best``."""
+    if checkpoint.name in ("best", "last"):
+        return f"{checkpoint.parent.name}/{checkpoint.name}"
+    return checkpoint.stem if checkpoint.suffix.lower() == ".zip" else checkpoint.name
+
+
+def open_model(checkpoint: Path, viewer: Any = None) -> list[LayerData]:
+    """Register ``checkpoint``, dock the predict widget with it selected; no layers.
+
+    Returns npe2's null-layer sentinel ``[(None,)]``. Without a viewer (a script
+    calling ``napari.utils.io`` headless) the model is still registered.
+    """
+    from napari import current_viewer
+
+    from ._widgets import _state
+
+    name = _model_name(checkpoint)
+    _state.register_model(name, checkpoint)
+    viewer = viewer if viewer is not None else current_viewer()
+    if viewer is not None:
+        _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, PREDICT_WIDGET)
+        for method, argument in (("load_model", checkpoint), ("select_model", name)):
+            if callable(getattr(widget, method, None)):
+                getattr(widget, method)(argument)
+                break
+    return [(None,)]

@@ -1,0 +1,413 @@
+"""Train or fine-tune a UNet++ on Image + Labels layers (a thin widget).
+
+UI values -> ModelConfig / TrainConfig / DataConfig -> ``training.Trainer.run`` in a
+worker -> events -> progress bar, live plot, optional preview layer. The finished
+(or stopped) run's best model is registered in :mod:`._state` for the predict
+widget, and ``run.json`` + ``command.sh`` beside it reproduce it from a shell.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label,
+                              LineEdit, ProgressBar, PushButton, SpinBox)
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info
+
+from . import _state
+from ._plot import TrainingPlot
+from ._workers import (JobRunner, current_slice, format_command, layer_data, layer_files,
+                       predict_labels_job, save_run_record)
+
+if TYPE_CHECKING:
+    import napari
+
+    from ..config import DataConfig, ModelConfig, TrainConfig
+
+WIDTH_PRESETS = {"fast CPU (16..256)": (16, 32, 64, 128, 256),
+                 "tiny (8..128)": (8, 16, 32, 64, 128), "paper (32..512)": (32, 64, 128, 256, 512)}
+CHANNEL_AXES = [("none (grey)", "none"), ("last (RGB / YXC)", "-1"), ("axis 0", "0"),
+                ("axis 1", "1")]
+DEFAULT_OUTPUT = Path.home() / "napari-unetpp" / "runs"
+#: Labels with more elements are guessed from their middle slice (keeps the GUI snappy).
+GUESS_MAX_SIZE = 1 << 24
+
+
+class TrainWidget(Container):
+    """Dock widget: train a UNet++ from scratch or fine-tune one, on painted labels."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__(scrollable=True)
+        self._viewer = napari_viewer
+        self._runner, self._preview_runner = JobRunner(), JobRunner()
+        self._pairs: list[tuple[Image, Labels]] = []
+        self._mode_from_user = False
+        self.last_run_dir: Path | None = None
+        self.last_checkpoint: Path | None = None
+        self._build_data()
+        self._build_model()
+        self._build_advanced()
+        self._build_run()
+        self._connect()
+        self._runner.attach(self.native)
+        self._preview_runner.attach(self.native)
+        self._on_pair_changed()
+
+    # ------------------------------------------------------------------ layout
+
+    def _layers(self, kind: type) -> Any:
+        return lambda _w=None: [(l.name, l) for l in self._viewer.layers if isinstance(l, kind)]
+
+    def _build_data(self) -> None:
+        self._image = ComboBox(label="Image", choices=self._layers(Image))
+        self._labels = ComboBox(label="Labels", choices=self._layers(Labels))
+        self._pair_info = Label(value="")
+        self._add_pair, self._clear_pairs = PushButton(text="Add pair"), PushButton(text="Clear")
+        self._pair_list = Label(value="training on: the selected pair")
+        self._label_mode = ComboBox(label="Label mode", choices=["dense", "sparse"])
+        self._label_reason = Label(value="")
+        self._target = ComboBox(label="Target", choices=[
+            ("semantic (classes)", "semantic"), ("instances (boundaries)", "instance")])
+        self._dims = ComboBox(label="Stacks as", choices=[("2D slice-wise", 2), ("3D", 3)])
+        self._channel_axis = ComboBox(label="Channel axis", choices=CHANNEL_AXES)
+        pairs = Container(widgets=[self._add_pair, self._clear_pairs], layout="horizontal",
+                          labels=False)
+        self.extend([self._image, self._labels, self._pair_info, pairs, self._pair_list,
+                     self._label_mode, self._label_reason, self._target, self._dims,
+                     self._channel_axis])
+
+    def _build_model(self) -> None:
+        self._start_from = ComboBox(label="Start from", choices=self._start_choices)
+        self._checkpoint_file = FileEdit(label="Checkpoint", mode="r",
+                                         filter="*.json *.zip", visible=False)
+        self._widths = ComboBox(label="Widths", choices=list(WIDTH_PRESETS.items()))
+        self._depth = SpinBox(label="Depth", value=4, min=1, max=4)
+        self._iterations = SpinBox(label="Iterations", value=2000, min=1, max=1_000_000, step=100)
+        self._patch = SpinBox(label="Patch size", value=128, min=16, max=1024, step=16)
+        self._batch = SpinBox(label="Batch size", value=4, min=1, max=256)
+        self._lr = FloatSpinBox(label="Learning rate", value=1e-3, min=1e-6, max=1.0, step=1e-5)
+        self._device = ComboBox(label="Device", choices=["auto", "cuda", "mps", "cpu"])
+        self.extend([self._start_from, self._checkpoint_file, self._widths, self._depth,
+                     self._iterations, self._patch, self._batch, self._lr, self._device])
+
+    def _build_advanced(self) -> None:
+        self._show_advanced = CheckBox(text="Advanced options", value=False)
+        self._custom_widths = LineEdit(label="Custom widths", value="", tooltip="e.g. 8 16 32")
+        self._patch_z = SpinBox(label="Patch depth (3D)", value=16, min=4, max=512)
+        self._validate_every = SpinBox(label="Validate every", value=100, min=1, max=100_000)
+        self._val_fraction = FloatSpinBox(label="Validation part", value=0.2, min=0, max=0.9,
+                                          step=0.05)
+        self._augment = CheckBox(text="Augment", value=True)
+        self._elastic = CheckBox(text="Elastic deformation", value=False)
+        self._normalization = ComboBox(label="Normalisation",
+                                       choices=["percentile", "window", "none"])
+        self._norm_low = FloatSpinBox(label="low", value=1.0, min=-1e6, max=1e6)
+        self._norm_high = FloatSpinBox(label="high", value=99.8, min=-1e6, max=1e6)
+        self._freeze_encoder = CheckBox(text="Freeze encoder (fine-tuning)", value=False)
+        self._mixed_precision = CheckBox(text="Mixed precision (CUDA)", value=True)
+        self._seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
+        self._advanced = Container(visible=False, widgets=[
+            self._custom_widths, self._patch_z, self._validate_every, self._val_fraction,
+            self._augment, self._elastic, self._normalization, self._norm_low, self._norm_high,
+            self._freeze_encoder, self._mixed_precision, self._seed])
+        self.extend([self._show_advanced, self._advanced])
+
+    def _build_run(self) -> None:
+        self._output = FileEdit(label="Output folder", mode="d", value=DEFAULT_OUTPUT)
+        self._preview = CheckBox(text="Preview while training (each new best model)",
+                                 value=False)
+        self._start, self._stop = PushButton(text="Start"), PushButton(text="Stop", enabled=False)
+        self._progress = ProgressBar(label="Progress", value=0, min=0, max=100)
+        self._status = Label(value="")
+        buttons = Container(widgets=[self._start, self._stop], layout="horizontal", labels=False)
+        self.extend([self._output, self._preview, buttons, self._progress, self._status])
+        self._plot = TrainingPlot()
+        self.native.layout().addWidget(self._plot)
+
+    def _connect(self) -> None:
+        self._image.changed.connect(self._on_pair_changed)
+        self._labels.changed.connect(self._on_pair_changed)
+        self._label_mode.native.activated.connect(self._on_user_mode)  # user choices only
+        self._add_pair.changed.connect(self._on_add_pair)
+        self._clear_pairs.changed.connect(lambda: (self._pairs.clear(), setattr(
+            self._pair_list, "value", "training on: the selected pair")))
+        self._start_from.changed.connect(self._on_start_from)
+        self._show_advanced.changed.connect(lambda v: setattr(self._advanced, "visible", v))
+        self._start.changed.connect(self._on_start)
+        self._stop.changed.connect(self._on_stop)
+        # outside signals: disconnected when the Qt widget goes, so a closed widget that
+        # Python has not collected yet is never called back (its Qt objects are deleted)
+        emitters = [getattr(self._viewer.layers.events, e) for e in ("inserted", "removed",
+                                                                      "reordered")]
+        reset = self._start_from.reset_choices
+        for emitter in emitters:
+            emitter.connect(self._on_layers_changed)
+        _state.models_changed.connect(reset)
+
+        def disconnect(*_: Any) -> None:
+            _state.models_changed.disconnect(reset)
+            for emitter in emitters:
+                emitter.disconnect(self._on_layers_changed)
+
+        self.native.destroyed.connect(disconnect)
+
+    def _start_choices(self, _w: Any = None) -> list[tuple[str, str]]:
+        from ..zoo import available_models
+
+        choices = [("scratch", "scratch")]
+        choices += [(f"shipped: {e.name}", f"zoo:{e.name}") for e in available_models()]
+        choices += [(f"trained: {n}", f"trained:{n}") for n in _state.registered_models()]
+        return choices + [("checkpoint file...", "file")]
+
+    # ------------------------------------------------------------------ UI events
+
+    def _on_layers_changed(self, _event: Any = None) -> None:
+        self.reset_choices()
+
+    def _on_pair_changed(self, _value: Any = None) -> None:
+        image, labels = self._image.value, self._labels.value
+        self._pair_info.value = ""
+        if image is None or labels is None:
+            return
+        if image.rgb:
+            self._channel_axis.value = "-1"
+        try:
+            self._check_pair(image, labels)
+        except ValueError as exc:
+            self._pair_info.value = f"⚠ {exc}"
+            return
+        self._guess_label_mode(labels)
+
+    def _on_user_mode(self, _index: int) -> None:
+        self._mode_from_user = True
+        self._label_reason.value = f"label mode set to {self._label_mode.value} by you"
+
+    def _guess_label_mode(self, labels: Labels) -> None:
+        from ..data import guess_label_mode
+
+        if self._mode_from_user:
+            return
+        data = layer_data(labels)
+        if data.size > GUESS_MAX_SIZE and data.ndim > 2:
+            data = data[data.shape[0] // 2]
+        try:
+            mode, why = guess_label_mode(np.asarray(data))
+        except ValueError as exc:
+            self._label_reason.value = str(exc)
+            return
+        self._label_mode.value = mode
+        self._label_reason.value = f"guessed {mode}: {why}"
+
+    def _check_pair(self, image: Image, labels: Labels) -> None:
+        from ..data import check_pair
+
+        check_pair(layer_data(image), layer_data(labels), self._channel_axis_value())
+
+    def _on_add_pair(self, _value: Any = None) -> None:
+        image, labels = self._image.value, self._labels.value
+        try:
+            if image is None or labels is None:
+                raise ValueError("choose an Image layer and a Labels layer to add a pair")
+            self._check_pair(image, labels)
+        except ValueError as exc:
+            show_error(str(exc))
+            return
+        self._pairs.append((image, labels))
+        names = ", ".join(f"{i.name} + {l.name}" for i, l in self._pairs)
+        self._pair_list.value = f"training on: {names}"
+
+    def _on_start_from(self, value: str) -> None:
+        self._checkpoint_file.visible = value == "file"
+        scratch = value == "scratch"
+        for widget in (self._widths, self._depth, self._custom_widths):
+            widget.enabled = scratch  # a fine-tuned model keeps its architecture
+
+    # ------------------------------------------------------------------ configs
+
+    def _channel_axis_value(self) -> int | None:
+        value = self._channel_axis.value
+        return None if value == "none" else int(value)
+
+    def _training_pairs(self) -> list[tuple[Image, Labels]]:
+        if self._pairs:
+            return list(self._pairs)
+        image, labels = self._image.value, self._labels.value
+        if image is None or labels is None:
+            raise ValueError("choose an Image layer and a Labels layer (paint labels first)")
+        self._check_pair(image, labels)
+        self._guess_label_mode(labels)
+        return [(image, labels)]
+
+    def _initial(self) -> tuple[str | None, Any]:
+        """The checkpoint to start from (path or zoo folder) and its info, or (None, None)."""
+        from ..checkpoint import read_info
+
+        value = self._start_from.value
+        if value == "scratch":
+            return None, None
+        if value.startswith("zoo:"):
+            from ..zoo import available_models
+
+            entry = next(e for e in available_models() if e.name == value[4:])
+            path = str(getattr(entry, "folder", None) or entry.path)
+        elif value.startswith("trained:"):
+            path = str(_state.registered_models()[value[8:]])
+        else:
+            path = str(self._checkpoint_file.value)
+        return path, read_info(path)
+
+    def _widths_value(self) -> tuple[int, ...]:
+        text = self._custom_widths.value.replace(",", " ").split()
+        try:
+            return tuple(int(t) for t in text) if text else self._widths.value
+        except ValueError:
+            raise ValueError(f"custom widths {self._custom_widths.value!r}: give integers, "
+                             "e.g. 8 16 32 64 128") from None
+
+    def _configs(self, pairs: list[tuple[Image, Labels]]
+                 ) -> tuple[ModelConfig, TrainConfig, DataConfig, str | None]:
+        from ..config import DataConfig, ModelConfig, NormalizationConfig, TrainConfig
+        from ..data import num_output_channels
+
+        initial, base = self._initial()
+        norm = NormalizationConfig(self._normalization.value, self._norm_low.value,
+                                   self._norm_high.value)
+        data = DataConfig(normalization=base.data.normalization if base else norm,
+                          label_mode=self._label_mode.value, target=self._target.value,
+                          channel_axis=self._channel_axis_value())
+        classes = num_output_channels(data, [layer_data(l) for _, l in pairs])
+        axis = data.channel_axis
+        channels = 1 if axis is None else layer_data(pairs[0][0]).shape[axis]
+        if base is None:
+            model = ModelConfig(in_channels=channels, num_classes=classes,
+                                widths=self._widths_value(), depth=self._depth.value,
+                                spatial_dims=self._dims.value)
+        else:
+            model = base.model.replace(num_classes=classes, class_names=())
+        dims = model.spatial_dims
+        patch = (self._patch.value,) * 2
+        train = TrainConfig(
+            iterations=self._iterations.value, batch_size=self._batch.value,
+            patch_size=patch if dims == 2 else (self._patch_z.value, *patch),
+            learning_rate=self._lr.value,
+            validate_every=min(self._validate_every.value, self._iterations.value),
+            validation_fraction=self._val_fraction.value, augment=self._augment.value,
+            elastic=self._elastic.value, device=self._device.value,
+            mixed_precision=self._mixed_precision.value, seed=self._seed.value,
+            freeze_encoder=self._freeze_encoder.value)
+        return model, train, data, initial
+
+    # ------------------------------------------------------------------ run
+
+    def _on_start(self, _value: Any = None) -> None:
+        from ..events import Stopper
+
+        if self._runner.running:
+            return
+        try:
+            pairs = self._training_pairs()
+            model, train, data, initial = self._configs(pairs)
+            run_dir = self._new_run_dir(pairs[0][0].name)
+            self._record(run_dir, pairs, model, train, data, initial)
+        except (ValueError, OSError) as exc:
+            show_error(str(exc))
+            return
+        images = [layer_data(i) for i, _ in pairs]
+        labels = [np.array(layer_data(l)) for _, l in pairs]  # a copy: painting goes on
+        self._preview_source, stopper = (pairs[0][0], model.spatial_dims), Stopper()
+        self._plot.clear()
+        self._set_running(True)
+        self._status.value = f"preparing data ({model.num_classes} output channel(s))..."
+        job = _train_job(model, train, data, initial, run_dir, stopper, images, labels)
+        self._runner.start(job, on_yield=self._on_event, on_return=self._on_result,
+                           on_finish=lambda: self._set_running(False), stop=stopper.stop)
+
+    def _new_run_dir(self, name: str) -> Path:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
+        base = Path(self._output.value).expanduser() / f"{safe}-{stamp}"
+        run_dir, n = base, 1
+        while run_dir.exists():
+            run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
+        run_dir.mkdir(parents=True)
+        self.last_run_dir = run_dir
+        return run_dir
+
+    def _record(self, run_dir: Path, pairs: list[tuple[Image, Labels]], model: ModelConfig,
+                train: TrainConfig, data: DataConfig, initial: str | None) -> None:
+        images = layer_files([i for i, _ in pairs], run_dir / "data", "image")
+        labels = layer_files([l for _, l in pairs], run_dir / "data", "labels")
+        start = self._start_from.value
+        origin = start if start.startswith("zoo:") else initial
+        configs = {"model": model.to_dict(), "train": train.to_dict(), "data": data.to_dict(),
+                   "images": images, "labels": labels, "from": origin}
+        command = format_command("train", images=images, labels=labels, out=run_dir,
+                                 config=run_dir / "run.json", from_=origin)
+        save_run_record(run_dir, "train", configs, command)
+
+    def _set_running(self, running: bool) -> None:
+        self._start.enabled, self._stop.enabled = not running, running
+
+    def _on_stop(self, _value: Any = None) -> None:
+        self._status.value = "stopping after this step; keeping the best model..."
+        self._runner.request_stop()
+
+    def _on_event(self, event: Any) -> None:
+        if event.kind == "step":
+            self._progress.value = int(100 * event.fraction)
+            eta = "" if event.eta_s is None else " · ETA " + time.strftime(
+                "%H:%M:%S", time.gmtime(event.eta_s))
+            self._status.value = f"step {event.step}/{event.total} · {event.message}{eta}"
+            self._plot.add_step(event.step, event.loss)
+        elif event.kind == "validation":
+            self._plot.add_validation(event.step, event.val_loss, event.val_scores)
+        elif event.kind == "checkpoint" and self._preview.value and event.path is not None:
+            self._start_preview(event.path)
+        elif event.kind == "done":
+            self._progress.value = int(100 * event.fraction)
+
+    def _on_result(self, result: Any) -> None:
+        if result.checkpoint is None:
+            return
+        self.last_checkpoint = Path(result.checkpoint)
+        assert self.last_run_dir is not None
+        _state.register_model(self.last_run_dir.name, self.last_checkpoint)
+        best = result.info.metrics.get("best_depth")
+        how = "stopped" if result.info.provenance.get("stopped_early") else "finished"
+        self._status.value = (f"{how} at step {result.info.provenance.get('iterations')}; "
+                              f"best depth L{best}; model saved to {self.last_checkpoint}")
+        show_info(f"UNet++ training {how}: the model is in {self.last_checkpoint} and in the "
+                  "Segment with UNet++ widget")
+        if self._preview.value:
+            self._start_preview(self.last_checkpoint)
+
+    # ------------------------------------------------------------------ preview
+
+    def _start_preview(self, checkpoint: Path) -> None:
+        if self._preview_runner.running:
+            return  # the next new best model will be previewed
+        (layer, dims), axis = self._preview_source, self._channel_axis_value()
+        image = current_slice(layer, self._viewer.dims.point, axis, dims)
+        self._preview_runner.start(predict_labels_job(checkpoint, image, self._device.value,
+                                                      channels_last=axis is not None),
+                                   on_return=lambda labels: self._show_preview(layer, labels))
+
+    def _show_preview(self, layer: Image, labels: np.ndarray) -> None:
+        name = f"{layer.name} UNet++ preview"
+        if name in self._viewer.layers:
+            self._viewer.layers[name].data = labels
+        else:
+            self._viewer.add_labels(labels, name=name, opacity=0.5)
+
+
+def _train_job(model: ModelConfig, train: TrainConfig, data: DataConfig, initial: str | None,
+               run_dir: Path, stopper: Any, images: list[Any], labels: list[Any]) -> Any:
+    """Build the Trainer in the worker (importing the engine takes seconds) and run it."""
+    from ..training import Trainer
+
+    trainer = Trainer(model, train, data, initial=initial, output_dir=run_dir, stopper=stopper)
+    return (yield from trainer.run(images, labels))
