@@ -1,0 +1,155 @@
+"""The pruning panel of the predict widget: pick a depth, see its cost and score, use it.
+
+Moving the slider rebuilds the network as ``model.prune(d)`` (only the nodes
+``i + j <= d`` and head ``d``: exact, smaller, faster) and times one forward pass
+on a 256 x 256 dummy (64^3 for 3D models) on the chosen device, in a worker so the
+viewer stays live. The panel shows the parameters (full and pruned), that time per
+megapixel, and the validation score of depth ``d`` from the checkpoint's metrics.
+"Apply" re-segments with ``PredictConfig(pruned_depth=d)`` (the fast path) and
+updates the labels layer; "Save pruned model" writes the pruned network as an
+ordinary checkpoint (its metrics table reduced to that depth's row) and registers
+it, so it appears under "just trained" and can be shared or used from the CLI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import Container, Label, PushButton, Slider
+from napari.utils.notifications import show_error, show_info
+
+from . import _state
+from ._workers import JobRunner
+
+if TYPE_CHECKING:
+    from ..checkpoint import CheckpointInfo
+    from ..model import UNetPlusPlus
+    from .predict import PredictWidget
+
+
+def prune_job(model: UNetPlusPlus, depth: int, device: str
+              ) -> Generator[Any, None, tuple[UNetPlusPlus, float]]:
+    """Build the depth-``depth`` network and measure its ms per megapixel on ``device``."""
+    from ..devices import resolve_device
+    from ..events import Event
+    from ..pruning import measure_ms_per_mpx
+
+    yield Event("prune", 0, 2, f"building the L{depth} network")
+    pruned = model.prune(depth).eval()
+    yield Event("prune", 1, 2, f"timing L{depth}")
+    shape = (256, 256) if model.config.spatial_dims == 2 else (64, 64, 64)
+    ms = measure_ms_per_mpx(pruned, depth, shape, resolve_device(device))
+    return pruned, ms
+
+
+class PruningPanel(Container):
+    """Depth slider, cost/score readout, Apply and Save for the owner's loaded model."""
+
+    def __init__(self, owner: PredictWidget) -> None:
+        super().__init__(label="Pruning")
+        self._owner = owner
+        self._runner = JobRunner()
+        self.model: UNetPlusPlus | None = None
+        self.info: CheckpointInfo | None = None
+        self.pruned: UNetPlusPlus | None = None
+        self.ms_per_mpx: float | None = None
+        self._depth = Slider(label="Depth", min=1, max=1, value=1, enabled=False)
+        self._readout = Label(value="load a model to prune it")
+        self._apply = PushButton(text="Apply (segment at this depth)", enabled=False)
+        self._save = PushButton(text="Save pruned model", enabled=False)
+        buttons = Container(layout="horizontal", widgets=[self._apply, self._save], labels=False)
+        self.extend([self._depth, self._readout, buttons])
+        self._depth.changed.connect(self._on_depth)
+        self._apply.changed.connect(self.apply)
+        self._save.changed.connect(lambda: self.save_pruned())
+        self._runner.attach(self.native)
+
+    @property
+    def depth(self) -> int:
+        """The depth the slider is at."""
+        return int(self._depth.value)
+
+    def set_model(self, model: UNetPlusPlus, info: CheckpointInfo) -> None:
+        """Show a newly loaded model; start at its recommended depth."""
+        self.model, self.info = model, info
+        heads = model.head_depths
+        best = int(info.metrics.get("best_depth") or max(heads))
+        with self._depth.changed.blocked():
+            self._depth.min, self._depth.max = min(heads), max(heads)
+            self._depth.value = best if best in heads else max(heads)
+        self._depth.enabled = len(heads) > 1
+        self._apply.enabled = self._save.enabled = True
+        self._on_depth()
+
+    def set_busy(self, busy: bool) -> None:
+        """Disable Apply while the owner segments."""
+        self._apply.enabled = not busy and self.model is not None
+
+    def _score(self, depth: int) -> str:
+        metrics = self.info.metrics if self.info is not None else {}
+        row = (metrics.get("depths") or {}).get(str(depth)) or {}
+        name = metrics.get("score_name", "iou")
+        return "not measured" if row.get(name) is None else f"{name} {row[name]:.3f}"
+
+    def _on_depth(self, _value: Any = None) -> None:
+        if self.model is None:
+            return
+        d, model = self.depth, self.model
+        self.pruned, self.ms_per_mpx = None, None
+        self._text(f"L{d}: timing on {self._owner._device.value}...")
+        self._runner.quit()  # a newer depth wins; the old timing is dropped
+        self._runner.start(prune_job(model, d, self._owner._device.value),
+                           on_return=lambda result: self._on_pruned(d, result))
+
+    def _on_pruned(self, depth: int, result: tuple[UNetPlusPlus, float]) -> None:
+        if depth != self.depth:  # the slider moved on meanwhile
+            return
+        self.pruned, self.ms_per_mpx = result
+        self._text(f"{self.ms_per_mpx:.0f} ms per megapixel here")
+
+    def _text(self, timing: str) -> None:
+        assert self.model is not None
+        d, full = self.depth, self.model.num_parameters()
+        pruned = self.model.num_parameters(d)
+        self._readout.value = (f"L{d}: {pruned:,} of {full:,} parameters "
+                               f"({100 * pruned / full:.0f}%)\n{timing}\n"
+                               f"validation: {self._score(d)}")
+
+    def apply(self, _value: Any = None) -> None:
+        """Re-segment the owner's image with the pruned network (labels layer only)."""
+        self._owner.segment(pruned_depth=self.depth)
+
+    def save_pruned(self, path: str | Path | None = None) -> Path | None:
+        """Save the pruned network as a checkpoint (default: in the output folder); register it."""
+        from ..checkpoint import save_checkpoint
+
+        if self.model is None or self.info is None:
+            show_error("load a model first")
+            return None
+        d = self.depth
+        pruned = self.pruned if self.pruned is not None and self.pruned.depth == d \
+            else self.model.prune(d).eval()
+        if path is None:
+            base = Path(self._owner._output.value).expanduser() / f"{self._owner.model_name}-L{d}"
+            path, n = base, 1
+            while path.exists():
+                path, n = base.with_name(f"{base.name}-{n}"), n + 1
+        metrics = dict(self.info.metrics)
+        row = (metrics.get("depths") or {}).get(str(d))
+        metrics["depths"] = {str(d): row} if row is not None else {}
+        metrics["best_depth"] = d
+        provenance = {**self.info.provenance, "pruned_from": self._owner.model_spec,
+                      "pruned_depth": d}
+        info = dataclasses.replace(self.info, model=pruned.config, metrics=metrics,
+                                   provenance=provenance)
+        try:
+            folder = save_checkpoint(path, pruned, info)
+        except (ValueError, OSError) as exc:
+            show_error(f"could not save the pruned model: {exc}")
+            return None
+        _state.register_model(f"{self._owner.model_name} L{d}", folder)
+        show_info(f"pruned L{d} model saved to {folder}")
+        return folder

@@ -1,0 +1,204 @@
+"""The predict widget: per-depth layers, in-place updates, pruning panel, run records, cancel.
+
+A tiny UNet++ (widths 4, 8, 16; depth 2) is saved as a real checkpoint and run on
+a 128 x 128 crop of the ISBI 2012 EM stack (and a 2-slice stack of it). Jobs run
+inline (``_workers.RUN_INLINE``) except in one test of the threaded path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unetpp._widgets import _state, _workers
+from napari_unetpp._widgets import predict as predict_module
+from napari_unetpp._widgets.predict import PredictWidget
+from napari_unetpp.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
+from napari_unetpp.config import DataConfig, PredictConfig
+from napari_unetpp.inference import predict_array
+from napari_unetpp.model import UNetPlusPlus
+
+SCALE, TRANSLATE = (2.0, 3.0), (10.0, -5.0)
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    net = UNetPlusPlus(widths=(4, 8, 16), depth=2)
+    metrics = {"depths": {str(d): {"iou": 0.5 + d / 10, "dice": 0.6 + d / 10,
+                                   "parameters": net.num_parameters(d)} for d in (1, 2)},
+               "score_name": "iou", "best_depth": 2}
+    info = CheckpointInfo(model=net.config, data=DataConfig(), metrics=metrics,
+                          card={"title": "tiny EM", "data": "ISBI 2012 slices 0-11"})
+    return save_checkpoint(tmp_path / "tiny", net, info)
+
+
+@pytest.fixture
+def crop(em_stack: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    return em_stack[0][:2, :128, :128].copy()
+
+
+@pytest.fixture
+def setup(make_napari_viewer: Any, checkpoint: Path, tmp_path: Path,
+          monkeypatch: pytest.MonkeyPatch) -> tuple[Any, PredictWidget, list[str]]:
+    monkeypatch.setattr(_workers, "RUN_INLINE", True)
+    monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(tmp_path / "no-zoo"))  # no shipped models
+    errors: list[str] = []
+    monkeypatch.setattr(predict_module, "show_error", errors.append)
+    viewer = make_napari_viewer()
+    widget = PredictWidget(viewer)
+    viewer.window.add_dock_widget(widget)  # as napari does; the viewer's teardown deletes it
+    widget._output.value = tmp_path / "runs"
+    widget._device.value = "cpu"
+    widget.load_model(checkpoint)
+    widget._tile.value = 128  # one tile per 128 x 128 crop
+    return viewer, widget, errors
+
+
+def _names(viewer: Any) -> list[str]:
+    return [layer.name for layer in viewer.layers]
+
+
+def test_model_card_and_source(setup: Any, checkpoint: Path) -> None:
+    _, w, errors = setup
+    assert w.model is not None and w.model.num_parameters() > 0
+    assert w._source.value == "from file" and Path(w._file.value) == checkpoint
+    card = w._card.value  # zoo.card_markdown, rendered: data, per-depth scores and parameters
+    assert "ISBI 2012 slices 0-11" in card and "L1\n0.600" in card
+    assert f"{w.model.num_parameters(1):,}" in card
+    assert w.pruning.depth == 2 and not errors
+
+
+def test_segment_2d_layers_and_rerun(setup: Any, crop: np.ndarray) -> None:
+    viewer, w, errors = setup
+    layer = viewer.add_image(crop[0], name="em", scale=SCALE, translate=TRANSLATE)
+    w._image.value = layer
+    assert w._scope.value == "2D"
+    w.segment()
+    assert not errors
+    assert _names(viewer) == ["em", "em UNet++ L1", "em UNet++ L2", "em UNet++ labels"]
+    for name in _names(viewer)[1:]:
+        out = viewer.layers[name]
+        assert out.data.shape == (128, 128)
+        assert tuple(out.scale) == SCALE and tuple(out.translate) == TRANSLATE
+    labels = viewer.layers["em UNet++ labels"]
+    assert np.issubdtype(labels.data.dtype, np.integer)
+    expected = predict_array(w.model, crop[0], PredictConfig(tile_size=(128, 128), device="cpu"),
+                             DataConfig())
+    np.testing.assert_allclose(viewer.layers["em UNet++ L2"].data, expected[2], atol=1e-6)
+
+    first_dir = w.last_run_dir
+    viewer.layers["em UNet++ L1"].data = np.zeros((128, 128), np.float32)
+    w.segment()  # re-running updates the same layers
+    assert len(viewer.layers) == 4 and not errors
+    np.testing.assert_allclose(viewer.layers["em UNet++ L1"].data, expected[1], atol=1e-6)
+    assert w.last_run_dir != first_dir
+
+    run = json.loads((w.last_run_dir / "run.json").read_text())
+    assert run["predict"]["tile_size"] == [128, 128] and run["checkpoint"] == w.model_spec
+    command = (w.last_run_dir / "command.sh").read_text()
+    assert "napari-unetpp predict" in command and str(w.last_run_dir / "run.json") in command
+    assert (w.last_run_dir / "labels.tif").is_file()
+
+
+def test_stack_slicewise_then_current_slice(setup: Any, crop: np.ndarray) -> None:
+    viewer, w, errors = setup
+    layer = viewer.add_image(crop, name="stack", scale=(5.0, *SCALE), translate=(1.0, *TRANSLATE))
+    w._image.value = layer
+    assert w._scope.value == "whole stack slice-wise"
+    w.segment()
+    assert not errors and len(viewer.layers) == 4
+    assert viewer.layers["stack UNet++ L2"].data.shape == (2, 128, 128)
+    assert viewer.layers["stack UNet++ labels"].data.shape == (2, 128, 128)
+
+    w._scope.value = "current slice only (quick look)"
+    viewer.dims.set_point(0, 6.0)  # world z = 1 + 5 * 1: slice 1
+    w.segment()
+    assert not errors and len(viewer.layers) == 4
+    quick = viewer.layers["stack UNet++ L1"]
+    assert quick.data.shape == (1, 128, 128)
+    assert tuple(quick.translate) == (6.0, *TRANSLATE) and tuple(quick.scale) == (5.0, *SCALE)
+
+    w._scope.value = "3D"  # a 2D model: a notification, not a traceback
+    w.segment()
+    assert errors and "3D" in errors[-1]
+
+
+def test_pruning_slider_apply_and_save(setup: Any, crop: np.ndarray, tmp_path: Path) -> None:
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="em", scale=SCALE, translate=TRANSLATE)
+    w.segment()
+    full = w.model
+    w.pruning._depth.value = 1
+    assert w.pruning.pruned is not None and w.pruning.pruned.depth == 1
+    assert w.pruning.pruned.num_parameters() == full.num_parameters(1) < full.num_parameters()
+    assert w.pruning.ms_per_mpx is not None and w.pruning.ms_per_mpx > 0
+    assert f"{full.num_parameters(1):,}" in w.pruning._readout.value
+    assert "iou 0.600" in w.pruning._readout.value
+
+    labels_before = viewer.layers["em UNet++ labels"].data.copy()
+    w.pruning.apply()
+    assert not errors and len(viewer.layers) == 4
+    assert sorted(w.last_probabilities) == [1]
+    np.testing.assert_allclose(w.last_probabilities[1], viewer.layers["em UNet++ L1"].data,
+                               atol=1e-5)
+    assert viewer.layers["em UNet++ labels"].data.shape == labels_before.shape
+
+    folder = w.pruning.save_pruned(tmp_path / "pruned")
+    try:
+        assert folder is not None
+        loaded, info = load_checkpoint(folder)
+        assert loaded.num_parameters() == full.num_parameters(1) and loaded.head_depths == (1,)
+        assert info.metrics["depths"] == {"1": {"iou": 0.6, "dice": 0.7,
+                                                "parameters": full.num_parameters(1)}}
+        x = torch.rand(1, 1, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.eval()(x)[1], full.eval()(x, depths=[1])[1])
+        assert _state.registered_models()[f"{w.model_name} L1"] == folder
+    finally:
+        _state.unregister_model(f"{w.model_name} L1")
+
+
+def test_cancel_leaves_layers_unchanged(setup: Any, crop: np.ndarray) -> None:
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop, name="stack")
+    original = w._on_event
+
+    def cancel_at_first(event: Any) -> None:
+        original(event)
+        w.cancel()
+
+    w._on_event = cancel_at_first  # type: ignore[method-assign]  # the Cancel button, mid-run
+    w.segment()
+    assert _names(viewer) == ["stack"] and not errors
+    assert "cancelled" in w._status.value
+    assert w._run.enabled and not w._cancel.enabled and not w._runner.running
+
+
+def test_threaded_run_and_reader_entry(make_napari_viewer: Any, qtbot: Any, checkpoint: Path,
+                                       crop: np.ndarray, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_workers, "RUN_INLINE", False)
+    monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(tmp_path / "no-zoo"))
+    _state.register_model("tiny run", checkpoint)
+    try:
+        viewer = make_napari_viewer()
+        w = PredictWidget(viewer)
+        viewer.window.add_dock_widget(w)
+        assert w._source.value == "just trained" and w.model_spec == str(checkpoint)
+        w.load_model(checkpoint)  # what the reader does for a dropped model folder
+        assert w._model.value == str(checkpoint)
+        w._output.value, w._device.value, w._tile.value = tmp_path / "runs", "cpu", 128
+        qtbot.waitUntil(lambda: w.pruning.ms_per_mpx is not None, timeout=30_000)
+        w._image.value = viewer.add_image(crop[0], name="em")
+        w.segment()
+        assert w._cancel.enabled
+        qtbot.waitUntil(lambda: not w._runner.running, timeout=30_000)
+        assert _names(viewer) == ["em", "em UNet++ L1", "em UNet++ L2", "em UNet++ labels"]
+    finally:
+        _state.unregister_model("tiny run")
