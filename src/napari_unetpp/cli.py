@@ -1,0 +1,1140 @@
+"""Command line: ``napari-unetpp train | predict | info | export | demo``.
+
+The CLI is thin on purpose: it reads files, builds the config dataclasses, drives
+the same engine generators the widgets drive (``training.Trainer.run``,
+``inference.predict``) and writes files. Everything a user can get wrong (a
+missing file, mismatched shapes, a bad checkpoint) ends as one line
+``napari-unetpp: error: ...`` and exit status 2, never a traceback.
+
+Examples
+--------
+::
+
+    napari-unetpp train --images em/image.tif --labels em/membranes.tif --out runs/em \\
+        --widths 16 32 64 128 256 --iterations 2000
+    napari-unetpp info runs/em
+    napari-unetpp predict runs/em stack.tif --out results --depth 2
+    napari-unetpp export runs/em --depth 2 --out models/em_L2 --zip
+    napari-unetpp demo --model em
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from . import __version__
+
+if TYPE_CHECKING:  # engine imports are lazy: `napari-unetpp --help` must not load torch
+    import numpy as np
+
+    from .checkpoint import CheckpointInfo
+    from .config import DataConfig, ModelConfig, PredictConfig, TrainConfig
+    from .model import UNetPlusPlus
+
+PROG = "napari-unetpp"
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".zarr")
+#: Name endings dropped when matching an image to its labels by name.
+LABEL_TAGS = ("_labels", "_label", "_masks", "_mask", "_gt", "_seg", "-labels", "-mask")
+ZOO_PREFIX = "zoo:"
+
+
+class UserError(ValueError):
+    """A mistake in the command line or the input files: reported in one line, exit 2."""
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _out(text: str = "", stream: TextIO | None = None) -> None:
+    """The only place the CLI writes results (stdout), so tests and pipes see one stream."""
+    print(text, file=stream or sys.stdout, flush=True)
+
+
+def _note(text: str) -> None:
+    """Progress notes go to stderr, keeping stdout for tables and JSON."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain aligned text table (copy-pasteable into a notebook or an issue)."""
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(r[k]) for r in cells) for k in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(r, widths)))
+             for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3f}"
+    return str(value)
+
+
+def _human_count(n: int | None) -> str:
+    if n is None:
+        return "-"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}k"
+    return str(n)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _is_zarr(path: Path) -> bool:
+    if path.suffix.lower() == ".zarr":
+        return True
+    return path.is_dir() and any((path / m).exists() for m in (".zarray", ".zgroup", "zarr.json"))
+
+
+def _is_supported(path: Path) -> bool:
+    return _is_zarr(path) or (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def collect_files(paths: Sequence[str | Path], what: str) -> list[Path]:
+    """Expand files and folders into a sorted list of readable image files.
+
+    A folder contributes its supported files in sorted order (a ``.zarr`` folder is
+    one image), so ``--images imgs/ --labels masks/`` pairs by position or by name.
+    """
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"{what} {path} does not exist")
+        if path.is_dir() and not _is_zarr(path):
+            found = sorted(p for p in path.iterdir() if _is_supported(p))
+            if not found:
+                raise UserError(
+                    f"no {what} files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}"
+                )
+            files.extend(found)
+        elif _is_supported(path):
+            files.append(path)
+        else:
+            raise UserError(
+                f"{path}: unsupported {what} file type {path.suffix!r}; "
+                f"use one of {', '.join(IMAGE_SUFFIXES)}"
+            )
+    return files
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif", *IMAGE_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _label_key(path: Path) -> str:
+    stem = _stem(path)
+    for tag in LABEL_TAGS:
+        if stem.lower().endswith(tag):
+            return stem[: -len(tag)]
+    return stem
+
+
+def pair_files(images: list[Path], labels: list[Path]) -> list[tuple[Path, Path]]:
+    """Pair images with labels by name when every name matches, else by sorted order.
+
+    Name matching ignores the suffix and endings such as ``_labels`` / ``_mask``, so
+    ``a.png`` pairs with ``a.tif`` or ``a_labels.tif`` in another folder.
+    """
+    by_name = {_label_key(p): p for p in labels}
+    if len(by_name) == len(labels) and all(_label_key(p) in by_name for p in images):
+        return [(p, by_name[_label_key(p)]) for p in images]
+    if len(images) != len(labels):
+        raise UserError(
+            f"got {len(images)} image file(s) but {len(labels)} label file(s), and their "
+            "names do not match; give one labels file per image (paired by name or order)"
+        )
+    return list(zip(images, labels))
+
+
+def read_array(path: Path, lazy: bool = False) -> Any:
+    """Read tif/tiff/png/npy/zarr; ``lazy`` keeps big data on disk (memmap or dask).
+
+    Lazy reading: ``.npy`` and uncompressed TIFF are memory-mapped, compressed or
+    tiled TIFF is read through tifffile's zarr store into dask, zarr stays zarr.
+    """
+    import numpy as np
+
+    suffix = path.suffix.lower()
+    try:
+        if _is_zarr(path):
+            return _read_zarr(path, lazy)
+        if suffix == ".npy":
+            return np.load(path, mmap_mode="r" if lazy else None, allow_pickle=False)
+        if suffix in (".tif", ".tiff"):
+            return _read_tiff(path, lazy)
+        if suffix == ".png":
+            import imageio.v3 as iio
+
+            return np.asarray(iio.imread(path))
+    except (OSError, ValueError, KeyError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise UserError(f"cannot read {path}: {exc}") from exc
+    raise UserError(f"{path}: unsupported file type; use one of {', '.join(IMAGE_SUFFIXES)}")
+
+
+def _read_tiff(path: Path, lazy: bool) -> Any:
+    import tifffile
+
+    if not lazy:
+        return tifffile.imread(path)
+    try:
+        return tifffile.memmap(path, mode="r")
+    except (ValueError, OSError):  # compressed, tiled or otherwise not memory-mappable
+        pass
+    import dask.array as da
+    import zarr
+
+    store = tifffile.imread(path, aszarr=True)
+    node = zarr.open(store, mode="r")
+    if not hasattr(node, "shape"):  # pyramidal file: level 0 is full resolution
+        node = node["0"]
+    return da.from_zarr(node)
+
+
+def _read_zarr(path: Path, lazy: bool) -> Any:
+    import numpy as np
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if not hasattr(node, "shape"):  # a group: OME-Zarr level "0", else its only array
+        names = sorted(name for name, _ in node.arrays())
+        if not names:
+            raise UserError(f"zarr group {path} holds no array")
+        key = "0" if "0" in names else names[0]
+        node = node[key]
+    return node if lazy else np.asarray(node[...])
+
+
+def check_image(image: Any, path: Path) -> None:
+    """Reject data types that cannot be an image before they reach the engine."""
+    import numpy as np
+
+    kind = np.dtype(image.dtype).kind
+    if kind not in "biuf":
+        raise UserError(f"{path}: unsupported image dtype {image.dtype}; need integers or floats")
+    if image.ndim < 2:
+        raise UserError(f"{path}: an image needs at least 2 axes, got shape {image.shape}")
+
+
+def check_labels(labels: Any, image: Any, path: Path, channel_axis: int | None) -> Any:
+    """Labels must be integer-valued, match the image's spatial shape and label something."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "f":
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise UserError(
+                f"{path}: labels must be integers (class or instance ids), got dtype "
+                f"{labels.dtype} with fractional values"
+            )
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind not in "biu":
+        raise UserError(f"{path}: unsupported labels dtype {labels.dtype}; need integers")
+    from .data import check_pair
+
+    try:
+        check_pair(image, labels, channel_axis)
+    except ValueError as exc:
+        raise UserError(f"{path}: {str(exc).replace('DataConfig.channel_axis=', '--channel-axis ')}"
+                        ) from exc
+    if not labels.any():
+        raise UserError(f"{path}: labels are empty (all 0); paint or load some labels first")
+    return labels
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def read_run_json(path: str | Path | None) -> dict[str, Any]:
+    """Read a ``run.json`` as saved by the widgets: ``{"model", "train", "data", "predict"}``."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"config file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a JSON object")
+    known = {"model", "train", "data", "predict"}
+    unknown = set(data) - known - {"version", "images", "labels", "from"}
+    if unknown:
+        raise UserError(f"config file {path}: unknown section(s) {sorted(unknown)}; known: "
+                        f"{sorted(known)}")
+    return data
+
+
+def _override(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """Copy ``base`` with the flags the user actually gave (``None`` means not given)."""
+    out = dict(base)
+    out.update({k: v for k, v in changes.items() if v is not None})
+    return out
+
+
+def _normalization_from_args(
+    base: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    norm = dict(base.get("normalization") or {})
+    if args.normalization is not None:
+        if args.normalization != norm.get("mode"):
+            norm = {}  # the other mode's low/high mean something else
+        norm["mode"] = args.normalization
+    if args.norm_low is not None:
+        norm["low"] = args.norm_low
+    if args.norm_high is not None:
+        norm["high"] = args.norm_high
+    return norm
+
+
+def build_train_configs(
+    args: argparse.Namespace, base: CheckpointInfo | None = None
+) -> tuple[ModelConfig, TrainConfig, DataConfig, bool]:
+    """Merge the starting checkpoint's configs, ``--config`` and the flags (in that order).
+
+    Returns the configs and whether the label mode is still to be guessed ("auto").
+    """
+    from .config import DataConfig, ModelConfig, TrainConfig
+
+    run = read_run_json(args.config)
+    model_base = base.model.to_dict() if base is not None else run.get("model", {})
+    if base is not None and (args.widths or args.depth is not None):
+        raise UserError("--widths/--depth cannot change the architecture of a model being "
+                        "fine-tuned; export a pruned depth first, or train from scratch")
+    model = _override(
+        model_base,
+        widths=tuple(args.widths) if args.widths else None,
+        depth=args.depth,
+        spatial_dims=args.spatial_dims,
+    )
+    if args.widths and args.depth is None and "depth" not in model_base:
+        model["depth"] = min(len(args.widths) - 1, 4)
+    train = _override(
+        run.get("train", {}),
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        device=args.device,
+        seed=args.seed,
+        validate_every=args.validate_every,
+        patch_size=tuple(args.patch_size) if args.patch_size else None,
+    )
+    spatial_dims = int(model.get("spatial_dims", 2))
+    if "patch_size" in train and len(train["patch_size"]) == 1:
+        train["patch_size"] = tuple(train["patch_size"]) * spatial_dims
+    elif "patch_size" not in train and spatial_dims == 3:
+        train["patch_size"] = (32, 128, 128)
+    data_base = run.get("data", {})
+    if base is not None:  # inference must normalise as the model was trained
+        data_base = {**base.data.to_dict(), **data_base}
+    auto_label = args.label_mode == "auto"
+    data = _override(data_base, label_mode=None if auto_label else args.label_mode,
+                     target=args.target)
+    if args.channel_axis is not None:
+        data["channel_axis"] = None if args.channel_axis == "none" else int(args.channel_axis)
+    data["normalization"] = _normalization_from_args(data, args)
+    return (
+        ModelConfig.from_dict(model),
+        TrainConfig.from_dict(train),
+        DataConfig.from_dict(data),
+        auto_label,
+    )
+
+
+def run_json(model: ModelConfig, train: TrainConfig, data: DataConfig) -> dict[str, Any]:
+    """The ``run.json`` layout the widgets save, so a CLI run can be replayed in the GUI."""
+    return {
+        "version": __version__,
+        "model": model.to_dict(),
+        "train": train.to_dict(),
+        "data": data.to_dict(),
+    }
+
+
+# --------------------------------------------------------------------------- models
+
+
+def resolve_checkpoint(spec: str) -> str:
+    """A checkpoint path as given, or ``RUN/best`` when given a training run's folder."""
+    if spec.startswith(ZOO_PREFIX):
+        return spec
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"checkpoint {spec} does not exist (give a checkpoint folder, its config.json, "
+            f"a .zip, a training run folder, or {ZOO_PREFIX}NAME for a shipped model)"
+        )
+    if path.is_dir() and not (path / "config.json").exists() and (
+            path / "best" / "config.json").is_file():
+        return str(path / "best")
+    return spec
+
+
+def load_model(spec: str, device: str = "cpu") -> tuple[UNetPlusPlus, CheckpointInfo]:
+    """A checkpoint path (folder, ``config.json``, ``.zip``, run folder) or ``zoo:NAME``."""
+    spec = resolve_checkpoint(spec)
+    if spec.startswith(ZOO_PREFIX):
+        from . import zoo
+
+        return zoo.load_pretrained(spec[len(ZOO_PREFIX):], device=device)
+    from .checkpoint import load_checkpoint
+
+    return load_checkpoint(spec, device=device)
+
+
+def read_model_info(spec: str) -> CheckpointInfo:
+    """Configs and metrics without loading weights (``info`` must be instant)."""
+    if spec.startswith(ZOO_PREFIX):
+        from . import zoo
+
+        from .checkpoint import read_info
+
+        name = spec[len(ZOO_PREFIX):]
+        entries = {e.name: e for e in zoo.available_models()}
+        if name not in entries:
+            raise UserError(f"zoo model {name!r} is not available in this installation; "
+                            f"available: {sorted(entries) or 'none'}")
+        return read_info(entries[name].path)
+    spec = resolve_checkpoint(spec)
+    from .checkpoint import read_info
+
+    return read_info(spec)
+
+
+def depth_table(info: CheckpointInfo) -> str:
+    """The per-depth table: what each pruning depth costs (parameters, time) and scores."""
+    metrics = info.metrics or {}
+    rows_in = metrics.get("depths", {}) or {}
+    score_name = metrics.get("score_name", "score")
+    best = metrics.get("best_depth")
+    depths = range(1, info.model.depth + 1) if info.model.deep_supervision else [info.model.depth]
+    params = _parameters_by_depth(info.model)
+    rows = []
+    for d in depths:
+        row = rows_in.get(str(d), rows_in.get(d, {})) or {}
+        label = f"L{d}" + (" *" if best is not None and int(best) == d else "")
+        score = row.get(score_name, row.get("score"))
+        rows.append([label, _human_count(row.get("parameters", params.get(d))),
+                     score, row.get("ms_per_mpx")])
+    table = format_table(["depth", "parameters", score_name, "ms/Mpx"], rows)
+    if best is not None:
+        table += f"\n* recommended depth (smallest within tolerance of the best {score_name})"
+    return table
+
+
+def _parameters_by_depth(config: ModelConfig) -> dict[int, int]:
+    """Parameter counts from the architecture alone (no weights needed)."""
+    try:
+        from .model import UNetPlusPlus
+
+        net = UNetPlusPlus.from_config(config)
+        return {d: net.num_parameters(d) for d in net.head_depths}
+    except (ValueError, RuntimeError):
+        return {}
+
+
+def _info_dict(info: CheckpointInfo) -> dict[str, Any]:
+    return {
+        "version": info.version,
+        "model": info.model.to_dict(),
+        "data": info.data.to_dict(),
+        "train": info.train.to_dict() if info.train is not None else None,
+        "metrics": info.metrics,
+        "provenance": info.provenance,
+        "card": info.card,
+    }
+
+
+# --------------------------------------------------------------------------- progress
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, desc: str, enabled: bool = True) -> Iterator[Any]:
+    """A tqdm bar on stderr; disabled (quietly) under ``--quiet`` or when not a terminal."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="it", file=sys.stderr, disable=not enabled,
+               dynamic_ncols=True, leave=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _advance(bar: Any, event: Any) -> None:
+    """Move a bar to an event's step (events carry absolute step/total)."""
+    total = getattr(event, "total", 0) or 0
+    if total and bar.total != total:
+        bar.total = total
+        bar.refresh()
+    step = getattr(event, "step", 0) or 0
+    if step > bar.n:
+        bar.update(step - bar.n)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (or fine-tune) from files; writes the checkpoint and prints the per-depth table."""
+    out = Path(args.out)
+    if args.resume and args.config is None and (out / "run.json").is_file():
+        args.config = str(out / "run.json")  # the interrupted run's settings
+    initial = _initial_model(args, out)
+    base = None
+    if args.resume:
+        base = read_model_info(str(out / "last"))
+    elif initial is not None:
+        base = read_model_info(args.from_)
+    model_config, train_config, data_config, auto = build_train_configs(args, base)
+    pairs = pair_files(collect_files(args.images, "image"), collect_files(args.labels, "labels"))
+    val_pairs: list[tuple[Path, Path]] = []
+    if args.val_images or args.val_labels:
+        if not (args.val_images and args.val_labels):
+            raise UserError("give both --val-images and --val-labels (or neither)")
+        val_pairs = pair_files(collect_files(args.val_images, "validation image"),
+                               collect_files(args.val_labels, "validation labels"))
+    images, labels = _read_pairs(pairs, data_config.channel_axis)
+    val_images, val_labels = _read_pairs(val_pairs, data_config.channel_axis)
+
+    from . import data as data_mod
+
+    if auto:
+        mode, why = data_mod.guess_label_mode(labels[0])
+        data_config = data_config.replace(label_mode=mode)
+        _note(f"label mode: {mode} ({why})")
+    channels = 1 if data_config.channel_axis is None else int(
+        images[0].shape[data_config.channel_axis])
+    model_config = model_config.replace(
+        in_channels=channels,
+        num_classes=data_mod.num_output_channels(data_config, labels),
+    )
+    if args.dry_run:
+        _out(json.dumps(run_json(model_config, train_config, data_config), indent=2))
+        return 0
+
+    from .training import Trainer
+
+    trainer = Trainer(model_config, train_config, data_config, initial=initial, output_dir=out,
+                      resume=bool(args.resume))
+    _note(f"training on {len(pairs)} image(s)"
+          + (f", validating on {len(val_pairs)}" if val_pairs else "")
+          + f"; checkpoint -> {out}")
+    result = _drive_training(
+        trainer.run(images, labels, val_images or None, val_labels or None),
+        train_config.iterations, enabled=not args.quiet,
+    )
+    saved = result.info
+    # run.json beside best/ and last/: `train --config RUN/run.json` replays the run
+    (out / "run.json").write_text(json.dumps(
+        run_json(saved.model, saved.train or train_config, saved.data), indent=2))
+    _out(f"checkpoint: {result.checkpoint}")
+    _out(depth_table(saved))
+    return 0
+
+
+def _initial_model(args: argparse.Namespace, out: Path) -> Any:
+    """What to fine-tune from: a checkpoint path, a zoo model, or None (``--resume`` is apart)."""
+    if args.resume and args.from_:
+        raise UserError("give either --resume or --from, not both")
+    if args.resume:
+        if not (out / "last" / "config.json").is_file():
+            raise UserError(f"--resume: no interrupted run in {out} (no {out / 'last'})")
+        return None
+    if not args.from_:
+        return None
+    if args.from_.startswith(ZOO_PREFIX):
+        return load_model(args.from_, device="cpu")[0]
+    return resolve_checkpoint(args.from_)
+
+
+def _read_pairs(
+    pairs: Sequence[tuple[Path, Path]], channel_axis: int | None
+) -> tuple[list[Any], list[Any]]:
+    images, labels = [], []
+    for image_path, label_path in pairs:
+        image = read_array(image_path)
+        check_image(image, image_path)
+        label = check_labels(read_array(label_path), image, label_path, channel_axis)
+        images.append(image)
+        labels.append(label)
+    return images, labels
+
+
+def _drive_training(gen: Any, total: int, enabled: bool) -> Any:
+    """Drive the training generator with a tqdm bar showing loss and validation score."""
+    postfix: dict[str, str] = {}
+    with progress_bar(total, "train", enabled) as bar:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            kind = getattr(event, "kind", "")
+            if kind == "step":
+                loss = getattr(event, "loss", None)
+                if loss is not None:
+                    postfix["loss"] = f"{float(loss):.4f}"
+            elif kind == "validation":
+                scores = getattr(event, "val_scores", None) or {}
+                if scores:
+                    best = max(scores, key=lambda d: scores[d])
+                    postfix["val"] = f"{scores[best]:.3f}@L{best}"
+            _advance(bar, event)
+            if postfix:
+                bar.set_postfix(postfix, refresh=False)
+
+
+# --------------------------------------------------------------------------- predict
+
+
+@dataclass
+class _PredictJob:
+    """What every block of a prediction needs (picklable: it travels to dask workers)."""
+
+    model_spec: str
+    predict: dict[str, Any]
+    data: dict[str, Any]
+
+
+def build_predict_config(
+    args: argparse.Namespace, info_data: DataConfig, spatial_dims: int
+) -> tuple[PredictConfig, DataConfig]:
+    """``--config``'s "predict"/"data" sections, the checkpoint's data config, then the flags."""
+    from .config import DataConfig, PredictConfig
+
+    run = read_run_json(args.config)
+    if args.depth is not None and args.depths:
+        raise UserError("give either --depth (pruned fast path) or --depths, not both")
+    predict = _override(
+        run.get("predict", {}),
+        pruned_depth=args.depth,
+        depths=tuple(args.depths) if args.depths else None,
+        tile_size=tuple(args.tile) if args.tile else None,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        device=args.device,
+        threshold=args.threshold,
+        min_size=args.min_size,
+    )
+    if args.tta:
+        predict["tta"] = True
+    tile = tuple(predict.get("tile_size", ()))
+    if len(tile) == 1:
+        predict["tile_size"] = tile * spatial_dims
+    elif not tile and spatial_dims == 3:
+        predict["tile_size"] = (64, 128, 128)
+    data = info_data.to_dict()
+    if "normalization" in run.get("data", {}):
+        data["normalization"] = run["data"]["normalization"]
+    if args.channel_axis is not None:
+        data["channel_axis"] = None if args.channel_axis == "none" else int(args.channel_axis)
+    return PredictConfig.from_dict(predict), DataConfig.from_dict(data)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Segment images; write ``<name>_labels.tif`` (+ ``<name>_L{d}.tif``) or zarr."""
+    files = collect_files(args.images, "image")
+    model, info = load_model(args.checkpoint, device="cpu")
+    predict_config, data_config = build_predict_config(args, info.data,
+                                                       model.config.spatial_dims)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    client = _start_client(args.distributed) if args.distributed else None
+    try:
+        for path in files:
+            image = read_array(path, lazy=True)
+            check_image(image, path)
+            fmt = args.format or ("zarr" if _is_zarr(path) else "tif")
+            written = _predict_file(path, image, model, predict_config, data_config, out, fmt,
+                                    args, client)
+            _out(f"{path} -> {', '.join(str(p) for p in written)}")
+    finally:
+        if client is not None:
+            _close_client(client)
+    return 0
+
+
+def _predict_file(
+    path: Path, image: Any, model: UNetPlusPlus, config: PredictConfig, data: DataConfig,
+    out: Path, fmt: str, args: argparse.Namespace, client: Any,
+) -> list[Path]:
+    """Probabilities (in memory for tif, streamed to zarr for zarr), then labels, then files."""
+    from .postprocess import probabilities_to_labels
+
+    name = _stem(path)
+    store = out / f"{name}_probabilities.zarr" if fmt == "zarr" else None
+    if store is not None and store.exists():
+        shutil.rmtree(store)  # results of an earlier run of the same command
+    if client is not None:
+        job = _PredictJob(_portable_spec(args.checkpoint), config.to_dict(), data.to_dict())
+        probs = _predict_distributed(client, job, path, image, model, store)
+    else:
+        probs = _predict_local(model, image, config, data, desc=name, enabled=not args.quiet,
+                               out=store)
+    depth = config.pruned_depth if config.pruned_depth is not None else max(probs)
+    labels = probabilities_to_labels(probs[depth], model.config, data,
+                                     threshold=config.threshold, min_size=config.min_size)
+    written = [_write_array(out / f"{name}_labels", labels, fmt)]
+    if store is not None:
+        if args.probabilities:
+            written.append(store)
+        else:
+            shutil.rmtree(store)
+    elif args.probabilities:
+        written += [_write_array(out / f"{name}_L{d}", probs[d], fmt) for d in sorted(probs)]
+    return written
+
+
+def _portable_spec(spec: str) -> str:
+    """An absolute checkpoint path (workers may run elsewhere: it must be on a shared disk)."""
+    return spec if spec.startswith(ZOO_PREFIX) else str(Path(resolve_checkpoint(spec)).resolve())
+
+
+def _predict_local(
+    model: UNetPlusPlus, image: Any, config: PredictConfig, data: DataConfig,
+    desc: str = "predict", enabled: bool = True, out: Path | None = None,
+) -> dict[int, Any]:
+    """Drive ``inference.predict`` with a tqdm bar over tiles."""
+    from .inference import predict
+
+    gen = predict(model, image, config, data, out=out)
+    with progress_bar(0, desc, enabled) as bar:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if event.kind == "fallback":
+                bar.write(f"{PROG}: {event.message}", file=sys.stderr)
+            _advance(bar, event)
+
+
+def _write_array(base: Path, array: Any, fmt: str) -> Path:
+    """Write ``base.tif`` (BigTIFF when needed) or ``base.zarr`` (chunked, for big results)."""
+    import numpy as np
+
+    if fmt == "zarr":
+        import zarr
+
+        path = base.with_suffix(".zarr")
+        if path.exists():
+            shutil.rmtree(path)
+        chunks = tuple(min(s, c) for s, c in zip(array.shape, (1,) * (array.ndim - 2)
+                                                  + (1024, 1024)))
+        target = zarr.open_array(str(path), mode="w", shape=array.shape, dtype=array.dtype,
+                                 chunks=chunks)
+        target[...] = np.asarray(array)
+        return path
+    import tifffile
+
+    path = base.with_suffix(".tif")
+    # minisblack: a 3- or 4-slice stack must not be stored (and shown) as RGB
+    tifffile.imwrite(path, np.asarray(array), compression="zlib", photometric="minisblack")
+    return path
+
+
+# --------------------------------------------------------------------------- distributed
+
+_WORKER_MODELS: dict[tuple[str, str], Any] = {}
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker_model(spec: str, device: str) -> Any:
+    """The model, loaded once per worker process (threads of a worker share it)."""
+    key = (spec, device)
+    with _WORKER_LOCK:
+        if key not in _WORKER_MODELS:
+            _WORKER_MODELS[key] = load_model(spec, device=device)[0]
+        return _WORKER_MODELS[key]
+
+
+def predict_block(job: _PredictJob, source: str, axis: int | None,
+                  index: int) -> tuple[int, dict[int, Any]]:
+    """One distributed task: ``inference.predict`` on one slice with the worker's model.
+
+    ``source`` is the image file; the worker reads only its slice (lazily).
+    Returns the slice index with the per-depth probabilities of that slice.
+    """
+    import numpy as np
+
+    from .config import DataConfig, PredictConfig
+    from .events import drive
+    from .inference import predict
+
+    config = PredictConfig.from_dict(job.predict)
+    model = _worker_model(job.model_spec, config.device)
+    image = read_array(Path(source), lazy=True)
+    block = image if axis is None else np.take(image, index, axis=axis)
+    return index, dict(drive(predict(model, np.asarray(block), config,
+                                     DataConfig.from_dict(job.data))))
+
+
+def _start_client(address: str) -> Any:
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise UserError("--distributed needs dask.distributed: pip install "
+                        "'napari-unetpp[distributed]'") from exc
+    if address == "local":
+        workers = int(os.environ.get("NAPARI_UNETPP_WORKERS", "0")) or min(2, os.cpu_count() or 1)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        return Client(cluster)
+    try:
+        return Client(address, timeout="20s")
+    except OSError as exc:
+        raise UserError(f"cannot reach dask scheduler at {address}: {exc}") from exc
+
+
+def _close_client(client: Any) -> None:
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+def _fixed_normalization(image: Any, data: DataConfig) -> DataConfig:
+    """The stack's percentile range as a fixed window, so every slice is normalised alike.
+
+    ``inference.predict`` computes one intensity range per image (a stack is one
+    image); a task sees one slice, so it gets the whole stack's range instead.
+    """
+    from .data import intensity_range
+
+    norm = data.normalization
+    if norm.mode != "percentile":
+        return data
+    low, high = intensity_range(image, norm)
+    high = max(high, low + 1e-8)  # a constant image: normalize() guards the scale the same way
+    return data.replace(normalization=norm.replace(mode="window", low=low, high=high))
+
+
+def _predict_distributed(
+    client: Any, job: _PredictJob, path: Path, image: Any, model: UNetPlusPlus,
+    store: Path | None,
+) -> dict[int, Any]:
+    """Map the slices of a stack over the cluster, one ``inference.predict`` per slice.
+
+    Workers load the model once each and read their slice from the file (a remote
+    cluster needs the file and checkpoint on a shared disk). Results are written
+    into the output (numpy, or zarr when ``store`` is given) as they arrive.
+    """
+    import numpy as np
+    from distributed import as_completed
+
+    from .config import DataConfig
+    from .inference import output_shape
+
+    data = _fixed_normalization(image, DataConfig.from_dict(job.data))
+    channel = None if data.channel_axis is None else data.channel_axis % image.ndim
+    others = [a for a in range(image.ndim) if a != channel]
+    axis = others[0] if len(others) > model.config.spatial_dims else None
+    if axis is not None and channel is not None and channel > axis:
+        channel -= 1  # the slice has one axis less before the channels
+    job = _PredictJob(job.model_spec, job.predict,
+                      {**data.to_dict(), "channel_axis": channel})
+    count = 1 if axis is None else image.shape[axis]
+    source = str(path.resolve())  # workers read their own slice: nothing big leaves here
+    futures = [client.submit(predict_block, job, source, axis, i, pure=False)
+               for i in range(count)]
+    shape = output_shape(tuple(image.shape), data.channel_axis, model.config.num_classes)
+    class_axes = 0 if model.config.num_classes == 1 else 1
+    where = 0 if axis is None else others.index(axis)  # position among non-channel axes
+    arrays: dict[int, Any] = {}
+    for future in as_completed(futures):
+        index, result = future.result()
+        if not arrays:
+            arrays = _allocate_outputs(sorted(result), shape, store)
+        for d, prob in result.items():
+            target = (slice(None),) * (class_axes + where) + ((index,) if axis is not None else ())
+            arrays[d][target] = prob
+    return arrays
+
+
+def _allocate_outputs(depths: list[int], shape: tuple[int, ...], store: Path | None
+                      ) -> dict[int, Any]:
+    import numpy as np
+
+    if store is None:
+        return {d: np.zeros(shape, np.float32) for d in depths}
+    import zarr
+
+    group = zarr.open_group(str(store), mode="w")
+    chunks = (1,) * (len(shape) - 2) + tuple(min(s, 1024) for s in shape[-2:])
+    return {d: group.create_array(name=f"L{d}", shape=shape, chunks=chunks, dtype="float32",
+                                  fill_value=0.0) for d in depths}
+
+
+# --------------------------------------------------------------------------- info / export
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print the configs and the per-depth table (or everything as JSON)."""
+    info = read_model_info(args.checkpoint)
+    if args.json:
+        _out(json.dumps(_info_dict(info), indent=2, default=str))
+        return 0
+    m = info.model
+    _out(f"model: UNet++ {m.spatial_dims}D, depth {m.depth}, widths {list(m.widths)}, "
+         f"{m.in_channels} input channel(s), {m.num_classes} output(s), norm {m.norm}"
+         + (f", classes {list(m.class_names)}" if m.class_names else ""))
+    d = info.data
+    _out(f"data: label mode {d.label_mode}, target {d.target}, channel axis {d.channel_axis}, "
+         f"normalization {d.normalization.mode} {d.normalization.low}..{d.normalization.high}")
+    if info.train is not None:
+        t = info.train
+        _out(f"train: {t.iterations} iterations, batch {t.batch_size}, patch "
+             f"{list(t.patch_size)}, lr {t.learning_rate}, seed {t.seed}")
+    if info.provenance:
+        _out("provenance:")
+        for key, value in info.provenance.items():
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            _out(f"  {key}: {text}")
+    _out(f"plugin version: {info.version}")
+    _out("")
+    _out(depth_table(info))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Save the pruned network of one depth as its own, smaller checkpoint."""
+    import dataclasses
+
+    from .checkpoint import save_checkpoint
+
+    model, info = load_model(args.checkpoint, device="cpu")
+    if args.depth not in model.head_depths:
+        raise UserError(f"no head at depth {args.depth}; this model has {list(model.head_depths)}")
+    pruned = model.prune(args.depth)
+    metrics = dict(info.metrics or {})
+    row = (metrics.get("depths") or {}).get(str(args.depth))
+    metrics["depths"] = {str(args.depth): row} if row else {}
+    metrics["best_depth"] = args.depth
+    provenance = {**(info.provenance or {}), "pruned_from": str(args.checkpoint),
+                  "pruned_depth": args.depth, "original_depth": model.depth}
+    new_info = dataclasses.replace(info, model=pruned.config, metrics=metrics,
+                                   provenance=provenance)
+    out = Path(args.out)
+    path = Path(save_checkpoint(out, pruned, new_info, half=args.half))
+    _out(f"exported L{args.depth}: {_human_count(pruned.num_parameters())} parameters "
+         f"(of {_human_count(model.num_parameters())}) -> {path}")
+    if args.zip:
+        from .checkpoint import export_zip
+
+        _out(f"zip: {export_zip(path, Path(str(path) + '.zip'))}")
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _has_display() -> bool:
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Segment the bundled sample crop with the shipped model and score it."""
+    import numpy as np
+
+    from . import _sample_data, zoo
+    from .config import PredictConfig
+    from .postprocess import probabilities_to_labels
+
+    model, info = zoo.load_pretrained(args.model, device="cpu")
+    image, truth, meta = _sample_data.load_sample(args.model)
+    tile = (256, 256) if model.config.spatial_dims == 2 else (64, 128, 128)
+    config = PredictConfig(device=args.device or "auto", tile_size=tile)
+    probs = _predict_local(model, image, config, info.data, desc=f"demo {args.model}",
+                           enabled=not args.quiet)
+    depth = max(probs)
+    labels = probabilities_to_labels(probs[depth], model.config, info.data)
+    score_name, score = _demo_score(labels, np.asarray(truth), model.config.num_classes,
+                                    info.data.target)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [_write_array(out / f"{args.model}_image", np.asarray(image), "tif"),
+               _write_array(out / f"{args.model}_labels", labels, "tif")]
+    _out(f"demo: {meta.get('title', args.model)}, shape {tuple(image.shape)}, "
+         f"model zoo:{args.model} (L{depth})")
+    _out(f"{score_name} against the crop's labels: {score:.3f}")
+    _out(f"data: {meta.get('attribution', '')}")
+    _out("wrote " + ", ".join(str(p) for p in written))
+    if not args.no_viewer and _has_display():
+        _show(image, labels, truth, args.model, meta)
+    return 0
+
+
+def _demo_score(labels: Any, truth: Any, num_classes: int, target: str) -> tuple[str, float]:
+    """Instances: AP at IoU 0.5 (DSB 2018); classes: mean foreground IoU; binary: IoU."""
+    from . import metrics
+
+    if target == "instance":
+        return "AP@0.5", metrics.average_precision(labels, truth, 0.5)
+    if num_classes > 1:
+        return "mean IoU", float(metrics.per_class_scores(labels, truth, num_classes)["mean_iou"])
+    return "IoU", metrics.iou(labels > 0, truth > 0)
+
+
+def _show(image: Any, labels: Any, truth: Any, name: str,
+          meta: dict[str, Any]) -> None:  # pragma: no cover - needs a display
+    """Open napari with the sample, its labels and the result (imported only here)."""
+    import napari  # the CLI never loads Qt otherwise
+
+    scale = meta.get("scale")
+    viewer = napari.Viewer(title=f"napari-unetpp demo: {name}")
+    viewer.add_image(image, name=name, scale=scale)
+    viewer.add_labels(truth, name=f"{name} ground truth", visible=False, scale=scale)
+    viewer.add_labels(labels, name=f"{name} UNet++ labels", scale=scale)
+    napari.run()
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default=None,
+                   help="compute device (default: auto = cuda, else mps, else cpu)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (public so docs and tests can inspect it)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="UNet++ segmentation: train, predict, inspect, prune, demo.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train or fine-tune a UNet++ on image/label files")
+    t.add_argument("--images", nargs="+", required=True, metavar="PATH",
+                   help="image files or folders (tif, tiff, png, npy, zarr)")
+    t.add_argument("--labels", nargs="+", required=True, metavar="PATH",
+                   help="label files or folders, paired with images by name or sorted order")
+    t.add_argument("--val-images", nargs="+", metavar="PATH")
+    t.add_argument("--val-labels", nargs="+", metavar="PATH")
+    t.add_argument("--out", required=True, metavar="DIR",
+                   help="run folder: best/ (the checkpoint), last/ (to resume), run.json")
+    t.add_argument("--config", metavar="RUN_JSON", help="run.json (flags override it)")
+    t.add_argument("--from", dest="from_", metavar="CHECKPOINT|zoo:NAME",
+                   help="fine-tune from a checkpoint or a shipped model")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out (from --out/last)")
+    t.add_argument("--widths", nargs="+", type=int, metavar="W")
+    t.add_argument("--depth", type=int)
+    t.add_argument("--spatial-dims", type=int, choices=[2, 3])
+    t.add_argument("--iterations", type=int)
+    t.add_argument("--patch-size", nargs="+", type=int, metavar="P")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--validate-every", type=int)
+    t.add_argument("--label-mode", choices=["dense", "sparse", "auto"], default=None)
+    t.add_argument("--target", choices=["semantic", "instance"])
+    t.add_argument("--channel-axis", metavar="AXIS|none",
+                   help="axis of the image holding channels (default: none)")
+    t.add_argument("--normalization", choices=["percentile", "window", "none"])
+    t.add_argument("--norm-low", type=float)
+    t.add_argument("--norm-high", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--dry-run", action="store_true",
+                   help="print the resolved run.json and exit without training")
+    _add_common(t)
+    t.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="segment images with a checkpoint or shipped model")
+    p.add_argument("checkpoint", metavar="CHECKPOINT|zoo:NAME")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--config", metavar="RUN_JSON")
+    p.add_argument("--depth", type=int, help="run only the pruned network of this depth (fast)")
+    p.add_argument("--depths", nargs="+", type=int, help="heads to compute in one pass")
+    p.add_argument("--tile", nargs="+", type=int, metavar="T")
+    p.add_argument("--overlap", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
+    p.add_argument("--format", choices=["tif", "zarr"], default=None,
+                   help="output format (default: zarr for zarr inputs, else tif)")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write <name>_L{d} probabilities per depth")
+    p.add_argument("--threshold", type=float)
+    p.add_argument("--min-size", type=int)
+    p.add_argument("--channel-axis", metavar="AXIS|none")
+    p.add_argument("--distributed", nargs="?", const="local", metavar="SCHEDULER|local",
+                   help="map slices over a dask.distributed cluster (default: a LocalCluster)")
+    _add_common(p)
+    p.set_defaults(func=cmd_predict)
+
+    i = sub.add_parser("info", help="show a checkpoint's configs and per-depth table")
+    i.add_argument("checkpoint", metavar="CHECKPOINT|zoo:NAME")
+    i.add_argument("--json", action="store_true", help="everything as JSON")
+    i.set_defaults(func=cmd_info)
+
+    e = sub.add_parser("export", help="save the pruned network of one depth")
+    e.add_argument("checkpoint", metavar="CHECKPOINT|zoo:NAME")
+    e.add_argument("--depth", type=int, required=True)
+    e.add_argument("--out", required=True, metavar="DIR")
+    e.add_argument("--half", action="store_true", help="store weights as float16")
+    e.add_argument("--zip", action="store_true", help="also write DIR.zip")
+    e.set_defaults(func=cmd_export)
+
+    d = sub.add_parser("demo", help="segment a bundled sample with a shipped model")
+    d.add_argument("--model", choices=["nuclei", "em", "ct"], default="nuclei")
+    d.add_argument("--out", default="unetpp-demo", metavar="DIR")
+    d.add_argument("--no-viewer", action="store_true", help="do not open napari")
+    _add_common(d)
+    d.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``napari-unetpp`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        _note("interrupted")
+        return 130
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+        # CheckpointError subclasses ValueError; user mistakes never show a traceback
+        return _error(_one_line(exc))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:
+        text = f"{text}: {exc.filename}"
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""End-to-end tests of the command line on small crops of the real EM stack.
+
+One tiny network (widths 4 8 16, depth 2) is trained once for the module on two
+128x128 EM crops; the other tests predict, inspect, export and distribute with it.
+Everything runs through ``cli.main`` (and one real subprocess) so the tests see what
+a user sees: exit status, stdout, the one-line error on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unetpp import __version__
+from napari_unetpp.cli import main, pair_files
+
+CROP = (slice(192, 320), slice(192, 320))  # 128 x 128, membranes and cells in it
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def em_files(tmp_path_factory: pytest.TempPathFactory, em_stack) -> dict[str, Path]:
+    """Two training crops (own files), one validation crop and a 3-slice test stack."""
+    image, membranes = em_stack
+    root = tmp_path_factory.mktemp("em")
+    (root / "images").mkdir()
+    (root / "labels").mkdir()
+    for z in (0, 1):
+        tifffile.imwrite(root / "images" / f"slice{z}.tif", image[z][CROP])
+        tifffile.imwrite(root / "labels" / f"slice{z}_labels.tif", membranes[z][CROP])
+    tifffile.imwrite(root / "val_image.tif", image[15][CROP])
+    tifffile.imwrite(root / "val_labels.tif", membranes[15][CROP])
+    tifffile.imwrite(root / "stack.tif", image[16:19, 100:196, 50:162],  # (3, 96, 112)
+                     photometric="minisblack")
+    return {"root": root, "images": root / "images", "labels": root / "labels",
+            "val_image": root / "val_image.tif", "val_labels": root / "val_labels.tif",
+            "stack": root / "stack.tif"}
+
+
+TRAIN_FLAGS = ["--widths", "4", "8", "16", "--depth", "2", "--iterations", "20",
+               "--patch-size", "64", "64", "--batch-size", "2", "--validate-every", "10",
+               "--device", "cpu", "--seed", "1", "--label-mode", "dense", "-q"]
+
+
+@pytest.fixture(scope="module")
+def trained(em_files: dict[str, Path]) -> Path:
+    """The checkpoint folder of one tiny training run."""
+    out = em_files["root"] / "run"
+    code = main(["train", "--images", str(em_files["images"]), "--labels",
+                 str(em_files["labels"]), "--val-images", str(em_files["val_image"]),
+                 "--val-labels", str(em_files["val_labels"]), "--out", str(out), *TRAIN_FLAGS])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def predicted(em_files: dict[str, Path], trained: Path) -> Path:
+    """Full-network prediction of the stack with all per-depth probabilities."""
+    out = em_files["root"] / "pred_full"
+    code = main(["predict", str(trained), str(em_files["stack"]), "--out", str(out),
+                 "--tile", "64", "64", "--probabilities", "--device", "cpu", "-q"])
+    assert code == 0
+    return out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def test_pairing_by_name_then_order(tmp_path: Path) -> None:
+    images = [tmp_path / "b.png", tmp_path / "a.png"]
+    labels = [tmp_path / "a_labels.tif", tmp_path / "b_labels.tif"]
+    assert pair_files(images, labels) == [(images[0], labels[1]), (images[1], labels[0])]
+    by_order = pair_files([tmp_path / "x.tif"], [tmp_path / "y.tif"])
+    assert by_order == [(tmp_path / "x.tif", tmp_path / "y.tif")]
+
+
+def test_train_writes_checkpoint_and_table(trained: Path) -> None:
+    out = trained
+    assert (out / "best" / "config.json").is_file()
+    assert (out / "best" / "weights.safetensors").is_file()
+    assert (out / "last" / "config.json").is_file()  # what --resume continues from
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["widths"] == [4, 8, 16] and run["model"]["depth"] == 2
+    assert run["train"]["iterations"] == 20
+
+
+def test_info_prints_depth_table(capsys: pytest.CaptureFixture[str],
+                                 trained: Path) -> None:
+    code, out, _ = _run(capsys, "info", trained)
+    assert code == 0
+    assert "depth" in out and "parameters" in out
+    assert "L1" in out and "L2" in out and "L3" not in out
+    code, out, _ = _run(capsys, "info", trained, "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["model"]["depth"] == 2 and "metrics" in info
+
+
+def test_predict_writes_labels_of_input_shape(predicted: Path) -> None:
+    labels = tifffile.imread(predicted / "stack_labels.tif")
+    assert labels.shape == (3, 96, 112)
+    assert np.issubdtype(labels.dtype, np.integer)
+    for d in (1, 2):
+        prob = tifffile.imread(predicted / f"stack_L{d}.tif")
+        assert prob.shape == (3, 96, 112)
+        assert 0 <= prob.min() and prob.max() <= 1
+
+
+def test_pruned_depth_equals_head(em_files: dict[str, Path], trained: Path,
+                                  predicted: Path) -> None:
+    pruned_out, head_out = em_files["root"] / "pred_d1", em_files["root"] / "pred_h1"
+    common = [str(trained), str(em_files["stack"]), "--tile", "64", "64", "--probabilities",
+              "-q"]
+    assert main(["predict", *common, "--out", str(pruned_out), "--depth", "1"]) == 0
+    assert main(["predict", *common, "--out", str(head_out), "--depths", "1"]) == 0
+    assert not (pruned_out / "stack_L2.tif").exists()
+    pruned = tifffile.imread(pruned_out / "stack_L1.tif")
+    np.testing.assert_allclose(pruned, tifffile.imread(predicted / "stack_L1.tif"), atol=1e-5)
+    np.testing.assert_allclose(pruned, tifffile.imread(head_out / "stack_L1.tif"), atol=1e-5)
+    labels = tifffile.imread(pruned_out / "stack_labels.tif")
+    head_labels = tifffile.imread(head_out / "stack_labels.tif")
+    undecided = np.abs(pruned - 0.5) < 1e-4  # float noise may flip a pixel at the threshold
+    np.testing.assert_array_equal(labels[~undecided] > 0, head_labels[~undecided] > 0)
+
+
+def test_export_round_trip(capsys: pytest.CaptureFixture[str], em_files: dict[str, Path],
+                           trained: Path) -> None:
+    exported = em_files["root"] / "exported_L1"
+    code, out, _ = _run(capsys, "export", trained, "--depth", "1", "--out", exported,
+                        "--zip")
+    assert code == 0 and "L1" in out
+    assert (exported / "weights.safetensors").is_file()
+    assert Path(str(exported) + ".zip").is_file()
+    code, out, _ = _run(capsys, "info", Path(str(exported) + ".zip"), "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["model"]["depth"] == 1 and info["model"]["deep_supervision"] is False
+
+    direct, via_export = em_files["root"] / "pred_direct", em_files["root"] / "pred_export"
+    common = ["--tile", "64", "64", "--probabilities", "-q"]
+    assert main(["predict", str(trained), str(em_files["stack"]), "--out", str(direct),
+                 "--depth", "1", *common]) == 0
+    assert main(["predict", str(exported), str(em_files["stack"]), "--out", str(via_export),
+                 *common]) == 0
+    np.testing.assert_allclose(tifffile.imread(via_export / "stack_L1.tif"),
+                               tifffile.imread(direct / "stack_L1.tif"), atol=1e-5)
+
+
+def test_distributed_local_matches_local(em_files: dict[str, Path], trained: Path,
+                                         predicted: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    monkeypatch.setenv("NAPARI_UNETPP_WORKERS", "1")
+    out = em_files["root"] / "pred_dist"
+    assert main(["predict", str(trained), str(em_files["stack"]), "--out", str(out),
+                 "--tile", "64", "64", "--probabilities", "--device", "cpu", "-q",
+                 "--distributed", "local"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(out / "stack_labels.tif"),
+                                  tifffile.imread(predicted / "stack_labels.tif"))
+    np.testing.assert_allclose(tifffile.imread(out / "stack_L2.tif"),
+                               tifffile.imread(predicted / "stack_L2.tif"), atol=1e-5)
+
+
+def test_predict_zarr_output(em_files: dict[str, Path], trained: Path) -> None:
+    zarr = pytest.importorskip("zarr")
+    out = em_files["root"] / "pred_zarr"
+    assert main(["predict", str(trained), str(em_files["stack"]), "--out", str(out),
+                 "--tile", "64", "64", "--format", "zarr", "--depth", "2", "-q"]) == 0
+    assert zarr.open(str(out / "stack_labels.zarr"), mode="r").shape == (3, 96, 112)
+
+
+def test_run_json_round_trip(capsys: pytest.CaptureFixture[str], em_files: dict[str, Path],
+                             trained: Path, tmp_path: Path) -> None:
+    data = ["--images", em_files["images"], "--labels", em_files["labels"]]
+    code, first, _ = _run(capsys, "train", *data, "--out", tmp_path / "a", "--dry-run",
+                          *TRAIN_FLAGS, "--normalization", "window", "--norm-low", "0",
+                          "--norm-high", "255")
+    assert code == 0
+    (tmp_path / "run.json").write_text(first)
+    code, second, _ = _run(capsys, "train", *data, "--out", tmp_path / "b", "--dry-run",
+                           "--config", tmp_path / "run.json")
+    assert code == 0
+    assert json.loads(second) == json.loads(first)
+    assert json.loads(first)["data"]["normalization"]["mode"] == "window"
+    # the run.json written beside the trained checkpoint replays the same configs
+    code, third, _ = _run(capsys, "train", *data, "--out", tmp_path / "c", "--dry-run",
+                          "--config", trained / "run.json", "--iterations", "7")
+    replay, saved = json.loads(third), json.loads((trained / "run.json").read_text())
+    assert replay["model"] == saved["model"] and replay["data"] == saved["data"]
+    assert replay["train"]["iterations"] == 7
+
+
+def _bad_inputs(root: Path, em_files: dict[str, Path]) -> dict[str, list[str]]:
+    image = tifffile.imread(em_files["val_image"])
+    tifffile.imwrite(root / "small_labels.tif", np.ones((10, 10), np.uint8))
+    tifffile.imwrite(root / "empty_labels.tif", np.zeros_like(image))
+    np.save(root / "complex.npy", image.astype(np.complex64))
+    (root / "bad_ckpt").mkdir()
+    (root / "bad_ckpt" / "config.json").write_text("{ not json")
+    train = ["train", "--out", str(root / "o"), "--iterations", "1"]
+    return {
+        "missing image": [*train, "--images", str(root / "nope.tif"), "--labels",
+                          str(em_files["val_labels"])],
+        "shape mismatch": [*train, "--images", str(em_files["val_image"]), "--labels",
+                           str(root / "small_labels.tif")],
+        "empty labels": [*train, "--images", str(em_files["val_image"]), "--labels",
+                         str(root / "empty_labels.tif")],
+        "unsupported dtype": [*train, "--images", str(root / "complex.npy"), "--labels",
+                              str(em_files["val_labels"])],
+        "missing checkpoint": ["predict", str(root / "no_ckpt"), str(em_files["stack"]),
+                               "--out", str(root / "p")],
+        "bad checkpoint": ["info", str(root / "bad_ckpt")],
+        "missing config": [*train, "--images", str(em_files["val_image"]), "--labels",
+                           str(em_files["val_labels"]), "--config", str(root / "none.json")],
+    }
+
+
+@pytest.mark.parametrize("case", ["missing image", "shape mismatch", "empty labels",
+                                  "unsupported dtype", "missing checkpoint", "bad checkpoint",
+                                  "missing config"])
+def test_user_errors_exit_2_with_one_line(case: str, capsys: pytest.CaptureFixture[str],
+                                          em_files: dict[str, Path], tmp_path: Path) -> None:
+    code, _, err = _run(capsys, *_bad_inputs(tmp_path, em_files)[case])
+    assert code == 2
+    assert err.startswith("napari-unetpp: error: ")
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+def test_demo_with_a_zoo_model(capsys: pytest.CaptureFixture[str], trained: Path,
+                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo pipeline (zoo model + sample crop -> labels + score), with the tiny model."""
+    zoo_dir = tmp_path / "zoo"
+    shutil.copytree(trained / "best", zoo_dir / "em")
+    monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(zoo_dir))
+    code, out, _ = _run(capsys, "demo", "--model", "em", "--out", tmp_path / "demo",
+                        "--no-viewer", "-q", "--device", "cpu")
+    assert code == 0, out
+    assert "IoU against the crop's labels" in out
+    image = tifffile.imread(tmp_path / "demo" / "em_image.tif")
+    assert tifffile.imread(tmp_path / "demo" / "em_labels.tif").shape == image.shape
+    code, out, _ = _run(capsys, "info", "zoo:em")
+    assert code == 0 and "L2" in out
+    code, _, err = _run(capsys, "info", "zoo:nope")
+    assert code == 2 and "zoo" in err
+
+
+def test_console_script_error_has_no_traceback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_unetpp.cli", "predict", str(tmp_path / "missing"),
+         str(tmp_path / "x.tif"), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("napari-unetpp: error: ")
+    assert "Traceback" not in result.stderr
