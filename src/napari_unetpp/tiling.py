@@ -1,0 +1,474 @@
+"""Sliding-window (tiled) prediction: tile positions, blending weights, stitching.
+
+Why tiles: a whole EM section or CT volume rarely fits in GPU memory, and a dask
+or zarr stack must never be loaded whole. The image is cut into overlapping
+tiles, each tile is predicted, and the predictions are blended with weights that
+fall off towards the tile border (where a convolutional network sees zero
+padding instead of the real neighbourhood), as nnU-Net and MONAI do.
+
+Everything here is numpy; the network is hidden behind a ``predictor`` callable,
+so the same code stitches a UNet++, a test's ``x + 1`` or an ensemble, and every
+output head is stitched in one pass over the image.
+
+Memory: tiles are read from the input one batch at a time, and the blended
+result is accumulated in a rolling band one tile high along the first spatial
+axis; finished rows are written to the output (a numpy array, a zarr array or
+any object that accepts slice assignment) as soon as no later tile touches them.
+Peak memory therefore grows with the tile batch and one band, not with the image.
+The band can live on a GPU (``accumulate_on``, MONAI's separate accumulation
+device), so a GPU predictor's outputs are blended where they were computed.
+
+Example
+-------
+>>> import numpy as np
+>>> image = np.random.rand(1, 50, 70).astype("float32")
+>>> out = sliding_window(lambda x: {"y": x + 1}, image, (32, 32), overlap=0.25)
+>>> bool(np.allclose(out["y"], image + 1))
+True
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Generator, Hashable, Mapping, Sequence
+from typing import Any, Literal, NamedTuple, Protocol
+
+import numpy as np
+
+__all__ = [
+    "Sink",
+    "TileProgress",
+    "blending_weights",
+    "iter_sliding_window",
+    "pad_to",
+    "round_up",
+    "sliding_window",
+    "tile_grid",
+    "tile_starts",
+]
+
+BlendMode = Literal["gaussian", "constant"]
+#: Floor of the Gaussian's 1D factors (peak 1): tile borders keep a positive weight, so
+#: pixels seen only by tile borders (image corners) never divide by 0. Applied per axis,
+#: not to the product, so the weights stay separable: near an image border all tiles
+#: share that axis' factor and their ratios are those of the other axes. With sigma =
+#: tile / 8 the border factor is exp(-8) = 3.4e-4, so the floor is only a safeguard.
+MIN_WEIGHT = 1e-4
+#: Gaussian sigma as a fraction of the tile size (nnU-Net's and MONAI's default).
+SIGMA_SCALE = 1.0 / 8.0
+
+Predictor = Callable[[np.ndarray], Any]
+"""Maps a float32 batch ``(N, C, *tile)`` to ``{key: (N, C_out, *tile)}`` (or one array)."""
+
+
+class Sink(Protocol):
+    """Where finished rows of one output go: anything supporting ``sink[index] = block``."""
+
+    def __setitem__(self, index: tuple[slice, ...], value: np.ndarray) -> None: ...
+
+
+class TileProgress(NamedTuple):
+    """Progress of a sliding window: tiles predicted so far, out of ``total``."""
+
+    done: int
+    total: int
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def round_up(value: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is >= ``value``."""
+    return -(-int(value) // int(multiple)) * int(multiple)
+
+
+def _check_tiling_args(size: int, tile: int, overlap: float, align: int) -> None:
+    if size < 1:
+        raise ValueError(f"cannot tile an axis of size {size}; the image must not be empty")
+    if tile < 1:
+        raise ValueError(f"tile size must be >= 1, got {tile}; use e.g. 256 (2D) or 96 (3D)")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must lie in [0, 1), got {overlap}; 0.25 or 0.5 are typical")
+    if align < 1:
+        raise ValueError(f"align must be >= 1, got {align}")
+
+
+def tile_starts(size: int, tile: int, overlap: float, align: int = 1) -> list[int]:
+    """Start positions of tiles covering ``[0, size)`` along one axis.
+
+    The tiles are spread evenly (as nnU-Net's ``compute_steps_for_sliding_window``),
+    neighbours overlap by at least ``overlap * tile``, the first tile starts at 0
+    and the last ends flush with the border, so no tile hangs over the image and
+    every pixel is seen by as few tiles as the overlap allows. When ``tile >= size``
+    there is one tile at 0 and the caller pads (see :func:`pad_to`).
+
+    ``align`` rounds the starts to multiples of ``align``: for a network that pools
+    ``k`` times, ``align = 2**k`` puts every tile on the image's pooling grid, so
+    overlapping tiles agree and tiled output equals whole-image output away from
+    tile borders. The last tile stays flush; it is aligned too when ``size - tile``
+    is a multiple of ``align`` (pad the image up to one, as :func:`sliding_window` does).
+    """
+    _check_tiling_args(size, tile, overlap, align)
+    if size <= tile:
+        return [0]
+    if align > tile:
+        align = 1  # aligned starts could not cover the axis
+    span = size - tile
+    step = max(tile * (1.0 - overlap), 1.0)
+    # the largest gap allowed between starts: the step, on the alignment grid
+    limit = math.ceil(step) if align == 1 else align * max(1, math.floor(step / align + 1e-9))
+    top = span - span % align  # the last aligned position that keeps a tile inside
+    count = math.ceil(span / step) + 1
+    while True:
+        ideal = (k * span / (count - 1) for k in range(count))
+        starts = sorted({min(align * round(x / align), top) for x in ideal})
+        if starts[-1] != span:
+            starts.append(span)
+        gaps = [b - a for a, b in zip(starts, starts[1:])]
+        if max(gaps) <= limit or count > span:
+            return starts
+        count += 1
+
+
+def tile_grid(
+    shape: Sequence[int], tile: Sequence[int], overlap: float, align: int = 1
+) -> list[tuple[int, ...]]:
+    """All tile start corners for a spatial ``shape``, first axis slowest (C order).
+
+    The order matters: :func:`iter_sliding_window` finishes rows of the first
+    axis in turn and writes them out. With ``align > 1`` each axis is treated as
+    padded at its end up to a multiple of ``align`` (and at least one tile), so
+    every start, the last included, lies on the alignment grid.
+    """
+    if len(shape) != len(tile):
+        raise ValueError(
+            f"tile size {tuple(tile)} has {len(tile)} axes but the image has "
+            f"{len(shape)} spatial axes {tuple(shape)}; give one tile size per spatial axis"
+        )
+    extent = [max(int(t), round_up(int(s), align)) for s, t in zip(shape, tile)]
+    per_axis = [tile_starts(e, int(t), overlap, align) for e, t in zip(extent, tile)]
+    grid: list[tuple[int, ...]] = [()]
+    for starts in per_axis:
+        grid = [g + (s,) for g in grid for s in starts]
+    return grid
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_weights(tile_shape: tuple[int, ...], mode: str) -> np.ndarray:
+    if mode == "constant":
+        weights = np.ones(tile_shape, dtype=np.float32)
+    else:
+        weights = np.ones((), dtype=np.float64)
+        for size in tile_shape:
+            centre = (size - 1) / 2.0
+            sigma = max(size * SIGMA_SCALE, 1e-3)
+            axis = np.exp(-0.5 * ((np.arange(size) - centre) / sigma) ** 2)
+            weights = np.multiply.outer(weights, np.maximum(axis / axis.max(), MIN_WEIGHT))
+        weights = weights.astype(np.float32)
+    weights.setflags(write=False)  # shared by every caller through the cache
+    return weights
+
+
+def blending_weights(tile_shape: Sequence[int], mode: BlendMode = "gaussian") -> np.ndarray:
+    """Per-pixel weight of a tile's prediction when overlapping tiles are averaged.
+
+    ``gaussian``: a separable Gaussian with sigma = tile / 8 on each axis, peak 1,
+    each axis' factor clipped below at :data:`MIN_WEIGHT`: tile borders, where the network saw
+    padding rather than the real neighbourhood, count least, which removes seams.
+    ``constant``: plain averaging. The array is cached and read-only.
+    """
+    if mode not in ("gaussian", "constant"):
+        raise ValueError(f"blending mode must be 'gaussian' or 'constant', got {mode!r}")
+    shape = tuple(int(s) for s in tile_shape)
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"tile shape must be positive sizes, got {tuple(tile_shape)}")
+    return _cached_weights(shape, mode)
+
+
+def pad_to(
+    array: np.ndarray, shape: Sequence[int], mode: str = "reflect"
+) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Pad the trailing axes of ``array`` at their end up to ``shape``.
+
+    Returns the padded array and the index that crops a same-shaped result back.
+    Padding at the end (not centred) keeps tile starts on the image's own grid.
+    ``reflect`` mirrors the image (what the network sees inside the image is
+    continued), so predictions near the border stay plausible.
+    """
+    lead = array.ndim - len(shape)
+    if lead < 0:
+        raise ValueError(f"cannot pad an array of shape {array.shape} to {tuple(shape)}")
+    extra = [max(int(t) - s, 0) for s, t in zip(array.shape[lead:], shape)]
+    crop = tuple(slice(None) for _ in range(lead)) + tuple(
+        slice(0, s) for s in array.shape[lead:]
+    )
+    if not any(extra):
+        return array, crop
+    widths = [(0, 0)] * lead + [(0, e) for e in extra]
+    if mode == "reflect" and any(s == 1 and e for s, e in zip(array.shape[lead:], extra)):
+        mode = "edge"  # numpy cannot reflect a single pixel
+    return np.pad(array, widths, mode=mode), crop  # type: ignore[call-overload]
+
+
+# --------------------------------------------------------------------------- stitching
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    """A predictor output (numpy, torch on any device, ...) as a float32 numpy array."""
+    if hasattr(value, "detach"):  # torch, without importing it here
+        value = value.detach().float().cpu().numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+class _NumpyBackend:
+    """Running sums in host memory, float64: identical predictions blend to themselves exactly."""
+
+    def zeros(self, shape: tuple[int, ...]) -> Any:
+        return np.zeros(shape, dtype=np.float64)
+
+    def put(self, value: Any) -> Any:
+        return _as_numpy(value)
+
+    def weighted(self, block: Any, w: Any) -> Any:
+        return np.multiply(block, w, dtype=np.float64)
+
+    def divide(self, sums: Any, weight: Any) -> np.ndarray:
+        return (sums / np.maximum(weight, 1e-30)).astype(np.float32)  # 0 where no tile reached
+
+    def copy(self, array: Any) -> Any:
+        return array.copy()
+
+
+class _TorchBackend:
+    """Running sums as torch tensors on an accelerator (MONAI's separate accumulation device).
+
+    Tile outputs then never leave the GPU; only finished rows travel to the host,
+    once. float64 like the host (float32 on Apple MPS, which has no float64).
+    """
+
+    def __init__(self, device: Any) -> None:
+        import torch  # only when asked for: this module stays importable without torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.dtype = torch.float32 if self.device.type == "mps" else torch.float64
+
+    def zeros(self, shape: tuple[int, ...]) -> Any:
+        return self.torch.zeros(shape, dtype=self.dtype, device=self.device)
+
+    def put(self, value: Any) -> Any:
+        if isinstance(value, np.ndarray) and not value.flags.writeable:
+            value = value.copy()  # the cached weights: torch wants writable memory
+        return self.torch.as_tensor(value).to(self.device, non_blocking=True)
+
+    def weighted(self, block: Any, w: Any) -> Any:
+        return block.to(self.dtype) * w
+
+    def divide(self, sums: Any, weight: Any) -> np.ndarray:
+        return (sums / weight.clamp(min=1e-30)).float().cpu().numpy()
+
+    def copy(self, array: Any) -> Any:
+        return array.clone()
+
+
+def _as_dict(outputs: Any, put: Callable[[Any], Any]) -> dict[Hashable, Any]:
+    if isinstance(outputs, Mapping):
+        return {k: put(v) for k, v in outputs.items()}
+    if isinstance(outputs, (tuple, list)):
+        return {k: put(v) for k, v in enumerate(outputs)}
+    return {0: put(outputs)}
+
+
+class _Band:
+    """Running weighted sums for the rows ``[lo, lo + height)`` of the first spatial axis.
+
+    Rows before the start of the tile being added can no longer change (tiles
+    arrive in order of their first coordinate), so they are divided by their
+    weight, written out, and the band moves on. Sums are float64 so that the
+    blend of identical predictions is exactly that prediction after the final
+    float32 cast (the band is one tile high, so the extra bytes stay bounded).
+    """
+
+    def __init__(
+        self, spatial: tuple[int, ...], height: int, sinks: dict[Hashable, Any],
+        backend: _NumpyBackend | _TorchBackend,
+    ) -> None:
+        self.spatial = spatial
+        self.height = min(height, spatial[0])
+        self.lo = 0
+        self.sinks = sinks
+        self.backend = backend
+        self.sums: dict[Hashable, Any] = {}
+        self.weight = backend.zeros((1, self.height, *spatial[1:]))
+
+    def _index(self, start: tuple[int, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
+        first = slice(start[0] - self.lo, start[0] - self.lo + shape[0])
+        rest = tuple(slice(s, s + n) for s, n in zip(start[1:], shape[1:]))
+        return (slice(None), first, *rest)
+
+    def add(self, key: Hashable, start: tuple[int, ...], block: Any, w: Any) -> None:
+        """Add ``w * block`` (``block`` is ``(C_out, *valid_tile)``) at ``start``."""
+        if key not in self.sums:
+            self.sums[key] = self.backend.zeros((block.shape[0], self.height, *self.spatial[1:]))
+        self.sums[key][self._index(start, w.shape)] += self.backend.weighted(block, w)
+
+    def add_weight(self, start: tuple[int, ...], w: Any) -> None:
+        self.weight[self._index(start, w.shape)] += w
+
+    def advance(self, to: int) -> None:
+        """Write rows ``[lo, to)`` out and shift the band so that it starts at ``to``."""
+        rows = min(to, self.spatial[0]) - self.lo
+        if rows <= 0:
+            return
+        shift = min(rows, self.height)
+        self.flush(shift)
+        for array in (*self.sums.values(), self.weight):
+            array[:, : self.height - shift] = self.backend.copy(array[:, shift:])
+            array[:, self.height - shift :] = 0
+        self.lo += rows
+
+    def flush(self, rows: int) -> None:
+        """Blend and write the first ``rows`` rows of the band (0 where no tile reached)."""
+        rows = min(rows, self.spatial[0] - self.lo)
+        if rows <= 0:
+            return
+        target = (slice(None), slice(self.lo, self.lo + rows))
+        for key, sums in self.sums.items():
+            self.sinks[key][target] = self.backend.divide(sums[:, :rows], self.weight[:, :rows])
+
+
+def _read_tile(image: Any, start: tuple[int, ...], tile: tuple[int, ...]) -> np.ndarray:
+    """One tile ``(C, *tile)`` as float32, read lazily and reflect-padded past the border."""
+    index = (slice(None),) + tuple(slice(s, s + t) for s, t in zip(start, tile))
+    data = np.asarray(image[index], dtype=np.float32)
+    return pad_to(data, tile)[0]
+
+
+def iter_sliding_window(
+    predictor: Predictor,
+    image: Any,
+    tile_size: Sequence[int],
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    blending: BlendMode = "gaussian",
+    *,
+    align: int = 1,
+    allocate: Callable[[Hashable, tuple[int, ...]], Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    accumulate_on: Any = None,
+) -> Generator[TileProgress, None, dict[Hashable, Any]]:
+    """Generator form of :func:`sliding_window`: yields progress, returns the outputs.
+
+    After each batch it yields a :class:`TileProgress`; when resumed it asks
+    ``should_stop()`` and, if true, writes what has been blended so far (rows no
+    tile reached stay 0) and returns early. ``allocate(key, shape)`` creates the
+    output for one key when its channel count is first known (default: a numpy
+    float32 array); it may return a zarr array or a view that writes elsewhere.
+    ``accumulate_on``: ``None`` blends in host memory (numpy); a torch device
+    blends there, so a GPU predictor's outputs never leave the GPU tile by tile.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(image.shape) < 2:
+        raise ValueError(f"image must be (C, *spatial), got shape {tuple(image.shape)}")
+    spatial = tuple(int(s) for s in image.shape[1:])
+    tile = tuple(int(t) for t in tile_size)
+    if len(tile) != len(spatial):
+        raise ValueError(
+            f"tile size {tile} has {len(tile)} axes but the image has spatial shape {spatial}; "
+            f"give one size per spatial axis, e.g. {tuple(min(s, 256) for s in spatial)}"
+        )
+    grid = tile_grid(spatial, tile, overlap, align)
+    backend = _NumpyBackend() if accumulate_on is None else _TorchBackend(accumulate_on)
+    weights = backend.put(blending_weights(tile, blending))
+    allocate = allocate or (lambda key, shape: np.zeros(shape, dtype=np.float32))
+    sinks: dict[Hashable, Any] = {}
+    band = _Band(spatial, tile[0], sinks, backend)
+    done = 0
+    for first in range(0, len(grid), batch_size):
+        starts = grid[first : first + batch_size]
+        batch = np.stack([_read_tile(image, s, tile) for s in starts])
+        outputs = _as_dict(predictor(batch), backend.put)
+        for k, start in enumerate(starts):
+            band.advance(start[0])
+            valid = tuple(slice(0, max(min(t, n - s), 0)) for s, t, n in zip(start, tile, spatial))
+            if any(v.stop == 0 for v in valid):
+                continue  # a tile entirely in the alignment padding
+            w = weights[valid]
+            band.add_weight(start, w)
+            for key, value in outputs.items():
+                _check_output(key, value, len(starts), tile)
+                if key not in sinks:
+                    sinks[key] = allocate(key, (value.shape[1], *spatial))
+                band.add(key, start, value[(k, slice(None)) + valid], w)
+        done += len(starts)
+        yield TileProgress(done, len(grid))
+        if should_stop is not None and should_stop() and done < len(grid):
+            band.flush(band.height)
+            return sinks
+    band.advance(spatial[0])
+    return sinks
+
+
+def _check_output(key: Hashable, value: Any, n: int, tile: tuple[int, ...]) -> None:
+    if value.ndim != len(tile) + 2 or value.shape[0] != n or tuple(value.shape[2:]) != tile:
+        raise ValueError(
+            f"predictor output {key!r} has shape {tuple(value.shape)}; expected (N={n}, C_out, "
+            f"{', '.join(map(str, tile))}): the predictor must keep the tile's spatial shape"
+        )
+
+
+def sliding_window(
+    predictor: Predictor,
+    image: Any,
+    tile_size: Sequence[int],
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    blending: BlendMode = "gaussian",
+    on_batch: Callable[[int, int], Any] | None = None,
+    *,
+    align: int = 1,
+    allocate: Callable[[Hashable, tuple[int, ...]], Any] | None = None,
+    accumulate_on: Any = None,
+) -> dict[Hashable, Any]:
+    """Predict ``image`` ``(C, *spatial)`` tile by tile and blend all outputs in one pass.
+
+    Parameters
+    ----------
+    predictor
+        Maps a float32 batch ``(N, C, *tile)`` to ``{key: (N, C_out, *tile)}``
+        (numpy or torch, any device); every key is stitched.
+    image
+        numpy, dask or zarr array ``(C, *spatial)``; only one batch of tiles is
+        read at a time, so lazy inputs stay lazy. Axes smaller than the tile are
+        reflect-padded (the output keeps the image's shape).
+    tile_size, overlap, batch_size, blending
+        Tile shape (one size per spatial axis), fraction of a tile shared with
+        its neighbour, tiles per predictor call, ``"gaussian"`` or ``"constant"``.
+    on_batch
+        Called as ``on_batch(done, total)`` after each batch (progress bars).
+    align
+        Round tile starts to multiples of ``align`` (``2**depth`` for a UNet++).
+    allocate
+        ``allocate(key, shape) -> writable array`` for each output (default numpy).
+    accumulate_on
+        ``None`` (blend in host memory) or a torch device to blend on (a GPU:
+        tile outputs stay there; one band of sums must fit its memory).
+
+    Returns
+    -------
+    dict
+        ``{key: float32 array (C_out, *spatial)}``.
+    """
+    gen = iter_sliding_window(
+        predictor, image, tile_size, overlap, batch_size, blending, align=align,
+        allocate=allocate, accumulate_on=accumulate_on,
+    )
+    while True:
+        try:
+            progress = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_batch is not None:
+            on_batch(progress.done, progress.total)

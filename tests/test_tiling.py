@@ -1,0 +1,207 @@
+"""Tile positions, blending weights and stitching, with injected predictors (no network)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unetpp.tiling import (
+    MIN_WEIGHT,
+    TileProgress,
+    blending_weights,
+    iter_sliding_window,
+    pad_to,
+    sliding_window,
+    tile_grid,
+    tile_starts,
+)
+
+
+def plus_one(batch: np.ndarray) -> dict[str, np.ndarray]:
+    """The identity-like predictor (as in MONAI's tests): any blend of it must give x + 1."""
+    return {"same": batch + 1, "first_twice": batch[:, :1] * 2}
+
+
+# --------------------------------------------------------------------------- tile_starts
+
+
+@pytest.mark.parametrize("size", [1, 31, 64, 65, 100, 257, 1000])
+@pytest.mark.parametrize("tile, overlap", [(64, 0.0), (64, 0.25), (64, 0.5), (48, 0.75)])
+def test_tile_starts_cover_evenly_and_end_flush(size, tile, overlap):
+    starts = tile_starts(size, tile, overlap)
+    assert starts[0] == 0 and starts == sorted(set(starts))
+    if size <= tile:
+        assert starts == [0]
+        return
+    assert starts[-1] + tile == size  # flush with the border, never past it
+    covered = np.zeros(size, bool)
+    for s in starts:
+        covered[s : s + tile] = True
+    assert covered.all()
+    gaps = np.diff(starts)
+    assert gaps.max() <= np.ceil(tile * (1 - overlap))  # overlap at least as asked
+    assert gaps.max() - gaps.min() <= 1  # evenly spread
+
+
+@pytest.mark.parametrize("size, tile, overlap", [(160, 64, 0.5), (512, 256, 0.25), (500, 96, 0.3)])
+def test_aligned_starts_lie_on_the_grid(size, tile, overlap):
+    starts = tile_starts(size, tile, overlap, align=16)
+    aligned = [s for s in starts if s % 16 == 0]
+    assert aligned == starts[: len(aligned)] and len(starts) - len(aligned) <= 1
+    assert starts[-1] + tile == size
+    # padded up to a multiple, every start (the last included) is aligned
+    assert all(s % 16 == 0 for g in tile_grid((size,), (tile,), overlap, 16) for s in g)
+
+
+def test_tile_starts_rejects_bad_input_with_a_fix():
+    with pytest.raises(ValueError, match="overlap must lie in"):
+        tile_starts(100, 32, 1.0)
+    with pytest.raises(ValueError, match="tile size must be >= 1"):
+        tile_starts(100, 0, 0.5)
+    with pytest.raises(ValueError, match="one tile size per spatial axis"):
+        tile_grid((10, 10), (4,), 0.5)
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def test_gaussian_weights_are_cached_read_only_and_positive():
+    w = blending_weights((33, 40))
+    assert w is blending_weights([33, 40])  # cached
+    assert not w.flags.writeable
+    assert w.dtype == np.float32 and w.shape == (33, 40)
+    assert w.max() == pytest.approx(1.0, abs=1e-3) and w[16, 19:21].min() > 0.99
+    assert w.min() > 0  # corners never divide by zero
+    np.testing.assert_allclose(w, w[::-1, ::-1], rtol=1e-6)  # centred
+    # sigma = tile / 8: a tile border weighs exp(-8) of the centre along that axis
+    assert w[0, 19] == pytest.approx(np.exp(-0.5 * (16 / (33 / 8)) ** 2), rel=1e-3)
+    tiny = blending_weights((2, 2, 2))
+    assert tiny.min() >= MIN_WEIGHT**3
+    np.testing.assert_array_equal(blending_weights((5, 5), "constant"), np.ones((5, 5)))
+    with pytest.raises(ValueError, match="gaussian"):
+        blending_weights((5, 5), "cosine")  # type: ignore[arg-type]
+
+
+def test_pad_to_reflects_at_the_end_and_crops_back():
+    a = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    padded, crop = pad_to(a, (4, 5))
+    assert padded.shape == (1, 4, 5)
+    np.testing.assert_array_equal(padded[crop], a)
+    np.testing.assert_array_equal(padded[0, 0], [0, 1, 2, 1, 0])
+    single, _ = pad_to(np.ones((1, 1, 1)), (3, 3))  # one pixel cannot be reflected
+    assert single.shape == (1, 3, 3) and (single == 1).all()
+
+
+# --------------------------------------------------------------------------- sliding window
+
+
+@pytest.mark.parametrize(
+    "shape, tile, overlap, align",
+    [
+        ((2, 47, 61), (16, 32), 0.25, 1),
+        ((1, 33, 35), (16, 16), 0.5, 8),
+        ((3, 9, 7), (32, 32), 0.5, 1),  # smaller than a tile: padded
+        ((2, 13, 17, 19), (8, 8, 8), 0.5, 1),
+        ((1, 33, 34, 35), (16, 16, 16), 0.25, 4),  # MONAI's odd 3D shape
+    ],
+)
+@pytest.mark.parametrize("blending", ["gaussian", "constant"])
+def test_identity_predictor_is_reproduced_exactly(shape, tile, overlap, align, blending):
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=shape).astype(np.float32)
+    out = sliding_window(plus_one, image, tile, overlap, batch_size=3, blending=blending,
+                         align=align)
+    assert set(out) == {"same", "first_twice"}
+    np.testing.assert_array_equal(out["same"], image + 1)  # exact, not approximately
+    np.testing.assert_array_equal(out["first_twice"], image[:1] * 2)
+    assert out["same"].dtype == np.float32
+
+
+@pytest.mark.parametrize("shape, tile", [((2, 47, 61), (16, 32)), ((1, 13, 17, 19), (8, 8, 8))])
+def test_blending_on_a_torch_device_gives_the_same_result(shape, tile):
+    """The accumulation device (a GPU in inference; here torch on the CPU) changes nothing."""
+    image = np.random.default_rng(4).normal(size=shape).astype(np.float32)
+    on_torch = sliding_window(lambda b: {"same": torch.from_numpy(b) + 1}, image, tile, 0.5, 3,
+                              accumulate_on=torch.device("cpu"))
+    np.testing.assert_array_equal(on_torch["same"], image + 1)
+    assert isinstance(on_torch["same"], np.ndarray)
+
+
+def test_torch_and_sequence_outputs_are_accepted():
+    image = np.random.default_rng(1).random((1, 20, 30), dtype=np.float32)
+    out = sliding_window(lambda b: (torch.from_numpy(b) * 3,), image, (16, 16), 0.5, 2)
+    np.testing.assert_allclose(out[0], image * 3, rtol=1e-6)
+
+
+def test_lazy_input_is_read_one_tile_at_a_time():
+    """A dask/zarr image must never be read whole: record what each read asks for."""
+
+    class Recording:
+        def __init__(self, data: np.ndarray) -> None:
+            self.data, self.shape, self.reads = data, data.shape, []
+
+        def __getitem__(self, index):
+            block = self.data[index]
+            self.reads.append(block.size)
+            return block
+
+    data = np.random.default_rng(2).random((1, 100, 90), dtype=np.float32)
+    recording = Recording(data)
+    out = sliding_window(plus_one, recording, (32, 32), 0.25, batch_size=2)
+    np.testing.assert_array_equal(out["same"], data + 1)
+    assert max(recording.reads) <= 32 * 32 and len(recording.reads) == len(
+        tile_grid((100, 90), (32, 32), 0.25)
+    )
+
+
+def test_progress_generator_and_callback():
+    image = np.zeros((1, 40, 40), np.float32)
+    progress = []
+    gen = iter_sliding_window(plus_one, image, (16, 16), 0.5, batch_size=4)
+    while True:
+        try:
+            progress.append(next(gen))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    total = len(tile_grid((40, 40), (16, 16), 0.5))
+    assert progress[-1] == TileProgress(total, total)
+    assert [p.done for p in progress] == sorted(p.done for p in progress)
+    np.testing.assert_array_equal(result["same"], image + 1)
+    calls = []
+    sliding_window(plus_one, image, (16, 16), 0.5, 4, on_batch=lambda d, t: calls.append((d, t)))
+    assert calls == [tuple(p) for p in progress]
+
+
+def test_stop_returns_the_rows_done_so_far():
+    image = np.ones((1, 64, 20), np.float32)
+    gen = iter_sliding_window(plus_one, image, (16, 20), 0.0, batch_size=1,
+                              should_stop=lambda: True)
+    assert next(gen) == TileProgress(1, 4)
+    with pytest.raises(StopIteration) as stop:
+        next(gen)
+    out = stop.value.value["same"]
+    np.testing.assert_array_equal(out[:, :16], 2.0)  # the first tile row is done
+    assert (out[:, 16:] == 0).all()  # nothing else was predicted
+
+
+def test_outputs_can_go_to_any_writable_array(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    image = np.random.default_rng(3).random((1, 50, 40), dtype=np.float32)
+    stores = {}
+
+    def allocate(key, shape):
+        stores[key] = zarr.open_array(str(tmp_path / f"{key}.zarr"), mode="w", shape=shape,
+                                      chunks=(1, 16, 16), dtype="float32")
+        return stores[key]
+
+    out = sliding_window(plus_one, image, (16, 16), 0.5, 2, allocate=allocate)
+    assert out["same"] is stores["same"]
+    np.testing.assert_array_equal(out["same"][:], image + 1)
+
+
+def test_predictor_changing_the_tile_shape_is_explained():
+    image = np.zeros((1, 20, 20), np.float32)
+    with pytest.raises(ValueError, match="must keep the tile's spatial shape"):
+        sliding_window(lambda b: {"x": b[..., :-1]}, image, (16, 16), 0.5, 2)
