@@ -49,3 +49,15 @@ def em_stack() -> tuple[np.ndarray, np.ndarray]:
     image = tifffile.imread(DATA_DIR / "em_isbi2012" / "image.tif")
     membranes = tifffile.imread(DATA_DIR / "em_isbi2012" / "membranes.tif")
     return image, membranes
+
+
+@pytest.fixture(autouse=True)
+def _fresh_model_registry():
+    """Each test starts with no 'just trained' models registered by an earlier test."""
+    from napari_unetpp._widgets import _state
+
+    saved = dict(_state._models)
+    _state._models.clear()
+    yield
+    _state._models.clear()
+    _state._models.update(saved)

@@ -242,6 +242,12 @@ class PredictConfig(_Config):
         _check_choice("PredictConfig", "device", self.device, ("auto", "cuda", "mps", "cpu"))
         if any(t <= 0 for t in self.tile_size):
             raise ValueError(f"PredictConfig.tile_size must be positive, got {self.tile_size}")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"PredictConfig.threshold must lie in (0, 1), got {self.threshold}")
+        if self.pruned_depth is not None and self.pruned_depth < 1:
+            raise ValueError(f"PredictConfig.pruned_depth must be >= 1, got {self.pruned_depth}")
+        if self.min_size < 0:
+            raise ValueError(f"PredictConfig.min_size must be >= 0, got {self.min_size}")
 
 
 _NESTED: dict[tuple[str, str], type[_Config]] = {

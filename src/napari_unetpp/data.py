@@ -60,7 +60,9 @@ ArrayLike = Any  # numpy, dask or zarr arrays: anything np.asarray accepts
 
 
 def _check_numeric(array: ArrayLike, what: str) -> None:
-    dtype = np.dtype(getattr(array, "dtype", np.asarray(array).dtype))
+    # never np.asarray a dask/zarr array just to read its dtype (it would load it whole)
+    dtype = getattr(array, "dtype", None)
+    dtype = np.dtype(dtype) if dtype is not None else np.asarray(array).dtype
     if dtype.kind not in "biuf":
         raise ValueError(
             f"{what} has unsupported dtype {dtype}; convert it to an integer or float "
@@ -91,13 +93,26 @@ def _check_labels_dtype(labels: np.ndarray) -> None:
 
 
 def _subsample(image: ArrayLike, limit: int = PERCENTILE_SAMPLE_SIZE) -> np.ndarray:
-    """A strided subsample of at most ~``limit`` values (works on dask and zarr lazily)."""
-    size = int(np.prod(image.shape))
-    if size <= limit:
+    """A strided subsample of at most ~``limit`` values, read one plane at a time.
+
+    Axes of at most 4 elements (colour channels) are kept whole, so an RGB image
+    keeps every colour; a dask or zarr stack is read plane by plane (a strided
+    view of a whole dask stack at once held about twice the stack in memory).
+    Training and tiled inference both call this, so they see the same percentiles.
+    """
+    shape = tuple(int(n) for n in image.shape)
+    size = int(np.prod(shape))
+    big = [axis for axis, n in enumerate(shape) if n > 4]
+    if size <= limit or not big:
         return np.asarray(image).ravel()
-    ndim = len(image.shape)
-    step = int(np.ceil((size / limit) ** (1.0 / ndim)))
-    return np.asarray(image[tuple(slice(None, None, step) for _ in range(ndim))]).ravel()
+    step = int(np.ceil((size / limit) ** (1.0 / len(big))))
+    index = [slice(None, None, step) if axis in big else slice(None) for axis in range(len(shape))]
+    first = big[0]
+    planes = [
+        np.asarray(image[(*index[:first], i, *index[first + 1 :])]).ravel()
+        for i in range(0, shape[first], step)
+    ]
+    return np.concatenate(planes)
 
 
 def intensity_range(image: ArrayLike, config: NormalizationConfig) -> tuple[float, float]:

@@ -62,7 +62,7 @@ from torch import nn
 
 from . import tiling
 from .config import DataConfig, PredictConfig
-from .data import PERCENTILE_SAMPLE_SIZE, intensity_range, normalize
+from .data import intensity_range, normalize
 from .devices import autocast, empty_cache, is_out_of_memory, resolve_device
 from .events import EtaClock, Event, Stopper, drive
 from .model import UNetPlusPlus
@@ -481,28 +481,10 @@ def _accumulate_on(
     return device if band_bytes < free / 4 else None
 
 
-def _range_sample(image: Any) -> Any:
-    """The strided subsample ``data.intensity_range`` would take, read one plane at a time.
-
-    Same grid (so the same percentiles as training computes on the same image),
-    but a dask or zarr stack is read plane by plane: asking dask for the strided
-    view of a whole stack at once held about twice the stack in memory.
-    """
-    shape = tuple(image.shape)
-    size = int(np.prod(shape))
-    if size <= PERCENTILE_SAMPLE_SIZE or len(shape) < 2:
-        return image
-    step = int(np.ceil((size / PERCENTILE_SAMPLE_SIZE) ** (1.0 / len(shape))))
-    rest = (slice(None, None, step),) * (len(shape) - 1)
-    planes = [np.asarray(image[(i, *rest)]).ravel() for i in range(0, shape[0], step)]
-    return np.concatenate(planes)
-
-
 def _normaliser(image: Any, data_config: DataConfig) -> Callable[[np.ndarray], np.ndarray]:
     """Per-tile normalisation with one intensity range for the whole image (or stack)."""
     norm = data_config.normalization
-    sample = _range_sample(image) if norm.mode == "percentile" else np.zeros(1, np.float32)
-    value_range = intensity_range(sample, norm)
+    value_range = intensity_range(image, norm)
     return lambda tile: normalize(tile, norm, value_range=value_range)
 
 

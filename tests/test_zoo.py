@@ -1,0 +1,208 @@
+"""Model zoo: listing, loading, cards; shipped models segment their sample crops well enough;
+the random-forest baseline of scripts/train_zoo.py beats chance on real data."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from napari_unetpp import metrics, zoo
+from napari_unetpp._sample_data import load_sample
+from napari_unetpp.checkpoint import CheckpointInfo, save_checkpoint
+from napari_unetpp.config import DataConfig, ModelConfig
+from napari_unetpp.model import UNetPlusPlus
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Score of each shipped model on its sample crop (scored as in ``_score``): what the model
+#: achieved when it was shipped, minus a margin; each is above the trivial prediction
+#: (EM: all membrane gives IoU ~0.2; nuclei / CT: nothing found gives 0).
+FLOORS: dict[str, float] = {
+    "em": 0.55,
+    "nuclei": 0.45,
+    "ct": 0.45,
+}
+#: What a trivial prediction scores on the sample (all membrane / no object / no organ).
+TRIVIAL: dict[str, float] = {"em": 0.25, "nuclei": 0.0, "ct": 0.0}
+
+
+def _load_script(name: str) -> ModuleType:
+    path = ROOT / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tiny_checkpoint(folder: Path, **card: str) -> Path:
+    net = UNetPlusPlus(widths=(4, 8, 16), depth=2, num_classes=1)
+    info = CheckpointInfo(
+        model=net.config.replace(class_names=("membrane",)),
+        data=DataConfig(class_values=(1,)),
+        metrics={"depths": {"1": {"iou": 0.5, "dice": 0.6, "parameters": 10, "ms_per_mpx": 1.0},
+                            "2": {"iou": 0.7, "dice": 0.8, "parameters": 20, "ms_per_mpx": 2.0}},
+                 "score_name": "iou", "best_depth": 2,
+                 "baseline": {"method": "random forest", "iou": 0.4}},
+        card={"licence": "test licence", "citation": "test citation", **card},
+    )
+    return save_checkpoint(folder, net, info, half=True)
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def test_zoo_lists_exactly_the_shipped_folders() -> None:
+    shipped = sorted(
+        p.name for p in zoo.MODELS_DIR.glob("*")
+        if (p / "weights.safetensors").is_file() and (p / "config.json").is_file()
+    ) if zoo.MODELS_DIR.is_dir() else []
+    listed = [e.name for e in zoo.available_models()]
+    assert sorted(listed) == [n for n in shipped if n in zoo.known_models()]
+    assert set(shipped) <= set(zoo.known_models()), "a model folder the zoo does not know"
+    for entry in zoo.available_models():
+        assert entry.folder == entry.path == zoo.MODELS_DIR / entry.name
+        assert entry.title and entry.description
+
+
+def test_zoo_override_folder_and_partial_folders(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(tmp_path))
+    assert zoo.available_models() == []
+    _tiny_checkpoint(tmp_path / "em")
+    (tmp_path / "nuclei").mkdir()  # a folder without weights is not a model
+    (tmp_path / "nuclei" / "config.json").write_text("{}")
+    assert [e.name for e in zoo.available_models()] == ["em"]
+
+
+def test_unknown_and_unshipped_models_are_clear_errors(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(tmp_path))
+    with pytest.raises(ValueError, match="unknown zoo model 'cells'"):
+        zoo.load_pretrained("cells")
+    with pytest.raises(ValueError, match="not shipped.*train_zoo.py ct"):
+        zoo.load_pretrained("ct")
+    with pytest.raises(ValueError, match="not shipped"):
+        zoo.model_card("ct")
+
+
+def test_load_pretrained_and_card_from_a_tiny_zoo(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(tmp_path))
+    _tiny_checkpoint(tmp_path / "em", verdict="yes: iou 0.7", hardware="test CPU")
+    model, info = zoo.load_pretrained("em")
+    assert isinstance(model, UNetPlusPlus) and not model.training
+    assert next(model.parameters()).dtype.is_floating_point
+    assert info.model.class_names == ("membrane",)
+    card = zoo.model_card("em")
+    assert card.startswith("## EM membranes")
+    assert "| L2 | 0.700 |" in card and "test licence" in card and "test CPU" in card
+    assert "random forest" in card and "Target met" in card
+
+
+def test_train_zoo_writes_docs_from_shipped_cards(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    script = _load_script("train_zoo")
+    monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(tmp_path / "models"))
+    monkeypatch.setattr(script, "DOCS", tmp_path / "models.md")
+    _tiny_checkpoint(tmp_path / "models" / "em")
+    script.write_docs()
+    text = (tmp_path / "models.md").read_text()
+    assert "## EM membranes" in text and "Not shipped yet: nuclei, ct" in text
+
+
+# --------------------------------------------------------------------------- shipped models
+
+
+def _score(name: str, model: UNetPlusPlus, info: CheckpointInfo) -> float:
+    """Segment the sample crop through the engine (tiled inference, postprocess) and score it."""
+    inference = pytest.importorskip("napari_unetpp.inference")
+    postprocess = pytest.importorskip("napari_unetpp.postprocess")
+    from napari_unetpp.config import PredictConfig
+
+    image, truth, meta = load_sample(name)
+    if name == "ct":  # the volume is shipped whole; score only the held-back slices
+        z0, z1 = meta["held_out_slices"]
+        image, truth = image[z0:z1], truth[z0:z1]
+    depth = int(info.metrics.get("best_depth") or model.config.depth)
+    probs = inference.predict_array(model, image, PredictConfig(device="cpu", depths=(depth,)),
+                                    info.data)
+    labels = np.asarray(postprocess.probabilities_to_labels(
+        np.asarray(probs[depth]), model.config, info.data))
+    if name == "nuclei":
+        return metrics.average_precision(labels, truth, 0.5)
+    if name == "em":
+        return metrics.iou(labels > 0, truth > 0)
+    organs = range(1, model.config.num_classes)
+    return float(np.mean([metrics.dice(labels == k, truth == k) for k in organs]))
+
+
+@pytest.mark.parametrize("entry", zoo.available_models(), ids=lambda e: e.name)
+def test_shipped_model_files_config_and_card(entry: zoo.ZooEntry) -> None:
+    config = json.loads((entry.folder / "config.json").read_text())
+    assert (entry.folder / "weights.safetensors").stat().st_size < 10_000_000
+    assert config["weights"]["dtype"].startswith("float16")
+    model, info = zoo.load_pretrained(entry.name)
+    image, _, meta = load_sample(entry.name)
+    assert info.model.in_channels == 1 and info.model.spatial_dims == 2
+    expected_classes = {"em": 1, "nuclei": 3, "ct": len(meta["class_names"])}[entry.name]
+    assert info.model.num_classes == expected_classes
+    if entry.name == "ct":
+        assert tuple(info.model.class_names) == tuple(meta["class_names"])
+        assert info.data.normalization.mode == "window"
+    if entry.name == "nuclei":
+        assert info.data.target == "instance"
+    rows = info.metrics["depths"]
+    assert sorted(int(d) for d in rows) == list(model.head_depths)
+    for row in rows.values():
+        assert row["parameters"] > 0 and row["ms_per_mpx"] > 0
+        assert 0 <= row[info.metrics["score_name"]] <= 1
+    assert info.metrics["baseline"]["method"].startswith("random forest")
+    for key in ("data", "split", "licence", "citation", "hardware", "time", "training",
+                "target", "verdict"):
+        assert info.card.get(key), f"card of {entry.name} lacks {key!r}"
+    assert "## " in zoo.model_card(entry.name)
+
+
+@pytest.mark.parametrize("entry", zoo.available_models(), ids=lambda e: e.name)
+def test_shipped_model_segments_its_sample(entry: zoo.ZooEntry) -> None:
+    assert entry.name in FLOORS, f"set a score floor for the new zoo model {entry.name!r}"
+    assert FLOORS[entry.name] > TRIVIAL[entry.name]
+    model, info = zoo.load_pretrained(entry.name, device="cpu")
+    score = _score(entry.name, model, info)
+    assert score >= FLOORS[entry.name], (
+        f"zoo model {entry.name} scores {score:.3f} on its sample, below the floor "
+        f"{FLOORS[entry.name]}"
+    )
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+def test_random_forest_baseline_beats_chance_on_real_em(em_stack) -> None:
+    pytest.importorskip("sklearn")
+    script = _load_script("train_zoo")
+    from napari_unetpp.config import NormalizationConfig
+
+    image, membranes = em_stack
+    train_image, train_truth = image[0, :192, :192], membranes[0, :192, :192].astype(np.int64)
+    test_image, test_truth = image[15, 192:384, 192:384], membranes[15, 192:384, 192:384]
+    norm = NormalizationConfig()
+    forest = script.train_random_forest([train_image], [train_truth], norm,
+                                        pixels_per_image=2000, n_estimators=10)
+    prob = script.rf_predict(forest, test_image, norm)
+    assert prob.shape == (2, *test_image.shape)
+    np.testing.assert_allclose(prob.sum(0), 1, atol=1e-5)
+    pred = prob[1] > 0.5
+    chance = metrics.iou(np.ones_like(pred), test_truth > 0)  # everything membrane
+    score = metrics.iou(pred, test_truth > 0)
+    assert score > chance + 0.15, (score, chance)
+    accuracy = float((pred == (test_truth > 0)).mean())
+    assert accuracy > max(test_truth.mean(), 1 - test_truth.mean()) + 0.05
