@@ -43,6 +43,8 @@ def test_model_config_keeps_only_the_widths_it_uses():
         (lambda: TrainConfig(validation_fraction=1.0), "validation_fraction"),
         (lambda: PredictConfig(overlap=1.0), "overlap"),
         (lambda: DataConfig(label_mode="scribble"), "label_mode"),
+        (lambda: DataConfig(label_mode="sparse", class_values=(1,)), "label 1 means background"),
+        (lambda: PredictConfig(threshold=1.5), "threshold"),
     ],
 )
 def test_bad_values_fail_where_they_are_written(make, message):

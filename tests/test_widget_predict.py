@@ -74,7 +74,8 @@ def test_model_card_and_source(setup: Any, checkpoint: Path) -> None:
     assert w.pruning.depth == 2 and not errors
 
 
-def test_segment_2d_layers_and_rerun(setup: Any, crop: np.ndarray) -> None:
+def test_segment_2d_layers_and_rerun(setup: Any, crop: np.ndarray,
+                                     tmp_path_factory: pytest.TempPathFactory) -> None:
     viewer, w, errors = setup
     layer = viewer.add_image(crop[0], name="em", scale=SCALE, translate=TRANSLATE)
     w._image.value = layer
@@ -104,6 +105,26 @@ def test_segment_2d_layers_and_rerun(setup: Any, crop: np.ndarray) -> None:
     command = (w.last_run_dir / "command.sh").read_text()
     assert "napari-unetpp predict" in command and str(w.last_run_dir / "run.json") in command
     assert (w.last_run_dir / "labels.tif").is_file()
+    _replay_command_and_compare(w.last_run_dir, tmp_path_factory.mktemp("replay"))
+
+
+def _replay_command_and_compare(run_dir: Path, out: Path) -> None:
+    """The recorded command.sh, run headless through the CLI, reproduces the widget's labels."""
+    import shlex
+
+    import tifffile
+
+    from napari_unetpp import cli
+
+    line = next(ln for ln in (run_dir / "command.sh").read_text().splitlines()
+                if ln.startswith("napari-unetpp "))
+    argv = shlex.split(line)[1:]
+    argv[argv.index("--out") + 1] = str(out)
+    assert cli.main(argv) == 0
+    replayed = sorted(out.glob("*_labels.tif"))
+    assert len(replayed) == 1
+    np.testing.assert_array_equal(tifffile.imread(replayed[0]),
+                                  tifffile.imread(run_dir / "labels.tif"))
 
 
 def test_stack_slicewise_then_current_slice(setup: Any, crop: np.ndarray) -> None:

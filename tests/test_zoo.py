@@ -20,13 +20,14 @@ from napari_unetpp.model import UNetPlusPlus
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Score of each shipped model on its sample crop (scored as in ``_score``): what the model
-#: achieved when it was shipped, minus a margin; each is above the trivial prediction
-#: (EM: all membrane gives IoU ~0.2; nuclei / CT: nothing found gives 0).
+#: Score of each shipped model on its sample crop (scored as in ``_score``), set from what the
+#: shipped model achieved, minus a margin of ~0.05 (measured: em IoU 0.677 at L3, nuclei
+#: AP@0.5 0.684 at L3, ct mean organ Dice 0.448 at L4 on the held-back slices). Each floor is
+#: above the trivial prediction (TRIVIAL). Retraining a model means re-measuring its floor.
 FLOORS: dict[str, float] = {
-    "em": 0.55,
-    "nuclei": 0.45,
-    "ct": 0.45,
+    "em": 0.62,
+    "nuclei": 0.60,
+    "ct": 0.40,
 }
 #: What a trivial prediction scores on the sample (all membrane / no object / no organ).
 TRIVIAL: dict[str, float] = {"em": 0.25, "nuclei": 0.0, "ct": 0.0}

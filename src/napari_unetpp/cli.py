@@ -285,7 +285,8 @@ def read_run_json(path: str | Path | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a JSON object")
     known = {"model", "train", "data", "predict"}
-    unknown = set(data) - known - {"version", "images", "labels", "from"}
+    # provenance the widgets record beside the configs (not settings the CLI reads)
+    unknown = set(data) - known - {"version", "images", "labels", "from", "checkpoint", "scope"}
     if unknown:
         raise UserError(f"config file {path}: unknown section(s) {sorted(unknown)}; known: "
                         f"{sorted(known)}")
@@ -352,8 +353,10 @@ def build_train_configs(
     elif "patch_size" not in train and spatial_dims == 3:
         train["patch_size"] = (32, 128, 128)
     data_base = run.get("data", {})
-    if base is not None:  # inference must normalise as the model was trained
-        data_base = {**base.data.to_dict(), **data_base}
+    if base is not None:  # normalise as the base model was trained (as the train widget does);
+        # its label mapping (class_values) belongs to its own labels, not to these
+        inherited = {"normalization": base.data.normalization.to_dict(), "target": base.data.target}
+        data_base = {**inherited, **data_base}
     auto_label = args.label_mode == "auto"
     data = _override(data_base, label_mode=None if auto_label else args.label_mode,
                      target=args.target)

@@ -173,6 +173,11 @@ class DataConfig(_Config):
         _check_choice("DataConfig", "label_mode", self.label_mode, ("dense", "sparse"))
         _check_choice("DataConfig", "target", self.target, ("semantic", "instance"))
         _check_positive("DataConfig", "boundary_width", self.boundary_width)
+        if self.label_mode == "sparse" and 1 in self.class_values:
+            raise ValueError(
+                "DataConfig: in sparse mode label 1 means background and 0 unlabelled, so "
+                f"class_values {self.class_values} cannot contain 1; use 2, 3, ... for classes"
+            )
 
 
 @dataclass

@@ -29,7 +29,7 @@ class TrainingPlot(FigureCanvasQTAgg):
     def __init__(self, interval_ms: int = 1000, score_name: str = "IoU") -> None:
         figure = Figure(figsize=(4, 3.2))
         # fixed margins: a layout engine (tight/constrained) would re-measure every draw
-        figure.subplots_adjust(left=0.16, right=0.97, top=0.97, bottom=0.14, hspace=0.12)
+        figure.subplots_adjust(left=0.16, right=0.97, top=0.97, bottom=0.2, hspace=0.12)
         super().__init__(figure)
         self.setMinimumHeight(220)
         self._loss_ax = figure.add_subplot(2, 1, 1)

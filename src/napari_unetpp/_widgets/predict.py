@@ -115,6 +115,7 @@ class PredictWidget(Container):
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(min=0, max=100, value=0)
         self._status = Label(value="")
+        self._status.native.setWordWrap(True)  # long run paths must not widen the dock
         self.pruning = PruningPanel(self)
         buttons = Container(layout="horizontal", widgets=[self._run, self._cancel], labels=False)
         self.extend([self._source, self._model, self._file, self._card, self._image,
