@@ -22,7 +22,9 @@ from .config import IGNORE_INDEX, DataConfig
 from .metrics import confusion_counts
 from .model import UNetPlusPlus
 
-__all__ = ["prune", "evaluate_depths", "recommend_depth", "measure_ms_per_mpx", "score_tiles"]
+__all__ = [
+    "prune", "evaluate_depths", "recommend_depth", "measure_ms_per_mpx", "timing_tile", "score_tiles",
+]
 
 Tile = tuple[np.ndarray, np.ndarray]
 LossFn = Callable[[dict[int, torch.Tensor], torch.Tensor], Any]
@@ -115,38 +117,47 @@ def score_tiles(
 
 
 @torch.no_grad()
+def timing_tile(spatial_dims: int) -> tuple[int, ...]:
+    """The tile every ms/Mpx figure is measured on, so checkpoints and the slider compare."""
+    return (256, 256) if spatial_dims == 2 else (64, 64, 64)
+
+
 def measure_ms_per_mpx(
     model: UNetPlusPlus,
     depth: int,
-    tile_shape: Sequence[int],
+    tile_shape: Sequence[int] | None = None,
     device: torch.device | str = "cpu",
-    repeats: int = 2,
+    repeats: int = 3,
 ) -> float:
     """Milliseconds per megapixel of the pruned depth-``depth`` network on this device.
 
-    Measured, not estimated: the best of ``repeats`` timed runs on one tile after
-    a warm-up, so it includes this machine's real overheads.
+    Measured, not estimated: the best of ``repeats`` timed inference runs on one
+    tile (default :func:`timing_tile`) after a warm-up, so it includes this
+    machine's real overheads; the best run is the least disturbed by other load.
     """
     net = _module(model)
+    tile_shape = tuple(tile_shape) if tile_shape else timing_tile(net.config.spatial_dims)
     pruned = net.prune(depth).eval().to(device)
     x = torch.zeros(1, net.config.in_channels, *tile_shape, device=device)
-    pruned(x)
+    cuda = torch.device(device).type == "cuda"
     best = float("inf")
-    for _ in range(max(1, repeats)):
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+    with torch.inference_mode():
         pruned(x)
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
+        for _ in range(max(1, repeats)):
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            pruned(x)
+            if cuda:
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
     return 1000.0 * best / (float(np.prod(tile_shape)) / 1e6)
 
 
 def depth_table(
     model: UNetPlusPlus,
     scores: dict[int, dict[str, float]] | None,
-    tile_shape: Sequence[int],
+    tile_shape: Sequence[int] | None = None,
     device: torch.device | str = "cpu",
 ) -> dict[int, dict[str, Any]]:
     """Per depth: scores (or None), parameters and measured ms per megapixel."""
@@ -188,7 +199,7 @@ def evaluate_depths(
     scores, _ = score_tiles(net, tiles, net.config.num_classes, device,
                             foreground_only=data_config.target == "instance",
                             batch_size=batch_size)
-    return depth_table(net, scores, tile, device)
+    return depth_table(net, scores, None, device)
 
 
 def recommend_depth(

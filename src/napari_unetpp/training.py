@@ -510,8 +510,7 @@ class Trainer:
         best = UNetPlusPlus.from_config(run.net.config)
         best.load_state_dict(run.best_state or run.net.state_dict())
         best = best.to(run.device).eval()
-        tile = tuple(self.train_config.patch_size)
-        table = depth_table(best, run.best_scores or None, tile, run.device)
+        table = depth_table(best, run.best_scores or None, None, run.device)
         metrics = {"depths": {str(d): row for d, row in table.items()}, "score_name": "iou",
                    "best_depth": recommend_depth(table)}
         info = self._info(data, run, metrics, origin)

@@ -40,8 +40,7 @@ def prune_job(model: UNetPlusPlus, depth: int, device: str
     yield Event("prune", 0, 2, f"building the L{depth} network")
     pruned = model.prune(depth).eval()
     yield Event("prune", 1, 2, f"timing L{depth}")
-    shape = (256, 256) if model.config.spatial_dims == 2 else (64, 64, 64)
-    ms = measure_ms_per_mpx(pruned, depth, shape, resolve_device(device))
+    ms = measure_ms_per_mpx(pruned, depth, device=resolve_device(device))
     return pruned, ms
 
 
