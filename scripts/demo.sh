@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh) and run the main job: segment the bundled EM sample with the shipped
-# EM model, write the labels and per-depth probabilities to demo_output/, print the score against
-# the sample's labels, and open napari with the result when a display is available.
+# EM model (MODEL=nuclei or ct for the others), write the image and labels to demo_output/, print
+# the score against the sample's labels, and open napari with the result when a display is available.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
