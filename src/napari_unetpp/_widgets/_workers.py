@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import shlex
+import time
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -259,6 +260,18 @@ def format_command(job: Literal["train", "predict"], *positional: str, **options
         else:
             parts.append(str(value))
     return " ".join(shlex.quote(str(p)) for p in parts)
+
+
+def new_run_dir(folder: str | os.PathLike[str], name: str) -> Path:
+    """A fresh ``<name>-<timestamp>`` folder under ``folder`` (never reuses an existing one)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
+    base = Path(folder).expanduser() / f"{safe}-{stamp}"
+    run_dir, n = base, 1
+    while run_dir.exists():
+        run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
+    run_dir.mkdir(parents=True)
+    return run_dir
 
 
 def save_run_record(

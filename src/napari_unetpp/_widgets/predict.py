@@ -17,7 +17,6 @@ place, never a write into data folders (often read-only shares).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -30,7 +29,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..zoo import card_markdown
 from . import _state
-from ._workers import JobRunner, format_command, layer_file, save_run_record
+from ._workers import JobRunner, format_command, layer_file, new_run_dir, save_run_record
 from .pruning_panel import PruningPanel
 
 if TYPE_CHECKING:
@@ -295,7 +294,7 @@ class PredictWidget(Container):
         try:
             image, data, placement = self._input(layer)
             config = self._predict_config(pruned_depth)
-            run_dir = self._new_run_dir(layer.name)
+            run_dir = self._fresh_run_dir(layer.name)
             self._record(run_dir, layer, config, data)
         except (ValueError, OSError) as exc:
             show_error(str(exc))
@@ -359,16 +358,9 @@ class PredictWidget(Container):
 
     # ------------------------------------------------------------------ records
 
-    def _new_run_dir(self, name: str) -> Path:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
-        base = Path(self._output.value).expanduser() / f"{safe}-{stamp}"
-        run_dir, n = base, 1
-        while run_dir.exists():
-            run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
-        run_dir.mkdir(parents=True)
-        self.last_run_dir = run_dir
-        return run_dir
+    def _fresh_run_dir(self, name: str) -> Path:
+        self.last_run_dir = new_run_dir(self._output.value, name)
+        return self.last_run_dir
 
     def _record(self, run_dir: Path, layer: Image, config: PredictConfig,
                 data: DataConfig) -> None:

@@ -21,7 +21,7 @@ from napari.utils.notifications import show_error, show_info
 from . import _state
 from ._plot import TrainingPlot
 from ._workers import (JobRunner, current_slice, format_command, layer_data, layer_files,
-                       predict_labels_job, save_run_record)
+                       new_run_dir, predict_labels_job, save_run_record)
 
 if TYPE_CHECKING:
     import napari
@@ -311,7 +311,7 @@ class TrainWidget(Container):
         try:
             pairs = self._training_pairs()
             model, train, data, initial = self._configs(pairs)
-            run_dir = self._new_run_dir(pairs[0][0].name)
+            run_dir = self._fresh_run_dir(pairs[0][0].name)
             self._record(run_dir, pairs, model, train, data, initial)
         except (ValueError, OSError) as exc:
             show_error(str(exc))
@@ -326,16 +326,9 @@ class TrainWidget(Container):
         self._runner.start(job, on_yield=self._on_event, on_return=self._on_result,
                            on_finish=lambda: self._set_running(False), stop=stopper.stop)
 
-    def _new_run_dir(self, name: str) -> Path:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
-        base = Path(self._output.value).expanduser() / f"{safe}-{stamp}"
-        run_dir, n = base, 1
-        while run_dir.exists():
-            run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
-        run_dir.mkdir(parents=True)
-        self.last_run_dir = run_dir
-        return run_dir
+    def _fresh_run_dir(self, name: str) -> Path:
+        self.last_run_dir = new_run_dir(self._output.value, name)
+        return self.last_run_dir
 
     def _record(self, run_dir: Path, pairs: list[tuple[Image, Labels]], model: ModelConfig,
                 train: TrainConfig, data: DataConfig, initial: str | None) -> None:
