@@ -122,7 +122,7 @@ def test_configs_and_metadata_round_trip(tmp_path):
     info = CheckpointInfo(
         model=net.config,
         data=DataConfig(normalization=NormalizationConfig.ct_window(), label_mode="sparse",
-                        target="instance", channel_axis=0, class_values=(1, 2)),
+                        target="instance", channel_axis=0, class_values=(2, 3)),
         train=TrainConfig(iterations=10, patch_size=(32, 32), seed=7),
         metrics={"depths": {"1": {"iou": 0.5, "dice": 0.6, "parameters": 123,
                                   "ms_per_mpx": 1.5}},
