@@ -92,7 +92,8 @@ SAMPLES: dict[str, SampleSpec] = {
         title="EM membranes, ssTEM (ISBI 2012)",
         image_file="em_image.tif",
         labels_file="em_membranes.tif",
-        source="em_isbi2012/image.tif and membranes.tif, slices 16-18 (held back from the EM model)",
+        source="em_isbi2012/image.tif and membranes.tif, slices 16-18 "
+               "(held back from the EM model)",
         crop={"z": [16, 19], "y": [128, 384], "x": [128, 384]},
         scale=(50.0, 4.0, 4.0),
         units="nm",
