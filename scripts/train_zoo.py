@@ -15,6 +15,13 @@ exactly; ``zoo_state.json`` accumulates wall time; ``baseline.json`` caches the
 baseline). When training ends the best model is scored per depth on the
 held-back split, written in float16 to ``src/napari_unetpp/models/<name>/``
 with its card, and ``docs/models.md`` is regenerated from all shipped cards.
+
+A resumed run keeps its recorded widths and iterations; ``--resume --iterations N``
+with a larger N extends a finished run (the card records the stages). To try an
+extension without touching the package, train in a copy of the run folder:
+``--runs-dir runs/zoo_next --models-dir runs/zoo_next/models --docs runs/zoo_next/models.md``,
+then copy the model folder into the package if its validation score is better
+and run ``--docs-only``.
 """
 
 from __future__ import annotations
