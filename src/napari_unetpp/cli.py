@@ -1010,15 +1010,10 @@ def _demo_score(labels: Any, truth: Any, num_classes: int, target: str) -> tuple
 
 def _show(image: Any, labels: Any, truth: Any, name: str,
           meta: dict[str, Any]) -> None:  # pragma: no cover - needs a display
-    """Open napari with the sample, its labels and the result (imported only here)."""
-    import napari  # the CLI never loads Qt otherwise
+    """Open napari with the result; the GUI module is imported only here."""
+    from ._widgets.demo_viewer import show_demo
 
-    scale = meta.get("scale")
-    viewer = napari.Viewer(title=f"napari-unetpp demo: {name}")
-    viewer.add_image(image, name=name, scale=scale)
-    viewer.add_labels(truth, name=f"{name} ground truth", visible=False, scale=scale)
-    viewer.add_labels(labels, name=f"{name} UNet++ labels", scale=scale)
-    napari.run()
+    show_demo(image, labels, truth, name, meta)
 
 
 # --------------------------------------------------------------------------- parser
