@@ -30,15 +30,6 @@ from napari_unetpp.model import UNetPlusPlus
 WIDTHS = (4, 8, 16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: with several threads on a busy machine, OpenMP waits dominate (100x)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def no_unpickling(monkeypatch):
     """Any attempt to unpickle during the test fails it loudly."""

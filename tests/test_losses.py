@@ -15,15 +15,6 @@ from napari_unetpp.model import UNetPlusPlus
 SHAPES = {2: (2, 12, 10), 3: (2, 6, 8, 7)}  # (N, *spatial), odd sizes on purpose
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: with several threads on a busy machine, OpenMP waits dominate (100x)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _target(spatial_dims: int, num_classes: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, max(num_classes, 2), SHAPES[spatial_dims], generator=g)
