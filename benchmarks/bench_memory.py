@@ -24,16 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_speed import data_dir  # same folder: one way to find the shared data
+
 WIDTHS = (4, 8, 16, 32, 64)  # memory, not accuracy, is measured: a small net keeps it quick
-
-
-def _data_dir() -> Path:
-    for candidate in (os.environ.get("NAPARI_UNETPP_DATA", ""),
-                      Path(__file__).resolve().parents[2] / "shared" / "data",
-                      "/work/shared/data"):
-        if candidate and (Path(candidate) / "em_isbi2012").is_dir():
-            return Path(candidate)
-    sys.exit("EM data not found: set NAPARI_UNETPP_DATA")
 
 
 def _rss_mb() -> float:
@@ -57,7 +50,7 @@ def child(slices: int, mode: str, tile: int) -> dict[str, float]:
     torch.manual_seed(0)
     from napari_unetpp.cli import read_array
 
-    em = read_array(_data_dir() / "em_isbi2012" / "image.tif", lazy=True)  # memmap or dask
+    em = read_array(data_dir() / "em_isbi2012" / "image.tif", lazy=True)  # memmap or dask
     one = da.asarray(em).rechunk((1, *em.shape[1:]))
     stack = da.concatenate([one] * (-(-slices // em.shape[0])))[:slices]
     model = UNetPlusPlus(widths=WIDTHS, depth=4).eval()
