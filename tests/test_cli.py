@@ -269,3 +269,35 @@ def test_console_script_error_has_no_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("napari-unetpp: error: ")
     assert "Traceback" not in result.stderr
+
+
+def test_predict_rgb_png_with_the_one_channel_nuclei_model(
+        capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path) -> None:
+    """A colour DSB image (held back from the zoo's training) goes through the CLI as the
+    widget sends it: luminance grey, 2D labels, the same labels as for the grey image."""
+    from napari_unetpp.data import rgb_to_grey
+    from napari_unetpp.metrics import average_precision
+    from napari_unetpp.zoo import NUCLEI_HELD_OUT_IDS
+
+    image_id = "00ae65c1c6631ae6"  # a colour (H&E-like) image, 256 x 320
+    assert image_id in NUCLEI_HELD_OUT_IDS
+    png = tmp_path / "colour.png"
+    shutil.copy(data_dir / "nuclei_dsb2018" / "images" / f"{image_id}.png", png)
+    truth = tifffile.imread(data_dir / "nuclei_dsb2018" / "labels" / f"{image_id}.tif")
+    from imageio.v3 import imread
+
+    rgb = imread(png)
+    assert rgb.ndim == 3 and rgb.shape[-1] in (3, 4)
+    tifffile.imwrite(tmp_path / "grey.tif", rgb_to_grey(rgb))
+
+    code, out, _ = _run(capsys, "predict", "zoo:nuclei", png, tmp_path / "grey.tif",
+                        "--out", tmp_path / "out", "-q")
+    assert code == 0, out
+    assert "RGB -> grey" in out
+    from_rgb = tifffile.imread(tmp_path / "out" / "colour_labels.tif")
+    from_grey = tifffile.imread(tmp_path / "out" / "grey_labels.tif")
+    assert from_rgb.shape == truth.shape == rgb.shape[:2]
+    np.testing.assert_array_equal(from_rgb, from_grey)
+    ap50 = average_precision(from_rgb, truth, 0.5)
+    print(f"zoo:nuclei on held-back colour image {image_id}: AP@0.5 {ap50:.3f}")
+    assert ap50 > 0.3

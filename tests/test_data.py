@@ -267,3 +267,20 @@ def test_3d_augmentation_shapes():
     x, y = data.augment(np.zeros((1, 4, 8, 8), np.float32), np.zeros((4, 8, 8), np.int64), rng,
                         elastic=True)
     assert x.shape == (1, 4, 8, 8) and y.shape == (4, 8, 8)
+
+
+def test_rgb_to_grey_is_skimage_luminance_and_stays_lazy(data_dir):
+    """The one grey of the package (widget, CLI, zoo training) is skimage's rgb2gray x 255."""
+    import dask.array as da
+    from imageio.v3 import imread
+    from skimage.color import rgb2gray
+
+    rgb = imread(data_dir / "nuclei_dsb2018" / "images" / "00ae65c1c6631ae6.png")[..., :3]
+    grey = data.rgb_to_grey(rgb)
+    assert grey.shape == rgb.shape[:2] and grey.dtype == np.float32
+    np.testing.assert_allclose(grey, rgb2gray(rgb) * 255, atol=1e-3)
+    lazy = data.rgb_to_grey(da.from_array(rgb, chunks=(64, 64, 3)))
+    assert isinstance(lazy, da.Array)
+    np.testing.assert_allclose(lazy.compute(), grey)
+    assert data.looks_rgb(rgb.shape) and data.looks_rgb((5, *rgb.shape))
+    assert not data.looks_rgb(rgb.shape[:2]) and not data.looks_rgb((3, 256, 320))

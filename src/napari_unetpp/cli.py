@@ -664,6 +664,8 @@ def build_predict_config(
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Segment images; write ``<name>_labels.tif`` (+ ``<name>_L{d}.tif``) or zarr."""
+    from .data import looks_rgb, rgb_to_grey
+
     files = collect_files(args.images, "image")
     model, info = load_model(args.checkpoint, device="cpu")
     predict_config, data_config = build_predict_config(args, info.data,
@@ -675,6 +677,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for path in files:
             image = read_array(path, lazy=True)
             check_image(image, path)
+            if (model.config.in_channels == 1 and data_config.channel_axis is None
+                    and looks_rgb(image.shape)):
+                image = rgb_to_grey(image)  # as the widget does, and as the zoo was trained
+                _out(f"{path}: RGB -> grey (luminance) for this one-channel model")
             fmt = args.format or ("zarr" if _is_zarr(path) else "tif")
             written = _predict_file(path, image, model, predict_config, data_config, out, fmt,
                                     args, client)

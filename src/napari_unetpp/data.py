@@ -37,8 +37,10 @@ __all__ = [
     "guess_label_mode",
     "intensity_range",
     "labels_to_targets",
+    "looks_rgb",
     "normalize",
     "num_output_channels",
+    "rgb_to_grey",
     "prepare_volumes",
     "resolve_class_values",
     "split_validation",
@@ -175,6 +177,32 @@ def to_channels_first(image: ArrayLike, channel_axis: int | None) -> np.ndarray:
             f"{array.shape}; set DataConfig.channel_axis to None or to one of its axes"
         )
     return np.moveaxis(array, channel_axis, 0)
+
+
+#: ITU-R BT.709 luminance weights, as ``skimage.color.rgb2gray``: the grey the shipped
+#: one-channel nuclei model was trained on.
+LUMINANCE_WEIGHTS = (0.2125, 0.7154, 0.0721)
+
+
+def looks_rgb(shape: Sequence[int]) -> bool:
+    """A colour image or stack, channels last: ``(..., Y, X, 3 or 4)`` with a real X axis.
+
+    Why: PNG/JPEG readers return RGB(A) as a last axis of 3 or 4, which a one-channel
+    model would otherwise take for a spatial axis.
+    """
+    return len(shape) >= 3 and shape[-1] in (3, 4) and shape[-2] > 4
+
+
+def rgb_to_grey(image: ArrayLike) -> ArrayLike:
+    """Luminance of an RGB(A) image, channels last (alpha ignored), as float32.
+
+    Why: one-channel models (the shipped nuclei model) were trained on luminance, so the
+    widget, the CLI and the training script must hand them the same grey. Dask arrays
+    stay lazy; uint8 input gives 0..255 (intensity normalisation follows anyway).
+    """
+    red, green, blue = (image[..., k].astype(np.float32) for k in range(3))
+    w_red, w_green, w_blue = LUMINANCE_WEIGHTS
+    return red * np.float32(w_red) + green * np.float32(w_green) + blue * np.float32(w_blue)
 
 
 def spatial_shape(image_shape: Sequence[int], channel_axis: int | None) -> tuple[int, ...]:

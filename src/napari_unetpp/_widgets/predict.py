@@ -7,7 +7,8 @@ input) and ``<image> UNet++ labels`` (``postprocess.probabilities_to_labels`` of
 head: instances for nuclei models). Multi-class models show the probability of *any
 foreground* (1 - background) per depth, what one compares across depths by eye; the
 classes are in the labels. "current slice only" returns one-slice-thick layers placed at
-the slice shown. RGB images given to a 1-channel model are averaged to grey.
+the slice shown. RGB images given to a 1-channel model become grey (luminance,
+``data.rgb_to_grey``, as the CLI does).
 
 Every run writes ``run.json``, ``command.sh`` (the same run as ``napari-unetpp predict``)
 and ``labels.tif`` into ``<output folder>/<image>-<timestamp>``. The default output folder
@@ -27,6 +28,7 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, Label, Pr
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
+from ..data import rgb_to_grey
 from ..zoo import card_markdown
 from . import _state
 from ._workers import JobRunner, format_command, layer_file, new_run_dir, save_run_record
@@ -236,7 +238,7 @@ class PredictWidget(Container):
             self._scope.value
         dims, channels = self.model.config.spatial_dims, self.model.config.in_channels
         if layer.rgb and channels == 1:
-            data, axis = data.mean(axis=-1), None  # documented: grey = mean of R, G, B
+            data, axis = rgb_to_grey(data), None  # the grey the CLI and the zoo use
         elif layer.rgb:
             axis = data.ndim - 1
         else:
