@@ -215,6 +215,7 @@ def card_markdown(info: Any, title: str = "") -> str:
     for key, label in (("input", "Input"), ("data", "Training data"),
                        ("split", "Held-back split"), ("training", "Training"),
                        ("hardware", "Hardware"), ("time", "Time taken"),
+                       ("timing", "CPU timing"),
                        ("licence", "Licence"), ("citation", "Citation")):
         if card.get(key):
             lines.append(f"- **{label}**: {card[key]}")
@@ -225,7 +226,7 @@ def card_markdown(info: Any, title: str = "") -> str:
         columns = list(card.get("columns") or [c for c in ("iou", "dice") if c != score])
         columns = [score] + [c for c in columns if c != score] + ["parameters", "ms_per_mpx"]
         lines += [f"Held-back scores per depth (recommended: L{metrics.get('best_depth', '?')}; "
-                  "ms_per_mpx measured on the training CPU):", ""]
+                  "ms_per_mpx measured on CPU, see CPU timing):", ""]
         lines += _table(rows, columns) + [""]
     baseline = metrics.get("baseline")
     if baseline:
