@@ -4,7 +4,8 @@ Moving the slider rebuilds the network as ``model.prune(d)`` (only the nodes
 ``i + j <= d`` and head ``d``: exact, smaller, faster) and times one forward pass
 on a 256 x 256 dummy (64^3 for 3D models) on the chosen device, in a worker so the
 viewer stays live. The panel shows the parameters (full and pruned), that time per
-megapixel, and the validation score of depth ``d`` from the checkpoint's metrics.
+megapixel, and the validation (or, for shipped models, held-back) score of depth ``d``
+from the checkpoint's metrics.
 "Apply" re-segments with ``PredictConfig(pruned_depth=d)`` (the fast path) and
 updates the labels layer; "Save pruned model" writes the pruned network as an
 ordinary checkpoint (its metrics table reduced to that depth's row) and registers
@@ -113,9 +114,13 @@ class PruningPanel(Container):
         assert self.model is not None
         d, full = self.depth, self.model.num_parameters()
         pruned = self.model.num_parameters(d)
+        metrics = self.info.metrics if self.info is not None else {}
+        # shipped models are scored on held-back data, trained runs on their validation part
+        split = "held-back" if str(metrics.get("split", "")).startswith("held-back") \
+            else "validation"
         self._readout.value = (f"L{d}: {pruned:,} of {full:,} parameters "
                                f"({100 * pruned / full:.0f}%)\n{timing}\n"
-                               f"validation: {self._score(d)}")
+                               f"{split}: {self._score(d)}")
 
     def apply(self, _value: Any = None) -> None:
         """Re-segment the owner's image with the pruned network (labels layer only)."""
