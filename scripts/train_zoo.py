@@ -358,9 +358,10 @@ def specs() -> dict[str, ZooSpec]:
                         "Arganda-Carreras et al. 2015",
                 citation=f"{EM_CITATION}. Architecture: {UNETPP_CITATION}",
                 to_reach_target="the validation membrane IoU reached ~0.70 by step 400 and "
-                                "stayed there to the end (batch 16, 256x256 patches): the 12 "
-                                "training slices, not the training time, are the limit. 8-fold "
-                                "test-time augmentation (`--tta`) gives 0.696 on the held-back "
+                                "stayed there to the end (batch 16, 256x256 patches), which "
+                                "suggests the 12 training slices, not the training time, limit "
+                                "it. 8-fold test-time augmentation (`--tta`) gives 0.696 on the "
+                                "held-back "
                                 "slices. More labelled slices, elastic deformation (the U-Net "
                                 "recipe for ISBI; TrainConfig.elastic), or fine-tuning on a few "
                                 "slices of your own data in napari",
