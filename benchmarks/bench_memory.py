@@ -48,7 +48,7 @@ def child(slices: int, mode: str, tile: int) -> dict[str, float]:
     from napari_unetpp.model import UNetPlusPlus
 
     torch.manual_seed(0)
-    from napari_unetpp.cli import read_array
+    from napari_unetpp.files import read_array
 
     em = read_array(data_dir() / "em_isbi2012" / "image.tif", lazy=True)  # memmap or dask
     one = da.asarray(em).rechunk((1, *em.shape[1:]))

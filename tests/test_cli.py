@@ -19,7 +19,8 @@ import pytest
 import tifffile
 
 from napari_unetpp import __version__
-from napari_unetpp.cli import main, pair_files
+from napari_unetpp.cli import main
+from napari_unetpp.files import pair_files
 
 CROP = (slice(192, 320), slice(192, 320))  # 128 x 128, membranes and cells in it
 

@@ -2,7 +2,9 @@
 
 The CLI is thin on purpose: it reads files, builds the config dataclasses, drives
 the same engine generators the widgets drive (``training.Trainer.run``,
-``inference.predict``) and writes files. Everything a user can get wrong (a
+``inference.predict``) and writes files. Reading and writing files lives in
+``files.py`` and cluster prediction (``--distributed``) in ``distributed.py``, so
+this module is only the command line. Everything a user can get wrong (a
 missing file, mismatched shapes, a bad checkpoint) ends as one line
 ``napari-unetpp: error: ...`` and exit status 2, never a traceback.
 
@@ -26,31 +28,32 @@ import json
 import os
 import shutil
 import sys
-import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from . import __version__
+from .files import (
+    ZOO_PREFIX,
+    UserError,
+    check_image,
+    check_labels,
+    collect_files,
+    is_zarr,
+    load_model,
+    pair_files,
+    read_array,
+    resolve_checkpoint,
+    stem,
+    write_array,
+)
 
 if TYPE_CHECKING:  # engine imports are lazy: `napari-unetpp --help` must not load torch
-    import numpy as np
-
     from .checkpoint import CheckpointInfo
     from .config import DataConfig, ModelConfig, PredictConfig, TrainConfig
     from .model import UNetPlusPlus
 
 PROG = "napari-unetpp"
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".zarr")
-#: Name endings dropped when matching an image to its labels by name.
-LABEL_TAGS = ("_labels", "_label", "_masks", "_mask", "_gt", "_seg", "-labels", "-mask")
-ZOO_PREFIX = "zoo:"
-
-
-class UserError(ValueError):
-    """A mistake in the command line or the input files: reported in one line, exit 2."""
-
 
 # --------------------------------------------------------------------------- output
 
@@ -96,176 +99,6 @@ def _human_count(n: int | None) -> str:
     if n >= 1e3:
         return f"{n / 1e3:.1f}k"
     return str(n)
-
-
-# --------------------------------------------------------------------------- files
-
-
-def _is_zarr(path: Path) -> bool:
-    if path.suffix.lower() == ".zarr":
-        return True
-    return path.is_dir() and any((path / m).exists() for m in (".zarray", ".zgroup", "zarr.json"))
-
-
-def _is_supported(path: Path) -> bool:
-    return _is_zarr(path) or (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def collect_files(paths: Sequence[str | Path], what: str) -> list[Path]:
-    """Expand files and folders into a sorted list of readable image files.
-
-    A folder contributes its supported files in sorted order (a ``.zarr`` folder is
-    one image), so ``--images imgs/ --labels masks/`` pairs by position or by name.
-    """
-    files: list[Path] = []
-    for path in map(Path, paths):
-        if not path.exists():
-            raise FileNotFoundError(f"{what} {path} does not exist")
-        if path.is_dir() and not _is_zarr(path):
-            found = sorted(p for p in path.iterdir() if _is_supported(p))
-            if not found:
-                raise UserError(
-                    f"no {what} files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}"
-                )
-            files.extend(found)
-        elif _is_supported(path):
-            files.append(path)
-        else:
-            raise UserError(
-                f"{path}: unsupported {what} file type {path.suffix!r}; "
-                f"use one of {', '.join(IMAGE_SUFFIXES)}"
-            )
-    return files
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".ome.tiff", ".ome.tif", *IMAGE_SUFFIXES):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
-def _label_key(path: Path) -> str:
-    stem = _stem(path)
-    for tag in LABEL_TAGS:
-        if stem.lower().endswith(tag):
-            return stem[: -len(tag)]
-    return stem
-
-
-def pair_files(images: list[Path], labels: list[Path]) -> list[tuple[Path, Path]]:
-    """Pair images with labels by name when every name matches, else by sorted order.
-
-    Name matching ignores the suffix and endings such as ``_labels`` / ``_mask``, so
-    ``a.png`` pairs with ``a.tif`` or ``a_labels.tif`` in another folder.
-    """
-    by_name = {_label_key(p): p for p in labels}
-    if len(by_name) == len(labels) and all(_label_key(p) in by_name for p in images):
-        return [(p, by_name[_label_key(p)]) for p in images]
-    if len(images) != len(labels):
-        raise UserError(
-            f"got {len(images)} image file(s) but {len(labels)} label file(s), and their "
-            "names do not match; give one labels file per image (paired by name or order)"
-        )
-    return list(zip(images, labels))
-
-
-def read_array(path: Path, lazy: bool = False) -> Any:
-    """Read tif/tiff/png/npy/zarr; ``lazy`` keeps big data on disk (memmap or dask).
-
-    Lazy reading: ``.npy`` and uncompressed TIFF are memory-mapped, compressed or
-    tiled TIFF is read through tifffile's zarr store into dask, zarr stays zarr.
-    """
-    import numpy as np
-
-    suffix = path.suffix.lower()
-    try:
-        if _is_zarr(path):
-            return _read_zarr(path, lazy)
-        if suffix == ".npy":
-            return np.load(path, mmap_mode="r" if lazy else None, allow_pickle=False)
-        if suffix in (".tif", ".tiff"):
-            return _read_tiff(path, lazy)
-        if suffix == ".png":
-            import imageio.v3 as iio
-
-            return np.asarray(iio.imread(path))
-    except (OSError, ValueError, KeyError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise UserError(f"cannot read {path}: {exc}") from exc
-    raise UserError(f"{path}: unsupported file type; use one of {', '.join(IMAGE_SUFFIXES)}")
-
-
-def _read_tiff(path: Path, lazy: bool) -> Any:
-    import tifffile
-
-    if not lazy:
-        return tifffile.imread(path)
-    try:
-        return tifffile.memmap(path, mode="r")
-    except (ValueError, OSError):  # compressed, tiled or otherwise not memory-mappable
-        pass
-    import dask.array as da
-    import zarr
-
-    store = tifffile.imread(path, aszarr=True)
-    node = zarr.open(store, mode="r")
-    if not hasattr(node, "shape"):  # pyramidal file: level 0 is full resolution
-        node = node["0"]
-    return da.from_zarr(node)
-
-
-def _read_zarr(path: Path, lazy: bool) -> Any:
-    import numpy as np
-    import zarr
-
-    node = zarr.open(str(path), mode="r")
-    if not hasattr(node, "shape"):  # a group: OME-Zarr level "0", else its only array
-        names = sorted(name for name, _ in node.arrays())
-        if not names:
-            raise UserError(f"zarr group {path} holds no array")
-        key = "0" if "0" in names else names[0]
-        node = node[key]
-    return node if lazy else np.asarray(node[...])
-
-
-def check_image(image: Any, path: Path) -> None:
-    """Reject data types that cannot be an image before they reach the engine."""
-    import numpy as np
-
-    kind = np.dtype(image.dtype).kind
-    if kind not in "biuf":
-        raise UserError(f"{path}: unsupported image dtype {image.dtype}; need integers or floats")
-    if image.ndim < 2:
-        raise UserError(f"{path}: an image needs at least 2 axes, got shape {image.shape}")
-
-
-def check_labels(labels: Any, image: Any, path: Path, channel_axis: int | None) -> Any:
-    """Labels must be integer-valued, match the image's spatial shape and label something."""
-    import numpy as np
-
-    labels = np.asarray(labels)
-    if labels.dtype.kind == "f":
-        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
-            raise UserError(
-                f"{path}: labels must be integers (class or instance ids), got dtype "
-                f"{labels.dtype} with fractional values"
-            )
-        labels = labels.astype(np.int64)
-    elif labels.dtype.kind not in "biu":
-        raise UserError(f"{path}: unsupported labels dtype {labels.dtype}; need integers")
-    from .data import check_pair
-
-    try:
-        check_pair(image, labels, channel_axis)
-    except ValueError as exc:
-        raise UserError(f"{path}: {str(exc).replace('DataConfig.channel_axis=', '--channel-axis ')}"
-                        ) from exc
-    if not labels.any():
-        raise UserError(f"{path}: labels are empty (all 0); paint or load some labels first")
-    return labels
 
 
 # --------------------------------------------------------------------------- configs
@@ -384,34 +217,6 @@ def run_json(model: ModelConfig, train: TrainConfig, data: DataConfig) -> dict[s
 # --------------------------------------------------------------------------- models
 
 
-def resolve_checkpoint(spec: str) -> str:
-    """A checkpoint path as given, or ``RUN/best`` when given a training run's folder."""
-    if spec.startswith(ZOO_PREFIX):
-        return spec
-    path = Path(spec)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"checkpoint {spec} does not exist (give a checkpoint folder, its config.json, "
-            f"a .zip, a training run folder, or {ZOO_PREFIX}NAME for a shipped model)"
-        )
-    if path.is_dir() and not (path / "config.json").exists() and (
-            path / "best" / "config.json").is_file():
-        return str(path / "best")
-    return spec
-
-
-def load_model(spec: str, device: str = "cpu") -> tuple[UNetPlusPlus, CheckpointInfo]:
-    """A checkpoint path (folder, ``config.json``, ``.zip``, run folder) or ``zoo:NAME``."""
-    spec = resolve_checkpoint(spec)
-    if spec.startswith(ZOO_PREFIX):
-        from . import zoo
-
-        return zoo.load_pretrained(spec[len(ZOO_PREFIX):], device=device)
-    from .checkpoint import load_checkpoint
-
-    return load_checkpoint(spec, device=device)
-
-
 def read_model_info(spec: str) -> CheckpointInfo:
     """Configs and metrics without loading weights (``info`` must be instant)."""
     if spec.startswith(ZOO_PREFIX):
@@ -506,7 +311,12 @@ def _advance(bar: Any, event: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train (or fine-tune) from files; writes the checkpoint and prints the per-depth table."""
+    """Train (or fine-tune) from files; writes the checkpoint and prints the per-depth table.
+
+    Under ``torchrun`` every process runs this command: it joins the process group
+    (DistributedDataParallel), rank 0 alone shows progress and writes files, and every
+    rank leaves the group at the end, also after an error.
+    """
     out = Path(args.out)
     if args.resume and args.config is None and (out / "run.json").is_file():
         args.config = str(out / "run.json")  # the interrupted run's settings
@@ -516,7 +326,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         base = read_model_info(str(out / "last"))
     elif initial is not None:
         base = read_model_info(args.from_)
-    model_config, train_config, data_config, auto = build_train_configs(args, base)
+    configs = build_train_configs(args, base)
+    if args.dry_run:
+        return _train(args, out, initial, *configs, main_process=True)
+    from .training import join_torchrun, process_rank
+
+    leave = join_torchrun(configs[1].device)
+    try:
+        return _train(args, out, initial, *configs, main_process=process_rank() == 0)
+    finally:
+        leave()
+
+
+def _train(args: argparse.Namespace, out: Path, initial: Any, model_config: ModelConfig,
+           train_config: TrainConfig, data_config: DataConfig, auto: bool,
+           main_process: bool) -> int:
+    """Read the files, finish the configs from the data, train; rank 0 reports and writes."""
     pairs = pair_files(collect_files(args.images, "image"), collect_files(args.labels, "labels"))
     val_pairs: list[tuple[Path, Path]] = []
     if args.val_images or args.val_labels:
@@ -532,7 +357,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if auto:
         mode, why = data_mod.guess_label_mode(labels[0])
         data_config = data_config.replace(label_mode=mode)
-        _note(f"label mode: {mode} ({why})")
+        if main_process:
+            _note(f"label mode: {mode} ({why})")
     channels = 1 if data_config.channel_axis is None else int(
         images[0].shape[data_config.channel_axis])
     model_config = model_config.replace(
@@ -547,13 +373,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     trainer = Trainer(model_config, train_config, data_config, initial=initial, output_dir=out,
                       resume=bool(args.resume))
-    _note(f"training on {len(pairs)} image(s)"
-          + (f", validating on {len(val_pairs)}" if val_pairs else "")
-          + f"; checkpoint -> {out}")
+    if main_process:
+        _note(f"training on {len(pairs)} image(s)"
+              + (f", validating on {len(val_pairs)}" if val_pairs else "")
+              + f"; checkpoint -> {out}")
     result = _drive_training(
         trainer.run(images, labels, val_images or None, val_labels or None),
-        train_config.iterations, enabled=not args.quiet,
+        train_config.iterations, enabled=main_process and not args.quiet,
     )
+    if not main_process:
+        return 0
     saved = result.info
     # run.json beside best/ and last/: `train --config RUN/run.json` replays the run
     (out / "run.json").write_text(json.dumps(
@@ -618,15 +447,6 @@ def _drive_training(gen: Any, total: int, enabled: bool) -> Any:
 # --------------------------------------------------------------------------- predict
 
 
-@dataclass
-class _PredictJob:
-    """What every block of a prediction needs (picklable: it travels to dask workers)."""
-
-    model_spec: str
-    predict: dict[str, Any]
-    data: dict[str, Any]
-
-
 def build_predict_config(
     args: argparse.Namespace, info_data: DataConfig, spatial_dims: int
 ) -> tuple[PredictConfig, DataConfig]:
@@ -672,7 +492,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                        model.config.spatial_dims)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    client = _start_client(args.distributed) if args.distributed else None
+    client = None
+    if args.distributed:
+        from .distributed import start_client
+
+        client = start_client(args.distributed)
     try:
         for path in files:
             image = read_array(path, lazy=True)
@@ -681,13 +505,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     and looks_rgb(image.shape)):
                 image = rgb_to_grey(image)  # as the widget does, and as the zoo was trained
                 _out(f"{path}: RGB -> grey (luminance) for this one-channel model")
-            fmt = args.format or ("zarr" if _is_zarr(path) else "tif")
+            fmt = args.format or ("zarr" if is_zarr(path) else "tif")
             written = _predict_file(path, image, model, predict_config, data_config, out, fmt,
                                     args, client)
             _out(f"{path} -> {', '.join(str(p) for p in written)}")
     finally:
         if client is not None:
-            _close_client(client)
+            from .distributed import close_client
+
+            close_client(client)
     return 0
 
 
@@ -698,27 +524,29 @@ def _predict_file(
     """Probabilities (in memory for tif, streamed to zarr for zarr), then labels, then files."""
     from .postprocess import probabilities_to_labels
 
-    name = _stem(path)
+    name = stem(path)
     store = out / f"{name}_probabilities.zarr" if fmt == "zarr" else None
     if store is not None and store.exists():
         shutil.rmtree(store)  # results of an earlier run of the same command
     if client is not None:
-        job = _PredictJob(_portable_spec(args.checkpoint), config.to_dict(), data.to_dict())
-        probs = _predict_distributed(client, job, path, image, model, store)
+        from .distributed import PredictJob, predict_distributed
+
+        job = PredictJob(_portable_spec(args.checkpoint), config.to_dict(), data.to_dict())
+        probs = predict_distributed(client, job, path, image, model, store)
     else:
         probs = _predict_local(model, image, config, data, desc=name, enabled=not args.quiet,
                                out=store)
     depth = config.pruned_depth if config.pruned_depth is not None else max(probs)
     labels = probabilities_to_labels(probs[depth], model.config, data,
                                      threshold=config.threshold, min_size=config.min_size)
-    written = [_write_array(out / f"{name}_labels", labels, fmt)]
+    written = [write_array(out / f"{name}_labels", labels, fmt)]
     if store is not None:
         if args.probabilities:
             written.append(store)
         else:
             shutil.rmtree(store)
     elif args.probabilities:
-        written += [_write_array(out / f"{name}_L{d}", probs[d], fmt) for d in sorted(probs)]
+        written += [write_array(out / f"{name}_L{d}", probs[d], fmt) for d in sorted(probs)]
     return written
 
 
@@ -744,162 +572,6 @@ def _predict_local(
             if event.kind == "fallback":
                 bar.write(f"{PROG}: {event.message}", file=sys.stderr)
             _advance(bar, event)
-
-
-def _write_array(base: Path, array: Any, fmt: str) -> Path:
-    """Write ``base.tif`` (BigTIFF when needed) or ``base.zarr`` (chunked, for big results)."""
-    import numpy as np
-
-    if fmt == "zarr":
-        import zarr
-
-        path = base.with_suffix(".zarr")
-        if path.exists():
-            shutil.rmtree(path)
-        chunks = tuple(min(s, c) for s, c in zip(array.shape, (1,) * (array.ndim - 2)
-                                                  + (1024, 1024)))
-        target = zarr.open_array(str(path), mode="w", shape=array.shape, dtype=array.dtype,
-                                 chunks=chunks)
-        target[...] = np.asarray(array)
-        return path
-    import tifffile
-
-    path = base.with_suffix(".tif")
-    # minisblack: a 3- or 4-slice stack must not be stored (and shown) as RGB
-    tifffile.imwrite(path, np.asarray(array), compression="zlib", photometric="minisblack")
-    return path
-
-
-# --------------------------------------------------------------------------- distributed
-
-_WORKER_MODELS: dict[tuple[str, str], Any] = {}
-_WORKER_LOCK = threading.Lock()
-
-
-def _worker_model(spec: str, device: str) -> Any:
-    """The model, loaded once per worker process (threads of a worker share it)."""
-    key = (spec, device)
-    with _WORKER_LOCK:
-        if key not in _WORKER_MODELS:
-            _WORKER_MODELS[key] = load_model(spec, device=device)[0]
-        return _WORKER_MODELS[key]
-
-
-def predict_block(job: _PredictJob, source: str, axis: int | None,
-                  index: int) -> tuple[int, dict[int, Any]]:
-    """One distributed task: ``inference.predict`` on one slice with the worker's model.
-
-    ``source`` is the image file; the worker reads only its slice (lazily).
-    Returns the slice index with the per-depth probabilities of that slice.
-    """
-    import numpy as np
-
-    from .config import DataConfig, PredictConfig
-    from .events import drive
-    from .inference import predict
-
-    config = PredictConfig.from_dict(job.predict)
-    model = _worker_model(job.model_spec, config.device)
-    image = read_array(Path(source), lazy=True)
-    block = image if axis is None else np.take(image, index, axis=axis)
-    return index, dict(drive(predict(model, np.asarray(block), config,
-                                     DataConfig.from_dict(job.data))))
-
-
-def _start_client(address: str) -> Any:
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError as exc:
-        raise UserError("--distributed needs dask.distributed: pip install "
-                        "'napari-unetpp[distributed]'") from exc
-    if address == "local":
-        workers = int(os.environ.get("NAPARI_UNETPP_WORKERS", "0")) or min(2, os.cpu_count() or 1)
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-        return Client(cluster)
-    try:
-        return Client(address, timeout="20s")
-    except OSError as exc:
-        raise UserError(f"cannot reach dask scheduler at {address}: {exc}") from exc
-
-
-def _close_client(client: Any) -> None:
-    cluster = getattr(client, "cluster", None)
-    client.close()
-    if cluster is not None:
-        cluster.close()
-
-
-def _fixed_normalization(image: Any, data: DataConfig) -> DataConfig:
-    """The stack's percentile range as a fixed window, so every slice is normalised alike.
-
-    ``inference.predict`` computes one intensity range per image (a stack is one
-    image); a task sees one slice, so it gets the whole stack's range instead.
-    """
-    from .data import intensity_range
-
-    norm = data.normalization
-    if norm.mode != "percentile":
-        return data
-    low, high = intensity_range(image, norm)
-    high = max(high, low + 1e-8)  # a constant image: normalize() guards the scale the same way
-    return data.replace(normalization=norm.replace(mode="window", low=low, high=high))
-
-
-def _predict_distributed(
-    client: Any, job: _PredictJob, path: Path, image: Any, model: UNetPlusPlus,
-    store: Path | None,
-) -> dict[int, Any]:
-    """Map the slices of a stack over the cluster, one ``inference.predict`` per slice.
-
-    Workers load the model once each and read their slice from the file (a remote
-    cluster needs the file and checkpoint on a shared disk). Results are written
-    into the output (numpy, or zarr when ``store`` is given) as they arrive.
-    """
-    import numpy as np
-    from distributed import as_completed
-
-    from .config import DataConfig
-    from .inference import output_shape
-
-    data = _fixed_normalization(image, DataConfig.from_dict(job.data))
-    channel = None if data.channel_axis is None else data.channel_axis % image.ndim
-    others = [a for a in range(image.ndim) if a != channel]
-    axis = others[0] if len(others) > model.config.spatial_dims else None
-    if axis is not None and channel is not None and channel > axis:
-        channel -= 1  # the slice has one axis less before the channels
-    job = _PredictJob(job.model_spec, job.predict,
-                      {**data.to_dict(), "channel_axis": channel})
-    count = 1 if axis is None else image.shape[axis]
-    source = str(path.resolve())  # workers read their own slice: nothing big leaves here
-    futures = [client.submit(predict_block, job, source, axis, i, pure=False)
-               for i in range(count)]
-    shape = output_shape(tuple(image.shape), data.channel_axis, model.config.num_classes)
-    class_axes = 0 if model.config.num_classes == 1 else 1
-    where = 0 if axis is None else others.index(axis)  # position among non-channel axes
-    arrays: dict[int, Any] = {}
-    for future in as_completed(futures):
-        index, result = future.result()
-        if not arrays:
-            arrays = _allocate_outputs(sorted(result), shape, store)
-        for d, prob in result.items():
-            target = (slice(None),) * (class_axes + where) + ((index,) if axis is not None else ())
-            arrays[d][target] = prob
-    return arrays
-
-
-def _allocate_outputs(depths: list[int], shape: tuple[int, ...], store: Path | None
-                      ) -> dict[int, Any]:
-    import numpy as np
-
-    if store is None:
-        return {d: np.zeros(shape, np.float32) for d in depths}
-    import zarr
-
-    group = zarr.open_group(str(store), mode="w")
-    chunks = (1,) * (len(shape) - 2) + tuple(min(s, 1024) for s in shape[-2:])
-    return {d: group.create_array(name=f"L{d}", shape=shape, chunks=chunks, dtype="float32",
-                                  fill_value=0.0) for d in depths}
 
 
 # --------------------------------------------------------------------------- info / export
@@ -991,8 +663,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                     info.data.target)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    written = [_write_array(out / f"{args.model}_image", np.asarray(image), "tif"),
-               _write_array(out / f"{args.model}_labels", labels, "tif")]
+    written = [write_array(out / f"{args.model}_image", np.asarray(image), "tif"),
+               write_array(out / f"{args.model}_labels", labels, "tif")]
     _out(f"demo: {meta.get('title', args.model)}, shape {tuple(image.shape)}, "
          f"model zoo:{args.model} (L{depth})")
     _out(f"{score_name} against the crop's labels: {score:.3f}")

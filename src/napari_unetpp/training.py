@@ -20,10 +20,12 @@ resumed with ``Trainer(..., resume=True)`` and continues with identical losses.
 Fine-tuning: ``initial`` is a checkpoint path or a :class:`UNetPlusPlus`;
 weights are copied by name, heads whose class count differs are created anew.
 
-Distributed: when ``torch.distributed`` is initialised (``torchrun``), the model
-is wrapped in ``DistributedDataParallel``, each rank samples its own patches
-(seed + rank), every rank validates on the same data (so all agree on "best"),
-and only rank 0 writes checkpoints and emits ``"checkpoint"`` events.
+Distributed: when ``torch.distributed`` is initialised (``torchrun``; see
+:func:`join_torchrun`), the model is wrapped in ``DistributedDataParallel``, each
+rank samples its own patches (seed + rank), every rank validates on the same data
+(split from the seed alone, so all agree on "best"), and only rank 0 writes
+checkpoints and emits ``"checkpoint"`` events; the checkpoint's provenance records
+the ``world_size``.
 BatchNorm statistics are per rank (no SyncBatchNorm).
 """
 
@@ -32,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,7 +55,8 @@ from .losses import DeepSupervisionLoss
 from .model import UNetPlusPlus
 from .pruning import depth_table, recommend_depth, score_tiles
 
-__all__ = ["TrainEvent", "TrainResult", "Trainer", "transfer_weights"]
+__all__ = ["TrainEvent", "TrainResult", "Trainer", "join_torchrun", "process_rank",
+           "transfer_weights"]
 
 #: Files beside ``output_dir/last`` that make a run resumable (safetensors + JSON, no pickle).
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -197,7 +200,10 @@ def prepare_data(
     if val_images is not None:
         train, val = volumes, data_mod.prepare_volumes(val_images, val_labels, data_config, dims)
     else:
-        train, val = data_mod.split_validation(volumes, train_config.validation_fraction, rng)
+        # the split comes from the seed alone: every rank validates on the same data
+        split_rng = np.random.default_rng(train_config.seed)
+        train, val = data_mod.split_validation(volumes, train_config.validation_fraction,
+                                               split_rng)
     sampler = data_mod.PatchSampler(train, train_config.patch_size, dims,
                                     train_config.foreground_fraction, rng,
                                     sparse=data_config.label_mode == "sparse")
@@ -340,7 +346,7 @@ class Trainer:
     ) -> Generator[TrainEvent, None, TrainResult]:
         """Train, yielding events; returns a :class:`TrainResult` (also when stopped)."""
         tc = self.train_config
-        rank = _rank()
+        rank = process_rank()
         torch.manual_seed(tc.seed)
         rng = np.random.default_rng(tc.seed + rank)
         data = prepare_data(images, labels, val_images, val_labels, self.model_config, tc,
@@ -464,7 +470,7 @@ class Trainer:
             run.best_score = scores[best_depth]["iou"]
             run.best_scores, run.best_step = scores, run.step
             run.best_state = {k: v.detach().cpu().clone() for k, v in run.net.state_dict().items()}
-        if self.output_dir is None or _rank() != 0:
+        if self.output_dir is None or process_rank() != 0:
             return
         if improved:
             path = self._save(run.net, data, run, "best", scores)
@@ -481,6 +487,7 @@ class Trainer:
             "iterations": run.step, "best_step": run.best_step,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seed": self.train_config.seed, "device": str(run.device),
+            "world_size": _world_size(),
             "stopped_early": bool(self.stopper.stopped and run.step < self.train_config.iterations),
         }
         return CheckpointInfo(model=run.net.config, data=data.data_config,
@@ -505,7 +512,7 @@ class Trainer:
 
     def _finish(self, run: _Run, data: _Data, origin: str) -> TrainResult:
         """Best model, per-depth table (scores, parameters, measured ms/Mpx), final saves."""
-        if self.output_dir is not None and _rank() == 0:
+        if self.output_dir is not None and process_rank() == 0:
             self._save_last(run, data)
         best = UNetPlusPlus.from_config(run.net.config)
         best.load_state_dict(run.best_state or run.net.state_dict())
@@ -515,7 +522,7 @@ class Trainer:
                    "best_depth": recommend_depth(table)}
         info = self._info(data, run, metrics, origin)
         checkpoint = None
-        if self.output_dir is not None and _rank() == 0:
+        if self.output_dir is not None and process_rank() == 0:
             checkpoint = Path(save_checkpoint(self.output_dir / "best", best, info))
         return TrainResult(best.cpu(), info, checkpoint)
 
@@ -523,9 +530,37 @@ class Trainer:
 # --------------------------------------------------------------------------- small helpers
 
 
-def _rank() -> int:
+def join_torchrun(device: str | torch.device = "auto") -> Callable[[], None]:
+    """Join torchrun's process group when torchrun started this process; returns the cleanup.
+
+    ``napari-unetpp train`` calls it so that ``torchrun --nproc_per_node N -m
+    napari_unetpp.cli train ...`` trains one model with DistributedDataParallel. Outside
+    torchrun (no ``WORLD_SIZE`` > 1 with ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``), or when a
+    group already exists (the caller owns it), nothing happens and the cleanup does nothing.
+    Backend: NCCL on CUDA (each rank on GPU ``LOCAL_RANK``), gloo otherwise.
+    """
+    env = os.environ
+    dist = torch.distributed
+    launched = int(env.get("WORLD_SIZE", "1")) > 1 and all(
+        key in env for key in ("RANK", "LOCAL_RANK", "MASTER_ADDR"))
+    if not launched or not dist.is_available() or dist.is_initialized():
+        return lambda: None
+    cuda = resolve_device(device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(env["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.destroy_process_group
+
+
+def process_rank() -> int:
+    """This process's rank under torch.distributed (0 when not distributed): 0 alone writes."""
     dist = torch.distributed
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _device(tc: TrainConfig) -> torch.device:

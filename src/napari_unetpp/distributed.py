@@ -1,0 +1,172 @@
+"""Prediction of big stacks mapped over a dask.distributed cluster.
+
+Why a module of its own: one machine predicts a stack slice by slice with
+``inference.predict``; a cluster does the same slices in parallel, one task each.
+The tasks run in other processes (maybe on other machines), so everything they
+need travels as a small picklable :class:`PredictJob`, each worker reads only its
+own slice from the file and loads the model once. ``napari-unetpp predict
+--distributed`` drives it; a notebook can call :func:`predict_distributed` with
+its own ``distributed.Client``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .files import UserError, load_model, read_array
+
+if TYPE_CHECKING:  # dask, numpy and torch are imported when a job runs, not on import
+    from .config import DataConfig
+    from .model import UNetPlusPlus
+
+
+@dataclass
+class PredictJob:
+    """What every block of a prediction needs (picklable: it travels to dask workers).
+
+    ``model_spec`` must be readable from the workers: ``zoo:NAME`` or an absolute
+    checkpoint path on a shared disk.
+    """
+
+    model_spec: str
+    predict: dict[str, Any]
+    data: dict[str, Any]
+
+
+_WORKER_MODELS: dict[tuple[str, str], Any] = {}
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker_model(spec: str, device: str) -> Any:
+    """The model, loaded once per worker process (threads of a worker share it)."""
+    key = (spec, device)
+    with _WORKER_LOCK:
+        if key not in _WORKER_MODELS:
+            _WORKER_MODELS[key] = load_model(spec, device=device)[0]
+        return _WORKER_MODELS[key]
+
+
+def predict_block(job: PredictJob, source: str, axis: int | None,
+                  index: int) -> tuple[int, dict[int, Any]]:
+    """One distributed task: ``inference.predict`` on one slice with the worker's model.
+
+    ``source`` is the image file; the worker reads only its slice (lazily).
+    Returns the slice index with the per-depth probabilities of that slice.
+    """
+    import numpy as np
+
+    from .config import DataConfig, PredictConfig
+    from .events import drive
+    from .inference import predict
+
+    config = PredictConfig.from_dict(job.predict)
+    model = _worker_model(job.model_spec, config.device)
+    image = read_array(Path(source), lazy=True)
+    block = image if axis is None else np.take(image, index, axis=axis)
+    return index, dict(drive(predict(model, np.asarray(block), config,
+                                     DataConfig.from_dict(job.data))))
+
+
+def start_client(address: str) -> Any:
+    """A client of the scheduler at ``address``, or of a new LocalCluster for ``"local"``.
+
+    Local workers are processes (torch holds the GIL in places) with one thread each;
+    ``NAPARI_UNETPP_WORKERS`` sets how many (default: up to 2, so a laptop stays usable).
+    """
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise UserError("--distributed needs dask.distributed: pip install "
+                        "'napari-unetpp[distributed]'") from exc
+    if address == "local":
+        workers = int(os.environ.get("NAPARI_UNETPP_WORKERS", "0")) or min(2, os.cpu_count() or 1)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        return Client(cluster)
+    try:
+        return Client(address, timeout="20s")
+    except OSError as exc:
+        raise UserError(f"cannot reach dask scheduler at {address}: {exc}") from exc
+
+
+def close_client(client: Any) -> None:
+    """Close the client and, when :func:`start_client` made one, its LocalCluster."""
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+def _fixed_normalization(image: Any, data: DataConfig) -> DataConfig:
+    """The stack's percentile range as a fixed window, so every slice is normalised alike.
+
+    ``inference.predict`` computes one intensity range per image (a stack is one
+    image); a task sees one slice, so it gets the whole stack's range instead.
+    """
+    from .data import intensity_range
+
+    norm = data.normalization
+    if norm.mode != "percentile":
+        return data
+    low, high = intensity_range(image, norm)
+    high = max(high, low + 1e-8)  # a constant image: normalize() guards the scale the same way
+    return data.replace(normalization=norm.replace(mode="window", low=low, high=high))
+
+
+def predict_distributed(
+    client: Any, job: PredictJob, path: Path, image: Any, model: UNetPlusPlus,
+    store: Path | None,
+) -> dict[int, Any]:
+    """Map the slices of a stack over the cluster, one ``inference.predict`` per slice.
+
+    Workers load the model once each and read their slice from the file (a remote
+    cluster needs the file and checkpoint on a shared disk). Results are written
+    into the output (numpy, or zarr when ``store`` is given) as they arrive.
+    """
+    from distributed import as_completed
+
+    from .config import DataConfig
+    from .inference import output_shape
+
+    data = _fixed_normalization(image, DataConfig.from_dict(job.data))
+    channel = None if data.channel_axis is None else data.channel_axis % image.ndim
+    others = [a for a in range(image.ndim) if a != channel]
+    axis = others[0] if len(others) > model.config.spatial_dims else None
+    if axis is not None and channel is not None and channel > axis:
+        channel -= 1  # the slice has one axis less before the channels
+    job = PredictJob(job.model_spec, job.predict, {**data.to_dict(), "channel_axis": channel})
+    count = 1 if axis is None else image.shape[axis]
+    source = str(path.resolve())  # workers read their own slice: nothing big leaves here
+    futures = [client.submit(predict_block, job, source, axis, i, pure=False)
+               for i in range(count)]
+    shape = output_shape(tuple(image.shape), data.channel_axis, model.config.num_classes)
+    class_axes = 0 if model.config.num_classes == 1 else 1
+    where = 0 if axis is None else others.index(axis)  # position among non-channel axes
+    arrays: dict[int, Any] = {}
+    for future in as_completed(futures):
+        index, result = future.result()
+        if not arrays:
+            arrays = _allocate_outputs(sorted(result), shape, store)
+        for d, prob in result.items():
+            target = (slice(None),) * (class_axes + where) + ((index,) if axis is not None else ())
+            arrays[d][target] = prob
+    return arrays
+
+
+def _allocate_outputs(depths: list[int], shape: tuple[int, ...], store: Path | None
+                      ) -> dict[int, Any]:
+    """One output per depth: in memory, or zarr arrays in ``store`` chunked by slice."""
+    import numpy as np
+
+    if store is None:
+        return {d: np.zeros(shape, np.float32) for d in depths}
+    import zarr
+
+    group = zarr.open_group(str(store), mode="w")
+    chunks = (1,) * (len(shape) - 2) + tuple(min(s, 1024) for s in shape[-2:])
+    return {d: group.create_array(name=f"L{d}", shape=shape, chunks=chunks, dtype="float32",
+                                  fill_value=0.0) for d in depths}

@@ -1,0 +1,254 @@
+"""Reading and writing the files the CLI and its dask workers are given.
+
+Why a module of its own: the command line, the distributed workers (which read
+their own slice of a stack) and the benchmarks all read images, labels and
+checkpoints the same way, and none of them should need the argument parser to do
+it. Everything a user can get wrong here (a missing file, an unknown suffix,
+labels that do not fit the image) raises :class:`UserError`, which the CLI prints
+as one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is loaded only when a model is: `napari-unetpp --help` stays fast
+    from .checkpoint import CheckpointInfo
+    from .model import UNetPlusPlus
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".zarr")
+#: Name endings dropped when matching an image to its labels by name.
+LABEL_TAGS = ("_labels", "_label", "_masks", "_mask", "_gt", "_seg", "-labels", "-mask")
+ZOO_PREFIX = "zoo:"
+
+
+class UserError(ValueError):
+    """A mistake in the command line or the input files: reported in one line, exit 2."""
+
+
+def is_zarr(path: Path) -> bool:
+    """A ``.zarr`` path or a zarr folder of any name: a folder that is one image, not many."""
+    if path.suffix.lower() == ".zarr":
+        return True
+    return path.is_dir() and any((path / m).exists() for m in (".zarray", ".zgroup", "zarr.json"))
+
+
+def _is_supported(path: Path) -> bool:
+    return is_zarr(path) or (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def collect_files(paths: Sequence[str | Path], what: str) -> list[Path]:
+    """Expand files and folders into a sorted list of readable image files.
+
+    A folder contributes its supported files in sorted order (a ``.zarr`` folder is
+    one image), so ``--images imgs/ --labels masks/`` pairs by position or by name.
+    """
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"{what} {path} does not exist")
+        if path.is_dir() and not is_zarr(path):
+            found = sorted(p for p in path.iterdir() if _is_supported(p))
+            if not found:
+                raise UserError(
+                    f"no {what} files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}"
+                )
+            files.extend(found)
+        elif _is_supported(path):
+            files.append(path)
+        else:
+            raise UserError(
+                f"{path}: unsupported {what} file type {path.suffix!r}; "
+                f"use one of {', '.join(IMAGE_SUFFIXES)}"
+            )
+    return files
+
+
+def stem(path: Path) -> str:
+    """The file name without its image suffix (``a.ome.tif`` -> ``a``): names the outputs."""
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif", *IMAGE_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _label_key(path: Path) -> str:
+    """The stem without a labels ending, so ``a_mask.tif`` matches ``a.png``."""
+    name = stem(path)
+    for tag in LABEL_TAGS:
+        if name.lower().endswith(tag):
+            return name[: -len(tag)]
+    return name
+
+
+def pair_files(images: list[Path], labels: list[Path]) -> list[tuple[Path, Path]]:
+    """Pair images with labels by name when every name matches, else by sorted order.
+
+    Name matching ignores the suffix and endings such as ``_labels`` / ``_mask``, so
+    ``a.png`` pairs with ``a.tif`` or ``a_labels.tif`` in another folder.
+    """
+    by_name = {_label_key(p): p for p in labels}
+    if len(by_name) == len(labels) and all(_label_key(p) in by_name for p in images):
+        return [(p, by_name[_label_key(p)]) for p in images]
+    if len(images) != len(labels):
+        raise UserError(
+            f"got {len(images)} image file(s) but {len(labels)} label file(s), and their "
+            "names do not match; give one labels file per image (paired by name or order)"
+        )
+    return list(zip(images, labels))
+
+
+def read_array(path: Path, lazy: bool = False) -> Any:
+    """Read tif/tiff/png/npy/zarr; ``lazy`` keeps big data on disk (memmap or dask).
+
+    Lazy reading: ``.npy`` and uncompressed TIFF are memory-mapped, compressed or
+    tiled TIFF is read through tifffile's zarr store into dask, zarr stays zarr.
+    """
+    import numpy as np
+
+    suffix = path.suffix.lower()
+    try:
+        if is_zarr(path):
+            return _read_zarr(path, lazy)
+        if suffix == ".npy":
+            return np.load(path, mmap_mode="r" if lazy else None, allow_pickle=False)
+        if suffix in (".tif", ".tiff"):
+            return _read_tiff(path, lazy)
+        if suffix == ".png":
+            import imageio.v3 as iio
+
+            return np.asarray(iio.imread(path))
+    except (OSError, ValueError, KeyError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise UserError(f"cannot read {path}: {exc}") from exc
+    raise UserError(f"{path}: unsupported file type; use one of {', '.join(IMAGE_SUFFIXES)}")
+
+
+def _read_tiff(path: Path, lazy: bool) -> Any:
+    import tifffile
+
+    if not lazy:
+        return tifffile.imread(path)
+    try:
+        return tifffile.memmap(path, mode="r")
+    except (ValueError, OSError):  # compressed, tiled or otherwise not memory-mappable
+        pass
+    import dask.array as da
+    import zarr
+
+    store = tifffile.imread(path, aszarr=True)
+    node = zarr.open(store, mode="r")
+    if not hasattr(node, "shape"):  # pyramidal file: level 0 is full resolution
+        node = node["0"]
+    return da.from_zarr(node)
+
+
+def _read_zarr(path: Path, lazy: bool) -> Any:
+    import numpy as np
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if not hasattr(node, "shape"):  # a group: OME-Zarr level "0", else its only array
+        names = sorted(name for name, _ in node.arrays())
+        if not names:
+            raise UserError(f"zarr group {path} holds no array")
+        key = "0" if "0" in names else names[0]
+        node = node[key]
+    return node if lazy else np.asarray(node[...])
+
+
+def check_image(image: Any, path: Path) -> None:
+    """Reject data types that cannot be an image before they reach the engine."""
+    import numpy as np
+
+    kind = np.dtype(image.dtype).kind
+    if kind not in "biuf":
+        raise UserError(f"{path}: unsupported image dtype {image.dtype}; need integers or floats")
+    if image.ndim < 2:
+        raise UserError(f"{path}: an image needs at least 2 axes, got shape {image.shape}")
+
+
+def check_labels(labels: Any, image: Any, path: Path, channel_axis: int | None) -> Any:
+    """Labels must be integer-valued, match the image's spatial shape and label something."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "f":
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise UserError(
+                f"{path}: labels must be integers (class or instance ids), got dtype "
+                f"{labels.dtype} with fractional values"
+            )
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind not in "biu":
+        raise UserError(f"{path}: unsupported labels dtype {labels.dtype}; need integers")
+    from .data import check_pair
+
+    try:
+        check_pair(image, labels, channel_axis)
+    except ValueError as exc:
+        raise UserError(f"{path}: {str(exc).replace('DataConfig.channel_axis=', '--channel-axis ')}"
+                        ) from exc
+    if not labels.any():
+        raise UserError(f"{path}: labels are empty (all 0); paint or load some labels first")
+    return labels
+
+
+def write_array(base: Path, array: Any, fmt: str) -> Path:
+    """Write ``base.tif`` (BigTIFF when needed) or ``base.zarr`` (chunked, for big results)."""
+    import numpy as np
+
+    if fmt == "zarr":
+        import zarr
+
+        path = base.with_suffix(".zarr")
+        if path.exists():
+            shutil.rmtree(path)
+        chunks = tuple(min(s, c) for s, c in zip(array.shape, (1,) * (array.ndim - 2)
+                                                  + (1024, 1024)))
+        target = zarr.open_array(str(path), mode="w", shape=array.shape, dtype=array.dtype,
+                                 chunks=chunks)
+        target[...] = np.asarray(array)
+        return path
+    import tifffile
+
+    path = base.with_suffix(".tif")
+    # minisblack: a 3- or 4-slice stack must not be stored (and shown) as RGB
+    tifffile.imwrite(path, np.asarray(array), compression="zlib", photometric="minisblack")
+    return path
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def resolve_checkpoint(spec: str) -> str:
+    """A checkpoint path as given, or ``RUN/best`` when given a training run's folder."""
+    if spec.startswith(ZOO_PREFIX):
+        return spec
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"checkpoint {spec} does not exist (give a checkpoint folder, its config.json, "
+            f"a .zip, a training run folder, or {ZOO_PREFIX}NAME for a shipped model)"
+        )
+    if path.is_dir() and not (path / "config.json").exists() and (
+            path / "best" / "config.json").is_file():
+        return str(path / "best")
+    return spec
+
+
+def load_model(spec: str, device: str = "cpu") -> tuple[UNetPlusPlus, CheckpointInfo]:
+    """A checkpoint path (folder, ``config.json``, ``.zip``, run folder) or ``zoo:NAME``."""
+    spec = resolve_checkpoint(spec)
+    if spec.startswith(ZOO_PREFIX):
+        from . import zoo
+
+        return zoo.load_pretrained(spec[len(ZOO_PREFIX):], device=device)
+    from .checkpoint import load_checkpoint
+
+    return load_checkpoint(spec, device=device)
