@@ -182,7 +182,13 @@ def test_predict_zarr_output(em_files: dict[str, Path], trained: Path) -> None:
     out = em_files["root"] / "pred_zarr"
     assert main(["predict", str(trained), str(em_files["stack"]), "--out", str(out),
                  "--tile", "64", "64", "--format", "zarr", "--depth", "2", "-q"]) == 0
-    assert zarr.open(str(out / "stack_labels.zarr"), mode="r").shape == (3, 96, 112)
+    streamed = zarr.open(str(out / "stack_labels.zarr"), mode="r")
+    assert streamed.shape == (3, 96, 112)
+    assert streamed.chunks[0] == 1  # written and read one slice at a time
+    assert main(["predict", str(trained), str(em_files["stack"]), "--out", str(out / "tif"),
+                 "--tile", "64", "64", "--depth", "2", "-q"]) == 0
+    np.testing.assert_array_equal(streamed[...],
+                                  tifffile.imread(out / "tif" / "stack_labels.tif"))
 
 
 def test_run_json_round_trip(capsys: pytest.CaptureFixture[str], em_files: dict[str, Path],

@@ -125,3 +125,38 @@ def test_shape_mistakes_are_explained():
         probabilities_to_labels(np.zeros((8, 8), np.float32), BINARY, INSTANCE_DATA)
     with pytest.raises(ValueError, match="threshold"):
         probabilities_to_labels(np.zeros((8, 8), np.float32), BINARY, SEMANTIC, threshold=1.5)
+
+
+def test_labels_stream_into_out_one_slice_at_a_time(em_stack, tmp_path):
+    """With ``out`` (a zarr array) a stack's labels are written slice by slice: the same labels
+    as in memory, and never a whole-stack array in Python's memory."""
+    import tracemalloc
+
+    import zarr
+
+    from napari_unetpp.postprocess import labels_shape
+
+    membranes = em_stack[1]  # real ISBI membrane labels (20 slices) as probabilities
+    prob = np.where(membranes > 0, 0.8, 0.1).astype(np.float32)
+    model, data = ModelConfig(), DataConfig()
+    whole_bytes = np.zeros(labels_shape(prob.shape, model), np.int32).nbytes
+
+    tracemalloc.start()
+    in_memory = probabilities_to_labels(prob, model, data, min_size=5)
+    _, peak_in_memory = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+
+    out = zarr.open_array(str(tmp_path / "labels.zarr"), mode="w", shape=prob.shape,
+                          dtype="int32", chunks=(1, *prob.shape[1:]))
+    tracemalloc.start()
+    returned = probabilities_to_labels(prob, model, data, min_size=5, out=out)
+    _, peak_streamed = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+
+    assert returned is out
+    np.testing.assert_array_equal(out[...], in_memory)
+    assert peak_in_memory >= whole_bytes
+    # a few slices of working memory (labelling, sizes), far from the whole stack
+    assert peak_streamed < whole_bytes / 2, (peak_streamed, whole_bytes)
+    with pytest.raises(ValueError, match="out has shape"):
+        probabilities_to_labels(prob, model, data, out=np.zeros((2, 2), np.int32))

@@ -39,6 +39,7 @@ from .files import (
     check_image,
     check_labels,
     collect_files,
+    create_zarr,
     is_zarr,
     load_model,
     pair_files,
@@ -522,7 +523,7 @@ def _predict_file(
     out: Path, fmt: str, args: argparse.Namespace, client: Any,
 ) -> list[Path]:
     """Probabilities (in memory for tif, streamed to zarr for zarr), then labels, then files."""
-    from .postprocess import probabilities_to_labels
+    from .postprocess import labels_shape, probabilities_to_labels
 
     name = stem(path)
     store = out / f"{name}_probabilities.zarr" if fmt == "zarr" else None
@@ -537,9 +538,17 @@ def _predict_file(
         probs = _predict_local(model, image, config, data, desc=name, enabled=not args.quiet,
                                out=store)
     depth = config.pruned_depth if config.pruned_depth is not None else max(probs)
-    labels = probabilities_to_labels(probs[depth], model.config, data,
-                                     threshold=config.threshold, min_size=config.min_size)
-    written = [write_array(out / f"{name}_labels", labels, fmt)]
+    prob = probs[depth]
+    if fmt == "zarr":  # streamed slice by slice: a big volume's labels never sit in memory
+        labels_path = out / f"{name}_labels.zarr"
+        target = create_zarr(labels_path, labels_shape(prob.shape, model.config), "int32")
+        probabilities_to_labels(prob, model.config, data, threshold=config.threshold,
+                                min_size=config.min_size, out=target)
+        written = [labels_path]
+    else:
+        labels = probabilities_to_labels(prob, model.config, data, threshold=config.threshold,
+                                         min_size=config.min_size)
+        written = [write_array(out / f"{name}_labels", labels, fmt)]
     if store is not None:
         if args.probabilities:
             written.append(store)

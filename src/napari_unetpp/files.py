@@ -199,21 +199,27 @@ def check_labels(labels: Any, image: Any, path: Path, channel_axis: int | None) 
     return labels
 
 
+def create_zarr(path: Path, shape: tuple[int, ...], dtype: Any) -> Any:
+    """A new zarr array at ``path`` (replacing an earlier one), chunked one slice deep.
+
+    Why slice-deep chunks: results are written and read (in napari too) one slice at a
+    time, so a slice never drags its neighbours into memory.
+    """
+    import zarr
+
+    if path.exists():
+        shutil.rmtree(path)
+    chunks = tuple(min(s, c) for s, c in zip(shape, (1,) * (len(shape) - 2) + (1024, 1024)))
+    return zarr.open_array(str(path), mode="w", shape=shape, dtype=dtype, chunks=chunks)
+
+
 def write_array(base: Path, array: Any, fmt: str) -> Path:
     """Write ``base.tif`` (BigTIFF when needed) or ``base.zarr`` (chunked, for big results)."""
     import numpy as np
 
     if fmt == "zarr":
-        import zarr
-
         path = base.with_suffix(".zarr")
-        if path.exists():
-            shutil.rmtree(path)
-        chunks = tuple(min(s, c) for s, c in zip(array.shape, (1,) * (array.ndim - 2)
-                                                  + (1024, 1024)))
-        target = zarr.open_array(str(path), mode="w", shape=array.shape, dtype=array.dtype,
-                                 chunks=chunks)
-        target[...] = np.asarray(array)
+        create_zarr(path, tuple(array.shape), array.dtype)[...] = np.asarray(array)
         return path
     import tifffile
 

@@ -22,7 +22,7 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,8 @@ from scipy import ndimage as ndi
 
 from .config import DataConfig, ModelConfig
 
-__all__ = ["probabilities_to_labels", "remove_small", "instances_from_probabilities"]
+__all__ = ["probabilities_to_labels", "labels_shape", "remove_small",
+           "instances_from_probabilities"]
 
 #: Channels of an instance model's output, in order (see ``data.instance_targets``).
 INSTANCE_CHANNELS = ("background", "interior", "boundary")
@@ -112,6 +113,16 @@ def instances_from_probabilities(
     return relabel_sequential(labels)[0].astype(np.int32)
 
 
+def _class_axes(model_config: ModelConfig) -> int:
+    """Leading class axes of one depth's probabilities: none for one class, else one."""
+    return 0 if model_config.num_classes == 1 else 1
+
+
+def labels_shape(prob_shape: Sequence[int], model_config: ModelConfig) -> tuple[int, ...]:
+    """The shape of the labels made from probabilities of ``prob_shape`` (to allocate ``out``)."""
+    return tuple(prob_shape[_class_axes(model_config):])
+
+
 def _check_prob(prob: Any, model_config: ModelConfig, data_config: DataConfig) -> int:
     """Number of leading class axes (0 or 1); raises with a fix on a shape mismatch."""
     channels = model_config.num_classes
@@ -121,7 +132,7 @@ def _check_prob(prob: Any, model_config: ModelConfig, data_config: DataConfig) -
             f"{INSTANCE_CHANNELS}, but num_classes is {channels}; use a model trained with "
             "DataConfig(target='instance') or set target='semantic'"
         )
-    class_axes = 0 if channels == 1 else 1
+    class_axes = _class_axes(model_config)
     if len(prob.shape) < model_config.spatial_dims + class_axes:
         raise ValueError(
             f"probabilities of shape {tuple(prob.shape)} are too small for a "
@@ -141,7 +152,8 @@ def probabilities_to_labels(
     data_config: DataConfig,
     threshold: float = 0.5,
     min_size: int = 0,
-) -> np.ndarray:
+    out: Any = None,
+) -> Any:
     """One depth's probabilities (as ``inference.predict`` returns them) -> int32 labels.
 
     - ``num_classes == 1``: foreground where ``prob > threshold`` (labels 0/1);
@@ -152,6 +164,10 @@ def probabilities_to_labels(
 
     ``min_size`` removes objects (connected components of a class, or instances)
     smaller than that many pixels. Stacks of a 2D model are handled slice by slice.
+
+    ``out``: an array to write the labels into (e.g. a zarr array of the labels'
+    shape), one slice at a time, and return; then memory holds one slice, not the
+    whole stack (big volumes predicted to zarr). Default: a new numpy array.
     """
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must lie in (0, 1), got {threshold}; 0.5 is the usual")
@@ -159,7 +175,10 @@ def probabilities_to_labels(
     shape = tuple(prob.shape)
     spatial_dims = model_config.spatial_dims
     lead_shape = shape[class_axes : len(shape) - spatial_dims]
-    labels = np.zeros(shape[class_axes:], dtype=np.int32)
+    if out is not None and tuple(out.shape) != labels_shape(shape, model_config):
+        raise ValueError(f"out has shape {tuple(out.shape)}; the labels have shape "
+                         f"{labels_shape(shape, model_config)}")
+    labels = np.zeros(labels_shape(shape, model_config), np.int32) if out is None else out
     next_id = 0
     for lead in _items(lead_shape):
         index = (slice(None),) * class_axes + lead
