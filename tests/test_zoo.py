@@ -220,10 +220,12 @@ def test_random_forest_baseline_beats_chance_on_real_em(em_stack) -> None:
 
 
 @pytest.mark.slow
-def test_train_zoo_time_budget_then_ship_only(tmp_path: Path, monkeypatch) -> None:
+def test_train_zoo_time_budget_then_ship_only(tmp_path: Path, monkeypatch,
+                                             data_dir: Path) -> None:
     """The lent-GPU workflow on real EM data, CPU-sized: train fitted to a time budget without
     shipping, then score the run's best checkpoint on the held-back slices and ship it."""
     script = _load_script("train_zoo")
+    monkeypatch.setattr(script, "DATA", data_dir)
     runs, models, docs = tmp_path / "runs", tmp_path / "models", tmp_path / "models.md"
     monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(models))
     tiny = ["--widths", "4", "8", "16", "32", "64", "--batch-size", "1", "--patch-size", "32",
