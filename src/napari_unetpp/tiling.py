@@ -36,6 +36,8 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 
+from .events import drive
+
 __all__ = [
     "Sink",
     "TileProgress",
@@ -465,10 +467,5 @@ def sliding_window(
         predictor, image, tile_size, overlap, batch_size, blending, align=align,
         allocate=allocate, accumulate_on=accumulate_on,
     )
-    while True:
-        try:
-            progress = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_batch is not None:
-            on_batch(progress.done, progress.total)
+    report = None if on_batch is None else (lambda p: on_batch(p.done, p.total))
+    return drive(gen, report)  # closes the generator if on_batch raises
