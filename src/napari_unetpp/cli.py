@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # engine imports are lazy: `napari-unetpp --help` must not lo
     from .checkpoint import CheckpointInfo
     from .config import DataConfig, ModelConfig, PredictConfig, TrainConfig
     from .model import UNetPlusPlus
+    from .outputs import OutputFolder
 
 PROG = "napari-unetpp"
 
@@ -484,51 +485,91 @@ def build_predict_config(
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Segment images; write ``<name>_labels.tif`` (+ ``<name>_L{d}.tif``) or zarr."""
+    """Segment images; write ``<name>_labels.tif`` (+ ``<name>_L{d}.tif``) or zarr.
+
+    Results are staged and renamed into ``--out`` (:class:`~napari_unetpp.outputs.OutputFolder`):
+    files this package did not write are never replaced without ``--overwrite``.
+    """
     from .data import looks_rgb, rgb_to_grey
+    from .outputs import OutputFolder
 
     files = collect_files(args.images, "image")
     model, info = load_model(args.checkpoint, device="cpu")
     predict_config, data_config = build_predict_config(args, info.data,
                                                        model.config.spatial_dims)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    formats = {path: args.format or ("zarr" if is_zarr(path) else "tif") for path in files}
+    depths = _predicted_depths(predict_config, model.head_depths)
+    names = {path: _output_names(path, fmt, args.probabilities, depths)
+             for path, fmt in formats.items()}
+    _check_unique(names)
     client = None
-    if args.distributed:
-        from .distributed import start_client
+    with OutputFolder(args.out, overwrite=args.overwrite) as outputs:
+        outputs.check_free([n for listed in names.values() for n in listed])
+        if args.distributed:
+            from .distributed import start_client
 
-        client = start_client(args.distributed)
-    try:
-        for path in files:
-            image = read_array(path, lazy=True)
-            check_image(image, path)
-            if (model.config.in_channels == 1 and data_config.channel_axis is None
-                    and looks_rgb(image.shape)):
-                image = rgb_to_grey(image)  # as the widget does, and as the zoo was trained
-                _out(f"{path}: RGB -> grey (luminance) for this one-channel model")
-            fmt = args.format or ("zarr" if is_zarr(path) else "tif")
-            written = _predict_file(path, image, model, predict_config, data_config, out, fmt,
-                                    args, client)
-            _out(f"{path} -> {', '.join(str(p) for p in written)}")
-    finally:
-        if client is not None:
-            from .distributed import close_client
+            client = start_client(args.distributed)
+        try:
+            for path in files:
+                image = read_array(path, lazy=True)
+                check_image(image, path)
+                if (model.config.in_channels == 1 and data_config.channel_axis is None
+                        and looks_rgb(image.shape)):
+                    image = rgb_to_grey(image)  # as the widget does, as the zoo was trained
+                    _out(f"{path}: RGB -> grey (luminance) for this one-channel model")
+                written = _predict_file(path, image, model, predict_config, data_config,
+                                        outputs, formats[path], args, client)
+                _out(f"{path} -> {', '.join(str(p) for p in written)}")
+        finally:
+            if client is not None:
+                from .distributed import close_client
 
-            close_client(client)
+                close_client(client)
     return 0
+
+
+def _predicted_depths(config: PredictConfig, heads: tuple[int, ...]) -> list[int]:
+    """The heads a run returns (as ``inference.predict`` plans them), to name the outputs."""
+    if config.pruned_depth is not None:
+        return [config.pruned_depth]
+    return sorted(set(config.depths)) or list(heads)
+
+
+def _output_names(path: Path, fmt: str, probabilities: bool, depths: list[int]) -> list[str]:
+    """Every name a prediction of ``path`` writes into ``--out`` (checked before any work)."""
+    name = stem(path)
+    names = [f"{name}_labels.{fmt}"]
+    if probabilities:
+        names += ([f"{name}_probabilities.zarr"] if fmt == "zarr"
+                  else [f"{name}_L{d}.tif" for d in depths])
+    return names
+
+
+def _check_unique(names: dict[Path, list[str]]) -> None:
+    """Two inputs must not write the same result (``a.tif`` and ``a.png``)."""
+    seen: dict[str, Path] = {}
+    for path, listed in names.items():
+        for name in listed:
+            if name in seen:
+                raise UserError(f"{seen[name]} and {path} would both write {name}; "
+                                "predict them into different --out folders")
+            seen[name] = path
 
 
 def _predict_file(
     path: Path, image: Any, model: UNetPlusPlus, config: PredictConfig, data: DataConfig,
-    out: Path, fmt: str, args: argparse.Namespace, client: Any,
+    outputs: OutputFolder, fmt: str, args: argparse.Namespace, client: Any,
 ) -> list[Path]:
-    """Probabilities (in memory for tif, streamed to zarr for zarr), then labels, then files."""
+    """Probabilities (in memory for tif, streamed to zarr for zarr), then labels, then files.
+
+    Everything is written into the staging folder and committed (renamed into
+    ``--out``) only when complete.
+    """
     from .postprocess import labels_shape, probabilities_to_labels
+    from .stores import mark_complete
 
     name = stem(path)
-    store = out / f"{name}_probabilities.zarr" if fmt == "zarr" else None
-    if store is not None and store.exists():
-        shutil.rmtree(store)  # results of an earlier run of the same command
+    store = outputs.stage(f"{name}_probabilities.zarr") if fmt == "zarr" else None
     if client is not None:
         from .distributed import PredictJob, predict_distributed
 
@@ -540,22 +581,27 @@ def _predict_file(
     depth = config.pruned_depth if config.pruned_depth is not None else max(probs)
     prob = probs[depth]
     if fmt == "zarr":  # streamed slice by slice: a big volume's labels never sit in memory
-        labels_path = out / f"{name}_labels.zarr"
-        target = create_zarr(labels_path, labels_shape(prob.shape, model.config), "int32")
+        labels_name = f"{name}_labels.zarr"
+        target = create_zarr(outputs.stage(labels_name),
+                             labels_shape(prob.shape, model.config), "int32")
         probabilities_to_labels(prob, model.config, data, threshold=config.threshold,
                                 min_size=config.min_size, out=target)
-        written = [labels_path]
+        mark_complete(target)
+        written = [outputs.commit(labels_name)]
     else:
         labels = probabilities_to_labels(prob, model.config, data, threshold=config.threshold,
                                          min_size=config.min_size)
-        written = [write_array(out / f"{name}_labels", labels, fmt)]
+        staged = write_array(outputs.stage(f"{name}_labels"), labels, fmt)
+        written = [outputs.commit(staged.name)]
     if store is not None:
         if args.probabilities:
-            written.append(store)
+            written.append(outputs.commit(store.name))
         else:
             shutil.rmtree(store)
     elif args.probabilities:
-        written += [write_array(out / f"{name}_L{d}", probs[d], fmt) for d in sorted(probs)]
+        for d in sorted(probs):
+            staged = write_array(outputs.stage(f"{name}_L{d}"), probs[d], fmt)
+            written.append(outputs.commit(staged.name))
     return written
 
 
@@ -670,10 +716,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     labels = probabilities_to_labels(probs[depth], model.config, info.data)
     score_name, score = _demo_score(labels, np.asarray(truth), model.config.num_classes,
                                     info.data.target)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [write_array(out / f"{args.model}_image", np.asarray(image), "tif"),
-               write_array(out / f"{args.model}_labels", labels, "tif")]
+    from .outputs import OutputFolder
+
+    names = {f"{args.model}_image": np.asarray(image), f"{args.model}_labels": labels}
+    with OutputFolder(args.out) as outputs:
+        outputs.check_free([f"{name}.tif" for name in names])
+        written = [outputs.commit(write_array(outputs.stage(name), array, "tif").name)
+                   for name, array in names.items()]
     _out(f"demo: {meta.get('title', args.model)}, shape {tuple(image.shape)}, "
          f"model zoo:{args.model} (L{depth})")
     _out(f"{score_name} against the crop's labels: {score:.3f}")
@@ -770,6 +819,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output format (default: zarr for zarr inputs, else tif)")
     p.add_argument("--probabilities", action="store_true",
                    help="also write <name>_L{d} probabilities per depth")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing files in --out that napari-unetpp did not write "
+                        "(by default such files, e.g. your own *_labels.tif, are kept)")
     p.add_argument("--threshold", type=float)
     p.add_argument("--min-size", type=int)
     p.add_argument("--channel-axis", metavar="AXIS|none")
