@@ -56,7 +56,13 @@ from safetensors.torch import save as _safetensors_save
 from torch import nn
 
 from . import __version__
-from .config import MAX_PARAMETERS, DataConfig, ModelConfig, TrainConfig
+from .config import (
+    MAX_PARAMETERS,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    estimate_parameters,
+)
 from .model import UNetPlusPlus
 from .stores import read_regular_file
 
@@ -401,6 +407,21 @@ def _missing_error(path: Path) -> CheckpointError:
     return CheckpointError(f"{path}: checkpoint does not exist{hint}")
 
 
+def _weights_limit(config: bytes) -> int:
+    """The most bytes the weights of the model ``config`` describes can take (float32).
+
+    Why from the config: a zip member or file far bigger than its model is refused
+    before it is inflated or read. Falls back to the global cap for an unreadable
+    config (which is refused later with its own message).
+    """
+    try:
+        model = ModelConfig.from_dict(json.loads(config)["model"])
+    except Exception:  # noqa: BLE001 - any problem is reported by _parse_config
+        return _MAX_WEIGHTS_BYTES
+    # convolution weights (estimated) plus norms, biases and buffers, plus the header
+    return int(4 * 1.25 * estimate_parameters(model)) + 4 * 2**20
+
+
 def _read_zip(path: Path, want_weights: bool) -> _Raw:
     try:
         with zipfile.ZipFile(path) as archive:
@@ -427,11 +448,12 @@ def _read_zip(path: Path, want_weights: bool) -> _Raw:
                 if weights_member not in names:
                     raise CheckpointError(f"{path}: no {weights_member} in this zip")
                 # checked before inflating: zipfile then stops at the declared size
-                if archive.getinfo(weights_member).file_size > _MAX_WEIGHTS_BYTES:
+                size, limit = archive.getinfo(weights_member).file_size, _weights_limit(config)
+                if size > limit:
                     raise CheckpointError(
-                        f"{path}: {weights_member} would inflate to "
-                        f"{archive.getinfo(weights_member).file_size} bytes, beyond any "
-                        f"model this package builds ({_MAX_WEIGHTS_BYTES}); not a checkpoint")
+                        f"{path}: {weights_member} would inflate to {size} bytes, more than "
+                        f"the model its {CONFIG_NAME} describes can hold ({limit}); not a "
+                        "checkpoint of this package")
                 weights = archive.read(weights_member)
             return _Raw(config, f"{path}:{config_member}", weights, f"{path}:{weights_member}")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
@@ -448,7 +470,7 @@ def _read_raw(path: str | os.PathLike[str], want_weights: bool = True) -> _Raw:
     if path.is_dir():
         folder = path
         weights_path = folder / WEIGHTS_NAME
-        if not (folder / CONFIG_NAME).is_file():
+        if not (folder / CONFIG_NAME).exists():
             pickles = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
             if pickles:
                 raise _pickle_error(
@@ -486,7 +508,7 @@ def _read_raw(path: str | os.PathLike[str], want_weights: bool = True) -> _Raw:
     weights = None
     if want_weights:
         try:
-            weights = _read_capped(weights_path, _MAX_WEIGHTS_BYTES, WEIGHTS_NAME)
+            weights = _read_capped(weights_path, _weights_limit(config), WEIGHTS_NAME)
         except FileNotFoundError:
             raise CheckpointError(
                 f"{weights_path}: missing; the checkpoint folder must hold {WEIGHTS_NAME} "
