@@ -570,3 +570,23 @@ def test_fine_tune_zoo_model_to_a_new_class_count(tmp_path: Path, em_stack,
         e.path for e in zoo.available_models() if e.name == "em"))
     assert (tuned.model.num_classes, original.model.num_classes) == (3, 1)  # new heads
     assert tuned.model.widths == original.model.widths  # the body kept
+
+
+def test_api_predict_out_never_replaces_a_foreign_zarr(tmp_path: Path):
+    import zarr
+
+    from napari_unetpp.config import PredictConfig
+    from napari_unetpp.inference import predict_array
+
+    net = UNetPlusPlus(widths=(4, 8, 16), depth=2)
+    image = np.zeros((32, 32), np.float32)
+    config = PredictConfig(tile_size=(32, 32), device="cpu")
+    theirs = tmp_path / "theirs.zarr"
+    zarr.save_array(str(theirs), np.arange(4))
+    with pytest.raises(ValueError, match="did not write"):
+        predict_array(net, image, config, DataConfig(), out=theirs)
+    np.testing.assert_array_equal(zarr.open(str(theirs), mode="r")[...], np.arange(4))
+    ours = tmp_path / "ours.zarr"
+    predict_array(net, image, config, DataConfig(), out=ours)
+    predict_array(net, image, config, DataConfig(), out=ours)  # our own result: replaced
+    assert zarr.open(str(ours), mode="r").attrs["napari_unetpp"] == {"complete": True}

@@ -247,6 +247,11 @@ def allocate_outputs(depths: tuple[int, ...], shape: tuple[int, ...],
             f"out={str(path)!r} exists and is not a zarr folder; give a new folder "
             "(e.g. 'result.zarr') so nothing else gets overwritten"
         )
+    if is_store and not isinstance(_check_folder(path).get(TOOL_KEY), dict):
+        raise ValueError(
+            f"out={str(path)!r} is a zarr store napari-unetpp did not write (your data?); "
+            "give a new folder (e.g. 'result.zarr') so it is not overwritten"
+        )
     group = create_group(path)
     group.attrs.update({"complete": False, "depths": list(depths)})
     chunks = slice_chunks(shape, spatial_chunks)
