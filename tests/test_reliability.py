@@ -111,7 +111,8 @@ HOSTILE_ZARRS = {
 
 @pytest.mark.parametrize("variant", sorted(HOSTILE_ZARRS))
 def test_hostile_zarr_is_refused_before_any_code_runs(tmp_path: Path, variant: str,
-                                                      capsys: pytest.CaptureFixture[str]):
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      tiny_model: Path):
     store, marker = tmp_path / "image.zarr", tmp_path / "code_ran"
     HOSTILE_ZARRS[variant](store, marker)
     with pytest.raises(UserError, match="pickle|Python objects"):
@@ -121,6 +122,11 @@ def test_hostile_zarr_is_refused_before_any_code_runs(tmp_path: Path, variant: s
     # through the CLI as a training image: one line, exit 2, nothing ran
     code, _, err = _run(capsys, "train", "--images", store, "--labels", store,
                         "--out", tmp_path / "run", "--device", "cpu", "-q")
+    assert code == 2 and ("pickle" in err or "Python objects" in err)
+    _one_line_error(err)
+    # and as an image to segment
+    code, _, err = _run(capsys, "predict", tiny_model, store, "--out", tmp_path / "pred",
+                        "--device", "cpu", "-q")
     assert code == 2 and ("pickle" in err or "Python objects" in err)
     _one_line_error(err)
     assert not marker.exists()
