@@ -596,3 +596,17 @@ def test_api_predict_out_never_replaces_a_foreign_zarr(tmp_path: Path):
     predict_array(net, image, config, DataConfig(), out=ours)
     predict_array(net, image, config, DataConfig(), out=ours)  # our own result: replaced
     assert zarr.open(str(ours), mode="r").attrs["napari_unetpp"] == {"complete": True}
+
+
+def test_export_zip_never_replaces_a_foreign_zip(tmp_path: Path, tiny_model: Path):
+    from napari_unetpp.checkpoint import export_zip
+
+    theirs = tmp_path / "theirs.zip"
+    with zipfile.ZipFile(theirs, "w") as archive:
+        archive.writestr("notes.txt", "my thesis")
+    before = theirs.read_bytes()
+    with pytest.raises(ValueError, match="not a napari-unetpp checkpoint zip"):
+        export_zip(tiny_model, theirs)
+    assert theirs.read_bytes() == before
+    ours = export_zip(tiny_model, tmp_path / "ours.zip")
+    assert export_zip(tiny_model, ours) == ours  # an earlier export is replaced

@@ -697,6 +697,15 @@ def load_checkpoint(
     return net.to(resolve_device(device)), info
 
 
+def _is_checkpoint_zip(path: Path) -> bool:
+    """Whether ``path`` is a zip this package wrote (and so may be replaced by a new export)."""
+    try:
+        _parse_config(_read_zip(path, want_weights=False))
+    except (CheckpointError, OSError):
+        return False
+    return True
+
+
 def export_zip(checkpoint: str | os.PathLike[str], zip_path: str | os.PathLike[str]) -> Path:
     """Pack a checkpoint (folder, its files, or a zip) into one ``.zip`` to share.
 
@@ -712,6 +721,9 @@ def export_zip(checkpoint: str | os.PathLike[str], zip_path: str | os.PathLike[s
     target = Path(zip_path)
     if target.suffix.lower() != ".zip":
         raise ValueError(f"{target}: the output name must end in .zip, e.g. {target.name}.zip")
+    if target.exists() and not _is_checkpoint_zip(target):
+        raise ValueError(f"{target} exists and is not a napari-unetpp checkpoint zip; refusing "
+                         "to replace it. Choose another name")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
