@@ -610,3 +610,15 @@ def test_export_zip_never_replaces_a_foreign_zip(tmp_path: Path, tiny_model: Pat
     assert theirs.read_bytes() == before
     ours = export_zip(tiny_model, tmp_path / "ours.zip")
     assert export_zip(tiny_model, ours) == ours  # an earlier export is replaced
+
+
+def test_concurrent_train_into_one_run_folder_is_refused(tmp_path: Path,
+                                                         em_pair: tuple[Path, Path],
+                                                         capsys: pytest.CaptureFixture[str]):
+    out = tmp_path / "run"
+    argv = _train_command(*em_pair, out, 2, 1)[3:]
+    with OutputFolder(out):  # another training (this process) is writing there
+        code, _, err = _run(capsys, *argv)
+        assert code == 2 and "another napari-unetpp run" in _one_line_error(err)
+    assert not (out / "best").exists()
+    assert _run(capsys, *argv)[0] == 0 and not (out / LOCK_NAME).exists()

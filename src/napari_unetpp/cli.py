@@ -410,18 +410,30 @@ def _train(args: argparse.Namespace, out: Path, initial: Any, model_config: Mode
     if args.dry_run:
         _out(json.dumps(record, indent=2))
         return 0
-    if main_process:  # before the first step: `train --out RUN --resume` alone continues it
-        from .runs import write_run_file
+    with contextlib.ExitStack() as stack:
+        if main_process:
+            from .outputs import OutputFolder
+            from .runs import write_run_file
 
-        write_run_file(out, record)
+            stack.enter_context(OutputFolder(out))  # one run at a time writes into --out
+            write_run_file(out, record)  # before the first step: `--resume` alone continues it
+        return _run_trainer(args, out, initial, model_config, train_config, data_config,
+                            (images, labels, val_images, val_labels), len(pairs),
+                            len(val_pairs), main_process)
 
+
+def _run_trainer(args: argparse.Namespace, out: Path, initial: Any, model_config: ModelConfig,
+                 train_config: TrainConfig, data_config: DataConfig, arrays: tuple[Any, ...],
+                 n_pairs: int, n_val: int, main_process: bool) -> int:
+    """Drive the trainer with a progress bar; rank 0 records the run and prints the table."""
     from .training import Trainer
 
+    images, labels, val_images, val_labels = arrays
     trainer = Trainer(model_config, train_config, data_config, initial=initial, output_dir=out,
                       resume=bool(args.resume))
     if main_process:
-        _note(f"training on {len(pairs)} image(s)"
-              + (f", validating on {len(val_pairs)}" if val_pairs else "")
+        _note(f"training on {n_pairs} image(s)"
+              + (f", validating on {n_val}" if n_val else "")
               + f"; checkpoint -> {out}")
     result = _drive_training(
         trainer.run(images, labels, val_images or None, val_labels or None),
