@@ -38,14 +38,16 @@ LayerData = tuple[Any, ...]
 def _has_marker(config_bytes: bytes) -> bool:
     try:
         return json.loads(config_bytes.decode("utf-8")).get("format") == FORMAT_MARKER
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # deep nesting: not our config
         return False
 
 
 def _is_model_folder(folder: Path) -> bool:
     config = folder / CONFIG_NAME
     try:
-        if not (folder / WEIGHTS_NAME).is_file() or config.stat().st_size > _MAX_CONFIG_BYTES:
+        # is_file(): a FIFO or device named config.json would block the read forever
+        if (not (folder / WEIGHTS_NAME).is_file() or not config.is_file()
+                or config.stat().st_size > _MAX_CONFIG_BYTES):
             return False
         return _has_marker(config.read_bytes())
     except OSError:

@@ -45,6 +45,7 @@ import os
 import shutil
 import uuid
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,15 @@ from safetensors.torch import save as _safetensors_save
 from torch import nn
 
 from . import __version__
-from .config import DataConfig, ModelConfig, TrainConfig
+from .config import (
+    MAX_PARAMETERS,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    estimate_parameters,
+)
 from .model import UNetPlusPlus
+from .stores import read_regular_file
 
 __all__ = [
     "CheckpointError",
@@ -82,6 +90,10 @@ _PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 _FP16_MAX = 65504.0
 #: A config.json is a few kB; refuse to inflate a (hostile) zip member beyond this.
 _MAX_CONFIG_BYTES = 16 * 2**20
+#: The largest model configs allow (float32 weights) plus room for the header.
+_MAX_WEIGHTS_BYTES = 4 * MAX_PARAMETERS + 64 * 2**20
+#: safetensors' own limit on the JSON header.
+_MAX_HEADER_BYTES = 100 * 2**20
 
 _CONVERT_HINT = (
     "napari-unetpp never unpickles files, because unpickling can run arbitrary code. "
@@ -219,8 +231,9 @@ def _write_bytes(path: Path, data: bytes) -> None:
 def _is_checkpoint_folder(path: Path) -> bool:
     config = path / CONFIG_NAME
     try:
-        return json.loads(config.read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
+        data = json.loads(read_regular_file(config, _MAX_CONFIG_BYTES, CONFIG_NAME))
+        return data.get("format") == FORMAT
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False
 
 
@@ -231,8 +244,8 @@ def _carry_extra_files(source: Path, destination: Path) -> None:
     by rename, so the old folder's copy is never modified through the link.
     """
     for extra in source.iterdir():
-        if extra.name in (CONFIG_NAME, WEIGHTS_NAME):
-            continue
+        if extra.name in (CONFIG_NAME, WEIGHTS_NAME) or (destination / extra.name).exists():
+            continue  # written for this save (e.g. the trainer's resume state): newer
         if extra.is_dir():
             shutil.copytree(extra, destination / extra.name)
             continue
@@ -243,7 +256,8 @@ def _carry_extra_files(source: Path, destination: Path) -> None:
 
 
 def save_checkpoint(
-    path: str | os.PathLike[str], model: nn.Module, info: CheckpointInfo, *, half: bool = False
+    path: str | os.PathLike[str], model: nn.Module, info: CheckpointInfo, *, half: bool = False,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``model`` and ``info`` as a checkpoint folder at ``path``, atomically.
 
@@ -261,6 +275,10 @@ def save_checkpoint(
         Store float tensors as float16: half the size, for shipped models
         (inference quality is unchanged in practice; tensors with values beyond
         the float16 range stay float32).
+    extra
+        Called with the temporary folder before it is renamed into place, to add
+        files that must change together with the weights (the trainer's optimizer
+        state): a kill at any moment leaves either the old or the new set, never a mix.
 
     Returns
     -------
@@ -316,6 +334,8 @@ def save_checkpoint(
         }
         text = json.dumps(config, indent=2, allow_nan=True) + "\n"
         _write_bytes(tmp / CONFIG_NAME, text.encode("utf-8"))
+        if extra is not None:
+            extra(tmp)
         if folder.is_dir():
             _carry_extra_files(folder, tmp)
         _fsync_dir(tmp)
@@ -359,8 +379,21 @@ def _pickle_error(name: str, why: str) -> CheckpointError:
 
 
 def _read_head(path: Path, size: int = 8) -> bytes:
+    if not path.is_file():  # a FIFO would block open() forever, a device never end
+        raise CheckpointError(f"{path}: not a regular file (a FIFO, device or socket); "
+                              "give a checkpoint folder, its files or a .zip")
     with open(path, "rb") as handle:
         return handle.read(size)
+
+
+def _read_capped(path: Path, limit: int, what: str) -> bytes:
+    """A regular file's bytes, refused beyond ``limit`` (never a FIFO or /dev/zero)."""
+    try:
+        return read_regular_file(path, limit, what)
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError) as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _missing_error(path: Path) -> CheckpointError:
@@ -372,6 +405,21 @@ def _missing_error(path: Path) -> CheckpointError:
         else ""
     )
     return CheckpointError(f"{path}: checkpoint does not exist{hint}")
+
+
+def _weights_limit(config: bytes) -> int:
+    """The most bytes the weights of the model ``config`` describes can take (float32).
+
+    Why from the config: a zip member or file far bigger than its model is refused
+    before it is inflated or read. Falls back to the global cap for an unreadable
+    config (which is refused later with its own message).
+    """
+    try:
+        model = ModelConfig.from_dict(json.loads(config)["model"])
+    except Exception:  # noqa: BLE001 - any problem is reported by _parse_config
+        return _MAX_WEIGHTS_BYTES
+    # convolution weights (estimated) plus norms, biases and buffers, plus the header
+    return int(4 * 1.25 * estimate_parameters(model)) + 4 * 2**20
 
 
 def _read_zip(path: Path, want_weights: bool) -> _Raw:
@@ -399,6 +447,13 @@ def _read_zip(path: Path, want_weights: bool) -> _Raw:
             if want_weights:
                 if weights_member not in names:
                     raise CheckpointError(f"{path}: no {weights_member} in this zip")
+                # checked before inflating: zipfile then stops at the declared size
+                size, limit = archive.getinfo(weights_member).file_size, _weights_limit(config)
+                if size > limit:
+                    raise CheckpointError(
+                        f"{path}: {weights_member} would inflate to {size} bytes, more than "
+                        f"the model its {CONFIG_NAME} describes can hold ({limit}); not a "
+                        "checkpoint of this package")
                 weights = archive.read(weights_member)
             return _Raw(config, f"{path}:{config_member}", weights, f"{path}:{weights_member}")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
@@ -415,7 +470,7 @@ def _read_raw(path: str | os.PathLike[str], want_weights: bool = True) -> _Raw:
     if path.is_dir():
         folder = path
         weights_path = folder / WEIGHTS_NAME
-        if not (folder / CONFIG_NAME).is_file():
+        if not (folder / CONFIG_NAME).exists():
             pickles = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
             if pickles:
                 raise _pickle_error(
@@ -445,7 +500,7 @@ def _read_raw(path: str | os.PathLike[str], want_weights: bool = True) -> _Raw:
             )
     config_path = folder / CONFIG_NAME
     try:
-        config = config_path.read_bytes()
+        config = _read_capped(config_path, _MAX_CONFIG_BYTES, CONFIG_NAME)
     except FileNotFoundError:
         raise CheckpointError(
             f"{config_path}: missing ({CONFIG_NAME} must sit beside the weights)"
@@ -453,7 +508,7 @@ def _read_raw(path: str | os.PathLike[str], want_weights: bool = True) -> _Raw:
     weights = None
     if want_weights:
         try:
-            weights = weights_path.read_bytes()
+            weights = _read_capped(weights_path, _weights_limit(config), WEIGHTS_NAME)
         except FileNotFoundError:
             raise CheckpointError(
                 f"{weights_path}: missing; the checkpoint folder must hold {WEIGHTS_NAME} "
@@ -468,6 +523,9 @@ def _parse_config(raw: _Raw) -> tuple[dict[str, Any], CheckpointInfo]:
         raise _pickle_error(name, "this is a pickle, not JSON")
     try:
         data = json.loads(raw.config.decode("utf-8"))
+    except RecursionError:
+        raise CheckpointError(f"{name}: not valid JSON (nested too deeply); the file is "
+                              "corrupt or not a checkpoint config") from None
     except UnicodeDecodeError:
         raise CheckpointError(
             f"{name}: not valid JSON (not UTF-8 text; the file is corrupt)"
@@ -518,6 +576,26 @@ def _parse_weights(raw: _Raw) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _header_shapes(raw: _Raw) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from the safetensors header, read before any tensor is made."""
+    blob = raw.weights or b""
+    name = raw.weights_name
+    if _looks_like_pickle(blob[:1]) or blob.startswith(b"PK"):
+        raise _pickle_error(name, "this is a PyTorch/pickle file, not safetensors")
+    size = int.from_bytes(blob[:8], "little") if len(blob) >= 8 else -1
+    if size < 0 or size > min(len(blob) - 8, _MAX_HEADER_BYTES):
+        raise CheckpointError(f"{name}: corrupt or truncated safetensors header; "
+                              "re-copy or re-save it")
+    try:
+        header = json.loads(blob[8:8 + size].decode("utf-8"))
+        shapes = {key: tuple(int(n) for n in value["shape"]) for key, value in header.items()
+                  if key != "__metadata__"}
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        raise CheckpointError(f"{name}: corrupt safetensors header; re-copy or re-save it"
+                              ) from None
+    return shapes
+
+
 def _check_sha(raw: _Raw, meta: dict[str, Any]) -> None:
     """Catch bit rot that still parses (flipped bits inside the tensor data)."""
     section = meta.get("weights")
@@ -531,17 +609,15 @@ def _check_sha(raw: _Raw, meta: dict[str, Any]) -> None:
             )
 
 
-def _match_weights(
-    net: UNetPlusPlus, tensors: dict[str, torch.Tensor], raw: _Raw
-) -> dict[str, torch.Tensor]:
+def _match_shapes(net: UNetPlusPlus, shapes: dict[str, tuple[int, ...]], raw: _Raw) -> None:
     """Keys and shapes must match the network ``config.json`` describes, exactly."""
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
     wrong = [
-        f"{k}: file {tuple(tensors[k].shape)} vs config {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(tensors))
-        if tuple(tensors[k].shape) != tuple(expected[k].shape)
+        f"{k}: file {shapes[k]} vs config {expected[k]}"
+        for k in sorted(set(expected) & set(shapes))
+        if shapes[k] != expected[k]
     ]
     if missing or unexpected or wrong:
 
@@ -561,6 +637,14 @@ def _match_weights(
             f"{raw.config_name}: {'; '.join(problems)}. The two files come from different "
             "models; keep the pair written together by save_checkpoint"
         )
+
+
+def _match_weights(
+    net: UNetPlusPlus, tensors: dict[str, torch.Tensor], raw: _Raw
+) -> dict[str, torch.Tensor]:
+    """The loaded tensors, checked against the network and cast to its dtypes."""
+    _match_shapes(net, {k: tuple(v.shape) for k, v in tensors.items()}, raw)
+    expected = net.state_dict()
     return {
         k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in tensors.items()
     }
@@ -599,17 +683,27 @@ def load_checkpoint(
     from .devices import resolve_device
 
     raw = _read_raw(path, want_weights=True)
-    meta, info = _parse_config(raw)
-    tensors = _parse_weights(raw)
+    meta, info = _parse_config(raw)  # bounded by ModelConfig: building it is affordable
     try:
         net = UNetPlusPlus.from_config(info.model)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{raw.config_name}: cannot build the model ({exc})") from None
+    _match_shapes(net, _header_shapes(raw), raw)  # before any tensor is made from the file
+    tensors = _parse_weights(raw)
     state = _match_weights(net, tensors, raw)
     _check_sha(raw, meta)
     net.load_state_dict(state, strict=True)
     net.eval()
     return net.to(resolve_device(device)), info
+
+
+def _is_checkpoint_zip(path: Path) -> bool:
+    """Whether ``path`` is a zip this package wrote (and so may be replaced by a new export)."""
+    try:
+        _parse_config(_read_zip(path, want_weights=False))
+    except (CheckpointError, OSError):
+        return False
+    return True
 
 
 def export_zip(checkpoint: str | os.PathLike[str], zip_path: str | os.PathLike[str]) -> Path:
@@ -620,12 +714,16 @@ def export_zip(checkpoint: str | os.PathLike[str], zip_path: str | os.PathLike[s
     """
     raw = _read_raw(checkpoint, want_weights=True)
     meta, info = _parse_config(raw)
-    tensors = _parse_weights(raw)
-    _match_weights(UNetPlusPlus.from_config(info.model), tensors, raw)
+    net = UNetPlusPlus.from_config(info.model)
+    _match_shapes(net, _header_shapes(raw), raw)
+    _match_weights(net, _parse_weights(raw), raw)
     _check_sha(raw, meta)
     target = Path(zip_path)
     if target.suffix.lower() != ".zip":
         raise ValueError(f"{target}: the output name must end in .zip, e.g. {target.name}.zip")
+    if target.exists() and not _is_checkpoint_zip(target):
+        raise ValueError(f"{target} exists and is not a napari-unetpp checkpoint zip; refusing "
+                         "to replace it. Choose another name")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:

@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # engine imports are lazy: `napari-unetpp --help` must not lo
     from .checkpoint import CheckpointInfo
     from .config import DataConfig, ModelConfig, PredictConfig, TrainConfig
     from .model import UNetPlusPlus
+    from .outputs import OutputFolder
 
 PROG = "napari-unetpp"
 
@@ -112,15 +113,20 @@ def read_run_json(path: str | Path | None) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
+    from .stores import read_regular_file
+
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(read_regular_file(path, 16 * 2**20, "run.json"))
+    except RecursionError:
+        raise UserError(f"config file {path} is nested too deeply; not a run.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a JSON object")
     known = {"model", "train", "data", "predict"}
     # provenance the widgets record beside the configs (not settings the CLI reads)
-    unknown = set(data) - known - {"version", "images", "labels", "from", "checkpoint", "scope"}
+    unknown = set(data) - known - {"version", "images", "labels", "val_images", "val_labels",
+                                   "from", "checkpoint", "scope"}
     if unknown:
         raise UserError(f"config file {path}: unknown section(s) {sorted(unknown)}; known: "
                         f"{sorted(known)}")
@@ -150,10 +156,12 @@ def _normalization_from_args(
 
 
 def build_train_configs(
-    args: argparse.Namespace, base: CheckpointInfo | None = None
+    args: argparse.Namespace, base: CheckpointInfo | None = None, resuming: bool = False
 ) -> tuple[ModelConfig, TrainConfig, DataConfig, bool]:
     """Merge the starting checkpoint's configs, ``--config`` and the flags (in that order).
 
+    ``resuming``: ``base`` is the run's own ``last/``, whose architecture
+    ``--widths/--depth`` may repeat but not change.
     Returns the configs and whether the label mode is still to be guessed ("auto").
     """
     from .config import DataConfig, ModelConfig, TrainConfig
@@ -161,8 +169,13 @@ def build_train_configs(
     run = read_run_json(args.config)
     model_base = base.model.to_dict() if base is not None else run.get("model", {})
     if base is not None and (args.widths or args.depth is not None):
-        raise UserError("--widths/--depth cannot change the architecture of a model being "
-                        "fine-tuned; export a pruned depth first, or train from scratch")
+        if not resuming:
+            raise UserError("--widths/--depth cannot change the architecture of a model being "
+                            "fine-tuned; export a pruned depth first, or train from scratch")
+        from .runs import check_same_architecture
+
+        check_same_architecture(base.model, args.widths, args.depth, Path(args.out))
+        args.widths, args.depth = None, None  # the same as recorded: nothing to override
     model = _override(
         model_base,
         widths=tuple(args.widths) if args.widths else None,
@@ -213,6 +226,22 @@ def run_json(model: ModelConfig, train: TrainConfig, data: DataConfig) -> dict[s
         "train": train.to_dict(),
         "data": data.to_dict(),
     }
+
+
+def _run_record(args: argparse.Namespace, model: ModelConfig, train: TrainConfig,
+                data: DataConfig) -> dict[str, Any]:
+    """``run_json`` plus the input files and starting point, as the train widget records."""
+    from .runs import absolute_paths
+
+    record = run_json(model, train, data)
+    for key in ("images", "labels", "val_images", "val_labels"):
+        paths = absolute_paths(getattr(args, key, None))
+        if paths:
+            record[key] = paths
+    start = getattr(args, "from_", None)
+    if start:
+        record["from"] = start if start.startswith(ZOO_PREFIX) else str(Path(start).resolve())
+    return record
 
 
 # --------------------------------------------------------------------------- models
@@ -319,15 +348,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     rank leaves the group at the end, also after an error.
     """
     out = Path(args.out)
-    if args.resume and args.config is None and (out / "run.json").is_file():
-        args.config = str(out / "run.json")  # the interrupted run's settings
-    initial = _initial_model(args, out)
+    resuming = _resume_inputs(args, out)
+    if args.resume and not resuming:
+        _note(f"--resume: {out} has no saved step yet; starting its recorded run from step 0")
+        args.resume = False
+    if not (args.images and args.labels):
+        raise UserError("train needs --images and --labels (or --resume with the --out of a "
+                        "run that recorded them in its run.json)")
+    if not args.dry_run:
+        from .outputs import check_writable_folder
+
+        check_writable_folder(out)  # before reading data or building anything
+    initial = _initial_model(args, out, resuming)
     base = None
-    if args.resume:
+    if resuming:
         base = read_model_info(str(out / "last"))
     elif initial is not None:
         base = read_model_info(args.from_)
-    configs = build_train_configs(args, base)
+    configs = build_train_configs(args, base, resuming)
     if args.dry_run:
         return _train(args, out, initial, *configs, main_process=True)
     from .training import join_torchrun, process_rank
@@ -362,21 +400,40 @@ def _train(args: argparse.Namespace, out: Path, initial: Any, model_config: Mode
             _note(f"label mode: {mode} ({why})")
     channels = 1 if data_config.channel_axis is None else int(
         images[0].shape[data_config.channel_axis])
+    classes = data_mod.num_output_channels(data_config, labels)
     model_config = model_config.replace(
-        in_channels=channels,
-        num_classes=data_mod.num_output_channels(data_config, labels),
+        in_channels=channels, num_classes=classes,
+        # fine-tuning to another class count: new heads, so the old names do not apply
+        class_names=model_config.class_names if classes == model_config.num_classes else (),
     )
+    record = _run_record(args, model_config, train_config, data_config)
     if args.dry_run:
-        _out(json.dumps(run_json(model_config, train_config, data_config), indent=2))
+        _out(json.dumps(record, indent=2))
         return 0
+    with contextlib.ExitStack() as stack:
+        if main_process:
+            from .outputs import OutputFolder
+            from .runs import write_run_file
 
+            stack.enter_context(OutputFolder(out))  # one run at a time writes into --out
+            write_run_file(out, record)  # before the first step: `--resume` alone continues it
+        return _run_trainer(args, out, initial, model_config, train_config, data_config,
+                            (images, labels, val_images, val_labels), len(pairs),
+                            len(val_pairs), main_process)
+
+
+def _run_trainer(args: argparse.Namespace, out: Path, initial: Any, model_config: ModelConfig,
+                 train_config: TrainConfig, data_config: DataConfig, arrays: tuple[Any, ...],
+                 n_pairs: int, n_val: int, main_process: bool) -> int:
+    """Drive the trainer with a progress bar; rank 0 records the run and prints the table."""
     from .training import Trainer
 
+    images, labels, val_images, val_labels = arrays
     trainer = Trainer(model_config, train_config, data_config, initial=initial, output_dir=out,
                       resume=bool(args.resume))
     if main_process:
-        _note(f"training on {len(pairs)} image(s)"
-              + (f", validating on {len(val_pairs)}" if val_pairs else "")
+        _note(f"training on {n_pairs} image(s)"
+              + (f", validating on {n_val}" if n_val else "")
               + f"; checkpoint -> {out}")
     result = _drive_training(
         trainer.run(images, labels, val_images or None, val_labels or None),
@@ -386,22 +443,47 @@ def _train(args: argparse.Namespace, out: Path, initial: Any, model_config: Mode
         return 0
     saved = result.info
     # run.json beside best/ and last/: `train --config RUN/run.json` replays the run
-    (out / "run.json").write_text(json.dumps(
-        run_json(saved.model, saved.train or train_config, saved.data), indent=2))
+    from .runs import write_run_file
+
+    write_run_file(out, _run_record(args, saved.model, saved.train or train_config, saved.data))
     _out(f"checkpoint: {result.checkpoint}")
     _out(depth_table(saved))
     return 0
 
 
-def _initial_model(args: argparse.Namespace, out: Path) -> Any:
-    """What to fine-tune from: a checkpoint path, a zoo model, or None (``--resume`` is apart)."""
-    if args.resume and args.from_:
+def _resume_inputs(args: argparse.Namespace, out: Path) -> bool:
+    """For ``--resume``: fill unset flags from ``out/run.json``; whether ``last/`` exists.
+
+    ``run.json`` is written when a run starts, so a run killed before its first
+    save restarts from step 0 with its recorded settings and inputs.
+    """
+    if not args.resume:
+        return False
+    if args.from_:
         raise UserError("give either --resume or --from, not both")
-    if args.resume:
-        if not (out / "last" / "config.json").is_file():
-            raise UserError(f"--resume: no interrupted run in {out} (no {out / 'last'})")
-        return None
-    if not args.from_:
+    from .runs import RUN_FILE, recorded_inputs
+
+    run_file = out / RUN_FILE
+    has_last = (out / "last" / "config.json").is_file()
+    if not run_file.is_file():
+        if not has_last:
+            raise UserError(f"--resume: no interrupted run in {out} (no {run_file} and no "
+                            f"{out / 'last'})")
+        return True
+    if args.config is None:
+        args.config = str(run_file)  # the interrupted run's settings
+    record = read_run_json(run_file)
+    for key, paths in recorded_inputs(record, run_file).items():
+        if not getattr(args, key):
+            setattr(args, key, paths)
+    if not has_last and isinstance(record.get("from"), str):
+        args.from_ = record["from"]  # killed before the first save: the same start again
+    return has_last
+
+
+def _initial_model(args: argparse.Namespace, out: Path, resuming: bool) -> Any:
+    """What to fine-tune from: a checkpoint path, a zoo model, or None (``--resume`` is apart)."""
+    if resuming or not args.from_:
         return None
     if args.from_.startswith(ZOO_PREFIX):
         return load_model(args.from_, device="cpu")[0]
@@ -484,51 +566,91 @@ def build_predict_config(
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Segment images; write ``<name>_labels.tif`` (+ ``<name>_L{d}.tif``) or zarr."""
+    """Segment images; write ``<name>_labels.tif`` (+ ``<name>_L{d}.tif``) or zarr.
+
+    Results are staged and renamed into ``--out`` (:class:`~napari_unetpp.outputs.OutputFolder`):
+    files this package did not write are never replaced without ``--overwrite``.
+    """
     from .data import looks_rgb, rgb_to_grey
+    from .outputs import OutputFolder
 
     files = collect_files(args.images, "image")
     model, info = load_model(args.checkpoint, device="cpu")
     predict_config, data_config = build_predict_config(args, info.data,
                                                        model.config.spatial_dims)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    formats = {path: args.format or ("zarr" if is_zarr(path) else "tif") for path in files}
+    depths = _predicted_depths(predict_config, model.head_depths)
+    names = {path: _output_names(path, fmt, args.probabilities, depths)
+             for path, fmt in formats.items()}
+    _check_unique(names)
     client = None
-    if args.distributed:
-        from .distributed import start_client
+    with OutputFolder(args.out, overwrite=args.overwrite) as outputs:
+        outputs.check_free([n for listed in names.values() for n in listed])
+        if args.distributed:
+            from .distributed import start_client
 
-        client = start_client(args.distributed)
-    try:
-        for path in files:
-            image = read_array(path, lazy=True)
-            check_image(image, path)
-            if (model.config.in_channels == 1 and data_config.channel_axis is None
-                    and looks_rgb(image.shape)):
-                image = rgb_to_grey(image)  # as the widget does, and as the zoo was trained
-                _out(f"{path}: RGB -> grey (luminance) for this one-channel model")
-            fmt = args.format or ("zarr" if is_zarr(path) else "tif")
-            written = _predict_file(path, image, model, predict_config, data_config, out, fmt,
-                                    args, client)
-            _out(f"{path} -> {', '.join(str(p) for p in written)}")
-    finally:
-        if client is not None:
-            from .distributed import close_client
+            client = start_client(args.distributed)
+        try:
+            for path in files:
+                image = read_array(path, lazy=True)
+                check_image(image, path)
+                if (model.config.in_channels == 1 and data_config.channel_axis is None
+                        and looks_rgb(image.shape)):
+                    image = rgb_to_grey(image)  # as the widget does, as the zoo was trained
+                    _out(f"{path}: RGB -> grey (luminance) for this one-channel model")
+                written = _predict_file(path, image, model, predict_config, data_config,
+                                        outputs, formats[path], args, client)
+                _out(f"{path} -> {', '.join(str(p) for p in written)}")
+        finally:
+            if client is not None:
+                from .distributed import close_client
 
-            close_client(client)
+                close_client(client)
     return 0
+
+
+def _predicted_depths(config: PredictConfig, heads: tuple[int, ...]) -> list[int]:
+    """The heads a run returns (as ``inference.predict`` plans them), to name the outputs."""
+    if config.pruned_depth is not None:
+        return [config.pruned_depth]
+    return sorted(set(config.depths)) or list(heads)
+
+
+def _output_names(path: Path, fmt: str, probabilities: bool, depths: list[int]) -> list[str]:
+    """Every name a prediction of ``path`` writes into ``--out`` (checked before any work)."""
+    name = stem(path)
+    names = [f"{name}_labels.{fmt}"]
+    if probabilities:
+        names += ([f"{name}_probabilities.zarr"] if fmt == "zarr"
+                  else [f"{name}_L{d}.tif" for d in depths])
+    return names
+
+
+def _check_unique(names: dict[Path, list[str]]) -> None:
+    """Two inputs must not write the same result (``a.tif`` and ``a.png``)."""
+    seen: dict[str, Path] = {}
+    for path, listed in names.items():
+        for name in listed:
+            if name in seen:
+                raise UserError(f"{seen[name]} and {path} would both write {name}; "
+                                "predict them into different --out folders")
+            seen[name] = path
 
 
 def _predict_file(
     path: Path, image: Any, model: UNetPlusPlus, config: PredictConfig, data: DataConfig,
-    out: Path, fmt: str, args: argparse.Namespace, client: Any,
+    outputs: OutputFolder, fmt: str, args: argparse.Namespace, client: Any,
 ) -> list[Path]:
-    """Probabilities (in memory for tif, streamed to zarr for zarr), then labels, then files."""
+    """Probabilities (in memory for tif, streamed to zarr for zarr), then labels, then files.
+
+    Everything is written into the staging folder and committed (renamed into
+    ``--out``) only when complete.
+    """
     from .postprocess import labels_shape, probabilities_to_labels
+    from .stores import mark_complete
 
     name = stem(path)
-    store = out / f"{name}_probabilities.zarr" if fmt == "zarr" else None
-    if store is not None and store.exists():
-        shutil.rmtree(store)  # results of an earlier run of the same command
+    store = outputs.stage(f"{name}_probabilities.zarr") if fmt == "zarr" else None
     if client is not None:
         from .distributed import PredictJob, predict_distributed
 
@@ -540,22 +662,27 @@ def _predict_file(
     depth = config.pruned_depth if config.pruned_depth is not None else max(probs)
     prob = probs[depth]
     if fmt == "zarr":  # streamed slice by slice: a big volume's labels never sit in memory
-        labels_path = out / f"{name}_labels.zarr"
-        target = create_zarr(labels_path, labels_shape(prob.shape, model.config), "int32")
+        labels_name = f"{name}_labels.zarr"
+        target = create_zarr(outputs.stage(labels_name),
+                             labels_shape(prob.shape, model.config), "int32")
         probabilities_to_labels(prob, model.config, data, threshold=config.threshold,
                                 min_size=config.min_size, out=target)
-        written = [labels_path]
+        mark_complete(target)
+        written = [outputs.commit(labels_name)]
     else:
         labels = probabilities_to_labels(prob, model.config, data, threshold=config.threshold,
                                          min_size=config.min_size)
-        written = [write_array(out / f"{name}_labels", labels, fmt)]
+        staged = write_array(outputs.stage(f"{name}_labels"), labels, fmt)
+        written = [outputs.commit(staged.name)]
     if store is not None:
         if args.probabilities:
-            written.append(store)
+            written.append(outputs.commit(store.name))
         else:
             shutil.rmtree(store)
     elif args.probabilities:
-        written += [write_array(out / f"{name}_L{d}", probs[d], fmt) for d in sorted(probs)]
+        for d in sorted(probs):
+            staged = write_array(outputs.stage(f"{name}_L{d}"), probs[d], fmt)
+            written.append(outputs.commit(staged.name))
     return written
 
 
@@ -670,10 +797,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     labels = probabilities_to_labels(probs[depth], model.config, info.data)
     score_name, score = _demo_score(labels, np.asarray(truth), model.config.num_classes,
                                     info.data.target)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [write_array(out / f"{args.model}_image", np.asarray(image), "tif"),
-               write_array(out / f"{args.model}_labels", labels, "tif")]
+    from .outputs import OutputFolder
+
+    names = {f"{args.model}_image": np.asarray(image), f"{args.model}_labels": labels}
+    with OutputFolder(args.out) as outputs:
+        outputs.check_free([f"{name}.tif" for name in names])
+        written = [outputs.commit(write_array(outputs.stage(name), array, "tif").name)
+                   for name, array in names.items()]
     _out(f"demo: {meta.get('title', args.model)}, shape {tuple(image.shape)}, "
          f"model zoo:{args.model} (L{depth})")
     _out(f"{score_name} against the crop's labels: {score:.3f}")
@@ -721,9 +851,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     t = sub.add_parser("train", help="train or fine-tune a UNet++ on image/label files")
-    t.add_argument("--images", nargs="+", required=True, metavar="PATH",
-                   help="image files or folders (tif, tiff, png, npy, zarr)")
-    t.add_argument("--labels", nargs="+", required=True, metavar="PATH",
+    t.add_argument("--images", nargs="+", metavar="PATH",
+                   help="image files or folders (tif, tiff, png, npy, zarr); required "
+                        "unless --resume finds them in --out/run.json")
+    t.add_argument("--labels", nargs="+", metavar="PATH",
                    help="label files or folders, paired with images by name or sorted order")
     t.add_argument("--val-images", nargs="+", metavar="PATH")
     t.add_argument("--val-labels", nargs="+", metavar="PATH")
@@ -733,7 +864,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--from", dest="from_", metavar="CHECKPOINT|zoo:NAME",
                    help="fine-tune from a checkpoint or a shipped model")
     t.add_argument("--resume", action="store_true",
-                   help="continue the interrupted run in --out (from --out/last)")
+                   help="continue the interrupted run in --out with its recorded settings "
+                        "and files (--out/run.json, --out/last)")
     t.add_argument("--widths", nargs="+", type=int, metavar="W")
     t.add_argument("--depth", type=int)
     t.add_argument("--spatial-dims", type=int, choices=[2, 3])
@@ -770,6 +902,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output format (default: zarr for zarr inputs, else tif)")
     p.add_argument("--probabilities", action="store_true",
                    help="also write <name>_L{d} probabilities per depth")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing files in --out that napari-unetpp did not write "
+                        "(by default such files, e.g. your own *_labels.tif, are kept)")
     p.add_argument("--threshold", type=float)
     p.add_argument("--min-size", type=int)
     p.add_argument("--channel-axis", metavar="AXIS|none")
@@ -807,16 +942,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        _note("interrupted")
+        _note("interrupted")  # outputs are staged: nothing half-written is left in --out
         return 130
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
-        # CheckpointError subclasses ValueError; user mistakes never show a traceback
+    except BrokenPipeError:
+        # `napari-unetpp info ... | head -1`: the reader is gone, which is not an error;
+        # point stdout at devnull so the interpreter's final flush stays quiet too
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except RecursionError:
+        return _error("a file is nested too deeply to read (corrupt or hostile JSON)")
+    except MemoryError:
+        return _error("out of memory; use smaller inputs, tiles, batch or patch sizes")
+    except (ValueError, OSError) as exc:
+        # CheckpointError subclasses ValueError, FileNotFoundError OSError: user mistakes
+        # and disk problems (read-only, full, missing) never show a traceback
         return _error(_one_line(exc))
 
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
         text = f"{text}: {exc.filename}"
     return " ".join(text.split())
 

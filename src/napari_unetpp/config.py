@@ -9,6 +9,8 @@ checkpoint and the ``run.json`` beside every widget run hold.
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -20,6 +22,19 @@ DeviceName = Literal["auto", "cuda", "mps", "cpu"]
 
 #: Value used in integer target maps for pixels that the loss must ignore.
 IGNORE_INDEX = -1
+
+#: Bounds checked before anything is allocated: a 20 kB config.json must not ask for
+#: 100 GB (widths [1e9]) or a 2**20 padding (depth 20). Far beyond any real UNet++.
+MAX_WIDTH = 4096
+MAX_DEPTH = 8
+MAX_CLASSES = 1000
+MAX_CHANNELS = 1000
+#: About 2 GB of float32 weights; the paper's widths at depth 4 are 9M.
+MAX_PARAMETERS = 500_000_000
+MAX_PATCH = 4096
+#: Voxels of one training batch (batch_size x patch volume): 4 GiB of float32 input.
+MAX_BATCH_VOXELS = 2**30
+MAX_ITERATIONS = 10**8
 
 _C = TypeVar("_C", bound="_Config")
 
@@ -69,8 +84,52 @@ def _check_choice(owner: str, name: str, value: Any, choices: tuple[Any, ...]) -
 
 
 def _check_positive(owner: str, name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{owner}.{name} must be > 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{owner}.{name} must be a number > 0, got {value!r}")
+
+
+def _as_int(owner: str, name: str, value: Any, low: int, high: int) -> int:
+    """An integer in ``low..high``; integral floats (JSON ``1e3``) are accepted, bools not."""
+    if isinstance(value, bool):
+        raise ValueError(f"{owner}.{name} must be an integer, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        if not (isinstance(value, float) and math.isfinite(value) and value.is_integer()):
+            raise ValueError(f"{owner}.{name} must be an integer, got {value!r}") from None
+        number = int(value)
+    if not low <= number <= high:
+        raise ValueError(f"{owner}.{name} must lie in {low}..{high}, got {number}")
+    return number
+
+
+def _as_ints(owner: str, name: str, values: Any, low: int, high: int) -> tuple[int, ...]:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"{owner}.{name} must be a list of integers, got {values!r}")
+    values = tuple(values)
+    if len(values) > 64:
+        raise ValueError(f"{owner}.{name}: {len(values)} values; expected a few")
+    return tuple(_as_int(owner, name, v, low, high) for v in values)
+
+
+def estimate_parameters(config: ModelConfig) -> int:
+    """Weights of the network ``config`` describes (convolutions only), without building it.
+
+    Why: a checkpoint's config.json is checked against :data:`MAX_PARAMETERS`
+    before ``UNetPlusPlus`` allocates anything.
+    """
+    k, w = 3**config.spatial_dims, config.widths
+    total = 0
+    for s in range(config.depth + 1):
+        for i in range(s, -1, -1):
+            j = s - i
+            if j == 0:
+                source = config.in_channels if i == 0 else w[i - 1]
+            else:
+                total += w[i + 1] * w[i] * 2**config.spatial_dims  # up-sampling
+                source = w[i] * (j + 1)
+            total += k * (source * w[i] + w[i] * w[i])
+    return total + config.depth * w[0] * config.num_classes
 
 
 @dataclass
@@ -93,15 +152,18 @@ class ModelConfig(_Config):
     channel_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        self.widths = tuple(int(w) for w in self.widths)
+        owner = "ModelConfig"
+        self.widths = _as_ints(owner, "widths", self.widths, 1, MAX_WIDTH)
         self.class_names = tuple(self.class_names)
         self.channel_names = tuple(self.channel_names)
-        _check_positive("ModelConfig", "in_channels", self.in_channels)
-        _check_positive("ModelConfig", "num_classes", self.num_classes)
+        self.in_channels = _as_int(owner, "in_channels", self.in_channels, 1, MAX_CHANNELS)
+        self.num_classes = _as_int(owner, "num_classes", self.num_classes, 1, MAX_CLASSES)
+        self.depth = _as_int(owner, "depth", self.depth, 1, MAX_DEPTH)
         _check_choice("ModelConfig", "spatial_dims", self.spatial_dims, (2, 3))
         _check_choice("ModelConfig", "norm", self.norm, ("batch", "instance", "group"))
-        if not 1 <= self.depth:
-            raise ValueError(f"ModelConfig.depth must be >= 1, got {self.depth}")
+        if not isinstance(self.deep_supervision, bool):
+            raise ValueError(f"ModelConfig.deep_supervision must be true or false, "
+                             f"got {self.deep_supervision!r}")
         if len(self.widths) < self.depth + 1:
             raise ValueError(
                 f"ModelConfig: depth {self.depth} needs {self.depth + 1} widths "
@@ -110,6 +172,13 @@ class ModelConfig(_Config):
         if any(w <= 0 for w in self.widths):
             raise ValueError(f"ModelConfig.widths must be positive, got {self.widths}")
         self.widths = self.widths[: self.depth + 1]
+        parameters = estimate_parameters(self)
+        if parameters > MAX_PARAMETERS:
+            raise ValueError(
+                f"ModelConfig: widths {list(self.widths)} at depth {self.depth} make about "
+                f"{parameters / 1e6:.0f}M parameters (limit {MAX_PARAMETERS / 1e6:.0f}M); "
+                "use smaller widths, e.g. 32 64 128 256 512"
+            )
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(
                 f"ModelConfig.class_names needs {self.num_classes} name(s) "
@@ -202,9 +271,27 @@ class TrainConfig(_Config):
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        self.patch_size = tuple(int(p) for p in self.patch_size)
-        for name in ("iterations", "batch_size", "learning_rate", "validate_every"):
-            _check_positive("TrainConfig", name, getattr(self, name))
+        owner = "TrainConfig"
+        self.patch_size = _as_ints(owner, "patch_size", self.patch_size, 1, MAX_PATCH)
+        self.iterations = _as_int(owner, "iterations", self.iterations, 1, MAX_ITERATIONS)
+        self.batch_size = _as_int(owner, "batch_size", self.batch_size, 1, 4096)
+        self.validate_every = _as_int(owner, "validate_every", self.validate_every, 1,
+                                      MAX_ITERATIONS)
+        self.num_workers = _as_int(owner, "num_workers", self.num_workers, 0, 256)
+        self.seed = _as_int(owner, "seed", self.seed, -(2**63), 2**63 - 1)
+        for name in ("learning_rate", "weight_decay", "dice_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    math.isfinite(value) and value >= 0):
+                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, "
+                                 f"got {value!r}")
+        _check_positive("TrainConfig", "learning_rate", self.learning_rate)
+        voxels = self.batch_size * math.prod(self.patch_size)
+        if voxels > MAX_BATCH_VOXELS:
+            raise ValueError(
+                f"TrainConfig: batch_size {self.batch_size} x patch_size "
+                f"{list(self.patch_size)} is {voxels} voxels per step (limit "
+                f"{MAX_BATCH_VOXELS}); use a smaller batch or patch")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError("TrainConfig.validation_fraction must lie in [0, 1)")
         if not 0 <= self.foreground_fraction <= 1:

@@ -147,26 +147,24 @@ def predict_distributed(
     class_axes = 0 if model.config.num_classes == 1 else 1
     where = 0 if axis is None else others.index(axis)  # position among non-channel axes
     arrays: dict[int, Any] = {}
+    group = None
     for future in as_completed(futures):
         index, result = future.result()
         if not arrays:
-            arrays = _allocate_outputs(sorted(result), shape, store)
+            arrays, group = _allocate_outputs(sorted(result), shape, store)
         for d, prob in result.items():
             target = (slice(None),) * (class_axes + where) + ((index,) if axis is not None else ())
             arrays[d][target] = prob
+    if group is not None:
+        from .stores import mark_complete
+
+        mark_complete(group)  # every slice arrived
     return arrays
 
 
 def _allocate_outputs(depths: list[int], shape: tuple[int, ...], store: Path | None
-                      ) -> dict[int, Any]:
-    """One output per depth: in memory, or zarr arrays in ``store`` chunked by slice."""
-    import numpy as np
+                      ) -> tuple[dict[int, Any], Any]:
+    """One output per depth, as ``inference.predict`` allocates them (numpy, zarr 2 or 3)."""
+    from .stores import allocate_outputs
 
-    if store is None:
-        return {d: np.zeros(shape, np.float32) for d in depths}
-    import zarr
-
-    group = zarr.open_group(str(store), mode="w")
-    chunks = (1,) * (len(shape) - 2) + tuple(min(s, 1024) for s in shape[-2:])
-    return {d: group.create_array(name=f"L{d}", shape=shape, chunks=chunks, dtype="float32",
-                                  fill_value=0.0) for d in depths}
+    return allocate_outputs(tuple(depths), shape, tuple(min(s, 1024) for s in shape[-2:]), store)

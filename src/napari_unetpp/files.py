@@ -10,7 +10,6 @@ as one line without a traceback.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,9 +149,10 @@ def _read_tiff(path: Path, lazy: bool) -> Any:
 
 def _read_zarr(path: Path, lazy: bool) -> Any:
     import numpy as np
-    import zarr
 
-    node = zarr.open(str(path), mode="r")
+    from .stores import open_zarr
+
+    node = open_zarr(path)  # refuses pickle / object stores before zarr parses them
     if not hasattr(node, "shape"):  # a group: OME-Zarr level "0", else its only array
         names = sorted(name for name, _ in node.arrays())
         if not names:
@@ -200,17 +200,16 @@ def check_labels(labels: Any, image: Any, path: Path, channel_axis: int | None) 
 
 
 def create_zarr(path: Path, shape: tuple[int, ...], dtype: Any) -> Any:
-    """A new zarr array at ``path`` (replacing an earlier one), chunked one slice deep.
+    """A new zarr array at ``path`` (zarr 2 or 3), chunked one slice deep, marked incomplete.
 
-    Why slice-deep chunks: results are written and read (in napari too) one slice at a
-    time, so a slice never drags its neighbours into memory.
+    ``path`` must not exist: outputs are written into a fresh staging folder
+    (:class:`~napari_unetpp.outputs.OutputFolder`) and renamed into place.
     """
-    import zarr
+    from .stores import create_array, slice_chunks
 
     if path.exists():
-        shutil.rmtree(path)
-    chunks = tuple(min(s, c) for s, c in zip(shape, (1,) * (len(shape) - 2) + (1024, 1024)))
-    return zarr.open_array(str(path), mode="w", shape=shape, dtype=dtype, chunks=chunks)
+        raise FileExistsError(f"{path} exists; refusing to replace it")
+    return create_array(None, None, shape, dtype, slice_chunks(shape, (1024, 1024)), path=path)
 
 
 def write_array(base: Path, array: Any, fmt: str) -> Path:
@@ -218,14 +217,24 @@ def write_array(base: Path, array: Any, fmt: str) -> Path:
     import numpy as np
 
     if fmt == "zarr":
+        from .stores import mark_complete
+
         path = base.with_suffix(".zarr")
-        create_zarr(path, tuple(array.shape), array.dtype)[...] = np.asarray(array)
+        target = create_zarr(path, tuple(array.shape), array.dtype)
+        target[...] = np.asarray(array)
+        mark_complete(target)
         return path
     import tifffile
 
+    from .outputs import TIFF_SOFTWARE
+
     path = base.with_suffix(".tif")
-    # minisblack: a 3- or 4-slice stack must not be stored (and shown) as RGB
-    tifffile.imwrite(path, np.asarray(array), compression="zlib", photometric="minisblack")
+    if path.exists():
+        raise FileExistsError(f"{path} exists; refusing to replace it")
+    # minisblack: a 3- or 4-slice stack must not be stored (and shown) as RGB; the
+    # Software tag tells a later run that this file is ours to replace
+    tifffile.imwrite(path, np.asarray(array), compression="zlib", photometric="minisblack",
+                     software=TIFF_SOFTWARE)
     return path
 
 

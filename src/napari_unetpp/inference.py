@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import tiling
+from . import stores, tiling
 from .config import DataConfig, PredictConfig
 from .data import intensity_range, normalize
 from .devices import autocast, empty_cache, is_out_of_memory, resolve_device
@@ -375,37 +375,12 @@ def output_shape(image_shape: tuple[int, ...], channel_axis: int | None,
     return tuple(shape) if num_classes == 1 else (num_classes, *shape)
 
 
-def _zarr_group(out: str | Path) -> Any:
-    import zarr
-
-    path = Path(out)
-    is_zarr = any((path / name).exists() for name in ("zarr.json", ".zgroup", ".zarray"))
-    if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not is_zarr)):
-        raise ValueError(
-            f"out={str(path)!r} exists and is not a zarr folder; give a new folder "
-            "(e.g. 'result.zarr') so nothing else gets overwritten"
-        )
-    return zarr.open_group(str(path), mode="w")
-
-
-def _zarr_array(group: Any, name: str, shape: tuple[int, ...], chunks: tuple[int, ...]) -> Any:
-    create = getattr(group, "create_array", None)  # zarr 3; zarr 2 has create_dataset
-    if create is None:
-        create = group.create_dataset
-    return create(name=name, shape=shape, chunks=chunks, dtype="float32", fill_value=0.0)
-
-
 def _allocate(
     depths: tuple[int, ...], shape: tuple[int, ...], spatial_chunks: tuple[int, ...],
     out: str | Path | None,
 ) -> tuple[dict[int, Any], Any]:
-    if out is None:
-        return {d: np.zeros(shape, dtype=np.float32) for d in depths}, None
-    group = _zarr_group(out)
-    lead = len(shape) - len(spatial_chunks)
-    chunks = (1,) * lead + tuple(min(c, s) for c, s in zip(spatial_chunks, shape[lead:]))
-    group.attrs.update({"complete": False, "depths": list(depths)})
-    return {d: _zarr_array(group, f"L{d}", shape, chunks) for d in depths}, group
+    """numpy in memory, or a zarr group (zarr 2 or 3) marked incomplete until the end."""
+    return stores.allocate_outputs(depths, shape, spatial_chunks, out)
 
 
 # --------------------------------------------------------------------------- predict
@@ -593,7 +568,7 @@ def predict(
             complete = done >= total
             break
     if group is not None:
-        group.attrs["complete"] = complete
+        stores.mark_complete(group, complete)
     result = PredictResult(arrays, complete, Path(out) if out is not None else None)
     if not complete:
         yield event("stopped", done, len(items) - 1,

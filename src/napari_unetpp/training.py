@@ -495,20 +495,23 @@ class Trainer:
                               card={}, version=__version__)
 
     def _save(self, net: UNetPlusPlus, data: _Data, run: _Run, name: str,
-              scores: dict[int, dict[str, float]] | None, metrics: dict | None = None) -> Path:
+              scores: dict[int, dict[str, float]] | None, metrics: dict | None = None,
+              extra: Callable[[Path], None] | None = None) -> Path:
         assert self.output_dir is not None
         if metrics is None:
             metrics = {"depths": {str(d): dict(s) for d, s in (scores or {}).items()},
                        "score_name": "iou"}
-        path = save_checkpoint(self.output_dir / name, net, self._info(data, run, metrics))
+        path = save_checkpoint(self.output_dir / name, net, self._info(data, run, metrics),
+                               extra=extra)
         return Path(path)
 
     def _save_last(self, run: _Run, data: _Data) -> None:
-        path = self._save(run.net, data, run, "last", run.best_scores)
-        save_resume_state(path, run.optimizer, run.step, run.rng,
-                          {"score": None if run.best_score == -math.inf else run.best_score,
-                           "scores": {str(d): s for d, s in run.best_scores.items()},
-                           "step": run.best_step})
+        """Weights and resume state in one atomic rename: a kill never leaves a mix."""
+        best = {"score": None if run.best_score == -math.inf else run.best_score,
+                "scores": {str(d): s for d, s in run.best_scores.items()},
+                "step": run.best_step}
+        self._save(run.net, data, run, "last", run.best_scores, extra=lambda folder:
+                   save_resume_state(folder, run.optimizer, run.step, run.rng, best))
 
     def _finish(self, run: _Run, data: _Data, origin: str) -> TrainResult:
         """Best model, per-depth table (scores, parameters, measured ms/Mpx), final saves."""
