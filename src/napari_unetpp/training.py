@@ -53,6 +53,7 @@ from .devices import autocast, autocast_dtype, resolve_device
 from .events import EtaClock, Event, Stopper
 from .losses import DeepSupervisionLoss
 from .model import UNetPlusPlus
+from .nonfinite import NonFiniteError, all_finite, non_finite_names
 from .pruning import depth_table, recommend_depth, score_tiles
 
 __all__ = ["TrainEvent", "TrainResult", "Trainer", "join_torchrun", "process_rank",
@@ -439,6 +440,7 @@ class Trainer:
         with autocast(run.device, tc.mixed_precision):
             logits = run.model(x_t)
         loss, heads = run.loss_fn({d: v.float() for d, v in logits.items()}, y_t)
+        _check_loss(loss, run.step + 1, lr)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
@@ -500,6 +502,7 @@ class Trainer:
         if metrics is None:
             metrics = {"depths": {str(d): dict(s) for d, s in (scores or {}).items()},
                        "score_name": "iou"}
+        _check_weights(net, name)
         path = save_checkpoint(self.output_dir / name, net, self._info(data, run, metrics))
         return Path(path)
 
@@ -523,11 +526,36 @@ class Trainer:
         info = self._info(data, run, metrics, origin)
         checkpoint = None
         if self.output_dir is not None and process_rank() == 0:
+            _check_weights(best, "best")
             checkpoint = Path(save_checkpoint(self.output_dir / "best", best, info))
         return TrainResult(best.cpu(), info, checkpoint)
 
 
 # --------------------------------------------------------------------------- small helpers
+
+
+def _check_loss(loss: torch.Tensor, step: int, lr: float) -> None:
+    """Stop a diverged run before its NaN gradients reach the weights."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise NonFiniteError(
+            f"training diverged at step {step}: the loss is {value} (learning rate {lr:g}); "
+            "lower the learning rate (--lr, TrainConfig.learning_rate; 1e-3 is the usual) or "
+            "check the images for extreme values. Checkpoints saved before (best/, last/) "
+            "keep the last finite weights"
+        )
+
+
+def _check_weights(net: nn.Module, name: str) -> None:
+    """Never write NaN or infinite weights as ``best/`` or ``last/``."""
+    state = net.state_dict()
+    if not all_finite(state):
+        bad = non_finite_names(state)
+        raise NonFiniteError(
+            f"refusing to save {name}/: {len(bad)} weight tensor(s) are NaN or infinite "
+            f"(e.g. {bad[0]}): the run diverged; lower the learning rate and train again"
+        )
+
 
 
 def join_torchrun(device: str | torch.device = "auto") -> Callable[[], None]:
