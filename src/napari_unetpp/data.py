@@ -31,9 +31,11 @@ from .config import IGNORE_INDEX, DataConfig, LabelMode, NormalizationConfig
 from .nonfinite import fill_image
 
 __all__ = [
+    "DegenerateLabelsWarning",
     "Volume",
     "PatchSampler",
     "augment",
+    "degenerate_labels",
     "elastic_deform",
     "guess_label_mode",
     "intensity_range",
@@ -490,6 +492,39 @@ def prepare_volumes(
     if not any((v.target != IGNORE_INDEX).any() for v in volumes):
         raise ValueError("labels are empty (nothing labelled); paint some labels first")
     return volumes
+
+
+class DegenerateLabelsWarning(UserWarning):
+    """The labels hold a single class: a model can only learn to predict it everywhere."""
+
+
+def degenerate_labels(volumes: Sequence[Volume]) -> str | None:
+    """Why these training targets cannot teach anything (one class only), or None.
+
+    Why: all-one dense labels (every pixel foreground, no background) train a
+    model that predicts foreground everywhere, and its validation IoU of 1.000
+    looks perfect while it means nothing.
+    """
+    present: set[int] = set()
+    for volume in volumes:
+        labelled = volume.target[volume.target != IGNORE_INDEX]
+        if labelled.size == 0:
+            continue
+        low, high = int(labelled.min()), int(labelled.max())
+        if low != high:
+            return None
+        present.add(low)
+        if len(present) > 1:
+            return None
+    if len(present) != 1:
+        return None
+    (only,) = present
+    what = "background" if only == 0 else f"class {only} (no background)"
+    return (
+        f"every labelled pixel is {what}: the model can only learn to predict that "
+        "everywhere, and its validation score is meaningless; label some pixels of "
+        "another class (dense labels: 0 = background) or check class_values"
+    )
 
 
 def split_validation(

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -198,6 +199,9 @@ def prepare_data(
     first = data_mod.to_channels_first(images[0], data_config.channel_axis)
     _check_model_fits(model_config, data_config, labels + extra, first.shape[0])
     volumes = data_mod.prepare_volumes(images, labels, data_config, dims)
+    degenerate = data_mod.degenerate_labels(volumes)
+    if degenerate:
+        warnings.warn(degenerate, data_mod.DegenerateLabelsWarning, stacklevel=2)
     if val_images is not None:
         train, val = volumes, data_mod.prepare_volumes(val_images, val_labels, data_config, dims)
     else:
@@ -213,6 +217,8 @@ def prepare_data(
     tiles = _evenly(data_mod.validation_tiles(val, tile, dims), MAX_VALIDATION_TILES)
     description = {"train": [v.name + f" {v.spatial}" for v in train],
                    "validation": [v.name + f" {v.spatial}" for v in val]}
+    if degenerate:
+        description["degenerate_labels"] = degenerate  # saved with the checkpoint
     return _Data(sampler, tiles, data_config, description)
 
 
@@ -360,6 +366,8 @@ class Trainer:
             event = self._step_event(run, loss, heads)
             if new_heads and run.step == 1:
                 event.message += f" (new heads: {', '.join(new_heads)})"
+            if run.step == 1 and data.description.get("degenerate_labels"):
+                event.message += f" (warning: {data.description['degenerate_labels']})"
             yield event
             if self.stopper.stopped:
                 break
@@ -464,7 +472,9 @@ class Trainer:
         total = self.train_config.iterations
         yield TrainEvent(
             "validation", run.step, total,
-            f"val IoU {scores[best_depth]['iou']:.3f} at L{best_depth}", val_loss=val_loss,
+            f"val IoU {scores[best_depth]['iou']:.3f} at L{best_depth}"
+            + (" (meaningless: the labels hold one class only)"
+               if data.description.get("degenerate_labels") else ""), val_loss=val_loss,
             val_scores={d: s["iou"] for d, s in scores.items()},
             val_dice={d: s["dice"] for d, s in scores.items()}, best_depth=best_depth)
         improved = scores[best_depth]["iou"] > run.best_score
@@ -523,6 +533,8 @@ class Trainer:
         table = depth_table(best, run.best_scores or None, None, run.device)
         metrics = {"depths": {str(d): row for d, row in table.items()}, "score_name": "iou",
                    "best_depth": recommend_depth(table)}
+        if data.description.get("degenerate_labels"):
+            metrics["warning"] = data.description["degenerate_labels"]
         info = self._info(data, run, metrics, origin)
         checkpoint = None
         if self.output_dir is not None and process_rank() == 0:
