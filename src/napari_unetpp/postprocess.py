@@ -264,6 +264,7 @@ def _label_in_bands(prob: Any, index: tuple, labels: Any, lead: tuple[int, ...],
     rows, halo = plan
     height = int(prob.shape[-2])
     carry = np.zeros((0, int(prob.shape[-1])), np.int32)
+    writer = _RowWriter(labels, lead)
     for start in range(0, height, rows):
         stop = min(start + rows, height)
         lo, hi = max(start - halo, 0), min(stop + halo, height)
@@ -273,8 +274,48 @@ def _label_in_bands(prob: Any, index: tuple, labels: Any, lead: tuple[int, ...],
             block, carry, next_id = _keep_anchored(result, lo, start, stop, carry, next_id)
         else:
             block = result[start - lo: stop - lo]
-        labels[(*lead, slice(start, stop))] = block
+        writer.write(block, final=stop == height)
     return next_id
+
+
+class _RowWriter:
+    """Writes a plane's rows in blocks that end on the target's chunk rows.
+
+    Why: bands of a few hundred rows written into a zarr array chunked 1024 rows
+    deep would read, decompress and rewrite every chunk several times. Rows wait
+    in one buffer of a chunk row's height plus a band (no copies to join them).
+    """
+
+    def __init__(self, target: Any, lead: tuple[int, ...]) -> None:
+        chunks = None if isinstance(target, np.ndarray) else getattr(target, "chunks", None)
+        self.step = int(chunks[-2]) if chunks and isinstance(chunks[-2], int) else 1
+        self.target, self.lead = target, lead
+        self.buffer: np.ndarray | None = None
+        self.held = 0  # rows waiting in the buffer
+        self.start = 0  # first row not yet written
+
+    def write(self, block: np.ndarray, final: bool = False) -> None:
+        if self.step == 1:
+            self.target[(*self.lead, slice(self.start, self.start + len(block)))] = block
+            self.start += len(block)
+            return
+        need = self.held + len(block)
+        if self.buffer is None or len(self.buffer) < need:
+            grown = np.empty((max(need, self.step + len(block)), *block.shape[1:]), block.dtype)
+            if self.buffer is not None:
+                grown[: self.held] = self.buffer[: self.held]
+            self.buffer = grown
+        self.buffer[self.held: need] = block
+        self.held = need
+        end = self.start + self.held
+        cut = end if final else end // self.step * self.step
+        if cut <= self.start:
+            return
+        done = cut - self.start
+        self.target[(*self.lead, slice(self.start, cut))] = self.buffer[:done]
+        self.buffer[: self.held - done] = self.buffer[done: self.held]
+        self.held -= done
+        self.start = cut
 
 
 def _keep_anchored(window: np.ndarray, lo: int, start: int, stop: int, carry: np.ndarray,
