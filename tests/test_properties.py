@@ -168,7 +168,7 @@ def test_instance_targets_are_background_interior_boundary(labels, width):
     np.testing.assert_array_equal(target == 0, ids == 0)
     # an interior pixel has no other id within `width` pixels in its plane
     padded = np.pad(ids, [(0, 0)] * (ids.ndim - 2) + [(width, width)] * 2, mode="edge")
-    for index in zip(*np.nonzero(target == 1)):
+    for index in zip(*np.nonzero(target == 1), strict=True):
         lead, (y, x) = index[:-2], index[-2:]
         window = padded[(*lead, slice(y, y + 2 * width + 1), slice(x, x + 2 * width + 1))]
         assert (window == ids[index]).all()
@@ -197,7 +197,7 @@ def test_tile_grid_covers_the_whole_image(shape, data, overlap):
     tile = data.draw(st.tuples(*[st.integers(1, 40) for _ in shape]))
     covered = np.zeros(shape, bool)
     for start in tile_grid(shape, tile, overlap):
-        covered[tuple(slice(s, s + t) for s, t in zip(start, tile))] = True
+        covered[tuple(slice(s, s + t) for s, t in zip(start, tile, strict=True))] = True
     assert covered.all()
 
 
