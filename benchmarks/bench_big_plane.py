@@ -155,7 +155,8 @@ def main() -> None:
             print(f"| {size} x {size} | failed: {proc.stderr.strip().splitlines()[-1]} |")
             continue
         peak, seconds, _ = proc.stdout.split()
-        print(f"| {args.rows or size} x {size} | {4 * (args.rows or size) * size / 2**30:.2f} GiB | {peak} MiB | "
+        rows = args.rows or size
+        print(f"| {rows} x {size} | {4 * rows * size / 2**30:.2f} GiB | {peak} MiB | "
               f"{seconds} s |", flush=True)
 
 
