@@ -36,7 +36,7 @@ __all__ = [
 #: More non-finite pixels than this fraction of an image: refuse it rather than invent it.
 MAX_NON_FINITE_FRACTION = 0.5
 #: Pixels read at once while counting (a band of rows), so a huge lazy image is never loaded whole.
-COUNT_BLOCK_PIXELS = 1 << 24
+COUNT_BLOCK_PIXELS = 1 << 20
 
 
 class NonFiniteWarning(UserWarning):
