@@ -14,6 +14,7 @@ Run::
     python benchmarks/bench_big_plane.py --sizes 4000 --target instance
     python benchmarks/bench_big_plane.py --sizes 8000 20000 --stage labels
     python benchmarks/bench_big_plane.py --sizes 8000 --stage labels-whole
+    python benchmarks/bench_big_plane.py --sizes 20000 --rows 3000   # 20000 wide, less time
 
 Prints a markdown table and the command line.
 """
@@ -67,11 +68,11 @@ def make_model(path: Path, target: str) -> None:
     save_checkpoint(path, UNetPlusPlus.from_config(config).eval(), info)
 
 
-def measure(size: int, target: str, tile: int) -> dict[str, float]:
+def measure(size: int, target: str, tile: int, rows: int | None) -> dict[str, float]:
     """Build the plane and the model, run the CLI in a child, return its peak RSS."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        make_plane(folder / "plane.zarr", size)
+        make_plane(folder / "plane.zarr", size, rows)
         make_model(folder / "model", target)
         command = [sys.executable, "-m", "napari_unetpp.cli", "predict", str(folder / "model"),
                    str(folder / "plane.zarr"), "--out", str(folder / "out"), "--format", "zarr",
@@ -127,13 +128,13 @@ def main() -> None:
     parser.add_argument("--stage", choices=["predict", "labels", "labels-whole"],
                         default="predict", help="the whole `predict` command, or the labels "
                         "stage alone (in bands, or the whole plane at once as before)")
-    parser.add_argument("--rows", type=int, help="labels stage: a plane this many rows tall "
-                        "(memory in bands does not grow with the height; time does)")
+    parser.add_argument("--rows", type=int, help="a plane this many rows tall (default: square; "
+                        "memory in bands does not grow with the height, time does)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:  # one size per process: peak RSS only ever grows
         if args.stage == "predict":
-            r = measure(args.child, args.target, args.tile)
+            r = measure(args.child, args.target, args.tile, args.rows)
         else:
             r = measure_labels(args.child, args.target, args.stage == "labels-whole", args.rows)
         print(f"{r['peak_mb']:.0f} {r['seconds']:.0f} {r['labelled']:.3f}")
