@@ -5,7 +5,8 @@ that sees it (a 10x10 NaN patch turned 26x26 output pixels into NaN, 10 % of
 NaN pixels the whole output), and a NaN loss silently turns every weight into
 NaN. The policy, applied at one point of training and inference each:
 
-- images: non-finite pixels are filled with the image's finite median, with a
+- images: non-finite pixels (NaN, inf, or beyond float32's range, which the
+  network would see as inf) are filled with the image's finite median, with a
   :class:`NonFiniteWarning` that says how many; an image with more than
   :data:`MAX_NON_FINITE_FRACTION` non-finite pixels is refused (there is too little
   left to segment);
@@ -71,20 +72,33 @@ def _row_blocks(shape: tuple[int, ...]) -> list[tuple[slice, ...]]:
     return [()]
 
 
+def _bad(array: np.ndarray) -> np.ndarray:
+    """Values that are not finite once cast to float32, as the network sees them.
+
+    Why float32: a float64 pixel of 1e300 is finite, but becomes inf in the network input.
+    """
+    if array.dtype.itemsize > 4:
+        with np.errstate(over="ignore"):
+            return ~np.isfinite(array.astype(np.float32))
+    return ~np.isfinite(array)
+
+
 def count_non_finite(image: Any) -> int:
-    """Number of NaN or infinite values, read block by block (numpy, dask or zarr)."""
+    """Number of NaN, infinite or float32-overflowing values, read block by block.
+
+    numpy, dask or zarr: one block of about :data:`COUNT_BLOCK_PIXELS` pixels at a time.
+    """
     if not _is_float(image):
         return 0  # integer and boolean images cannot hold NaN
     shape = tuple(int(n) for n in image.shape)
-    return sum(int(np.count_nonzero(~np.isfinite(np.asarray(image[b]))))
-               for b in _row_blocks(shape))
+    return sum(int(np.count_nonzero(_bad(np.asarray(image[b])))) for b in _row_blocks(shape))
 
 
 def fill_non_finite(array: np.ndarray, value: float) -> np.ndarray:
     """``array`` with its non-finite values replaced by ``value`` (a copy only when needed)."""
     if not _is_float(array):
         return array
-    bad = ~np.isfinite(array)
+    bad = _bad(array)
     if not bad.any():
         return array
     out = np.array(array, copy=True)
@@ -96,12 +110,12 @@ def _finite_median(image: Any) -> float:
     """Median of the finite values of a subsample (the same one the percentiles use)."""
     from .data import _subsample
 
-    sample = _subsample(image).astype(np.float64)
-    sample = sample[np.isfinite(sample)]
+    sample = _subsample(image)
+    sample = sample[~_bad(sample)].astype(np.float64)
     if sample.size == 0:  # the subsample missed every finite value: read it all, blockwise
         shape = tuple(int(n) for n in image.shape)
-        parts = [np.asarray(image[b], dtype=np.float64).ravel() for b in _row_blocks(shape)]
-        sample = np.concatenate([p[np.isfinite(p)] for p in parts])
+        parts = [np.asarray(image[b]).ravel() for b in _row_blocks(shape)]
+        sample = np.concatenate([p[~_bad(p)] for p in parts]).astype(np.float64)
     return float(np.median(sample))
 
 
