@@ -28,11 +28,14 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .config import IGNORE_INDEX, DataConfig, LabelMode, NormalizationConfig
+from .nonfinite import fill_image
 
 __all__ = [
+    "DegenerateLabelsWarning",
     "Volume",
     "PatchSampler",
     "augment",
+    "degenerate_labels",
     "elastic_deform",
     "guess_label_mode",
     "intensity_range",
@@ -360,14 +363,29 @@ def labels_to_targets(
             )
         return instance_targets(array, data_config.boundary_width, spatial_dims)
     classes = resolve_class_values(data_config, array)
-    lookup_size = max(int(array.max()), max(classes)) + 1
     sparse = data_config.label_mode == "sparse"
-    lookup = np.full(lookup_size, IGNORE_INDEX if sparse else 0, dtype=np.int64)
-    if sparse:
-        lookup[1] = 0
-    for k, value in enumerate(classes, start=1):
-        lookup[value] = k
-    return lookup[array]
+    values, ids = list(classes), list(range(1, len(classes) + 1))
+    if sparse and 1 not in values:
+        values, ids = [1, *values], [0, *ids]
+    return remap_values(array, values, ids, IGNORE_INDEX if sparse else 0)
+
+
+def remap_values(
+    array: np.ndarray, values: Sequence[int], ids: Sequence[int], default: int
+) -> np.ndarray:
+    """``values[k] -> ids[k]``, anything else -> ``default``, as int64.
+
+    Why not a lookup table indexed by value: label ids near 2**31 would allocate
+    a 16 GiB table; sorting the few values and searching each pixel's value in
+    them costs memory in proportion to the image only.
+    """
+    order = np.argsort(np.asarray(values, dtype=np.int64), kind="stable")
+    keys = np.asarray(values, dtype=np.int64)[order]
+    mapped = np.asarray(ids, dtype=np.int64)[order]
+    if keys.size == 0:
+        return np.full(array.shape, default, dtype=np.int64)
+    position = np.searchsorted(keys, array).clip(max=keys.size - 1)
+    return np.where(keys[position] == array, mapped[position], np.int64(default))
 
 
 def instance_targets(labels: np.ndarray, boundary_width: int, spatial_dims: int = 2) -> np.ndarray:
@@ -462,7 +480,7 @@ def prepare_volumes(
     for n, (image, label) in enumerate(zip(images, labels)):
         check_pair(image, label, data_config.channel_axis)
         _check_numeric(image, f"image {n}")
-        channels = to_channels_first(image, data_config.channel_axis)
+        channels = fill_image(to_channels_first(image, data_config.channel_axis), f"image {n}")
         normed = normalize(channels, data_config.normalization)
         target = labels_to_targets(label, data_config, spatial_dims=spatial_dims)
         pieces = _to_zyx(normed, spatial_dims)
@@ -474,6 +492,39 @@ def prepare_volumes(
     if not any((v.target != IGNORE_INDEX).any() for v in volumes):
         raise ValueError("labels are empty (nothing labelled); paint some labels first")
     return volumes
+
+
+class DegenerateLabelsWarning(UserWarning):
+    """The labels hold a single class: a model can only learn to predict it everywhere."""
+
+
+def degenerate_labels(volumes: Sequence[Volume]) -> str | None:
+    """Why these training targets cannot teach anything (one class only), or None.
+
+    Why: all-one dense labels (every pixel foreground, no background) train a
+    model that predicts foreground everywhere, and its validation IoU of 1.000
+    looks perfect while it means nothing.
+    """
+    present: set[int] = set()
+    for volume in volumes:
+        labelled = volume.target[volume.target != IGNORE_INDEX]
+        if labelled.size == 0:
+            continue
+        low, high = int(labelled.min()), int(labelled.max())
+        if low != high:
+            return None
+        present.add(low)
+        if len(present) > 1:
+            return None
+    if len(present) != 1:
+        return None
+    (only,) = present
+    what = "background" if only == 0 else f"class {only} (no background)"
+    return (
+        f"every labelled pixel is {what}: the model can only learn to predict that "
+        "everywhere, and its validation score is meaningless; label some pixels of "
+        "another class (dense labels: 0 = background) or check class_values"
+    )
 
 
 def split_validation(

@@ -66,6 +66,7 @@ from .data import intensity_range, normalize
 from .devices import autocast, empty_cache, is_out_of_memory, resolve_device
 from .events import EtaClock, Event, Stopper, drive
 from .model import UNetPlusPlus
+from .nonfinite import non_finite_filler
 
 __all__ = [
     "PredictEvent",
@@ -460,7 +461,8 @@ def _normaliser(image: Any, data_config: DataConfig) -> Callable[[np.ndarray], n
     """Per-tile normalisation with one intensity range for the whole image (or stack)."""
     norm = data_config.normalization
     value_range = intensity_range(image, norm)
-    return lambda tile: normalize(tile, norm, value_range=value_range)
+    fill = non_finite_filler(image)  # NaN pixels: filled with a warning, or refused
+    return lambda tile: normalize(fill(tile), norm, value_range=value_range)
 
 
 def predict(

@@ -65,10 +65,7 @@ def remove_small(labels: np.ndarray, min_size: int, *, by_component: bool = Fals
     if min_size <= 1 or not out.any():
         return out
     if not by_component:
-        counts = np.bincount(out.ravel().clip(min=0))
-        small = counts < min_size
-        small[0] = False
-        out[small[out.clip(min=0)]] = 0
+        out[_small_ids(out.clip(min=0), min_size)] = 0
         return out
     for value in np.unique(out[out != 0]):
         components, count = ndi.label(out == value, structure=_structure(out.ndim))
@@ -77,6 +74,22 @@ def remove_small(labels: np.ndarray, min_size: int, *, by_component: bool = Fals
         tiny[0] = False
         out[tiny[components]] = 0
     return out
+
+
+def _small_ids(ids: np.ndarray, min_size: int) -> np.ndarray:
+    """Mask of the pixels whose id (not 0) has fewer than ``min_size`` pixels.
+
+    ``bincount`` when the ids are about as many as the pixels (the usual
+    sequential labels), ``unique`` otherwise: ids near 2**31 must not allocate a
+    16 GiB table of counts.
+    """
+    if int(ids.max()) <= 2 * ids.size + 1024:
+        small = np.bincount(ids.ravel()) < min_size
+        small[0] = False
+        return small[ids]
+    values, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    small = (counts < min_size) & (values != 0)
+    return small[inverse].reshape(ids.shape)
 
 
 def instances_from_probabilities(
@@ -153,6 +166,7 @@ def probabilities_to_labels(
     threshold: float = 0.5,
     min_size: int = 0,
     out: Any = None,
+    band_rows: int | None = None,
 ) -> Any:
     """One depth's probabilities (as ``inference.predict`` returns them) -> int32 labels.
 
@@ -168,9 +182,17 @@ def probabilities_to_labels(
     ``out``: an array to write the labels into (e.g. a zarr array of the labels'
     shape), one slice at a time, and return; then memory holds one slice, not the
     whole stack (big volumes predicted to zarr). Default: a new numpy array.
+
+    ``band_rows``: 2D planes of more than :data:`BAND_MIN_PIXELS` pixels are read and
+    labelled in bands of rows (with ``out``, memory then holds a band, not the plane);
+    give a number of rows to force bands of that height (None: automatic). Semantic
+    bands equal the whole-plane result exactly; instance bands can differ from it
+    only next to a seam (see :func:`_instances_in_bands`).
     """
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must lie in (0, 1), got {threshold}; 0.5 is the usual")
+    if band_rows is not None and band_rows < 1:
+        raise ValueError(f"band_rows must be a positive number of rows or None, got {band_rows}")
     class_axes = _check_prob(prob, model_config, data_config)
     shape = tuple(prob.shape)
     spatial_dims = model_config.spatial_dims
@@ -179,18 +201,141 @@ def probabilities_to_labels(
         raise ValueError(f"out has shape {tuple(out.shape)}; the labels have shape "
                          f"{labels_shape(shape, model_config)}")
     labels = np.zeros(labels_shape(shape, model_config), np.int32) if out is None else out
+    instance = data_config.target == "instance"
+    plan = _band_plan(shape[len(shape) - spatial_dims:], instance, min_size, band_rows)
     next_id = 0
     for lead in _items(lead_shape):
         index = (slice(None),) * class_axes + lead
-        item = np.asarray(prob[index], dtype=np.float32)
-        if data_config.target == "instance":
-            result = instances_from_probabilities(item, threshold, min_size)
+        if plan is not None:
+            next_id = _label_in_bands(prob, index, labels, lead, plan, instance, class_axes,
+                                      threshold, min_size, next_id)
+            continue
+        result = _label_item(np.asarray(prob[index], dtype=np.float32), instance, class_axes,
+                             threshold, min_size)
+        if instance:
             result[result > 0] += next_id
             next_id = max(next_id, int(result.max()))
-        elif class_axes == 0:
-            result = remove_small((item > threshold).astype(np.int32), min_size, by_component=True)
-        else:
-            result = remove_small(item.argmax(axis=0).astype(np.int32), min_size,
-                                  by_component=True)
         labels[lead] = result
     return labels
+
+
+def _label_item(item: np.ndarray, instance: bool, class_axes: int, threshold: float,
+                min_size: int) -> np.ndarray:
+    """Labels of one slice, volume or band of probabilities (instance ids from 1)."""
+    if instance:
+        return instances_from_probabilities(item, threshold, min_size)
+    if class_axes == 0:
+        return remove_small((item > threshold).astype(np.int32), min_size, by_component=True)
+    return remove_small(item.argmax(axis=0).astype(np.int32), min_size, by_component=True)
+
+
+# --------------------------------------------------------------------------- bands of rows
+
+#: 2D planes with more pixels than this are labelled in bands (a 4096 x 4096 plane is not).
+BAND_MIN_PIXELS = 4096 * 4096
+#: Pixels of a band's core: rows per band = this // width.
+BAND_PIXELS = 1 << 22
+#: Rows of context above and below an instance band: objects up to this tall never see a seam.
+INSTANCE_HALO = 96
+
+
+def _band_plan(plane: tuple[int, ...], instance: bool, min_size: int,
+               band_rows: int | None) -> tuple[int, int] | None:
+    """``(rows per band, halo rows)`` for a big 2D plane, or None to label it whole.
+
+    The halo of a semantic band is ``min_size`` rows: a component with fewer pixels
+    spans fewer rows, and one that leaves the band plus halo has more pixels in
+    it, so small-object removal decides exactly as on the whole plane.
+    """
+    if len(plane) != 2:
+        return None  # a 3D model's volume is labelled whole (objects cross every plane)
+    height, width = plane
+    if band_rows is None and height * width <= BAND_MIN_PIXELS:
+        return None
+    halo = INSTANCE_HALO if instance else (min_size if min_size > 1 else 0)
+    rows = band_rows if band_rows is not None else max(BAND_PIXELS // width, 2 * halo, 16)
+    return (rows, halo) if rows < height else None
+
+
+def _label_in_bands(prob: Any, index: tuple, labels: Any, lead: tuple[int, ...],
+                    plan: tuple[int, int], instance: bool, class_axes: int, threshold: float,
+                    min_size: int, next_id: int) -> int:
+    """Label one 2D plane band by band; returns the last instance id used."""
+    rows, halo = plan
+    height = int(prob.shape[-2])
+    carry = np.zeros((0, int(prob.shape[-1])), np.int32)
+    writer = _RowWriter(labels, lead)
+    for start in range(0, height, rows):
+        stop = min(start + rows, height)
+        lo, hi = max(start - halo, 0), min(stop + halo, height)
+        band = np.asarray(prob[(*index, slice(lo, hi))], dtype=np.float32)
+        result = _label_item(band, instance, class_axes, threshold, min_size)
+        if instance:
+            block, carry, next_id = _keep_anchored(result, lo, start, stop, carry, next_id)
+        else:
+            block = result[start - lo: stop - lo]
+        writer.write(block, final=stop == height)
+    return next_id
+
+
+class _RowWriter:
+    """Writes a plane's rows in blocks that end on the target's chunk rows.
+
+    Why: bands of a few hundred rows written into a zarr array chunked 1024 rows
+    deep would read, decompress and rewrite every chunk several times. Rows wait
+    in one buffer of a chunk row's height plus a band (no copies to join them).
+    """
+
+    def __init__(self, target: Any, lead: tuple[int, ...]) -> None:
+        chunks = None if isinstance(target, np.ndarray) else getattr(target, "chunks", None)
+        self.step = int(chunks[-2]) if chunks and isinstance(chunks[-2], int) else 1
+        self.target, self.lead = target, lead
+        self.buffer: np.ndarray | None = None
+        self.held = 0  # rows waiting in the buffer
+        self.start = 0  # first row not yet written
+
+    def write(self, block: np.ndarray, final: bool = False) -> None:
+        if self.step == 1:
+            self.target[(*self.lead, slice(self.start, self.start + len(block)))] = block
+            self.start += len(block)
+            return
+        need = self.held + len(block)
+        if self.buffer is None or len(self.buffer) < need:
+            grown = np.empty((max(need, self.step + len(block)), *block.shape[1:]), block.dtype)
+            if self.buffer is not None:
+                grown[: self.held] = self.buffer[: self.held]
+            self.buffer = grown
+        self.buffer[self.held: need] = block
+        self.held = need
+        end = self.start + self.held
+        cut = end if final else end // self.step * self.step
+        if cut <= self.start:
+            return
+        done = cut - self.start
+        self.target[(*self.lead, slice(self.start, cut))] = self.buffer[:done]
+        self.buffer[: self.held - done] = self.buffer[done: self.held]
+        self.held -= done
+        self.start = cut
+
+
+def _keep_anchored(window: np.ndarray, lo: int, start: int, stop: int, carry: np.ndarray,
+                   next_id: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Stitch one instance band: each object belongs to the band that holds its top row.
+
+    ``window`` holds the instances of rows ``lo..`` (band core ``start..stop`` plus
+    halos). An object whose top row lies in the core is kept whole, also its rows
+    below the core (written into the next band through ``carry``); others belong
+    to the band above or below, which sees them with their context. Kept objects
+    get ids after ``next_id``, so ids stay unique across bands. Pixels already
+    claimed by the band above stay with it. Differences from labelling the whole
+    plane: only where the watershed of a window differs from the global one
+    (objects taller than the halo, or ties along a seam).
+    """
+    boxes = ndi.find_objects(window)
+    tops = np.array([box[0].start + lo if box is not None else -1 for box in boxes], np.int64)
+    kept = (tops >= start) & (tops < stop)
+    new_ids = np.zeros(len(boxes) + 1, np.int32)
+    new_ids[1:][kept] = next_id + np.arange(1, int(kept.sum()) + 1, dtype=np.int32)
+    mapped = new_ids[window[start - lo:]]  # rows start.. of the window, new ids or 0
+    mapped[: carry.shape[0]] = np.where(carry > 0, carry, mapped[: carry.shape[0]])
+    return mapped[: stop - start], mapped[stop - start:], next_id + int(kept.sum())

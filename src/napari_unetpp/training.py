@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -53,6 +54,7 @@ from .devices import autocast, autocast_dtype, resolve_device
 from .events import EtaClock, Event, Stopper
 from .losses import DeepSupervisionLoss
 from .model import UNetPlusPlus
+from .nonfinite import NonFiniteError, all_finite, non_finite_names
 from .pruning import depth_table, recommend_depth, score_tiles
 
 __all__ = ["TrainEvent", "TrainResult", "Trainer", "join_torchrun", "process_rank",
@@ -197,6 +199,9 @@ def prepare_data(
     first = data_mod.to_channels_first(images[0], data_config.channel_axis)
     _check_model_fits(model_config, data_config, labels + extra, first.shape[0])
     volumes = data_mod.prepare_volumes(images, labels, data_config, dims)
+    degenerate = data_mod.degenerate_labels(volumes)
+    if degenerate:
+        warnings.warn(degenerate, data_mod.DegenerateLabelsWarning, stacklevel=2)
     if val_images is not None:
         train, val = volumes, data_mod.prepare_volumes(val_images, val_labels, data_config, dims)
     else:
@@ -212,6 +217,8 @@ def prepare_data(
     tiles = _evenly(data_mod.validation_tiles(val, tile, dims), MAX_VALIDATION_TILES)
     description = {"train": [v.name + f" {v.spatial}" for v in train],
                    "validation": [v.name + f" {v.spatial}" for v in val]}
+    if degenerate:
+        description["degenerate_labels"] = degenerate  # saved with the checkpoint
     return _Data(sampler, tiles, data_config, description)
 
 
@@ -359,6 +366,8 @@ class Trainer:
             event = self._step_event(run, loss, heads)
             if new_heads and run.step == 1:
                 event.message += f" (new heads: {', '.join(new_heads)})"
+            if run.step == 1 and data.description.get("degenerate_labels"):
+                event.message += f" (warning: {data.description['degenerate_labels']})"
             yield event
             if self.stopper.stopped:
                 break
@@ -439,6 +448,7 @@ class Trainer:
         with autocast(run.device, tc.mixed_precision):
             logits = run.model(x_t)
         loss, heads = run.loss_fn({d: v.float() for d, v in logits.items()}, y_t)
+        _check_loss(loss, run.step + 1, lr)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
@@ -462,7 +472,9 @@ class Trainer:
         total = self.train_config.iterations
         yield TrainEvent(
             "validation", run.step, total,
-            f"val IoU {scores[best_depth]['iou']:.3f} at L{best_depth}", val_loss=val_loss,
+            f"val IoU {scores[best_depth]['iou']:.3f} at L{best_depth}"
+            + (" (meaningless: the labels hold one class only)"
+               if data.description.get("degenerate_labels") else ""), val_loss=val_loss,
             val_scores={d: s["iou"] for d, s in scores.items()},
             val_dice={d: s["dice"] for d, s in scores.items()}, best_depth=best_depth)
         improved = scores[best_depth]["iou"] > run.best_score
@@ -501,6 +513,7 @@ class Trainer:
         if metrics is None:
             metrics = {"depths": {str(d): dict(s) for d, s in (scores or {}).items()},
                        "score_name": "iou"}
+        _check_weights(net, name)
         path = save_checkpoint(self.output_dir / name, net, self._info(data, run, metrics),
                                extra=extra)
         return Path(path)
@@ -523,14 +536,41 @@ class Trainer:
         table = depth_table(best, run.best_scores or None, None, run.device)
         metrics = {"depths": {str(d): row for d, row in table.items()}, "score_name": "iou",
                    "best_depth": recommend_depth(table)}
+        if data.description.get("degenerate_labels"):
+            metrics["warning"] = data.description["degenerate_labels"]
         info = self._info(data, run, metrics, origin)
         checkpoint = None
         if self.output_dir is not None and process_rank() == 0:
+            _check_weights(best, "best")
             checkpoint = Path(save_checkpoint(self.output_dir / "best", best, info))
         return TrainResult(best.cpu(), info, checkpoint)
 
 
 # --------------------------------------------------------------------------- small helpers
+
+
+def _check_loss(loss: torch.Tensor, step: int, lr: float) -> None:
+    """Stop a diverged run before its NaN gradients reach the weights."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise NonFiniteError(
+            f"training diverged at step {step}: the loss is {value} (learning rate {lr:g}); "
+            "lower the learning rate (--lr, TrainConfig.learning_rate; 1e-3 is the usual) or "
+            "check the images for extreme values. Checkpoints saved before (best/, last/) "
+            "keep the last finite weights"
+        )
+
+
+def _check_weights(net: nn.Module, name: str) -> None:
+    """Never write NaN or infinite weights as ``best/`` or ``last/``."""
+    state = net.state_dict()
+    if not all_finite(state):
+        bad = non_finite_names(state)
+        raise NonFiniteError(
+            f"refusing to save {name}/: {len(bad)} weight tensor(s) are NaN or infinite "
+            f"(e.g. {bad[0]}): the run diverged; lower the learning rate and train again"
+        )
+
 
 
 def join_torchrun(device: str | torch.device = "auto") -> Callable[[], None]:

@@ -1,0 +1,193 @@
+"""Non-finite pixels, losses and weights never give silent NaN results (issue 18, item 3).
+
+Inference and training fill NaN/inf pixels with the image's finite median and say how
+many; more than half non-finite is refused; a diverged training stops with a one-line
+error and never saves NaN weights; labels of one class only are called meaningless.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from napari_unetpp.config import DataConfig, ModelConfig, PredictConfig, TrainConfig
+from napari_unetpp.data import DegenerateLabelsWarning, degenerate_labels, prepare_volumes
+from napari_unetpp.events import drive
+from napari_unetpp.inference import predict_array
+from napari_unetpp.model import UNetPlusPlus
+from napari_unetpp.nonfinite import (
+    NonFiniteError,
+    NonFiniteWarning,
+    all_finite,
+    count_non_finite,
+    non_finite_filler,
+)
+from napari_unetpp.training import Trainer
+
+TINY = ModelConfig(widths=(4, 8, 16), depth=2)
+
+
+def _em_crop(em_stack, size: int = 96) -> np.ndarray:
+    return em_stack[0][0, :size, :size].astype(np.float32)
+
+
+def _predict(image: np.ndarray) -> np.ndarray:
+    torch.manual_seed(0)
+    model = UNetPlusPlus.from_config(TINY).eval()
+    config = PredictConfig(tile_size=(64, 64), device="cpu")
+    result = predict_array(model, image, config, DataConfig())
+    return result[max(result)]
+
+
+def test_nan_patch_is_filled_with_a_count_and_the_output_stays_finite(em_stack):
+    image = _em_crop(em_stack)
+    clean = _predict(image)
+    image[40:50, 40:50] = np.nan
+    with pytest.warns(NonFiniteWarning, match=r"100 non-finite") as record:
+        prob = _predict(image)
+    print(record[0].message)
+    assert np.isfinite(prob).all()
+    changed = np.abs(prob - clean) > 1e-6
+    far = np.ones_like(changed)
+    far[20:70, 20:70] = False  # the filled patch only changes its own neighbourhood
+    print(f"pixels changed by the filled patch: {int(changed.sum())}")
+    assert not changed[far].any()
+
+
+def test_ten_percent_nan_and_inf_pixels_give_a_finite_output(em_stack):
+    image = _em_crop(em_stack)
+    rng = np.random.default_rng(0)
+    bad = rng.random(image.shape) < 0.1
+    image[bad] = np.nan
+    image[rng.random(image.shape) < 0.01] = np.inf
+    expected = int((~np.isfinite(image)).sum())
+    with pytest.warns(NonFiniteWarning, match=rf"{expected} non-finite"):
+        prob = _predict(image)
+    assert np.isfinite(prob).all()
+
+
+def test_more_than_half_non_finite_is_refused_with_the_count(em_stack):
+    image = _em_crop(em_stack)
+    image[:60] = np.nan  # 62.5 % of the rows
+    with pytest.raises(NonFiniteError, match=r"5760 non-finite .*62\.5 %"):
+        _predict(image)
+
+
+def test_integer_images_are_never_checked_and_lazy_images_are_counted_in_blocks(monkeypatch):
+    assert count_non_finite(np.zeros((5, 5), np.uint16)) == 0
+    image = np.ones((300, 40), np.float32)
+    image[::7, 3] = np.nan
+    lazy = da.from_array(image, chunks=(64, 40))
+    monkeypatch.setattr("napari_unetpp.nonfinite.COUNT_BLOCK_PIXELS", 1000)  # 25-row blocks
+    assert count_non_finite(lazy) == int(np.isnan(image).sum()) == 43
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tile = np.arange(6, dtype=np.float32)
+        assert non_finite_filler(tile)(tile) is tile  # clean: identity, no warning
+
+
+def test_training_on_an_image_with_nan_pixels_warns_and_keeps_weights_finite(em_stack, tmp_path):
+    image = em_stack[0][0, :96, :96].astype(np.float32)
+    labels = em_stack[1][0, :96, :96]
+    rng = np.random.default_rng(0)
+    image[rng.random(image.shape) < 0.001] = np.nan
+    config = TrainConfig(iterations=2, batch_size=2, patch_size=(32, 32), validate_every=2,
+                         validation_fraction=0.34, device="cpu", seed=0)
+    trainer = Trainer(TINY, config, DataConfig(), output_dir=tmp_path)
+    with pytest.warns(NonFiniteWarning, match="image 0 has"):
+        events: list = []
+        result = drive(trainer.run([image], [labels]), events.append)
+    losses = [e.loss for e in events if e.kind == "step"]
+    print("losses", losses)
+    assert all(np.isfinite(losses))
+    assert all_finite(result.model.state_dict())
+    assert all_finite(load_file(str(tmp_path / "best" / "weights.safetensors")))
+
+
+def _blobs() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    rng = np.random.default_rng(0)
+    labels = np.zeros((48, 48), np.uint8)
+    labels[10:30, 12:28] = 1
+    image = (labels * 0.6 + rng.normal(0.2, 0.1, labels.shape)).astype(np.float32)
+    return [image, image[::-1].copy()], [labels, labels[::-1].copy()]
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_saves_no_nan(tmp_path: Path):
+    images, labels = _blobs()
+    with pytest.raises(ValueError, match=r"diverged|learning_rate") as info:
+        config = TrainConfig(iterations=8, batch_size=2, patch_size=(32, 32), validate_every=1,
+                             validation_fraction=0.5, device="cpu", seed=0,
+                             learning_rate=1e30)
+        drive(Trainer(TINY, config, DataConfig(), output_dir=tmp_path).run(images, labels))
+    print(info.value)
+    for weights in tmp_path.glob("*/weights.safetensors"):
+        assert all_finite(load_file(str(weights))), weights
+
+
+def test_nan_weights_are_never_saved(tmp_path: Path):
+    images, labels = _blobs()
+    net = UNetPlusPlus.from_config(TINY)
+    with torch.no_grad():
+        next(net.parameters()).fill_(float("nan"))
+    assert not all_finite(net.state_dict())
+    config = TrainConfig(iterations=2, batch_size=2, patch_size=(32, 32), validate_every=1,
+                         validation_fraction=0.5, device="cpu", seed=0)
+    trainer = Trainer(TINY, config, DataConfig(), output_dir=tmp_path, initial=net)
+    with pytest.raises(NonFiniteError, match=r"diverged at step 1: the loss is nan"):
+        drive(trainer.run(images, labels))
+    assert not list(tmp_path.glob("*/weights.safetensors"))
+
+
+def test_all_one_dense_labels_warn_and_the_score_is_called_meaningless():
+    images, labels = _blobs()
+    ones = [np.ones_like(lab) for lab in labels]
+    config = TrainConfig(iterations=2, batch_size=2, patch_size=(32, 32), validate_every=2,
+                         validation_fraction=0.5, device="cpu", seed=0)
+    with pytest.warns(DegenerateLabelsWarning, match="no background"):
+        events: list = []
+        result = drive(Trainer(TINY, config, DataConfig()).run(images, ones), events.append)
+    validation = [e.message for e in events if e.kind == "validation"]
+    print(validation)
+    assert validation and all("meaningless" in m for m in validation)
+    assert "no background" in result.info.metrics["warning"]
+    # real two-class labels are not degenerate
+    assert degenerate_labels(prepare_volumes(images, labels, DataConfig(class_values=(1,)))) is None
+
+
+def test_cli_fills_a_nan_patch_and_refuses_a_diverging_run(em_stack, tmp_path: Path, capsys):
+    import tifffile
+
+    from napari_unetpp.cli import main
+
+    image = _em_crop(em_stack, 128)
+    image[40:50, 40:50] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", image)
+    tifffile.imwrite(tmp_path / "truth.tif", em_stack[1][0, :128, :128])
+    train = ["train", "--images", str(tmp_path / "nan.tif"), "--labels",
+             str(tmp_path / "truth.tif"), "--iterations", "4", "--batch-size", "2",
+             "--patch", "32", "32", "--widths", "4", "8", "--depth", "1", "--device", "cpu",
+             "--quiet"]
+    with pytest.warns(NonFiniteWarning, match="100 non-finite"):
+        assert main([*train, "--out", str(tmp_path / "run")]) == 0
+    with pytest.warns(NonFiniteWarning, match="100 non-finite"):
+        code = main(["predict", str(tmp_path / "run" / "best"), str(tmp_path / "nan.tif"),
+                     "--out", str(tmp_path / "pred"), "--device", "cpu", "--quiet",
+                     "--probabilities"])
+    assert code == 0
+    probabilities = [tifffile.imread(p) for p in (tmp_path / "pred").glob("*_L*.tif")]
+    assert probabilities and all(np.isfinite(p).all() for p in probabilities)
+    capsys.readouterr()
+    with warnings.catch_warnings():  # refused by bounds before reading, or diverges after
+        warnings.simplefilter("ignore", NonFiniteWarning)
+        code = main([*train, "--out", str(tmp_path / "diverged"), "--lr", "1e30"])
+    error = capsys.readouterr().err.strip()
+    print(error)
+    assert code != 0 and ("diverged" in error or "lr" in error) and "Traceback" not in error
+    for weights in tmp_path.glob("diverged/*/weights.safetensors"):
+        assert all_finite(load_file(str(weights)))
