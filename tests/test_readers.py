@@ -242,3 +242,72 @@ def test_missing_optional_package_says_how_to_install(monkeypatch: pytest.Monkey
     monkeypatch.setitem(sys.modules, "nibabel", None)
     with pytest.raises(ImportError, match=r"napari-unetpp\[medical\]"):
         readers.read_image(tmp_path / "a.nii")
+
+
+# --------------------------------------------------------------------------- CLI path
+
+
+def test_files_reads_medical_with_size(ct_zyx: tuple[np.ndarray, np.ndarray],
+                                       tmp_path: Path, data_dir: Path) -> None:
+    from napari_unetpp import files
+
+    ct, _ = ct_zyx
+    write_dicom_series(tmp_path / "series", ct, (0.75, 0.6), 2.5)
+    nibabel.save(nibabel.Nifti1Image(ras_from_zyx(ct), np.diag([0.8, 0.7, 3.0, 1.0])),
+                 str(tmp_path / "scan.nii.gz"))
+    found = files.collect_files([tmp_path], "image")
+    assert found == [tmp_path / "scan.nii.gz", tmp_path / "series"]  # a series is one image
+    assert [files.stem(p) for p in found] == ["scan", "series"]
+    array, size, unit = files.read_image_with_size(found[0])
+    np.testing.assert_array_equal(array, ct)
+    assert size == pytest.approx((3.0, 0.7, 0.8)) and unit == "mm"
+    np.testing.assert_array_equal(files.read_array(found[1]), ct)
+    array, size, unit = files.read_image_with_size(data_dir / "ct_totalseg" / "ct.tif",
+                                                   lazy=True)
+    assert array.shape == (30, 101, 122) and size == (3.0, 3.0, 3.0) and unit is None
+    array, size, unit = files.read_image_with_size(data_dir / "em_isbi2012" / "image.tif")
+    assert size is None and unit is None
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
+    with pytest.raises(files.UserError, match="broken.nii.gz"):
+        files.read_array(tmp_path / "broken.nii.gz")
+
+
+# --------------------------------------------------------------------------- napari reader
+
+
+def test_napari_reader_gives_scale_units_and_metadata(ct_zyx: tuple[np.ndarray, np.ndarray],
+                                                      tmp_path: Path) -> None:
+    from napari_unetpp._reader import get_image_reader, get_reader
+
+    ct, _ = ct_zyx
+    path = tmp_path / "scan.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(ras_from_zyx(ct), np.diag([0.8, 0.7, 3.0, 1.0])), str(path))
+    assert get_reader(str(path)) is None  # the model reader leaves images alone
+    ((data, kwargs, kind),) = get_image_reader(str(path))(str(path))
+    assert kind == "image" and kwargs["name"] == "scan"
+    np.testing.assert_array_equal(data, ct)
+    assert kwargs["scale"] == pytest.approx((3.0, 0.7, 0.8))
+    assert kwargs["metadata"]["unit"] == "mm"
+    assert kwargs["metadata"]["pixel_size"] == pytest.approx((3.0, 0.7, 0.8))
+    assert kwargs["contrast_limits"] == (-160.0, 240.0)
+    ome = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(ome, np.zeros((2, 8, 9), np.uint16), ome=True,
+                     metadata={"axes": "CYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2})
+    ((_, kwargs, _),) = get_image_reader(str(ome))(str(ome))
+    assert kwargs["channel_axis"] == 0 and kwargs["scale"] == pytest.approx((0.2, 0.2))
+    assert kwargs["metadata"]["unit"] == "um" and kwargs["name"] == "cells"
+    assert get_image_reader(str(tmp_path / "notes.txt")) is None
+
+
+@pytest.mark.gui
+def test_napari_opens_dicom_folder_with_scale(make_napari_viewer,
+                                              ct_zyx: tuple[np.ndarray, np.ndarray],
+                                              tmp_path: Path) -> None:
+    ct, _ = ct_zyx
+    write_dicom_series(tmp_path / "series", ct, (0.75, 0.6), 2.5)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(tmp_path / "series"), plugin="napari-unetpp")
+    np.testing.assert_allclose(layer.scale, (2.5, 0.75, 0.6))
+    np.testing.assert_array_equal(layer.data, ct)
+    assert layer.metadata["unit"] == "mm"
+    assert [str(u) for u in layer.units] == ["millimeter"] * 3

@@ -37,6 +37,7 @@ import numpy as np
 __all__ = [
     "ImageData",
     "MEDICAL_SUFFIXES",
+    "TIFF_SUFFIXES",
     "is_dicom",
     "is_medical",
     "is_nifti",
@@ -44,6 +45,7 @@ __all__ = [
     "read_image",
     "read_nifti",
     "read_tiff",
+    "array_axes",
     "reorient_to_zyx",
     "tiff_spacing",
 ]
@@ -200,8 +202,13 @@ def read_nifti(path: str | Path) -> ImageData:
     except ImportError as exc:
         raise ImportError(_MISSING.format(what="NIfTI", package="nibabel")) from exc
     path = Path(path)
-    image = nibabel.load(str(path))
-    data = np.asanyarray(image.dataobj)
+    try:
+        image = nibabel.load(str(path))
+        data = np.asanyarray(image.dataobj)
+    except (nibabel.filebasedimages.ImageFileError, EOFError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: not a readable NIfTI file ({exc})") from exc
     if data.dtype.kind == "f" and data.size and np.all(np.mod(data, 1) == 0) and (
             data.min() >= -32768 and data.max() <= 32767):
         data = data.astype(np.int16)  # scaled integers (HU) stay compact
@@ -494,7 +501,7 @@ def read_tiff(path: str | Path) -> ImageData:
     path = Path(path)
     axes, sizes, unit, kind = tiff_spacing(path)
     array = tifffile.imread(str(path))
-    axes = _fit_axes(axes, array.ndim)
+    axes = array_axes(axes, array.ndim)
     scale = tuple(float(sizes.get(a, 1.0)) for a in axes)
     spatial = {a for a in axes if a in "ZYX"}
     metadata = {"has_spacing": bool(sizes) and spatial <= set(sizes), "spacing": sizes,
@@ -502,7 +509,7 @@ def read_tiff(path: str | Path) -> ImageData:
     return ImageData(array, axes, scale, unit, kind, metadata)
 
 
-def _fit_axes(axes: str, ndim: int) -> str:
+def array_axes(axes: str, ndim: int) -> str:
     """tifffile's series axes for the array it returned (``Q``/``I`` stand for Z of a stack)."""
     axes = re.sub("[QI]", "Z", axes)
     if len(axes) != ndim:
