@@ -8,10 +8,11 @@ engine's :mod:`napari_unetpp.readers` (napari's builtin TIFF reader drops the
 resolution tags). Medical volumes come out in the shipped CT model's orientation.
 
 Models (:func:`get_reader`): a model is not image data, so this reader adds no
-layer: it registers the model for the predict widget, docks that widget with the model selected, and returns
-npe2's null-layer sentinel ``[(None,)]``, the documented value for "this reader
-handled the path but has no layer data" (napari's own ``.py`` reader does the
-same). Returning ``[]`` would instead make napari report "returned no data".
+layer: it registers the model for the predict widget, docks that widget with the
+model selected, and returns npe2's null-layer sentinel ``[(None,)]``, the
+documented value for "this reader handled the path but has no layer data"
+(napari's own ``.py`` reader does the same). Returning ``[]`` would instead make
+napari report "returned no data".
 
 ``get_reader`` must be cheap and must not import torch: napari calls it for every
 dropped folder and ``.zip``. It only reads ``config.json`` and checks the format
