@@ -117,3 +117,31 @@ def test_training_runs_with_transfer_augmentation() -> None:
     trainer = Trainer(ModelConfig(widths=(4, 8, 16), depth=2), train, DataConfig())
     result = drive(trainer.run([volumes_image], [labels]))
     assert result.info.train.augment_scale == (0.5, 2.0)
+
+
+def test_zoo_specs_use_transfer_augmentation_and_an_honest_ct_split(
+        data_dir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CT trains on the whole scan but never on the held-back test block or its neighbours."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_zoo.py"
+    spec = importlib.util.spec_from_file_location("_script_train_zoo_aug", path)
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(script, "DATA", data_dir)
+    for zoo_spec in script.specs().values():
+        config = TrainConfig(**zoo_spec.train_config)
+        assert config.augment_scale == (0.5, 2.0) and config.augment_gamma > 0, zoo_spec.name
+    images, labels, val_images, val_labels = script._ct_train()
+    assert [len(i) for i in images] == [79, 20] and len(val_images[0]) == 4
+    full, _ = script.load_ct_full()
+    test = [z for z in range(112) if any(np.array_equal(full[z], t) for t, _ in script._ct_test())]
+    used = [z for z in range(112)
+            if any(np.array_equal(full[z], s) for stack in images + val_images for s in stack)]
+    print(f"CT test slices {test}, nearest training/validation slices "
+          f"{max(z for z in used if z < test[0])} and {min(z for z in used if z > test[-1])}")
+    assert test == list(range(82, 88)) and not set(test) & set(used)
+    assert sum((lab > 0).any() for stack in labels for lab in stack) >= 30  # organ slices
