@@ -203,7 +203,7 @@ def read_nifti(path: str | Path) -> ImageData:
         raise ImportError(_MISSING.format(what="NIfTI", package="nibabel")) from exc
     path = Path(path)
     try:
-        image = nibabel.load(str(path))
+        image: Any = nibabel.load(str(path))
         data = np.asanyarray(image.dataobj)
     except (nibabel.filebasedimages.ImageFileError, EOFError, OSError) as exc:
         if isinstance(exc, FileNotFoundError):
@@ -301,9 +301,9 @@ def read_dicom(path: str | Path) -> ImageData:
 
     chosen = sorted(chosen, key=lambda item: position(item[1]))
     positions = np.array([position(ds) for _, ds in chosen])
-    pixel_spacing = getattr(first, "PixelSpacing", None)
+    pixel_spacing: Any = getattr(first, "PixelSpacing", None)
     has_spacing = pixel_spacing is not None
-    dy, dx = (float(v) for v in pixel_spacing) if has_spacing else (1.0, 1.0)
+    dy, dx = (float(pixel_spacing[0]), float(pixel_spacing[1])) if has_spacing else (1.0, 1.0)
     if len(chosen) > 1:
         gaps = np.diff(positions)
         dz = float(np.median(gaps))
@@ -334,8 +334,8 @@ def read_dicom(path: str | Path) -> ImageData:
     if len(chosen) == 1:  # one slice: drop the length-1 axis the slice normal went to
         gone = order.index(0)
         array = array.reshape(tuple(n for i, n in enumerate(array.shape) if i != gone))
-        size = tuple(v for i, v in enumerate(size) if i != gone)
-        return ImageData(array, "YX", size, unit, "dicom", metadata)
+        in_plane = tuple(v for i, v in enumerate(size) if i != gone)
+        return ImageData(array, "YX", in_plane, unit, "dicom", metadata)
     return ImageData(array, "ZYX", size, unit, "dicom", metadata)
 
 
@@ -392,17 +392,17 @@ def _ome_sizes(xml: str) -> tuple[dict[str, float], str | None]:
         value = pixels.get(f"PhysicalSize{axis}")
         if value is None:
             continue
-        unit = _unit(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
-        if unit is None:
+        known = _unit(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
+        if known is None:
             continue
         sizes[axis] = float(value)
-        units.append(unit)
+        units.append(known)
     if not sizes:
         return {}, None
     target = units[0][0]
     factors = {"nm": 1e-3, "um": 1.0, "mm": 1e3}
-    for axis, (unit, factor) in zip(list(sizes), units, strict=True):
-        sizes[axis] *= factor * factors[unit] / factors[target]
+    for axis, (name, factor) in zip(list(sizes), units, strict=True):
+        sizes[axis] *= factor * factors[name] / factors[target]
     return sizes, target
 
 
@@ -429,7 +429,7 @@ def tiff_spacing(path: str | Path) -> tuple[str, dict[str, float], str | None, s
     with tifffile.TiffFile(str(path)) as tif:
         series = tif.series[0]
         axes = series.axes
-        page = tif.pages[0]
+        page: Any = tif.pages[0]
         if tif.is_ome and tif.ome_metadata:
             sizes, unit = _ome_sizes(tif.ome_metadata)
             if sizes:
@@ -437,25 +437,25 @@ def tiff_spacing(path: str | Path) -> tuple[str, dict[str, float], str | None, s
         x_res, y_res = _resolution(page, "XResolution"), _resolution(page, "YResolution")
         imagej = tif.imagej_metadata
         if imagej:
-            unit = _unit(imagej.get("unit"))
+            ij_unit = _unit(imagej.get("unit"))
             sizes = {}
-            if unit is not None:
+            if ij_unit is not None:
                 if x_res:
-                    sizes["X"] = unit[1] / x_res
+                    sizes["X"] = ij_unit[1] / x_res
                 if y_res:
-                    sizes["Y"] = unit[1] / y_res
+                    sizes["Y"] = ij_unit[1] / y_res
                 if imagej.get("spacing"):
-                    sizes["Z"] = unit[1] * float(imagej["spacing"])
+                    sizes["Z"] = ij_unit[1] * float(imagej["spacing"])
                 if sizes:
-                    return axes, sizes, unit[0], "imagej"
+                    return axes, sizes, ij_unit[0], "imagej"
         shaped = _shaped_description(page)
         if shaped.get("spacing") is not None:
             sizes = _shaped_sizes(axes, shaped, x_res, y_res)
             if sizes:
-                unit = _unit(shaped.get("unit"))
-                factor = unit[1] if unit else 1.0
+                json_unit = _unit(shaped.get("unit"))
+                factor = json_unit[1] if json_unit else 1.0
                 sizes = {a: v * factor for a, v in sizes.items()}
-                return axes, sizes, unit[0] if unit else None, "tifffile"
+                return axes, sizes, json_unit[0] if json_unit else None, "tifffile"
         res_unit = page.tags.get("ResolutionUnit")
         if res_unit is not None and int(res_unit.value) == 3 and x_res and y_res:
             return axes, {"X": 10.0 / x_res, "Y": 10.0 / y_res}, "mm", "tiff"
