@@ -92,10 +92,35 @@ def load_em() -> tuple[np.ndarray, np.ndarray]:
     return tifffile.imread(folder / "image.tif"), tifffile.imread(folder / "membranes.tif")
 
 
+#: ``ct.tif`` is slices 82-111 of ``ct_full.tif`` (the data README): the held-back test and
+#: validation blocks (``zoo.CT_TEST_SLICES`` / ``CT_VAL_SLICES``, indices into ``ct.tif``)
+#: are full-scan slices 82-87 and 88-91.
+CT_FULL_OFFSET = 82
+#: Full-scan slices left out of training right below the test block (3 slices = 9 mm), so
+#: no training slice is a direct neighbour of a test slice.
+CT_GAP = 3
+#: Transfer augmentation (issue 14): other object sizes, contrasts, blur and noise.
+TRANSFER_AUGMENTATION = dict(augment_scale=(0.5, 2.0), augment_gamma=0.4, augment_blur=0.2,
+                             augment_noise=0.05)
+
+
 def load_ct() -> tuple[np.ndarray, np.ndarray]:
-    """CT volume (Z, Y, X) int16 HU and TotalSegmentator organ ids."""
+    """CT volume (Z, Y, X) int16 HU and TotalSegmentator organ ids (the 30 held-back slices)."""
     folder = DATA / "ct_totalseg"
     return tifffile.imread(folder / "ct.tif"), tifffile.imread(folder / "organs.tif")
+
+
+def load_ct_full() -> tuple[np.ndarray, np.ndarray]:
+    """The whole scan (112 slices, Z, Y, X) and its organ ids (TotalSegmentator v1 ids; the
+    five organs trained have the same ids as ``classes.json``)."""
+    folder = DATA / "ct_totalseg"
+    return tifffile.imread(folder / "ct_full.tif"), tifffile.imread(folder / "organs_full.tif")
+
+
+def ct_train_slices() -> tuple[range, range]:
+    """Full-scan training slices: below the test block (minus a gap) and above validation."""
+    (t0, _), (_, v1) = zoo.CT_TEST_SLICES, zoo.CT_VAL_SLICES
+    return range(0, CT_FULL_OFFSET + t0 - CT_GAP), range(CT_FULL_OFFSET + v1, 112)
 
 
 def to_gray_uint8(image: np.ndarray) -> np.ndarray:
@@ -303,11 +328,27 @@ def _ct_labels(organs: np.ndarray) -> np.ndarray:
     return out
 
 
+def _ct_full(block: tuple[int, int]) -> range:
+    """A ``ct.tif`` slice block as full-scan slices."""
+    return range(CT_FULL_OFFSET + block[0], CT_FULL_OFFSET + block[1])
+
+
+def _ct_span(slices: range) -> str:
+    return f"{slices.start}-{slices.stop - 1}"
+
+
 def _ct_train() -> tuple[list, list, list, list]:
-    ct, organs = load_ct()
+    """Train on the whole scan except the held-back blocks; validate on ``CT_VAL_SLICES``."""
+    full, organs = load_ct_full()
     labels = _ct_labels(organs)
-    (v0, v1) = zoo.CT_VAL_SLICES
-    return [ct[v1:]], [labels[v1:]], [ct[v0:v1]], [labels[v0:v1]]
+    if full.shape[0] != 112 or not np.array_equal(full[CT_FULL_OFFSET:], load_ct()[0]):
+        raise SystemExit("ct_full.tif does not hold ct.tif at slices 82-111; check the data")
+    below, above = ct_train_slices()
+    val = _ct_full(zoo.CT_VAL_SLICES)
+    val = slice(val.start, val.stop)
+    return ([full[below.start:below.stop], full[above.start:above.stop]],
+            [labels[below.start:below.stop], labels[above.start:above.stop]],
+            [full[val]], [labels[val]])
 
 
 def _ct_test() -> list[Pair]:
@@ -340,7 +381,8 @@ def specs() -> dict[str, ZooSpec]:
                                                class_names=("membrane",)),
             data_config=DataConfig(class_values=(1,)),
             train_config=dict(iterations=1500, batch_size=4, patch_size=(128, 128),
-                              validate_every=100, foreground_fraction=0.5),
+                              validate_every=100, foreground_fraction=0.5,
+                              **TRANSFER_AUGMENTATION),
             train_data=_em_train, test_data=_em_test, score=_em_score, score_name="iou",
             columns=["iou", "dice", "interior_iou"],
             targets={"iou": 0.70, "interior_iou": 0.90},
@@ -375,7 +417,7 @@ def specs() -> dict[str, ZooSpec]:
             data_config=DataConfig(target="instance", boundary_width=1),
             train_config=dict(iterations=2000, batch_size=4, patch_size=(128, 128),
                               validate_every=100, validation_fraction=0.1,
-                              foreground_fraction=0.7),
+                              foreground_fraction=0.7, **TRANSFER_AUGMENTATION),
             train_data=_nuclei_train, test_data=_nuclei_test, score=_nuclei_score,
             score_name="ap50", columns=["ap50", "iou", "dice"], targets={"iou": 0.90},
             baseline_images=120,
@@ -408,7 +450,8 @@ def specs() -> dict[str, ZooSpec]:
             data_config=DataConfig(normalization=NormalizationConfig.ct_window(),
                                    class_values=tuple(range(1, len(zoo.CT_ORGANS) + 1))),
             train_config=dict(iterations=1500, batch_size=4, patch_size=(96, 96),
-                              validate_every=100, foreground_fraction=0.8),
+                              validate_every=100, foreground_fraction=0.8,
+                              **TRANSFER_AUGMENTATION),
             train_data=_ct_train, test_data=_ct_test, score=_ct_score, score_name="dice",
             columns=["dice", "iou"] + [f"dice_{o}" for o, _ in zoo.CT_ORGANS],
             targets={"dice_liver": 0.90},
@@ -416,13 +459,19 @@ def specs() -> dict[str, ZooSpec]:
                 input="one channel, CT in Hounsfield units, window W400 L40 "
                       "(NormalizationConfig.ct_window()), axial slices (2D, slice by slice), "
                       "trained at 3 mm",
-                data="one abdominal CT at 3 mm (30 x 101 x 122) from the TotalSegmentator "
-                     "test files, labels = TotalSegmentator output for liver, spleen, kidneys, "
-                     f"stomach (other structures = background); slices {zoo.CT_VAL_SLICES[1]}"
-                     f"-29 for training, {zoo.CT_VAL_SLICES[0]}-{zoo.CT_VAL_SLICES[1] - 1} "
-                     "for model selection",
-                split=f"slices {zoo.CT_TEST_SLICES[0]}-{zoo.CT_TEST_SLICES[1] - 1} of the same "
-                      "volume (a block); score = mean Dice over the five organs",
+                data="one whole abdominal CT at 3 mm (112 x 101 x 122, ct_full.tif) from the "
+                     "TotalSegmentator test files, labels = TotalSegmentator output for liver, "
+                     "spleen, kidneys, stomach (other structures = background; the organs lie "
+                     f"in slices 66-111); slices {_ct_span(ct_train_slices()[0])} and "
+                     f"{_ct_span(ct_train_slices()[1])} for training (slices below 66 teach "
+                     "what is not an organ), "
+                     f"{_ct_span(_ct_full(zoo.CT_VAL_SLICES))} for model selection; "
+                     "augmentation: random scale 0.5-2x, gamma, blur, noise",
+                split=f"slices {_ct_span(_ct_full(zoo.CT_TEST_SLICES))} of the same scan "
+                      f"(= ct.tif slices {zoo.CT_TEST_SLICES[0]}-{zoo.CT_TEST_SLICES[1] - 1}; a "
+                      f"block with {CT_GAP} slices left out below it and the validation block "
+                      "above it); score = "
+                      "mean Dice over the five organs",
                 licence="Apache-2.0 (TotalSegmentator repository data and labels)",
                 citation=f"{CT_CITATION}. Architecture: {UNETPP_CITATION}",
                 limitations="trained on ONE patient at 3 mm: a demonstration and a starting "
@@ -658,6 +707,21 @@ def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
         raise SystemExit(f"{spec.name}: stopped before the end; rerun with --resume")
 
 
+def _augmentation_text(config: TrainConfig) -> str:
+    """The card's words for the augmentation a run used."""
+    parts = ["flips/rot90", f"contrast {config.augment_contrast:g}",
+             f"brightness {config.augment_brightness:g}"]
+    low, high = config.augment_scale
+    if (low, high) != (1.0, 1.0):
+        parts.insert(1, f"random scale {low:g}-{high:g}x")
+    parts += [f"{name} {value:g}" for name, value in (
+        ("gamma", config.augment_gamma), ("blur p", config.augment_blur),
+        ("noise sd", config.augment_noise)) if value]
+    if config.elastic:
+        parts.append("elastic")
+    return "augmentation: " + ", ".join(parts)
+
+
 def _best_row(spec: ZooSpec, table: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The per-depth row with the best ``score_name`` (where the targets are judged)."""
     return max(table.values(), key=lambda row: row[spec.score_name])
@@ -733,7 +797,7 @@ def ship(spec: ZooSpec, args: argparse.Namespace) -> Path:
         training=(f"from scratch, seed {SEED}, {train_config.iterations} iterations{staged}{cut}, "
                   f"batch {train_config.batch_size}, patches {list(train_config.patch_size)}, "
                   f"AdamW lr {train_config.learning_rate} (poly decay), CE/BCE + Dice on every "
-                  f"head (deep supervision), flips/rot90/intensity augmentation; widths "
+                  f"head (deep supervision), {_augmentation_text(train_config)}; widths "
                   f"{list(widths)} ({width_note}); best of the validation checks at step "
                   f"{trained.provenance.get('best_step')}; reproduce with `{reproduce}`"),
         hardware=state.get("hardware") or _hardware(state.get("device", "cpu")),

@@ -1,10 +1,18 @@
-"""Open a saved UNet++ model (folder or .zip) by dropping it onto napari.
+"""napari readers: saved UNet++ models, and images that keep their pixel size.
 
-A model is not image data, so this reader adds no layer: it registers the model
-for the predict widget, docks that widget with the model selected, and returns
-npe2's null-layer sentinel ``[(None,)]``, the documented value for "this reader
-handled the path but has no layer data" (napari's own ``.py`` reader does the
-same). Returning ``[]`` would instead make napari report "returned no data".
+Images (:func:`get_image_reader`): NIfTI, DICOM series folders / files and TIFF
+/ OME-TIFF open as an Image layer whose ``scale`` is the physical pixel size (mm
+for CT, um or nm for microscopy) and whose ``metadata`` holds ``pixel_size``
+(spatial axes), ``unit``, ``axes`` and the file's own spacing, read by the
+engine's :mod:`napari_unetpp.readers` (napari's builtin TIFF reader drops the
+resolution tags). Medical volumes come out in the shipped CT model's orientation.
+
+Models (:func:`get_reader`): a model is not image data, so this reader adds no
+layer: it registers the model for the predict widget, docks that widget with the
+model selected, and returns npe2's null-layer sentinel ``[(None,)]``, the
+documented value for "this reader handled the path but has no layer data"
+(napari's own ``.py`` reader does the same). Returning ``[]`` would instead make
+napari report "returned no data".
 
 ``get_reader`` must be cheap and must not import torch: napari calls it for every
 dropped folder and ``.zip``. It only reads ``config.json`` and checks the format
@@ -20,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["get_reader", "find_checkpoint", "PREDICT_WIDGET"]
+__all__ = ["get_reader", "get_image_reader", "open_image", "find_checkpoint", "PREDICT_WIDGET"]
 
 #: ``checkpoint.FORMAT`` (kept here as a string so that probing a path never imports torch).
 FORMAT_MARKER = "napari-unetpp-checkpoint"
@@ -124,3 +132,73 @@ def open_model(checkpoint: Path, viewer: Any = None) -> list[LayerData]:
                 getattr(widget, method)(argument)
                 break
     return [(None,)]
+
+
+# --------------------------------------------------------------------------- images
+
+#: A CT soft-tissue window (W400 L40) as the first contrast of a volume in Hounsfield units.
+CT_CONTRAST = (-160.0, 240.0)
+
+
+def get_image_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerData]] | None:
+    """npe2 reader hook: NIfTI, DICOM (file or series folder) and TIFF with their pixel size.
+
+    Cheap: decides from the name and, for a folder, the first bytes of a few files.
+    A saved model folder is left to :func:`get_reader`.
+    """
+    from .readers import TIFF_SUFFIXES, is_medical
+
+    if not isinstance(path, (str, os.PathLike)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    path = Path(path)
+    if path.is_dir() and find_checkpoint(path) is not None:
+        return None
+    if is_medical(path) or (path.is_file() and path.suffix.lower() in TIFF_SUFFIXES):
+        return lambda _path: open_image(path)
+    return None
+
+
+def open_image(path: str | os.PathLike[str]) -> list[LayerData]:
+    """One Image layer: ``scale`` from the file, ``metadata`` with pixel size and unit."""
+    from . import readers
+
+    path = Path(path)
+    image = readers.read_image(path)
+    axes, scale = image.axes, list(image.scale)
+    kwargs: dict[str, Any] = {}
+    if axes.endswith("S") and image.array.shape[-1] in (3, 4):  # RGB(A) samples
+        kwargs["rgb"] = True
+        axes, scale = axes[:-1], scale[:-1]
+    elif "C" in axes:  # one layer per channel, each with the spatial scale
+        kwargs["channel_axis"] = axes.index("C")
+        del scale[axes.index("C")]
+        axes = axes.replace("C", "")
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".ome.tiff", ".ome.tif", ".tiff", ".tif", ".dcm"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    kwargs.update(name=name, scale=tuple(scale), metadata={
+        "pixel_size": image.pixel_size, "unit": image.unit, "axes": axes,
+        "source": image.source, "path": str(path), "reader": dict(image.metadata)})
+    if image.unit is not None and _layer_takes_units():
+        kwargs["units"] = tuple(_napari_unit(image.unit) if a in "ZYX" else "pixel"
+                                for a in axes)
+    if image.source in ("nifti", "dicom") and image.array.size and image.array.min() < -500:
+        kwargs["contrast_limits"] = CT_CONTRAST  # Hounsfield units: show soft tissue
+    return [(image.array, kwargs, "image")]
+
+
+def _napari_unit(unit: str) -> str:
+    return {"um": "micrometer", "nm": "nanometer", "mm": "millimeter"}.get(unit, unit)
+
+
+def _layer_takes_units() -> bool:
+    """napari >= 0.6 layers have ``units`` (the scale bar shows them); older ones do not."""
+    import inspect
+
+    from napari.layers import Image
+
+    return "units" in inspect.signature(Image.__init__).parameters

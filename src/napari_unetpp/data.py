@@ -27,10 +27,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from .augmentation import AugmentOptions, augment, draw_scale, elastic_deform, zoom_patch
 from .config import IGNORE_INDEX, DataConfig, LabelMode, NormalizationConfig
 from .nonfinite import fill_image
 
 __all__ = [
+    "AugmentOptions",
     "DegenerateLabelsWarning",
     "Volume",
     "PatchSampler",
@@ -136,7 +138,51 @@ def intensity_range(image: ArrayLike, config: NormalizationConfig) -> tuple[floa
     if sample.size == 0:
         raise ValueError("image has no finite values to normalise; check the input data")
     low, high = np.percentile(sample, [config.low, config.high])
+    thinned = _with_min_foreground(sample, config.min_foreground, (low, high))
+    if thinned is not None:
+        low, high = np.percentile(thinned, [config.low, config.high])
     return float(low), float(high)
+
+
+#: A pixel stands out from the background when it is this many robust standard deviations
+#: (1.4826 x the median absolute deviation) away from the median.
+OBJECT_SIGMAS = 5.0
+
+
+def _with_min_foreground(
+    sample: np.ndarray, fraction: float, plain: tuple[float, float]
+) -> np.ndarray | None:
+    """``sample`` with background values thinned until the objects are ``fraction`` of it,
+    or None when the ``plain`` percentiles already reach the objects.
+
+    Why: in a mostly empty field (a few nuclei in a big frame, or a dim image
+    padded with zeros) the 99.8th percentile is background, so the scale blows up
+    (a constant field: x 1e8) or dim objects end up far from the 0..1 the model
+    was trained on. Objects are the pixels more than :data:`OBJECT_SIGMAS` robust
+    standard deviations (and, for integer data, more than one grey level) from
+    the median, bright or dark. Only when they are rarer than ``fraction`` *and*
+    the percentile on their side (high for bright objects, low for dark ones)
+    stays inside the background band is anything changed: typical images, and
+    noise with a long tail, keep plain percentiles.
+    """
+    if fraction <= 0 or sample.size < 64:
+        return None
+    centre = float(np.median(sample))
+    distance = sample - centre
+    spread = 1.4826 * float(np.median(np.abs(distance)))
+    integral = bool(np.all(sample == np.round(sample)))
+    margin = max(OBJECT_SIGMAS * spread, 1.0 if integral else 0.0)
+    bright, dark = distance > margin, distance < -margin
+    misses = (bright.any() and plain[1] <= centre + margin) or (
+        dark.any() and plain[0] >= centre - margin)
+    objects = bright | dark
+    count = int(objects.sum())
+    if not misses or count >= fraction * sample.size:
+        return None
+    background = sample[~objects]
+    keep = max(int(count * (1 - fraction) / fraction), 1)
+    chosen = background[np.linspace(0, background.size - 1, keep).astype(np.int64)]
+    return np.concatenate([sample[objects], chosen])
 
 
 def normalize(
@@ -635,97 +681,55 @@ class PatchSampler:
             flat = self.rng.integers(volume.target.size)
         return tuple(int(c) for c in np.unravel_index(flat, volume.target.shape))  # type: ignore
 
-    def sample_one(self) -> tuple[np.ndarray, np.ndarray]:
-        """One ``(image (C, *patch), target (*patch))`` pair, before augmentation."""
+    def sample_one(self, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """One ``(image (C, *patch), target (*patch))`` pair, before augmentation.
+
+        ``scale`` > 1 zooms in: a region ``1 / scale`` the patch's height and width
+        is cropped and resampled to the patch size (``scale`` < 1 zooms out, with
+        more context), so objects appear ``scale`` times their size.
+        """
         volume = self.volumes[self.rng.choice(len(self.volumes), p=self.weights)]
         centre = self.centre(volume)
+        size = tuple(n if axis == 0 or scale == 1.0 else max(int(round(n / scale)), 1)
+                     for axis, n in enumerate(self.size))
         start = []
-        for c, n, full in zip(centre, self.size, volume.spatial):
+        for c, n, full in zip(centre, size, volume.spatial, strict=True):
             if full >= n:  # the centre lands anywhere in the patch, the patch inside the image
                 start.append(int(np.clip(c - int(self.rng.integers(n)), 0, full - n)))
             else:  # image smaller than the patch: pad, with the image at a random offset
                 start.append(-int(self.rng.integers(n - full + 1)))
-        image, target = crop(volume, start, self.size)
+        image, target = crop(volume, start, size)
+        if size != self.size:
+            image, target = zoom_patch(image, target, self.size)
         if self.spatial_dims == 2:
             image, target = image[:, 0], target[0]
         return image, target
 
     def sample(
-        self, batch_size: int, *, augment_patches: bool = True, elastic: bool = False
+        self,
+        batch_size: int,
+        *,
+        augment_patches: bool = True,
+        elastic: bool = False,
+        options: AugmentOptions | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """A batch ``(N, C, *patch)`` float32 and ``(N, *patch)`` int64."""
+        """A batch ``(N, C, *patch)`` float32 and ``(N, *patch)`` int64.
+
+        ``options`` (``AugmentOptions.from_train_config``) adds random scale,
+        gamma, blur and noise; without it, flips/rotations/contrast (and
+        ``elastic``) as before.
+        """
+        options = options or AugmentOptions(elastic=elastic)
         images, targets = [], []
         for _ in range(batch_size):
-            image, target = self.sample_one()
+            scale = draw_scale(options, self.rng) if augment_patches else 1.0
+            image, target = self.sample_one(scale)
             if augment_patches:
-                image, target = augment(image, target, self.rng, elastic=elastic,
+                image, target = augment(image, target, self.rng, options=options,
                                         keep_labelled=self.sparse)
             images.append(image)
             targets.append(target)
         return np.stack(images).astype(np.float32), np.stack(targets).astype(np.int64)
-
-
-# --------------------------------------------------------------------------- augmentation
-
-
-def augment(
-    image: np.ndarray,
-    target: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    elastic: bool = False,
-    keep_labelled: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random flips, in-plane 90-degree rotations, intensity scale/shift, optional elastic.
-
-    ``image (C, *spatial)`` and ``target (*spatial)`` get the same geometric
-    transform, so they stay aligned. ``keep_labelled`` drops an elastic
-    deformation that would push every labelled pixel (thin scribbles) out.
-    """
-    spatial = target.ndim
-    for axis in range(spatial):
-        if rng.random() < 0.5:
-            image, target = np.flip(image, axis + 1), np.flip(target, axis)
-    square = target.shape[-1] == target.shape[-2]
-    turns = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
-    if turns:
-        image = np.rot90(image, turns, axes=(-2, -1))
-        target = np.rot90(target, turns, axes=(-2, -1))
-    image = image * np.float32(rng.uniform(0.8, 1.2)) + np.float32(rng.uniform(-0.1, 0.1))
-    if elastic:
-        warped_image, warped_target = elastic_deform(image, target, rng)
-        if not keep_labelled or (warped_target != IGNORE_INDEX).any():
-            image, target = warped_image, warped_target
-    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(target)
-
-
-def elastic_deform(
-    image: np.ndarray,
-    target: np.ndarray,
-    rng: np.random.Generator,
-    alpha: float = 8.0,
-    sigma: float = 6.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth random displacement (up to ~``alpha`` pixels) applied to image and labels.
-
-    One field for both: linear interpolation for the image, nearest for the labels
-    (no invented label values).
-    """
-    shape = target.shape
-    grid = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
-    coords = []
-    for axis, base in enumerate(grid):
-        if len(shape) == 3 and axis == 0 and shape[0] < 8:
-            coords.append(base)  # thin 3D patches: deform in-plane only
-            continue
-        field_ = ndi.gaussian_filter(rng.uniform(-1, 1, shape).astype(np.float32), sigma)
-        field_ *= alpha / max(float(np.abs(field_).max()), 1e-6)
-        coords.append(base + field_)
-    warped = np.stack(
-        [ndi.map_coordinates(channel, coords, order=1, mode="reflect") for channel in image]
-    )
-    labels = ndi.map_coordinates(target, coords, order=0, mode="reflect")
-    return warped.astype(np.float32), labels.astype(target.dtype)
 
 
 # --------------------------------------------------------------------------- validation

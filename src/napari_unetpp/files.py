@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # torch is loaded only when a model is: `napari-unetpp --help
     from .checkpoint import CheckpointInfo
     from .model import UNetPlusPlus
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".zarr")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".zarr", ".nii", ".nii.gz", ".dcm")
 #: Name endings dropped when matching an image to its labels by name.
 LABEL_TAGS = ("_labels", "_label", "_masks", "_mask", "_gt", "_seg", "-labels", "-mask")
 ZOO_PREFIX = "zoo:"
@@ -35,8 +35,16 @@ def is_zarr(path: Path) -> bool:
     return path.is_dir() and any((path / m).exists() for m in (".zarray", ".zgroup", "zarr.json"))
 
 
+def _is_medical(path: Path) -> bool:
+    """A NIfTI file or a DICOM file / series folder (one image, read by :mod:`.readers`)."""
+    from .readers import is_medical
+
+    return is_medical(path)
+
+
 def _is_supported(path: Path) -> bool:
-    return is_zarr(path) or (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+    return is_zarr(path) or _is_medical(path) or (
+        path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def collect_files(paths: Sequence[str | Path], what: str) -> list[Path]:
@@ -49,7 +57,7 @@ def collect_files(paths: Sequence[str | Path], what: str) -> list[Path]:
     for path in map(Path, paths):
         if not path.exists():
             raise FileNotFoundError(f"{what} {path} does not exist")
-        if path.is_dir() and not is_zarr(path):
+        if path.is_dir() and not is_zarr(path) and not _is_medical(path):
             found = sorted(p for p in path.iterdir() if _is_supported(p))
             if not found:
                 raise UserError(
@@ -111,6 +119,8 @@ def read_array(path: Path, lazy: bool = False) -> Any:
 
     suffix = path.suffix.lower()
     try:
+        if _is_medical(path):
+            return read_image_with_size(path)[0]
         if is_zarr(path):
             return _read_zarr(path, lazy)
         if suffix == ".npy":
@@ -126,6 +136,39 @@ def read_array(path: Path, lazy: bool = False) -> Any:
             raise
         raise UserError(f"cannot read {path}: {exc}") from exc
     raise UserError(f"{path}: unsupported file type; use one of {', '.join(IMAGE_SUFFIXES)}")
+
+
+def read_image_with_size(
+    path: Path, lazy: bool = False
+) -> tuple[Any, tuple[float, ...] | None, str | None]:
+    """``(array, pixel_size, unit)``: the image and its physical size per spatial axis.
+
+    ``pixel_size`` follows the array's spatial axes (Z, Y, X order; None when the
+    file does not say) in ``unit`` ("nm", "um", "mm", or None when the file gives
+    numbers without a unit). NIfTI and DICOM volumes come out in the shipped CT
+    model's orientation (see :mod:`.readers`); TIFF keeps :func:`read_array`'s
+    (lazy) reading and adds the resolution tags.
+    """
+    from . import readers
+
+    try:
+        if _is_medical(path):
+            image = readers.read_image(path)
+            return image.array, image.pixel_size, image.unit
+        array = read_array(path, lazy)
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            return array, None, None
+        axes, sizes, unit, _ = readers.tiff_spacing(path)
+        spatial = [a for a in readers.array_axes(axes, array.ndim) if a in "ZYX"]
+        if not sizes or not set(spatial) <= set(sizes):
+            return array, None, None
+        return array, tuple(float(sizes[a]) for a in spatial), unit
+    except ImportError as exc:  # nibabel / pydicom missing: the message says what to install
+        raise UserError(f"cannot read {path}: {exc}") from exc
+    except (OSError, ValueError, KeyError) as exc:
+        if isinstance(exc, (FileNotFoundError, UserError)):
+            raise
+        raise UserError(f"cannot read {path}: {exc}") from exc
 
 
 def _read_tiff(path: Path, lazy: bool) -> Any:

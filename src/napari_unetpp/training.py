@@ -438,7 +438,8 @@ class Trainer:
     def _train_step(self, run: _Run, data: _Data) -> tuple[float, dict[int, float]]:
         tc = self.train_config
         _set_train_mode(run.model, tc.freeze_encoder)
-        x, y = data.sampler.sample(tc.batch_size, augment_patches=tc.augment, elastic=tc.elastic)
+        x, y = data.sampler.sample(tc.batch_size, augment_patches=tc.augment,
+                                   options=data_mod.AugmentOptions.from_train_config(tc))
         x_t = torch.from_numpy(x).to(run.device, non_blocking=True)
         y_t = torch.from_numpy(y).to(run.device, non_blocking=True)
         lr = _lr_at(run.step, tc)

@@ -1,0 +1,104 @@
+"""Percentile normalisation that survives dim objects in a mostly empty field (issue 14).
+
+Real DSB images, darkened (x0.15) and placed in a field 5x as high and wide filled with
+their background level: plain 1..99.8 % percentiles put the top on empty background.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_unetpp import data
+from napari_unetpp.config import NormalizationConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_intensity import dim, empty_field, held_back, with_margin  # noqa: E402
+
+PLAIN = NormalizationConfig(min_foreground=0.0)
+GUARDED = NormalizationConfig()  # the default
+
+
+@pytest.fixture(scope="module")
+def pairs() -> list[tuple[np.ndarray, np.ndarray]]:
+    return held_back()
+
+
+def _nuclei_level(image: np.ndarray, labels: np.ndarray, field: np.ndarray,
+                  config: NormalizationConfig) -> float:
+    """Median normalised intensity of the nuclei when the range comes from ``field``."""
+    low, high = data.intensity_range(field, config)
+    return float((np.median(image[labels > 0]) - low) / max(high - low, 1e-8))
+
+
+def test_typical_images_keep_plain_percentiles(pairs) -> None:
+    same = [data.intensity_range(image, GUARDED) == data.intensity_range(image, PLAIN)
+            for image, _ in pairs]
+    print(f"{sum(same)} of {len(same)} held-back DSB images normalised exactly as before")
+    assert GUARDED.min_foreground > 0
+    assert sum(same) >= 0.9 * len(same)
+
+
+def test_dim_empty_field_no_longer_collapses(pairs) -> None:
+    """Bright nuclei (fluorescence) land near the native 0..1 range instead of x5..x1e9."""
+    plain, guarded, native = [], [], []
+    for image, labels in pairs:
+        if np.median(image) > 100:  # brightfield / H&E: dark nuclei, checked below
+            continue
+        darker = dim(image)
+        field = empty_field(darker)
+        plain.append(_nuclei_level(darker, labels, field, PLAIN))
+        guarded.append(_nuclei_level(darker, labels, field, GUARDED))
+        native.append(_nuclei_level(image, labels, image, PLAIN))
+    print(f"nuclei median level: native {np.median(native):.2f}, dim+empty plain "
+          f"{np.median(plain):.2f} (max {max(plain):.3g}), guarded {np.median(guarded):.2f} "
+          f"(max {max(guarded):.2f})")
+    assert max(plain) > 5  # the collapse is reproduced
+    assert max(guarded) < 4 and min(guarded) > 0.2  # one image stays at 3.5, as before
+    assert abs(np.median(guarded) - np.median(native)) < 0.3
+
+
+def test_constant_empty_field_is_not_blown_up() -> None:
+    field = np.full((300, 300), 7, np.uint8)
+    field[140:150, 140:150] = 12  # one dim object, 0.1 % of the field
+    low, high = data.intensity_range(field, GUARDED)
+    assert (low, high) == (7.0, 12.0)
+    assert data.intensity_range(field, PLAIN) == (7.0, 7.0)  # before: a x1e8 scale
+
+
+def test_noise_without_objects_keeps_plain_percentiles() -> None:
+    noise = np.random.default_rng(0).gamma(2.0, 10.0, (400, 400))
+    assert data.intensity_range(noise, GUARDED) == data.intensity_range(noise, PLAIN)
+
+
+def test_shipped_nuclei_model_finds_dim_nuclei_in_an_empty_field(pairs) -> None:
+    """Foreground IoU of the shipped model, the range taken from the whole 5x5 field."""
+    from bench_intensity import foreground_iou
+
+    from napari_unetpp import zoo
+
+    model, info = zoo.load_pretrained("nuclei")
+    chosen = [pairs[i] for i in (1, 12, 19)]  # few nuclei: the top percentile misses them
+    native = [(image, labels, image) for image, labels in chosen]
+    shifted = [(*with_margin(dim(image), labels), empty_field(dim(image)))
+               for image, labels in chosen]
+    scores = {}
+    for name, config in (("plain", PLAIN), ("guarded", GUARDED)):
+        data_config = info.data.replace(normalization=config)
+        scores[name] = (foreground_iou(model, data_config, native, 4),
+                        foreground_iou(model, data_config, shifted, 4))
+    print("foreground IoU (native, dim+empty):",
+          {k: tuple(round(v, 3) for v in s) for k, s in scores.items()})
+    assert scores["guarded"][0] >= scores["plain"][0] - 0.01
+    assert scores["guarded"][1] > scores["plain"][1] + 0.2
+    assert scores["guarded"][1] > scores["plain"][0] - 0.1
+
+
+def test_old_configs_load_with_the_guard_and_it_validates() -> None:
+    old = {"mode": "percentile", "low": 1.0, "high": 99.8, "clip": False}
+    assert NormalizationConfig.from_dict(old).min_foreground == GUARDED.min_foreground
+    with pytest.raises(ValueError, match="min_foreground"):
+        NormalizationConfig(min_foreground=1.0)

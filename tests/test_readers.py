@@ -1,0 +1,313 @@
+"""Readers keep the pixel size and give medical volumes the CT model's orientation.
+
+The files are written here (nibabel, pydicom, tifffile) from the real CT scan, so a
+wrong flip or axis order shows as arrays that differ from the training volume.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unetpp import readers
+
+nibabel = pytest.importorskip("nibabel")
+pydicom = pytest.importorskip("pydicom")
+
+
+@pytest.fixture(scope="module")
+def ct_zyx(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Slices 90-97 of the whole scan (liver present) and their organ ids, ZYX as trained."""
+    folder = data_dir / "ct_totalseg"
+    return (tifffile.imread(folder / "ct_full.tif")[90:98],
+            tifffile.imread(folder / "organs_full.tif")[90:98])
+
+
+def ras_from_zyx(zyx: np.ndarray) -> np.ndarray:
+    """The training volume as a canonical (RAS) NIfTI array: axes x=R, y=A, z=S."""
+    return np.ascontiguousarray(np.flip(zyx, 1).transpose(2, 1, 0))
+
+
+# --------------------------------------------------------------------------- NIfTI
+
+
+def test_reorient_matches_the_training_volume_anatomy(data_dir: Path) -> None:
+    """The convention in the docstring is what the training volume shows: liver at large X
+    (patient's right), stomach anterior of the kidneys (smaller Y), lungs at large Z."""
+    organs = tifffile.imread(data_dir / "ct_totalseg" / "organs_full.tif")
+    centre = {k: np.argwhere(organs == k).mean(0) for k in (1, 3, 5, 6)}
+    print({k: np.round(v, 1).tolist() for k, v in centre.items()})
+    assert centre[5][2] > centre[1][2] + 30  # liver (right) vs spleen (left), along X
+    assert centre[6][1] < centre[3][1] - 15  # stomach in front of the left kidney, along Y
+
+
+@pytest.mark.parametrize("storage", ["RAS", "LPS", "SLP-permuted"])
+def test_nifti_any_storage_reads_as_training_volume(
+    ct_zyx: tuple[np.ndarray, np.ndarray], tmp_path: Path, storage: str
+) -> None:
+    ct, _ = ct_zyx
+    spacing = np.array([0.8, 0.7, 3.0])  # x, y, z in mm: anisotropic
+    ras = ras_from_zyx(ct)
+    if storage == "RAS":
+        data, affine = ras, np.diag([*spacing, 1.0])
+    elif storage == "LPS":  # x and y stored reversed, as many scanners write
+        data = ras[::-1, ::-1, :]
+        affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    else:  # voxel axes (S, P, L): permuted and two of them reversed
+        data = ras[::-1, ::-1, :].transpose(2, 1, 0)
+        affine = np.zeros((4, 4))
+        affine[2, 0], affine[1, 1], affine[0, 2], affine[3, 3] = spacing[2], -spacing[1], \
+            -spacing[0], 1.0
+    affine[:3, 3] = (12.5, -40.0, 100.0)
+    path = tmp_path / "scan.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(np.ascontiguousarray(data), affine), str(path))
+    got = readers.read_image(path)
+    assert got.axes == "ZYX" and got.unit == "mm" and got.source == "nifti"
+    np.testing.assert_allclose(got.scale, (3.0, 0.7, 0.8))
+    assert got.pixel_size == pytest.approx((3.0, 0.7, 0.8))
+    assert got.array.dtype == ct.dtype
+    np.testing.assert_array_equal(got.array, ct)
+    canonical = nibabel.as_closest_canonical(nibabel.load(str(path)))  # nibabel agrees
+    np.testing.assert_array_equal(ras_from_zyx(got.array), np.asanyarray(canonical.dataobj))
+
+
+def test_nifti_marker_voxel_and_micron_units(tmp_path: Path) -> None:
+    data = np.zeros((5, 6, 7), np.uint8)  # voxel axes i, j, k
+    data[1, 2, 3] = 9
+    affine = np.array([[0, 0, -2.0, 0], [0, 0.5, 0, 0], [0.25, 0, 0, 0], [0, 0, 0, 1]])
+    image = nibabel.Nifti1Image(data, affine)
+    image.header.set_xyzt_units("micron")
+    nibabel.save(image, str(tmp_path / "m.nii"))
+    got = readers.read_image(tmp_path / "m.nii")
+    # i -> +S (Z), j -> +A (Y is flipped), k -> -R (X is flipped)
+    assert got.array.shape == (5, 6, 7) and got.unit == "um"
+    assert tuple(np.argwhere(got.array == 9)[0]) == (1, 6 - 1 - 2, 7 - 1 - 3)
+    np.testing.assert_allclose(got.scale, (0.25, 0.5, 2.0))
+
+
+def test_nifti_scaled_values_are_hounsfield(tmp_path: Path) -> None:
+    stored = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    image = nibabel.Nifti1Image(stored, np.eye(4))
+    image.header.set_slope_inter(2.0, -1024.0)
+    nibabel.save(image, str(tmp_path / "s.nii.gz"))
+    got = readers.read_image(tmp_path / "s.nii.gz")
+    assert got.array.dtype == np.int16
+    assert got.array.min() == -1024 and got.array.max() == 23 * 2 - 1024
+
+
+# --------------------------------------------------------------------------- DICOM
+
+
+def write_dicom_series(folder: Path, zyx: np.ndarray, pixel_spacing: tuple[float, float],
+                       slice_step: float, intercept: float = -2048.0) -> None:
+    """A CT series in the usual LPS layout: columns run to the patient's left, rows to the
+    back, slices upwards; stored unsigned with RescaleIntercept, files in shuffled order."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ImplicitVRLittleEndian, generate_uid
+
+    folder.mkdir()
+    series, study = generate_uid(), generate_uid()
+    order = np.random.default_rng(0).permutation(len(zyx))
+    for n, z in enumerate(order):
+        plane = np.flip(zyx[z], 1)  # training X runs to the patient's right, DICOM to the left
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", series, study
+        ds.InstanceNumber = int(n + 1)  # deliberately not the slice order
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [-60.0, -50.0, float(200 + slice_step * z)]
+        ds.PixelSpacing = list(pixel_spacing)
+        ds.RescaleSlope, ds.RescaleIntercept = 1, intercept
+        ds.Rows, ds.Columns = plane.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = (plane.astype(np.int32) - int(intercept)).astype(np.uint16).tobytes()
+        ds.save_as(str(folder / f"IM{n:04d}"), enforce_file_format=True)  # no suffix
+
+
+def test_dicom_series_sorted_oriented_in_hu(ct_zyx: tuple[np.ndarray, np.ndarray],
+                                            tmp_path: Path) -> None:
+    ct, _ = ct_zyx
+    folder = tmp_path / "series"
+    write_dicom_series(folder, ct, pixel_spacing=(0.75, 0.6), slice_step=2.5)
+    (folder / "notes.txt").write_text("not dicom")
+    assert readers.is_dicom(folder) and readers.is_medical(folder)
+    got = readers.read_image(folder)
+    assert got.axes == "ZYX" and got.unit == "mm" and got.source == "dicom"
+    np.testing.assert_allclose(got.scale, (2.5, 0.75, 0.6))  # rows 0.75, columns 0.6
+    assert got.array.dtype == np.int16 and got.array.min() < -500  # air in HU
+    np.testing.assert_array_equal(got.array, ct)
+    one = readers.read_image(sorted(folder.glob("IM*"))[0])  # a single file: one 2D slice
+    assert one.axes == "YX" and one.array.ndim == 2
+    assert any(np.array_equal(one.array, plane) for plane in ct)
+
+
+def test_dicom_with_fractional_slope(tmp_path: Path) -> None:
+    zyx = np.arange(2 * 4 * 5, dtype=np.int16).reshape(2, 4, 5)
+    write_dicom_series(tmp_path / "s", zyx, (1.0, 1.0), 1.0, intercept=-10.0)
+    for file in (tmp_path / "s").iterdir():
+        ds = pydicom.dcmread(str(file))
+        ds.RescaleSlope = 0.5
+        ds.save_as(str(file), enforce_file_format=True)
+    got = readers.read_image(tmp_path / "s")
+    assert got.array.dtype == np.float32
+    np.testing.assert_allclose(got.array, (zyx + 10) * 0.5 - 10)
+
+
+def test_nifti_ct_is_segmented_like_the_tif(ct_zyx: tuple[np.ndarray, np.ndarray],
+                                            tmp_path: Path) -> None:
+    """The acceptance path: a .nii.gz stored LPS-style gives the shipped CT model the same
+    input as the training tif, so the liver is found (Dice printed)."""
+    from napari_unetpp import zoo
+    from napari_unetpp.config import PredictConfig
+    from napari_unetpp.inference import predict_array
+
+    ct, organs = ct_zyx
+    ras = ras_from_zyx(ct)
+    nibabel.save(nibabel.Nifti1Image(np.ascontiguousarray(ras[::-1, ::-1]),
+                                     np.diag([-3.0, -3.0, 3.0, 1.0])), str(tmp_path / "ct.nii.gz"))
+    got = readers.read_image(tmp_path / "ct.nii.gz")
+    model, info = zoo.load_pretrained("ct")
+    config = PredictConfig(device="cpu", mixed_precision=False, tile_size=(128, 128))
+    probs = predict_array(model, got.array[2:6], config, info.data)
+    classes = probs[max(probs)].argmax(0)
+    liver = [k for k, (name, _) in enumerate(zoo.CT_ORGANS, start=1) if name == "liver"][0]
+    truth = organs[2:6] == 5
+    dice = 2 * ((classes == liver) & truth).sum() / ((classes == liver).sum() + truth.sum())
+    print(f"liver Dice on the NIfTI read-back: {dice:.3f}")
+    assert dice > 0.85
+
+
+# --------------------------------------------------------------------------- TIFF
+
+
+def test_tiff_resolution_centimetre(tmp_path: Path) -> None:
+    path = tmp_path / "r.tif"
+    tifffile.imwrite(path, np.zeros((8, 9), np.uint8), resolution=(2000.0, 4000.0),
+                     resolutionunit=3)  # pixels per cm: 5 um by 2.5 um
+    got = readers.read_image(path)
+    assert got.unit == "mm" and got.axes == "YX"
+    np.testing.assert_allclose(got.scale, (10 / 4000, 10 / 2000))
+
+
+def test_tiff_inch_resolution_is_not_a_pixel_size(tmp_path: Path) -> None:
+    path = tmp_path / "dpi.tif"
+    tifffile.imwrite(path, np.zeros((8, 9), np.uint8), resolution=(72.0, 72.0),
+                     resolutionunit=2)
+    got = readers.read_image(path)
+    assert got.pixel_size is None and got.scale == (1.0, 1.0)
+
+
+def test_imagej_tiff_spacing_and_unit(tmp_path: Path) -> None:
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(path, np.zeros((4, 8, 9), np.uint16), imagej=True,
+                     resolution=(1 / 0.13, 1 / 0.13),
+                     metadata={"spacing": 0.5, "unit": "micron", "axes": "ZYX"})
+    got = readers.read_image(path)
+    assert got.axes == "ZYX" and got.unit == "um"
+    np.testing.assert_allclose(got.scale, (0.5, 0.13, 0.13), rtol=1e-5)
+
+
+def test_ome_tiff_physical_sizes_in_mixed_units(tmp_path: Path) -> None:
+    path = tmp_path / "o.ome.tif"
+    tifffile.imwrite(path, np.zeros((3, 2, 8, 9), np.uint16), ome=True,
+                     metadata={"axes": "ZCYX", "PhysicalSizeX": 65.0, "PhysicalSizeXUnit": "nm",
+                               "PhysicalSizeY": 0.065, "PhysicalSizeYUnit": "µm",
+                               "PhysicalSizeZ": 0.3, "PhysicalSizeZUnit": "µm"})
+    got = readers.read_image(path)
+    assert got.source == "ome-tiff" and got.axes == "ZCYX" and got.unit == "nm"
+    np.testing.assert_allclose(got.scale, (300.0, 1.0, 65.0, 65.0))
+    assert got.pixel_size == pytest.approx((300.0, 65.0, 65.0))
+
+
+def test_training_volume_keeps_its_3mm(data_dir: Path) -> None:
+    got = readers.read_image(data_dir / "ct_totalseg" / "ct_full.tif")
+    assert got.array.shape == (112, 101, 122) and got.scale == (3.0, 3.0, 3.0)
+
+
+def test_missing_optional_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    import sys
+
+    nibabel.save(nibabel.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4)),
+                 str(tmp_path / "a.nii"))
+    monkeypatch.setitem(sys.modules, "nibabel", None)
+    with pytest.raises(ImportError, match=r"napari-unetpp\[medical\]"):
+        readers.read_image(tmp_path / "a.nii")
+
+
+# --------------------------------------------------------------------------- CLI path
+
+
+def test_files_reads_medical_with_size(ct_zyx: tuple[np.ndarray, np.ndarray],
+                                       tmp_path: Path, data_dir: Path) -> None:
+    from napari_unetpp import files
+
+    ct, _ = ct_zyx
+    write_dicom_series(tmp_path / "series", ct, (0.75, 0.6), 2.5)
+    nibabel.save(nibabel.Nifti1Image(ras_from_zyx(ct), np.diag([0.8, 0.7, 3.0, 1.0])),
+                 str(tmp_path / "scan.nii.gz"))
+    found = files.collect_files([tmp_path], "image")
+    assert found == [tmp_path / "scan.nii.gz", tmp_path / "series"]  # a series is one image
+    assert [files.stem(p) for p in found] == ["scan", "series"]
+    array, size, unit = files.read_image_with_size(found[0])
+    np.testing.assert_array_equal(array, ct)
+    assert size == pytest.approx((3.0, 0.7, 0.8)) and unit == "mm"
+    np.testing.assert_array_equal(files.read_array(found[1]), ct)
+    array, size, unit = files.read_image_with_size(data_dir / "ct_totalseg" / "ct.tif",
+                                                   lazy=True)
+    assert array.shape == (30, 101, 122) and size == (3.0, 3.0, 3.0) and unit is None
+    array, size, unit = files.read_image_with_size(data_dir / "em_isbi2012" / "image.tif")
+    assert size is None and unit is None
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
+    with pytest.raises(files.UserError, match="broken.nii.gz"):
+        files.read_array(tmp_path / "broken.nii.gz")
+
+
+# --------------------------------------------------------------------------- napari reader
+
+
+def test_napari_reader_gives_scale_units_and_metadata(ct_zyx: tuple[np.ndarray, np.ndarray],
+                                                      tmp_path: Path) -> None:
+    from napari_unetpp._reader import get_image_reader, get_reader
+
+    ct, _ = ct_zyx
+    path = tmp_path / "scan.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(ras_from_zyx(ct), np.diag([0.8, 0.7, 3.0, 1.0])), str(path))
+    assert get_reader(str(path)) is None  # the model reader leaves images alone
+    ((data, kwargs, kind),) = get_image_reader(str(path))(str(path))
+    assert kind == "image" and kwargs["name"] == "scan"
+    np.testing.assert_array_equal(data, ct)
+    assert kwargs["scale"] == pytest.approx((3.0, 0.7, 0.8))
+    assert kwargs["metadata"]["unit"] == "mm"
+    assert kwargs["metadata"]["pixel_size"] == pytest.approx((3.0, 0.7, 0.8))
+    assert kwargs["contrast_limits"] == (-160.0, 240.0)
+    ome = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(ome, np.zeros((2, 8, 9), np.uint16), ome=True,
+                     metadata={"axes": "CYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2})
+    ((_, kwargs, _),) = get_image_reader(str(ome))(str(ome))
+    assert kwargs["channel_axis"] == 0 and kwargs["scale"] == pytest.approx((0.2, 0.2))
+    assert kwargs["metadata"]["unit"] == "um" and kwargs["name"] == "cells"
+    assert get_image_reader(str(tmp_path / "notes.txt")) is None
+
+
+@pytest.mark.gui
+def test_napari_opens_dicom_folder_with_scale(make_napari_viewer,
+                                              ct_zyx: tuple[np.ndarray, np.ndarray],
+                                              tmp_path: Path) -> None:
+    ct, _ = ct_zyx
+    write_dicom_series(tmp_path / "series", ct, (0.75, 0.6), 2.5)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(tmp_path / "series"), plugin="napari-unetpp")
+    np.testing.assert_allclose(layer.scale, (2.5, 0.75, 0.6))
+    np.testing.assert_array_equal(layer.data, ct)
+    assert layer.metadata["unit"] == "mm"
+    assert [str(u) for u in layer.units] == ["millimeter"] * 3
