@@ -491,3 +491,12 @@ def test_checkpoint_module_never_calls_torch_load():
     mentions = [line.strip() for line in source.splitlines() if "torch.load(" in line]
     assert all(line.startswith('"') for line in mentions), mentions  # only the user hint
     assert "import pickle" not in source and "pickle.load" not in source
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_at_load(tmp_path: Path) -> None:
+    net = _net()
+    with torch.no_grad():
+        next(iter(net.parameters()))[0].fill_(float("nan"))
+    folder = save_checkpoint(tmp_path / "nan", net, _info(net))
+    with pytest.raises(CheckpointError, match="non-finite"):
+        load_checkpoint(folder)

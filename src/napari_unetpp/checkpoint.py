@@ -692,9 +692,22 @@ def load_checkpoint(
     tensors = _parse_weights(raw)
     state = _match_weights(net, tensors, raw)
     _check_sha(raw, meta)
+    _check_finite(state, raw)
     net.load_state_dict(state, strict=True)
     net.eval()
     return net.to(resolve_device(device)), info
+
+
+def _check_finite(state: dict[str, torch.Tensor], raw: _Raw) -> None:
+    """Refuse NaN/inf weights: such a model predicts NaN everywhere without another sign."""
+    from .nonfinite import non_finite_names
+
+    bad = non_finite_names(state)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointError(
+            f"{raw.weights_name}: non-finite (NaN or infinite) weights in {', '.join(bad[:3])}"
+            f"{more}; the run that wrote it diverged: retrain with a lower learning rate")
 
 
 def _is_checkpoint_zip(path: Path) -> bool:
