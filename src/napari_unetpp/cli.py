@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -940,7 +941,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         _note("interrupted")  # outputs are staged: nothing half-written is left in --out
         return 130
@@ -958,6 +961,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # CheckpointError subclasses ValueError, FileNotFoundError OSError: user mistakes
         # and disk problems (read-only, full, missing) never show a traceback
         return _error(_one_line(exc))
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """Engine warnings (NaN pixels filled, one-class labels...) as one line, not a source line."""
+    _note(f"warning: {' '.join(str(message).split())}")
 
 
 def _one_line(exc: BaseException) -> str:
