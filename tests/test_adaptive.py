@@ -205,3 +205,20 @@ def test_cli_depth_auto_disagreement_and_info_on(tmp_path, em_stack, capsys) -> 
     assert main(["info", "zoo:em", "--on", str(path), "-q", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "depth:" in text and "training data" in text
+
+
+def test_judge_and_calibrate_name_the_remedy() -> None:
+    from napari_unetpp.disagreement import THRESHOLDS, calibrate, judge
+
+    quiet = {"depth_disagreement": 0.01, "flip_disagreement": 0.01, "uncertain_fraction": 0.01,
+             "size_ratio": 1.1, "scale_gain": 0.7}
+    assert judge(quiet) == (False, [], [])
+    larger = judge({**quiet, "scale_gain": 2.5})
+    assert larger[0] and "half size" in larger[1][0] and "rescale the image by 0.50" in larger[2][0]
+    smaller = judge({**quiet, "size_ratio": 0.3})
+    assert smaller[0] and "rescale the image by 3.33" in smaller[2][0]
+    noisy = judge({**quiet, "flip_disagreement": 0.5})
+    assert noisy[0] and "fine-tune" in noisy[2][0]
+    limits = calibrate([quiet, {**quiet, "depth_disagreement": 0.04}], margin=1.5)
+    assert limits["depth_disagreement"] == pytest.approx(0.06)
+    assert limits["scale_gain"] == THRESHOLDS["scale_gain"]  # natives far below the fallback

