@@ -33,7 +33,7 @@ Example
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +245,15 @@ class AdaptiveResult(dict):  # type: ignore[type-arg]
                 f"{100 * (1 - self.cost_fraction):.0f}% of the deepest head's work saved")
 
 
+def _allocator(sinks: dict[str, Any]) -> Callable[[Hashable, tuple[int, ...]], Any]:
+    """The tiling generator's ``allocate``: the item's sink for each output key."""
+
+    def allocate(key: Hashable, _shape: tuple[int, ...]) -> Any:
+        return sinks[str(key)]
+
+    return allocate
+
+
 def _paint(
     target: np.ndarray, starts: list[tuple[int, ...]], used: list[int],
     tile: tuple[int, ...], sizes: tuple[int, ...],
@@ -326,7 +335,7 @@ def predict_adaptive(
         gen = tiling.iter_sliding_window(
             predictor, inf._ItemView(image, layout, lead, normalise), tile,
             predict_config.overlap, predict_config.batch_size, predict_config.blending,
-            align=multiple, allocate=lambda key, _shape, s=sinks: s[key], should_stop=stopped,
+            align=multiple, allocate=_allocator(sinks), should_stop=stopped,
         )
         for progress in gen:
             step = done + progress.done
