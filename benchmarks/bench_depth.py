@@ -230,6 +230,60 @@ def summarise(rows: list[dict[str, Any]], thresholds: dict[str, dict[str, float]
                 print(f"| {name} | {signal} | {np.corrcoef(a, b)[0, 1]:+.2f} |")
 
 
+# --------------------------------------------------------------------------- labelling
+
+
+def _finetune(model: Any, info: Any, images: np.ndarray, sparse: np.ndarray,
+              iterations: int, seed: int) -> Any:
+    """Fine-tune from the same start on sparse labels (0 unlabelled, 1 interior, 2 membrane)."""
+    from napari_unetpp.config import TrainConfig
+    from napari_unetpp.training import Trainer
+
+    config = TrainConfig(iterations=iterations, batch_size=4, patch_size=(128, 128),
+                         learning_rate=1e-4, validation_fraction=0.0, validate_every=iterations,
+                         foreground_fraction=1.0, device="cpu", mixed_precision=False, seed=seed)
+    data = info.data.replace(label_mode="sparse", class_values=(2,))
+    trainer = Trainer(model.config, config, data, initial=model)
+    return drive(trainer.run(list(images), list(sparse))).model
+
+
+def bench_labelling(regions: int, size: int, iterations: int, seeds: list[int]) -> None:
+    """EM, blurred (a new domain): label the top-ranked vs random regions of the validation
+    slices (same area), fine-tune from the shipped model, score L4 on the blurred test slices."""
+    from scipy import ndimage
+
+    from napari_unetpp.disagreement import disagreement_map, rank_regions
+
+    model, info = zoo.load_pretrained("em")
+    image, membranes = Z.load_em()
+    blur = ndimage.gaussian_filter(image.astype(np.float32), (0, 2, 2)).astype(np.uint8)
+    (v0, v1), (t0, t1) = zoo.EM_VAL_SLICES, zoo.EM_TEST_SLICES
+    pool, pool_truth = blur[v0:v1], membranes[v0:v1]
+    test, truth = blur[t0:t1], membranes[t0:t1].astype(bool)
+    config = PredictConfig(device="cpu")
+
+    def score(net: Any) -> float:
+        return M.iou(predict_array(net, test, config.replace(pruned_depth=4), info.data)[4] > 0.5,
+                     truth)
+
+    probs = predict_array(model, pool, config, info.data)
+    ranked = rank_regions(disagreement_map(probs, 1), (size, size), top=10**6)
+    print(f"start (no fine-tune): L4 IoU {score(model):.4f} on blurred slices {t0}-{t1 - 1}; "
+          f"{regions} regions of {size}x{size} = "
+          f"{100 * regions * size * size / pool.size:.1f}% of slices {v0}-{v1 - 1} labelled")
+    print("| regions | seed | L4 IoU after fine-tune |\n|---|---|---|")
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        choices = {"top-ranked": ranked[:regions],
+                   "random": [ranked[i] for i in rng.choice(len(ranked), regions, replace=False)]}
+        for name, chosen in choices.items():
+            sparse = np.zeros(pool.shape, np.uint8)
+            for region in chosen:
+                sparse[region.index] = pool_truth[region.index] + 1
+            tuned = _finetune(model, info, pool, sparse, iterations, seed)
+            print(f"| {name} | {seed} | {score(tuned):.4f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -242,12 +296,19 @@ def main() -> None:
                    help="nuclei training objects' median diameter (px) if the model lacks it")
     w.add_argument("--crop", type=int, default=256, help="centre crop (CPU time)")
     w.add_argument("--json", type=Path, help="write the per-image signals here")
+    lab = sub.add_parser("labelling")
+    lab.add_argument("--regions", type=int, default=8)
+    lab.add_argument("--size", type=int, default=64)
+    lab.add_argument("--iterations", type=int, default=30)
+    lab.add_argument("--seeds", nargs="+", type=int, default=[0])
     s = sub.add_parser("summary", help="re-judge a --json file (e.g. new thresholds)")
     s.add_argument("json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.what == "adaptive":
         bench_adaptive(args.tolerances, args.tiles, args.repeats)
+    elif args.what == "labelling":
+        bench_labelling(args.regions, args.size, args.iterations, args.seeds)
     elif args.what == "warning":
         bench_warning(args.crop, args.json, args.object_diameter)
     else:
