@@ -540,9 +540,12 @@ def build_predict_config(
     run = read_run_json(args.config)
     if args.depth is not None and args.depths:
         raise UserError("give either --depth (pruned fast path) or --depths, not both")
+    auto = args.depth == "auto"
     predict = _override(
         run.get("predict", {}),
-        pruned_depth=args.depth,
+        pruned_depth=None if auto else args.depth,
+        adaptive_depth=True if auto else None,
+        depth_tolerance=args.depth_tolerance,
         depths=tuple(args.depths) if args.depths else None,
         tile_size=tuple(args.tile) if args.tile else None,
         overlap=args.overlap,
@@ -581,7 +584,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                        model.config.spatial_dims)
     formats = {path: args.format or ("zarr" if is_zarr(path) else "tif") for path in files}
     depths = _predicted_depths(predict_config, model.head_depths)
-    names = {path: _output_names(path, fmt, args.probabilities, depths)
+    names = {path: _output_names(path, fmt, args.probabilities, depths,
+                                 args.disagreement)
              for path, fmt in formats.items()}
     _check_unique(names)
     client = None
@@ -617,13 +621,17 @@ def _predicted_depths(config: PredictConfig, heads: tuple[int, ...]) -> list[int
     return sorted(set(config.depths)) or list(heads)
 
 
-def _output_names(path: Path, fmt: str, probabilities: bool, depths: list[int]) -> list[str]:
+def _output_names(path: Path, fmt: str, probabilities: bool, depths: list[int],
+                  disagreement: bool = False) -> list[str]:
     """Every name a prediction of ``path`` writes into ``--out`` (checked before any work)."""
     name = stem(path)
     names = [f"{name}_labels.{fmt}"]
     if probabilities:
         names += ([f"{name}_probabilities.zarr"] if fmt == "zarr"
                   else [f"{name}_L{d}.tif" for d in depths])
+    if disagreement:
+        names += [f"{name}_disagreement.{fmt}", f"{name}_depth_used.{fmt}",
+                  f"{name}_regions.json"]
     return names
 
 
@@ -684,7 +692,29 @@ def _predict_file(
         for d in sorted(probs):
             staged = write_array(outputs.stage(f"{name}_L{d}"), probs[d], fmt)
             written.append(outputs.commit(staged.name))
+    if args.disagreement:
+        staged_maps = _write_disagreement(outputs.stage(name), probs, model.config, fmt)
+        written += [outputs.commit(p.name) for p in staged_maps]
     return written
+
+
+def _write_disagreement(base: Path, probs: Any, config: ModelConfig, fmt: str) -> list[Path]:
+    """``_disagreement`` (and ``_depth_used`` for --depth auto) maps, ``_regions.json`` ranking."""
+    from .disagreement import disagreement_map, rank_regions
+
+    adaptive = hasattr(probs, "depth_map")
+    maps = {"disagreement": probs.disagreement if adaptive
+            else disagreement_map(probs, config.num_classes)}
+    if adaptive:
+        maps["depth_used"] = probs.depth_map
+        _out(probs.summary())
+    written = [write_array(base.with_name(f"{base.name}_{k}"), v, fmt) for k, v in maps.items()]
+    size = (128,) * config.spatial_dims if config.spatial_dims == 2 else (32, 64, 64)
+    regions = [{"item": list(r.item), "start": list(r.start), "size": list(r.size),
+                "score": round(r.score, 5)} for r in rank_regions(maps["disagreement"], size)]
+    path = base.with_name(f"{base.name}_regions.json")
+    path.write_text(json.dumps({"label_here_next": regions}, indent=1))
+    return [*written, path]
 
 
 def _portable_spec(spec: str) -> str:
@@ -715,7 +745,10 @@ def _predict_local(
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """Print the configs and the per-depth table (or everything as JSON)."""
+    """Print the configs and the per-depth table (or everything as JSON); ``--on IMAGE`` checks
+    the model on the user's image (depth advice, "unlike the training data" warning)."""
+    if args.on:
+        return _info_on(args)
     info = read_model_info(args.checkpoint)
     if args.json:
         _out(json.dumps(_info_dict(info), indent=2, default=str))
@@ -740,6 +773,41 @@ def cmd_info(args: argparse.Namespace) -> int:
     _out("")
     _out(depth_table(info))
     return 0
+
+
+def _info_on(args: argparse.Namespace) -> int:
+    """Without labels: each depth against the deepest on the image, and the image check."""
+    from .config import PredictConfig
+    from .data import looks_rgb, rgb_to_grey
+    from .disagreement import check_image as check_on_image
+    from .events import drive
+
+    model, info = load_model(args.checkpoint, device="cpu")
+    metrics = info.metrics or {}
+    status = 0
+    for path in collect_files(args.on, "image"):
+        image = read_array(path, lazy=True)
+        check_image(image, path)
+        if (model.config.in_channels == 1 and info.data.channel_axis is None
+                and looks_rgb(image.shape)):
+            image = rgb_to_grey(image)
+        config = PredictConfig(device=args.device or "auto")
+        if model.config.spatial_dims == 3:
+            config = config.replace(tile_size=(64, 128, 128))
+        with progress_bar(0, stem(path), not args.quiet) as bar:
+            check, _ = drive(check_on_image(
+                model, image, info.data, config, recommended=metrics.get("best_depth"),
+                tolerance=args.tolerance, thresholds=metrics.get("image_check")),
+                lambda event: _advance(bar, event))
+        if args.json:
+            advice = check.advice.__dict__ if check.advice else None
+            _out(json.dumps({"image": str(path), "signals": check.signals,
+                             "unlike_training": check.unlike_training, "reasons": check.reasons,
+                             "remedies": check.remedies, "advice": advice}, default=str))
+        else:
+            _out(f"{path}:\n{check.report()}")
+        status = max(status, int(check.unlike_training))
+    return 0 if not args.strict else status
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -837,6 +905,17 @@ def _show(image: Any, labels: Any, truth: Any, name: str,
 # --------------------------------------------------------------------------- parser
 
 
+def _depth_arg(text: str) -> int | str:
+    """``--depth``: a head depth (int) or ``auto`` (adaptive depth per tile)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a depth (1, 2, ...) or 'auto', got {text!r}") from None
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default=None,
                    help="compute device (default: auto = cuda, else mps, else cpu)")
@@ -893,7 +972,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--config", metavar="RUN_JSON")
-    p.add_argument("--depth", type=int, help="run only the pruned network of this depth (fast)")
+    p.add_argument("--depth", type=_depth_arg, metavar="D|auto",
+                   help="run only the pruned network of this depth (fast); 'auto': per tile, "
+                        "shallow heads first, deeper only where they disagree")
+    p.add_argument("--depth-tolerance", type=float, metavar="F",
+                   help="--depth auto: stop a tile when fewer than this fraction of its "
+                        "pixels change label between consecutive depths (0 = deepest, exact)")
+    p.add_argument("--disagreement", action="store_true",
+                   help="also write the depth-disagreement map (and depth used for --depth "
+                        "auto) and <name>_regions.json, the regions to label next")
     p.add_argument("--depths", nargs="+", type=int, help="heads to compute in one pass")
     p.add_argument("--tile", nargs="+", type=int, metavar="T")
     p.add_argument("--overlap", type=float)
@@ -917,6 +1004,15 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="show a checkpoint's configs and per-depth table")
     i.add_argument("checkpoint", metavar="CHECKPOINT|zoo:NAME")
     i.add_argument("--json", action="store_true", help="everything as JSON")
+    i.add_argument("--on", nargs="+", metavar="IMAGE",
+                   help="check the model on these images (no labels): does the recommended "
+                        "depth hold there, and do they look like the training data?")
+    i.add_argument("--tolerance", type=float, default=0.02,
+                   help="--on: largest fraction of pixels a depth may label differently "
+                        "from the deepest (default 0.02)")
+    i.add_argument("--strict", action="store_true",
+                   help="--on: exit with status 1 when an image looks unlike the training data")
+    _add_common(i)
     i.set_defaults(func=cmd_info)
 
     e = sub.add_parser("export", help="save the pruned network of one depth")

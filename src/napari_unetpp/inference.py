@@ -501,6 +501,11 @@ def predict(
         ``{depth: float32 probabilities}``: the image's shape without channels
         when ``num_classes == 1`` (sigmoid), else ``(num_classes, *that)`` (softmax).
     """
+    if predict_config.adaptive_depth:  # per-tile depth: adaptive.py, on the same tiling
+        from .adaptive import predict_adaptive
+
+        return (yield from predict_adaptive(model, image, predict_config, data_config,
+                                            out=out, stopper=stopper))
     if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
         image = np.asarray(image)
     shape = tuple(int(s) for s in image.shape)

@@ -1,0 +1,320 @@
+"""Depth features of issue 17, measured: adaptive depth on EM, and the "unlike the training
+data" warning calibrated on shifted copies of the zoo's held-back splits.
+
+Why: adaptive depth promises the deepest head's accuracy at a fraction of its time,
+and the warning promises to fire on images the model was not trained for and to stay
+quiet otherwise; both claims are only as good as these measurements.
+
+Run (CPU; the machine may be shared, so timings are interleaved and repeated)::
+
+    NAPARI_UNETPP_DATA=/work/shared/data python benchmarks/bench_depth.py adaptive \
+        --tolerances 0.04 0.05 0.06 --tiles 256 128 --repeats 2
+    NAPARI_UNETPP_DATA=/work/shared/data python benchmarks/bench_depth.py warning \
+        --object-diameter 18.1 --json /tmp/signals.json
+
+Prints markdown tables for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # the zoo's data loaders and held-back splits
+
+import train_zoo as Z  # noqa: E402
+
+from napari_unetpp import metrics as M  # noqa: E402
+from napari_unetpp import zoo  # noqa: E402
+from napari_unetpp.config import PredictConfig  # noqa: E402
+from napari_unetpp.disagreement import THRESHOLDS, calibrate, check_image, judge  # noqa: E402
+from napari_unetpp.events import drive  # noqa: E402
+from napari_unetpp.inference import predict_array  # noqa: E402
+from napari_unetpp.postprocess import probabilities_to_labels  # noqa: E402
+
+# --------------------------------------------------------------------------- adaptive
+
+
+def bench_adaptive(tolerances: list[float], tiles: list[int], repeats: int) -> None:
+    """EM held-back slices: IoU and wall time of L4 (pruned) vs adaptive depth, interleaved."""
+    model, info = zoo.load_pretrained("em")
+    image, membranes = Z.load_em()
+    t0, t1 = zoo.EM_TEST_SLICES
+    image, truth = image[t0:t1], membranes[t0:t1].astype(bool)
+    print(f"torch threads {torch.get_num_threads()}; EM slices {t0}-{t1 - 1}, "
+          f"{image.shape[1]}x{image.shape[2]}")
+    print("| tile | run | tolerance | IoU | IoU - L4 | tiles L2/L3/L4 | MAC fraction "
+          "| time s | time / L4 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for tile in tiles:
+        runs: dict[Any, list[float]] = {}
+        scores: dict[Any, tuple[float, str, float]] = {}
+        for _ in range(repeats):  # interleaved: L4, then each tolerance, again
+            for tol in [None, *tolerances]:
+                config = (PredictConfig(device="cpu", tile_size=(tile, tile), pruned_depth=4)
+                          if tol is None else
+                          PredictConfig(device="cpu", tile_size=(tile, tile),
+                                        adaptive_depth=True, depth_tolerance=tol))
+                start = time.perf_counter()
+                probs = predict_array(model, image, config, info.data)
+                runs.setdefault(tol, []).append(time.perf_counter() - start)
+                counts = getattr(probs, "tiles_per_depth", {4: 0})
+                scores[tol] = (M.iou(probs[4] > 0.5, truth),
+                               "/".join(str(counts.get(d, 0)) for d in (2, 3, 4)),
+                               getattr(probs, "cost_fraction", 1.0))
+        base_t, base_iou = min(runs[None]), scores[None][0]
+        for tol in [None, *tolerances]:
+            iou, counts, cost = scores[tol]
+            t = min(runs[tol])
+            name = "L4 (pruned)" if tol is None else "auto"
+            print(f"| {tile} | {name} | {'-' if tol is None else tol} | {iou:.4f} | "
+                  f"{iou - base_iou:+.4f} | {counts} | {cost:.2f} | {t:.1f} | "
+                  f"{t / base_t:.2f} |", flush=True)
+
+
+# --------------------------------------------------------------------------- warning
+
+
+def _center(image: np.ndarray, size: int) -> tuple[slice, slice]:
+    y, x = image.shape[:2]
+    cy, cx = max((y - size) // 2, 0), max((x - size) // 2, 0)
+    return slice(cy, cy + size), slice(cx, cx + size)
+
+
+def _rescale(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, ...]:
+    from skimage.transform import rescale
+
+    up = rescale(image.astype(np.float32), factor, order=1, preserve_range=True)
+    lab = rescale(labels, factor, order=0, preserve_range=True, anti_aliasing=False)
+    return up.astype(image.dtype), lab.astype(labels.dtype)
+
+
+def shifted(image: np.ndarray, labels: np.ndarray, shift: str, crop: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """One held-back image under a shift; ``crop`` bounds the CPU time (centre crop)."""
+    from scipy import ndimage
+
+    if shift == "rescaled 2x":  # objects twice as large: the centre half, upsampled
+        index = _center(image, crop // 2)
+        return _rescale(image[index], labels[index], 2.0)
+    index = _center(image, crop)
+    image, labels = image[index], labels[index]
+    if shift == "native":
+        return image, labels
+    if shift == "darkened":  # low exposure: a quarter of the signal, gamma 2, 8-bit noise
+        dark = 255.0 * (image.astype(np.float32) / 255.0) ** 2 * 0.25
+        rng = np.random.default_rng(0)
+        return np.clip(dark + rng.normal(0, 2, dark.shape), 0, 255).astype(np.uint8), labels
+    if shift == "blurred":
+        return ndimage.gaussian_filter(image.astype(np.float32), 2.0).astype(image.dtype), labels
+    raise ValueError(shift)
+
+
+def _truth_score(name: str, probs: np.ndarray, truth: np.ndarray, info: Any) -> float:
+    """The zoo card's score of the deepest head on one image (IoU)."""
+    if name == "em":
+        return M.iou(probs > 0.5, truth.astype(bool))
+    labels = probabilities_to_labels(probs, info.model, info.data)
+    if name == "nuclei":
+        return M.iou(labels > 0, truth > 0)
+    present = [k for k in range(1, info.model.num_classes) if (truth == k).any()]
+    return float(np.mean([M.iou(labels == k, truth == k) for k in present])) if present else 1.0
+
+
+def _nuclei(ids: list[str], shifts: tuple[str, ...], crop: int) -> list[tuple]:
+    cases = []
+    for image_id in ids:
+        image, labels = Z.load_nucleus(image_id)
+        cases += [("nuclei", shift, *shifted(image, labels, shift, crop)) for shift in shifts]
+    return cases
+
+
+def _em(slices: range, shifts: tuple[str, ...], crop: int) -> list[tuple]:
+    em, membranes = Z.load_em()
+    return [("em", shift, *shifted(em[z], membranes[z], shift, crop))
+            for z in slices for shift in shifts]
+
+
+def _ct(slices: range, resampled: bool) -> list[tuple]:
+    from skimage.transform import rescale
+
+    ct, organs = Z.load_ct()
+    classes = Z._ct_labels(organs)
+    cases = []
+    for z in slices:
+        cases.append(("ct", "native", ct[z], classes[z]))
+        if resampled:  # 3 mm -> 1 mm in-plane, no pixel size given: organs 3x larger in pixels
+            up = rescale(ct[z].astype(np.float32), 3.0, order=1, preserve_range=True)
+            lab = rescale(classes[z], 3.0, order=0, preserve_range=True, anti_aliasing=False)
+            cases.append(("ct", "resampled 1 mm", up.astype(ct.dtype), lab.astype(classes.dtype)))
+    return cases
+
+
+def calibration_cases(crop: int) -> list[tuple]:
+    """Native images like the training data, disjoint from the evaluation: the EM and CT
+    validation slices, and the even-numbered half of the held-back nuclei ids."""
+    return (_nuclei(list(zoo.NUCLEI_HELD_OUT_IDS[0::2]), ("native",), crop)
+            + _em(range(*zoo.EM_VAL_SLICES), ("native",), crop)
+            + _ct(range(*zoo.CT_VAL_SLICES), False))
+
+
+def evaluation_cases(crop: int) -> list[tuple]:
+    """The held-back test splits (odd-numbered nuclei ids), native and shifted."""
+    return (_nuclei(list(zoo.NUCLEI_HELD_OUT_IDS[1::2]),
+                    ("native", "rescaled 2x", "darkened", "blurred"), crop)
+            + _em(range(*zoo.EM_TEST_SLICES), ("native", "rescaled 2x", "blurred"), crop)
+            + _ct(range(*zoo.CT_TEST_SLICES), True))
+
+
+def _signals(cases: list[tuple], models: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name, shift, image, truth in cases:
+        model, info = models[name]
+        best = (info.metrics or {}).get("best_depth")
+        check, probs = drive(check_image(model, image, info.data,
+                                         PredictConfig(device="cpu"), recommended=best))
+        score = _truth_score(name, probs[max(probs)], truth, info)
+        rows.append({"model": name, "shift": shift, "iou": score, **check.signals,
+                     "advice": check.advice.suggested if check.advice else None})
+        print(f"{name:7s} {shift:15s} iou {score:.3f} " + " ".join(
+            f"{k} {v:.3f}" for k, v in check.signals.items() if isinstance(v, float)),
+            flush=True)
+    return rows
+
+
+def bench_warning(crop: int, out: Path | None, object_diameter: float | None) -> None:
+    """Calibrate per-model thresholds on native validation images, then evaluate on the
+    held-back test splits: fire rate per shift, correlation of the signals with the IoU."""
+    models = {name: zoo.load_pretrained(name) for name in ("nuclei", "em", "ct")}
+    if object_diameter and getattr(models["nuclei"][0].config, "object_diameter", None) is None:
+        models["nuclei"][0].config.object_diameter = object_diameter  # before "scale" lands
+    calibration = _signals(calibration_cases(crop), models)
+    thresholds = {name: calibrate([r for r in calibration if r["model"] == name])
+                  for name in models}
+    print("calibrated thresholds:", json.dumps(thresholds))
+    rows = _signals(evaluation_cases(crop), models)
+    if out is not None:
+        out.write_text(json.dumps({"thresholds": thresholds, "calibration": calibration,
+                                   "evaluation": rows}, indent=1))
+    summarise(rows, thresholds)
+
+
+def summarise(rows: list[dict[str, Any]], thresholds: dict[str, dict[str, float]]) -> None:
+    """Fire rate per model and shift; per-image correlation of each signal with the IoU."""
+    print("\n| model | shift | images | mean IoU | warning fires |")
+    print("|---|---|---|---|---|")
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["shift"]), []).append(row)
+    for (name, shift), group in groups.items():
+        limits = {**THRESHOLDS, **thresholds.get(name, {})}
+        fired = sum(judge(r, limits)[0] for r in group)
+        print(f"| {name} | {shift} | {len(group)} | {np.mean([r['iou'] for r in group]):.3f} "
+              f"| {fired}/{len(group)} |")
+    print("\n| model | signal | Pearson r with per-image IoU (all shifts) |")
+    print("|---|---|---|")
+    for name in dict.fromkeys(r["model"] for r in rows):
+        sub = [r for r in rows if r["model"] == name]
+        for signal in ("depth_disagreement", "flip_disagreement", "uncertain_fraction"):
+            values = [(r[signal], r["iou"]) for r in sub if r.get(signal) is not None]
+            if len(values) > 2:
+                a, b = np.array(values).T
+                print(f"| {name} | {signal} | {np.corrcoef(a, b)[0, 1]:+.2f} |")
+
+
+# --------------------------------------------------------------------------- labelling
+
+
+def _finetune(model: Any, info: Any, images: np.ndarray, sparse: np.ndarray,
+              iterations: int, seed: int) -> Any:
+    """Fine-tune from the same start on sparse labels (0 unlabelled, 1 interior, 2 membrane)."""
+    from napari_unetpp.config import TrainConfig
+    from napari_unetpp.training import Trainer
+
+    config = TrainConfig(iterations=iterations, batch_size=4, patch_size=(128, 128),
+                         learning_rate=1e-4, validation_fraction=0.0, validate_every=iterations,
+                         foreground_fraction=1.0, device="cpu", mixed_precision=False, seed=seed)
+    data = info.data.replace(label_mode="sparse", class_values=(2,))
+    trainer = Trainer(model.config, config, data, initial=model)
+    return drive(trainer.run(list(images), list(sparse))).model
+
+
+def bench_labelling(regions: int, size: int, iterations: int, seeds: list[int]) -> None:
+    """EM, blurred (a new domain): label the top-ranked vs random regions of the validation
+    slices (same area), fine-tune from the shipped model, score L4 on the blurred test slices."""
+    from scipy import ndimage
+
+    from napari_unetpp.disagreement import disagreement_map, rank_regions
+
+    model, info = zoo.load_pretrained("em")
+    image, membranes = Z.load_em()
+    blur = ndimage.gaussian_filter(image.astype(np.float32), (0, 2, 2)).astype(np.uint8)
+    (v0, v1), (t0, t1) = zoo.EM_VAL_SLICES, zoo.EM_TEST_SLICES
+    pool, pool_truth = blur[v0:v1], membranes[v0:v1]
+    test, truth = blur[t0:t1], membranes[t0:t1].astype(bool)
+    config = PredictConfig(device="cpu")
+
+    def score(net: Any) -> float:
+        return M.iou(predict_array(net, test, config.replace(pruned_depth=4), info.data)[4] > 0.5,
+                     truth)
+
+    probs = predict_array(model, pool, config, info.data)
+    ranked = rank_regions(disagreement_map(probs, 1), (size, size), top=10**6)
+    print(f"start (no fine-tune): L4 IoU {score(model):.4f} on blurred slices {t0}-{t1 - 1}; "
+          f"{regions} regions of {size}x{size} = "
+          f"{100 * regions * size * size / pool.size:.1f}% of slices {v0}-{v1 - 1} labelled")
+    print("| regions | seed | L4 IoU after fine-tune |\n|---|---|---|")
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        choices = {"top-ranked": ranked[:regions],
+                   "random": [ranked[i] for i in rng.choice(len(ranked), regions, replace=False)]}
+        for name, chosen in choices.items():
+            sparse = np.zeros(pool.shape, np.uint8)
+            for region in chosen:
+                sparse[region.index] = pool_truth[region.index] + 1
+            tuned = _finetune(model, info, pool, sparse, iterations, seed)
+            print(f"| {name} | {seed} | {score(tuned):.4f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    a = sub.add_parser("adaptive")
+    a.add_argument("--tolerances", nargs="+", type=float, default=[0.05])
+    a.add_argument("--tiles", nargs="+", type=int, default=[256])
+    a.add_argument("--repeats", type=int, default=2)
+    w = sub.add_parser("warning")
+    w.add_argument("--object-diameter", type=float, default=None,
+                   help="nuclei training objects' median diameter (px) if the model lacks it")
+    w.add_argument("--crop", type=int, default=256, help="centre crop (CPU time)")
+    w.add_argument("--json", type=Path, help="write the per-image signals here")
+    lab = sub.add_parser("labelling")
+    lab.add_argument("--regions", type=int, default=8)
+    lab.add_argument("--size", type=int, default=64)
+    lab.add_argument("--iterations", type=int, default=30)
+    lab.add_argument("--seeds", nargs="+", type=int, default=[0])
+    s = sub.add_parser("summary", help="re-judge a --json file (e.g. new thresholds)")
+    s.add_argument("json", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.what == "adaptive":
+        bench_adaptive(args.tolerances, args.tiles, args.repeats)
+    elif args.what == "labelling":
+        bench_labelling(args.regions, args.size, args.iterations, args.seeds)
+    elif args.what == "warning":
+        bench_warning(args.crop, args.json, args.object_diameter)
+    else:
+        saved = json.loads(args.json.read_text())
+        summarise(saved["evaluation"], saved["thresholds"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Adaptive depth, disagreement maps, depth advice and the "unlike the training data" check."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_unetpp.adaptive import NestedForward, depth_cost_fractions, predict_adaptive
+from napari_unetpp.config import DataConfig, PredictConfig
+from napari_unetpp.disagreement import (
+    advise_depth,
+    check_image,
+    disagreement_map,
+    rank_regions,
+)
+from napari_unetpp.events import Stopper, drive
+from napari_unetpp.inference import predict_array
+from napari_unetpp.model import UNetPlusPlus, nodes_for_depth
+from napari_unetpp.tiling import tile_grid
+
+
+def _random_net(spatial_dims: int = 2, seed: int = 0) -> UNetPlusPlus:
+    """Random weights and BatchNorm statistics (folding must keep the result exact)."""
+    torch.manual_seed(seed)
+    net = UNetPlusPlus(widths=(4, 8, 16, 32, 64), depth=4, spatial_dims=spatial_dims)
+    for module in net.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def test_nested_forward_reuses_nodes_and_matches_every_head() -> None:
+    net = _random_net()
+    x = torch.randn(2, 1, 48, 48)
+    with torch.no_grad():
+        full = net(x)
+        forward = NestedForward(net, x)
+        for d in net.head_depths:
+            before = set(forward.features)
+            assert torch.allclose(forward.head(d), full[d], atol=1e-5)
+            assert before == (set(nodes_for_depth(d - 1)) if d > 1 else set())
+            assert set(forward.features) == set(nodes_for_depth(d))  # only the new ones ran
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_tolerance_zero_gives_the_deepest_head_exactly(spatial_dims: int) -> None:
+    net = _random_net(spatial_dims)
+    rng = np.random.default_rng(1)
+    if spatial_dims == 2:
+        image, tile = rng.random((2, 70, 90)).astype("float32"), (32, 32)
+    else:
+        image, tile = rng.random((20, 36, 33)).astype("float32"), (16, 32, 32)
+    base = PredictConfig(device="cpu", tile_size=tile, batch_size=3)
+    deepest = predict_array(net, image, base.replace(depths=(4,)), DataConfig())
+    auto = predict_array(net, image, base.replace(adaptive_depth=True, depth_tolerance=0.0),
+                         DataConfig())
+    assert sorted(auto) == [4]
+    assert np.array_equal(auto[4], deepest[4])
+    assert set(auto.tiles_per_depth) == {4} and auto.cost_fraction == 1.0
+    assert auto.depth_map.shape == image.shape and (auto.depth_map == 4).all()
+
+
+def test_tolerance_zero_on_the_shipped_em_model(em_stack) -> None:
+    from napari_unetpp.zoo import load_pretrained
+
+    model, info = load_pretrained("em")
+    crop = em_stack[0][17, 100:260, 50:242]
+    config = PredictConfig(device="cpu", tile_size=(128, 128))
+    deepest = predict_array(model, crop, config.replace(depths=(4,)), info.data)
+    auto = predict_array(model, crop, config.replace(adaptive_depth=True, depth_tolerance=0.0),
+                         info.data)
+    assert np.array_equal(auto[4], deepest[4])
+    loose = predict_array(model, crop, config.replace(adaptive_depth=True, depth_tolerance=0.2),
+                          info.data)
+    print("EM crop, tolerance 0.2:", loose.summary())
+    assert min(loose.tiles_per_depth) < 4 and loose.cost_fraction < 1.0
+
+
+def test_depth_used_map_and_tile_grid_shapes() -> None:
+    net = _random_net()
+    image = np.random.default_rng(2).random((3, 50, 75)).astype("float32")
+    config = PredictConfig(device="cpu", tile_size=(32, 32), adaptive_depth=True,
+                           depth_tolerance=1.0)
+    result = predict_array(net, image, config, DataConfig())
+    assert result.depth_map.shape == image.shape == result.disagreement.shape
+    assert set(result.tile_depths) == {(0,), (1,), (2,)}
+    grid = result.tile_depths[(0,)]
+    starts = tile_grid((50, 75), (32, 32), 0.25, align=16)
+    assert grid.shape == (len({s[0] for s in starts}), len({s[1] for s in starts}))
+    assert sum(result.tiles_per_depth.values()) == 3 * grid.size
+    assert set(np.unique(result.depth_map)) <= {2.0, 3.0, 4.0}
+    assert result.cost_fraction == pytest.approx(
+        np.mean([depth_cost_fractions(net.config)[d] for g in result.tile_depths.values()
+                 for d in g.ravel()]))
+    assert ((result.disagreement >= 0) & (result.disagreement <= 1)).all()
+
+
+def test_adaptive_run_can_be_stopped() -> None:
+    net = _random_net()
+    stopper = Stopper()
+    gen = predict_adaptive(net, np.zeros((4, 64, 64), "float32"),
+                           PredictConfig(device="cpu", tile_size=(32, 32), adaptive_depth=True),
+                           DataConfig(), stopper=stopper)
+
+    def stop_after_first_tiles(event) -> None:
+        if event.kind == "tiles":
+            stopper.stop()
+
+    result = drive(gen, stop_after_first_tiles)
+    assert result.complete is False
+    assert len(result.tile_depths) == 1  # the first slice only
+
+
+def test_adaptive_config_rejects_a_fixed_depth() -> None:
+    with pytest.raises(ValueError, match="adaptive_depth"):
+        PredictConfig(adaptive_depth=True, pruned_depth=2)
+    with pytest.raises(ValueError, match="depth_tolerance"):
+        PredictConfig(depth_tolerance=1.5)
+    assert PredictConfig.from_dict(PredictConfig().to_dict()).adaptive_depth is False
+
+
+def test_disagreement_map_and_ranked_regions() -> None:
+    probs = {d: np.full((2, 40, 40), 0.5, "float32") for d in (1, 2, 3)}
+    probs[1][1, 20:30, 0:10] = 0.0  # the depths disagree in one block of slice 1
+    spread = disagreement_map(probs, num_classes=1)
+    assert spread.shape == (2, 40, 40) and spread.max() == pytest.approx(0.5)
+    top = rank_regions(spread, (10, 10), top=3)
+    assert top[0].item == (1,) and top[0].start == (20, 0) and top[0].score == pytest.approx(0.5)
+    assert spread[top[0].index].mean() == pytest.approx(top[0].score)
+    with pytest.raises(ValueError, match="two depths"):
+        disagreement_map({4: probs[1]}, 1)
+
+
+def test_depth_advice_names_the_depth_that_holds() -> None:
+    deepest = np.zeros((3, 20, 20), "float32")
+    deepest[1] = 1.0  # class 1 everywhere at L3
+    shallow = deepest.copy()
+    shallow[:, :10] = [[[1.0]], [[0.0]], [[0.0]]]  # L1 says background on half the image
+    probs = {1: shallow, 2: deepest, 3: deepest}
+    advice = advise_depth(probs, num_classes=3, recommended=1, tolerance=0.02)
+    assert advice.agreement[1] == pytest.approx(0.5) and advice.suggested == 2
+    assert "departs" in advice.message and "L2" in advice.message
+    assert "holds" in advise_depth(probs, 3, recommended=2).message
+
+
+@pytest.fixture(scope="module")
+def nuclei_model():
+    from napari_unetpp.zoo import load_pretrained
+
+    return load_pretrained("nuclei")
+
+
+def test_warning_fires_on_nuclei_rescaled_2x_not_on_native(data_dir, nuclei_model) -> None:
+    """A held-back DSB image (2255d5aba044256b): native, and its centre upsampled 2x."""
+    from skimage import io
+    from skimage.transform import rescale
+
+    from napari_unetpp.data import rgb_to_grey
+
+    image = io.imread(data_dir / "nuclei_dsb2018" / "images" / "2255d5aba044256b.png")
+    if image.ndim == 3:
+        image = np.clip(np.round(rgb_to_grey(image)), 0, 255).astype(np.uint8)
+    y, x = (image.shape[0] - 256) // 2, (image.shape[1] - 256) // 2
+    native = image[y:y + 256, x:x + 256]
+    zoomed = rescale(native[64:192, 64:192].astype("float32"), 2.0, order=1,
+                     preserve_range=True).astype(np.uint8)
+    model, info = nuclei_model
+    config = PredictConfig(device="cpu", tile_size=(256, 256))
+    checks = {}
+    for name, img in (("native", native), ("2x", zoomed)):
+        check, probs = drive(check_image(model, img, info.data, config,
+                                         recommended=info.metrics["best_depth"],
+                                         thresholds=info.metrics["image_check"]))
+        print(name, check.report())
+        checks[name] = check
+        assert sorted(probs) == [1, 2, 3, 4]
+    assert not checks["native"].unlike_training
+    assert checks["2x"].unlike_training and checks["2x"].remedies
+    assert (checks["2x"].signals["depth_disagreement"]
+            > 3 * checks["native"].signals["depth_disagreement"])
+
+
+def test_cli_depth_auto_disagreement_and_info_on(tmp_path, em_stack, capsys) -> None:
+    from napari_unetpp.cli import main
+
+    path = tmp_path / "em.tif"
+    tifffile.imwrite(path, em_stack[0][16, :160, :192])
+    out = tmp_path / "out"
+    assert main(["predict", "zoo:em", str(path), "--out", str(out), "--depth", "auto",
+                 "--depth-tolerance", "0.05", "--disagreement", "--tile", "128", "-q",
+                 "--device", "cpu"]) == 0
+    used = tifffile.imread(out / "em_depth_used.tif")
+    assert used.shape == (160, 192) and set(np.unique(used)) <= {2, 3, 4}
+    assert tifffile.imread(out / "em_disagreement.tif").shape == (160, 192)
+    regions = json.loads((out / "em_regions.json").read_text())["label_here_next"]
+    assert regions and regions[0]["score"] >= regions[-1]["score"]
+    assert "adaptive depth: tiles" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["predict", "zoo:em", str(path), "--out", str(out), "--depth", "two"])
+    assert main(["info", "zoo:em", "--on", str(path), "-q", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "depth:" in text and "training data" in text
+
+
+def test_judge_and_calibrate_name_the_remedy() -> None:
+    from napari_unetpp.disagreement import THRESHOLDS, calibrate, judge
+
+    quiet = {"depth_disagreement": 0.01, "flip_disagreement": 0.01, "uncertain_fraction": 0.01,
+             "size_ratio": 1.1, "scale_gain": 0.7}
+    assert judge(quiet) == (False, [], [])
+    larger = judge({**quiet, "scale_gain": 2.5})
+    assert larger[0] and "half size" in larger[1][0] and "rescale the image by 0.50" in larger[2][0]
+    smaller = judge({**quiet, "size_ratio": 0.3})
+    assert smaller[0] and "rescale the image by 3.33" in smaller[2][0]
+    noisy = judge({**quiet, "flip_disagreement": 0.5})
+    assert noisy[0] and "fine-tune" in noisy[2][0]
+    limits = calibrate([quiet, {**quiet, "depth_disagreement": 0.04}], margin=1.5)
+    assert limits["depth_disagreement"] == pytest.approx(0.06)
+    assert limits["scale_gain"] == THRESHOLDS["scale_gain"]  # natives far below the fallback
