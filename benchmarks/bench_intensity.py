@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             variant = [VARIANTS[name](image, labels) for image, labels in pairs]
             scores.append(foreground_iou(model, data_config, variant, args.depth))
-            print(f"  ({mode} {name}: {time.perf_counter() - start:.0f} s)", file=sys.stderr)
+            print(f"  ({mode} {name}: foreground IoU {scores[-1]:.3f}, "
+                  f"{time.perf_counter() - start:.0f} s)", file=sys.stderr)
         print(f"| {mode} | " + " | ".join(f"{s:.3f}" for s in scores) + " |")
     print(f"\n{len(pairs)} held-back DSB images, L{args.depth}, foreground IoU; command: "
           f"python benchmarks/bench_intensity.py {' '.join(argv or sys.argv[1:])}")
