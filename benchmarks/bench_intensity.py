@@ -17,6 +17,14 @@ Run::
     python benchmarks/bench_intensity.py --depth 4 --min-foreground 0 0.02
 
 Prints a markdown table and the command line.
+
+Measured (2 shared CPU cores, 30 Nov 2026, the shipped nuclei model at L4, all 44 held-back
+images; ``--min-foreground 0 0.1 --variants native dim+empty`` in two runs):
+
+| min_foreground | native | dim+empty |
+|---|---|---|
+| 0 (plain percentiles, before) | 0.880 | 0.605 |
+| 0.1 (the default now) | 0.880 | 0.796 |
 """
 
 from __future__ import annotations
