@@ -163,6 +163,7 @@ def get_image_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerDat
 def open_image(path: str | os.PathLike[str]) -> list[LayerData]:
     """One Image layer: ``scale`` from the file, ``metadata`` with pixel size and unit."""
     from . import readers
+    from .files import stem
 
     path = Path(path)
     image = readers.read_image(path)
@@ -175,12 +176,7 @@ def open_image(path: str | os.PathLike[str]) -> list[LayerData]:
         kwargs["channel_axis"] = axes.index("C")
         del scale[axes.index("C")]
         axes = axes.replace("C", "")
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".ome.tiff", ".ome.tif", ".tiff", ".tif", ".dcm"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    kwargs.update(name=name, scale=tuple(scale), metadata={
+    kwargs.update(name=stem(path), scale=tuple(scale), metadata={
         "pixel_size": image.pixel_size, "unit": image.unit, "axes": axes,
         "source": image.source, "path": str(path), "reader": dict(image.metadata)})
     if image.unit is not None and _layer_takes_units():

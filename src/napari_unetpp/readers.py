@@ -243,13 +243,14 @@ def read_nifti(path: str | Path) -> ImageData:
 
 def _read_dicom_headers(files: Sequence[Path]) -> list[Any]:
     import pydicom
+    from pydicom.errors import InvalidDicomError
 
     headers = []
     for file in files:
         try:
             headers.append((file, pydicom.dcmread(str(file), stop_before_pixels=True)))
-        except Exception:  # noqa: BLE001 - a non-DICOM or broken file in the folder: skip it
-            continue
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            continue  # a non-DICOM or broken file in the folder: skip it
     return headers
 
 
@@ -322,6 +323,12 @@ def read_dicom(path: str | Path) -> ImageData:
         "file_spacing": [dz, dy, dx],
     }
     unit = "mm" if has_spacing else None
+    if volume.ndim == 4:  # multi-frame files: their per-frame geometry is not read
+        if len(chosen) > 1:
+            raise ValueError(f"{path}: a series of multi-frame DICOM files is not supported; "
+                             "convert it to NIfTI (e.g. with dcm2niix) and open that")
+        volume, orientation = volume[0], None
+        metadata["multi_frame"] = True
     if orientation is None:  # no patient axes (secondary capture...): the stack as stored
         array = volume if len(chosen) > 1 else volume[0]
         scale = (dz, dy, dx)[-array.ndim:]
