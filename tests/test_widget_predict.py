@@ -139,10 +139,12 @@ def test_stack_slicewise_then_current_slice(setup: Any, crop: np.ndarray) -> Non
 
     w._scope.value = "current slice only (quick look)"
     viewer.dims.set_point(0, 6.0)  # world z = 1 + 5 * 1: slice 1
-    w.segment()
-    assert not errors and len(viewer.layers) == 4
-    quick = viewer.layers["stack UNet++ L1"]
+    w.segment()  # a quick look writes its own layers: the whole-stack ones stay
+    assert not errors and len(viewer.layers) == 7
+    assert viewer.layers["stack UNet++ labels"].data.shape == (2, 128, 128)
+    quick = viewer.layers["stack UNet++ L1 (quick look)"]
     assert quick.data.shape == (1, 128, 128)
+    assert viewer.layers["stack UNet++ labels (quick look)"].data.shape == (1, 128, 128)
     assert tuple(quick.translate) == (6.0, *TRANSLATE) and tuple(quick.scale) == (5.0, *SCALE)
 
     w._scope.value = "3D"  # a 2D model: a notification, not a traceback

@@ -200,6 +200,9 @@ class TrainConfig(_Config):
     seed: int = 0
     freeze_encoder: bool = False
     num_workers: int = 0
+    #: Keep BatchNorm running statistics fixed (a few scribbles must not re-estimate them);
+    #: None = on when fine-tuning (``Trainer(initial=...)``), off from scratch.
+    freeze_norm: bool | None = None
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(int(p) for p in self.patch_size)
