@@ -198,35 +198,40 @@ def queue_for(viewer: Any) -> JobQueue:
 
 
 def on_dock_closed(native: Any, window: Any, callback: Callable[[], None]) -> Any:
-    """Call ``callback`` once when ``native`` leaves ``window`` (its dock was closed) or is deleted.
+    """Call ``callback`` (a bound method) once when ``native`` leaves ``window`` (its dock
+    was closed) or is deleted.
 
     Hidden docks (tabbed, collapsed) still belong to the window and do not count.
-    Returns the event filter (keep no reference: it is parented to ``native``).
+    Only weak references are kept, so the watcher never keeps a closed dock (or the
+    viewer) alive. Returns the event filter (parented to ``native``).
     """
     from qtpy.QtCore import QEvent, QObject, QTimer
 
-    fired, seen = [False], [False]
+    state = {"fired": False, "seen": False}
+    window_ref, native_ref = weakref.ref(window), weakref.ref(native)
+    method = weakref.WeakMethod(callback)  # type: ignore[arg-type]
+
+    def fire() -> None:
+        target = method()
+        if not state["fired"] and target is not None:
+            state["fired"] = True
+            target()
 
     def belongs() -> bool:
-        widget = native
+        widget, target = native_ref(), window_ref()
         while widget is not None:
-            if widget is window:
+            if widget is target:
                 return True
             widget = widget.parent()
         return False
 
-    def fire() -> None:
-        if not fired[0]:
-            fired[0] = True
-            callback()
-
     def check() -> None:
         try:
             inside = belongs()
-            seen[0] = seen[0] or inside
-            if seen[0] and not inside:
-                fire()
         except RuntimeError:  # the Qt object is already deleted
+            inside = False
+        state["seen"] = state["seen"] or inside
+        if state["seen"] and not inside:
             fire()
 
     class _Watcher(QObject):

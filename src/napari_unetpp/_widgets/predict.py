@@ -10,7 +10,8 @@ with fixed colours and a legend in the dock. Per-depth layers that an earlier mo
 more depths left behind are removed. Multi-class models show the probability of *any
 foreground* (1 - background) per depth, what one compares across depths by eye; the
 classes are in the labels. "current slice only" writes its own one-slice-thick
-``... (quick look)`` layers placed at the slice shown, leaving the whole-stack layers alone. RGB images given to a 1-channel model become grey (luminance,
+``... (quick look)`` layers placed at the slice shown, leaving the whole-stack layers
+alone. RGB images given to a 1-channel model become grey (luminance,
 ``data.rgb_to_grey``, as the CLI does).
 
 Every run writes ``run.json``, ``command.sh`` (the same run as ``napari-unetpp predict``)
@@ -26,8 +27,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar,
-                              PushButton, SpinBox, TextEdit)
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    TextEdit,
+)
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 

@@ -5,7 +5,8 @@ Moving the slider rebuilds the network as ``model.prune(d)`` (only the nodes
 on a 256 x 256 dummy (64^3 for 3D models) on the chosen device, in a worker so the
 viewer stays live. The timing waits until the slider has rested for
 :data:`TIMING_DELAY_MS` and runs in the viewer's job queue: a newer depth replaces
-a timing that has not finished, and never runs beside it (issue 16's freeze). The panel shows the parameters (full and pruned), that time per
+a timing that has not finished, and never runs beside it (issue 16's freeze).
+The panel shows the parameters (full and pruned), that time per
 megapixel, and the validation (or, for shipped models, held-back) score of depth ``d``
 from the checkpoint's metrics.
 "Apply" re-segments with ``PredictConfig(pruned_depth=d)`` (the fast path) and
