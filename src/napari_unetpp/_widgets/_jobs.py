@@ -236,8 +236,13 @@ def on_dock_closed(native: Any, window: Any, callback: Callable[[], None]) -> An
 
     class _Watcher(QObject):
         def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 (Qt's name)
-            if event.type() in (QEvent.Type.Hide, QEvent.Type.ParentChange):
-                QTimer.singleShot(0, check)  # after the reparenting has finished
+            kind = event.type()
+            if not state["seen"]:  # until it is docked, any event may be the first inside
+                state["seen"] = belongs()
+            elif kind == QEvent.Type.ParentChange:
+                check()  # the new parent is set: a removed dock stops before any callback
+            elif kind == QEvent.Type.Hide:
+                QTimer.singleShot(0, check)  # an ancestor may be on its way out
             return False
 
     watcher = _Watcher(native)
