@@ -29,6 +29,19 @@ from napari_unetpp.model import UNetPlusPlus
 
 pytestmark = pytest.mark.gui
 WAIT_MS = 120_000
+#: A hard limit that also works when a deadlock holds the GIL (then pytest-timeout's thread
+#: cannot run: on the code before the fix, the freeze test hung until killed from outside).
+HARD_LIMIT_S = 280
+
+
+@pytest.fixture(autouse=True)
+def watchdog() -> Any:
+    """faulthandler's C thread dumps all stacks and exits the process on a hang."""
+    import faulthandler
+
+    faulthandler.dump_traceback_later(HARD_LIMIT_S, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture

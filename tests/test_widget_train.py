@@ -186,3 +186,53 @@ def test_closed_widget_is_not_called_back(make_napari_viewer, qtbot):
     _state.unregister_model("closed-widget-check")
     viewer.add_image(np.zeros((8, 8), np.float32))
     assert w is not None
+
+
+def test_dock_fits_a_laptop_and_every_field_is_labelled(make_napari_viewer):
+    """Opened before any Labels layer exists (issue 16: then no field had a label)."""
+    from qtpy.QtWidgets import QApplication, QLabel
+
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    dock = viewer.window.add_dock_widget(w)
+    assert w.labels is True  # magicgui's "show labels" flag, once shadowed by the Labels box
+    shown = {label.text() for label in w.native.findChildren(QLabel)}
+    for field in (w._image, w._labels_box, w._label_mode, w._start_from, w._lr, w._output):
+        assert field.label in shown, (field.label, sorted(shown))
+    w._status.value = "stopping after this step; keeping the best model... " * 10
+    w._label_reason.value = "guessed sparse: " + "x" * 1000  # a long unwrapped line
+    QApplication.processEvents()
+    width = max(dock.minimumSizeHint().width(), dock.minimumWidth(),
+                w.native.minimumSizeHint().width())
+    print(f"train dock minimum width: {width} px")
+    assert width <= 450
+    assert not w._advanced.visible  # Advanced starts collapsed
+    viewer.add_image(np.zeros((32, 32), np.float32), name="img")
+    viewer.add_labels(np.zeros((32, 32), np.uint8), name="mine")
+    out = viewer.add_labels(np.zeros((32, 32), np.uint8), name="img UNet++ labels",
+                            metadata={"napari_unetpp": {"model": "zoo:em"}})
+    w.reset_choices()
+    assert w._labels_box.value.name == "mine" and out.name != "mine"  # the user's layer first
+
+
+def test_fine_tune_defaults_and_label_guess_while_painting(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((64, 64), np.float32), name="img")
+    labels = viewer.add_labels(np.zeros((64, 64), np.uint8), name="paint")
+    labels.data[:, :] = 1
+    labels.data[10:20, :] = 2
+    labels.refresh()
+    w = TrainWidget(viewer)
+    w._image.value, w._labels_box.value = viewer.layers["img"], labels
+    assert w._label_mode.value == "dense"
+    assert w._lr.value == train_module.SCRATCH_LR and not w._freeze_norm.value
+    w._start_from.value = "file"  # any start from a model (shipped, trained or a file)
+    assert w._lr.value == train_module.FINE_TUNE_LR and w._freeze_norm.value
+    assert w._iterations.value == train_module.FINE_TUNE_ITERATIONS and w._preview.value
+    # the user erases to scribbles: the guess follows the painting, not only layer choices
+    labels.data[:] = 0
+    labels.data[5, 5:60] = 1
+    labels.data[30, 5:60] = 2
+    labels.events.paint(value=[])
+    qtbot.waitUntil(lambda: w._label_mode.value == "sparse",
+                    timeout=5 * train_module.GUESS_DELAY_MS)
