@@ -65,9 +65,10 @@ STATE_FILE = "trainer_state.json"
 VALIDATION_TILE_FACTOR = 2
 #: At most this many validation tiles (evenly spaced) keep validation cheap on CPU.
 MAX_VALIDATION_TILES = 64
-#: Fewer labelled validation pixels than this give no trustworthy score (a few scribbled
-#: pixels score 1.000): then nothing is held back for validation and all labels train.
-MIN_VALIDATION_PIXELS = 2000
+#: Fewer labelled validation pixels than this, or only one class among them, give no
+#: trustworthy score (a few scribbled pixels scored 1.000): then nothing is held back for
+#: validation and all labels train.
+MIN_VALIDATION_PIXELS = 200
 #: What the run says (a "note" event, and the checkpoint's provenance) without validation.
 NO_VALIDATION = "no validation: paint on more of the image (training loss shown instead)"
 
@@ -229,8 +230,7 @@ def prepare_data(
     tile = [p * (VALIDATION_TILE_FACTOR if k >= len(train_config.patch_size) - 2 else 1)
             for k, p in enumerate(train_config.patch_size)]
     tiles = _evenly(data_mod.validation_tiles(val, tile, dims), MAX_VALIDATION_TILES)
-    labelled = sum(int((t != data_mod.IGNORE_INDEX).sum()) for _, t in tiles)
-    if val and labelled < MIN_VALIDATION_PIXELS and val_images is None:
+    if val and val_images is None and not _can_score(tiles):
         train, val, tiles = volumes, [], []  # too few to score: every label trains
     sampler = data_mod.PatchSampler(train, train_config.patch_size, dims,
                                     train_config.foreground_fraction, rng,
@@ -239,6 +239,14 @@ def prepare_data(
         "train": [v.name + f" {v.spatial}" for v in train],
         "validation": [v.name + f" {v.spatial}" for v in val] if tiles else NO_VALIDATION}
     return _Data(sampler, tiles, data_config, description)
+
+
+def _can_score(tiles: list[tuple[np.ndarray, np.ndarray]]) -> bool:
+    """Enough labelled validation pixels, of at least two classes, for a meaningful score."""
+    labelled = [t[t != data_mod.IGNORE_INDEX] for _, t in tiles]
+    count = sum(int(v.size) for v in labelled)
+    classes = set().union(*(np.unique(v).tolist() for v in labelled)) if labelled else set()
+    return count >= MIN_VALIDATION_PIXELS and len(classes) >= 2
 
 
 # --------------------------------------------------------------------------- resumable state

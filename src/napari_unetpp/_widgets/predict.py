@@ -372,8 +372,12 @@ class PredictWidget(Container):
         self.pruning.set_busy(running)
 
     def _on_event(self, event: Any) -> None:
-        if self._status.value.startswith("waiting"):
-            self._status.value = "segmenting..."
+        import time
+
+        now = time.perf_counter()
+        if now - getattr(self, "_shown_at", 0.0) < 0.25 and event.step < event.total:
+            return  # the text is redrawn a few times a second, not per tile
+        self._shown_at = now
         self._progress.value = int(100 * event.fraction)
         eta = "" if event.eta_s is None else f" · {event.eta_s:.0f} s left"
         self._status.value = (event.message or f"tile {event.step}/{event.total}") + eta

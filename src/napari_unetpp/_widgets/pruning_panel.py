@@ -141,11 +141,21 @@ class PruningPanel(Container):
         pruned = self.model.num_parameters(d)
         metrics = self.info.metrics if self.info is not None else {}
         # shipped models are scored on held-back data, trained runs on their validation part
+        # (never "held-back" for the user's data: a fine-tune's metrics carry no such split)
         split = "held-back" if str(metrics.get("split", "")).startswith("held-back") \
             else "validation"
+        score = self._score(d)
+        if score == "not measured" and self._unvalidated():
+            split, score = "no validation", "paint on more of the image for a score"
         self._readout.value = (f"L{d}: {pruned:,} of {full:,} parameters "
-                               f"({100 * pruned / full:.0f}%)\n{timing}\n"
-                               f"{split}: {self._score(d)}")
+                               f"({100 * pruned / full:.0f}%)\n{timing}\n{split}: {score}")
+
+    def _unvalidated(self) -> bool:
+        """Whether the model was trained with too few labels to validate on."""
+        from ..training import NO_VALIDATION
+
+        data = (self.info.provenance.get("data") or {}) if self.info is not None else {}
+        return isinstance(data, dict) and data.get("validation") == NO_VALIDATION
 
     def apply(self, _value: Any = None) -> None:
         """Re-segment the owner's image with the pruned network (labels layer only)."""

@@ -68,6 +68,8 @@ FINE_TUNE_LR, FINE_TUNE_ITERATIONS = 1e-4, 200
 SCRATCH_LR, SCRATCH_ITERATIONS = 1e-3, 2000
 #: The label-mode guess is refreshed this long after the last brush stroke.
 GUESS_DELAY_MS = 500
+#: Progress text is redrawn at most this often (each redraw costs the GUI thread).
+STATUS_INTERVAL_S = 0.25
 
 
 def _wrapped(text: str = "") -> Label:
@@ -87,6 +89,7 @@ class TrainWidget(Container):
         self._pairs: list[tuple[Image, Labels]] = []
         self._mode_from_user = False
         self._painted: Labels | None = None  # the layer whose paint events we follow
+        self._note, self._shown_at = "", 0.0
         self.last_run_dir: Path | None = None
         self.last_checkpoint: Path | None = None
         self._build_data()
@@ -415,7 +418,7 @@ class TrainWidget(Container):
         images = [layer_data(i) for i, _ in pairs]
         labels = [np.array(layer_data(l)) for _, l in pairs]  # a copy: painting goes on
         self._preview_layer, stopper = pairs[0][0], Stopper()
-        self._note = ""
+        self._note, self._shown_at = "", 0.0
         preview = self._preview_source(model.spatial_dims) if self._preview.value else None
         self._plot.clear()
         self._set_running(True)
@@ -457,12 +460,16 @@ class TrainWidget(Container):
 
     def _on_event(self, event: Any) -> None:
         if event.kind == "step":
+            self._plot.add_step(event.step, event.loss)  # a list append; redrawn on a timer
+            now = time.perf_counter()
+            if now - self._shown_at < STATUS_INTERVAL_S and event.step < event.total:
+                return  # every step is recorded, the text is redrawn a few times a second
+            self._shown_at = now
             self._progress.value = int(100 * event.fraction)
             eta = "" if event.eta_s is None else " · ETA " + time.strftime(
                 "%H:%M:%S", time.gmtime(event.eta_s))
             note = f"\n{self._note}" if self._note else ""
             self._status.value = f"step {event.step}/{event.total} · {event.message}{eta}{note}"
-            self._plot.add_step(event.step, event.loss)
         elif event.kind == "note":
             self._note = event.message
             self._status.value = event.message
