@@ -215,7 +215,10 @@ def on_dock_closed(native: Any, window: Any, callback: Callable[[], None]) -> An
         target = method()
         if not state["fired"] and target is not None:
             state["fired"] = True
-            target()
+            try:
+                target()
+            except RuntimeError:  # some Qt objects are already gone (the application quits)
+                pass
 
     def belongs() -> bool:
         widget, target = native_ref(), window_ref()

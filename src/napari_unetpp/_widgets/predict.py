@@ -153,10 +153,11 @@ class PredictWidget(Container):
 
     def _on_closed(self) -> None:
         """The dock was closed: stop its jobs (no layer appears later); stop listening."""
+        self._runner.quit()
+        self.pruning._runner.quit()
         _state.models_changed.disconnect(self._on_models_changed)
         for event in ("inserted", "removed", "reordered"):
             getattr(self._viewer.layers.events, event).disconnect(self._on_layers_changed)
-        self._runner.quit()
         self.pruning.close_jobs()
 
     def _on_layers_changed(self, _event: Any = None) -> None:

@@ -205,13 +205,13 @@ class TrainWidget(Container):
 
     def _closed(self) -> None:
         """The dock was closed (or deleted): stop its training, stop listening."""
+        self._runner.quit()
         _state.models_changed.disconnect(self._on_models_changed)
         self._runner.queue.changed.disconnect(self._on_queue_changed)
         for event in ("inserted", "removed", "reordered"):
             getattr(self._viewer.layers.events, event).disconnect(self._on_layers_changed)
         self._follow_painting(None)
         self._guess_timer.stop()
-        self._runner.quit()
 
     def _start_choices(self, _w: Any = None) -> list[tuple[str, str]]:
         from ..zoo import available_models
