@@ -170,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"missing layers {missing}; status: {predict._status.value}")
         return 1
     viewer.layers["em sample labels"].visible = False  # show the prediction, not the truth
-    viewer.layers.selection.active = viewer.layers["em sample UNet++ L4"]
+    shown = [layer for layer in viewer.layers if layer.name.startswith("em sample UNet++ L")
+             and layer.visible]  # the depth the labels came from (the Depth slider's)
+    viewer.layers.selection.active = shown[0]
     viewer.dims.set_point(0, viewer.dims.range[0].start + viewer.dims.range[0].step)
     viewer.window._qt_window.resizeDocks([predict_dock], [420], Qt.Horizontal)
     settle(1)

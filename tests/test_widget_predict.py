@@ -72,6 +72,9 @@ def test_model_card_and_source(setup: Any, checkpoint: Path) -> None:
     assert "ISBI 2012 slices 0-11" in card and "L1\n0.600" in card
     assert f"{w.model.num_parameters(1):,}" in card
     assert w.pruning.depth == 2 and not errors
+    width = w.native.minimumSizeHint().width()
+    print(f"segment dock minimum width: {width} px")
+    assert width <= 450  # a laptop screen keeps its canvas (issue 16)
 
 
 def test_segment_2d_layers_and_rerun(setup: Any, crop: np.ndarray,

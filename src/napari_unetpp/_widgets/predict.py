@@ -129,7 +129,8 @@ class PredictWidget(Container):
         self._scope = ComboBox(label="Scope", choices=SCOPES)
         self._tile = SpinBox(label="Tile size", min=16, max=4096, step=16, value=256)
         self._device = ComboBox(label="Device", choices=_device_choices())
-        self._tta = CheckBox(text="Test-time augmentation (flips: smoother, 8x slower)")
+        self._tta = CheckBox(text="Test-time augmentation (8x slower)",
+                             tooltip="averages flipped copies: smoother, 8x slower")
         self._output = FileEdit(label="Output folder", mode="d", value=DEFAULT_OUTPUT)
         self._run = PushButton(text="Segment")
         self._cancel = PushButton(text="Cancel", enabled=False)
@@ -140,6 +141,8 @@ class PredictWidget(Container):
         self._legend.native.setWordWrap(True)
         self.pruning = PruningPanel(self)
         buttons = Container(layout="horizontal", widgets=[self._run, self._cancel], labels=False)
+        for box in (self._source, self._model, self._image, self._scope, self._device):
+            _narrow(box)  # long model/layer names must not widen the dock (laptop screens)
         self.extend([self._source, self._model, self._file, self._card, self._image,
                      self._scope, self._tile, self._device, self._tta, self._output, buttons,
                      self._progress, self._status, self._legend, self.pruning])
@@ -452,6 +455,15 @@ class PredictWidget(Container):
                                  depth=config.pruned_depth, channel_axis=data.channel_axis,
                                  probabilities=True)
         save_run_record(run_dir, "predict", configs, command)
+
+
+def _narrow(box: ComboBox, chars: int = 12) -> None:
+    """Let a combo box shrink below its longest item (the list still shows it whole)."""
+    from qtpy.QtWidgets import QComboBox
+
+    box.native.setSizeAdjustPolicy(
+        QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    box.native.setMinimumContentsLength(chars)
 
 
 def guess_zoo_model(layer: Any) -> str | None:

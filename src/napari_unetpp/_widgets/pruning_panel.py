@@ -70,9 +70,10 @@ class PruningPanel(Container):
         self.ms_per_mpx: float | None = None
         self._depth = Slider(label="Depth", min=1, max=1, value=1, enabled=False)
         self._readout = Label(value="load a model to prune it")
+        self._readout.native.setWordWrap(True)
         self._apply = PushButton(text="Apply (segment at this depth)", enabled=False)
         self._save = PushButton(text="Save pruned model", enabled=False)
-        buttons = Container(layout="horizontal", widgets=[self._apply, self._save], labels=False)
+        buttons = Container(widgets=[self._apply, self._save], labels=False)  # fits ~420 px
         self.extend([self._depth, self._readout, buttons])
         self._depth.changed.connect(self._on_depth)
         self._apply.changed.connect(self.apply)
