@@ -2,7 +2,7 @@
 
 Run from the repository root (on a machine without a display, under xvfb)::
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py
+    xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshots.py
 
 What it does, through the widgets exactly as a user would:
 
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"run outputs in {work}")
 
     viewer = napari.Viewer(title="napari-unetpp", show=True)
-    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window._qt_window.resize(1366, 768)  # a laptop screen (issue 16)
     for data, kwargs, kind in em_sample():  # what File > Open Sample does
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     settle(1)
@@ -153,15 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     predict = PredictWidget(viewer)
     predict_dock = viewer.window.add_dock_widget(predict, name="Segment with UNet++",
                                                  area="right")
-    viewer.window._qt_window.resizeDocks([predict_dock], [560], Qt.Horizontal)
+    viewer.window._qt_window.resizeDocks([predict_dock], [420], Qt.Horizontal)
     predict._source.value = "shipped"
     predict._model.value = "zoo:em"
     predict._image.value = viewer.layers["em sample"]
     predict._output.value = work / "predictions"
     log(f"model {predict.model_spec}, scope {predict._scope.value!r}")
     predict._run.native.click()  # the Segment button
-    wait_until(lambda: not predict._runner.running, args.timeout, "segmentation (all depths)")
-    wait_until(lambda: not predict.pruning._runner.running, args.timeout, "pruning timing")
+    wait_until(lambda: not predict._runner.queue.busy(), args.timeout,
+               "segmentation (all depths) and the pruning timing (one job at a time)")
     names = [layer.name for layer in viewer.layers]
     log(f"layers: {names}")
     missing = [n for n in ("em sample UNet++ L1", "em sample UNet++ L4",
@@ -170,9 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         log(f"missing layers {missing}; status: {predict._status.value}")
         return 1
     viewer.layers["em sample labels"].visible = False  # show the prediction, not the truth
-    viewer.layers.selection.active = viewer.layers["em sample UNet++ L4"]
+    shown = [layer for layer in viewer.layers if layer.name.startswith("em sample UNet++ L")
+             and layer.visible]  # the depth the labels came from (the Depth slider's)
+    viewer.layers.selection.active = shown[0]
     viewer.dims.set_point(0, viewer.dims.range[0].start + viewer.dims.range[0].step)
-    viewer.window._qt_window.resizeDocks([predict_dock], [560], Qt.Horizontal)
+    viewer.window._qt_window.resizeDocks([predict_dock], [420], Qt.Horizontal)
     settle(1)
     scroll_to_top(predict)
     close_notifications(viewer)
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     wait_until(lambda: predict.pruning.pruned is not None
                and predict.pruning.pruned.depth == 2, args.timeout, "pruning to L2")
     predict.pruning._apply.native.click()
-    wait_until(lambda: not predict._runner.running, args.timeout, "segmentation at L2")
+    wait_until(lambda: not predict._runner.queue.busy(), args.timeout, "segmentation at L2")
     log(f"pruning readout: {predict.pruning._readout.value!r}")
     log(f"status: {predict._status.value!r}")
     settle(1)
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     train = TrainWidget(viewer)
     viewer.window.add_dock_widget(train, name="Train / fine-tune UNet++", area="right")
     train._image.value = viewer.layers["em sample"]
-    train._labels.value = viewer.layers["em sample labels"]
+    train._labels_box.value = viewer.layers["em sample labels"]
     log(f"label mode {train._label_mode.value}: {train._label_reason.value}")
     train._start_from.value = "scratch"
     train._show_advanced.value = True

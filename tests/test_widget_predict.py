@@ -72,6 +72,9 @@ def test_model_card_and_source(setup: Any, checkpoint: Path) -> None:
     assert "ISBI 2012 slices 0-11" in card and "L1\n0.600" in card
     assert f"{w.model.num_parameters(1):,}" in card
     assert w.pruning.depth == 2 and not errors
+    width = w.native.minimumSizeHint().width()
+    print(f"segment dock minimum width: {width} px")
+    assert width <= 450  # a laptop screen keeps its canvas (issue 16)
 
 
 def test_segment_2d_layers_and_rerun(setup: Any, crop: np.ndarray,
@@ -139,10 +142,12 @@ def test_stack_slicewise_then_current_slice(setup: Any, crop: np.ndarray) -> Non
 
     w._scope.value = "current slice only (quick look)"
     viewer.dims.set_point(0, 6.0)  # world z = 1 + 5 * 1: slice 1
-    w.segment()
-    assert not errors and len(viewer.layers) == 4
-    quick = viewer.layers["stack UNet++ L1"]
+    w.segment()  # a quick look writes its own layers: the whole-stack ones stay
+    assert not errors and len(viewer.layers) == 7
+    assert viewer.layers["stack UNet++ labels"].data.shape == (2, 128, 128)
+    quick = viewer.layers["stack UNet++ L1 (quick look)"]
     assert quick.data.shape == (1, 128, 128)
+    assert viewer.layers["stack UNet++ labels (quick look)"].data.shape == (1, 128, 128)
     assert tuple(quick.translate) == (6.0, *TRANSLATE) and tuple(quick.scale) == (5.0, *SCALE)
 
     w._scope.value = "3D"  # a 2D model: a notification, not a traceback
@@ -223,3 +228,62 @@ def test_threaded_run_and_reader_entry(make_napari_viewer: Any, qtbot: Any, chec
         assert _names(viewer) == ["em", "em UNet++ L1", "em UNet++ L2", "em UNet++ labels"]
     finally:
         _state.unregister_model("tiny run")
+
+
+def test_labels_from_the_slider_depth_metadata_and_stale_layers(setup: Any, crop: np.ndarray,
+                                                                 tmp_path: Path) -> None:
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="em", scale=SCALE)
+    w.pruning._depth.value = 1  # the depth the user picked on the slider
+    w.segment()
+    labels = viewer.layers["em UNet++ labels"]
+    meta = labels.metadata["napari_unetpp"]
+    assert not errors and meta["depth"] == 1 and meta["model"] == w.model_spec
+    assert meta["scale"] == list(SCALE) and "L1" in w._status.value
+    expected = (np.asarray(w.last_probabilities[1]) > 0.5).astype(labels.data.dtype)
+    np.testing.assert_array_equal(labels.data, expected)
+    assert viewer.layers["em UNet++ L1"].visible and not viewer.layers["em UNet++ L2"].visible
+
+    torch.manual_seed(1)  # another model with one depth less: no stale L2 layer remains
+    net = UNetPlusPlus(widths=(4, 8), depth=1)
+    other = save_checkpoint(tmp_path / "shallow", net,
+                            CheckpointInfo(model=net.config, data=DataConfig()))
+    w.load_model(other)
+    w.segment()
+    names = _names(viewer)
+    assert "em UNet++ L2" not in names and "em UNet++ L1" in names and not errors
+    assert viewer.layers["em UNet++ labels"].metadata["napari_unetpp"]["model"] == str(other)
+
+
+def test_class_names_on_hover_fixed_colours_and_legend(setup: Any, crop: np.ndarray,
+                                                       tmp_path: Path) -> None:
+    viewer, w, errors = setup
+    torch.manual_seed(0)
+    names = ("background", "liver", "spleen", "kidney_right")
+    net = UNetPlusPlus(widths=(4, 8), depth=1, num_classes=4)
+    config = net.config.replace(class_names=names)
+    folder = save_checkpoint(tmp_path / "organs", UNetPlusPlus.from_config(config),
+                             CheckpointInfo(model=config, data=DataConfig(class_values=(1, 2, 3))))
+    w.load_model(folder)
+    w._image.value = viewer.add_image(crop[0], name="ct")
+    w.segment()
+    layer = viewer.layers["ct UNet++ labels"]
+    assert not errors and list(layer.features["class"]) == list(names)
+    colours = [tuple(np.round(layer.colormap.map(k), 3)) for k in (1, 2, 3)]
+    assert len(set(colours)) == 3 and layer.colormap.map(0)[3] == 0  # distinct; 0 transparent
+    value = int(layer.data.flat[0])
+    assert names[value] in layer.get_status(layer.data_to_world((0, 0)))["coordinates"] \
+        or value == 0
+    assert all(n in w._legend.value for n in names[1:]) and not w._legend.native.isHidden()
+
+
+def test_shipped_model_matches_the_image(make_napari_viewer: Any) -> None:
+    from napari_unetpp._widgets.predict import guess_zoo_model
+
+    viewer = make_napari_viewer()
+    em = viewer.add_image(np.zeros((8, 8), np.uint8), name="em sample")
+    ct = viewer.add_image(np.full((2, 8, 8), -1000, np.int16), name="scan")
+    rgb = viewer.add_image(np.zeros((8, 8, 3), np.uint8), name="slide", rgb=True)
+    other = viewer.add_image(np.zeros((8, 8), np.float32), name="thing")
+    assert [guess_zoo_model(x) for x in (em, ct, rgb, other)] == \
+        ["zoo:em", "zoo:ct", "zoo:nuclei", None]

@@ -35,7 +35,7 @@ def _widget(viewer, em_crop, tmp_path: Path, iterations: int = 12) -> TrainWidge
     viewer.add_labels(membranes.astype(np.uint8), name="membranes")
     w = TrainWidget(viewer)
     w._image.value = viewer.layers["em"]
-    w._labels.value = viewer.layers["membranes"]
+    w._labels_box.value = viewer.layers["membranes"]
     w._custom_widths.value = "4 8 16"
     w._depth.value = 2
     w._iterations.value = iterations
@@ -79,9 +79,9 @@ def test_train_to_completion(make_napari_viewer, qtbot, em_crop, tmp_path, monke
     assert len(w._plot.losses) == 12
     assert set(w._plot.scores) == {1, 2} and len(w._plot.scores[1]) >= 2
     assert w._progress.value == 100 and w._start.enabled and not w._stop.enabled
-    qtbot.waitUntil(lambda: "em UNet++ preview" in viewer.layers, timeout=TIMEOUT_MS)
-    qtbot.waitUntil(lambda: not w._preview_runner.running, timeout=TIMEOUT_MS)
-    assert viewer.layers["em UNet++ preview"].data.shape == (128, 128) and not errors
+    # the preview ran inside the training job (never beside it): there when the job ends
+    assert viewer.layers["em UNet++ preview"].data.shape == (1, 128, 128) and not errors
+    assert "em UNet++ before" not in viewer.layers  # from scratch: nothing to compare with
 
 
 def test_stop_keeps_a_usable_model(make_napari_viewer, em_crop, tmp_path, monkeypatch):
@@ -121,7 +121,7 @@ def test_shape_mismatch_is_a_clear_error(make_napari_viewer, tmp_path, monkeypat
     viewer.add_image(np.zeros((64, 64), np.float32), name="img")
     viewer.add_labels(np.zeros((64, 48), np.uint8), name="lab")
     w = TrainWidget(viewer)
-    w._image.value, w._labels.value = viewer.layers["img"], viewer.layers["lab"]
+    w._image.value, w._labels_box.value = viewer.layers["img"], viewer.layers["lab"]
     w._output.value = tmp_path
     assert "(64, 64)" in w._pair_info.value and "(64, 48)" in w._pair_info.value
     w._on_start()
@@ -169,7 +169,7 @@ def test_label_mode_guess_on_scribbles(make_napari_viewer):
     viewer.add_image(np.random.default_rng(0).random((128, 128), np.float32), name="img")
     viewer.add_labels(scribbles, name="scribbles")
     w = TrainWidget(viewer)
-    w._image.value, w._labels.value = viewer.layers["img"], viewer.layers["scribbles"]
+    w._image.value, w._labels_box.value = viewer.layers["img"], viewer.layers["scribbles"]
     assert w._label_mode.value == "sparse"
     assert "scribbles" in w._label_reason.value and "guessed" in w._label_reason.value
 
@@ -186,3 +186,53 @@ def test_closed_widget_is_not_called_back(make_napari_viewer, qtbot):
     _state.unregister_model("closed-widget-check")
     viewer.add_image(np.zeros((8, 8), np.float32))
     assert w is not None
+
+
+def test_dock_fits_a_laptop_and_every_field_is_labelled(make_napari_viewer):
+    """Opened before any Labels layer exists (issue 16: then no field had a label)."""
+    from qtpy.QtWidgets import QApplication, QLabel
+
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    dock = viewer.window.add_dock_widget(w)
+    assert w.labels is True  # magicgui's "show labels" flag, once shadowed by the Labels box
+    shown = {label.text() for label in w.native.findChildren(QLabel)}
+    for field in (w._image, w._labels_box, w._label_mode, w._start_from, w._lr, w._output):
+        assert field.label in shown, (field.label, sorted(shown))
+    w._status.value = "stopping after this step; keeping the best model... " * 10
+    w._label_reason.value = "guessed sparse: " + "x" * 1000  # a long unwrapped line
+    QApplication.processEvents()
+    width = max(dock.minimumSizeHint().width(), dock.minimumWidth(),
+                w.native.minimumSizeHint().width())
+    print(f"train dock minimum width: {width} px")
+    assert width <= 450
+    assert not w._advanced.visible  # Advanced starts collapsed
+    viewer.add_image(np.zeros((32, 32), np.float32), name="img")
+    viewer.add_labels(np.zeros((32, 32), np.uint8), name="mine")
+    out = viewer.add_labels(np.zeros((32, 32), np.uint8), name="img UNet++ labels",
+                            metadata={"napari_unetpp": {"model": "zoo:em"}})
+    w.reset_choices()
+    assert w._labels_box.value.name == "mine" and out.name != "mine"  # the user's layer first
+
+
+def test_fine_tune_defaults_and_label_guess_while_painting(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((64, 64), np.float32), name="img")
+    labels = viewer.add_labels(np.zeros((64, 64), np.uint8), name="paint")
+    labels.data[:, :] = 1
+    labels.data[10:20, :] = 2
+    labels.refresh()
+    w = TrainWidget(viewer)
+    w._image.value, w._labels_box.value = viewer.layers["img"], labels
+    assert w._label_mode.value == "dense"
+    assert w._lr.value == train_module.SCRATCH_LR and not w._freeze_norm.value
+    w._start_from.value = "file"  # any start from a model (shipped, trained or a file)
+    assert w._lr.value == train_module.FINE_TUNE_LR and w._freeze_norm.value
+    assert w._iterations.value == train_module.FINE_TUNE_ITERATIONS and w._preview.value
+    # the user erases to scribbles: the guess follows the painting, not only layer choices
+    labels.data[:] = 0
+    labels.data[5, 5:60] = 1
+    labels.data[30, 5:60] = 2
+    labels.events.paint(value=[])
+    qtbot.waitUntil(lambda: w._label_mode.value == "sparse",
+                    timeout=5 * train_module.GUESS_DELAY_MS)

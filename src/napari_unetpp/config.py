@@ -294,6 +294,9 @@ class TrainConfig(_Config):
     augment_blur: float = 0.0
     #: Largest standard deviation of added Gaussian noise (normalised units); 0 = off.
     augment_noise: float = 0.0
+    #: Keep BatchNorm running statistics fixed (a few scribbles must not re-estimate them);
+    #: None = on when fine-tuning (``Trainer(initial=...)``), off from scratch.
+    freeze_norm: bool | None = None
 
     def __post_init__(self) -> None:
         owner = "TrainConfig"

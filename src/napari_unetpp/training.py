@@ -57,8 +57,8 @@ from .model import UNetPlusPlus
 from .nonfinite import NonFiniteError, all_finite, non_finite_names
 from .pruning import depth_table, recommend_depth, score_tiles
 
-__all__ = ["TrainEvent", "TrainResult", "Trainer", "join_torchrun", "process_rank",
-           "transfer_weights"]
+__all__ = ["NO_VALIDATION", "TrainEvent", "TrainResult", "Trainer", "join_torchrun",
+           "process_rank", "resolve_freeze_norm", "transfer_weights"]
 
 #: Files beside ``output_dir/last`` that make a run resumable (safetensors + JSON, no pickle).
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -67,6 +67,12 @@ STATE_FILE = "trainer_state.json"
 VALIDATION_TILE_FACTOR = 2
 #: At most this many validation tiles (evenly spaced) keep validation cheap on CPU.
 MAX_VALIDATION_TILES = 64
+#: Fewer labelled validation pixels than this, or only one class among them, give no
+#: trustworthy score (a few scribbled pixels scored 1.000): then nothing is held back for
+#: validation and all labels train.
+MIN_VALIDATION_PIXELS = 200
+#: What the run says (a "note" event, and the checkpoint's provenance) without validation.
+NO_VALIDATION = "no validation: paint on more of the image (training loss shown instead)"
 
 
 @dataclass
@@ -137,13 +143,30 @@ def build_model(
     return model, origin, sorted({k.split(".")[1] for k in fresh})
 
 
-def _set_train_mode(model: nn.Module, freeze_encoder: bool) -> None:
-    """Train mode, except a frozen encoder keeps its BatchNorm statistics (eval)."""
+def _set_train_mode(model: nn.Module, freeze_encoder: bool, freeze_norm: bool = False) -> None:
+    """Train mode, except frozen parts keep their BatchNorm statistics (eval).
+
+    ``freeze_norm``: every normalisation layer keeps the statistics it was trained
+    with; batches of a few scribbled patches would otherwise re-estimate them from
+    unrepresentative pixels and shift every feature (the cause of fine-tunes that
+    made a good model worse).
+    """
     model.train()
+    net = getattr(model, "module", model)
     if freeze_encoder:
-        net = getattr(model, "module", model)
         for i in range(net.depth + 1):
             net.nodes[f"x_{i}_0"].eval()
+    if freeze_norm:
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def resolve_freeze_norm(train_config: TrainConfig, initial: Any) -> bool:
+    """``TrainConfig.freeze_norm``, with None meaning "on when starting from a model"."""
+    if train_config.freeze_norm is not None:
+        return bool(train_config.freeze_norm)
+    return initial is not None
 
 
 def _lr_at(step: int, config: TrainConfig) -> float:
@@ -209,17 +232,28 @@ def prepare_data(
         split_rng = np.random.default_rng(train_config.seed)
         train, val = data_mod.split_validation(volumes, train_config.validation_fraction,
                                                split_rng)
-    sampler = data_mod.PatchSampler(train, train_config.patch_size, dims,
-                                    train_config.foreground_fraction, rng,
-                                    sparse=data_config.label_mode == "sparse")
     tile = [p * (VALIDATION_TILE_FACTOR if k >= len(train_config.patch_size) - 2 else 1)
             for k, p in enumerate(train_config.patch_size)]
     tiles = _evenly(data_mod.validation_tiles(val, tile, dims), MAX_VALIDATION_TILES)
-    description = {"train": [v.name + f" {v.spatial}" for v in train],
-                   "validation": [v.name + f" {v.spatial}" for v in val]}
+    if val and val_images is None and not _can_score(tiles):
+        train, val, tiles = volumes, [], []  # too few to score: every label trains
+    sampler = data_mod.PatchSampler(train, train_config.patch_size, dims,
+                                    train_config.foreground_fraction, rng,
+                                    sparse=data_config.label_mode == "sparse")
+    description: dict[str, Any] = {
+        "train": [v.name + f" {v.spatial}" for v in train],
+        "validation": [v.name + f" {v.spatial}" for v in val] if tiles else NO_VALIDATION}
     if degenerate:
         description["degenerate_labels"] = degenerate  # saved with the checkpoint
     return _Data(sampler, tiles, data_config, description)
+
+
+def _can_score(tiles: list[tuple[np.ndarray, np.ndarray]]) -> bool:
+    """Enough labelled validation pixels, of at least two classes, for a meaningful score."""
+    labelled = [t[t != data_mod.IGNORE_INDEX] for _, t in tiles]
+    count = sum(int(v.size) for v in labelled)
+    classes = set().union(*(np.unique(v).tolist() for v in labelled)) if labelled else set()
+    return count >= MIN_VALIDATION_PIXELS and len(classes) >= 2
 
 
 # --------------------------------------------------------------------------- resumable state
@@ -361,6 +395,8 @@ class Trainer:
         run, origin, new_heads = self._setup(rng)
         total = tc.iterations
         data.description["new_heads"] = new_heads
+        if not data.val_tiles:
+            yield TrainEvent("note", 0, total, NO_VALIDATION)
         while run.step < total and not self.stopper.stopped:
             loss, heads = self._train_step(run, data)
             event = self._step_event(run, loss, heads)
@@ -437,7 +473,7 @@ class Trainer:
 
     def _train_step(self, run: _Run, data: _Data) -> tuple[float, dict[int, float]]:
         tc = self.train_config
-        _set_train_mode(run.model, tc.freeze_encoder)
+        _set_train_mode(run.model, tc.freeze_encoder, resolve_freeze_norm(tc, self.initial))
         x, y = data.sampler.sample(tc.batch_size, augment_patches=tc.augment,
                                    options=data_mod.AugmentOptions.from_train_config(tc))
         x_t = torch.from_numpy(x).to(run.device, non_blocking=True)

@@ -40,6 +40,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ._jobs import JobQueue, Ticket
+
 __all__ = [
     "RUN_INLINE",
     "USER_ERRORS",
@@ -75,10 +77,6 @@ class EngineRuntimeError(Exception):
     """
 
 
-class _Quit(Exception):
-    """Raised into an inline job whose runner was quit."""
-
-
 def _relay(gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
     """Drive ``gen`` inside the worker thread (a generator *function* for ``thread_worker``)."""
     try:
@@ -105,11 +103,12 @@ def report_error(exc: BaseException) -> None:
 
 
 class JobRunner:
-    """Runs at most one engine generator at a time for a widget.
+    """A widget's handle on its jobs: at most one at a time, run by a shared queue.
 
-    Keep one runner per widget (it keeps the reference to the worker that Qt
-    needs) and call :meth:`attach` with the widget's native QWidget so the job is
-    quit when the widget is destroyed or the application quits.
+    Give every runner of a viewer that viewer's queue (:func:`._jobs.queue_for`)
+    so that no two torch jobs ever run at once; ``owner`` names the kind of job
+    ("segment", "train", "prune", "preview") for the queue's ``busy(owner)``.
+    Without a queue the runner has its own (scripts, tests).
 
     Parameters
     ----------
@@ -117,17 +116,27 @@ class JobRunner:
         Run jobs synchronously on the calling thread; ``None`` uses :data:`RUN_INLINE`.
     """
 
-    def __init__(self, inline: bool | None = None) -> None:
+    def __init__(self, inline: bool | None = None, queue: JobQueue | None = None,
+                 owner: str = "job") -> None:
         self.inline = RUN_INLINE if inline is None else inline
-        self.worker: Any = None
-        self._job = 0
-        self._running = False
-        self._stop: Callable[[], None] | None = None
+        self.queue = queue if queue is not None else JobQueue()
+        self.owner = owner
+        self._ticket: Ticket | None = None
 
     @property
     def running(self) -> bool:
-        """Whether a job was started and has not finished (or been quit) yet."""
-        return self._running
+        """Whether a job was started (queued or running) and has not finished or been quit."""
+        return self._ticket is not None and self._ticket.state != "done"
+
+    @property
+    def queued(self) -> bool:
+        """Whether the job waits for another job of the viewer to finish."""
+        return self._ticket is not None and self._ticket.state == "pending"
+
+    @property
+    def worker(self) -> Any:
+        """The thread worker of the running job (None inline, queued or idle)."""
+        return self._ticket.worker if self.running and self._ticket is not None else None
 
     def attach(self, native: Any) -> None:
         """Quit the job when ``native`` (a QWidget) is destroyed or the app quits."""
@@ -148,95 +157,36 @@ class JobRunner:
         on_finish: Callback = None,
         stop: Callable[[], None] | None = None,
     ) -> Any:
-        """Run ``gen``; callbacks run on the GUI thread. Returns the worker (None inline).
+        """Queue ``gen``; callbacks run on the GUI thread. Returns the worker (None inline
+        or while queued).
 
         ``on_error`` (if given) runs before the error is shown to the user;
-        ``on_finish`` runs last in every case (returned, failed or stopped), but
-        not after :meth:`quit`. ``stop`` asks the engine to stop cleanly (e.g.
-        ``Trainer.stop``); :meth:`request_stop` and :meth:`quit` call it.
+        ``on_finish`` runs last in every case (returned, failed, stopped, or stopped
+        before it started), but not after :meth:`quit`. ``stop`` asks the engine to
+        stop cleanly (e.g. ``Trainer.stop``); :meth:`request_stop` and :meth:`quit` call it.
         """
-        if self._running:
+        if self.running:
             raise ValueError("a job is already running: stop it first, or wait until it ends")
-        self._job += 1
-        job = self._job
-        self._stop = stop
-        self._running = True
-
-        def guard(callback: Callback) -> Callable[..., None]:
-            def call(*args: Any) -> None:
-                if job == self._job and callback is not None:
-                    callback(*args)
-
-            return call
-
-        def failed(exc: BaseException) -> None:
-            if job != self._job:
-                return
-            if on_error is not None:
-                on_error(exc)
-            report_error(exc)
-
-        def finished() -> None:
-            if job == self._job:
-                self._running = False
-                self.worker = None
-                if on_finish is not None:
-                    on_finish()
-
-        if self.inline:
-            return self._run_inline(gen, job, guard(on_yield), guard(on_return), failed, finished)
-        from napari.qt.threading import thread_worker
-
-        worker = thread_worker(_relay, start_thread=False)(gen)
-        worker.yielded.connect(guard(on_yield))
-        worker.returned.connect(guard(on_return))
-        worker.errored.connect(failed)
-        worker.finished.connect(finished)
-        self.worker = worker
-        worker.start()
-        return worker
-
-    def _run_inline(
-        self,
-        gen: Generator[Any, Any, Any],
-        job: int,
-        on_yield: Callable[..., None],
-        on_return: Callable[..., None],
-        failed: Callable[[BaseException], None],
-        finished: Callable[[], None],
-    ) -> None:
-        def each(event: Any) -> None:
-            on_yield(event)
-            if job != self._job:
-                raise _Quit
-
-        from ..events import drive
-
-        try:
-            result = drive(_relay(gen), each)
-        except _Quit:
-            return
-        except Exception as exc:  # reported to the user, like the threaded path
-            failed(exc)
-        else:
-            on_return(result)
-        finished()
+        ticket = Ticket(self.owner, gen, self.inline, on_yield, on_return, on_error,
+                        on_finish, stop)
+        self._ticket = ticket
+        self.queue.submit(ticket)
+        return self.worker
 
     def request_stop(self) -> None:
-        """Ask the job to stop at its next check; it still returns its result."""
-        if self._running and self._stop is not None:
-            self._stop()
+        """Ask the job to stop at its next check (it still returns its result); a queued
+        job is taken off the queue."""
+        if self._ticket is not None:
+            self.queue.cancel(self._ticket, drop=False)
 
     def quit(self) -> None:
-        """Stop the job and drop it: no more callbacks (used when the widget closes)."""
-        if not self._running:
-            return
-        self.request_stop()
-        self._job += 1  # callbacks of the old job are ignored from now on
-        self._running = False
-        worker, self.worker = self.worker, None
-        if worker is not None:
-            worker.quit()
+        """Stop the job and drop it: no more callbacks (its widget closes or replaces it).
+
+        The queue starts the next job only after this one's thread has ended.
+        """
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            self.queue.cancel(ticket, drop=True)
 
 
 # --------------------------------------------------------------------------- run records

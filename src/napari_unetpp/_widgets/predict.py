@@ -3,11 +3,15 @@
 UI values -> PredictConfig + the model's DataConfig -> ``inference.predict`` in a
 :class:`._workers.JobRunner` -> events -> progress bar -> layers, updated in place on re-runs:
 ``<image> UNet++ L1`` .. ``L<D>`` (per-depth probability, magma, same scale/translate as the
-input) and ``<image> UNet++ labels`` (``postprocess.probabilities_to_labels`` of the deepest
-head: instances for nuclei models). Multi-class models show the probability of *any
+input) and ``<image> UNet++ labels`` (``postprocess.probabilities_to_labels`` of the depth
+the pruning panel's slider shows: instances for nuclei models). The labels layer's metadata
+records the model, that depth and the scale; class names show on hover (layer features)
+with fixed colours and a legend in the dock. Per-depth layers that an earlier model with
+more depths left behind are removed. Multi-class models show the probability of *any
 foreground* (1 - background) per depth, what one compares across depths by eye; the
-classes are in the labels. "current slice only" returns one-slice-thick layers placed at
-the slice shown. RGB images given to a 1-channel model become grey (luminance,
+classes are in the labels. "current slice only" writes its own one-slice-thick
+``... (quick look)`` layers placed at the slice shown, leaving the whole-stack layers
+alone. RGB images given to a 1-channel model become grey (luminance,
 ``data.rgb_to_grey``, as the CLI does).
 
 Every run writes ``run.json``, ``command.sh`` (the same run as ``napari-unetpp predict``)
@@ -23,14 +27,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar,
-                              PushButton, SpinBox, TextEdit)
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    TextEdit,
+)
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
 from ..data import rgb_to_grey
 from ..zoo import card_markdown
 from . import _state
+from ._jobs import on_dock_closed, queue_for
+from ._layers import class_legend, labels_style, put_layer
 from ._workers import JobRunner, format_command, layer_file, new_run_dir, save_run_record
 from .pruning_panel import PruningPanel
 
@@ -56,8 +71,10 @@ class Placement(NamedTuple):
 
 
 def segment_job(model: UNetPlusPlus, image: Any, config: PredictConfig, data: DataConfig,
-                stopper: Stopper, run_dir: Path) -> Generator[Any, None, tuple[Any, Any]]:
-    """Predict, then turn the deepest (or pruned) head into labels; save them to ``run_dir``."""
+                stopper: Stopper, run_dir: Path, depth: int | None = None
+                ) -> Generator[Any, None, tuple[Any, Any]]:
+    """Predict, then turn head ``depth`` (default: the pruned or deepest one) into labels;
+    save them to ``run_dir``."""
     import tifffile
 
     from ..inference import predict
@@ -66,7 +83,7 @@ def segment_job(model: UNetPlusPlus, image: Any, config: PredictConfig, data: Da
     probs = yield from predict(model, image, config, data, stopper=stopper)
     if not probs.complete:
         return probs, None
-    depth = config.pruned_depth or max(probs)
+    depth = config.pruned_depth or (depth if depth in probs else max(probs))
     labels = probabilities_to_labels(np.asarray(probs[depth]), model.config, data,
                                      threshold=config.threshold, min_size=config.min_size)
     tifffile.imwrite(run_dir / "labels.tif", labels, compression="zlib")
@@ -79,22 +96,24 @@ class PredictWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(scrollable=True)
         self._viewer = napari_viewer
-        self._runner = JobRunner()
+        self._runner = JobRunner(queue=queue_for(napari_viewer), owner="segment")
         self._loading = False
+        self._model_from_user = False
         self.model: UNetPlusPlus | None = None
         self.info: CheckpointInfo | None = None
         self.model_spec: str | None = None  # "zoo:<name>" or a checkpoint path (for command.sh)
         self.last_run_dir: Path | None = None
         self.last_probabilities: dict[int, Any] | None = None  # engine output of the last run
         self._build()
-        self._runner.attach(self.native)
         _state.models_changed.connect(self._on_models_changed)
         for event in ("inserted", "removed", "reordered"):
-            getattr(napari_viewer.layers.events, event).connect(self._image.reset_choices)
-        self.native.destroyed.connect(self._disconnect)
+            getattr(napari_viewer.layers.events, event).connect(self._on_layers_changed)
+        on_dock_closed(self.native, napari_viewer.window._qt_window, self._on_closed)
         initial = ("just trained" if _state.registered_models()
                    else "shipped" if self._zoo_choices() else "from file")
         self._source.value = initial
+        if initial == "shipped":
+            self._pick_zoo_model()
         self._on_source()
 
     # ------------------------------------------------------------------ layout
@@ -110,30 +129,62 @@ class PredictWidget(Container):
         self._scope = ComboBox(label="Scope", choices=SCOPES)
         self._tile = SpinBox(label="Tile size", min=16, max=4096, step=16, value=256)
         self._device = ComboBox(label="Device", choices=_device_choices())
-        self._tta = CheckBox(text="Test-time augmentation (flips: smoother, 8x slower)")
+        self._tta = CheckBox(text="Test-time augmentation (8x slower)",
+                             tooltip="averages flipped copies: smoother, 8x slower")
         self._output = FileEdit(label="Output folder", mode="d", value=DEFAULT_OUTPUT)
         self._run = PushButton(text="Segment")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(min=0, max=100, value=0)
         self._status = Label(value="")
         self._status.native.setWordWrap(True)  # long run paths must not widen the dock
+        self._legend = Label(value="", visible=False)
+        self._legend.native.setWordWrap(True)
         self.pruning = PruningPanel(self)
         buttons = Container(layout="horizontal", widgets=[self._run, self._cancel], labels=False)
+        for box in (self._source, self._model, self._image, self._scope, self._device):
+            _narrow(box)  # long model/layer names must not widen the dock (laptop screens)
         self.extend([self._source, self._model, self._file, self._card, self._image,
                      self._scope, self._tile, self._device, self._tta, self._output, buttons,
-                     self._progress, self._status, self.pruning])
+                     self._progress, self._status, self._legend, self.pruning])
         self._source.changed.connect(self._on_source)
         self._model.changed.connect(self._on_model_choice)
+        self._model.native.activated.connect(self._on_user_model)  # user choices only
         self._file.changed.connect(self._on_file)
-        self._image.changed.connect(self._default_scope)
+        self._image.changed.connect(self._on_image)
         self._run.changed.connect(lambda: self.segment())
         self._cancel.changed.connect(self.cancel)
 
-    def _disconnect(self, *_: Any) -> None:
-        """Stop listening to the session and the viewer once the dock widget is closed."""
+    def _on_closed(self) -> None:
+        """The dock was closed: stop its jobs (no layer appears later); stop listening."""
+        self._runner.quit()
+        self.pruning._runner.quit()
         _state.models_changed.disconnect(self._on_models_changed)
         for event in ("inserted", "removed", "reordered"):
-            getattr(self._viewer.layers.events, event).disconnect(self._image.reset_choices)
+            getattr(self._viewer.layers.events, event).disconnect(self._on_layers_changed)
+        self.pruning.close_jobs()
+
+    def _on_layers_changed(self, _event: Any = None) -> None:
+        try:
+            self._image.reset_choices()
+        except RuntimeError:  # its Qt widgets were deleted before the dock said so
+            self._on_closed()
+
+    def _on_user_model(self, _index: int) -> None:
+        self._model_from_user = True
+
+    def _on_image(self, _value: Any = None) -> None:
+        if self._source.value == "shipped" and not self._model_from_user:
+            self._pick_zoo_model()
+        self._default_scope()
+
+    def _pick_zoo_model(self) -> None:
+        """Choose the shipped model that matches the chosen image (EM, CT, nuclei)."""
+        layer = self._image.value
+        match = None if layer is None else guess_zoo_model(layer)
+        choices = [value for _, value in self._zoo_choices()]
+        if match in choices:
+            self._model.reset_choices()
+            self._model.value = match
 
     def _image_layers(self, _w: Any = None) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
@@ -162,8 +213,11 @@ class PredictWidget(Container):
             self._on_file() if from_file else self._on_model_choice()
 
     def _on_models_changed(self) -> None:
-        if self._source.value == "just trained":
-            self._model.reset_choices()
+        try:
+            if self._source.value == "just trained":
+                self._model.reset_choices()
+        except RuntimeError:  # its Qt widgets were deleted before the dock said so
+            self._on_closed()
 
     def _on_model_choice(self, _value: Any = None) -> None:
         if not self._loading and self._model.value and self._model.value != self.model_spec:
@@ -301,13 +355,16 @@ class PredictWidget(Container):
         except (ValueError, OSError) as exc:
             show_error(str(exc))
             return
-        stopper = Stopper()
+        stopper, depth = Stopper(), pruned_depth or self.pruning.depth
         self._set_running(True)
-        self._status.value = f"segmenting {layer.name}..."
+        self._status.value = f"segmenting {layer.name} (labels from L{depth})..."
         self._runner.start(
-            segment_job(self.model, image, config, data, stopper, run_dir),
-            on_yield=self._on_event, on_return=lambda r: self._show(layer, placement, r, config),
+            segment_job(self.model, image, config, data, stopper, run_dir, depth),
+            on_yield=self._on_event,
+            on_return=lambda r: self._show(layer, placement, r, config, depth),
             on_finish=lambda: self._set_running(False), stop=stopper.stop)
+        if self._runner.queued:
+            self._status.value = "waiting for another UNet++ job of this viewer to finish..."
 
     def cancel(self, _value: Any = None) -> None:
         """Ask the running segmentation to stop after its current tile batch."""
@@ -319,12 +376,18 @@ class PredictWidget(Container):
         self.pruning.set_busy(running)
 
     def _on_event(self, event: Any) -> None:
+        import time
+
+        now = time.perf_counter()
+        if now - getattr(self, "_shown_at", 0.0) < 0.25 and event.step < event.total:
+            return  # the text is redrawn a few times a second, not per tile
+        self._shown_at = now
         self._progress.value = int(100 * event.fraction)
         eta = "" if event.eta_s is None else f" · {event.eta_s:.0f} s left"
         self._status.value = (event.message or f"tile {event.step}/{event.total}") + eta
 
     def _show(self, layer: Image, where: Placement, result: tuple[Any, Any],
-              config: PredictConfig) -> None:
+              config: PredictConfig, depth: int) -> None:
         probs, labels = result
         if labels is None:
             self._status.value = "cancelled: layers left unchanged"
@@ -332,31 +395,48 @@ class PredictWidget(Container):
         self.last_probabilities = dict(probs)
         lift = (lambda a: a) if where.lead_index is None else (
             lambda a: a[(None,) * len(where.lead_index)])
-        final = config.pruned_depth or max(probs)
-        if config.pruned_depth is None:  # the pruned fast path updates the labels only
-            for d in sorted(probs):
-                p = np.asarray(probs[d])
-                shown = p if p.ndim == np.ndim(labels) else 1.0 - p[0]  # classes: foreground
-                self._put(Image, f"{layer.name} UNet++ L{d}", lift(shown), where,
-                          colormap="magma", contrast_limits=(0.0, 1.0), opacity=0.7,
-                          blending="additive", visible=d == final)
-        self._put(Labels, f"{layer.name} UNet++ labels", lift(labels), where, opacity=0.5)
+        final = config.pruned_depth or (depth if depth in probs else max(probs))
+        base = f"{layer.name} UNet++"
+        suffix = "" if where.lead_index is None else " (quick look)"
+        meta = {"model": self.model_spec, "model_name": self.model_name, "depth": final,
+                "scale": list(where.scale), "run": str(self.last_run_dir),
+                "scope": self._scope.value}
+        if config.pruned_depth is None:
+            self._drop_stale_depths(base, suffix, set(probs))
+        for d in sorted(probs):
+            p = np.asarray(probs[d])
+            shown = p if p.ndim == np.ndim(labels) else 1.0 - p[0]  # classes: foreground
+            put_layer(self._viewer, Image, f"{base} L{d}{suffix}", lift(shown), where.scale,
+                      where.translate, {**meta, "depth": d}, colormap="magma",
+                      contrast_limits=(0.0, 1.0), opacity=0.7, blending="additive")
+        for d in self._depth_layers(base, suffix):  # only the labels' depth is shown
+            self._viewer.layers[f"{base} L{d}{suffix}"].visible = d == final
+        assert self.model is not None and self.info is not None
+        instance = self.info.data.target == "instance"
+        put_layer(self._viewer, Labels, f"{base} labels{suffix}", lift(labels), where.scale,
+                  where.translate, meta, **labels_style(self.model.config, instance))
+        self._legend.value = class_legend(self.model.config, instance)
+        self._legend.visible = bool(self._legend.value)
         self._progress.value = 100
-        self._status.value = f"done: labels from L{final}; run saved in {self.last_run_dir}"
+        self._status.value = (f"done: labels from L{final} (the Depth slider's depth); "
+                              f"run saved in {self.last_run_dir}")
 
-    def _put(self, kind: type, name: str, data: Any, where: Placement, **style: Any) -> None:
-        """Update layer ``name`` in place, or add it (replacing one of another kind or ndim)."""
-        layers = self._viewer.layers
-        old = layers[name] if name in layers else None
-        if isinstance(old, kind) and old.ndim == np.ndim(data):
-            old.data = data
-            old.scale, old.translate = where.scale, where.translate
-            return
-        index = layers.index(old) if old is not None else len(layers)
-        if old is not None:
-            layers.remove(old)
-        layers.insert(index, kind(data, name=name, scale=where.scale,
-                                  translate=where.translate, **style))
+    def _depth_layers(self, base: str, suffix: str) -> list[int]:
+        """The depths ``d`` of existing ``<base> L<d><suffix>`` layers."""
+        found = []
+        for existing in self._viewer.layers:
+            tail = existing.name[len(base) + 2:] if existing.name.startswith(f"{base} L") else ""
+            if suffix:
+                tail = tail[: -len(suffix)] if tail.endswith(suffix) else ""
+            if tail.isdigit():
+                found.append(int(tail))
+        return found
+
+    def _drop_stale_depths(self, base: str, suffix: str, depths: set[int]) -> None:
+        """Remove per-depth layers an earlier model (with more depths) left behind."""
+        for d in self._depth_layers(base, suffix):
+            if d not in depths:
+                self._viewer.layers.remove(f"{base} L{d}{suffix}")
 
     # ------------------------------------------------------------------ records
 
@@ -375,6 +455,35 @@ class PredictWidget(Container):
                                  depth=config.pruned_depth, channel_axis=data.channel_axis,
                                  probabilities=True)
         save_run_record(run_dir, "predict", configs, command)
+
+
+def _narrow(box: ComboBox, chars: int = 12) -> None:
+    """Let a combo box shrink below its longest item (the list still shows it whole)."""
+    from qtpy.QtWidgets import QComboBox
+
+    box.native.setSizeAdjustPolicy(
+        QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    box.native.setMinimumContentsLength(chars)
+
+
+def guess_zoo_model(layer: Any) -> str | None:
+    """``zoo:<name>`` of the shipped model made for this image (EM, CT or nuclei), or None.
+
+    From what napari knows: the sample's or file's name, then the pixel values
+    (Hounsfield units below -500 are CT; an 8-bit RGB image is a nuclei stain).
+    """
+    text = " ".join(str(v) for v in (layer.name, layer.metadata.get("source", ""),
+                                     getattr(layer.source, "path", "") or "")).lower()
+    words = set(text.replace("/", " ").replace("_", " ").replace(".", " ").split())
+    for name, hints in (("em", {"em", "isbi2012", "sstem", "tem", "membranes"}),
+                        ("ct", {"ct", "totalseg", "hu"}),
+                        ("nuclei", {"nuclei", "dsb2018", "nucleus", "dapi", "hoechst"})):
+        if words & hints:
+            return f"zoo:{name}"
+    data = layer.data[-1] if layer.multiscale else layer.data  # the smallest level: cheap
+    if np.issubdtype(data.dtype, np.signedinteger) and data.size and np.min(data) < -500:
+        return "zoo:ct"
+    return "zoo:nuclei" if layer.rgb else None
 
 
 def _device_choices() -> list[str]:

@@ -3,7 +3,10 @@
 Moving the slider rebuilds the network as ``model.prune(d)`` (only the nodes
 ``i + j <= d`` and head ``d``: exact, smaller, faster) and times one forward pass
 on a 256 x 256 dummy (64^3 for 3D models) on the chosen device, in a worker so the
-viewer stays live. The panel shows the parameters (full and pruned), that time per
+viewer stays live. The timing waits until the slider has rested for
+:data:`TIMING_DELAY_MS` and runs in the viewer's job queue: a newer depth replaces
+a timing that has not finished, and never runs beside it (issue 16's freeze).
+The panel shows the parameters (full and pruned), that time per
 megapixel, and the validation (or, for shipped models, held-back) score of depth ``d``
 from the checkpoint's metrics.
 "Apply" re-segments with ``PredictConfig(pruned_depth=d)`` (the fast path) and
@@ -24,6 +27,9 @@ from napari.utils.notifications import show_error, show_info
 
 from . import _state
 from ._workers import JobRunner
+
+#: The slider must rest this long before its depth is timed (a drag times once).
+TIMING_DELAY_MS = 400
 
 if TYPE_CHECKING:
     from ..checkpoint import CheckpointInfo
@@ -51,21 +57,32 @@ class PruningPanel(Container):
     def __init__(self, owner: PredictWidget) -> None:
         super().__init__(label="Pruning")
         self._owner = owner
-        self._runner = JobRunner()
+        self._runner = JobRunner(queue=owner._runner.queue, owner="prune")
+        from qtpy.QtCore import QTimer
+
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(TIMING_DELAY_MS)
+        self._timer.timeout.connect(self._time_depth)
         self.model: UNetPlusPlus | None = None
         self.info: CheckpointInfo | None = None
         self.pruned: UNetPlusPlus | None = None
         self.ms_per_mpx: float | None = None
         self._depth = Slider(label="Depth", min=1, max=1, value=1, enabled=False)
         self._readout = Label(value="load a model to prune it")
+        self._readout.native.setWordWrap(True)
         self._apply = PushButton(text="Apply (segment at this depth)", enabled=False)
         self._save = PushButton(text="Save pruned model", enabled=False)
-        buttons = Container(layout="horizontal", widgets=[self._apply, self._save], labels=False)
+        buttons = Container(widgets=[self._apply, self._save], labels=False)  # fits ~420 px
         self.extend([self._depth, self._readout, buttons])
         self._depth.changed.connect(self._on_depth)
         self._apply.changed.connect(self.apply)
         self._save.changed.connect(lambda: self.save_pruned())
-        self._runner.attach(self.native)
+
+    def close_jobs(self) -> None:
+        """Drop the timing (the dock was closed)."""
+        self._timer.stop()
+        self._runner.quit()
 
     @property
     def depth(self) -> int:
@@ -97,10 +114,19 @@ class PruningPanel(Container):
     def _on_depth(self, _value: Any = None) -> None:
         if self.model is None:
             return
-        d, model = self.depth, self.model
         self.pruned, self.ms_per_mpx = None, None
-        self._text(f"L{d}: timing on {self._owner._device.value}...")
-        self._runner.quit()  # a newer depth wins; the old timing is dropped
+        self._text(f"L{self.depth}: timing on {self._owner._device.value}...")
+        self._runner.quit()  # a newer depth wins; the old timing is dropped (and waited for)
+        if self._runner.inline:
+            self._time_depth()
+        else:
+            self._timer.start()  # restarts: only the depth the slider rests at is timed
+
+    def _time_depth(self) -> None:
+        if self.model is None:
+            return
+        d, model = self.depth, self.model
+        self._runner.quit()
         self._runner.start(prune_job(model, d, self._owner._device.value),
                            on_return=lambda result: self._on_pruned(d, result))
 
@@ -116,11 +142,21 @@ class PruningPanel(Container):
         pruned = self.model.num_parameters(d)
         metrics = self.info.metrics if self.info is not None else {}
         # shipped models are scored on held-back data, trained runs on their validation part
+        # (never "held-back" for the user's data: a fine-tune's metrics carry no such split)
         split = "held-back" if str(metrics.get("split", "")).startswith("held-back") \
             else "validation"
+        score = self._score(d)
+        if score == "not measured" and self._unvalidated():
+            split, score = "no validation", "paint on more of the image for a score"
         self._readout.value = (f"L{d}: {pruned:,} of {full:,} parameters "
-                               f"({100 * pruned / full:.0f}%)\n{timing}\n"
-                               f"{split}: {self._score(d)}")
+                               f"({100 * pruned / full:.0f}%)\n{timing}\n{split}: {score}")
+
+    def _unvalidated(self) -> bool:
+        """Whether the model was trained with too few labels to validate on."""
+        from ..training import NO_VALIDATION
+
+        data = (self.info.provenance.get("data") or {}) if self.info is not None else {}
+        return isinstance(data, dict) and data.get("validation") == NO_VALIDATION
 
     def apply(self, _value: Any = None) -> None:
         """Re-segment the owner's image with the pruned network (labels layer only)."""

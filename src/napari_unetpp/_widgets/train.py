@@ -1,9 +1,17 @@
 """Train or fine-tune a UNet++ on Image + Labels layers (a thin widget).
 
-UI values -> ModelConfig / TrainConfig / DataConfig -> ``training.Trainer.run`` in a
-worker -> events -> progress bar, live plot, optional preview layer. The finished
-(or stopped) run's best model is registered in :mod:`._state` for the predict
+UI values -> ModelConfig / TrainConfig / DataConfig -> ``training.Trainer.run`` in the
+viewer's job queue -> events -> progress bar, live plot, optional preview layer. The
+finished (or stopped) run's best model is registered in :mod:`._state` for the predict
 widget, and ``run.json`` + ``command.sh`` beside it reproduce it from a shell.
+
+Fine-tuning (starting from a model) switches to safe defaults: learning rate
+:data:`FINE_TUNE_LR`, :data:`FINE_TUNE_ITERATIONS` steps, BatchNorm statistics kept
+(``TrainConfig.freeze_norm``, the engine's default for fine-tunes, so the CLI does
+the same), and a before/after view of the slice shown: ``<image> UNet++ before``
+(the starting model) and ``<image> UNet++ preview`` (the new one). Previews are
+computed inside the training job (never a second torch job beside it). Closing the
+dock stops its training.
 """
 
 from __future__ import annotations
@@ -13,15 +21,35 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label,
-                              LineEdit, ProgressBar, PushButton, SpinBox)
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
 from . import _state
+from ._jobs import on_dock_closed, queue_for
+from ._layers import PLUGIN_KEY
 from ._plot import TrainingPlot
-from ._workers import (JobRunner, current_slice, format_command, layer_data, layer_files,
-                       new_run_dir, predict_labels_job, save_run_record)
+from ._train_job import PreviewEvent, PreviewSource, train_job
+from ._workers import (
+    JobRunner,
+    current_slice,
+    format_command,
+    layer_data,
+    layer_files,
+    new_run_dir,
+    save_run_record,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -35,6 +63,20 @@ CHANNEL_AXES = [("none (grey)", "none"), ("last (RGB / YXC)", "-1"), ("axis 0", 
 DEFAULT_OUTPUT = Path.home() / "napari-unetpp" / "runs"
 #: Labels with more elements are guessed from their middle slice (keeps the GUI snappy).
 GUESS_MAX_SIZE = 1 << 24
+#: Defaults when starting from a trained model: small steps that keep what it knows.
+FINE_TUNE_LR, FINE_TUNE_ITERATIONS = 1e-4, 200
+SCRATCH_LR, SCRATCH_ITERATIONS = 1e-3, 2000
+#: The label-mode guess is refreshed this long after the last brush stroke.
+GUESS_DELAY_MS = 500
+#: Progress text is redrawn at most this often (each redraw costs the GUI thread).
+STATUS_INTERVAL_S = 0.25
+
+
+def _wrapped(text: str = "") -> Label:
+    """A Label whose long text wraps instead of widening the dock."""
+    label = Label(value=text)
+    label.native.setWordWrap(True)
+    return label
 
 
 class TrainWidget(Container):
@@ -43,9 +85,11 @@ class TrainWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(scrollable=True)
         self._viewer = napari_viewer
-        self._runner, self._preview_runner = JobRunner(), JobRunner()
+        self._runner = JobRunner(queue=queue_for(napari_viewer), owner="train")
         self._pairs: list[tuple[Image, Labels]] = []
         self._mode_from_user = False
+        self._painted: Labels | None = None  # the layer whose paint events we follow
+        self._note, self._shown_at = "", 0.0
         self.last_run_dir: Path | None = None
         self.last_checkpoint: Path | None = None
         self._build_data()
@@ -53,9 +97,8 @@ class TrainWidget(Container):
         self._build_advanced()
         self._build_run()
         self._connect()
-        self._runner.attach(self.native)
-        self._preview_runner.attach(self.native)
         self._on_pair_changed()
+        self._on_queue_changed()
 
     # ------------------------------------------------------------------ layout
 
@@ -63,20 +106,21 @@ class TrainWidget(Container):
         return lambda _w=None: [(l.name, l) for l in self._viewer.layers if isinstance(l, kind)]
 
     def _build_data(self) -> None:
+        # not "_labels": that is magicgui Container's "show labels" flag (issue 16)
         self._image = ComboBox(label="Image", choices=self._layers(Image))
-        self._labels = ComboBox(label="Labels", choices=self._layers(Labels))
-        self._pair_info = Label(value="")
+        self._labels_box = ComboBox(label="Labels", choices=self._user_labels_first)
+        self._pair_info = _wrapped()
         self._add_pair, self._clear_pairs = PushButton(text="Add pair"), PushButton(text="Clear")
-        self._pair_list = Label(value="training on: the selected pair")
+        self._pair_list = _wrapped("training on: the selected pair")
         self._label_mode = ComboBox(label="Label mode", choices=["dense", "sparse"])
-        self._label_reason = Label(value="")
+        self._label_reason = _wrapped()
         self._target = ComboBox(label="Target", choices=[
             ("semantic (classes)", "semantic"), ("instances (boundaries)", "instance")])
         self._dims = ComboBox(label="Stacks as", choices=[("2D slice-wise", 2), ("3D", 3)])
         self._channel_axis = ComboBox(label="Channel axis", choices=CHANNEL_AXES)
         pairs = Container(widgets=[self._add_pair, self._clear_pairs], layout="horizontal",
                           labels=False)
-        self.extend([self._image, self._labels, self._pair_info, pairs, self._pair_list,
+        self.extend([self._image, self._labels_box, self._pair_info, pairs, self._pair_list,
                      self._label_mode, self._label_reason, self._target, self._dims,
                      self._channel_axis])
 
@@ -89,7 +133,9 @@ class TrainWidget(Container):
         self._iterations = SpinBox(label="Iterations", value=2000, min=1, max=1_000_000, step=100)
         self._patch = SpinBox(label="Patch size", value=128, min=16, max=1024, step=16)
         self._batch = SpinBox(label="Batch size", value=4, min=1, max=256)
-        self._lr = FloatSpinBox(label="Learning rate", value=1e-3, min=1e-6, max=1.0, step=1e-5)
+        self._lr = FloatSpinBox(label="Learning rate", value=SCRATCH_LR, min=1e-6, max=1.0,
+                                step=1e-5)
+        self._lr.native.setDecimals(6)
         self._device = ComboBox(label="Device", choices=["auto", "cuda", "mps", "cpu"])
         self.extend([self._start_from, self._checkpoint_file, self._widths, self._depth,
                      self._iterations, self._patch, self._batch, self._lr, self._device])
@@ -108,29 +154,37 @@ class TrainWidget(Container):
         self._norm_low = FloatSpinBox(label="low", value=1.0, min=-1e6, max=1e6)
         self._norm_high = FloatSpinBox(label="high", value=99.8, min=-1e6, max=1e6)
         self._freeze_encoder = CheckBox(text="Freeze encoder (fine-tuning)", value=False)
+        self._freeze_norm = CheckBox(text="Keep BatchNorm statistics (fine-tuning)",
+                                     value=False)
         self._mixed_precision = CheckBox(text="Mixed precision (CUDA)", value=True)
         self._seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
         self._advanced = Container(visible=False, widgets=[
             self._custom_widths, self._patch_z, self._validate_every, self._val_fraction,
             self._augment, self._elastic, self._normalization, self._norm_low, self._norm_high,
-            self._freeze_encoder, self._mixed_precision, self._seed])
+            self._freeze_encoder, self._freeze_norm, self._mixed_precision, self._seed])
         self.extend([self._show_advanced, self._advanced])
 
     def _build_run(self) -> None:
         self._output = FileEdit(label="Output folder", mode="d", value=DEFAULT_OUTPUT)
-        self._preview = CheckBox(text="Preview while training (each new best model)",
-                                 value=False)
+        self._preview = CheckBox(text="Preview the slice shown (before/after)", value=False)
         self._start, self._stop = PushButton(text="Start"), PushButton(text="Stop", enabled=False)
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=100)
-        self._status = Label(value="")
+        self._status = _wrapped()
         buttons = Container(widgets=[self._start, self._stop], layout="horizontal", labels=False)
         self.extend([self._output, self._preview, buttons, self._progress, self._status])
         self._plot = TrainingPlot()
+        self._plot.setMinimumWidth(200)
         self.native.layout().addWidget(self._plot)
 
     def _connect(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self._guess_timer = QTimer()
+        self._guess_timer.setSingleShot(True)
+        self._guess_timer.setInterval(GUESS_DELAY_MS)
+        self._guess_timer.timeout.connect(self._on_pair_changed)
         self._image.changed.connect(self._on_pair_changed)
-        self._labels.changed.connect(self._on_pair_changed)
+        self._labels_box.changed.connect(self._on_pair_changed)
         self._label_mode.native.activated.connect(self._on_user_mode)  # user choices only
         self._add_pair.changed.connect(self._on_add_pair)
         self._clear_pairs.changed.connect(lambda: (self._pairs.clear(), setattr(
@@ -143,17 +197,21 @@ class TrainWidget(Container):
         # Python has not collected yet is never called back (its Qt objects are deleted)
         emitters = [getattr(self._viewer.layers.events, e) for e in ("inserted", "removed",
                                                                       "reordered")]
-        reset = self._start_from.reset_choices
         for emitter in emitters:
             emitter.connect(self._on_layers_changed)
-        _state.models_changed.connect(reset)
+        _state.models_changed.connect(self._on_models_changed)
+        self._runner.queue.changed.connect(self._on_queue_changed)
+        on_dock_closed(self.native, self._viewer.window._qt_window, self._closed)
 
-        def disconnect(*_: Any) -> None:
-            _state.models_changed.disconnect(reset)
-            for emitter in emitters:
-                emitter.disconnect(self._on_layers_changed)
-
-        self.native.destroyed.connect(disconnect)
+    def _closed(self) -> None:
+        """The dock was closed (or deleted): stop its training, stop listening."""
+        self._runner.quit()
+        _state.models_changed.disconnect(self._on_models_changed)
+        self._runner.queue.changed.disconnect(self._on_queue_changed)
+        for event in ("inserted", "removed", "reordered"):
+            getattr(self._viewer.layers.events, event).disconnect(self._on_layers_changed)
+        self._follow_painting(None)
+        self._guess_timer.stop()
 
     def _start_choices(self, _w: Any = None) -> list[tuple[str, str]]:
         from ..zoo import available_models
@@ -165,12 +223,48 @@ class TrainWidget(Container):
 
     # ------------------------------------------------------------------ UI events
 
+    def _user_labels_first(self, _w: Any = None) -> list[tuple[str, Labels]]:
+        """Labels layers, the user's before the plugin's own outputs (the default is the first)."""
+        layers = [layer for layer in self._viewer.layers if isinstance(layer, Labels)]
+        layers.sort(key=lambda layer: PLUGIN_KEY in layer.metadata)
+        return [(layer.name, layer) for layer in layers]
+
     def _on_layers_changed(self, _event: Any = None) -> None:
-        self.reset_choices()
+        try:
+            self.reset_choices()
+        except RuntimeError:  # its Qt widgets were deleted before the dock said so
+            self._closed()
+
+    def _on_models_changed(self) -> None:
+        try:
+            self._start_from.reset_choices()
+        except RuntimeError:
+            self._closed()
+
+    def _on_queue_changed(self) -> None:
+        """Show a training of this viewer that another (closed) dock left stopping."""
+        if not self._runner.running and self._runner.queue.busy("train"):
+            self._status.value = "a training of this viewer is stopping; Start waits for it"
+        elif self._runner.queued:
+            self._status.value = "waiting for another UNet++ job of this viewer to finish..."
+
+    def _follow_painting(self, labels: Labels | None) -> None:
+        """Refresh the label-mode guess a moment after each brush stroke on ``labels``."""
+        if self._painted is labels:
+            return
+        if self._painted is not None:
+            self._painted.events.paint.disconnect(self._on_paint)
+        self._painted = labels
+        if labels is not None:
+            labels.events.paint.connect(self._on_paint)
+
+    def _on_paint(self, _event: Any = None) -> None:
+        self._guess_timer.start()
 
     def _on_pair_changed(self, _value: Any = None) -> None:
-        image, labels = self._image.value, self._labels.value
+        image, labels = self._image.value, self._labels_box.value
         self._pair_info.value = ""
+        self._follow_painting(labels)
         if image is None or labels is None:
             return
         if image.rgb:
@@ -208,7 +302,7 @@ class TrainWidget(Container):
         check_pair(layer_data(image), layer_data(labels), self._channel_axis_value())
 
     def _on_add_pair(self, _value: Any = None) -> None:
-        image, labels = self._image.value, self._labels.value
+        image, labels = self._image.value, self._labels_box.value
         try:
             if image is None or labels is None:
                 raise ValueError("choose an Image layer and a Labels layer to add a pair")
@@ -225,6 +319,11 @@ class TrainWidget(Container):
         scratch = value == "scratch"
         for widget in (self._widths, self._depth, self._custom_widths):
             widget.enabled = scratch  # a fine-tuned model keeps its architecture
+        # fine-tuning: small steps, BatchNorm statistics kept (issue 16: a good model got worse)
+        self._lr.value = SCRATCH_LR if scratch else FINE_TUNE_LR
+        self._iterations.value = SCRATCH_ITERATIONS if scratch else FINE_TUNE_ITERATIONS
+        self._freeze_norm.value = not scratch
+        self._preview.value = not scratch
 
     # ------------------------------------------------------------------ configs
 
@@ -235,7 +334,7 @@ class TrainWidget(Container):
     def _training_pairs(self) -> list[tuple[Image, Labels]]:
         if self._pairs:
             return list(self._pairs)
-        image, labels = self._image.value, self._labels.value
+        image, labels = self._image.value, self._labels_box.value
         if image is None or labels is None:
             raise ValueError("choose an Image layer and a Labels layer (paint labels first)")
         self._check_pair(image, labels)
@@ -298,7 +397,7 @@ class TrainWidget(Container):
             validation_fraction=self._val_fraction.value, augment=self._augment.value,
             elastic=self._elastic.value, device=self._device.value,
             mixed_precision=self._mixed_precision.value, seed=self._seed.value,
-            freeze_encoder=self._freeze_encoder.value)
+            freeze_encoder=self._freeze_encoder.value, freeze_norm=self._freeze_norm.value)
         return model, train, data, initial
 
     # ------------------------------------------------------------------ run
@@ -318,13 +417,23 @@ class TrainWidget(Container):
             return
         images = [layer_data(i) for i, _ in pairs]
         labels = [np.array(layer_data(l)) for _, l in pairs]  # a copy: painting goes on
-        self._preview_source, stopper = (pairs[0][0], model.spatial_dims), Stopper()
+        self._preview_layer, stopper = pairs[0][0], Stopper()
+        self._note, self._shown_at = "", 0.0
+        preview = self._preview_source(model.spatial_dims) if self._preview.value else None
         self._plot.clear()
         self._set_running(True)
         self._status.value = f"preparing data ({model.num_classes} output channel(s))..."
-        job = _train_job(model, train, data, initial, run_dir, stopper, images, labels)
+        job = train_job(model, train, data, initial, run_dir, stopper, images, labels, preview)
         self._runner.start(job, on_yield=self._on_event, on_return=self._on_result,
                            on_finish=lambda: self._set_running(False), stop=stopper.stop)
+        self._on_queue_changed()
+
+    def _preview_source(self, dims: int) -> PreviewSource:
+        """The slice shown now, of the (first) training image, for the before/after view."""
+        axis = self._channel_axis_value()
+        self._preview_point = tuple(self._viewer.dims.point)
+        image = current_slice(self._preview_layer, self._viewer.dims.point, axis, dims)
+        return PreviewSource(np.ascontiguousarray(image), axis is not None, self._device.value)
 
     def _fresh_run_dir(self, name: str) -> Path:
         self.last_run_dir = new_run_dir(self._output.value, name)
@@ -351,15 +460,23 @@ class TrainWidget(Container):
 
     def _on_event(self, event: Any) -> None:
         if event.kind == "step":
+            self._plot.add_step(event.step, event.loss)  # a list append; redrawn on a timer
+            now = time.perf_counter()
+            if now - self._shown_at < STATUS_INTERVAL_S and event.step < event.total:
+                return  # every step is recorded, the text is redrawn a few times a second
+            self._shown_at = now
             self._progress.value = int(100 * event.fraction)
             eta = "" if event.eta_s is None else " · ETA " + time.strftime(
                 "%H:%M:%S", time.gmtime(event.eta_s))
-            self._status.value = f"step {event.step}/{event.total} · {event.message}{eta}"
-            self._plot.add_step(event.step, event.loss)
+            note = f"\n{self._note}" if self._note else ""
+            self._status.value = f"step {event.step}/{event.total} · {event.message}{eta}{note}"
+        elif event.kind == "note":
+            self._note = event.message
+            self._status.value = event.message
         elif event.kind == "validation":
             self._plot.add_validation(event.step, event.val_loss, event.val_scores)
-        elif event.kind == "checkpoint" and self._preview.value and event.path is not None:
-            self._start_preview(event.path)
+        elif event.kind == "preview":
+            self._show_preview(event)
         elif event.kind == "done":
             self._progress.value = int(100 * event.fraction)
 
@@ -369,38 +486,37 @@ class TrainWidget(Container):
         self.last_checkpoint = Path(result.checkpoint)
         assert self.last_run_dir is not None
         _state.register_model(self.last_run_dir.name, self.last_checkpoint)
-        best = result.info.metrics.get("best_depth")
+        metrics = result.info.metrics
+        best = metrics.get("best_depth")
         how = "stopped" if result.info.provenance.get("stopped_early") else "finished"
+        scores = [row.get("iou") for row in (metrics.get("depths") or {}).values()]
+        known = [s for s in scores if s is not None]
+        judged = (f"validation IoU {max(known):.3f}" if known else
+                  "no validation score: paint on more of the image; compare the before/after "
+                  "layers instead")
         self._status.value = (f"{how} at step {result.info.provenance.get('iterations')}; "
-                              f"best depth L{best}; model saved to {self.last_checkpoint}")
+                              f"depth L{best}; {judged}; model saved to {self.last_checkpoint}")
         show_info(f"UNet++ training {how}: the model is in {self.last_checkpoint} and in the "
                   "Segment with UNet++ widget")
-        if self._preview.value:
-            self._start_preview(self.last_checkpoint)
 
     # ------------------------------------------------------------------ preview
 
-    def _start_preview(self, checkpoint: Path) -> None:
-        if self._preview_runner.running:
-            return  # the next new best model will be previewed
-        (layer, dims), axis = self._preview_source, self._channel_axis_value()
-        image = current_slice(layer, self._viewer.dims.point, axis, dims)
-        self._preview_runner.start(predict_labels_job(checkpoint, image, self._device.value,
-                                                      channels_last=axis is not None),
-                                   on_return=lambda labels: self._show_preview(layer, labels))
+    def _show_preview(self, event: PreviewEvent) -> None:
+        """``<image> UNet++ before`` (starting model) or ``... preview`` (the new one)."""
+        from ._layers import put_layer
 
-    def _show_preview(self, layer: Image, labels: np.ndarray) -> None:
-        name = f"{layer.name} UNet++ preview"
-        if name in self._viewer.layers:
-            self._viewer.layers[name].data = labels
-        else:
-            self._viewer.add_labels(labels, name=name, opacity=0.5)
+        layer = self._preview_layer
+        stage = "before" if event.stage == "before" else "preview"
+        labels = event.labels
+        lead = layer.ndim - (self._channel_axis_value() is not None) - labels.ndim
+        point = [int(round(p)) for p in layer.world_to_data(self._preview_point)]
+        scale, translate = list(layer.scale[-labels.ndim:]), list(layer.translate[-labels.ndim:])
+        if lead > 0:  # a slice of a stack: place it where it was taken
+            labels = labels[(None,) * lead]
+            scale = list(layer.scale[:lead]) + scale
+            translate = [t + p * s for t, p, s in zip(layer.translate[:lead], point[:lead],
+                                                       layer.scale[:lead], strict=True)] + translate
+        put_layer(self._viewer, Labels, f"{layer.name} UNet++ {stage}", labels, scale,
+                  translate, {"stage": event.stage, "step": event.step}, opacity=0.5)
 
 
-def _train_job(model: ModelConfig, train: TrainConfig, data: DataConfig, initial: str | None,
-               run_dir: Path, stopper: Any, images: list[Any], labels: list[Any]) -> Any:
-    """Build the Trainer in the worker (importing the engine takes seconds) and run it."""
-    from ..training import Trainer
-
-    trainer = Trainer(model, train, data, initial=initial, output_dir=run_dir, stopper=stopper)
-    return (yield from trainer.run(images, labels))

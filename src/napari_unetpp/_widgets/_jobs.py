@@ -1,0 +1,254 @@
+"""One queue of torch jobs per viewer, and knowing when a dock was closed.
+
+Why one queue: two torch jobs running at once (two pruning timings racing, or a
+timing beside a segmentation) froze napari for good when the GUI thread entered
+its activity dialog meanwhile (issue 16). So every job of every dock of a viewer
+(segment, train, pruning timing, preview) goes through that viewer's
+:class:`JobQueue`, which starts a job only after the previous one has *finished*:
+a job that is replaced or cancelled is asked to stop, its callbacks are dropped,
+and the next job waits until its thread has really ended. Never two at once.
+
+Why the dock-close watcher: napari's close button does not delete a dock's
+widget (it only takes it out of the window), so ``destroyed`` never fires and a
+closed dock's job would keep running and add layers later. :func:`on_dock_closed`
+calls back once the widget no longer belongs to the viewer's window.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from psygnal import Signal
+
+__all__ = ["JobQueue", "Ticket", "queue_for", "on_dock_closed"]
+
+Callback = Callable[..., Any] | None
+
+
+class _Quit(Exception):
+    """Raised into an inline job whose callbacks were dropped."""
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One job in a queue: its generator, its callbacks and where it stands."""
+
+    owner: str
+    gen: Generator[Any, Any, Any]
+    inline: bool
+    on_yield: Callback = None
+    on_return: Callback = None
+    on_error: Callable[[BaseException], None] | None = None
+    on_finish: Callback = None
+    stop: Callable[[], None] | None = None
+    state: str = "pending"  # pending -> running -> done
+    dropped: bool = False  # callbacks are ignored from now on
+    worker: Any = field(default=None, repr=False)
+
+    def call(self, callback: Callback, *args: Any) -> None:
+        if not self.dropped and callback is not None:
+            callback(*args)
+
+
+class JobQueue:
+    """Runs the jobs of one viewer one after the other (see the module docstring).
+
+    ``changed`` is emitted whenever a job starts or ends, so a dock (also one
+    reopened meanwhile) can show whether a job of its kind is queued or running.
+    """
+
+    changed = Signal()
+
+    def __init__(self) -> None:
+        self._pending: list[Ticket] = []
+        self.current: Ticket | None = None
+        self._quit_hooked = False
+
+    # ------------------------------------------------------------------ queries
+
+    def busy(self, owner: str | None = None) -> bool:
+        """Whether a job (of ``owner``, if given) is running or waiting."""
+        tickets = ([self.current] if self.current else []) + self._pending
+        return any(owner is None or t.owner == owner for t in tickets)
+
+    # ------------------------------------------------------------------ control
+
+    def submit(self, ticket: Ticket) -> None:
+        """Queue ``ticket``; it starts when every earlier job has finished."""
+        self._hook_app_quit()
+        self._pending.append(ticket)
+        self._pump()
+
+    def cancel(self, ticket: Ticket, *, drop: bool) -> None:
+        """Stop ``ticket``: a waiting one never starts; a running one is asked to stop.
+
+        ``drop``: ignore its callbacks from now on (its owner went away or
+        replaced it). The next job starts only when a running one has finished.
+        """
+        if ticket.state == "pending" and ticket in self._pending:
+            self._pending.remove(ticket)
+            ticket.state = "done"
+            if not drop:
+                ticket.call(ticket.on_finish)
+            ticket.dropped = ticket.dropped or drop
+            self.changed.emit()
+            return
+        if ticket.state != "running":
+            return
+        if ticket.stop is not None:
+            ticket.stop()
+        if drop:
+            ticket.dropped = True
+            if ticket.worker is not None:
+                ticket.worker.quit()  # leaves the generator at its next event
+
+    def cancel_all(self) -> None:
+        """Drop every job (the application quits)."""
+        for ticket in [*self._pending, *([self.current] if self.current else [])]:
+            self.cancel(ticket, drop=True)
+
+    # ------------------------------------------------------------------ running
+
+    def _pump(self) -> None:
+        while self.current is None and self._pending:
+            ticket = self._pending.pop(0)
+            self.current, ticket.state = ticket, "running"
+            self.changed.emit()
+            if ticket.inline:
+                self._run_inline(ticket)
+            else:
+                self._start_thread(ticket)
+
+    def _finished(self, ticket: Ticket) -> None:
+        ticket.state = "done"
+        if self.current is ticket:
+            self.current = None
+        ticket.call(ticket.on_finish)
+        self.changed.emit()
+        self._pump()
+
+    def _failed(self, ticket: Ticket, exc: BaseException) -> None:
+        from ._workers import report_error
+
+        if ticket.dropped:
+            return
+        ticket.call(ticket.on_error, exc)
+        report_error(exc)
+
+    def _start_thread(self, ticket: Ticket) -> None:
+        from napari.qt.threading import thread_worker
+
+        from ._workers import _relay
+
+        worker = thread_worker(_relay, start_thread=False)(ticket.gen)
+        worker.yielded.connect(lambda event: ticket.call(ticket.on_yield, event))
+        worker.returned.connect(lambda result: ticket.call(ticket.on_return, result))
+        worker.errored.connect(lambda exc: self._failed(ticket, exc))
+        worker.finished.connect(lambda: self._finished(ticket))
+        ticket.worker = worker
+        worker.start()
+
+    def _run_inline(self, ticket: Ticket) -> None:
+        from ..events import drive
+        from ._workers import _relay
+
+        def each(event: Any) -> None:
+            ticket.call(ticket.on_yield, event)
+            if ticket.dropped:
+                raise _Quit
+
+        try:
+            result = drive(_relay(ticket.gen), each)
+        except _Quit:
+            pass
+        except Exception as exc:  # reported to the user, like the threaded path
+            self._failed(ticket, exc)
+        else:
+            ticket.call(ticket.on_return, result)
+        self._finished(ticket)
+
+    def _hook_app_quit(self) -> None:
+        if self._quit_hooked:
+            return
+        from qtpy.QtWidgets import QApplication
+
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.cancel_all)
+            self._quit_hooked = True
+
+
+_queues: dict[int, JobQueue] = {}
+
+
+def queue_for(viewer: Any) -> JobQueue:
+    """The job queue of ``viewer`` (created on first use, forgotten with the viewer)."""
+    key = id(viewer)
+    queue = _queues.get(key)
+    if queue is None:
+        queue = _queues[key] = JobQueue()
+        try:
+            weakref.finalize(viewer, _queues.pop, key, None)
+        except TypeError:  # not weak-referenceable: kept for the session (a few bytes)
+            pass
+    return queue
+
+
+def on_dock_closed(native: Any, window: Any, callback: Callable[[], None]) -> Any:
+    """Call ``callback`` (a bound method) once when ``native`` leaves ``window`` (its dock
+    was closed) or is deleted.
+
+    Hidden docks (tabbed, collapsed) still belong to the window and do not count.
+    Only weak references are kept, so the watcher never keeps a closed dock (or the
+    viewer) alive. Returns the event filter (parented to ``native``).
+    """
+    from qtpy.QtCore import QEvent, QObject, QTimer
+
+    state = {"fired": False, "seen": False}
+    window_ref, native_ref = weakref.ref(window), weakref.ref(native)
+    method = weakref.WeakMethod(callback)  # type: ignore[arg-type]
+
+    def fire() -> None:
+        target = method()
+        if not state["fired"] and target is not None:
+            state["fired"] = True
+            try:
+                target()
+            except RuntimeError:  # some Qt objects are already gone (the application quits)
+                pass
+
+    def belongs() -> bool:
+        widget, target = native_ref(), window_ref()
+        while widget is not None:
+            if widget is target:
+                return True
+            widget = widget.parent()
+        return False
+
+    def check() -> None:
+        try:
+            inside = belongs()
+        except RuntimeError:  # the Qt object is already deleted
+            inside = False
+        state["seen"] = state["seen"] or inside
+        if state["seen"] and not inside:
+            fire()
+
+    class _Watcher(QObject):
+        def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 (Qt's name)
+            kind = event.type()
+            if not state["seen"]:  # until it is docked, any event may be the first inside
+                state["seen"] = belongs()
+            elif kind == QEvent.Type.ParentChange:
+                check()  # the new parent is set: a removed dock stops before any callback
+            elif kind == QEvent.Type.Hide:
+                QTimer.singleShot(0, check)  # an ancestor may be on its way out
+            return False
+
+    watcher = _Watcher(native)
+    native.installEventFilter(watcher)
+    native.destroyed.connect(lambda *_: fire())
+    return watcher

@@ -1,0 +1,82 @@
+"""Output layers of the widgets: updated in place, named classes, fixed colours, a legend.
+
+Why here: the Segment and Train docks both write labels layers; one helper
+keeps their metadata (model, depth, scale), their class names on hover (a
+features table napari shows in the status bar) and their colours the same.
+Class colours are fixed per class id (not napari's random label colours, which
+gave CT organs 3-5 near-identical purples), and the dock shows them as a legend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+
+__all__ = ["CLASS_COLOURS", "class_names", "labels_style", "class_legend", "put_layer",
+           "PLUGIN_KEY"]
+
+#: Distinct colours for class ids 1, 2, ... (0 = background stays transparent).
+CLASS_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#f58231", "#911eb4",
+                 "#46f0f0", "#f032e6", "#bcf60c", "#008080", "#9a6324", "#800000")
+#: Key of the metadata the plugin writes on its output layers (tells them from the user's).
+PLUGIN_KEY = "napari_unetpp"
+
+
+def class_names(config: ModelConfig) -> list[str]:
+    """Names of label ids 0..C-1 of a multi-class semantic model (empty otherwise)."""
+    names = list(config.class_names)
+    if config.num_classes < 2 or len(names) != config.num_classes:
+        return []
+    return names
+
+
+def labels_style(config: ModelConfig, instance: bool = False) -> dict[str, Any]:
+    """Layer keyword arguments for a model's labels: class names (hover) and fixed colours."""
+    names = [] if instance else class_names(config)
+    if not names:
+        return {"opacity": 0.5}
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colours: dict[int | None, Any] = {None: "transparent", 0: "transparent"}
+    for k in range(1, len(names)):
+        colours[k] = CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)]
+    return {"opacity": 0.5, "features": {"index": np.arange(len(names)), "class": names},
+            "colormap": DirectLabelColormap(color_dict=colours)}
+
+
+def class_legend(config: ModelConfig, instance: bool = False) -> str:
+    """Rich text: one coloured square and name per class (empty when there are no names)."""
+    names = [] if instance else class_names(config)
+    return "  ".join(f'<span style="color:{CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)]}">'
+                     f"&#9632;</span>&nbsp;{name}" for k, name in enumerate(names) if k > 0)
+
+
+def put_layer(viewer: Any, kind: type, name: str, data: Any, scale: Sequence[float],
+              translate: Sequence[float], meta: dict[str, Any], **style: Any) -> Any:
+    """Update layer ``name`` in place, or add it (replacing one of another kind or ndim).
+
+    ``meta`` goes to ``layer.metadata[PLUGIN_KEY]``; ``style`` applies to new layers
+    and, for the colours and class names of labels, also to updated ones.
+    """
+    layers = viewer.layers
+    old = layers[name] if name in layers else None
+    if isinstance(old, kind) and old.ndim == np.ndim(data):
+        old.data = data
+        old.scale, old.translate = scale, translate
+        for key in ("features", "colormap"):
+            if key in style:
+                setattr(old, key, style[key])
+        old.metadata = {**old.metadata, PLUGIN_KEY: meta}
+        return old
+    index = layers.index(old) if old is not None else len(layers)
+    if old is not None:
+        layers.remove(old)
+    layer = kind(data, name=name, scale=scale, translate=translate,
+                 metadata={PLUGIN_KEY: meta}, **style)
+    layers.insert(index, layer)
+    return layer

@@ -1,0 +1,80 @@
+"""The train dock's job: training plus its previews, as one generator in the job queue.
+
+Why previews live inside the training job: a preview is torch work too, and a
+second job beside the training would race it for the CPU (and break the
+one-job-at-a-time rule of :mod:`._jobs`); computed between two training steps in
+the worker thread, it costs the GUI thread only the layer update. The slice
+previewed is the one shown when the run started (:class:`PreviewSource`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._workers import predict_labels_job
+
+if TYPE_CHECKING:
+    from ..config import DataConfig, ModelConfig, TrainConfig
+    from ..training import TrainResult
+
+__all__ = ["PreviewEvent", "PreviewSource", "train_job"]
+
+
+@dataclass
+class PreviewSource:
+    """What to preview: the slice shown when the run started, and the device."""
+
+    image: np.ndarray
+    channels_last: bool
+    device: str
+
+
+@dataclass
+class PreviewEvent:
+    """Labels of the preview slice by the starting model ("before"), a new best model
+    ("best") or the final one ("after")."""
+
+    stage: str
+    labels: np.ndarray
+    step: int
+    kind: str = "preview"
+
+
+def _preview(checkpoint: str | Path, source: PreviewSource) -> np.ndarray:
+    from ..events import drive
+
+    return drive(predict_labels_job(checkpoint, source.image, source.device,
+                                    channels_last=source.channels_last))
+
+
+def train_job(model: ModelConfig, train: TrainConfig, data: DataConfig, initial: str | None,
+              run_dir: Path, stopper: Any, images: list[Any], labels: list[Any],
+              preview: PreviewSource | None = None
+              ) -> Generator[Any, None, TrainResult]:
+    """Build the Trainer in the worker (importing the engine takes seconds) and run it,
+    yielding :class:`PreviewEvent` s among its events when ``preview`` is given."""
+    from ..training import Trainer
+
+    trainer = Trainer(model, train, data, initial=initial, output_dir=run_dir, stopper=stopper)
+    if preview is not None and initial is not None:
+        yield PreviewEvent("before", _preview(initial, preview), 0)
+    run = trainer.run(images, labels)
+    while True:
+        try:
+            event = next(run)
+        except StopIteration as done:
+            result = done.value
+            break
+        yield event
+        if preview is not None and event.kind == "checkpoint" and event.path is not None \
+                and not stopper.stopped:
+            yield PreviewEvent("best", _preview(event.path, preview), event.step)
+    if preview is not None and result.checkpoint is not None:
+        yield PreviewEvent("after", _preview(result.checkpoint, preview),
+                           int(result.info.provenance.get("iterations") or 0))
+    return result

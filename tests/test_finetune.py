@@ -1,0 +1,120 @@
+"""Fine-tuning that helps (issue 16): BatchNorm statistics kept, validation only where
+validation pixels exist, and the shipped EM model not made worse by a few scribbles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unetpp.checkpoint import CheckpointInfo, save_checkpoint
+from napari_unetpp.config import DataConfig, ModelConfig, TrainConfig
+from napari_unetpp.events import drive
+from napari_unetpp.model import UNetPlusPlus
+from napari_unetpp.training import NO_VALIDATION, Trainer, resolve_freeze_norm
+
+TINY = ModelConfig(widths=(4, 8, 16), depth=2)
+
+
+def _norm_stats(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [m.running_mean.clone() for m in model.modules()
+            if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def _em(em_stack, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    image, membranes = em_stack
+    return image[0, :size, :size].astype(np.float32), membranes[0, :size, :size]
+
+
+def _config(**changes) -> TrainConfig:
+    base = dict(iterations=4, batch_size=2, patch_size=(32, 32), validate_every=2,
+                device="cpu", seed=0)
+    return TrainConfig(**{**base, **changes})
+
+
+def test_fine_tune_keeps_batchnorm_statistics_by_default(em_stack, tmp_path: Path):
+    image, membranes = _em(em_stack)
+    torch.manual_seed(0)
+    start = UNetPlusPlus.from_config(TINY)
+    start.eval()(torch.rand(2, 1, 32, 32))  # eval: the running statistics stay as initialised
+    folder = save_checkpoint(tmp_path / "start", start, CheckpointInfo(model=TINY,
+                                                                       data=DataConfig()))
+    before = _norm_stats(start)
+    tuned = drive(Trainer(TINY, _config(), DataConfig(), initial=folder).run(
+        [image], [membranes])).model
+    kept = _norm_stats(tuned)
+    scratch = drive(Trainer(TINY, _config(), DataConfig()).run([image], [membranes])).model
+    assert all(torch.equal(a, b) for a, b in zip(before, kept, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(before, _norm_stats(scratch), strict=True))
+    assert resolve_freeze_norm(_config(), folder) and not resolve_freeze_norm(_config(), None)
+    assert not resolve_freeze_norm(_config(freeze_norm=False), folder)
+
+
+def test_few_scribbles_train_without_a_validation_score(em_stack):
+    image, membranes = _em(em_stack)
+    scribbles = np.zeros_like(membranes)
+    scribbles[10, :] = np.where(membranes[10, :] == 1, 2, 1)  # one stroke across the top
+    events: list = []
+    result = drive(Trainer(TINY, _config(), DataConfig(label_mode="sparse")).run(
+        [image], [scribbles]), events.append)
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "note" and events[0].message == NO_VALIDATION
+    assert "validation" not in kinds
+    assert result.info.provenance["data"]["validation"] == NO_VALIDATION
+    dense = drive(Trainer(TINY, _config(), DataConfig()).run([image], [membranes]),
+                  events.append)
+    assert dense.info.metrics["depths"]["2"]["iou"] is not None  # dense labels: scored
+
+
+def _scribbles(membranes: np.ndarray, strokes: int = 10, radius: int = 12) -> np.ndarray:
+    """What a user paints: membrane (2) and interior (1) pixels in a few round dabs."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    out = np.zeros(membranes.shape, np.uint8)
+    yy, xx = np.mgrid[: membranes.shape[0], : membranes.shape[1]]
+    interior = ndi.binary_erosion(membranes == 0, iterations=3)
+    for _ in range(strokes):
+        cy, cx = rng.integers(radius, np.array(membranes.shape) - radius)
+        dab = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
+        out[dab & interior], out[dab & (membranes == 1)] = 1, 2
+    return out
+
+
+@pytest.mark.slow
+def test_widget_fine_tune_defaults_keep_the_em_model_good_on_unseen_slices(em_stack):
+    """zoo:em fine-tuned on scribbles of one held-back slice, scored on three others."""
+    from napari_unetpp import zoo
+    from napari_unetpp._widgets.train import FINE_TUNE_LR
+    from napari_unetpp.config import PredictConfig
+    from napari_unetpp.inference import predict_array
+
+    image, membranes = em_stack
+    model, info = zoo.load_pretrained("em")
+    folder = next(e for e in zoo.available_models() if e.name == "em")
+    folder = str(getattr(folder, "folder", None) or folder.path)
+    depth = int(info.metrics["best_depth"])
+
+    def unseen_iou(net: UNetPlusPlus) -> float:
+        scores = []
+        for z in (17, 18, 19):
+            prob = predict_array(net.eval(), image[z, :256, :256],
+                                 PredictConfig(depths=(depth,), tile_size=(256, 256),
+                                               device="cpu"), info.data)[depth]
+            pred, truth = np.asarray(prob) > 0.5, membranes[z, :256, :256] == 1
+            scores.append((pred & truth).sum() / max((pred | truth).sum(), 1))
+        return float(np.mean(scores))
+
+    steps = 30
+    data = info.data.replace(label_mode="sparse", class_values=())
+    train = TrainConfig(iterations=steps, batch_size=4, patch_size=(128, 128),
+                        learning_rate=FINE_TUNE_LR, validate_every=steps, device="cpu")
+    before = unseen_iou(model)
+    result = drive(Trainer(info.model, train, data, initial=folder).run(
+        [image[16]], [_scribbles(membranes[16])]))
+    after = unseen_iou(result.model)
+    print(f"zoo:em unseen-slice membrane IoU (L{depth}): before {before:.3f}, "
+          f"after {steps} fine-tune steps with the widget defaults {after:.3f}")
+    assert after >= before - 0.03

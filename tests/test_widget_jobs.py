@@ -1,0 +1,168 @@
+"""Issue 16: one torch job at a time per viewer, and jobs that stop with their dock.
+
+Threaded (the real path): a tiny UNet++ checkpoint, an EM crop. The freeze of
+issue 16 (napari hung for good in its activity dialog while two pruning timings
+ran torch at once) is replayed: open the Segment dock, move the depth slider,
+open an image file at once. A pytest-timeout turns a hang into a failure.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_unetpp import pruning
+from napari_unetpp._widgets import _workers
+from napari_unetpp._widgets import train as train_module
+from napari_unetpp._widgets.predict import PredictWidget
+from napari_unetpp._widgets.train import TrainWidget
+from napari_unetpp.checkpoint import CheckpointInfo, save_checkpoint
+from napari_unetpp.config import DataConfig
+from napari_unetpp.model import UNetPlusPlus
+
+pytestmark = pytest.mark.gui
+WAIT_MS = 120_000
+#: A hard limit that also works when a deadlock holds the GIL (then pytest-timeout's thread
+#: cannot run: on the code before the fix, the freeze test hung until killed from outside).
+HARD_LIMIT_S = 280
+
+
+@pytest.fixture(autouse=True)
+def watchdog() -> Any:
+    """faulthandler's C thread dumps all stacks and exits the process on a hang."""
+    import faulthandler
+
+    faulthandler.dump_traceback_later(HARD_LIMIT_S, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    net = UNetPlusPlus(widths=(4, 8, 16, 32), depth=3)
+    info = CheckpointInfo(model=net.config, data=DataConfig(),
+                          metrics={"best_depth": 2, "score_name": "iou"})
+    return save_checkpoint(tmp_path / "tiny", net, info)
+
+
+@pytest.fixture
+def threaded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(_workers, "RUN_INLINE", False)
+    monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(tmp_path / "no-zoo"))
+
+
+class Concurrency:
+    """Counts torch jobs running at once (wrapping the pruning timing)."""
+
+    def __init__(self) -> None:
+        self.active = self.peak = self.calls = 0
+        self.lock = threading.Lock()
+
+    def wrap(self, original: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> float:
+            with self.lock:
+                self.active += 1
+                self.calls += 1
+                self.peak = max(self.peak, self.active)
+            try:
+                time.sleep(0.3)  # a slow machine: long enough for the race to show
+                return original(*args, **kwargs)
+            finally:
+                with self.lock:
+                    self.active -= 1
+
+        return timed
+
+
+@pytest.mark.timeout(300, method="thread")
+def test_slider_then_open_never_overlaps_or_freezes(
+        make_napari_viewer: Any, qtbot: Any, checkpoint: Path, threaded: None,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = Concurrency()
+    monkeypatch.setattr(pruning, "measure_ms_per_mpx", seen.wrap(pruning.measure_ms_per_mpx))
+    image_file = tmp_path / "em.tif"
+    tifffile.imwrite(image_file, np.random.default_rng(0).integers(0, 255, (96, 96), np.uint8))
+    viewer = make_napari_viewer()
+    w = PredictWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w._device.value = "cpu"
+    w.load_model(checkpoint)  # a model is picked: its recommended depth is timed
+    for depth in (1, 3, 2, 3, 1):  # a user dragging the slider
+        w.pruning._depth.value = depth
+        qtbot.wait(50)
+    viewer.open(str(image_file))  # within ~2 s: napari's activity dialog adds a progress bar
+    qtbot.waitUntil(lambda: w.pruning.ms_per_mpx is not None and not w.pruning._runner.running,
+                    timeout=WAIT_MS)
+    print(f"timings run: {seen.calls}, most at once: {seen.peak}")
+    assert seen.peak == 1, "two torch jobs ran at once"
+    assert seen.calls <= 2  # the debounced slider timed the depth it rested at, not each move
+    assert "L1" in w.pruning._readout.value and "ms per megapixel" in w.pruning._readout.value
+    assert "em" in viewer.layers
+
+
+@pytest.mark.timeout(300, method="thread")
+def test_closed_segment_dock_adds_no_layers(make_napari_viewer: Any, qtbot: Any,
+                                            checkpoint: Path, threaded: None,
+                                            em_stack: tuple[np.ndarray, np.ndarray],
+                                            tmp_path: Path) -> None:
+    viewer = make_napari_viewer()
+    w = PredictWidget(viewer)
+    dock = viewer.window.add_dock_widget(w)
+    w._device.value, w._output.value, w._tile.value = "cpu", tmp_path / "runs", 64
+    w.load_model(checkpoint)
+    qtbot.waitUntil(lambda: not w._runner.queue.busy(), timeout=WAIT_MS)
+    w._image.value = viewer.add_image(em_stack[0][:6, :128, :128].copy(), name="stack")
+    w.segment()
+    qtbot.waitUntil(lambda: w._runner.worker is not None, timeout=WAIT_MS)
+    worker = w._runner.worker
+    viewer.window.remove_dock_widget(dock)  # what the dock's close button does
+    qtbot.waitUntil(lambda: not w._runner.queue.busy(), timeout=WAIT_MS)
+    qtbot.wait(500)
+    assert [layer.name for layer in viewer.layers] == ["stack"]
+    assert not worker.is_running
+
+    again = PredictWidget(viewer)  # reopened: ready to segment
+    viewer.window.add_dock_widget(again)
+    assert again._run.enabled and not again._cancel.enabled
+
+
+@pytest.mark.timeout(300, method="thread")
+def test_closed_train_dock_stops_training(make_napari_viewer: Any, qtbot: Any,
+                                          threaded: None, em_stack: tuple[np.ndarray, np.ndarray],
+                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    errors: list[str] = []
+    monkeypatch.setattr(train_module, "show_error", errors.append)
+    viewer = make_napari_viewer()
+    viewer.add_image(em_stack[0][:2, :128, :128].copy(), name="em")
+    viewer.add_labels(em_stack[1][:2, :128, :128].astype(np.uint8), name="membranes")
+    w = TrainWidget(viewer)
+    dock = viewer.window.add_dock_widget(w)
+    w._custom_widths.value, w._depth.value, w._iterations.value = "4 8 16", 2, 5000
+    w._patch.value, w._batch.value, w._device.value = 64, 2, "cpu"
+    w._output.value, w._preview.value = tmp_path, True
+    steps: list[int] = []
+    original = TrainWidget._on_event
+    monkeypatch.setattr(TrainWidget, "_on_event",
+                        lambda self, e: (steps.append(e.step), original(self, e)))
+    w._on_start()
+    assert not errors
+    qtbot.waitUntil(lambda: len(steps) >= 3, timeout=WAIT_MS)
+    worker = w._runner.worker
+    viewer.window.remove_dock_widget(dock)  # what the dock's close button does
+    qtbot.waitUntil(lambda: not w._runner.queue.busy(), timeout=WAIT_MS)
+    seen = len(steps)
+    qtbot.wait(500)
+    assert not worker.is_running and len(steps) == seen and max(steps) < 100
+    assert [layer.name for layer in viewer.layers] == ["em", "membranes"]  # no preview later
+
+    again = TrainWidget(viewer)  # reopened: Start enabled, Stop disabled, nothing running
+    viewer.window.add_dock_widget(again)
+    assert again._start.enabled and not again._stop.enabled and not again._runner.running
