@@ -165,7 +165,7 @@ def build_train_configs(
     ``--widths/--depth`` may repeat but not change.
     Returns the configs and whether the label mode is still to be guessed ("auto").
     """
-    from .config import DataConfig, ModelConfig, TrainConfig
+    from .config import FINE_TUNE_LEARNING_RATE, DataConfig, ModelConfig, TrainConfig
 
     run = read_run_json(args.config)
     model_base = base.model.to_dict() if base is not None else run.get("model", {})
@@ -185,11 +185,15 @@ def build_train_configs(
     )
     if args.widths and args.depth is None and "depth" not in model_base:
         model["depth"] = min(len(args.widths) - 1, 4)
+    learning_rate = args.lr
+    if (base is not None and not resuming and learning_rate is None
+            and "learning_rate" not in run.get("train", {})):
+        learning_rate = FINE_TUNE_LEARNING_RATE  # as the widget: a few labels must not undo it
     train = _override(
         run.get("train", {}),
         iterations=args.iterations,
         batch_size=args.batch_size,
-        learning_rate=args.lr,
+        learning_rate=learning_rate,
         device=args.device,
         seed=args.seed,
         validate_every=args.validate_every,
@@ -505,27 +509,27 @@ def _read_pairs(
 
 
 def _drive_training(gen: Any, total: int, enabled: bool) -> Any:
-    """Drive the training generator with a tqdm bar showing loss and validation score."""
+    """Drive the training generator (``events.drive``) with a bar showing loss and score."""
+    from .events import drive
+
     postfix: dict[str, str] = {}
     with progress_bar(total, "train", enabled) as bar:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                return stop.value
+
+        def show(event: Any) -> None:
             kind = getattr(event, "kind", "")
-            if kind == "step":
-                loss = getattr(event, "loss", None)
-                if loss is not None:
-                    postfix["loss"] = f"{float(loss):.4f}"
-            elif kind == "validation":
-                scores = getattr(event, "val_scores", None) or {}
-                if scores:
-                    best = max(scores, key=lambda d: scores[d])
-                    postfix["val"] = f"{scores[best]:.3f}@L{best}"
+            if kind == "step" and getattr(event, "loss", None) is not None:
+                postfix["loss"] = f"{float(event.loss):.4f}"
+            elif kind == "validation" and getattr(event, "val_scores", None):
+                scores = event.val_scores
+                best = max(scores, key=lambda d: scores[d])
+                postfix["val"] = f"{scores[best]:.3f}@L{best}"
+            elif kind == "note" and getattr(event, "message", ""):
+                _note(event.message)  # e.g. "no validation: paint on more of the image"
             _advance(bar, event)
             if postfix:
                 bar.set_postfix(postfix, refresh=False)
+
+        return drive(gen, show)
 
 
 # --------------------------------------------------------------------------- predict

@@ -20,6 +20,10 @@ TargetMode = Literal["semantic", "instance"]
 NormalizationMode = Literal["percentile", "window", "none"]
 DeviceName = Literal["auto", "cuda", "mps", "cpu"]
 
+#: Learning rate of a fine-tune when none is given (CLI ``--from`` and the Train dock): 10x
+#: below a from-scratch run, so a few scribbles adapt a good model instead of overwriting it.
+FINE_TUNE_LEARNING_RATE = 1e-4
+
 #: Value used in integer target maps for pixels that the loss must ignore.
 IGNORE_INDEX = -1
 

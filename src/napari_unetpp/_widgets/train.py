@@ -36,6 +36,7 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
+from ..config import FINE_TUNE_LEARNING_RATE
 from . import _state
 from ._jobs import on_dock_closed, queue_for
 from ._layers import PLUGIN_KEY
@@ -64,7 +65,7 @@ DEFAULT_OUTPUT = Path.home() / "napari-unetpp" / "runs"
 #: Labels with more elements are guessed from their middle slice (keeps the GUI snappy).
 GUESS_MAX_SIZE = 1 << 24
 #: Defaults when starting from a trained model: small steps that keep what it knows.
-FINE_TUNE_LR, FINE_TUNE_ITERATIONS = 1e-4, 200
+FINE_TUNE_LR, FINE_TUNE_ITERATIONS = FINE_TUNE_LEARNING_RATE, 200
 SCRATCH_LR, SCRATCH_ITERATIONS = 1e-3, 2000
 #: The label-mode guess is refreshed this long after the last brush stroke.
 GUESS_DELAY_MS = 500
