@@ -209,7 +209,9 @@ def test_nuclei_upscaled_2x_scores_near_native_with_auto_rescale(data_dir):
     from napari_unetpp.postprocess import probabilities_to_labels
 
     model, info = zoo.load_pretrained("nuclei")
-    image, truth = _nuclei_pair(data_dir, zoo.NUCLEI_HELD_OUT_IDS[0])
+    held_back = "4590d7d47f521df6"  # fluorescence, 23 nuclei of ~20 px in this crop
+    assert held_back in zoo.NUCLEI_HELD_OUT_IDS
+    image, truth = _nuclei_pair(data_dir, held_back)
     image, truth = image[:128, :128], truth[:128, :128]
     big = S.resample(image, (2, 2), (0, 1))
     big_truth = S.resample_to(truth, big.shape, (0, 1), order=0)
@@ -218,15 +220,16 @@ def test_nuclei_upscaled_2x_scores_near_native_with_auto_rescale(data_dir):
     def score(img, ref, **scale):
         result = predict_array(model, img, config.replace(**scale), info.data)
         labels = probabilities_to_labels(result[4], model.config, info.data)
-        return M.average_precision(labels, ref, 0.5), result.scale
+        return M.iou(labels > 0, ref > 0), M.average_precision(labels, ref, 0.5), result.scale
 
-    native, _ = score(image, truth)
-    shifted, _ = score(big, big_truth)
-    auto, used = score(big, big_truth, rescale="auto")
-    print(f"AP50 native {native:.3f}, 2x {shifted:.3f}, 2x auto {auto:.3f}; {used}")
+    native_iou, native_ap, _ = score(image, truth)
+    shifted_iou, shifted_ap, _ = score(big, big_truth)
+    auto_iou, auto_ap, used = score(big, big_truth, rescale="auto")
+    print(f"IoU / AP50: native {native_iou:.3f} / {native_ap:.3f}, 2x {shifted_iou:.3f} / "
+          f"{shifted_ap:.3f}, 2x auto {auto_iou:.3f} / {auto_ap:.3f}; {used['note']}")
     assert used["passes"] == 2 and 0.4 <= used["zoom"][0] <= 0.65
-    assert auto >= native - 0.1
-    assert auto > shifted
+    assert auto_iou >= native_iou - 0.03      # the issue's floor for nuclei at 2x
+    assert auto_ap > shifted_ap               # the shattered nuclei are whole again
 
 
 def test_ct_at_1mm_scores_near_native_with_pixel_size(data_dir):
@@ -251,3 +254,33 @@ def test_ct_at_1mm_scores_near_native_with_pixel_size(data_dir):
           f"{unknown:.3f}")
     assert given >= native - 0.03
     assert unknown < given - 0.2
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_scale_flags_and_run_json(tmp_path, data_dir):
+    """--diameter D becomes rescale = model diameter / D; run.json records what was used."""
+    import json
+
+    from napari_unetpp import zoo
+    from napari_unetpp.cli import main
+
+    image, _ = _nuclei_pair(data_dir, zoo.NUCLEI_HELD_OUT_IDS[0])
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, np.ascontiguousarray(image[:96, :96]))
+    common = ["predict", "zoo:nuclei", str(path), "--depth", "2", "--device", "cpu", "-q"]
+    assert main([*common, "--out", str(tmp_path / "a"), "--diameter", "36.24"]) == 0
+    run = json.loads((tmp_path / "a" / "cells_run.json").read_text())
+    assert run["predict"]["rescale"] == pytest.approx(0.5)
+    assert run["scale"]["zoom"] == pytest.approx([0.5, 0.5])
+    assert tifffile.imread(tmp_path / "a" / "cells_labels.tif").shape == (96, 96)
+    assert main([*common, "--out", str(tmp_path / "b"), "--rescale", "auto"]) == 0
+    run = json.loads((tmp_path / "b" / "cells_run.json").read_text())
+    assert run["predict"]["rescale"] == "auto" and run["scale"]["objects"] > 0
+    print("auto on a native crop:", run["scale"]["note"])
+    # errors the user can fix, as one line and exit status 2 (no traceback)
+    assert main([*common, "--out", str(tmp_path / "c"), "--rescale", "2", "--diameter", "9"]) != 0
+    assert main([*common, "--out", str(tmp_path / "c"), "--rescale", "50"]) != 0
+    assert main(["predict", "zoo:em", str(path), "--out", str(tmp_path / "d"),
+                 "--diameter", "9", "-q"]) != 0

@@ -448,10 +448,41 @@ def _drive_training(gen: Any, total: int, enabled: bool) -> Any:
 # --------------------------------------------------------------------------- predict
 
 
+def _scale_flags(args: argparse.Namespace, object_diameter: float | None) -> dict[str, Any]:
+    """``--pixel-size/--pixel-unit/--rescale/--diameter`` as PredictConfig fields (None: unset)."""
+    from .scale import rescale_from_diameter
+
+    rescale, diameter = getattr(args, "rescale", None), getattr(args, "diameter", None)
+    if rescale is not None and diameter is not None:
+        raise UserError("give either --rescale or --diameter, not both")
+    if diameter is not None:
+        rescale = "auto" if diameter == "auto" else rescale_from_diameter(
+            object_diameter, _positive_float(diameter, "--diameter"))
+    elif rescale is not None and rescale != "auto":
+        rescale = _positive_float(rescale, "--rescale")
+    pixel_size = getattr(args, "pixel_size", None)
+    return {"pixel_size": tuple(pixel_size) if pixel_size else None, "rescale": rescale,
+            "pixel_unit": getattr(args, "pixel_unit", None)}
+
+
+def _positive_float(text: str, flag: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"{flag} takes a number or 'auto', got {text!r}") from None
+    if not value > 0:
+        raise UserError(f"{flag} must be > 0, got {text}")
+    return value
+
+
 def build_predict_config(
-    args: argparse.Namespace, info_data: DataConfig, spatial_dims: int
+    args: argparse.Namespace, info_data: DataConfig, spatial_dims: int,
+    object_diameter: float | None = None,
 ) -> tuple[PredictConfig, DataConfig]:
-    """``--config``'s "predict"/"data" sections, the checkpoint's data config, then the flags."""
+    """``--config``'s "predict"/"data" sections, the checkpoint's data config, then the flags.
+
+    ``object_diameter``: the model's training object diameter, for ``--diameter D``.
+    """
     from .config import DataConfig, PredictConfig
 
     run = read_run_json(args.config)
@@ -467,6 +498,7 @@ def build_predict_config(
         device=args.device,
         threshold=args.threshold,
         min_size=args.min_size,
+        **_scale_flags(args, object_diameter),
     )
     if args.tta:
         predict["tta"] = True
@@ -489,8 +521,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     files = collect_files(args.images, "image")
     model, info = load_model(args.checkpoint, device="cpu")
-    predict_config, data_config = build_predict_config(args, info.data,
-                                                       model.config.spatial_dims)
+    predict_config, data_config = build_predict_config(
+        args, info.data, model.config.spatial_dims, model.config.object_diameter)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     client = None
@@ -537,6 +569,8 @@ def _predict_file(
     else:
         probs = _predict_local(model, image, config, data, desc=name, enabled=not args.quiet,
                                out=store)
+    _write_predict_run_json(out / f"{name}_run.json", args.checkpoint, config, data,
+                            getattr(probs, "scale", None))
     depth = config.pruned_depth if config.pruned_depth is not None else max(probs)
     prob = probs[depth]
     if fmt == "zarr":  # streamed slice by slice: a big volume's labels never sit in memory
@@ -559,6 +593,15 @@ def _predict_file(
     return written
 
 
+def _write_predict_run_json(path: Path, checkpoint: str, config: PredictConfig, data: DataConfig,
+                            scale: dict[str, Any] | None) -> None:
+    """What one image was predicted with (replay: ``predict --config``): configs, and the
+    scale used (pixel sizes, zoom per model axis, measured object diameter)."""
+    record = {"checkpoint": checkpoint, "predict": config.to_dict(), "data": data.to_dict(),
+              "scale": scale}
+    path.write_text(json.dumps(record, indent=2, default=str))
+
+
 def _portable_spec(spec: str) -> str:
     """An absolute checkpoint path (workers may run elsewhere: it must be on a shared disk)."""
     return spec if spec.startswith(ZOO_PREFIX) else str(Path(resolve_checkpoint(spec)).resolve())
@@ -578,7 +621,7 @@ def _predict_local(
                 event = next(gen)
             except StopIteration as stop:
                 return stop.value
-            if event.kind == "fallback":
+            if event.kind in ("fallback", "scale"):
                 bar.write(f"{PROG}: {event.message}", file=sys.stderr)
             _advance(bar, event)
 
@@ -773,6 +816,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float)
     p.add_argument("--min-size", type=int)
     p.add_argument("--channel-axis", metavar="AXIS|none")
+    p.add_argument("--pixel-size", nargs="+", type=float, metavar="S",
+                   help="the images' pixel size (one value, or one per spatial axis, e.g. Z Y X) "
+                        "in the model's unit (see `info`); resampled to the model's pixel size")
+    p.add_argument("--pixel-unit", choices=["nm", "um", "mm"], default=None,
+                   help="unit of --pixel-size when it is not the model's")
+    p.add_argument("--rescale", metavar="F|auto",
+                   help="zoom the images by F before predicting (0.5: objects twice the "
+                        "training size), or auto: measure the objects in a first pass")
+    p.add_argument("--diameter", metavar="D|auto",
+                   help="typical object diameter in pixels (rescale = model's diameter / D), or "
+                        "auto; needs a model that records its object diameter (zoo:nuclei)")
     p.add_argument("--distributed", nargs="?", const="local", metavar="SCHEDULER|local",
                    help="map slices over a dask.distributed cluster (default: a LocalCluster)")
     _add_common(p)

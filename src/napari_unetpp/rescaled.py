@@ -12,7 +12,9 @@ on the input's exact grid, so labels always match the napari layer they belong t
 the base scale, the median equivalent diameter of its objects (instances, or
 connected components of the foreground), then a second pass zoomed by
 ``model.config.object_diameter / measured`` (skipped when the sizes already
-agree or too few objects were found; see ``scale.auto_rescale``).
+agree or too few objects were found; see ``scale.auto_rescale``). When the first
+pass finds no large objects, a cheap probe at half the zoom checks that they were
+not shattered into fragments (see ``_probe_half``).
 
 The result's ``scale`` attribute (a dict, also in the ``"scale"`` event's message)
 says what was used: pixel sizes, zoom per model axis, measured diameter, passes.
@@ -122,11 +124,16 @@ def predict_rescaled(
                                   stopper)
     if auto and result.complete and result:
         depth = config.pruned_depth if config.pruned_depth is not None else max(result)
-        diameters = measure_diameters(result[depth], mc, data_config, config.threshold)
-        gmean = math.prod(zoom) ** (1.0 / len(zoom))
-        factor, why = S.auto_rescale(mc.object_diameter * 1.0, diameters * gmean)
-        report.update(measured_diameter=float(np.median(diameters)) if diameters.size else None,
-                      objects=int(diameters.size), auto_factor=factor)
+        gmean = math.prod(zoom) ** (1.0 / len(zoom))  # native-grid px -> model-grid px
+        diameters = measure_diameters(result[depth], mc, data_config, config.threshold) * gmean
+        probe = yield from _probe_half(model, image, inner, data_config, zoom, depth,
+                                       diameters, mc.object_diameter, stopper)
+        if probe is not None:
+            diameters = probe
+        factor, why = S.auto_rescale(mc.object_diameter * 1.0, diameters)
+        report.update(measured_diameter=float(np.median(diameters) / gmean)
+                      if diameters.size else None, objects=int(diameters.size),
+                      auto_factor=factor, probe=probe is not None)
         report["note"] = "; ".join(n for n in (note, why) if n)
         yield _scale_event(why)
         if factor != 1.0:
@@ -138,6 +145,41 @@ def predict_rescaled(
             result = _store(result, out)
     result.scale = report
     return result
+
+
+#: The half-scale probe's objects must measure this much larger than the first pass's
+#: to be believed: then the first pass had shattered them.
+PROBE_RATIO = 1.3
+
+
+def _probe_half(
+    model: Any, image: Any, config: PredictConfig, data_config: DataConfig,
+    zoom: tuple[float, ...], depth: int, diameters: np.ndarray, model_diameter: float,
+    stopper: Stopper | None,
+) -> Generator[Any, None, np.ndarray | None]:
+    """Model-grid diameters measured at half the zoom, when they show the objects are large.
+
+    Why: objects far larger than the training ones come out of the first pass in
+    fragments (the issue's 537 pieces for 23 nuclei), whose median says "small"
+    and would skip the rescale. At half the zoom they are whole again. Run (one
+    head, a quarter of the pixels) only when the first pass found no large objects.
+    """
+    if diameters.size and float(np.median(diameters)) > model_diameter * (1 + S.AUTO_TOLERANCE):
+        return None
+    half = tuple(z * 0.5 for z in zoom)
+    if any(z < S.MIN_ZOOM for z in half):
+        return None
+    probe_config = config.replace(depths=(), pruned_depth=depth)
+    result = yield from _one_pass(model, image, probe_config, data_config, half, None, stopper)
+    if not result or not result.complete:
+        return None
+    gmean = math.prod(zoom) ** (1.0 / len(zoom))
+    found = measure_diameters(result[depth], model.config, data_config,
+                              config.threshold) * gmean
+    if found.size < S.AUTO_MIN_OBJECTS:
+        return None
+    first = float(np.median(diameters)) if diameters.size else 0.0
+    return found if float(np.median(found)) > PROBE_RATIO * first else None
 
 
 def _fmt(zoom: tuple[float, ...]) -> str:

@@ -51,6 +51,7 @@ __all__ = [
     "median_object_diameter",
     "foreground_diameter",
     "auto_rescale",
+    "rescale_from_diameter",
 ]
 
 #: Physical units a pixel size may be given in, as micrometres per unit.
@@ -229,6 +230,23 @@ def foreground_diameter(mask: np.ndarray) -> float:
 
     components, _ = ndimage.label(np.asarray(mask) > 0)
     return median_object_diameter(components)
+
+
+def rescale_from_diameter(model_diameter: float | None, diameter: float) -> float:
+    """``PredictConfig.rescale`` for objects of ``diameter`` px: the model's diameter over it.
+
+    The one conversion behind the CLI's ``--diameter`` and the widget's "object
+    diameter (px)" field; the result is checked against ``MIN_ZOOM..MAX_ZOOM``.
+    """
+    if model_diameter is None:
+        raise ValueError(
+            "this model records no training object diameter (ModelConfig.object_diameter), so "
+            "a diameter cannot be turned into a rescale factor; give rescale instead "
+            "(e.g. 0.5 for objects twice the training size)"
+        )
+    if not (math.isfinite(diameter) and diameter > 0):
+        raise ValueError(f"the object diameter must be a positive number of pixels, got {diameter}")
+    return check_zoom((model_diameter / diameter,), "rescale (model diameter / diameter)")[0]
 
 
 #: ``auto_rescale`` defaults: fewer objects than this say nothing reliable about size;
