@@ -83,7 +83,7 @@ def centre_crop(pair: Pair, side: int) -> Pair:
     return image[window], labels[window]
 
 
-def nuclei_rows(count: int, side: int) -> list[dict[str, Any]]:
+def nuclei_rows(count: int, side: int, only: list[str] | None = None) -> list[dict[str, Any]]:
     model, info = zoo.load_pretrained("nuclei")
     ids = zoo.NUCLEI_HELD_OUT_IDS
     picked = [ids[int(k)] for k in np.linspace(0, len(ids) - 1, count)]  # all size groups
@@ -97,6 +97,8 @@ def nuclei_rows(count: int, side: int) -> list[dict[str, Any]]:
     }
     rows = []
     for shift, make in shifts.items():
+        if only and shift not in only:
+            continue
         pairs = [make(p) for p in test]
         for mode in (None, "auto"):
             t0 = time.perf_counter()
@@ -206,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--em-crop", type=int, default=256, help="EM crop side (px at 4 nm)")
     parser.add_argument("--em-slices", type=int, default=2, help="held-back EM slices (of 5)")
     parser.add_argument("--models", nargs="+", default=["nuclei", "ct", "em"])
+    parser.add_argument("--nuclei-shifts", nargs="+", default=None,
+                        help="only these nuclei shifts (native 0.5x 2x dark blur)")
     parser.add_argument("--markdown", type=Path, default=None, help="write the tables here")
     args = parser.parse_args(argv)
     import torch
@@ -213,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     rows: list[dict[str, Any]] = []
     if "nuclei" in args.models:
-        rows += nuclei_rows(args.nuclei, args.nuclei_crop)
+        rows += nuclei_rows(args.nuclei, args.nuclei_crop, args.nuclei_shifts)
     if "ct" in args.models:
         rows += ct_rows()
     if "em" in args.models:

@@ -164,8 +164,11 @@ def _probe_half(
     and would skip the rescale. At half the zoom they are whole again. Run (one
     head, a quarter of the pixels) only when the first pass found no large objects.
     """
-    if diameters.size and float(np.median(diameters)) > model_diameter * (1 + S.AUTO_TOLERANCE):
-        return None
+    first = float(np.median(diameters)) if diameters.size else 0.0
+    if first > model_diameter * (1 + S.AUTO_TOLERANCE):
+        return None  # large already: shrinking follows
+    if first and first < model_diameter / S.AUTO_GROW_BELOW:
+        return None  # tiny objects, not fragments: at half the zoom they would merge
     half = tuple(z * 0.5 for z in zoom)
     if any(z < S.MIN_ZOOM for z in half):
         return None
@@ -178,7 +181,6 @@ def _probe_half(
                               config.threshold) * gmean
     if found.size < S.AUTO_MIN_OBJECTS:
         return None
-    first = float(np.median(diameters)) if diameters.size else 0.0
     return found if float(np.median(found)) > PROBE_RATIO * first else None
 
 
