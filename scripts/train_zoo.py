@@ -145,6 +145,24 @@ def load_nucleus(image_id: str) -> Pair:
     return image, tifffile.imread(folder / "labels" / f"{image_id}.tif")
 
 
+def scale_metadata(name: str) -> dict[str, Any]:
+    """The ``ModelConfig`` scale fields a zoo model ships with (``PredictConfig.pixel_size`` /
+    ``rescale`` use them): the training pixel size per model axis (EM 4 nm in-plane, CT 3 mm,
+    from the data README), or for nuclei the training split's object diameter: the median
+    over training images of each image's median equivalent diameter (what ``rescale="auto"``
+    measures on one image)."""
+    from napari_unetpp.scale import median_object_diameter
+
+    if name == "em":
+        return {"pixel_size": (4.0, 4.0), "pixel_unit": "nm"}
+    if name == "ct":
+        return {"pixel_size": (3.0, 3.0), "pixel_unit": "mm"}
+    folder = DATA / "nuclei_dsb2018" / "labels"
+    medians = [median_object_diameter(tifffile.imread(folder / f"{i}.tif"))
+               for i in _nuclei_split()[0]]
+    return {"object_diameter": round(float(np.nanmedian(medians)), 2)}
+
+
 # --------------------------------------------------------------------------- baseline
 
 
@@ -751,6 +769,7 @@ def ship(spec: ZooSpec, args: argparse.Namespace) -> Path:
     from napari_unetpp.checkpoint import load_checkpoint
 
     model, trained = load_checkpoint(RUNS / spec.name / "best", device="cpu")
+    model.config = model.config.replace(**scale_metadata(spec.name))
     state = _read_state(spec.name)
     train_config, data_config = trained.train, trained.data
     _log(f"{spec.name}: evaluating on the held-back split (CPU, {torch.get_num_threads()} "

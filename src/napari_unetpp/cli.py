@@ -45,6 +45,7 @@ from .files import (
     load_model,
     pair_files,
     read_array,
+    read_image_with_size,
     resolve_checkpoint,
     stem,
     write_array,
@@ -256,7 +257,6 @@ def read_model_info(spec: str) -> CheckpointInfo:
     """Configs and metrics without loading weights (``info`` must be instant)."""
     if spec.startswith(ZOO_PREFIX):
         from . import zoo
-
         from .checkpoint import read_info
 
         name = spec[len(ZOO_PREFIX):]
@@ -535,10 +535,41 @@ def _drive_training(gen: Any, total: int, enabled: bool) -> Any:
 # --------------------------------------------------------------------------- predict
 
 
+def _scale_flags(args: argparse.Namespace, object_diameter: float | None) -> dict[str, Any]:
+    """``--pixel-size/--pixel-unit/--rescale/--diameter`` as PredictConfig fields (None: unset)."""
+    from .scale import rescale_from_diameter
+
+    rescale, diameter = getattr(args, "rescale", None), getattr(args, "diameter", None)
+    if rescale is not None and diameter is not None:
+        raise UserError("give either --rescale or --diameter, not both")
+    if diameter is not None:
+        rescale = "auto" if diameter == "auto" else rescale_from_diameter(
+            object_diameter, _positive_float(diameter, "--diameter"))
+    elif rescale is not None and rescale != "auto":
+        rescale = _positive_float(rescale, "--rescale")
+    pixel_size = getattr(args, "pixel_size", None)
+    return {"pixel_size": tuple(pixel_size) if pixel_size else None, "rescale": rescale,
+            "pixel_unit": getattr(args, "pixel_unit", None)}
+
+
+def _positive_float(text: str, flag: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"{flag} takes a number or 'auto', got {text!r}") from None
+    if not value > 0:
+        raise UserError(f"{flag} must be > 0, got {text}")
+    return value
+
+
 def build_predict_config(
-    args: argparse.Namespace, info_data: DataConfig, spatial_dims: int
+    args: argparse.Namespace, info_data: DataConfig, spatial_dims: int,
+    object_diameter: float | None = None,
 ) -> tuple[PredictConfig, DataConfig]:
-    """``--config``'s "predict"/"data" sections, the checkpoint's data config, then the flags."""
+    """``--config``'s "predict"/"data" sections, the checkpoint's data config, then the flags.
+
+    ``object_diameter``: the model's training object diameter, for ``--diameter D``.
+    """
     from .config import DataConfig, PredictConfig
 
     run = read_run_json(args.config)
@@ -557,6 +588,7 @@ def build_predict_config(
         device=args.device,
         threshold=args.threshold,
         min_size=args.min_size,
+        **_scale_flags(args, object_diameter),
     )
     if args.tta:
         predict["tta"] = True
@@ -584,8 +616,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     files = collect_files(args.images, "image")
     model, info = load_model(args.checkpoint, device="cpu")
-    predict_config, data_config = build_predict_config(args, info.data,
-                                                       model.config.spatial_dims)
+    predict_config, data_config = build_predict_config(
+        args, info.data, model.config.spatial_dims, model.config.object_diameter)
     formats = {path: args.format or ("zarr" if is_zarr(path) else "tif") for path in files}
     depths = _predicted_depths(predict_config, model.head_depths)
     names = {path: _output_names(path, fmt, args.probabilities, depths,
@@ -601,13 +633,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
             client = start_client(args.distributed)
         try:
             for path in files:
-                image = read_array(path, lazy=True)
+                image, file_size, file_unit = read_image_with_size(path, lazy=True)
                 check_image(image, path)
                 if (model.config.in_channels == 1 and data_config.channel_axis is None
                         and looks_rgb(image.shape)):
                     image = rgb_to_grey(image)  # as the widget does, as the zoo was trained
                     _out(f"{path}: RGB -> grey (luminance) for this one-channel model")
-                written = _predict_file(path, image, model, predict_config, data_config,
+                config = _with_file_pixel_size(predict_config, model.config, args, path,
+                                               file_size, file_unit)
+                written = _predict_file(path, image, model, config, data_config,
                                         outputs, formats[path], args, client)
                 _out(f"{path} -> {', '.join(str(p) for p in written)}")
         finally:
@@ -616,6 +650,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
                 close_client(client)
     return 0
+
+
+def _with_file_pixel_size(
+    config: PredictConfig, model_config: ModelConfig, args: argparse.Namespace, path: Path,
+    file_size: tuple[float, ...] | None, file_unit: str | None,
+) -> PredictConfig:
+    """The file's own pixel size (NIfTI, DICOM, OME-TIFF, tif resolution) when the user gave
+    none and the model knows its training pixel size: a CT at 0.8 mm then runs at the model's
+    3 mm. A size without a unit (a bare tif ``spacing``) is only reported, never guessed."""
+    if (args.pixel_size is not None or config.rescale is not None or not model_config.pixel_size
+            or not file_size):
+        return config
+    sizes = " x ".join(f"{s:g}" for s in file_size)
+    if not file_unit:
+        _note(f"{path}: the file gives a pixel size of {sizes} without a unit; pass "
+              f"--pixel-size (in {model_config.pixel_unit or 'the model unit'}) to use it")
+        return config
+    from .scale import check_zoom, model_axes_pixel_size, zoom_from_pixel_size
+
+    try:
+        check_zoom(zoom_from_pixel_size(
+            model_axes_pixel_size(file_size, model_config.spatial_dims),
+            model_config.pixel_size, file_unit, model_config.pixel_unit))
+    except ValueError:  # print-resolution tags and the like: not a microscope's pixel size
+        _note(f"{path}: ignored the file's pixel size {sizes} {file_unit}: it is too far from "
+              f"the model's {model_config.pixel_size} {model_config.pixel_unit} to be real; "
+              "pass --pixel-size if it is")
+        return config
+    _note(f"{path}: pixel size {sizes} {file_unit} from the file (--pixel-size overrides)")
+    return config.replace(pixel_size=tuple(file_size), pixel_unit=file_unit)
 
 
 def _predicted_depths(config: PredictConfig, heads: tuple[int, ...]) -> list[int]:
@@ -629,7 +693,7 @@ def _output_names(path: Path, fmt: str, probabilities: bool, depths: list[int],
                   disagreement: bool = False) -> list[str]:
     """Every name a prediction of ``path`` writes into ``--out`` (checked before any work)."""
     name = stem(path)
-    names = [f"{name}_labels.{fmt}"]
+    names = [f"{name}_labels.{fmt}", f"{name}_run.json"]
     if probabilities:
         names += ([f"{name}_probabilities.zarr"] if fmt == "zarr"
                   else [f"{name}_L{d}.tif" for d in depths])
@@ -672,6 +736,9 @@ def _predict_file(
     else:
         probs = _predict_local(model, image, config, data, desc=name, enabled=not args.quiet,
                                out=store)
+    run_json = outputs.stage(f"{name}_run.json")
+    _write_predict_run_json(run_json, args.checkpoint, config, data,
+                            getattr(probs, "scale", None))
     depth = config.pruned_depth if config.pruned_depth is not None else max(probs)
     prob = probs[depth]
     if fmt == "zarr":  # streamed slice by slice: a big volume's labels never sit in memory
@@ -699,6 +766,7 @@ def _predict_file(
     if args.disagreement:
         staged_maps = _write_disagreement(outputs.stage(name), probs, model.config, fmt)
         written += [outputs.commit(p.name) for p in staged_maps]
+    written.append(outputs.commit(run_json.name))
     return written
 
 
@@ -721,6 +789,15 @@ def _write_disagreement(base: Path, probs: Any, config: ModelConfig, fmt: str) -
     return [*written, path]
 
 
+def _write_predict_run_json(path: Path, checkpoint: str, config: PredictConfig, data: DataConfig,
+                            scale: dict[str, Any] | None) -> None:
+    """What one image was predicted with (replay: ``predict --config``): configs, and the
+    scale used (pixel sizes, zoom per model axis, measured object diameter)."""
+    record = {"checkpoint": checkpoint, "predict": config.to_dict(), "data": data.to_dict(),
+              "scale": scale}
+    path.write_text(json.dumps(record, indent=2, default=str))
+
+
 def _portable_spec(spec: str) -> str:
     """An absolute checkpoint path (workers may run elsewhere: it must be on a shared disk)."""
     return spec if spec.startswith(ZOO_PREFIX) else str(Path(resolve_checkpoint(spec)).resolve())
@@ -740,7 +817,7 @@ def _predict_local(
                 event = next(gen)
             except StopIteration as stop:
                 return stop.value
-            if event.kind == "fallback":
+            if event.kind in ("fallback", "scale"):
                 bar.write(f"{PROG}: {event.message}", file=sys.stderr)
             _advance(bar, event)
 
@@ -1000,6 +1077,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float)
     p.add_argument("--min-size", type=int)
     p.add_argument("--channel-axis", metavar="AXIS|none")
+    p.add_argument("--pixel-size", nargs="+", type=float, metavar="S",
+                   help="the images' pixel size (one value, or one per spatial axis, e.g. Z Y X) "
+                        "in the model's unit (see `info`); resampled to the model's pixel size")
+    p.add_argument("--pixel-unit", choices=["nm", "um", "mm"], default=None,
+                   help="unit of --pixel-size when it is not the model's")
+    p.add_argument("--rescale", metavar="F|auto",
+                   help="zoom the images by F before predicting (0.5: objects twice the "
+                        "training size), or auto: measure the objects in a first pass")
+    p.add_argument("--diameter", metavar="D|auto",
+                   help="typical object diameter in pixels (rescale = model's diameter / D), or "
+                        "auto; needs a model that records its object diameter (zoo:nuclei)")
     p.add_argument("--distributed", nargs="?", const="local", metavar="SCHEDULER|local",
                    help="map slices over a dask.distributed cluster (default: a LocalCluster)")
     _add_common(p)

@@ -143,6 +143,11 @@ class ModelConfig(_Config):
     ``num_classes`` is the number of output channels: 1 means a binary
     foreground map (sigmoid), more means mutually exclusive classes (softmax,
     channel 0 = background).
+
+    The scale the model was trained at, so inference can bring other data to it
+    (``scale.py``): ``pixel_size`` per spatial axis of the model in ``pixel_unit``
+    ("nm", "um" or "mm"; empty = unknown), and ``object_diameter``, the training
+    set's median object diameter in pixels (for ``PredictConfig.rescale="auto"``).
     """
 
     in_channels: int = 1
@@ -154,6 +159,9 @@ class ModelConfig(_Config):
     deep_supervision: bool = True
     class_names: tuple[str, ...] = ()
     channel_names: tuple[str, ...] = ()
+    pixel_size: tuple[float, ...] = ()
+    pixel_unit: str = ""
+    object_diameter: float | None = None
 
     def __post_init__(self) -> None:
         owner = "ModelConfig"
@@ -163,6 +171,8 @@ class ModelConfig(_Config):
         self.in_channels = _as_int(owner, "in_channels", self.in_channels, 1, MAX_CHANNELS)
         self.num_classes = _as_int(owner, "num_classes", self.num_classes, 1, MAX_CLASSES)
         self.depth = _as_int(owner, "depth", self.depth, 1, MAX_DEPTH)
+        self.pixel_size = tuple(float(s) for s in self.pixel_size)
+        _check_scale_metadata(self)
         _check_choice("ModelConfig", "spatial_dims", self.spatial_dims, (2, 3))
         _check_choice("ModelConfig", "norm", self.norm, ("batch", "instance", "group"))
         if not isinstance(self.deep_supervision, bool):
@@ -188,6 +198,31 @@ class ModelConfig(_Config):
                 f"ModelConfig.class_names needs {self.num_classes} name(s) "
                 f"(one per output channel), got {self.class_names}"
             )
+
+
+def _check_scale_metadata(config: ModelConfig) -> None:
+    from .scale import UNITS
+
+    size = config.pixel_size
+    if size and len(size) != config.spatial_dims:
+        raise ValueError(
+            f"ModelConfig.pixel_size {size} needs {config.spatial_dims} value(s), one per "
+            "spatial axis of the model (or none when unknown)"
+        )
+    if any(not (math.isfinite(s) and s > 0) for s in size):
+        raise ValueError(f"ModelConfig.pixel_size must be positive and finite, got {size}")
+    if size and config.pixel_unit not in UNITS:
+        raise ValueError(
+            f"ModelConfig.pixel_unit {config.pixel_unit!r}: give the unit of pixel_size, one "
+            f"of {sorted(UNITS)}"
+        )
+    if not size and config.pixel_unit:
+        raise ValueError("ModelConfig.pixel_unit is set but pixel_size is empty; set both")
+    d = config.object_diameter
+    if d is not None and not (math.isfinite(d) and d > 0):
+        raise ValueError(
+            f"ModelConfig.object_diameter must be a positive number of pixels (or None), got {d!r}"
+        )
 
 
 @dataclass
@@ -357,6 +392,14 @@ class PredictConfig(_Config):
     ``adaptive_depth``: per tile, run the shallow heads first and go deeper only
     while the labels of consecutive heads differ on at least ``depth_tolerance``
     of the tile's pixels (0 = always the deepest head, exactly); see ``adaptive.py``.
+
+    Scale (see ``scale.py``): ``pixel_size`` is the input's physical pixel size
+    (one value, or one per spatial axis of the input, e.g. a layer's ZYX scale),
+    in ``pixel_unit`` (empty = the model's unit); with a model that records its
+    training pixel size, the input is resampled to it. ``rescale`` zooms the input
+    by a factor (model object size / input object size), or ``"auto"``: a first
+    pass measures the objects' median diameter and a second pass runs at the
+    model's training size. Outputs always come back on the input's grid.
     """
 
     depths: tuple[int, ...] = ()
@@ -372,8 +415,12 @@ class PredictConfig(_Config):
     min_size: int = 0
     adaptive_depth: bool = False
     depth_tolerance: float = 0.05
+    pixel_size: tuple[float, ...] | None = None
+    pixel_unit: str = ""
+    rescale: float | Literal["auto"] | None = None
 
     def __post_init__(self) -> None:
+        _check_predict_scale(self)
         self.depths = tuple(int(d) for d in self.depths)
         self.tile_size = tuple(int(t) for t in self.tile_size)
         if not 0 <= self.overlap < 1:
@@ -400,6 +447,35 @@ class PredictConfig(_Config):
                 "PredictConfig.adaptive_depth chooses the depth per tile: leave pruned_depth, "
                 "depths and tta unset (or set adaptive_depth=False)"
             )
+
+
+def _check_predict_scale(config: PredictConfig) -> None:
+    from .scale import MAX_ZOOM, MIN_ZOOM, UNITS
+
+    if config.pixel_size is not None:
+        config.pixel_size = tuple(float(s) for s in config.pixel_size)
+        if not config.pixel_size or any(
+                not (math.isfinite(s) and s > 0) for s in config.pixel_size):
+            raise ValueError(
+                f"PredictConfig.pixel_size must be positive, finite values (one per spatial "
+                f"axis, or one for all), or None when unknown; got {config.pixel_size}"
+            )
+    if config.pixel_unit and config.pixel_unit not in UNITS:
+        raise ValueError(
+            f"PredictConfig.pixel_unit {config.pixel_unit!r}: use one of {sorted(UNITS)}, or "
+            "empty for the model's unit"
+        )
+    r = config.rescale
+    if r is None or r == "auto":
+        return
+    if isinstance(r, bool) or not isinstance(r, (int, float)):
+        raise ValueError(f"PredictConfig.rescale must be a number, 'auto' or None, got {r!r}")
+    if not (math.isfinite(r) and MIN_ZOOM <= r <= MAX_ZOOM):
+        raise ValueError(
+            f"PredictConfig.rescale {r!r} must lie in {MIN_ZOOM:g}..{MAX_ZOOM:g} (0.5 halves "
+            "the image: objects twice the training size); use 'auto' to measure it"
+        )
+    config.rescale = float(r)
 
 
 _NESTED: dict[tuple[str, str], type[_Config]] = {

@@ -101,8 +101,11 @@ class PredictResult(dict):  # type: ignore[type-arg]
 
     A plain ``dict`` for every consumer; ``complete`` is ``False`` when the run
     was stopped (unreached parts are 0), ``path`` is the zarr folder when
-    ``out`` was given.
+    ``out`` was given. ``scale`` says what resampling was used (zoom, pixel
+    sizes, measured object diameter; see ``rescaled.py``), ``None`` when none.
     """
+
+    scale: dict[str, Any] | None = None
 
     def __init__(self, arrays: dict[int, Any], complete: bool, path: Path | None = None) -> None:
         super().__init__(arrays)
@@ -500,7 +503,15 @@ def predict(
     PredictResult
         ``{depth: float32 probabilities}``: the image's shape without channels
         when ``num_classes == 1`` (sigmoid), else ``(num_classes, *that)`` (softmax).
+
+    ``predict_config.pixel_size`` / ``rescale`` first resample the image to the
+    model's scale and the outputs back to the image's grid (``rescaled.py``).
     """
+    from .rescaled import needs_rescaling, predict_rescaled
+
+    if needs_rescaling(predict_config):  # resample to the model's scale, then back (rescaled.py)
+        return (yield from predict_rescaled(model, image, predict_config, data_config,
+                                            out=out, stopper=stopper))
     if predict_config.adaptive_depth:  # per-tile depth: adaptive.py, on the same tiling
         from .adaptive import predict_adaptive
 

@@ -194,6 +194,19 @@ def _table(rows: dict[str, dict[str, Any]], columns: list[str]) -> list[str]:
     return lines
 
 
+def _scale_line(model: Any) -> str:
+    """The training scale a card states (``ModelConfig.pixel_size`` / ``object_diameter``)."""
+    parts = []
+    if getattr(model, "pixel_size", ()):
+        size = " x ".join(f"{s:g}" for s in model.pixel_size)
+        parts.append(f"trained at {size} {model.pixel_unit} pixels (give your pixel size: "
+                     "`--pixel-size`, the layer's scale, or `PredictConfig.pixel_size`)")
+    if getattr(model, "object_diameter", None):
+        parts.append(f"training median object diameter {model.object_diameter:g} px "
+                     "(`--diameter D|auto`, `PredictConfig.rescale='auto'`)")
+    return "; ".join(parts)
+
+
 def card_markdown(info: Any, title: str = "") -> str:
     """Markdown model card from a checkpoint's ``card`` and ``metrics`` (used for docs/models.md).
 
@@ -212,6 +225,9 @@ def card_markdown(info: Any, title: str = "") -> str:
         f"{model.num_classes} output channel(s)"
         + (f" ({', '.join(model.class_names)})" if model.class_names else ""),
     ]
+    scale = _scale_line(model)
+    if scale:
+        lines.append(f"- **Scale**: {scale}")
     for key, label in (("input", "Input"), ("data", "Training data"),
                        ("split", "Held-back split"), ("training", "Training"),
                        ("hardware", "Hardware"), ("time", "Time taken"),
@@ -236,7 +252,7 @@ def card_markdown(info: Any, title: str = "") -> str:
                         if isinstance(v, (int, float)) and not isinstance(v, bool))
         )
         lines.append("")
-    for key, label in (("target", "Target"), ("verdict", "Target met"),
+    for key, label in (("shift", "Under shift"), ("target", "Target"), ("verdict", "Target met"),
                        ("to_reach_target", "What would reach it"), ("limitations", "Limitations")):
         if card.get(key):
             lines.append(f"- **{label}**: {card[key]}")
