@@ -209,7 +209,8 @@ def test_predict_never_overwrites_user_labels(tmp_path: Path, tiny_model: Path, 
     code, _, _ = _run(capsys, "predict", tiny_model, image_file, "--out", out, "--format", fmt,
                       *PREDICT)
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == [f"a_labels.{fmt}"]  # no lock, no staging
+    # the labels and their run record; no lock, no staging folder left behind
+    assert sorted(p.name for p in out.iterdir()) == [f"a_labels.{fmt}", "a_run.json"]
 
 
 def test_zarr_outputs_carry_a_complete_mark(tmp_path: Path, tiny_model: Path, image_file: Path,
@@ -278,7 +279,7 @@ def test_two_predicts_at_once_never_both_write(tmp_path: Path, tiny_model: Path,
     assert any(code == 0 for code, _ in results)
     labels = tifffile.imread(out / "a_labels.tif")
     assert labels.shape == (64, 64)
-    assert sorted(p.name for p in out.iterdir()) == ["a_labels.tif"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_labels.tif", "a_run.json"]
 
 
 def test_two_inputs_with_one_output_name_are_refused(tmp_path: Path, tiny_model: Path,

@@ -773,6 +773,7 @@ def _predict_file(
 def _write_disagreement(base: Path, probs: Any, config: ModelConfig, fmt: str) -> list[Path]:
     """``_disagreement`` (and ``_depth_used`` for --depth auto) maps, ``_regions.json`` ranking."""
     from .disagreement import disagreement_map, rank_regions
+    from .outputs import TIFF_SOFTWARE
 
     adaptive = hasattr(probs, "depth_map")
     maps = {"disagreement": probs.disagreement if adaptive
@@ -785,7 +786,8 @@ def _write_disagreement(base: Path, probs: Any, config: ModelConfig, fmt: str) -
     regions = [{"item": list(r.item), "start": list(r.start), "size": list(r.size),
                 "score": round(r.score, 5)} for r in rank_regions(maps["disagreement"], size)]
     path = base.with_name(f"{base.name}_regions.json")
-    path.write_text(json.dumps({"label_here_next": regions}, indent=1))
+    path.write_text(json.dumps({"written_by": TIFF_SOFTWARE, "label_here_next": regions},
+                               indent=1))
     return [*written, path]
 
 
@@ -793,8 +795,10 @@ def _write_predict_run_json(path: Path, checkpoint: str, config: PredictConfig, 
                             scale: dict[str, Any] | None) -> None:
     """What one image was predicted with (replay: ``predict --config``): configs, and the
     scale used (pixel sizes, zoom per model axis, measured object diameter)."""
-    record = {"checkpoint": checkpoint, "predict": config.to_dict(), "data": data.to_dict(),
-              "scale": scale}
+    from .outputs import TIFF_SOFTWARE
+
+    record = {"written_by": TIFF_SOFTWARE, "checkpoint": checkpoint,
+              "predict": config.to_dict(), "data": data.to_dict(), "scale": scale}
     path.write_text(json.dumps(record, indent=2, default=str))
 
 

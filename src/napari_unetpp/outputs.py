@@ -69,6 +69,9 @@ def written_by_tool(path: Path) -> bool:
             if isinstance(attrs, dict) and "napari_unetpp" in attrs:
                 return True
         return False
+    if path.suffix.lower() == ".json" and path.is_file():  # run records, region rankings
+        meta = _small_json(path)
+        return isinstance(meta, dict) and meta.get("written_by") == TIFF_SOFTWARE
     if path.suffix.lower() in (".tif", ".tiff") and path.is_file():
         try:
             import tifffile

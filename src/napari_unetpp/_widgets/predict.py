@@ -48,6 +48,7 @@ from ._jobs import on_dock_closed, queue_for
 from ._layers import class_legend, labels_style, put_layer
 from ._workers import JobRunner, format_command, layer_file, new_run_dir, save_run_record
 from .pruning_panel import PruningPanel
+from .scale_panel import ScalePanel, check_job, estimate_job
 
 if TYPE_CHECKING:
     import napari
@@ -140,12 +141,15 @@ class PredictWidget(Container):
         self._legend = Label(value="", visible=False)
         self._legend.native.setWordWrap(True)
         self.pruning = PruningPanel(self)
+        self.scale = ScalePanel()
         buttons = Container(layout="horizontal", widgets=[self._run, self._cancel], labels=False)
         for box in (self._source, self._model, self._image, self._scope, self._device):
             _narrow(box)  # long model/layer names must not widen the dock (laptop screens)
         self.extend([self._source, self._model, self._file, self._card, self._image,
-                     self._scope, self._tile, self._device, self._tta, self._output, buttons,
-                     self._progress, self._status, self._legend, self.pruning])
+                     self._scope, self.scale, self._tile, self._device, self._tta, self._output,
+                     buttons, self._progress, self._status, self._legend, self.pruning])
+        self.scale.estimate.changed.connect(self.estimate_size)
+        self.scale.check.changed.connect(self.check_image)
         self._source.changed.connect(self._on_source)
         self._model.changed.connect(self._on_model_choice)
         self._model.native.activated.connect(self._on_user_model)  # user choices only
@@ -176,6 +180,8 @@ class PredictWidget(Container):
         if self._source.value == "shipped" and not self._model_from_user:
             self._pick_zoo_model()
         self._default_scope()
+        if self._image.value is not None:
+            self.scale.set_layer(self._image.value)
 
     def _pick_zoo_model(self) -> None:
         """Choose the shipped model that matches the chosen image (EM, CT, nuclei)."""
@@ -263,6 +269,7 @@ class PredictWidget(Container):
             self._tile.value = 256 if model.config.spatial_dims == 2 else 64
         self._default_scope()
         self.pruning.set_model(model, info)
+        self.scale.set_model(model.config)
 
     @property
     def model_name(self) -> str:
@@ -333,8 +340,11 @@ class PredictWidget(Container):
         from ..config import PredictConfig
 
         dims = self.model.config.spatial_dims if self.model is not None else 2
+        scale = self.scale.overrides()
+        if pruned_depth is not None or self._tta.value:
+            scale["adaptive_depth"] = False  # Apply runs the pruned network; TTA all depths
         return PredictConfig(pruned_depth=pruned_depth, tile_size=(self._tile.value,) * dims,
-                             tta=self._tta.value, device=self._device.value)
+                             tta=self._tta.value, device=self._device.value, **scale)
 
     def segment(self, pruned_depth: int | None = None) -> None:
         """Segment the chosen image: all depths, or only ``pruned_depth`` (fast path)."""
@@ -417,9 +427,84 @@ class PredictWidget(Container):
                   where.translate, meta, **labels_style(self.model.config, instance))
         self._legend.value = class_legend(self.model.config, instance)
         self._legend.visible = bool(self._legend.value)
+        notes = self._show_maps(base, suffix, probs, where, meta, lift)
         self._progress.value = 100
-        self._status.value = (f"done: labels from L{final} (the Depth slider's depth); "
-                              f"run saved in {self.last_run_dir}")
+        source = ("adaptive depth, up to" if hasattr(probs, "depth_map")
+                  else "the Depth slider's depth:")
+        self._status.value = "; ".join([f"done: labels from {source} L{final}", *notes,
+                                        f"run saved in {self.last_run_dir}"])
+
+    def _show_maps(self, base: str, suffix: str, probs: Any, where: Placement,
+                   meta: dict[str, Any], lift: Any) -> list[str]:
+        """Adaptive depth's "depth used" and disagreement layers; what the scale step did."""
+        notes = []
+        if hasattr(probs, "depth_map"):
+            assert self.model is not None
+            put_layer(self._viewer, Image, f"{base} depth used{suffix}", lift(probs.depth_map),
+                      where.scale, where.translate, meta, colormap="viridis",
+                      contrast_limits=(1, self.model.depth), opacity=0.5, visible=False)
+            put_layer(self._viewer, Image, f"{base} disagreement{suffix}",
+                      lift(probs.disagreement), where.scale, where.translate, meta,
+                      colormap="inferno", opacity=0.6, blending="additive", visible=False)
+            notes.append(probs.summary())
+        scale = getattr(probs, "scale", None)
+        if scale:
+            zoom = " x ".join(f"{z:.2f}" for z in scale.get("zoom", ()))
+            measured = scale.get("measured_diameter")
+            notes.append(f"resampled by {zoom} to the model's scale" + (
+                f" (objects ~{measured:.0f} px)" if measured else "")
+                + (f"; {scale['note']}" if scale.get("note") else ""))
+        return notes
+
+    def estimate_size(self, _value: Any = None) -> None:
+        """Measure the median object diameter (one pass) and put it in the panel."""
+        self._run_side_job("estimating the object size", estimate_job, self._on_estimate)
+
+    def _on_estimate(self, diameter: float | None) -> None:
+        if diameter is None:
+            self._status.value = "no objects found: the diameter is left as it was"
+            return
+        self.scale.show_diameter(diameter)
+        self._status.value = (f"median object diameter {diameter:.1f} px; Segment rescales "
+                              "to the model's training size")
+
+    def check_image(self, _value: Any = None) -> None:
+        """Depth/flip disagreement and object size: is this image like the training data?"""
+        self._run_side_job("checking the image against the training data", check_job,
+                           self._on_check, metrics=dict(self.info.metrics) if self.info else {})
+
+    def _on_check(self, check: Any) -> None:
+        from napari.utils.notifications import show_warning
+
+        if check is None:
+            return
+        report = check.report()
+        self._status.value = report.replace("\n", "; ")
+        (show_warning if check.unlike_training else show_info)(report)
+
+    def _run_side_job(self, what: str, job: Any, on_return: Any, **kwargs: Any) -> None:
+        """Estimate / Check: the same input, config and job queue as Segment."""
+        from ..events import Stopper
+
+        layer = self._image.value
+        if self.model is None or layer is None:
+            show_error("choose a model and an Image layer first")
+            return
+        if self._runner.running:
+            show_info("a UNet++ job of this dock is running: wait for it or press Cancel")
+            return
+        try:
+            image, data, _ = self._input(layer)
+            config = self._predict_config(None)
+        except ValueError as exc:
+            show_error(str(exc))
+            return
+        stopper = Stopper()
+        self._set_running(True)
+        self._status.value = f"{what}..."
+        self._runner.start(job(self.model, image, config, data, stopper=stopper, **kwargs),
+                           on_yield=self._on_event, on_return=on_return,
+                           on_finish=lambda: self._set_running(False), stop=stopper.stop)
 
     def _depth_layers(self, base: str, suffix: str) -> list[int]:
         """The depths ``d`` of existing ``<base> L<d><suffix>`` layers."""

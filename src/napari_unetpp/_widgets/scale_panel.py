@@ -1,0 +1,159 @@
+"""The Segment dock's "your image vs the training data" panel: pixel size, object size, depth.
+
+A model is right only at the scale it was trained at (issue 14): this panel turns what
+the user knows (the layer's pixel size, kept by the readers from NIfTI/DICOM/OME-TIFF,
+or the size of their objects) into ``PredictConfig.pixel_size`` / ``rescale``, so
+``inference.predict`` resamples to the model's scale and back. "Estimate" measures the
+objects' median diameter from a first pass (``rescaled.measure_diameters``); "auto"
+does that inside every run (cellpose's two-pass recipe). "Adaptive depth" and "Check this
+image" use what deep supervision gives for free (``adaptive.py``, ``disagreement.py``).
+
+The panel holds values only; its owner (the Segment dock) runs the jobs in the
+viewer's queue and calls :meth:`set_model`, :meth:`set_layer` and :meth:`overrides`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, Container, FloatSpinBox, Label, LineEdit, PushButton
+
+if TYPE_CHECKING:
+    from ..config import DataConfig, ModelConfig, PredictConfig
+    from ..events import Stopper
+    from ..model import UNetPlusPlus
+
+#: Units a pixel size may be typed in (the model's unit when none is typed).
+UNIT_WORDS = {"nm": "nm", "um": "um", "µm": "um", "micron": "um", "mm": "mm",
+              "nanometer": "nm", "micrometer": "um", "millimeter": "mm"}
+
+
+def parse_pixel_size(text: str) -> tuple[tuple[float, ...] | None, str]:
+    """``"0.98"``, ``"3, 0.98 0.98 mm"`` -> sizes and unit (``""`` = the model's); empty -> None.
+
+    Raises ValueError with the accepted forms, so a typo never runs at a wrong scale.
+    """
+    text = text.strip()
+    if not text:
+        return None, ""
+    match = re.fullmatch(r"([0-9eE.+\-,;x\s]+?)\s*([A-Za-zµ]+)?", text)
+    unit = UNIT_WORDS.get((match.group(2) or "").lower(), None) if match else None
+    if not match or (match.group(2) and unit is None):
+        raise ValueError(f"pixel size {text!r}: type one number per axis (or one for all), "
+                         "optionally a unit (nm, um, mm), e.g. '0.98 0.98 mm'")
+    try:
+        sizes = tuple(float(v) for v in re.split(r"[\s,;x]+", match.group(1).strip()) if v)
+    except ValueError:
+        raise ValueError(f"pixel size {text!r}: not numbers") from None
+    return sizes, unit or ""
+
+
+def layer_pixel_size(layer: Any) -> tuple[tuple[float, ...] | None, str]:
+    """The pixel size a layer carries: the reader's metadata, else a ``scale`` with real units.
+
+    A scale without a unit (napari's default "pixel") is never taken as physical.
+    """
+    meta = getattr(layer, "metadata", {}) or {}
+    if meta.get("pixel_size") and meta.get("unit"):
+        return tuple(float(s) for s in meta["pixel_size"]), str(meta["unit"])
+    units = [str(u) for u in getattr(layer, "units", ())]
+    scale = [float(s) for s in getattr(layer, "scale", ())]
+    known = {UNIT_WORDS.get(u) for u in units}
+    if scale and len(known) == 1 and None not in known:
+        return tuple(scale[-min(3, len(scale)):]), str(known.pop())
+    return None, ""
+
+
+class ScalePanel(Container):
+    """Pixel size, object diameter (with Estimate), auto size, adaptive depth, image check."""
+
+    def __init__(self) -> None:
+        super().__init__(label="Your image")
+        self._pixel = LineEdit(label="Pixel size", value="")
+        self._pixel.tooltip = ("the image's pixel size per axis, e.g. '0.98 0.98 mm' (taken from "
+                               "the layer when the file says); empty = unknown")
+        self._model_scale = Label(value="")
+        self._model_scale.native.setWordWrap(True)
+        self._diameter = FloatSpinBox(label="Object diameter (px)", min=0.0, max=2000.0,
+                                      step=0.5, value=0.0)
+        self._diameter.tooltip = "median object diameter in your image; 0 = as in training"
+        self.estimate = PushButton(text="Estimate")
+        self._auto = CheckBox(text="auto object size (measure, rescale, second pass)")
+        self.adaptive = CheckBox(text="adaptive depth (stop where the depths agree)")
+        self.check = PushButton(text="Check this image")
+        self.check.tooltip = ("depth and flip disagreement, uncertain pixels and object size "
+                              "against the training data: warns before you trust a result")
+        size_row = Container(layout="horizontal", widgets=[self._diameter, self.estimate],
+                             labels=True)
+        self.extend([self._pixel, self._model_scale, size_row, self._auto, self.adaptive,
+                     self.check])
+        self._model: ModelConfig | None = None
+
+    def set_model(self, config: ModelConfig) -> None:
+        """Show the training scale; object size only for models that record it."""
+        self._model = config
+        parts = []
+        if config.pixel_size:
+            sizes = " x ".join(f"{s:g}" for s in config.pixel_size)
+            parts.append(f"trained at {sizes} {config.pixel_unit}".strip())
+        if config.object_diameter:
+            parts.append(f"objects ~{config.object_diameter:.0f} px in training")
+        self._model_scale.value = "; ".join(parts) or "the model records no training scale"
+        sized = config.object_diameter is not None
+        for widget in (self._diameter, self.estimate, self._auto):
+            widget.enabled = sized
+        if not sized:
+            self._diameter.value, self._auto.value = 0.0, False
+
+    def set_layer(self, layer: Any) -> None:
+        """Take the layer's pixel size (kept from its file) into the field."""
+        sizes, unit = layer_pixel_size(layer)
+        self._pixel.value = "" if sizes is None else (
+            " ".join(f"{s:g}" for s in sizes) + (f" {unit}" if unit else ""))
+
+    def show_diameter(self, diameter: float) -> None:
+        self._diameter.value = round(float(diameter), 1)
+
+    def overrides(self) -> dict[str, Any]:
+        """``PredictConfig`` fields from the panel (ValueError on a malformed pixel size)."""
+        from ..scale import rescale_from_diameter
+
+        sizes, unit = parse_pixel_size(self._pixel.value)
+        values: dict[str, Any] = {"pixel_size": sizes, "pixel_unit": unit,
+                                  "adaptive_depth": bool(self.adaptive.value)}
+        if self._auto.value:
+            values["rescale"] = "auto"
+        elif self._diameter.value > 0 and self._model is not None:
+            values["rescale"] = rescale_from_diameter(self._model.object_diameter,
+                                                      float(self._diameter.value))
+        return values
+
+
+def estimate_job(model: UNetPlusPlus, image: Any, config: PredictConfig, data: DataConfig,
+                 stopper: Stopper) -> Generator[Any, None, float | None]:
+    """One pass at the deepest head; the median equivalent diameter (px) of its objects."""
+    from ..inference import predict
+    from ..rescaled import measure_diameters
+
+    first = config.replace(rescale=None, pixel_size=None, adaptive_depth=False, depths=(),
+                           pruned_depth=model.depth, tta=False)
+    probs = yield from predict(model, image, first, data, stopper=stopper)
+    if not probs.complete:
+        return None
+    diameters = measure_diameters(probs[model.depth], model.config, data, config.threshold)
+    return float(np.median(diameters)) if diameters.size else None
+
+
+def check_job(model: UNetPlusPlus, image: Any, config: PredictConfig, data: DataConfig,
+              metrics: dict[str, Any], stopper: Stopper) -> Generator[Any, None, Any]:
+    """``disagreement.check_image`` with the model card's recommended depth and calibration."""
+    from ..disagreement import check_image
+
+    check, _ = yield from check_image(
+        model, image, data, config.replace(adaptive_depth=False),
+        recommended=metrics.get("best_depth"), thresholds=metrics.get("image_check"),
+        stopper=stopper)
+    return check

@@ -1,0 +1,136 @@
+"""The Segment dock's "Your image" panel: pixel size from the layer, object size, adaptive depth.
+
+The CT test is the issue's scenario in the viewer: a scan at 1 mm (held-back slices of the
+real CT, resampled) opened as a layer whose file kept its pixel size. The dock must read
+that size, resample to the shipped model's 3 mm and give labels on the layer's own grid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unetpp import metrics
+from napari_unetpp import scale as S
+from napari_unetpp._widgets import _workers
+from napari_unetpp._widgets import predict as predict_module
+from napari_unetpp._widgets.predict import PredictWidget
+from napari_unetpp._widgets.scale_panel import layer_pixel_size, parse_pixel_size
+
+
+def test_pixel_size_text_forms_and_errors() -> None:
+    assert parse_pixel_size("") == (None, "")
+    assert parse_pixel_size("0.98") == ((0.98,), "")
+    assert parse_pixel_size("3, 0.98 0.98 mm") == ((3.0, 0.98, 0.98), "mm")
+    assert parse_pixel_size("4x4 nm") == ((4.0, 4.0), "nm")
+    assert parse_pixel_size("0.5 µm") == ((0.5,), "um")
+    for bad in ("abc", "1 furlong", "1,,x"):
+        with pytest.raises(ValueError, match="pixel size"):
+            parse_pixel_size(bad)
+
+
+class _Layer:
+    def __init__(self, scale: tuple[float, ...], metadata: dict[str, Any] | None = None,
+                 units: tuple[str, ...] = ()) -> None:
+        self.scale, self.metadata, self.units = scale, metadata or {}, units
+
+
+def test_a_layer_scale_without_units_is_never_taken_as_physical() -> None:
+    assert layer_pixel_size(_Layer((0.1, 0.1))) == (None, "")
+    assert layer_pixel_size(_Layer((1, 1), {"pixel_size": (3.0, 0.8, 0.8), "unit": "mm"})) == \
+        ((3.0, 0.8, 0.8), "mm")
+    assert layer_pixel_size(_Layer((0.2, 0.2), units=("micrometer", "micrometer"))) == \
+        ((0.2, 0.2), "um")
+
+
+@pytest.fixture
+def dock(make_napari_viewer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+         ) -> tuple[Any, PredictWidget, list[str]]:
+    monkeypatch.setattr(_workers, "RUN_INLINE", True)
+    errors: list[str] = []
+    monkeypatch.setattr(predict_module, "show_error", errors.append)
+    viewer = make_napari_viewer()
+    widget = PredictWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._output.value = tmp_path / "runs"
+    widget._device.value = "cpu"
+    return viewer, widget, errors
+
+
+def _liver_dice(viewer: Any, truth: np.ndarray) -> float:
+    labels = viewer.layers["ct 1mm UNet++ labels"].data
+    assert labels.shape == truth.shape  # labels always on the layer's own grid
+    return metrics.dice(labels == 1, truth)
+
+
+def test_ct_at_1mm_through_the_dock_uses_the_layers_pixel_size(dock: Any, data_dir: Path) -> None:
+    viewer, w, errors = dock
+    ct = tifffile.imread(data_dir / "ct_totalseg" / "ct.tif")[2:4]  # held-back slices
+    liver = tifffile.imread(data_dir / "ct_totalseg" / "organs.tif")[2:4] == 5
+    fine = S.resample(ct, (3, 3), (1, 2))
+    fine_liver = S.resample_to(liver, fine.shape, (1, 2), order=0)
+    viewer.add_image(fine, name="ct 1mm", scale=(3.0, 1.0, 1.0),
+                     metadata={"pixel_size": (3.0, 1.0, 1.0), "unit": "mm"})
+    w._source.value = "shipped"
+    w._model.value = "zoo:ct"
+    w._image.value = viewer.layers["ct 1mm"]
+    assert w.model is not None and w.model.config.pixel_unit == "mm"
+    assert w.scale._pixel.value == "3 1 1 mm"
+    assert "trained at 3 x 3 mm" in w.scale._model_scale.value
+    w._scope.value = "whole stack slice-wise"
+    w.segment(pruned_depth=4)
+    assert not errors, errors
+    given = _liver_dice(viewer, fine_liver)
+    assert "resampled by 0.33 x 0.33" in w._status.value
+    meta = viewer.layers["ct 1mm UNet++ labels"].metadata["napari_unetpp"]
+    assert meta["depth"] == 4 and meta["model"] == "zoo:ct"
+
+    w.scale._pixel.value = ""  # the user clears it: the model sees 1 mm pixels as 3 mm
+    w.segment(pruned_depth=4)
+    unknown = _liver_dice(viewer, fine_liver)
+    print(f"liver Dice through the dock at 1 mm: with the layer's pixel size {given:.3f}, "
+          f"without {unknown:.3f}")
+    assert given > 0.8 and unknown < given - 0.2
+
+
+def test_adaptive_depth_and_estimate_from_the_dock(dock: Any, data_dir: Path) -> None:
+    viewer, w, errors = dock
+    image = tifffile.imread(data_dir / "em_isbi2012" / "image.tif")[16, :256, :256]
+    viewer.add_image(image, name="em")
+    w._source.value = "shipped"
+    w._model.value = "zoo:em"
+    w._image.value = viewer.layers["em"]
+    assert w.scale._pixel.value == ""  # napari's default scale has no unit: unknown
+    assert not w.scale.estimate.enabled  # EM records no object size
+    w.scale.adaptive.value = True
+    w.segment()
+    assert not errors, errors
+    assert "adaptive depth" in w._status.value
+    used = viewer.layers["em UNet++ depth used"].data
+    assert used.shape == image.shape and set(np.unique(used)) <= {1, 2, 3, 4}
+    assert viewer.layers["em UNet++ disagreement"].data.shape == image.shape
+    assert viewer.layers["em UNet++ labels"].data.shape == image.shape
+
+
+def test_estimate_fills_the_diameter_of_nuclei_shown_at_twice_their_size(
+        dock: Any, data_dir: Path) -> None:
+    viewer, w, errors = dock
+    from napari_unetpp._sample_data import load_sample
+
+    image, _, _ = load_sample("nuclei")
+    big = S.resample(np.asarray(image, dtype=np.float32), (2, 2), (0, 1))
+    viewer.add_image(big, name="nuclei 2x")
+    w._source.value = "shipped"
+    w._model.value = "zoo:nuclei"
+    w._image.value = viewer.layers["nuclei 2x"]
+    w.estimate_size()
+    assert not errors, errors
+    trained = w.model.config.object_diameter
+    measured = w.scale._diameter.value
+    print(f"estimated diameter {measured:.1f} px (training median {trained:.1f} px)")
+    assert measured > 1.4 * trained  # objects twice the training size are seen as bigger
+    assert w.scale.overrides()["rescale"] == pytest.approx(trained / measured, rel=0.01)
