@@ -491,3 +491,28 @@ def test_cuda_matches_cpu(em_crop, em_net):
             worst = float(np.abs(gpu[d] - cpu[d]).max())
             assert worst < tolerance, (mixed, d, worst)
     assert next(em_net.parameters()).device.type == "cpu"  # the model itself stayed put
+
+
+def test_prepared_networks_are_reused_until_the_weights_change(em_crop):
+    """The pruned / folded copies are cached per model, and rebuilt when a weight changes."""
+    net = calibrated(normalize(em_crop[:32, :32], RAW)[None, None], widths=(4, 8, 16))
+    image, data = em_crop[:48, :48], DataConfig(normalization=RAW)
+    config = _config(tile_size=(32, 32), pruned_depth=1)
+    first = predict_array(net, image, config, data)
+    cached = inference._DERIVED[net]
+    assert ("pruned", 1) in cached
+    again = predict_array(net, image, config, data)
+    assert inference._DERIVED[net] is cached  # no rebuild: the same copies ran
+    np.testing.assert_array_equal(again[1], first[1])
+    with torch.no_grad():
+        net.heads["head_1"].bias += 5.0  # an optimizer step does the same (in place)
+    changed = predict_array(net, image, config, data)
+    assert (changed[1] > first[1]).mean() > 0.99  # the new weights were used
+
+
+def test_cpu_inference_runs_channels_last_in_2d_only():
+    assert inference._memory_format(2, torch.device("cpu")) == torch.channels_last
+    assert inference._memory_format(3, torch.device("cpu")) == torch.contiguous_format
+    prepared = inference.prepare_for_inference(UNetPlusPlus(widths=(4, 8), depth=1), "cpu")
+    weight = prepared.nodes[node_name(0, 0)][0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
