@@ -516,3 +516,32 @@ def test_cpu_inference_runs_channels_last_in_2d_only():
     prepared = inference.prepare_for_inference(UNetPlusPlus(widths=(4, 8), depth=1), "cpu")
     weight = prepared.nodes[node_name(0, 0)][0].weight
     assert weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_prefetching_view_reads_the_next_band_in_the_background(em_crop):
+    """A GPU run reads band k+1 while band k is predicted: same tiles, read off the main thread."""
+    import threading
+
+    class Recording:
+        def __init__(self, data: np.ndarray) -> None:
+            self.data, self.shape, self.threads = data, data.shape, []
+
+        def __getitem__(self, index):
+            self.threads.append(threading.current_thread().name)
+            return self.data[index]
+
+    image = em_crop[:100, :90]
+    layout = inference._layout(image.shape, None, UNetPlusPlus(widths=(4, 8), depth=1))
+    grid = tile_grid(image.shape, (32, 32), 0.25, 2)
+    rows = sorted({s[0] for s in grid})
+    norm = lambda band: normalize(band, RAW)  # noqa: E731
+    plain = inference._ItemView(image, layout, (), norm, torch.device("cpu"))
+    recording = Recording(image)
+    ahead = inference._ItemView(recording, layout, (), norm, torch.device("cpu"),
+                                prefetch=True, row_starts=rows, height=32)
+    for start in grid:
+        index = (slice(None), *(slice(s, s + 32) for s in start))
+        torch.testing.assert_close(ahead[index], plain[index], rtol=0, atol=0)
+    assert len(recording.threads) == len(rows)  # each band read once
+    assert recording.threads[0] == threading.current_thread().name
+    assert all(name.startswith("unetpp-read") for name in recording.threads[1:])

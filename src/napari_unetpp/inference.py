@@ -52,7 +52,8 @@ from __future__ import annotations
 import copy
 import itertools
 import weakref
-from collections.abc import Callable, Generator, Hashable, Mapping
+from collections.abc import Callable, Generator, Hashable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -356,12 +357,18 @@ class _ItemView:
     With a ``device`` the normalised band is moved there once (one copy per band,
     not per tile) and tiles are served as torch views of it: the tiling then cuts,
     pads and stacks them on that device (the device-resident pipeline; on the CPU
-    the same code runs on torch CPU tensors).
+    the same code runs on torch CPU tensors). With ``prefetch`` (``row_starts`` and
+    the tile ``height`` given), the next band is read, normalised and moved in a
+    background thread while the network works on this one (for a GPU, whose host
+    cores are otherwise idle; on a CPU the network already uses every core).
     """
+
+    _pool: ThreadPoolExecutor | None = None  # one reader thread, shared, made on first use
 
     def __init__(
         self, image: Any, layout: _Layout, lead_index: tuple[int, ...],
         normalise: Callable[[np.ndarray], np.ndarray], device: torch.device | None = None,
+        *, prefetch: bool = False, row_starts: Sequence[int] = (), height: int = 0,
     ) -> None:
         self.image = image
         self.layout = layout
@@ -370,6 +377,9 @@ class _ItemView:
         self.device = device
         self.shape = (layout.channels, *layout.spatial_shape)
         self._band: tuple[int, int, Any] | None = None
+        self._next = {a: b for a, b in zip(row_starts, row_starts[1:])} if prefetch else {}
+        self._height = height
+        self._pending: dict[tuple[int, int], Future[Any]] = {}
 
     def _read(self, rows: slice) -> np.ndarray:
         """Rows of the first spatial axis, all channels and other axes, normalised."""
@@ -385,14 +395,31 @@ class _ItemView:
             data = np.moveaxis(data, kept.index(self.layout.channel_axis), 0)
         return self.normalise(data)
 
+    def _load(self, start: int, stop: int) -> Any:
+        """One band, normalised, on the device if there is one."""
+        band = self._read(slice(start, stop))
+        if self.device is not None:
+            band = torch.from_numpy(np.ascontiguousarray(band, np.float32)).to(self.device)
+        return band
+
+    def _prefetch(self, start: int) -> None:
+        following = self._next.get(start)
+        if following is None or not self._height:
+            return
+        key = (following, min(following + self._height, self.shape[1]))
+        if key not in self._pending:
+            if _ItemView._pool is None:
+                _ItemView._pool = ThreadPoolExecutor(1, thread_name_prefix="unetpp-read")
+            self._pending[key] = _ItemView._pool.submit(self._load, *key)
+
     def __getitem__(self, index: tuple[slice, ...]) -> Any:
         rows = index[1]
         start, stop = rows.start or 0, min(rows.stop, self.shape[1])
         if self._band is None or not (self._band[0] <= start and stop <= self._band[1]):
-            band = self._read(slice(start, stop))
-            if self.device is not None:
-                band = torch.from_numpy(np.ascontiguousarray(band, np.float32)).to(self.device)
+            pending = self._pending.pop((start, stop), None)
+            band = pending.result() if pending is not None else self._load(start, stop)
             self._band = (start, stop, band)
+            self._prefetch(start)
         lo, _, band = self._band
         return band[(slice(None), slice(start - lo, stop - lo), *index[2:])]
 
@@ -629,7 +656,9 @@ def predict(
     stopped = (lambda: stopper.stopped) if stopper is not None else (lambda: False)
 
     items = list(np.ndindex(*layout.lead_shape))
-    per_item = len(tiling.tile_grid(layout.spatial_shape, tile, predict_config.overlap, multiple))
+    grid = tiling.tile_grid(layout.spatial_shape, tile, predict_config.overlap, multiple)
+    per_item = len(grid)
+    row_starts = sorted({start[0] for start in grid})
     total = per_item * len(items)
     prepared, device, notes = _prepare_on(net, device)
     runner = _Runner(
@@ -662,9 +691,11 @@ def predict(
     def tiles(lead: tuple[int, ...], accumulate_on: torch.device | None) -> Generator[
             tiling.TileProgress, None, Any]:
         sinks = {d: _ItemSink(a, lead, num_classes == 1) for d, a in arrays.items()}
+        view = _ItemView(image, layout, lead, normalise, accumulate_on,
+                         prefetch=accumulate_on is not None and accumulate_on.type == "cuda",
+                         row_starts=row_starts, height=tile[0])
         return tiling.iter_sliding_window(
-            runner, _ItemView(image, layout, lead, normalise, accumulate_on), tile,
-            predict_config.overlap,
+            runner, view, tile, predict_config.overlap,
             predict_config.batch_size, predict_config.blending, align=multiple,
             allocate=lambda key, _shape: sinks[key], should_stop=stopped,
             accumulate_on=accumulate_on,

@@ -30,8 +30,8 @@ from .metrics import confusion_counts
 from .model import UNetPlusPlus
 
 __all__ = [
-    "prune", "evaluate_depths", "recommend_depth", "measure_ms_per_mpx", "timing_tile", "score_tiles",
-    "gflop_per_mpx", "median_seconds", "depth_costs",
+    "prune", "evaluate_depths", "recommend_depth", "measure_ms_per_mpx", "timing_tile",
+    "score_tiles", "gflop_per_mpx", "median_seconds", "depth_costs",
 ]
 
 Tile = tuple[np.ndarray, np.ndarray]
