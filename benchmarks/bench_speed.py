@@ -1,4 +1,4 @@
-"""Speed, one table: tiled inference per depth vs MONAI, FLOPs and roofline, host pipeline, training.
+"""Speed, one table: tiled inference per depth vs MONAI, FLOPs, roofline, host pipeline, training.
 
 Why one run: every ratio in the table (ours vs MONAI, pruned vs full, achieved vs the
 machine's matmul peak) compares numbers taken minutes apart in one process, with the
@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from napari_unetpp.config import DataConfig, ModelConfig, PredictConfig, TrainConfig
-from napari_unetpp.inference import _memory_format, predict_array, prepare_for_inference
+from napari_unetpp.devices import memory_format
+from napari_unetpp.inference import predict_array, prepare_for_inference
 from napari_unetpp.model import UNetPlusPlus
 from napari_unetpp.pruning import gflop_per_mpx
 from napari_unetpp.tiling import tile_grid
@@ -79,6 +80,11 @@ def test_image(size: int) -> np.ndarray:
     return np.tile(em[0][0], (reps, reps))[:size, :size]
 
 
+def progress(message: str) -> None:
+    """What is running now, on stderr (the table goes to stdout)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -87,16 +93,18 @@ def sync(device: str) -> None:
 def interleaved(cases: dict[str, Callable[[], object]], rounds: int, device: str
                 ) -> dict[str, float]:
     """Median seconds of each case, timed in turn (A, B, A, B, ...) after one warm-up each."""
-    for run in cases.values():
+    for name, run in cases.items():
+        progress(f"warm-up {name}")
         run()
     times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(rounds):
+    for k in range(rounds):
         for name, run in cases.items():
             sync(device)
             start = time.perf_counter()
             run()
             sync(device)
             times[name].append(time.perf_counter() - start)
+            progress(f"round {k + 1}/{rounds} {name}: {times[name][-1]:.1f} s")
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -160,7 +168,7 @@ def bench_inference(size: int, tile: int, rounds: int, device: str
     config = PredictConfig(tile_size=(tile, tile), overlap=0.25, batch_size=4, device=device)
     cases: dict[str, Callable[[], object]] = {}
     batch = torch.rand(4, 1, tile, tile, device=device).contiguous(
-        memory_format=_memory_format(2, torch.device(device)))
+        memory_format=memory_format(2, torch.device(device)))
     for d in DEPTHS:
         pruned = prepare_for_inference(model.prune(d), device)
 
@@ -221,6 +229,7 @@ def bench_training(widths: tuple[int, ...], device: str, steps: int, warmup: int
         DataConfig(),
     )
     times: list[float] = []
+    progress(f"training widths {widths}")
     gen = trainer.run(list(image[:4]), list(labels[:4]))
     for event in gen:
         if event.kind == "step":

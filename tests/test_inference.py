@@ -20,6 +20,7 @@ import torch
 from napari_unetpp import inference
 from napari_unetpp.config import DataConfig, NormalizationConfig, PredictConfig
 from napari_unetpp.data import normalize
+from napari_unetpp.devices import memory_format
 from napari_unetpp.events import Stopper, drive
 from napari_unetpp.inference import (
     PredictEvent,
@@ -511,8 +512,8 @@ def test_prepared_networks_are_reused_until_the_weights_change(em_crop):
 
 
 def test_cpu_inference_runs_channels_last_in_2d_only():
-    assert inference._memory_format(2, torch.device("cpu")) == torch.channels_last
-    assert inference._memory_format(3, torch.device("cpu")) == torch.contiguous_format
+    assert memory_format(2, torch.device("cpu")) == torch.channels_last
+    assert memory_format(3, torch.device("cpu")) == torch.contiguous_format
     prepared = inference.prepare_for_inference(UNetPlusPlus(widths=(4, 8), depth=1), "cpu")
     weight = prepared.nodes[node_name(0, 0)][0].weight
     assert weight.is_contiguous(memory_format=torch.channels_last)

@@ -65,7 +65,7 @@ from torch import nn
 from . import tiling
 from .config import DataConfig, PredictConfig
 from .data import intensity_range, normalize
-from .devices import autocast, empty_cache, is_out_of_memory, resolve_device
+from .devices import autocast, empty_cache, is_out_of_memory, memory_format, resolve_device
 from .events import EtaClock, Event, Stopper, drive
 from .model import UNetPlusPlus
 
@@ -153,20 +153,6 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def _memory_format(spatial_dims: int, device: torch.device) -> torch.memory_format:
-    """The layout convolutions run fastest in on ``device``.
-
-    channels_last on CUDA (tensor cores want NHWC) and for 2D on the CPU too, where
-    oneDNN's NHWC kernels measured 1.2-1.7x faster than NCHW at every depth of the
-    paper widths (benchmarks/bench_speed.py); 3D stays contiguous on the CPU (not measured).
-    """
-    if device.type == "cuda":
-        return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
-    if device.type == "cpu" and spatial_dims == 2:
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def prepare_for_inference(
     model: UNetPlusPlus, device: str | torch.device | None = None
 ) -> UNetPlusPlus:
@@ -180,7 +166,7 @@ def prepare_for_inference(
     net.requires_grad_(False)
     if device is not None:
         net = net.to(torch.device(device))
-    return net.to(memory_format=_memory_format(net.spatial_dims, next(net.parameters()).device))
+    return net.to(memory_format=memory_format(net.spatial_dims, next(net.parameters()).device))
 
 
 class _Runner:
@@ -244,7 +230,7 @@ class _Runner:
             )
             return
         self.device = torch.device("cpu")
-        fmt = _memory_format(self.net.spatial_dims, self.device)
+        fmt = memory_format(self.net.spatial_dims, self.device)
         self.net = self.net.to(self.device, memory_format=fmt)
         self.messages.append(
             "out of GPU memory even with one tile: continuing on the CPU (slower); "
@@ -277,7 +263,7 @@ class _Runner:
         """Probabilities of one chunk, left on the device (the blending may happen there)."""
         if not isinstance(batch, torch.Tensor):
             batch = torch.from_numpy(np.ascontiguousarray(batch))
-        fmt = _memory_format(self.net.spatial_dims, self.device)
+        fmt = memory_format(self.net.spatial_dims, self.device)
         x = batch.to(self.device).contiguous(memory_format=fmt)
         total: torch.Tensor | None = None
         with torch.inference_mode(), autocast(self.device, enabled=self.mixed_precision):

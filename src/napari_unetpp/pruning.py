@@ -200,14 +200,15 @@ def measure_ms_per_mpx(
     so it includes this machine's real overheads. Measure when the machine is idle
     (not during training): the number is as stable as the machine is.
     """
-    from .inference import _memory_format, prepare_for_inference
+    from .devices import memory_format
+    from .inference import prepare_for_inference
 
     net = _module(model)
     tile_shape = tuple(tile_shape) if tile_shape else timing_tile(net.config.spatial_dims)
     device = torch.device(device)
     pruned = prepare_for_inference(net.prune(depth), device)
     x = torch.zeros(1, net.config.in_channels, *tile_shape, device=device)
-    x = x.contiguous(memory_format=_memory_format(net.config.spatial_dims, device))
+    x = x.contiguous(memory_format=memory_format(net.config.spatial_dims, device))
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     with torch.inference_mode():
         seconds = median_seconds(lambda: pruned(x), repeats, 1, sync)
