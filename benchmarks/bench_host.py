@@ -16,12 +16,10 @@ import statistics
 import time
 
 import numpy as np
+import torch
 
 from napari_unetpp.config import DataConfig, PredictConfig
 from napari_unetpp.inference import predict_array
-
-import torch
-
 from napari_unetpp.model import UNetPlusPlus
 
 # Own copies of bench_speed's free network and image (a few lines), so that this script
