@@ -6,7 +6,8 @@ timed cases interleaved (A, B, A, B, ... and the median of each), so a busy mach
 slows all of them alike and the ratios hold even when the absolute times do not.
 
 Rows (2D, paper widths 32-512 unless said, random weights: speed does not depend on them):
-- fp32 matmul peak: the best GFLOP/s of a large ``torch.mm`` here (the roofline);
+- fp32 matmul peak: the median GFLOP/s of 2048x2048 ``torch.mm``, timed in turn with the
+  networks (so under the same load), the roofline;
 - raw forward Ld: the prepared pruned network (BatchNorm folded, channels_last) on a
   batch of 4 tiles of 256x256, no tiling: GFLOP/s and the fraction of the matmul peak;
 - tiled Ld / all heads: ``inference.predict`` on a 1024x1024 image (tile 256, overlap
@@ -108,19 +109,6 @@ def interleaved(cases: dict[str, Callable[[], object]], rounds: int, device: str
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def matmul_peak(device: str, n: int = 2048, rounds: int = 5) -> float:
-    """Best fp32 GFLOP/s of an n x n matmul (the compute roofline this machine offers)."""
-    a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
-    best = float("inf")
-    for _ in range(rounds + 1):
-        sync(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
-
-
 class FreeUNet(UNetPlusPlus):
     """A UNet++ whose forward costs nothing (zeros): the tiled pipeline is all that is timed."""
 
@@ -166,7 +154,9 @@ def bench_inference(size: int, tile: int, rounds: int, device: str
     model = UNetPlusPlus(widths=PAPER_WIDTHS, depth=4).eval()
     data = DataConfig()
     config = PredictConfig(tile_size=(tile, tile), overlap=0.25, batch_size=4, device=device)
-    cases: dict[str, Callable[[], object]] = {}
+    n = 2048
+    a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
+    cases: dict[str, Callable[[], object]] = {"matmul": lambda: [torch.mm(a, b) for _ in range(4)]}
     batch = torch.rand(4, 1, tile, tile, device=device).contiguous(
         memory_format=memory_format(2, torch.device(device)))
     for d in DEPTHS:
@@ -192,9 +182,12 @@ def bench_inference(size: int, tile: int, rounds: int, device: str
     gflop["tiled all"] = gflop["tiled L4"]  # all heads: the L4 network, shared nodes once
     if monai_gflop is not None:
         gflop["monai"] = overlap * monai_gflop  # MONAI places the same 192-pixel steps here
+    seconds["matmul"] = 4 * 2 * n**3 / seconds["matmul"] / 1e9  # GFLOP/s, timed among the rest
     mpx = {name: (batch.numel() if name.startswith("raw") else image.size) / 1e6
-           for name in seconds}
-    return {name: s / mpx[name] for name, s in seconds.items()}, gflop, monai_note
+           for name in seconds if name != "matmul"}
+    per_mpx = {name: s / mpx[name] for name, s in seconds.items() if name != "matmul"}
+    per_mpx["matmul_gflop_s"] = seconds["matmul"]
+    return per_mpx, gflop, monai_note
 
 
 def bench_host(size: int, rounds: int, device: str) -> dict[str, float]:
@@ -277,8 +270,8 @@ def main() -> None:
           f"({torch.get_num_threads()} threads), device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
     started = time.perf_counter()
-    peak = matmul_peak(args.device)
     per_mpx, gflop, monai_note = bench_inference(size, tile, rounds, args.device)
+    peak = per_mpx.pop("matmul_gflop_s")  # interleaved with the networks: the same load
     host = bench_host(size, rounds, args.device)
     training = {} if args.skip_training else {
         name: bench_training(widths, args.device, steps, 1)
@@ -291,7 +284,7 @@ def main() -> None:
     print()
     print("| measurement | s/Mpx | Mpx/s | GFLOP/Mpx | GFLOP/s | of matmul peak | ratio |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| fp32 matmul 2048x2048 (peak) | | | | {peak:.1f} | 100 % | |")
+    print(f"| fp32 matmul 2048x2048 (peak, interleaved) | | | | {peak:.1f} | 100 % | |")
     for d in DEPTHS:
         print(row(f"ours raw forward L{d} (4x256x256)", per_mpx[f"raw L{d}"],
                   gflop[f"raw L{d}"], peak,
