@@ -1,15 +1,29 @@
-"""Speed: training steps/s and tiled inference Mpx/s per depth (all heads vs pruned).
+"""Speed, one table: tiled inference per depth vs MONAI, FLOPs, roofline, host pipeline, training.
 
-Why: the pruning slider promises that a shallower UNet++ is faster at a known cost
-in accuracy; this script measures the "faster" part on the machine at hand, through
-the same engine calls the widgets and the CLI make (``training.Trainer``,
-``inference.predict``). Weights are random: speed does not depend on them.
+Why one run: every ratio in the table (ours vs MONAI, pruned vs full, achieved vs the
+machine's matmul peak) compares numbers taken minutes apart in one process, with the
+timed cases interleaved (A, B, A, B, ... and the median of each), so a busy machine
+slows all of them alike and the ratios hold even when the absolute times do not.
 
-Run (CPU, a few minutes on 2 cores)::
+Rows (2D, paper widths 32-512 unless said, random weights: speed does not depend on them):
+- fp32 matmul peak: the median GFLOP/s of 2048x2048 ``torch.mm``, timed in turn with the
+  networks (so under the same load), the roofline;
+- raw forward Ld: the prepared pruned network (BatchNorm folded, channels_last) on a
+  batch of 4 tiles of 256x256, no tiling: GFLOP/s and the fraction of the matmul peak;
+- tiled Ld / all heads: ``inference.predict`` on a 1024x1024 image (tile 256, overlap
+  0.25, Gaussian blending, batch 4), pruned L1..L4 and all four heads in one pass;
+- MONAI: ``BasicUNetPlusPlus`` (same widths, batch norm, deep supervision: 4 heads) with
+  ``sliding_window_inference`` (same tile, overlap, blending, batch), as a user runs it;
+- host pipeline: ``predict`` with a UNet++ whose forward returns zeros (the network costs
+  nothing), all heads and one head, on a stack of 4 such images: what the host side can feed;
+- training: ``training.Trainer`` steps/s at batch 8, 256x256, CPU widths and paper widths.
 
-    python benchmarks/bench_speed.py --device cpu
+GFLOP/Mpx is exact (``pruning.gflop_per_mpx``, torch.utils.flop_counter). Needs
+``pip install -e .[bench]`` (MONAI) for the MONAI row (skipped with a note otherwise).
 
-Prints markdown tables (paste into docs/benchmarks.md) and the command line.
+Run (about 6 minutes on an idle 2-core CPU; ``--quick``: a 512x512 image, one round)::
+
+    python benchmarks/bench_speed.py --full
 """
 
 from __future__ import annotations
@@ -17,43 +31,189 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import tifffile
 import torch
 
 from napari_unetpp.config import DataConfig, ModelConfig, PredictConfig, TrainConfig
-from napari_unetpp.events import drive
+from napari_unetpp.devices import memory_format
+from napari_unetpp.inference import predict_array, prepare_for_inference
 from napari_unetpp.model import UNetPlusPlus
+from napari_unetpp.pruning import gflop_per_mpx
+from napari_unetpp.tiling import tile_grid
 
 CPU_WIDTHS = (16, 32, 64, 128, 256)
 PAPER_WIDTHS = (32, 64, 128, 256, 512)
+DEPTHS = (1, 2, 3, 4)
 
 
-def data_dir() -> Path:
+def data_dir() -> Path | None:
     """The shared real data: $NAPARI_UNETPP_DATA, ../shared/data or /work/shared/data."""
     for candidate in (os.environ.get("NAPARI_UNETPP_DATA", ""),
                       Path(__file__).resolve().parents[2] / "shared" / "data",
                       "/work/shared/data"):
         if candidate and (Path(candidate) / "em_isbi2012").is_dir():
             return Path(candidate)
-    sys.exit("EM data not found: set NAPARI_UNETPP_DATA")
+    return None
 
 
-def load_em() -> tuple[np.ndarray, np.ndarray]:
-    root = data_dir() / "em_isbi2012"
+def load_em() -> tuple[np.ndarray, np.ndarray] | None:
+    root = data_dir()
+    if root is None:
+        return None
+    import tifffile
+
+    root = root / "em_isbi2012"
     return tifffile.imread(root / "image.tif"), tifffile.imread(root / "membranes.tif")
 
 
+def test_image(size: int) -> np.ndarray:
+    """A size x size uint8 EM image (ISBI 2012 slices side by side), or noise without data."""
+    em = load_em()
+    if em is None:
+        return np.random.default_rng(0).integers(0, 256, (size, size), dtype=np.uint8)
+    reps = -(-size // em[0].shape[1])
+    return np.tile(em[0][0], (reps, reps))[:size, :size]
+
+
+def progress(message: str) -> None:
+    """What is running now, on stderr (the table goes to stdout)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def interleaved(cases: dict[str, Callable[[], object]], rounds: int, device: str
+                ) -> dict[str, float]:
+    """Median seconds of each case, timed in turn (A, B, A, B, ...) after one warm-up each."""
+    for name, run in cases.items():
+        progress(f"warm-up {name}")
+        run()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for k in range(rounds):
+        for name, run in cases.items():
+            sync(device)
+            start = time.perf_counter()
+            run()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+            progress(f"round {k + 1}/{rounds} {name}: {times[name][-1]:.1f} s")
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+class FreeUNet(UNetPlusPlus):
+    """A UNet++ whose forward costs nothing (zeros): the tiled pipeline is all that is timed."""
+
+    def forward(self, x: torch.Tensor, depths=None) -> dict[int, torch.Tensor]:  # type: ignore
+        wanted = self._check_depths(depths)
+        zeros = x.new_zeros((x.shape[0], self.config.num_classes, *x.shape[2:]))
+        return {d: zeros for d in wanted}
+
+
+def monai_cases(image: np.ndarray, widths: tuple[int, ...], tile: int, device: str
+                ) -> tuple[dict[str, Callable[[], object]], float | None, str]:
+    """MONAI's BasicUNetPlusPlus + sliding_window_inference, or why it is not there."""
+    try:
+        from monai.inferers import sliding_window_inference
+        from monai.networks.nets import BasicUNetPlusPlus
+    except ImportError:
+        return {}, None, "MONAI not installed (pip install -e .[bench])"
+    net = BasicUNetPlusPlus(spatial_dims=2, in_channels=1, out_channels=1,
+                            features=(*widths, widths[0]), deep_supervision=True,
+                            norm=("batch", {})).eval().to(device)
+    x = torch.from_numpy(image.astype(np.float32) / 255.0)[None, None].to(device)
+
+    def run() -> object:
+        with torch.inference_mode():
+            return sliding_window_inference(x, (tile, tile), 4, net, overlap=0.25,
+                                            mode="gaussian")
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(1, 1, tile, tile, device=device))
+    gflop = counter.get_total_flops() / (tile * tile / 1e6) / 1e9
+    import monai
+
+    return {"monai": run}, gflop, f"MONAI {monai.__version__}"
+
+
+def bench_inference(size: int, tile: int, rounds: int, device: str
+                    ) -> tuple[dict[str, float], dict[str, float], str]:
+    """Seconds per case (interleaved medians) and GFLOP/Mpx per case."""
+    image = test_image(size)
+    torch.manual_seed(0)
+    model = UNetPlusPlus(widths=PAPER_WIDTHS, depth=4).eval()
+    data = DataConfig()
+    config = PredictConfig(tile_size=(tile, tile), overlap=0.25, batch_size=4, device=device)
+    n = 2048
+    a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
+    cases: dict[str, Callable[[], object]] = {"matmul": lambda: [torch.mm(a, b) for _ in range(4)]}
+    batch = torch.rand(4, 1, tile, tile, device=device).contiguous(
+        memory_format=memory_format(2, torch.device(device)))
+    for d in DEPTHS:
+        pruned = prepare_for_inference(model.prune(d), device)
+
+        def raw(net: UNetPlusPlus = pruned) -> object:
+            with torch.inference_mode():
+                return net(batch)
+
+        cases[f"raw L{d}"] = raw
+    for d in DEPTHS:
+        cases[f"tiled L{d}"] = lambda d=d: predict_array(
+            model, image, config.replace(pruned_depth=d), data)
+    cases["tiled all"] = lambda: predict_array(model, image, config, data)
+    monai, monai_gflop, monai_note = monai_cases(image, PAPER_WIDTHS, tile, device)
+    cases.update(monai)
+    seconds = interleaved(cases, rounds, device)
+    # tiled rows: GFLOP per Mpx of *image*, the overlapping tiles' extra pixels included
+    grid = tile_grid(image.shape, (tile, tile), 0.25, 16)
+    overlap = len(grid) * tile * tile / image.size
+    gflop = {f"raw L{d}": gflop_per_mpx(model, d) for d in DEPTHS}
+    gflop.update({f"tiled L{d}": overlap * gflop_per_mpx(model, d) for d in DEPTHS})
+    gflop["tiled all"] = gflop["tiled L4"]  # all heads: the L4 network, shared nodes once
+    if monai_gflop is not None:
+        gflop["monai"] = overlap * monai_gflop  # MONAI places the same 192-pixel steps here
+    seconds["matmul"] = 4 * 2 * n**3 / seconds["matmul"] / 1e9  # GFLOP/s, timed among the rest
+    mpx = {name: (batch.numel() if name.startswith("raw") else image.size) / 1e6
+           for name in seconds if name != "matmul"}
+    per_mpx = {name: s / mpx[name] for name, s in seconds.items() if name != "matmul"}
+    per_mpx["matmul_gflop_s"] = seconds["matmul"]
+    return per_mpx, gflop, monai_note
+
+
+def bench_host(size: int, rounds: int, device: str) -> dict[str, float]:
+    """Mpx/s of ``predict`` when the network costs nothing: all heads and one head."""
+    stack = np.stack([test_image(size)] * 4)
+    net = FreeUNet(widths=PAPER_WIDTHS, depth=4).eval()
+    data = DataConfig()
+    config = PredictConfig(tile_size=(256, 256), overlap=0.25, batch_size=4, device=device)
+    seconds = interleaved({
+        "all heads": lambda: predict_array(net, stack, config, data),
+        "one head": lambda: predict_array(net, stack, config.replace(depths=(4,)), data),
+    }, rounds, device)
+    return {name: stack.size / 1e6 / s for name, s in seconds.items()}
+
+
 def bench_training(widths: tuple[int, ...], device: str, steps: int, warmup: int,
-                   patch: int, batch: int) -> float:
+                   patch: int = 256, batch: int = 8) -> float:
     """Steps per second of ``Trainer`` (2D, deep supervision at depth 4), after warm-up."""
     from napari_unetpp.training import Trainer
 
-    image, labels = load_em()
+    em = load_em()
+    if em is None:
+        rng = np.random.default_rng(0)
+        em = (rng.integers(0, 256, (4, 512, 512), dtype=np.uint8),
+              (rng.random((4, 512, 512)) > 0.5).astype(np.uint8))
+    image, labels = em
     total = warmup + steps
     trainer = Trainer(
         ModelConfig(widths=widths, depth=4),
@@ -62,95 +222,89 @@ def bench_training(widths: tuple[int, ...], device: str, steps: int, warmup: int
         DataConfig(),
     )
     times: list[float] = []
+    progress(f"training widths {widths}")
     gen = trainer.run(list(image[:4]), list(labels[:4]))
     for event in gen:
         if event.kind == "step":
-            if device == "cuda":
-                torch.cuda.synchronize()
+            sync(device)
             times.append(time.perf_counter())
             if len(times) == total:
                 gen.close()  # skip the end-of-run evaluation: it is not a training step
                 break
-    return (len(times) - 1 - warmup) / (times[-1] - times[warmup]) if steps else float("nan")
+    return (len(times) - 1 - warmup) / (times[-1] - times[warmup])
 
 
-def bench_inference(widths: tuple[int, ...], device: str, slices: int, tile: int,
-                    repeats: int) -> list[dict[str, float]]:
-    """Mpx/s of tiled inference on 512x512 EM slices: all heads at once, then pruned L1..L4."""
-    from napari_unetpp.inference import predict
-
-    image = load_em()[0][:slices]
-    model = UNetPlusPlus(widths=widths, depth=4).eval()
-    megapixels = image.size / 1e6
-    data = DataConfig()
-    rows = []
-    for depth in (None, 1, 2, 3, 4):
-        config = PredictConfig(tile_size=(tile, tile), device=device, pruned_depth=depth)
-        drive(predict(model, image[:1], config, data))  # warm-up: allocator, kernels, folding
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            drive(predict(model, image, config, data))
-            best = min(best, time.perf_counter() - start)
-        rows.append({"depth": depth or 0, "seconds": best, "mpx_s": megapixels / best,
-                     "parameters": model.num_parameters(depth)})
-    return rows
+def row(name: str, s_per_mpx: float | None, gflop: float | None, peak: float,
+        ratio: str = "") -> str:
+    mpx_s = f"{1 / s_per_mpx:.3f}" if s_per_mpx else ""
+    s = f"{s_per_mpx:.3f}" if s_per_mpx else ""
+    g = f"{gflop:.1f}" if gflop else ""
+    rate = gflop / s_per_mpx if gflop and s_per_mpx else None
+    r = f"{rate:.1f}" if rate else ""
+    frac = f"{100 * rate / peak:.0f} %" if rate else ""
+    return f"| {name} | {s} | {mpx_s} | {g} | {r} | {frac} | {ratio} |"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
-    parser.add_argument("--steps", type=int, default=3, help="timed training steps")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--patch", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--slices", type=int, default=2, help="512x512 EM slices to segment")
-    parser.add_argument("--tile", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=1, help="inference runs (best kept)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--full", action="store_true",
+                      help="1024x1024 image, 2 interleaved rounds, 2 training steps (default)")
+    mode.add_argument("--quick", action="store_true",
+                      help="512x512 image, 1 round, 1 training step (a smoke run)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--skip-training", action="store_true")
-    parser.add_argument("--skip-inference", action="store_true")
+    parser.add_argument("--size", type=int, default=0, help="image size (overrides the mode's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
+    size, rounds, steps = (512, 1, 1) if args.quick else (1024, 2, 2)
+    size = args.size or size
+    tile = 256
     command = "python benchmarks/bench_speed.py " + " ".join(sys.argv[1:])
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"command: `{command.strip()}`")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {args.device}"
-          + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
+          f"(load average {load:.1f} at start), torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), device {args.device}"
+          + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
+    started = time.perf_counter()
+    per_mpx, gflop, monai_note = bench_inference(size, tile, rounds, args.device)
+    peak = per_mpx.pop("matmul_gflop_s")  # interleaved with the networks: the same load
+    host = bench_host(size, rounds, args.device)
+    training = {} if args.skip_training else {
+        name: bench_training(widths, args.device, steps, 1)
+        for name, widths in (("CPU widths 16-256", CPU_WIDTHS),
+                             ("paper widths 32-512", PAPER_WIDTHS))}
+    print(f"image {size}x{size} (EM), tile {tile}, overlap 0.25, Gaussian, batch 4; "
+          f"{rounds} interleaved round(s), medians; {monai_note}; "
+          f"took {time.perf_counter() - started:.0f} s. GFLOP/Mpx of tiled rows counts the "
+          "pixels the overlapping tiles compute (per Mpx of image); raw rows per Mpx of tiles.")
     print()
-    widths_sets = {"CPU widths 16-256": CPU_WIDTHS, "paper widths 32-512": PAPER_WIDTHS}
-    if not args.skip_training:
-        print(f"Training, 2D, depth 4, patch {args.patch}x{args.patch}, batch {args.batch} "
-              f"({args.steps} timed steps after {args.warmup} warm-up)")
-        print()
-        print("| widths | parameters | steps/s | s/step |")
-        print("|---|---|---|---|")
-        for name, widths in widths_sets.items():
-            rate = bench_training(widths, args.device, args.steps, args.warmup, args.patch,
-                                  args.batch)
-            params = UNetPlusPlus(widths=widths, depth=4).num_parameters()
-            print(f"| {name} | {params / 1e6:.2f}M | {rate:.3f} | {1 / rate:.2f} |", flush=True)
-        print()
-    if args.skip_inference:
-        return
-    print(f"Inference, {args.slices} EM slices of 512x512, tile {args.tile}, overlap 0.25, "
-          "Gaussian blending, batch 4 (best of "
-          f"{args.repeats})")
-    for name, widths in widths_sets.items():
-        rows = bench_inference(widths, args.device, args.slices, args.tile, args.repeats)
-        full = rows[0]
-        print()
-        print(f"{name}:")
-        print()
-        print("| network | parameters | Mpx/s | speed-up vs all heads (L4) |")
-        print("|---|---|---|---|")
-        for row in rows:
-            label = "all heads L1-L4, one pass" if row["depth"] == 0 else f"pruned L{row['depth']}"
-            print(f"| {label} | {row['parameters'] / 1e6:.2f}M | {row['mpx_s']:.3f} | "
-                  f"{full['seconds'] / row['seconds']:.2f}x |", flush=True)
+    print("| measurement | s/Mpx | Mpx/s | GFLOP/Mpx | GFLOP/s | of matmul peak | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| fp32 matmul 2048x2048 (peak, interleaved) | | | | {peak:.1f} | 100 % | |")
+    for d in DEPTHS:
+        print(row(f"ours raw forward L{d} (4x256x256)", per_mpx[f"raw L{d}"],
+                  gflop[f"raw L{d}"], peak,
+                  f"L4/L{d} {per_mpx['raw L4'] / per_mpx[f'raw L{d}']:.2f}x"))
+    for d in DEPTHS:
+        print(row(f"ours tiled, pruned L{d}", per_mpx[f"tiled L{d}"], gflop[f"tiled L{d}"],
+                  peak, f"L4/L{d} {per_mpx['tiled L4'] / per_mpx[f'tiled L{d}']:.2f}x "
+                  f"(FLOPs {gflop['tiled L4'] / gflop[f'tiled L{d}']:.2f}x)"))
+    monai = per_mpx.get("monai")
+    vs = f"{monai / per_mpx['tiled all']:.2f}x faster than MONAI" if monai else ""
+    print(row("ours tiled, all heads L1-L4", per_mpx["tiled all"], gflop["tiled all"], peak,
+              vs))
+    if monai:
+        print(row("MONAI BasicUNet++ tiled, 4 heads", monai, gflop.get("monai"), peak, "1.00x"))
+    for name, rate in host.items():
+        print(f"| host pipeline, free predictor, {name} | {1 / rate:.4f} | {rate:.1f} | | | | |")
+    for name, rate in training.items():
+        mpx = 8 * 256 * 256 / 1e6
+        print(f"| training {name}, batch 8, 256x256 | {1 / (rate * mpx):.2f} | "
+              f"{rate * mpx:.4f} | | | | {rate:.3f} steps/s |")
 
 
 if __name__ == "__main__":

@@ -308,3 +308,18 @@ def test_predict_rgb_png_with_the_one_channel_nuclei_model(
     ap50 = average_precision(from_rgb, truth, 0.5)
     print(f"zoo:nuclei on held-back colour image {image_id}: AP@0.5 {ap50:.3f}")
     assert ap50 > 0.3
+
+
+def test_info_shows_exact_gflop_and_times_depths_on_request(capsys: pytest.CaptureFixture[str],
+                                                            trained: Path) -> None:
+    from napari_unetpp.config import ModelConfig
+    from napari_unetpp.pruning import gflop_per_mpx
+
+    code, out, _ = _run(capsys, "info", trained)
+    assert code == 0 and "GFLOP/Mpx" in out and "ms/Mpx (stored)" in out
+    exact = gflop_per_mpx(ModelConfig(widths=(4, 8, 16), depth=2), 2)
+    row = next(line for line in out.splitlines() if line.startswith("L2"))
+    assert f"{round(exact, 2):.3f}" in row
+    code, out, _ = _run(capsys, "info", trained, "--time")
+    assert code == 0 and "ms/Mpx (now, median)" in out
+    print(out)

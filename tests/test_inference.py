@@ -20,6 +20,7 @@ import torch
 from napari_unetpp import inference
 from napari_unetpp.config import DataConfig, NormalizationConfig, PredictConfig
 from napari_unetpp.data import normalize
+from napari_unetpp.devices import memory_format
 from napari_unetpp.events import Stopper, drive
 from napari_unetpp.inference import (
     PredictEvent,
@@ -491,3 +492,57 @@ def test_cuda_matches_cpu(em_crop, em_net):
             worst = float(np.abs(gpu[d] - cpu[d]).max())
             assert worst < tolerance, (mixed, d, worst)
     assert next(em_net.parameters()).device.type == "cpu"  # the model itself stayed put
+
+
+def test_prepared_networks_are_reused_until_the_weights_change(em_crop):
+    """The pruned / folded copies are cached per model, and rebuilt when a weight changes."""
+    net = calibrated(normalize(em_crop[:32, :32], RAW)[None, None], widths=(4, 8, 16))
+    image, data = em_crop[:48, :48], DataConfig(normalization=RAW)
+    config = _config(tile_size=(32, 32), pruned_depth=1)
+    first = predict_array(net, image, config, data)
+    cached = inference._DERIVED[net]
+    assert ("pruned", 1) in cached
+    again = predict_array(net, image, config, data)
+    assert inference._DERIVED[net] is cached  # no rebuild: the same copies ran
+    np.testing.assert_array_equal(again[1], first[1])
+    with torch.no_grad():
+        net.heads["head_1"].bias += 5.0  # an optimizer step does the same (in place)
+    changed = predict_array(net, image, config, data)
+    assert (changed[1] > first[1]).mean() > 0.99  # the new weights were used
+
+
+def test_cpu_inference_runs_channels_last_in_2d_only():
+    assert memory_format(2, torch.device("cpu")) == torch.channels_last
+    assert memory_format(3, torch.device("cpu")) == torch.contiguous_format
+    prepared = inference.prepare_for_inference(UNetPlusPlus(widths=(4, 8), depth=1), "cpu")
+    weight = prepared.nodes[node_name(0, 0)][0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_prefetching_view_reads_the_next_band_in_the_background(em_crop):
+    """A GPU run reads band k+1 while band k is predicted: same tiles, read off the main thread."""
+    import threading
+
+    class Recording:
+        def __init__(self, data: np.ndarray) -> None:
+            self.data, self.shape, self.threads = data, data.shape, []
+
+        def __getitem__(self, index):
+            self.threads.append(threading.current_thread().name)
+            return self.data[index]
+
+    image = em_crop[:100, :90]
+    layout = inference._layout(image.shape, None, UNetPlusPlus(widths=(4, 8), depth=1))
+    grid = tile_grid(image.shape, (32, 32), 0.25, 2)
+    rows = sorted({s[0] for s in grid})
+    norm = lambda band: normalize(band, RAW)  # noqa: E731
+    plain = inference._ItemView(image, layout, (), norm, torch.device("cpu"))
+    recording = Recording(image)
+    ahead = inference._ItemView(recording, layout, (), norm, torch.device("cpu"),
+                                prefetch=True, row_starts=rows, height=32)
+    for start in grid:
+        index = (slice(None), *(slice(s, s + 32) for s in start))
+        torch.testing.assert_close(ahead[index], plain[index], rtol=0, atol=0)
+    assert len(recording.threads) == len(rows)  # each band read once
+    assert recording.threads[0] == threading.current_thread().name
+    assert all(name.startswith("unetpp-read") for name in recording.threads[1:])

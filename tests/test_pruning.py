@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
 from skimage.draw import disk
 
 from napari_unetpp import pruning
-from napari_unetpp.config import DataConfig
+from napari_unetpp.config import DataConfig, ModelConfig
 from napari_unetpp.model import UNetPlusPlus
 
 
@@ -78,3 +80,44 @@ def test_recommend_depth_shallowest_within_tolerance():
     assert pruning.recommend_depth({1: {"iou": None}, 2: {"iou": None}}) == 2
     with pytest.raises(ValueError):
         pruning.recommend_depth({})
+
+
+def test_gflop_per_mpx_is_the_exact_count():
+    """Depth 1 of widths (4, 8), counted by hand (2 FLOP per multiply-add, per output pixel):
+    X00 1->4->4: 72 + 288; X10 at 1/4 of the pixels 4->8->8: (576 + 1152) / 4;
+    X01 up 8->4 (k2 s2): 64, then 8->4->4: 576 + 288; head 4->1: 8. Sum 1728 FLOP/px."""
+    config = ModelConfig(widths=(4, 8, 16), depth=2)
+    assert pruning.gflop_per_mpx(config, 1) == pytest.approx(1.728)
+    model = UNetPlusPlus.from_config(config)
+    assert pruning.gflop_per_mpx(model, 1, (64, 64)) == pytest.approx(1.728)  # any tile
+    assert pruning.gflop_per_mpx(model, 2) > 2 * pruning.gflop_per_mpx(model, 1)
+    paper = [pruning.gflop_per_mpx(ModelConfig(), d) for d in (1, 2, 3, 4)]
+    print("paper widths GFLOP/Mpx L1..L4:", [round(g, 1) for g in paper])
+    assert paper[3] / paper[1] == pytest.approx(3.35, abs=0.01)  # the issue's FLOP ratios
+    assert paper[3] / paper[0] == pytest.approx(8.56, abs=0.01)
+    with pytest.raises(ValueError, match="no head at depth 3"):
+        pruning.gflop_per_mpx(config, 3)
+
+
+def test_median_seconds_warms_up_and_takes_the_median():
+    calls: list[int] = []
+    durations = iter([0.0, 0.03, 0.0, 0.0])  # warm-up, then one disturbed run of three
+
+    def run() -> None:
+        calls.append(1)
+        end = time.perf_counter() + next(durations)
+        while time.perf_counter() < end:
+            pass
+
+    seconds = pruning.median_seconds(run, repeats=3, warmup=1)
+    assert len(calls) == 4
+    assert seconds < 0.02  # the disturbed run does not set the result (it would as a mean)
+
+
+def test_depth_costs_pair_exact_flops_with_a_measured_time():
+    costs = pruning.depth_costs(_model(), tile_shape=(32, 32), repeats=2)
+    assert sorted(costs) == [1, 2, 3]
+    for d, row in costs.items():
+        assert row["gflop_per_mpx"] == pruning.gflop_per_mpx(_model(), d, (32, 32))
+        assert row["ms_per_mpx"] > 0
+        assert row["gflop_s"] == pytest.approx(row["gflop_per_mpx"] / row["ms_per_mpx"] * 1e3)

@@ -8,6 +8,7 @@ import torch
 
 from napari_unetpp.tiling import (
     MIN_WEIGHT,
+    StackedOutputs,
     TileProgress,
     blending_weights,
     iter_sliding_window,
@@ -126,6 +127,63 @@ def test_blending_on_a_torch_device_gives_the_same_result(shape, tile):
                               accumulate_on=torch.device("cpu"))
     np.testing.assert_array_equal(on_torch["same"], image + 1)
     assert isinstance(on_torch["same"], np.ndarray)
+
+
+class TorchTiles:
+    """An image that serves torch tensors, as inference's device-resident bands do."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data, self.shape = torch.from_numpy(data), data.shape
+
+    def __getitem__(self, index):
+        return self.data[index]
+
+
+@pytest.mark.parametrize("shape, tile, align", [((2, 47, 61), (16, 32), 1),
+                                                ((1, 33, 35), (16, 16), 8),
+                                                ((1, 9, 7), (16, 16), 1),
+                                                ((1, 13, 17, 19), (8, 8, 8), 4)])
+def test_tiles_cut_on_a_torch_device_are_those_numpy_cuts(shape, tile, align):
+    """The device-resident path (here torch on the CPU): same tiles, padding, blend, bits."""
+    image = np.random.default_rng(5).normal(size=shape).astype(np.float32)
+    seen: list[type] = []
+
+    def stacked(batch):
+        seen.append(type(batch))
+        x = torch.as_tensor(batch)
+        return StackedOutputs(torch.cat([x * 2 + 1, x[:, :1] - 3], dim=1),
+                              {"a": shape[0], "b": 1})
+
+    reference = sliding_window(stacked, image, tile, 0.5, 3, align=align)
+    on_device = sliding_window(stacked, TorchTiles(image), tile, 0.5, 3, align=align,
+                               accumulate_on=torch.device("cpu"))
+    assert set(seen) == {np.ndarray, torch.Tensor}  # numpy tiles, then torch tiles
+    for key in ("a", "b"):
+        np.testing.assert_array_equal(on_device[key], reference[key])  # bit for bit
+    np.testing.assert_array_equal(reference["a"], image * 2 + 1)  # exact: one value per pixel
+    np.testing.assert_array_equal(reference["b"], image[:1] - 3)
+
+
+def test_stacked_outputs_read_as_a_mapping_and_check_their_channels():
+    data = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    out = StackedOutputs(data, {1: 1, 2: 2})
+    assert list(out) == [1, 2] and len(out) == 2
+    np.testing.assert_array_equal(out[2], data[:, 1:3])
+    with pytest.raises(ValueError, match="add up"):
+        StackedOutputs(data, {1: 1})
+
+
+def test_blending_is_a_weighted_mean_of_the_tiles():
+    """Two overlapping tiles with different constant outputs: the Gaussian-weighted mean."""
+    image = np.zeros((1, 16, 24), np.float32)
+    calls = iter([np.full((1, 1, 16, 16), 1.0, np.float32), np.full((1, 1, 16, 16), 3.0,
+                                                                    np.float32)])
+    out = sliding_window(lambda b: next(calls), image, (16, 16), 0.5, batch_size=1)[0][0]
+    w = blending_weights((16, 16))
+    left, right = w[:, 8:], w[:, :8]  # columns 8..15 are seen by both tiles
+    expected = (1.0 * left + 3.0 * right) / (left + right)
+    np.testing.assert_allclose(out[:, 8:16], expected, rtol=1e-6)
+    assert (out[:, :8] == 1).all() and (out[:, 16:] == 3).all()
 
 
 def test_torch_and_sequence_outputs_are_accepted():

@@ -271,25 +271,43 @@ def read_model_info(spec: str) -> CheckpointInfo:
     return read_info(spec)
 
 
-def depth_table(info: CheckpointInfo) -> str:
-    """The per-depth table: what each pruning depth costs (parameters, time) and scores."""
+def depth_table(info: CheckpointInfo, timed: dict[int, dict[str, float]] | None = None) -> str:
+    """The per-depth table: what each pruning depth costs (parameters, GFLOP, time) and scores.
+
+    GFLOP/Mpx is exact (counted from the architecture); ms/Mpx is the one stored at
+    training time, or, with ``timed`` (``pruning.depth_costs``), measured just now.
+    """
     metrics = info.metrics or {}
     rows_in = metrics.get("depths", {}) or {}
     score_name = metrics.get("score_name", "score")
     best = metrics.get("best_depth")
     depths = range(1, info.model.depth + 1) if info.model.deep_supervision else [info.model.depth]
     params = _parameters_by_depth(info.model)
+    gflops = _gflop_by_depth(info.model)
     rows = []
     for d in depths:
         row = rows_in.get(str(d), rows_in.get(d, {})) or {}
         label = f"L{d}" + (" *" if best is not None and int(best) == d else "")
         score = row.get(score_name, row.get("score"))
+        ms = timed[d]["ms_per_mpx"] if timed else row.get("ms_per_mpx")
         rows.append([label, _human_count(row.get("parameters", params.get(d))),
-                     score, row.get("ms_per_mpx")])
-    table = format_table(["depth", "parameters", score_name, "ms/Mpx"], rows)
+                     score, gflops.get(d), ms])
+    ms_header = "ms/Mpx (now, median)" if timed else "ms/Mpx (stored)"
+    table = format_table(["depth", "parameters", score_name, "GFLOP/Mpx", ms_header], rows)
     if best is not None:
         table += f"\n* recommended depth (smallest within tolerance of the best {score_name})"
     return table
+
+
+def _gflop_by_depth(config: ModelConfig) -> dict[int, float]:
+    """Exact GFLOP per megapixel per depth, from the architecture alone (no weights needed)."""
+    try:
+        from .pruning import gflop_per_mpx
+
+        heads = range(1, config.depth + 1) if config.deep_supervision else [config.depth]
+        return {d: round(gflop_per_mpx(config, d), 2) for d in heads}
+    except (ValueError, RuntimeError):
+        return {}
 
 
 def _parameters_by_depth(config: ModelConfig) -> dict[int, int]:
@@ -856,7 +874,13 @@ def cmd_info(args: argparse.Namespace) -> int:
             _out(f"  {key}: {text}")
     _out(f"plugin version: {info.version}")
     _out("")
-    _out(depth_table(info))
+    timed = None
+    if args.time:
+        from .pruning import depth_costs
+
+        model, _ = load_model(args.checkpoint, device="cpu")
+        timed = depth_costs(model, "cpu")
+    _out(depth_table(info, timed))
     return 0
 
 
@@ -1108,6 +1132,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "from the deepest (default 0.02)")
     i.add_argument("--strict", action="store_true",
                    help="--on: exit with status 1 when an image looks unlike the training data")
+    i.add_argument("--time", action="store_true",
+                   help="measure ms/Mpx per depth on this CPU now (median of 5 runs after a "
+                        "warm-up; run it when the machine is idle)")
     _add_common(i)
     i.set_defaults(func=cmd_info)
 

@@ -51,7 +51,9 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Callable, Generator
+import weakref
+from collections.abc import Callable, Generator, Hashable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +65,7 @@ from torch import nn
 from . import stores, tiling
 from .config import DataConfig, PredictConfig
 from .data import intensity_range, normalize
-from .devices import autocast, empty_cache, is_out_of_memory, resolve_device
+from .devices import autocast, empty_cache, is_out_of_memory, memory_format, resolve_device
 from .events import EtaClock, Event, Stopper, drive
 from .model import UNetPlusPlus
 from .nonfinite import non_finite_filler
@@ -158,7 +160,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 def prepare_for_inference(
     model: UNetPlusPlus, device: str | torch.device | None = None
 ) -> UNetPlusPlus:
-    """A frozen copy for prediction: eval mode, BatchNorm folded, channels_last on CUDA.
+    """A frozen copy for prediction: eval mode, BatchNorm folded, the fastest layout.
 
     A deep copy, so the training model (its BatchNorm layers, its mode, its
     device) is untouched and training can go on after a preview prediction.
@@ -168,10 +170,7 @@ def prepare_for_inference(
     net.requires_grad_(False)
     if device is not None:
         net = net.to(torch.device(device))
-    if next(net.parameters()).device.type == "cuda":
-        fmt = torch.channels_last if net.spatial_dims == 2 else torch.channels_last_3d
-        net = net.to(memory_format=fmt)
-    return net
+    return net.to(memory_format=memory_format(net.spatial_dims, next(net.parameters()).device))
 
 
 class _Runner:
@@ -179,7 +178,9 @@ class _Runner:
 
     On a CUDA out-of-memory error the batch is split in halves (down to single
     tiles), then the network moves to the CPU; ``messages`` collects what
-    happened so :func:`predict` can report it.
+    happened so :func:`predict` can report it. Batches may be numpy or torch (tiles
+    cut on the device); the heads come back stacked in one tensor
+    (:class:`tiling.StackedOutputs`), activated in one call and blended in one go.
     """
 
     def __init__(
@@ -196,9 +197,12 @@ class _Runner:
         subsets = (c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r))
         self.flips: list[tuple[int, ...]] = list(subsets) if tta else [()]
         self.messages: list[str] = []
+        self._buffer: torch.Tensor | None = None
+        self._reuse = False
 
-    def __call__(self, batch: np.ndarray) -> dict[int, torch.Tensor]:
-        parts: list[dict[int, torch.Tensor]] = []
+    def __call__(self, batch: np.ndarray | torch.Tensor) -> Mapping[int, torch.Tensor]:
+        parts: list[Mapping[int, torch.Tensor]] = []
+        self._reuse = len(batch) <= self.chunk and len(self.flips) == 1  # one part, no sums
         start = 0
         while start < len(batch):
             chunk = batch[start : start + self.chunk]
@@ -213,6 +217,10 @@ class _Runner:
             self._shrink()  # outside the except block: the traceback's tensors are freed
         if len(parts) == 1:
             return parts[0]
+        if all(isinstance(p, tiling.StackedOutputs) for p in parts):
+            where = parts[-1].data.device  # after a CPU fallback: the CPU
+            data = torch.cat([p.data.to(where) for p in parts])  # type: ignore[attr-defined]
+            return tiling.StackedOutputs(data, parts[0].channels)  # type: ignore[attr-defined]
         where = {d: t.device for d, t in parts[-1].items()}  # after a CPU fallback: the CPU
         return {d: torch.cat([p[d].to(where[d]) for p in parts]) for d in parts[0]}
 
@@ -226,33 +234,52 @@ class _Runner:
             )
             return
         self.device = torch.device("cpu")
-        self.net = self.net.to(self.device, memory_format=torch.contiguous_format)
+        fmt = memory_format(self.net.spatial_dims, self.device)
+        self.net = self.net.to(self.device, memory_format=fmt)
         self.messages.append(
             "out of GPU memory even with one tile: continuing on the CPU (slower); "
             "a smaller PredictConfig.tile_size would fit the GPU"
         )
 
-    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        return torch.sigmoid(logits) if self.num_classes == 1 else torch.softmax(logits, dim=1)
+    def _activate(self, logits: dict[int, torch.Tensor], reuse: bool) -> torch.Tensor:
+        """Every head's probabilities in one ``(N, heads * classes, *tile)`` float32 tensor.
 
-    def _forward(self, batch: np.ndarray) -> dict[int, torch.Tensor]:
+        Binary heads are activated straight into their channels of the stacked tensor
+        (one pass over the logits); with ``reuse`` that tensor is the runner's buffer,
+        kept across batches (the tiling is done with a batch before it asks for the next).
+        """
+        first = logits[self.depths[0]]
+        if self.num_classes > 1:
+            stacked = torch.cat([logits[d].float() for d in self.depths], dim=1)
+            n, _, *tile = stacked.shape
+            per_head = stacked.view(n, len(self.depths), self.num_classes, *tile)
+            return torch.softmax(per_head, dim=2).view(stacked.shape)
+        shape = (first.shape[0], len(self.depths), *first.shape[2:])
+        out = self._buffer if reuse else None
+        if out is None or out.shape != shape or out.device != first.device:
+            out = torch.empty(shape, dtype=torch.float32, device=first.device)
+            self._buffer = out if reuse else None
+        for k, d in enumerate(self.depths):
+            torch.sigmoid(logits[d].float(), out=out[:, k : k + 1])
+        return out
+
+    def _forward(self, batch: np.ndarray | torch.Tensor) -> tiling.StackedOutputs:
         """Probabilities of one chunk, left on the device (the blending may happen there)."""
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-        if self.device.type == "cuda":
-            fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
-            x = x.contiguous(memory_format=fmt)
-        sums: dict[int, torch.Tensor] = {}
+        if not isinstance(batch, torch.Tensor):
+            batch = torch.from_numpy(np.ascontiguousarray(batch))
+        fmt = memory_format(self.net.spatial_dims, self.device)
+        x = batch.to(self.device).contiguous(memory_format=fmt)
+        total: torch.Tensor | None = None
         with torch.inference_mode(), autocast(self.device, enabled=self.mixed_precision):
             for axes in self.flips:
-                logits = self.net(x.flip(axes) if axes else x, self.depths)
-                for d, value in logits.items():
-                    prob = self._activate(value)
-                    prob = prob.flip(axes) if axes else prob
-                    sums[d] = sums[d] + prob if d in sums else prob
-        if len(self.flips) == 1:
-            return sums
-        return {d: s / len(self.flips) for d, s in sums.items()}
+                prob = self._activate(self.net(x.flip(axes) if axes else x, self.depths),
+                                      self._reuse)
+                prob = prob.flip(axes) if axes else prob
+                total = prob if total is None else total.add_(prob)
+            assert total is not None
+            if len(self.flips) > 1:
+                total = total.div_(len(self.flips))
+        return tiling.StackedOutputs(total, {d: self.num_classes for d in self.depths})
 
 
 # --------------------------------------------------------------------------- image layout
@@ -316,18 +343,33 @@ class _ItemView:
     tile, full width) at a time, normalises it once, and serves that row's tiles
     from it: memory stays one band, and a dask input pays its per-compute
     overhead (10-30 ms) once per tile row instead of once per tile.
+
+    With a ``device`` the normalised band is moved there once (one copy per band,
+    not per tile) and tiles are served as torch views of it: the tiling then cuts,
+    pads and stacks them on that device (the device-resident pipeline; on the CPU
+    the same code runs on torch CPU tensors). With ``prefetch`` (``row_starts`` and
+    the tile ``height`` given), the next band is read, normalised and moved in a
+    background thread while the network works on this one (for a GPU, whose host
+    cores are otherwise idle; on a CPU the network already uses every core).
     """
+
+    _pool: ThreadPoolExecutor | None = None  # one reader thread, shared, made on first use
 
     def __init__(
         self, image: Any, layout: _Layout, lead_index: tuple[int, ...],
-        normalise: Callable[[np.ndarray], np.ndarray],
+        normalise: Callable[[np.ndarray], np.ndarray], device: torch.device | None = None,
+        *, prefetch: bool = False, row_starts: Sequence[int] = (), height: int = 0,
     ) -> None:
         self.image = image
         self.layout = layout
         self.lead = dict(zip(layout.lead_axes, lead_index))
         self.normalise = normalise
+        self.device = device
         self.shape = (layout.channels, *layout.spatial_shape)
-        self._band: tuple[int, int, np.ndarray] | None = None
+        self._band: tuple[int, int, Any] | None = None
+        self._next = {a: b for a, b in zip(row_starts, row_starts[1:])} if prefetch else {}
+        self._height = height
+        self._pending: dict[tuple[int, int], Future[Any]] = {}
 
     def _read(self, rows: slice) -> np.ndarray:
         """Rows of the first spatial axis, all channels and other axes, normalised."""
@@ -343,11 +385,31 @@ class _ItemView:
             data = np.moveaxis(data, kept.index(self.layout.channel_axis), 0)
         return self.normalise(data)
 
-    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+    def _load(self, start: int, stop: int) -> Any:
+        """One band, normalised, on the device if there is one."""
+        band = self._read(slice(start, stop))
+        if self.device is not None:
+            band = torch.from_numpy(np.ascontiguousarray(band, np.float32)).to(self.device)
+        return band
+
+    def _prefetch(self, start: int) -> None:
+        following = self._next.get(start)
+        if following is None or not self._height:
+            return
+        key = (following, min(following + self._height, self.shape[1]))
+        if key not in self._pending:
+            if _ItemView._pool is None:
+                _ItemView._pool = ThreadPoolExecutor(1, thread_name_prefix="unetpp-read")
+            self._pending[key] = _ItemView._pool.submit(self._load, *key)
+
+    def __getitem__(self, index: tuple[slice, ...]) -> Any:
         rows = index[1]
         start, stop = rows.start or 0, min(rows.stop, self.shape[1])
         if self._band is None or not (self._band[0] <= start and stop <= self._band[1]):
-            self._band = (start, stop, self._read(slice(start, stop)))
+            pending = self._pending.pop((start, stop), None)
+            band = pending.result() if pending is not None else self._load(start, stop)
+            self._band = (start, stop, band)
+            self._prefetch(start)
         lo, _, band = self._band
         return band[(slice(None), slice(start - lo, stop - lo), *index[2:])]
 
@@ -413,7 +475,7 @@ def _plan_depths(
             f"pruned_depth={d} returns head {d} only, but depths={list(config.depths)}; "
             f"leave depths empty (or set it to ({d},)), or unset pruned_depth"
         )
-    return (model if heads == (d,) else model.prune(d)), (d,)
+    return (model if heads == (d,) else _cached(model, ("pruned", d), lambda: model.prune(d))), (d,)
 
 
 def _tile_shape(config: PredictConfig, spatial: tuple[int, ...], multiple: int) -> tuple[int, ...]:
@@ -429,12 +491,42 @@ def _tile_shape(config: PredictConfig, spatial: tuple[int, ...], multiple: int) 
     )
 
 
+#: Derived networks (pruned, prepared) of each live model, with the weight versions they
+#: were made from: re-predicting with unchanged weights (the pruning slider, a stack slice
+#: by slice, a benchmark) skips the deep copy, the pruning and the folding.
+_DERIVED: weakref.WeakKeyDictionary[nn.Module, dict[Hashable, tuple[tuple[int, ...], Any]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _weights_version(model: nn.Module) -> tuple[int, ...]:
+    """Changes whenever a weight or buffer is updated in place (optimizer, load) or replaced,
+    or a forward hook is added or removed (the copies carry the hooks)."""
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    hooks = (id(h) for m in model.modules()
+             for d in (m._forward_hooks, m._forward_pre_hooks) for h in d.values())
+    return (*(v for t in tensors for v in (id(t), t.data_ptr(), t._version)), -1, *hooks)
+
+
+def _cached(model: nn.Module, key: Hashable, make: Callable[[], Any]) -> Any:
+    """``make()``, reused while ``model``'s weights are unchanged (one entry per key)."""
+    version = _weights_version(model)
+    entries = _DERIVED.setdefault(model, {})
+    hit = entries.get(key)
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    value = make()
+    entries[key] = (version, value)
+    return value
+
+
 def _prepare_on(
     net: UNetPlusPlus, device: torch.device
 ) -> tuple[UNetPlusPlus, torch.device, list[str]]:
     """The prepared network on ``device``, or on the CPU when its weights do not fit the GPU."""
     try:
-        return prepare_for_inference(net, device), device, []
+        prepared = _cached(net, ("prepared", str(device)),
+                           lambda: prepare_for_inference(net, device))
+        return prepared, device, []
     except Exception as exc:  # noqa: BLE001 - re-raised unless it is an OOM on CUDA
         if device.type != "cuda" or not is_out_of_memory(exc):
             raise
@@ -448,16 +540,30 @@ def _prepare_on(
 def _accumulate_on(
     device: torch.device, channels: int, tile: tuple[int, ...], spatial: tuple[int, ...]
 ) -> torch.device | None:
-    """Blend on the GPU when one band of float64 sums takes under a quarter of its free memory.
+    """Blend on the GPU when one band of float32 sums takes under a quarter of its free memory.
 
     Why: on the host, stitching every head's tiles costs more than the network on a
     fast GPU; on the GPU the tiles never travel. A huge 3D band stays on the host.
     """
     if device.type != "cuda":
         return None
-    band_bytes = 8 * (channels + 1) * min(tile[0], spatial[0]) * int(np.prod(spatial[1:]))
+    band_bytes = 4 * (channels + 2) * min(tile[0], spatial[0]) * int(np.prod(spatial[1:]))
     free, _ = torch.cuda.mem_get_info(device)
     return device if band_bytes < free / 4 else None
+
+
+def _blend_device(
+    device: torch.device, channels: int, tile: tuple[int, ...], spatial: tuple[int, ...]
+) -> torch.device | None:
+    """Where tiles are cut and blended: the GPU (if the band fits), torch on the CPU, else numpy.
+
+    Why torch on the CPU: its element-wise kernels use every core where numpy uses
+    one, and the tiles then go from the normalised band to the network without a
+    numpy round trip (the blending is bit-identical to the numpy path).
+    """
+    if device.type == "cpu":
+        return device
+    return _accumulate_on(device, channels, tile, spatial)
 
 
 def _normaliser(image: Any, data_config: DataConfig) -> Callable[[np.ndarray], np.ndarray]:
@@ -529,7 +635,9 @@ def predict(
     stopped = (lambda: stopper.stopped) if stopper is not None else (lambda: False)
 
     items = list(np.ndindex(*layout.lead_shape))
-    per_item = len(tiling.tile_grid(layout.spatial_shape, tile, predict_config.overlap, multiple))
+    grid = tiling.tile_grid(layout.spatial_shape, tile, predict_config.overlap, multiple)
+    per_item = len(grid)
+    row_starts = sorted({start[0] for start in grid})
     total = per_item * len(items)
     prepared, device, notes = _prepare_on(net, device)
     runner = _Runner(
@@ -553,7 +661,7 @@ def predict(
     arrays, group = _allocate(
         depths, output_shape(shape, layout.channel_axis, num_classes), tile, out
     )
-    accumulate_on = _accumulate_on(
+    accumulate_on = _blend_device(
         runner.device, num_classes * len(depths), tile, layout.spatial_shape
     )
     clock = EtaClock()
@@ -562,8 +670,11 @@ def predict(
     def tiles(lead: tuple[int, ...], accumulate_on: torch.device | None) -> Generator[
             tiling.TileProgress, None, Any]:
         sinks = {d: _ItemSink(a, lead, num_classes == 1) for d, a in arrays.items()}
+        view = _ItemView(image, layout, lead, normalise, accumulate_on,
+                         prefetch=accumulate_on is not None and accumulate_on.type == "cuda",
+                         row_starts=row_starts, height=tile[0])
         return tiling.iter_sliding_window(
-            runner, _ItemView(image, layout, lead, normalise), tile, predict_config.overlap,
+            runner, view, tile, predict_config.overlap,
             predict_config.batch_size, predict_config.blending, align=multiple,
             allocate=lambda key, _shape: sinks[key], should_stop=stopped,
             accumulate_on=accumulate_on,

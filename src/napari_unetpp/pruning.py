@@ -6,10 +6,17 @@ module measures, per depth, the validation score, the parameter count and the
 time per megapixel *on this device*, and recommends the shallowest depth whose
 score is within a tolerance of the best. The trainer fills the checkpoint's
 per-depth table with the same helpers.
+
+Cost is shown two ways: :func:`gflop_per_mpx` is exact and the same on every
+machine (the arithmetic of the pruned network, counted once per architecture);
+:func:`measure_ms_per_mpx` is what it costs here, the median of several timed
+runs after a warm-up, so one disturbed run does not move it.
 """
 
 from __future__ import annotations
 
+import functools
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,12 +25,13 @@ import numpy as np
 import torch
 
 from . import data as data_mod
-from .config import IGNORE_INDEX, DataConfig
+from .config import IGNORE_INDEX, DataConfig, ModelConfig
 from .metrics import confusion_counts
 from .model import UNetPlusPlus
 
 __all__ = [
-    "prune", "evaluate_depths", "recommend_depth", "measure_ms_per_mpx", "timing_tile", "score_tiles",
+    "prune", "evaluate_depths", "recommend_depth", "measure_ms_per_mpx", "timing_tile",
+    "score_tiles", "gflop_per_mpx", "median_seconds", "depth_costs",
 ]
 
 Tile = tuple[np.ndarray, np.ndarray]
@@ -122,36 +130,106 @@ def timing_tile(spatial_dims: int) -> tuple[int, ...]:
     return (256, 256) if spatial_dims == 2 else (64, 64, 64)
 
 
+@functools.lru_cache(maxsize=64)
+def _gflop_per_mpx(in_channels: int, num_classes: int, widths: tuple[int, ...],
+                   spatial_dims: int, depth: int, tile: tuple[int, ...]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):  # shapes only: no memory, no arithmetic, any size
+        net = UNetPlusPlus(in_channels, num_classes, widths, depth, spatial_dims,
+                           deep_supervision=False)
+        x = torch.zeros(1, in_channels, *tile)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(x)
+    return counter.get_total_flops() / (float(np.prod(tile)) / 1e6) / 1e9
+
+
+def gflop_per_mpx(model: UNetPlusPlus | ModelConfig, depth: int,
+                  tile_shape: Sequence[int] | None = None) -> float:
+    """Exact GFLOP per megapixel (or megavoxel) of the pruned depth-``depth`` network.
+
+    Counted by ``torch.utils.flop_counter`` (2 FLOP per multiply-add of every
+    convolution, transposed ones included) on a shape-only copy, once per
+    architecture (cached): deterministic, the same on every machine, and it needs
+    no weights (a checkpoint's config is enough). Convolutions cost the same per
+    pixel at any size, so the tile (default :func:`timing_tile`) only matters
+    through padding to a multiple of ``2**depth``.
+    """
+    config = model if isinstance(model, ModelConfig) else _module(model).config
+    heads = range(1, config.depth + 1) if config.deep_supervision else (config.depth,)
+    if depth not in heads:
+        raise ValueError(f"no head at depth {depth}; this model has heads {list(heads)}")
+    tile = tuple(int(t) for t in tile_shape) if tile_shape else timing_tile(config.spatial_dims)
+    return _gflop_per_mpx(config.in_channels, config.num_classes, tuple(config.widths),
+                          config.spatial_dims, depth, tile)
+
+
+def median_seconds(run: Callable[[], Any], repeats: int = 5, warmup: int = 1,
+                   synchronize: Callable[[], Any] | None = None) -> float:
+    """Median wall time of ``run()`` over ``repeats`` calls after ``warmup`` untimed ones.
+
+    Why the median: on a shared machine single runs vary 2-5x; the median of a
+    handful moves little from one call to the next, where the best or a single run
+    jumps. ``synchronize`` (e.g. ``torch.cuda.synchronize``) waits for a GPU.
+    """
+    sync = synchronize or (lambda: None)
+    for _ in range(max(0, warmup)):
+        run()
+    times = []
+    for _ in range(max(1, repeats)):
+        sync()
+        start = time.perf_counter()
+        run()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def measure_ms_per_mpx(
     model: UNetPlusPlus,
     depth: int,
     tile_shape: Sequence[int] | None = None,
     device: torch.device | str = "cpu",
-    repeats: int = 3,
+    repeats: int = 5,
 ) -> float:
     """Milliseconds per megapixel of the pruned depth-``depth`` network on this device.
 
-    Measured, not estimated: the best of ``repeats`` timed inference runs on one
-    tile (default :func:`timing_tile`) after a warm-up, so it includes this
-    machine's real overheads; the best run is the least disturbed by other load.
+    Measured, not estimated: the median (:func:`median_seconds`) of ``repeats``
+    timed runs on one tile (default :func:`timing_tile`) after a warm-up, with the
+    network prepared as inference runs it (BatchNorm folded, fastest memory layout),
+    so it includes this machine's real overheads. Measure when the machine is idle
+    (not during training): the number is as stable as the machine is.
     """
+    from .devices import memory_format
+    from .inference import prepare_for_inference
+
     net = _module(model)
     tile_shape = tuple(tile_shape) if tile_shape else timing_tile(net.config.spatial_dims)
-    pruned = net.prune(depth).eval().to(device)
+    device = torch.device(device)
+    pruned = prepare_for_inference(net.prune(depth), device)
     x = torch.zeros(1, net.config.in_channels, *tile_shape, device=device)
-    cuda = torch.device(device).type == "cuda"
-    best = float("inf")
+    x = x.contiguous(memory_format=memory_format(net.config.spatial_dims, device))
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
     with torch.inference_mode():
-        pruned(x)
-        for _ in range(max(1, repeats)):
-            if cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            pruned(x)
-            if cuda:
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-    return 1000.0 * best / (float(np.prod(tile_shape)) / 1e6)
+        seconds = median_seconds(lambda: pruned(x), repeats, 1, sync)
+    return 1000.0 * seconds / (float(np.prod(tile_shape)) / 1e6)
+
+
+def depth_costs(model: UNetPlusPlus, device: torch.device | str = "cpu",
+                tile_shape: Sequence[int] | None = None, repeats: int = 5,
+                ) -> dict[int, dict[str, float]]:
+    """Per depth: exact ``gflop_per_mpx``, measured ``ms_per_mpx`` and ``gflop_s`` here.
+
+    What the pruning panel and ``napari-unetpp info --time`` show: the exact cost
+    beside a stable measured time (and the rate they imply, to compare machines).
+    """
+    net = _module(model)
+    costs = {}
+    for d in net.head_depths:
+        gflop = gflop_per_mpx(net, d, tile_shape)
+        ms = measure_ms_per_mpx(net, d, tile_shape, device, repeats)
+        costs[d] = {"gflop_per_mpx": gflop, "ms_per_mpx": ms, "gflop_s": gflop / (ms / 1000)}
+    return costs
 
 
 def depth_table(

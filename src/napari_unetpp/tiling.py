@@ -6,9 +6,11 @@ tiles, each tile is predicted, and the predictions are blended with weights that
 fall off towards the tile border (where a convolutional network sees zero
 padding instead of the real neighbourhood), as nnU-Net and MONAI do.
 
-Everything here is numpy; the network is hidden behind a ``predictor`` callable,
-so the same code stitches a UNet++, a test's ``x + 1`` or an ensemble, and every
-output head is stitched in one pass over the image.
+Everything here is numpy (torch only when asked for); the network is hidden behind a
+``predictor`` callable, so the same code stitches a UNet++, a test's ``x + 1`` or an
+ensemble, and every output head is stitched in one pass over the image: the heads are
+stacked into one array (:class:`StackedOutputs`) and each tile is blended once, in place,
+as a running weighted mean in float32.
 
 Memory: tiles are read from the input one batch at a time, and the blended
 result is accumulated in a rolling band one tile high along the first spatial
@@ -16,7 +18,9 @@ axis; finished rows are written to the output (a numpy array, a zarr array or
 any object that accepts slice assignment) as soon as no later tile touches them.
 Peak memory therefore grows with the tile batch and one band, not with the image.
 The band can live on a GPU (``accumulate_on``, MONAI's separate accumulation
-device), so a GPU predictor's outputs are blended where they were computed.
+device), so a GPU predictor's outputs are blended where they were computed; an image
+that serves torch tensors (inference's bands, normalised once and moved to the device
+once) gets its tiles cut, padded and stacked on that device too.
 
 Example
 -------
@@ -40,6 +44,7 @@ from .events import drive
 
 __all__ = [
     "Sink",
+    "StackedOutputs",
     "TileProgress",
     "blending_weights",
     "iter_sliding_window",
@@ -216,6 +221,36 @@ def pad_to(
 # --------------------------------------------------------------------------- stitching
 
 
+class StackedOutputs(Mapping):  # type: ignore[type-arg]
+    """Several outputs kept as channel ranges of one ``(N, sum C, *tile)`` array.
+
+    Why: a predictor with many heads (a UNet++ returns one per depth) would
+    otherwise be blended head by head, tile by tile; stacked, every tile is
+    blended once for all heads, so the per-tile Python work does not grow with
+    heads. Reads like a ``{key: (N, C_key, *tile)}`` mapping of views.
+    """
+
+    def __init__(self, data: Any, channels: Mapping[Hashable, int]) -> None:
+        self.data = data
+        self.channels = dict(channels)
+        self.slices: dict[Hashable, slice] = {}
+        offset = 0
+        for key, count in self.channels.items():
+            self.slices[key] = slice(offset, offset + int(count))
+            offset += int(count)
+        if offset != data.shape[1]:
+            raise ValueError(f"channels {self.channels} do not add up to {data.shape[1]}")
+
+    def __getitem__(self, key: Hashable) -> Any:
+        return self.data[:, self.slices[key]]
+
+    def __iter__(self) -> Any:
+        return iter(self.channels)
+
+    def __len__(self) -> int:
+        return len(self.channels)
+
+
 def _as_numpy(value: Any) -> np.ndarray:
     """A predictor output (numpy, torch on any device, ...) as a float32 numpy array."""
     if hasattr(value, "detach"):  # torch, without importing it here
@@ -224,29 +259,34 @@ def _as_numpy(value: Any) -> np.ndarray:
 
 
 class _NumpyBackend:
-    """Running sums in host memory, float64: identical predictions blend to themselves exactly."""
+    """Blending in host memory with numpy (for numpy predictors and as the fallback)."""
 
     def zeros(self, shape: tuple[int, ...]) -> Any:
-        return np.zeros(shape, dtype=np.float64)
+        return np.zeros(shape, dtype=np.float32)
 
     def put(self, value: Any) -> Any:
         return _as_numpy(value)
 
-    def weighted(self, block: Any, w: Any) -> Any:
-        return np.multiply(block, w, dtype=np.float64)
+    def cat(self, values: list[Any]) -> Any:
+        return values[0] if len(values) == 1 else np.concatenate(values, axis=1)
 
-    def divide(self, sums: Any, weight: Any) -> np.ndarray:
-        return (sums / np.maximum(weight, 1e-30)).astype(np.float32)  # 0 where no tile reached
+    def blend(self, mean: Any, value: Any, ratio: Any, delta: Any) -> None:
+        np.subtract(value, mean, out=delta)
+        delta *= ratio
+        mean += delta
 
-    def copy(self, array: Any) -> Any:
-        return array.copy()
+    def divide(self, a: Any, b: Any, out: Any) -> Any:
+        return np.divide(a, b, out=out)
+
+    def host(self, array: Any) -> np.ndarray:
+        return array
 
 
 class _TorchBackend:
-    """Running sums as torch tensors on an accelerator (MONAI's separate accumulation device).
+    """Blending with torch on any device (a GPU: tiles never leave it; the CPU: both cores).
 
-    Tile outputs then never leave the GPU; only finished rows travel to the host,
-    once. float64 like the host (float32 on Apple MPS, which has no float64).
+    Same elementary float32 operations, in the same order, as the numpy backend,
+    so both give bit-identical results.
     """
 
     def __init__(self, device: Any) -> None:
@@ -254,97 +294,178 @@ class _TorchBackend:
 
         self.torch = torch
         self.device = torch.device(device)
-        self.dtype = torch.float32 if self.device.type == "mps" else torch.float64
 
     def zeros(self, shape: tuple[int, ...]) -> Any:
-        return self.torch.zeros(shape, dtype=self.dtype, device=self.device)
+        return self.torch.zeros(shape, dtype=self.torch.float32, device=self.device)
 
     def put(self, value: Any) -> Any:
         if isinstance(value, np.ndarray) and not value.flags.writeable:
             value = value.copy()  # the cached weights: torch wants writable memory
-        return self.torch.as_tensor(value).to(self.device, non_blocking=True)
+        tensor = self.torch.as_tensor(value)
+        return tensor.to(self.device, self.torch.float32, non_blocking=True)
 
-    def weighted(self, block: Any, w: Any) -> Any:
-        return block.to(self.dtype) * w
+    def cat(self, values: list[Any]) -> Any:
+        return values[0] if len(values) == 1 else self.torch.cat(values, dim=1)
 
-    def divide(self, sums: Any, weight: Any) -> np.ndarray:
-        return (sums / weight.clamp(min=1e-30)).float().cpu().numpy()
+    def blend(self, mean: Any, value: Any, ratio: Any, delta: Any) -> None:
+        self.torch.sub(value, mean, out=delta)  # three exactly rounded steps, as numpy does
+        delta.mul_(ratio)
+        mean.add_(delta)
 
-    def copy(self, array: Any) -> Any:
-        return array.clone()
+    def divide(self, a: Any, b: Any, out: Any) -> Any:
+        return self.torch.div(a, b, out=out)
 
-
-def _as_dict(outputs: Any, put: Callable[[Any], Any]) -> dict[Hashable, Any]:
-    if isinstance(outputs, Mapping):
-        return {k: put(v) for k, v in outputs.items()}
-    if isinstance(outputs, (tuple, list)):
-        return {k: put(v) for k, v in enumerate(outputs)}
-    return {0: put(outputs)}
+    def host(self, array: Any) -> np.ndarray:
+        return array.cpu().numpy()
 
 
 class _Band:
-    """Running weighted sums for the rows ``[lo, lo + height)`` of the first spatial axis.
+    """Running weighted means for the rows ``[lo, lo + height)`` of the first spatial axis.
 
-    Rows before the start of the tile being added can no longer change (tiles
-    arrive in order of their first coordinate), so they are divided by their
-    weight, written out, and the band moves on. Sums are float64 so that the
-    blend of identical predictions is exactly that prediction after the final
-    float32 cast (the band is one tile high, so the extra bytes stay bounded).
+    All outputs live in one array, channel ranges per key (see :class:`StackedOutputs`).
+    Each tile updates the mean in place, ``mean += w / W * (value - mean)`` with ``W``
+    the weight seen so far: the result is the weighted average of the tiles, in float32,
+    and the blend of identical predictions is exactly that prediction (the first tile
+    sets it, later ones add exact zeros). Rows before the start of the tile being added
+    can no longer change (tiles arrive in order of their first coordinate), so they are
+    written out and the band moves on. Every buffer is allocated once: the band moves
+    by copying into a second band and swapping, and each tile's intermediate values go
+    to scratch arrays (fresh allocations of this size cost page faults every time).
     """
 
     def __init__(
-        self, spatial: tuple[int, ...], height: int, sinks: dict[Hashable, Any],
+        self, spatial: tuple[int, ...], tile: tuple[int, ...], channels: int,
         backend: _NumpyBackend | _TorchBackend,
     ) -> None:
         self.spatial = spatial
-        self.height = min(height, spatial[0])
+        self.height = min(tile[0], spatial[0])
         self.lo = 0
-        self.sinks = sinks
         self.backend = backend
-        self.sums: dict[Hashable, Any] = {}
-        self.weight = backend.zeros((1, self.height, *spatial[1:]))
+        band = (self.height, *spatial[1:])
+        self.mean, self.weight = backend.zeros((channels, *band)), backend.zeros((1, *band))
+        self._spare = (backend.zeros((channels, *band)), backend.zeros((1, *band)))
+        self._delta, self._ratio = backend.zeros((channels, *tile)), backend.zeros((1, *tile))
 
     def _index(self, start: tuple[int, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
         first = slice(start[0] - self.lo, start[0] - self.lo + shape[0])
         rest = tuple(slice(s, s + n) for s, n in zip(start[1:], shape[1:]))
         return (slice(None), first, *rest)
 
-    def add(self, key: Hashable, start: tuple[int, ...], block: Any, w: Any) -> None:
-        """Add ``w * block`` (``block`` is ``(C_out, *valid_tile)``) at ``start``."""
-        if key not in self.sums:
-            self.sums[key] = self.backend.zeros((block.shape[0], self.height, *self.spatial[1:]))
-        self.sums[key][self._index(start, w.shape)] += self.backend.weighted(block, w)
+    def add(self, start: tuple[int, ...], block: Any, w: Any) -> None:
+        """Blend ``block`` ``(C, *valid_tile)`` with weights ``w`` in at ``start``."""
+        index = self._index(start, w.shape)
+        total = self.weight[index]
+        total += w  # a view: updates the band in place
+        scratch = (slice(None), *(slice(0, n) for n in w.shape))
+        ratio = self.backend.divide(w, total, self._ratio[scratch])
+        self.backend.blend(self.mean[index], block, ratio, self._delta[scratch])
 
-    def add_weight(self, start: tuple[int, ...], w: Any) -> None:
-        self.weight[self._index(start, w.shape)] += w
-
-    def advance(self, to: int) -> None:
+    def advance(self, to: int, sinks: Mapping[Hashable, Any], slices: Mapping[Hashable, slice]
+                ) -> None:
         """Write rows ``[lo, to)`` out and shift the band so that it starts at ``to``."""
         rows = min(to, self.spatial[0]) - self.lo
         if rows <= 0:
             return
         shift = min(rows, self.height)
-        self.flush(shift)
-        for array in (*self.sums.values(), self.weight):
-            array[:, : self.height - shift] = self.backend.copy(array[:, shift:])
-            array[:, self.height - shift :] = 0
+        self.flush(shift, sinks, slices)
+        spare = self._spare
+        for old, new in zip((self.mean, self.weight), spare):
+            new[:, : self.height - shift] = old[:, shift:]
+            new[:, self.height - shift :] = 0
+        self._spare = (self.mean, self.weight)
+        self.mean, self.weight = spare
         self.lo += rows
 
-    def flush(self, rows: int) -> None:
-        """Blend and write the first ``rows`` rows of the band (0 where no tile reached)."""
+    def flush(self, rows: int, sinks: Mapping[Hashable, Any], slices: Mapping[Hashable, slice]
+              ) -> None:
+        """Write the first ``rows`` rows of the band (0 where no tile reached): one copy out."""
         rows = min(rows, self.spatial[0] - self.lo)
         if rows <= 0:
             return
         target = (slice(None), slice(self.lo, self.lo + rows))
-        for key, sums in self.sums.items():
-            self.sinks[key][target] = self.backend.divide(sums[:, :rows], self.weight[:, :rows])
+        done = self.backend.host(self.mean[:, :rows])
+        for key, channels in slices.items():
+            sinks[key][target] = done[channels]
 
 
-def _read_tile(image: Any, start: tuple[int, ...], tile: tuple[int, ...]) -> np.ndarray:
-    """One tile ``(C, *tile)`` as float32, read lazily and reflect-padded past the border."""
+def _pad_tensor(block: Any, tile: tuple[int, ...]) -> Any:
+    """:func:`pad_to` for a torch tile, on its device: the same reflect (or edge) indices."""
+    import torch
+
+    sizes = tuple(block.shape[1:])
+    mode = "edge" if any(n == 1 and n < t for n, t in zip(sizes, tile)) else "reflect"
+    for axis, (n, t) in enumerate(zip(sizes, tile), start=1):
+        if n < t:
+            index = np.pad(np.arange(n), (0, t - n), mode=mode)  # type: ignore[call-overload]
+            block = block.index_select(axis, torch.as_tensor(index, device=block.device))
+    return block
+
+
+def _read_tile(image: Any, start: tuple[int, ...], tile: tuple[int, ...]) -> Any:
+    """One tile ``(C, *tile)`` as float32, read lazily and reflect-padded past the border.
+
+    An image that serves torch tensors (inference's device-resident bands) gets torch
+    tiles cut and padded on that device; anything else gives numpy.
+    """
     index = (slice(None),) + tuple(slice(s, s + t) for s, t in zip(start, tile))
-    data = np.asarray(image[index], dtype=np.float32)
-    return pad_to(data, tile)[0]
+    block = image[index]
+    if hasattr(block, "detach"):
+        return _pad_tensor(block.float(), tile)
+    return pad_to(np.asarray(block, dtype=np.float32), tile)[0]
+
+
+def _stack(tiles: list[Any]) -> Any:
+    if hasattr(tiles[0], "detach"):
+        import torch
+
+        return torch.stack(tiles)
+    return np.stack(tiles)
+
+
+class _Outputs:
+    """The keys of a predictor's outputs, their channel ranges, and where they are written."""
+
+    def __init__(self, spatial: tuple[int, ...], allocate: Callable[..., Any]) -> None:
+        self.spatial = spatial
+        self.allocate = allocate
+        self.slices: dict[Hashable, slice] = {}
+        self.sinks: dict[Hashable, Any] = {}
+
+    def stack(self, outputs: Any, backend: Any, n: int, tile: tuple[int, ...]) -> Any:
+        """All outputs of one batch as one ``(N, sum C, *tile)`` array on the backend."""
+        if isinstance(outputs, StackedOutputs):
+            for key in outputs.slices:
+                _check_output(key, outputs[key], n, tile)
+            self._register({k: s.stop - s.start for k, s in outputs.slices.items()})
+            return backend.put(outputs.data)
+        if isinstance(outputs, Mapping):
+            items = list(outputs.items())
+        elif isinstance(outputs, (tuple, list)):
+            items = list(enumerate(outputs))
+        else:
+            items = [(0, outputs)]
+        values = [backend.put(v) for _, v in items]
+        for (key, _), value in zip(items, values):
+            _check_output(key, value, n, tile)
+        self._register({key: value.shape[1] for (key, _), value in zip(items, values)})
+        return backend.cat(values)
+
+    def _register(self, channels: dict[Hashable, int]) -> None:
+        if self.slices:
+            now = {k: s.stop - s.start for k, s in self.slices.items()}
+            if now != channels:
+                raise ValueError(f"the predictor's outputs changed from {now} to {channels} "
+                                 "between batches; it must return the same keys and channels")
+            return
+        offset = 0
+        for key, count in channels.items():
+            self.slices[key] = slice(offset, offset + count)
+            self.sinks[key] = self.allocate(key, (count, *self.spatial))
+            offset += count
+
+    @property
+    def channels(self) -> int:
+        return sum(s.stop - s.start for s in self.slices.values())
 
 
 def iter_sliding_window(
@@ -384,33 +505,29 @@ def iter_sliding_window(
     grid = tile_grid(spatial, tile, overlap, align)
     backend = _NumpyBackend() if accumulate_on is None else _TorchBackend(accumulate_on)
     weights = backend.put(blending_weights(tile, blending))
-    allocate = allocate or (lambda key, shape: np.zeros(shape, dtype=np.float32))
-    sinks: dict[Hashable, Any] = {}
-    band = _Band(spatial, tile[0], sinks, backend)
+    outputs = _Outputs(spatial, allocate or (lambda key, shape: np.zeros(shape, np.float32)))
+    band: _Band | None = None
     done = 0
     for first in range(0, len(grid), batch_size):
         starts = grid[first : first + batch_size]
-        batch = np.stack([_read_tile(image, s, tile) for s in starts])
-        outputs = _as_dict(predictor(batch), backend.put)
+        batch = _stack([_read_tile(image, s, tile) for s in starts])
+        stacked = outputs.stack(predictor(batch), backend, len(starts), tile)
+        if band is None:
+            band = _Band(spatial, tile, outputs.channels, backend)
         for k, start in enumerate(starts):
-            band.advance(start[0])
+            band.advance(start[0], outputs.sinks, outputs.slices)
             valid = tuple(slice(0, max(min(t, n - s), 0)) for s, t, n in zip(start, tile, spatial))
             if any(v.stop == 0 for v in valid):
                 continue  # a tile entirely in the alignment padding
-            w = weights[valid]
-            band.add_weight(start, w)
-            for key, value in outputs.items():
-                _check_output(key, value, len(starts), tile)
-                if key not in sinks:
-                    sinks[key] = allocate(key, (value.shape[1], *spatial))
-                band.add(key, start, value[(k, slice(None)) + valid], w)
+            band.add(start, stacked[(k, slice(None)) + valid], weights[valid])
         done += len(starts)
         yield TileProgress(done, len(grid))
         if should_stop is not None and should_stop() and done < len(grid):
-            band.flush(band.height)
-            return sinks
-    band.advance(spatial[0])
-    return sinks
+            band.flush(band.height, outputs.sinks, outputs.slices)
+            return outputs.sinks
+    if band is not None:
+        band.advance(spatial[0], outputs.sinks, outputs.slices)
+    return outputs.sinks
 
 
 def _check_output(key: Hashable, value: Any, n: int, tile: tuple[int, ...]) -> None:

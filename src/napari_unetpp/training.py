@@ -50,7 +50,7 @@ from . import __version__
 from . import data as data_mod
 from .checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
 from .config import DataConfig, ModelConfig, TrainConfig
-from .devices import autocast, autocast_dtype, resolve_device
+from .devices import autocast, autocast_dtype, memory_format, resolve_device
 from .events import EtaClock, Event, Stopper
 from .losses import DeepSupervisionLoss
 from .model import UNetPlusPlus
@@ -429,7 +429,7 @@ class Trainer:
         net, origin, new_heads = build_model(self.model_config, initial)
         if self.resume_from is not None:
             origin = _started_from(self.resume_from, origin)
-        net = net.to(device)
+        net = net.to(device, memory_format=memory_format(net.spatial_dims, device))
         if tc.freeze_encoder:
             for p in net.encoder_parameters():
                 p.requires_grad_(False)
@@ -477,6 +477,7 @@ class Trainer:
         x, y = data.sampler.sample(tc.batch_size, augment_patches=tc.augment,
                                    options=data_mod.AugmentOptions.from_train_config(tc))
         x_t = torch.from_numpy(x).to(run.device, non_blocking=True)
+        x_t = x_t.contiguous(memory_format=memory_format(x_t.ndim - 2, run.device))
         y_t = torch.from_numpy(y).to(run.device, non_blocking=True)
         lr = _lr_at(run.step, tc)
         for group in run.optimizer.param_groups:
