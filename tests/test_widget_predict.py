@@ -165,6 +165,7 @@ def test_pruning_slider_apply_and_save(setup: Any, crop: np.ndarray, tmp_path: P
     assert w.pruning.pruned.num_parameters() == full.num_parameters(1) < full.num_parameters()
     assert w.pruning.ms_per_mpx is not None and w.pruning.ms_per_mpx > 0
     assert f"{full.num_parameters(1):,}" in w.pruning._readout.value
+    assert "GFLOP/Mpx (" in w.pruning._readout.value  # exact cost beside the measured time
     assert "validation: iou 0.600" in w.pruning._readout.value  # a trained run, not held-back
 
     labels_before = viewer.layers["em UNet++ labels"].data.copy()

@@ -149,7 +149,17 @@ class PruningPanel(Container):
         if score == "not measured" and self._unvalidated():
             split, score = "no validation", "paint on more of the image for a score"
         self._readout.value = (f"L{d}: {pruned:,} of {full:,} parameters "
-                               f"({100 * pruned / full:.0f}%)\n{timing}\n{split}: {score}")
+                               f"({100 * pruned / full:.0f}%)\n{self._cost(d)}; {timing}\n"
+                               f"{split}: {score}")
+
+    def _cost(self, d: int) -> str:
+        """Exact GFLOP per megapixel of depth ``d`` (the same on every machine) and its share."""
+        from ..pruning import gflop_per_mpx
+
+        assert self.model is not None
+        gflop, deepest = gflop_per_mpx(self.model, d), gflop_per_mpx(self.model, self.model.depth)
+        unit = "Mvoxel" if self.model.config.spatial_dims == 3 else "Mpx"
+        return f"{gflop:.1f} GFLOP/{unit} ({100 * gflop / deepest:.0f}% of L{self.model.depth})"
 
     def _unvalidated(self) -> bool:
         """Whether the model was trained with too few labels to validate on."""

@@ -80,16 +80,18 @@ class ScalePanel(Container):
         self._diameter = FloatSpinBox(label="Object diameter (px)", min=0.0, max=2000.0,
                                       step=0.5, value=0.0)
         self._diameter.tooltip = "median object diameter in your image; 0 = as in training"
-        self.estimate = PushButton(text="Estimate")
-        self._auto = CheckBox(text="auto object size (measure, rescale, second pass)")
-        self.adaptive = CheckBox(text="adaptive depth (stop where the depths agree)")
+        self.estimate = PushButton(text="Estimate size")
+        self._auto = CheckBox(text="auto object size")
+        self._auto.tooltip = "measure the objects in a first pass, rescale, segment again"
+        self.adaptive = CheckBox(text="adaptive depth")
+        self.adaptive.tooltip = ("per tile, stop at the shallowest depth that agrees with the "
+                                 "next one; adds 'depth used' and 'disagreement' layers")
         self.check = PushButton(text="Check this image")
         self.check.tooltip = ("depth and flip disagreement, uncertain pixels and object size "
                               "against the training data: warns before you trust a result")
-        size_row = Container(layout="horizontal", widgets=[self._diameter, self.estimate],
-                             labels=True)
-        self.extend([self._pixel, self._model_scale, size_row, self._auto, self.adaptive,
-                     self.check])
+        # one control per row: the dock must fit a laptop screen (issue 16: <= ~450 px)
+        self.extend([self._pixel, self._model_scale, self._diameter, self.estimate, self._auto,
+                     self.adaptive, self.check])
         self._model: ModelConfig | None = None
 
     def set_model(self, config: ModelConfig) -> None:
