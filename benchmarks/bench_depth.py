@@ -49,35 +49,50 @@ def bench_adaptive(tolerances: list[float], tiles: list[int], repeats: int) -> N
     image, membranes = Z.load_em()
     t0, t1 = zoo.EM_TEST_SLICES
     image, truth = image[t0:t1], membranes[t0:t1].astype(bool)
-    print(f"torch threads {torch.get_num_threads()}; EM slices {t0}-{t1 - 1}, "
-          f"{image.shape[1]}x{image.shape[2]}")
-    print("| tile | run | tolerance | IoU | IoU - L4 | tiles L2/L3/L4 | MAC fraction "
-          "| time s | time / L4 |")
+    print(
+        f"torch threads {torch.get_num_threads()}; EM slices {t0}-{t1 - 1}, "
+        f"{image.shape[1]}x{image.shape[2]}"
+    )
+    print(
+        "| tile | run | tolerance | IoU | IoU - L4 | tiles L2/L3/L4 | MAC fraction "
+        "| time s | time / L4 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for tile in tiles:
         runs: dict[Any, list[float]] = {}
         scores: dict[Any, tuple[float, str, float]] = {}
         for _ in range(repeats):  # interleaved: L4, then each tolerance, again
             for tol in [None, *tolerances]:
-                config = (PredictConfig(device="cpu", tile_size=(tile, tile), pruned_depth=4)
-                          if tol is None else
-                          PredictConfig(device="cpu", tile_size=(tile, tile),
-                                        adaptive_depth=True, depth_tolerance=tol))
+                config = (
+                    PredictConfig(device="cpu", tile_size=(tile, tile), pruned_depth=4)
+                    if tol is None
+                    else PredictConfig(
+                        device="cpu",
+                        tile_size=(tile, tile),
+                        adaptive_depth=True,
+                        depth_tolerance=tol,
+                    )
+                )
                 start = time.perf_counter()
                 probs = predict_array(model, image, config, info.data)
                 runs.setdefault(tol, []).append(time.perf_counter() - start)
                 counts = getattr(probs, "tiles_per_depth", {4: 0})
-                scores[tol] = (M.iou(probs[4] > 0.5, truth),
-                               "/".join(str(counts.get(d, 0)) for d in (2, 3, 4)),
-                               getattr(probs, "cost_fraction", 1.0))
+                scores[tol] = (
+                    M.iou(probs[4] > 0.5, truth),
+                    "/".join(str(counts.get(d, 0)) for d in (2, 3, 4)),
+                    getattr(probs, "cost_fraction", 1.0),
+                )
         base_t, base_iou = min(runs[None]), scores[None][0]
         for tol in [None, *tolerances]:
             iou, counts, cost = scores[tol]
             t = min(runs[tol])
             name = "L4 (pruned)" if tol is None else "auto"
-            print(f"| {tile} | {name} | {'-' if tol is None else tol} | {iou:.4f} | "
-                  f"{iou - base_iou:+.4f} | {counts} | {cost:.2f} | {t:.1f} | "
-                  f"{t / base_t:.2f} |", flush=True)
+            print(
+                f"| {tile} | {name} | {'-' if tol is None else tol} | {iou:.4f} | "
+                f"{iou - base_iou:+.4f} | {counts} | {cost:.2f} | {t:.1f} | "
+                f"{t / base_t:.2f} |",
+                flush=True,
+            )
 
 
 # --------------------------------------------------------------------------- warning
@@ -97,8 +112,9 @@ def _rescale(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.n
     return up.astype(image.dtype), lab.astype(labels.dtype)
 
 
-def shifted(image: np.ndarray, labels: np.ndarray, shift: str, crop: int
-            ) -> tuple[np.ndarray, np.ndarray]:
+def shifted(
+    image: np.ndarray, labels: np.ndarray, shift: str, crop: int
+) -> tuple[np.ndarray, np.ndarray]:
     """One held-back image under a shift; ``crop`` bounds the CPU time (centre crop)."""
     from scipy import ndimage
 
@@ -139,8 +155,11 @@ def _nuclei(ids: list[str], shifts: tuple[str, ...], crop: int) -> list[tuple]:
 
 def _em(slices: range, shifts: tuple[str, ...], crop: int) -> list[tuple]:
     em, membranes = Z.load_em()
-    return [("em", shift, *shifted(em[z], membranes[z], shift, crop))
-            for z in slices for shift in shifts]
+    return [
+        ("em", shift, *shifted(em[z], membranes[z], shift, crop))
+        for z in slices
+        for shift in shifts
+    ]
 
 
 def _ct(slices: range, resampled: bool) -> list[tuple]:
@@ -161,17 +180,24 @@ def _ct(slices: range, resampled: bool) -> list[tuple]:
 def calibration_cases(crop: int) -> list[tuple]:
     """Native images like the training data, disjoint from the evaluation: the EM and CT
     validation slices, and the even-numbered half of the held-back nuclei ids."""
-    return (_nuclei(list(zoo.NUCLEI_HELD_OUT_IDS[0::2]), ("native",), crop)
-            + _em(range(*zoo.EM_VAL_SLICES), ("native",), crop)
-            + _ct(range(*zoo.CT_VAL_SLICES), False))
+    return (
+        _nuclei(list(zoo.NUCLEI_HELD_OUT_IDS[0::2]), ("native",), crop)
+        + _em(range(*zoo.EM_VAL_SLICES), ("native",), crop)
+        + _ct(range(*zoo.CT_VAL_SLICES), False)
+    )
 
 
 def evaluation_cases(crop: int) -> list[tuple]:
     """The held-back test splits (odd-numbered nuclei ids), native and shifted."""
-    return (_nuclei(list(zoo.NUCLEI_HELD_OUT_IDS[1::2]),
-                    ("native", "rescaled 2x", "darkened", "blurred"), crop)
-            + _em(range(*zoo.EM_TEST_SLICES), ("native", "rescaled 2x", "blurred"), crop)
-            + _ct(range(*zoo.CT_TEST_SLICES), True))
+    return (
+        _nuclei(
+            list(zoo.NUCLEI_HELD_OUT_IDS[1::2]),
+            ("native", "rescaled 2x", "darkened", "blurred"),
+            crop,
+        )
+        + _em(range(*zoo.EM_TEST_SLICES), ("native", "rescaled 2x", "blurred"), crop)
+        + _ct(range(*zoo.CT_TEST_SLICES), True)
+    )
 
 
 def _signals(cases: list[tuple], models: dict[str, Any]) -> list[dict[str, Any]]:
@@ -179,14 +205,24 @@ def _signals(cases: list[tuple], models: dict[str, Any]) -> list[dict[str, Any]]
     for name, shift, image, truth in cases:
         model, info = models[name]
         best = (info.metrics or {}).get("best_depth")
-        check, probs = drive(check_image(model, image, info.data,
-                                         PredictConfig(device="cpu"), recommended=best))
+        check, probs = drive(
+            check_image(model, image, info.data, PredictConfig(device="cpu"), recommended=best)
+        )
         score = _truth_score(name, probs[max(probs)], truth, info)
-        rows.append({"model": name, "shift": shift, "iou": score, **check.signals,
-                     "advice": check.advice.suggested if check.advice else None})
-        print(f"{name:7s} {shift:15s} iou {score:.3f} " + " ".join(
-            f"{k} {v:.3f}" for k, v in check.signals.items() if isinstance(v, float)),
-            flush=True)
+        rows.append(
+            {
+                "model": name,
+                "shift": shift,
+                "iou": score,
+                **check.signals,
+                "advice": check.advice.suggested if check.advice else None,
+            }
+        )
+        print(
+            f"{name:7s} {shift:15s} iou {score:.3f} "
+            + " ".join(f"{k} {v:.3f}" for k, v in check.signals.items() if isinstance(v, float)),
+            flush=True,
+        )
     return rows
 
 
@@ -197,13 +233,17 @@ def bench_warning(crop: int, out: Path | None, object_diameter: float | None) ->
     if object_diameter and getattr(models["nuclei"][0].config, "object_diameter", None) is None:
         models["nuclei"][0].config.object_diameter = object_diameter  # before "scale" lands
     calibration = _signals(calibration_cases(crop), models)
-    thresholds = {name: calibrate([r for r in calibration if r["model"] == name])
-                  for name in models}
+    thresholds = {
+        name: calibrate([r for r in calibration if r["model"] == name]) for name in models
+    }
     print("calibrated thresholds:", json.dumps(thresholds))
     rows = _signals(evaluation_cases(crop), models)
     if out is not None:
-        out.write_text(json.dumps({"thresholds": thresholds, "calibration": calibration,
-                                   "evaluation": rows}, indent=1))
+        out.write_text(
+            json.dumps(
+                {"thresholds": thresholds, "calibration": calibration, "evaluation": rows}, indent=1
+            )
+        )
     summarise(rows, thresholds)
 
 
@@ -217,8 +257,10 @@ def summarise(rows: list[dict[str, Any]], thresholds: dict[str, dict[str, float]
     for (name, shift), group in groups.items():
         limits = {**THRESHOLDS, **thresholds.get(name, {})}
         fired = sum(judge(r, limits)[0] for r in group)
-        print(f"| {name} | {shift} | {len(group)} | {np.mean([r['iou'] for r in group]):.3f} "
-              f"| {fired}/{len(group)} |")
+        print(
+            f"| {name} | {shift} | {len(group)} | {np.mean([r['iou'] for r in group]):.3f} "
+            f"| {fired}/{len(group)} |"
+        )
     print("\n| model | signal | Pearson r with per-image IoU (all shifts) |")
     print("|---|---|---|")
     for name in dict.fromkeys(r["model"] for r in rows):
@@ -233,15 +275,25 @@ def summarise(rows: list[dict[str, Any]], thresholds: dict[str, dict[str, float]
 # --------------------------------------------------------------------------- labelling
 
 
-def _finetune(model: Any, info: Any, images: np.ndarray, sparse: np.ndarray,
-              iterations: int, seed: int) -> Any:
+def _finetune(
+    model: Any, info: Any, images: np.ndarray, sparse: np.ndarray, iterations: int, seed: int
+) -> Any:
     """Fine-tune from the same start on sparse labels (0 unlabelled, 1 interior, 2 membrane)."""
     from napari_unetpp.config import TrainConfig
     from napari_unetpp.training import Trainer
 
-    config = TrainConfig(iterations=iterations, batch_size=4, patch_size=(128, 128),
-                         learning_rate=1e-4, validation_fraction=0.0, validate_every=iterations,
-                         foreground_fraction=1.0, device="cpu", mixed_precision=False, seed=seed)
+    config = TrainConfig(
+        iterations=iterations,
+        batch_size=4,
+        patch_size=(128, 128),
+        learning_rate=1e-4,
+        validation_fraction=0.0,
+        validate_every=iterations,
+        foreground_fraction=1.0,
+        device="cpu",
+        mixed_precision=False,
+        seed=seed,
+    )
     data = info.data.replace(label_mode="sparse", class_values=(2,))
     trainer = Trainer(model.config, config, data, initial=model)
     return drive(trainer.run(list(images), list(sparse))).model
@@ -263,19 +315,24 @@ def bench_labelling(regions: int, size: int, iterations: int, seeds: list[int]) 
     config = PredictConfig(device="cpu")
 
     def score(net: Any) -> float:
-        return M.iou(predict_array(net, test, config.replace(pruned_depth=4), info.data)[4] > 0.5,
-                     truth)
+        return M.iou(
+            predict_array(net, test, config.replace(pruned_depth=4), info.data)[4] > 0.5, truth
+        )
 
     probs = predict_array(model, pool, config, info.data)
     ranked = rank_regions(disagreement_map(probs, 1), (size, size), top=10**6)
-    print(f"start (no fine-tune): L4 IoU {score(model):.4f} on blurred slices {t0}-{t1 - 1}; "
-          f"{regions} regions of {size}x{size} = "
-          f"{100 * regions * size * size / pool.size:.1f}% of slices {v0}-{v1 - 1} labelled")
+    print(
+        f"start (no fine-tune): L4 IoU {score(model):.4f} on blurred slices {t0}-{t1 - 1}; "
+        f"{regions} regions of {size}x{size} = "
+        f"{100 * regions * size * size / pool.size:.1f}% of slices {v0}-{v1 - 1} labelled"
+    )
     print("| regions | seed | L4 IoU after fine-tune |\n|---|---|---|")
     for seed in seeds:
         rng = np.random.default_rng(seed)
-        choices = {"top-ranked": ranked[:regions],
-                   "random": [ranked[i] for i in rng.choice(len(ranked), regions, replace=False)]}
+        choices = {
+            "top-ranked": ranked[:regions],
+            "random": [ranked[i] for i in rng.choice(len(ranked), regions, replace=False)],
+        }
         for name, chosen in choices.items():
             sparse = np.zeros(pool.shape, np.uint8)
             for region in chosen:
@@ -292,8 +349,12 @@ def main() -> None:
     a.add_argument("--tiles", nargs="+", type=int, default=[256])
     a.add_argument("--repeats", type=int, default=2)
     w = sub.add_parser("warning")
-    w.add_argument("--object-diameter", type=float, default=None,
-                   help="nuclei training objects' median diameter (px) if the model lacks it")
+    w.add_argument(
+        "--object-diameter",
+        type=float,
+        default=None,
+        help="nuclei training objects' median diameter (px) if the model lacks it",
+    )
     w.add_argument("--crop", type=int, default=256, help="centre crop (CPU time)")
     w.add_argument("--json", type=Path, help="write the per-image signals here")
     lab = sub.add_parser("labelling")

@@ -52,8 +52,12 @@ class StallClock:
     def stop(self) -> dict[str, float]:
         self._timer.stop()
         values = np.array(self.lateness or [0.0])
-        return {"ticks": float(len(self.lateness)), "p50": float(np.percentile(values, 50)),
-                "p95": float(np.percentile(values, 95)), "max": float(values.max())}
+        return {
+            "ticks": float(len(self.lateness)),
+            "p50": float(np.percentile(values, 50)),
+            "p95": float(np.percentile(values, 95)),
+            "max": float(values.max()),
+        }
 
 
 def _wait(app: Any, done: Any, timeout_s: float) -> None:
@@ -74,13 +78,20 @@ def _tiny_checkpoint(folder: Path) -> Path:
 
     torch.manual_seed(0)
     net = UNetPlusPlus(widths=(8, 16, 32, 64), depth=3)
-    return save_checkpoint(folder / "tiny", net, CheckpointInfo(model=net.config,
-                                                                data=DataConfig()))
+    return save_checkpoint(
+        folder / "tiny", net, CheckpointInfo(model=net.config, data=DataConfig())
+    )
 
 
-def measure(image: np.ndarray, labels: np.ndarray, *, steps: int = 40,
-            model: str | None = None, out: Path | None = None,
-            timeout_s: float = 600) -> dict[str, dict[str, float]]:
+def measure(
+    image: np.ndarray,
+    labels: np.ndarray,
+    *,
+    steps: int = 40,
+    model: str | None = None,
+    out: Path | None = None,
+    timeout_s: float = 600,
+) -> dict[str, dict[str, float]]:
     """Stall statistics (ms) while training ``steps`` steps and while segmenting ``image``.
 
     ``model``: what the Segment dock loads (a checkpoint folder or ``zoo:<name>``);
@@ -145,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU cores: {os.cpu_count()}, torch threads: default; EM {image[crop].shape}")
     results = measure(image[crop], labels[crop], steps=args.steps, model=args.model)
     for phase, stats in results.items():
-        print(f"{phase:>11}: {stats['ticks']:.0f} ticks, lateness p50 {stats['p50']:.0f} ms, "
-              f"p95 {stats['p95']:.0f} ms, max {stats['max']:.0f} ms")
+        print(
+            f"{phase:>11}: {stats['ticks']:.0f} ticks, lateness p50 {stats['p50']:.0f} ms, "
+            f"p95 {stats['p95']:.0f} ms, max {stats['max']:.0f} ms"
+        )
     return 0
 
 

@@ -78,15 +78,17 @@ def empty_field(image: np.ndarray, canvas: int = CANVAS) -> np.ndarray:
     h, w = image.shape
     field = np.full((h * canvas, w * canvas), np.median(image), image.dtype)
     y, x = h * (canvas // 2), w * (canvas // 2)
-    field[y:y + h, x:x + w] = image
+    field[y : y + h, x : x + w] = image
     return field
 
 
 def with_margin(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The image with :data:`MARGIN` pixels of its background level around it (labels 0)."""
     pad = ((MARGIN, MARGIN), (MARGIN, MARGIN))
-    return (np.pad(image, pad, constant_values=np.median(image)),
-            np.pad(labels, pad, constant_values=0))
+    return (
+        np.pad(image, pad, constant_values=np.median(image)),
+        np.pad(labels, pad, constant_values=0),
+    )
 
 
 #: name -> (image, labels) -> (image to predict, its labels, field the range comes from).
@@ -97,8 +99,7 @@ def with_margin(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
 VARIANTS = {
     "native": lambda image, labels: (image, labels, image),
     "dim": lambda image, labels: (dim(image), labels, dim(image)),
-    "dim+empty": lambda image, labels: (*with_margin(dim(image), labels),
-                                        empty_field(dim(image))),
+    "dim+empty": lambda image, labels: (*with_margin(dim(image), labels), empty_field(dim(image))),
 }
 
 
@@ -108,14 +109,16 @@ def foreground_iou(model, data_config, variant, depth: int) -> float:
     from napari_unetpp.data import intensity_range
     from napari_unetpp.inference import predict_array
 
-    config = PredictConfig(depths=(depth,), tile_size=(256, 256), device="cpu",
-                           mixed_precision=False)
+    config = PredictConfig(
+        depths=(depth,), tile_size=(256, 256), device="cpu", mixed_precision=False
+    )
     norm = data_config.normalization
     tp = fp = fn = 0
     for image, truth, field in variant:
         low, high = intensity_range(field, norm)
-        fixed = data_config.replace(normalization=norm.replace(
-            mode="window", low=low, high=max(high, low + 1e-8)))
+        fixed = data_config.replace(
+            normalization=norm.replace(mode="window", low=low, high=max(high, low + 1e-8))
+        )
         pred = predict_array(model, image, config, fixed)[depth].argmax(0) > 0
         truth = truth > 0
         tp += int((pred & truth).sum())
@@ -131,8 +134,13 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--min-foreground", type=float, nargs="+", default=[0.0, 0.02],
-                        help="NormalizationConfig.min_foreground values (0 = plain percentiles)")
+    parser.add_argument(
+        "--min-foreground",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.02],
+        help="NormalizationConfig.min_foreground values (0 = plain percentiles)",
+    )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--limit", type=int, default=None, help="first N held-back images")
     parser.add_argument("--threads", type=int, default=1)
@@ -145,17 +153,23 @@ def main(argv: list[str] | None = None) -> int:
     for fraction in args.min_foreground:
         mode = f"min_foreground {fraction:g}"
         data_config = info.data.replace(
-            normalization=info.data.normalization.replace(min_foreground=fraction))
+            normalization=info.data.normalization.replace(min_foreground=fraction)
+        )
         scores = []
         for name in args.variants:
             start = time.perf_counter()
             variant = [VARIANTS[name](image, labels) for image, labels in pairs]
             scores.append(foreground_iou(model, data_config, variant, args.depth))
-            print(f"  ({mode} {name}: foreground IoU {scores[-1]:.3f}, "
-                  f"{time.perf_counter() - start:.0f} s)", file=sys.stderr)
+            print(
+                f"  ({mode} {name}: foreground IoU {scores[-1]:.3f}, "
+                f"{time.perf_counter() - start:.0f} s)",
+                file=sys.stderr,
+            )
         print(f"| {mode} | " + " | ".join(f"{s:.3f}" for s in scores) + " |")
-    print(f"\n{len(pairs)} held-back DSB images, L{args.depth}, foreground IoU; command: "
-          f"python benchmarks/bench_intensity.py {' '.join(argv or sys.argv[1:])}")
+    print(
+        f"\n{len(pairs)} held-back DSB images, L{args.depth}, foreground IoU; command: "
+        f"python benchmarks/bench_intensity.py {' '.join(argv or sys.argv[1:])}"
+    )
     return 0
 
 

@@ -63,15 +63,22 @@ def child(slices: int, mode: str, tile: int) -> dict[str, float]:
         shape = tuple(next(iter(result.values())).shape)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
-    return {"slices": slices, "baseline_mb": baseline, "peak_mb": peak, "seconds": seconds,
-            "output_shape": list(shape), "heads": len(result)}
+    return {
+        "slices": slices,
+        "baseline_mb": baseline,
+        "peak_mb": peak,
+        "seconds": seconds,
+        "output_shape": list(shape),
+        "heads": len(result),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", nargs="+", type=int, default=[8, 32])
-    parser.add_argument("--modes", nargs="+", default=["zarr", "memory"],
-                        choices=["zarr", "memory"])
+    parser.add_argument(
+        "--modes", nargs="+", default=["zarr", "memory"], choices=["zarr", "memory"]
+    )
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--child", nargs=2, metavar=("SLICES", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -82,27 +89,36 @@ def main() -> None:
     import torch
 
     print(f"command: `python benchmarks/bench_memory.py {' '.join(sys.argv[1:])}`")
-    print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, widths "
-          f"{list(WIDTHS)}, depth 4, all 4 heads returned, tile {args.tile}")
+    print(
+        f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, widths "
+        f"{list(WIDTHS)}, depth 4, all 4 heads returned, tile {args.tile}"
+    )
     print()
-    print("| slices (512x512) | input uint8 | input float32 | output, 4 heads float32 | "
-          "output written to | peak RSS | RSS before predict | peak - before | time |")
+    print(
+        "| slices (512x512) | input uint8 | input float32 | output, 4 heads float32 | "
+        "output written to | peak RSS | RSS before predict | peak - before | time |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for slices in args.slices:
         for mode in args.modes:
             proc = subprocess.run(
-                [sys.executable, __file__, "--child", str(slices), mode, "--tile",
-                 str(args.tile)], capture_output=True, text=True, check=False)
+                [sys.executable, __file__, "--child", str(slices), mode, "--tile", str(args.tile)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if proc.returncode:
                 print(f"| {slices} | child failed: {proc.stderr.strip().splitlines()[-1]} |")
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             px = slices * 512 * 512
-            print(f"| {slices} | {px / 2**20:.0f} MiB | {4 * px / 2**20:.0f} MiB | "
-                  f"{16 * px / 2**20:.0f} MiB | {'zarr (disk)' if mode == 'zarr' else 'memory'} "
-                  f"| {r['peak_mb']:.0f} MiB | {r['baseline_mb']:.0f} MiB | "
-                  f"{r['peak_mb'] - r['baseline_mb']:.0f} MiB | {r['seconds']:.0f} s |",
-                  flush=True)
+            print(
+                f"| {slices} | {px / 2**20:.0f} MiB | {4 * px / 2**20:.0f} MiB | "
+                f"{16 * px / 2**20:.0f} MiB | {'zarr (disk)' if mode == 'zarr' else 'memory'} "
+                f"| {r['peak_mb']:.0f} MiB | {r['baseline_mb']:.0f} MiB | "
+                f"{r['peak_mb'] - r['baseline_mb']:.0f} MiB | {r['seconds']:.0f} s |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

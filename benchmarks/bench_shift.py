@@ -111,11 +111,17 @@ def nuclei_rows(count: int, side: int, only: list[str] | None = None) -> list[di
                     labels = probabilities_to_labels(prob, model.config, info.data)
                     per_depth.setdefault(d, []).append(np.asarray(labels))
             scores = {d: Z._nuclei_score(out, pairs) for d, out in per_depth.items()}
-            rows.append({"model": "nuclei", "shift": shift, "correction": mode or "-",
-                         "zoom": f"{np.median(zooms):.2f}",
-                         **{f"L{d}": s["iou"] for d, s in scores.items()},
-                         "ap50@L4": scores[max(scores)]["ap50"],
-                         "s": time.perf_counter() - t0})
+            rows.append(
+                {
+                    "model": "nuclei",
+                    "shift": shift,
+                    "correction": mode or "-",
+                    "zoom": f"{np.median(zooms):.2f}",
+                    **{f"L{d}": s["iou"] for d, s in scores.items()},
+                    "ap50@L4": scores[max(scores)]["ap50"],
+                    "s": time.perf_counter() - t0,
+                }
+            )
             _print_row(rows[-1])
     return rows
 
@@ -130,19 +136,25 @@ def ct_rows() -> list[dict[str, Any]]:
     model_mm = model.config.pixel_size[-1] if model.config.pixel_size else 3.0
     one_mm = zoom_pair(*native, model_mm / 1.0)
     rows = []
-    for shift, (image, truth), sizes in (("native 3 mm", native, (None,)),
-                                         ("1 mm in-plane", one_mm, (None, (1.0, 1.0)))):
+    for shift, (image, truth), sizes in (
+        ("native 3 mm", native, (None,)),
+        ("1 mm in-plane", one_mm, (None, (1.0, 1.0))),
+    ):
         for size in sizes:
             t0 = time.perf_counter()
             probs, used = predict_all(model, image, info.data, pixel_size=size)
-            row = {"model": "ct", "shift": shift,
-                   "correction": "-" if size is None else "pixel_size 1 mm",
-                   "zoom": f"{used['zoom'][0]:.2f}" if used else "1.00"}
+            row = {
+                "model": "ct",
+                "shift": shift,
+                "correction": "-" if size is None else "pixel_size 1 mm",
+                "zoom": f"{used['zoom'][0]:.2f}" if used else "1.00",
+            }
             for d, prob in sorted(probs.items()):
                 row[f"L{d}"] = M.dice(prob.argmax(0) == 1, truth == 1)  # class 1 = liver
             best = max(probs)
-            row["mean organ Dice@L4"] = Z._ct_score(list(probs[best].argmax(0)),
-                                                    list(zip(image, truth, strict=True)))["dice"]
+            row["mean organ Dice@L4"] = Z._ct_score(
+                list(probs[best].argmax(0)), list(zip(image, truth, strict=True))
+            )["dice"]
             row["s"] = time.perf_counter() - t0
             rows.append(row)
             _print_row(row)
@@ -155,19 +167,26 @@ def ct_rows() -> list[dict[str, Any]]:
 def em_rows(crop: int, slices: int) -> list[dict[str, Any]]:
     model, info = zoo.load_pretrained("em")
     test = Z._em_test()[:slices]
-    native = (np.stack([i[:crop, :crop] for i, _ in test]),
-              np.stack([t[:crop, :crop] for _, t in test]))
+    native = (
+        np.stack([i[:crop, :crop] for i, _ in test]),
+        np.stack([t[:crop, :crop] for _, t in test]),
+    )
     twice = zoom_pair(*native, 2.0)
     unit_size = model.config.pixel_size[-1] if model.config.pixel_size else 4.0
     rows = []
-    for shift, (image, truth), sizes in (("native 4 nm", native, (None,)),
-                                         ("2x (2 nm)", twice, (None, (unit_size / 2,)))):
+    for shift, (image, truth), sizes in (
+        ("native 4 nm", native, (None,)),
+        ("2x (2 nm)", twice, (None, (unit_size / 2,))),
+    ):
         for size in sizes:
             t0 = time.perf_counter()
             probs, used = predict_all(model, image, info.data, pixel_size=size)
-            row = {"model": "em", "shift": shift,
-                   "correction": "-" if size is None else f"pixel_size {size[0]:g} nm",
-                   "zoom": f"{used['zoom'][0]:.2f}" if used else "1.00"}
+            row = {
+                "model": "em",
+                "shift": shift,
+                "correction": "-" if size is None else f"pixel_size {size[0]:g} nm",
+                "zoom": f"{used['zoom'][0]:.2f}" if used else "1.00",
+            }
             for d, prob in sorted(probs.items()):
                 row[f"L{d}"] = M.iou(prob > 0.5, truth > 0)
             row["s"] = time.perf_counter() - t0
@@ -193,23 +212,34 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for name in dict.fromkeys(r["model"] for r in rows):
         group = [r for r in rows if r["model"] == name]
         keys = [k for k in group[0] if k != "model"]
-        lines += ["", f"**{name}**", "", "| " + " | ".join(keys) + " |",
-                  "|" + "---|" * len(keys)]
+        lines += ["", f"**{name}**", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         lines += ["| " + " | ".join(_fmt(r.get(k, "")) for k in keys) + " |" for r in group]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nuclei", type=int, default=8,
-                        help="held-back nuclei images to use (of 44, evenly spaced), default 8")
-    parser.add_argument("--nuclei-crop", type=int, default=256,
-                        help="centre crop side of each nuclei image (px, before shifting)")
+    parser.add_argument(
+        "--nuclei",
+        type=int,
+        default=8,
+        help="held-back nuclei images to use (of 44, evenly spaced), default 8",
+    )
+    parser.add_argument(
+        "--nuclei-crop",
+        type=int,
+        default=256,
+        help="centre crop side of each nuclei image (px, before shifting)",
+    )
     parser.add_argument("--em-crop", type=int, default=256, help="EM crop side (px at 4 nm)")
     parser.add_argument("--em-slices", type=int, default=2, help="held-back EM slices (of 5)")
     parser.add_argument("--models", nargs="+", default=["nuclei", "ct", "em"])
-    parser.add_argument("--nuclei-shifts", nargs="+", default=None,
-                        help="only these nuclei shifts (native 0.5x 2x dark blur)")
+    parser.add_argument(
+        "--nuclei-shifts",
+        nargs="+",
+        default=None,
+        help="only these nuclei shifts (native 0.5x 2x dark blur)",
+    )
     parser.add_argument("--markdown", type=Path, default=None, help="write the tables here")
     args = parser.parse_args(argv)
     import torch

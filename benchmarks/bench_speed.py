@@ -54,9 +54,11 @@ DEPTHS = (1, 2, 3, 4)
 
 def data_dir() -> Path | None:
     """The shared real data: $NAPARI_UNETPP_DATA, ../shared/data or /work/shared/data."""
-    for candidate in (os.environ.get("NAPARI_UNETPP_DATA", ""),
-                      Path(__file__).resolve().parents[2] / "shared" / "data",
-                      "/work/shared/data"):
+    for candidate in (
+        os.environ.get("NAPARI_UNETPP_DATA", ""),
+        Path(__file__).resolve().parents[2] / "shared" / "data",
+        "/work/shared/data",
+    ):
         if candidate and (Path(candidate) / "em_isbi2012").is_dir():
             return Path(candidate)
     return None
@@ -91,8 +93,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(cases: dict[str, Callable[[], object]], rounds: int, device: str
-                ) -> dict[str, float]:
+def interleaved(
+    cases: dict[str, Callable[[], object]], rounds: int, device: str
+) -> dict[str, float]:
     """Median seconds of each case, timed in turn (A, B, A, B, ...) after one warm-up each."""
     for name, run in cases.items():
         progress(f"warm-up {name}")
@@ -118,23 +121,32 @@ class FreeUNet(UNetPlusPlus):
         return {d: zeros for d in wanted}
 
 
-def monai_cases(image: np.ndarray, widths: tuple[int, ...], tile: int, device: str
-                ) -> tuple[dict[str, Callable[[], object]], float | None, str]:
+def monai_cases(
+    image: np.ndarray, widths: tuple[int, ...], tile: int, device: str
+) -> tuple[dict[str, Callable[[], object]], float | None, str]:
     """MONAI's BasicUNetPlusPlus + sliding_window_inference, or why it is not there."""
     try:
         from monai.inferers import sliding_window_inference
         from monai.networks.nets import BasicUNetPlusPlus
     except ImportError:
         return {}, None, "MONAI not installed (pip install -e .[bench])"
-    net = BasicUNetPlusPlus(spatial_dims=2, in_channels=1, out_channels=1,
-                            features=(*widths, widths[0]), deep_supervision=True,
-                            norm=("batch", {})).eval().to(device)
+    net = (
+        BasicUNetPlusPlus(
+            spatial_dims=2,
+            in_channels=1,
+            out_channels=1,
+            features=(*widths, widths[0]),
+            deep_supervision=True,
+            norm=("batch", {}),
+        )
+        .eval()
+        .to(device)
+    )
     x = torch.from_numpy(image.astype(np.float32) / 255.0)[None, None].to(device)
 
     def run() -> object:
         with torch.inference_mode():
-            return sliding_window_inference(x, (tile, tile), 4, net, overlap=0.25,
-                                            mode="gaussian")
+            return sliding_window_inference(x, (tile, tile), 4, net, overlap=0.25, mode="gaussian")
 
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -146,8 +158,9 @@ def monai_cases(image: np.ndarray, widths: tuple[int, ...], tile: int, device: s
     return {"monai": run}, gflop, f"MONAI {monai.__version__}"
 
 
-def bench_inference(size: int, tile: int, rounds: int, device: str
-                    ) -> tuple[dict[str, float], dict[str, float], str]:
+def bench_inference(
+    size: int, tile: int, rounds: int, device: str
+) -> tuple[dict[str, float], dict[str, float], str]:
     """Seconds per case (interleaved medians) and GFLOP/Mpx per case."""
     image = test_image(size)
     torch.manual_seed(0)
@@ -158,7 +171,8 @@ def bench_inference(size: int, tile: int, rounds: int, device: str
     a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
     cases: dict[str, Callable[[], object]] = {"matmul": lambda: [torch.mm(a, b) for _ in range(4)]}
     batch = torch.rand(4, 1, tile, tile, device=device).contiguous(
-        memory_format=memory_format(2, torch.device(device)))
+        memory_format=memory_format(2, torch.device(device))
+    )
     for d in DEPTHS:
         pruned = prepare_for_inference(model.prune(d), device)
 
@@ -169,7 +183,8 @@ def bench_inference(size: int, tile: int, rounds: int, device: str
         cases[f"raw L{d}"] = raw
     for d in DEPTHS:
         cases[f"tiled L{d}"] = lambda d=d: predict_array(
-            model, image, config.replace(pruned_depth=d), data)
+            model, image, config.replace(pruned_depth=d), data
+        )
     cases["tiled all"] = lambda: predict_array(model, image, config, data)
     monai, monai_gflop, monai_note = monai_cases(image, PAPER_WIDTHS, tile, device)
     cases.update(monai)
@@ -183,8 +198,11 @@ def bench_inference(size: int, tile: int, rounds: int, device: str
     if monai_gflop is not None:
         gflop["monai"] = overlap * monai_gflop  # MONAI places the same 192-pixel steps here
     seconds["matmul"] = 4 * 2 * n**3 / seconds["matmul"] / 1e9  # GFLOP/s, timed among the rest
-    mpx = {name: (batch.numel() if name.startswith("raw") else image.size) / 1e6
-           for name in seconds if name != "matmul"}
+    mpx = {
+        name: (batch.numel() if name.startswith("raw") else image.size) / 1e6
+        for name in seconds
+        if name != "matmul"
+    }
     per_mpx = {name: s / mpx[name] for name, s in seconds.items() if name != "matmul"}
     per_mpx["matmul_gflop_s"] = seconds["matmul"]
     return per_mpx, gflop, monai_note
@@ -196,29 +214,42 @@ def bench_host(size: int, rounds: int, device: str) -> dict[str, float]:
     net = FreeUNet(widths=PAPER_WIDTHS, depth=4).eval()
     data = DataConfig()
     config = PredictConfig(tile_size=(256, 256), overlap=0.25, batch_size=4, device=device)
-    seconds = interleaved({
-        "all heads": lambda: predict_array(net, stack, config, data),
-        "one head": lambda: predict_array(net, stack, config.replace(depths=(4,)), data),
-    }, rounds, device)
+    seconds = interleaved(
+        {
+            "all heads": lambda: predict_array(net, stack, config, data),
+            "one head": lambda: predict_array(net, stack, config.replace(depths=(4,)), data),
+        },
+        rounds,
+        device,
+    )
     return {name: stack.size / 1e6 / s for name, s in seconds.items()}
 
 
-def bench_training(widths: tuple[int, ...], device: str, steps: int, warmup: int,
-                   patch: int = 256, batch: int = 8) -> float:
+def bench_training(
+    widths: tuple[int, ...], device: str, steps: int, warmup: int, patch: int = 256, batch: int = 8
+) -> float:
     """Steps per second of ``Trainer`` (2D, deep supervision at depth 4), after warm-up."""
     from napari_unetpp.training import Trainer
 
     em = load_em()
     if em is None:
         rng = np.random.default_rng(0)
-        em = (rng.integers(0, 256, (4, 512, 512), dtype=np.uint8),
-              (rng.random((4, 512, 512)) > 0.5).astype(np.uint8))
+        em = (
+            rng.integers(0, 256, (4, 512, 512), dtype=np.uint8),
+            (rng.random((4, 512, 512)) > 0.5).astype(np.uint8),
+        )
     image, labels = em
     total = warmup + steps
     trainer = Trainer(
         ModelConfig(widths=widths, depth=4),
-        TrainConfig(iterations=total, batch_size=batch, patch_size=(patch, patch),
-                    validate_every=total + 1, validation_fraction=0.0, device=device),
+        TrainConfig(
+            iterations=total,
+            batch_size=batch,
+            patch_size=(patch, patch),
+            validate_every=total + 1,
+            validation_fraction=0.0,
+            device=device,
+        ),
         DataConfig(),
     )
     times: list[float] = []
@@ -234,8 +265,9 @@ def bench_training(widths: tuple[int, ...], device: str, steps: int, warmup: int
     return (len(times) - 1 - warmup) / (times[-1] - times[warmup])
 
 
-def row(name: str, s_per_mpx: float | None, gflop: float | None, peak: float,
-        ratio: str = "") -> str:
+def row(
+    name: str, s_per_mpx: float | None, gflop: float | None, peak: float, ratio: str = ""
+) -> str:
     mpx_s = f"{1 / s_per_mpx:.3f}" if s_per_mpx else ""
     s = f"{s_per_mpx:.3f}" if s_per_mpx else ""
     g = f"{gflop:.1f}" if gflop else ""
@@ -248,10 +280,14 @@ def row(name: str, s_per_mpx: float | None, gflop: float | None, peak: float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--full", action="store_true",
-                      help="1024x1024 image, 2 interleaved rounds, 2 training steps (default)")
-    mode.add_argument("--quick", action="store_true",
-                      help="512x512 image, 1 round, 1 training step (a smoke run)")
+    mode.add_argument(
+        "--full",
+        action="store_true",
+        help="1024x1024 image, 2 interleaved rounds, 2 training steps (default)",
+    )
+    mode.add_argument(
+        "--quick", action="store_true", help="512x512 image, 1 round, 1 training step (a smoke run)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--skip-training", action="store_true")
@@ -265,46 +301,71 @@ def main() -> None:
     command = "python benchmarks/bench_speed.py " + " ".join(sys.argv[1:])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"command: `{command.strip()}`")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
-          f"(load average {load:.1f} at start), torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), device {args.device}"
-          + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
+        f"(load average {load:.1f} at start), torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), device {args.device}"
+        + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
+    )
     started = time.perf_counter()
     per_mpx, gflop, monai_note = bench_inference(size, tile, rounds, args.device)
     peak = per_mpx.pop("matmul_gflop_s")  # interleaved with the networks: the same load
     host = bench_host(size, rounds, args.device)
-    training = {} if args.skip_training else {
-        name: bench_training(widths, args.device, steps, 1)
-        for name, widths in (("CPU widths 16-256", CPU_WIDTHS),
-                             ("paper widths 32-512", PAPER_WIDTHS))}
-    print(f"image {size}x{size} (EM), tile {tile}, overlap 0.25, Gaussian, batch 4; "
-          f"{rounds} interleaved round(s), medians; {monai_note}; "
-          f"took {time.perf_counter() - started:.0f} s. GFLOP/Mpx of tiled rows counts the "
-          "pixels the overlapping tiles compute (per Mpx of image); raw rows per Mpx of tiles.")
+    training = (
+        {}
+        if args.skip_training
+        else {
+            name: bench_training(widths, args.device, steps, 1)
+            for name, widths in (
+                ("CPU widths 16-256", CPU_WIDTHS),
+                ("paper widths 32-512", PAPER_WIDTHS),
+            )
+        }
+    )
+    print(
+        f"image {size}x{size} (EM), tile {tile}, overlap 0.25, Gaussian, batch 4; "
+        f"{rounds} interleaved round(s), medians; {monai_note}; "
+        f"took {time.perf_counter() - started:.0f} s. GFLOP/Mpx of tiled rows counts the "
+        "pixels the overlapping tiles compute (per Mpx of image); raw rows per Mpx of tiles."
+    )
     print()
     print("| measurement | s/Mpx | Mpx/s | GFLOP/Mpx | GFLOP/s | of matmul peak | ratio |")
     print("|---|---|---|---|---|---|---|")
     print(f"| fp32 matmul 2048x2048 (peak, interleaved) | | | | {peak:.1f} | 100 % | |")
     for d in DEPTHS:
-        print(row(f"ours raw forward L{d} (4x256x256)", per_mpx[f"raw L{d}"],
-                  gflop[f"raw L{d}"], peak,
-                  f"L4/L{d} {per_mpx['raw L4'] / per_mpx[f'raw L{d}']:.2f}x"))
+        print(
+            row(
+                f"ours raw forward L{d} (4x256x256)",
+                per_mpx[f"raw L{d}"],
+                gflop[f"raw L{d}"],
+                peak,
+                f"L4/L{d} {per_mpx['raw L4'] / per_mpx[f'raw L{d}']:.2f}x",
+            )
+        )
     for d in DEPTHS:
-        print(row(f"ours tiled, pruned L{d}", per_mpx[f"tiled L{d}"], gflop[f"tiled L{d}"],
-                  peak, f"L4/L{d} {per_mpx['tiled L4'] / per_mpx[f'tiled L{d}']:.2f}x "
-                  f"(FLOPs {gflop['tiled L4'] / gflop[f'tiled L{d}']:.2f}x)"))
+        print(
+            row(
+                f"ours tiled, pruned L{d}",
+                per_mpx[f"tiled L{d}"],
+                gflop[f"tiled L{d}"],
+                peak,
+                f"L4/L{d} {per_mpx['tiled L4'] / per_mpx[f'tiled L{d}']:.2f}x "
+                f"(FLOPs {gflop['tiled L4'] / gflop[f'tiled L{d}']:.2f}x)",
+            )
+        )
     monai = per_mpx.get("monai")
     vs = f"{monai / per_mpx['tiled all']:.2f}x faster than MONAI" if monai else ""
-    print(row("ours tiled, all heads L1-L4", per_mpx["tiled all"], gflop["tiled all"], peak,
-              vs))
+    print(row("ours tiled, all heads L1-L4", per_mpx["tiled all"], gflop["tiled all"], peak, vs))
     if monai:
         print(row("MONAI BasicUNet++ tiled, 4 heads", monai, gflop.get("monai"), peak, "1.00x"))
     for name, rate in host.items():
         print(f"| host pipeline, free predictor, {name} | {1 / rate:.4f} | {rate:.1f} | | | | |")
     for name, rate in training.items():
         mpx = 8 * 256 * 256 / 1e6
-        print(f"| training {name}, batch 8, 256x256 | {1 / (rate * mpx):.2f} | "
-              f"{rate * mpx:.4f} | | | | {rate:.3f} steps/s |")
+        print(
+            f"| training {name}, batch 8, 256x256 | {1 / (rate * mpx):.2f} | "
+            f"{rate * mpx:.4f} | | | | {rate:.3f} steps/s |"
+        )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,9 @@ def main() -> int:
     arrays, group = allocate_outputs((1, 2), (3, 40, 50), (32, 32), root / "probs.zarr")
     arrays[1][0] = 1.0
     mark_complete(group)
-    labels = create_array(None, None, (3, 40, 50), "int32", (1, 1024, 1024),
-                          path=root / "labels.zarr")
+    labels = create_array(
+        None, None, (3, 40, 50), "int32", (1, 1024, 1024), path=root / "labels.zarr"
+    )
     mark_complete(labels)
     print("allocation:", arrays[1].chunks, dict(group.attrs), labels.chunks, dict(labels.attrs))
     shapes = [read_array(root / name).shape for name in ("probs.zarr", "labels.zarr")]

@@ -110,8 +110,9 @@ def make_ct(data: Path) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
     classes: dict[str, str] = {}
     for k, (organ, value) in enumerate(zoo.CT_ORGANS, start=1):
         if names.get(str(value)) != organ:
-            raise SystemExit(f"classes.json says id {value} is {names.get(str(value))}, "
-                             f"expected {organ}")
+            raise SystemExit(
+                f"classes.json says id {value} is {names.get(str(value))}, expected {organ}"
+            )
         labels[organs == value] = k
         classes[str(k)] = organ
     return ct.astype(np.int16), labels, classes
@@ -126,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, int] = {}
-    for name, (image, labels) in (("nuclei", make_nuclei(args.data)),
-                                  ("em", make_em(args.data))):
+    for name, (image, labels) in (("nuclei", make_nuclei(args.data)), ("em", make_em(args.data))):
         spec = SAMPLES[name]
         written[spec.image_file] = _write(out / spec.image_file, image)
         written[spec.labels_file] = _write(out / spec.labels_file, labels)

@@ -13,7 +13,8 @@ What it does, through the widgets exactly as a user would:
 3. moves the pruning slider to 2 and presses Apply (labels from the pruned L2 network)
    -> ``docs/screenshots/pruning_slider.png`` (the predict widget, pruning panel at the bottom);
 4. docks "Train / fine-tune UNet++" and trains a tiny network (widths 4 8 16, depth 2,
-   60 iterations, about a minute on 2 CPU cores) on the sample and its labels, so the live plot has data
+   60 iterations, about a minute on 2 CPU cores) on the sample and its labels, so the live
+   plot has data
    -> ``docs/screenshots/train_widget.png`` (the train widget with its plot).
 
 Outputs of the runs go to a temporary folder (``--work DIR`` to keep them). Each PNG is
@@ -26,8 +27,9 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "screenshots"
@@ -151,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ------------------------------------------------------------------ predict
     predict = PredictWidget(viewer)
-    predict_dock = viewer.window.add_dock_widget(predict, name="Segment with UNet++",
-                                                 area="right")
+    predict_dock = viewer.window.add_dock_widget(predict, name="Segment with UNet++", area="right")
     viewer.window._qt_window.resizeDocks([predict_dock], [420], Qt.Horizontal)
     predict._source.value = "shipped"
     predict._model.value = "zoo:em"
@@ -160,18 +161,27 @@ def main(argv: list[str] | None = None) -> int:
     predict._output.value = work / "predictions"
     log(f"model {predict.model_spec}, scope {predict._scope.value!r}")
     predict._run.native.click()  # the Segment button
-    wait_until(lambda: not predict._runner.queue.busy(), args.timeout,
-               "segmentation (all depths) and the pruning timing (one job at a time)")
+    wait_until(
+        lambda: not predict._runner.queue.busy(),
+        args.timeout,
+        "segmentation (all depths) and the pruning timing (one job at a time)",
+    )
     names = [layer.name for layer in viewer.layers]
     log(f"layers: {names}")
-    missing = [n for n in ("em sample UNet++ L1", "em sample UNet++ L4",
-                           "em sample UNet++ labels") if n not in names]
+    missing = [
+        n
+        for n in ("em sample UNet++ L1", "em sample UNet++ L4", "em sample UNet++ labels")
+        if n not in names
+    ]
     if missing:
         log(f"missing layers {missing}; status: {predict._status.value}")
         return 1
     viewer.layers["em sample labels"].visible = False  # show the prediction, not the truth
-    shown = [layer for layer in viewer.layers if layer.name.startswith("em sample UNet++ L")
-             and layer.visible]  # the depth the labels came from (the Depth slider's)
+    shown = [
+        layer
+        for layer in viewer.layers
+        if layer.name.startswith("em sample UNet++ L") and layer.visible
+    ]  # the depth the labels came from (the Depth slider's)
     viewer.layers.selection.active = shown[0]
     viewer.dims.set_point(0, viewer.dims.range[0].start + viewer.dims.range[0].step)
     viewer.window._qt_window.resizeDocks([predict_dock], [420], Qt.Horizontal)
@@ -180,13 +190,17 @@ def main(argv: list[str] | None = None) -> int:
     close_notifications(viewer)
     viewer.reset_view()  # after the layout settled, so the image fits the canvas
     settle(2)
-    save_small(viewer.screenshot(canvas_only=False, flash=False), OUT / "predict_widget.png",
-               args.max_kb)
+    save_small(
+        viewer.screenshot(canvas_only=False, flash=False), OUT / "predict_widget.png", args.max_kb
+    )
 
     # ------------------------------------------------------------------ pruning slider
     predict.pruning._depth.value = 2
-    wait_until(lambda: predict.pruning.pruned is not None
-               and predict.pruning.pruned.depth == 2, args.timeout, "pruning to L2")
+    wait_until(
+        lambda: predict.pruning.pruned is not None and predict.pruning.pruned.depth == 2,
+        args.timeout,
+        "pruning to L2",
+    )
     predict.pruning._apply.native.click()
     wait_until(lambda: not predict._runner.queue.busy(), args.timeout, "segmentation at L2")
     log(f"pruning readout: {predict.pruning._readout.value!r}")
@@ -212,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     train._device.value = "cpu"
     train._output.value = work / "runs"
     train._start.native.click()  # the Start button, as a user presses it
-    wait_until(lambda: train._runner.running or train.last_checkpoint is not None, 30,
-               "training start")
+    wait_until(
+        lambda: train._runner.running or train.last_checkpoint is not None, 30, "training start"
+    )
     wait_until(lambda: not train._runner.running, args.timeout, "training")
     log(f"train status: {train._status.value!r}")
     if train.last_checkpoint is None:

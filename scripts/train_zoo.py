@@ -46,12 +46,11 @@ from napari_unetpp import metrics as M
 from napari_unetpp import zoo
 from napari_unetpp.checkpoint import CheckpointInfo, save_checkpoint
 from napari_unetpp.config import DataConfig, ModelConfig, NormalizationConfig, TrainConfig
-from napari_unetpp.data import (normalize, resolve_class_values, rgb_to_grey,
-                                to_channels_first)
+from napari_unetpp.data import normalize, resolve_class_values, rgb_to_grey, to_channels_first
 from napari_unetpp.events import drive
 from napari_unetpp.model import UNetPlusPlus
 from napari_unetpp.pruning import measure_ms_per_mpx, recommend_depth
-from napari_unetpp.training import TrainEvent, Trainer
+from napari_unetpp.training import Trainer, TrainEvent
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NAPARI_UNETPP_DATA", ROOT.parent / "shared" / "data"))
@@ -100,8 +99,9 @@ CT_FULL_OFFSET = 82
 #: no training slice is a direct neighbour of a test slice.
 CT_GAP = 3
 #: Transfer augmentation (issue 14): other object sizes, contrasts, blur and noise.
-TRANSFER_AUGMENTATION = dict(augment_scale=(0.5, 2.0), augment_gamma=0.4, augment_blur=0.2,
-                             augment_noise=0.05)
+TRANSFER_AUGMENTATION = dict(
+    augment_scale=(0.5, 2.0), augment_gamma=0.4, augment_blur=0.2, augment_noise=0.05
+)
 
 
 def load_ct() -> tuple[np.ndarray, np.ndarray]:
@@ -158,8 +158,9 @@ def scale_metadata(name: str) -> dict[str, Any]:
     if name == "ct":
         return {"pixel_size": (3.0, 3.0), "pixel_unit": "mm"}
     folder = DATA / "nuclei_dsb2018" / "labels"
-    medians = [median_object_diameter(tifffile.imread(folder / f"{i}.tif"))
-               for i in _nuclei_split()[0]]
+    medians = [
+        median_object_diameter(tifffile.imread(folder / f"{i}.tif")) for i in _nuclei_split()[0]
+    ]
     return {"object_diameter": round(float(np.nanmedian(medians)), 2)}
 
 
@@ -171,8 +172,9 @@ def rf_features(image: np.ndarray, normalization: NormalizationConfig) -> np.nda
     from skimage.feature import multiscale_basic_features
 
     normed = normalize(image, normalization)
-    return multiscale_basic_features(normed, intensity=True, edges=True, texture=True,
-                                     sigma_min=1, sigma_max=16).astype(np.float32)
+    return multiscale_basic_features(
+        normed, intensity=True, edges=True, texture=True, sigma_min=1, sigma_max=16
+    ).astype(np.float32)
 
 
 def train_random_forest(
@@ -193,7 +195,7 @@ def train_random_forest(
 
     rng = np.random.default_rng(seed)
     xs, ys = [], []
-    for image, target in zip(images, targets):
+    for image, target in zip(images, targets, strict=False):
         feats = rf_features(image, normalization)
         flat_t = target.ravel()
         chosen = []
@@ -205,8 +207,9 @@ def train_random_forest(
         index = np.concatenate(chosen)
         xs.append(feats.reshape(-1, feats.shape[-1])[index])
         ys.append(flat_t[index])
-    forest = RandomForestClassifier(n_estimators=n_estimators, min_samples_leaf=2,
-                                    n_jobs=1, random_state=seed)
+    forest = RandomForestClassifier(
+        n_estimators=n_estimators, min_samples_leaf=2, n_jobs=1, random_state=seed
+    )
     forest.fit(np.concatenate(xs), np.concatenate(ys))
     return forest
 
@@ -223,8 +226,9 @@ def rf_predict(forest: Any, image: np.ndarray, normalization: NormalizationConfi
 # --------------------------------------------------------------------------- prediction
 
 
-def predict_depths(model: UNetPlusPlus, image: np.ndarray, data_config: DataConfig,
-                   device: str = "cpu") -> dict[int, np.ndarray]:
+def predict_depths(
+    model: UNetPlusPlus, image: np.ndarray, data_config: DataConfig, device: str = "cpu"
+) -> dict[int, np.ndarray]:
     """Per-depth probabilities of one 2D image: ``(C, Y, X)``, sigmoid for 1 class else softmax.
 
     Uses the engine's tiled ``inference.predict_array`` when it exists; the small
@@ -238,8 +242,10 @@ def predict_depths(model: UNetPlusPlus, image: np.ndarray, data_config: DataConf
     if predict_array is not None:
         config = PredictConfig(device=device, tile_size=(256, 256), mixed_precision=False)
         probs = predict_array(model, image, config, data_config)
-        return {int(d): (p[np.newaxis] if model.config.num_classes == 1 else p)
-                for d, p in probs.items()}
+        return {
+            int(d): (p[np.newaxis] if model.config.num_classes == 1 else p)
+            for d, p in probs.items()
+        }
     x = normalize(to_channels_first(image, data_config.channel_axis), data_config.normalization)
     with torch.no_grad():
         logits = model.eval()(torch.from_numpy(x[np.newaxis]).to(device))
@@ -247,8 +253,9 @@ def predict_depths(model: UNetPlusPlus, image: np.ndarray, data_config: DataConf
     return {d: act(v.float())[0].cpu().numpy() for d, v in logits.items()}
 
 
-def nuclei_instances(prob: np.ndarray, model_config: ModelConfig,
-                     data_config: DataConfig) -> np.ndarray:
+def nuclei_instances(
+    prob: np.ndarray, model_config: ModelConfig, data_config: DataConfig
+) -> np.ndarray:
     """Instances from (background, interior, boundary) probabilities via the engine's postprocess.
 
     Fallback before postprocess.py lands: connected interiors grown into the foreground.
@@ -292,7 +299,7 @@ class ZooSpec:
 
 def _em_train() -> tuple[list, list, list, list]:
     image, membranes = load_em()
-    (v0, v1), (t0, _) = zoo.EM_VAL_SLICES, zoo.EM_TEST_SLICES
+    (v0, v1), (_t0, _) = zoo.EM_VAL_SLICES, zoo.EM_TEST_SLICES
     return [image[:v0]], [membranes[:v0]], [image[v0:v1]], [membranes[v0:v1]]
 
 
@@ -306,8 +313,12 @@ def _em_score(membrane_masks: list[np.ndarray], test: list[Pair]) -> dict[str, f
     """Membrane IoU / Dice and cell-interior IoU, counted over all test slices together."""
     pred = np.stack(membrane_masks).astype(bool)
     truth = np.stack([t for _, t in test]).astype(bool)
-    return {"iou": M.iou(pred, truth), "dice": M.dice(pred, truth),
-            "interior_iou": M.iou(~pred, ~truth), "interior_dice": M.dice(~pred, ~truth)}
+    return {
+        "iou": M.iou(pred, truth),
+        "dice": M.dice(pred, truth),
+        "interior_iou": M.iou(~pred, ~truth),
+        "interior_dice": M.dice(~pred, ~truth),
+    }
 
 
 def _nuclei_split() -> tuple[list[str], list[str]]:
@@ -330,12 +341,15 @@ def _nuclei_score(instances: list[np.ndarray], test: list[Pair]) -> dict[str, fl
     """Foreground IoU / Dice over all pixels and DSB AP@0.5 averaged over images."""
     tp = fp = fn = 0
     aps = []
-    for pred, (_, truth) in zip(instances, test):
+    for pred, (_, truth) in zip(instances, test, strict=False):
         a, b, c = M.confusion_counts(pred > 0, truth > 0)
         tp, fp, fn = tp + a, fp + b, fn + c
         aps.append(M.average_precision(pred, truth, 0.5))
-    return {"ap50": float(np.mean(aps)), "iou": tp / max(tp + fp + fn, 1),
-            "dice": 2 * tp / max(2 * tp + fp + fn, 1)}
+    return {
+        "ap50": float(np.mean(aps)),
+        "iou": tp / max(tp + fp + fn, 1),
+        "dice": 2 * tp / max(2 * tp + fp + fn, 1),
+    }
 
 
 def _ct_labels(organs: np.ndarray) -> np.ndarray:
@@ -364,9 +378,12 @@ def _ct_train() -> tuple[list, list, list, list]:
     below, above = ct_train_slices()
     val = _ct_full(zoo.CT_VAL_SLICES)
     val = slice(val.start, val.stop)
-    return ([full[below.start:below.stop], full[above.start:above.stop]],
-            [labels[below.start:below.stop], labels[above.start:above.stop]],
-            [full[val]], [labels[val]])
+    return (
+        [full[below.start : below.stop], full[above.start : above.stop]],
+        [labels[below.start : below.stop], labels[above.start : above.stop]],
+        [full[val]],
+        [labels[val]],
+    )
 
 
 def _ct_test() -> list[Pair]:
@@ -395,110 +412,144 @@ def specs() -> dict[str, ZooSpec]:
     return {
         "em": ZooSpec(
             name="em",
-            model_config=lambda w: ModelConfig(in_channels=1, num_classes=1, widths=w, depth=4,
-                                               class_names=("membrane",)),
+            model_config=lambda w: ModelConfig(
+                in_channels=1, num_classes=1, widths=w, depth=4, class_names=("membrane",)
+            ),
             data_config=DataConfig(class_values=(1,)),
-            train_config=dict(iterations=1500, batch_size=4, patch_size=(128, 128),
-                              validate_every=100, foreground_fraction=0.5,
-                              **TRANSFER_AUGMENTATION),
-            train_data=_em_train, test_data=_em_test, score=_em_score, score_name="iou",
+            train_config=dict(
+                iterations=1500,
+                batch_size=4,
+                patch_size=(128, 128),
+                validate_every=100,
+                foreground_fraction=0.5,
+                **TRANSFER_AUGMENTATION,
+            ),
+            train_data=_em_train,
+            test_data=_em_test,
+            score=_em_score,
+            score_name="iou",
             columns=["iou", "dice", "interior_iou"],
             targets={"iou": 0.70, "interior_iou": 0.90},
             card=dict(
                 input="one channel, uint8 TEM, percentile-normalised (1-99.8 %) per image",
                 data="ISBI 2012 EM segmentation challenge training stack (Drosophila first "
-                     "instar larva ventral nerve cord, ssTEM, 4x4x50 nm), slices "
-                     f"0-{zoo.EM_VAL_SLICES[0] - 1} for training, "
-                     f"{zoo.EM_VAL_SLICES[0]}-{zoo.EM_VAL_SLICES[1] - 1} for model selection",
+                "instar larva ventral nerve cord, ssTEM, 4x4x50 nm), slices "
+                f"0-{zoo.EM_VAL_SLICES[0] - 1} for training, "
+                f"{zoo.EM_VAL_SLICES[0]}-{zoo.EM_VAL_SLICES[1] - 1} for model selection",
                 split=f"slices {zoo.EM_TEST_SLICES[0]}-{zoo.EM_TEST_SLICES[1] - 1} "
-                      "(a block, never seen in training or selection); score = membrane IoU "
-                      "(pixels > 0.5), cell interior = 1 - membrane",
+                "(a block, never seen in training or selection); score = membrane IoU "
+                "(pixels > 0.5), cell interior = 1 - membrane",
                 licence="Weights derived from the ISBI 2012 challenge data: non-commercial "
-                        "research use only, citing Cardona et al. 2010 and "
-                        "Arganda-Carreras et al. 2015",
+                "research use only, citing Cardona et al. 2010 and "
+                "Arganda-Carreras et al. 2015",
                 citation=f"{EM_CITATION}. Architecture: {UNETPP_CITATION}",
                 to_reach_target="the validation membrane IoU reached ~0.70 by step 400 and "
-                                "stayed there to the end (batch 16, 256x256 patches), which "
-                                "suggests the 12 training slices, not the training time, limit "
-                                "it. 8-fold test-time augmentation (`--tta`) gives 0.696 on the "
-                                "held-back "
-                                "slices. More labelled slices, elastic deformation (the U-Net "
-                                "recipe for ISBI; TrainConfig.elastic), or fine-tuning on a few "
-                                "slices of your own data in napari",
+                "stayed there to the end (batch 16, 256x256 patches), which "
+                "suggests the 12 training slices, not the training time, limit "
+                "it. 8-fold test-time augmentation (`--tta`) gives 0.696 on the "
+                "held-back "
+                "slices. More labelled slices, elastic deformation (the U-Net "
+                "recipe for ISBI; TrainConfig.elastic), or fine-tuning on a few "
+                "slices of your own data in napari",
             ),
         ),
         "nuclei": ZooSpec(
             name="nuclei",
             model_config=lambda w: ModelConfig(
-                in_channels=1, num_classes=3, widths=w, depth=4,
-                class_names=("background", "interior", "boundary")),
+                in_channels=1,
+                num_classes=3,
+                widths=w,
+                depth=4,
+                class_names=("background", "interior", "boundary"),
+            ),
             data_config=DataConfig(target="instance", boundary_width=1),
-            train_config=dict(iterations=2000, batch_size=4, patch_size=(128, 128),
-                              validate_every=100, validation_fraction=0.1,
-                              foreground_fraction=0.7, **TRANSFER_AUGMENTATION),
-            train_data=_nuclei_train, test_data=_nuclei_test, score=_nuclei_score,
-            score_name="ap50", columns=["ap50", "iou", "dice"], targets={"iou": 0.90},
+            train_config=dict(
+                iterations=2000,
+                batch_size=4,
+                patch_size=(128, 128),
+                validate_every=100,
+                validation_fraction=0.1,
+                foreground_fraction=0.7,
+                **TRANSFER_AUGMENTATION,
+            ),
+            train_data=_nuclei_train,
+            test_data=_nuclei_test,
+            score=_nuclei_score,
+            score_name="ap50",
+            columns=["ap50", "iou", "dice"],
+            targets={"iou": 0.90},
             baseline_images=120,
             card=dict(
                 input="one channel: RGB images are converted to grayscale (luminance), so "
-                      "the model serves fluorescence (bright nuclei) and brightfield / H&E "
-                      "(dark nuclei) alike; percentile-normalised per image",
+                "the model serves fluorescence (bright nuclei) and brightfield / H&E "
+                "(dark nuclei) alike; percentile-normalised per image",
                 data=f"Kaggle Data Science Bowl 2018 stage 1 training set with community "
-                     f"fixes (BBBC038): all modalities, "
-                     f"{500 - len(zoo.NUCLEI_HELD_OUT_IDS)} images at native size, random "
-                     "patches; 10 % of them (whole images) for model selection",
+                f"fixes (BBBC038): all modalities, "
+                f"{500 - len(zoo.NUCLEI_HELD_OUT_IDS)} images at native size, random "
+                "patches; 10 % of them (whole images) for model selection",
                 split=f"{len(zoo.NUCLEI_HELD_OUT_IDS)} held-back images (every 12th id of "
-                      "each image-size group, listed in napari_unetpp.zoo."
-                      "NUCLEI_HELD_OUT_IDS); scores = foreground IoU over all pixels (the "
-                      "target) and DSB AP at IoU 0.5 averaged over images (which picks the "
-                      "recommended depth), after watershed on the interior/boundary classes",
+                "each image-size group, listed in napari_unetpp.zoo."
+                "NUCLEI_HELD_OUT_IDS); scores = foreground IoU over all pixels (the "
+                "target) and DSB AP at IoU 0.5 averaged over images (which picks the "
+                "recommended depth), after watershed on the interior/boundary classes",
                 to_reach_target="the validation foreground IoU was still rising slowly (0.859 "
-                                "at step 1750, 0.869 at 3000): longer training, and a colour "
-                                "input for the H&E images (the model sees luminance only); or "
-                                "fine-tune on your own images in napari",
+                "at step 1750, 0.869 at 3000): longer training, and a colour "
+                "input for the H&E images (the model sees luminance only); or "
+                "fine-tune on your own images in napari",
                 licence="CC0 (data); weights CC0-compatible, distributed with the plugin "
-                        "(BSD-3-Clause)",
+                "(BSD-3-Clause)",
                 citation=f"{DSB_CITATION}. Architecture: {UNETPP_CITATION}",
             ),
         ),
         "ct": ZooSpec(
             name="ct",
-            model_config=lambda w: ModelConfig(in_channels=1, num_classes=len(ct_names),
-                                               widths=w, depth=4, class_names=ct_names),
-            data_config=DataConfig(normalization=NormalizationConfig.ct_window(),
-                                   class_values=tuple(range(1, len(zoo.CT_ORGANS) + 1))),
-            train_config=dict(iterations=1500, batch_size=4, patch_size=(96, 96),
-                              validate_every=100, foreground_fraction=0.8,
-                              **TRANSFER_AUGMENTATION),
-            train_data=_ct_train, test_data=_ct_test, score=_ct_score, score_name="dice",
+            model_config=lambda w: ModelConfig(
+                in_channels=1, num_classes=len(ct_names), widths=w, depth=4, class_names=ct_names
+            ),
+            data_config=DataConfig(
+                normalization=NormalizationConfig.ct_window(),
+                class_values=tuple(range(1, len(zoo.CT_ORGANS) + 1)),
+            ),
+            train_config=dict(
+                iterations=1500,
+                batch_size=4,
+                patch_size=(96, 96),
+                validate_every=100,
+                foreground_fraction=0.8,
+                **TRANSFER_AUGMENTATION,
+            ),
+            train_data=_ct_train,
+            test_data=_ct_test,
+            score=_ct_score,
+            score_name="dice",
             columns=["dice", "iou"] + [f"dice_{o}" for o, _ in zoo.CT_ORGANS],
             targets={"dice_liver": 0.90},
             card=dict(
                 input="one channel, CT in Hounsfield units, window W400 L40 "
-                      "(NormalizationConfig.ct_window()), axial slices (2D, slice by slice), "
-                      "trained at 3 mm",
+                "(NormalizationConfig.ct_window()), axial slices (2D, slice by slice), "
+                "trained at 3 mm",
                 data="one whole abdominal CT at 3 mm (112 x 101 x 122, ct_full.tif) from the "
-                     "TotalSegmentator test files, labels = TotalSegmentator output for liver, "
-                     "spleen, kidneys, stomach (other structures = background; the organs lie "
-                     f"in slices 66-111); slices {_ct_span(ct_train_slices()[0])} and "
-                     f"{_ct_span(ct_train_slices()[1])} for training (slices below 66 teach "
-                     "what is not an organ), "
-                     f"{_ct_span(_ct_full(zoo.CT_VAL_SLICES))} for model selection; "
-                     "augmentation: random scale 0.5-2x, gamma, blur, noise",
+                "TotalSegmentator test files, labels = TotalSegmentator output for liver, "
+                "spleen, kidneys, stomach (other structures = background; the organs lie "
+                f"in slices 66-111); slices {_ct_span(ct_train_slices()[0])} and "
+                f"{_ct_span(ct_train_slices()[1])} for training (slices below 66 teach "
+                "what is not an organ), "
+                f"{_ct_span(_ct_full(zoo.CT_VAL_SLICES))} for model selection; "
+                "augmentation: random scale 0.5-2x, gamma, blur, noise",
                 split=f"slices {_ct_span(_ct_full(zoo.CT_TEST_SLICES))} of the same scan "
-                      f"(= ct.tif slices {zoo.CT_TEST_SLICES[0]}-{zoo.CT_TEST_SLICES[1] - 1}; a "
-                      f"block with {CT_GAP} slices left out below it and the validation block "
-                      "above it); score = "
-                      "mean Dice over the five organs",
+                f"(= ct.tif slices {zoo.CT_TEST_SLICES[0]}-{zoo.CT_TEST_SLICES[1] - 1}; a "
+                f"block with {CT_GAP} slices left out below it and the validation block "
+                "above it); score = "
+                "mean Dice over the five organs",
                 licence="Apache-2.0 (TotalSegmentator repository data and labels)",
                 citation=f"{CT_CITATION}. Architecture: {UNETPP_CITATION}",
                 limitations="trained on ONE patient at 3 mm: a demonstration and a starting "
-                            "point for fine-tuning, not a clinical tool",
+                "point for fine-tuning, not a clinical tool",
                 to_reach_target="more patients: the validation mean IoU peaked near step "
-                                "1800 (0.80) and then fell as the model overfit its 20 training "
-                                "slices of one volume (spleen and stomach are the weak organs); "
-                                "train on several TotalSegmentator volumes, or fine-tune on "
-                                "your own labelled scans in napari",
+                "1800 (0.80) and then fell as the model overfit its 20 training "
+                "slices of one volume (spleen and stomach are the weak organs); "
+                "train on several TotalSegmentator volumes, or fine-tune on "
+                "your own labelled scans in napari",
             ),
         ),
     }
@@ -507,8 +558,9 @@ def specs() -> dict[str, ZooSpec]:
 # --------------------------------------------------------------------------- evaluation
 
 
-def _postprocess(spec: ZooSpec, prob: np.ndarray, model_config: ModelConfig,
-                 data_config: DataConfig) -> np.ndarray:
+def _postprocess(
+    spec: ZooSpec, prob: np.ndarray, model_config: ModelConfig, data_config: DataConfig
+) -> np.ndarray:
     """Probabilities ``(C, Y, X)`` -> what the spec scores (membrane mask, instances, classes)."""
     if spec.name == "em":
         return prob[0] > 0.5
@@ -517,8 +569,13 @@ def _postprocess(spec: ZooSpec, prob: np.ndarray, model_config: ModelConfig,
     return prob.argmax(0)
 
 
-def evaluate_model(spec: ZooSpec, model: UNetPlusPlus, data_config: DataConfig,
-                   test: list[Pair], device: str = "cpu") -> dict[str, dict[str, Any]]:
+def evaluate_model(
+    spec: ZooSpec,
+    model: UNetPlusPlus,
+    data_config: DataConfig,
+    test: list[Pair],
+    device: str = "cpu",
+) -> dict[str, dict[str, Any]]:
     """Held-back scores per depth, with parameters and measured CPU ms per megapixel."""
     outputs: dict[int, list[np.ndarray]] = {d: [] for d in model.head_depths}
     model = model.to(device).eval()
@@ -534,15 +591,15 @@ def evaluate_model(spec: ZooSpec, model: UNetPlusPlus, data_config: DataConfig,
     return table
 
 
-def baseline_scores(spec: ZooSpec, train_images: list, train_labels: list,
-                    test: list[Pair], data_config: DataConfig) -> dict[str, Any]:
+def baseline_scores(
+    spec: ZooSpec, train_images: list, train_labels: list, test: list[Pair], data_config: DataConfig
+) -> dict[str, Any]:
     """Train the random-forest baseline on the training images and score it like the UNet++."""
     from napari_unetpp.data import labels_to_targets
 
-    resolved = data_config.replace(
-        class_values=resolve_class_values(data_config, train_labels))
+    resolved = data_config.replace(class_values=resolve_class_values(data_config, train_labels))
     images, targets = [], []
-    for image, labels in zip(train_images, train_labels):
+    for image, labels in zip(train_images, train_labels, strict=False):
         if image.ndim == 3 and labels.ndim == 3:  # a stack: its slices are 2D training images
             images += list(image)
             targets += [labels_to_targets(s, resolved) for s in labels]
@@ -550,8 +607,7 @@ def baseline_scores(spec: ZooSpec, train_images: list, train_labels: list,
             images.append(image)
             targets.append(labels_to_targets(labels, resolved))
     if spec.baseline_images and len(images) > spec.baseline_images:
-        keep = np.random.default_rng(SEED).choice(len(images), spec.baseline_images,
-                                                  replace=False)
+        keep = np.random.default_rng(SEED).choice(len(images), spec.baseline_images, replace=False)
         images, targets = [images[i] for i in keep], [targets[i] for i in keep]
     start = time.perf_counter()
     forest = train_random_forest(images, targets, resolved.normalization)
@@ -567,10 +623,13 @@ def baseline_scores(spec: ZooSpec, train_images: list, train_labels: list,
         n_px += image.shape[0] * image.shape[1]
     predict_s = time.perf_counter() - start
     scores = {k: float(v) for k, v in spec.score(outputs, test).items()}
-    return {"method": f"random forest (50 trees) on skimage multiscale_basic_features, "
-                      f"{len(images)} training images, ~3000 class-balanced pixels each",
-            **scores, "ms_per_mpx": round(1000 * predict_s / (n_px / 1e6), 1),
-            "fit_s": round(fit_s, 1)}
+    return {
+        "method": f"random forest (50 trees) on skimage multiscale_basic_features, "
+        f"{len(images)} training images, ~3000 class-balanced pixels each",
+        **scores,
+        "ms_per_mpx": round(1000 * predict_s / (n_px / 1e6), 1),
+        "fit_s": round(fit_s, 1),
+    }
 
 
 # --------------------------------------------------------------------------- run
@@ -598,8 +657,10 @@ def _write_state(name: str, state: dict[str, Any]) -> None:
 def _hardware(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"GPU {torch.cuda.get_device_name(0)}"
-    return (f"CPU ({platform.machine()}, {os.cpu_count()} cores, torch threads "
-            f"{torch.get_num_threads()})")
+    return (
+        f"CPU ({platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()})"
+    )
 
 
 def _log(message: str) -> None:
@@ -607,8 +668,12 @@ def _log(message: str) -> None:
     print(f"[{stamp}] {message}", flush=True)
 
 
-def cached_baseline(spec: ZooSpec, images: list | None = None, labels: list | None = None,
-                    test: list[Pair] | None = None) -> dict[str, Any]:
+def cached_baseline(
+    spec: ZooSpec,
+    images: list | None = None,
+    labels: list | None = None,
+    test: list[Pair] | None = None,
+) -> dict[str, Any]:
     """The baseline's scores, computed once per run folder (deterministic, but slow)."""
     baseline_file = RUNS / spec.name / "baseline.json"
     if baseline_file.is_file():
@@ -625,8 +690,13 @@ def cached_baseline(spec: ZooSpec, images: list | None = None, labels: list | No
     return baseline
 
 
-def calibrate_iterations(spec: ZooSpec, model_config: ModelConfig, train_config: TrainConfig,
-                         data: tuple[list, list, list, list], budget_s: float) -> int:
+def calibrate_iterations(
+    spec: ZooSpec,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    data: tuple[list, list, list, list],
+    budget_s: float,
+) -> int:
     """Iterations that fit ``budget_s`` of training, from a short timed probe run.
 
     Why: a lent GPU comes for minutes, and its speed (shared by the other zoo runs)
@@ -647,11 +717,15 @@ def calibrate_iterations(spec: ZooSpec, model_config: ModelConfig, train_config:
 
     drive(trainer.run(*data), on_event)
     per_step = (marks[f"step{probe_steps}"] - marks[f"step{warmup}"]) / (probe_steps - warmup)
-    per_validation = marks.get("validation", marks[f"step{probe_steps}"]) - marks[f"step{probe_steps}"]
+    per_validation = (
+        marks.get("validation", marks[f"step{probe_steps}"]) - marks[f"step{probe_steps}"]
+    )
     every = train_config.validate_every
     iterations = int(budget_s / (per_step + per_validation / every)) // every * every
-    _log(f"{spec.name}: {per_step * 1000:.0f} ms/step, {per_validation:.1f} s/validation "
-         f"-> {max(iterations, every)} iterations fit {budget_s / 60:.1f} min")
+    _log(
+        f"{spec.name}: {per_step * 1000:.0f} ms/step, {per_validation:.1f} s/validation "
+        f"-> {max(iterations, every)} iterations fit {budget_s / 60:.1f} min"
+    )
     return max(iterations, every)
 
 
@@ -661,8 +735,9 @@ def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
     last = out / "last"
     resume = (last / "config.json").is_file()
     if resume and not args.resume:
-        raise SystemExit(f"{last} exists: pass --resume to continue it, or delete {out} "
-                         "to start again")
+        raise SystemExit(
+            f"{last} exists: pass --resume to continue it, or delete {out} to start again"
+        )
     state = _read_state(spec.name)
     # a resumed run keeps its widths, batch, patches and iterations (the LR schedule needs them)
     recorded = state if resume else {}
@@ -681,20 +756,27 @@ def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
     _log(f"{spec.name}: loading data")
     data = spec.train_data()
     if args.time_budget and not resume:
-        train_config = train_config.replace(iterations=calibrate_iterations(
-            spec, model_config, train_config, data, args.time_budget * 60))
-    trainer = Trainer(model_config, train_config, spec.data_config, output_dir=out,
-                      resume=resume)
+        train_config = train_config.replace(
+            iterations=calibrate_iterations(
+                spec, model_config, train_config, data, args.time_budget * 60
+            )
+        )
+    trainer = Trainer(model_config, train_config, spec.data_config, output_dir=out, resume=resume)
     stages = list(state.get("stages") or ([state["iterations"]] if "iterations" in state else []))
     if not stages or stages[-1] != train_config.iterations:
         stages.append(train_config.iterations)  # an extension restarts the poly schedule
-    state.update(widths=list(widths), iterations=train_config.iterations, device=args.device,
-                 stages=stages, batch_size=train_config.batch_size,
-                 validate_every=train_config.validate_every,
-                 patch_size=list(train_config.patch_size), hardware=_hardware(args.device))
+    state.update(
+        widths=list(widths),
+        iterations=train_config.iterations,
+        device=args.device,
+        stages=stages,
+        batch_size=train_config.batch_size,
+        validate_every=train_config.validate_every,
+        patch_size=list(train_config.patch_size),
+        hardware=_hardware(args.device),
+    )
     clock = [time.perf_counter()]
-    deadline = (time.perf_counter() + args.time_budget * 60 * 1.15 if args.time_budget
-                else None)
+    deadline = time.perf_counter() + args.time_budget * 60 * 1.15 if args.time_budget else None
 
     def on_event(event: TrainEvent) -> None:
         if deadline is not None and time.perf_counter() > deadline:
@@ -706,17 +788,21 @@ def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
             state["step"] = event.step
             _write_state(spec.name, state)
             scores = " ".join(f"L{d} {s:.3f}" for d, s in sorted(event.val_scores.items()))
-            _log(f"{spec.name} step {event.step}/{event.total} val loss "
-                 f"{event.val_loss:.4f} IoU {scores}")
+            _log(
+                f"{spec.name} step {event.step}/{event.total} val loss "
+                f"{event.val_loss:.4f} IoU {scores}"
+            )
         elif event.kind == "step" and event.step % 25 == 0:
             eta = f", eta {event.eta_s / 60:.0f} min" if event.eta_s else ""
             _log(f"{spec.name} step {event.step}/{event.total} loss {event.loss:.4f}{eta}")
         elif event.kind == "done":
             _log(f"{spec.name} training {event.message} at step {event.step}")
 
-    _log(f"{spec.name}: {'resuming' if resume else 'training'} widths {widths}, "
-         f"{train_config.iterations} iterations, batch {train_config.batch_size}, patches "
-         f"{train_config.patch_size} on {args.device}")
+    _log(
+        f"{spec.name}: {'resuming' if resume else 'training'} widths {widths}, "
+        f"{train_config.iterations} iterations, batch {train_config.batch_size}, patches "
+        f"{train_config.patch_size} on {args.device}"
+    )
     result = drive(trainer.run(*data), on_event)
     state["seconds"] = state.get("seconds", 0.0) + time.perf_counter() - clock[0]
     state["step"] = int(result.info.provenance.get("iterations", 0))
@@ -727,14 +813,23 @@ def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
 
 def _augmentation_text(config: TrainConfig) -> str:
     """The card's words for the augmentation a run used."""
-    parts = ["flips/rot90", f"contrast {config.augment_contrast:g}",
-             f"brightness {config.augment_brightness:g}"]
+    parts = [
+        "flips/rot90",
+        f"contrast {config.augment_contrast:g}",
+        f"brightness {config.augment_brightness:g}",
+    ]
     low, high = config.augment_scale
     if (low, high) != (1.0, 1.0):
         parts.insert(1, f"random scale {low:g}-{high:g}x")
-    parts += [f"{name} {value:g}" for name, value in (
-        ("gamma", config.augment_gamma), ("blur p", config.augment_blur),
-        ("noise sd", config.augment_noise)) if value]
+    parts += [
+        f"{name} {value:g}"
+        for name, value in (
+            ("gamma", config.augment_gamma),
+            ("blur p", config.augment_blur),
+            ("noise sd", config.augment_noise),
+        )
+        if value
+    ]
     if config.elastic:
         parts.append("elastic")
     return "augmentation: " + ", ".join(parts)
@@ -745,13 +840,21 @@ def _best_row(spec: ZooSpec, table: dict[str, dict[str, Any]]) -> dict[str, Any]
     return max(table.values(), key=lambda row: row[spec.score_name])
 
 
-def _verdict(spec: ZooSpec, table: dict[str, dict[str, Any]], best_row: dict[str, Any],
-             baseline: dict[str, Any], met: bool) -> str:
+def _verdict(
+    spec: ZooSpec,
+    table: dict[str, dict[str, Any]],
+    best_row: dict[str, Any],
+    baseline: dict[str, Any],
+    met: bool,
+) -> str:
     """'yes'/'no', the target scores at the best depth, and any depth that does better."""
     depth_of = {id(row): d for d, row in table.items()}
-    text = (("yes" if met else "no") + f": at the best depth (L{depth_of[id(best_row)]}) "
-            + ", ".join(f"{key} {best_row[key]:.3f}" for key in spec.targets)
-            + f"; baseline {spec.score_name} {baseline.get(spec.score_name, float('nan')):.3f}")
+    text = (
+        ("yes" if met else "no")
+        + f": at the best depth (L{depth_of[id(best_row)]}) "
+        + ", ".join(f"{key} {best_row[key]:.3f}" for key in spec.targets)
+        + f"; baseline {spec.score_name} {baseline.get(spec.score_name, float('nan')):.3f}"
+    )
     for key in spec.targets:
         depth, row = max(table.items(), key=lambda item: item[1][key])
         if row is not best_row and row[key] > best_row[key]:
@@ -772,16 +875,23 @@ def ship(spec: ZooSpec, args: argparse.Namespace) -> Path:
     model.config = model.config.replace(**scale_metadata(spec.name))
     state = _read_state(spec.name)
     train_config, data_config = trained.train, trained.data
-    _log(f"{spec.name}: evaluating on the held-back split (CPU, {torch.get_num_threads()} "
-         "torch threads)")
+    _log(
+        f"{spec.name}: evaluating on the held-back split (CPU, {torch.get_num_threads()} "
+        "torch threads)"
+    )
     test = spec.test_data()
     table = evaluate_model(spec, model, data_config, test, "cpu")
     baseline = cached_baseline(spec, test=test)
     best_depth = recommend_depth(table, score=spec.score_name)
     best_row = _best_row(spec, table)
-    metrics = {"depths": table, "score_name": spec.score_name, "best_depth": best_depth,
-               "baseline": baseline, "validation": trained.metrics,
-               "split": "held-back test split (see card)"}
+    metrics = {
+        "depths": table,
+        "score_name": spec.score_name,
+        "best_depth": best_depth,
+        "baseline": baseline,
+        "validation": trained.metrics,
+        "split": "held-back test split (see card)",
+    }
     met = {key: best_row[key] >= goal for key, goal in spec.targets.items()}
     beats = best_row[spec.score_name] > baseline.get(spec.score_name, -1)
     widths = tuple(model.config.widths)
@@ -792,55 +902,83 @@ def ship(spec: ZooSpec, args: argparse.Namespace) -> Path:
         for flag, value, default in (
             ("batch-size", train_config.batch_size, defaults.batch_size),
             ("patch-size", tuple(train_config.patch_size), tuple(defaults.patch_size)),
-            ("validate-every", train_config.validate_every, defaults.validate_every))
-        if value != default)
+            ("validate-every", train_config.validate_every, defaults.validate_every),
+        )
+        if value != default
+    )
     reproduce = " && ".join(
         f"python scripts/train_zoo.py {spec.name} --widths {' '.join(map(str, widths))} "
         f"--iterations {n} --device {state.get('device', 'cpu')}{gpu_args}"
-        + (" --resume" if k else "") for k, n in enumerate(stages))
-    staged = ("" if len(stages) < 2 else
-              f" in stages ({' -> '.join(map(str, stages))} iterations; each extension "
-              "resumes the optimizer and restarts the poly learning-rate decay)")
+        + (" --resume" if k else "")
+        for k, n in enumerate(stages)
+    )
+    staged = (
+        ""
+        if len(stages) < 2
+        else f" in stages ({' -> '.join(map(str, stages))} iterations; each extension "
+        "resumes the optimizer and restarts the poly learning-rate decay)"
+    )
     done_steps = int(trained.provenance.get("iterations", train_config.iterations))
-    cut = ("" if done_steps >= train_config.iterations else
-           f" (stopped by the time budget at step {done_steps})")
+    cut = (
+        ""
+        if done_steps >= train_config.iterations
+        else f" (stopped by the time budget at step {done_steps})"
+    )
     paper = [32, 64, 128, 256, 512]
-    width_note = ("the paper's widths" if list(widths) == paper else
-                  f"the paper uses {paper}, 9.0M parameters, 18 MB in fp16: over the "
-                  "10 MB a shipped model may take" if widths[0] >= 16 else
-                  f"CPU-sized; the paper uses {paper}")
+    width_note = (
+        "the paper's widths"
+        if list(widths) == paper
+        else f"the paper uses {paper}, 9.0M parameters, 18 MB in fp16: over the "
+        "10 MB a shipped model may take"
+        if widths[0] >= 16
+        else f"CPU-sized; the paper uses {paper}"
+    )
     card = dict(spec.card)
     card.update(
         title=zoo._CATALOGUE[spec.name][0],
         summary=zoo._CATALOGUE[spec.name][1],
-        training=(f"from scratch, seed {SEED}, {train_config.iterations} iterations{staged}{cut}, "
-                  f"batch {train_config.batch_size}, patches {list(train_config.patch_size)}, "
-                  f"AdamW lr {train_config.learning_rate} (poly decay), CE/BCE + Dice on every "
-                  f"head (deep supervision), {_augmentation_text(train_config)}; widths "
-                  f"{list(widths)} ({width_note}); best of the validation checks at step "
-                  f"{trained.provenance.get('best_step')}; reproduce with `{reproduce}`"),
+        training=(
+            f"from scratch, seed {SEED}, {train_config.iterations} iterations{staged}{cut}, "
+            f"batch {train_config.batch_size}, patches {list(train_config.patch_size)}, "
+            f"AdamW lr {train_config.learning_rate} (poly decay), CE/BCE + Dice on every "
+            f"head (deep supervision), {_augmentation_text(train_config)}; widths "
+            f"{list(widths)} ({width_note}); best of the validation checks at step "
+            f"{trained.provenance.get('best_step')}; reproduce with `{reproduce}`"
+        ),
         hardware=state.get("hardware") or _hardware(state.get("device", "cpu")),
         time=f"{state.get('seconds', 0.0) / 60:.0f} min of training wall time "
-             "(including validation)",
+        "(including validation)",
         timing=f"ms_per_mpx: {_hardware('cpu')}, 256x256 tiles, best of 3",
         target=", ".join(f"{key} >= {goal:.2f}" for key, goal in spec.targets.items())
         + f" at the best depth (by {spec.score_name}) on the held-back split, and above the "
-          "baseline",
+        "baseline",
         verdict=_verdict(spec, table, best_row, baseline, all(met.values()) and beats),
-        to_reach_target=("already met; wider networks and longer training would still gain"
-                         if all(met.values()) and beats else
-                         spec.card.get("to_reach_target") or
-                         "longer GPU training with the paper's widths (32..512, beyond the "
-                         "10 MB limit unless pruned) and elastic augmentation; or fine-tune "
-                         "on your own labels in napari"),
+        to_reach_target=(
+            "already met; wider networks and longer training would still gain"
+            if all(met.values()) and beats
+            else spec.card.get("to_reach_target")
+            or "longer GPU training with the paper's widths (32..512, beyond the "
+            "10 MB limit unless pruned) and elastic augmentation; or fine-tune "
+            "on your own labels in napari"
+        ),
         columns=spec.columns,
     )
     provenance = dict(trained.provenance)
-    provenance.update(data=str(card["data"]), held_out=str(card["split"]),
-                      wall_time_s=round(state.get("seconds", 0.0)), hardware=card["hardware"],
-                      script="scripts/train_zoo.py")
-    info = CheckpointInfo(model=model.config, data=data_config, train=train_config,
-                          metrics=metrics, provenance=provenance, card=card)
+    provenance.update(
+        data=str(card["data"]),
+        held_out=str(card["split"]),
+        wall_time_s=round(state.get("seconds", 0.0)),
+        hardware=card["hardware"],
+        script="scripts/train_zoo.py",
+    )
+    info = CheckpointInfo(
+        model=model.config,
+        data=data_config,
+        train=train_config,
+        metrics=metrics,
+        provenance=provenance,
+        card=card,
+    )
     target_dir = zoo.models_dir() / spec.name
     save_checkpoint(target_dir, model, info, half=True)
     size_mb = (target_dir / "weights.safetensors").stat().st_size / 1e6
@@ -883,8 +1021,11 @@ def write_docs() -> None:
         parts.append(zoo.card_markdown(read_info(entry.folder), entry.title))
     missing = [n for n in zoo.known_models() if n not in {e.name for e in entries}]
     if missing:
-        parts.append("Not shipped yet: " + ", ".join(missing)
-                     + " (train with `python scripts/train_zoo.py NAME`).\n")
+        parts.append(
+            "Not shipped yet: "
+            + ", ".join(missing)
+            + " (train with `python scripts/train_zoo.py NAME`).\n"
+        )
     DOCS.parent.mkdir(parents=True, exist_ok=True)
     DOCS.write_text("\n".join(parts))
 
@@ -894,34 +1035,68 @@ def main(argv: list[str] | None = None) -> int:
     global RUNS, DOCS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", choices=[*zoo.known_models(), "all"])
-    parser.add_argument("--widths", type=int, nargs=5, default=None,
-                        help=f"feature widths per level (default {CPU_WIDTHS}, CPU-sized)")
-    parser.add_argument("--iterations", type=int, default=None,
-                        help="training iterations (default: per model)")
-    parser.add_argument("--time-budget", type=float, default=None, metavar="MIN",
-                        help="fit the iterations to MIN minutes of training (timed probe), "
-                             "and stop at 1.15x MIN whatever happens")
+    parser.add_argument(
+        "--widths",
+        type=int,
+        nargs=5,
+        default=None,
+        help=f"feature widths per level (default {CPU_WIDTHS}, CPU-sized)",
+    )
+    parser.add_argument(
+        "--iterations", type=int, default=None, help="training iterations (default: per model)"
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="MIN",
+        help="fit the iterations to MIN minutes of training (timed probe), "
+        "and stop at 1.15x MIN whatever happens",
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="default: per model")
-    parser.add_argument("--patch-size", type=int, nargs="+", default=None,
-                        help="training patch (Y X), default: per model")
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        nargs="+",
+        default=None,
+        help="training patch (Y X), default: per model",
+    )
     parser.add_argument("--validate-every", type=int, default=None, help="default: per model")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue runs/zoo/<name>/last if it exists")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue runs/zoo/<name>/last if it exists"
+    )
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--runs-dir", type=Path, default=RUNS,
-                        help="where run folders go (default runs/zoo)")
-    parser.add_argument("--models-dir", type=Path, default=None,
-                        help="where shipped models go (default: the package's models folder)")
+    parser.add_argument(
+        "--runs-dir", type=Path, default=RUNS, help="where run folders go (default runs/zoo)"
+    )
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="where shipped models go (default: the package's models folder)",
+    )
     parser.add_argument("--docs", type=Path, default=DOCS, help="model cards file to regenerate")
-    parser.add_argument("--baseline-only", action="store_true",
-                        help="only compute (and cache) the random-forest baselines")
-    parser.add_argument("--docs-only", action="store_true",
-                        help="only regenerate docs/models.md from the shipped cards")
-    parser.add_argument("--no-ship", action="store_true",
-                        help="train only (e.g. on a lent GPU); ship later with --ship-only")
-    parser.add_argument("--ship-only", action="store_true",
-                        help="score runs/zoo/<name>/best on the held-back split and ship it")
+    parser.add_argument(
+        "--baseline-only",
+        action="store_true",
+        help="only compute (and cache) the random-forest baselines",
+    )
+    parser.add_argument(
+        "--docs-only",
+        action="store_true",
+        help="only regenerate docs/models.md from the shipped cards",
+    )
+    parser.add_argument(
+        "--no-ship",
+        action="store_true",
+        help="train only (e.g. on a lent GPU); ship later with --ship-only",
+    )
+    parser.add_argument(
+        "--ship-only",
+        action="store_true",
+        help="score runs/zoo/<name>/best on the held-back split and ship it",
+    )
     args = parser.parse_args(argv)
     RUNS, DOCS = args.runs_dir, args.docs
     if args.models_dir is not None:

@@ -57,8 +57,9 @@ def test_tolerance_zero_gives_the_deepest_head_exactly(spatial_dims: int) -> Non
         image, tile = rng.random((20, 36, 33)).astype("float32"), (16, 32, 32)
     base = PredictConfig(device="cpu", tile_size=tile, batch_size=3)
     deepest = predict_array(net, image, base.replace(depths=(4,)), DataConfig())
-    auto = predict_array(net, image, base.replace(adaptive_depth=True, depth_tolerance=0.0),
-                         DataConfig())
+    auto = predict_array(
+        net, image, base.replace(adaptive_depth=True, depth_tolerance=0.0), DataConfig()
+    )
     assert sorted(auto) == [4]
     assert np.array_equal(auto[4], deepest[4])
     assert set(auto.tiles_per_depth) == {4} and auto.cost_fraction == 1.0
@@ -72,11 +73,13 @@ def test_tolerance_zero_on_the_shipped_em_model(em_stack) -> None:
     crop = em_stack[0][17, 100:260, 50:242]
     config = PredictConfig(device="cpu", tile_size=(128, 128))
     deepest = predict_array(model, crop, config.replace(depths=(4,)), info.data)
-    auto = predict_array(model, crop, config.replace(adaptive_depth=True, depth_tolerance=0.0),
-                         info.data)
+    auto = predict_array(
+        model, crop, config.replace(adaptive_depth=True, depth_tolerance=0.0), info.data
+    )
     assert np.array_equal(auto[4], deepest[4])
-    loose = predict_array(model, crop, config.replace(adaptive_depth=True, depth_tolerance=0.2),
-                          info.data)
+    loose = predict_array(
+        model, crop, config.replace(adaptive_depth=True, depth_tolerance=0.2), info.data
+    )
     print("EM crop, tolerance 0.2:", loose.summary())
     assert min(loose.tiles_per_depth) < 4 and loose.cost_fraction < 1.0
 
@@ -84,8 +87,9 @@ def test_tolerance_zero_on_the_shipped_em_model(em_stack) -> None:
 def test_depth_used_map_and_tile_grid_shapes() -> None:
     net = _random_net()
     image = np.random.default_rng(2).random((3, 50, 75)).astype("float32")
-    config = PredictConfig(device="cpu", tile_size=(32, 32), adaptive_depth=True,
-                           depth_tolerance=1.0)
+    config = PredictConfig(
+        device="cpu", tile_size=(32, 32), adaptive_depth=True, depth_tolerance=1.0
+    )
     result = predict_array(net, image, config, DataConfig())
     assert result.depth_map.shape == image.shape == result.disagreement.shape
     assert set(result.tile_depths) == {(0,), (1,), (2,)}
@@ -95,17 +99,27 @@ def test_depth_used_map_and_tile_grid_shapes() -> None:
     assert sum(result.tiles_per_depth.values()) == 3 * grid.size
     assert set(np.unique(result.depth_map)) <= {2.0, 3.0, 4.0}
     assert result.cost_fraction == pytest.approx(
-        np.mean([depth_cost_fractions(net.config)[d] for g in result.tile_depths.values()
-                 for d in g.ravel()]))
+        np.mean(
+            [
+                depth_cost_fractions(net.config)[d]
+                for g in result.tile_depths.values()
+                for d in g.ravel()
+            ]
+        )
+    )
     assert ((result.disagreement >= 0) & (result.disagreement <= 1)).all()
 
 
 def test_adaptive_run_can_be_stopped() -> None:
     net = _random_net()
     stopper = Stopper()
-    gen = predict_adaptive(net, np.zeros((4, 64, 64), "float32"),
-                           PredictConfig(device="cpu", tile_size=(32, 32), adaptive_depth=True),
-                           DataConfig(), stopper=stopper)
+    gen = predict_adaptive(
+        net,
+        np.zeros((4, 64, 64), "float32"),
+        PredictConfig(device="cpu", tile_size=(32, 32), adaptive_depth=True),
+        DataConfig(),
+        stopper=stopper,
+    )
 
     def stop_after_first_tiles(event) -> None:
         if event.kind == "tiles":
@@ -166,23 +180,33 @@ def test_warning_fires_on_nuclei_rescaled_2x_not_on_native(data_dir, nuclei_mode
     if image.ndim == 3:
         image = np.clip(np.round(rgb_to_grey(image)), 0, 255).astype(np.uint8)
     y, x = (image.shape[0] - 256) // 2, (image.shape[1] - 256) // 2
-    native = image[y:y + 256, x:x + 256]
-    zoomed = rescale(native[64:192, 64:192].astype("float32"), 2.0, order=1,
-                     preserve_range=True).astype(np.uint8)
+    native = image[y : y + 256, x : x + 256]
+    zoomed = rescale(
+        native[64:192, 64:192].astype("float32"), 2.0, order=1, preserve_range=True
+    ).astype(np.uint8)
     model, info = nuclei_model
     config = PredictConfig(device="cpu", tile_size=(256, 256))
     checks = {}
     for name, img in (("native", native), ("2x", zoomed)):
-        check, probs = drive(check_image(model, img, info.data, config,
-                                         recommended=info.metrics["best_depth"],
-                                         thresholds=info.metrics["image_check"]))
+        check, probs = drive(
+            check_image(
+                model,
+                img,
+                info.data,
+                config,
+                recommended=info.metrics["best_depth"],
+                thresholds=info.metrics["image_check"],
+            )
+        )
         print(name, check.report())
         checks[name] = check
         assert sorted(probs) == [1, 2, 3, 4]
     assert not checks["native"].unlike_training
     assert checks["2x"].unlike_training and checks["2x"].remedies
-    assert (checks["2x"].signals["depth_disagreement"]
-            > 3 * checks["native"].signals["depth_disagreement"])
+    assert (
+        checks["2x"].signals["depth_disagreement"]
+        > 3 * checks["native"].signals["depth_disagreement"]
+    )
 
 
 def test_cli_depth_auto_disagreement_and_info_on(tmp_path, em_stack, capsys) -> None:
@@ -191,9 +215,28 @@ def test_cli_depth_auto_disagreement_and_info_on(tmp_path, em_stack, capsys) -> 
     path = tmp_path / "em.tif"
     tifffile.imwrite(path, em_stack[0][16, :160, :192])
     out = tmp_path / "out"
-    assert main(["predict", "zoo:em", str(path), "--out", str(out), "--depth", "auto",
-                 "--depth-tolerance", "0.05", "--disagreement", "--tile", "128", "-q",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "zoo:em",
+                str(path),
+                "--out",
+                str(out),
+                "--depth",
+                "auto",
+                "--depth-tolerance",
+                "0.05",
+                "--disagreement",
+                "--tile",
+                "128",
+                "-q",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     used = tifffile.imread(out / "em_depth_used.tif")
     assert used.shape == (160, 192) and set(np.unique(used)) <= {2, 3, 4}
     assert tifffile.imread(out / "em_disagreement.tif").shape == (160, 192)
@@ -210,8 +253,13 @@ def test_cli_depth_auto_disagreement_and_info_on(tmp_path, em_stack, capsys) -> 
 def test_judge_and_calibrate_name_the_remedy() -> None:
     from napari_unetpp.disagreement import THRESHOLDS, calibrate, judge
 
-    quiet = {"depth_disagreement": 0.01, "flip_disagreement": 0.01, "uncertain_fraction": 0.01,
-             "size_ratio": 1.1, "scale_gain": 0.7}
+    quiet = {
+        "depth_disagreement": 0.01,
+        "flip_disagreement": 0.01,
+        "uncertain_fraction": 0.01,
+        "size_ratio": 1.1,
+        "scale_gain": 0.7,
+    }
     assert judge(quiet) == (False, [], [])
     larger = judge({**quiet, "scale_gain": 2.5})
     assert larger[0] and "half size" in larger[1][0] and "rescale the image by 0.50" in larger[2][0]

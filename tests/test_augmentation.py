@@ -19,8 +19,9 @@ def _disc_volume(radius: int = 8, size: int = 200) -> list[data.Volume]:
     return data.prepare_volumes(image, labels, DataConfig(class_values=(1,)))
 
 
-def _sampler(volumes: list[data.Volume], seed: int, patch=(64, 64), dims: int = 2
-             ) -> data.PatchSampler:
+def _sampler(
+    volumes: list[data.Volume], seed: int, patch=(64, 64), dims: int = 2
+) -> data.PatchSampler:
     return data.PatchSampler(volumes, patch, dims, 1.0, np.random.default_rng(seed))
 
 
@@ -81,8 +82,7 @@ def test_gamma_blur_noise_change_the_image_only() -> None:
     plain = augment(image, labels, np.random.default_rng(0), options=plain_opts)
     for extra in (dict(gamma=1.0), dict(blur=1.0), dict(noise=0.2)):
         options = AugmentOptions(contrast=0.0, brightness=0.0, **extra)
-        seen = [augment(image, labels, np.random.default_rng(s), options=options)
-                for s in range(4)]
+        seen = [augment(image, labels, np.random.default_rng(s), options=options) for s in range(4)]
         assert any(not np.allclose(x, plain[0]) for x, _ in seen), extra
         for x, y in seen:  # geometry only from flips / rotations: the labels are intact
             assert y.sum() == labels.sum() and x.shape == image.shape
@@ -96,8 +96,12 @@ def test_train_config_fields_validate_and_old_configs_load() -> None:
     options = AugmentOptions.from_train_config(loaded)
     assert options == AugmentOptions()  # old runs: the old light augmentation
     assert TrainConfig(augment_scale=[0.5, 2]).augment_scale == (0.5, 2.0)
-    for bad in (dict(augment_scale=(2.0, 0.5)), dict(augment_scale=(0, 1)),
-                dict(augment_blur=1.5), dict(augment_noise=-0.1)):
+    for bad in (
+        dict(augment_scale=(2.0, 0.5)),
+        dict(augment_scale=(0, 1)),
+        dict(augment_blur=1.5),
+        dict(augment_noise=-0.1),
+    ):
         with pytest.raises(ValueError, match="TrainConfig.augment_"):
             TrainConfig(**bad)
 
@@ -111,16 +115,26 @@ def test_training_runs_with_transfer_augmentation() -> None:
     volumes_image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
     labels = np.zeros((64, 64), np.uint8)
     labels[20:40, 20:40] = 1
-    train = TrainConfig(iterations=2, batch_size=2, patch_size=(32, 32), validate_every=2,
-                        device="cpu", mixed_precision=False, augment_scale=(0.5, 2.0),
-                        augment_gamma=0.4, augment_blur=0.3, augment_noise=0.05)
+    train = TrainConfig(
+        iterations=2,
+        batch_size=2,
+        patch_size=(32, 32),
+        validate_every=2,
+        device="cpu",
+        mixed_precision=False,
+        augment_scale=(0.5, 2.0),
+        augment_gamma=0.4,
+        augment_blur=0.3,
+        augment_noise=0.05,
+    )
     trainer = Trainer(ModelConfig(widths=(4, 8, 16), depth=2), train, DataConfig())
     result = drive(trainer.run([volumes_image], [labels]))
     assert result.info.train.augment_scale == (0.5, 2.0)
 
 
 def test_zoo_specs_use_transfer_augmentation_and_an_honest_ct_split(
-        data_dir, monkeypatch: pytest.MonkeyPatch) -> None:
+    data_dir, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """CT trains on the whole scan but never on the held-back test block or its neighbours."""
     import importlib.util
     import sys
@@ -139,9 +153,14 @@ def test_zoo_specs_use_transfer_augmentation_and_an_honest_ct_split(
     assert [len(i) for i in images] == [79, 20] and len(val_images[0]) == 4
     full, _ = script.load_ct_full()
     test = [z for z in range(112) if any(np.array_equal(full[z], t) for t, _ in script._ct_test())]
-    used = [z for z in range(112)
-            if any(np.array_equal(full[z], s) for stack in images + val_images for s in stack)]
-    print(f"CT test slices {test}, nearest training/validation slices "
-          f"{max(z for z in used if z < test[0])} and {min(z for z in used if z > test[-1])}")
+    used = [
+        z
+        for z in range(112)
+        if any(np.array_equal(full[z], s) for stack in images + val_images for s in stack)
+    ]
+    print(
+        f"CT test slices {test}, nearest training/validation slices "
+        f"{max(z for z in used if z < test[0])} and {min(z for z in used if z > test[-1])}"
+    )
     assert test == list(range(82, 88)) and not set(test) & set(used)
     assert sum((lab > 0).any() for stack in labels for lab in stack) >= 30  # organ slices

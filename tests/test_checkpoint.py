@@ -106,20 +106,38 @@ def test_round_trip_of_a_pruned_model(tmp_path, no_unpickling):
 def test_configs_and_metadata_round_trip(tmp_path):
     torch.manual_seed(0)
     net = UNetPlusPlus.from_config(
-        ModelConfig(in_channels=2, num_classes=3, widths=WIDTHS, depth=2, norm="instance",
-                    class_names=("background", "interior", "boundary"),
-                    channel_names=("dapi", "actin"))
+        ModelConfig(
+            in_channels=2,
+            num_classes=3,
+            widths=WIDTHS,
+            depth=2,
+            norm="instance",
+            class_names=("background", "interior", "boundary"),
+            channel_names=("dapi", "actin"),
+        )
     )
     info = CheckpointInfo(
         model=net.config,
-        data=DataConfig(normalization=NormalizationConfig.ct_window(), label_mode="sparse",
-                        target="instance", channel_axis=0, class_values=(2, 3)),
+        data=DataConfig(
+            normalization=NormalizationConfig.ct_window(),
+            label_mode="sparse",
+            target="instance",
+            channel_axis=0,
+            class_values=(2, 3),
+        ),
         train=TrainConfig(iterations=10, patch_size=(32, 32), seed=7),
-        metrics={"depths": {"1": {"iou": 0.5, "dice": 0.6, "parameters": 123,
-                                  "ms_per_mpx": 1.5}},
-                 "score_name": "iou", "best_depth": 1},
-        provenance={"data": "my crops", "iterations": np.int64(10), "lr": np.float32(0.5),
-                    "date": datetime.date(2024, 5, 1), "source": Path("/data/x.tif")},
+        metrics={
+            "depths": {"1": {"iou": 0.5, "dice": 0.6, "parameters": 123, "ms_per_mpx": 1.5}},
+            "score_name": "iou",
+            "best_depth": 1,
+        },
+        provenance={
+            "data": "my crops",
+            "iterations": np.int64(10),
+            "lr": np.float32(0.5),
+            "date": datetime.date(2024, 5, 1),
+            "source": Path("/data/x.tif"),
+        },
         card={"title": "test model", "license": "CC-BY-4.0"},
     )
     assert CheckpointInfo.from_dict(json.loads(json.dumps(info.to_dict()))).model == info.model
@@ -127,8 +145,13 @@ def test_configs_and_metadata_round_trip(tmp_path):
     back = read_info(folder)
     assert back.model == info.model and back.data == info.data and back.train == info.train
     assert back.metrics == info.metrics and back.card == info.card
-    assert back.provenance == {"data": "my crops", "iterations": 10, "lr": 0.5,
-                               "date": "2024-05-01", "source": "/data/x.tif"}
+    assert back.provenance == {
+        "data": "my crops",
+        "iterations": 10,
+        "lr": 0.5,
+        "date": "2024-05-01",
+        "source": "/data/x.tif",
+    }
     assert back.version == __version__
     raw = json.loads((folder / "config.json").read_text())
     assert raw["format"] == "napari-unetpp-checkpoint" and raw["format_version"] == 1
@@ -147,8 +170,15 @@ def test_every_kind_of_path_loads(tmp_path, no_unpickling):
     with zipfile.ZipFile(nested, "w") as z:  # a zip of the folder itself
         for f in folder.iterdir():
             z.write(f, f"model/{f.name}")
-    for path in (folder, str(folder), folder / "config.json", folder / "weights.safetensors",
-                 zipped, archive, nested):
+    for path in (
+        folder,
+        str(folder),
+        folder / "config.json",
+        folder / "weights.safetensors",
+        zipped,
+        archive,
+        nested,
+    ):
         loaded, info = load_checkpoint(path)
         assert _same_outputs(net, loaded, _x(net)), path
         assert read_info(path).model == net.config
@@ -224,8 +254,7 @@ def _fail_half_way(path: Path, data: bytes) -> None:
     "target, replacement",
     [("_safetensors_save", _fail_serialising), ("_write_bytes", _fail_half_way)],
 )
-def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, target,
-                                                         replacement):
+def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, target, replacement):
     old, new = _net(seed=0), _net(seed=1)
     folder = _saved(tmp_path, old)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
@@ -365,8 +394,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_corrupt_checkpoints_raise_checkpoint_error_naming_the_file(tmp_path, no_unpickling,
-                                                                    case):
+def test_corrupt_checkpoints_raise_checkpoint_error_naming_the_file(tmp_path, no_unpickling, case):
     folder = _saved(tmp_path)
     culprit = _break(folder, case)
     with pytest.raises(CheckpointError) as info:
@@ -380,9 +408,11 @@ def test_corrupt_checkpoints_raise_checkpoint_error_naming_the_file(tmp_path, no
     "other_kwargs, expected",
     [
         # same keys, other shapes
-        ({"widths": (4, 8, 32)},
-         r"shape mismatch nodes\.x_1_1\.up\.weight: "
-         r"file \(32, 8, 2, 2\) vs config \(16, 8, 2, 2\)"),
+        (
+            {"widths": (4, 8, 32)},
+            r"shape mismatch nodes\.x_1_1\.up\.weight: "
+            r"file \(32, 8, 2, 2\) vs config \(16, 8, 2, 2\)",
+        ),
         # more nodes and heads than the config
         ({"depth": 3, "widths": (4, 8, 16, 32)}, r"unexpected keys heads\.head_3"),
         # fewer heads than the config

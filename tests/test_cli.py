@@ -43,25 +43,67 @@ def em_files(tmp_path_factory: pytest.TempPathFactory, em_stack) -> dict[str, Pa
         tifffile.imwrite(root / "labels" / f"slice{z}_labels.tif", membranes[z][CROP])
     tifffile.imwrite(root / "val_image.tif", image[15][CROP])
     tifffile.imwrite(root / "val_labels.tif", membranes[15][CROP])
-    tifffile.imwrite(root / "stack.tif", image[16:19, 100:196, 50:162],  # (3, 96, 112)
-                     photometric="minisblack")
-    return {"root": root, "images": root / "images", "labels": root / "labels",
-            "val_image": root / "val_image.tif", "val_labels": root / "val_labels.tif",
-            "stack": root / "stack.tif"}
+    tifffile.imwrite(
+        root / "stack.tif",
+        image[16:19, 100:196, 50:162],  # (3, 96, 112)
+        photometric="minisblack",
+    )
+    return {
+        "root": root,
+        "images": root / "images",
+        "labels": root / "labels",
+        "val_image": root / "val_image.tif",
+        "val_labels": root / "val_labels.tif",
+        "stack": root / "stack.tif",
+    }
 
 
-TRAIN_FLAGS = ["--widths", "4", "8", "16", "--depth", "2", "--iterations", "20",
-               "--patch-size", "64", "64", "--batch-size", "2", "--validate-every", "10",
-               "--device", "cpu", "--seed", "1", "--label-mode", "dense", "-q"]
+TRAIN_FLAGS = [
+    "--widths",
+    "4",
+    "8",
+    "16",
+    "--depth",
+    "2",
+    "--iterations",
+    "20",
+    "--patch-size",
+    "64",
+    "64",
+    "--batch-size",
+    "2",
+    "--validate-every",
+    "10",
+    "--device",
+    "cpu",
+    "--seed",
+    "1",
+    "--label-mode",
+    "dense",
+    "-q",
+]
 
 
 @pytest.fixture(scope="module")
 def trained(em_files: dict[str, Path]) -> Path:
     """The checkpoint folder of one tiny training run."""
     out = em_files["root"] / "run"
-    code = main(["train", "--images", str(em_files["images"]), "--labels",
-                 str(em_files["labels"]), "--val-images", str(em_files["val_image"]),
-                 "--val-labels", str(em_files["val_labels"]), "--out", str(out), *TRAIN_FLAGS])
+    code = main(
+        [
+            "train",
+            "--images",
+            str(em_files["images"]),
+            "--labels",
+            str(em_files["labels"]),
+            "--val-images",
+            str(em_files["val_image"]),
+            "--val-labels",
+            str(em_files["val_labels"]),
+            "--out",
+            str(out),
+            *TRAIN_FLAGS,
+        ]
+    )
     assert code == 0
     return out
 
@@ -70,8 +112,22 @@ def trained(em_files: dict[str, Path]) -> Path:
 def predicted(em_files: dict[str, Path], trained: Path) -> Path:
     """Full-network prediction of the stack with all per-depth probabilities."""
     out = em_files["root"] / "pred_full"
-    code = main(["predict", str(trained), str(em_files["stack"]), "--out", str(out),
-                 "--tile", "64", "64", "--probabilities", "--device", "cpu", "-q"])
+    code = main(
+        [
+            "predict",
+            str(trained),
+            str(em_files["stack"]),
+            "--out",
+            str(out),
+            "--tile",
+            "64",
+            "64",
+            "--probabilities",
+            "--device",
+            "cpu",
+            "-q",
+        ]
+    )
     assert code == 0
     return out
 
@@ -101,8 +157,7 @@ def test_train_writes_checkpoint_and_table(trained: Path) -> None:
     assert run["train"]["iterations"] == 20
 
 
-def test_info_prints_depth_table(capsys: pytest.CaptureFixture[str],
-                                 trained: Path) -> None:
+def test_info_prints_depth_table(capsys: pytest.CaptureFixture[str], trained: Path) -> None:
     code, out, _ = _run(capsys, "info", trained)
     assert code == 0
     assert "depth" in out and "parameters" in out
@@ -123,11 +178,11 @@ def test_predict_writes_labels_of_input_shape(predicted: Path) -> None:
         assert 0 <= prob.min() and prob.max() <= 1
 
 
-def test_pruned_depth_equals_head(em_files: dict[str, Path], trained: Path,
-                                  predicted: Path) -> None:
+def test_pruned_depth_equals_head(
+    em_files: dict[str, Path], trained: Path, predicted: Path
+) -> None:
     pruned_out, head_out = em_files["root"] / "pred_d1", em_files["root"] / "pred_h1"
-    common = [str(trained), str(em_files["stack"]), "--tile", "64", "64", "--probabilities",
-              "-q"]
+    common = [str(trained), str(em_files["stack"]), "--tile", "64", "64", "--probabilities", "-q"]
     assert main(["predict", *common, "--out", str(pruned_out), "--depth", "1"]) == 0
     assert main(["predict", *common, "--out", str(head_out), "--depths", "1"]) == 0
     assert not (pruned_out / "stack_L2.tif").exists()
@@ -140,11 +195,11 @@ def test_pruned_depth_equals_head(em_files: dict[str, Path], trained: Path,
     np.testing.assert_array_equal(labels[~undecided] > 0, head_labels[~undecided] > 0)
 
 
-def test_export_round_trip(capsys: pytest.CaptureFixture[str], em_files: dict[str, Path],
-                           trained: Path) -> None:
+def test_export_round_trip(
+    capsys: pytest.CaptureFixture[str], em_files: dict[str, Path], trained: Path
+) -> None:
     exported = em_files["root"] / "exported_L1"
-    code, out, _ = _run(capsys, "export", trained, "--depth", "1", "--out", exported,
-                        "--zip")
+    code, out, _ = _run(capsys, "export", trained, "--depth", "1", "--out", exported, "--zip")
     assert code == 0 and "L1" in out
     assert (exported / "weights.safetensors").is_file()
     assert Path(str(exported) + ".zip").is_file()
@@ -155,58 +210,162 @@ def test_export_round_trip(capsys: pytest.CaptureFixture[str], em_files: dict[st
 
     direct, via_export = em_files["root"] / "pred_direct", em_files["root"] / "pred_export"
     common = ["--tile", "64", "64", "--probabilities", "-q"]
-    assert main(["predict", str(trained), str(em_files["stack"]), "--out", str(direct),
-                 "--depth", "1", *common]) == 0
-    assert main(["predict", str(exported), str(em_files["stack"]), "--out", str(via_export),
-                 *common]) == 0
-    np.testing.assert_allclose(tifffile.imread(via_export / "stack_L1.tif"),
-                               tifffile.imread(direct / "stack_L1.tif"), atol=1e-5)
+    assert (
+        main(
+            [
+                "predict",
+                str(trained),
+                str(em_files["stack"]),
+                "--out",
+                str(direct),
+                "--depth",
+                "1",
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["predict", str(exported), str(em_files["stack"]), "--out", str(via_export), *common])
+        == 0
+    )
+    np.testing.assert_allclose(
+        tifffile.imread(via_export / "stack_L1.tif"),
+        tifffile.imread(direct / "stack_L1.tif"),
+        atol=1e-5,
+    )
 
 
-def test_distributed_local_matches_local(em_files: dict[str, Path], trained: Path,
-                                         predicted: Path, monkeypatch: pytest.MonkeyPatch
-                                         ) -> None:
+def test_distributed_local_matches_local(
+    em_files: dict[str, Path], trained: Path, predicted: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("NAPARI_UNETPP_WORKERS", "1")
     out = em_files["root"] / "pred_dist"
-    assert main(["predict", str(trained), str(em_files["stack"]), "--out", str(out),
-                 "--tile", "64", "64", "--probabilities", "--device", "cpu", "-q",
-                 "--distributed", "local"]) == 0
-    np.testing.assert_array_equal(tifffile.imread(out / "stack_labels.tif"),
-                                  tifffile.imread(predicted / "stack_labels.tif"))
-    np.testing.assert_allclose(tifffile.imread(out / "stack_L2.tif"),
-                               tifffile.imread(predicted / "stack_L2.tif"), atol=1e-5)
+    assert (
+        main(
+            [
+                "predict",
+                str(trained),
+                str(em_files["stack"]),
+                "--out",
+                str(out),
+                "--tile",
+                "64",
+                "64",
+                "--probabilities",
+                "--device",
+                "cpu",
+                "-q",
+                "--distributed",
+                "local",
+            ]
+        )
+        == 0
+    )
+    np.testing.assert_array_equal(
+        tifffile.imread(out / "stack_labels.tif"), tifffile.imread(predicted / "stack_labels.tif")
+    )
+    np.testing.assert_allclose(
+        tifffile.imread(out / "stack_L2.tif"),
+        tifffile.imread(predicted / "stack_L2.tif"),
+        atol=1e-5,
+    )
 
 
 def test_predict_zarr_output(em_files: dict[str, Path], trained: Path) -> None:
     zarr = pytest.importorskip("zarr")
     out = em_files["root"] / "pred_zarr"
-    assert main(["predict", str(trained), str(em_files["stack"]), "--out", str(out),
-                 "--tile", "64", "64", "--format", "zarr", "--depth", "2", "-q"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(trained),
+                str(em_files["stack"]),
+                "--out",
+                str(out),
+                "--tile",
+                "64",
+                "64",
+                "--format",
+                "zarr",
+                "--depth",
+                "2",
+                "-q",
+            ]
+        )
+        == 0
+    )
     streamed = zarr.open(str(out / "stack_labels.zarr"), mode="r")
     assert streamed.shape == (3, 96, 112)
     assert streamed.chunks[0] == 1  # written and read one slice at a time
-    assert main(["predict", str(trained), str(em_files["stack"]), "--out", str(out / "tif"),
-                 "--tile", "64", "64", "--depth", "2", "-q"]) == 0
-    np.testing.assert_array_equal(streamed[...],
-                                  tifffile.imread(out / "tif" / "stack_labels.tif"))
+    assert (
+        main(
+            [
+                "predict",
+                str(trained),
+                str(em_files["stack"]),
+                "--out",
+                str(out / "tif"),
+                "--tile",
+                "64",
+                "64",
+                "--depth",
+                "2",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    np.testing.assert_array_equal(streamed[...], tifffile.imread(out / "tif" / "stack_labels.tif"))
 
 
-def test_run_json_round_trip(capsys: pytest.CaptureFixture[str], em_files: dict[str, Path],
-                             trained: Path, tmp_path: Path) -> None:
+def test_run_json_round_trip(
+    capsys: pytest.CaptureFixture[str], em_files: dict[str, Path], trained: Path, tmp_path: Path
+) -> None:
     data = ["--images", em_files["images"], "--labels", em_files["labels"]]
-    code, first, _ = _run(capsys, "train", *data, "--out", tmp_path / "a", "--dry-run",
-                          *TRAIN_FLAGS, "--normalization", "window", "--norm-low", "0",
-                          "--norm-high", "255")
+    code, first, _ = _run(
+        capsys,
+        "train",
+        *data,
+        "--out",
+        tmp_path / "a",
+        "--dry-run",
+        *TRAIN_FLAGS,
+        "--normalization",
+        "window",
+        "--norm-low",
+        "0",
+        "--norm-high",
+        "255",
+    )
     assert code == 0
     (tmp_path / "run.json").write_text(first)
-    code, second, _ = _run(capsys, "train", *data, "--out", tmp_path / "b", "--dry-run",
-                           "--config", tmp_path / "run.json")
+    code, second, _ = _run(
+        capsys,
+        "train",
+        *data,
+        "--out",
+        tmp_path / "b",
+        "--dry-run",
+        "--config",
+        tmp_path / "run.json",
+    )
     assert code == 0
     assert json.loads(second) == json.loads(first)
     assert json.loads(first)["data"]["normalization"]["mode"] == "window"
     # the run.json written beside the trained checkpoint replays the same configs
-    code, third, _ = _run(capsys, "train", *data, "--out", tmp_path / "c", "--dry-run",
-                          "--config", trained / "run.json", "--iterations", "7")
+    code, third, _ = _run(
+        capsys,
+        "train",
+        *data,
+        "--out",
+        tmp_path / "c",
+        "--dry-run",
+        "--config",
+        trained / "run.json",
+        "--iterations",
+        "7",
+    )
     replay, saved = json.loads(third), json.loads((trained / "run.json").read_text())
     assert replay["model"] == saved["model"] and replay["data"] == saved["data"]
     assert replay["train"]["iterations"] == 7
@@ -221,27 +380,69 @@ def _bad_inputs(root: Path, em_files: dict[str, Path]) -> dict[str, list[str]]:
     (root / "bad_ckpt" / "config.json").write_text("{ not json")
     train = ["train", "--out", str(root / "o"), "--iterations", "1"]
     return {
-        "missing image": [*train, "--images", str(root / "nope.tif"), "--labels",
-                          str(em_files["val_labels"])],
-        "shape mismatch": [*train, "--images", str(em_files["val_image"]), "--labels",
-                           str(root / "small_labels.tif")],
-        "empty labels": [*train, "--images", str(em_files["val_image"]), "--labels",
-                         str(root / "empty_labels.tif")],
-        "unsupported dtype": [*train, "--images", str(root / "complex.npy"), "--labels",
-                              str(em_files["val_labels"])],
-        "missing checkpoint": ["predict", str(root / "no_ckpt"), str(em_files["stack"]),
-                               "--out", str(root / "p")],
+        "missing image": [
+            *train,
+            "--images",
+            str(root / "nope.tif"),
+            "--labels",
+            str(em_files["val_labels"]),
+        ],
+        "shape mismatch": [
+            *train,
+            "--images",
+            str(em_files["val_image"]),
+            "--labels",
+            str(root / "small_labels.tif"),
+        ],
+        "empty labels": [
+            *train,
+            "--images",
+            str(em_files["val_image"]),
+            "--labels",
+            str(root / "empty_labels.tif"),
+        ],
+        "unsupported dtype": [
+            *train,
+            "--images",
+            str(root / "complex.npy"),
+            "--labels",
+            str(em_files["val_labels"]),
+        ],
+        "missing checkpoint": [
+            "predict",
+            str(root / "no_ckpt"),
+            str(em_files["stack"]),
+            "--out",
+            str(root / "p"),
+        ],
         "bad checkpoint": ["info", str(root / "bad_ckpt")],
-        "missing config": [*train, "--images", str(em_files["val_image"]), "--labels",
-                           str(em_files["val_labels"]), "--config", str(root / "none.json")],
+        "missing config": [
+            *train,
+            "--images",
+            str(em_files["val_image"]),
+            "--labels",
+            str(em_files["val_labels"]),
+            "--config",
+            str(root / "none.json"),
+        ],
     }
 
 
-@pytest.mark.parametrize("case", ["missing image", "shape mismatch", "empty labels",
-                                  "unsupported dtype", "missing checkpoint", "bad checkpoint",
-                                  "missing config"])
-def test_user_errors_exit_2_with_one_line(case: str, capsys: pytest.CaptureFixture[str],
-                                          em_files: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing image",
+        "shape mismatch",
+        "empty labels",
+        "unsupported dtype",
+        "missing checkpoint",
+        "bad checkpoint",
+        "missing config",
+    ],
+)
+def test_user_errors_exit_2_with_one_line(
+    case: str, capsys: pytest.CaptureFixture[str], em_files: dict[str, Path], tmp_path: Path
+) -> None:
     code, _, err = _run(capsys, *_bad_inputs(tmp_path, em_files)[case])
     assert code == 2
     assert err.startswith("napari-unetpp: error: ")
@@ -249,14 +450,28 @@ def test_user_errors_exit_2_with_one_line(case: str, capsys: pytest.CaptureFixtu
     assert "Traceback" not in err
 
 
-def test_demo_with_a_zoo_model(capsys: pytest.CaptureFixture[str], trained: Path,
-                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_with_a_zoo_model(
+    capsys: pytest.CaptureFixture[str],
+    trained: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The demo pipeline (zoo model + sample crop -> labels + score), with the tiny model."""
     zoo_dir = tmp_path / "zoo"
     shutil.copytree(trained / "best", zoo_dir / "em")
     monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(zoo_dir))
-    code, out, _ = _run(capsys, "demo", "--model", "em", "--out", tmp_path / "demo",
-                        "--no-viewer", "-q", "--device", "cpu")
+    code, out, _ = _run(
+        capsys,
+        "demo",
+        "--model",
+        "em",
+        "--out",
+        tmp_path / "demo",
+        "--no-viewer",
+        "-q",
+        "--device",
+        "cpu",
+    )
     assert code == 0, out
     assert "IoU against the crop's labels" in out
     image = tifffile.imread(tmp_path / "demo" / "em_image.tif")
@@ -269,9 +484,19 @@ def test_demo_with_a_zoo_model(capsys: pytest.CaptureFixture[str], trained: Path
 
 def test_console_script_error_has_no_traceback(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "napari_unetpp.cli", "predict", str(tmp_path / "missing"),
-         str(tmp_path / "x.tif"), "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "napari_unetpp.cli",
+            "predict",
+            str(tmp_path / "missing"),
+            str(tmp_path / "x.tif"),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.startswith("napari-unetpp: error: ")
@@ -279,7 +504,8 @@ def test_console_script_error_has_no_traceback(tmp_path: Path) -> None:
 
 
 def test_predict_rgb_png_with_the_one_channel_nuclei_model(
-        capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path) -> None:
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path
+) -> None:
     """A colour DSB image (held back from the zoo's training) goes through the CLI as the
     widget sends it: luminance grey, 2D labels, the same labels as for the grey image."""
     from napari_unetpp.data import rgb_to_grey
@@ -297,8 +523,9 @@ def test_predict_rgb_png_with_the_one_channel_nuclei_model(
     assert rgb.ndim == 3 and rgb.shape[-1] in (3, 4)
     tifffile.imwrite(tmp_path / "grey.tif", rgb_to_grey(rgb))
 
-    code, out, _ = _run(capsys, "predict", "zoo:nuclei", png, tmp_path / "grey.tif",
-                        "--out", tmp_path / "out", "-q")
+    code, out, _ = _run(
+        capsys, "predict", "zoo:nuclei", png, tmp_path / "grey.tif", "--out", tmp_path / "out", "-q"
+    )
     assert code == 0, out
     assert "RGB -> grey" in out
     from_rgb = tifffile.imread(tmp_path / "out" / "colour_labels.tif")
@@ -310,8 +537,9 @@ def test_predict_rgb_png_with_the_one_channel_nuclei_model(
     assert ap50 > 0.3
 
 
-def test_info_shows_exact_gflop_and_times_depths_on_request(capsys: pytest.CaptureFixture[str],
-                                                            trained: Path) -> None:
+def test_info_shows_exact_gflop_and_times_depths_on_request(
+    capsys: pytest.CaptureFixture[str], trained: Path
+) -> None:
     from napari_unetpp.config import ModelConfig
     from napari_unetpp.pruning import gflop_per_mpx
 

@@ -78,8 +78,12 @@ def _discs(shape=(64, 64), centres=((20, 20), (20, 34), (45, 45)), radius=8) -> 
 
 def _scribbles(shape=(64, 64)) -> np.ndarray:
     labels = np.zeros(shape, np.uint8)
-    for (r0, c0, r1, c1), value in [((5, 5, 5, 60), 1), ((60, 5, 60, 60), 1),
-                                    ((20, 10, 40, 30), 2), ((30, 40, 50, 50), 2)]:
+    for (r0, c0, r1, c1), value in [
+        ((5, 5, 5, 60), 1),
+        ((60, 5, 60, 60), 1),
+        ((20, 10, 40, 30), 2),
+        ((30, 40, 50, 50), 2),
+    ]:
         labels[line(r0, c0, r1, c1)] = value
     return labels
 
@@ -230,8 +234,10 @@ def test_split_single_stack_by_last_slice_block_never_overlaps():
 
 
 def test_split_several_images_by_image_and_single_image_by_rows():
-    volumes = [data.Volume(np.full((1, 1, 4, 4), k, np.float32), np.ones((1, 4, 4), np.int64))
-               for k in range(10)]
+    volumes = [
+        data.Volume(np.full((1, 1, 4, 4), k, np.float32), np.ones((1, 4, 4), np.int64))
+        for k in range(10)
+    ]
     train, val = data.split_validation(volumes, 0.2, _rng())
     assert len(val) == 2 and len(train) == 8
     assert not {id(v) for v in train} & {id(v) for v in val}
@@ -264,8 +270,9 @@ def test_augmentation_keeps_image_and_labels_aligned(elastic: bool):
 
 def test_3d_augmentation_shapes():
     rng = _rng()
-    x, y = data.augment(np.zeros((1, 4, 8, 8), np.float32), np.zeros((4, 8, 8), np.int64), rng,
-                        elastic=True)
+    x, y = data.augment(
+        np.zeros((1, 4, 8, 8), np.float32), np.zeros((4, 8, 8), np.int64), rng, elastic=True
+    )
     assert x.shape == (1, 4, 8, 8) and y.shape == (4, 8, 8)
 
 

@@ -11,8 +11,9 @@ import pytest
 from napari_unetpp.events import EtaClock, Event, Stopper, drive
 
 
-def _job(n: int, stopper: Stopper | None = None, log: list[str] | None = None
-         ) -> Generator[Event, None, str]:
+def _job(
+    n: int, stopper: Stopper | None = None, log: list[str] | None = None
+) -> Generator[Event, None, str]:
     try:
         for i in range(n):
             if stopper is not None and stopper.stopped:

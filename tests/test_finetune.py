@@ -19,8 +19,7 @@ TINY = ModelConfig(widths=(4, 8, 16), depth=2)
 
 
 def _norm_stats(model: torch.nn.Module) -> list[torch.Tensor]:
-    return [m.running_mean.clone() for m in model.modules()
-            if isinstance(m, torch.nn.BatchNorm2d)]
+    return [m.running_mean.clone() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
 
 
 def _em(em_stack, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
@@ -29,8 +28,9 @@ def _em(em_stack, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _config(**changes) -> TrainConfig:
-    base = dict(iterations=4, batch_size=2, patch_size=(32, 32), validate_every=2,
-                device="cpu", seed=0)
+    base = dict(
+        iterations=4, batch_size=2, patch_size=(32, 32), validate_every=2, device="cpu", seed=0
+    )
     return TrainConfig(**{**base, **changes})
 
 
@@ -39,11 +39,13 @@ def test_fine_tune_keeps_batchnorm_statistics_by_default(em_stack, tmp_path: Pat
     torch.manual_seed(0)
     start = UNetPlusPlus.from_config(TINY)
     start.eval()(torch.rand(2, 1, 32, 32))  # eval: the running statistics stay as initialised
-    folder = save_checkpoint(tmp_path / "start", start, CheckpointInfo(model=TINY,
-                                                                       data=DataConfig()))
+    folder = save_checkpoint(
+        tmp_path / "start", start, CheckpointInfo(model=TINY, data=DataConfig())
+    )
     before = _norm_stats(start)
-    tuned = drive(Trainer(TINY, _config(), DataConfig(), initial=folder).run(
-        [image], [membranes])).model
+    tuned = drive(
+        Trainer(TINY, _config(), DataConfig(), initial=folder).run([image], [membranes])
+    ).model
     kept = _norm_stats(tuned)
     scratch = drive(Trainer(TINY, _config(), DataConfig()).run([image], [membranes])).model
     assert all(torch.equal(a, b) for a, b in zip(before, kept, strict=True))
@@ -57,14 +59,15 @@ def test_few_scribbles_train_without_a_validation_score(em_stack):
     scribbles = np.zeros_like(membranes)
     scribbles[10, :] = np.where(membranes[10, :] == 1, 2, 1)  # one stroke across the top
     events: list = []
-    result = drive(Trainer(TINY, _config(), DataConfig(label_mode="sparse")).run(
-        [image], [scribbles]), events.append)
+    result = drive(
+        Trainer(TINY, _config(), DataConfig(label_mode="sparse")).run([image], [scribbles]),
+        events.append,
+    )
     kinds = [e.kind for e in events]
     assert kinds[0] == "note" and events[0].message == NO_VALIDATION
     assert "validation" not in kinds
     assert result.info.provenance["data"]["validation"] == NO_VALIDATION
-    dense = drive(Trainer(TINY, _config(), DataConfig()).run([image], [membranes]),
-                  events.append)
+    dense = drive(Trainer(TINY, _config(), DataConfig()).run([image], [membranes]), events.append)
     assert dense.info.metrics["depths"]["2"]["iou"] is not None  # dense labels: scored
 
 
@@ -100,21 +103,35 @@ def test_widget_fine_tune_defaults_keep_the_em_model_good_on_unseen_slices(em_st
     def unseen_iou(net: UNetPlusPlus) -> float:
         scores = []
         for z in (17, 18, 19):
-            prob = predict_array(net.eval(), image[z, :256, :256],
-                                 PredictConfig(depths=(depth,), tile_size=(256, 256),
-                                               device="cpu"), info.data)[depth]
+            prob = predict_array(
+                net.eval(),
+                image[z, :256, :256],
+                PredictConfig(depths=(depth,), tile_size=(256, 256), device="cpu"),
+                info.data,
+            )[depth]
             pred, truth = np.asarray(prob) > 0.5, membranes[z, :256, :256] == 1
             scores.append((pred & truth).sum() / max((pred | truth).sum(), 1))
         return float(np.mean(scores))
 
     steps = 30
     data = info.data.replace(label_mode="sparse", class_values=())
-    train = TrainConfig(iterations=steps, batch_size=4, patch_size=(128, 128),
-                        learning_rate=FINE_TUNE_LR, validate_every=steps, device="cpu")
+    train = TrainConfig(
+        iterations=steps,
+        batch_size=4,
+        patch_size=(128, 128),
+        learning_rate=FINE_TUNE_LR,
+        validate_every=steps,
+        device="cpu",
+    )
     before = unseen_iou(model)
-    result = drive(Trainer(info.model, train, data, initial=folder).run(
-        [image[16]], [_scribbles(membranes[16])]))
+    result = drive(
+        Trainer(info.model, train, data, initial=folder).run(
+            [image[16]], [_scribbles(membranes[16])]
+        )
+    )
     after = unseen_iou(result.model)
-    print(f"zoo:em unseen-slice membrane IoU (L{depth}): before {before:.3f}, "
-          f"after {steps} fine-tune steps with the widget defaults {after:.3f}")
+    print(
+        f"zoo:em unseen-slice membrane IoU (L{depth}): before {before:.3f}, "
+        f"after {steps} fine-tune steps with the widget defaults {after:.3f}"
+    )
     assert after >= before - 0.03

@@ -25,8 +25,9 @@ def test_no_stall_over_two_seconds(qapp, em_stack, tmp_path, monkeypatch):
 
     monkeypatch.setattr(_workers, "RUN_INLINE", False)
     image, membranes = em_stack
-    results = measure(image[:2, :128, :128].copy(), membranes[:2, :128, :128].copy(),
-                      steps=12, out=tmp_path)
+    results = measure(
+        image[:2, :128, :128].copy(), membranes[:2, :128, :128].copy(), steps=12, out=tmp_path
+    )
     for phase, stats in results.items():
         print(f"{phase}: {stats}")
         assert stats["ticks"] > 0, phase

@@ -10,8 +10,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-GUI = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "superqt",
-       "matplotlib", "npe2", "vispy")
+GUI = (
+    "napari",
+    "qtpy",
+    "PyQt5",
+    "PyQt6",
+    "PySide2",
+    "PySide6",
+    "magicgui",
+    "superqt",
+    "matplotlib",
+    "npe2",
+    "vispy",
+)
 
 _BLOCK = f"""
 import importlib.abc, sys
@@ -32,8 +43,9 @@ raise SystemExit(code)
 
 
 def _cli_without_gui(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", _BLOCK, *argv], capture_output=True,
-                          text=True, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", _BLOCK, *argv], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 def test_info_runs_without_gui_packages(tmp_path: Path) -> None:
@@ -44,8 +56,18 @@ def test_info_runs_without_gui_packages(tmp_path: Path) -> None:
 
 
 def test_demo_segments_without_gui_packages(tmp_path: Path) -> None:
-    result = _cli_without_gui("demo", "--model", "em", "--no-viewer", "-q", "--device", "cpu",
-                              "--out", str(tmp_path / "demo"), cwd=tmp_path)
+    result = _cli_without_gui(
+        "demo",
+        "--model",
+        "em",
+        "--no-viewer",
+        "-q",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "demo"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "IoU against the crop's labels" in result.stdout
     assert (tmp_path / "demo" / "em_labels.tif").is_file()

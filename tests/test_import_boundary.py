@@ -6,8 +6,22 @@ import subprocess
 import sys
 
 ENGINE = [
-    "config", "model", "losses", "checkpoint", "devices", "events", "data", "metrics",
-    "training", "tiling", "inference", "postprocess", "pruning", "zoo", "files", "distributed",
+    "config",
+    "model",
+    "losses",
+    "checkpoint",
+    "devices",
+    "events",
+    "data",
+    "metrics",
+    "training",
+    "tiling",
+    "inference",
+    "postprocess",
+    "pruning",
+    "zoo",
+    "files",
+    "distributed",
     "cli",
 ]
 GUI = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "superqt")

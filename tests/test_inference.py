@@ -114,8 +114,9 @@ def test_prepare_folds_batchnorm_into_a_copy(em_crop):
 
 
 def test_fold_skips_batchnorm_without_running_statistics():
-    block = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2,
-                                track_running_stats=False))
+    block = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2, track_running_stats=False)
+    )
     fold_batchnorm(block)
     assert isinstance(block[1], torch.nn.BatchNorm2d)
 
@@ -151,18 +152,19 @@ def test_tiled_equals_whole_image_inside_tiles(em_crop, em_net):
     for start in tile_grid(shape, tile, 0.5, align=4):
         inside = tuple(
             slice(s + (radius if s > 0 else 0), s + t - (radius if s + t < n else 0))
-            for s, t, n in zip(start, tile, shape)
+            for s, t, n in zip(start, tile, shape, strict=False)
         )
         seen_badly = np.zeros(shape, bool)
-        seen_badly[tuple(slice(s, s + t) for s, t in zip(start, tile))] = True
+        seen_badly[tuple(slice(s, s + t) for s, t in zip(start, tile, strict=False))] = True
         seen_badly[inside] = False
         exact &= ~seen_badly
     assert exact.mean() > 0.25
 
     errors = {}
     for blending in ("gaussian", "constant"):
-        probs = predict_array(em_net, em_crop, _config(tile_size=tile, overlap=0.5,
-                                                       blending=blending), DataConfig())
+        probs = predict_array(
+            em_net, em_crop, _config(tile_size=tile, overlap=0.5, blending=blending), DataConfig()
+        )
         errors[blending] = {d: np.abs(probs[d] - whole[d]) for d in whole}
     for d in whole:
         gaussian, constant = errors["gaussian"][d], errors["constant"][d]
@@ -186,16 +188,22 @@ def test_no_seams_at_tile_borders(em_crop, em_net):
     whole = whole_image(em_net, x)[2]
     tile = 64
     starts = tile_grid(em_crop.shape, (tile, tile), 0.5, align=4)
-    borders = sorted({s for st in starts for s in st if s > 0}
-                     | {s + tile for st in starts for s in st if s + tile < 192})
-    smooth = predict_array(em_net, em_crop, _config(tile_size=(tile, tile), overlap=0.5,
-                                                    depths=(2,)), DataConfig())[2]
+    borders = sorted(
+        {s for st in starts for s in st if s > 0}
+        | {s + tile for st in starts for s in st if s + tile < 192}
+    )
+    smooth = predict_array(
+        em_net, em_crop, _config(tile_size=(tile, tile), overlap=0.5, depths=(2,)), DataConfig()
+    )[2]
     ratio = _border_energy(smooth, borders) / _border_energy(whole, borders)
     assert abs(ratio - 1) < 0.02
     # the same measure sees the seams of abutting tiles (no overlap, no blending)
-    seamed = predict_array(em_net, em_crop, _config(tile_size=(tile, tile), overlap=0.0,
-                                                    blending="constant", depths=(2,)),
-                           DataConfig())[2]
+    seamed = predict_array(
+        em_net,
+        em_crop,
+        _config(tile_size=(tile, tile), overlap=0.0, blending="constant", depths=(2,)),
+        DataConfig(),
+    )[2]
     seams = [b for b in borders if b % tile == 0]
     assert _border_energy(seamed, seams) / _border_energy(whole, seams) > 1.1
 
@@ -207,14 +215,20 @@ def test_all_depths_in_one_pass_equal_separate_calls(em_crop, em_net):
     image = em_crop[:96, :128]
     config = _config(tile_size=(64, 64), overlap=0.25, batch_size=2)
     calls = {name: 0 for name in (node_name(0, 0), node_name(0, 2))}
-    hooks = [em_net.nodes[name].register_forward_hook(
-        lambda *_, name=name: calls.__setitem__(name, calls[name] + 1)) for name in calls]
+    hooks = [
+        em_net.nodes[name].register_forward_hook(
+            lambda *_, name=name: calls.__setitem__(name, calls[name] + 1)
+        )
+        for name in calls
+    ]
     try:
         together = predict_array(em_net, image, config, DataConfig())
         batches = -(-len(tile_grid(image.shape, (64, 64), 0.25, align=4)) // 2)
         assert calls == {node_name(0, 0): batches, node_name(0, 2): batches}  # once per batch
-        alone = {d: predict_array(em_net, image, config.replace(depths=(d,)), DataConfig())
-                 for d in (1, 2)}
+        alone = {
+            d: predict_array(em_net, image, config.replace(depths=(d,)), DataConfig())
+            for d in (1, 2)
+        }
         assert calls[node_name(0, 2)] == 2 * batches  # depth 1 alone never ran X[0,2]
     finally:
         for hook in hooks:
@@ -240,8 +254,9 @@ def test_pruned_depth_equals_its_head(em_crop, em_net, depth):
 
 def test_multiclass_probabilities_are_a_softmax(em_crop):
     net = calibrated(normalize(em_crop[:64, :64], RAW)[None, None], num_classes=3)
-    probs = predict_array(net, em_crop[:50, :70], _config(tile_size=(32, 32)),
-                          DataConfig(normalization=RAW))
+    probs = predict_array(
+        net, em_crop[:50, :70], _config(tile_size=(32, 32)), DataConfig(normalization=RAW)
+    )
     for p in probs.values():
         assert p.shape == (3, 50, 70) and p.dtype == np.float32
         np.testing.assert_allclose(p.sum(axis=0), 1.0, atol=1e-5)
@@ -254,8 +269,9 @@ def test_channel_axis_of_an_rgb_nuclei_image(data_dir):
     net = calibrated(normalize(np.moveaxis(rgb, -1, 0), RAW)[None], widths=(4, 8), in_channels=3)
     config = _config(tile_size=(64, 64))
     last = predict_array(net, rgb, config, DataConfig(normalization=RAW, channel_axis=-1))
-    first = predict_array(net, np.moveaxis(rgb, -1, 0), config,
-                          DataConfig(normalization=RAW, channel_axis=0))
+    first = predict_array(
+        net, np.moveaxis(rgb, -1, 0), config, DataConfig(normalization=RAW, channel_axis=0)
+    )
     assert last[1].shape == (64, 96)
     np.testing.assert_array_equal(last[1], first[1])
     with pytest.raises(ValueError, match="channel_axis"):
@@ -280,8 +296,9 @@ def test_3d_model_on_a_ct_time_series(data_dir):
 
     ct = tifffile.imread(data_dir / "ct_totalseg" / "ct.tif")[6:22, 30:70, 40:88]  # HU
     window = NormalizationConfig.ct_window()
-    net = calibrated(normalize(ct, window)[None, None], widths=(2, 4, 8), spatial_dims=3,
-                     num_classes=2)
+    net = calibrated(
+        normalize(ct, window)[None, None], widths=(2, 4, 8), spatial_dims=3, num_classes=2
+    )
     series = np.stack([ct, ct[:, ::-1]])  # (T, Z, Y, X)
     data, config = DataConfig(normalization=window), _config(tile_size=(16, 32, 32))
     probs = predict_array(net, series, config, data)
@@ -297,9 +314,13 @@ def test_tta_averages_flipped_predictions(em_crop, em_net):
     config = _config(tile_size=(64, 64))
     tta = predict_array(em_net, image, config.replace(tta=True), DataConfig())
     flips = [(), (0,), (1,), (0, 1)]
-    expected = np.mean([
-        np.flip(predict_array(em_net, np.flip(image, axes), config, DataConfig())[2], axes)
-        for axes in flips], axis=0)
+    expected = np.mean(
+        [
+            np.flip(predict_array(em_net, np.flip(image, axes), config, DataConfig())[2], axes)
+            for axes in flips
+        ],
+        axis=0,
+    )
     np.testing.assert_allclose(tta[2], expected, atol=1e-6)
 
 
@@ -326,8 +347,15 @@ def test_zarr_out_and_stop_midway(em_stack, tmp_path):
         if event.kind == "tiles" and event.item == 2:
             stopper.stop()  # after the first tile batch of slice 2
 
-    part = predict_array(net, stack, config, data, out=tmp_path / "part.zarr",
-                         stopper=stopper, callback=stop_in_slice_2)
+    part = predict_array(
+        net,
+        stack,
+        config,
+        data,
+        out=tmp_path / "part.zarr",
+        stopper=stopper,
+        callback=stop_in_slice_2,
+    )
     assert isinstance(part, PredictResult) and not part.complete
     assert kinds[-1] == "stopped"
     values = part[1][:]
@@ -344,8 +372,9 @@ def test_zarr_out_and_stop_midway(em_stack, tmp_path):
 def test_out_refuses_to_overwrite_a_folder_that_is_not_zarr(em_crop, em_net, tmp_path):
     (tmp_path / "notes.txt").write_text("precious")
     with pytest.raises(ValueError, match="not a zarr folder"):
-        predict_array(em_net, em_crop[:32, :32], _config(tile_size=(32, 32)), DataConfig(),
-                      out=tmp_path)
+        predict_array(
+            em_net, em_crop[:32, :32], _config(tile_size=(32, 32)), DataConfig(), out=tmp_path
+        )
     assert (tmp_path / "notes.txt").exists()
 
 
@@ -404,7 +433,9 @@ def test_dask_stack_runs_with_bounded_memory(data_dir):
     """64 x 512 x 512 float32 (64 MB) through predict: peak RSS grows by far less."""
     proc = subprocess.run(
         [sys.executable, "-c", MEMORY_SCRIPT, str(data_dir / "em_isbi2012" / "image.tif")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -475,7 +506,8 @@ def test_blending_out_of_memory_redoes_the_slice_on_the_host(em_stack, monkeypat
     result = predict_array(net, stack, config, data, callback=events.append)
     np.testing.assert_array_equal(result[1], reference[1])
     assert [e.message for e in events if e.kind == "fallback"] == [
-        "out of GPU memory while blending tiles: blending in host memory from now on (slower)"]
+        "out of GPU memory while blending tiles: blending in host memory from now on (slower)"
+    ]
     assert events[-1].step == events[-1].total
 
 
@@ -486,8 +518,9 @@ def test_cuda_matches_cpu(em_crop, em_net):
     cpu = predict_array(em_net, em_crop, config, DataConfig())
     # float32 convolutions on Ampere and newer use TF32 (10-bit mantissa) by default
     for mixed, tolerance in ((False, 1e-2), (True, 5e-2)):
-        gpu = predict_array(em_net, em_crop, config.replace(device="cuda",
-                                                            mixed_precision=mixed), DataConfig())
+        gpu = predict_array(
+            em_net, em_crop, config.replace(device="cuda", mixed_precision=mixed), DataConfig()
+        )
         for d in cpu:
             worst = float(np.abs(gpu[d] - cpu[d]).max())
             assert worst < tolerance, (mixed, d, worst)
@@ -538,8 +571,9 @@ def test_prefetching_view_reads_the_next_band_in_the_background(em_crop):
     norm = lambda band: normalize(band, RAW)  # noqa: E731
     plain = inference._ItemView(image, layout, (), norm, torch.device("cpu"))
     recording = Recording(image)
-    ahead = inference._ItemView(recording, layout, (), norm, torch.device("cpu"),
-                                prefetch=True, row_starts=rows, height=32)
+    ahead = inference._ItemView(
+        recording, layout, (), norm, torch.device("cpu"), prefetch=True, row_starts=rows, height=32
+    )
     for start in grid:
         index = (slice(None), *(slice(s, s + 32) for s in start))
         torch.testing.assert_close(ahead[index], plain[index], rtol=0, atol=0)

@@ -27,16 +27,19 @@ def pairs() -> list[tuple[np.ndarray, np.ndarray]]:
     return held_back()
 
 
-def _nuclei_level(image: np.ndarray, labels: np.ndarray, field: np.ndarray,
-                  config: NormalizationConfig) -> float:
+def _nuclei_level(
+    image: np.ndarray, labels: np.ndarray, field: np.ndarray, config: NormalizationConfig
+) -> float:
     """Median normalised intensity of the nuclei when the range comes from ``field``."""
     low, high = data.intensity_range(field, config)
     return float((np.median(image[labels > 0]) - low) / max(high - low, 1e-8))
 
 
 def test_typical_images_keep_plain_percentiles(pairs) -> None:
-    same = [data.intensity_range(image, GUARDED) == data.intensity_range(image, PLAIN)
-            for image, _ in pairs]
+    same = [
+        data.intensity_range(image, GUARDED) == data.intensity_range(image, PLAIN)
+        for image, _ in pairs
+    ]
     print(f"{sum(same)} of {len(same)} held-back DSB images normalised exactly as before")
     assert GUARDED.min_foreground > 0
     assert sum(same) >= 0.9 * len(same)
@@ -53,9 +56,11 @@ def test_dim_empty_field_no_longer_collapses(pairs) -> None:
         plain.append(_nuclei_level(darker, labels, field, PLAIN))
         guarded.append(_nuclei_level(darker, labels, field, GUARDED))
         native.append(_nuclei_level(image, labels, image, PLAIN))
-    print(f"nuclei median level: native {np.median(native):.2f}, dim+empty plain "
-          f"{np.median(plain):.2f} (max {max(plain):.3g}), guarded {np.median(guarded):.2f} "
-          f"(max {max(guarded):.2f})")
+    print(
+        f"nuclei median level: native {np.median(native):.2f}, dim+empty plain "
+        f"{np.median(plain):.2f} (max {max(plain):.3g}), guarded {np.median(guarded):.2f} "
+        f"(max {max(guarded):.2f})"
+    )
     assert max(plain) > 5  # the collapse is reproduced
     assert max(guarded) < 4 and min(guarded) > 0.2  # one image stays at 3.5, as before
     assert abs(np.median(guarded) - np.median(native)) < 0.3
@@ -83,15 +88,20 @@ def test_shipped_nuclei_model_finds_dim_nuclei_in_an_empty_field(pairs) -> None:
     model, info = zoo.load_pretrained("nuclei")
     chosen = [pairs[i] for i in (1, 12, 19)]  # few nuclei: the top percentile misses them
     native = [(image, labels, image) for image, labels in chosen]
-    shifted = [(*with_margin(dim(image), labels), empty_field(dim(image)))
-               for image, labels in chosen]
+    shifted = [
+        (*with_margin(dim(image), labels), empty_field(dim(image))) for image, labels in chosen
+    ]
     scores = {}
     for name, config in (("plain", PLAIN), ("guarded", GUARDED)):
         data_config = info.data.replace(normalization=config)
-        scores[name] = (foreground_iou(model, data_config, native, 4),
-                        foreground_iou(model, data_config, shifted, 4))
-    print("foreground IoU (native, dim+empty):",
-          {k: tuple(round(v, 3) for v in s) for k, s in scores.items()})
+        scores[name] = (
+            foreground_iou(model, data_config, native, 4),
+            foreground_iou(model, data_config, shifted, 4),
+        )
+    print(
+        "foreground IoU (native, dim+empty):",
+        {k: tuple(round(v, 3) for v in s) for k, s in scores.items()},
+    )
     assert scores["guarded"][0] >= scores["plain"][0] - 0.01
     assert scores["guarded"][1] > scores["plain"][1] + 0.2
     assert scores["guarded"][1] > scores["plain"][0] - 0.1

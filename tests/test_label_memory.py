@@ -101,8 +101,9 @@ def nuclei_probabilities(data_dir: Path) -> np.ndarray:
     if looks_rgb(image.shape):
         image = rgb_to_grey(image)
     model, info = load_checkpoint(Path(postprocess.__file__).parent / "models" / "nuclei")
-    result = predict_array(model, np.asarray(image)[:256, :384], PredictConfig(device="cpu"),
-                           info.data)
+    result = predict_array(
+        model, np.asarray(image)[:256, :384], PredictConfig(device="cpu"), info.data
+    )
     return np.asarray(result[max(result)])
 
 
@@ -122,8 +123,9 @@ def test_instance_bands_match_the_whole_plane_up_to_relabelling(nuclei_probabili
     prob = nuclei_probabilities
     whole = probabilities_to_labels(prob, INSTANCE_MODEL, INSTANCE_DATA, min_size=10)
     for rows in (32, 75):
-        banded = probabilities_to_labels(prob, INSTANCE_MODEL, INSTANCE_DATA, min_size=10,
-                                         band_rows=rows)
+        banded = probabilities_to_labels(
+            prob, INSTANCE_MODEL, INSTANCE_DATA, min_size=10, band_rows=rows
+        )
         objects, differing = _one_to_one(whole, banded)
         print(f"bands of {rows} rows: {objects} nuclei, {differing} pixels differ")
         assert objects > 30 and differing == 0
@@ -161,12 +163,19 @@ def _fake_probabilities(block: np.ndarray, block_info=None) -> np.ndarray:
 def _banded_peak(height: int, folder: Path) -> tuple[float, np.ndarray, da.Array]:
     shape = (height, 4000)
     prob = da.zeros(shape, dtype=np.float32, chunks=(250, 4000)).map_blocks(
-        _fake_probabilities, dtype=np.float32)
-    out = zarr.open_array(str(folder / f"labels{height}.zarr"), mode="w", shape=shape,
-                          chunks=(512, 1024), dtype="int32")
+        _fake_probabilities, dtype=np.float32
+    )
+    out = zarr.open_array(
+        str(folder / f"labels{height}.zarr"),
+        mode="w",
+        shape=shape,
+        chunks=(512, 1024),
+        dtype="int32",
+    )
     with dask.config.set(scheduler="synchronous"):  # one block at a time, as zarr reads
-        _, peak = _peak_mb(probabilities_to_labels, prob, BINARY, SEMANTIC, min_size=20,
-                           out=out, band_rows=256)
+        _, peak = _peak_mb(
+            probabilities_to_labels, prob, BINARY, SEMANTIC, min_size=20, out=out, band_rows=256
+        )
     return peak, out[:], prob
 
 
@@ -174,11 +183,15 @@ def test_lazy_4000_plane_is_labelled_in_memory_that_does_not_grow_with_it(tmp_pa
     small, _, _ = _banded_peak(1000, tmp_path)
     peak, labels, prob = _banded_peak(4000, tmp_path)
     plane_mb = 4 * labels.size / 2**20
-    print(f"peak {peak:.1f} MB for a 4000 x 4000 plane ({plane_mb:.0f} MB as float32), "
-          f"{small:.1f} MB for 1000 x 4000")
+    print(
+        f"peak {peak:.1f} MB for a 4000 x 4000 plane ({plane_mb:.0f} MB as float32), "
+        f"{small:.1f} MB for 1000 x 4000"
+    )
     assert peak < 1.15 * small + 2  # bands: memory does not grow with the plane's height
     assert peak < plane_mb  # whole-plane labelling held 366 MB here (6 x the plane)
     expected = (np.asarray(prob[:300]) > 0.5).astype(np.int32)
-    np.testing.assert_array_equal(labels[:250],  # away from the crop's edge
-                                  remove_small(expected, 20, by_component=True)[:250])
+    np.testing.assert_array_equal(
+        labels[:250],  # away from the crop's edge
+        remove_small(expected, 20, by_component=True)[:250],
+    )
     assert labels.any() and labels[-1].any()

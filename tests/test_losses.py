@@ -74,11 +74,12 @@ def test_cross_entropy_term_matches_torch_with_ignore_index(num_classes):
 def test_multiclass_dice_averages_only_the_classes_present():
     target = torch.tensor([[[0, 0, 1, 1], [0, 1, 1, 0]]])  # class 2 absent
     logits = torch.randn(1, 3, 2, 4)
-    dice_part = (segmentation_loss(logits, target, 3) - segmentation_loss(logits, target, 3, 0.0))
+    dice_part = segmentation_loss(logits, target, 3) - segmentation_loss(logits, target, 3, 0.0)
     probs = logits.softmax(1)
     onehot = F.one_hot(target, 3).movedim(-1, 1).float()
     per_class = [
-        1 - (2 * (probs[:, c] * onehot[:, c]).sum() + 1e-5)
+        1
+        - (2 * (probs[:, c] * onehot[:, c]).sum() + 1e-5)
         / (probs[:, c].sum() + onehot[:, c].sum() + 1e-5)
         for c in (0, 1)
     ]

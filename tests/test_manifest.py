@@ -24,9 +24,14 @@ def test_manifest_validates(manifest: PluginManifest) -> None:
     installed = PluginManifest.from_distribution("napari-unetpp")  # the entry point finds it
     assert installed.name == manifest.name
     assert {w.display_name for w in manifest.contributions.widgets} == {
-        "Train / fine-tune UNet++", "Segment with UNet++ (predict, per-depth layers, pruning)"}
+        "Train / fine-tune UNet++",
+        "Segment with UNet++ (predict, per-depth layers, pruning)",
+    }
     assert {s.display_name for s in manifest.contributions.sample_data} == {
-        "Nuclei (DSB 2018) crop", "EM (ISBI 2012) crop", "Abdominal CT (TotalSegmentator) volume"}
+        "Nuclei (DSB 2018) crop",
+        "EM (ISBI 2012) crop",
+        "Abdominal CT (TotalSegmentator) volume",
+    }
 
 
 def test_every_python_name_resolves(manifest: PluginManifest) -> None:
@@ -50,8 +55,11 @@ def saved_model(tmp_path: Path) -> Path:
     from napari_unetpp.model import UNetPlusPlus
 
     net = UNetPlusPlus(widths=(4, 8, 16), depth=2)
-    return Path(save_checkpoint(tmp_path / "run" / "best", net,
-                                CheckpointInfo(model=net.config, data=DataConfig())))
+    return Path(
+        save_checkpoint(
+            tmp_path / "run" / "best", net, CheckpointInfo(model=net.config, data=DataConfig())
+        )
+    )
 
 
 def test_reader_accepts_models_only(saved_model: Path, tmp_path: Path) -> None:
@@ -81,7 +89,8 @@ def test_reader_docks_predict_widget(make_napari_viewer, saved_model: Path) -> N
     layers = viewer.open(str(saved_model), plugin="napari-unetpp")
     assert layers == []  # the null-layer sentinel [(None,)] adds no layer
     assert _state.registered_models()["run/best"] == saved_model
-    docked = [w for name, w in viewer.window.dock_widgets.items()
-              if name.startswith(PREDICT_WIDGET)]
+    docked = [
+        w for name, w in viewer.window.dock_widgets.items() if name.startswith(PREDICT_WIDGET)
+    ]
     assert len(docked) == 1 and docked[0].model_spec == str(saved_model)  # the model is loaded
     assert get_reader(str(saved_model))(str(saved_model)) == [(None,)]

@@ -45,9 +45,9 @@ def test_average_precision_dsb_style():
     truth[10:15, 10:15] = 2
     truth[0:4, 15:19] = 3
     pred = np.zeros_like(truth)
-    pred[0:5, 0:5] = 7          # perfect match
-    pred[10:15, 10:12] = 8      # IoU 0.4 -> no match: FP and FN
-    pred[18:20, 0:2] = 9        # false positive
+    pred[0:5, 0:5] = 7  # perfect match
+    pred[10:15, 10:12] = 8  # IoU 0.4 -> no match: FP and FN
+    pred[18:20, 0:2] = 9  # false positive
     # TP 1, FP 2 (8, 9), FN 2 (2, 3)
     assert metrics.average_precision(pred, truth) == pytest.approx(1 / 5)
     assert metrics.average_precision(truth, truth) == 1.0

@@ -65,11 +65,11 @@ def test_odd_sizes_are_padded_and_cropped(spatial_dims, shape):
     pad: list[int] = []
     for e in reversed(extra):
         pad += [e // 2, e - e // 2]
-    mode = "reflect" if all(e < s for e, s in zip(extra, shape[2:])) else "replicate"
+    mode = "reflect" if all(e < s for e, s in zip(extra, shape[2:], strict=False)) else "replicate"
     padded = torch.nn.functional.pad(x, pad, mode=mode)
     direct = net(padded)[3]
     index = (slice(None), slice(None)) + tuple(
-        slice(e // 2, e // 2 + s) for e, s in zip(extra, shape[2:])
+        slice(e // 2, e // 2 + s) for e, s in zip(extra, shape[2:], strict=False)
     )
     torch.testing.assert_close(out[3], direct[index])
 

@@ -97,8 +97,15 @@ def test_training_on_an_image_with_nan_pixels_warns_and_keeps_weights_finite(em_
     labels = em_stack[1][0, :96, :96]
     rng = np.random.default_rng(0)
     image[rng.random(image.shape) < 0.001] = np.nan
-    config = TrainConfig(iterations=2, batch_size=2, patch_size=(32, 32), validate_every=2,
-                         validation_fraction=0.34, device="cpu", seed=0)
+    config = TrainConfig(
+        iterations=2,
+        batch_size=2,
+        patch_size=(32, 32),
+        validate_every=2,
+        validation_fraction=0.34,
+        device="cpu",
+        seed=0,
+    )
     trainer = Trainer(TINY, config, DataConfig(), output_dir=tmp_path)
     with pytest.warns(NonFiniteWarning, match="image 0 has"):
         events: list = []
@@ -121,9 +128,16 @@ def _blobs() -> tuple[list[np.ndarray], list[np.ndarray]]:
 def test_a_diverging_run_stops_with_a_clear_error_and_saves_no_nan(tmp_path: Path):
     images, labels = _blobs()
     with pytest.raises(ValueError, match=r"diverged|learning_rate") as info:
-        config = TrainConfig(iterations=8, batch_size=2, patch_size=(32, 32), validate_every=1,
-                             validation_fraction=0.5, device="cpu", seed=0,
-                             learning_rate=1e30)
+        config = TrainConfig(
+            iterations=8,
+            batch_size=2,
+            patch_size=(32, 32),
+            validate_every=1,
+            validation_fraction=0.5,
+            device="cpu",
+            seed=0,
+            learning_rate=1e30,
+        )
         drive(Trainer(TINY, config, DataConfig(), output_dir=tmp_path).run(images, labels))
     print(info.value)
     for weights in tmp_path.glob("*/weights.safetensors"):
@@ -136,8 +150,15 @@ def test_nan_weights_are_never_saved(tmp_path: Path):
     with torch.no_grad():
         next(net.parameters()).fill_(float("nan"))
     assert not all_finite(net.state_dict())
-    config = TrainConfig(iterations=2, batch_size=2, patch_size=(32, 32), validate_every=1,
-                         validation_fraction=0.5, device="cpu", seed=0)
+    config = TrainConfig(
+        iterations=2,
+        batch_size=2,
+        patch_size=(32, 32),
+        validate_every=1,
+        validation_fraction=0.5,
+        device="cpu",
+        seed=0,
+    )
     trainer = Trainer(TINY, config, DataConfig(), output_dir=tmp_path, initial=net)
     with pytest.raises(NonFiniteError, match=r"diverged at step 1: the loss is nan"):
         drive(trainer.run(images, labels))
@@ -147,8 +168,15 @@ def test_nan_weights_are_never_saved(tmp_path: Path):
 def test_all_one_dense_labels_warn_and_the_score_is_called_meaningless():
     images, labels = _blobs()
     ones = [np.ones_like(lab) for lab in labels]
-    config = TrainConfig(iterations=2, batch_size=2, patch_size=(32, 32), validate_every=2,
-                         validation_fraction=0.5, device="cpu", seed=0)
+    config = TrainConfig(
+        iterations=2,
+        batch_size=2,
+        patch_size=(32, 32),
+        validate_every=2,
+        validation_fraction=0.5,
+        device="cpu",
+        seed=0,
+    )
     with pytest.warns(DegenerateLabelsWarning, match="no background"):
         events: list = []
         result = drive(Trainer(TINY, config, DataConfig()).run(images, ones), events.append)
@@ -175,17 +203,45 @@ def test_cli_fills_a_nan_patch_and_refuses_a_diverging_run(em_stack, tmp_path: P
     image[40:50, 40:50] = np.nan
     tifffile.imwrite(tmp_path / "nan.tif", image)
     tifffile.imwrite(tmp_path / "truth.tif", em_stack[1][0, :128, :128])
-    train = ["train", "--images", str(tmp_path / "nan.tif"), "--labels",
-             str(tmp_path / "truth.tif"), "--iterations", "4", "--batch-size", "2",
-             "--patch", "32", "32", "--widths", "4", "8", "--depth", "1", "--device", "cpu",
-             "--quiet"]
+    train = [
+        "train",
+        "--images",
+        str(tmp_path / "nan.tif"),
+        "--labels",
+        str(tmp_path / "truth.tif"),
+        "--iterations",
+        "4",
+        "--batch-size",
+        "2",
+        "--patch",
+        "32",
+        "32",
+        "--widths",
+        "4",
+        "8",
+        "--depth",
+        "1",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     capsys.readouterr()
     assert main([*train, "--out", str(tmp_path / "run")]) == 0
     # the CLI shows engine warnings as one line on stderr, not as a Python warning
     assert "warning: image 0 has 100 non-finite" in capsys.readouterr().err
-    code = main(["predict", str(tmp_path / "run" / "best"), str(tmp_path / "nan.tif"),
-                 "--out", str(tmp_path / "pred"), "--device", "cpu", "--quiet",
-                 "--probabilities"])
+    code = main(
+        [
+            "predict",
+            str(tmp_path / "run" / "best"),
+            str(tmp_path / "nan.tif"),
+            "--out",
+            str(tmp_path / "pred"),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--probabilities",
+        ]
+    )
     assert code == 0
     assert "warning:" in capsys.readouterr().err
     probabilities = [tifffile.imread(p) for p in (tmp_path / "pred").glob("*_L*.tif")]

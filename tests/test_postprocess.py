@@ -60,8 +60,9 @@ def test_multiclass_argmax_gives_class_ids():
     expected[:, 4] = 2
     np.testing.assert_array_equal(labels, expected)
     # min_size works per connected component of each class, not per class id
-    assert not (probabilities_to_labels(prob, ModelConfig(num_classes=3), SEMANTIC,
-                                        min_size=5) == 2).any()
+    assert not (
+        probabilities_to_labels(prob, ModelConfig(num_classes=3), SEMANTIC, min_size=5) == 2
+    ).any()
 
 
 def test_watershed_separates_two_touching_discs():
@@ -119,8 +120,9 @@ def test_remove_small_by_id_and_by_component():
 
 def test_shape_mistakes_are_explained():
     with pytest.raises(ValueError, match="3 classes on axis 0"):
-        probabilities_to_labels(np.zeros((2, 8, 8), np.float32), ModelConfig(num_classes=3),
-                                SEMANTIC)
+        probabilities_to_labels(
+            np.zeros((2, 8, 8), np.float32), ModelConfig(num_classes=3), SEMANTIC
+        )
     with pytest.raises(ValueError, match="instance model predicts 3 channels"):
         probabilities_to_labels(np.zeros((8, 8), np.float32), BINARY, INSTANCE_DATA)
     with pytest.raises(ValueError, match="threshold"):
@@ -146,8 +148,13 @@ def test_labels_stream_into_out_one_slice_at_a_time(em_stack, tmp_path):
     _, peak_in_memory = tracemalloc.get_traced_memory()
     tracemalloc.stop()
 
-    out = zarr.open_array(str(tmp_path / "labels.zarr"), mode="w", shape=prob.shape,
-                          dtype="int32", chunks=(1, *prob.shape[1:]))
+    out = zarr.open_array(
+        str(tmp_path / "labels.zarr"),
+        mode="w",
+        shape=prob.shape,
+        dtype="int32",
+        chunks=(1, *prob.shape[1:]),
+    )
     tracemalloc.start()
     returned = probabilities_to_labels(prob, model, data, min_size=5, out=out)
     _, peak_streamed = tracemalloc.get_traced_memory()

@@ -27,8 +27,11 @@ from napari_unetpp.data import (
 from napari_unetpp.nonfinite import NonFiniteError, NonFiniteWarning, non_finite_filler
 from napari_unetpp.tiling import blending_weights, sliding_window, tile_grid, tile_starts
 
-FAST = settings(max_examples=40, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FAST = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 IMAGE_DTYPES = [np.uint8, np.uint16, np.int16, np.float32, np.float64, np.bool_]
 LABEL_DTYPES = [np.uint8, np.uint16, np.int16, np.int32, np.int64, np.bool_]
 
@@ -59,11 +62,14 @@ def images(draw: st.DrawFn, finite: bool = True, max_dims: int = 3) -> np.ndarra
 
 
 @FAST
-@given(image=images(), mode=st.sampled_from(["percentile", "window", "none"]),
-       clip=st.booleans())
+@given(image=images(), mode=st.sampled_from(["percentile", "window", "none"]), clip=st.booleans())
 def test_normalize_of_finite_images_is_finite_float32_of_the_same_shape(image, mode, clip):
-    config = NormalizationConfig(mode=mode, low=1.0 if mode == "percentile" else -5.0,
-                                 high=99.0 if mode == "percentile" else 300.0, clip=clip)
+    config = NormalizationConfig(
+        mode=mode,
+        low=1.0 if mode == "percentile" else -5.0,
+        high=99.0 if mode == "percentile" else 300.0,
+        clip=clip,
+    )
     out = normalize(image, config)
     assert out.dtype == np.float32 and out.shape == image.shape
     assert np.isfinite(out).all()
@@ -181,21 +187,28 @@ def test_instance_targets_are_background_interior_boundary(labels, width):
 
 
 @FAST
-@given(size=st.integers(1, 300), tile=st.integers(1, 96), overlap=st.floats(0, 0.9),
-       align=st.sampled_from([1, 2, 4, 8, 16]))
+@given(
+    size=st.integers(1, 300),
+    tile=st.integers(1, 96),
+    overlap=st.floats(0, 0.9),
+    align=st.sampled_from([1, 2, 4, 8, 16]),
+)
 def test_tile_starts_cover_every_pixel_and_stay_inside(size, tile, overlap, align):
     starts = tile_starts(size, tile, overlap, align)
     assert starts == sorted(set(starts)) and starts[0] == 0
     assert all(0 <= s <= max(size - tile, 0) for s in starts)
     covered = np.zeros(size, bool)
     for s in starts:
-        covered[s: s + tile] = True
+        covered[s : s + tile] = True
     assert covered.all()
 
 
 @FAST
-@given(shape=hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=70),
-       data=st.data(), overlap=st.floats(0, 0.75))
+@given(
+    shape=hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=70),
+    data=st.data(),
+    overlap=st.floats(0, 0.75),
+)
 def test_tile_grid_covers_the_whole_image(shape, data, overlap):
     tile = data.draw(st.tuples(*[st.integers(1, 40) for _ in shape]))
     covered = np.zeros(shape, bool)
@@ -205,24 +218,33 @@ def test_tile_grid_covers_the_whole_image(shape, data, overlap):
 
 
 @FAST
-@given(shape=hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=64),
-       mode=st.sampled_from(["gaussian", "constant"]))
+@given(
+    shape=hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=64),
+    mode=st.sampled_from(["gaussian", "constant"]),
+)
 def test_blending_weights_are_positive_and_at_most_one(shape, mode):
     weights = blending_weights(shape, mode)
     assert weights.shape == shape and (weights > 0).all() and (weights <= 1).all()
 
 
 @FAST
-@given(data=st.data(), channels=st.integers(1, 3), overlap=st.sampled_from([0.0, 0.25, 0.5]),
-       blending=st.sampled_from(["gaussian", "constant"]), align=st.sampled_from([1, 2, 4]),
-       batch=st.integers(1, 5))
+@given(
+    data=st.data(),
+    channels=st.integers(1, 3),
+    overlap=st.sampled_from([0.0, 0.25, 0.5]),
+    blending=st.sampled_from(["gaussian", "constant"]),
+    align=st.sampled_from([1, 2, 4]),
+    batch=st.integers(1, 5),
+)
 def test_sliding_window_with_an_identity_predictor_reproduces_the_input(
-        data, channels, overlap, blending, align, batch):
+    data, channels, overlap, blending, align, batch
+):
     spatial = data.draw(hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=40))
     tile = data.draw(st.tuples(*[st.integers(1, 24).map(lambda t: t * align) for _ in spatial]))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     image = rng.normal(size=(channels, *spatial)).astype(np.float32)
-    out = sliding_window(lambda x: {"same": x, "plus": x + 1}, image, tile, overlap, batch,
-                         blending, align=align)
+    out = sliding_window(
+        lambda x: {"same": x, "plus": x + 1}, image, tile, overlap, batch, blending, align=align
+    )
     np.testing.assert_allclose(out["same"], image, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out["plus"], image + 1, rtol=1e-5, atol=1e-5)

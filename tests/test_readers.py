@@ -22,8 +22,10 @@ pydicom = pytest.importorskip("pydicom")
 def ct_zyx(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Slices 90-97 of the whole scan (liver present) and their organ ids, ZYX as trained."""
     folder = data_dir / "ct_totalseg"
-    return (tifffile.imread(folder / "ct_full.tif")[90:98],
-            tifffile.imread(folder / "organs_full.tif")[90:98])
+    return (
+        tifffile.imread(folder / "ct_full.tif")[90:98],
+        tifffile.imread(folder / "organs_full.tif")[90:98],
+    )
 
 
 def ras_from_zyx(zyx: np.ndarray) -> np.ndarray:
@@ -59,8 +61,12 @@ def test_nifti_any_storage_reads_as_training_volume(
     else:  # voxel axes (S, P, L): permuted and two of them reversed
         data = ras[::-1, ::-1, :].transpose(2, 1, 0)
         affine = np.zeros((4, 4))
-        affine[2, 0], affine[1, 1], affine[0, 2], affine[3, 3] = spacing[2], -spacing[1], \
-            -spacing[0], 1.0
+        affine[2, 0], affine[1, 1], affine[0, 2], affine[3, 3] = (
+            spacing[2],
+            -spacing[1],
+            -spacing[0],
+            1.0,
+        )
     affine[:3, 3] = (12.5, -40.0, 100.0)
     path = tmp_path / "scan.nii.gz"
     nibabel.save(nibabel.Nifti1Image(np.ascontiguousarray(data), affine), str(path))
@@ -101,8 +107,13 @@ def test_nifti_scaled_values_are_hounsfield(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- DICOM
 
 
-def write_dicom_series(folder: Path, zyx: np.ndarray, pixel_spacing: tuple[float, float],
-                       slice_step: float, intercept: float = -2048.0) -> None:
+def write_dicom_series(
+    folder: Path,
+    zyx: np.ndarray,
+    pixel_spacing: tuple[float, float],
+    slice_step: float,
+    intercept: float = -2048.0,
+) -> None:
     """A CT series in the usual LPS layout: columns run to the patient's left, rows to the
     back, slices upwards; stored unsigned with RescaleIntercept, files in shuffled order."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -133,8 +144,9 @@ def write_dicom_series(folder: Path, zyx: np.ndarray, pixel_spacing: tuple[float
         ds.save_as(str(folder / f"IM{n:04d}"), enforce_file_format=True)  # no suffix
 
 
-def test_dicom_series_sorted_oriented_in_hu(ct_zyx: tuple[np.ndarray, np.ndarray],
-                                            tmp_path: Path) -> None:
+def test_dicom_series_sorted_oriented_in_hu(
+    ct_zyx: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
     ct, _ = ct_zyx
     folder = tmp_path / "series"
     write_dicom_series(folder, ct, pixel_spacing=(0.75, 0.6), slice_step=2.5)
@@ -162,8 +174,9 @@ def test_dicom_with_fractional_slope(tmp_path: Path) -> None:
     np.testing.assert_allclose(got.array, (zyx + 10) * 0.5 - 10)
 
 
-def test_nifti_ct_is_segmented_like_the_tif(ct_zyx: tuple[np.ndarray, np.ndarray],
-                                            tmp_path: Path) -> None:
+def test_nifti_ct_is_segmented_like_the_tif(
+    ct_zyx: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
     """The acceptance path: a .nii.gz stored LPS-style gives the shipped CT model the same
     input as the training tif, so the liver is found (Dice printed)."""
     from napari_unetpp import zoo
@@ -172,8 +185,10 @@ def test_nifti_ct_is_segmented_like_the_tif(ct_zyx: tuple[np.ndarray, np.ndarray
 
     ct, organs = ct_zyx
     ras = ras_from_zyx(ct)
-    nibabel.save(nibabel.Nifti1Image(np.ascontiguousarray(ras[::-1, ::-1]),
-                                     np.diag([-3.0, -3.0, 3.0, 1.0])), str(tmp_path / "ct.nii.gz"))
+    nibabel.save(
+        nibabel.Nifti1Image(np.ascontiguousarray(ras[::-1, ::-1]), np.diag([-3.0, -3.0, 3.0, 1.0])),
+        str(tmp_path / "ct.nii.gz"),
+    )
     got = readers.read_image(tmp_path / "ct.nii.gz")
     model, info = zoo.load_pretrained("ct")
     config = PredictConfig(device="cpu", mixed_precision=False, tile_size=(128, 128))
@@ -191,8 +206,9 @@ def test_nifti_ct_is_segmented_like_the_tif(ct_zyx: tuple[np.ndarray, np.ndarray
 
 def test_tiff_resolution_centimetre(tmp_path: Path) -> None:
     path = tmp_path / "r.tif"
-    tifffile.imwrite(path, np.zeros((8, 9), np.uint8), resolution=(2000.0, 4000.0),
-                     resolutionunit=3)  # pixels per cm: 5 um by 2.5 um
+    tifffile.imwrite(
+        path, np.zeros((8, 9), np.uint8), resolution=(2000.0, 4000.0), resolutionunit=3
+    )  # pixels per cm: 5 um by 2.5 um
     got = readers.read_image(path)
     assert got.unit == "mm" and got.axes == "YX"
     np.testing.assert_allclose(got.scale, (10 / 4000, 10 / 2000))
@@ -200,17 +216,20 @@ def test_tiff_resolution_centimetre(tmp_path: Path) -> None:
 
 def test_tiff_inch_resolution_is_not_a_pixel_size(tmp_path: Path) -> None:
     path = tmp_path / "dpi.tif"
-    tifffile.imwrite(path, np.zeros((8, 9), np.uint8), resolution=(72.0, 72.0),
-                     resolutionunit=2)
+    tifffile.imwrite(path, np.zeros((8, 9), np.uint8), resolution=(72.0, 72.0), resolutionunit=2)
     got = readers.read_image(path)
     assert got.pixel_size is None and got.scale == (1.0, 1.0)
 
 
 def test_imagej_tiff_spacing_and_unit(tmp_path: Path) -> None:
     path = tmp_path / "ij.tif"
-    tifffile.imwrite(path, np.zeros((4, 8, 9), np.uint16), imagej=True,
-                     resolution=(1 / 0.13, 1 / 0.13),
-                     metadata={"spacing": 0.5, "unit": "micron", "axes": "ZYX"})
+    tifffile.imwrite(
+        path,
+        np.zeros((4, 8, 9), np.uint16),
+        imagej=True,
+        resolution=(1 / 0.13, 1 / 0.13),
+        metadata={"spacing": 0.5, "unit": "micron", "axes": "ZYX"},
+    )
     got = readers.read_image(path)
     assert got.axes == "ZYX" and got.unit == "um"
     np.testing.assert_allclose(got.scale, (0.5, 0.13, 0.13), rtol=1e-5)
@@ -218,10 +237,20 @@ def test_imagej_tiff_spacing_and_unit(tmp_path: Path) -> None:
 
 def test_ome_tiff_physical_sizes_in_mixed_units(tmp_path: Path) -> None:
     path = tmp_path / "o.ome.tif"
-    tifffile.imwrite(path, np.zeros((3, 2, 8, 9), np.uint16), ome=True,
-                     metadata={"axes": "ZCYX", "PhysicalSizeX": 65.0, "PhysicalSizeXUnit": "nm",
-                               "PhysicalSizeY": 0.065, "PhysicalSizeYUnit": "µm",
-                               "PhysicalSizeZ": 0.3, "PhysicalSizeZUnit": "µm"})
+    tifffile.imwrite(
+        path,
+        np.zeros((3, 2, 8, 9), np.uint16),
+        ome=True,
+        metadata={
+            "axes": "ZCYX",
+            "PhysicalSizeX": 65.0,
+            "PhysicalSizeXUnit": "nm",
+            "PhysicalSizeY": 0.065,
+            "PhysicalSizeYUnit": "µm",
+            "PhysicalSizeZ": 0.3,
+            "PhysicalSizeZUnit": "µm",
+        },
+    )
     got = readers.read_image(path)
     assert got.source == "ome-tiff" and got.axes == "ZCYX" and got.unit == "nm"
     np.testing.assert_allclose(got.scale, (300.0, 1.0, 65.0, 65.0))
@@ -233,12 +262,14 @@ def test_training_volume_keeps_its_3mm(data_dir: Path) -> None:
     assert got.array.shape == (112, 101, 122) and got.scale == (3.0, 3.0, 3.0)
 
 
-def test_missing_optional_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch,
-                                                      tmp_path: Path) -> None:
+def test_missing_optional_package_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import sys
 
-    nibabel.save(nibabel.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4)),
-                 str(tmp_path / "a.nii"))
+    nibabel.save(
+        nibabel.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4)), str(tmp_path / "a.nii")
+    )
     monkeypatch.setitem(sys.modules, "nibabel", None)
     with pytest.raises(ImportError, match=r"napari-unetpp\[medical\]"):
         readers.read_image(tmp_path / "a.nii")
@@ -247,14 +278,17 @@ def test_missing_optional_package_says_how_to_install(monkeypatch: pytest.Monkey
 # --------------------------------------------------------------------------- CLI path
 
 
-def test_files_reads_medical_with_size(ct_zyx: tuple[np.ndarray, np.ndarray],
-                                       tmp_path: Path, data_dir: Path) -> None:
+def test_files_reads_medical_with_size(
+    ct_zyx: tuple[np.ndarray, np.ndarray], tmp_path: Path, data_dir: Path
+) -> None:
     from napari_unetpp import files
 
     ct, _ = ct_zyx
     write_dicom_series(tmp_path / "series", ct, (0.75, 0.6), 2.5)
-    nibabel.save(nibabel.Nifti1Image(ras_from_zyx(ct), np.diag([0.8, 0.7, 3.0, 1.0])),
-                 str(tmp_path / "scan.nii.gz"))
+    nibabel.save(
+        nibabel.Nifti1Image(ras_from_zyx(ct), np.diag([0.8, 0.7, 3.0, 1.0])),
+        str(tmp_path / "scan.nii.gz"),
+    )
     found = files.collect_files([tmp_path], "image")
     assert found == [tmp_path / "scan.nii.gz", tmp_path / "series"]  # a series is one image
     assert [files.stem(p) for p in found] == ["scan", "series"]
@@ -262,8 +296,7 @@ def test_files_reads_medical_with_size(ct_zyx: tuple[np.ndarray, np.ndarray],
     np.testing.assert_array_equal(array, ct)
     assert size == pytest.approx((3.0, 0.7, 0.8)) and unit == "mm"
     np.testing.assert_array_equal(files.read_array(found[1]), ct)
-    array, size, unit = files.read_image_with_size(data_dir / "ct_totalseg" / "ct.tif",
-                                                   lazy=True)
+    array, size, unit = files.read_image_with_size(data_dir / "ct_totalseg" / "ct.tif", lazy=True)
     assert array.shape == (30, 101, 122) and size == (3.0, 3.0, 3.0) and unit is None
     array, size, unit = files.read_image_with_size(data_dir / "em_isbi2012" / "image.tif")
     assert size is None and unit is None
@@ -275,8 +308,9 @@ def test_files_reads_medical_with_size(ct_zyx: tuple[np.ndarray, np.ndarray],
 # --------------------------------------------------------------------------- napari reader
 
 
-def test_napari_reader_gives_scale_units_and_metadata(ct_zyx: tuple[np.ndarray, np.ndarray],
-                                                      tmp_path: Path) -> None:
+def test_napari_reader_gives_scale_units_and_metadata(
+    ct_zyx: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
     from napari_unetpp._reader import get_image_reader, get_reader
 
     ct, _ = ct_zyx
@@ -291,8 +325,12 @@ def test_napari_reader_gives_scale_units_and_metadata(ct_zyx: tuple[np.ndarray, 
     assert kwargs["metadata"]["pixel_size"] == pytest.approx((3.0, 0.7, 0.8))
     assert kwargs["contrast_limits"] == (-160.0, 240.0)
     ome = tmp_path / "cells.ome.tif"
-    tifffile.imwrite(ome, np.zeros((2, 8, 9), np.uint16), ome=True,
-                     metadata={"axes": "CYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2})
+    tifffile.imwrite(
+        ome,
+        np.zeros((2, 8, 9), np.uint16),
+        ome=True,
+        metadata={"axes": "CYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2},
+    )
     ((_, kwargs, _),) = get_image_reader(str(ome))(str(ome))
     assert kwargs["channel_axis"] == 0 and kwargs["scale"] == pytest.approx((0.2, 0.2))
     assert kwargs["metadata"]["unit"] == "um" and kwargs["name"] == "cells"
@@ -300,9 +338,9 @@ def test_napari_reader_gives_scale_units_and_metadata(ct_zyx: tuple[np.ndarray, 
 
 
 @pytest.mark.gui
-def test_napari_opens_dicom_folder_with_scale(make_napari_viewer,
-                                              ct_zyx: tuple[np.ndarray, np.ndarray],
-                                              tmp_path: Path) -> None:
+def test_napari_opens_dicom_folder_with_scale(
+    make_napari_viewer, ct_zyx: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
     ct, _ = ct_zyx
     write_dicom_series(tmp_path / "series", ct, (0.75, 0.6), 2.5)
     viewer = make_napari_viewer()

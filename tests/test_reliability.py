@@ -77,8 +77,16 @@ def _write_json(path: Path, data: Any) -> None:
 
 def _v2_array(folder: Path, marker: Path, **meta: Any) -> None:
     """A zarr 2 array written by hand: its one chunk is a pickle that creates ``marker``."""
-    base = {"zarr_format": 2, "shape": [8, 8], "chunks": [8, 8], "dtype": "<f4",
-            "compressor": None, "filters": None, "fill_value": 0, "order": "C"}
+    base = {
+        "zarr_format": 2,
+        "shape": [8, 8],
+        "chunks": [8, 8],
+        "dtype": "<f4",
+        "compressor": None,
+        "filters": None,
+        "fill_value": 0,
+        "order": "C",
+    }
     _write_json(folder / ".zarray", {**base, **meta})
     (folder / "0.0").write_bytes(pickle.dumps(_Payload(marker)))
 
@@ -87,32 +95,69 @@ HOSTILE_ZARRS = {
     "compressor": lambda f, m: _v2_array(f, m, compressor={"id": "pickle", "protocol": 5}),
     "filters": lambda f, m: _v2_array(f, m, filters=[{"id": "pickle", "protocol": 5}]),
     "object-dtype": lambda f, m: _v2_array(f, m, dtype="|O", filters=[{"id": "json2"}]),
-    "group-child": lambda f, m: (_write_json(f / ".zgroup", {"zarr_format": 2}),
-                                 _v2_array(f / "0", m, compressor={"id": "pickle"})),
+    "group-child": lambda f, m: (
+        _write_json(f / ".zgroup", {"zarr_format": 2}),
+        _v2_array(f / "0", m, compressor={"id": "pickle"}),
+    ),
     "consolidated": lambda f, m: (
         _write_json(f / ".zgroup", {"zarr_format": 2}),
-        _write_json(f / ".zmetadata", {"zarr_consolidated_format": 1, "metadata": {
-            "0/.zarray": {"zarr_format": 2, "shape": [8, 8], "chunks": [8, 8],
-                          "dtype": "<f4", "compressor": {"id": "pickle"}, "filters": None,
-                          "fill_value": 0, "order": "C"}}})),
-    "v3-codec": lambda f, m: _write_json(f / "zarr.json", {
-        "zarr_format": 3, "node_type": "array", "shape": [8, 8], "data_type": "float32",
-        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [8, 8]}},
-        "chunk_key_encoding": {"name": "default"}, "fill_value": 0,
-        "codecs": [{"name": "bytes"}, {"name": "numcodecs.pickle"}]}),
-    "v3-sharded": lambda f, m: _write_json(f / "zarr.json", {
-        "zarr_format": 3, "node_type": "array", "shape": [8, 8], "data_type": "float32",
-        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [8, 8]}},
-        "chunk_key_encoding": {"name": "default"}, "fill_value": 0,
-        "codecs": [{"name": "sharding_indexed", "configuration": {
-            "chunk_shape": [4, 4], "codecs": [{"name": "pickle"}]}}]}),
+        _write_json(
+            f / ".zmetadata",
+            {
+                "zarr_consolidated_format": 1,
+                "metadata": {
+                    "0/.zarray": {
+                        "zarr_format": 2,
+                        "shape": [8, 8],
+                        "chunks": [8, 8],
+                        "dtype": "<f4",
+                        "compressor": {"id": "pickle"},
+                        "filters": None,
+                        "fill_value": 0,
+                        "order": "C",
+                    }
+                },
+            },
+        ),
+    ),
+    "v3-codec": lambda f, m: _write_json(
+        f / "zarr.json",
+        {
+            "zarr_format": 3,
+            "node_type": "array",
+            "shape": [8, 8],
+            "data_type": "float32",
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [8, 8]}},
+            "chunk_key_encoding": {"name": "default"},
+            "fill_value": 0,
+            "codecs": [{"name": "bytes"}, {"name": "numcodecs.pickle"}],
+        },
+    ),
+    "v3-sharded": lambda f, m: _write_json(
+        f / "zarr.json",
+        {
+            "zarr_format": 3,
+            "node_type": "array",
+            "shape": [8, 8],
+            "data_type": "float32",
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [8, 8]}},
+            "chunk_key_encoding": {"name": "default"},
+            "fill_value": 0,
+            "codecs": [
+                {
+                    "name": "sharding_indexed",
+                    "configuration": {"chunk_shape": [4, 4], "codecs": [{"name": "pickle"}]},
+                }
+            ],
+        },
+    ),
 }
 
 
 @pytest.mark.parametrize("variant", sorted(HOSTILE_ZARRS))
-def test_hostile_zarr_is_refused_before_any_code_runs(tmp_path: Path, variant: str,
-                                                      capsys: pytest.CaptureFixture[str],
-                                                      tiny_model: Path):
+def test_hostile_zarr_is_refused_before_any_code_runs(
+    tmp_path: Path, variant: str, capsys: pytest.CaptureFixture[str], tiny_model: Path
+):
     store, marker = tmp_path / "image.zarr", tmp_path / "code_ran"
     HOSTILE_ZARRS[variant](store, marker)
     with pytest.raises(UserError, match="pickle|Python objects"):
@@ -120,13 +165,25 @@ def test_hostile_zarr_is_refused_before_any_code_runs(tmp_path: Path, variant: s
     with pytest.raises(UserError, match="pickle|Python objects"):
         read_array(store)
     # through the CLI as a training image: one line, exit 2, nothing ran
-    code, _, err = _run(capsys, "train", "--images", store, "--labels", store,
-                        "--out", tmp_path / "run", "--device", "cpu", "-q")
+    code, _, err = _run(
+        capsys,
+        "train",
+        "--images",
+        store,
+        "--labels",
+        store,
+        "--out",
+        tmp_path / "run",
+        "--device",
+        "cpu",
+        "-q",
+    )
     assert code == 2 and ("pickle" in err or "Python objects" in err)
     _one_line_error(err)
     # and as an image to segment
-    code, _, err = _run(capsys, "predict", tiny_model, store, "--out", tmp_path / "pred",
-                        "--device", "cpu", "-q")
+    code, _, err = _run(
+        capsys, "predict", tiny_model, store, "--out", tmp_path / "pred", "--device", "cpu", "-q"
+    )
     assert code == 2 and ("pickle" in err or "Python objects" in err)
     _one_line_error(err)
     assert not marker.exists()
@@ -183,8 +240,9 @@ PREDICT = ["--tile", "64", "64", "--device", "cpu", "-q"]
 
 
 @pytest.mark.parametrize("fmt", ["tif", "zarr"])
-def test_predict_never_overwrites_user_labels(tmp_path: Path, tiny_model: Path, image_file: Path,
-                                              capsys: pytest.CaptureFixture[str], fmt: str):
+def test_predict_never_overwrites_user_labels(
+    tmp_path: Path, tiny_model: Path, image_file: Path, capsys: pytest.CaptureFixture[str], fmt: str
+):
     out = tmp_path / "out"
     out.mkdir()
     mine = np.full((64, 64), 7, np.uint16)  # the user's hand-made ground truth
@@ -196,44 +254,73 @@ def test_predict_never_overwrites_user_labels(tmp_path: Path, tiny_model: Path, 
 
         zarr.save_array(str(user), mine)
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
-    code, _, err = _run(capsys, "predict", tiny_model, image_file, "--out", out,
-                        "--format", fmt, *PREDICT)
+    code, _, err = _run(
+        capsys, "predict", tiny_model, image_file, "--out", out, "--format", fmt, *PREDICT
+    )
     assert code == 2 and "--overwrite" in _one_line_error(err)
     np.testing.assert_array_equal(read_array(user), mine)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing added
 
-    code, _, _ = _run(capsys, "predict", tiny_model, image_file, "--out", out, "--format", fmt,
-                      "--overwrite", *PREDICT)
+    code, _, _ = _run(
+        capsys,
+        "predict",
+        tiny_model,
+        image_file,
+        "--out",
+        out,
+        "--format",
+        fmt,
+        "--overwrite",
+        *PREDICT,
+    )
     assert code == 0 and read_array(user).max() <= 1  # replaced, as asked
     # a result this package wrote is replaced by the next run without --overwrite
-    code, _, _ = _run(capsys, "predict", tiny_model, image_file, "--out", out, "--format", fmt,
-                      *PREDICT)
+    code, _, _ = _run(
+        capsys, "predict", tiny_model, image_file, "--out", out, "--format", fmt, *PREDICT
+    )
     assert code == 0
     # the labels and their run record; no lock, no staging folder left behind
     assert sorted(p.name for p in out.iterdir()) == [f"a_labels.{fmt}", "a_run.json"]
 
 
-def test_zarr_outputs_carry_a_complete_mark(tmp_path: Path, tiny_model: Path, image_file: Path,
-                                            capsys: pytest.CaptureFixture[str]):
+def test_zarr_outputs_carry_a_complete_mark(
+    tmp_path: Path, tiny_model: Path, image_file: Path, capsys: pytest.CaptureFixture[str]
+):
     import zarr
 
     out = tmp_path / "out"
-    code, _, _ = _run(capsys, "predict", tiny_model, image_file, "--out", out, "--format", "zarr",
-                      "--probabilities", *PREDICT)
+    code, _, _ = _run(
+        capsys,
+        "predict",
+        tiny_model,
+        image_file,
+        "--out",
+        out,
+        "--format",
+        "zarr",
+        "--probabilities",
+        *PREDICT,
+    )
     assert code == 0
     assert zarr.open(str(out / "a_labels.zarr"), mode="r").attrs["napari_unetpp"] == {
-        "complete": True}
+        "complete": True
+    }
     assert zarr.open(str(out / "a_probabilities.zarr"), mode="r").attrs["napari_unetpp"] == {
-        "complete": True}
+        "complete": True
+    }
     # a store marked incomplete (an interrupted writer) is refused by every reader
     zarr.open(str(out / "a_labels.zarr"), mode="r+").attrs["napari_unetpp"] = {"complete": False}
     with pytest.raises(UserError, match="interrupted"):
         read_array(out / "a_labels.zarr")
 
 
-def test_interrupted_predict_leaves_nothing(tmp_path: Path, tiny_model: Path, image_file: Path,
-                                            capsys: pytest.CaptureFixture[str],
-                                            monkeypatch: pytest.MonkeyPatch):
+def test_interrupted_predict_leaves_nothing(
+    tmp_path: Path,
+    tiny_model: Path,
+    image_file: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+):
     import napari_unetpp.postprocess as postprocess
 
     def ctrl_c(*args: Any, **kwargs: Any) -> None:  # after the probabilities store is written
@@ -241,15 +328,25 @@ def test_interrupted_predict_leaves_nothing(tmp_path: Path, tiny_model: Path, im
 
     monkeypatch.setattr(postprocess, "probabilities_to_labels", ctrl_c)
     out = tmp_path / "out"
-    code, _, err = _run(capsys, "predict", tiny_model, image_file, "--out", out,
-                        "--format", "zarr", "--probabilities", *PREDICT)
+    code, _, err = _run(
+        capsys,
+        "predict",
+        tiny_model,
+        image_file,
+        "--out",
+        out,
+        "--format",
+        "zarr",
+        "--probabilities",
+        *PREDICT,
+    )
     assert code == 130 and "interrupted" in err
     assert list(out.iterdir()) == []  # no labels, no internal probabilities store, no lock
 
 
-def test_concurrent_predict_into_one_folder_is_refused(tmp_path: Path, tiny_model: Path,
-                                                       image_file: Path,
-                                                       capsys: pytest.CaptureFixture[str]):
+def test_concurrent_predict_into_one_folder_is_refused(
+    tmp_path: Path, tiny_model: Path, image_file: Path, capsys: pytest.CaptureFixture[str]
+):
     out = tmp_path / "out"
     with OutputFolder(out):  # a run in progress (this process)
         code, _, err = _run(capsys, "predict", tiny_model, image_file, "--out", out, *PREDICT)
@@ -263,31 +360,47 @@ def test_concurrent_predict_into_one_folder_is_refused(tmp_path: Path, tiny_mode
     assert code == 0 and (out / "a_labels.tif").is_file() and not (out / LOCK_NAME).exists()
 
 
-def test_two_predicts_at_once_never_both_write(tmp_path: Path, tiny_model: Path,
-                                               image_file: Path):
+def test_two_predicts_at_once_never_both_write(tmp_path: Path, tiny_model: Path, image_file: Path):
     """Two real processes: each either wins the lock and writes, or is refused; none corrupts."""
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "napari_unetpp.cli", "predict", str(tiny_model),
-               str(image_file), "--out", str(out), *PREDICT]
+    command = [
+        sys.executable,
+        "-m",
+        "napari_unetpp.cli",
+        "predict",
+        str(tiny_model),
+        str(image_file),
+        "--out",
+        str(out),
+        *PREDICT,
+    ]
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    runs = [subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]
+    runs = [subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(r.wait(timeout=300), r.stderr.read() if r.stderr else "") for r in runs]
     print("exit codes:", [c for c, _ in results])
-    assert all(code == 0 or (code == 2 and "another napari-unetpp run" in err)
-               for code, err in results)
+    assert all(
+        code == 0 or (code == 2 and "another napari-unetpp run" in err) for code, err in results
+    )
     assert any(code == 0 for code, _ in results)
     labels = tifffile.imread(out / "a_labels.tif")
     assert labels.shape == (64, 64)
     assert sorted(p.name for p in out.iterdir()) == ["a_labels.tif", "a_run.json"]
 
 
-def test_two_inputs_with_one_output_name_are_refused(tmp_path: Path, tiny_model: Path,
-                                                     image_file: Path,
-                                                     capsys: pytest.CaptureFixture[str]):
+def test_two_inputs_with_one_output_name_are_refused(
+    tmp_path: Path, tiny_model: Path, image_file: Path, capsys: pytest.CaptureFixture[str]
+):
     np.save(image_file.with_suffix(".npy"), tifffile.imread(image_file))
-    code, _, err = _run(capsys, "predict", tiny_model, image_file, image_file.with_suffix(".npy"),
-                        "--out", tmp_path / "out", *PREDICT)
+    code, _, err = _run(
+        capsys,
+        "predict",
+        tiny_model,
+        image_file,
+        image_file.with_suffix(".npy"),
+        "--out",
+        tmp_path / "out",
+        *PREDICT,
+    )
     assert code == 2 and "would both write a_labels.tif" in _one_line_error(err)
 
 
@@ -295,18 +408,20 @@ def test_two_inputs_with_one_output_name_are_refused(tmp_path: Path, tiny_model:
 
 
 def _config_json(model: dict[str, Any]) -> dict[str, Any]:
-    return {"format": "napari-unetpp-checkpoint", "format_version": 1, "model": model,
-            "data": {}}
+    return {"format": "napari-unetpp-checkpoint", "format_version": 1, "model": model, "data": {}}
 
 
-@pytest.mark.parametrize("model", [
-    {"widths": [1e9, 2, 4], "depth": 2},
-    {"widths": [4, 8, 16], "depth": 2, "num_classes": 1e9},
-    {"widths": [4] * 21, "depth": 20},
-    {"widths": [4096] * 6, "depth": 5, "spatial_dims": 3},  # parameter cap
-    {"widths": [[4], 8, 16], "depth": 2},
-    {"widths": [4, 8, 16], "depth": True},
-])
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"widths": [1e9, 2, 4], "depth": 2},
+        {"widths": [4, 8, 16], "depth": 2, "num_classes": 1e9},
+        {"widths": [4] * 21, "depth": 20},
+        {"widths": [4096] * 6, "depth": 5, "spatial_dims": 3},  # parameter cap
+        {"widths": [[4], 8, 16], "depth": 2},
+        {"widths": [4, 8, 16], "depth": True},
+    ],
+)
 def test_huge_or_mistyped_configs_fail_before_allocating(tmp_path: Path, model: dict[str, Any]):
     folder = tmp_path / "ckpt"
     _write_json(folder / "config.json", _config_json(model))
@@ -316,15 +431,33 @@ def test_huge_or_mistyped_configs_fail_before_allocating(tmp_path: Path, model: 
     print(error.value)
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--depth", "20"], "depth must lie in 1..8"),
-    (["--widths", "100000", "8"], "widths must lie in 1..4096"),
-    (["--batch-size", "4096", "--patch-size", "4096"], "voxels per step"),
-])
-def test_train_flags_are_bounded(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                 flags: list[str], message: str, image_file: Path):
-    code, _, err = _run(capsys, "train", "--images", image_file, "--labels", image_file,
-                        "--out", tmp_path / "run", *flags, "--dry-run")
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--depth", "20"], "depth must lie in 1..8"),
+        (["--widths", "100000", "8"], "widths must lie in 1..4096"),
+        (["--batch-size", "4096", "--patch-size", "4096"], "voxels per step"),
+    ],
+)
+def test_train_flags_are_bounded(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    message: str,
+    image_file: Path,
+):
+    code, _, err = _run(
+        capsys,
+        "train",
+        "--images",
+        image_file,
+        "--labels",
+        image_file,
+        "--out",
+        tmp_path / "run",
+        *flags,
+        "--dry-run",
+    )
     assert code == 2 and message in _one_line_error(err)
 
 
@@ -334,12 +467,13 @@ def test_header_shapes_are_checked_before_tensors_are_made(tmp_path: Path, tiny_
     (folder / "config.json").write_bytes((tiny_model / "config.json").read_bytes())
     blob = (tiny_model / "weights.safetensors").read_bytes()
     size = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8:8 + size])
+    header = json.loads(blob[8 : 8 + size])
     key = next(k for k in header if k != "__metadata__")
     header[key]["shape"] = [100_000, 100_000]  # would be 40 GB
     text = json.dumps(header).encode()
-    (folder / "weights.safetensors").write_bytes(len(text).to_bytes(8, "little") + text
-                                                 + blob[8 + size:])
+    (folder / "weights.safetensors").write_bytes(
+        len(text).to_bytes(8, "little") + text + blob[8 + size :]
+    )
     with pytest.raises(CheckpointError, match="shape mismatch"):
         load_checkpoint(folder)
 
@@ -363,8 +497,9 @@ def _within_30s(call: Any) -> tuple[Any, BaseException | None]:
 
 @pytest.mark.parametrize("name", ["weights.safetensors", "config.json"])
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
-def test_fifo_or_device_as_checkpoint_file_fails_fast(tmp_path: Path, tiny_model: Path,
-                                                      name: str, kind: str):
+def test_fifo_or_device_as_checkpoint_file_fails_fast(
+    tmp_path: Path, tiny_model: Path, name: str, kind: str
+):
     from napari_unetpp._reader import find_checkpoint
 
     folder = tmp_path / "ckpt"
@@ -383,8 +518,9 @@ def test_fifo_or_device_as_checkpoint_file_fails_fast(tmp_path: Path, tiny_model
     assert error is None and found is None  # the napari reader passes it by, unread
 
 
-def test_nested_json_gives_a_clean_error(tmp_path: Path, tiny_model: Path,
-                                         capsys: pytest.CaptureFixture[str], image_file: Path):
+def test_nested_json_gives_a_clean_error(
+    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str], image_file: Path
+):
     from napari_unetpp._reader import find_checkpoint
 
     folder = tmp_path / "ckpt"
@@ -397,9 +533,20 @@ def test_nested_json_gives_a_clean_error(tmp_path: Path, tiny_model: Path,
     code, _, err = _run(capsys, "info", folder)
     assert code == 2 and "nested too deeply" in _one_line_error(err)
     run_json = tmp_path / "run.json"
-    run_json.write_text("{\"train\": " + "[" * 100_000 + "]" * 100_000 + "}")
-    code, _, err = _run(capsys, "train", "--images", image_file, "--labels", image_file,
-                        "--out", tmp_path / "run", "--config", run_json, "--dry-run")
+    run_json.write_text('{"train": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    code, _, err = _run(
+        capsys,
+        "train",
+        "--images",
+        image_file,
+        "--labels",
+        image_file,
+        "--out",
+        tmp_path / "run",
+        "--config",
+        run_json,
+        "--dry-run",
+    )
     assert code == 2 and "nested too deeply" in _one_line_error(err)
 
 
@@ -415,27 +562,46 @@ def test_zip_member_bigger_than_its_model_is_not_inflated(tmp_path: Path, tiny_m
         load_checkpoint(bomb)
 
 
-def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                 image_file: Path, tiny_model: Path):
+def test_cli_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], image_file: Path, tiny_model: Path
+):
     a_file = tmp_path / "file.txt"
     a_file.write_text("not a folder")
-    code, _, err = _run(capsys, "train", "--images", image_file, "--labels", image_file,
-                        "--out", a_file, "--iterations", "1")
+    code, _, err = _run(
+        capsys,
+        "train",
+        "--images",
+        image_file,
+        "--labels",
+        image_file,
+        "--out",
+        a_file,
+        "--iterations",
+        "1",
+    )
     assert code == 2 and "is a file" in _one_line_error(err)
     code, _, err = _run(capsys, "predict", tiny_model, image_file, "--out", a_file, *PREDICT)
     assert code == 2 and "is a file" in _one_line_error(err)
-    code, _, err = _run(capsys, "predict", tiny_model, image_file, "--out",
-                        a_file / "sub", *PREDICT)  # an OSError (not a directory)
+    code, _, err = _run(
+        capsys, "predict", tiny_model, image_file, "--out", a_file / "sub", *PREDICT
+    )  # an OSError (not a directory)
     assert code == 2
     _one_line_error(err)
 
 
 def test_info_into_a_closed_pipe_is_quiet(tiny_model: Path):
     # `true` exits at once, long before Python has started: every write hits a closed pipe
-    command = (f"'{sys.executable}' -m napari_unetpp.cli info '{tiny_model}' | true; "
-               "echo status=${PIPESTATUS[0]}")
-    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": SRC}, timeout=120)
+    command = (
+        f"'{sys.executable}' -m napari_unetpp.cli info '{tiny_model}' | true; "
+        "echo status=${PIPESTATUS[0]}"
+    )
+    result = subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+        timeout=120,
+    )
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
     assert result.stdout.strip() == "status=0", (result.stdout, result.stderr)
 
@@ -443,13 +609,42 @@ def test_info_into_a_closed_pipe_is_quiet(tiny_model: Path):
 # --------------------------------------------------------------------------- 3. resume
 
 
-def _train_command(images: Path, labels: Path, out: Path, iterations: int,
-                   validate_every: int) -> list[str]:
-    return [sys.executable, "-m", "napari_unetpp.cli", "train", "--images", str(images),
-            "--labels", str(labels), "--out", str(out), "--widths", "4", "8", "16",
-            "--depth", "2", "--iterations", str(iterations), "--patch-size", "32",
-            "--batch-size", "2", "--validate-every", str(validate_every), "--device", "cpu",
-            "--seed", "3", "--label-mode", "dense", "-q"]
+def _train_command(
+    images: Path, labels: Path, out: Path, iterations: int, validate_every: int
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "napari_unetpp.cli",
+        "train",
+        "--images",
+        str(images),
+        "--labels",
+        str(labels),
+        "--out",
+        str(out),
+        "--widths",
+        "4",
+        "8",
+        "16",
+        "--depth",
+        "2",
+        "--iterations",
+        str(iterations),
+        "--patch-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--validate-every",
+        str(validate_every),
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+        "--label-mode",
+        "dense",
+        "-q",
+    ]
 
 
 @pytest.fixture
@@ -471,12 +666,18 @@ def _kill_when(process: subprocess.Popen, ready: Any, timeout: float = 240) -> N
 
 
 def test_sigkill_then_resume_alone_continues_the_recorded_run(
-        tmp_path: Path, em_pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]):
+    tmp_path: Path, em_pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(_train_command(*em_pair, out, 4000, 5), env=env)
-    _kill_when(process, lambda: (out / "last" / "trainer_state.json").is_file()
-               or (out / "last" / "config.json").is_file())
+    _kill_when(
+        process,
+        lambda: (
+            (out / "last" / "trainer_state.json").is_file()
+            or (out / "last" / "config.json").is_file()
+        ),
+    )
     assert process.returncode == -signal.SIGKILL
     state = json.loads((out / "last" / "trainer_state.json").read_text())
     killed_at = state["step"]
@@ -496,7 +697,8 @@ def test_sigkill_then_resume_alone_continues_the_recorded_run(
 
 
 def test_kill_before_the_first_save_restarts_the_recorded_run(
-        tmp_path: Path, em_pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]):
+    tmp_path: Path, em_pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(_train_command(*em_pair, out, 6, 1000), env=env)
@@ -510,13 +712,27 @@ def test_kill_before_the_first_save_restarts_the_recorded_run(
     assert info.train.batch_size == 2
 
 
-def test_resume_with_repeated_architecture_flags(tmp_path: Path, em_pair: tuple[Path, Path],
-                                                 capsys: pytest.CaptureFixture[str]):
+def test_resume_with_repeated_architecture_flags(
+    tmp_path: Path, em_pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+):
     out = tmp_path / "run"
     argv = _train_command(*em_pair, out, 2, 1)[3:]
     assert _run(capsys, *argv)[0] == 0
-    code, _, err = _run(capsys, "train", "--out", out, "--resume", "--widths", "4", "8", "16",
-                        "--depth", "2", "--iterations", "3")
+    code, _, err = _run(
+        capsys,
+        "train",
+        "--out",
+        out,
+        "--resume",
+        "--widths",
+        "4",
+        "8",
+        "16",
+        "--depth",
+        "2",
+        "--iterations",
+        "3",
+    )
     assert code == 0, err
     code, _, err = _run(capsys, "train", "--out", out, "--resume", "--widths", "8", "16", "32")
     line = _one_line_error(err)
@@ -533,8 +749,14 @@ def test_kill_between_weights_and_optimizer_state_cannot_happen(tmp_path: Path):
     images = [np.random.default_rng(0).random((32, 32)).astype(np.float32)]
     labels = [(images[0] > 0.5).astype(np.uint8)]
     model = ModelConfig(widths=(4, 8, 16), depth=2)
-    train = TrainConfig(iterations=4, batch_size=1, patch_size=(32, 32), validate_every=2,
-                        device="cpu", validation_fraction=0.0)
+    train = TrainConfig(
+        iterations=4,
+        batch_size=1,
+        patch_size=(32, 32),
+        validate_every=2,
+        device="cpu",
+        validation_fraction=0.0,
+    )
     seen: list[set[str]] = []
     import napari_unetpp.checkpoint as checkpoint
 
@@ -554,12 +776,14 @@ def test_kill_between_weights_and_optimizer_state_cannot_happen(tmp_path: Path):
         drive(trainer.run(images, labels))
     finally:
         checkpoint.os.rename = rename  # type: ignore[assignment]
-    assert seen and all({"optimizer.safetensors", "trainer_state.json", "weights.safetensors"} <= s
-                        for s in seen)
+    assert seen and all(
+        {"optimizer.safetensors", "trainer_state.json", "weights.safetensors"} <= s for s in seen
+    )
 
 
-def test_fine_tune_zoo_model_to_a_new_class_count(tmp_path: Path, em_stack,
-                                                  capsys: pytest.CaptureFixture[str]):
+def test_fine_tune_zoo_model_to_a_new_class_count(
+    tmp_path: Path, em_stack, capsys: pytest.CaptureFixture[str]
+):
     from napari_unetpp import zoo
 
     if "em" not in {e.name for e in zoo.available_models()}:
@@ -568,13 +792,34 @@ def test_fine_tune_zoo_model_to_a_new_class_count(tmp_path: Path, em_stack,
     three = membranes[0][CROP].astype(np.uint8) + (image[0][CROP] > 200)  # classes 0, 1, 2
     tifffile.imwrite(tmp_path / "image.tif", image[0][CROP])
     tifffile.imwrite(tmp_path / "labels.tif", three.astype(np.uint8))
-    code, _, err = _run(capsys, "train", "--from", "zoo:em", "--images", tmp_path / "image.tif",
-                        "--labels", tmp_path / "labels.tif", "--out", tmp_path / "ft",
-                        "--iterations", "2", "--patch-size", "64", "--batch-size", "1",
-                        "--device", "cpu", "--label-mode", "dense", "-q")
+    code, _, err = _run(
+        capsys,
+        "train",
+        "--from",
+        "zoo:em",
+        "--images",
+        tmp_path / "image.tif",
+        "--labels",
+        tmp_path / "labels.tif",
+        "--out",
+        tmp_path / "ft",
+        "--iterations",
+        "2",
+        "--patch-size",
+        "64",
+        "--batch-size",
+        "1",
+        "--device",
+        "cpu",
+        "--label-mode",
+        "dense",
+        "-q",
+    )
     assert code == 0, err
-    tuned, original = read_info(tmp_path / "ft" / "best"), read_info(next(
-        e.path for e in zoo.available_models() if e.name == "em"))
+    tuned, original = (
+        read_info(tmp_path / "ft" / "best"),
+        read_info(next(e.path for e in zoo.available_models() if e.name == "em")),
+    )
     assert (tuned.model.num_classes, original.model.num_classes) == (3, 1)  # new heads
     assert tuned.model.widths == original.model.widths  # the body kept
 
@@ -613,9 +858,9 @@ def test_export_zip_never_replaces_a_foreign_zip(tmp_path: Path, tiny_model: Pat
     assert export_zip(tiny_model, ours) == ours  # an earlier export is replaced
 
 
-def test_concurrent_train_into_one_run_folder_is_refused(tmp_path: Path,
-                                                         em_pair: tuple[Path, Path],
-                                                         capsys: pytest.CaptureFixture[str]):
+def test_concurrent_train_into_one_run_folder_is_refused(
+    tmp_path: Path, em_pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+):
     out = tmp_path / "run"
     argv = _train_command(*em_pair, out, 2, 1)[3:]
     with OutputFolder(out):  # another training (this process) is writing there

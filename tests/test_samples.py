@@ -64,8 +64,13 @@ def test_sample_label_contents() -> None:
 @pytest.mark.parametrize(
     ("name", "needle"),
     [
-        ("em", "Cardona"), ("em", "Arganda-Carreras"), ("em", "non-commercial"),
-        ("nuclei", "Caicedo"), ("nuclei", "CC0"), ("ct", "Wasserthal"), ("ct", "Apache-2.0"),
+        ("em", "Cardona"),
+        ("em", "Arganda-Carreras"),
+        ("em", "non-commercial"),
+        ("nuclei", "Caicedo"),
+        ("nuclei", "CC0"),
+        ("ct", "Wasserthal"),
+        ("ct", "Apache-2.0"),
     ],
 )
 def test_attribution_in_meta_and_file(name: str, needle: str) -> None:
@@ -141,14 +146,24 @@ def test_make_samples_reproduces_the_shipped_crops(data_dir: Path, tmp_path: Pat
     import tifffile
 
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "make_samples.py"), "--data", str(data_dir),
-         "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "make_samples.py"),
+            "--data",
+            str(data_dir),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     for spec in SAMPLES.values():
         for file in (spec.image_file, spec.labels_file):
-            np.testing.assert_array_equal(tifffile.imread(tmp_path / file),
-                                          tifffile.imread(SAMPLES_DIR / file))
+            np.testing.assert_array_equal(
+                tifffile.imread(tmp_path / file), tifffile.imread(SAMPLES_DIR / file)
+            )
     assert (tmp_path / "ct_classes.json").read_text() == (
-        SAMPLES_DIR / "ct_classes.json").read_text()
+        SAMPLES_DIR / "ct_classes.json"
+    ).read_text()

@@ -18,12 +18,12 @@ from napari_unetpp.model import UNetPlusPlus
 @pytest.mark.parametrize(
     ("shape", "dims", "channel_axis", "zoom"),
     [
-        ((33, 47), 2, None, (0.37, 1.9)),            # 2D, odd sizes
-        ((3, 33, 47), 2, None, (0.5, 2.0)),          # a stack for a 2D model (slice-wise)
-        ((9, 17, 23), 3, None, (1.7, 0.6, 0.33)),    # 3D
-        ((33, 47, 3), 2, -1, (0.51, 1.49)),          # 2D with channels last
-        ((2, 9, 17, 23), 3, 0, (2.0, 0.5, 1.3)),     # 3D with channels first
-        ((4, 2, 31, 29), 2, 1, (3.1, 0.27)),         # time, channels, YX
+        ((33, 47), 2, None, (0.37, 1.9)),  # 2D, odd sizes
+        ((3, 33, 47), 2, None, (0.5, 2.0)),  # a stack for a 2D model (slice-wise)
+        ((9, 17, 23), 3, None, (1.7, 0.6, 0.33)),  # 3D
+        ((33, 47, 3), 2, -1, (0.51, 1.49)),  # 2D with channels last
+        ((2, 9, 17, 23), 3, 0, (2.0, 0.5, 1.3)),  # 3D with channels first
+        ((4, 2, 31, 29), 2, 1, (3.1, 0.27)),  # time, channels, YX
     ],
 )
 def test_resample_round_trip_shapes_are_exact(shape, dims, channel_axis, zoom):
@@ -63,8 +63,9 @@ def test_resample_reads_and_writes_block_by_block():
 def test_pixel_size_to_zoom_converts_units_and_picks_model_axes():
     assert S.zoom_from_pixel_size((1.0, 1.0), (3.0, 3.0)) == pytest.approx((1 / 3, 1 / 3))
     # a layer's ZYX scale for a 2D model: the in-plane sizes, converted um -> nm
-    assert S.zoom_from_pixel_size((0.05, 0.008, 0.008), (4.0, 4.0), "um", "nm") == \
-        pytest.approx((2.0, 2.0))
+    assert S.zoom_from_pixel_size((0.05, 0.008, 0.008), (4.0, 4.0), "um", "nm") == pytest.approx(
+        (2.0, 2.0)
+    )
     assert S.zoom_from_pixel_size((2.0,), (4.0, 4.0, 4.0)) == (0.5, 0.5, 0.5)
     with pytest.raises(ValueError, match="one per spatial axis"):
         S.model_axes_pixel_size((1.0, 1.0), 3)
@@ -99,11 +100,11 @@ def test_auto_rescale_decisions():
     big = np.full(20, 40.0)
     factor, why = S.auto_rescale(20.0, big)
     assert factor == pytest.approx(0.5) and "40.0 px" in why
-    assert S.auto_rescale(20.0, np.full(20, 21.0))[0] == 1.0      # close enough
-    assert S.auto_rescale(20.0, np.full(3, 60.0))[0] == 1.0       # too few objects
+    assert S.auto_rescale(20.0, np.full(20, 21.0))[0] == 1.0  # close enough
+    assert S.auto_rescale(20.0, np.full(3, 60.0))[0] == 1.0  # too few objects
     assert S.auto_rescale(20.0, np.full(20, 400.0))[0] == S.AUTO_CLAMP[0]
-    assert S.auto_rescale(20.0, np.full(20, 4.0))[0] == S.AUTO_CLAMP[1]   # 5x, clamped
-    assert S.auto_rescale(20.0, np.full(20, 12.0))[0] == 1.0      # smaller: not enlarged
+    assert S.auto_rescale(20.0, np.full(20, 4.0))[0] == S.AUTO_CLAMP[1]  # 5x, clamped
+    assert S.auto_rescale(20.0, np.full(20, 12.0))[0] == 1.0  # smaller: not enlarged
 
 
 # --------------------------------------------------------------------------- configs
@@ -116,17 +117,25 @@ def test_config_scale_fields_validate_and_old_files_load():
     assert ModelConfig.from_dict(old).pixel_size == ()
     ct = ModelConfig(num_classes=6, pixel_size=(3, 3), pixel_unit="mm")
     assert ModelConfig.from_dict(ct.to_dict()) == ct
-    for bad, match in ((dict(pixel_size=(3.0,), pixel_unit="mm"), "2 value"),
-                       (dict(pixel_size=(3.0, 3.0)), "pixel_unit"),
-                       (dict(pixel_unit="mm"), "pixel_size is empty"),
-                       (dict(object_diameter=0.0), "object_diameter")):
+    for bad, match in (
+        (dict(pixel_size=(3.0,), pixel_unit="mm"), "2 value"),
+        (dict(pixel_size=(3.0, 3.0)), "pixel_unit"),
+        (dict(pixel_unit="mm"), "pixel_size is empty"),
+        (dict(object_diameter=0.0), "object_diameter"),
+    ):
         with pytest.raises(ValueError, match=match):
             ModelConfig(**bad)
-    assert PredictConfig.from_dict(PredictConfig(pixel_size=(1, 2), rescale="auto").to_dict()) \
-        == PredictConfig(pixel_size=(1.0, 2.0), rescale="auto")
-    for bad, match in ((dict(rescale=0.0), "0.1..10"), (dict(rescale=float("nan")), "0.1..10"),
-                       (dict(rescale="big"), "'auto'"), (dict(pixel_size=(-1.0,)), "positive"),
-                       (dict(pixel_size=()), "positive"), (dict(pixel_unit="m"), "pixel_unit")):
+    assert PredictConfig.from_dict(
+        PredictConfig(pixel_size=(1, 2), rescale="auto").to_dict()
+    ) == PredictConfig(pixel_size=(1.0, 2.0), rescale="auto")
+    for bad, match in (
+        (dict(rescale=0.0), "0.1..10"),
+        (dict(rescale=float("nan")), "0.1..10"),
+        (dict(rescale="big"), "'auto'"),
+        (dict(pixel_size=(-1.0,)), "positive"),
+        (dict(pixel_size=()), "positive"),
+        (dict(pixel_unit="m"), "pixel_unit"),
+    ):
         with pytest.raises(ValueError, match=match):
             PredictConfig(**bad)
 
@@ -135,8 +144,9 @@ def test_config_scale_fields_validate_and_old_files_load():
 
 
 def _net(spatial_dims=2, in_channels=1, **scale):
-    net = UNetPlusPlus(in_channels=in_channels, widths=(4, 8, 16), depth=2,
-                       spatial_dims=spatial_dims).eval()
+    net = UNetPlusPlus(
+        in_channels=in_channels, widths=(4, 8, 16), depth=2, spatial_dims=spatial_dims
+    ).eval()
     net.config = net.config.replace(**scale)
     return net
 
@@ -146,16 +156,21 @@ CPU = dict(device="cpu", mixed_precision=False)
 
 @pytest.mark.parametrize(
     ("shape", "dims", "channel_axis", "tile"),
-    [((37, 45), 2, None, (64, 64)), ((3, 37, 45), 2, None, (64, 64)),
-     ((2, 37, 45), 2, 0, (64, 64)), ((11, 19, 21), 3, None, (16, 32, 32))],
+    [
+        ((37, 45), 2, None, (64, 64)),
+        ((3, 37, 45), 2, None, (64, 64)),
+        ((2, 37, 45), 2, 0, (64, 64)),
+        ((11, 19, 21), 3, None, (16, 32, 32)),
+    ],
 )
 def test_predict_with_pixel_size_returns_the_input_grid(shape, dims, channel_axis, tile):
     channels = 2 if channel_axis is not None else 1
     net = _net(dims, channels, pixel_size=(2.0,) * dims, pixel_unit="um")
     image = np.random.default_rng(2).random(shape).astype(np.float32)
     data = DataConfig(channel_axis=channel_axis)
-    result = predict_array(net, image, PredictConfig(pixel_size=(1.0,), tile_size=tile, **CPU),
-                           data)
+    result = predict_array(
+        net, image, PredictConfig(pixel_size=(1.0,), tile_size=tile, **CPU), data
+    )
     expected = tuple(s for a, s in enumerate(shape) if a != channel_axis)
     assert {d: p.shape for d, p in result.items()} == {1: expected, 2: expected}
     assert result.scale["zoom"] == [0.5] * dims and result.complete
@@ -181,8 +196,9 @@ def test_predict_rescaled_to_zarr(tmp_path):
     pytest.importorskip("zarr")
     net = _net()
     image = np.random.default_rng(4).random((2, 33, 41)).astype(np.float32)
-    result = predict_array(net, image, PredictConfig(rescale=1.7, **CPU), DataConfig(),
-                           out=tmp_path / "p.zarr")
+    result = predict_array(
+        net, image, PredictConfig(rescale=1.7, **CPU), DataConfig(), out=tmp_path / "p.zarr"
+    )
     assert result.path == tmp_path / "p.zarr"
     assert all(a.shape == image.shape for a in result.values())
     in_memory = predict_array(net, image, PredictConfig(rescale=1.7, **CPU), DataConfig())
@@ -225,11 +241,13 @@ def test_nuclei_upscaled_2x_scores_near_native_with_auto_rescale(data_dir):
     native_iou, native_ap, _ = score(image, truth)
     shifted_iou, shifted_ap, _ = score(big, big_truth)
     auto_iou, auto_ap, used = score(big, big_truth, rescale="auto")
-    print(f"IoU / AP50: native {native_iou:.3f} / {native_ap:.3f}, 2x {shifted_iou:.3f} / "
-          f"{shifted_ap:.3f}, 2x auto {auto_iou:.3f} / {auto_ap:.3f}; {used['note']}")
+    print(
+        f"IoU / AP50: native {native_iou:.3f} / {native_ap:.3f}, 2x {shifted_iou:.3f} / "
+        f"{shifted_ap:.3f}, 2x auto {auto_iou:.3f} / {auto_ap:.3f}; {used['note']}"
+    )
     assert used["passes"] == 2 and 0.4 <= used["zoom"][0] <= 0.65
-    assert auto_iou >= native_iou - 0.03      # the floor for nuclei at 2x
-    assert auto_ap > shifted_ap               # the shattered nuclei are whole again
+    assert auto_iou >= native_iou - 0.03  # the floor for nuclei at 2x
+    assert auto_ap > shifted_ap  # the shattered nuclei are whole again
 
 
 def test_ct_at_1mm_scores_near_native_with_pixel_size(data_dir):
@@ -237,7 +255,7 @@ def test_ct_at_1mm_scores_near_native_with_pixel_size(data_dir):
 
     model, info = zoo.load_pretrained("ct")
     assert model.config.pixel_size == (3.0, 3.0) and model.config.pixel_unit == "mm"
-    ct = tifffile.imread(data_dir / "ct_totalseg" / "ct.tif")[1:4]   # held-back slices
+    ct = tifffile.imread(data_dir / "ct_totalseg" / "ct.tif")[1:4]  # held-back slices
     liver = tifffile.imread(data_dir / "ct_totalseg" / "organs.tif")[1:4] == 5
     fine = S.resample(ct, (3, 3), (1, 2))
     fine_liver = S.resample_to(liver, fine.shape, (1, 2), order=0)
@@ -250,8 +268,9 @@ def test_ct_at_1mm_scores_near_native_with_pixel_size(data_dir):
     native = liver_dice(ct, liver)
     given = liver_dice(fine, fine_liver, pixel_size=(1.0, 1.0))
     unknown = liver_dice(fine, fine_liver)
-    print(f"liver Dice native {native:.3f}, 1 mm with pixel size {given:.3f}, without "
-          f"{unknown:.3f}")
+    print(
+        f"liver Dice native {native:.3f}, 1 mm with pixel size {given:.3f}, without {unknown:.3f}"
+    )
     assert given >= native - 0.03
     assert unknown < given - 0.2
 
@@ -282,5 +301,9 @@ def test_cli_scale_flags_and_run_json(tmp_path, data_dir):
     # errors the user can fix, as one line and exit status 2 (no traceback)
     assert main([*common, "--out", str(tmp_path / "c"), "--rescale", "2", "--diameter", "9"]) != 0
     assert main([*common, "--out", str(tmp_path / "c"), "--rescale", "50"]) != 0
-    assert main(["predict", "zoo:em", str(path), "--out", str(tmp_path / "d"),
-                 "--diameter", "9", "-q"]) != 0
+    assert (
+        main(
+            ["predict", "zoo:em", str(path), "--out", str(tmp_path / "d"), "--diameter", "9", "-q"]
+        )
+        != 0
+    )

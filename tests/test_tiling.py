@@ -111,8 +111,9 @@ def test_pad_to_reflects_at_the_end_and_crops_back():
 def test_identity_predictor_is_reproduced_exactly(shape, tile, overlap, align, blending):
     rng = np.random.default_rng(0)
     image = rng.normal(size=shape).astype(np.float32)
-    out = sliding_window(plus_one, image, tile, overlap, batch_size=3, blending=blending,
-                         align=align)
+    out = sliding_window(
+        plus_one, image, tile, overlap, batch_size=3, blending=blending, align=align
+    )
     assert set(out) == {"same", "first_twice"}
     np.testing.assert_array_equal(out["same"], image + 1)  # exact, not approximately
     np.testing.assert_array_equal(out["first_twice"], image[:1] * 2)
@@ -123,8 +124,14 @@ def test_identity_predictor_is_reproduced_exactly(shape, tile, overlap, align, b
 def test_blending_on_a_torch_device_gives_the_same_result(shape, tile):
     """The accumulation device (a GPU in inference; here torch on the CPU) changes nothing."""
     image = np.random.default_rng(4).normal(size=shape).astype(np.float32)
-    on_torch = sliding_window(lambda b: {"same": torch.from_numpy(b) + 1}, image, tile, 0.5, 3,
-                              accumulate_on=torch.device("cpu"))
+    on_torch = sliding_window(
+        lambda b: {"same": torch.from_numpy(b) + 1},
+        image,
+        tile,
+        0.5,
+        3,
+        accumulate_on=torch.device("cpu"),
+    )
     np.testing.assert_array_equal(on_torch["same"], image + 1)
     assert isinstance(on_torch["same"], np.ndarray)
 
@@ -139,10 +146,15 @@ class TorchTiles:
         return self.data[index]
 
 
-@pytest.mark.parametrize("shape, tile, align", [((2, 47, 61), (16, 32), 1),
-                                                ((1, 33, 35), (16, 16), 8),
-                                                ((1, 9, 7), (16, 16), 1),
-                                                ((1, 13, 17, 19), (8, 8, 8), 4)])
+@pytest.mark.parametrize(
+    "shape, tile, align",
+    [
+        ((2, 47, 61), (16, 32), 1),
+        ((1, 33, 35), (16, 16), 8),
+        ((1, 9, 7), (16, 16), 1),
+        ((1, 13, 17, 19), (8, 8, 8), 4),
+    ],
+)
 def test_tiles_cut_on_a_torch_device_are_those_numpy_cuts(shape, tile, align):
     """The device-resident path (here torch on the CPU): same tiles, padding, blend, bits."""
     image = np.random.default_rng(5).normal(size=shape).astype(np.float32)
@@ -151,12 +163,12 @@ def test_tiles_cut_on_a_torch_device_are_those_numpy_cuts(shape, tile, align):
     def stacked(batch):
         seen.append(type(batch))
         x = torch.as_tensor(batch)
-        return StackedOutputs(torch.cat([x * 2 + 1, x[:, :1] - 3], dim=1),
-                              {"a": shape[0], "b": 1})
+        return StackedOutputs(torch.cat([x * 2 + 1, x[:, :1] - 3], dim=1), {"a": shape[0], "b": 1})
 
     reference = sliding_window(stacked, image, tile, 0.5, 3, align=align)
-    on_device = sliding_window(stacked, TorchTiles(image), tile, 0.5, 3, align=align,
-                               accumulate_on=torch.device("cpu"))
+    on_device = sliding_window(
+        stacked, TorchTiles(image), tile, 0.5, 3, align=align, accumulate_on=torch.device("cpu")
+    )
     assert set(seen) == {np.ndarray, torch.Tensor}  # numpy tiles, then torch tiles
     for key in ("a", "b"):
         np.testing.assert_array_equal(on_device[key], reference[key])  # bit for bit
@@ -176,8 +188,9 @@ def test_stacked_outputs_read_as_a_mapping_and_check_their_channels():
 def test_blending_is_a_weighted_mean_of_the_tiles():
     """Two overlapping tiles with different constant outputs: the Gaussian-weighted mean."""
     image = np.zeros((1, 16, 24), np.float32)
-    calls = iter([np.full((1, 1, 16, 16), 1.0, np.float32), np.full((1, 1, 16, 16), 3.0,
-                                                                    np.float32)])
+    calls = iter(
+        [np.full((1, 1, 16, 16), 1.0, np.float32), np.full((1, 1, 16, 16), 3.0, np.float32)]
+    )
     out = sliding_window(lambda b: next(calls), image, (16, 16), 0.5, batch_size=1)[0][0]
     w = blending_weights((16, 16))
     left, right = w[:, 8:], w[:, :8]  # columns 8..15 are seen by both tiles
@@ -234,8 +247,9 @@ def test_progress_generator_and_callback():
 
 def test_stop_returns_the_rows_done_so_far():
     image = np.ones((1, 64, 20), np.float32)
-    gen = iter_sliding_window(plus_one, image, (16, 20), 0.0, batch_size=1,
-                              should_stop=lambda: True)
+    gen = iter_sliding_window(
+        plus_one, image, (16, 20), 0.0, batch_size=1, should_stop=lambda: True
+    )
     assert next(gen) == TileProgress(1, 4)
     with pytest.raises(StopIteration) as stop:
         next(gen)
@@ -250,8 +264,13 @@ def test_outputs_can_go_to_any_writable_array(tmp_path):
     stores = {}
 
     def allocate(key, shape):
-        stores[key] = zarr.open_array(str(tmp_path / f"{key}.zarr"), mode="w", shape=shape,
-                                      chunks=(1, 16, 16), dtype="float32")
+        stores[key] = zarr.open_array(
+            str(tmp_path / f"{key}.zarr"),
+            mode="w",
+            shape=shape,
+            chunks=(1, 16, 16),
+            dtype="float32",
+        )
         return stores[key]
 
     out = sliding_window(plus_one, image, (16, 16), 0.5, 2, allocate=allocate)

@@ -58,16 +58,51 @@ def test_cli_train_under_torchrun_two_processes(em_stack, tmp_path: Path) -> Non
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
     env["OMP_NUM_THREADS"] = "1"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-        "-m", "napari_unetpp.cli", "train",
-        "--images", "image.tif", "--labels", "labels.tif",
-        "--val-images", "val_image.tif", "--val-labels", "val_labels.tif", "--out", "run",
-        "--widths", "4", "8", "16", "--depth", "2", "--iterations", "40", "--patch-size", "32",
-        "32", "--batch-size", "2", "--validate-every", "20", "--device", "cpu", "--seed", "1",
-        "--label-mode", "dense", "-q",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        "-m",
+        "napari_unetpp.cli",
+        "train",
+        "--images",
+        "image.tif",
+        "--labels",
+        "labels.tif",
+        "--val-images",
+        "val_image.tif",
+        "--val-labels",
+        "val_labels.tif",
+        "--out",
+        "run",
+        "--widths",
+        "4",
+        "8",
+        "16",
+        "--depth",
+        "2",
+        "--iterations",
+        "40",
+        "--patch-size",
+        "32",
+        "32",
+        "--batch-size",
+        "2",
+        "--validate-every",
+        "20",
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
+        "--label-mode",
+        "dense",
+        "-q",
     ]
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("checkpoint:") == 1, done.stdout  # rank 0 alone reports
     assert done.stderr.count("training on 1 image(s)") == 1, done.stderr
@@ -81,8 +116,7 @@ def test_cli_train_under_torchrun_two_processes(em_stack, tmp_path: Path) -> Non
 
     model, info = load_checkpoint(run / "best")
     val = image[15][CROP]
-    probs = drive(predict(model, val, PredictConfig(device="cpu", tile_size=(64, 64)),
-                          info.data))
+    probs = drive(predict(model, val, PredictConfig(device="cpu", tile_size=(64, 64)), info.data))
     prob = np.asarray(probs[max(probs)])
     assert prob.shape == val.shape and np.all((prob >= 0) & (prob <= 1))
     truth = membranes[15][CROP] > 0

@@ -14,20 +14,20 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from scipy import ndimage as ndi
 from skimage import io
 from skimage.draw import disk
 from skimage.measure import label as connected_components
-from scipy import ndimage as ndi
-from skimage.morphology import skeletonize
 from skimage.morphology import disk as disk_footprint
+from skimage.morphology import skeletonize
 
 from napari_unetpp import metrics
+from napari_unetpp.checkpoint import load_checkpoint
 from napari_unetpp.config import DataConfig, ModelConfig, NormalizationConfig, TrainConfig
 from napari_unetpp.data import normalize
-from napari_unetpp.checkpoint import load_checkpoint
 from napari_unetpp.events import Stopper, drive
 from napari_unetpp.model import UNetPlusPlus
-from napari_unetpp.training import TrainEvent, Trainer, build_model
+from napari_unetpp.training import Trainer, TrainEvent, build_model
 
 TINY = ModelConfig(widths=(4, 8, 16), depth=2)
 
@@ -46,8 +46,15 @@ def _blobs(n: int = 3, size: int = 48, seed: int = 0) -> tuple[list[np.ndarray],
 
 
 def _config(**changes) -> TrainConfig:
-    base = dict(iterations=6, batch_size=2, patch_size=(32, 32), validate_every=3,
-                validation_fraction=0.34, device="cpu", seed=0)
+    base = dict(
+        iterations=6,
+        batch_size=2,
+        patch_size=(32, 32),
+        validate_every=3,
+        validation_fraction=0.34,
+        device="cpu",
+        seed=0,
+    )
     base.update(changes)
     return TrainConfig(**base)
 
@@ -156,7 +163,7 @@ def test_finetune_new_class_count_creates_new_heads_keeps_encoder(tmp_path: Path
     model, origin, new_heads = build_model(three, source)
     assert new_heads == ["head_1", "head_2"]
     assert model.heads["head_1"].weight.shape[0] == 3
-    for a, b in zip(source.encoder_parameters(), model.encoder_parameters()):
+    for a, b in zip(source.encoder_parameters(), model.encoder_parameters(), strict=False):
         assert torch.equal(a, b)
     assert torch.equal(source.nodes["x_0_1"].block[0].weight, model.nodes["x_0_1"].block[0].weight)
     with pytest.raises(ValueError, match="does not match"):
@@ -165,16 +172,23 @@ def test_finetune_new_class_count_creates_new_heads_keeps_encoder(tmp_path: Path
 
 def test_freeze_encoder_keeps_encoder_weights_and_finetunes_from_checkpoint(tmp_path: Path):
     images, labels = _blobs()
-    _, base = _run(Trainer(TINY, _config(iterations=2), DataConfig(), output_dir=tmp_path / "base"),
-                   images, labels)
+    _, base = _run(
+        Trainer(TINY, _config(iterations=2), DataConfig(), output_dir=tmp_path / "base"),
+        images,
+        labels,
+    )
     before = [p.detach().clone() for p in base.model.encoder_parameters()]
     buffers = base.model.nodes["x_0_0"][1].running_mean.clone()
     head_before = base.model.heads["head_2"].weight.detach().clone()
-    trainer = Trainer(TINY, _config(iterations=3, freeze_encoder=True), DataConfig(),
-                      initial=tmp_path / "base" / "best")
+    trainer = Trainer(
+        TINY,
+        _config(iterations=3, freeze_encoder=True),
+        DataConfig(),
+        initial=tmp_path / "base" / "best",
+    )
     _, tuned = _run(trainer, images, labels)
     after = tuned.model.encoder_parameters()
-    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=False))
     assert torch.equal(buffers, tuned.model.nodes["x_0_0"][1].running_mean)
     assert not torch.equal(head_before, tuned.model.heads["head_2"].weight)
     assert tuned.info.provenance["started_from"].endswith("best")
@@ -242,20 +256,34 @@ def _em_scores(model: UNetPlusPlus, image: np.ndarray, membranes: np.ndarray, de
 @pytest.mark.slow
 def test_em_training_beats_trivial_baseline(em_stack, tmp_path: Path):
     image, membranes = em_stack
-    config = TrainConfig(iterations=300, batch_size=4, patch_size=(128, 128), validate_every=100,
-                         device="cpu", seed=0, learning_rate=3e-3)
+    config = TrainConfig(
+        iterations=300,
+        batch_size=4,
+        patch_size=(128, 128),
+        validate_every=100,
+        device="cpu",
+        seed=0,
+        learning_rate=3e-3,
+    )
     trainer = Trainer(SMALL, config, DataConfig(), output_dir=tmp_path)
-    events, result = _run(trainer, list(image[:15]), list(membranes[:15]),
-                          val_images=list(image[15:]), val_labels=list(membranes[15:]))
+    events, result = _run(
+        trainer,
+        list(image[:15]),
+        list(membranes[:15]),
+        val_images=list(image[15:]),
+        val_labels=list(membranes[15:]),
+    )
     depth = SMALL.depth
     membrane_iou, interior_iou = _em_scores(result.model, image[15:], membranes[15:], depth)
     base_membrane = metrics.iou(np.ones_like(membranes[15:]), membranes[15:] == 1)
     base_interior = metrics.iou(np.ones_like(membranes[15:]), membranes[15:] == 0)
-    print(f"\nEM slices 15-19, L{depth}: membrane IoU {membrane_iou:.3f} (all-membrane baseline "
-          f"{base_membrane:.3f}); interior IoU {interior_iou:.3f} (all-interior baseline "
-          f"{base_interior:.3f}); per-depth val IoU "
-          f"{[e.val_scores for e in events if e.kind == 'validation'][-1]}; "
-          f"table {result.info.metrics['depths']}")
+    print(
+        f"\nEM slices 15-19, L{depth}: membrane IoU {membrane_iou:.3f} (all-membrane baseline "
+        f"{base_membrane:.3f}); interior IoU {interior_iou:.3f} (all-interior baseline "
+        f"{base_interior:.3f}); per-depth val IoU "
+        f"{[e.val_scores for e in events if e.kind == 'validation'][-1]}; "
+        f"table {result.info.metrics['depths']}"
+    )
     assert membrane_iou > base_membrane + 0.25
     assert interior_iou > base_interior + 0.04
 
@@ -280,21 +308,35 @@ def _dsb(count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
 def test_dsb_nuclei_training_beats_trivial_baseline(tmp_path: Path):
     images, instances = _dsb(14)
     masks = [(lab > 0).astype(np.uint8) for lab in instances]
-    config = TrainConfig(iterations=200, batch_size=4, patch_size=(96, 96), validate_every=100,
-                         device="cpu", seed=0, learning_rate=3e-3)
+    config = TrainConfig(
+        iterations=200,
+        batch_size=4,
+        patch_size=(96, 96),
+        validate_every=100,
+        device="cpu",
+        seed=0,
+        learning_rate=3e-3,
+    )
     trainer = Trainer(SMALL, config, DataConfig(), output_dir=tmp_path)
-    _, result = _run(trainer, images[:10], masks[:10], val_images=images[10:],
-                     val_labels=masks[10:])
+    _, result = _run(
+        trainer, images[:10], masks[:10], val_images=images[10:], val_labels=masks[10:]
+    )
     depth = SMALL.depth
     preds = [_predict(result.model, _normalized(im), depth) > 0 for im in images[10:]]
     truth = np.concatenate([m.ravel() for m in masks[10:]]).astype(bool)
     pred = np.concatenate([p.ravel() for p in preds])
     fg_iou = metrics.iou(pred, truth)
     baseline = metrics.iou(np.ones_like(truth), truth)
-    ap = np.mean([metrics.average_precision(connected_components(p), t)
-                  for p, t in zip(preds, instances[10:])])
-    print(f"\nDSB nuclei (4 held-out images), L{depth}: foreground IoU {fg_iou:.3f} "
-          f"(all-foreground baseline {baseline:.3f}); AP@0.5 (connected components) {ap:.3f}")
+    ap = np.mean(
+        [
+            metrics.average_precision(connected_components(p), t)
+            for p, t in zip(preds, instances[10:], strict=False)
+        ]
+    )
+    print(
+        f"\nDSB nuclei (4 held-out images), L{depth}: foreground IoU {fg_iou:.3f} "
+        f"(all-foreground baseline {baseline:.3f}); AP@0.5 (connected components) {ap:.3f}"
+    )
     assert fg_iou > baseline + 0.3
 
 
@@ -313,7 +355,7 @@ def _scribbles(membranes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         keep = np.zeros(mask.shape, bool)
         for _ in range(6):
             y, x = rng.integers(0, mask.shape[0] - 96, 2)
-            keep[y:y + 96, x:x + 96] = True
+            keep[y : y + 96, x : x + 96] = True
         scribbles[z][mask & keep] = 2
         scribbles[z][(contour | stroke) & inner & keep] = 1
     return scribbles
@@ -324,24 +366,42 @@ def test_finetune_nuclei_model_on_em_scribbles_improves_held_back_score(em_stack
     """Start from a (small) nuclei checkpoint, adapt it to EM membranes with scribbles only."""
     image, membranes = em_stack
     images, instances = _dsb(8)
-    base_config = TrainConfig(iterations=40, batch_size=4, patch_size=(96, 96),
-                              validate_every=1000, validation_fraction=0.0, device="cpu", seed=0,
-                              learning_rate=3e-3)
-    _run(Trainer(SMALL, base_config, DataConfig(), output_dir=tmp_path / "nuclei"),
-         images, [(lab > 0).astype(np.uint8) for lab in instances])
+    base_config = TrainConfig(
+        iterations=40,
+        batch_size=4,
+        patch_size=(96, 96),
+        validate_every=1000,
+        validation_fraction=0.0,
+        device="cpu",
+        seed=0,
+        learning_rate=3e-3,
+    )
+    _run(
+        Trainer(SMALL, base_config, DataConfig(), output_dir=tmp_path / "nuclei"),
+        images,
+        [(lab > 0).astype(np.uint8) for lab in instances],
+    )
     base, _ = load_checkpoint(tmp_path / "nuclei" / "best")
     depth = SMALL.depth
     before = _em_scores(base, image[15:], membranes[15:], depth)
     scribbles = _scribbles(membranes[5:15], np.random.default_rng(0))
     coverage = float((scribbles > 0).mean())
-    tune_config = base_config.replace(iterations=150, validate_every=75, learning_rate=1e-3,
-                                      validation_fraction=0.2)
-    trainer = Trainer(SMALL, tune_config, DataConfig(label_mode="sparse"),
-                      initial=tmp_path / "nuclei" / "best", output_dir=tmp_path / "tuned")
+    tune_config = base_config.replace(
+        iterations=150, validate_every=75, learning_rate=1e-3, validation_fraction=0.2
+    )
+    trainer = Trainer(
+        SMALL,
+        tune_config,
+        DataConfig(label_mode="sparse"),
+        initial=tmp_path / "nuclei" / "best",
+        output_dir=tmp_path / "tuned",
+    )
     _, tuned = _run(trainer, image[5:15], scribbles)
     after = _em_scores(tuned.model, image[15:], membranes[15:], depth)
-    print(f"\nnuclei checkpoint fine-tuned on EM scribbles ({100 * coverage:.1f}% of pixels of "
-          f"slices 5-14): slices 15-19 membrane IoU {before[0]:.3f} -> {after[0]:.3f}, "
-          f"interior IoU {before[1]:.3f} -> {after[1]:.3f}")
+    print(
+        f"\nnuclei checkpoint fine-tuned on EM scribbles ({100 * coverage:.1f}% of pixels of "
+        f"slices 5-14): slices 15-19 membrane IoU {before[0]:.3f} -> {after[0]:.3f}, "
+        f"interior IoU {before[1]:.3f} -> {after[1]:.3f}"
+    )
     assert after[0] > before[0] + 0.1
     assert after[1] > before[1] + 0.2

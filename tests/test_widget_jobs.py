@@ -48,8 +48,9 @@ def watchdog() -> Any:
 def checkpoint(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     net = UNetPlusPlus(widths=(4, 8, 16, 32), depth=3)
-    info = CheckpointInfo(model=net.config, data=DataConfig(),
-                          metrics={"best_depth": 2, "score_name": "iou"})
+    info = CheckpointInfo(
+        model=net.config, data=DataConfig(), metrics={"best_depth": 2, "score_name": "iou"}
+    )
     return save_checkpoint(tmp_path / "tiny", net, info)
 
 
@@ -84,8 +85,13 @@ class Concurrency:
 
 @pytest.mark.timeout(300, method="thread")
 def test_slider_then_open_never_overlaps_or_freezes(
-        make_napari_viewer: Any, qtbot: Any, checkpoint: Path, threaded: None,
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_napari_viewer: Any,
+    qtbot: Any,
+    checkpoint: Path,
+    threaded: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     seen = Concurrency()
     monkeypatch.setattr(pruning, "measure_ms_per_mpx", seen.wrap(pruning.measure_ms_per_mpx))
     image_file = tmp_path / "em.tif"
@@ -99,8 +105,9 @@ def test_slider_then_open_never_overlaps_or_freezes(
         w.pruning._depth.value = depth
         qtbot.wait(50)
     viewer.open(str(image_file))  # within ~2 s: napari's activity dialog adds a progress bar
-    qtbot.waitUntil(lambda: w.pruning.ms_per_mpx is not None and not w.pruning._runner.running,
-                    timeout=WAIT_MS)
+    qtbot.waitUntil(
+        lambda: w.pruning.ms_per_mpx is not None and not w.pruning._runner.running, timeout=WAIT_MS
+    )
     print(f"timings run: {seen.calls}, most at once: {seen.peak}")
     assert seen.peak == 1, "two torch jobs ran at once"
     assert seen.calls <= 2  # the debounced slider timed the depth it rested at, not each move
@@ -109,10 +116,14 @@ def test_slider_then_open_never_overlaps_or_freezes(
 
 
 @pytest.mark.timeout(300, method="thread")
-def test_closed_segment_dock_adds_no_layers(make_napari_viewer: Any, qtbot: Any,
-                                            checkpoint: Path, threaded: None,
-                                            em_stack: tuple[np.ndarray, np.ndarray],
-                                            tmp_path: Path) -> None:
+def test_closed_segment_dock_adds_no_layers(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    checkpoint: Path,
+    threaded: None,
+    em_stack: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+) -> None:
     viewer = make_napari_viewer()
     w = PredictWidget(viewer)
     dock = viewer.window.add_dock_widget(w)
@@ -135,9 +146,14 @@ def test_closed_segment_dock_adds_no_layers(make_napari_viewer: Any, qtbot: Any,
 
 
 @pytest.mark.timeout(300, method="thread")
-def test_closed_train_dock_stops_training(make_napari_viewer: Any, qtbot: Any,
-                                          threaded: None, em_stack: tuple[np.ndarray, np.ndarray],
-                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_closed_train_dock_stops_training(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    threaded: None,
+    em_stack: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     errors: list[str] = []
     monkeypatch.setattr(train_module, "show_error", errors.append)
     viewer = make_napari_viewer()
@@ -150,8 +166,9 @@ def test_closed_train_dock_stops_training(make_napari_viewer: Any, qtbot: Any,
     w._output.value, w._preview.value = tmp_path, True
     steps: list[int] = []
     original = TrainWidget._on_event
-    monkeypatch.setattr(TrainWidget, "_on_event",
-                        lambda self, e: (steps.append(e.step), original(self, e)))
+    monkeypatch.setattr(
+        TrainWidget, "_on_event", lambda self, e: (steps.append(e.step), original(self, e))
+    )
     w._on_start()
     assert not errors
     qtbot.waitUntil(lambda: len(steps) >= 3, timeout=WAIT_MS)

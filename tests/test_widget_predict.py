@@ -30,11 +30,20 @@ SCALE, TRANSLATE = (2.0, 3.0), (10.0, -5.0)
 def checkpoint(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     net = UNetPlusPlus(widths=(4, 8, 16), depth=2)
-    metrics = {"depths": {str(d): {"iou": 0.5 + d / 10, "dice": 0.6 + d / 10,
-                                   "parameters": net.num_parameters(d)} for d in (1, 2)},
-               "score_name": "iou", "best_depth": 2}
-    info = CheckpointInfo(model=net.config, data=DataConfig(), metrics=metrics,
-                          card={"title": "tiny EM", "data": "ISBI 2012 slices 0-11"})
+    metrics = {
+        "depths": {
+            str(d): {"iou": 0.5 + d / 10, "dice": 0.6 + d / 10, "parameters": net.num_parameters(d)}
+            for d in (1, 2)
+        },
+        "score_name": "iou",
+        "best_depth": 2,
+    }
+    info = CheckpointInfo(
+        model=net.config,
+        data=DataConfig(),
+        metrics=metrics,
+        card={"title": "tiny EM", "data": "ISBI 2012 slices 0-11"},
+    )
     return save_checkpoint(tmp_path / "tiny", net, info)
 
 
@@ -44,8 +53,9 @@ def crop(em_stack: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
 
 
 @pytest.fixture
-def setup(make_napari_viewer: Any, checkpoint: Path, tmp_path: Path,
-          monkeypatch: pytest.MonkeyPatch) -> tuple[Any, PredictWidget, list[str]]:
+def setup(
+    make_napari_viewer: Any, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, PredictWidget, list[str]]:
     monkeypatch.setattr(_workers, "RUN_INLINE", True)
     monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(tmp_path / "no-zoo"))  # no shipped models
     errors: list[str] = []
@@ -77,8 +87,9 @@ def test_model_card_and_source(setup: Any, checkpoint: Path) -> None:
     assert width <= 450  # a laptop screen keeps its canvas (issue 16)
 
 
-def test_segment_2d_layers_and_rerun(setup: Any, crop: np.ndarray,
-                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_segment_2d_layers_and_rerun(
+    setup: Any, crop: np.ndarray, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     viewer, w, errors = setup
     layer = viewer.add_image(crop[0], name="em", scale=SCALE, translate=TRANSLATE)
     w._image.value = layer
@@ -92,8 +103,9 @@ def test_segment_2d_layers_and_rerun(setup: Any, crop: np.ndarray,
         assert tuple(out.scale) == SCALE and tuple(out.translate) == TRANSLATE
     labels = viewer.layers["em UNet++ labels"]
     assert np.issubdtype(labels.data.dtype, np.integer)
-    expected = predict_array(w.model, crop[0], PredictConfig(tile_size=(128, 128), device="cpu"),
-                             DataConfig())
+    expected = predict_array(
+        w.model, crop[0], PredictConfig(tile_size=(128, 128), device="cpu"), DataConfig()
+    )
     np.testing.assert_allclose(viewer.layers["em UNet++ L2"].data, expected[2], atol=1e-6)
 
     first_dir = w.last_run_dir
@@ -119,15 +131,19 @@ def _replay_command_and_compare(run_dir: Path, out: Path) -> None:
 
     from napari_unetpp import cli
 
-    line = next(ln for ln in (run_dir / "command.sh").read_text().splitlines()
-                if ln.startswith("napari-unetpp "))
+    line = next(
+        ln
+        for ln in (run_dir / "command.sh").read_text().splitlines()
+        if ln.startswith("napari-unetpp ")
+    )
     argv = shlex.split(line)[1:]
     argv[argv.index("--out") + 1] = str(out)
     assert cli.main(argv) == 0
     replayed = sorted(out.glob("*_labels.tif"))
     assert len(replayed) == 1
-    np.testing.assert_array_equal(tifffile.imread(replayed[0]),
-                                  tifffile.imread(run_dir / "labels.tif"))
+    np.testing.assert_array_equal(
+        tifffile.imread(replayed[0]), tifffile.imread(run_dir / "labels.tif")
+    )
 
 
 def test_stack_slicewise_then_current_slice(setup: Any, crop: np.ndarray) -> None:
@@ -172,8 +188,9 @@ def test_pruning_slider_apply_and_save(setup: Any, crop: np.ndarray, tmp_path: P
     w.pruning.apply()
     assert not errors and len(viewer.layers) == 4
     assert sorted(w.last_probabilities) == [1]
-    np.testing.assert_allclose(w.last_probabilities[1], viewer.layers["em UNet++ L1"].data,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        w.last_probabilities[1], viewer.layers["em UNet++ L1"].data, atol=1e-5
+    )
     assert viewer.layers["em UNet++ labels"].data.shape == labels_before.shape
 
     folder = w.pruning.save_pruned(tmp_path / "pruned")
@@ -181,8 +198,9 @@ def test_pruning_slider_apply_and_save(setup: Any, crop: np.ndarray, tmp_path: P
         assert folder is not None
         loaded, info = load_checkpoint(folder)
         assert loaded.num_parameters() == full.num_parameters(1) and loaded.head_depths == (1,)
-        assert info.metrics["depths"] == {"1": {"iou": 0.6, "dice": 0.7,
-                                                "parameters": full.num_parameters(1)}}
+        assert info.metrics["depths"] == {
+            "1": {"iou": 0.6, "dice": 0.7, "parameters": full.num_parameters(1)}
+        }
         x = torch.rand(1, 1, 32, 32)
         with torch.no_grad():
             torch.testing.assert_close(loaded.eval()(x)[1], full.eval()(x, depths=[1])[1])
@@ -207,9 +225,14 @@ def test_cancel_leaves_layers_unchanged(setup: Any, crop: np.ndarray) -> None:
     assert w._run.enabled and not w._cancel.enabled and not w._runner.running
 
 
-def test_threaded_run_and_reader_entry(make_napari_viewer: Any, qtbot: Any, checkpoint: Path,
-                                       crop: np.ndarray, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_threaded_run_and_reader_entry(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    checkpoint: Path,
+    crop: np.ndarray,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(_workers, "RUN_INLINE", False)
     monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(tmp_path / "no-zoo"))
     _state.register_model("tiny run", checkpoint)
@@ -231,8 +254,9 @@ def test_threaded_run_and_reader_entry(make_napari_viewer: Any, qtbot: Any, chec
         _state.unregister_model("tiny run")
 
 
-def test_labels_from_the_slider_depth_metadata_and_stale_layers(setup: Any, crop: np.ndarray,
-                                                                 tmp_path: Path) -> None:
+def test_labels_from_the_slider_depth_metadata_and_stale_layers(
+    setup: Any, crop: np.ndarray, tmp_path: Path
+) -> None:
     viewer, w, errors = setup
     w._image.value = viewer.add_image(crop[0], name="em", scale=SCALE)
     w.pruning._depth.value = 1  # the depth the user picked on the slider
@@ -247,8 +271,9 @@ def test_labels_from_the_slider_depth_metadata_and_stale_layers(setup: Any, crop
 
     torch.manual_seed(1)  # another model with one depth less: no stale L2 layer remains
     net = UNetPlusPlus(widths=(4, 8), depth=1)
-    other = save_checkpoint(tmp_path / "shallow", net,
-                            CheckpointInfo(model=net.config, data=DataConfig()))
+    other = save_checkpoint(
+        tmp_path / "shallow", net, CheckpointInfo(model=net.config, data=DataConfig())
+    )
     w.load_model(other)
     w.segment()
     names = _names(viewer)
@@ -256,15 +281,19 @@ def test_labels_from_the_slider_depth_metadata_and_stale_layers(setup: Any, crop
     assert viewer.layers["em UNet++ labels"].metadata["napari_unetpp"]["model"] == str(other)
 
 
-def test_class_names_on_hover_fixed_colours_and_legend(setup: Any, crop: np.ndarray,
-                                                       tmp_path: Path) -> None:
+def test_class_names_on_hover_fixed_colours_and_legend(
+    setup: Any, crop: np.ndarray, tmp_path: Path
+) -> None:
     viewer, w, errors = setup
     torch.manual_seed(0)
     names = ("background", "liver", "spleen", "kidney_right")
     net = UNetPlusPlus(widths=(4, 8), depth=1, num_classes=4)
     config = net.config.replace(class_names=names)
-    folder = save_checkpoint(tmp_path / "organs", UNetPlusPlus.from_config(config),
-                             CheckpointInfo(model=config, data=DataConfig(class_values=(1, 2, 3))))
+    folder = save_checkpoint(
+        tmp_path / "organs",
+        UNetPlusPlus.from_config(config),
+        CheckpointInfo(model=config, data=DataConfig(class_values=(1, 2, 3))),
+    )
     w.load_model(folder)
     w._image.value = viewer.add_image(crop[0], name="ct")
     w.segment()
@@ -273,8 +302,9 @@ def test_class_names_on_hover_fixed_colours_and_legend(setup: Any, crop: np.ndar
     colours = [tuple(np.round(layer.colormap.map(k), 3)) for k in (1, 2, 3)]
     assert len(set(colours)) == 3 and layer.colormap.map(0)[3] == 0  # distinct; 0 transparent
     value = int(layer.data.flat[0])
-    assert names[value] in layer.get_status(layer.data_to_world((0, 0)))["coordinates"] \
-        or value == 0
+    assert (
+        names[value] in layer.get_status(layer.data_to_world((0, 0)))["coordinates"] or value == 0
+    )
     assert all(n in w._legend.value for n in names[1:]) and not w._legend.native.isHidden()
 
 
@@ -286,5 +316,9 @@ def test_shipped_model_matches_the_image(make_napari_viewer: Any) -> None:
     ct = viewer.add_image(np.full((2, 8, 8), -1000, np.int16), name="scan")
     rgb = viewer.add_image(np.zeros((8, 8, 3), np.uint8), name="slide", rgb=True)
     other = viewer.add_image(np.zeros((8, 8), np.float32), name="thing")
-    assert [guess_zoo_model(x) for x in (em, ct, rgb, other)] == \
-        ["zoo:em", "zoo:ct", "zoo:nuclei", None]
+    assert [guess_zoo_model(x) for x in (em, ct, rgb, other)] == [
+        "zoo:em",
+        "zoo:ct",
+        "zoo:nuclei",
+        None,
+    ]

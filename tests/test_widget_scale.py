@@ -34,22 +34,31 @@ def test_pixel_size_text_forms_and_errors() -> None:
 
 
 class _Layer:
-    def __init__(self, scale: tuple[float, ...], metadata: dict[str, Any] | None = None,
-                 units: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        scale: tuple[float, ...],
+        metadata: dict[str, Any] | None = None,
+        units: tuple[str, ...] = (),
+    ) -> None:
         self.scale, self.metadata, self.units = scale, metadata or {}, units
 
 
 def test_a_layer_scale_without_units_is_never_taken_as_physical() -> None:
     assert layer_pixel_size(_Layer((0.1, 0.1))) == (None, "")
-    assert layer_pixel_size(_Layer((1, 1), {"pixel_size": (3.0, 0.8, 0.8), "unit": "mm"})) == \
-        ((3.0, 0.8, 0.8), "mm")
-    assert layer_pixel_size(_Layer((0.2, 0.2), units=("micrometer", "micrometer"))) == \
-        ((0.2, 0.2), "um")
+    assert layer_pixel_size(_Layer((1, 1), {"pixel_size": (3.0, 0.8, 0.8), "unit": "mm"})) == (
+        (3.0, 0.8, 0.8),
+        "mm",
+    )
+    assert layer_pixel_size(_Layer((0.2, 0.2), units=("micrometer", "micrometer"))) == (
+        (0.2, 0.2),
+        "um",
+    )
 
 
 @pytest.fixture
-def dock(make_napari_viewer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-         ) -> tuple[Any, PredictWidget, list[str]]:
+def dock(
+    make_napari_viewer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, PredictWidget, list[str]]:
     monkeypatch.setattr(_workers, "RUN_INLINE", True)
     errors: list[str] = []
     monkeypatch.setattr(predict_module, "show_error", errors.append)
@@ -73,8 +82,12 @@ def test_ct_at_1mm_through_the_dock_uses_the_layers_pixel_size(dock: Any, data_d
     liver = tifffile.imread(data_dir / "ct_totalseg" / "organs.tif")[2:4] == 5
     fine = S.resample(ct, (3, 3), (1, 2))
     fine_liver = S.resample_to(liver, fine.shape, (1, 2), order=0)
-    viewer.add_image(fine, name="ct 1mm", scale=(3.0, 1.0, 1.0),
-                     metadata={"pixel_size": (3.0, 1.0, 1.0), "unit": "mm"})
+    viewer.add_image(
+        fine,
+        name="ct 1mm",
+        scale=(3.0, 1.0, 1.0),
+        metadata={"pixel_size": (3.0, 1.0, 1.0), "unit": "mm"},
+    )
     w._source.value = "shipped"
     w._model.value = "zoo:ct"
     w._image.value = viewer.layers["ct 1mm"]
@@ -92,8 +105,10 @@ def test_ct_at_1mm_through_the_dock_uses_the_layers_pixel_size(dock: Any, data_d
     w.scale._pixel.value = ""  # the user clears it: the model sees 1 mm pixels as 3 mm
     w.segment(pruned_depth=4)
     unknown = _liver_dice(viewer, fine_liver)
-    print(f"liver Dice through the dock at 1 mm: with the layer's pixel size {given:.3f}, "
-          f"without {unknown:.3f}")
+    print(
+        f"liver Dice through the dock at 1 mm: with the layer's pixel size {given:.3f}, "
+        f"without {unknown:.3f}"
+    )
     assert given > 0.8 and unknown < given - 0.2
 
 
@@ -117,7 +132,8 @@ def test_adaptive_depth_and_estimate_from_the_dock(dock: Any, data_dir: Path) ->
 
 
 def test_estimate_fills_the_diameter_of_nuclei_shown_at_twice_their_size(
-        dock: Any, data_dir: Path) -> None:
+    dock: Any, data_dir: Path
+) -> None:
     viewer, w, errors = dock
     from napari_unetpp._sample_data import load_sample
 

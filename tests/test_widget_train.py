@@ -202,15 +202,19 @@ def test_dock_fits_a_laptop_and_every_field_is_labelled(make_napari_viewer):
     w._status.value = "stopping after this step; keeping the best model... " * 10
     w._label_reason.value = "guessed sparse: " + "x" * 1000  # a long unwrapped line
     QApplication.processEvents()
-    width = max(dock.minimumSizeHint().width(), dock.minimumWidth(),
-                w.native.minimumSizeHint().width())
+    width = max(
+        dock.minimumSizeHint().width(), dock.minimumWidth(), w.native.minimumSizeHint().width()
+    )
     print(f"train dock minimum width: {width} px")
     assert width <= 450
     assert not w._advanced.visible  # Advanced starts collapsed
     viewer.add_image(np.zeros((32, 32), np.float32), name="img")
     viewer.add_labels(np.zeros((32, 32), np.uint8), name="mine")
-    out = viewer.add_labels(np.zeros((32, 32), np.uint8), name="img UNet++ labels",
-                            metadata={"napari_unetpp": {"model": "zoo:em"}})
+    out = viewer.add_labels(
+        np.zeros((32, 32), np.uint8),
+        name="img UNet++ labels",
+        metadata={"napari_unetpp": {"model": "zoo:em"}},
+    )
     w.reset_choices()
     assert w._labels_box.value.name == "mine" and out.name != "mine"  # the user's layer first
 
@@ -234,5 +238,6 @@ def test_fine_tune_defaults_and_label_guess_while_painting(make_napari_viewer, q
     labels.data[5, 5:60] = 1
     labels.data[30, 5:60] = 2
     labels.events.paint(value=[])
-    qtbot.waitUntil(lambda: w._label_mode.value == "sparse",
-                    timeout=5 * train_module.GUESS_DELAY_MS)
+    qtbot.waitUntil(
+        lambda: w._label_mode.value == "sparse", timeout=5 * train_module.GUESS_DELAY_MS
+    )

@@ -55,10 +55,15 @@ def _tiny_checkpoint(folder: Path, **card: str) -> Path:
     info = CheckpointInfo(
         model=net.config.replace(class_names=("membrane",)),
         data=DataConfig(class_values=(1,)),
-        metrics={"depths": {"1": {"iou": 0.5, "dice": 0.6, "parameters": 10, "ms_per_mpx": 1.0},
-                            "2": {"iou": 0.7, "dice": 0.8, "parameters": 20, "ms_per_mpx": 2.0}},
-                 "score_name": "iou", "best_depth": 2,
-                 "baseline": {"method": "random forest", "iou": 0.4}},
+        metrics={
+            "depths": {
+                "1": {"iou": 0.5, "dice": 0.6, "parameters": 10, "ms_per_mpx": 1.0},
+                "2": {"iou": 0.7, "dice": 0.8, "parameters": 20, "ms_per_mpx": 2.0},
+            },
+            "score_name": "iou",
+            "best_depth": 2,
+            "baseline": {"method": "random forest", "iou": 0.4},
+        },
         card={"licence": "test licence", "citation": "test citation", **card},
     )
     return save_checkpoint(folder, net, info, half=True)
@@ -68,10 +73,15 @@ def _tiny_checkpoint(folder: Path, **card: str) -> Path:
 
 
 def test_zoo_lists_exactly_the_shipped_folders() -> None:
-    shipped = sorted(
-        p.name for p in zoo.MODELS_DIR.glob("*")
-        if (p / "weights.safetensors").is_file() and (p / "config.json").is_file()
-    ) if zoo.MODELS_DIR.is_dir() else []
+    shipped = (
+        sorted(
+            p.name
+            for p in zoo.MODELS_DIR.glob("*")
+            if (p / "weights.safetensors").is_file() and (p / "config.json").is_file()
+        )
+        if zoo.MODELS_DIR.is_dir()
+        else []
+    )
     listed = [e.name for e in zoo.available_models()]
     assert sorted(listed) == [n for n in shipped if n in zoo.known_models()]
     assert set(shipped) <= set(zoo.known_models()), "a model folder the zoo does not know"
@@ -80,8 +90,9 @@ def test_zoo_lists_exactly_the_shipped_folders() -> None:
         assert entry.title and entry.description
 
 
-def test_zoo_override_folder_and_partial_folders(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_zoo_override_folder_and_partial_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(tmp_path))
     assert zoo.available_models() == []
     _tiny_checkpoint(tmp_path / "em")
@@ -90,8 +101,9 @@ def test_zoo_override_folder_and_partial_folders(tmp_path: Path,
     assert [e.name for e in zoo.available_models()] == ["em"]
 
 
-def test_unknown_and_unshipped_models_are_clear_errors(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_and_unshipped_models_are_clear_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(tmp_path))
     with pytest.raises(ValueError, match="unknown zoo model 'cells'"):
         zoo.load_pretrained("cells")
@@ -101,8 +113,9 @@ def test_unknown_and_unshipped_models_are_clear_errors(tmp_path: Path,
         zoo.model_card("ct")
 
 
-def test_load_pretrained_and_card_from_a_tiny_zoo(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_pretrained_and_card_from_a_tiny_zoo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(tmp_path))
     _tiny_checkpoint(tmp_path / "em", verdict="yes: iou 0.7", hardware="test CPU")
     model, info = zoo.load_pretrained("em")
@@ -115,8 +128,9 @@ def test_load_pretrained_and_card_from_a_tiny_zoo(tmp_path: Path,
     assert "random forest" in card and "Target met" in card
 
 
-def test_train_zoo_writes_docs_from_shipped_cards(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_zoo_writes_docs_from_shipped_cards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     script = _load_script("train_zoo")
     monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(tmp_path / "models"))
     monkeypatch.setattr(script, "DOCS", tmp_path / "models.md")
@@ -140,10 +154,12 @@ def _score(name: str, model: UNetPlusPlus, info: CheckpointInfo) -> float:
         z0, z1 = meta["held_out_slices"]
         image, truth = image[z0:z1], truth[z0:z1]
     depth = int(info.metrics.get("best_depth") or model.config.depth)
-    probs = inference.predict_array(model, image, PredictConfig(device="cpu", depths=(depth,)),
-                                    info.data)
-    labels = np.asarray(postprocess.probabilities_to_labels(
-        np.asarray(probs[depth]), model.config, info.data))
+    probs = inference.predict_array(
+        model, image, PredictConfig(device="cpu", depths=(depth,)), info.data
+    )
+    labels = np.asarray(
+        postprocess.probabilities_to_labels(np.asarray(probs[depth]), model.config, info.data)
+    )
     if name == "nuclei":
         return metrics.average_precision(labels, truth, 0.5)
     if name == "em":
@@ -173,8 +189,17 @@ def test_shipped_model_files_config_and_card(entry: zoo.ZooEntry) -> None:
         assert row["parameters"] > 0 and row["ms_per_mpx"] > 0
         assert 0 <= row[info.metrics["score_name"]] <= 1
     assert info.metrics["baseline"]["method"].startswith("random forest")
-    for key in ("data", "split", "licence", "citation", "hardware", "time", "training",
-                "target", "verdict"):
+    for key in (
+        "data",
+        "split",
+        "licence",
+        "citation",
+        "hardware",
+        "time",
+        "training",
+        "target",
+        "verdict",
+    ):
         assert info.card.get(key), f"card of {entry.name} lacks {key!r}"
     assert "## " in zoo.model_card(entry.name)
 
@@ -203,8 +228,9 @@ def test_random_forest_baseline_beats_chance_on_real_em(em_stack) -> None:
     train_image, train_truth = image[0, :192, :192], membranes[0, :192, :192].astype(np.int64)
     test_image, test_truth = image[15, 192:384, 192:384], membranes[15, 192:384, 192:384]
     norm = NormalizationConfig()
-    forest = script.train_random_forest([train_image], [train_truth], norm,
-                                        pixels_per_image=2000, n_estimators=10)
+    forest = script.train_random_forest(
+        [train_image], [train_truth], norm, pixels_per_image=2000, n_estimators=10
+    )
     prob = script.rf_predict(forest, test_image, norm)
     assert prob.shape == (2, *test_image.shape)
     np.testing.assert_allclose(prob.sum(0), 1, atol=1e-5)
@@ -220,17 +246,34 @@ def test_random_forest_baseline_beats_chance_on_real_em(em_stack) -> None:
 
 
 @pytest.mark.slow
-def test_train_zoo_time_budget_then_ship_only(tmp_path: Path, monkeypatch,
-                                             data_dir: Path) -> None:
+def test_train_zoo_time_budget_then_ship_only(tmp_path: Path, monkeypatch, data_dir: Path) -> None:
     """The lent-GPU workflow on real EM data, CPU-sized: train fitted to a time budget without
     shipping, then score the run's best checkpoint on the held-back slices and ship it."""
     script = _load_script("train_zoo")
     monkeypatch.setattr(script, "DATA", data_dir)
     runs, models, docs = tmp_path / "runs", tmp_path / "models", tmp_path / "models.md"
     monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(models))
-    tiny = ["--widths", "4", "8", "16", "32", "64", "--batch-size", "1", "--patch-size", "32",
-            "32", "--validate-every", "10", "--runs-dir", str(runs), "--models-dir",
-            str(models), "--docs", str(docs)]
+    tiny = [
+        "--widths",
+        "4",
+        "8",
+        "16",
+        "32",
+        "64",
+        "--batch-size",
+        "1",
+        "--patch-size",
+        "32",
+        "32",
+        "--validate-every",
+        "10",
+        "--runs-dir",
+        str(runs),
+        "--models-dir",
+        str(models),
+        "--docs",
+        str(docs),
+    ]
     assert script.main(["em", "--no-ship", "--time-budget", "0.05", *tiny]) == 0
     state = json.loads((runs / "em" / "zoo_state.json").read_text())
     assert state["iterations"] >= 10 and state["iterations"] % 10 == 0  # whole validations
@@ -240,8 +283,11 @@ def test_train_zoo_time_budget_then_ship_only(tmp_path: Path, monkeypatch,
     assert not (models / "em").exists()  # --no-ship ships nothing
 
     # the random forest takes minutes: give the run folder a cached baseline to compare with
-    (runs / "em" / "baseline.json").write_text(json.dumps(
-        {"method": "random forest (cached for this test)", "iou": 0.2, "interior_iou": 0.5}))
+    (runs / "em" / "baseline.json").write_text(
+        json.dumps(
+            {"method": "random forest (cached for this test)", "iou": 0.2, "interior_iou": 0.5}
+        )
+    )
     assert script.main(["em", "--ship-only", *tiny]) == 0
     model, info = zoo.load_pretrained("em", device="cpu")
     assert tuple(model.config.widths) == (4, 8, 16, 32, 64)

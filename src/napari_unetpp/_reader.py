@@ -54,8 +54,11 @@ def _is_model_folder(folder: Path) -> bool:
     config = folder / CONFIG_NAME
     try:
         # is_file(): a FIFO or device named config.json would block the read forever
-        if (not (folder / WEIGHTS_NAME).is_file() or not config.is_file()
-                or config.stat().st_size > _MAX_CONFIG_BYTES):
+        if (
+            not (folder / WEIGHTS_NAME).is_file()
+            or not config.is_file()
+            or config.stat().st_size > _MAX_CONFIG_BYTES
+        ):
             return False
         return _has_marker(config.read_bytes())
     except OSError:
@@ -70,8 +73,10 @@ def _is_model_zip(path: Path) -> bool:
                 if name.rsplit("/", 1)[-1] != CONFIG_NAME or name.count("/") > 1:
                     continue
                 prefix = name[: -len(CONFIG_NAME)]
-                if (prefix + WEIGHTS_NAME in names
-                        and archive.getinfo(name).file_size <= _MAX_CONFIG_BYTES):
+                if (
+                    prefix + WEIGHTS_NAME in names
+                    and archive.getinfo(name).file_size <= _MAX_CONFIG_BYTES
+                ):
                     return _has_marker(archive.read(name))
     except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError):
         return False
@@ -176,12 +181,20 @@ def open_image(path: str | os.PathLike[str]) -> list[LayerData]:
         kwargs["channel_axis"] = axes.index("C")
         del scale[axes.index("C")]
         axes = axes.replace("C", "")
-    kwargs.update(name=stem(path), scale=tuple(scale), metadata={
-        "pixel_size": image.pixel_size, "unit": image.unit, "axes": axes,
-        "source": image.source, "path": str(path), "reader": dict(image.metadata)})
+    kwargs.update(
+        name=stem(path),
+        scale=tuple(scale),
+        metadata={
+            "pixel_size": image.pixel_size,
+            "unit": image.unit,
+            "axes": axes,
+            "source": image.source,
+            "path": str(path),
+            "reader": dict(image.metadata),
+        },
+    )
     if image.unit is not None and _layer_takes_units():
-        kwargs["units"] = tuple(_napari_unit(image.unit) if a in "ZYX" else "pixel"
-                                for a in axes)
+        kwargs["units"] = tuple(_napari_unit(image.unit) if a in "ZYX" else "pixel" for a in axes)
     if image.source in ("nifti", "dicom") and image.array.size and image.array.min() < -500:
         kwargs["contrast_limits"] = CT_CONTRAST  # Hounsfield units: show soft tissue
     return [(image.array, kwargs, "image")]

@@ -93,12 +93,12 @@ SAMPLES: dict[str, SampleSpec] = {
         image_file="em_image.tif",
         labels_file="em_membranes.tif",
         source="em_isbi2012/image.tif and membranes.tif, slices 16-18 "
-               "(held back from the EM model)",
+        "(held back from the EM model)",
         crop={"z": [16, 19], "y": [128, 384], "x": [128, 384]},
         scale=(50.0, 4.0, 4.0),
         units="nm",
         licence="ISBI 2012 challenge terms: non-commercial research use, citing Cardona et al. "
-                "2010 and Arganda-Carreras et al. 2015",
+        "2010 and Arganda-Carreras et al. 2015",
         attribution=EM_ATTRIBUTION,
         class_names=("cell interior", "membrane"),
         extra={"labels": "1 = membrane, 0 = cell interior"},
@@ -109,7 +109,7 @@ SAMPLES: dict[str, SampleSpec] = {
         image_file="ct_image.tif",
         labels_file="ct_organs.tif",
         source="ct_totalseg/ct.tif and organs.tif, whole volume; organ ids remapped to the "
-               "CT model's classes (classes.json)",
+        "CT model's classes (classes.json)",
         crop={"z": [0, 30], "y": [0, 101], "x": [0, 122]},
         scale=(3.0, 3.0, 3.0),
         units="mm",
@@ -117,9 +117,11 @@ SAMPLES: dict[str, SampleSpec] = {
         attribution=CT_ATTRIBUTION,
         class_names=("background", "liver", "spleen", "kidney_right", "kidney_left", "stomach"),
         contrast_limits=(-160.0, 240.0),
-        extra={"labels": "organ classes (see class_names), other structures 0",
-               "held_out_slices": [0, 6],
-               "intensity": "Hounsfield units (int16)"},
+        extra={
+            "labels": "organ classes (see class_names), other structures 0",
+            "held_out_slices": [0, 6],
+            "intensity": "Hounsfield units (int16)",
+        },
     ),
 }
 

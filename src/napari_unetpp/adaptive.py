@@ -114,8 +114,11 @@ def depth_cost_fractions(config: ModelConfig) -> dict[int, float]:
     Counted in multiply-adds, so it says what adaptive depth skips independently
     of the machine's load; the benchmark measures wall time next to it.
     """
-    total = {d: sum(_node_macs(config, i, j) for i, j in nodes_for_depth(d))
-             + config.widths[0] * config.num_classes * d for d in range(1, config.depth + 1)}
+    total = {
+        d: sum(_node_macs(config, i, j) for i, j in nodes_for_depth(d))
+        + config.widths[0] * config.num_classes * d
+        for d in range(1, config.depth + 1)
+    }
     return {d: total[d] / total[config.depth] for d in total}
 
 
@@ -155,8 +158,14 @@ class AdaptivePredictor:
     """
 
     def __init__(
-        self, net: UNetPlusPlus, device: torch.device, num_classes: int, *,
-        tolerance: float, threshold: float = 0.5, mixed_precision: bool = False,
+        self,
+        net: UNetPlusPlus,
+        device: torch.device,
+        num_classes: int,
+        *,
+        tolerance: float,
+        threshold: float = 0.5,
+        mixed_precision: bool = False,
         min_depth: int = 2,
     ) -> None:
         heads = net.head_depths
@@ -194,8 +203,9 @@ class AdaptivePredictor:
             elif d < self.min_depth:
                 stop = torch.zeros(len(active), dtype=torch.bool, device=self.device)
             else:
-                stop = label_change(previous, prob, self.num_classes,
-                                    self.threshold) < self.tolerance
+                stop = (
+                    label_change(previous, prob, self.num_classes, self.threshold) < self.tolerance
+                )
             rows = active[stop]
             final[rows], used[rows] = prob[stop], d
             spread[rows] = _spread(low[stop], high[stop])
@@ -226,8 +236,9 @@ class AdaptiveResult(dict):  # type: ignore[type-arg]
     (so ``1 - cost_fraction`` is the saving); ``seconds``: wall time.
     """
 
-    def __init__(self, arrays: dict[int, Any], complete: bool, path: Path | None = None,
-                 **extra: Any) -> None:
+    def __init__(
+        self, arrays: dict[int, Any], complete: bool, path: Path | None = None, **extra: Any
+    ) -> None:
         super().__init__(arrays)
         self.complete = complete
         self.path = path
@@ -241,8 +252,10 @@ class AdaptiveResult(dict):  # type: ignore[type-arg]
     def summary(self) -> str:
         """One line: tiles per depth and the share of the deepest head's work saved."""
         counts = ", ".join(f"L{d}: {n}" for d, n in sorted(self.tiles_per_depth.items()))
-        return (f"adaptive depth: tiles {counts or 'none'}; "
-                f"{100 * (1 - self.cost_fraction):.0f}% of the deepest head's work saved")
+        return (
+            f"adaptive depth: tiles {counts or 'none'}; "
+            f"{100 * (1 - self.cost_fraction):.0f}% of the deepest head's work saved"
+        )
 
 
 def _allocator(sinks: dict[str, Any]) -> Callable[[Hashable, tuple[int, ...]], Any]:
@@ -255,8 +268,11 @@ def _allocator(sinks: dict[str, Any]) -> Callable[[Hashable, tuple[int, ...]], A
 
 
 def _paint(
-    target: np.ndarray, starts: list[tuple[int, ...]], used: list[int],
-    tile: tuple[int, ...], sizes: tuple[int, ...],
+    target: np.ndarray,
+    starts: list[tuple[int, ...]],
+    used: list[int],
+    tile: tuple[int, ...],
+    sizes: tuple[int, ...],
 ) -> np.ndarray:
     """Paint each tile's depth over its pixels (the deeper tile wins where tiles overlap).
 
@@ -303,39 +319,69 @@ def predict_adaptive(
     stopped = (lambda: stopper.stopped) if stopper is not None else (lambda: False)
     prepared, device, notes = inf._prepare_on(model, device)
     predictor = AdaptivePredictor(
-        prepared, device, num_classes, tolerance=predict_config.depth_tolerance,
-        threshold=predict_config.threshold, mixed_precision=predict_config.mixed_precision,
+        prepared,
+        device,
+        num_classes,
+        tolerance=predict_config.depth_tolerance,
+        threshold=predict_config.threshold,
+        mixed_precision=predict_config.mixed_precision,
     )
     items = list(np.ndindex(*layout.lead_shape))
     starts = tiling.tile_grid(layout.spatial_shape, tile, predict_config.overlap, multiple)
     total = len(starts) * len(items)
 
     def event(kind: str, step: int, item: int, message: str = "", eta: float | None = None):
-        return inf.PredictEvent(kind, step, total, message, eta, (deepest,), str(device),
-                                item, len(items), predict_config.batch_size)
+        return inf.PredictEvent(
+            kind,
+            step,
+            total,
+            message,
+            eta,
+            (deepest,),
+            str(device),
+            item,
+            len(items),
+            predict_config.batch_size,
+        )
 
-    yield event("start", 0, 0, f"adaptive depth (tolerance {predict_config.depth_tolerance}) "
-                f"on {device}, {total} tile(s) of {tile}")
+    yield event(
+        "start",
+        0,
+        0,
+        f"adaptive depth (tolerance {predict_config.depth_tolerance}) "
+        f"on {device}, {total} tile(s) of {tile}",
+    )
     for message in notes:
         yield event("fallback", 0, 0, message)
     if stopped():
         return AdaptiveResult({}, complete=False)
     normalise = inf._normaliser(image, data_config)
     arrays, group = inf._allocate(
-        (deepest,), inf.output_shape(shape, layout.channel_axis, num_classes), tile, out)
-    maps = {key: np.zeros(layout.shape_without_channels, np.float32)
-            for key in ("depth", "disagreement")}
+        (deepest,), inf.output_shape(shape, layout.channel_axis, num_classes), tile, out
+    )
+    maps = {
+        key: np.zeros(layout.shape_without_channels, np.float32)
+        for key in ("depth", "disagreement")
+    }
     sizes = layout.spatial_shape
     tile_depths: dict[tuple[int, ...], np.ndarray] = {}
     clock, done, complete = EtaClock(), 0, True
     for n, lead in enumerate(items):
-        sinks = {"probabilities": inf._ItemSink(arrays[deepest], lead, num_classes == 1),
-                 "disagreement": inf._ItemSink(maps["disagreement"], lead, True)}
+        sinks = {
+            "probabilities": inf._ItemSink(arrays[deepest], lead, num_classes == 1),
+            "disagreement": inf._ItemSink(maps["disagreement"], lead, True),
+        }
         first = len(predictor.depths_used)
         gen = tiling.iter_sliding_window(
-            predictor, inf._ItemView(image, layout, lead, normalise), tile,
-            predict_config.overlap, predict_config.batch_size, predict_config.blending,
-            align=multiple, allocate=_allocator(sinks), should_stop=stopped,
+            predictor,
+            inf._ItemView(image, layout, lead, normalise),
+            tile,
+            predict_config.overlap,
+            predict_config.batch_size,
+            predict_config.blending,
+            align=multiple,
+            allocate=_allocator(sinks),
+            should_stop=stopped,
         )
         for progress in gen:
             step = done + progress.done
@@ -348,24 +394,46 @@ def predict_adaptive(
             break
     if group is not None:
         group.attrs["complete"] = complete
-    result = _result(arrays, maps, tile_depths, predictor.depths_used, model.config,
-                     complete, out, time.perf_counter() - started)
-    yield event("done" if complete else "stopped", min(done, total), len(items) - 1,
-                result.summary() if complete else "stopped: the result is partial")
+    result = _result(
+        arrays,
+        maps,
+        tile_depths,
+        predictor.depths_used,
+        model.config,
+        complete,
+        out,
+        time.perf_counter() - started,
+    )
+    yield event(
+        "done" if complete else "stopped",
+        min(done, total),
+        len(items) - 1,
+        result.summary() if complete else "stopped: the result is partial",
+    )
     return result
 
 
 def _result(
-    arrays: dict[int, Any], maps: dict[str, np.ndarray],
-    tile_depths: dict[tuple[int, ...], np.ndarray], used: list[int], config: ModelConfig,
-    complete: bool, out: str | Path | None, seconds: float,
+    arrays: dict[int, Any],
+    maps: dict[str, np.ndarray],
+    tile_depths: dict[tuple[int, ...], np.ndarray],
+    used: list[int],
+    config: ModelConfig,
+    complete: bool,
+    out: str | Path | None,
+    seconds: float,
 ) -> AdaptiveResult:
     fractions = depth_cost_fractions(config)
     counts = {d: used.count(d) for d in sorted(set(used))}
     cost = float(np.mean([fractions[d] for d in used])) if used else 1.0
     return AdaptiveResult(
-        arrays, complete, Path(out) if out is not None else None,
-        depth_map=maps["depth"], disagreement=maps["disagreement"], tile_depths=tile_depths,
-        tiles_per_depth=counts, cost_fraction=cost, seconds=seconds,
+        arrays,
+        complete,
+        Path(out) if out is not None else None,
+        depth_map=maps["depth"],
+        disagreement=maps["disagreement"],
+        tile_depths=tile_depths,
+        tiles_per_depth=counts,
+        cost_fraction=cost,
+        seconds=seconds,
     )
-

@@ -46,10 +46,15 @@ class AugmentOptions:
     @classmethod
     def from_train_config(cls, config: Any) -> AugmentOptions:
         """The options of a ``TrainConfig`` (its ``augment_*`` fields and ``elastic``)."""
-        return cls(scale=tuple(config.augment_scale), contrast=config.augment_contrast,
-                   brightness=config.augment_brightness, gamma=config.augment_gamma,
-                   blur=config.augment_blur, noise=config.augment_noise,
-                   elastic=config.elastic)
+        return cls(
+            scale=tuple(config.augment_scale),
+            contrast=config.augment_contrast,
+            brightness=config.augment_brightness,
+            gamma=config.augment_gamma,
+            blur=config.augment_blur,
+            noise=config.augment_noise,
+            elastic=config.elastic,
+        )
 
 
 def draw_scale(options: AugmentOptions, rng: np.random.Generator) -> float:
@@ -72,8 +77,10 @@ def zoom_patch(
     size = tuple(int(n) for n in size)
     if tuple(target.shape) == size:
         return image, target
-    axes = [(np.arange(out, dtype=np.float64) + 0.5) * (n / out) - 0.5
-            for n, out in zip(target.shape, size, strict=True)]
+    axes = [
+        (np.arange(out, dtype=np.float64) + 0.5) * (n / out) - 0.5
+        for n, out in zip(target.shape, size, strict=True)
+    ]
     coords = np.stack(np.meshgrid(*axes, indexing="ij"))
     zoomed = np.stack([ndi.map_coordinates(c, coords, order=1, mode="nearest") for c in image])
     labels = ndi.map_coordinates(target, coords, order=0, mode="nearest")

@@ -184,8 +184,15 @@ def _jsonable(value: Any) -> Any:
 # --------------------------------------------------------------------------- save
 
 
-_ARCHITECTURE = ("in_channels", "num_classes", "widths", "depth", "spatial_dims", "norm",
-                 "deep_supervision")
+_ARCHITECTURE = (
+    "in_channels",
+    "num_classes",
+    "widths",
+    "depth",
+    "spatial_dims",
+    "norm",
+    "deep_supervision",
+)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -256,7 +263,11 @@ def _carry_extra_files(source: Path, destination: Path) -> None:
 
 
 def save_checkpoint(
-    path: str | os.PathLike[str], model: nn.Module, info: CheckpointInfo, *, half: bool = False,
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    info: CheckpointInfo,
+    *,
+    half: bool = False,
     extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``model`` and ``info`` as a checkpoint folder at ``path``, atomically.
@@ -302,8 +313,7 @@ def save_checkpoint(
     net_config = getattr(net, "config", None)
     if isinstance(net_config, ModelConfig):
         different = [
-            name for name in _ARCHITECTURE
-            if getattr(net_config, name) != getattr(info.model, name)
+            name for name in _ARCHITECTURE if getattr(net_config, name) != getattr(info.model, name)
         ]
         if different:
             raise ValueError(
@@ -380,8 +390,10 @@ def _pickle_error(name: str, why: str) -> CheckpointError:
 
 def _read_head(path: Path, size: int = 8) -> bytes:
     if not path.is_file():  # a FIFO would block open() forever, a device never end
-        raise CheckpointError(f"{path}: not a regular file (a FIFO, device or socket); "
-                              "give a checkpoint folder, its files or a .zip")
+        raise CheckpointError(
+            f"{path}: not a regular file (a FIFO, device or socket); "
+            "give a checkpoint folder, its files or a .zip"
+        )
     with open(path, "rb") as handle:
         return handle.read(size)
 
@@ -453,7 +465,8 @@ def _read_zip(path: Path, want_weights: bool) -> _Raw:
                     raise CheckpointError(
                         f"{path}: {weights_member} would inflate to {size} bytes, more than "
                         f"the model its {CONFIG_NAME} describes can hold ({limit}); not a "
-                        "checkpoint of this package")
+                        "checkpoint of this package"
+                    )
                 weights = archive.read(weights_member)
             return _Raw(config, f"{path}:{config_member}", weights, f"{path}:{weights_member}")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
@@ -474,8 +487,9 @@ def _read_raw(path: str | os.PathLike[str], want_weights: bool = True) -> _Raw:
             pickles = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
             if pickles:
                 raise _pickle_error(
-                    str(folder / pickles[0]), "this folder holds a PyTorch/pickle file, not a "
-                    f"napari-unetpp checkpoint ({CONFIG_NAME} + {WEIGHTS_NAME})"
+                    str(folder / pickles[0]),
+                    "this folder holds a PyTorch/pickle file, not a "
+                    f"napari-unetpp checkpoint ({CONFIG_NAME} + {WEIGHTS_NAME})",
                 )
             raise CheckpointError(
                 f"{folder / CONFIG_NAME}: missing; a checkpoint folder holds {CONFIG_NAME} "
@@ -524,8 +538,10 @@ def _parse_config(raw: _Raw) -> tuple[dict[str, Any], CheckpointInfo]:
     try:
         data = json.loads(raw.config.decode("utf-8"))
     except RecursionError:
-        raise CheckpointError(f"{name}: not valid JSON (nested too deeply); the file is "
-                              "corrupt or not a checkpoint config") from None
+        raise CheckpointError(
+            f"{name}: not valid JSON (nested too deeply); the file is "
+            "corrupt or not a checkpoint config"
+        ) from None
     except UnicodeDecodeError:
         raise CheckpointError(
             f"{name}: not valid JSON (not UTF-8 text; the file is corrupt)"
@@ -584,15 +600,20 @@ def _header_shapes(raw: _Raw) -> dict[str, tuple[int, ...]]:
         raise _pickle_error(name, "this is a PyTorch/pickle file, not safetensors")
     size = int.from_bytes(blob[:8], "little") if len(blob) >= 8 else -1
     if size < 0 or size > min(len(blob) - 8, _MAX_HEADER_BYTES):
-        raise CheckpointError(f"{name}: corrupt or truncated safetensors header; "
-                              "re-copy or re-save it")
+        raise CheckpointError(
+            f"{name}: corrupt or truncated safetensors header; re-copy or re-save it"
+        )
     try:
-        header = json.loads(blob[8:8 + size].decode("utf-8"))
-        shapes = {key: tuple(int(n) for n in value["shape"]) for key, value in header.items()
-                  if key != "__metadata__"}
+        header = json.loads(blob[8 : 8 + size].decode("utf-8"))
+        shapes = {
+            key: tuple(int(n) for n in value["shape"])
+            for key, value in header.items()
+            if key != "__metadata__"
+        }
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-        raise CheckpointError(f"{name}: corrupt safetensors header; re-copy or re-save it"
-                              ) from None
+        raise CheckpointError(
+            f"{name}: corrupt safetensors header; re-copy or re-save it"
+        ) from None
     return shapes
 
 
@@ -645,9 +666,7 @@ def _match_weights(
     """The loaded tensors, checked against the network and cast to its dtypes."""
     _match_shapes(net, {k: tuple(v.shape) for k, v in tensors.items()}, raw)
     expected = net.state_dict()
-    return {
-        k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in tensors.items()
-    }
+    return {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in tensors.items()}
 
 
 def read_info(path: str | os.PathLike[str]) -> CheckpointInfo:
@@ -707,7 +726,8 @@ def _check_finite(state: dict[str, torch.Tensor], raw: _Raw) -> None:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise CheckpointError(
             f"{raw.weights_name}: non-finite (NaN or infinite) weights in {', '.join(bad[:3])}"
-            f"{more}; the run that wrote it diverged: retrain with a lower learning rate")
+            f"{more}; the run that wrote it diverged: retrain with a lower learning rate"
+        )
 
 
 def _is_checkpoint_zip(path: Path) -> bool:
@@ -735,8 +755,10 @@ def export_zip(checkpoint: str | os.PathLike[str], zip_path: str | os.PathLike[s
     if target.suffix.lower() != ".zip":
         raise ValueError(f"{target}: the output name must end in .zip, e.g. {target.name}.zip")
     if target.exists() and not _is_checkpoint_zip(target):
-        raise ValueError(f"{target} exists and is not a napari-unetpp checkpoint zip; refusing "
-                         "to replace it. Choose another name")
+        raise ValueError(
+            f"{target} exists and is not a napari-unetpp checkpoint zip; refusing "
+            "to replace it. Choose another name"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:

@@ -81,8 +81,12 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain aligned text table (copy-pasteable into a notebook or an issue)."""
     cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
     widths = [max(len(r[k]) for r in cells) for k in range(len(headers))]
-    lines = ["  ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(r, widths)))
-             for r in cells]
+    lines = [
+        "  ".join(
+            c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(r, widths, strict=False))
+        )
+        for r in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -127,11 +131,15 @@ def read_run_json(path: str | Path | None) -> dict[str, Any]:
         raise UserError(f"config file {path} must hold a JSON object")
     known = {"model", "train", "data", "predict"}
     # provenance the widgets record beside the configs (not settings the CLI reads)
-    unknown = set(data) - known - {"version", "images", "labels", "val_images", "val_labels",
-                                   "from", "checkpoint", "scope"}
+    unknown = (
+        set(data)
+        - known
+        - {"version", "images", "labels", "val_images", "val_labels", "from", "checkpoint", "scope"}
+    )
     if unknown:
-        raise UserError(f"config file {path}: unknown section(s) {sorted(unknown)}; known: "
-                        f"{sorted(known)}")
+        raise UserError(
+            f"config file {path}: unknown section(s) {sorted(unknown)}; known: {sorted(known)}"
+        )
     return data
 
 
@@ -142,9 +150,7 @@ def _override(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
     return out
 
 
-def _normalization_from_args(
-    base: dict[str, Any], args: argparse.Namespace
-) -> dict[str, Any]:
+def _normalization_from_args(base: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     norm = dict(base.get("normalization") or {})
     if args.normalization is not None:
         if args.normalization != norm.get("mode"):
@@ -172,8 +178,10 @@ def build_train_configs(
     model_base = base.model.to_dict() if base is not None else run.get("model", {})
     if base is not None and (args.widths or args.depth is not None):
         if not resuming:
-            raise UserError("--widths/--depth cannot change the architecture of a model being "
-                            "fine-tuned; export a pruned depth first, or train from scratch")
+            raise UserError(
+                "--widths/--depth cannot change the architecture of a model being "
+                "fine-tuned; export a pruned depth first, or train from scratch"
+            )
         from .runs import check_same_architecture
 
         check_same_architecture(base.model, args.widths, args.depth, Path(args.out))
@@ -187,8 +195,12 @@ def build_train_configs(
     if args.widths and args.depth is None and "depth" not in model_base:
         model["depth"] = min(len(args.widths) - 1, 4)
     learning_rate = args.lr
-    if (base is not None and not resuming and learning_rate is None
-            and "learning_rate" not in run.get("train", {})):
+    if (
+        base is not None
+        and not resuming
+        and learning_rate is None
+        and "learning_rate" not in run.get("train", {})
+    ):
         learning_rate = FINE_TUNE_LEARNING_RATE  # as the widget: a few labels must not undo it
     train = _override(
         run.get("train", {}),
@@ -211,8 +223,9 @@ def build_train_configs(
         inherited = {"normalization": base.data.normalization.to_dict(), "target": base.data.target}
         data_base = {**inherited, **data_base}
     auto_label = args.label_mode == "auto"
-    data = _override(data_base, label_mode=None if auto_label else args.label_mode,
-                     target=args.target)
+    data = _override(
+        data_base, label_mode=None if auto_label else args.label_mode, target=args.target
+    )
     if args.channel_axis is not None:
         data["channel_axis"] = None if args.channel_axis == "none" else int(args.channel_axis)
     data["normalization"] = _normalization_from_args(data, args)
@@ -234,8 +247,9 @@ def run_json(model: ModelConfig, train: TrainConfig, data: DataConfig) -> dict[s
     }
 
 
-def _run_record(args: argparse.Namespace, model: ModelConfig, train: TrainConfig,
-                data: DataConfig) -> dict[str, Any]:
+def _run_record(
+    args: argparse.Namespace, model: ModelConfig, train: TrainConfig, data: DataConfig
+) -> dict[str, Any]:
     """``run_json`` plus the input files and starting point, as the train widget records."""
     from .runs import absolute_paths
 
@@ -259,11 +273,13 @@ def read_model_info(spec: str) -> CheckpointInfo:
         from . import zoo
         from .checkpoint import read_info
 
-        name = spec[len(ZOO_PREFIX):]
+        name = spec[len(ZOO_PREFIX) :]
         entries = {e.name: e for e in zoo.available_models()}
         if name not in entries:
-            raise UserError(f"zoo model {name!r} is not available in this installation; "
-                            f"available: {sorted(entries) or 'none'}")
+            raise UserError(
+                f"zoo model {name!r} is not available in this installation; "
+                f"available: {sorted(entries) or 'none'}"
+            )
         return read_info(entries[name].path)
     spec = resolve_checkpoint(spec)
     from .checkpoint import read_info
@@ -290,8 +306,9 @@ def depth_table(info: CheckpointInfo, timed: dict[int, dict[str, float]] | None 
         label = f"L{d}" + (" *" if best is not None and int(best) == d else "")
         score = row.get(score_name, row.get("score"))
         ms = timed[d]["ms_per_mpx"] if timed else row.get("ms_per_mpx")
-        rows.append([label, _human_count(row.get("parameters", params.get(d))),
-                     score, gflops.get(d), ms])
+        rows.append(
+            [label, _human_count(row.get("parameters", params.get(d))), score, gflops.get(d), ms]
+        )
     ms_header = "ms/Mpx (now, median)" if timed else "ms/Mpx (stored)"
     table = format_table(["depth", "parameters", score_name, "GFLOP/Mpx", ms_header], rows)
     if best is not None:
@@ -341,8 +358,15 @@ def progress_bar(total: int, desc: str, enabled: bool = True) -> Iterator[Any]:
     """A tqdm bar on stderr; disabled (quietly) under ``--quiet`` or when not a terminal."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="it", file=sys.stderr, disable=not enabled,
-               dynamic_ncols=True, leave=True)
+    bar = tqdm(
+        total=total,
+        desc=desc,
+        unit="it",
+        file=sys.stderr,
+        disable=not enabled,
+        dynamic_ncols=True,
+        leave=True,
+    )
     try:
         yield bar
     finally:
@@ -376,8 +400,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         _note(f"--resume: {out} has no saved step yet; starting its recorded run from step 0")
         args.resume = False
     if not (args.images and args.labels):
-        raise UserError("train needs --images and --labels (or --resume with the --out of a "
-                        "run that recorded them in its run.json)")
+        raise UserError(
+            "train needs --images and --labels (or --resume with the --out of a "
+            "run that recorded them in its run.json)"
+        )
     if not args.dry_run:
         from .outputs import check_writable_folder
 
@@ -400,17 +426,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         leave()
 
 
-def _train(args: argparse.Namespace, out: Path, initial: Any, model_config: ModelConfig,
-           train_config: TrainConfig, data_config: DataConfig, auto: bool,
-           main_process: bool) -> int:
+def _train(
+    args: argparse.Namespace,
+    out: Path,
+    initial: Any,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    data_config: DataConfig,
+    auto: bool,
+    main_process: bool,
+) -> int:
     """Read the files, finish the configs from the data, train; rank 0 reports and writes."""
     pairs = pair_files(collect_files(args.images, "image"), collect_files(args.labels, "labels"))
     val_pairs: list[tuple[Path, Path]] = []
     if args.val_images or args.val_labels:
         if not (args.val_images and args.val_labels):
             raise UserError("give both --val-images and --val-labels (or neither)")
-        val_pairs = pair_files(collect_files(args.val_images, "validation image"),
-                               collect_files(args.val_labels, "validation labels"))
+        val_pairs = pair_files(
+            collect_files(args.val_images, "validation image"),
+            collect_files(args.val_labels, "validation labels"),
+        )
     images, labels = _read_pairs(pairs, data_config.channel_axis)
     val_images, val_labels = _read_pairs(val_pairs, data_config.channel_axis)
 
@@ -421,11 +456,13 @@ def _train(args: argparse.Namespace, out: Path, initial: Any, model_config: Mode
         data_config = data_config.replace(label_mode=mode)
         if main_process:
             _note(f"label mode: {mode} ({why})")
-    channels = 1 if data_config.channel_axis is None else int(
-        images[0].shape[data_config.channel_axis])
+    channels = (
+        1 if data_config.channel_axis is None else int(images[0].shape[data_config.channel_axis])
+    )
     classes = data_mod.num_output_channels(data_config, labels)
     model_config = model_config.replace(
-        in_channels=channels, num_classes=classes,
+        in_channels=channels,
+        num_classes=classes,
         # fine-tuning to another class count: new heads, so the old names do not apply
         class_names=model_config.class_names if classes == model_config.num_classes else (),
     )
@@ -440,27 +477,54 @@ def _train(args: argparse.Namespace, out: Path, initial: Any, model_config: Mode
 
             stack.enter_context(OutputFolder(out))  # one run at a time writes into --out
             write_run_file(out, record)  # before the first step: `--resume` alone continues it
-        return _run_trainer(args, out, initial, model_config, train_config, data_config,
-                            (images, labels, val_images, val_labels), len(pairs),
-                            len(val_pairs), main_process)
+        return _run_trainer(
+            args,
+            out,
+            initial,
+            model_config,
+            train_config,
+            data_config,
+            (images, labels, val_images, val_labels),
+            len(pairs),
+            len(val_pairs),
+            main_process,
+        )
 
 
-def _run_trainer(args: argparse.Namespace, out: Path, initial: Any, model_config: ModelConfig,
-                 train_config: TrainConfig, data_config: DataConfig, arrays: tuple[Any, ...],
-                 n_pairs: int, n_val: int, main_process: bool) -> int:
+def _run_trainer(
+    args: argparse.Namespace,
+    out: Path,
+    initial: Any,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    data_config: DataConfig,
+    arrays: tuple[Any, ...],
+    n_pairs: int,
+    n_val: int,
+    main_process: bool,
+) -> int:
     """Drive the trainer with a progress bar; rank 0 records the run and prints the table."""
     from .training import Trainer
 
     images, labels, val_images, val_labels = arrays
-    trainer = Trainer(model_config, train_config, data_config, initial=initial, output_dir=out,
-                      resume=bool(args.resume))
+    trainer = Trainer(
+        model_config,
+        train_config,
+        data_config,
+        initial=initial,
+        output_dir=out,
+        resume=bool(args.resume),
+    )
     if main_process:
-        _note(f"training on {n_pairs} image(s)"
-              + (f", validating on {n_val}" if n_val else "")
-              + f"; checkpoint -> {out}")
+        _note(
+            f"training on {n_pairs} image(s)"
+            + (f", validating on {n_val}" if n_val else "")
+            + f"; checkpoint -> {out}"
+        )
     result = _drive_training(
         trainer.run(images, labels, val_images or None, val_labels or None),
-        train_config.iterations, enabled=main_process and not args.quiet,
+        train_config.iterations,
+        enabled=main_process and not args.quiet,
     )
     if not main_process:
         return 0
@@ -490,8 +554,9 @@ def _resume_inputs(args: argparse.Namespace, out: Path) -> bool:
     has_last = (out / "last" / "config.json").is_file()
     if not run_file.is_file():
         if not has_last:
-            raise UserError(f"--resume: no interrupted run in {out} (no {run_file} and no "
-                            f"{out / 'last'})")
+            raise UserError(
+                f"--resume: no interrupted run in {out} (no {run_file} and no {out / 'last'})"
+            )
         return True
     if args.config is None:
         args.config = str(run_file)  # the interrupted run's settings
@@ -561,13 +626,19 @@ def _scale_flags(args: argparse.Namespace, object_diameter: float | None) -> dic
     if rescale is not None and diameter is not None:
         raise UserError("give either --rescale or --diameter, not both")
     if diameter is not None:
-        rescale = "auto" if diameter == "auto" else rescale_from_diameter(
-            object_diameter, _positive_float(diameter, "--diameter"))
+        rescale = (
+            "auto"
+            if diameter == "auto"
+            else rescale_from_diameter(object_diameter, _positive_float(diameter, "--diameter"))
+        )
     elif rescale is not None and rescale != "auto":
         rescale = _positive_float(rescale, "--rescale")
     pixel_size = getattr(args, "pixel_size", None)
-    return {"pixel_size": tuple(pixel_size) if pixel_size else None, "rescale": rescale,
-            "pixel_unit": getattr(args, "pixel_unit", None)}
+    return {
+        "pixel_size": tuple(pixel_size) if pixel_size else None,
+        "rescale": rescale,
+        "pixel_unit": getattr(args, "pixel_unit", None),
+    }
 
 
 def _positive_float(text: str, flag: str) -> float:
@@ -581,7 +652,9 @@ def _positive_float(text: str, flag: str) -> float:
 
 
 def build_predict_config(
-    args: argparse.Namespace, info_data: DataConfig, spatial_dims: int,
+    args: argparse.Namespace,
+    info_data: DataConfig,
+    spatial_dims: int,
     object_diameter: float | None = None,
 ) -> tuple[PredictConfig, DataConfig]:
     """``--config``'s "predict"/"data" sections, the checkpoint's data config, then the flags.
@@ -635,12 +708,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     files = collect_files(args.images, "image")
     model, info = load_model(args.checkpoint, device="cpu")
     predict_config, data_config = build_predict_config(
-        args, info.data, model.config.spatial_dims, model.config.object_diameter)
+        args, info.data, model.config.spatial_dims, model.config.object_diameter
+    )
     formats = {path: args.format or ("zarr" if is_zarr(path) else "tif") for path in files}
     depths = _predicted_depths(predict_config, model.head_depths)
-    names = {path: _output_names(path, fmt, args.probabilities, depths,
-                                 args.disagreement)
-             for path, fmt in formats.items()}
+    names = {
+        path: _output_names(path, fmt, args.probabilities, depths, args.disagreement)
+        for path, fmt in formats.items()
+    }
     _check_unique(names)
     client = None
     with OutputFolder(args.out, overwrite=args.overwrite) as outputs:
@@ -653,14 +728,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
             for path in files:
                 image, file_size, file_unit = read_image_with_size(path, lazy=True)
                 check_image(image, path)
-                if (model.config.in_channels == 1 and data_config.channel_axis is None
-                        and looks_rgb(image.shape)):
+                if (
+                    model.config.in_channels == 1
+                    and data_config.channel_axis is None
+                    and looks_rgb(image.shape)
+                ):
                     image = rgb_to_grey(image)  # as the widget does, as the zoo was trained
                     _out(f"{path}: RGB -> grey (luminance) for this one-channel model")
-                config = _with_file_pixel_size(predict_config, model.config, args, path,
-                                               file_size, file_unit)
-                written = _predict_file(path, image, model, config, data_config,
-                                        outputs, formats[path], args, client)
+                config = _with_file_pixel_size(
+                    predict_config, model.config, args, path, file_size, file_unit
+                )
+                written = _predict_file(
+                    path, image, model, config, data_config, outputs, formats[path], args, client
+                )
                 _out(f"{path} -> {', '.join(str(p) for p in written)}")
         finally:
             if client is not None:
@@ -671,30 +751,47 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _with_file_pixel_size(
-    config: PredictConfig, model_config: ModelConfig, args: argparse.Namespace, path: Path,
-    file_size: tuple[float, ...] | None, file_unit: str | None,
+    config: PredictConfig,
+    model_config: ModelConfig,
+    args: argparse.Namespace,
+    path: Path,
+    file_size: tuple[float, ...] | None,
+    file_unit: str | None,
 ) -> PredictConfig:
     """The file's own pixel size (NIfTI, DICOM, OME-TIFF, tif resolution) when the user gave
     none and the model knows its training pixel size: a CT at 0.8 mm then runs at the model's
     3 mm. A size without a unit (a bare tif ``spacing``) is only reported, never guessed."""
-    if (args.pixel_size is not None or config.rescale is not None or not model_config.pixel_size
-            or not file_size):
+    if (
+        args.pixel_size is not None
+        or config.rescale is not None
+        or not model_config.pixel_size
+        or not file_size
+    ):
         return config
     sizes = " x ".join(f"{s:g}" for s in file_size)
     if not file_unit:
-        _note(f"{path}: the file gives a pixel size of {sizes} without a unit; pass "
-              f"--pixel-size (in {model_config.pixel_unit or 'the model unit'}) to use it")
+        _note(
+            f"{path}: the file gives a pixel size of {sizes} without a unit; pass "
+            f"--pixel-size (in {model_config.pixel_unit or 'the model unit'}) to use it"
+        )
         return config
     from .scale import check_zoom, model_axes_pixel_size, zoom_from_pixel_size
 
     try:
-        check_zoom(zoom_from_pixel_size(
-            model_axes_pixel_size(file_size, model_config.spatial_dims),
-            model_config.pixel_size, file_unit, model_config.pixel_unit))
+        check_zoom(
+            zoom_from_pixel_size(
+                model_axes_pixel_size(file_size, model_config.spatial_dims),
+                model_config.pixel_size,
+                file_unit,
+                model_config.pixel_unit,
+            )
+        )
     except ValueError:  # print-resolution tags and the like: not a microscope's pixel size
-        _note(f"{path}: ignored the file's pixel size {sizes} {file_unit}: it is too far from "
-              f"the model's {model_config.pixel_size} {model_config.pixel_unit} to be real; "
-              "pass --pixel-size if it is")
+        _note(
+            f"{path}: ignored the file's pixel size {sizes} {file_unit}: it is too far from "
+            f"the model's {model_config.pixel_size} {model_config.pixel_unit} to be real; "
+            "pass --pixel-size if it is"
+        )
         return config
     _note(f"{path}: pixel size {sizes} {file_unit} from the file (--pixel-size overrides)")
     return config.replace(pixel_size=tuple(file_size), pixel_unit=file_unit)
@@ -707,17 +804,20 @@ def _predicted_depths(config: PredictConfig, heads: tuple[int, ...]) -> list[int
     return sorted(set(config.depths)) or list(heads)
 
 
-def _output_names(path: Path, fmt: str, probabilities: bool, depths: list[int],
-                  disagreement: bool = False) -> list[str]:
+def _output_names(
+    path: Path, fmt: str, probabilities: bool, depths: list[int], disagreement: bool = False
+) -> list[str]:
     """Every name a prediction of ``path`` writes into ``--out`` (checked before any work)."""
     name = stem(path)
     names = [f"{name}_labels.{fmt}", f"{name}_run.json"]
     if probabilities:
-        names += ([f"{name}_probabilities.zarr"] if fmt == "zarr"
-                  else [f"{name}_L{d}.tif" for d in depths])
+        names += (
+            [f"{name}_probabilities.zarr"]
+            if fmt == "zarr"
+            else [f"{name}_L{d}.tif" for d in depths]
+        )
     if disagreement:
-        names += [f"{name}_disagreement.{fmt}", f"{name}_depth_used.{fmt}",
-                  f"{name}_regions.json"]
+        names += [f"{name}_disagreement.{fmt}", f"{name}_depth_used.{fmt}", f"{name}_regions.json"]
     return names
 
 
@@ -727,14 +827,23 @@ def _check_unique(names: dict[Path, list[str]]) -> None:
     for path, listed in names.items():
         for name in listed:
             if name in seen:
-                raise UserError(f"{seen[name]} and {path} would both write {name}; "
-                                "predict them into different --out folders")
+                raise UserError(
+                    f"{seen[name]} and {path} would both write {name}; "
+                    "predict them into different --out folders"
+                )
             seen[name] = path
 
 
 def _predict_file(
-    path: Path, image: Any, model: UNetPlusPlus, config: PredictConfig, data: DataConfig,
-    outputs: OutputFolder, fmt: str, args: argparse.Namespace, client: Any,
+    path: Path,
+    image: Any,
+    model: UNetPlusPlus,
+    config: PredictConfig,
+    data: DataConfig,
+    outputs: OutputFolder,
+    fmt: str,
+    args: argparse.Namespace,
+    client: Any,
 ) -> list[Path]:
     """Probabilities (in memory for tif, streamed to zarr for zarr), then labels, then files.
 
@@ -752,24 +861,32 @@ def _predict_file(
         job = PredictJob(_portable_spec(args.checkpoint), config.to_dict(), data.to_dict())
         probs = predict_distributed(client, job, path, image, model, store)
     else:
-        probs = _predict_local(model, image, config, data, desc=name, enabled=not args.quiet,
-                               out=store)
+        probs = _predict_local(
+            model, image, config, data, desc=name, enabled=not args.quiet, out=store
+        )
     run_json = outputs.stage(f"{name}_run.json")
-    _write_predict_run_json(run_json, args.checkpoint, config, data,
-                            getattr(probs, "scale", None))
+    _write_predict_run_json(run_json, args.checkpoint, config, data, getattr(probs, "scale", None))
     depth = config.pruned_depth if config.pruned_depth is not None else max(probs)
     prob = probs[depth]
     if fmt == "zarr":  # streamed slice by slice: a big volume's labels never sit in memory
         labels_name = f"{name}_labels.zarr"
-        target = create_zarr(outputs.stage(labels_name),
-                             labels_shape(prob.shape, model.config), "int32")
-        probabilities_to_labels(prob, model.config, data, threshold=config.threshold,
-                                min_size=config.min_size, out=target)
+        target = create_zarr(
+            outputs.stage(labels_name), labels_shape(prob.shape, model.config), "int32"
+        )
+        probabilities_to_labels(
+            prob,
+            model.config,
+            data,
+            threshold=config.threshold,
+            min_size=config.min_size,
+            out=target,
+        )
         mark_complete(target)
         written = [outputs.commit(labels_name)]
     else:
-        labels = probabilities_to_labels(prob, model.config, data, threshold=config.threshold,
-                                         min_size=config.min_size)
+        labels = probabilities_to_labels(
+            prob, model.config, data, threshold=config.threshold, min_size=config.min_size
+        )
         staged = write_array(outputs.stage(f"{name}_labels"), labels, fmt)
         written = [outputs.commit(staged.name)]
     if store is not None:
@@ -794,29 +911,48 @@ def _write_disagreement(base: Path, probs: Any, config: ModelConfig, fmt: str) -
     from .outputs import TIFF_SOFTWARE
 
     adaptive = hasattr(probs, "depth_map")
-    maps = {"disagreement": probs.disagreement if adaptive
-            else disagreement_map(probs, config.num_classes)}
+    maps = {
+        "disagreement": probs.disagreement
+        if adaptive
+        else disagreement_map(probs, config.num_classes)
+    }
     if adaptive:
         maps["depth_used"] = probs.depth_map
         _out(probs.summary())
     written = [write_array(base.with_name(f"{base.name}_{k}"), v, fmt) for k, v in maps.items()]
     size = (128,) * config.spatial_dims if config.spatial_dims == 2 else (32, 64, 64)
-    regions = [{"item": list(r.item), "start": list(r.start), "size": list(r.size),
-                "score": round(r.score, 5)} for r in rank_regions(maps["disagreement"], size)]
+    regions = [
+        {
+            "item": list(r.item),
+            "start": list(r.start),
+            "size": list(r.size),
+            "score": round(r.score, 5),
+        }
+        for r in rank_regions(maps["disagreement"], size)
+    ]
     path = base.with_name(f"{base.name}_regions.json")
-    path.write_text(json.dumps({"written_by": TIFF_SOFTWARE, "label_here_next": regions},
-                               indent=1))
+    path.write_text(json.dumps({"written_by": TIFF_SOFTWARE, "label_here_next": regions}, indent=1))
     return [*written, path]
 
 
-def _write_predict_run_json(path: Path, checkpoint: str, config: PredictConfig, data: DataConfig,
-                            scale: dict[str, Any] | None) -> None:
+def _write_predict_run_json(
+    path: Path,
+    checkpoint: str,
+    config: PredictConfig,
+    data: DataConfig,
+    scale: dict[str, Any] | None,
+) -> None:
     """What one image was predicted with (replay: ``predict --config``): configs, and the
     scale used (pixel sizes, zoom per model axis, measured object diameter)."""
     from .outputs import TIFF_SOFTWARE
 
-    record = {"written_by": TIFF_SOFTWARE, "checkpoint": checkpoint,
-              "predict": config.to_dict(), "data": data.to_dict(), "scale": scale}
+    record = {
+        "written_by": TIFF_SOFTWARE,
+        "checkpoint": checkpoint,
+        "predict": config.to_dict(),
+        "data": data.to_dict(),
+        "scale": scale,
+    }
     path.write_text(json.dumps(record, indent=2, default=str))
 
 
@@ -826,8 +962,13 @@ def _portable_spec(spec: str) -> str:
 
 
 def _predict_local(
-    model: UNetPlusPlus, image: Any, config: PredictConfig, data: DataConfig,
-    desc: str = "predict", enabled: bool = True, out: Path | None = None,
+    model: UNetPlusPlus,
+    image: Any,
+    config: PredictConfig,
+    data: DataConfig,
+    desc: str = "predict",
+    enabled: bool = True,
+    out: Path | None = None,
 ) -> dict[int, Any]:
     """Drive ``inference.predict`` with a tqdm bar over tiles."""
     from .inference import predict
@@ -857,16 +998,22 @@ def cmd_info(args: argparse.Namespace) -> int:
         _out(json.dumps(_info_dict(info), indent=2, default=str))
         return 0
     m = info.model
-    _out(f"model: UNet++ {m.spatial_dims}D, depth {m.depth}, widths {list(m.widths)}, "
-         f"{m.in_channels} input channel(s), {m.num_classes} output(s), norm {m.norm}"
-         + (f", classes {list(m.class_names)}" if m.class_names else ""))
+    _out(
+        f"model: UNet++ {m.spatial_dims}D, depth {m.depth}, widths {list(m.widths)}, "
+        f"{m.in_channels} input channel(s), {m.num_classes} output(s), norm {m.norm}"
+        + (f", classes {list(m.class_names)}" if m.class_names else "")
+    )
     d = info.data
-    _out(f"data: label mode {d.label_mode}, target {d.target}, channel axis {d.channel_axis}, "
-         f"normalization {d.normalization.mode} {d.normalization.low}..{d.normalization.high}")
+    _out(
+        f"data: label mode {d.label_mode}, target {d.target}, channel axis {d.channel_axis}, "
+        f"normalization {d.normalization.mode} {d.normalization.low}..{d.normalization.high}"
+    )
     if info.train is not None:
         t = info.train
-        _out(f"train: {t.iterations} iterations, batch {t.batch_size}, patch "
-             f"{list(t.patch_size)}, lr {t.learning_rate}, seed {t.seed}")
+        _out(
+            f"train: {t.iterations} iterations, batch {t.batch_size}, patch "
+            f"{list(t.patch_size)}, lr {t.learning_rate}, seed {t.seed}"
+        )
     if info.provenance:
         _out("provenance:")
         for key, value in info.provenance.items():
@@ -897,22 +1044,43 @@ def _info_on(args: argparse.Namespace) -> int:
     for path in collect_files(args.on, "image"):
         image = read_array(path, lazy=True)
         check_image(image, path)
-        if (model.config.in_channels == 1 and info.data.channel_axis is None
-                and looks_rgb(image.shape)):
+        if (
+            model.config.in_channels == 1
+            and info.data.channel_axis is None
+            and looks_rgb(image.shape)
+        ):
             image = rgb_to_grey(image)
         config = PredictConfig(device=args.device or "auto")
         if model.config.spatial_dims == 3:
             config = config.replace(tile_size=(64, 128, 128))
         with progress_bar(0, stem(path), not args.quiet) as bar:
-            check, _ = drive(check_on_image(
-                model, image, info.data, config, recommended=metrics.get("best_depth"),
-                tolerance=args.tolerance, thresholds=metrics.get("image_check")),
-                lambda event: _advance(bar, event))
+            check, _ = drive(
+                check_on_image(
+                    model,
+                    image,
+                    info.data,
+                    config,
+                    recommended=metrics.get("best_depth"),
+                    tolerance=args.tolerance,
+                    thresholds=metrics.get("image_check"),
+                ),
+                lambda event: _advance(bar, event),
+            )
         if args.json:
             advice = check.advice.__dict__ if check.advice else None
-            _out(json.dumps({"image": str(path), "signals": check.signals,
-                             "unlike_training": check.unlike_training, "reasons": check.reasons,
-                             "remedies": check.remedies, "advice": advice}, default=str))
+            _out(
+                json.dumps(
+                    {
+                        "image": str(path),
+                        "signals": check.signals,
+                        "unlike_training": check.unlike_training,
+                        "reasons": check.reasons,
+                        "remedies": check.remedies,
+                        "advice": advice,
+                    },
+                    default=str,
+                )
+            )
         else:
             _out(f"{path}:\n{check.report()}")
         status = max(status, int(check.unlike_training))
@@ -933,14 +1101,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     row = (metrics.get("depths") or {}).get(str(args.depth))
     metrics["depths"] = {str(args.depth): row} if row else {}
     metrics["best_depth"] = args.depth
-    provenance = {**(info.provenance or {}), "pruned_from": str(args.checkpoint),
-                  "pruned_depth": args.depth, "original_depth": model.depth}
-    new_info = dataclasses.replace(info, model=pruned.config, metrics=metrics,
-                                   provenance=provenance)
+    provenance = {
+        **(info.provenance or {}),
+        "pruned_from": str(args.checkpoint),
+        "pruned_depth": args.depth,
+        "original_depth": model.depth,
+    }
+    new_info = dataclasses.replace(
+        info, model=pruned.config, metrics=metrics, provenance=provenance
+    )
     out = Path(args.out)
     path = Path(save_checkpoint(out, pruned, new_info, half=args.half))
-    _out(f"exported L{args.depth}: {_human_count(pruned.num_parameters())} parameters "
-         f"(of {_human_count(model.num_parameters())}) -> {path}")
+    _out(
+        f"exported L{args.depth}: {_human_count(pruned.num_parameters())} parameters "
+        f"(of {_human_count(model.num_parameters())}) -> {path}"
+    )
     if args.zip:
         from .checkpoint import export_zip
 
@@ -969,21 +1144,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     image, truth, meta = _sample_data.load_sample(args.model)
     tile = (256, 256) if model.config.spatial_dims == 2 else (64, 128, 128)
     config = PredictConfig(device=args.device or "auto", tile_size=tile)
-    probs = _predict_local(model, image, config, info.data, desc=f"demo {args.model}",
-                           enabled=not args.quiet)
+    probs = _predict_local(
+        model, image, config, info.data, desc=f"demo {args.model}", enabled=not args.quiet
+    )
     depth = max(probs)
     labels = probabilities_to_labels(probs[depth], model.config, info.data)
-    score_name, score = _demo_score(labels, np.asarray(truth), model.config.num_classes,
-                                    info.data.target)
+    score_name, score = _demo_score(
+        labels, np.asarray(truth), model.config.num_classes, info.data.target
+    )
     from .outputs import OutputFolder
 
     names = {f"{args.model}_image": np.asarray(image), f"{args.model}_labels": labels}
     with OutputFolder(args.out) as outputs:
         outputs.check_free([f"{name}.tif" for name in names])
-        written = [outputs.commit(write_array(outputs.stage(name), array, "tif").name)
-                   for name, array in names.items()]
-    _out(f"demo: {meta.get('title', args.model)}, shape {tuple(image.shape)}, "
-         f"model zoo:{args.model} (L{depth})")
+        written = [
+            outputs.commit(write_array(outputs.stage(name), array, "tif").name)
+            for name, array in names.items()
+        ]
+    _out(
+        f"demo: {meta.get('title', args.model)}, shape {tuple(image.shape)}, "
+        f"model zoo:{args.model} (L{depth})"
+    )
     _out(f"{score_name} against the crop's labels: {score:.3f}")
     _out(f"data: {meta.get('attribution', '')}")
     _out("wrote " + ", ".join(str(p) for p in written))
@@ -1003,8 +1184,9 @@ def _demo_score(labels: Any, truth: Any, num_classes: int, target: str) -> tuple
     return "IoU", metrics.iou(labels > 0, truth > 0)
 
 
-def _show(image: Any, labels: Any, truth: Any, name: str,
-          meta: dict[str, Any]) -> None:  # pragma: no cover - needs a display
+def _show(
+    image: Any, labels: Any, truth: Any, name: str, meta: dict[str, Any]
+) -> None:  # pragma: no cover - needs a display
     """Open napari with the result; the GUI module is imported only here."""
     from ._widgets.demo_viewer import show_demo
 
@@ -1022,39 +1204,64 @@ def _depth_arg(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected a depth (1, 2, ...) or 'auto', got {text!r}") from None
+            f"expected a depth (1, 2, ...) or 'auto', got {text!r}"
+        ) from None
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default=None,
-                   help="compute device (default: auto = cuda, else mps, else cpu)")
+    p.add_argument(
+        "--device",
+        choices=["auto", "cuda", "mps", "cpu"],
+        default=None,
+        help="compute device (default: auto = cuda, else mps, else cpu)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (public so docs and tests can inspect it)."""
     parser = argparse.ArgumentParser(
-        prog=PROG, description="UNet++ segmentation: train, predict, inspect, prune, demo.")
+        prog=PROG, description="UNet++ segmentation: train, predict, inspect, prune, demo."
+    )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     t = sub.add_parser("train", help="train or fine-tune a UNet++ on image/label files")
-    t.add_argument("--images", nargs="+", metavar="PATH",
-                   help="image files or folders (tif, tiff, png, npy, zarr); required "
-                        "unless --resume finds them in --out/run.json")
-    t.add_argument("--labels", nargs="+", metavar="PATH",
-                   help="label files or folders, paired with images by name or sorted order")
+    t.add_argument(
+        "--images",
+        nargs="+",
+        metavar="PATH",
+        help="image files or folders (tif, tiff, png, npy, zarr); required "
+        "unless --resume finds them in --out/run.json",
+    )
+    t.add_argument(
+        "--labels",
+        nargs="+",
+        metavar="PATH",
+        help="label files or folders, paired with images by name or sorted order",
+    )
     t.add_argument("--val-images", nargs="+", metavar="PATH")
     t.add_argument("--val-labels", nargs="+", metavar="PATH")
-    t.add_argument("--out", required=True, metavar="DIR",
-                   help="run folder: best/ (the checkpoint), last/ (to resume), run.json")
+    t.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="run folder: best/ (the checkpoint), last/ (to resume), run.json",
+    )
     t.add_argument("--config", metavar="RUN_JSON", help="run.json (flags override it)")
-    t.add_argument("--from", dest="from_", metavar="CHECKPOINT|zoo:NAME",
-                   help="fine-tune from a checkpoint or a shipped model")
-    t.add_argument("--resume", action="store_true",
-                   help="continue the interrupted run in --out with its recorded settings "
-                        "and files (--out/run.json, --out/last)")
+    t.add_argument(
+        "--from",
+        dest="from_",
+        metavar="CHECKPOINT|zoo:NAME",
+        help="fine-tune from a checkpoint or a shipped model",
+    )
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out with its recorded settings "
+        "and files (--out/run.json, --out/last)",
+    )
     t.add_argument("--widths", nargs="+", type=int, metavar="W")
     t.add_argument("--depth", type=int)
     t.add_argument("--spatial-dims", type=int, choices=[2, 3])
@@ -1065,14 +1272,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--validate-every", type=int)
     t.add_argument("--label-mode", choices=["dense", "sparse", "auto"], default=None)
     t.add_argument("--target", choices=["semantic", "instance"])
-    t.add_argument("--channel-axis", metavar="AXIS|none",
-                   help="axis of the image holding channels (default: none)")
+    t.add_argument(
+        "--channel-axis",
+        metavar="AXIS|none",
+        help="axis of the image holding channels (default: none)",
+    )
     t.add_argument("--normalization", choices=["percentile", "window", "none"])
     t.add_argument("--norm-low", type=float)
     t.add_argument("--norm-high", type=float)
     t.add_argument("--seed", type=int)
-    t.add_argument("--dry-run", action="store_true",
-                   help="print the resolved run.json and exit without training")
+    t.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved run.json and exit without training",
+    )
     _add_common(t)
     t.set_defaults(func=cmd_train)
 
@@ -1081,60 +1294,115 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--config", metavar="RUN_JSON")
-    p.add_argument("--depth", type=_depth_arg, metavar="D|auto",
-                   help="run only the pruned network of this depth (fast); 'auto': per tile, "
-                        "shallow heads first, deeper only where they disagree")
-    p.add_argument("--depth-tolerance", type=float, metavar="F",
-                   help="--depth auto: stop a tile when fewer than this fraction of its "
-                        "pixels change label between consecutive depths (0 = deepest, exact)")
-    p.add_argument("--disagreement", action="store_true",
-                   help="also write the depth-disagreement map (and depth used for --depth "
-                        "auto) and <name>_regions.json, the regions to label next")
+    p.add_argument(
+        "--depth",
+        type=_depth_arg,
+        metavar="D|auto",
+        help="run only the pruned network of this depth (fast); 'auto': per tile, "
+        "shallow heads first, deeper only where they disagree",
+    )
+    p.add_argument(
+        "--depth-tolerance",
+        type=float,
+        metavar="F",
+        help="--depth auto: stop a tile when fewer than this fraction of its "
+        "pixels change label between consecutive depths (0 = deepest, exact)",
+    )
+    p.add_argument(
+        "--disagreement",
+        action="store_true",
+        help="also write the depth-disagreement map (and depth used for --depth "
+        "auto) and <name>_regions.json, the regions to label next",
+    )
     p.add_argument("--depths", nargs="+", type=int, help="heads to compute in one pass")
     p.add_argument("--tile", nargs="+", type=int, metavar="T")
     p.add_argument("--overlap", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
-    p.add_argument("--format", choices=["tif", "zarr"], default=None,
-                   help="output format (default: zarr for zarr inputs, else tif)")
-    p.add_argument("--probabilities", action="store_true",
-                   help="also write <name>_L{d} probabilities per depth")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace existing files in --out that napari-unetpp did not write "
-                        "(by default such files, e.g. your own *_labels.tif, are kept)")
+    p.add_argument(
+        "--format",
+        choices=["tif", "zarr"],
+        default=None,
+        help="output format (default: zarr for zarr inputs, else tif)",
+    )
+    p.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write <name>_L{d} probabilities per depth",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing files in --out that napari-unetpp did not write "
+        "(by default such files, e.g. your own *_labels.tif, are kept)",
+    )
     p.add_argument("--threshold", type=float)
     p.add_argument("--min-size", type=int)
     p.add_argument("--channel-axis", metavar="AXIS|none")
-    p.add_argument("--pixel-size", nargs="+", type=float, metavar="S",
-                   help="the images' pixel size (one value, or one per spatial axis, e.g. Z Y X) "
-                        "in the model's unit (see `info`); resampled to the model's pixel size")
-    p.add_argument("--pixel-unit", choices=["nm", "um", "mm"], default=None,
-                   help="unit of --pixel-size when it is not the model's")
-    p.add_argument("--rescale", metavar="F|auto",
-                   help="zoom the images by F before predicting (0.5: objects twice the "
-                        "training size), or auto: measure the objects in a first pass")
-    p.add_argument("--diameter", metavar="D|auto",
-                   help="typical object diameter in pixels (rescale = model's diameter / D), or "
-                        "auto; needs a model that records its object diameter (zoo:nuclei)")
-    p.add_argument("--distributed", nargs="?", const="local", metavar="SCHEDULER|local",
-                   help="map slices over a dask.distributed cluster (default: a LocalCluster)")
+    p.add_argument(
+        "--pixel-size",
+        nargs="+",
+        type=float,
+        metavar="S",
+        help="the images' pixel size (one value, or one per spatial axis, e.g. Z Y X) "
+        "in the model's unit (see `info`); resampled to the model's pixel size",
+    )
+    p.add_argument(
+        "--pixel-unit",
+        choices=["nm", "um", "mm"],
+        default=None,
+        help="unit of --pixel-size when it is not the model's",
+    )
+    p.add_argument(
+        "--rescale",
+        metavar="F|auto",
+        help="zoom the images by F before predicting (0.5: objects twice the "
+        "training size), or auto: measure the objects in a first pass",
+    )
+    p.add_argument(
+        "--diameter",
+        metavar="D|auto",
+        help="typical object diameter in pixels (rescale = model's diameter / D), or "
+        "auto; needs a model that records its object diameter (zoo:nuclei)",
+    )
+    p.add_argument(
+        "--distributed",
+        nargs="?",
+        const="local",
+        metavar="SCHEDULER|local",
+        help="map slices over a dask.distributed cluster (default: a LocalCluster)",
+    )
     _add_common(p)
     p.set_defaults(func=cmd_predict)
 
     i = sub.add_parser("info", help="show a checkpoint's configs and per-depth table")
     i.add_argument("checkpoint", metavar="CHECKPOINT|zoo:NAME")
     i.add_argument("--json", action="store_true", help="everything as JSON")
-    i.add_argument("--on", nargs="+", metavar="IMAGE",
-                   help="check the model on these images (no labels): does the recommended "
-                        "depth hold there, and do they look like the training data?")
-    i.add_argument("--tolerance", type=float, default=0.02,
-                   help="--on: largest fraction of pixels a depth may label differently "
-                        "from the deepest (default 0.02)")
-    i.add_argument("--strict", action="store_true",
-                   help="--on: exit with status 1 when an image looks unlike the training data")
-    i.add_argument("--time", action="store_true",
-                   help="measure ms/Mpx per depth on this CPU now (median of 5 runs after a "
-                        "warm-up; run it when the machine is idle)")
+    i.add_argument(
+        "--on",
+        nargs="+",
+        metavar="IMAGE",
+        help="check the model on these images (no labels): does the recommended "
+        "depth hold there, and do they look like the training data?",
+    )
+    i.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.02,
+        help="--on: largest fraction of pixels a depth may label differently "
+        "from the deepest (default 0.02)",
+    )
+    i.add_argument(
+        "--strict",
+        action="store_true",
+        help="--on: exit with status 1 when an image looks unlike the training data",
+    )
+    i.add_argument(
+        "--time",
+        action="store_true",
+        help="measure ms/Mpx per depth on this CPU now (median of 5 runs after a "
+        "warm-up; run it when the machine is idle)",
+    )
     _add_common(i)
     i.set_defaults(func=cmd_info)
 
@@ -1182,8 +1450,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(_one_line(exc))
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                  file: TextIO | None = None, line: str | None = None) -> None:
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
     """Engine warnings (NaN pixels filled, one-class labels...) as one line, not a source line."""
     _note(f"warning: {' '.join(str(message).split())}")
 

@@ -176,8 +176,9 @@ class ModelConfig(_Config):
         _check_choice("ModelConfig", "spatial_dims", self.spatial_dims, (2, 3))
         _check_choice("ModelConfig", "norm", self.norm, ("batch", "instance", "group"))
         if not isinstance(self.deep_supervision, bool):
-            raise ValueError(f"ModelConfig.deep_supervision must be true or false, "
-                             f"got {self.deep_supervision!r}")
+            raise ValueError(
+                f"ModelConfig.deep_supervision must be true or false, got {self.deep_supervision!r}"
+            )
         if len(self.widths) < self.depth + 1:
             raise ValueError(
                 f"ModelConfig: depth {self.depth} needs {self.depth + 1} widths "
@@ -261,10 +262,11 @@ class NormalizationConfig(_Config):
         if not 0 <= self.min_foreground < 1:
             raise ValueError(
                 f"NormalizationConfig.min_foreground must lie in [0, 1) (0 = off, e.g. 0.1), "
-                f"got {self.min_foreground!r}")
+                f"got {self.min_foreground!r}"
+            )
 
     @classmethod
-    def ct_window(cls, center: float = 40.0, width: float = 400.0) -> "NormalizationConfig":
+    def ct_window(cls, center: float = 40.0, width: float = 400.0) -> NormalizationConfig:
         """A Hounsfield window (default: abdominal soft tissue, W400 L40)."""
         return cls(mode="window", low=center - width / 2, high=center + width / 2, clip=True)
 
@@ -342,34 +344,47 @@ class TrainConfig(_Config):
         self.patch_size = _as_ints(owner, "patch_size", self.patch_size, 1, MAX_PATCH)
         self.iterations = _as_int(owner, "iterations", self.iterations, 1, MAX_ITERATIONS)
         self.batch_size = _as_int(owner, "batch_size", self.batch_size, 1, 4096)
-        self.validate_every = _as_int(owner, "validate_every", self.validate_every, 1,
-                                      MAX_ITERATIONS)
+        self.validate_every = _as_int(
+            owner, "validate_every", self.validate_every, 1, MAX_ITERATIONS
+        )
         self.num_workers = _as_int(owner, "num_workers", self.num_workers, 0, 256)
         self.seed = _as_int(owner, "seed", self.seed, -(2**63), 2**63 - 1)
         for name in ("learning_rate", "weight_decay", "dice_weight"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                    math.isfinite(value) and value >= 0):
-                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, "
-                                 f"got {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (math.isfinite(value) and value >= 0)
+            ):
+                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {value!r}")
         _check_positive("TrainConfig", "learning_rate", self.learning_rate)
         voxels = self.batch_size * math.prod(self.patch_size)
         if voxels > MAX_BATCH_VOXELS:
             raise ValueError(
                 f"TrainConfig: batch_size {self.batch_size} x patch_size "
                 f"{list(self.patch_size)} is {voxels} voxels per step (limit "
-                f"{MAX_BATCH_VOXELS}); use a smaller batch or patch")
+                f"{MAX_BATCH_VOXELS}); use a smaller batch or patch"
+            )
         self.augment_scale = tuple(float(s) for s in self.augment_scale)  # type: ignore
         low_high = self.augment_scale
         if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1] or low_high[1] > 8:
             raise ValueError(
                 f"TrainConfig.augment_scale must be (low, high) with 0 < low <= high <= 8, "
-                f"e.g. (0.5, 2.0), or (1.0, 1.0) for off; got {self.augment_scale}")
-        for name, top in (("augment_contrast", 0.9), ("augment_brightness", 1.0),
-                          ("augment_gamma", 2.0), ("augment_blur", 1.0), ("augment_noise", 1.0)):
+                f"e.g. (0.5, 2.0), or (1.0, 1.0) for off; got {self.augment_scale}"
+            )
+        for name, top in (
+            ("augment_contrast", 0.9),
+            ("augment_brightness", 1.0),
+            ("augment_gamma", 2.0),
+            ("augment_blur", 1.0),
+            ("augment_noise", 1.0),
+        ):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                    0 <= value <= top):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (0 <= value <= top)
+            ):
                 raise ValueError(f"TrainConfig.{name} must lie in [0, {top}], got {value!r}")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError("TrainConfig.validation_fraction must lie in [0, 1)")
@@ -455,7 +470,8 @@ def _check_predict_scale(config: PredictConfig) -> None:
     if config.pixel_size is not None:
         config.pixel_size = tuple(float(s) for s in config.pixel_size)
         if not config.pixel_size or any(
-                not (math.isfinite(s) and s > 0) for s in config.pixel_size):
+            not (math.isfinite(s) and s > 0) for s in config.pixel_size
+        ):
             raise ValueError(
                 f"PredictConfig.pixel_size must be positive, finite values (one per spatial "
                 f"axis, or one for all), or None when unknown; got {config.pixel_size}"

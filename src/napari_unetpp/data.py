@@ -174,7 +174,8 @@ def _with_min_foreground(
     margin = max(OBJECT_SIGMAS * spread, 1.0 if integral else 0.0)
     bright, dark = distance > margin, distance < -margin
     misses = (bright.any() and plain[1] <= centre + margin) or (
-        dark.any() and plain[0] >= centre - margin)
+        dark.any() and plain[0] >= centre - margin
+    )
     objects = bright | dark
     count = int(objects.sum())
     if not misses or count >= fraction * sample.size:
@@ -367,8 +368,11 @@ def resolve_class_values(
     if not classes:
         raise ValueError(
             "labels contain no class pixels"
-            + (" (sparse scribbles need values >= 2 for classes, 1 is background)"
-               if data_config.label_mode == "sparse" else " (all 0 = background)")
+            + (
+                " (sparse scribbles need values >= 2 for classes, 1 is background)"
+                if data_config.label_mode == "sparse"
+                else " (all 0 = background)"
+            )
             + "; paint at least one class"
         )
     if len(classes) > MAX_SEMANTIC_CLASSES:
@@ -523,7 +527,7 @@ def prepare_volumes(
             "labels array per image"
         )
     volumes: list[Volume] = []
-    for n, (image, label) in enumerate(zip(images, labels)):
+    for n, (image, label) in enumerate(zip(images, labels, strict=False)):
         check_pair(image, label, data_config.channel_axis)
         _check_numeric(image, f"image {n}")
         channels = fill_image(to_channels_first(image, data_config.channel_axis), f"image {n}")
@@ -531,10 +535,11 @@ def prepare_volumes(
         target = labels_to_targets(label, data_config, spatial_dims=spatial_dims)
         pieces = _to_zyx(normed, spatial_dims)
         targets = [t[0] for t in _to_zyx(target[np.newaxis], spatial_dims)]
-        for k, (img, tgt) in enumerate(zip(pieces, targets)):
+        for k, (img, tgt) in enumerate(zip(pieces, targets, strict=False)):
             suffix = f"/{k}" if len(pieces) > 1 else ""
-            volumes.append(Volume(np.ascontiguousarray(img), np.ascontiguousarray(tgt),
-                                  f"image {n}{suffix}"))
+            volumes.append(
+                Volume(np.ascontiguousarray(img), np.ascontiguousarray(tgt), f"image {n}{suffix}")
+            )
     if not any((v.target != IGNORE_INDEX).any() for v in volumes):
         raise ValueError("labels are empty (nothing labelled); paint some labels first")
     return volumes
@@ -624,10 +629,13 @@ def crop(
     volume: Volume, start: Sequence[int], size: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Crop ``size`` at ``start`` (Z, Y, X); pad beyond edges (image mirrored, target ignored)."""
-    index = tuple(slice(max(s, 0), s + n) for s, n in zip(start, size))
+    index = tuple(slice(max(s, 0), s + n) for s, n in zip(start, size, strict=False))
     image = volume.image[(slice(None), *index)]
     target = volume.target[index]
-    pad = [(max(-s, 0), n - got - max(-s, 0)) for s, n, got in zip(start, size, target.shape)]
+    pad = [
+        (max(-s, 0), n - got - max(-s, 0))
+        for s, n, got in zip(start, size, target.shape, strict=False)
+    ]
     if any(a or b for a, b in pad):
         image = np.pad(image, [(0, 0), *pad], mode="symmetric")
         target = np.pad(target, pad, mode="constant", constant_values=IGNORE_INDEX)
@@ -653,8 +661,10 @@ class PatchSampler:
         sparse: bool = False,
     ) -> None:
         if not volumes:
-            raise ValueError("no training data left after the validation split; add images "
-                             "or lower validation_fraction")
+            raise ValueError(
+                "no training data left after the validation split; add images "
+                "or lower validation_fraction"
+            )
         self.volumes = volumes
         self.size = patch_shape_zyx(patch_size, spatial_dims)
         self.spatial_dims = spatial_dims
@@ -690,8 +700,10 @@ class PatchSampler:
         """
         volume = self.volumes[self.rng.choice(len(self.volumes), p=self.weights)]
         centre = self.centre(volume)
-        size = tuple(n if axis == 0 or scale == 1.0 else max(int(round(n / scale)), 1)
-                     for axis, n in enumerate(self.size))
+        size = tuple(
+            n if axis == 0 or scale == 1.0 else max(int(round(n / scale)), 1)
+            for axis, n in enumerate(self.size)
+        )
         start = []
         for c, n, full in zip(centre, size, volume.spatial, strict=True):
             if full >= n:  # the centre lands anywhere in the patch, the patch inside the image
@@ -725,8 +737,9 @@ class PatchSampler:
             scale = draw_scale(options, self.rng) if augment_patches else 1.0
             image, target = self.sample_one(scale)
             if augment_patches:
-                image, target = augment(image, target, self.rng, options=options,
-                                        keep_labelled=self.sparse)
+                image, target = augment(
+                    image, target, self.rng, options=options, keep_labelled=self.sparse
+                )
             images.append(image)
             targets.append(target)
         return np.stack(images).astype(np.float32), np.stack(targets).astype(np.int64)
@@ -745,7 +758,7 @@ def validation_tiles(
     size = patch_shape_zyx(tile, spatial_dims)
     tiles = []
     for volume in volumes:
-        steps = [range(0, max(full, 1), n) for full, n in zip(volume.spatial, size)]
+        steps = [range(0, max(full, 1), n) for full, n in zip(volume.spatial, size, strict=False)]
         for z in steps[0]:
             for y in steps[1]:
                 for x in steps[2]:

@@ -100,12 +100,15 @@ class Region:
     @property
     def index(self) -> tuple[Any, ...]:
         """Index of the block into an array of the image's shape (without channels)."""
-        return self.item + tuple(slice(s, s + n) for s, n in zip(self.start, self.size,
-                                                                 strict=True))
+        return self.item + tuple(
+            slice(s, s + n) for s, n in zip(self.start, self.size, strict=True)
+        )
 
 
 def rank_regions(
-    disagreement: np.ndarray, region_size: Sequence[int], top: int = 10,
+    disagreement: np.ndarray,
+    region_size: Sequence[int],
+    top: int = 10,
 ) -> list[Region]:
     """The ``top`` blocks of ``region_size`` (the last axes) with the highest mean disagreement.
 
@@ -116,8 +119,10 @@ def rank_regions(
     size = tuple(int(s) for s in region_size)
     dims = len(size)
     if dims == 0 or dims > disagreement.ndim or any(s < 1 for s in size):
-        raise ValueError(f"region_size {tuple(region_size)}: give one positive size per "
-                         f"spatial axis of a map of shape {disagreement.shape}, e.g. (128, 128)")
+        raise ValueError(
+            f"region_size {tuple(region_size)}: give one positive size per "
+            f"spatial axis of a map of shape {disagreement.shape}, e.g. (128, 128)"
+        )
     lead_shape, spatial = disagreement.shape[:-dims], disagreement.shape[-dims:]
     found: list[Region] = []
     for item in np.ndindex(*lead_shape):
@@ -139,8 +144,9 @@ def _uncertain(prob: np.ndarray, num_classes: int) -> np.ndarray:
     return confidence < 0.75
 
 
-def _object_diameter(prob: np.ndarray, model_config: ModelConfig,
-                     data_config: DataConfig) -> float | None:
+def _object_diameter(
+    prob: np.ndarray, model_config: ModelConfig, data_config: DataConfig
+) -> float | None:
     """Median equivalent diameter (pixels) of the predicted objects, ``None`` without objects."""
     from skimage.measure import regionprops
 
@@ -162,8 +168,11 @@ def _object_diameter(prob: np.ndarray, model_config: ModelConfig,
 
 
 def image_signals(
-    probs: Mapping[int, Any], flipped: np.ndarray | None, model_config: ModelConfig,
-    data_config: DataConfig, half: Mapping[int, Any] | None = None,
+    probs: Mapping[int, Any],
+    flipped: np.ndarray | None,
+    model_config: ModelConfig,
+    data_config: DataConfig,
+    half: Mapping[int, Any] | None = None,
 ) -> dict[str, float | None]:
     """The per-image signals of :func:`check_image` from one pass (and optional probes).
 
@@ -184,10 +193,10 @@ def image_signals(
     if half is not None:
         at_half = float(disagreement_map(half, c).mean())
         signals["scale_gain"] = ((signals["depth_disagreement"] or 0.0) + _PROBE_FLOOR) / (
-            at_half + _PROBE_FLOOR)
+            at_half + _PROBE_FLOOR
+        )
     if flipped is not None:
-        signals["flip_disagreement"] = float(
-            _class_spread(np.stack([deepest, flipped]), c).mean())
+        signals["flip_disagreement"] = float(_class_spread(np.stack([deepest, flipped]), c).mean())
     expected = getattr(model_config, "object_diameter", None)  # the "scale" engineer's field
     if expected:
         measured = _object_diameter(deepest, model_config, data_config)
@@ -211,8 +220,11 @@ class DepthAdvice:
 
 
 def advise_depth(
-    probs: Mapping[int, Any], num_classes: int, recommended: int | None = None,
-    tolerance: float = 0.02, threshold: float = 0.5,
+    probs: Mapping[int, Any],
+    num_classes: int,
+    recommended: int | None = None,
+    tolerance: float = 0.02,
+    threshold: float = 0.5,
 ) -> DepthAdvice:
     """Without labels: how far each depth's labels depart from the deepest's on this image.
 
@@ -232,16 +244,22 @@ def advise_depth(
     agreement = {d: float((labels(d) == reference).mean()) for d in sorted(probs)}
     suggested = min(d for d, a in agreement.items() if a >= 1 - tolerance)
     if recommended is None or recommended not in agreement:
-        message = (f"on this image L{suggested} labels as L{deepest} does on "
-                   f"{100 * agreement[suggested]:.1f}% of the pixels (tolerance "
-                   f"{100 * tolerance:.1f}%)")
+        message = (
+            f"on this image L{suggested} labels as L{deepest} does on "
+            f"{100 * agreement[suggested]:.1f}% of the pixels (tolerance "
+            f"{100 * tolerance:.1f}%)"
+        )
     elif agreement[recommended] >= 1 - tolerance:
-        message = (f"the recommended depth L{recommended} holds on this image: it labels as "
-                   f"L{deepest} on {100 * agreement[recommended]:.1f}% of the pixels")
+        message = (
+            f"the recommended depth L{recommended} holds on this image: it labels as "
+            f"L{deepest} on {100 * agreement[recommended]:.1f}% of the pixels"
+        )
     else:
-        message = (f"the recommended depth L{recommended} departs from L{deepest} on this "
-                   f"image ({100 * (1 - agreement[recommended]):.1f}% of the pixels differ, "
-                   f"tolerance {100 * tolerance:.1f}%): use L{suggested} here")
+        message = (
+            f"the recommended depth L{recommended} departs from L{deepest} on this "
+            f"image ({100 * (1 - agreement[recommended]):.1f}% of the pixels differ, "
+            f"tolerance {100 * tolerance:.1f}%): use L{suggested} here"
+        )
     return DepthAdvice(agreement, recommended, suggested, tolerance, message)
 
 
@@ -261,9 +279,14 @@ class ImageCheck:
     def report(self) -> str:
         """Lines for a CLI or a notification."""
         shown = ", ".join(f"{k} {v:.3f}" for k, v in self.signals.items() if v is not None)
-        lines = [("WARNING: this image looks unlike the model's training data"
-                  if self.unlike_training else "this image looks like the training data")
-                 + f" ({shown})"]
+        lines = [
+            (
+                "WARNING: this image looks unlike the model's training data"
+                if self.unlike_training
+                else "this image looks like the training data"
+            )
+            + f" ({shown})"
+        ]
         lines += [f"  - {r}" for r in self.reasons]
         lines += [f"  remedy: {r}" for r in self.remedies]
         if self.advice is not None:
@@ -271,8 +294,9 @@ class ImageCheck:
         return "\n".join(lines)
 
 
-def judge(signals: Mapping[str, float | None],
-          thresholds: Mapping[str, float] = THRESHOLDS) -> tuple[bool, list[str], list[str]]:
+def judge(
+    signals: Mapping[str, float | None], thresholds: Mapping[str, float] = THRESHOLDS
+) -> tuple[bool, list[str], list[str]]:
     """Verdict, reasons and remedies from the signals (pure: the calibration re-runs it)."""
     reasons: list[str] = []
     for name in ("depth_disagreement", "flip_disagreement", "uncertain_fraction"):
@@ -287,23 +311,30 @@ def judge(signals: Mapping[str, float | None],
     gain = signals.get("scale_gain")
     larger = gain is not None and gain > thresholds["scale_gain"]
     if larger:
-        reasons.append(f"the depths agree {gain:.1f}x better at half size: objects look "
-                       "larger than in training")
+        reasons.append(
+            f"the depths agree {gain:.1f}x better at half size: objects look "
+            "larger than in training"
+        )
     remedies: list[str] = []
     if reasons:
         if size_off or larger:
             factor = 1 / ratio if size_off and ratio else 0.5
-            remedies.append(f"rescale the image by {factor:.2f} (or give its pixel size) so "
-                            "objects match the training size")
+            remedies.append(
+                f"rescale the image by {factor:.2f} (or give its pixel size) so "
+                "objects match the training size"
+            )
         else:
-            remedies.append("check the pixel size (rescale so objects have the training size); "
-                            "if they already match, fine-tune on a few labelled regions of this "
-                            "image (the highest-disagreement ones)")
+            remedies.append(
+                "check the pixel size (rescale so objects have the training size); "
+                "if they already match, fine-tune on a few labelled regions of this "
+                "image (the highest-disagreement ones)"
+            )
     return bool(reasons), reasons, remedies
 
 
-def calibrate(native: Sequence[Mapping[str, float | None]], margin: float = 1.5
-              ) -> dict[str, float]:
+def calibrate(
+    native: Sequence[Mapping[str, float | None]], margin: float = 1.5
+) -> dict[str, float]:
     """Thresholds for one model: ``margin`` x the largest value of each signal on images
     like its training data (a held-back validation split, native, never the test split).
 
@@ -332,15 +363,28 @@ def _half_size(image: Any, spatial_dims: int, channel_axis: int | None) -> np.nd
     if min(shape[a] for a in spatial) < 32:
         return None
     sigma = [0.5 if a in spatial else 0.0 for a in range(ndim)]
-    return resize(array.astype(np.float32), shape, order=1, anti_aliasing=True,
-                  anti_aliasing_sigma=sigma, preserve_range=True).astype(np.float32)
+    return resize(
+        array.astype(np.float32),
+        shape,
+        order=1,
+        anti_aliasing=True,
+        anti_aliasing_sigma=sigma,
+        preserve_range=True,
+    ).astype(np.float32)
 
 
 def check_image(
-    model: Any, image: Any, data_config: DataConfig,
-    predict_config: PredictConfig | None = None, *, flip: bool = True, scale_probe: bool = True,
-    recommended: int | None = None, tolerance: float = 0.02,
-    thresholds: Mapping[str, float] | None = None, stopper: Stopper | None = None,
+    model: Any,
+    image: Any,
+    data_config: DataConfig,
+    predict_config: PredictConfig | None = None,
+    *,
+    flip: bool = True,
+    scale_probe: bool = True,
+    recommended: int | None = None,
+    tolerance: float = 0.02,
+    thresholds: Mapping[str, float] | None = None,
+    stopper: Stopper | None = None,
 ) -> Generator[Any, None, tuple[ImageCheck, dict[int, Any]]]:
     """Predict every depth (and the deepest on the flipped image), then judge the image.
 
@@ -357,15 +401,21 @@ def check_image(
     from .inference import predict
 
     config = (predict_config or PredictConfig()).replace(
-        depths=(), pruned_depth=None, adaptive_depth=False, tta=False)
+        depths=(), pruned_depth=None, adaptive_depth=False, tta=False
+    )
     probs = yield from predict(model, image, config, data_config, stopper=stopper)
     flipped = None
     if flip and probs and getattr(probs, "complete", True):
-        axis = -1 if data_config.channel_axis is None or data_config.channel_axis % np.ndim(
-            image) != np.ndim(image) - 1 else -2
+        axis = (
+            -1
+            if data_config.channel_axis is None
+            or data_config.channel_axis % np.ndim(image) != np.ndim(image) - 1
+            else -2
+        )
         mirrored = np.flip(np.asarray(image), axis=axis)
-        other = yield from predict(model, mirrored, config.replace(pruned_depth=max(probs)),
-                                   data_config, stopper=stopper)
+        other = yield from predict(
+            model, mirrored, config.replace(pruned_depth=max(probs)), data_config, stopper=stopper
+        )
         if other:
             flipped = np.flip(np.asarray(other[max(probs)]), axis=-1)
     half = None
@@ -374,6 +424,9 @@ def check_image(
         half = yield from predict(model, small, config, data_config, stopper=stopper)
     signals = image_signals(probs, flipped, model.config, data_config, half or None)
     verdict, reasons, remedies = judge(signals, {**THRESHOLDS, **(thresholds or {})})
-    advice = advise_depth(probs, model.config.num_classes, recommended, tolerance,
-                          config.threshold) if len(probs) > 1 else None
+    advice = (
+        advise_depth(probs, model.config.num_classes, recommended, tolerance, config.threshold)
+        if len(probs) > 1
+        else None
+    )
     return ImageCheck(signals, verdict, reasons, remedies, advice), dict(probs)

@@ -50,8 +50,9 @@ def _worker_model(spec: str, device: str) -> Any:
         return _WORKER_MODELS[key]
 
 
-def predict_block(job: PredictJob, source: str, axis: int | None,
-                  index: int) -> tuple[int, dict[int, Any]]:
+def predict_block(
+    job: PredictJob, source: str, axis: int | None, index: int
+) -> tuple[int, dict[int, Any]]:
     """One distributed task: ``inference.predict`` on one slice with the worker's model.
 
     ``source`` is the image file; the worker reads only its slice (lazily).
@@ -67,8 +68,9 @@ def predict_block(job: PredictJob, source: str, axis: int | None,
     model = _worker_model(job.model_spec, config.device)
     image = read_array(Path(source), lazy=True)
     block = image if axis is None else np.take(image, index, axis=axis)
-    return index, dict(drive(predict(model, np.asarray(block), config,
-                                     DataConfig.from_dict(job.data))))
+    return index, dict(
+        drive(predict(model, np.asarray(block), config, DataConfig.from_dict(job.data)))
+    )
 
 
 def start_client(address: str) -> Any:
@@ -80,12 +82,14 @@ def start_client(address: str) -> Any:
     try:
         from distributed import Client, LocalCluster
     except ImportError as exc:
-        raise UserError("--distributed needs dask.distributed: pip install "
-                        "'napari-unetpp[distributed]'") from exc
+        raise UserError(
+            "--distributed needs dask.distributed: pip install 'napari-unetpp[distributed]'"
+        ) from exc
     if address == "local":
         workers = int(os.environ.get("NAPARI_UNETPP_WORKERS", "0")) or min(2, os.cpu_count() or 1)
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
         return Client(cluster)
     try:
         return Client(address, timeout="20s")
@@ -118,7 +122,11 @@ def _fixed_normalization(image: Any, data: DataConfig) -> DataConfig:
 
 
 def predict_distributed(
-    client: Any, job: PredictJob, path: Path, image: Any, model: UNetPlusPlus,
+    client: Any,
+    job: PredictJob,
+    path: Path,
+    image: Any,
+    model: UNetPlusPlus,
     store: Path | None,
 ) -> dict[int, Any]:
     """Map the slices of a stack over the cluster, one ``inference.predict`` per slice.
@@ -141,8 +149,7 @@ def predict_distributed(
     job = PredictJob(job.model_spec, job.predict, {**data.to_dict(), "channel_axis": channel})
     count = 1 if axis is None else image.shape[axis]
     source = str(path.resolve())  # workers read their own slice: nothing big leaves here
-    futures = [client.submit(predict_block, job, source, axis, i, pure=False)
-               for i in range(count)]
+    futures = [client.submit(predict_block, job, source, axis, i, pure=False) for i in range(count)]
     shape = output_shape(tuple(image.shape), data.channel_axis, model.config.num_classes)
     class_axes = 0 if model.config.num_classes == 1 else 1
     where = 0 if axis is None else others.index(axis)  # position among non-channel axes
@@ -162,8 +169,9 @@ def predict_distributed(
     return arrays
 
 
-def _allocate_outputs(depths: list[int], shape: tuple[int, ...], store: Path | None
-                      ) -> tuple[dict[int, Any], Any]:
+def _allocate_outputs(
+    depths: list[int], shape: tuple[int, ...], store: Path | None
+) -> tuple[dict[int, Any], Any]:
     """One output per depth, as ``inference.predict`` allocates them (numpy, zarr 2 or 3)."""
     from .stores import allocate_outputs
 

@@ -58,9 +58,7 @@ class Event:
         return min(max(self.step / self.total, 0.0), 1.0)
 
 
-def drive(
-    gen: Generator[Any, Any, R], callback: Callable[[Any], Any] | None = None
-) -> R:
+def drive(gen: Generator[Any, Any, R], callback: Callable[[Any], Any] | None = None) -> R:
     """Run an event generator to the end and return its return value.
 
     Each yielded event goes to ``callback`` (if given). If the callback (or the

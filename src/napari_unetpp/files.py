@@ -43,8 +43,11 @@ def _is_medical(path: Path) -> bool:
 
 
 def _is_supported(path: Path) -> bool:
-    return is_zarr(path) or _is_medical(path) or (
-        path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+    return (
+        is_zarr(path)
+        or _is_medical(path)
+        or (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+    )
 
 
 def collect_files(paths: Sequence[str | Path], what: str) -> list[Path]:
@@ -60,9 +63,7 @@ def collect_files(paths: Sequence[str | Path], what: str) -> list[Path]:
         if path.is_dir() and not is_zarr(path) and not _is_medical(path):
             found = sorted(p for p in path.iterdir() if _is_supported(p))
             if not found:
-                raise UserError(
-                    f"no {what} files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}"
-                )
+                raise UserError(f"no {what} files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
             files.extend(found)
         elif _is_supported(path):
             files.append(path)
@@ -106,7 +107,7 @@ def pair_files(images: list[Path], labels: list[Path]) -> list[tuple[Path, Path]
             f"got {len(images)} image file(s) but {len(labels)} label file(s), and their "
             "names do not match; give one labels file per image (paired by name or order)"
         )
-    return list(zip(images, labels))
+    return list(zip(images, labels, strict=False))
 
 
 def read_array(path: Path, lazy: bool = False) -> Any:
@@ -235,8 +236,9 @@ def check_labels(labels: Any, image: Any, path: Path, channel_axis: int | None) 
     try:
         check_pair(image, labels, channel_axis)
     except ValueError as exc:
-        raise UserError(f"{path}: {str(exc).replace('DataConfig.channel_axis=', '--channel-axis ')}"
-                        ) from exc
+        raise UserError(
+            f"{path}: {str(exc).replace('DataConfig.channel_axis=', '--channel-axis ')}"
+        ) from exc
     if not labels.any():
         raise UserError(f"{path}: labels are empty (all 0); paint or load some labels first")
     return labels
@@ -276,8 +278,13 @@ def write_array(base: Path, array: Any, fmt: str) -> Path:
         raise FileExistsError(f"{path} exists; refusing to replace it")
     # minisblack: a 3- or 4-slice stack must not be stored (and shown) as RGB; the
     # Software tag tells a later run that this file is ours to replace
-    tifffile.imwrite(path, np.asarray(array), compression="zlib", photometric="minisblack",
-                     software=TIFF_SOFTWARE)
+    tifffile.imwrite(
+        path,
+        np.asarray(array),
+        compression="zlib",
+        photometric="minisblack",
+        software=TIFF_SOFTWARE,
+    )
     return path
 
 
@@ -294,8 +301,11 @@ def resolve_checkpoint(spec: str) -> str:
             f"checkpoint {spec} does not exist (give a checkpoint folder, its config.json, "
             f"a .zip, a training run folder, or {ZOO_PREFIX}NAME for a shipped model)"
         )
-    if path.is_dir() and not (path / "config.json").exists() and (
-            path / "best" / "config.json").is_file():
+    if (
+        path.is_dir()
+        and not (path / "config.json").exists()
+        and (path / "best" / "config.json").is_file()
+    ):
         return str(path / "best")
     return spec
 
@@ -306,7 +316,7 @@ def load_model(spec: str, device: str = "cpu") -> tuple[UNetPlusPlus, Checkpoint
     if spec.startswith(ZOO_PREFIX):
         from . import zoo
 
-        return zoo.load_pretrained(spec[len(ZOO_PREFIX):], device=device)
+        return zoo.load_pretrained(spec[len(ZOO_PREFIX) :], device=device)
     from .checkpoint import load_checkpoint
 
     return load_checkpoint(spec, device=device)

@@ -144,7 +144,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     conv_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
     for parent in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
         names = list(parent._modules)
-        for first, second in zip(names, names[1:]):
+        for first, second in zip(names, names[1:], strict=False):
             conv, bn = parent._modules[first], parent._modules[second]
             if (
                 isinstance(conv, conv_types)
@@ -184,8 +184,14 @@ class _Runner:
     """
 
     def __init__(
-        self, net: UNetPlusPlus, depths: tuple[int, ...], device: torch.device,
-        num_classes: int, tta: bool, mixed_precision: bool, chunk: int,
+        self,
+        net: UNetPlusPlus,
+        depths: tuple[int, ...],
+        device: torch.device,
+        num_classes: int,
+        tta: bool,
+        mixed_precision: bool,
+        chunk: int,
     ) -> None:
         self.net = net
         self.depths = depths
@@ -272,8 +278,9 @@ class _Runner:
         total: torch.Tensor | None = None
         with torch.inference_mode(), autocast(self.device, enabled=self.mixed_precision):
             for axes in self.flips:
-                prob = self._activate(self.net(x.flip(axes) if axes else x, self.depths),
-                                      self._reuse)
+                prob = self._activate(
+                    self.net(x.flip(axes) if axes else x, self.depths), self._reuse
+                )
                 prob = prob.flip(axes) if axes else prob
                 total = prob if total is None else total.add_(prob)
             assert total is not None
@@ -331,8 +338,13 @@ def _layout(shape: tuple[int, ...], channel_axis: int | None, model: UNetPlusPlu
         )
     lead, spatial = others[:-dims], others[-dims:]
     return _Layout(
-        ndim, channel_axis, channels, lead, tuple(shape[a] for a in lead),
-        spatial, tuple(shape[a] for a in spatial),
+        ndim,
+        channel_axis,
+        channels,
+        lead,
+        tuple(shape[a] for a in lead),
+        spatial,
+        tuple(shape[a] for a in spatial),
     )
 
 
@@ -356,18 +368,27 @@ class _ItemView:
     _pool: ThreadPoolExecutor | None = None  # one reader thread, shared, made on first use
 
     def __init__(
-        self, image: Any, layout: _Layout, lead_index: tuple[int, ...],
-        normalise: Callable[[np.ndarray], np.ndarray], device: torch.device | None = None,
-        *, prefetch: bool = False, row_starts: Sequence[int] = (), height: int = 0,
+        self,
+        image: Any,
+        layout: _Layout,
+        lead_index: tuple[int, ...],
+        normalise: Callable[[np.ndarray], np.ndarray],
+        device: torch.device | None = None,
+        *,
+        prefetch: bool = False,
+        row_starts: Sequence[int] = (),
+        height: int = 0,
     ) -> None:
         self.image = image
         self.layout = layout
-        self.lead = dict(zip(layout.lead_axes, lead_index))
+        self.lead = dict(zip(layout.lead_axes, lead_index, strict=False))
         self.normalise = normalise
         self.device = device
         self.shape = (layout.channels, *layout.spatial_shape)
         self._band: tuple[int, int, Any] | None = None
-        self._next = {a: b for a, b in zip(row_starts, row_starts[1:])} if prefetch else {}
+        self._next = (
+            {a: b for a, b in zip(row_starts, row_starts[1:], strict=False)} if prefetch else {}
+        )
         self._height = height
         self._pending: dict[tuple[int, int], Future[Any]] = {}
 
@@ -432,8 +453,9 @@ class _ItemSink:
 # --------------------------------------------------------------------------- outputs
 
 
-def output_shape(image_shape: tuple[int, ...], channel_axis: int | None,
-                 num_classes: int) -> tuple[int, ...]:
+def output_shape(
+    image_shape: tuple[int, ...], channel_axis: int | None, num_classes: int
+) -> tuple[int, ...]:
     """Shape of one depth's probabilities: the image without channels, classes first if > 1."""
     shape = list(image_shape)
     if channel_axis is not None:
@@ -442,7 +464,9 @@ def output_shape(image_shape: tuple[int, ...], channel_axis: int | None,
 
 
 def _allocate(
-    depths: tuple[int, ...], shape: tuple[int, ...], spatial_chunks: tuple[int, ...],
+    depths: tuple[int, ...],
+    shape: tuple[int, ...],
+    spatial_chunks: tuple[int, ...],
     out: str | Path | None,
 ) -> tuple[dict[int, Any], Any]:
     """numpy in memory, or a zarr group (zarr 2 or 3) marked incomplete until the end."""
@@ -487,7 +511,8 @@ def _tile_shape(config: PredictConfig, spatial: tuple[int, ...], multiple: int) 
             f"the model is {len(spatial)}D; give {len(spatial)}, e.g. tile_size={example}"
         )
     return tuple(
-        tiling.round_up(min(t, s), multiple) for t, s in zip(config.tile_size, spatial)
+        tiling.round_up(min(t, s), multiple)
+        for t, s in zip(config.tile_size, spatial, strict=False)
     )
 
 
@@ -495,15 +520,20 @@ def _tile_shape(config: PredictConfig, spatial: tuple[int, ...], multiple: int) 
 #: were made from: re-predicting with unchanged weights (the pruning slider, a stack slice
 #: by slice, a benchmark) skips the deep copy, the pruning and the folding.
 _DERIVED: weakref.WeakKeyDictionary[nn.Module, dict[Hashable, tuple[tuple[int, ...], Any]]] = (
-    weakref.WeakKeyDictionary())
+    weakref.WeakKeyDictionary()
+)
 
 
 def _weights_version(model: nn.Module) -> tuple[int, ...]:
     """Changes whenever a weight or buffer is updated in place (optimizer, load) or replaced,
     or a forward hook is added or removed (the copies carry the hooks)."""
     tensors = itertools.chain(model.parameters(), model.buffers())
-    hooks = (id(h) for m in model.modules()
-             for d in (m._forward_hooks, m._forward_pre_hooks) for h in d.values())
+    hooks = (
+        id(h)
+        for m in model.modules()
+        for d in (m._forward_hooks, m._forward_pre_hooks)
+        for h in d.values()
+    )
     return (*(v for t in tensors for v in (id(t), t.data_ptr(), t._version)), -1, *hooks)
 
 
@@ -524,16 +554,19 @@ def _prepare_on(
 ) -> tuple[UNetPlusPlus, torch.device, list[str]]:
     """The prepared network on ``device``, or on the CPU when its weights do not fit the GPU."""
     try:
-        prepared = _cached(net, ("prepared", str(device)),
-                           lambda: prepare_for_inference(net, device))
+        prepared = _cached(
+            net, ("prepared", str(device)), lambda: prepare_for_inference(net, device)
+        )
         return prepared, device, []
     except Exception as exc:  # noqa: BLE001 - re-raised unless it is an OOM on CUDA
         if device.type != "cuda" or not is_out_of_memory(exc):
             raise
     empty_cache(device)
     cpu = torch.device("cpu")
-    message = ("out of GPU memory while loading the model: running on the CPU (slower); "
-               "free GPU memory (close other jobs) to use the GPU")
+    message = (
+        "out of GPU memory while loading the model: running on the CPU (slower); "
+        "free GPU memory (close other jobs) to use the GPU"
+    )
     return prepare_for_inference(net, cpu), cpu, [message]
 
 
@@ -616,13 +649,19 @@ def predict(
     from .rescaled import needs_rescaling, predict_rescaled
 
     if needs_rescaling(predict_config):  # resample to the model's scale, then back (rescaled.py)
-        return (yield from predict_rescaled(model, image, predict_config, data_config,
-                                            out=out, stopper=stopper))
+        return (
+            yield from predict_rescaled(
+                model, image, predict_config, data_config, out=out, stopper=stopper
+            )
+        )
     if predict_config.adaptive_depth:  # per-tile depth: adaptive.py, on the same tiling
         from .adaptive import predict_adaptive
 
-        return (yield from predict_adaptive(model, image, predict_config, data_config,
-                                            out=out, stopper=stopper))
+        return (
+            yield from predict_adaptive(
+                model, image, predict_config, data_config, out=out, stopper=stopper
+            )
+        )
     if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
         image = np.asarray(image)
     shape = tuple(int(s) for s in image.shape)
@@ -641,17 +680,33 @@ def predict(
     total = per_item * len(items)
     prepared, device, notes = _prepare_on(net, device)
     runner = _Runner(
-        prepared, depths, device, num_classes,
-        predict_config.tta, predict_config.mixed_precision, predict_config.batch_size,
+        prepared,
+        depths,
+        device,
+        num_classes,
+        predict_config.tta,
+        predict_config.mixed_precision,
+        predict_config.batch_size,
     )
     runner.messages.extend(notes)
 
     def event(kind: str, step: int, item: int, message: str = "", eta: float | None = None):
-        return PredictEvent(kind, step, total, message, eta, depths, str(runner.device),
-                            item, len(items), runner.chunk)
+        return PredictEvent(
+            kind,
+            step,
+            total,
+            message,
+            eta,
+            depths,
+            str(runner.device),
+            item,
+            len(items),
+            runner.chunk,
+        )
 
-    yield event("start", 0, 0, f"predicting depths {list(depths)} on {device}, "
-                f"{total} tile(s) of {tile}")
+    yield event(
+        "start", 0, 0, f"predicting depths {list(depths)} on {device}, {total} tile(s) of {tile}"
+    )
     for message in runner.messages:
         yield event("fallback", 0, 0, message)
     runner.messages.clear()
@@ -667,32 +722,52 @@ def predict(
     clock = EtaClock()
     done, complete = 0, True
 
-    def tiles(lead: tuple[int, ...], accumulate_on: torch.device | None) -> Generator[
-            tiling.TileProgress, None, Any]:
+    def tiles(
+        lead: tuple[int, ...], accumulate_on: torch.device | None
+    ) -> Generator[tiling.TileProgress, None, Any]:
         sinks = {d: _ItemSink(a, lead, num_classes == 1) for d, a in arrays.items()}
-        view = _ItemView(image, layout, lead, normalise, accumulate_on,
-                         prefetch=accumulate_on is not None and accumulate_on.type == "cuda",
-                         row_starts=row_starts, height=tile[0])
+        view = _ItemView(
+            image,
+            layout,
+            lead,
+            normalise,
+            accumulate_on,
+            prefetch=accumulate_on is not None and accumulate_on.type == "cuda",
+            row_starts=row_starts,
+            height=tile[0],
+        )
         return tiling.iter_sliding_window(
-            runner, view, tile, predict_config.overlap,
-            predict_config.batch_size, predict_config.blending, align=multiple,
-            allocate=lambda key, _shape: sinks[key], should_stop=stopped,
+            runner,
+            view,
+            tile,
+            predict_config.overlap,
+            predict_config.batch_size,
+            predict_config.blending,
+            align=multiple,
+            allocate=lambda key, _shape: sinks[key],
+            should_stop=stopped,
             accumulate_on=accumulate_on,
         )
 
     for n, lead in enumerate(items):
         while True:  # an item is redone on the host if blending on the GPU ran out of memory
             try:
-                done = yield from _run_item(tiles(lead, accumulate_on), runner, event, done,
-                                            total, n, clock)
+                done = yield from _run_item(
+                    tiles(lead, accumulate_on), runner, event, done, total, n, clock
+                )
                 break
             except Exception as exc:  # noqa: BLE001 - re-raised unless a GPU blending OOM
                 if accumulate_on is None or not is_out_of_memory(exc):
                     raise
             accumulate_on = None
             empty_cache(runner.device)
-            yield event("fallback", done, n, "out of GPU memory while blending tiles: "
-                        "blending in host memory from now on (slower)")
+            yield event(
+                "fallback",
+                done,
+                n,
+                "out of GPU memory while blending tiles: "
+                "blending in host memory from now on (slower)",
+            )
         if stopped():
             complete = done >= total
             break
@@ -700,16 +775,25 @@ def predict(
         stores.mark_complete(group, complete)
     result = PredictResult(arrays, complete, Path(out) if out is not None else None)
     if not complete:
-        yield event("stopped", done, len(items) - 1,
-                    "stopped: the result is partial (parts not reached are 0)")
+        yield event(
+            "stopped",
+            done,
+            len(items) - 1,
+            "stopped: the result is partial (parts not reached are 0)",
+        )
     else:
         yield event("done", total, len(items) - 1, f"predicted {len(items)} item(s)")
     return result
 
 
 def _run_item(
-    gen: Generator[tiling.TileProgress, None, Any], runner: _Runner,
-    event: Callable[..., PredictEvent], done: int, total: int, item: int, clock: EtaClock,
+    gen: Generator[tiling.TileProgress, None, Any],
+    runner: _Runner,
+    event: Callable[..., PredictEvent],
+    done: int,
+    total: int,
+    item: int,
+    clock: EtaClock,
 ) -> Generator[PredictEvent, None, int]:
     """Drive one item's sliding window, turning its progress into events; return tiles done."""
     step = done

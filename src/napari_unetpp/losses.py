@@ -77,9 +77,7 @@ def _check_values(target: torch.Tensor, valid: torch.Tensor, n_ids: int, ignore_
         )
 
 
-def soft_dice_loss(
-    probs: torch.Tensor, onehot: torch.Tensor, weight: torch.Tensor
-) -> torch.Tensor:
+def soft_dice_loss(probs: torch.Tensor, onehot: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``1 - Dice`` averaged over the classes present (batch Dice; see the module notes).
 
     Parameters

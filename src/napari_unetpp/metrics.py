@@ -12,8 +12,14 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-__all__ = ["iou", "dice", "confusion_counts", "per_class_scores", "average_precision",
-           "matched_ious"]
+__all__ = [
+    "iou",
+    "dice",
+    "confusion_counts",
+    "per_class_scores",
+    "average_precision",
+    "matched_ious",
+]
 
 
 def _check_shapes(pred: np.ndarray, truth: np.ndarray) -> None:

@@ -170,7 +170,7 @@ class UNetPlusPlus(nn.Module):
         self.pool = (nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d)(2)
 
     @classmethod
-    def from_config(cls, config: ModelConfig) -> "UNetPlusPlus":
+    def from_config(cls, config: ModelConfig) -> UNetPlusPlus:
         """Build the network a :class:`ModelConfig` describes (names are kept on ``config``)."""
         net = cls(
             in_channels=config.in_channels,
@@ -243,14 +243,14 @@ class UNetPlusPlus(nn.Module):
         pad: list[int] = []
         for e in reversed(extra):  # F.pad lists the last axis first
             pad += [e // 2, e - e // 2]
-        mode = "reflect" if all(e < s for e, s in zip(extra, sizes)) else "replicate"
+        mode = "reflect" if all(e < s for e, s in zip(extra, sizes, strict=False)) else "replicate"
         padded = F.pad(x, pad, mode=mode)
         index = (slice(None), slice(None)) + tuple(
-            slice(e // 2, e // 2 + s) for e, s in zip(extra, sizes)
+            slice(e // 2, e // 2 + s) for e, s in zip(extra, sizes, strict=False)
         )
         return padded, lambda t: t[index]
 
-    def prune(self, depth: int) -> "UNetPlusPlus":
+    def prune(self, depth: int) -> UNetPlusPlus:
         """A new network with only the nodes ``i + j <= depth`` and the head at ``depth``.
 
         Its output equals head ``depth`` of this network (same weights, copied by

@@ -60,7 +60,7 @@ def _row_blocks(shape: tuple[int, ...]) -> list[tuple[slice, ...]]:
     if not shape:
         return [()]
     for axis in range(len(shape)):  # split the first axis whose sub-blocks are small enough
-        inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+        inner = int(np.prod(shape[axis + 1 :], dtype=np.int64))
         if inner <= COUNT_BLOCK_PIXELS or axis == len(shape) - 1:
             step = max(1, COUNT_BLOCK_PIXELS // max(inner, 1))
             outer = [range(n) for n in shape[:axis]]
@@ -144,7 +144,8 @@ def non_finite_filler(image: Any, what: str = "image") -> Callable[[np.ndarray],
     warnings.warn(
         f"{what} has {count} non-finite (NaN or infinite) pixels ({100 * fraction:.3g} %); "
         f"they were filled with the image's median {fill:.6g} (results there are guesses)",
-        NonFiniteWarning, stacklevel=2,
+        NonFiniteWarning,
+        stacklevel=2,
     )
     return lambda tile: fill_non_finite(tile, fill)
 
@@ -173,6 +174,10 @@ def non_finite_names(state_dict: Mapping[str, Any]) -> list[str]:
     """Names of the tensors with NaN or infinite values (for error messages)."""
     import torch
 
-    return [name for name, value in state_dict.items()
-            if isinstance(value, torch.Tensor) and value.is_floating_point()
-            and not bool(torch.isfinite(value).all())]
+    return [
+        name
+        for name, value in state_dict.items()
+        if isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]

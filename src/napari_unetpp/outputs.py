@@ -37,8 +37,7 @@ from typing import Any
 
 from .files import UserError
 
-__all__ = ["OutputFolder", "written_by_tool", "check_writable_folder", "LOCK_NAME",
-           "TIFF_SOFTWARE"]
+__all__ = ["OutputFolder", "written_by_tool", "check_writable_folder", "LOCK_NAME", "TIFF_SOFTWARE"]
 
 LOCK_NAME = ".napari-unetpp.lock"
 STAGING_PREFIX = ".napari-unetpp-staging-"
@@ -56,8 +55,10 @@ def check_writable_folder(folder: Path, what: str = "--out") -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"{what} {folder} is not writable ({exc.strerror or exc}); "
-                        "choose a folder you can write to") from None
+        raise UserError(
+            f"{what} {folder} is not writable ({exc.strerror or exc}); "
+            "choose a folder you can write to"
+        ) from None
 
 
 def written_by_tool(path: Path) -> bool:
@@ -127,8 +128,9 @@ class OutputFolder:
             raise
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
         self._release()
 
@@ -144,7 +146,8 @@ class OutputFolder:
                     raise UserError(
                         f"another napari-unetpp run (process {owner}) is writing into "
                         f"{self.folder}; wait for it to finish or choose another --out "
-                        f"(if no run is active, delete {self._lock})") from None
+                        f"(if no run is active, delete {self._lock})"
+                    ) from None
                 self._lock.unlink(missing_ok=True)  # left by a killed run
                 continue
             with os.fdopen(fd, "w") as handle:
@@ -167,7 +170,7 @@ class OutputFolder:
     def _remove_stale_staging(self) -> None:
         """Staging folders of killed runs (their process is gone): internal, never results."""
         for path in self.folder.glob(f"{STAGING_PREFIX}*"):
-            pid = path.name[len(STAGING_PREFIX):].split("-")[0]
+            pid = path.name[len(STAGING_PREFIX) :].split("-")[0]
             if pid.isdigit() and not _pid_alive(int(pid)):
                 shutil.rmtree(path, ignore_errors=True)
 
@@ -175,8 +178,9 @@ class OutputFolder:
 
     def check_free(self, names: Iterable[str]) -> None:
         """Refuse (before any work) to replace files this package did not write."""
-        foreign = [n for n in names if (self.folder / n).exists()
-                   and not written_by_tool(self.folder / n)]
+        foreign = [
+            n for n in names if (self.folder / n).exists() and not written_by_tool(self.folder / n)
+        ]
         if foreign and not self.overwrite:
             listed = ", ".join(str(self.folder / n) for n in foreign[:3])
             more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""

@@ -30,8 +30,12 @@ from scipy import ndimage as ndi
 
 from .config import DataConfig, ModelConfig
 
-__all__ = ["probabilities_to_labels", "labels_shape", "remove_small",
-           "instances_from_probabilities"]
+__all__ = [
+    "probabilities_to_labels",
+    "labels_shape",
+    "remove_small",
+    "instances_from_probabilities",
+]
 
 #: Channels of an instance model's output, in order (see ``data.instance_targets``).
 INSTANCE_CHANNELS = ("background", "interior", "boundary")
@@ -115,8 +119,9 @@ def instances_from_probabilities(
     background, interior, boundary = prob
     structure = _structure(interior.ndim)
     foreground = background < 1.0 - threshold
-    seeds, count = ndi.label((interior > threshold) & (boundary < threshold) & foreground,
-                             structure=structure)
+    seeds, count = ndi.label(
+        (interior > threshold) & (boundary < threshold) & foreground, structure=structure
+    )
     labels = watershed(boundary, seeds, mask=foreground, connectivity=1)
     unseeded = foreground & (labels == 0)
     if unseeded.any():
@@ -133,7 +138,7 @@ def _class_axes(model_config: ModelConfig) -> int:
 
 def labels_shape(prob_shape: Sequence[int], model_config: ModelConfig) -> tuple[int, ...]:
     """The shape of the labels made from probabilities of ``prob_shape`` (to allocate ``out``)."""
-    return tuple(prob_shape[_class_axes(model_config):])
+    return tuple(prob_shape[_class_axes(model_config) :])
 
 
 def _check_prob(prob: Any, model_config: ModelConfig, data_config: DataConfig) -> int:
@@ -198,20 +203,24 @@ def probabilities_to_labels(
     spatial_dims = model_config.spatial_dims
     lead_shape = shape[class_axes : len(shape) - spatial_dims]
     if out is not None and tuple(out.shape) != labels_shape(shape, model_config):
-        raise ValueError(f"out has shape {tuple(out.shape)}; the labels have shape "
-                         f"{labels_shape(shape, model_config)}")
+        raise ValueError(
+            f"out has shape {tuple(out.shape)}; the labels have shape "
+            f"{labels_shape(shape, model_config)}"
+        )
     labels = np.zeros(labels_shape(shape, model_config), np.int32) if out is None else out
     instance = data_config.target == "instance"
-    plan = _band_plan(shape[len(shape) - spatial_dims:], instance, min_size, band_rows)
+    plan = _band_plan(shape[len(shape) - spatial_dims :], instance, min_size, band_rows)
     next_id = 0
     for lead in _items(lead_shape):
         index = (slice(None),) * class_axes + lead
         if plan is not None:
-            next_id = _label_in_bands(prob, index, labels, lead, plan, instance, class_axes,
-                                      threshold, min_size, next_id)
+            next_id = _label_in_bands(
+                prob, index, labels, lead, plan, instance, class_axes, threshold, min_size, next_id
+            )
             continue
-        result = _label_item(np.asarray(prob[index], dtype=np.float32), instance, class_axes,
-                             threshold, min_size)
+        result = _label_item(
+            np.asarray(prob[index], dtype=np.float32), instance, class_axes, threshold, min_size
+        )
         if instance:
             result[result > 0] += next_id
             next_id = max(next_id, int(result.max()))
@@ -219,8 +228,9 @@ def probabilities_to_labels(
     return labels
 
 
-def _label_item(item: np.ndarray, instance: bool, class_axes: int, threshold: float,
-                min_size: int) -> np.ndarray:
+def _label_item(
+    item: np.ndarray, instance: bool, class_axes: int, threshold: float, min_size: int
+) -> np.ndarray:
     """Labels of one slice, volume or band of probabilities (instance ids from 1)."""
     if instance:
         return instances_from_probabilities(item, threshold, min_size)
@@ -239,8 +249,9 @@ BAND_PIXELS = 1 << 22
 INSTANCE_HALO = 96
 
 
-def _band_plan(plane: tuple[int, ...], instance: bool, min_size: int,
-               band_rows: int | None) -> tuple[int, int] | None:
+def _band_plan(
+    plane: tuple[int, ...], instance: bool, min_size: int, band_rows: int | None
+) -> tuple[int, int] | None:
     """``(rows per band, halo rows)`` for a big 2D plane, or None to label it whole.
 
     The halo of a semantic band is ``min_size`` rows: a component with fewer pixels
@@ -257,9 +268,18 @@ def _band_plan(plane: tuple[int, ...], instance: bool, min_size: int,
     return (rows, halo) if rows < height else None
 
 
-def _label_in_bands(prob: Any, index: tuple, labels: Any, lead: tuple[int, ...],
-                    plan: tuple[int, int], instance: bool, class_axes: int, threshold: float,
-                    min_size: int, next_id: int) -> int:
+def _label_in_bands(
+    prob: Any,
+    index: tuple,
+    labels: Any,
+    lead: tuple[int, ...],
+    plan: tuple[int, int],
+    instance: bool,
+    class_axes: int,
+    threshold: float,
+    min_size: int,
+    next_id: int,
+) -> int:
     """Label one 2D plane band by band; returns the last instance id used."""
     rows, halo = plan
     height = int(prob.shape[-2])
@@ -273,7 +293,7 @@ def _label_in_bands(prob: Any, index: tuple, labels: Any, lead: tuple[int, ...],
         if instance:
             block, carry, next_id = _keep_anchored(result, lo, start, stop, carry, next_id)
         else:
-            block = result[start - lo: stop - lo]
+            block = result[start - lo : stop - lo]
         writer.write(block, final=stop == height)
     return next_id
 
@@ -305,7 +325,7 @@ class _RowWriter:
             if self.buffer is not None:
                 grown[: self.held] = self.buffer[: self.held]
             self.buffer = grown
-        self.buffer[self.held: need] = block
+        self.buffer[self.held : need] = block
         self.held = need
         end = self.start + self.held
         cut = end if final else end // self.step * self.step
@@ -313,13 +333,14 @@ class _RowWriter:
             return
         done = cut - self.start
         self.target[(*self.lead, slice(self.start, cut))] = self.buffer[:done]
-        self.buffer[: self.held - done] = self.buffer[done: self.held]
+        self.buffer[: self.held - done] = self.buffer[done : self.held]
         self.held -= done
         self.start = cut
 
 
-def _keep_anchored(window: np.ndarray, lo: int, start: int, stop: int, carry: np.ndarray,
-                   next_id: int) -> tuple[np.ndarray, np.ndarray, int]:
+def _keep_anchored(
+    window: np.ndarray, lo: int, start: int, stop: int, carry: np.ndarray, next_id: int
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Stitch one instance band: each object belongs to the band that holds its top row.
 
     ``window`` holds the instances of rows ``lo..`` (band core ``start..stop`` plus
@@ -336,6 +357,6 @@ def _keep_anchored(window: np.ndarray, lo: int, start: int, stop: int, carry: np
     kept = (tops >= start) & (tops < stop)
     new_ids = np.zeros(len(boxes) + 1, np.int32)
     new_ids[1:][kept] = next_id + np.arange(1, int(kept.sum()) + 1, dtype=np.int32)
-    mapped = new_ids[window[start - lo:]]  # rows start.. of the window, new ids or 0
+    mapped = new_ids[window[start - lo :]]  # rows start.. of the window, new ids or 0
     mapped[: carry.shape[0]] = np.where(carry > 0, carry, mapped[: carry.shape[0]])
-    return mapped[: stop - start], mapped[stop - start:], next_id + int(kept.sum())
+    return mapped[: stop - start], mapped[stop - start :], next_id + int(kept.sum())

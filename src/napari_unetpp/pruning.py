@@ -30,8 +30,15 @@ from .metrics import confusion_counts
 from .model import UNetPlusPlus
 
 __all__ = [
-    "prune", "evaluate_depths", "recommend_depth", "measure_ms_per_mpx", "timing_tile",
-    "score_tiles", "gflop_per_mpx", "median_seconds", "depth_costs",
+    "prune",
+    "evaluate_depths",
+    "recommend_depth",
+    "measure_ms_per_mpx",
+    "timing_tile",
+    "score_tiles",
+    "gflop_per_mpx",
+    "median_seconds",
+    "depth_costs",
 ]
 
 Tile = tuple[np.ndarray, np.ndarray]
@@ -66,8 +73,10 @@ class _Counts:
                 continue
             ious.append(tp / (tp + fp + fn))
             dices.append(2 * tp / (2 * tp + fp + fn))
-        return {"iou": float(np.mean(ious)) if ious else 1.0,
-                "dice": float(np.mean(dices)) if dices else 1.0}
+        return {
+            "iou": float(np.mean(ious)) if ious else 1.0,
+            "dice": float(np.mean(dices)) if dices else 1.0,
+        }
 
 
 def _predicted_classes(logits: torch.Tensor, num_classes: int, foreground_only: bool) -> np.ndarray:
@@ -106,7 +115,7 @@ def score_tiles(
     losses: list[tuple[float, int]] = []
     try:
         for start in range(0, len(tiles), batch_size):
-            chunk = tiles[start:start + batch_size]
+            chunk = tiles[start : start + batch_size]
             x = torch.from_numpy(np.stack([t[0] for t in chunk])).to(device)
             y = np.stack([t[1] for t in chunk])
             logits = {d: v.float() for d, v in net(x).items()}
@@ -116,8 +125,9 @@ def score_tiles(
             truth = (y > 0).astype(np.int64) if foreground_only else y
             ignore = y == IGNORE_INDEX
             for d in depths:
-                counts.add(d, _predicted_classes(logits[d], num_classes, foreground_only),
-                           truth, ignore)
+                counts.add(
+                    d, _predicted_classes(logits[d], num_classes, foreground_only), truth, ignore
+                )
     finally:
         net.train(was_training)
     mean_loss = (sum(v * n for v, n in losses) / sum(n for _, n in losses)) if losses else None
@@ -131,21 +141,29 @@ def timing_tile(spatial_dims: int) -> tuple[int, ...]:
 
 
 @functools.lru_cache(maxsize=64)
-def _gflop_per_mpx(in_channels: int, num_classes: int, widths: tuple[int, ...],
-                   spatial_dims: int, depth: int, tile: tuple[int, ...]) -> float:
+def _gflop_per_mpx(
+    in_channels: int,
+    num_classes: int,
+    widths: tuple[int, ...],
+    spatial_dims: int,
+    depth: int,
+    tile: tuple[int, ...],
+) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):  # shapes only: no memory, no arithmetic, any size
-        net = UNetPlusPlus(in_channels, num_classes, widths, depth, spatial_dims,
-                           deep_supervision=False)
+        net = UNetPlusPlus(
+            in_channels, num_classes, widths, depth, spatial_dims, deep_supervision=False
+        )
         x = torch.zeros(1, in_channels, *tile)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         net(x)
     return counter.get_total_flops() / (float(np.prod(tile)) / 1e6) / 1e9
 
 
-def gflop_per_mpx(model: UNetPlusPlus | ModelConfig, depth: int,
-                  tile_shape: Sequence[int] | None = None) -> float:
+def gflop_per_mpx(
+    model: UNetPlusPlus | ModelConfig, depth: int, tile_shape: Sequence[int] | None = None
+) -> float:
     """Exact GFLOP per megapixel (or megavoxel) of the pruned depth-``depth`` network.
 
     Counted by ``torch.utils.flop_counter`` (2 FLOP per multiply-add of every
@@ -160,12 +178,22 @@ def gflop_per_mpx(model: UNetPlusPlus | ModelConfig, depth: int,
     if depth not in heads:
         raise ValueError(f"no head at depth {depth}; this model has heads {list(heads)}")
     tile = tuple(int(t) for t in tile_shape) if tile_shape else timing_tile(config.spatial_dims)
-    return _gflop_per_mpx(config.in_channels, config.num_classes, tuple(config.widths),
-                          config.spatial_dims, depth, tile)
+    return _gflop_per_mpx(
+        config.in_channels,
+        config.num_classes,
+        tuple(config.widths),
+        config.spatial_dims,
+        depth,
+        tile,
+    )
 
 
-def median_seconds(run: Callable[[], Any], repeats: int = 5, warmup: int = 1,
-                   synchronize: Callable[[], Any] | None = None) -> float:
+def median_seconds(
+    run: Callable[[], Any],
+    repeats: int = 5,
+    warmup: int = 1,
+    synchronize: Callable[[], Any] | None = None,
+) -> float:
     """Median wall time of ``run()`` over ``repeats`` calls after ``warmup`` untimed ones.
 
     Why the median: on a shared machine single runs vary 2-5x; the median of a
@@ -215,9 +243,12 @@ def measure_ms_per_mpx(
     return 1000.0 * seconds / (float(np.prod(tile_shape)) / 1e6)
 
 
-def depth_costs(model: UNetPlusPlus, device: torch.device | str = "cpu",
-                tile_shape: Sequence[int] | None = None, repeats: int = 5,
-                ) -> dict[int, dict[str, float]]:
+def depth_costs(
+    model: UNetPlusPlus,
+    device: torch.device | str = "cpu",
+    tile_shape: Sequence[int] | None = None,
+    repeats: int = 5,
+) -> dict[int, dict[str, float]]:
     """Per depth: exact ``gflop_per_mpx``, measured ``ms_per_mpx`` and ``gflop_s`` here.
 
     What the pruning panel and ``napari-unetpp info --time`` show: the exact cost
@@ -269,14 +300,18 @@ def evaluate_depths(
     net = _module(model)
     dims = net.config.spatial_dims
     tile = tuple(tile_size) if tile_size else ((256, 256) if dims == 2 else (64, 128, 128))
-    resolved = data_config.replace(
-        class_values=data_mod.resolve_class_values(data_config, labels))
+    resolved = data_config.replace(class_values=data_mod.resolve_class_values(data_config, labels))
     volumes = data_mod.prepare_volumes(images, labels, resolved, dims)
     tiles = data_mod.validation_tiles(volumes, tile, dims)
     net = net.to(device)
-    scores, _ = score_tiles(net, tiles, net.config.num_classes, device,
-                            foreground_only=data_config.target == "instance",
-                            batch_size=batch_size)
+    scores, _ = score_tiles(
+        net,
+        tiles,
+        net.config.num_classes,
+        device,
+        foreground_only=data_config.target == "instance",
+        batch_size=batch_size,
+    )
     return depth_table(net, scores, None, device)
 
 

@@ -55,8 +55,10 @@ MEDICAL_SUFFIXES = (".nii", ".nii.gz", ".dcm")
 TIFF_SUFFIXES = (".tif", ".tiff")
 #: World (RAS) axis and wanted sign of each output axis Z, Y, X (see the module docstring).
 ZYX_FROM_RAS = ((2, +1), (1, -1), (0, +1))
-_MISSING = ("reading {what} needs the optional package {package}: "
-            "pip install 'napari-unetpp[medical]' (or pip install {package})")
+_MISSING = (
+    "reading {what} needs the optional package {package}: "
+    "pip install 'napari-unetpp[medical]' (or pip install {package})"
+)
 
 
 @dataclass
@@ -113,8 +115,11 @@ def _has_dicm_magic(path: Path) -> bool:
 
 
 def _dicom_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and (p.suffix.lower() == ".dcm" or _has_dicm_magic(p)))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and (p.suffix.lower() == ".dcm" or _has_dicm_magic(p))
+    )
 
 
 def is_dicom(path: str | Path) -> bool:
@@ -165,12 +170,15 @@ def reorient_to_zyx(
     axes_ras = np.asarray(axes_ras, dtype=np.float64)
     spacing = np.linalg.norm(axes_ras, axis=0)
     if np.any(spacing <= 0) or not np.all(np.isfinite(spacing)):
-        raise ValueError(f"degenerate voxel axes (spacing {spacing.tolist()}); "
-                         "the file's affine / orientation tags are broken")
+        raise ValueError(
+            f"degenerate voxel axes (spacing {spacing.tolist()}); "
+            "the file's affine / orientation tags are broken"
+        )
     cosines = axes_ras / spacing
     # the voxel axis for each world axis: the assignment with the largest total |cosine|
-    best = max(itertools.permutations(range(3)),
-               key=lambda p: sum(abs(cosines[w, p[w]]) for w in range(3)))
+    best = max(
+        itertools.permutations(range(3)), key=lambda p: sum(abs(cosines[w, p[w]]) for w in range(3))
+    )
     order, flips = [], []
     for world, sign in ZYX_FROM_RAS:
         voxel = best[world]
@@ -186,8 +194,12 @@ def reorient_to_zyx(
 
 # --------------------------------------------------------------------------- NIfTI
 
-_NIFTI_UNITS = {"mm": ("mm", 1.0), "micron": ("um", 1.0), "meter": ("mm", 1000.0),
-                "unknown": ("mm", 1.0)}  # NIfTI's default space unit is mm
+_NIFTI_UNITS = {
+    "mm": ("mm", 1.0),
+    "micron": ("um", 1.0),
+    "meter": ("mm", 1000.0),
+    "unknown": ("mm", 1.0),
+}  # NIfTI's default space unit is mm
 
 
 def read_nifti(path: str | Path) -> ImageData:
@@ -209,8 +221,12 @@ def read_nifti(path: str | Path) -> ImageData:
         if isinstance(exc, FileNotFoundError):
             raise
         raise ValueError(f"{path}: not a readable NIfTI file ({exc})") from exc
-    if data.dtype.kind == "f" and data.size and np.all(np.mod(data, 1) == 0) and (
-            data.min() >= -32768 and data.max() <= 32767):
+    if (
+        data.dtype.kind == "f"
+        and data.size
+        and np.all(np.mod(data, 1) == 0)
+        and (data.min() >= -32768 and data.max() <= 32767)
+    ):
         data = data.astype(np.int16)  # scaled integers (HU) stay compact
     while data.ndim < 3:
         data = data[..., np.newaxis]
@@ -228,13 +244,20 @@ def read_nifti(path: str | Path) -> ImageData:
     array = np.stack(volumes).reshape(*moved.shape[:extra], *volumes[0].shape)
     spacing = tuple(s * factor for s in size)
     return ImageData(
-        array=array, axes="T" * extra + "ZYX", scale=(1.0,) * extra + spacing, unit=unit,
+        array=array,
+        axes="T" * extra + "ZYX",
+        scale=(1.0,) * extra + spacing,
+        unit=unit,
         source="nifti",
-        metadata={"has_spacing": True, "file_spacing": [float(v) for v in
-                                                        image.header.get_zooms()[:3]],
-                  "direction": affine[:3, :3].tolist(), "axis_order": list(order),
-                  "flipped": list(flips), "orientation": "Z=+S, Y=-A, X=+R",
-                  "space_unit": space_unit},
+        metadata={
+            "has_spacing": True,
+            "file_spacing": [float(v) for v in image.header.get_zooms()[:3]],
+            "direction": affine[:3, :3].tolist(),
+            "axis_order": list(order),
+            "flipped": list(flips),
+            "orientation": "Z=+S, Y=-A, X=+R",
+            "space_unit": space_unit,
+        },
     )
 
 
@@ -310,34 +333,44 @@ def read_dicom(path: str | Path) -> ImageData:
         dz = float(np.median(gaps))
         uneven = bool(np.ptp(gaps) > 0.01 * max(abs(dz), 1e-6))
     else:
-        dz = float(getattr(first, "SpacingBetweenSlices", 0) or getattr(first, "SliceThickness",
-                                                                         0) or 1.0)
+        dz = float(
+            getattr(first, "SpacingBetweenSlices", 0) or getattr(first, "SliceThickness", 0) or 1.0
+        )
         uneven = False
     if dz <= 0:
-        raise ValueError(f"{path}: slices share one position (duplicate series?); "
-                         "put one series per folder")
+        raise ValueError(
+            f"{path}: slices share one position (duplicate series?); put one series per folder"
+        )
     volume = np.stack([_hu(ds) for ds in _read_pixels([f for f, _ in chosen])])
     metadata: dict[str, Any] = {
-        "has_spacing": has_spacing, "series": all_series, "uneven_slices": uneven,
+        "has_spacing": has_spacing,
+        "series": all_series,
+        "uneven_slices": uneven,
         "modality": str(getattr(first, "Modality", "")),
         "file_spacing": [dz, dy, dx],
     }
     unit = "mm" if has_spacing else None
     if volume.ndim == 4:  # multi-frame files: their per-frame geometry is not read
         if len(chosen) > 1:
-            raise ValueError(f"{path}: a series of multi-frame DICOM files is not supported; "
-                             "convert it to NIfTI (e.g. with dcm2niix) and open that")
+            raise ValueError(
+                f"{path}: a series of multi-frame DICOM files is not supported; "
+                "convert it to NIfTI (e.g. with dcm2niix) and open that"
+            )
         volume, orientation = volume[0], None
         metadata["multi_frame"] = True
     if orientation is None:  # no patient axes (secondary capture...): the stack as stored
         array = volume if len(chosen) > 1 else volume[0]
-        scale = (dz, dy, dx)[-array.ndim:]
-        return ImageData(array, "ZYX"[-array.ndim:], scale, unit, "dicom", metadata)
+        scale = (dz, dy, dx)[-array.ndim :]
+        return ImageData(array, "ZYX"[-array.ndim :], scale, unit, "dicom", metadata)
     lps_to_ras = np.array([-1.0, -1.0, 1.0])
     axes_ras = np.stack([normal * dz, col_dir * dy, row_dir * dx], axis=1) * lps_to_ras[:, None]
     array, size, order, flips = reorient_to_zyx(volume, axes_ras)
-    metadata.update(direction=axes_ras.tolist(), axis_order=list(order), flipped=list(flips),
-                    orientation="Z=+S, Y=-A, X=+R")
+    metadata.update(
+        direction=axes_ras.tolist(),
+        axis_order=list(order),
+        flipped=list(flips),
+        orientation="Z=+S, Y=-A, X=+R",
+    )
     if len(chosen) == 1:  # one slice: drop the length-1 axis the slice normal went to
         gone = order.index(0)
         array = array.reshape(tuple(n for i, n in enumerate(array.shape) if i != gone))
@@ -362,20 +395,33 @@ def _hu(ds: Any) -> np.ndarray:
         if out.min(initial=0) >= -32768 and out.max(initial=0) <= 32767:
             return out.astype(np.int16)
         return out
-    return (pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept))
+    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
 
 # --------------------------------------------------------------------------- TIFF
 
 #: Unit names seen in ImageJ / OME / TIFF metadata -> (unit, factor to it).
 _UNITS = {
-    "nm": ("nm", 1.0), "nanometer": ("nm", 1.0), "nanometre": ("nm", 1.0),
-    "um": ("um", 1.0), "µm": ("um", 1.0), "\u03bcm": ("um", 1.0), "micron": ("um", 1.0),
-    "microns": ("um", 1.0), "micrometer": ("um", 1.0), "micrometre": ("um", 1.0),
+    "nm": ("nm", 1.0),
+    "nanometer": ("nm", 1.0),
+    "nanometre": ("nm", 1.0),
+    "um": ("um", 1.0),
+    "µm": ("um", 1.0),
+    "\u03bcm": ("um", 1.0),
+    "micron": ("um", 1.0),
+    "microns": ("um", 1.0),
+    "micrometer": ("um", 1.0),
+    "micrometre": ("um", 1.0),
     "\\u00b5m": ("um", 1.0),
-    "mm": ("mm", 1.0), "millimeter": ("mm", 1.0), "millimetre": ("mm", 1.0),
-    "cm": ("mm", 10.0), "centimeter": ("mm", 10.0), "m": ("mm", 1000.0),
-    "meter": ("mm", 1000.0), "å": ("nm", 0.1), "angstrom": ("nm", 0.1),
+    "mm": ("mm", 1.0),
+    "millimeter": ("mm", 1.0),
+    "millimetre": ("mm", 1.0),
+    "cm": ("mm", 10.0),
+    "centimeter": ("mm", 10.0),
+    "m": ("mm", 1000.0),
+    "meter": ("mm", 1000.0),
+    "å": ("nm", 0.1),
+    "angstrom": ("nm", 0.1),
 }
 
 
@@ -469,8 +515,9 @@ def tiff_spacing(path: str | Path) -> tuple[str, dict[str, float], str | None, s
     return axes, {}, None, "tiff"
 
 
-def _shaped_sizes(axes: str, shaped: dict[str, Any], x_res: float | None,
-                  y_res: float | None) -> dict[str, float]:
+def _shaped_sizes(
+    axes: str, shaped: dict[str, Any], x_res: float | None, y_res: float | None
+) -> dict[str, float]:
     """Sizes from a tifffile JSON description: a list per spatial axis, or one number.
 
     One number is ImageJ's slice ``spacing``; Y/X then come from X/YResolution
@@ -481,7 +528,7 @@ def _shaped_sizes(axes: str, shaped: dict[str, Any], x_res: float | None,
     spatial = [a for a in axes if a in "ZYX"]
     if isinstance(spacing, list):
         values = [float(v) for v in spacing]
-        return dict(zip(spatial[-len(values):], values, strict=False)) if values else {}
+        return dict(zip(spatial[-len(values) :], values, strict=False)) if values else {}
     value = float(spacing)
     sizes = {a: value for a in spatial}
     if x_res and y_res and (x_res, y_res) != (1.0, 1.0):
@@ -511,8 +558,12 @@ def read_tiff(path: str | Path) -> ImageData:
     axes = array_axes(axes, array.ndim)
     scale = tuple(float(sizes.get(a, 1.0)) for a in axes)
     spatial = {a for a in axes if a in "ZYX"}
-    metadata = {"has_spacing": bool(sizes) and spatial <= set(sizes), "spacing": sizes,
-                "kind": kind, "file_axes": axes}
+    metadata = {
+        "has_spacing": bool(sizes) and spatial <= set(sizes),
+        "spacing": sizes,
+        "kind": kind,
+        "file_axes": axes,
+    }
     return ImageData(array, axes, scale, unit, kind, metadata)
 
 

@@ -51,18 +51,24 @@ def base_zoom(model_config: ModelConfig, config: PredictConfig) -> tuple[tuple[f
     zoom, note = (1.0,) * dims, ""
     if config.pixel_size is not None:
         if model_config.pixel_size:
-            zoom = S.zoom_from_pixel_size(config.pixel_size, model_config.pixel_size,
-                                          config.pixel_unit, model_config.pixel_unit)
+            zoom = S.zoom_from_pixel_size(
+                config.pixel_size,
+                model_config.pixel_size,
+                config.pixel_unit,
+                model_config.pixel_unit,
+            )
         else:
-            note = ("pixel_size ignored: the model records no training pixel size "
-                    "(use rescale instead)")
+            note = (
+                "pixel_size ignored: the model records no training pixel size (use rescale instead)"
+            )
     if isinstance(config.rescale, float):
         zoom = tuple(z * config.rescale for z in zoom)
     return S.check_zoom(zoom), note
 
 
-def measure_diameters(prob: Any, model_config: ModelConfig, data_config: DataConfig,
-                      threshold: float = 0.5) -> np.ndarray:
+def measure_diameters(
+    prob: Any, model_config: ModelConfig, data_config: DataConfig, threshold: float = 0.5
+) -> np.ndarray:
     """Equivalent diameters (px) of the objects in one depth's probabilities.
 
     Instances of an instance model; connected components of the foreground
@@ -73,10 +79,11 @@ def measure_diameters(prob: Any, model_config: ModelConfig, data_config: DataCon
 
     from .postprocess import probabilities_to_labels
 
-    labels = np.asarray(probabilities_to_labels(np.asarray(prob), model_config, data_config,
-                                                threshold=threshold))
+    labels = np.asarray(
+        probabilities_to_labels(np.asarray(prob), model_config, data_config, threshold=threshold)
+    )
     dims = model_config.spatial_dims
-    planes = labels.reshape((-1, *labels.shape[labels.ndim - dims:]))
+    planes = labels.reshape((-1, *labels.shape[labels.ndim - dims :]))
     found = []
     for plane in planes:
         if data_config.target != "instance":
@@ -92,8 +99,13 @@ def _scale_event(message: str, total: int = 0) -> Any:
 
 
 def predict_rescaled(
-    model: Any, image: Any, config: PredictConfig, data_config: DataConfig, *,
-    out: str | Path | None = None, stopper: Stopper | None = None,
+    model: Any,
+    image: Any,
+    config: PredictConfig,
+    data_config: DataConfig,
+    *,
+    out: str | Path | None = None,
+    stopper: Stopper | None = None,
 ) -> Generator[Any, None, Any]:
     """``inference.predict`` at the model's scale; outputs on the input's grid (see module doc)."""
     if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
@@ -103,9 +115,14 @@ def predict_rescaled(
     report: dict[str, Any] = {
         "pixel_size": list(config.pixel_size) if config.pixel_size is not None else None,
         "pixel_unit": config.pixel_unit or mc.pixel_unit,
-        "model_pixel_size": list(mc.pixel_size), "rescale": config.rescale,
-        "model_diameter": mc.object_diameter, "measured_diameter": None, "objects": None,
-        "zoom": list(zoom), "passes": 1, "note": note,
+        "model_pixel_size": list(mc.pixel_size),
+        "rescale": config.rescale,
+        "model_diameter": mc.object_diameter,
+        "measured_diameter": None,
+        "objects": None,
+        "zoom": list(zoom),
+        "passes": 1,
+        "note": note,
     }
     if note:
         yield _scale_event(note)
@@ -120,20 +137,25 @@ def predict_rescaled(
         )
     if any(z != 1.0 for z in zoom):
         yield _scale_event(f"resampling the input by {_fmt(zoom)} to the model's scale")
-    result = yield from _one_pass(model, image, inner, data_config, zoom, None if auto else out,
-                                  stopper)
+    result = yield from _one_pass(
+        model, image, inner, data_config, zoom, None if auto else out, stopper
+    )
     if auto and result.complete and result:
         depth = config.pruned_depth if config.pruned_depth is not None else max(result)
         gmean = math.prod(zoom) ** (1.0 / len(zoom))  # native-grid px -> model-grid px
         diameters = measure_diameters(result[depth], mc, data_config, config.threshold) * gmean
-        probe = yield from _probe_half(model, image, inner, data_config, zoom, depth,
-                                       diameters, mc.object_diameter, stopper)
+        probe = yield from _probe_half(
+            model, image, inner, data_config, zoom, depth, diameters, mc.object_diameter, stopper
+        )
         if probe is not None:
             diameters = probe
         factor, why = S.auto_rescale(mc.object_diameter * 1.0, diameters)
-        report.update(measured_diameter=float(np.median(diameters) / gmean)
-                      if diameters.size else None, objects=int(diameters.size),
-                      auto_factor=factor, probe=probe is not None)
+        report.update(
+            measured_diameter=float(np.median(diameters) / gmean) if diameters.size else None,
+            objects=int(diameters.size),
+            auto_factor=factor,
+            probe=probe is not None,
+        )
         report["note"] = "; ".join(n for n in (note, why) if n)
         yield _scale_event(why)
         if factor != 1.0:
@@ -153,8 +175,14 @@ PROBE_RATIO = 1.3
 
 
 def _probe_half(
-    model: Any, image: Any, config: PredictConfig, data_config: DataConfig,
-    zoom: tuple[float, ...], depth: int, diameters: np.ndarray, model_diameter: float,
+    model: Any,
+    image: Any,
+    config: PredictConfig,
+    data_config: DataConfig,
+    zoom: tuple[float, ...],
+    depth: int,
+    diameters: np.ndarray,
+    model_diameter: float,
     stopper: Stopper | None,
 ) -> Generator[Any, None, np.ndarray | None]:
     """Model-grid diameters measured at half the zoom, when they show the objects are large.
@@ -177,8 +205,7 @@ def _probe_half(
     if not result or not result.complete:
         return None
     gmean = math.prod(zoom) ** (1.0 / len(zoom))
-    found = measure_diameters(result[depth], model.config, data_config,
-                              config.threshold) * gmean
+    found = measure_diameters(result[depth], model.config, data_config, config.threshold) * gmean
     if found.size < S.AUTO_MIN_OBJECTS:
         return None
     return found if float(np.median(found)) > PROBE_RATIO * first else None
@@ -189,8 +216,13 @@ def _fmt(zoom: tuple[float, ...]) -> str:
 
 
 def _one_pass(
-    model: Any, image: Any, config: PredictConfig, data_config: DataConfig,
-    zoom: tuple[float, ...], out: str | Path | None, stopper: Stopper | None,
+    model: Any,
+    image: Any,
+    config: PredictConfig,
+    data_config: DataConfig,
+    zoom: tuple[float, ...],
+    out: str | Path | None,
+    stopper: Stopper | None,
 ) -> Generator[Any, None, Any]:
     """One ``inference.predict`` at ``zoom``; probabilities resampled back to ``image``'s grid."""
     from .inference import predict
@@ -206,8 +238,14 @@ def _one_pass(
     return _back(result, image.shape, model.config.num_classes, data_config, dims, out)
 
 
-def _back(result: Any, shape: tuple[int, ...], num_classes: int, data_config: DataConfig,
-          dims: int, out: str | Path | None) -> Any:
+def _back(
+    result: Any,
+    shape: tuple[int, ...],
+    num_classes: int,
+    data_config: DataConfig,
+    dims: int,
+    out: str | Path | None,
+) -> Any:
     """The probabilities of ``result`` resampled (linearly) onto the input grid ``shape``."""
     from .inference import PredictResult, _allocate, output_shape
 

@@ -57,8 +57,9 @@ def recorded_inputs(record: dict[str, Any], run_file: Path) -> dict[str, list[st
     return inputs
 
 
-def check_same_architecture(recorded: Any, widths: Sequence[int] | None, depth: int | None,
-                            out: Path) -> None:
+def check_same_architecture(
+    recorded: Any, widths: Sequence[int] | None, depth: int | None, out: Path
+) -> None:
     """``--resume`` with ``--widths/--depth``: fine when they repeat the run's, else refused."""
     from .config import ModelConfig
 

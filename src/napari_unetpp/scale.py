@@ -93,8 +93,10 @@ def model_axes_pixel_size(pixel_size: Sequence[float], spatial_dims: int) -> tup
 
 
 def zoom_from_pixel_size(
-    pixel_size: Sequence[float], model_pixel_size: Sequence[float],
-    unit: str = "", model_unit: str = "",
+    pixel_size: Sequence[float],
+    model_pixel_size: Sequence[float],
+    unit: str = "",
+    model_unit: str = "",
 ) -> tuple[float, ...]:
     """Zoom per model axis that brings pixels of ``pixel_size`` to the model's ``model_pixel_size``.
 
@@ -140,7 +142,10 @@ def scaled_shape(shape: Sequence[int], zoom: Sequence[float]) -> tuple[int, ...]
 
 
 def resample(
-    image: Any, zoom: Sequence[float], axes: Sequence[int], order: int = 1,
+    image: Any,
+    zoom: Sequence[float],
+    axes: Sequence[int],
+    order: int = 1,
     anti_aliasing: bool = False,
 ) -> np.ndarray:
     """``image`` with ``axes`` zoomed by ``zoom`` (one factor per axis), float32 for order > 0."""
@@ -151,8 +156,12 @@ def resample(
 
 
 def resample_to(
-    image: Any, shape: Sequence[int], axes: Sequence[int], order: int = 1,
-    out: Any = None, anti_aliasing: bool = False,
+    image: Any,
+    shape: Sequence[int],
+    axes: Sequence[int],
+    order: int = 1,
+    out: Any = None,
+    anti_aliasing: bool = False,
 ) -> Any:
     """``image`` resampled on ``axes`` to exactly ``shape`` (other axes must already match).
 
@@ -191,7 +200,11 @@ def resample_to(
             continue
         values = block if order == 0 else block.astype(np.float32, copy=False)
         out[tuple(index)] = resize(
-            values, block_shape, order=order, mode="edge", preserve_range=True,
+            values,
+            block_shape,
+            order=order,
+            mode="edge",
+            preserve_range=True,
             anti_aliasing=smooth,
         ).astype(dtype, copy=False)
     return out
@@ -263,8 +276,12 @@ AUTO_CLAMP = (0.25, 4.0)
 
 
 def auto_rescale(
-    model_diameter: float, diameters: np.ndarray, *, min_objects: int = AUTO_MIN_OBJECTS,
-    tolerance: float = AUTO_TOLERANCE, grow_below: float = AUTO_GROW_BELOW,
+    model_diameter: float,
+    diameters: np.ndarray,
+    *,
+    min_objects: int = AUTO_MIN_OBJECTS,
+    tolerance: float = AUTO_TOLERANCE,
+    grow_below: float = AUTO_GROW_BELOW,
     clamp: tuple[float, float] = AUTO_CLAMP,
 ) -> tuple[float, str]:
     """Rescale factor (model median diameter / measured median) and why, from a first pass.
@@ -275,14 +292,20 @@ def auto_rescale(
     """
     diameters = np.asarray(diameters, dtype=np.float64)
     if diameters.size < min_objects:
-        return 1.0, (f"auto rescale skipped: {diameters.size} object(s) found, "
-                     f"{min_objects} needed to measure their size")
+        return 1.0, (
+            f"auto rescale skipped: {diameters.size} object(s) found, "
+            f"{min_objects} needed to measure their size"
+        )
     measured = float(np.median(diameters))
     ratio = float(model_diameter) / measured
     if 1.0 / (1.0 + tolerance) <= ratio <= grow_below:
-        return 1.0, (f"auto rescale not needed: median object diameter {measured:.1f} px, "
-                     f"the model's {model_diameter:.1f} px")
+        return 1.0, (
+            f"auto rescale not needed: median object diameter {measured:.1f} px, "
+            f"the model's {model_diameter:.1f} px"
+        )
     clamped = float(np.clip(ratio, *clamp))
     note = "" if clamped == ratio else f" (clamped from {ratio:.3f})"
-    return clamped, (f"auto rescale {clamped:.3f}{note}: median object diameter {measured:.1f} px "
-                     f"({diameters.size} objects), the model's {model_diameter:.1f} px")
+    return clamped, (
+        f"auto rescale {clamped:.3f}{note}: median object diameter {measured:.1f} px "
+        f"({diameters.size} objects), the model's {model_diameter:.1f} px"
+    )

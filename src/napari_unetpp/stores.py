@@ -22,8 +22,16 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "UnsafeStoreError", "check_zarr_store", "open_zarr", "create_array", "create_group",
-    "allocate_outputs", "mark_complete", "is_incomplete", "read_regular_file", "TOOL_KEY",
+    "UnsafeStoreError",
+    "check_zarr_store",
+    "open_zarr",
+    "create_array",
+    "create_group",
+    "allocate_outputs",
+    "mark_complete",
+    "is_incomplete",
+    "read_regular_file",
+    "TOOL_KEY",
 ]
 
 #: Attribute written into every store the package creates: ``{"complete": bool}``.
@@ -51,11 +59,15 @@ def read_regular_file(path: Path, limit: int, what: str = "file") -> bytes:
     except FileNotFoundError:
         raise
     if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"{path}: not a regular file (a FIFO, device or socket); "
-                         f"a {what} must be an ordinary file")
+        raise ValueError(
+            f"{path}: not a regular file (a FIFO, device or socket); "
+            f"a {what} must be an ordinary file"
+        )
     if info.st_size > limit:
-        raise ValueError(f"{path}: {info.st_size} bytes is implausibly large for a {what} "
-                         f"(limit {limit}); the file is corrupt or not a {what}")
+        raise ValueError(
+            f"{path}: {info.st_size} bytes is implausibly large for a {what} "
+            f"(limit {limit}); the file is corrupt or not a {what}"
+        )
     with open(path, "rb") as handle:
         data = handle.read(limit + 1)
     if len(data) > limit:
@@ -67,8 +79,9 @@ def _load_json(path: Path) -> Any:
     try:
         return json.loads(read_regular_file(path, _MAX_METADATA_BYTES, "zarr metadata file"))
     except RecursionError:
-        raise UnsafeStoreError(f"{path}: zarr metadata nested too deeply; not a zarr store"
-                               ) from None
+        raise UnsafeStoreError(
+            f"{path}: zarr metadata nested too deeply; not a zarr store"
+        ) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UnsafeStoreError(f"{path}: zarr metadata is not valid JSON ({exc})") from None
 
@@ -133,9 +146,12 @@ def _check_folder(folder: Path) -> dict[str, Any]:
                     _check_array_metadata(value, f"{path}[{key}]")
         elif name == "zarr.json" and isinstance(meta, dict):
             _check_array_metadata(meta, str(path))
-            consolidated = (meta.get("consolidated_metadata") or {})
-            for key, value in (consolidated.get("metadata") or {}).items() \
-                    if isinstance(consolidated, dict) else []:
+            consolidated = meta.get("consolidated_metadata") or {}
+            for key, value in (
+                (consolidated.get("metadata") or {}).items()
+                if isinstance(consolidated, dict)
+                else []
+            ):
                 _check_array_metadata(value, f"{path}[{key}]")
             if isinstance(meta.get("attributes"), dict):
                 attrs = meta["attributes"]
@@ -158,8 +174,11 @@ def check_zarr_store(path: str | os.PathLike[str]) -> None:
     if not root.is_dir():
         return
     with os.scandir(root) as entries:
-        children = [Path(e.path) for e in entries
-                    if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")]
+        children = [
+            Path(e.path)
+            for e in entries
+            if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")
+        ]
     for child in children:
         _refuse_incomplete(_check_folder(child), child)
 
@@ -202,15 +221,22 @@ def create_group(path: str | os.PathLike[str]) -> Any:
     return group
 
 
-def create_array(parent: Any, name: str | None, shape: tuple[int, ...], dtype: Any,
-                 chunks: tuple[int, ...], path: str | os.PathLike[str] | None = None) -> Any:
+def create_array(
+    parent: Any,
+    name: str | None,
+    shape: tuple[int, ...],
+    dtype: Any,
+    chunks: tuple[int, ...],
+    path: str | os.PathLike[str] | None = None,
+) -> Any:
     """A zero-filled zarr array in group ``parent`` (or alone at ``path``), zarr 2 or 3."""
     import zarr
 
     chunks = tuple(max(1, min(int(c), int(s))) for c, s in zip(chunks, shape, strict=True))
     if parent is None:
-        array = zarr.open_array(str(path), mode="w", shape=shape, dtype=dtype, chunks=chunks,
-                                fill_value=0)
+        array = zarr.open_array(
+            str(path), mode="w", shape=shape, dtype=dtype, chunks=chunks, fill_value=0
+        )
         array.attrs[TOOL_KEY] = {"complete": False}
         return array
     create = getattr(parent, "create_array", None)  # zarr 3; zarr 2 has create_dataset
@@ -229,9 +255,12 @@ def slice_chunks(shape: tuple[int, ...], spatial: tuple[int, ...]) -> tuple[int,
     return (1,) * lead + tuple(min(c, s) for c, s in zip(spatial, shape[lead:], strict=True))
 
 
-def allocate_outputs(depths: tuple[int, ...], shape: tuple[int, ...],
-                     spatial_chunks: tuple[int, ...], out: str | os.PathLike[str] | None,
-                     ) -> tuple[dict[int, Any], Any]:
+def allocate_outputs(
+    depths: tuple[int, ...],
+    shape: tuple[int, ...],
+    spatial_chunks: tuple[int, ...],
+    out: str | os.PathLike[str] | None,
+) -> tuple[dict[int, Any], Any]:
     """One float32 output per depth: numpy in memory, or arrays ``L{d}`` of a zarr group.
 
     The group is marked incomplete; :func:`mark_complete` marks it when all is written.

@@ -132,7 +132,7 @@ def tile_starts(size: int, tile: int, overlap: float, align: int = 1) -> list[in
         starts = sorted({min(align * round(x / align), top) for x in ideal})
         if starts[-1] != span:
             starts.append(span)
-        gaps = [b - a for a, b in zip(starts, starts[1:])]
+        gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
         if max(gaps) <= limit or count > span:
             return starts
         count += 1
@@ -153,8 +153,8 @@ def tile_grid(
             f"tile size {tuple(tile)} has {len(tile)} axes but the image has "
             f"{len(shape)} spatial axes {tuple(shape)}; give one tile size per spatial axis"
         )
-    extent = [max(int(t), round_up(int(s), align)) for s, t in zip(shape, tile)]
-    per_axis = [tile_starts(e, int(t), overlap, align) for e, t in zip(extent, tile)]
+    extent = [max(int(t), round_up(int(s), align)) for s, t in zip(shape, tile, strict=False)]
+    per_axis = [tile_starts(e, int(t), overlap, align) for e, t in zip(extent, tile, strict=False)]
     grid: list[tuple[int, ...]] = [()]
     for starts in per_axis:
         grid = [g + (s,) for g in grid for s in starts]
@@ -206,14 +206,14 @@ def pad_to(
     lead = array.ndim - len(shape)
     if lead < 0:
         raise ValueError(f"cannot pad an array of shape {array.shape} to {tuple(shape)}")
-    extra = [max(int(t) - s, 0) for s, t in zip(array.shape[lead:], shape)]
-    crop = tuple(slice(None) for _ in range(lead)) + tuple(
-        slice(0, s) for s in array.shape[lead:]
-    )
+    extra = [max(int(t) - s, 0) for s, t in zip(array.shape[lead:], shape, strict=False)]
+    crop = tuple(slice(None) for _ in range(lead)) + tuple(slice(0, s) for s in array.shape[lead:])
     if not any(extra):
         return array, crop
     widths = [(0, 0)] * lead + [(0, e) for e in extra]
-    if mode == "reflect" and any(s == 1 and e for s, e in zip(array.shape[lead:], extra)):
+    if mode == "reflect" and any(
+        s == 1 and e for s, e in zip(array.shape[lead:], extra, strict=False)
+    ):
         mode = "edge"  # numpy cannot reflect a single pixel
     return np.pad(array, widths, mode=mode), crop  # type: ignore[call-overload]
 
@@ -334,7 +334,10 @@ class _Band:
     """
 
     def __init__(
-        self, spatial: tuple[int, ...], tile: tuple[int, ...], channels: int,
+        self,
+        spatial: tuple[int, ...],
+        tile: tuple[int, ...],
+        channels: int,
         backend: _NumpyBackend | _TorchBackend,
     ) -> None:
         self.spatial = spatial
@@ -348,7 +351,7 @@ class _Band:
 
     def _index(self, start: tuple[int, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
         first = slice(start[0] - self.lo, start[0] - self.lo + shape[0])
-        rest = tuple(slice(s, s + n) for s, n in zip(start[1:], shape[1:]))
+        rest = tuple(slice(s, s + n) for s, n in zip(start[1:], shape[1:], strict=False))
         return (slice(None), first, *rest)
 
     def add(self, start: tuple[int, ...], block: Any, w: Any) -> None:
@@ -360,8 +363,9 @@ class _Band:
         ratio = self.backend.divide(w, total, self._ratio[scratch])
         self.backend.blend(self.mean[index], block, ratio, self._delta[scratch])
 
-    def advance(self, to: int, sinks: Mapping[Hashable, Any], slices: Mapping[Hashable, slice]
-                ) -> None:
+    def advance(
+        self, to: int, sinks: Mapping[Hashable, Any], slices: Mapping[Hashable, slice]
+    ) -> None:
         """Write rows ``[lo, to)`` out and shift the band so that it starts at ``to``."""
         rows = min(to, self.spatial[0]) - self.lo
         if rows <= 0:
@@ -369,15 +373,16 @@ class _Band:
         shift = min(rows, self.height)
         self.flush(shift, sinks, slices)
         spare = self._spare
-        for old, new in zip((self.mean, self.weight), spare):
+        for old, new in zip((self.mean, self.weight), spare, strict=False):
             new[:, : self.height - shift] = old[:, shift:]
             new[:, self.height - shift :] = 0
         self._spare = (self.mean, self.weight)
         self.mean, self.weight = spare
         self.lo += rows
 
-    def flush(self, rows: int, sinks: Mapping[Hashable, Any], slices: Mapping[Hashable, slice]
-              ) -> None:
+    def flush(
+        self, rows: int, sinks: Mapping[Hashable, Any], slices: Mapping[Hashable, slice]
+    ) -> None:
         """Write the first ``rows`` rows of the band (0 where no tile reached): one copy out."""
         rows = min(rows, self.spatial[0] - self.lo)
         if rows <= 0:
@@ -393,8 +398,8 @@ def _pad_tensor(block: Any, tile: tuple[int, ...]) -> Any:
     import torch
 
     sizes = tuple(block.shape[1:])
-    mode = "edge" if any(n == 1 and n < t for n, t in zip(sizes, tile)) else "reflect"
-    for axis, (n, t) in enumerate(zip(sizes, tile), start=1):
+    mode = "edge" if any(n == 1 and n < t for n, t in zip(sizes, tile, strict=False)) else "reflect"
+    for axis, (n, t) in enumerate(zip(sizes, tile, strict=False), start=1):
         if n < t:
             index = np.pad(np.arange(n), (0, t - n), mode=mode)  # type: ignore[call-overload]
             block = block.index_select(axis, torch.as_tensor(index, device=block.device))
@@ -407,7 +412,7 @@ def _read_tile(image: Any, start: tuple[int, ...], tile: tuple[int, ...]) -> Any
     An image that serves torch tensors (inference's device-resident bands) gets torch
     tiles cut and padded on that device; anything else gives numpy.
     """
-    index = (slice(None),) + tuple(slice(s, s + t) for s, t in zip(start, tile))
+    index = (slice(None),) + tuple(slice(s, s + t) for s, t in zip(start, tile, strict=False))
     block = image[index]
     if hasattr(block, "detach"):
         return _pad_tensor(block.float(), tile)
@@ -445,17 +450,21 @@ class _Outputs:
         else:
             items = [(0, outputs)]
         values = [backend.put(v) for _, v in items]
-        for (key, _), value in zip(items, values):
+        for (key, _), value in zip(items, values, strict=False):
             _check_output(key, value, n, tile)
-        self._register({key: value.shape[1] for (key, _), value in zip(items, values)})
+        self._register(
+            {key: value.shape[1] for (key, _), value in zip(items, values, strict=False)}
+        )
         return backend.cat(values)
 
     def _register(self, channels: dict[Hashable, int]) -> None:
         if self.slices:
             now = {k: s.stop - s.start for k, s in self.slices.items()}
             if now != channels:
-                raise ValueError(f"the predictor's outputs changed from {now} to {channels} "
-                                 "between batches; it must return the same keys and channels")
+                raise ValueError(
+                    f"the predictor's outputs changed from {now} to {channels} "
+                    "between batches; it must return the same keys and channels"
+                )
             return
         offset = 0
         for key, count in channels.items():
@@ -516,7 +525,10 @@ def iter_sliding_window(
             band = _Band(spatial, tile, outputs.channels, backend)
         for k, start in enumerate(starts):
             band.advance(start[0], outputs.sinks, outputs.slices)
-            valid = tuple(slice(0, max(min(t, n - s), 0)) for s, t, n in zip(start, tile, spatial))
+            valid = tuple(
+                slice(0, max(min(t, n - s), 0))
+                for s, t, n in zip(start, tile, spatial, strict=False)
+            )
             if any(v.stop == 0 for v in valid):
                 continue  # a tile entirely in the alignment padding
             band.add(start, stacked[(k, slice(None)) + valid], weights[valid])
@@ -581,8 +593,15 @@ def sliding_window(
         ``{key: float32 array (C_out, *spatial)}``.
     """
     gen = iter_sliding_window(
-        predictor, image, tile_size, overlap, batch_size, blending, align=align,
-        allocate=allocate, accumulate_on=accumulate_on,
+        predictor,
+        image,
+        tile_size,
+        overlap,
+        batch_size,
+        blending,
+        align=align,
+        allocate=allocate,
+        accumulate_on=accumulate_on,
     )
     report = None if on_batch is None else (lambda p: on_batch(p.done, p.total))
     return drive(gen, report)  # closes the generator if on_batch raises

@@ -57,8 +57,16 @@ from .model import UNetPlusPlus
 from .nonfinite import NonFiniteError, all_finite, non_finite_names
 from .pruning import depth_table, recommend_depth, score_tiles
 
-__all__ = ["NO_VALIDATION", "TrainEvent", "TrainResult", "Trainer", "join_torchrun",
-           "process_rank", "resolve_freeze_norm", "transfer_weights"]
+__all__ = [
+    "NO_VALIDATION",
+    "TrainEvent",
+    "TrainResult",
+    "Trainer",
+    "join_torchrun",
+    "process_rank",
+    "resolve_freeze_norm",
+    "transfer_weights",
+]
 
 #: Files beside ``output_dir/last`` that make a run resumable (safetensors + JSON, no pickle).
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -110,8 +118,11 @@ def transfer_weights(source: nn.Module, target: UNetPlusPlus) -> list[str]:
     """
     source_state = source.state_dict()
     target_state = target.state_dict()
-    fresh = [k for k, v in target_state.items()
-             if k not in source_state or source_state[k].shape != v.shape]
+    fresh = [
+        k
+        for k, v in target_state.items()
+        if k not in source_state or source_state[k].shape != v.shape
+    ]
     foreign = [k for k in fresh if not k.startswith("heads.")]
     if foreign:
         raise ValueError(
@@ -119,8 +130,10 @@ def transfer_weights(source: nn.Module, target: UNetPlusPlus) -> list[str]:
             f"{target.config.depth} in_channels {target.config.in_channels} (e.g. {foreign[:3]}); "
             "fine-tune with the initial model's widths/in_channels and a depth <= its depth"
         )
-    target.load_state_dict({k: v for k, v in source_state.items()
-                            if k in target_state and k not in fresh}, strict=False)
+    target.load_state_dict(
+        {k: v for k, v in source_state.items() if k in target_state and k not in fresh},
+        strict=False,
+    )
     return fresh
 
 
@@ -185,8 +198,9 @@ class _Data:
     description: dict[str, Any]
 
 
-def _check_model_fits(model_config: ModelConfig, data_config: DataConfig, labels: list[Any],
-                      channels: int) -> None:
+def _check_model_fits(
+    model_config: ModelConfig, data_config: DataConfig, labels: list[Any], channels: int
+) -> None:
     needed = data_mod.num_output_channels(data_config, labels)
     if model_config.num_classes != needed and not (needed == 1 and model_config.num_classes == 2):
         raise ValueError(
@@ -207,8 +221,13 @@ def _evenly(items: list[Any], limit: int) -> list[Any]:
 
 
 def prepare_data(
-    images: Any, labels: Any, val_images: Any, val_labels: Any,
-    model_config: ModelConfig, train_config: TrainConfig, data_config: DataConfig,
+    images: Any,
+    labels: Any,
+    val_images: Any,
+    val_labels: Any,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    data_config: DataConfig,
     rng: np.random.Generator,
 ) -> _Data:
     """Resolve classes once, build volumes, split, and set up the sampler and validation tiles."""
@@ -217,7 +236,8 @@ def prepare_data(
     if (val_images is None) != (val_labels is None):
         raise ValueError("give both val_images and val_labels, or neither")
     data_config = data_config.replace(
-        class_values=data_mod.resolve_class_values(data_config, labels + extra))
+        class_values=data_mod.resolve_class_values(data_config, labels + extra)
+    )
     dims = model_config.spatial_dims
     first = data_mod.to_channels_first(images[0], data_config.channel_axis)
     _check_model_fits(model_config, data_config, labels + extra, first.shape[0])
@@ -230,19 +250,26 @@ def prepare_data(
     else:
         # the split comes from the seed alone: every rank validates on the same data
         split_rng = np.random.default_rng(train_config.seed)
-        train, val = data_mod.split_validation(volumes, train_config.validation_fraction,
-                                               split_rng)
-    tile = [p * (VALIDATION_TILE_FACTOR if k >= len(train_config.patch_size) - 2 else 1)
-            for k, p in enumerate(train_config.patch_size)]
+        train, val = data_mod.split_validation(volumes, train_config.validation_fraction, split_rng)
+    tile = [
+        p * (VALIDATION_TILE_FACTOR if k >= len(train_config.patch_size) - 2 else 1)
+        for k, p in enumerate(train_config.patch_size)
+    ]
     tiles = _evenly(data_mod.validation_tiles(val, tile, dims), MAX_VALIDATION_TILES)
     if val and val_images is None and not _can_score(tiles):
         train, val, tiles = volumes, [], []  # too few to score: every label trains
-    sampler = data_mod.PatchSampler(train, train_config.patch_size, dims,
-                                    train_config.foreground_fraction, rng,
-                                    sparse=data_config.label_mode == "sparse")
+    sampler = data_mod.PatchSampler(
+        train,
+        train_config.patch_size,
+        dims,
+        train_config.foreground_fraction,
+        rng,
+        sparse=data_config.label_mode == "sparse",
+    )
     description: dict[str, Any] = {
         "train": [v.name + f" {v.spatial}" for v in train],
-        "validation": [v.name + f" {v.spatial}" for v in val] if tiles else NO_VALIDATION}
+        "validation": [v.name + f" {v.spatial}" for v in val] if tiles else NO_VALIDATION,
+    }
     if degenerate:
         description["degenerate_labels"] = degenerate  # saved with the checkpoint
     return _Data(sampler, tiles, data_config, description)
@@ -289,8 +316,13 @@ def _write_atomic(path: Path, write: Any) -> None:
     os.replace(tmp, path)
 
 
-def save_resume_state(folder: Path, optimizer: torch.optim.Optimizer, step: int,
-                      rng: np.random.Generator, best: dict[str, Any]) -> None:
+def save_resume_state(
+    folder: Path,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    rng: np.random.Generator,
+    best: dict[str, Any],
+) -> None:
     """Optimizer, RNG and progress beside the ``last`` checkpoint (no pickle anywhere)."""
     tensors, meta = _optimizer_to_files(optimizer)
     tensors["__torch_rng__"] = torch.get_rng_state()
@@ -369,7 +401,8 @@ class Trainer:
         if resume is True and self.output_dir is None:
             raise ValueError("resume=True needs output_dir (the folder holding last/)")
         self.resume_from: Path | None = (
-            self.output_dir / "last" if resume is True else Path(resume) if resume else None)
+            self.output_dir / "last" if resume is True else Path(resume) if resume else None
+        )
         data_mod.patch_shape_zyx(train_config.patch_size, model_config.spatial_dims)
 
     def stop(self) -> None:
@@ -390,8 +423,9 @@ class Trainer:
         rank = process_rank()
         torch.manual_seed(tc.seed)
         rng = np.random.default_rng(tc.seed + rank)
-        data = prepare_data(images, labels, val_images, val_labels, self.model_config, tc,
-                            self.data_config, rng)
+        data = prepare_data(
+            images, labels, val_images, val_labels, self.model_config, tc, self.data_config, rng
+        )
         run, origin, new_heads = self._setup(rng)
         total = tc.iterations
         data.description["new_heads"] = new_heads
@@ -412,10 +446,14 @@ class Trainer:
                 if self.stopper.stopped:
                     break
         result = self._finish(run, data, origin)
-        yield TrainEvent("done", run.step, total,
-                         "stopped" if self.stopper.stopped else "finished",
-                         best_depth=result.info.metrics.get("best_depth"),
-                         path=result.checkpoint)
+        yield TrainEvent(
+            "done",
+            run.step,
+            total,
+            "stopped" if self.stopper.stopped else "finished",
+            best_depth=result.info.metrics.get("best_depth"),
+            path=result.checkpoint,
+        )
         return result
 
     # ------------------------------------------------------------------ setup
@@ -434,8 +472,11 @@ class Trainer:
             for p in net.encoder_parameters():
                 p.requires_grad_(False)
         model = _maybe_ddp(net, device)
-        optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad],
-                                      lr=tc.learning_rate, weight_decay=tc.weight_decay)
+        optimizer = torch.optim.AdamW(
+            [p for p in net.parameters() if p.requires_grad],
+            lr=tc.learning_rate,
+            weight_decay=tc.weight_decay,
+        )
         fp16 = autocast_dtype(device, tc.mixed_precision) == torch.float16  # bf16 needs no scaling
         scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         loss_fn = DeepSupervisionLoss(net.config.num_classes, dice_weight=tc.dice_weight)
@@ -474,8 +515,11 @@ class Trainer:
     def _train_step(self, run: _Run, data: _Data) -> tuple[float, dict[int, float]]:
         tc = self.train_config
         _set_train_mode(run.model, tc.freeze_encoder, resolve_freeze_norm(tc, self.initial))
-        x, y = data.sampler.sample(tc.batch_size, augment_patches=tc.augment,
-                                   options=data_mod.AugmentOptions.from_train_config(tc))
+        x, y = data.sampler.sample(
+            tc.batch_size,
+            augment_patches=tc.augment,
+            options=data_mod.AugmentOptions.from_train_config(tc),
+        )
         x_t = torch.from_numpy(x).to(run.device, non_blocking=True)
         x_t = x_t.contiguous(memory_format=memory_format(x_t.ndim - 2, run.device))
         y_t = torch.from_numpy(y).to(run.device, non_blocking=True)
@@ -496,25 +540,46 @@ class Trainer:
     def _step_event(self, run: _Run, loss: float, heads: dict[int, float]) -> TrainEvent:
         total = self.train_config.iterations
         eta = run.eta.update(run.step, total)
-        return TrainEvent("step", run.step, total, f"loss {loss:.4f}", eta_s=eta, loss=loss,
-                          head_losses=heads, learning_rate=_lr_at(run.step - 1, self.train_config))
+        return TrainEvent(
+            "step",
+            run.step,
+            total,
+            f"loss {loss:.4f}",
+            eta_s=eta,
+            loss=loss,
+            head_losses=heads,
+            learning_rate=_lr_at(run.step - 1, self.train_config),
+        )
 
     def _validate(self, run: _Run, data: _Data) -> Generator[TrainEvent, None, None]:
         """Score all depths; keep and save the best; save ``last`` for resuming."""
         num_classes = run.net.config.num_classes
         scores, val_loss = score_tiles(
-            run.model, data.val_tiles, num_classes, run.device,
-            foreground_only=data.data_config.target == "instance", loss_fn=run.loss_fn,
-            batch_size=self.train_config.batch_size)
+            run.model,
+            data.val_tiles,
+            num_classes,
+            run.device,
+            foreground_only=data.data_config.target == "instance",
+            loss_fn=run.loss_fn,
+            batch_size=self.train_config.batch_size,
+        )
         best_depth = max(scores, key=lambda d: scores[d]["iou"])
         total = self.train_config.iterations
         yield TrainEvent(
-            "validation", run.step, total,
+            "validation",
+            run.step,
+            total,
             f"val IoU {scores[best_depth]['iou']:.3f} at L{best_depth}"
-            + (" (meaningless: the labels hold one class only)"
-               if data.description.get("degenerate_labels") else ""), val_loss=val_loss,
+            + (
+                " (meaningless: the labels hold one class only)"
+                if data.description.get("degenerate_labels")
+                else ""
+            ),
+            val_loss=val_loss,
             val_scores={d: s["iou"] for d, s in scores.items()},
-            val_dice={d: s["dice"] for d, s in scores.items()}, best_depth=best_depth)
+            val_dice={d: s["dice"] for d, s in scores.items()},
+            best_depth=best_depth,
+        )
         improved = scores[best_depth]["iou"] > run.best_score
         if improved:
             run.best_score = scores[best_depth]["iou"]
@@ -524,45 +589,79 @@ class Trainer:
             return
         if improved:
             path = self._save(run.net, data, run, "best", scores)
-            yield TrainEvent("checkpoint", run.step, total, f"best model saved to {path}",
-                             path=path, best_depth=best_depth)
+            yield TrainEvent(
+                "checkpoint",
+                run.step,
+                total,
+                f"best model saved to {path}",
+                path=path,
+                best_depth=best_depth,
+            )
         self._save_last(run, data)
 
     # ------------------------------------------------------------------ saving
 
-    def _info(self, data: _Data, run: _Run, metrics: dict[str, Any],
-              origin: str = "") -> CheckpointInfo:
+    def _info(
+        self, data: _Data, run: _Run, metrics: dict[str, Any], origin: str = ""
+    ) -> CheckpointInfo:
         provenance = {
-            "data": data.description, "started_from": origin or _origin(self.initial),
-            "iterations": run.step, "best_step": run.best_step,
+            "data": data.description,
+            "started_from": origin or _origin(self.initial),
+            "iterations": run.step,
+            "best_step": run.best_step,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "seed": self.train_config.seed, "device": str(run.device),
+            "seed": self.train_config.seed,
+            "device": str(run.device),
             "world_size": _world_size(),
             "stopped_early": bool(self.stopper.stopped and run.step < self.train_config.iterations),
         }
-        return CheckpointInfo(model=run.net.config, data=data.data_config,
-                              train=self.train_config, metrics=metrics, provenance=provenance,
-                              card={}, version=__version__)
+        return CheckpointInfo(
+            model=run.net.config,
+            data=data.data_config,
+            train=self.train_config,
+            metrics=metrics,
+            provenance=provenance,
+            card={},
+            version=__version__,
+        )
 
-    def _save(self, net: UNetPlusPlus, data: _Data, run: _Run, name: str,
-              scores: dict[int, dict[str, float]] | None, metrics: dict | None = None,
-              extra: Callable[[Path], None] | None = None) -> Path:
+    def _save(
+        self,
+        net: UNetPlusPlus,
+        data: _Data,
+        run: _Run,
+        name: str,
+        scores: dict[int, dict[str, float]] | None,
+        metrics: dict | None = None,
+        extra: Callable[[Path], None] | None = None,
+    ) -> Path:
         assert self.output_dir is not None
         if metrics is None:
-            metrics = {"depths": {str(d): dict(s) for d, s in (scores or {}).items()},
-                       "score_name": "iou"}
+            metrics = {
+                "depths": {str(d): dict(s) for d, s in (scores or {}).items()},
+                "score_name": "iou",
+            }
         _check_weights(net, name)
-        path = save_checkpoint(self.output_dir / name, net, self._info(data, run, metrics),
-                               extra=extra)
+        path = save_checkpoint(
+            self.output_dir / name, net, self._info(data, run, metrics), extra=extra
+        )
         return Path(path)
 
     def _save_last(self, run: _Run, data: _Data) -> None:
         """Weights and resume state in one atomic rename: a kill never leaves a mix."""
-        best = {"score": None if run.best_score == -math.inf else run.best_score,
-                "scores": {str(d): s for d, s in run.best_scores.items()},
-                "step": run.best_step}
-        self._save(run.net, data, run, "last", run.best_scores, extra=lambda folder:
-                   save_resume_state(folder, run.optimizer, run.step, run.rng, best))
+        best = {
+            "score": None if run.best_score == -math.inf else run.best_score,
+            "scores": {str(d): s for d, s in run.best_scores.items()},
+            "step": run.best_step,
+        }
+        self._save(
+            run.net,
+            data,
+            run,
+            "last",
+            run.best_scores,
+            extra=lambda folder: save_resume_state(folder, run.optimizer, run.step, run.rng, best),
+        )
 
     def _finish(self, run: _Run, data: _Data, origin: str) -> TrainResult:
         """Best model, per-depth table (scores, parameters, measured ms/Mpx), final saves."""
@@ -572,8 +671,11 @@ class Trainer:
         best.load_state_dict(run.best_state or run.net.state_dict())
         best = best.to(run.device).eval()
         table = depth_table(best, run.best_scores or None, None, run.device)
-        metrics = {"depths": {str(d): row for d, row in table.items()}, "score_name": "iou",
-                   "best_depth": recommend_depth(table)}
+        metrics = {
+            "depths": {str(d): row for d, row in table.items()},
+            "score_name": "iou",
+            "best_depth": recommend_depth(table),
+        }
         if data.description.get("degenerate_labels"):
             metrics["warning"] = data.description["degenerate_labels"]
         info = self._info(data, run, metrics, origin)
@@ -610,7 +712,6 @@ def _check_weights(net: nn.Module, name: str) -> None:
         )
 
 
-
 def join_torchrun(device: str | torch.device = "auto") -> Callable[[], None]:
     """Join torchrun's process group when torchrun started this process; returns the cleanup.
 
@@ -623,7 +724,8 @@ def join_torchrun(device: str | torch.device = "auto") -> Callable[[], None]:
     env = os.environ
     dist = torch.distributed
     launched = int(env.get("WORLD_SIZE", "1")) > 1 and all(
-        key in env for key in ("RANK", "LOCAL_RANK", "MASTER_ADDR"))
+        key in env for key in ("RANK", "LOCAL_RANK", "MASTER_ADDR")
+    )
     if not launched or not dist.is_available() or dist.is_initialized():
         return lambda: None
     cuda = resolve_device(device).type == "cuda"

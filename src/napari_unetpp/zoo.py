@@ -71,17 +71,50 @@ CT_ORGANS: tuple[tuple[str, int], ...] = (
 #: (sorted) of each image-shape group with >= 6 images, so all modalities and
 #: sizes are represented (44 of 500 images).
 NUCLEI_HELD_OUT_IDS: tuple[str, ...] = (
-    "00071198d059ba7f", "0b2e702f90aee4ff", "1b6044e4858a9b7c", "2349e95ece2857c8",
-    "2e172afb1f43b359", "3874755f6222e830", "44ab6a09eedee848", "573a657d5e5fcb95",
-    "60cb718759bff13f", "72b18a405555ad49", "88d5a03f8ecd459f", "92e7e86e765e05ce",
-    "9cbc070031736123", "a6593632dcbbe4c9", "b560dba92fbf2af7", "c00ae67f72816dae",
-    "c89ac06daef5c819", "d6a880b1f6056f30", "e216ec5063d3562b", "ead9464a50a17f74",
-    "f43169e3d8b4f71e", "fd8065bcb1afdbed", "00ae65c1c6631ae6", "2255d5aba044256b",
-    "4590d7d47f521df6", "673baf65ae5c571d", "8e507d58f4c27cd2", "af6b6173c59450bc",
-    "ebc18868864ad075", "02903040e19ddf92", "2a2032c4ed78f3fc", "5bda829acd824821",
-    "97126a9791f0c117", "b6c9b58de0388891", "d8607b21411c9c8a", "1400420310c90943",
-    "07fb37aafa662660", "3477024fd843e460", "4ee5850b63549794", "76faaed50ed6ea68",
-    "a90cad45551d62c5", "da5f98f2b8a64eee", "20b20ab049372d18", "091944f1d2611c91",
+    "00071198d059ba7f",
+    "0b2e702f90aee4ff",
+    "1b6044e4858a9b7c",
+    "2349e95ece2857c8",
+    "2e172afb1f43b359",
+    "3874755f6222e830",
+    "44ab6a09eedee848",
+    "573a657d5e5fcb95",
+    "60cb718759bff13f",
+    "72b18a405555ad49",
+    "88d5a03f8ecd459f",
+    "92e7e86e765e05ce",
+    "9cbc070031736123",
+    "a6593632dcbbe4c9",
+    "b560dba92fbf2af7",
+    "c00ae67f72816dae",
+    "c89ac06daef5c819",
+    "d6a880b1f6056f30",
+    "e216ec5063d3562b",
+    "ead9464a50a17f74",
+    "f43169e3d8b4f71e",
+    "fd8065bcb1afdbed",
+    "00ae65c1c6631ae6",
+    "2255d5aba044256b",
+    "4590d7d47f521df6",
+    "673baf65ae5c571d",
+    "8e507d58f4c27cd2",
+    "af6b6173c59450bc",
+    "ebc18868864ad075",
+    "02903040e19ddf92",
+    "2a2032c4ed78f3fc",
+    "5bda829acd824821",
+    "97126a9791f0c117",
+    "b6c9b58de0388891",
+    "d8607b21411c9c8a",
+    "1400420310c90943",
+    "07fb37aafa662660",
+    "3477024fd843e460",
+    "4ee5850b63549794",
+    "76faaed50ed6ea68",
+    "a90cad45551d62c5",
+    "da5f98f2b8a64eee",
+    "20b20ab049372d18",
+    "091944f1d2611c91",
 )
 
 _WEIGHTS = "weights.safetensors"
@@ -186,8 +219,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _table(rows: dict[str, dict[str, Any]], columns: list[str]) -> list[str]:
-    lines = ["| depth | " + " | ".join(columns) + " |",
-             "|---|" + "---|" * len(columns)]
+    lines = ["| depth | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for depth in sorted(rows, key=lambda d: int(d)):
         row = rows[depth]
         lines.append(f"| L{depth} | " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
@@ -199,11 +231,15 @@ def _scale_line(model: Any) -> str:
     parts = []
     if getattr(model, "pixel_size", ()):
         size = " x ".join(f"{s:g}" for s in model.pixel_size)
-        parts.append(f"trained at {size} {model.pixel_unit} pixels (give your pixel size: "
-                     "`--pixel-size`, the layer's scale, or `PredictConfig.pixel_size`)")
+        parts.append(
+            f"trained at {size} {model.pixel_unit} pixels (give your pixel size: "
+            "`--pixel-size`, the layer's scale, or `PredictConfig.pixel_size`)"
+        )
     if getattr(model, "object_diameter", None):
-        parts.append(f"training median object diameter {model.object_diameter:g} px "
-                     "(`--diameter D|auto`, `PredictConfig.rescale='auto'`)")
+        parts.append(
+            f"training median object diameter {model.object_diameter:g} px "
+            "(`--diameter D|auto`, `PredictConfig.rescale='auto'`)"
+        )
     return "; ".join(parts)
 
 
@@ -228,11 +264,17 @@ def card_markdown(info: Any, title: str = "") -> str:
     scale = _scale_line(model)
     if scale:
         lines.append(f"- **Scale**: {scale}")
-    for key, label in (("input", "Input"), ("data", "Training data"),
-                       ("split", "Held-back split"), ("training", "Training"),
-                       ("hardware", "Hardware"), ("time", "Time taken"),
-                       ("timing", "CPU timing"),
-                       ("licence", "Licence"), ("citation", "Citation")):
+    for key, label in (
+        ("input", "Input"),
+        ("data", "Training data"),
+        ("split", "Held-back split"),
+        ("training", "Training"),
+        ("hardware", "Hardware"),
+        ("time", "Time taken"),
+        ("timing", "CPU timing"),
+        ("licence", "Licence"),
+        ("citation", "Citation"),
+    ):
         if card.get(key):
             lines.append(f"- **{label}**: {card[key]}")
     lines.append("")
@@ -241,19 +283,32 @@ def card_markdown(info: Any, title: str = "") -> str:
         score = metrics.get("score_name", "iou")
         columns = list(card.get("columns") or [c for c in ("iou", "dice") if c != score])
         columns = [score] + [c for c in columns if c != score] + ["parameters", "ms_per_mpx"]
-        lines += [f"Held-back scores per depth (recommended: L{metrics.get('best_depth', '?')}; "
-                  "ms_per_mpx measured on CPU, see CPU timing):", ""]
+        lines += [
+            f"Held-back scores per depth (recommended: L{metrics.get('best_depth', '?')}; "
+            "ms_per_mpx measured on CPU, see CPU timing):",
+            "",
+        ]
         lines += _table(rows, columns) + [""]
     baseline = metrics.get("baseline")
     if baseline:
         lines.append(
-            "Baseline (" + str(baseline.get("method", "random forest")) + "): "
-            + ", ".join(f"{k} {_fmt(v)}" for k, v in baseline.items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool))
+            "Baseline ("
+            + str(baseline.get("method", "random forest"))
+            + "): "
+            + ", ".join(
+                f"{k} {_fmt(v)}"
+                for k, v in baseline.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            )
         )
         lines.append("")
-    for key, label in (("shift", "Under shift"), ("target", "Target"), ("verdict", "Target met"),
-                       ("to_reach_target", "What would reach it"), ("limitations", "Limitations")):
+    for key, label in (
+        ("shift", "Under shift"),
+        ("target", "Target"),
+        ("verdict", "Target met"),
+        ("to_reach_target", "What would reach it"),
+        ("limitations", "Limitations"),
+    ):
         if card.get(key):
             lines.append(f"- **{label}**: {card[key]}")
     return "\n".join(lines).rstrip() + "\n"

@@ -17,12 +17,30 @@ import numpy as np
 if TYPE_CHECKING:
     from ..config import ModelConfig
 
-__all__ = ["CLASS_COLOURS", "class_names", "labels_style", "class_legend", "put_layer",
-           "PLUGIN_KEY"]
+__all__ = [
+    "CLASS_COLOURS",
+    "class_names",
+    "labels_style",
+    "class_legend",
+    "put_layer",
+    "PLUGIN_KEY",
+]
 
 #: Distinct colours for class ids 1, 2, ... (0 = background stays transparent).
-CLASS_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#f58231", "#911eb4",
-                 "#46f0f0", "#f032e6", "#bcf60c", "#008080", "#9a6324", "#800000")
+CLASS_COLOURS = (
+    "#e6194b",
+    "#3cb44b",
+    "#4363d8",
+    "#ffe119",
+    "#f58231",
+    "#911eb4",
+    "#46f0f0",
+    "#f032e6",
+    "#bcf60c",
+    "#008080",
+    "#9a6324",
+    "#800000",
+)
 #: Key of the metadata the plugin writes on its output layers (tells them from the user's).
 PLUGIN_KEY = "napari_unetpp"
 
@@ -45,19 +63,34 @@ def labels_style(config: ModelConfig, instance: bool = False) -> dict[str, Any]:
     colours: dict[int | None, Any] = {None: "transparent", 0: "transparent"}
     for k in range(1, len(names)):
         colours[k] = CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)]
-    return {"opacity": 0.5, "features": {"index": np.arange(len(names)), "class": names},
-            "colormap": DirectLabelColormap(color_dict=colours)}
+    return {
+        "opacity": 0.5,
+        "features": {"index": np.arange(len(names)), "class": names},
+        "colormap": DirectLabelColormap(color_dict=colours),
+    }
 
 
 def class_legend(config: ModelConfig, instance: bool = False) -> str:
     """Rich text: one coloured square and name per class (empty when there are no names)."""
     names = [] if instance else class_names(config)
-    return "  ".join(f'<span style="color:{CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)]}">'
-                     f"&#9632;</span>&nbsp;{name}" for k, name in enumerate(names) if k > 0)
+    return "  ".join(
+        f'<span style="color:{CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)]}">'
+        f"&#9632;</span>&nbsp;{name}"
+        for k, name in enumerate(names)
+        if k > 0
+    )
 
 
-def put_layer(viewer: Any, kind: type, name: str, data: Any, scale: Sequence[float],
-              translate: Sequence[float], meta: dict[str, Any], **style: Any) -> Any:
+def put_layer(
+    viewer: Any,
+    kind: type,
+    name: str,
+    data: Any,
+    scale: Sequence[float],
+    translate: Sequence[float],
+    meta: dict[str, Any],
+    **style: Any,
+) -> Any:
     """Update layer ``name`` in place, or add it (replacing one of another kind or ndim).
 
     ``meta`` goes to ``layer.metadata[PLUGIN_KEY]``; ``style`` applies to new layers
@@ -76,7 +109,8 @@ def put_layer(viewer: Any, kind: type, name: str, data: Any, scale: Sequence[flo
     index = layers.index(old) if old is not None else len(layers)
     if old is not None:
         layers.remove(old)
-    layer = kind(data, name=name, scale=scale, translate=translate,
-                 metadata={PLUGIN_KEY: meta}, **style)
+    layer = kind(
+        data, name=name, scale=scale, translate=translate, metadata={PLUGIN_KEY: meta}, **style
+    )
     layers.insert(index, layer)
     return layer

@@ -67,9 +67,7 @@ class TrainingPlot(FigureCanvasQTAgg):
             self.losses.append(float(loss))
             self._schedule()
 
-    def add_validation(
-        self, step: int, val_loss: float | None, scores: dict[int, float]
-    ) -> None:
+    def add_validation(self, step: int, val_loss: float | None, scores: dict[int, float]) -> None:
         """Record a validation loss and the score of each depth."""
         if val_loss is not None:
             self.val_steps.append(step)
@@ -92,7 +90,7 @@ class TrainingPlot(FigureCanvasQTAgg):
                 (line,) = self._score_ax.plot([], [], "o-", ms=3, color=colour, label=f"L{depth}")
                 self._score_lines[depth] = line
                 self._score_ax.legend(loc="lower right", fontsize="small", ncol=2)
-            steps, values = zip(*points)
+            steps, values = zip(*points, strict=False)
             line.set_data(steps, values)  # type: ignore[attr-defined]
         for ax in (self._loss_ax, self._score_ax):
             ax.relim()

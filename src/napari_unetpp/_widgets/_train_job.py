@@ -48,14 +48,24 @@ class PreviewEvent:
 def _preview(checkpoint: str | Path, source: PreviewSource) -> np.ndarray:
     from ..events import drive
 
-    return drive(predict_labels_job(checkpoint, source.image, source.device,
-                                    channels_last=source.channels_last))
+    return drive(
+        predict_labels_job(
+            checkpoint, source.image, source.device, channels_last=source.channels_last
+        )
+    )
 
 
-def train_job(model: ModelConfig, train: TrainConfig, data: DataConfig, initial: str | None,
-              run_dir: Path, stopper: Any, images: list[Any], labels: list[Any],
-              preview: PreviewSource | None = None
-              ) -> Generator[Any, None, TrainResult]:
+def train_job(
+    model: ModelConfig,
+    train: TrainConfig,
+    data: DataConfig,
+    initial: str | None,
+    run_dir: Path,
+    stopper: Any,
+    images: list[Any],
+    labels: list[Any],
+    preview: PreviewSource | None = None,
+) -> Generator[Any, None, TrainResult]:
     """Build the Trainer in the worker (importing the engine takes seconds) and run it,
     yielding :class:`PreviewEvent` s among its events when ``preview`` is given."""
     from ..training import Trainer
@@ -71,10 +81,17 @@ def train_job(model: ModelConfig, train: TrainConfig, data: DataConfig, initial:
             result = done.value
             break
         yield event
-        if preview is not None and event.kind == "checkpoint" and event.path is not None \
-                and not stopper.stopped:
+        if (
+            preview is not None
+            and event.kind == "checkpoint"
+            and event.path is not None
+            and not stopper.stopped
+        ):
             yield PreviewEvent("best", _preview(event.path, preview), event.step)
     if preview is not None and result.checkpoint is not None:
-        yield PreviewEvent("after", _preview(result.checkpoint, preview),
-                           int(result.info.provenance.get("iterations") or 0))
+        yield PreviewEvent(
+            "after",
+            _preview(result.checkpoint, preview),
+            int(result.info.provenance.get("iterations") or 0),
+        )
     return result

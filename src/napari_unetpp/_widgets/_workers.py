@@ -116,8 +116,9 @@ class JobRunner:
         Run jobs synchronously on the calling thread; ``None`` uses :data:`RUN_INLINE`.
     """
 
-    def __init__(self, inline: bool | None = None, queue: JobQueue | None = None,
-                 owner: str = "job") -> None:
+    def __init__(
+        self, inline: bool | None = None, queue: JobQueue | None = None, owner: str = "job"
+    ) -> None:
         self.inline = RUN_INLINE if inline is None else inline
         self.queue = queue if queue is not None else JobQueue()
         self.owner = owner
@@ -167,8 +168,9 @@ class JobRunner:
         """
         if self.running:
             raise ValueError("a job is already running: stop it first, or wait until it ends")
-        ticket = Ticket(self.owner, gen, self.inline, on_yield, on_return, on_error,
-                        on_finish, stop)
+        ticket = Ticket(
+            self.owner, gen, self.inline, on_yield, on_return, on_error, on_finish, stop
+        )
         self._ticket = ticket
         self.queue.submit(ticket)
         return self.worker
@@ -276,9 +278,7 @@ def layer_file(layer: Any, folder: str | os.PathLike[str], stem: str) -> str:
     return str(path.resolve())
 
 
-def layer_files(
-    layers: Sequence[Any], folder: str | os.PathLike[str], prefix: str
-) -> list[str]:
+def layer_files(layers: Sequence[Any], folder: str | os.PathLike[str], prefix: str) -> list[str]:
     """:func:`layer_file` for several layers (``prefix_0``, ``prefix_1``...)."""
     return [layer_file(layer, folder, f"{prefix}_{n}") for n, layer in enumerate(layers)]
 
@@ -309,8 +309,11 @@ def current_slice(
 
 
 def predict_labels_job(
-    checkpoint: str | os.PathLike[str], image: np.ndarray, device: str = "auto",
-    *, channels_last: bool = False,
+    checkpoint: str | os.PathLike[str],
+    image: np.ndarray,
+    device: str = "auto",
+    *,
+    channels_last: bool = False,
 ) -> Generator[Any, Any, np.ndarray]:
     """Engine job: labels of ``image`` from a saved model at its recommended depth.
 
@@ -324,7 +327,8 @@ def predict_labels_job(
     model, info = load_checkpoint(checkpoint, device="cpu")
     depth = int(info.metrics.get("best_depth") or model.config.depth)
     data = info.data.replace(channel_axis=-1 if channels_last else None)
-    config = PredictConfig(depths=(depth,), device=device,
-                           tile_size=(256,) * model.config.spatial_dims)
+    config = PredictConfig(
+        depths=(depth,), device=device, tile_size=(256,) * model.config.spatial_dims
+    )
     probabilities = yield from predict(model, image, config, data)
     return probabilities_to_labels(probabilities[depth], info.model, data)

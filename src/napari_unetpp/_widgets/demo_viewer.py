@@ -7,8 +7,9 @@ from typing import Any
 import napari
 
 
-def show_demo(image: Any, labels: Any, truth: Any, name: str,
-              meta: dict[str, Any]) -> None:  # pragma: no cover - needs a display
+def show_demo(
+    image: Any, labels: Any, truth: Any, name: str, meta: dict[str, Any]
+) -> None:  # pragma: no cover - needs a display
     """Open napari with the sample, its ground truth (hidden) and the UNet++ labels; block."""
     scale = meta.get("scale")
     viewer = napari.Viewer(title=f"napari-unetpp demo: {name}")

@@ -71,9 +71,15 @@ class Placement(NamedTuple):
     translate: tuple[float, ...]
 
 
-def segment_job(model: UNetPlusPlus, image: Any, config: PredictConfig, data: DataConfig,
-                stopper: Stopper, run_dir: Path, depth: int | None = None
-                ) -> Generator[Any, None, tuple[Any, Any]]:
+def segment_job(
+    model: UNetPlusPlus,
+    image: Any,
+    config: PredictConfig,
+    data: DataConfig,
+    stopper: Stopper,
+    run_dir: Path,
+    depth: int | None = None,
+) -> Generator[Any, None, tuple[Any, Any]]:
     """Predict, then turn head ``depth`` (default: the pruned or deepest one) into labels;
     save them to ``run_dir``."""
     import tifffile
@@ -85,8 +91,13 @@ def segment_job(model: UNetPlusPlus, image: Any, config: PredictConfig, data: Da
     if not probs.complete:
         return probs, None
     depth = config.pruned_depth or (depth if depth in probs else max(probs))
-    labels = probabilities_to_labels(np.asarray(probs[depth]), model.config, data,
-                                     threshold=config.threshold, min_size=config.min_size)
+    labels = probabilities_to_labels(
+        np.asarray(probs[depth]),
+        model.config,
+        data,
+        threshold=config.threshold,
+        min_size=config.min_size,
+    )
     tifffile.imwrite(run_dir / "labels.tif", labels, compression="zlib")
     return probs, labels
 
@@ -110,8 +121,13 @@ class PredictWidget(Container):
         for event in ("inserted", "removed", "reordered"):
             getattr(napari_viewer.layers.events, event).connect(self._on_layers_changed)
         on_dock_closed(self.native, napari_viewer.window._qt_window, self._on_closed)
-        initial = ("just trained" if _state.registered_models()
-                   else "shipped" if self._zoo_choices() else "from file")
+        initial = (
+            "just trained"
+            if _state.registered_models()
+            else "shipped"
+            if self._zoo_choices()
+            else "from file"
+        )
         self._source.value = initial
         if initial == "shipped":
             self._pick_zoo_model()
@@ -130,8 +146,10 @@ class PredictWidget(Container):
         self._scope = ComboBox(label="Scope", choices=SCOPES)
         self._tile = SpinBox(label="Tile size", min=16, max=4096, step=16, value=256)
         self._device = ComboBox(label="Device", choices=_device_choices())
-        self._tta = CheckBox(text="Test-time augmentation (8x slower)",
-                             tooltip="averages flipped copies: smoother, 8x slower")
+        self._tta = CheckBox(
+            text="Test-time augmentation (8x slower)",
+            tooltip="averages flipped copies: smoother, 8x slower",
+        )
         self._output = FileEdit(label="Output folder", mode="d", value=DEFAULT_OUTPUT)
         self._run = PushButton(text="Segment")
         self._cancel = PushButton(text="Cancel", enabled=False)
@@ -145,9 +163,26 @@ class PredictWidget(Container):
         buttons = Container(layout="horizontal", widgets=[self._run, self._cancel], labels=False)
         for box in (self._source, self._model, self._image, self._scope, self._device):
             _narrow(box)  # long model/layer names must not widen the dock (laptop screens)
-        self.extend([self._source, self._model, self._file, self._card, self._image,
-                     self._scope, self.scale, self._tile, self._device, self._tta, self._output,
-                     buttons, self._progress, self._status, self._legend, self.pruning])
+        self.extend(
+            [
+                self._source,
+                self._model,
+                self._file,
+                self._card,
+                self._image,
+                self._scope,
+                self.scale,
+                self._tile,
+                self._device,
+                self._tta,
+                self._output,
+                buttons,
+                self._progress,
+                self._status,
+                self._legend,
+                self.pruning,
+            ]
+        )
         self.scale.estimate.changed.connect(self.estimate_size)
         self.scale.check.changed.connect(self.check_image)
         self._source.changed.connect(self._on_source)
@@ -295,8 +330,11 @@ class PredictWidget(Container):
     def _input(self, layer: Image) -> tuple[Any, DataConfig, Placement]:
         """The array to segment, its DataConfig and where the output goes; checks the scope."""
         assert self.model is not None and self.info is not None
-        data, cfg, scope = layer.data[0] if layer.multiscale else layer.data, self.info.data, \
-            self._scope.value
+        data, cfg, scope = (
+            layer.data[0] if layer.multiscale else layer.data,
+            self.info.data,
+            self._scope.value,
+        )
         dims, channels = self.model.config.spatial_dims, self.model.config.in_channels
         if layer.rgb and channels == 1:
             data, axis = rgb_to_grey(data), None  # the grey the CLI and the zoo use
@@ -305,21 +343,27 @@ class PredictWidget(Container):
         else:
             axis = None if channels == 1 else cfg.channel_axis
             if axis is None and channels > 1:
-                raise ValueError(f"the model expects {channels} channels; open the image as one "
-                                 "layer with a channel axis (or as RGB)")
+                raise ValueError(
+                    f"the model expects {channels} channels; open the image as one "
+                    "layer with a channel axis (or as RGB)"
+                )
         axis = None if axis is None else axis % data.ndim
         scale, translate = list(layer.scale), list(layer.translate)
         if axis is not None and not layer.rgb:
             del scale[axis], translate[axis]
         spatial = data.ndim - (axis is not None)
         if scope == "3D" and (dims != 3 or spatial < 3):
-            raise ValueError("'3D' needs a 3D model and a 3D image; this model is "
-                             f"{dims}D: choose 'whole stack slice-wise'")
+            raise ValueError(
+                "'3D' needs a 3D model and a 3D image; this model is "
+                f"{dims}D: choose 'whole stack slice-wise'"
+            )
         if scope != "3D" and dims == 3:
             raise ValueError("this model is 3D: choose the '3D' scope")
         if scope == "2D" and spatial > 2:
-            raise ValueError(f"the image has {spatial} dimensions: choose 'whole stack "
-                             "slice-wise' or 'current slice only'")
+            raise ValueError(
+                f"the image has {spatial} dimensions: choose 'whole stack "
+                "slice-wise' or 'current slice only'"
+            )
         lead_index = None
         if scope.startswith("current") and spatial > 2:
             point = list(layer.world_to_data(self._viewer.dims.point))
@@ -333,8 +377,11 @@ class PredictWidget(Container):
                 axis -= sum(1 for a in lead if a < axis)
             for k, i in enumerate(lead_index):
                 translate[k] += i * scale[k]
-        return data, cfg.replace(channel_axis=axis), Placement(lead_index, tuple(scale),
-                                                              tuple(translate))
+        return (
+            data,
+            cfg.replace(channel_axis=axis),
+            Placement(lead_index, tuple(scale), tuple(translate)),
+        )
 
     def _predict_config(self, pruned_depth: int | None) -> PredictConfig:
         from ..config import PredictConfig
@@ -343,8 +390,13 @@ class PredictWidget(Container):
         scale = self.scale.overrides()
         if pruned_depth is not None or self._tta.value:
             scale["adaptive_depth"] = False  # Apply runs the pruned network; TTA all depths
-        return PredictConfig(pruned_depth=pruned_depth, tile_size=(self._tile.value,) * dims,
-                             tta=self._tta.value, device=self._device.value, **scale)
+        return PredictConfig(
+            pruned_depth=pruned_depth,
+            tile_size=(self._tile.value,) * dims,
+            tta=self._tta.value,
+            device=self._device.value,
+            **scale,
+        )
 
     def segment(self, pruned_depth: int | None = None) -> None:
         """Segment the chosen image: all depths, or only ``pruned_depth`` (fast path)."""
@@ -372,7 +424,9 @@ class PredictWidget(Container):
             segment_job(self.model, image, config, data, stopper, run_dir, depth),
             on_yield=self._on_event,
             on_return=lambda r: self._show(layer, placement, r, config, depth),
-            on_finish=lambda: self._set_running(False), stop=stopper.stop)
+            on_finish=lambda: self._set_running(False),
+            stop=stopper.stop,
+        )
         if self._runner.queued:
             self._status.value = "waiting for another UNet++ job of this viewer to finish..."
 
@@ -396,64 +450,121 @@ class PredictWidget(Container):
         eta = "" if event.eta_s is None else f" · {event.eta_s:.0f} s left"
         self._status.value = (event.message or f"tile {event.step}/{event.total}") + eta
 
-    def _show(self, layer: Image, where: Placement, result: tuple[Any, Any],
-              config: PredictConfig, depth: int) -> None:
+    def _show(
+        self,
+        layer: Image,
+        where: Placement,
+        result: tuple[Any, Any],
+        config: PredictConfig,
+        depth: int,
+    ) -> None:
         probs, labels = result
         if labels is None:
             self._status.value = "cancelled: layers left unchanged"
             return
         self.last_probabilities = dict(probs)
-        lift = (lambda a: a) if where.lead_index is None else (
-            lambda a: a[(None,) * len(where.lead_index)])
+        lift = (
+            (lambda a: a)
+            if where.lead_index is None
+            else (lambda a: a[(None,) * len(where.lead_index)])
+        )
         final = config.pruned_depth or (depth if depth in probs else max(probs))
         base = f"{layer.name} UNet++"
         suffix = "" if where.lead_index is None else " (quick look)"
-        meta = {"model": self.model_spec, "model_name": self.model_name, "depth": final,
-                "scale": list(where.scale), "run": str(self.last_run_dir),
-                "scope": self._scope.value}
+        meta = {
+            "model": self.model_spec,
+            "model_name": self.model_name,
+            "depth": final,
+            "scale": list(where.scale),
+            "run": str(self.last_run_dir),
+            "scope": self._scope.value,
+        }
         if config.pruned_depth is None:
             self._drop_stale_depths(base, suffix, set(probs))
         for d in sorted(probs):
             p = np.asarray(probs[d])
             shown = p if p.ndim == np.ndim(labels) else 1.0 - p[0]  # classes: foreground
-            put_layer(self._viewer, Image, f"{base} L{d}{suffix}", lift(shown), where.scale,
-                      where.translate, {**meta, "depth": d}, colormap="magma",
-                      contrast_limits=(0.0, 1.0), opacity=0.7, blending="additive")
+            put_layer(
+                self._viewer,
+                Image,
+                f"{base} L{d}{suffix}",
+                lift(shown),
+                where.scale,
+                where.translate,
+                {**meta, "depth": d},
+                colormap="magma",
+                contrast_limits=(0.0, 1.0),
+                opacity=0.7,
+                blending="additive",
+            )
         for d in self._depth_layers(base, suffix):  # only the labels' depth is shown
             self._viewer.layers[f"{base} L{d}{suffix}"].visible = d == final
         assert self.model is not None and self.info is not None
         instance = self.info.data.target == "instance"
-        put_layer(self._viewer, Labels, f"{base} labels{suffix}", lift(labels), where.scale,
-                  where.translate, meta, **labels_style(self.model.config, instance))
+        put_layer(
+            self._viewer,
+            Labels,
+            f"{base} labels{suffix}",
+            lift(labels),
+            where.scale,
+            where.translate,
+            meta,
+            **labels_style(self.model.config, instance),
+        )
         self._legend.value = class_legend(self.model.config, instance)
         self._legend.visible = bool(self._legend.value)
         notes = self._show_maps(base, suffix, probs, where, meta, lift)
         self._progress.value = 100
-        source = ("adaptive depth, up to" if hasattr(probs, "depth_map")
-                  else "the Depth slider's depth:")
-        self._status.value = "; ".join([f"done: labels from {source} L{final}", *notes,
-                                        f"run saved in {self.last_run_dir}"])
+        source = (
+            "adaptive depth, up to" if hasattr(probs, "depth_map") else "the Depth slider's depth:"
+        )
+        self._status.value = "; ".join(
+            [f"done: labels from {source} L{final}", *notes, f"run saved in {self.last_run_dir}"]
+        )
 
-    def _show_maps(self, base: str, suffix: str, probs: Any, where: Placement,
-                   meta: dict[str, Any], lift: Any) -> list[str]:
+    def _show_maps(
+        self, base: str, suffix: str, probs: Any, where: Placement, meta: dict[str, Any], lift: Any
+    ) -> list[str]:
         """Adaptive depth's "depth used" and disagreement layers; what the scale step did."""
         notes = []
         if hasattr(probs, "depth_map"):
             assert self.model is not None
-            put_layer(self._viewer, Image, f"{base} depth used{suffix}", lift(probs.depth_map),
-                      where.scale, where.translate, meta, colormap="viridis",
-                      contrast_limits=(1, self.model.depth), opacity=0.5, visible=False)
-            put_layer(self._viewer, Image, f"{base} disagreement{suffix}",
-                      lift(probs.disagreement), where.scale, where.translate, meta,
-                      colormap="inferno", opacity=0.6, blending="additive", visible=False)
+            put_layer(
+                self._viewer,
+                Image,
+                f"{base} depth used{suffix}",
+                lift(probs.depth_map),
+                where.scale,
+                where.translate,
+                meta,
+                colormap="viridis",
+                contrast_limits=(1, self.model.depth),
+                opacity=0.5,
+                visible=False,
+            )
+            put_layer(
+                self._viewer,
+                Image,
+                f"{base} disagreement{suffix}",
+                lift(probs.disagreement),
+                where.scale,
+                where.translate,
+                meta,
+                colormap="inferno",
+                opacity=0.6,
+                blending="additive",
+                visible=False,
+            )
             notes.append(probs.summary())
         scale = getattr(probs, "scale", None)
         if scale:
             zoom = " x ".join(f"{z:.2f}" for z in scale.get("zoom", ()))
             measured = scale.get("measured_diameter")
-            notes.append(f"resampled by {zoom} to the model's scale" + (
-                f" (objects ~{measured:.0f} px)" if measured else "")
-                + (f"; {scale['note']}" if scale.get("note") else ""))
+            notes.append(
+                f"resampled by {zoom} to the model's scale"
+                + (f" (objects ~{measured:.0f} px)" if measured else "")
+                + (f"; {scale['note']}" if scale.get("note") else "")
+            )
         return notes
 
     def estimate_size(self, _value: Any = None) -> None:
@@ -465,13 +576,19 @@ class PredictWidget(Container):
             self._status.value = "no objects found: the diameter is left as it was"
             return
         self.scale.show_diameter(diameter)
-        self._status.value = (f"median object diameter {diameter:.1f} px; Segment rescales "
-                              "to the model's training size")
+        self._status.value = (
+            f"median object diameter {diameter:.1f} px; Segment rescales "
+            "to the model's training size"
+        )
 
     def check_image(self, _value: Any = None) -> None:
         """Depth/flip disagreement and object size: is this image like the training data?"""
-        self._run_side_job("checking the image against the training data", check_job,
-                           self._on_check, metrics=dict(self.info.metrics) if self.info else {})
+        self._run_side_job(
+            "checking the image against the training data",
+            check_job,
+            self._on_check,
+            metrics=dict(self.info.metrics) if self.info else {},
+        )
 
     def _on_check(self, check: Any) -> None:
         from napari.utils.notifications import show_warning
@@ -502,15 +619,19 @@ class PredictWidget(Container):
         stopper = Stopper()
         self._set_running(True)
         self._status.value = f"{what}..."
-        self._runner.start(job(self.model, image, config, data, stopper=stopper, **kwargs),
-                           on_yield=self._on_event, on_return=on_return,
-                           on_finish=lambda: self._set_running(False), stop=stopper.stop)
+        self._runner.start(
+            job(self.model, image, config, data, stopper=stopper, **kwargs),
+            on_yield=self._on_event,
+            on_return=on_return,
+            on_finish=lambda: self._set_running(False),
+            stop=stopper.stop,
+        )
 
     def _depth_layers(self, base: str, suffix: str) -> list[int]:
         """The depths ``d`` of existing ``<base> L<d><suffix>`` layers."""
         found = []
         for existing in self._viewer.layers:
-            tail = existing.name[len(base) + 2:] if existing.name.startswith(f"{base} L") else ""
+            tail = existing.name[len(base) + 2 :] if existing.name.startswith(f"{base} L") else ""
             if suffix:
                 tail = tail[: -len(suffix)] if tail.endswith(suffix) else ""
             if tail.isdigit():
@@ -529,16 +650,27 @@ class PredictWidget(Container):
         self.last_run_dir = new_run_dir(self._output.value, name)
         return self.last_run_dir
 
-    def _record(self, run_dir: Path, layer: Image, config: PredictConfig,
-                data: DataConfig) -> None:
+    def _record(self, run_dir: Path, layer: Image, config: PredictConfig, data: DataConfig) -> None:
         image = layer_file(layer, run_dir, "image")
         spec = self.model_spec or ""
-        configs = {"model": self.info.model.to_dict(), "data": data.to_dict(),
-                   "predict": config.to_dict(), "checkpoint": spec, "images": [image],
-                   "scope": self._scope.value}
-        command = format_command("predict", spec, image, out=run_dir, config=run_dir / "run.json",
-                                 depth=config.pruned_depth, channel_axis=data.channel_axis,
-                                 probabilities=True)
+        configs = {
+            "model": self.info.model.to_dict(),
+            "data": data.to_dict(),
+            "predict": config.to_dict(),
+            "checkpoint": spec,
+            "images": [image],
+            "scope": self._scope.value,
+        }
+        command = format_command(
+            "predict",
+            spec,
+            image,
+            out=run_dir,
+            config=run_dir / "run.json",
+            depth=config.pruned_depth,
+            channel_axis=data.channel_axis,
+            probabilities=True,
+        )
         save_run_record(run_dir, "predict", configs, command)
 
 
@@ -546,8 +678,7 @@ def _narrow(box: ComboBox, chars: int = 12) -> None:
     """Let a combo box shrink below its longest item (the list still shows it whole)."""
     from qtpy.QtWidgets import QComboBox
 
-    box.native.setSizeAdjustPolicy(
-        QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    box.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
     box.native.setMinimumContentsLength(chars)
 
 
@@ -557,12 +688,20 @@ def guess_zoo_model(layer: Any) -> str | None:
     From what napari knows: the sample's or file's name, then the pixel values
     (Hounsfield units below -500 are CT; an 8-bit RGB image is a nuclei stain).
     """
-    text = " ".join(str(v) for v in (layer.name, layer.metadata.get("source", ""),
-                                     getattr(layer.source, "path", "") or "")).lower()
+    text = " ".join(
+        str(v)
+        for v in (
+            layer.name,
+            layer.metadata.get("source", ""),
+            getattr(layer.source, "path", "") or "",
+        )
+    ).lower()
     words = set(text.replace("/", " ").replace("_", " ").replace(".", " ").split())
-    for name, hints in (("em", {"em", "isbi2012", "sstem", "tem", "membranes"}),
-                        ("ct", {"ct", "totalseg", "hu"}),
-                        ("nuclei", {"nuclei", "dsb2018", "nucleus", "dapi", "hoechst"})):
+    for name, hints in (
+        ("em", {"em", "isbi2012", "sstem", "tem", "membranes"}),
+        ("ct", {"ct", "totalseg", "hu"}),
+        ("nuclei", {"nuclei", "dsb2018", "nucleus", "dapi", "hoechst"}),
+    ):
         if words & hints:
             return f"zoo:{name}"
     data = layer.data[-1] if layer.multiscale else layer.data  # the smallest level: cheap

@@ -37,8 +37,9 @@ if TYPE_CHECKING:
     from .predict import PredictWidget
 
 
-def prune_job(model: UNetPlusPlus, depth: int, device: str
-              ) -> Generator[Any, None, tuple[UNetPlusPlus, float]]:
+def prune_job(
+    model: UNetPlusPlus, depth: int, device: str
+) -> Generator[Any, None, tuple[UNetPlusPlus, float]]:
     """Build the depth-``depth`` network and measure its ms per megapixel on ``device``."""
     from ..devices import resolve_device
     from ..events import Event
@@ -127,8 +128,10 @@ class PruningPanel(Container):
             return
         d, model = self.depth, self.model
         self._runner.quit()
-        self._runner.start(prune_job(model, d, self._owner._device.value),
-                           on_return=lambda result: self._on_pruned(d, result))
+        self._runner.start(
+            prune_job(model, d, self._owner._device.value),
+            on_return=lambda result: self._on_pruned(d, result),
+        )
 
     def _on_pruned(self, depth: int, result: tuple[UNetPlusPlus, float]) -> None:
         if depth != self.depth:  # the slider moved on meanwhile
@@ -143,14 +146,17 @@ class PruningPanel(Container):
         metrics = self.info.metrics if self.info is not None else {}
         # shipped models are scored on held-back data, trained runs on their validation part
         # (never "held-back" for the user's data: a fine-tune's metrics carry no such split)
-        split = "held-back" if str(metrics.get("split", "")).startswith("held-back") \
-            else "validation"
+        split = (
+            "held-back" if str(metrics.get("split", "")).startswith("held-back") else "validation"
+        )
         score = self._score(d)
         if score == "not measured" and self._unvalidated():
             split, score = "no validation", "paint on more of the image for a score"
-        self._readout.value = (f"L{d}: {pruned:,} of {full:,} parameters "
-                               f"({100 * pruned / full:.0f}%)\n{self._cost(d)}; {timing}\n"
-                               f"{split}: {score}")
+        self._readout.value = (
+            f"L{d}: {pruned:,} of {full:,} parameters "
+            f"({100 * pruned / full:.0f}%)\n{self._cost(d)}; {timing}\n"
+            f"{split}: {score}"
+        )
 
     def _cost(self, d: int) -> str:
         """Exact GFLOP per megapixel of depth ``d`` (the same on every machine) and its share."""
@@ -180,8 +186,11 @@ class PruningPanel(Container):
             show_error("load a model first")
             return None
         d = self.depth
-        pruned = self.pruned if self.pruned is not None and self.pruned.depth == d \
+        pruned = (
+            self.pruned
+            if self.pruned is not None and self.pruned.depth == d
             else self.model.prune(d).eval()
+        )
         if path is None:
             base = Path(self._owner._output.value).expanduser() / f"{self._owner.model_name}-L{d}"
             path, n = base, 1
@@ -191,10 +200,14 @@ class PruningPanel(Container):
         row = (metrics.get("depths") or {}).get(str(d))
         metrics["depths"] = {str(d): row} if row is not None else {}
         metrics["best_depth"] = d
-        provenance = {**self.info.provenance, "pruned_from": self._owner.model_spec,
-                      "pruned_depth": d}
-        info = dataclasses.replace(self.info, model=pruned.config, metrics=metrics,
-                                   provenance=provenance)
+        provenance = {
+            **self.info.provenance,
+            "pruned_from": self._owner.model_spec,
+            "pruned_depth": d,
+        }
+        info = dataclasses.replace(
+            self.info, model=pruned.config, metrics=metrics, provenance=provenance
+        )
         try:
             folder = save_checkpoint(path, pruned, info)
         except (ValueError, OSError) as exc:

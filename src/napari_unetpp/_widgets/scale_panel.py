@@ -27,8 +27,16 @@ if TYPE_CHECKING:
     from ..model import UNetPlusPlus
 
 #: Units a pixel size may be typed in (the model's unit when none is typed).
-UNIT_WORDS = {"nm": "nm", "um": "um", "µm": "um", "micron": "um", "mm": "mm",
-              "nanometer": "nm", "micrometer": "um", "millimeter": "mm"}
+UNIT_WORDS = {
+    "nm": "nm",
+    "um": "um",
+    "µm": "um",
+    "micron": "um",
+    "mm": "mm",
+    "nanometer": "nm",
+    "micrometer": "um",
+    "millimeter": "mm",
+}
 
 
 def parse_pixel_size(text: str) -> tuple[tuple[float, ...] | None, str]:
@@ -42,8 +50,10 @@ def parse_pixel_size(text: str) -> tuple[tuple[float, ...] | None, str]:
     match = re.fullmatch(r"([0-9eE.+\-,;x\s]+?)\s*([A-Za-zµ]+)?", text)
     unit = UNIT_WORDS.get((match.group(2) or "").lower(), None) if match else None
     if not match or (match.group(2) and unit is None):
-        raise ValueError(f"pixel size {text!r}: type one number per axis (or one for all), "
-                         "optionally a unit (nm, um, mm), e.g. '0.98 0.98 mm'")
+        raise ValueError(
+            f"pixel size {text!r}: type one number per axis (or one for all), "
+            "optionally a unit (nm, um, mm), e.g. '0.98 0.98 mm'"
+        )
     try:
         sizes = tuple(float(v) for v in re.split(r"[\s,;x]+", match.group(1).strip()) if v)
     except ValueError:
@@ -63,7 +73,7 @@ def layer_pixel_size(layer: Any) -> tuple[tuple[float, ...] | None, str]:
     scale = [float(s) for s in getattr(layer, "scale", ())]
     known = {UNIT_WORDS.get(u) for u in units}
     if scale and len(known) == 1 and None not in known:
-        return tuple(scale[-min(3, len(scale)):]), str(known.pop())
+        return tuple(scale[-min(3, len(scale)) :]), str(known.pop())
     return None, ""
 
 
@@ -73,25 +83,41 @@ class ScalePanel(Container):
     def __init__(self) -> None:
         super().__init__(label="Your image")
         self._pixel = LineEdit(label="Pixel size", value="")
-        self._pixel.tooltip = ("the image's pixel size per axis, e.g. '0.98 0.98 mm' (taken from "
-                               "the layer when the file says); empty = unknown")
+        self._pixel.tooltip = (
+            "the image's pixel size per axis, e.g. '0.98 0.98 mm' (taken from "
+            "the layer when the file says); empty = unknown"
+        )
         self._model_scale = Label(value="")
         self._model_scale.native.setWordWrap(True)
-        self._diameter = FloatSpinBox(label="Object diameter (px)", min=0.0, max=2000.0,
-                                      step=0.5, value=0.0)
+        self._diameter = FloatSpinBox(
+            label="Object diameter (px)", min=0.0, max=2000.0, step=0.5, value=0.0
+        )
         self._diameter.tooltip = "median object diameter in your image; 0 = as in training"
         self.estimate = PushButton(text="Estimate size")
         self._auto = CheckBox(text="auto object size")
         self._auto.tooltip = "measure the objects in a first pass, rescale, segment again"
         self.adaptive = CheckBox(text="adaptive depth")
-        self.adaptive.tooltip = ("per tile, stop at the shallowest depth that agrees with the "
-                                 "next one; adds 'depth used' and 'disagreement' layers")
+        self.adaptive.tooltip = (
+            "per tile, stop at the shallowest depth that agrees with the "
+            "next one; adds 'depth used' and 'disagreement' layers"
+        )
         self.check = PushButton(text="Check this image")
-        self.check.tooltip = ("depth and flip disagreement, uncertain pixels and object size "
-                              "against the training data: warns before you trust a result")
+        self.check.tooltip = (
+            "depth and flip disagreement, uncertain pixels and object size "
+            "against the training data: warns before you trust a result"
+        )
         # one control per row: the dock must fit a laptop screen (issue 16: <= ~450 px)
-        self.extend([self._pixel, self._model_scale, self._diameter, self.estimate, self._auto,
-                     self.adaptive, self.check])
+        self.extend(
+            [
+                self._pixel,
+                self._model_scale,
+                self._diameter,
+                self.estimate,
+                self._auto,
+                self.adaptive,
+                self.check,
+            ]
+        )
         self._model: ModelConfig | None = None
 
     def set_model(self, config: ModelConfig) -> None:
@@ -113,8 +139,11 @@ class ScalePanel(Container):
     def set_layer(self, layer: Any) -> None:
         """Take the layer's pixel size (kept from its file) into the field."""
         sizes, unit = layer_pixel_size(layer)
-        self._pixel.value = "" if sizes is None else (
-            " ".join(f"{s:g}" for s in sizes) + (f" {unit}" if unit else ""))
+        self._pixel.value = (
+            ""
+            if sizes is None
+            else (" ".join(f"{s:g}" for s in sizes) + (f" {unit}" if unit else ""))
+        )
 
     def show_diameter(self, diameter: float) -> None:
         self._diameter.value = round(float(diameter), 1)
@@ -124,24 +153,35 @@ class ScalePanel(Container):
         from ..scale import rescale_from_diameter
 
         sizes, unit = parse_pixel_size(self._pixel.value)
-        values: dict[str, Any] = {"pixel_size": sizes, "pixel_unit": unit,
-                                  "adaptive_depth": bool(self.adaptive.value)}
+        values: dict[str, Any] = {
+            "pixel_size": sizes,
+            "pixel_unit": unit,
+            "adaptive_depth": bool(self.adaptive.value),
+        }
         if self._auto.value:
             values["rescale"] = "auto"
         elif self._diameter.value > 0 and self._model is not None:
-            values["rescale"] = rescale_from_diameter(self._model.object_diameter,
-                                                      float(self._diameter.value))
+            values["rescale"] = rescale_from_diameter(
+                self._model.object_diameter, float(self._diameter.value)
+            )
         return values
 
 
-def estimate_job(model: UNetPlusPlus, image: Any, config: PredictConfig, data: DataConfig,
-                 stopper: Stopper) -> Generator[Any, None, float | None]:
+def estimate_job(
+    model: UNetPlusPlus, image: Any, config: PredictConfig, data: DataConfig, stopper: Stopper
+) -> Generator[Any, None, float | None]:
     """One pass at the deepest head; the median equivalent diameter (px) of its objects."""
     from ..inference import predict
     from ..rescaled import measure_diameters
 
-    first = config.replace(rescale=None, pixel_size=None, adaptive_depth=False, depths=(),
-                           pruned_depth=model.depth, tta=False)
+    first = config.replace(
+        rescale=None,
+        pixel_size=None,
+        adaptive_depth=False,
+        depths=(),
+        pruned_depth=model.depth,
+        tta=False,
+    )
     probs = yield from predict(model, image, first, data, stopper=stopper)
     if not probs.complete:
         return None
@@ -149,13 +189,24 @@ def estimate_job(model: UNetPlusPlus, image: Any, config: PredictConfig, data: D
     return float(np.median(diameters)) if diameters.size else None
 
 
-def check_job(model: UNetPlusPlus, image: Any, config: PredictConfig, data: DataConfig,
-              metrics: dict[str, Any], stopper: Stopper) -> Generator[Any, None, Any]:
+def check_job(
+    model: UNetPlusPlus,
+    image: Any,
+    config: PredictConfig,
+    data: DataConfig,
+    metrics: dict[str, Any],
+    stopper: Stopper,
+) -> Generator[Any, None, Any]:
     """``disagreement.check_image`` with the model card's recommended depth and calibration."""
     from ..disagreement import check_image
 
     check, _ = yield from check_image(
-        model, image, data, config.replace(adaptive_depth=False),
-        recommended=metrics.get("best_depth"), thresholds=metrics.get("image_check"),
-        stopper=stopper)
+        model,
+        image,
+        data,
+        config.replace(adaptive_depth=False),
+        recommended=metrics.get("best_depth"),
+        thresholds=metrics.get("image_check"),
+        stopper=stopper,
+    )
     return check

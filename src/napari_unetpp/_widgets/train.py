@@ -57,10 +57,17 @@ if TYPE_CHECKING:
 
     from ..config import DataConfig, ModelConfig, TrainConfig
 
-WIDTH_PRESETS = {"fast CPU (16..256)": (16, 32, 64, 128, 256),
-                 "tiny (8..128)": (8, 16, 32, 64, 128), "paper (32..512)": (32, 64, 128, 256, 512)}
-CHANNEL_AXES = [("none (grey)", "none"), ("last (RGB / YXC)", "-1"), ("axis 0", "0"),
-                ("axis 1", "1")]
+WIDTH_PRESETS = {
+    "fast CPU (16..256)": (16, 32, 64, 128, 256),
+    "tiny (8..128)": (8, 16, 32, 64, 128),
+    "paper (32..512)": (32, 64, 128, 256, 512),
+}
+CHANNEL_AXES = [
+    ("none (grey)", "none"),
+    ("last (RGB / YXC)", "-1"),
+    ("axis 0", "0"),
+    ("axis 1", "1"),
+]
 DEFAULT_OUTPUT = Path.home() / "napari-unetpp" / "runs"
 #: Labels with more elements are guessed from their middle slice (keeps the GUI snappy).
 GUESS_MAX_SIZE = 1 << 24
@@ -104,7 +111,9 @@ class TrainWidget(Container):
     # ------------------------------------------------------------------ layout
 
     def _layers(self, kind: type) -> Any:
-        return lambda _w=None: [(l.name, l) for l in self._viewer.layers if isinstance(l, kind)]
+        return lambda _w=None: [
+            (layer.name, layer) for layer in self._viewer.layers if isinstance(layer, kind)
+        ]
 
     def _build_data(self) -> None:
         # not "_labels": that is magicgui Container's "show labels" flag (issue 16)
@@ -115,54 +124,96 @@ class TrainWidget(Container):
         self._pair_list = _wrapped("training on: the selected pair")
         self._label_mode = ComboBox(label="Label mode", choices=["dense", "sparse"])
         self._label_reason = _wrapped()
-        self._target = ComboBox(label="Target", choices=[
-            ("semantic (classes)", "semantic"), ("instances (boundaries)", "instance")])
+        self._target = ComboBox(
+            label="Target",
+            choices=[("semantic (classes)", "semantic"), ("instances (boundaries)", "instance")],
+        )
         self._dims = ComboBox(label="Stacks as", choices=[("2D slice-wise", 2), ("3D", 3)])
         self._channel_axis = ComboBox(label="Channel axis", choices=CHANNEL_AXES)
-        pairs = Container(widgets=[self._add_pair, self._clear_pairs], layout="horizontal",
-                          labels=False)
-        self.extend([self._image, self._labels_box, self._pair_info, pairs, self._pair_list,
-                     self._label_mode, self._label_reason, self._target, self._dims,
-                     self._channel_axis])
+        pairs = Container(
+            widgets=[self._add_pair, self._clear_pairs], layout="horizontal", labels=False
+        )
+        self.extend(
+            [
+                self._image,
+                self._labels_box,
+                self._pair_info,
+                pairs,
+                self._pair_list,
+                self._label_mode,
+                self._label_reason,
+                self._target,
+                self._dims,
+                self._channel_axis,
+            ]
+        )
 
     def _build_model(self) -> None:
         self._start_from = ComboBox(label="Start from", choices=self._start_choices)
-        self._checkpoint_file = FileEdit(label="Checkpoint", mode="r",
-                                         filter="*.json *.zip", visible=False)
+        self._checkpoint_file = FileEdit(
+            label="Checkpoint", mode="r", filter="*.json *.zip", visible=False
+        )
         self._widths = ComboBox(label="Widths", choices=list(WIDTH_PRESETS.items()))
         self._depth = SpinBox(label="Depth", value=4, min=1, max=4)
         self._iterations = SpinBox(label="Iterations", value=2000, min=1, max=1_000_000, step=100)
         self._patch = SpinBox(label="Patch size", value=128, min=16, max=1024, step=16)
         self._batch = SpinBox(label="Batch size", value=4, min=1, max=256)
-        self._lr = FloatSpinBox(label="Learning rate", value=SCRATCH_LR, min=1e-6, max=1.0,
-                                step=1e-5)
+        self._lr = FloatSpinBox(
+            label="Learning rate", value=SCRATCH_LR, min=1e-6, max=1.0, step=1e-5
+        )
         self._lr.native.setDecimals(6)
         self._device = ComboBox(label="Device", choices=["auto", "cuda", "mps", "cpu"])
-        self.extend([self._start_from, self._checkpoint_file, self._widths, self._depth,
-                     self._iterations, self._patch, self._batch, self._lr, self._device])
+        self.extend(
+            [
+                self._start_from,
+                self._checkpoint_file,
+                self._widths,
+                self._depth,
+                self._iterations,
+                self._patch,
+                self._batch,
+                self._lr,
+                self._device,
+            ]
+        )
 
     def _build_advanced(self) -> None:
         self._show_advanced = CheckBox(text="Advanced options", value=False)
         self._custom_widths = LineEdit(label="Custom widths", value="", tooltip="e.g. 8 16 32")
         self._patch_z = SpinBox(label="Patch depth (3D)", value=16, min=4, max=512)
         self._validate_every = SpinBox(label="Validate every", value=100, min=1, max=100_000)
-        self._val_fraction = FloatSpinBox(label="Validation part", value=0.2, min=0, max=0.9,
-                                          step=0.05)
+        self._val_fraction = FloatSpinBox(
+            label="Validation part", value=0.2, min=0, max=0.9, step=0.05
+        )
         self._augment = CheckBox(text="Augment", value=True)
         self._elastic = CheckBox(text="Elastic deformation", value=False)
-        self._normalization = ComboBox(label="Normalisation",
-                                       choices=["percentile", "window", "none"])
+        self._normalization = ComboBox(
+            label="Normalisation", choices=["percentile", "window", "none"]
+        )
         self._norm_low = FloatSpinBox(label="low", value=1.0, min=-1e6, max=1e6)
         self._norm_high = FloatSpinBox(label="high", value=99.8, min=-1e6, max=1e6)
         self._freeze_encoder = CheckBox(text="Freeze encoder (fine-tuning)", value=False)
-        self._freeze_norm = CheckBox(text="Keep BatchNorm statistics (fine-tuning)",
-                                     value=False)
+        self._freeze_norm = CheckBox(text="Keep BatchNorm statistics (fine-tuning)", value=False)
         self._mixed_precision = CheckBox(text="Mixed precision (CUDA)", value=True)
         self._seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
-        self._advanced = Container(visible=False, widgets=[
-            self._custom_widths, self._patch_z, self._validate_every, self._val_fraction,
-            self._augment, self._elastic, self._normalization, self._norm_low, self._norm_high,
-            self._freeze_encoder, self._freeze_norm, self._mixed_precision, self._seed])
+        self._advanced = Container(
+            visible=False,
+            widgets=[
+                self._custom_widths,
+                self._patch_z,
+                self._validate_every,
+                self._val_fraction,
+                self._augment,
+                self._elastic,
+                self._normalization,
+                self._norm_low,
+                self._norm_high,
+                self._freeze_encoder,
+                self._freeze_norm,
+                self._mixed_precision,
+                self._seed,
+            ],
+        )
         self.extend([self._show_advanced, self._advanced])
 
     def _build_run(self) -> None:
@@ -188,16 +239,21 @@ class TrainWidget(Container):
         self._labels_box.changed.connect(self._on_pair_changed)
         self._label_mode.native.activated.connect(self._on_user_mode)  # user choices only
         self._add_pair.changed.connect(self._on_add_pair)
-        self._clear_pairs.changed.connect(lambda: (self._pairs.clear(), setattr(
-            self._pair_list, "value", "training on: the selected pair")))
+        self._clear_pairs.changed.connect(
+            lambda: (
+                self._pairs.clear(),
+                setattr(self._pair_list, "value", "training on: the selected pair"),
+            )
+        )
         self._start_from.changed.connect(self._on_start_from)
         self._show_advanced.changed.connect(lambda v: setattr(self._advanced, "visible", v))
         self._start.changed.connect(self._on_start)
         self._stop.changed.connect(self._on_stop)
         # outside signals: disconnected when the Qt widget goes, so a closed widget that
         # Python has not collected yet is never called back (its Qt objects are deleted)
-        emitters = [getattr(self._viewer.layers.events, e) for e in ("inserted", "removed",
-                                                                      "reordered")]
+        emitters = [
+            getattr(self._viewer.layers.events, e) for e in ("inserted", "removed", "reordered")
+        ]
         for emitter in emitters:
             emitter.connect(self._on_layers_changed)
         _state.models_changed.connect(self._on_models_changed)
@@ -312,7 +368,7 @@ class TrainWidget(Container):
             show_error(str(exc))
             return
         self._pairs.append((image, labels))
-        names = ", ".join(f"{i.name} + {l.name}" for i, l in self._pairs)
+        names = ", ".join(f"{i.name} + {lab.name}" for i, lab in self._pairs)
         self._pair_list.value = f"training on: {names}"
 
     def _on_start_from(self, value: str) -> None:
@@ -365,40 +421,56 @@ class TrainWidget(Container):
         try:
             return tuple(int(t) for t in text) if text else self._widths.value
         except ValueError:
-            raise ValueError(f"custom widths {self._custom_widths.value!r}: give integers, "
-                             "e.g. 8 16 32 64 128") from None
+            raise ValueError(
+                f"custom widths {self._custom_widths.value!r}: give integers, e.g. 8 16 32 64 128"
+            ) from None
 
-    def _configs(self, pairs: list[tuple[Image, Labels]]
-                 ) -> tuple[ModelConfig, TrainConfig, DataConfig, str | None]:
+    def _configs(
+        self, pairs: list[tuple[Image, Labels]]
+    ) -> tuple[ModelConfig, TrainConfig, DataConfig, str | None]:
         from ..config import DataConfig, ModelConfig, NormalizationConfig, TrainConfig
         from ..data import num_output_channels
 
         initial, base = self._initial()
-        norm = NormalizationConfig(self._normalization.value, self._norm_low.value,
-                                   self._norm_high.value)
-        data = DataConfig(normalization=base.data.normalization if base else norm,
-                          label_mode=self._label_mode.value, target=self._target.value,
-                          channel_axis=self._channel_axis_value())
-        classes = num_output_channels(data, [layer_data(l) for _, l in pairs])
+        norm = NormalizationConfig(
+            self._normalization.value, self._norm_low.value, self._norm_high.value
+        )
+        data = DataConfig(
+            normalization=base.data.normalization if base else norm,
+            label_mode=self._label_mode.value,
+            target=self._target.value,
+            channel_axis=self._channel_axis_value(),
+        )
+        classes = num_output_channels(data, [layer_data(lab) for _, lab in pairs])
         axis = data.channel_axis
         channels = 1 if axis is None else layer_data(pairs[0][0]).shape[axis]
         if base is None:
-            model = ModelConfig(in_channels=channels, num_classes=classes,
-                                widths=self._widths_value(), depth=self._depth.value,
-                                spatial_dims=self._dims.value)
+            model = ModelConfig(
+                in_channels=channels,
+                num_classes=classes,
+                widths=self._widths_value(),
+                depth=self._depth.value,
+                spatial_dims=self._dims.value,
+            )
         else:
             model = base.model.replace(num_classes=classes, class_names=())
         dims = model.spatial_dims
         patch = (self._patch.value,) * 2
         train = TrainConfig(
-            iterations=self._iterations.value, batch_size=self._batch.value,
+            iterations=self._iterations.value,
+            batch_size=self._batch.value,
             patch_size=patch if dims == 2 else (self._patch_z.value, *patch),
             learning_rate=self._lr.value,
             validate_every=min(self._validate_every.value, self._iterations.value),
-            validation_fraction=self._val_fraction.value, augment=self._augment.value,
-            elastic=self._elastic.value, device=self._device.value,
-            mixed_precision=self._mixed_precision.value, seed=self._seed.value,
-            freeze_encoder=self._freeze_encoder.value, freeze_norm=self._freeze_norm.value)
+            validation_fraction=self._val_fraction.value,
+            augment=self._augment.value,
+            elastic=self._elastic.value,
+            device=self._device.value,
+            mixed_precision=self._mixed_precision.value,
+            seed=self._seed.value,
+            freeze_encoder=self._freeze_encoder.value,
+            freeze_norm=self._freeze_norm.value,
+        )
         return model, train, data, initial
 
     # ------------------------------------------------------------------ run
@@ -417,7 +489,7 @@ class TrainWidget(Container):
             show_error(str(exc))
             return
         images = [layer_data(i) for i, _ in pairs]
-        labels = [np.array(layer_data(l)) for _, l in pairs]  # a copy: painting goes on
+        labels = [np.array(layer_data(lab)) for _, lab in pairs]  # a copy: painting goes on
         self._preview_layer, stopper = pairs[0][0], Stopper()
         self._note, self._shown_at = "", 0.0
         preview = self._preview_source(model.spatial_dims) if self._preview.value else None
@@ -425,8 +497,13 @@ class TrainWidget(Container):
         self._set_running(True)
         self._status.value = f"preparing data ({model.num_classes} output channel(s))..."
         job = train_job(model, train, data, initial, run_dir, stopper, images, labels, preview)
-        self._runner.start(job, on_yield=self._on_event, on_return=self._on_result,
-                           on_finish=lambda: self._set_running(False), stop=stopper.stop)
+        self._runner.start(
+            job,
+            on_yield=self._on_event,
+            on_return=self._on_result,
+            on_finish=lambda: self._set_running(False),
+            stop=stopper.stop,
+        )
         self._on_queue_changed()
 
     def _preview_source(self, dims: int) -> PreviewSource:
@@ -440,16 +517,35 @@ class TrainWidget(Container):
         self.last_run_dir = new_run_dir(self._output.value, name)
         return self.last_run_dir
 
-    def _record(self, run_dir: Path, pairs: list[tuple[Image, Labels]], model: ModelConfig,
-                train: TrainConfig, data: DataConfig, initial: str | None) -> None:
+    def _record(
+        self,
+        run_dir: Path,
+        pairs: list[tuple[Image, Labels]],
+        model: ModelConfig,
+        train: TrainConfig,
+        data: DataConfig,
+        initial: str | None,
+    ) -> None:
         images = layer_files([i for i, _ in pairs], run_dir / "data", "image")
-        labels = layer_files([l for _, l in pairs], run_dir / "data", "labels")
+        labels = layer_files([lab for _, lab in pairs], run_dir / "data", "labels")
         start = self._start_from.value
         origin = start if start.startswith("zoo:") else initial
-        configs = {"model": model.to_dict(), "train": train.to_dict(), "data": data.to_dict(),
-                   "images": images, "labels": labels, "from": origin}
-        command = format_command("train", images=images, labels=labels, out=run_dir,
-                                 config=run_dir / "run.json", from_=origin)
+        configs = {
+            "model": model.to_dict(),
+            "train": train.to_dict(),
+            "data": data.to_dict(),
+            "images": images,
+            "labels": labels,
+            "from": origin,
+        }
+        command = format_command(
+            "train",
+            images=images,
+            labels=labels,
+            out=run_dir,
+            config=run_dir / "run.json",
+            from_=origin,
+        )
         save_run_record(run_dir, "train", configs, command)
 
     def _set_running(self, running: bool) -> None:
@@ -467,8 +563,11 @@ class TrainWidget(Container):
                 return  # every step is recorded, the text is redrawn a few times a second
             self._shown_at = now
             self._progress.value = int(100 * event.fraction)
-            eta = "" if event.eta_s is None else " · ETA " + time.strftime(
-                "%H:%M:%S", time.gmtime(event.eta_s))
+            eta = (
+                ""
+                if event.eta_s is None
+                else " · ETA " + time.strftime("%H:%M:%S", time.gmtime(event.eta_s))
+            )
             note = f"\n{self._note}" if self._note else ""
             self._status.value = f"step {event.step}/{event.total} · {event.message}{eta}{note}"
         elif event.kind == "note":
@@ -492,13 +591,20 @@ class TrainWidget(Container):
         how = "stopped" if result.info.provenance.get("stopped_early") else "finished"
         scores = [row.get("iou") for row in (metrics.get("depths") or {}).values()]
         known = [s for s in scores if s is not None]
-        judged = (f"validation IoU {max(known):.3f}" if known else
-                  "no validation score: paint on more of the image; compare the before/after "
-                  "layers instead")
-        self._status.value = (f"{how} at step {result.info.provenance.get('iterations')}; "
-                              f"depth L{best}; {judged}; model saved to {self.last_checkpoint}")
-        show_info(f"UNet++ training {how}: the model is in {self.last_checkpoint} and in the "
-                  "Segment with UNet++ widget")
+        judged = (
+            f"validation IoU {max(known):.3f}"
+            if known
+            else "no validation score: paint on more of the image; compare the before/after "
+            "layers instead"
+        )
+        self._status.value = (
+            f"{how} at step {result.info.provenance.get('iterations')}; "
+            f"depth L{best}; {judged}; model saved to {self.last_checkpoint}"
+        )
+        show_info(
+            f"UNet++ training {how}: the model is in {self.last_checkpoint} and in the "
+            "Segment with UNet++ widget"
+        )
 
     # ------------------------------------------------------------------ preview
 
@@ -511,13 +617,23 @@ class TrainWidget(Container):
         labels = event.labels
         lead = layer.ndim - (self._channel_axis_value() is not None) - labels.ndim
         point = [int(round(p)) for p in layer.world_to_data(self._preview_point)]
-        scale, translate = list(layer.scale[-labels.ndim:]), list(layer.translate[-labels.ndim:])
+        scale, translate = list(layer.scale[-labels.ndim :]), list(layer.translate[-labels.ndim :])
         if lead > 0:  # a slice of a stack: place it where it was taken
             labels = labels[(None,) * lead]
             scale = list(layer.scale[:lead]) + scale
-            translate = [t + p * s for t, p, s in zip(layer.translate[:lead], point[:lead],
-                                                       layer.scale[:lead], strict=True)] + translate
-        put_layer(self._viewer, Labels, f"{layer.name} UNet++ {stage}", labels, scale,
-                  translate, {"stage": event.stage, "step": event.step}, opacity=0.5)
-
-
+            translate = [
+                t + p * s
+                for t, p, s in zip(
+                    layer.translate[:lead], point[:lead], layer.scale[:lead], strict=True
+                )
+            ] + translate
+        put_layer(
+            self._viewer,
+            Labels,
+            f"{layer.name} UNet++ {stage}",
+            labels,
+            scale,
+            translate,
+            {"stage": event.stage, "step": event.step},
+            opacity=0.5,
+        )
