@@ -148,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     import tifffile
-    from conftest import DATA_DIR  # the test suite's real data folder
+    from conftest import DATA_DIR, NO_DATA  # the test suite's real data folder
 
+    if DATA_DIR is None:
+        raise SystemExit(NO_DATA)
     image = tifffile.imread(DATA_DIR / "em_isbi2012" / "image.tif")
     labels = tifffile.imread(DATA_DIR / "em_isbi2012" / "membranes.tif")
     crop = (slice(0, args.slices), slice(0, args.size), slice(0, args.size))

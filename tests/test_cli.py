@@ -273,7 +273,8 @@ def test_distributed_local_matches_local(
 
 
 def test_predict_zarr_output(em_files: dict[str, Path], trained: Path) -> None:
-    zarr = pytest.importorskip("zarr")
+    import zarr
+
     out = em_files["root"] / "pred_zarr"
     assert (
         main(

@@ -328,7 +328,8 @@ def test_tta_averages_flipped_predictions(em_crop, em_net):
 
 
 def test_zarr_out_and_stop_midway(em_stack, tmp_path):
-    zarr = pytest.importorskip("zarr")
+    import zarr
+
     stack = em_stack[0][:5, :64, :64]
     net = calibrated(normalize(stack[:1], RAW)[None], widths=(4, 8))
     data, config = DataConfig(normalization=RAW), _config(tile_size=(32, 32), batch_size=2)

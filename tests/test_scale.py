@@ -53,7 +53,8 @@ def test_resample_keeps_values_where_it_should():
 
 def test_resample_reads_and_writes_block_by_block():
     """A zarr output is written plane by plane (big stacks never sit in memory twice)."""
-    zarr = pytest.importorskip("zarr")
+    import zarr
+
     image = np.random.default_rng(1).random((3, 21, 19)).astype(np.float32)
     target = zarr.zeros((3, 42, 38), dtype="float32", chunks=(1, 42, 38))
     S.resample_to(image, (3, 42, 38), (1, 2), out=target)
@@ -193,7 +194,6 @@ def test_predict_scale_one_or_unknown_model_scale_changes_nothing():
 
 
 def test_predict_rescaled_to_zarr(tmp_path):
-    pytest.importorskip("zarr")
     net = _net()
     image = np.random.default_rng(4).random((2, 33, 41)).astype(np.float32)
     result = predict_array(

@@ -259,7 +259,8 @@ def test_stop_returns_the_rows_done_so_far():
 
 
 def test_outputs_can_go_to_any_writable_array(tmp_path):
-    zarr = pytest.importorskip("zarr")
+    import zarr
+
     image = np.random.default_rng(3).random((1, 50, 40), dtype=np.float32)
     stores = {}
 

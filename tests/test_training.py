@@ -288,12 +288,10 @@ def test_em_training_beats_trivial_baseline(em_stack, tmp_path: Path):
     assert interior_iou > base_interior + 0.04
 
 
-def _dsb(count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _dsb(data_dir: Path, count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The first ``count`` grayscale DSB 2018 images (one modality) and their instance labels."""
-    from conftest import DATA_DIR
-
     images, labels = [], []
-    for path in sorted(glob.glob(str(DATA_DIR / "nuclei_dsb2018" / "images" / "*.png"))):
+    for path in sorted(glob.glob(str(data_dir / "nuclei_dsb2018" / "images" / "*.png"))):
         image = io.imread(path)
         if image.ndim != 2:
             continue
@@ -305,8 +303,8 @@ def _dsb(count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 
 @pytest.mark.slow
-def test_dsb_nuclei_training_beats_trivial_baseline(tmp_path: Path):
-    images, instances = _dsb(14)
+def test_dsb_nuclei_training_beats_trivial_baseline(data_dir: Path, tmp_path: Path):
+    images, instances = _dsb(data_dir, 14)
     masks = [(lab > 0).astype(np.uint8) for lab in instances]
     config = TrainConfig(
         iterations=200,
@@ -362,10 +360,12 @@ def _scribbles(membranes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_finetune_nuclei_model_on_em_scribbles_improves_held_back_score(em_stack, tmp_path: Path):
+def test_finetune_nuclei_model_on_em_scribbles_improves_held_back_score(
+    em_stack, data_dir: Path, tmp_path: Path
+):
     """Start from a (small) nuclei checkpoint, adapt it to EM membranes with scribbles only."""
     image, membranes = em_stack
-    images, instances = _dsb(8)
+    images, instances = _dsb(data_dir, 8)
     base_config = TrainConfig(
         iterations=40,
         batch_size=4,

@@ -13,11 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("qtpy")
-
-from napari_unetpp._widgets import _state  # noqa: E402
-from napari_unetpp._widgets import train as train_module  # noqa: E402
-from napari_unetpp._widgets.train import TrainWidget  # noqa: E402
+from napari_unetpp._widgets import _state
+from napari_unetpp._widgets import train as train_module
+from napari_unetpp._widgets.train import TrainWidget
 
 pytestmark = pytest.mark.gui
 TIMEOUT_MS = 180_000
@@ -180,12 +178,17 @@ def test_closed_widget_is_not_called_back(make_napari_viewer, qtbot):
 
     viewer = make_napari_viewer()
     w = TrainWidget(viewer)
+    reached: list[str] = []  # what the dead widget's handlers would touch
+    w.reset_choices = lambda *_: reached.append("layers")  # type: ignore[method-assign]
+    w._start_from.reset_choices = lambda *_: reached.append("models")  # type: ignore
     w.native.deleteLater()
     QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
     _state.register_model("closed-widget-check", "/nonexistent")  # would raise in reset_choices
     _state.unregister_model("closed-widget-check")
     viewer.add_image(np.zeros((8, 8), np.float32))
-    assert w is not None
+    viewer.add_image(np.zeros((8, 8), np.float32))
+    # the deleted widget was disconnected: no model registration or layer change reached it
+    assert reached == []
 
 
 def test_dock_fits_a_laptop_and_every_field_is_labelled(make_napari_viewer):

@@ -145,8 +145,7 @@ def test_train_zoo_writes_docs_from_shipped_cards(
 
 def _score(name: str, model: UNetPlusPlus, info: CheckpointInfo) -> float:
     """Segment the sample crop through the engine (tiled inference, postprocess) and score it."""
-    inference = pytest.importorskip("napari_unetpp.inference")
-    postprocess = pytest.importorskip("napari_unetpp.postprocess")
+    from napari_unetpp import inference, postprocess
     from napari_unetpp.config import PredictConfig
 
     image, truth, meta = load_sample(name)
