@@ -349,3 +349,31 @@ def test_napari_opens_dicom_folder_with_scale(
     np.testing.assert_array_equal(layer.data, ct)
     assert layer.metadata["unit"] == "mm"
     assert [str(u) for u in layer.units] == ["millimeter"] * 3
+
+
+def test_cli_segments_a_1mm_nifti_at_the_models_3mm(
+    ct_zyx: tuple[np.ndarray, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14's CT user: a scan at 1 mm in-plane, dropped as .nii.gz on the CLI with no flag.
+    The file's spacing is used, the model runs at its 3 mm, the labels come back at 1 mm."""
+    from napari_unetpp import scale as S
+    from napari_unetpp.cli import main
+
+    ct, organs = ct_zyx
+    fine = S.resample(ct[2:5].astype(np.float32), (3, 3), (1, 2)).round().astype(np.int16)
+    truth = S.resample_to(organs[2:5] == 5, fine.shape, (1, 2), order=0)
+    nibabel.save(
+        nibabel.Nifti1Image(ras_from_zyx(fine), np.diag([1.0, 1.0, 3.0, 1.0])),
+        str(tmp_path / "scan.nii.gz"),
+    )
+    code = main(["predict", "zoo:ct", str(tmp_path / "scan.nii.gz"), "--out", str(tmp_path / "o"),
+                 "--device", "cpu", "-q", "--tile", "128", "128"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "pixel size 3 x 1 x 1 mm from the file" in err
+    labels = tifffile.imread(tmp_path / "o" / "scan_labels.tif")
+    assert labels.shape == fine.shape  # back on the file's own 1 mm grid
+    liver = 1  # the CT model's first class
+    dice = 2 * ((labels == liver) & truth).sum() / ((labels == liver).sum() + truth.sum())
+    print(f"liver Dice, 1 mm NIfTI through the CLI: {dice:.3f}")
+    assert dice > 0.8
