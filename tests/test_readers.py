@@ -366,8 +366,21 @@ def test_cli_segments_a_1mm_nifti_at_the_models_3mm(
         nibabel.Nifti1Image(ras_from_zyx(fine), np.diag([1.0, 1.0, 3.0, 1.0])),
         str(tmp_path / "scan.nii.gz"),
     )
-    code = main(["predict", "zoo:ct", str(tmp_path / "scan.nii.gz"), "--out", str(tmp_path / "o"),
-                 "--device", "cpu", "-q", "--tile", "128", "128"])
+    code = main(
+        [
+            "predict",
+            "zoo:ct",
+            str(tmp_path / "scan.nii.gz"),
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+            "-q",
+            "--tile",
+            "128",
+            "128",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     assert "pixel size 3 x 1 x 1 mm from the file" in err
