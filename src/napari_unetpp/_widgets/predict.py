@@ -262,12 +262,12 @@ class PredictWidget(Container):
 
     def _on_model_choice(self, _value: Any = None) -> None:
         if not self._loading and self._model.value and self._model.value != self.model_spec:
-            self._load(self._model.value)
+            self._load_model(self._model.value)
 
     def _on_file(self, _value: Any = None) -> None:
         path = self._file.value
         if not self._loading and path and str(path) not in ("", ".") and Path(path).is_dir():
-            self._load(str(path))
+            self._load_model(str(path))
 
     def load_model(self, path: str | Path) -> None:
         """Load a checkpoint folder or zip (the reader calls this when a model is dropped)."""
@@ -282,9 +282,9 @@ class PredictWidget(Container):
                 self._file.value = path
         finally:
             self._loading = False
-        self._load(str(path))
+        self._load_model(str(path))
 
-    def _load(self, spec: str) -> None:
+    def _load_model(self, spec: str) -> None:
         """Load ``spec`` ("zoo:<name>" or a path) on the GUI thread (a file read: fast)."""
         from .. import zoo
         from ..checkpoint import load_checkpoint
