@@ -211,6 +211,7 @@ def build_train_configs(
         seed=args.seed,
         validate_every=args.validate_every,
         patch_size=tuple(args.patch_size) if args.patch_size else None,
+        freeze_norm=getattr(args, "freeze_norm", None),
     )
     spatial_dims = int(model.get("spatial_dims", 2))
     if "patch_size" in train and len(train["patch_size"]) == 1:
@@ -1268,7 +1269,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--iterations", type=int)
     t.add_argument("--patch-size", nargs="+", type=int, metavar="P")
     t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
+    t.add_argument(
+        "--lr", type=float, help="learning rate (default 1e-3; 1e-4 when fine-tuning with --from)"
+    )
+    t.add_argument(
+        "--freeze-norm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep BatchNorm statistics fixed (default: on with --from, where a few "
+        "labels must not re-estimate them; turn off to adapt to another "
+        "modality)",
+    )
     t.add_argument("--validate-every", type=int)
     t.add_argument("--label-mode", choices=["dense", "sparse", "auto"], default=None)
     t.add_argument("--target", choices=["semantic", "instance"])

@@ -221,18 +221,19 @@ def on_dock_closed(native: Any, window: Any, callback: Callable[[], None]) -> An
                 pass
 
     def belongs() -> bool:
+        """Whether ``native`` sits inside the window; False once its Qt objects are deleted."""
         widget, target = native_ref(), window_ref()
-        while widget is not None:
-            if widget is target:
-                return True
-            widget = widget.parent()
+        try:
+            while widget is not None:
+                if widget is target:
+                    return True
+                widget = widget.parent()
+        except RuntimeError:  # a parent's C++ object is gone (the viewer is closing)
+            return False
         return False
 
     def check() -> None:
-        try:
-            inside = belongs()
-        except RuntimeError:  # the Qt object is already deleted
-            inside = False
+        inside = belongs()
         state["seen"] = state["seen"] or inside
         if state["seen"] and not inside:
             fire()
