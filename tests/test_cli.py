@@ -108,27 +108,17 @@ def trained(em_files: dict[str, Path]) -> Path:
     return out
 
 
+def _predict_stack(checkpoint: Path, em_files: dict[str, Path], out: Path, *flags: str) -> int:
+    """``napari-unetpp predict`` of the 3-slice test stack, tiles of 64, on the CPU, quiet."""
+    argv = ["predict", str(checkpoint), str(em_files["stack"]), "--out", str(out)]
+    return main([*argv, "--tile", "64", "64", "--device", "cpu", "-q", *flags])
+
+
 @pytest.fixture(scope="module")
 def predicted(em_files: dict[str, Path], trained: Path) -> Path:
     """Full-network prediction of the stack with all per-depth probabilities."""
     out = em_files["root"] / "pred_full"
-    code = main(
-        [
-            "predict",
-            str(trained),
-            str(em_files["stack"]),
-            "--out",
-            str(out),
-            "--tile",
-            "64",
-            "64",
-            "--probabilities",
-            "--device",
-            "cpu",
-            "-q",
-        ]
-    )
-    assert code == 0
+    assert _predict_stack(trained, em_files, out, "--probabilities") == 0
     return out
 
 
@@ -182,9 +172,8 @@ def test_pruned_depth_equals_head(
     em_files: dict[str, Path], trained: Path, predicted: Path
 ) -> None:
     pruned_out, head_out = em_files["root"] / "pred_d1", em_files["root"] / "pred_h1"
-    common = [str(trained), str(em_files["stack"]), "--tile", "64", "64", "--probabilities", "-q"]
-    assert main(["predict", *common, "--out", str(pruned_out), "--depth", "1"]) == 0
-    assert main(["predict", *common, "--out", str(head_out), "--depths", "1"]) == 0
+    assert _predict_stack(trained, em_files, pruned_out, "--probabilities", "--depth", "1") == 0
+    assert _predict_stack(trained, em_files, head_out, "--probabilities", "--depths", "1") == 0
     assert not (pruned_out / "stack_L2.tif").exists()
     pruned = tifffile.imread(pruned_out / "stack_L1.tif")
     np.testing.assert_allclose(pruned, tifffile.imread(predicted / "stack_L1.tif"), atol=1e-5)
@@ -209,26 +198,8 @@ def test_export_round_trip(
     assert info["model"]["depth"] == 1 and info["model"]["deep_supervision"] is False
 
     direct, via_export = em_files["root"] / "pred_direct", em_files["root"] / "pred_export"
-    common = ["--tile", "64", "64", "--probabilities", "-q"]
-    assert (
-        main(
-            [
-                "predict",
-                str(trained),
-                str(em_files["stack"]),
-                "--out",
-                str(direct),
-                "--depth",
-                "1",
-                *common,
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(["predict", str(exported), str(em_files["stack"]), "--out", str(via_export), *common])
-        == 0
-    )
+    assert _predict_stack(trained, em_files, direct, "--probabilities", "--depth", "1") == 0
+    assert _predict_stack(exported, em_files, via_export, "--probabilities") == 0
     np.testing.assert_allclose(
         tifffile.imread(via_export / "stack_L1.tif"),
         tifffile.imread(direct / "stack_L1.tif"),
@@ -241,27 +212,7 @@ def test_distributed_local_matches_local(
 ) -> None:
     monkeypatch.setenv("NAPARI_UNETPP_WORKERS", "1")
     out = em_files["root"] / "pred_dist"
-    assert (
-        main(
-            [
-                "predict",
-                str(trained),
-                str(em_files["stack"]),
-                "--out",
-                str(out),
-                "--tile",
-                "64",
-                "64",
-                "--probabilities",
-                "--device",
-                "cpu",
-                "-q",
-                "--distributed",
-                "local",
-            ]
-        )
-        == 0
-    )
+    assert _predict_stack(trained, em_files, out, "--probabilities", "--distributed", "local") == 0
     np.testing.assert_array_equal(
         tifffile.imread(out / "stack_labels.tif"), tifffile.imread(predicted / "stack_labels.tif")
     )
@@ -276,47 +227,11 @@ def test_predict_zarr_output(em_files: dict[str, Path], trained: Path) -> None:
     import zarr
 
     out = em_files["root"] / "pred_zarr"
-    assert (
-        main(
-            [
-                "predict",
-                str(trained),
-                str(em_files["stack"]),
-                "--out",
-                str(out),
-                "--tile",
-                "64",
-                "64",
-                "--format",
-                "zarr",
-                "--depth",
-                "2",
-                "-q",
-            ]
-        )
-        == 0
-    )
+    assert _predict_stack(trained, em_files, out, "--format", "zarr", "--depth", "2") == 0
     streamed = zarr.open(str(out / "stack_labels.zarr"), mode="r")
     assert streamed.shape == (3, 96, 112)
     assert streamed.chunks[0] == 1  # written and read one slice at a time
-    assert (
-        main(
-            [
-                "predict",
-                str(trained),
-                str(em_files["stack"]),
-                "--out",
-                str(out / "tif"),
-                "--tile",
-                "64",
-                "64",
-                "--depth",
-                "2",
-                "-q",
-            ]
-        )
-        == 0
-    )
+    assert _predict_stack(trained, em_files, out / "tif", "--depth", "2") == 0
     np.testing.assert_array_equal(streamed[...], tifffile.imread(out / "tif" / "stack_labels.tif"))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -97,15 +98,7 @@ def test_training_on_an_image_with_nan_pixels_warns_and_keeps_weights_finite(em_
     labels = em_stack[1][0, :96, :96]
     rng = np.random.default_rng(0)
     image[rng.random(image.shape) < 0.001] = np.nan
-    config = TrainConfig(
-        iterations=2,
-        batch_size=2,
-        patch_size=(32, 32),
-        validate_every=2,
-        validation_fraction=0.34,
-        device="cpu",
-        seed=0,
-    )
+    config = _tiny_train(validate_every=2, validation_fraction=0.34)
     trainer = Trainer(TINY, config, DataConfig(), output_dir=tmp_path)
     with pytest.warns(NonFiniteWarning, match="image 0 has"):
         events: list = []
@@ -115,6 +108,20 @@ def test_training_on_an_image_with_nan_pixels_warns_and_keeps_weights_finite(em_
     assert all(np.isfinite(losses))
     assert all_finite(result.model.state_dict())
     assert all_finite(load_file(str(tmp_path / "best" / "weights.safetensors")))
+
+
+def _tiny_train(**changes: Any) -> TrainConfig:
+    """Two steps of 32 x 32 patches on the CPU; each test changes only what it is about."""
+    base = dict(
+        iterations=2,
+        batch_size=2,
+        patch_size=(32, 32),
+        validate_every=1,
+        validation_fraction=0.5,
+        device="cpu",
+        seed=0,
+    )
+    return TrainConfig(**{**base, **changes})
 
 
 def _blobs() -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -128,16 +135,7 @@ def _blobs() -> tuple[list[np.ndarray], list[np.ndarray]]:
 def test_a_diverging_run_stops_with_a_clear_error_and_saves_no_nan(tmp_path: Path):
     images, labels = _blobs()
     with pytest.raises(ValueError, match=r"diverged|learning_rate") as info:
-        config = TrainConfig(
-            iterations=8,
-            batch_size=2,
-            patch_size=(32, 32),
-            validate_every=1,
-            validation_fraction=0.5,
-            device="cpu",
-            seed=0,
-            learning_rate=1e30,
-        )
+        config = _tiny_train(iterations=8, learning_rate=1e30)
         drive(Trainer(TINY, config, DataConfig(), output_dir=tmp_path).run(images, labels))
     print(info.value)
     for weights in tmp_path.glob("*/weights.safetensors"):
@@ -150,15 +148,7 @@ def test_nan_weights_are_never_saved(tmp_path: Path):
     with torch.no_grad():
         next(net.parameters()).fill_(float("nan"))
     assert not all_finite(net.state_dict())
-    config = TrainConfig(
-        iterations=2,
-        batch_size=2,
-        patch_size=(32, 32),
-        validate_every=1,
-        validation_fraction=0.5,
-        device="cpu",
-        seed=0,
-    )
+    config = _tiny_train()
     trainer = Trainer(TINY, config, DataConfig(), output_dir=tmp_path, initial=net)
     with pytest.raises(NonFiniteError, match=r"diverged at step 1: the loss is nan"):
         drive(trainer.run(images, labels))
@@ -168,15 +158,7 @@ def test_nan_weights_are_never_saved(tmp_path: Path):
 def test_all_one_dense_labels_warn_and_the_score_is_called_meaningless():
     images, labels = _blobs()
     ones = [np.ones_like(lab) for lab in labels]
-    config = TrainConfig(
-        iterations=2,
-        batch_size=2,
-        patch_size=(32, 32),
-        validate_every=2,
-        validation_fraction=0.5,
-        device="cpu",
-        seed=0,
-    )
+    config = _tiny_train(validate_every=2)
     with pytest.warns(DegenerateLabelsWarning, match="no background"):
         events: list = []
         result = drive(Trainer(TINY, config, DataConfig()).run(images, ones), events.append)

@@ -75,8 +75,8 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data))
 
 
-def _v2_array(folder: Path, marker: Path, **meta: Any) -> None:
-    """A zarr 2 array written by hand: its one chunk is a pickle that creates ``marker``."""
+def _v2_meta(**meta: Any) -> dict[str, Any]:
+    """``.zarray`` metadata of an 8 x 8 float32 zarr 2 array, with ``meta`` changed."""
     base = {
         "zarr_format": 2,
         "shape": [8, 8],
@@ -87,7 +87,26 @@ def _v2_array(folder: Path, marker: Path, **meta: Any) -> None:
         "fill_value": 0,
         "order": "C",
     }
-    _write_json(folder / ".zarray", {**base, **meta})
+    return {**base, **meta}
+
+
+def _v3_meta(codecs: list[dict[str, Any]]) -> dict[str, Any]:
+    """``zarr.json`` of an 8 x 8 float32 zarr 3 array with these ``codecs``."""
+    return {
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": [8, 8],
+        "data_type": "float32",
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [8, 8]}},
+        "chunk_key_encoding": {"name": "default"},
+        "fill_value": 0,
+        "codecs": codecs,
+    }
+
+
+def _v2_array(folder: Path, marker: Path, **meta: Any) -> None:
+    """A zarr 2 array written by hand: its one chunk is a pickle that creates ``marker``."""
+    _write_json(folder / ".zarray", _v2_meta(**meta))
     (folder / "0.0").write_bytes(pickle.dumps(_Payload(marker)))
 
 
@@ -105,51 +124,23 @@ HOSTILE_ZARRS = {
             f / ".zmetadata",
             {
                 "zarr_consolidated_format": 1,
-                "metadata": {
-                    "0/.zarray": {
-                        "zarr_format": 2,
-                        "shape": [8, 8],
-                        "chunks": [8, 8],
-                        "dtype": "<f4",
-                        "compressor": {"id": "pickle"},
-                        "filters": None,
-                        "fill_value": 0,
-                        "order": "C",
-                    }
-                },
+                "metadata": {"0/.zarray": _v2_meta(compressor={"id": "pickle"})},
             },
         ),
     ),
     "v3-codec": lambda f, m: _write_json(
-        f / "zarr.json",
-        {
-            "zarr_format": 3,
-            "node_type": "array",
-            "shape": [8, 8],
-            "data_type": "float32",
-            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [8, 8]}},
-            "chunk_key_encoding": {"name": "default"},
-            "fill_value": 0,
-            "codecs": [{"name": "bytes"}, {"name": "numcodecs.pickle"}],
-        },
+        f / "zarr.json", _v3_meta([{"name": "bytes"}, {"name": "numcodecs.pickle"}])
     ),
     "v3-sharded": lambda f, m: _write_json(
         f / "zarr.json",
-        {
-            "zarr_format": 3,
-            "node_type": "array",
-            "shape": [8, 8],
-            "data_type": "float32",
-            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [8, 8]}},
-            "chunk_key_encoding": {"name": "default"},
-            "fill_value": 0,
-            "codecs": [
+        _v3_meta(
+            [
                 {
                     "name": "sharding_indexed",
                     "configuration": {"chunk_shape": [4, 4], "codecs": [{"name": "pickle"}]},
                 }
-            ],
-        },
+            ]
+        ),
     ),
 }
 

@@ -193,6 +193,24 @@ def test_predict_scale_one_or_unknown_model_scale_changes_nothing():
         predict_array(net, image, PredictConfig(rescale="auto", **CPU), DataConfig())
 
 
+def test_rescaled_and_adaptive_zarr_outputs_are_marked_complete_and_keep_their_maps(tmp_path):
+    """Resampled (and adaptive-depth) stores carry the completeness mark readers check, and
+    an adaptive run's depth-used and disagreement maps come back on the input's grid."""
+    from napari_unetpp.files import read_array
+
+    net = _net(pixel_size=(2.0, 2.0), pixel_unit="um")
+    image = np.random.default_rng(5).random((2, 33, 41)).astype(np.float32)
+    for name, extra in (("rescaled", {}), ("adaptive", {"adaptive_depth": True})):
+        config = PredictConfig(pixel_size=(1.0,), tile_size=(32, 32), **extra, **CPU)
+        store = tmp_path / f"{name}.zarr"
+        result = predict_array(net, image, config, DataConfig(), out=store)
+        assert result.complete
+        assert read_array(store).shape[-2:] == (33, 41)  # not refused as "incomplete"
+    assert result.depth_map.shape == image.shape
+    assert set(np.unique(result.depth_map)) <= {1, 2}
+    assert result.disagreement.shape == image.shape
+
+
 def test_predict_rescaled_to_zarr(tmp_path):
     net = _net()
     image = np.random.default_rng(4).random((2, 33, 41)).astype(np.float32)

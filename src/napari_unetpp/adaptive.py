@@ -45,6 +45,7 @@ from .config import DataConfig, ModelConfig, PredictConfig
 from .devices import autocast, resolve_device
 from .events import EtaClock, Stopper
 from .model import UNetPlusPlus, head_name, node_name, nodes_for_depth
+from .stores import mark_complete
 
 __all__ = [
     "AdaptivePredictor",
@@ -393,7 +394,7 @@ def predict_adaptive(
             complete = False
             break
     if group is not None:
-        group.attrs["complete"] = complete
+        mark_complete(group, complete)  # the mark readers check (stores.py)
     result = _result(
         arrays,
         maps,

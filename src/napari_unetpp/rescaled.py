@@ -246,8 +246,14 @@ def _back(
     dims: int,
     out: str | Path | None,
 ) -> Any:
-    """The probabilities of ``result`` resampled (linearly) onto the input grid ``shape``."""
+    """The probabilities of ``result`` resampled (linearly) onto the input grid ``shape``.
+
+    An adaptive-depth result keeps its kind: its depth-used map (nearest) and
+    disagreement map (linear) come back on the same grid.
+    """
+    from .adaptive import AdaptiveResult
     from .inference import PredictResult, _allocate, output_shape
+    from .stores import mark_complete
 
     target = output_shape(tuple(int(s) for s in shape), data_config.channel_axis, num_classes)
     arrays, group = _allocate(tuple(result), target, (256,) * dims, out)
@@ -255,17 +261,35 @@ def _back(
     for depth, prob in result.items():
         S.resample_to(prob, target, axes, order=1, out=arrays[depth])
     if group is not None:
-        group.attrs["complete"] = bool(result.complete)
-    return PredictResult(arrays, result.complete, Path(out) if out is not None else None)
+        mark_complete(group, bool(result.complete))
+    path = Path(out) if out is not None else None
+    if not isinstance(result, AdaptiveResult):
+        return PredictResult(arrays, result.complete, path)
+    grid = target[len(target) - len(result.depth_map.shape) :]
+    map_axes = tuple(range(len(grid) - dims, len(grid)))
+    return AdaptiveResult(
+        arrays,
+        result.complete,
+        path,
+        depth_map=np.asarray(S.resample_to(result.depth_map, grid, map_axes, order=0)).astype(
+            result.depth_map.dtype
+        ),
+        disagreement=S.resample_to(result.disagreement, grid, map_axes, order=1),
+        tile_depths=result.tile_depths,
+        tiles_per_depth=result.tiles_per_depth,
+        cost_fraction=result.cost_fraction,
+        seconds=result.seconds,
+    )
 
 
 def _store(result: Any, out: str | Path) -> Any:
     """An in-memory result written to zarr arrays in ``out`` (auto rescale that kept scale 1)."""
     from .inference import PredictResult, _allocate
+    from .stores import mark_complete
 
     first = next(iter(result.values()))
     arrays, group = _allocate(tuple(result), first.shape, (256,) * first.ndim, out)
     for depth, prob in result.items():
         arrays[depth][...] = prob
-    group.attrs["complete"] = bool(result.complete)
+    mark_complete(group, bool(result.complete))
     return PredictResult(arrays, result.complete, Path(out))
