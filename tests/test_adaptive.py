@@ -265,6 +265,8 @@ def test_judge_and_calibrate_name_the_remedy() -> None:
     assert larger[0] and "half size" in larger[1][0] and "rescale the image by 0.50" in larger[2][0]
     smaller = judge({**quiet, "size_ratio": 0.3})
     assert smaller[0] and "rescale the image by 3.33" in smaller[2][0]
+    hinted = judge({**quiet, "size_ratio": 1.84})  # within the training images' own spread
+    assert not hinted[0] and not hinted[1] and "auto object size" in hinted[2][0]
     noisy = judge({**quiet, "flip_disagreement": 0.5})
     assert noisy[0] and "fine-tune" in noisy[2][0]
     limits = calibrate([quiet, {**quiet, "depth_disagreement": 0.04}], margin=1.5)

@@ -62,6 +62,8 @@ THRESHOLDS: dict[str, float] = {
     "size_ratio": 2.5,
     "scale_gain": 1.6,
 }
+#: A size ratio beyond this (but within ``size_ratio``) gives a hint, not a warning.
+SIZE_HINT = 1.5
 #: Added to both sides of the scale probe's ratio, so images where the heads agree
 #: almost perfectly at both sizes (ratio of two tiny numbers) do not count as a gain.
 _PROBE_FLOOR = 0.002
@@ -329,6 +331,12 @@ def judge(
                 "if they already match, fine-tune on a few labelled regions of this "
                 "image (the highest-disagreement ones)"
             )
+    elif ratio is not None and not 1 / SIZE_HINT <= ratio <= SIZE_HINT:
+        # within the natural spread of the training images, so no warning; still worth a try
+        remedies.append(
+            f"objects are {ratio:.2f}x the training size: try 'auto object size' "
+            "(--rescale auto) and compare"
+        )
     return bool(reasons), reasons, remedies
 
 

@@ -403,7 +403,7 @@ class PredictWidget(Container):
         from ..events import Stopper
 
         if self._runner.running:
-            show_info("a segmentation is running: wait for it or press Cancel")
+            show_info("a UNet++ job of this dock is running: wait for it or press Cancel")
             return
         layer = self._image.value
         if self.model is None or layer is None:
