@@ -729,6 +729,29 @@ def calibrate_iterations(
     return max(iterations, every)
 
 
+def _starting_model(name: str, start_from: str | None, out: Path) -> Path | None:
+    """A private copy of the model a run continues from (``--start-from``), or None.
+
+    Why a copy: shipping overwrites the package's model, and a resumed or
+    reproduced run must still find the weights it started from.
+    """
+    if not start_from:
+        return None
+    import shutil
+
+    from napari_unetpp.files import resolve_checkpoint
+
+    start = out / "start"
+    if not (start / "config.json").is_file():
+        source = Path(resolve_checkpoint(start_from))
+        if not source.is_dir():
+            raise SystemExit(f"--start-from {start_from}: give a checkpoint folder")
+        start.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(source, start)
+        _log(f"{name}: starting from {start_from} (copied to {start})")
+    return start
+
+
 def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
     """Train (or resume) one model into ``runs/zoo/<name>/`` (``best/`` and ``last/``)."""
     out = RUNS / spec.name
@@ -743,6 +766,11 @@ def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
     recorded = state if resume else {}
     widths = tuple(args.widths or recorded.get("widths") or CPU_WIDTHS)
     tc_kwargs = dict(spec.train_config, device=args.device, seed=SEED, mixed_precision=True)
+    if args.learning_rate or recorded.get("learning_rate"):
+        tc_kwargs["learning_rate"] = args.learning_rate or recorded["learning_rate"]
+    if args.start_from or recorded.get("started_from"):
+        # continued training adapts every layer, norms included, to the augmented data
+        tc_kwargs["freeze_norm"] = False
     if args.batch_size or recorded.get("batch_size"):
         tc_kwargs["batch_size"] = args.batch_size or recorded["batch_size"]
     if args.patch_size or recorded.get("patch_size"):
@@ -761,7 +789,17 @@ def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
                 spec, model_config, train_config, data, args.time_budget * 60
             )
         )
-    trainer = Trainer(model_config, train_config, spec.data_config, output_dir=out, resume=resume)
+    initial = _starting_model(spec.name, args.start_from, out) if not resume else None
+    if initial is not None:
+        state["started_from"] = args.start_from
+    trainer = Trainer(
+        model_config,
+        train_config,
+        spec.data_config,
+        output_dir=out,
+        resume=resume,
+        initial=initial,
+    )
     stages = list(state.get("stages") or ([state["iterations"]] if "iterations" in state else []))
     if not stages or stages[-1] != train_config.iterations:
         stages.append(train_config.iterations)  # an extension restarts the poly schedule
@@ -774,6 +812,7 @@ def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
         validate_every=train_config.validate_every,
         patch_size=list(train_config.patch_size),
         hardware=_hardware(args.device),
+        learning_rate=train_config.learning_rate,
     )
     clock = [time.perf_counter()]
     deadline = time.perf_counter() + args.time_budget * 60 * 1.15 if args.time_budget else None
@@ -938,7 +977,8 @@ def ship(spec: ZooSpec, args: argparse.Namespace) -> Path:
         title=zoo._CATALOGUE[spec.name][0],
         summary=zoo._CATALOGUE[spec.name][1],
         training=(
-            f"from scratch, seed {SEED}, {train_config.iterations} iterations{staged}{cut}, "
+            f"{_origin_text(state)}, seed {SEED}, {train_config.iterations} "
+            f"iterations{staged}{cut}, "
             f"batch {train_config.batch_size}, patches {list(train_config.patch_size)}, "
             f"AdamW lr {train_config.learning_rate} (poly decay), CE/BCE + Dice on every "
             f"head (deep supervision), {_augmentation_text(train_config)}; widths "
@@ -985,6 +1025,17 @@ def ship(spec: ZooSpec, args: argparse.Namespace) -> Path:
     _log(f"{spec.name}: shipped to {target_dir} ({size_mb:.2f} MB); {card['verdict']}")
     write_docs()
     return target_dir
+
+
+def _origin_text(state: dict[str, Any]) -> str:
+    """The card's words for where the weights started."""
+    start = state.get("started_from")
+    if not start:
+        return "from scratch"
+    return (
+        f"continued from the previously shipped `{start}` (copied to the run's start/ "
+        "folder) with transfer augmentation"
+    )
 
 
 def write_docs() -> None:
@@ -1062,6 +1113,15 @@ def main(argv: list[str] | None = None) -> int:
         help="training patch (Y X), default: per model",
     )
     parser.add_argument("--validate-every", type=int, default=None, help="default: per model")
+    parser.add_argument("--learning-rate", type=float, default=None, help="default: per model")
+    parser.add_argument(
+        "--start-from",
+        default=None,
+        metavar="MODEL",
+        help="continue training from this checkpoint folder (e.g. src/napari_unetpp/models/em) "
+        "instead of from scratch; "
+        "normalisation statistics are trained too",
+    )
     parser.add_argument(
         "--resume", action="store_true", help="continue runs/zoo/<name>/last if it exists"
     )
