@@ -320,7 +320,9 @@ def bench_labelling(regions: int, size: int, iterations: int, seeds: list[int]) 
         )
 
     probs = predict_array(model, pool, config, info.data)
-    ranked = rank_regions(disagreement_map(probs, 1), (size, size), top=10**6)
+    doubt = disagreement_map(probs, 1)
+    ranked = rank_regions(doubt, (size, size), top=10**6)
+    spread = rank_regions(doubt, (size, size), top=regions, spread=True)
     print(
         f"start (no fine-tune): L4 IoU {score(model):.4f} on blurred slices {t0}-{t1 - 1}; "
         f"{regions} regions of {size}x{size} = "
@@ -331,6 +333,7 @@ def bench_labelling(regions: int, size: int, iterations: int, seeds: list[int]) 
         rng = np.random.default_rng(seed)
         choices = {
             "top-ranked": ranked[:regions],
+            "top-ranked, spread": spread,
             "random": [ranked[i] for i in rng.choice(len(ranked), regions, replace=False)],
         }
         for name, chosen in choices.items():

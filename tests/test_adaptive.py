@@ -272,3 +272,18 @@ def test_judge_and_calibrate_name_the_remedy() -> None:
     limits = calibrate([quiet, {**quiet, "depth_disagreement": 0.04}], margin=1.5)
     assert limits["depth_disagreement"] == pytest.approx(0.06)
     assert limits["scale_gain"] == THRESHOLDS["scale_gain"]  # natives far below the fallback
+
+
+def test_spread_regions_take_turns_and_never_touch() -> None:
+    doubt = np.zeros((2, 40, 40), "float32")
+    doubt[0, :20, :20] = 1.0  # four doubtful blocks side by side on slice 0
+    doubt[1, 30:, 30:] = 0.5  # one on slice 1
+    plain = rank_regions(doubt, (10, 10), top=3)
+    assert [r.item for r in plain] == [(0,), (0,), (0,)]  # best-first: all in one cluster
+    spread = rank_regions(doubt, (10, 10), top=3, spread=True)
+    assert [r.item for r in spread][:2] == [(0,), (1,)]
+    assert spread[0].score == 1.0 and spread[1].score == 0.5
+    blocks = [tuple(c // 10 for c in r.start) for r in spread if r.item == (0,)]
+    for i, a in enumerate(blocks):
+        for b in blocks[i + 1 :]:
+            assert max(abs(x - y) for x, y in zip(a, b, strict=True)) > 1

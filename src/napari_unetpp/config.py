@@ -338,9 +338,24 @@ class TrainConfig(_Config):
     #: Keep BatchNorm running statistics fixed (a few scribbles must not re-estimate them);
     #: None = on when fine-tuning (``Trainer(initial=...)``), off from scratch.
     freeze_norm: bool | None = None
+    #: Weight of the "keep what you knew" term: on unlabelled pixels, every head is pulled
+    #: towards the starting model's own prediction (KL; ``losses.preservation_loss``), so a
+    #: few scribbles correct a model without dragging the rest of the image. None = 1.0
+    #: when fine-tuning with the starting model's classes, 0 from scratch; 0 = off.
+    preserve_weight: float | None = None
 
     def __post_init__(self) -> None:
         owner = "TrainConfig"
+        if self.preserve_weight is not None:
+            value = self.preserve_weight
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (math.isfinite(value) and 0 <= value <= 100)
+            ):
+                raise ValueError(
+                    f"TrainConfig.preserve_weight must lie in [0, 100] or be None, got {value!r}"
+                )
         self.patch_size = _as_ints(owner, "patch_size", self.patch_size, 1, MAX_PATCH)
         self.iterations = _as_int(owner, "iterations", self.iterations, 1, MAX_ITERATIONS)
         self.batch_size = _as_int(owner, "batch_size", self.batch_size, 1, 4096)

@@ -111,12 +111,19 @@ def rank_regions(
     disagreement: np.ndarray,
     region_size: Sequence[int],
     top: int = 10,
+    spread: bool = False,
 ) -> list[Region]:
     """The ``top`` blocks of ``region_size`` (the last axes) with the highest mean disagreement.
 
     Blocks tile each item (slice / volume) without overlap; partial blocks at the
     border count with their own mean. "Label here next": painting these first
     gives the model the examples it is least sure about.
+
+    ``spread``: pick for coverage as well as doubt: no two chosen blocks touch,
+    and the items (slices) take turns, each giving its best remaining block per
+    round. Why: the most doubtful blocks cluster on one kind of content (one
+    faint, dense patch of tissue), and a few labels there teach that patch, not
+    the image.
     """
     size = tuple(int(s) for s in region_size)
     dims = len(size)
@@ -134,7 +141,35 @@ def rank_regions(
             block = plane[tuple(slice(c, c + s) for c, s in zip(corner, size, strict=True))]
             found.append(Region(item, corner, tuple(block.shape), float(block.mean())))
     found.sort(key=lambda r: -r.score)
-    return found[: max(int(top), 0)]
+    count = max(int(top), 0)
+    return _spread_out(found, size, count) if spread else found[:count]
+
+
+def _spread_out(ranked: list[Region], size: tuple[int, ...], count: int) -> list[Region]:
+    """Best-first picks, items taking turns, never a block next to one already chosen."""
+    by_item: dict[tuple[int, ...], list[Region]] = {}
+    for region in ranked:
+        by_item.setdefault(region.item, []).append(region)
+    order = sorted(by_item, key=lambda item: -by_item[item][0].score)
+    taken: dict[tuple[int, ...], list[tuple[int, ...]]] = {item: [] for item in order}
+    chosen: list[Region] = []
+
+    def touches(item: tuple[int, ...], block: tuple[int, ...]) -> bool:
+        return any(max(abs(a - b) for a, b in zip(block, t, strict=True)) <= 1 for t in taken[item])
+
+    while len(chosen) < count and any(by_item.values()):
+        for item in order:
+            queue = by_item[item]
+            while queue:
+                region = queue.pop(0)
+                block = tuple(c // s for c, s in zip(region.start, size, strict=True))
+                if not touches(item, block):
+                    taken[item].append(block)
+                    chosen.append(region)
+                    break
+            if len(chosen) == count:
+                break
+    return chosen
 
 
 # --------------------------------------------------------------------------- signals

@@ -36,7 +36,7 @@ from torch import nn
 
 from .config import IGNORE_INDEX
 
-__all__ = ["segmentation_loss", "soft_dice_loss", "DeepSupervisionLoss"]
+__all__ = ["segmentation_loss", "soft_dice_loss", "DeepSupervisionLoss", "preservation_loss"]
 
 #: Keeps Dice finite and differentiable; tiny because absent classes are excluded anyway.
 _SMOOTH = 1e-5
@@ -212,3 +212,44 @@ class DeepSupervisionLoss(nn.Module):
             f"num_classes={self.num_classes}, dice_weight={self.dice_weight}, "
             f"ignore_index={self.ignore_index}"
         )
+
+
+def preservation_loss(
+    logits: Mapping[int, torch.Tensor],
+    teacher: Mapping[int, torch.Tensor],
+    target: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """KL divergence from the starting model's own predictions on the *unlabelled* pixels.
+
+    Why: a fine-tune on a few scribbles sees only the painted pixels; with
+    nothing to hold the rest, the network drifts wherever the scribbles are
+    unrepresentative (a thick brush teaches thick membranes everywhere). Asking
+    each head to keep the starting model's probabilities where the user painted
+    nothing ("learning without forgetting", Li & Hoiem 2017) keeps what it knew
+    and lets the labels change only what they contradict. Labelled pixels are
+    left to :func:`segmentation_loss`; with dense labels this term is 0, and it
+    is 0 while the network still predicts what its starting copy does.
+
+    ``logits`` and ``teacher`` are ``{depth: (N, C, *spatial)}`` logits of the
+    network being trained and of its frozen starting copy (same heads).
+    """
+    target = target[:, 0] if target.ndim == next(iter(logits.values())).ndim else target
+    free = (target == ignore_index).unsqueeze(1).to(torch.float32)
+    count = free.sum().clamp(min=1)
+    total = torch.zeros((), device=target.device)
+    for depth, head in logits.items():
+        head = head.float()
+        soft = teacher[depth].float().detach()
+        if head.shape[1] == 1:  # KL of two Bernoullis: BCE minus the teacher's own entropy
+            wanted = torch.sigmoid(soft)
+            per_pixel = F.binary_cross_entropy_with_logits(
+                head, wanted, reduction="none"
+            ) - F.binary_cross_entropy_with_logits(soft, wanted, reduction="none")
+        else:
+            wanted_log = torch.log_softmax(soft, 1)
+            per_pixel = (wanted_log.exp() * (wanted_log - torch.log_softmax(head, 1))).sum(
+                1, keepdim=True
+            )
+        total = total + (per_pixel * free).sum() / count
+    return total / max(len(logits), 1)
