@@ -97,11 +97,11 @@ def get_image_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerDat
         if len(path) != 1:
             return None
         path = path[0]
-    path = Path(path)
-    if path.is_dir() and find_checkpoint(path) is not None:
+    file = Path(path)
+    if file.is_dir() and find_checkpoint(file) is not None:
         return None
-    if is_medical(path) or (path.is_file() and path.suffix.lower() in TIFF_SUFFIXES):
-        return lambda _path: open_image(path)
+    if is_medical(file) or (file.is_file() and file.suffix.lower() in TIFF_SUFFIXES):
+        return lambda _path: open_image(file)
     return None
 
 
