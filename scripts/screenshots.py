@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     from napari_unetpp._widgets.predict import PredictWidget
     from napari_unetpp._widgets.train import TrainWidget
 
-    if "em" not in [e.name for e in zoo.available_models()]:
+    em = next((e for e in zoo.available_models() if e.name == "em"), None)
+    if em is None:
         log("the shipped EM model is missing: cannot take the screenshots")
         return 1
     work = args.work or Path(tempfile.mkdtemp(prefix="unetpp-screenshots-"))
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     predict_dock = viewer.window.add_dock_widget(predict, name="Segment with UNet++", area="right")
     viewer.window._qt_window.resizeDocks([predict_dock], [420], Qt.Horizontal)
     predict._source.value = "shipped"
-    predict._model.value = "zoo:em"
+    predict._model.value = em.spec
     predict._image.value = viewer.layers["em sample"]
     predict._output.value = work / "predictions"
     log(f"model {predict.model_spec}, scope {predict._scope.value!r}")

@@ -48,6 +48,7 @@ from napari_unetpp.checkpoint import CheckpointInfo, save_checkpoint
 from napari_unetpp.config import DataConfig, ModelConfig, NormalizationConfig, TrainConfig
 from napari_unetpp.data import normalize, resolve_class_values, rgb_to_grey, to_channels_first
 from napari_unetpp.events import drive
+from napari_unetpp.locate import CONFIG_NAME, WEIGHTS_NAME, locate
 from napari_unetpp.model import UNetPlusPlus
 from napari_unetpp.pruning import measure_ms_per_mpx, recommend_depth
 from napari_unetpp.training import Trainer, TrainEvent
@@ -739,11 +740,9 @@ def _starting_model(name: str, start_from: str | None, out: Path) -> Path | None
         return None
     import shutil
 
-    from napari_unetpp.files import resolve_checkpoint
-
     start = out / "start"
-    if not (start / "config.json").is_file():
-        source = Path(resolve_checkpoint(start_from))
+    if not (start / CONFIG_NAME).is_file():
+        source = locate(start_from).path
         if not source.is_dir():
             raise SystemExit(f"--start-from {start_from}: give a checkpoint folder")
         start.parent.mkdir(parents=True, exist_ok=True)
@@ -756,7 +755,7 @@ def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
     """Train (or resume) one model into ``runs/zoo/<name>/`` (``best/`` and ``last/``)."""
     out = RUNS / spec.name
     last = out / "last"
-    resume = (last / "config.json").is_file()
+    resume = (last / CONFIG_NAME).is_file()
     if resume and not args.resume:
         raise SystemExit(
             f"{last} exists: pass --resume to continue it, or delete {out} to start again"
@@ -1021,7 +1020,7 @@ def ship(spec: ZooSpec, args: argparse.Namespace) -> Path:
     )
     target_dir = zoo.models_dir() / spec.name
     save_checkpoint(target_dir, model, info, half=True)
-    size_mb = (target_dir / "weights.safetensors").stat().st_size / 1e6
+    size_mb = (target_dir / WEIGHTS_NAME).stat().st_size / 1e6
     _log(f"{spec.name}: shipped to {target_dir} ({size_mb:.2f} MB); {card['verdict']}")
     write_docs()
     return target_dir
@@ -1118,7 +1117,8 @@ def main(argv: list[str] | None = None) -> int:
         "--start-from",
         default=None,
         metavar="MODEL",
-        help="continue training from this checkpoint folder (e.g. src/napari_unetpp/models/em) "
+        help="continue training from this checkpoint folder, run folder or zoo:NAME "
+        "(e.g. src/napari_unetpp/models/em) "
         "instead of from scratch; "
         "normalisation statistics are trained too",
     )

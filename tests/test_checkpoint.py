@@ -516,11 +516,14 @@ def test_pickle_files_are_refused_without_running_them(tmp_path, no_unpickling):
     assert not marker.exists()
 
 
-def test_checkpoint_module_never_calls_torch_load():
-    source = Path(ckpt.__file__).read_text()
-    mentions = [line.strip() for line in source.splitlines() if "torch.load(" in line]
-    assert all(line.startswith('"') for line in mentions), mentions  # only the user hint
-    assert "import pickle" not in source and "pickle.load" not in source
+def test_checkpoint_modules_never_call_torch_load():
+    from napari_unetpp import _checkpoint_io
+
+    for module in (ckpt, _checkpoint_io):
+        source = Path(module.__file__).read_text()
+        mentions = [line.strip() for line in source.splitlines() if "torch.load(" in line]
+        assert all(line.startswith('"') for line in mentions), mentions  # only the user hint
+        assert "import pickle" not in source and "pickle.load" not in source
 
 
 def test_a_checkpoint_with_nan_weights_is_refused_at_load(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ ENGINE = [
     "postprocess",
     "pruning",
     "zoo",
+    "locate",
     "files",
     "distributed",
     "cli",

@@ -40,14 +40,6 @@ def test_every_python_name_resolves(manifest: PluginManifest) -> None:
         assert callable(getattr(importlib.import_module(module), attribute)), command.id
 
 
-def test_reader_marker_matches_checkpoint_format() -> None:
-    from napari_unetpp import _reader, checkpoint
-
-    assert _reader.FORMAT_MARKER == checkpoint.FORMAT
-    assert _reader.CONFIG_NAME == checkpoint.CONFIG_NAME
-    assert _reader.WEIGHTS_NAME == checkpoint.WEIGHTS_NAME
-
-
 @pytest.fixture
 def saved_model(tmp_path: Path) -> Path:
     from napari_unetpp.checkpoint import CheckpointInfo, save_checkpoint

@@ -491,7 +491,7 @@ def _within_30s(call: Any) -> tuple[Any, BaseException | None]:
 def test_fifo_or_device_as_checkpoint_file_fails_fast(
     tmp_path: Path, tiny_model: Path, name: str, kind: str
 ):
-    from napari_unetpp._reader import find_checkpoint
+    from napari_unetpp.locate import find_checkpoint
 
     folder = tmp_path / "ckpt"
     folder.mkdir()
@@ -512,7 +512,7 @@ def test_fifo_or_device_as_checkpoint_file_fails_fast(
 def test_nested_json_gives_a_clean_error(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str], image_file: Path
 ):
-    from napari_unetpp._reader import find_checkpoint
+    from napari_unetpp.locate import find_checkpoint
 
     folder = tmp_path / "ckpt"
     folder.mkdir()

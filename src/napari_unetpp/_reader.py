@@ -15,87 +15,27 @@ documented value for "this reader handled the path but has no layer data"
 napari report "returned no data".
 
 ``get_reader`` must be cheap and must not import torch: napari calls it for every
-dropped folder and ``.zip``. It only reads ``config.json`` and checks the format
-marker written by :mod:`napari_unetpp.checkpoint`.
+dropped folder and ``.zip``. :func:`napari_unetpp.locate.find_checkpoint` decides,
+reading only ``config.json`` for the format marker.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["get_reader", "get_image_reader", "open_image", "find_checkpoint", "PREDICT_WIDGET"]
+from .locate import find_checkpoint
 
-#: ``checkpoint.FORMAT`` (kept here as a string so that probing a path never imports torch).
-FORMAT_MARKER = "napari-unetpp-checkpoint"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "weights.safetensors"
+__all__ = ["get_reader", "get_image_reader", "open_image", "PREDICT_WIDGET"]
+
 PLUGIN = "napari-unetpp"
 #: The predict widget's display name in napari.yaml.
 PREDICT_WIDGET = "Segment with UNet++ (predict, per-depth layers, pruning)"
-_MAX_CONFIG_BYTES = 16 * 2**20
 
 PathOrPaths = str | Sequence[str]
 LayerData = tuple[Any, ...]
-
-
-def _has_marker(config_bytes: bytes) -> bool:
-    try:
-        return json.loads(config_bytes.decode("utf-8")).get("format") == FORMAT_MARKER
-    except (ValueError, AttributeError, RecursionError):  # deep nesting: not our config
-        return False
-
-
-def _is_model_folder(folder: Path) -> bool:
-    config = folder / CONFIG_NAME
-    try:
-        # is_file(): a FIFO or device named config.json would block the read forever
-        if (
-            not (folder / WEIGHTS_NAME).is_file()
-            or not config.is_file()
-            or config.stat().st_size > _MAX_CONFIG_BYTES
-        ):
-            return False
-        return _has_marker(config.read_bytes())
-    except OSError:
-        return False
-
-
-def _is_model_zip(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-            for name in sorted(names, key=lambda n: n.count("/")):
-                if name.rsplit("/", 1)[-1] != CONFIG_NAME or name.count("/") > 1:
-                    continue
-                prefix = name[: -len(CONFIG_NAME)]
-                if (
-                    prefix + WEIGHTS_NAME in names
-                    and archive.getinfo(name).file_size <= _MAX_CONFIG_BYTES
-                ):
-                    return _has_marker(archive.read(name))
-    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError):
-        return False
-    return False
-
-
-def find_checkpoint(path: str | os.PathLike[str]) -> Path | None:
-    """The model in ``path`` (a model folder, a training run's ``best/``, or a model zip)."""
-    path = Path(path)
-    if path.is_dir():
-        for folder in (path, path / "best"):
-            if _is_model_folder(folder):
-                return folder
-        return None
-    if path.name == CONFIG_NAME and _is_model_folder(path.parent):
-        return path.parent
-    if path.suffix.lower() == ".zip" and path.is_file() and _is_model_zip(path):
-        return path
-    return None
 
 
 def get_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerData]] | None:
@@ -157,11 +97,11 @@ def get_image_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerDat
         if len(path) != 1:
             return None
         path = path[0]
-    path = Path(path)
-    if path.is_dir() and find_checkpoint(path) is not None:
+    file = Path(path)
+    if file.is_dir() and find_checkpoint(file) is not None:
         return None
-    if is_medical(path) or (path.is_file() and path.suffix.lower() in TIFF_SUFFIXES):
-        return lambda _path: open_image(path)
+    if is_medical(file) or (file.is_file() and file.suffix.lower() in TIFF_SUFFIXES):
+        return lambda _path: open_image(file)
     return None
 
 

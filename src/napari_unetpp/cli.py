@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from . import __version__
 from .files import (
-    ZOO_PREFIX,
     UserError,
     check_image,
     check_labels,
@@ -46,10 +45,10 @@ from .files import (
     pair_files,
     read_array,
     read_image_with_size,
-    resolve_checkpoint,
     stem,
     write_array,
 )
+from .locate import is_zoo, locate
 
 if TYPE_CHECKING:  # engine imports are lazy: `napari-unetpp --help` must not load torch
     from .checkpoint import CheckpointInfo
@@ -261,7 +260,7 @@ def _run_record(
             record[key] = paths
     start = getattr(args, "from_", None)
     if start:
-        record["from"] = start if start.startswith(ZOO_PREFIX) else str(Path(start).resolve())
+        record["from"] = start if is_zoo(start) else str(Path(start).resolve())
     return record
 
 
@@ -270,22 +269,9 @@ def _run_record(
 
 def read_model_info(spec: str) -> CheckpointInfo:
     """Configs and metrics without loading weights (``info`` must be instant)."""
-    if spec.startswith(ZOO_PREFIX):
-        from . import zoo
-        from .checkpoint import read_info
-
-        name = spec[len(ZOO_PREFIX) :]
-        entries = {e.name: e for e in zoo.available_models()}
-        if name not in entries:
-            raise UserError(
-                f"zoo model {name!r} is not available in this installation; "
-                f"available: {sorted(entries) or 'none'}"
-            )
-        return read_info(entries[name].path)
-    spec = resolve_checkpoint(spec)
     from .checkpoint import read_info
 
-    return read_info(spec)
+    return read_info(locate(spec).path)
 
 
 def depth_table(info: CheckpointInfo, timed: dict[int, dict[str, float]] | None = None) -> str:
@@ -574,9 +560,8 @@ def _initial_model(args: argparse.Namespace, out: Path, resuming: bool) -> Any:
     """What to fine-tune from: a checkpoint path, a zoo model, or None (``--resume`` is apart)."""
     if resuming or not args.from_:
         return None
-    if args.from_.startswith(ZOO_PREFIX):
-        return load_model(args.from_, device="cpu")[0]
-    return resolve_checkpoint(args.from_)
+    where = locate(args.from_)
+    return load_model(args.from_, device="cpu")[0] if where.kind == "zoo" else str(where.path)
 
 
 def _read_pairs(
@@ -859,7 +844,7 @@ def _predict_file(
     if client is not None:
         from .distributed import PredictJob, predict_distributed
 
-        job = PredictJob(_portable_spec(args.checkpoint), config.to_dict(), data.to_dict())
+        job = PredictJob(args.checkpoint, config.to_dict(), data.to_dict())
         probs = predict_distributed(client, job, path, image, model, store)
     else:
         probs = _predict_local(
@@ -955,11 +940,6 @@ def _write_predict_run_json(
         "scale": scale,
     }
     path.write_text(json.dumps(record, indent=2, default=str))
-
-
-def _portable_spec(spec: str) -> str:
-    """An absolute checkpoint path (workers may run elsewhere: it must be on a shared disk)."""
-    return spec if spec.startswith(ZOO_PREFIX) else str(Path(resolve_checkpoint(spec)).resolve())
 
 
 def _predict_local(

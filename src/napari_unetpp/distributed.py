@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .files import UserError, load_model, read_array
+from .locate import portable_spec
 
 if TYPE_CHECKING:  # dask, numpy and torch are imported when a job runs, not on import
     from .config import DataConfig
@@ -29,7 +30,8 @@ class PredictJob:
     """What every block of a prediction needs (picklable: it travels to dask workers).
 
     ``model_spec`` must be readable from the workers: ``zoo:NAME`` or an absolute
-    checkpoint path on a shared disk.
+    checkpoint path on a shared disk (:func:`predict_distributed` makes it so with
+    :func:`napari_unetpp.locate.portable_spec`).
     """
 
     model_spec: str
@@ -132,7 +134,8 @@ def predict_distributed(
     """Map the slices of a stack over the cluster, one ``inference.predict`` per slice.
 
     Workers load the model once each and read their slice from the file (a remote
-    cluster needs the file and checkpoint on a shared disk). Results are written
+    cluster needs the file and checkpoint on a shared disk; a relative checkpoint
+    path or a run folder is sent as the absolute path of the checkpoint). Results are written
     into the output (numpy, or zarr when ``store`` is given) as they arrive.
     """
     from distributed import as_completed
@@ -146,7 +149,8 @@ def predict_distributed(
     axis = others[0] if len(others) > model.config.spatial_dims else None
     if axis is not None and channel is not None and channel > axis:
         channel -= 1  # the slice has one axis less before the channels
-    job = PredictJob(job.model_spec, job.predict, {**data.to_dict(), "channel_axis": channel})
+    data_dict = {**data.to_dict(), "channel_axis": channel}
+    job = PredictJob(portable_spec(job.model_spec), job.predict, data_dict)
     count = 1 if axis is None else image.shape[axis]
     source = str(path.resolve())  # workers read their own slice: nothing big leaves here
     futures = [client.submit(predict_block, job, source, axis, i, pure=False) for i in range(count)]

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .locate import locate
+
 if TYPE_CHECKING:  # torch is loaded only when a model is: `napari-unetpp --help` stays fast
     from .checkpoint import CheckpointInfo
     from .model import UNetPlusPlus
@@ -21,7 +23,6 @@ if TYPE_CHECKING:  # torch is loaded only when a model is: `napari-unetpp --help
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".zarr", ".nii", ".nii.gz", ".dcm")
 #: Name endings dropped when matching an image to its labels by name.
 LABEL_TAGS = ("_labels", "_label", "_masks", "_mask", "_gt", "_seg", "-labels", "-mask")
-ZOO_PREFIX = "zoo:"
 
 
 class UserError(ValueError):
@@ -291,32 +292,11 @@ def write_array(base: Path, array: Any, fmt: str) -> Path:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def resolve_checkpoint(spec: str) -> str:
-    """A checkpoint path as given, or ``RUN/best`` when given a training run's folder."""
-    if spec.startswith(ZOO_PREFIX):
-        return spec
-    path = Path(spec)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"checkpoint {spec} does not exist (give a checkpoint folder, its config.json, "
-            f"a .zip, a training run folder, or {ZOO_PREFIX}NAME for a shipped model)"
-        )
-    if (
-        path.is_dir()
-        and not (path / "config.json").exists()
-        and (path / "best" / "config.json").is_file()
-    ):
-        return str(path / "best")
-    return spec
-
-
 def load_model(spec: str, device: str = "cpu") -> tuple[UNetPlusPlus, CheckpointInfo]:
-    """A checkpoint path (folder, ``config.json``, ``.zip``, run folder) or ``zoo:NAME``."""
-    spec = resolve_checkpoint(spec)
-    if spec.startswith(ZOO_PREFIX):
-        from . import zoo
+    """A checkpoint path (folder, ``config.json``, ``.zip``, run folder) or ``zoo:NAME``.
 
-        return zoo.load_pretrained(spec[len(ZOO_PREFIX) :], device=device)
+    Where ``spec`` points is :func:`napari_unetpp.locate.locate`'s decision.
+    """
     from .checkpoint import load_checkpoint
 
-    return load_checkpoint(spec, device=device)
+    return load_checkpoint(locate(spec).path, device=device)

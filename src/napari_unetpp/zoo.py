@@ -27,10 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .locate import CONFIG_NAME, WEIGHTS_NAME, zoo_spec
+
 __all__ = [
     "ZooEntry",
     "available_models",
     "load_pretrained",
+    "shipped_entry",
     "model_card",
     "card_markdown",
     "known_models",
@@ -117,9 +120,6 @@ NUCLEI_HELD_OUT_IDS: tuple[str, ...] = (
     "091944f1d2611c91",
 )
 
-_WEIGHTS = "weights.safetensors"
-_CONFIG = "config.json"
-
 
 @dataclass(frozen=True)
 class ZooEntry:
@@ -134,6 +134,11 @@ class ZooEntry:
     def path(self) -> Path:
         """Alias of :attr:`folder` (the checkpoint folder to load or read)."""
         return self.folder
+
+    @property
+    def spec(self) -> str:
+        """``zoo:<name>``: how the CLI, the widgets and run records name this model."""
+        return zoo_spec(self.name)
 
 
 #: Every model the zoo knows; only those whose weights are shipped are *available*.
@@ -174,7 +179,7 @@ def _entry(name: str) -> ZooEntry:
 
 
 def _is_shipped(folder: Path) -> bool:
-    return (folder / _WEIGHTS).is_file() and (folder / _CONFIG).is_file()
+    return (folder / WEIGHTS_NAME).is_file() and (folder / CONFIG_NAME).is_file()
 
 
 def available_models() -> list[ZooEntry]:
@@ -183,8 +188,11 @@ def available_models() -> list[ZooEntry]:
     return [e for e in entries if _is_shipped(e.folder)]
 
 
-def _find(name: str) -> ZooEntry:
-    """The shipped entry called ``name``, or a ``ValueError`` that says what exists."""
+def shipped_entry(name: str) -> ZooEntry:
+    """The shipped entry called ``name``, or a ``ValueError`` that says what exists.
+
+    :func:`napari_unetpp.locate.locate` resolves ``zoo:NAME`` through it.
+    """
     shipped = {e.name: e for e in available_models()}
     if name in shipped:
         return shipped[name]
@@ -205,7 +213,7 @@ def load_pretrained(name: str, device: str = "cpu") -> tuple[Any, Any]:
     """
     from .checkpoint import load_checkpoint
 
-    return load_checkpoint(_find(name).folder, device=device)
+    return load_checkpoint(shipped_entry(name).folder, device=device)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -318,5 +326,5 @@ def model_card(name: str) -> str:
     """The model card of a shipped model as markdown (reads ``config.json`` only)."""
     from .checkpoint import read_info
 
-    entry = _find(name)
+    entry = shipped_entry(name)
     return card_markdown(read_info(entry.folder), entry.title)

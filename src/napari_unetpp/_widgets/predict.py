@@ -42,6 +42,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
 from ..data import rgb_to_grey
+from ..locate import is_zoo, zoo_name, zoo_spec
 from ..zoo import card_markdown
 from . import _state
 from ._jobs import on_dock_closed, queue_for
@@ -234,7 +235,7 @@ class PredictWidget(Container):
     def _zoo_choices() -> list[tuple[str, str]]:
         from .. import zoo
 
-        return [(entry.title, f"zoo:{entry.name}") for entry in zoo.available_models()]
+        return [(entry.title, entry.spec) for entry in zoo.available_models()]
 
     def _model_choices(self, _w: Any = None) -> list[tuple[str, str]]:
         source = self._source.value if hasattr(self, "_source") else None
@@ -286,14 +287,10 @@ class PredictWidget(Container):
 
     def _load_model(self, spec: str) -> None:
         """Load ``spec`` ("zoo:<name>" or a path) on the GUI thread (a file read: fast)."""
-        from .. import zoo
-        from ..checkpoint import load_checkpoint
+        from ..files import load_model
 
         try:
-            if spec.startswith("zoo:"):
-                model, info = zoo.load_pretrained(spec[4:])
-            else:
-                model, info = load_checkpoint(spec)
+            model, info = load_model(spec)
         except (ValueError, OSError) as exc:
             show_error(f"could not load the model: {exc}")
             return
@@ -310,8 +307,8 @@ class PredictWidget(Container):
     def model_name(self) -> str:
         """A short name of the loaded model, for folders and layer metadata."""
         spec = self.model_spec or "model"
-        if spec.startswith("zoo:"):
-            return spec[4:]
+        if is_zoo(spec):
+            return zoo_name(spec)
         path = Path(spec)  # a training run's best/ or last/ is named after its run
         return f"{path.parent.name}-{path.name}" if path.name in ("best", "last") else path.stem
 
@@ -703,11 +700,11 @@ def guess_zoo_model(layer: Any) -> str | None:
         ("nuclei", {"nuclei", "dsb2018", "nucleus", "dapi", "hoechst"}),
     ):
         if words & hints:
-            return f"zoo:{name}"
+            return zoo_spec(name)
     data = layer.data[-1] if layer.multiscale else layer.data  # the smallest level: cheap
     if np.issubdtype(data.dtype, np.signedinteger) and data.size and np.min(data) < -500:
-        return "zoo:ct"
-    return "zoo:nuclei" if layer.rgb else None
+        return zoo_spec("ct")
+    return zoo_spec("nuclei") if layer.rgb else None
 
 
 def _device_choices() -> list[str]:

@@ -37,6 +37,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
 from ..config import FINE_TUNE_LEARNING_RATE
+from ..locate import is_zoo, locate
 from . import _state
 from ._jobs import on_dock_closed, queue_for
 from ._layers import PLUGIN_KEY
@@ -274,7 +275,7 @@ class TrainWidget(Container):
         from ..zoo import available_models
 
         choices = [("scratch", "scratch")]
-        choices += [(f"shipped: {e.name}", f"zoo:{e.name}") for e in available_models()]
+        choices += [(f"shipped: {e.name}", e.spec) for e in available_models()]
         choices += [(f"trained: {n}", f"trained:{n}") for n in _state.registered_models()]
         return choices + [("checkpoint file...", "file")]
 
@@ -405,11 +406,8 @@ class TrainWidget(Container):
         value = self._start_from.value
         if value == "scratch":
             return None, None
-        if value.startswith("zoo:"):
-            from ..zoo import available_models
-
-            entry = next(e for e in available_models() if e.name == value[4:])
-            path = str(getattr(entry, "folder", None) or entry.path)
+        if is_zoo(value):
+            path = str(locate(value).path)
         elif value.startswith("trained:"):
             path = str(_state.registered_models()[value[8:]])
         else:
@@ -529,7 +527,7 @@ class TrainWidget(Container):
         images = layer_files([i for i, _ in pairs], run_dir / "data", "image")
         labels = layer_files([lab for _, lab in pairs], run_dir / "data", "labels")
         start = self._start_from.value
-        origin = start if start.startswith("zoo:") else initial
+        origin = start if is_zoo(start) else initial
         configs = {
             "model": model.to_dict(),
             "train": train.to_dict(),
