@@ -59,8 +59,11 @@ COMMAND_FILE = "command.sh"
 PATH_KEYS = ("images", "labels", "val_images", "val_labels")
 #: The configs ``--config`` reads.
 CONFIG_SECTIONS = frozenset({"model", "train", "data", "predict"})
-#: Provenance recorded beside the configs (not settings the CLI reads).
-PROVENANCE_KEYS = frozenset({"version", *PATH_KEYS, "from", "checkpoint", "scope"})
+#: Provenance recorded beside the configs (not settings the CLI reads); ``written_by`` and
+#: ``scale`` are in the per-image record, which ``predict --config`` replays too.
+PROVENANCE_KEYS = frozenset(
+    {"version", *PATH_KEYS, "from", "checkpoint", "scope", "written_by", "scale"}
+)
 #: A run.json larger than this is not one (read with a cap: it may come from anyone).
 MAX_RUN_FILE_BYTES = 16 * 2**20
 
