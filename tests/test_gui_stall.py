@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 def test_no_stall_over_two_seconds(qapp, em_stack, tmp_path, monkeypatch):
     from bench_gui_stall import measure
 
-    from napari_unetpp._widgets import _workers
+    from napari_unetpp._widgets import _runner
 
-    monkeypatch.setattr(_workers, "RUN_INLINE", False)
+    monkeypatch.setattr(_runner, "RUN_INLINE", False)
     image, membranes = em_stack
     results = measure(
         image[:2, :128, :128].copy(), membranes[:2, :128, :128].copy(), steps=12, out=tmp_path

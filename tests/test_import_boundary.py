@@ -24,6 +24,7 @@ ENGINE = [
     "files",
     "distributed",
     "cli",
+    "runs",
 ]
 GUI = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "superqt")
 

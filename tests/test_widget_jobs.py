@@ -19,7 +19,7 @@ import tifffile
 import torch
 
 from napari_unetpp import pruning
-from napari_unetpp._widgets import _workers
+from napari_unetpp._widgets import _runner
 from napari_unetpp._widgets import train as train_module
 from napari_unetpp._widgets.predict import PredictWidget
 from napari_unetpp._widgets.train import TrainWidget
@@ -56,7 +56,7 @@ def checkpoint(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def threaded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(_workers, "RUN_INLINE", False)
+    monkeypatch.setattr(_runner, "RUN_INLINE", False)
     monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(tmp_path / "no-zoo"))
 
 

@@ -2,7 +2,7 @@
 
 A tiny UNet++ (widths 4, 8, 16; depth 2) is saved as a real checkpoint and run on
 a 128 x 128 crop of the ISBI 2012 EM stack (and a 2-slice stack of it). Jobs run
-inline (``_workers.RUN_INLINE``) except in one test of the threaded path.
+inline (``_runner.RUN_INLINE``) except in one test of the threaded path.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unetpp._widgets import _state, _workers
+from napari_unetpp._widgets import _runner, _state
 from napari_unetpp._widgets import predict as predict_module
 from napari_unetpp._widgets.predict import PredictWidget
 from napari_unetpp.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
@@ -56,7 +56,7 @@ def crop(em_stack: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
 def setup(
     make_napari_viewer: Any, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Any, PredictWidget, list[str]]:
-    monkeypatch.setattr(_workers, "RUN_INLINE", True)
+    monkeypatch.setattr(_runner, "RUN_INLINE", True)
     monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(tmp_path / "no-zoo"))  # no shipped models
     errors: list[str] = []
     monkeypatch.setattr(predict_module, "show_error", errors.append)
@@ -233,7 +233,7 @@ def test_threaded_run_and_reader_entry(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_workers, "RUN_INLINE", False)
+    monkeypatch.setattr(_runner, "RUN_INLINE", False)
     monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(tmp_path / "no-zoo"))
     _state.register_model("tiny run", checkpoint)
     try:

@@ -16,7 +16,7 @@ import tifffile
 
 from napari_unetpp import metrics
 from napari_unetpp import scale as S
-from napari_unetpp._widgets import _workers
+from napari_unetpp._widgets import _runner
 from napari_unetpp._widgets import predict as predict_module
 from napari_unetpp._widgets.predict import PredictWidget
 from napari_unetpp._widgets.scale_panel import layer_pixel_size, parse_pixel_size
@@ -59,7 +59,7 @@ def test_a_layer_scale_without_units_is_never_taken_as_physical() -> None:
 def dock(
     make_napari_viewer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Any, PredictWidget, list[str]]:
-    monkeypatch.setattr(_workers, "RUN_INLINE", True)
+    monkeypatch.setattr(_runner, "RUN_INLINE", True)
     errors: list[str] = []
     monkeypatch.setattr(predict_module, "show_error", errors.append)
     viewer = make_napari_viewer()

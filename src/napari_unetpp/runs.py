@@ -1,40 +1,226 @@
-"""Training run folders: the run record written at the start, and what ``--resume`` reads.
+"""Run records: the one place that writes and reads what a run was started with.
 
-Why at the start: a run killed after an hour must be resumable by
+Why one module: the CLI and the napari widgets both record their runs, and a
+record written by one must replay in the other (``train --config RUN/run.json``
+re-runs a widget's training; ``sh command.sh`` re-runs a widget's segmentation).
+So the folder layout, the ``run.json`` sections, the per-image predict record and
+the equivalent command line are built here, and nowhere else.
+
+Why at the start of training: a run killed after an hour must be resumable by
 ``train --out RUN --resume`` alone, with the flags it was started with, not the
 defaults. So the resolved configs and the input files are recorded in
 ``RUN/run.json`` before the first step; ``RUN/last/`` (weights, optimizer and RNG
 state, renamed into place together) holds the progress.
+
+Example
+-------
+>>> format_command("predict", "m/best", "a.tif", out="res dir", config="res dir/run.json")
+"napari-unetpp predict m/best a.tif --out 'res dir' --config 'res dir/run.json'"
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from . import __version__
 from .files import UserError
 
-__all__ = ["RUN_FILE", "PATH_KEYS", "write_run_file", "recorded_inputs", "check_same_architecture"]
+if TYPE_CHECKING:
+    from .config import DataConfig, ModelConfig, PredictConfig, TrainConfig
+
+__all__ = [
+    "RUN_FILE",
+    "COMMAND_FILE",
+    "PATH_KEYS",
+    "new_run_dir",
+    "write_json",
+    "write_run_file",
+    "read_run_file",
+    "train_record",
+    "predict_record",
+    "write_image_record",
+    "format_command",
+    "save_run_record",
+    "absolute_paths",
+    "recorded_inputs",
+    "check_same_architecture",
+]
 
 RUN_FILE = "run.json"
-#: Input-file entries of a run record, as the train widget writes them too.
+COMMAND_FILE = "command.sh"
+#: Input-file entries of a run record (the CLI and the train widget write them).
 PATH_KEYS = ("images", "labels", "val_images", "val_labels")
+#: The configs ``--config`` reads.
+CONFIG_SECTIONS = frozenset({"model", "train", "data", "predict"})
+#: Provenance recorded beside the configs (not settings the CLI reads); ``written_by`` and
+#: ``scale`` are in the per-image record, which ``predict --config`` replays too.
+PROVENANCE_KEYS = frozenset(
+    {"version", *PATH_KEYS, "from", "checkpoint", "scope", "written_by", "scale"}
+)
+#: A run.json larger than this is not one (read with a cap: it may come from anyone).
+MAX_RUN_FILE_BYTES = 16 * 2**20
+
+Job = Literal["train", "predict"]
 
 
-def write_run_file(folder: Path, record: dict[str, Any]) -> Path:
-    """Write ``folder/run.json`` atomically (a kill leaves the old or the new one)."""
-    path = folder / RUN_FILE
-    tmp = folder / f".{RUN_FILE}.tmp-{uuid.uuid4().hex[:8]}"
+# --------------------------------------------------------------------------- folders and files
+
+
+def new_run_dir(folder: str | os.PathLike[str], name: str) -> Path:
+    """A fresh ``<name>-<timestamp>`` folder under ``folder`` (never reuses an existing one)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
+    base = Path(folder).expanduser() / f"{safe}-{stamp}"
+    run_dir, n = base, 1
+    while run_dir.exists():
+        run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def write_json(path: Path, record: dict[str, Any]) -> Path:
+    """Write ``record`` to ``path`` atomically (a kill leaves the old file or the new one)."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_run_file(folder: Path, record: dict[str, Any]) -> Path:
+    """Write ``folder/run.json`` atomically."""
+    return write_json(Path(folder) / RUN_FILE, record)
+
+
+def read_run_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """Read a ``run.json`` (``--config``): ``{"model", "train", "data", "predict"}`` and the
+    provenance the CLI and the widgets record beside them; ``None`` reads as ``{}``."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    from .stores import read_regular_file
+
+    try:
+        data = json.loads(read_regular_file(path, MAX_RUN_FILE_BYTES, RUN_FILE))
+    except RecursionError:
+        raise UserError(f"config file {path} is nested too deeply; not a run.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a JSON object")
+    unknown = set(data) - CONFIG_SECTIONS - PROVENANCE_KEYS
+    if unknown:
+        raise UserError(
+            f"config file {path}: unknown section(s) {sorted(unknown)}; "
+            f"known: {sorted(CONFIG_SECTIONS)}"
+        )
+    return data
+
+
+# --------------------------------------------------------------------------- records
+
+
+def train_record(
+    model: ModelConfig,
+    train: TrainConfig,
+    data: DataConfig,
+    inputs: Mapping[str, Sequence[str] | None] | None = None,
+    start: str | None = None,
+) -> dict[str, Any]:
+    """A training run's ``run.json``: the configs, the input files (``PATH_KEYS``) and the
+    model it started from (``from``), so ``train --config`` or ``--resume`` replays it."""
+    record: dict[str, Any] = {
+        "version": __version__,
+        "model": model.to_dict(),
+        "train": train.to_dict(),
+        "data": data.to_dict(),
+    }
+    for key in PATH_KEYS:
+        paths = (inputs or {}).get(key)
+        if paths:
+            record[key] = [str(p) for p in paths]
+    if start:
+        record["from"] = start
+    return record
+
+
+def predict_record(
+    checkpoint: str, predict: PredictConfig, data: DataConfig, **extra: Any
+) -> dict[str, Any]:
+    """What an image was segmented with (``predict --config`` reads ``predict``/``data``)."""
+    return {"checkpoint": checkpoint, "predict": predict.to_dict(), "data": data.to_dict(), **extra}
+
+
+def write_image_record(
+    path: Path,
+    checkpoint: str,
+    predict: PredictConfig,
+    data: DataConfig,
+    scale: dict[str, Any] | None,
+) -> Path:
+    """The CLI's ``<name>_run.json`` beside one image's results: configs, and the scale used
+    (pixel sizes, zoom per model axis, measured object diameter)."""
+    from .outputs import TIFF_SOFTWARE
+
+    record = {"written_by": TIFF_SOFTWARE, **predict_record(checkpoint, predict, data)}
+    return write_json(path, {**record, "scale": scale})
+
+
+# --------------------------------------------------------------------------- command lines
+
+
+def format_command(job: Job, *positional: str, **options: Any) -> str:
+    """A shell-quoted ``napari-unetpp`` call.
+
+    Options: ``None``/``False`` are left out, ``True`` is a bare flag, lists give
+    several values; ``from_`` becomes ``--from``, underscores become dashes.
+    """
+    parts = ["napari-unetpp", job, *positional]
+    for key, value in options.items():
+        if value is None or value is False:
+            continue
+        parts.append("--" + key.rstrip("_").replace("_", "-"))
+        if value is True:
+            continue
+        if isinstance(value, (list, tuple)):
+            parts.extend(str(v) for v in value)
+        else:
+            parts.append(str(value))
+    return " ".join(shlex.quote(str(p)) for p in parts)
+
+
+def save_run_record(
+    folder: str | os.PathLike[str], job: Job, record: dict[str, Any], cli_command: str
+) -> tuple[Path, Path]:
+    """Write ``run.json`` (``record``, with the plugin version) and an executable
+    ``command.sh`` (``cli_command``) into ``folder``, so a widget run can be replayed from
+    a shell or a cluster job. Returns both paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    run_json = write_run_file(folder, {"version": __version__, **record})
+    script = folder / COMMAND_FILE
+    script.write_text(
+        "#!/bin/sh\n"
+        f"# The napari-unetpp {job} run that the napari widget started, as a shell command.\n"
+        "set -e\n"
+        f"{cli_command}\n"
+    )
+    script.chmod(0o755)
+    return run_json, script
+
+
+# --------------------------------------------------------------------------- resume
 
 
 def absolute_paths(paths: Sequence[str | os.PathLike[str]] | None) -> list[str] | None:

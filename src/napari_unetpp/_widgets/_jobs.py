@@ -131,7 +131,7 @@ class JobQueue:
         self._pump()
 
     def _failed(self, ticket: Ticket, exc: BaseException) -> None:
-        from ._workers import report_error
+        from ._runner import report_error
 
         if ticket.dropped:
             return
@@ -141,7 +141,7 @@ class JobQueue:
     def _start_thread(self, ticket: Ticket) -> None:
         from napari.qt.threading import thread_worker
 
-        from ._workers import _relay
+        from ._runner import _relay
 
         worker = thread_worker(_relay, start_thread=False)(ticket.gen)
         worker.yielded.connect(lambda event: ticket.call(ticket.on_yield, event))
@@ -153,7 +153,7 @@ class JobQueue:
 
     def _run_inline(self, ticket: Ticket) -> None:
         from ..events import drive
-        from ._workers import _relay
+        from ._runner import _relay
 
         def each(event: Any) -> None:
             ticket.call(ticket.on_yield, event)

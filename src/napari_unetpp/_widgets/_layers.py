@@ -1,15 +1,19 @@
-"""Output layers of the widgets: updated in place, named classes, fixed colours, a legend.
+"""Layers in and out of the widgets: input arrays and files, output layers updated in place.
 
 Why here: the Segment and Train docks both write labels layers; one helper
 keeps their metadata (model, depth, scale), their class names on hover (a
 features table napari shows in the status bar) and their colours the same.
 Class colours are fixed per class id (not napari's random label colours, which
 gave CT organs 3-5 near-identical purples), and the dock shows them as a legend.
+On the way in, :func:`layer_data` and :func:`current_slice` give the engine arrays,
+and :func:`layer_file` a file for the run's ``command.sh`` (:mod:`napari_unetpp.runs`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +28,10 @@ __all__ = [
     "class_legend",
     "put_layer",
     "PLUGIN_KEY",
+    "layer_data",
+    "current_slice",
+    "layer_file",
+    "layer_files",
 ]
 
 #: Distinct colours for class ids 1, 2, ... (0 = background stays transparent).
@@ -43,6 +51,8 @@ CLASS_COLOURS = (
 )
 #: Key of the metadata the plugin writes on its output layers (tells them from the user's).
 PLUGIN_KEY = "napari_unetpp"
+#: Arrays up to this size are saved beside a run so that ``command.sh`` can replay it.
+MAX_SAVED_BYTES = 1 << 30
 
 
 def class_names(config: ModelConfig) -> list[str]:
@@ -114,3 +124,56 @@ def put_layer(
     )
     layers.insert(index, layer)
     return layer
+
+
+# --------------------------------------------------------------------------- input layers
+
+
+def layer_data(layer: Any) -> Any:
+    """A layer's array (the full-resolution level of a multiscale layer)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def current_slice(
+    layer: Any, world_point: Sequence[float], channel_axis: int | None, spatial_dims: int
+) -> np.ndarray:
+    """What a ``spatial_dims`` model sees at the viewer's position: the slice shown now
+    (2D) or the volume (3D), with the channels (if any) moved last."""
+    data = layer_data(layer)
+    point = [int(round(p)) for p in layer.world_to_data(world_point)]
+    if channel_axis is not None:
+        channel_axis %= data.ndim
+        data = np.moveaxis(data, channel_axis, -1)
+        if len(point) == data.ndim:  # an RGB layer's point has no channel coordinate
+            del point[channel_axis]
+    lead = data.ndim - (channel_axis is not None) - spatial_dims
+    index = tuple(int(np.clip(point[a], 0, data.shape[a] - 1)) for a in range(max(lead, 0)))
+    return np.asarray(data[index])
+
+
+def layer_file(layer: Any, folder: str | os.PathLike[str], stem: str) -> str:
+    """A file holding ``layer``'s data, for ``command.sh``.
+
+    An Image layer opened from a file uses that file; other data (painted
+    labels, samples, arrays from scripts) is saved as ``folder/stem.tif`` when it
+    is in memory and not huge; otherwise a ``<...>`` placeholder says what to put.
+    """
+    source = getattr(getattr(layer, "source", None), "path", None)
+    if source and Path(source).is_file() and type(layer).__name__ == "Image":
+        return str(Path(source).resolve())
+    data = layer_data(layer)
+    if not hasattr(data, "__array__") or type(data).__module__.split(".")[0] != "numpy":
+        return f"<{stem}: save layer {layer.name!r} to a file>"
+    if data.nbytes > MAX_SAVED_BYTES:
+        return f"<{stem}: save layer {layer.name!r} to a file>"
+    import tifffile
+
+    path = Path(folder) / f"{stem}.tif"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, data)
+    return str(path.resolve())
+
+
+def layer_files(layers: Sequence[Any], folder: str | os.PathLike[str], prefix: str) -> list[str]:
+    """:func:`layer_file` for several layers (``prefix_0``, ``prefix_1``...)."""
+    return [layer_file(layer, folder, f"{prefix}_{n}") for n, layer in enumerate(layers)]

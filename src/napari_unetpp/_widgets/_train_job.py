@@ -9,6 +9,7 @@ previewed is the one shown when the run started (:class:`PreviewSource`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._workers import predict_labels_job
-
 if TYPE_CHECKING:
     from ..config import DataConfig, ModelConfig, TrainConfig
     from ..training import TrainResult
 
-__all__ = ["PreviewEvent", "PreviewSource", "train_job"]
+__all__ = ["PreviewEvent", "PreviewSource", "train_job", "predict_labels_job"]
 
 
 @dataclass
@@ -43,6 +42,32 @@ class PreviewEvent:
     labels: np.ndarray
     step: int
     kind: str = "preview"
+
+
+def predict_labels_job(
+    checkpoint: str | os.PathLike[str],
+    image: np.ndarray,
+    device: str = "auto",
+    *,
+    channels_last: bool = False,
+) -> Generator[Any, Any, np.ndarray]:
+    """Engine job: labels of ``image`` from a saved model at its recommended depth.
+
+    Used for quick previews (a slice at a time); the predict widget is the full tool.
+    """
+    from ..checkpoint import load_checkpoint
+    from ..config import PredictConfig
+    from ..inference import predict
+    from ..postprocess import probabilities_to_labels
+
+    model, info = load_checkpoint(checkpoint, device="cpu")
+    depth = int(info.metrics.get("best_depth") or model.config.depth)
+    data = info.data.replace(channel_axis=-1 if channels_last else None)
+    config = PredictConfig(
+        depths=(depth,), device=device, tile_size=(256,) * model.config.spatial_dims
+    )
+    probabilities = yield from predict(model, image, config, data)
+    return probabilities_to_labels(probabilities[depth], info.model, data)
 
 
 def _preview(checkpoint: str | Path, source: PreviewSource) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Segment an Image layer with a UNet++ and see every depth (a thin widget).
 
 UI values -> PredictConfig + the model's DataConfig -> ``inference.predict`` in a
-:class:`._workers.JobRunner` -> events -> progress bar -> layers, updated in place on re-runs:
+:class:`._runner.JobRunner` -> events -> progress bar -> layers, updated in place on re-runs:
 ``<image> UNet++ L1`` .. ``L<D>`` (per-depth probability, magma, same scale/translate as the
 input) and ``<image> UNet++ labels`` (``postprocess.probabilities_to_labels`` of the depth
 the pruning panel's slider shows: instances for nuclei models). The labels layer's metadata
@@ -43,11 +43,12 @@ from napari.utils.notifications import show_error, show_info
 
 from ..data import rgb_to_grey
 from ..locate import is_zoo, zoo_name, zoo_spec
+from ..runs import format_command, new_run_dir, predict_record, save_run_record
 from ..zoo import card_markdown
 from . import _state
 from ._jobs import on_dock_closed, queue_for
-from ._layers import class_legend, labels_style, put_layer
-from ._workers import JobRunner, format_command, layer_file, new_run_dir, save_run_record
+from ._layers import class_legend, labels_style, layer_file, put_layer
+from ._runner import JobRunner
 from .pruning_panel import PruningPanel
 from .scale_panel import ScalePanel, check_job, estimate_job
 
@@ -650,14 +651,9 @@ class PredictWidget(Container):
     def _record(self, run_dir: Path, layer: Image, config: PredictConfig, data: DataConfig) -> None:
         image = layer_file(layer, run_dir, "image")
         spec = self.model_spec or ""
-        configs = {
-            "model": self.info.model.to_dict(),
-            "data": data.to_dict(),
-            "predict": config.to_dict(),
-            "checkpoint": spec,
-            "images": [image],
-            "scope": self._scope.value,
-        }
+        model = self.info.model.to_dict()
+        scope = self._scope.value
+        configs = predict_record(spec, config, data, model=model, images=[image], scope=scope)
         command = format_command(
             "predict",
             spec,

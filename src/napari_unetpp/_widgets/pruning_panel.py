@@ -26,7 +26,7 @@ from magicgui.widgets import Container, Label, PushButton, Slider
 from napari.utils.notifications import show_error, show_info
 
 from . import _state
-from ._workers import JobRunner
+from ._runner import JobRunner
 
 #: The slider must rest this long before its depth is timed (a drag times once).
 TIMING_DELAY_MS = 400

@@ -38,20 +38,13 @@ from napari.utils.notifications import show_error, show_info
 
 from ..config import FINE_TUNE_LEARNING_RATE
 from ..locate import is_zoo, locate
+from ..runs import format_command, new_run_dir, save_run_record, train_record
 from . import _state
 from ._jobs import on_dock_closed, queue_for
-from ._layers import PLUGIN_KEY
+from ._layers import PLUGIN_KEY, current_slice, layer_data, layer_files
 from ._plot import TrainingPlot
+from ._runner import JobRunner
 from ._train_job import PreviewEvent, PreviewSource, train_job
-from ._workers import (
-    JobRunner,
-    current_slice,
-    format_command,
-    layer_data,
-    layer_files,
-    new_run_dir,
-    save_run_record,
-)
 
 if TYPE_CHECKING:
     import napari
@@ -528,14 +521,7 @@ class TrainWidget(Container):
         labels = layer_files([lab for _, lab in pairs], run_dir / "data", "labels")
         start = self._start_from.value
         origin = start if is_zoo(start) else initial
-        configs = {
-            "model": model.to_dict(),
-            "train": train.to_dict(),
-            "data": data.to_dict(),
-            "images": images,
-            "labels": labels,
-            "from": origin,
-        }
+        configs = train_record(model, train, data, {"images": images, "labels": labels}, origin)
         command = format_command(
             "train",
             images=images,

@@ -1,0 +1,88 @@
+"""Command line: ``napari-unetpp train | predict | info | export | demo``.
+
+The CLI is thin on purpose: it reads files, builds the config dataclasses, drives
+the same engine generators the widgets drive (``training.Trainer.run``,
+``inference.predict``) through ``events.drive`` and writes files. Reading and
+writing files lives in ``files.py``, run records in ``runs.py`` and cluster
+prediction (``--distributed``) in ``distributed.py``, so this package is only the
+command line: one module per command (``train``, ``predict``, ``info``,
+``export``, ``demo``), the parser, and shared output helpers (``common``,
+``tables``). Everything a user can get wrong (a
+missing file, mismatched shapes, a bad checkpoint) ends as one line
+``napari-unetpp: error: ...`` and exit status 2, never a traceback.
+
+Examples
+--------
+::
+
+    napari-unetpp train --images em/image.tif --labels em/membranes.tif --out runs/em \\
+        --widths 16 32 64 128 256 --iterations 2000
+    napari-unetpp info runs/em
+    napari-unetpp predict runs/em stack.tif --out results --depth 2
+    napari-unetpp export runs/em --depth 2 --out models/em_L2 --zip
+    napari-unetpp demo --model em
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import TextIO
+
+from .common import PROG, _note
+from .parser import build_parser
+
+__all__ = ["main", "build_parser"]
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``napari-unetpp`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        _note("interrupted")  # outputs are staged: nothing half-written is left in --out
+        return 130
+    except BrokenPipeError:
+        # `napari-unetpp info ... | head -1`: the reader is gone, which is not an error;
+        # point stdout at devnull so the interpreter's final flush stays quiet too
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except RecursionError:
+        return _error("a file is nested too deeply to read (corrupt or hostile JSON)")
+    except MemoryError:
+        return _error("out of memory; use smaller inputs, tiles, batch or patch sizes")
+    except (ValueError, OSError) as exc:
+        # CheckpointError subclasses ValueError, FileNotFoundError OSError: user mistakes
+        # and disk problems (read-only, full, missing) never show a traceback
+        return _error(_one_line(exc))
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Engine warnings (NaN pixels filled, one-class labels...) as one line, not a source line."""
+    _note(f"warning: {' '.join(str(message).split())}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text = f"{text}: {exc.filename}"
+    return " ".join(text.split())

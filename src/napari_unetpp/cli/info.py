@@ -1,0 +1,191 @@
+"""``napari-unetpp info``: a checkpoint's configs and per-depth table, and ``--on IMAGE``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TYPE_CHECKING, Any
+
+from ..events import drive
+from ..files import (
+    check_image,
+    collect_files,
+    load_model,
+    read_array,
+    stem,
+)
+from ..locate import locate
+from .common import ProgressBar, _out
+from .tables import _human_count, format_table
+
+if TYPE_CHECKING:  # engine imports are lazy: `napari-unetpp --help` must not load torch
+    from ..checkpoint import CheckpointInfo
+    from ..config import ModelConfig
+
+
+def read_model_info(spec: str) -> CheckpointInfo:
+    """Configs and metrics without loading weights (``info`` must be instant)."""
+    from ..checkpoint import read_info
+
+    return read_info(locate(spec).path)
+
+
+def depth_table(info: CheckpointInfo, timed: dict[int, dict[str, float]] | None = None) -> str:
+    """The per-depth table: what each pruning depth costs (parameters, GFLOP, time) and scores.
+
+    GFLOP/Mpx is exact (counted from the architecture); ms/Mpx is the one stored at
+    training time, or, with ``timed`` (``pruning.depth_costs``), measured just now.
+    """
+    metrics = info.metrics or {}
+    rows_in = metrics.get("depths", {}) or {}
+    score_name = metrics.get("score_name", "score")
+    best = metrics.get("best_depth")
+    depths = range(1, info.model.depth + 1) if info.model.deep_supervision else [info.model.depth]
+    params = _parameters_by_depth(info.model)
+    gflops = _gflop_by_depth(info.model)
+    rows = []
+    for d in depths:
+        row = rows_in.get(str(d), rows_in.get(d, {})) or {}
+        label = f"L{d}" + (" *" if best is not None and int(best) == d else "")
+        score = row.get(score_name, row.get("score"))
+        ms = timed[d]["ms_per_mpx"] if timed else row.get("ms_per_mpx")
+        rows.append(
+            [label, _human_count(row.get("parameters", params.get(d))), score, gflops.get(d), ms]
+        )
+    ms_header = "ms/Mpx (now, median)" if timed else "ms/Mpx (stored)"
+    table = format_table(["depth", "parameters", score_name, "GFLOP/Mpx", ms_header], rows)
+    if best is not None:
+        table += f"\n* recommended depth (smallest within tolerance of the best {score_name})"
+    return table
+
+
+def _gflop_by_depth(config: ModelConfig) -> dict[int, float]:
+    """Exact GFLOP per megapixel per depth, from the architecture alone (no weights needed)."""
+    try:
+        from ..pruning import gflop_per_mpx
+
+        heads = range(1, config.depth + 1) if config.deep_supervision else [config.depth]
+        return {d: round(gflop_per_mpx(config, d), 2) for d in heads}
+    except (ValueError, RuntimeError):
+        return {}
+
+
+def _parameters_by_depth(config: ModelConfig) -> dict[int, int]:
+    """Parameter counts from the architecture alone (no weights needed)."""
+    try:
+        from ..model import UNetPlusPlus
+
+        net = UNetPlusPlus.from_config(config)
+        return {d: net.num_parameters(d) for d in net.head_depths}
+    except (ValueError, RuntimeError):
+        return {}
+
+
+def _info_dict(info: CheckpointInfo) -> dict[str, Any]:
+    return {
+        "version": info.version,
+        "model": info.model.to_dict(),
+        "data": info.data.to_dict(),
+        "train": info.train.to_dict() if info.train is not None else None,
+        "metrics": info.metrics,
+        "provenance": info.provenance,
+        "card": info.card,
+    }
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print the configs and the per-depth table (or everything as JSON); ``--on IMAGE`` checks
+    the model on the user's image (depth advice, "unlike the training data" warning)."""
+    if args.on:
+        return _info_on(args)
+    info = read_model_info(args.checkpoint)
+    if args.json:
+        _out(json.dumps(_info_dict(info), indent=2, default=str))
+        return 0
+    m = info.model
+    _out(
+        f"model: UNet++ {m.spatial_dims}D, depth {m.depth}, widths {list(m.widths)}, "
+        f"{m.in_channels} input channel(s), {m.num_classes} output(s), norm {m.norm}"
+        + (f", classes {list(m.class_names)}" if m.class_names else "")
+    )
+    d = info.data
+    _out(
+        f"data: label mode {d.label_mode}, target {d.target}, channel axis {d.channel_axis}, "
+        f"normalization {d.normalization.mode} {d.normalization.low}..{d.normalization.high}"
+    )
+    if info.train is not None:
+        t = info.train
+        _out(
+            f"train: {t.iterations} iterations, batch {t.batch_size}, patch "
+            f"{list(t.patch_size)}, lr {t.learning_rate}, seed {t.seed}"
+        )
+    if info.provenance:
+        _out("provenance:")
+        for key, value in info.provenance.items():
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            _out(f"  {key}: {text}")
+    _out(f"plugin version: {info.version}")
+    _out("")
+    timed = None
+    if args.time:
+        from ..pruning import depth_costs
+
+        model, _ = load_model(args.checkpoint, device="cpu")
+        timed = depth_costs(model, "cpu")
+    _out(depth_table(info, timed))
+    return 0
+
+
+def _info_on(args: argparse.Namespace) -> int:
+    """Without labels: each depth against the deepest on the image, and the image check."""
+    from ..config import PredictConfig
+    from ..data import looks_rgb, rgb_to_grey
+    from ..disagreement import check_image as check_on_image
+
+    model, info = load_model(args.checkpoint, device="cpu")
+    metrics = info.metrics or {}
+    status = 0
+    for path in collect_files(args.on, "image"):
+        image = read_array(path, lazy=True)
+        check_image(image, path)
+        if (
+            model.config.in_channels == 1
+            and info.data.channel_axis is None
+            and looks_rgb(image.shape)
+        ):
+            image = rgb_to_grey(image)
+        config = PredictConfig(device=args.device or "auto")
+        if model.config.spatial_dims == 3:
+            config = config.replace(tile_size=(64, 128, 128))
+        with ProgressBar(stem(path), enabled=not args.quiet) as bar:
+            check, _ = drive(
+                check_on_image(
+                    model,
+                    image,
+                    info.data,
+                    config,
+                    recommended=metrics.get("best_depth"),
+                    tolerance=args.tolerance,
+                    thresholds=metrics.get("image_check"),
+                ),
+                bar,
+            )
+        if args.json:
+            advice = check.advice.__dict__ if check.advice else None
+            _out(
+                json.dumps(
+                    {
+                        "image": str(path),
+                        "signals": check.signals,
+                        "unlike_training": check.unlike_training,
+                        "reasons": check.reasons,
+                        "remedies": check.remedies,
+                        "advice": advice,
+                    },
+                    default=str,
+                )
+            )
+        else:
+            _out(f"{path}:\n{check.report()}")
+        status = max(status, int(check.unlike_training))
+    return 0 if not args.strict else status

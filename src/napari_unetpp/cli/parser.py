@@ -1,0 +1,250 @@
+"""The argument parser of ``napari-unetpp`` and its argument types."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import __version__
+from .common import PROG
+from .demo import cmd_demo
+from .export import cmd_export
+from .info import cmd_info
+from .predict import cmd_predict
+from .train import cmd_train
+
+
+def _depth_arg(text: str) -> int | str:
+    """``--depth``: a head depth (int) or ``auto`` (adaptive depth per tile)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a depth (1, 2, ...) or 'auto', got {text!r}"
+        ) from None
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        choices=["auto", "cuda", "mps", "cpu"],
+        default=None,
+        help="compute device (default: auto = cuda, else mps, else cpu)",
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (public so docs and tests can inspect it)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="UNet++ segmentation: train, predict, inspect, prune, demo."
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train or fine-tune a UNet++ on image/label files")
+    t.add_argument(
+        "--images",
+        nargs="+",
+        metavar="PATH",
+        help="image files or folders (tif, tiff, png, npy, zarr); required "
+        "unless --resume finds them in --out/run.json",
+    )
+    t.add_argument(
+        "--labels",
+        nargs="+",
+        metavar="PATH",
+        help="label files or folders, paired with images by name or sorted order",
+    )
+    t.add_argument("--val-images", nargs="+", metavar="PATH")
+    t.add_argument("--val-labels", nargs="+", metavar="PATH")
+    t.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="run folder: best/ (the checkpoint), last/ (to resume), run.json",
+    )
+    t.add_argument("--config", metavar="RUN_JSON", help="run.json (flags override it)")
+    t.add_argument(
+        "--from",
+        dest="from_",
+        metavar="CHECKPOINT|zoo:NAME",
+        help="fine-tune from a checkpoint or a shipped model",
+    )
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out with its recorded settings "
+        "and files (--out/run.json, --out/last)",
+    )
+    t.add_argument("--widths", nargs="+", type=int, metavar="W")
+    t.add_argument("--depth", type=int)
+    t.add_argument("--spatial-dims", type=int, choices=[2, 3])
+    t.add_argument("--iterations", type=int)
+    t.add_argument("--patch-size", nargs="+", type=int, metavar="P")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument(
+        "--lr", type=float, help="learning rate (default 1e-3; 1e-4 when fine-tuning with --from)"
+    )
+    t.add_argument(
+        "--freeze-norm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep BatchNorm statistics fixed (default: on with --from, where a few "
+        "labels must not re-estimate them; turn off to adapt to another "
+        "modality)",
+    )
+    t.add_argument("--validate-every", type=int)
+    t.add_argument("--label-mode", choices=["dense", "sparse", "auto"], default=None)
+    t.add_argument("--target", choices=["semantic", "instance"])
+    t.add_argument(
+        "--channel-axis",
+        metavar="AXIS|none",
+        help="axis of the image holding channels (default: none)",
+    )
+    t.add_argument("--normalization", choices=["percentile", "window", "none"])
+    t.add_argument("--norm-low", type=float)
+    t.add_argument("--norm-high", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved run.json and exit without training",
+    )
+    _add_common(t)
+    t.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="segment images with a checkpoint or shipped model")
+    p.add_argument("checkpoint", metavar="CHECKPOINT|zoo:NAME")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--config", metavar="RUN_JSON")
+    p.add_argument(
+        "--depth",
+        type=_depth_arg,
+        metavar="D|auto",
+        help="run only the pruned network of this depth (fast); 'auto': per tile, "
+        "shallow heads first, deeper only where they disagree",
+    )
+    p.add_argument(
+        "--depth-tolerance",
+        type=float,
+        metavar="F",
+        help="--depth auto: stop a tile when fewer than this fraction of its "
+        "pixels change label between consecutive depths (0 = deepest, exact)",
+    )
+    p.add_argument(
+        "--disagreement",
+        action="store_true",
+        help="also write the depth-disagreement map (and depth used for --depth "
+        "auto) and <name>_regions.json, the regions to label next",
+    )
+    p.add_argument("--depths", nargs="+", type=int, help="heads to compute in one pass")
+    p.add_argument("--tile", nargs="+", type=int, metavar="T")
+    p.add_argument("--overlap", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
+    p.add_argument(
+        "--format",
+        choices=["tif", "zarr"],
+        default=None,
+        help="output format (default: zarr for zarr inputs, else tif)",
+    )
+    p.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write <name>_L{d} probabilities per depth",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing files in --out that napari-unetpp did not write "
+        "(by default such files, e.g. your own *_labels.tif, are kept)",
+    )
+    p.add_argument("--threshold", type=float)
+    p.add_argument("--min-size", type=int)
+    p.add_argument("--channel-axis", metavar="AXIS|none")
+    p.add_argument(
+        "--pixel-size",
+        nargs="+",
+        type=float,
+        metavar="S",
+        help="the images' pixel size (one value, or one per spatial axis, e.g. Z Y X) "
+        "in the model's unit (see `info`); resampled to the model's pixel size",
+    )
+    p.add_argument(
+        "--pixel-unit",
+        choices=["nm", "um", "mm"],
+        default=None,
+        help="unit of --pixel-size when it is not the model's",
+    )
+    p.add_argument(
+        "--rescale",
+        metavar="F|auto",
+        help="zoom the images by F before predicting (0.5: objects twice the "
+        "training size), or auto: measure the objects in a first pass",
+    )
+    p.add_argument(
+        "--diameter",
+        metavar="D|auto",
+        help="typical object diameter in pixels (rescale = model's diameter / D), or "
+        "auto; needs a model that records its object diameter (zoo:nuclei)",
+    )
+    p.add_argument(
+        "--distributed",
+        nargs="?",
+        const="local",
+        metavar="SCHEDULER|local",
+        help="map slices over a dask.distributed cluster (default: a LocalCluster)",
+    )
+    _add_common(p)
+    p.set_defaults(func=cmd_predict)
+
+    i = sub.add_parser("info", help="show a checkpoint's configs and per-depth table")
+    i.add_argument("checkpoint", metavar="CHECKPOINT|zoo:NAME")
+    i.add_argument("--json", action="store_true", help="everything as JSON")
+    i.add_argument(
+        "--on",
+        nargs="+",
+        metavar="IMAGE",
+        help="check the model on these images (no labels): does the recommended "
+        "depth hold there, and do they look like the training data?",
+    )
+    i.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.02,
+        help="--on: largest fraction of pixels a depth may label differently "
+        "from the deepest (default 0.02)",
+    )
+    i.add_argument(
+        "--strict",
+        action="store_true",
+        help="--on: exit with status 1 when an image looks unlike the training data",
+    )
+    i.add_argument(
+        "--time",
+        action="store_true",
+        help="measure ms/Mpx per depth on this CPU now (median of 5 runs after a "
+        "warm-up; run it when the machine is idle)",
+    )
+    _add_common(i)
+    i.set_defaults(func=cmd_info)
+
+    e = sub.add_parser("export", help="save the pruned network of one depth")
+    e.add_argument("checkpoint", metavar="CHECKPOINT|zoo:NAME")
+    e.add_argument("--depth", type=int, required=True)
+    e.add_argument("--out", required=True, metavar="DIR")
+    e.add_argument("--half", action="store_true", help="store weights as float16")
+    e.add_argument("--zip", action="store_true", help="also write DIR.zip")
+    e.set_defaults(func=cmd_export)
+
+    d = sub.add_parser("demo", help="segment a bundled sample with a shipped model")
+    d.add_argument("--model", choices=["nuclei", "em", "ct"], default="nuclei")
+    d.add_argument("--out", default="unetpp-demo", metavar="DIR")
+    d.add_argument("--no-viewer", action="store_true", help="do not open napari")
+    _add_common(d)
+    d.set_defaults(func=cmd_demo)
+    return parser

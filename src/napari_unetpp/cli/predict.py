@@ -1,0 +1,368 @@
+"""``napari-unetpp predict``: segment image files with a checkpoint or a shipped model.
+
+Results are staged and renamed into ``--out`` (:class:`~napari_unetpp.outputs.OutputFolder`);
+each image gets ``<name>_run.json`` (:func:`napari_unetpp.runs.write_image_record`), which
+``predict --config`` replays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..events import drive
+from ..files import (
+    UserError,
+    check_image,
+    collect_files,
+    create_zarr,
+    is_zarr,
+    load_model,
+    read_image_with_size,
+    stem,
+    write_array,
+)
+from ..runs import read_run_file, write_image_record
+from .common import ProgressBar, _note, _out, _override
+
+if TYPE_CHECKING:
+    from ..config import DataConfig, ModelConfig, PredictConfig
+    from ..model import UNetPlusPlus
+    from ..outputs import OutputFolder
+
+
+def _scale_flags(args: argparse.Namespace, object_diameter: float | None) -> dict[str, Any]:
+    """``--pixel-size/--pixel-unit/--rescale/--diameter`` as PredictConfig fields (None: unset)."""
+    from ..scale import rescale_from_diameter
+
+    rescale, diameter = getattr(args, "rescale", None), getattr(args, "diameter", None)
+    if rescale is not None and diameter is not None:
+        raise UserError("give either --rescale or --diameter, not both")
+    if diameter is not None:
+        rescale = (
+            "auto"
+            if diameter == "auto"
+            else rescale_from_diameter(object_diameter, _positive_float(diameter, "--diameter"))
+        )
+    elif rescale is not None and rescale != "auto":
+        rescale = _positive_float(rescale, "--rescale")
+    pixel_size = getattr(args, "pixel_size", None)
+    return {
+        "pixel_size": tuple(pixel_size) if pixel_size else None,
+        "rescale": rescale,
+        "pixel_unit": getattr(args, "pixel_unit", None),
+    }
+
+
+def _positive_float(text: str, flag: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"{flag} takes a number or 'auto', got {text!r}") from None
+    if not value > 0:
+        raise UserError(f"{flag} must be > 0, got {text}")
+    return value
+
+
+def build_predict_config(
+    args: argparse.Namespace,
+    info_data: DataConfig,
+    spatial_dims: int,
+    object_diameter: float | None = None,
+) -> tuple[PredictConfig, DataConfig]:
+    """``--config``'s "predict"/"data" sections, the checkpoint's data config, then the flags.
+
+    ``object_diameter``: the model's training object diameter, for ``--diameter D``.
+    """
+    from ..config import DataConfig, PredictConfig
+
+    run = read_run_file(args.config)
+    if args.depth is not None and args.depths:
+        raise UserError("give either --depth (pruned fast path) or --depths, not both")
+    auto = args.depth == "auto"
+    predict = _override(
+        run.get("predict", {}),
+        pruned_depth=None if auto else args.depth,
+        adaptive_depth=True if auto else None,
+        depth_tolerance=args.depth_tolerance,
+        depths=tuple(args.depths) if args.depths else None,
+        tile_size=tuple(args.tile) if args.tile else None,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        device=args.device,
+        threshold=args.threshold,
+        min_size=args.min_size,
+        **_scale_flags(args, object_diameter),
+    )
+    if args.tta:
+        predict["tta"] = True
+    tile = tuple(predict.get("tile_size", ()))
+    if len(tile) == 1:
+        predict["tile_size"] = tile * spatial_dims
+    elif not tile and spatial_dims == 3:
+        predict["tile_size"] = (64, 128, 128)
+    data = info_data.to_dict()
+    if "normalization" in run.get("data", {}):
+        data["normalization"] = run["data"]["normalization"]
+    if args.channel_axis is not None:
+        data["channel_axis"] = None if args.channel_axis == "none" else int(args.channel_axis)
+    return PredictConfig.from_dict(predict), DataConfig.from_dict(data)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Segment images; write ``<name>_labels.tif`` (+ ``<name>_L{d}.tif``) or zarr.
+
+    Results are staged and renamed into ``--out`` (:class:`~napari_unetpp.outputs.OutputFolder`):
+    files this package did not write are never replaced without ``--overwrite``.
+    """
+    from ..data import looks_rgb, rgb_to_grey
+    from ..outputs import OutputFolder
+
+    files = collect_files(args.images, "image")
+    model, info = load_model(args.checkpoint, device="cpu")
+    predict_config, data_config = build_predict_config(
+        args, info.data, model.config.spatial_dims, model.config.object_diameter
+    )
+    formats = {path: args.format or ("zarr" if is_zarr(path) else "tif") for path in files}
+    depths = _predicted_depths(predict_config, model.head_depths)
+    names = {
+        path: _output_names(path, fmt, args.probabilities, depths, args.disagreement)
+        for path, fmt in formats.items()
+    }
+    _check_unique(names)
+    client = None
+    with OutputFolder(args.out, overwrite=args.overwrite) as outputs:
+        outputs.check_free([n for listed in names.values() for n in listed])
+        if args.distributed:
+            from ..distributed import start_client
+
+            client = start_client(args.distributed)
+        try:
+            for path in files:
+                image, file_size, file_unit = read_image_with_size(path, lazy=True)
+                check_image(image, path)
+                if (
+                    model.config.in_channels == 1
+                    and data_config.channel_axis is None
+                    and looks_rgb(image.shape)
+                ):
+                    image = rgb_to_grey(image)  # as the widget does, as the zoo was trained
+                    _out(f"{path}: RGB -> grey (luminance) for this one-channel model")
+                config = _with_file_pixel_size(
+                    predict_config, model.config, args, path, file_size, file_unit
+                )
+                written = _predict_file(
+                    path, image, model, config, data_config, outputs, formats[path], args, client
+                )
+                _out(f"{path} -> {', '.join(str(p) for p in written)}")
+        finally:
+            if client is not None:
+                from ..distributed import close_client
+
+                close_client(client)
+    return 0
+
+
+def _with_file_pixel_size(
+    config: PredictConfig,
+    model_config: ModelConfig,
+    args: argparse.Namespace,
+    path: Path,
+    file_size: tuple[float, ...] | None,
+    file_unit: str | None,
+) -> PredictConfig:
+    """The file's own pixel size (NIfTI, DICOM, OME-TIFF, tif resolution) when the user gave
+    none and the model knows its training pixel size: a CT at 0.8 mm then runs at the model's
+    3 mm. A size without a unit (a bare tif ``spacing``) is only reported, never guessed."""
+    if (
+        args.pixel_size is not None
+        or config.rescale is not None
+        or not model_config.pixel_size
+        or not file_size
+    ):
+        return config
+    sizes = " x ".join(f"{s:g}" for s in file_size)
+    if not file_unit:
+        _note(
+            f"{path}: the file gives a pixel size of {sizes} without a unit; pass "
+            f"--pixel-size (in {model_config.pixel_unit or 'the model unit'}) to use it"
+        )
+        return config
+    from ..scale import check_zoom, model_axes_pixel_size, zoom_from_pixel_size
+
+    try:
+        check_zoom(
+            zoom_from_pixel_size(
+                model_axes_pixel_size(file_size, model_config.spatial_dims),
+                model_config.pixel_size,
+                file_unit,
+                model_config.pixel_unit,
+            )
+        )
+    except ValueError:  # print-resolution tags and the like: not a microscope's pixel size
+        _note(
+            f"{path}: ignored the file's pixel size {sizes} {file_unit}: it is too far from "
+            f"the model's {model_config.pixel_size} {model_config.pixel_unit} to be real; "
+            "pass --pixel-size if it is"
+        )
+        return config
+    _note(f"{path}: pixel size {sizes} {file_unit} from the file (--pixel-size overrides)")
+    return config.replace(pixel_size=tuple(file_size), pixel_unit=file_unit)
+
+
+def _predicted_depths(config: PredictConfig, heads: tuple[int, ...]) -> list[int]:
+    """The heads a run returns (as ``inference.predict`` plans them), to name the outputs."""
+    if config.pruned_depth is not None:
+        return [config.pruned_depth]
+    return sorted(set(config.depths)) or list(heads)
+
+
+def _output_names(
+    path: Path, fmt: str, probabilities: bool, depths: list[int], disagreement: bool = False
+) -> list[str]:
+    """Every name a prediction of ``path`` writes into ``--out`` (checked before any work)."""
+    name = stem(path)
+    names = [f"{name}_labels.{fmt}", f"{name}_run.json"]
+    if probabilities:
+        names += (
+            [f"{name}_probabilities.zarr"]
+            if fmt == "zarr"
+            else [f"{name}_L{d}.tif" for d in depths]
+        )
+    if disagreement:
+        names += [f"{name}_disagreement.{fmt}", f"{name}_depth_used.{fmt}", f"{name}_regions.json"]
+    return names
+
+
+def _check_unique(names: dict[Path, list[str]]) -> None:
+    """Two inputs must not write the same result (``a.tif`` and ``a.png``)."""
+    seen: dict[str, Path] = {}
+    for path, listed in names.items():
+        for name in listed:
+            if name in seen:
+                raise UserError(
+                    f"{seen[name]} and {path} would both write {name}; "
+                    "predict them into different --out folders"
+                )
+            seen[name] = path
+
+
+def _predict_file(
+    path: Path,
+    image: Any,
+    model: UNetPlusPlus,
+    config: PredictConfig,
+    data: DataConfig,
+    outputs: OutputFolder,
+    fmt: str,
+    args: argparse.Namespace,
+    client: Any,
+) -> list[Path]:
+    """Probabilities (in memory for tif, streamed to zarr for zarr), then labels, then files.
+
+    Everything is written into the staging folder and committed (renamed into
+    ``--out``) only when complete.
+    """
+    from ..postprocess import labels_shape, probabilities_to_labels
+    from ..stores import mark_complete
+
+    name = stem(path)
+    store = outputs.stage(f"{name}_probabilities.zarr") if fmt == "zarr" else None
+    if client is not None:
+        from ..distributed import PredictJob, predict_distributed
+
+        job = PredictJob(args.checkpoint, config.to_dict(), data.to_dict())
+        probs = predict_distributed(client, job, path, image, model, store)
+    else:
+        probs = _predict_local(
+            model, image, config, data, desc=name, enabled=not args.quiet, out=store
+        )
+    run_json = outputs.stage(f"{name}_run.json")
+    write_image_record(run_json, args.checkpoint, config, data, getattr(probs, "scale", None))
+    depth = config.pruned_depth if config.pruned_depth is not None else max(probs)
+    prob = probs[depth]
+    if fmt == "zarr":  # streamed slice by slice: a big volume's labels never sit in memory
+        labels_name = f"{name}_labels.zarr"
+        target = create_zarr(
+            outputs.stage(labels_name), labels_shape(prob.shape, model.config), "int32"
+        )
+        probabilities_to_labels(
+            prob,
+            model.config,
+            data,
+            threshold=config.threshold,
+            min_size=config.min_size,
+            out=target,
+        )
+        mark_complete(target)
+        written = [outputs.commit(labels_name)]
+    else:
+        labels = probabilities_to_labels(
+            prob, model.config, data, threshold=config.threshold, min_size=config.min_size
+        )
+        staged = write_array(outputs.stage(f"{name}_labels"), labels, fmt)
+        written = [outputs.commit(staged.name)]
+    if store is not None:
+        if args.probabilities:
+            written.append(outputs.commit(store.name))
+        else:
+            shutil.rmtree(store)
+    elif args.probabilities:
+        for d in sorted(probs):
+            staged = write_array(outputs.stage(f"{name}_L{d}"), probs[d], fmt)
+            written.append(outputs.commit(staged.name))
+    if args.disagreement:
+        staged_maps = _write_disagreement(outputs.stage(name), probs, model.config, fmt)
+        written += [outputs.commit(p.name) for p in staged_maps]
+    written.append(outputs.commit(run_json.name))
+    return written
+
+
+def _write_disagreement(base: Path, probs: Any, config: ModelConfig, fmt: str) -> list[Path]:
+    """``_disagreement`` (and ``_depth_used`` for --depth auto) maps, ``_regions.json`` ranking."""
+    from ..disagreement import disagreement_map, rank_regions
+    from ..outputs import TIFF_SOFTWARE
+
+    adaptive = hasattr(probs, "depth_map")
+    maps = {
+        "disagreement": probs.disagreement
+        if adaptive
+        else disagreement_map(probs, config.num_classes)
+    }
+    if adaptive:
+        maps["depth_used"] = probs.depth_map
+        _out(probs.summary())
+    written = [write_array(base.with_name(f"{base.name}_{k}"), v, fmt) for k, v in maps.items()]
+    size = (128,) * config.spatial_dims if config.spatial_dims == 2 else (32, 64, 64)
+    regions = [
+        {
+            "item": list(r.item),
+            "start": list(r.start),
+            "size": list(r.size),
+            "score": round(r.score, 5),
+        }
+        for r in rank_regions(maps["disagreement"], size)
+    ]
+    path = base.with_name(f"{base.name}_regions.json")
+    path.write_text(json.dumps({"written_by": TIFF_SOFTWARE, "label_here_next": regions}, indent=1))
+    return [*written, path]
+
+
+def _predict_local(
+    model: UNetPlusPlus,
+    image: Any,
+    config: PredictConfig,
+    data: DataConfig,
+    desc: str = "predict",
+    enabled: bool = True,
+    out: Path | None = None,
+) -> dict[int, Any]:
+    """Drive ``inference.predict`` with a bar over tiles; CPU fallbacks and the scale used
+    are written above the bar."""
+    from ..inference import predict
+
+    with ProgressBar(desc, enabled=enabled, notes=("fallback", "scale")) as bar:
+        return drive(predict(model, image, config, data, out=out), bar)

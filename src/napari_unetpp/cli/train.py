@@ -1,0 +1,334 @@
+"""``napari-unetpp train``: train or fine-tune from files, or ``--resume`` an interrupted run.
+
+The run is recorded in ``--out/run.json`` (:mod:`napari_unetpp.runs`) before the first
+step, so ``--resume`` alone continues it, and again at the end beside ``best/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..events import drive
+from ..files import (
+    UserError,
+    check_image,
+    check_labels,
+    collect_files,
+    load_model,
+    pair_files,
+    read_array,
+)
+from ..locate import CONFIG_NAME, is_zoo, locate
+from ..runs import (
+    PATH_KEYS,
+    RUN_FILE,
+    absolute_paths,
+    check_same_architecture,
+    read_run_file,
+    recorded_inputs,
+    train_record,
+    write_run_file,
+)
+from .common import TrainProgress, _note, _out, _override
+from .info import depth_table, read_model_info
+
+if TYPE_CHECKING:
+    from ..checkpoint import CheckpointInfo
+    from ..config import DataConfig, ModelConfig, TrainConfig
+
+
+def _normalization_from_args(base: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    norm = dict(base.get("normalization") or {})
+    if args.normalization is not None:
+        if args.normalization != norm.get("mode"):
+            norm = {}  # the other mode's low/high mean something else
+        norm["mode"] = args.normalization
+    if args.norm_low is not None:
+        norm["low"] = args.norm_low
+    if args.norm_high is not None:
+        norm["high"] = args.norm_high
+    return norm
+
+
+def build_train_configs(
+    args: argparse.Namespace, base: CheckpointInfo | None = None, resuming: bool = False
+) -> tuple[ModelConfig, TrainConfig, DataConfig, bool]:
+    """Merge the starting checkpoint's configs, ``--config`` and the flags (in that order).
+
+    ``resuming``: ``base`` is the run's own ``last/``, whose architecture
+    ``--widths/--depth`` may repeat but not change.
+    Returns the configs and whether the label mode is still to be guessed ("auto").
+    """
+    from ..config import FINE_TUNE_LEARNING_RATE, DataConfig, ModelConfig, TrainConfig
+
+    run = read_run_file(args.config)
+    model_base = base.model.to_dict() if base is not None else run.get("model", {})
+    if base is not None and (args.widths or args.depth is not None):
+        if not resuming:
+            raise UserError(
+                "--widths/--depth cannot change the architecture of a model being "
+                "fine-tuned; export a pruned depth first, or train from scratch"
+            )
+        check_same_architecture(base.model, args.widths, args.depth, Path(args.out))
+        args.widths, args.depth = None, None  # the same as recorded: nothing to override
+    model = _override(
+        model_base,
+        widths=tuple(args.widths) if args.widths else None,
+        depth=args.depth,
+        spatial_dims=args.spatial_dims,
+    )
+    if args.widths and args.depth is None and "depth" not in model_base:
+        model["depth"] = min(len(args.widths) - 1, 4)
+    learning_rate = args.lr
+    if (
+        base is not None
+        and not resuming
+        and learning_rate is None
+        and "learning_rate" not in run.get("train", {})
+    ):
+        learning_rate = FINE_TUNE_LEARNING_RATE  # as the widget: a few labels must not undo it
+    train = _override(
+        run.get("train", {}),
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+        learning_rate=learning_rate,
+        device=args.device,
+        seed=args.seed,
+        validate_every=args.validate_every,
+        patch_size=tuple(args.patch_size) if args.patch_size else None,
+        freeze_norm=getattr(args, "freeze_norm", None),
+    )
+    spatial_dims = int(model.get("spatial_dims", 2))
+    if "patch_size" in train and len(train["patch_size"]) == 1:
+        train["patch_size"] = tuple(train["patch_size"]) * spatial_dims
+    elif "patch_size" not in train and spatial_dims == 3:
+        train["patch_size"] = (32, 128, 128)
+    data_base = run.get("data", {})
+    if base is not None:  # normalise as the base model was trained (as the train widget does);
+        # its label mapping (class_values) belongs to its own labels, not to these
+        inherited = {"normalization": base.data.normalization.to_dict(), "target": base.data.target}
+        data_base = {**inherited, **data_base}
+    auto_label = args.label_mode == "auto"
+    data = _override(
+        data_base, label_mode=None if auto_label else args.label_mode, target=args.target
+    )
+    if args.channel_axis is not None:
+        data["channel_axis"] = None if args.channel_axis == "none" else int(args.channel_axis)
+    data["normalization"] = _normalization_from_args(data, args)
+    return (
+        ModelConfig.from_dict(model),
+        TrainConfig.from_dict(train),
+        DataConfig.from_dict(data),
+        auto_label,
+    )
+
+
+def _run_record(
+    args: argparse.Namespace, model: ModelConfig, train: TrainConfig, data: DataConfig
+) -> dict[str, Any]:
+    """The run's ``run.json``: configs, input files (absolute) and starting point."""
+    start = getattr(args, "from_", None)
+    if start and not is_zoo(start):
+        start = str(Path(start).resolve())
+    inputs = {key: absolute_paths(getattr(args, key, None)) for key in PATH_KEYS}
+    return train_record(model, train, data, inputs, start)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (or fine-tune) from files; writes the checkpoint and prints the per-depth table.
+
+    Under ``torchrun`` every process runs this command: it joins the process group
+    (DistributedDataParallel), rank 0 alone shows progress and writes files, and every
+    rank leaves the group at the end, also after an error.
+    """
+    out = Path(args.out)
+    resuming = _resume_inputs(args, out)
+    if args.resume and not resuming:
+        _note(f"--resume: {out} has no saved step yet; starting its recorded run from step 0")
+        args.resume = False
+    if not (args.images and args.labels):
+        raise UserError(
+            "train needs --images and --labels (or --resume with the --out of a "
+            "run that recorded them in its run.json)"
+        )
+    if not args.dry_run:
+        from ..outputs import check_writable_folder
+
+        check_writable_folder(out)  # before reading data or building anything
+    initial = _initial_model(args, out, resuming)
+    base = None
+    if resuming:
+        base = read_model_info(str(out / "last"))
+    elif initial is not None:
+        base = read_model_info(args.from_)
+    configs = build_train_configs(args, base, resuming)
+    if args.dry_run:
+        return _train(args, out, initial, *configs, main_process=True)
+    from ..training import join_torchrun, process_rank
+
+    leave = join_torchrun(configs[1].device)
+    try:
+        return _train(args, out, initial, *configs, main_process=process_rank() == 0)
+    finally:
+        leave()
+
+
+def _train(
+    args: argparse.Namespace,
+    out: Path,
+    initial: Any,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    data_config: DataConfig,
+    auto: bool,
+    main_process: bool,
+) -> int:
+    """Read the files, finish the configs from the data, train; rank 0 reports and writes."""
+    pairs = pair_files(collect_files(args.images, "image"), collect_files(args.labels, "labels"))
+    val_pairs: list[tuple[Path, Path]] = []
+    if args.val_images or args.val_labels:
+        if not (args.val_images and args.val_labels):
+            raise UserError("give both --val-images and --val-labels (or neither)")
+        val_pairs = pair_files(
+            collect_files(args.val_images, "validation image"),
+            collect_files(args.val_labels, "validation labels"),
+        )
+    images, labels = _read_pairs(pairs, data_config.channel_axis)
+    val_images, val_labels = _read_pairs(val_pairs, data_config.channel_axis)
+
+    from .. import data as data_mod
+
+    if auto:
+        mode, why = data_mod.guess_label_mode(labels[0])
+        data_config = data_config.replace(label_mode=mode)
+        if main_process:
+            _note(f"label mode: {mode} ({why})")
+    channels = (
+        1 if data_config.channel_axis is None else int(images[0].shape[data_config.channel_axis])
+    )
+    classes = data_mod.num_output_channels(data_config, labels)
+    model_config = model_config.replace(
+        in_channels=channels,
+        num_classes=classes,
+        # fine-tuning to another class count: new heads, so the old names do not apply
+        class_names=model_config.class_names if classes == model_config.num_classes else (),
+    )
+    record = _run_record(args, model_config, train_config, data_config)
+    if args.dry_run:
+        _out(json.dumps(record, indent=2))
+        return 0
+    with contextlib.ExitStack() as stack:
+        if main_process:
+            from ..outputs import OutputFolder
+
+            stack.enter_context(OutputFolder(out))  # one run at a time writes into --out
+            write_run_file(out, record)  # before the first step: `--resume` alone continues it
+        return _run_trainer(
+            args,
+            out,
+            initial,
+            model_config,
+            train_config,
+            data_config,
+            (images, labels, val_images, val_labels),
+            len(pairs),
+            len(val_pairs),
+            main_process,
+        )
+
+
+def _run_trainer(
+    args: argparse.Namespace,
+    out: Path,
+    initial: Any,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    data_config: DataConfig,
+    arrays: tuple[Any, ...],
+    n_pairs: int,
+    n_val: int,
+    main_process: bool,
+) -> int:
+    """Drive the trainer with a progress bar; rank 0 records the run and prints the table."""
+    from ..training import Trainer
+
+    images, labels, val_images, val_labels = arrays
+    trainer = Trainer(
+        model_config,
+        train_config,
+        data_config,
+        initial=initial,
+        output_dir=out,
+        resume=bool(args.resume),
+    )
+    if main_process:
+        _note(
+            f"training on {n_pairs} image(s)"
+            + (f", validating on {n_val}" if n_val else "")
+            + f"; checkpoint -> {out}"
+        )
+    with TrainProgress(train_config.iterations, enabled=main_process and not args.quiet) as bar:
+        result = drive(trainer.run(images, labels, val_images or None, val_labels or None), bar)
+    if not main_process:
+        return 0
+    saved = result.info
+    # run.json beside best/ and last/: `train --config RUN/run.json` replays the run
+    write_run_file(out, _run_record(args, saved.model, saved.train or train_config, saved.data))
+    _out(f"checkpoint: {result.checkpoint}")
+    _out(depth_table(saved))
+    return 0
+
+
+def _resume_inputs(args: argparse.Namespace, out: Path) -> bool:
+    """For ``--resume``: fill unset flags from ``out/run.json``; whether ``last/`` exists.
+
+    ``run.json`` is written when a run starts, so a run killed before its first
+    save restarts from step 0 with its recorded settings and inputs.
+    """
+    if not args.resume:
+        return False
+    if args.from_:
+        raise UserError("give either --resume or --from, not both")
+    run_file = out / RUN_FILE
+    has_last = (out / "last" / CONFIG_NAME).is_file()
+    if not run_file.is_file():
+        if not has_last:
+            raise UserError(
+                f"--resume: no interrupted run in {out} (no {run_file} and no {out / 'last'})"
+            )
+        return True
+    if args.config is None:
+        args.config = str(run_file)  # the interrupted run's settings
+    record = read_run_file(run_file)
+    for key, paths in recorded_inputs(record, run_file).items():
+        if not getattr(args, key):
+            setattr(args, key, paths)
+    if not has_last and isinstance(record.get("from"), str):
+        args.from_ = record["from"]  # killed before the first save: the same start again
+    return has_last
+
+
+def _initial_model(args: argparse.Namespace, out: Path, resuming: bool) -> Any:
+    """What to fine-tune from: a checkpoint path, a zoo model, or None (``--resume`` is apart)."""
+    if resuming or not args.from_:
+        return None
+    where = locate(args.from_)
+    return load_model(args.from_, device="cpu")[0] if where.kind == "zoo" else str(where.path)
+
+
+def _read_pairs(
+    pairs: Sequence[tuple[Path, Path]], channel_axis: int | None
+) -> tuple[list[Any], list[Any]]:
+    images, labels = [], []
+    for image_path, label_path in pairs:
+        image = read_array(image_path)
+        check_image(image, image_path)
+        label = check_labels(read_array(label_path), image, label_path, channel_axis)
+        images.append(image)
+        labels.append(label)
+    return images, labels
