@@ -188,6 +188,12 @@ class TrainWidget(Container):
         self._norm_high = FloatSpinBox(label="high", value=99.8, min=-1e6, max=1e6)
         self._freeze_encoder = CheckBox(text="Freeze encoder (fine-tuning)", value=False)
         self._freeze_norm = CheckBox(text="Keep BatchNorm statistics (fine-tuning)", value=False)
+        self._preserve = CheckBox(
+            text="Keep unpainted predictions (fine-tuning)",
+            value=False,
+            tooltip="Where you painted nothing, the model is held to its own starting "
+            "prediction, so a few strokes correct it without changing the rest",
+        )
         self._mixed_precision = CheckBox(text="Mixed precision (CUDA)", value=True)
         self._seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
         self._advanced = Container(
@@ -204,6 +210,7 @@ class TrainWidget(Container):
                 self._norm_high,
                 self._freeze_encoder,
                 self._freeze_norm,
+                self._preserve,
                 self._mixed_precision,
                 self._seed,
             ],
@@ -374,6 +381,7 @@ class TrainWidget(Container):
         self._lr.value = SCRATCH_LR if scratch else FINE_TUNE_LR
         self._iterations.value = SCRATCH_ITERATIONS if scratch else FINE_TUNE_ITERATIONS
         self._freeze_norm.value = not scratch
+        self._preserve.value = not scratch
         self._preview.value = not scratch
 
     # ------------------------------------------------------------------ configs
@@ -461,6 +469,7 @@ class TrainWidget(Container):
             seed=self._seed.value,
             freeze_encoder=self._freeze_encoder.value,
             freeze_norm=self._freeze_norm.value,
+            preserve_weight=1.0 if self._preserve.value and initial is not None else 0.0,
         )
         return model, train, data, initial
 

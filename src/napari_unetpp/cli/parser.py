@@ -96,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
         "labels must not re-estimate them; turn off to adapt to another "
         "modality)",
     )
+    t.add_argument(
+        "--preserve",
+        type=float,
+        default=None,
+        metavar="W",
+        help="weight of keeping the starting model's predictions on unlabelled pixels "
+        "(default: 1 with --from and the model's classes, else 0; 0 = off)",
+    )
     t.add_argument("--validate-every", type=int)
     t.add_argument("--label-mode", choices=["dense", "sparse", "auto"], default=None)
     t.add_argument("--target", choices=["semantic", "instance"])

@@ -102,6 +102,7 @@ def build_train_configs(
         validate_every=args.validate_every,
         patch_size=tuple(args.patch_size) if args.patch_size else None,
         freeze_norm=getattr(args, "freeze_norm", None),
+        preserve_weight=getattr(args, "preserve", None),
     )
     spatial_dims = int(model.get("spatial_dims", 2))
     if "patch_size" in train and len(train["patch_size"]) == 1:
