@@ -22,6 +22,7 @@ ENGINE = [
     "zoo",
     "files",
     "distributed",
+    "export",
     "cli",
 ]
 GUI = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "superqt")
