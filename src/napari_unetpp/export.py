@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -233,20 +234,30 @@ def export_onnx(net: ProbabilityNet, out: str | os.PathLike[str]) -> Path:
 
     def write(tmp: Path) -> None:
         # the exporter prints its steps; the caller reports the result
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                net,
-                (_example(net),),
-                str(tmp),
-                dynamo=True,
-                opset_version=ONNX_OPSET,
-                input_names=["input"],
-                output_names=["output"],
-                dynamic_shapes={"x": shapes},
-                external_data=False,
-                verbose=False,
-            )
+        quiet = logging.getLogger("torch.onnx")  # "torchvision is not installed" notes
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            with (
+                torch.no_grad(),
+                contextlib.redirect_stdout(io.StringIO()),
+                warnings.catch_warnings(),
+            ):
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    net,
+                    (_example(net),),
+                    str(tmp),
+                    dynamo=True,
+                    opset_version=ONNX_OPSET,
+                    input_names=["input"],
+                    output_names=["output"],
+                    dynamic_shapes={"x": shapes},
+                    external_data=False,
+                    verbose=False,
+                )
+        finally:
+            quiet.setLevel(level)
 
     _atomic(target, write)
     return target
@@ -471,10 +482,11 @@ def export_bioimageio(
     with torch.no_grad():
         expected = net(torch.from_numpy(normalise_like_rdf(raw, info))[None]).numpy()
     title = name or str(info.card.get("title") or "UNet++ model")
-    parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=parent, prefix=f".{target.name}.") as tmp:
-        folder = Path(tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # staged beside the target (mkdir keeps the user's umask; a temp dir would be 0700)
+    folder = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    try:
         np.save(folder / "test_input.npy", raw[None], allow_pickle=False)
         np.save(folder / "test_output.npy", expected, allow_pickle=False)
         _cover(raw[None], expected, folder / "cover.png")
@@ -486,10 +498,19 @@ def export_bioimageio(
         if target.suffix.lower() == ".zip":
             _zip_folder(folder, target)
         else:
-            if target.exists():
-                shutil.rmtree(target)
-            shutil.copytree(folder, target)
+            _replace_folder(folder, target)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return target
+
+
+def _replace_folder(staged: Path, target: Path) -> None:
+    """Move ``staged`` onto ``target``; an old package there is removed only afterwards."""
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staged, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _rdf(
