@@ -199,12 +199,11 @@ def export_torchscript(net: ProbabilityNet, out: str | os.PathLike[str]) -> Path
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
-        # the size checks in forward become constants: right for multiples of 2**d
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(net, _example(net), check_trace=False)
-    with warnings.catch_warnings():
+        # the size checks in forward become constants: right for multiples of 2**d;
         # torch 2.13 deprecates TorchScript, but it is bioimage.io's PyTorch format
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
+        traced = torch.jit.trace(net, _example(net), check_trace=False)
         _atomic(target, lambda tmp: torch.jit.save(traced, str(tmp)))
     return target
 
@@ -336,17 +335,6 @@ def _preprocessing(info: CheckpointInfo) -> list[dict[str, Any]]:
     return steps
 
 
-def normalise_like_rdf(image: np.ndarray, info: CheckpointInfo) -> np.ndarray:
-    """``image`` (c, *spatial) normalised as :func:`data.normalize` does, for the test input.
-
-    The same ``intensity_range`` the engine uses; for the test image (a typical crop)
-    that equals the rdf's plain ``scale_range`` percentiles.
-    """
-    from .data import normalize
-
-    return normalize(image, info.data.normalization)
-
-
 def _space_names(info: CheckpointInfo) -> tuple[str, ...]:
     return ("z", "y", "x")[-info.model.spatial_dims :]
 
@@ -399,7 +387,7 @@ def _test_image(info: CheckpointInfo, multiple: int, image: np.ndarray | None) -
             image = image[:, image.shape[1] // 2]
     spatial = image.shape[1:]
     crop = tuple(slice(0, min(s, 256) // multiple * multiple) for s in spatial)
-    image = image[(slice(None), *crop)]
+    image = image[(slice(None),) + crop]
     if 0 in image.shape:
         raise ValueError(f"the test image is smaller than {multiple} pixels (2**depth)")
     return np.ascontiguousarray(image, dtype=np.float32)
@@ -473,6 +461,8 @@ def export_bioimageio(
     licence/citations of the card. ``test_image`` is a raw image of the model's kind
     (cropped to at most 256 per axis); without it a random one is used.
     """
+    from .data import normalize
+
     target = Path(out)
     if target.exists() and not (target.is_dir() and not any(target.iterdir())):
         if not (target.suffix.lower() == ".zip" or (target / "rdf.yaml").is_file()):
@@ -480,7 +470,8 @@ def export_bioimageio(
     net = probability_net(model, depth, all_heads, info)
     raw = _test_image(info, net.multiple, test_image)
     with torch.no_grad():
-        expected = net(torch.from_numpy(normalise_like_rdf(raw, info))[None]).numpy()
+        # the engine's normalisation; for a typical test crop the rdf's scale_range equals it
+        expected = net(torch.from_numpy(normalize(raw, info.data.normalization))[None]).numpy()
     title = name or str(info.card.get("title") or "UNet++ model")
     target.parent.mkdir(parents=True, exist_ok=True)
     # staged beside the target (mkdir keeps the user's umask; a temp dir would be 0700)
