@@ -533,3 +533,23 @@ def test_a_checkpoint_with_nan_weights_is_refused_at_load(tmp_path: Path) -> Non
     folder = save_checkpoint(tmp_path / "nan", net, _info(net))
     with pytest.raises(CheckpointError, match="non-finite"):
         load_checkpoint(folder)
+
+
+@pytest.mark.parametrize("first_bytes", [b"\x80", b"PK"])
+def test_safetensors_whose_header_length_looks_like_pickle_or_zip_loads(first_bytes):
+    """1 in 256 header sizes start with 0x80 (pickle's PROTO); such a file was refused."""
+    from safetensors.torch import save
+
+    target = int.from_bytes(first_bytes.ljust(2, b"\x00")[:2], "little")
+    blob = b""
+    for n in range(1, 20000):  # grow one tensor name until the header length matches
+        blob = save({"w" * n: torch.ones(2)})
+        length = int.from_bytes(blob[:8], "little")
+        if length % (256 ** len(first_bytes)) == target:
+            break
+    assert blob.startswith(first_bytes)
+    from napari_unetpp import _checkpoint_io as io
+
+    raw = io.Raw(b"{}", "config.json", blob, "weights.safetensors")
+    assert list(io.parse_weights(raw).values())[0].tolist() == [1.0, 1.0]
+    assert list(io.header_shapes(raw).values()) == [(2,)]

@@ -23,6 +23,7 @@ ENGINE = [
     "locate",
     "files",
     "distributed",
+    "export",
     "cli",
     "runs",
 ]

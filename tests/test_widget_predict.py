@@ -171,8 +171,11 @@ def test_stack_slicewise_then_current_slice(setup: Any, crop: np.ndarray) -> Non
     assert errors and "3D" in errors[-1]
 
 
-def test_pruning_slider_apply_and_save(setup: Any, crop: np.ndarray, tmp_path: Path) -> None:
+def test_pruning_slider_apply_and_save(
+    setup: Any, crop: np.ndarray, tmp_path: Path, checkpoint: Path
+) -> None:
     viewer, w, errors = setup
+    assert w.pruning.device == "cpu" and w.pruning.output_folder == tmp_path / "runs"
     w._image.value = viewer.add_image(crop[0], name="em", scale=SCALE, translate=TRANSLATE)
     w.segment()
     full = w.model
@@ -204,9 +207,39 @@ def test_pruning_slider_apply_and_save(setup: Any, crop: np.ndarray, tmp_path: P
         x = torch.rand(1, 1, 32, 32)
         with torch.no_grad():
             torch.testing.assert_close(loaded.eval()(x)[1], full.eval()(x, depths=[1])[1])
+        assert info.provenance["pruned_from"] == str(checkpoint)
+        assert info.provenance["pruned_depth"] == 1
         assert _state.registered_models()[f"{w.model_name} L1"] == folder
     finally:
         _state.unregister_model(f"{w.model_name} L1")
+
+
+def test_pruning_panel_talks_through_signals_and_arguments(
+    qapp: Any, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No owner widget: the model, device and folder come in as arguments, Apply goes out."""
+    from napari_unetpp._widgets.pruning_panel import PruningPanel
+
+    monkeypatch.setattr(_runner, "RUN_INLINE", True)
+    net, info = load_checkpoint(checkpoint)
+    panel = PruningPanel()
+    panel.set_device("cpu")
+    panel.set_output_folder(tmp_path / "out")
+    panel.set_model(net, info, name="tiny", source="somewhere/tiny")
+    asked: list[int] = []
+    panel.apply_requested.connect(asked.append)
+    panel._depth.value = 1
+    assert "ms per megapixel" in panel._readout.value
+    panel.apply()
+    assert asked == [1]
+    try:
+        first, second = panel.save_pruned(), panel.save_pruned()
+        assert (first, second) == (tmp_path / "out" / "tiny-L1", tmp_path / "out" / "tiny-L1-1")
+        saved, saved_info = load_checkpoint(first)
+        assert saved.head_depths == (1,)
+        assert saved_info.provenance["pruned_from"] == "somewhere/tiny"
+    finally:
+        _state.unregister_model("tiny L1")
 
 
 def test_cancel_leaves_layers_unchanged(setup: Any, crop: np.ndarray) -> None:

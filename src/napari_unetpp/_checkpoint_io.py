@@ -68,6 +68,16 @@ def _looks_like_pickle(head: bytes) -> bool:
     return head[:1] == b"\x80"
 
 
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    """An 8-byte little-endian header length that fits the file, then the JSON header's ``{``.
+
+    Checked before the pickle and zip tests: the length's low byte is 0x80 (or its first
+    bytes read "PK") for 1 in 256 header sizes, and such a valid file was refused as pickle.
+    """
+    length = int.from_bytes(head[:8], "little")
+    return len(head) >= 9 and head[8:9] == b"{" and 0 < length <= size - 8
+
+
 def _pickle_error(name: str, why: str) -> CheckpointError:
     return CheckpointError(f"{name}: {why}; refusing to load it. {_CONVERT_HINT}")
 
@@ -175,12 +185,13 @@ def read_raw(path: str | os.PathLike[str], want_weights: bool = True) -> Raw:
                 f"and {WEIGHTS_NAME} (written by save_checkpoint)"
             )
     else:
-        head = _read_head(path)
-        if path.suffix.lower() in PICKLE_SUFFIXES or _looks_like_pickle(head):
+        head = _read_head(path, 9)
+        tensors = _looks_like_safetensors(head, path.stat().st_size)
+        if path.suffix.lower() in PICKLE_SUFFIXES or (_looks_like_pickle(head) and not tensors):
             raise _pickle_error(
                 str(path), "this looks like a PyTorch/pickle file, not a checkpoint"
             )
-        if head.startswith(b"PK"):
+        if head.startswith(b"PK") and not tensors:
             return _read_zip(path, want_weights)
         if path.name == CONFIG_NAME:
             folder, weights_path = path.parent, path.parent / WEIGHTS_NAME
@@ -255,7 +266,9 @@ def parse_weights(raw: Raw) -> dict[str, torch.Tensor]:
     name = raw.weights_name
     blob = raw.weights
     assert blob is not None  # read_raw(want_weights=True) guarantees it
-    if _looks_like_pickle(blob[:1]) or blob.startswith(b"PK"):
+    if not _looks_like_safetensors(blob[:9], len(blob)) and (
+        _looks_like_pickle(blob[:1]) or blob.startswith(b"PK")
+    ):
         raise _pickle_error(name, "this is a PyTorch/pickle file, not safetensors")
     if len(blob) < 8:
         raise CheckpointError(f"{name}: truncated ({len(blob)} bytes); the file is corrupt")
@@ -272,7 +285,9 @@ def header_shapes(raw: Raw) -> dict[str, tuple[int, ...]]:
     """Tensor shapes from the safetensors header, read before any tensor is made."""
     blob = raw.weights or b""
     name = raw.weights_name
-    if _looks_like_pickle(blob[:1]) or blob.startswith(b"PK"):
+    if not _looks_like_safetensors(blob[:9], len(blob)) and (
+        _looks_like_pickle(blob[:1]) or blob.startswith(b"PK")
+    ):
         raise _pickle_error(name, "this is a PyTorch/pickle file, not safetensors")
     size = int.from_bytes(blob[:8], "little") if len(blob) >= 8 else -1
     if size < 0 or size > min(len(blob) - 8, _MAX_HEADER_BYTES):

@@ -160,7 +160,9 @@ class PredictWidget(Container):
         self._status.native.setWordWrap(True)  # long run paths must not widen the dock
         self._legend = Label(value="", visible=False)
         self._legend.native.setWordWrap(True)
-        self.pruning = PruningPanel(self)
+        self.pruning = PruningPanel(self._runner.queue)
+        self.pruning.set_device(self._device.value)
+        self.pruning.set_output_folder(self._output.value)
         self.scale = ScalePanel()
         buttons = Container(layout="horizontal", widgets=[self._run, self._cancel], labels=False)
         for box in (self._source, self._model, self._image, self._scope, self._device):
@@ -194,15 +196,17 @@ class PredictWidget(Container):
         self._image.changed.connect(self._on_image)
         self._run.changed.connect(lambda: self.segment())
         self._cancel.changed.connect(self.cancel)
+        self._device.changed.connect(self.pruning.set_device)
+        self._output.changed.connect(self.pruning.set_output_folder)
+        self.pruning.apply_requested.connect(lambda depth: self.segment(pruned_depth=depth))
 
     def _on_closed(self) -> None:
         """The dock was closed: stop its jobs (no layer appears later); stop listening."""
         self._runner.quit()
-        self.pruning._runner.quit()
+        self.pruning.close_jobs()
         _state.models_changed.disconnect(self._on_models_changed)
         for event in ("inserted", "removed", "reordered"):
             getattr(self._viewer.layers.events, event).disconnect(self._on_layers_changed)
-        self.pruning.close_jobs()
 
     def _on_layers_changed(self, _event: Any = None) -> None:
         try:
@@ -301,7 +305,7 @@ class PredictWidget(Container):
         if dims != model.config.spatial_dims:  # keep the user's tile unless 2D <-> 3D
             self._tile.value = 256 if model.config.spatial_dims == 2 else 64
         self._default_scope()
-        self.pruning.set_model(model, info)
+        self.pruning.set_model(model, info, name=self.model_name, source=spec)
         self.scale.set_model(model.config)
 
     @property

@@ -9,21 +9,25 @@ a timing that has not finished, and never runs beside it (issue 16's freeze).
 The panel shows the parameters (full and pruned), that time per
 megapixel, and the validation (or, for shipped models, held-back) score of depth ``d``
 from the checkpoint's metrics.
-"Apply" re-segments with ``PredictConfig(pruned_depth=d)`` (the fast path) and
-updates the labels layer; "Save pruned model" writes the pruned network as an
-ordinary checkpoint (its metrics table reduced to that depth's row) and registers
-it, so it appears under "just trained" and can be shared or used from the CLI.
+"Apply" emits :attr:`PruningPanel.apply_requested` with the depth: the owner re-segments
+with ``PredictConfig(pruned_depth=d)`` (the fast path). "Save pruned model" writes the
+pruned network with :func:`napari_unetpp.export.export_pruned` (the CLI's export too) and
+registers it, so it appears under "just trained" and can be shared or used from the CLI.
+
+The panel knows nothing of its owner: the owner hands it the model (``set_model``), the
+device (``set_device``) and the output folder (``set_output_folder``), and listens to
+``apply_requested``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import Container, Label, PushButton, Slider
 from napari.utils.notifications import show_error, show_info
+from psygnal import Signal
 
 from . import _state
 from ._runner import JobRunner
@@ -34,7 +38,7 @@ TIMING_DELAY_MS = 400
 if TYPE_CHECKING:
     from ..checkpoint import CheckpointInfo
     from ..model import UNetPlusPlus
-    from .predict import PredictWidget
+    from ._jobs import JobQueue
 
 
 def prune_job(
@@ -53,12 +57,21 @@ def prune_job(
 
 
 class PruningPanel(Container):
-    """Depth slider, cost/score readout, Apply and Save for the owner's loaded model."""
+    """Depth slider, cost/score readout, Apply and Save for the model the owner hands it.
 
-    def __init__(self, owner: PredictWidget) -> None:
+    ``queue`` is the viewer's job queue, shared with the owner's jobs (one torch job at a
+    time); ``apply_requested(depth)`` asks the owner to segment with the pruned network.
+    """
+
+    apply_requested = Signal(int)
+
+    def __init__(self, queue: JobQueue | None = None) -> None:
         super().__init__(label="Pruning")
-        self._owner = owner
-        self._runner = JobRunner(queue=owner._runner.queue, owner="prune")
+        self._runner = JobRunner(queue=queue, owner="prune")
+        self.device = "auto"
+        self.output_folder = Path("~/napari-unetpp/predictions")
+        self.model_name = "model"
+        self.source = ""  # "zoo:<name>" or a checkpoint path: the saved model's provenance
         from qtpy.QtCore import QTimer
 
         self._timer = QTimer()
@@ -90,9 +103,12 @@ class PruningPanel(Container):
         """The depth the slider is at."""
         return int(self._depth.value)
 
-    def set_model(self, model: UNetPlusPlus, info: CheckpointInfo) -> None:
-        """Show a newly loaded model; start at its recommended depth."""
-        self.model, self.info = model, info
+    def set_model(
+        self, model: UNetPlusPlus, info: CheckpointInfo, name: str = "model", source: str = ""
+    ) -> None:
+        """Show a newly loaded model (``name`` for saved folders, ``source`` for provenance);
+        start at its recommended depth."""
+        self.model, self.info, self.model_name, self.source = model, info, name, source
         heads = model.head_depths
         best = int(info.metrics.get("best_depth") or max(heads))
         with self._depth.changed.blocked():
@@ -101,6 +117,14 @@ class PruningPanel(Container):
         self._depth.enabled = len(heads) > 1
         self._apply.enabled = self._save.enabled = True
         self._on_depth()
+
+    def set_device(self, device: str) -> None:
+        """Time the pruned networks on ``device`` (the owner's choice) from now on."""
+        self.device = str(device)
+
+    def set_output_folder(self, folder: str | Path) -> None:
+        """Where "Save pruned model" writes by default."""
+        self.output_folder = Path(folder)
 
     def set_busy(self, busy: bool) -> None:
         """Disable Apply while the owner segments."""
@@ -116,7 +140,7 @@ class PruningPanel(Container):
         if self.model is None:
             return
         self.pruned, self.ms_per_mpx = None, None
-        self._text(f"L{self.depth}: timing on {self._owner._device.value}...")
+        self._text(f"L{self.depth}: timing on {self.device}...")
         self._runner.quit()  # a newer depth wins; the old timing is dropped (and waited for)
         if self._runner.inline:
             self._time_depth()
@@ -129,7 +153,7 @@ class PruningPanel(Container):
         d, model = self.depth, self.model
         self._runner.quit()
         self._runner.start(
-            prune_job(model, d, self._owner._device.value),
+            prune_job(model, d, self.device),
             on_return=lambda result: self._on_pruned(d, result),
         )
 
@@ -175,44 +199,28 @@ class PruningPanel(Container):
         return isinstance(data, dict) and data.get("validation") == NO_VALIDATION
 
     def apply(self, _value: Any = None) -> None:
-        """Re-segment the owner's image with the pruned network (labels layer only)."""
-        self._owner.segment(pruned_depth=self.depth)
+        """Ask the owner to re-segment with the pruned network (labels layer only)."""
+        self.apply_requested.emit(self.depth)
 
     def save_pruned(self, path: str | Path | None = None) -> Path | None:
-        """Save the pruned network as a checkpoint (default: in the output folder); register it."""
-        from ..checkpoint import save_checkpoint
+        """Save the pruned network as a checkpoint (default: a new folder in the output
+        folder) with :func:`export.export_pruned`; register it under "just trained"."""
+        from ..export import export_pruned
 
         if self.model is None or self.info is None:
             show_error("load a model first")
             return None
         d = self.depth
-        pruned = (
-            self.pruned
-            if self.pruned is not None and self.pruned.depth == d
-            else self.model.prune(d).eval()
-        )
         if path is None:
-            base = Path(self._owner._output.value).expanduser() / f"{self._owner.model_name}-L{d}"
+            base = self.output_folder.expanduser() / f"{self.model_name}-L{d}"
             path, n = base, 1
             while path.exists():
                 path, n = base.with_name(f"{base.name}-{n}"), n + 1
-        metrics = dict(self.info.metrics)
-        row = (metrics.get("depths") or {}).get(str(d))
-        metrics["depths"] = {str(d): row} if row is not None else {}
-        metrics["best_depth"] = d
-        provenance = {
-            **self.info.provenance,
-            "pruned_from": self._owner.model_spec,
-            "pruned_depth": d,
-        }
-        info = dataclasses.replace(
-            self.info, model=pruned.config, metrics=metrics, provenance=provenance
-        )
         try:
-            folder = save_checkpoint(path, pruned, info)
+            folder = export_pruned(self.model, self.info, d, path, source=self.source)
         except (ValueError, OSError) as exc:
             show_error(f"could not save the pruned model: {exc}")
             return None
-        _state.register_model(f"{self._owner.model_name} L{d}", folder)
+        _state.register_model(f"{self.model_name} L{d}", folder)
         show_info(f"pruned L{d} model saved to {folder}")
         return folder

@@ -1,45 +1,38 @@
-"""``napari-unetpp export``: save the pruned network of one depth as its own checkpoint."""
+"""``napari-unetpp export``: a pruned checkpoint, a bioimage.io package, ONNX or TorchScript."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from ..files import UserError, load_model
+from ..files import UserError
 from .common import _out
-from .tables import _human_count
+
+#: ``export.FORMATS``, spelled here so that ``--help`` does not import torch (a test compares).
+EXPORT_FORMATS = ("folder", "zip", "bioimageio", "onnx", "torchscript")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Save the pruned network of one depth as its own, smaller checkpoint."""
-    import dataclasses
+    """Write the model in the chosen format, one depth or all heads (``export.export_model``)."""
+    from ..export import export_model
 
-    from ..checkpoint import save_checkpoint
-
-    model, info = load_model(args.checkpoint, device="cpu")
-    if args.depth not in model.head_depths:
-        raise UserError(f"no head at depth {args.depth}; this model has {list(model.head_depths)}")
-    pruned = model.prune(args.depth)
-    metrics = dict(info.metrics or {})
-    row = (metrics.get("depths") or {}).get(str(args.depth))
-    metrics["depths"] = {str(args.depth): row} if row else {}
-    metrics["best_depth"] = args.depth
-    provenance = {
-        **(info.provenance or {}),
-        "pruned_from": str(args.checkpoint),
-        "pruned_depth": args.depth,
-        "original_depth": model.depth,
-    }
-    new_info = dataclasses.replace(
-        info, model=pruned.config, metrics=metrics, provenance=provenance
-    )
-    out = Path(args.out)
-    path = Path(save_checkpoint(out, pruned, new_info, half=args.half))
-    _out(
-        f"exported L{args.depth}: {_human_count(pruned.num_parameters())} parameters "
-        f"(of {_human_count(model.num_parameters())}) -> {path}"
-    )
-    if args.zip:
+    try:
+        path = export_model(
+            args.checkpoint,
+            args.out,
+            args.format,
+            depth=args.depth,
+            all_heads=args.all_heads,
+            half=args.half,
+            license=args.license,
+        )
+    except ImportError as exc:  # onnx / onnxscript not installed
+        raise UserError(f"{exc}; install them with: pip install 'napari-unetpp[export]'") from None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    heads = "all heads" if args.all_heads else f"L{args.depth}" if args.depth else "best depth"
+    _out(f"exported {args.format} ({heads}) -> {path}")
+    if args.zip and args.format == "folder":
         from ..checkpoint import export_zip
 
         _out(f"zip: {export_zip(path, Path(str(path) + '.zip'))}")

@@ -7,7 +7,7 @@ import argparse
 from .. import __version__
 from .common import PROG
 from .demo import cmd_demo
-from .export import cmd_export
+from .export import EXPORT_FORMATS, cmd_export
 from .info import cmd_info
 from .predict import cmd_predict
 from .train import cmd_train
@@ -241,12 +241,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(i)
     i.set_defaults(func=cmd_info)
 
-    e = sub.add_parser("export", help="save the pruned network of one depth")
+    e = sub.add_parser(
+        "export", help="share a model: pruned checkpoint, bioimage.io package, ONNX, TorchScript"
+    )
     e.add_argument("checkpoint", metavar="CHECKPOINT|zoo:NAME")
-    e.add_argument("--depth", type=int, required=True)
-    e.add_argument("--out", required=True, metavar="DIR")
-    e.add_argument("--half", action="store_true", help="store weights as float16")
-    e.add_argument("--zip", action="store_true", help="also write DIR.zip")
+    e.add_argument("--out", required=True, metavar="PATH")
+    e.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        default="folder",
+        help="folder/zip: our checkpoint (safetensors + JSON); bioimageio: a bioimage.io model "
+        "package (TorchScript + ONNX weights, test tensors, cover); onnx; torchscript",
+    )
+    heads = e.add_mutually_exclusive_group()
+    heads.add_argument("--depth", type=int, help="one depth (default: the recommended one)")
+    heads.add_argument(
+        "--all-heads", action="store_true", help="every depth, stacked as output channels"
+    )
+    e.add_argument("--half", action="store_true", help="store weights as float16 (folder/zip)")
+    e.add_argument("--zip", action="store_true", help="also write PATH.zip (folder format)")
+    e.add_argument(
+        "--license", help="SPDX id of the weights for bioimage.io (default: read from the card)"
+    )
     e.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="segment a bundled sample with a shipped model")
