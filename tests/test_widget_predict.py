@@ -355,3 +355,12 @@ def test_shipped_model_matches_the_image(make_napari_viewer: Any) -> None:
         "zoo:nuclei",
         None,
     ]
+
+
+def test_chosen_path_is_one_path_or_a_user_facing_error() -> None:
+    from napari_unetpp._widgets._paths import chosen_path
+
+    assert chosen_path(Path("out"), "output folder") == Path("out")
+    for value in (None, (Path("a"), Path("b"))):
+        with pytest.raises(ValueError, match="choose one output folder"):
+            chosen_path(value, "output folder")

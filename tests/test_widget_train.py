@@ -129,6 +129,16 @@ def test_shape_mismatch_is_a_clear_error(make_napari_viewer, tmp_path, monkeypat
     assert len(errors) == 2 and not w._pairs
 
 
+def test_add_and_clear_pairs(make_napari_viewer, em_crop, tmp_path, monkeypatch):
+    errors = _errors(monkeypatch)
+    w = _widget(make_napari_viewer(), em_crop, tmp_path)
+    w._add_pair.clicked.emit()
+    assert not errors and len(w._pairs) == 1
+    assert w._pair_list.value == "training on: em + membranes"
+    w._clear_pairs.clicked.emit()
+    assert not w._pairs and w._pair_list.value == "training on: the selected pair"
+
+
 def test_viewer_stays_responsive(make_napari_viewer, qtbot, em_crop, tmp_path, monkeypatch):
     """A 20 ms QTimer keeps firing while training runs in the worker (no freeze)."""
     from qtpy.QtCore import QTimer

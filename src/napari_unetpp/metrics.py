@@ -9,6 +9,8 @@ checkpoint's metrics table). An empty prediction of an empty truth scores 1.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 from scipy import sparse
 
@@ -17,6 +19,7 @@ __all__ = [
     "dice",
     "confusion_counts",
     "per_class_scores",
+    "ClassScores",
     "average_precision",
     "matched_ious",
 ]
@@ -61,9 +64,18 @@ def dice(pred: np.ndarray, truth: np.ndarray, ignore: np.ndarray | None = None) 
     return 1.0 if total == 0 else 2 * tp / total
 
 
+class ClassScores(TypedDict):
+    """What :func:`per_class_scores` returns (a plain dict, typed per key)."""
+
+    iou: dict[int, float]
+    dice: dict[int, float]
+    mean_iou: float
+    mean_dice: float
+
+
 def per_class_scores(
     pred: np.ndarray, truth: np.ndarray, num_classes: int, ignore: np.ndarray | None = None
-) -> dict[str, dict[int, float] | float]:
+) -> ClassScores:
     """IoU and Dice of every class of two class maps, and their foreground means.
 
     Returns ``{"iou": {c: ...}, "dice": {c: ...}, "mean_iou": ..., "mean_dice": ...}``;

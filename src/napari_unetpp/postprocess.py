@@ -288,7 +288,8 @@ def _label_in_bands(
     for start in range(0, height, rows):
         stop = min(start + rows, height)
         lo, hi = max(start - halo, 0), min(stop + halo, height)
-        band = np.asarray(prob[(*index, slice(lo, hi))], dtype=np.float32)
+        key = (*index, slice(lo, hi))
+        band = np.asarray(prob[key], dtype=np.float32)
         result = _label_item(band, instance, class_axes, threshold, min_size)
         if instance:
             block, carry, next_id = _keep_anchored(result, lo, start, stop, carry, next_id)
@@ -316,7 +317,8 @@ class _RowWriter:
 
     def write(self, block: np.ndarray, final: bool = False) -> None:
         if self.step == 1:
-            self.target[(*self.lead, slice(self.start, self.start + len(block)))] = block
+            key = (*self.lead, slice(self.start, self.start + len(block)))
+            self.target[key] = block
             self.start += len(block)
             return
         need = self.held + len(block)
@@ -332,7 +334,8 @@ class _RowWriter:
         if cut <= self.start:
             return
         done = cut - self.start
-        self.target[(*self.lead, slice(self.start, cut))] = self.buffer[:done]
+        key = (*self.lead, slice(self.start, cut))
+        self.target[key] = self.buffer[:done]
         self.buffer[: self.held - done] = self.buffer[done : self.held]
         self.held -= done
         self.start = cut

@@ -93,7 +93,7 @@ def class_legend(config: ModelConfig, instance: bool = False) -> str:
 
 def put_layer(
     viewer: Any,
-    kind: type,
+    kind: type[Any],
     name: str,
     data: Any,
     scale: Sequence[float],

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from ..config import DataConfig, ModelConfig, TrainConfig
+    from ..config import DataConfig, DeviceName, ModelConfig, TrainConfig
     from ..training import TrainResult
 
 __all__ = ["PreviewEvent", "PreviewSource", "train_job", "predict_labels_job"]
@@ -30,7 +30,7 @@ class PreviewSource:
 
     image: np.ndarray
     channels_last: bool
-    device: str
+    device: DeviceName
 
 
 @dataclass
@@ -47,7 +47,7 @@ class PreviewEvent:
 def predict_labels_job(
     checkpoint: str | os.PathLike[str],
     image: np.ndarray,
-    device: str = "auto",
+    device: DeviceName = "auto",
     *,
     channels_last: bool = False,
 ) -> Generator[Any, Any, np.ndarray]:

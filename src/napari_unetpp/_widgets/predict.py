@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -48,6 +49,7 @@ from ..zoo import card_markdown
 from . import _state
 from ._jobs import on_dock_closed, queue_for
 from ._layers import class_legend, labels_style, layer_file, put_layer
+from ._paths import chosen_path
 from ._runner import JobRunner
 from .pruning_panel import PruningPanel
 from .scale_panel import ScalePanel, check_job, estimate_job
@@ -140,7 +142,9 @@ class PredictWidget(Container):
     def _build(self) -> None:
         self._source = ComboBox(label="Model from", choices=SOURCES)
         self._model = ComboBox(label="Model", choices=self._model_choices)
-        self._file = FileEdit(label="Model folder", mode="d", value=None)
+        self._file = FileEdit(
+            label="Model folder", mode=FileDialogMode.EXISTING_DIRECTORY, value=None
+        )
         self._card = TextEdit(label="Model card", value="no model loaded")
         self._card.native.setReadOnly(True)
         self._card.native.setMaximumHeight(150)
@@ -152,7 +156,9 @@ class PredictWidget(Container):
             text="Test-time augmentation (8x slower)",
             tooltip="averages flipped copies: smoother, 8x slower",
         )
-        self._output = FileEdit(label="Output folder", mode="d", value=DEFAULT_OUTPUT)
+        self._output = FileEdit(
+            label="Output folder", mode=FileDialogMode.EXISTING_DIRECTORY, value=DEFAULT_OUTPUT
+        )
         self._run = PushButton(text="Segment")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(min=0, max=100, value=0)
@@ -162,7 +168,7 @@ class PredictWidget(Container):
         self._legend.native.setWordWrap(True)
         self.pruning = PruningPanel(self._runner.queue)
         self.pruning.set_device(self._device.value)
-        self.pruning.set_output_folder(self._output.value)
+        self.pruning.set_output_folder(chosen_path(self._output.value, "output folder"))
         self.scale = ScalePanel()
         buttons = Container(layout="horizontal", widgets=[self._run, self._cancel], labels=False)
         for box in (self._source, self._model, self._image, self._scope, self._device):
@@ -272,7 +278,7 @@ class PredictWidget(Container):
 
     def _on_file(self, _value: Any = None) -> None:
         path = self._file.value
-        if not self._loading and path and str(path) not in ("", ".") and Path(path).is_dir():
+        if not self._loading and isinstance(path, Path) and str(path) != "." and path.is_dir():
             self._load_model(str(path))
 
     def load_model(self, path: str | Path) -> None:
@@ -370,10 +376,10 @@ class PredictWidget(Container):
         if scope.startswith("current") and spatial > 2:
             point = list(layer.world_to_data(self._viewer.dims.point))
             lead = [a for a in range(data.ndim) if a != axis][: spatial - 2]
-            index = [slice(None)] * data.ndim
-            for a in lead:
-                index[a] = int(np.clip(round(point[a]), 0, data.shape[a] - 1))
-            lead_index = tuple(index[a] for a in lead)
+            lead_index = tuple(int(np.clip(round(point[a]), 0, data.shape[a] - 1)) for a in lead)
+            index: list[int | slice] = [slice(None)] * data.ndim
+            for a, i in zip(lead, lead_index, strict=True):
+                index[a] = i
             data = data[tuple(index)]
             if axis is not None:
                 axis -= sum(1 for a in lead if a < axis)
@@ -465,11 +471,8 @@ class PredictWidget(Container):
             self._status.value = "cancelled: layers left unchanged"
             return
         self.last_probabilities = dict(probs)
-        lift = (
-            (lambda a: a)
-            if where.lead_index is None
-            else (lambda a: a[(None,) * len(where.lead_index)])
-        )
+        lead_index = where.lead_index
+        lift = (lambda a: a) if lead_index is None else (lambda a: a[(None,) * len(lead_index)])
         final = config.pruned_depth or (depth if depth in probs else max(probs))
         base = f"{layer.name} UNet++"
         suffix = "" if where.lead_index is None else " (quick look)"
@@ -649,10 +652,12 @@ class PredictWidget(Container):
     # ------------------------------------------------------------------ records
 
     def _fresh_run_dir(self, name: str) -> Path:
-        self.last_run_dir = new_run_dir(self._output.value, name)
+        self.last_run_dir = new_run_dir(chosen_path(self._output.value, "output folder"), name)
         return self.last_run_dir
 
     def _record(self, run_dir: Path, layer: Image, config: PredictConfig, data: DataConfig) -> None:
+        if self.info is None:
+            raise ValueError("load a model first")
         image = layer_file(layer, run_dir, "image")
         spec = self.model_spec or ""
         model = self.info.model.to_dict()

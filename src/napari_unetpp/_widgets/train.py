@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -32,6 +33,7 @@ from magicgui.widgets import (
     ProgressBar,
     PushButton,
     SpinBox,
+    Widget,
 )
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
@@ -42,6 +44,7 @@ from ..runs import format_command, new_run_dir, save_run_record, train_record
 from . import _state
 from ._jobs import on_dock_closed, queue_for
 from ._layers import PLUGIN_KEY, current_slice, layer_data, layer_files
+from ._paths import chosen_path
 from ._plot import TrainingPlot
 from ._runner import JobRunner
 from ._train_job import PreviewEvent, PreviewSource, train_job
@@ -104,7 +107,7 @@ class TrainWidget(Container):
 
     # ------------------------------------------------------------------ layout
 
-    def _layers(self, kind: type) -> Any:
+    def _layers(self, kind: type[Any]) -> Any:
         return lambda _w=None: [
             (layer.name, layer) for layer in self._viewer.layers if isinstance(layer, kind)
         ]
@@ -145,7 +148,10 @@ class TrainWidget(Container):
     def _build_model(self) -> None:
         self._start_from = ComboBox(label="Start from", choices=self._start_choices)
         self._checkpoint_file = FileEdit(
-            label="Checkpoint", mode="r", filter="*.json *.zip", visible=False
+            label="Checkpoint",
+            mode=FileDialogMode.EXISTING_FILE,
+            filter="*.json *.zip",
+            visible=False,
         )
         self._widths = ComboBox(label="Widths", choices=list(WIDTH_PRESETS.items()))
         self._depth = SpinBox(label="Depth", value=4, min=1, max=4)
@@ -196,29 +202,29 @@ class TrainWidget(Container):
         )
         self._mixed_precision = CheckBox(text="Mixed precision (CUDA)", value=True)
         self._seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
-        self._advanced = Container(
-            visible=False,
-            widgets=[
-                self._custom_widths,
-                self._patch_z,
-                self._validate_every,
-                self._val_fraction,
-                self._augment,
-                self._elastic,
-                self._normalization,
-                self._norm_low,
-                self._norm_high,
-                self._freeze_encoder,
-                self._freeze_norm,
-                self._preserve,
-                self._mixed_precision,
-                self._seed,
-            ],
-        )
+        advanced: list[Widget] = [
+            self._custom_widths,
+            self._patch_z,
+            self._validate_every,
+            self._val_fraction,
+            self._augment,
+            self._elastic,
+            self._normalization,
+            self._norm_low,
+            self._norm_high,
+            self._freeze_encoder,
+            self._freeze_norm,
+            self._preserve,
+            self._mixed_precision,
+            self._seed,
+        ]
+        self._advanced = Container(visible=False, widgets=advanced)
         self.extend([self._show_advanced, self._advanced])
 
     def _build_run(self) -> None:
-        self._output = FileEdit(label="Output folder", mode="d", value=DEFAULT_OUTPUT)
+        self._output = FileEdit(
+            label="Output folder", mode=FileDialogMode.EXISTING_DIRECTORY, value=DEFAULT_OUTPUT
+        )
         self._preview = CheckBox(text="Preview the slice shown (before/after)", value=False)
         self._start, self._stop = PushButton(text="Start"), PushButton(text="Stop", enabled=False)
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=100)
@@ -240,12 +246,7 @@ class TrainWidget(Container):
         self._labels_box.changed.connect(self._on_pair_changed)
         self._label_mode.native.activated.connect(self._on_user_mode)  # user choices only
         self._add_pair.changed.connect(self._on_add_pair)
-        self._clear_pairs.changed.connect(
-            lambda: (
-                self._pairs.clear(),
-                setattr(self._pair_list, "value", "training on: the selected pair"),
-            )
-        )
+        self._clear_pairs.changed.connect(self._on_clear_pairs)
         self._start_from.changed.connect(self._on_start_from)
         self._show_advanced.changed.connect(lambda v: setattr(self._advanced, "visible", v))
         self._start.changed.connect(self._on_start)
@@ -372,6 +373,10 @@ class TrainWidget(Container):
         names = ", ".join(f"{i.name} + {lab.name}" for i, lab in self._pairs)
         self._pair_list.value = f"training on: {names}"
 
+    def _on_clear_pairs(self, _value: Any = None) -> None:
+        self._pairs.clear()
+        self._pair_list.value = "training on: the selected pair"
+
     def _on_start_from(self, value: str) -> None:
         self._checkpoint_file.visible = value == "file"
         scratch = value == "scratch"
@@ -412,7 +417,7 @@ class TrainWidget(Container):
         elif value.startswith("trained:"):
             path = str(_state.registered_models()[value[8:]])
         else:
-            path = str(self._checkpoint_file.value)
+            path = str(chosen_path(self._checkpoint_file.value, "checkpoint file"))
         return path, read_info(path)
 
     def _widths_value(self) -> tuple[int, ...]:
@@ -514,7 +519,7 @@ class TrainWidget(Container):
         return PreviewSource(np.ascontiguousarray(image), axis is not None, self._device.value)
 
     def _fresh_run_dir(self, name: str) -> Path:
-        self.last_run_dir = new_run_dir(self._output.value, name)
+        self.last_run_dir = new_run_dir(chosen_path(self._output.value, "output folder"), name)
         return self.last_run_dir
 
     def _record(
