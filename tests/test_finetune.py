@@ -12,8 +12,9 @@ import torch
 from napari_unetpp.checkpoint import CheckpointInfo, save_checkpoint
 from napari_unetpp.config import DataConfig, ModelConfig, TrainConfig
 from napari_unetpp.events import drive
+from napari_unetpp.finetune import resolve_freeze_norm
 from napari_unetpp.model import UNetPlusPlus
-from napari_unetpp.training import NO_VALIDATION, Trainer, resolve_freeze_norm
+from napari_unetpp.training import NO_VALIDATION, Trainer
 
 TINY = ModelConfig(widths=(4, 8, 16), depth=2)
 

@@ -41,7 +41,7 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
-from ..data import rgb_to_grey
+from ..normalization import rgb_to_grey
 from ..zoo import card_markdown
 from . import _state
 from ._jobs import on_dock_closed, queue_for
