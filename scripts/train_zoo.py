@@ -36,7 +36,9 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # zoo_specs, zoo_baseline beside it
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # its zoo_* modules lie beside it (run as a script or loaded by path)
+    sys.path.insert(0, HERE)
 from zoo_baseline import cached_baseline  # noqa: E402
 from zoo_cards import (  # noqa: E402
     augmentation_text,
@@ -46,8 +48,7 @@ from zoo_cards import (  # noqa: E402
     verdict,
     write_docs,
 )
-from zoo_data import ROOT, scale_metadata  # noqa: E402
-from zoo_data import log as _log  # noqa: E402
+from zoo_data import ROOT, log, scale_metadata  # noqa: E402
 from zoo_specs import CPU_WIDTHS, SEED, ZooSpec, evaluate_model, specs  # noqa: E402
 
 from napari_unetpp import zoo  # noqa: E402
@@ -115,7 +116,7 @@ def calibrate_iterations(
     )
     every = train_config.validate_every
     iterations = int(budget_s / (per_step + per_validation / every)) // every * every
-    _log(
+    log(
         f"{spec.name}: {per_step * 1000:.0f} ms/step, {per_validation:.1f} s/validation "
         f"-> {max(iterations, every)} iterations fit {budget_s / 60:.1f} min"
     )
@@ -141,7 +142,7 @@ def _starting_model(name: str, start_from: str | None, out: Path) -> Path | None
             raise SystemExit(f"--start-from {start_from}: give a checkpoint folder")
         start.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(source, start)
-        _log(f"{name}: starting from {start_from} (copied to {start})")
+        log(f"{name}: starting from {start_from} (copied to {start})")
     return start
 
 
@@ -174,7 +175,7 @@ def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
         tc_kwargs["iterations"] = args.iterations or recorded["iterations"]
     train_config = TrainConfig(**tc_kwargs)
     model_config = spec.model_config(widths)
-    _log(f"{spec.name}: loading data")
+    log(f"{spec.name}: loading data")
     data = spec.train_data()
     if args.time_budget and not resume:
         train_config = train_config.replace(
@@ -220,17 +221,17 @@ def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
             state["step"] = event.step
             _write_state(spec.name, state)
             scores = " ".join(f"L{d} {s:.3f}" for d, s in sorted(event.val_scores.items()))
-            _log(
+            log(
                 f"{spec.name} step {event.step}/{event.total} val loss "
                 f"{event.val_loss:.4f} IoU {scores}"
             )
         elif event.kind == "step" and event.step % 25 == 0:
             eta = f", eta {event.eta_s / 60:.0f} min" if event.eta_s else ""
-            _log(f"{spec.name} step {event.step}/{event.total} loss {event.loss:.4f}{eta}")
+            log(f"{spec.name} step {event.step}/{event.total} loss {event.loss:.4f}{eta}")
         elif event.kind == "done":
-            _log(f"{spec.name} training {event.message} at step {event.step}")
+            log(f"{spec.name} training {event.message} at step {event.step}")
 
-    _log(
+    log(
         f"{spec.name}: {'resuming' if resume else 'training'} widths {widths}, "
         f"{train_config.iterations} iterations, batch {train_config.batch_size}, patches "
         f"{train_config.patch_size} on {args.device}"
@@ -256,7 +257,7 @@ def ship(spec: ZooSpec, args: argparse.Namespace) -> Path:
     model.config = model.config.replace(**scale_metadata(spec.name))
     state = _read_state(spec.name)
     train_config, data_config = trained.train, trained.data
-    _log(
+    log(
         f"{spec.name}: evaluating on the held-back split (CPU, {torch.get_num_threads()} "
         "torch threads)"
     )
@@ -364,7 +365,7 @@ def ship(spec: ZooSpec, args: argparse.Namespace) -> Path:
     target_dir = zoo.models_dir() / spec.name
     save_checkpoint(target_dir, model, info, half=True)
     size_mb = (target_dir / "weights.safetensors").stat().st_size / 1e6
-    _log(f"{spec.name}: shipped to {target_dir} ({size_mb:.2f} MB); {card['verdict']}")
+    log(f"{spec.name}: shipped to {target_dir} ({size_mb:.2f} MB); {card['verdict']}")
     write_docs(DOCS)
     return target_dir
 

@@ -21,7 +21,7 @@ Fine-tuning: ``initial`` is a checkpoint path or a :class:`UNetPlusPlus`;
 weights are copied by name, heads whose class count differs are created anew.
 
 Distributed: when ``torch.distributed`` is initialised (``torchrun``; see
-:func:`join_torchrun`), the model is wrapped in ``DistributedDataParallel``, each
+:func:`ddp.join_torchrun`), the model is wrapped in ``DistributedDataParallel``, each
 rank samples its own patches (seed + rank), every rank validates on the same data
 (split from the seed alone, so all agree on "best"), and only rank 0 writes
 checkpoints and emits ``"checkpoint"`` events; the checkpoint's provenance records
