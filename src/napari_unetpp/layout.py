@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .model import UNetPlusPlus
+from .normalization import spatial_shape
 
 __all__ = ["ItemSink", "ItemView", "Layout", "image_layout", "output_shape"]
 
@@ -187,7 +188,5 @@ def output_shape(
     image_shape: tuple[int, ...], channel_axis: int | None, num_classes: int
 ) -> tuple[int, ...]:
     """Shape of one depth's probabilities: the image without channels, classes first if > 1."""
-    shape = list(image_shape)
-    if channel_axis is not None:
-        del shape[channel_axis]
-    return tuple(shape) if num_classes == 1 else (num_classes, *shape)
+    shape = spatial_shape(image_shape, channel_axis)
+    return shape if num_classes == 1 else (num_classes, *shape)
