@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_speed import data_dir  # same folder: one way to find the shared data
+
+from napari_unetpp.datasets import shared_data_dir
 
 WIDTHS = (4, 8)  # depth 1: the cheapest net, so the run measures the pipeline around it
 CHUNK = 1024
@@ -42,7 +43,7 @@ def make_plane(path: Path, size: int, rows: int | None = None) -> None:
     import tifffile
     import zarr
 
-    em = tifffile.imread(data_dir() / "em_isbi2012" / "image.tif")
+    em = tifffile.imread(shared_data_dir() / "em_isbi2012" / "image.tif")
     mosaic = np.block([[em[0], em[1]], [em[2], em[3]]])  # 1024 x 1024
     rows = rows or size
     plane = zarr.open_array(

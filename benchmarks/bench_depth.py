@@ -30,7 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # the zoo's data loaders and held-back splits
 
-import train_zoo as Z  # noqa: E402
+import zoo_data as D  # noqa: E402
+import zoo_specs as Z  # noqa: E402
 
 from napari_unetpp import metrics as M  # noqa: E402
 from napari_unetpp import zoo  # noqa: E402
@@ -46,7 +47,7 @@ from napari_unetpp.postprocess import probabilities_to_labels  # noqa: E402
 def bench_adaptive(tolerances: list[float], tiles: list[int], repeats: int) -> None:
     """EM held-back slices: IoU and wall time of L4 (pruned) vs adaptive depth, interleaved."""
     model, info = zoo.load_pretrained("em")
-    image, membranes = Z.load_em()
+    image, membranes = D.load_em()
     t0, t1 = zoo.EM_TEST_SLICES
     image, truth = image[t0:t1], membranes[t0:t1].astype(bool)
     print(
@@ -148,13 +149,13 @@ def _truth_score(name: str, probs: np.ndarray, truth: np.ndarray, info: Any) -> 
 def _nuclei(ids: list[str], shifts: tuple[str, ...], crop: int) -> list[tuple]:
     cases = []
     for image_id in ids:
-        image, labels = Z.load_nucleus(image_id)
+        image, labels = D.load_nucleus(image_id)
         cases += [("nuclei", shift, *shifted(image, labels, shift, crop)) for shift in shifts]
     return cases
 
 
 def _em(slices: range, shifts: tuple[str, ...], crop: int) -> list[tuple]:
-    em, membranes = Z.load_em()
+    em, membranes = D.load_em()
     return [
         ("em", shift, *shifted(em[z], membranes[z], shift, crop))
         for z in slices
@@ -165,7 +166,7 @@ def _em(slices: range, shifts: tuple[str, ...], crop: int) -> list[tuple]:
 def _ct(slices: range, resampled: bool) -> list[tuple]:
     from skimage.transform import rescale
 
-    ct, organs = Z.load_ct()
+    ct, organs = D.load_ct()
     classes = Z._ct_labels(organs)
     cases = []
     for z in slices:
@@ -307,7 +308,7 @@ def bench_labelling(regions: int, size: int, iterations: int, seeds: list[int]) 
     from napari_unetpp.disagreement import disagreement_map, rank_regions
 
     model, info = zoo.load_pretrained("em")
-    image, membranes = Z.load_em()
+    image, membranes = D.load_em()
     blur = ndimage.gaussian_filter(image.astype(np.float32), (0, 2, 2)).astype(np.uint8)
     (v0, v1), (t0, t1) = zoo.EM_VAL_SLICES, zoo.EM_TEST_SLICES
     pool, pool_truth = blur[v0:v1], membranes[v0:v1]

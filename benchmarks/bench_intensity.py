@@ -35,12 +35,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_speed import data_dir  # noqa: E402  (same folder: one way to find the shared data)
+from napari_unetpp.datasets import shared_data_dir
 
 DIM = 0.15
 CANVAS = 5
@@ -53,9 +51,9 @@ def held_back(limit: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     from skimage import io
 
     from napari_unetpp import zoo
-    from napari_unetpp.data import rgb_to_grey
+    from napari_unetpp.normalization import rgb_to_grey
 
-    folder = data_dir() / "nuclei_dsb2018"
+    folder = shared_data_dir() / "nuclei_dsb2018"
     pairs = []
     for image_id in zoo.NUCLEI_HELD_OUT_IDS[:limit]:
         image = io.imread(folder / "images" / f"{image_id}.png")
@@ -106,8 +104,8 @@ VARIANTS = {
 def foreground_iou(model, data_config, variant, depth: int) -> float:
     """Pooled foreground IoU (class interior or boundary vs labels > 0) at ``depth``."""
     from napari_unetpp.config import PredictConfig
-    from napari_unetpp.data import intensity_range
     from napari_unetpp.inference import predict_array
+    from napari_unetpp.normalization import intensity_range
 
     config = PredictConfig(
         depths=(depth,), tile_size=(256, 256), device="cpu", mixed_precision=False

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_speed import data_dir  # same folder: one way to find the shared data
+from napari_unetpp.datasets import shared_data_dir
 
 WIDTHS = (4, 8, 16, 32, 64)  # memory, not accuracy, is measured: a small net keeps it quick
 
@@ -50,7 +50,7 @@ def child(slices: int, mode: str, tile: int) -> dict[str, float]:
     torch.manual_seed(0)
     from napari_unetpp.files import read_array
 
-    em = read_array(data_dir() / "em_isbi2012" / "image.tif", lazy=True)  # memmap or dask
+    em = read_array(shared_data_dir() / "em_isbi2012" / "image.tif", lazy=True)  # memmap or dask
     one = da.asarray(em).rechunk((1, *em.shape[1:]))
     stack = da.concatenate([one] * (-(-slices // em.shape[0])))[:slices]
     model = UNetPlusPlus(widths=WIDTHS, depth=4).eval()

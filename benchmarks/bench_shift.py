@@ -30,13 +30,9 @@ from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-if not os.environ.get("NAPARI_UNETPP_DATA"):  # as tests/conftest.py: beside the project, or /work
-    for _candidate in (ROOT.parent / "shared" / "data", ROOT.parents[1] / "shared" / "data"):
-        if (_candidate / "em_isbi2012").is_dir():
-            os.environ["NAPARI_UNETPP_DATA"] = str(_candidate)
-            break
 
-import train_zoo as Z  # noqa: E402  (the zoo's data loaders and card scores)
+import zoo_data as D  # noqa: E402  (the zoo's data loaders)
+import zoo_specs as Z  # noqa: E402  (the zoo's held-back splits and card scores)
 
 from napari_unetpp import metrics as M  # noqa: E402
 from napari_unetpp import scale as S  # noqa: E402
@@ -87,7 +83,7 @@ def nuclei_rows(count: int, side: int, only: list[str] | None = None) -> list[di
     model, info = zoo.load_pretrained("nuclei")
     ids = zoo.NUCLEI_HELD_OUT_IDS
     picked = [ids[int(k)] for k in np.linspace(0, len(ids) - 1, count)]  # all size groups
-    test = [centre_crop(Z.load_nucleus(i), side) for i in picked]
+    test = [centre_crop(D.load_nucleus(i), side) for i in picked]
     shifts = {
         "native": lambda p: p,
         "0.5x": lambda p: zoom_pair(*p, 0.5),

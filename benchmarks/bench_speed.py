@@ -35,15 +35,16 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from napari_unetpp.config import DataConfig, ModelConfig, PredictConfig, TrainConfig
+from napari_unetpp.datasets import shared_data_dir
 from napari_unetpp.devices import memory_format
-from napari_unetpp.inference import predict_array, prepare_for_inference
+from napari_unetpp.inference import predict_array
 from napari_unetpp.model import UNetPlusPlus
+from napari_unetpp.predictor import prepare_for_inference
 from napari_unetpp.pruning import gflop_per_mpx
 from napari_unetpp.tiling import tile_grid
 
@@ -52,20 +53,8 @@ PAPER_WIDTHS = (32, 64, 128, 256, 512)
 DEPTHS = (1, 2, 3, 4)
 
 
-def data_dir() -> Path | None:
-    """The shared real data: $NAPARI_UNETPP_DATA, ../shared/data or /work/shared/data."""
-    for candidate in (
-        os.environ.get("NAPARI_UNETPP_DATA", ""),
-        Path(__file__).resolve().parents[2] / "shared" / "data",
-        "/work/shared/data",
-    ):
-        if candidate and (Path(candidate) / "em_isbi2012").is_dir():
-            return Path(candidate)
-    return None
-
-
 def load_em() -> tuple[np.ndarray, np.ndarray] | None:
-    root = data_dir()
+    root = shared_data_dir()
     if root is None:
         return None
     import tifffile

@@ -21,6 +21,7 @@ from skimage import io
 
 from napari_unetpp import zoo
 from napari_unetpp._sample_data import SAMPLES, SAMPLES_DIR
+from napari_unetpp.datasets import shared_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_BYTES = 1_000_000
@@ -121,7 +122,9 @@ def make_ct(data: Path) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     """Write every sample and the attribution file; print the sizes."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument(
+        "--data", type=Path, default=shared_data_dir() or ROOT.parent / "shared" / "data"
+    )
     parser.add_argument("--out", type=Path, default=SAMPLES_DIR)
     args = parser.parse_args(argv)
     out: Path = args.out

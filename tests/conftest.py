@@ -9,22 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 
-
-def _find_data_dir() -> Path | None:
-    """The shared real data (../shared/data beside the project), or $NAPARI_UNETPP_DATA."""
-    candidates = [
-        os.environ.get("NAPARI_UNETPP_DATA", ""),
-        Path(__file__).resolve().parents[2] / "shared" / "data",
-        "/work/shared/data",
-    ]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "em_isbi2012").is_dir():
-            return Path(candidate)
-    return None
-
+from napari_unetpp.datasets import shared_data_dir
 
 #: None on a clone without the data: tests that need it skip with the reason (``data_dir``).
-DATA_DIR = _find_data_dir()
+DATA_DIR = shared_data_dir()
 NO_DATA = (
     "real test data not found: set NAPARI_UNETPP_DATA to the folder holding em_isbi2012/, "
     "nuclei_dsb2018/ and ct_totalseg/ (see ../shared/data/README.md)"

@@ -174,7 +174,7 @@ def test_warning_fires_on_nuclei_rescaled_2x_not_on_native(data_dir, nuclei_mode
     from skimage import io
     from skimage.transform import rescale
 
-    from napari_unetpp.data import rgb_to_grey
+    from napari_unetpp.normalization import rgb_to_grey
 
     image = io.imread(data_dir / "nuclei_dsb2018" / "images" / "2255d5aba044256b.png")
     if image.ndim == 3:

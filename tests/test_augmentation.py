@@ -5,24 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unetpp import data
 from napari_unetpp.augmentation import AugmentOptions, augment, zoom_patch
 from napari_unetpp.config import IGNORE_INDEX, DataConfig, TrainConfig
+from napari_unetpp.patches import PatchSampler, Volume, prepare_volumes
 
 ALL_ON = AugmentOptions(scale=(0.5, 2.0), gamma=0.4, blur=0.5, noise=0.05, elastic=True)
 
 
-def _disc_volume(radius: int = 8, size: int = 200) -> list[data.Volume]:
+def _disc_volume(radius: int = 8, size: int = 200) -> list[Volume]:
     yy, xx = np.mgrid[:size, :size]
     labels = ((yy - size // 2) ** 2 + (xx - size // 2) ** 2 <= radius**2).astype(np.uint8)
     image = labels.astype(np.float32) + 0.1
-    return data.prepare_volumes(image, labels, DataConfig(class_values=(1,)))
+    return prepare_volumes(image, labels, DataConfig(class_values=(1,)))
 
 
-def _sampler(
-    volumes: list[data.Volume], seed: int, patch=(64, 64), dims: int = 2
-) -> data.PatchSampler:
-    return data.PatchSampler(volumes, patch, dims, 1.0, np.random.default_rng(seed))
+def _sampler(volumes: list[Volume], seed: int, patch=(64, 64), dims: int = 2) -> PatchSampler:
+    return PatchSampler(volumes, patch, dims, 1.0, np.random.default_rng(seed))
 
 
 @pytest.mark.parametrize("scale, expected", [(2.0, 4.0), (0.5, 0.25)])
@@ -45,7 +43,7 @@ def test_all_augmentations_keep_shapes_and_label_values() -> None:
     config = DataConfig(target="semantic", class_values=(7, 300))
     image = np.random.default_rng(1).random(labels.shape).astype(np.float32)
     for dims, patch in ((2, (48, 48)), (3, (4, 32, 32))):
-        volumes = data.prepare_volumes(image, labels, config, dims)
+        volumes = prepare_volumes(image, labels, config, dims)
         x, y = _sampler(volumes, 2, patch, dims).sample(6, options=ALL_ON)
         assert x.shape == (6, 1, *patch) and y.shape == (6, *patch)
         assert x.dtype == np.float32 and np.isfinite(x).all()
@@ -137,22 +135,21 @@ def test_zoo_specs_use_transfer_augmentation_and_an_honest_ct_split(
 ) -> None:
     """CT trains on the whole scan but never on the held-back test block or its neighbours."""
     import importlib.util
-    import sys
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "train_zoo.py"
-    spec = importlib.util.spec_from_file_location("_script_train_zoo_aug", path)
-    script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, script)
-    spec.loader.exec_module(script)
-    monkeypatch.setattr(script, "DATA", data_dir)
-    for zoo_spec in script.specs().values():
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    zoo_data = importlib.import_module("zoo_data")
+    zoo_specs = importlib.import_module("zoo_specs")
+    monkeypatch.setattr(zoo_data, "DATA", data_dir)
+    for zoo_spec in zoo_specs.specs().values():
         config = TrainConfig(**zoo_spec.train_config)
         assert config.augment_scale == (0.5, 2.0) and config.augment_gamma > 0, zoo_spec.name
-    images, labels, val_images, val_labels = script._ct_train()
+    images, labels, val_images, val_labels = zoo_specs._ct_train()
     assert [len(i) for i in images] == [79, 20] and len(val_images[0]) == 4
-    full, _ = script.load_ct_full()
-    test = [z for z in range(112) if any(np.array_equal(full[z], t) for t, _ in script._ct_test())]
+    full, _ = zoo_data.load_ct_full()
+    test = [
+        z for z in range(112) if any(np.array_equal(full[z], t) for t, _ in zoo_specs._ct_test())
+    ]
     used = [
         z
         for z in range(112)

@@ -424,8 +424,8 @@ def test_predict_rgb_png_with_the_one_channel_nuclei_model(
 ) -> None:
     """A colour DSB image (held back from the zoo's training) goes through the CLI as the
     widget sends it: luminance grey, 2D labels, the same labels as for the grey image."""
-    from napari_unetpp.data import rgb_to_grey
     from napari_unetpp.metrics import average_precision
+    from napari_unetpp.normalization import rgb_to_grey
     from napari_unetpp.zoo import NUCLEI_HELD_OUT_IDS
 
     image_id = "00ae65c1c6631ae6"  # a colour (H&E-like) image, 256 x 320

@@ -6,8 +6,29 @@ import numpy as np
 import pytest
 from skimage.draw import disk, line
 
-from napari_unetpp import data
+from napari_unetpp.augmentation import augment
 from napari_unetpp.config import IGNORE_INDEX, DataConfig, NormalizationConfig
+from napari_unetpp.labels import (
+    guess_label_mode,
+    labels_to_targets,
+    num_output_channels,
+    resolve_class_values,
+)
+from napari_unetpp.normalization import (
+    check_pair,
+    intensity_range,
+    looks_rgb,
+    normalize,
+    rgb_to_grey,
+    to_channels_first,
+)
+from napari_unetpp.patches import (
+    PatchSampler,
+    Volume,
+    prepare_volumes,
+    split_validation,
+    validation_tiles,
+)
 
 
 def _rng(seed: int = 0) -> np.random.Generator:
@@ -19,7 +40,7 @@ def _rng(seed: int = 0) -> np.random.Generator:
 
 def test_percentile_normalize_maps_percentiles_to_unit_range():
     image = _rng().normal(100, 10, (64, 64)).astype(np.uint16)
-    out = data.normalize(image, NormalizationConfig(low=1, high=99))
+    out = normalize(image, NormalizationConfig(low=1, high=99))
     assert out.dtype == np.float32
     assert np.mean(out < 0) == pytest.approx(0.01, abs=0.01)
     assert np.mean(out > 1) == pytest.approx(0.01, abs=0.01)
@@ -27,7 +48,7 @@ def test_percentile_normalize_maps_percentiles_to_unit_range():
 
 def test_percentile_normalize_big_image_uses_subsample_close_to_exact():
     image = _rng().gamma(2.0, 10.0, (1500, 1500)).astype(np.float32)
-    low, high = data.intensity_range(image, NormalizationConfig(low=1, high=99.8))
+    low, high = intensity_range(image, NormalizationConfig(low=1, high=99.8))
     exact = np.percentile(image, [1, 99.8])
     assert low == pytest.approx(exact[0], rel=0.05)
     assert high == pytest.approx(exact[1], rel=0.05)
@@ -35,35 +56,35 @@ def test_percentile_normalize_big_image_uses_subsample_close_to_exact():
 
 def test_window_normalize_and_clip_for_ct():
     image = np.array([-1000, -160, 40, 240, 3000], dtype=np.int16)
-    out = data.normalize(image, NormalizationConfig.ct_window())
+    out = normalize(image, NormalizationConfig.ct_window())
     np.testing.assert_allclose(out, [0, 0, 0.5, 1, 1])
-    unclipped = data.normalize(image, NormalizationConfig(mode="window", low=-160, high=240))
+    unclipped = normalize(image, NormalizationConfig(mode="window", low=-160, high=240))
     assert unclipped[0] < 0 and unclipped[-1] > 1
 
 
 def test_constant_image_does_not_produce_nan():
-    out = data.normalize(np.full((8, 8), 7, np.uint8), NormalizationConfig())
+    out = normalize(np.full((8, 8), 7, np.uint8), NormalizationConfig())
     assert np.isfinite(out).all()
 
 
 def test_unsupported_dtype_is_a_value_error():
     with pytest.raises(ValueError, match="dtype"):
-        data.normalize(np.zeros((4, 4), complex), NormalizationConfig())
+        normalize(np.zeros((4, 4), complex), NormalizationConfig())
 
 
 def test_to_channels_first():
     rgb = np.zeros((5, 6, 3))
-    assert data.to_channels_first(rgb, -1).shape == (3, 5, 6)
-    assert data.to_channels_first(np.zeros((5, 6)), None).shape == (1, 5, 6)
+    assert to_channels_first(rgb, -1).shape == (3, 5, 6)
+    assert to_channels_first(np.zeros((5, 6)), None).shape == (1, 5, 6)
     with pytest.raises(ValueError, match="channel_axis"):
-        data.to_channels_first(rgb, 3)
+        to_channels_first(rgb, 3)
 
 
 def test_shape_mismatch_names_both_shapes():
     with pytest.raises(ValueError, match=r"\(5, 6, 3\).*\(5, 6\)|\(5, 7\)"):
-        data.check_pair(np.zeros((5, 6, 3)), np.zeros((5, 7)), -1)
+        check_pair(np.zeros((5, 6, 3)), np.zeros((5, 7)), -1)
     with pytest.raises(ValueError, match="channel_axis=-1"):
-        data.check_pair(np.zeros((5, 6, 3)), np.zeros((5, 6)), None)
+        check_pair(np.zeros((5, 6, 3)), np.zeros((5, 6)), None)
 
 
 # ---------------------------------------------------------------- label modes
@@ -91,23 +112,23 @@ def _scribbles(shape=(64, 64)) -> np.ndarray:
 def test_guess_dense_for_high_coverage():
     labels = np.ones((32, 32), np.uint8)
     labels[:8] = 0
-    mode, why = data.guess_label_mode(labels)
+    mode, why = guess_label_mode(labels)
     assert mode == "dense" and "75.0%" in why
 
 
 def test_guess_sparse_for_thin_scribbles():
-    mode, why = data.guess_label_mode(_scribbles())
+    mode, why = guess_label_mode(_scribbles())
     assert mode == "sparse" and "scribbles" in why
 
 
 def test_guess_dense_for_instance_discs():
-    mode, why = data.guess_label_mode(_discs())
+    mode, why = guess_label_mode(_discs())
     assert mode == "dense" and "compact" in why
 
 
 def test_guess_rejects_empty_labels():
     with pytest.raises(ValueError, match="empty"):
-        data.guess_label_mode(np.zeros((8, 8), np.uint8))
+        guess_label_mode(np.zeros((8, 8), np.uint8))
 
 
 # ---------------------------------------------------------------- targets
@@ -116,33 +137,33 @@ def test_guess_rejects_empty_labels():
 def test_dense_binary_and_class_values():
     labels = np.array([[0, 255], [255, 0]], np.uint8)
     config = DataConfig()
-    assert data.num_output_channels(config, labels) == 1
-    np.testing.assert_array_equal(data.labels_to_targets(labels, config), [[0, 1], [1, 0]])
+    assert num_output_channels(config, labels) == 1
+    np.testing.assert_array_equal(labels_to_targets(labels, config), [[0, 1], [1, 0]])
     multi = np.array([[0, 3, 5, 7]])
     chosen = DataConfig(class_values=(5, 3))
-    np.testing.assert_array_equal(data.labels_to_targets(multi, chosen), [[0, 2, 1, 0]])
-    assert data.num_output_channels(chosen, multi) == 3
+    np.testing.assert_array_equal(labels_to_targets(multi, chosen), [[0, 2, 1, 0]])
+    assert num_output_channels(chosen, multi) == 3
 
 
 def test_sparse_mapping_ignores_unlabelled():
     labels = np.array([[0, 1, 2, 3]])
-    target = data.labels_to_targets(labels, DataConfig(label_mode="sparse"))
+    target = labels_to_targets(labels, DataConfig(label_mode="sparse"))
     np.testing.assert_array_equal(target, [[IGNORE_INDEX, 0, 1, 2]])
     assert target.dtype == np.int64
-    assert data.num_output_channels(DataConfig(label_mode="sparse"), labels) == 3
-    assert data.num_output_channels(DataConfig(label_mode="sparse"), labels[:, :3]) == 1
+    assert num_output_channels(DataConfig(label_mode="sparse"), labels) == 3
+    assert num_output_channels(DataConfig(label_mode="sparse"), labels[:, :3]) == 1
 
 
 def test_instance_ids_look_like_too_many_classes():
     labels = np.arange(100).reshape(10, 10)
     with pytest.raises(ValueError, match="target='instance'"):
-        data.labels_to_targets(labels, DataConfig())
+        labels_to_targets(labels, DataConfig())
 
 
 def test_instance_targets_separate_touching_discs():
     labels = _discs()  # discs 1 and 2 touch (centres 14 apart, radius 8)
     config = DataConfig(target="instance", boundary_width=1)
-    target = data.labels_to_targets(labels, config)
+    target = labels_to_targets(labels, config)
     assert set(np.unique(target)) == {0, 1, 2}
     touching = (labels[:, :-1] == 1) & (labels[:, 1:] == 2)
     assert touching.any()
@@ -154,25 +175,25 @@ def test_instance_targets_separate_touching_discs():
         ia = interior[:, :-1] if a.shape[1] < labels.shape[1] else interior[:-1]
         ib = interior[:, 1:] if a.shape[1] < labels.shape[1] else interior[1:]
         assert not (ia & ib & (a != b)).any()
-    assert data.num_output_channels(config, labels) == 3
-    wide = data.labels_to_targets(labels, config.replace(boundary_width=3))
+    assert num_output_channels(config, labels) == 3
+    wide = labels_to_targets(labels, config.replace(boundary_width=3))
     assert (wide == 2).sum() > (target == 2).sum()
 
 
 def test_negative_and_float_labels_are_rejected():
     with pytest.raises(ValueError, match="negative"):
-        data.labels_to_targets(np.array([[-1, 1]]), DataConfig())
+        labels_to_targets(np.array([[-1, 1]]), DataConfig())
     with pytest.raises(ValueError, match="non-integer"):
-        data.labels_to_targets(np.array([[0.5, 1]]), DataConfig())
+        labels_to_targets(np.array([[0.5, 1]]), DataConfig())
 
 
 # ---------------------------------------------------------------- volumes, sampler, split
 
 
-def _volumes(labels: np.ndarray, config: DataConfig, dims: int = 2) -> list[data.Volume]:
+def _volumes(labels: np.ndarray, config: DataConfig, dims: int = 2) -> list[Volume]:
     image = _rng().random(labels.shape).astype(np.float32)
-    config = config.replace(class_values=data.resolve_class_values(config, labels))
-    return data.prepare_volumes(image, labels, config, dims)
+    config = config.replace(class_values=resolve_class_values(config, labels))
+    return prepare_volumes(image, labels, config, dims)
 
 
 def test_sparse_patches_always_contain_labelled_pixels():
@@ -180,7 +201,7 @@ def test_sparse_patches_always_contain_labelled_pixels():
     labels[150, 150:155] = 1
     labels[20, 30:33] = 2
     volumes = _volumes(labels, DataConfig(label_mode="sparse"))
-    sampler = data.PatchSampler(volumes, (32, 32), 2, 0.5, _rng(), sparse=True)
+    sampler = PatchSampler(volumes, (32, 32), 2, 0.5, _rng(), sparse=True)
     for _ in range(20):
         x, y = sampler.sample(4, elastic=True)
         assert x.shape == (4, 1, 32, 32) and y.shape == (4, 32, 32)
@@ -191,7 +212,7 @@ def test_foreground_fraction_favours_foreground():
     labels = np.zeros((256, 256), np.uint8)
     labels[10:14, 10:14] = 1
     volumes = _volumes(labels, DataConfig())
-    sampler = data.PatchSampler(volumes, (16, 16), 2, 1.0, _rng())
+    sampler = PatchSampler(volumes, (16, 16), 2, 1.0, _rng())
     _, y = sampler.sample(16, augment_patches=False)
     assert all((t == 1).any() for t in y)
 
@@ -200,20 +221,20 @@ def test_stack_patches_2d_and_3d_and_small_images_are_padded():
     labels = np.ones((6, 20, 24), np.uint8)
     v2 = _volumes(labels, DataConfig())
     assert v2[0].image.shape == (1, 6, 20, 24)
-    x, y = data.PatchSampler(v2, (32, 32), 2, 0.5, _rng()).sample(2)
+    x, y = PatchSampler(v2, (32, 32), 2, 0.5, _rng()).sample(2)
     assert x.shape == (2, 1, 32, 32) and (y == IGNORE_INDEX).any()
     v3 = _volumes(labels, DataConfig(), dims=3)
-    x, y = data.PatchSampler(v3, (4, 16, 16), 3, 0.5, _rng()).sample(2)
+    x, y = PatchSampler(v3, (4, 16, 16), 3, 0.5, _rng()).sample(2)
     assert x.shape == (2, 1, 4, 16, 16) and y.shape == (2, 4, 16, 16)
     with pytest.raises(ValueError, match="3D"):
-        data.PatchSampler(v3, (16, 16), 3, 0.5, _rng())
+        PatchSampler(v3, (16, 16), 3, 0.5, _rng())
 
 
 def test_rgb_images_use_the_channel_axis():
     image = np.zeros((40, 50, 3), np.uint8)
     labels = np.zeros((40, 50), np.uint8)
     labels[5:10, 5:10] = 1
-    volumes = data.prepare_volumes(image, labels, DataConfig(channel_axis=-1, class_values=(1,)))
+    volumes = prepare_volumes(image, labels, DataConfig(channel_axis=-1, class_values=(1,)))
     assert volumes[0].image.shape == (3, 1, 40, 50)
 
 
@@ -224,26 +245,26 @@ def test_empty_labels_are_a_value_error():
 
 def test_split_single_stack_by_last_slice_block_never_overlaps():
     z = np.arange(20)[:, None, None] * np.ones((1, 8, 8))
-    volume = data.Volume(z[None].astype(np.float32), np.ones((20, 8, 8), np.int64))
-    train, val = data.split_validation([volume], 0.25, _rng())
+    volume = Volume(z[None].astype(np.float32), np.ones((20, 8, 8), np.int64))
+    train, val = split_validation([volume], 0.25, _rng())
     train_z = set(np.unique(train[0].image).tolist())
     val_z = set(np.unique(val[0].image).tolist())
     assert val_z == set(range(15, 20)) and train_z == set(range(15))
-    tiles = data.validation_tiles(val, (4, 4), 2)
+    tiles = validation_tiles(val, (4, 4), 2)
     assert len(tiles) == 5 * 4  # non-overlapping tiles of every validation slice
 
 
 def test_split_several_images_by_image_and_single_image_by_rows():
     volumes = [
-        data.Volume(np.full((1, 1, 4, 4), k, np.float32), np.ones((1, 4, 4), np.int64))
+        Volume(np.full((1, 1, 4, 4), k, np.float32), np.ones((1, 4, 4), np.int64))
         for k in range(10)
     ]
-    train, val = data.split_validation(volumes, 0.2, _rng())
+    train, val = split_validation(volumes, 0.2, _rng())
     assert len(val) == 2 and len(train) == 8
     assert not {id(v) for v in train} & {id(v) for v in val}
     rows = np.arange(10)[:, None] * np.ones((1, 6))
-    single = data.Volume(rows[None, None].astype(np.float32), np.ones((1, 10, 6), np.int64))
-    train, val = data.split_validation([single], 0.3, _rng())
+    single = Volume(rows[None, None].astype(np.float32), np.ones((1, 10, 6), np.int64))
+    train, val = split_validation([single], 0.3, _rng())
     assert np.unique(val[0].image).tolist() == [7, 8, 9]
     assert np.unique(train[0].image).max() == 6
 
@@ -257,7 +278,7 @@ def test_augmentation_keeps_image_and_labels_aligned(elastic: bool):
     labels = _discs((48, 48), ((16, 16), (32, 30)), 7).astype(np.int64)
     image = np.stack([labels * 10.0, labels * -5.0]).astype(np.float32)
     for _ in range(10):
-        x, y = data.augment(image, labels, rng, elastic=elastic)
+        x, y = augment(image, labels, rng, elastic=elastic)
         assert x.shape == image.shape and y.shape == labels.shape
         assert set(np.unique(y)) <= set(np.unique(labels))
         # undo the intensity change from channel 0 (background 0 -> shift only)
@@ -270,7 +291,7 @@ def test_augmentation_keeps_image_and_labels_aligned(elastic: bool):
 
 def test_3d_augmentation_shapes():
     rng = _rng()
-    x, y = data.augment(
+    x, y = augment(
         np.zeros((1, 4, 8, 8), np.float32), np.zeros((4, 8, 8), np.int64), rng, elastic=True
     )
     assert x.shape == (1, 4, 8, 8) and y.shape == (4, 8, 8)
@@ -283,11 +304,11 @@ def test_rgb_to_grey_is_skimage_luminance_and_stays_lazy(data_dir):
     from skimage.color import rgb2gray
 
     rgb = imread(data_dir / "nuclei_dsb2018" / "images" / "00ae65c1c6631ae6.png")[..., :3]
-    grey = data.rgb_to_grey(rgb)
+    grey = rgb_to_grey(rgb)
     assert grey.shape == rgb.shape[:2] and grey.dtype == np.float32
     np.testing.assert_allclose(grey, rgb2gray(rgb) * 255, atol=1e-3)
-    lazy = data.rgb_to_grey(da.from_array(rgb, chunks=(64, 64, 3)))
+    lazy = rgb_to_grey(da.from_array(rgb, chunks=(64, 64, 3)))
     assert isinstance(lazy, da.Array)
     np.testing.assert_allclose(lazy.compute(), grey)
-    assert data.looks_rgb(rgb.shape) and data.looks_rgb((5, *rgb.shape))
-    assert not data.looks_rgb(rgb.shape[:2]) and not data.looks_rgb((3, 256, 320))
+    assert looks_rgb(rgb.shape) and looks_rgb((5, *rgb.shape))
+    assert not looks_rgb(rgb.shape[:2]) and not looks_rgb((3, 256, 320))

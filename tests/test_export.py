@@ -21,9 +21,9 @@ from bioimageio.spec import load_model_description
 
 from napari_unetpp.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from napari_unetpp.config import DataConfig, NormalizationConfig
-from napari_unetpp.data import normalize
 from napari_unetpp.export import export_model, export_pruned
 from napari_unetpp.model import UNetPlusPlus
+from napari_unetpp.normalization import normalize
 
 TOL = 1e-4
 

@@ -12,8 +12,9 @@ import torch
 from napari_unetpp.checkpoint import CheckpointInfo, save_checkpoint
 from napari_unetpp.config import DataConfig, ModelConfig, TrainConfig
 from napari_unetpp.events import drive
+from napari_unetpp.finetune import resolve_freeze_norm
 from napari_unetpp.model import UNetPlusPlus
-from napari_unetpp.training import NO_VALIDATION, Trainer, resolve_freeze_norm
+from napari_unetpp.training import NO_VALIDATION, Trainer
 
 TINY = ModelConfig(widths=(4, 8, 16), depth=2)
 
@@ -69,6 +70,41 @@ def test_few_scribbles_train_without_a_validation_score(em_stack):
     assert result.info.provenance["data"]["validation"] == NO_VALIDATION
     dense = drive(Trainer(TINY, _config(), DataConfig()).run([image], [membranes]), events.append)
     assert dense.info.metrics["depths"]["2"]["iou"] is not None  # dense labels: scored
+
+
+def test_preservation_holds_unpainted_pixels_to_the_starting_model(em_stack, tmp_path: Path):
+    """Biased scribbles (one square, all "membrane"): unheld, the net turns everything into
+    membrane; held to its starting predictions, it keeps most of the unpainted image."""
+    import warnings
+
+    from napari_unetpp.finetune import resolve_preserve_weight
+    from napari_unetpp.patches import DegenerateLabelsWarning
+
+    image, membranes = _em(em_stack)
+    start = drive(Trainer(TINY, _config(iterations=30), DataConfig()).run([image], [membranes]))
+    info = CheckpointInfo(model=TINY, data=DataConfig())
+    folder = save_checkpoint(tmp_path / "start", start.model, info)
+    scribbles = np.zeros_like(membranes)
+    scribbles[40:56, 40:56] = 2
+    x = torch.from_numpy(image[None, None] / 255.0).float()
+    with torch.no_grad():
+        before = torch.sigmoid(start.model.eval()(x)[2])[0, 0].numpy()
+
+    def drift(weight: float) -> float:
+        config = _config(iterations=30, learning_rate=3e-3, preserve_weight=weight)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DegenerateLabelsWarning)  # one class on purpose
+            trainer = Trainer(TINY, config, DataConfig(label_mode="sparse"), initial=folder)
+            tuned = drive(trainer.run([image], [scribbles])).model
+        with torch.no_grad():
+            after = torch.sigmoid(tuned.eval()(x)[2])[0, 0].numpy()
+        return float(np.abs(after - before)[scribbles == 0].mean())
+
+    unheld, held = drift(0.0), drift(1.0)
+    assert unheld > 0.2 and held < 0.6 * unheld
+    assert resolve_preserve_weight(_config(), folder, []) == 1.0  # default on for a fine-tune
+    assert resolve_preserve_weight(_config(), None, []) == 0.0  # nothing to keep from scratch
+    assert resolve_preserve_weight(_config(preserve_weight=2.0), folder, ["heads"]) == 0.0
 
 
 def _scribbles(membranes: np.ndarray, strokes: int = 10, radius: int = 12) -> np.ndarray:
@@ -134,4 +170,6 @@ def test_widget_fine_tune_defaults_keep_the_em_model_good_on_unseen_slices(em_st
         f"zoo:em unseen-slice membrane IoU (L{depth}): before {before:.3f}, "
         f"after {steps} fine-tune steps with the widget defaults {after:.3f}"
     )
-    assert after >= before - 0.03
+    # "keep unpainted predictions" (on by default for a fine-tune) is what holds it: without
+    # it the same 30 steps measured 0.733 -> 0.711 here, with it 0.733 -> 0.740
+    assert after >= before - 0.005

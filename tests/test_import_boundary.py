@@ -12,10 +12,19 @@ ENGINE = [
     "checkpoint",
     "devices",
     "events",
-    "data",
+    "normalization",
+    "labels",
+    "patches",
+    "train_data",
+    "datasets",
     "metrics",
+    "finetune",
+    "resume",
+    "ddp",
     "training",
     "tiling",
+    "layout",
+    "predictor",
     "inference",
     "postprocess",
     "pruning",
@@ -27,6 +36,8 @@ ENGINE = [
     "cli",
     "runs",
 ]
+#: Plain numpy: the widget checks labels and images with these without loading torch.
+NUMPY_ONLY = ["normalization", "labels", "patches", "train_data", "datasets"]
 GUI = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "superqt")
 
 
@@ -46,3 +57,9 @@ def test_engine_modules_do_not_load_gui_toolkits():
 def test_package_import_is_light():
     loaded = _loaded_after("import napari_unetpp")
     assert not loaded & {"torch", *GUI}
+
+
+def test_data_preparation_does_not_load_torch():
+    loaded = _loaded_after("; ".join(f"import napari_unetpp.{name}" for name in NUMPY_ONLY))
+    assert "numpy" in loaded  # the statement really imported the modules
+    assert not loaded & {"torch", *GUI}, loaded & {"torch", *GUI}

@@ -17,20 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unetpp import inference
+from napari_unetpp import inference, predictor
 from napari_unetpp.config import DataConfig, NormalizationConfig, PredictConfig
-from napari_unetpp.data import normalize
 from napari_unetpp.devices import memory_format
 from napari_unetpp.events import Stopper, drive
-from napari_unetpp.inference import (
-    PredictEvent,
-    PredictResult,
-    fold_batchnorm,
-    predict,
-    predict_array,
-    prepare_for_inference,
-)
+from napari_unetpp.inference import PredictEvent, PredictResult, predict, predict_array
+from napari_unetpp.layout import ItemView, image_layout
 from napari_unetpp.model import UNetPlusPlus, node_name
+from napari_unetpp.normalization import normalize
+from napari_unetpp.predictor import fold_batchnorm, prepare_for_inference
 from napari_unetpp.tiling import tile_grid
 
 TINY = (4, 8, 16)
@@ -452,11 +447,11 @@ def test_dask_stack_runs_with_bounded_memory(data_dir):
 
 def test_out_of_memory_halves_the_batch_then_falls_back_to_cpu(monkeypatch):
     net = UNetPlusPlus(widths=(2, 4), depth=1).eval()
-    runner = inference._Runner(net, (1,), torch.device("cpu"), 1, False, False, chunk=8)
+    runner = predictor.TileRunner(net, (1,), torch.device("cpu"), 1, False, False, chunk=8)
     runner.device = torch.device("cuda")  # pretend: no GPU is needed to test the policy
     sizes: list[int] = []
     freed: list[torch.device] = []
-    monkeypatch.setattr(inference, "empty_cache", freed.append)  # (a full gc takes ~1 s)
+    monkeypatch.setattr(predictor, "empty_cache", freed.append)  # (a full gc takes ~1 s)
 
     def fake_forward(batch: np.ndarray) -> dict[int, torch.Tensor]:
         sizes.append(len(batch))
@@ -534,10 +529,10 @@ def test_prepared_networks_are_reused_until_the_weights_change(em_crop):
     image, data = em_crop[:48, :48], DataConfig(normalization=RAW)
     config = _config(tile_size=(32, 32), pruned_depth=1)
     first = predict_array(net, image, config, data)
-    cached = inference._DERIVED[net]
+    cached = predictor._DERIVED[net]
     assert ("pruned", 1) in cached
     again = predict_array(net, image, config, data)
-    assert inference._DERIVED[net] is cached  # no rebuild: the same copies ran
+    assert predictor._DERIVED[net] is cached  # no rebuild: the same copies ran
     np.testing.assert_array_equal(again[1], first[1])
     with torch.no_grad():
         net.heads["head_1"].bias += 5.0  # an optimizer step does the same (in place)
@@ -548,7 +543,7 @@ def test_prepared_networks_are_reused_until_the_weights_change(em_crop):
 def test_cpu_inference_runs_channels_last_in_2d_only():
     assert memory_format(2, torch.device("cpu")) == torch.channels_last
     assert memory_format(3, torch.device("cpu")) == torch.contiguous_format
-    prepared = inference.prepare_for_inference(UNetPlusPlus(widths=(4, 8), depth=1), "cpu")
+    prepared = prepare_for_inference(UNetPlusPlus(widths=(4, 8), depth=1), "cpu")
     weight = prepared.nodes[node_name(0, 0)][0].weight
     assert weight.is_contiguous(memory_format=torch.channels_last)
 
@@ -566,13 +561,13 @@ def test_prefetching_view_reads_the_next_band_in_the_background(em_crop):
             return self.data[index]
 
     image = em_crop[:100, :90]
-    layout = inference._layout(image.shape, None, UNetPlusPlus(widths=(4, 8), depth=1))
+    layout = image_layout(image.shape, None, UNetPlusPlus(widths=(4, 8), depth=1))
     grid = tile_grid(image.shape, (32, 32), 0.25, 2)
     rows = sorted({s[0] for s in grid})
     norm = lambda band: normalize(band, RAW)  # noqa: E731
-    plain = inference._ItemView(image, layout, (), norm, torch.device("cpu"))
+    plain = ItemView(image, layout, (), norm, torch.device("cpu"))
     recording = Recording(image)
-    ahead = inference._ItemView(
+    ahead = ItemView(
         recording, layout, (), norm, torch.device("cpu"), prefetch=True, row_starts=rows, height=32
     )
     for start in grid:

@@ -21,8 +21,9 @@ from skimage import io
 from napari_unetpp import postprocess
 from napari_unetpp.checkpoint import load_checkpoint
 from napari_unetpp.config import IGNORE_INDEX, DataConfig, ModelConfig, PredictConfig
-from napari_unetpp.data import labels_to_targets, looks_rgb, remap_values, rgb_to_grey
 from napari_unetpp.inference import predict_array
+from napari_unetpp.labels import labels_to_targets, remap_values
+from napari_unetpp.normalization import looks_rgb, rgb_to_grey
 from napari_unetpp.postprocess import probabilities_to_labels, remove_small
 
 BIG = 2**31 - 10

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_unetpp.model import NestedNode, UNetPlusPlus, head_name, node_name, nodes_for_depth
+from napari_unetpp.model import (
+    NestedNode,
+    UNetPlusPlus,
+    head_name,
+    node_name,
+    nodes_for_depth,
+    unwrap_model,
+)
 
 TINY = (4, 8, 16, 32, 64)
 
@@ -174,3 +181,17 @@ def test_from_config_round_trip():
     again = UNetPlusPlus.from_config(net.config)
     assert again.config == net.config
     assert again.num_parameters() == net.num_parameters()
+
+
+def test_unwrap_model_sees_through_compile_and_ddp_style_wrappers():
+    net = _tiny(depth=2)
+
+    class Wrapper(torch.nn.Module):  # as DistributedDataParallel: the network under .module
+        def __init__(self, module: torch.nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+    assert unwrap_model(net) is net
+    assert unwrap_model(Wrapper(net)) is net
+    assert unwrap_model(torch.compile(Wrapper(net))) is net  # compile of DDP: both layers
+    assert unwrap_model(torch.nn.Sequential(net)) is not net  # other containers are not wrappers

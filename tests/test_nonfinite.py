@@ -18,7 +18,6 @@ import torch
 from safetensors.torch import load_file
 
 from napari_unetpp.config import DataConfig, ModelConfig, PredictConfig, TrainConfig
-from napari_unetpp.data import DegenerateLabelsWarning, degenerate_labels, prepare_volumes
 from napari_unetpp.events import drive
 from napari_unetpp.inference import predict_array
 from napari_unetpp.model import UNetPlusPlus
@@ -29,6 +28,7 @@ from napari_unetpp.nonfinite import (
     count_non_finite,
     non_finite_filler,
 )
+from napari_unetpp.patches import DegenerateLabelsWarning, degenerate_labels, prepare_volumes
 from napari_unetpp.training import Trainer
 
 TINY = ModelConfig(widths=(4, 8, 16), depth=2)

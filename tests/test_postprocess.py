@@ -8,7 +8,7 @@ from scipy import ndimage as ndi
 from skimage.draw import disk
 
 from napari_unetpp.config import DataConfig, ModelConfig
-from napari_unetpp.data import instance_targets
+from napari_unetpp.labels import instance_targets
 from napari_unetpp.postprocess import (
     instances_from_probabilities,
     probabilities_to_labels,

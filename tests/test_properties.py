@@ -17,14 +17,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from napari_unetpp.config import IGNORE_INDEX, DataConfig, NormalizationConfig
-from napari_unetpp.data import (
-    guess_label_mode,
-    instance_targets,
-    labels_to_targets,
-    normalize,
-    to_channels_first,
-)
+from napari_unetpp.labels import guess_label_mode, instance_targets, labels_to_targets
 from napari_unetpp.nonfinite import NonFiniteError, NonFiniteWarning, non_finite_filler
+from napari_unetpp.normalization import normalize, to_channels_first
 from napari_unetpp.tiling import blending_weights, sliding_window, tile_grid, tile_starts
 
 FAST = settings(

@@ -229,7 +229,7 @@ def test_predict_rescaled_to_zarr(tmp_path):
 def _nuclei_pair(data_dir, image_id):
     from skimage import io
 
-    from napari_unetpp.data import rgb_to_grey
+    from napari_unetpp.normalization import rgb_to_grey
 
     image = io.imread(data_dir / "nuclei_dsb2018" / "images" / f"{image_id}.png")
     if image.ndim == 3:

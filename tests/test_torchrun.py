@@ -20,9 +20,9 @@ import torch
 
 from napari_unetpp.checkpoint import load_checkpoint
 from napari_unetpp.config import PredictConfig
+from napari_unetpp.ddp import join_torchrun, process_rank
 from napari_unetpp.events import drive
 from napari_unetpp.inference import predict
-from napari_unetpp.training import join_torchrun, process_rank
 
 CROP = (slice(192, 320), slice(192, 320))  # 128 x 128, membranes and cells in it
 TORCHRUN_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")

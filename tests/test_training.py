@@ -24,10 +24,11 @@ from skimage.morphology import skeletonize
 from napari_unetpp import metrics
 from napari_unetpp.checkpoint import load_checkpoint
 from napari_unetpp.config import DataConfig, ModelConfig, NormalizationConfig, TrainConfig
-from napari_unetpp.data import normalize
 from napari_unetpp.events import Stopper, drive
+from napari_unetpp.finetune import build_model
 from napari_unetpp.model import UNetPlusPlus
-from napari_unetpp.training import Trainer, TrainEvent, build_model
+from napari_unetpp.normalization import normalize
+from napari_unetpp.training import Trainer, TrainEvent
 
 TINY = ModelConfig(widths=(4, 8, 16), depth=2)
 

@@ -40,11 +40,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import tiling
+from . import stores, tiling
 from .config import DataConfig, ModelConfig, PredictConfig
 from .devices import autocast, resolve_device
 from .events import EtaClock, Stopper
+from .inference import PredictResult
+from .layout import ItemSink, ItemView, image_layout, output_shape
 from .model import UNetPlusPlus, head_name, node_name, nodes_for_depth
+from .predictor import prepare_on
 from .stores import mark_complete
 
 __all__ = [
@@ -224,7 +227,7 @@ class AdaptivePredictor:
 # --------------------------------------------------------------------------- predict
 
 
-class AdaptiveResult(dict):  # type: ignore[type-arg]
+class AdaptiveResult(PredictResult):
     """``{deepest depth: probabilities}`` of an adaptive run, plus its maps and costs.
 
     Keyed by the deepest depth so every consumer of :class:`inference.PredictResult`
@@ -240,9 +243,7 @@ class AdaptiveResult(dict):  # type: ignore[type-arg]
     def __init__(
         self, arrays: dict[int, Any], complete: bool, path: Path | None = None, **extra: Any
     ) -> None:
-        super().__init__(arrays)
-        self.complete = complete
-        self.path = path
+        super().__init__(arrays, complete, path)
         self.depth_map: np.ndarray = extra.get("depth_map", np.zeros(0))
         self.disagreement: np.ndarray = extra.get("disagreement", np.zeros(0))
         self.tile_depths: dict[tuple[int, ...], np.ndarray] = extra.get("tile_depths", {})
@@ -311,14 +312,14 @@ def predict_adaptive(
     if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
         image = np.asarray(image)
     shape = tuple(int(s) for s in image.shape)
-    layout = inf._layout(shape, data_config.channel_axis, model)
+    layout = image_layout(shape, data_config.channel_axis, model)
     multiple = 2**model.depth
     tile = inf._tile_shape(predict_config, layout.spatial_shape, multiple)
     device = resolve_device(predict_config.device)
     num_classes = model.config.num_classes
     deepest = model.depth
     stopped = (lambda: stopper.stopped) if stopper is not None else (lambda: False)
-    prepared, device, notes = inf._prepare_on(model, device)
+    prepared, device, notes = prepare_on(model, device)
     predictor = AdaptivePredictor(
         prepared,
         device,
@@ -357,8 +358,8 @@ def predict_adaptive(
     if stopped():
         return AdaptiveResult({}, complete=False)
     normalise = inf._normaliser(image, data_config)
-    arrays, group = inf._allocate(
-        (deepest,), inf.output_shape(shape, layout.channel_axis, num_classes), tile, out
+    arrays, group = stores.allocate_outputs(
+        (deepest,), output_shape(shape, layout.channel_axis, num_classes), tile, out
     )
     maps = {
         key: np.zeros(layout.shape_without_channels, np.float32)
@@ -369,13 +370,13 @@ def predict_adaptive(
     clock, done, complete = EtaClock(), 0, True
     for n, lead in enumerate(items):
         sinks = {
-            "probabilities": inf._ItemSink(arrays[deepest], lead, num_classes == 1),
-            "disagreement": inf._ItemSink(maps["disagreement"], lead, True),
+            "probabilities": ItemSink(arrays[deepest], lead, num_classes == 1),
+            "disagreement": ItemSink(maps["disagreement"], lead, True),
         }
         first = len(predictor.depths_used)
         gen = tiling.iter_sliding_window(
             predictor,
-            inf._ItemView(image, layout, lead, normalise),
+            ItemView(image, layout, lead, normalise),
             tile,
             predict_config.overlap,
             predict_config.batch_size,

@@ -72,7 +72,7 @@ from ._checkpoint_io import (
 )
 from .config import DataConfig, ModelConfig, TrainConfig
 from .locate import CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME, has_marker, is_checkpoint_zip
-from .model import UNetPlusPlus
+from .model import UNetPlusPlus, unwrap_model
 
 __all__ = [
     "CheckpointError",
@@ -175,15 +175,6 @@ _ARCHITECTURE = (
 )
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain network inside ``torch.compile`` / DDP wrappers (their keys carry prefixes)."""
-    for attribute in ("_orig_mod", "module"):
-        inner = getattr(model, attribute, None)
-        if isinstance(inner, nn.Module):
-            model = inner
-    return model
-
-
 def _state_tensors(model: nn.Module, half: bool) -> tuple[dict[str, torch.Tensor], str]:
     tensors: dict[str, torch.Tensor] = {}
     stored: set[str] = set()
@@ -280,7 +271,7 @@ def save_checkpoint(
             f"{folder} exists and is not a napari-unetpp checkpoint; refusing to replace it. "
             "Choose a new or empty folder"
         )
-    net = _unwrap(model)
+    net = unwrap_model(model)
     net_config = getattr(net, "config", None)
     if isinstance(net_config, ModelConfig):
         different = [

@@ -11,8 +11,12 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Iterator
+from typing import TypeVar
 
 import torch
+from torch import nn
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
 
 __all__ = [
     "available_devices",
@@ -23,6 +27,7 @@ __all__ = [
     "empty_cache",
     "describe_device",
     "memory_format",
+    "place_model",
 ]
 
 #: Phrases of the errors PyTorch / CUDA libraries raise when an allocation fails.
@@ -198,6 +203,14 @@ def describe_device(device: str | torch.device) -> str:
         threads = torch.get_num_threads()
         return f"CPU ({threads} thread{'s' if threads != 1 else ''})"
     return str(device)
+
+
+def place_model(net: ModelT, device: torch.device | str | None = None) -> ModelT:
+    """``net`` on ``device`` (default: where it is) in the layout of :func:`memory_format`."""
+    target = torch.device(device) if device is not None else next(net.parameters()).device
+    fmt = memory_format(int(getattr(net, "spatial_dims", 2)), target)
+    # Module.to accepts memory_format at runtime; torch's type overloads leave it out
+    return net.to(target, memory_format=fmt)  # type: ignore[call-overload,no-any-return]
 
 
 def memory_format(spatial_dims: int, device: torch.device) -> torch.memory_format:

@@ -113,7 +113,7 @@ def _fixed_normalization(image: Any, data: DataConfig) -> DataConfig:
     ``inference.predict`` computes one intensity range per image (a stack is one
     image); a task sees one slice, so it gets the whole stack's range instead.
     """
-    from .data import intensity_range
+    from .normalization import intensity_range
 
     norm = data.normalization
     if norm.mode != "percentile":
@@ -141,7 +141,7 @@ def predict_distributed(
     from distributed import as_completed
 
     from .config import DataConfig
-    from .inference import output_shape
+    from .layout import output_shape
 
     data = _fixed_normalization(image, DataConfig.from_dict(job.data))
     channel = None if data.channel_axis is None else data.channel_axis % image.ndim

@@ -374,7 +374,7 @@ def _output_channels(net: ProbabilityNet, info: CheckpointInfo) -> list[str]:
 
 def _test_image(info: CheckpointInfo, multiple: int, image: np.ndarray | None) -> np.ndarray:
     """A raw ``(c, *spatial)`` test image cropped to multiples of ``multiple`` (64 if none)."""
-    from .data import to_channels_first
+    from .normalization import to_channels_first
 
     config = info.model
     if image is None:
@@ -463,7 +463,7 @@ def export_bioimageio(
     licence/citations of the card. ``test_image`` is a raw image of the model's kind
     (cropped to at most 256 per axis); without it a random one is used.
     """
-    from .data import normalize
+    from .normalization import normalize
 
     target = Path(out)
     if target.exists() and not (target.is_dir() and not any(target.iterdir())):

@@ -232,7 +232,7 @@ def check_labels(labels: Any, image: Any, path: Path, channel_axis: int | None) 
         labels = labels.astype(np.int64)
     elif labels.dtype.kind not in "biu":
         raise UserError(f"{path}: unsupported labels dtype {labels.dtype}; need integers")
-    from .data import check_pair
+    from .normalization import check_pair
 
     try:
         check_pair(image, labels, channel_axis)

@@ -35,7 +35,7 @@ from torch import nn
 
 from .config import ModelConfig
 
-__all__ = ["UNetPlusPlus", "ConvBlock", "node_name", "head_name", "nodes_for_depth"]
+__all__ = ["UNetPlusPlus", "ConvBlock", "node_name", "head_name", "nodes_for_depth", "unwrap_model"]
 
 
 def node_name(i: int, j: int) -> str:
@@ -279,3 +279,16 @@ class UNetPlusPlus(nn.Module):
     def encoder_parameters(self) -> list[nn.Parameter]:
         """Parameters of the encoder column ``X[i, 0]`` (what fine-tuning may freeze)."""
         return [p for i in range(self.depth + 1) for p in self.nodes[node_name(i, 0)].parameters()]
+
+
+def unwrap_model(model: nn.Module) -> UNetPlusPlus:
+    """The plain network inside ``torch.compile`` / DistributedDataParallel wrappers.
+
+    Why: wrappers prefix state-dict keys and hide ``config``, ``depth`` and ``nodes``;
+    training, pruning and checkpoints all need the network itself.
+    """
+    for attribute in ("_orig_mod", "module"):
+        inner = getattr(model, attribute, None)
+        if isinstance(inner, nn.Module):
+            model = inner
+    return model  # type: ignore[return-value]

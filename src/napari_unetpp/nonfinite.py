@@ -16,17 +16,22 @@ NaN. The policy, applied at one point of training and inference each:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
+from .normalization import subsample
+
 __all__ = [
     "MAX_NON_FINITE_FRACTION",
     "NonFiniteError",
     "NonFiniteWarning",
     "all_finite",
+    "check_loss",
+    "check_weights",
     "count_non_finite",
     "fill_image",
     "fill_non_finite",
@@ -108,9 +113,7 @@ def fill_non_finite(array: np.ndarray, value: float) -> np.ndarray:
 
 def _finite_median(image: Any) -> float:
     """Median of the finite values of a subsample (the same one the percentiles use)."""
-    from .data import _subsample
-
-    sample = _subsample(image)
+    sample = subsample(image)
     sample = sample[~_bad(sample)].astype(np.float64)
     if sample.size == 0:  # the subsample missed every finite value: read it all, blockwise
         shape = tuple(int(n) for n in image.shape)
@@ -181,3 +184,26 @@ def non_finite_names(state_dict: Mapping[str, Any]) -> list[str]:
         and value.is_floating_point()
         and not bool(torch.isfinite(value).all())
     ]
+
+
+def check_loss(loss: Any, step: int, lr: float) -> None:
+    """Stop a diverged run before its NaN gradients reach the weights."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise NonFiniteError(
+            f"training diverged at step {step}: the loss is {value} (learning rate {lr:g}); "
+            "lower the learning rate (--lr, TrainConfig.learning_rate; 1e-3 is the usual) or "
+            "check the images for extreme values. Checkpoints saved before (best/, last/) "
+            "keep the last finite weights"
+        )
+
+
+def check_weights(net: Any, name: str) -> None:
+    """Never write NaN or infinite weights as ``best/`` or ``last/``."""
+    state = net.state_dict()
+    if not all_finite(state):
+        bad = non_finite_names(state)
+        raise NonFiniteError(
+            f"refusing to save {name}/: {len(bad)} weight tensor(s) are NaN or infinite "
+            f"(e.g. {bad[0]}): the run diverged; lower the learning rate and train again"
+        )

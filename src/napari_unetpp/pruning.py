@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import data as data_mod
 from .config import IGNORE_INDEX, DataConfig, ModelConfig
+from .labels import resolve_class_values
 from .metrics import confusion_counts
-from .model import UNetPlusPlus
+from .model import UNetPlusPlus, unwrap_model
+from .patches import prepare_volumes, validation_tiles
 
 __all__ = [
     "prune",
@@ -48,11 +49,6 @@ LossFn = Callable[[dict[int, torch.Tensor], torch.Tensor], Any]
 def prune(model: UNetPlusPlus, d: int) -> UNetPlusPlus:
     """The sub-network of depth ``d`` (nodes ``i + j <= d``, one head): exact and smaller."""
     return model.prune(d)
-
-
-def _module(model: torch.nn.Module) -> UNetPlusPlus:
-    """The UNet++ inside a DistributedDataParallel wrapper (or the model itself)."""
-    return getattr(model, "module", model)  # type: ignore[return-value]
 
 
 class _Counts:
@@ -106,7 +102,7 @@ def score_tiles(
     foreground; multi-class models the mean over foreground classes. Pixels
     with ``IGNORE_INDEX`` are left out, so scribbles can be scored too.
     """
-    net = _module(model)
+    net = unwrap_model(model)
     was_training = net.training
     net.eval()
     depths = list(net.head_depths)
@@ -173,7 +169,7 @@ def gflop_per_mpx(
     pixel at any size, so the tile (default :func:`timing_tile`) only matters
     through padding to a multiple of ``2**depth``.
     """
-    config = model if isinstance(model, ModelConfig) else _module(model).config
+    config = model if isinstance(model, ModelConfig) else unwrap_model(model).config
     heads = range(1, config.depth + 1) if config.deep_supervision else (config.depth,)
     if depth not in heads:
         raise ValueError(f"no head at depth {depth}; this model has heads {list(heads)}")
@@ -229,9 +225,9 @@ def measure_ms_per_mpx(
     (not during training): the number is as stable as the machine is.
     """
     from .devices import memory_format
-    from .inference import prepare_for_inference
+    from .predictor import prepare_for_inference
 
-    net = _module(model)
+    net = unwrap_model(model)
     tile_shape = tuple(tile_shape) if tile_shape else timing_tile(net.config.spatial_dims)
     device = torch.device(device)
     pruned = prepare_for_inference(net.prune(depth), device)
@@ -254,7 +250,7 @@ def depth_costs(
     What the pruning panel and ``napari-unetpp info --time`` show: the exact cost
     beside a stable measured time (and the rate they imply, to compare machines).
     """
-    net = _module(model)
+    net = unwrap_model(model)
     costs = {}
     for d in net.head_depths:
         gflop = gflop_per_mpx(net, d, tile_shape)
@@ -270,7 +266,7 @@ def depth_table(
     device: torch.device | str = "cpu",
 ) -> dict[int, dict[str, Any]]:
     """Per depth: scores (or None), parameters and measured ms per megapixel."""
-    net = _module(model)
+    net = unwrap_model(model)
     table: dict[int, dict[str, Any]] = {}
     for d in net.head_depths:
         row: dict[str, Any] = dict(scores.get(d, {})) if scores else {"iou": None, "dice": None}
@@ -297,12 +293,12 @@ def evaluate_depths(
     array or lists of arrays, as for training; non-overlapping tiles of
     ``tile_size`` (default 256 per axis, 64 along Z for 3D) are scored.
     """
-    net = _module(model)
+    net = unwrap_model(model)
     dims = net.config.spatial_dims
     tile = tuple(tile_size) if tile_size else ((256, 256) if dims == 2 else (64, 128, 128))
-    resolved = data_config.replace(class_values=data_mod.resolve_class_values(data_config, labels))
-    volumes = data_mod.prepare_volumes(images, labels, resolved, dims)
-    tiles = data_mod.validation_tiles(volumes, tile, dims)
+    resolved = data_config.replace(class_values=resolve_class_values(data_config, labels))
+    volumes = prepare_volumes(images, labels, resolved, dims)
+    tiles = validation_tiles(volumes, tile, dims)
     net = net.to(device)
     scores, _ = score_tiles(
         net,

@@ -252,11 +252,12 @@ def _back(
     disagreement map (linear) come back on the same grid.
     """
     from .adaptive import AdaptiveResult
-    from .inference import PredictResult, _allocate, output_shape
-    from .stores import mark_complete
+    from .inference import PredictResult
+    from .layout import output_shape
+    from .stores import allocate_outputs, mark_complete
 
     target = output_shape(tuple(int(s) for s in shape), data_config.channel_axis, num_classes)
-    arrays, group = _allocate(tuple(result), target, (256,) * dims, out)
+    arrays, group = allocate_outputs(tuple(result), target, (256,) * dims, out)
     axes = tuple(range(len(target) - dims, len(target)))
     for depth, prob in result.items():
         S.resample_to(prob, target, axes, order=1, out=arrays[depth])
@@ -284,11 +285,11 @@ def _back(
 
 def _store(result: Any, out: str | Path) -> Any:
     """An in-memory result written to zarr arrays in ``out`` (auto rescale that kept scale 1)."""
-    from .inference import PredictResult, _allocate
-    from .stores import mark_complete
+    from .inference import PredictResult
+    from .stores import allocate_outputs, mark_complete
 
     first = next(iter(result.values()))
-    arrays, group = _allocate(tuple(result), first.shape, (256,) * first.ndim, out)
+    arrays, group = allocate_outputs(tuple(result), first.shape, (256,) * first.ndim, out)
     for depth, prob in result.items():
         arrays[depth][...] = prob
     mark_complete(group, bool(result.complete))

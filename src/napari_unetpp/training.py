@@ -21,7 +21,7 @@ Fine-tuning: ``initial`` is a checkpoint path or a :class:`UNetPlusPlus`;
 weights are copied by name, heads whose class count differs are created anew.
 
 Distributed: when ``torch.distributed`` is initialised (``torchrun``; see
-:func:`join_torchrun`), the model is wrapped in ``DistributedDataParallel``, each
+:func:`ddp.join_torchrun`), the model is wrapped in ``DistributedDataParallel``, each
 rank samples its own patches (seed + rank), every rank validates on the same data
 (split from the seed alone, so all agree on "best"), and only rank 0 writes
 checkpoints and emits ``"checkpoint"`` events; the checkpoint's provenance records
@@ -31,10 +31,8 @@ BatchNorm statistics are per rank (no SyncBatchNorm).
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -43,44 +41,32 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
-from . import data as data_mod
+from .augmentation import AugmentOptions
 from .checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
 from .config import DataConfig, ModelConfig, TrainConfig
-from .devices import autocast, autocast_dtype, memory_format, resolve_device
+from .ddp import join_torchrun, process_rank, rank_device, world_size, wrap_ddp
+from .devices import autocast, autocast_dtype, memory_format, place_model
 from .events import EtaClock, Event, Stopper
-from .losses import DeepSupervisionLoss
+from .finetune import (
+    build_model,
+    frozen_copy,
+    origin_of,
+    resolve_freeze_norm,
+    resolve_preserve_weight,
+    set_train_mode,
+)
+from .losses import DeepSupervisionLoss, preservation_loss
 from .model import UNetPlusPlus
-from .nonfinite import NonFiniteError, all_finite, non_finite_names
+from .nonfinite import check_loss, check_weights
+from .patches import patch_shape_zyx
 from .pruning import depth_table, recommend_depth, score_tiles
+from .resume import load_resume_state, optimizer_from_files, save_resume_state, started_from
+from .train_data import NO_VALIDATION, TrainData, prepare_data
 
-__all__ = [
-    "NO_VALIDATION",
-    "TrainEvent",
-    "TrainResult",
-    "Trainer",
-    "join_torchrun",
-    "process_rank",
-    "resolve_freeze_norm",
-    "transfer_weights",
-]
-
-#: Files beside ``output_dir/last`` that make a run resumable (safetensors + JSON, no pickle).
-OPTIMIZER_FILE = "optimizer.safetensors"
-STATE_FILE = "trainer_state.json"
-#: Validation tiles are this many times the patch size in-plane (fewer, larger tiles).
-VALIDATION_TILE_FACTOR = 2
-#: At most this many validation tiles (evenly spaced) keep validation cheap on CPU.
-MAX_VALIDATION_TILES = 64
-#: Fewer labelled validation pixels than this, or only one class among them, give no
-#: trustworthy score (a few scribbled pixels scored 1.000): then nothing is held back for
-#: validation and all labels train.
-MIN_VALIDATION_PIXELS = 200
-#: What the run says (a "note" event, and the checkpoint's provenance) without validation.
-NO_VALIDATION = "no validation: paint on more of the image (training loss shown instead)"
+__all__ = ["NO_VALIDATION", "TrainEvent", "TrainResult", "Trainer", "join_torchrun"]
 
 
 @dataclass
@@ -107,239 +93,9 @@ class TrainResult:
     checkpoint: Path | None
 
 
-# --------------------------------------------------------------------------- model setup
-
-
-def transfer_weights(source: nn.Module, target: UNetPlusPlus) -> list[str]:
-    """Copy weights by name where shapes agree; return the target keys left as initialised.
-
-    Only heads may differ (a new class count means new heads); any other
-    missing or mismatched weight means a different architecture: ``ValueError``.
-    """
-    source_state = source.state_dict()
-    target_state = target.state_dict()
-    fresh = [
-        k
-        for k, v in target_state.items()
-        if k not in source_state or source_state[k].shape != v.shape
-    ]
-    foreign = [k for k in fresh if not k.startswith("heads.")]
-    if foreign:
-        raise ValueError(
-            f"the initial model does not match ModelConfig {target.config.widths} depth "
-            f"{target.config.depth} in_channels {target.config.in_channels} (e.g. {foreign[:3]}); "
-            "fine-tune with the initial model's widths/in_channels and a depth <= its depth"
-        )
-    target.load_state_dict(
-        {k: v for k, v in source_state.items() if k in target_state and k not in fresh},
-        strict=False,
-    )
-    return fresh
-
-
-def _load_initial(initial: str | os.PathLike[str] | nn.Module) -> tuple[nn.Module, str]:
-    if isinstance(initial, nn.Module):
-        return initial, "model"
-    model, _ = load_checkpoint(initial, device="cpu")
-    return model, str(initial)
-
-
-def build_model(
-    model_config: ModelConfig, initial: str | os.PathLike[str] | nn.Module | None
-) -> tuple[UNetPlusPlus, str, list[str]]:
-    """A fresh model, or one started from ``initial``; returns it, its origin and new heads."""
-    model = UNetPlusPlus.from_config(model_config)
-    if initial is None:
-        return model, "scratch", []
-    source, origin = _load_initial(initial)
-    fresh = transfer_weights(source, model)
-    return model, origin, sorted({k.split(".")[1] for k in fresh})
-
-
-def _set_train_mode(model: nn.Module, freeze_encoder: bool, freeze_norm: bool = False) -> None:
-    """Train mode, except frozen parts keep their BatchNorm statistics (eval).
-
-    ``freeze_norm``: every normalisation layer keeps the statistics it was trained
-    with; batches of a few scribbled patches would otherwise re-estimate them from
-    unrepresentative pixels and shift every feature (the cause of fine-tunes that
-    made a good model worse).
-    """
-    model.train()
-    net = getattr(model, "module", model)
-    if freeze_encoder:
-        for i in range(net.depth + 1):
-            net.nodes[f"x_{i}_0"].eval()
-    if freeze_norm:
-        for module in net.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
-
-
-def resolve_freeze_norm(train_config: TrainConfig, initial: Any) -> bool:
-    """``TrainConfig.freeze_norm``, with None meaning "on when starting from a model"."""
-    if train_config.freeze_norm is not None:
-        return bool(train_config.freeze_norm)
-    return initial is not None
-
-
 def _lr_at(step: int, config: TrainConfig) -> float:
     """Polynomial decay (nnU-Net): a pure function of the step, so resuming reproduces it."""
     return config.learning_rate * (1 - step / (config.iterations + 1)) ** 0.9
-
-
-# --------------------------------------------------------------------------- data setup
-
-
-@dataclass
-class _Data:
-    sampler: data_mod.PatchSampler
-    val_tiles: list[tuple[np.ndarray, np.ndarray]]
-    data_config: DataConfig
-    description: dict[str, Any]
-
-
-def _check_model_fits(
-    model_config: ModelConfig, data_config: DataConfig, labels: list[Any], channels: int
-) -> None:
-    needed = data_mod.num_output_channels(data_config, labels)
-    if model_config.num_classes != needed and not (needed == 1 and model_config.num_classes == 2):
-        raise ValueError(
-            f"ModelConfig.num_classes is {model_config.num_classes} but these labels need "
-            f"{needed} output channel(s) (data.num_output_channels); set num_classes={needed}"
-        )
-    if model_config.in_channels != channels:
-        raise ValueError(
-            f"ModelConfig.in_channels is {model_config.in_channels} but the images have "
-            f"{channels} channel(s); set in_channels={channels} or DataConfig.channel_axis"
-        )
-
-
-def _evenly(items: list[Any], limit: int) -> list[Any]:
-    if len(items) <= limit:
-        return items
-    return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
-
-
-def prepare_data(
-    images: Any,
-    labels: Any,
-    val_images: Any,
-    val_labels: Any,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    data_config: DataConfig,
-    rng: np.random.Generator,
-) -> _Data:
-    """Resolve classes once, build volumes, split, and set up the sampler and validation tiles."""
-    images, labels = data_mod._as_list(images), data_mod._as_list(labels)
-    extra = data_mod._as_list(val_labels) if val_labels is not None else []
-    if (val_images is None) != (val_labels is None):
-        raise ValueError("give both val_images and val_labels, or neither")
-    data_config = data_config.replace(
-        class_values=data_mod.resolve_class_values(data_config, labels + extra)
-    )
-    dims = model_config.spatial_dims
-    first = data_mod.to_channels_first(images[0], data_config.channel_axis)
-    _check_model_fits(model_config, data_config, labels + extra, first.shape[0])
-    volumes = data_mod.prepare_volumes(images, labels, data_config, dims)
-    degenerate = data_mod.degenerate_labels(volumes)
-    if degenerate:
-        warnings.warn(degenerate, data_mod.DegenerateLabelsWarning, stacklevel=2)
-    if val_images is not None:
-        train, val = volumes, data_mod.prepare_volumes(val_images, val_labels, data_config, dims)
-    else:
-        # the split comes from the seed alone: every rank validates on the same data
-        split_rng = np.random.default_rng(train_config.seed)
-        train, val = data_mod.split_validation(volumes, train_config.validation_fraction, split_rng)
-    tile = [
-        p * (VALIDATION_TILE_FACTOR if k >= len(train_config.patch_size) - 2 else 1)
-        for k, p in enumerate(train_config.patch_size)
-    ]
-    tiles = _evenly(data_mod.validation_tiles(val, tile, dims), MAX_VALIDATION_TILES)
-    if val and val_images is None and not _can_score(tiles):
-        train, val, tiles = volumes, [], []  # too few to score: every label trains
-    sampler = data_mod.PatchSampler(
-        train,
-        train_config.patch_size,
-        dims,
-        train_config.foreground_fraction,
-        rng,
-        sparse=data_config.label_mode == "sparse",
-    )
-    description: dict[str, Any] = {
-        "train": [v.name + f" {v.spatial}" for v in train],
-        "validation": [v.name + f" {v.spatial}" for v in val] if tiles else NO_VALIDATION,
-    }
-    if degenerate:
-        description["degenerate_labels"] = degenerate  # saved with the checkpoint
-    return _Data(sampler, tiles, data_config, description)
-
-
-def _can_score(tiles: list[tuple[np.ndarray, np.ndarray]]) -> bool:
-    """Enough labelled validation pixels, of at least two classes, for a meaningful score."""
-    labelled = [t[t != data_mod.IGNORE_INDEX] for _, t in tiles]
-    count = sum(int(v.size) for v in labelled)
-    classes = set().union(*(np.unique(v).tolist() for v in labelled)) if labelled else set()
-    return count >= MIN_VALIDATION_PIXELS and len(classes) >= 2
-
-
-# --------------------------------------------------------------------------- resumable state
-
-
-def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Optimizer state as flat tensors (safetensors) plus JSON for everything else."""
-    state = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, values in state["state"].items():
-        for name, value in values.items():
-            if torch.is_tensor(value):
-                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(index), {})[name] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    for index, values in meta.get("scalars", {}).items():
-        state.setdefault(int(index), {}).update(values)
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def save_resume_state(
-    folder: Path,
-    optimizer: torch.optim.Optimizer,
-    step: int,
-    rng: np.random.Generator,
-    best: dict[str, Any],
-) -> None:
-    """Optimizer, RNG and progress beside the ``last`` checkpoint (no pickle anywhere)."""
-    tensors, meta = _optimizer_to_files(optimizer)
-    tensors["__torch_rng__"] = torch.get_rng_state()
-    _write_atomic(folder / OPTIMIZER_FILE, lambda p: save_file(tensors, str(p)))
-    state = {"step": step, "numpy_rng": rng.bit_generator.state, "best": best, "optimizer": meta}
-    _write_atomic(folder / STATE_FILE, lambda p: p.write_text(json.dumps(state)))
-
-
-def load_resume_state(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The JSON state and the tensors written by :func:`save_resume_state`."""
-    state_file, tensor_file = folder / STATE_FILE, folder / OPTIMIZER_FILE
-    if not state_file.is_file() or not tensor_file.is_file():
-        raise ValueError(
-            f"cannot resume: {folder} has no {STATE_FILE}/{OPTIMIZER_FILE}; train without "
-            "resume, or point resume at an output_dir/last folder of an earlier run"
-        )
-    return json.loads(state_file.read_text()), load_file(str(tensor_file))
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -362,6 +118,9 @@ class _Run:
     best_state: dict[str, torch.Tensor] | None = None
     best_step: int = 0
     eta: EtaClock = field(default_factory=EtaClock)
+    #: the starting network and the weight of keeping its predictions (fine-tuning)
+    teacher: UNetPlusPlus | None = None
+    preserve_weight: float = 0.0
 
 
 class Trainer:
@@ -398,12 +157,12 @@ class Trainer:
         self.initial = initial
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.stopper = stopper if stopper is not None else Stopper()
-        if resume is True and self.output_dir is None:
-            raise ValueError("resume=True needs output_dir (the folder holding last/)")
-        self.resume_from: Path | None = (
-            self.output_dir / "last" if resume is True else Path(resume) if resume else None
-        )
-        data_mod.patch_shape_zyx(train_config.patch_size, model_config.spatial_dims)
+        self.resume_from: Path | None = Path(resume) if resume and resume is not True else None
+        if resume is True:
+            if self.output_dir is None:
+                raise ValueError("resume=True needs output_dir (the folder holding last/)")
+            self.resume_from = self.output_dir / "last"
+        patch_shape_zyx(train_config.patch_size, model_config.spatial_dims)
 
     def stop(self) -> None:
         """Ask the run to stop after the current step; it returns the best model so far."""
@@ -460,18 +219,19 @@ class Trainer:
 
     def _setup(self, rng: np.random.Generator) -> tuple[_Run, str, list[str]]:
         tc = self.train_config
-        device = _device(tc)
+        device = rank_device(tc.device)
         initial = self.initial
         if self.resume_from is not None:
             initial = self.resume_from
         net, origin, new_heads = build_model(self.model_config, initial)
         if self.resume_from is not None:
-            origin = _started_from(self.resume_from, origin)
-        net = net.to(device, memory_format=memory_format(net.spatial_dims, device))
+            origin = started_from(self.resume_from, origin)
+        net = place_model(net, device)
+        teacher, preserve = self._teacher(net, new_heads)
         if tc.freeze_encoder:
             for p in net.encoder_parameters():
                 p.requires_grad_(False)
-        model = _maybe_ddp(net, device)
+        model = wrap_ddp(net, device)
         optimizer = torch.optim.AdamW(
             [p for p in net.parameters() if p.requires_grad],
             lr=tc.learning_rate,
@@ -481,9 +241,32 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         loss_fn = DeepSupervisionLoss(net.config.num_classes, dice_weight=tc.dice_weight)
         run = _Run(model, net, optimizer, scaler, loss_fn, device, rng)
+        run.teacher, run.preserve_weight = teacher, preserve
         if self.resume_from is not None:
             self._restore(run)
         return run, origin, new_heads
+
+    def _teacher(
+        self, net: UNetPlusPlus, new_heads: list[str]
+    ) -> tuple[UNetPlusPlus | None, float]:
+        """The frozen starting model for the "keep what you knew" term, and its weight.
+
+        A resumed run rebuilds it from the model the run first started from (the
+        weights in ``last/`` have moved on); if that is gone, the term is off.
+        """
+        weight = resolve_preserve_weight(self.train_config, self.initial, new_heads)
+        if self.resume_from is not None and self.initial is None:
+            start = started_from(self.resume_from, "scratch")
+            if start in ("scratch", "model"):
+                return None, 0.0
+            try:
+                source, _, fresh = build_model(self.model_config, start)
+            except (OSError, ValueError):
+                return None, 0.0
+            weight = resolve_preserve_weight(self.train_config, start, fresh)
+            net_on = place_model(source, next(net.parameters()).device)
+            return (frozen_copy(net_on), weight) if weight > 0 else (None, 0.0)
+        return (frozen_copy(net), weight) if weight > 0 else (None, 0.0)
 
     def _restore(self, run: _Run) -> None:
         """Continue a run: optimizer, step, RNG streams and the best so far."""
@@ -497,7 +280,7 @@ class Trainer:
                 "best/ as a fine-tune (initial=...) or start again"
             )
         torch.set_rng_state(tensors.pop("__torch_rng__"))
-        run.optimizer.load_state_dict(_optimizer_from_files(tensors, state["optimizer"]))
+        run.optimizer.load_state_dict(optimizer_from_files(tensors, state["optimizer"]))
         run.rng.bit_generator.state = state["numpy_rng"]
         run.step = int(state["step"])
         best = state.get("best", {})
@@ -512,13 +295,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
 
-    def _train_step(self, run: _Run, data: _Data) -> tuple[float, dict[int, float]]:
+    def _train_step(self, run: _Run, data: TrainData) -> tuple[float, dict[int, float]]:
         tc = self.train_config
-        _set_train_mode(run.model, tc.freeze_encoder, resolve_freeze_norm(tc, self.initial))
+        set_train_mode(run.model, tc.freeze_encoder, resolve_freeze_norm(tc, self.initial))
         x, y = data.sampler.sample(
             tc.batch_size,
             augment_patches=tc.augment,
-            options=data_mod.AugmentOptions.from_train_config(tc),
+            options=AugmentOptions.from_train_config(tc),
         )
         x_t = torch.from_numpy(x).to(run.device, non_blocking=True)
         x_t = x_t.contiguous(memory_format=memory_format(x_t.ndim - 2, run.device))
@@ -530,7 +313,11 @@ class Trainer:
         with autocast(run.device, tc.mixed_precision):
             logits = run.model(x_t)
         loss, heads = run.loss_fn({d: v.float() for d, v in logits.items()}, y_t)
-        _check_loss(loss, run.step + 1, lr)
+        if run.teacher is not None:
+            with torch.no_grad(), autocast(run.device, tc.mixed_precision):
+                kept = run.teacher(x_t)
+            loss = loss + run.preserve_weight * preservation_loss(logits, kept, y_t)
+        check_loss(loss, run.step + 1, lr)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
@@ -551,7 +338,7 @@ class Trainer:
             learning_rate=_lr_at(run.step - 1, self.train_config),
         )
 
-    def _validate(self, run: _Run, data: _Data) -> Generator[TrainEvent, None, None]:
+    def _validate(self, run: _Run, data: TrainData) -> Generator[TrainEvent, None, None]:
         """Score all depths; keep and save the best; save ``last`` for resuming."""
         num_classes = run.net.config.num_classes
         scores, val_loss = score_tiles(
@@ -602,17 +389,17 @@ class Trainer:
     # ------------------------------------------------------------------ saving
 
     def _info(
-        self, data: _Data, run: _Run, metrics: dict[str, Any], origin: str = ""
+        self, data: TrainData, run: _Run, metrics: dict[str, Any], origin: str = ""
     ) -> CheckpointInfo:
         provenance = {
             "data": data.description,
-            "started_from": origin or _origin(self.initial),
+            "started_from": origin or origin_of(self.initial),
             "iterations": run.step,
             "best_step": run.best_step,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seed": self.train_config.seed,
             "device": str(run.device),
-            "world_size": _world_size(),
+            "world_size": world_size(),
             "stopped_early": bool(self.stopper.stopped and run.step < self.train_config.iterations),
         }
         return CheckpointInfo(
@@ -628,7 +415,7 @@ class Trainer:
     def _save(
         self,
         net: UNetPlusPlus,
-        data: _Data,
+        data: TrainData,
         run: _Run,
         name: str,
         scores: dict[int, dict[str, float]] | None,
@@ -641,13 +428,13 @@ class Trainer:
                 "depths": {str(d): dict(s) for d, s in (scores or {}).items()},
                 "score_name": "iou",
             }
-        _check_weights(net, name)
+        check_weights(net, name)
         path = save_checkpoint(
             self.output_dir / name, net, self._info(data, run, metrics), extra=extra
         )
         return Path(path)
 
-    def _save_last(self, run: _Run, data: _Data) -> None:
+    def _save_last(self, run: _Run, data: TrainData) -> None:
         """Weights and resume state in one atomic rename: a kill never leaves a mix."""
         best = {
             "score": None if run.best_score == -math.inf else run.best_score,
@@ -663,7 +450,7 @@ class Trainer:
             extra=lambda folder: save_resume_state(folder, run.optimizer, run.step, run.rng, best),
         )
 
-    def _finish(self, run: _Run, data: _Data, origin: str) -> TrainResult:
+    def _finish(self, run: _Run, data: TrainData, origin: str) -> TrainResult:
         """Best model, per-depth table (scores, parameters, measured ms/Mpx), final saves."""
         if self.output_dir is not None and process_rank() == 0:
             self._save_last(run, data)
@@ -681,100 +468,6 @@ class Trainer:
         info = self._info(data, run, metrics, origin)
         checkpoint = None
         if self.output_dir is not None and process_rank() == 0:
-            _check_weights(best, "best")
+            check_weights(best, "best")
             checkpoint = Path(save_checkpoint(self.output_dir / "best", best, info))
         return TrainResult(best.cpu(), info, checkpoint)
-
-
-# --------------------------------------------------------------------------- small helpers
-
-
-def _check_loss(loss: torch.Tensor, step: int, lr: float) -> None:
-    """Stop a diverged run before its NaN gradients reach the weights."""
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        raise NonFiniteError(
-            f"training diverged at step {step}: the loss is {value} (learning rate {lr:g}); "
-            "lower the learning rate (--lr, TrainConfig.learning_rate; 1e-3 is the usual) or "
-            "check the images for extreme values. Checkpoints saved before (best/, last/) "
-            "keep the last finite weights"
-        )
-
-
-def _check_weights(net: nn.Module, name: str) -> None:
-    """Never write NaN or infinite weights as ``best/`` or ``last/``."""
-    state = net.state_dict()
-    if not all_finite(state):
-        bad = non_finite_names(state)
-        raise NonFiniteError(
-            f"refusing to save {name}/: {len(bad)} weight tensor(s) are NaN or infinite "
-            f"(e.g. {bad[0]}): the run diverged; lower the learning rate and train again"
-        )
-
-
-def join_torchrun(device: str | torch.device = "auto") -> Callable[[], None]:
-    """Join torchrun's process group when torchrun started this process; returns the cleanup.
-
-    ``napari-unetpp train`` calls it so that ``torchrun --nproc_per_node N -m
-    napari_unetpp.cli train ...`` trains one model with DistributedDataParallel. Outside
-    torchrun (no ``WORLD_SIZE`` > 1 with ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``), or when a
-    group already exists (the caller owns it), nothing happens and the cleanup does nothing.
-    Backend: NCCL on CUDA (each rank on GPU ``LOCAL_RANK``), gloo otherwise.
-    """
-    env = os.environ
-    dist = torch.distributed
-    launched = int(env.get("WORLD_SIZE", "1")) > 1 and all(
-        key in env for key in ("RANK", "LOCAL_RANK", "MASTER_ADDR")
-    )
-    if not launched or not dist.is_available() or dist.is_initialized():
-        return lambda: None
-    cuda = resolve_device(device).type == "cuda"
-    if cuda:
-        torch.cuda.set_device(int(env["LOCAL_RANK"]))
-    dist.init_process_group("nccl" if cuda else "gloo")
-    return dist.destroy_process_group
-
-
-def process_rank() -> int:
-    """This process's rank under torch.distributed (0 when not distributed): 0 alone writes."""
-    dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _world_size() -> int:
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _device(tc: TrainConfig) -> torch.device:
-    device = resolve_device(tc.device)
-    dist = torch.distributed
-    if device.type == "cuda" and dist.is_available() and dist.is_initialized():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))  # one GPU per rank
-    return device
-
-
-def _maybe_ddp(net: UNetPlusPlus, device: torch.device) -> nn.Module:
-    """Wrap in DistributedDataParallel under torchrun; the plain model otherwise."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
-        return net
-    from torch.nn.parallel import DistributedDataParallel
-
-    ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(net, device_ids=ids)
-
-
-def _origin(initial: Any) -> str:
-    if initial is None:
-        return "scratch"
-    return "model" if isinstance(initial, nn.Module) else str(initial)
-
-
-def _started_from(resume_from: Path, fallback: str) -> str:
-    try:
-        info_file = resume_from / "config.json"
-        provenance = json.loads(info_file.read_text()).get("provenance", {})
-        return str(provenance.get("started_from", fallback))
-    except (OSError, ValueError):
-        return fallback

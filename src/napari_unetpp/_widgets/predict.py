@@ -42,8 +42,8 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
-from ..data import rgb_to_grey
 from ..locate import is_zoo, zoo_name, zoo_spec
+from ..normalization import rgb_to_grey
 from ..runs import format_command, new_run_dir, predict_record, save_run_record
 from ..zoo import card_markdown
 from . import _state

@@ -193,7 +193,7 @@ class PruningPanel(Container):
 
     def _unvalidated(self) -> bool:
         """Whether the model was trained with too few labels to validate on."""
-        from ..training import NO_VALIDATION
+        from ..train_data import NO_VALIDATION
 
         data = (self.info.provenance.get("data") or {}) if self.info is not None else {}
         return isinstance(data, dict) and data.get("validation") == NO_VALIDATION

@@ -340,7 +340,7 @@ class TrainWidget(Container):
         self._label_reason.value = f"label mode set to {self._label_mode.value} by you"
 
     def _guess_label_mode(self, labels: Labels) -> None:
-        from ..data import guess_label_mode
+        from ..labels import guess_label_mode
 
         if self._mode_from_user:
             return
@@ -356,7 +356,7 @@ class TrainWidget(Container):
         self._label_reason.value = f"guessed {mode}: {why}"
 
     def _check_pair(self, image: Image, labels: Labels) -> None:
-        from ..data import check_pair
+        from ..normalization import check_pair
 
         check_pair(layer_data(image), layer_data(labels), self._channel_axis_value())
 
@@ -433,7 +433,7 @@ class TrainWidget(Container):
         self, pairs: list[tuple[Image, Labels]]
     ) -> tuple[ModelConfig, TrainConfig, DataConfig, str | None]:
         from ..config import DataConfig, ModelConfig, NormalizationConfig, TrainConfig
-        from ..data import num_output_channels
+        from ..labels import num_output_channels
 
         initial, base = self._initial()
         norm = NormalizationConfig(

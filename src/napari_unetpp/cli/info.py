@@ -139,8 +139,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def _info_on(args: argparse.Namespace) -> int:
     """Without labels: each depth against the deepest on the image, and the image check."""
     from ..config import PredictConfig
-    from ..data import looks_rgb, rgb_to_grey
     from ..disagreement import check_image as check_on_image
+    from ..normalization import looks_rgb, rgb_to_grey
 
     model, info = load_model(args.checkpoint, device="cpu")
     metrics = info.metrics or {}

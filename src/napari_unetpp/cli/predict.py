@@ -118,7 +118,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     Results are staged and renamed into ``--out`` (:class:`~napari_unetpp.outputs.OutputFolder`):
     files this package did not write are never replaced without ``--overwrite``.
     """
-    from ..data import looks_rgb, rgb_to_grey
+    from ..normalization import looks_rgb, rgb_to_grey
     from ..outputs import OutputFolder
 
     files = collect_files(args.images, "image")

@@ -170,7 +170,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     configs = build_train_configs(args, base, resuming)
     if args.dry_run:
         return _train(args, out, initial, *configs, main_process=True)
-    from ..training import join_torchrun, process_rank
+    from ..ddp import join_torchrun, process_rank
 
     leave = join_torchrun(configs[1].device)
     try:
@@ -202,17 +202,17 @@ def _train(
     images, labels = _read_pairs(pairs, data_config.channel_axis)
     val_images, val_labels = _read_pairs(val_pairs, data_config.channel_axis)
 
-    from .. import data as data_mod
+    from ..labels import guess_label_mode, num_output_channels
 
     if auto:
-        mode, why = data_mod.guess_label_mode(labels[0])
+        mode, why = guess_label_mode(labels[0])
         data_config = data_config.replace(label_mode=mode)
         if main_process:
             _note(f"label mode: {mode} ({why})")
     channels = (
         1 if data_config.channel_axis is None else int(images[0].shape[data_config.channel_axis])
     )
-    classes = data_mod.num_output_channels(data_config, labels)
+    classes = num_output_channels(data_config, labels)
     model_config = model_config.replace(
         in_channels=channels,
         num_classes=classes,

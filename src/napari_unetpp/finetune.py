@@ -1,0 +1,133 @@
+"""Starting a run from a model: weights copied by name, new heads, frozen parts.
+
+Why apart from the trainer: the CLI and tests build the same model the trainer
+will train (``build_model``), and fine-tuning policy (what stays frozen) is one
+decision made in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch import nn
+
+from .checkpoint import load_checkpoint
+from .config import ModelConfig, TrainConfig
+from .locate import is_zoo
+from .model import UNetPlusPlus, unwrap_model
+
+__all__ = [
+    "build_model",
+    "frozen_copy",
+    "origin_of",
+    "resolve_freeze_norm",
+    "resolve_preserve_weight",
+    "set_train_mode",
+    "transfer_weights",
+]
+
+
+def transfer_weights(source: nn.Module, target: UNetPlusPlus) -> list[str]:
+    """Copy weights by name where shapes agree; return the target keys left as initialised.
+
+    Only heads may differ (a new class count means new heads); any other
+    missing or mismatched weight means a different architecture: ``ValueError``.
+    """
+    source_state = source.state_dict()
+    target_state = target.state_dict()
+    fresh = [
+        k
+        for k, v in target_state.items()
+        if k not in source_state or source_state[k].shape != v.shape
+    ]
+    foreign = [k for k in fresh if not k.startswith("heads.")]
+    if foreign:
+        raise ValueError(
+            f"the initial model does not match ModelConfig {target.config.widths} depth "
+            f"{target.config.depth} in_channels {target.config.in_channels} (e.g. {foreign[:3]}); "
+            "fine-tune with the initial model's widths/in_channels and a depth <= its depth"
+        )
+    target.load_state_dict(
+        {k: v for k, v in source_state.items() if k in target_state and k not in fresh},
+        strict=False,
+    )
+    return fresh
+
+
+def _load_initial(initial: str | os.PathLike[str] | nn.Module) -> tuple[nn.Module, str]:
+    if isinstance(initial, nn.Module):
+        return initial, "model"
+    if is_zoo(str(initial)):  # a resumed fine-tune of a shipped model names it zoo:NAME
+        from .files import load_model
+
+        return load_model(str(initial), device="cpu")[0], str(initial)
+    model, _ = load_checkpoint(initial, device="cpu")
+    return model, str(initial)
+
+
+def build_model(
+    model_config: ModelConfig, initial: str | os.PathLike[str] | nn.Module | None
+) -> tuple[UNetPlusPlus, str, list[str]]:
+    """A fresh model, or one started from ``initial``; returns it, its origin and new heads."""
+    model = UNetPlusPlus.from_config(model_config)
+    if initial is None:
+        return model, "scratch", []
+    source, origin = _load_initial(initial)
+    fresh = transfer_weights(source, model)
+    return model, origin, sorted({k.split(".")[1] for k in fresh})
+
+
+def set_train_mode(model: nn.Module, freeze_encoder: bool, freeze_norm: bool = False) -> None:
+    """Train mode, except frozen parts keep their BatchNorm statistics (eval).
+
+    ``freeze_norm``: every normalisation layer keeps the statistics it was trained
+    with; batches of a few scribbled patches would otherwise re-estimate them from
+    unrepresentative pixels and shift every feature (the cause of fine-tunes that
+    made a good model worse).
+    """
+    model.train()
+    net = unwrap_model(model)
+    if freeze_encoder:
+        for i in range(net.depth + 1):
+            net.nodes[f"x_{i}_0"].eval()
+    if freeze_norm:
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def resolve_freeze_norm(train_config: TrainConfig, initial: Any) -> bool:
+    """``TrainConfig.freeze_norm``, with None meaning "on when starting from a model"."""
+    if train_config.freeze_norm is not None:
+        return bool(train_config.freeze_norm)
+    return initial is not None
+
+
+def origin_of(initial: Any) -> str:
+    """How the provenance names where weights started: scratch, model, or the path."""
+    if initial is None:
+        return "scratch"
+    return "model" if isinstance(initial, nn.Module) else str(initial)
+
+
+def resolve_preserve_weight(train_config: TrainConfig, initial: Any, new_heads: list[str]) -> float:
+    """``TrainConfig.preserve_weight``, with None meaning 1 when fine-tuning a model's heads.
+
+    Heads created anew (another class count) have no prediction to keep, so the term
+    is off for them whatever was asked.
+    """
+    if initial is None or new_heads:
+        return 0.0
+    if train_config.preserve_weight is not None:
+        return float(train_config.preserve_weight)
+    return 1.0
+
+
+def frozen_copy(net: UNetPlusPlus) -> UNetPlusPlus:
+    """The starting network, fixed: the reference ``losses.preservation_loss`` holds to."""
+    import copy
+
+    teacher = copy.deepcopy(net).eval()
+    teacher.requires_grad_(False)
+    return teacher

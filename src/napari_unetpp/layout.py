@@ -1,0 +1,193 @@
+"""Where an input's channel, leading (slice / time) and spatial axes are, and views of one item.
+
+Why apart from :mod:`inference`: ordinary, adaptive and rescaled prediction (and
+the distributed path) must read the axes of an image the same way: a 2D model
+runs slice by slice over any leading axes, a 3D model on the last three, item by
+item over the rest, and outputs drop the channel axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .model import UNetPlusPlus
+from .normalization import spatial_shape
+
+__all__ = ["ItemSink", "ItemView", "Layout", "image_layout", "output_shape"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the channel, leading (slice/time) and spatial axes of the input are."""
+
+    ndim: int
+    channel_axis: int | None
+    channels: int
+    lead_axes: tuple[int, ...]
+    lead_shape: tuple[int, ...]
+    spatial_axes: tuple[int, ...]
+    spatial_shape: tuple[int, ...]
+
+    @property
+    def shape_without_channels(self) -> tuple[int, ...]:
+        return self.lead_shape + self.spatial_shape
+
+
+def image_layout(shape: tuple[int, ...], channel_axis: int | None, model: UNetPlusPlus) -> Layout:
+    """Split ``shape`` into channels, leading and spatial axes for ``model``; explain mismatches."""
+    ndim, dims = len(shape), model.spatial_dims
+    in_channels = model.config.in_channels
+    if channel_axis is not None:
+        if not -ndim <= channel_axis < ndim:
+            raise ValueError(
+                f"DataConfig.channel_axis {channel_axis} is out of range for an image of shape "
+                f"{shape}; set it to None (no channels) or to one of its axes"
+            )
+        channel_axis %= ndim
+    others = tuple(a for a in range(ndim) if a != channel_axis)
+    if len(others) < dims:
+        raise ValueError(
+            f"a {dims}D model needs {dims} spatial axes, but the image of shape {shape} has "
+            f"{len(others)} besides channels; use a {len(others)}D model or check channel_axis"
+        )
+    channels = 1 if channel_axis is None else shape[channel_axis]
+    if channels != in_channels:
+        hint = (
+            "set DataConfig.channel_axis to the image's channel axis"
+            if channel_axis is None
+            else "check DataConfig.channel_axis"
+        )
+        raise ValueError(
+            f"the model expects {in_channels} input channel(s) but the image of shape {shape} "
+            f"has {channels} along channel_axis={channel_axis}; {hint}"
+        )
+    lead, spatial = others[:-dims], others[-dims:]
+    return Layout(
+        ndim,
+        channel_axis,
+        channels,
+        lead,
+        tuple(shape[a] for a in lead),
+        spatial,
+        tuple(shape[a] for a in spatial),
+    )
+
+
+class ItemView:
+    """One item (slice / volume) of the input as a normalised ``(C, *spatial)`` array.
+
+    Tiles arrive row by row, so the view reads one band (the rows of the current
+    tile, full width) at a time, normalises it once, and serves that row's tiles
+    from it: memory stays one band, and a dask input pays its per-compute
+    overhead (10-30 ms) once per tile row instead of once per tile.
+
+    With a ``device`` the normalised band is moved there once (one copy per band,
+    not per tile) and tiles are served as torch views of it: the tiling then cuts,
+    pads and stacks them on that device (the device-resident pipeline; on the CPU
+    the same code runs on torch CPU tensors). With ``prefetch`` (``row_starts`` and
+    the tile ``height`` given), the next band is read, normalised and moved in a
+    background thread while the network works on this one (for a GPU, whose host
+    cores are otherwise idle; on a CPU the network already uses every core).
+    """
+
+    _pool: ThreadPoolExecutor | None = None  # one reader thread, shared, made on first use
+
+    def __init__(
+        self,
+        image: Any,
+        layout: Layout,
+        lead_index: tuple[int, ...],
+        normalise: Callable[[np.ndarray], np.ndarray],
+        device: torch.device | None = None,
+        *,
+        prefetch: bool = False,
+        row_starts: Sequence[int] = (),
+        height: int = 0,
+    ) -> None:
+        self.image = image
+        self.layout = layout
+        self.lead = dict(zip(layout.lead_axes, lead_index, strict=False))
+        self.normalise = normalise
+        self.device = device
+        self.shape = (layout.channels, *layout.spatial_shape)
+        self._band: tuple[int, int, Any] | None = None
+        self._next = (
+            {a: b for a, b in zip(row_starts, row_starts[1:], strict=False)} if prefetch else {}
+        )
+        self._height = height
+        self._pending: dict[tuple[int, int], Future[Any]] = {}
+
+    def _read(self, rows: slice) -> np.ndarray:
+        """Rows of the first spatial axis, all channels and other axes, normalised."""
+        first = self.layout.spatial_axes[0]
+        full: list[int | slice] = []
+        for axis in range(self.layout.ndim):
+            full.append(self.lead.get(axis, rows if axis == first else slice(None)))
+        data = np.asarray(self.image[tuple(full)])
+        if self.layout.channel_axis is None:
+            data = data[np.newaxis]
+        else:  # the channel axis, among the axes left after integer indexing
+            kept = [a for a in range(self.layout.ndim) if a not in self.lead]
+            data = np.moveaxis(data, kept.index(self.layout.channel_axis), 0)
+        return self.normalise(data)
+
+    def _load(self, start: int, stop: int) -> Any:
+        """One band, normalised, on the device if there is one."""
+        band = self._read(slice(start, stop))
+        if self.device is not None:
+            return torch.from_numpy(np.ascontiguousarray(band, np.float32)).to(self.device)
+        return band
+
+    def _prefetch(self, start: int) -> None:
+        following = self._next.get(start)
+        if following is None or not self._height:
+            return
+        key = (following, min(following + self._height, self.shape[1]))
+        if key not in self._pending:
+            if ItemView._pool is None:
+                ItemView._pool = ThreadPoolExecutor(1, thread_name_prefix="unetpp-read")
+            self._pending[key] = ItemView._pool.submit(self._load, *key)
+
+    def __getitem__(self, index: tuple[slice, ...]) -> Any:
+        rows = index[1]
+        start, stop = rows.start or 0, min(rows.stop, self.shape[1])
+        if self._band is None or not (self._band[0] <= start and stop <= self._band[1]):
+            pending = self._pending.pop((start, stop), None)
+            band = pending.result() if pending is not None else self._load(start, stop)
+            self._band = (start, stop, band)
+            self._prefetch(start)
+        lo, _, band = self._band
+        key = (slice(None), slice(start - lo, stop - lo), *index[2:])
+        return band[key]
+
+
+class ItemSink:
+    """Writes the ``(C_out, *region)`` blocks of one item into the full output array."""
+
+    def __init__(self, target: Any, lead_index: tuple[int, ...], squeeze: bool) -> None:
+        self.target = target
+        self.lead = tuple(lead_index)
+        self.squeeze = squeeze
+
+    def __setitem__(self, index: tuple[slice, ...], value: np.ndarray) -> None:
+        if self.squeeze:
+            self.target[self.lead + tuple(index[1:])] = value[0]
+        else:
+            self.target[(slice(None),) + self.lead + tuple(index[1:])] = value
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def output_shape(
+    image_shape: tuple[int, ...], channel_axis: int | None, num_classes: int
+) -> tuple[int, ...]:
+    """Shape of one depth's probabilities: the image without channels, classes first if > 1."""
+    shape = spatial_shape(image_shape, channel_axis)
+    return shape if num_classes == 1 else (num_classes, *shape)

@@ -1,0 +1,242 @@
+"""Raw image intensities to network input: checks, normalisation, channels, colour.
+
+Why one module: inference must normalise exactly as training did (the same
+percentiles, window and grey), so the widget, the CLI, the trainer and tiled
+inference all call these. Plain numpy (no torch): cheap to import, easy to test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .config import NormalizationConfig
+
+__all__ = [
+    "as_list",
+    "check_numeric",
+    "check_pair",
+    "intensity_range",
+    "looks_rgb",
+    "normalize",
+    "rgb_to_grey",
+    "spatial_shape",
+    "subsample",
+    "to_channels_first",
+]
+
+#: Percentiles of images larger than this are computed on a strided subsample.
+PERCENTILE_SAMPLE_SIZE = 1_000_000
+
+ArrayLike = Any  # numpy, dask or zarr arrays: anything np.asarray accepts
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def check_numeric(array: ArrayLike, what: str) -> None:
+    """Refuse complex, object or string arrays with a hint, before any conversion."""
+    # never np.asarray a dask/zarr array just to read its dtype (it would load it whole)
+    dtype = getattr(array, "dtype", None)
+    dtype = np.dtype(dtype) if dtype is not None else np.asarray(array).dtype
+    if dtype.kind not in "biuf":
+        raise ValueError(
+            f"{what} has unsupported dtype {dtype}; convert it to an integer or float "
+            "array (e.g. image.astype('float32'))"
+        )
+
+
+def as_list(arrays: ArrayLike | Sequence[ArrayLike]) -> list[ArrayLike]:
+    """One array, or a sequence of them, as a list (callers accept both)."""
+    if hasattr(arrays, "shape"):
+        return [arrays]
+    return list(arrays)
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+def _plane_key(index: list[slice], axis: int, i: int) -> tuple[slice | int, ...]:
+    """``index`` with plane ``i`` picked on ``axis``."""
+    return (*index[:axis], i, *index[axis + 1 :])
+
+
+def subsample(image: ArrayLike, limit: int = PERCENTILE_SAMPLE_SIZE) -> np.ndarray:
+    """A strided subsample of at most ~``limit`` values, read one plane at a time.
+
+    Axes of at most 4 elements (colour channels) are kept whole, so an RGB image
+    keeps every colour; a dask or zarr stack is read plane by plane (a strided
+    view of a whole dask stack at once held about twice the stack in memory).
+    Training and tiled inference both call this, so they see the same percentiles.
+    """
+    shape = tuple(int(n) for n in image.shape)
+    size = int(np.prod(shape))
+    big = [axis for axis, n in enumerate(shape) if n > 4]
+    if size <= limit or not big:
+        return np.asarray(image).ravel()
+    step = int(np.ceil((size / limit) ** (1.0 / len(big))))
+    index = [slice(None, None, step) if axis in big else slice(None) for axis in range(len(shape))]
+    first = big[0]
+    planes = [
+        np.asarray(image[_plane_key(index, first, i)]).ravel() for i in range(0, shape[first], step)
+    ]
+    return np.concatenate(planes)
+
+
+def intensity_range(image: ArrayLike, config: NormalizationConfig) -> tuple[float, float]:
+    """The ``(low, high)`` intensities that map to 0 and 1.
+
+    Exposed separately so that tiled inference can compute it once on the whole
+    image (or a subsample of it) and apply it to every tile.
+    """
+    check_numeric(image, "image")
+    if config.mode == "window":
+        return float(config.low), float(config.high)
+    if config.mode == "none":
+        return 0.0, 1.0
+    sample = subsample(image).astype(np.float64)
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        raise ValueError("image has no finite values to normalise; check the input data")
+    low, high = np.percentile(sample, [config.low, config.high])
+    thinned = _with_min_foreground(sample, config.min_foreground, (low, high))
+    if thinned is not None:
+        low, high = np.percentile(thinned, [config.low, config.high])
+    return float(low), float(high)
+
+
+#: A pixel stands out from the background when it is this many robust standard deviations
+#: (1.4826 x the median absolute deviation) away from the median.
+OBJECT_SIGMAS = 5.0
+
+
+def _with_min_foreground(
+    sample: np.ndarray, fraction: float, plain: tuple[float, float]
+) -> np.ndarray | None:
+    """``sample`` with background values thinned until the objects are ``fraction`` of it,
+    or None when the ``plain`` percentiles already reach the objects.
+
+    Why: in a mostly empty field (a few nuclei in a big frame, or a dim image
+    padded with zeros) the 99.8th percentile is background, so the scale blows up
+    (a constant field: x 1e8) or dim objects end up far from the 0..1 the model
+    was trained on. Objects are the pixels more than :data:`OBJECT_SIGMAS` robust
+    standard deviations (and, for integer data, more than one grey level) from
+    the median, bright or dark. Only when they are rarer than ``fraction`` *and*
+    the percentile on their side (high for bright objects, low for dark ones)
+    stays inside the background band is anything changed: typical images, and
+    noise with a long tail, keep plain percentiles.
+    """
+    if fraction <= 0 or sample.size < 64:
+        return None
+    centre = float(np.median(sample))
+    distance = sample - centre
+    spread = 1.4826 * float(np.median(np.abs(distance)))
+    integral = bool(np.all(sample == np.round(sample)))
+    margin = max(OBJECT_SIGMAS * spread, 1.0 if integral else 0.0)
+    bright, dark = distance > margin, distance < -margin
+    misses = (bright.any() and plain[1] <= centre + margin) or (
+        dark.any() and plain[0] >= centre - margin
+    )
+    objects = bright | dark
+    count = int(objects.sum())
+    if not misses or count >= fraction * sample.size:
+        return None
+    background = sample[~objects]
+    keep = max(int(count * (1 - fraction) / fraction), 1)
+    chosen = background[np.linspace(0, background.size - 1, keep).astype(np.int64)]
+    return np.concatenate([sample[objects], chosen])
+
+
+def normalize(
+    image: ArrayLike,
+    config: NormalizationConfig,
+    *,
+    value_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Raw intensities -> float32 network input.
+
+    ``percentile``: per image, the ``low``/``high`` percentiles (computed on a
+    subsample for big inputs) map to 0/1, robust to hot pixels. ``window``:
+    ``(x - low) / (high - low)`` with the fixed window (CT Hounsfield units).
+    ``none``: cast only. ``clip`` clips to 0..1 afterwards. ``value_range``
+    overrides the computed range (tiles of one image must share it).
+    """
+    check_numeric(image, "image")
+    data = np.asarray(image, dtype=np.float32)
+    if config.mode == "none":
+        return np.clip(data, 0, 1) if config.clip else data
+    low, high = value_range if value_range is not None else intensity_range(data, config)
+    scale = 1.0 / max(high - low, 1e-8)  # constant images become 0, not NaN
+    out = (data - np.float32(low)) * np.float32(scale)
+    if config.clip:
+        np.clip(out, 0.0, 1.0, out=out)
+    return out.astype(np.float32, copy=False)
+
+
+def to_channels_first(image: ArrayLike, channel_axis: int | None) -> np.ndarray:
+    """Move the channel axis first, or add a length-1 one when there is none.
+
+    Why: the network wants ``(C, *spatial)``; users hand over YXC (RGB), CYX,
+    ZCYX... and say where the channels are with ``DataConfig.channel_axis``.
+    """
+    array = np.asarray(image)
+    if channel_axis is None:
+        return array[np.newaxis]
+    if not -array.ndim <= channel_axis < array.ndim:
+        raise ValueError(
+            f"channel_axis {channel_axis} is out of range for an image of shape "
+            f"{array.shape}; set DataConfig.channel_axis to None or to one of its axes"
+        )
+    return np.moveaxis(array, channel_axis, 0)
+
+
+#: ITU-R BT.709 luminance weights, as ``skimage.color.rgb2gray``: the grey the shipped
+#: one-channel nuclei model was trained on.
+LUMINANCE_WEIGHTS = (0.2125, 0.7154, 0.0721)
+
+
+def looks_rgb(shape: Sequence[int]) -> bool:
+    """A colour image or stack, channels last: ``(..., Y, X, 3 or 4)`` with a real X axis.
+
+    Why: PNG/JPEG readers return RGB(A) as a last axis of 3 or 4, which a one-channel
+    model would otherwise take for a spatial axis.
+    """
+    return len(shape) >= 3 and shape[-1] in (3, 4) and shape[-2] > 4
+
+
+def rgb_to_grey(image: ArrayLike) -> ArrayLike:
+    """Luminance of an RGB(A) image, channels last (alpha ignored), as float32.
+
+    Why: one-channel models (the shipped nuclei model) were trained on luminance, so the
+    widget, the CLI and the training script must hand them the same grey. Dask arrays
+    stay lazy; uint8 input gives 0..255 (intensity normalisation follows anyway).
+    """
+    red, green, blue = (image[..., k].astype(np.float32) for k in range(3))
+    w_red, w_green, w_blue = LUMINANCE_WEIGHTS
+    return red * np.float32(w_red) + green * np.float32(w_green) + blue * np.float32(w_blue)
+
+
+def spatial_shape(image_shape: Sequence[int], channel_axis: int | None) -> tuple[int, ...]:
+    """The image shape without its channel axis (what labels must match)."""
+    shape = list(image_shape)
+    if channel_axis is not None:
+        del shape[channel_axis]
+    return tuple(shape)
+
+
+def check_pair(image: ArrayLike, labels: ArrayLike, channel_axis: int | None) -> None:
+    """Raise a ``ValueError`` naming both shapes when labels do not cover the image."""
+    expected = spatial_shape(image.shape, channel_axis)
+    if tuple(labels.shape) != expected:
+        hint = (
+            " (is the image RGB? set DataConfig.channel_axis=-1)"
+            if channel_axis is None and len(image.shape) == len(labels.shape) + 1
+            else ""
+        )
+        raise ValueError(
+            f"image shape {tuple(image.shape)} and labels shape {tuple(labels.shape)} do not "
+            f"match: labels must have the image's shape without its channel axis "
+            f"({expected}){hint}"
+        )

@@ -1,0 +1,247 @@
+"""The network side of inference: a prepared copy (cached) and the tile runner.
+
+Why apart from :mod:`inference`: ordinary and adaptive prediction and the depth
+benchmarks run the same folded, cached network through the same runner (one
+network pass for all heads, test-time flips, CUDA out-of-memory fallback).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import weakref
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import tiling
+from .devices import ModelT, autocast, empty_cache, is_out_of_memory, memory_format, place_model
+from .model import UNetPlusPlus
+
+__all__ = ["TileRunner", "cached_derived", "fold_batchnorm", "prepare_for_inference", "prepare_on"]
+
+
+def _fold_pair(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    """Fold an eval-mode BatchNorm into the convolution before it (in place)."""
+    with torch.no_grad():
+        var, mean = bn.running_var, bn.running_mean
+        assert var is not None and mean is not None  # checked by the caller
+        scale = torch.rsqrt(var + bn.eps)
+        shift = -mean * scale
+        if bn.affine:
+            scale = scale * bn.weight
+            shift = shift * bn.weight + bn.bias
+        weight = conv.weight
+        weight.mul_(scale.reshape(-1, *([1] * (weight.ndim - 1))))
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+        conv.bias = nn.Parameter(bias * scale + shift)
+
+
+def fold_batchnorm(module: ModelT) -> ModelT:
+    """Fold every ``Conv -> BatchNorm`` pair of its ``nn.Sequential`` blocks (in place).
+
+    In eval mode a BatchNorm is an affine map per channel, so it can live in
+    the convolution's weights and bias: one kernel less per block, the same
+    output (to float rounding). Only pairs with running statistics are folded.
+    """
+    conv_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    for parent in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        names = list(parent._modules)
+        for first, second in zip(names, names[1:], strict=False):
+            conv, bn = parent._modules[first], parent._modules[second]
+            if (
+                isinstance(conv, conv_types)
+                and isinstance(bn, nn.modules.batchnorm._BatchNorm)
+                and bn.running_mean is not None
+                and conv.out_channels == bn.num_features
+            ):
+                _fold_pair(conv, bn)
+                parent._modules[second] = nn.Identity()
+    return module
+
+
+def prepare_for_inference(
+    model: UNetPlusPlus, device: str | torch.device | None = None
+) -> UNetPlusPlus:
+    """A frozen copy for prediction: eval mode, BatchNorm folded, the fastest layout.
+
+    A deep copy, so the training model (its BatchNorm layers, its mode, its
+    device) is untouched and training can go on after a preview prediction.
+    ``device`` moves the copy (default: where the model is).
+    """
+    net = fold_batchnorm(copy.deepcopy(model).eval())
+    net.requires_grad_(False)
+    return place_model(net, device)
+
+
+class TileRunner:
+    """The tile predictor: one network pass for all depths, TTA, OOM fallback.
+
+    On a CUDA out-of-memory error the batch is split in halves (down to single
+    tiles), then the network moves to the CPU; ``messages`` collects what
+    happened so ``inference.predict`` can report it. Batches may be numpy or torch (tiles
+    cut on the device); the heads come back stacked in one tensor
+    (:class:`tiling.StackedOutputs`), activated in one call and blended in one go.
+    """
+
+    def __init__(
+        self,
+        net: UNetPlusPlus,
+        depths: tuple[int, ...],
+        device: torch.device,
+        num_classes: int,
+        tta: bool,
+        mixed_precision: bool,
+        chunk: int,
+    ) -> None:
+        self.net = net
+        self.depths = depths
+        self.device = device
+        self.num_classes = num_classes
+        self.mixed_precision = mixed_precision
+        self.chunk = chunk
+        axes = range(2, 2 + net.spatial_dims)
+        subsets = (c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r))
+        self.flips: list[tuple[int, ...]] = list(subsets) if tta else [()]
+        self.messages: list[str] = []
+        self._buffer: torch.Tensor | None = None
+        self._reuse = False
+
+    def __call__(self, batch: np.ndarray | torch.Tensor) -> Mapping[int, torch.Tensor]:
+        parts: list[Mapping[int, torch.Tensor]] = []
+        self._reuse = len(batch) <= self.chunk and len(self.flips) == 1  # one part, no sums
+        start = 0
+        while start < len(batch):
+            chunk = batch[start : start + self.chunk]
+            try:
+                parts.append(self._forward(chunk))
+            except Exception as exc:  # noqa: BLE001 - re-raised unless it is an OOM on CUDA
+                if self.device.type != "cuda" or not is_out_of_memory(exc):
+                    raise
+            else:
+                start += len(chunk)
+                continue
+            self._shrink()  # outside the except block: the traceback's tensors are freed
+        if len(parts) == 1:
+            return parts[0]
+        stacked = [p for p in parts if isinstance(p, tiling.StackedOutputs)]
+        if len(stacked) == len(parts):
+            where = stacked[-1].data.device  # after a CPU fallback: the CPU
+            data = torch.cat([p.data.to(where) for p in stacked])
+            return tiling.StackedOutputs(data, stacked[0].channels)
+        where = {d: t.device for d, t in parts[-1].items()}  # after a CPU fallback: the CPU
+        return {d: torch.cat([p[d].to(where[d]) for p in parts]) for d in parts[0]}
+
+    def _shrink(self) -> None:
+        empty_cache(self.device)
+        if self.chunk > 1:
+            self.chunk //= 2
+            self.messages.append(
+                f"out of GPU memory: tile batch reduced to {self.chunk}; a smaller "
+                "PredictConfig.batch_size or tile_size avoids this"
+            )
+            return
+        self.device = torch.device("cpu")
+        self.net = place_model(self.net, self.device)
+        self.messages.append(
+            "out of GPU memory even with one tile: continuing on the CPU (slower); "
+            "a smaller PredictConfig.tile_size would fit the GPU"
+        )
+
+    def _activate(self, logits: dict[int, torch.Tensor], reuse: bool) -> torch.Tensor:
+        """Every head's probabilities in one ``(N, heads * classes, *tile)`` float32 tensor.
+
+        Binary heads are activated straight into their channels of the stacked tensor
+        (one pass over the logits); with ``reuse`` that tensor is the runner's buffer,
+        kept across batches (the tiling is done with a batch before it asks for the next).
+        """
+        first = logits[self.depths[0]]
+        if self.num_classes > 1:
+            stacked = torch.cat([logits[d].float() for d in self.depths], dim=1)
+            n, _, *tile = stacked.shape
+            per_head = stacked.view(n, len(self.depths), self.num_classes, *tile)
+            return torch.softmax(per_head, dim=2).view(stacked.shape)
+        shape = (first.shape[0], len(self.depths), *first.shape[2:])
+        out = self._buffer if reuse else None
+        if out is None or out.shape != shape or out.device != first.device:
+            out = torch.empty(shape, dtype=torch.float32, device=first.device)
+            self._buffer = out if reuse else None
+        for k, d in enumerate(self.depths):
+            torch.sigmoid(logits[d].float(), out=out[:, k : k + 1])
+        return out
+
+    def _forward(self, batch: np.ndarray | torch.Tensor) -> tiling.StackedOutputs:
+        """Probabilities of one chunk, left on the device (the blending may happen there)."""
+        if not isinstance(batch, torch.Tensor):
+            batch = torch.from_numpy(np.ascontiguousarray(batch))
+        fmt = memory_format(self.net.spatial_dims, self.device)
+        x = batch.to(self.device).contiguous(memory_format=fmt)
+        total: torch.Tensor | None = None
+        with torch.inference_mode(), autocast(self.device, enabled=self.mixed_precision):
+            for axes in self.flips:
+                prob = self._activate(
+                    self.net(x.flip(axes) if axes else x, self.depths), self._reuse
+                )
+                prob = prob.flip(axes) if axes else prob
+                total = prob if total is None else total.add_(prob)
+            assert total is not None
+            if len(self.flips) > 1:
+                total = total.div_(len(self.flips))
+        return tiling.StackedOutputs(total, {d: self.num_classes for d in self.depths})
+
+
+#: Derived networks (pruned, prepared) of each live model, with the weight versions they
+#: were made from: re-predicting with unchanged weights (the pruning slider, a stack slice
+#: by slice, a benchmark) skips the deep copy, the pruning and the folding.
+_DERIVED: weakref.WeakKeyDictionary[nn.Module, dict[Hashable, tuple[tuple[int, ...], Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _weights_version(model: nn.Module) -> tuple[int, ...]:
+    """Changes whenever a weight or buffer is updated in place (optimizer, load) or replaced,
+    or a forward hook is added or removed (the copies carry the hooks)."""
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    hooks = (
+        id(h)
+        for m in model.modules()
+        for d in (m._forward_hooks, m._forward_pre_hooks)
+        for h in d.values()
+    )
+    return (*(v for t in tensors for v in (id(t), t.data_ptr(), t._version)), -1, *hooks)
+
+
+def cached_derived(model: nn.Module, key: Hashable, make: Callable[[], Any]) -> Any:
+    """``make()``, reused while ``model``'s weights are unchanged (one entry per key)."""
+    version = _weights_version(model)
+    entries = _DERIVED.setdefault(model, {})
+    hit = entries.get(key)
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    value = make()
+    entries[key] = (version, value)
+    return value
+
+
+def prepare_on(
+    net: UNetPlusPlus, device: torch.device
+) -> tuple[UNetPlusPlus, torch.device, list[str]]:
+    """The prepared network on ``device``, or on the CPU when its weights do not fit the GPU."""
+    try:
+        prepared = cached_derived(
+            net, ("prepared", str(device)), lambda: prepare_for_inference(net, device)
+        )
+        return prepared, device, []
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is an OOM on CUDA
+        if device.type != "cuda" or not is_out_of_memory(exc):
+            raise
+    empty_cache(device)
+    cpu = torch.device("cpu")
+    message = (
+        "out of GPU memory while loading the model: running on the CPU (slower); "
+        "free GPU memory (close other jobs) to use the GPU"
+    )
+    return prepare_for_inference(net, cpu), cpu, [message]
