@@ -145,6 +145,15 @@ def _starting_model(name: str, start_from: str | None, out: Path) -> Path | None
     return start
 
 
+def _continued_args(state: dict[str, Any]) -> str:
+    """The flags of a run continued from a shipped model (empty for one from scratch)."""
+    start = state.get("started_from")
+    if not start:
+        return ""
+    keep = " --keep-norm" if state.get("keep_norm") else ""
+    return f" --start-from {start} --learning-rate {state.get('learning_rate')}{keep}"
+
+
 def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
     """Train (or resume) one model into ``runs/zoo/<name>/`` (``best/`` and ``last/``)."""
     out = RUNS / spec.name
@@ -162,8 +171,10 @@ def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
     if args.learning_rate or recorded.get("learning_rate"):
         tc_kwargs["learning_rate"] = args.learning_rate or recorded["learning_rate"]
     if args.start_from or recorded.get("started_from"):
-        # continued training adapts every layer, norms included, to the augmented data
-        tc_kwargs["freeze_norm"] = False
+        # continued training: the norms' statistics are re-estimated unless --keep-norm
+        # (batches of 4 augmented patches give noisier statistics than the first training's)
+        tc_kwargs["freeze_norm"] = bool(args.keep_norm or recorded.get("keep_norm"))
+        tc_kwargs["preserve_weight"] = 0.0  # dense labels everywhere: nothing to preserve
     if args.batch_size or recorded.get("batch_size"):
         tc_kwargs["batch_size"] = args.batch_size or recorded["batch_size"]
     if args.patch_size or recorded.get("patch_size"):
@@ -206,6 +217,7 @@ def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
         patch_size=list(train_config.patch_size),
         hardware=hardware(args.device),
         learning_rate=train_config.learning_rate,
+        keep_norm=bool(train_config.freeze_norm),
     )
     clock = [time.perf_counter()]
     deadline = time.perf_counter() + args.time_budget * 60 * 1.15 if args.time_budget else None
@@ -290,7 +302,7 @@ def ship(spec: ZooSpec, args: argparse.Namespace) -> Path:
     reproduce = " && ".join(
         f"python scripts/train_zoo.py {spec.name} --widths {' '.join(map(str, widths))} "
         f"--iterations {n} --device {state.get('device', 'cpu')}{gpu_args}"
-        + (" --resume" if k else "")
+        + (" --resume" if k else _continued_args(state))
         for k, n in enumerate(stages)
     )
     staged = (
@@ -402,6 +414,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--validate-every", type=int, default=None, help="default: per model")
     parser.add_argument("--learning-rate", type=float, default=None, help="default: per model")
+    parser.add_argument(
+        "--keep-norm",
+        action="store_true",
+        help="with --start-from: keep the starting model's normalisation statistics",
+    )
     parser.add_argument(
         "--start-from",
         default=None,

@@ -87,9 +87,15 @@ def origin_text(state: dict[str, Any]) -> str:
     start = state.get("started_from")
     if not start:
         return "from scratch"
+    norms = (
+        "normalisation statistics kept"
+        if state.get("keep_norm")
+        else "normalisation statistics re-estimated"
+    )
     return (
         f"continued from the previously shipped `{start}` (copied to the run's start/ "
-        "folder) with transfer augmentation"
+        f"folder) with transfer augmentation, learning rate {state.get('learning_rate')}, "
+        f"{norms}"
     )
 
 

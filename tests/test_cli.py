@@ -235,6 +235,26 @@ def test_predict_zarr_output(em_files: dict[str, Path], trained: Path) -> None:
     np.testing.assert_array_equal(streamed[...], tifffile.imread(out / "tif" / "stack_labels.tif"))
 
 
+def test_distributed_zarr_output_matches_local(
+    em_files: dict[str, Path], trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dask workers write the zarr store (zarr 2 or 3 through stores.allocate_outputs)."""
+    import zarr
+
+    monkeypatch.setenv("NAPARI_UNETPP_WORKERS", "1")
+    base = em_files["root"]
+    args = ("--format", "zarr", "--depth", "2", "--probabilities")
+    assert (
+        _predict_stack(trained, em_files, base / "zarr_dist", *args, "--distributed", "local") == 0
+    )
+    assert _predict_stack(trained, em_files, base / "zarr_local", *args) == 0
+    for name in ("stack_labels.zarr", "stack_L2.zarr"):
+        dist = zarr.open(str(base / "zarr_dist" / name), mode="r")
+        local = zarr.open(str(base / "zarr_local" / name), mode="r")
+        assert dist.shape == local.shape == (3, 96, 112)
+        np.testing.assert_allclose(dist[...], local[...], atol=1e-5)
+
+
 def test_run_json_round_trip(
     capsys: pytest.CaptureFixture[str], em_files: dict[str, Path], trained: Path, tmp_path: Path
 ) -> None:
