@@ -483,7 +483,7 @@ def test_out_of_memory_halves_the_batch_then_falls_back_to_cpu(monkeypatch):
 
 def test_blending_out_of_memory_redoes_the_slice_on_the_host(em_stack, monkeypatch):
     """Blending on the GPU is an optimisation: when its band does not fit, the host takes over."""
-    from napari_unetpp import tiling
+    from napari_unetpp import stitching
 
     stack = em_stack[0][:2, :64, :64]
     net = calibrated(normalize(stack[:1], RAW)[None], widths=(4, 8))
@@ -496,7 +496,7 @@ def test_blending_out_of_memory_redoes_the_slice_on_the_host(em_stack, monkeypat
     def no_memory(self, shape):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
 
-    monkeypatch.setattr(tiling._TorchBackend, "zeros", no_memory)
+    monkeypatch.setattr(stitching._TorchBackend, "zeros", no_memory)
     monkeypatch.setattr(inference, "empty_cache", lambda device: None)
     events: list[PredictEvent] = []
     result = predict_array(net, stack, config, data, callback=events.append)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unetpp import readers
+from napari_unetpp import medical, readers
 
 nibabel = pytest.importorskip("nibabel")
 pydicom = pytest.importorskip("pydicom")
@@ -151,7 +151,7 @@ def test_dicom_series_sorted_oriented_in_hu(
     folder = tmp_path / "series"
     write_dicom_series(folder, ct, pixel_spacing=(0.75, 0.6), slice_step=2.5)
     (folder / "notes.txt").write_text("not dicom")
-    assert readers.is_dicom(folder) and readers.is_medical(folder)
+    assert medical.is_dicom(folder) and medical.is_medical(folder)
     got = readers.read_image(folder)
     assert got.axes == "ZYX" and got.unit == "mm" and got.source == "dicom"
     np.testing.assert_allclose(got.scale, (2.5, 0.75, 0.6))  # rows 0.75, columns 0.6

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from napari_unetpp.stitching import StackedOutputs
 from napari_unetpp.tiling import (
     MIN_WEIGHT,
-    StackedOutputs,
     TileProgress,
     blending_weights,
     iter_sliding_window,

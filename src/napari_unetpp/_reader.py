@@ -91,7 +91,8 @@ def get_image_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerDat
     Cheap: decides from the name and, for a folder, the first bytes of a few files.
     A saved model folder is left to :func:`get_reader`.
     """
-    from .readers import TIFF_SUFFIXES, is_medical
+    from .medical import is_medical
+    from .readers import TIFF_SUFFIXES
 
     if not isinstance(path, (str, os.PathLike)):
         if len(path) != 1:

@@ -38,7 +38,7 @@ def is_zarr(path: Path) -> bool:
 
 def _is_medical(path: Path) -> bool:
     """A NIfTI file or a DICOM file / series folder (one image, read by :mod:`.readers`)."""
-    from .readers import is_medical
+    from .medical import is_medical
 
     return is_medical(path)
 

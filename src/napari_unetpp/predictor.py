@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import tiling
+from . import stitching
 from .devices import ModelT, autocast, empty_cache, is_out_of_memory, memory_format, place_model
 from .model import UNetPlusPlus
 
@@ -84,7 +84,7 @@ class TileRunner:
     tiles), then the network moves to the CPU; ``messages`` collects what
     happened so ``inference.predict`` can report it. Batches may be numpy or torch (tiles
     cut on the device); the heads come back stacked in one tensor
-    (:class:`tiling.StackedOutputs`), activated in one call and blended in one go.
+    (:class:`stitching.StackedOutputs`), activated in one call and blended in one go.
     """
 
     def __init__(
@@ -127,11 +127,11 @@ class TileRunner:
             self._shrink()  # outside the except block: the traceback's tensors are freed
         if len(parts) == 1:
             return parts[0]
-        stacked = [p for p in parts if isinstance(p, tiling.StackedOutputs)]
+        stacked = [p for p in parts if isinstance(p, stitching.StackedOutputs)]
         if len(stacked) == len(parts):
             where = stacked[-1].data.device  # after a CPU fallback: the CPU
             data = torch.cat([p.data.to(where) for p in stacked])
-            return tiling.StackedOutputs(data, stacked[0].channels)
+            return stitching.StackedOutputs(data, stacked[0].channels)
         where = {d: t.device for d, t in parts[-1].items()}  # after a CPU fallback: the CPU
         return {d: torch.cat([p[d].to(where[d]) for p in parts]) for d in parts[0]}
 
@@ -173,7 +173,7 @@ class TileRunner:
             torch.sigmoid(logits[d].float(), out=out[:, k : k + 1])
         return out
 
-    def _forward(self, batch: np.ndarray | torch.Tensor) -> tiling.StackedOutputs:
+    def _forward(self, batch: np.ndarray | torch.Tensor) -> stitching.StackedOutputs:
         """Probabilities of one chunk, left on the device (the blending may happen there)."""
         if not isinstance(batch, torch.Tensor):
             batch = torch.from_numpy(np.ascontiguousarray(batch))
@@ -190,7 +190,7 @@ class TileRunner:
             assert total is not None
             if len(self.flips) > 1:
                 total = total.div_(len(self.flips))
-        return tiling.StackedOutputs(total, {d: self.num_classes for d in self.depths})
+        return stitching.StackedOutputs(total, {d: self.num_classes for d in self.depths})
 
 
 #: Derived networks (pruned, prepared) of each live model, with the weight versions they

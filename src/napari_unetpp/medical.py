@@ -1,0 +1,343 @@
+"""Medical volumes with their voxel size: NIfTI (``.nii``, ``.nii.gz``) and DICOM series.
+
+Why apart from :mod:`readers`: these formats need the optional nibabel / pydicom
+(``pip install napari-unetpp[medical]``, imported only when such a file is read) and
+share one concern the TIFF reader does not have, the patient orientation.
+:func:`readers.read_image` dispatches here; ``_reader.py`` and :mod:`files` ask
+:func:`is_medical` which files are ours.
+
+Orientation of medical volumes (NIfTI, DICOM)
+---------------------------------------------
+Both come out as ``(Z, Y, X)`` axial slices in the orientation of the shipped
+CT model's training volume (``ct_totalseg/ct_full.tif``, TotalSegmentator's test
+scan), measured on its organ labels: Z runs from inferior to superior (feet to
+head: the pelvis is slice 0), Y from anterior to posterior (the belly at the top
+of the slice), X from the patient's left to the patient's right (the liver and
+the right kidney at large X, so on the *right* of the displayed image, napari
+drawing X to the right). In RAS world terms: Z = +S, Y = -A, X = +R. Any file
+whose axes are close to the patient axes is permuted and flipped into it (the
+largest direction cosine decides, as ``nibabel.as_closest_canonical``); oblique
+scans are not resampled, and ``metadata["direction"]`` keeps the original axes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .readers import ImageData
+
+__all__ = [
+    "MEDICAL_SUFFIXES",
+    "is_dicom",
+    "is_medical",
+    "is_nifti",
+    "read_dicom",
+    "read_nifti",
+    "reorient_to_zyx",
+]
+
+#: Suffixes (lower case) read by this module.
+MEDICAL_SUFFIXES = (".nii", ".nii.gz", ".dcm")
+#: World (RAS) axis and wanted sign of each output axis Z, Y, X (see the module docstring).
+ZYX_FROM_RAS = ((2, +1), (1, -1), (0, +1))
+_MISSING = (
+    "reading {what} needs the optional package {package}: "
+    "pip install 'napari-unetpp[medical]' (or pip install {package})"
+)
+
+
+# --------------------------------------------------------------------------- kinds
+
+
+def _name(path: Path) -> str:
+    return path.name.lower()
+
+
+def is_nifti(path: str | Path) -> bool:
+    """A ``.nii`` or ``.nii.gz`` file."""
+    name = _name(Path(path))
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def _has_dicm_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and (p.suffix.lower() == ".dcm" or _has_dicm_magic(p))
+    )
+
+
+def is_dicom(path: str | Path) -> bool:
+    """A DICOM file (``.dcm`` or the ``DICM`` marker) or a folder holding DICOM files.
+
+    Cheap: looks at names and 4 bytes of at most the first 8 files of a folder.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path.suffix.lower() == ".dcm" or _has_dicm_magic(path)
+    if not path.is_dir():
+        return False
+    files = [p for p in itertools.islice(sorted(path.iterdir()), 64) if p.is_file()][:8]
+    return bool(files) and any(p.suffix.lower() == ".dcm" or _has_dicm_magic(p) for p in files)
+
+
+def is_medical(path: str | Path) -> bool:
+    """Read by :func:`read_nifti` or :func:`read_dicom`."""
+    return is_nifti(path) or is_dicom(path)
+
+
+# --------------------------------------------------------------------------- orientation
+
+
+def reorient_to_zyx(
+    array: np.ndarray, axes_ras: np.ndarray
+) -> tuple[np.ndarray, tuple[float, float, float], tuple[int, ...], tuple[bool, ...]]:
+    """Permute and flip a volume into the module's ``(Z, Y, X)`` convention.
+
+    ``axes_ras`` is 3x3: column ``j`` is the world (RAS, mm) step of one voxel along
+    array axis ``j`` (a NIfTI affine's upper-left block). Returns the new array,
+    the spacing per output axis, the permutation used and which axes were flipped.
+    """
+    axes_ras = np.asarray(axes_ras, dtype=np.float64)
+    spacing = np.linalg.norm(axes_ras, axis=0)
+    if np.any(spacing <= 0) or not np.all(np.isfinite(spacing)):
+        raise ValueError(
+            f"degenerate voxel axes (spacing {spacing.tolist()}); "
+            "the file's affine / orientation tags are broken"
+        )
+    cosines = axes_ras / spacing
+    # the voxel axis for each world axis: the assignment with the largest total |cosine|
+    best = max(
+        itertools.permutations(range(3)), key=lambda p: sum(abs(cosines[w, p[w]]) for w in range(3))
+    )
+    order, flips = [], []
+    for world, sign in ZYX_FROM_RAS:
+        voxel = best[world]
+        order.append(voxel)
+        flips.append(bool(np.sign(cosines[world, voxel]) != sign))
+    out = np.transpose(array, order)
+    for axis, flip in enumerate(flips):
+        if flip:
+            out = np.flip(out, axis)
+    size = tuple(float(spacing[v]) for v in order)
+    return np.ascontiguousarray(out), size, tuple(order), tuple(flips)  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- NIfTI
+
+_NIFTI_UNITS = {
+    "mm": ("mm", 1.0),
+    "micron": ("um", 1.0),
+    "meter": ("mm", 1000.0),
+    "unknown": ("mm", 1.0),
+}  # NIfTI's default space unit is mm
+
+
+def read_nifti(path: str | Path) -> ImageData:
+    """A NIfTI volume as ``(Z, Y, X)`` (extra 4th+ axes first, as ``T``) with its spacing.
+
+    Orientation follows the module docstring: the affine (sform, else qform, as
+    nibabel chooses) decides how the voxel axes are permuted and flipped.
+    Intensities keep the file's scaling (``scl_slope``/``scl_inter``): CT in HU.
+    """
+    try:
+        import nibabel
+    except ImportError as exc:
+        raise ImportError(_MISSING.format(what="NIfTI", package="nibabel")) from exc
+    path = Path(path)
+    try:
+        image: Any = nibabel.load(str(path))
+        data = np.asanyarray(image.dataobj)
+    except (nibabel.filebasedimages.ImageFileError, EOFError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: not a readable NIfTI file ({exc})") from exc
+    if (
+        data.dtype.kind == "f"
+        and data.size
+        and np.all(np.mod(data, 1) == 0)
+        and (data.min() >= -32768 and data.max() <= 32767)
+    ):
+        data = data.astype(np.int16)  # scaled integers (HU) stay compact
+    while data.ndim < 3:
+        data = data[..., np.newaxis]
+    extra = data.ndim - 3
+    affine = np.asarray(image.affine, dtype=np.float64)
+    space_unit = image.header.get_xyzt_units()[0] or "unknown"
+    unit, factor = _NIFTI_UNITS.get(space_unit, ("mm", 1.0))
+    # put the non-spatial axes (time, components) first, then reorient each 3D volume
+    moved = np.moveaxis(data, tuple(range(3)), tuple(range(extra, extra + 3)))
+    flat = moved.reshape(-1, *moved.shape[extra:])
+    volumes = []
+    for volume in flat:
+        out, size, order, flips = reorient_to_zyx(volume, affine[:3, :3])
+        volumes.append(out)
+    array = np.stack(volumes).reshape(*moved.shape[:extra], *volumes[0].shape)
+    spacing = tuple(s * factor for s in size)
+    return ImageData(
+        array=array,
+        axes="T" * extra + "ZYX",
+        scale=(1.0,) * extra + spacing,
+        unit=unit,
+        source="nifti",
+        metadata={
+            "has_spacing": True,
+            "file_spacing": [float(v) for v in image.header.get_zooms()[:3]],
+            "direction": affine[:3, :3].tolist(),
+            "axis_order": list(order),
+            "flipped": list(flips),
+            "orientation": "Z=+S, Y=-A, X=+R",
+            "space_unit": space_unit,
+        },
+    )
+
+
+# --------------------------------------------------------------------------- DICOM
+
+
+def _read_dicom_headers(files: Sequence[Path]) -> list[Any]:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    headers = []
+    for file in files:
+        try:
+            headers.append((file, pydicom.dcmread(str(file), stop_before_pixels=True)))
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            continue  # a non-DICOM or broken file in the folder: skip it
+    return headers
+
+
+def _pick_series(headers: list[Any]) -> tuple[list[Any], list[str]]:
+    """The series with the most image slices (a folder may hold scouts or several series)."""
+    series: dict[str, list[Any]] = {}
+    for file, ds in headers:
+        if "PixelData" not in ds and getattr(ds, "Rows", None) is None:
+            continue
+        series.setdefault(str(getattr(ds, "SeriesInstanceUID", "")), []).append((file, ds))
+    if not series:
+        raise ValueError("no DICOM image found (files hold no pixel data)")
+    uid = max(series, key=lambda k: len(series[k]))
+    return series[uid], sorted(series)
+
+
+def read_dicom(path: str | Path) -> ImageData:
+    """A DICOM series (folder) or file as ``(Z, Y, X)`` (or ``(Y, X)``) in HU, with spacing.
+
+    Slices are sorted along the slice normal (the cross product of the row and
+    column directions of ``ImageOrientationPatient``) by ``ImagePositionPatient``;
+    the slice spacing is the median distance between neighbouring positions
+    (``SpacingBetweenSlices`` / ``SliceThickness`` for one slice), the in-plane
+    spacing ``PixelSpacing``. ``RescaleSlope``/``RescaleIntercept`` are applied,
+    so CT values are Hounsfield units. Then the volume is oriented as the module
+    docstring says (DICOM's LPS axes turned into RAS first).
+    """
+    try:
+        import pydicom  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(_MISSING.format(what="DICOM", package="pydicom")) from exc
+    path = Path(path)
+    files = _dicom_files(path) if path.is_dir() else [path]
+    headers = _read_dicom_headers(files)
+    if not headers:
+        raise ValueError(f"{path}: no readable DICOM file")
+    chosen, all_series = _pick_series(headers)
+    first = chosen[0][1]
+    orientation = getattr(first, "ImageOrientationPatient", None)
+    row_dir = np.array(orientation[:3] if orientation else (1, 0, 0), dtype=np.float64)
+    col_dir = np.array(orientation[3:] if orientation else (0, 1, 0), dtype=np.float64)
+    normal = np.cross(row_dir, col_dir)
+
+    def position(ds: Any) -> float:
+        where = getattr(ds, "ImagePositionPatient", None)
+        if where is None:
+            return float(getattr(ds, "InstanceNumber", 0) or 0)
+        return float(np.dot(normal, np.asarray(where, dtype=np.float64)))
+
+    chosen = sorted(chosen, key=lambda item: position(item[1]))
+    positions = np.array([position(ds) for _, ds in chosen])
+    pixel_spacing: Any = getattr(first, "PixelSpacing", None)
+    has_spacing = pixel_spacing is not None
+    dy, dx = (float(pixel_spacing[0]), float(pixel_spacing[1])) if has_spacing else (1.0, 1.0)
+    if len(chosen) > 1:
+        gaps = np.diff(positions)
+        dz = float(np.median(gaps))
+        uneven = bool(np.ptp(gaps) > 0.01 * max(abs(dz), 1e-6))
+    else:
+        dz = float(
+            getattr(first, "SpacingBetweenSlices", 0) or getattr(first, "SliceThickness", 0) or 1.0
+        )
+        uneven = False
+    if dz <= 0:
+        raise ValueError(
+            f"{path}: slices share one position (duplicate series?); put one series per folder"
+        )
+    volume = np.stack([_hu(ds) for ds in _read_pixels([f for f, _ in chosen])])
+    metadata: dict[str, Any] = {
+        "has_spacing": has_spacing,
+        "series": all_series,
+        "uneven_slices": uneven,
+        "modality": str(getattr(first, "Modality", "")),
+        "file_spacing": [dz, dy, dx],
+    }
+    unit = "mm" if has_spacing else None
+    if volume.ndim == 4:  # multi-frame files: their per-frame geometry is not read
+        if len(chosen) > 1:
+            raise ValueError(
+                f"{path}: a series of multi-frame DICOM files is not supported; "
+                "convert it to NIfTI (e.g. with dcm2niix) and open that"
+            )
+        volume, orientation = volume[0], None
+        metadata["multi_frame"] = True
+    if orientation is None:  # no patient axes (secondary capture...): the stack as stored
+        array = volume if len(chosen) > 1 else volume[0]
+        scale = (dz, dy, dx)[-array.ndim :]
+        return ImageData(array, "ZYX"[-array.ndim :], scale, unit, "dicom", metadata)
+    lps_to_ras = np.array([-1.0, -1.0, 1.0])
+    axes_ras = np.stack([normal * dz, col_dir * dy, row_dir * dx], axis=1) * lps_to_ras[:, None]
+    array, size, order, flips = reorient_to_zyx(volume, axes_ras)
+    metadata.update(
+        direction=axes_ras.tolist(),
+        axis_order=list(order),
+        flipped=list(flips),
+        orientation="Z=+S, Y=-A, X=+R",
+    )
+    if len(chosen) == 1:  # one slice: drop the length-1 axis the slice normal went to
+        gone = order.index(0)
+        array = array.reshape(tuple(n for i, n in enumerate(array.shape) if i != gone))
+        in_plane = tuple(v for i, v in enumerate(size) if i != gone)
+        return ImageData(array, "YX", in_plane, unit, "dicom", metadata)
+    return ImageData(array, "ZYX", size, unit, "dicom", metadata)
+
+
+def _read_pixels(files: Sequence[Path]) -> list[Any]:
+    import pydicom
+
+    return [pydicom.dcmread(str(f)) for f in files]
+
+
+def _hu(ds: Any) -> np.ndarray:
+    """Stored values -> modality values (HU for CT): ``value * slope + intercept``."""
+    pixels = ds.pixel_array
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    if slope == 1 and intercept == round(intercept):
+        out = pixels.astype(np.int32) + int(intercept)
+        if out.min(initial=0) >= -32768 and out.max(initial=0) <= 32767:
+            return out.astype(np.int16)
+        return out
+    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)

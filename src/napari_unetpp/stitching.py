@@ -1,0 +1,252 @@
+"""Stitching tile outputs: stacked heads, the running weighted mean, its backends.
+
+Why apart from :mod:`tiling`: :mod:`tiling` decides *where* tiles go and drives the
+predictor; this module decides how their outputs are *added up*. The accumulation is the
+memory- and precision-critical part (a rolling band of running means, allocated once, on
+the host or on a GPU), and keeping it apart keeps the sliding-window generator readable.
+Everything is numpy; torch is imported only when a torch device is asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Band", "Outputs", "StackedOutputs", "backend_for"]
+
+
+class StackedOutputs(Mapping):  # type: ignore[type-arg]
+    """Several outputs kept as channel ranges of one ``(N, sum C, *tile)`` array.
+
+    Why: a predictor with many heads (a UNet++ returns one per depth) would
+    otherwise be blended head by head, tile by tile; stacked, every tile is
+    blended once for all heads, so the per-tile Python work does not grow with
+    heads. Reads like a ``{key: (N, C_key, *tile)}`` mapping of views.
+    """
+
+    def __init__(self, data: Any, channels: Mapping[Hashable, int]) -> None:
+        self.data = data
+        self.channels = dict(channels)
+        self.slices: dict[Hashable, slice] = {}
+        offset = 0
+        for key, count in self.channels.items():
+            self.slices[key] = slice(offset, offset + int(count))
+            offset += int(count)
+        if offset != data.shape[1]:
+            raise ValueError(f"channels {self.channels} do not add up to {data.shape[1]}")
+
+    def __getitem__(self, key: Hashable) -> Any:
+        return self.data[:, self.slices[key]]
+
+    def __iter__(self) -> Any:
+        return iter(self.channels)
+
+    def __len__(self) -> int:
+        return len(self.channels)
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    """A predictor output (numpy, torch on any device, ...) as a float32 numpy array."""
+    if hasattr(value, "detach"):  # torch, without importing it here
+        value = value.detach().float().cpu().numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+class _NumpyBackend:
+    """Blending in host memory with numpy (for numpy predictors and as the fallback)."""
+
+    def zeros(self, shape: tuple[int, ...]) -> Any:
+        return np.zeros(shape, dtype=np.float32)
+
+    def put(self, value: Any) -> Any:
+        return _as_numpy(value)
+
+    def cat(self, values: list[Any]) -> Any:
+        return values[0] if len(values) == 1 else np.concatenate(values, axis=1)
+
+    def blend(self, mean: Any, value: Any, ratio: Any, delta: Any) -> None:
+        np.subtract(value, mean, out=delta)
+        delta *= ratio
+        mean += delta
+
+    def divide(self, a: Any, b: Any, out: Any) -> Any:
+        return np.divide(a, b, out=out)
+
+    def host(self, array: Any) -> np.ndarray:
+        return array
+
+
+class _TorchBackend:
+    """Blending with torch on any device (a GPU: tiles never leave it; the CPU: both cores).
+
+    Same elementary float32 operations, in the same order, as the numpy backend,
+    so both give bit-identical results.
+    """
+
+    def __init__(self, device: Any) -> None:
+        import torch  # only when asked for: this module stays importable without torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+
+    def zeros(self, shape: tuple[int, ...]) -> Any:
+        return self.torch.zeros(shape, dtype=self.torch.float32, device=self.device)
+
+    def put(self, value: Any) -> Any:
+        if isinstance(value, np.ndarray) and not value.flags.writeable:
+            value = value.copy()  # the cached weights: torch wants writable memory
+        tensor = self.torch.as_tensor(value)
+        return tensor.to(self.device, self.torch.float32, non_blocking=True)
+
+    def cat(self, values: list[Any]) -> Any:
+        return values[0] if len(values) == 1 else self.torch.cat(values, dim=1)
+
+    def blend(self, mean: Any, value: Any, ratio: Any, delta: Any) -> None:
+        self.torch.sub(value, mean, out=delta)  # three exactly rounded steps, as numpy does
+        delta.mul_(ratio)
+        mean.add_(delta)
+
+    def divide(self, a: Any, b: Any, out: Any) -> Any:
+        return self.torch.div(a, b, out=out)
+
+    def host(self, array: Any) -> np.ndarray:
+        return array.cpu().numpy()
+
+
+class Band:
+    """Running weighted means for the rows ``[lo, lo + height)`` of the first spatial axis.
+
+    All outputs live in one array, channel ranges per key (see :class:`StackedOutputs`).
+    Each tile updates the mean in place, ``mean += w / W * (value - mean)`` with ``W``
+    the weight seen so far: the result is the weighted average of the tiles, in float32,
+    and the blend of identical predictions is exactly that prediction (the first tile
+    sets it, later ones add exact zeros). Rows before the start of the tile being added
+    can no longer change (tiles arrive in order of their first coordinate), so they are
+    written out and the band moves on. Every buffer is allocated once: the band moves
+    by copying into a second band and swapping, and each tile's intermediate values go
+    to scratch arrays (fresh allocations of this size cost page faults every time).
+    """
+
+    def __init__(
+        self,
+        spatial: tuple[int, ...],
+        tile: tuple[int, ...],
+        channels: int,
+        backend: _NumpyBackend | _TorchBackend,
+    ) -> None:
+        self.spatial = spatial
+        self.height = min(tile[0], spatial[0])
+        self.lo = 0
+        self.backend = backend
+        band = (self.height, *spatial[1:])
+        self.mean, self.weight = backend.zeros((channels, *band)), backend.zeros((1, *band))
+        self._spare = (backend.zeros((channels, *band)), backend.zeros((1, *band)))
+        self._delta, self._ratio = backend.zeros((channels, *tile)), backend.zeros((1, *tile))
+
+    def _index(self, start: tuple[int, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
+        first = slice(start[0] - self.lo, start[0] - self.lo + shape[0])
+        rest = tuple(slice(s, s + n) for s, n in zip(start[1:], shape[1:], strict=False))
+        return (slice(None), first, *rest)
+
+    def add(self, start: tuple[int, ...], block: Any, w: Any) -> None:
+        """Blend ``block`` ``(C, *valid_tile)`` with weights ``w`` in at ``start``."""
+        index = self._index(start, w.shape)
+        total = self.weight[index]
+        total += w  # a view: updates the band in place
+        scratch = (slice(None), *(slice(0, n) for n in w.shape))
+        ratio = self.backend.divide(w, total, self._ratio[scratch])
+        self.backend.blend(self.mean[index], block, ratio, self._delta[scratch])
+
+    def advance(
+        self, to: int, sinks: Mapping[Hashable, Any], slices: Mapping[Hashable, slice]
+    ) -> None:
+        """Write rows ``[lo, to)`` out and shift the band so that it starts at ``to``."""
+        rows = min(to, self.spatial[0]) - self.lo
+        if rows <= 0:
+            return
+        shift = min(rows, self.height)
+        self.flush(shift, sinks, slices)
+        spare = self._spare
+        for old, new in zip((self.mean, self.weight), spare, strict=False):
+            new[:, : self.height - shift] = old[:, shift:]
+            new[:, self.height - shift :] = 0
+        self._spare = (self.mean, self.weight)
+        self.mean, self.weight = spare
+        self.lo += rows
+
+    def flush(
+        self, rows: int, sinks: Mapping[Hashable, Any], slices: Mapping[Hashable, slice]
+    ) -> None:
+        """Write the first ``rows`` rows of the band (0 where no tile reached): one copy out."""
+        rows = min(rows, self.spatial[0] - self.lo)
+        if rows <= 0:
+            return
+        target = (slice(None), slice(self.lo, self.lo + rows))
+        done = self.backend.host(self.mean[:, :rows])
+        for key, channels in slices.items():
+            sinks[key][target] = done[channels]
+
+
+class Outputs:
+    """The keys of a predictor's outputs, their channel ranges, and where they are written."""
+
+    def __init__(self, spatial: tuple[int, ...], allocate: Callable[..., Any]) -> None:
+        self.spatial = spatial
+        self.allocate = allocate
+        self.slices: dict[Hashable, slice] = {}
+        self.sinks: dict[Hashable, Any] = {}
+
+    def stack(self, outputs: Any, backend: Any, n: int, tile: tuple[int, ...]) -> Any:
+        """All outputs of one batch as one ``(N, sum C, *tile)`` array on the backend."""
+        if isinstance(outputs, StackedOutputs):
+            for key in outputs.slices:
+                _check_output(key, outputs[key], n, tile)
+            self._register({k: s.stop - s.start for k, s in outputs.slices.items()})
+            return backend.put(outputs.data)
+        if isinstance(outputs, Mapping):
+            items = list(outputs.items())
+        elif isinstance(outputs, (tuple, list)):
+            items = list(enumerate(outputs))
+        else:
+            items = [(0, outputs)]
+        values = [backend.put(v) for _, v in items]
+        for (key, _), value in zip(items, values, strict=False):
+            _check_output(key, value, n, tile)
+        self._register(
+            {key: value.shape[1] for (key, _), value in zip(items, values, strict=False)}
+        )
+        return backend.cat(values)
+
+    def _register(self, channels: dict[Hashable, int]) -> None:
+        if self.slices:
+            now = {k: s.stop - s.start for k, s in self.slices.items()}
+            if now != channels:
+                raise ValueError(
+                    f"the predictor's outputs changed from {now} to {channels} "
+                    "between batches; it must return the same keys and channels"
+                )
+            return
+        offset = 0
+        for key, count in channels.items():
+            self.slices[key] = slice(offset, offset + count)
+            self.sinks[key] = self.allocate(key, (count, *self.spatial))
+            offset += count
+
+    @property
+    def channels(self) -> int:
+        return sum(s.stop - s.start for s in self.slices.values())
+
+
+def _check_output(key: Hashable, value: Any, n: int, tile: tuple[int, ...]) -> None:
+    if value.ndim != len(tile) + 2 or value.shape[0] != n or tuple(value.shape[2:]) != tile:
+        raise ValueError(
+            f"predictor output {key!r} has shape {tuple(value.shape)}; expected (N={n}, C_out, "
+            f"{', '.join(map(str, tile))}): the predictor must keep the tile's spatial shape"
+        )
+
+
+def backend_for(accumulate_on: Any) -> _NumpyBackend | _TorchBackend:
+    """Host memory (numpy) for ``None``, else torch on the device ``accumulate_on``."""
+    return _NumpyBackend() if accumulate_on is None else _TorchBackend(accumulate_on)
