@@ -24,7 +24,8 @@ from safetensors.torch import load as _safetensors_load
 from torch import nn
 
 from . import __version__
-from .config import MAX_PARAMETERS, ModelConfig, estimate_parameters
+from .config import ModelConfig
+from .limits import MAX_PARAMETERS, estimate_parameters
 from .locate import (
     CONFIG_NAME,
     FORMAT,

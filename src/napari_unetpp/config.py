@@ -3,16 +3,34 @@
 Each config validates itself on construction (so a bad value fails where it was
 written, with a message that says how to fix it) and round-trips through plain
 JSON-able dicts (``to_dict`` / ``from_dict``), which is what ``config.json`` in a
-checkpoint and the ``run.json`` beside every widget run hold.
+checkpoint and the ``run.json`` beside every widget run hold. The bounds and the
+checks themselves live in :mod:`limits`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import operator
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
+
+from .limits import (
+    MAX_BATCH_VOXELS,
+    MAX_CHANNELS,
+    MAX_CLASSES,
+    MAX_DEPTH,
+    MAX_ITERATIONS,
+    MAX_PARAMETERS,
+    MAX_PATCH,
+    MAX_WIDTH,
+    as_int,
+    as_ints,
+    check_choice,
+    check_model_scale,
+    check_positive,
+    check_predict_scale,
+    estimate_parameters,
+)
 
 NormName = Literal["batch", "instance", "group"]
 LabelMode = Literal["dense", "sparse"]
@@ -26,19 +44,6 @@ FINE_TUNE_LEARNING_RATE = 1e-4
 
 #: Value used in integer target maps for pixels that the loss must ignore.
 IGNORE_INDEX = -1
-
-#: Bounds checked before anything is allocated: a 20 kB config.json must not ask for
-#: 100 GB (widths [1e9]) or a 2**20 padding (depth 20). Far beyond any real UNet++.
-MAX_WIDTH = 4096
-MAX_DEPTH = 8
-MAX_CLASSES = 1000
-MAX_CHANNELS = 1000
-#: About 2 GB of float32 weights; the paper's widths at depth 4 are 9M.
-MAX_PARAMETERS = 500_000_000
-MAX_PATCH = 4096
-#: Voxels of one training batch (batch_size x patch volume): 4 GiB of float32 input.
-MAX_BATCH_VOXELS = 2**30
-MAX_ITERATIONS = 10**8
 
 _C = TypeVar("_C", bound="_Config")
 
@@ -82,60 +87,6 @@ class _Config:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
-def _check_choice(owner: str, name: str, value: Any, choices: tuple[Any, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{owner}.{name} must be one of {choices}, got {value!r}")
-
-
-def _check_positive(owner: str, name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{owner}.{name} must be a number > 0, got {value!r}")
-
-
-def _as_int(owner: str, name: str, value: Any, low: int, high: int) -> int:
-    """An integer in ``low..high``; integral floats (JSON ``1e3``) are accepted, bools not."""
-    if isinstance(value, bool):
-        raise ValueError(f"{owner}.{name} must be an integer, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        if not (isinstance(value, float) and math.isfinite(value) and value.is_integer()):
-            raise ValueError(f"{owner}.{name} must be an integer, got {value!r}") from None
-        number = int(value)
-    if not low <= number <= high:
-        raise ValueError(f"{owner}.{name} must lie in {low}..{high}, got {number}")
-    return number
-
-
-def _as_ints(owner: str, name: str, values: Any, low: int, high: int) -> tuple[int, ...]:
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise ValueError(f"{owner}.{name} must be a list of integers, got {values!r}")
-    values = tuple(values)
-    if len(values) > 64:
-        raise ValueError(f"{owner}.{name}: {len(values)} values; expected a few")
-    return tuple(_as_int(owner, name, v, low, high) for v in values)
-
-
-def estimate_parameters(config: ModelConfig) -> int:
-    """Weights of the network ``config`` describes (convolutions only), without building it.
-
-    Why: a checkpoint's config.json is checked against :data:`MAX_PARAMETERS`
-    before ``UNetPlusPlus`` allocates anything.
-    """
-    k, w = 3**config.spatial_dims, config.widths
-    total = 0
-    for s in range(config.depth + 1):
-        for i in range(s, -1, -1):
-            j = s - i
-            if j == 0:
-                source = config.in_channels if i == 0 else w[i - 1]
-            else:
-                total += w[i + 1] * w[i] * 2**config.spatial_dims  # up-sampling
-                source = w[i] * (j + 1)
-            total += k * (source * w[i] + w[i] * w[i])
-    return total + config.depth * w[0] * config.num_classes
-
-
 @dataclass
 class ModelConfig(_Config):
     """Architecture of a UNet++ (what is needed to rebuild the network).
@@ -165,16 +116,16 @@ class ModelConfig(_Config):
 
     def __post_init__(self) -> None:
         owner = "ModelConfig"
-        self.widths = _as_ints(owner, "widths", self.widths, 1, MAX_WIDTH)
+        self.widths = as_ints(owner, "widths", self.widths, 1, MAX_WIDTH)
         self.class_names = tuple(self.class_names)
         self.channel_names = tuple(self.channel_names)
-        self.in_channels = _as_int(owner, "in_channels", self.in_channels, 1, MAX_CHANNELS)
-        self.num_classes = _as_int(owner, "num_classes", self.num_classes, 1, MAX_CLASSES)
-        self.depth = _as_int(owner, "depth", self.depth, 1, MAX_DEPTH)
+        self.in_channels = as_int(owner, "in_channels", self.in_channels, 1, MAX_CHANNELS)
+        self.num_classes = as_int(owner, "num_classes", self.num_classes, 1, MAX_CLASSES)
+        self.depth = as_int(owner, "depth", self.depth, 1, MAX_DEPTH)
         self.pixel_size = tuple(float(s) for s in self.pixel_size)
-        _check_scale_metadata(self)
-        _check_choice("ModelConfig", "spatial_dims", self.spatial_dims, (2, 3))
-        _check_choice("ModelConfig", "norm", self.norm, ("batch", "instance", "group"))
+        check_model_scale(self)
+        check_choice("ModelConfig", "spatial_dims", self.spatial_dims, (2, 3))
+        check_choice("ModelConfig", "norm", self.norm, ("batch", "instance", "group"))
         if not isinstance(self.deep_supervision, bool):
             raise ValueError(
                 f"ModelConfig.deep_supervision must be true or false, got {self.deep_supervision!r}"
@@ -199,31 +150,6 @@ class ModelConfig(_Config):
                 f"ModelConfig.class_names needs {self.num_classes} name(s) "
                 f"(one per output channel), got {self.class_names}"
             )
-
-
-def _check_scale_metadata(config: ModelConfig) -> None:
-    from .scale import UNITS
-
-    size = config.pixel_size
-    if size and len(size) != config.spatial_dims:
-        raise ValueError(
-            f"ModelConfig.pixel_size {size} needs {config.spatial_dims} value(s), one per "
-            "spatial axis of the model (or none when unknown)"
-        )
-    if any(not (math.isfinite(s) and s > 0) for s in size):
-        raise ValueError(f"ModelConfig.pixel_size must be positive and finite, got {size}")
-    if size and config.pixel_unit not in UNITS:
-        raise ValueError(
-            f"ModelConfig.pixel_unit {config.pixel_unit!r}: give the unit of pixel_size, one "
-            f"of {sorted(UNITS)}"
-        )
-    if not size and config.pixel_unit:
-        raise ValueError("ModelConfig.pixel_unit is set but pixel_size is empty; set both")
-    d = config.object_diameter
-    if d is not None and not (math.isfinite(d) and d > 0):
-        raise ValueError(
-            f"ModelConfig.object_diameter must be a positive number of pixels (or None), got {d!r}"
-        )
 
 
 @dataclass
@@ -252,7 +178,7 @@ class NormalizationConfig(_Config):
     min_foreground: float = 0.1
 
     def __post_init__(self) -> None:
-        _check_choice("NormalizationConfig", "mode", self.mode, ("percentile", "window", "none"))
+        check_choice("NormalizationConfig", "mode", self.mode, ("percentile", "window", "none"))
         if self.mode != "none" and not self.low < self.high:
             raise ValueError(
                 f"NormalizationConfig: low ({self.low}) must be below high ({self.high})"
@@ -294,9 +220,9 @@ class DataConfig(_Config):
         if isinstance(self.normalization, dict):
             self.normalization = NormalizationConfig.from_dict(self.normalization)
         self.class_values = tuple(int(v) for v in self.class_values)
-        _check_choice("DataConfig", "label_mode", self.label_mode, ("dense", "sparse"))
-        _check_choice("DataConfig", "target", self.target, ("semantic", "instance"))
-        _check_positive("DataConfig", "boundary_width", self.boundary_width)
+        check_choice("DataConfig", "label_mode", self.label_mode, ("dense", "sparse"))
+        check_choice("DataConfig", "target", self.target, ("semantic", "instance"))
+        check_positive("DataConfig", "boundary_width", self.boundary_width)
         if self.label_mode == "sparse" and 1 in self.class_values:
             raise ValueError(
                 "DataConfig: in sparse mode label 1 means background and 0 unlabelled, so "
@@ -356,14 +282,14 @@ class TrainConfig(_Config):
                 raise ValueError(
                     f"TrainConfig.preserve_weight must lie in [0, 100] or be None, got {value!r}"
                 )
-        self.patch_size = _as_ints(owner, "patch_size", self.patch_size, 1, MAX_PATCH)
-        self.iterations = _as_int(owner, "iterations", self.iterations, 1, MAX_ITERATIONS)
-        self.batch_size = _as_int(owner, "batch_size", self.batch_size, 1, 4096)
-        self.validate_every = _as_int(
+        self.patch_size = as_ints(owner, "patch_size", self.patch_size, 1, MAX_PATCH)
+        self.iterations = as_int(owner, "iterations", self.iterations, 1, MAX_ITERATIONS)
+        self.batch_size = as_int(owner, "batch_size", self.batch_size, 1, 4096)
+        self.validate_every = as_int(
             owner, "validate_every", self.validate_every, 1, MAX_ITERATIONS
         )
-        self.num_workers = _as_int(owner, "num_workers", self.num_workers, 0, 256)
-        self.seed = _as_int(owner, "seed", self.seed, -(2**63), 2**63 - 1)
+        self.num_workers = as_int(owner, "num_workers", self.num_workers, 0, 256)
+        self.seed = as_int(owner, "seed", self.seed, -(2**63), 2**63 - 1)
         for name in ("learning_rate", "weight_decay", "dice_weight"):
             value = getattr(self, name)
             if (
@@ -372,7 +298,7 @@ class TrainConfig(_Config):
                 or not (math.isfinite(value) and value >= 0)
             ):
                 raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {value!r}")
-        _check_positive("TrainConfig", "learning_rate", self.learning_rate)
+        check_positive("TrainConfig", "learning_rate", self.learning_rate)
         voxels = self.batch_size * math.prod(self.patch_size)
         if voxels > MAX_BATCH_VOXELS:
             raise ValueError(
@@ -409,7 +335,7 @@ class TrainConfig(_Config):
             raise ValueError(
                 f"TrainConfig.patch_size must be 2 or 3 positive sizes, got {self.patch_size}"
             )
-        _check_choice("TrainConfig", "device", self.device, ("auto", "cuda", "mps", "cpu"))
+        check_choice("TrainConfig", "device", self.device, ("auto", "cuda", "mps", "cpu"))
 
 
 @dataclass
@@ -450,14 +376,14 @@ class PredictConfig(_Config):
     rescale: float | Literal["auto"] | None = None
 
     def __post_init__(self) -> None:
-        _check_predict_scale(self)
+        check_predict_scale(self)
         self.depths = tuple(int(d) for d in self.depths)
         self.tile_size = tuple(int(t) for t in self.tile_size)
         if not 0 <= self.overlap < 1:
             raise ValueError(f"PredictConfig.overlap must lie in [0, 1), got {self.overlap}")
-        _check_positive("PredictConfig", "batch_size", self.batch_size)
-        _check_choice("PredictConfig", "blending", self.blending, ("gaussian", "constant"))
-        _check_choice("PredictConfig", "device", self.device, ("auto", "cuda", "mps", "cpu"))
+        check_positive("PredictConfig", "batch_size", self.batch_size)
+        check_choice("PredictConfig", "blending", self.blending, ("gaussian", "constant"))
+        check_choice("PredictConfig", "device", self.device, ("auto", "cuda", "mps", "cpu"))
         if any(t <= 0 for t in self.tile_size):
             raise ValueError(f"PredictConfig.tile_size must be positive, got {self.tile_size}")
         if not 0 < self.threshold < 1:
@@ -477,36 +403,6 @@ class PredictConfig(_Config):
                 "PredictConfig.adaptive_depth chooses the depth per tile: leave pruned_depth, "
                 "depths and tta unset (or set adaptive_depth=False)"
             )
-
-
-def _check_predict_scale(config: PredictConfig) -> None:
-    from .scale import MAX_ZOOM, MIN_ZOOM, UNITS
-
-    if config.pixel_size is not None:
-        config.pixel_size = tuple(float(s) for s in config.pixel_size)
-        if not config.pixel_size or any(
-            not (math.isfinite(s) and s > 0) for s in config.pixel_size
-        ):
-            raise ValueError(
-                f"PredictConfig.pixel_size must be positive, finite values (one per spatial "
-                f"axis, or one for all), or None when unknown; got {config.pixel_size}"
-            )
-    if config.pixel_unit and config.pixel_unit not in UNITS:
-        raise ValueError(
-            f"PredictConfig.pixel_unit {config.pixel_unit!r}: use one of {sorted(UNITS)}, or "
-            "empty for the model's unit"
-        )
-    r = config.rescale
-    if r is None or r == "auto":
-        return
-    if isinstance(r, bool) or not isinstance(r, (int, float)):
-        raise ValueError(f"PredictConfig.rescale must be a number, 'auto' or None, got {r!r}")
-    if not (math.isfinite(r) and MIN_ZOOM <= r <= MAX_ZOOM):
-        raise ValueError(
-            f"PredictConfig.rescale {r!r} must lie in {MIN_ZOOM:g}..{MAX_ZOOM:g} (0.5 halves "
-            "the image: objects twice the training size); use 'auto' to measure it"
-        )
-    config.rescale = float(r)
 
 
 _NESTED: dict[tuple[str, str], type[_Config]] = {
