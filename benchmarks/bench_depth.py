@@ -36,8 +36,9 @@ import zoo_specs as Z  # noqa: E402
 from napari_unetpp import metrics as M  # noqa: E402
 from napari_unetpp import zoo  # noqa: E402
 from napari_unetpp.config import PredictConfig  # noqa: E402
-from napari_unetpp.disagreement import THRESHOLDS, calibrate, check_image, judge  # noqa: E402
+from napari_unetpp.disagreement import check_image  # noqa: E402
 from napari_unetpp.events import drive  # noqa: E402
+from napari_unetpp.image_check import THRESHOLDS, calibrate, judge  # noqa: E402
 from napari_unetpp.inference import predict_array  # noqa: E402
 from napari_unetpp.postprocess import probabilities_to_labels  # noqa: E402
 

@@ -251,7 +251,7 @@ def test_cli_depth_auto_disagreement_and_info_on(tmp_path, em_stack, capsys) -> 
 
 
 def test_judge_and_calibrate_name_the_remedy() -> None:
-    from napari_unetpp.disagreement import THRESHOLDS, calibrate, judge
+    from napari_unetpp.image_check import THRESHOLDS, calibrate, judge
 
     quiet = {
         "depth_disagreement": 0.01,

@@ -1,0 +1,232 @@
+"""Is this image like the training data? The signals, their thresholds and the verdict.
+
+Why apart from :mod:`disagreement`: the maps there say *where* the heads disagree; this
+module turns one pass's probabilities into a handful of per-image numbers (depth and
+flip disagreement, uncertain fraction, object size, scale gain) and judges them against
+thresholds calibrated per model. :func:`judge` and :func:`calibrate` are pure, so the
+benchmark re-runs the verdict on stored signals without predicting again;
+:func:`disagreement.check_image` runs the predictions and calls them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .config import DataConfig, ModelConfig
+from .disagreement import DepthAdvice, class_spread, disagreement_map
+
+__all__ = [
+    "ImageCheck",
+    "SIZE_HINT",
+    "THRESHOLDS",
+    "calibrate",
+    "half_size",
+    "image_signals",
+    "judge",
+]
+
+#: Fallback warning thresholds, for a model without its own calibration (a checkpoint's
+#: ``metrics["image_check"]``, see :func:`calibrate`): the largest of the zoo models'
+#: calibrated values (benchmarks/bench_depth.py). A signal above its threshold marks the
+#: image as unlike the training data; ``size_ratio`` is a factor either way (objects that
+#: much larger or smaller than the training median): DSB nuclei vary up to 2.9x between
+#: images of the held-back split, so 2.5 keeps native images quiet.
+THRESHOLDS: dict[str, float] = {
+    "depth_disagreement": 0.19,
+    "flip_disagreement": 0.06,
+    "uncertain_fraction": 0.17,
+    "size_ratio": 2.5,
+    "scale_gain": 1.6,
+}
+#: A size ratio beyond this (but within ``size_ratio``) gives a hint, not a warning.
+SIZE_HINT = 1.5
+#: Added to both sides of the scale probe's ratio, so images where the heads agree
+#: almost perfectly at both sizes (ratio of two tiny numbers) do not count as a gain.
+_PROBE_FLOOR = 0.002
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def _uncertain(prob: np.ndarray, num_classes: int) -> np.ndarray:
+    """Pixels whose deepest prediction is far from certain (top class below 0.75)."""
+    confidence = np.maximum(prob, 1 - prob) if num_classes == 1 else prob.max(axis=0)
+    return confidence < 0.75
+
+
+def _object_diameter(
+    prob: np.ndarray, model_config: ModelConfig, data_config: DataConfig
+) -> float | None:
+    """Median equivalent diameter (pixels) of the predicted objects, ``None`` without objects."""
+    from skimage.measure import regionprops
+
+    from .postprocess import probabilities_to_labels
+
+    labels = probabilities_to_labels(prob, model_config, data_config)
+    if data_config.target != "instance":
+        from scipy import ndimage
+
+        labels, _ = ndimage.label(labels > 0)
+    areas = [r.area for r in regionprops(np.asarray(labels))]
+    if not areas:
+        return None
+    dims = model_config.spatial_dims
+    median = float(np.median(areas))
+    if dims == 2:
+        return float(2 * (median / np.pi) ** 0.5)
+    return float(2 * (3 * median / (4 * np.pi)) ** (1 / 3))
+
+
+def image_signals(
+    probs: Mapping[int, Any],
+    flipped: np.ndarray | None,
+    model_config: ModelConfig,
+    data_config: DataConfig,
+    half: Mapping[int, Any] | None = None,
+) -> dict[str, float | None]:
+    """The per-image signals of :func:`check_image` from one pass (and optional probes).
+
+    ``flipped``: the deepest head's probabilities of the flipped image, flipped back.
+    ``half``: every depth's probabilities of the image at half size; ``scale_gain``
+    is how much better the heads agree there (> 1: objects look larger than in training).
+    """
+    deepest = np.asarray(probs[max(probs)], np.float32)
+    c = model_config.num_classes
+    signals: dict[str, float | None] = {
+        "depth_disagreement": float(disagreement_map(probs, c).mean()),
+        "uncertain_fraction": float(_uncertain(deepest, c).mean()),
+        "flip_disagreement": None,
+        "object_diameter": None,
+        "size_ratio": None,
+        "scale_gain": None,
+    }
+    if half is not None:
+        at_half = float(disagreement_map(half, c).mean())
+        signals["scale_gain"] = ((signals["depth_disagreement"] or 0.0) + _PROBE_FLOOR) / (
+            at_half + _PROBE_FLOOR
+        )
+    if flipped is not None:
+        signals["flip_disagreement"] = float(class_spread(np.stack([deepest, flipped]), c).mean())
+    expected = getattr(model_config, "object_diameter", None)  # the "scale" engineer's field
+    if expected:
+        measured = _object_diameter(deepest, model_config, data_config)
+        signals["object_diameter"] = measured
+        signals["size_ratio"] = None if measured is None else measured / float(expected)
+    return signals
+
+
+@dataclass
+class ImageCheck:
+    """Is this image like the training data? Signals, verdict, reasons, remedies, depth advice."""
+
+    signals: dict[str, float | None]
+    unlike_training: bool
+    reasons: list[str] = field(default_factory=list)
+    remedies: list[str] = field(default_factory=list)
+    advice: DepthAdvice | None = None
+
+    def report(self) -> str:
+        """Lines for a CLI or a notification."""
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in self.signals.items() if v is not None)
+        lines = [
+            (
+                "WARNING: this image looks unlike the model's training data"
+                if self.unlike_training
+                else "this image looks like the training data"
+            )
+            + f" ({shown})"
+        ]
+        lines += [f"  - {r}" for r in self.reasons]
+        lines += [f"  remedy: {r}" for r in self.remedies]
+        if self.advice is not None:
+            lines.append(f"depth: {self.advice.message}")
+        return "\n".join(lines)
+
+
+def judge(
+    signals: Mapping[str, float | None], thresholds: Mapping[str, float] = THRESHOLDS
+) -> tuple[bool, list[str], list[str]]:
+    """Verdict, reasons and remedies from the signals (pure: the calibration re-runs it)."""
+    reasons: list[str] = []
+    for name in ("depth_disagreement", "flip_disagreement", "uncertain_fraction"):
+        value = signals.get(name)
+        if value is not None and value > thresholds[name]:
+            reasons.append(f"{name.replace('_', ' ')} {value:.3f} > {thresholds[name]:.3f}")
+    ratio = signals.get("size_ratio")
+    limit = thresholds["size_ratio"]
+    size_off = ratio is not None and not 1 / limit <= ratio <= limit
+    if size_off:
+        reasons.append(f"objects are {ratio:.2f}x the training size (limit {limit:.2f}x)")
+    gain = signals.get("scale_gain")
+    larger = gain is not None and gain > thresholds["scale_gain"]
+    if larger:
+        reasons.append(
+            f"the depths agree {gain:.1f}x better at half size: objects look "
+            "larger than in training"
+        )
+    remedies: list[str] = []
+    if reasons:
+        if size_off or larger:
+            factor = 1 / ratio if size_off and ratio else 0.5
+            remedies.append(
+                f"rescale the image by {factor:.2f} (or give its pixel size) so "
+                "objects match the training size"
+            )
+        else:
+            remedies.append(
+                "check the pixel size (rescale so objects have the training size); "
+                "if they already match, fine-tune on a few labelled regions of this "
+                "image (the highest-disagreement ones)"
+            )
+    elif ratio is not None and not 1 / SIZE_HINT <= ratio <= SIZE_HINT:
+        # within the natural spread of the training images, so no warning; still worth a try
+        remedies.append(
+            f"objects are {ratio:.2f}x the training size: try 'auto object size' "
+            "(--rescale auto) and compare"
+        )
+    return bool(reasons), reasons, remedies
+
+
+def calibrate(
+    native: Sequence[Mapping[str, float | None]], margin: float = 1.5
+) -> dict[str, float]:
+    """Thresholds for one model: ``margin`` x the largest value of each signal on images
+    like its training data (a held-back validation split, native, never the test split).
+
+    Stored in the checkpoint as ``metrics["image_check"]``; :func:`check_image` reads it.
+    """
+    out: dict[str, float] = {}
+    for name in ("depth_disagreement", "flip_disagreement", "uncertain_fraction"):
+        values = [float(v) for r in native if (v := r.get(name)) is not None]
+        if values:
+            out[name] = round(margin * max(values), 4)
+    gains = [float(v) for r in native if (v := r.get("scale_gain")) is not None]
+    if gains:  # a ratio near 1 on native images: the fallback unless natives reach it
+        out["scale_gain"] = round(max(THRESHOLDS["scale_gain"], 1.1 * max(gains)), 3)
+    return out
+
+
+def half_size(image: Any, spatial_dims: int, channel_axis: int | None) -> np.ndarray | None:
+    """The image at half size along its spatial axes (anti-aliased), or None when too small."""
+    from skimage.transform import resize
+
+    array = np.asarray(image)
+    ndim = array.ndim
+    channel = None if channel_axis is None else channel_axis % ndim
+    spatial = [a for a in range(ndim) if a != channel][-spatial_dims:]
+    shape = [s // 2 if a in spatial else s for a, s in enumerate(array.shape)]
+    if min(shape[a] for a in spatial) < 32:
+        return None
+    sigma = [0.5 if a in spatial else 0.0 for a in range(ndim)]
+    return resize(
+        array.astype(np.float32),
+        shape,
+        order=1,
+        anti_aliasing=True,
+        anti_aliasing_sigma=sigma,
+        preserve_range=True,
+    ).astype(np.float32)
