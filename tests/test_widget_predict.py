@@ -342,7 +342,7 @@ def test_class_names_on_hover_fixed_colours_and_legend(
 
 
 def test_shipped_model_matches_the_image(make_napari_viewer: Any) -> None:
-    from napari_unetpp._widgets.predict import guess_zoo_model
+    from napari_unetpp._widgets._model_box import guess_zoo_model
 
     viewer = make_napari_viewer()
     em = viewer.add_image(np.zeros((8, 8), np.uint8), name="em sample")

@@ -129,6 +129,13 @@ def put_layer(
 # --------------------------------------------------------------------------- input layers
 
 
+def layer_choices(viewer: Any, kind: type[Any]) -> Any:
+    """A ComboBox ``choices`` callable: (name, layer) of the viewer's layers of ``kind``."""
+    return lambda _w=None: [
+        (layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)
+    ]
+
+
 def layer_data(layer: Any) -> Any:
     """A layer's array (the full-resolution level of a multiscale layer)."""
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data

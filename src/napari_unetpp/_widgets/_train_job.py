@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..config import DataConfig, DeviceName, ModelConfig, TrainConfig
     from ..training import TrainResult
 
-__all__ = ["PreviewEvent", "PreviewSource", "train_job", "predict_labels_job"]
+__all__ = ["PreviewEvent", "PreviewSource", "train_job", "predict_labels_job", "record_train"]
 
 
 @dataclass
@@ -120,3 +120,30 @@ def train_job(
             int(result.info.provenance.get("iterations") or 0),
         )
     return result
+
+
+def record_train(
+    run_dir: Path,
+    pairs: list[tuple[Any, Any]],
+    model: ModelConfig,
+    train: TrainConfig,
+    data: DataConfig,
+    origin: str | None,
+) -> None:
+    """``run.json``, ``command.sh`` and the (image, labels) layers as files: the same run
+    as ``napari-unetpp train``; ``origin`` is the starting model (spec or path) or None."""
+    from ..runs import format_command, save_run_record, train_record
+    from ._layers import layer_files
+
+    images = layer_files([i for i, _ in pairs], run_dir / "data", "image")
+    labels = layer_files([lab for _, lab in pairs], run_dir / "data", "labels")
+    configs = train_record(model, train, data, {"images": images, "labels": labels}, origin)
+    command = format_command(
+        "train",
+        images=images,
+        labels=labels,
+        out=run_dir,
+        config=run_dir / "run.json",
+        from_=origin,
+    )
+    save_run_record(run_dir, "train", configs, command)

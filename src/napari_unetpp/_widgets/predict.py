@@ -1,56 +1,54 @@
 """Segment an Image layer with a UNet++ and see every depth (a thin widget).
 
-UI values -> PredictConfig + the model's DataConfig -> ``inference.predict`` in a
-:class:`._runner.JobRunner` -> events -> progress bar -> layers, updated in place on re-runs:
-``<image> UNet++ L1`` .. ``L<D>`` (per-depth probability, magma, same scale/translate as the
-input) and ``<image> UNet++ labels`` (``postprocess.probabilities_to_labels`` of the depth
-the pruning panel's slider shows: instances for nuclei models). The labels layer's metadata
-records the model, that depth and the scale; class names show on hover (layer features)
-with fixed colours and a legend in the dock. Per-depth layers that an earlier model with
-more depths left behind are removed. Multi-class models show the probability of *any
-foreground* (1 - background) per depth, what one compares across depths by eye; the
-classes are in the labels. "current slice only" writes its own one-slice-thick
-``... (quick look)`` layers placed at the slice shown, leaving the whole-stack layers
-alone. RGB images given to a 1-channel model become grey (luminance,
-``data.rgb_to_grey``, as the CLI does).
+UI values -> PredictConfig + the model's DataConfig (:mod:`._predict_job`) ->
+``inference.predict`` in a :class:`._runner.JobRunner` -> events -> progress bar ->
+layers, updated in place on re-runs (:mod:`._predict_layers`). The model box offers
+shipped, just-trained and saved models (:mod:`._model_box`). RGB images given to a
+1-channel model become grey (luminance, as the CLI does).
 
-Every run writes ``run.json``, ``command.sh`` (the same run as ``napari-unetpp predict``)
-and ``labels.tif`` into ``<output folder>/<image>-<timestamp>``. The default output folder
-is ``~/napari-unetpp/predictions``, beside the train widget's ``runs``: one predictable
-place, never a write into data folders (often read-only shares).
+Every run writes ``run.json``, ``command.sh`` and ``labels.tif`` into ``<output
+folder>/<image>-<timestamp>``; the default, ``~/napari-unetpp/predictions``, is one
+predictable place, never a write into data folders (often read-only shares).
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
     FileEdit,
-    Label,
     ProgressBar,
     PushButton,
     SpinBox,
     TextEdit,
 )
-from napari.layers import Image, Labels
-from napari.utils.notifications import show_error, show_info
+from napari.layers import Image
+from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..locate import is_zoo, zoo_name, zoo_spec
-from ..normalization import rgb_to_grey
-from ..runs import format_command, new_run_dir, predict_record, save_run_record
+from ..runs import new_run_dir
 from ..zoo import card_markdown
 from . import _state
 from ._jobs import on_dock_closed, queue_for
-from ._layers import class_legend, labels_style, layer_file, put_layer
+from ._layers import layer_choices
+from ._model_box import SOURCES, device_choices, guess_zoo_model, model_name, zoo_choices
 from ._paths import chosen_path
+from ._predict_job import (
+    SCOPES,
+    Placement,
+    default_scope,
+    predict_config,
+    predict_input,
+    record_predict,
+    segment_job,
+)
+from ._predict_layers import show_result
 from ._runner import JobRunner
+from ._ui import narrow, wrapped
 from .pruning_panel import PruningPanel
 from .scale_panel import ScalePanel, check_job, estimate_job
 
@@ -62,48 +60,7 @@ if TYPE_CHECKING:
     from ..events import Stopper
     from ..model import UNetPlusPlus
 
-SOURCES = ["shipped", "just trained", "from file"]
-SCOPES = ["2D", "whole stack slice-wise", "3D", "current slice only (quick look)"]
 DEFAULT_OUTPUT = Path.home() / "napari-unetpp" / "predictions"
-
-
-class Placement(NamedTuple):
-    """Where a run's output goes: slice index (quick look), output scale and translate."""
-
-    lead_index: tuple[int, ...] | None
-    scale: tuple[float, ...]
-    translate: tuple[float, ...]
-
-
-def segment_job(
-    model: UNetPlusPlus,
-    image: Any,
-    config: PredictConfig,
-    data: DataConfig,
-    stopper: Stopper,
-    run_dir: Path,
-    depth: int | None = None,
-) -> Generator[Any, None, tuple[Any, Any]]:
-    """Predict, then turn head ``depth`` (default: the pruned or deepest one) into labels;
-    save them to ``run_dir``."""
-    import tifffile
-
-    from ..inference import predict
-    from ..postprocess import probabilities_to_labels
-
-    probs = yield from predict(model, image, config, data, stopper=stopper)
-    if not probs.complete:
-        return probs, None
-    depth = config.pruned_depth or (depth if depth in probs else max(probs))
-    labels = probabilities_to_labels(
-        np.asarray(probs[depth]),
-        model.config,
-        data,
-        threshold=config.threshold,
-        min_size=config.min_size,
-    )
-    tifffile.imwrite(run_dir / "labels.tif", labels, compression="zlib")
-    return probs, labels
 
 
 class PredictWidget(Container):
@@ -129,7 +86,7 @@ class PredictWidget(Container):
             "just trained"
             if _state.registered_models()
             else "shipped"
-            if self._zoo_choices()
+            if zoo_choices()
             else "from file"
         )
         self._source.value = initial
@@ -148,10 +105,10 @@ class PredictWidget(Container):
         self._card = TextEdit(label="Model card", value="no model loaded")
         self._card.native.setReadOnly(True)
         self._card.native.setMaximumHeight(150)
-        self._image = ComboBox(label="Image", choices=self._image_layers)
+        self._image = ComboBox(label="Image", choices=layer_choices(self._viewer, Image))
         self._scope = ComboBox(label="Scope", choices=SCOPES)
         self._tile = SpinBox(label="Tile size", min=16, max=4096, step=16, value=256)
-        self._device = ComboBox(label="Device", choices=_device_choices())
+        self._device = ComboBox(label="Device", choices=device_choices())
         self._tta = CheckBox(
             text="Test-time augmentation (8x slower)",
             tooltip="averages flipped copies: smoother, 8x slower",
@@ -162,17 +119,16 @@ class PredictWidget(Container):
         self._run = PushButton(text="Segment")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(min=0, max=100, value=0)
-        self._status = Label(value="")
-        self._status.native.setWordWrap(True)  # long run paths must not widen the dock
-        self._legend = Label(value="", visible=False)
-        self._legend.native.setWordWrap(True)
+        self._status = wrapped()  # long run paths must not widen the dock
+        self._legend = wrapped()
+        self._legend.visible = False
         self.pruning = PruningPanel(self._runner.queue)
         self.pruning.set_device(self._device.value)
         self.pruning.set_output_folder(chosen_path(self._output.value, "output folder"))
         self.scale = ScalePanel()
         buttons = Container(layout="horizontal", widgets=[self._run, self._cancel], labels=False)
         for box in (self._source, self._model, self._image, self._scope, self._device):
-            _narrow(box)  # long model/layer names must not widen the dock (laptop screens)
+            narrow(box)  # long model/layer names must not widen the dock (laptop screens)
         self.extend(
             [
                 self._source,
@@ -234,24 +190,15 @@ class PredictWidget(Container):
         """Choose the shipped model that matches the chosen image (EM, CT, nuclei)."""
         layer = self._image.value
         match = None if layer is None else guess_zoo_model(layer)
-        choices = [value for _, value in self._zoo_choices()]
+        choices = [value for _, value in zoo_choices()]
         if match in choices:
             self._model.reset_choices()
             self._model.value = match
 
-    def _image_layers(self, _w: Any = None) -> list[tuple[str, Image]]:
-        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
-
-    @staticmethod
-    def _zoo_choices() -> list[tuple[str, str]]:
-        from .. import zoo
-
-        return [(entry.title, entry.spec) for entry in zoo.available_models()]
-
     def _model_choices(self, _w: Any = None) -> list[tuple[str, str]]:
         source = self._source.value if hasattr(self, "_source") else None
         if source == "shipped":
-            return self._zoo_choices()
+            return zoo_choices()
         if source == "just trained":
             return [(name, str(path)) for name, path in _state.registered_models().items()]
         return []
@@ -317,126 +264,72 @@ class PredictWidget(Container):
     @property
     def model_name(self) -> str:
         """A short name of the loaded model, for folders and layer metadata."""
-        spec = self.model_spec or "model"
-        if is_zoo(spec):
-            return zoo_name(spec)
-        path = Path(spec)  # a training run's best/ or last/ is named after its run
-        return f"{path.parent.name}-{path.name}" if path.name in ("best", "last") else path.stem
+        return model_name(self.model_spec)
 
     # ------------------------------------------------------------------ run
 
     def _default_scope(self, _value: Any = None) -> None:
         layer, model = self._image.value, self.model
-        if layer is None or model is None:
-            return
-        spatial = layer.ndim - (model.config.in_channels > 1 and not layer.rgb)
-        if model.config.spatial_dims == 3:
-            self._scope.value = "3D"
-        else:
-            self._scope.value = "whole stack slice-wise" if spatial > 2 else "2D"
+        if layer is not None and model is not None:
+            self._scope.value = default_scope(layer, model.config)
 
     def _input(self, layer: Image) -> tuple[Any, DataConfig, Placement]:
         """The array to segment, its DataConfig and where the output goes; checks the scope."""
         assert self.model is not None and self.info is not None
-        data, cfg, scope = (
-            layer.data[0] if layer.multiscale else layer.data,
-            self.info.data,
-            self._scope.value,
-        )
-        dims, channels = self.model.config.spatial_dims, self.model.config.in_channels
-        if layer.rgb and channels == 1:
-            data, axis = rgb_to_grey(data), None  # the grey the CLI and the zoo use
-        elif layer.rgb:
-            axis = data.ndim - 1
-        else:
-            axis = None if channels == 1 else cfg.channel_axis
-            if axis is None and channels > 1:
-                raise ValueError(
-                    f"the model expects {channels} channels; open the image as one "
-                    "layer with a channel axis (or as RGB)"
-                )
-        axis = None if axis is None else axis % data.ndim
-        scale, translate = list(layer.scale), list(layer.translate)
-        if axis is not None and not layer.rgb:
-            del scale[axis], translate[axis]
-        spatial = data.ndim - (axis is not None)
-        if scope == "3D" and (dims != 3 or spatial < 3):
-            raise ValueError(
-                "'3D' needs a 3D model and a 3D image; this model is "
-                f"{dims}D: choose 'whole stack slice-wise'"
-            )
-        if scope != "3D" and dims == 3:
-            raise ValueError("this model is 3D: choose the '3D' scope")
-        if scope == "2D" and spatial > 2:
-            raise ValueError(
-                f"the image has {spatial} dimensions: choose 'whole stack "
-                "slice-wise' or 'current slice only'"
-            )
-        lead_index = None
-        if scope.startswith("current") and spatial > 2:
-            point = list(layer.world_to_data(self._viewer.dims.point))
-            lead = [a for a in range(data.ndim) if a != axis][: spatial - 2]
-            lead_index = tuple(int(np.clip(round(point[a]), 0, data.shape[a] - 1)) for a in lead)
-            index: list[int | slice] = [slice(None)] * data.ndim
-            for a, i in zip(lead, lead_index, strict=True):
-                index[a] = i
-            data = data[tuple(index)]
-            if axis is not None:
-                axis -= sum(1 for a in lead if a < axis)
-            for k, i in enumerate(lead_index):
-                translate[k] += i * scale[k]
-        return (
-            data,
-            cfg.replace(channel_axis=axis),
-            Placement(lead_index, tuple(scale), tuple(translate)),
-        )
+        point = self._viewer.dims.point
+        return predict_input(layer, self.model.config, self.info.data, self._scope.value, point)
 
     def _predict_config(self, pruned_depth: int | None) -> PredictConfig:
-        from ..config import PredictConfig
-
         dims = self.model.config.spatial_dims if self.model is not None else 2
-        scale = self.scale.overrides()
-        if pruned_depth is not None or self._tta.value:
-            scale["adaptive_depth"] = False  # Apply runs the pruned network; TTA all depths
-        return PredictConfig(
-            pruned_depth=pruned_depth,
-            tile_size=(self._tile.value,) * dims,
-            tta=self._tta.value,
-            device=self._device.value,
-            **scale,
-        )
+        tile, tta, overrides = self._tile.value, self._tta.value, self.scale.overrides()
+        return predict_config(dims, tile, tta, self._device.value, overrides, pruned_depth)
 
     def segment(self, pruned_depth: int | None = None) -> None:
         """Segment the chosen image: all depths, or only ``pruned_depth`` (fast path)."""
         from ..events import Stopper
 
-        if self._runner.running:
-            show_info("a UNet++ job of this dock is running: wait for it or press Cancel")
+        if (ready := self._ready()) is None:
             return
-        layer = self._image.value
-        if self.model is None or layer is None:
-            show_error("choose a model and an Image layer first")
-            return
+        model, layer = ready
         try:
             image, data, placement = self._input(layer)
             config = self._predict_config(pruned_depth)
-            run_dir = self._fresh_run_dir(layer.name)
-            self._record(run_dir, layer, config, data)
+            run_dir = self._new_run(layer, config, data)
         except (ValueError, OSError) as exc:
             show_error(str(exc))
             return
         stopper, depth = Stopper(), pruned_depth or self.pruning.depth
-        self._set_running(True)
-        self._status.value = f"segmenting {layer.name} (labels from L{depth})..."
-        self._runner.start(
-            segment_job(self.model, image, config, data, stopper, run_dir, depth),
-            on_yield=self._on_event,
-            on_return=lambda r: self._show(layer, placement, r, config, depth),
-            on_finish=lambda: self._set_running(False),
-            stop=stopper.stop,
+        self._start(
+            f"segmenting {layer.name} (labels from L{depth})",
+            segment_job(model, image, config, data, stopper, run_dir, depth),
+            lambda r: self._show(layer, placement, r, config, depth),
+            stopper,
         )
         if self._runner.queued:
             self._status.value = "waiting for another UNet++ job of this viewer to finish..."
+
+    def _ready(self) -> tuple[UNetPlusPlus, Image] | None:
+        """The model and image, when a job may start; else None (the user is told why)."""
+        if self._runner.running:
+            show_info("a UNet++ job of this dock is running: wait for it or press Cancel")
+            return None
+        layer = self._image.value
+        if self.model is None or layer is None:
+            show_error("choose a model and an Image layer first")
+            return None
+        return self.model, layer
+
+    def _start(self, what: str, job: Any, on_return: Any, stopper: Stopper) -> None:
+        """Run ``job`` in the viewer's job queue; progress in the dock; buttons locked."""
+        self._set_running(True)
+        self._status.value = f"{what}..."
+        self._runner.start(
+            job,
+            on_yield=self._on_event,
+            on_return=on_return,
+            on_finish=lambda: self._set_running(False),
+            stop=stopper.stop,
+        )
 
     def cancel(self, _value: Any = None) -> None:
         """Ask the running segmentation to stop after its current tile batch."""
@@ -470,12 +363,9 @@ class PredictWidget(Container):
         if labels is None:
             self._status.value = "cancelled: layers left unchanged"
             return
+        assert self.model is not None and self.info is not None
         self.last_probabilities = dict(probs)
-        lead_index = where.lead_index
-        lift = (lambda a: a) if lead_index is None else (lambda a: a[(None,) * len(lead_index)])
         final = config.pruned_depth or (depth if depth in probs else max(probs))
-        base = f"{layer.name} UNet++"
-        suffix = "" if where.lead_index is None else " (quick look)"
         meta = {
             "model": self.model_spec,
             "model_name": self.model_name,
@@ -484,41 +374,17 @@ class PredictWidget(Container):
             "run": str(self.last_run_dir),
             "scope": self._scope.value,
         }
-        if config.pruned_depth is None:
-            self._drop_stale_depths(base, suffix, set(probs))
-        for d in sorted(probs):
-            p = np.asarray(probs[d])
-            shown = p if p.ndim == np.ndim(labels) else 1.0 - p[0]  # classes: foreground
-            put_layer(
-                self._viewer,
-                Image,
-                f"{base} L{d}{suffix}",
-                lift(shown),
-                where.scale,
-                where.translate,
-                {**meta, "depth": d},
-                colormap="magma",
-                contrast_limits=(0.0, 1.0),
-                opacity=0.7,
-                blending="additive",
-            )
-        for d in self._depth_layers(base, suffix):  # only the labels' depth is shown
-            self._viewer.layers[f"{base} L{d}{suffix}"].visible = d == final
-        assert self.model is not None and self.info is not None
-        instance = self.info.data.target == "instance"
-        put_layer(
+        legend, notes = show_result(
             self._viewer,
-            Labels,
-            f"{base} labels{suffix}",
-            lift(labels),
-            where.scale,
-            where.translate,
+            layer.name,
+            result,
+            where,
             meta,
-            **labels_style(self.model.config, instance),
+            self.model.config,
+            instance=self.info.data.target == "instance",
+            all_depths=config.pruned_depth is None,
         )
-        self._legend.value = class_legend(self.model.config, instance)
-        self._legend.visible = bool(self._legend.value)
-        notes = self._show_maps(base, suffix, probs, where, meta, lift)
+        self._legend.value, self._legend.visible = legend, bool(legend)
         self._progress.value = 100
         source = (
             "adaptive depth, up to" if hasattr(probs, "depth_map") else "the Depth slider's depth:"
@@ -526,51 +392,6 @@ class PredictWidget(Container):
         self._status.value = "; ".join(
             [f"done: labels from {source} L{final}", *notes, f"run saved in {self.last_run_dir}"]
         )
-
-    def _show_maps(
-        self, base: str, suffix: str, probs: Any, where: Placement, meta: dict[str, Any], lift: Any
-    ) -> list[str]:
-        """Adaptive depth's "depth used" and disagreement layers; what the scale step did."""
-        notes = []
-        if hasattr(probs, "depth_map"):
-            assert self.model is not None
-            put_layer(
-                self._viewer,
-                Image,
-                f"{base} depth used{suffix}",
-                lift(probs.depth_map),
-                where.scale,
-                where.translate,
-                meta,
-                colormap="viridis",
-                contrast_limits=(1, self.model.depth),
-                opacity=0.5,
-                visible=False,
-            )
-            put_layer(
-                self._viewer,
-                Image,
-                f"{base} disagreement{suffix}",
-                lift(probs.disagreement),
-                where.scale,
-                where.translate,
-                meta,
-                colormap="inferno",
-                opacity=0.6,
-                blending="additive",
-                visible=False,
-            )
-            notes.append(probs.summary())
-        scale = getattr(probs, "scale", None)
-        if scale:
-            zoom = " x ".join(f"{z:.2f}" for z in scale.get("zoom", ()))
-            measured = scale.get("measured_diameter")
-            notes.append(
-                f"resampled by {zoom} to the model's scale"
-                + (f" (objects ~{measured:.0f} px)" if measured else "")
-                + (f"; {scale['note']}" if scale.get("note") else "")
-            )
-        return notes
 
     def estimate_size(self, _value: Any = None) -> None:
         """Measure the median object diameter (one pass) and put it in the panel."""
@@ -596,8 +417,6 @@ class PredictWidget(Container):
         )
 
     def _on_check(self, check: Any) -> None:
-        from napari.utils.notifications import show_warning
-
         if check is None:
             return
         report = check.report()
@@ -608,13 +427,9 @@ class PredictWidget(Container):
         """Estimate / Check: the same input, config and job queue as Segment."""
         from ..events import Stopper
 
-        layer = self._image.value
-        if self.model is None or layer is None:
-            show_error("choose a model and an Image layer first")
+        if (ready := self._ready()) is None:
             return
-        if self._runner.running:
-            show_info("a UNet++ job of this dock is running: wait for it or press Cancel")
-            return
+        model, layer = ready
         try:
             image, data, _ = self._input(layer)
             config = self._predict_config(None)
@@ -622,99 +437,19 @@ class PredictWidget(Container):
             show_error(str(exc))
             return
         stopper = Stopper()
-        self._set_running(True)
-        self._status.value = f"{what}..."
-        self._runner.start(
-            job(self.model, image, config, data, stopper=stopper, **kwargs),
-            on_yield=self._on_event,
-            on_return=on_return,
-            on_finish=lambda: self._set_running(False),
-            stop=stopper.stop,
+        self._start(
+            what, job(model, image, config, data, stopper=stopper, **kwargs), on_return, stopper
         )
-
-    def _depth_layers(self, base: str, suffix: str) -> list[int]:
-        """The depths ``d`` of existing ``<base> L<d><suffix>`` layers."""
-        found = []
-        for existing in self._viewer.layers:
-            tail = existing.name[len(base) + 2 :] if existing.name.startswith(f"{base} L") else ""
-            if suffix:
-                tail = tail[: -len(suffix)] if tail.endswith(suffix) else ""
-            if tail.isdigit():
-                found.append(int(tail))
-        return found
-
-    def _drop_stale_depths(self, base: str, suffix: str, depths: set[int]) -> None:
-        """Remove per-depth layers an earlier model (with more depths) left behind."""
-        for d in self._depth_layers(base, suffix):
-            if d not in depths:
-                self._viewer.layers.remove(f"{base} L{d}{suffix}")
 
     # ------------------------------------------------------------------ records
 
-    def _fresh_run_dir(self, name: str) -> Path:
-        self.last_run_dir = new_run_dir(chosen_path(self._output.value, "output folder"), name)
-        return self.last_run_dir
-
-    def _record(self, run_dir: Path, layer: Image, config: PredictConfig, data: DataConfig) -> None:
+    def _new_run(self, layer: Image, config: PredictConfig, data: DataConfig) -> Path:
+        """A fresh run folder with ``run.json`` and ``command.sh`` in it."""
         if self.info is None:
             raise ValueError("load a model first")
-        image = layer_file(layer, run_dir, "image")
-        spec = self.model_spec or ""
-        model = self.info.model.to_dict()
-        scope = self._scope.value
-        configs = predict_record(spec, config, data, model=model, images=[image], scope=scope)
-        command = format_command(
-            "predict",
-            spec,
-            image,
-            out=run_dir,
-            config=run_dir / "run.json",
-            depth=config.pruned_depth,
-            channel_axis=data.channel_axis,
-            probabilities=True,
+        folder = chosen_path(self._output.value, "output folder")
+        self.last_run_dir = run_dir = new_run_dir(folder, layer.name)
+        record_predict(
+            run_dir, layer, self.model_spec or "", self.info, config, data, self._scope.value
         )
-        save_run_record(run_dir, "predict", configs, command)
-
-
-def _narrow(box: ComboBox, chars: int = 12) -> None:
-    """Let a combo box shrink below its longest item (the list still shows it whole)."""
-    from qtpy.QtWidgets import QComboBox
-
-    box.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-    box.native.setMinimumContentsLength(chars)
-
-
-def guess_zoo_model(layer: Any) -> str | None:
-    """``zoo:<name>`` of the shipped model made for this image (EM, CT or nuclei), or None.
-
-    From what napari knows: the sample's or file's name, then the pixel values
-    (Hounsfield units below -500 are CT; an 8-bit RGB image is a nuclei stain).
-    """
-    text = " ".join(
-        str(v)
-        for v in (
-            layer.name,
-            layer.metadata.get("source", ""),
-            getattr(layer.source, "path", "") or "",
-        )
-    ).lower()
-    words = set(text.replace("/", " ").replace("_", " ").replace(".", " ").split())
-    for name, hints in (
-        ("em", {"em", "isbi2012", "sstem", "tem", "membranes"}),
-        ("ct", {"ct", "totalseg", "hu"}),
-        ("nuclei", {"nuclei", "dsb2018", "nucleus", "dapi", "hoechst"}),
-    ):
-        if words & hints:
-            return zoo_spec(name)
-    data = layer.data[-1] if layer.multiscale else layer.data  # the smallest level: cheap
-    if np.issubdtype(data.dtype, np.signedinteger) and data.size and np.min(data) < -500:
-        return zoo_spec("ct")
-    return zoo_spec("nuclei") if layer.rgb else None
-
-
-def _device_choices() -> list[str]:
-    """``auto`` plus the device types present here (what PredictConfig.device accepts)."""
-    from ..devices import available_devices
-
-    kinds = [name.split(":")[0] for name in available_devices()]
-    return ["auto"] + [k for k in ("cuda", "mps", "cpu") if k in kinds]
+        return run_dir

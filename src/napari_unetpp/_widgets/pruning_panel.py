@@ -25,12 +25,13 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import Container, Label, PushButton, Slider
+from magicgui.widgets import Container, PushButton, Slider
 from napari.utils.notifications import show_error, show_info
 from psygnal import Signal
 
 from . import _state
 from ._runner import JobRunner
+from ._ui import wrapped
 
 #: The slider must rest this long before its depth is timed (a drag times once).
 TIMING_DELAY_MS = 400
@@ -83,8 +84,7 @@ class PruningPanel(Container):
         self.pruned: UNetPlusPlus | None = None
         self.ms_per_mpx: float | None = None
         self._depth = Slider(label="Depth", min=1, max=1, value=1, enabled=False)
-        self._readout = Label(value="load a model to prune it")
-        self._readout.native.setWordWrap(True)
+        self._readout = wrapped("load a model to prune it")
         self._apply = PushButton(text="Apply (segment at this depth)", enabled=False)
         self._save = PushButton(text="Save pruned model", enabled=False)
         buttons = Container(widgets=[self._apply, self._save], labels=False)  # fits ~420 px

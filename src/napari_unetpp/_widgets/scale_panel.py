@@ -19,7 +19,9 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, Container, FloatSpinBox, Label, LineEdit, PushButton
+from magicgui.widgets import CheckBox, Container, FloatSpinBox, LineEdit, PushButton
+
+from ._ui import wrapped
 
 if TYPE_CHECKING:
     from ..config import DataConfig, ModelConfig, PredictConfig
@@ -87,8 +89,7 @@ class ScalePanel(Container):
             "the image's pixel size per axis, e.g. '0.98 0.98 mm' (taken from "
             "the layer when the file says); empty = unknown"
         )
-        self._model_scale = Label(value="")
-        self._model_scale.native.setWordWrap(True)
+        self._model_scale = wrapped()
         self._diameter = FloatSpinBox(
             label="Object diameter (px)", min=0.0, max=2000.0, step=0.5, value=0.0
         )

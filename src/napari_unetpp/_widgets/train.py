@@ -3,7 +3,9 @@
 UI values -> ModelConfig / TrainConfig / DataConfig -> ``training.Trainer.run`` in the
 viewer's job queue -> events -> progress bar, live plot, optional preview layer. The
 finished (or stopped) run's best model is registered in :mod:`._state` for the predict
-widget, and ``run.json`` + ``command.sh`` beside it reproduce it from a shell.
+widget, and ``run.json`` + ``command.sh`` beside it reproduce it from a shell. The
+widgets and the configs they say are :class:`._train_form.TrainForm`; the job and
+the run record are in :mod:`._train_job`.
 
 Fine-tuning (starting from a model) switches to safe defaults: learning rate
 :data:`FINE_TUNE_LR`, :data:`FINE_TUNE_ITERATIONS` steps, BatchNorm statistics kept
@@ -21,75 +23,43 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.types import FileDialogMode
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    FloatSpinBox,
-    Label,
-    LineEdit,
-    ProgressBar,
-    PushButton,
-    SpinBox,
-    Widget,
-)
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
-from ..config import FINE_TUNE_LEARNING_RATE
-from ..locate import is_zoo, locate
-from ..runs import format_command, new_run_dir, save_run_record, train_record
+from ..locate import is_zoo
+from ..runs import new_run_dir
 from . import _state
 from ._jobs import on_dock_closed, queue_for
-from ._layers import PLUGIN_KEY, current_slice, layer_data, layer_files
+from ._layers import current_slice, layer_data
 from ._paths import chosen_path
-from ._plot import TrainingPlot
 from ._runner import JobRunner
-from ._train_job import PreviewEvent, PreviewSource, train_job
+from ._train_form import (
+    FINE_TUNE_ITERATIONS,
+    FINE_TUNE_LR,
+    SCRATCH_ITERATIONS,
+    SCRATCH_LR,
+    TrainForm,
+)
+from ._train_job import PreviewEvent, PreviewSource, record_train, train_job
 
 if TYPE_CHECKING:
     import napari
 
     from ..config import DataConfig, ModelConfig, TrainConfig
 
-WIDTH_PRESETS = {
-    "fast CPU (16..256)": (16, 32, 64, 128, 256),
-    "tiny (8..128)": (8, 16, 32, 64, 128),
-    "paper (32..512)": (32, 64, 128, 256, 512),
-}
-CHANNEL_AXES = [
-    ("none (grey)", "none"),
-    ("last (RGB / YXC)", "-1"),
-    ("axis 0", "0"),
-    ("axis 1", "1"),
-]
-DEFAULT_OUTPUT = Path.home() / "napari-unetpp" / "runs"
 #: Labels with more elements are guessed from their middle slice (keeps the GUI snappy).
 GUESS_MAX_SIZE = 1 << 24
-#: Defaults when starting from a trained model: small steps that keep what it knows.
-FINE_TUNE_LR, FINE_TUNE_ITERATIONS = FINE_TUNE_LEARNING_RATE, 200
-SCRATCH_LR, SCRATCH_ITERATIONS = 1e-3, 2000
 #: The label-mode guess is refreshed this long after the last brush stroke.
 GUESS_DELAY_MS = 500
 #: Progress text is redrawn at most this often (each redraw costs the GUI thread).
 STATUS_INTERVAL_S = 0.25
 
 
-def _wrapped(text: str = "") -> Label:
-    """A Label whose long text wraps instead of widening the dock."""
-    label = Label(value=text)
-    label.native.setWordWrap(True)
-    return label
-
-
-class TrainWidget(Container):
+class TrainWidget(TrainForm):
     """Dock widget: train a UNet++ from scratch or fine-tune one, on painted labels."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        super().__init__(scrollable=True)
-        self._viewer = napari_viewer
+        super().__init__(napari_viewer)
         self._runner = JobRunner(queue=queue_for(napari_viewer), owner="train")
         self._pairs: list[tuple[Image, Labels]] = []
         self._mode_from_user = False
@@ -97,143 +67,9 @@ class TrainWidget(Container):
         self._note, self._shown_at = "", 0.0
         self.last_run_dir: Path | None = None
         self.last_checkpoint: Path | None = None
-        self._build_data()
-        self._build_model()
-        self._build_advanced()
-        self._build_run()
         self._connect()
         self._on_pair_changed()
         self._on_queue_changed()
-
-    # ------------------------------------------------------------------ layout
-
-    def _layers(self, kind: type[Any]) -> Any:
-        return lambda _w=None: [
-            (layer.name, layer) for layer in self._viewer.layers if isinstance(layer, kind)
-        ]
-
-    def _build_data(self) -> None:
-        # not "_labels": that is magicgui Container's "show labels" flag (issue 16)
-        self._image = ComboBox(label="Image", choices=self._layers(Image))
-        self._labels_box = ComboBox(label="Labels", choices=self._user_labels_first)
-        self._pair_info = _wrapped()
-        self._add_pair, self._clear_pairs = PushButton(text="Add pair"), PushButton(text="Clear")
-        self._pair_list = _wrapped("training on: the selected pair")
-        self._label_mode = ComboBox(label="Label mode", choices=["dense", "sparse"])
-        self._label_reason = _wrapped()
-        self._target = ComboBox(
-            label="Target",
-            choices=[("semantic (classes)", "semantic"), ("instances (boundaries)", "instance")],
-        )
-        self._dims = ComboBox(label="Stacks as", choices=[("2D slice-wise", 2), ("3D", 3)])
-        self._channel_axis = ComboBox(label="Channel axis", choices=CHANNEL_AXES)
-        pairs = Container(
-            widgets=[self._add_pair, self._clear_pairs], layout="horizontal", labels=False
-        )
-        self.extend(
-            [
-                self._image,
-                self._labels_box,
-                self._pair_info,
-                pairs,
-                self._pair_list,
-                self._label_mode,
-                self._label_reason,
-                self._target,
-                self._dims,
-                self._channel_axis,
-            ]
-        )
-
-    def _build_model(self) -> None:
-        self._start_from = ComboBox(label="Start from", choices=self._start_choices)
-        self._checkpoint_file = FileEdit(
-            label="Checkpoint",
-            mode=FileDialogMode.EXISTING_FILE,
-            filter="*.json *.zip",
-            visible=False,
-        )
-        self._widths = ComboBox(label="Widths", choices=list(WIDTH_PRESETS.items()))
-        self._depth = SpinBox(label="Depth", value=4, min=1, max=4)
-        self._iterations = SpinBox(label="Iterations", value=2000, min=1, max=1_000_000, step=100)
-        self._patch = SpinBox(label="Patch size", value=128, min=16, max=1024, step=16)
-        self._batch = SpinBox(label="Batch size", value=4, min=1, max=256)
-        self._lr = FloatSpinBox(
-            label="Learning rate", value=SCRATCH_LR, min=1e-6, max=1.0, step=1e-5
-        )
-        self._lr.native.setDecimals(6)
-        self._device = ComboBox(label="Device", choices=["auto", "cuda", "mps", "cpu"])
-        self.extend(
-            [
-                self._start_from,
-                self._checkpoint_file,
-                self._widths,
-                self._depth,
-                self._iterations,
-                self._patch,
-                self._batch,
-                self._lr,
-                self._device,
-            ]
-        )
-
-    def _build_advanced(self) -> None:
-        self._show_advanced = CheckBox(text="Advanced options", value=False)
-        self._custom_widths = LineEdit(label="Custom widths", value="", tooltip="e.g. 8 16 32")
-        self._patch_z = SpinBox(label="Patch depth (3D)", value=16, min=4, max=512)
-        self._validate_every = SpinBox(label="Validate every", value=100, min=1, max=100_000)
-        self._val_fraction = FloatSpinBox(
-            label="Validation part", value=0.2, min=0, max=0.9, step=0.05
-        )
-        self._augment = CheckBox(text="Augment", value=True)
-        self._elastic = CheckBox(text="Elastic deformation", value=False)
-        self._normalization = ComboBox(
-            label="Normalisation", choices=["percentile", "window", "none"]
-        )
-        self._norm_low = FloatSpinBox(label="low", value=1.0, min=-1e6, max=1e6)
-        self._norm_high = FloatSpinBox(label="high", value=99.8, min=-1e6, max=1e6)
-        self._freeze_encoder = CheckBox(text="Freeze encoder (fine-tuning)", value=False)
-        self._freeze_norm = CheckBox(text="Keep BatchNorm statistics (fine-tuning)", value=False)
-        self._preserve = CheckBox(
-            text="Keep unpainted predictions (fine-tuning)",
-            value=False,
-            tooltip="Where you painted nothing, the model is held to its own starting "
-            "prediction, so a few strokes correct it without changing the rest",
-        )
-        self._mixed_precision = CheckBox(text="Mixed precision (CUDA)", value=True)
-        self._seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
-        advanced: list[Widget] = [
-            self._custom_widths,
-            self._patch_z,
-            self._validate_every,
-            self._val_fraction,
-            self._augment,
-            self._elastic,
-            self._normalization,
-            self._norm_low,
-            self._norm_high,
-            self._freeze_encoder,
-            self._freeze_norm,
-            self._preserve,
-            self._mixed_precision,
-            self._seed,
-        ]
-        self._advanced = Container(visible=False, widgets=advanced)
-        self.extend([self._show_advanced, self._advanced])
-
-    def _build_run(self) -> None:
-        self._output = FileEdit(
-            label="Output folder", mode=FileDialogMode.EXISTING_DIRECTORY, value=DEFAULT_OUTPUT
-        )
-        self._preview = CheckBox(text="Preview the slice shown (before/after)", value=False)
-        self._start, self._stop = PushButton(text="Start"), PushButton(text="Stop", enabled=False)
-        self._progress = ProgressBar(label="Progress", value=0, min=0, max=100)
-        self._status = _wrapped()
-        buttons = Container(widgets=[self._start, self._stop], layout="horizontal", labels=False)
-        self.extend([self._output, self._preview, buttons, self._progress, self._status])
-        self._plot = TrainingPlot()
-        self._plot.setMinimumWidth(200)
-        self.native.layout().addWidget(self._plot)
 
     def _connect(self) -> None:
         from qtpy.QtCore import QTimer
@@ -272,21 +108,7 @@ class TrainWidget(Container):
         self._follow_painting(None)
         self._guess_timer.stop()
 
-    def _start_choices(self, _w: Any = None) -> list[tuple[str, str]]:
-        from ..zoo import available_models
-
-        choices = [("scratch", "scratch")]
-        choices += [(f"shipped: {e.name}", e.spec) for e in available_models()]
-        choices += [(f"trained: {n}", f"trained:{n}") for n in _state.registered_models()]
-        return choices + [("checkpoint file...", "file")]
-
     # ------------------------------------------------------------------ UI events
-
-    def _user_labels_first(self, _w: Any = None) -> list[tuple[str, Labels]]:
-        """Labels layers, the user's before the plugin's own outputs (the default is the first)."""
-        layers = [layer for layer in self._viewer.layers if isinstance(layer, Labels)]
-        layers.sort(key=lambda layer: PLUGIN_KEY in layer.metadata)
-        return [(layer.name, layer) for layer in layers]
 
     def _on_layers_changed(self, _event: Any = None) -> None:
         try:
@@ -377,6 +199,16 @@ class TrainWidget(Container):
         self._pairs.clear()
         self._pair_list.value = "training on: the selected pair"
 
+    def _training_pairs(self) -> list[tuple[Image, Labels]]:
+        if self._pairs:
+            return list(self._pairs)
+        image, labels = self._image.value, self._labels_box.value
+        if image is None or labels is None:
+            raise ValueError("choose an Image layer and a Labels layer (paint labels first)")
+        self._check_pair(image, labels)
+        self._guess_label_mode(labels)
+        return [(image, labels)]
+
     def _on_start_from(self, value: str) -> None:
         self._checkpoint_file.visible = value == "file"
         scratch = value == "scratch"
@@ -391,93 +223,6 @@ class TrainWidget(Container):
 
     # ------------------------------------------------------------------ configs
 
-    def _channel_axis_value(self) -> int | None:
-        value = self._channel_axis.value
-        return None if value == "none" else int(value)
-
-    def _training_pairs(self) -> list[tuple[Image, Labels]]:
-        if self._pairs:
-            return list(self._pairs)
-        image, labels = self._image.value, self._labels_box.value
-        if image is None or labels is None:
-            raise ValueError("choose an Image layer and a Labels layer (paint labels first)")
-        self._check_pair(image, labels)
-        self._guess_label_mode(labels)
-        return [(image, labels)]
-
-    def _initial(self) -> tuple[str | None, Any]:
-        """The checkpoint to start from (path or zoo folder) and its info, or (None, None)."""
-        from ..checkpoint import read_info
-
-        value = self._start_from.value
-        if value == "scratch":
-            return None, None
-        if is_zoo(value):
-            path = str(locate(value).path)
-        elif value.startswith("trained:"):
-            path = str(_state.registered_models()[value[8:]])
-        else:
-            path = str(chosen_path(self._checkpoint_file.value, "checkpoint file"))
-        return path, read_info(path)
-
-    def _widths_value(self) -> tuple[int, ...]:
-        text = self._custom_widths.value.replace(",", " ").split()
-        try:
-            return tuple(int(t) for t in text) if text else self._widths.value
-        except ValueError:
-            raise ValueError(
-                f"custom widths {self._custom_widths.value!r}: give integers, e.g. 8 16 32 64 128"
-            ) from None
-
-    def _configs(
-        self, pairs: list[tuple[Image, Labels]]
-    ) -> tuple[ModelConfig, TrainConfig, DataConfig, str | None]:
-        from ..config import DataConfig, ModelConfig, NormalizationConfig, TrainConfig
-        from ..labels import num_output_channels
-
-        initial, base = self._initial()
-        norm = NormalizationConfig(
-            self._normalization.value, self._norm_low.value, self._norm_high.value
-        )
-        data = DataConfig(
-            normalization=base.data.normalization if base else norm,
-            label_mode=self._label_mode.value,
-            target=self._target.value,
-            channel_axis=self._channel_axis_value(),
-        )
-        classes = num_output_channels(data, [layer_data(lab) for _, lab in pairs])
-        axis = data.channel_axis
-        channels = 1 if axis is None else layer_data(pairs[0][0]).shape[axis]
-        if base is None:
-            model = ModelConfig(
-                in_channels=channels,
-                num_classes=classes,
-                widths=self._widths_value(),
-                depth=self._depth.value,
-                spatial_dims=self._dims.value,
-            )
-        else:
-            model = base.model.replace(num_classes=classes, class_names=())
-        dims = model.spatial_dims
-        patch = (self._patch.value,) * 2
-        train = TrainConfig(
-            iterations=self._iterations.value,
-            batch_size=self._batch.value,
-            patch_size=patch if dims == 2 else (self._patch_z.value, *patch),
-            learning_rate=self._lr.value,
-            validate_every=min(self._validate_every.value, self._iterations.value),
-            validation_fraction=self._val_fraction.value,
-            augment=self._augment.value,
-            elastic=self._elastic.value,
-            device=self._device.value,
-            mixed_precision=self._mixed_precision.value,
-            seed=self._seed.value,
-            freeze_encoder=self._freeze_encoder.value,
-            freeze_norm=self._freeze_norm.value,
-            preserve_weight=1.0 if self._preserve.value and initial is not None else 0.0,
-        )
-        return model, train, data, initial
-
     # ------------------------------------------------------------------ run
 
     def _on_start(self, _value: Any = None) -> None:
@@ -488,8 +233,7 @@ class TrainWidget(Container):
         try:
             pairs = self._training_pairs()
             model, train, data, initial = self._configs(pairs)
-            run_dir = self._fresh_run_dir(pairs[0][0].name)
-            self._record(run_dir, pairs, model, train, data, initial)
+            run_dir = self._new_run(pairs, model, train, data, initial)
         except (ValueError, OSError) as exc:
             show_error(str(exc))
             return
@@ -518,33 +262,21 @@ class TrainWidget(Container):
         image = current_slice(self._preview_layer, self._viewer.dims.point, axis, dims)
         return PreviewSource(np.ascontiguousarray(image), axis is not None, self._device.value)
 
-    def _fresh_run_dir(self, name: str) -> Path:
-        self.last_run_dir = new_run_dir(chosen_path(self._output.value, "output folder"), name)
-        return self.last_run_dir
-
-    def _record(
+    def _new_run(
         self,
-        run_dir: Path,
         pairs: list[tuple[Image, Labels]],
         model: ModelConfig,
         train: TrainConfig,
         data: DataConfig,
         initial: str | None,
-    ) -> None:
-        images = layer_files([i for i, _ in pairs], run_dir / "data", "image")
-        labels = layer_files([lab for _, lab in pairs], run_dir / "data", "labels")
+    ) -> Path:
+        """A fresh run folder with ``run.json`` and ``command.sh`` (and the data) in it."""
+        folder = chosen_path(self._output.value, "output folder")
+        self.last_run_dir = run_dir = new_run_dir(folder, pairs[0][0].name)
         start = self._start_from.value
-        origin = start if is_zoo(start) else initial
-        configs = train_record(model, train, data, {"images": images, "labels": labels}, origin)
-        command = format_command(
-            "train",
-            images=images,
-            labels=labels,
-            out=run_dir,
-            config=run_dir / "run.json",
-            from_=origin,
-        )
-        save_run_record(run_dir, "train", configs, command)
+        origin = start if is_zoo(start) else initial  # a shipped model by name, not path
+        record_train(run_dir, pairs, model, train, data, origin)
+        return run_dir
 
     def _set_running(self, running: bool) -> None:
         self._start.enabled, self._stop.enabled = not running, running

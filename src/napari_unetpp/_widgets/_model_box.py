@@ -1,0 +1,69 @@
+"""What the Segment dock's model box offers: shipped models, the one made for an image, names.
+
+Why apart from the dock: choosing a model is a rule about images and specs
+(``zoo:<name>`` or a checkpoint folder), not about widgets; here it is a few pure
+functions the dock calls and tests can call without a viewer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..locate import is_zoo, zoo_name, zoo_spec
+
+SOURCES = ["shipped", "just trained", "from file"]
+
+
+def zoo_choices() -> list[tuple[str, str]]:
+    """(title, spec) of each shipped model present here."""
+    from .. import zoo
+
+    return [(entry.title, entry.spec) for entry in zoo.available_models()]
+
+
+def model_name(spec: str | None) -> str:
+    """A short name of a model spec, for folders and layer metadata."""
+    spec = spec or "model"
+    if is_zoo(spec):
+        return zoo_name(spec)
+    path = Path(spec)  # a training run's best/ or last/ is named after its run
+    return f"{path.parent.name}-{path.name}" if path.name in ("best", "last") else path.stem
+
+
+def guess_zoo_model(layer: Any) -> str | None:
+    """``zoo:<name>`` of the shipped model made for this image (EM, CT or nuclei), or None.
+
+    From what napari knows: the sample's or file's name, then the pixel values
+    (Hounsfield units below -500 are CT; an 8-bit RGB image is a nuclei stain).
+    """
+    text = " ".join(
+        str(v)
+        for v in (
+            layer.name,
+            layer.metadata.get("source", ""),
+            getattr(layer.source, "path", "") or "",
+        )
+    ).lower()
+    words = set(text.replace("/", " ").replace("_", " ").replace(".", " ").split())
+    for name, hints in (
+        ("em", {"em", "isbi2012", "sstem", "tem", "membranes"}),
+        ("ct", {"ct", "totalseg", "hu"}),
+        ("nuclei", {"nuclei", "dsb2018", "nucleus", "dapi", "hoechst"}),
+    ):
+        if words & hints:
+            return zoo_spec(name)
+    data = layer.data[-1] if layer.multiscale else layer.data  # the smallest level: cheap
+    if np.issubdtype(data.dtype, np.signedinteger) and data.size and np.min(data) < -500:
+        return zoo_spec("ct")
+    return zoo_spec("nuclei") if layer.rgb else None
+
+
+def device_choices() -> list[str]:
+    """``auto`` plus the device types present here (what PredictConfig.device accepts)."""
+    from ..devices import available_devices
+
+    kinds = [name.split(":")[0] for name in available_devices()]
+    return ["auto"] + [k for k in ("cuda", "mps", "cpu") if k in kinds]

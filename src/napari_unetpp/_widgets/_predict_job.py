@@ -1,0 +1,190 @@
+"""The Segment dock's input, job and record: what a run reads, computes and writes.
+
+Why apart from the dock: these take a layer, configs and arrays, never a widget,
+so the dock stays a thin mapping of UI values onto them. :func:`predict_input`
+turns an Image layer and the chosen scope into the engine's array plus where the
+output layers go (:class:`Placement`); :func:`segment_job` is the generator the
+job queue runs; :func:`record_predict` writes ``run.json`` and ``command.sh``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from ..normalization import rgb_to_grey
+from ..runs import format_command, predict_record, save_run_record
+from ._layers import layer_file
+
+if TYPE_CHECKING:
+    from ..checkpoint import CheckpointInfo
+    from ..config import DataConfig, DeviceName, ModelConfig, PredictConfig
+    from ..events import Stopper
+    from ..model import UNetPlusPlus
+
+SCOPES = ["2D", "whole stack slice-wise", "3D", "current slice only (quick look)"]
+
+
+class Placement(NamedTuple):
+    """Where a run's output goes: slice index (quick look), output scale and translate."""
+
+    lead_index: tuple[int, ...] | None
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+
+
+def default_scope(layer: Any, model: ModelConfig) -> str:
+    """The scope that fits this image and model: 3D models run in 3D, stacks slice-wise."""
+    spatial = layer.ndim - (model.in_channels > 1 and not layer.rgb)
+    if model.spatial_dims == 3:
+        return "3D"
+    return "whole stack slice-wise" if spatial > 2 else "2D"
+
+
+def predict_input(
+    layer: Any, model: ModelConfig, data_config: DataConfig, scope: str, point: Any
+) -> tuple[Any, DataConfig, Placement]:
+    """The array to segment, its DataConfig and where the output goes; checks the scope.
+
+    ``point`` is the viewer's world position (``viewer.dims.point``): the slice a
+    "current slice only" run takes.
+    """
+    data = layer.data[0] if layer.multiscale else layer.data
+    dims, channels = model.spatial_dims, model.in_channels
+    if layer.rgb and channels == 1:
+        data, axis = rgb_to_grey(data), None  # the grey the CLI and the zoo use
+    elif layer.rgb:
+        axis = data.ndim - 1
+    else:
+        axis = None if channels == 1 else data_config.channel_axis
+        if axis is None and channels > 1:
+            raise ValueError(
+                f"the model expects {channels} channels; open the image as one "
+                "layer with a channel axis (or as RGB)"
+            )
+    axis = None if axis is None else axis % data.ndim
+    scale, translate = list(layer.scale), list(layer.translate)
+    if axis is not None and not layer.rgb:
+        del scale[axis], translate[axis]
+    spatial = data.ndim - (axis is not None)
+    _check_scope(scope, dims, spatial)
+    lead_index = None
+    if scope.startswith("current") and spatial > 2:
+        world = list(layer.world_to_data(point))
+        lead = [a for a in range(data.ndim) if a != axis][: spatial - 2]
+        lead_index = tuple(int(np.clip(round(world[a]), 0, data.shape[a] - 1)) for a in lead)
+        index: list[int | slice] = [slice(None)] * data.ndim
+        for a, i in zip(lead, lead_index, strict=True):
+            index[a] = i
+        data = data[tuple(index)]
+        if axis is not None:
+            axis -= sum(1 for a in lead if a < axis)
+        for k, i in enumerate(lead_index):
+            translate[k] += i * scale[k]
+    return (
+        data,
+        data_config.replace(channel_axis=axis),
+        Placement(lead_index, tuple(scale), tuple(translate)),
+    )
+
+
+def _check_scope(scope: str, dims: int, spatial: int) -> None:
+    """A ValueError that names the scope to choose when this one cannot run."""
+    if scope == "3D" and (dims != 3 or spatial < 3):
+        raise ValueError(
+            "'3D' needs a 3D model and a 3D image; this model is "
+            f"{dims}D: choose 'whole stack slice-wise'"
+        )
+    if scope != "3D" and dims == 3:
+        raise ValueError("this model is 3D: choose the '3D' scope")
+    if scope == "2D" and spatial > 2:
+        raise ValueError(
+            f"the image has {spatial} dimensions: choose 'whole stack "
+            "slice-wise' or 'current slice only'"
+        )
+
+
+def predict_config(
+    dims: int,
+    tile: int,
+    tta: bool,
+    device: DeviceName,
+    scale: dict[str, Any],
+    pruned_depth: int | None,
+) -> PredictConfig:
+    """The dock's PredictConfig; ``scale`` is the scale panel's overrides.
+
+    Apply (a pruned depth) runs the pruned network and TTA all depths, so neither
+    runs adaptive depth.
+    """
+    from ..config import PredictConfig
+
+    if pruned_depth is not None or tta:
+        scale = {**scale, "adaptive_depth": False}
+    return PredictConfig(
+        pruned_depth=pruned_depth,
+        tile_size=(tile,) * dims,
+        tta=tta,
+        device=device,
+        **scale,
+    )
+
+
+def segment_job(
+    model: UNetPlusPlus,
+    image: Any,
+    config: PredictConfig,
+    data: DataConfig,
+    stopper: Stopper,
+    run_dir: Path,
+    depth: int | None = None,
+) -> Generator[Any, None, tuple[Any, Any]]:
+    """Predict, then turn head ``depth`` (default: the pruned or deepest one) into labels;
+    save them to ``run_dir``."""
+    import tifffile
+
+    from ..inference import predict
+    from ..postprocess import probabilities_to_labels
+
+    probs = yield from predict(model, image, config, data, stopper=stopper)
+    if not probs.complete:
+        return probs, None
+    depth = config.pruned_depth or (depth if depth in probs else max(probs))
+    labels = probabilities_to_labels(
+        np.asarray(probs[depth]),
+        model.config,
+        data,
+        threshold=config.threshold,
+        min_size=config.min_size,
+    )
+    tifffile.imwrite(run_dir / "labels.tif", labels, compression="zlib")
+    return probs, labels
+
+
+def record_predict(
+    run_dir: Path,
+    layer: Any,
+    spec: str,
+    info: CheckpointInfo,
+    config: PredictConfig,
+    data: DataConfig,
+    scope: str,
+) -> None:
+    """``run.json`` and ``command.sh``: the same run as ``napari-unetpp predict``."""
+    image = layer_file(layer, run_dir, "image")
+    model = info.model.to_dict()
+    configs = predict_record(spec, config, data, model=model, images=[image], scope=scope)
+    command = format_command(
+        "predict",
+        spec,
+        image,
+        out=run_dir,
+        config=run_dir / "run.json",
+        depth=config.pruned_depth,
+        channel_axis=data.channel_axis,
+        probabilities=True,
+    )
+    save_run_record(run_dir, "predict", configs, command)

@@ -1,0 +1,201 @@
+"""The Segment dock's output layers: one per depth, the labels, adaptive-depth maps.
+
+``<image> UNet++ L1`` .. ``L<D>`` (per-depth probability, magma, same scale/translate
+as the input) and ``<image> UNet++ labels`` (``postprocess.probabilities_to_labels`` of
+the depth the pruning panel's slider shows: instances for nuclei models). The labels
+layer's metadata records the model, that depth and the scale; class names show on
+hover (layer features) with fixed colours and a legend in the dock. Per-depth layers
+that an earlier model with more depths left behind are removed. Multi-class models
+show the probability of *any foreground* (1 - background) per depth, what one
+compares across depths by eye; the classes are in the labels. "current slice only"
+writes its own one-slice-thick ``... (quick look)`` layers placed at the slice shown,
+leaving the whole-stack layers alone. Why in one file: the names and metadata stay
+the same for whole-stack runs and quick looks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels
+
+from ._layers import class_legend, labels_style, put_layer
+
+if TYPE_CHECKING:
+    import napari
+
+    from ..config import ModelConfig
+    from ._predict_job import Placement
+
+Lift = Callable[[Any], Any]
+
+
+def lift_for(where: Placement) -> Lift:
+    """Give a quick look's one-slice output back its sliced axes (length 1)."""
+    lead = where.lead_index
+    return (lambda a: a) if lead is None else (lambda a: a[(None,) * len(lead)])
+
+
+def depth_layers(viewer: napari.viewer.Viewer, base: str, suffix: str) -> list[int]:
+    """The depths ``d`` of existing ``<base> L<d><suffix>`` layers."""
+    found = []
+    for existing in viewer.layers:
+        tail = existing.name[len(base) + 2 :] if existing.name.startswith(f"{base} L") else ""
+        if suffix:
+            tail = tail[: -len(suffix)] if tail.endswith(suffix) else ""
+        if tail.isdigit():
+            found.append(int(tail))
+    return found
+
+
+def drop_stale_depths(
+    viewer: napari.viewer.Viewer, base: str, suffix: str, depths: set[int]
+) -> None:
+    """Remove per-depth layers an earlier model (with more depths) left behind."""
+    for d in depth_layers(viewer, base, suffix):
+        if d not in depths:
+            viewer.layers.remove(f"{base} L{d}{suffix}")
+
+
+def put_depths(
+    viewer: napari.viewer.Viewer,
+    base: str,
+    suffix: str,
+    probs: Any,
+    labels_ndim: int,
+    where: Placement,
+    meta: dict[str, Any],
+    shown_depth: int,
+) -> None:
+    """One probability layer per depth; only ``shown_depth`` (the labels' depth) visible.
+
+    Multi-class output shows the probability of any foreground (1 - background).
+    """
+    lift = lift_for(where)
+    for d in sorted(probs):
+        p = np.asarray(probs[d])
+        shown = p if p.ndim == labels_ndim else 1.0 - p[0]  # classes: foreground
+        put_layer(
+            viewer,
+            Image,
+            f"{base} L{d}{suffix}",
+            lift(shown),
+            where.scale,
+            where.translate,
+            {**meta, "depth": d},
+            colormap="magma",
+            contrast_limits=(0.0, 1.0),
+            opacity=0.7,
+            blending="additive",
+        )
+    for d in depth_layers(viewer, base, suffix):
+        viewer.layers[f"{base} L{d}{suffix}"].visible = d == shown_depth
+
+
+def put_labels(
+    viewer: napari.viewer.Viewer,
+    name: str,
+    labels: Any,
+    where: Placement,
+    meta: dict[str, Any],
+    model: ModelConfig,
+    instance: bool,
+) -> str:
+    """The labels layer (class names on hover, fixed colours); returns the legend text."""
+    put_layer(
+        viewer,
+        Labels,
+        name,
+        lift_for(where)(labels),
+        where.scale,
+        where.translate,
+        meta,
+        **labels_style(model, instance),
+    )
+    return class_legend(model, instance)
+
+
+def put_adaptive_maps(
+    viewer: napari.viewer.Viewer,
+    base: str,
+    suffix: str,
+    probs: Any,
+    where: Placement,
+    meta: dict[str, Any],
+    max_depth: int,
+) -> None:
+    """Adaptive depth's "depth used" and disagreement layers (hidden at first)."""
+    lift = lift_for(where)
+    put_layer(
+        viewer,
+        Image,
+        f"{base} depth used{suffix}",
+        lift(probs.depth_map),
+        where.scale,
+        where.translate,
+        meta,
+        colormap="viridis",
+        contrast_limits=(1, max_depth),
+        opacity=0.5,
+        visible=False,
+    )
+    put_layer(
+        viewer,
+        Image,
+        f"{base} disagreement{suffix}",
+        lift(probs.disagreement),
+        where.scale,
+        where.translate,
+        meta,
+        colormap="inferno",
+        opacity=0.6,
+        blending="additive",
+        visible=False,
+    )
+
+
+def scale_note(probs: Any) -> str | None:
+    """What the scale step did (zoom, measured size), or None when it did nothing."""
+    scale = getattr(probs, "scale", None)
+    if not scale:
+        return None
+    zoom = " x ".join(f"{z:.2f}" for z in scale.get("zoom", ()))
+    measured = scale.get("measured_diameter")
+    return (
+        f"resampled by {zoom} to the model's scale"
+        + (f" (objects ~{measured:.0f} px)" if measured else "")
+        + (f"; {scale['note']}" if scale.get("note") else "")
+    )
+
+
+def show_result(
+    viewer: napari.viewer.Viewer,
+    name: str,
+    result: tuple[Any, Any],
+    where: Placement,
+    meta: dict[str, Any],
+    model: ModelConfig,
+    *,
+    instance: bool,
+    all_depths: bool,
+) -> tuple[str, list[str]]:
+    """All of a finished run's layers for the image ``name``; returns (legend, notes).
+
+    ``meta["depth"]`` is the labels' depth. A run of all depths first drops the
+    per-depth layers it did not make (a pruned run makes one and keeps the rest).
+    """
+    probs, labels = result
+    base = f"{name} UNet++"
+    suffix = "" if where.lead_index is None else " (quick look)"
+    if all_depths:
+        drop_stale_depths(viewer, base, suffix, set(probs))
+    put_depths(viewer, base, suffix, probs, np.ndim(labels), where, meta, meta["depth"])
+    legend = put_labels(viewer, f"{base} labels{suffix}", labels, where, meta, model, instance)
+    notes = []
+    if hasattr(probs, "depth_map"):
+        put_adaptive_maps(viewer, base, suffix, probs, where, meta, model.depth)
+        notes.append(probs.summary())
+    note = scale_note(probs)
+    return legend, notes + ([note] if note else [])

@@ -1,0 +1,286 @@
+"""The train dock's form: its widgets, grouped in sections, and the configs they say.
+
+Why apart from the dock's behaviour (:mod:`.train`): what the user can set, and how
+those values become ``ModelConfig`` / ``TrainConfig`` / ``DataConfig``, is one
+mapping; the dock adds the events, the label-mode guess and the run. Sub-widgets
+stay attributes (``w._lr``, ``w._start_from``) so tests set them and call handlers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.types import FileDialogMode
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    Widget,
+)
+from napari.layers import Image, Labels
+
+from ..config import FINE_TUNE_LEARNING_RATE
+from ..locate import is_zoo, locate
+from . import _state
+from ._layers import PLUGIN_KEY, layer_choices, layer_data
+from ._paths import chosen_path
+from ._plot import TrainingPlot
+from ._ui import wrapped
+
+if TYPE_CHECKING:
+    import napari
+
+    from ..config import DataConfig, ModelConfig, TrainConfig
+
+WIDTH_PRESETS = {
+    "fast CPU (16..256)": (16, 32, 64, 128, 256),
+    "tiny (8..128)": (8, 16, 32, 64, 128),
+    "paper (32..512)": (32, 64, 128, 256, 512),
+}
+CHANNEL_AXES = [
+    ("none (grey)", "none"),
+    ("last (RGB / YXC)", "-1"),
+    ("axis 0", "0"),
+    ("axis 1", "1"),
+]
+DEFAULT_OUTPUT = Path.home() / "napari-unetpp" / "runs"
+#: Defaults when starting from a trained model: small steps that keep what it knows.
+FINE_TUNE_LR, FINE_TUNE_ITERATIONS = FINE_TUNE_LEARNING_RATE, 200
+SCRATCH_LR, SCRATCH_ITERATIONS = 1e-3, 2000
+
+
+class TrainForm(Container):
+    """The train dock's widgets (data, model, advanced, run sections) and their configs."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__(scrollable=True)
+        self._viewer = napari_viewer
+        self._build_data()
+        self._build_model()
+        self._build_advanced()
+        self._build_run()
+
+    # ------------------------------------------------------------------ layout
+
+    def _build_data(self) -> None:
+        # not "_labels": that is magicgui Container's "show labels" flag (issue 16)
+        self._image = ComboBox(label="Image", choices=layer_choices(self._viewer, Image))
+        self._labels_box = ComboBox(label="Labels", choices=self._user_labels_first)
+        self._pair_info = wrapped()
+        self._add_pair, self._clear_pairs = PushButton(text="Add pair"), PushButton(text="Clear")
+        self._pair_list = wrapped("training on: the selected pair")
+        self._label_mode = ComboBox(label="Label mode", choices=["dense", "sparse"])
+        self._label_reason = wrapped()
+        self._target = ComboBox(
+            label="Target",
+            choices=[("semantic (classes)", "semantic"), ("instances (boundaries)", "instance")],
+        )
+        self._dims = ComboBox(label="Stacks as", choices=[("2D slice-wise", 2), ("3D", 3)])
+        self._channel_axis = ComboBox(label="Channel axis", choices=CHANNEL_AXES)
+        pairs = Container(
+            widgets=[self._add_pair, self._clear_pairs], layout="horizontal", labels=False
+        )
+        self.extend(
+            [
+                self._image,
+                self._labels_box,
+                self._pair_info,
+                pairs,
+                self._pair_list,
+                self._label_mode,
+                self._label_reason,
+                self._target,
+                self._dims,
+                self._channel_axis,
+            ]
+        )
+
+    def _build_model(self) -> None:
+        self._start_from = ComboBox(label="Start from", choices=self._start_choices)
+        self._checkpoint_file = FileEdit(
+            label="Checkpoint",
+            mode=FileDialogMode.EXISTING_FILE,
+            filter="*.json *.zip",
+            visible=False,
+        )
+        self._widths = ComboBox(label="Widths", choices=list(WIDTH_PRESETS.items()))
+        self._depth = SpinBox(label="Depth", value=4, min=1, max=4)
+        self._iterations = SpinBox(label="Iterations", value=2000, min=1, max=1_000_000, step=100)
+        self._patch = SpinBox(label="Patch size", value=128, min=16, max=1024, step=16)
+        self._batch = SpinBox(label="Batch size", value=4, min=1, max=256)
+        self._lr = FloatSpinBox(
+            label="Learning rate", value=SCRATCH_LR, min=1e-6, max=1.0, step=1e-5
+        )
+        self._lr.native.setDecimals(6)
+        self._device = ComboBox(label="Device", choices=["auto", "cuda", "mps", "cpu"])
+        self.extend(
+            [
+                self._start_from,
+                self._checkpoint_file,
+                self._widths,
+                self._depth,
+                self._iterations,
+                self._patch,
+                self._batch,
+                self._lr,
+                self._device,
+            ]
+        )
+
+    def _build_advanced(self) -> None:
+        self._show_advanced = CheckBox(text="Advanced options", value=False)
+        self._custom_widths = LineEdit(label="Custom widths", value="", tooltip="e.g. 8 16 32")
+        self._patch_z = SpinBox(label="Patch depth (3D)", value=16, min=4, max=512)
+        self._validate_every = SpinBox(label="Validate every", value=100, min=1, max=100_000)
+        self._val_fraction = FloatSpinBox(
+            label="Validation part", value=0.2, min=0, max=0.9, step=0.05
+        )
+        self._augment = CheckBox(text="Augment", value=True)
+        self._elastic = CheckBox(text="Elastic deformation", value=False)
+        self._normalization = ComboBox(
+            label="Normalisation", choices=["percentile", "window", "none"]
+        )
+        self._norm_low = FloatSpinBox(label="low", value=1.0, min=-1e6, max=1e6)
+        self._norm_high = FloatSpinBox(label="high", value=99.8, min=-1e6, max=1e6)
+        self._freeze_encoder = CheckBox(text="Freeze encoder (fine-tuning)", value=False)
+        self._freeze_norm = CheckBox(text="Keep BatchNorm statistics (fine-tuning)", value=False)
+        self._preserve = CheckBox(
+            text="Keep unpainted predictions (fine-tuning)",
+            value=False,
+            tooltip="Where you painted nothing, the model is held to its own starting "
+            "prediction, so a few strokes correct it without changing the rest",
+        )
+        self._mixed_precision = CheckBox(text="Mixed precision (CUDA)", value=True)
+        self._seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
+        advanced: list[Widget] = [
+            self._custom_widths,
+            self._patch_z,
+            self._validate_every,
+            self._val_fraction,
+            self._augment,
+            self._elastic,
+            self._normalization,
+            self._norm_low,
+            self._norm_high,
+            self._freeze_encoder,
+            self._freeze_norm,
+            self._preserve,
+            self._mixed_precision,
+            self._seed,
+        ]
+        self._advanced = Container(visible=False, widgets=advanced)
+        self.extend([self._show_advanced, self._advanced])
+
+    def _build_run(self) -> None:
+        self._output = FileEdit(
+            label="Output folder", mode=FileDialogMode.EXISTING_DIRECTORY, value=DEFAULT_OUTPUT
+        )
+        self._preview = CheckBox(text="Preview the slice shown (before/after)", value=False)
+        self._start, self._stop = PushButton(text="Start"), PushButton(text="Stop", enabled=False)
+        self._progress = ProgressBar(label="Progress", value=0, min=0, max=100)
+        self._status = wrapped()
+        buttons = Container(widgets=[self._start, self._stop], layout="horizontal", labels=False)
+        self.extend([self._output, self._preview, buttons, self._progress, self._status])
+        self._plot = TrainingPlot()
+        self._plot.setMinimumWidth(200)
+        self.native.layout().addWidget(self._plot)
+
+    def _start_choices(self, _w: Any = None) -> list[tuple[str, str]]:
+        from ..zoo import available_models
+
+        choices = [("scratch", "scratch")]
+        choices += [(f"shipped: {e.name}", e.spec) for e in available_models()]
+        choices += [(f"trained: {n}", f"trained:{n}") for n in _state.registered_models()]
+        return choices + [("checkpoint file...", "file")]
+
+    def _user_labels_first(self, _w: Any = None) -> list[tuple[str, Labels]]:
+        """Labels layers, the user's before the plugin's own outputs (the default is the first)."""
+        layers = [layer for layer in self._viewer.layers if isinstance(layer, Labels)]
+        layers.sort(key=lambda layer: PLUGIN_KEY in layer.metadata)
+        return [(layer.name, layer) for layer in layers]
+
+    # ------------------------------------------------------------------ configs
+
+    def _channel_axis_value(self) -> int | None:
+        value = self._channel_axis.value
+        return None if value == "none" else int(value)
+
+    def _initial(self) -> tuple[str | None, Any]:
+        """The checkpoint to start from (path or zoo folder) and its info, or (None, None)."""
+        from ..checkpoint import read_info
+
+        value = self._start_from.value
+        if value == "scratch":
+            return None, None
+        if is_zoo(value):
+            path = str(locate(value).path)
+        elif value.startswith("trained:"):
+            path = str(_state.registered_models()[value[8:]])
+        else:
+            path = str(chosen_path(self._checkpoint_file.value, "checkpoint file"))
+        return path, read_info(path)
+
+    def _widths_value(self) -> tuple[int, ...]:
+        text = self._custom_widths.value.replace(",", " ").split()
+        try:
+            return tuple(int(t) for t in text) if text else self._widths.value
+        except ValueError:
+            raise ValueError(
+                f"custom widths {self._custom_widths.value!r}: give integers, e.g. 8 16 32 64 128"
+            ) from None
+
+    def _configs(
+        self, pairs: list[tuple[Image, Labels]]
+    ) -> tuple[ModelConfig, TrainConfig, DataConfig, str | None]:
+        from ..config import DataConfig, ModelConfig, NormalizationConfig, TrainConfig
+        from ..labels import num_output_channels
+
+        initial, base = self._initial()
+        norm = NormalizationConfig(
+            self._normalization.value, self._norm_low.value, self._norm_high.value
+        )
+        data = DataConfig(
+            normalization=base.data.normalization if base else norm,
+            label_mode=self._label_mode.value,
+            target=self._target.value,
+            channel_axis=self._channel_axis_value(),
+        )
+        classes = num_output_channels(data, [layer_data(lab) for _, lab in pairs])
+        axis = data.channel_axis
+        channels = 1 if axis is None else layer_data(pairs[0][0]).shape[axis]
+        if base is None:
+            model = ModelConfig(
+                in_channels=channels,
+                num_classes=classes,
+                widths=self._widths_value(),
+                depth=self._depth.value,
+                spatial_dims=self._dims.value,
+            )
+        else:
+            model = base.model.replace(num_classes=classes, class_names=())
+        dims = model.spatial_dims
+        patch = (self._patch.value,) * 2
+        train = TrainConfig(
+            iterations=self._iterations.value,
+            batch_size=self._batch.value,
+            patch_size=patch if dims == 2 else (self._patch_z.value, *patch),
+            learning_rate=self._lr.value,
+            validate_every=min(self._validate_every.value, self._iterations.value),
+            validation_fraction=self._val_fraction.value,
+            augment=self._augment.value,
+            elastic=self._elastic.value,
+            device=self._device.value,
+            mixed_precision=self._mixed_precision.value,
+            seed=self._seed.value,
+            freeze_encoder=self._freeze_encoder.value,
+            freeze_norm=self._freeze_norm.value,
+            preserve_weight=1.0 if self._preserve.value and initial is not None else 0.0,
+        )
+        return model, train, data, initial
