@@ -248,11 +248,17 @@ def test_distributed_zarr_output_matches_local(
         _predict_stack(trained, em_files, base / "zarr_dist", *args, "--distributed", "local") == 0
     )
     assert _predict_stack(trained, em_files, base / "zarr_local", *args) == 0
-    for name in ("stack_labels.zarr", "stack_L2.zarr"):
-        dist = zarr.open(str(base / "zarr_dist" / name), mode="r")
-        local = zarr.open(str(base / "zarr_local" / name), mode="r")
-        assert dist.shape == local.shape == (3, 96, 112)
-        np.testing.assert_allclose(dist[...], local[...], atol=1e-5)
+
+    def arrays(folder: str) -> dict[str, np.ndarray]:
+        probs = zarr.open(str(base / folder / "stack_probabilities.zarr"), mode="r")
+        labels = zarr.open(str(base / folder / "stack_labels.zarr"), mode="r")
+        return {"labels": labels[...], **{k: probs[k][...] for k in probs.keys()}}
+
+    dist, local = arrays("zarr_dist"), arrays("zarr_local")
+    assert sorted(dist) == sorted(local) == ["L2", "labels"]
+    for name, values in local.items():
+        assert dist[name].shape == values.shape == (3, 96, 112)
+        np.testing.assert_allclose(dist[name], values, atol=1e-5)
 
 
 def test_run_json_round_trip(
