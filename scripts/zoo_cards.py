@@ -40,7 +40,9 @@ def augmentation_text(config: TrainConfig) -> str:
     ]
     low, high = config.augment_scale
     if (low, high) != (1.0, 1.0):
-        parts.insert(1, f"random scale {low:g}-{high:g}x")
+        share = config.augment_scale_probability
+        on = "" if share >= 1 else f" on {100 * share:.0f} % of patches"
+        parts.insert(1, f"random scale {low:g}-{high:g}x{on}")
     parts += [
         f"{name} {value:g}"
         for name, value in (

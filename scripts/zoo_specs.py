@@ -58,7 +58,11 @@ UNETPP_CITATION = (
 
 #: Transfer augmentation (issue 14): other object sizes, contrasts, blur and noise.
 TRANSFER_AUGMENTATION = dict(
-    augment_scale=(0.5, 2.0), augment_gamma=0.4, augment_blur=0.2, augment_noise=0.05
+    augment_scale=(0.5, 2.0),
+    augment_scale_probability=0.5,  # half the patches at the data's scale: keeps in-domain
+    augment_gamma=0.4,
+    augment_blur=0.2,
+    augment_noise=0.05,
 )
 
 

@@ -161,3 +161,22 @@ def test_zoo_specs_use_transfer_augmentation_and_an_honest_ct_split(
     )
     assert test == list(range(82, 88)) and not set(test) & set(used)
     assert sum((lab > 0).any() for stack in labels for lab in stack) >= 30  # organ slices
+
+
+def test_scale_probability_keeps_a_share_of_patches_at_the_data_scale() -> None:
+    from napari_unetpp.augmentation import AugmentOptions, draw_scale
+
+    def draws(probability: float, seed: int = 0) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        options = AugmentOptions(scale=(0.5, 2.0), scale_probability=probability)
+        return np.array([draw_scale(options, rng) for _ in range(2000)])
+
+    always, half, never = draws(1.0), draws(0.5), draws(0.0)
+    assert np.all(never == 1.0) and not np.any(always == 1.0)
+    assert 0.45 < np.mean(half == 1.0) < 0.55
+    zoomed = half[half != 1.0]
+    assert zoomed.min() >= 0.5 and zoomed.max() <= 2.0
+    # probability 1 draws exactly as before the option existed (resumed runs stay identical)
+    rng = np.random.default_rng(0)
+    before = np.exp(rng.uniform(np.log(0.5), np.log(2.0), 2000))
+    np.testing.assert_allclose(always, before)

@@ -28,7 +28,8 @@ class AugmentOptions:
     """What :func:`augment` and the patch sampler do (see the ``TrainConfig`` fields).
 
     ``scale``: zoom range (log-uniform; ``(1, 1)`` = off), in-plane only (Y, X), so
-    anisotropic stacks keep their slice spacing. ``contrast`` / ``brightness``:
+    anisotropic stacks keep their slice spacing; drawn for a ``scale_probability``
+    share of the patches, the others keep the data's own scale. ``contrast`` / ``brightness``:
     ``x * U(1 - c, 1 + c) + U(-b, b)``. ``gamma``: ``exp(U(-g, g))`` applied over the
     patch's own range. ``blur``: probability of a Gaussian blur (sigma 0.5-1.5 px,
     in-plane). ``noise``: Gaussian noise with a standard deviation up to this (in
@@ -36,6 +37,7 @@ class AugmentOptions:
     """
 
     scale: tuple[float, float] = (1.0, 1.0)
+    scale_probability: float = 1.0
     contrast: float = 0.2
     brightness: float = 0.1
     gamma: float = 0.0
@@ -48,6 +50,7 @@ class AugmentOptions:
         """The options of a ``TrainConfig`` (its ``augment_*`` fields and ``elastic``)."""
         return cls(
             scale=tuple(config.augment_scale),
+            scale_probability=config.augment_scale_probability,
             contrast=config.augment_contrast,
             brightness=config.augment_brightness,
             gamma=config.augment_gamma,
@@ -62,6 +65,8 @@ def draw_scale(options: AugmentOptions, rng: np.random.Generator) -> float:
     low, high = options.scale
     if low == high == 1.0:
         return 1.0
+    if options.scale_probability < 1.0 and rng.random() >= options.scale_probability:
+        return 1.0  # no extra draw at probability 1: earlier runs resume on the same stream
     return float(np.exp(rng.uniform(np.log(low), np.log(high))))
 
 

@@ -252,6 +252,9 @@ class TrainConfig(_Config):
     num_workers: int = 0
     #: Random zoom range (in-plane, log-uniform); ``(0.5, 2.0)`` teaches other object sizes.
     augment_scale: tuple[float, float] = (1.0, 1.0)
+    #: Share of patches zoomed (the rest keep the data's scale, so the model stays as
+    #: good at it as without the augmentation; nnU-Net zooms 20 %).
+    augment_scale_probability: float = 1.0
     #: Intensity ``x * U(1 - contrast, 1 + contrast) + U(-brightness, brightness)``.
     augment_contrast: float = 0.2
     augment_brightness: float = 0.1
@@ -319,6 +322,7 @@ class TrainConfig(_Config):
             ("augment_gamma", 2.0),
             ("augment_blur", 1.0),
             ("augment_noise", 1.0),
+            ("augment_scale_probability", 1.0),
         ):
             value = getattr(self, name)
             if (
