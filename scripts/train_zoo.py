@@ -27,7 +27,6 @@ and run ``--docs-only``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -41,22 +40,17 @@ if HERE not in sys.path:  # its zoo_* modules lie beside it (run as a script or 
     sys.path.insert(0, HERE)
 from zoo_baseline import cached_baseline  # noqa: E402
 from zoo_cards import (  # noqa: E402
-    augmentation_text,
-    best_row,
     hardware,
-    origin_text,
-    verdict,
     write_docs,
 )
-from zoo_data import ROOT, log, scale_metadata  # noqa: E402
-from zoo_specs import CPU_WIDTHS, SEED, ZooSpec, evaluate_model, specs  # noqa: E402
+from zoo_data import ROOT, log  # noqa: E402
+from zoo_ship import read_state, ship, write_state  # noqa: E402
+from zoo_specs import CPU_WIDTHS, SEED, ZooSpec, specs  # noqa: E402
 
 from napari_unetpp import zoo  # noqa: E402
-from napari_unetpp.checkpoint import CheckpointInfo, save_checkpoint  # noqa: E402
 from napari_unetpp.config import ModelConfig, TrainConfig  # noqa: E402
 from napari_unetpp.events import drive  # noqa: E402
-from napari_unetpp.locate import CONFIG_NAME, WEIGHTS_NAME, locate  # noqa: E402
-from napari_unetpp.pruning import recommend_depth  # noqa: E402
+from napari_unetpp.locate import CONFIG_NAME, locate  # noqa: E402
 from napari_unetpp.training import Trainer, TrainEvent  # noqa: E402
 
 RUNS = ROOT / "runs" / "zoo"
@@ -66,23 +60,12 @@ DOCS = ROOT / "docs" / "models.md"
 # --------------------------------------------------------------------------- run
 
 
-def _state_file(name: str) -> Path:
-    return RUNS / name / "zoo_state.json"
-
-
 def _read_state(name: str) -> dict[str, Any]:
-    try:
-        return json.loads(_state_file(name).read_text())
-    except (OSError, ValueError):
-        return {"seconds": 0.0}
+    return read_state(RUNS, name)
 
 
 def _write_state(name: str, state: dict[str, Any]) -> None:
-    path = _state_file(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, path)
+    write_state(RUNS, name, state)
 
 
 def calibrate_iterations(
@@ -143,15 +126,6 @@ def _starting_model(name: str, start_from: str | None, out: Path) -> Path | None
         shutil.copytree(source, start)
         log(f"{name}: starting from {start_from} (copied to {start})")
     return start
-
-
-def _continued_args(state: dict[str, Any]) -> str:
-    """The flags of a run continued from a shipped model (empty for one from scratch)."""
-    start = state.get("started_from")
-    if not start:
-        return ""
-    keep = " --keep-norm" if state.get("keep_norm") else ""
-    return f" --start-from {start} --learning-rate {state.get('learning_rate')}{keep}"
 
 
 def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
@@ -255,132 +229,6 @@ def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
         raise SystemExit(f"{spec.name}: stopped before the end; rerun with --resume")
 
 
-def ship(spec: ZooSpec, args: argparse.Namespace) -> Path:
-    """Score the run's best checkpoint on the held-back split on CPU; ship it fp16 with its card.
-
-    Runs where the training ran, or later on another machine (``--ship-only``):
-    the held-back scores and the CPU time per megapixel do not depend on where
-    the weights were trained.
-    """
-    from napari_unetpp.checkpoint import load_checkpoint
-
-    model, trained = load_checkpoint(RUNS / spec.name / "best", device="cpu")
-    model.config = model.config.replace(**scale_metadata(spec.name))
-    state = _read_state(spec.name)
-    train_config, data_config = trained.train, trained.data
-    log(
-        f"{spec.name}: evaluating on the held-back split (CPU, {torch.get_num_threads()} "
-        "torch threads)"
-    )
-    test = spec.test_data()
-    table = evaluate_model(spec, model, data_config, test, "cpu")
-    baseline = cached_baseline(spec, RUNS / spec.name, test=test)
-    best_depth = recommend_depth(table, score=spec.score_name)
-    best = best_row(spec, table)
-    metrics = {
-        "depths": table,
-        "score_name": spec.score_name,
-        "best_depth": best_depth,
-        "baseline": baseline,
-        "validation": trained.metrics,
-        "split": "held-back test split (see card)",
-    }
-    met = {key: best[key] >= goal for key, goal in spec.targets.items()}
-    beats = best[spec.score_name] > baseline.get(spec.score_name, -1)
-    widths = tuple(model.config.widths)
-    stages = state.get("stages") or [train_config.iterations]
-    defaults = TrainConfig(**spec.train_config)
-    gpu_args = "".join(
-        f" --{flag} {' '.join(map(str, value)) if isinstance(value, tuple) else value}"
-        for flag, value, default in (
-            ("batch-size", train_config.batch_size, defaults.batch_size),
-            ("patch-size", tuple(train_config.patch_size), tuple(defaults.patch_size)),
-            ("validate-every", train_config.validate_every, defaults.validate_every),
-        )
-        if value != default
-    )
-    reproduce = " && ".join(
-        f"python scripts/train_zoo.py {spec.name} --widths {' '.join(map(str, widths))} "
-        f"--iterations {n} --device {state.get('device', 'cpu')}{gpu_args}"
-        + (" --resume" if k else _continued_args(state))
-        for k, n in enumerate(stages)
-    )
-    staged = (
-        ""
-        if len(stages) < 2
-        else f" in stages ({' -> '.join(map(str, stages))} iterations; each extension "
-        "resumes the optimizer and restarts the poly learning-rate decay)"
-    )
-    done_steps = int(trained.provenance.get("iterations", train_config.iterations))
-    cut = (
-        ""
-        if done_steps >= train_config.iterations
-        else f" (stopped by the time budget at step {done_steps})"
-    )
-    paper = [32, 64, 128, 256, 512]
-    width_note = (
-        "the paper's widths"
-        if list(widths) == paper
-        else f"the paper uses {paper}, 9.0M parameters, 18 MB in fp16: over the "
-        "10 MB a shipped model may take"
-        if widths[0] >= 16
-        else f"CPU-sized; the paper uses {paper}"
-    )
-    card = dict(spec.card)
-    card.update(
-        title=zoo._CATALOGUE[spec.name][0],
-        summary=zoo._CATALOGUE[spec.name][1],
-        training=(
-            f"{origin_text(state)}, seed {SEED}, {train_config.iterations} "
-            f"iterations{staged}{cut}, "
-            f"batch {train_config.batch_size}, patches {list(train_config.patch_size)}, "
-            f"AdamW lr {train_config.learning_rate} (poly decay), CE/BCE + Dice on every "
-            f"head (deep supervision), {augmentation_text(train_config)}; widths "
-            f"{list(widths)} ({width_note}); best of the validation checks at step "
-            f"{trained.provenance.get('best_step')}; reproduce with `{reproduce}`"
-        ),
-        hardware=state.get("hardware") or hardware(state.get("device", "cpu")),
-        time=f"{state.get('seconds', 0.0) / 60:.0f} min of training wall time "
-        "(including validation)",
-        timing=f"ms_per_mpx: {hardware('cpu')}, 256x256 tiles, best of 3",
-        target=", ".join(f"{key} >= {goal:.2f}" for key, goal in spec.targets.items())
-        + f" at the best depth (by {spec.score_name}) on the held-back split, and above the "
-        "baseline",
-        verdict=verdict(spec, table, best, baseline, all(met.values()) and beats),
-        to_reach_target=(
-            "already met; wider networks and longer training would still gain"
-            if all(met.values()) and beats
-            else spec.card.get("to_reach_target")
-            or "longer GPU training with the paper's widths (32..512, beyond the "
-            "10 MB limit unless pruned) and elastic augmentation; or fine-tune "
-            "on your own labels in napari"
-        ),
-        columns=spec.columns,
-    )
-    provenance = dict(trained.provenance)
-    provenance.update(
-        data=str(card["data"]),
-        held_out=str(card["split"]),
-        wall_time_s=round(state.get("seconds", 0.0)),
-        hardware=card["hardware"],
-        script="scripts/train_zoo.py",
-    )
-    info = CheckpointInfo(
-        model=model.config,
-        data=data_config,
-        train=train_config,
-        metrics=metrics,
-        provenance=provenance,
-        card=card,
-    )
-    target_dir = zoo.models_dir() / spec.name
-    save_checkpoint(target_dir, model, info, half=True)
-    size_mb = (target_dir / WEIGHTS_NAME).stat().st_size / 1e6
-    log(f"{spec.name}: shipped to {target_dir} ({size_mb:.2f} MB); {card['verdict']}")
-    write_docs(DOCS)
-    return target_dir
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command line: which models, widths, iterations, resume, device."""
     global RUNS, DOCS
@@ -481,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.ship_only:
             train_one(all_specs[name], args)
         if not args.no_ship:
-            ship(all_specs[name], args)
+            ship(all_specs[name], RUNS, DOCS)
     return 0
 
 
