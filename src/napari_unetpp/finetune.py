@@ -8,6 +8,7 @@ decision made in one place.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -21,6 +22,7 @@ __all__ = [
     "build_model",
     "frozen_copy",
     "origin_of",
+    "preservation_teacher",
     "resolve_freeze_norm",
     "resolve_preserve_weight",
     "set_train_mode",
@@ -131,3 +133,33 @@ def frozen_copy(net: UNetPlusPlus) -> UNetPlusPlus:
     teacher = copy.deepcopy(net).eval()
     teacher.requires_grad_(False)
     return teacher
+
+
+def preservation_teacher(
+    net: UNetPlusPlus,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    initial: Any,
+    resume_from: Path | None,
+    new_heads: list[str],
+) -> tuple[UNetPlusPlus | None, float]:
+    """The frozen starting model for the "keep what you knew" term, and its weight.
+
+    ``net`` is the network about to be trained, already on its device. A resumed run
+    rebuilds the reference from the model the run first started from (the weights in
+    ``last/`` have moved on); if that is gone, the term is off.
+    """
+    from .resume import started_from
+
+    weight = resolve_preserve_weight(train_config, initial, new_heads)
+    if resume_from is not None and initial is None:
+        start = started_from(resume_from, "scratch")
+        if start in ("scratch", "model"):
+            return None, 0.0
+        try:
+            source, _, fresh = build_model(model_config, start)
+        except (OSError, ValueError):
+            return None, 0.0
+        weight = resolve_preserve_weight(train_config, start, fresh)
+        net = source.to(next(net.parameters()).device)
+    return (frozen_copy(net), weight) if weight > 0 else (None, 0.0)

@@ -52,10 +52,9 @@ from .devices import autocast, autocast_dtype, memory_format, place_model
 from .events import EtaClock, Event, Stopper
 from .finetune import (
     build_model,
-    frozen_copy,
     origin_of,
+    preservation_teacher,
     resolve_freeze_norm,
-    resolve_preserve_weight,
     set_train_mode,
 )
 from .losses import DeepSupervisionLoss, preservation_loss
@@ -227,7 +226,9 @@ class Trainer:
         if self.resume_from is not None:
             origin = started_from(self.resume_from, origin)
         net = place_model(net, device)
-        teacher, preserve = self._teacher(net, new_heads)
+        teacher, preserve = preservation_teacher(
+            net, self.model_config, self.train_config, self.initial, self.resume_from, new_heads
+        )
         if tc.freeze_encoder:
             for p in net.encoder_parameters():
                 p.requires_grad_(False)
@@ -245,28 +246,6 @@ class Trainer:
         if self.resume_from is not None:
             self._restore(run)
         return run, origin, new_heads
-
-    def _teacher(
-        self, net: UNetPlusPlus, new_heads: list[str]
-    ) -> tuple[UNetPlusPlus | None, float]:
-        """The frozen starting model for the "keep what you knew" term, and its weight.
-
-        A resumed run rebuilds it from the model the run first started from (the
-        weights in ``last/`` have moved on); if that is gone, the term is off.
-        """
-        weight = resolve_preserve_weight(self.train_config, self.initial, new_heads)
-        if self.resume_from is not None and self.initial is None:
-            start = started_from(self.resume_from, "scratch")
-            if start in ("scratch", "model"):
-                return None, 0.0
-            try:
-                source, _, fresh = build_model(self.model_config, start)
-            except (OSError, ValueError):
-                return None, 0.0
-            weight = resolve_preserve_weight(self.train_config, start, fresh)
-            net_on = place_model(source, next(net.parameters()).device)
-            return (frozen_copy(net_on), weight) if weight > 0 else (None, 0.0)
-        return (frozen_copy(net), weight) if weight > 0 else (None, 0.0)
 
     def _restore(self, run: _Run) -> None:
         """Continue a run: optimizer, step, RNG streams and the best so far."""
