@@ -89,6 +89,7 @@ def put_depths(
             contrast_limits=(0.0, 1.0),
             opacity=0.7,
             blending="additive",
+            visible=d == shown_depth,  # a hidden new layer uploads no texture: a shorter stall
         )
     for d in depth_layers(viewer, base, suffix):
         viewer.layers[f"{base} L{d}{suffix}"].visible = d == shown_depth
