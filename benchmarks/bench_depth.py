@@ -40,6 +40,7 @@ from napari_unetpp.disagreement import check_image  # noqa: E402
 from napari_unetpp.events import drive  # noqa: E402
 from napari_unetpp.image_check import THRESHOLDS, calibrate, judge  # noqa: E402
 from napari_unetpp.inference import predict_array  # noqa: E402
+from napari_unetpp.locate import CONFIG_NAME  # noqa: E402
 from napari_unetpp.postprocess import probabilities_to_labels  # noqa: E402
 
 # --------------------------------------------------------------------------- adaptive
@@ -228,9 +229,15 @@ def _signals(cases: list[tuple], models: dict[str, Any]) -> list[dict[str, Any]]
     return rows
 
 
-def bench_warning(crop: int, out: Path | None, object_diameter: float | None) -> None:
+def bench_warning(
+    crop: int, out: Path | None, object_diameter: float | None, write: bool = False
+) -> None:
     """Calibrate per-model thresholds on native validation images, then evaluate on the
-    held-back test splits: fire rate per shift, correlation of the signals with the IoU."""
+    held-back test splits: fire rate per shift, correlation of the signals with the IoU.
+
+    ``write``: store each model's thresholds as ``metrics["image_check"]`` in the shipped
+    model's config.json (what ``check_image`` reads), e.g. after retraining a zoo model.
+    """
     models = {name: zoo.load_pretrained(name) for name in ("nuclei", "em", "ct")}
     if object_diameter and getattr(models["nuclei"][0].config, "object_diameter", None) is None:
         models["nuclei"][0].config.object_diameter = object_diameter  # before "scale" lands
@@ -239,6 +246,9 @@ def bench_warning(crop: int, out: Path | None, object_diameter: float | None) ->
         name: calibrate([r for r in calibration if r["model"] == name]) for name in models
     }
     print("calibrated thresholds:", json.dumps(thresholds))
+    if write:
+        for name, values in thresholds.items():
+            _write_thresholds(zoo.models_dir() / name / CONFIG_NAME, values)
     rows = _signals(evaluation_cases(crop), models)
     if out is not None:
         out.write_text(
@@ -247,6 +257,16 @@ def bench_warning(crop: int, out: Path | None, object_diameter: float | None) ->
             )
         )
     summarise(rows, thresholds)
+
+
+def _write_thresholds(config_file: Path, thresholds: dict[str, float]) -> None:
+    """Put the calibrated thresholds into a shipped model's config.json (weights untouched)."""
+    config = json.loads(config_file.read_text())
+    config["metrics"]["image_check"] = thresholds
+    tmp = config_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    tmp.replace(config_file)
+    print(f"wrote metrics.image_check into {config_file}")
 
 
 def summarise(rows: list[dict[str, Any]], thresholds: dict[str, dict[str, float]]) -> None:
@@ -362,6 +382,11 @@ def main() -> None:
     )
     w.add_argument("--crop", type=int, default=256, help="centre crop (CPU time)")
     w.add_argument("--json", type=Path, help="write the per-image signals here")
+    w.add_argument(
+        "--write",
+        action="store_true",
+        help="store the calibrated thresholds in the shipped models' config.json",
+    )
     lab = sub.add_parser("labelling")
     lab.add_argument("--regions", type=int, default=8)
     lab.add_argument("--size", type=int, default=64)
@@ -376,7 +401,7 @@ def main() -> None:
     elif args.what == "labelling":
         bench_labelling(args.regions, args.size, args.iterations, args.seeds)
     elif args.what == "warning":
-        bench_warning(args.crop, args.json, args.object_diameter)
+        bench_warning(args.crop, args.json, args.object_diameter, args.write)
     else:
         saved = json.loads(args.json.read_text())
         summarise(saved["evaluation"], saved["thresholds"])

@@ -84,20 +84,26 @@ def verdict(
     return text
 
 
-def origin_text(state: dict[str, Any]) -> str:
-    """The card's words for where the weights started."""
-    start = state.get("started_from")
-    if not start:
+def origin_text(state: dict[str, Any], start: dict[str, Any] | None = None) -> str:
+    """The card's words for where the weights started (and how that model was trained)."""
+    if not state.get("started_from"):
         return "from scratch"
     norms = (
         "normalisation statistics kept"
         if state.get("keep_norm")
         else "normalisation statistics re-estimated"
     )
+    before = ""
+    if start and start.get("iterations"):
+        before = (
+            f" (itself trained from {start.get('started_from') or 'scratch'} on "
+            f"{start.get('hardware') or start.get('device')}: {start['iterations']} iterations, "
+            f"batch {start.get('batch_size')}, patches {start.get('patch_size')}, "
+            f"{str(start.get('date') or '')[:10]})"
+        )
     return (
-        f"continued from the previously shipped `{start}` (copied to the run's start/ "
-        f"folder) with transfer augmentation, learning rate {state.get('learning_rate')}, "
-        f"{norms}"
+        f"continued from the previously shipped model{before} with transfer augmentation, "
+        f"learning rate {state.get('learning_rate')}, {norms}"
     )
 
 

@@ -56,6 +56,24 @@ def continued_args(state: dict[str, Any]) -> str:
     return f" --start-from {start} --learning-rate {state.get('learning_rate')}{keep}"
 
 
+def _start_provenance(run: Path) -> dict[str, Any]:
+    """How the model a continued run started from was itself trained (its card's record)."""
+    try:
+        config = json.loads((run / "start" / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    provenance, train = config.get("provenance", {}), config.get("train", {})
+    return {
+        "started_from": provenance.get("started_from"),
+        "iterations": provenance.get("iterations"),
+        "batch_size": train.get("batch_size"),
+        "patch_size": train.get("patch_size"),
+        "device": provenance.get("device"),
+        "hardware": provenance.get("hardware"),
+        "date": provenance.get("date"),
+    }
+
+
 def ship(spec: ZooSpec, runs: Path, docs: Path) -> Path:
     """Score the run's best checkpoint on the held-back split on CPU; ship it fp16 with its card.
 
@@ -132,7 +150,8 @@ def ship(spec: ZooSpec, runs: Path, docs: Path) -> Path:
         title=zoo._CATALOGUE[spec.name][0],
         summary=zoo._CATALOGUE[spec.name][1],
         training=(
-            f"{origin_text(state)}, seed {SEED}, {train_config.iterations} "
+            f"{origin_text(state, _start_provenance(runs / spec.name))}, seed {SEED}, "
+            f"{train_config.iterations} "
             f"iterations{staged}{cut}, "
             f"batch {train_config.batch_size}, patches {list(train_config.patch_size)}, "
             f"AdamW lr {train_config.learning_rate} (poly decay), CE/BCE + Dice on every "
@@ -159,6 +178,9 @@ def ship(spec: ZooSpec, runs: Path, docs: Path) -> Path:
         columns=spec.columns,
     )
     provenance = dict(trained.provenance)
+    if state.get("started_from"):  # the spec the run was given, not its private copy
+        provenance["started_from"] = state["started_from"]
+        provenance["continued_from"] = _start_provenance(runs / spec.name)
     provenance.update(
         data=str(card["data"]),
         held_out=str(card["split"]),
