@@ -254,3 +254,29 @@ def test_fine_tune_defaults_and_label_guess_while_painting(make_napari_viewer, q
     qtbot.waitUntil(
         lambda: w._label_mode.value == "sparse", timeout=5 * train_module.GUESS_DELAY_MS
     )
+
+
+def test_live_plot_draws_lines_over_a_saved_background(qtbot):
+    """Updates while training blit the lines; the whole figure is drawn only when an axis
+    must grow (the full draw was the largest GUI-thread stall while training)."""
+    from napari_unetpp._widgets._plot import TrainingPlot
+
+    plot = TrainingPlot(interval_ms=1)
+    qtbot.addWidget(plot)
+    plot.show()
+    qtbot.waitUntil(lambda: plot.full_draws >= 1, timeout=5000)
+    first = plot.full_draws
+    for step in range(1, 9):  # within the first x range (0..10) and loss range (0..1)
+        plot.add_step(step, 0.9 - 0.05 * step)
+        qtbot.wait(20)
+    plot.add_validation(8, 0.5, {1: 0.4, 2: 0.5})  # new score lines: a legend, one full draw
+    qtbot.wait(50)
+    for step in range(9, 11):
+        plot.add_step(step, 0.4)
+        qtbot.wait(20)
+    assert plot.full_draws <= first + 1
+    plot.add_step(40, 0.3)  # beyond the step axis: it grows (doubles), one full draw
+    qtbot.waitUntil(lambda: plot._loss_ax.get_xlim()[1] >= 80, timeout=5000)
+    qtbot.wait(50)
+    assert plot.full_draws <= first + 2
+    assert list(plot._loss_line.get_xdata())[-1] == 40 and set(plot.scores) == {1, 2}

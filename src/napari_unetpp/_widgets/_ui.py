@@ -12,8 +12,14 @@ from magicgui.widgets import ComboBox, Label
 
 def wrapped(text: str = "") -> Label:
     """A Label whose long text wraps instead of widening the dock."""
+    from qtpy.QtWidgets import QSizePolicy
+
     label = Label(value=text)
     label.native.setWordWrap(True)
+    # a wrapping QLabel still asks for the width of its longest line; ignoring that
+    # request keeps the dock (and the live plot beside it, which redraws on every
+    # resize) from jumping wider and back as the status text changes each step
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
     return label
 
 
