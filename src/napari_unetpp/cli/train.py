@@ -40,6 +40,7 @@ from .info import depth_table, read_model_info
 if TYPE_CHECKING:
     from ..checkpoint import CheckpointInfo
     from ..config import DataConfig, ModelConfig, TrainConfig
+    from ..training import Trainer
 
 
 def _normalization_from_args(base: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -229,44 +230,31 @@ def _train(
 
             stack.enter_context(OutputFolder(out))  # one run at a time writes into --out
             write_run_file(out, record)  # before the first step: `--resume` alone continues it
-        return _run_trainer(
-            args,
-            out,
-            initial,
+        from ..training import Trainer
+
+        trainer = Trainer(
             model_config,
             train_config,
             data_config,
-            (images, labels, val_images, val_labels),
-            len(pairs),
-            len(val_pairs),
-            main_process,
+            initial=initial,
+            output_dir=out,
+            resume=bool(args.resume),
         )
+        arrays = (images, labels, val_images, val_labels)
+        return _run_trainer(args, trainer, arrays, len(pairs), len(val_pairs), main_process)
 
 
 def _run_trainer(
     args: argparse.Namespace,
-    out: Path,
-    initial: Any,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    data_config: DataConfig,
+    trainer: Trainer,
     arrays: tuple[Any, ...],
     n_pairs: int,
     n_val: int,
     main_process: bool,
 ) -> int:
     """Drive the trainer with a progress bar; rank 0 records the run and prints the table."""
-    from ..training import Trainer
-
     images, labels, val_images, val_labels = arrays
-    trainer = Trainer(
-        model_config,
-        train_config,
-        data_config,
-        initial=initial,
-        output_dir=out,
-        resume=bool(args.resume),
-    )
+    out, train_config = Path(args.out), trainer.train_config
     if main_process:
         _note(
             f"training on {n_pairs} image(s)"
