@@ -230,6 +230,13 @@ def image_file(tmp_path: Path, em_stack) -> Path:
 PREDICT = ["--tile", "64", "64", "--device", "cpu", "-q"]
 
 
+def _predict(
+    capsys: pytest.CaptureFixture[str], model: Path, image: Path, out: Path, *flags: Any
+) -> tuple[int, str, str]:
+    """``napari-unetpp predict MODEL IMAGE --out OUT FLAGS`` with the small-tile CPU flags."""
+    return _run(capsys, "predict", model, image, "--out", out, *flags, *PREDICT)
+
+
 @pytest.mark.parametrize("fmt", ["tif", "zarr"])
 def test_predict_never_overwrites_user_labels(
     tmp_path: Path, tiny_model: Path, image_file: Path, capsys: pytest.CaptureFixture[str], fmt: str
@@ -245,30 +252,15 @@ def test_predict_never_overwrites_user_labels(
 
         zarr.save_array(str(user), mine)
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
-    code, _, err = _run(
-        capsys, "predict", tiny_model, image_file, "--out", out, "--format", fmt, *PREDICT
-    )
+    code, _, err = _predict(capsys, tiny_model, image_file, out, "--format", fmt)
     assert code == 2 and "--overwrite" in _one_line_error(err)
     np.testing.assert_array_equal(read_array(user), mine)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing added
 
-    code, _, _ = _run(
-        capsys,
-        "predict",
-        tiny_model,
-        image_file,
-        "--out",
-        out,
-        "--format",
-        fmt,
-        "--overwrite",
-        *PREDICT,
-    )
+    code, _, _ = _predict(capsys, tiny_model, image_file, out, "--format", fmt, "--overwrite")
     assert code == 0 and read_array(user).max() <= 1  # replaced, as asked
     # a result this package wrote is replaced by the next run without --overwrite
-    code, _, _ = _run(
-        capsys, "predict", tiny_model, image_file, "--out", out, "--format", fmt, *PREDICT
-    )
+    code, _, _ = _predict(capsys, tiny_model, image_file, out, "--format", fmt)
     assert code == 0
     # the labels and their run record; no lock, no staging folder left behind
     assert sorted(p.name for p in out.iterdir()) == [f"a_labels.{fmt}", "a_run.json"]
@@ -280,17 +272,8 @@ def test_zarr_outputs_carry_a_complete_mark(
     import zarr
 
     out = tmp_path / "out"
-    code, _, _ = _run(
-        capsys,
-        "predict",
-        tiny_model,
-        image_file,
-        "--out",
-        out,
-        "--format",
-        "zarr",
-        "--probabilities",
-        *PREDICT,
+    code, _, _ = _predict(
+        capsys, tiny_model, image_file, out, "--format", "zarr", "--probabilities"
     )
     assert code == 0
     assert zarr.open(str(out / "a_labels.zarr"), mode="r").attrs["napari_unetpp"] == {
@@ -319,17 +302,8 @@ def test_interrupted_predict_leaves_nothing(
 
     monkeypatch.setattr(postprocess, "probabilities_to_labels", ctrl_c)
     out = tmp_path / "out"
-    code, _, err = _run(
-        capsys,
-        "predict",
-        tiny_model,
-        image_file,
-        "--out",
-        out,
-        "--format",
-        "zarr",
-        "--probabilities",
-        *PREDICT,
+    code, _, err = _predict(
+        capsys, tiny_model, image_file, out, "--format", "zarr", "--probabilities"
     )
     assert code == 130 and "interrupted" in err
     assert list(out.iterdir()) == []  # no labels, no internal probabilities store, no lock
@@ -340,14 +314,14 @@ def test_concurrent_predict_into_one_folder_is_refused(
 ):
     out = tmp_path / "out"
     with OutputFolder(out):  # a run in progress (this process)
-        code, _, err = _run(capsys, "predict", tiny_model, image_file, "--out", out, *PREDICT)
+        code, _, err = _predict(capsys, tiny_model, image_file, out)
         assert code == 2 and "another napari-unetpp run" in _one_line_error(err)
     assert not (out / "a_labels.tif").exists()
     # a lock left by a killed run (its process is gone) is taken over
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (out / LOCK_NAME).write_text(str(dead.pid))
-    code, _, _ = _run(capsys, "predict", tiny_model, image_file, "--out", out, *PREDICT)
+    code, _, _ = _predict(capsys, tiny_model, image_file, out)
     assert code == 0 and (out / "a_labels.tif").is_file() and not (out / LOCK_NAME).exists()
 
 
@@ -571,10 +545,10 @@ def test_cli_errors_are_one_line(
         "1",
     )
     assert code == 2 and "is a file" in _one_line_error(err)
-    code, _, err = _run(capsys, "predict", tiny_model, image_file, "--out", a_file, *PREDICT)
+    code, _, err = _predict(capsys, tiny_model, image_file, a_file)
     assert code == 2 and "is a file" in _one_line_error(err)
-    code, _, err = _run(
-        capsys, "predict", tiny_model, image_file, "--out", a_file / "sub", *PREDICT
+    code, _, err = _predict(
+        capsys, tiny_model, image_file, a_file / "sub"
     )  # an OSError (not a directory)
     assert code == 2
     _one_line_error(err)
