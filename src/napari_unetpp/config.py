@@ -270,7 +270,8 @@ class TrainConfig(_Config):
     #: Weight of the "keep what you knew" term: on unlabelled pixels, every head is pulled
     #: towards the starting model's own prediction (KL; ``losses.preservation_loss``), so a
     #: few scribbles correct a model without dragging the rest of the image. None = 1.0
-    #: when fine-tuning with the starting model's classes, 0 from scratch; 0 = off.
+    #: when fine-tuning with the starting model's classes, 0 from scratch; 0 = off. Only
+    #: sparse labels have unlabelled pixels: with dense ones the term is not computed.
     preserve_weight: float | None = None
 
     def __post_init__(self) -> None:

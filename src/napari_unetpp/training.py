@@ -226,9 +226,11 @@ class Trainer:
         if self.resume_from is not None:
             origin = started_from(self.resume_from, origin)
         net = place_model(net, device)
-        teacher, preserve = preservation_teacher(
-            net, self.model_config, self.train_config, self.initial, self.resume_from, new_heads
-        )
+        teacher, preserve = None, 0.0
+        if self.data_config.label_mode == "sparse":  # dense labels leave no pixel to keep
+            teacher, preserve = preservation_teacher(
+                net, self.model_config, tc, self.initial, self.resume_from, new_heads
+            )
         if tc.freeze_encoder:
             for p in net.encoder_parameters():
                 p.requires_grad_(False)
