@@ -283,3 +283,63 @@ def test_predictor_changing_the_tile_shape_is_explained():
     image = np.zeros((1, 20, 20), np.float32)
     with pytest.raises(ValueError, match="must keep the tile's spatial shape"):
         sliding_window(lambda b: {"x": b[..., :-1]}, image, (16, 16), 0.5, 2)
+
+
+@pytest.mark.parametrize("accumulate_on", [None, torch.device("cpu")])
+def test_blending_into_the_results_in_place_matches_the_band(accumulate_on):
+    """In-memory results are blended where they live: same bits as the band, rows unreached 0."""
+    rng = np.random.default_rng(7)
+    image = rng.normal(size=(2, 70, 45)).astype(np.float32)
+    noise = {}
+
+    def heads(batch):  # tiles disagree where they overlap, so the weights matter
+        x = torch.as_tensor(batch)
+        k = len(noise)
+        noise[k] = torch.from_numpy(rng.normal(size=x.shape).astype(np.float32))
+        return StackedOutputs(torch.cat([x + noise[k], x[:, :1] * 3], dim=1), {"a": 2, "b": 1})
+
+    band = sliding_window(heads, image, (32, 32), 0.5, 2, accumulate_on=accumulate_on)
+    replay = iter(list(noise.values()))
+    noise.clear()
+
+    def same_heads(batch):
+        x = torch.as_tensor(batch)
+        return StackedOutputs(torch.cat([x + next(replay), x[:, :1] * 3], dim=1), {"a": 2, "b": 1})
+
+    into = np.zeros((3, 70, 45), np.float32)
+    gen = iter_sliding_window(
+        same_heads, image, (32, 32), 0.5, 2, accumulate_on=accumulate_on, into=into
+    )
+    for _ in gen:
+        pass
+    np.testing.assert_array_equal(into[:2], band["a"])
+    np.testing.assert_array_equal(into[2:], band["b"])
+
+    stopped = np.zeros((1, 64, 20), np.float32)
+    gen = iter_sliding_window(
+        plus_one_only,
+        np.ones((1, 64, 20), np.float32),
+        (16, 20),
+        0.0,
+        1,
+        should_stop=lambda: True,
+        accumulate_on=accumulate_on,
+        into=stopped,
+    )
+    next(gen)
+    with pytest.raises(StopIteration):
+        next(gen)
+    np.testing.assert_array_equal(stopped[:, :16], 2.0)
+    assert (stopped[:, 16:] == 0).all()
+
+
+def plus_one_only(batch):
+    return {"same": np.asarray(batch) + 1}
+
+
+def test_blending_in_place_refuses_a_copy():
+    with pytest.raises(ValueError, match="writable float32"):
+        for _ in iter_sliding_window(
+            plus_one_only, np.ones((1, 8, 8), np.float32), (8, 8), into=np.zeros((1, 8, 8))
+        ):
+            pass

@@ -366,6 +366,7 @@ def predict_adaptive(
         for key in ("depth", "disagreement")
     }
     sizes = layout.spatial_shape
+    blend_on = device if device.type == "cpu" else None  # torch on the host, as predict
     tile_depths: dict[tuple[int, ...], np.ndarray] = {}
     clock, done, complete = EtaClock(), 0, True
     for n, lead in enumerate(items):
@@ -384,6 +385,7 @@ def predict_adaptive(
             align=multiple,
             allocate=_allocator(sinks),
             should_stop=stopped,
+            accumulate_on=blend_on,  # as ordinary prediction: tolerance 0 gives its bits
         )
         for progress in gen:
             step = done + progress.done

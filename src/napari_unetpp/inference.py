@@ -61,7 +61,7 @@ from . import stores, tiling
 from .config import DataConfig, PredictConfig
 from .devices import empty_cache, is_out_of_memory, resolve_device
 from .events import EtaClock, Event, Stopper, drive
-from .layout import ItemSink, ItemView, image_layout, output_shape
+from .layout import ItemSink, ItemView, image_layout, output_shape, stacked_item
 from .model import UNetPlusPlus
 from .nonfinite import non_finite_filler
 from .normalization import intensity_range, normalize
@@ -171,11 +171,23 @@ def _blend_device(
 
     Why torch on the CPU: its element-wise kernels use every core where numpy uses
     one, and the tiles then go from the normalised band to the network without a
-    numpy round trip (the blending is bit-identical to the numpy path).
+    numpy round trip.
     """
     if device.type == "cpu":
         return device
     return _accumulate_on(device, channels, tile, spatial)
+
+
+def _host_target(
+    arrays: Any, lead: tuple[int, ...], num_classes: int, accumulate_on: torch.device | None
+) -> np.ndarray | None:
+    """Where one item's tiles can be blended in place: the in-memory results, when the
+    blending runs on the host (on a GPU the band stays there and is copied out once)."""
+    if not isinstance(arrays, stores.HostOutputs):
+        return None
+    if accumulate_on is not None and accumulate_on.type != "cpu":
+        return None
+    return stacked_item(arrays.stacked, lead, num_classes)
 
 
 def _normaliser(image: Any, data_config: DataConfig) -> Callable[[np.ndarray], np.ndarray]:
@@ -326,6 +338,7 @@ def predict(
             allocate=lambda key, _shape: sinks[cast(int, key)],
             should_stop=stopped,
             accumulate_on=accumulate_on,
+            into=_host_target(arrays, lead, num_classes, accumulate_on),
         )
 
     for n, lead in enumerate(items):

@@ -19,7 +19,7 @@ import torch
 from .model import UNetPlusPlus
 from .normalization import spatial_shape
 
-__all__ = ["ItemSink", "ItemView", "Layout", "image_layout", "output_shape"]
+__all__ = ["ItemSink", "ItemView", "Layout", "image_layout", "output_shape", "stacked_item"]
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,19 @@ class ItemView:
         lo, _, band = self._band
         key = (slice(None), slice(start - lo, stop - lo), *index[2:])
         return band[key]
+
+
+def stacked_item(stacked: np.ndarray, lead: tuple[int, ...], num_classes: int) -> np.ndarray | None:
+    """One item of stacked outputs ``(heads, [classes,] *lead, *spatial)`` as a writable
+    ``(heads * classes, *spatial)`` view (the tile runner's channel order), or ``None``
+    where that view cannot be had without a copy."""
+    heads: tuple[slice | int, ...] = (slice(None), *lead)
+    if num_classes == 1:
+        return stacked[heads]
+    classes: tuple[slice | int, ...] = (slice(None), *heads)
+    item = stacked[classes]
+    merged = item.reshape(-1, *item.shape[2:])
+    return merged if np.may_share_memory(merged, stacked) else None
 
 
 class ItemSink:

@@ -54,6 +54,12 @@ def _as_numpy(value: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.float32)
 
 
+def _shared_host_array(array: Any) -> np.ndarray:
+    if not isinstance(array, np.ndarray) or array.dtype != np.float32 or not array.flags.writeable:
+        raise ValueError("the array to blend into must be a writable float32 numpy array")
+    return array
+
+
 class _NumpyBackend:
     """Blending in host memory with numpy (for numpy predictors and as the fallback)."""
 
@@ -62,6 +68,14 @@ class _NumpyBackend:
 
     def put(self, value: Any) -> Any:
         return _as_numpy(value)
+
+    def scratch(self, shape: tuple[int, ...]) -> Any:
+        """The blend's intermediate ``value - mean`` (numpy has no fused update)."""
+        return self.zeros(shape)
+
+    def share(self, array: np.ndarray) -> Any:
+        """A host float32 array to blend into in place (refused where it would be a copy)."""
+        return _shared_host_array(array)
 
     def cat(self, values: list[Any]) -> Any:
         return values[0] if len(values) == 1 else np.concatenate(values, axis=1)
@@ -81,8 +95,9 @@ class _NumpyBackend:
 class _TorchBackend:
     """Blending with torch on any device (a GPU: tiles never leave it; the CPU: both cores).
 
-    Same elementary float32 operations, in the same order, as the numpy backend,
-    so both give bit-identical results.
+    The update is one fused ``lerp_`` (one pass over the tile instead of three);
+    it may round differently from the numpy backend's three steps in the last bit,
+    and, like them, it leaves the mean unchanged when a tile repeats it exactly.
     """
 
     def __init__(self, device: Any) -> None:
@@ -103,10 +118,16 @@ class _TorchBackend:
     def cat(self, values: list[Any]) -> Any:
         return values[0] if len(values) == 1 else self.torch.cat(values, dim=1)
 
+    def scratch(self, shape: tuple[int, ...]) -> Any:
+        return None  # lerp_ needs none
+
+    def share(self, array: np.ndarray) -> Any:
+        if self.device.type != "cpu":
+            raise ValueError("blending into a host array needs a host (CPU) backend")
+        return self.torch.from_numpy(_shared_host_array(array))
+
     def blend(self, mean: Any, value: Any, ratio: Any, delta: Any) -> None:
-        self.torch.sub(value, mean, out=delta)  # three exactly rounded steps, as numpy does
-        delta.mul_(ratio)
-        mean.add_(delta)
+        mean.lerp_(value, ratio)  # mean + ratio * (value - mean), fused; delta unused
 
     def divide(self, a: Any, b: Any, out: Any) -> Any:
         return self.torch.div(a, b, out=out)
@@ -127,6 +148,11 @@ class Band:
     written out and the band moves on. Every buffer is allocated once: the band moves
     by copying into a second band and swapping, and each tile's intermediate values go
     to scratch arrays (fresh allocations of this size cost page faults every time).
+
+    ``into``: the whole item's zeroed output ``(channels, *spatial)`` (in-memory results
+    on the host): the means are kept there directly, so there is nothing to write out
+    or shift, only the band of weights; that saves a copy of every output and the
+    band's copies, most of the host's memory traffic.
     """
 
     def __init__(
@@ -135,29 +161,38 @@ class Band:
         tile: tuple[int, ...],
         channels: int,
         backend: _NumpyBackend | _TorchBackend,
+        into: Any = None,
     ) -> None:
         self.spatial = spatial
         self.height = min(tile[0], spatial[0])
         self.lo = 0
         self.backend = backend
+        self.direct = into is not None
         band = (self.height, *spatial[1:])
-        self.mean, self.weight = backend.zeros((channels, *band)), backend.zeros((1, *band))
-        self._spare = (backend.zeros((channels, *band)), backend.zeros((1, *band)))
-        self._delta, self._ratio = backend.zeros((channels, *tile)), backend.zeros((1, *tile))
-
-    def _index(self, start: tuple[int, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
-        first = slice(start[0] - self.lo, start[0] - self.lo + shape[0])
-        rest = tuple(slice(s, s + n) for s, n in zip(start[1:], shape[1:], strict=False))
-        return (slice(None), first, *rest)
+        self.weight, self._spare_weight = backend.zeros((1, *band)), backend.zeros((1, *band))
+        if self.direct:
+            self.mean, self._spare_mean = into, None
+        else:
+            self.mean, self._spare_mean = (
+                backend.zeros((channels, *band)),
+                backend.zeros((channels, *band)),
+            )
+        self._delta, self._ratio = backend.scratch((channels, *tile)), backend.zeros((1, *tile))
 
     def add(self, start: tuple[int, ...], block: Any, w: Any) -> None:
         """Blend ``block`` ``(C, *valid_tile)`` with weights ``w`` in at ``start``."""
-        index = self._index(start, w.shape)
-        total = self.weight[index]
+        rest = tuple(slice(s, s + n) for s, n in zip(start[1:], w.shape[1:], strict=False))
+        row = start[0] - self.lo
+        rows: tuple[slice, ...] = (slice(None), slice(row, row + w.shape[0]), *rest)
+        total = self.weight[rows]
         total += w  # a view: updates the band in place
         scratch = (slice(None), *(slice(0, n) for n in w.shape))
         ratio = self.backend.divide(w, total, self._ratio[scratch])
-        self.backend.blend(self.mean[index], block, ratio, self._delta[scratch])
+        delta = None if self._delta is None else self._delta[scratch]
+        first = start[0] if self.direct else row
+        where: tuple[slice, ...] = (slice(None), slice(first, first + w.shape[0]), *rest)
+        target = self.mean[where]
+        self.backend.blend(target, block, ratio, delta)
 
     def advance(
         self, to: int, sinks: Mapping[Hashable, Any], slices: Mapping[Hashable, slice]
@@ -168,20 +203,23 @@ class Band:
             return
         shift = min(rows, self.height)
         self.flush(shift, sinks, slices)
-        spare = self._spare
-        for old, new in zip((self.mean, self.weight), spare, strict=False):
-            new[:, : self.height - shift] = old[:, shift:]
-            new[:, self.height - shift :] = 0
-        self._spare = (self.mean, self.weight)
-        self.mean, self.weight = spare
+        self.weight, self._spare_weight = self._shifted(self.weight, self._spare_weight, shift)
+        if not self.direct:
+            self.mean, self._spare_mean = self._shifted(self.mean, self._spare_mean, shift)
         self.lo += rows
+
+    def _shifted(self, old: Any, new: Any, shift: int) -> tuple[Any, Any]:
+        """``old`` moved up by ``shift`` rows into ``new`` (zeros below); returns both, swapped."""
+        new[:, : self.height - shift] = old[:, shift:]
+        new[:, self.height - shift :] = 0
+        return new, old
 
     def flush(
         self, rows: int, sinks: Mapping[Hashable, Any], slices: Mapping[Hashable, slice]
     ) -> None:
         """Write the first ``rows`` rows of the band (0 where no tile reached): one copy out."""
         rows = min(rows, self.spatial[0] - self.lo)
-        if rows <= 0:
+        if rows <= 0 or self.direct:  # direct: already where it belongs
             return
         target = (slice(None), slice(self.lo, self.lo + rows))
         done = self.backend.host(self.mean[:, :rows])

@@ -28,6 +28,7 @@ __all__ = [
     "create_array",
     "create_group",
     "allocate_outputs",
+    "HostOutputs",
     "mark_complete",
     "is_incomplete",
     "read_regular_file",
@@ -255,6 +256,19 @@ def slice_chunks(shape: tuple[int, ...], spatial: tuple[int, ...]) -> tuple[int,
     return (1,) * lead + tuple(min(c, s) for c, s in zip(spatial, shape[lead:], strict=True))
 
 
+class HostOutputs(dict):  # type: ignore[type-arg]
+    """``{depth: array}`` in memory: views of one stacked ``(depths, *shape)`` array.
+
+    Why stacked: tiled inference blends every head of a tile in one operation, and
+    with the heads side by side in ``stacked`` it blends straight into the results
+    (no band of means to copy out). Each view is contiguous and reads as its own array.
+    """
+
+    def __init__(self, stacked: Any, depths: tuple[int, ...]) -> None:
+        super().__init__({d: stacked[k] for k, d in enumerate(depths)})
+        self.stacked = stacked
+
+
 def allocate_outputs(
     depths: tuple[int, ...],
     shape: tuple[int, ...],
@@ -268,7 +282,7 @@ def allocate_outputs(
     import numpy as np
 
     if out is None:
-        return {d: np.zeros(shape, dtype=np.float32) for d in depths}, None
+        return HostOutputs(np.zeros((len(depths), *shape), dtype=np.float32), depths), None
     path = Path(out)
     is_store = any((path / name).exists() for name in ("zarr.json", ".zgroup", ".zarray"))
     if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not is_store)):

@@ -265,6 +265,7 @@ def iter_sliding_window(
     allocate: Callable[[Hashable, tuple[int, ...]], Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
     accumulate_on: Any = None,
+    into: Any = None,
 ) -> Generator[TileProgress, None, dict[Hashable, Any]]:
     """Generator form of :func:`sliding_window`: yields progress, returns the outputs.
 
@@ -275,6 +276,9 @@ def iter_sliding_window(
     float32 array); it may return a zarr array or a view that writes elsewhere.
     ``accumulate_on``: ``None`` blends in host memory (numpy); a torch device
     blends there, so a GPU predictor's outputs never leave the GPU tile by tile.
+    ``into``: a zeroed, writable host array ``(sum C_out, *spatial)``, the predictor's
+    outputs in their order: blended there in place, with no band to write out (then
+    ``allocate``'s arrays are not written).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -298,7 +302,8 @@ def iter_sliding_window(
         batch = _stack([_read_tile(image, s, tile) for s in starts])
         stacked = outputs.stack(predictor(batch), backend, len(starts), tile)
         if band is None:
-            band = Band(spatial, tile, outputs.channels, backend)
+            target = None if into is None else backend.share(into)
+            band = Band(spatial, tile, outputs.channels, backend, into=target)
         for k, start in enumerate(starts):
             band.advance(start[0], outputs.sinks, outputs.slices)
             valid = tuple(
