@@ -109,3 +109,31 @@ def test_old_configs_load_with_the_guard_and_it_validates() -> None:
     assert NormalizationConfig.from_dict(old).min_foreground == GUARDED.min_foreground
     with pytest.raises(ValueError, match="min_foreground"):
         NormalizationConfig(min_foreground=1.0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.bool_])
+def test_level_counts_give_numpys_percentiles_bit_for_bit(dtype):
+    """Integer images take the counting path: the same numbers as np.percentile / np.median."""
+    from napari_unetpp.normalization import LevelCounts
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 3, 64, 999, 5000):
+        if dtype is np.bool_:
+            sample = rng.random(n) < 0.3
+        else:
+            low = 0 if np.dtype(dtype).kind == "u" else -300
+            sample = rng.integers(low, 300, n).astype(dtype)
+        qs = [0.0, 1.0, 12.5, 50.0, 99.8, 100.0, *rng.random(3) * 100]
+        counts = LevelCounts.of(sample)
+        assert counts is not None
+        as_float = sample.astype(np.float64)
+        np.testing.assert_array_equal(counts.percentile(qs), np.percentile(as_float, qs))
+        centre = float(np.median(as_float))
+        assert counts.median_distance(centre) == float(np.median(np.abs(as_float - centre)))
+
+
+def test_level_counts_leave_floats_and_wide_ranges_to_numpy():
+    from napari_unetpp.normalization import LevelCounts
+
+    assert LevelCounts.of(np.linspace(0, 1, 100)) is None
+    assert LevelCounts.of(np.array([0, LevelCounts.MAX_LEVELS], np.int64)) is None
