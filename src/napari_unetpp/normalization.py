@@ -139,7 +139,9 @@ class LevelCounts:
         low, high = int(sample.min()), int(sample.max())
         if high - low >= cls.MAX_LEVELS:
             return None
-        offset = sample if sample.dtype.kind == "b" or low == 0 else sample - np.int64(low)
+        if sample.dtype.kind == "b":
+            sample = sample.view(np.uint8)
+        offset = sample if low == 0 else sample - np.int64(low)
         counts = np.bincount(offset.ravel(), minlength=high - low + 1)
         present = np.flatnonzero(counts)
         return cls(present + low, counts[present])
