@@ -207,6 +207,10 @@ def test_warning_fires_on_nuclei_rescaled_2x_not_on_native(data_dir, nuclei_mode
         checks["2x"].signals["depth_disagreement"]
         > 3 * checks["native"].signals["depth_disagreement"]
     )
+    # nuclei twice the training size come out whole at half size, split at full size
+    halves = {name: c.signals["half_size_ratio"] for name, c in checks.items()}
+    assert halves["2x"] is not None and halves["native"] is not None
+    assert halves["2x"] > halves["native"]
 
 
 def test_cli_depth_auto_disagreement_and_info_on(tmp_path, em_stack, capsys) -> None:
@@ -267,11 +271,16 @@ def test_judge_and_calibrate_name_the_remedy() -> None:
     assert smaller[0] and "rescale the image by 3.33" in smaller[2][0]
     hinted = judge({**quiet, "size_ratio": 1.84})  # within the training images' own spread
     assert not hinted[0] and not hinted[1] and "auto object size" in hinted[2][0]
+    split = judge({**quiet, "half_size_ratio": 2.2})
+    assert split[0] and "split" in split[1][0] and "rescale the image by 0.50" in split[2][0]
+    assert not judge({**quiet, "half_size_ratio": 1.2})[0]
     noisy = judge({**quiet, "flip_disagreement": 0.5})
     assert noisy[0] and "fine-tune" in noisy[2][0]
     limits = calibrate([quiet, {**quiet, "depth_disagreement": 0.04}], margin=1.5)
     assert limits["depth_disagreement"] == pytest.approx(0.06)
     assert limits["scale_gain"] == THRESHOLDS["scale_gain"]  # natives far below the fallback
+    natives = [{**quiet, "half_size_ratio": r} for r in (0.9, 1.7)]
+    assert calibrate(natives)["half_size_ratio"] == pytest.approx(1.87)  # 1.1x the largest
 
 
 def test_spread_regions_take_turns_and_never_touch() -> None:

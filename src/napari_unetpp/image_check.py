@@ -41,6 +41,7 @@ THRESHOLDS: dict[str, float] = {
     "uncertain_fraction": 0.17,
     "size_ratio": 2.5,
     "scale_gain": 1.6,
+    "half_size_ratio": 1.6,
 }
 #: A size ratio beyond this (but within ``size_ratio``) gives a hint, not a warning.
 SIZE_HINT = 1.5
@@ -103,6 +104,7 @@ def image_signals(
         "object_diameter": None,
         "size_ratio": None,
         "scale_gain": None,
+        "half_size_ratio": None,
     }
     if half is not None:
         at_half = float(disagreement_map(half, c).mean())
@@ -116,7 +118,28 @@ def image_signals(
         measured = _object_diameter(deepest, model_config, data_config)
         signals["object_diameter"] = measured
         signals["size_ratio"] = None if measured is None else measured / float(expected)
+        signals["half_size_ratio"] = _half_size_ratio(half, measured, model_config, data_config)
     return signals
+
+
+def _half_size_ratio(
+    half: Mapping[int, Any] | None,
+    measured: float | None,
+    model_config: ModelConfig,
+    data_config: DataConfig,
+) -> float | None:
+    """Twice the objects' diameter found at half size over the diameter at full size.
+
+    Why: objects much larger than in training are not seen as large ones; the model
+    splits each into fragments about its training size (537 pieces for 23 nuclei on
+    one user image), so the measured size looks normal. At half size the same objects
+    come out whole: about 2x the fragments' size. Near 1 (or below: small objects
+    fade at half size) on images like the training data.
+    """
+    if half is None or not measured:
+        return None
+    small = _object_diameter(np.asarray(half[max(half)], np.float32), model_config, data_config)
+    return None if small is None else 2 * small / measured
 
 
 @dataclass
@@ -168,6 +191,13 @@ def judge(
             f"the depths agree {gain:.1f}x better at half size: objects look "
             "larger than in training"
         )
+    split = signals.get("half_size_ratio")
+    if split is not None and split > thresholds["half_size_ratio"]:
+        larger = True
+        reasons.append(
+            f"objects found at half size are {split:.1f}x those at full size: large "
+            "objects are being split into training-sized pieces"
+        )
     remedies: list[str] = []
     if reasons:
         if size_off or larger:
@@ -204,9 +234,10 @@ def calibrate(
         values = [float(v) for r in native if (v := r.get(name)) is not None]
         if values:
             out[name] = round(margin * max(values), 4)
-    gains = [float(v) for r in native if (v := r.get("scale_gain")) is not None]
-    if gains:  # a ratio near 1 on native images: the fallback unless natives reach it
-        out["scale_gain"] = round(max(THRESHOLDS["scale_gain"], 1.1 * max(gains)), 3)
+    for name in ("scale_gain", "half_size_ratio"):  # ratios near 1 on native images:
+        ratios = [float(v) for r in native if (v := r.get(name)) is not None]
+        if ratios:  # the fallback unless natives reach it
+            out[name] = round(max(THRESHOLDS[name], 1.1 * max(ratios)), 3)
     return out
 
 
