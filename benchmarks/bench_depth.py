@@ -392,7 +392,7 @@ def main() -> None:
     lab.add_argument("--size", type=int, default=64)
     lab.add_argument("--iterations", type=int, default=30)
     lab.add_argument("--seeds", nargs="+", type=int, default=[0])
-    s = sub.add_parser("summary", help="re-judge a --json file (e.g. new thresholds)")
+    s = sub.add_parser("summary", help="recalibrate and re-judge a --json file")
     s.add_argument("json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -403,8 +403,13 @@ def main() -> None:
     elif args.what == "warning":
         bench_warning(args.crop, args.json, args.object_diameter, args.write)
     else:
-        saved = json.loads(args.json.read_text())
-        summarise(saved["evaluation"], saved["thresholds"])
+        saved = json.loads(args.json.read_text())  # recalibrated: the current rule
+        rows = saved["calibration"]
+        names = dict.fromkeys(r["model"] for r in rows)
+        summarise(
+            saved["evaluation"],
+            {n: calibrate([r for r in rows if r["model"] == n]) for n in names},
+        )
 
 
 if __name__ == "__main__":

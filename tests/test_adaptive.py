@@ -279,8 +279,10 @@ def test_judge_and_calibrate_name_the_remedy() -> None:
     limits = calibrate([quiet, {**quiet, "depth_disagreement": 0.04}], margin=1.5)
     assert limits["depth_disagreement"] == pytest.approx(0.06)
     assert limits["scale_gain"] == THRESHOLDS["scale_gain"]  # natives far below the fallback
-    natives = [{**quiet, "half_size_ratio": r} for r in (0.9, 1.7)]
-    assert calibrate(natives)["half_size_ratio"] == pytest.approx(1.87)  # 1.1x the largest
+    natives = [{**quiet, "half_size_ratio": r} for r in [0.9] * 19 + [1.7]]
+    assert calibrate(natives)["half_size_ratio"] == THRESHOLDS["half_size_ratio"]  # an outlier
+    natives = [{**quiet, "half_size_ratio": r} for r in [1.5] * 19 + [1.7]]
+    assert calibrate(natives)["half_size_ratio"] == pytest.approx(1.1 * 1.51)  # 95th percentile
 
 
 def test_spread_regions_take_turns_and_never_touch() -> None:

@@ -234,10 +234,14 @@ def calibrate(
         values = [float(v) for r in native if (v := r.get(name)) is not None]
         if values:
             out[name] = round(margin * max(values), 4)
-    for name in ("scale_gain", "half_size_ratio"):  # ratios near 1 on native images:
+    # ratios near 1 on native images: 1.1x the largest (the half-size ratio: its 95th
+    # percentile, as a native image whose small objects merge at half size is an outlier
+    # that would otherwise switch the signal off), never below the fallback
+    for name, quantile in (("scale_gain", 100), ("half_size_ratio", 95)):
         ratios = [float(v) for r in native if (v := r.get(name)) is not None]
-        if ratios:  # the fallback unless natives reach it
-            out[name] = round(max(THRESHOLDS[name], 1.1 * max(ratios)), 3)
+        if ratios:
+            high = float(np.percentile(ratios, quantile))
+            out[name] = round(max(THRESHOLDS[name], 1.1 * high), 3)
     return out
 
 
