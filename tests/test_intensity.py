@@ -132,6 +132,21 @@ def test_level_counts_give_numpys_percentiles_bit_for_bit(dtype):
         assert counts.median_distance(centre) == float(np.median(np.abs(as_float - centre)))
 
 
+@pytest.mark.parametrize("dtype", [np.uint64, np.int64])
+def test_level_counts_at_the_ends_of_64_bit_ranges(dtype):
+    from napari_unetpp.normalization import LevelCounts
+
+    info = np.iinfo(dtype)
+    for base in (info.min, info.max - 300):
+        sample = np.full(300, base, dtype) + (np.arange(300) % 7).astype(dtype)
+        counts = LevelCounts.of(sample)
+        assert counts is not None
+        np.testing.assert_array_equal(
+            counts.percentile([1.0, 50.0, 99.8]),
+            np.percentile(sample.astype(np.float64), [1, 50, 99.8]),
+        )
+
+
 def test_level_counts_leave_floats_and_wide_ranges_to_numpy():
     from napari_unetpp.normalization import LevelCounts
 

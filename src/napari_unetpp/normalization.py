@@ -141,10 +141,10 @@ class LevelCounts:
             return None
         if sample.dtype.kind == "b":
             sample = sample.view(np.uint8)
-        offset = sample if low == 0 else sample - np.int64(low)
-        counts = np.bincount(offset.ravel(), minlength=high - low + 1)
+        offset = sample - sample.dtype.type(low)  # same dtype: exact, < MAX_LEVELS
+        counts = np.bincount(offset.ravel().astype(np.intp), minlength=high - low + 1)
         present = np.flatnonzero(counts)
-        return cls(present + low, counts[present])
+        return cls(present.astype(sample.dtype) + sample.dtype.type(low), counts[present])
 
     def _order_statistic(self, ranks: np.ndarray) -> np.ndarray:
         return self.levels[np.searchsorted(self.cumulative, ranks, side="right")]
