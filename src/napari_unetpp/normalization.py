@@ -252,10 +252,11 @@ def normalize(
         return np.clip(data, 0, 1) if config.clip else data
     low, high = value_range if value_range is not None else intensity_range(data, config)
     scale = 1.0 / max(high - low, 1e-8)  # constant images become 0, not NaN
-    out = (data - np.float32(low)) * np.float32(scale)
+    out = np.subtract(data, np.float32(low), dtype=np.float32)  # one new array, then in place
+    out *= np.float32(scale)
     if config.clip:
         np.clip(out, 0.0, 1.0, out=out)
-    return out.astype(np.float32, copy=False)
+    return out
 
 
 def to_channels_first(image: ArrayLike, channel_axis: int | None) -> np.ndarray:
