@@ -47,6 +47,24 @@ def write_state(runs: Path, name: str, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def soup_text(state: dict[str, Any]) -> str:
+    """The card's training line of a weight average (``scripts/zoo_soup.py``), else ``""``."""
+    soup = state.get("soup")
+    if not soup:
+        return ""
+    total = sum(soup["weights"])
+    parts = "; and ".join(
+        f"{w / total:.2f} x the model at {path} ({training.split('; reproduce with')[0]})"
+        for w, path, training in zip(soup["weights"], soup["of"], soup["trainings"], strict=True)
+    )
+    of, name = " ".join(soup["of"]), state.get("name", "NAME")
+    return (
+        f"weight average (model soup, Wortsman et al. 2022) of {parts}; reproduce with "
+        f"`python scripts/zoo_soup.py {name} --of {of}` then "
+        f"`python scripts/train_zoo.py {name} --ship-only --runs-dir runs/soup`"
+    )
+
+
 def continued_args(state: dict[str, Any]) -> str:
     """The flags of a run continued from a shipped model (empty for one from scratch)."""
     start = state.get("started_from")
@@ -149,7 +167,8 @@ def ship(spec: ZooSpec, runs: Path, docs: Path) -> Path:
     card.update(
         title=zoo._CATALOGUE[spec.name][0],
         summary=zoo._CATALOGUE[spec.name][1],
-        training=(
+        training=soup_text(state)
+        or (
             f"{origin_text(state, _start_provenance(runs / spec.name))}, seed {SEED}, "
             f"{train_config.iterations} "
             f"iterations{staged}{cut}, "
@@ -178,6 +197,8 @@ def ship(spec: ZooSpec, runs: Path, docs: Path) -> Path:
         columns=spec.columns,
     )
     provenance = dict(trained.provenance)
+    if state.get("soup"):  # the weights are an average: the last ingredient's run is not theirs
+        provenance = {"soup": {k: state["soup"][k] for k in ("of", "weights")}}
     if state.get("started_from"):  # the spec the run was given, not its private copy
         provenance["started_from"] = state["started_from"]
         provenance["continued_from"] = _start_provenance(runs / spec.name)
