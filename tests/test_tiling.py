@@ -343,3 +343,39 @@ def test_blending_in_place_refuses_a_copy():
             plus_one_only, np.ones((1, 8, 8), np.float32), (8, 8), into=np.zeros((1, 8, 8))
         ):
             pass
+
+
+@pytest.mark.parametrize("max_values", [0, 16 * 2**20])
+def test_blend_shares_replayed_across_items_give_the_same_bits(max_values):
+    """The shares recorded on one item are replayed on the next of the same tiling only."""
+    from napari_unetpp.stitching import RatioCache
+
+    rng = np.random.default_rng(11)
+    items = [rng.normal(size=(1, 70, 45)).astype(np.float32) for _ in range(3)]
+    items.append(rng.normal(size=(1, 40, 45)).astype(np.float32))  # another tiling
+    cache = RatioCache(max_values=max_values)
+    counts: list[int] = []
+
+    def noisy(batch):  # overlapping tiles disagree: the shares matter
+        return {"a": np.asarray(batch) * 2 + rng.normal(size=np.shape(batch)).astype(np.float32)}
+
+    for image in items:
+        state = rng.bit_generator.state
+        reference = sliding_window(
+            noisy, image, (32, 32), 0.5, 2, accumulate_on=torch.device("cpu")
+        )
+        rng.bit_generator.state = state  # the same noise again
+        gen = iter_sliding_window(
+            noisy, image, (32, 32), 0.5, 2, accumulate_on=torch.device("cpu"), ratios=cache
+        )
+        with pytest.raises(StopIteration) as end:
+            while True:
+                next(gen)
+        np.testing.assert_array_equal(end.value.value["a"], reference["a"])
+        assert cache.complete == (max_values > 0)
+        counts.append(cache.replayed)
+    if max_values:  # items 2 and 3 replay every tile; the 4th (another tiling) records anew
+        tiles = counts[1]
+        assert counts[0] == 0 and tiles > 0 and counts[2] == 2 * tiles and counts[3] == 0
+    else:
+        assert counts == [0, 0, 0, 0]

@@ -57,7 +57,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from . import stores, tiling
+from . import stitching, stores, tiling
 from .config import DataConfig, PredictConfig
 from .devices import empty_cache, is_out_of_memory, resolve_device
 from .events import EtaClock, Event, Stopper, drive
@@ -312,6 +312,7 @@ def predict(
     )
     clock = EtaClock()
     done, complete = 0, True
+    ratios = stitching.RatioCache()  # the items of a stack share their tiling
 
     def tiles(
         lead: tuple[int, ...], accumulate_on: torch.device | None
@@ -339,6 +340,7 @@ def predict(
             should_stop=stopped,
             accumulate_on=accumulate_on,
             into=_host_target(arrays, lead, num_classes, accumulate_on),
+            ratios=ratios,
         )
 
     for n, lead in enumerate(items):

@@ -42,7 +42,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 import numpy as np
 
 from .events import drive
-from .stitching import Band, Outputs, backend_for
+from .stitching import Band, Outputs, RatioCache, backend_for
 
 __all__ = [
     "Sink",
@@ -266,6 +266,7 @@ def iter_sliding_window(
     should_stop: Callable[[], bool] | None = None,
     accumulate_on: Any = None,
     into: Any = None,
+    ratios: RatioCache | None = None,
 ) -> Generator[TileProgress, None, dict[Hashable, Any]]:
     """Generator form of :func:`sliding_window`: yields progress, returns the outputs.
 
@@ -279,6 +280,8 @@ def iter_sliding_window(
     ``into``: a zeroed, writable host array ``(sum C_out, *spatial)``, the predictor's
     outputs in their order: blended there in place, with no band to write out (then
     ``allocate``'s arrays are not written).
+    ``ratios``: a :class:`stitching.RatioCache` shared by the items of one stack: the
+    blend shares of the first item's tiles are replayed on the next ones.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -294,6 +297,8 @@ def iter_sliding_window(
     grid = tile_grid(spatial, tile, overlap, align)
     backend = backend_for(accumulate_on)
     weights = backend.put(blending_weights(tile, blending))
+    if ratios is not None:
+        ratios.bind((spatial, tile, tuple(grid), blending, str(accumulate_on), into is None))
     outputs = Outputs(spatial, allocate or (lambda key, shape: np.zeros(shape, np.float32)))
     band: Band | None = None
     done = 0
@@ -312,7 +317,14 @@ def iter_sliding_window(
             )
             if any(v.stop == 0 for v in valid):
                 continue  # a tile entirely in the alignment padding
-            band.add(start, stacked[(k, slice(None)) + valid], weights[valid])
+            block = stacked[(k, slice(None)) + valid]
+            if ratios is None:
+                band.add(start, block, weights[valid])
+                continue
+            share = ratios.get(start)
+            used = band.add(start, block, weights[valid], share)
+            if share is None:
+                ratios.record(start, used)
         done += len(starts)
         yield TileProgress(done, len(grid))
         if should_stop is not None and should_stop() and done < len(grid):
@@ -320,6 +332,8 @@ def iter_sliding_window(
             return outputs.sinks
     if band is not None:
         band.advance(spatial[0], outputs.sinks, outputs.slices)
+    if ratios is not None:
+        ratios.finish()
     return outputs.sinks
 
 
