@@ -280,3 +280,37 @@ def test_live_plot_draws_lines_over_a_saved_background(qtbot):
     qtbot.wait(50)
     assert plot.full_draws <= first + 2
     assert list(plot._loss_line.get_xdata())[-1] == 40 and set(plot.scores) == {1, 2}
+
+
+@pytest.mark.parametrize("dock_class", ["train", "predict"])
+def test_docked_content_keeps_the_dock_width(make_napari_viewer, dock_class):
+    """Status updates never resize the dock's content beyond the dock (issue 16).
+
+    napari docks ``.native``; a scrollable magicgui Container's orphaned scroll area
+    resized that content to its own 624 px on every layout change, and the dock
+    resized it back: two relayouts per progress update, the stalls' main GUI cost.
+    """
+    from qtpy.QtCore import QEvent, QObject
+    from qtpy.QtWidgets import QApplication
+
+    from napari_unetpp._widgets.predict import PredictWidget
+
+    viewer = make_napari_viewer(show=True)
+    w = (TrainWidget if dock_class == "train" else PredictWidget)(viewer)
+    dock = viewer.window.add_dock_widget(w)
+    widths: list[int] = []
+
+    class Watch(QObject):
+        def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+            if event.type() == QEvent.Type.Resize:
+                widths.append(event.size().width())
+            return False
+
+    watch = Watch()
+    w.native.installEventFilter(watch)
+    for text in ["step 1/40", "step 2/40 · loss 0.61 · ETA 00:00:12\na note " * 3, "done"]:
+        w._status.value = text
+        QApplication.processEvents()
+    w.native.removeEventFilter(watch)
+    assert widths, "no layout happened: the test would not see a swing"
+    assert max(widths) <= dock.width(), (widths, dock.width())

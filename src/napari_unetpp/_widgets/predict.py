@@ -67,7 +67,11 @@ class PredictWidget(Container):
     """Dock widget: segment with a shipped, just-trained or saved UNet++; prune it."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        super().__init__(scrollable=True)
+        # not scrollable: napari docks ``.native``, the content *inside* magicgui's scroll
+        # area, and the orphaned scroll area kept resizing it to its own width (624 px)
+        # on every layout change, so the dock swung 405 <-> 624 px and relaid out twice
+        # per status update (issue 16: GUI stalls while training and segmenting)
+        super().__init__()
         self._viewer = napari_viewer
         self._runner = JobRunner(queue=queue_for(napari_viewer), owner="segment")
         self._loading = False
