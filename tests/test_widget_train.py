@@ -282,6 +282,30 @@ def test_live_plot_draws_lines_over_a_saved_background(qtbot):
     assert list(plot._loss_line.get_xdata())[-1] == 40 and set(plot.scores) == {1, 2}
 
 
+def test_live_plot_of_a_planned_run_is_drawn_whole_once(qtbot):
+    """Told the run's steps and depths, the plot never redraws its axes again while the
+    loss falls (each new minimum once cost a full ~0.1-0.3 s draw on the GUI thread)."""
+    from napari_unetpp._widgets._plot import TrainingPlot
+
+    plot = TrainingPlot(interval_ms=1)
+    qtbot.addWidget(plot)
+    plot.show()
+    plot.clear(total_steps=40, depths=[1, 2, 3])
+    plot.add_step(1, 1.3)  # the first loss sets the loss axis: one full draw
+    qtbot.waitUntil(lambda: plot._loss_ax.get_ylim()[1] > 1.3, timeout=5000)
+    qtbot.wait(300)
+    first = plot.full_draws
+    for step in range(2, 41):
+        plot.add_step(step, 1.3 / step)  # falling: a new minimum every step
+        if step % 10 == 0:
+            plot.add_validation(step, 0.5, {1: 0.3, 2: 0.4, 3: 0.5})
+        qtbot.wait(5)
+    qtbot.wait(50)
+    assert plot.full_draws == first, (first, plot.full_draws)
+    assert plot._loss_ax.get_xlim()[1] == 40 and plot._loss_ax.get_ylim()[0] == 0
+    assert len(plot._score_lines[3].get_xdata()) == 4
+
+
 @pytest.mark.parametrize("dock_class", ["train", "predict"])
 def test_docked_content_keeps_the_dock_width(make_napari_viewer, dock_class):
     """Status updates never resize the dock's content beyond the dock (issue 16).

@@ -242,7 +242,7 @@ class TrainWidget(TrainForm):
         self._preview_layer, stopper = pairs[0][0], Stopper()
         self._note, self._shown_at = "", 0.0
         preview = self._preview_source(model.spatial_dims) if self._preview.value else None
-        self._plot.clear()
+        self._plot.clear(train.iterations, range(1, model.depth + 1))
         self._set_running(True)
         self._status.value = f"preparing data ({model.num_classes} output channel(s))..."
         job = train_job(model, train, data, initial, run_dir, stopper, images, labels, preview)
