@@ -162,6 +162,15 @@ class TrainingPlot(FigureCanvasQTAgg):
         self._background = self.copy_from_bbox(self.figure.bbox)
         self._draw_lines(blit=False)  # the draw in progress shows them
 
+    def blit(self, bbox: object = None) -> None:
+        """Show the updated buffer at the next paint pass, not at once.
+
+        Why: matplotlib's Qt blit calls ``repaint`` (synchronous), and in napari's window
+        each immediate repaint flushes the whole window with its OpenGL canvas (~50 ms of
+        the GUI thread, measured); ``update`` lets Qt paint it with the dock's other changes.
+        """
+        self.update()
+
     def _draw_lines(self, blit: bool = True) -> None:
         for line in self._lines():
             axes = line.axes

@@ -48,7 +48,7 @@ from ._predict_job import (
 )
 from ._predict_layers import show_result
 from ._runner import JobRunner
-from ._ui import narrow, wrapped
+from ._ui import narrow, set_progress, wrapped
 from .pruning_panel import PruningPanel
 from .scale_panel import ScalePanel, check_job, estimate_job
 
@@ -351,7 +351,7 @@ class PredictWidget(Container):
         if now - getattr(self, "_shown_at", 0.0) < 0.25 and event.step < event.total:
             return  # the text is redrawn a few times a second, not per tile
         self._shown_at = now
-        self._progress.value = int(100 * event.fraction)
+        set_progress(self._progress, int(100 * event.fraction))
         eta = "" if event.eta_s is None else f" · {event.eta_s:.0f} s left"
         self._status.value = (event.message or f"tile {event.step}/{event.total}") + eta
 
@@ -389,7 +389,7 @@ class PredictWidget(Container):
             all_depths=config.pruned_depth is None,
         )
         self._legend.value, self._legend.visible = legend, bool(legend)
-        self._progress.value = 100
+        set_progress(self._progress, 100)
         source = (
             "adaptive depth, up to" if hasattr(probs, "depth_map") else "the Depth slider's depth:"
         )

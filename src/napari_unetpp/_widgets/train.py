@@ -41,6 +41,7 @@ from ._train_form import (
     TrainForm,
 )
 from ._train_job import PreviewEvent, PreviewSource, record_train, train_job
+from ._ui import set_progress
 
 if TYPE_CHECKING:
     import napari
@@ -292,7 +293,7 @@ class TrainWidget(TrainForm):
             if now - self._shown_at < STATUS_INTERVAL_S and event.step < event.total:
                 return  # every step is recorded, the text is redrawn a few times a second
             self._shown_at = now
-            self._progress.value = int(100 * event.fraction)
+            set_progress(self._progress, int(100 * event.fraction))
             eta = (
                 ""
                 if event.eta_s is None
@@ -308,7 +309,7 @@ class TrainWidget(TrainForm):
         elif event.kind == "preview":
             self._show_preview(event)
         elif event.kind == "done":
-            self._progress.value = int(100 * event.fraction)
+            set_progress(self._progress, int(100 * event.fraction))
 
     def _on_result(self, result: Any) -> None:
         if result.checkpoint is None:
