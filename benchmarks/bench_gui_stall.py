@@ -131,7 +131,8 @@ def measure(
         segment._image.value = viewer.layers["em"]
         clock.start()
         segment.segment()
-        _wait(app, lambda: not segment._runner.queue.busy(), timeout_s)
+        # the run's layers come one at a time, after the job: wait for them too
+        _wait(app, lambda: not segment._runner.queue.busy() and not segment.busy, timeout_s)
         app.processEvents()
         results["segmenting"] = clock.stop()
     finally:
