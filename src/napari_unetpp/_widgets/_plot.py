@@ -79,7 +79,7 @@ class TrainingPlot(FigureCanvasQTAgg):
         if self._score_lines:
             self._score_ax.legend(loc="lower right", fontsize="small", ncol=2)
         self._background = None
-        self._redraw()
+        self._schedule()  # drawn with the first points: one full draw, not two
 
     def add_step(self, step: int, loss: float | None) -> None:
         """Record a training loss."""
