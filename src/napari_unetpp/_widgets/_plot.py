@@ -37,9 +37,8 @@ class TrainingPlot(FigureCanvasQTAgg):
         # fixed margins: a layout engine (tight/constrained) would re-measure every draw
         figure.subplots_adjust(left=0.16, right=0.97, top=0.97, bottom=0.2, hspace=0.12)
         super().__init__(figure)
-        # a fixed size: every resize is a full redraw, and the dock's width swings by
-        # ~200 px and back while napari updates around it (28 swings in a 40-step run,
-        # each a ~0.1 s stall); 380 px fits the ~420 px dock
+        # a fixed size: every resize is a full redraw (~0.1 s); 380 px fits the ~420 px
+        # dock (its width once swung by ~200 px per progress update: see _train_form)
         self.setFixedSize(380, 240)
         self._loss_ax = figure.add_subplot(2, 1, 1)
         self._score_ax = figure.add_subplot(2, 1, 2, sharex=self._loss_ax)
