@@ -69,6 +69,14 @@ def _wait(app: Any, done: Any, timeout_s: float) -> None:
         time.sleep(0.005)
 
 
+def _settle(app: Any, seconds: float = 1.0) -> None:
+    """Let the viewer lay out and paint what was just added, as it would before a click."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        app.processEvents()
+        time.sleep(0.005)
+
+
 def _tiny_checkpoint(folder: Path) -> Path:
     import torch
 
@@ -117,7 +125,7 @@ def measure(
         train._iterations.value, train._validate_every.value = steps, max(steps // 4, 1)
         train._patch.value, train._batch.value, train._device.value = 64, 2, "cpu"
         train._output.value, train._preview.value = out / "runs", True
-        _wait(app, lambda: True, 0)
+        _settle(app)  # the dock's first layout and paint are not part of training
         clock.start()
         train._on_start()
         _wait(app, lambda: not train._runner.running, timeout_s)
@@ -129,9 +137,11 @@ def measure(
         segment.load_model(model or _tiny_checkpoint(out))
         _wait(app, lambda: not segment._runner.queue.busy(), timeout_s)
         segment._image.value = viewer.layers["em"]
+        _settle(app)
         clock.start()
         segment.segment()
-        _wait(app, lambda: not segment._runner.queue.busy(), timeout_s)
+        # the run's layers come one at a time, after the job: wait for them too
+        _wait(app, lambda: not segment._runner.queue.busy() and not segment.busy, timeout_s)
         app.processEvents()
         results["segmenting"] = clock.stop()
     finally:

@@ -162,8 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     predict._output.value = work / "predictions"
     log(f"model {predict.model_spec}, scope {predict._scope.value!r}")
     predict._run.native.click()  # the Segment button
+
+    def segmented() -> bool:  # the job, the timing after it, and the layers (added one by one)
+        return not predict._runner.queue.busy() and not predict.busy
+
     wait_until(
-        lambda: not predict._runner.queue.busy(),
+        segmented,
         args.timeout,
         "segmentation (all depths) and the pruning timing (one job at a time)",
     )
@@ -203,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "pruning to L2",
     )
     predict.pruning._apply.native.click()
-    wait_until(lambda: not predict._runner.queue.busy(), args.timeout, "segmentation at L2")
+    wait_until(segmented, args.timeout, "segmentation at L2")
     log(f"pruning readout: {predict.pruning._readout.value!r}")
     log(f"status: {predict._status.value!r}")
     settle(1)

@@ -282,6 +282,9 @@ def test_threaded_run_and_reader_entry(
         w.segment()
         assert w._cancel.enabled
         qtbot.waitUntil(lambda: not w._runner.running, timeout=30_000)
+        assert w.busy and not w._run.enabled  # layers come one per event-loop turn (issue 16)
+        qtbot.waitUntil(lambda: not w.busy, timeout=30_000)
+        assert w._run.enabled
         assert _names(viewer) == ["em", "em UNet++ L1", "em UNet++ L2", "em UNet++ labels"]
     finally:
         _state.unregister_model("tiny run")

@@ -280,3 +280,61 @@ def test_live_plot_draws_lines_over_a_saved_background(qtbot):
     qtbot.wait(50)
     assert plot.full_draws <= first + 2
     assert list(plot._loss_line.get_xdata())[-1] == 40 and set(plot.scores) == {1, 2}
+
+
+def test_live_plot_of_a_planned_run_is_drawn_whole_once(qtbot):
+    """Told the run's steps and depths, the plot never redraws its axes again while the
+    loss falls (each new minimum once cost a full ~0.1-0.3 s draw on the GUI thread)."""
+    from napari_unetpp._widgets._plot import TrainingPlot
+
+    plot = TrainingPlot(interval_ms=1)
+    qtbot.addWidget(plot)
+    plot.show()
+    plot.clear(total_steps=40, depths=[1, 2, 3])
+    plot.add_step(1, 1.3)  # the first loss sets the loss axis: one full draw
+    qtbot.waitUntil(lambda: plot._loss_ax.get_ylim()[1] > 1.3, timeout=5000)
+    qtbot.wait(300)
+    first = plot.full_draws
+    for step in range(2, 41):
+        plot.add_step(step, 1.3 / step)  # falling: a new minimum every step
+        if step % 10 == 0:
+            plot.add_validation(step, 0.5, {1: 0.3, 2: 0.4, 3: 0.5})
+        qtbot.wait(5)
+    qtbot.wait(50)
+    assert plot.full_draws == first, (first, plot.full_draws)
+    assert plot._loss_ax.get_xlim()[1] == 40 and plot._loss_ax.get_ylim()[0] == 0
+    assert len(plot._score_lines[3].get_xdata()) == 4
+
+
+@pytest.mark.parametrize("dock_class", ["train", "predict"])
+def test_docked_content_keeps_the_dock_width(make_napari_viewer, dock_class):
+    """Status updates never resize the dock's content beyond the dock (issue 16).
+
+    napari docks ``.native``; a scrollable magicgui Container's orphaned scroll area
+    resized that content to its own 624 px on every layout change, and the dock
+    resized it back: two relayouts per progress update, the stalls' main GUI cost.
+    """
+    from qtpy.QtCore import QEvent, QObject
+    from qtpy.QtWidgets import QApplication
+
+    from napari_unetpp._widgets.predict import PredictWidget
+
+    viewer = make_napari_viewer(show=True)
+    w = (TrainWidget if dock_class == "train" else PredictWidget)(viewer)
+    dock = viewer.window.add_dock_widget(w)
+    widths: list[int] = []
+
+    class Watch(QObject):
+        def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+            if event.type() == QEvent.Type.Resize:
+                widths.append(event.size().width())
+            return False
+
+    watch = Watch()
+    w.native.installEventFilter(watch)
+    for text in ["step 1/40", "step 2/40 · loss 0.61 · ETA 00:00:12\na note " * 3, "done"]:
+        w._status.value = text
+        QApplication.processEvents()
+    w.native.removeEventFilter(watch)
+    assert widths, "no layout happened: the test would not see a swing"
+    assert max(widths) <= dock.width(), (widths, dock.width())

@@ -4,12 +4,15 @@ Cheap to update: adding a point only appends to lists and starts a single-shot
 timer; the plot is updated at most once per ``interval_ms``. A full draw (axes,
 ticks, legends: ~0.1 s on a small CPU, measured as the largest GUI-thread stall
 while training) happens only when the axes must grow; otherwise the lines alone
-are drawn over a saved background (blitting, ~5 ms). The axes grow with
-headroom (the step axis doubles, the loss axis gains a margin), so a run needs a
-handful of full draws, not one per update.
+are drawn over a saved background (blitting, ~5 ms). :meth:`TrainingPlot.clear`
+takes the run's step count and depths, so the step axis and the legend are final
+from the start; the loss axis starts at 0 and only grows (by half again) when a
+loss exceeds it. A run needs two or three full draws, not one per new minimum.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
@@ -34,9 +37,8 @@ class TrainingPlot(FigureCanvasQTAgg):
         # fixed margins: a layout engine (tight/constrained) would re-measure every draw
         figure.subplots_adjust(left=0.16, right=0.97, top=0.97, bottom=0.2, hspace=0.12)
         super().__init__(figure)
-        # a fixed size: every resize is a full redraw, and the dock's width swings by
-        # ~200 px and back while napari updates around it (28 swings in a 40-step run,
-        # each a ~0.1 s stall); 380 px fits the ~420 px dock
+        # a fixed size: every resize is a full redraw (~0.1 s); 380 px fits the ~420 px
+        # dock (its width once swung by ~200 px per progress update: see _train_form)
         self.setFixedSize(380, 240)
         self._loss_ax = figure.add_subplot(2, 1, 1)
         self._score_ax = figure.add_subplot(2, 1, 2, sharex=self._loss_ax)
@@ -50,8 +52,8 @@ class TrainingPlot(FigureCanvasQTAgg):
         self._timer.timeout.connect(self._redraw)
         self.clear()
 
-    def clear(self) -> None:
-        """Forget all points (a new run starts)."""
+    def clear(self, total_steps: int | None = None, depths: Iterable[int] = ()) -> None:
+        """Forget all points (a new run starts) of ``total_steps`` steps, scoring ``depths``."""
         self.steps: list[int] = []
         self.losses: list[float] = []
         self.val_steps: list[int] = []
@@ -68,11 +70,15 @@ class TrainingPlot(FigureCanvasQTAgg):
         self._score_ax.set_ylabel(f"val {self._score_name}")
         self._score_ax.set_xlabel("step")
         self._score_ax.set_ylim(0.0, 1.02)  # scores live in 0..1: this axis never grows
-        self._loss_ax.set_xlim(0, 10)
+        self._loss_ax.set_xlim(0, total_steps or 10)
         self._loss_ax.set_ylim(0.0, 1.0)
         self._score_lines: dict[int, Line2D] = {}
+        for depth in depths:  # the legend is drawn once, not at the first validation
+            self._score_line(int(depth))
+        if self._score_lines:
+            self._score_ax.legend(loc="lower right", fontsize="small", ncol=2)
         self._background = None
-        self._redraw()
+        self._schedule()  # drawn with the first points: one full draw, not two
 
     def add_step(self, step: int, loss: float | None) -> None:
         """Record a training loss."""
@@ -102,16 +108,9 @@ class TrainingPlot(FigureCanvasQTAgg):
         self._val_line.set_data(self.val_steps, self.val_losses)
         new_line = False
         for depth, points in sorted(self.scores.items()):
-            line = self._score_lines.get(depth)
-            if line is None:
-                colour = DEPTH_COLOURS[(depth - 1) % len(DEPTH_COLOURS)]
-                (line,) = self._score_ax.plot(
-                    [], [], "o-", ms=3, color=colour, label=f"L{depth}", animated=True
-                )
-                self._score_lines[depth] = line
-                new_line = True
+            new_line = new_line or depth not in self._score_lines
             steps, values = zip(*points, strict=False)
-            line.set_data(steps, values)
+            self._score_line(depth).set_data(steps, values)
         if new_line:
             self._score_ax.legend(loc="lower right", fontsize="small", ncol=2)
         if self._grow_axes() or new_line or self._background is None:
@@ -119,6 +118,17 @@ class TrainingPlot(FigureCanvasQTAgg):
         else:
             self.restore_region(self._background)
             self._draw_lines()
+
+    def _score_line(self, depth: int) -> Line2D:
+        """The score line of ``depth`` (made on first use, in that depth's colour)."""
+        line = self._score_lines.get(depth)
+        if line is None:
+            colour = DEPTH_COLOURS[(depth - 1) % len(DEPTH_COLOURS)]
+            (line,) = self._score_ax.plot(
+                [], [], "o-", ms=3, color=colour, label=f"L{depth}", animated=True
+            )
+            self._score_lines[depth] = line
+        return line
 
     def _grow_axes(self) -> bool:
         """Widen the axes (with headroom) when the data left them; True if they changed."""
@@ -129,7 +139,11 @@ class TrainingPlot(FigureCanvasQTAgg):
             changed = True
         losses = self.losses + self.val_losses
         finite = [v for v in losses if v == v and abs(v) != float("inf")]
-        if finite:
+        if finite and min(finite) >= 0:  # losses: 0 to the largest, with room to spare
+            if max(finite) > self._loss_ax.get_ylim()[1]:
+                self._loss_ax.set_ylim(0.0, 1.5 * max(finite))
+                changed = True
+        elif finite:
             low, high = self._loss_ax.get_ylim()
             if min(finite) < low or max(finite) > high:
                 span = max(max(finite) - min(finite), 1e-3)
@@ -146,6 +160,15 @@ class TrainingPlot(FigureCanvasQTAgg):
         self.full_draws += 1
         self._background = self.copy_from_bbox(self.figure.bbox)
         self._draw_lines(blit=False)  # the draw in progress shows them
+
+    def blit(self, bbox: object = None) -> None:
+        """Show the updated buffer at the next paint pass, not at once.
+
+        Why: matplotlib's Qt blit calls ``repaint`` (synchronous), and in napari's window
+        each immediate repaint flushes the whole window with its OpenGL canvas (~50 ms of
+        the GUI thread, measured); ``update`` lets Qt paint it with the dock's other changes.
+        """
+        self.update()
 
     def _draw_lines(self, blit: bool = True) -> None:
         for line in self._lines():

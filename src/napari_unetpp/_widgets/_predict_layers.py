@@ -15,7 +15,7 @@ the same for whole-stack runs and quick looks.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,10 +68,11 @@ def put_depths(
     where: Placement,
     meta: dict[str, Any],
     shown_depth: int,
-) -> None:
+) -> Generator[None, None, None]:
     """One probability layer per depth; only ``shown_depth`` (the labels' depth) visible.
 
     Multi-class output shows the probability of any foreground (1 - background).
+    Yields after each layer (see :func:`show_result`).
     """
     lift = lift_for(where)
     for d in sorted(probs):
@@ -91,6 +92,7 @@ def put_depths(
             blending="additive",
             visible=d == shown_depth,  # a hidden new layer uploads no texture: a shorter stall
         )
+        yield
     for d in depth_layers(viewer, base, suffix):
         viewer.layers[f"{base} L{d}{suffix}"].visible = d == shown_depth
 
@@ -126,8 +128,9 @@ def put_adaptive_maps(
     where: Placement,
     meta: dict[str, Any],
     max_depth: int,
-) -> None:
-    """Adaptive depth's "depth used" and disagreement layers (hidden at first)."""
+) -> Generator[None, None, None]:
+    """Adaptive depth's "depth used" and disagreement layers (hidden at first); yields
+    after each."""
     lift = lift_for(where)
     put_layer(
         viewer,
@@ -142,6 +145,7 @@ def put_adaptive_maps(
         opacity=0.5,
         visible=False,
     )
+    yield
     put_layer(
         viewer,
         Image,
@@ -181,22 +185,26 @@ def show_result(
     *,
     instance: bool,
     all_depths: bool,
-) -> tuple[str, list[str]]:
+) -> Generator[None, None, tuple[str, list[str]]]:
     """All of a finished run's layers for the image ``name``; returns (legend, notes).
 
     ``meta["depth"]`` is the labels' depth. A run of all depths first drops the
     per-depth layers it did not make (a pruned run makes one and keeps the rest).
+    A generator that yields after each layer it adds or updates: adding a layer costs
+    napari's GUI thread ~0.15-0.3 s, so the dock adds one per event-loop turn
+    (:func:`._ui.spread`) and the viewer keeps painting between them (issue 16).
     """
     probs, labels = result
     base = f"{name} UNet++"
     suffix = "" if where.lead_index is None else " (quick look)"
     if all_depths:
         drop_stale_depths(viewer, base, suffix, set(probs))
-    put_depths(viewer, base, suffix, probs, np.ndim(labels), where, meta, meta["depth"])
+    yield from put_depths(viewer, base, suffix, probs, np.ndim(labels), where, meta, meta["depth"])
     legend = put_labels(viewer, f"{base} labels{suffix}", labels, where, meta, model, instance)
     notes = []
     if hasattr(probs, "depth_map"):
-        put_adaptive_maps(viewer, base, suffix, probs, where, meta, model.depth)
+        yield
+        yield from put_adaptive_maps(viewer, base, suffix, probs, where, meta, model.depth)
         notes.append(probs.summary())
     note = scale_note(probs)
     return legend, notes + ([note] if note else [])

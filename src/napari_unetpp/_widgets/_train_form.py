@@ -60,7 +60,11 @@ class TrainForm(Container):
     """The train dock's widgets (data, model, advanced, run sections) and their configs."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        super().__init__(scrollable=True)
+        # not scrollable: napari docks ``.native``, the content *inside* magicgui's scroll
+        # area, and the orphaned scroll area kept resizing it to its own width (624 px)
+        # on every layout change, so the dock swung 405 <-> 624 px and relaid out twice
+        # per status update (issue 16: GUI stalls while training and segmenting)
+        super().__init__()
         self._viewer = napari_viewer
         self._build_data()
         self._build_model()

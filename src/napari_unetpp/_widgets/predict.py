@@ -48,7 +48,7 @@ from ._predict_job import (
 )
 from ._predict_layers import show_result
 from ._runner import JobRunner
-from ._ui import narrow, wrapped
+from ._ui import narrow, set_progress, spread, wrapped
 from .pruning_panel import PruningPanel
 from .scale_panel import ScalePanel, check_job, estimate_job
 
@@ -67,10 +67,15 @@ class PredictWidget(Container):
     """Dock widget: segment with a shipped, just-trained or saved UNet++; prune it."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        super().__init__(scrollable=True)
+        # not scrollable: napari docks ``.native``, the content *inside* magicgui's scroll
+        # area, and the orphaned scroll area kept resizing it to its own width (624 px)
+        # on every layout change, so the dock swung 405 <-> 624 px and relaid out twice
+        # per status update (issue 16: GUI stalls while training and segmenting)
+        super().__init__()
         self._viewer = napari_viewer
         self._runner = JobRunner(queue=queue_for(napari_viewer), owner="segment")
         self._loading = False
+        self._showing = False  # a finished run's layers are being added
         self._model_from_user = False
         self.model: UNetPlusPlus | None = None
         self.info: CheckpointInfo | None = None
@@ -336,9 +341,16 @@ class PredictWidget(Container):
         self._status.value = "cancelling..."
         self._runner.request_stop()
 
+    @property
+    def busy(self) -> bool:
+        """Whether a job of this dock runs, or a finished run's layers are still being added."""
+        return self._runner.running or self._showing
+
     def _set_running(self, running: bool) -> None:
-        self._run.enabled, self._cancel.enabled = not running, running
-        self.pruning.set_busy(running)
+        """Lock Run while a job runs or its layers are being added."""
+        busy = running or self._showing
+        self._run.enabled, self._cancel.enabled = not busy, running
+        self.pruning.set_busy(busy)
 
     def _on_event(self, event: Any) -> None:
         import time
@@ -347,7 +359,7 @@ class PredictWidget(Container):
         if now - getattr(self, "_shown_at", 0.0) < 0.25 and event.step < event.total:
             return  # the text is redrawn a few times a second, not per tile
         self._shown_at = now
-        self._progress.value = int(100 * event.fraction)
+        set_progress(self._progress, int(100 * event.fraction))
         eta = "" if event.eta_s is None else f" · {event.eta_s:.0f} s left"
         self._status.value = (event.message or f"tile {event.step}/{event.total}") + eta
 
@@ -374,7 +386,7 @@ class PredictWidget(Container):
             "run": str(self.last_run_dir),
             "scope": self._scope.value,
         }
-        legend, notes = show_result(
+        steps = show_result(
             self._viewer,
             layer.name,
             result,
@@ -384,14 +396,25 @@ class PredictWidget(Container):
             instance=self.info.data.target == "instance",
             all_depths=config.pruned_depth is None,
         )
-        self._legend.value, self._legend.visible = legend, bool(legend)
-        self._progress.value = 100
         source = (
             "adaptive depth, up to" if hasattr(probs, "depth_map") else "the Depth slider's depth:"
         )
-        self._status.value = "; ".join(
-            [f"done: labels from {source} L{final}", *notes, f"run saved in {self.last_run_dir}"]
-        )
+        self._showing = True  # Run stays locked until every layer is in
+
+        def shown(legend_notes: tuple[str, list[str]] | None) -> None:
+            self._showing = False
+            self._set_running(self._runner.running)
+            if legend_notes is None:
+                self._status.value = "failed to add the result layers"
+                return
+            legend, notes = legend_notes
+            self._legend.value, self._legend.visible = legend, bool(legend)
+            set_progress(self._progress, 100)
+            saved = f"run saved in {self.last_run_dir}"
+            self._status.value = "; ".join([f"done: labels from {source} L{final}", *notes, saved])
+
+        self._status.value = "adding the layers..."
+        spread(steps, shown, self._runner.inline)
 
     def estimate_size(self, _value: Any = None) -> None:
         """Measure the median object diameter (one pass) and put it in the panel."""

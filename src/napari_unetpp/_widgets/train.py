@@ -41,6 +41,7 @@ from ._train_form import (
     TrainForm,
 )
 from ._train_job import PreviewEvent, PreviewSource, record_train, train_job
+from ._ui import set_progress
 
 if TYPE_CHECKING:
     import napari
@@ -242,7 +243,7 @@ class TrainWidget(TrainForm):
         self._preview_layer, stopper = pairs[0][0], Stopper()
         self._note, self._shown_at = "", 0.0
         preview = self._preview_source(model.spatial_dims) if self._preview.value else None
-        self._plot.clear()
+        self._plot.clear(train.iterations, range(1, model.depth + 1))
         self._set_running(True)
         self._status.value = f"preparing data ({model.num_classes} output channel(s))..."
         job = train_job(model, train, data, initial, run_dir, stopper, images, labels, preview)
@@ -292,7 +293,7 @@ class TrainWidget(TrainForm):
             if now - self._shown_at < STATUS_INTERVAL_S and event.step < event.total:
                 return  # every step is recorded, the text is redrawn a few times a second
             self._shown_at = now
-            self._progress.value = int(100 * event.fraction)
+            set_progress(self._progress, int(100 * event.fraction))
             eta = (
                 ""
                 if event.eta_s is None
@@ -308,7 +309,7 @@ class TrainWidget(TrainForm):
         elif event.kind == "preview":
             self._show_preview(event)
         elif event.kind == "done":
-            self._progress.value = int(100 * event.fraction)
+            set_progress(self._progress, int(100 * event.fraction))
 
     def _on_result(self, result: Any) -> None:
         if result.checkpoint is None:
