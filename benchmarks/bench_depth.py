@@ -11,6 +11,8 @@ Run (CPU; the machine may be shared, so timings are interleaved and repeated)::
         --tolerances 0.04 0.05 0.06 --tiles 256 128 --repeats 2
     NAPARI_UNETPP_DATA=/work/shared/data python benchmarks/bench_depth.py warning \
         --object-diameter 18.1 --json /tmp/signals.json
+    NAPARI_UNETPP_DATA=/work/shared/data python benchmarks/bench_depth.py labelling \
+        --regions 8 --seeds 0 1 2 3
 
 Prints markdown tables for docs/benchmarks.md.
 """
@@ -321,12 +323,36 @@ def _finetune(
     return drive(trainer.run(list(images), list(sparse))).model
 
 
-def bench_labelling(regions: int, size: int, iterations: int, seeds: list[int]) -> None:
-    """EM, blurred (a new domain): label the top-ranked vs random regions of the validation
-    slices (same area), fine-tune from the shipped model, score L4 on the blurred test slices."""
+#: The labelling arms: how each picks ``regions`` blocks of the blurred validation slices.
+LABELLING_ARMS = ("random", "depth disagreement", "deepest doubt", "label_here_next")
+
+
+def _scan_blocks(shape: tuple[int, ...], size: int) -> list[Any]:
+    """Every ``size`` x ``size`` block of a (slices, y, x) stack, in scan order (random picks)."""
+    from napari_unetpp.disagreement import Region
+
+    return [
+        Region((z,), (y, x), (size, size), 0.0)
+        for z in range(shape[0])
+        for y in range(0, shape[1] - size + 1, size)
+        for x in range(0, shape[2] - size + 1, size)
+    ]
+
+
+def bench_labelling(
+    regions: int, size: int, iterations: int, seeds: list[int], arms: list[str]
+) -> None:
+    """EM, blurred (a new domain): label the regions each arm picks on the validation slices
+    (same area for every arm), fine-tune from the shipped model, score L4 on the blurred test
+    slices. Every arm starts from the same model and the same prediction of the pool."""
     from scipy import ndimage
 
-    from napari_unetpp.disagreement import disagreement_map, rank_regions
+    from napari_unetpp.disagreement import (
+        disagreement_map,
+        label_here_next,
+        margin_doubt,
+        rank_regions,
+    )
 
     model, info = zoo.load_pretrained("em")
     image, membranes = D.load_em()
@@ -342,28 +368,38 @@ def bench_labelling(regions: int, size: int, iterations: int, seeds: list[int]) 
         )
 
     probs = predict_array(model, pool, config, info.data)
-    doubt = disagreement_map(probs, 1)
-    ranked = rank_regions(doubt, (size, size), top=10**6)
-    spread = rank_regions(doubt, (size, size), top=regions, spread=True)
+    blocks = _scan_blocks(pool.shape, size)
+    ranked = {
+        "depth disagreement": rank_regions(disagreement_map(probs, 1), (size, size), regions),
+        "deepest doubt": rank_regions(margin_doubt(probs[4], 1), (size, size), regions),
+        "label_here_next": label_here_next(probs, 1, (size, size), regions),
+    }
     print(
         f"start (no fine-tune): L4 IoU {score(model):.4f} on blurred slices {t0}-{t1 - 1}; "
         f"{regions} regions of {size}x{size} = "
         f"{100 * regions * size * size / pool.size:.1f}% of slices {v0}-{v1 - 1} labelled"
     )
-    print("| regions | seed | L4 IoU after fine-tune |\n|---|---|---|")
+    results: dict[str, list[float]] = {arm: [] for arm in arms}
+    print("| regions picked by | seed | membrane fraction | L4 IoU after fine-tune |")
+    print("|---|---|---|---|")
     for seed in seeds:
         rng = np.random.default_rng(seed)
-        choices = {
-            "top-ranked": ranked[:regions],
-            "top-ranked, spread": spread,
-            "random": [ranked[i] for i in rng.choice(len(ranked), regions, replace=False)],
-        }
-        for name, chosen in choices.items():
+        for arm in arms:
+            if arm == "random":
+                chosen = [blocks[i] for i in rng.choice(len(blocks), regions, replace=False)]
+            else:
+                chosen = ranked[arm]
             sparse = np.zeros(pool.shape, np.uint8)
             for region in chosen:
                 sparse[region.index] = pool_truth[region.index] + 1
-            tuned = _finetune(model, info, pool, sparse, iterations, seed)
-            print(f"| {name} | {seed} | {score(tuned):.4f} |", flush=True)
+            membrane = float(np.mean([pool_truth[r.index].mean() for r in chosen]))
+            results[arm].append(score(_finetune(model, info, pool, sparse, iterations, seed)))
+            print(f"| {arm} | {seed} | {membrane:.3f} | {results[arm][-1]:.4f} |", flush=True)
+    print("\n| regions picked by | L4 IoU, mean +- sd over seeds | min | max |\n|---|---|---|---|")
+    for arm, values in results.items():
+        v = np.asarray(values)
+        sd = v.std(ddof=1) if len(v) > 1 else 0.0
+        print(f"| {arm} | {v.mean():.4f} +- {sd:.4f} | {v.min():.4f} | {v.max():.4f} |")
 
 
 def main() -> None:
@@ -390,8 +426,9 @@ def main() -> None:
     lab = sub.add_parser("labelling")
     lab.add_argument("--regions", type=int, default=8)
     lab.add_argument("--size", type=int, default=64)
-    lab.add_argument("--iterations", type=int, default=30)
-    lab.add_argument("--seeds", nargs="+", type=int, default=[0])
+    lab.add_argument("--iterations", type=int, default=40)
+    lab.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
+    lab.add_argument("--arms", nargs="+", choices=LABELLING_ARMS, default=list(LABELLING_ARMS))
     s = sub.add_parser("summary", help="re-judge a --json file (e.g. new thresholds)")
     s.add_argument("json", type=Path)
     args = parser.parse_args()
@@ -399,7 +436,7 @@ def main() -> None:
     if args.what == "adaptive":
         bench_adaptive(args.tolerances, args.tiles, args.repeats)
     elif args.what == "labelling":
-        bench_labelling(args.regions, args.size, args.iterations, args.seeds)
+        bench_labelling(args.regions, args.size, args.iterations, args.seeds, args.arms)
     elif args.what == "warning":
         bench_warning(args.crop, args.json, args.object_diameter, args.write)
     else:
