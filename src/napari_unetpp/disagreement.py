@@ -121,7 +121,9 @@ def label_here_next(
     fail and the deepest is right (on EM, dark organelles the shallow heads call
     membrane), and its top blocks repeat one structure on neighbouring slices;
     labels there taught the deepest head less than random blocks did
-    (``benchmarks/bench_depth.py labelling``, docs/benchmarks.md).
+    (``benchmarks/bench_depth.py labelling``, docs/benchmarks.md). Doubt cannot see
+    confident mistakes: on a domain the model misses outright (darkened nuclei)
+    random blocks taught more.
     ``probs``: per-depth probabilities as :func:`inference.predict` returns them
     (only the deepest is used, so a pruned or adaptive result works too).
     """
