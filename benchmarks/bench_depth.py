@@ -11,6 +11,8 @@ Run (CPU; the machine may be shared, so timings are interleaved and repeated)::
         --tolerances 0.04 0.05 0.06 --tiles 256 128 --repeats 2
     NAPARI_UNETPP_DATA=/work/shared/data python benchmarks/bench_depth.py warning \
         --object-diameter 18.1 --json /tmp/signals.json
+    NAPARI_UNETPP_DATA=/work/shared/data python benchmarks/bench_depth.py labelling \
+        --regions 8 --seeds 0 1 2 3 4 5    # --model nuclei --seeds 0 1 2
 
 Prints markdown tables for docs/benchmarks.md.
 """
@@ -298,9 +300,9 @@ def summarise(rows: list[dict[str, Any]], thresholds: dict[str, dict[str, float]
 
 
 def _finetune(
-    model: Any, info: Any, images: np.ndarray, sparse: np.ndarray, iterations: int, seed: int
+    model: Any, data: Any, images: np.ndarray, sparse: np.ndarray, iterations: int, seed: int
 ) -> Any:
-    """Fine-tune from the same start on sparse labels (0 unlabelled, 1 interior, 2 membrane)."""
+    """Fine-tune from the same start on sparse labels (0 unlabelled, 1 background, 2.. classes)."""
     from napari_unetpp.config import TrainConfig
     from napari_unetpp.training import Trainer
 
@@ -316,54 +318,137 @@ def _finetune(
         mixed_precision=False,
         seed=seed,
     )
-    data = info.data.replace(label_mode="sparse", class_values=(2,))
     trainer = Trainer(model.config, config, data, initial=model)
     return drive(trainer.run(list(images), list(sparse))).model
 
 
-def bench_labelling(regions: int, size: int, iterations: int, seeds: list[int]) -> None:
-    """EM, blurred (a new domain): label the top-ranked vs random regions of the validation
-    slices (same area), fine-tune from the shipped model, score L4 on the blurred test slices."""
+#: The labelling arms: how each picks ``regions`` blocks of the shifted pool: at random, by
+#: the depths' mean disagreement, by the deepest head's mean margin doubt, by label_here_next.
+LABELLING_ARMS = ("random", "disagreement", "doubt", "label_here_next")
+
+
+def _scan_blocks(shape: tuple[int, ...], size: int) -> list[Any]:
+    """Every ``size`` x ``size`` block of a (images, y, x) stack, in scan order (random picks)."""
+    from napari_unetpp.disagreement import Region
+
+    return [
+        Region((z,), (y, x), (size, size), 0.0)
+        for z in range(shape[0])
+        for y in range(0, shape[1] - size + 1, size)
+        for x in range(0, shape[2] - size + 1, size)
+    ]
+
+
+def _labelling_case(name: str) -> dict[str, Any]:
+    """A shipped model, a shifted pool with its per-pixel classes, a fine-tune config, a scorer.
+
+    em: the stack blurred (sigma 2), pool = validation slices, test = test slices, L4 IoU.
+    nuclei: darkened 256 crops of the held-back DSB ids, pool = even-numbered, test =
+    odd-numbered, mean foreground IoU of the instance labels (classes 0 bg, 1 interior,
+    2 boundary, as the model was trained).
+    """
     from scipy import ndimage
 
-    from napari_unetpp.disagreement import disagreement_map, rank_regions
+    from napari_unetpp.labels import instance_targets
 
-    model, info = zoo.load_pretrained("em")
-    image, membranes = D.load_em()
-    blur = ndimage.gaussian_filter(image.astype(np.float32), (0, 2, 2)).astype(np.uint8)
-    (v0, v1), (t0, t1) = zoo.EM_VAL_SLICES, zoo.EM_TEST_SLICES
-    pool, pool_truth = blur[v0:v1], membranes[v0:v1]
-    test, truth = blur[t0:t1], membranes[t0:t1].astype(bool)
+    model, info = zoo.load_pretrained(name)
     config = PredictConfig(device="cpu")
+    last = config.replace(pruned_depth=model.config.depth)
+    if name == "em":
+        image, membranes = D.load_em()
+        blur = ndimage.gaussian_filter(image.astype(np.float32), (0, 2, 2)).astype(np.uint8)
+        (v0, v1), (t0, t1) = zoo.EM_VAL_SLICES, zoo.EM_TEST_SLICES
+        test, truth = blur[t0:t1], membranes[t0:t1].astype(bool)
 
-    def score(net: Any) -> float:
-        return M.iou(
-            predict_array(net, test, config.replace(pruned_depth=4), info.data)[4] > 0.5, truth
+        def score(net: Any) -> float:
+            return M.iou(predict_array(net, test, last, info.data)[4] > 0.5, truth)
+
+        return dict(
+            model=model,
+            pool=blur[v0:v1],
+            classes=membranes[v0:v1],
+            probs=predict_array(model, blur[v0:v1], config, info.data),
+            data=info.data.replace(label_mode="sparse", class_values=(2,)),
+            score=score,
+            where=f"blurred EM, pool slices {v0}-{v1 - 1}, test slices {t0}-{t1 - 1}",
+        )
+    ids = list(zoo.NUCLEI_HELD_OUT_IDS)
+    pool_pairs = [shifted(*D.load_nucleus(i), "darkened", 256) for i in ids[0::2]]
+    tests = [shifted(*D.load_nucleus(i), "darkened", 256) for i in ids[1::2]]
+    pool = np.stack([im for im, _ in pool_pairs])
+    width = info.data.boundary_width
+    per_image = [predict_array(model, im, config, info.data) for im in pool]
+    probs = {d: np.stack([p[d] for p in per_image], axis=1) for d in per_image[0]}  # (C, N, y, x)
+
+    def score_nuclei(net: Any) -> float:
+        return float(
+            np.mean(
+                [
+                    _truth_score("nuclei", predict_array(net, im, last, info.data)[4], lab, info)
+                    for im, lab in tests
+                ]
+            )
         )
 
-    probs = predict_array(model, pool, config, info.data)
-    doubt = disagreement_map(probs, 1)
-    ranked = rank_regions(doubt, (size, size), top=10**6)
-    spread = rank_regions(doubt, (size, size), top=regions, spread=True)
-    print(
-        f"start (no fine-tune): L4 IoU {score(model):.4f} on blurred slices {t0}-{t1 - 1}; "
-        f"{regions} regions of {size}x{size} = "
-        f"{100 * regions * size * size / pool.size:.1f}% of slices {v0}-{v1 - 1} labelled"
+    return dict(
+        model=model,
+        pool=pool,
+        classes=np.stack([instance_targets(lab, width) for _, lab in pool_pairs]),
+        probs=probs,
+        data=info.data.replace(target="semantic", label_mode="sparse", class_values=(2, 3)),
+        score=score_nuclei,
+        where=f"darkened DSB crops, pool {len(pool)} even held-back ids, test {len(tests)} odd",
     )
-    print("| regions | seed | L4 IoU after fine-tune |\n|---|---|---|")
+
+
+def bench_labelling(
+    name: str, regions: int, size: int, iterations: int, seeds: list[int], arms: list[str]
+) -> None:
+    """A shifted domain: label the regions each arm picks on the pool (same area for every
+    arm), fine-tune the shipped model from the same start, score the deepest head on the
+    shifted test split. Every arm ranks the same prediction of the pool."""
+    from napari_unetpp.disagreement import (
+        disagreement_map,
+        label_here_next,
+        margin_doubt,
+        rank_regions,
+    )
+
+    case = _labelling_case(name)
+    model, pool, classes, probs = case["model"], case["pool"], case["classes"], case["probs"]
+    c, shape = model.config.num_classes, (size, size)
+    blocks = _scan_blocks(pool.shape, size)
+    ranked = {
+        "disagreement": rank_regions(disagreement_map(probs, c), shape, regions),
+        "doubt": rank_regions(margin_doubt(probs[max(probs)], c), shape, regions),
+        "label_here_next": label_here_next(probs, c, shape, regions),
+    }
+    print(
+        f"{case['where']}: start (no fine-tune) {case['score'](model):.4f}; {regions} regions "
+        f"of {size}x{size} = {100 * regions * size * size / pool.size:.1f}% of the pool labelled"
+    )
+    results: dict[str, list[float]] = {arm: [] for arm in arms}
+    print("| regions picked by | seed | foreground fraction | score after fine-tune |")
+    print("|---|---|---|---|")
     for seed in seeds:
         rng = np.random.default_rng(seed)
-        choices = {
-            "top-ranked": ranked[:regions],
-            "top-ranked, spread": spread,
-            "random": [ranked[i] for i in rng.choice(len(ranked), regions, replace=False)],
-        }
-        for name, chosen in choices.items():
+        for arm in arms:
+            if arm == "random":
+                chosen = [blocks[i] for i in rng.choice(len(blocks), regions, replace=False)]
+            else:
+                chosen = ranked[arm]
             sparse = np.zeros(pool.shape, np.uint8)
             for region in chosen:
-                sparse[region.index] = pool_truth[region.index] + 1
-            tuned = _finetune(model, info, pool, sparse, iterations, seed)
-            print(f"| {name} | {seed} | {score(tuned):.4f} |", flush=True)
+                sparse[region.index] = classes[region.index] + 1
+            foreground = float(np.mean([(classes[r.index] > 0).mean() for r in chosen]))
+            tuned = _finetune(model, case["data"], pool, sparse, iterations, seed)
+            results[arm].append(case["score"](tuned))
+            print(f"| {arm} | {seed} | {foreground:.3f} | {results[arm][-1]:.4f} |", flush=True)
+    print("\n| regions picked by | mean +- sd over seeds | min | max |\n|---|---|---|---|")
+    for arm, values in results.items():
+        v = np.asarray(values)
+        sd = v.std(ddof=1) if len(v) > 1 else 0.0
+        print(f"| {arm} | {v.mean():.4f} +- {sd:.4f} | {v.min():.4f} | {v.max():.4f} |")
 
 
 def main() -> None:
@@ -388,10 +473,12 @@ def main() -> None:
         help="store the calibrated thresholds in the shipped models' config.json",
     )
     lab = sub.add_parser("labelling")
+    lab.add_argument("--model", choices=("em", "nuclei"), default="em")
     lab.add_argument("--regions", type=int, default=8)
     lab.add_argument("--size", type=int, default=64)
-    lab.add_argument("--iterations", type=int, default=30)
-    lab.add_argument("--seeds", nargs="+", type=int, default=[0])
+    lab.add_argument("--iterations", type=int, default=40)
+    lab.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
+    lab.add_argument("--arms", nargs="+", choices=LABELLING_ARMS, default=list(LABELLING_ARMS))
     s = sub.add_parser("summary", help="recalibrate and re-judge a --json file")
     s.add_argument("json", type=Path)
     args = parser.parse_args()
@@ -399,7 +486,7 @@ def main() -> None:
     if args.what == "adaptive":
         bench_adaptive(args.tolerances, args.tiles, args.repeats)
     elif args.what == "labelling":
-        bench_labelling(args.regions, args.size, args.iterations, args.seeds)
+        bench_labelling(args.model, args.regions, args.size, args.iterations, args.seeds, args.arms)
     elif args.what == "warning":
         bench_warning(args.crop, args.json, args.object_diameter, args.write)
     else:

@@ -1,8 +1,10 @@
 """What the heads' disagreement says: where to label next, which depth holds, and when to worry.
 
 Why: a deeply supervised UNet++ gives four predictions of one image from one pass.
-Where they disagree the model is unsure, so those regions are the most useful to
-label next (:func:`rank_regions`); how much each depth departs from the deepest
+Where they disagree the model is unsure; where to label next, though, is where
+the *deepest* head is unsure, spread over the kinds of content
+(:func:`label_here_next`, measured against random regions in docs/benchmarks.md);
+how much each depth departs from the deepest
 *on the user's image* says whether the depth chosen on the validation set still
 holds there (:func:`advise_depth`); and depth disagreement, flip disagreement,
 the fraction of uncertain pixels and the size of the objects against the
@@ -46,6 +48,8 @@ __all__ = [
     "check_image",
     "class_spread",
     "disagreement_map",
+    "label_here_next",
+    "margin_doubt",
     "rank_regions",
 ]
 
@@ -88,23 +92,71 @@ class Region:
         )
 
 
+def margin_doubt(prob: Any, num_classes: int) -> np.ndarray:
+    """Per pixel, 1 - (top class - runner-up) of one head: 1 on its decision boundary, 0 when sure.
+
+    Why: the head the user keeps makes the mistakes that labels must fix; its
+    margin is the classic uncertainty-sampling score and tracks its errors.
+    """
+    p = np.asarray(prob, np.float32)
+    if num_classes == 1:
+        return (1 - np.abs(2 * p - 1)).astype(np.float32)
+    top2 = np.partition(p, p.shape[0] - 2, axis=0)[-2:]
+    return (1 - (top2[1] - top2[0])).astype(np.float32)
+
+
+def label_here_next(
+    probs: Mapping[int, Any],
+    num_classes: int,
+    region_size: Sequence[int],
+    top: int = 10,
+    threshold: float = 0.5,
+) -> list[Region]:
+    """The ``top`` blocks to label next: doubt of the deepest head, spread over kinds of content.
+
+    Each block scores by the deepest head's mean :func:`margin_doubt`; the blocks
+    are sorted by their predicted foreground fraction into ``top`` strata of equal
+    count, and the most doubtful block of each stratum is taken (best first).
+    Why not the depths' disagreement: it is highest where the *shallow* heads
+    fail and the deepest is right (on EM, dark organelles the shallow heads call
+    membrane), and its top blocks repeat one structure on neighbouring slices;
+    labels there taught the deepest head less than random blocks did
+    (``benchmarks/bench_depth.py labelling``, docs/benchmarks.md). Doubt cannot see
+    confident mistakes: on a domain the model misses outright (darkened nuclei)
+    random blocks taught more.
+    ``probs``: per-depth probabilities as :func:`inference.predict` returns them
+    (only the deepest is used, so a pruned or adaptive result works too).
+    """
+    deepest = np.asarray(probs[max(probs)], np.float32)
+    if num_classes == 1:
+        foreground = deepest > threshold
+    else:
+        foreground = deepest.argmax(axis=0) > 0
+    return rank_regions(margin_doubt(deepest, num_classes), region_size, top, strata=foreground)
+
+
 def rank_regions(
     disagreement: np.ndarray,
     region_size: Sequence[int],
     top: int = 10,
     spread: bool = False,
+    strata: np.ndarray | None = None,
 ) -> list[Region]:
-    """The ``top`` blocks of ``region_size`` (the last axes) with the highest mean disagreement.
+    """The ``top`` blocks of ``region_size`` (the last axes) with the highest mean score.
 
-    Blocks tile each item (slice / volume) without overlap; partial blocks at the
-    border count with their own mean. "Label here next": painting these first
-    gives the model the examples it is least sure about.
+    ``disagreement``: any per-pixel score (the depths' disagreement, or
+    :func:`margin_doubt`). Blocks tile each item (slice / volume) without
+    overlap; partial blocks at the border count with their own mean.
+
+    ``strata``: a per-pixel map of the same shape (e.g. the predicted
+    foreground); the blocks are sorted by its block mean into ``top`` strata of
+    equal count and the best block of each stratum is taken, so the picks cover
+    every kind of content instead of one kind (uncertainty with
+    representativeness, as in active learning). Returned best first.
 
     ``spread``: pick for coverage as well as doubt: no two chosen blocks touch,
     and the items (slices) take turns, each giving its best remaining block per
-    round. Why: the most doubtful blocks cluster on one kind of content (one
-    faint, dense patch of tissue), and a few labels there teach that patch, not
-    the image.
+    round.
     """
     size = tuple(int(s) for s in region_size)
     dims = len(size)
@@ -113,17 +165,46 @@ def rank_regions(
             f"region_size {tuple(region_size)}: give one positive size per "
             f"spatial axis of a map of shape {disagreement.shape}, e.g. (128, 128)"
         )
-    lead_shape, spatial = disagreement.shape[:-dims], disagreement.shape[-dims:]
+    if strata is not None and np.shape(strata) != disagreement.shape:
+        raise ValueError(
+            f"strata of shape {np.shape(strata)} must match the map's {disagreement.shape}"
+        )
+    count = max(int(top), 0)
+    found, kinds = _blocks(disagreement, size, strata)
+    if strata is not None:
+        return _stratified(found, kinds, count)
+    found.sort(key=lambda r: -r.score)
+    return _spread_out(found, size, count) if spread else found[:count]
+
+
+def _blocks(
+    score: np.ndarray, size: tuple[int, ...], strata: np.ndarray | None
+) -> tuple[list[Region], list[float]]:
+    """Every block as a :class:`Region` (mean score), and its mean of ``strata`` (if given)."""
+    dims = len(size)
+    lead_shape, spatial = score.shape[:-dims], score.shape[-dims:]
     found: list[Region] = []
+    kinds: list[float] = []
     for item in np.ndindex(*lead_shape):
-        plane = disagreement[item]
+        plane = score[item]
         for start in np.ndindex(*(-(-n // s) for n, s in zip(spatial, size, strict=True))):
             corner = tuple(k * s for k, s in zip(start, size, strict=True))
-            block = plane[tuple(slice(c, c + s) for c, s in zip(corner, size, strict=True))]
+            index = tuple(slice(c, c + s) for c, s in zip(corner, size, strict=True))
+            block = plane[index]
             found.append(Region(item, corner, tuple(block.shape), float(block.mean())))
-    found.sort(key=lambda r: -r.score)
-    count = max(int(top), 0)
-    return _spread_out(found, size, count) if spread else found[:count]
+            if strata is not None:
+                kinds.append(float(np.mean(strata[item][index])))
+    return found, kinds
+
+
+def _stratified(found: list[Region], kinds: list[float], count: int) -> list[Region]:
+    """The best block of each of ``count`` equal-count strata of ``kinds``, best first."""
+    if count == 0 or not found:
+        return []
+    order = np.argsort(np.asarray(kinds), kind="stable")
+    groups = np.array_split(order, min(count, len(found)))
+    best = [max((found[i] for i in g), key=lambda r: r.score) for g in groups]
+    return sorted(best, key=lambda r: -r.score)
 
 
 def _spread_out(ranked: list[Region], size: tuple[int, ...], count: int) -> list[Region]:

@@ -323,7 +323,7 @@ def _predict_file(
 
 def _write_disagreement(base: Path, probs: Any, config: ModelConfig, fmt: str) -> list[Path]:
     """``_disagreement`` (and ``_depth_used`` for --depth auto) maps, ``_regions.json`` ranking."""
-    from ..disagreement import disagreement_map, rank_regions
+    from ..disagreement import disagreement_map, label_here_next
     from ..outputs import TIFF_SOFTWARE
 
     adaptive = hasattr(probs, "depth_map")
@@ -344,7 +344,7 @@ def _write_disagreement(base: Path, probs: Any, config: ModelConfig, fmt: str) -
             "size": list(r.size),
             "score": round(r.score, 5),
         }
-        for r in rank_regions(maps["disagreement"], size)
+        for r in label_here_next(probs, config.num_classes, size)
     ]
     path = base.with_name(f"{base.name}_regions.json")
     path.write_text(json.dumps({"written_by": TIFF_SOFTWARE, "label_here_next": regions}, indent=1))
