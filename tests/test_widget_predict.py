@@ -96,8 +96,19 @@ def test_segment_2d_layers_and_rerun(
     assert w._scope.value == "2D"
     w.segment()
     assert not errors
-    assert _names(viewer) == ["em", "em UNet++ L1", "em UNet++ L2", "em UNet++ labels"]
-    for name in _names(viewer)[1:]:
+    assert _names(viewer) == [
+        "em",
+        "em UNet++ L1",
+        "em UNet++ L2",
+        "em UNet++ labels",
+        "em UNet++ label here next",
+    ]
+    boxes = viewer.layers["em UNet++ label here next"]  # the blocks to paint next, numbered
+    assert not boxes.visible and boxes.nshapes == 1 and list(boxes.features["rank"]) == [1]
+    np.testing.assert_array_equal(boxes.data[0], [[0, 0], [0, 128], [128, 128], [128, 0]])
+    assert tuple(boxes.scale) == SCALE and tuple(boxes.translate) == TRANSLATE
+    assert "label next" in w._status.value
+    for name in _names(viewer)[1:4]:
         out = viewer.layers[name]
         assert out.data.shape == (128, 128)
         assert tuple(out.scale) == SCALE and tuple(out.translate) == TRANSLATE
@@ -111,7 +122,7 @@ def test_segment_2d_layers_and_rerun(
     first_dir = w.last_run_dir
     viewer.layers["em UNet++ L1"].data = np.zeros((128, 128), np.float32)
     w.segment()  # re-running updates the same layers
-    assert len(viewer.layers) == 4 and not errors
+    assert len(viewer.layers) == 5 and not errors
     np.testing.assert_allclose(viewer.layers["em UNet++ L1"].data, expected[1], atol=1e-6)
     assert w.last_run_dir != first_dir
 
@@ -152,14 +163,18 @@ def test_stack_slicewise_then_current_slice(setup: Any, crop: np.ndarray) -> Non
     w._image.value = layer
     assert w._scope.value == "whole stack slice-wise"
     w.segment()
-    assert not errors and len(viewer.layers) == 4
+    assert not errors and len(viewer.layers) == 5
     assert viewer.layers["stack UNet++ L2"].data.shape == (2, 128, 128)
+    boxes = viewer.layers["stack UNet++ label here next"]  # one block per slice, on its slice
+    assert boxes.nshapes == 2 and {int(b[0, 0]) for b in boxes.data} == {0, 1}
     assert viewer.layers["stack UNet++ labels"].data.shape == (2, 128, 128)
 
     w._scope.value = "current slice only (quick look)"
     viewer.dims.set_point(0, 6.0)  # world z = 1 + 5 * 1: slice 1
     w.segment()  # a quick look writes its own layers: the whole-stack ones stay
-    assert not errors and len(viewer.layers) == 7
+    assert not errors and len(viewer.layers) == 9
+    quick_boxes = viewer.layers["stack UNet++ label here next (quick look)"]
+    assert quick_boxes.nshapes == 1 and tuple(quick_boxes.translate) == (6.0, *TRANSLATE)
     assert viewer.layers["stack UNet++ labels"].data.shape == (2, 128, 128)
     quick = viewer.layers["stack UNet++ L1 (quick look)"]
     assert quick.data.shape == (1, 128, 128)
@@ -189,7 +204,7 @@ def test_pruning_slider_apply_and_save(
 
     labels_before = viewer.layers["em UNet++ labels"].data.copy()
     w.pruning.apply()
-    assert not errors and len(viewer.layers) == 4
+    assert not errors and len(viewer.layers) == 5  # the same layers, label-here-next included
     assert sorted(w.last_probabilities) == [1]
     np.testing.assert_allclose(
         w.last_probabilities[1], viewer.layers["em UNet++ L1"].data, atol=1e-5
@@ -285,7 +300,8 @@ def test_threaded_run_and_reader_entry(
         assert w.busy and not w._run.enabled  # layers come one per event-loop turn (issue 16)
         qtbot.waitUntil(lambda: not w.busy, timeout=30_000)
         assert w._run.enabled
-        assert _names(viewer) == ["em", "em UNet++ L1", "em UNet++ L2", "em UNet++ labels"]
+        assert _names(viewer)[:4] == ["em", "em UNet++ L1", "em UNet++ L2", "em UNet++ labels"]
+        assert _names(viewer)[4:] == ["em UNet++ label here next"]
     finally:
         _state.unregister_model("tiny run")
 

@@ -9,8 +9,9 @@ that an earlier model with more depths left behind are removed. Multi-class mode
 show the probability of *any foreground* (1 - background) per depth, what one
 compares across depths by eye; the classes are in the labels. "current slice only"
 writes its own one-slice-thick ``... (quick look)`` layers placed at the slice shown,
-leaving the whole-stack layers alone. Why in one file: the names and metadata stay
-the same for whole-stack runs and quick looks.
+leaving the whole-stack layers alone. ``<image> UNet++ label here next`` (hidden)
+numbers the blocks to paint next (``disagreement.label_here_next``). Why in one file:
+the names and metadata stay the same for whole-stack runs and quick looks.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.layers import Image, Labels
+from napari.layers import Image, Labels, Shapes
 
 from ._layers import class_legend, labels_style, put_layer
 
@@ -161,6 +162,54 @@ def put_adaptive_maps(
     )
 
 
+def put_label_here_next(
+    viewer: napari.viewer.Viewer,
+    name: str,
+    probs: Any,
+    where: Placement,
+    meta: dict[str, Any],
+    model: ModelConfig,
+) -> int:
+    """The blocks to label next as numbered rectangles (a hidden Shapes layer); how many.
+
+    ``disagreement.label_here_next`` on the deepest head (what the CLI's
+    ``--disagreement`` writes to ``_regions.json``). 2D models only: a 3D block
+    is not a rectangle.
+    """
+    from ..disagreement import label_here_next, region_size
+
+    if model.spatial_dims != 2 or not probs:
+        return 0
+    regions = label_here_next(probs, model.num_classes, region_size(2), top=8)
+    lifted = () if where.lead_index is None else (0,) * len(where.lead_index)
+    boxes = []
+    for region in regions:
+        (y, x), (h, w) = region.start, region.size
+        corners = [(y, x), (y, x + w), (y + h, x + w), (y + h, x)]
+        boxes.append(np.array([(*lifted, *region.item, *c) for c in corners], dtype=float))
+    if not boxes:
+        return 0
+    if name in viewer.layers:  # a Shapes layer is replaced, not updated in place
+        viewer.layers.remove(name)
+    put_layer(
+        viewer,
+        Shapes,
+        name,
+        boxes,
+        where.scale,
+        where.translate,
+        meta,
+        shape_type="rectangle",
+        edge_color="yellow",
+        face_color="transparent",
+        edge_width=3,
+        features={"rank": list(range(1, len(boxes) + 1)), "doubt": [r.score for r in regions]},
+        text={"string": "{rank}", "color": "yellow", "anchor": "upper_left", "size": 10},
+        visible=False,
+    )
+    return len(boxes)
+
+
 def scale_note(probs: Any) -> str | None:
     """What the scale step did (zoom, measured size), or None when it did nothing."""
     scale = getattr(probs, "scale", None)
@@ -206,5 +255,9 @@ def show_result(
         yield
         yield from put_adaptive_maps(viewer, base, suffix, probs, where, meta, model.depth)
         notes.append(probs.summary())
+    yield
+    next_name = f"{base} label here next{suffix}"
+    if put_label_here_next(viewer, next_name, probs, where, meta, model):
+        notes.append(f"where to label next: the '{next_name}' layer (hidden)")
     note = scale_note(probs)
     return legend, notes + ([note] if note else [])

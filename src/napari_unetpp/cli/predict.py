@@ -323,7 +323,7 @@ def _predict_file(
 
 def _write_disagreement(base: Path, probs: Any, config: ModelConfig, fmt: str) -> list[Path]:
     """``_disagreement`` (and ``_depth_used`` for --depth auto) maps, ``_regions.json`` ranking."""
-    from ..disagreement import disagreement_map, label_here_next
+    from ..disagreement import disagreement_map, label_here_next, region_size
     from ..outputs import TIFF_SOFTWARE
 
     adaptive = hasattr(probs, "depth_map")
@@ -336,7 +336,7 @@ def _write_disagreement(base: Path, probs: Any, config: ModelConfig, fmt: str) -
         maps["depth_used"] = probs.depth_map
         _out(probs.summary())
     written = [write_array(base.with_name(f"{base.name}_{k}"), v, fmt) for k, v in maps.items()]
-    size = (128,) * config.spatial_dims if config.spatial_dims == 2 else (32, 64, 64)
+    size = region_size(config.spatial_dims)
     regions = [
         {
             "item": list(r.item),
