@@ -133,6 +133,11 @@ def predict_config(
     )
 
 
+#: Probabilities larger than this (values) are not ranked for "label here next" in the dock:
+#: the ranking holds a copy of them (about 1 GB at this size).
+RANK_LIMIT = 2**28
+
+
 def segment_job(
     model: UNetPlusPlus,
     image: Any,
@@ -141,17 +146,19 @@ def segment_job(
     stopper: Stopper,
     run_dir: Path,
     depth: int | None = None,
-) -> Generator[Any, None, tuple[Any, Any]]:
+) -> Generator[Any, None, tuple[Any, Any, list[Any]]]:
     """Predict, then turn head ``depth`` (default: the pruned or deepest one) into labels;
-    save them to ``run_dir``."""
+    save them to ``run_dir``. Returns the probabilities, the labels and the blocks to label
+    next (here, in the worker: ranking a big stack would stall the GUI thread)."""
     import tifffile
 
+    from ..disagreement import label_here_next, region_size
     from ..inference import predict
     from ..postprocess import probabilities_to_labels
 
     probs = yield from predict(model, image, config, data, stopper=stopper)
     if not probs.complete:
-        return probs, None
+        return probs, None, []
     depth = config.pruned_depth or (depth if depth in probs else max(probs))
     labels = probabilities_to_labels(
         np.asarray(probs[depth]),
@@ -161,7 +168,13 @@ def segment_job(
         min_size=config.min_size,
     )
     tifffile.imwrite(run_dir / "labels.tif", labels, compression="zlib")
-    return probs, labels
+    deepest = probs[max(probs)]
+    regions = (
+        label_here_next(probs, model.config.num_classes, region_size(2), top=8)
+        if model.config.spatial_dims == 2 and np.size(deepest) <= RANK_LIMIT
+        else []  # 3D blocks are no rectangles; a huge plane: the CLI's --disagreement
+    )
+    return probs, labels, regions
 
 
 def record_predict(

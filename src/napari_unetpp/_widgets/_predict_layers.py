@@ -16,7 +16,7 @@ the names and metadata stay the same for whole-stack runs and quick looks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import napari
 
     from ..config import ModelConfig
+    from ..disagreement import Region
     from ._predict_job import Placement
 
 Lift = Callable[[Any], Any]
@@ -165,25 +166,21 @@ def put_adaptive_maps(
 def put_label_here_next(
     viewer: napari.viewer.Viewer,
     name: str,
-    probs: Any,
+    regions: Sequence[Region],
     where: Placement,
     meta: dict[str, Any],
-    model: ModelConfig,
 ) -> int:
     """The blocks to label next as numbered rectangles (a hidden Shapes layer); how many.
 
-    ``disagreement.label_here_next`` on the deepest head (what the CLI's
-    ``--disagreement`` writes to ``_regions.json``). 2D models only: a 3D block
-    is not a rectangle.
+    ``regions``: ``disagreement.label_here_next`` of the deepest head (what the CLI's
+    ``--disagreement`` writes to ``_regions.json``), ranked in the job's worker thread;
+    2D blocks only (a 3D block is not a rectangle).
     """
-    from ..disagreement import label_here_next, region_size
-
-    if model.spatial_dims != 2 or not probs:
-        return 0
-    regions = label_here_next(probs, model.num_classes, region_size(2), top=8)
     lifted = () if where.lead_index is None else (0,) * len(where.lead_index)
     boxes = []
     for region in regions:
+        if len(region.start) != 2:
+            return 0
         (y, x), (h, w) = region.start, region.size
         corners = [(y, x), (y, x + w), (y + h, x + w), (y + h, x)]
         boxes.append(np.array([(*lifted, *region.item, *c) for c in corners], dtype=float))
@@ -234,10 +231,12 @@ def show_result(
     *,
     instance: bool,
     all_depths: bool,
+    regions: Sequence[Region] = (),
 ) -> Generator[None, None, tuple[str, list[str]]]:
     """All of a finished run's layers for the image ``name``; returns (legend, notes).
 
-    ``meta["depth"]`` is the labels' depth. A run of all depths first drops the
+    ``meta["depth"]`` is the labels' depth; ``regions``: the blocks to label next (the
+    job ranked them). A run of all depths first drops the
     per-depth layers it did not make (a pruned run makes one and keeps the rest).
     A generator that yields after each layer it adds or updates: adding a layer costs
     napari's GUI thread ~0.15-0.3 s, so the dock adds one per event-loop turn
@@ -257,7 +256,7 @@ def show_result(
         notes.append(probs.summary())
     yield
     next_name = f"{base} label here next{suffix}"
-    if put_label_here_next(viewer, next_name, probs, where, meta, model):
+    if put_label_here_next(viewer, next_name, regions, where, meta):
         notes.append(f"where to label next: the '{next_name}' layer (hidden)")
     note = scale_note(probs)
     return legend, notes + ([note] if note else [])

@@ -367,11 +367,11 @@ class PredictWidget(Container):
         self,
         layer: Image,
         where: Placement,
-        result: tuple[Any, Any],
+        result: tuple[Any, Any, list[Any]],
         config: PredictConfig,
         depth: int,
     ) -> None:
-        probs, labels = result
+        probs, labels, regions = result
         if labels is None:
             self._status.value = "cancelled: layers left unchanged"
             return
@@ -389,10 +389,11 @@ class PredictWidget(Container):
         steps = show_result(
             self._viewer,
             layer.name,
-            result,
+            (probs, labels),
             where,
             meta,
             self.model.config,
+            regions=regions,
             instance=self.info.data.target == "instance",
             all_depths=config.pruned_depth is None,
         )
