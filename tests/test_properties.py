@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -165,6 +165,7 @@ def test_guess_label_mode_answers_or_refuses_empty_labels(labels):
 
 @FAST
 @given(labels=label_arrays(), width=st.integers(1, 3))
+@example(labels=np.array([[2**63 - 512, 1], [1, 1]], np.int64), width=1)  # ids past 2**52
 def test_instance_targets_are_background_interior_boundary(labels, width):
     ids = labels.astype(np.int64)
     target = instance_targets(ids, width, spatial_dims=2)

@@ -224,8 +224,12 @@ def instance_targets(labels: np.ndarray, boundary_width: int, spatial_dims: int 
     window = 2 * int(boundary_width) + 1
     axes = min(spatial_dims, labels.ndim)
     size = (1,) * (labels.ndim - axes) + (window,) * axes
-    other = (ndi.maximum_filter(labels, size=size) != labels) | (
-        ndi.minimum_filter(labels, size=size) != labels
+    ids = labels
+    if labels.size and max(abs(int(labels.max())), abs(int(labels.min()))) > 2**52:
+        # ids beyond 2**52 collide in the filters' float arithmetic: compare ranks instead
+        ids = np.unique(labels, return_inverse=True)[1].reshape(labels.shape)
+    other = (ndi.maximum_filter(ids, size=size) != ids) | (
+        ndi.minimum_filter(ids, size=size) != ids
     )
     target = (labels > 0).astype(np.int64)
     target[(labels > 0) & other] = 2
