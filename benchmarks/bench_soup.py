@@ -19,19 +19,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import zoo_specs  # noqa: E402
 from zoo_data import load_nucleus, nuclei_split  # noqa: E402
+from zoo_soup import mix_states  # noqa: E402
 
 from napari_unetpp.checkpoint import load_checkpoint  # noqa: E402
 from napari_unetpp.config import PredictConfig  # noqa: E402
 from napari_unetpp.inference import predict_array  # noqa: E402
+from napari_unetpp.patches import split_validation  # noqa: E402
 from napari_unetpp.postprocess import probabilities_to_labels  # noqa: E402
 
 
 def validation_ids(fraction: float = 0.1, seed: int = 0) -> list[str]:
-    """The ids ``training.split_validation`` holds out of the nuclei training ids."""
+    """The ids the trainer holds out of the nuclei training ids (its own split function,
+    given the ids in the order it is given the images)."""
     train_ids, _ = nuclei_split()
-    count = min(len(train_ids) - 1, max(1, int(round(fraction * len(train_ids)))))
-    chosen = np.random.default_rng(seed).choice(len(train_ids), count, replace=False)
-    return [train_ids[i] for i in sorted(chosen.tolist())]
+    return split_validation(train_ids, fraction, np.random.default_rng(seed))[1]
 
 
 def main() -> None:
@@ -47,14 +48,7 @@ def main() -> None:
     a = {k: v.detach().clone() for k, v in first.state_dict().items()}
     b = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for alpha in args.alphas:
-        model.load_state_dict(
-            {
-                k: (a[k].float() * (1 - alpha) + v.float() * alpha).to(v.dtype)
-                if v.is_floating_point()
-                else v
-                for k, v in b.items()
-            }
-        )
+        model.load_state_dict(mix_states([a, b], [1 - alpha, alpha]))
         scores = {}
         for depth in (3, 4):
             config = PredictConfig(device="cpu", pruned_depth=depth)

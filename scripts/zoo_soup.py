@@ -43,6 +43,15 @@ def soup(paths: list[str], weights: list[float]) -> tuple[torch.nn.Module, objec
     if len(configs) > 1:  # metadata (pixel size, object size) may differ: the last one's kept
         raise SystemExit(f"the checkpoints have different architectures: {configs}")
     states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m, _ in loaded]
+    model.load_state_dict(mix_states(states, weights))
+    return model, info
+
+
+def mix_states(
+    states: list[dict[str, torch.Tensor]], weights: list[float]
+) -> dict[str, torch.Tensor]:
+    """The weighted average of state dicts' floating-point tensors (weights normalised);
+    integer buffers (BatchNorm's step counters) from the last state."""
     total = float(sum(weights))
     mixed = {}
     for key, last in states[-1].items():
@@ -51,8 +60,7 @@ def soup(paths: list[str], weights: list[float]) -> tuple[torch.nn.Module, objec
             continue
         acc = sum(w / total * s[key].float() for w, s in zip(weights, states, strict=True))
         mixed[key] = acc.to(last.dtype)
-    model.load_state_dict(mixed)
-    return model, info
+    return mixed
 
 
 def main(argv: list[str] | None = None) -> int:
