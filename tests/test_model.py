@@ -195,3 +195,46 @@ def test_unwrap_model_sees_through_compile_and_ddp_style_wrappers():
     assert unwrap_model(Wrapper(net)) is net
     assert unwrap_model(torch.compile(Wrapper(net))) is net  # compile of DDP: both layers
     assert unwrap_model(torch.nn.Sequential(net)) is not net  # other containers are not wrappers
+
+
+@pytest.mark.parametrize(
+    ("spatial_dims", "shape", "fmt"),
+    [
+        (2, (2, 1, 48, 40), torch.channels_last),
+        (2, (2, 1, 48, 40), torch.contiguous_format),
+        (3, (1, 1, 16, 16, 32), torch.channels_last_3d),
+    ],
+)
+def test_kept_concat_buffer_gives_the_same_bits_and_is_reused(spatial_dims, shape, fmt):
+    net = _tiny(spatial_dims)
+    x = torch.randn(shape).contiguous(memory_format=fmt)
+    with torch.no_grad():
+        expected = net(x)  # the module as trained: a fresh torch.cat per node
+    net.reuse_concat_buffer()
+    buffer = net.nodes[node_name(0, 1)].concat
+    assert buffer is net.nodes[node_name(0, 4)].concat  # one per network
+    outputs = []
+    for mode in (torch.inference_mode, torch.no_grad, torch.inference_mode):
+        with mode():  # an inference tensor cannot be written outside inference mode
+            outputs.append(net(x))
+            outputs.append(net(x))
+    for out in outputs:
+        assert all(torch.equal(out[d], expected[d]) for d in expected)
+    with torch.inference_mode():
+        first = buffer._flat(10, torch.float32).data_ptr()
+        assert buffer._flat(10, torch.float32).data_ptr() == first  # kept, not reallocated
+
+
+def test_kept_concat_buffer_is_off_while_training_and_not_copied():
+    import copy
+    import pickle
+
+    net = _tiny()
+    net.reuse_concat_buffer()
+    net.train()
+    out = net(torch.randn(2, 1, 32, 32))
+    sum(o.sum() for o in out.values()).backward()  # autograd keeps each concatenation
+    assert net.nodes[node_name(0, 4)].block[0].weight.grad is not None
+    for twin in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        ours, theirs = net.nodes[node_name(0, 1)].concat, twin.nodes[node_name(0, 1)].concat
+        assert theirs is not ours and theirs is twin.nodes[node_name(0, 4)].concat

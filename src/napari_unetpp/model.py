@@ -27,7 +27,10 @@ Example
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +38,15 @@ from torch import nn
 
 from .config import ModelConfig
 
-__all__ = ["UNetPlusPlus", "ConvBlock", "node_name", "head_name", "nodes_for_depth", "unwrap_model"]
+__all__ = [
+    "ConcatBuffer",
+    "ConvBlock",
+    "UNetPlusPlus",
+    "head_name",
+    "node_name",
+    "nodes_for_depth",
+    "unwrap_model",
+]
 
 
 def node_name(i: int, j: int) -> str:
@@ -84,6 +95,72 @@ class ConvBlock(nn.Sequential):
         )
 
 
+class ConcatBuffer:
+    """One reused output for the decoder nodes' concatenations, during inference on the CPU.
+
+    Why: a full-resolution node concatenates up to ``depth + 1`` feature maps; for a
+    batch of 256 x 256 tiles that is 33-84 MB, above glibc's mmap threshold (32 MB),
+    so every fresh ``torch.cat`` output is mapped and faulted in page by page: 30 % of
+    such a node's time on the CPU. Writing into one kept buffer pays that once.
+    Only without autograd (the backward pass needs each concatenation), one buffer
+    per thread (two predictions may share a prepared network), and at most
+    ``limit`` elements (a bigger one is not kept).
+    """
+
+    limit = 2**26  # elements: 256 MB of float32
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ConcatBuffer:
+        return ConcatBuffer()  # the copy's own buffers (a thread-local cannot be copied)
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return ConcatBuffer, ()  # pickled (e.g. to a dask worker) without its memory
+
+    def cat(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``torch.cat(tensors, dim=1)``, written into the kept buffer where it can be."""
+        first = tensors[0]
+        channels_last = _channels_last(first)
+        reusable = (
+            first.device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and all(t.dtype == first.dtype and _channels_last(t) == channels_last for t in tensors)
+            and (channels_last or all(t.is_contiguous() for t in tensors))
+        )
+        n, _, *spatial = first.shape
+        channels = sum(t.shape[1] for t in tensors)
+        numel = n * channels * math.prod(spatial)
+        if not reusable or numel > self.limit:
+            return torch.cat(list(tensors), dim=1)
+        flat = self._flat(numel, first.dtype)
+        out = (
+            flat.view(n, *spatial, channels).movedim(-1, 1)
+            if channels_last
+            else flat.view(n, channels, *spatial)
+        )
+        return torch.cat(list(tensors), dim=1, out=out)
+
+    def _flat(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        flat: torch.Tensor | None = getattr(self._local, "flat", None)
+        inference = torch.is_inference_mode_enabled()
+        if (
+            flat is None
+            or flat.numel() < numel
+            or flat.dtype != dtype
+            or flat.is_inference() != inference  # an inference tensor is read-only outside
+        ):
+            flat = torch.empty(numel, dtype=dtype)
+            self._local.flat = flat
+        return flat[:numel]
+
+
+def _channels_last(t: torch.Tensor) -> bool:
+    """Channels innermost (the CPU's fast layout), with more than one channel to tell."""
+    fmt = torch.channels_last if t.ndim == 4 else torch.channels_last_3d
+    return t.ndim in (4, 5) and t.shape[1] > 1 and t.is_contiguous(memory_format=fmt)
+
+
 class NestedNode(nn.Module):
     """Decoder node ``X[i, j]`` (j >= 1): up-sample ``X[i+1, j-1]``, concat the same-level inputs.
 
@@ -97,9 +174,12 @@ class NestedNode(nn.Module):
         up = nn.ConvTranspose2d if spatial_dims == 2 else nn.ConvTranspose3d
         self.up = up(below_width, width, kernel_size=2, stride=2)
         self.block = ConvBlock(width * (j + 1), width, spatial_dims, norm)
+        self.concat: ConcatBuffer | None = None  # set on inference copies (reuse_concat_buffer)
 
     def forward(self, same_level: Sequence[torch.Tensor], below: torch.Tensor) -> torch.Tensor:
-        return self.block(torch.cat([*same_level, self.up(below)], dim=1))
+        inputs = [*same_level, self.up(below)]
+        joined = self.concat.cat(inputs) if self.concat else torch.cat(inputs, dim=1)
+        return self.block(joined)
 
 
 class UNetPlusPlus(nn.Module):
@@ -183,6 +263,17 @@ class UNetPlusPlus(nn.Module):
         )
         net.config = config
         return net
+
+    def reuse_concat_buffer(self) -> None:
+        """Let every decoder node concatenate into one kept buffer (see :class:`ConcatBuffer`).
+
+        For frozen inference copies (``predictor.prepare_for_inference``): the buffer
+        lives as long as the network, and training never uses it.
+        """
+        shared = ConcatBuffer()
+        for node in self.nodes.values():
+            if isinstance(node, NestedNode):
+                node.concat = shared
 
     @property
     def head_depths(self) -> tuple[int, ...]:

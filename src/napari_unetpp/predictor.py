@@ -74,6 +74,7 @@ def prepare_for_inference(
     """
     net = fold_batchnorm(copy.deepcopy(model).eval())
     net.requires_grad_(False)
+    net.reuse_concat_buffer()
     return place_model(net, device)
 
 
