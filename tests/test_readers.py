@@ -78,6 +78,14 @@ def test_nifti_any_storage_reads_as_training_volume(
     np.testing.assert_array_equal(got.array, ct)
     canonical = nibabel.as_closest_canonical(nibabel.load(str(path)))  # nibabel agrees
     np.testing.assert_array_equal(ras_from_zyx(got.array), np.asanyarray(canonical.dataobj))
+    # labels drawn on the reader's volume go back onto the file's own grid
+    ids = (got.array > 0).astype(np.uint8) + (got.array > 200)
+    back = nibabel.load(str(medical.write_nifti_like(tmp_path / "labels.nii.gz", ids, path)))
+    np.testing.assert_array_equal(back.affine, nibabel.load(str(path)).affine)
+    np.testing.assert_array_equal(
+        np.asanyarray(back.dataobj), (data > 0).astype(np.uint8) + (data > 200)
+    )
+    assert back.get_data_dtype() == np.uint8
 
 
 def test_nifti_marker_voxel_and_micron_units(tmp_path: Path) -> None:
@@ -386,6 +394,11 @@ def test_cli_segments_a_1mm_nifti_at_the_models_3mm(
     assert "pixel size 3 x 1 x 1 mm from the file" in err
     labels = tifffile.imread(tmp_path / "o" / "scan_labels.tif")
     assert labels.shape == fine.shape  # back on the file's own 1 mm grid
+    reread = readers.read_image(tmp_path / "o" / "scan_labels.tif")  # overlays the scan
+    assert reread.scale == pytest.approx((3.0, 1.0, 1.0)) and reread.unit == "mm"
+    as_nifti = nibabel.load(str(tmp_path / "o" / "scan_labels.nii.gz"))  # for medical viewers
+    np.testing.assert_array_equal(as_nifti.affine, np.diag([1.0, 1.0, 3.0, 1.0]))
+    np.testing.assert_array_equal(np.asanyarray(as_nifti.dataobj), ras_from_zyx(labels))
     liver = 1  # the CT model's first class
     dice = 2 * ((labels == liver) & truth).sum() / ((labels == liver).sum() + truth.sum())
     print(f"liver Dice, 1 mm NIfTI through the CLI: {dice:.3f}")

@@ -258,9 +258,22 @@ def create_zarr(path: Path, shape: tuple[int, ...], dtype: Any) -> Any:
     return create_array(None, None, shape, dtype, slice_chunks(shape, (1024, 1024)), path=path)
 
 
-def write_array(base: Path, array: Any, fmt: str) -> Path:
-    """Write ``base.tif`` (BigTIFF when needed) or ``base.zarr`` (chunked, for big results)."""
+def write_array(
+    base: Path,
+    array: Any,
+    fmt: str,
+    pixel_size: tuple[float, ...] | None = None,
+    unit: str | None = None,
+) -> Path:
+    """Write ``base.tif`` (BigTIFF when needed) or ``base.zarr`` (chunked, for big results).
+
+    ``pixel_size`` (per trailing spatial axis, in ``unit``) is stored as the input's was
+    read (a TIFF's JSON ``spacing``/``unit``, a zarr's attributes), so that the result
+    opens at the image's scale and overlays it.
+    """
     import numpy as np
+
+    spacing = {"spacing": [float(v) for v in pixel_size], "unit": unit} if pixel_size else {}
 
     if fmt == "zarr":
         from .stores import mark_complete
@@ -268,6 +281,7 @@ def write_array(base: Path, array: Any, fmt: str) -> Path:
         path = base.with_suffix(".zarr")
         target = create_zarr(path, tuple(array.shape), array.dtype)
         target[...] = np.asarray(array)
+        target.attrs.update(spacing)
         mark_complete(target)
         return path
     import tifffile
@@ -285,6 +299,7 @@ def write_array(base: Path, array: Any, fmt: str) -> Path:
         compression="zlib",
         photometric="minisblack",
         software=TIFF_SOFTWARE,
+        metadata=spacing,
     )
     return path
 

@@ -39,6 +39,7 @@ __all__ = [
     "read_dicom",
     "read_nifti",
     "reorient_to_zyx",
+    "write_nifti_like",
 ]
 
 #: Suffixes (lower case) read by this module.
@@ -103,15 +104,10 @@ def is_medical(path: str | Path) -> bool:
 # --------------------------------------------------------------------------- orientation
 
 
-def reorient_to_zyx(
-    array: np.ndarray, axes_ras: np.ndarray
-) -> tuple[np.ndarray, tuple[float, float, float], tuple[int, ...], tuple[bool, ...]]:
-    """Permute and flip a volume into the module's ``(Z, Y, X)`` convention.
-
-    ``axes_ras`` is 3x3: column ``j`` is the world (RAS, mm) step of one voxel along
-    array axis ``j`` (a NIfTI affine's upper-left block). Returns the new array,
-    the spacing per output axis, the permutation used and which axes were flipped.
-    """
+def _orientation(
+    axes_ras: np.ndarray,
+) -> tuple[tuple[int, ...], tuple[bool, ...], tuple[float, float, float]]:
+    """The voxel axis for each output axis Z, Y, X, whether it is flipped, and its spacing."""
     axes_ras = np.asarray(axes_ras, dtype=np.float64)
     spacing = np.linalg.norm(axes_ras, axis=0)
     if np.any(spacing <= 0) or not np.all(np.isfinite(spacing)):
@@ -129,12 +125,58 @@ def reorient_to_zyx(
         voxel = best[world]
         order.append(voxel)
         flips.append(bool(np.sign(cosines[world, voxel]) != sign))
+    size = tuple(float(spacing[v]) for v in order)
+    return tuple(order), tuple(flips), size  # type: ignore[return-value]
+
+
+def reorient_to_zyx(
+    array: np.ndarray, axes_ras: np.ndarray
+) -> tuple[np.ndarray, tuple[float, float, float], tuple[int, ...], tuple[bool, ...]]:
+    """Permute and flip a volume into the module's ``(Z, Y, X)`` convention.
+
+    ``axes_ras`` is 3x3: column ``j`` is the world (RAS, mm) step of one voxel along
+    array axis ``j`` (a NIfTI affine's upper-left block). Returns the new array,
+    the spacing per output axis, the permutation used and which axes were flipped.
+    """
+    order, flips, size = _orientation(axes_ras)
     out = np.transpose(array, order)
     for axis, flip in enumerate(flips):
         if flip:
             out = np.flip(out, axis)
-    size = tuple(float(spacing[v]) for v in order)
-    return np.ascontiguousarray(out), size, tuple(order), tuple(flips)  # type: ignore[return-value]
+    return np.ascontiguousarray(out), size, order, flips
+
+
+def orient_like_file(array: np.ndarray, axes_ras: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`reorient_to_zyx`: a ``(Z, Y, X)`` volume back in the file's voxel
+    order, so that labels drawn on the reader's volume lie on the file's own grid."""
+    order, flips, _ = _orientation(axes_ras)
+    for axis, flip in enumerate(flips):
+        if flip:
+            array = np.flip(array, axis)
+    return np.ascontiguousarray(np.transpose(array, np.argsort(order)))
+
+
+def write_nifti_like(path: str | Path, labels: np.ndarray, source: str | Path) -> Path:
+    """Write ``labels`` (on the reader's ``(Z, Y, X)`` volume of ``source``) as a NIfTI file on
+    ``source``'s grid: its voxel order, affine and units, so that any medical viewer (ITK-SNAP,
+    3D Slicer) overlays the labels on the scan. Only 3D volumes (no time axis)."""
+    import nibabel
+
+    image: Any = nibabel.load(str(source))
+    axes = np.asarray(image.affine, dtype=np.float64)[:3, :3]
+    order = _orientation(axes)[0]
+    if len(image.shape) != 3 or labels.shape != tuple(image.shape[i] for i in order):
+        raise ValueError(
+            f"labels of shape {labels.shape} do not match the 3D volume {image.shape} of {source}"
+        )
+    voxels = orient_like_file(labels, axes)
+    dtype = np.uint8 if voxels.max(initial=0) < 256 and voxels.min(initial=0) >= 0 else np.int32
+    header = image.header.copy()
+    header.set_data_dtype(dtype)
+    header.set_slope_inter(1.0, 0.0)  # labels are ids, not scaled intensities
+    out = nibabel.Nifti1Image(voxels.astype(dtype), image.affine, header)
+    nibabel.save(out, str(path))
+    return Path(path)
 
 
 # --------------------------------------------------------------------------- NIfTI

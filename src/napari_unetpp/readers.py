@@ -203,7 +203,7 @@ def _shaped_sizes(
     as isotropic (the shipped CT volume: ``"spacing": 3.0``, 3 mm voxels).
     """
     spacing = shaped["spacing"]
-    spatial = [a for a in axes if a in "ZYX"]
+    spatial = [a for a in array_axes(axes, len(axes)) if a in "ZYX"]  # a stack's Q is its Z
     if isinstance(spacing, list):
         values = [float(v) for v in spacing]
         return dict(zip(spatial[-len(values) :], values, strict=False)) if values else {}

@@ -155,7 +155,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     predict_config, model.config, args, path, file_size, file_unit
                 )
                 written = _predict_file(
-                    path, image, model, config, data_config, outputs, formats[path], args, client
+                    path,
+                    image,
+                    model,
+                    config,
+                    data_config,
+                    outputs,
+                    formats[path],
+                    args,
+                    client,
+                    (file_size, file_unit),
                 )
                 _out(f"{path} -> {', '.join(str(p) for p in written)}")
         finally:
@@ -226,6 +235,8 @@ def _output_names(
     """Every name a prediction of ``path`` writes into ``--out`` (checked before any work)."""
     name = stem(path)
     names = [f"{name}_labels.{fmt}", f"{name}_run.json"]
+    if _nifti_copy(path, fmt):
+        names.append(f"{name}_labels.nii.gz")
     if probabilities:
         names += (
             [f"{name}_probabilities.zarr"]
@@ -260,11 +271,14 @@ def _predict_file(
     fmt: str,
     args: argparse.Namespace,
     client: Any,
+    grid: tuple[tuple[float, ...] | None, str | None] = (None, None),
 ) -> list[Path]:
     """Probabilities (in memory for tif, streamed to zarr for zarr), then labels, then files.
 
     Everything is written into the staging folder and committed (renamed into
-    ``--out``) only when complete.
+    ``--out``) only when complete. ``grid``: the input file's pixel size and unit,
+    written with every image output so that it opens on the input's grid; a NIfTI
+    input also gets its labels as NIfTI in the file's own voxel order and affine.
     """
     from ..postprocess import labels_shape, probabilities_to_labels
     from ..stores import mark_complete
@@ -303,8 +317,10 @@ def _predict_file(
         labels = probabilities_to_labels(
             prob, model.config, data, threshold=config.threshold, min_size=config.min_size
         )
-        staged = write_array(outputs.stage(f"{name}_labels"), labels, fmt)
+        staged = write_array(outputs.stage(f"{name}_labels"), labels, fmt, *grid)
         written = [outputs.commit(staged.name)]
+        if _nifti_copy(path, fmt):
+            written += _write_nifti_labels(outputs, name, labels, path)
     if store is not None:
         if args.probabilities:
             written.append(outputs.commit(store.name))
@@ -312,16 +328,42 @@ def _predict_file(
             shutil.rmtree(store)
     elif args.probabilities:
         for d in sorted(probs):
-            staged = write_array(outputs.stage(f"{name}_L{d}"), probs[d], fmt)
+            staged = write_array(outputs.stage(f"{name}_L{d}"), probs[d], fmt, *grid)
             written.append(outputs.commit(staged.name))
     if args.disagreement:
-        staged_maps = _write_disagreement(outputs.stage(name), probs, model.config, fmt)
+        staged_maps = _write_disagreement(outputs.stage(name), probs, model.config, fmt, grid)
         written += [outputs.commit(p.name) for p in staged_maps]
     written.append(outputs.commit(run_json.name))
     return written
 
 
-def _write_disagreement(base: Path, probs: Any, config: ModelConfig, fmt: str) -> list[Path]:
+def _nifti_copy(path: Path, fmt: str) -> bool:
+    """A NIfTI scan's labels also go out as NIfTI (``<name>_labels.nii.gz``)."""
+    from ..medical import is_nifti
+
+    return fmt == "tif" and is_nifti(path)
+
+
+def _write_nifti_labels(outputs: OutputFolder, name: str, labels: Any, source: Path) -> list[Path]:
+    """``<name>_labels.nii.gz`` on the scan's own grid (see :func:`medical.write_nifti_like`)."""
+    from ..medical import write_nifti_like
+
+    target = f"{name}_labels.nii.gz"
+    try:
+        write_nifti_like(outputs.stage(target), labels, source)
+    except ValueError as exc:  # a 4D (time) series: the TIFF has the labels
+        _note(f"{source}: labels not written as NIfTI ({exc})")
+        return []
+    return [outputs.commit(target)]
+
+
+def _write_disagreement(
+    base: Path,
+    probs: Any,
+    config: ModelConfig,
+    fmt: str,
+    grid: tuple[tuple[float, ...] | None, str | None] = (None, None),
+) -> list[Path]:
     """``_disagreement`` (and ``_depth_used`` for --depth auto) maps, ``_regions.json`` ranking."""
     from ..disagreement import disagreement_map, label_here_next, region_size
     from ..outputs import TIFF_SOFTWARE
@@ -335,7 +377,9 @@ def _write_disagreement(base: Path, probs: Any, config: ModelConfig, fmt: str) -
     if adaptive:
         maps["depth_used"] = probs.depth_map
         _out(probs.summary())
-    written = [write_array(base.with_name(f"{base.name}_{k}"), v, fmt) for k, v in maps.items()]
+    written = [
+        write_array(base.with_name(f"{base.name}_{k}"), v, fmt, *grid) for k, v in maps.items()
+    ]
     size = region_size(config.spatial_dims)
     regions = [
         {
