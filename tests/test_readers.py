@@ -243,6 +243,25 @@ def test_imagej_tiff_spacing_and_unit(tmp_path: Path) -> None:
     np.testing.assert_allclose(got.scale, (0.5, 0.13, 0.13), rtol=1e-5)
 
 
+def test_imagej_stack_calibrated_in_plane_only(tmp_path: Path) -> None:
+    """ImageJ's default for a stack of slices: X/Y resolution and a unit, no Z spacing. The
+    in-plane size is known (a 2D model needs no more) and the CLI reads it like napari."""
+    from napari_unetpp import files
+
+    path = tmp_path / "slices.tif"
+    tifffile.imwrite(
+        path,
+        np.zeros((3, 8, 9), np.uint8),
+        imagej=True,
+        resolution=(1 / 0.002, 1 / 0.002),
+        metadata={"unit": "micron", "axes": "ZYX"},
+    )
+    got = readers.read_image(path)
+    assert got.pixel_size == pytest.approx((0.002, 0.002)) and got.unit == "um"
+    _, size, unit = files.read_image_with_size(path)
+    assert size == pytest.approx((0.002, 0.002)) and unit == "um"
+
+
 def test_ome_tiff_physical_sizes_in_mixed_units(tmp_path: Path) -> None:
     path = tmp_path / "o.ome.tif"
     tifffile.imwrite(

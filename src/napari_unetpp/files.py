@@ -161,10 +161,8 @@ def read_image_with_size(
         if path.suffix.lower() not in (".tif", ".tiff"):
             return array, None, None
         axes, sizes, unit, _ = readers.tiff_spacing(path)
-        spatial = [a for a in readers.array_axes(axes, array.ndim) if a in "ZYX"]
-        if not sizes or not set(spatial) <= set(sizes):
-            return array, None, None
-        return array, tuple(float(sizes[a]) for a in spatial), unit
+        size = readers.known_pixel_size(readers.array_axes(axes, array.ndim), sizes)
+        return array, size, unit if size else None
     except ImportError as exc:  # nibabel / pydicom missing: the message says what to install
         raise UserError(f"cannot read {path}: {exc}") from exc
     except (OSError, ValueError, KeyError) as exc:

@@ -23,6 +23,7 @@ __all__ = [
     "read_image",
     "read_tiff",
     "array_axes",
+    "known_pixel_size",
     "tiff_spacing",
 ]
 
@@ -54,10 +55,28 @@ class ImageData:
 
     @property
     def pixel_size(self) -> tuple[float, ...] | None:
-        """Physical size per spatial axis (array order), or None when the file has none."""
-        if not self.metadata.get("has_spacing"):
-            return None
-        return tuple(self.scale[i] for i in self.spatial_axes)
+        """Physical size per spatial axis (array order), or None when the file has none.
+
+        A stack calibrated in Y and X only gives ``(Y, X)`` (see :func:`known_pixel_size`).
+        """
+        if self.metadata.get("has_spacing"):
+            return tuple(self.scale[i] for i in self.spatial_axes)
+        return known_pixel_size(self.axes, self.metadata.get("spacing") or {})
+
+
+def known_pixel_size(axes: str, sizes: dict[str, float]) -> tuple[float, ...] | None:
+    """The pixel size of the spatial axes of ``axes`` that ``sizes`` gives, in array order.
+
+    Every spatial axis known: all of them. Only Y and X (an ImageJ stack of slices whose
+    spacing was never set, the common case): the in-plane ``(Y, X)``, which is all a 2D
+    model needs (a 3D model asks for one value per axis). Else None.
+    """
+    spatial = [a for a in axes if a in "ZYX"]
+    if spatial and set(spatial) <= set(sizes):
+        return tuple(float(sizes[a]) for a in spatial)
+    if spatial[-2:] == ["Y", "X"] and {"Y", "X"} <= set(sizes):
+        return float(sizes["Y"]), float(sizes["X"])
+    return None
 
 
 def read_image(path: str | Path) -> ImageData:

@@ -202,6 +202,12 @@ def _with_file_pixel_size(
         return config
     from ..scale import check_zoom, model_axes_pixel_size, zoom_from_pixel_size
 
+    if len(file_size) < model_config.spatial_dims:
+        _note(
+            f"{path}: the file gives only the in-plane pixel size {sizes} {file_unit}; this "
+            f"{model_config.spatial_dims}D model needs one per axis: pass --pixel-size Z Y X"
+        )
+        return config
     try:
         check_zoom(
             zoom_from_pixel_size(
