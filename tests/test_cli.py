@@ -493,3 +493,25 @@ def test_info_shows_exact_gflop_and_times_depths_on_request(
     code, out, _ = _run(capsys, "info", trained, "--time")
     assert code == 0 and "ms/Mpx (now, median)" in out
     print(out)
+
+
+def test_fine_tune_trains_at_the_models_pixel_size(
+    em_files: dict[str, Path], trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model that records 4 nm, fine-tuned on images at 2 nm: the pairs are resampled to
+    4 nm (so it predicts where it was tuned), the new model still says 4 nm."""
+    start = tmp_path / "start"
+    shutil.copytree(trained / "best", start)
+    config = json.loads((start / "config.json").read_text())
+    config["model"].update(pixel_size=[4.0, 4.0], pixel_unit="nm")
+    (start / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "tuned"
+    argv = ["train", "--images", str(em_files["images"]), "--labels", str(em_files["labels"])]
+    flags = ["--pixel-size", "2", "--pixel-unit", "nm", "--iterations", "2", "--device", "cpu"]
+    flags += ["--patch-size", "32", "32", "--batch-size", "2", "--label-mode", "dense"]
+    code = main([*argv, "--from", str(start), "--out", str(out), *flags, "-q"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "resampled to the model's 4 x 4 nm (zoom 0.5 x 0.5)" in err
+    tuned = json.loads((out / "best" / "config.json").read_text())["model"]
+    assert tuned["pixel_size"] == [4.0, 4.0] and tuned["pixel_unit"] == "nm"

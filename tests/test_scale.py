@@ -325,3 +325,42 @@ def test_cli_scale_flags_and_run_json(tmp_path, data_dir):
         )
         != 0
     )
+
+
+def test_training_pairs_are_resampled_to_the_models_pixel_size() -> None:
+    """Fine-tuning a 4 nm model on 2 nm images trains at 4 nm, where it will predict."""
+    from napari_unetpp.scale import training_scale
+
+    image = np.arange(40 * 60, dtype=np.uint8).reshape(40, 60)
+    labels = np.zeros((40, 60), np.uint8)
+    labels[10:30, 20:40] = 2  # sparse: 0 stays "unlabelled", ids stay ids
+    labels[0:4, 0:4] = 1
+    unknown = np.zeros((8, 8), np.uint8)
+    images, label_list, size, unit, notes = training_scale(
+        [image, unknown],
+        [labels, unknown],
+        [((0.002, 0.002), "um"), None],
+        (4.0, 4.0),
+        "nm",
+        spatial_dims=2,
+    )
+    assert images[0].shape == (20, 30) and label_list[0].shape == (20, 30)
+    assert set(np.unique(label_list[0])) == {0, 1, 2}
+    assert images[1] is unknown and label_list[1] is unknown  # no pixel size: as it is
+    assert size == (4.0, 4.0) and unit == "nm" and len(notes) == 1
+
+
+def test_a_new_model_takes_the_first_known_pixel_size() -> None:
+    from napari_unetpp.scale import training_scale
+
+    stack = np.zeros((3, 16, 16), np.float32)
+    _, labels, size, unit, _ = training_scale(
+        [stack, stack],
+        [stack.astype(np.uint8), stack.astype(np.uint8)],
+        [((3.0, 1.0, 1.0), "mm"), ((2.0, 2.0), "mm")],
+        (),
+        "",
+        spatial_dims=2,
+    )
+    assert size == (1.0, 1.0) and unit == "mm"  # a 2D model: the in-plane size
+    assert labels[0].shape == (3, 16, 16) and labels[1].shape == (3, 32, 32)

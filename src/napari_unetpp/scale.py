@@ -52,6 +52,7 @@ __all__ = [
     "foreground_diameter",
     "auto_rescale",
     "rescale_from_diameter",
+    "training_scale",
 ]
 
 #: Physical units a pixel size may be given in, as micrometres per unit.
@@ -309,3 +310,56 @@ def auto_rescale(
         f"auto rescale {clamped:.3f}{note}: median object diameter {measured:.1f} px "
         f"({diameters.size} objects), the model's {model_diameter:.1f} px"
     )
+
+
+def training_scale(
+    images: list[Any],
+    labels: list[Any],
+    pixel_sizes: Sequence[tuple[Sequence[float], str] | None],
+    model_pixel_size: Sequence[float],
+    model_unit: str,
+    spatial_dims: int,
+    channel_axis: int | None = None,
+) -> tuple[list[Any], list[Any], tuple[float, ...], str, list[str]]:
+    """Training pairs resampled to one pixel size, and that pixel size (for the new model).
+
+    Why: a model learns features at its training scale, and prediction resamples every
+    input to the pixel size the model records. Fine-tuning a 4 nm EM model on 2 nm images
+    as they are would teach it at 2 nm while it still says 4 nm, so its predictions would
+    be made at half the scale it was tuned at. Here, with the model's pixel size known,
+    each pair whose pixel size is known (``(size, unit)``, one value or one per spatial
+    axis) is resampled to it (images linearly, labels by nearest neighbour, which keeps
+    ids and the unlabelled 0); a new model without one takes the first known pixel size.
+    Returns the pairs, the pixel size and unit the model should record (empty when none
+    is known) and one note per resampled pair.
+    """
+    target, unit = tuple(float(v) for v in model_pixel_size), model_unit
+    if not target:
+        first = next((ps for ps in pixel_sizes if ps is not None and ps[1]), None)
+        if first is None:
+            return list(images), list(labels), (), "", []
+        target, unit = model_axes_pixel_size(first[0], spatial_dims), first[1]
+    out_images, out_labels, notes = [], [], []
+    for k, (image, label, known) in enumerate(zip(images, labels, pixel_sizes, strict=True)):
+        if known is None or not known[1]:
+            out_images.append(image)
+            out_labels.append(label)
+            continue
+        size = model_axes_pixel_size(known[0], spatial_dims)
+        zoom = check_zoom(zoom_from_pixel_size(size, target, known[1], unit or known[1]))
+        if all(abs(z - 1.0) < 0.02 for z in zoom):
+            out_images.append(image)
+            out_labels.append(label)
+            continue
+        image_axes = spatial_axes(np.ndim(image), spatial_dims, channel_axis)
+        out_images.append(resample(image, zoom, image_axes, order=1))
+        out_labels.append(
+            resample(label, zoom, spatial_axes(np.ndim(label), spatial_dims, None), order=0)
+        )
+        shown = " x ".join(f"{v:g}" for v in size)
+        notes.append(
+            f"pair {k + 1}: pixel size {shown} {known[1]} resampled to the model's "
+            f"{' x '.join(f'{v:g}' for v in target)} {unit} (zoom "
+            f"{' x '.join(f'{z:.3g}' for z in zoom)})"
+        )
+    return out_images, out_labels, target, unit, notes

@@ -61,6 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-images", nargs="+", metavar="PATH")
     t.add_argument("--val-labels", nargs="+", metavar="PATH")
     t.add_argument(
+        "--pixel-size",
+        nargs="+",
+        type=float,
+        metavar="S",
+        help="the images' pixel size (one value, or one per spatial axis; default: each "
+        "file's own, when it has one): a fine-tune resamples them to the model's pixel "
+        "size, a new model records it",
+    )
+    t.add_argument(
+        "--pixel-unit",
+        choices=["nm", "um", "mm"],
+        default=None,
+        help="unit of --pixel-size (default: the starting model's)",
+    )
+    t.add_argument(
         "--out",
         required=True,
         metavar="DIR",

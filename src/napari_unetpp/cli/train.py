@@ -22,6 +22,7 @@ from ..files import (
     load_model,
     pair_files,
     read_array,
+    read_image_with_size,
 )
 from ..locate import CONFIG_NAME, is_zoo, locate
 from ..runs import (
@@ -200,8 +201,15 @@ def _train(
             collect_files(args.val_images, "validation image"),
             collect_files(args.val_labels, "validation labels"),
         )
-    images, labels = _read_pairs(pairs, data_config.channel_axis)
-    val_images, val_labels = _read_pairs(val_pairs, data_config.channel_axis)
+    images, labels, sizes = _read_pairs(pairs, data_config.channel_axis)
+    val_images, val_labels, val_sizes = _read_pairs(val_pairs, data_config.channel_axis)
+    model_config, (images, labels), (val_images, val_labels) = _at_model_scale(
+        args,
+        model_config,
+        data_config,
+        (images, labels, sizes),
+        (val_images, val_labels, val_sizes),
+    )
 
     from ..labels import guess_label_mode, num_output_channels
 
@@ -312,12 +320,51 @@ def _initial_model(args: argparse.Namespace, out: Path, resuming: bool) -> Any:
 
 def _read_pairs(
     pairs: Sequence[tuple[Path, Path]], channel_axis: int | None
-) -> tuple[list[Any], list[Any]]:
-    images, labels = [], []
+) -> tuple[list[Any], list[Any], list[tuple[tuple[float, ...], str] | None]]:
+    """Images, labels and each image file's pixel size with its unit (None: not known)."""
+    images, labels, sizes = [], [], []
     for image_path, label_path in pairs:
-        image = read_array(image_path)
+        image, size, unit = read_image_with_size(image_path)
         check_image(image, image_path)
         label = check_labels(read_array(label_path), image, label_path, channel_axis)
         images.append(image)
         labels.append(label)
-    return images, labels
+        sizes.append((size, unit) if size and unit else None)
+    return images, labels, sizes
+
+
+def _at_model_scale(
+    args: argparse.Namespace,
+    model_config: ModelConfig,
+    data_config: DataConfig,
+    train: tuple[list[Any], list[Any], list[Any]],
+    val: tuple[list[Any], list[Any], list[Any]],
+) -> tuple[ModelConfig, tuple[list[Any], list[Any]], tuple[list[Any], list[Any]]]:
+    """Resample the pairs to the model's pixel size (``scale.training_scale``); a new model
+    records the images' pixel size, so that prediction later resamples to it."""
+    from ..scale import training_scale
+
+    if args.pixel_size:
+        unit = args.pixel_unit or model_config.pixel_unit
+        if not unit:
+            raise UserError("give --pixel-unit with --pixel-size (nm, um or mm)")
+        given = (tuple(args.pixel_size), unit)
+        train = (train[0], train[1], [given] * len(train[0]))
+        val = (val[0], val[1], [given] * len(val[0]))
+    dims, axis = model_config.spatial_dims, data_config.channel_axis
+    try:
+        images, labels, size, unit, notes = training_scale(
+            *train, model_config.pixel_size, model_config.pixel_unit, dims, axis
+        )
+        val_images, val_labels, _, _, val_notes = training_scale(*val, size, unit, dims, axis)
+    except ValueError as exc:
+        raise UserError(f"pixel size: {exc}") from exc
+    for note in notes + [f"validation {n}" for n in val_notes]:
+        _note(note)
+    if size and not model_config.pixel_size:
+        _note(f"the new model records the images' pixel size {size} {unit}")
+    return (
+        model_config.replace(pixel_size=size, pixel_unit=unit) if size else model_config,
+        (images, labels),
+        (val_images, val_labels),
+    )
