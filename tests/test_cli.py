@@ -515,3 +515,20 @@ def test_fine_tune_trains_at_the_models_pixel_size(
     assert "resampled to the model's 4 x 4 nm (zoom 0.5 x 0.5)" in err
     tuned = json.loads((out / "best" / "config.json").read_text())["model"]
     assert tuned["pixel_size"] == [4.0, 4.0] and tuned["pixel_unit"] == "nm"
+
+
+def test_info_on_checks_the_image_at_its_files_pixel_size(
+    em_stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """EM imaged at 2 nm (the ISBI stack is 4 nm), tagged so: the check runs at the model's
+    4 nm, as predict and the dock would segment it, and finds it like the training data."""
+    from scipy import ndimage
+
+    image, _ = em_stack
+    fine = ndimage.zoom(image[16, 100:228, 50:178], 2, order=1)
+    path = tmp_path / "em_2nm.tif"
+    tifffile.imwrite(path, fine, imagej=True, resolution=(500, 500), metadata={"unit": "um"})
+    assert main(["info", "zoo:em", "--on", str(path), "--device", "cpu", "-q"]) == 0
+    captured = capsys.readouterr()
+    assert "pixel size 0.002 x 0.002 um from the file" in captured.err
+    assert "looks like the training data" in captured.out

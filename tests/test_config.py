@@ -45,6 +45,7 @@ def test_model_config_keeps_only_the_widths_it_uses():
         (lambda: DataConfig(label_mode="scribble"), "label_mode"),
         (lambda: DataConfig(label_mode="sparse", class_values=(1,)), "label 1 means background"),
         (lambda: PredictConfig(threshold=1.5), "threshold"),
+        (lambda: PredictConfig(pixel_size=(4, 4, 4, 4)), "one per spatial"),
     ],
 )
 def test_bad_values_fail_where_they_are_written(make, message):

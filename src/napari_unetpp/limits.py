@@ -133,8 +133,10 @@ def check_predict_scale(config: PredictConfig) -> None:
 
     if config.pixel_size is not None:
         config.pixel_size = tuple(float(s) for s in config.pixel_size)
-        if not config.pixel_size or any(
-            not (math.isfinite(s) and s > 0) for s in config.pixel_size
+        if (
+            not config.pixel_size
+            or len(config.pixel_size) > 3  # one per spatial axis: Z, Y, X at most
+            or any(not (math.isfinite(s) and s > 0) for s in config.pixel_size)
         ):
             raise ValueError(
                 f"PredictConfig.pixel_size must be positive, finite values (one per spatial "

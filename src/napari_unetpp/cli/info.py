@@ -11,7 +11,7 @@ from ..files import (
     check_image,
     collect_files,
     load_model,
-    read_array,
+    read_image_with_size,
     stem,
 )
 from ..locate import locate
@@ -141,12 +141,13 @@ def _info_on(args: argparse.Namespace) -> int:
     from ..config import PredictConfig
     from ..disagreement import check_image as check_on_image
     from ..normalization import looks_rgb, rgb_to_grey
+    from .predict import _with_file_pixel_size  # the file's pixel size, as predict uses it
 
     model, info = load_model(args.checkpoint, device="cpu")
     metrics = info.metrics or {}
     status = 0
     for path in collect_files(args.on, "image"):
-        image = read_array(path, lazy=True)
+        image, file_size, file_unit = read_image_with_size(path, lazy=True)
         check_image(image, path)
         if (
             model.config.in_channels == 1
@@ -157,6 +158,11 @@ def _info_on(args: argparse.Namespace) -> int:
         config = PredictConfig(device=args.device or "auto")
         if model.config.spatial_dims == 3:
             config = config.replace(tile_size=(64, 128, 128))
+        if args.pixel_size:  # at the model's scale, as predict would run it
+            config = config.replace(
+                pixel_size=tuple(args.pixel_size), pixel_unit=args.pixel_unit or ""
+            )
+        config = _with_file_pixel_size(config, model.config, args, path, file_size, file_unit)
         with ProgressBar(stem(path), enabled=not args.quiet) as bar:
             check, _ = drive(
                 check_on_image(

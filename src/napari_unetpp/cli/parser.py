@@ -25,6 +25,17 @@ def _depth_arg(text: str) -> int | str:
         ) from None
 
 
+def _add_pixel_size(p: argparse.ArgumentParser, help_text: str) -> None:
+    """``--pixel-size`` and ``--pixel-unit``, the same for train, predict and info --on."""
+    p.add_argument("--pixel-size", nargs="+", type=float, metavar="S", help=help_text)
+    p.add_argument(
+        "--pixel-unit",
+        choices=["nm", "um", "mm"],
+        default=None,
+        help="unit of --pixel-size when it is not the model's",
+    )
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device",
@@ -60,20 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--val-images", nargs="+", metavar="PATH")
     t.add_argument("--val-labels", nargs="+", metavar="PATH")
-    t.add_argument(
-        "--pixel-size",
-        nargs="+",
-        type=float,
-        metavar="S",
-        help="the images' pixel size (one value, or one per spatial axis; default: each "
-        "file's own, when it has one): a fine-tune resamples them to the model's pixel "
-        "size, a new model records it",
-    )
-    t.add_argument(
-        "--pixel-unit",
-        choices=["nm", "um", "mm"],
-        default=None,
-        help="unit of --pixel-size (default: the starting model's)",
+    _add_pixel_size(
+        t,
+        "the images' pixel size (one value, or one per spatial axis; default: each file's "
+        "own, when it has one): a fine-tune resamples them to the model's pixel size, a new "
+        "model records it",
     )
     t.add_argument(
         "--out",
@@ -189,19 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float)
     p.add_argument("--min-size", type=int)
     p.add_argument("--channel-axis", metavar="AXIS|none")
-    p.add_argument(
-        "--pixel-size",
-        nargs="+",
-        type=float,
-        metavar="S",
-        help="the images' pixel size (one value, or one per spatial axis, e.g. Z Y X) "
-        "in the model's unit (see `info`); resampled to the model's pixel size",
-    )
-    p.add_argument(
-        "--pixel-unit",
-        choices=["nm", "um", "mm"],
-        default=None,
-        help="unit of --pixel-size when it is not the model's",
+    _add_pixel_size(
+        p,
+        "the images' pixel size (one value, or one per spatial axis, e.g. Z Y X) in the "
+        "model's unit (see `info`; default: each file's own); resampled to the model's",
     )
     p.add_argument(
         "--rescale",
@@ -241,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.02,
         help="--on: largest fraction of pixels a depth may label differently "
         "from the deepest (default 0.02)",
+    )
+    _add_pixel_size(
+        i,
+        "--on: the images' pixel size (default: each file's own), as predict: the check "
+        "runs at the model's scale",
     )
     i.add_argument(
         "--strict",
