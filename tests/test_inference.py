@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -592,3 +593,12 @@ def test_prefetching_view_reads_the_next_band_in_the_background(em_crop):
     assert len(recording.threads) == len(rows)  # each band read once
     assert recording.threads[0] == threading.current_thread().name
     assert all(name.startswith("unetpp-read") for name in recording.threads[1:])
+
+
+def test_a_flat_image_is_flagged_before_its_labels_are_trusted(em_crop, em_net):
+    """A blank frame (an empty channel, a dead camera) normalises to nothing: say so."""
+    with pytest.warns(UserWarning, match="no contrast"):
+        predict_array(em_net, np.full((64, 64), 7, np.uint8), _config(), DataConfig())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a real image: no such warning
+        predict_array(em_net, em_crop[:64, :64], _config(), DataConfig())

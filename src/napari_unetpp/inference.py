@@ -49,6 +49,7 @@ Example
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +195,12 @@ def _normaliser(image: Any, data_config: DataConfig) -> Callable[[np.ndarray], n
     """Per-tile normalisation with one intensity range for the whole image (or stack)."""
     norm = data_config.normalization
     value_range = intensity_range(image, norm)
+    if norm.mode == "percentile" and value_range[0] == value_range[1]:
+        warnings.warn(  # a blank frame or an empty channel: the labels would be noise
+            f"the image has no contrast (every sampled pixel is {value_range[0]:g}): there is "
+            "nothing to segment, and the labels only show what the model makes of a flat field",
+            stacklevel=2,
+        )
     fill = non_finite_filler(image)  # NaN pixels: filled with a warning, or refused
     return lambda tile: normalize(fill(tile), norm, value_range=value_range)
 
