@@ -317,6 +317,9 @@ def _bad_inputs(root: Path, em_files: dict[str, Path]) -> dict[str, list[str]]:
     image = tifffile.imread(em_files["val_image"])
     tifffile.imwrite(root / "small_labels.tif", np.ones((10, 10), np.uint8))
     tifffile.imwrite(root / "empty_labels.tif", np.zeros_like(image))
+    negative = np.zeros(image.shape, np.int16)
+    negative[:8] = -1  # "ignore" as some tools write it
+    tifffile.imwrite(root / "negative_labels.tif", negative)
     np.save(root / "complex.npy", image.astype(np.complex64))
     (root / "bad_ckpt").mkdir()
     (root / "bad_ckpt" / "config.json").write_text("{ not json")
@@ -342,6 +345,13 @@ def _bad_inputs(root: Path, em_files: dict[str, Path]) -> dict[str, list[str]]:
             str(em_files["val_image"]),
             "--labels",
             str(root / "empty_labels.tif"),
+        ],
+        "negative labels": [
+            *train,
+            "--images",
+            str(em_files["val_image"]),
+            "--labels",
+            str(root / "negative_labels.tif"),
         ],
         "unsupported dtype": [
             *train,
@@ -376,6 +386,7 @@ def _bad_inputs(root: Path, em_files: dict[str, Path]) -> dict[str, list[str]]:
         "missing image",
         "shape mismatch",
         "empty labels",
+        "negative labels",
         "unsupported dtype",
         "missing checkpoint",
         "bad checkpoint",
@@ -390,6 +401,8 @@ def test_user_errors_exit_2_with_one_line(
     assert err.startswith("napari-unetpp: error: ")
     assert len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
+    if case == "negative labels":
+        assert "negative values (down to -1)" in err
 
 
 def test_demo_with_a_zoo_model(

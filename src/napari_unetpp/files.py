@@ -238,6 +238,11 @@ def check_labels(labels: Any, image: Any, path: Path, channel_axis: int | None) 
         raise UserError(
             f"{path}: {str(exc).replace('DataConfig.channel_axis=', '--channel-axis ')}"
         ) from exc
+    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
+        raise UserError(
+            f"{path}: labels contain negative values (down to {labels.min()}); ids must be "
+            ">= 0 (0 = background, or unlabelled with --label-mode sparse)"
+        )
     if not labels.any():
         raise UserError(f"{path}: labels are empty (all 0); paint or load some labels first")
     return labels
