@@ -16,7 +16,7 @@ measured). Frozen objects are skipped by collections (a full one then walks only
 the job made: ~0.1 s); they are thawed when the last job of the process ends (and a
 dock has added its result layers: :func:`._ui.spread`), so garbage among them (a layer
 deleted meanwhile) is collected later, never leaked. The cost: the next full
-collection, soon after the job, walks everything again (0.67 s once, measured right
+collection, soon after the job, walks everything again (0.4-0.67 s, measured right
 after a segmentation's layers): one pause after the job instead of one or two in it.
 
 Why the dock-close watcher: napari's close button does not delete a dock's

@@ -8,8 +8,8 @@ previewed is the one shown when the run started (:class:`PreviewSource`).
 
 Why the job waits while its preview is shown: adding or updating the preview layer
 is napari's Python on the GUI thread, and a small model's training is mostly Python
-too; sharing the GIL with the training doubled the first add (0.25-0.56 s against
-~0.18 s with the worker waiting, issue 16). The wait is bounded, so a dock that no
+too; sharing the GIL with the training doubled the first add (0.18-0.36 s against
+0.09-0.2 s with the worker waiting, issue 16). The wait is bounded, so a dock that no
 longer shows previews (closed) delays its stopping job by at most
 :data:`PREVIEW_WAIT_S`.
 """

@@ -67,7 +67,7 @@ def spread(steps: Generator[Any, Any, R], done: Callable[[R | None], Any], inlin
     (issue 16). Between two steps Qt paints and serves input. ``inline`` (tests,
     scripts): all steps now, as :class:`._runner.JobRunner` runs jobs inline. Meanwhile
     the old objects are kept out of garbage collection, as during a job (a full
-    collection of napari's objects took 0.3-0.6 s, triggered by these adds: see
+    collection of napari's objects, which a layer add can trigger, took ~0.3 s: see
     :mod:`._jobs`).
     """
     from qtpy.QtCore import QTimer
