@@ -183,3 +183,27 @@ def test_closed_train_dock_stops_training(
     again = TrainWidget(viewer)  # reopened: Start enabled, Stop disabled, nothing running
     viewer.window.add_dock_widget(again)
     assert again._start.enabled and not again._stop.enabled and not again._runner.running
+
+
+@pytest.mark.timeout(120, method="thread")
+def test_old_objects_are_frozen_while_a_threaded_job_runs(qtbot: Any, threaded: None) -> None:
+    """No full garbage collection walks the objects that were alive when a threaded job
+    started (0.3-0.6 s stalls of the GUI thread, issue 16); they are thawed after it."""
+    import gc
+
+    from napari_unetpp._widgets._jobs import JobQueue
+
+    seen: dict[str, int] = {}
+
+    def job() -> Any:
+        seen["frozen"] = gc.get_freeze_count()
+        yield 1
+        return 2
+
+    before = gc.get_freeze_count()
+    runner = _runner.JobRunner(queue=JobQueue())
+    results: list[Any] = []
+    runner.start(job(), on_return=results.append)
+    qtbot.waitUntil(lambda: not runner.running, timeout=WAIT_MS)
+    assert results == [2]
+    assert seen["frozen"] > before and gc.get_freeze_count() == before

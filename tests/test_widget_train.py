@@ -58,6 +58,13 @@ def test_train_to_completion(make_napari_viewer, qtbot, em_crop, tmp_path, monke
     w = _widget(viewer, em_crop, tmp_path)
     assert w._label_mode.value == "dense"
     w._preview.value = True
+    previews: list[object] = []
+    original = TrainWidget._on_event
+    monkeypatch.setattr(
+        TrainWidget,
+        "_on_event",
+        lambda self, e: (original(self, e), e.kind == "preview" and previews.append(e)),
+    )
     w._on_start()
     assert w._runner.worker is not None, errors  # threaded by default
     qtbot.waitUntil(lambda: not w._runner.running, timeout=TIMEOUT_MS)
@@ -79,6 +86,8 @@ def test_train_to_completion(make_napari_viewer, qtbot, em_crop, tmp_path, monke
     assert w._progress.value == 100 and w._start.enabled and not w._stop.enabled
     # the preview ran inside the training job (never beside it): there when the job ends
     assert viewer.layers["em UNet++ preview"].data.shape == (1, 128, 128) and not errors
+    # the training waited for each preview to be shown (not sharing the GIL meanwhile)
+    assert previews and all(e.shown.is_set() for e in previews)
     assert "em UNet++ before" not in viewer.layers  # from scratch: nothing to compare with
 
 
@@ -304,6 +313,45 @@ def test_live_plot_of_a_planned_run_is_drawn_whole_once(qtbot):
     assert plot.full_draws == first, (first, plot.full_draws)
     assert plot._loss_ax.get_xlim()[1] == 40 and plot._loss_ax.get_ylim()[0] == 0
     assert len(plot._score_lines[3].get_xdata()) == 4
+
+
+def test_live_plot_started_for_a_new_network_draws_whole_before_the_job(qtbot):
+    """Start draws the axes at once (before the training competes for the GIL), sized for
+    a new network's first loss: the first points need no second full draw (issue 16)."""
+    from napari_unetpp._widgets._plot import TrainingPlot
+    from napari_unetpp.config import ModelConfig
+
+    plot = TrainingPlot(interval_ms=1)
+    qtbot.addWidget(plot)
+    plot.show()
+    qtbot.waitUntil(lambda: plot.full_draws >= 1, timeout=5000)  # its first paint
+    drawn = plot.full_draws
+    first_loss = train_module._first_loss(ModelConfig(num_classes=1), None)
+    plot.start(40, [1, 2], first_loss)
+    assert plot.full_draws == drawn + 1  # drawn now, not on a timer
+    plot.add_step(1, 1.51)  # a binary model's first loss, measured
+    plot.add_step(2, 1.4)
+    qtbot.wait(100)
+    assert plot.full_draws == drawn + 1 and list(plot._loss_line.get_ydata()) == [1.51, 1.4]
+    assert train_module._first_loss(ModelConfig(num_classes=1), "zoo:em") is None
+
+
+def test_updated_layer_keeps_its_transform_without_a_refresh(make_napari_viewer):
+    """Updating a layer in place (each preview) does not reassign an unchanged scale or
+    translate: each assignment refreshed the layer on the GUI thread (issue 16)."""
+    from napari.layers import Labels
+
+    from napari_unetpp._widgets._layers import put_layer
+
+    viewer = make_napari_viewer()
+    layer = put_layer(viewer, Labels, "p", np.zeros((1, 8, 8), np.int32), [2, 1, 1], [3, 0, 0], {})
+    moved: list[str] = []
+    layer.events.scale.connect(lambda _e: moved.append("scale"))
+    layer.events.translate.connect(lambda _e: moved.append("translate"))
+    put_layer(viewer, Labels, "p", np.ones((1, 8, 8), np.int32), [2, 1, 1], [3, 0, 0], {})
+    assert moved == [] and layer.data.max() == 1
+    put_layer(viewer, Labels, "p", np.ones((1, 8, 8), np.int32), [2, 1, 1], [5, 0, 0], {})
+    assert moved == ["translate"] and tuple(layer.translate) == (5, 0, 0)
 
 
 @pytest.mark.parametrize("dock_class", ["train", "predict"])

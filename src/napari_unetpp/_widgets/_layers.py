@@ -110,7 +110,11 @@ def put_layer(
     old = layers[name] if name in layers else None
     if isinstance(old, kind) and old.ndim == np.ndim(data):
         old.data = data
-        old.scale, old.translate = scale, translate
+        # each assignment refreshes the layer (~10 ms of the GUI thread): only on a change
+        if not np.array_equal(old.scale, scale):
+            old.scale = scale
+        if not np.array_equal(old.translate, translate):
+            old.translate = translate
         for key in ("features", "colormap"):
             if key in style:
                 setattr(old, key, style[key])

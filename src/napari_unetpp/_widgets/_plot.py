@@ -80,6 +80,23 @@ class TrainingPlot(FigureCanvasQTAgg):
         self._background = None
         self._schedule()  # drawn with the first points: one full draw, not two
 
+    def start(
+        self, total_steps: int, depths: Iterable[int] = (), first_loss: float | None = None
+    ) -> None:
+        """:meth:`clear` for a new run, and draw its empty axes at once.
+
+        Why at once: a full draw takes ~0.1 s of the GUI thread, about twice that once
+        the training thread competes for the GIL (issue 16); drawn before the job
+        starts, the first points are blitted over it. ``first_loss``: the loss expected
+        at the first step, so that the loss axis need not grow (a second full draw) when
+        the first point comes.
+        """
+        self.clear(total_steps, depths)
+        if first_loss is not None and first_loss > 0:
+            self._loss_ax.set_ylim(0.0, 1.5 * first_loss)
+        self._timer.stop()
+        self.draw()
+
     def add_step(self, step: int, loss: float | None) -> None:
         """Record a training loss."""
         if loss is not None:

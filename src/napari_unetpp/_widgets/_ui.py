@@ -65,15 +65,23 @@ def spread(steps: Generator[Any, Any, R], done: Callable[[R | None], Any], inlin
     Why: each step adds a napari layer (~0.15-0.3 s of the GUI thread: its controls and
     its canvas node); all of a run's layers at once froze the viewer for the sum
     (issue 16). Between two steps Qt paints and serves input. ``inline`` (tests,
-    scripts): all steps now, as :class:`._runner.JobRunner` runs jobs inline.
+    scripts): all steps now, as :class:`._runner.JobRunner` runs jobs inline. Meanwhile
+    the old objects are kept out of garbage collection, as during a job (a full
+    collection of napari's objects, which a layer add can trigger, took ~0.3 s: see
+    :mod:`._jobs`).
     """
     from qtpy.QtCore import QTimer
 
     from ..events import drive
+    from ._jobs import freeze_old_objects, thaw_old_objects
 
     if inline:
         done(drive(steps))
         return
+
+    def finish(value: R | None) -> None:
+        thaw_old_objects()
+        done(value)
 
     def step() -> None:
         from ._runner import report_error
@@ -81,13 +89,14 @@ def spread(steps: Generator[Any, Any, R], done: Callable[[R | None], Any], inlin
         try:
             next(steps)
         except StopIteration as end:
-            done(end.value)
+            finish(end.value)
             return
         except Exception as exc:  # shown like a job's error; the dock is unlocked
             report_error(exc)
-            done(None)
+            finish(None)
             return
         # not 0 ms: a zero timer ran the next step before due timers and paints (measured)
         QTimer.singleShot(SPREAD_PAUSE_MS, step)
 
+    freeze_old_objects()
     step()

@@ -18,6 +18,7 @@ dock stops its training.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,15 @@ GUESS_MAX_SIZE = 1 << 24
 GUESS_DELAY_MS = 500
 #: Progress text is redrawn at most this often (each redraw costs the GUI thread).
 STATUS_INTERVAL_S = 0.25
+
+
+def _first_loss(model: ModelConfig, initial: str | None) -> float | None:
+    """The loss a new network starts near (None for a fine-tune: its start is unknown).
+
+    (BCE or CE) + Dice of an untrained network: about ln(classes) + 1 (measured 1.51
+    for a binary model); the live plot sizes its loss axis for it at Start.
+    """
+    return None if initial is not None else math.log(max(2, model.num_classes)) + 1.0
 
 
 class TrainWidget(TrainForm):
@@ -243,7 +253,7 @@ class TrainWidget(TrainForm):
         self._preview_layer, stopper = pairs[0][0], Stopper()
         self._note, self._shown_at = "", 0.0
         preview = self._preview_source(model.spatial_dims) if self._preview.value else None
-        self._plot.clear(train.iterations, range(1, model.depth + 1))
+        self._plot.start(train.iterations, range(1, model.depth + 1), _first_loss(model, initial))
         self._set_running(True)
         self._status.value = f"preparing data ({model.num_classes} output channel(s))..."
         job = train_job(model, train, data, initial, run_dir, stopper, images, labels, preview)
@@ -307,7 +317,10 @@ class TrainWidget(TrainForm):
         elif event.kind == "validation":
             self._plot.add_validation(event.step, event.val_loss, event.val_scores)
         elif event.kind == "preview":
-            self._show_preview(event)
+            try:
+                self._show_preview(event)
+            finally:
+                event.shown.set()  # the training waits for this (see _train_job)
         elif event.kind == "done":
             set_progress(self._progress, int(100 * event.fraction))
 
