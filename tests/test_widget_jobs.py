@@ -207,3 +207,45 @@ def test_old_objects_are_frozen_while_a_threaded_job_runs(qtbot: Any, threaded: 
     qtbot.waitUntil(lambda: not runner.running, timeout=WAIT_MS)
     assert results == [2]
     assert seen["frozen"] > before and gc.get_freeze_count() == before
+
+
+def test_docks_given_proxies_of_one_viewer_share_its_queue(make_napari_viewer: Any) -> None:
+    """napari hands each plugin dock its own PublicOnlyProxy of the viewer."""
+    from napari.utils._proxies import PublicOnlyProxy
+
+    from napari_unetpp._widgets._jobs import queue_for
+
+    viewer = make_napari_viewer()
+    first, second = PublicOnlyProxy(viewer), PublicOnlyProxy(viewer)
+    assert first is not second
+    assert queue_for(first) is queue_for(second) is queue_for(viewer)
+    assert queue_for(make_napari_viewer()) is not queue_for(viewer)
+
+
+@pytest.mark.timeout(300, method="thread")
+def test_a_failing_threaded_job_is_reported_once_and_not_reraised(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    checkpoint: Path,
+    threaded: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An all-NaN image fails in the worker: one message, the status says so, and nothing
+    is raised again on the GUI thread (pytest-qt fails a test on an exception there)."""
+    shown: list[str] = []
+    monkeypatch.setattr(
+        "napari.utils.notifications.show_error", lambda message: shown.append(message)
+    )
+    viewer = make_napari_viewer()
+    w = PredictWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w._device.value, w._output.value, w._tile.value = "cpu", tmp_path / "runs", 64
+    w.load_model(checkpoint)
+    qtbot.waitUntil(lambda: not w._runner.queue.busy(), timeout=WAIT_MS)
+    w._image.value = viewer.add_image(np.full((64, 64), np.nan, np.float32), name="blank")
+    w.segment()
+    qtbot.waitUntil(lambda: not w._runner.queue.busy(), timeout=WAIT_MS)
+    qtbot.wait(200)
+    assert len(shown) == 1 and "no finite values" in shown[0]
+    assert w._status.value.startswith("failed: ") and w._run.enabled

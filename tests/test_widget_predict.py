@@ -383,3 +383,45 @@ def test_chosen_path_is_one_path_or_a_user_facing_error() -> None:
     for value in (None, (Path("a"), Path("b"))):
         with pytest.raises(ValueError, match="choose one output folder"):
             chosen_path(value, "output folder")
+
+
+def test_result_layers_take_the_images_units_rotation_and_affine(
+    setup: Any, crop: np.ndarray
+) -> None:
+    """A layer with physical units and a rotation (napari keeps both from the file or the
+    user): every result layer overlays it, and napari has no mixed units to warn about."""
+    viewer, w, errors = setup
+    layer = viewer.add_image(
+        crop[0], name="em", scale=SCALE, translate=TRANSLATE, rotate=30, units=("nm", "nm")
+    )
+    w._image.value = layer
+    w.segment()
+    assert not errors
+    for name in _names(viewer)[1:]:
+        out = viewer.layers[name]
+        assert [str(u) for u in out.units] == ["nanometer", "nanometer"], name
+        np.testing.assert_allclose(out.rotate, layer.rotate, err_msg=name)
+        np.testing.assert_allclose(out.affine.affine_matrix, layer.affine.affine_matrix)
+        np.testing.assert_allclose(
+            out.data_to_world((5, 7)), layer.data_to_world((5, 7)), err_msg=name
+        )
+
+
+def test_layers_are_described_by_the_model_that_made_them(
+    setup: Any, crop: np.ndarray, checkpoint: Path, tmp_path: Path
+) -> None:
+    """The user picks another model while a run is going: its layers keep the first one's
+    name and classes (the pixels came from it)."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="em")
+    first = w.model_spec
+    net = UNetPlusPlus(widths=(4, 8, 16), depth=2, num_classes=3)
+    info = CheckpointInfo(model=net.config.replace(class_names=("bg", "a", "b")), data=DataConfig())
+    other = save_checkpoint(tmp_path / "other", net, info)
+    shown = w._show
+    w._show = lambda *args: (w.load_model(other), shown(*args))  # type: ignore[method-assign]
+    w.segment()
+    assert not errors and w.model_spec == str(other)
+    labels = viewer.layers["em UNet++ labels"]
+    assert labels.metadata["napari_unetpp"]["model"] == first
+    assert "class" not in labels.features  # the second model's class names are not used

@@ -159,7 +159,9 @@ class JobQueue:
 
         from ._runner import _relay
 
-        worker = thread_worker(_relay, start_thread=False)(ticket.gen)
+        # errors go to _failed (one message in the dock); without ignore_errors superqt
+        # also re-raises them on the GUI thread (a second traceback, or an abort with no hook)
+        worker = thread_worker(_relay, start_thread=False, ignore_errors=True)(ticket.gen)
         worker.yielded.connect(lambda event: ticket.call(ticket.on_yield, event))
         worker.returned.connect(lambda result: ticket.call(ticket.on_return, result))
         worker.errored.connect(lambda exc: self._failed(ticket, exc))
@@ -227,7 +229,13 @@ _queues: dict[int, JobQueue] = {}
 
 
 def queue_for(viewer: Any) -> JobQueue:
-    """The job queue of ``viewer`` (created on first use, forgotten with the viewer)."""
+    """The job queue of ``viewer`` (created on first use, forgotten with the viewer).
+
+    napari hands each plugin dock its own ``PublicOnlyProxy`` of the viewer, so the
+    queue belongs to the viewer behind the proxies: every dock of a viewer shares it.
+    """
+    while hasattr(viewer, "__wrapped__"):  # public (a dunder): no private-access warning
+        viewer = viewer.__wrapped__
     key = id(viewer)
     queue = _queues.get(key)
     if queue is None:

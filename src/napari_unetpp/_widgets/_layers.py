@@ -118,6 +118,9 @@ def put_layer(
         for key in ("features", "colormap"):
             if key in style:
                 setattr(old, key, style[key])
+        for key in ("units", "rotate", "shear", "affine"):  # the image layer's frame
+            if key in style and not _same(getattr(old, key), style[key]):
+                setattr(old, key, style[key])
         old.metadata = {**old.metadata, PLUGIN_KEY: meta}
         return old
     index = layers.index(old) if old is not None else len(layers)
@@ -128,6 +131,15 @@ def put_layer(
     )
     layers.insert(index, layer)
     return layer
+
+
+def _same(current: Any, wanted: Any) -> bool:
+    """Whether a layer's transform part already is ``wanted`` (units compare as text)."""
+    if hasattr(current, "affine_matrix"):
+        current = current.affine_matrix
+    if isinstance(wanted, tuple) and wanted and isinstance(wanted[0], str):
+        return tuple(str(u) for u in current) == wanted
+    return bool(np.array_equal(np.asarray(current), np.asarray(wanted)))
 
 
 # --------------------------------------------------------------------------- input layers

@@ -9,8 +9,9 @@ job queue runs; :func:`record_predict` writes ``run.json`` and ``command.sh``.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -29,11 +30,33 @@ SCOPES = ["2D", "whole stack slice-wise", "3D", "current slice only (quick look)
 
 
 class Placement(NamedTuple):
-    """Where a run's output goes: slice index (quick look), output scale and translate."""
+    """Where a run's output goes: slice index (quick look), output scale and translate.
+
+    ``frame``: the rest of the image layer's placement, given to every result layer so
+    it overlays the image: its units (else napari drops units from the scale bar and
+    warns once per layer), and its rotate, shear and affine (where the output keeps
+    the layer's axes; a removed channel axis leaves them out).
+    """
 
     lead_index: tuple[int, ...] | None
     scale: tuple[float, ...]
     translate: tuple[float, ...]
+    frame: Mapping[str, Any] = MappingProxyType({})
+
+
+def layer_frame(layer: Any, removed_axis: int | None) -> dict[str, Any]:
+    """Units, rotate, shear and affine of ``layer`` for outputs without ``removed_axis``."""
+    units = [str(u) for u in getattr(layer, "units", ())]
+    if removed_axis is not None and units:
+        del units[removed_axis]
+    frame: dict[str, Any] = {"units": tuple(units)} if units else {}
+    if removed_axis is None:
+        frame.update(
+            rotate=np.asarray(layer.rotate),
+            shear=np.asarray(layer.shear),
+            affine=np.asarray(layer.affine.affine_matrix),
+        )
+    return frame
 
 
 def default_scope(layer: Any, model: ModelConfig) -> str:
@@ -67,8 +90,9 @@ def predict_input(
             )
     axis = None if axis is None else axis % data.ndim
     scale, translate = list(layer.scale), list(layer.translate)
-    if axis is not None and not layer.rgb:
-        del scale[axis], translate[axis]
+    removed = axis if axis is not None and not layer.rgb else None
+    if removed is not None:
+        del scale[removed], translate[removed]
     spatial = data.ndim - (axis is not None)
     _check_scope(scope, dims, spatial)
     lead_index = None
@@ -87,7 +111,7 @@ def predict_input(
     return (
         data,
         data_config.replace(channel_axis=axis),
-        Placement(lead_index, tuple(scale), tuple(translate)),
+        Placement(lead_index, tuple(scale), tuple(translate), layer_frame(layer, removed)),
     )
 
 

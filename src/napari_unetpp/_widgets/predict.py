@@ -304,10 +304,11 @@ class PredictWidget(Container):
             show_error(str(exc))
             return
         stopper, depth = Stopper(), pruned_depth or self.pruning.depth
+        made_by = (model, self.info, self.model_spec)  # the model may be changed meanwhile
         self._start(
             f"segmenting {layer.name} (labels from L{depth})",
             segment_job(model, image, config, data, stopper, run_dir, depth),
-            lambda r: self._show(layer, placement, r, config, depth),
+            lambda r: self._show(layer, placement, r, config, depth, made_by),
             stopper,
         )
         if self._runner.queued:
@@ -332,9 +333,16 @@ class PredictWidget(Container):
             job,
             on_yield=self._on_event,
             on_return=on_return,
+            on_error=self._on_error,
             on_finish=lambda: self._set_running(False),
             stop=stopper.stop,
         )
+
+    def _on_error(self, exc: BaseException) -> None:
+        """The status says the run failed (the notification says why)."""
+        cause = exc.__cause__ or exc
+        self._status.value = f"failed: {cause}"
+        set_progress(self._progress, 0)
 
     def cancel(self, _value: Any = None) -> None:
         """Ask the running segmentation to stop after its current tile batch."""
@@ -370,17 +378,19 @@ class PredictWidget(Container):
         result: tuple[Any, Any, list[Any]],
         config: PredictConfig,
         depth: int,
+        made_by: tuple[UNetPlusPlus, CheckpointInfo | None, str | None],
     ) -> None:
         probs, labels, regions = result
         if labels is None:
             self._status.value = "cancelled: layers left unchanged"
             return
-        assert self.model is not None and self.info is not None
+        model, info, spec = made_by  # described by the model that made them, not today's
+        assert info is not None
         self.last_probabilities = dict(probs)
         final = config.pruned_depth or (depth if depth in probs else max(probs))
         meta = {
-            "model": self.model_spec,
-            "model_name": self.model_name,
+            "model": spec,
+            "model_name": model_name(spec),
             "depth": final,
             "scale": list(where.scale),
             "run": str(self.last_run_dir),
@@ -392,9 +402,9 @@ class PredictWidget(Container):
             (probs, labels),
             where,
             meta,
-            self.model.config,
+            model.config,
             regions=regions,
-            instance=self.info.data.target == "instance",
+            instance=info.data.target == "instance",
             all_depths=config.pruned_depth is None,
         )
         source = (

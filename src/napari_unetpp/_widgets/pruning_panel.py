@@ -127,8 +127,11 @@ class PruningPanel(Container):
         self.output_folder = Path(folder)
 
     def set_busy(self, busy: bool) -> None:
-        """Disable Apply while the owner segments."""
+        """Disable Apply and the slider while the owner segments: the run's labels come
+        from the depth it started with, and the slider must keep showing that depth."""
         self._apply.enabled = not busy and self.model is not None
+        heads = self.model.head_depths if self.model is not None else ()
+        self._depth.enabled = not busy and len(heads) > 1
 
     def _score(self, depth: int) -> str:
         metrics = self.info.metrics if self.info is not None else {}

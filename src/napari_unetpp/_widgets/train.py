@@ -33,6 +33,7 @@ from . import _state
 from ._jobs import on_dock_closed, queue_for
 from ._layers import current_slice, layer_data
 from ._paths import chosen_path
+from ._predict_job import layer_frame
 from ._runner import JobRunner
 from ._train_form import (
     FINE_TUNE_ITERATIONS,
@@ -379,5 +380,6 @@ class TrainWidget(TrainForm):
             scale,
             translate,
             {"stage": event.stage, "step": event.step},
+            **layer_frame(layer, None if layer.rgb else self._channel_axis_value()),
             opacity=0.5,
         )
