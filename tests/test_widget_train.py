@@ -386,3 +386,45 @@ def test_docked_content_keeps_the_dock_width(make_napari_viewer, dock_class):
     w.native.removeEventFilter(watch)
     assert widths, "no layout happened: the test would not see a swing"
     assert max(widths) <= dock.width(), (widths, dock.width())
+
+
+def test_images_with_a_pixel_size_train_at_the_models(
+    make_napari_viewer, em_crop, tmp_path, monkeypatch
+):
+    """A scratch model trained on layers at 2 nm records 2 nm (so prediction resamples to
+    it); the replay command says so; then a fine-tune of that model on the same tissue
+    imaged at 4 nm trains at the model's 2 nm, as `napari-unetpp train` does."""
+    from napari_unetpp.checkpoint import load_checkpoint
+
+    errors = _errors(monkeypatch)
+    viewer = make_napari_viewer()
+    w = _widget(viewer, em_crop, tmp_path, iterations=2)
+    w._runner.inline = True
+    viewer.layers["em"].scale = (1.0, 0.002, 0.002)
+    viewer.layers["em"].units = ("um", "um", "um")
+    notes: list[str] = []
+    on_event = TrainWidget._on_event
+    monkeypatch.setattr(
+        TrainWidget,
+        "_on_event",
+        lambda self, e: (on_event(self, e), e.kind == "note" and notes.append(e.message)),
+    )
+    w._on_start()
+    assert not errors and not notes  # already at the pixel size the new model records
+    model, _ = load_checkpoint(w.last_checkpoint)
+    assert model.config.pixel_size == pytest.approx((0.002, 0.002))
+    assert model.config.pixel_unit == "um"
+    assert (
+        "--pixel-size 1.0 0.002 0.002 --pixel-unit um"
+        in (w.last_run_dir / "command.sh").read_text()
+    )
+
+    viewer.layers["em"].scale = (1.0, 0.004, 0.004)  # a coarser camera
+    w._start_from.value = "file"
+    w._checkpoint_file.value = w.last_checkpoint
+    w._iterations.value = 2
+    w._on_start()
+    assert not errors
+    assert notes and "resampled to the model's 0.002 x 0.002 um (zoom 2 x 2)" in notes[0]
+    tuned, _ = load_checkpoint(w.last_checkpoint)
+    assert tuned.config.pixel_size == pytest.approx((0.002, 0.002))

@@ -52,6 +52,7 @@ __all__ = [
     "foreground_diameter",
     "auto_rescale",
     "rescale_from_diameter",
+    "training_pixel_size",
     "training_scale",
 ]
 
@@ -312,6 +313,22 @@ def auto_rescale(
     )
 
 
+def training_pixel_size(
+    pixel_sizes: Sequence[tuple[Sequence[float], str] | None],
+    model_pixel_size: Sequence[float],
+    model_unit: str,
+    spatial_dims: int,
+) -> tuple[tuple[float, ...], str]:
+    """The pixel size a training run works at (see :func:`training_scale`): the model's,
+    else the first known one of the pairs (per model axis), else ``((), "")``."""
+    if model_pixel_size:
+        return tuple(float(v) for v in model_pixel_size), model_unit
+    first = next((ps for ps in pixel_sizes if ps is not None and ps[1]), None)
+    if first is None:
+        return (), ""
+    return model_axes_pixel_size(first[0], spatial_dims), first[1]
+
+
 def training_scale(
     images: list[Any],
     labels: list[Any],
@@ -333,12 +350,9 @@ def training_scale(
     Returns the pairs, the pixel size and unit the model should record (empty when none
     is known) and one note per resampled pair.
     """
-    target, unit = tuple(float(v) for v in model_pixel_size), model_unit
+    target, unit = training_pixel_size(pixel_sizes, model_pixel_size, model_unit, spatial_dims)
     if not target:
-        first = next((ps for ps in pixel_sizes if ps is not None and ps[1]), None)
-        if first is None:
-            return list(images), list(labels), (), "", []
-        target, unit = model_axes_pixel_size(first[0], spatial_dims), first[1]
+        return list(images), list(labels), (), "", []
     out_images, out_labels, notes = [], [], []
     for k, (image, label, known) in enumerate(zip(images, labels, pixel_sizes, strict=True)):
         if known is None or not known[1]:

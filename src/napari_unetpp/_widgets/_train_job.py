@@ -29,7 +29,14 @@ if TYPE_CHECKING:
     from ..config import DataConfig, DeviceName, ModelConfig, TrainConfig
     from ..training import TrainResult
 
-__all__ = ["PreviewEvent", "PreviewSource", "train_job", "predict_labels_job", "record_train"]
+__all__ = [
+    "PreviewEvent",
+    "PreviewSource",
+    "pair_pixel_sizes",
+    "predict_labels_job",
+    "record_train",
+    "train_job",
+]
 
 #: Longest wait of the training for the GUI thread to show one preview (seconds).
 PREVIEW_WAIT_S = 1.0
@@ -42,6 +49,7 @@ class PreviewSource:
     image: np.ndarray
     channels_last: bool
     device: DeviceName
+    pixel_size: tuple[tuple[float, ...], str] | None = None  # the layer's, with its unit
 
 
 @dataclass
@@ -62,10 +70,12 @@ def predict_labels_job(
     device: DeviceName = "auto",
     *,
     channels_last: bool = False,
+    pixel_size: tuple[tuple[float, ...], str] | None = None,
 ) -> Generator[Any, Any, np.ndarray]:
     """Engine job: labels of ``image`` from a saved model at its recommended depth.
 
     Used for quick previews (a slice at a time); the predict widget is the full tool.
+    ``pixel_size`` (with its unit): resampled to the model's, as the training was.
     """
     from ..checkpoint import load_checkpoint
     from ..config import PredictConfig
@@ -78,6 +88,8 @@ def predict_labels_job(
     config = PredictConfig(
         depths=(depth,), device=device, tile_size=(256,) * model.config.spatial_dims
     )
+    if pixel_size is not None and model.config.pixel_size:
+        config = config.replace(pixel_size=pixel_size[0], pixel_unit=pixel_size[1])
     probabilities = yield from predict(model, image, config, data)
     return probabilities_to_labels(probabilities[depth], info.model, data)
 
@@ -87,7 +99,11 @@ def _preview(checkpoint: str | Path, source: PreviewSource) -> np.ndarray:
 
     return drive(
         predict_labels_job(
-            checkpoint, source.image, source.device, channels_last=source.channels_last
+            checkpoint,
+            source.image,
+            source.device,
+            channels_last=source.channels_last,
+            pixel_size=source.pixel_size,
         )
     )
 
@@ -108,11 +124,25 @@ def train_job(
     images: list[Any],
     labels: list[Any],
     preview: PreviewSource | None = None,
+    pixel_sizes: list[tuple[tuple[float, ...], str] | None] | None = None,
 ) -> Generator[Any, None, TrainResult]:
     """Build the Trainer in the worker (importing the engine takes seconds) and run it,
-    yielding :class:`PreviewEvent` s among its events when ``preview`` is given."""
-    from ..training import Trainer
+    yielding :class:`PreviewEvent` s among its events when ``preview`` is given.
 
+    ``pixel_sizes`` (per pair, from the image layers): the pairs are resampled to the
+    model's pixel size first, as ``napari-unetpp train`` does (``scale.training_scale``).
+    """
+    from ..scale import training_scale
+    from ..training import Trainer, TrainEvent
+
+    if pixel_sizes and any(pixel_sizes):
+        dims, axis = model.spatial_dims, data.channel_axis
+        images, labels, size, unit, notes = training_scale(
+            images, labels, pixel_sizes, model.pixel_size, model.pixel_unit, dims, axis
+        )
+        model = model.replace(pixel_size=size, pixel_unit=unit) if size else model
+        for note in notes:
+            yield TrainEvent("note", 0, train.iterations, note)
     trainer = Trainer(model, train, data, initial=initial, output_dir=run_dir, stopper=stopper)
     if preview is not None and initial is not None:
         yield from _show(PreviewEvent("before", _preview(initial, preview), 0))
@@ -137,6 +167,18 @@ def train_job(
     return result
 
 
+def pair_pixel_sizes(pairs: list[tuple[Any, Any]]) -> list[tuple[tuple[float, ...], str] | None]:
+    """Each pair's image pixel size and unit, from its layer (the reader's, or a scale with
+    real units; see ``scale_panel.layer_pixel_size``), or None where it is unknown."""
+    from .scale_panel import layer_pixel_size
+
+    sizes: list[tuple[tuple[float, ...], str] | None] = []
+    for image, _ in pairs:
+        size, unit = layer_pixel_size(image)
+        sizes.append((tuple(size), unit) if size and unit else None)
+    return sizes
+
+
 def record_train(
     run_dir: Path,
     pairs: list[tuple[Any, Any]],
@@ -144,9 +186,11 @@ def record_train(
     train: TrainConfig,
     data: DataConfig,
     origin: str | None,
+    pixel_size: tuple[tuple[float, ...], str] | None = None,
 ) -> None:
     """``run.json``, ``command.sh`` and the (image, labels) layers as files: the same run
-    as ``napari-unetpp train``; ``origin`` is the starting model (spec or path) or None."""
+    as ``napari-unetpp train``; ``origin`` is the starting model (spec or path) or None;
+    ``pixel_size``: the images' one pixel size and unit (``--pixel-size``), if known."""
     from ..runs import format_command, save_run_record, train_record
     from ._layers import layer_files
 
@@ -160,5 +204,7 @@ def record_train(
         out=run_dir,
         config=run_dir / "run.json",
         from_=origin,
+        pixel_size=list(pixel_size[0]) if pixel_size else None,
+        pixel_unit=pixel_size[1] if pixel_size else None,
     )
     save_run_record(run_dir, "train", configs, command)

@@ -42,7 +42,13 @@ from ._train_form import (
     SCRATCH_LR,
     TrainForm,
 )
-from ._train_job import PreviewEvent, PreviewSource, record_train, train_job
+from ._train_job import (
+    PreviewEvent,
+    PreviewSource,
+    pair_pixel_sizes,
+    record_train,
+    train_job,
+)
 from ._ui import set_progress
 
 if TYPE_CHECKING:
@@ -56,6 +62,17 @@ GUESS_MAX_SIZE = 1 << 24
 GUESS_DELAY_MS = 500
 #: Progress text is redrawn at most this often (each redraw costs the GUI thread).
 STATUS_INTERVAL_S = 0.25
+
+
+def _at_pixel_size(
+    model: ModelConfig, sizes: list[tuple[tuple[float, ...], str] | None]
+) -> ModelConfig:
+    """The model config with the pixel size the run trains at (a new model takes the
+    images'; a fine-tuned one keeps its own): recorded in run.json and the checkpoint."""
+    from ..scale import training_pixel_size
+
+    size, unit = training_pixel_size(sizes, model.pixel_size, model.pixel_unit, model.spatial_dims)
+    return model.replace(pixel_size=size, pixel_unit=unit) if size else model
 
 
 def _first_loss(model: ModelConfig, initial: str | None) -> float | None:
@@ -245,7 +262,9 @@ class TrainWidget(TrainForm):
         try:
             pairs = self._training_pairs()
             model, train, data, initial = self._configs(pairs)
-            run_dir = self._new_run(pairs, model, train, data, initial)
+            sizes = pair_pixel_sizes(pairs)  # resampled to the model's in the job, as the CLI
+            model = _at_pixel_size(model, sizes)
+            run_dir = self._new_run(pairs, model, train, data, initial, sizes)
         except (ValueError, OSError) as exc:
             show_error(str(exc))
             return
@@ -253,11 +272,15 @@ class TrainWidget(TrainForm):
         labels = [np.array(layer_data(lab)) for _, lab in pairs]  # a copy: painting goes on
         self._preview_layer, stopper = pairs[0][0], Stopper()
         self._note, self._shown_at = "", 0.0
-        preview = self._preview_source(model.spatial_dims) if self._preview.value else None
+        preview = (
+            self._preview_source(model.spatial_dims, sizes[0]) if self._preview.value else None
+        )
         self._plot.start(train.iterations, range(1, model.depth + 1), _first_loss(model, initial))
         self._set_running(True)
         self._status.value = f"preparing data ({model.num_classes} output channel(s))..."
-        job = train_job(model, train, data, initial, run_dir, stopper, images, labels, preview)
+        job = train_job(
+            model, train, data, initial, run_dir, stopper, images, labels, preview, sizes
+        )
         self._runner.start(
             job,
             on_yield=self._on_event,
@@ -267,12 +290,16 @@ class TrainWidget(TrainForm):
         )
         self._on_queue_changed()
 
-    def _preview_source(self, dims: int) -> PreviewSource:
+    def _preview_source(
+        self, dims: int, pixel_size: tuple[tuple[float, ...], str] | None
+    ) -> PreviewSource:
         """The slice shown now, of the (first) training image, for the before/after view."""
         axis = self._channel_axis_value()
         self._preview_point = tuple(self._viewer.dims.point)
         image = current_slice(self._preview_layer, self._viewer.dims.point, axis, dims)
-        return PreviewSource(np.ascontiguousarray(image), axis is not None, self._device.value)
+        return PreviewSource(
+            np.ascontiguousarray(image), axis is not None, self._device.value, pixel_size
+        )
 
     def _new_run(
         self,
@@ -281,13 +308,15 @@ class TrainWidget(TrainForm):
         train: TrainConfig,
         data: DataConfig,
         initial: str | None,
+        sizes: list[tuple[tuple[float, ...], str] | None],
     ) -> Path:
         """A fresh run folder with ``run.json`` and ``command.sh`` (and the data) in it."""
         folder = chosen_path(self._output.value, "output folder")
         self.last_run_dir = run_dir = new_run_dir(folder, pairs[0][0].name)
         start = self._start_from.value
         origin = start if is_zoo(start) else initial  # a shipped model by name, not path
-        record_train(run_dir, pairs, model, train, data, origin)
+        one_size = sizes[0] if sizes and all(s == sizes[0] for s in sizes) else None
+        record_train(run_dir, pairs, model, train, data, origin, one_size)
         return run_dir
 
     def _set_running(self, running: bool) -> None:
