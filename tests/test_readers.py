@@ -222,6 +222,20 @@ def test_tiff_resolution_centimetre(tmp_path: Path) -> None:
     np.testing.assert_allclose(got.scale, (10 / 4000, 10 / 2000))
 
 
+@pytest.mark.parametrize(("unit", "expected"), [("MICROMETER", "um"), ("MILLIMETER", "mm")])
+def test_tifffile_metric_resolution_units(tmp_path: Path, unit: str, expected: str) -> None:
+    """tifffile writes millimetre and micrometre resolution units (beyond TIFF's inch/cm)."""
+    path = tmp_path / "res.tif"
+    tifffile.imwrite(
+        path,
+        np.zeros((6, 7), np.uint8),
+        resolution=(1 / 0.25, 1 / 0.5),
+        resolutionunit=getattr(tifffile.RESUNIT, unit),
+    )
+    got = readers.read_image(path)
+    assert got.unit == expected and got.pixel_size == pytest.approx((0.5, 0.25))
+
+
 def test_tiff_inch_resolution_is_not_a_pixel_size(tmp_path: Path) -> None:
     path = tmp_path / "dpi.tif"
     tifffile.imwrite(path, np.zeros((8, 9), np.uint8), resolution=(72.0, 72.0), resolutionunit=2)

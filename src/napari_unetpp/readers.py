@@ -207,8 +207,12 @@ def tiff_spacing(path: str | Path) -> tuple[str, dict[str, float], str | None, s
                 sizes = {a: v * factor for a, v in sizes.items()}
                 return axes, sizes, json_unit[0] if json_unit else None, "tifffile"
         res_unit = page.tags.get("ResolutionUnit")
-        if res_unit is not None and int(res_unit.value) == 3 and x_res and y_res:
-            return axes, {"X": 10.0 / x_res, "Y": 10.0 / y_res}, "mm", "tiff"
+        # centimetre (TIFF), and tifffile's own millimetre (4) and micrometre (5)
+        per_unit = {3: (10.0, "mm"), 4: (1.0, "mm"), 5: (1.0, "um")}
+        known = per_unit.get(int(res_unit.value)) if res_unit is not None else None
+        if known is not None and x_res and y_res:
+            factor, unit = known
+            return axes, {"X": factor / x_res, "Y": factor / y_res}, unit, "tiff"
     return axes, {}, None, "tiff"
 
 
