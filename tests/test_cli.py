@@ -545,3 +545,26 @@ def test_info_on_checks_the_image_at_its_files_pixel_size(
     captured = capsys.readouterr()
     assert "pixel size 0.002 x 0.002 um from the file" in captured.err
     assert "looks like the training data" in captured.out
+
+
+def test_train_guesses_scribbles_as_the_dock_does(
+    em_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No --label-mode: a few strokes (1 = background, 2 = membrane) train as sparse labels,
+    and the run says why; --config's own label mode is kept (a widget run's replay)."""
+    image = tifffile.imread(em_files["val_image"])
+    strokes = np.zeros(image.shape, np.uint8)
+    strokes[10:12, 5:60] = 1
+    strokes[40:42, 5:60] = 2
+    tifffile.imwrite(tmp_path / "strokes.tif", strokes)
+    argv = ["train", "--images", str(em_files["val_image"]), "--labels"]
+    code = main([*argv, str(tmp_path / "strokes.tif"), "--out", str(tmp_path / "o"), "--dry-run"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "label mode: sparse" in captured.err
+    assert json.loads(captured.out)["data"]["label_mode"] == "sparse"
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"data": {"label_mode": "dense"}}))
+    flags = ["--out", str(tmp_path / "p"), "--config", str(config), "--dry-run"]
+    assert main([*argv, str(tmp_path / "strokes.tif"), *flags]) == 0
+    assert json.loads(capsys.readouterr().out)["data"]["label_mode"] == "dense"

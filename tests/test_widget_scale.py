@@ -7,6 +7,7 @@ that size, resample to the shipped model's 3 mm and give labels on the layer's o
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,8 @@ def test_ct_at_1mm_through_the_dock_uses_the_layers_pixel_size(dock: Any, data_d
     assert "resampled by 0.33 x 0.33" in w._status.value
     meta = viewer.layers["ct 1mm UNet++ labels"].metadata["napari_unetpp"]
     assert meta["depth"] == 4 and meta["model"] == "zoo:ct"
+    record = json.loads((w.last_run_dir / "run.json").read_text())  # as the CLI's run.json
+    assert record["scale"]["zoom"] == pytest.approx([1 / 3, 1 / 3], rel=0.02)
 
     w.scale._pixel.value = ""  # the user clears it: the model sees 1 mm pixels as 3 mm
     w.segment(pruned_depth=4)

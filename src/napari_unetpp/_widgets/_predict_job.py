@@ -183,6 +183,11 @@ def segment_job(
     probs = yield from predict(model, image, config, data, stopper=stopper)
     if not probs.complete:
         return probs, None, []
+    if getattr(probs, "scale", None) is not None:  # the zoom used, as the CLI's run.json has
+        from ..runs import RUN_FILE, read_run_file, write_json
+
+        record = run_dir / RUN_FILE
+        write_json(record, {**read_run_file(record), "scale": probs.scale})
     depth = config.pruned_depth or (depth if depth in probs else max(probs))
     labels = probabilities_to_labels(
         np.asarray(probs[depth]),

@@ -122,7 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: 1 with --from and the model's classes, else 0; 0 = off)",
     )
     t.add_argument("--validate-every", type=int)
-    t.add_argument("--label-mode", choices=["dense", "sparse", "auto"], default=None)
+    t.add_argument(
+        "--label-mode",
+        choices=["dense", "sparse", "auto"],
+        default=None,
+        help="dense masks or sparse scribbles (0 = unlabelled); default: as --config says, "
+        "else guessed from the first labels, as the Train dock does (auto)",
+    )
     t.add_argument("--target", choices=["semantic", "instance"])
     t.add_argument(
         "--channel-axis",

@@ -116,7 +116,8 @@ def build_train_configs(
         # its label mapping (class_values) belongs to its own labels, not to these
         inherited = {"normalization": base.data.normalization.to_dict(), "target": base.data.target}
         data_base = {**inherited, **data_base}
-    auto_label = args.label_mode == "auto"
+    unset = args.label_mode is None and "label_mode" not in data_base and not resuming
+    auto_label = args.label_mode == "auto" or unset  # as the dock: guessed, and said so
     data = _override(
         data_base, label_mode=None if auto_label else args.label_mode, target=args.target
     )
