@@ -234,8 +234,11 @@ def queue_for(viewer: Any) -> JobQueue:
     napari hands each plugin dock its own ``PublicOnlyProxy`` of the viewer, so the
     queue belongs to the viewer behind the proxies: every dock of a viewer shares it.
     """
-    while hasattr(viewer, "__wrapped__"):  # public (a dunder): no private-access warning
-        viewer = viewer.__wrapped__
+    for _ in range(8):  # proxies of proxies; bounded, whatever the object says
+        inner = getattr(viewer, "__wrapped__", None)  # a dunder: no private-access warning
+        if inner is None or inner is viewer:
+            break
+        viewer = inner
     key = id(viewer)
     queue = _queues.get(key)
     if queue is None:
