@@ -368,6 +368,15 @@ def _bad_inputs(root: Path, em_files: dict[str, Path]) -> dict[str, list[str]]:
             str(root / "p"),
         ],
         "bad checkpoint": ["info", str(root / "bad_ckpt")],
+        "unit without size": [
+            "predict",
+            "zoo:em",
+            str(em_files["stack"]),
+            "--out",
+            str(root / "u"),
+            "--pixel-unit",
+            "mm",
+        ],
         "missing config": [
             *train,
             "--images",
@@ -390,6 +399,7 @@ def _bad_inputs(root: Path, em_files: dict[str, Path]) -> dict[str, list[str]]:
         "unsupported dtype",
         "missing checkpoint",
         "bad checkpoint",
+        "unit without size",
         "missing config",
     ],
 )

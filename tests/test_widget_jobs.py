@@ -146,6 +146,7 @@ def test_closed_segment_dock_adds_no_layers(
 
 
 @pytest.mark.timeout(300, method="thread")
+@pytest.mark.parametrize("given", ["viewer", "proxy"])
 def test_closed_train_dock_stops_training(
     make_napari_viewer: Any,
     qtbot: Any,
@@ -153,13 +154,18 @@ def test_closed_train_dock_stops_training(
     em_stack: tuple[np.ndarray, np.ndarray],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    given: str,
 ) -> None:
+    """Also as napari's plugin menu makes the dock: given a PublicOnlyProxy of the viewer
+    (through which the window is a proxy too: the close went unseen)."""
+    from napari.utils._proxies import PublicOnlyProxy
+
     errors: list[str] = []
     monkeypatch.setattr(train_module, "show_error", errors.append)
     viewer = make_napari_viewer()
     viewer.add_image(em_stack[0][:2, :128, :128].copy(), name="em")
     viewer.add_labels(em_stack[1][:2, :128, :128].astype(np.uint8), name="membranes")
-    w = TrainWidget(viewer)
+    w = TrainWidget(PublicOnlyProxy(viewer) if given == "proxy" else viewer)
     dock = viewer.window.add_dock_widget(w)
     w._custom_widths.value, w._depth.value, w._iterations.value = "4 8 16", 2, 5000
     w._patch.value, w._batch.value, w._device.value = 64, 2, "cpu"
@@ -249,3 +255,36 @@ def test_a_failing_threaded_job_is_reported_once_and_not_reraised(
     qtbot.wait(200)
     assert len(shown) == 1 and "no finite values" in shown[0]
     assert w._status.value.startswith("failed: ") and w._run.enabled
+
+
+@pytest.mark.timeout(300, method="thread")
+def test_closing_the_viewer_while_a_job_runs_keeps_python_alive(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    checkpoint: Path,
+    threaded: None,
+    em_stack: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    """Closing the viewer drops its queue; the running worker must live until its thread
+    ends (freed earlier, its last signal aborted Python: exit 134)."""
+    import gc
+
+    from napari_unetpp._widgets import _jobs
+
+    viewer = make_napari_viewer()
+    w = PredictWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w._device.value, w._output.value, w._tile.value = "cpu", tmp_path / "runs", 64
+    w.load_model(checkpoint)
+    qtbot.waitUntil(lambda: not w._runner.queue.busy(), timeout=WAIT_MS)
+    w._image.value = viewer.add_image(em_stack[0][:6, :128, :128].copy(), name="stack")
+    w.segment()
+    qtbot.waitUntil(lambda: w._runner.worker is not None, timeout=WAIT_MS)
+    worker = w._runner.worker
+    assert worker in _jobs._LIVE_WORKERS
+    viewer.close()
+    w = viewer = None  # nothing of ours keeps the viewer, its queue or its dock alive
+    gc.collect()
+    qtbot.waitUntil(lambda: worker not in _jobs._LIVE_WORKERS, timeout=WAIT_MS)
+    qtbot.wait(300)  # its last signals were delivered without a crash

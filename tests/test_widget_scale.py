@@ -132,6 +132,9 @@ def test_adaptive_depth_and_estimate_from_the_dock(dock: Any, data_dir: Path) ->
     assert used.shape == image.shape and set(np.unique(used)) <= {1, 2, 3, 4}
     assert viewer.layers["em UNet++ disagreement"].data.shape == image.shape
     assert viewer.layers["em UNet++ labels"].data.shape == image.shape
+    mix = viewer.layers["em UNet++ adaptive"]  # the mix of depths is not passed off as L4
+    assert mix.visible and mix.metadata["napari_unetpp"]["depth"] == "adaptive"
+    assert "em UNet++ L4" not in viewer.layers
 
 
 def test_estimate_fills_the_diameter_of_nuclei_shown_at_twice_their_size(
@@ -153,3 +156,22 @@ def test_estimate_fills_the_diameter_of_nuclei_shown_at_twice_their_size(
     print(f"estimated diameter {measured:.1f} px (training median {trained:.1f} px)")
     assert measured > 1.4 * trained  # objects twice the training size are seen as bigger
     assert w.scale.overrides()["rescale"] == pytest.approx(trained / measured, rel=0.01)
+
+
+def test_an_image_opened_before_the_dock_gives_its_pixel_size_and_model(
+    make_napari_viewer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The usual order: open a calibrated file, then the dock. Its pixel size, the matching
+    shipped model (2 nm pixels: electron microscopy) and the scope come from it at once."""
+    monkeypatch.setattr(_runner, "RUN_INLINE", True)
+    viewer = make_napari_viewer()
+    viewer.add_image(
+        np.zeros((2, 64, 64), np.uint8),
+        name="scan_0042",  # a name that says nothing
+        scale=(1.0, 0.002, 0.002),
+        metadata={"pixel_size": (0.002, 0.002), "unit": "um"},
+    )
+    w = PredictWidget(viewer)
+    assert w.scale._pixel.value == "0.002 0.002 um"
+    assert w.model_spec == "zoo:em"
+    assert w._scope.value == "whole stack slice-wise"

@@ -428,3 +428,56 @@ def test_images_with_a_pixel_size_train_at_the_models(
     assert notes and "resampled to the model's 0.002 x 0.002 um (zoom 2 x 2)" in notes[0]
     tuned, _ = load_checkpoint(w.last_checkpoint)
     assert tuned.config.pixel_size == pytest.approx((0.002, 0.002))
+
+
+def test_a_failed_or_one_class_training_says_so(make_napari_viewer, em_crop, tmp_path, monkeypatch):
+    """A run that fails ends with "failed: ..." in the status (not a stale "preparing data");
+    labels of one class only train, but the end of the run repeats the engine's warning."""
+    errors = _errors(monkeypatch)
+    warnings: list[str] = []
+    monkeypatch.setattr(train_module, "show_warning", warnings.append)
+    viewer = make_napari_viewer()
+    w = _widget(viewer, em_crop, tmp_path, iterations=2)
+    w._runner.inline = True
+    viewer.layers["em"].data = np.full((2, 128, 128), np.nan, np.float32)
+    w._on_start()
+    assert errors and w._status.value.startswith("failed: ") and "finite" in w._status.value
+    errors.clear()
+    viewer.layers["em"].data = em_crop[0]
+    viewer.layers["membranes"].data = np.ones((2, 128, 128), np.uint8)  # all class 1
+    w._on_start()
+    assert not errors
+    assert warnings and "WARNING" in w._status.value
+
+
+def test_fine_tune_keeps_the_models_classes_and_target(make_napari_viewer, tmp_path):
+    """From a shipped-like instance model with named classes: the dock's fine-tune keeps its
+    target (instances) and, with the same classes, their names, as `train --from` does."""
+    import torch
+
+    from napari_unetpp.checkpoint import CheckpointInfo, save_checkpoint
+    from napari_unetpp.config import DataConfig
+    from napari_unetpp.model import UNetPlusPlus
+
+    torch.manual_seed(0)
+    net = UNetPlusPlus(widths=(4, 8, 16), depth=2, num_classes=3)
+    net.config = net.config.replace(class_names=("background", "interior", "boundary"))
+    start = save_checkpoint(
+        tmp_path / "nuclei",
+        net,
+        CheckpointInfo(model=net.config, data=DataConfig(target="instance")),
+    )
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((64, 64), np.uint8), name="img")
+    ids = np.zeros((64, 64), np.uint16)
+    ids[5:15, 5:15], ids[30:40, 30:45] = 1, 2  # two nuclei
+    labels = viewer.add_labels(ids, name="nuclei")
+    w = TrainWidget(viewer)
+    w._image.value, w._labels_box.value = image, labels
+    assert w._target.value == "semantic"
+    w._start_from.value = "file"
+    w._checkpoint_file.value = start
+    assert w._target.value == "instance"
+    model, _, data, _ = w._configs([(image, labels)])
+    assert data.target == "instance" and model.num_classes == 3
+    assert model.class_names == ("background", "interior", "boundary")

@@ -166,7 +166,9 @@ class JobQueue:
         worker.returned.connect(lambda result: ticket.call(ticket.on_return, result))
         worker.errored.connect(lambda exc: self._failed(ticket, exc))
         worker.finished.connect(lambda: self._finished(ticket))
+        worker.finished.connect(lambda: _LIVE_WORKERS.discard(worker))
         ticket.worker = worker
+        _LIVE_WORKERS.add(worker)  # alive until its thread ends, whatever closes meanwhile
         freeze_old_objects()
         ticket.froze = True
         worker.start()
@@ -227,18 +229,29 @@ def thaw_old_objects() -> None:
 
 _queues: dict[int, JobQueue] = {}
 
+#: Every started worker until its thread has finished. A closed viewer drops its queue (and
+#: with it the running ticket); had that freed the worker, its Qt signals would be deleted
+#: under the still-running thread, and its last ``finished.emit`` aborts Python.
+_LIVE_WORKERS: set[Any] = set()
 
-def queue_for(viewer: Any) -> JobQueue:
-    """The job queue of ``viewer`` (created on first use, forgotten with the viewer).
 
-    napari hands each plugin dock its own ``PublicOnlyProxy`` of the viewer, so the
-    queue belongs to the viewer behind the proxies: every dock of a viewer shares it.
-    """
+def unproxied(viewer: Any) -> Any:
+    """The viewer behind napari's ``PublicOnlyProxy`` (each plugin dock gets its own proxy,
+    and everything reached through it is proxied too, so identity checks fail on it)."""
     for _ in range(8):  # proxies of proxies; bounded, whatever the object says
         inner = getattr(viewer, "__wrapped__", None)  # a dunder: no private-access warning
         if inner is None or inner is viewer:
             break
         viewer = inner
+    return viewer
+
+
+def queue_for(viewer: Any) -> JobQueue:
+    """The job queue of ``viewer`` (created on first use, forgotten with the viewer).
+
+    The queue belongs to the viewer behind the docks' proxies: every dock shares it.
+    """
+    viewer = unproxied(viewer)
     key = id(viewer)
     queue = _queues.get(key)
     if queue is None:
@@ -250,9 +263,12 @@ def queue_for(viewer: Any) -> JobQueue:
     return queue
 
 
-def on_dock_closed(native: Any, window: Any, callback: Callable[[], None]) -> Any:
-    """Call ``callback`` (a bound method) once when ``native`` leaves ``window`` (its dock
-    was closed) or is deleted.
+def on_dock_closed(native: Any, viewer: Any, callback: Callable[[], None]) -> Any:
+    """Call ``callback`` (a bound method) once when ``native`` leaves ``viewer``'s window
+    (its dock was closed) or is deleted.
+
+    The window is the real one behind the dock's proxy of the viewer: through the proxy
+    it is a proxy too, never a parent of ``native``, and the dock's close went unseen.
 
     Hidden docks (tabbed, collapsed) still belong to the window and do not count.
     Only weak references are kept, so the watcher never keeps a closed dock (or the
@@ -261,6 +277,7 @@ def on_dock_closed(native: Any, window: Any, callback: Callable[[], None]) -> An
     from qtpy.QtCore import QEvent, QObject, QTimer
 
     state = {"fired": False, "seen": False}
+    window = unproxied(viewer).window._qt_window
     window_ref, native_ref = weakref.ref(window), weakref.ref(native)
     method = weakref.WeakMethod(callback)  # type: ignore[arg-type]
 

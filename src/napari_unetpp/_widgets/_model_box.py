@@ -36,8 +36,9 @@ def model_name(spec: str | None) -> str:
 def guess_zoo_model(layer: Any) -> str | None:
     """``zoo:<name>`` of the shipped model made for this image (EM, CT or nuclei), or None.
 
-    From what napari knows: the sample's or file's name, then the pixel values
-    (Hounsfield units below -500 are CT; an 8-bit RGB image is a nuclei stain).
+    From what napari knows: the sample's or file's name, the pixel size (under 0.1 um
+    is electron microscopy, over 0.1 mm a CT scan), then the pixel values (Hounsfield
+    units below -500 are CT; an 8-bit RGB image is a nuclei stain).
     """
     text = " ".join(
         str(v)
@@ -55,6 +56,14 @@ def guess_zoo_model(layer: Any) -> str | None:
     ):
         if words & hints:
             return zoo_spec(name)
+    from ..scale import UNITS
+    from .scale_panel import layer_pixel_size
+
+    size, unit = layer_pixel_size(layer)
+    if size and unit in UNITS:  # pixels under 0.1 um are electron microscopy, over 0.1 mm CT
+        um = float(size[-1]) * UNITS[unit]
+        if um < 0.1 or um > 100:
+            return zoo_spec("em" if um < 0.1 else "ct")
     data = layer.data[-1] if layer.multiscale else layer.data  # the smallest level: cheap
     if np.issubdtype(data.dtype, np.signedinteger) and data.size and np.min(data) < -500:
         return zoo_spec("ct")

@@ -74,29 +74,34 @@ def put_depths(
     """One probability layer per depth; only ``shown_depth`` (the labels' depth) visible.
 
     Multi-class output shows the probability of any foreground (1 - background).
-    Yields after each layer (see :func:`show_result`).
+    An adaptive run's mix of depths is one layer, ``<base> adaptive``: named L4 it would
+    pass for the deepest head's output. Yields after each layer (see :func:`show_result`).
     """
     lift = lift_for(where)
+    adaptive = hasattr(probs, "depth_map")
     for d in sorted(probs):
         p = np.asarray(probs[d])
         shown = p if p.ndim == labels_ndim else 1.0 - p[0]  # classes: foreground
         put_layer(
             viewer,
             Image,
-            f"{base} L{d}{suffix}",
+            f"{base} adaptive{suffix}" if adaptive else f"{base} L{d}{suffix}",
             lift(shown),
             where.scale,
             where.translate,
-            {**meta, "depth": d},
+            {**meta, "depth": "adaptive" if adaptive else d},
             **where.frame,
             colormap="magma",
             contrast_limits=(0.0, 1.0),
             opacity=0.7,
             blending="additive",
-            visible=d == shown_depth,  # a hidden new layer uploads no texture: a shorter stall
+            visible=adaptive or d == shown_depth,  # a hidden new layer uploads no texture
         )
         yield
     for d in depth_layers(viewer, base, suffix):
+        if adaptive:  # an earlier run's per-depth layers stay as they were, hidden
+            viewer.layers[f"{base} L{d}{suffix}"].visible = False
+            continue
         viewer.layers[f"{base} L{d}{suffix}"].visible = d == shown_depth
 
 
@@ -217,10 +222,16 @@ def scale_note(probs: Any) -> str | None:
     scale = getattr(probs, "scale", None)
     if not scale:
         return None
-    zoom = " x ".join(f"{z:.2f}" for z in scale.get("zoom", ()))
+    zooms = scale.get("zoom", ())
+    zoom = " x ".join(f"{z:.2f}" for z in zooms)
     measured = scale.get("measured_diameter")
+    done = (
+        "already at the model's scale"
+        if all(abs(z - 1) < 0.005 for z in zooms)
+        else f"resampled by {zoom} to the model's scale"
+    )
     return (
-        f"resampled by {zoom} to the model's scale"
+        done
         + (f" (objects ~{measured:.0f} px)" if measured else "")
         + (f"; {scale['note']}" if scale.get("note") else "")
     )
@@ -250,7 +261,7 @@ def show_result(
     probs, labels = result
     base = f"{name} UNet++"
     suffix = "" if where.lead_index is None else " (quick look)"
-    if all_depths:
+    if all_depths and not hasattr(probs, "depth_map"):
         drop_stale_depths(viewer, base, suffix, set(probs))
     yield from put_depths(viewer, base, suffix, probs, np.ndim(labels), where, meta, meta["depth"])
     legend = put_labels(viewer, f"{base} labels{suffix}", labels, where, meta, model, instance)

@@ -267,8 +267,9 @@ class TrainForm(Container):
                 depth=self._depth.value,
                 spatial_dims=self._dims.value,
             )
-        else:
-            model = base.model.replace(num_classes=classes, class_names=())
+        else:  # the same classes keep their names (as the CLI); other classes: new heads
+            names = base.model.class_names if classes == base.model.num_classes else ()
+            model = base.model.replace(num_classes=classes, class_names=names)
         dims = model.spatial_dims
         patch = (self._patch.value,) * 2
         train = TrainConfig(

@@ -86,7 +86,7 @@ class PredictWidget(Container):
         _state.models_changed.connect(self._on_models_changed)
         for event in ("inserted", "removed", "reordered"):
             getattr(napari_viewer.layers.events, event).connect(self._on_layers_changed)
-        on_dock_closed(self.native, napari_viewer.window._qt_window, self._on_closed)
+        on_dock_closed(self.native, napari_viewer, self._on_closed)
         initial = (
             "just trained"
             if _state.registered_models()
@@ -98,6 +98,7 @@ class PredictWidget(Container):
         if initial == "shipped":
             self._pick_zoo_model()
         self._on_source()
+        self._on_image()  # an image opened before the dock: its pixel size, scope, model
 
     # ------------------------------------------------------------------ layout
 
@@ -302,6 +303,7 @@ class PredictWidget(Container):
             run_dir = self._new_run(layer, config, data)
         except (ValueError, OSError) as exc:
             show_error(str(exc))
+            self._status.value = f"not started: {exc}"  # not an earlier run's "done"
             return
         stopper, depth = Stopper(), pruned_depth or self.pruning.depth
         made_by = (model, self.info, self.model_spec)  # the model may be changed meanwhile

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..locate import is_zoo
 from ..runs import new_run_dir
@@ -113,6 +113,7 @@ class TrainWidget(TrainForm):
         self._add_pair.changed.connect(self._on_add_pair)
         self._clear_pairs.changed.connect(self._on_clear_pairs)
         self._start_from.changed.connect(self._on_start_from)
+        self._checkpoint_file.changed.connect(self._inherit_target)
         self._show_advanced.changed.connect(lambda v: setattr(self._advanced, "visible", v))
         self._start.changed.connect(self._on_start)
         self._stop.changed.connect(self._on_stop)
@@ -125,7 +126,7 @@ class TrainWidget(TrainForm):
             emitter.connect(self._on_layers_changed)
         _state.models_changed.connect(self._on_models_changed)
         self._runner.queue.changed.connect(self._on_queue_changed)
-        on_dock_closed(self.native, self._viewer.window._qt_window, self._closed)
+        on_dock_closed(self.native, self._viewer, self._closed)
 
     def _closed(self) -> None:
         """The dock was closed (or deleted): stop its training, stop listening."""
@@ -249,6 +250,17 @@ class TrainWidget(TrainForm):
         self._freeze_norm.value = not scratch
         self._preserve.value = not scratch
         self._preview.value = not scratch
+        self._inherit_target()
+
+    def _inherit_target(self, _value: Any = None) -> None:
+        """A fine-tune learns what its model learnt (an instance model stays one), as the
+        CLI's ``--from`` does; the user may still change it."""
+        try:
+            _, base = self._initial()
+        except (ValueError, OSError, KeyError):  # no checkpoint chosen yet
+            return
+        if base is not None:
+            self._target.value = base.data.target
 
     # ------------------------------------------------------------------ configs
 
@@ -285,6 +297,7 @@ class TrainWidget(TrainForm):
             job,
             on_yield=self._on_event,
             on_return=self._on_result,
+            on_error=self._on_error,
             on_finish=lambda: self._set_running(False),
             stop=stopper.stop,
         )
@@ -354,6 +367,10 @@ class TrainWidget(TrainForm):
         elif event.kind == "done":
             set_progress(self._progress, int(100 * event.fraction))
 
+    def _on_error(self, exc: BaseException) -> None:
+        """The status says the run failed (the notification says why)."""
+        self._status.value = f"failed: {exc.__cause__ or exc}"
+
     def _on_result(self, result: Any) -> None:
         if result.checkpoint is None:
             return
@@ -371,10 +388,14 @@ class TrainWidget(TrainForm):
             else "no validation score: paint on more of the image; compare the before/after "
             "layers instead"
         )
+        warning = metrics.get("warning")  # e.g. labels of one class only: said at step 1 too
         self._status.value = (
             f"{how} at step {result.info.provenance.get('iterations')}; "
             f"depth L{best}; {judged}; model saved to {self.last_checkpoint}"
+            + (f"; WARNING: {warning}" if warning else "")
         )
+        if warning:
+            show_warning(f"UNet++ training: {warning}")
         show_info(
             f"UNet++ training {how}: the model is in {self.last_checkpoint} and in the "
             "Segment with UNet++ widget"

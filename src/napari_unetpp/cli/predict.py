@@ -50,6 +50,10 @@ def _scale_flags(args: argparse.Namespace, object_diameter: float | None) -> dic
     elif rescale is not None and rescale != "auto":
         rescale = _positive_float(rescale, "--rescale")
     pixel_size = getattr(args, "pixel_size", None)
+    if getattr(args, "pixel_unit", None) and not pixel_size:
+        raise UserError("--pixel-unit says the unit of --pixel-size: give --pixel-size too")
+    if pixel_size and len(pixel_size) > 3:
+        raise UserError(f"--pixel-size takes 1 to 3 values (Z Y X), got {len(pixel_size)}")
     return {
         "pixel_size": tuple(pixel_size) if pixel_size else None,
         "rescale": rescale,
