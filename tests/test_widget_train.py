@@ -481,3 +481,24 @@ def test_fine_tune_keeps_the_models_classes_and_target(make_napari_viewer, tmp_p
     model, _, data, _ = w._configs([(image, labels)])
     assert data.target == "instance" and model.num_classes == 3
     assert model.class_names == ("background", "interior", "boundary")
+
+
+def test_no_preview_for_an_image_removed_during_training(
+    make_napari_viewer, em_crop, tmp_path, monkeypatch
+):
+    errors = _errors(monkeypatch)
+    viewer = make_napari_viewer()
+    w = _widget(viewer, em_crop, tmp_path, iterations=6)
+    w._runner.inline = True
+    w._preview.value = True
+    on_event = TrainWidget._on_event
+
+    def remove_image_at_step_one(self: TrainWidget, event) -> None:
+        if event.kind == "step" and event.step == 1 and "em" in viewer.layers:
+            viewer.layers.remove("em")
+        on_event(self, event)
+
+    monkeypatch.setattr(TrainWidget, "_on_event", remove_image_at_step_one)
+    w._on_start()
+    assert not errors
+    assert [layer.name for layer in viewer.layers] == ["membranes"]

@@ -408,6 +408,8 @@ class TrainWidget(TrainForm):
         from ._layers import put_layer
 
         layer = self._preview_layer
+        if layer not in self._viewer.layers:  # the user removed the image meanwhile
+            return
         stage = "before" if event.stage == "before" else "preview"
         labels = event.labels
         lead = layer.ndim - (self._channel_axis_value() is not None) - labels.ndim
