@@ -60,6 +60,19 @@ def threaded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(tmp_path / "no-zoo"))
 
 
+def _segment_dock(viewer: Any, qtbot: Any, checkpoint: Path, tmp_path: Path, image: np.ndarray):
+    """A docked Segment widget with the tiny model loaded (its timing done), segmenting
+    ``image`` in a thread; returns the widget and its dock."""
+    w = PredictWidget(viewer)
+    dock = viewer.window.add_dock_widget(w)
+    w._device.value, w._output.value, w._tile.value = "cpu", tmp_path / "runs", 64
+    w.load_model(checkpoint)
+    qtbot.waitUntil(lambda: not w._runner.queue.busy(), timeout=WAIT_MS)
+    w._image.value = viewer.add_image(image, name="stack")
+    w.segment()
+    return w, dock
+
+
 class Concurrency:
     """Counts torch jobs running at once (wrapping the pruning timing)."""
 
@@ -125,13 +138,7 @@ def test_closed_segment_dock_adds_no_layers(
     tmp_path: Path,
 ) -> None:
     viewer = make_napari_viewer()
-    w = PredictWidget(viewer)
-    dock = viewer.window.add_dock_widget(w)
-    w._device.value, w._output.value, w._tile.value = "cpu", tmp_path / "runs", 64
-    w.load_model(checkpoint)
-    qtbot.waitUntil(lambda: not w._runner.queue.busy(), timeout=WAIT_MS)
-    w._image.value = viewer.add_image(em_stack[0][:6, :128, :128].copy(), name="stack")
-    w.segment()
+    w, dock = _segment_dock(viewer, qtbot, checkpoint, tmp_path, em_stack[0][:6, :128, :128])
     qtbot.waitUntil(lambda: w._runner.worker is not None, timeout=WAIT_MS)
     worker = w._runner.worker
     viewer.window.remove_dock_widget(dock)  # what the dock's close button does
@@ -244,13 +251,8 @@ def test_a_failing_threaded_job_is_reported_once_and_not_reraised(
         "napari.utils.notifications.show_error", lambda message: shown.append(message)
     )
     viewer = make_napari_viewer()
-    w = PredictWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    w._device.value, w._output.value, w._tile.value = "cpu", tmp_path / "runs", 64
-    w.load_model(checkpoint)
-    qtbot.waitUntil(lambda: not w._runner.queue.busy(), timeout=WAIT_MS)
-    w._image.value = viewer.add_image(np.full((64, 64), np.nan, np.float32), name="blank")
-    w.segment()
+    blank = np.full((64, 64), np.nan, np.float32)
+    w, _ = _segment_dock(viewer, qtbot, checkpoint, tmp_path, blank)
     qtbot.waitUntil(lambda: not w._runner.queue.busy(), timeout=WAIT_MS)
     qtbot.wait(200)
     assert len(shown) == 1 and "no finite values" in shown[0]
@@ -273,13 +275,7 @@ def test_closing_the_viewer_while_a_job_runs_keeps_python_alive(
     from napari_unetpp._widgets import _jobs
 
     viewer = make_napari_viewer()
-    w = PredictWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    w._device.value, w._output.value, w._tile.value = "cpu", tmp_path / "runs", 64
-    w.load_model(checkpoint)
-    qtbot.waitUntil(lambda: not w._runner.queue.busy(), timeout=WAIT_MS)
-    w._image.value = viewer.add_image(em_stack[0][:6, :128, :128].copy(), name="stack")
-    w.segment()
+    w, _ = _segment_dock(viewer, qtbot, checkpoint, tmp_path, em_stack[0][:6, :128, :128])
     qtbot.waitUntil(lambda: w._runner.worker is not None, timeout=WAIT_MS)
     worker = w._runner.worker
     assert worker in _jobs._LIVE_WORKERS
