@@ -139,8 +139,9 @@ def check_predict_scale(config: PredictConfig) -> None:
             or any(not (math.isfinite(s) and s > 0) for s in config.pixel_size)
         ):
             raise ValueError(
-                f"PredictConfig.pixel_size must be positive, finite values (one per spatial "
-                f"axis, or one for all), or None when unknown; got {config.pixel_size}"
+                "PredictConfig.pixel_size must be 1 to 3 positive, finite values (one per "
+                "spatial axis Z Y X, or one for all), or None when unknown; got "
+                f"{config.pixel_size}"
             )
     if config.pixel_unit and config.pixel_unit not in UNITS:
         raise ValueError(

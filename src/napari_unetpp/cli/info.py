@@ -141,7 +141,7 @@ def _info_on(args: argparse.Namespace) -> int:
     from ..config import PredictConfig
     from ..disagreement import check_image as check_on_image
     from ..normalization import looks_rgb, rgb_to_grey
-    from .predict import _with_file_pixel_size  # the file's pixel size, as predict uses it
+    from .predict import with_file_pixel_size  # the file's pixel size, as predict uses it
 
     model, info = load_model(args.checkpoint, device="cpu")
     metrics = info.metrics or {}
@@ -162,7 +162,7 @@ def _info_on(args: argparse.Namespace) -> int:
             config = config.replace(
                 pixel_size=tuple(args.pixel_size), pixel_unit=args.pixel_unit or ""
             )
-        config = _with_file_pixel_size(config, model.config, args, path, file_size, file_unit)
+        config = with_file_pixel_size(config, model.config, args, path, file_size, file_unit)
         with ProgressBar(stem(path), enabled=not args.quiet) as bar:
             check, _ = drive(
                 check_on_image(

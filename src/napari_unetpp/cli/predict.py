@@ -52,8 +52,6 @@ def _scale_flags(args: argparse.Namespace, object_diameter: float | None) -> dic
     pixel_size = getattr(args, "pixel_size", None)
     if getattr(args, "pixel_unit", None) and not pixel_size:
         raise UserError("--pixel-unit says the unit of --pixel-size: give --pixel-size too")
-    if pixel_size and len(pixel_size) > 3:
-        raise UserError(f"--pixel-size takes 1 to 3 values (Z Y X), got {len(pixel_size)}")
     return {
         "pixel_size": tuple(pixel_size) if pixel_size else None,
         "rescale": rescale,
@@ -155,7 +153,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 ):
                     image = rgb_to_grey(image)  # as the widget does, as the zoo was trained
                     _out(f"{path}: RGB -> grey (luminance) for this one-channel model")
-                config = _with_file_pixel_size(
+                config = with_file_pixel_size(
                     predict_config, model.config, args, path, file_size, file_unit
                 )
                 written = _predict_file(
@@ -179,7 +177,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_file_pixel_size(
+def with_file_pixel_size(
     config: PredictConfig,
     model_config: ModelConfig,
     args: argparse.Namespace,
