@@ -169,8 +169,10 @@ def nuclei_model():
     return load_pretrained("nuclei")
 
 
-def test_warning_fires_on_nuclei_rescaled_2x_not_on_native(data_dir, nuclei_model) -> None:
-    """A held-back DSB image (2255d5aba044256b): native, and its centre upsampled 2x."""
+@pytest.fixture(scope="module")
+def nuclei_native_and_2x(data_dir) -> dict[str, np.ndarray]:
+    """A held-back DSB image (2255d5aba044256b): its 256 x 256 centre, and that centre's
+    middle upsampled 2x (nuclei twice the training size)."""
     from skimage import io
     from skimage.transform import rescale
 
@@ -184,10 +186,16 @@ def test_warning_fires_on_nuclei_rescaled_2x_not_on_native(data_dir, nuclei_mode
     zoomed = rescale(
         native[64:192, 64:192].astype("float32"), 2.0, order=1, preserve_range=True
     ).astype(np.uint8)
+    return {"native": native, "2x": zoomed}
+
+
+def test_warning_fires_on_nuclei_rescaled_2x_not_on_native(
+    nuclei_model, nuclei_native_and_2x
+) -> None:
     model, info = nuclei_model
     config = PredictConfig(device="cpu", tile_size=(256, 256))
     checks = {}
-    for name, img in (("native", native), ("2x", zoomed)):
+    for name, img in nuclei_native_and_2x.items():
         check, probs = drive(
             check_image(
                 model,
@@ -211,6 +219,91 @@ def test_warning_fires_on_nuclei_rescaled_2x_not_on_native(data_dir, nuclei_mode
     halves = {name: c.signals["half_size_ratio"] for name, c in checks.items()}
     assert halves["2x"] is not None and halves["native"] is not None
     assert halves["2x"] > halves["native"]
+
+
+def test_check_prediction_judges_a_finished_segmentation(
+    nuclei_model, nuclei_native_and_2x
+) -> None:
+    """The check after Segment: the segmentation's own pass plus a half-size probe (no flip
+    pass); a rescaled pass skips the probe and measures objects at the model's scale."""
+    from napari_unetpp.disagreement import check_prediction
+
+    model, info = nuclei_model
+    config = PredictConfig(device="cpu", tile_size=(256, 256))
+    zoomed = nuclei_native_and_2x["2x"]
+
+    def check(config: PredictConfig) -> tuple:
+        probs = predict_array(model, zoomed, config, info.data)
+        events: list = []
+        result = drive(
+            check_prediction(
+                model,
+                zoomed,
+                probs,
+                info.data,
+                config,
+                thresholds=info.metrics["image_check"],
+                recommended=info.metrics["best_depth"],
+            ),
+            events.append,
+        )
+        print(config.rescale, config.pruned_depth, result.report())
+        return result, events
+
+    at_face_value, probe_events = check(config)
+    assert at_face_value.unlike_training
+    # nuclei split into small pieces: shrink (never enlarge) the image
+    assert any("rescale the image by 0.50" in r for r in at_face_value.remedies)
+    assert any("auto object size" in r for r in at_face_value.remedies)
+    assert not any("the training size (limit" in r for r in at_face_value.reasons)
+    assert at_face_value.signals["flip_disagreement"] is None  # no second full pass
+    assert at_face_value.signals["half_size_ratio"] is not None
+    assert probe_events and probe_events[-1].kind == "done"
+    # the probe sees a quarter of the pixels: 128 x 128 in one tile
+    assert probe_events[-1].total == 1
+
+    halved, none = check(config.replace(rescale=0.5))
+    assert none == []  # already at the model's scale: no probe
+    assert halved.signals["scale_gain"] is None and halved.signals["half_size_ratio"] is None
+    # measured on the 2x grid, but at the model's scale: the object size of the native
+    # region that was upsampled
+    region = nuclei_native_and_2x["native"][64:192, 64:192]
+    native = drive(
+        check_prediction(
+            model,
+            region,
+            predict_array(model, region, config, info.data),
+            info.data,
+            config,
+            scale_probe=False,
+        )
+    )
+    size, native_size = halved.signals["size_ratio"], native.signals["size_ratio"]
+    print("size ratio at the model's scale", size, "native", native_size)
+    assert size is not None and native_size is not None
+    assert abs(np.log(size / native_size)) < np.log(1.3)
+
+    pruned, _ = check(config.replace(pruned_depth=4))  # one head: no depth disagreement
+    assert pruned.signals["depth_disagreement"] is None and pruned.advice is None
+
+
+def test_cli_predict_checks_each_result(tmp_path, nuclei_native_and_2x, capsys) -> None:
+    """``predict`` judges each result as the dock does (a warning on stderr, the check in
+    ``<name>_run.json``); ``--no-check`` skips the extra pass."""
+    from napari_unetpp.cli import main
+
+    path = tmp_path / "large.tif"
+    tifffile.imwrite(path, nuclei_native_and_2x["2x"])
+    for flags, out in (([], tmp_path / "checked"), (["--no-check"], tmp_path / "unchecked")):
+        args = ["predict", "zoo:nuclei", str(path), "--out", str(out), "-q", "--device", "cpu"]
+        assert main(args + flags) == 0
+        record = json.loads((out / "large_run.json").read_text())
+        err = capsys.readouterr().err
+        if flags:
+            assert record["image_check"] is None and "unlike" not in err
+        else:
+            assert record["image_check"]["unlike_training"]
+            assert "unlike the model's training data" in err and "remedy:" in err
 
 
 def test_cli_depth_auto_disagreement_and_info_on(tmp_path, em_stack, capsys) -> None:

@@ -425,3 +425,48 @@ def test_layers_are_described_by_the_model_that_made_them(
     labels = viewer.layers["em UNet++ labels"]
     assert labels.metadata["napari_unetpp"]["model"] == first
     assert "class" not in labels.features  # the second model's class names are not used
+
+
+def test_each_result_is_checked_against_the_training_data(
+    setup: Any, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Segment with the shipped nuclei model: nuclei at twice the training size warn (and
+    say to shrink the image or measure the objects), a native image stays quiet; unticked,
+    nothing is checked and command.sh says --no-check (as the CLI would run)."""
+    from skimage import io
+    from skimage.transform import rescale
+
+    import napari_unetpp
+    from napari_unetpp.normalization import rgb_to_grey
+
+    viewer, w, errors = setup
+    warned: list[str] = []
+    monkeypatch.setattr(predict_module, "show_warning", warned.append)
+    w.load_model(Path(napari_unetpp.__file__).parent / "models" / "nuclei")
+    image = io.imread(data_dir / "nuclei_dsb2018" / "images" / "2255d5aba044256b.png")
+    grey = np.clip(np.round(rgb_to_grey(image)), 0, 255).astype(np.uint8)
+    y, x = (grey.shape[0] - 256) // 2, (grey.shape[1] - 256) // 2
+    native = grey[y : y + 256, x : x + 256]
+    zoomed = rescale(native[64:192, 64:192].astype("float32"), 2.0, order=1, preserve_range=True)
+    w._tile.value = 256
+
+    def segment(data: np.ndarray, name: str) -> dict[str, Any]:
+        w._image.value = viewer.add_image(data.astype(np.uint8), name=name)
+        w.segment()
+        assert not errors
+        return json.loads((w.last_run_dir / "run.json").read_text())
+
+    run = segment(zoomed, "large nuclei")
+    assert run["image_check"]["unlike_training"], run["image_check"]
+    assert len(warned) == 1 and "auto object size" in warned[0], warned
+    assert "large nuclei" in warned[0] and "unlike the training data" in w._status.value
+    assert run["image_check"]["signals"]["half_size_ratio"] is not None  # the half-size pass ran
+
+    run = segment(native, "native nuclei")
+    assert run["image_check"] is not None and not run["image_check"]["unlike_training"]
+    assert len(warned) == 1 and "unlike" not in w._status.value
+
+    w.scale.check_results.value = False
+    run = segment(zoomed, "unchecked")
+    assert "image_check" not in run and len(warned) == 1
+    assert "--no-check" in (w.last_run_dir / "command.sh").read_text()

@@ -45,13 +45,16 @@ __all__ = [
     "DepthAdvice",
     "Region",
     "advise_depth",
+    "CHECK_LIMIT",
     "check_image",
+    "check_prediction",
     "class_spread",
     "disagreement_map",
     "label_here_next",
     "margin_doubt",
     "rank_regions",
     "region_size",
+    "zoom_used",
 ]
 
 
@@ -316,23 +319,14 @@ def check_image(
 ) -> Generator[Any, None, tuple[ImageCheck, dict[int, Any]]]:
     """Predict every depth (and the deepest on the flipped image), then judge the image.
 
-    ``scale_probe`` predicts every depth once more at half size (a quarter of the
-    pixels): heads that agree much better there mean objects larger than in training.
-
-    A generator of :class:`inference.PredictEvent` (both passes), returning the
+    A generator of :class:`inference.PredictEvent` (every pass), returning the
     :class:`image_check.ImageCheck` and the per-depth probabilities (so the caller can show
-    the segmentation it just checked). ``recommended``: the depth the model card
-    recommends (``metrics["best_depth"]``), for the depth advice. ``thresholds``:
-    the model's own calibration (a checkpoint's ``metrics["image_check"]``, see
-    :func:`image_check.calibrate`); missing signals fall back to
-    :data:`image_check.THRESHOLDS`.
+    the segmentation it just checked). ``flip`` adds a pass on the mirrored image; the rest
+    is :func:`check_prediction`'s (``scale_probe``, ``recommended``, ``thresholds``).
     """
-    from .image_check import THRESHOLDS, ImageCheck, half_size, image_signals, judge
     from .inference import predict
 
-    config = (predict_config or PredictConfig()).replace(
-        depths=(), pruned_depth=None, adaptive_depth=False, tta=False
-    )
+    config = _check_config(predict_config)
     probs = yield from predict(model, image, config, data_config, stopper=stopper)
     flipped = None
     if flip and probs and getattr(probs, "complete", True):
@@ -348,15 +342,87 @@ def check_image(
         )
         if other:
             flipped = np.flip(np.asarray(other[max(probs)]), axis=-1)
+    check = yield from check_prediction(
+        model,
+        image,
+        probs,
+        data_config,
+        config,
+        flipped=flipped,
+        scale_probe=scale_probe,
+        recommended=recommended,
+        tolerance=tolerance,
+        thresholds=thresholds,
+        stopper=stopper,
+    )
+    return check, dict(probs)
+
+
+#: Per-depth probabilities larger than this (values) are not checked after a segmentation:
+#: the signals hold several float32 copies of them (see :func:`check_prediction`).
+CHECK_LIMIT = 2**26
+
+
+def _check_config(predict_config: PredictConfig | None) -> PredictConfig:
+    """Every depth in one pass, no adaptive depth, no TTA: the signals compare the heads."""
+    return (predict_config or PredictConfig()).replace(
+        depths=(), pruned_depth=None, adaptive_depth=False, tta=False
+    )
+
+
+def zoom_used(probs: Any) -> float:
+    """The geometric mean of the zoom a prediction ran at (``PredictResult.scale``), 1 if none."""
+    zoom = (getattr(probs, "scale", None) or {}).get("zoom") or [1.0]
+    return float(np.prod([float(z) for z in zoom]) ** (1.0 / len(zoom)))
+
+
+def check_prediction(
+    model: Any,
+    image: Any,
+    probs: Mapping[int, Any],
+    data_config: DataConfig,
+    predict_config: PredictConfig | None = None,
+    *,
+    flipped: np.ndarray | None = None,
+    scale_probe: bool = True,
+    recommended: int | None = None,
+    tolerance: float = 0.02,
+    thresholds: Mapping[str, float] | None = None,
+    stopper: Stopper | None = None,
+) -> Generator[Any, None, ImageCheck]:
+    """Judge an image from a prediction already made (a segmentation's own pass).
+
+    Why: the depth signals, the uncertain fraction and the object size come free with
+    the pass that produced the labels; only the scale probe costs more (every depth
+    once more at half size: a quarter of the pixels), so every result can be checked,
+    not only those a user thinks to check. The probe runs only when the prediction ran
+    at the image's own scale: a pixel size or rescale already put the objects at the
+    model's scale, and their measured size is then corrected by the zoom used.
+
+    A generator of the probe's :class:`inference.PredictEvent`, returning the
+    :class:`image_check.ImageCheck`. ``flipped``: the deepest head on the mirrored image
+    (:func:`check_image`). ``recommended``: the card's depth (``metrics["best_depth"]``),
+    for the depth advice. ``thresholds``: the model's calibration (a checkpoint's
+    ``metrics["image_check"]``, see :func:`image_check.calibrate`); missing signals fall
+    back to :data:`image_check.THRESHOLDS`.
+    """
+    from .image_check import THRESHOLDS, ImageCheck, half_size, image_signals, judge
+    from .inference import predict
+
+    config = _check_config(predict_config)
+    zoom = zoom_used(probs)
     half = None
     small = half_size(image, model.config.spatial_dims, data_config.channel_axis)
-    if scale_probe and small is not None and getattr(probs, "complete", True):
-        half = yield from predict(model, small, config, data_config, stopper=stopper)
-    signals = image_signals(probs, flipped, model.config, data_config, half or None)
+    if scale_probe and zoom == 1.0 and small is not None and getattr(probs, "complete", True):
+        at_scale = config.replace(pixel_size=None, pixel_unit="", rescale=None)
+        half = yield from predict(model, small, at_scale, data_config, stopper=stopper)
+        if not getattr(half, "complete", True):
+            half = None
+    signals = image_signals(probs, flipped, model.config, data_config, half or None, zoom=zoom)
     verdict, reasons, remedies = judge(signals, {**THRESHOLDS, **(thresholds or {})})
     advice = (
         advise_depth(probs, model.config.num_classes, recommended, tolerance, config.threshold)
         if len(probs) > 1
         else None
     )
-    return ImageCheck(signals, verdict, reasons, remedies, advice), dict(probs)
+    return ImageCheck(signals, verdict, reasons, remedies, advice)

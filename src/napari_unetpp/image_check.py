@@ -88,17 +88,23 @@ def image_signals(
     model_config: ModelConfig,
     data_config: DataConfig,
     half: Mapping[int, Any] | None = None,
+    zoom: float = 1.0,
 ) -> dict[str, float | None]:
     """The per-image signals of :func:`check_image` from one pass (and optional probes).
 
     ``flipped``: the deepest head's probabilities of the flipped image, flipped back.
     ``half``: every depth's probabilities of the image at half size; ``scale_gain``
     is how much better the heads agree there (> 1: objects look larger than in training).
+    ``zoom``: the zoom the pass ran at (its probabilities are back on the image's grid),
+    so object sizes are compared with the training size at the model's scale. One depth
+    (a pruned pass) gives no depth disagreement.
     """
     deepest = np.asarray(probs[max(probs)], np.float32)
     c = model_config.num_classes
     signals: dict[str, float | None] = {
-        "depth_disagreement": float(disagreement_map(probs, c).mean()),
+        "depth_disagreement": (
+            float(disagreement_map(probs, c).mean()) if len(probs) > 1 else None
+        ),
         "uncertain_fraction": float(_uncertain(deepest, c).mean()),
         "flip_disagreement": None,
         "object_diameter": None,
@@ -106,7 +112,7 @@ def image_signals(
         "scale_gain": None,
         "half_size_ratio": None,
     }
-    if half is not None:
+    if half is not None and signals["depth_disagreement"] is not None:
         at_half = float(disagreement_map(half, c).mean())
         signals["scale_gain"] = ((signals["depth_disagreement"] or 0.0) + _PROBE_FLOOR) / (
             at_half + _PROBE_FLOOR
@@ -116,6 +122,7 @@ def image_signals(
     expected = getattr(model_config, "object_diameter", None)  # the "scale" engineer's field
     if expected:
         measured = _object_diameter(deepest, model_config, data_config)
+        measured = None if measured is None else measured * zoom
         signals["object_diameter"] = measured
         signals["size_ratio"] = None if measured is None else measured / float(expected)
         signals["half_size_ratio"] = _half_size_ratio(half, measured, model_config, data_config)
@@ -152,6 +159,16 @@ class ImageCheck:
     remedies: list[str] = field(default_factory=list)
     advice: DepthAdvice | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: for ``info --on --json`` and a run's ``run.json``."""
+        return {
+            "signals": self.signals,
+            "unlike_training": self.unlike_training,
+            "reasons": self.reasons,
+            "remedies": self.remedies,
+            "advice": None if self.advice is None else dict(self.advice.__dict__),
+        }
+
     def report(self) -> str:
         """Lines for a CLI or a notification."""
         shown = ", ".join(f"{k} {v:.3f}" for k, v in self.signals.items() if v is not None)
@@ -182,18 +199,22 @@ def judge(
     ratio = signals.get("size_ratio")
     limit = thresholds["size_ratio"]
     size_off = ratio is not None and not 1 / limit <= ratio <= limit
-    if size_off:
-        reasons.append(f"objects are {ratio:.2f}x the training size (limit {limit:.2f}x)")
     gain = signals.get("scale_gain")
-    larger = gain is not None and gain > thresholds["scale_gain"]
-    if larger:
+    gain_fired = gain is not None and gain > thresholds["scale_gain"]
+    split = signals.get("half_size_ratio")
+    split_fired = split is not None and split > thresholds["half_size_ratio"]
+    larger = gain_fired or split_fired
+    # small measured objects that the half-size pass shows to be larger: fragments of
+    # large objects (the 537 pieces for 23 nuclei), not small objects to enlarge
+    fragments = larger and ratio is not None and ratio < 1
+    if size_off and not fragments:
+        reasons.append(f"objects are {ratio:.2f}x the training size (limit {limit:.2f}x)")
+    if gain_fired:
         reasons.append(
             f"the depths agree {gain:.1f}x better at half size: objects look "
             "larger than in training"
         )
-    split = signals.get("half_size_ratio")
-    if split is not None and split > thresholds["half_size_ratio"]:
-        larger = True
+    if split_fired:
         reasons.append(
             f"objects found at half size are {split:.1f}x those at full size: large "
             "objects are being split into training-sized pieces"
@@ -201,10 +222,12 @@ def judge(
     remedies: list[str] = []
     if reasons:
         if size_off or larger:
-            factor = 1 / ratio if size_off and ratio else 0.5
+            factor = 1 / ratio if size_off and ratio and not fragments else 0.5
+            sized = ratio is not None or split is not None  # the model knows its object size
+            auto = "; or let the objects be measured: 'auto object size' (--rescale auto)"
             remedies.append(
                 f"rescale the image by {factor:.2f} (or give its pixel size) so "
-                "objects match the training size"
+                f"objects match the training size{auto if sized else ''}"
             )
         else:
             remedies.append(

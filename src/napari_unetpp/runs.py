@@ -62,7 +62,7 @@ CONFIG_SECTIONS = frozenset({"model", "train", "data", "predict"})
 #: Provenance recorded beside the configs (not settings the CLI reads); ``written_by`` and
 #: ``scale`` are in the per-image record, which ``predict --config`` replays too.
 PROVENANCE_KEYS = frozenset(
-    {"version", *PATH_KEYS, "from", "checkpoint", "scope", "written_by", "scale"}
+    {"version", *PATH_KEYS, "from", "checkpoint", "scope", "written_by", "scale", "image_check"}
 )
 #: A run.json larger than this is not one (read with a cap: it may come from anyone).
 MAX_RUN_FILE_BYTES = 16 * 2**20
@@ -168,13 +168,14 @@ def write_image_record(
     predict: PredictConfig,
     data: DataConfig,
     scale: dict[str, Any] | None,
+    image_check: dict[str, Any] | None = None,
 ) -> Path:
-    """The CLI's ``<name>_run.json`` beside one image's results: configs, and the scale used
-    (pixel sizes, zoom per model axis, measured object diameter)."""
+    """The CLI's ``<name>_run.json`` beside one image's results: configs, the scale used
+    (pixel sizes, zoom per model axis, measured object diameter) and the image check."""
     from .outputs import TIFF_SOFTWARE
 
     record = {"written_by": TIFF_SOFTWARE, **predict_record(checkpoint, predict, data)}
-    return write_json(path, {**record, "scale": scale})
+    return write_json(path, {**record, "scale": scale, "image_check": image_check})
 
 
 # --------------------------------------------------------------------------- command lines

@@ -170,10 +170,12 @@ def segment_job(
     stopper: Stopper,
     run_dir: Path,
     depth: int | None = None,
-) -> Generator[Any, None, tuple[Any, Any, list[Any]]]:
+    check: Mapping[str, Any] | None = None,
+) -> Generator[Any, None, tuple[Any, Any, list[Any], Any]]:
     """Predict, then turn head ``depth`` (default: the pruned or deepest one) into labels;
-    save them to ``run_dir``. Returns the probabilities, the labels and the blocks to label
-    next (here, in the worker: ranking a big stack would stall the GUI thread)."""
+    save them to ``run_dir``. Returns the probabilities, the labels, the blocks to label
+    next (here, in the worker: ranking a big stack would stall the GUI thread) and, when
+    ``check`` (the model's metrics) is given, the image check of the result (or None)."""
     import tifffile
 
     from ..disagreement import label_here_next, region_size
@@ -182,12 +184,9 @@ def segment_job(
 
     probs = yield from predict(model, image, config, data, stopper=stopper)
     if not probs.complete:
-        return probs, None, []
+        return probs, None, [], None
     if getattr(probs, "scale", None) is not None:  # the zoom used, as the CLI's run.json has
-        from ..runs import RUN_FILE, read_run_file, write_json
-
-        record = run_dir / RUN_FILE
-        write_json(record, {**read_run_file(record), "scale": probs.scale})
+        _add_to_run_file(run_dir, {"scale": probs.scale})
     depth = config.pruned_depth or (depth if depth in probs else max(probs))
     labels = probabilities_to_labels(
         np.asarray(probs[depth]),
@@ -203,7 +202,55 @@ def segment_job(
         if model.config.spatial_dims == 2 and np.size(deepest) <= RANK_LIMIT
         else []  # 3D blocks are no rectangles; a huge plane: the CLI's --disagreement
     )
-    return probs, labels, regions
+    result = None
+    if check is not None:
+        result = yield from result_check(model, image, probs, config, data, check, stopper)
+        if result is not None:
+            _add_to_run_file(run_dir, {"image_check": result.to_dict()})
+    return probs, labels, regions, result
+
+
+def result_check(
+    model: UNetPlusPlus,
+    image: Any,
+    probs: Any,
+    config: PredictConfig,
+    data: DataConfig,
+    metrics: Mapping[str, Any],
+    stopper: Stopper,
+) -> Generator[Any, None, Any]:
+    """``disagreement.check_prediction`` on a finished segmentation, its probe's progress
+    relabelled; None when stopped or when the result is too large to check in memory."""
+    from dataclasses import replace
+
+    from ..disagreement import CHECK_LIMIT, check_prediction
+
+    if stopper.stopped or np.size(probs[max(probs)]) > CHECK_LIMIT:
+        return None
+    checking = check_prediction(
+        model,
+        image,
+        probs,
+        data,
+        config,
+        recommended=metrics.get("best_depth"),
+        thresholds=metrics.get("image_check"),
+        stopper=stopper,
+    )
+    while True:
+        try:
+            event = next(checking)
+        except StopIteration as done:
+            return None if stopper.stopped else done.value
+        yield replace(event, message="checking the result against the training data")
+
+
+def _add_to_run_file(run_dir: Path, fields: Mapping[str, Any]) -> None:
+    """Merge ``fields`` into the run's ``run.json`` (written at Start)."""
+    from ..runs import RUN_FILE, read_run_file, write_json
+
+    record = run_dir / RUN_FILE
+    write_json(record, {**read_run_file(record), **fields})
 
 
 def record_predict(
@@ -214,8 +261,11 @@ def record_predict(
     config: PredictConfig,
     data: DataConfig,
     scope: str,
+    check: bool = True,
 ) -> None:
-    """``run.json`` and ``command.sh``: the same run as ``napari-unetpp predict``."""
+    """``run.json`` and ``command.sh``: the same run as ``napari-unetpp predict``
+    (``check``: the result is checked against the training data, as the CLI does unless
+    ``--no-check``)."""
     image = layer_file(layer, run_dir, "image")
     model = info.model.to_dict()
     configs = predict_record(spec, config, data, model=model, images=[image], scope=scope)
@@ -228,5 +278,6 @@ def record_predict(
         depth=config.pruned_depth,
         channel_axis=data.channel_axis,
         probabilities=True,
+        no_check=not check,
     )
     save_run_record(run_dir, "predict", configs, command)

@@ -307,9 +307,11 @@ class PredictWidget(Container):
             return
         stopper, depth = Stopper(), pruned_depth or self.pruning.depth
         made_by = (model, self.info, self.model_spec)  # the model may be changed meanwhile
+        metrics = dict(self.info.metrics) if self.info else {}
+        check = metrics if self.scale.check_results.value else None
         self._start(
             f"segmenting {layer.name} (labels from L{depth})",
-            segment_job(model, image, config, data, stopper, run_dir, depth),
+            segment_job(model, image, config, data, stopper, run_dir, depth, check),
             lambda r: self._show(layer, placement, r, config, depth, made_by),
             stopper,
         )
@@ -377,12 +379,12 @@ class PredictWidget(Container):
         self,
         layer: Image,
         where: Placement,
-        result: tuple[Any, Any, list[Any]],
+        result: tuple[Any, Any, list[Any], Any],
         config: PredictConfig,
         depth: int,
         made_by: tuple[UNetPlusPlus, CheckpointInfo | None, str | None],
     ) -> None:
-        probs, labels, regions = result
+        probs, labels, regions, check = result
         if labels is None:
             self._status.value = "cancelled: layers left unchanged"
             return
@@ -424,7 +426,10 @@ class PredictWidget(Container):
             self._legend.value, self._legend.visible = legend, bool(legend)
             set_progress(self._progress, 100)
             saved = f"run saved in {self.last_run_dir}"
-            self._status.value = "; ".join([f"done: labels from {source} L{final}", *notes, saved])
+            warned = _warn_unlike_training(check, layer.name)
+            self._status.value = "; ".join(
+                [f"done: labels from {source} L{final}", *warned, *notes, saved]
+            )
 
         self._status.value = "adding the layers..."
         spread(steps, shown, self._runner.inline)
@@ -486,6 +491,22 @@ class PredictWidget(Container):
         folder = chosen_path(self._output.value, "output folder")
         self.last_run_dir = run_dir = new_run_dir(folder, layer.name)
         record_predict(
-            run_dir, layer, self.model_spec or "", self.info, config, data, self._scope.value
+            run_dir,
+            layer,
+            self.model_spec or "",
+            self.info,
+            config,
+            data,
+            self._scope.value,
+            check=bool(self.scale.check_results.value),
         )
         return run_dir
+
+
+def _warn_unlike_training(check: Any, image_name: str) -> list[str]:
+    """A warning notification when the check says the image is unlike the training data;
+    the status line's note (empty when the image looks like it, or was not checked)."""
+    if check is None or not check.unlike_training:
+        return []
+    show_warning(f"{image_name}: {check.report()}")
+    return ["WARNING: this image looks unlike the training data (see the notification)"]

@@ -102,6 +102,12 @@ class ScalePanel(Container):
             "per tile, stop at the shallowest depth that agrees with the "
             "next one; adds 'depth used' and 'disagreement' layers"
         )
+        self.check_results = CheckBox(text="check each result", value=True)
+        self.check_results.tooltip = (
+            "after Segment, judge the result from its own pass plus one at half size "
+            "(about a quarter more time): warns when the image looks unlike the "
+            "training data, and says what to try"
+        )
         self.check = PushButton(text="Check this image")
         self.check.tooltip = (
             "depth and flip disagreement, uncertain pixels and object size "
@@ -116,6 +122,7 @@ class ScalePanel(Container):
                 self.estimate,
                 self._auto,
                 self.adaptive,
+                self.check_results,
                 self.check,
             ]
         )

@@ -177,20 +177,7 @@ def _info_on(args: argparse.Namespace) -> int:
                 bar,
             )
         if args.json:
-            advice = check.advice.__dict__ if check.advice else None
-            _out(
-                json.dumps(
-                    {
-                        "image": str(path),
-                        "signals": check.signals,
-                        "unlike_training": check.unlike_training,
-                        "reasons": check.reasons,
-                        "remedies": check.remedies,
-                        "advice": advice,
-                    },
-                    default=str,
-                )
-            )
+            _out(json.dumps({"image": str(path), **check.to_dict()}, default=str))
         else:
             _out(f"{path}:\n{check.report()}")
         status = max(status, int(check.unlike_training))

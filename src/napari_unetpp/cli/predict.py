@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..events import drive
 from ..files import (
     UserError,
@@ -167,6 +169,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     args,
                     client,
                     (file_size, file_unit),
+                    info.metrics or {},
                 )
                 _out(f"{path} -> {', '.join(str(p) for p in written)}")
         finally:
@@ -280,6 +283,7 @@ def _predict_file(
     args: argparse.Namespace,
     client: Any,
     grid: tuple[tuple[float, ...] | None, str | None] = (None, None),
+    metrics: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Probabilities (in memory for tif, streamed to zarr for zarr), then labels, then files.
 
@@ -287,6 +291,7 @@ def _predict_file(
     ``--out``) only when complete. ``grid``: the input file's pixel size and unit,
     written with every image output so that it opens on the input's grid; a NIfTI
     input also gets its labels as NIfTI in the file's own voxel order and affine.
+    ``metrics``: the model's (its image-check calibration, its recommended depth).
     """
     from ..postprocess import labels_shape, probabilities_to_labels
     from ..stores import mark_complete
@@ -303,7 +308,14 @@ def _predict_file(
             model, image, config, data, desc=name, enabled=not args.quiet, out=store
         )
     run_json = outputs.stage(f"{name}_run.json")
-    write_image_record(run_json, args.checkpoint, config, data, getattr(probs, "scale", None))
+    check = (
+        None
+        if args.no_check
+        else _check_result(path, image, model, probs, config, data, args, metrics or {})
+    )
+    write_image_record(
+        run_json, args.checkpoint, config, data, getattr(probs, "scale", None), check
+    )
     depth = config.pruned_depth if config.pruned_depth is not None else max(probs)
     prob = probs[depth]
     if fmt == "zarr":  # streamed slice by slice: a big volume's labels never sit in memory
@@ -401,6 +413,41 @@ def _write_disagreement(
     path = base.with_name(f"{base.name}_regions.json")
     path.write_text(json.dumps({"written_by": TIFF_SOFTWARE, "label_here_next": regions}, indent=1))
     return [*written, path]
+
+
+def _check_result(
+    path: Path,
+    image: Any,
+    model: UNetPlusPlus,
+    probs: Any,
+    config: PredictConfig,
+    data: DataConfig,
+    args: argparse.Namespace,
+    metrics: dict[str, Any],
+) -> dict[str, Any] | None:
+    """The image check of one result (``disagreement.check_prediction``): a warning on
+    stderr when the image looks unlike the training data; the record for run.json."""
+    from ..disagreement import CHECK_LIMIT, check_prediction
+
+    if np.size(probs[max(probs)]) > CHECK_LIMIT:
+        _note(f"{path}: not checked against the training data (too large; `info --on` a crop)")
+        return None
+    with ProgressBar(f"{stem(path)} check", enabled=not args.quiet) as bar:
+        check = drive(
+            check_prediction(
+                model,
+                image,
+                probs,
+                data,
+                config,
+                recommended=metrics.get("best_depth"),
+                thresholds=metrics.get("image_check"),
+            ),
+            bar,
+        )
+    if check.unlike_training:
+        _note(f"{path}: {check.report()}")
+    return check.to_dict()
 
 
 def _predict_local(
