@@ -481,6 +481,14 @@ def main() -> None:
     lab.add_argument("--arms", nargs="+", choices=LABELLING_ARMS, default=list(LABELLING_ARMS))
     s = sub.add_parser("summary", help="recalibrate and re-judge a --json file")
     s.add_argument("json", type=Path)
+    s.add_argument(
+        "--without",
+        nargs="+",
+        default=[],
+        metavar="SIGNAL",
+        help="judge as if these signals were not measured (flip_disagreement: the check "
+        "after every segmentation makes no flipped pass)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.what == "adaptive":
@@ -491,10 +499,11 @@ def main() -> None:
         bench_warning(args.crop, args.json, args.object_diameter, args.write)
     else:
         saved = json.loads(args.json.read_text())  # recalibrated: the current rule
-        rows = saved["calibration"]
+        dropped = dict.fromkeys(args.without)
+        rows = [{**r, **dropped} for r in saved["calibration"]]
         names = dict.fromkeys(r["model"] for r in rows)
         summarise(
-            saved["evaluation"],
+            [{**r, **dropped} for r in saved["evaluation"]],
             {n: calibrate([r for r in rows if r["model"] == n]) for n in names},
         )
 
