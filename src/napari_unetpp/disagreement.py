@@ -48,6 +48,7 @@ __all__ = [
     "CHECK_LIMIT",
     "check_image",
     "check_prediction",
+    "check_result",
     "class_spread",
     "disagreement_map",
     "label_here_next",
@@ -426,3 +427,31 @@ def check_prediction(
         else None
     )
     return ImageCheck(signals, verdict, reasons, remedies, advice)
+
+
+def check_result(
+    model: Any,
+    image: Any,
+    probs: Mapping[int, Any],
+    data_config: DataConfig,
+    predict_config: PredictConfig | None,
+    metrics: Mapping[str, Any],
+    stopper: Stopper | None = None,
+) -> Generator[Any, None, ImageCheck | None]:
+    """:func:`check_prediction` with the model's own calibration and recommended depth
+    (its checkpoint's ``metrics``), as the Segment dock and ``predict`` check each result;
+    None when the result holds more than :data:`CHECK_LIMIT` values per depth."""
+    if np.size(probs[max(probs)]) > CHECK_LIMIT:
+        return None
+    return (
+        yield from check_prediction(
+            model,
+            image,
+            probs,
+            data_config,
+            predict_config,
+            recommended=metrics.get("best_depth"),
+            thresholds=metrics.get("image_check"),
+            stopper=stopper,
+        )
+    )

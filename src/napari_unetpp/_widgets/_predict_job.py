@@ -223,20 +223,11 @@ def result_check(
     relabelled; None when stopped or when the result is too large to check in memory."""
     from dataclasses import replace
 
-    from ..disagreement import CHECK_LIMIT, check_prediction
+    from ..disagreement import check_result
 
-    if stopper.stopped or np.size(probs[max(probs)]) > CHECK_LIMIT:
+    if stopper.stopped:
         return None
-    checking = check_prediction(
-        model,
-        image,
-        probs,
-        data,
-        config,
-        recommended=metrics.get("best_depth"),
-        thresholds=metrics.get("image_check"),
-        stopper=stopper,
-    )
+    checking = check_result(model, image, probs, data, config, metrics, stopper)
     while True:
         try:
             event = next(checking)

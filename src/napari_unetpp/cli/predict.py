@@ -13,8 +13,6 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ..events import drive
 from ..files import (
     UserError,
@@ -427,24 +425,13 @@ def _check_result(
 ) -> dict[str, Any] | None:
     """The image check of one result (``disagreement.check_prediction``): a warning on
     stderr when the image looks unlike the training data; the record for run.json."""
-    from ..disagreement import CHECK_LIMIT, check_prediction
+    from ..disagreement import check_result
 
-    if np.size(probs[max(probs)]) > CHECK_LIMIT:
+    with ProgressBar(f"{stem(path)} check", enabled=not args.quiet) as bar:
+        check = drive(check_result(model, image, probs, data, config, metrics), bar)
+    if check is None:
         _note(f"{path}: not checked against the training data (too large; `info --on` a crop)")
         return None
-    with ProgressBar(f"{stem(path)} check", enabled=not args.quiet) as bar:
-        check = drive(
-            check_prediction(
-                model,
-                image,
-                probs,
-                data,
-                config,
-                recommended=metrics.get("best_depth"),
-                thresholds=metrics.get("image_check"),
-            ),
-            bar,
-        )
     if check.unlike_training:
         _note(f"{path}: {check.report()}")
     return check.to_dict()
