@@ -461,6 +461,13 @@ def test_each_result_is_checked_against_the_training_data(
     assert len(warned) == 1 and "auto object size" in warned[0], warned
     assert "large nuclei" in warned[0] and "unlike the training data" in w._status.value
     assert run["image_check"]["signals"]["half_size_ratio"] is not None  # the half-size pass ran
+    # the slider's readout marks the depths on this image (the depth advice of the check)
+    advice = run["image_check"]["advice"]
+    readout = w.pruning._readout.value
+    print(readout)
+    assert "on large nuclei: labels as L4 on" in readout
+    if advice["agreement"][str(advice["recommended"])] < 1 - advice["tolerance"]:
+        assert f"L{advice['suggested']} holds there" in readout
 
     run = segment(native, "native nuclei")
     assert run["image_check"] is not None and not run["image_check"]["unlike_training"]

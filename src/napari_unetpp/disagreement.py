@@ -257,6 +257,12 @@ class DepthAdvice:
     tolerance: float
     message: str
 
+    @property
+    def departs(self) -> bool:
+        """Whether the recommended depth labels unlike the deepest beyond the tolerance."""
+        agreement = self.agreement.get(self.recommended) if self.recommended else None
+        return agreement is not None and agreement < 1 - self.tolerance
+
 
 def advise_depth(
     probs: Mapping[int, Any],

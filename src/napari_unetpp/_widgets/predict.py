@@ -427,6 +427,10 @@ class PredictWidget(Container):
             set_progress(self._progress, 100)
             saved = f"run saved in {self.last_run_dir}"
             warned = _warn_unlike_training(check, layer.name)
+            if check is not None and check.advice is not None:
+                self.pruning.show_advice(check.advice, layer.name)
+                if check.advice.departs and not warned:  # a warning's report has it too
+                    show_info(f"{layer.name}: {check.advice.message}")
             self._status.value = "; ".join(
                 [f"done: labels from {source} L{final}", *warned, *notes, saved]
             )

@@ -38,6 +38,7 @@ TIMING_DELAY_MS = 400
 
 if TYPE_CHECKING:
     from ..checkpoint import CheckpointInfo
+    from ..disagreement import DepthAdvice
     from ..model import UNetPlusPlus
     from ._jobs import JobQueue
 
@@ -85,6 +86,9 @@ class PruningPanel(Container):
         self.ms_per_mpx: float | None = None
         self._depth = Slider(label="Depth", min=1, max=1, value=1, enabled=False)
         self._readout = wrapped("load a model to prune it")
+        self.advice: DepthAdvice | None = None  # the depth advice of the last checked result
+        self._advised_image = ""
+        self._timing = ""
         self._apply = PushButton(text="Apply (segment at this depth)", enabled=False)
         self._save = PushButton(text="Save pruned model", enabled=False)
         buttons = Container(widgets=[self._apply, self._save], labels=False)  # fits ~420 px
@@ -109,6 +113,7 @@ class PruningPanel(Container):
         """Show a newly loaded model (``name`` for saved folders, ``source`` for provenance);
         start at its recommended depth."""
         self.model, self.info, self.model_name, self.source = model, info, name, source
+        self.advice = None  # another model's advice says nothing about this one
         heads = model.head_depths
         best = int(info.metrics.get("best_depth") or max(heads))
         with self._depth.changed.blocked():
@@ -125,6 +130,29 @@ class PruningPanel(Container):
     def set_output_folder(self, folder: str | Path) -> None:
         """Where "Save pruned model" writes by default."""
         self.output_folder = Path(folder)
+
+    def show_advice(self, advice: DepthAdvice | None, image_name: str) -> None:
+        """Mark each depth with its agreement with the deepest on the last checked image
+        (``disagreement.advise_depth``), and the depth that holds there."""
+        self.advice, self._advised_image = advice, image_name
+        if self.model is not None:
+            self._text(self._timing)
+
+    def _advice_line(self, d: int) -> str:
+        """This depth on the user's image: its agreement with the deepest, and the advice."""
+        advice = self.advice
+        if advice is None or d not in advice.agreement:
+            return ""
+        deepest = max(advice.agreement)
+        line = (
+            f"\non {self._advised_image}: labels as L{deepest} on "
+            f"{100 * advice.agreement[d]:.1f}% of the pixels"
+        )
+        if advice.departs:
+            line += f"; L{advice.suggested} holds there (not the recommended L{advice.recommended})"
+        elif d != advice.suggested:
+            line += f"; L{advice.suggested} is the shallowest that holds there"
+        return line
 
     def set_busy(self, busy: bool) -> None:
         """Disable Apply and the slider while the owner segments: the run's labels come
@@ -168,6 +196,7 @@ class PruningPanel(Container):
 
     def _text(self, timing: str) -> None:
         assert self.model is not None
+        self._timing = timing
         d, full = self.depth, self.model.num_parameters()
         pruned = self.model.num_parameters(d)
         metrics = self.info.metrics if self.info is not None else {}
@@ -182,7 +211,7 @@ class PruningPanel(Container):
         self._readout.value = (
             f"L{d}: {pruned:,} of {full:,} parameters "
             f"({100 * pruned / full:.0f}%)\n{self._cost(d)}; {timing}\n"
-            f"{split}: {score}"
+            f"{split}: {score}{self._advice_line(d)}"
         )
 
     def _cost(self, d: int) -> str:
