@@ -287,6 +287,23 @@ def test_check_prediction_judges_a_finished_segmentation(
     assert pruned.signals["depth_disagreement"] is None and pruned.advice is None
 
 
+def test_check_prediction_judges_nothing_when_stopped() -> None:
+    """A stopped run's empty tiles would read as "unlike the training data": no verdict."""
+    from napari_unetpp.disagreement import check_prediction
+
+    net = _random_net()
+    image = np.random.default_rng(0).random((96, 96)).astype("float32")
+    config = PredictConfig(device="cpu", tile_size=(32, 32))
+    probs = predict_array(net, image, config, DataConfig())
+    assert drive(check_prediction(net, image, probs, DataConfig(), config)) is not None
+    stopper = Stopper()
+    stopper.stop()
+    assert drive(check_prediction(net, image, probs, DataConfig(), config, stopper=stopper)) is None
+    partial = predict_array(net, image, config, DataConfig(), stopper=stopper)
+    assert not partial.complete
+    assert drive(check_prediction(net, image, partial, DataConfig(), config)) is None
+
+
 def test_cli_predict_checks_each_result(tmp_path, nuclei_native_and_2x, capsys) -> None:
     """``predict`` judges each result as the dock does (a warning on stderr, the check in
     ``<name>_run.json``); ``--no-check`` skips the extra pass."""

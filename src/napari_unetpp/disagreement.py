@@ -323,13 +323,14 @@ def check_image(
     tolerance: float = 0.02,
     thresholds: Mapping[str, float] | None = None,
     stopper: Stopper | None = None,
-) -> Generator[Any, None, tuple[ImageCheck, dict[int, Any]]]:
+) -> Generator[Any, None, tuple[ImageCheck | None, dict[int, Any]]]:
     """Predict every depth (and the deepest on the flipped image), then judge the image.
 
     A generator of :class:`inference.PredictEvent` (every pass), returning the
     :class:`image_check.ImageCheck` and the per-depth probabilities (so the caller can show
     the segmentation it just checked). ``flip`` adds a pass on the mirrored image; the rest
     is :func:`check_prediction`'s (``scale_probe``, ``recommended``, ``thresholds``).
+    Stopped through ``stopper``, it judges nothing and returns ``(None, probs)``.
     """
     from .inference import predict
 
@@ -349,6 +350,8 @@ def check_image(
         )
         if other:
             flipped = np.flip(np.asarray(other[max(probs)]), axis=-1)
+    if stopper is not None and stopper.stopped:
+        return None, dict(probs)
     check = yield from check_prediction(
         model,
         image,
@@ -396,7 +399,7 @@ def check_prediction(
     tolerance: float = 0.02,
     thresholds: Mapping[str, float] | None = None,
     stopper: Stopper | None = None,
-) -> Generator[Any, None, ImageCheck]:
+) -> Generator[Any, None, ImageCheck | None]:
     """Judge an image from a prediction already made (a segmentation's own pass).
 
     Why: the depth signals, the uncertain fraction and the object size come free with
@@ -407,7 +410,9 @@ def check_prediction(
     model's scale, and their measured size is then corrected by the zoom used.
 
     A generator of the probe's :class:`inference.PredictEvent`, returning the
-    :class:`image_check.ImageCheck`. ``flipped``: the deepest head on the mirrored image
+    :class:`image_check.ImageCheck`, or None when ``probs`` is partial or the stopper was
+    set (a verdict on tiles never predicted would be a false "unlike the training data").
+    ``flipped``: the deepest head on the mirrored image
     (:func:`check_image`). ``recommended``: the card's depth (``metrics["best_depth"]``),
     for the depth advice. ``thresholds``: the model's calibration (a checkpoint's
     ``metrics["image_check"]``, see :func:`image_check.calibrate`); missing signals fall
@@ -416,15 +421,20 @@ def check_prediction(
     from .image_check import THRESHOLDS, ImageCheck, half_size, image_signals, judge
     from .inference import predict
 
+    def stopped() -> bool:
+        return stopper is not None and stopper.stopped
+
+    if stopped() or not getattr(probs, "complete", True):
+        return None
     config = _check_config(predict_config)
     zoom = zoom_used(probs)
     half = None
     small = half_size(image, model.config.spatial_dims, data_config.channel_axis)
-    if scale_probe and zoom == 1.0 and small is not None and getattr(probs, "complete", True):
+    if scale_probe and zoom == 1.0 and small is not None:
         at_scale = config.replace(pixel_size=None, pixel_unit="", rescale=None)
         half = yield from predict(model, small, at_scale, data_config, stopper=stopper)
-        if not getattr(half, "complete", True):
-            half = None
+    if stopped():
+        return None
     signals = image_signals(probs, flipped, model.config, data_config, half or None, zoom=zoom)
     verdict, reasons, remedies = judge(signals, {**THRESHOLDS, **(thresholds or {})})
     advice = (

@@ -176,6 +176,7 @@ def _info_on(args: argparse.Namespace) -> int:
                 ),
                 bar,
             )
+        assert check is not None  # judged: nothing here stops the check
         if args.json:
             _out(json.dumps({"image": str(path), **check.to_dict()}, default=str))
         else:
