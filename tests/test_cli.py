@@ -578,3 +578,30 @@ def test_train_guesses_scribbles_as_the_dock_does(
     flags = ["--out", str(tmp_path / "p"), "--config", str(config), "--dry-run"]
     assert main([*argv, str(tmp_path / "strokes.tif"), *flags]) == 0
     assert json.loads(capsys.readouterr().out)["data"]["label_mode"] == "dense"
+
+
+def test_zarr_labels_carry_the_inputs_pixel_size(
+    em_stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--format zarr`: the labels store opens on the input's grid, as the tif labels and the
+    disagreement map of the same run do (it was the one output written without its spacing)."""
+    import zarr
+
+    image, _ = em_stack
+    path = tmp_path / "em_4nm.tif"
+    crop = image[16, 100:164, 50:114]
+    tifffile.imwrite(path, crop, imagej=True, resolution=(250, 250), metadata={"unit": "um"})
+    argv = ["predict", "zoo:em", str(path), "--depths", "1", "2", "--disagreement", "-q"]
+    for fmt in ("zarr", "tif"):
+        code = main([*argv, "--format", fmt, "--out", str(tmp_path / fmt)])
+        assert code == 0, capsys.readouterr().err
+    labels = zarr.open(str(tmp_path / "zarr" / "em_4nm_labels.zarr"), mode="r")
+    disagreement = zarr.open(str(tmp_path / "zarr" / "em_4nm_disagreement.zarr"), mode="r")
+    assert labels.attrs["spacing"] == pytest.approx([0.004, 0.004])
+    assert labels.attrs["unit"] == "um"
+    assert labels.attrs["spacing"] == disagreement.attrs["spacing"]
+    from napari_unetpp.readers import read_image
+
+    assert read_image(tmp_path / "tif" / "em_4nm_labels.tif").pixel_size == pytest.approx(
+        (0.004, 0.004)
+    )

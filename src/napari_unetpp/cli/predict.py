@@ -22,6 +22,7 @@ from ..files import (
     is_zarr,
     load_model,
     read_image_with_size,
+    spacing_attrs,
     stem,
     write_array,
 )
@@ -319,6 +320,7 @@ def _predict_file(
             min_size=config.min_size,
             out=target,
         )
+        target.attrs.update(spacing_attrs(*grid))
         mark_complete(target)
         written = [outputs.commit(labels_name)]
     else:
