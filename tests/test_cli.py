@@ -605,3 +605,12 @@ def test_zarr_labels_carry_the_inputs_pixel_size(
     assert read_image(tmp_path / "tif" / "em_4nm_labels.tif").pixel_size == pytest.approx(
         (0.004, 0.004)
     )
+
+
+def test_info_states_the_models_training_scale(capsys: pytest.CaptureFixture[str]) -> None:
+    """`predict --help` says --pixel-size is "in the model's unit (see `info`)": info must say
+    the unit (and the object diameter that --diameter compares with)."""
+    assert main(["info", "zoo:ct"]) == 0
+    assert "scale: trained at 3 x 3 mm pixels" in capsys.readouterr().out
+    assert main(["info", "zoo:nuclei"]) == 0
+    assert "training median object diameter 18.12 px" in capsys.readouterr().out

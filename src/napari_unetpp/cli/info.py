@@ -15,6 +15,7 @@ from ..files import (
     stem,
 )
 from ..locate import locate
+from ..zoo import scale_line
 from .common import ProgressBar, _out
 from .tables import _human_count, format_table
 
@@ -108,6 +109,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"{m.in_channels} input channel(s), {m.num_classes} output(s), norm {m.norm}"
         + (f", classes {list(m.class_names)}" if m.class_names else "")
     )
+    # predict's --pixel-size is "in the model's unit (see `info`)": say it here
+    _out(f"scale: {scale_line(m) or 'none recorded (predict runs at the image as it is)'}")
     d = info.data
     _out(
         f"data: label mode {d.label_mode}, target {d.target}, channel axis {d.channel_axis}, "
