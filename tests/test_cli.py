@@ -614,3 +614,19 @@ def test_info_states_the_models_training_scale(capsys: pytest.CaptureFixture[str
     assert "scale: trained at 3 x 3 mm pixels" in capsys.readouterr().out
     assert main(["info", "zoo:nuclei"]) == 0
     assert "training median object diameter 18.12 px" in capsys.readouterr().out
+
+
+def test_predict_says_when_a_file_without_pixel_size_meets_a_scaled_model(
+    em_stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A .npy (no spacing) given to a model trained at 4 nm is segmented as if at 4 nm: say so
+    (a CT at 1 mm would silently run as if at 3 mm); quiet once --pixel-size is given."""
+    image, _ = em_stack
+    np.save(tmp_path / "crop.npy", image[16, 100:164, 50:114])
+    argv = ["predict", "zoo:em", str(tmp_path / "crop.npy"), "--depth", "1", "-q"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert "gives no pixel size; segmenting it as if it had the model's 4 x 4 nm" in (
+        capsys.readouterr().err
+    )
+    assert main([*argv, "--out", str(tmp_path / "b"), "--pixel-size", "4"]) == 0
+    assert "no pixel size" not in capsys.readouterr().err

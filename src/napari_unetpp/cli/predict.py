@@ -189,12 +189,14 @@ def with_file_pixel_size(
     """The file's own pixel size (NIfTI, DICOM, OME-TIFF, tif resolution) when the user gave
     none and the model knows its training pixel size: a CT at 0.8 mm then runs at the model's
     3 mm. A size without a unit (a bare tif ``spacing``) is only reported, never guessed."""
-    if (
-        args.pixel_size is not None
-        or config.rescale is not None
-        or not model_config.pixel_size
-        or not file_size
-    ):
+    if args.pixel_size is not None or config.rescale is not None or not model_config.pixel_size:
+        return config
+    if not file_size:  # a CT at 1 mm in a .npy would run as if at 3 mm, silently
+        trained = " x ".join(f"{s:g}" for s in model_config.pixel_size)
+        _note(
+            f"{path}: the file gives no pixel size; segmenting it as if it had the model's "
+            f"{trained} {model_config.pixel_unit}: pass --pixel-size if it has not"
+        )
         return config
     sizes = " x ".join(f"{s:g}" for s in file_size)
     if not file_unit:
