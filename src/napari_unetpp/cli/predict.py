@@ -153,7 +153,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     and looks_rgb(image.shape)
                 ):
                     image = rgb_to_grey(image)  # as the widget does, as the zoo was trained
-                    _out(f"{path}: RGB -> grey (luminance) for this one-channel model")
+                    _note(f"{path}: RGB -> grey (luminance) for this one-channel model")
                 config = with_file_pixel_size(
                     predict_config, model.config, args, path, file_size, file_unit
                 )
