@@ -632,3 +632,33 @@ def test_predict_says_when_a_file_without_pixel_size_meets_a_scaled_model(
     )
     assert main([*argv, "--out", str(tmp_path / "b"), "--pixel-size", "4"]) == 0
     assert "no pixel size" not in capsys.readouterr().err
+
+
+def test_fine_tuning_a_one_channel_model_on_rgb_files_uses_grey(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`train --from zoo:nuclei` on a colour PNG: predict takes RGB as grey for a one-channel
+    model, so train must too (it said "set --channel-axis -1", which then failed on the model's
+    one input channel); a model trained from scratch still needs --channel-axis."""
+    from imageio.v3 import imwrite
+
+    from napari_unetpp.checkpoint import CheckpointInfo, save_checkpoint
+    from napari_unetpp.config import DataConfig
+    from napari_unetpp.model import UNetPlusPlus
+
+    net = UNetPlusPlus(in_channels=1, num_classes=1, widths=(4, 8), depth=1)
+    info = CheckpointInfo(model=net.config, data=DataConfig())
+    save_checkpoint(tmp_path / "grey_model", net, info)
+    rng = np.random.default_rng(0)
+    imwrite(tmp_path / "colour.png", rng.integers(0, 255, (48, 40, 4), dtype=np.uint8))
+    labels = np.zeros((48, 40), np.uint8)
+    labels[10:30, 10:30] = 1
+    tifffile.imwrite(tmp_path / "colour_labels.tif", labels)
+    argv = ["train", "--images", str(tmp_path / "colour.png"), "--labels"]
+    argv += [str(tmp_path / "colour_labels.tif"), "--dry-run", "--out", str(tmp_path / "run")]
+    code, out, err = _run(capsys, *argv, "--from", tmp_path / "grey_model")
+    assert code == 0, err
+    assert "RGB -> grey" in err
+    assert json.loads(out)["model"]["in_channels"] == 1
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and "--channel-axis -1" in err
