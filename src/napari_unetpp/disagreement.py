@@ -330,6 +330,11 @@ def check_image(
     from .image_check import THRESHOLDS, ImageCheck, half_size, image_signals, judge
     from .inference import predict
 
+    if not 0 <= tolerance <= 1:  # NaN too: checked before the passes, not after them
+        raise ValueError(
+            f"the depth advice's tolerance must lie in [0, 1] (a fraction of the pixels, "
+            f"e.g. 0.02), got {tolerance}"
+        )
     config = (predict_config or PredictConfig()).replace(
         depths=(), pruned_depth=None, adaptive_depth=False, tta=False
     )
