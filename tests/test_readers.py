@@ -182,6 +182,24 @@ def test_dicom_with_fractional_slope(tmp_path: Path) -> None:
     np.testing.assert_allclose(got.array, (zyx + 10) * 0.5 - 10)
 
 
+def test_a_broken_slice_in_a_dicom_series_is_named(tmp_path: Path) -> None:
+    """One truncated file among the slices (its header still reads): the error names that
+    file, not only the folder, and a slice of another size is named too."""
+    zyx = np.arange(3 * 8 * 6, dtype=np.int16).reshape(3, 8, 6)
+    write_dicom_series(tmp_path / "s", zyx, (1.0, 1.0), 1.0)
+    victim = sorted((tmp_path / "s").iterdir())[1]
+    victim.write_bytes(victim.read_bytes()[:-40])  # pixel data cut short
+    with pytest.raises(ValueError, match=rf"{victim.name}: cannot read this slice's pixels"):
+        readers.read_image(tmp_path / "s")
+    write_dicom_series(tmp_path / "t", zyx, (1.0, 1.0), 1.0)
+    odd = sorted((tmp_path / "t").iterdir())[2]
+    ds = pydicom.dcmread(str(odd))
+    ds.Rows, ds.Columns = 6, 8
+    ds.save_as(str(odd), enforce_file_format=True)
+    with pytest.raises(ValueError, match=r"a slice of shape \(6, 8\) in a series of \(8, 6\)"):
+        readers.read_image(tmp_path / "t")
+
+
 def test_nifti_ct_is_segmented_like_the_tif(
     ct_zyx: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:
