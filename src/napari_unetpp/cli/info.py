@@ -16,7 +16,7 @@ from ..files import (
 )
 from ..locate import locate
 from ..zoo import scale_line
-from .common import ProgressBar, _out
+from .common import ProgressBar, _note, _out
 from .tables import _human_count, format_table
 
 if TYPE_CHECKING:  # engine imports are lazy: `napari-unetpp --help` must not load torch
@@ -143,6 +143,7 @@ def _info_on(args: argparse.Namespace) -> int:
     """Without labels: each depth against the deepest on the image, and the image check."""
     from ..config import PredictConfig
     from ..disagreement import check_image as check_on_image
+    from ..image_check import check_region
     from ..normalization import looks_rgb, rgb_to_grey
     from .predict import with_file_pixel_size  # the file's pixel size, as predict uses it
 
@@ -166,6 +167,10 @@ def _info_on(args: argparse.Namespace) -> int:
                 pixel_size=tuple(args.pixel_size), pixel_unit=args.pixel_unit or ""
             )
         config = with_file_pixel_size(config, model.config, args, path, file_size, file_unit)
+        region = check_region(image.shape, model.config.spatial_dims, info.data.channel_axis)
+        if region is not None:  # memory and time bounded, whatever the image's size
+            image = image[region]
+            _note(f"{path}: checked on a central region of shape {tuple(image.shape)}")
         with ProgressBar(stem(path), enabled=not args.quiet) as bar:
             check, _ = drive(
                 check_on_image(
