@@ -261,6 +261,19 @@ def test_tiff_inch_resolution_is_not_a_pixel_size(tmp_path: Path) -> None:
     assert got.pixel_size is None and got.scale == (1.0, 1.0)
 
 
+def test_a_results_class_axis_is_not_read_as_a_second_z(tmp_path: Path) -> None:
+    """`predict --probabilities` on a CT volume writes (classes, Z, Y, X) with the volume's
+    spacing; read back, the class axis must not become another 3 mm Z (axes were ``ZZYX``)."""
+    from napari_unetpp.files import write_array
+
+    probs = np.zeros((6, 4, 10, 12), np.float32)
+    path = write_array(tmp_path / "ct_L4", probs, "tif", (3.0, 0.98, 0.98), "mm")
+    got = readers.read_image(path)
+    assert got.axes == "TZYX"
+    assert got.pixel_size == pytest.approx((3.0, 0.98, 0.98)) and got.unit == "mm"
+    assert readers.array_axes("QYX", 3) == "ZYX" and readers.array_axes("IYX", 3) == "ZYX"
+
+
 def test_imagej_tiff_spacing_and_unit(tmp_path: Path) -> None:
     path = tmp_path / "ij.tif"
     tifffile.imwrite(
