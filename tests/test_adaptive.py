@@ -162,6 +162,19 @@ def test_depth_advice_names_the_depth_that_holds() -> None:
     assert "holds" in advise_depth(probs, 3, recommended=2).message
 
 
+@pytest.mark.parametrize("tolerance", [float("nan"), -0.1, 5.0])
+def test_image_check_refuses_a_tolerance_that_is_no_fraction(tolerance: float) -> None:
+    """`info --on --tolerance nan` ran every pass, then failed with "min() arg is an empty
+    sequence"; 5 passed silently (every depth "holds"). Refused before any work."""
+    calls = []
+    net = _random_net()
+    net.forward = lambda *a, **k: calls.append(1)  # type: ignore[method-assign]
+    check = check_image(net, np.zeros((32, 32), "float32"), DataConfig(), tolerance=tolerance)
+    with pytest.raises(ValueError, match=r"tolerance must lie in \[0, 1\]"):
+        drive(check)
+    assert not calls
+
+
 @pytest.fixture(scope="module")
 def nuclei_model():
     from napari_unetpp.zoo import load_pretrained

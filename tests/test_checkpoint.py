@@ -553,3 +553,19 @@ def test_safetensors_whose_header_length_looks_like_pickle_or_zip_loads(first_by
     raw = io.Raw(b"{}", "config.json", blob, "weights.safetensors")
     assert list(io.parse_weights(raw).values())[0].tolist() == [1.0, 1.0]
     assert list(io.header_shapes(raw).values()) == [(2,)]
+
+
+def test_a_bioimageio_package_is_named_not_called_a_pickle(tmp_path: Path) -> None:
+    """`export --format bioimageio` writes rdf.yaml + TorchScript: pointed back at napari-unetpp
+    it must say what it is and what to load instead, not suggest torch.load on TorchScript."""
+    package = tmp_path / "em_bioimageio"
+    package.mkdir()
+    (package / "rdf.yaml").write_text("format_version: 0.5.3\ntype: model\n")
+    (package / "weights.torchscript.pt").write_bytes(b"PK\x03\x04 not really")
+    with zipfile.ZipFile(tmp_path / "em_bioimageio.zip", "w") as archive:
+        for member in package.iterdir():
+            archive.write(member, member.name)
+    for path in (package, tmp_path / "em_bioimageio.zip"):
+        with pytest.raises(CheckpointError, match="bioimage.io package .*--format folder") as err:
+            load_checkpoint(path)
+        assert "torch.load" not in str(err.value)

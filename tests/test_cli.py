@@ -488,11 +488,13 @@ def test_predict_rgb_png_with_the_one_channel_nuclei_model(
     assert rgb.ndim == 3 and rgb.shape[-1] in (3, 4)
     tifffile.imwrite(tmp_path / "grey.tif", rgb_to_grey(rgb))
 
-    code, out, _ = _run(
+    code, out, err = _run(
         capsys, "predict", "zoo:nuclei", png, tmp_path / "grey.tif", "--out", tmp_path / "out", "-q"
     )
-    assert code == 0, out
-    assert "RGB -> grey" in out
+    assert code == 0, err
+    # a note, on stderr with the others: stdout lists only what was written, one line per input
+    assert "RGB -> grey" in err and "RGB" not in out
+    assert len(out.strip().splitlines()) == 2
     from_rgb = tifffile.imread(tmp_path / "out" / "colour_labels.tif")
     from_grey = tifffile.imread(tmp_path / "out" / "grey_labels.tif")
     assert from_rgb.shape == truth.shape == rgb.shape[:2]
@@ -578,3 +580,106 @@ def test_train_guesses_scribbles_as_the_dock_does(
     flags = ["--out", str(tmp_path / "p"), "--config", str(config), "--dry-run"]
     assert main([*argv, str(tmp_path / "strokes.tif"), *flags]) == 0
     assert json.loads(capsys.readouterr().out)["data"]["label_mode"] == "dense"
+
+
+def test_zarr_labels_carry_the_inputs_pixel_size(
+    em_stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--format zarr`: the labels store opens on the input's grid, as the tif labels and the
+    disagreement map of the same run do (it was the one output written without its spacing)."""
+    import zarr
+
+    image, _ = em_stack
+    path = tmp_path / "em_4nm.tif"
+    crop = image[16, 100:164, 50:114]
+    tifffile.imwrite(path, crop, imagej=True, resolution=(250, 250), metadata={"unit": "um"})
+    argv = ["predict", "zoo:em", str(path), "--depths", "1", "2", "--disagreement", "-q"]
+    for fmt in ("zarr", "tif"):
+        code = main([*argv, "--format", fmt, "--out", str(tmp_path / fmt)])
+        assert code == 0, capsys.readouterr().err
+    labels = zarr.open(str(tmp_path / "zarr" / "em_4nm_labels.zarr"), mode="r")
+    disagreement = zarr.open(str(tmp_path / "zarr" / "em_4nm_disagreement.zarr"), mode="r")
+    assert labels.attrs["spacing"] == pytest.approx([0.004, 0.004])
+    assert labels.attrs["unit"] == "um"
+    assert labels.attrs["spacing"] == disagreement.attrs["spacing"]
+    from napari_unetpp.readers import read_image
+
+    assert read_image(tmp_path / "tif" / "em_4nm_labels.tif").pixel_size == pytest.approx(
+        (0.004, 0.004)
+    )
+
+
+def test_info_states_the_models_training_scale(capsys: pytest.CaptureFixture[str]) -> None:
+    """`predict --help` says --pixel-size is "in the model's unit (see `info`)": info must say
+    the unit (and the object diameter that --diameter compares with)."""
+    assert main(["info", "zoo:ct"]) == 0
+    assert "scale: trained at 3 x 3 mm pixels" in capsys.readouterr().out
+    assert main(["info", "zoo:nuclei"]) == 0
+    assert "training median object diameter 18.12 px" in capsys.readouterr().out
+
+
+def test_predict_says_when_a_file_without_pixel_size_meets_a_scaled_model(
+    em_stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A .npy (no spacing) given to a model trained at 4 nm is segmented as if at 4 nm: say so
+    (a CT at 1 mm would silently run as if at 3 mm); quiet once --pixel-size is given."""
+    image, _ = em_stack
+    np.save(tmp_path / "crop.npy", image[16, 100:164, 50:114])
+    argv = ["predict", "zoo:em", str(tmp_path / "crop.npy"), "--depth", "1", "-q"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert "gives no pixel size; segmenting it as if it had the model's 4 x 4 nm" in (
+        capsys.readouterr().err
+    )
+    assert main([*argv, "--out", str(tmp_path / "b"), "--pixel-size", "4"]) == 0
+    assert "no pixel size" not in capsys.readouterr().err
+
+
+def test_fine_tuning_a_one_channel_model_on_rgb_files_uses_grey(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`train --from zoo:nuclei` on a colour PNG: predict takes RGB as grey for a one-channel
+    model, so train must too (it said "set --channel-axis -1", which then failed on the model's
+    one input channel); a model trained from scratch still needs --channel-axis."""
+    from imageio.v3 import imwrite
+
+    from napari_unetpp.checkpoint import CheckpointInfo, save_checkpoint
+    from napari_unetpp.config import DataConfig
+    from napari_unetpp.model import UNetPlusPlus
+
+    net = UNetPlusPlus(in_channels=1, num_classes=1, widths=(4, 8), depth=1)
+    info = CheckpointInfo(model=net.config, data=DataConfig())
+    save_checkpoint(tmp_path / "grey_model", net, info)
+    rng = np.random.default_rng(0)
+    imwrite(tmp_path / "colour.png", rng.integers(0, 255, (48, 40, 4), dtype=np.uint8))
+    labels = np.zeros((48, 40), np.uint8)
+    labels[10:30, 10:30] = 1
+    tifffile.imwrite(tmp_path / "colour_labels.tif", labels)
+    argv = ["train", "--images", str(tmp_path / "colour.png"), "--labels"]
+    argv += [str(tmp_path / "colour_labels.tif"), "--dry-run", "--out", str(tmp_path / "run")]
+    code, out, err = _run(capsys, *argv, "--from", tmp_path / "grey_model")
+    assert code == 0, err
+    assert "RGB -> grey" in err
+    assert json.loads(out)["model"]["in_channels"] == 1
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and "--channel-axis -1" in err
+
+
+def test_info_on_checks_a_bounded_region_of_a_big_image(
+    em_stack, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`info --on` keeps every depth's probabilities in memory (1.4 GB for a 4096^2 plane): it
+    reads a central region per plane and a few planes of a stack, and says so."""
+    from napari_unetpp import image_check
+
+    assert image_check.check_region((2048, 2048), 2, None) is None
+    assert image_check.check_region((4096, 100), 2, None) == (slice(1024, 3072), slice(0, 100))
+    assert image_check.check_region((40, 9, 9), 2, None)[0] == slice(0, 40, 5)  # 8 planes
+    assert image_check.check_region((300, 64, 64), 3, None)[0] == slice(70, 230)
+    monkeypatch.setattr(image_check, "CHECK_SIDE", {2: 48, 3: 16})
+    image, _ = em_stack
+    np.save(tmp_path / "stack.npy", image[:12, 100:196, 50:114])
+    argv = ["info", "zoo:em", "--on", str(tmp_path / "stack.npy"), "--device", "cpu", "-q"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "checked on a central region of shape (6, 48, 48)" in captured.err
+    assert "depth: " in captured.out

@@ -80,6 +80,14 @@ def test_more_than_half_non_finite_is_refused_with_the_count(em_stack):
         _predict(image)
 
 
+def test_float64_beyond_float32_is_named_as_such_not_nan(em_stack):
+    """Finite float64 values of 1e300 overflow the network's float32: the refusal says so and
+    how to scale them, instead of calling them NaN or infinite."""
+    image = _em_crop(em_stack).astype(np.float64) * 1e300
+    with pytest.raises(NonFiniteError, match=r"beyond float32.*image / np\.abs\(image\)\.max"):
+        _predict(image)
+
+
 def test_integer_images_are_never_checked_and_lazy_images_are_counted_in_blocks(monkeypatch):
     assert count_non_finite(np.zeros((5, 5), np.uint16)) == 0
     image = np.ones((300, 40), np.float32)

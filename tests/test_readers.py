@@ -182,6 +182,24 @@ def test_dicom_with_fractional_slope(tmp_path: Path) -> None:
     np.testing.assert_allclose(got.array, (zyx + 10) * 0.5 - 10)
 
 
+def test_a_broken_slice_in_a_dicom_series_is_named(tmp_path: Path) -> None:
+    """One truncated file among the slices (its header still reads): the error names that
+    file, not only the folder, and a slice of another size is named too."""
+    zyx = np.arange(3 * 8 * 6, dtype=np.int16).reshape(3, 8, 6)
+    write_dicom_series(tmp_path / "s", zyx, (1.0, 1.0), 1.0)
+    victim = sorted((tmp_path / "s").iterdir())[1]
+    victim.write_bytes(victim.read_bytes()[:-40])  # pixel data cut short
+    with pytest.raises(ValueError, match=rf"{victim.name}: cannot read this slice's pixels"):
+        readers.read_image(tmp_path / "s")
+    write_dicom_series(tmp_path / "t", zyx, (1.0, 1.0), 1.0)
+    odd = sorted((tmp_path / "t").iterdir())[2]
+    ds = pydicom.dcmread(str(odd))
+    ds.Rows, ds.Columns = 6, 8
+    ds.save_as(str(odd), enforce_file_format=True)
+    with pytest.raises(ValueError, match=r"a slice of shape \(6, 8\) in a series of \(8, 6\)"):
+        readers.read_image(tmp_path / "t")
+
+
 def test_nifti_ct_is_segmented_like_the_tif(
     ct_zyx: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:
@@ -241,6 +259,19 @@ def test_tiff_inch_resolution_is_not_a_pixel_size(tmp_path: Path) -> None:
     tifffile.imwrite(path, np.zeros((8, 9), np.uint8), resolution=(72.0, 72.0), resolutionunit=2)
     got = readers.read_image(path)
     assert got.pixel_size is None and got.scale == (1.0, 1.0)
+
+
+def test_a_results_class_axis_is_not_read_as_a_second_z(tmp_path: Path) -> None:
+    """`predict --probabilities` on a CT volume writes (classes, Z, Y, X) with the volume's
+    spacing; read back, the class axis must not become another 3 mm Z (axes were ``ZZYX``)."""
+    from napari_unetpp.files import write_array
+
+    probs = np.zeros((6, 4, 10, 12), np.float32)
+    path = write_array(tmp_path / "ct_L4", probs, "tif", (3.0, 0.98, 0.98), "mm")
+    got = readers.read_image(path)
+    assert got.axes == "TZYX"
+    assert got.pixel_size == pytest.approx((3.0, 0.98, 0.98)) and got.unit == "mm"
+    assert readers.array_axes("QYX", 3) == "ZYX" and readers.array_axes("IYX", 3) == "ZYX"
 
 
 def test_imagej_tiff_spacing_and_unit(tmp_path: Path) -> None:

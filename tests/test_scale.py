@@ -135,10 +135,16 @@ def test_config_scale_fields_validate_and_old_files_load():
         (dict(rescale="big"), "'auto'"),
         (dict(pixel_size=(-1.0,)), "positive"),
         (dict(pixel_size=()), "positive"),
+        (dict(pixel_size="2"), "positive"),
+        (dict(pixel_size=(1.0, "x")), "positive"),
+        (dict(pixel_size=object()), "positive"),
         (dict(pixel_unit="m"), "pixel_unit"),
     ):
         with pytest.raises(ValueError, match=match):
             PredictConfig(**bad)
+    # "one for all" as a plain number (a float, numpy's too), as the message promises
+    assert PredictConfig(pixel_size=2.0).pixel_size == (2.0,)
+    assert PredictConfig(pixel_size=np.float32(0.5)).pixel_size == (0.5,)
 
 
 # --------------------------------------------------------------------------- predict (tiny net)

@@ -83,6 +83,20 @@ def _pickle_error(name: str, why: str) -> CheckpointError:
     return CheckpointError(f"{name}: {why}; refusing to load it. {_CONVERT_HINT}")
 
 
+#: The file that makes a folder or zip a bioimage.io package (``export --format bioimageio``)
+BIOIMAGEIO_RDF = "rdf.yaml"
+
+
+def _bioimageio_error(name: str) -> CheckpointError:
+    """Why not the pickle message: its TorchScript weights are no state dict to convert."""
+    return CheckpointError(
+        f"{name}: this is a bioimage.io package ({BIOIMAGEIO_RDF}), made for bioimage.io tools "
+        "(bioimageio.core, deepImageJ, ilastik), not a napari-unetpp checkpoint; load the model "
+        "it was exported from, or export one to share with `napari-unetpp export MODEL --out "
+        "PATH --format folder` (or zip)"
+    )
+
+
 def _read_head(path: Path, size: int = 8) -> bytes:
     if not path.is_file():  # a FIFO would block open() forever, a device never end
         raise CheckpointError(
@@ -135,6 +149,8 @@ def _read_zip(path: Path, want_weights: bool) -> Raw:
             names = [n for n in archive.namelist() if not n.endswith("/")]
             members = zip_members(names)
             if members is None:
+                if BIOIMAGEIO_RDF in names:
+                    raise _bioimageio_error(str(path))
                 if any(n.endswith(".pkl") or n.rsplit("/", 1)[-1] == "data.pkl" for n in names):
                     raise _pickle_error(str(path), "this is a PyTorch (torch.save) zip of pickles")
                 raise CheckpointError(
@@ -174,6 +190,8 @@ def read_raw(path: str | os.PathLike[str], want_weights: bool = True) -> Raw:
         folder = path
         weights_path = folder / WEIGHTS_NAME
         if not (folder / CONFIG_NAME).exists():
+            if (folder / BIOIMAGEIO_RDF).is_file():
+                raise _bioimageio_error(str(folder))
             pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
             if pickles:
                 raise _pickle_error(

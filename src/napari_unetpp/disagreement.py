@@ -334,6 +334,11 @@ def check_image(
     """
     from .inference import predict
 
+    if not 0 <= tolerance <= 1:  # NaN too: checked before the passes, not after them
+        raise ValueError(
+            f"the depth advice's tolerance must lie in [0, 1] (a fraction of the pixels, "
+            f"e.g. 0.02), got {tolerance}"
+        )
     config = _check_config(predict_config)
     probs = yield from predict(model, image, config, data_config, stopper=stopper)
     flipped = None

@@ -261,6 +261,12 @@ def create_zarr(path: Path, shape: tuple[int, ...], dtype: Any) -> Any:
     return create_array(None, None, shape, dtype, slice_chunks(shape, (1024, 1024)), path=path)
 
 
+def spacing_attrs(pixel_size: tuple[float, ...] | None, unit: str | None) -> dict[str, Any]:
+    """A result's pixel size as stored with it (TIFF JSON description, zarr attributes):
+    every output of one input carries the same, so each opens on the input's grid."""
+    return {"spacing": [float(v) for v in pixel_size], "unit": unit} if pixel_size else {}
+
+
 def write_array(
     base: Path,
     array: Any,
@@ -276,8 +282,7 @@ def write_array(
     """
     import numpy as np
 
-    spacing = {"spacing": [float(v) for v in pixel_size], "unit": unit} if pixel_size else {}
-
+    spacing = spacing_attrs(pixel_size, unit)
     if fmt == "zarr":
         from .stores import mark_complete
 

@@ -268,6 +268,37 @@ def calibrate(
     return out
 
 
+#: The check keeps every depth's probabilities (and the flipped and half-size passes) in
+#: memory: 1.4 GB and 5 minutes for a 4096 x 4096 EM plane on 2 cores, growing with the image.
+#: So it reads a central region of at most this side per spatial axis (4 Mpx in 2D, 4 M voxels
+#: in 3D) and at most :data:`CHECK_PLANES` evenly spaced planes of a stack.
+CHECK_SIDE = {2: 2048, 3: 160}
+CHECK_PLANES = 8
+
+
+def check_region(
+    shape: Sequence[int], spatial_dims: int, channel_axis: int | None
+) -> tuple[slice, ...] | None:
+    """The part of an image the check reads (slices per axis), or None for all of it."""
+    from .scale import spatial_axes
+
+    ndim = len(shape)
+    spatial = spatial_axes(ndim, spatial_dims, channel_axis)
+    channel = None if channel_axis is None else channel_axis % ndim
+    side = CHECK_SIDE.get(spatial_dims, CHECK_SIDE[3])
+    region = []
+    for axis, n in enumerate(shape):
+        if axis in spatial:
+            start = max(0, (n - side) // 2)
+            region.append(slice(start, start + min(n, side)))
+        elif axis == channel:
+            region.append(slice(0, n))
+        else:  # leading Z / T of a 2D model's stack
+            region.append(slice(0, n, -(-n // CHECK_PLANES)))
+    small = all(len(range(n)[r]) == n for n, r in zip(shape, region, strict=True))
+    return None if small else tuple(region)
+
+
 def half_size(image: Any, spatial_dims: int, channel_axis: int | None) -> np.ndarray | None:
     """The image at half size along its spatial axes (anti-aliased), or None when too small."""
     from skimage.transform import resize

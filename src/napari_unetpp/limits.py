@@ -11,6 +11,7 @@ fails where it was written.
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from typing import TYPE_CHECKING, Any
 
@@ -128,11 +129,24 @@ def check_model_scale(config: ModelConfig) -> None:
         )
 
 
+def _pixel_sizes(value: Any) -> tuple[float, ...]:
+    """A number (one for all axes) or a sequence of numbers as floats; anything else as ``()``,
+    which the caller refuses with the message that says what a pixel size is."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return (float(value),)
+    if isinstance(value, (str, bytes)):
+        return ()
+    try:
+        return tuple(float(s) for s in value)
+    except (TypeError, ValueError):
+        return ()
+
+
 def check_predict_scale(config: PredictConfig) -> None:
     from .scale import MAX_ZOOM, MIN_ZOOM, UNITS
 
     if config.pixel_size is not None:
-        config.pixel_size = tuple(float(s) for s in config.pixel_size)
+        given, config.pixel_size = config.pixel_size, _pixel_sizes(config.pixel_size)
         if (
             not config.pixel_size
             or len(config.pixel_size) > 3  # one per spatial axis: Z, Y, X at most
@@ -140,8 +154,7 @@ def check_predict_scale(config: PredictConfig) -> None:
         ):
             raise ValueError(
                 "PredictConfig.pixel_size must be 1 to 3 positive, finite values (one per "
-                "spatial axis Z Y X, or one for all), or None when unknown; got "
-                f"{config.pixel_size}"
+                f"spatial axis Z Y X, or one for all), or None when unknown; got {given!r}"
             )
     if config.pixel_unit and config.pixel_unit not in UNITS:
         raise ValueError(

@@ -328,7 +328,7 @@ def read_dicom(path: str | Path) -> ImageData:
         raise ValueError(
             f"{path}: slices share one position (duplicate series?); put one series per folder"
         )
-    volume = np.stack([_hu(ds) for ds in _read_pixels([f for f, _ in chosen])])
+    volume = np.stack(_read_pixels([f for f, _ in chosen]))
     metadata: dict[str, Any] = {
         "has_spacing": has_spacing,
         "series": all_series,
@@ -366,10 +366,27 @@ def read_dicom(path: str | Path) -> ImageData:
     return ImageData(array, "ZYX", size, unit, "dicom", metadata)
 
 
-def _read_pixels(files: Sequence[Path]) -> list[Any]:
+def _read_pixels(files: Sequence[Path]) -> list[np.ndarray]:
+    """Each slice's modality values (:func:`_hu`). A slice that cannot be read, or whose size
+    differs, is named: one bad file among 300 must be findable."""
     import pydicom
+    from pydicom.errors import InvalidDicomError
 
-    return [pydicom.dcmread(str(f)) for f in files]
+    broken = (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, NotImplementedError)
+    slices: list[np.ndarray] = []
+    for file in files:
+        try:
+            slices.append(_hu(pydicom.dcmread(str(file))))
+        except broken as exc:
+            raise ValueError(
+                f"{file}: cannot read this slice's pixels ({exc}); remove or re-export it"
+            ) from exc
+        if slices[-1].shape != slices[0].shape:
+            raise ValueError(
+                f"{file}: a slice of shape {slices[-1].shape} in a series of "
+                f"{slices[0].shape}; put one series per folder"
+            )
+    return slices
 
 
 def _hu(ds: Any) -> np.ndarray:

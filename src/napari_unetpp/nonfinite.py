@@ -122,6 +122,10 @@ def _finite_median(image: Any) -> float:
     return float(np.median(sample))
 
 
+#: What :func:`_bad` counts, in the messages: a finite float64 of 1e300 is one of them
+_KINDS = "non-finite (NaN, infinite or beyond float32's +-3.4e38)"
+
+
 def non_finite_filler(image: Any, what: str = "image") -> Callable[[np.ndarray], np.ndarray]:
     """Check ``image`` once; return what to apply to each of its tiles before normalising.
 
@@ -138,14 +142,15 @@ def non_finite_filler(image: Any, what: str = "image") -> Callable[[np.ndarray],
     fraction = count / max(size, 1)
     if fraction > MAX_NON_FINITE_FRACTION:
         raise NonFiniteError(
-            f"{what} has {count} non-finite (NaN or infinite) pixels out of {size} "
+            f"{what} has {count} {_KINDS} pixels out of {size} "
             f"({100 * fraction:.1f} %, more than {100 * MAX_NON_FINITE_FRACTION:.0f} %): there "
             "is too little real data to segment; fix or crop the image (e.g. "
-            "np.nan_to_num(image, nan=background_value))"
+            "np.nan_to_num(image, nan=background_value)), or scale values beyond float32 "
+            "into its range (e.g. image / np.abs(image).max())"
         )
     fill = _finite_median(image)
     warnings.warn(
-        f"{what} has {count} non-finite (NaN or infinite) pixels ({100 * fraction:.3g} %); "
+        f"{what} has {count} {_KINDS} pixels ({100 * fraction:.3g} %); "
         f"they were filled with the image's median {fill:.6g} (results there are guesses)",
         NonFiniteWarning,
         stacklevel=2,

@@ -12,7 +12,6 @@ DICOM, with their optional packages and the patient orientation, in :mod:`medica
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,8 +268,16 @@ def read_tiff(path: str | Path) -> ImageData:
 
 
 def array_axes(axes: str, ndim: int) -> str:
-    """tifffile's series axes for the array it returned (``Q``/``I`` stand for Z of a stack)."""
-    axes = re.sub("[QI]", "Z", axes)
+    """tifffile's series axes for the array it returned.
+
+    ``Q``/``I`` (tifffile's unknown axes) nearest Y and X are a stack's Z, any before it T:
+    a result of ours with classes first, ``QQYX``, is ``TZYX``, not ``ZZYX`` (whose
+    pixel size would have four values, one of them the class axis's).
+    """
+    chars = list(axes)
+    for n, i in enumerate(reversed([i for i, a in enumerate(axes) if a in "QI"])):
+        chars[i] = "Z" if n == 0 and "Z" not in axes else "T"
+    axes = "".join(chars)
     if len(axes) != ndim:
         axes = "ZYX"[-ndim:] if ndim <= 3 else "T" * (ndim - 3) + "ZYX"
     return axes

@@ -234,7 +234,7 @@ def _table(rows: dict[str, dict[str, Any]], columns: list[str]) -> list[str]:
     return lines
 
 
-def _scale_line(model: Any) -> str:
+def scale_line(model: Any) -> str:
     """The training scale a card states (``ModelConfig.pixel_size`` / ``object_diameter``)."""
     parts = []
     if getattr(model, "pixel_size", ()):
@@ -269,7 +269,7 @@ def card_markdown(info: Any, title: str = "") -> str:
         f"{model.num_classes} output channel(s)"
         + (f" ({', '.join(model.class_names)})" if model.class_names else ""),
     ]
-    scale = _scale_line(model)
+    scale = scale_line(model)
     if scale:
         lines.append(f"- **Scale**: {scale}")
     for key, label in (

@@ -15,7 +15,8 @@ from ..files import (
     stem,
 )
 from ..locate import locate
-from .common import ProgressBar, _out
+from ..zoo import scale_line
+from .common import ProgressBar, _note, _out
 from .tables import _human_count, format_table
 
 if TYPE_CHECKING:  # engine imports are lazy: `napari-unetpp --help` must not load torch
@@ -108,6 +109,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"{m.in_channels} input channel(s), {m.num_classes} output(s), norm {m.norm}"
         + (f", classes {list(m.class_names)}" if m.class_names else "")
     )
+    # predict's --pixel-size is "in the model's unit (see `info`)": say it here
+    _out(f"scale: {scale_line(m) or 'none recorded (predict runs at the image as it is)'}")
     d = info.data
     _out(
         f"data: label mode {d.label_mode}, target {d.target}, channel axis {d.channel_axis}, "
@@ -140,6 +143,7 @@ def _info_on(args: argparse.Namespace) -> int:
     """Without labels: each depth against the deepest on the image, and the image check."""
     from ..config import PredictConfig
     from ..disagreement import check_image as check_on_image
+    from ..image_check import check_region
     from ..normalization import looks_rgb, rgb_to_grey
     from .predict import with_file_pixel_size  # the file's pixel size, as predict uses it
 
@@ -163,6 +167,10 @@ def _info_on(args: argparse.Namespace) -> int:
                 pixel_size=tuple(args.pixel_size), pixel_unit=args.pixel_unit or ""
             )
         config = with_file_pixel_size(config, model.config, args, path, file_size, file_unit)
+        region = check_region(image.shape, model.config.spatial_dims, info.data.channel_axis)
+        if region is not None:  # memory and time bounded, whatever the image's size
+            image = image[region]
+            _note(f"{path}: checked on a central region of shape {tuple(image.shape)}")
         with ProgressBar(stem(path), enabled=not args.quiet) as bar:
             check, _ = drive(
                 check_on_image(

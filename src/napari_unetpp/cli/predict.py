@@ -22,6 +22,7 @@ from ..files import (
     is_zarr,
     load_model,
     read_image_with_size,
+    spacing_attrs,
     stem,
     write_array,
 )
@@ -152,7 +153,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     and looks_rgb(image.shape)
                 ):
                     image = rgb_to_grey(image)  # as the widget does, as the zoo was trained
-                    _out(f"{path}: RGB -> grey (luminance) for this one-channel model")
+                    _note(f"{path}: RGB -> grey (luminance) for this one-channel model")
                 config = with_file_pixel_size(
                     predict_config, model.config, args, path, file_size, file_unit
                 )
@@ -189,12 +190,14 @@ def with_file_pixel_size(
     """The file's own pixel size (NIfTI, DICOM, OME-TIFF, tif resolution) when the user gave
     none and the model knows its training pixel size: a CT at 0.8 mm then runs at the model's
     3 mm. A size without a unit (a bare tif ``spacing``) is only reported, never guessed."""
-    if (
-        args.pixel_size is not None
-        or config.rescale is not None
-        or not model_config.pixel_size
-        or not file_size
-    ):
+    if args.pixel_size is not None or config.rescale is not None or not model_config.pixel_size:
+        return config
+    if not file_size:  # a CT at 1 mm in a .npy would run as if at 3 mm, silently
+        trained = " x ".join(f"{s:g}" for s in model_config.pixel_size)
+        _note(
+            f"{path}: the file gives no pixel size; segmenting it as if it had the model's "
+            f"{trained} {model_config.pixel_unit}: pass --pixel-size if it has not"
+        )
         return config
     sizes = " x ".join(f"{s:g}" for s in file_size)
     if not file_unit:
@@ -329,6 +332,7 @@ def _predict_file(
             min_size=config.min_size,
             out=target,
         )
+        target.attrs.update(spacing_attrs(*grid))
         mark_complete(target)
         written = [outputs.commit(labels_name)]
     else:

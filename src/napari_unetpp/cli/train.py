@@ -171,13 +171,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif initial is not None:
         base = read_model_info(args.from_)
     configs = build_train_configs(args, base, resuming)
+    # a one-channel starting model takes RGB(A) files as grey, as predict does (else a dead end:
+    # --channel-axis -1 makes 3 channels, which the model's first layer cannot take)
+    grey = base is not None and base.model.in_channels == 1 and configs[2].channel_axis is None
     if args.dry_run:
-        return _train(args, out, initial, *configs, main_process=True)
+        return _train(args, out, initial, *configs, main_process=True, grey=grey)
     from ..ddp import join_torchrun, process_rank
 
     leave = join_torchrun(configs[1].device)
     try:
-        return _train(args, out, initial, *configs, main_process=process_rank() == 0)
+        return _train(args, out, initial, *configs, main_process=process_rank() == 0, grey=grey)
     finally:
         leave()
 
@@ -191,8 +194,12 @@ def _train(
     data_config: DataConfig,
     auto: bool,
     main_process: bool,
+    grey: bool = False,
 ) -> int:
-    """Read the files, finish the configs from the data, train; rank 0 reports and writes."""
+    """Read the files, finish the configs from the data, train; rank 0 reports and writes.
+
+    ``grey``: RGB(A) images become luminance (the model has one input channel).
+    """
     pairs = pair_files(collect_files(args.images, "image"), collect_files(args.labels, "labels"))
     val_pairs: list[tuple[Path, Path]] = []
     if args.val_images or args.val_labels:
@@ -202,8 +209,10 @@ def _train(
             collect_files(args.val_images, "validation image"),
             collect_files(args.val_labels, "validation labels"),
         )
-    images, labels, sizes = _read_pairs(pairs, data_config.channel_axis)
-    val_images, val_labels, val_sizes = _read_pairs(val_pairs, data_config.channel_axis)
+    images, labels, sizes = _read_pairs(pairs, data_config.channel_axis, grey, main_process)
+    val_images, val_labels, val_sizes = _read_pairs(
+        val_pairs, data_config.channel_axis, grey, main_process
+    )
     model_config, (images, labels), (val_images, val_labels) = _at_model_scale(
         args,
         model_config,
@@ -320,13 +329,23 @@ def _initial_model(args: argparse.Namespace, out: Path, resuming: bool) -> Any:
 
 
 def _read_pairs(
-    pairs: Sequence[tuple[Path, Path]], channel_axis: int | None
+    pairs: Sequence[tuple[Path, Path]],
+    channel_axis: int | None,
+    grey: bool = False,
+    say: bool = True,
 ) -> tuple[list[Any], list[Any], list[tuple[tuple[float, ...], str] | None]]:
-    """Images, labels and each image file's pixel size with its unit (None: not known)."""
+    """Images, labels and each image file's pixel size with its unit (None: not known);
+    with ``grey``, RGB(A) images as luminance (see ``normalization.looks_rgb``)."""
+    from ..normalization import looks_rgb, rgb_to_grey
+
     images, labels, sizes = [], [], []
     for image_path, label_path in pairs:
         image, size, unit = read_image_with_size(image_path)
         check_image(image, image_path)
+        if grey and looks_rgb(image.shape):
+            image = rgb_to_grey(image)
+            if say:
+                _note(f"{image_path}: RGB -> grey (luminance) for this one-channel model")
         label = check_labels(read_array(label_path), image, label_path, channel_axis)
         images.append(image)
         labels.append(label)
