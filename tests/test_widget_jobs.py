@@ -153,6 +153,26 @@ def test_closed_segment_dock_adds_no_layers(
 
 
 @pytest.mark.timeout(300, method="thread")
+def test_a_dock_closed_while_its_layers_are_added_adds_no_more(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    checkpoint: Path,
+    threaded: None,
+    em_stack: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    """The run has returned and its layers go in one per event-loop turn: closing the dock
+    then must stop them too (they were all added, into a viewer that may be closing)."""
+    viewer = make_napari_viewer()
+    w, dock = _segment_dock(viewer, qtbot, checkpoint, tmp_path, em_stack[0][:2, :64, :64])
+    qtbot.waitUntil(lambda: w._showing, timeout=WAIT_MS)
+    added = len(viewer.layers)
+    viewer.window.remove_dock_widget(dock)
+    qtbot.wait(1000)
+    assert len(viewer.layers) == added < 7  # the image, at most one result layer
+
+
+@pytest.mark.timeout(300, method="thread")
 @pytest.mark.parametrize("given", ["viewer", "proxy"])
 def test_closed_train_dock_stops_training(
     make_napari_viewer: Any,

@@ -76,6 +76,7 @@ class PredictWidget(Container):
         self._runner = JobRunner(queue=queue_for(napari_viewer), owner="segment")
         self._loading = False
         self._showing = False  # a finished run's layers are being added
+        self._closed = False  # the dock left the viewer: no more layers, no more widget updates
         self._model_from_user = False
         self.model: UNetPlusPlus | None = None
         self.info: CheckpointInfo | None = None
@@ -170,6 +171,7 @@ class PredictWidget(Container):
 
     def _on_closed(self) -> None:
         """The dock was closed: stop its jobs (no layer appears later); stop listening."""
+        self._closed = True
         self._runner.quit()
         self.pruning.close_jobs()
         _state.models_changed.disconnect(self._on_models_changed)
@@ -427,7 +429,7 @@ class PredictWidget(Container):
             self._status.value = "; ".join([f"done: labels from {source} L{final}", *notes, saved])
 
         self._status.value = "adding the layers..."
-        spread(steps, shown, self._runner.inline)
+        spread(steps, shown, self._runner.inline, alive=lambda: not self._closed)
 
     def estimate_size(self, _value: Any = None) -> None:
         """Measure the median object diameter (one pass) and put it in the panel."""
