@@ -242,6 +242,36 @@ def test_old_objects_are_frozen_while_a_threaded_job_runs(qtbot: Any, threaded: 
     assert seen["frozen"] > before and gc.get_freeze_count() == before
 
 
+def test_a_threaded_jobs_warnings_reach_the_user(qtbot: Any, threaded: None) -> None:
+    """The engine warns (NaN pixels filled, a flat image) inside the worker thread; the
+    user must see it as a notification (it vanished: napari's relay never connected)."""
+    import warnings
+
+    from napari.utils.notifications import notification_manager
+
+    from napari_unetpp._widgets._jobs import JobQueue
+
+    def job() -> Any:
+        warnings.warn("the image has 7 non-finite pixels (test_widget_jobs)", stacklevel=1)
+        yield 1
+        return 2
+
+    shown: list[str] = []
+
+    def note(notification: Any) -> None:
+        shown.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(note)
+    try:
+        runner = _runner.JobRunner(queue=JobQueue())
+        runner.start(job())
+        qtbot.waitUntil(lambda: not runner.running, timeout=WAIT_MS)
+        qtbot.wait(100)
+    finally:
+        notification_manager.notification_ready.disconnect(note)
+    assert sum("7 non-finite pixels" in message for message in shown) == 1, shown
+
+
 def test_docks_given_proxies_of_one_viewer_share_its_queue(make_napari_viewer: Any) -> None:
     """napari hands each plugin dock its own PublicOnlyProxy of the viewer."""
     from napari.utils._proxies import PublicOnlyProxy
