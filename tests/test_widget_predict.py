@@ -186,6 +186,22 @@ def test_stack_slicewise_then_current_slice(setup: Any, crop: np.ndarray) -> Non
     assert errors and "3D" in errors[-1]
 
 
+def test_a_three_slice_stack_is_saved_as_slices_not_rgb(
+    setup: Any, em_stack: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """tifffile stores a (3, Y, X) array as one RGB image unless told otherwise: the run's
+    labels.tif and the image saved for command.sh opened as colour, not as 3 slices."""
+    import tifffile
+
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(em_stack[0][:3, :64, :64], name="three")
+    w.segment()
+    assert not errors
+    for saved in ("labels.tif", "image.tif"):
+        with tifffile.TiffFile(w.last_run_dir / saved) as tif:
+            assert tif.series[0].shape == (3, 64, 64) and "S" not in tif.series[0].axes, saved
+
+
 def test_pruning_slider_apply_and_save(
     setup: Any, crop: np.ndarray, tmp_path: Path, checkpoint: Path
 ) -> None:
