@@ -253,6 +253,7 @@ def test_a_threaded_jobs_warnings_reach_the_user(qtbot: Any, threaded: None) -> 
 
     def job() -> Any:
         warnings.warn("the image has 7 non-finite pixels (test_widget_jobs)", stacklevel=1)
+        warnings.warn("a library's 7 deprecated calls", DeprecationWarning, stacklevel=1)
         yield 1
         return 2
 
@@ -270,6 +271,7 @@ def test_a_threaded_jobs_warnings_reach_the_user(qtbot: Any, threaded: None) -> 
     finally:
         notification_manager.notification_ready.disconnect(note)
     assert sum("7 non-finite pixels" in message for message in shown) == 1, shown
+    assert not any("deprecated" in message for message in shown), shown
 
 
 def test_docks_given_proxies_of_one_viewer_share_its_queue(make_napari_viewer: Any) -> None:

@@ -211,10 +211,13 @@ def _show_warning(showwarning_args: tuple[Any, ...]) -> None:
     napari's relay of that signal sits in a mixin whose ``__init__`` never runs (its
     ``QRunnable`` base does not chain it: napari 0.6-0.9), so the engine's warnings
     vanished. ``receive_warning`` shows each distinct warning once, so a napari whose
-    relay works does not show it twice.
+    relay works does not show it twice. Deprecation warnings (superqt shows every
+    warning, "always") are for developers, not for the person segmenting.
     """
     from napari.utils.notifications import notification_manager
 
+    if issubclass(showwarning_args[1], (DeprecationWarning, PendingDeprecationWarning)):
+        return
     notification_manager.receive_warning(*showwarning_args)
 
 
