@@ -158,6 +158,29 @@ def test_estimate_fills_the_diameter_of_nuclei_shown_at_twice_their_size(
     assert w.scale.overrides()["rescale"] == pytest.approx(trained / measured, rel=0.01)
 
 
+def test_a_cancelled_check_or_estimate_says_cancelled(
+    dock: Any, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancel mid-check: the tiles not yet done are empty, and the check judged them (a
+    "looks unlike the training data" warning, uncertain fraction 0.49 on a CT it had
+    passed); a cancelled Estimate said "no objects found"."""
+    viewer, w, errors = dock
+    warned: list[str] = []
+    monkeypatch.setattr(predict_module, "show_warning", warned.append)
+    monkeypatch.setattr(predict_module, "show_info", warned.append)
+    image = tifffile.imread(data_dir / "em_isbi2012" / "image.tif")[16:18, :256, :256]
+    w._image.value = viewer.add_image(image, name="em")
+    w._source.value = "shipped"
+    w._model.value = "zoo:em"
+    w._on_event = lambda event: w.cancel()  # the user presses Cancel at the first tile
+    for start in (w.check_image, w.estimate_size):
+        w._status.value = ""
+        start()
+        assert w._status.value.startswith("cancelled"), w._status.value
+    assert not warned and not errors
+    assert w.scale._diameter.value == 0.0
+
+
 def test_estimate_sees_nuclei_too_large_to_come_out_whole(dock: Any, data_dir: Path) -> None:
     """DSB nuclei shown 2.5x larger than the training ones come out of one pass in
     fragments; Estimate reported the fragments (17 px for ~79 px nuclei), so Segment

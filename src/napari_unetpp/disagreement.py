@@ -313,7 +313,7 @@ def check_image(
     tolerance: float = 0.02,
     thresholds: Mapping[str, float] | None = None,
     stopper: Stopper | None = None,
-) -> Generator[Any, None, tuple[ImageCheck, dict[int, Any]]]:
+) -> Generator[Any, None, tuple[ImageCheck | None, dict[int, Any]]]:
     """Predict every depth (and the deepest on the flipped image), then judge the image.
 
     ``scale_probe`` predicts every depth once more at half size (a quarter of the
@@ -325,7 +325,9 @@ def check_image(
     recommends (``metrics["best_depth"]``), for the depth advice. ``thresholds``:
     the model's own calibration (a checkpoint's ``metrics["image_check"]``, see
     :func:`image_check.calibrate`); missing signals fall back to
-    :data:`image_check.THRESHOLDS`.
+    :data:`image_check.THRESHOLDS`. Stopped through ``stopper``, it judges nothing and
+    returns ``(None, probs)``: the tiles not yet predicted are empty, and a verdict on them
+    would be a false "unlike the training data".
     """
     from .image_check import THRESHOLDS, ImageCheck, half_size, image_signals, judge
     from .inference import predict
@@ -352,6 +354,8 @@ def check_image(
     small = half_size(image, model.config.spatial_dims, data_config.channel_axis)
     if scale_probe and small is not None and getattr(probs, "complete", True):
         half = yield from predict(model, small, config, data_config, stopper=stopper)
+    if stopper is not None and stopper.stopped:
+        return None, dict(probs)
     signals = image_signals(probs, flipped, model.config, data_config, half or None)
     verdict, reasons, remedies = judge(signals, {**THRESHOLDS, **(thresholds or {})})
     advice = (

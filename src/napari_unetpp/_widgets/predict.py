@@ -475,9 +475,15 @@ class PredictWidget(Container):
             show_error(str(exc))
             return
         stopper = Stopper()
-        self._start(
-            what, job(model, image, config, data, stopper=stopper, **kwargs), on_return, stopper
-        )
+
+        def done(result: Any) -> None:
+            if stopper.stopped:  # a cancelled check judged half-empty probabilities
+                self._status.value = "cancelled: nothing was changed"
+                set_progress(self._progress, 0)
+                return
+            on_return(result)
+
+        self._start(what, job(model, image, config, data, stopper=stopper, **kwargs), done, stopper)
 
     # ------------------------------------------------------------------ records
 
