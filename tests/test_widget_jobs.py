@@ -129,6 +129,33 @@ def test_slider_then_open_never_overlaps_or_freezes(
 
 
 @pytest.mark.timeout(300, method="thread")
+def test_the_flop_count_runs_off_the_gui_thread(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    checkpoint: Path,
+    threaded: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pruning readout's exact GFLOP/Mpx: its first count in a process took 2-3.5 s
+    (torch's FLOP counter warming up) on the GUI thread, inside opening the Segment dock."""
+    threads: list[str] = []
+    original = pruning.gflop_per_mpx
+
+    def counted(*args: Any, **kwargs: Any) -> float:
+        threads.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pruning, "gflop_per_mpx", counted)
+    viewer = make_napari_viewer()
+    w = PredictWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w._device.value = "cpu"
+    w.load_model(checkpoint)
+    qtbot.waitUntil(lambda: "GFLOP/Mpx (" in w.pruning._readout.value, timeout=WAIT_MS)
+    assert threads and threading.main_thread().name not in threads
+
+
+@pytest.mark.timeout(300, method="thread")
 def test_closed_segment_dock_adds_no_layers(
     make_napari_viewer: Any,
     qtbot: Any,

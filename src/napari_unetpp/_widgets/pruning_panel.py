@@ -44,17 +44,23 @@ if TYPE_CHECKING:
 
 def prune_job(
     model: UNetPlusPlus, depth: int, device: str
-) -> Generator[Any, None, tuple[UNetPlusPlus, float]]:
-    """Build the depth-``depth`` network and measure its ms per megapixel on ``device``."""
+) -> Generator[Any, None, tuple[UNetPlusPlus, float, tuple[float, float]]]:
+    """Build the depth-``depth`` network, count its GFLOP per megapixel (and the deepest's)
+    and measure its ms per megapixel on ``device``.
+
+    The count runs here, not on the GUI thread: its first call in a process (torch's FLOP
+    counter on the meta device warming up) took 2-3.5 s, frozen into opening the dock.
+    """
     from ..devices import resolve_device
     from ..events import Event
-    from ..pruning import measure_ms_per_mpx
+    from ..pruning import gflop_per_mpx, measure_ms_per_mpx
 
     yield Event("prune", 0, 2, f"building the L{depth} network")
     pruned = model.prune(depth).eval()
+    gflop = gflop_per_mpx(model, depth), gflop_per_mpx(model, model.depth)
     yield Event("prune", 1, 2, f"timing L{depth}")
     ms = measure_ms_per_mpx(pruned, depth, device=resolve_device(device))
-    return pruned, ms
+    return pruned, ms, gflop
 
 
 class PruningPanel(Container):
@@ -83,6 +89,7 @@ class PruningPanel(Container):
         self.info: CheckpointInfo | None = None
         self.pruned: UNetPlusPlus | None = None
         self.ms_per_mpx: float | None = None
+        self._gflop: dict[int, tuple[float, float]] = {}  # depth -> its and the deepest's
         self._depth = Slider(label="Depth", min=1, max=1, value=1, enabled=False)
         self._readout = wrapped("load a model to prune it")
         self._apply = PushButton(text="Apply (segment at this depth)", enabled=False)
@@ -109,6 +116,7 @@ class PruningPanel(Container):
         """Show a newly loaded model (``name`` for saved folders, ``source`` for provenance);
         start at its recommended depth."""
         self.model, self.info, self.model_name, self.source = model, info, name, source
+        self._gflop = {}
         heads = model.head_depths
         best = int(info.metrics.get("best_depth") or max(heads))
         with self._depth.changed.blocked():
@@ -160,10 +168,13 @@ class PruningPanel(Container):
             on_return=lambda result: self._on_pruned(d, result),
         )
 
-    def _on_pruned(self, depth: int, result: tuple[UNetPlusPlus, float]) -> None:
+    def _on_pruned(
+        self, depth: int, result: tuple[UNetPlusPlus, float, tuple[float, float]]
+    ) -> None:
+        self._gflop[depth] = result[2]
         if depth != self.depth:  # the slider moved on meanwhile
             return
-        self.pruned, self.ms_per_mpx = result
+        self.pruned, self.ms_per_mpx = result[:2]
         self._text(f"{self.ms_per_mpx:.0f} ms per megapixel here")
 
     def _text(self, timing: str) -> None:
@@ -186,12 +197,13 @@ class PruningPanel(Container):
         )
 
     def _cost(self, d: int) -> str:
-        """Exact GFLOP per megapixel of depth ``d`` (the same on every machine) and its share."""
-        from ..pruning import gflop_per_mpx
-
+        """Exact GFLOP per megapixel of depth ``d`` (the same on every machine) and its share,
+        once the timing job has counted them."""
         assert self.model is not None
-        gflop, deepest = gflop_per_mpx(self.model, d), gflop_per_mpx(self.model, self.model.depth)
         unit = "Mvoxel" if self.model.config.spatial_dims == 3 else "Mpx"
+        if d not in self._gflop:
+            return f"GFLOP/{unit}: counting"
+        gflop, deepest = self._gflop[d]
         return f"{gflop:.1f} GFLOP/{unit} ({100 * gflop / deepest:.0f}% of L{self.model.depth})"
 
     def _unvalidated(self) -> bool:
