@@ -273,6 +273,25 @@ def test_pruning_panel_talks_through_signals_and_arguments(
         _state.unregister_model("tiny L1")
 
 
+def test_a_model_chosen_while_segmenting_keeps_the_slider_locked(
+    qapp: Any, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slider and Apply are locked while the owner segments; choosing another model
+    meanwhile unlocked them (the run's labels still come from the depth it started with)."""
+    from napari_unetpp._widgets.pruning_panel import PruningPanel
+
+    monkeypatch.setattr(_runner, "RUN_INLINE", True)
+    net, info = load_checkpoint(checkpoint)
+    panel = PruningPanel()
+    panel.set_device("cpu")
+    panel.set_model(net, info)
+    panel.set_busy(True)  # the owner starts segmenting
+    panel.set_model(net, info, name="another")
+    assert not panel._depth.enabled and not panel._apply.enabled
+    panel.set_busy(False)
+    assert panel._depth.enabled and panel._apply.enabled
+
+
 def test_cancel_leaves_layers_unchanged(setup: Any, crop: np.ndarray) -> None:
     viewer, w, errors = setup
     w._image.value = viewer.add_image(crop, name="stack")

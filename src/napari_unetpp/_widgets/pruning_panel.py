@@ -90,6 +90,7 @@ class PruningPanel(Container):
         self.pruned: UNetPlusPlus | None = None
         self.ms_per_mpx: float | None = None
         self._gflop: dict[int, tuple[float, float]] = {}  # depth -> its and the deepest's
+        self._busy = False  # the owner segments: slider and Apply stay locked
         self._depth = Slider(label="Depth", min=1, max=1, value=1, enabled=False)
         self._readout = wrapped("load a model to prune it")
         self._apply = PushButton(text="Apply (segment at this depth)", enabled=False)
@@ -122,8 +123,8 @@ class PruningPanel(Container):
         with self._depth.changed.blocked():
             self._depth.min, self._depth.max = min(heads), max(heads)
             self._depth.value = best if best in heads else max(heads)
-        self._depth.enabled = len(heads) > 1
-        self._apply.enabled = self._save.enabled = True
+        self._save.enabled = True
+        self.set_busy(self._busy)  # a model chosen mid-run leaves the slider locked
         self._on_depth()
 
     def set_device(self, device: str) -> None:
@@ -137,6 +138,7 @@ class PruningPanel(Container):
     def set_busy(self, busy: bool) -> None:
         """Disable Apply and the slider while the owner segments: the run's labels come
         from the depth it started with, and the slider must keep showing that depth."""
+        self._busy = busy
         self._apply.enabled = not busy and self.model is not None
         heads = self.model.head_depths if self.model is not None else ()
         self._depth.enabled = not busy and len(heads) > 1
