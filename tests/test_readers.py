@@ -212,6 +212,19 @@ def test_nifti_ct_is_segmented_like_the_tif(
 # --------------------------------------------------------------------------- TIFF
 
 
+def test_a_corrupt_tiff_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A .tif whose first page points nowhere raised IndexError ("list index out of range"):
+    a traceback from the CLI, a crash message from the napari reader."""
+    from napari_unetpp import cli
+
+    bad = tmp_path / "scan.tif"
+    bad.write_bytes(b"II*\x00garbage")
+    with pytest.raises(ValueError, match="not a readable TIFF"):
+        readers.read_tiff(bad)
+    assert cli.main(["predict", "zoo:em", str(bad), "--out", str(tmp_path / "out"), "-q"]) == 2
+    assert "not a readable TIFF" in capsys.readouterr().err
+
+
 def test_tiff_resolution_centimetre(tmp_path: Path) -> None:
     path = tmp_path / "r.tif"
     tifffile.imwrite(
