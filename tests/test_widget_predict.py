@@ -415,9 +415,22 @@ def test_chosen_path_is_one_path_or_a_user_facing_error() -> None:
     from napari_unetpp._widgets._paths import chosen_path
 
     assert chosen_path(Path("out"), "output folder") == Path("out")
-    for value in (None, (Path("a"), Path("b"))):
+    for value in (None, (Path("a"), Path("b")), Path("")):
         with pytest.raises(ValueError, match="choose one output folder"):
             chosen_path(value, "output folder")
+
+
+def test_an_emptied_output_folder_is_refused_not_the_working_directory(
+    setup: Any, crop: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    viewer, w, errors = setup
+    monkeypatch.chdir(tmp_path / "runs" if (tmp_path / "runs").is_dir() else tmp_path)
+    before = set(Path.cwd().iterdir())
+    w._image.value = viewer.add_image(crop[0], name="em")
+    w._output.line_edit.value = ""  # the user cleared the field
+    w.segment()
+    assert errors and "choose one output folder" in errors[-1]
+    assert set(Path.cwd().iterdir()) == before  # nothing written where napari was started
 
 
 def test_result_layers_take_the_images_units_rotation_and_affine(
