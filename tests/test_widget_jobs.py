@@ -200,6 +200,28 @@ def test_a_dock_closed_while_its_layers_are_added_adds_no_more(
 
 
 @pytest.mark.timeout(300, method="thread")
+def test_an_image_removed_while_segmented_gets_no_layers(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    checkpoint: Path,
+    threaded: None,
+    em_stack: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    """Seven result layers appeared for an image no longer in the viewer (as the Train
+    dock's preview did before it was fixed); the run folder keeps the labels."""
+    viewer = make_napari_viewer()
+    w, _ = _segment_dock(viewer, qtbot, checkpoint, tmp_path, em_stack[0][:4, :128, :128])
+    qtbot.waitUntil(lambda: w._runner.worker is not None, timeout=WAIT_MS)
+    viewer.layers.remove("stack")
+    qtbot.waitUntil(lambda: not w.busy, timeout=WAIT_MS)
+    qtbot.wait(300)
+    assert len(viewer.layers) == 0
+    assert "was removed" in w._status.value and w._run.enabled
+    assert (w.last_run_dir / "labels.tif").is_file()
+
+
+@pytest.mark.timeout(300, method="thread")
 @pytest.mark.parametrize("given", ["viewer", "proxy"])
 def test_closed_train_dock_stops_training(
     make_napari_viewer: Any,

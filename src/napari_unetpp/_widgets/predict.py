@@ -388,6 +388,13 @@ class PredictWidget(Container):
         if labels is None:
             self._status.value = "cancelled: layers left unchanged"
             return
+        if layer not in self._viewer.layers:  # the user removed the image meanwhile
+            set_progress(self._progress, 100)
+            self._status.value = (
+                f"done, but the image {layer.name!r} was removed: no layers added; "
+                f"run saved in {self.last_run_dir}"
+            )
+            return
         model, info, spec = made_by  # described by the model that made them, not today's
         assert info is not None
         self.last_probabilities = dict(probs)
