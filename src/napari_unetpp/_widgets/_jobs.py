@@ -165,7 +165,12 @@ class JobQueue:
         worker.yielded.connect(lambda event: ticket.call(ticket.on_yield, event))
         worker.returned.connect(lambda result: ticket.call(ticket.on_return, result))
         worker.errored.connect(lambda exc: self._failed(ticket, exc))
-        worker.warned.connect(lambda args: ticket.dropped or _show_warning(args))
+
+        def warned(args: tuple[Any, ...]) -> None:
+            if not ticket.dropped:
+                _show_warning(args)
+
+        worker.warned.connect(warned)
         worker.finished.connect(lambda: self._finished(ticket))
         worker.finished.connect(lambda: _LIVE_WORKERS.discard(worker))
         ticket.worker = worker

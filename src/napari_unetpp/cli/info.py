@@ -176,6 +176,7 @@ def _info_on(args: argparse.Namespace) -> int:
                 ),
                 bar,
             )
+        assert check is not None  # judged: no stopper was given, so it never stops
         if args.json:
             advice = check.advice.__dict__ if check.advice else None
             _out(
