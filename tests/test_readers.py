@@ -170,6 +170,21 @@ def test_dicom_series_sorted_oriented_in_hu(
     assert any(np.array_equal(one.array, plane) for plane in ct)
 
 
+def test_dicom_slices_without_positions_keep_their_thickness(tmp_path: Path) -> None:
+    """Slices with no ImagePositionPatient are ordered by InstanceNumber; the gap between
+    two instance numbers (1) was taken as the slice spacing: "1 mm" for 3 mm slices."""
+    zyx = np.arange(3 * 4 * 5, dtype=np.int16).reshape(3, 4, 5)
+    write_dicom_series(tmp_path / "s", zyx, (0.98, 0.98), 3.0)
+    for file in (tmp_path / "s").iterdir():
+        ds = pydicom.dcmread(str(file))
+        del ds.ImagePositionPatient
+        ds.SliceThickness = 3.0
+        ds.save_as(str(file), enforce_file_format=True)
+    got = readers.read_image(tmp_path / "s")
+    assert got.array.shape[0] == 3
+    np.testing.assert_allclose(got.scale, (3.0, 0.98, 0.98))
+
+
 def test_dicom_with_fractional_slope(tmp_path: Path) -> None:
     zyx = np.arange(2 * 4 * 5, dtype=np.int16).reshape(2, 4, 5)
     write_dicom_series(tmp_path / "s", zyx, (1.0, 1.0), 1.0, intercept=-10.0)
@@ -228,6 +243,19 @@ def test_nifti_ct_is_segmented_like_the_tif(
 
 
 # --------------------------------------------------------------------------- TIFF
+
+
+def test_a_corrupt_tiff_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A .tif whose first page points nowhere raised IndexError ("list index out of range"):
+    a traceback from the CLI, a crash message from the napari reader."""
+    from napari_unetpp import cli
+
+    bad = tmp_path / "scan.tif"
+    bad.write_bytes(b"II*\x00garbage")
+    with pytest.raises(ValueError, match="not a readable TIFF"):
+        readers.read_tiff(bad)
+    assert cli.main(["predict", "zoo:em", str(bad), "--out", str(tmp_path / "out"), "-q"]) == 2
+    assert "not a readable TIFF" in capsys.readouterr().err
 
 
 def test_tiff_resolution_centimetre(tmp_path: Path) -> None:

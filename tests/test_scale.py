@@ -74,6 +74,8 @@ def test_pixel_size_to_zoom_converts_units_and_picks_model_axes():
         S.convert_pixel_size((1.0,), "inch", "mm")
     with pytest.raises(ValueError, match="unit"):
         S.check_zoom(S.zoom_from_pixel_size((1.0, 1.0), (3.0, 3.0), "um", "mm"))
+    with pytest.raises(ValueError, match=r"zoom \(2\.5e-25, 2\.5e-25\)"):  # was "(0.0, 0.0)"
+        S.check_zoom(S.zoom_from_pixel_size((1e-30, 1e-30), (4.0, 4.0), "mm", "nm"))
 
 
 # --------------------------------------------------------------------------- diameters

@@ -129,6 +129,33 @@ def test_slider_then_open_never_overlaps_or_freezes(
 
 
 @pytest.mark.timeout(300, method="thread")
+def test_the_flop_count_runs_off_the_gui_thread(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    checkpoint: Path,
+    threaded: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pruning readout's exact GFLOP/Mpx: its first count in a process took 2-3.5 s
+    (torch's FLOP counter warming up) on the GUI thread, inside opening the Segment dock."""
+    threads: list[str] = []
+    original = pruning.gflop_per_mpx
+
+    def counted(*args: Any, **kwargs: Any) -> float:
+        threads.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pruning, "gflop_per_mpx", counted)
+    viewer = make_napari_viewer()
+    w = PredictWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w._device.value = "cpu"
+    w.load_model(checkpoint)
+    qtbot.waitUntil(lambda: "GFLOP/Mpx (" in w.pruning._readout.value, timeout=WAIT_MS)
+    assert threads and threading.main_thread().name not in threads
+
+
+@pytest.mark.timeout(300, method="thread")
 def test_closed_segment_dock_adds_no_layers(
     make_napari_viewer: Any,
     qtbot: Any,
@@ -150,6 +177,48 @@ def test_closed_segment_dock_adds_no_layers(
     again = PredictWidget(viewer)  # reopened: ready to segment
     viewer.window.add_dock_widget(again)
     assert again._run.enabled and not again._cancel.enabled
+
+
+@pytest.mark.timeout(300, method="thread")
+def test_a_dock_closed_while_its_layers_are_added_adds_no_more(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    checkpoint: Path,
+    threaded: None,
+    em_stack: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    """The run has returned and its layers go in one per event-loop turn: closing the dock
+    then must stop them too (they were all added, into a viewer that may be closing)."""
+    viewer = make_napari_viewer()
+    w, dock = _segment_dock(viewer, qtbot, checkpoint, tmp_path, em_stack[0][:2, :64, :64])
+    qtbot.waitUntil(lambda: w._showing, timeout=WAIT_MS)
+    added = len(viewer.layers)
+    viewer.window.remove_dock_widget(dock)
+    qtbot.wait(1000)
+    assert len(viewer.layers) == added < 7  # the image, at most one result layer
+
+
+@pytest.mark.timeout(300, method="thread")
+def test_an_image_removed_while_segmented_gets_no_layers(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    checkpoint: Path,
+    threaded: None,
+    em_stack: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    """Seven result layers appeared for an image no longer in the viewer (as the Train
+    dock's preview did before it was fixed); the run folder keeps the labels."""
+    viewer = make_napari_viewer()
+    w, _ = _segment_dock(viewer, qtbot, checkpoint, tmp_path, em_stack[0][:4, :128, :128])
+    qtbot.waitUntil(lambda: w._runner.worker is not None, timeout=WAIT_MS)
+    viewer.layers.remove("stack")
+    qtbot.waitUntil(lambda: not w.busy, timeout=WAIT_MS)
+    qtbot.wait(300)
+    assert len(viewer.layers) == 0
+    assert "was removed" in w._status.value and w._run.enabled
+    assert (w.last_run_dir / "labels.tif").is_file()
 
 
 @pytest.mark.timeout(300, method="thread")
@@ -220,6 +289,38 @@ def test_old_objects_are_frozen_while_a_threaded_job_runs(qtbot: Any, threaded: 
     qtbot.waitUntil(lambda: not runner.running, timeout=WAIT_MS)
     assert results == [2]
     assert seen["frozen"] > before and gc.get_freeze_count() == before
+
+
+def test_a_threaded_jobs_warnings_reach_the_user(qtbot: Any, threaded: None) -> None:
+    """The engine warns (NaN pixels filled, a flat image) inside the worker thread; the
+    user must see it as a notification (it vanished: napari's relay never connected)."""
+    import warnings
+
+    from napari.utils.notifications import notification_manager
+
+    from napari_unetpp._widgets._jobs import JobQueue
+
+    def job() -> Any:
+        warnings.warn("the image has 7 non-finite pixels (test_widget_jobs)", stacklevel=1)
+        warnings.warn("a library's 7 deprecated calls", DeprecationWarning, stacklevel=1)
+        yield 1
+        return 2
+
+    shown: list[str] = []
+
+    def note(notification: Any) -> None:
+        shown.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(note)
+    try:
+        runner = _runner.JobRunner(queue=JobQueue())
+        runner.start(job())
+        qtbot.waitUntil(lambda: not runner.running, timeout=WAIT_MS)
+        qtbot.wait(100)
+    finally:
+        notification_manager.notification_ready.disconnect(note)
+    assert sum("7 non-finite pixels" in message for message in shown) == 1, shown
+    assert not any("deprecated" in message for message in shown), shown
 
 
 def test_docks_given_proxies_of_one_viewer_share_its_queue(make_napari_viewer: Any) -> None:

@@ -186,6 +186,22 @@ def test_stack_slicewise_then_current_slice(setup: Any, crop: np.ndarray) -> Non
     assert errors and "3D" in errors[-1]
 
 
+def test_a_three_slice_stack_is_saved_as_slices_not_rgb(
+    setup: Any, em_stack: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """tifffile stores a (3, Y, X) array as one RGB image unless told otherwise: the run's
+    labels.tif and the image saved for command.sh opened as colour, not as 3 slices."""
+    import tifffile
+
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(em_stack[0][:3, :64, :64], name="three")
+    w.segment()
+    assert not errors
+    for saved in ("labels.tif", "image.tif"):
+        with tifffile.TiffFile(w.last_run_dir / saved) as tif:
+            assert tif.series[0].shape == (3, 64, 64) and "S" not in tif.series[0].axes, saved
+
+
 def test_pruning_slider_apply_and_save(
     setup: Any, crop: np.ndarray, tmp_path: Path, checkpoint: Path
 ) -> None:
@@ -255,6 +271,25 @@ def test_pruning_panel_talks_through_signals_and_arguments(
         assert saved_info.provenance["pruned_from"] == "somewhere/tiny"
     finally:
         _state.unregister_model("tiny L1")
+
+
+def test_a_model_chosen_while_segmenting_keeps_the_slider_locked(
+    qapp: Any, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slider and Apply are locked while the owner segments; choosing another model
+    meanwhile unlocked them (the run's labels still come from the depth it started with)."""
+    from napari_unetpp._widgets.pruning_panel import PruningPanel
+
+    monkeypatch.setattr(_runner, "RUN_INLINE", True)
+    net, info = load_checkpoint(checkpoint)
+    panel = PruningPanel()
+    panel.set_device("cpu")
+    panel.set_model(net, info)
+    panel.set_busy(True)  # the owner starts segmenting
+    panel.set_model(net, info, name="another")
+    assert not panel._depth.enabled and not panel._apply.enabled
+    panel.set_busy(False)
+    assert panel._depth.enabled and panel._apply.enabled
 
 
 def test_cancel_leaves_layers_unchanged(setup: Any, crop: np.ndarray) -> None:
@@ -380,9 +415,22 @@ def test_chosen_path_is_one_path_or_a_user_facing_error() -> None:
     from napari_unetpp._widgets._paths import chosen_path
 
     assert chosen_path(Path("out"), "output folder") == Path("out")
-    for value in (None, (Path("a"), Path("b"))):
+    for value in (None, (Path("a"), Path("b")), Path("")):
         with pytest.raises(ValueError, match="choose one output folder"):
             chosen_path(value, "output folder")
+
+
+def test_an_emptied_output_folder_is_refused_not_the_working_directory(
+    setup: Any, crop: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    viewer, w, errors = setup
+    monkeypatch.chdir(tmp_path / "runs" if (tmp_path / "runs").is_dir() else tmp_path)
+    before = set(Path.cwd().iterdir())
+    w._image.value = viewer.add_image(crop[0], name="em")
+    w._output.line_edit.value = ""  # the user cleared the field
+    w.segment()
+    assert errors and "choose one output folder" in errors[-1]
+    assert set(Path.cwd().iterdir()) == before  # nothing written where napari was started
 
 
 def test_result_layers_take_the_images_units_rotation_and_affine(

@@ -158,6 +158,53 @@ def test_estimate_fills_the_diameter_of_nuclei_shown_at_twice_their_size(
     assert w.scale.overrides()["rescale"] == pytest.approx(trained / measured, rel=0.01)
 
 
+def test_a_cancelled_check_or_estimate_says_cancelled(
+    dock: Any, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancel mid-check: the tiles not yet done are empty, and the check judged them (a
+    "looks unlike the training data" warning, uncertain fraction 0.49 on a CT it had
+    passed); a cancelled Estimate said "no objects found"."""
+    viewer, w, errors = dock
+    warned: list[str] = []
+    monkeypatch.setattr(predict_module, "show_warning", warned.append)
+    monkeypatch.setattr(predict_module, "show_info", warned.append)
+    image = tifffile.imread(data_dir / "em_isbi2012" / "image.tif")[16:18, :256, :256]
+    w._image.value = viewer.add_image(image, name="em")
+    w._source.value = "shipped"
+    w._model.value = "zoo:em"
+    w._on_event = lambda event: w.cancel()  # the user presses Cancel at the first tile
+    for start in (w.check_image, w.estimate_size):
+        w._status.value = ""
+        start()
+        assert w._status.value.startswith("cancelled"), w._status.value
+    assert not warned and not errors
+    assert w.scale._diameter.value == 0.0
+
+
+def test_estimate_sees_nuclei_too_large_to_come_out_whole(dock: Any, data_dir: Path) -> None:
+    """DSB nuclei shown 2.5x larger than the training ones come out of one pass in
+    fragments; Estimate reported the fragments (17 px for ~79 px nuclei), so Segment
+    enlarged the image further. It must measure as an auto run does (the half-size probe)."""
+    import imageio.v3 as iio
+
+    viewer, w, errors = dock
+    image = iio.imread(data_dir / "nuclei_dsb2018" / "images" / "01d44a26f6680c42.png")
+    big = S.resample(np.asarray(image[..., 0], dtype=np.float32), (2.5, 2.5), (0, 1))
+    viewer.add_image(big, name="large nuclei")
+    w._source.value = "shipped"
+    w._model.value = "zoo:nuclei"
+    w._image.value = viewer.layers["large nuclei"]
+    w.estimate_size()
+    assert not errors, errors
+    trained, measured = w.model.config.object_diameter, w.scale._diameter.value
+    print(f"estimated diameter {measured:.1f} px (training median {trained:.1f} px)")
+    assert measured > 2 * trained
+    w.scale._diameter.value, w.scale._auto.value = 0.0, True  # an auto run measures the same
+    w.segment()
+    run = json.loads((w.last_run_dir / "run.json").read_text())
+    assert run["scale"]["measured_diameter"] == pytest.approx(measured, abs=0.1)
+
+
 def test_an_image_opened_before_the_dock_gives_its_pixel_size_and_model(
     make_napari_viewer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

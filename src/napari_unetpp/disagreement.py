@@ -330,7 +330,9 @@ def check_image(
     :class:`image_check.ImageCheck` and the per-depth probabilities (so the caller can show
     the segmentation it just checked). ``flip`` adds a pass on the mirrored image; the rest
     is :func:`check_prediction`'s (``scale_probe``, ``recommended``, ``thresholds``).
-    Stopped through ``stopper``, it judges nothing and returns ``(None, probs)``.
+    Stopped through ``stopper``, it judges nothing and returns ``(None, probs)``: the
+    tiles not yet predicted are empty, and a verdict on them would be a false "unlike the
+    training data".
     """
     from .inference import predict
 

@@ -165,6 +165,8 @@ def read_image_with_size(
         return array, size, unit if size else None
     except ImportError as exc:  # nibabel / pydicom missing: the message says what to install
         raise UserError(f"cannot read {path}: {exc}") from exc
+    except IndexError as exc:  # tifffile found no page: "list index out of range"
+        raise UserError(f"cannot read {path}: not a readable TIFF file (no image in it)") from exc
     except (OSError, ValueError, KeyError) as exc:
         if isinstance(exc, (FileNotFoundError, UserError)):
             raise

@@ -283,7 +283,8 @@ def read_dicom(path: str | Path) -> ImageData:
     Slices are sorted along the slice normal (the cross product of the row and
     column directions of ``ImageOrientationPatient``) by ``ImagePositionPatient``;
     the slice spacing is the median distance between neighbouring positions
-    (``SpacingBetweenSlices`` / ``SliceThickness`` for one slice), the in-plane
+    (``SpacingBetweenSlices`` / ``SliceThickness`` for one slice, or when the slices have
+    no position and are ordered by ``InstanceNumber``), the in-plane
     spacing ``PixelSpacing``. ``RescaleSlope``/``RescaleIntercept`` are applied,
     so CT values are Hounsfield units. Then the volume is oriented as the module
     docstring says (DICOM's LPS axes turned into RAS first).
@@ -315,11 +316,12 @@ def read_dicom(path: str | Path) -> ImageData:
     pixel_spacing: Any = getattr(first, "PixelSpacing", None)
     has_spacing = pixel_spacing is not None
     dy, dx = (float(pixel_spacing[0]), float(pixel_spacing[1])) if has_spacing else (1.0, 1.0)
-    if len(chosen) > 1:
+    placed = all(getattr(ds, "ImagePositionPatient", None) is not None for _, ds in chosen)
+    if len(chosen) > 1 and placed:
         gaps = np.diff(positions)
         dz = float(np.median(gaps))
         uneven = bool(np.ptp(gaps) > 0.01 * max(abs(dz), 1e-6))
-    else:
+    else:  # one slice, or slices ordered by InstanceNumber: their gaps are no millimetres
         dz = float(
             getattr(first, "SpacingBetweenSlices", 0) or getattr(first, "SliceThickness", 0) or 1.0
         )

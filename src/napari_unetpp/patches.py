@@ -125,7 +125,8 @@ def prepare_volumes(
 
 
 class DegenerateLabelsWarning(UserWarning):
-    """The labels hold a single class: a model can only learn to predict it everywhere."""
+    """The labels hold a single class (or classes on almost no pixel): a model can only
+    learn to predict one thing everywhere."""
 
 
 def degenerate_labels(volumes: Sequence[Volume]) -> str | None:
@@ -154,6 +155,33 @@ def degenerate_labels(volumes: Sequence[Volume]) -> str | None:
         f"every labelled pixel is {what}: the model can only learn to predict that "
         "everywhere, and its validation score is meaningless; label some pixels of "
         "another class (dense labels: 0 = background) or check class_values"
+    )
+
+
+#: Classes on fewer of the labelled pixels than this teach "background everywhere".
+MIN_CLASS_FRACTION = 0.002
+
+
+def rare_classes(volumes: Sequence[Volume]) -> str | None:
+    """Why these targets would teach "background everywhere" (classes on almost no pixel).
+
+    Why: one scribble painted with napari's default label 1 (a few dozen pixels) reads as
+    dense labels of one class, so every unpainted pixel is taught as background; 30 steps
+    of fine-tuning the shipped EM model on such a stroke took its membrane IoU from 0.69
+    to 0.0, with no word said.
+    """
+    labelled = classes = 0
+    for volume in volumes:
+        target = volume.target[volume.target != IGNORE_INDEX]
+        labelled += int(target.size)
+        classes += int(np.count_nonzero(target > 0))
+    if not labelled or classes == 0 or classes / labelled >= MIN_CLASS_FRACTION:
+        return None
+    return (
+        f"only {classes} of the {labelled} labelled pixels ({100 * classes / labelled:.2g} %) "
+        "are a class, the rest background: the model will learn to find almost nothing. With "
+        "dense labels every unpainted pixel is background; if you painted scribbles, paint "
+        "background with 1 and classes with 2, 3... and use the sparse label mode"
     )
 
 

@@ -253,8 +253,11 @@ def read_tiff(path: str | Path) -> ImageData:
     import tifffile
 
     path = Path(path)
-    axes, sizes, unit, kind = tiff_spacing(path)
-    array = tifffile.imread(str(path))
+    try:
+        axes, sizes, unit, kind = tiff_spacing(path)
+        array = tifffile.imread(str(path))
+    except IndexError as exc:  # tifffile found no page: "list index out of range"
+        raise ValueError(f"{path}: not a readable TIFF file (no image in it)") from exc
     axes = array_axes(axes, array.ndim)
     scale = tuple(float(sizes.get(a, 1.0)) for a in axes)
     spatial = {a for a in axes if a in "ZYX"}

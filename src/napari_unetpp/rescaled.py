@@ -33,7 +33,13 @@ from . import scale as S
 from .config import DataConfig, ModelConfig, PredictConfig
 from .events import Stopper
 
-__all__ = ["needs_rescaling", "base_zoom", "measure_diameters", "predict_rescaled"]
+__all__ = [
+    "needs_rescaling",
+    "base_zoom",
+    "measure_diameters",
+    "object_sizes",
+    "predict_rescaled",
+]
 
 
 def needs_rescaling(config: PredictConfig) -> bool:
@@ -143,18 +149,15 @@ def predict_rescaled(
     if auto and result.complete and result:
         depth = config.pruned_depth if config.pruned_depth is not None else max(result)
         gmean = math.prod(zoom) ** (1.0 / len(zoom))  # native-grid px -> model-grid px
-        diameters = measure_diameters(result[depth], mc, data_config, config.threshold) * gmean
-        probe = yield from _probe_half(
-            model, image, inner, data_config, zoom, depth, diameters, mc.object_diameter, stopper
+        diameters, probed = yield from object_sizes(
+            model, image, inner, data_config, zoom, result[depth], depth, stopper
         )
-        if probe is not None:
-            diameters = probe
         factor, why = S.auto_rescale(mc.object_diameter * 1.0, diameters)
         report.update(
             measured_diameter=float(np.median(diameters) / gmean) if diameters.size else None,
             objects=int(diameters.size),
             auto_factor=factor,
-            probe=probe is not None,
+            probe=probed,
         )
         report["note"] = "; ".join(n for n in (note, why) if n)
         yield _scale_event(why)
@@ -167,6 +170,39 @@ def predict_rescaled(
             result = _store(result, out)
     result.scale = report
     return result
+
+
+def object_sizes(
+    model: Any,
+    image: Any,
+    config: PredictConfig,
+    data_config: DataConfig,
+    zoom: tuple[float, ...],
+    prob: Any,
+    depth: int,
+    stopper: Stopper | None,
+) -> Generator[Any, None, tuple[np.ndarray, bool]]:
+    """Model-grid diameters of the objects in ``prob`` (head ``depth`` of a pass at ``zoom``),
+    and whether a half-zoom probe replaced them (the objects had come out shattered).
+
+    The one measurement behind ``rescale="auto"`` and the dock's "Estimate size", so the
+    diameter a user is shown is the one an auto run would use. ``config`` carries no
+    pixel size or rescale (the zoom is given).
+    """
+    gmean = math.prod(zoom) ** (1.0 / len(zoom))  # native-grid px -> model-grid px
+    diameters = measure_diameters(prob, model.config, data_config, config.threshold) * gmean
+    probe = yield from _probe_half(
+        model,
+        image,
+        config,
+        data_config,
+        zoom,
+        depth,
+        diameters,
+        model.config.object_diameter,
+        stopper,
+    )
+    return (diameters, False) if probe is None else (probe, True)
 
 
 #: The half-scale probe's objects must measure this much larger than the first pass's

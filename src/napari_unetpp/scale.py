@@ -117,7 +117,7 @@ def check_zoom(zoom: Sequence[float], what: str = "zoom") -> tuple[float, ...]:
     for z in zoom:
         if not (math.isfinite(z) and MIN_ZOOM <= z <= MAX_ZOOM):
             raise ValueError(
-                f"{what} {tuple(round(v, 4) for v in zoom)} resamples the image by more than "
+                f"{what} ({', '.join(f'{v:.3g}' for v in zoom)}) resamples the image by more than "
                 f"{MAX_ZOOM:g}x (allowed {MIN_ZOOM:g}..{MAX_ZOOM:g} per axis); check the pixel "
                 "size and its unit (the model's unit is in its card), or the rescale factor"
             )

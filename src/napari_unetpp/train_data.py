@@ -20,6 +20,7 @@ from .patches import (
     PatchSampler,
     degenerate_labels,
     prepare_volumes,
+    rare_classes,
     split_validation,
     validation_tiles,
 )
@@ -92,7 +93,7 @@ def prepare_data(
     first = to_channels_first(images[0], data_config.channel_axis)
     _check_model_fits(model_config, data_config, labels + extra, first.shape[0])
     volumes = prepare_volumes(images, labels, data_config, dims)
-    degenerate = degenerate_labels(volumes)
+    degenerate = degenerate_labels(volumes) or rare_classes(volumes)
     if degenerate:
         warnings.warn(degenerate, DegenerateLabelsWarning, stacklevel=2)
     if val_images is not None:

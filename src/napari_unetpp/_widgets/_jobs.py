@@ -165,6 +165,12 @@ class JobQueue:
         worker.yielded.connect(lambda event: ticket.call(ticket.on_yield, event))
         worker.returned.connect(lambda result: ticket.call(ticket.on_return, result))
         worker.errored.connect(lambda exc: self._failed(ticket, exc))
+
+        def warned(args: tuple[Any, ...]) -> None:
+            if not ticket.dropped:
+                _show_warning(args)
+
+        worker.warned.connect(warned)
         worker.finished.connect(lambda: self._finished(ticket))
         worker.finished.connect(lambda: _LIVE_WORKERS.discard(worker))
         ticket.worker = worker
@@ -201,6 +207,23 @@ class JobQueue:
         if app is not None:
             app.aboutToQuit.connect(self.cancel_all)
             self._quit_hooked = True
+
+
+def _show_warning(showwarning_args: tuple[Any, ...]) -> None:
+    """A job's ``warnings.warn`` (NaN pixels filled, a flat image...) as a napari notification.
+
+    Why here: superqt's worker catches the warnings of its thread and emits ``warned``;
+    napari's relay of that signal sits in a mixin whose ``__init__`` never runs (its
+    ``QRunnable`` base does not chain it: napari 0.6-0.9), so the engine's warnings
+    vanished. ``receive_warning`` shows each distinct warning once, so a napari whose
+    relay works does not show it twice. Deprecation warnings (superqt shows every
+    warning, "always") are for developers, not for the person segmenting.
+    """
+    from napari.utils.notifications import notification_manager
+
+    if issubclass(showwarning_args[1], (DeprecationWarning, PendingDeprecationWarning)):
+        return
+    notification_manager.receive_warning(*showwarning_args)
 
 
 #: Threaded jobs of the process that hold the old objects frozen (see the module docstring).

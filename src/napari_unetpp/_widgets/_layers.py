@@ -193,7 +193,9 @@ def layer_file(layer: Any, folder: str | os.PathLike[str], stem: str) -> str:
 
     path = Path(folder) / f"{stem}.tif"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, data)
+    tifffile.imwrite(
+        path, data, photometric="rgb" if getattr(layer, "rgb", False) else "minisblack"
+    )
     return str(path.resolve())
 
 

@@ -15,9 +15,12 @@ __all__ = ["chosen_path"]
 def chosen_path(value: Path | tuple[Path, ...] | None, what: str) -> Path:
     """``value`` as one ``Path``; ``ValueError("choose one <what>")`` otherwise.
 
+    An emptied field reads as ``Path(".")``: that is no choice either (a run would land in
+    whatever folder napari was started from, often a data folder).
+
     >>> chosen_path(Path("runs"), "output folder").name
     'runs'
     """
-    if isinstance(value, Path):
+    if isinstance(value, Path) and str(value) not in ("", "."):
         return value
     raise ValueError(f"choose one {what}")

@@ -195,7 +195,8 @@ def segment_job(
         threshold=config.threshold,
         min_size=config.min_size,
     )
-    tifffile.imwrite(run_dir / "labels.tif", labels, compression="zlib")
+    # minisblack: a 3- or 4-slice stack must not be stored (and opened) as RGB
+    tifffile.imwrite(run_dir / "labels.tif", labels, compression="zlib", photometric="minisblack")
     deepest = probs[max(probs)]
     regions = (
         label_here_next(probs, model.config.num_classes, region_size(2), top=8)

@@ -58,9 +58,18 @@ def set_progress(bar: ProgressBar, percent: int) -> None:
         native.setUpdatesEnabled(True)  # schedules the repaint (QWidget.update)
 
 
-def spread(steps: Generator[Any, Any, R], done: Callable[[R | None], Any], inline: bool) -> None:
+def spread(
+    steps: Generator[Any, Any, R],
+    done: Callable[[R | None], Any],
+    inline: bool,
+    alive: Callable[[], bool] = lambda: True,
+) -> None:
     """Run ``steps`` one step per event-loop turn, then call ``done`` with its return value
     (None if a step failed: the error is shown to the user).
+
+    ``alive`` is asked before each step: once False (the dock or the viewer was closed
+    meanwhile) the remaining steps are dropped and ``done`` is not called, so a closed
+    dock adds no layers later and nothing touches its deleted Qt widgets.
 
     Why: each step adds a napari layer (~0.15-0.3 s of the GUI thread: its controls and
     its canvas node); all of a run's layers at once froze the viewer for the sum
@@ -86,6 +95,10 @@ def spread(steps: Generator[Any, Any, R], done: Callable[[R | None], Any], inlin
     def step() -> None:
         from ._runner import report_error
 
+        if not alive():
+            steps.close()
+            thaw_old_objects()
+            return
         try:
             next(steps)
         except StopIteration as end:

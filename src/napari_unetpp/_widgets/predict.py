@@ -76,6 +76,7 @@ class PredictWidget(Container):
         self._runner = JobRunner(queue=queue_for(napari_viewer), owner="segment")
         self._loading = False
         self._showing = False  # a finished run's layers are being added
+        self._closed = False  # the dock left the viewer: no more layers, no more widget updates
         self._model_from_user = False
         self.model: UNetPlusPlus | None = None
         self.info: CheckpointInfo | None = None
@@ -170,6 +171,7 @@ class PredictWidget(Container):
 
     def _on_closed(self) -> None:
         """The dock was closed: stop its jobs (no layer appears later); stop listening."""
+        self._closed = True
         self._runner.quit()
         self.pruning.close_jobs()
         _state.models_changed.disconnect(self._on_models_changed)
@@ -388,6 +390,13 @@ class PredictWidget(Container):
         if labels is None:
             self._status.value = "cancelled: layers left unchanged"
             return
+        if layer not in self._viewer.layers:  # the user removed the image meanwhile
+            set_progress(self._progress, 100)
+            self._status.value = (
+                f"done, but the image {layer.name!r} was removed: no layers added; "
+                f"run saved in {self.last_run_dir}"
+            )
+            return
         model, info, spec = made_by  # described by the model that made them, not today's
         assert info is not None
         self.last_probabilities = dict(probs)
@@ -436,7 +445,7 @@ class PredictWidget(Container):
             )
 
         self._status.value = "adding the layers..."
-        spread(steps, shown, self._runner.inline)
+        spread(steps, shown, self._runner.inline, alive=lambda: not self._closed)
 
     def estimate_size(self, _value: Any = None) -> None:
         """Measure the median object diameter (one pass) and put it in the panel."""
@@ -482,9 +491,15 @@ class PredictWidget(Container):
             show_error(str(exc))
             return
         stopper = Stopper()
-        self._start(
-            what, job(model, image, config, data, stopper=stopper, **kwargs), on_return, stopper
-        )
+
+        def done(result: Any) -> None:
+            if stopper.stopped:  # a cancelled check judged half-empty probabilities
+                self._status.value = "cancelled: nothing was changed"
+                set_progress(self._progress, 0)
+                return
+            on_return(result)
+
+        self._start(what, job(model, image, config, data, stopper=stopper, **kwargs), done, stopper)
 
     # ------------------------------------------------------------------ records
 

@@ -45,17 +45,23 @@ if TYPE_CHECKING:
 
 def prune_job(
     model: UNetPlusPlus, depth: int, device: str
-) -> Generator[Any, None, tuple[UNetPlusPlus, float]]:
-    """Build the depth-``depth`` network and measure its ms per megapixel on ``device``."""
+) -> Generator[Any, None, tuple[UNetPlusPlus, float, tuple[float, float]]]:
+    """Build the depth-``depth`` network, count its GFLOP per megapixel (and the deepest's)
+    and measure its ms per megapixel on ``device``.
+
+    The count runs here, not on the GUI thread: its first call in a process (torch's FLOP
+    counter on the meta device warming up) took 2-3.5 s, frozen into opening the dock.
+    """
     from ..devices import resolve_device
     from ..events import Event
-    from ..pruning import measure_ms_per_mpx
+    from ..pruning import gflop_per_mpx, measure_ms_per_mpx
 
     yield Event("prune", 0, 2, f"building the L{depth} network")
     pruned = model.prune(depth).eval()
+    gflop = gflop_per_mpx(model, depth), gflop_per_mpx(model, model.depth)
     yield Event("prune", 1, 2, f"timing L{depth}")
     ms = measure_ms_per_mpx(pruned, depth, device=resolve_device(device))
-    return pruned, ms
+    return pruned, ms, gflop
 
 
 class PruningPanel(Container):
@@ -84,6 +90,8 @@ class PruningPanel(Container):
         self.info: CheckpointInfo | None = None
         self.pruned: UNetPlusPlus | None = None
         self.ms_per_mpx: float | None = None
+        self._gflop: dict[int, tuple[float, float]] = {}  # depth -> its and the deepest's
+        self._busy = False  # the owner segments: slider and Apply stay locked
         self._depth = Slider(label="Depth", min=1, max=1, value=1, enabled=False)
         self._readout = wrapped("load a model to prune it")
         self.advice: DepthAdvice | None = None  # the depth advice of the last checked result
@@ -114,13 +122,14 @@ class PruningPanel(Container):
         start at its recommended depth."""
         self.model, self.info, self.model_name, self.source = model, info, name, source
         self.advice = None  # another model's advice says nothing about this one
+        self._gflop = {}
         heads = model.head_depths
         best = int(info.metrics.get("best_depth") or max(heads))
         with self._depth.changed.blocked():
             self._depth.min, self._depth.max = min(heads), max(heads)
             self._depth.value = best if best in heads else max(heads)
-        self._depth.enabled = len(heads) > 1
-        self._apply.enabled = self._save.enabled = True
+        self._save.enabled = True
+        self.set_busy(self._busy)  # a model chosen mid-run leaves the slider locked
         self._on_depth()
 
     def set_device(self, device: str) -> None:
@@ -157,6 +166,7 @@ class PruningPanel(Container):
     def set_busy(self, busy: bool) -> None:
         """Disable Apply and the slider while the owner segments: the run's labels come
         from the depth it started with, and the slider must keep showing that depth."""
+        self._busy = busy
         self._apply.enabled = not busy and self.model is not None
         heads = self.model.head_depths if self.model is not None else ()
         self._depth.enabled = not busy and len(heads) > 1
@@ -188,10 +198,13 @@ class PruningPanel(Container):
             on_return=lambda result: self._on_pruned(d, result),
         )
 
-    def _on_pruned(self, depth: int, result: tuple[UNetPlusPlus, float]) -> None:
+    def _on_pruned(
+        self, depth: int, result: tuple[UNetPlusPlus, float, tuple[float, float]]
+    ) -> None:
+        self._gflop[depth] = result[2]
         if depth != self.depth:  # the slider moved on meanwhile
             return
-        self.pruned, self.ms_per_mpx = result
+        self.pruned, self.ms_per_mpx = result[:2]
         self._text(f"{self.ms_per_mpx:.0f} ms per megapixel here")
 
     def _text(self, timing: str) -> None:
@@ -215,12 +228,13 @@ class PruningPanel(Container):
         )
 
     def _cost(self, d: int) -> str:
-        """Exact GFLOP per megapixel of depth ``d`` (the same on every machine) and its share."""
-        from ..pruning import gflop_per_mpx
-
+        """Exact GFLOP per megapixel of depth ``d`` (the same on every machine) and its share,
+        once the timing job has counted them."""
         assert self.model is not None
-        gflop, deepest = gflop_per_mpx(self.model, d), gflop_per_mpx(self.model, self.model.depth)
         unit = "Mvoxel" if self.model.config.spatial_dims == 3 else "Mpx"
+        if d not in self._gflop:
+            return f"GFLOP/{unit}: counting"
+        gflop, deepest = self._gflop[d]
         return f"{gflop:.1f} GFLOP/{unit} ({100 * gflop / deepest:.0f}% of L{self.model.depth})"
 
     def _unvalidated(self) -> bool:

@@ -4,7 +4,7 @@ A model is right only at the scale it was trained at (issue 14): this panel turn
 the user knows (the layer's pixel size, kept by the readers from NIfTI/DICOM/OME-TIFF,
 or the size of their objects) into ``PredictConfig.pixel_size`` / ``rescale``, so
 ``inference.predict`` resamples to the model's scale and back. "Estimate" measures the
-objects' median diameter from a first pass (``rescaled.measure_diameters``); "auto"
+objects' median diameter as "auto" does (``rescaled.object_sizes``); "auto"
 does that inside every run (cellpose's two-pass recipe). "Adaptive depth" and "Check this
 image" use what deep supervision gives for free (``adaptive.py``, ``disagreement.py``).
 
@@ -178,9 +178,12 @@ class ScalePanel(Container):
 def estimate_job(
     model: UNetPlusPlus, image: Any, config: PredictConfig, data: DataConfig, stopper: Stopper
 ) -> Generator[Any, None, float | None]:
-    """One pass at the deepest head; the median equivalent diameter (px) of its objects."""
+    """The median equivalent diameter (px) of the objects, measured as ``rescale="auto"``
+    measures it: one pass at the deepest head, and a half-size probe when the objects
+    came out in fragments (a first pass alone called nuclei 2-3x the training size
+    "8 px": their pieces)."""
     from ..inference import predict
-    from ..rescaled import measure_diameters
+    from ..rescaled import object_sizes
 
     first = config.replace(
         rescale=None,
@@ -193,7 +196,10 @@ def estimate_job(
     probs = yield from predict(model, image, first, data, stopper=stopper)
     if not probs.complete:
         return None
-    diameters = measure_diameters(probs[model.depth], model.config, data, config.threshold)
+    zoom = (1.0,) * model.config.spatial_dims
+    diameters, _ = yield from object_sizes(
+        model, image, first, data, zoom, probs[model.depth], model.depth, stopper
+    )
     return float(np.median(diameters)) if diameters.size else None
 
 

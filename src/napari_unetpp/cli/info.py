@@ -184,7 +184,7 @@ def _info_on(args: argparse.Namespace) -> int:
                 ),
                 bar,
             )
-        assert check is not None  # judged: nothing here stops the check
+        assert check is not None  # judged: no stopper was given, so it never stops
         if args.json:
             _out(json.dumps({"image": str(path), **check.to_dict()}, default=str))
         else:
