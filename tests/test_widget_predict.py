@@ -513,9 +513,10 @@ def test_each_result_is_checked_against_the_training_data(
     advice = run["image_check"]["advice"]
     readout = w.pruning._readout.value
     print(readout)
-    assert "on large nuclei: labels as L4 on" in readout
+    agreement = advice["agreement"][str(w.pruning.depth)]
+    assert f"on large nuclei: {100 * agreement:.1f}% as L4" in readout
     if advice["agreement"][str(advice["recommended"])] < 1 - advice["tolerance"]:
-        assert f"L{advice['suggested']} holds there" in readout
+        assert f"use L{advice['suggested']} here" in readout
 
     run = segment(native, "native nuclei")
     assert run["image_check"] is not None and not run["image_check"]["unlike_training"]

@@ -148,19 +148,17 @@ class PruningPanel(Container):
             self._text(self._timing)
 
     def _advice_line(self, d: int) -> str:
-        """This depth on the user's image: its agreement with the deepest, and the advice."""
+        """This depth on the user's image: how much of it labels as the deepest, and the
+        depth to use there when the recommended one departs (one short line: the dock
+        must fit a laptop screen)."""
         advice = self.advice
         if advice is None or d not in advice.agreement:
             return ""
-        deepest = max(advice.agreement)
-        line = (
-            f"\non {self._advised_image}: labels as L{deepest} on "
-            f"{100 * advice.agreement[d]:.1f}% of the pixels"
-        )
+        name = self._advised_image
+        name = name if len(name) <= 24 else name[:23] + "\u2026"
+        line = f"\non {name}: {100 * advice.agreement[d]:.1f}% as L{max(advice.agreement)}"
         if advice.departs:
-            line += f"; L{advice.suggested} holds there (not the recommended L{advice.recommended})"
-        elif d != advice.suggested:
-            line += f"; L{advice.suggested} is the shallowest that holds there"
+            line += f"; use L{advice.suggested} here"
         return line
 
     def set_busy(self, busy: bool) -> None:
