@@ -122,6 +122,29 @@ def test_stop_keeps_a_usable_model(make_napari_viewer, em_crop, tmp_path, monkey
     assert "stopped" in w._status.value
 
 
+def test_stop_before_the_first_step_offers_no_model(
+    make_napari_viewer, em_crop, tmp_path, monkeypatch
+):
+    """Stop right after Start: an untrained (from scratch: random) network was registered
+    as "just trained", and the status blamed the labels ("paint on more of the image")."""
+    from napari_unetpp import events
+
+    class PressedAtOnce(events.Stopper):  # Stop lands before the job's first step
+        def __init__(self) -> None:
+            super().__init__()
+            self.stop()
+
+    errors = _errors(monkeypatch)
+    viewer = make_napari_viewer()
+    w = _widget(viewer, em_crop, tmp_path, iterations=200)
+    w._runner.inline = True
+    monkeypatch.setattr(events, "Stopper", PressedAtOnce)
+    w._on_start()
+    assert not errors
+    assert w._status.value.startswith("stopped before the first training step")
+    assert w.last_run_dir.name not in _state.registered_models()
+
+
 def test_shape_mismatch_is_a_clear_error(make_napari_viewer, tmp_path, monkeypatch):
     errors = _errors(monkeypatch)
     viewer = make_napari_viewer()

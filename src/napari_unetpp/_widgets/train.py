@@ -374,6 +374,9 @@ class TrainWidget(TrainForm):
     def _on_result(self, result: Any) -> None:
         if result.checkpoint is None:
             return
+        if not result.info.provenance.get("iterations"):  # Stop came before the first step
+            self._status.value = "stopped before the first training step: nothing was learned"
+            return  # not offered as "just trained": its weights are the starting ones
         self.last_checkpoint = Path(result.checkpoint)
         assert self.last_run_dir is not None
         _state.register_model(self.last_run_dir.name, self.last_checkpoint)
