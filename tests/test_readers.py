@@ -264,8 +264,17 @@ def test_tiff_resolution_centimetre(tmp_path: Path) -> None:
         path, np.zeros((8, 9), np.uint8), resolution=(2000.0, 4000.0), resolutionunit=3
     )  # pixels per cm: 5 um by 2.5 um
     got = readers.read_image(path)
-    assert got.unit == "mm" and got.axes == "YX"
-    np.testing.assert_allclose(got.scale, (10 / 4000, 10 / 2000))
+    assert got.unit == "um" and got.axes == "YX"  # readable: 2.5 um, not 0.0025 mm
+    np.testing.assert_allclose(got.scale, (2.5, 5.0))
+
+
+def test_tiff_centimetre_resolution_of_em_reads_in_nm(tmp_path: Path) -> None:
+    """A 4 nm EM slice stored in pixels per cm opens as 4 nm (it read as 4e-06 mm)."""
+    path = tmp_path / "em.tif"
+    tifffile.imwrite(path, np.zeros((8, 9), np.uint8), resolution=(2.5e6, 2.5e6), resolutionunit=3)
+    got = readers.read_image(path)
+    assert got.unit == "nm"
+    np.testing.assert_allclose(got.scale, (4.0, 4.0))
 
 
 @pytest.mark.parametrize(("unit", "expected"), [("MICROMETER", "um"), ("MILLIMETER", "mm")])

@@ -211,8 +211,25 @@ def tiff_spacing(path: str | Path) -> tuple[str, dict[str, float], str | None, s
         known = per_unit.get(int(res_unit.value)) if res_unit is not None else None
         if known is not None and x_res and y_res:
             factor, unit = known
-            return axes, {"X": factor / x_res, "Y": factor / y_res}, unit, "tiff"
+            sizes = {"X": factor / x_res, "Y": factor / y_res}
+            if int(res_unit.value) == 3:  # centimetre: not a microscope's or a scanner's unit
+                sizes, unit = _readable(sizes, unit)
+            return axes, sizes, unit, "tiff"
     return axes, {}, None, "tiff"
+
+
+def _readable(sizes: dict[str, float], unit: str) -> tuple[dict[str, float], str]:
+    """The sizes in nm (below 50 nm), mm (from 0.1 mm) or else um.
+
+    Why: a TIFF resolution in pixels per centimetre read as millimetres gave a 4 nm EM
+    slice as 4e-06 mm in the dock's pixel-size field and the layer's scale.
+    """
+    from .scale import convert_pixel_size
+
+    axes, values = list(sizes), list(sizes.values())
+    largest = max(convert_pixel_size(values, unit, "um"))
+    readable = "nm" if largest < 0.05 else "mm" if largest >= 100 else "um"
+    return dict(zip(axes, convert_pixel_size(values, unit, readable), strict=True)), readable
 
 
 def _shaped_sizes(
