@@ -117,6 +117,22 @@ def test_an_export_never_replaces_a_file_it_did_not_write(
     np.testing.assert_allclose(got, _expected(net, x, [2]), atol=TOL)
 
 
+def test_a_bioimageio_zip_never_replaces_a_zip_that_is_no_package(tmp_path: Path) -> None:
+    """`export --format bioimageio --out photos.zip` replaced any existing .zip (a user's
+    photos); only an earlier bioimage.io package (rdf.yaml inside) may be replaced."""
+    net = _net(1)
+    photos = tmp_path / "photos.zip"
+    with zipfile.ZipFile(photos, "w") as archive:
+        archive.writestr("holiday.jpg", "a photo")
+    with pytest.raises(ValueError, match="not a bioimage.io package"):
+        export_model(net, photos, "bioimageio", info=_info(net))
+    assert zipfile.ZipFile(photos).namelist() == ["holiday.jpg"]
+    package = tmp_path / "package.zip"
+    export_model(net, package, "bioimageio", info=_info(net))
+    export_model(net, package, "bioimageio", info=_info(net))  # an earlier package: replaced
+    assert "rdf.yaml" in zipfile.ZipFile(package).namelist()
+
+
 def _preprocess(x: np.ndarray, steps: list[dict[str, Any]]) -> np.ndarray:
     """Apply the rdf's preprocessing as a bioimage.io consumer does (per sample)."""
     for step in steps:

@@ -30,6 +30,7 @@ from .export import (
     export_torchscript,
     probability_net,
 )
+from .locate import BIOIMAGEIO_RDF, is_bioimageio_package
 
 if TYPE_CHECKING:
     from .checkpoint import CheckpointInfo
@@ -246,9 +247,10 @@ def export_bioimageio(
     from .normalization import normalize
 
     target = Path(out)
-    if target.exists() and not (target.is_dir() and not any(target.iterdir())):
-        if not (target.suffix.lower() == ".zip" or (target / "rdf.yaml").is_file()):
-            raise ValueError(f"{target} exists and is not a bioimage.io package; choose a new path")
+    empty_folder = target.is_dir() and not any(target.iterdir())
+    if target.exists() and not empty_folder and not is_bioimageio_package(target):
+        # a user's photos.zip or folder is never replaced; only an earlier package is
+        raise ValueError(f"{target} exists and is not a bioimage.io package; choose a new path")
     net = probability_net(model, depth, all_heads, info)
     raw = _test_image(info, net.multiple, test_image)
     with torch.no_grad():
@@ -267,7 +269,7 @@ def export_bioimageio(
         export_torchscript(net, folder / "weights.torchscript.pt")
         export_onnx(net, folder / "weights.onnx")
         rdf = _rdf(info, net, title, license or _spdx(info.card), folder)
-        (folder / "rdf.yaml").write_text(json.dumps(rdf, indent=2), encoding="utf-8")
+        (folder / BIOIMAGEIO_RDF).write_text(json.dumps(rdf, indent=2), encoding="utf-8")
         if target.suffix.lower() == ".zip":
             _zip_folder(folder, target)
         else:
