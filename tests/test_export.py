@@ -133,6 +133,14 @@ def test_a_bioimageio_zip_never_replaces_a_zip_that_is_no_package(tmp_path: Path
     assert "rdf.yaml" in zipfile.ZipFile(package).namelist()
 
 
+def test_a_licence_bioimageio_rejects_is_refused_before_any_work(tmp_path: Path) -> None:
+    """`--license nonsense` wrote a package that bioimage.io rejects; now refused up front."""
+    net = _net(1)
+    with pytest.raises(ValueError, match="not an SPDX id"):
+        export_model(net, tmp_path / "p", "bioimageio", info=_info(net), license="nonsense")
+    assert not list(tmp_path.iterdir())
+
+
 def _preprocess(x: np.ndarray, steps: list[dict[str, Any]]) -> np.ndarray:
     """Apply the rdf's preprocessing as a bioimage.io consumer does (per sample)."""
     for step in steps:
