@@ -94,6 +94,53 @@ def test_default_depth_is_the_recommended_one(tmp_path: Path) -> None:
     np.testing.assert_allclose(_jit(ts, x.numpy()), _expected(net, x, [2]), atol=TOL)
 
 
+@pytest.mark.parametrize("fmt, name", [("onnx", "m.onnx"), ("torchscript", "m.pt")])
+def test_an_export_never_replaces_a_file_it_did_not_write(
+    tmp_path: Path, fmt: str, name: str
+) -> None:
+    """`export --out notes.onnx` over a user's file replaced it silently; now refused, and
+    only our own earlier export (marked in the file) is replaced."""
+    net = _net(1)
+    precious = tmp_path / name
+    precious.write_text("my own notes")
+    with pytest.raises(ValueError, match="not an export of napari-unetpp"):
+        export_model(net, precious, fmt, info=_info(net))
+    assert precious.read_text() == "my own notes"
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ValueError, match="not an export of napari-unetpp"):
+        export_model(net, tmp_path / "folder", fmt, info=_info(net))
+    ours = tmp_path / "ours" / name
+    export_model(net, ours, fmt, info=_info(net))
+    export_model(net, ours, fmt, info=_info(net))  # our own: replaced
+    x = torch.rand(1, 1, 64, 64)
+    got = _onnx(ours, x.numpy()) if fmt == "onnx" else _jit(ours, x.numpy())
+    np.testing.assert_allclose(got, _expected(net, x, [2]), atol=TOL)
+
+
+def test_a_bioimageio_zip_never_replaces_a_zip_that_is_no_package(tmp_path: Path) -> None:
+    """`export --format bioimageio --out photos.zip` replaced any existing .zip (a user's
+    photos); only an earlier bioimage.io package (rdf.yaml inside) may be replaced."""
+    net = _net(1)
+    photos = tmp_path / "photos.zip"
+    with zipfile.ZipFile(photos, "w") as archive:
+        archive.writestr("holiday.jpg", "a photo")
+    with pytest.raises(ValueError, match="not a bioimage.io package"):
+        export_model(net, photos, "bioimageio", info=_info(net))
+    assert zipfile.ZipFile(photos).namelist() == ["holiday.jpg"]
+    package = tmp_path / "package.zip"
+    export_model(net, package, "bioimageio", info=_info(net))
+    export_model(net, package, "bioimageio", info=_info(net))  # an earlier package: replaced
+    assert "rdf.yaml" in zipfile.ZipFile(package).namelist()
+
+
+def test_a_licence_bioimageio_rejects_is_refused_before_any_work(tmp_path: Path) -> None:
+    """`--license nonsense` wrote a package that bioimage.io rejects; now refused up front."""
+    net = _net(1)
+    with pytest.raises(ValueError, match="not an SPDX id"):
+        export_model(net, tmp_path / "p", "bioimageio", info=_info(net), license="nonsense")
+    assert not list(tmp_path.iterdir())
+
+
 def _preprocess(x: np.ndarray, steps: list[dict[str, Any]]) -> np.ndarray:
     """Apply the rdf's preprocessing as a bioimage.io consumer does (per sample)."""
     for step in steps:

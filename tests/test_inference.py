@@ -602,3 +602,14 @@ def test_a_flat_image_is_flagged_before_its_labels_are_trusted(em_crop, em_net):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a real image: no such warning
         predict_array(em_net, em_crop[:64, :64], _config(), DataConfig())
+
+
+@pytest.mark.parametrize("shape", [(), (100,), (3, 100)])
+def test_too_few_axes_never_suggest_a_model_that_cannot_exist(shape) -> None:
+    """A 1-D signal (or RGB of one row with its channel axis) said "use a 1D model" (or
+    "0D"): models are 2D or 3D only, so the message asks for the image's axes instead."""
+    net = UNetPlusPlus(in_channels=3 if len(shape) == 2 else 1, widths=(4, 8), depth=1)
+    data = DataConfig(channel_axis=0 if len(shape) == 2 else None)
+    with pytest.raises(ValueError, match="models are 2D or 3D") as err:
+        image_layout(shape, data.channel_axis, net)
+    assert "D model or" not in str(err.value)

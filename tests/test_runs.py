@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from pathlib import Path
@@ -62,3 +63,19 @@ def test_unknown_sections_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="trian"):
         read_run_file(path)
     assert read_run_file(None) == {}
+
+
+def test_run_json_of_another_tool_is_never_replaced(tmp_path: Path) -> None:
+    """`train --out` a folder of another project replaced its run.json before the first step;
+    only a run record of ours is replaced."""
+    from napari_unetpp.runs import RUN_FILE, write_run_file
+
+    theirs = tmp_path / RUN_FILE
+    theirs.write_text('{"my": "data"}')
+    with pytest.raises(UserError, match="not a napari-unetpp run record"):
+        write_run_file(tmp_path, {"train": {"iterations": 5}})
+    assert theirs.read_text() == '{"my": "data"}'
+    theirs.unlink()
+    write_run_file(tmp_path, {"train": {"iterations": 5}})
+    write_run_file(tmp_path, {"train": {"iterations": 7}})  # ours: replaced
+    assert json.loads(theirs.read_text()) == {"train": {"iterations": 7}}

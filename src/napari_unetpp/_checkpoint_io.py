@@ -27,6 +27,7 @@ from . import __version__
 from .config import ModelConfig
 from .limits import MAX_PARAMETERS, estimate_parameters
 from .locate import (
+    BIOIMAGEIO_RDF,
     CONFIG_NAME,
     FORMAT,
     FORMAT_VERSION,
@@ -81,10 +82,6 @@ def _looks_like_safetensors(head: bytes, size: int) -> bool:
 
 def _pickle_error(name: str, why: str) -> CheckpointError:
     return CheckpointError(f"{name}: {why}; refusing to load it. {_CONVERT_HINT}")
-
-
-#: The file that makes a folder or zip a bioimage.io package (``export --format bioimageio``)
-BIOIMAGEIO_RDF = "rdf.yaml"
 
 
 def _bioimageio_error(name: str) -> CheckpointError:

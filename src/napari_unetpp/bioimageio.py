@@ -30,6 +30,7 @@ from .export import (
     export_torchscript,
     probability_net,
 )
+from .locate import BIOIMAGEIO_RDF, is_bioimageio_package
 
 if TYPE_CHECKING:
     from .checkpoint import CheckpointInfo
@@ -74,6 +75,25 @@ def _spdx(card: dict[str, Any]) -> str:
     if "CC0" in text:
         return "CC0-1.0"
     return "CC-BY-4.0"
+
+
+def _check_licence(spdx: str) -> None:
+    """Refuse, before any work, a licence id bioimage.io rejects: `--license` with a typo
+    wrote a package that does not validate. Unchecked without ``bioimageio.spec``."""
+    try:
+        from bioimageio.spec.model.v0_5 import DeprecatedLicenseId, LicenseId
+    except ImportError:
+        return
+    for kind in (LicenseId, DeprecatedLicenseId):
+        try:
+            kind(spdx)
+            return
+        except ValueError:  # pydantic's ValidationError is one
+            continue
+    raise ValueError(
+        f"licence {spdx!r} is not an SPDX id that bioimage.io accepts; give one such as "
+        "CC-BY-4.0, CC-BY-NC-4.0, MIT or BSD-3-Clause (https://spdx.org/licenses)"
+    )
 
 
 def _cite(card: dict[str, Any]) -> list[dict[str, str]]:
@@ -246,9 +266,12 @@ def export_bioimageio(
     from .normalization import normalize
 
     target = Path(out)
-    if target.exists() and not (target.is_dir() and not any(target.iterdir())):
-        if not (target.suffix.lower() == ".zip" or (target / "rdf.yaml").is_file()):
-            raise ValueError(f"{target} exists and is not a bioimage.io package; choose a new path")
+    empty_folder = target.is_dir() and not any(target.iterdir())
+    if target.exists() and not empty_folder and not is_bioimageio_package(target):
+        # a user's photos.zip or folder is never replaced; only an earlier package is
+        raise ValueError(f"{target} exists and is not a bioimage.io package; choose a new path")
+    spdx = license or _spdx(info.card)
+    _check_licence(spdx)
     net = probability_net(model, depth, all_heads, info)
     raw = _test_image(info, net.multiple, test_image)
     with torch.no_grad():
@@ -266,8 +289,8 @@ def export_bioimageio(
         (folder / "README.md").write_text(_readme(info, net, title), encoding="utf-8")
         export_torchscript(net, folder / "weights.torchscript.pt")
         export_onnx(net, folder / "weights.onnx")
-        rdf = _rdf(info, net, title, license or _spdx(info.card), folder)
-        (folder / "rdf.yaml").write_text(json.dumps(rdf, indent=2), encoding="utf-8")
+        rdf = _rdf(info, net, title, spdx, folder)
+        (folder / BIOIMAGEIO_RDF).write_text(json.dumps(rdf, indent=2), encoding="utf-8")
         if target.suffix.lower() == ".zip":
             _zip_folder(folder, target)
         else:

@@ -172,9 +172,45 @@ def export_pruned(
 # --------------------------------------------------------------------------- weights files
 
 
+#: The mark an ONNX (metadata property) or TorchScript (extra file) export carries: a later
+#: export may replace a file with it, and never any other file (a user's own ``model.onnx``).
+EXPORT_MARK = "napari_unetpp"
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse to replace a file (or folder) that is not one of our ONNX / TorchScript exports."""
+    if target.exists() and not (target.is_file() and _is_our_export(target)):
+        raise ValueError(
+            f"{target} exists and is not an export of napari-unetpp; choose a new path "
+            "(it is left as it is)"
+        )
+
+
+def _is_our_export(path: Path) -> bool:
+    """Whether ``path`` carries :data:`EXPORT_MARK` (read from the zip directory or the ONNX
+    header; files over 2 GiB are never ours: these models are a few MB)."""
+    import zipfile
+
+    if path.stat().st_size > 2**31:
+        return False
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith(f"/extra/{EXPORT_MARK}") for n in archive.namelist())
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not ONNX (or no onnx installed): not ours
+        return False
+    return any(entry.key == EXPORT_MARK for entry in model.metadata_props)
+
+
 def export_torchscript(net: ProbabilityNet, out: str | os.PathLike[str]) -> Path:
     """Trace ``net`` to a TorchScript file (any batch and any multiple-of-``2**d`` size)."""
+    from . import __version__
+
     target = Path(out)
+    _check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
         # the size checks in forward become constants: right for multiples of 2**d;
@@ -182,7 +218,8 @@ def export_torchscript(net: ProbabilityNet, out: str | os.PathLike[str]) -> Path
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(net, _example(net), check_trace=False)
-        _atomic(target, lambda tmp: torch.jit.save(traced, str(tmp)))
+        mark = {EXPORT_MARK: __version__}
+        _atomic(target, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=mark))
     return target
 
 
@@ -196,13 +233,16 @@ def export_onnx(net: ProbabilityNet, out: str | os.PathLike[str]) -> Path:
     from torch.export import Dim
 
     try:
-        import onnx  # noqa: F401  (the exporter needs it; say which extra brings it)
+        import onnx  # the exporter needs it (and it marks the file): say which extra brings it
         import onnxscript  # noqa: F401
     except ImportError as exc:
         raise ImportError(
             "ONNX export needs onnx and onnxscript: pip install 'napari-unetpp[export]'"
         ) from exc
+    from . import __version__
+
     target = Path(out)
+    _check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     axes = ("z", "y", "x")[-net.net.config.spatial_dims :]
     shapes = {0: Dim("batch", min=1, max=1024)}
@@ -235,6 +275,10 @@ def export_onnx(net: ProbabilityNet, out: str | os.PathLike[str]) -> Path:
                 )
         finally:
             quiet.setLevel(level)
+        exported = onnx.load(str(tmp))
+        entry = exported.metadata_props.add()
+        entry.key, entry.value = EXPORT_MARK, __version__
+        onnx.save(exported, str(tmp))
 
     _atomic(target, write)
     return target

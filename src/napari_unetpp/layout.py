@@ -54,7 +54,8 @@ def image_layout(shape: tuple[int, ...], channel_axis: int | None, model: UNetPl
     if len(others) < dims:
         raise ValueError(
             f"a {dims}D model needs {dims} spatial axes, but the image of shape {shape} has "
-            f"{len(others)} besides channels; use a {len(others)}D model or check channel_axis"
+            f"{len(others)} besides channels; give an image with {dims} or more axes besides "
+            "its channels (models are 2D or 3D), or check channel_axis"
         )
     channels = 1 if channel_axis is None else shape[channel_axis]
     if channels != in_channels:

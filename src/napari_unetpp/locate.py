@@ -37,6 +37,8 @@ __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "PICKLE_SUFFIXES",
+    "BIOIMAGEIO_RDF",
+    "is_bioimageio_package",
     "MAX_CONFIG_BYTES",
     "ZOO_PREFIX",
     "RUN_BEST",
@@ -58,6 +60,8 @@ FORMAT = "napari-unetpp-checkpoint"
 #: The newest checkpoint format this version reads and writes.
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
+#: The file that makes a folder or zip a bioimage.io package (``export --format bioimageio``).
+BIOIMAGEIO_RDF = "rdf.yaml"
 WEIGHTS_NAME = "weights.safetensors"
 #: File endings of pickle-based formats (refused, never opened as pickles).
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
@@ -228,3 +232,17 @@ def find_checkpoint(path: str | os.PathLike[str]) -> Path | None:
         folder = where.path.parent if where.kind == "config" else where.path
         return folder if is_checkpoint_folder(folder) else None
     return None
+
+
+def is_bioimageio_package(path: Path) -> bool:
+    """A folder or zip holding :data:`BIOIMAGEIO_RDF` at its top (what our bioimage.io export
+    writes, and so may replace); never raises."""
+    try:
+        if path.is_dir():
+            return (path / BIOIMAGEIO_RDF).is_file()
+        if path.is_file() and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return BIOIMAGEIO_RDF in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        pass
+    return False

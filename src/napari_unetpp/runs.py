@@ -42,6 +42,7 @@ __all__ = [
     "new_run_dir",
     "write_json",
     "write_run_file",
+    "is_run_record",
     "read_run_file",
     "train_record",
     "predict_record",
@@ -97,8 +98,24 @@ def write_json(path: Path, record: dict[str, Any]) -> Path:
 
 
 def write_run_file(folder: Path, record: dict[str, Any]) -> Path:
-    """Write ``folder/run.json`` atomically."""
-    return write_json(Path(folder) / RUN_FILE, record)
+    """Write ``folder/run.json`` atomically, never over a ``run.json`` that is no run record
+    (``train --out`` given a folder of another project replaced its run.json)."""
+    path = Path(folder) / RUN_FILE
+    if path.exists() and not is_run_record(path):
+        raise UserError(
+            f"{path} exists and is not a napari-unetpp run record; refusing to replace it. "
+            "Choose a new or empty folder"
+        )
+    return write_json(path, record)
+
+
+def is_run_record(path: Path) -> bool:
+    """A ``run.json`` this package wrote: only its keys, and at least one config section."""
+    try:
+        data = read_run_file(path)
+    except (UserError, ValueError, OSError):
+        return False
+    return bool(set(data) & (CONFIG_SECTIONS | {"written_by"}))
 
 
 def read_run_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:
