@@ -184,22 +184,18 @@ def nuclei_model():
 
 @pytest.fixture(scope="module")
 def nuclei_native_and_2x(data_dir) -> dict[str, np.ndarray]:
-    """A held-back DSB image (2255d5aba044256b): its 256 x 256 centre, and that centre's
-    middle upsampled 2x (nuclei twice the training size)."""
+    """A held-back DSB image (2349e95ece2857c8, 256 x 256, 9 nuclei of median diameter
+    15 px), and the image upsampled 2x: nuclei of ~30 px, which the model splits."""
     from skimage import io
     from skimage.transform import rescale
 
     from napari_unetpp.normalization import rgb_to_grey
 
-    image = io.imread(data_dir / "nuclei_dsb2018" / "images" / "2255d5aba044256b.png")
+    image = io.imread(data_dir / "nuclei_dsb2018" / "images" / "2349e95ece2857c8.png")
     if image.ndim == 3:
         image = np.clip(np.round(rgb_to_grey(image)), 0, 255).astype(np.uint8)
-    y, x = (image.shape[0] - 256) // 2, (image.shape[1] - 256) // 2
-    native = image[y : y + 256, x : x + 256]
-    zoomed = rescale(
-        native[64:192, 64:192].astype("float32"), 2.0, order=1, preserve_range=True
-    ).astype(np.uint8)
-    return {"native": native, "2x": zoomed}
+    zoomed = rescale(image.astype("float32"), 2.0, order=1, preserve_range=True)
+    return {"native": image, "2x": zoomed.astype(np.uint8)}
 
 
 def test_warning_fires_on_nuclei_rescaled_2x_not_on_native(
@@ -278,9 +274,8 @@ def test_check_prediction_judges_a_finished_segmentation(
     halved, none = check(config.replace(rescale=0.5))
     assert none == []  # already at the model's scale: no probe
     assert halved.signals["scale_gain"] is None and halved.signals["half_size_ratio"] is None
-    # measured on the 2x grid, but at the model's scale: the object size of the native
-    # region that was upsampled
-    region = nuclei_native_and_2x["native"][64:192, 64:192]
+    # measured on the 2x grid, but at the model's scale: the native image's object size
+    region = nuclei_native_and_2x["native"]
     native = drive(
         check_prediction(
             model,
@@ -298,6 +293,22 @@ def test_check_prediction_judges_a_finished_segmentation(
 
     pruned, _ = check(config.replace(pruned_depth=4))  # one head: no depth disagreement
     assert pruned.signals["depth_disagreement"] is None and pruned.advice is None
+
+
+def test_auto_rescale_with_adaptive_depth_measures_on_the_deepest_head(
+    nuclei_model, nuclei_native_and_2x
+) -> None:
+    """Adaptive tiles stopped at a shallow head split large nuclei more: auto object size
+    measured the adaptive output and under-corrected (factor 0.87 where 0.68 without)."""
+    model, info = nuclei_model
+    config = PredictConfig(device="cpu", tile_size=(256, 256), rescale="auto")
+    image = nuclei_native_and_2x["2x"]
+    plain = predict_array(model, image, config, info.data)
+    adaptive = predict_array(model, image, config.replace(adaptive_depth=True), info.data)
+    print(plain.scale, adaptive.scale)
+    assert adaptive.scale["measured_diameter"] == pytest.approx(plain.scale["measured_diameter"])
+    assert adaptive.scale["zoom"] == pytest.approx(plain.scale["zoom"])
+    assert adaptive.scale["passes"] == 2 and hasattr(adaptive, "depth_map")
 
 
 def test_check_prediction_judges_nothing_when_stopped() -> None:

@@ -143,14 +143,21 @@ def predict_rescaled(
         )
     if any(z != 1.0 for z in zoom):
         yield _scale_event(f"resampling the input by {_fmt(zoom)} to the model's scale")
+    # adaptive depth stops many tiles at a shallow head, which splits large objects more:
+    # the objects are measured on one fixed head, and the adaptive pass follows
+    measuring = (
+        inner.replace(adaptive_depth=False, depths=(), pruned_depth=mc.depth)
+        if auto and inner.adaptive_depth
+        else inner
+    )
     result = yield from _one_pass(
-        model, image, inner, data_config, zoom, None if auto else out, stopper
+        model, image, measuring, data_config, zoom, None if auto else out, stopper
     )
     if auto and result.complete and result:
-        depth = config.pruned_depth if config.pruned_depth is not None else max(result)
+        depth = measuring.pruned_depth if measuring.pruned_depth is not None else max(result)
         gmean = math.prod(zoom) ** (1.0 / len(zoom))  # native-grid px -> model-grid px
         diameters, probed = yield from object_sizes(
-            model, image, inner, data_config, zoom, result[depth], depth, stopper
+            model, image, measuring, data_config, zoom, result[depth], depth, stopper
         )
         factor, why = S.auto_rescale(mc.object_diameter * 1.0, diameters)
         report.update(
@@ -161,7 +168,7 @@ def predict_rescaled(
         )
         report["note"] = "; ".join(n for n in (note, why) if n)
         yield _scale_event(why)
-        if factor != 1.0:
+        if factor != 1.0 or measuring is not inner:
             zoom = S.check_zoom(tuple(z * factor for z in zoom))
             report.update(zoom=list(zoom), passes=2)
             yield _scale_event(f"second pass: resampling the input by {_fmt(zoom)}")
