@@ -311,6 +311,25 @@ def test_a_results_class_axis_is_not_read_as_a_second_z(tmp_path: Path) -> None:
     assert readers.array_axes("QYX", 3) == "ZYX" and readers.array_axes("IYX", 3) == "ZYX"
 
 
+def test_results_carry_the_pixel_size_in_the_tiffs_own_resolution_tags(tmp_path: Path) -> None:
+    """Fiji and other TIFF readers see a result's in-plane pixel size (X/YResolution per
+    cm), not only this plugin, which reads the JSON description first."""
+    from napari_unetpp.files import write_array
+
+    path = write_array(tmp_path / "em_labels", np.zeros((8, 9), np.int32), "tif", (4.0, 5.0), "nm")
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        x, y = (page.tags[f"{a}Resolution"].value for a in "XY")
+        assert int(page.tags["ResolutionUnit"].value) == 3  # centimetre
+        assert x[0] / x[1] == pytest.approx(1 / 5e-7) and y[0] / y[1] == pytest.approx(1 / 4e-7)
+    got = readers.read_image(path)
+    assert got.pixel_size == pytest.approx((4.0, 5.0)) and got.unit == "nm"
+    unknown = write_array(tmp_path / "unknown", np.zeros((8, 9), np.int32), "tif")
+    with tifffile.TiffFile(unknown) as tif:  # no pixel size: no physical resolution claimed
+        unit = tif.pages[0].tags.get("ResolutionUnit")
+        assert unit is None or int(unit.value) != 3
+
+
 def test_imagej_tiff_spacing_and_unit(tmp_path: Path) -> None:
     path = tmp_path / "ij.tif"
     tifffile.imwrite(

@@ -269,6 +269,20 @@ def spacing_attrs(pixel_size: tuple[float, ...] | None, unit: str | None) -> dic
     return {"spacing": [float(v) for v in pixel_size], "unit": unit} if pixel_size else {}
 
 
+def resolution_tags(pixel_size: tuple[float, ...] | None, unit: str | None) -> dict[str, Any]:
+    """``tifffile.imwrite`` keywords for the TIFF's own X/YResolution in pixels per
+    centimetre, so that Fiji and other TIFF readers (not only this plugin, which reads the
+    JSON description first) open a result at the input's in-plane pixel size."""
+    from .scale import UNITS, convert_pixel_size
+
+    if not pixel_size or len(pixel_size) < 2 or unit not in UNITS:
+        return {}
+    y_mm, x_mm = convert_pixel_size(pixel_size[-2:], unit, "mm")
+    if not (y_mm > 0 and x_mm > 0):
+        return {}
+    return {"resolution": (10.0 / x_mm, 10.0 / y_mm), "resolutionunit": 3}
+
+
 def write_array(
     base: Path,
     array: Any,
@@ -310,6 +324,7 @@ def write_array(
         photometric="minisblack",
         software=TIFF_SOFTWARE,
         metadata=spacing,
+        **resolution_tags(pixel_size, unit),
     )
     return path
 
