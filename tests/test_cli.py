@@ -683,3 +683,17 @@ def test_info_on_checks_a_bounded_region_of_a_big_image(
     captured = capsys.readouterr()
     assert "checked on a central region of shape (6, 48, 48)" in captured.err
     assert "depth: " in captured.out
+
+
+def test_train_refuses_an_out_folder_with_another_tools_checkpoint_folders(
+    em_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another tool's ``last/`` in --out: refused before any work (``best/`` was written
+    first, then the run failed on ``last/``)."""
+    out = tmp_path / "project"
+    (out / "last").mkdir(parents=True)
+    (out / "last" / "notes.txt").write_text("mine")
+    argv = ["train", "--images", str(em_files["val_image"]), "--labels"]
+    code = main([*argv, str(em_files["val_labels"]), "--out", str(out), *TRAIN_FLAGS])
+    assert code == 2 and "not a napari-unetpp checkpoint" in capsys.readouterr().err
+    assert not (out / "best").exists() and (out / "last" / "notes.txt").read_text() == "mine"

@@ -164,6 +164,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from ..outputs import check_writable_folder
 
         check_writable_folder(out)  # before reading data or building anything
+        _check_checkpoint_folders(out)
     initial = _initial_model(args, out, resuming)
     base = None
     if resuming:
@@ -183,6 +184,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train(args, out, initial, *configs, main_process=process_rank() == 0, grey=grey)
     finally:
         leave()
+
+
+def _check_checkpoint_folders(out: Path) -> None:
+    """``best/`` and ``last/`` in ``--out`` are ours to replace, or the run does not start
+    (it used to write ``best/`` and then fail on another tool's ``last/``)."""
+    from ..locate import has_marker
+
+    for name in ("best", "last"):
+        folder = out / name
+        foreign = folder.is_dir() and any(folder.iterdir()) and not has_marker(folder)
+        if folder.is_file() or foreign:
+            raise UserError(
+                f"{folder} exists and is not a napari-unetpp checkpoint; refusing to replace "
+                "it. Choose a new or empty --out folder"
+            )
 
 
 def _train(
