@@ -328,6 +328,24 @@ def test_check_prediction_judges_nothing_when_stopped() -> None:
     assert drive(check_prediction(net, image, partial, DataConfig(), config)) is None
 
 
+def test_a_big_stack_is_checked_on_the_region_info_on_reads(monkeypatch) -> None:
+    """A whole CT scan's result is over the in-memory limit: judged on a few planes
+    (image_check.check_region), with a class axis first in the probabilities."""
+    from napari_unetpp import image_check
+    from napari_unetpp.disagreement import check_result
+
+    monkeypatch.setattr(image_check, "CHECK_PLANES", 3)
+    torch.manual_seed(0)
+    net = UNetPlusPlus(widths=(4, 8, 16), depth=2, num_classes=3).eval()
+    stack = np.random.default_rng(0).random((9, 64, 64)).astype("float32")
+    config = PredictConfig(device="cpu", tile_size=(64, 64))
+    probs = predict_array(net, stack, config, DataConfig())
+    events: list = []
+    check = drive(check_result(net, stack, probs, DataConfig(), config, {}), events.append)
+    assert check is not None and check.signals["uncertain_fraction"] is not None
+    assert events and events[-1].total == 3  # the half-size probe saw 3 of the 9 planes
+
+
 def test_cli_predict_checks_each_result(tmp_path, nuclei_native_and_2x, capsys) -> None:
     """``predict`` judges each result as the dock does (a warning on stderr, the check in
     ``<name>_run.json``); ``--no-check`` skips the extra pass."""

@@ -462,8 +462,13 @@ def check_result(
     stopper: Stopper | None = None,
 ) -> Generator[Any, None, ImageCheck | None]:
     """:func:`check_prediction` with the model's own calibration and recommended depth
-    (its checkpoint's ``metrics``), as the Segment dock and ``predict`` check each result;
-    None when the result holds more than :data:`CHECK_LIMIT` values per depth."""
+    (its checkpoint's ``metrics``), as the Segment dock and ``predict`` check each result.
+
+    A big image is judged on the region ``info --on`` reads (:func:`image_check.check_region`:
+    a central block of a few evenly spaced planes), so a whole CT scan is checked too;
+    None when even that holds more than :data:`CHECK_LIMIT` values per depth.
+    """
+    image, probs = _check_part(model, image, probs, data_config)
     if np.size(probs[max(probs)]) > CHECK_LIMIT:
         return None
     return (
@@ -478,3 +483,25 @@ def check_result(
             stopper=stopper,
         )
     )
+
+
+def _check_part(
+    model: Any, image: Any, probs: Mapping[int, Any], data_config: DataConfig
+) -> tuple[Any, Mapping[int, Any]]:
+    """The image and its probabilities cut to :func:`image_check.check_region`
+    (the probabilities have no channel axis, and a class axis first for several classes)."""
+    from .image_check import check_region
+    from .inference import PredictResult
+
+    shape = tuple(int(n) for n in np.shape(image))
+    region = check_region(shape, model.config.spatial_dims, data_config.channel_axis)
+    if region is None:
+        return image, probs
+    channel = None if data_config.channel_axis is None else data_config.channel_axis % len(shape)
+    cut = tuple(r for axis, r in enumerate(region) if axis != channel)
+    if model.config.num_classes > 1:
+        cut = (slice(None), *cut)
+    complete = bool(getattr(probs, "complete", True))
+    part = PredictResult({d: np.asarray(p[cut]) for d, p in probs.items()}, complete)
+    part.scale = getattr(probs, "scale", None)
+    return np.asarray(image[region]), part
