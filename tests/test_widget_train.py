@@ -525,3 +525,42 @@ def test_no_preview_for_an_image_removed_during_training(
     w._on_start()
     assert not errors
     assert [layer.name for layer in viewer.layers] == ["membranes"]
+
+
+def test_fine_tuning_a_one_channel_model_on_an_rgb_layer_uses_its_grey(
+    make_napari_viewer, tmp_path, monkeypatch
+):
+    """Fine-tuning the (one-channel) nuclei model on an H&E layer: the dock set the channel
+    axis to "last (RGB)" and the run failed with "the model expects 1 input channel(s)",
+    a dead end; it trains on the luminance, as the Segment dock and `train --from` do."""
+    import torch
+
+    from napari_unetpp._widgets import _runner
+    from napari_unetpp.checkpoint import CheckpointInfo, save_checkpoint
+    from napari_unetpp.config import DataConfig
+    from napari_unetpp.model import UNetPlusPlus
+
+    monkeypatch.setattr(_runner, "RUN_INLINE", True)
+    errors = _errors(monkeypatch)
+    torch.manual_seed(0)
+    net = UNetPlusPlus(widths=(4, 8, 16), depth=2, num_classes=3)
+    info = CheckpointInfo(model=net.config, data=DataConfig(target="instance"))
+    start = save_checkpoint(tmp_path / "nuclei", net, info)
+    viewer = make_napari_viewer()
+    rgb = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    image = viewer.add_image(rgb, name="he", rgb=True)
+    ids = np.zeros((64, 64), np.uint16)
+    ids[5:15, 5:15], ids[30:40, 30:45] = 1, 2
+    w = TrainWidget(viewer)
+    w._image.value, w._labels_box.value = image, viewer.add_labels(ids, name="nuclei")
+    assert w._channel_axis.value == "-1"  # an RGB layer: channels last
+    w._start_from.value = "file"
+    w._checkpoint_file.value = start
+    w._iterations.value, w._patch.value, w._batch.value = 2, 32, 1
+    w._device.value, w._output.value = "cpu", tmp_path / "runs"
+    w._on_start()
+    assert not errors, errors
+    run = json.loads((w.last_run_dir / "run.json").read_text())
+    assert run["data"]["channel_axis"] is None  # `train --config` replays it as grey too
+    assert (w.last_run_dir / "best" / "config.json").is_file()
+    assert viewer.layers["he UNet++ preview"].data.shape[-2:] == (64, 64)

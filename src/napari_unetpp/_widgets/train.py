@@ -274,18 +274,25 @@ class TrainWidget(TrainForm):
         try:
             pairs = self._training_pairs()
             model, train, data, initial = self._configs(pairs)
+            grey = _rgb_as_grey(pairs, model, data)
+            if grey:  # as `train --from` does: RGB for a one-channel model is its luminance
+                data = data.replace(channel_axis=None)
             sizes = pair_pixel_sizes(pairs)  # resampled to the model's in the job, as the CLI
             model = _at_pixel_size(model, sizes)
             run_dir = self._new_run(pairs, model, train, data, initial, sizes)
         except (ValueError, OSError) as exc:
             show_error(str(exc))
             return
-        images = [layer_data(i) for i, _ in pairs]
+        from ..normalization import rgb_to_grey
+
+        images = [rgb_to_grey(layer_data(i)) if grey else layer_data(i) for i, _ in pairs]
         labels = [np.array(layer_data(lab)) for _, lab in pairs]  # a copy: painting goes on
         self._preview_layer, stopper = pairs[0][0], Stopper()
         self._note, self._shown_at = "", 0.0
         preview = (
-            self._preview_source(model.spatial_dims, sizes[0]) if self._preview.value else None
+            self._preview_source(model.spatial_dims, sizes[0], grey)
+            if self._preview.value
+            else None
         )
         self._plot.start(train.iterations, range(1, model.depth + 1), _first_loss(model, initial))
         self._set_running(True)
@@ -304,12 +311,17 @@ class TrainWidget(TrainForm):
         self._on_queue_changed()
 
     def _preview_source(
-        self, dims: int, pixel_size: tuple[tuple[float, ...], str] | None
+        self, dims: int, pixel_size: tuple[tuple[float, ...], str] | None, grey: bool = False
     ) -> PreviewSource:
-        """The slice shown now, of the (first) training image, for the before/after view."""
+        """The slice shown now, of the (first) training image, for the before/after view
+        (``grey``: an RGB image seen by a one-channel model, as its luminance)."""
+        from ..normalization import rgb_to_grey
+
         axis = self._channel_axis_value()
         self._preview_point = tuple(self._viewer.dims.point)
         image = current_slice(self._preview_layer, self._viewer.dims.point, axis, dims)
+        if grey:
+            image, axis = rgb_to_grey(image), None
         return PreviewSource(
             np.ascontiguousarray(image), axis is not None, self._device.value, pixel_size
         )
@@ -438,3 +450,14 @@ class TrainWidget(TrainForm):
             **layer_frame(layer, None if layer.rgb else self._channel_axis_value()),
             opacity=0.5,
         )
+
+
+def _rgb_as_grey(pairs: list[tuple[Image, Labels]], model: ModelConfig, data: DataConfig) -> bool:
+    """Whether the training images are RGB layers for a one-channel model (a fine-tune of
+    the shipped nuclei model on H&E, say): then they are trained on as their luminance, as
+    the Segment dock and the CLI see them (the channel axis would be a dead end)."""
+    return (
+        model.in_channels == 1
+        and data.channel_axis is not None
+        and all(image.rgb for image, _ in pairs)
+    )
