@@ -357,8 +357,6 @@ def check_image(
         )
         if other:
             flipped = np.flip(np.asarray(other[max(probs)]), axis=-1)
-    if stopper is not None and stopper.stopped:
-        return None, dict(probs)
     check = yield from check_prediction(
         model,
         image,
@@ -388,9 +386,10 @@ def _check_config(predict_config: PredictConfig | None) -> PredictConfig:
 
 
 def zoom_used(probs: Any) -> float:
-    """The geometric mean of the zoom a prediction ran at (``PredictResult.scale``), 1 if none."""
-    zoom = (getattr(probs, "scale", None) or {}).get("zoom") or [1.0]
-    return float(np.prod([float(z) for z in zoom]) ** (1.0 / len(zoom)))
+    """The zoom a prediction ran at (``PredictResult.scale``) as one factor, 1 if none."""
+    from .scale import mean_zoom
+
+    return mean_zoom((getattr(probs, "scale", None) or {}).get("zoom") or [1.0])
 
 
 def check_prediction(

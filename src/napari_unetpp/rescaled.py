@@ -22,7 +22,6 @@ says what was used: pixel sizes, zoom per model axis, measured diameter, passes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -155,7 +154,7 @@ def predict_rescaled(
     )
     if auto and result.complete and result:
         depth = measuring.pruned_depth if measuring.pruned_depth is not None else max(result)
-        gmean = math.prod(zoom) ** (1.0 / len(zoom))  # native-grid px -> model-grid px
+        gmean = S.mean_zoom(zoom)  # native-grid px -> model-grid px
         diameters, probed = yield from object_sizes(
             model, image, measuring, data_config, zoom, result[depth], depth, stopper
         )
@@ -196,7 +195,7 @@ def object_sizes(
     diameter a user is shown is the one an auto run would use. ``config`` carries no
     pixel size or rescale (the zoom is given).
     """
-    gmean = math.prod(zoom) ** (1.0 / len(zoom))  # native-grid px -> model-grid px
+    gmean = S.mean_zoom(zoom)  # native-grid px -> model-grid px
     diameters = measure_diameters(prob, model.config, data_config, config.threshold) * gmean
     probe = yield from _probe_half(
         model,
@@ -247,7 +246,7 @@ def _probe_half(
     result = yield from _one_pass(model, image, probe_config, data_config, half, None, stopper)
     if not result or not result.complete:
         return None
-    gmean = math.prod(zoom) ** (1.0 / len(zoom))
+    gmean = S.mean_zoom(zoom)
     found = measure_diameters(result[depth], model.config, data_config, config.threshold) * gmean
     if found.size < S.AUTO_MIN_OBJECTS:
         return None

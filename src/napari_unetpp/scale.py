@@ -38,6 +38,7 @@ import numpy as np
 __all__ = [
     "UNITS",
     "MIN_ZOOM",
+    "mean_zoom",
     "MAX_ZOOM",
     "convert_pixel_size",
     "model_axes_pixel_size",
@@ -109,6 +110,12 @@ def zoom_from_pixel_size(
     if unit and model_unit and unit != model_unit:
         size = convert_pixel_size(size, unit, model_unit)
     return tuple(float(s) / float(m) for s, m in zip(size, model_pixel_size, strict=True))
+
+
+def mean_zoom(zoom: Sequence[float]) -> float:
+    """One factor for a zoom per axis (their geometric mean): how much a length (an object's
+    diameter) grows from the input's grid to the model's."""
+    return float(math.prod(float(z) for z in zoom) ** (1.0 / len(zoom)))
 
 
 def check_zoom(zoom: Sequence[float], what: str = "zoom") -> tuple[float, ...]:

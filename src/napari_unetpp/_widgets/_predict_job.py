@@ -220,20 +220,18 @@ def result_check(
     metrics: Mapping[str, Any],
     stopper: Stopper,
 ) -> Generator[Any, None, Any]:
-    """``disagreement.check_prediction`` on a finished segmentation, its probe's progress
+    """``disagreement.check_result`` on a finished segmentation, its probe's progress
     relabelled; None when stopped or when the result is too large to check in memory."""
     from dataclasses import replace
 
     from ..disagreement import check_result
 
-    if stopper.stopped:
-        return None
     checking = check_result(model, image, probs, data, config, metrics, stopper)
     while True:
         try:
             event = next(checking)
         except StopIteration as done:
-            return None if stopper.stopped else done.value
+            return done.value
         yield replace(event, message="checking the result against the training data")
 
 

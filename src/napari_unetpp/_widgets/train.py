@@ -28,6 +28,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..locate import is_zoo
+from ..normalization import rgb_to_grey
 from ..runs import new_run_dir
 from . import _state
 from ._jobs import on_dock_closed, queue_for
@@ -283,8 +284,6 @@ class TrainWidget(TrainForm):
         except (ValueError, OSError) as exc:
             show_error(str(exc))
             return
-        from ..normalization import rgb_to_grey
-
         images = [rgb_to_grey(layer_data(i)) if grey else layer_data(i) for i, _ in pairs]
         labels = [np.array(layer_data(lab)) for _, lab in pairs]  # a copy: painting goes on
         self._preview_layer, stopper = pairs[0][0], Stopper()
@@ -315,8 +314,6 @@ class TrainWidget(TrainForm):
     ) -> PreviewSource:
         """The slice shown now, of the (first) training image, for the before/after view
         (``grey``: an RGB image seen by a one-channel model, as its luminance)."""
-        from ..normalization import rgb_to_grey
-
         axis = self._channel_axis_value()
         self._preview_point = tuple(self._viewer.dims.point)
         image = current_slice(self._preview_layer, self._viewer.dims.point, axis, dims)

@@ -434,7 +434,7 @@ def _check_result(
     with ProgressBar(f"{stem(path)} check", enabled=not args.quiet) as bar:
         check = drive(check_result(model, image, probs, data, config, metrics), bar)
     if check is None:
-        _note(f"{path}: not checked against the training data (too large; `info --on` a crop)")
+        _note(f"{path}: not checked against the training data (too large to hold in memory)")
         return None
     if check.unlike_training:
         _note(f"{path}: {check.report()}")
