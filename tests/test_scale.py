@@ -276,6 +276,43 @@ def test_nuclei_upscaled_2x_scores_near_native_with_auto_rescale(data_dir):
     assert auto_ap > shifted_ap  # the shattered nuclei are whole again
 
 
+def test_auto_rescale_ignores_specks_of_large_dim_nuclei_and_still_enlarges_tiny_ones(data_dir):
+    """Large, dim, noisy nuclei (a held-back image at 2x: ~79 px against the model's 18 px):
+    the first pass finds mostly specks and fragments of a few px, whose median once asked
+    for a 2.75x enlargement (IoU 0.06); nuclei really shrunk to ~6 px are still enlarged."""
+    from napari_unetpp import zoo
+    from napari_unetpp.postprocess import probabilities_to_labels
+
+    model, info = zoo.load_pretrained("nuclei")
+    config = PredictConfig(pruned_depth=4, **CPU)
+    ids = {i[:8]: i for i in zoo.NUCLEI_HELD_OUT_IDS}
+
+    def run(image_id, crop, factor):
+        image, truth = _nuclei_pair(data_dir, ids[image_id])
+        image = S.resample(image[crop], (factor, factor), (0, 1))
+        truth = S.resample_to(truth[crop], image.shape, (0, 1), order=0)
+        scores = {}
+        for rescale in (None, "auto"):
+            result = predict_array(model, image, config.replace(rescale=rescale), info.data)
+            labels = probabilities_to_labels(result[4], model.config, info.data)
+            scores[rescale] = (M.iou(labels > 0, truth > 0), (result.scale or {}).get("zoom"))
+        print(image_id, factor, scores)
+        return scores
+
+    large = run("14004203", (slice(0, 256), slice(0, 320)), 2.0)
+    assert large["auto"][1][0] < 0.5  # shrunk, not enlarged
+    assert large["auto"][0] > large[None][0] + 0.3 and large["auto"][0] > 0.8
+    tiny = run("2e172afb", (slice(None), slice(None)), 0.45)  # 41 nuclei of ~6 px
+    assert tiny["auto"][1][0] > 2.0  # enlarged toward the training size
+
+
+def test_drop_specks_keeps_what_auto_could_bring_to_the_models_size():
+    d = np.array([1.0, 3.0, 4.4, 4.5, 10.0, 60.0])
+    assert S.drop_specks(d, 18.0).tolist() == [4.5, 10.0, 60.0]  # 18 / 4 (largest zoom)
+    assert S.drop_specks(d, 18.0, seen_at=0.5).tolist() == [10.0, 60.0]  # found at half size
+    assert S.drop_specks(d, None).tolist() == d.tolist()  # no training size: nothing to judge
+
+
 def test_ct_at_1mm_scores_near_native_with_pixel_size(data_dir):
     from napari_unetpp import zoo
 

@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from . import scale as S
 from .config import DataConfig, ModelConfig
 from .disagreement import DepthAdvice, class_spread, disagreement_map
+from .rescaled import measure_diameters
 
 __all__ = [
     "ImageCheck",
@@ -60,26 +62,14 @@ def _uncertain(prob: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def _object_diameter(
-    prob: np.ndarray, model_config: ModelConfig, data_config: DataConfig
+    prob: np.ndarray, model_config: ModelConfig, data_config: DataConfig, to_model: float = 1.0
 ) -> float | None:
-    """Median equivalent diameter (pixels) of the predicted objects, ``None`` without objects."""
-    from skimage.measure import regionprops
-
-    from .postprocess import probabilities_to_labels
-
-    labels = probabilities_to_labels(prob, model_config, data_config)
-    if data_config.target != "instance":
-        from scipy import ndimage
-
-        labels, _ = ndimage.label(labels > 0)
-    areas = [r.area for r in regionprops(np.asarray(labels))]
-    if not areas:
-        return None
-    dims = model_config.spatial_dims
-    median = float(np.median(areas))
-    if dims == 2:
-        return float(2 * (median / np.pi) ** 0.5)
-    return float(2 * (3 * median / (4 * np.pi)) ** (1 / 3))
+    """Median diameter of the predicted objects in model-grid pixels (``to_model``: that
+    grid's pixels per pixel of ``prob``), measured as ``rescale="auto"`` measures them
+    (specks left out); ``None`` without objects."""
+    found = measure_diameters(prob, model_config, data_config) * to_model
+    found = S.drop_specks(found, model_config.object_diameter)
+    return float(np.median(found)) if found.size else None
 
 
 def image_signals(
@@ -121,8 +111,7 @@ def image_signals(
         signals["flip_disagreement"] = float(class_spread(np.stack([deepest, flipped]), c).mean())
     expected = getattr(model_config, "object_diameter", None)  # the "scale" engineer's field
     if expected:
-        measured = _object_diameter(deepest, model_config, data_config)
-        measured = None if measured is None else measured * zoom
+        measured = _object_diameter(deepest, model_config, data_config, zoom)
         signals["object_diameter"] = measured
         signals["size_ratio"] = None if measured is None else measured / float(expected)
         signals["half_size_ratio"] = _half_size_ratio(half, measured, model_config, data_config)

@@ -51,6 +51,7 @@ __all__ = [
     "object_diameters",
     "median_object_diameter",
     "foreground_diameter",
+    "drop_specks",
     "auto_rescale",
     "rescale_from_diameter",
     "training_pixel_size",
@@ -282,6 +283,27 @@ AUTO_MIN_OBJECTS = 5
 AUTO_TOLERANCE = 0.12
 AUTO_GROW_BELOW = 2.5
 AUTO_CLAMP = (0.25, 4.0)
+
+
+def drop_specks(
+    diameters: np.ndarray, model_diameter: float | None, seen_at: float = 1.0
+) -> np.ndarray:
+    """``diameters`` (model-grid px) without the specks: objects under the model's
+    diameter over the largest enlargement ``auto_rescale`` allows.
+
+    Why: on a dim, noisy image a first pass can find hundreds of specks of 1-3 px
+    beside a few real objects (890 pieces of median 3 px for 25 nuclei of 75 px, a
+    held-back DSB image at 2x). Their median asked for the largest enlargement, which
+    shattered the nuclei further (foreground IoU 0.04 instead of 0.78). Objects that
+    small cannot be brought to the model's size by any zoom auto allows, so they
+    say nothing about the image's scale. ``seen_at``: the zoom of the pass that found
+    them relative to the grid of ``diameters`` (a half-size probe's objects, measured
+    at full size: 0.5), since a speck is small as the model saw it.
+    """
+    diameters = np.asarray(diameters, dtype=np.float64)
+    if not model_diameter:
+        return diameters
+    return diameters[diameters * seen_at >= model_diameter / AUTO_CLAMP[1]]
 
 
 def auto_rescale(
