@@ -134,8 +134,9 @@ def _half_size_ratio(
     """
     if half is None or not measured:
         return None
-    small = _object_diameter(np.asarray(half[max(half)], np.float32), model_config, data_config)
-    return None if small is None else 2 * small / measured
+    half_deepest = np.asarray(half[max(half)], np.float32)
+    whole = _object_diameter(half_deepest, model_config, data_config, to_model=2.0)
+    return None if whole is None else whole / measured
 
 
 @dataclass

@@ -254,7 +254,7 @@ def _probe_half(
         return None
     gmean = S.mean_zoom(zoom)
     found = measure_diameters(result[depth], model.config, data_config, config.threshold) * gmean
-    found = S.drop_specks(found, model_diameter, seen_at=0.5)
+    found = S.drop_specks(found, model_diameter)
     if found.size < S.AUTO_MIN_OBJECTS:
         return None
     whole = float(np.median(found))

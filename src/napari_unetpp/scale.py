@@ -285,9 +285,7 @@ AUTO_GROW_BELOW = 2.5
 AUTO_CLAMP = (0.25, 4.0)
 
 
-def drop_specks(
-    diameters: np.ndarray, model_diameter: float | None, seen_at: float = 1.0
-) -> np.ndarray:
+def drop_specks(diameters: np.ndarray, model_diameter: float | None) -> np.ndarray:
     """``diameters`` (model-grid px) without the specks: objects under the model's
     diameter over the largest enlargement ``auto_rescale`` allows.
 
@@ -296,14 +294,13 @@ def drop_specks(
     held-back DSB image at 2x). Their median asked for the largest enlargement, which
     shattered the nuclei further (foreground IoU 0.04 instead of 0.78). Objects that
     small cannot be brought to the model's size by any zoom auto allows, so they
-    say nothing about the image's scale. ``seen_at``: the zoom of the pass that found
-    them relative to the grid of ``diameters`` (a half-size probe's objects, measured
-    at full size: 0.5), since a speck is small as the model saw it.
+    say nothing about the image's scale. A half-size probe's objects are judged at
+    full size too: small real objects must not vanish from it as "specks".
     """
     diameters = np.asarray(diameters, dtype=np.float64)
     if not model_diameter:
         return diameters
-    return diameters[diameters * seen_at >= model_diameter / AUTO_CLAMP[1]]
+    return diameters[diameters >= model_diameter / AUTO_CLAMP[1]]
 
 
 def auto_rescale(
