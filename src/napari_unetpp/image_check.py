@@ -62,21 +62,26 @@ def _uncertain(prob: np.ndarray, num_classes: int) -> np.ndarray:
 def _object_diameter(
     prob: np.ndarray, model_config: ModelConfig, data_config: DataConfig
 ) -> float | None:
-    """Median equivalent diameter (pixels) of the predicted objects, ``None`` without objects."""
-    from skimage.measure import regionprops
+    """Median equivalent diameter (pixels) of the predicted objects, ``None`` without objects.
+
+    Measured plane by plane (block by block for a 3D model): the leading axes of a stack or
+    a time series (T, Z for a 2D model) hold separate images, never one object's parts.
+    """
+    from scipy import ndimage
 
     from .postprocess import probabilities_to_labels
 
-    labels = probabilities_to_labels(prob, model_config, data_config)
-    if data_config.target != "instance":
-        from scipy import ndimage
-
-        labels, _ = ndimage.label(labels > 0)
-    areas = [r.area for r in regionprops(np.asarray(labels))]
-    if not areas:
-        return None
     dims = model_config.spatial_dims
-    median = float(np.median(areas))
+    labels = np.asarray(probabilities_to_labels(prob, model_config, data_config))
+    areas: list[np.ndarray] = []
+    for plane in labels.reshape(-1, *labels.shape[labels.ndim - dims :]):
+        if data_config.target != "instance":
+            plane, _ = ndimage.label(plane > 0)
+        ids, counts = np.unique(plane, return_counts=True)
+        areas.append(counts[ids != 0])
+    if not sum(a.size for a in areas):
+        return None
+    median = float(np.median(np.concatenate(areas)))
     if dims == 2:
         return float(2 * (median / np.pi) ** 0.5)
     return float(2 * (3 * median / (4 * np.pi)) ** (1 / 3))

@@ -1,0 +1,46 @@
+"""A user's own data, hostile shapes and axes, through the CLI (QA session 8).
+
+Each test is a regression for something a user saw: a traceback instead of one line,
+a warning printed once per pass, a result written in a format their viewer cannot use.
+Files are written in ``tmp_path``; the shipped models run on tiny images (seconds).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unetpp.cli import main
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _discs(shape: tuple[int, int] = (64, 64), value: int = 200) -> np.ndarray:
+    """Bright discs of nuclei size on a dark field (uint8)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    image = np.full(shape, 10, np.uint8)
+    for cy, cx in ((16, 16), (16, 46), (46, 30)):
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 < 81] = value
+    return image
+
+
+def test_predict_a_time_series_of_stacks_is_checked_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A (T, Z, Y, X) TIFF with the 2D nuclei model: the image check measured object sizes
+    on the 4D labels (skimage: 'Only 2-D and 3-D images supported', a traceback)."""
+    image = tmp_path / "tzyx.tif"
+    tifffile.imwrite(image, np.stack([np.stack([_discs()] * 2)] * 2))
+    code, _, err = _run(capsys, "predict", "zoo:nuclei", image, "--out", tmp_path / "out", "-q")
+    assert code == 0, err
+    record = json.loads((tmp_path / "out" / "tzyx_run.json").read_text())
+    assert record["image_check"]["signals"]["object_diameter"] == pytest.approx(17, abs=3)
+    assert tifffile.imread(tmp_path / "out" / "tzyx_labels.tif").shape == (2, 2, 64, 64)
