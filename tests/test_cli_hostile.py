@@ -44,3 +44,20 @@ def test_predict_a_time_series_of_stacks_is_checked_without_a_traceback(
     record = json.loads((tmp_path / "out" / "tzyx_run.json").read_text())
     assert record["image_check"]["signals"]["object_diameter"] == pytest.approx(17, abs=3)
     assert tifffile.imread(tmp_path / "out" / "tzyx_labels.tif").shape == (2, 2, 64, 64)
+
+
+@pytest.mark.parametrize("axis", ["4", "-3"])
+def test_train_with_a_channel_axis_the_image_lacks_is_one_line(
+    axis: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``train --channel-axis 4`` on a 2D image was an IndexError traceback (check_pair)."""
+    image, labels = tmp_path / "image.tif", tmp_path / "labels.tif"
+    tifffile.imwrite(image, _discs())
+    tifffile.imwrite(labels, (_discs() > 100).astype(np.uint8))
+    code, _, err = _run(
+        capsys, "train", "--images", image, "--labels", labels, "--out", tmp_path / "run",
+        "--channel-axis", axis, "--iterations", "1", "--device", "cpu", "-q",
+    )  # fmt: skip
+    assert code == 2
+    assert err.startswith("napari-unetpp: error: ") and len(err.strip().splitlines()) == 1, err
+    assert f"--channel-axis {axis} is out of range" in err

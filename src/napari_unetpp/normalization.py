@@ -306,6 +306,11 @@ def spatial_shape(image_shape: Sequence[int], channel_axis: int | None) -> tuple
     """The image shape without its channel axis (what labels must match)."""
     shape = list(image_shape)
     if channel_axis is not None:
+        if not -len(shape) <= channel_axis < len(shape):  # del would raise an IndexError
+            raise ValueError(
+                f"DataConfig.channel_axis {channel_axis} is out of range for an image of shape "
+                f"{tuple(image_shape)}; set it to None (no channels) or to one of its axes"
+            )
         del shape[channel_axis]
     return tuple(shape)
 
