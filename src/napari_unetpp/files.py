@@ -237,9 +237,7 @@ def check_labels(labels: Any, image: Any, path: Path, channel_axis: int | None) 
     try:
         check_pair(image, labels, channel_axis)
     except ValueError as exc:
-        raise UserError(
-            f"{path}: {_as_flag(str(exc))}"
-        ) from exc
+        raise UserError(f"{path}: {_as_flag(str(exc))}") from exc
     if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
         raise UserError(
             f"{path}: labels contain negative values (down to {labels.min()}); ids must be "
