@@ -61,3 +61,39 @@ def test_train_with_a_channel_axis_the_image_lacks_is_one_line(
     assert code == 2
     assert err.startswith("napari-unetpp: error: ") and len(err.strip().splitlines()) == 1, err
     assert f"--channel-axis {axis} is out of range" in err
+
+
+@pytest.mark.parametrize("command", ["predict", "info"])
+@pytest.mark.parametrize("kind", ["flat", "nan"])
+def test_each_warning_about_an_image_is_shown_once(
+    command: str, kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A flat image's "no contrast" and a NaN image's "non-finite" warnings came once per
+    pass (the segmentation, the flipped and half-size probes): 2-3 times, with other counts."""
+    image = tmp_path / f"{kind}.tif"
+    data = np.full((64, 64), 7, np.uint8) if kind == "flat" else _discs().astype(np.float32)
+    if kind == "nan":
+        data[0, :10] = np.nan
+    tifffile.imwrite(image, data)
+    argv = (
+        ["predict", "zoo:nuclei", image, "--out", tmp_path / "out"]
+        if command == "predict"
+        else ["info", "zoo:nuclei", "--on", image]
+    )
+    code, _, err = _run(capsys, *argv, "-q")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1, err
+    assert ("no contrast" if kind == "flat" else "10 non-finite") in warnings[0]
+
+
+def test_a_second_flat_image_is_warned_about_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Python's once-per-line warning memory kept the second flat image's warning back."""
+    images = [tmp_path / "flat1.tif", tmp_path / "flat2.tif"]
+    for image in images:
+        tifffile.imwrite(image, np.full((64, 64), 7, np.uint8))
+    code, _, err = _run(capsys, "info", "zoo:nuclei", "--on", *images, "-q")
+    assert code == 0, err
+    assert err.count("no contrast") == 2, err

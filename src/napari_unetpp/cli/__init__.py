@@ -29,9 +29,8 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import TextIO
 
-from .common import PROG, _note
+from .common import PROG, _note, show_warning
 from .parser import build_parser
 
 __all__ = ["main", "build_parser"]
@@ -48,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
+            warnings.showwarning = show_warning
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
         _note("interrupted")  # outputs are staged: nothing half-written is left in --out
@@ -67,18 +66,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # CheckpointError subclasses ValueError, FileNotFoundError OSError: user mistakes
         # and disk problems (read-only, full, missing) never show a traceback
         return _error(_one_line(exc))
-
-
-def _show_warning(
-    message: Warning | str,
-    category: type[Warning],
-    filename: str,
-    lineno: int,
-    file: TextIO | None = None,
-    line: str | None = None,
-) -> None:
-    """Engine warnings (NaN pixels filled, one-class labels...) as one line, not a source line."""
-    _note(f"warning: {' '.join(str(message).split())}")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -27,9 +27,10 @@ from ..files import (
     write_array,
 )
 from ..runs import read_run_file, write_image_record
-from .common import ProgressBar, _note, _out, _override
+from .common import ProgressBar, _note, _out, _override, warnings_once
 
 if TYPE_CHECKING:
+    from ..checkpoint import CheckpointInfo
     from ..config import DataConfig, ModelConfig, PredictConfig
     from ..model import UNetPlusPlus
     from ..outputs import OutputFolder
@@ -121,7 +122,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     Results are staged and renamed into ``--out`` (:class:`~napari_unetpp.outputs.OutputFolder`):
     files this package did not write are never replaced without ``--overwrite``.
     """
-    from ..normalization import looks_rgb, rgb_to_grey
     from ..outputs import OutputFolder
 
     files = collect_files(args.images, "image")
@@ -145,31 +145,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             client = start_client(args.distributed)
         try:
             for path in files:
-                image, file_size, file_unit = read_image_with_size(path, lazy=True)
-                check_image(image, path)
-                if (
-                    model.config.in_channels == 1
-                    and data_config.channel_axis is None
-                    and looks_rgb(image.shape)
-                ):
-                    image = rgb_to_grey(image)  # as the widget does, as the zoo was trained
-                    _note(f"{path}: RGB -> grey (luminance) for this one-channel model")
-                config = with_file_pixel_size(
-                    predict_config, model.config, args, path, file_size, file_unit
-                )
-                written = _predict_file(
-                    path,
-                    image,
-                    model,
-                    config,
-                    data_config,
-                    outputs,
-                    formats[path],
-                    args,
-                    client,
-                    (file_size, file_unit),
-                    info.metrics or {},
-                )
+                with warnings_once():  # the check's probes repeat the prediction's warnings
+                    written = _predict_path(
+                        path, (model, info), (predict_config, data_config), outputs,
+                        formats[path], args, client,
+                    )  # fmt: skip
                 _out(f"{path} -> {', '.join(str(p) for p in written)}")
         finally:
             if client is not None:
@@ -177,6 +157,46 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
                 close_client(client)
     return 0
+
+
+def _predict_path(
+    path: Path,
+    loaded: tuple[UNetPlusPlus, CheckpointInfo],
+    configs: tuple[PredictConfig, DataConfig],
+    outputs: OutputFolder,
+    fmt: str,
+    args: argparse.Namespace,
+    client: Any,
+) -> list[Path]:
+    """Read one image file, predict, check and write its results; the paths written."""
+    from ..normalization import looks_rgb, rgb_to_grey
+
+    model, info = loaded
+    predict_config, data_config = configs
+
+    image, file_size, file_unit = read_image_with_size(path, lazy=True)
+    check_image(image, path)
+    if (
+        model.config.in_channels == 1
+        and data_config.channel_axis is None
+        and looks_rgb(image.shape)
+    ):
+        image = rgb_to_grey(image)  # as the widget does, as the zoo was trained
+        _note(f"{path}: RGB -> grey (luminance) for this one-channel model")
+    config = with_file_pixel_size(predict_config, model.config, args, path, file_size, file_unit)
+    return _predict_file(
+        path,
+        image,
+        model,
+        config,
+        data_config,
+        outputs,
+        fmt,
+        args,
+        client,
+        (file_size, file_unit),
+        info.metrics or {},
+    )
 
 
 def with_file_pixel_size(
