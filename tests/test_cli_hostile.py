@@ -97,3 +97,25 @@ def test_a_second_flat_image_is_warned_about_too(
     code, _, err = _run(capsys, "info", "zoo:nuclei", "--on", *images, "-q")
     assert code == 0, err
     assert err.count("no contrast") == 2, err
+
+
+def test_python_predict_of_an_rgb_image_with_a_one_channel_model_uses_its_luminance() -> None:
+    """``predict_array(nuclei, rgb)`` ran 64 "slices" of 64 x 3 pixels: probabilities of shape
+    (3, 64, 64, 3), no error. It now segments the luminance, as the CLI and the docks do."""
+    from napari_unetpp.config import PredictConfig
+    from napari_unetpp.inference import predict_array
+    from napari_unetpp.normalization import as_model_input, rgb_to_grey
+    from napari_unetpp.zoo import load_pretrained
+
+    model, info = load_pretrained("nuclei", "cpu")
+    rgb = np.stack([_discs(), _discs() // 2, _discs() // 3], axis=-1)
+    config = PredictConfig(pruned_depth=1, device="cpu")
+    with pytest.warns(UserWarning, match="luminance"):
+        probs = predict_array(model, rgb, config, info.data)[1]
+    assert probs.shape == (3, 64, 64)
+    np.testing.assert_allclose(probs, predict_array(model, rgb_to_grey(rgb), config, info.data)[1])
+    # the one decision: RGB(A) channels-last for a one-channel model, or what napari says
+    assert as_model_input(rgb, 1, None)[1] and not as_model_input(rgb, 3, None)[1]
+    assert not as_model_input(rgb, 1, -1)[1]  # the user named a channel axis: theirs
+    assert as_model_input(rgb, 1, -1, rgb=True)[1]  # a napari RGB layer
+    assert not as_model_input(rgb[:, :4], 1, None)[1]  # (64, 4, 3): an X of 4 is no colour

@@ -16,6 +16,7 @@ from .config import NormalizationConfig
 
 __all__ = [
     "as_list",
+    "as_model_input",
     "check_numeric",
     "check_pair",
     "intensity_range",
@@ -300,6 +301,24 @@ def rgb_to_grey(image: ArrayLike) -> ArrayLike:
     red, green, blue = (image[..., k].astype(np.float32) for k in range(3))
     w_red, w_green, w_blue = LUMINANCE_WEIGHTS
     return red * np.float32(w_red) + green * np.float32(w_green) + blue * np.float32(w_blue)
+
+
+def as_model_input(
+    image: ArrayLike, in_channels: int, channel_axis: int | None, *, rgb: bool | None = None
+) -> tuple[ArrayLike, bool]:
+    """``(image, True)`` as its luminance when an RGB(A) image meets a one-channel model,
+    else ``(image, False)`` unchanged: the one place that decision is made.
+
+    Why: the shipped nuclei model (one channel) was trained on luminance, and a colour
+    axis read as a spatial one gives silent nonsense. ``rgb``: what the caller knows (a
+    napari layer's ``rgb``); None guesses it from the shape (:func:`looks_rgb`), only when
+    no ``channel_axis`` was named (a named axis is the user's own channels).
+    """
+    if rgb is None:
+        rgb = channel_axis is None and looks_rgb(np.shape(image))
+    if in_channels != 1 or not rgb:
+        return image, False
+    return rgb_to_grey(image), True
 
 
 def spatial_shape(image_shape: Sequence[int], channel_axis: int | None) -> tuple[int, ...]:

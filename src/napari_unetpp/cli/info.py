@@ -165,14 +165,13 @@ def _check_file(
     from ..config import PredictConfig
     from ..disagreement import check_image as check_on_image
     from ..image_check import check_region
-    from ..normalization import looks_rgb, rgb_to_grey
+    from ..normalization import as_model_input
     from .predict import with_file_pixel_size  # the file's pixel size, as predict uses it
 
     metrics = info.metrics or {}
     image, file_size, file_unit = read_image_with_size(path, lazy=True)
     check_image(image, path)
-    if model.config.in_channels == 1 and info.data.channel_axis is None and looks_rgb(image.shape):
-        image = rgb_to_grey(image)
+    image, _ = as_model_input(image, model.config.in_channels, info.data.channel_axis)
     config = PredictConfig(device=args.device or "auto")
     if model.config.spatial_dims == 3:
         config = config.replace(tile_size=(64, 128, 128))

@@ -169,19 +169,15 @@ def _predict_path(
     client: Any,
 ) -> list[Path]:
     """Read one image file, predict, check and write its results; the paths written."""
-    from ..normalization import looks_rgb, rgb_to_grey
+    from ..normalization import as_model_input
 
     model, info = loaded
     predict_config, data_config = configs
-
     image, file_size, file_unit = read_image_with_size(path, lazy=True)
     check_image(image, path)
-    if (
-        model.config.in_channels == 1
-        and data_config.channel_axis is None
-        and looks_rgb(image.shape)
-    ):
-        image = rgb_to_grey(image)  # as the widget does, as the zoo was trained
+    # before anything reads its axes: the check's probes flip and halve the image itself
+    image, grey = as_model_input(image, model.config.in_channels, data_config.channel_axis)
+    if grey:
         _note(f"{path}: RGB -> grey (luminance) for this one-channel model")
     config = with_file_pixel_size(predict_config, model.config, args, path, file_size, file_unit)
     return _predict_file(
