@@ -306,8 +306,8 @@ def _predict_file(
 
     Everything is written into the staging folder and committed (renamed into
     ``--out``) only when complete. ``grid``: the input file's pixel size and unit,
-    written with every image output so that it opens on the input's grid; a NIfTI
-    input also gets its labels as NIfTI in the file's own voxel order and affine.
+    written with every image output so that it opens on the input's grid; a NIfTI or
+    DICOM input also gets its labels as NIfTI in the scan's own voxel order and affine.
     ``metrics``: the model's (its image-check calibration, its recommended depth).
     """
     from ..postprocess import labels_shape, probabilities_to_labels
@@ -376,10 +376,11 @@ def _predict_file(
 
 
 def _nifti_copy(path: Path, fmt: str) -> bool:
-    """A NIfTI scan's labels also go out as NIfTI (``<name>_labels.nii.gz``)."""
-    from ..medical import is_nifti
+    """A NIfTI scan's or DICOM series' labels also go out as NIfTI (``<name>_labels.nii.gz``),
+    on the scan's grid: what medical viewers lay over the scan (a TIFF they cannot place)."""
+    from ..medical import is_medical
 
-    return fmt == "tif" and is_nifti(path)
+    return fmt == "tif" and is_medical(path)
 
 
 def _write_nifti_labels(outputs: OutputFolder, name: str, labels: Any, source: Path) -> list[Path]:
@@ -389,7 +390,7 @@ def _write_nifti_labels(outputs: OutputFolder, name: str, labels: Any, source: P
     target = f"{name}_labels.nii.gz"
     try:
         write_nifti_like(outputs.stage(target), labels, source)
-    except ValueError as exc:  # a 4D (time) series: the TIFF has the labels
+    except ValueError as exc:  # no patient geometry (a secondary capture): the TIFF has them
         _note(f"{source}: labels not written as NIfTI ({exc})")
         return []
     return [outputs.commit(target)]
