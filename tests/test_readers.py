@@ -498,6 +498,52 @@ def test_predict_gives_dicom_and_4d_nifti_users_nifti_labels(
         np.testing.assert_allclose(back.scale[-3:], (3.0, 3.0, 3.0))
 
 
+def _ome_zarr(path: Path, data: np.ndarray, scale: list[float], unit: str) -> Path:
+    """An OME-Zarr (NGFF 0.4) image: axes t, c, z, y, x with a unit, level 0 only."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("0", shape=data.shape, dtype=data.dtype)[...] = data
+    space = [{"name": a, "type": "space", "unit": unit} for a in "zyx"]
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}, *space],
+            "datasets": [
+                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+            ],
+        }
+    ]
+    return path
+
+
+def test_ome_zarr_pixel_size_is_read_and_kept(
+    tmp_path: Path, em_stack: tuple[np.ndarray, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An OME-Zarr's physical size was ignored: the EM model ran an 8 nm image as if at its
+    4 nm ("the file gives no pixel size"), and the labels carried no size."""
+    import zarr
+
+    from napari_unetpp import files
+    from napari_unetpp.cli import main
+
+    image = em_stack[0][:2, :64, :64][None, None]  # (1, 1, 2, 64, 64)
+    path = _ome_zarr(tmp_path / "em.zarr", image, [1.0, 1.0, 50.0, 8.0, 8.0], "nanometer")
+    array, size, unit = files.read_image_with_size(path, lazy=True)
+    assert array.shape == image.shape and size == (50.0, 8.0, 8.0) and unit == "nm"
+    argv = ["predict", "zoo:em", str(path), "--out", str(tmp_path / "out"), "--depth", "1"]
+    assert main([*argv, "--no-check", "-q"]) == 0
+    assert "pixel size 50 x 8 x 8 nm from the file" in capsys.readouterr().err
+    labels = zarr.open(str(tmp_path / "out" / "em_labels.zarr"), mode="r")
+    assert labels.shape == image.shape
+    assert files.read_image_with_size(tmp_path / "out" / "em_labels.zarr")[1:] == (
+        (50.0, 8.0, 8.0),
+        "nm",
+    )
+    bad = _ome_zarr(tmp_path / "bad.zarr", image, [1.0, 1.0, "x", 8.0], "nanometer")
+    assert files.read_image_with_size(bad)[1:] == (None, None)  # read, without a size
+
+
 # --------------------------------------------------------------------------- napari reader
 
 

@@ -158,6 +158,10 @@ def read_image_with_size(
             image = readers.read_image(path)
             return image.array, image.pixel_size, image.unit
         array = read_array(path, lazy)
+        if is_zarr(path):  # OME-Zarr's scale, or the spacing our results carry
+            from .stores import open_zarr
+
+            return (array, *readers.zarr_spacing(open_zarr(path), array.ndim))
         if path.suffix.lower() not in (".tif", ".tiff"):
             return array, None, None
         axes, sizes, unit, _ = readers.tiff_spacing(path)
