@@ -119,3 +119,47 @@ def test_python_predict_of_an_rgb_image_with_a_one_channel_model_uses_its_lumina
     assert not as_model_input(rgb, 1, -1)[1]  # the user named a channel axis: theirs
     assert as_model_input(rgb, 1, -1, rgb=True)[1]  # a napari RGB layer
     assert not as_model_input(rgb[:, :4], 1, None)[1]  # (64, 4, 3): an X of 4 is no colour
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"depths": [[1]]},
+        {"tile_size": [["a"]]},
+        {"pruned_depth": "2"},
+        {"threshold": "high"},
+        {"overlap": None},
+        {"min_size": [3]},
+        {"depth_tolerance": {}},
+        {"tta": "yes"},
+    ],
+)
+def test_a_hostile_predict_section_in_run_json_is_one_line(
+    section: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``predict --config run.json`` whose "predict" section holds a list where a number goes
+    (hand-edited, or another tool's): a TypeError traceback from PredictConfig."""
+    image, config = tmp_path / "image.tif", tmp_path / "run.json"
+    tifffile.imwrite(image, _discs())
+    config.write_text(json.dumps({"predict": section}))
+    argv = ["predict", "zoo:nuclei", image, "--out", tmp_path / "out", "--config", config, "-q"]
+    code, _, err = _run(capsys, *argv)
+    assert code == 2, err
+    assert err.startswith("napari-unetpp: error: PredictConfig.") and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    "section", [{"validation_fraction": "x"}, {"augment_scale": [[1], 2]}, {"augment_scale": 2}]
+)
+def test_a_hostile_train_section_in_run_json_is_one_line(
+    section: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same for ``train --config``: a TypeError traceback from TrainConfig."""
+    image, labels, config = tmp_path / "i.tif", tmp_path / "l.tif", tmp_path / "run.json"
+    tifffile.imwrite(image, _discs())
+    tifffile.imwrite(labels, (_discs() > 100).astype(np.uint8))
+    config.write_text(json.dumps({"train": section}))
+    argv = ["train", "--images", image, "--labels", labels, "--out", tmp_path / "run"]
+    code, _, err = _run(capsys, *argv, "--config", config, "--dry-run", "-q")
+    assert code == 2, err
+    assert err.startswith("napari-unetpp: error: TrainConfig.") and "Traceback" not in err, err

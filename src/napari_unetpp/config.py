@@ -310,6 +310,15 @@ class TrainConfig(_Config):
                 f"{list(self.patch_size)} is {voxels} voxels per step (limit "
                 f"{MAX_BATCH_VOXELS}); use a smaller batch or patch"
             )
+        for name in ("validation_fraction", "foreground_fraction"):
+            _check_real(owner, name, getattr(self, name))
+        if isinstance(self.augment_scale, (str, bytes)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool)
+            for v in getattr(self.augment_scale, "__iter__", lambda: [None])()
+        ):
+            raise ValueError(
+                f"TrainConfig.augment_scale must be (low, high), got {self.augment_scale!r}"
+            )
         self.augment_scale = tuple(float(s) for s in self.augment_scale)  # type: ignore
         low_high = self.augment_scale
         if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1] or low_high[1] > 8:
@@ -381,9 +390,19 @@ class PredictConfig(_Config):
     rescale: float | Literal["auto"] | None = None
 
     def __post_init__(self) -> None:
+        owner = "PredictConfig"
         check_predict_scale(self)
-        self.depths = tuple(int(d) for d in self.depths)
-        self.tile_size = tuple(int(t) for t in self.tile_size)
+        # a run.json's "predict" section may hold anything: types first, so that a list where
+        # a number goes is a ValueError naming the field, not a TypeError from a comparison
+        self.depths = as_ints(owner, "depths", self.depths, -(2**31), 2**31)
+        self.tile_size = as_ints(owner, "tile_size", self.tile_size, -(2**31), 2**31)
+        if self.pruned_depth is not None:
+            self.pruned_depth = as_int(owner, "pruned_depth", self.pruned_depth, -(2**31), 2**31)
+        self.min_size = as_int(owner, "min_size", self.min_size, -(2**63), 2**63)
+        for name in ("overlap", "threshold", "depth_tolerance"):
+            _check_real(owner, name, getattr(self, name))
+        for name in ("tta", "mixed_precision", "adaptive_depth"):
+            _check_bool(owner, name, getattr(self, name))
         if not 0 <= self.overlap < 1:
             raise ValueError(f"PredictConfig.overlap must lie in [0, 1), got {self.overlap}")
         check_positive("PredictConfig", "batch_size", self.batch_size)
@@ -408,6 +427,17 @@ class PredictConfig(_Config):
                 "PredictConfig.adaptive_depth chooses the depth per tile: leave pruned_depth, "
                 "depths and tta unset (or set adaptive_depth=False)"
             )
+
+
+def _check_real(owner: str, name: str, value: Any) -> None:
+    """A finite real number (not a bool, a string or a list)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{owner}.{name} must be a number, got {value!r}")
+
+
+def _check_bool(owner: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}.{name} must be true or false, got {value!r}")
 
 
 _NESTED: dict[tuple[str, str], type[_Config]] = {
