@@ -163,3 +163,24 @@ def test_a_hostile_train_section_in_run_json_is_one_line(
     code, _, err = _run(capsys, *argv, "--config", config, "--dry-run", "-q")
     assert code == 2, err
     assert err.startswith("napari-unetpp: error: TrainConfig.") and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "info"])
+@pytest.mark.parametrize("sizes", [["0"], ["-1"], ["nan"], ["1", "2", "3", "4"]])
+def test_a_pixel_size_that_cannot_be_is_refused_in_one_line(
+    command: str, sizes: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``train --pixel-size 0`` was a ZeroDivisionError traceback, ``-1`` was recorded in
+    the new model, ``1 2 3 4`` silently became ``3 4``."""
+    image = tmp_path / "image.tif"
+    tifffile.imwrite(image, _discs())
+    argv = {
+        "train": ["train", "--images", image, "--labels", image, "--out", tmp_path / "run"],
+        "predict": ["predict", "zoo:em", image, "--out", tmp_path / "out"],
+        "info": ["info", "zoo:em", "--on", image],
+    }[command]
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in [*argv, "--pixel-size", *sizes, "--pixel-unit", "nm", "-q"]])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--pixel-size" in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
