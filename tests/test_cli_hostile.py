@@ -184,3 +184,15 @@ def test_a_pixel_size_that_cannot_be_is_refused_in_one_line(
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "--pixel-size" in err and "Traceback" not in err, err
     assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
+
+
+def test_predict_names_the_channel_axis_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``predict --channel-axis 5`` said "DataConfig.channel_axis 5 is out of range": a name
+    a command-line user never sees."""
+    image = tmp_path / "image.tif"
+    tifffile.imwrite(image, _discs())
+    argv = ["predict", "zoo:nuclei", image, "--out", tmp_path / "out", "--channel-axis", "5"]
+    code, _, err = _run(capsys, *argv, "-q")
+    assert code == 2 and "--channel-axis 5 is out of range" in err and "DataConfig" not in err

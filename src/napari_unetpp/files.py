@@ -241,7 +241,7 @@ def check_labels(labels: Any, image: Any, path: Path, channel_axis: int | None) 
     try:
         check_pair(image, labels, channel_axis)
     except ValueError as exc:
-        raise UserError(f"{path}: {_as_flag(str(exc))}") from exc
+        raise UserError(f"{path}: {exc}") from exc
     if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
         raise UserError(
             f"{path}: labels contain negative values (down to {labels.min()}); ids must be "
@@ -250,13 +250,6 @@ def check_labels(labels: Any, image: Any, path: Path, channel_axis: int | None) 
     if not labels.any():
         raise UserError(f"{path}: labels are empty (all 0); paint or load some labels first")
     return labels
-
-
-def _as_flag(message: str) -> str:
-    """An engine message about ``DataConfig.channel_axis`` in the CLI's words."""
-    return message.replace("DataConfig.channel_axis=", "--channel-axis ").replace(
-        "DataConfig.channel_axis", "--channel-axis"
-    )
 
 
 def create_zarr(path: Path, shape: tuple[int, ...], dtype: Any) -> Any:

@@ -68,8 +68,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(_one_line(exc))
 
 
+#: Engine names of settings in the words of the command line (a CLI user sets the flag).
+_FLAGS = {
+    "DataConfig.channel_axis=": "--channel-axis ",
+    "DataConfig.channel_axis": "--channel-axis",
+}
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
         text = f"{text}: {exc.filename}"
+    for engine, flag in _FLAGS.items():
+        text = text.replace(engine, flag)
     return " ".join(text.split())
