@@ -634,3 +634,20 @@ def test_cli_segments_a_1mm_nifti_at_the_models_3mm(
     dice = 2 * ((labels == liver) & truth).sum() / ((labels == liver).sum() + truth.sum())
     print(f"liver Dice, 1 mm NIfTI through the CLI: {dice:.3f}")
     assert dice > 0.8
+
+
+def test_a_compressed_dicom_series_without_a_decoder_is_one_clear_error(tmp_path: Path) -> None:
+    """JPEG 2000 slices that no installed plugin decodes: pydicom's RuntimeError was a
+    traceback; the error names the file, the compression and what to install."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    write_dicom_series(tmp_path / "s", np.zeros((2, 8, 6), np.int16), (1.0, 1.0), 1.0)
+    for file in (tmp_path / "s").iterdir():
+        ds = pydicom.dcmread(str(file))
+        ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+        ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"0" * 64])
+        ds["PixelData"].VR = "OB"
+        ds.save_as(str(file), enforce_file_format=True)
+    with pytest.raises(ValueError, match="JPEG 2000.*pip install pylibjpeg"):
+        readers.read_image(tmp_path / "s")

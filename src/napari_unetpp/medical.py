@@ -472,7 +472,15 @@ def _read_pixels(files: Sequence[Path]) -> list[np.ndarray]:
     slices: list[np.ndarray] = []
     for file in files:
         try:
-            slices.append(_hu(pydicom.dcmread(str(file))))
+            ds = pydicom.dcmread(str(file))
+            slices.append(_hu(ds))
+        except RuntimeError as exc:  # pydicom: no installed plugin decodes this compression
+            syntax = ds.file_meta.get("TransferSyntaxUID", None)
+            raise ValueError(
+                f"{file}: cannot decode its {getattr(syntax, 'name', 'compressed')} pixels "
+                "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or decompress "
+                f"the series, e.g. gdcmconv --raw); {' '.join(str(exc).split())[:200]}"
+            ) from exc
         except broken as exc:
             raise ValueError(
                 f"{file}: cannot read this slice's pixels ({exc}); remove or re-export it"
