@@ -196,3 +196,11 @@ def test_predict_names_the_channel_axis_flag(
     argv = ["predict", "zoo:nuclei", image, "--out", tmp_path / "out", "--channel-axis", "5"]
     code, _, err = _run(capsys, *argv, "-q")
     assert code == 2 and "--channel-axis 5 is out of range" in err and "DataConfig" not in err
+
+
+def test_an_empty_stack_is_called_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A (0, 5, 5) array: "image has no finite values to normalise", as if it held NaNs."""
+    image = tmp_path / "empty.npy"
+    np.save(image, np.zeros((0, 5, 5), np.float32))
+    code, _, err = _run(capsys, "predict", "zoo:nuclei", image, "--out", tmp_path / "out", "-q")
+    assert code == 2 and "has no pixels" in err and "(0, 5, 5)" in err, err

@@ -220,6 +220,8 @@ def check_image(image: Any, path: Path) -> None:
         raise UserError(f"{path}: unsupported image dtype {image.dtype}; need integers or floats")
     if image.ndim < 2:
         raise UserError(f"{path}: an image needs at least 2 axes, got shape {image.shape}")
+    if 0 in image.shape:
+        raise UserError(f"{path}: the image has no pixels (shape {tuple(image.shape)})")
 
 
 def check_labels(labels: Any, image: Any, path: Path, channel_axis: int | None) -> Any:
