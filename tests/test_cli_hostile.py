@@ -204,3 +204,26 @@ def test_an_empty_stack_is_called_empty(tmp_path: Path, capsys: pytest.CaptureFi
     np.save(image, np.zeros((0, 5, 5), np.float32))
     code, _, err = _run(capsys, "predict", "zoo:nuclei", image, "--out", tmp_path / "out", "-q")
     assert code == 2 and "has no pixels" in err and "(0, 5, 5)" in err, err
+
+
+def test_sigterm_mid_prediction_leaves_no_staging_or_lock(tmp_path: Path) -> None:
+    """A cluster's time limit sends SIGTERM: the run died at once, leaving its hidden staging
+    folder and the output folder's lock behind; now it unwinds as Ctrl-C does (exit 143)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    image, out = tmp_path / "big.tif", tmp_path / "out"
+    tifffile.imwrite(image, np.random.default_rng(0).integers(0, 255, (6, 512, 512), np.uint8))
+    argv = ["predict", "zoo:nuclei", str(image), "--out", str(out), "--no-check", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen([sys.executable, "-m", "napari_unetpp.cli", *argv], env=env)
+    deadline = time.monotonic() + 60
+    while not any(out.glob(".napari-unetpp-staging-*")) and run.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=60) == 143
+    assert sorted(p.name for p in out.iterdir()) == []
