@@ -227,3 +227,24 @@ def test_sigterm_mid_prediction_leaves_no_staging_or_lock(tmp_path: Path) -> Non
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=60) == 143
     assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_an_interrupted_training_says_how_to_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in ``train`` printed only "interrupted": the user had to know --resume."""
+    from napari_unetpp import training
+
+    image, labels, out = tmp_path / "i.tif", tmp_path / "l.tif", tmp_path / "run"
+    tifffile.imwrite(image, _discs())
+    tifffile.imwrite(labels, (_discs() > 100).astype(np.uint8))
+    flags = ["--widths", "4", "8", "--depth", "1", "--patch-size", "32", "--batch-size", "1"]
+    argv = ["train", "--images", image, "--labels", labels, "--out", out, *flags]
+    assert _run(capsys, *argv, "--iterations", "2", "--validate-every", "1", "-q")[0] == 0
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.Trainer, "run", interrupted)
+    code, _, err = _run(capsys, "train", "--out", out, "--resume", "--iterations", "4", "-q")
+    assert code == 130 and f"napari-unetpp train --out {out} --resume" in err, err

@@ -184,6 +184,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train(
             args, out, initial, *configs, main_process=process_rank() == 0, channels=channels
         )
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: say how to go on from the last save
+        if process_rank() == 0 and (out / "last").is_dir():
+            _note(f"to continue from the last saved step: napari-unetpp train --out {out} --resume")
+        raise
     finally:
         leave()
 
