@@ -235,7 +235,7 @@ def test_an_interrupted_training_says_how_to_resume(
     """Ctrl-C in ``train`` printed only "interrupted": the user had to know --resume."""
     from napari_unetpp import training
 
-    image, labels, out = tmp_path / "i.tif", tmp_path / "l.tif", tmp_path / "run"
+    image, labels, out = tmp_path / "i.tif", tmp_path / "l.tif", tmp_path / "my run"
     tifffile.imwrite(image, _discs())
     tifffile.imwrite(labels, (_discs() > 100).astype(np.uint8))
     flags = ["--widths", "4", "8", "--depth", "1", "--patch-size", "32", "--batch-size", "1"]
@@ -247,4 +247,4 @@ def test_an_interrupted_training_says_how_to_resume(
 
     monkeypatch.setattr(training.Trainer, "run", interrupted)
     code, _, err = _run(capsys, "train", "--out", out, "--resume", "--iterations", "4", "-q")
-    assert code == 130 and f"napari-unetpp train --out {out} --resume" in err, err
+    assert code == 130 and f"napari-unetpp train --out '{out}' --resume" in err, err

@@ -186,7 +186,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: say how to go on from the last save
         if process_rank() == 0 and (out / "last").is_dir():
-            _note(f"to continue from the last saved step: napari-unetpp train --out {out} --resume")
+            from ..runs import format_command
+
+            command = format_command("train", out=str(out), resume=True)
+            _note(f"to continue from the last saved step: {command}")
         raise
     finally:
         leave()
