@@ -478,19 +478,25 @@ def test_files_reads_medical_with_size(
 def test_predict_gives_dicom_and_4d_nifti_users_nifti_labels(
     ct_zyx: tuple[np.ndarray, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``predict`` wrote a DICOM series' labels only as TIFF, and a 4D NIfTI's not as NIfTI
-    ("labels not written as NIfTI"): both now get ``<name>_labels.nii.gz`` on their grid."""
+    """``predict`` wrote a DICOM series' labels only as TIFF, and a 4D or a 2D NIfTI's not as
+    NIfTI ("labels not written as NIfTI"): all now get ``<name>_labels.nii.gz`` on their grid."""
     from napari_unetpp.cli import main
 
     ct, _ = ct_zyx
     write_dicom_series(tmp_path / "series", ct[:3], (3.0, 3.0), 3.0)
     series4d = np.stack([ras_from_zyx(ct[:3])] * 2, axis=-1)
     nibabel.save(nibabel.Nifti1Image(series4d, np.diag([3.0, 3.0, 3.0, 1.0])), tmp_path / "t.nii")
-    argv = ["predict", "zoo:ct", str(tmp_path / "series"), str(tmp_path / "t.nii")]
+    slice2d = nibabel.Nifti1Image(ras_from_zyx(ct[:1])[..., 0], np.diag([3.0, 3.0, 3.0, 1.0]))
+    nibabel.save(slice2d, tmp_path / "slice.nii.gz")
+    argv = ["predict", "zoo:ct", *(str(tmp_path / n) for n in ("series", "t.nii", "slice.nii.gz"))]
     code = main([*argv, "--out", str(tmp_path / "out"), "--depth", "1", "--no-check", "-q"])
     err = capsys.readouterr().err
     assert code == 0 and "not written as NIfTI" not in err, err
-    for name, shape in (("series", (3, 101, 122)), ("t", (2, 3, 101, 122))):
+    for name, shape in (
+        ("series", (3, 101, 122)),
+        ("t", (2, 3, 101, 122)),
+        ("slice", (1, 101, 122)),
+    ):
         tif = tifffile.imread(tmp_path / "out" / f"{name}_labels.tif")
         assert tif.shape == shape and tif.max() > 0
         back = readers.read_image(tmp_path / "out" / f"{name}_labels.nii.gz")

@@ -174,19 +174,20 @@ def write_nifti_like(path: str | Path, labels: np.ndarray, source: str | Path) -
         image: Any = nibabel.load(str(source))
         affine = np.asarray(image.affine, dtype=np.float64)
         order = _orientation(affine[:3, :3])[0]
+        shape = tuple(image.shape) + (1,) * (3 - len(image.shape))  # a 2D file: one slice
         volumes = labels.reshape(-1, *labels.shape[-3:]) if labels.ndim == 4 else [labels]
         if (
-            len(image.shape) != labels.ndim
+            len(shape) != labels.ndim
             or labels.ndim not in (3, 4)
-            or labels.shape[-3:] != tuple(image.shape[i] for i in order)
-            or (labels.ndim == 4 and labels.shape[0] != image.shape[3])
+            or labels.shape[-3:] != tuple(shape[i] for i in order)
+            or (labels.ndim == 4 and labels.shape[0] != shape[3])
         ):
             raise ValueError(
                 f"labels of shape {labels.shape} do not match the volume {image.shape} of {source}"
             )
         # a 4D (time) series: the reader put time first, the file has it last
         voxels = np.stack([orient_like_file(v, affine[:3, :3]) for v in volumes], axis=-1)
-        voxels = voxels[..., 0] if labels.ndim == 3 else voxels
+        voxels = (voxels[..., 0] if labels.ndim == 3 else voxels).reshape(image.shape)
         header = image.header.copy()
     dtype = np.uint8 if voxels.max(initial=0) < 256 and voxels.min(initial=0) >= 0 else np.int32
     header.set_data_dtype(dtype)
