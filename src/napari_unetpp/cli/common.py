@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TextIO
 
 PROG = "napari-unetpp"
 #: The warnings shown for the image at hand (see :func:`warnings_once`); None: show all.
@@ -107,7 +107,14 @@ class TrainProgress(ProgressBar):
             self.bar.set_postfix(self.postfix, refresh=False)
 
 
-def show_warning(message: Warning | str, category: type[Warning], *_: object) -> None:
+def show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str = "",
+    lineno: int = 0,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
     """Engine warnings (NaN pixels filled, a flat image...) as one line, not a source line;
     inside :func:`warnings_once`, a warning already shown for this image is not repeated."""
     text = " ".join(str(message).split())
