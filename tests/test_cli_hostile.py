@@ -248,3 +248,20 @@ def test_an_interrupted_training_says_how_to_resume(
     monkeypatch.setattr(training.Trainer, "run", interrupted)
     code, _, err = _run(capsys, "train", "--out", out, "--resume", "--iterations", "4", "-q")
     assert code == 130 and f"napari-unetpp train --out '{out}' --resume" in err, err
+
+
+def test_distributed_prediction_checks_the_image_before_any_task(tmp_path: Path) -> None:
+    """A 3-channel image for the one-channel EM model with ``--channel-axis -1``: each dask
+    worker failed on its slice and logged its traceback before the one error came back."""
+    from napari_unetpp.distributed import PredictJob, predict_distributed
+    from napari_unetpp.zoo import load_pretrained
+
+    class NoCluster:
+        def submit(self, *args: object, **kwargs: object) -> None:
+            raise AssertionError("a task was sent")
+
+    model, info = load_pretrained("em", "cpu")
+    image = np.zeros((2, 32, 32, 3), np.uint8)
+    job = PredictJob("zoo:em", {}, info.data.replace(channel_axis=-1).to_dict())
+    with pytest.raises(ValueError, match="expects 1 input channel"):
+        predict_distributed(NoCluster(), job, tmp_path / "x.tif", image, model, None)

@@ -141,9 +141,13 @@ def predict_distributed(
     from distributed import as_completed
 
     from .config import DataConfig
-    from .layout import output_shape
+    from .layout import image_layout, output_shape
 
-    data = _fixed_normalization(image, DataConfig.from_dict(job.data))
+    data = DataConfig.from_dict(job.data)
+    # here, not on the workers: a wrong channel axis is one error, not one worker traceback
+    # per slice in the cluster's log before it
+    image_layout(tuple(image.shape), data.channel_axis, model)
+    data = _fixed_normalization(image, data)
     channel = None if data.channel_axis is None else data.channel_axis % image.ndim
     others = [a for a in range(image.ndim) if a != channel]
     axis = others[0] if len(others) > model.config.spatial_dims else None
