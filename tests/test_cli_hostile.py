@@ -265,3 +265,24 @@ def test_distributed_prediction_checks_the_image_before_any_task(tmp_path: Path)
     job = PredictJob("zoo:em", {}, info.data.replace(channel_axis=-1).to_dict())
     with pytest.raises(ValueError, match="expects 1 input channel"):
         predict_distributed(NoCluster(), job, tmp_path / "x.tif", image, model, None)
+
+
+def test_a_distributed_worker_reads_a_nifti_volume_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each slice task decompressed and read the whole NIfTI scan again (a 300-slice CT:
+    300 reads per worker)."""
+    nibabel = pytest.importorskip("nibabel")
+    from napari_unetpp import distributed, files
+    from napari_unetpp.zoo import load_pretrained
+
+    scan = tmp_path / "scan.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(np.zeros((32, 32, 3), np.int16), np.eye(4)), scan)
+    reads: list[Path] = []
+    read = files.read_array
+    monkeypatch.setattr(distributed, "read_array", lambda p, lazy: reads.append(p) or read(p, lazy))
+    _, info = load_pretrained("ct", "cpu")
+    job = distributed.PredictJob("zoo:ct", {"pruned_depth": 1}, info.data.to_dict())
+    for index in range(3):
+        assert distributed.predict_block(job, str(scan), 0, index)[1][1].shape == (6, 32, 32)
+    assert reads == [scan]
