@@ -286,3 +286,15 @@ def test_a_distributed_worker_reads_a_nifti_volume_once(
     for index in range(3):
         assert distributed.predict_block(job, str(scan), 0, index)[1][1].shape == (6, 32, 32)
     assert reads == [scan]
+
+
+def test_export_to_a_pickle_format_says_why_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``export --format pytorch``: argparse's bare "invalid choice", where the user guide
+    promises the reason (a pickle is unsafe to load; TorchScript and ONNX are not)."""
+    with pytest.raises(SystemExit) as refused:
+        main(["export", "zoo:em", "--out", str(tmp_path / "m.pt"), "--format", "pytorch"])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "would write a pickle" in err and "torchscript" in err
+    assert not (tmp_path / "m.pt").exists()

@@ -7,7 +7,7 @@ import argparse
 from .. import __version__
 from .common import PROG
 from .demo import cmd_demo
-from .export import EXPORT_FORMATS, cmd_export
+from .export import EXPORT_FORMATS, cmd_export, export_format
 from .info import cmd_info
 from .predict import cmd_predict
 from .train import cmd_train
@@ -304,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, metavar="PATH")
     e.add_argument(
         "--format",
+        type=export_format,
         choices=EXPORT_FORMATS,
         default="folder",
         help="folder/zip: our checkpoint (safetensors + JSON); bioimageio: a bioimage.io model "
