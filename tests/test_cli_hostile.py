@@ -298,3 +298,16 @@ def test_export_to_a_pickle_format_says_why_not(
     err = capsys.readouterr().err
     assert refused.value.code == 2 and "would write a pickle" in err and "torchscript" in err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_file_named_twice_is_predicted_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``predict M folder folder/a.tif``: a.tif was segmented twice, the second run writing
+    over the first's results in the same command."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", _discs())
+    argv = ["predict", "zoo:nuclei", folder, folder / "a.tif", "--out", tmp_path / "out"]
+    code, out, err = _run(capsys, *argv, "--depth", "1", "--no-check", "-q")
+    assert code == 0 and out.count("a_labels.tif") == 1, out + err

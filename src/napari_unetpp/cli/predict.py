@@ -124,7 +124,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """
     from ..outputs import OutputFolder
 
-    files = collect_files(args.images, "image")
+    files = _once_each(collect_files(args.images, "image"))
     model, info = load_model(args.checkpoint, device="cpu")
     predict_config, data_config = build_predict_config(
         args, info.data, model.config.spatial_dims, model.config.object_diameter
@@ -157,6 +157,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
                 close_client(client)
     return 0
+
+
+def _once_each(files: list[Path]) -> list[Path]:
+    """One prediction per file, however often it was named (``a.tif a.tif``, ``dir dir/a.tif``)."""
+    first: dict[Path, Path] = {}
+    for path in files:
+        first.setdefault(path.resolve(), path)
+    return list(first.values())
 
 
 def _predict_path(
