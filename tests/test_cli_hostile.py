@@ -311,3 +311,27 @@ def test_a_file_named_twice_is_predicted_once(
     argv = ["predict", "zoo:nuclei", folder, folder / "a.tif", "--out", tmp_path / "out"]
     code, out, err = _run(capsys, *argv, "--depth", "1", "--no-check", "-q")
     assert code == 0 and out.count("a_labels.tif") == 1, out + err
+
+
+def test_fine_tuning_on_another_tools_label_ids_says_what_they_become(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Fine-tuning zoo:ct on TotalSegmentator's ids: 41 values replaced the model's heads by
+    untrained ones (IoU 0 after a short run), and 5 values trained the model's classes in
+    sorted order (1, the spleen there, as the model's liver), both without a word."""
+    image, labels = tmp_path / "ct.tif", tmp_path / "organs.tif"
+    tifffile.imwrite(image, np.zeros((64, 64), np.int16))
+    organs = np.zeros((64, 64), np.uint8)
+    for k, value in enumerate((1, 2, 3, 5, 6)):
+        organs[10 * k : 10 * k + 8, 5:15] = value
+    tifffile.imwrite(labels, organs)
+    argv = ["train", "--images", image, "--labels", labels, "--out", tmp_path / "run"]
+    flags = ["--from", "zoo:ct", "--label-mode", "dense", "--dry-run"]
+    code, _, err = _run(capsys, *argv, *flags)
+    assert code == 0, err
+    assert "label values train the model's classes: 1 -> liver, 2 -> spleen" in err
+    assert "6 -> stomach" in err
+    organs[50:60, 50:60] = 52
+    tifffile.imwrite(labels, organs)
+    code, _, err = _run(capsys, *argv, *flags)
+    assert code == 0 and "replaced by new, untrained ones" in err, err

@@ -258,6 +258,8 @@ def _train(
         1 if data_config.channel_axis is None else int(images[0].shape[data_config.channel_axis])
     )
     classes = num_output_channels(data_config, labels)
+    if initial is not None and main_process:
+        _note_class_mapping(labels, model_config, data_config, classes)
     model_config = model_config.replace(
         in_channels=channels,
         num_classes=classes,
@@ -286,6 +288,35 @@ def _train(
         )
         arrays = (images, labels, val_images, val_labels)
         return _run_trainer(args, trainer, arrays, len(pairs), len(val_pairs), main_process)
+
+
+def _note_class_mapping(
+    labels: list[Any], model_config: ModelConfig, data_config: DataConfig, classes: int
+) -> None:
+    """A fine-tune: say which label value trains which of the starting model's classes, or
+    that its output heads start anew.
+
+    Why: label values are taken in sorted order as classes 1..K; another tool's ids
+    (TotalSegmentator's, where 1 is the spleen and the shipped CT model's class 1 the
+    liver) would silently train the wrong organ, and 41 ids replace the model's heads by
+    untrained ones: its IoU fell to 0 after a short fine-tune, without a word why.
+    """
+    from ..labels import resolve_class_values
+
+    if data_config.target != "semantic":
+        return
+    values = resolve_class_values(data_config, labels)
+    if classes != model_config.num_classes:
+        _note(
+            f"warning: the labels hold {len(values)} class value(s), the starting model "
+            f"{model_config.num_classes} output(s): its output heads are replaced by new, "
+            "untrained ones (give the labels the model's class values to keep what it knows)"
+        )
+        return
+    names = model_config.class_names[-len(values) :] if model_config.class_names else ()
+    if len(names) == len(values):
+        pairs = ", ".join(f"{v} -> {n}" for v, n in zip(values, names, strict=True))
+        _note(f"label values train the model's classes: {pairs}")
 
 
 def _run_trainer(
