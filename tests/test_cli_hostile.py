@@ -335,3 +335,17 @@ def test_fine_tuning_on_another_tools_label_ids_says_what_they_become(
     tifffile.imwrite(labels, organs)
     code, _, err = _run(capsys, *argv, *flags)
     assert code == 0 and "replaced by new, untrained ones" in err, err
+
+
+def test_a_pixel_size_equal_to_the_models_up_to_rounding_is_no_resampling() -> None:
+    """An oblique NIfTI's 3 mm voxels measured 3.00000011 mm (its affine is stored in
+    float32): predict resampled "by 1.000 x 1.000", an interpolation and a note for nothing."""
+    from napari_unetpp.scale import zoom_from_pixel_size
+
+    angle = np.deg2rad(20)
+    rotated = np.float32(3.0) * np.array([np.cos(angle), np.sin(angle), 0.0], np.float32)
+    size = float(np.linalg.norm(rotated.astype(np.float64)))
+    assert size != 3.0  # the float noise this is about
+    assert zoom_from_pixel_size((size, size), (3.0, 3.0), "mm", "mm") == (1.0, 1.0)
+    assert zoom_from_pixel_size((0.004, 0.004), (4.0, 4.0), "um", "nm") == (1.0, 1.0)
+    assert zoom_from_pixel_size((6.0, 3.0), (3.0, 3.0)) == (2.0, 1.0)
