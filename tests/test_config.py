@@ -61,3 +61,23 @@ def test_unknown_keys_are_refused():
 def test_ct_window_is_a_clipped_hounsfield_window():
     window = NormalizationConfig.ct_window(center=40, width=400)
     assert (window.mode, window.low, window.high, window.clip) == ("window", -160, 240, True)
+
+
+@pytest.mark.parametrize(
+    "cls, fields",
+    [
+        (DataConfig, {"channel_axis": "x"}),
+        (DataConfig, {"class_values": [[1]]}),
+        (NormalizationConfig, {"low": "a"}),
+        (NormalizationConfig, {"clip": "no"}),  # truthy: it clipped
+        (NormalizationConfig, {"min_foreground": "x"}),
+        (ModelConfig, {"class_names": 5}),
+        (ModelConfig, {"object_diameter": "x"}),
+        (TrainConfig, {"freeze_norm": "x"}),  # truthy: it froze
+    ],
+)
+def test_a_hostile_config_json_field_is_a_value_error(cls, fields):
+    """A checkpoint's config.json or a run.json with a wrong type where a number, a flag or
+    a list goes: a TypeError (a traceback in the CLI) or silently accepted before."""
+    with pytest.raises(ValueError, match=f"{cls.__name__}.{next(iter(fields))} must be"):
+        cls.from_dict(fields)

@@ -257,11 +257,13 @@ def test_export_pruned_folder_and_zip(tmp_path: Path) -> None:
 
 def test_cli_export_writes_onnx_and_a_bioimageio_package(tmp_path: Path) -> None:
     """``napari-unetpp export --format ...``: the command users run, loaded back."""
+    from napari_unetpp.cli import export as cli_export
     from napari_unetpp.cli import main
     from napari_unetpp.cli.export import EXPORT_FORMATS
-    from napari_unetpp.export import FORMATS
+    from napari_unetpp.export import FORMATS, PICKLE_FORMATS
 
     assert EXPORT_FORMATS == FORMATS  # the parser spells them without importing torch
+    assert cli_export.PICKLE_FORMATS == PICKLE_FORMATS
     net = _net(1)
     folder = save_checkpoint(tmp_path / "model", net, _info(net))
     onnx_path = tmp_path / "model.onnx"

@@ -215,6 +215,48 @@ def test_a_broken_slice_in_a_dicom_series_is_named(tmp_path: Path) -> None:
         readers.read_image(tmp_path / "t")
 
 
+def test_a_dicom_folder_of_two_series_or_with_missing_slices_is_read_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    """A scout series beside the scan, or two slices lost in a copy: read silently before
+    (the user saw neither), now each says what was read."""
+    zyx = np.arange(6 * 8 * 6, dtype=np.int16).reshape(6, 8, 6)
+    write_dicom_series(tmp_path / "two", zyx, (1.0, 1.0), 2.0)
+    write_dicom_series(tmp_path / "scout", zyx[:2], (1.0, 1.0), 5.0)
+    for file in (tmp_path / "scout").iterdir():
+        file.rename(tmp_path / "two" / f"scout_{file.name}")
+    with pytest.warns(UserWarning, match="holds 2 DICOM series; read the one with the most slices"):
+        got = readers.read_image(tmp_path / "two")
+    np.testing.assert_array_equal(got.array, zyx)
+    write_dicom_series(tmp_path / "gap", zyx, (1.0, 1.0), 2.0)
+    for file in (tmp_path / "gap").iterdir():
+        if float(pydicom.dcmread(str(file)).ImagePositionPatient[2]) in (204.0, 206.0):
+            file.unlink()
+    with pytest.warns(UserWarning, match="unevenly spaced"):
+        assert readers.read_image(tmp_path / "gap").array.shape == (4, 8, 6)
+    with pytest.raises(ValueError, match="unevenly spaced"):  # no NIfTI misplacing slices
+        medical.write_nifti_like(tmp_path / "gap.nii.gz", np.ones((4, 8, 6)), tmp_path / "gap")
+
+
+def test_labels_of_a_dicom_series_go_out_as_nifti_on_the_scan(
+    ct_zyx: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """A DICOM user got labels only as TIFF, which ITK-SNAP or Slicer cannot lay on the scan.
+    The NIfTI holds the reader's labels (read back identically) at the scan's world positions."""
+    ct, organs = ct_zyx
+    write_dicom_series(tmp_path / "series", ct, (0.75, 0.6), 2.5)
+    labels = organs.astype(np.int32)
+    labels[0, 0, 0] = 99  # reader voxel (0, 0, 0): lowest slice, front row, patient's right
+    out = medical.write_nifti_like(tmp_path / "labels.nii.gz", labels, tmp_path / "series")
+    np.testing.assert_array_equal(readers.read_image(out).array, labels)
+    image = nibabel.load(str(out))
+    voxel = np.argwhere(np.asarray(image.dataobj) == 99)[0]
+    world = image.affine @ [*voxel, 1.0]
+    columns = ct.shape[2]  # DICOM column c lies at LPS x = -60 + 0.6 c; RAS x = 60 - 0.6 c
+    np.testing.assert_allclose(world[:3], [60 - 0.6 * (columns - 1), 50.0, 200.0], atol=1e-4)
+    assert image.header.get_xyzt_units()[0] == "mm"
+
+
 def test_nifti_ct_is_segmented_like_the_tif(
     ct_zyx: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:
@@ -433,6 +475,81 @@ def test_files_reads_medical_with_size(
         files.read_array(tmp_path / "broken.nii.gz")
 
 
+def test_predict_gives_dicom_and_4d_nifti_users_nifti_labels(
+    ct_zyx: tuple[np.ndarray, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``predict`` wrote a DICOM series' labels only as TIFF, and a 4D or a 2D NIfTI's not as
+    NIfTI ("labels not written as NIfTI"): all now get ``<name>_labels.nii.gz`` on their grid."""
+    from napari_unetpp.cli import main
+
+    ct, _ = ct_zyx
+    write_dicom_series(tmp_path / "series", ct[:3], (3.0, 3.0), 3.0)
+    series4d = np.stack([ras_from_zyx(ct[:3])] * 2, axis=-1)
+    nibabel.save(nibabel.Nifti1Image(series4d, np.diag([3.0, 3.0, 3.0, 1.0])), tmp_path / "t.nii")
+    slice2d = nibabel.Nifti1Image(ras_from_zyx(ct[:1])[..., 0], np.diag([3.0, 3.0, 3.0, 1.0]))
+    nibabel.save(slice2d, tmp_path / "slice.nii.gz")
+    argv = ["predict", "zoo:ct", *(str(tmp_path / n) for n in ("series", "t.nii", "slice.nii.gz"))]
+    code = main([*argv, "--out", str(tmp_path / "out"), "--depth", "1", "--no-check", "-q"])
+    err = capsys.readouterr().err
+    assert code == 0 and "not written as NIfTI" not in err, err
+    for name, shape in (
+        ("series", (3, 101, 122)),
+        ("t", (2, 3, 101, 122)),
+        ("slice", (1, 101, 122)),
+    ):
+        tif = tifffile.imread(tmp_path / "out" / f"{name}_labels.tif")
+        assert tif.shape == shape and tif.max() > 0
+        back = readers.read_image(tmp_path / "out" / f"{name}_labels.nii.gz")
+        np.testing.assert_array_equal(back.array, tif)
+        np.testing.assert_allclose(back.scale[-3:], (3.0, 3.0, 3.0))
+
+
+def _ome_zarr(path: Path, data: np.ndarray, scale: list[float], unit: str) -> Path:
+    """An OME-Zarr (NGFF 0.4) image: axes t, c, z, y, x with a unit, level 0 only."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("0", shape=data.shape, dtype=data.dtype)[...] = data
+    space = [{"name": a, "type": "space", "unit": unit} for a in "zyx"]
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}, *space],
+            "datasets": [
+                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+            ],
+        }
+    ]
+    return path
+
+
+def test_ome_zarr_pixel_size_is_read_and_kept(
+    tmp_path: Path, em_stack: tuple[np.ndarray, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An OME-Zarr's physical size was ignored: the EM model ran an 8 nm image as if at its
+    4 nm ("the file gives no pixel size"), and the labels carried no size."""
+    import zarr
+
+    from napari_unetpp import files
+    from napari_unetpp.cli import main
+
+    image = em_stack[0][:2, :64, :64][None, None]  # (1, 1, 2, 64, 64)
+    path = _ome_zarr(tmp_path / "em.zarr", image, [1.0, 1.0, 50.0, 8.0, 8.0], "nanometer")
+    array, size, unit = files.read_image_with_size(path, lazy=True)
+    assert array.shape == image.shape and size == (50.0, 8.0, 8.0) and unit == "nm"
+    argv = ["predict", "zoo:em", str(path), "--out", str(tmp_path / "out"), "--depth", "1"]
+    assert main([*argv, "--no-check", "-q"]) == 0
+    assert "pixel size 50 x 8 x 8 nm from the file" in capsys.readouterr().err
+    labels = zarr.open(str(tmp_path / "out" / "em_labels.zarr"), mode="r")
+    assert labels.shape == image.shape
+    assert files.read_image_with_size(tmp_path / "out" / "em_labels.zarr")[1:] == (
+        (50.0, 8.0, 8.0),
+        "nm",
+    )
+    bad = _ome_zarr(tmp_path / "bad.zarr", image, [1.0, 1.0, "x", 8.0], "nanometer")
+    assert files.read_image_with_size(bad)[1:] == (None, None)  # read, without a size
+
+
 # --------------------------------------------------------------------------- napari reader
 
 
@@ -523,3 +640,20 @@ def test_cli_segments_a_1mm_nifti_at_the_models_3mm(
     dice = 2 * ((labels == liver) & truth).sum() / ((labels == liver).sum() + truth.sum())
     print(f"liver Dice, 1 mm NIfTI through the CLI: {dice:.3f}")
     assert dice > 0.8
+
+
+def test_a_compressed_dicom_series_without_a_decoder_is_one_clear_error(tmp_path: Path) -> None:
+    """JPEG 2000 slices that no installed plugin decodes: pydicom's RuntimeError was a
+    traceback; the error names the file, the compression and what to install."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    write_dicom_series(tmp_path / "s", np.zeros((2, 8, 6), np.int16), (1.0, 1.0), 1.0)
+    for file in (tmp_path / "s").iterdir():
+        ds = pydicom.dcmread(str(file))
+        ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+        ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"0" * 64])
+        ds["PixelData"].VR = "OB"
+        ds.save_as(str(file), enforce_file_format=True)
+    with pytest.raises(ValueError, match="JPEG 2000.*pip install pylibjpeg"):
+        readers.read_image(tmp_path / "s")

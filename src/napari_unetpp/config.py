@@ -117,12 +117,19 @@ class ModelConfig(_Config):
     def __post_init__(self) -> None:
         owner = "ModelConfig"
         self.widths = as_ints(owner, "widths", self.widths, 1, MAX_WIDTH)
-        self.class_names = tuple(self.class_names)
-        self.channel_names = tuple(self.channel_names)
+        self.class_names = _names(owner, "class_names", self.class_names)
+        self.channel_names = _names(owner, "channel_names", self.channel_names)
         self.in_channels = as_int(owner, "in_channels", self.in_channels, 1, MAX_CHANNELS)
         self.num_classes = as_int(owner, "num_classes", self.num_classes, 1, MAX_CLASSES)
         self.depth = as_int(owner, "depth", self.depth, 1, MAX_DEPTH)
-        self.pixel_size = tuple(float(s) for s in self.pixel_size)
+        try:
+            self.pixel_size = tuple(float(s) for s in self.pixel_size)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"ModelConfig.pixel_size must be a list of numbers, got {self.pixel_size!r}"
+            ) from None
+        if self.object_diameter is not None:
+            _check_real(owner, "object_diameter", self.object_diameter)
         check_model_scale(self)
         check_choice("ModelConfig", "spatial_dims", self.spatial_dims, (2, 3))
         check_choice("ModelConfig", "norm", self.norm, ("batch", "instance", "group"))
@@ -179,6 +186,9 @@ class NormalizationConfig(_Config):
 
     def __post_init__(self) -> None:
         check_choice("NormalizationConfig", "mode", self.mode, ("percentile", "window", "none"))
+        for name in ("low", "high", "min_foreground"):
+            _check_real("NormalizationConfig", name, getattr(self, name))
+        _check_bool("NormalizationConfig", "clip", self.clip)
         if self.mode != "none" and not self.low < self.high:
             raise ValueError(
                 f"NormalizationConfig: low ({self.low}) must be below high ({self.high})"
@@ -219,7 +229,11 @@ class DataConfig(_Config):
     def __post_init__(self) -> None:
         if isinstance(self.normalization, dict):
             self.normalization = NormalizationConfig.from_dict(self.normalization)
-        self.class_values = tuple(int(v) for v in self.class_values)
+        self.class_values = as_ints(
+            "DataConfig", "class_values", self.class_values, -(2**63), 2**63
+        )
+        if self.channel_axis is not None:
+            self.channel_axis = as_int("DataConfig", "channel_axis", self.channel_axis, -64, 63)
         check_choice("DataConfig", "label_mode", self.label_mode, ("dense", "sparse"))
         check_choice("DataConfig", "target", self.target, ("semantic", "instance"))
         check_positive("DataConfig", "boundary_width", self.boundary_width)
@@ -276,6 +290,8 @@ class TrainConfig(_Config):
 
     def __post_init__(self) -> None:
         owner = "TrainConfig"
+        if self.freeze_norm is not None:
+            _check_bool(owner, "freeze_norm", self.freeze_norm)
         if self.preserve_weight is not None:
             value = self.preserve_weight
             if (
@@ -309,6 +325,15 @@ class TrainConfig(_Config):
                 f"TrainConfig: batch_size {self.batch_size} x patch_size "
                 f"{list(self.patch_size)} is {voxels} voxels per step (limit "
                 f"{MAX_BATCH_VOXELS}); use a smaller batch or patch"
+            )
+        for name in ("validation_fraction", "foreground_fraction"):
+            _check_real(owner, name, getattr(self, name))
+        if isinstance(self.augment_scale, (str, bytes)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool)
+            for v in getattr(self.augment_scale, "__iter__", lambda: [None])()
+        ):
+            raise ValueError(
+                f"TrainConfig.augment_scale must be (low, high), got {self.augment_scale!r}"
             )
         self.augment_scale = tuple(float(s) for s in self.augment_scale)  # type: ignore
         low_high = self.augment_scale
@@ -381,9 +406,19 @@ class PredictConfig(_Config):
     rescale: float | Literal["auto"] | None = None
 
     def __post_init__(self) -> None:
+        owner = "PredictConfig"
         check_predict_scale(self)
-        self.depths = tuple(int(d) for d in self.depths)
-        self.tile_size = tuple(int(t) for t in self.tile_size)
+        # a run.json's "predict" section may hold anything: types first, so that a list where
+        # a number goes is a ValueError naming the field, not a TypeError from a comparison
+        self.depths = as_ints(owner, "depths", self.depths, -(2**31), 2**31)
+        self.tile_size = as_ints(owner, "tile_size", self.tile_size, -(2**31), 2**31)
+        if self.pruned_depth is not None:
+            self.pruned_depth = as_int(owner, "pruned_depth", self.pruned_depth, -(2**31), 2**31)
+        self.min_size = as_int(owner, "min_size", self.min_size, -(2**63), 2**63)
+        for name in ("overlap", "threshold", "depth_tolerance"):
+            _check_real(owner, name, getattr(self, name))
+        for name in ("tta", "mixed_precision", "adaptive_depth"):
+            _check_bool(owner, name, getattr(self, name))
         if not 0 <= self.overlap < 1:
             raise ValueError(f"PredictConfig.overlap must lie in [0, 1), got {self.overlap}")
         check_positive("PredictConfig", "batch_size", self.batch_size)
@@ -408,6 +443,24 @@ class PredictConfig(_Config):
                 "PredictConfig.adaptive_depth chooses the depth per tile: leave pruned_depth, "
                 "depths and tta unset (or set adaptive_depth=False)"
             )
+
+
+def _check_real(owner: str, name: str, value: Any) -> None:
+    """A finite real number (not a bool, a string or a list)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{owner}.{name} must be a number, got {value!r}")
+
+
+def _names(owner: str, name: str, value: Any) -> tuple[str, ...]:
+    """A list of names (class or channel names from a config.json)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"{owner}.{name} must be a list of names, got {value!r}")
+    return tuple(str(v) for v in value)
+
+
+def _check_bool(owner: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}.{name} must be true or false, got {value!r}")
 
 
 _NESTED: dict[tuple[str, str], type[_Config]] = {

@@ -52,6 +52,23 @@ def _worker_model(spec: str, device: str) -> Any:
         return _WORKER_MODELS[key]
 
 
+_WORKER_IMAGES: dict[str, Any] = {}
+
+
+def _worker_image(source: str) -> Any:
+    """The image, read lazily; a NIfTI or DICOM volume (read whole, to orient it) is kept for
+    the worker's next slices: it was decompressed and read again for every slice."""
+    from .medical import is_medical
+
+    if not is_medical(source):
+        return read_array(Path(source), lazy=True)
+    with _WORKER_LOCK:
+        if source not in _WORKER_IMAGES:
+            _WORKER_IMAGES.clear()  # one volume per worker at a time
+            _WORKER_IMAGES[source] = read_array(Path(source), lazy=True)
+        return _WORKER_IMAGES[source]
+
+
 def predict_block(
     job: PredictJob, source: str, axis: int | None, index: int
 ) -> tuple[int, dict[int, Any]]:
@@ -68,7 +85,7 @@ def predict_block(
 
     config = PredictConfig.from_dict(job.predict)
     model = _worker_model(job.model_spec, config.device)
-    image = read_array(Path(source), lazy=True)
+    image = _worker_image(source)
     block = image if axis is None else np.take(image, index, axis=axis)
     return index, dict(
         drive(predict(model, np.asarray(block), config, DataConfig.from_dict(job.data)))
@@ -141,9 +158,13 @@ def predict_distributed(
     from distributed import as_completed
 
     from .config import DataConfig
-    from .layout import output_shape
+    from .layout import image_layout, output_shape
 
-    data = _fixed_normalization(image, DataConfig.from_dict(job.data))
+    data = DataConfig.from_dict(job.data)
+    # here, not on the workers: a wrong channel axis is one error, not one worker traceback
+    # per slice in the cluster's log before it
+    image_layout(tuple(image.shape), data.channel_axis, model)
+    data = _fixed_normalization(image, data)
     channel = None if data.channel_axis is None else data.channel_axis % image.ndim
     others = [a for a in range(image.ndim) if a != channel]
     axis = others[0] if len(others) > model.config.spatial_dims else None

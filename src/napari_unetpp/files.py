@@ -158,6 +158,10 @@ def read_image_with_size(
             image = readers.read_image(path)
             return image.array, image.pixel_size, image.unit
         array = read_array(path, lazy)
+        if is_zarr(path):  # OME-Zarr's scale, or the spacing our results carry
+            from .stores import open_zarr
+
+            return (array, *readers.zarr_spacing(open_zarr(path), array.ndim))
         if path.suffix.lower() not in (".tif", ".tiff"):
             return array, None, None
         axes, sizes, unit, _ = readers.tiff_spacing(path)
@@ -216,6 +220,8 @@ def check_image(image: Any, path: Path) -> None:
         raise UserError(f"{path}: unsupported image dtype {image.dtype}; need integers or floats")
     if image.ndim < 2:
         raise UserError(f"{path}: an image needs at least 2 axes, got shape {image.shape}")
+    if 0 in image.shape:
+        raise UserError(f"{path}: the image has no pixels (shape {tuple(image.shape)})")
 
 
 def check_labels(labels: Any, image: Any, path: Path, channel_axis: int | None) -> Any:
@@ -237,9 +243,7 @@ def check_labels(labels: Any, image: Any, path: Path, channel_axis: int | None) 
     try:
         check_pair(image, labels, channel_axis)
     except ValueError as exc:
-        raise UserError(
-            f"{path}: {str(exc).replace('DataConfig.channel_axis=', '--channel-axis ')}"
-        ) from exc
+        raise UserError(f"{path}: {exc}") from exc
     if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
         raise UserError(
             f"{path}: labels contain negative values (down to {labels.min()}); ids must be "

@@ -65,7 +65,7 @@ from .events import EtaClock, Event, Stopper, drive
 from .layout import ItemSink, ItemView, image_layout, output_shape, stacked_item
 from .model import UNetPlusPlus
 from .nonfinite import non_finite_filler
-from .normalization import intensity_range, normalize
+from .normalization import as_model_input, intensity_range, normalize
 from .predictor import TileRunner, cached_derived, prepare_on
 
 __all__ = ["PredictEvent", "PredictResult", "predict", "predict_array"]
@@ -246,6 +246,11 @@ def predict(
     """
     from .rescaled import needs_rescaling, predict_rescaled
 
+    image, grey = as_model_input(image, model.config.in_channels, data_config.channel_axis)
+    if grey:
+        warnings.warn(
+            "an RGB image for a one-channel model: segmented as its luminance", stacklevel=2
+        )
     if needs_rescaling(predict_config):  # resample to the model's scale, then back (rescaled.py)
         return (
             yield from predict_rescaled(

@@ -23,7 +23,9 @@ scans are not resampled, and ``metadata["direction"]`` keeps the original axes.
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -158,25 +160,66 @@ def orient_like_file(array: np.ndarray, axes_ras: np.ndarray) -> np.ndarray:
 
 def write_nifti_like(path: str | Path, labels: np.ndarray, source: str | Path) -> Path:
     """Write ``labels`` (on the reader's ``(Z, Y, X)`` volume of ``source``) as a NIfTI file on
-    ``source``'s grid: its voxel order, affine and units, so that any medical viewer (ITK-SNAP,
-    3D Slicer) overlays the labels on the scan. Only 3D volumes (no time axis)."""
+    ``source``'s grid, so that any medical viewer (ITK-SNAP, 3D Slicer) overlays the labels on
+    the scan. A NIfTI source gives its voxel order, affine and header; a DICOM series its
+    slices' positions and axes (as dcm2niix would: columns, rows, slices). A 4D NIfTI's
+    labels ``(T, Z, Y, X)`` go back to its ``(x, y, z, t)``; a ``ValueError`` says why not."""
     import nibabel
 
-    image: Any = nibabel.load(str(source))
-    axes = np.asarray(image.affine, dtype=np.float64)[:3, :3]
-    order = _orientation(axes)[0]
-    if len(image.shape) != 3 or labels.shape != tuple(image.shape[i] for i in order):
-        raise ValueError(
-            f"labels of shape {labels.shape} do not match the 3D volume {image.shape} of {source}"
-        )
-    voxels = orient_like_file(labels, axes)
+    if is_dicom(source):
+        voxels, affine = _dicom_voxels(labels, Path(source))
+        header = nibabel.Nifti1Header()
+        header.set_xyzt_units("mm")
+    else:
+        image: Any = nibabel.load(str(source))
+        affine = np.asarray(image.affine, dtype=np.float64)
+        order = _orientation(affine[:3, :3])[0]
+        shape = tuple(image.shape) + (1,) * (3 - len(image.shape))  # a 2D file: one slice
+        volumes = labels.reshape(-1, *labels.shape[-3:]) if labels.ndim == 4 else [labels]
+        if (
+            len(shape) != labels.ndim
+            or labels.ndim not in (3, 4)
+            or labels.shape[-3:] != tuple(shape[i] for i in order)
+            or (labels.ndim == 4 and labels.shape[0] != shape[3])
+        ):
+            raise ValueError(
+                f"labels of shape {labels.shape} do not match the volume {image.shape} of {source}"
+            )
+        # a 4D (time) series: the reader put time first, the file has it last
+        voxels = np.stack([orient_like_file(v, affine[:3, :3]) for v in volumes], axis=-1)
+        voxels = (voxels[..., 0] if labels.ndim == 3 else voxels).reshape(image.shape)
+        header = image.header.copy()
     dtype = np.uint8 if voxels.max(initial=0) < 256 and voxels.min(initial=0) >= 0 else np.int32
-    header = image.header.copy()
     header.set_data_dtype(dtype)
     header.set_slope_inter(1.0, 0.0)  # labels are ids, not scaled intensities
-    out = nibabel.Nifti1Image(voxels.astype(dtype), image.affine, header)
+    out = nibabel.Nifti1Image(voxels.astype(dtype), affine, header)
+    if is_dicom(source):  # DICOM positions are the scanner's coordinates
+        out.set_qform(affine, code=1)
+        out.set_sform(affine, code=1)
     nibabel.save(out, str(path))
     return Path(path)
+
+
+def _dicom_voxels(labels: np.ndarray, source: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Labels on a DICOM series' reader volume as ``(column, row, slice)`` voxels, and the
+    affine that puts each at its patient position (RAS, mm)."""
+    series = _dicom_series(source)
+    if series.axes_ras is None or series.origin_ras is None:
+        raise ValueError(f"{source}: the slices carry no patient position or orientation")
+    if series.uneven:  # one affine would misplace every slice past a gap
+        raise ValueError(f"{source}: the slices are unevenly spaced, so no one grid holds them")
+    shape = (len(series.files), int(series.first.Rows), int(series.first.Columns))
+    order = _orientation(series.axes_ras)[0]
+    expected = tuple(shape[i] for i in order)
+    if len(series.files) == 1:  # the reader dropped the slice axis
+        labels = labels.reshape(expected)
+    if labels.shape != expected:
+        raise ValueError(f"labels of shape {labels.shape} do not match the series {expected}")
+    stored = orient_like_file(labels, series.axes_ras)  # (slice, row, column)
+    affine = np.eye(4)
+    affine[:3, :3] = series.axes_ras[:, ::-1]
+    affine[:3, 3] = series.origin_ras
+    return np.ascontiguousarray(stored.transpose(2, 1, 0)), affine
 
 
 # --------------------------------------------------------------------------- NIfTI
@@ -277,23 +320,22 @@ def _pick_series(headers: list[Any]) -> tuple[list[Any], list[str]]:
     return series[uid], sorted(series)
 
 
-def read_dicom(path: str | Path) -> ImageData:
-    """A DICOM series (folder) or file as ``(Z, Y, X)`` (or ``(Y, X)``) in HU, with spacing.
+@dataclass
+class _Series:
+    """The geometry of the chosen DICOM series, from its headers only (no pixels)."""
 
-    Slices are sorted along the slice normal (the cross product of the row and
-    column directions of ``ImageOrientationPatient``) by ``ImagePositionPatient``;
-    the slice spacing is the median distance between neighbouring positions
-    (``SpacingBetweenSlices`` / ``SliceThickness`` for one slice, or when the slices have
-    no position and are ordered by ``InstanceNumber``), the in-plane
-    spacing ``PixelSpacing``. ``RescaleSlope``/``RescaleIntercept`` are applied,
-    so CT values are Hounsfield units. Then the volume is oriented as the module
-    docstring says (DICOM's LPS axes turned into RAS first).
-    """
-    try:
-        import pydicom  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(_MISSING.format(what="DICOM", package="pydicom")) from exc
-    path = Path(path)
+    files: list[Path]  # sorted along the slice normal
+    first: Any  # the first slice's header
+    all_series: list[str]
+    axes_ras: np.ndarray | None  # column j: the RAS step (mm) of one voxel along axis j
+    origin_ras: np.ndarray | None  # the first voxel's centre (RAS, mm)
+    spacing: tuple[float, float, float]  # slice, row, column (mm)
+    has_spacing: bool
+    uneven: bool
+
+
+def _dicom_series(path: Path) -> _Series:
+    """Pick the series (:func:`_pick_series`), sort its slices and measure their spacing."""
     files = _dicom_files(path) if path.is_dir() else [path]
     headers = _read_dicom_headers(files)
     if not headers:
@@ -312,6 +354,7 @@ def read_dicom(path: str | Path) -> ImageData:
         return float(np.dot(normal, np.asarray(where, dtype=np.float64)))
 
     chosen = sorted(chosen, key=lambda item: position(item[1]))
+    first = chosen[0][1]
     positions = np.array([position(ds) for _, ds in chosen])
     pixel_spacing: Any = getattr(first, "PixelSpacing", None)
     has_spacing = pixel_spacing is not None
@@ -330,29 +373,81 @@ def read_dicom(path: str | Path) -> ImageData:
         raise ValueError(
             f"{path}: slices share one position (duplicate series?); put one series per folder"
         )
-    volume = np.stack(_read_pixels([f for f, _ in chosen]))
+    axes_ras = origin_ras = None
+    if orientation is not None:
+        lps_to_ras = np.array([-1.0, -1.0, 1.0])
+        axes_ras = np.stack([normal * dz, col_dir * dy, row_dir * dx], axis=1) * lps_to_ras[:, None]
+        where = getattr(first, "ImagePositionPatient", None)
+        if where is not None and placed:
+            origin_ras = np.asarray(where, dtype=np.float64) * lps_to_ras
+    return _Series(
+        [f for f, _ in chosen], first, all_series, axes_ras, origin_ras, (dz, dy, dx),
+        has_spacing, uneven,
+    )  # fmt: skip
+
+
+def _warn_series(path: Path, series: _Series) -> None:
+    """Say what a folder's reading chose or could not keep: the user's scan must not be
+    silently another series, or slices silently closed up over a gap."""
+    if len(series.all_series) > 1:
+        warnings.warn(
+            f"{path}: the folder holds {len(series.all_series)} DICOM series; read the one "
+            f"with the most slices ({len(series.files)}, SeriesInstanceUID "
+            f"{getattr(series.first, 'SeriesInstanceUID', '?')}); put one series per folder "
+            "to choose another",
+            stacklevel=3,
+        )
+    if series.uneven:
+        warnings.warn(
+            f"{path}: the slices are unevenly spaced (missing slices?); they are stacked "
+            f"{series.spacing[0]:g} mm apart, so positions along the stack are approximate",
+            stacklevel=3,
+        )
+
+
+def read_dicom(path: str | Path) -> ImageData:
+    """A DICOM series (folder) or file as ``(Z, Y, X)`` (or ``(Y, X)``) in HU, with spacing.
+
+    Slices are sorted along the slice normal (the cross product of the row and
+    column directions of ``ImageOrientationPatient``) by ``ImagePositionPatient``;
+    the slice spacing is the median distance between neighbouring positions
+    (``SpacingBetweenSlices`` / ``SliceThickness`` for one slice, or when the slices have
+    no position and are ordered by ``InstanceNumber``), the in-plane
+    spacing ``PixelSpacing``. ``RescaleSlope``/``RescaleIntercept`` are applied,
+    so CT values are Hounsfield units. Then the volume is oriented as the module
+    docstring says (DICOM's LPS axes turned into RAS first). A folder of several
+    series, or of unevenly spaced slices, is read with a warning saying so.
+    """
+    try:
+        import pydicom  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(_MISSING.format(what="DICOM", package="pydicom")) from exc
+    path = Path(path)
+    series = _dicom_series(path)
+    _warn_series(path, series)
+    volume = np.stack(_read_pixels(series.files))
+    dz, dy, dx = series.spacing
     metadata: dict[str, Any] = {
-        "has_spacing": has_spacing,
-        "series": all_series,
-        "uneven_slices": uneven,
-        "modality": str(getattr(first, "Modality", "")),
+        "has_spacing": series.has_spacing,
+        "series": series.all_series,
+        "uneven_slices": series.uneven,
+        "modality": str(getattr(series.first, "Modality", "")),
         "file_spacing": [dz, dy, dx],
     }
-    unit = "mm" if has_spacing else None
+    unit = "mm" if series.has_spacing else None
+    axes_ras = series.axes_ras
     if volume.ndim == 4:  # multi-frame files: their per-frame geometry is not read
-        if len(chosen) > 1:
+        if len(series.files) > 1:
             raise ValueError(
                 f"{path}: a series of multi-frame DICOM files is not supported; "
                 "convert it to NIfTI (e.g. with dcm2niix) and open that"
             )
-        volume, orientation = volume[0], None
+        volume, axes_ras = volume[0], None
         metadata["multi_frame"] = True
-    if orientation is None:  # no patient axes (secondary capture...): the stack as stored
-        array = volume if len(chosen) > 1 else volume[0]
+    if axes_ras is None:  # no patient axes (secondary capture...): the stack as stored
+        array = volume if len(series.files) > 1 else volume[0]
         scale = (dz, dy, dx)[-array.ndim :]
         return ImageData(array, "ZYX"[-array.ndim :], scale, unit, "dicom", metadata)
-    lps_to_ras = np.array([-1.0, -1.0, 1.0])
-    axes_ras = np.stack([normal * dz, col_dir * dy, row_dir * dx], axis=1) * lps_to_ras[:, None]
     array, size, order, flips = reorient_to_zyx(volume, axes_ras)
     metadata.update(
         direction=axes_ras.tolist(),
@@ -360,7 +455,7 @@ def read_dicom(path: str | Path) -> ImageData:
         flipped=list(flips),
         orientation="Z=+S, Y=-A, X=+R",
     )
-    if len(chosen) == 1:  # one slice: drop the length-1 axis the slice normal went to
+    if len(series.files) == 1:  # one slice: drop the length-1 axis the slice normal went to
         gone = order.index(0)
         array = array.reshape(tuple(n for i, n in enumerate(array.shape) if i != gone))
         in_plane = tuple(v for i, v in enumerate(size) if i != gone)
@@ -378,7 +473,15 @@ def _read_pixels(files: Sequence[Path]) -> list[np.ndarray]:
     slices: list[np.ndarray] = []
     for file in files:
         try:
-            slices.append(_hu(pydicom.dcmread(str(file))))
+            ds = pydicom.dcmread(str(file))
+            slices.append(_hu(ds))
+        except RuntimeError as exc:  # pydicom: no installed plugin decodes this compression
+            syntax = ds.file_meta.get("TransferSyntaxUID", None)
+            raise ValueError(
+                f"{file}: cannot decode its {getattr(syntax, 'name', 'compressed')} pixels "
+                "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or decompress "
+                f"the series, e.g. gdcmconv --raw); {' '.join(str(exc).split())[:200]}"
+            ) from exc
         except broken as exc:
             raise ValueError(
                 f"{file}: cannot read this slice's pixels ({exc}); remove or re-export it"

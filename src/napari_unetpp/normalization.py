@@ -16,6 +16,7 @@ from .config import NormalizationConfig
 
 __all__ = [
     "as_list",
+    "as_model_input",
     "check_numeric",
     "check_pair",
     "intensity_range",
@@ -302,10 +303,33 @@ def rgb_to_grey(image: ArrayLike) -> ArrayLike:
     return red * np.float32(w_red) + green * np.float32(w_green) + blue * np.float32(w_blue)
 
 
+def as_model_input(
+    image: ArrayLike, in_channels: int, channel_axis: int | None, *, rgb: bool | None = None
+) -> tuple[ArrayLike, bool]:
+    """``(image, True)`` as its luminance when an RGB(A) image meets a one-channel model,
+    else ``(image, False)`` unchanged: the one place that decision is made.
+
+    Why: the shipped nuclei model (one channel) was trained on luminance, and a colour
+    axis read as a spatial one gives silent nonsense. ``rgb``: what the caller knows (a
+    napari layer's ``rgb``); None guesses it from the shape (:func:`looks_rgb`), only when
+    no ``channel_axis`` was named (a named axis is the user's own channels).
+    """
+    if rgb is None:
+        rgb = channel_axis is None and looks_rgb(np.shape(image))
+    if in_channels != 1 or not rgb:
+        return image, False
+    return rgb_to_grey(image), True
+
+
 def spatial_shape(image_shape: Sequence[int], channel_axis: int | None) -> tuple[int, ...]:
     """The image shape without its channel axis (what labels must match)."""
     shape = list(image_shape)
     if channel_axis is not None:
+        if not -len(shape) <= channel_axis < len(shape):  # del would raise an IndexError
+            raise ValueError(
+                f"DataConfig.channel_axis {channel_axis} is out of range for an image of shape "
+                f"{tuple(image_shape)}; set it to None (no channels) or to one of its axes"
+            )
         del shape[channel_axis]
     return tuple(shape)
 

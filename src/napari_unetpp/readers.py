@@ -12,6 +12,7 @@ DICOM, with their optional packages and the patient orientation, in :mod:`medica
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "array_axes",
     "known_pixel_size",
     "tiff_spacing",
+    "zarr_spacing",
 ]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -285,6 +287,61 @@ def read_tiff(path: str | Path) -> ImageData:
         "file_axes": axes,
     }
     return ImageData(array, axes, scale, unit, kind, metadata)
+
+
+# --------------------------------------------------------------------------- zarr
+
+
+def zarr_spacing(node: Any, ndim: int) -> tuple[tuple[float, ...] | None, str | None]:
+    """The pixel size (Z, Y, X order, of the spatial axes present) and unit of an opened zarr
+    group or array of ``ndim`` axes: OME-Zarr (NGFF 0.4 ``multiscales``, 0.5 under ``ome``),
+    level 0 with its scale transforms, or the ``spacing``/``unit`` attributes this package
+    writes with its results. ``(None, None)`` when it says nothing (or not per axis)."""
+    attrs = dict(getattr(node, "attrs", {}) or {})
+    multiscales = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
+    if isinstance(multiscales, list) and multiscales and isinstance(multiscales[0], dict):
+        return _ngff_spacing(multiscales[0], ndim)
+    spacing, unit = attrs.get("spacing"), _unit(attrs.get("unit"))
+    if isinstance(spacing, list) and 1 <= len(spacing) <= 3 and unit:
+        try:
+            return tuple(float(v) * unit[1] for v in spacing), unit[0]
+        except (TypeError, ValueError):
+            return None, None
+    return None, None
+
+
+def _ngff_spacing(
+    multiscale: dict[str, Any], ndim: int
+) -> tuple[tuple[float, ...] | None, str | None]:
+    """One OME-Zarr multiscale's level-0 pixel size: scales of the dataset and of the whole."""
+    axes = multiscale.get("axes") or []
+    datasets = multiscale.get("datasets") or [{}]
+    if len(axes) != ndim or not isinstance(datasets[0], dict):
+        return None, None
+    scale = [1.0] * ndim
+    for transforms in (
+        datasets[0].get("coordinateTransformations"),
+        multiscale.get("coordinateTransformations"),
+    ):
+        for transform in transforms or []:
+            if isinstance(transform, dict) and transform.get("type") == "scale":
+                values = transform.get("scale") or []
+                try:  # a hostile or broken file's scale is no pixel size, not an error
+                    scale = [a * float(b) for a, b in zip(scale, values, strict=True)]
+                except (TypeError, ValueError):
+                    return None, None
+    sizes, unit = [], None
+    for axis, value in zip(axes, scale, strict=True):
+        if not isinstance(axis, dict) or axis.get("type") != "space":
+            continue
+        found = _unit(axis.get("unit"))
+        if found is None or (unit is not None and found[0] != unit):
+            return None, None
+        unit = found[0]
+        sizes.append(float(value) * found[1])
+    if not sizes or len(sizes) > 3 or not all(0 < v < math.inf for v in sizes):
+        return None, None
+    return tuple(sizes), unit
 
 
 def array_axes(axes: str, ndim: int) -> str:

@@ -96,6 +96,10 @@ def model_axes_pixel_size(pixel_size: Sequence[float], spatial_dims: int) -> tup
     return size[-spatial_dims:]
 
 
+#: Zooms closer to 1 than this are float noise of a pixel size, not a resampling.
+_UNIT_ZOOM = 1e-6
+
+
 def zoom_from_pixel_size(
     pixel_size: Sequence[float],
     model_pixel_size: Sequence[float],
@@ -104,13 +108,16 @@ def zoom_from_pixel_size(
 ) -> tuple[float, ...]:
     """Zoom per model axis that brings pixels of ``pixel_size`` to the model's ``model_pixel_size``.
 
-    ``unit`` empty means the model's unit; otherwise sizes are converted first.
+    ``unit`` empty means the model's unit; otherwise sizes are converted first. A zoom
+    within float noise of 1 (a NIfTI affine is stored in float32: 3 mm reads 3.00000011)
+    is 1, so the image is not interpolated for nothing.
     """
     dims = len(model_pixel_size)
     size = model_axes_pixel_size(pixel_size, dims)
     if unit and model_unit and unit != model_unit:
         size = convert_pixel_size(size, unit, model_unit)
-    return tuple(float(s) / float(m) for s, m in zip(size, model_pixel_size, strict=True))
+    zoom = (float(s) / float(m) for s, m in zip(size, model_pixel_size, strict=True))
+    return tuple(1.0 if abs(z - 1.0) < _UNIT_ZOOM else z for z in zoom)
 
 
 def mean_zoom(zoom: Sequence[float]) -> float:

@@ -26,12 +26,14 @@ Examples
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
-from .common import PROG, _note
+from .common import PROG, _note, show_warning
 from .parser import build_parser
 
 __all__ = ["main", "build_parser"]
@@ -42,17 +44,40 @@ def _error(message: str) -> int:
     return 2
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster's time limit, torchrun stopping its other ranks): unwound as Ctrl-C
+    is, so staged outputs and the output folder's lock are cleaned up, not left behind."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While a command runs in the main thread, SIGTERM raises :class:`_Terminated`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-unetpp`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
+        with warnings.catch_warnings(), _sigterm_unwinds():
+            warnings.showwarning = show_warning
             return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        _note("interrupted")  # outputs are staged: nothing half-written is left in --out
-        return 130
+    except KeyboardInterrupt as exc:
+        # outputs are staged: nothing half-written is left in --out
+        _note("terminated" if isinstance(exc, _Terminated) else "interrupted")
+        return 128 + (signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
     except BrokenPipeError:
         # `napari-unetpp info ... | head -1`: the reader is gone, which is not an error;
         # point stdout at devnull so the interpreter's final flush stays quiet too
@@ -69,20 +94,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(_one_line(exc))
 
 
-def _show_warning(
-    message: Warning | str,
-    category: type[Warning],
-    filename: str,
-    lineno: int,
-    file: TextIO | None = None,
-    line: str | None = None,
-) -> None:
-    """Engine warnings (NaN pixels filled, one-class labels...) as one line, not a source line."""
-    _note(f"warning: {' '.join(str(message).split())}")
+#: Engine names of settings in the words of the command line (a CLI user sets the flag).
+_FLAGS = {
+    "DataConfig.channel_axis=": "--channel-axis ",
+    "DataConfig.channel_axis": "--channel-axis",
+}
 
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
         text = f"{text}: {exc.filename}"
+    for engine, flag in _FLAGS.items():
+        text = text.replace(engine, flag)
     return " ".join(text.split())

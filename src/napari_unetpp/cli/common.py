@@ -7,10 +7,16 @@ drive the same ones); the CLI only supplies what to do with each event.
 
 from __future__ import annotations
 
+import re
 import sys
-from typing import Any
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
 
 PROG = "napari-unetpp"
+#: The warnings shown for the image at hand (see :func:`warnings_once`); None: show all.
+_shown: set[tuple[str, str]] | None = None
 
 
 def _out(text: str = "") -> None:
@@ -99,3 +105,42 @@ class TrainProgress(ProgressBar):
         self.advance(event)
         if self.postfix:
             self.bar.set_postfix(self.postfix, refresh=False)
+
+
+def show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str = "",
+    lineno: int = 0,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Engine warnings (NaN pixels filled, a flat image...) as one line, not a source line;
+    inside :func:`warnings_once`, a warning already shown for this image is not repeated."""
+    text = " ".join(str(message).split())
+    if _shown is not None:
+        # the probes of the image check (flipped, half size) warn again, about their own
+        # resampled copy and with other counts: the same words without numbers is the same
+        key = (category.__name__, re.sub(r"[-+.\d]+", "#", text))
+        if key in _shown:
+            return
+        _shown.add(key)
+    _note(f"warning: {text}")
+
+
+@contextmanager
+def warnings_once() -> Iterator[None]:
+    """Within the block (one image's prediction and check), each warning is shown once.
+
+    Python's own once-per-place memory is off in the block: a second flat image warns from
+    the same line as the first, and must be told too.
+    """
+    global _shown
+    outer, _shown = _shown, set()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", UserWarning)
+            warnings.showwarning = show_warning
+            yield
+    finally:
+        _shown = outer

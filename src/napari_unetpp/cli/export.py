@@ -10,6 +10,18 @@ from .common import _out
 
 #: ``export.FORMATS``, spelled here so that ``--help`` does not import torch (a test compares).
 EXPORT_FORMATS = ("folder", "zip", "bioimageio", "onnx", "torchscript")
+#: ``export.PICKLE_FORMATS``, likewise: refused with the reason, not as "invalid choice".
+PICKLE_FORMATS = ("pytorch", "pytorch_state_dict", "pt", "pth", "pickle")
+
+
+def export_format(text: str) -> str:
+    """``--format``: a pickle format is refused saying why (the user guide promises it)."""
+    if text.lower() in PICKLE_FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} would write a pickle (unsafe to load); TorchScript and ONNX load in "
+            "PyTorch and everywhere else without pickle: use --format torchscript or onnx"
+        )
+    return text
 
 
 def cmd_export(args: argparse.Namespace) -> int:

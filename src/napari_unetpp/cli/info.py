@@ -16,12 +16,16 @@ from ..files import (
 )
 from ..locate import locate
 from ..zoo import scale_line
-from .common import ProgressBar, _note, _out
+from .common import ProgressBar, _note, _out, warnings_once
 from .tables import _human_count, format_table
 
 if TYPE_CHECKING:  # engine imports are lazy: `napari-unetpp --help` must not load torch
+    from pathlib import Path
+
     from ..checkpoint import CheckpointInfo
     from ..config import ModelConfig
+    from ..image_check import ImageCheck
+    from ..model import UNetPlusPlus
 
 
 def read_model_info(spec: str) -> CheckpointInfo:
@@ -141,53 +145,55 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _info_on(args: argparse.Namespace) -> int:
     """Without labels: each depth against the deepest on the image, and the image check."""
-    from ..config import PredictConfig
-    from ..disagreement import check_image as check_on_image
-    from ..image_check import check_region
-    from ..normalization import looks_rgb, rgb_to_grey
-    from .predict import with_file_pixel_size  # the file's pixel size, as predict uses it
-
     model, info = load_model(args.checkpoint, device="cpu")
-    metrics = info.metrics or {}
     status = 0
     for path in collect_files(args.on, "image"):
-        image, file_size, file_unit = read_image_with_size(path, lazy=True)
-        check_image(image, path)
-        if (
-            model.config.in_channels == 1
-            and info.data.channel_axis is None
-            and looks_rgb(image.shape)
-        ):
-            image = rgb_to_grey(image)
-        config = PredictConfig(device=args.device or "auto")
-        if model.config.spatial_dims == 3:
-            config = config.replace(tile_size=(64, 128, 128))
-        if args.pixel_size:  # at the model's scale, as predict would run it
-            config = config.replace(
-                pixel_size=tuple(args.pixel_size), pixel_unit=args.pixel_unit or ""
-            )
-        config = with_file_pixel_size(config, model.config, args, path, file_size, file_unit)
-        region = check_region(image.shape, model.config.spatial_dims, info.data.channel_axis)
-        if region is not None:  # memory and time bounded, whatever the image's size
-            image = image[region]
-            _note(f"{path}: checked on a central region of shape {tuple(image.shape)}")
-        with ProgressBar(stem(path), enabled=not args.quiet) as bar:
-            check, _ = drive(
-                check_on_image(
-                    model,
-                    image,
-                    info.data,
-                    config,
-                    recommended=metrics.get("best_depth"),
-                    tolerance=args.tolerance,
-                    thresholds=metrics.get("image_check"),
-                ),
-                bar,
-            )
-        assert check is not None  # judged: no stopper was given, so it never stops
+        with warnings_once():  # the check's passes (plain, flipped, half size) warn alike
+            check = _check_file(args, path, model, info)
         if args.json:
             _out(json.dumps({"image": str(path), **check.to_dict()}, default=str))
         else:
             _out(f"{path}:\n{check.report()}")
         status = max(status, int(check.unlike_training))
     return 0 if not args.strict else status
+
+
+def _check_file(
+    args: argparse.Namespace, path: Path, model: UNetPlusPlus, info: CheckpointInfo
+) -> ImageCheck:
+    """The image check of one file, at its pixel size, on a bounded region of a big image."""
+    from ..config import PredictConfig
+    from ..disagreement import check_image as check_on_image
+    from ..image_check import check_region
+    from ..normalization import as_model_input
+    from .predict import with_file_pixel_size  # the file's pixel size, as predict uses it
+
+    metrics = info.metrics or {}
+    image, file_size, file_unit = read_image_with_size(path, lazy=True)
+    check_image(image, path)
+    image, _ = as_model_input(image, model.config.in_channels, info.data.channel_axis)
+    config = PredictConfig(device=args.device or "auto")
+    if model.config.spatial_dims == 3:
+        config = config.replace(tile_size=(64, 128, 128))
+    if args.pixel_size:  # at the model's scale, as predict would run it
+        config = config.replace(pixel_size=tuple(args.pixel_size), pixel_unit=args.pixel_unit or "")
+    config = with_file_pixel_size(config, model.config, args, path, file_size, file_unit)
+    region = check_region(image.shape, model.config.spatial_dims, info.data.channel_axis)
+    if region is not None:  # memory and time bounded, whatever the image's size
+        image = image[region]
+        _note(f"{path}: checked on a central region of shape {tuple(image.shape)}")
+    with ProgressBar(stem(path), enabled=not args.quiet) as bar:
+        check, _ = drive(
+            check_on_image(
+                model,
+                image,
+                info.data,
+                config,
+                recommended=metrics.get("best_depth"),
+                tolerance=args.tolerance,
+                thresholds=metrics.get("image_check"),
+            ),
+            bar,
+        )
+    assert check is not None  # judged: no stopper was given, so it never stops
+    return check

@@ -7,7 +7,7 @@ import argparse
 from .. import __version__
 from .common import PROG
 from .demo import cmd_demo
-from .export import EXPORT_FORMATS, cmd_export
+from .export import EXPORT_FORMATS, cmd_export, export_format
 from .info import cmd_info
 from .predict import cmd_predict
 from .train import cmd_train
@@ -25,9 +25,40 @@ def _depth_arg(text: str) -> int | str:
         ) from None
 
 
+def _pixel_size_arg(text: str) -> float:
+    """One ``--pixel-size`` value: a finite size > 0 (0 divided by zero, -1 was recorded)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"a pixel size must be a number > 0, got {text!r}")
+    return value
+
+
+class _PixelSizes(argparse.Action):
+    """At most three values (Z Y X): a fourth was dropped without a word."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option: str | None = None) -> None:  # fmt: skip
+        sizes = list(values)  # type: ignore[call-overload]
+        if len(sizes) > 3:
+            parser.error(
+                f"{option}: {len(sizes)} values; give one, or one per spatial axis (Y X or Z Y X)"
+            )
+        setattr(namespace, self.dest, sizes)
+
+
 def _add_pixel_size(p: argparse.ArgumentParser, help_text: str) -> None:
     """``--pixel-size`` and ``--pixel-unit``, the same for train, predict and info --on."""
-    p.add_argument("--pixel-size", nargs="+", type=float, metavar="S", help=help_text)
+    p.add_argument(
+        "--pixel-size",
+        nargs="+",
+        type=_pixel_size_arg,
+        action=_PixelSizes,
+        metavar="S",
+        help=help_text,
+    )
     p.add_argument(
         "--pixel-unit",
         choices=["nm", "um", "mm"],
@@ -273,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, metavar="PATH")
     e.add_argument(
         "--format",
+        type=export_format,
         choices=EXPORT_FORMATS,
         default="folder",
         help="folder/zip: our checkpoint (safetensors + JSON); bioimageio: a bioimage.io model "

@@ -27,9 +27,10 @@ from ..files import (
     write_array,
 )
 from ..runs import read_run_file, write_image_record
-from .common import ProgressBar, _note, _out, _override
+from .common import ProgressBar, _note, _out, _override, warnings_once
 
 if TYPE_CHECKING:
+    from ..checkpoint import CheckpointInfo
     from ..config import DataConfig, ModelConfig, PredictConfig
     from ..model import UNetPlusPlus
     from ..outputs import OutputFolder
@@ -121,10 +122,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     Results are staged and renamed into ``--out`` (:class:`~napari_unetpp.outputs.OutputFolder`):
     files this package did not write are never replaced without ``--overwrite``.
     """
-    from ..normalization import looks_rgb, rgb_to_grey
     from ..outputs import OutputFolder
 
-    files = collect_files(args.images, "image")
+    files = _once_each(collect_files(args.images, "image"))
     model, info = load_model(args.checkpoint, device="cpu")
     predict_config, data_config = build_predict_config(
         args, info.data, model.config.spatial_dims, model.config.object_diameter
@@ -145,31 +145,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             client = start_client(args.distributed)
         try:
             for path in files:
-                image, file_size, file_unit = read_image_with_size(path, lazy=True)
-                check_image(image, path)
-                if (
-                    model.config.in_channels == 1
-                    and data_config.channel_axis is None
-                    and looks_rgb(image.shape)
-                ):
-                    image = rgb_to_grey(image)  # as the widget does, as the zoo was trained
-                    _note(f"{path}: RGB -> grey (luminance) for this one-channel model")
-                config = with_file_pixel_size(
-                    predict_config, model.config, args, path, file_size, file_unit
-                )
-                written = _predict_file(
-                    path,
-                    image,
-                    model,
-                    config,
-                    data_config,
-                    outputs,
-                    formats[path],
-                    args,
-                    client,
-                    (file_size, file_unit),
-                    info.metrics or {},
-                )
+                with warnings_once():  # the check's probes repeat the prediction's warnings
+                    written = _predict_path(
+                        path, (model, info), (predict_config, data_config), outputs,
+                        formats[path], args, client,
+                    )  # fmt: skip
                 _out(f"{path} -> {', '.join(str(p) for p in written)}")
         finally:
             if client is not None:
@@ -177,6 +157,50 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
                 close_client(client)
     return 0
+
+
+def _once_each(files: list[Path]) -> list[Path]:
+    """One prediction per file, however often it was named (``a.tif a.tif``, ``dir dir/a.tif``)."""
+    first: dict[Path, Path] = {}
+    for path in files:
+        first.setdefault(path.resolve(), path)
+    return list(first.values())
+
+
+def _predict_path(
+    path: Path,
+    loaded: tuple[UNetPlusPlus, CheckpointInfo],
+    configs: tuple[PredictConfig, DataConfig],
+    outputs: OutputFolder,
+    fmt: str,
+    args: argparse.Namespace,
+    client: Any,
+) -> list[Path]:
+    """Read one image file, predict, check and write its results; the paths written."""
+    from ..normalization import as_model_input
+
+    model, info = loaded
+    predict_config, data_config = configs
+    image, file_size, file_unit = read_image_with_size(path, lazy=True)
+    check_image(image, path)
+    # before anything reads its axes: the check's probes flip and halve the image itself
+    image, grey = as_model_input(image, model.config.in_channels, data_config.channel_axis)
+    if grey:
+        _note(f"{path}: RGB -> grey (luminance) for this one-channel model")
+    config = with_file_pixel_size(predict_config, model.config, args, path, file_size, file_unit)
+    return _predict_file(
+        path,
+        image,
+        model,
+        config,
+        data_config,
+        outputs,
+        fmt,
+        args,
+        client,
+        (file_size, file_unit),
+        info.metrics or {},
+    )
 
 
 def with_file_pixel_size(
@@ -290,8 +314,8 @@ def _predict_file(
 
     Everything is written into the staging folder and committed (renamed into
     ``--out``) only when complete. ``grid``: the input file's pixel size and unit,
-    written with every image output so that it opens on the input's grid; a NIfTI
-    input also gets its labels as NIfTI in the file's own voxel order and affine.
+    written with every image output so that it opens on the input's grid; a NIfTI or
+    DICOM input also gets its labels as NIfTI in the scan's own voxel order and affine.
     ``metrics``: the model's (its image-check calibration, its recommended depth).
     """
     from ..postprocess import labels_shape, probabilities_to_labels
@@ -360,10 +384,11 @@ def _predict_file(
 
 
 def _nifti_copy(path: Path, fmt: str) -> bool:
-    """A NIfTI scan's labels also go out as NIfTI (``<name>_labels.nii.gz``)."""
-    from ..medical import is_nifti
+    """A NIfTI scan's or DICOM series' labels also go out as NIfTI (``<name>_labels.nii.gz``),
+    on the scan's grid: what medical viewers lay over the scan (a TIFF they cannot place)."""
+    from ..medical import is_medical
 
-    return fmt == "tif" and is_nifti(path)
+    return fmt == "tif" and is_medical(path)
 
 
 def _write_nifti_labels(outputs: OutputFolder, name: str, labels: Any, source: Path) -> list[Path]:
@@ -373,7 +398,7 @@ def _write_nifti_labels(outputs: OutputFolder, name: str, labels: Any, source: P
     target = f"{name}_labels.nii.gz"
     try:
         write_nifti_like(outputs.stage(target), labels, source)
-    except ValueError as exc:  # a 4D (time) series: the TIFF has the labels
+    except ValueError as exc:  # no patient geometry (a secondary capture): the TIFF has them
         _note(f"{source}: labels not written as NIfTI ({exc})")
         return []
     return [outputs.commit(target)]

@@ -174,14 +174,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     configs = build_train_configs(args, base, resuming)
     # a one-channel starting model takes RGB(A) files as grey, as predict does (else a dead end:
     # --channel-axis -1 makes 3 channels, which the model's first layer cannot take)
-    grey = base is not None and base.model.in_channels == 1 and configs[2].channel_axis is None
+    channels = base.model.in_channels if base is not None else None
     if args.dry_run:
-        return _train(args, out, initial, *configs, main_process=True, grey=grey)
+        return _train(args, out, initial, *configs, main_process=True, channels=channels)
     from ..ddp import join_torchrun, process_rank
 
     leave = join_torchrun(configs[1].device)
     try:
-        return _train(args, out, initial, *configs, main_process=process_rank() == 0, grey=grey)
+        return _train(
+            args, out, initial, *configs, main_process=process_rank() == 0, channels=channels
+        )
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: say how to go on from the last save
+        if process_rank() == 0 and (out / "last").is_dir():
+            from ..runs import format_command
+
+            command = format_command("train", out=str(out), resume=True)
+            _note(f"to continue from the last saved step: {command}")
+        raise
     finally:
         leave()
 
@@ -210,11 +219,12 @@ def _train(
     data_config: DataConfig,
     auto: bool,
     main_process: bool,
-    grey: bool = False,
+    channels: int | None = None,
 ) -> int:
     """Read the files, finish the configs from the data, train; rank 0 reports and writes.
 
-    ``grey``: RGB(A) images become luminance (the model has one input channel).
+    ``channels``: the starting model's input channels (RGB(A) images become luminance for
+    one, see ``normalization.as_model_input``); None for a new model, which takes them as given.
     """
     pairs = pair_files(collect_files(args.images, "image"), collect_files(args.labels, "labels"))
     val_pairs: list[tuple[Path, Path]] = []
@@ -225,9 +235,9 @@ def _train(
             collect_files(args.val_images, "validation image"),
             collect_files(args.val_labels, "validation labels"),
         )
-    images, labels, sizes = _read_pairs(pairs, data_config.channel_axis, grey, main_process)
+    images, labels, sizes = _read_pairs(pairs, data_config.channel_axis, channels, main_process)
     val_images, val_labels, val_sizes = _read_pairs(
-        val_pairs, data_config.channel_axis, grey, main_process
+        val_pairs, data_config.channel_axis, channels, main_process
     )
     model_config, (images, labels), (val_images, val_labels) = _at_model_scale(
         args,
@@ -248,6 +258,8 @@ def _train(
         1 if data_config.channel_axis is None else int(images[0].shape[data_config.channel_axis])
     )
     classes = num_output_channels(data_config, labels)
+    if initial is not None and main_process:
+        _note_class_mapping(labels, model_config, data_config, classes)
     model_config = model_config.replace(
         in_channels=channels,
         num_classes=classes,
@@ -276,6 +288,35 @@ def _train(
         )
         arrays = (images, labels, val_images, val_labels)
         return _run_trainer(args, trainer, arrays, len(pairs), len(val_pairs), main_process)
+
+
+def _note_class_mapping(
+    labels: list[Any], model_config: ModelConfig, data_config: DataConfig, classes: int
+) -> None:
+    """A fine-tune: say which label value trains which of the starting model's classes, or
+    that its output heads start anew.
+
+    Why: label values are taken in sorted order as classes 1..K; another tool's ids
+    (TotalSegmentator's, where 1 is the spleen and the shipped CT model's class 1 the
+    liver) would silently train the wrong organ, and 41 ids replace the model's heads by
+    untrained ones: its IoU fell to 0 after a short fine-tune, without a word why.
+    """
+    from ..labels import resolve_class_values
+
+    if data_config.target != "semantic":
+        return
+    values = resolve_class_values(data_config, labels)
+    if classes != model_config.num_classes:
+        _note(
+            f"warning: the labels hold {len(values)} class value(s), the starting model "
+            f"{model_config.num_classes} output(s): its output heads are replaced by new, "
+            "untrained ones (give the labels the model's class values to keep what it knows)"
+        )
+        return
+    names = model_config.class_names[-len(values) :] if model_config.class_names else ()
+    if len(names) == len(values):
+        pairs = ", ".join(f"{v} -> {n}" for v, n in zip(values, names, strict=True))
+        _note(f"label values train the model's classes: {pairs}")
 
 
 def _run_trainer(
@@ -347,20 +388,21 @@ def _initial_model(args: argparse.Namespace, out: Path, resuming: bool) -> Any:
 def _read_pairs(
     pairs: Sequence[tuple[Path, Path]],
     channel_axis: int | None,
-    grey: bool = False,
+    channels: int | None = None,
     say: bool = True,
 ) -> tuple[list[Any], list[Any], list[tuple[tuple[float, ...], str] | None]]:
     """Images, labels and each image file's pixel size with its unit (None: not known);
-    with ``grey``, RGB(A) images as luminance (see ``normalization.looks_rgb``)."""
-    from ..normalization import looks_rgb, rgb_to_grey
+    RGB(A) images as luminance for a starting model of one input ``channels``
+    (``normalization.as_model_input``)."""
+    from ..normalization import as_model_input
 
     images, labels, sizes = [], [], []
     for image_path, label_path in pairs:
         image, size, unit = read_image_with_size(image_path)
         check_image(image, image_path)
-        if grey and looks_rgb(image.shape):
-            image = rgb_to_grey(image)
-            if say:
+        if channels is not None:
+            image, grey = as_model_input(image, channels, channel_axis)
+            if grey and say:
                 _note(f"{image_path}: RGB -> grey (luminance) for this one-channel model")
         label = check_labels(read_array(label_path), image, label_path, channel_axis)
         images.append(image)
