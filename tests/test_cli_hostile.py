@@ -250,6 +250,41 @@ def test_an_interrupted_training_says_how_to_resume(
     assert code == 130 and f"napari-unetpp train --out '{out}' --resume" in err, err
 
 
+def test_ctrl_c_in_train_stops_after_the_step_and_keeps_it_for_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C lost every step since the last save (``last/`` is written at validation):
+    now the first one stops after the current step and saves it; --resume goes on from it."""
+    import os
+    import signal
+
+    from napari_unetpp import training
+    from napari_unetpp.resume import load_resume_state
+
+    image, labels, out = tmp_path / "i.tif", tmp_path / "l.tif", tmp_path / "run"
+    tifffile.imwrite(image, _discs())
+    tifffile.imwrite(labels, (_discs() > 100).astype(np.uint8))
+    flags = ["--widths", "4", "8", "--depth", "1", "--patch-size", "32", "--batch-size", "1"]
+    step = training.Trainer._train_step
+
+    def step_then_ctrl_c(self, run, data):  # the user presses Ctrl-C during step 3
+        result = step(self, run, data)
+        if run.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(training.Trainer, "_train_step", step_then_ctrl_c)
+    argv = ["train", "--images", image, "--labels", labels, "--out", out, *flags]
+    code, _, err = _run(capsys, *argv, "--iterations", "50", "--validate-every", "40", "-q")
+    assert code == 130, err
+    assert "stopped at step 3" in err and "--resume" in err
+    assert load_resume_state(out / "last")[0]["step"] == 3  # no validation had saved it
+    monkeypatch.setattr(training.Trainer, "_train_step", step)
+    code, _, err = _run(capsys, "train", "--out", out, "--resume", "--iterations", "5", "-q")
+    assert code == 0, err
+    assert load_resume_state(out / "last")[0]["step"] == 5
+
+
 def test_distributed_prediction_checks_the_image_before_any_task(tmp_path: Path) -> None:
     """A 3-channel image for the one-channel EM model with ``--channel-axis -1``: each dask
     worker failed on its slice and logged its traceback before the one error came back."""

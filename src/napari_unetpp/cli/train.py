@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -336,7 +336,10 @@ def _run_trainer(
             + (f", validating on {n_val}" if n_val else "")
             + f"; checkpoint -> {out}"
         )
-    with TrainProgress(train_config.iterations, enabled=main_process and not args.quiet) as bar:
+    with (
+        TrainProgress(train_config.iterations, enabled=main_process and not args.quiet) as bar,
+        _stop_at_a_signal(trainer) as stopped_by,
+    ):
         result = drive(trainer.run(images, labels, val_images or None, val_labels or None), bar)
     if not main_process:
         return 0
@@ -345,7 +348,49 @@ def _run_trainer(
     write_run_file(out, _run_record(args, saved.model, saved.train or train_config, saved.data))
     _out(f"checkpoint: {result.checkpoint}")
     _out(depth_table(saved))
+    if stopped_by:
+        from ..runs import format_command
+
+        step = saved.provenance.get("iterations")
+        command = format_command("train", out=str(out), resume=True)
+        _note(f"stopped at step {step}, saved in {out / 'last'}; to continue: {command}")
+        return 128 + stopped_by[0]
     return 0
+
+
+@contextlib.contextmanager
+def _stop_at_a_signal(trainer: Trainer) -> Iterator[list[int]]:
+    """A first Ctrl-C (or SIGTERM) stops the run after its current step, which saves
+    ``last/`` and ``best/`` as a finished run does; a second one interrupts at once.
+
+    Why: an interrupt raised inside the training loop lost every step since the last
+    save (``last/`` is written at each validation), up to ``--validate-every`` steps.
+    The list yielded gets the signal's number. Torchrun's ranks keep the plain
+    interrupt: one rank stopping alone would leave the others waiting for it.
+    """
+    import signal
+    import threading
+
+    from ..ddp import world_size
+
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread() or world_size() > 1:
+        yield caught
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        if caught:
+            raise KeyboardInterrupt
+        caught.append(signum)
+        trainer.stop()
+        _note("stopping after this step and saving it (press Ctrl-C again to quit at once)")
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _resume_inputs(args: argparse.Namespace, out: Path) -> bool:
