@@ -384,3 +384,18 @@ def test_a_pixel_size_equal_to_the_models_up_to_rounding_is_no_resampling() -> N
     assert zoom_from_pixel_size((size, size), (3.0, 3.0), "mm", "mm") == (1.0, 1.0)
     assert zoom_from_pixel_size((0.004, 0.004), (4.0, 4.0), "um", "nm") == (1.0, 1.0)
     assert zoom_from_pixel_size((6.0, 3.0), (3.0, 3.0)) == (2.0, 1.0)
+
+
+def test_a_flat_image_is_not_called_like_the_training_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A constant image got the 'no contrast' warning and then 'this image looks like the
+    training data' (its depths agree on a flat field): the check now says it has nothing."""
+    flat = tmp_path / "flat.tif"
+    tifffile.imwrite(flat, np.full((64, 64), 7, np.uint8))
+    for model in ("zoo:em", "zoo:nuclei"):
+        code, out, err = _run(capsys, "info", model, "--on", flat)
+        assert code == 0, err
+        assert "looks like the training data" not in out + err
+        assert "check the pixel size" not in out + err  # not a scale problem
+        assert "remedy: check that the layer, file, channel or plane" in out + err

@@ -424,14 +424,27 @@ def check_prediction(
     ``metrics["image_check"]``, see :func:`image_check.calibrate`); missing signals fall
     back to :data:`image_check.THRESHOLDS`.
     """
-    from .image_check import THRESHOLDS, ImageCheck, half_size, image_signals, judge
+    from .image_check import (
+        THRESHOLDS,
+        ImageCheck,
+        flat_image_check,
+        half_size,
+        image_signals,
+        judge,
+    )
     from .inference import predict
+    from .normalization import intensity_range
 
     def stopped() -> bool:
         return stopper is not None and stopper.stopped
 
     if stopped() or not getattr(probs, "complete", True):
         return None
+    norm = data_config.normalization
+    if norm.mode == "percentile":
+        low, high = intensity_range(image, norm)
+        if low == high:
+            return flat_image_check(low)
     config = _check_config(predict_config)
     zoom = zoom_used(probs)
     half = None

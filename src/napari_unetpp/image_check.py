@@ -22,6 +22,7 @@ from .rescaled import measure_diameters
 
 __all__ = [
     "ImageCheck",
+    "flat_image_check",
     "SIZE_HINT",
     "THRESHOLDS",
     "calibrate",
@@ -171,13 +172,27 @@ class ImageCheck:
                 if self.unlike_training
                 else "this image looks like the training data"
             )
-            + f" ({shown})"
+            + (f" ({shown})" if shown else "")
         ]
         lines += [f"  - {r}" for r in self.reasons]
         lines += [f"  remedy: {r}" for r in self.remedies]
         if self.advice is not None:
             lines.append(f"depth: {self.advice.message}")
         return "\n".join(lines)
+
+
+def flat_image_check(value: float) -> ImageCheck:
+    """The verdict on an image without contrast: nothing in it to judge (or segment).
+
+    Why: its signals read as "like the training data" (the depths agree on a flat field),
+    which contradicted the "no contrast" warning printed just before.
+    """
+    return ImageCheck(
+        signals={},
+        unlike_training=True,
+        reasons=[f"the image has no contrast (every sampled pixel is {value:g})"],
+        remedies=["check that the layer, file, channel or plane is the image you mean"],
+    )
 
 
 def judge(
