@@ -13,6 +13,7 @@ predictable place, never a write into data folders (often read-only shares).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from ..runs import new_run_dir
 from ..zoo import card_markdown
 from . import _state
-from ._jobs import on_dock_closed, queue_for
+from ._jobs import in_background, on_dock_closed, queue_for
 from ._layers import layer_choices
 from ._model_box import SOURCES, device_choices, guess_zoo_model, model_name, zoo_choices
 from ._paths import chosen_path
@@ -83,6 +84,11 @@ class PredictWidget(Container):
         self.model_spec: str | None = None  # "zoo:<name>" or a checkpoint path (for command.sh)
         self.last_run_dir: Path | None = None
         self.last_probabilities: dict[int, Any] | None = None  # engine output of the last run
+        # torch is imported by a thread, not here: on the GUI thread its 2-3 s froze the
+        # viewer at every first dock open; the model and devices come when it is in
+        self._torch_ready = "torch" in sys.modules
+        self._devices = device_choices() if self._torch_ready else ["auto"]
+        self._deferred_spec: str | None = None  # the model to load once torch is in
         self._build()
         _state.models_changed.connect(self._on_models_changed)
         for event in ("inserted", "removed", "reordered"):
@@ -100,6 +106,8 @@ class PredictWidget(Container):
             self._pick_zoo_model()
         self._on_source()
         self._on_image()  # an image opened before the dock: its pixel size, scope, model
+        if not self._torch_ready:
+            self._import_torch()
 
     # ------------------------------------------------------------------ layout
 
@@ -115,7 +123,7 @@ class PredictWidget(Container):
         self._image = ComboBox(label="Image", choices=layer_choices(self._viewer, Image))
         self._scope = ComboBox(label="Scope", choices=SCOPES)
         self._tile = SpinBox(label="Tile size", min=16, max=4096, step=16, value=256)
-        self._device = ComboBox(label="Device", choices=device_choices())
+        self._device = ComboBox(label="Device", choices=lambda _w: self._devices)
         self._tta = CheckBox(
             text="Test-time augmentation (8x slower)",
             tooltip="averages flipped copies: smoother, 8x slower",
@@ -168,6 +176,31 @@ class PredictWidget(Container):
         self._device.changed.connect(self.pruning.set_device)
         self._output.changed.connect(self.pruning.set_output_folder)
         self.pruning.apply_requested.connect(lambda depth: self.segment(pruned_depth=depth))
+
+    def _import_torch(self) -> None:
+        """Import torch in a thread; then list the devices and load the chosen model."""
+        self._status.value = "loading PyTorch..."
+        self._set_running(False)
+        in_background(
+            device_choices, self._on_torch, self._on_torch_error, inline=self._runner.inline
+        )
+
+    def _on_torch(self, devices: list[str]) -> None:
+        if self._closed:
+            return
+        self._torch_ready, self._devices = True, devices
+        self._device.reset_choices()
+        self._status.value = ""
+        spec, self._deferred_spec = self._deferred_spec, None
+        if spec is not None and self.model is None:
+            self._load_model(spec)
+        self._set_running(self._runner.running)
+
+    def _on_torch_error(self, exc: BaseException) -> None:
+        from ._runner import report_error
+
+        self._status.value = f"PyTorch could not be loaded: {exc}"
+        report_error(exc)
 
     def _on_closed(self) -> None:
         """The dock was closed: stop its jobs (no layer appears later); stop listening."""
@@ -255,6 +288,9 @@ class PredictWidget(Container):
         """Load ``spec`` ("zoo:<name>" or a path) on the GUI thread (a file read: fast)."""
         from ..files import load_model
 
+        if not self._torch_ready:  # loaded when torch is in (see _on_torch)
+            self._deferred_spec = spec
+            return
         try:
             model, info = load_model(spec)
         except (ValueError, OSError) as exc:
@@ -361,8 +397,8 @@ class PredictWidget(Container):
         return self._runner.running or self._showing
 
     def _set_running(self, running: bool) -> None:
-        """Lock Run while a job runs or its layers are being added."""
-        busy = running or self._showing
+        """Lock Run while a job runs, its layers are being added or torch is loading."""
+        busy = running or self._showing or not self._torch_ready
         self._run.enabled, self._cancel.enabled = not busy, running
         self.pruning.set_busy(busy)
 
