@@ -222,3 +222,33 @@ def test_an_image_opened_before_the_dock_gives_its_pixel_size_and_model(
     assert w.scale._pixel.value == "0.002 0.002 um"
     assert w.model_spec == "zoo:em"
     assert w._scope.value == "whole stack slice-wise"
+
+
+def test_check_this_image_shows_one_progress_over_all_its_passes(dock: Any, data_dir: Path) -> None:
+    """ "Check this image" predicts every depth, then the mirrored image, then half size;
+    each pass counted its own tiles from 0, so the bar and the ETA ran to 100 % and
+    restarted three times. The progress must only grow, and say which pass it is in."""
+    viewer, w, errors = dock
+    image = tifffile.imread(data_dir / "em_isbi2012" / "image.tif")[16, :256, :256]
+    w._image.value = viewer.add_image(image, name="em")
+    w._source.value = "shipped"
+    w._model.value = "zoo:em"
+    w._tile.value = 128  # several tiles per pass
+    seen: list[Any] = []
+    show = w._on_event
+    w._on_event = lambda event: (seen.append(event), show(event))
+    w.check_image()
+    assert not errors, errors
+    fractions = [event.fraction for event in seen]
+    assert fractions == sorted(fractions), fractions  # never back to 0 for the next pass
+    assert 0 < fractions[len(fractions) // 2] < 0.9
+    assert any("pass 3 of 3" in event.message for event in seen), [e.message for e in seen]
+    assert w._progress.value == 100
+    assert "training data" in w._status.value, w._status.value  # the check's report
+
+    seen.clear()  # Segment checks its result: its pass, then half size
+    assert w.scale.check_results.value
+    w.segment()
+    fractions = [event.fraction for event in seen]
+    assert fractions == sorted(fractions), fractions
+    assert any("pass 2 of 2: checking the result" in event.message for event in seen)

@@ -235,6 +235,55 @@ def result_check(
         yield replace(event, message="checking the result against the training data")
 
 
+#: Per-mille steps of :func:`over_passes`' events.
+PASS_STEPS = 1000
+#: A segmentation checked after it (:func:`result_check`): its pass, then every depth at
+#: half size (a quarter of the pixels; skipped when the run rescales).
+RESULT_CHECK_PASSES = (1.0, 0.25)
+
+
+def over_passes(
+    job: Generator[Any, None, Any], weights: tuple[float, ...]
+) -> Generator[Any, None, Any]:
+    """``job``'s events with one progress and ETA over all its prediction passes.
+
+    Why: every ``inference.predict`` pass counts its own tiles from 0 (its ``"start"``
+    event), so a job of several passes ("Check this image": every depth, the mirrored
+    image, half size) ran its bar and ETA to the end and restarted once per pass.
+    ``weights``: the planned passes' costs relative to each other; a pass beyond them
+    (auto object size's second pass) costs as much as the first and extends the total.
+    Each message says which pass it is.
+    """
+    from dataclasses import replace
+
+    from ..events import EtaClock
+
+    plan, current, clock = list(weights), -1, EtaClock()
+    try:
+        while True:
+            try:
+                event = next(job)
+            except StopIteration as done:
+                return done.value
+            if event.kind == "start":
+                current += 1
+                if current >= len(plan):
+                    plan.append(plan[0])
+            index = max(current, 0)
+            share = sum(plan[:index]) + plan[index] * event.fraction
+            step = round(PASS_STEPS * share / sum(plan))
+            text = event.message or f"tile {event.step}/{event.total}"
+            yield replace(
+                event,
+                step=step,
+                total=PASS_STEPS,
+                eta_s=clock.update(step, PASS_STEPS),
+                message=f"pass {index + 1} of {len(plan)}: {text}",
+            )
+    finally:
+        job.close()  # a dropped job's passes end here too (their files, their memory)
+
+
 def _add_to_run_file(run_dir: Path, fields: Mapping[str, Any]) -> None:
     """Merge ``fields`` into the run's ``run.json`` (written at Start)."""
     from ..runs import RUN_FILE, read_run_file, write_json

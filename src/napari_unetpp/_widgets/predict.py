@@ -39,9 +39,11 @@ from ._layers import layer_choices
 from ._model_box import SOURCES, device_choices, guess_zoo_model, model_name, zoo_choices
 from ._paths import chosen_path
 from ._predict_job import (
+    RESULT_CHECK_PASSES,
     SCOPES,
     Placement,
     default_scope,
+    over_passes,
     predict_config,
     predict_input,
     record_predict,
@@ -347,9 +349,10 @@ class PredictWidget(Container):
         made_by = (model, self.info, self.model_spec)  # the model may be changed meanwhile
         metrics = dict(self.info.metrics) if self.info else {}
         check = metrics if self.scale.check_results.value else None
+        job = segment_job(model, image, config, data, stopper, run_dir, depth, check)
         self._start(
             f"segmenting {layer.name} (labels from L{depth})",
-            segment_job(model, image, config, data, stopper, run_dir, depth, check),
+            job if check is None else over_passes(job, RESULT_CHECK_PASSES),
             lambda r: self._show(layer, placement, r, config, depth, made_by),
             stopper,
         )
@@ -509,6 +512,7 @@ class PredictWidget(Container):
     def _on_check(self, check: Any) -> None:
         if check is None:
             return
+        set_progress(self._progress, 100)
         report = check.report()
         self._status.value = report.replace("\n", "; ")
         (show_warning if check.unlike_training else show_info)(report)

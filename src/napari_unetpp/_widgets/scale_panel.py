@@ -203,6 +203,12 @@ def estimate_job(
     return float(np.median(diameters)) if diameters.size else None
 
 
+#: Relative cost of the passes of ``disagreement.check_image``: every depth, the deepest
+#: on the mirrored image (nearly every node again), every depth at half size (a quarter
+#: of the pixels; skipped when the run rescales).
+CHECK_PASSES = (1.0, 1.0, 0.25)
+
+
 def check_job(
     model: UNetPlusPlus,
     image: Any,
@@ -211,10 +217,12 @@ def check_job(
     metrics: dict[str, Any],
     stopper: Stopper,
 ) -> Generator[Any, None, Any]:
-    """``disagreement.check_image`` with the model card's recommended depth and calibration."""
+    """``disagreement.check_image`` with the model card's recommended depth and calibration,
+    its progress counted over all its passes."""
     from ..disagreement import check_image
+    from ._predict_job import over_passes
 
-    check, _ = yield from check_image(
+    checking = check_image(
         model,
         image,
         data,
@@ -223,4 +231,5 @@ def check_job(
         thresholds=metrics.get("image_check"),
         stopper=stopper,
     )
+    check, _ = yield from over_passes(checking, CHECK_PASSES)
     return check
