@@ -252,3 +252,29 @@ def test_check_this_image_shows_one_progress_over_all_its_passes(dock: Any, data
     fractions = [event.fraction for event in seen]
     assert fractions == sorted(fractions), fractions
     assert any("pass 2 of 2: checking the result" in event.message for event in seen)
+
+
+def test_segment_passes_on_the_checks_remedy_when_the_image_looks_like_training(
+    dock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nuclei shown at twice their size: the result's check passes the image but finds the
+    objects 1.8x the training size and has a remedy ('auto object size'); Segment showed
+    only "done", so the user never learnt it (only "Check this image" said so)."""
+    from napari_unetpp._sample_data import load_sample
+
+    viewer, w, errors = dock
+    told: list[str] = []
+    monkeypatch.setattr(predict_module, "show_info", told.append)
+    image, _, _ = load_sample("nuclei")
+    big = S.resample(np.asarray(image, dtype=np.float32), (2, 2), (0, 1))
+    w._image.value = viewer.add_image(big, name="nuclei 2x")
+    w._source.value = "shipped"
+    w._model.value = "zoo:nuclei"
+    w.segment()
+    assert not errors, errors
+    assert "auto object size" in w._status.value, w._status.value
+    assert any("auto object size" in text for text in told), told
+    w.scale._auto.value = True  # the user follows it: no hint any more
+    w.segment()
+    assert not errors, errors
+    assert "auto object size" not in w._status.value.split("auto rescale")[0], w._status.value

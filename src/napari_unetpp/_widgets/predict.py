@@ -475,12 +475,13 @@ class PredictWidget(Container):
             set_progress(self._progress, 100)
             saved = f"run saved in {self.last_run_dir}"
             warned = _warn_unlike_training(check, layer.name)
+            hints = [] if warned else _hints(check, layer.name)
             if check is not None and check.advice is not None:
                 self.pruning.show_advice(check.advice, layer.name)
                 if check.advice.departs and not warned:  # a warning's report has it too
                     show_info(f"{layer.name}: {check.advice.message}")
             self._status.value = "; ".join(
-                [f"done: labels from {source} L{final}", *warned, *notes, saved]
+                [f"done: labels from {source} L{final}", *warned, *hints, *notes, saved]
             )
 
         self._status.value = "adding the layers..."
@@ -560,6 +561,16 @@ class PredictWidget(Container):
             check=bool(self.scale.check_results.value),
         )
         return run_dir
+
+
+def _hints(check: Any, image_name: str) -> list[str]:
+    """The check's remedies when the image passed it (objects larger than in training,
+    a depth...): told once, as the status line's note; a warning's report has them."""
+    if check is None or not check.remedies:
+        return []
+    hint = "hint: " + "; ".join(check.remedies)
+    show_info(f"{image_name}: {hint}")
+    return [hint]
 
 
 def _warn_unlike_training(check: Any, image_name: str) -> list[str]:
