@@ -242,8 +242,9 @@ class PredictWidget(Container):
         source = self._source.value if hasattr(self, "_source") else None
         if source == "shipped":
             return zoo_choices()
-        if source == "just trained":
-            return [(name, str(path)) for name, path in _state.registered_models().items()]
+        if source == "just trained":  # newest first: the default is the run just finished
+            models = reversed(_state.registered_models().items())
+            return [(name, str(path)) for name, path in models]
         return []
 
     # ------------------------------------------------------------------ model
@@ -256,9 +257,14 @@ class PredictWidget(Container):
             self._on_file() if from_file else self._on_model_choice()
 
     def _on_models_changed(self) -> None:
+        """A run finished (or a model was dropped): listed, and chosen unless the user
+        picked a model (segmenting with the older run after training is a silent trap)."""
         try:
             if self._source.value == "just trained":
                 self._model.reset_choices()
+                newest = self._model_choices()[:1]  # the box keeps its old order
+                if not self._model_from_user and newest:
+                    self._model.value = newest[0][1]
         except RuntimeError:  # its Qt widgets were deleted before the dock said so
             self._on_closed()
 
