@@ -10,6 +10,7 @@ benchmark re-runs the verdict on stored signals without predicting again;
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 
 from .config import DataConfig, ModelConfig
 from .disagreement import DepthAdvice, class_spread, disagreement_map
+from .nonfinite import NonFiniteWarning, fill_image
 
 __all__ = [
     "ImageCheck",
@@ -62,24 +64,16 @@ def _uncertain(prob: np.ndarray, num_classes: int) -> np.ndarray:
 def _object_diameter(
     prob: np.ndarray, model_config: ModelConfig, data_config: DataConfig
 ) -> float | None:
-    """Median equivalent diameter (pixels) of the predicted objects, ``None`` without objects."""
-    from skimage.measure import regionprops
+    """Median equivalent diameter (pixels) of the predicted objects, ``None`` without objects.
 
-    from .postprocess import probabilities_to_labels
+    Measured as ``rescale="auto"`` measures them (:func:`rescaled.measure_diameters`): a
+    2D model's stack plane by plane, so objects never join across planes and a time
+    series of stacks (4D) is measured too (regions of the whole array failed on it).
+    """
+    from .rescaled import measure_diameters
 
-    labels = probabilities_to_labels(prob, model_config, data_config)
-    if data_config.target != "instance":
-        from scipy import ndimage
-
-        labels, _ = ndimage.label(labels > 0)
-    areas = [r.area for r in regionprops(np.asarray(labels))]
-    if not areas:
-        return None
-    dims = model_config.spatial_dims
-    median = float(np.median(areas))
-    if dims == 2:
-        return float(2 * (median / np.pi) ** 0.5)
-    return float(2 * (3 * median / (4 * np.pi)) ** (1 / 3))
+    diameters = measure_diameters(prob, model_config, data_config)
+    return float(np.median(diameters)) if diameters.size else None
 
 
 def image_signals(
@@ -310,6 +304,9 @@ def half_size(image: Any, spatial_dims: int, channel_axis: int | None) -> np.nda
     shape = [s // 2 if a in spatial else s for a, s in enumerate(array.shape)]
     if min(shape[a] for a in spatial) < 32:
         return None
+    with warnings.catch_warnings():  # the segmentation's own pass reported them already
+        warnings.simplefilter("ignore", NonFiniteWarning)
+        array = fill_image(array)  # else the smoothing spreads each NaN over its neighbours
     sigma = [0.5 if a in spatial else 0.0 for a in range(ndim)]
     return resize(
         array.astype(np.float32),
