@@ -528,60 +528,6 @@ def test_each_result_is_checked_against_the_training_data(
     assert "--no-check" in (w.last_run_dir / "command.sh").read_text()
 
 
-_OPEN_DOCK = """
-import sys, threading, time
-import napari
-
-class Spy:  # records which thread first imports torch
-    threads = []
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch":
-            self.threads.append(threading.current_thread() is threading.main_thread())
-        return None
-
-sys.meta_path.insert(0, Spy())
-from qtpy.QtWidgets import QApplication
-from napari_unetpp._widgets.predict import PredictWidget
-
-viewer = napari.Viewer(show=False)
-widget = PredictWidget(viewer)
-viewer.window.add_dock_widget(widget)
-print("torch imported on the GUI thread:", Spy.threads[:1] == [True])
-print("segment enabled while loading:", widget._run.enabled)
-end = time.time() + 120
-while widget.model is None and time.time() < end:
-    QApplication.processEvents()
-    time.sleep(0.01)
-print("model:", widget.model_spec)
-print("devices:", widget._device.choices)
-print("segment enabled:", widget._run.enabled)
-print("torch imported:", Spy.threads)
-viewer.close()
-"""
-
-
-def test_dock_opens_without_importing_torch_on_the_gui_thread(tmp_path: Path) -> None:
-    """Opening the Segment dock in a fresh process froze the GUI 2-3 s: it imported
-    torch (for the device list and the default model) on the GUI thread. Now torch is
-    imported by a background thread; the model and devices arrive when it is done."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", _OPEN_DOCK], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = out.stdout
-    assert "torch imported on the GUI thread: False" in lines, lines
-    assert "segment enabled while loading: False" in lines, lines
-    assert "model: zoo:" in lines, lines  # the default shipped model, once torch is in
-    assert "'cpu'" in lines.split("devices:")[1], lines
-    assert "segment enabled: True" in lines, lines
-    assert "torch imported: [False]" in lines, lines  # by the thread, once
-
-
 def test_just_trained_offers_the_newest_model_first(
     make_napari_viewer: Any, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
