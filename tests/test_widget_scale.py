@@ -278,3 +278,15 @@ def test_segment_passes_on_the_checks_remedy_when_the_image_looks_like_training(
     w.segment()
     assert not errors, errors
     assert "auto object size" not in w._status.value.split("auto rescale")[0], w._status.value
+
+
+def test_choosing_shipped_picks_the_model_made_for_the_image(dock: Any, data_dir: Path) -> None:
+    """A dropped model was in use; the user opens the EM sample and goes back to "shipped":
+    the dock took the first shipped model (nuclei) for the EM image."""
+    viewer, w, errors = dock
+    w._source.value = "from file"
+    image = tifffile.imread(data_dir / "em_isbi2012" / "image.tif")[16, :64, :64]
+    w._image.value = viewer.add_image(image, name="em sample")
+    w._source.value = "shipped"
+    assert w.model_spec == "zoo:em", w.model_spec
+    assert not errors, errors

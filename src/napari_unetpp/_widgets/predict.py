@@ -253,6 +253,8 @@ class PredictWidget(Container):
         from_file = self._source.value == "from file"
         self._model.visible, self._file.visible = not from_file, from_file
         self._model.reset_choices()
+        if self._source.value == "shipped" and not self._model_from_user:
+            self._pick_zoo_model()  # not the first in the list: the one for this image
         if not self._loading:
             self._on_file() if from_file else self._on_model_choice()
 
