@@ -290,3 +290,19 @@ def test_choosing_shipped_picks_the_model_made_for_the_image(dock: Any, data_dir
     w._source.value = "shipped"
     assert w.model_spec == "zoo:em", w.model_spec
     assert not errors, errors
+
+
+@pytest.mark.parametrize(("name", "expected"), [("ct", "3 3 3 mm"), ("em", "50 4 4 nm")])
+def test_a_sample_with_a_known_pixel_size_gives_it_to_the_dock(
+    dock: Any, name: str, expected: str
+) -> None:
+    """File > Open Sample > CT: the dock's pixel size stayed empty ("unknown") although
+    the sample is a 3 mm scan: the sample layer had a scale but no unit."""
+    from napari_unetpp import _sample_data
+
+    viewer, w, _ = dock
+    for data, kwargs, kind in getattr(_sample_data, f"{name}_sample")():
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    w._image.value = viewer.layers[f"{name} sample"]
+    assert w.scale._pixel.value == expected
+    assert str(viewer.layers[f"{name} sample labels"].units[-1]) in ("millimeter", "nanometer")
