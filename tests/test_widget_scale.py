@@ -306,3 +306,19 @@ def test_a_sample_with_a_known_pixel_size_gives_it_to_the_dock(
     w._image.value = viewer.layers[f"{name} sample"]
     assert w.scale._pixel.value == expected
     assert str(viewer.layers[f"{name} sample labels"].units[-1]) in ("millimeter", "nanometer")
+
+
+def test_the_object_diameter_of_one_image_is_not_used_for_the_next(dock: Any) -> None:
+    """Estimate on large nuclei (32 px), then choose another image: Segment silently
+    resampled that one by 0.56 too, with the diameter measured on the first."""
+    viewer, w, _ = dock
+    w._source.value = "shipped"
+    w._model.value = "zoo:nuclei"
+    first = viewer.add_image(np.zeros((64, 64), np.uint8), name="large nuclei")
+    second = viewer.add_image(np.zeros((64, 64), np.uint8), name="other nuclei")
+    w._image.value = first
+    w.scale.show_diameter(32.5)
+    assert "rescale" in w.scale.overrides()
+    w._image.value = second
+    assert w.scale._diameter.value == 0.0
+    assert "rescale" not in w.scale.overrides()

@@ -15,6 +15,7 @@ viewer's queue and calls :meth:`set_model`, :meth:`set_layer` and :meth:`overrid
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
@@ -127,6 +128,7 @@ class ScalePanel(Container):
             ]
         )
         self._model: ModelConfig | None = None
+        self._layer: weakref.ref[Any] | None = None  # the image the values are for
 
     def set_model(self, config: ModelConfig) -> None:
         """Show the training scale; object size only for models that record it."""
@@ -145,7 +147,11 @@ class ScalePanel(Container):
             self._diameter.value, self._auto.value = 0.0, False
 
     def set_layer(self, layer: Any) -> None:
-        """Take the layer's pixel size (kept from its file) into the field."""
+        """Take the layer's pixel size (kept from its file) into the field; another layer's
+        object diameter is forgotten (it was measured on, or typed for, that image)."""
+        if self._layer is None or self._layer() is not layer:
+            self._diameter.value = 0.0
+        self._layer = weakref.ref(layer)
         sizes, unit = layer_pixel_size(layer)
         self._pixel.value = (
             ""
