@@ -322,3 +322,25 @@ def test_the_object_diameter_of_one_image_is_not_used_for_the_next(dock: Any) ->
     w._image.value = second
     assert w.scale._diameter.value == 0.0
     assert "rescale" not in w.scale.overrides()
+
+
+def test_auto_object_size_shows_one_progress_over_its_passes(dock: Any) -> None:
+    """'auto object size' segments twice (measure, then at the measured size); unchecked,
+    each pass ran the bar to 100 % and back to 0 (checked, the check's plan hid it)."""
+    from napari_unetpp._sample_data import load_sample
+
+    viewer, w, errors = dock
+    image, _, _ = load_sample("nuclei")
+    big = S.resample(np.asarray(image, dtype=np.float32), (2, 2), (0, 1))
+    w._image.value = viewer.add_image(big, name="nuclei 2x")
+    w._source.value = "shipped"
+    w._model.value = "zoo:nuclei"
+    w.scale._auto.value, w.scale.check_results.value = True, False
+    seen: list[Any] = []
+    show = w._on_event
+    w._on_event = lambda event: (seen.append(event), show(event))
+    w.segment()
+    assert not errors, errors
+    assert "auto rescale" in w._status.value, w._status.value  # it did run two passes
+    fractions = [event.fraction for event in seen]
+    assert fractions == sorted(fractions), fractions

@@ -237,9 +237,14 @@ def result_check(
 
 #: Per-mille steps of :func:`over_passes`' events.
 PASS_STEPS = 1000
-#: A segmentation checked after it (:func:`result_check`): its pass, then every depth at
-#: half size (a quarter of the pixels; skipped when the run rescales).
-RESULT_CHECK_PASSES = (1.0, 0.25)
+
+
+def segment_passes(config: PredictConfig, checked: bool) -> tuple[float, ...]:
+    """The relative costs of a Segment run's passes, for :func:`over_passes`: the
+    segmentation (twice with auto object size: measure, then at the measured size), then,
+    when the result is checked, every depth at half size (a quarter of the pixels)."""
+    passes = (1.0, 1.0) if config.rescale == "auto" else (1.0,)
+    return (*passes, 0.25) if checked else passes
 
 
 def over_passes(
@@ -252,13 +257,13 @@ def over_passes(
     image, half size) ran its bar and ETA to the end and restarted once per pass.
     ``weights``: the planned passes' costs relative to each other; a pass beyond them
     (auto object size's second pass) costs as much as the first and extends the total.
-    Each message says which pass it is.
+    Each message says which pass it is (when there are several).
     """
     from dataclasses import replace
 
     from ..events import EtaClock
 
-    plan, current, clock = list(weights), -1, EtaClock()
+    plan, current, clock, step = list(weights), -1, EtaClock(), 0
     try:
         while True:
             try:
@@ -270,15 +275,18 @@ def over_passes(
                 if current >= len(plan):
                     plan.append(plan[0])
             index = max(current, 0)
-            share = sum(plan[:index]) + plan[index] * event.fraction
-            step = round(PASS_STEPS * share / sum(plan))
+            if event.total > 0:  # a tile count; notes between passes keep the position
+                share = sum(plan[:index]) + plan[index] * event.fraction
+                step = max(step, round(PASS_STEPS * share / sum(plan)))  # never back
             text = event.message or f"tile {event.step}/{event.total}"
+            if len(plan) > 1:  # one pass needs no count
+                text = f"pass {index + 1} of {len(plan)}: {text}"
             yield replace(
                 event,
                 step=step,
                 total=PASS_STEPS,
                 eta_s=clock.update(step, PASS_STEPS),
-                message=f"pass {index + 1} of {len(plan)}: {text}",
+                message=text,
             )
     finally:
         job.close()  # a dropped job's passes end here too (their files, their memory)

@@ -39,7 +39,6 @@ from ._layers import layer_choices
 from ._model_box import SOURCES, device_choices, guess_zoo_model, model_name, zoo_choices
 from ._paths import chosen_path
 from ._predict_job import (
-    RESULT_CHECK_PASSES,
     SCOPES,
     Placement,
     default_scope,
@@ -48,6 +47,7 @@ from ._predict_job import (
     predict_input,
     record_predict,
     segment_job,
+    segment_passes,
 )
 from ._predict_layers import show_result
 from ._runner import JobRunner
@@ -360,7 +360,7 @@ class PredictWidget(Container):
         job = segment_job(model, image, config, data, stopper, run_dir, depth, check)
         self._start(
             f"segmenting {layer.name} (labels from L{depth})",
-            job if check is None else over_passes(job, RESULT_CHECK_PASSES),
+            over_passes(job, segment_passes(config, check is not None)),
             lambda r: self._show(layer, placement, r, config, depth, made_by),
             stopper,
         )
