@@ -450,3 +450,53 @@ def test_spread_regions_take_turns_and_never_touch() -> None:
     for i, a in enumerate(blocks):
         for b in blocks[i + 1 :]:
             assert max(abs(x - y) for x, y in zip(a, b, strict=True)) > 1
+
+
+def test_the_result_check_takes_stacks_of_stacks_and_scattered_nan(
+    nuclei_model, nuclei_native_and_2x
+) -> None:
+    """Two hostile inputs that segmented fine and then failed in the result's check, losing
+    the segmentation: a time series of stacks (4D, a 2D model) -> "Only 2-D and 3-D
+    images supported" (objects measured as 4D regions); one NaN pixel in seven (filled by
+    the pass) -> the half-size probe spread the NaN everywhere -> "no finite values"."""
+    import warnings
+
+    from napari_unetpp.disagreement import check_result
+
+    model, info = nuclei_model
+    image = nuclei_native_and_2x["native"][:128, :128]
+    config = PredictConfig(device="cpu", tile_size=(128, 128))
+    stack = np.stack([np.stack([image, image[::-1]])] * 2)  # (time, z, y, x)
+    nan = image.astype(np.float32)
+    nan.ravel()[::7] = np.nan
+    for hostile in (stack, nan):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the NaN are reported by the pass: not tested here
+            probs = predict_array(model, hostile, config, info.data)
+            check = drive(check_result(model, hostile, probs, info.data, config, info.metrics))
+        assert check is not None
+        assert check.signals["object_diameter"] is not None  # the nuclei were measured
+        assert check.signals["half_size_ratio"] is not None  # and the probe ran
+    plane = drive(
+        check_result(
+            model,
+            image,
+            predict_array(model, image, config, info.data),
+            info.data,
+            config,
+            info.metrics,
+        )
+    )
+    stacked = drive(
+        check_result(
+            model,
+            stack,
+            predict_array(model, stack, config, info.data),
+            info.data,
+            config,
+            info.metrics,
+        )
+    )
+    # a 2D model's stack is measured plane by plane: objects never join across planes
+    ratio = stacked.signals["object_diameter"] / plane.signals["object_diameter"]
+    assert 0.8 < ratio < 1.25, (plane.signals, stacked.signals)

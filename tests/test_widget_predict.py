@@ -526,3 +526,29 @@ def test_each_result_is_checked_against_the_training_data(
     run = segment(zoomed, "unchecked")
     assert "image_check" not in run and len(warned) == 1
     assert "--no-check" in (w.last_run_dir / "command.sh").read_text()
+
+
+def test_just_trained_offers_the_newest_model_first(
+    make_napari_viewer: Any, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Train, train again (resume), open the Segment dock: it offered the *first* run's
+    model, so the user segmented with the older one. A run finished while the dock is open
+    becomes its model too, unless the user picked one."""
+    import shutil
+
+    monkeypatch.setattr(_runner, "RUN_INLINE", True)
+    monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(tmp_path / "no-zoo"))
+    runs = [shutil.copytree(checkpoint, tmp_path / f"run{i}" / "best") for i in (1, 2, 3)]
+    _state.register_model("run1", runs[0])
+    _state.register_model("run2", runs[1])
+    viewer = make_napari_viewer()
+    w = PredictWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert w._source.value == "just trained"
+    assert w.model_spec == str(runs[1])
+    _state.register_model("run3", runs[2])  # a training ends while the dock is open
+    assert w._model.value == str(runs[2]) and w.model_spec == str(runs[2])
+    w._model.value = str(runs[0])  # the user picks an older one: kept
+    w._on_user_model(0)
+    _state.register_model("run2", runs[1])
+    assert w.model_spec == str(runs[0])

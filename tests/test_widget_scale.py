@@ -222,3 +222,125 @@ def test_an_image_opened_before_the_dock_gives_its_pixel_size_and_model(
     assert w.scale._pixel.value == "0.002 0.002 um"
     assert w.model_spec == "zoo:em"
     assert w._scope.value == "whole stack slice-wise"
+
+
+def test_check_this_image_shows_one_progress_over_all_its_passes(dock: Any, data_dir: Path) -> None:
+    """ "Check this image" predicts every depth, then the mirrored image, then half size;
+    each pass counted its own tiles from 0, so the bar and the ETA ran to 100 % and
+    restarted three times. The progress must only grow, and say which pass it is in."""
+    viewer, w, errors = dock
+    image = tifffile.imread(data_dir / "em_isbi2012" / "image.tif")[16, :256, :256]
+    w._image.value = viewer.add_image(image, name="em")
+    w._source.value = "shipped"
+    w._model.value = "zoo:em"
+    w._tile.value = 128  # several tiles per pass
+    seen: list[Any] = []
+    show = w._on_event
+    w._on_event = lambda event: (seen.append(event), show(event))
+    w.check_image()
+    assert not errors, errors
+    fractions = [event.fraction for event in seen]
+    assert fractions == sorted(fractions), fractions  # never back to 0 for the next pass
+    assert 0 < fractions[len(fractions) // 2] < 0.9
+    assert any("pass 3 of 3" in event.message for event in seen), [e.message for e in seen]
+    assert w._progress.value == 100
+    assert "training data" in w._status.value, w._status.value  # the check's report
+
+    seen.clear()  # Segment checks its result: its pass, then half size
+    assert w.scale.check_results.value
+    w.segment()
+    fractions = [event.fraction for event in seen]
+    assert fractions == sorted(fractions), fractions
+    assert any("pass 2 of 2: checking the result" in event.message for event in seen)
+
+
+def test_segment_passes_on_the_checks_remedy_when_the_image_looks_like_training(
+    dock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nuclei shown at twice their size: the result's check passes the image but finds the
+    objects 1.8x the training size and has a remedy ('auto object size'); Segment showed
+    only "done", so the user never learnt it (only "Check this image" said so)."""
+    from napari_unetpp._sample_data import load_sample
+
+    viewer, w, errors = dock
+    told: list[str] = []
+    monkeypatch.setattr(predict_module, "show_info", told.append)
+    image, _, _ = load_sample("nuclei")
+    big = S.resample(np.asarray(image, dtype=np.float32), (2, 2), (0, 1))
+    w._image.value = viewer.add_image(big, name="nuclei 2x")
+    w._source.value = "shipped"
+    w._model.value = "zoo:nuclei"
+    w.segment()
+    assert not errors, errors
+    assert "auto object size" in w._status.value, w._status.value
+    assert any("auto object size" in text for text in told), told
+    w.scale._auto.value = True  # the user follows it: no hint any more
+    w.segment()
+    assert not errors, errors
+    assert "auto object size" not in w._status.value.split("auto rescale")[0], w._status.value
+
+
+def test_choosing_shipped_picks_the_model_made_for_the_image(dock: Any, data_dir: Path) -> None:
+    """A dropped model was in use; the user opens the EM sample and goes back to "shipped":
+    the dock took the first shipped model (nuclei) for the EM image."""
+    viewer, w, errors = dock
+    w._source.value = "from file"
+    image = tifffile.imread(data_dir / "em_isbi2012" / "image.tif")[16, :64, :64]
+    w._image.value = viewer.add_image(image, name="em sample")
+    w._source.value = "shipped"
+    assert w.model_spec == "zoo:em", w.model_spec
+    assert not errors, errors
+
+
+@pytest.mark.parametrize(("name", "expected"), [("ct", "3 3 3 mm"), ("em", "50 4 4 nm")])
+def test_a_sample_with_a_known_pixel_size_gives_it_to_the_dock(
+    dock: Any, name: str, expected: str
+) -> None:
+    """File > Open Sample > CT: the dock's pixel size stayed empty ("unknown") although
+    the sample is a 3 mm scan: the sample layer had a scale but no unit."""
+    from napari_unetpp import _sample_data
+
+    viewer, w, _ = dock
+    for data, kwargs, kind in getattr(_sample_data, f"{name}_sample")():
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    w._image.value = viewer.layers[f"{name} sample"]
+    assert w.scale._pixel.value == expected
+    assert str(viewer.layers[f"{name} sample labels"].units[-1]) in ("millimeter", "nanometer")
+
+
+def test_the_object_diameter_of_one_image_is_not_used_for_the_next(dock: Any) -> None:
+    """Estimate on large nuclei (32 px), then choose another image: Segment silently
+    resampled that one by 0.56 too, with the diameter measured on the first."""
+    viewer, w, _ = dock
+    w._source.value = "shipped"
+    w._model.value = "zoo:nuclei"
+    first = viewer.add_image(np.zeros((64, 64), np.uint8), name="large nuclei")
+    second = viewer.add_image(np.zeros((64, 64), np.uint8), name="other nuclei")
+    w._image.value = first
+    w.scale.show_diameter(32.5)
+    assert "rescale" in w.scale.overrides()
+    w._image.value = second
+    assert w.scale._diameter.value == 0.0
+    assert "rescale" not in w.scale.overrides()
+
+
+def test_auto_object_size_shows_one_progress_over_its_passes(dock: Any) -> None:
+    """'auto object size' segments twice (measure, then at the measured size); unchecked,
+    each pass ran the bar to 100 % and back to 0 (checked, the check's plan hid it)."""
+    from napari_unetpp._sample_data import load_sample
+
+    viewer, w, errors = dock
+    image, _, _ = load_sample("nuclei")
+    big = S.resample(np.asarray(image, dtype=np.float32), (2, 2), (0, 1))
+    w._image.value = viewer.add_image(big, name="nuclei 2x")
+    w._source.value = "shipped"
+    w._model.value = "zoo:nuclei"
+    w.scale._auto.value, w.scale.check_results.value = True, False
+    seen: list[Any] = []
+    show = w._on_event
+    w._on_event = lambda event: (seen.append(event), show(event))
+    w.segment()
+    assert not errors, errors
+    assert "auto rescale" in w._status.value, w._status.value  # it did run two passes
+    fractions = [event.fraction for event in seen]
+    assert fractions == sorted(fractions), fractions

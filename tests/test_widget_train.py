@@ -564,3 +564,38 @@ def test_fine_tuning_a_one_channel_model_on_an_rgb_layer_uses_its_grey(
     assert run["data"]["channel_axis"] is None  # `train --config` replays it as grey too
     assert (w.last_run_dir / "best" / "config.json").is_file()
     assert viewer.layers["he UNet++ preview"].data.shape[-2:] == (64, 64)
+
+
+def test_instance_labels_are_guessed_and_scribbles_never_meet_an_instance_model(
+    make_napari_viewer, tmp_path, monkeypatch
+):
+    """The nuclei sample's labels (77 instance ids) with the dock's defaults: Start failed
+    with "use DataConfig(target='instance') or list the classes in class_values" (the Python
+    API's words) and the status line stayed empty; with fewer than 64 nuclei it would have
+    trained one class per nucleus. Scribbles with a model that learns instances (the shipped
+    nuclei one) failed inside the job with "use label_mode='dense' or target='semantic'"."""
+    from napari_unetpp._sample_data import load_sample
+
+    errors = _errors(monkeypatch)
+    image, labels, _ = load_sample("nuclei")
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="nuclei")
+    viewer.add_labels(labels, name="nuclei ids")
+    w = TrainWidget(viewer)
+    w._image.value, w._labels_box.value = viewer.layers["nuclei"], viewer.layers["nuclei ids"]
+    assert w._label_mode.value == "dense"
+    assert w._target.value == "instance", w._label_reason.value
+    assert "instances" in w._label_reason.value
+
+    scribbles = np.zeros(labels.shape, np.uint8)
+    scribbles[10, 10:60], scribbles[120, 100:110] = 1, 2
+    viewer.add_labels(scribbles, name="scribbles")
+    w._labels_box.value = viewer.layers["scribbles"]
+    assert (w._label_mode.value, w._target.value) == ("sparse", "semantic")
+    w._start_from.value = "zoo:nuclei"  # a model that learns instances
+    assert w._target.value == "instance"
+    w._output.value = tmp_path
+    w._on_start()
+    assert errors and "Target 'semantic (classes)'" in errors[-1], errors
+    assert w._status.value.startswith("not started"), w._status.value
+    assert not w._runner.running and not list(tmp_path.iterdir())  # no run folder left behind

@@ -181,11 +181,11 @@ def _layers(name: str) -> list[LayerData]:
     image, labels, meta = load_sample(name)
     spec = SAMPLES[name]
     metadata = {k: meta[k] for k in ("attribution", "licence", "source", "units", "class_names")}
-    image_kwargs: dict[str, Any] = {
-        "name": f"{name} sample",
-        "scale": spec.scale,
-        "metadata": metadata,
-    }
+    placed: dict[str, Any] = {"scale": spec.scale}
+    if spec.units != "pixel":  # a physical pixel size, as the readers give a file's
+        metadata.update(pixel_size=spec.scale, unit=spec.units)
+        placed["units"] = (spec.units,) * len(spec.scale)
+    image_kwargs: dict[str, Any] = {"name": f"{name} sample", "metadata": metadata, **placed}
     if spec.contrast_limits is not None:
         image_kwargs["contrast_limits"] = list(spec.contrast_limits)
     else:
@@ -193,8 +193,8 @@ def _layers(name: str) -> list[LayerData]:
         image_kwargs["contrast_limits"] = [float(low), float(max(high, low + 1))]
     labels_kwargs: dict[str, Any] = {
         "name": f"{name} sample labels",
-        "scale": spec.scale,
         "metadata": metadata,
+        **placed,
         "opacity": 0.5 if name != "em" else 0.3,
     }
     return [(image, image_kwargs, "image"), (labels, labels_kwargs, "labels")]

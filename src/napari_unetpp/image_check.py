@@ -10,6 +10,7 @@ benchmark re-runs the verdict on stored signals without predicting again;
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 
 from .config import DataConfig, ModelConfig
 from .disagreement import DepthAdvice, class_spread, disagreement_map
+from .nonfinite import NonFiniteWarning, fill_image
 from .rescaled import measure_diameters
 
 __all__ = [
@@ -318,6 +320,9 @@ def half_size(image: Any, spatial_dims: int, channel_axis: int | None) -> np.nda
     shape = [s // 2 if a in spatial else s for a, s in enumerate(array.shape)]
     if min(shape[a] for a in spatial) < 32:
         return None
+    with warnings.catch_warnings():  # the segmentation's own pass reported them already
+        warnings.simplefilter("ignore", NonFiniteWarning)
+        array = fill_image(array)  # else the smoothing spreads each NaN over its neighbours
     sigma = [0.5 if a in spatial else 0.0 for a in range(ndim)]
     return resize(
         array.astype(np.float32),

@@ -35,7 +35,7 @@ from typing import Any
 
 from psygnal import Signal
 
-__all__ = ["JobQueue", "Ticket", "queue_for", "on_dock_closed"]
+__all__ = ["JobQueue", "Ticket", "queue_for", "on_dock_closed", "in_background"]
 
 Callback = Callable[..., Any] | None
 
@@ -256,6 +256,38 @@ _queues: dict[int, JobQueue] = {}
 #: with it the running ticket); had that freed the worker, its Qt signals would be deleted
 #: under the still-running thread, and its last ``finished.emit`` aborts Python.
 _LIVE_WORKERS: set[Any] = set()
+
+
+def in_background(
+    func: Callable[[], Any],
+    on_return: Callable[[Any], None],
+    on_error: Callable[[BaseException], None],
+    inline: bool = False,
+) -> Any:
+    """Run ``func`` (no torch compute: an import, a file read) in a thread of its own,
+    outside the viewer's queue; ``on_return`` / ``on_error`` run on the GUI thread.
+
+    Why not the queue: a dock's first ``import torch`` (2-3 s of Python) must not wait
+    behind a training job, nor stall the GUI thread. ``inline`` runs it here (tests).
+    Returns the worker (None inline).
+    """
+    if inline:
+        try:
+            result = func()
+        except Exception as exc:
+            on_error(exc)
+        else:
+            on_return(result)
+        return None
+    from napari.qt.threading import create_worker
+
+    worker = create_worker(func, _start_thread=False, _ignore_errors=True)
+    worker.returned.connect(on_return)
+    worker.errored.connect(on_error)
+    worker.finished.connect(lambda: _LIVE_WORKERS.discard(worker))
+    _LIVE_WORKERS.add(worker)
+    worker.start()
+    return worker
 
 
 def unproxied(viewer: Any) -> Any:

@@ -235,6 +235,63 @@ def result_check(
         yield replace(event, message="checking the result against the training data")
 
 
+#: Per-mille steps of :func:`over_passes`' events.
+PASS_STEPS = 1000
+
+
+def segment_passes(config: PredictConfig, checked: bool) -> tuple[float, ...]:
+    """The relative costs of a Segment run's passes, for :func:`over_passes`: the
+    segmentation (twice with auto object size: measure, then at the measured size), then,
+    when the result is checked, every depth at half size (a quarter of the pixels)."""
+    passes = (1.0, 1.0) if config.rescale == "auto" else (1.0,)
+    return (*passes, 0.25) if checked else passes
+
+
+def over_passes(
+    job: Generator[Any, None, Any], weights: tuple[float, ...]
+) -> Generator[Any, None, Any]:
+    """``job``'s events with one progress and ETA over all its prediction passes.
+
+    Why: every ``inference.predict`` pass counts its own tiles from 0 (its ``"start"``
+    event), so a job of several passes ("Check this image": every depth, the mirrored
+    image, half size) ran its bar and ETA to the end and restarted once per pass.
+    ``weights``: the planned passes' costs relative to each other; a pass beyond them
+    (auto object size's second pass) costs as much as the first and extends the total.
+    Each message says which pass it is (when there are several).
+    """
+    from dataclasses import replace
+
+    from ..events import EtaClock
+
+    plan, current, clock, step = list(weights), -1, EtaClock(), 0
+    try:
+        while True:
+            try:
+                event = next(job)
+            except StopIteration as done:
+                return done.value
+            if event.kind == "start":
+                current += 1
+                if current >= len(plan):
+                    plan.append(plan[0])
+            index = max(current, 0)
+            if event.total > 0:  # a tile count; notes between passes keep the position
+                share = sum(plan[:index]) + plan[index] * event.fraction
+                step = max(step, round(PASS_STEPS * share / sum(plan)))  # never back
+            text = event.message or f"tile {event.step}/{event.total}"
+            if len(plan) > 1:  # one pass needs no count
+                text = f"pass {index + 1} of {len(plan)}: {text}"
+            yield replace(
+                event,
+                step=step,
+                total=PASS_STEPS,
+                eta_s=clock.update(step, PASS_STEPS),
+                message=text,
+            )
+    finally:
+        job.close()  # a dropped job's passes end here too (their files, their memory)
+
+
 def _add_to_run_file(run_dir: Path, fields: Mapping[str, Any]) -> None:
     """Merge ``fields`` into the run's ``run.json`` (written at Start)."""
     from ..runs import RUN_FILE, read_run_file, write_json

@@ -31,13 +31,13 @@ from ..locate import is_zoo, locate
 from . import _state
 from ._layers import PLUGIN_KEY, layer_choices, layer_data
 from ._paths import chosen_path
-from ._plot import TrainingPlot
 from ._ui import wrapped
 
 if TYPE_CHECKING:
     import napari
 
     from ..config import DataConfig, ModelConfig, TrainConfig
+    from ._plot import TrainingPlot
 
 WIDTH_PRESETS = {
     "fast CPU (16..256)": (16, 32, 64, 128, 256),
@@ -192,9 +192,30 @@ class TrainForm(Container):
         self._status = wrapped()
         buttons = Container(widgets=[self._start, self._stop], layout="horizontal", labels=False)
         self.extend([self._output, self._preview, buttons, self._progress, self._status])
-        self._plot = TrainingPlot()
-        self._plot.setMinimumWidth(200)
-        self.native.layout().addWidget(self._plot)
+        self._live_plot: TrainingPlot | None = None
+        # the plot's matplotlib import froze the GUI thread 1.1 s at the first dock open:
+        # a thread imports it, then the plot is made here (or at first use, if sooner)
+        from . import _runner
+        from ._jobs import in_background
+
+        in_background(_import_plot, self._plot_ready, _runner.report_error, _runner.RUN_INLINE)
+
+    def _plot_ready(self, _module: Any = None) -> None:
+        try:
+            self._plot  # noqa: B018 (made on first access)
+        except RuntimeError:  # the dock was closed (its Qt widgets deleted) meanwhile
+            pass
+
+    @property
+    def _plot(self) -> TrainingPlot:
+        """The live plot of the run (losses, validation scores), made on first use."""
+        if self._live_plot is None:
+            from ._plot import TrainingPlot
+
+            self._live_plot = TrainingPlot()
+            self._live_plot.setMinimumWidth(200)
+            self.native.layout().addWidget(self._live_plot)
+        return self._live_plot
 
     def _start_choices(self, _w: Any = None) -> list[tuple[str, str]]:
         from ..zoo import available_models
@@ -289,3 +310,10 @@ class TrainForm(Container):
             preserve_weight=1.0 if self._preserve.value and initial is not None else 0.0,
         )
         return model, train, data, initial
+
+
+def _import_plot() -> Any:
+    """The live plot's module (it imports matplotlib: ~1 s), for a thread to import."""
+    from . import _plot
+
+    return _plot

@@ -13,6 +13,7 @@ predictable place, never a write into data folders (often read-only shares).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from ..runs import new_run_dir
 from ..zoo import card_markdown
 from . import _state
-from ._jobs import on_dock_closed, queue_for
+from ._jobs import in_background, on_dock_closed, queue_for
 from ._layers import layer_choices
 from ._model_box import SOURCES, device_choices, guess_zoo_model, model_name, zoo_choices
 from ._paths import chosen_path
@@ -41,10 +42,12 @@ from ._predict_job import (
     SCOPES,
     Placement,
     default_scope,
+    over_passes,
     predict_config,
     predict_input,
     record_predict,
     segment_job,
+    segment_passes,
 )
 from ._predict_layers import show_result
 from ._runner import JobRunner
@@ -83,6 +86,11 @@ class PredictWidget(Container):
         self.model_spec: str | None = None  # "zoo:<name>" or a checkpoint path (for command.sh)
         self.last_run_dir: Path | None = None
         self.last_probabilities: dict[int, Any] | None = None  # engine output of the last run
+        # torch is imported by a thread, not here: on the GUI thread its 2-3 s froze the
+        # viewer at every first dock open; the model and devices come when it is in
+        self._torch_ready = "torch" in sys.modules
+        self._devices = device_choices() if self._torch_ready else ["auto"]
+        self._deferred_spec: str | None = None  # the model to load once torch is in
         self._build()
         _state.models_changed.connect(self._on_models_changed)
         for event in ("inserted", "removed", "reordered"):
@@ -100,6 +108,8 @@ class PredictWidget(Container):
             self._pick_zoo_model()
         self._on_source()
         self._on_image()  # an image opened before the dock: its pixel size, scope, model
+        if not self._torch_ready:
+            self._import_torch()
 
     # ------------------------------------------------------------------ layout
 
@@ -115,7 +125,7 @@ class PredictWidget(Container):
         self._image = ComboBox(label="Image", choices=layer_choices(self._viewer, Image))
         self._scope = ComboBox(label="Scope", choices=SCOPES)
         self._tile = SpinBox(label="Tile size", min=16, max=4096, step=16, value=256)
-        self._device = ComboBox(label="Device", choices=device_choices())
+        self._device = ComboBox(label="Device", choices=lambda _w: self._devices)
         self._tta = CheckBox(
             text="Test-time augmentation (8x slower)",
             tooltip="averages flipped copies: smoother, 8x slower",
@@ -169,6 +179,31 @@ class PredictWidget(Container):
         self._output.changed.connect(self.pruning.set_output_folder)
         self.pruning.apply_requested.connect(lambda depth: self.segment(pruned_depth=depth))
 
+    def _import_torch(self) -> None:
+        """Import torch in a thread; then list the devices and load the chosen model."""
+        self._status.value = "loading PyTorch..."
+        self._set_running(False)
+        in_background(
+            device_choices, self._on_torch, self._on_torch_error, inline=self._runner.inline
+        )
+
+    def _on_torch(self, devices: list[str]) -> None:
+        if self._closed:
+            return
+        self._torch_ready, self._devices = True, devices
+        self._device.reset_choices()
+        self._status.value = ""
+        spec, self._deferred_spec = self._deferred_spec, None
+        if spec is not None and self.model is None:
+            self._load_model(spec)
+        self._set_running(self._runner.running)
+
+    def _on_torch_error(self, exc: BaseException) -> None:
+        from ._runner import report_error
+
+        self._status.value = f"PyTorch could not be loaded: {exc}"
+        report_error(exc)
+
     def _on_closed(self) -> None:
         """The dock was closed: stop its jobs (no layer appears later); stop listening."""
         self._closed = True
@@ -207,8 +242,9 @@ class PredictWidget(Container):
         source = self._source.value if hasattr(self, "_source") else None
         if source == "shipped":
             return zoo_choices()
-        if source == "just trained":
-            return [(name, str(path)) for name, path in _state.registered_models().items()]
+        if source == "just trained":  # newest first: the default is the run just finished
+            models = reversed(_state.registered_models().items())
+            return [(name, str(path)) for name, path in models]
         return []
 
     # ------------------------------------------------------------------ model
@@ -217,13 +253,20 @@ class PredictWidget(Container):
         from_file = self._source.value == "from file"
         self._model.visible, self._file.visible = not from_file, from_file
         self._model.reset_choices()
+        if self._source.value == "shipped" and not self._model_from_user:
+            self._pick_zoo_model()  # not the first in the list: the one for this image
         if not self._loading:
             self._on_file() if from_file else self._on_model_choice()
 
     def _on_models_changed(self) -> None:
+        """A run finished (or a model was dropped): listed, and chosen unless the user
+        picked a model (segmenting with the older run after training is a silent trap)."""
         try:
             if self._source.value == "just trained":
                 self._model.reset_choices()
+                newest = self._model_choices()[:1]  # the box keeps its old order
+                if not self._model_from_user and newest:
+                    self._model.value = newest[0][1]
         except RuntimeError:  # its Qt widgets were deleted before the dock said so
             self._on_closed()
 
@@ -255,6 +298,9 @@ class PredictWidget(Container):
         """Load ``spec`` ("zoo:<name>" or a path) on the GUI thread (a file read: fast)."""
         from ..files import load_model
 
+        if not self._torch_ready:  # loaded when torch is in (see _on_torch)
+            self._deferred_spec = spec
+            return
         try:
             model, info = load_model(spec)
         except (ValueError, OSError) as exc:
@@ -311,9 +357,10 @@ class PredictWidget(Container):
         made_by = (model, self.info, self.model_spec)  # the model may be changed meanwhile
         metrics = dict(self.info.metrics) if self.info else {}
         check = metrics if self.scale.check_results.value else None
+        job = segment_job(model, image, config, data, stopper, run_dir, depth, check)
         self._start(
             f"segmenting {layer.name} (labels from L{depth})",
-            segment_job(model, image, config, data, stopper, run_dir, depth, check),
+            over_passes(job, segment_passes(config, check is not None)),
             lambda r: self._show(layer, placement, r, config, depth, made_by),
             stopper,
         )
@@ -361,8 +408,8 @@ class PredictWidget(Container):
         return self._runner.running or self._showing
 
     def _set_running(self, running: bool) -> None:
-        """Lock Run while a job runs or its layers are being added."""
-        busy = running or self._showing
+        """Lock Run while a job runs, its layers are being added or torch is loading."""
+        busy = running or self._showing or not self._torch_ready
         self._run.enabled, self._cancel.enabled = not busy, running
         self.pruning.set_busy(busy)
 
@@ -436,12 +483,13 @@ class PredictWidget(Container):
             set_progress(self._progress, 100)
             saved = f"run saved in {self.last_run_dir}"
             warned = _warn_unlike_training(check, layer.name)
+            hints = [] if warned else _hints(check, layer.name)
             if check is not None and check.advice is not None:
                 self.pruning.show_advice(check.advice, layer.name)
                 if check.advice.departs and not warned:  # a warning's report has it too
                     show_info(f"{layer.name}: {check.advice.message}")
             self._status.value = "; ".join(
-                [f"done: labels from {source} L{final}", *warned, *notes, saved]
+                [f"done: labels from {source} L{final}", *warned, *hints, *notes, saved]
             )
 
         self._status.value = "adding the layers..."
@@ -473,6 +521,7 @@ class PredictWidget(Container):
     def _on_check(self, check: Any) -> None:
         if check is None:
             return
+        set_progress(self._progress, 100)
         report = check.report()
         self._status.value = report.replace("\n", "; ")
         (show_warning if check.unlike_training else show_info)(report)
@@ -520,6 +569,16 @@ class PredictWidget(Container):
             check=bool(self.scale.check_results.value),
         )
         return run_dir
+
+
+def _hints(check: Any, image_name: str) -> list[str]:
+    """The check's remedies when the image passed it (objects larger than in training,
+    a depth...): told once, as the status line's note; a warning's report has them."""
+    if check is None or not check.remedies:
+        return []
+    hint = "hint: " + "; ".join(check.remedies)
+    show_info(f"{image_name}: {hint}")
+    return [hint]
 
 
 def _warn_unlike_training(check: Any, image_name: str) -> list[str]:

@@ -15,6 +15,7 @@ viewer's queue and calls :meth:`set_model`, :meth:`set_layer` and :meth:`overrid
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
@@ -127,6 +128,7 @@ class ScalePanel(Container):
             ]
         )
         self._model: ModelConfig | None = None
+        self._layer: weakref.ref[Any] | None = None  # the image the values are for
 
     def set_model(self, config: ModelConfig) -> None:
         """Show the training scale; object size only for models that record it."""
@@ -145,7 +147,11 @@ class ScalePanel(Container):
             self._diameter.value, self._auto.value = 0.0, False
 
     def set_layer(self, layer: Any) -> None:
-        """Take the layer's pixel size (kept from its file) into the field."""
+        """Take the layer's pixel size (kept from its file) into the field; another layer's
+        object diameter is forgotten (it was measured on, or typed for, that image)."""
+        if self._layer is None or self._layer() is not layer:
+            self._diameter.value = 0.0
+        self._layer = weakref.ref(layer)
         sizes, unit = layer_pixel_size(layer)
         self._pixel.value = (
             ""
@@ -203,6 +209,12 @@ def estimate_job(
     return float(np.median(diameters)) if diameters.size else None
 
 
+#: Relative cost of the passes of ``disagreement.check_image``: every depth, the deepest
+#: on the mirrored image (nearly every node again), every depth at half size (a quarter
+#: of the pixels; skipped when the run rescales).
+CHECK_PASSES = (1.0, 1.0, 0.25)
+
+
 def check_job(
     model: UNetPlusPlus,
     image: Any,
@@ -211,10 +223,12 @@ def check_job(
     metrics: dict[str, Any],
     stopper: Stopper,
 ) -> Generator[Any, None, Any]:
-    """``disagreement.check_image`` with the model card's recommended depth and calibration."""
+    """``disagreement.check_image`` with the model card's recommended depth and calibration,
+    its progress counted over all its passes."""
     from ..disagreement import check_image
+    from ._predict_job import over_passes
 
-    check, _ = yield from check_image(
+    checking = check_image(
         model,
         image,
         data,
@@ -223,4 +237,5 @@ def check_job(
         thresholds=metrics.get("image_check"),
         stopper=stopper,
     )
+    check, _ = yield from over_passes(checking, CHECK_PASSES)
     return check

@@ -63,6 +63,14 @@ GUESS_MAX_SIZE = 1 << 24
 GUESS_DELAY_MS = 500
 #: Progress text is redrawn at most this often (each redraw costs the GUI thread).
 STATUS_INTERVAL_S = 0.25
+#: Dense labels with more distinct values than this are guessed to be instance ids (each
+#: object painted with its own id): more classes than anyone paints by hand.
+INSTANCE_GUESS_VALUES = 16
+#: Why a run cannot learn instances from scribbles, in the dock's words.
+SCRIBBLES_NEED_CLASSES = (
+    "Target 'instances (boundaries)' needs dense labels, every object painted with its own "
+    "id; scribbles (Label mode 'sparse') teach classes: choose Target 'semantic (classes)'"
+)
 
 
 def _at_pixel_size(
@@ -93,6 +101,7 @@ class TrainWidget(TrainForm):
         self._runner = JobRunner(queue=queue_for(napari_viewer), owner="train")
         self._pairs: list[tuple[Image, Labels]] = []
         self._mode_from_user = False
+        self._target_from_user = False
         self._painted: Labels | None = None  # the layer whose paint events we follow
         self._note, self._shown_at = "", 0.0
         self.last_run_dir: Path | None = None
@@ -111,6 +120,7 @@ class TrainWidget(TrainForm):
         self._image.changed.connect(self._on_pair_changed)
         self._labels_box.changed.connect(self._on_pair_changed)
         self._label_mode.native.activated.connect(self._on_user_mode)  # user choices only
+        self._target.native.activated.connect(self._on_user_target)
         self._add_pair.changed.connect(self._on_add_pair)
         self._clear_pairs.changed.connect(self._on_clear_pairs)
         self._start_from.changed.connect(self._on_start_from)
@@ -192,6 +202,9 @@ class TrainWidget(TrainForm):
         self._mode_from_user = True
         self._label_reason.value = f"label mode set to {self._label_mode.value} by you"
 
+    def _on_user_target(self, _index: int) -> None:
+        self._target_from_user = True
+
     def _guess_label_mode(self, labels: Labels) -> None:
         from ..labels import guess_label_mode
 
@@ -200,13 +213,24 @@ class TrainWidget(TrainForm):
         data = layer_data(labels)
         if data.size > GUESS_MAX_SIZE and data.ndim > 2:
             data = data[data.shape[0] // 2]
+        data = np.asarray(data)
         try:
-            mode, why = guess_label_mode(np.asarray(data))
+            mode, why = guess_label_mode(data)
         except ValueError as exc:
             self._label_reason.value = str(exc)
             return
         self._label_mode.value = mode
-        self._label_reason.value = f"guessed {mode}: {why}"
+        self._label_reason.value = f"guessed {mode}: {why}{self._guess_target(data, mode)}"
+
+    def _guess_target(self, data: np.ndarray, mode: str) -> str:
+        """Instances for dense labels of many ids, unless the user or the model to fine-tune
+        says otherwise; returns the reason to show (empty when nothing was guessed)."""
+        if self._target_from_user or self._start_from.value != "scratch":
+            return ""
+        values = int(np.unique(data[data > 0]).size)
+        instance = mode == "dense" and values > INSTANCE_GUESS_VALUES
+        self._target.value = "instance" if instance else "semantic"
+        return f"; {values} label values: guessed instances (one id per object)" if instance else ""
 
     def _check_pair(self, image: Image, labels: Labels) -> None:
         from ..normalization import check_pair
@@ -275,6 +299,8 @@ class TrainWidget(TrainForm):
         try:
             pairs = self._training_pairs()
             model, train, data, initial = self._configs(pairs)
+            if data.target == "instance" and data.label_mode == "sparse":
+                raise ValueError(SCRIBBLES_NEED_CLASSES)
             grey = _rgb_as_grey(pairs, model, data)
             if grey:  # as `train --from` does: RGB for a one-channel model is its luminance
                 data = data.replace(channel_axis=None)
@@ -283,6 +309,7 @@ class TrainWidget(TrainForm):
             run_dir = self._new_run(pairs, model, train, data, initial, sizes)
         except (ValueError, OSError) as exc:
             show_error(str(exc))
+            self._status.value = f"not started: {exc}"  # not an earlier run's "finished"
             return
         images = [rgb_to_grey(layer_data(i)) if grey else layer_data(i) for i, _ in pairs]
         labels = [np.array(layer_data(lab)) for _, lab in pairs]  # a copy: painting goes on
