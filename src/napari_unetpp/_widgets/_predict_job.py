@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from ..normalization import rgb_to_grey
+from ..normalization import as_model_input
 from ..runs import format_command, predict_record, save_run_record
 from ._layers import layer_file
 
@@ -77,8 +77,9 @@ def predict_input(
     """
     data = layer.data[0] if layer.multiscale else layer.data
     dims, channels = model.spatial_dims, model.in_channels
-    if layer.rgb and channels == 1:
-        data, axis = rgb_to_grey(data), None  # the grey the CLI and the zoo use
+    data, grey = as_model_input(data, channels, None, rgb=layer.rgb)  # as the CLI and zoo
+    if grey:
+        axis = None
     elif layer.rgb:
         axis = data.ndim - 1
     else:

@@ -524,7 +524,8 @@ class PredictWidget(Container):
         set_progress(self._progress, 100)
         report = check.report()
         self._status.value = report.replace("\n", "; ")
-        (show_warning if check.unlike_training else show_info)(report)
+        # napari heads a warning notification with "WARNING" already
+        (show_warning if check.unlike_training else show_info)(report.removeprefix("WARNING: "))
 
     def _run_side_job(self, what: str, job: Any, on_return: Any, **kwargs: Any) -> None:
         """Estimate / Check: the same input, config and job queue as Segment."""
@@ -586,5 +587,5 @@ def _warn_unlike_training(check: Any, image_name: str) -> list[str]:
     the status line's note (empty when the image looks like it, or was not checked)."""
     if check is None or not check.unlike_training:
         return []
-    show_warning(f"{image_name}: {check.report()}")
+    show_warning(f"{image_name}: {check.report().removeprefix('WARNING: ')}")
     return ["WARNING: this image looks unlike the training data (see the notification)"]

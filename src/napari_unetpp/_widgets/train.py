@@ -28,7 +28,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..locate import is_zoo
-from ..normalization import rgb_to_grey
+from ..normalization import as_model_input
 from ..runs import new_run_dir
 from . import _state
 from ._jobs import on_dock_closed, queue_for
@@ -311,7 +311,7 @@ class TrainWidget(TrainForm):
             show_error(str(exc))
             self._status.value = f"not started: {exc}"  # not an earlier run's "finished"
             return
-        images = [rgb_to_grey(layer_data(i)) if grey else layer_data(i) for i, _ in pairs]
+        images = [as_model_input(layer_data(i), 1, None, rgb=grey)[0] for i, _ in pairs]
         labels = [np.array(layer_data(lab)) for _, lab in pairs]  # a copy: painting goes on
         self._preview_layer, stopper = pairs[0][0], Stopper()
         self._note, self._shown_at = "", 0.0
@@ -345,7 +345,7 @@ class TrainWidget(TrainForm):
         self._preview_point = tuple(self._viewer.dims.point)
         image = current_slice(self._preview_layer, self._viewer.dims.point, axis, dims)
         if grey:
-            image, axis = rgb_to_grey(image), None
+            image, axis = as_model_input(image, 1, None, rgb=True)[0], None
         return PreviewSource(
             np.ascontiguousarray(image), axis is not None, self._device.value, pixel_size
         )
