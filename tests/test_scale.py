@@ -306,9 +306,9 @@ def test_auto_rescale_ignores_specks_of_large_dim_nuclei_and_still_enlarges_tiny
     assert tiny["auto"][1][0] > 2.0  # enlarged toward the training size
 
 
-def test_drop_specks_keeps_what_auto_could_bring_to_the_models_size():
-    d = np.array([1.0, 3.0, 4.4, 4.5, 10.0, 60.0])
-    assert S.drop_specks(d, 18.0).tolist() == [4.5, 10.0, 60.0]  # 18 / 4 (largest zoom)
+def test_drop_specks_leaves_out_noise_sized_objects():
+    d = np.array([1.0, 2.9, 3.0, 4.5, 10.0, 60.0])
+    assert S.drop_specks(d, 18.0).tolist() == [3.0, 4.5, 10.0, 60.0]  # a sixth of 18 px
     assert S.drop_specks(d, None).tolist() == d.tolist()  # no training size: nothing to judge
 
 
