@@ -399,3 +399,20 @@ def test_a_flat_image_is_not_called_like_the_training_data(
         assert "looks like the training data" not in out + err
         assert "check the pixel size" not in out + err  # not a scale problem
         assert "remedy: check that the layer, file, channel or plane" in out + err
+
+
+def test_a_grey_image_for_a_three_channel_model_says_channels_not_spatial_axes() -> None:
+    """A model trained on RGB (channel axis -1) given a grey 2D image: the error said 'a 2D
+    model needs 2 spatial axes, the array has 1 besides channels', not what is wrong."""
+    import torch
+
+    from napari_unetpp.config import ModelConfig
+    from napari_unetpp.layout import image_layout
+    from napari_unetpp.model import UNetPlusPlus
+
+    torch.manual_seed(0)
+    model = UNetPlusPlus.from_config(ModelConfig(widths=(4, 8), depth=1, in_channels=3))
+    with pytest.raises(ValueError, match="expects 3 input channels along axis -1") as err:
+        image_layout((64, 64), -1, model)
+    assert "spatial axes" not in str(err.value)
+    assert image_layout((64, 64, 3), -1, model).channels == 3  # the right image still works

@@ -43,6 +43,7 @@ def image_layout(shape: tuple[int, ...], channel_axis: int | None, model: UNetPl
     """Split ``shape`` into channels, leading and spatial axes for ``model``; explain mismatches."""
     ndim, dims = len(shape), model.spatial_dims
     in_channels = model.config.in_channels
+    given = channel_axis  # as the user named it (-1), for messages
     if channel_axis is not None:
         if not -ndim <= channel_axis < ndim:
             raise ValueError(
@@ -51,6 +52,13 @@ def image_layout(shape: tuple[int, ...], channel_axis: int | None, model: UNetPl
             )
         channel_axis %= ndim
     others = tuple(a for a in range(ndim) if a != channel_axis)
+    if len(others) < dims and channel_axis is not None and shape[channel_axis] != in_channels:
+        # a grey image for a model of several channels: the "channel axis" is a spatial one
+        raise ValueError(
+            f"the model expects {in_channels} input channels along axis {given}, but "
+            f"the image of shape {shape} has no channel axis there (it looks like a one-channel "
+            f"image); give an image with {in_channels} channels, or use a one-channel model"
+        )
     if len(others) < dims:
         raise ValueError(
             f"a {dims}D model needs {dims} spatial axes, but the image of shape {shape} has "
