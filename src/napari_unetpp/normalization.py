@@ -248,10 +248,14 @@ def normalize(
     overrides the computed range (tiles of one image must share it).
     """
     check_numeric(image, "image")
-    data = np.asarray(image, dtype=np.float32)
     if config.mode == "none":
+        data = np.asarray(image, dtype=np.float32)
         return np.clip(data, 0, 1) if config.clip else data
-    low, high = value_range if value_range is not None else intensity_range(data, config)
+    if value_range is None:
+        data = np.asarray(image, dtype=np.float32)
+        low, high = intensity_range(data, config)
+    else:  # tiles and bands: cast inside the subtraction (the same float32 values, one pass)
+        data, (low, high) = np.asarray(image), value_range
     scale = 1.0 / max(high - low, 1e-8)  # constant images become 0, not NaN
     out = np.subtract(data, np.float32(low), dtype=np.float32)  # one new array, then in place
     out *= np.float32(scale)

@@ -245,12 +245,35 @@ def _read_tile(image: Any, start: tuple[int, ...], tile: tuple[int, ...]) -> Any
     return pad_to(np.asarray(block, dtype=np.float32), tile)[0]
 
 
-def _stack(tiles: list[Any]) -> Any:
-    if hasattr(tiles[0], "detach"):
-        import torch
+class _BatchBuffer:
+    """Stacks each batch of tiles into one buffer kept for the whole sliding window.
 
-        return torch.stack(tiles)
-    return np.stack(tiles)
+    Why: a fresh batch (a megabyte and more) per predictor call is mapped and faulted in
+    page by page on every call; written into kept memory, stacking is a plain copy. Safe
+    because each batch is predicted and blended before the next one is cut.
+    """
+
+    def __init__(self) -> None:
+        self._buffer: Any = None
+
+    def stack(self, tiles: list[Any]) -> Any:
+        first, n = tiles[0], len(tiles)
+        shape = (n, *first.shape)
+        buffer = self._buffer
+        if hasattr(first, "detach"):
+            import torch
+
+            if (
+                buffer is None
+                or buffer.shape[1:] != shape[1:]
+                or len(buffer) < n
+                or (buffer.device != first.device or buffer.dtype != first.dtype)
+            ):
+                buffer = self._buffer = torch.empty(shape, dtype=first.dtype, device=first.device)
+            return torch.stack(tiles, out=buffer[:n])
+        if buffer is None or buffer.shape[1:] != shape[1:] or len(buffer) < n:
+            buffer = self._buffer = np.empty(shape, dtype=first.dtype)
+        return np.stack(tiles, out=buffer[:n])
 
 
 def iter_sliding_window(
@@ -301,28 +324,32 @@ def iter_sliding_window(
         ratios.bind((spatial, tile, tuple(grid), blending, str(accumulate_on), into is None))
     outputs = Outputs(spatial, allocate or (lambda key, shape: np.zeros(shape, np.float32)))
     band: Band | None = None
+    batches = _BatchBuffer()
     done = 0
     for first in range(0, len(grid), batch_size):
         starts = grid[first : first + batch_size]
-        batch = _stack([_read_tile(image, s, tile) for s in starts])
+        batch = batches.stack([_read_tile(image, s, tile) for s in starts])
         stacked = outputs.stack(predictor(batch), backend, len(starts), tile)
         if band is None:
             target = None if into is None else backend.share(into)
             band = Band(spatial, tile, outputs.channels, backend, into=target)
         for k, start in enumerate(starts):
             band.advance(start[0], outputs.sinks, outputs.slices)
-            valid = tuple(
-                slice(0, max(min(t, n - s), 0))
-                for s, t, n in zip(start, tile, spatial, strict=False)
-            )
-            if any(v.stop == 0 for v in valid):
-                continue  # a tile entirely in the alignment padding
-            block = stacked[(k, slice(None)) + valid]
+            if all(s + t <= n for s, t, n in zip(start, tile, spatial, strict=False)):
+                block, w = stacked[k], weights  # inside the image: no slicing
+            else:
+                valid = tuple(
+                    slice(0, max(min(t, n - s), 0))
+                    for s, t, n in zip(start, tile, spatial, strict=False)
+                )
+                if any(v.stop == 0 for v in valid):
+                    continue  # a tile entirely in the alignment padding
+                block, w = stacked[(k, slice(None)) + valid], weights[valid]
             if ratios is None:
-                band.add(start, block, weights[valid])
+                band.add(start, block, w)
                 continue
             share = ratios.get(start)
-            used = band.add(start, block, weights[valid], share)
+            used = band.add(start, block, w, share)
             if share is None:
                 ratios.record(start, used)
         done += len(starts)
