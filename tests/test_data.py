@@ -15,6 +15,7 @@ from napari_unetpp.labels import (
     resolve_class_values,
 )
 from napari_unetpp.normalization import (
+    TileNormaliser,
     check_pair,
     intensity_range,
     looks_rgb,
@@ -60,6 +61,40 @@ def test_window_normalize_and_clip_for_ct():
     np.testing.assert_allclose(out, [0, 0, 0.5, 1, 1])
     unclipped = normalize(image, NormalizationConfig(mode="window", low=-160, high=240))
     assert unclipped[0] < 0 and unclipped[-1] > 1
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.uint16, np.int32])
+@pytest.mark.parametrize(
+    "config",
+    [
+        NormalizationConfig(),
+        NormalizationConfig(mode="percentile", low=0.3, high=99.1, clip=True),
+        NormalizationConfig.ct_window(),
+        NormalizationConfig(mode="none", clip=True),
+    ],
+)
+def test_a_raw_integer_band_normalised_by_torch_gives_numpys_float32_values(dtype, config):
+    """Bands of integer images travel raw to where the network runs (a quarter of the bytes
+    for 8 bits) and are normalised there: every value must be the host's, bit for bit, or
+    a GPU run would differ from a CPU run of the same image."""
+    import torch
+
+    info = np.iinfo(dtype)
+    band = _rng(3).integers(max(info.min, -(2**30)), min(info.max, 2**30), (2, 37, 53))
+    band = band.astype(dtype)
+    value_range = intensity_range(band, config)
+    normaliser = TileNormaliser(config, (value_range[0] + 0.37, value_range[1] - 0.11))
+    assert normaliser.takes_raw(band)
+    host = normaliser(band)
+    on_torch = normaliser.on_tensor(torch.from_numpy(band)).numpy()
+    assert on_torch.dtype == np.float32 == host.dtype
+    np.testing.assert_array_equal(on_torch, host)
+
+
+def test_float_and_wide_integer_bands_are_normalised_on_the_host():
+    """Floats may hold NaN to fill first; uint32/int64 convert differently across libraries."""
+    for dtype in (np.float32, np.float64, np.uint32, np.int64, bool):
+        assert not TileNormaliser.takes_raw(np.zeros((2, 2), dtype))
 
 
 def test_constant_image_does_not_produce_nan():

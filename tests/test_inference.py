@@ -595,6 +595,22 @@ def test_prefetching_view_reads_the_next_band_in_the_background(em_crop):
     assert all(name.startswith("unetpp-read") for name in recording.threads[1:])
 
 
+def test_integer_bands_travel_raw_and_give_the_hosts_normalised_tiles(em_crop):
+    """An 8-bit image's bands go to the inference device as bytes and are normalised there
+    (a quarter of the copy to a GPU): the tiles must be those of host normalisation."""
+    from napari_unetpp.inference import _normaliser
+
+    image = em_crop[:100, :90]
+    assert image.dtype == np.uint8
+    layout = image_layout(image.shape, None, UNetPlusPlus(widths=(4, 8), depth=1))
+    normaliser = _normaliser(image, DataConfig())
+    on_device = ItemView(image, layout, (), normaliser, torch.device("cpu"))
+    on_host = ItemView(image, layout, (), normaliser)
+    for start in tile_grid(image.shape, (32, 32), 0.25, 2):
+        index = (slice(None), *(slice(s, s + 32) for s in start))
+        np.testing.assert_array_equal(on_device[index].numpy(), on_host[index])
+
+
 def test_a_flat_image_is_flagged_before_its_labels_are_trusted(em_crop, em_net):
     """A blank frame (an empty channel, a dead camera) normalises to nothing: say so."""
     with pytest.warns(UserWarning, match="no contrast"):

@@ -132,6 +132,25 @@ def test_level_counts_give_numpys_percentiles_bit_for_bit(dtype):
         assert counts.median_distance(centre) == float(np.median(np.abs(as_float - centre)))
 
 
+@pytest.mark.parametrize(("dtype", "low", "high"), [(np.int8, -128, 127), (np.int16, -8000, 30000)])
+def test_signed_images_spanning_more_than_half_their_type_are_counted(dtype, low, high):
+    """A signed image whose values span more than half its type's range (int8 -128..127; a
+    CT in int16 from -8000 to 30000) made the level offsets overflow: intensity_range
+    raised "'list' argument must have no negative elements" instead of normalising."""
+    from napari_unetpp.normalization import LevelCounts
+
+    sample = np.random.default_rng(5).integers(low, high + 1, 5000).astype(dtype)
+    sample[:2] = low, high
+    counts = LevelCounts.of(sample)
+    assert counts is not None
+    as_float = sample.astype(np.float64)
+    qs = [0.0, 1.0, 50.0, 99.8, 100.0]
+    np.testing.assert_array_equal(counts.percentile(qs), np.percentile(as_float, qs))
+    assert intensity_range(sample, NormalizationConfig(min_foreground=0)) == tuple(
+        np.percentile(as_float, [1.0, 99.8])
+    )
+
+
 @pytest.mark.parametrize("dtype", [np.uint64, np.int64])
 def test_level_counts_at_the_ends_of_64_bit_ranges(dtype):
     from napari_unetpp.normalization import LevelCounts

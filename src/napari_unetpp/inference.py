@@ -65,7 +65,7 @@ from .events import EtaClock, Event, Stopper, drive
 from .layout import ItemSink, ItemView, image_layout, output_shape, stacked_item
 from .model import UNetPlusPlus
 from .nonfinite import non_finite_filler
-from .normalization import as_model_input, intensity_range, normalize
+from .normalization import TileNormaliser, as_model_input, intensity_range
 from .predictor import TileRunner, cached_derived, prepare_on
 
 __all__ = ["PredictEvent", "PredictResult", "predict", "predict_array"]
@@ -191,7 +191,7 @@ def _host_target(
     return stacked_item(arrays.stacked, lead, num_classes)
 
 
-def _normaliser(image: Any, data_config: DataConfig) -> Callable[[np.ndarray], np.ndarray]:
+def _normaliser(image: Any, data_config: DataConfig) -> TileNormaliser:
     """Per-tile normalisation with one intensity range for the whole image (or stack)."""
     norm = data_config.normalization
     value_range = intensity_range(image, norm)
@@ -202,7 +202,7 @@ def _normaliser(image: Any, data_config: DataConfig) -> Callable[[np.ndarray], n
             stacklevel=2,
         )
     fill = non_finite_filler(image)  # NaN pixels: filled with a warning, or refused
-    return lambda tile: normalize(fill(tile), norm, value_range=value_range)
+    return TileNormaliser(norm, value_range, fill)
 
 
 def predict(

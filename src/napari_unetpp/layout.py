@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .model import UNetPlusPlus
-from .normalization import spatial_shape
+from .normalization import TileNormaliser, spatial_shape
 
 __all__ = ["ItemSink", "ItemView", "Layout", "image_layout", "output_shape", "stacked_item"]
 
@@ -132,8 +132,8 @@ class ItemView:
         self._height = height
         self._pending: dict[tuple[int, int], Future[Any]] = {}
 
-    def _read(self, rows: slice) -> np.ndarray:
-        """Rows of the first spatial axis, all channels and other axes, normalised."""
+    def _raw(self, rows: slice) -> np.ndarray:
+        """Rows of the first spatial axis, all channels and other axes, as stored."""
         first = self.layout.spatial_axes[0]
         full: list[int | slice] = []
         for axis in range(self.layout.ndim):
@@ -144,14 +144,22 @@ class ItemView:
         else:  # the channel axis, among the axes left after integer indexing
             kept = [a for a in range(self.layout.ndim) if a not in self.lead]
             data = np.moveaxis(data, kept.index(self.layout.channel_axis), 0)
-        return self.normalise(data)
+        return data
 
     def _load(self, start: int, stop: int) -> Any:
-        """One band, normalised, on the device if there is one."""
-        band = self._read(slice(start, stop))
-        if self.device is not None:
-            return torch.from_numpy(np.ascontiguousarray(band, np.float32)).to(self.device)
-        return band
+        """One band, normalised, on the device if there is one.
+
+        An integer band travels raw and is normalised there (:class:`TileNormaliser`):
+        a quarter (8 bits) or half (16 bits) of the bytes to copy to a GPU.
+        """
+        raw = self._raw(slice(start, stop))
+        if self.device is None:
+            return self.normalise(raw)
+        if isinstance(self.normalise, TileNormaliser) and self.normalise.takes_raw(raw):
+            tensor = torch.from_numpy(np.ascontiguousarray(raw)).to(self.device)
+            return self.normalise.on_tensor(tensor)
+        band = self.normalise(raw)
+        return torch.from_numpy(np.ascontiguousarray(band, np.float32)).to(self.device)
 
     def _prefetch(self, start: int) -> None:
         following = self._next.get(start)

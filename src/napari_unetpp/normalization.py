@@ -7,7 +7,7 @@ inference all call these. Plain numpy (no torch): cheap to import, easy to test.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ __all__ = [
     "rgb_to_grey",
     "spatial_shape",
     "subsample",
+    "TileNormaliser",
     "to_channels_first",
 ]
 
@@ -142,10 +143,16 @@ class LevelCounts:
             return None
         if sample.dtype.kind == "b":
             sample = sample.view(np.uint8)
-        offset = sample - sample.dtype.type(low)  # same dtype: exact, < MAX_LEVELS
+        if sample.dtype.kind == "i":  # in the unsigned type of the same width the
+            # difference wraps around to the exact offset (int8 127 - -128 = 255 overflowed)
+            unsigned = sample.dtype.str.replace("i", "u")
+            offset = sample.view(unsigned) - np.array(low, sample.dtype).view(unsigned)
+        else:
+            offset = sample - sample.dtype.type(low)  # exact, < MAX_LEVELS
         counts = np.bincount(offset.ravel().astype(np.intp), minlength=high - low + 1)
         present = np.flatnonzero(counts)
-        return cls(present.astype(sample.dtype) + sample.dtype.type(low), counts[present])
+        levels = present.astype(sample.dtype) + sample.dtype.type(low)  # wraps back exactly
+        return cls(levels, counts[present])
 
     def _order_statistic(self, ranks: np.ndarray) -> np.ndarray:
         return self.levels[np.searchsorted(self.cumulative, ranks, side="right")]
@@ -262,6 +269,51 @@ def normalize(
     if config.clip:
         np.clip(out, 0.0, 1.0, out=out)
     return out
+
+
+class TileNormaliser:
+    """:func:`normalize` with one intensity range for a whole image, band by band.
+
+    Why a class: tiled inference normalises each band of rows as it reads it, with the
+    range computed once for the image (``fill``: what to do with its non-finite pixels,
+    see :func:`nonfinite.non_finite_filler`). An integer band can also be moved raw and
+    normalised where the network runs (:meth:`on_tensor`): a GPU then receives 1-2
+    bytes per pixel instead of 4 and the host does no float pass. Both ways give the same
+    float32 values (a subtraction and a product, each rounded once to float32).
+    """
+
+    def __init__(
+        self,
+        config: NormalizationConfig,
+        value_range: tuple[float, float],
+        fill: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        self.config = config
+        self.value_range = value_range
+        self.fill = fill
+
+    def __call__(self, band: np.ndarray) -> np.ndarray:
+        band = band if self.fill is None else self.fill(band)
+        return normalize(band, self.config, value_range=self.value_range)
+
+    @staticmethod
+    def takes_raw(band: np.ndarray) -> bool:
+        """Whether :meth:`on_tensor` may take this band: integers (no NaN to fill) that
+        torch converts to float32 as numpy does (8 and 16 bits, int32)."""
+        dtype = np.dtype(band.dtype)
+        return (dtype.kind in "iu" and dtype.itemsize <= 2) or dtype == np.int32
+
+    def on_tensor(self, raw: Any) -> Any:
+        """This normalisation of a raw integer band given as a torch tensor, on its device."""
+        config = self.config
+        if config.mode == "none":
+            out = raw.float()
+        else:
+            low, high = self.value_range
+            scale = 1.0 / max(high - low, 1e-8)
+            out = raw.sub(float(np.float32(low)))  # float32, as normalize's subtraction
+            out.mul_(float(np.float32(scale)))
+        return out.clamp_(0.0, 1.0) if config.clip else out
 
 
 def to_channels_first(image: ArrayLike, channel_axis: int | None) -> np.ndarray:
