@@ -110,6 +110,7 @@ class TileRunner:
         self.messages: list[str] = []
         self._buffer: torch.Tensor | None = None
         self._reuse = False
+        self._format: tuple[torch.device, torch.memory_format] | None = None  # per device
 
     def __call__(self, batch: np.ndarray | torch.Tensor) -> Mapping[int, torch.Tensor]:
         parts: list[Mapping[int, torch.Tensor]] = []
@@ -178,8 +179,9 @@ class TileRunner:
         """Probabilities of one chunk, left on the device (the blending may happen there)."""
         if not isinstance(batch, torch.Tensor):
             batch = torch.from_numpy(np.ascontiguousarray(batch))
-        fmt = memory_format(self.net.spatial_dims, self.device)
-        x = batch.to(self.device).contiguous(memory_format=fmt)
+        if self._format is None or self._format[0] != self.device:
+            self._format = (self.device, memory_format(self.net.spatial_dims, self.device))
+        x = batch.to(self.device).contiguous(memory_format=self._format[1])
         total: torch.Tensor | None = None
         with torch.inference_mode(), autocast(self.device, enabled=self.mixed_precision):
             for axes in self.flips:

@@ -177,6 +177,7 @@ class Band:
                 backend.zeros((channels, *band)),
                 backend.zeros((channels, *band)),
             )
+        self._tile = tuple(tile)
         self._delta, self._ratio = backend.scratch((channels, *tile)), backend.zeros((1, *tile))
 
     def add(self, start: tuple[int, ...], block: Any, w: Any, ratio: Any = None) -> Any:
@@ -185,17 +186,22 @@ class Band:
         Returns the tile's share ``w / W`` (a scratch view, overwritten by the next
         tile); pass a recorded ``ratio`` to skip the weights (see :class:`RatioCache`).
         """
-        rest = tuple(slice(s, s + n) for s, n in zip(start[1:], w.shape[1:], strict=False))
+        shape = tuple(w.shape)
+        rest = [slice(s, s + n) for s, n in zip(start[1:], shape[1:], strict=False)]
         row = start[0] - self.lo
-        scratch = (slice(None), *(slice(0, n) for n in w.shape))
+        if shape == self._tile:  # the scratch arrays as they are: no slicing
+            out, delta = self._ratio, self._delta
+        else:
+            scratch = (slice(None), *(slice(0, n) for n in shape))
+            out = self._ratio[scratch]
+            delta = None if self._delta is None else self._delta[scratch]
         if ratio is None:
-            rows: tuple[slice, ...] = (slice(None), slice(row, row + w.shape[0]), *rest)
+            rows = (slice(None), slice(row, row + shape[0]), *rest)
             total = self.weight[rows]
             total += w  # a view: updates the band in place
-            ratio = self.backend.divide(w, total, self._ratio[scratch])
-        delta = None if self._delta is None else self._delta[scratch]
+            ratio = self.backend.divide(w, total, out)
         first = start[0] if self.direct else row
-        where: tuple[slice, ...] = (slice(None), slice(first, first + w.shape[0]), *rest)
+        where = (slice(None), slice(first, first + shape[0]), *rest)
         target = self.mean[where]
         self.backend.blend(target, block, ratio, delta)
         return ratio
@@ -265,7 +271,7 @@ class RatioCache:
     def record(self, start: tuple[int, ...], ratio: Any) -> None:
         if self.complete or self._values > self.max_values:
             return
-        self._values += int(np.prod(ratio.shape))
+        self._values += int(ratio.numel() if hasattr(ratio, "numel") else ratio.size)
         self._ratios[start] = ratio.clone() if hasattr(ratio, "clone") else ratio.copy()
 
     def finish(self) -> None:

@@ -241,7 +241,8 @@ def _read_tile(image: Any, start: tuple[int, ...], tile: tuple[int, ...]) -> Any
     index = (slice(None),) + tuple(slice(s, s + t) for s, t in zip(start, tile, strict=False))
     block = image[index]
     if hasattr(block, "detach"):
-        return _pad_tensor(block.float(), tile)
+        block = block.float()  # the band is float32 already: no copy
+        return block if tuple(block.shape[1:]) == tile else _pad_tensor(block, tile)
     return pad_to(np.asarray(block, dtype=np.float32), tile)[0]
 
 
