@@ -155,9 +155,10 @@ class ItemView:
         raw = self._raw(slice(start, stop))
         if self.device is None:
             return self.normalise(raw)
-        if isinstance(self.normalise, TileNormaliser) and self.normalise.takes_raw(raw):
-            tensor = torch.from_numpy(np.ascontiguousarray(raw)).to(self.device)
-            return self.normalise.on_tensor(tensor)
+        if isinstance(self.normalise, TileNormaliser):
+            on_device = self.normalise.on_device(raw, self.device)
+            if on_device is not None:
+                return on_device
         band = self.normalise(raw)
         return torch.from_numpy(np.ascontiguousarray(band, np.float32)).to(self.device)
 

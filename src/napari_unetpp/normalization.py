@@ -277,7 +277,7 @@ class TileNormaliser:
     Why a class: tiled inference normalises each band of rows as it reads it, with the
     range computed once for the image (``fill``: what to do with its non-finite pixels,
     see :func:`nonfinite.non_finite_filler`). An integer band can also be moved raw and
-    normalised where the network runs (:meth:`on_tensor`): a GPU then receives 1-2
+    normalised where the network runs (:meth:`on_device`): a GPU then receives 1-2
     bytes per pixel instead of 4 and the host does no float pass. Both ways give the same
     float32 values (a subtraction and a product, each rounded once to float32).
     """
@@ -296,15 +296,25 @@ class TileNormaliser:
         band = band if self.fill is None else self.fill(band)
         return normalize(band, self.config, value_range=self.value_range)
 
-    @staticmethod
-    def takes_raw(band: np.ndarray) -> bool:
-        """Whether :meth:`on_tensor` may take this band: integers (no NaN to fill) that
-        torch converts to float32 as numpy does (8 and 16 bits, int32)."""
-        dtype = np.dtype(band.dtype)
-        return (dtype.kind in "iu" and dtype.itemsize <= 2) or dtype == np.int32
+    def on_device(self, band: np.ndarray, device: Any) -> Any:
+        """``self(band)`` as a float32 torch tensor on ``device``, computed there from the
+        raw integers (moved as stored), or ``None`` where only the host can normalise
+        (floats may hold NaN to fill; 64-bit and uint32 integers; non-native byte order).
 
-    def on_tensor(self, raw: Any) -> Any:
-        """This normalisation of a raw integer band given as a torch tensor, on its device."""
+        uint16 travels as its int16 bits and is widened on the device: torch's unsigned
+        16-bit type lacks arithmetic on some devices.
+        """
+        import torch  # only here: this module stays plain numpy
+
+        dtype = np.dtype(band.dtype)
+        if not dtype.isnative or dtype not in _RAW_TYPES:
+            return None
+        data = np.ascontiguousarray(band)
+        if dtype == np.uint16:
+            raw = torch.from_numpy(data.view(np.int16)).to(device)
+            raw = raw.to(torch.int32).bitwise_and_(0xFFFF)
+        else:
+            raw = torch.from_numpy(data).to(device)
         config = self.config
         if config.mode == "none":
             out = raw.float()
@@ -314,6 +324,11 @@ class TileNormaliser:
             out = raw.sub(float(np.float32(low)))  # float32, as normalize's subtraction
             out.mul_(float(np.float32(scale)))
         return out.clamp_(0.0, 1.0) if config.clip else out
+
+
+#: Integer types a band may travel raw in (:meth:`TileNormaliser.on_device`): exact in float32
+#: as numpy converts them (int32 rounds to nearest above 2**24 in both).
+_RAW_TYPES = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.int16, np.uint16, np.int32))
 
 
 def to_channels_first(image: ArrayLike, channel_axis: int | None) -> np.ndarray:
