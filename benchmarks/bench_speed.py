@@ -12,7 +12,9 @@ Rows (2D, paper widths 32-512 unless said, random weights: speed does not depend
 - raw forward Ld: the prepared pruned network (BatchNorm folded, channels_last) on a
   batch of 4 tiles of 256x256, no tiling: GFLOP/s and the fraction of the matmul peak;
 - tiled Ld / all heads: ``inference.predict`` on a 1024x1024 image (tile 256, overlap
-  0.25, Gaussian blending, batch 4), pruned L1..L4 and all four heads in one pass;
+  0.25, Gaussian blending, batch 4), pruned L1..L4 and all four heads in one pass
+  (``--size``, ``--tile``, ``--batch-size`` change the image, tiles and batch: a GPU wants
+  bigger batches than the CPU's 4);
 - MONAI: ``BasicUNetPlusPlus`` (same widths, batch norm, deep supervision: 4 heads) with
   ``sliding_window_inference`` (same tile, overlap, blending, batch), as a user runs it;
 - host pipeline: ``predict`` with a UNet++ whose forward returns zeros (the network costs
@@ -42,7 +44,7 @@ import torch
 
 from napari_unetpp.config import DataConfig, ModelConfig, PredictConfig, TrainConfig
 from napari_unetpp.datasets import shared_data_dir
-from napari_unetpp.devices import memory_format
+from napari_unetpp.devices import autocast, memory_format
 from napari_unetpp.inference import predict_array
 from napari_unetpp.model import UNetPlusPlus
 from napari_unetpp.predictor import prepare_for_inference
@@ -112,7 +114,7 @@ class FreeUNet(UNetPlusPlus):
 
 
 def monai_cases(
-    image: np.ndarray, widths: tuple[int, ...], tile: int, device: str
+    image: np.ndarray, widths: tuple[int, ...], tile: int, device: str, batch: int = 4
 ) -> tuple[dict[str, Callable[[], object]], float | None, str]:
     """MONAI's BasicUNetPlusPlus + sliding_window_inference, or why it is not there."""
     try:
@@ -136,7 +138,9 @@ def monai_cases(
 
     def run() -> object:
         with torch.inference_mode():
-            return sliding_window_inference(x, (tile, tile), 4, net, overlap=0.25, mode="gaussian")
+            return sliding_window_inference(
+                x, (tile, tile), batch, net, overlap=0.25, mode="gaussian"
+            )
 
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -149,14 +153,14 @@ def monai_cases(
 
 
 def bench_inference(
-    size: int, tile: int, rounds: int, device: str
+    size: int, tile: int, rounds: int, device: str, batch: int = 4
 ) -> tuple[dict[str, float], dict[str, float], str]:
     """Seconds per case (interleaved medians) and GFLOP/Mpx per case."""
     image = test_image(size)
     torch.manual_seed(0)
     model = UNetPlusPlus(widths=PAPER_WIDTHS, depth=4).eval()
     data = DataConfig()
-    config = PredictConfig(tile_size=(tile, tile), overlap=0.25, batch_size=4, device=device)
+    config = PredictConfig(tile_size=(tile, tile), overlap=0.25, batch_size=batch, device=device)
     n = 2048 if device == "cpu" else 8192
     # the peak of the arithmetic the networks do: fp32 on a CPU, bf16 (autocast) on a GPU;
     # into a kept output, so the peak is not an allocation's page faults
@@ -166,15 +170,15 @@ def bench_inference(
     cases: dict[str, Callable[[], object]] = {
         "matmul": lambda: [torch.mm(a, b, out=product) for _ in range(4)]
     }
-    batch = torch.rand(4, 1, tile, tile, device=device).contiguous(
+    batch_x = torch.rand(batch, 1, tile, tile, device=device).contiguous(
         memory_format=memory_format(2, torch.device(device))
     )
     for d in DEPTHS:
         pruned = prepare_for_inference(model.prune(d), device)
 
         def raw(net: UNetPlusPlus = pruned) -> object:
-            with torch.inference_mode():
-                return net(batch)
+            with torch.inference_mode(), autocast(device):  # bf16 on a GPU, as predict does
+                return net(batch_x)
 
         cases[f"raw L{d}"] = raw
     for d in DEPTHS:
@@ -182,7 +186,7 @@ def bench_inference(
             model, image, config.replace(pruned_depth=d), data
         )
     cases["tiled all"] = lambda: predict_array(model, image, config, data)
-    monai, monai_gflop, monai_note = monai_cases(image, PAPER_WIDTHS, tile, device)
+    monai, monai_gflop, monai_note = monai_cases(image, PAPER_WIDTHS, tile, device, batch)
     cases.update(monai)
     seconds = interleaved(cases, rounds, device)
     # tiled rows: GFLOP per Mpx of *image*, the overlapping tiles' extra pixels included
@@ -195,7 +199,7 @@ def bench_inference(
         gflop["monai"] = overlap * monai_gflop  # MONAI places the same 192-pixel steps here
     seconds["matmul"] = 4 * 2 * n**3 / seconds["matmul"] / 1e9  # GFLOP/s, timed among the rest
     mpx = {
-        name: (batch.numel() if name.startswith("raw") else image.size) / 1e6
+        name: (batch_x.numel() if name.startswith("raw") else image.size) / 1e6
         for name in seconds
         if name != "matmul"
     }
@@ -204,12 +208,12 @@ def bench_inference(
     return per_mpx, gflop, monai_note
 
 
-def bench_host(size: int, rounds: int, device: str) -> dict[str, float]:
+def bench_host(size: int, rounds: int, device: str, batch: int = 4) -> dict[str, float]:
     """Mpx/s of ``predict`` when the network costs nothing: all heads and one head."""
     stack = np.stack([test_image(size)] * 4)
     net = FreeUNet(widths=PAPER_WIDTHS, depth=4).eval()
     data = DataConfig()
-    config = PredictConfig(tile_size=(256, 256), overlap=0.25, batch_size=4, device=device)
+    config = PredictConfig(tile_size=(256, 256), overlap=0.25, batch_size=batch, device=device)
     seconds = interleaved(
         {
             "all heads": lambda: predict_array(net, stack, config, data),
@@ -288,12 +292,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--size", type=int, default=0, help="image size (overrides the mode's)")
+    parser.add_argument("--tile", type=int, default=256, help="tile size of the tiled rows")
+    parser.add_argument(
+        "--batch-size", type=int, default=4, help="tiles per forward pass (a GPU wants 16+)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     size, rounds, steps = (512, 1, 1) if args.quick else (1024, 2, 2)
     size = args.size or size
-    tile = 256
+    tile, batch = args.tile, args.batch_size
     command = "python benchmarks/bench_speed.py " + " ".join(sys.argv[1:])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"command: `{command.strip()}`")
@@ -304,9 +312,9 @@ def main() -> None:
         + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
     )
     started = time.perf_counter()
-    per_mpx, gflop, monai_note = bench_inference(size, tile, rounds, args.device)
+    per_mpx, gflop, monai_note = bench_inference(size, tile, rounds, args.device, batch)
     peak = per_mpx.pop("matmul_gflop_s")  # interleaved with the networks: the same load
-    host = bench_host(size, rounds, args.device)
+    host = bench_host(size, rounds, args.device, batch)
     training = (
         {}
         if args.skip_training
@@ -319,7 +327,7 @@ def main() -> None:
         }
     )
     print(
-        f"image {size}x{size} (EM), tile {tile}, overlap 0.25, Gaussian, batch 4; "
+        f"image {size}x{size} (EM), tile {tile}, overlap 0.25, Gaussian, batch {batch}; "
         f"{rounds} interleaved round(s), medians; {monai_note}; "
         f"took {time.perf_counter() - started:.0f} s. GFLOP/Mpx of tiled rows counts the "
         "pixels the overlapping tiles compute (per Mpx of image); raw rows per Mpx of tiles."
@@ -332,7 +340,7 @@ def main() -> None:
     for d in DEPTHS:
         print(
             row(
-                f"ours raw forward L{d} (4x256x256)",
+                f"ours raw forward L{d} ({batch}x{tile}x{tile})",
                 per_mpx[f"raw L{d}"],
                 gflop[f"raw L{d}"],
                 peak,

@@ -28,5 +28,6 @@ mkdir -p "$OUT/nuclei/best"
 cp /tmp/gpu_runs/nuclei/zoo_state.json "$OUT/nuclei/" 2>/dev/null
 cp /tmp/gpu_runs/nuclei/best/config.json /tmp/gpu_runs/nuclei/best/weights.safetensors \
     "$OUT/nuclei/best/" 2>/dev/null
-timeout 200 python3 benchmarks/bench_speed.py --device cuda --full --skip-training 2>&1 \
+timeout 200 python3 benchmarks/bench_speed.py --device cuda --full --skip-training \
+    --size 4096 --tile 512 --batch-size 16 2>&1 \
     | tee "$OUT/bench_gpu.log"
