@@ -132,6 +132,23 @@ def test_level_counts_give_numpys_percentiles_bit_for_bit(dtype):
         assert counts.median_distance(centre) == float(np.median(np.abs(as_float - centre)))
 
 
+@pytest.mark.parametrize("shape", [(4, 1024, 1024), (3, 700, 900, 3), (2000, 1500), (60, 300, 200)])
+def test_an_in_memory_image_is_subsampled_as_a_lazy_one(shape):
+    """numpy images take one strided copy, lazy ones (dask, zarr) are read plane by plane:
+    the same values in the same order, so training and inference normalise alike."""
+    from napari_unetpp.normalization import subsample
+
+    class Lazy:  # reads like a zarr array: shape and indexing only
+        def __init__(self, data: np.ndarray) -> None:
+            self.data, self.shape = data, data.shape
+
+        def __getitem__(self, index):
+            return self.data[index]
+
+    image = np.random.default_rng(1).integers(0, 4096, shape).astype(np.uint16)
+    np.testing.assert_array_equal(subsample(image), subsample(Lazy(image)))
+
+
 @pytest.mark.parametrize(("dtype", "low", "high"), [(np.int8, -128, 127), (np.int16, -8000, 30000)])
 def test_signed_images_spanning_more_than_half_their_type_are_counted(dtype, low, high):
     """A signed image whose values span more than half its type's range (int8 -128..127; a

@@ -81,6 +81,8 @@ def subsample(image: ArrayLike, limit: int = PERCENTILE_SAMPLE_SIZE) -> np.ndarr
     step = int(np.ceil((size / limit) ** (1.0 / len(big))))
     index = [slice(None, None, step) if axis in big else slice(None) for axis in range(len(shape))]
     first = big[0]
+    if isinstance(image, np.ndarray):  # in memory: one strided copy, in the planes' order
+        return np.moveaxis(image[tuple(index)], first, 0).ravel()
     planes = [
         np.asarray(image[_plane_key(index, first, i)]).ravel() for i in range(0, shape[first], step)
     ]
