@@ -604,7 +604,7 @@ def test_integer_bands_travel_raw_and_give_the_hosts_normalised_tiles(em_crop):
     assert image.dtype == np.uint8
     layout = image_layout(image.shape, None, UNetPlusPlus(widths=(4, 8), depth=1))
     normaliser = _normaliser(image, DataConfig())
-    on_device = ItemView(image, layout, (), normaliser, torch.device("cpu"))
+    on_device = ItemView(image, layout, (), normaliser, torch.device("cpu"), raw_to_device=True)
     on_host = ItemView(image, layout, (), normaliser)
     for start in tile_grid(image.shape, (32, 32), 0.25, 2):
         index = (slice(None), *(slice(s, s + 32) for s in start))

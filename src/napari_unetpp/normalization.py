@@ -317,15 +317,12 @@ class TileNormaliser:
             raw = raw.to(torch.int32).bitwise_and_(0xFFFF)
         else:
             raw = torch.from_numpy(data).to(device)
-        config = self.config
-        if config.mode == "none":
-            out = raw.float()
-        else:
+        out = raw.to(torch.float32)  # exact for these types, then float32 arithmetic
+        if self.config.mode != "none":
             low, high = self.value_range
             scale = 1.0 / max(high - low, 1e-8)
-            out = raw.sub(float(np.float32(low)))  # float32, as normalize's subtraction
-            out.mul_(float(np.float32(scale)))
-        return out.clamp_(0.0, 1.0) if config.clip else out
+            out.sub_(float(np.float32(low))).mul_(float(np.float32(scale)))
+        return out.clamp_(0.0, 1.0) if self.config.clip else out
 
 
 #: Integer types a band may travel raw in (:meth:`TileNormaliser.on_device`): exact in float32
