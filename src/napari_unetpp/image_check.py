@@ -21,6 +21,7 @@ from .config import DataConfig, ModelConfig
 from .disagreement import DepthAdvice, class_spread, disagreement_map
 from .nonfinite import NonFiniteWarning, fill_image
 from .rescaled import measure_diameters
+from .scale import MAX_ZOOM, MIN_ZOOM
 
 __all__ = [
     "ImageCheck",
@@ -198,9 +199,19 @@ def flat_image_check(value: float) -> ImageCheck:
 
 
 def judge(
-    signals: Mapping[str, float | None], thresholds: Mapping[str, float] = THRESHOLDS
+    signals: Mapping[str, float | None],
+    thresholds: Mapping[str, float] = THRESHOLDS,
+    *,
+    zoom: float = 1.0,
+    auto: bool = False,
 ) -> tuple[bool, list[str], list[str]]:
-    """Verdict, reasons and remedies from the signals (pure: the calibration re-runs it)."""
+    """Verdict, reasons and remedies from the signals (pure: the calibration re-runs it).
+
+    ``zoom``: the zoom the checked pass ran at (a pixel size or rescale); sizes are at the
+    model's scale, so the rescale a remedy names is ``zoom`` times the factor still
+    missing there (a 2x image run with ``rescale=2`` needs 0.56 in all, not 0.28).
+    ``auto``: that zoom came from ``rescale="auto"``: no remedy proposes it again.
+    """
     reasons: list[str] = []
     for name in ("depth_disagreement", "flip_disagreement", "uncertain_fraction"):
         value = signals.get(name)
@@ -232,13 +243,20 @@ def judge(
     remedies: list[str] = []
     if reasons:
         if size_off or larger:
-            factor = 1 / ratio if size_off and ratio and not fragments else 0.5
+            factor = zoom * (1 / ratio if size_off and ratio and not fragments else 0.5)
             sized = ratio is not None or split is not None  # the model knows its object size
-            auto = "; or let the objects be measured: 'auto object size' (--rescale auto)"
-            remedies.append(
-                f"rescale the image by {factor:.2f} (or give its pixel size) so "
-                f"objects match the training size{auto if sized else ''}"
-            )
+            if not MIN_ZOOM <= factor <= MAX_ZOOM:
+                remedies.append(
+                    f"no rescale can bring these objects to the training size (it would take "
+                    f"{factor:.3g}x, beyond {MIN_ZOOM:g}..{MAX_ZOOM:g}): check that the image "
+                    "holds the kind of objects this model segments"
+                )
+            else:
+                remedies.append(
+                    f"rescale the image by {factor:.2f} (or give its pixel size) so objects "
+                    f"match the training size{_in_all(zoom)}"
+                    f"{_measure_hint(auto) if sized else ''}"
+                )
         else:
             remedies.append(
                 "check the pixel size (rescale so objects have the training size); "
@@ -247,11 +265,26 @@ def judge(
             )
     elif ratio is not None and not 1 / SIZE_HINT <= ratio <= SIZE_HINT:
         # within the natural spread of the training images, so no warning; still worth a try
-        remedies.append(
-            f"objects are {ratio:.2f}x the training size: try 'auto object size' "
-            "(--rescale auto) and compare"
-        )
+        if auto:  # the measured diameter on the image's own grid, as --diameter takes it
+            diameter = float(signals.get("object_diameter") or 0.0) / zoom
+            instead = f"their diameter in pixels (--diameter {diameter:.0f})"
+        else:
+            instead = "'auto object size' (--rescale auto)"
+        remedies.append(f"objects are {ratio:.2f}x the training size: try {instead} and compare")
     return bool(reasons), reasons, remedies
+
+
+def _in_all(zoom: float) -> str:
+    """Says that a remedy's rescale replaces the one this run used (not on top of it)."""
+    return "" if zoom == 1.0 else f" (a rescale in all: this run resampled it by {zoom:.2f})"
+
+
+def _measure_hint(auto: bool) -> str:
+    """The remedy's second choice: let the objects be measured, or, when they were
+    (``rescale="auto"`` gave this result), give their size by hand."""
+    if auto:
+        return "; 'auto object size' measured them wrongly here: give their diameter (--diameter D)"
+    return "; or let the objects be measured: 'auto object size' (--rescale auto)"
 
 
 def calibrate(
