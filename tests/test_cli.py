@@ -697,3 +697,23 @@ def test_train_refuses_an_out_folder_with_another_tools_checkpoint_folders(
     code = main([*argv, str(em_files["val_labels"]), "--out", str(out), *TRAIN_FLAGS])
     assert code == 2 and "not a napari-unetpp checkpoint" in capsys.readouterr().err
     assert not (out / "best").exists() and (out / "last" / "notes.txt").read_text() == "mine"
+
+
+def test_predict_gives_the_checks_hint_when_the_image_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nuclei shown at twice their size pass the check, which still has a remedy (objects
+    1.8x the training size: try auto object size); the Segment dock says it as a hint, the
+    terminal said nothing and the remedy sat in run.json only."""
+    from napari_unetpp._sample_data import load_sample
+    from napari_unetpp.scale import resample
+
+    image, _, _ = load_sample("nuclei")
+    path = tmp_path / "nuclei_2x.tif"
+    tifffile.imwrite(path, resample(np.asarray(image, np.float32), (2, 2), (0, 1)))
+    out = tmp_path / "out"
+    assert main(["predict", "zoo:nuclei", str(path), "--out", str(out), "-q"]) == 0
+    record = json.loads((out / "nuclei_2x_run.json").read_text())["image_check"]
+    assert not record["unlike_training"] and record["remedies"]
+    err = capsys.readouterr().err
+    assert f"{path}: hint: {record['remedies'][0]}" in err and "auto object size" in err

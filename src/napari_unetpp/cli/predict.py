@@ -453,7 +453,9 @@ def _check_result(
     metrics: dict[str, Any],
 ) -> dict[str, Any] | None:
     """The image check of one result (``disagreement.check_prediction``): a warning on
-    stderr when the image looks unlike the training data; the record for run.json."""
+    stderr when the image looks unlike the training data, else its remedies as a hint (the
+    Segment dock's; the terminal stayed silent on nuclei 1.8x the training size); the
+    record for run.json."""
     from ..disagreement import check_result
 
     with ProgressBar(f"{stem(path)} check", enabled=not args.quiet) as bar:
@@ -463,6 +465,8 @@ def _check_result(
         return None
     if check.unlike_training:
         _note(f"{path}: {check.report()}")
+    elif check.remedies:  # passed, yet worth a try (objects 1.8x the training size)
+        _note(f"{path}: hint: " + "; ".join(check.remedies))
     return check.to_dict()
 
 
