@@ -29,6 +29,7 @@ __all__ = [
     "SIZE_HINT",
     "THRESHOLDS",
     "calibrate",
+    "calibrate_on_tiles",
     "half_size",
     "image_signals",
     "judge",
@@ -309,6 +310,45 @@ def calibrate(
             high = float(np.percentile(ratios, quantile))
             out[name] = round(max(THRESHOLDS[name], 1.1 * high), 3)
     return out
+
+
+def calibrate_on_tiles(
+    model: Any, tiles: Sequence[tuple[np.ndarray, Any]], data_config: DataConfig, device: Any
+) -> dict[str, float]:
+    """Thresholds for a model just trained, from its validation tiles (normalised images).
+
+    Why: without its own calibration a model is judged by the shipped models' thresholds,
+    which say nothing about it: a model trained for 100 steps is uncertain everywhere, and
+    the README's example warned "unlike the model's training data" on its own training
+    image (uncertain fraction 0.46 > 0.17). The tiles are pooled as one native image (a
+    whole-image check averages over its pixels too); signals that need a half-size pass
+    keep the fallback.
+    """
+    import torch
+
+    c = model.config.num_classes
+
+    def probabilities(x: torch.Tensor) -> dict[int, np.ndarray]:
+        logits = {d: v.float() for d, v in model(x).items()}
+        act = (lambda v: torch.sigmoid(v)[:, 0]) if c == 1 else (lambda v: v.softmax(1))
+        return {d: act(v).cpu().numpy() for d, v in logits.items()}
+
+    records = []
+    with torch.no_grad():
+        for start in range(0, len(tiles), 4):
+            x = torch.from_numpy(np.stack([t[0] for t in tiles[start : start + 4]])).to(device)
+            probs = probabilities(x)
+            flipped = probabilities(torch.flip(x, dims=(-1,)))[max(probs)]
+            for i in range(len(x)):
+                one = {d: p[i] for d, p in probs.items()}
+                mirror = np.flip(flipped[i], axis=-1)
+                records.append(image_signals(one, mirror, model.config, data_config))
+    pooled = {
+        name: float(np.mean(values))
+        for name in ("depth_disagreement", "flip_disagreement", "uncertain_fraction")
+        if (values := [r[name] for r in records if r.get(name) is not None])
+    }
+    return calibrate([pooled]) if pooled else {}
 
 
 #: The check keeps every depth's probabilities (and the flipped and half-size passes) in
