@@ -281,10 +281,11 @@ def _in_all(zoom: float) -> str:
 
 
 def _measure_hint(auto: bool) -> str:
-    """The remedy's second choice: let the objects be measured, or, when they were
-    (``rescale="auto"`` gave this result), give their size by hand."""
+    """The remedy's second choice: let the objects be measured, or, when this result
+    already ran with ``rescale="auto"`` (measured, or skipped for want of objects), give
+    their size by hand."""
     if auto:
-        return "; 'auto object size' measured them wrongly here: give their diameter (--diameter D)"
+        return "; 'auto object size' did not fix it here: give their diameter (--diameter D)"
     return "; or let the objects be measured: 'auto object size' (--rescale auto)"
 
 
