@@ -271,7 +271,7 @@ def _output_names(
     """Every name a prediction of ``path`` writes into ``--out`` (checked before any work)."""
     name = stem(path)
     names = [f"{name}_labels.{fmt}", f"{name}_run.json"]
-    if _nifti_copy(path, fmt):
+    if _nifti_copy(path):
         names.append(f"{name}_labels.nii.gz")
     if probabilities:
         names += (
@@ -358,14 +358,19 @@ def _predict_file(
         )
         target.attrs.update(spacing_attrs(*grid))
         mark_complete(target)
+        # the scan was read whole: its labels fit in memory too (read before the commit
+        # moves the staged store: read after it, its chunks came back as zeros)
+        whole = target[...] if _nifti_copy(path) else None
         written = [outputs.commit(labels_name)]
+        if whole is not None:
+            written += _write_nifti_labels(outputs, name, whole, path)
     else:
         labels = probabilities_to_labels(
             prob, model.config, data, threshold=config.threshold, min_size=config.min_size
         )
         staged = write_array(outputs.stage(f"{name}_labels"), labels, fmt, *grid)
         written = [outputs.commit(staged.name)]
-        if _nifti_copy(path, fmt):
+        if _nifti_copy(path):
             written += _write_nifti_labels(outputs, name, labels, path)
     if store is not None:
         if args.probabilities:
@@ -383,12 +388,13 @@ def _predict_file(
     return written
 
 
-def _nifti_copy(path: Path, fmt: str) -> bool:
+def _nifti_copy(path: Path) -> bool:
     """A NIfTI scan's or DICOM series' labels also go out as NIfTI (``<name>_labels.nii.gz``),
-    on the scan's grid: what medical viewers lay over the scan (a TIFF they cannot place)."""
+    on the scan's grid: what medical viewers lay over the scan (a TIFF or zarr they cannot
+    place; with ``--format zarr`` the NIfTI was silently left out)."""
     from ..medical import is_medical
 
-    return fmt == "tif" and is_medical(path)
+    return is_medical(path)
 
 
 def _write_nifti_labels(outputs: OutputFolder, name: str, labels: Any, source: Path) -> list[Path]:
