@@ -738,3 +738,23 @@ def test_a_trained_model_is_checked_against_its_own_validation_data(
     assert set(own) == {"depth_disagreement", "flip_disagreement", "uncertain_fraction"}
     assert all(own[k] >= THRESHOLDS[k] for k in own)  # never stricter than the fallback
     assert own["uncertain_fraction"] > THRESHOLDS["uncertain_fraction"]  # a model still unsure
+
+
+@pytest.mark.parametrize("probabilities", [True, False])
+def test_zarr_disagreement_maps_equal_the_tif_ones(
+    trained: Path, em_files: dict[str, Path], tmp_path: Path, probabilities: bool
+) -> None:
+    """--format zarr --disagreement read the probabilities after their store was committed
+    (--probabilities) or removed: the map came out all zeros and the regions to label next
+    were ranked on nothing. The zarr outputs must equal the TIFF ones."""
+    import zarr
+
+    extra = ["--disagreement", "--no-check", *(["--probabilities"] if probabilities else [])]
+    assert _predict_stack(trained, em_files, tmp_path / "t", *extra) == 0
+    assert _predict_stack(trained, em_files, tmp_path / "z", "--format", "zarr", *extra) == 0
+    as_tif = tifffile.imread(tmp_path / "t" / "stack_disagreement.tif")
+    as_zarr = np.asarray(zarr.open(str(tmp_path / "z" / "stack_disagreement.zarr"), mode="r"))
+    assert as_tif.any()
+    np.testing.assert_allclose(as_zarr, as_tif, atol=1e-6)
+    regions = [json.loads((tmp_path / f / "stack_regions.json").read_text()) for f in "tz"]
+    assert regions[0] == regions[1]

@@ -372,6 +372,13 @@ def _predict_file(
         written = [outputs.commit(staged.name)]
         if _nifti_copy(path):
             written += _write_nifti_labels(outputs, name, labels, path)
+    # the maps read the probabilities: before their store is committed (moved) or removed,
+    # after which zarr read its chunks as zeros (an empty map, regions ranked on nothing)
+    maps = (
+        _write_disagreement(outputs.stage(name), probs, model.config, fmt, grid)
+        if args.disagreement
+        else []
+    )
     if store is not None:
         if args.probabilities:
             written.append(outputs.commit(store.name))
@@ -381,9 +388,7 @@ def _predict_file(
         for d in sorted(probs):
             staged = write_array(outputs.stage(f"{name}_L{d}"), probs[d], fmt, *grid)
             written.append(outputs.commit(staged.name))
-    if args.disagreement:
-        staged_maps = _write_disagreement(outputs.stage(name), probs, model.config, fmt, grid)
-        written += [outputs.commit(p.name) for p in staged_maps]
+    written += [outputs.commit(p.name) for p in maps]
     written.append(outputs.commit(run_json.name))
     return written
 
