@@ -758,3 +758,26 @@ def test_zarr_disagreement_maps_equal_the_tif_ones(
     np.testing.assert_allclose(as_zarr, as_tif, atol=1e-6)
     regions = [json.loads((tmp_path / f / "stack_regions.json").read_text()) for f in "tz"]
     assert regions[0] == regions[1]
+
+
+def test_a_distributed_run_records_its_rescale(
+    em_files: dict[str, Path], trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--distributed with --rescale (or --pixel-size, --diameter): the slices were resampled
+    but run.json said "scale": null, and the check took the result for one at the image's
+    own size. The record now equals the local run's; auto (each slice measured on its own)
+    keeps every slice's zoom."""
+    monkeypatch.setenv("NAPARI_UNETPP_WORKERS", "1")
+    flags = ["--rescale", "0.5", "--no-check"]
+    assert _predict_stack(trained, em_files, tmp_path / "d", *flags, "--distributed") == 0
+    assert _predict_stack(trained, em_files, tmp_path / "l", *flags) == 0
+    records = [json.loads((tmp_path / f / "stack_run.json").read_text()) for f in "dl"]
+    assert records[0]["scale"] is not None and records[0]["scale"] == records[1]["scale"]
+    assert records[0]["scale"]["zoom"] == [0.5, 0.5]
+    from napari_unetpp.distributed import _stack_scale
+
+    auto = {"rescale": "auto", "measured_diameter": 30.0, "zoom": [0.6, 0.6], "objects": 9}
+    mixed = _stack_scale({0: auto, 1: {**auto, "zoom": [1.0, 1.0], "measured_diameter": 18.0}})
+    assert mixed is not None and mixed["zoom"] == [0.8, 0.8] and mixed["measured_diameter"] == 24
+    assert mixed["per_slice"]["1"]["zoom"] == [1.0, 1.0] and "slice by slice" in mixed["note"]
+    assert _stack_scale({0: None, 1: None}) is None
