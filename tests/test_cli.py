@@ -781,3 +781,16 @@ def test_a_distributed_run_records_its_rescale(
     assert mixed is not None and mixed["zoom"] == [0.8, 0.8] and mixed["measured_diameter"] == 24
     assert mixed["per_slice"]["1"]["zoom"] == [1.0, 1.0] and "slice by slice" in mixed["note"]
     assert _stack_scale({0: None, 1: None}) is None
+
+
+def test_scale_errors_name_the_flags(
+    em_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--diameter auto`` with a model that records no object size said "rescale='auto'
+    needs ...; give a number instead", and ``--diameter 20`` "give rescale instead": the
+    Python names, for a user who typed neither."""
+    image = str(em_files["val_image"])
+    for flags in (["--diameter", "auto"], ["--rescale", "auto"], ["--diameter", "20"]):
+        assert main(["predict", "zoo:em", image, "--out", str(tmp_path / "o"), *flags]) == 2
+        err = capsys.readouterr().err
+        assert "give --rescale" in err and "rescale='auto'" not in err, err
