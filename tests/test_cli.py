@@ -794,3 +794,20 @@ def test_scale_errors_name_the_flags(
         assert main(["predict", "zoo:em", image, "--out", str(tmp_path / "o"), *flags]) == 2
         err = capsys.readouterr().err
         assert "give --rescale" in err and "rescale='auto'" not in err, err
+
+
+def test_file_helpers_take_string_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """engine-api.md offers files.read_array / write_array / create_zarr / pair_files to
+    Python users, who pass strings: each was an AttributeError ('str' object has no
+    attribute 'suffix')."""
+    from napari_unetpp import files
+
+    monkeypatch.chdir(tmp_path)
+    image = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    for fmt in ("tif", "zarr"):
+        assert files.write_array("a", image, fmt, (2.0, 2.0), "nm").name == f"a.{fmt}"
+        np.testing.assert_array_equal(np.asarray(files.read_array(f"a.{fmt}")), image)
+        assert files.read_image_with_size(f"a.{fmt}", lazy=True)[1:] == ((2.0, 2.0), "nm")
+    assert files.is_zarr("a.zarr") and files.stem("a.ome.tif") == "a"
+    assert files.create_zarr("b.zarr", (2, 3), "int32").shape == (2, 3)
+    assert files.pair_files(["x.tif"], ["x_labels.tif"]) == [(Path("x.tif"), Path("x_labels.tif"))]
