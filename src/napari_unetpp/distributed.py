@@ -208,7 +208,7 @@ def _stack_scale(scales: dict[int, dict[str, Any] | None]) -> dict[str, Any] | N
     """
     import numpy as np
 
-    known = [scales[i] for i in sorted(scales) if scales[i] is not None]
+    known = [s for i in sorted(scales) if (s := scales[i]) is not None]
     if not known:
         return None
     first = known[0]

@@ -347,7 +347,7 @@ def calibrate_on_tiles(
     pooled = {
         name: float(np.mean(values))
         for name in ("depth_disagreement", "flip_disagreement", "uncertain_fraction")
-        if (values := [r[name] for r in records if r.get(name) is not None])
+        if (values := [float(v) for r in records if (v := r.get(name)) is not None])
     }
     # a few validation tiles are no measure of how quiet this model can be on its own
     # data: never stricter than the fallback (only a model that is less sure than the
