@@ -761,15 +761,20 @@ def test_zarr_disagreement_maps_equal_the_tif_ones(
 
 
 def test_a_distributed_run_records_its_rescale(
-    em_files: dict[str, Path], trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    em_files: dict[str, Path],
+    trained: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """--distributed with --rescale (or --pixel-size, --diameter): the slices were resampled
-    but run.json said "scale": null, and the check took the result for one at the image's
-    own size. The record now equals the local run's; auto (each slice measured on its own)
-    keeps every slice's zoom."""
+    but run.json said "scale": null (and the terminal nothing), and the check took the
+    result for one at the image's own size. The record now equals the local run's; auto
+    (each slice measured on its own) keeps every slice's zoom."""
     monkeypatch.setenv("NAPARI_UNETPP_WORKERS", "1")
     flags = ["--rescale", "0.5", "--no-check"]
     assert _predict_stack(trained, em_files, tmp_path / "d", *flags, "--distributed") == 0
+    assert "slices resampled by 0.500 x 0.500" in capsys.readouterr().err
     assert _predict_stack(trained, em_files, tmp_path / "l", *flags) == 0
     records = [json.loads((tmp_path / f / "stack_run.json").read_text()) for f in "dl"]
     assert records[0]["scale"] is not None and records[0]["scale"] == records[1]["scale"]

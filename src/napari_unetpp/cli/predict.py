@@ -328,6 +328,11 @@ def _predict_file(
 
         job = PredictJob(args.checkpoint, config.to_dict(), data.to_dict())
         probs = predict_distributed(client, job, path, image, model, store)
+        scale = getattr(probs, "scale", None)
+        if scale and scale.get("zoom"):  # the workers' scale events never reach this terminal
+            zoom = " x ".join(f"{z:.3f}" for z in scale["zoom"])
+            detail = f" ({scale['note']})" if scale.get("note") else ""
+            _note(f"{path}: slices resampled by {zoom} to the model's scale{detail}")
     else:
         probs = _predict_local(
             model, image, config, data, desc=name, enabled=not args.quiet, out=store
