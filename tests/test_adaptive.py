@@ -437,6 +437,54 @@ def test_judge_and_calibrate_name_the_remedy() -> None:
     assert calibrate(natives)["half_size_ratio"] == pytest.approx(1.1 * 1.51)  # 95th percentile
 
 
+def _disc_probs(diameter: int, zoom: float) -> dict[int, np.ndarray]:
+    """Two heads' (background, interior, boundary) probabilities of four discs (one when
+    they are large), as a prediction that ran at ``zoom`` returns them (on the image's grid)."""
+    from napari_unetpp.inference import PredictResult
+
+    yy, xx = np.mgrid[:256, :256]
+    inside = np.zeros((256, 256), bool)
+    centres = [(128, 128)] if diameter > 128 else [(64, 64), (64, 192), (192, 64), (192, 192)]
+    for cy, cx in centres:
+        inside |= (yy - cy) ** 2 + (xx - cx) ** 2 < (diameter / 2) ** 2
+    prob = np.stack([~inside, inside, np.zeros_like(inside)]).astype(np.float32)
+    result = PredictResult({1: prob, 2: prob}, complete=True)
+    result.scale = {"zoom": [zoom, zoom]}
+    return result
+
+
+def test_a_remedy_after_a_rescale_names_the_whole_rescale() -> None:
+    """A 2x nuclei image run with --rescale 2 (the wrong way) was told 'rescale the image
+    by 0.28': the factor still missing at the model's scale, not the rescale to give
+    (0.56); after --diameter auto the remedy proposed 'auto object size' again, and a
+    factor no rescale allows (11.4x on an image of noise) was offered as a remedy."""
+    from napari_unetpp.config import ModelConfig
+    from napari_unetpp.disagreement import check_prediction
+
+    net = UNetPlusPlus.from_config(
+        ModelConfig(num_classes=3, widths=(4, 8, 16), depth=2, object_diameter=18.0)
+    )
+    data = DataConfig(target="instance")
+    image = np.zeros((256, 256), np.float32)
+    image[::7] = 1.0
+
+    def remedy(diameter: int, zoom: float, rescale: float | str) -> str:
+        config = PredictConfig(rescale=rescale)
+        check = drive(check_prediction(net, image, _disc_probs(diameter, zoom), data, config))
+        assert check is not None and check.unlike_training
+        return check.remedies[0]
+
+    # objects of 60 px on the image, 120 px at the model's scale after a 2x zoom
+    told = remedy(60, 2.0, 2.0)
+    assert "rescale the image by 0.30" in told and "resampled it by 2.00" in told
+    assert "--rescale auto" in told
+    told = remedy(60, 2.0, "auto")
+    assert "rescale the image by 0.30" in told and "--diameter" in told
+    assert "--rescale auto" not in told
+    told = remedy(220, 0.5, 0.5)  # 18 / 220: a rescale of 0.08, below the 0.1 allowed
+    assert "rescale the image by" not in told and "no rescale can bring" in told
+
+
 def test_spread_regions_take_turns_and_never_touch() -> None:
     doubt = np.zeros((2, 40, 40), "float32")
     doubt[0, :20, :20] = 1.0  # four doubtful blocks side by side on slice 0

@@ -697,3 +697,122 @@ def test_train_refuses_an_out_folder_with_another_tools_checkpoint_folders(
     code = main([*argv, str(em_files["val_labels"]), "--out", str(out), *TRAIN_FLAGS])
     assert code == 2 and "not a napari-unetpp checkpoint" in capsys.readouterr().err
     assert not (out / "best").exists() and (out / "last" / "notes.txt").read_text() == "mine"
+
+
+def test_predict_gives_the_checks_hint_when_the_image_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nuclei shown at twice their size pass the check, which still has a remedy (objects
+    1.8x the training size: try auto object size); the Segment dock says it as a hint, the
+    terminal said nothing and the remedy sat in run.json only."""
+    from napari_unetpp._sample_data import load_sample
+    from napari_unetpp.scale import resample
+
+    image, _, _ = load_sample("nuclei")
+    path = tmp_path / "nuclei_2x.tif"
+    tifffile.imwrite(path, resample(np.asarray(image, np.float32), (2, 2), (0, 1)))
+    out = tmp_path / "out"
+    assert main(["predict", "zoo:nuclei", str(path), "--out", str(out), "-q"]) == 0
+    record = json.loads((out / "nuclei_2x_run.json").read_text())["image_check"]
+    assert not record["unlike_training"] and record["remedies"]
+    err = capsys.readouterr().err
+    assert f"{path}: hint: {record['remedies'][0]}" in err and "auto object size" in err
+
+
+def test_a_trained_model_is_checked_against_its_own_validation_data(
+    trained: Path, em_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model trained here had no calibration of its own, so predict judged it by the
+    shipped models' thresholds: the README's example (100 steps, then predict on the
+    training stack) warned 'unlike the model's training data' on its own training image
+    (uncertain fraction 0.46 > 0.17). Training now calibrates on its validation tiles."""
+    capsys.readouterr()
+    out = tmp_path / "own"
+    assert main(["predict", str(trained), str(em_files["val_image"]), "--out", str(out)]) == 0
+    assert "unlike the model's training data" not in capsys.readouterr().err
+    record = json.loads((out / "val_image_run.json").read_text())["image_check"]
+    assert not record["unlike_training"]
+    from napari_unetpp.image_check import THRESHOLDS
+
+    own = json.loads((trained / "best" / "config.json").read_text())["metrics"]["image_check"]
+    assert set(own) == {"depth_disagreement", "flip_disagreement", "uncertain_fraction"}
+    assert all(own[k] >= THRESHOLDS[k] for k in own)  # never stricter than the fallback
+    assert own["uncertain_fraction"] > THRESHOLDS["uncertain_fraction"]  # a model still unsure
+
+
+@pytest.mark.parametrize("probabilities", [True, False])
+def test_zarr_disagreement_maps_equal_the_tif_ones(
+    trained: Path, em_files: dict[str, Path], tmp_path: Path, probabilities: bool
+) -> None:
+    """--format zarr --disagreement read the probabilities after their store was committed
+    (--probabilities) or removed: the map came out all zeros and the regions to label next
+    were ranked on nothing. The zarr outputs must equal the TIFF ones."""
+    import zarr
+
+    extra = ["--disagreement", "--no-check", *(["--probabilities"] if probabilities else [])]
+    assert _predict_stack(trained, em_files, tmp_path / "t", *extra) == 0
+    assert _predict_stack(trained, em_files, tmp_path / "z", "--format", "zarr", *extra) == 0
+    as_tif = tifffile.imread(tmp_path / "t" / "stack_disagreement.tif")
+    as_zarr = np.asarray(zarr.open(str(tmp_path / "z" / "stack_disagreement.zarr"), mode="r"))
+    assert as_tif.any()
+    np.testing.assert_allclose(as_zarr, as_tif, atol=1e-6)
+    regions = [json.loads((tmp_path / f / "stack_regions.json").read_text()) for f in "tz"]
+    assert regions[0] == regions[1]
+
+
+def test_a_distributed_run_records_its_rescale(
+    em_files: dict[str, Path],
+    trained: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--distributed with --rescale (or --pixel-size, --diameter): the slices were resampled
+    but run.json said "scale": null (and the terminal nothing), and the check took the
+    result for one at the image's own size. The record now equals the local run's; auto
+    (each slice measured on its own) keeps every slice's zoom."""
+    monkeypatch.setenv("NAPARI_UNETPP_WORKERS", "1")
+    flags = ["--rescale", "0.5", "--no-check"]
+    assert _predict_stack(trained, em_files, tmp_path / "d", *flags, "--distributed") == 0
+    assert "slices resampled by 0.500 x 0.500" in capsys.readouterr().err
+    assert _predict_stack(trained, em_files, tmp_path / "l", *flags) == 0
+    records = [json.loads((tmp_path / f / "stack_run.json").read_text()) for f in "dl"]
+    assert records[0]["scale"] is not None and records[0]["scale"] == records[1]["scale"]
+    assert records[0]["scale"]["zoom"] == [0.5, 0.5]
+    from napari_unetpp.distributed import _stack_scale
+
+    auto = {"rescale": "auto", "measured_diameter": 30.0, "zoom": [0.6, 0.6], "objects": 9}
+    mixed = _stack_scale({0: auto, 1: {**auto, "zoom": [1.0, 1.0], "measured_diameter": 18.0}})
+    assert mixed is not None and mixed["zoom"] == [0.8, 0.8] and mixed["measured_diameter"] == 24
+    assert mixed["per_slice"]["1"]["zoom"] == [1.0, 1.0] and "slice by slice" in mixed["note"]
+    assert _stack_scale({0: None, 1: None}) is None
+
+
+def test_scale_errors_name_the_flags(
+    em_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--diameter auto`` with a model that records no object size said "rescale='auto'
+    needs ...; give a number instead", and ``--diameter 20`` "give rescale instead": the
+    Python names, for a user who typed neither."""
+    image = str(em_files["val_image"])
+    for flags in (["--diameter", "auto"], ["--rescale", "auto"], ["--diameter", "20"]):
+        assert main(["predict", "zoo:em", image, "--out", str(tmp_path / "o"), *flags]) == 2
+        err = capsys.readouterr().err
+        assert "give --rescale" in err and "rescale='auto'" not in err, err
+
+
+def test_file_helpers_take_string_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """engine-api.md offers files.read_array / write_array / create_zarr / pair_files to
+    Python users, who pass strings: each was an AttributeError ('str' object has no
+    attribute 'suffix')."""
+    from napari_unetpp import files
+
+    monkeypatch.chdir(tmp_path)
+    image = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    for fmt in ("tif", "zarr"):
+        assert files.write_array("a", image, fmt, (2.0, 2.0), "nm").name == f"a.{fmt}"
+        np.testing.assert_array_equal(np.asarray(files.read_array(f"a.{fmt}")), image)
+        assert files.read_image_with_size(f"a.{fmt}", lazy=True)[1:] == ((2.0, 2.0), "nm")
+    assert files.is_zarr("a.zarr") and files.stem("a.ome.tif") == "a"
+    assert files.create_zarr("b.zarr", (2, 3), "int32").shape == (2, 3)
+    assert files.pair_files(["x.tif"], ["x_labels.tif"]) == [(Path("x.tif"), Path("x_labels.tif"))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from napari_unetpp.config import (
@@ -81,3 +82,27 @@ def test_a_hostile_config_json_field_is_a_value_error(cls, fields):
     a list goes: a TypeError (a traceback in the CLI) or silently accepted before."""
     with pytest.raises(ValueError, match=f"{cls.__name__}.{next(iter(fields))} must be"):
         cls.from_dict(fields)
+
+
+@pytest.mark.parametrize(
+    "cls, fields",
+    [
+        (PredictConfig, {"rescale": np.float32(0.5), "overlap": np.float32(0.3)}),
+        (PredictConfig, {"depth_tolerance": np.float32(0.1), "batch_size": np.int64(2)}),
+        (PredictConfig, {"tta": np.bool_(True), "tile_size": np.array([64, 64])}),
+        (ModelConfig, {"object_diameter": np.float32(18.1), "deep_supervision": np.bool_(1)}),
+        (TrainConfig, {"learning_rate": np.float32(1e-3), "augment_scale": np.float32([1, 2])}),
+        (TrainConfig, {"freeze_norm": np.bool_(False), "preserve_weight": np.float16(1)}),
+        (NormalizationConfig, {"low": np.float32(1), "high": np.float32(99), "clip": np.bool_(1)}),
+        (DataConfig, {"boundary_width": np.int64(2), "channel_axis": np.int32(-1)}),
+    ],
+)
+def test_numpy_scalars_are_numbers_and_round_trip(cls, fields):
+    """A value computed with numpy (a measured diameter, a layer's scale) is a number to a
+    Python user: np.float32 and np.bool_ were refused as 'must be a number' / 'true or
+    false' (np.float64 passed, being a float), and to_dict must stay plain JSON."""
+    config = cls(**fields)
+    text = json.dumps(config.to_dict(), allow_nan=False)
+    assert type(config).from_dict(json.loads(text)) == config
+    for name, value in fields.items():
+        assert getattr(config, name) == pytest.approx(value if np.ndim(value) else value.item())

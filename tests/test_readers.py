@@ -642,6 +642,28 @@ def test_cli_segments_a_1mm_nifti_at_the_models_3mm(
     assert dice > 0.8
 
 
+def test_a_nifti_scan_gets_nifti_labels_with_zarr_output_too(
+    ct_zyx: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """``predict scan.nii.gz --format zarr`` wrote only ``scan_labels.zarr``: the NIfTI labels
+    the user guide promises for a NIfTI scan (what ITK-SNAP or Slicer lay over it) were left
+    out without a word; they are now written, the same as with TIFF output."""
+    from napari_unetpp.cli import main
+
+    ct, _ = ct_zyx
+    affine = np.diag([-3.0, 3.0, 3.0, 1.0])  # x stored flipped: the labels keep it
+    nibabel.save(nibabel.Nifti1Image(ras_from_zyx(ct[2:4]), affine), str(tmp_path / "scan.nii"))
+    flags = ["--device", "cpu", "-q", "--no-check", "--tile", "128", "128"]
+    for fmt in ("zarr", "tif"):
+        argv = ["predict", "zoo:ct", str(tmp_path / "scan.nii"), "--out", str(tmp_path / fmt)]
+        assert main([*argv, "--format", fmt, *flags]) == 0
+    as_nifti = nibabel.load(str(tmp_path / "zarr" / "scan_labels.nii.gz"))
+    np.testing.assert_array_equal(as_nifti.affine, affine)
+    from_tif = nibabel.load(str(tmp_path / "tif" / "scan_labels.nii.gz"))
+    np.testing.assert_array_equal(np.asanyarray(as_nifti.dataobj), np.asanyarray(from_tif.dataobj))
+    assert np.asanyarray(as_nifti.dataobj).any()
+
+
 def test_a_compressed_dicom_series_without_a_decoder_is_one_clear_error(tmp_path: Path) -> None:
     """JPEG 2000 slices that no installed plugin decodes: pydicom's RuntimeError was a
     traceback; the error names the file, the compression and what to install."""

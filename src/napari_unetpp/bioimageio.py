@@ -115,7 +115,7 @@ def _authors(card: dict[str, Any]) -> list[dict[str, str]]:
 def _preprocessing(info: CheckpointInfo) -> list[dict[str, Any]]:
     """The model's normalisation as bioimage.io operations (what the network expects)."""
     norm = info.data.normalization
-    axes = ["channel", *_space_names(info)]  # jointly, per image (as data.normalize)
+    axes = ["channel", *_space_names(info)]  # jointly, per image (as normalization.normalize)
     steps: list[dict[str, Any]] = [{"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}]
     if norm.mode == "percentile":
         steps.append(

@@ -86,6 +86,16 @@ class _Config:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
+    def _plain_numbers(self) -> None:
+        """numpy scalars (``np.float32``, ``np.int64``, ``np.bool_``) as Python's, in place.
+
+        Why: a value computed with numpy (a measured diameter, a layer's scale) is a number
+        to a Python user, but the checks test Python types and ``to_dict`` must give JSON:
+        ``PredictConfig(rescale=np.float32(0.5))`` was refused as "must be a number".
+        """
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            setattr(self, f.name, _plain(getattr(self, f.name)))
+
 
 @dataclass
 class ModelConfig(_Config):
@@ -115,6 +125,7 @@ class ModelConfig(_Config):
     object_diameter: float | None = None
 
     def __post_init__(self) -> None:
+        self._plain_numbers()
         owner = "ModelConfig"
         self.widths = as_ints(owner, "widths", self.widths, 1, MAX_WIDTH)
         self.class_names = _names(owner, "class_names", self.class_names)
@@ -185,6 +196,7 @@ class NormalizationConfig(_Config):
     min_foreground: float = 0.1
 
     def __post_init__(self) -> None:
+        self._plain_numbers()
         check_choice("NormalizationConfig", "mode", self.mode, ("percentile", "window", "none"))
         for name in ("low", "high", "min_foreground"):
             _check_real("NormalizationConfig", name, getattr(self, name))
@@ -227,6 +239,7 @@ class DataConfig(_Config):
     class_values: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        self._plain_numbers()
         if isinstance(self.normalization, dict):
             self.normalization = NormalizationConfig.from_dict(self.normalization)
         self.class_values = as_ints(
@@ -289,6 +302,7 @@ class TrainConfig(_Config):
     preserve_weight: float | None = None
 
     def __post_init__(self) -> None:
+        self._plain_numbers()
         owner = "TrainConfig"
         if self.freeze_norm is not None:
             _check_bool(owner, "freeze_norm", self.freeze_norm)
@@ -406,6 +420,7 @@ class PredictConfig(_Config):
     rescale: float | Literal["auto"] | None = None
 
     def __post_init__(self) -> None:
+        self._plain_numbers()
         owner = "PredictConfig"
         check_predict_scale(self)
         # a run.json's "predict" section may hold anything: types first, so that a list where
@@ -443,6 +458,17 @@ class PredictConfig(_Config):
                 "PredictConfig.adaptive_depth chooses the depth per tile: leave pruned_depth, "
                 "depths and tta unset (or set adaptive_depth=False)"
             )
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar (or one in a tuple or list) as the Python number or bool it holds, a
+    numpy array as a tuple of them; anything else unchanged (no numpy import here)."""
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):
+        plain = value.tolist()
+        return tuple(plain) if isinstance(plain, list) else plain
+    if isinstance(value, (tuple, list)):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 def _check_real(owner: str, name: str, value: Any) -> None:

@@ -455,7 +455,9 @@ def check_prediction(
     if stopped():
         return None
     signals = image_signals(probs, flipped, model.config, data_config, half or None, zoom=zoom)
-    verdict, reasons, remedies = judge(signals, {**THRESHOLDS, **(thresholds or {})})
+    verdict, reasons, remedies = judge(
+        signals, {**THRESHOLDS, **(thresholds or {})}, zoom=zoom, auto=config.rescale == "auto"
+    )
     advice = (
         advise_depth(probs, model.config.num_classes, recommended, tolerance, config.threshold)
         if len(probs) > 1

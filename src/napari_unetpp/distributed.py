@@ -71,11 +71,12 @@ def _worker_image(source: str) -> Any:
 
 def predict_block(
     job: PredictJob, source: str, axis: int | None, index: int
-) -> tuple[int, dict[int, Any]]:
+) -> tuple[int, dict[int, Any], dict[str, Any] | None]:
     """One distributed task: ``inference.predict`` on one slice with the worker's model.
 
     ``source`` is the image file; the worker reads only its slice (lazily).
-    Returns the slice index with the per-depth probabilities of that slice.
+    Returns the slice index with the per-depth probabilities of that slice, and what
+    resampling it used (``PredictResult.scale``, None when none).
     """
     import numpy as np
 
@@ -87,9 +88,8 @@ def predict_block(
     model = _worker_model(job.model_spec, config.device)
     image = _worker_image(source)
     block = image if axis is None else np.take(image, index, axis=axis)
-    return index, dict(
-        drive(predict(model, np.asarray(block), config, DataConfig.from_dict(job.data)))
-    )
+    result = drive(predict(model, np.asarray(block), config, DataConfig.from_dict(job.data)))
+    return index, dict(result), getattr(result, "scale", None)
 
 
 def start_client(address: str) -> Any:
@@ -158,6 +158,7 @@ def predict_distributed(
     from distributed import as_completed
 
     from .config import DataConfig
+    from .inference import PredictResult
     from .layout import image_layout, output_shape
 
     data = DataConfig.from_dict(job.data)
@@ -180,8 +181,9 @@ def predict_distributed(
     where = 0 if axis is None else others.index(axis)  # position among non-channel axes
     arrays: dict[int, Any] = {}
     group = None
+    scales: dict[int, dict[str, Any] | None] = {}
     for future in as_completed(futures):
-        index, result = future.result()
+        index, result, scales[index] = future.result()
         if not arrays:
             arrays, group = _allocate_outputs(sorted(result), shape, store)
         for d, prob in result.items():
@@ -191,7 +193,42 @@ def predict_distributed(
         from .stores import mark_complete
 
         mark_complete(group)  # every slice arrived
-    return arrays
+    out = PredictResult(arrays, complete=True)
+    out.scale = _stack_scale(scales)
+    return out
+
+
+def _stack_scale(scales: dict[int, dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The slices' resampling as one record (run.json's "scale", the check's zoom).
+
+    Why: the CLI recorded no scale for a distributed run, and the check then took a
+    rescaled result for one at the image's own size. A pixel size or numeric rescale
+    gives every slice the same zoom; ``rescale="auto"`` measures each slice on its own,
+    so the record keeps each slice's zoom and diameter and the stack's median zoom.
+    """
+    import numpy as np
+
+    known = [s for i in sorted(scales) if (s := scales[i]) is not None]
+    if not known:
+        return None
+    first = known[0]
+    if len(known) == len(scales) and all(s.get("zoom") == first.get("zoom") for s in known):
+        return first
+    zooms = [s.get("zoom") or [1.0] for s in known]
+    measured = [d for s in known if (d := s.get("measured_diameter")) is not None]
+    return {
+        **first,
+        "zoom": [float(z) for z in np.median(np.asarray(zooms, dtype=float), axis=0)],
+        "measured_diameter": float(np.median(measured)) if measured else None,
+        "objects": None,
+        "auto_factor": None,
+        "per_slice": {
+            str(i): {"zoom": s.get("zoom"), "measured_diameter": s.get("measured_diameter")}
+            for i, s in sorted(scales.items())
+            if s is not None
+        },
+        "note": "measured slice by slice (--distributed): each slice at its own zoom",
+    }
 
 
 def _allocate_outputs(

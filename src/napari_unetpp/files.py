@@ -10,6 +10,7 @@ as one line without a traceback.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,8 +30,9 @@ class UserError(ValueError):
     """A mistake in the command line or the input files: reported in one line, exit 2."""
 
 
-def is_zarr(path: Path) -> bool:
+def is_zarr(path: str | os.PathLike[str]) -> bool:
     """A ``.zarr`` path or a zarr folder of any name: a folder that is one image, not many."""
+    path = Path(path)
     if path.suffix.lower() == ".zarr":
         return True
     return path.is_dir() and any((path / m).exists() for m in (".zarray", ".zgroup", "zarr.json"))
@@ -76,8 +78,9 @@ def collect_files(paths: Sequence[str | Path], what: str) -> list[Path]:
     return files
 
 
-def stem(path: Path) -> str:
+def stem(path: str | os.PathLike[str]) -> str:
     """The file name without its image suffix (``a.ome.tif`` -> ``a``): names the outputs."""
+    path = Path(path)
     name = path.name
     for suffix in (".ome.tiff", ".ome.tif", *IMAGE_SUFFIXES):
         if name.lower().endswith(suffix):
@@ -94,30 +97,37 @@ def _label_key(path: Path) -> str:
     return name
 
 
-def pair_files(images: list[Path], labels: list[Path]) -> list[tuple[Path, Path]]:
+def pair_files(
+    images: Sequence[str | os.PathLike[str]], labels: Sequence[str | os.PathLike[str]]
+) -> list[tuple[Path, Path]]:
     """Pair images with labels by name when every name matches, else by sorted order.
 
     Name matching ignores the suffix and endings such as ``_labels`` / ``_mask``, so
     ``a.png`` pairs with ``a.tif`` or ``a_labels.tif`` in another folder.
     """
-    by_name = {_label_key(p): p for p in labels}
-    if len(by_name) == len(labels) and all(_label_key(p) in by_name for p in images):
-        return [(p, by_name[_label_key(p)]) for p in images]
+    image_paths, label_paths = [Path(p) for p in images], [Path(p) for p in labels]
+    by_name = {_label_key(p): p for p in label_paths}
+    if len(by_name) == len(labels) and all(_label_key(p) in by_name for p in image_paths):
+        return [(p, by_name[_label_key(p)]) for p in image_paths]
     if len(images) != len(labels):
         raise UserError(
             f"got {len(images)} image file(s) but {len(labels)} label file(s), and their "
             "names do not match; give one labels file per image (paired by name or order)"
         )
-    return list(zip(images, labels, strict=False))
+    return list(zip(image_paths, label_paths, strict=False))
 
 
-def read_array(path: Path, lazy: bool = False) -> Any:
+def read_array(path: str | os.PathLike[str], lazy: bool = False) -> Any:
     """Read tif/tiff/png/npy/zarr; ``lazy`` keeps big data on disk (memmap or dask).
 
     Lazy reading: ``.npy`` and uncompressed TIFF are memory-mapped, compressed or
     tiled TIFF is read through tifffile's zarr store into dask, zarr stays zarr.
+    A string path is as good as a ``Path`` (a Python user's ``read_array("a.tif")``
+    was an AttributeError).
     """
     import numpy as np
+
+    path = Path(path)
 
     suffix = path.suffix.lower()
     try:
@@ -141,7 +151,7 @@ def read_array(path: Path, lazy: bool = False) -> Any:
 
 
 def read_image_with_size(
-    path: Path, lazy: bool = False
+    path: str | os.PathLike[str], lazy: bool = False
 ) -> tuple[Any, tuple[float, ...] | None, str | None]:
     """``(array, pixel_size, unit)``: the image and its physical size per spatial axis.
 
@@ -153,6 +163,7 @@ def read_image_with_size(
     """
     from . import readers
 
+    path = Path(path)
     try:
         if _is_medical(path):
             image = readers.read_image(path)
@@ -254,7 +265,7 @@ def check_labels(labels: Any, image: Any, path: Path, channel_axis: int | None) 
     return labels
 
 
-def create_zarr(path: Path, shape: tuple[int, ...], dtype: Any) -> Any:
+def create_zarr(path: str | os.PathLike[str], shape: tuple[int, ...], dtype: Any) -> Any:
     """A new zarr array at ``path`` (zarr 2 or 3), chunked one slice deep, marked incomplete.
 
     ``path`` must not exist: outputs are written into a fresh staging folder
@@ -262,6 +273,7 @@ def create_zarr(path: Path, shape: tuple[int, ...], dtype: Any) -> Any:
     """
     from .stores import create_array, slice_chunks
 
+    path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} exists; refusing to replace it")
     return create_array(None, None, shape, dtype, slice_chunks(shape, (1024, 1024)), path=path)
@@ -288,7 +300,7 @@ def resolution_tags(pixel_size: tuple[float, ...] | None, unit: str | None) -> d
 
 
 def write_array(
-    base: Path,
+    base: str | os.PathLike[str],
     array: Any,
     fmt: str,
     pixel_size: tuple[float, ...] | None = None,
@@ -302,6 +314,7 @@ def write_array(
     """
     import numpy as np
 
+    base = Path(base)
     spacing = spacing_attrs(pixel_size, unit)
     if fmt == "zarr":
         from .stores import mark_complete

@@ -21,6 +21,7 @@ from .config import DataConfig, ModelConfig
 from .disagreement import DepthAdvice, class_spread, disagreement_map
 from .nonfinite import NonFiniteWarning, fill_image
 from .rescaled import measure_diameters
+from .scale import MAX_ZOOM, MIN_ZOOM
 
 __all__ = [
     "ImageCheck",
@@ -28,6 +29,7 @@ __all__ = [
     "SIZE_HINT",
     "THRESHOLDS",
     "calibrate",
+    "calibrate_on_tiles",
     "half_size",
     "image_signals",
     "judge",
@@ -198,9 +200,19 @@ def flat_image_check(value: float) -> ImageCheck:
 
 
 def judge(
-    signals: Mapping[str, float | None], thresholds: Mapping[str, float] = THRESHOLDS
+    signals: Mapping[str, float | None],
+    thresholds: Mapping[str, float] = THRESHOLDS,
+    *,
+    zoom: float = 1.0,
+    auto: bool = False,
 ) -> tuple[bool, list[str], list[str]]:
-    """Verdict, reasons and remedies from the signals (pure: the calibration re-runs it)."""
+    """Verdict, reasons and remedies from the signals (pure: the calibration re-runs it).
+
+    ``zoom``: the zoom the checked pass ran at (a pixel size or rescale); sizes are at the
+    model's scale, so the rescale a remedy names is ``zoom`` times the factor still
+    missing there (a 2x image run with ``rescale=2`` needs 0.56 in all, not 0.28).
+    ``auto``: that zoom came from ``rescale="auto"``: no remedy proposes it again.
+    """
     reasons: list[str] = []
     for name in ("depth_disagreement", "flip_disagreement", "uncertain_fraction"):
         value = signals.get(name)
@@ -232,13 +244,20 @@ def judge(
     remedies: list[str] = []
     if reasons:
         if size_off or larger:
-            factor = 1 / ratio if size_off and ratio and not fragments else 0.5
+            factor = zoom * (1 / ratio if size_off and ratio and not fragments else 0.5)
             sized = ratio is not None or split is not None  # the model knows its object size
-            auto = "; or let the objects be measured: 'auto object size' (--rescale auto)"
-            remedies.append(
-                f"rescale the image by {factor:.2f} (or give its pixel size) so "
-                f"objects match the training size{auto if sized else ''}"
-            )
+            if not MIN_ZOOM <= factor <= MAX_ZOOM:
+                remedies.append(
+                    f"no rescale can bring these objects to the training size (it would take "
+                    f"{factor:.3g}x, beyond {MIN_ZOOM:g}..{MAX_ZOOM:g}): check that the image "
+                    "holds the kind of objects this model segments"
+                )
+            else:
+                remedies.append(
+                    f"rescale the image by {factor:.2f} (or give its pixel size) so objects "
+                    f"match the training size{_in_all(zoom)}"
+                    f"{_measure_hint(auto) if sized else ''}"
+                )
         else:
             remedies.append(
                 "check the pixel size (rescale so objects have the training size); "
@@ -247,11 +266,27 @@ def judge(
             )
     elif ratio is not None and not 1 / SIZE_HINT <= ratio <= SIZE_HINT:
         # within the natural spread of the training images, so no warning; still worth a try
-        remedies.append(
-            f"objects are {ratio:.2f}x the training size: try 'auto object size' "
-            "(--rescale auto) and compare"
-        )
+        if auto:  # the measured diameter on the image's own grid, as --diameter takes it
+            diameter = float(signals.get("object_diameter") or 0.0) / zoom
+            instead = f"their diameter in pixels (--diameter {diameter:.0f})"
+        else:
+            instead = "'auto object size' (--rescale auto)"
+        remedies.append(f"objects are {ratio:.2f}x the training size: try {instead} and compare")
     return bool(reasons), reasons, remedies
+
+
+def _in_all(zoom: float) -> str:
+    """Says that a remedy's rescale replaces the one this run used (not on top of it)."""
+    return "" if zoom == 1.0 else f" (a rescale in all: this run resampled it by {zoom:.2f})"
+
+
+def _measure_hint(auto: bool) -> str:
+    """The remedy's second choice: let the objects be measured, or, when this result
+    already ran with ``rescale="auto"`` (measured, or skipped for want of objects), give
+    their size by hand."""
+    if auto:
+        return "; 'auto object size' did not fix it here: give their diameter (--diameter D)"
+    return "; or let the objects be measured: 'auto object size' (--rescale auto)"
 
 
 def calibrate(
@@ -276,6 +311,48 @@ def calibrate(
             high = float(np.percentile(ratios, quantile))
             out[name] = round(max(THRESHOLDS[name], 1.1 * high), 3)
     return out
+
+
+def calibrate_on_tiles(
+    model: Any, tiles: Sequence[tuple[np.ndarray, Any]], data_config: DataConfig, device: Any
+) -> dict[str, float]:
+    """Thresholds for a model just trained, from its validation tiles (normalised images).
+
+    Why: without its own calibration a model is judged by the shipped models' thresholds,
+    which say nothing about it: a model trained for 100 steps is uncertain everywhere, and
+    the README's example warned "unlike the model's training data" on its own training
+    image (uncertain fraction 0.46 > 0.17). The tiles are pooled as one native image (a
+    whole-image check averages over its pixels too), and no limit is set below
+    :data:`THRESHOLDS`; signals that need a half-size pass keep the fallback.
+    """
+    import torch
+
+    c = model.config.num_classes
+
+    def probabilities(x: torch.Tensor) -> dict[int, np.ndarray]:
+        logits = {d: v.float() for d, v in model(x).items()}
+        act = (lambda v: torch.sigmoid(v)[:, 0]) if c == 1 else (lambda v: v.softmax(1))
+        return {d: act(v).cpu().numpy() for d, v in logits.items()}
+
+    records = []
+    with torch.no_grad():
+        for start in range(0, len(tiles), 4):
+            x = torch.from_numpy(np.stack([t[0] for t in tiles[start : start + 4]])).to(device)
+            probs = probabilities(x)
+            flipped = probabilities(torch.flip(x, dims=(-1,)))[max(probs)]
+            for i in range(len(x)):
+                one = {d: p[i] for d, p in probs.items()}
+                mirror = np.flip(flipped[i], axis=-1)
+                records.append(image_signals(one, mirror, model.config, data_config))
+    pooled = {
+        name: float(np.mean(values))
+        for name in ("depth_disagreement", "flip_disagreement", "uncertain_fraction")
+        if (values := [float(v) for r in records if (v := r.get(name)) is not None])
+    }
+    # a few validation tiles are no measure of how quiet this model can be on its own
+    # data: never stricter than the fallback (only a model that is less sure than the
+    # shipped ones gets wider limits)
+    return {k: max(v, THRESHOLDS[k]) for k, v in calibrate([pooled]).items()} if pooled else {}
 
 
 #: The check keeps every depth's probabilities (and the flipped and half-size passes) in

@@ -446,6 +446,12 @@ class Trainer:
         }
         if data.description.get("degenerate_labels"):
             metrics["warning"] = data.description["degenerate_labels"]
+        if data.val_tiles:  # this model's own "like the training data" (predict's check)
+            from .image_check import calibrate_on_tiles
+
+            metrics["image_check"] = calibrate_on_tiles(
+                best, data.val_tiles, data.data_config, run.device
+            )
         info = self._info(data, run, metrics, origin)
         checkpoint = None
         if self.output_dir is not None and process_rank() == 0:

@@ -98,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 _FLAGS = {
     "DataConfig.channel_axis=": "--channel-axis ",
     "DataConfig.channel_axis": "--channel-axis",
+    "PredictConfig.rescale": "--rescale",
+    "rescale='auto'": "auto object size (--diameter auto or --rescale auto)",
+    "give rescale instead": "give --rescale instead",
+    "give a number instead (model object size": "give --rescale F instead (F = model object size",
 }
 
 

@@ -80,7 +80,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (public so docs and tests can inspect it)."""
     parser = argparse.ArgumentParser(
-        prog=PROG, description="UNet++ segmentation: train, predict, inspect, prune, demo."
+        prog=PROG,
+        description="UNet++ segmentation: train, predict, info, export (pruned, ONNX...), demo.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

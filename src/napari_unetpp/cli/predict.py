@@ -271,7 +271,7 @@ def _output_names(
     """Every name a prediction of ``path`` writes into ``--out`` (checked before any work)."""
     name = stem(path)
     names = [f"{name}_labels.{fmt}", f"{name}_run.json"]
-    if _nifti_copy(path, fmt):
+    if _nifti_copy(path):
         names.append(f"{name}_labels.nii.gz")
     if probabilities:
         names += (
@@ -328,6 +328,11 @@ def _predict_file(
 
         job = PredictJob(args.checkpoint, config.to_dict(), data.to_dict())
         probs = predict_distributed(client, job, path, image, model, store)
+        scale = getattr(probs, "scale", None)
+        if scale and scale.get("zoom"):  # the workers' scale events never reach this terminal
+            zoom = " x ".join(f"{z:.3f}" for z in scale["zoom"])
+            detail = f" ({scale['note']})" if scale.get("note") else ""
+            _note(f"{path}: slices resampled by {zoom} to the model's scale{detail}")
     else:
         probs = _predict_local(
             model, image, config, data, desc=name, enabled=not args.quiet, out=store
@@ -358,15 +363,27 @@ def _predict_file(
         )
         target.attrs.update(spacing_attrs(*grid))
         mark_complete(target)
+        # the scan was read whole: its labels fit in memory too (read before the commit
+        # moves the staged store: read after it, its chunks came back as zeros)
+        whole = target[...] if _nifti_copy(path) else None
         written = [outputs.commit(labels_name)]
+        if whole is not None:
+            written += _write_nifti_labels(outputs, name, whole, path)
     else:
         labels = probabilities_to_labels(
             prob, model.config, data, threshold=config.threshold, min_size=config.min_size
         )
         staged = write_array(outputs.stage(f"{name}_labels"), labels, fmt, *grid)
         written = [outputs.commit(staged.name)]
-        if _nifti_copy(path, fmt):
+        if _nifti_copy(path):
             written += _write_nifti_labels(outputs, name, labels, path)
+    # the maps read the probabilities: before their store is committed (moved) or removed,
+    # after which zarr read its chunks as zeros (an empty map, regions ranked on nothing)
+    maps = (
+        _write_disagreement(outputs.stage(name), probs, model.config, fmt, grid)
+        if args.disagreement
+        else []
+    )
     if store is not None:
         if args.probabilities:
             written.append(outputs.commit(store.name))
@@ -376,19 +393,18 @@ def _predict_file(
         for d in sorted(probs):
             staged = write_array(outputs.stage(f"{name}_L{d}"), probs[d], fmt, *grid)
             written.append(outputs.commit(staged.name))
-    if args.disagreement:
-        staged_maps = _write_disagreement(outputs.stage(name), probs, model.config, fmt, grid)
-        written += [outputs.commit(p.name) for p in staged_maps]
+    written += [outputs.commit(p.name) for p in maps]
     written.append(outputs.commit(run_json.name))
     return written
 
 
-def _nifti_copy(path: Path, fmt: str) -> bool:
+def _nifti_copy(path: Path) -> bool:
     """A NIfTI scan's or DICOM series' labels also go out as NIfTI (``<name>_labels.nii.gz``),
-    on the scan's grid: what medical viewers lay over the scan (a TIFF they cannot place)."""
+    on the scan's grid: what medical viewers lay over the scan (a TIFF or zarr they cannot
+    place; with ``--format zarr`` the NIfTI was silently left out)."""
     from ..medical import is_medical
 
-    return fmt == "tif" and is_medical(path)
+    return is_medical(path)
 
 
 def _write_nifti_labels(outputs: OutputFolder, name: str, labels: Any, source: Path) -> list[Path]:
@@ -453,7 +469,9 @@ def _check_result(
     metrics: dict[str, Any],
 ) -> dict[str, Any] | None:
     """The image check of one result (``disagreement.check_prediction``): a warning on
-    stderr when the image looks unlike the training data; the record for run.json."""
+    stderr when the image looks unlike the training data, else its remedies as a hint (the
+    Segment dock's; the terminal stayed silent on nuclei 1.8x the training size); the
+    record for run.json."""
     from ..disagreement import check_result
 
     with ProgressBar(f"{stem(path)} check", enabled=not args.quiet) as bar:
@@ -463,6 +481,8 @@ def _check_result(
         return None
     if check.unlike_training:
         _note(f"{path}: {check.report()}")
+    elif check.remedies:  # passed, yet worth a try (objects 1.8x the training size)
+        _note(f"{path}: hint: " + "; ".join(check.remedies))
     return check.to_dict()
 
 
