@@ -93,15 +93,19 @@ def image_signals(
     is how much better the heads agree there (> 1: objects look larger than in training).
     ``zoom``: the zoom the pass ran at (its probabilities are back on the image's grid),
     so object sizes are compared with the training size at the model's scale. One depth
-    (a pruned pass) gives no depth disagreement.
+    (a pruned pass) gives no depth disagreement, and a pruned pass shallower than the
+    model no uncertain fraction (its threshold is the deepest head's).
     """
     deepest = np.asarray(probs[max(probs)], np.float32)
     c = model_config.num_classes
+    # the uncertain fraction's threshold is calibrated on the model's deepest head; a
+    # shallower pruned head is always less sure (the EM sample at L1: 0.141 > 0.127)
+    pruned = max(probs) < model_config.depth
     signals: dict[str, float | None] = {
         "depth_disagreement": (
             float(disagreement_map(probs, c).mean()) if len(probs) > 1 else None
         ),
-        "uncertain_fraction": float(_uncertain(deepest, c).mean()),
+        "uncertain_fraction": None if pruned else float(_uncertain(deepest, c).mean()),
         "flip_disagreement": None,
         "object_diameter": None,
         "size_ratio": None,
