@@ -552,3 +552,25 @@ def test_just_trained_offers_the_newest_model_first(
     w._on_user_model(0)
     _state.register_model("run2", runs[1])
     assert w.model_spec == str(runs[0])
+
+
+def test_undo_after_a_rerun_does_not_bring_back_the_old_result(
+    setup: Any, crop: np.ndarray
+) -> None:
+    """A user corrected the labels with the brush, segmented again (the layer is updated
+    in place), then pressed ctrl+z: napari's undo history still held the first result's
+    pixels and wrote them into the new labels."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="em")
+    w.segment()
+    labels = viewer.layers["em UNet++ labels"]
+    first = np.array(labels.data)
+    everywhere = tuple(np.indices(first.shape).reshape(2, -1))
+    labels.data_setitem(everywhere, 7)  # a brush correction (napari records it for undo)
+    labels.mode = "paint"
+    w.segment(pruned_depth=1)  # Apply at L1: a different result in the same layer
+    second = np.array(labels.data)
+    assert not np.array_equal(first, second) and not errors
+    assert labels.mode == "paint"  # the user's tool is kept
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, second)
