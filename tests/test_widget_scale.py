@@ -344,3 +344,27 @@ def test_auto_object_size_shows_one_progress_over_its_passes(dock: Any) -> None:
     assert "auto rescale" in w._status.value, w._status.value  # it did run two passes
     fractions = [event.fraction for event in seen]
     assert fractions == sorted(fractions), fractions
+
+
+def test_a_calibrated_image_and_a_model_without_a_pixel_size(dock: Any) -> None:
+    """A nuclei TIFF in um (as ImageJ saves it) with the shipped nuclei model, which knows
+    its objects' size, not a pixel size: the status of every run said 'pixel_size ignored:
+    the model records no training pixel size (use rescale instead)', words of the Python
+    API for a field the user never typed. The field says it is not used, and why."""
+    viewer, w, errors = dock
+    from napari_unetpp._sample_data import load_sample
+
+    image = np.asarray(load_sample("nuclei")[0])[:128, :128]
+    layer = viewer.add_image(image, name="my nuclei", scale=(0.1625, 0.1625), units="um")
+    w._source.value = "shipped"
+    w._model.value = "zoo:nuclei"
+    w._image.value = layer
+    assert w.scale._pixel.value == "0.1625 0.1625 um"  # the file's, shown
+    assert not w.scale._pixel.enabled
+    assert "no pixel size" in w.scale._model_scale.value
+    assert w.scale.overrides()["pixel_size"] is None
+    w.segment()
+    assert not errors, errors
+    assert w._status.value.startswith("done") and "ignored" not in w._status.value
+    w._model.value = "zoo:em"  # a model trained at a pixel size takes it again
+    assert w.scale._pixel.enabled and w.scale.overrides()["pixel_size"] == (0.1625, 0.1625)
