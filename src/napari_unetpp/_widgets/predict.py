@@ -51,7 +51,7 @@ from ._predict_job import (
 )
 from ._predict_layers import show_result
 from ._runner import JobRunner
-from ._ui import narrow, set_progress, spread, wrapped
+from ._ui import narrow, scroll_inside, set_progress, spread, wrapped
 from .pruning_panel import PruningPanel
 from .scale_panel import ScalePanel, check_job, estimate_job
 
@@ -70,10 +70,10 @@ class PredictWidget(Container):
     """Dock widget: segment with a shipped, just-trained or saved UNet++; prune it."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        # not scrollable: napari docks ``.native``, the content *inside* magicgui's scroll
-        # area, and the orphaned scroll area kept resizing it to its own width (624 px)
-        # on every layout change, so the dock swung 405 <-> 624 px and relaid out twice
-        # per status update (issue 16: GUI stalls while training and segmenting)
+        # not magicgui's scrollable: napari docks ``.native``, the content *inside* magicgui's
+        # scroll area, and the orphaned scroll area kept resizing it to its own width
+        # (624 px) on every layout change, so the dock swung 405 <-> 624 px and relaid out
+        # twice per status update (issue 16); _ui.scroll_inside scrolls inside ``.native``
         super().__init__()
         self._viewer = napari_viewer
         self._runner = JobRunner(queue=queue_for(napari_viewer), owner="segment")
@@ -92,6 +92,7 @@ class PredictWidget(Container):
         self._devices = device_choices() if self._torch_ready else ["auto"]
         self._deferred_spec: str | None = None  # the model to load once torch is in
         self._build()
+        scroll_inside(self)  # fits a laptop screen, and beside the Train dock
         _state.models_changed.connect(self._on_models_changed)
         for event in ("inserted", "removed", "reordered"):
             getattr(napari_viewer.layers.events, event).connect(self._on_layers_changed)
