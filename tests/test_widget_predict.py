@@ -574,3 +574,14 @@ def test_undo_after_a_rerun_does_not_bring_back_the_old_result(
     assert labels.mode == "paint"  # the user's tool is kept
     labels.undo()
     np.testing.assert_array_equal(labels.data, second)
+
+
+def test_the_status_names_the_model_that_segmented(setup: Any, crop: np.ndarray) -> None:
+    """After a fine-tune the Segment dock stayed on the shipped model it had picked; the
+    user pressed Segment and read 'done: labels from the Depth slider's depth: L3',
+    nothing saying which model made them (the just-trained one was never used)."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="em")
+    w.segment()
+    assert not errors
+    assert w._status.value.startswith("done with tiny: labels from"), w._status.value

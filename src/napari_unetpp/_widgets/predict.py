@@ -490,7 +490,8 @@ class PredictWidget(Container):
                 if check.advice.departs and not warned:  # a warning's report has it too
                     show_info(f"{layer.name}: {check.advice.message}")
             self._status.value = "; ".join(
-                [f"done: labels from {source} L{final}", *warned, *hints, *notes, saved]
+                [f"done with {meta['model_name']}: labels from {source} L{final}"]
+                + [*warned, *hints, *notes, saved]
             )
 
         self._status.value = "adding the layers..."
