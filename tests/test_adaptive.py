@@ -534,3 +534,22 @@ def test_a_pruned_pass_is_not_judged_by_the_deepest_heads_uncertainty() -> None:
     assert checks[None].signals["uncertain_fraction"] is not None
     assert checks[1].signals["uncertain_fraction"] is None
     assert not checks[1].unlike_training
+
+
+def test_the_remedy_for_a_model_of_object_size_names_the_diameter_to_type() -> None:
+    """Nuclei twice the training size, split into pieces: the remedy read 'rescale the
+    image by 0.50 (or give its pixel size)', but the nuclei model has no training pixel
+    size (one is ignored) and the Segment dock has no rescale field: the user is told the
+    object diameter to type instead (--diameter on the command line)."""
+    from napari_unetpp.image_check import judge
+
+    quiet = {"depth_disagreement": 0.01, "flip_disagreement": 0.01, "uncertain_fraction": 0.01}
+    split = judge({**quiet, "object_diameter": 9.0, "size_ratio": 0.5, "half_size_ratio": 2.2})
+    assert split[0], split
+    remedy = split[2][0]
+    assert "rescale the image by 0.50" in remedy
+    assert "object diameter 36 px (--diameter 36)" in remedy and "pixel size" not in remedy
+    small = judge({**quiet, "object_diameter": 5.4, "size_ratio": 0.3})
+    assert "object diameter 5.4 px (--diameter 5.4)" in small[2][0], small
+    unsized = judge({**quiet, "scale_gain": 2.5})  # an EM or CT model: its pixel size
+    assert "give its pixel size" in unsized[2][0] and "diameter" not in unsized[2][0]

@@ -237,12 +237,19 @@ def judge(
     if reasons:
         if size_off or larger:
             factor = 1 / ratio if size_off and ratio and not fragments else 0.5
-            sized = ratio is not None or split is not None  # the model knows its object size
-            auto = "; or let the objects be measured: 'auto object size' (--rescale auto)"
-            remedies.append(
-                f"rescale the image by {factor:.2f} (or give its pixel size) so "
-                f"objects match the training size{auto if sized else ''}"
-            )
+            measured = signals.get("object_diameter")
+            if ratio and measured:  # a model of object size (nuclei): no pixel size to give
+                typed = f"{round(measured / ratio / factor, 1):g}"  # the training size / factor
+                remedies.append(
+                    f"rescale the image by {factor:.2f}: set the object diameter {typed} px "
+                    f"(--diameter {typed}); or let the objects be measured: 'auto object "
+                    "size' (--rescale auto)"
+                )
+            else:
+                remedies.append(
+                    f"rescale the image by {factor:.2f} (or give its pixel size) so "
+                    "objects match the training size"
+                )
         else:
             remedies.append(
                 "check the pixel size (rescale so objects have the training size); "
