@@ -368,3 +368,28 @@ def test_a_calibrated_image_and_a_model_without_a_pixel_size(dock: Any) -> None:
     assert w._status.value.startswith("done") and "ignored" not in w._status.value
     w._model.value = "zoo:em"  # a model trained at a pixel size takes it again
     assert w.scale._pixel.enabled and w.scale.overrides()["pixel_size"] == (0.1625, 0.1625)
+
+
+def test_an_estimate_finished_after_choosing_another_image_is_not_given_to_it(
+    dock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Estimate size on image A, then choose image B while it measures: A's diameter was
+    put in B's field, and Segment resampled B by A's objects' size."""
+    viewer, w, errors = dock
+    w._source.value = "shipped"
+    w._model.value = "zoo:nuclei"
+    first = viewer.add_image(np.zeros((64, 64), np.uint8), name="large nuclei")
+    second = viewer.add_image(np.zeros((64, 64), np.uint8), name="other nuclei")
+    w._image.value = first
+
+    def measuring(*_args: Any, **_kwargs: Any) -> Any:
+        w._image.value = second  # the user picks another image meanwhile
+        yield from ()
+        return 36.0
+
+    monkeypatch.setattr(predict_module, "estimate_job", measuring)
+    w.estimate_size()
+    assert not errors, errors
+    assert w._image.value is second and w.scale._diameter.value == 0.0
+    assert "rescale" not in w.scale.overrides()
+    assert "large nuclei" in w._status.value, w._status.value

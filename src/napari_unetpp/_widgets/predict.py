@@ -499,11 +499,20 @@ class PredictWidget(Container):
 
     def estimate_size(self, _value: Any = None) -> None:
         """Measure the median object diameter (one pass) and put it in the panel."""
-        self._run_side_job("estimating the object size", estimate_job, self._on_estimate)
+        layer = self._image.value
+        self._run_side_job(
+            "estimating the object size", estimate_job, lambda d: self._on_estimate(d, layer)
+        )
 
-    def _on_estimate(self, diameter: float | None) -> None:
+    def _on_estimate(self, diameter: float | None, layer: Image) -> None:
         if diameter is None:
             self._status.value = "no objects found: the diameter is left as it was"
+            return
+        if self._image.value is not layer:  # another image was chosen meanwhile
+            self._status.value = (
+                f"median object diameter {diameter:.1f} px of {layer.name!r}, no longer the "
+                "chosen image: the diameter is left as it was"
+            )
             return
         self.scale.show_diameter(diameter)
         self._status.value = (
