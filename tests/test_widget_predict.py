@@ -585,3 +585,22 @@ def test_the_status_names_the_model_that_segmented(setup: Any, crop: np.ndarray)
     w.segment()
     assert not errors
     assert w._status.value.startswith("done with tiny: labels from"), w._status.value
+
+
+def test_a_model_chosen_while_segmenting_gets_no_depth_advice_of_the_other(
+    setup: Any, crop: np.ndarray, checkpoint: Path, tmp_path: Path
+) -> None:
+    """Another model chosen while a run was going: the run's depth advice ('on em: 99.1%
+    as L2; use L2 here') was shown on the new model's pruning panel, about depths of a
+    network it never ran."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="em")
+    w.segment()
+    assert w.pruning.advice is not None  # the check's advice, for the model that ran
+    net = UNetPlusPlus(widths=(4, 8, 16), depth=2)
+    other = save_checkpoint(tmp_path / "other", net, load_checkpoint(checkpoint)[1])
+    shown = w._show
+    w._show = lambda *args: (w.load_model(other), shown(*args))  # type: ignore[method-assign]
+    w.segment()
+    assert not errors and w.model_spec == str(other)
+    assert w.pruning.advice is None and "on em:" not in w.pruning._readout.value

@@ -485,7 +485,8 @@ class PredictWidget(Container):
             saved = f"run saved in {self.last_run_dir}"
             warned = _warn_unlike_training(check, layer.name)
             hints = [] if warned else _hints(check, layer.name)
-            if check is not None and check.advice is not None:
+            # the depth advice is about the model that ran: not shown on one chosen since
+            if check is not None and check.advice is not None and self.model is model:
                 self.pruning.show_advice(check.advice, layer.name)
                 if check.advice.departs and not warned:  # a warning's report has it too
                     show_info(f"{layer.name}: {check.advice.message}")
