@@ -393,3 +393,29 @@ def test_an_estimate_finished_after_choosing_another_image_is_not_given_to_it(
     assert w._image.value is second and w.scale._diameter.value == 0.0
     assert "rescale" not in w.scale.overrides()
     assert "large nuclei" in w._status.value, w._status.value
+
+
+def test_a_check_names_the_image_it_judged(dock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """'Check this image' on image A, then B chosen while it ran: the warning and status
+    said 'this image looks unlike the training data' under B's name in the Image box."""
+    from napari_unetpp.image_check import ImageCheck
+
+    viewer, w, errors = dock
+    warned: list[str] = []
+    monkeypatch.setattr(predict_module, "show_warning", warned.append)
+    w._source.value = "shipped"
+    w._model.value = "zoo:nuclei"
+    first = viewer.add_image(np.zeros((64, 64), np.uint8), name="large nuclei")
+    second = viewer.add_image(np.zeros((64, 64), np.uint8), name="other nuclei")
+    w._image.value = first
+
+    def checking(*_args: Any, **_kwargs: Any) -> Any:
+        w._image.value = second  # the user picks another image meanwhile
+        yield from ()
+        return ImageCheck({}, True, ["objects split"], ["auto object size"])
+
+    monkeypatch.setattr(predict_module, "check_job", checking)
+    w.check_image()
+    assert not errors, errors
+    assert w._status.value.startswith("WARNING: large nuclei: "), w._status.value
+    assert warned and warned[0].startswith("large nuclei: "), warned

@@ -523,21 +523,24 @@ class PredictWidget(Container):
 
     def check_image(self, _value: Any = None) -> None:
         """Depth/flip disagreement and object size: is this image like the training data?"""
+        layer = self._image.value
         self._run_side_job(
             "checking the image against the training data",
             check_job,
-            self._on_check,
+            lambda check: self._on_check(check, layer),
             metrics=dict(self.info.metrics) if self.info else {},
         )
 
-    def _on_check(self, check: Any) -> None:
+    def _on_check(self, check: Any, layer: Image) -> None:
         if check is None:
             return
         set_progress(self._progress, 100)
-        report = check.report()
-        self._status.value = report.replace("\n", "; ")
+        # named: another image may be chosen by now (the Segment check's words too)
+        report = f"{layer.name}: {check.report().removeprefix('WARNING: ')}"
+        warning = "WARNING: " if check.unlike_training else ""
+        self._status.value = warning + report.replace("\n", "; ")
         # napari heads a warning notification with "WARNING" already
-        (show_warning if check.unlike_training else show_info)(report.removeprefix("WARNING: "))
+        (show_warning if check.unlike_training else show_info)(report)
 
     def _run_side_job(self, what: str, job: Any, on_return: Any, **kwargs: Any) -> None:
         """Estimate / Check: the same input, config and job queue as Segment."""
