@@ -48,9 +48,10 @@ def scroll_inside(container: Container) -> Any:
     from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
     class Rows(QScrollArea):
-        def minimumSizeHint(self) -> QSize:
-            inner = self.widget().minimumSizeHint().width()
-            return QSize(inner + self.verticalScrollBar().sizeHint().width(), 0)
+        def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
+            rows, bar = self.widget(), self.verticalScrollBar()
+            width = 0 if rows is None else rows.minimumSizeHint().width()
+            return QSize(width + (0 if bar is None else bar.sizeHint().width()), 0)
 
     outer, inner = container.native, QWidget()
     inner.setLayout(outer.layout())  # Qt moves the layout (magicgui keeps its handle) and rows
