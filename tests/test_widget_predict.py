@@ -604,3 +604,17 @@ def test_a_model_chosen_while_segmenting_gets_no_depth_advice_of_the_other(
     w.segment()
     assert not errors and w.model_spec == str(other)
     assert w.pruning.advice is None and "on em:" not in w.pruning._readout.value
+
+
+def test_the_labels_record_the_scope_they_were_made_with(setup: Any, crop: np.ndarray) -> None:
+    """A stack segmented slice-wise, then a 2D image chosen while it ran: the stack's labels
+    recorded scope '2D' (the box's value when the layers were added)."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop, name="stack")
+    other = viewer.add_image(crop[0], name="plane")
+    shown = w._show
+    w._show = lambda *args: (setattr(w._image, "value", other), shown(*args))  # type: ignore[method-assign]
+    w.segment()
+    assert not errors and w._scope.value == "2D"
+    meta = viewer.layers["stack UNet++ labels"].metadata["napari_unetpp"]
+    assert meta["scope"] == "whole stack slice-wise", meta

@@ -356,13 +356,14 @@ class PredictWidget(Container):
             return
         stopper, depth = Stopper(), pruned_depth or self.pruning.depth
         made_by = (model, self.info, self.model_spec)  # the model may be changed meanwhile
+        scope = self._scope.value  # and the scope (another image chosen)
         metrics = dict(self.info.metrics) if self.info else {}
         check = metrics if self.scale.check_results.value else None
         job = segment_job(model, image, config, data, stopper, run_dir, depth, check)
         self._start(
             f"segmenting {layer.name} (labels from L{depth})",
             over_passes(job, segment_passes(config, check is not None)),
-            lambda r: self._show(layer, placement, r, config, depth, made_by),
+            lambda r: self._show(layer, placement, r, config, depth, made_by, scope),
             stopper,
         )
         if self._runner.queued:
@@ -433,6 +434,7 @@ class PredictWidget(Container):
         config: PredictConfig,
         depth: int,
         made_by: tuple[UNetPlusPlus, CheckpointInfo | None, str | None],
+        scope: str,
     ) -> None:
         probs, labels, regions, check = result
         if labels is None:
@@ -455,7 +457,7 @@ class PredictWidget(Container):
             "depth": final,
             "scale": list(where.scale),
             "run": str(self.last_run_dir),
-            "scope": self._scope.value,
+            "scope": scope,
         }
         steps = show_result(
             self._viewer,
