@@ -548,3 +548,56 @@ def test_the_result_check_takes_stacks_of_stacks_and_scattered_nan(
     # a 2D model's stack is measured plane by plane: objects never join across planes
     ratio = stacked.signals["object_diameter"] / plane.signals["object_diameter"]
     assert 0.8 < ratio < 1.25, (plane.signals, stacked.signals)
+
+
+def test_a_pruned_pass_is_not_judged_by_the_deepest_heads_uncertainty() -> None:
+    """Apply at L1 in the Segment dock (or ``predict --depth 1``) on the EM sample, the
+    model's own kind of data: the check warned 'unlike the training data (uncertain
+    fraction 0.141 > 0.127)', a threshold calibrated on the deepest head's uncertainty,
+    which a shallow head always exceeds. A pruned pass's uncertainty is not judged."""
+    from napari_unetpp._sample_data import load_sample
+    from napari_unetpp.disagreement import check_prediction
+    from napari_unetpp.files import load_model
+
+    model, info = load_model("zoo:em")
+    image = load_sample("em")[0][0]
+    config = PredictConfig(device="cpu", tile_size=(256, 256))
+    checks = {}
+    for depth in (1, None):
+        run = config.replace(pruned_depth=depth)
+        probs = predict_array(model, image, run, info.data)
+        checks[depth] = drive(
+            check_prediction(
+                model,
+                image,
+                probs,
+                info.data,
+                run,
+                thresholds=info.metrics["image_check"],
+                recommended=info.metrics["best_depth"],
+            )
+        )
+        print(depth, checks[depth].report())
+    assert not checks[None].unlike_training  # all depths: like the training data
+    assert checks[None].signals["uncertain_fraction"] is not None
+    assert checks[1].signals["uncertain_fraction"] is None
+    assert not checks[1].unlike_training
+
+
+def test_the_remedy_for_a_model_of_object_size_names_the_diameter_to_type() -> None:
+    """Nuclei twice the training size, split into pieces: the remedy read 'rescale the
+    image by 0.50 (or give its pixel size)', but the nuclei model has no training pixel
+    size (one is ignored) and the Segment dock has no rescale field: the user is told the
+    object diameter to type instead (--diameter on the command line)."""
+    from napari_unetpp.image_check import judge
+
+    quiet = {"depth_disagreement": 0.01, "flip_disagreement": 0.01, "uncertain_fraction": 0.01}
+    split = judge({**quiet, "object_diameter": 9.0, "size_ratio": 0.5, "half_size_ratio": 2.2})
+    assert split[0], split
+    remedy = split[2][0]
+    assert "rescale the image by 0.50" in remedy
+    assert "object diameter 36 px (--diameter 36)" in remedy and "pixel size" not in remedy
+    small = judge({**quiet, "object_diameter": 5.4, "size_ratio": 0.3})
+    assert "object diameter 5.4 px (--diameter 5.4)" in small[2][0], small
+    unsized = judge({**quiet, "scale_gain": 2.5})  # an EM or CT model: its pixel size
+    assert "give its pixel size" in unsized[2][0] and "diameter" not in unsized[2][0]

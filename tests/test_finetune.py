@@ -173,3 +173,22 @@ def test_widget_fine_tune_defaults_keep_the_em_model_good_on_unseen_slices(em_st
     # "keep unpainted predictions" (on by default for a fine-tune) is what holds it: without
     # it the same 30 steps measured 0.733 -> 0.711 here, with it 0.733 -> 0.740
     assert after >= before - 0.005
+
+
+def test_scribbles_on_the_last_slice_of_a_stack_train(em_stack):
+    """Strokes painted on the slice shown, the last of a 2-slice stack: the validation
+    block (the last slices) took every stroke and the run failed with 'the training images
+    have no labelled pixels; paint some labels' after the user had painted. Labels that
+    leave nothing to train on are not held back (no validation score, as for few strokes)."""
+    image, membranes = em_stack
+    stack = image[:2, :96, :96].astype(np.float32)
+    scribbles = np.zeros(stack.shape, np.uint8)
+    for row in (20, 50, 80):  # enough labelled pixels of both classes to score
+        scribbles[1, row, :] = np.where(membranes[1, row, :96] == 1, 2, 1)
+    events: list = []
+    result = drive(
+        Trainer(TINY, _config(), DataConfig(label_mode="sparse")).run([stack], [scribbles]),
+        events.append,
+    )
+    assert result.info.provenance["data"]["validation"] == NO_VALIDATION
+    assert result.info.provenance["iterations"] == 4

@@ -91,3 +91,38 @@ def test_train_dock_imports_matplotlib_in_a_thread(tmp_path: Path) -> None:
     assert "imported on the GUI thread: False" in lines, lines
     assert "ready: True" in lines and "imported: [False]" in lines, lines
     assert "plot in the dock: True" in lines, lines
+
+
+def test_both_docks_fit_a_laptop_screen_and_scroll(make_napari_viewer, tmp_path: Path) -> None:
+    """The Segment dock (with a run's status) and the Train dock each needed ~1000 px of
+    height, and napari gives a dock no scroll area: on a laptop, or with both docks
+    stacked (fine-tune, then segment), Qt squeezed buttons below their text (Estimate
+    size, Check this image cut in half) or grew the window past the screen (2058 px).
+    Each dock now scrolls; its rows keep their height."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_unetpp._widgets.predict import PredictWidget
+    from napari_unetpp._widgets.train import TrainWidget
+
+    viewer = make_napari_viewer(show=True)
+    segment, train = PredictWidget(viewer), TrainWidget(viewer)
+    viewer.window.add_dock_widget(segment, name="segment")
+    viewer.window.add_dock_widget(train, name="train")
+    segment._status.value = "done: labels from the Depth slider's depth: L3; " * 6
+    plot = train._plot  # the live plot scrolls with the rows (outside, it took the dock)
+    window = viewer.window._qt_window
+    window.resize(1366, 700)
+    for _ in range(20):
+        QApplication.processEvents()
+    heights = {
+        name: d.native.minimumSizeHint().height()
+        for name, d in (("segment", segment), ("train", train))
+    }
+    print("dock minimum heights", heights, "window", window.height())
+    assert max(heights.values()) < 300, heights
+    assert window.height() <= 700
+    for button in (segment.scale.estimate, segment.scale.check, segment._run, train._start):
+        assert button.native.height() >= button.native.minimumSizeHint().height()
+    assert train._rows.isAncestorOf(plot)
+    width = segment.native.minimumSizeHint().width()
+    assert width <= 450, width  # and still no wider than a laptop's dock (issue 16)

@@ -552,3 +552,69 @@ def test_just_trained_offers_the_newest_model_first(
     w._on_user_model(0)
     _state.register_model("run2", runs[1])
     assert w.model_spec == str(runs[0])
+
+
+def test_undo_after_a_rerun_does_not_bring_back_the_old_result(
+    setup: Any, crop: np.ndarray
+) -> None:
+    """A user corrected the labels with the brush, segmented again (the layer is updated
+    in place), then pressed ctrl+z: napari's undo history still held the first result's
+    pixels and wrote them into the new labels."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="em")
+    w.segment()
+    labels = viewer.layers["em UNet++ labels"]
+    first = np.array(labels.data)
+    everywhere = tuple(np.indices(first.shape).reshape(2, -1))
+    labels.data_setitem(everywhere, 7)  # a brush correction (napari records it for undo)
+    labels.mode = "paint"
+    w.segment(pruned_depth=1)  # Apply at L1: a different result in the same layer
+    second = np.array(labels.data)
+    assert not np.array_equal(first, second) and not errors
+    assert labels.mode == "paint"  # the user's tool is kept
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, second)
+
+
+def test_the_status_names_the_model_that_segmented(setup: Any, crop: np.ndarray) -> None:
+    """After a fine-tune the Segment dock stayed on the shipped model it had picked; the
+    user pressed Segment and read 'done: labels from the Depth slider's depth: L3',
+    nothing saying which model made them (the just-trained one was never used)."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="em")
+    w.segment()
+    assert not errors
+    assert w._status.value.startswith("done with tiny: labels from"), w._status.value
+
+
+def test_a_model_chosen_while_segmenting_gets_no_depth_advice_of_the_other(
+    setup: Any, crop: np.ndarray, checkpoint: Path, tmp_path: Path
+) -> None:
+    """Another model chosen while a run was going: the run's depth advice ('on em: 99.1%
+    as L2; use L2 here') was shown on the new model's pruning panel, about depths of a
+    network it never ran."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="em")
+    w.segment()
+    assert w.pruning.advice is not None  # the check's advice, for the model that ran
+    net = UNetPlusPlus(widths=(4, 8, 16), depth=2)
+    other = save_checkpoint(tmp_path / "other", net, load_checkpoint(checkpoint)[1])
+    shown = w._show
+    w._show = lambda *args: (w.load_model(other), shown(*args))  # type: ignore[method-assign]
+    w.segment()
+    assert not errors and w.model_spec == str(other)
+    assert w.pruning.advice is None and "on em:" not in w.pruning._readout.value
+
+
+def test_the_labels_record_the_scope_they_were_made_with(setup: Any, crop: np.ndarray) -> None:
+    """A stack segmented slice-wise, then a 2D image chosen while it ran: the stack's labels
+    recorded scope '2D' (the box's value when the layers were added)."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop, name="stack")
+    other = viewer.add_image(crop[0], name="plane")
+    shown = w._show
+    w._show = lambda *args: (setattr(w._image, "value", other), shown(*args))  # type: ignore[method-assign]
+    w.segment()
+    assert not errors and w._scope.value == "2D"
+    meta = viewer.layers["stack UNet++ labels"].metadata["napari_unetpp"]
+    assert meta["scope"] == "whole stack slice-wise", meta

@@ -344,3 +344,78 @@ def test_auto_object_size_shows_one_progress_over_its_passes(dock: Any) -> None:
     assert "auto rescale" in w._status.value, w._status.value  # it did run two passes
     fractions = [event.fraction for event in seen]
     assert fractions == sorted(fractions), fractions
+
+
+def test_a_calibrated_image_and_a_model_without_a_pixel_size(dock: Any) -> None:
+    """A nuclei TIFF in um (as ImageJ saves it) with the shipped nuclei model, which knows
+    its objects' size, not a pixel size: the status of every run said 'pixel_size ignored:
+    the model records no training pixel size (use rescale instead)', words of the Python
+    API for a field the user never typed. The field says it is not used, and why."""
+    viewer, w, errors = dock
+    from napari_unetpp._sample_data import load_sample
+
+    image = np.asarray(load_sample("nuclei")[0])[:128, :128]
+    layer = viewer.add_image(image, name="my nuclei", scale=(0.1625, 0.1625), units="um")
+    w._source.value = "shipped"
+    w._model.value = "zoo:nuclei"
+    w._image.value = layer
+    assert w.scale._pixel.value == "0.1625 0.1625 um"  # the file's, shown
+    assert not w.scale._pixel.enabled
+    assert "no pixel size" in w.scale._model_scale.value
+    assert w.scale.overrides()["pixel_size"] is None
+    w.segment()
+    assert not errors, errors
+    assert w._status.value.startswith("done") and "ignored" not in w._status.value
+    w._model.value = "zoo:em"  # a model trained at a pixel size takes it again
+    assert w.scale._pixel.enabled and w.scale.overrides()["pixel_size"] == (0.1625, 0.1625)
+
+
+def test_an_estimate_finished_after_choosing_another_image_is_not_given_to_it(
+    dock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Estimate size on image A, then choose image B while it measures: A's diameter was
+    put in B's field, and Segment resampled B by A's objects' size."""
+    viewer, w, errors = dock
+    w._source.value = "shipped"
+    w._model.value = "zoo:nuclei"
+    first = viewer.add_image(np.zeros((64, 64), np.uint8), name="large nuclei")
+    second = viewer.add_image(np.zeros((64, 64), np.uint8), name="other nuclei")
+    w._image.value = first
+
+    def measuring(*_args: Any, **_kwargs: Any) -> Any:
+        w._image.value = second  # the user picks another image meanwhile
+        yield from ()
+        return 36.0
+
+    monkeypatch.setattr(predict_module, "estimate_job", measuring)
+    w.estimate_size()
+    assert not errors, errors
+    assert w._image.value is second and w.scale._diameter.value == 0.0
+    assert "rescale" not in w.scale.overrides()
+    assert "large nuclei" in w._status.value, w._status.value
+
+
+def test_a_check_names_the_image_it_judged(dock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """'Check this image' on image A, then B chosen while it ran: the warning and status
+    said 'this image looks unlike the training data' under B's name in the Image box."""
+    from napari_unetpp.image_check import ImageCheck
+
+    viewer, w, errors = dock
+    warned: list[str] = []
+    monkeypatch.setattr(predict_module, "show_warning", warned.append)
+    w._source.value = "shipped"
+    w._model.value = "zoo:nuclei"
+    first = viewer.add_image(np.zeros((64, 64), np.uint8), name="large nuclei")
+    second = viewer.add_image(np.zeros((64, 64), np.uint8), name="other nuclei")
+    w._image.value = first
+
+    def checking(*_args: Any, **_kwargs: Any) -> Any:
+        w._image.value = second  # the user picks another image meanwhile
+        yield from ()
+        return ImageCheck({}, True, ["objects split"], ["auto object size"])
+
+    monkeypatch.setattr(predict_module, "check_job", checking)
+    w.check_image()
+    assert not errors, errors
+    assert w._status.value.startswith("WARNING: large nuclei: "), w._status.value
+    assert warned and warned[0].startswith("large nuclei: "), warned

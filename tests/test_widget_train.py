@@ -97,6 +97,8 @@ def test_stop_keeps_a_usable_model(make_napari_viewer, em_crop, tmp_path, monkey
     from napari_unetpp.checkpoint import load_checkpoint
 
     errors = _errors(monkeypatch)
+    infos: list[str] = []
+    monkeypatch.setattr(train_module, "show_info", infos.append)
     viewer = make_napari_viewer()
     w = _widget(viewer, em_crop, tmp_path, iterations=200)
     w._runner.inline = True  # deterministic: the stop lands after exactly 3 steps
@@ -120,6 +122,9 @@ def test_stop_keeps_a_usable_model(make_napari_viewer, em_crop, tmp_path, monkey
     assert all(torch.isfinite(v).all() for v in out.values())
     assert w.last_run_dir.name in _state.registered_models()
     assert "stopped" in w._status.value
+    # where to find it: a Segment dock on a shipped model stays on it (segmenting, the
+    # user thought the fine-tuned model was used)
+    assert "Model from: just trained" in infos[-1], infos
 
 
 def test_stop_before_the_first_step_offers_no_model(

@@ -95,15 +95,19 @@ def image_signals(
     is how much better the heads agree there (> 1: objects look larger than in training).
     ``zoom``: the zoom the pass ran at (its probabilities are back on the image's grid),
     so object sizes are compared with the training size at the model's scale. One depth
-    (a pruned pass) gives no depth disagreement.
+    (a pruned pass) gives no depth disagreement, and a pruned pass shallower than the
+    model no uncertain fraction (its threshold is the deepest head's).
     """
     deepest = np.asarray(probs[max(probs)], np.float32)
     c = model_config.num_classes
+    # the uncertain fraction's threshold is calibrated on the model's deepest head; a
+    # shallower pruned head is always less sure (the EM sample at L1: 0.141 > 0.127)
+    pruned = max(probs) < model_config.depth
     signals: dict[str, float | None] = {
         "depth_disagreement": (
             float(disagreement_map(probs, c).mean()) if len(probs) > 1 else None
         ),
-        "uncertain_fraction": float(_uncertain(deepest, c).mean()),
+        "uncertain_fraction": None if pruned else float(_uncertain(deepest, c).mean()),
         "flip_disagreement": None,
         "object_diameter": None,
         "size_ratio": None,
@@ -246,11 +250,20 @@ def judge(
         if size_off or larger:
             factor = zoom * (1 / ratio if size_off and ratio and not fragments else 0.5)
             sized = ratio is not None or split is not None  # the model knows its object size
+            measured = signals.get("object_diameter")
             if not MIN_ZOOM <= factor <= MAX_ZOOM:
                 remedies.append(
                     f"no rescale can bring these objects to the training size (it would take "
                     f"{factor:.3g}x, beyond {MIN_ZOOM:g}..{MAX_ZOOM:g}): check that the image "
                     "holds the kind of objects this model segments"
+                )
+            elif ratio and measured:  # a model of object size (nuclei): no pixel size to give
+                typed = f"{round(measured / ratio / factor, 1):g}"  # the training size / factor
+                tried = " ('auto object size' did not fix it here)" if auto else ""
+                measure = "" if auto else _measure_hint(auto)
+                remedies.append(
+                    f"rescale the image by {factor:.2f}: set the object diameter {typed} px "
+                    f"(--diameter {typed}){_in_all(zoom)}{tried}{measure}"
                 )
             else:
                 remedies.append(

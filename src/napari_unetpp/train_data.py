@@ -107,8 +107,10 @@ def prepare_data(
         for k, p in enumerate(train_config.patch_size)
     ]
     tiles = _evenly(validation_tiles(val, tile, dims), MAX_VALIDATION_TILES)
-    if val and val_images is None and not _can_score(tiles):
-        train, val, tiles = volumes, [], []  # too few to score: every label trains
+    if val and val_images is None and (not _can_score(tiles) or not _any_labelled(train)):
+        # too few to score, or every stroke in the held-back block (painted on the last
+        # slice shown): every label trains, with no validation score
+        train, val, tiles = volumes, [], []
     sampler = PatchSampler(
         train,
         train_config.patch_size,
@@ -124,6 +126,11 @@ def prepare_data(
     if degenerate:
         description["degenerate_labels"] = degenerate  # saved with the checkpoint
     return TrainData(sampler, tiles, data_config, description)
+
+
+def _any_labelled(volumes: list[Any]) -> bool:
+    """Whether the volumes hold a labelled pixel (scribbles leave the rest unlabelled)."""
+    return any(bool(np.any(v.target != IGNORE_INDEX)) for v in volumes)
 
 
 def _can_score(tiles: list[tuple[np.ndarray, np.ndarray]]) -> bool:

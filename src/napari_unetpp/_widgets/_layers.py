@@ -110,6 +110,7 @@ def put_layer(
     old = layers[name] if name in layers else None
     if isinstance(old, kind) and old.ndim == np.ndim(data):
         old.data = data
+        _forget_edits(old)
         # each assignment refreshes the layer (~10 ms of the GUI thread): only on a change
         if not np.array_equal(old.scale, scale):
             old.scale = scale
@@ -131,6 +132,23 @@ def put_layer(
     )
     layers.insert(index, layer)
     return layer
+
+
+def _forget_edits(layer: Any) -> None:
+    """Clear a Labels layer's undo history after its data was replaced by a new result.
+
+    Why: napari keeps the history across ``layer.data = ...``; a brush correction on the
+    old result, then ctrl+z after a re-run, wrote the old result's pixels into the new one.
+    Made not editable, napari clears the history (public API; the tool mode is kept).
+    """
+    from napari.layers import Labels
+
+    if not isinstance(layer, Labels):
+        return
+    mode = layer.mode
+    layer.editable = False
+    layer.editable = True
+    layer.mode = mode
 
 
 def _same(current: Any, wanted: Any) -> bool:

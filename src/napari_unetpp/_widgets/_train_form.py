@@ -31,7 +31,7 @@ from ..locate import is_zoo, locate
 from . import _state
 from ._layers import PLUGIN_KEY, layer_choices, layer_data
 from ._paths import chosen_path
-from ._ui import wrapped
+from ._ui import scroll_inside, wrapped
 
 if TYPE_CHECKING:
     import napari
@@ -60,16 +60,17 @@ class TrainForm(Container):
     """The train dock's widgets (data, model, advanced, run sections) and their configs."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        # not scrollable: napari docks ``.native``, the content *inside* magicgui's scroll
-        # area, and the orphaned scroll area kept resizing it to its own width (624 px)
-        # on every layout change, so the dock swung 405 <-> 624 px and relaid out twice
-        # per status update (issue 16: GUI stalls while training and segmenting)
+        # not magicgui's scrollable: napari docks ``.native``, the content *inside* magicgui's
+        # scroll area, and the orphaned scroll area kept resizing it to its own width
+        # (624 px) on every layout change, so the dock swung 405 <-> 624 px and relaid out
+        # twice per status update (issue 16); _ui.scroll_inside scrolls inside ``.native``
         super().__init__()
         self._viewer = napari_viewer
         self._build_data()
         self._build_model()
         self._build_advanced()
         self._build_run()
+        self._rows = scroll_inside(self)  # fits a laptop screen, and beside the Segment dock
 
     # ------------------------------------------------------------------ layout
 
@@ -214,7 +215,7 @@ class TrainForm(Container):
 
             self._live_plot = TrainingPlot()
             self._live_plot.setMinimumWidth(200)
-            self.native.layout().addWidget(self._live_plot)
+            self._rows.layout().addWidget(self._live_plot)  # scrolls with the rows
         return self._live_plot
 
     def _start_choices(self, _w: Any = None) -> list[tuple[str, str]]:

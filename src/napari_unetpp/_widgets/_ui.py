@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
-from magicgui.widgets import ComboBox, Label, ProgressBar
+from magicgui.widgets import ComboBox, Container, Label, ProgressBar
 
 R = TypeVar("R")
 
@@ -31,6 +31,39 @@ def wrapped(text: str = "") -> Label:
     # resize) from jumping wider and back as the status text changes each step
     label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
     return label
+
+
+def scroll_inside(container: Container) -> Any:
+    """Put a dock's rows into a vertical scroll area inside the widget napari docks.
+
+    Why: napari docks ``container.native`` as it is, without a scroll area; the Segment
+    dock (with a run's status) and the Train dock each need ~1000 px of height, so on a
+    laptop, or with both docks stacked, Qt squeezed buttons below their text or grew the
+    window past the screen. magicgui's ``scrollable=True`` wraps a scroll area *around*
+    ``.native``, which napari never docks (orphaned, it kept resizing the dock's width:
+    issue 16). The area is never narrower than the rows (no horizontal scrolling).
+    Returns the QWidget that holds the rows (add more rows to its layout).
+    """
+    from qtpy.QtCore import QSize, Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
+
+    class Rows(QScrollArea):
+        def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
+            rows, bar = self.widget(), self.verticalScrollBar()
+            width = 0 if rows is None else rows.minimumSizeHint().width()
+            return QSize(width + (0 if bar is None else bar.sizeHint().width()), 0)
+
+    outer, inner = container.native, QWidget()
+    inner.setLayout(outer.layout())  # Qt moves the layout (magicgui keeps its handle) and rows
+    rows = Rows()
+    rows.setWidgetResizable(True)
+    rows.setFrameShape(QFrame.Shape.NoFrame)
+    rows.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    rows.setWidget(inner)
+    layout = QVBoxLayout(outer)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(rows)
+    return inner
 
 
 def narrow(box: ComboBox, chars: int = 12) -> None:

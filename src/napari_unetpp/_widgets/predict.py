@@ -51,7 +51,7 @@ from ._predict_job import (
 )
 from ._predict_layers import show_result
 from ._runner import JobRunner
-from ._ui import narrow, set_progress, spread, wrapped
+from ._ui import narrow, scroll_inside, set_progress, spread, wrapped
 from .pruning_panel import PruningPanel
 from .scale_panel import ScalePanel, check_job, estimate_job
 
@@ -70,10 +70,10 @@ class PredictWidget(Container):
     """Dock widget: segment with a shipped, just-trained or saved UNet++; prune it."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        # not scrollable: napari docks ``.native``, the content *inside* magicgui's scroll
-        # area, and the orphaned scroll area kept resizing it to its own width (624 px)
-        # on every layout change, so the dock swung 405 <-> 624 px and relaid out twice
-        # per status update (issue 16: GUI stalls while training and segmenting)
+        # not magicgui's scrollable: napari docks ``.native``, the content *inside* magicgui's
+        # scroll area, and the orphaned scroll area kept resizing it to its own width
+        # (624 px) on every layout change, so the dock swung 405 <-> 624 px and relaid out
+        # twice per status update (issue 16); _ui.scroll_inside scrolls inside ``.native``
         super().__init__()
         self._viewer = napari_viewer
         self._runner = JobRunner(queue=queue_for(napari_viewer), owner="segment")
@@ -92,6 +92,7 @@ class PredictWidget(Container):
         self._devices = device_choices() if self._torch_ready else ["auto"]
         self._deferred_spec: str | None = None  # the model to load once torch is in
         self._build()
+        scroll_inside(self)  # fits a laptop screen, and beside the Train dock
         _state.models_changed.connect(self._on_models_changed)
         for event in ("inserted", "removed", "reordered"):
             getattr(napari_viewer.layers.events, event).connect(self._on_layers_changed)
@@ -355,13 +356,14 @@ class PredictWidget(Container):
             return
         stopper, depth = Stopper(), pruned_depth or self.pruning.depth
         made_by = (model, self.info, self.model_spec)  # the model may be changed meanwhile
+        scope = self._scope.value  # and the scope (another image chosen)
         metrics = dict(self.info.metrics) if self.info else {}
         check = metrics if self.scale.check_results.value else None
         job = segment_job(model, image, config, data, stopper, run_dir, depth, check)
         self._start(
             f"segmenting {layer.name} (labels from L{depth})",
             over_passes(job, segment_passes(config, check is not None)),
-            lambda r: self._show(layer, placement, r, config, depth, made_by),
+            lambda r: self._show(layer, placement, r, config, depth, made_by, scope),
             stopper,
         )
         if self._runner.queued:
@@ -432,6 +434,7 @@ class PredictWidget(Container):
         config: PredictConfig,
         depth: int,
         made_by: tuple[UNetPlusPlus, CheckpointInfo | None, str | None],
+        scope: str,
     ) -> None:
         probs, labels, regions, check = result
         if labels is None:
@@ -454,7 +457,7 @@ class PredictWidget(Container):
             "depth": final,
             "scale": list(where.scale),
             "run": str(self.last_run_dir),
-            "scope": self._scope.value,
+            "scope": scope,
         }
         steps = show_result(
             self._viewer,
@@ -484,12 +487,14 @@ class PredictWidget(Container):
             saved = f"run saved in {self.last_run_dir}"
             warned = _warn_unlike_training(check, layer.name)
             hints = [] if warned else _hints(check, layer.name)
-            if check is not None and check.advice is not None:
+            # the depth advice is about the model that ran: not shown on one chosen since
+            if check is not None and check.advice is not None and self.model is model:
                 self.pruning.show_advice(check.advice, layer.name)
                 if check.advice.departs and not warned:  # a warning's report has it too
                     show_info(f"{layer.name}: {check.advice.message}")
             self._status.value = "; ".join(
-                [f"done: labels from {source} L{final}", *warned, *hints, *notes, saved]
+                [f"done with {meta['model_name']}: labels from {source} L{final}"]
+                + [*warned, *hints, *notes, saved]
             )
 
         self._status.value = "adding the layers..."
@@ -497,11 +502,20 @@ class PredictWidget(Container):
 
     def estimate_size(self, _value: Any = None) -> None:
         """Measure the median object diameter (one pass) and put it in the panel."""
-        self._run_side_job("estimating the object size", estimate_job, self._on_estimate)
+        layer = self._image.value
+        self._run_side_job(
+            "estimating the object size", estimate_job, lambda d: self._on_estimate(d, layer)
+        )
 
-    def _on_estimate(self, diameter: float | None) -> None:
+    def _on_estimate(self, diameter: float | None, layer: Image) -> None:
         if diameter is None:
             self._status.value = "no objects found: the diameter is left as it was"
+            return
+        if self._image.value is not layer:  # another image was chosen meanwhile
+            self._status.value = (
+                f"median object diameter {diameter:.1f} px of {layer.name!r}, no longer the "
+                "chosen image: the diameter is left as it was"
+            )
             return
         self.scale.show_diameter(diameter)
         self._status.value = (
@@ -511,21 +525,24 @@ class PredictWidget(Container):
 
     def check_image(self, _value: Any = None) -> None:
         """Depth/flip disagreement and object size: is this image like the training data?"""
+        layer = self._image.value
         self._run_side_job(
             "checking the image against the training data",
             check_job,
-            self._on_check,
+            lambda check: self._on_check(check, layer),
             metrics=dict(self.info.metrics) if self.info else {},
         )
 
-    def _on_check(self, check: Any) -> None:
+    def _on_check(self, check: Any, layer: Image) -> None:
         if check is None:
             return
         set_progress(self._progress, 100)
-        report = check.report()
-        self._status.value = report.replace("\n", "; ")
+        # named: another image may be chosen by now (the Segment check's words too)
+        report = f"{layer.name}: {check.report().removeprefix('WARNING: ')}"
+        warning = "WARNING: " if check.unlike_training else ""
+        self._status.value = warning + report.replace("\n", "; ")
         # napari heads a warning notification with "WARNING" already
-        (show_warning if check.unlike_training else show_info)(report.removeprefix("WARNING: "))
+        (show_warning if check.unlike_training else show_info)(report)
 
     def _run_side_job(self, what: str, job: Any, on_return: Any, **kwargs: Any) -> None:
         """Estimate / Check: the same input, config and job queue as Segment."""

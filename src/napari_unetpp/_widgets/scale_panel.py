@@ -139,7 +139,11 @@ class ScalePanel(Container):
             parts.append(f"trained at {sizes} {config.pixel_unit}".strip())
         if config.object_diameter:
             parts.append(f"objects ~{config.object_diameter:.0f} px in training")
+            if not config.pixel_size:  # the pixel size field is shown but not used
+                parts.append("no pixel size: the object diameter sets the scale")
         self._model_scale.value = "; ".join(parts) or "the model records no training scale"
+        # a model trained without a pixel size cannot use one (the engine ignores it)
+        self._pixel.enabled = bool(config.pixel_size)
         sized = config.object_diameter is not None
         for widget in (self._diameter, self.estimate, self._auto):
             widget.enabled = sized
@@ -166,7 +170,8 @@ class ScalePanel(Container):
         """``PredictConfig`` fields from the panel (ValueError on a malformed pixel size)."""
         from ..scale import rescale_from_diameter
 
-        sizes, unit = parse_pixel_size(self._pixel.value)
+        used = self._model is None or bool(self._model.pixel_size)
+        sizes, unit = parse_pixel_size(self._pixel.value) if used else (None, "")
         values: dict[str, Any] = {
             "pixel_size": sizes,
             "pixel_unit": unit,

@@ -436,8 +436,8 @@ class TrainWidget(TrainForm):
         if warning:
             show_warning(f"UNet++ training: {warning}")
         show_info(
-            f"UNet++ training {how}: the model is in {self.last_checkpoint} and in the "
-            "Segment with UNet++ widget"
+            f"UNet++ training {how}: the model is in {self.last_checkpoint}; segment with it "
+            "in the Segment with UNet++ widget (Model from: just trained)"
         )
 
     # ------------------------------------------------------------------ preview
