@@ -634,6 +634,26 @@ def test_predict_says_when_a_file_without_pixel_size_meets_a_scaled_model(
     assert "no pixel size" not in capsys.readouterr().err
 
 
+def test_pixel_size_for_a_model_of_object_size_names_the_flags_that_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--pixel-size`` with zoo:nuclei (trained without one) was ignored in the Python API's
+    words ('pixel_size ignored ... use rescale instead') by predict, silently by info --on:
+    both now say to give --diameter or --rescale, and nothing is resampled."""
+    image = np.zeros((64, 64), np.uint8)
+    image[20:36, 20:36] = 200
+    np.save(tmp_path / "cells.npy", image)
+    common = [str(tmp_path / "cells.npy"), "--pixel-size", "0.3", "-q"]
+    assert main(["predict", "zoo:nuclei", *common, "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "--pixel-size ignored" in err and "--diameter D" in err
+    assert "pixel_size ignored" not in err  # the Python API's words
+    run = json.loads((tmp_path / "out" / "cells_run.json").read_text())
+    assert run["predict"]["pixel_size"] is None
+    assert main(["info", "zoo:nuclei", "--on", *common]) == 0
+    assert "--pixel-size ignored" in capsys.readouterr().err
+
+
 def test_fine_tuning_a_one_channel_model_on_rgb_files_uses_grey(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

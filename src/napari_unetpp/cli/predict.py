@@ -213,7 +213,16 @@ def with_file_pixel_size(
 ) -> PredictConfig:
     """The file's own pixel size (NIfTI, DICOM, OME-TIFF, tif resolution) when the user gave
     none and the model knows its training pixel size: a CT at 0.8 mm then runs at the model's
-    3 mm. A size without a unit (a bare tif ``spacing``) is only reported, never guessed."""
+    3 mm. A size without a unit (a bare tif ``spacing``) is only reported, never guessed.
+    ``--pixel-size`` for a model that records no training pixel size (``zoo:nuclei``) is
+    dropped with a note that names the flags that do set its scale."""
+    if args.pixel_size is not None and not model_config.pixel_size:
+        _note(
+            f"{path}: --pixel-size ignored: this model was trained without a pixel size; its "
+            "scale is the objects' size: give --diameter D (their diameter in pixels), "
+            "--diameter auto, or --rescale F"
+        )
+        return config.replace(pixel_size=None, pixel_unit="")
     if args.pixel_size is not None or config.rescale is not None or not model_config.pixel_size:
         return config
     if not file_size:  # a CT at 1 mm in a .npy would run as if at 3 mm, silently
