@@ -108,6 +108,8 @@ def test_segment_2d_layers_and_rerun(
     np.testing.assert_array_equal(boxes.data[0], [[0, 0], [0, 128], [128, 128], [128, 0]])
     assert tuple(boxes.scale) == SCALE and tuple(boxes.translate) == TRANSLATE
     assert "label next" in w._status.value
+    # the labels are the run's selected layer: the hidden layers were added unselected
+    assert viewer.layers.selection.active is viewer.layers["em UNet++ labels"]
     for name in _names(viewer)[1:4]:
         out = viewer.layers[name]
         assert out.data.shape == (128, 128)
@@ -339,6 +341,34 @@ def test_threaded_run_and_reader_entry(
         assert _names(viewer)[4:] == ["em UNet++ label here next"]
     finally:
         _state.unregister_model("tiny run")
+
+
+def test_a_new_layer_is_built_in_one_turn_and_inserted_unselected_in_the_next(
+    make_napari_viewer: Any,
+) -> None:
+    """The Segment dock adds a layer in two event-loop turns (build, then napari's insert),
+    without selecting it; an update in place is one turn (issue 16: each turn is a stall)."""
+    from napari.layers import Image, Labels
+
+    from napari_unetpp._widgets._layers import put_layer_steps
+
+    viewer = make_napari_viewer()
+    mine = viewer.add_labels(np.zeros((8, 8), np.int32), name="mine")
+    viewer.add_image(np.zeros((8, 8), np.float32), name="p")  # to be replaced: another kind
+    viewer.layers.selection.active = mine
+    new = np.ones((8, 8), np.int32)
+    steps = put_layer_steps(viewer, Labels, "p", new, [1, 1], [0, 0], {}, select=False)
+    next(steps)  # built, not yet in the viewer
+    assert isinstance(viewer.layers["p"], Image)
+    with pytest.raises(StopIteration) as end:
+        next(steps)
+    added = end.value.value
+    assert viewer.layers.index("p") == 1 and viewer.layers["p"] is added
+    assert isinstance(added, Labels) and viewer.layers.selection.active is mine
+    update = put_layer_steps(viewer, Labels, "p", np.full((8, 8), 2), [1, 1], [0, 0], {})
+    with pytest.raises(StopIteration):  # in place: no turn of its own
+        next(update)
+    assert viewer.layers["p"] is added and added.data.max() == 2
 
 
 def test_labels_from_the_slider_depth_metadata_and_stale_layers(
