@@ -123,8 +123,11 @@ def test_segment_2d_layers_and_rerun(
 
     first_dir = w.last_run_dir
     viewer.layers["em UNet++ L1"].data = np.zeros((128, 128), np.float32)
+    shown: list[str] = []  # napari refreshes a layer on each visibility assignment (issue 16)
+    for name in ("em UNet++ L1", "em UNet++ L2"):
+        viewer.layers[name].events.visible.connect(lambda e, n=name: shown.append(n))
     w.segment()  # re-running updates the same layers
-    assert len(viewer.layers) == 5 and not errors
+    assert len(viewer.layers) == 5 and not errors and shown == []
     np.testing.assert_allclose(viewer.layers["em UNet++ L1"].data, expected[1], atol=1e-6)
     assert w.last_run_dir != first_dir
 

@@ -100,10 +100,11 @@ def put_depths(
         )
         yield
     for d in depth_layers(viewer, base, suffix):
-        if adaptive:  # an earlier run's per-depth layers stay as they were, hidden
-            viewer.layers[f"{base} L{d}{suffix}"].visible = False
-            continue
-        viewer.layers[f"{base} L{d}{suffix}"].visible = d == shown_depth
+        layer = viewer.layers[f"{base} L{d}{suffix}"]
+        # an adaptive run hides an earlier run's per-depth layers; napari refreshes a layer
+        # on every assignment, the same value too (a shown one is re-sliced): only on a change
+        if layer.visible != (not adaptive and d == shown_depth):
+            layer.visible = not adaptive and d == shown_depth
 
 
 def put_labels(
