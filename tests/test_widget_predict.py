@@ -374,6 +374,36 @@ def test_a_new_layer_is_built_in_one_turn_and_inserted_unselected_in_the_next(
     assert viewer.layers["p"] is added and added.data.max() == 2
 
 
+def test_label_here_next_is_updated_in_place(make_napari_viewer: Any) -> None:
+    """A re-run's blocks go into the same Shapes layer (a remove and an insert cost ~0.1 s
+    of the GUI thread each run, issue 16), looking as a new layer's blocks look."""
+    from napari.layers import Image
+
+    from napari_unetpp._widgets._layers import put_layer
+    from napari_unetpp._widgets._predict_job import Placement
+    from napari_unetpp._widgets._predict_layers import put_label_here_next
+    from napari_unetpp.disagreement import Region
+    from napari_unetpp.events import drive
+
+    viewer = make_napari_viewer()
+    where = Placement(None, (1.0, 1.0), (0.0, 0.0))
+
+    def put(count: int) -> Any:
+        blocks = [Region((), (0, 10 * k), (8, 8), 1.0 / (k + 1)) for k in range(count)]
+        assert drive(put_label_here_next(viewer, "next", blocks, where, {})) == count
+        return viewer.layers["next"]
+
+    first = put(1)
+    later = put(3)
+    assert later is first and later.nshapes == 3 and list(later.features["rank"]) == [1, 2, 3]
+    assert list(later.edge_width) == [3] * 3 and not later.visible
+    np.testing.assert_allclose(later.edge_color, [[1, 1, 0, 1]] * 3)
+    np.testing.assert_allclose(later.face_color, [[0, 0, 0, 0]] * 3)
+    assert list(later.text.values) == ["1", "2", "3"]
+    put_layer(viewer, Image, "next", np.zeros((4, 4)), [1, 1], [0, 0], {})  # another kind
+    assert put(2) is not first and viewer.layers["next"].nshapes == 2
+
+
 def test_labels_from_the_slider_depth_metadata_and_stale_layers(
     setup: Any, crop: np.ndarray, tmp_path: Path
 ) -> None:

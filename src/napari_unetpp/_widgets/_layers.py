@@ -138,7 +138,7 @@ def put_layer_steps(
     and serves input in between. An update in place does not yield.
     """
     old = viewer.layers[name] if name in viewer.layers else None
-    if isinstance(old, kind) and old.ndim == np.ndim(data):
+    if isinstance(old, kind) and old.ndim == _data_ndim(data):
         _update(old, data, scale, translate, meta, style)
         return old
     layer = kind(
@@ -152,6 +152,11 @@ def put_layer_steps(
         layers.remove(old)
     insert_layer(layers, index, layer, select=select)
     return layer
+
+
+def _data_ndim(data: Any) -> int:
+    """The ndim of a layer of ``data``: an array's, or a list of shapes' vertex dimension."""
+    return int(np.shape(data[0])[-1]) if isinstance(data, list) and data else int(np.ndim(data))
 
 
 def _update(

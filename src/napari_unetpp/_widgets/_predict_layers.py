@@ -201,9 +201,8 @@ def put_label_here_next(
         boxes.append(np.array([(*lifted, *region.item, *c) for c in corners], dtype=float))
     if not boxes:
         return 0
-    if name in viewer.layers:  # a Shapes layer is replaced, not updated in place
-        viewer.layers.remove(name)
-    yield from put_layer_steps(
+    old = viewer.layers[name] if name in viewer.layers else None
+    shapes = yield from put_layer_steps(
         viewer,
         Shapes,
         name,
@@ -221,6 +220,8 @@ def put_label_here_next(
         visible=False,
         select=False,
     )
+    if shapes is old:  # updated in place: napari gives added shapes its default look
+        shapes.edge_width, shapes.edge_color, shapes.face_color = 3, "yellow", "transparent"
     return len(boxes)
 
 
