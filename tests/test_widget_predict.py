@@ -349,8 +349,8 @@ def test_threaded_run_and_reader_entry(
 def test_a_new_layer_is_built_in_one_turn_and_inserted_unselected_in_the_next(
     make_napari_viewer: Any,
 ) -> None:
-    """The Segment dock adds a layer in two event-loop turns (build, then napari's insert),
-    without selecting it; an update in place is one turn (issue 16: each turn is a stall)."""
+    """The Segment dock adds a layer in event-loop turns (build; napari's insert, hidden and
+    unselected; show), an update in place in one (issue 16: each turn is a stall)."""
     from napari.layers import Image, Labels
 
     from napari_unetpp._widgets._layers import put_layer_steps
@@ -363,11 +363,13 @@ def test_a_new_layer_is_built_in_one_turn_and_inserted_unselected_in_the_next(
     steps = put_layer_steps(viewer, Labels, "p", new, [1, 1], [0, 0], {}, select=False)
     next(steps)  # built, not yet in the viewer
     assert isinstance(viewer.layers["p"], Image)
+    next(steps)  # inserted where the replaced layer was, hidden, the selection unchanged
+    added = viewer.layers["p"]
+    assert isinstance(added, Labels) and viewer.layers.index("p") == 1 and not added.visible
+    assert viewer.layers.selection.active is mine
     with pytest.raises(StopIteration) as end:
         next(steps)
-    added = end.value.value
-    assert viewer.layers.index("p") == 1 and viewer.layers["p"] is added
-    assert isinstance(added, Labels) and viewer.layers.selection.active is mine
+    assert end.value.value is added and added.visible
     update = put_layer_steps(viewer, Labels, "p", np.full((8, 8), 2), [1, 1], [0, 0], {})
     with pytest.raises(StopIteration):  # in place: no turn of its own
         next(update)

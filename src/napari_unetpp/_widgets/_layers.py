@@ -131,18 +131,27 @@ def put_layer_steps(
     select: bool = True,
     **style: Any,
 ) -> Generator[None, None, Any]:
-    """:func:`put_layer` as a generator: a new layer is built, then (after a yield) inserted.
+    """:func:`put_layer` as a generator: a new layer is built, inserted hidden, then shown,
+    with a yield between the steps (a hidden layer is built and inserted in two).
 
-    Why: building a Labels or Shapes layer takes 10-40 ms of the GUI thread and napari's
-    insert 50-100 ms more (issue 16, measured); in two event-loop turns the viewer paints
-    and serves input in between. An update in place does not yield.
+    Why: building a Labels or Shapes layer takes 10-40 ms of the GUI thread, napari's
+    insert 50-100 ms more, and showing a layer (its first slice, thumbnail and paint)
+    ~20 ms (issue 16, measured); in separate event-loop turns the viewer paints and
+    serves input in between. An update in place does not yield.
     """
     old = viewer.layers[name] if name in viewer.layers else None
     if isinstance(old, kind) and old.ndim == _data_ndim(data):
         _update(old, data, scale, translate, meta, style)
         return old
+    visible = style.pop("visible", True)
     layer = kind(
-        data, name=name, scale=scale, translate=translate, metadata={PLUGIN_KEY: meta}, **style
+        data,
+        name=name,
+        scale=scale,
+        translate=translate,
+        metadata={PLUGIN_KEY: meta},
+        visible=False,
+        **style,
     )
     yield
     layers = viewer.layers  # looked up again: the user may have changed the list meanwhile
@@ -151,6 +160,9 @@ def put_layer_steps(
     if old is not None:
         layers.remove(old)
     insert_layer(layers, index, layer, select=select)
+    if visible:
+        yield
+        layer.visible = True
     return layer
 
 
