@@ -220,7 +220,7 @@ def put_label_here_next(
         visible=False,
         select=False,
     )
-    if shapes is old:  # updated in place: napari gives added shapes its default look
+    if old is not None and shapes is old:  # in place: napari gives added shapes its default look
         shapes.edge_width, shapes.edge_color, shapes.face_color = 3, "yellow", "transparent"
     return len(boxes)
 
