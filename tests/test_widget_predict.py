@@ -108,6 +108,8 @@ def test_segment_2d_layers_and_rerun(
     np.testing.assert_array_equal(boxes.data[0], [[0, 0], [0, 128], [128, 128], [128, 0]])
     assert tuple(boxes.scale) == SCALE and tuple(boxes.translate) == TRANSLATE
     assert "label next" in w._status.value
+    # the labels are the run's selected layer: the hidden layers were added unselected
+    assert viewer.layers.selection.active is viewer.layers["em UNet++ labels"]
     for name in _names(viewer)[1:4]:
         out = viewer.layers[name]
         assert out.data.shape == (128, 128)
@@ -121,8 +123,11 @@ def test_segment_2d_layers_and_rerun(
 
     first_dir = w.last_run_dir
     viewer.layers["em UNet++ L1"].data = np.zeros((128, 128), np.float32)
+    shown: list[str] = []  # napari refreshes a layer on each visibility assignment (issue 16)
+    for name in ("em UNet++ L1", "em UNet++ L2"):
+        viewer.layers[name].events.visible.connect(lambda e, n=name: shown.append(n))
     w.segment()  # re-running updates the same layers
-    assert len(viewer.layers) == 5 and not errors
+    assert len(viewer.layers) == 5 and not errors and shown == []
     np.testing.assert_allclose(viewer.layers["em UNet++ L1"].data, expected[1], atol=1e-6)
     assert w.last_run_dir != first_dir
 
@@ -339,6 +344,66 @@ def test_threaded_run_and_reader_entry(
         assert _names(viewer)[4:] == ["em UNet++ label here next"]
     finally:
         _state.unregister_model("tiny run")
+
+
+def test_a_new_layer_is_built_in_one_turn_and_inserted_unselected_in_the_next(
+    make_napari_viewer: Any,
+) -> None:
+    """The Segment dock adds a layer in event-loop turns (build; napari's insert, hidden and
+    unselected; show), an update in place in one (issue 16: each turn is a stall)."""
+    from napari.layers import Image, Labels
+
+    from napari_unetpp._widgets._layers import put_layer_steps
+
+    viewer = make_napari_viewer()
+    mine = viewer.add_labels(np.zeros((8, 8), np.int32), name="mine")
+    viewer.add_image(np.zeros((8, 8), np.float32), name="p")  # to be replaced: another kind
+    viewer.layers.selection.active = mine
+    new = np.ones((8, 8), np.int32)
+    steps = put_layer_steps(viewer, Labels, "p", new, [1, 1], [0, 0], {}, select=False)
+    next(steps)  # built, not yet in the viewer
+    assert isinstance(viewer.layers["p"], Image)
+    next(steps)  # inserted where the replaced layer was, hidden, the selection unchanged
+    added = viewer.layers["p"]
+    assert isinstance(added, Labels) and viewer.layers.index("p") == 1 and not added.visible
+    assert viewer.layers.selection.active is mine
+    with pytest.raises(StopIteration) as end:
+        next(steps)
+    assert end.value.value is added and added.visible
+    update = put_layer_steps(viewer, Labels, "p", np.full((8, 8), 2), [1, 1], [0, 0], {})
+    with pytest.raises(StopIteration):  # in place: no turn of its own
+        next(update)
+    assert viewer.layers["p"] is added and added.data.max() == 2
+
+
+def test_label_here_next_is_updated_in_place(make_napari_viewer: Any) -> None:
+    """A re-run's blocks go into the same Shapes layer (a remove and an insert cost ~0.1 s
+    of the GUI thread each run, issue 16), looking as a new layer's blocks look."""
+    from napari.layers import Image
+
+    from napari_unetpp._widgets._layers import put_layer
+    from napari_unetpp._widgets._predict_job import Placement
+    from napari_unetpp._widgets._predict_layers import put_label_here_next
+    from napari_unetpp.disagreement import Region
+    from napari_unetpp.events import drive
+
+    viewer = make_napari_viewer()
+    where = Placement(None, (1.0, 1.0), (0.0, 0.0))
+
+    def put(count: int) -> Any:
+        blocks = [Region((), (0, 10 * k), (8, 8), 1.0 / (k + 1)) for k in range(count)]
+        assert drive(put_label_here_next(viewer, "next", blocks, where, {})) == count
+        return viewer.layers["next"]
+
+    first = put(1)
+    later = put(3)
+    assert later is first and later.nshapes == 3 and list(later.features["rank"]) == [1, 2, 3]
+    assert list(later.edge_width) == [3] * 3 and not later.visible
+    np.testing.assert_allclose(later.edge_color, [[1, 1, 0, 1]] * 3)
+    np.testing.assert_allclose(later.face_color, [[0, 0, 0, 0]] * 3)
+    assert list(later.text.values) == ["1", "2", "3"]
+    put_layer(viewer, Image, "next", np.zeros((4, 4)), [1, 1], [0, 0], {})  # another kind
+    assert put(2) is not first and viewer.layers["next"].nshapes == 2
 
 
 def test_labels_from_the_slider_depth_metadata_and_stale_layers(

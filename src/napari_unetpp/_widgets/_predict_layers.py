@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image, Labels, Shapes
 
-from ._layers import class_legend, labels_style, put_layer
+from ._layers import class_legend, labels_style, put_layer_steps
 
 if TYPE_CHECKING:
     import napari
@@ -82,7 +82,7 @@ def put_depths(
     for d in sorted(probs):
         p = np.asarray(probs[d])
         shown = p if p.ndim == labels_ndim else 1.0 - p[0]  # classes: foreground
-        put_layer(
+        yield from put_layer_steps(
             viewer,
             Image,
             f"{base} adaptive{suffix}" if adaptive else f"{base} L{d}{suffix}",
@@ -96,13 +96,15 @@ def put_depths(
             opacity=0.7,
             blending="additive",
             visible=adaptive or d == shown_depth,  # a hidden new layer uploads no texture
+            select=False,  # a run selects its labels layer, once (see show_result)
         )
         yield
     for d in depth_layers(viewer, base, suffix):
-        if adaptive:  # an earlier run's per-depth layers stay as they were, hidden
-            viewer.layers[f"{base} L{d}{suffix}"].visible = False
-            continue
-        viewer.layers[f"{base} L{d}{suffix}"].visible = d == shown_depth
+        layer = viewer.layers[f"{base} L{d}{suffix}"]
+        # an adaptive run hides an earlier run's per-depth layers; napari refreshes a layer
+        # on every assignment, the same value too (a shown one is re-sliced): only on a change
+        if layer.visible != (not adaptive and d == shown_depth):
+            layer.visible = not adaptive and d == shown_depth
 
 
 def put_labels(
@@ -113,20 +115,22 @@ def put_labels(
     meta: dict[str, Any],
     model: ModelConfig,
     instance: bool,
-) -> str:
-    """The labels layer (class names on hover, fixed colours); returns the legend text."""
-    put_layer(
-        viewer,
-        Labels,
-        name,
-        lift_for(where)(labels),
-        where.scale,
-        where.translate,
-        meta,
-        **where.frame,
-        **labels_style(model, instance),
+) -> Generator[None, None, Any]:
+    """The labels layer (class names on hover, fixed colours), added unselected; returns it."""
+    return (
+        yield from put_layer_steps(
+            viewer,
+            Labels,
+            name,
+            lift_for(where)(labels),
+            where.scale,
+            where.translate,
+            meta,
+            **where.frame,
+            **labels_style(model, instance),
+            select=False,
+        )
     )
-    return class_legend(model, instance)
 
 
 def put_adaptive_maps(
@@ -141,7 +145,7 @@ def put_adaptive_maps(
     """Adaptive depth's "depth used" and disagreement layers (hidden at first); yields
     after each."""
     lift = lift_for(where)
-    put_layer(
+    yield from put_layer_steps(
         viewer,
         Image,
         f"{base} depth used{suffix}",
@@ -154,9 +158,10 @@ def put_adaptive_maps(
         contrast_limits=(1, max_depth),
         opacity=0.5,
         visible=False,
+        select=False,
     )
     yield
-    put_layer(
+    yield from put_layer_steps(
         viewer,
         Image,
         f"{base} disagreement{suffix}",
@@ -169,6 +174,7 @@ def put_adaptive_maps(
         opacity=0.6,
         blending="additive",
         visible=False,
+        select=False,
     )
 
 
@@ -178,7 +184,7 @@ def put_label_here_next(
     regions: Sequence[Region],
     where: Placement,
     meta: dict[str, Any],
-) -> int:
+) -> Generator[None, None, int]:
     """The blocks to label next as numbered rectangles (a hidden Shapes layer); how many.
 
     ``regions``: ``disagreement.label_here_next`` of the deepest head (what the CLI's
@@ -195,9 +201,8 @@ def put_label_here_next(
         boxes.append(np.array([(*lifted, *region.item, *c) for c in corners], dtype=float))
     if not boxes:
         return 0
-    if name in viewer.layers:  # a Shapes layer is replaced, not updated in place
-        viewer.layers.remove(name)
-    put_layer(
+    old = viewer.layers[name] if name in viewer.layers else None
+    shapes = yield from put_layer_steps(
         viewer,
         Shapes,
         name,
@@ -213,7 +218,10 @@ def put_label_here_next(
         features={"rank": list(range(1, len(boxes) + 1)), "doubt": [r.score for r in regions]},
         text={"string": "{rank}", "color": "yellow", "anchor": "upper_left", "size": 10},
         visible=False,
+        select=False,
     )
+    if old is not None and shapes is old:  # in place: napari gives added shapes its default look
+        shapes.edge_width, shapes.edge_color, shapes.face_color = 3, "yellow", "transparent"
     return len(boxes)
 
 
@@ -254,9 +262,11 @@ def show_result(
     ``meta["depth"]`` is the labels' depth; ``regions``: the blocks to label next (the
     job ranked them). A run of all depths first drops the
     per-depth layers it did not make (a pruned run makes one and keeps the rest).
-    A generator that yields after each layer it adds or updates: adding a layer costs
-    napari's GUI thread ~0.15-0.3 s, so the dock adds one per event-loop turn
-    (:func:`._ui.spread`) and the viewer keeps painting between them (issue 16).
+    A generator that yields between the steps of adding a layer (building it, then
+    inserting it: napari's insert alone is 50-100 ms of the GUI thread here), so the dock
+    runs one step per event-loop turn (:func:`._ui.spread`) and the viewer keeps painting
+    between them (issue 16). The layers are added unselected; a new labels layer is then
+    selected, once (each selection builds and shows a layer's controls).
     """
     probs, labels = result
     base = f"{name} UNet++"
@@ -264,7 +274,9 @@ def show_result(
     if all_depths and not hasattr(probs, "depth_map"):
         drop_stale_depths(viewer, base, suffix, set(probs))
     yield from put_depths(viewer, base, suffix, probs, np.ndim(labels), where, meta, meta["depth"])
-    legend = put_labels(viewer, f"{base} labels{suffix}", labels, where, meta, model, instance)
+    labels_name = f"{base} labels{suffix}"
+    before = viewer.layers[labels_name] if labels_name in viewer.layers else None
+    labels_layer = yield from put_labels(viewer, labels_name, labels, where, meta, model, instance)
     notes = []
     if hasattr(probs, "depth_map"):
         yield
@@ -272,7 +284,11 @@ def show_result(
         notes.append(probs.summary())
     yield
     next_name = f"{base} label here next{suffix}"
-    if put_label_here_next(viewer, next_name, regions, where, meta):
+    if (yield from put_label_here_next(viewer, next_name, regions, where, meta)):
         notes.append(f"where to label next: the '{next_name}' layer (hidden)")
+    if labels_layer is not before:  # new: selected, as napari selects a new layer
+        yield
+        if labels_layer in viewer.layers:
+            viewer.layers.selection.active = labels_layer
     note = scale_note(probs)
-    return legend, notes + ([note] if note else [])
+    return class_legend(model, instance), notes + ([note] if note else [])

@@ -104,9 +104,10 @@ def spread(
     meanwhile) the remaining steps are dropped and ``done`` is not called, so a closed
     dock adds no layers later and nothing touches its deleted Qt widgets.
 
-    Why: each step adds a napari layer (~0.15-0.3 s of the GUI thread: its controls and
-    its canvas node); all of a run's layers at once froze the viewer for the sum
-    (issue 16). Between two steps Qt paints and serves input. ``inline`` (tests,
+    Why: each step builds, inserts or shows one napari layer (napari's insert alone,
+    its controls and its canvas node, is 50-100 ms of the GUI thread here); all of a
+    run's layers at once froze the viewer for the sum (issue 16). Between two steps Qt
+    paints and serves input. ``inline`` (tests,
     scripts): all steps now, as :class:`._runner.JobRunner` runs jobs inline. Meanwhile
     the old objects are kept out of garbage collection, as during a job (a full
     collection of napari's objects, which a layer add can trigger, took ~0.3 s: see
