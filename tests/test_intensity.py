@@ -35,6 +35,35 @@ def _nuclei_level(
     return float((np.median(image[labels > 0]) - low) / max(high - low, 1e-8))
 
 
+def test_an_image_of_three_grey_levels_is_said_to_have_no_contrast(pairs) -> None:
+    """A dark crop of values 1..3 was stretched to 0..1 and segmented into 101 "nuclei",
+    with no word: predict now warns and the image check says so. No held-back image, dim
+    or alone in a big empty field, is taken for one."""
+    import torch
+
+    from napari_unetpp.config import DataConfig, PredictConfig
+    from napari_unetpp.disagreement import check_prediction
+    from napari_unetpp.events import drive
+    from napari_unetpp.inference import predict_array
+    from napari_unetpp.model import UNetPlusPlus
+    from napari_unetpp.normalization import contrast_problem
+
+    for image, _ in pairs:
+        for variant in (image, dim(image), empty_field(dim(image))):
+            assert contrast_problem(variant, GUARDED) is None
+    crop = pairs[0][0][:128, :128]  # a real image's structure at 3 grey levels, by rank
+    rank = np.argsort(np.argsort(crop, axis=None, kind="stable")).reshape(crop.shape)
+    steps = (1 + (rank >= crop.size // 2) + (rank >= crop.size * 4 // 5)).astype(np.uint8)
+    assert set(np.unique(steps)) == {1, 2, 3}
+    torch.manual_seed(0)
+    net = UNetPlusPlus(widths=(4, 8), depth=1).eval()
+    config = PredictConfig(device="cpu")
+    with pytest.warns(UserWarning, match="only .* grey levels"):
+        probs = predict_array(net, steps, config, DataConfig())
+    check = drive(check_prediction(net, steps, probs, DataConfig(), config))
+    assert check.unlike_training and "grey levels" in check.reasons[0]
+
+
 def test_typical_images_keep_plain_percentiles(pairs) -> None:
     same = [intensity_range(image, GUARDED) == intensity_range(image, PLAIN) for image, _ in pairs]
     print(f"{sum(same)} of {len(same)} held-back DSB images normalised exactly as before")

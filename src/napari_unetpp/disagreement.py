@@ -433,18 +433,16 @@ def check_prediction(
         judge,
     )
     from .inference import predict
-    from .normalization import intensity_range
+    from .normalization import contrast_problem
 
     def stopped() -> bool:
         return stopper is not None and stopper.stopped
 
     if stopped() or not getattr(probs, "complete", True):
         return None
-    norm = data_config.normalization
-    if norm.mode == "percentile":
-        low, high = intensity_range(image, norm)
-        if low == high:
-            return flat_image_check(low)
+    problem = contrast_problem(image, data_config.normalization)
+    if problem is not None:
+        return flat_image_check(problem)
     config = _check_config(predict_config)
     zoom = zoom_used(probs)
     half = None

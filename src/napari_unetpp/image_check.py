@@ -189,8 +189,9 @@ class ImageCheck:
         return "\n".join(lines)
 
 
-def flat_image_check(value: float) -> ImageCheck:
-    """The verdict on an image without contrast: nothing in it to judge (or segment).
+def flat_image_check(problem: str) -> ImageCheck:
+    """The verdict on an image without contrast (``problem``, from
+    :func:`normalization.contrast_problem`): nothing in it to judge (or segment).
 
     Why: its signals read as "like the training data" (the depths agree on a flat field),
     which contradicted the "no contrast" warning printed just before.
@@ -198,7 +199,7 @@ def flat_image_check(value: float) -> ImageCheck:
     return ImageCheck(
         signals={},
         unlike_training=True,
-        reasons=[f"the image has no contrast (every sampled pixel is {value:g})"],
+        reasons=[problem],
         remedies=["check that the layer, file, channel or plane is the image you mean"],
     )
 

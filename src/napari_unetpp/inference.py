@@ -65,7 +65,7 @@ from .events import EtaClock, Event, Stopper, drive
 from .layout import ItemSink, ItemView, image_layout, output_shape, stacked_item
 from .model import UNetPlusPlus
 from .nonfinite import non_finite_filler
-from .normalization import TileNormaliser, as_model_input, intensity_range
+from .normalization import TileNormaliser, as_model_input, contrast_problem, intensity_range
 from .predictor import TileRunner, cached_derived, prepare_on
 
 __all__ = ["PredictEvent", "PredictResult", "predict", "predict_array"]
@@ -195,10 +195,11 @@ def _normaliser(image: Any, data_config: DataConfig) -> TileNormaliser:
     """Per-tile normalisation with one intensity range for the whole image (or stack)."""
     norm = data_config.normalization
     value_range = intensity_range(image, norm)
-    if norm.mode == "percentile" and value_range[0] == value_range[1]:
-        warnings.warn(  # a blank frame or an empty channel: the labels would be noise
-            f"the image has no contrast (every sampled pixel is {value_range[0]:g}): there is "
-            "nothing to segment, and the labels only show what the model makes of a flat field",
+    problem = contrast_problem(image, norm, value_range)
+    if problem is not None:  # a blank frame or an empty channel: the labels would be noise
+        warnings.warn(
+            f"{problem}: there is nothing to segment, and the labels only show what the "
+            "model makes of a flat field",
             stacklevel=2,
         )
     fill = non_finite_filler(image)  # NaN pixels: filled with a warning, or refused

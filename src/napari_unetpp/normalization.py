@@ -19,6 +19,7 @@ __all__ = [
     "as_model_input",
     "check_numeric",
     "check_pair",
+    "contrast_problem",
     "intensity_range",
     "looks_rgb",
     "normalize",
@@ -115,6 +116,45 @@ def intensity_range(image: ArrayLike, config: NormalizationConfig) -> tuple[floa
     if thinned is not None:
         low, high = np.percentile(thinned, [config.low, config.high])
     return float(low), float(high)
+
+
+#: An integer image of at most this many neighbouring grey levels (1, 2, 3) holds too little
+#: signal to segment (an under-exposed frame, a dark empty crop): its normalisation range
+#: stretches the few steps to 0..1 and the model reads them as objects.
+FEW_LEVELS = 3
+
+
+def contrast_problem(
+    image: ArrayLike,
+    config: NormalizationConfig,
+    value_range: tuple[float, float] | None = None,
+) -> str | None:
+    """Why ``image`` has too little contrast to segment, in words, or None when it has enough.
+
+    Percentile mode only (a fixed window keeps its meaning on any image). A constant image
+    (one sampled value), or an integer image of at most :data:`FEW_LEVELS` neighbouring grey
+    levels (a crop of values 1..3 was segmented into 101 "nuclei"; a dim image in a big
+    empty field keeps its objects' levels, and two far apart levels are contrast). Both
+    inference's warning and the image check say this sentence.
+    ``value_range``: the image's :func:`intensity_range` when already computed.
+    """
+    if config.mode != "percentile":
+        return None
+    low, high = value_range if value_range is not None else intensity_range(image, config)
+    if low == high:
+        return f"the image has no contrast (every sampled pixel is {low:g})"
+    counts = LevelCounts.of(subsample(image))
+    if counts is None:  # floats: their levels say nothing
+        return None
+    levels = int(counts.levels.size)  # in all: dim objects above the range still count
+    span = float(counts.levels[-1] - counts.levels[0])
+    if levels > FEW_LEVELS or span >= FEW_LEVELS:  # bright discs on a dark field: contrast
+        return None
+    shown = ", ".join(f"{v:g}" for v in counts.levels)
+    return (
+        f"the image has no contrast to speak of: only {levels} grey levels in all ({shown}; "
+        "under-exposed, or an empty region)"
+    )
 
 
 class LevelCounts:
