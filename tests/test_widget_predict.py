@@ -476,6 +476,23 @@ def test_shipped_model_matches_the_image(make_napari_viewer: Any) -> None:
     ]
 
 
+def test_a_microscope_image_after_a_scan_does_not_keep_the_ct_model(
+    make_napari_viewer: Any,
+) -> None:
+    """A CT scan picked the CT model; an 8-bit grey image without a name hint opened next
+    kept it (nothing was guessed for it), and a 4096 x 4096 EM plane was segmented as a body
+    for 4 minutes. An image that cannot hold Hounsfield units leaves CT for the default."""
+    viewer = make_napari_viewer()
+    widget = PredictWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._image.value = viewer.add_image(np.full((2, 16, 16), -1000, np.int16), name="scan")
+    assert widget._model.value == "zoo:ct"
+    widget._image.value = viewer.add_image(np.zeros((16, 16), np.uint8), name="plane")
+    assert widget._model.value not in (None, "zoo:ct")
+    widget._image.value = viewer.add_image(np.zeros((16, 16), np.float32), name="scan2")
+    assert widget._model.value not in (None, "zoo:ct")  # kept what it had: floats may be HU
+
+
 def test_chosen_path_is_one_path_or_a_user_facing_error() -> None:
     from napari_unetpp._widgets._paths import chosen_path
 

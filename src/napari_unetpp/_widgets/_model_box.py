@@ -70,6 +70,18 @@ def guess_zoo_model(layer: Any) -> str | None:
     return zoo_spec("nuclei") if layer.rgb else None
 
 
+def could_be_ct(layer: Any) -> bool:
+    """Whether the layer's values could be Hounsfield units: not RGB, not unsigned or bool.
+
+    Why: CT values go below zero (air is -1000 HU); an 8- or 16-bit microscope image cannot
+    hold them, so the CT model kept from a scan opened before would segment it as a body.
+    """
+    data = layer.data[-1] if layer.multiscale else layer.data
+    return (
+        not layer.rgb and not np.issubdtype(data.dtype, np.unsignedinteger) and (data.dtype != bool)
+    )
+
+
 def device_choices() -> list[str]:
     """``auto`` plus the device types present here (what PredictConfig.device accepts)."""
     from ..devices import available_devices

@@ -31,12 +31,20 @@ from magicgui.widgets import (
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from ..locate import zoo_spec
 from ..runs import new_run_dir
 from ..zoo import card_markdown
 from . import _state
 from ._jobs import in_background, on_dock_closed, queue_for
 from ._layers import layer_choices
-from ._model_box import SOURCES, device_choices, guess_zoo_model, model_name, zoo_choices
+from ._model_box import (
+    SOURCES,
+    could_be_ct,
+    device_choices,
+    guess_zoo_model,
+    model_name,
+    zoo_choices,
+)
 from ._paths import chosen_path
 from ._predict_job import (
     SCOPES,
@@ -231,10 +239,14 @@ class PredictWidget(Container):
             self.scale.set_layer(self._image.value)
 
     def _pick_zoo_model(self) -> None:
-        """Choose the shipped model that matches the chosen image (EM, CT, nuclei)."""
+        """Choose the shipped model that matches the chosen image (EM, CT, nuclei); an image
+        that cannot be a CT scan leaves the CT model for the default (the first shipped)."""
         layer = self._image.value
         match = None if layer is None else guess_zoo_model(layer)
         choices = [value for _, value in zoo_choices()]
+        if match is None and layer is not None and self._model.value == zoo_spec("ct"):
+            if not could_be_ct(layer):
+                match = next((c for c in choices if c != zoo_spec("ct")), None)
         if match in choices:
             self._model.reset_choices()
             self._model.value = match
