@@ -385,3 +385,29 @@ def test_closing_the_viewer_while_a_job_runs_keeps_python_alive(
     gc.collect()
     qtbot.waitUntil(lambda: worker not in _jobs._LIVE_WORKERS, timeout=WAIT_MS)
     qtbot.wait(300)  # its last signals were delivered without a crash
+
+
+@pytest.mark.timeout(300, method="thread")
+def test_a_dock_closed_between_a_layers_insert_and_show_leaves_it_shown(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    checkpoint: Path,
+    threaded: None,
+    em_stack: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    """A result layer goes in hidden and is shown a turn later; a dock closed in between
+    left the labels hidden for good: a reopened dock's re-run updates them in place, and
+    its 'done' showed no labels (QA session 9)."""
+    viewer = make_napari_viewer()
+    w, dock = _segment_dock(viewer, qtbot, checkpoint, tmp_path, em_stack[0][:2, :64, :64])
+
+    def close_at_labels(event: Any) -> None:
+        if event.value.name == "stack UNet++ labels":  # inserted hidden, to be shown next turn
+            viewer.window.remove_dock_widget(dock)
+
+    viewer.layers.events.inserted.connect(close_at_labels)
+    qtbot.waitUntil(lambda: "stack UNet++ labels" in viewer.layers, timeout=WAIT_MS)
+    qtbot.wait(500)
+    viewer.layers.events.inserted.disconnect(close_at_labels)
+    assert w._closed and viewer.layers["stack UNet++ labels"].visible

@@ -161,8 +161,10 @@ def put_layer_steps(
         layers.remove(old)
     insert_layer(layers, index, layer, select=select)
     if visible:
-        yield
-        layer.visible = True
+        try:
+            yield
+        finally:  # also when the steps are dropped here (the dock was closed): never left
+            layer.visible = True  # hidden, where a re-run's update in place kept it hidden
     return layer
 
 
