@@ -376,6 +376,36 @@ def test_a_new_layer_is_built_in_one_turn_and_inserted_unselected_in_the_next(
     assert viewer.layers["p"] is added and added.data.max() == 2
 
 
+def test_a_layer_inserted_through_a_docks_viewer_proxy_raises_no_warning(
+    make_napari_viewer: Any,
+) -> None:
+    """napari gives a plugin dock a proxy of the viewer that warns on private names; the
+    unselected insert's switch showed three 'Private attribute access' warnings in the
+    viewer at a session's first segmentation (QA session 9, races)."""
+    import warnings
+
+    from napari.layers import Labels
+    from napari.utils._proxies import PublicOnlyProxy
+
+    from napari_unetpp._widgets._layers import put_layer
+
+    viewer = make_napari_viewer()
+    mine = viewer.add_image(np.zeros((8, 8), np.float32), name="mine")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        put_layer(
+            PublicOnlyProxy(viewer),
+            Labels,
+            "p",
+            np.ones((8, 8), np.int32),
+            [1, 1],
+            [0, 0],
+            {},
+            select=False,
+        )
+    assert viewer.layers.selection.active is mine and "p" in viewer.layers
+
+
 def test_label_here_next_is_updated_in_place(make_napari_viewer: Any) -> None:
     """A re-run's blocks go into the same Shapes layer (a remove and an insert cost ~0.1 s
     of the GUI thread each run, issue 16), looking as a new layer's blocks look."""

@@ -223,7 +223,12 @@ def insert_layer(layers: Any, index: int, layer: Any, *, select: bool = True) ->
     layer (~20 of ~80 ms CPU, measured; issue 16). A result of five layers (the hidden
     depths among them) is selected once, not five times. napari has no public switch
     for this; with a napari that lacks the private one, the layer is selected as usual.
+    The list behind a dock's proxy of the viewer is used: through the proxy the private
+    switch raised three 'Private attribute access' warnings in the viewer at the first run.
     """
+    from ._jobs import unproxied
+
+    layers = unproxied(layers)
     if select or not hasattr(layers, "_activate_on_insert"):
         layers.insert(index, layer)
         return
