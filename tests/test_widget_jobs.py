@@ -411,3 +411,37 @@ def test_a_dock_closed_between_a_layers_insert_and_show_leaves_it_shown(
     qtbot.wait(500)
     viewer.layers.events.inserted.disconnect(close_at_labels)
     assert w._closed and viewer.layers["stack UNet++ labels"].visible
+
+
+@pytest.mark.timeout(300, method="thread")
+def test_a_layer_selected_while_the_result_is_added_keeps_the_selection(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    checkpoint: Path,
+    threaded: None,
+    em_stack: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    """The new labels are selected in the result's last turn; a layer the user selected
+    after the first result layer went in (their own labels, to paint on) lost the
+    selection to them, and the next brush stroke went into the result (QA session 9)."""
+    viewer = make_napari_viewer()
+    mine = viewer.add_labels(np.zeros((2, 64, 64), np.int32), name="mine")
+    w, _ = _segment_dock(viewer, qtbot, checkpoint, tmp_path, em_stack[0][:2, :64, :64])
+
+    def pick_mine(event: Any) -> None:
+        if event.value.name == "stack UNet++ L1":  # the result's first layer: the user clicks
+            viewer.layers.selection.active = mine
+
+    viewer.layers.events.inserted.connect(pick_mine)
+    qtbot.waitUntil(lambda: "stack UNet++ label here next" in viewer.layers, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not w.busy, timeout=WAIT_MS)
+    viewer.layers.events.inserted.disconnect(pick_mine)
+    assert viewer.layers.selection.active is mine
+    assert viewer.layers["stack UNet++ labels"].visible
+
+    viewer.layers.remove("stack UNet++ labels")  # a new labels layer, nothing picked meanwhile
+    w.segment()
+    qtbot.waitUntil(lambda: "stack UNet++ labels" in viewer.layers, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not w.busy, timeout=WAIT_MS)
+    assert viewer.layers.selection.active is viewer.layers["stack UNet++ labels"]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image, Labels, Shapes
 
+from ._jobs import unproxied
 from ._layers import class_legend, labels_style, put_layer_steps
 
 if TYPE_CHECKING:
@@ -225,6 +226,16 @@ def put_label_here_next(
     return len(boxes)
 
 
+def _untouched(selection: Any, before: Sequence[Any]) -> bool:
+    """Whether the user selected no layer since ``before`` (removing one deselects it).
+
+    Why: the labels are selected in the last of the result's event-loop turns, a moment
+    after their insert; a layer the user picked in between (their own labels, to paint
+    on) lost the selection to the result, and the next brush stroke went into it.
+    """
+    return all(any(layer is old for old in before) for layer in selection)
+
+
 def scale_note(probs: Any) -> str | None:
     """What the scale step did (zoom, measured size), or None when it did nothing."""
     scale = getattr(probs, "scale", None)
@@ -266,9 +277,12 @@ def show_result(
     inserting it: napari's insert alone is 50-100 ms of the GUI thread here), so the dock
     runs one step per event-loop turn (:func:`._ui.spread`) and the viewer keeps painting
     between them (issue 16). The layers are added unselected; a new labels layer is then
-    selected, once (each selection builds and shows a layer's controls).
+    selected, once (each selection builds and shows a layer's controls), unless the user
+    selected a layer meanwhile.
     """
     probs, labels = result
+    selection = unproxied(viewer).layers.selection  # the dock's proxy wraps each layer anew
+    chosen = list(selection)  # a layer the user selects meanwhile keeps the selection
     base = f"{name} UNet++"
     suffix = "" if where.lead_index is None else " (quick look)"
     if all_depths and not hasattr(probs, "depth_map"):
@@ -288,7 +302,7 @@ def show_result(
         notes.append(f"where to label next: the '{next_name}' layer (hidden)")
     if labels_layer is not before:  # new: selected, as napari selects a new layer
         yield
-        if labels_layer in viewer.layers:
+        if labels_layer in viewer.layers and _untouched(selection, chosen):
             viewer.layers.selection.active = labels_layer
     note = scale_note(probs)
     return class_legend(model, instance), notes + ([note] if note else [])
