@@ -445,3 +445,29 @@ def test_a_layer_selected_while_the_result_is_added_keeps_the_selection(
     qtbot.waitUntil(lambda: "stack UNet++ labels" in viewer.layers, timeout=WAIT_MS)
     qtbot.waitUntil(lambda: not w.busy, timeout=WAIT_MS)
     assert viewer.layers.selection.active is viewer.layers["stack UNet++ labels"]
+
+
+@pytest.mark.timeout(300, method="thread")
+def test_an_image_removed_while_its_result_is_added_gets_no_more_layers(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    checkpoint: Path,
+    threaded: None,
+    em_stack: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    """Removed before its result came, an image gets no layers; removed while they went
+    in one per turn, it got the rest of them (labels over nothing) and 'done' (QA session 9)."""
+    viewer = make_napari_viewer()
+    w, _ = _segment_dock(viewer, qtbot, checkpoint, tmp_path, em_stack[0][:2, :64, :64])
+
+    def remove_image(event: Any) -> None:
+        if event.value.name == "stack UNet++ L1":
+            viewer.layers.remove("stack")
+
+    viewer.layers.events.inserted.connect(remove_image)
+    qtbot.waitUntil(lambda: "stack UNet++ L1" in viewer.layers, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not w.busy, timeout=WAIT_MS)
+    viewer.layers.events.inserted.disconnect(remove_image)
+    assert [layer.name for layer in viewer.layers] == ["stack UNet++ L1"]
+    assert "'stack' was removed" in w._status.value and w._run.enabled

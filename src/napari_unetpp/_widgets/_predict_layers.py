@@ -267,19 +267,60 @@ def show_result(
     instance: bool,
     all_depths: bool,
     regions: Sequence[Region] = (),
+    image: Any = None,
 ) -> Generator[None, None, tuple[str, list[str]]]:
     """All of a finished run's layers for the image ``name``; returns (legend, notes).
 
     ``meta["depth"]`` is the labels' depth; ``regions``: the blocks to label next (the
-    job ranked them). A run of all depths first drops the
-    per-depth layers it did not make (a pruned run makes one and keeps the rest).
-    A generator that yields between the steps of adding a layer (building it, then
-    inserting it: napari's insert alone is 50-100 ms of the GUI thread here), so the dock
-    runs one step per event-loop turn (:func:`._ui.spread`) and the viewer keeps painting
-    between them (issue 16). The layers are added unselected; a new labels layer is then
-    selected, once (each selection builds and shows a layer's controls), unless the user
-    selected a layer meanwhile.
+    job ranked them). A run of all depths first drops the per-depth layers it did not
+    make (a pruned run makes one and keeps the rest). A generator that yields between
+    the steps of adding a layer (building it, then inserting it: napari's insert alone is
+    50-100 ms of the GUI thread here), so the dock runs one step per event-loop turn
+    (:func:`._ui.spread`) and the viewer keeps painting between them (issue 16). The
+    layers are added unselected; a new labels layer is then selected, once (each
+    selection builds and shows a layer's controls), unless the user selected a layer
+    meanwhile. ``image`` (the input layer): once the user removed it, no more layers are
+    added (a note says so), as when it was removed before the result came; the rest of a
+    removed image's result came in one by one, labels over nothing, and 'done'.
     """
+    steps = _add_result(
+        viewer,
+        name,
+        result,
+        where,
+        meta,
+        model,
+        instance=instance,
+        all_depths=all_depths,
+        regions=regions,
+    )
+    try:
+        while True:
+            try:
+                next(steps)
+            except StopIteration as end:
+                return end.value
+            yield
+            if image is not None and image not in viewer.layers:
+                note = f"the image {name!r} was removed: the rest of its layers were not added"
+                return class_legend(model, instance), [note]
+    finally:  # now, on the GUI thread: a layer inserted hidden is shown (put_layer_steps)
+        steps.close()
+
+
+def _add_result(
+    viewer: napari.viewer.Viewer,
+    name: str,
+    result: tuple[Any, Any],
+    where: Placement,
+    meta: dict[str, Any],
+    model: ModelConfig,
+    *,
+    instance: bool,
+    all_depths: bool,
+    regions: Sequence[Region] = (),
+) -> Generator[None, None, tuple[str, list[str]]]:
+    """:func:`show_result`'s steps, without the watch on the input image."""
     probs, labels = result
     selection = unproxied(viewer).layers.selection  # the dock's proxy wraps each layer anew
     chosen = list(selection)  # a layer the user selects meanwhile keeps the selection

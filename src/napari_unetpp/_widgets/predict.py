@@ -481,6 +481,7 @@ class PredictWidget(Container):
             regions=regions,
             instance=info.data.target == "instance",
             all_depths=config.pruned_depth is None,
+            image=layer,
         )
         source = (
             "adaptive depth, up to" if hasattr(probs, "depth_map") else "the Depth slider's depth:"
