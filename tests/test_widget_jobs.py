@@ -200,6 +200,32 @@ def test_a_dock_closed_while_its_layers_are_added_adds_no_more(
 
 
 @pytest.mark.timeout(300, method="thread")
+def test_check_and_estimate_wait_while_a_results_layers_are_added(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    checkpoint: Path,
+    threaded: None,
+    em_stack: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Check this image (or Estimate size) clicked while a run's layers went in started a job
+    whose status replaced the run's 'done ... saved in'; it now waits, as Segment does."""
+    from napari_unetpp._widgets import predict as predict_module
+
+    told: list[str] = []
+    monkeypatch.setattr(predict_module, "show_info", told.append)
+    viewer = make_napari_viewer()
+    w, _ = _segment_dock(viewer, qtbot, checkpoint, tmp_path, em_stack[0][:2, :64, :64])
+    qtbot.waitUntil(lambda: w._showing, timeout=WAIT_MS)
+    w.check_image()
+    w.estimate_size()
+    assert not w._runner.running and len(told) == 2 and "running" in told[0]
+    qtbot.waitUntil(lambda: not w.busy, timeout=WAIT_MS)
+    assert w._status.value.startswith("done")
+
+
+@pytest.mark.timeout(300, method="thread")
 def test_an_image_removed_while_segmented_gets_no_layers(
     make_napari_viewer: Any,
     qtbot: Any,

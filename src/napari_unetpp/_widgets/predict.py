@@ -383,7 +383,7 @@ class PredictWidget(Container):
 
     def _ready(self) -> tuple[UNetPlusPlus, Image] | None:
         """The model and image, when a job may start; else None (the user is told why)."""
-        if self._runner.running:
+        if self._runner.running or self._showing:  # its layers going in count as running
             show_info("a UNet++ job of this dock is running: wait for it or press Cancel")
             return None
         layer = self._image.value
