@@ -523,6 +523,22 @@ def test_a_microscope_image_after_a_scan_does_not_keep_the_ct_model(
     assert widget._model.value not in (None, "zoo:ct")  # kept what it had: floats may be HU
 
 
+def test_removing_the_image_falls_back_to_a_users_image_not_a_result(
+    setup: Any, crop: np.ndarray
+) -> None:
+    """With the chosen image removed, the Image box fell back to the first Image layer, the
+    previous run's 'UNet++ L1' probabilities, and the next Segment ran on them (race QA's
+    open item): the user's images come first."""
+    viewer, w, errors = setup
+    first = viewer.add_image(crop[0], name="first")
+    w._image.value = first
+    w.segment()
+    assert "first UNet++ L1" in viewer.layers and not errors
+    second = viewer.add_image(crop[1], name="second")  # after the results in the layer list
+    viewer.layers.remove(first)
+    assert w._image.value is second
+
+
 def test_chosen_path_is_one_path_or_a_user_facing_error() -> None:
     from napari_unetpp._widgets._paths import chosen_path
 

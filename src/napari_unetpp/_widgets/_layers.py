@@ -252,10 +252,20 @@ def _same(current: Any, wanted: Any) -> bool:
 
 
 def layer_choices(viewer: Any, kind: type[Any]) -> Any:
-    """A ComboBox ``choices`` callable: (name, layer) of the viewer's layers of ``kind``."""
-    return lambda _w=None: [
-        (layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)
-    ]
+    """A ComboBox ``choices`` callable: (name, layer) of the viewer's layers of ``kind``,
+    the user's before the plugin's own outputs.
+
+    Why that order: a box falls back to its first choice when the chosen layer goes. With
+    the image removed, the Segment dock had fallen to its ``UNet++ L1`` probabilities (the
+    next Segment ran on them), and the Train dock's Labels box to the plugin's own labels.
+    """
+
+    def choices(_w: Any = None) -> list[tuple[str, Any]]:
+        layers = [layer for layer in viewer.layers if isinstance(layer, kind)]
+        layers.sort(key=lambda layer: PLUGIN_KEY in layer.metadata)  # stable: user's first
+        return [(layer.name, layer) for layer in layers]
+
+    return choices
 
 
 def layer_data(layer: Any) -> Any:

@@ -29,7 +29,7 @@ from napari.layers import Image, Labels
 from ..config import FINE_TUNE_LEARNING_RATE
 from ..locate import is_zoo, locate
 from . import _state
-from ._layers import PLUGIN_KEY, layer_choices, layer_data
+from ._layers import layer_choices, layer_data
 from ._paths import chosen_path
 from ._ui import scroll_inside, wrapped
 
@@ -77,7 +77,7 @@ class TrainForm(Container):
     def _build_data(self) -> None:
         # not "_labels": that is magicgui Container's "show labels" flag (issue 16)
         self._image = ComboBox(label="Image", choices=layer_choices(self._viewer, Image))
-        self._labels_box = ComboBox(label="Labels", choices=self._user_labels_first)
+        self._labels_box = ComboBox(label="Labels", choices=layer_choices(self._viewer, Labels))
         self._pair_info = wrapped()
         self._add_pair, self._clear_pairs = PushButton(text="Add pair"), PushButton(text="Clear")
         self._pair_list = wrapped("training on: the selected pair")
@@ -225,12 +225,6 @@ class TrainForm(Container):
         choices += [(f"shipped: {e.name}", e.spec) for e in available_models()]
         choices += [(f"trained: {n}", f"trained:{n}") for n in _state.registered_models()]
         return choices + [("checkpoint file...", "file")]
-
-    def _user_labels_first(self, _w: Any = None) -> list[tuple[str, Labels]]:
-        """Labels layers, the user's before the plugin's own outputs (the default is the first)."""
-        layers = [layer for layer in self._viewer.layers if isinstance(layer, Labels)]
-        layers.sort(key=lambda layer: PLUGIN_KEY in layer.metadata)
-        return [(layer.name, layer) for layer in layers]
 
     # ------------------------------------------------------------------ configs
 
