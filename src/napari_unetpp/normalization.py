@@ -143,6 +143,8 @@ def contrast_problem(
     low, high = value_range if value_range is not None else intensity_range(image, config)
     if low == high:
         return f"the image has no contrast (every sampled pixel is {low:g})"
+    if high - low >= FEW_LEVELS:  # the levels in all span at least the range: not flat
+        return None
     counts = LevelCounts.of(subsample(image))
     if counts is None:  # floats: their levels say nothing
         return None
