@@ -6,9 +6,10 @@ timed cases interleaved (A, B, A, B, ... and the median of each), so a busy mach
 slows all of them alike and the ratios hold even when the absolute times do not.
 
 Rows (2D, paper widths 32-512 unless said, random weights: speed does not depend on them):
-- matmul peak: the median GFLOP/s of ``torch.mm`` (fp32 2048x2048 on a CPU, bf16 8192x8192 on
-  a GPU, as the networks run there; into a kept output), timed in turn with the
-  networks (so under the same load), the roofline;
+- matmul peak: the median GFLOP/s of ``torch.mm`` (2048x2048 on a CPU, 8192x8192 on a GPU;
+  fp32, and bf16 where the networks run in bf16 as ``predict`` runs them by default: a GPU,
+  or a CPU with bf16 instructions; into a kept output), timed in turn with the networks
+  (so under the same load), the roofline in each precision;
 - raw forward Ld: the prepared pruned network (BatchNorm folded, channels_last) on a
   batch of 4 tiles of 256x256, no tiling: GFLOP/s and the fraction of the matmul peak;
 - tiled Ld / all heads: ``inference.predict`` on a 1024x1024 image (tile 256, overlap
@@ -16,7 +17,9 @@ Rows (2D, paper widths 32-512 unless said, random weights: speed does not depend
   (``--size``, ``--tile``, ``--batch-size`` change the image, tiles and batch: a GPU wants
   bigger batches than the CPU's 4);
 - MONAI: ``BasicUNetPlusPlus`` (same widths, batch norm, deep supervision: 4 heads) with
-  ``sliding_window_inference`` (same tile, overlap, blending, batch), as a user runs it;
+  ``sliding_window_inference`` (same tile, overlap, blending, batch), as a user runs it
+  (float32), and under torch's CPU bf16 autocast where the CPU has bf16 instructions;
+  ours also in float32 (``mixed_precision=False``) beside it;
 - host pipeline: ``predict`` with a UNet++ whose forward returns zeros (the network costs
   nothing), all heads and one head, on a stack of 4 such images: what the host side can feed;
 - training: ``training.Trainer`` steps/s at batch 8, 256x256, CPU widths and paper widths.
@@ -44,10 +47,10 @@ import torch
 
 from napari_unetpp.config import DataConfig, ModelConfig, PredictConfig, TrainConfig
 from napari_unetpp.datasets import shared_data_dir
-from napari_unetpp.devices import autocast, memory_format
+from napari_unetpp.devices import autocast_dtype, inference_dtype, memory_format
 from napari_unetpp.inference import predict_array
 from napari_unetpp.model import UNetPlusPlus
-from napari_unetpp.predictor import prepare_for_inference
+from napari_unetpp.predictor import inference_autocast, network_dtype, prepare_for_inference
 from napari_unetpp.pruning import gflop_per_mpx
 from napari_unetpp.tiling import tile_grid
 
@@ -142,6 +145,10 @@ def monai_cases(
                 x, (tile, tile), batch, net, overlap=0.25, mode="gaussian"
             )
 
+    def run_bf16() -> object:  # MONAI under torch's CPU autocast: its best on this CPU
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return run()
+
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -149,36 +156,38 @@ def monai_cases(
     gflop = counter.get_total_flops() / (tile * tile / 1e6) / 1e9
     import monai
 
-    return {"monai": run}, gflop, f"MONAI {monai.__version__}"
+    cases = {"monai": run}
+    if device == "cpu" and inference_dtype(device) == torch.bfloat16:
+        cases["monai bf16"] = run_bf16
+    return cases, gflop, f"MONAI {monai.__version__}"
 
 
 def bench_inference(
     size: int, tile: int, rounds: int, device: str, batch: int = 4
-) -> tuple[dict[str, float], dict[str, float], str]:
-    """Seconds per case (interleaved medians) and GFLOP/Mpx per case."""
+) -> tuple[dict[str, float], dict[str, float], dict[str, float], str]:
+    """Seconds per Mpx per case (interleaved medians), GFLOP/Mpx per case, matmul peaks."""
     image = test_image(size)
     torch.manual_seed(0)
     model = UNetPlusPlus(widths=PAPER_WIDTHS, depth=4).eval()
     data = DataConfig()
     config = PredictConfig(tile_size=(tile, tile), overlap=0.25, batch_size=batch, device=device)
-    n = 2048 if device == "cpu" else 8192
-    # the peak of the arithmetic the networks do: fp32 on a CPU, bf16 (autocast) on a GPU;
-    # into a kept output, so the peak is not an allocation's page faults
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    a, b = (torch.rand(n, n, device=device, dtype=dtype) for _ in range(2))
-    product = torch.empty(n, n, device=device, dtype=dtype)
-    cases: dict[str, Callable[[], object]] = {
-        "matmul": lambda: [torch.mm(a, b, out=product) for _ in range(4)]
-    }
+    # the network's arithmetic as predict runs it: bf16 on a GPU (autocast) and on a CPU
+    # with bf16 instructions (a bf16 copy), else fp32; the matmul peak in the same precision
+    # (and fp32's too), into a kept output, so the peak is not an allocation's page faults
+    low = autocast_dtype(device) or inference_dtype(device)
+    cases: dict[str, Callable[[], object]] = {}
+    for dtype in dict.fromkeys([torch.float32, low]):
+        cases[f"matmul {dtype}"] = matmul_case(device, dtype)
     batch_x = torch.rand(batch, 1, tile, tile, device=device).contiguous(
         memory_format=memory_format(2, torch.device(device))
     )
     for d in DEPTHS:
-        pruned = prepare_for_inference(model.prune(d), device)
+        pruned = prepare_for_inference(model.prune(d), device, inference_dtype(device))
+        x = batch_x.to(network_dtype(pruned))
 
-        def raw(net: UNetPlusPlus = pruned) -> object:
-            with torch.inference_mode(), autocast(device):  # bf16 on a GPU, as predict does
-                return net(batch_x)
+        def raw(net: UNetPlusPlus = pruned, x: torch.Tensor = x) -> object:
+            with torch.inference_mode(), inference_autocast(net, torch.device(device), True):
+                return net(x)
 
         cases[f"raw L{d}"] = raw
     for d in DEPTHS:
@@ -186,26 +195,42 @@ def bench_inference(
             model, image, config.replace(pruned_depth=d), data
         )
     cases["tiled all"] = lambda: predict_array(model, image, config, data)
+    if low != torch.float32:
+        cases["tiled all fp32"] = lambda: predict_array(
+            model, image, config.replace(mixed_precision=False), data
+        )
     monai, monai_gflop, monai_note = monai_cases(image, PAPER_WIDTHS, tile, device, batch)
     cases.update(monai)
     seconds = interleaved(cases, rounds, device)
+    peaks = {
+        name: 4 * 2 * MATMUL_N[device != "cpu"] ** 3 / seconds.pop(name) / 1e9
+        for name in list(seconds)
+        if name.startswith("matmul")
+    }
     # tiled rows: GFLOP per Mpx of *image*, the overlapping tiles' extra pixels included
     grid = tile_grid(image.shape, (tile, tile), 0.25, 16)
     overlap = len(grid) * tile * tile / image.size
     gflop = {f"raw L{d}": gflop_per_mpx(model, d) for d in DEPTHS}
     gflop.update({f"tiled L{d}": overlap * gflop_per_mpx(model, d) for d in DEPTHS})
     gflop["tiled all"] = gflop["tiled L4"]  # all heads: the L4 network, shared nodes once
-    if monai_gflop is not None:
-        gflop["monai"] = overlap * monai_gflop  # MONAI places the same 192-pixel steps here
-    seconds["matmul"] = 4 * 2 * n**3 / seconds["matmul"] / 1e9  # GFLOP/s, timed among the rest
-    mpx = {
-        name: (batch_x.numel() if name.startswith("raw") else image.size) / 1e6
-        for name in seconds
-        if name != "matmul"
-    }
-    per_mpx = {name: s / mpx[name] for name, s in seconds.items() if name != "matmul"}
-    per_mpx["matmul_gflop_s"] = seconds["matmul"]
-    return per_mpx, gflop, monai_note
+    gflop["tiled all fp32"] = gflop["tiled L4"]
+    if monai_gflop is not None:  # MONAI places the same 192-pixel steps here
+        gflop["monai"] = gflop["monai bf16"] = overlap * monai_gflop
+    mpx = {n: (batch_x.numel() if n.startswith("raw") else image.size) / 1e6 for n in seconds}
+    per_mpx = {name: s / mpx[name] for name, s in seconds.items()}
+    return per_mpx, gflop, peaks, monai_note
+
+
+#: Matmul sizes of the peak: 2048 on a CPU, 8192 on a GPU.
+MATMUL_N = (2048, 8192)
+
+
+def matmul_case(device: str, dtype: torch.dtype) -> Callable[[], object]:
+    """Four ``torch.mm`` of ``MATMUL_N`` square matrices into a kept output."""
+    n = MATMUL_N[device != "cpu"]
+    a, b = (torch.rand(n, n, device=device, dtype=dtype) for _ in range(2))
+    product = torch.empty(n, n, device=device, dtype=dtype)
+    return lambda: [torch.mm(a, b, out=product) for _ in range(4)]
 
 
 def bench_host(size: int, rounds: int, device: str, batch: int = 4) -> dict[str, float]:
@@ -312,8 +337,9 @@ def main() -> None:
         + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
     )
     started = time.perf_counter()
-    per_mpx, gflop, monai_note = bench_inference(size, tile, rounds, args.device, batch)
-    peak = per_mpx.pop("matmul_gflop_s")  # interleaved with the networks: the same load
+    per_mpx, gflop, peaks, monai_note = bench_inference(size, tile, rounds, args.device, batch)
+    peak = list(peaks.values())[-1]  # in the networks' precision, timed among them
+    fp32_peak = peaks["matmul torch.float32"]
     host = bench_host(size, rounds, args.device, batch)
     training = (
         {}
@@ -335,12 +361,17 @@ def main() -> None:
     print()
     print("| measurement | s/Mpx | Mpx/s | GFLOP/Mpx | GFLOP/s | of matmul peak | ratio |")
     print("|---|---|---|---|---|---|---|")
-    kind = "fp32 matmul 2048x2048" if args.device == "cpu" else "bf16 matmul 8192x8192"
-    print(f"| {kind} (peak, interleaved) | | | | {peak:.1f} | 100 % | |")
+    n = MATMUL_N[args.device != "cpu"]
+    for name, rate in peaks.items():
+        dtype = name.removeprefix("matmul torch.")
+        print(f"| {dtype} matmul {n}x{n} (peak, interleaved) | | | | {rate:.1f} | 100 % | |")
+    precision = str(inference_dtype(args.device)).removeprefix("torch.")
+    if args.device != "cpu":
+        precision = str(autocast_dtype(args.device)).removeprefix("torch.")
     for d in DEPTHS:
         print(
             row(
-                f"ours raw forward L{d} ({batch}x{tile}x{tile})",
+                f"ours raw forward L{d} ({batch}x{tile}x{tile}, {precision})",
                 per_mpx[f"raw L{d}"],
                 gflop[f"raw L{d}"],
                 peak,
@@ -350,7 +381,7 @@ def main() -> None:
     for d in DEPTHS:
         print(
             row(
-                f"ours tiled, pruned L{d}",
+                f"ours tiled, pruned L{d} ({precision})",
                 per_mpx[f"tiled L{d}"],
                 gflop[f"tiled L{d}"],
                 peak,
@@ -360,9 +391,19 @@ def main() -> None:
         )
     monai = per_mpx.get("monai")
     vs = f"{monai / per_mpx['tiled all']:.2f}x faster than MONAI" if monai else ""
-    print(row("ours tiled, all heads L1-L4", per_mpx["tiled all"], gflop["tiled all"], peak, vs))
+    name = f"ours tiled, all heads L1-L4 ({precision})"
+    print(row(name, per_mpx["tiled all"], gflop["tiled all"], peak, vs))
+    if "tiled all fp32" in per_mpx:
+        vs = f"{monai / per_mpx['tiled all fp32']:.2f}x faster than MONAI" if monai else ""
+        name = "ours tiled, all heads L1-L4 (float32, --full-precision)"
+        print(row(name, per_mpx["tiled all fp32"], gflop["tiled all"], fp32_peak, vs))
     if monai:
-        print(row("MONAI BasicUNet++ tiled, 4 heads", monai, gflop.get("monai"), peak, "1.00x"))
+        name = "MONAI BasicUNet++ tiled, 4 heads (float32, as a user runs it)"
+        print(row(name, monai, gflop.get("monai"), fp32_peak, "1.00x"))
+    if "monai bf16" in per_mpx:
+        vs = f"ours {per_mpx['monai bf16'] / per_mpx['tiled all']:.2f}x faster"
+        name = "MONAI BasicUNet++ tiled, 4 heads (CPU bf16 autocast)"
+        print(row(name, per_mpx["monai bf16"], gflop.get("monai"), peak, vs))
     for name, rate in host.items():
         print(f"| host pipeline, free predictor, {name} | {1 / rate:.4f} | {rate:.1f} | | | | |")
     for name, rate in training.items():

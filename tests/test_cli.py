@@ -836,3 +836,20 @@ def test_file_helpers_take_string_paths(tmp_path: Path, monkeypatch: pytest.Monk
     assert files.is_zarr("a.zarr") and files.stem("a.ome.tif") == "a"
     assert files.create_zarr("b.zarr", (2, 3), "int32").shape == (2, 3)
     assert files.pair_files(["x.tif"], ["x_labels.tif"]) == [(Path("x.tif"), Path("x_labels.tif"))]
+
+
+def test_full_precision_flag_is_recorded_and_replayed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], em_stack
+) -> None:
+    """`--full-precision` keeps float32 (bf16 is the default on a GPU or a bf16 CPU):
+    run.json says so, so `predict --config run.json` replays the same precision."""
+    np.save(tmp_path / "em.npy", em_stack[0][15, :128, :128])
+    common = [str(tmp_path / "em.npy"), "-q", "--no-check"]
+    assert main(["predict", "zoo:em", *common, "--out", str(tmp_path / "a")]) == 0
+    assert (
+        main(["predict", "zoo:em", *common, "--full-precision", "--out", str(tmp_path / "b")]) == 0
+    )
+    capsys.readouterr()
+    default = json.loads((tmp_path / "a" / "em_run.json").read_text())["predict"]
+    full = json.loads((tmp_path / "b" / "em_run.json").read_text())["predict"]
+    assert default["mixed_precision"] is True and full["mixed_precision"] is False

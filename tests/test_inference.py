@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unetpp import inference, predictor
+from napari_unetpp import devices, inference, predictor
 from napari_unetpp.config import DataConfig, NormalizationConfig, PredictConfig
 from napari_unetpp.devices import memory_format
 from napari_unetpp.events import Stopper, drive
@@ -93,6 +93,37 @@ def _config(**changes) -> PredictConfig:
 # --------------------------------------------------------------------------- model preparation
 
 
+def test_cpu_bf16_follows_the_hardware_and_the_config():
+    """bf16 on a CPU only where it has bf16 instructions and mixed precision is on."""
+    wanted = torch.bfloat16 if devices.cpu_computes_bf16() else torch.float32
+    assert devices.inference_dtype("cpu", True) == wanted
+    assert devices.inference_dtype("cpu", False) == torch.float32
+    assert devices.inference_dtype("meta", True) == torch.float32  # CPUs only (CUDA: autocast)
+
+
+def test_bf16_inference_keeps_the_shipped_em_models_score(em_stack, monkeypatch):
+    """The bf16 copy (forced here, so any CPU runs the path) scores as float32 does on
+    real held-back EM: membrane IoU within 0.005 and 99 % of the pixels' labels equal."""
+    from napari_unetpp import zoo
+
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: True)
+    model, info = zoo.load_pretrained("em")
+    image, membranes = em_stack[0][15, :256, :256], em_stack[1][15, :256, :256] > 0
+    labels, scores = {}, {}
+    for mixed in (False, True):
+        config = _config(tile_size=(128, 128), mixed_precision=mixed, depths=(4,))
+        start = next(iter(predict(model, image, config, info.data)))
+        assert ("(bfloat16)" in start.message) == mixed  # the start says the precision
+        prob = predict_array(model, image, config, info.data)[4]
+        labels[mixed] = prob > 0.5  # one class (membrane): probabilities (Y, X)
+        scores[mixed] = (labels[mixed] & membranes).sum() / (labels[mixed] | membranes).sum()
+    prepared, _, _ = predictor.prepare_on(model, torch.device("cpu"), True)
+    assert predictor.network_dtype(prepared) == torch.bfloat16
+    assert (labels[True] == labels[False]).mean() > 0.99
+    assert abs(scores[True] - scores[False]) < 0.005
+    assert scores[False] > 0.6  # the comparison is on a real segmentation, not on noise
+
+
 def test_prepare_folds_batchnorm_into_a_copy(em_crop):
     net = calibrated(normalize(em_crop[:64, :64], RAW)[None, None]).train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -158,9 +189,10 @@ def test_tiled_equals_whole_image_inside_tiles(em_crop, em_net):
 
     errors = {}
     for blending in ("gaussian", "constant"):
-        probs = predict_array(
-            em_net, em_crop, _config(tile_size=tile, overlap=0.5, blending=blending), DataConfig()
+        config = _config(  # float32: the bound is float rounding
+            tile_size=tile, overlap=0.5, blending=blending, mixed_precision=False
         )
+        probs = predict_array(em_net, em_crop, config, DataConfig())
         errors[blending] = {d: np.abs(probs[d] - whole[d]) for d in whole}
     for d in whole:
         gaussian, constant = errors["gaussian"][d], errors["constant"][d]

@@ -42,12 +42,12 @@ import torch
 
 from . import stores, tiling
 from .config import DataConfig, ModelConfig, PredictConfig
-from .devices import autocast, resolve_device
+from .devices import resolve_device
 from .events import EtaClock, Stopper
 from .inference import PredictResult
 from .layout import ItemSink, ItemView, image_layout, output_shape
 from .model import UNetPlusPlus, head_name, node_name, nodes_for_depth
-from .predictor import prepare_on
+from .predictor import inference_autocast, network_dtype, precision_note, prepare_on
 from .stores import mark_complete
 
 __all__ = [
@@ -188,8 +188,11 @@ class AdaptivePredictor:
         self.depths_used: list[int] = []
 
     def __call__(self, batch: np.ndarray) -> dict[str, torch.Tensor]:
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-        with torch.inference_mode(), autocast(self.device, enabled=self.mixed_precision):
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, network_dtype(self.net))
+        with (
+            torch.inference_mode(),
+            inference_autocast(self.net, self.device, self.mixed_precision),
+        ):
             return self._adapt(NestedForward(self.net, x), len(batch))
 
     def _adapt(self, forward: NestedForward, n: int) -> dict[str, torch.Tensor]:
@@ -319,7 +322,7 @@ def predict_adaptive(
     num_classes = model.config.num_classes
     deepest = model.depth
     stopped = (lambda: stopper.stopped) if stopper is not None else (lambda: False)
-    prepared, device, notes = prepare_on(model, device)
+    prepared, device, notes = prepare_on(model, device, predict_config.mixed_precision)
     predictor = AdaptivePredictor(
         prepared,
         device,
@@ -351,7 +354,8 @@ def predict_adaptive(
         0,
         0,
         f"adaptive depth (tolerance {predict_config.depth_tolerance}) "
-        f"on {device}, {total} tile(s) of {tile}",
+        f"on {device}{precision_note(prepared, device, predict_config.mixed_precision)}, "
+        f"{total} tile(s) of {tile}",
     )
     for message in notes:
         yield event("fallback", 0, 0, message)

@@ -66,7 +66,7 @@ from .layout import ItemSink, ItemView, image_layout, output_shape, stacked_item
 from .model import UNetPlusPlus
 from .nonfinite import non_finite_filler
 from .normalization import TileNormaliser, as_model_input, contrast_problem, intensity_range
-from .predictor import TileRunner, cached_derived, prepare_on
+from .predictor import TileRunner, cached_derived, precision_note, prepare_on
 
 __all__ = ["PredictEvent", "PredictResult", "predict", "predict_array"]
 
@@ -282,7 +282,7 @@ def predict(
     per_item = len(grid)
     row_starts = sorted({start[0] for start in grid})
     total = per_item * len(items)
-    prepared, device, notes = prepare_on(net, device)
+    prepared, device, notes = prepare_on(net, device, predict_config.mixed_precision)
     runner = TileRunner(
         prepared,
         depths,
@@ -308,8 +308,12 @@ def predict(
             runner.chunk,
         )
 
+    precision = precision_note(prepared, device, predict_config.mixed_precision)
     yield event(
-        "start", 0, 0, f"predicting depths {list(depths)} on {device}, {total} tile(s) of {tile}"
+        "start",
+        0,
+        0,
+        f"predicting depths {list(depths)} on {device}{precision}, {total} tile(s) of {tile}",
     )
     for message in runner.messages:
         yield event("fallback", 0, 0, message)

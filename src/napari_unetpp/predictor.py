@@ -18,10 +18,28 @@ import torch
 from torch import nn
 
 from . import stitching
-from .devices import ModelT, autocast, empty_cache, is_out_of_memory, memory_format, place_model
+from .devices import (
+    ModelT,
+    autocast,
+    autocast_dtype,
+    empty_cache,
+    inference_dtype,
+    is_out_of_memory,
+    memory_format,
+    place_model,
+)
 from .model import UNetPlusPlus
 
-__all__ = ["TileRunner", "cached_derived", "fold_batchnorm", "prepare_for_inference", "prepare_on"]
+__all__ = [
+    "TileRunner",
+    "cached_derived",
+    "fold_batchnorm",
+    "inference_autocast",
+    "network_dtype",
+    "precision_note",
+    "prepare_for_inference",
+    "prepare_on",
+]
 
 
 def _fold_pair(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm) -> None:
@@ -64,18 +82,39 @@ def fold_batchnorm(module: ModelT) -> ModelT:
 
 
 def prepare_for_inference(
-    model: UNetPlusPlus, device: str | torch.device | None = None
+    model: UNetPlusPlus,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> UNetPlusPlus:
     """A frozen copy for prediction: eval mode, BatchNorm folded, the fastest layout.
 
     A deep copy, so the training model (its BatchNorm layers, its mode, its
     device) is untouched and training can go on after a preview prediction.
-    ``device`` moves the copy (default: where the model is).
+    ``device`` moves the copy (default: where the model is); ``dtype`` is what its
+    weights are stored in (see :func:`devices.inference_dtype`), after folding in float32.
     """
-    net = fold_batchnorm(copy.deepcopy(model).eval())
+    net = fold_batchnorm(copy.deepcopy(model).float().eval())
     net.requires_grad_(False)
     net.reuse_concat_buffer()
-    return place_model(net, device)
+    return place_model(net, device).to(dtype)
+
+
+def network_dtype(net: nn.Module) -> torch.dtype:
+    """The dtype of ``net``'s weights: what its inputs must be cast to."""
+    first = next(net.parameters(), None)
+    return first.dtype if first is not None else torch.float32
+
+
+def inference_autocast(net: nn.Module, device: torch.device, enabled: bool) -> Any:
+    """:func:`devices.autocast` for a prepared network: none for a copy already in bf16
+    (a CPU's), which needs no casts; CUDA's float32 copy runs under autocast."""
+    return autocast(device, enabled and network_dtype(net) == torch.float32)
+
+
+def precision_note(net: nn.Module, device: torch.device, mixed_precision: bool) -> str:
+    """`` (bfloat16)`` / `` (float16)`` for progress messages, when not in float32."""
+    dtype = autocast_dtype(device, mixed_precision) or network_dtype(net)
+    return "" if dtype == torch.float32 else f" ({str(dtype).removeprefix('torch.')})"
 
 
 class TileRunner:
@@ -110,7 +149,7 @@ class TileRunner:
         self.messages: list[str] = []
         self._buffer: torch.Tensor | None = None
         self._reuse = False
-        self._format: tuple[torch.device, torch.memory_format] | None = None  # per device
+        self._format: tuple[torch.device, torch.memory_format, torch.dtype] | None = None
 
     def __call__(self, batch: np.ndarray | torch.Tensor) -> Mapping[int, torch.Tensor]:
         parts: list[Mapping[int, torch.Tensor]] = []
@@ -180,10 +219,15 @@ class TileRunner:
         if not isinstance(batch, torch.Tensor):
             batch = torch.from_numpy(np.ascontiguousarray(batch))
         if self._format is None or self._format[0] != self.device:
-            self._format = (self.device, memory_format(self.net.spatial_dims, self.device))
-        x = batch.to(self.device).contiguous(memory_format=self._format[1])
+            layout = memory_format(self.net.spatial_dims, self.device)
+            self._format = (self.device, layout, network_dtype(self.net))
+        _, layout, dtype = self._format
+        x = batch.to(self.device, dtype).contiguous(memory_format=layout)
         total: torch.Tensor | None = None
-        with torch.inference_mode(), autocast(self.device, enabled=self.mixed_precision):
+        with (
+            torch.inference_mode(),
+            inference_autocast(self.net, self.device, self.mixed_precision),
+        ):
             for axes in self.flips:
                 prob = self._activate(
                     self.net(x.flip(axes) if axes else x, self.depths), self._reuse
@@ -230,12 +274,19 @@ def cached_derived(model: nn.Module, key: Hashable, make: Callable[[], Any]) -> 
 
 
 def prepare_on(
-    net: UNetPlusPlus, device: torch.device
+    net: UNetPlusPlus, device: torch.device, mixed_precision: bool = False
 ) -> tuple[UNetPlusPlus, torch.device, list[str]]:
-    """The prepared network on ``device``, or on the CPU when its weights do not fit the GPU."""
+    """The prepared network on ``device``, or on the CPU when its weights do not fit the GPU.
+
+    ``mixed_precision``: in bfloat16 where the device computes it natively on the CPU
+    (:func:`devices.inference_dtype`); CUDA keeps float32 weights under autocast.
+    """
+    dtype = inference_dtype(device, mixed_precision)
     try:
         prepared = cached_derived(
-            net, ("prepared", str(device)), lambda: prepare_for_inference(net, device)
+            net,
+            ("prepared", str(device), str(dtype)),
+            lambda: prepare_for_inference(net, device, dtype),
         )
         return prepared, device, []
     except Exception as exc:  # noqa: BLE001 - re-raised unless it is an OOM on CUDA
@@ -247,4 +298,4 @@ def prepare_on(
         "out of GPU memory while loading the model: running on the CPU (slower); "
         "free GPU memory (close other jobs) to use the GPU"
     )
-    return prepare_for_inference(net, cpu), cpu, [message]
+    return prepare_for_inference(net, cpu, inference_dtype(cpu, mixed_precision)), cpu, [message]

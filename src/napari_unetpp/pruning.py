@@ -215,26 +215,29 @@ def measure_ms_per_mpx(
     tile_shape: Sequence[int] | None = None,
     device: torch.device | str = "cpu",
     repeats: int = 5,
+    mixed_precision: bool = True,
 ) -> float:
     """Milliseconds per megapixel of the pruned depth-``depth`` network on this device.
 
     Measured, not estimated: the median (:func:`median_seconds`) of ``repeats``
     timed runs on one tile (default :func:`timing_tile`) after a warm-up, with the
-    network prepared as inference runs it (BatchNorm folded, fastest memory layout),
-    so it includes this machine's real overheads. Measure when the machine is idle
-    (not during training): the number is as stable as the machine is.
+    network prepared as inference runs it (BatchNorm folded, fastest memory layout,
+    the precision ``PredictConfig.mixed_precision`` gives), so it includes this
+    machine's real overheads. Measure when the machine is idle (not during
+    training): the number is as stable as the machine is.
     """
-    from .devices import memory_format
-    from .predictor import prepare_for_inference
+    from .devices import inference_dtype, memory_format
+    from .predictor import inference_autocast, prepare_for_inference
 
     net = unwrap_model(model)
     tile_shape = tuple(tile_shape) if tile_shape else timing_tile(net.config.spatial_dims)
     device = torch.device(device)
-    pruned = prepare_for_inference(net.prune(depth), device)
-    x = torch.zeros(1, net.config.in_channels, *tile_shape, device=device)
+    dtype = inference_dtype(device, mixed_precision)
+    pruned = prepare_for_inference(net.prune(depth), device, dtype)
+    x = torch.zeros(1, net.config.in_channels, *tile_shape, device=device, dtype=dtype)
     x = x.contiguous(memory_format=memory_format(net.config.spatial_dims, device))
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-    with torch.inference_mode():
+    with torch.inference_mode(), inference_autocast(pruned, device, mixed_precision):
         seconds = median_seconds(lambda: pruned(x), repeats, 1, sync)
     return 1000.0 * seconds / (float(np.prod(tile_shape)) / 1e6)
 

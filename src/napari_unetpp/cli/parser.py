@@ -210,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
     p.add_argument(
+        "--full-precision",
+        action="store_true",
+        help="float32 throughout (by default a GPU, and a CPU with bfloat16 instructions, "
+        "run the network in bfloat16: 2-3x faster on such a CPU, scores within 0.003)",
+    )
+    p.add_argument(
         "--no-check",
         action="store_true",
         help="skip the check of each result against the training data (it adds one "

@@ -103,6 +103,8 @@ def build_predict_config(
     )
     if args.tta:
         predict["tta"] = True
+    if args.full_precision:
+        predict["mixed_precision"] = False
     tile = tuple(predict.get("tile_size", ()))
     if len(tile) == 1:
         predict["tile_size"] = tile * spatial_dims
