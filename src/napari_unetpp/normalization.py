@@ -340,8 +340,8 @@ def normalize(
     if value_range is None:
         data = np.asarray(image, dtype=np.float32)
         (low, high), defects = range_and_defects(data, config)
-        if defects is not None:
-            data = repair_rows(data, defects)
+        if defects is not None:  # as TileNormaliser repairs a band: in the stored type
+            data = repair_rows(np.asarray(image), defects)
     else:  # tiles and bands: cast inside the subtraction (the same float32 values, one pass)
         data, (low, high) = np.asarray(image), value_range
     scale = 1.0 / max(high - low, 1e-8)  # constant images become 0, not NaN
