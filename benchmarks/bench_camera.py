@@ -92,6 +92,7 @@ VARIANTS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], bool]] = {
     "hot 0.1 % at 65535": (lambda im: defect_pixels(uint16(im), 0.001, 65535), False),
     "hot 0.5 % at 65535": (lambda im: defect_pixels(uint16(im), 0.005, 65535), True),
     "hot 2 % at 65535": (lambda im: defect_pixels(uint16(im), 0.02, 65535), True),
+    "12-bit (x16)": (lambda im: uint16(im, 16), True),
     "12-bit (x16), hot 0.5 % at 4095": (
         lambda im: defect_pixels(uint16(im, 16), 0.005, 4095),
         False,
@@ -153,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the engine before defects.py: no hot or dead pixel is recognised",
     )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--fluorescence",
+        nargs="+",
+        default=list(FLUORESCENCE),
+        help="held-back ids of the fluorescence group (default: 8 of four sizes)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -161,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     model, info = zoo.load_pretrained("nuclei")
     depth = int(info.metrics.get("best_depth", model.depth))
     groups = {
-        "fluorescence": held_back_pairs(FLUORESCENCE),
+        "fluorescence": held_back_pairs(tuple(args.fluorescence)),
         "brightfield": held_back_pairs(BRIGHTFIELD),
     }
     print(f"| variant | {' | '.join(groups)} |")
@@ -178,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {' | '.join(scores)} |", flush=True)
         print(f"  ({name}: {time.perf_counter() - start:.0f} s)", file=sys.stderr)
     print(
-        f"\n{len(FLUORESCENCE)} fluorescence and {len(BRIGHTFIELD)} brightfield held-back DSB "
+        f"\n{len(args.fluorescence)} fluorescence and {len(BRIGHTFIELD)} brightfield held-back DSB "
         f"images, L{depth}, pooled foreground IoU; command: python benchmarks/bench_camera.py "
         + " ".join(argv if argv is not None else sys.argv[1:])
     )
