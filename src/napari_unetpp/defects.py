@@ -24,6 +24,7 @@ Plain numpy; :mod:`normalization` uses it for the intensity range and the tile i
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +87,10 @@ class Defects:
             f"the image has {' and '.join(parts)}, as from a camera's defect pixels: they were "
             "left out of the intensity range and replaced by their row neighbours"
         )
+
+    def warn(self, size: int) -> None:
+        """Tell the user (the widget shows engine warnings, the command line prints them)."""
+        warnings.warn(self.describe(size), stacklevel=3)
 
 
 def _cut(levels: np.ndarray, counts: np.ndarray, total: int, step: float) -> int | None:

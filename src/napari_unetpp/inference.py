@@ -203,7 +203,7 @@ def _normaliser(image: Any, data_config: DataConfig) -> TileNormaliser:
             stacklevel=2,
         )
     if defects is not None:  # hot / dead camera pixels: left out of the range and repaired
-        warnings.warn(defects.describe(int(np.prod(image.shape))), stacklevel=2)
+        defects.warn(int(np.prod(image.shape)))
     fill = non_finite_filler(image)  # NaN pixels: filled with a warning, or refused
     return TileNormaliser(norm, value_range, fill, defects)
 

@@ -23,6 +23,7 @@ __all__ = [
     "contrast_problem",
     "intensity_range",
     "range_and_defects",
+    "repaired",
     "looks_rgb",
     "normalize",
     "rgb_to_grey",
@@ -138,6 +139,22 @@ def range_and_defects(
     if thinned is not None:
         low, high = np.percentile(thinned, [config.low, config.high])
     return (float(low), float(high)), defects
+
+
+def repaired(image: ArrayLike, config: NormalizationConfig, channel_axis: int | None) -> ArrayLike:
+    """``image`` with its camera defects repaired (in memory, with the user's warning), or
+    ``image`` itself when it has none (the usual case).
+
+    Why: an image resampled before prediction (``rescaled.py``) smears each hot pixel over
+    its neighbours' levels, where it is no longer recognisable: at 0.5x, 0.5 % hot pixels
+    cost the nuclei model 0.04 foreground IoU.
+    """
+    _, defects = range_and_defects(image, config)
+    if defects is None:
+        return image
+    defects.warn(int(np.prod(image.shape)))
+    fixed = repair_rows(to_channels_first(image, channel_axis), defects)  # rows along x
+    return fixed[0] if channel_axis is None else np.moveaxis(fixed, 0, channel_axis)
 
 
 def _sample_defects(raw: np.ndarray, counts: LevelCounts | None) -> Defects | None:
