@@ -122,14 +122,15 @@ VARIANTS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], bool]] = {
 }
 
 
-def foreground_iou(model, data_config, depth: int, pairs, make) -> float:
-    """Pooled foreground IoU of the model's segmentation of ``make(image)``, as a user runs it."""
+def foreground_iou(model, data_config, depth: int, pairs, make, rescale=None) -> float:
+    """Pooled foreground IoU of the model's segmentation of ``make(image)``, as a user runs it
+    (``rescale``: ``PredictConfig.rescale``, a zoom factor or ``"auto"``)."""
     import warnings
 
     from napari_unetpp.config import PredictConfig
     from napari_unetpp.inference import predict_array
 
-    config = PredictConfig(depths=(depth,), device="cpu")
+    config = PredictConfig(depths=(depth,), device="cpu", rescale=rescale)
     tp = fp = fn = 0
     for image, labels in pairs:
         with warnings.catch_warnings():  # the defect warning, once per image: not scored
@@ -160,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         default=list(FLUORESCENCE),
         help="held-back ids of the fluorescence group (default: 8 of four sizes)",
     )
+    parser.add_argument(
+        "--rescale", default=None, help="PredictConfig.rescale: a zoom factor, or auto"
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -167,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         normalization._sample_defects = lambda raw, counts: None  # type: ignore[assignment]
     model, info = zoo.load_pretrained("nuclei")
     depth = int(info.metrics.get("best_depth", model.depth))
+    rescale = args.rescale if args.rescale in (None, "auto") else float(args.rescale)
     groups = {
         "fluorescence": held_back_pairs(tuple(args.fluorescence)),
         "brightfield": held_back_pairs(BRIGHTFIELD),
@@ -177,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         make, brightfield = VARIANTS[name]
         start = time.perf_counter()
         scores = [
-            f"{foreground_iou(model, info.data, depth, pairs, make):.3f}"
+            f"{foreground_iou(model, info.data, depth, pairs, make, rescale):.3f}"
             if group == "fluorescence" or brightfield
             else ""
             for group, pairs in groups.items()
