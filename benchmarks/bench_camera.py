@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.no_defects:
-        normalization._sample_defects = lambda raw, counts: None  # type: ignore[assignment]
+        normalization._sample_defects = lambda raw, counts, stride=1: None  # type: ignore[assignment]
     model, info = zoo.load_pretrained("nuclei")
     depth = int(info.metrics.get("best_depth", model.depth))
     rescale = args.rescale if args.rescale in (None, "auto") else float(args.rescale)

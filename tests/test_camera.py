@@ -145,7 +145,7 @@ def test_ordinary_images_are_normalised_bit_for_bit_as_before(
     images += [rng.normal(0, 1, (96, 96)).astype(np.float32) for _ in range(8)]
     found = [range_and_defects(image, NORM) for image in images]
     assert all(defects is None for _, defects in found)
-    monkeypatch.setattr(normalization, "_sample_defects", lambda raw, counts: None)
+    monkeypatch.setattr(normalization, "_sample_defects", lambda raw, counts, stride=1: None)
     assert [value_range for value_range, _ in found] == [
         intensity_range(image, NORM) for image in images
     ]
@@ -192,8 +192,25 @@ def test_repair_rows_fills_short_runs_from_row_neighbours() -> None:
     assert row[0, 0] == 999  # a copy
     clean = np.arange(12, dtype=np.uint16).reshape(3, 4) + 20
     assert repair_rows(clean, defects) is clean
-    floats = repair_rows(np.array([1e6, 20.0, 25.0, 1e6, 31.0]), defects)
-    assert floats.tolist() == [20.0, 20.0, 25.0, 28.0, 31.0]
+    floats = repair_rows(np.array([1e6, 20.0, 25.0, 1e6, 31.0, np.nan]), defects)
+    assert floats[:5].tolist() == [20.0, 20.0, 25.0, 28.0, 31.0]
+    assert np.isnan(floats[5])  # non-finite pixels are nonfinite.py's to fill
+
+
+def test_repair_rows_in_blocks_and_any_memory_layout(fluorescence, monkeypatch) -> None:
+    from napari_unetpp import defects as D
+    from napari_unetpp.normalization import range_and_defects, repaired
+
+    hostile = defect_pixels(uint16(fluorescence[2]), 0.01, 65535)
+    _, found = range_and_defects(hostile, NORM)
+    whole = D.repair_rows(hostile, found)
+    assert np.array_equal(D.repair_rows(np.asfortranarray(hostile), found), whole)
+    monkeypatch.setattr(D, "REPAIR_BLOCK", 100)  # blocks of a row or less
+    assert np.array_equal(D.repair_rows(hostile, found), whole)
+    channels_last = np.stack([hostile, hostile], axis=-1)  # rows are still along x
+    with pytest.warns(UserWarning, match="hot pixels"):
+        fixed = repaired(channels_last, NORM, channel_axis=-1)
+    assert np.array_equal(fixed[..., 1], whole)
 
 
 def test_bands_are_repaired_as_the_whole_image(fluorescence) -> None:

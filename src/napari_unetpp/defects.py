@@ -16,7 +16,8 @@ How they are told from real bright (or dark) objects, all of these needed:
 - *tight and stuck*: they span less than that gap, and one of their levels holds at least
   :data:`MIN_PIXELS` sampled pixels (noise extremes of a float image never repeat);
 - *rare*: at most :data:`MAX_FRACTION` of the pixels;
-- *isolated*: most of them have neither neighbour (in the sample's order) among them.
+- *isolated*: most of them have neither neighbour along the row (in the subsample, of
+  the same channel) among them.
   Saturated nuclei, a binary mask or drawn discs are blobs and never count.
 
 Plain numpy; :mod:`normalization` uses it for the intensity range and the tile input.
@@ -48,6 +49,8 @@ MIN_ISOLATED = 0.5
 #: Runs of defect pixels along a row up to this long are repaired; longer runs (a
 #: saturated blob's row, a bad row) are kept as they are; a bad column is repaired.
 MAX_RUN = 3
+#: Pixels of rows repaired at once by :func:`repair_rows`.
+REPAIR_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -64,13 +67,18 @@ class Defects:
     sampled: int
 
     def keep(self, values: np.ndarray) -> np.ndarray:
-        """True where ``values`` are not defects."""
-        keep = np.ones(values.shape, bool)
+        """True where ``values`` are not defects (NaN included: non-finite pixels are
+        :mod:`nonfinite`'s to fill)."""
+        return ~self.bad(values)
+
+    def bad(self, values: np.ndarray) -> np.ndarray:
+        """True where ``values`` are defects."""
+        bad = np.zeros(values.shape, bool)
         if self.above is not None:
-            keep &= values <= self.above
+            bad |= values > self.above
         if self.below is not None:
-            keep &= values >= self.below
-        return keep
+            bad |= values < self.below
+        return bad
 
     def describe(self, size: int) -> str:
         """What was found and done, for an image of ``size`` pixels (the user's warning)."""
@@ -132,18 +140,23 @@ def _sides(
     return top, bottom
 
 
-def _isolated(mask: np.ndarray) -> float:
-    """The fraction of ``mask``'s pixels with neither neighbour in it (``mask`` flat)."""
+def _isolated(mask: np.ndarray, stride: int) -> float:
+    """The fraction of ``mask``'s pixels with neither neighbour (``stride`` values away in the
+    flat ``mask``: the pixel's channel count when channels are last) in it."""
     alone = mask.copy()
-    alone[1:] &= ~mask[:-1]
-    alone[:-1] &= ~mask[1:]
+    alone[stride:] &= ~mask[:-stride]
+    alone[:-stride] &= ~mask[stride:]
     return float(alone.sum()) / max(int(mask.sum()), 1)
 
 
-def find_defects(sample: np.ndarray, levels: np.ndarray, counts: np.ndarray) -> Defects | None:
+def find_defects(
+    sample: np.ndarray, levels: np.ndarray, counts: np.ndarray, stride: int = 1
+) -> Defects | None:
     """Hot and dead pixels of a flat ``sample`` whose distinct values and their counts are
     ``levels`` (ascending) and ``counts`` (all of them, or its two tails with one more level
-    each, :func:`tails`). None when there are none (the usual case)."""
+    each, :func:`tails`). ``stride``: how far apart neighbouring pixels of one channel lie in
+    ``sample`` (its channels when they are its last axis). None when there are none (the
+    usual case)."""
     total = int(sample.size)
     if levels.size < 3:
         return None
@@ -154,13 +167,13 @@ def find_defects(sample: np.ndarray, levels: np.ndarray, counts: np.ndarray) -> 
     hot = dead = 0
     if above is not None:
         mask = sample > above
-        if _isolated(mask) >= MIN_ISOLATED:
+        if _isolated(mask, stride) >= MIN_ISOLATED:
             hot = int(mask.sum())
         else:
             above = None
     if below is not None:
         mask = sample < below
-        if _isolated(mask) >= MIN_ISOLATED:
+        if _isolated(mask, stride) >= MIN_ISOLATED:
             dead = int(mask.sum())
         else:
             below = None
@@ -186,29 +199,39 @@ def repair_rows(band: np.ndarray, defects: Defects) -> np.ndarray:
     replaced by the mean of the nearest good pixels left and right in the row.
 
     Why rows: tiled inference reads bands of whole rows, so each band is repaired exactly
-    as the whole image would be. A copy only when something is repaired.
+    as the whole image would be. A copy only when something is repaired; rows are worked
+    on in blocks of about :data:`REPAIR_BLOCK` pixels, so the temporaries stay small.
     """
-    bad = ~defects.keep(band)
+    bad = defects.bad(band)
     if not bad.any():
         return band
-    width = band.shape[-1]
+    out = np.array(band, copy=True, order="C")  # C order: the row view below is a view
+    width = out.shape[-1]
+    rows, bad_rows = out.reshape(-1, width), bad.reshape(-1, width)  # views of the copies
+    step = max(REPAIR_BLOCK // max(width, 1), 1)
+    for start in range(0, rows.shape[0], step):
+        block = slice(start, start + step)
+        if bad_rows[block].any():
+            _repair_block(rows[block], bad_rows[block])
+    return out
+
+
+def _repair_block(rows: np.ndarray, bad: np.ndarray) -> None:
+    """:func:`repair_rows` on a 2D block of rows, in place."""
+    width = rows.shape[-1]
     long = bad.copy()  # pixels of runs longer than MAX_RUN stay: first mark their last pixels
     for shift in range(1, MAX_RUN + 1):
-        long[..., shift:] &= bad[..., :-shift]
-    long[..., :MAX_RUN] = False  # (no run that long ends this close to the row's start)
+        long[:, shift:] &= bad[:, :-shift]
+    long[:, :MAX_RUN] = False  # (no run that long ends this close to the row's start)
     for _ in range(MAX_RUN):
-        long[..., :-1] |= long[..., 1:]
-    fix = bad & ~long
+        long[:, :-1] |= long[:, 1:]
     index = np.arange(width)
     left = np.maximum.accumulate(np.where(bad, -1, index), axis=-1)
-    right = np.minimum.accumulate(np.where(bad, width, index)[..., ::-1], axis=-1)[..., ::-1]
-    fix &= (left >= 0) | (right < width)
-    if not fix.any():
-        return band
-    lv = np.take_along_axis(band, np.clip(left, 0, width - 1), -1).astype(np.float64)
-    rv = np.take_along_axis(band, np.clip(right, 0, width - 1), -1).astype(np.float64)
-    lv, rv = np.where(left >= 0, lv, rv), np.where(right < width, rv, lv)
+    right = np.minimum.accumulate(np.where(bad, width, index)[:, ::-1], axis=-1)[:, ::-1]
+    fix = bad & ~long & ((left >= 0) | (right < width))
+    y, x = np.nonzero(fix)
+    lv = rows[y, np.maximum(left[y, x], 0)].astype(np.float64)
+    rv = rows[y, np.minimum(right[y, x], width - 1)].astype(np.float64)
+    lv, rv = np.where(left[y, x] >= 0, lv, rv), np.where(right[y, x] < width, rv, lv)
     mean = (lv + rv) / 2
-    out = band.copy()
-    out[fix] = np.round(mean[fix]) if band.dtype.kind in "biu" else mean[fix]
-    return out
+    rows[y, x] = np.round(mean) if rows.dtype.kind in "biu" else mean

@@ -120,7 +120,7 @@ def range_and_defects(
         return (0.0, 1.0), None
     raw = subsample(image)
     counts = LevelCounts.of(raw)
-    defects = _sample_defects(raw, counts)
+    defects = _sample_defects(raw, counts, _pixel_stride(image.shape))
     if defects is not None:
         raw = raw[defects.keep(raw)]
         if counts is not None:
@@ -157,16 +157,30 @@ def repaired(image: ArrayLike, config: NormalizationConfig, channel_axis: int | 
     return fixed[0] if channel_axis is None else np.moveaxis(fixed, 0, channel_axis)
 
 
-def _sample_defects(raw: np.ndarray, counts: LevelCounts | None) -> Defects | None:
+def _pixel_stride(shape: Sequence[int]) -> int:
+    """How many values of a :func:`subsample` lie between one pixel and the next of the same
+    channel: the product of the trailing axes it keeps whole (channels last), else 1."""
+    stride = 1
+    for n in reversed(tuple(int(n) for n in shape)[1:]):
+        if n > 4:
+            break
+        stride *= n
+    return stride
+
+
+def _sample_defects(raw: np.ndarray, counts: LevelCounts | None, stride: int = 1) -> Defects | None:
     """:func:`defects.find_defects` on a subsample: from its level counts when it has them
     (exact, no sort), else from its finite values' two tails."""
     if counts is not None:
-        return find_defects(raw, counts.levels, counts.counts) if counts.size >= 64 else None
+        if counts.size < 64:
+            return None
+        return find_defects(raw, counts.levels, counts.counts, stride)
+    finite = np.isfinite(raw)
     sample = raw.astype(np.float64)
-    sample = sample[np.isfinite(sample)]
-    if sample.size < 64:
+    if sample.size < 64 or not finite.any():
         return None
-    return find_defects(sample, *tails(sample))
+    levels, number = tails(sample[finite])
+    return find_defects(np.where(finite, sample, np.nan), levels, number, stride)
 
 
 #: An integer image of at most this many neighbouring grey levels (1, 2, 3) holds too little
