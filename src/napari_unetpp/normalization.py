@@ -175,10 +175,12 @@ def _sample_defects(raw: np.ndarray, counts: LevelCounts | None, stride: int = 1
         if counts.size < 64:
             return None
         return find_defects(raw, counts.levels, counts.counts, stride)
-    finite = np.isfinite(raw)
-    sample = raw.astype(np.float64)
+    sample = raw if raw.dtype.kind == "f" else raw.astype(np.float64)  # no copy of floats
+    finite = np.isfinite(sample)
     if sample.size < 64 or not finite.any():
         return None
+    if finite.all():
+        return find_defects(sample, *tails(sample), stride)
     levels, number = tails(sample[finite])
     return find_defects(np.where(finite, sample, np.nan), levels, number, stride)
 
