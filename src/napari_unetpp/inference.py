@@ -65,7 +65,7 @@ from .events import EtaClock, Event, Stopper, drive
 from .layout import ItemSink, ItemView, image_layout, output_shape, stacked_item
 from .model import UNetPlusPlus
 from .nonfinite import non_finite_filler
-from .normalization import TileNormaliser, as_model_input, contrast_problem, intensity_range
+from .normalization import TileNormaliser, as_model_input, contrast_problem, range_and_defects
 from .predictor import TileRunner, cached_derived, precision_note, prepare_on
 
 __all__ = ["PredictEvent", "PredictResult", "predict", "predict_array"]
@@ -194,7 +194,7 @@ def _host_target(
 def _normaliser(image: Any, data_config: DataConfig) -> TileNormaliser:
     """Per-tile normalisation with one intensity range for the whole image (or stack)."""
     norm = data_config.normalization
-    value_range = intensity_range(image, norm)
+    value_range, defects = range_and_defects(image, norm)
     problem = contrast_problem(image, norm, value_range)
     if problem is not None:  # a blank frame or an empty channel: the labels would be noise
         warnings.warn(
@@ -202,8 +202,10 @@ def _normaliser(image: Any, data_config: DataConfig) -> TileNormaliser:
             "model makes of a flat field",
             stacklevel=2,
         )
+    if defects is not None:  # hot / dead camera pixels: left out of the range and repaired
+        defects.warn(int(np.prod(image.shape)))
     fill = non_finite_filler(image)  # NaN pixels: filled with a warning, or refused
-    return TileNormaliser(norm, value_range, fill)
+    return TileNormaliser(norm, value_range, fill, defects)
 
 
 def predict(

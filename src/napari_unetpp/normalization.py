@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .config import NormalizationConfig
+from .defects import Defects, find_defects, repair_rows, tails
 
 __all__ = [
     "as_list",
@@ -21,6 +22,8 @@ __all__ = [
     "check_pair",
     "contrast_problem",
     "intensity_range",
+    "range_and_defects",
+    "repaired",
     "looks_rgb",
     "normalize",
     "rgb_to_grey",
@@ -94,19 +97,39 @@ def intensity_range(image: ArrayLike, config: NormalizationConfig) -> tuple[floa
     """The ``(low, high)`` intensities that map to 0 and 1.
 
     Exposed separately so that tiled inference can compute it once on the whole
-    image (or a subsample of it) and apply it to every tile.
+    image (or a subsample of it) and apply it to every tile. Camera defect pixels
+    (:mod:`defects`) are left out of it.
+    """
+    return range_and_defects(image, config)[0]
+
+
+def range_and_defects(
+    image: ArrayLike, config: NormalizationConfig
+) -> tuple[tuple[float, float], Defects | None]:
+    """:func:`intensity_range` and the image's hot / dead pixels (None: none, the usual case).
+
+    Why together: the range must leave the defects out (0.5 % hot pixels at 65535 put the
+    99.8th percentile on them), and the tiles must then repair the same pixels
+    (:class:`TileNormaliser`); one subsample and one count serve both. Percentile mode only:
+    a fixed window keeps its meaning on any image.
     """
     check_numeric(image, "image")
     if config.mode == "window":
-        return float(config.low), float(config.high)
+        return (float(config.low), float(config.high)), None
     if config.mode == "none":
-        return 0.0, 1.0
+        return (0.0, 1.0), None
     raw = subsample(image)
     counts = LevelCounts.of(raw)
+    defects = _sample_defects(raw, counts, _pixel_stride(image.shape))
+    if defects is not None:
+        raw = raw[defects.keep(raw)]
+        if counts is not None:
+            kept = defects.keep(counts.levels)
+            counts = LevelCounts(counts.levels[kept], counts.counts[kept])
     if counts is not None:  # integer levels: counted, exact, without sorting
         low, high = counts.percentile([config.low, config.high])
         if not _objects_missed(counts, config.min_foreground, (low, high)):
-            return float(low), float(high)
+            return (float(low), float(high)), defects
     sample = raw.astype(np.float64)
     sample = sample[np.isfinite(sample)]
     if sample.size == 0:
@@ -115,7 +138,51 @@ def intensity_range(image: ArrayLike, config: NormalizationConfig) -> tuple[floa
     thinned = _with_min_foreground(sample, config.min_foreground, (low, high))
     if thinned is not None:
         low, high = np.percentile(thinned, [config.low, config.high])
-    return float(low), float(high)
+    return (float(low), float(high)), defects
+
+
+def repaired(image: ArrayLike, config: NormalizationConfig, channel_axis: int | None) -> ArrayLike:
+    """``image`` with its camera defects repaired (in memory, with the user's warning), or
+    ``image`` itself when it has none (the usual case).
+
+    Why: an image resampled before prediction (``rescaled.py``) smears each hot pixel over
+    its neighbours' levels, where it is no longer recognisable: at 0.5x, 0.5 % hot pixels
+    cost the nuclei model 0.04 foreground IoU.
+    """
+    _, defects = range_and_defects(image, config)
+    if defects is None:
+        return image
+    defects.warn(int(np.prod(image.shape)))
+    fixed = repair_rows(to_channels_first(image, channel_axis), defects)  # rows along x
+    return fixed[0] if channel_axis is None else np.moveaxis(fixed, 0, channel_axis)
+
+
+def _pixel_stride(shape: Sequence[int]) -> int:
+    """How many values of a :func:`subsample` lie between one pixel and the next of the same
+    channel: the product of the trailing axes it keeps whole (channels last), else 1."""
+    stride = 1
+    for n in reversed(tuple(int(n) for n in shape)[1:]):
+        if n > 4:
+            break
+        stride *= n
+    return stride
+
+
+def _sample_defects(raw: np.ndarray, counts: LevelCounts | None, stride: int = 1) -> Defects | None:
+    """:func:`defects.find_defects` on a subsample: from its level counts when it has them
+    (exact, no sort), else from its finite values' two tails."""
+    if counts is not None:
+        if counts.size < 64:
+            return None
+        return find_defects(raw, counts.levels, counts.counts, stride)
+    sample = raw if raw.dtype.kind == "f" else raw.astype(np.float64)  # no copy of floats
+    finite = np.isfinite(sample)
+    if sample.size < 64 or not finite.any():
+        return None
+    if finite.all():
+        return find_defects(sample, *tails(sample), stride)
+    levels, number = tails(sample[finite])
+    return find_defects(np.where(finite, sample, np.nan), levels, number, stride)
 
 
 #: An integer image of at most this many neighbouring grey levels (1, 2, 3) holds too little
@@ -296,7 +363,8 @@ def normalize(
     subsample for big inputs) map to 0/1, robust to hot pixels. ``window``:
     ``(x - low) / (high - low)`` with the fixed window (CT Hounsfield units).
     ``none``: cast only. ``clip`` clips to 0..1 afterwards. ``value_range``
-    overrides the computed range (tiles of one image must share it).
+    overrides the computed range (tiles of one image must share it); without it, camera
+    defect pixels are also repaired (:mod:`defects`), as :class:`TileNormaliser` does.
     """
     check_numeric(image, "image")
     if config.mode == "none":
@@ -304,7 +372,9 @@ def normalize(
         return np.clip(data, 0, 1) if config.clip else data
     if value_range is None:
         data = np.asarray(image, dtype=np.float32)
-        low, high = intensity_range(data, config)
+        (low, high), defects = range_and_defects(data, config)
+        if defects is not None:  # as TileNormaliser repairs a band: in the stored type
+            data = repair_rows(np.asarray(image), defects)
     else:  # tiles and bands: cast inside the subtraction (the same float32 values, one pass)
         data, (low, high) = np.asarray(image), value_range
     scale = 1.0 / max(high - low, 1e-8)  # constant images become 0, not NaN
@@ -324,6 +394,8 @@ class TileNormaliser:
     normalised where the network runs (:meth:`on_device`): a GPU then receives 1-2
     bytes per pixel instead of 4 and the host does no float pass. Both ways give the same
     float32 values (a subtraction and a product, each rounded once to float32).
+    ``defects``: the image's hot / dead pixels (:func:`range_and_defects`), repaired in each
+    band on the host (bands are whole rows, so a band is repaired as the whole image).
     """
 
     def __init__(
@@ -331,19 +403,24 @@ class TileNormaliser:
         config: NormalizationConfig,
         value_range: tuple[float, float],
         fill: Callable[[np.ndarray], np.ndarray] | None = None,
+        defects: Defects | None = None,
     ) -> None:
         self.config = config
         self.value_range = value_range
         self.fill = fill
+        self.defects = defects
 
     def __call__(self, band: np.ndarray) -> np.ndarray:
         band = band if self.fill is None else self.fill(band)
+        if self.defects is not None:
+            band = repair_rows(band, self.defects)
         return normalize(band, self.config, value_range=self.value_range)
 
     def on_device(self, band: np.ndarray, device: Any) -> Any:
         """``self(band)`` as a float32 torch tensor on ``device``, computed there from the
         raw integers (moved as stored), or ``None`` where only the host can normalise
-        (floats may hold NaN to fill; 64-bit and uint32 integers; non-native byte order).
+        (floats may hold NaN to fill; 64-bit and uint32 integers; non-native byte order;
+        an image with defect pixels to repair).
 
         uint16 travels as its int16 bits and is widened on the device: torch's unsigned
         16-bit type lacks arithmetic on some devices.
@@ -351,7 +428,7 @@ class TileNormaliser:
         import torch  # only here: this module stays plain numpy
 
         dtype = np.dtype(band.dtype)
-        if not dtype.isnative or dtype not in _RAW_TYPES:
+        if not dtype.isnative or dtype not in _RAW_TYPES or self.defects is not None:
             return None
         data = np.ascontiguousarray(band)
         if dtype == np.uint16:
