@@ -419,3 +419,66 @@ def test_a_check_names_the_image_it_judged(dock: Any, monkeypatch: pytest.Monkey
     assert not errors, errors
     assert w._status.value.startswith("WARNING: large nuclei: "), w._status.value
     assert warned and warned[0].startswith("large nuclei: "), warned
+
+
+#: Signals that reach every kind of remedy ``judge`` writes (quiet depths and flips).
+_QUIET = {"depth_disagreement": 0.01, "flip_disagreement": 0.01, "uncertain_fraction": 0.01}
+_REMEDY_CASES = [
+    ({**_QUIET, "object_diameter": 33.0, "size_ratio": 1.84}, {}),  # a hint: auto size
+    ({**_QUIET, "object_diameter": 33.0, "size_ratio": 1.84}, {"auto": True}),  # a diameter
+    ({**_QUIET, "object_diameter": 9.0, "size_ratio": 0.5, "half_size_ratio": 2.2}, {}),
+    (
+        {**_QUIET, "object_diameter": 9.0, "size_ratio": 0.5, "half_size_ratio": 2.2},
+        {"auto": True, "zoom": 2.0},
+    ),
+    ({**_QUIET, "scale_gain": 2.5, "depth_disagreement": 0.5}, {}),  # EM/CT: a pixel size
+    ({**_QUIET, "flip_disagreement": 0.5}, {}),  # check the scale, or fine-tune
+]
+
+
+@pytest.mark.parametrize(("signals", "how"), _REMEDY_CASES)
+def test_remedies_name_the_docks_controls_and_the_clis_flags(
+    signals: dict[str, float], how: dict[str, Any]
+) -> None:
+    """The dock showed remedies in the command line's words ("set the object diameter
+    36 px (--diameter 36)", "'auto object size' (--rescale auto)") to users who typed no
+    command: one sentence, its controls phrased for each (the CLI's text unchanged)."""
+    from napari_unetpp.image_check import ImageCheck, judge
+
+    _, reasons, remedies = judge(signals, **how)
+    assert remedies
+    check = ImageCheck(dict(signals), bool(reasons), reasons, remedies)
+    for cli, dock in zip(check.remedies, check.remedies_for("dock"), strict=True):
+        assert "--" in cli, cli  # the terminal's user is told the flag to give
+        assert "--" not in dock and "{" not in dock, dock
+        # the dock names its own fields: the Your image panel's, or the Train dock
+        assert any(
+            f in dock for f in ("'Object diameter (px)'", "'Pixel size'", "'auto object size'")
+        ), dock
+    assert "--" not in check.report("dock") and check.report() == check.report("cli")
+
+
+def test_a_hint_in_the_dock_names_its_own_controls(
+    dock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nuclei twice the training size pass the check with a hint; the dock's status and
+    notification said "try 'auto object size' (--rescale auto)": a command-line flag."""
+    from scipy import ndimage
+
+    from napari_unetpp._sample_data import load_sample
+
+    viewer, w, errors = dock
+    told: list[str] = []
+    monkeypatch.setattr(predict_module, "show_info", told.append)
+    monkeypatch.setattr(predict_module, "show_warning", told.append)
+    image, _, _ = load_sample("nuclei")
+    large = ndimage.zoom(image, 2, order=1)[64:320, 64:320]  # nuclei ~1.8x the training size
+    w._source.value = "shipped"
+    w._model.value = "zoo:nuclei"
+    w._image.value = viewer.add_image(large, name="large nuclei")
+    w.segment()
+    assert not errors, errors
+    remedies = [t for t in told if "hint" in t or "remedy" in t]
+    assert remedies and "'auto object size'" in w._status.value, (told, w._status.value)
+    for text in [*remedies, w._status.value]:
+        assert "--" not in text, text

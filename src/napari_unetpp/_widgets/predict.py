@@ -551,7 +551,7 @@ class PredictWidget(Container):
             return
         set_progress(self._progress, 100)
         # named: another image may be chosen by now (the Segment check's words too)
-        report = f"{layer.name}: {check.report().removeprefix('WARNING: ')}"
+        report = f"{layer.name}: {check.report('dock').removeprefix('WARNING: ')}"
         warning = "WARNING: " if check.unlike_training else ""
         self._status.value = warning + report.replace("\n", "; ")
         # napari heads a warning notification with "WARNING" already
@@ -607,7 +607,7 @@ def _hints(check: Any, image_name: str) -> list[str]:
     a depth...): told once, as the status line's note; a warning's report has them."""
     if check is None or not check.remedies:
         return []
-    hint = "hint: " + "; ".join(check.remedies)
+    hint = "hint: " + "; ".join(check.remedies_for("dock"))
     show_info(f"{image_name}: {hint}")
     return [hint]
 
@@ -617,5 +617,5 @@ def _warn_unlike_training(check: Any, image_name: str) -> list[str]:
     the status line's note (empty when the image looks like it, or was not checked)."""
     if check is None or not check.unlike_training:
         return []
-    show_warning(f"{image_name}: {check.report().removeprefix('WARNING: ')}")
+    show_warning(f"{image_name}: {check.report('dock').removeprefix('WARNING: ')}")
     return ["WARNING: this image looks unlike the training data (see the notification)"]
