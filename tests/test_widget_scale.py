@@ -482,3 +482,27 @@ def test_a_hint_in_the_dock_names_its_own_controls(
     assert remedies and "'auto object size'" in w._status.value, (told, w._status.value)
     for text in [*remedies, w._status.value]:
         assert "--" not in text, text
+
+
+def test_a_run_of_fixed_depth_after_an_adaptive_one_leaves_no_adaptive_layers(
+    dock: Any, data_dir: Path
+) -> None:
+    """Adaptive depth ticked, Segment; unticked, Segment again: the first run's 'adaptive'
+    mix stayed visible over the new L3 layer, and its 'depth used' and 'disagreement'
+    maps stayed beside labels they no longer described."""
+    viewer, w, errors = dock
+    image = tifffile.imread(data_dir / "em_isbi2012" / "image.tif")[16, :128, :128]
+    w._image.value = viewer.add_image(image, name="em")
+    w._source.value = "shipped"
+    w._model.value = "zoo:em"
+    w.scale.adaptive.value = True
+    w.segment()
+    assert "em UNet++ depth used" in viewer.layers
+    w.scale.adaptive.value = False
+    w.segment()
+    assert not errors, errors
+    names = [layer.name for layer in viewer.layers]
+    for stale in ("adaptive", "depth used", "disagreement"):
+        assert f"em UNet++ {stale}" not in names, names
+    shown = [layer.name for layer in viewer.layers if "L" in layer.name and layer.visible]
+    assert shown == [f"em UNet++ L{w.pruning.depth}"], names

@@ -62,6 +62,19 @@ def drop_stale_depths(
             viewer.layers.remove(f"{base} L{d}{suffix}")
 
 
+#: The layers only an adaptive run makes (``<image> UNet++ <name>``).
+ADAPTIVE_LAYERS = ("adaptive", "depth used", "disagreement")
+
+
+def drop_adaptive(viewer: napari.viewer.Viewer, base: str, suffix: str) -> None:
+    """Remove an earlier adaptive run's layers: after a run of fixed depth its mix of depths
+    stayed visible over the new probabilities, and its depth and disagreement maps
+    described labels that were no longer there."""
+    for name in ADAPTIVE_LAYERS:
+        if f"{base} {name}{suffix}" in viewer.layers:
+            viewer.layers.remove(f"{base} {name}{suffix}")
+
+
 def put_depths(
     viewer: napari.viewer.Viewer,
     base: str,
@@ -326,8 +339,10 @@ def _add_result(
     chosen = list(selection)  # a layer the user selects meanwhile keeps the selection
     base = f"{name} UNet++"
     suffix = "" if where.lead_index is None else " (quick look)"
-    if all_depths and not hasattr(probs, "depth_map"):
-        drop_stale_depths(viewer, base, suffix, set(probs))
+    if not hasattr(probs, "depth_map"):
+        drop_adaptive(viewer, base, suffix)
+        if all_depths:
+            drop_stale_depths(viewer, base, suffix, set(probs))
     yield from put_depths(viewer, base, suffix, probs, np.ndim(labels), where, meta, meta["depth"])
     labels_name = f"{base} labels{suffix}"
     before = viewer.layers[labels_name] if labels_name in viewer.layers else None
