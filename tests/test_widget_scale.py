@@ -418,6 +418,8 @@ def test_a_check_names_the_image_it_judged(dock: Any, monkeypatch: pytest.Monkey
     w.check_image()
     assert not errors, errors
     assert w._status.value.startswith("WARNING: large nuclei: "), w._status.value
+    # the report's indented lines ran into the status as ";   remedy: ..."
+    assert "; - objects split; remedy: auto object size" in w._status.value, w._status.value
     assert warned and warned[0].startswith("large nuclei: "), warned
 
 

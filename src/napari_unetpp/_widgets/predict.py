@@ -553,7 +553,8 @@ class PredictWidget(Container):
         # named: another image may be chosen by now (the Segment check's words too)
         report = f"{layer.name}: {check.report('dock').removeprefix('WARNING: ')}"
         warning = "WARNING: " if check.unlike_training else ""
-        self._status.value = warning + report.replace("\n", "; ")
+        # one line: the report's indented reasons and remedies as "; "-separated items
+        self._status.value = warning + "; ".join(line.strip() for line in report.splitlines())
         # napari heads a warning notification with "WARNING" already
         (show_warning if check.unlike_training else show_info)(report)
 
