@@ -746,3 +746,46 @@ def test_the_labels_record_the_scope_they_were_made_with(setup: Any, crop: np.nd
     assert not errors and w._scope.value == "2D"
     meta = viewer.layers["stack UNet++ labels"].metadata["napari_unetpp"]
     assert meta["scope"] == "whole stack slice-wise", meta
+
+
+def _other_model(tmp_path: Path, name: str, spatial_dims: int = 2) -> Path:
+    torch.manual_seed(2)
+    net = UNetPlusPlus(widths=(4, 8, 16), depth=2, spatial_dims=spatial_dims)
+    info = CheckpointInfo(model=net.config, data=DataConfig())
+    return save_checkpoint(tmp_path / name, net, info)
+
+
+def test_an_adaptive_run_of_another_model_drops_the_first_models_depths(
+    setup: Any, crop: np.ndarray, tmp_path: Path
+) -> None:
+    """Segment with one model, then with another with adaptive depth: the first model's
+    L1 and L2 stayed (hidden) beside the new result, named as if they were its depths."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="em")
+    w.segment()
+    assert "em UNet++ L2" in _names(viewer)
+    w.load_model(_other_model(tmp_path, "other"))
+    w.scale.adaptive.value = True
+    w.segment()
+    assert not errors, errors
+    names = _names(viewer)
+    assert "em UNet++ adaptive" in names
+    assert "em UNet++ L1" not in names and "em UNet++ L2" not in names, names
+
+
+def test_a_run_without_blocks_to_label_drops_the_earlier_runs_blocks(
+    setup: Any, crop: np.ndarray, tmp_path: Path
+) -> None:
+    """A 2D model's run, then a 3D model's on the same stack (3D blocks are not ranked):
+    the 2D model's 'label here next' rectangles stayed, as if this result's."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop, name="stack")
+    w.segment()
+    assert "stack UNet++ label here next" in _names(viewer)
+    w.load_model(_other_model(tmp_path, "volume", spatial_dims=3))
+    w._tile.value = 32
+    assert w._scope.value == "3D"
+    w.segment()
+    assert not errors, errors
+    assert "stack UNet++ label here next" not in _names(viewer), _names(viewer)
+    assert "label here next" not in w._status.value
