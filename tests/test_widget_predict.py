@@ -789,3 +789,25 @@ def test_a_run_without_blocks_to_label_drops_the_earlier_runs_blocks(
     assert not errors, errors
     assert "stack UNet++ label here next" not in _names(viewer), _names(viewer)
     assert "label here next" not in w._status.value
+
+
+def test_cancel_in_the_check_pass_says_the_result_was_not_checked(
+    setup: Any, crop: np.ndarray
+) -> None:
+    """Cancel pressed while 'pass 2 of 2: checking the result': the labels (complete) came
+    in and the status said only 'done', as if Cancel had done nothing."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="em")
+    shown = w._on_event
+
+    def cancel_in_check(event: Any) -> None:
+        shown(event)
+        if "checking the result" in (event.message or ""):
+            w.cancel()
+
+    w._on_event = cancel_in_check  # type: ignore[method-assign]
+    w.segment()
+    assert not errors, errors
+    assert "em UNet++ labels" in _names(viewer)
+    assert w._status.value.startswith("done") and "not checked" in w._status.value
+    assert "image_check" not in json.loads((w.last_run_dir / "run.json").read_text())

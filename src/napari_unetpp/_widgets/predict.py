@@ -372,10 +372,16 @@ class PredictWidget(Container):
         metrics = dict(self.info.metrics) if self.info else {}
         check = metrics if self.scale.check_results.value else None
         job = segment_job(model, image, config, data, stopper, run_dir, depth, check)
+
+        def check_stopped() -> bool:  # Cancel pressed on a run that was to be checked
+            return stopper.stopped and check is not None
+
         self._start(
             f"segmenting {layer.name} (labels from L{depth})",
             over_passes(job, segment_passes(config, check is not None)),
-            lambda r: self._show(layer, placement, r, config, depth, made_by, scope),
+            lambda r: self._show(
+                layer, placement, r, config, depth, made_by, scope, check_stopped()
+            ),
             stopper,
         )
         if self._runner.queued:
@@ -447,7 +453,10 @@ class PredictWidget(Container):
         depth: int,
         made_by: tuple[UNetPlusPlus, CheckpointInfo | None, str | None],
         scope: str,
+        check_stopped: bool = False,
     ) -> None:
+        """The finished run's layers and status. ``check_stopped``: Cancel was pressed on a
+        run to be checked; in the check's pass that leaves whole labels, but no check."""
         probs, labels, regions, check = result
         if labels is None:
             self._status.value = "cancelled: layers left unchanged"
@@ -500,6 +509,8 @@ class PredictWidget(Container):
             saved = f"run saved in {self.last_run_dir}"
             warned = _warn_unlike_training(check, layer.name)
             hints = [] if warned else _hints(check, layer.name)
+            if check_stopped and check is None:  # else "done" hid that Cancel did anything
+                hints.append("cancelled while checking the result: labels complete, not checked")
             # the depth advice is about the model that ran: not shown on one chosen since
             if check is not None and check.advice is not None and self.model is model:
                 self.pruning.show_advice(check.advice, layer.name)
