@@ -32,6 +32,10 @@ def test_pixel_size_text_forms_and_errors() -> None:
     for bad in ("abc", "1 furlong", "1,,x"):
         with pytest.raises(ValueError, match="pixel size"):
             parse_pixel_size(bad)
+    # the engine's refusal named PredictConfig.pixel_size, no field of the dock
+    for bad in ("0", "-1 1", "1 2 3 4", "1e999 nm"):
+        with pytest.raises(ValueError, match="pixel size .*: type 1 to 3 numbers above 0"):
+            parse_pixel_size(bad)
 
 
 class _Layer:

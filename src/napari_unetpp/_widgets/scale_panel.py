@@ -14,6 +14,7 @@ viewer's queue and calls :meth:`set_model`, :meth:`set_layer` and :meth:`overrid
 
 from __future__ import annotations
 
+import math
 import re
 import weakref
 from collections.abc import Generator
@@ -61,6 +62,12 @@ def parse_pixel_size(text: str) -> tuple[tuple[float, ...] | None, str]:
         sizes = tuple(float(v) for v in re.split(r"[\s,;x]+", match.group(1).strip()) if v)
     except ValueError:
         raise ValueError(f"pixel size {text!r}: not numbers") from None
+    # in the field's words: the engine's check named PredictConfig.pixel_size ("0", "-1")
+    if not 1 <= len(sizes) <= 3 or not all(math.isfinite(s) and s > 0 for s in sizes):
+        raise ValueError(
+            f"pixel size {text!r}: type 1 to 3 numbers above 0 (one per axis Z Y X, or one "
+            "for all), optionally a unit (nm, um, mm), e.g. '0.98 0.98 mm'"
+        )
     return sizes, unit or ""
 
 
