@@ -84,8 +84,8 @@ CONTROLS: dict[str, dict[str, str]] = {
         "give_diameter": "type their diameter in 'Object diameter (px)'",
         "try_diameter": "'Object diameter (px)' {diameter}",
         "rescale": "type its true 'Pixel size' in the Your image panel",
-        "check_scale": "check 'Pixel size' or 'Object diameter (px)' (Your image panel) so "
-        "objects have the training size",
+        "check_scale": "check the image's scale in the Your image panel ('Pixel size', or "
+        "'Object diameter (px)' for a model of object size) so objects have the training size",
         "fine_tune": "fine-tune in the Train / fine-tune UNet++ dock",
         "regions": "the 'label here next' layer numbers them",
     },
