@@ -60,6 +60,15 @@ def test_a_layer_scale_without_units_is_never_taken_as_physical() -> None:
     )
 
 
+def test_a_flipped_layer_has_a_positive_pixel_size() -> None:
+    """A layer shown flipped (scale -0.5 in Y, in micrometres) filled the Pixel size field
+    with '-0.5 0.5 um', and Segment was refused until the user cleared it."""
+    sizes, unit = layer_pixel_size(_Layer((-0.5, 0.5), units=("micrometer", "micrometer")))
+    assert (sizes, unit) == ((0.5, 0.5), "um")
+    text = " ".join(f"{s:g}" for s in sizes) + f" {unit}"
+    assert parse_pixel_size(text) == ((0.5, 0.5), "um")  # what Segment reads from the field
+
+
 @pytest.fixture
 def dock(
     make_napari_viewer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

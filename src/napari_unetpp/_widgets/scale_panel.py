@@ -80,7 +80,8 @@ def layer_pixel_size(layer: Any) -> tuple[tuple[float, ...] | None, str]:
     if meta.get("pixel_size") and meta.get("unit"):
         return tuple(float(s) for s in meta["pixel_size"]), str(meta["unit"])
     units = [str(u) for u in getattr(layer, "units", ())]
-    scale = [float(s) for s in getattr(layer, "scale", ())]
+    # a negative scale flips the axis in the viewer; its pixels are as large as ever
+    scale = [abs(float(s)) for s in getattr(layer, "scale", ())]
     known = {UNIT_WORDS.get(u) for u in units}
     if scale and len(known) == 1 and None not in known:
         return tuple(scale[-min(3, len(scale)) :]), str(known.pop())
