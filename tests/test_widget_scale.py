@@ -20,7 +20,7 @@ from napari_unetpp import scale as S
 from napari_unetpp._widgets import _runner
 from napari_unetpp._widgets import predict as predict_module
 from napari_unetpp._widgets.predict import PredictWidget
-from napari_unetpp._widgets.scale_panel import layer_pixel_size, parse_pixel_size
+from napari_unetpp._widgets.scale_panel import ScalePanel, layer_pixel_size, parse_pixel_size
 
 
 def test_pixel_size_text_forms_and_errors() -> None:
@@ -521,3 +521,24 @@ def test_a_run_of_fixed_depth_after_an_adaptive_one_leaves_no_adaptive_layers(
         assert f"em UNet++ {stale}" not in names, names
     shown = [layer.name for layer in viewer.layers if "L" in layer.name and layer.visible]
     assert shown == [f"em UNet++ L{w.pruning.depth}"], names
+
+
+def test_adaptive_depth_is_off_for_a_model_of_one_head(qtbot: Any) -> None:
+    """A model with one head (depth 1, or trained without deep supervision) with adaptive
+    depth ticked: every Segment failed with "adaptive depth needs a deeply supervised
+    network"; the box is greyed out and unticked for it, as the object-size fields are
+    for models without an object size."""
+    from napari_unetpp.config import ModelConfig
+
+    panel = ScalePanel()
+    panel.set_model(ModelConfig(widths=(4, 8, 16), depth=2))
+    panel.adaptive.value = True
+    assert panel.adaptive.enabled and panel.overrides()["adaptive_depth"]
+    for one_head in (
+        ModelConfig(widths=(4, 8), depth=1),
+        ModelConfig(widths=(4, 8, 16), depth=2, deep_supervision=False),
+    ):
+        panel.set_model(one_head)
+        assert not panel.adaptive.enabled and not panel.overrides()["adaptive_depth"]
+    panel.set_model(ModelConfig(widths=(4, 8, 16), depth=2))
+    assert panel.adaptive.enabled  # the next model may use it again

@@ -157,6 +157,11 @@ class ScalePanel(Container):
             widget.enabled = sized
         if not sized:
             self._diameter.value, self._auto.value = 0.0, False
+        # adaptive depth compares each head with the next: a model of one head has none
+        # (ticked, every Segment failed with "needs a deeply supervised network")
+        self.adaptive.enabled = config.deep_supervision and config.depth > 1
+        if not self.adaptive.enabled:
+            self.adaptive.value = False
 
     def set_layer(self, layer: Any) -> None:
         """Take the layer's pixel size (kept from its file) into the field; another layer's
