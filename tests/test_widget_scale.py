@@ -542,3 +542,29 @@ def test_adaptive_depth_is_off_for_a_model_of_one_head(qtbot: Any) -> None:
         assert not panel.adaptive.enabled and not panel.overrides()["adaptive_depth"]
     panel.set_model(ModelConfig(widths=(4, 8, 16), depth=2))
     assert panel.adaptive.enabled  # the next model may use it again
+
+
+def test_check_this_image_marks_the_depths_on_the_slider(
+    dock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'Check this image' said "use L4 here" in its notification only; the pruning
+    readout, which a checked Segment marks with the depth advice, stayed silent."""
+    from napari_unetpp.disagreement import DepthAdvice
+    from napari_unetpp.image_check import ImageCheck
+
+    viewer, w, errors = dock
+    monkeypatch.setattr(predict_module, "show_info", lambda _message: None)
+    w._source.value = "shipped"
+    w._model.value = "zoo:em"
+    w._image.value = viewer.add_image(np.zeros((64, 64), np.uint8), name="blurred em")
+    advice = DepthAdvice({1: 0.9, 2: 0.95, 3: 0.97, 4: 1.0}, 3, 4, 0.02, "use L4 here")
+    w.pruning._depth.value = 3
+
+    def checking(*_args: Any, **_kwargs: Any) -> Any:
+        yield from ()
+        return ImageCheck({}, False, [], [], advice)
+
+    monkeypatch.setattr(predict_module, "check_job", checking)
+    w.check_image()
+    assert not errors, errors
+    assert "on blurred em: 97.0% as L4; use L4 here" in w.pruning._readout.value

@@ -549,18 +549,22 @@ class PredictWidget(Container):
 
     def check_image(self, _value: Any = None) -> None:
         """Depth/flip disagreement and object size: is this image like the training data?"""
-        layer = self._image.value
+        layer, model = self._image.value, self.model
         self._run_side_job(
             "checking the image against the training data",
             check_job,
-            lambda check: self._on_check(check, layer),
+            lambda check: self._on_check(check, layer, model),
             metrics=dict(self.info.metrics) if self.info else {},
         )
 
-    def _on_check(self, check: Any, layer: Image) -> None:
+    def _on_check(self, check: Any, layer: Image, model: UNetPlusPlus | None = None) -> None:
         if check is None:
             return
         set_progress(self._progress, 100)
+        # the slider marks the depths on this image, as after a checked Segment (of the
+        # model that ran: not on one chosen since)
+        if check.advice is not None and model is not None and self.model is model:
+            self.pruning.show_advice(check.advice, layer.name)
         # named: another image may be chosen by now (the Segment check's words too)
         report = f"{layer.name}: {check.report('dock').removeprefix('WARNING: ')}"
         warning = "WARNING: " if check.unlike_training else ""
