@@ -504,6 +504,12 @@ def test_shipped_model_matches_the_image(make_napari_viewer: Any) -> None:
         "zoo:nuclei",
         None,
     ]
+    # a scan read as float (most NIfTI readers) got the nuclei model; NaN outside the body
+    hu = np.full((2, 8, 8), -1000.0, np.float32)
+    hu[:, 0] = np.nan
+    assert guess_zoo_model(viewer.add_image(hu, name="volume")) == "zoo:ct"
+    blank = viewer.add_image(np.full((8, 8), np.nan, np.float32), name="blank")
+    assert guess_zoo_model(blank) is None
 
 
 def test_a_microscope_image_after_a_scan_does_not_keep_the_ct_model(
