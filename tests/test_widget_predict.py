@@ -817,3 +817,20 @@ def test_cancel_in_the_check_pass_says_the_result_was_not_checked(
     assert "em UNet++ labels" in _names(viewer)
     assert w._status.value.startswith("done") and "not checked" in w._status.value
     assert "image_check" not in json.loads((w.last_run_dir / "run.json").read_text())
+
+
+def test_adaptive_depth_with_test_time_augmentation_says_it_is_off(
+    setup: Any, crop: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both ticked: the run was not adaptive (test-time augmentation runs every depth) and
+    nothing said so; the user looked for the 'depth used' layer in vain."""
+    viewer, w, errors = setup
+    told: list[str] = []
+    monkeypatch.setattr(predict_module, "show_info", told.append)
+    w._image.value = viewer.add_image(crop[0], name="em")
+    w.scale.adaptive.value = True
+    w._tta.value = True
+    w.segment()
+    assert not errors, errors
+    assert "em UNet++ depth used" not in _names(viewer)
+    assert any("adaptive depth is off" in t for t in told), told

@@ -366,6 +366,9 @@ class PredictWidget(Container):
             show_error(str(exc))
             self._status.value = f"not started: {exc}"  # not an earlier run's "done"
             return
+        if self.scale.adaptive.value and config.tta and pruned_depth is None:
+            # else the ticked box did nothing, without a word (predict_config turns it off)
+            show_info("test-time augmentation runs every depth: adaptive depth is off")
         stopper, depth = Stopper(), pruned_depth or self.pruning.depth
         made_by = (model, self.info, self.model_spec)  # the model may be changed meanwhile
         scope = self._scope.value  # and the scope (another image chosen)
