@@ -8,6 +8,9 @@ open an image file at once. A pytest-timeout turns a hang into a failure.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -497,3 +500,29 @@ def test_an_image_removed_while_its_result_is_added_gets_no_more_layers(
     viewer.layers.events.inserted.disconnect(remove_image)
     assert [layer.name for layer in viewer.layers] == ["stack UNet++ L1"]
     assert "'stack' was removed" in w._status.value and w._run.enabled
+
+
+_EXIT_WHILE_LOADING = """
+import time
+from qtpy.QtWidgets import QApplication
+app = QApplication([])
+from napari_unetpp._widgets._jobs import in_background
+in_background(lambda: time.sleep(1.0), lambda _: None, lambda _: None)  # as torch loads
+print("exiting", flush=True)
+"""
+
+
+def test_python_exits_cleanly_while_a_background_worker_runs() -> None:
+    """napari quit within seconds of opening the Segment dock (torch still loading in a
+    worker): Python's exit freed the worker under its running thread and aborted
+    ("wrapped C/C++ object of type WorkerBaseSignals has been deleted", status 134)."""
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    done = subprocess.run(
+        [sys.executable, "-c", _EXIT_WHILE_LOADING],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert "exiting" in done.stdout, done.stderr[-2000:]
+    assert done.returncode == 0 and "has been deleted" not in done.stderr, done.stderr[-2000:]

@@ -504,6 +504,12 @@ def test_shipped_model_matches_the_image(make_napari_viewer: Any) -> None:
         "zoo:nuclei",
         None,
     ]
+    # a scan read as float (most NIfTI readers) got the nuclei model; NaN outside the body
+    hu = np.full((2, 8, 8), -1000.0, np.float32)
+    hu[:, 0] = np.nan
+    assert guess_zoo_model(viewer.add_image(hu, name="volume")) == "zoo:ct"
+    blank = viewer.add_image(np.full((8, 8), np.nan, np.float32), name="blank")
+    assert guess_zoo_model(blank) is None
 
 
 def test_a_microscope_image_after_a_scan_does_not_keep_the_ct_model(
@@ -746,3 +752,85 @@ def test_the_labels_record_the_scope_they_were_made_with(setup: Any, crop: np.nd
     assert not errors and w._scope.value == "2D"
     meta = viewer.layers["stack UNet++ labels"].metadata["napari_unetpp"]
     assert meta["scope"] == "whole stack slice-wise", meta
+
+
+def _other_model(tmp_path: Path, name: str, spatial_dims: int = 2) -> Path:
+    torch.manual_seed(2)
+    net = UNetPlusPlus(widths=(4, 8, 16), depth=2, spatial_dims=spatial_dims)
+    info = CheckpointInfo(model=net.config, data=DataConfig())
+    return save_checkpoint(tmp_path / name, net, info)
+
+
+def test_an_adaptive_run_of_another_model_drops_the_first_models_depths(
+    setup: Any, crop: np.ndarray, tmp_path: Path
+) -> None:
+    """Segment with one model, then with another with adaptive depth: the first model's
+    L1 and L2 stayed (hidden) beside the new result, named as if they were its depths."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="em")
+    w.segment()
+    assert "em UNet++ L2" in _names(viewer)
+    w.load_model(_other_model(tmp_path, "other"))
+    w.scale.adaptive.value = True
+    w.segment()
+    assert not errors, errors
+    names = _names(viewer)
+    assert "em UNet++ adaptive" in names
+    assert "em UNet++ L1" not in names and "em UNet++ L2" not in names, names
+
+
+def test_a_run_without_blocks_to_label_drops_the_earlier_runs_blocks(
+    setup: Any, crop: np.ndarray, tmp_path: Path
+) -> None:
+    """A 2D model's run, then a 3D model's on the same stack (3D blocks are not ranked):
+    the 2D model's 'label here next' rectangles stayed, as if this result's."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop, name="stack")
+    w.segment()
+    assert "stack UNet++ label here next" in _names(viewer)
+    w.load_model(_other_model(tmp_path, "volume", spatial_dims=3))
+    w._tile.value = 32
+    assert w._scope.value == "3D"
+    w.segment()
+    assert not errors, errors
+    assert "stack UNet++ label here next" not in _names(viewer), _names(viewer)
+    assert "label here next" not in w._status.value
+
+
+def test_cancel_in_the_check_pass_says_the_result_was_not_checked(
+    setup: Any, crop: np.ndarray
+) -> None:
+    """Cancel pressed while 'pass 2 of 2: checking the result': the labels (complete) came
+    in and the status said only 'done', as if Cancel had done nothing."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="em")
+    shown = w._on_event
+
+    def cancel_in_check(event: Any) -> None:
+        shown(event)
+        if "checking the result" in (event.message or ""):
+            w.cancel()
+
+    w._on_event = cancel_in_check  # type: ignore[method-assign]
+    w.segment()
+    assert not errors, errors
+    assert "em UNet++ labels" in _names(viewer)
+    assert w._status.value.startswith("done") and "not checked" in w._status.value
+    assert "image_check" not in json.loads((w.last_run_dir / "run.json").read_text())
+
+
+def test_adaptive_depth_with_test_time_augmentation_says_it_is_off(
+    setup: Any, crop: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both ticked: the run was not adaptive (test-time augmentation runs every depth) and
+    nothing said so; the user looked for the 'depth used' layer in vain."""
+    viewer, w, errors = setup
+    told: list[str] = []
+    monkeypatch.setattr(predict_module, "show_info", told.append)
+    w._image.value = viewer.add_image(crop[0], name="em")
+    w.scale.adaptive.value = True
+    w._tta.value = True
+    w.segment()
+    assert not errors, errors
+    assert "em UNet++ depth used" not in _names(viewer)
+    assert any("adaptive depth is off" in t for t in told), told

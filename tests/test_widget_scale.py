@@ -20,7 +20,7 @@ from napari_unetpp import scale as S
 from napari_unetpp._widgets import _runner
 from napari_unetpp._widgets import predict as predict_module
 from napari_unetpp._widgets.predict import PredictWidget
-from napari_unetpp._widgets.scale_panel import layer_pixel_size, parse_pixel_size
+from napari_unetpp._widgets.scale_panel import ScalePanel, layer_pixel_size, parse_pixel_size
 
 
 def test_pixel_size_text_forms_and_errors() -> None:
@@ -31,6 +31,10 @@ def test_pixel_size_text_forms_and_errors() -> None:
     assert parse_pixel_size("0.5 µm") == ((0.5,), "um")
     for bad in ("abc", "1 furlong", "1,,x"):
         with pytest.raises(ValueError, match="pixel size"):
+            parse_pixel_size(bad)
+    # the engine's refusal named PredictConfig.pixel_size, no field of the dock
+    for bad in ("0", "-1 1", "1 2 3 4", "1e999 nm"):
+        with pytest.raises(ValueError, match="pixel size .*: type 1 to 3 numbers above 0"):
             parse_pixel_size(bad)
 
 
@@ -54,6 +58,15 @@ def test_a_layer_scale_without_units_is_never_taken_as_physical() -> None:
         (0.2, 0.2),
         "um",
     )
+
+
+def test_a_flipped_layer_has_a_positive_pixel_size() -> None:
+    """A layer shown flipped (scale -0.5 in Y, in micrometres) filled the Pixel size field
+    with '-0.5 0.5 um', and Segment was refused until the user cleared it."""
+    sizes, unit = layer_pixel_size(_Layer((-0.5, 0.5), units=("micrometer", "micrometer")))
+    assert (sizes, unit) == ((0.5, 0.5), "um")
+    text = " ".join(f"{s:g}" for s in sizes) + f" {unit}"
+    assert parse_pixel_size(text) == ((0.5, 0.5), "um")  # what Segment reads from the field
 
 
 @pytest.fixture
@@ -418,4 +431,140 @@ def test_a_check_names_the_image_it_judged(dock: Any, monkeypatch: pytest.Monkey
     w.check_image()
     assert not errors, errors
     assert w._status.value.startswith("WARNING: large nuclei: "), w._status.value
+    # the report's indented lines ran into the status as ";   remedy: ..."
+    assert "; - objects split; remedy: auto object size" in w._status.value, w._status.value
     assert warned and warned[0].startswith("large nuclei: "), warned
+
+
+#: Signals that reach every kind of remedy ``judge`` writes (quiet depths and flips).
+_QUIET = {"depth_disagreement": 0.01, "flip_disagreement": 0.01, "uncertain_fraction": 0.01}
+_REMEDY_CASES = [
+    ({**_QUIET, "object_diameter": 33.0, "size_ratio": 1.84}, {}),  # a hint: auto size
+    ({**_QUIET, "object_diameter": 33.0, "size_ratio": 1.84}, {"auto": True}),  # a diameter
+    ({**_QUIET, "object_diameter": 9.0, "size_ratio": 0.5, "half_size_ratio": 2.2}, {}),
+    (
+        {**_QUIET, "object_diameter": 9.0, "size_ratio": 0.5, "half_size_ratio": 2.2},
+        {"auto": True, "zoom": 2.0},
+    ),
+    ({**_QUIET, "scale_gain": 2.5, "depth_disagreement": 0.5}, {}),  # EM/CT: a pixel size
+    ({**_QUIET, "flip_disagreement": 0.5}, {}),  # check the scale, or fine-tune
+]
+
+
+@pytest.mark.parametrize(("signals", "how"), _REMEDY_CASES)
+def test_remedies_name_the_docks_controls_and_the_clis_flags(
+    signals: dict[str, float], how: dict[str, Any]
+) -> None:
+    """The dock showed remedies in the command line's words ("set the object diameter
+    36 px (--diameter 36)", "'auto object size' (--rescale auto)") to users who typed no
+    command: one sentence, its controls phrased for each (the CLI's text unchanged)."""
+    from napari_unetpp.image_check import ImageCheck, judge
+
+    _, reasons, remedies = judge(signals, **how)
+    assert remedies
+    check = ImageCheck(dict(signals), bool(reasons), reasons, remedies)
+    for cli, dock in zip(check.remedies, check.remedies_for("dock"), strict=True):
+        assert "--" in cli, cli  # the terminal's user is told the flag to give
+        assert "--" not in dock and "{" not in dock, dock
+        # the dock names its own fields: the Your image panel's, or the Train dock
+        assert any(
+            f in dock for f in ("'Object diameter (px)'", "'Pixel size'", "'auto object size'")
+        ), dock
+    assert "--" not in check.report("dock") and check.report() == check.report("cli")
+
+
+def test_a_hint_in_the_dock_names_its_own_controls(
+    dock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nuclei twice the training size pass the check with a hint; the dock's status and
+    notification said "try 'auto object size' (--rescale auto)": a command-line flag."""
+    from scipy import ndimage
+
+    from napari_unetpp._sample_data import load_sample
+
+    viewer, w, errors = dock
+    told: list[str] = []
+    monkeypatch.setattr(predict_module, "show_info", told.append)
+    monkeypatch.setattr(predict_module, "show_warning", told.append)
+    image, _, _ = load_sample("nuclei")
+    large = ndimage.zoom(image, 2, order=1)[64:320, 64:320]  # nuclei ~1.8x the training size
+    w._source.value = "shipped"
+    w._model.value = "zoo:nuclei"
+    w._image.value = viewer.add_image(large, name="large nuclei")
+    w.segment()
+    assert not errors, errors
+    remedies = [t for t in told if "hint" in t or "remedy" in t]
+    assert remedies and "'auto object size'" in w._status.value, (told, w._status.value)
+    for text in [*remedies, w._status.value]:
+        assert "--" not in text, text
+
+
+def test_a_run_of_fixed_depth_after_an_adaptive_one_leaves_no_adaptive_layers(
+    dock: Any, data_dir: Path
+) -> None:
+    """Adaptive depth ticked, Segment; unticked, Segment again: the first run's 'adaptive'
+    mix stayed visible over the new L3 layer, and its 'depth used' and 'disagreement'
+    maps stayed beside labels they no longer described."""
+    viewer, w, errors = dock
+    image = tifffile.imread(data_dir / "em_isbi2012" / "image.tif")[16, :128, :128]
+    w._image.value = viewer.add_image(image, name="em")
+    w._source.value = "shipped"
+    w._model.value = "zoo:em"
+    w.scale.adaptive.value = True
+    w.segment()
+    assert "em UNet++ depth used" in viewer.layers
+    w.scale.adaptive.value = False
+    w.segment()
+    assert not errors, errors
+    names = [layer.name for layer in viewer.layers]
+    for stale in ("adaptive", "depth used", "disagreement"):
+        assert f"em UNet++ {stale}" not in names, names
+    shown = [layer.name for layer in viewer.layers if "L" in layer.name and layer.visible]
+    assert shown == [f"em UNet++ L{w.pruning.depth}"], names
+
+
+def test_adaptive_depth_is_off_for_a_model_of_one_head(qtbot: Any) -> None:
+    """A model with one head (depth 1, or trained without deep supervision) with adaptive
+    depth ticked: every Segment failed with "adaptive depth needs a deeply supervised
+    network"; the box is greyed out and unticked for it, as the object-size fields are
+    for models without an object size."""
+    from napari_unetpp.config import ModelConfig
+
+    panel = ScalePanel()
+    panel.set_model(ModelConfig(widths=(4, 8, 16), depth=2))
+    panel.adaptive.value = True
+    assert panel.adaptive.enabled and panel.overrides()["adaptive_depth"]
+    for one_head in (
+        ModelConfig(widths=(4, 8), depth=1),
+        ModelConfig(widths=(4, 8, 16), depth=2, deep_supervision=False),
+    ):
+        panel.set_model(one_head)
+        assert not panel.adaptive.enabled and not panel.overrides()["adaptive_depth"]
+    panel.set_model(ModelConfig(widths=(4, 8, 16), depth=2))
+    assert panel.adaptive.enabled  # the next model may use it again
+
+
+def test_check_this_image_marks_the_depths_on_the_slider(
+    dock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'Check this image' said "use L4 here" in its notification only; the pruning
+    readout, which a checked Segment marks with the depth advice, stayed silent."""
+    from napari_unetpp.disagreement import DepthAdvice
+    from napari_unetpp.image_check import ImageCheck
+
+    viewer, w, errors = dock
+    monkeypatch.setattr(predict_module, "show_info", lambda _message: None)
+    w._source.value = "shipped"
+    w._model.value = "zoo:em"
+    w._image.value = viewer.add_image(np.zeros((64, 64), np.uint8), name="blurred em")
+    advice = DepthAdvice({1: 0.9, 2: 0.95, 3: 0.97, 4: 1.0}, 3, 4, 0.02, "use L4 here")
+    w.pruning._depth.value = 3
+
+    def checking(*_args: Any, **_kwargs: Any) -> Any:
+        yield from ()
+        return ImageCheck({}, False, [], [], advice)
+
+    monkeypatch.setattr(predict_module, "check_job", checking)
+    w.check_image()
+    assert not errors, errors
+    assert "on blurred em: 97.0% as L4; use L4 here" in w.pruning._readout.value

@@ -604,3 +604,21 @@ def test_instance_labels_are_guessed_and_scribbles_never_meet_an_instance_model(
     assert errors and "Target 'semantic (classes)'" in errors[-1], errors
     assert w._status.value.startswith("not started"), w._status.value
     assert not w._runner.running and not list(tmp_path.iterdir())  # no run folder left behind
+
+
+def test_a_grey_image_after_an_rgb_one_drops_the_channel_axis(make_napari_viewer, em_crop):
+    """An RGB layer chosen in the Train dock set Channel axis to 'last'; every grey
+    image chosen after it kept that, and Start refused each matching pair: "image shape
+    (128, 128) and labels shape (128, 128) do not match ... without its channel axis"."""
+    viewer = make_napari_viewer()
+    image, membranes = em_crop
+    w = TrainWidget(viewer)
+    rgb = viewer.add_image(np.stack([image[0]] * 3, axis=-1), name="rgb", rgb=True)
+    rgb_labels = viewer.add_labels(membranes[0].astype(np.uint8), name="rgb labels")
+    w._image.value, w._labels_box.value = rgb, rgb_labels
+    assert w._channel_axis.value == "-1"
+    w._image.value = viewer.add_image(image[0], name="grey")
+    w._labels_box.value = viewer.add_labels(membranes[0].astype(np.uint8), name="grey labels")
+    assert w._channel_axis.value == "none"
+    assert not w._pair_info.value.startswith("⚠"), w._pair_info.value
+    w._check_pair(w._image.value, w._labels_box.value)  # what Start checks

@@ -13,7 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -24,7 +24,9 @@ from .rescaled import measure_diameters
 from .scale import MAX_ZOOM, MIN_ZOOM
 
 __all__ = [
+    "CONTROLS",
     "ImageCheck",
+    "Remedy",
     "flat_image_check",
     "SIZE_HINT",
     "THRESHOLDS",
@@ -54,6 +56,71 @@ SIZE_HINT = 1.5
 #: Added to both sides of the scale probe's ratio, so images where the heads agree
 #: almost perfectly at both sizes (ratio of two tiny numbers) do not count as a gain.
 _PROBE_FLOOR = 0.002
+
+
+#: Who reads a remedy: a command-line user ("cli", also ``run.json``) or a user of the
+#: Segment dock ("dock").
+Audience = Literal["cli", "dock"]
+
+#: The controls a remedy names, in each audience's words: the command line's options, the
+#: Segment dock's own fields (its "Your image" panel, the Train dock). Why one table: each
+#: remedy is written once (in :func:`judge`), and the dock showed the command line's
+#: flags ("--diameter 36", "--rescale auto") to users who had typed no command.
+CONTROLS: dict[str, dict[str, str]] = {
+    "cli": {
+        "set_diameter": "set the object diameter {diameter} px (--diameter {diameter})",
+        "auto_size": "'auto object size' (--rescale auto)",
+        "give_diameter": "give their diameter (--diameter D)",
+        "try_diameter": "their diameter in pixels (--diameter {diameter})",
+        "rescale": "--rescale {factor}, or give its pixel size: --pixel-size",
+        "check_scale": "check the pixel size (--pixel-size; rescale so objects have the "
+        "training size)",
+        "fine_tune": "fine-tune (train --from)",
+        "regions": "predict --disagreement ranks them",
+    },
+    "dock": {
+        "set_diameter": "type {diameter} in 'Object diameter (px)' (Your image panel)",
+        "auto_size": "'auto object size'",
+        "give_diameter": "type their diameter in 'Object diameter (px)'",
+        "try_diameter": "'Object diameter (px)' {diameter}",
+        "rescale": "type its true 'Pixel size' in the Your image panel",
+        "check_scale": "check the image's scale in the Your image panel ('Pixel size', or "
+        "'Object diameter (px)' for a model of object size) so objects have the training size",
+        "fine_tune": "fine-tune in the Train / fine-tune UNet++ dock",
+        "regions": "the 'label here next' layer numbers them",
+    },
+}
+
+
+def phrase(template: str, audience: Audience, values: Mapping[str, str]) -> str:
+    """``template`` with each ``{control}`` in ``audience``'s words (:data:`CONTROLS`)."""
+    from string import Formatter
+
+    named = {field for _, field, _, _ in Formatter().parse(template) if field}
+    return template.format(**{n: CONTROLS[audience][n].format(**values) for n in named})
+
+
+class Remedy(str):
+    """A remedy: its text (this ``str``: the terminal, ``run.json``) names the command
+    line's options; :meth:`phrased` gives the same sentence for the Segment dock."""
+
+    template: str
+    values: dict[str, str]
+
+    def __new__(cls, template: str, **values: str) -> Remedy:
+        # a plain text (no ``{control}``) is its own template: copies and unpickling pass
+        # the str value back in, and ImageCheck's remedies may be plain strings
+        self = super().__new__(cls, phrase(template, "cli", values))
+        self.template, self.values = template, values
+        return self
+
+    def phrased(self, audience: Audience) -> str:
+        return phrase(self.template, audience, self.values)
+
+
+def phrased(remedy: str, audience: Audience) -> str:
+    """Any remedy (a :class:`Remedy` or a plain text) in ``audience``'s words."""
+    return remedy.phrased(audience) if isinstance(remedy, Remedy) else str(remedy)
 
 
 # --------------------------------------------------------------------------- signals
@@ -171,8 +238,12 @@ class ImageCheck:
             "advice": None if self.advice is None else dict(self.advice.__dict__),
         }
 
-    def report(self) -> str:
-        """Lines for a CLI or a notification."""
+    def remedies_for(self, audience: Audience) -> list[str]:
+        """The remedies naming ``audience``'s controls (the CLI's flags, the dock's fields)."""
+        return [phrased(r, audience) for r in self.remedies]
+
+    def report(self, audience: Audience = "cli") -> str:
+        """Lines for a CLI or (``audience="dock"``) a notification."""
         shown = ", ".join(f"{k} {v:.3f}" for k, v in self.signals.items() if v is not None)
         lines = [
             (
@@ -183,7 +254,7 @@ class ImageCheck:
             + (f" ({shown})" if shown else "")
         ]
         lines += [f"  - {r}" for r in self.reasons]
-        lines += [f"  remedy: {r}" for r in self.remedies]
+        lines += [f"  remedy: {r}" for r in self.remedies_for(audience)]
         if self.advice is not None:
             lines.append(f"depth: {self.advice.message}")
         return "\n".join(lines)
@@ -254,38 +325,50 @@ def judge(
             measured = signals.get("object_diameter")
             if not MIN_ZOOM <= factor <= MAX_ZOOM:
                 remedies.append(
-                    f"no rescale can bring these objects to the training size (it would take "
-                    f"{factor:.3g}x, beyond {MIN_ZOOM:g}..{MAX_ZOOM:g}): check that the image "
-                    "holds the kind of objects this model segments"
+                    Remedy(
+                        "no rescale can bring these objects to the training size (it would "
+                        f"take {factor:.3g}x, beyond {MIN_ZOOM:g}..{MAX_ZOOM:g}): check that "
+                        "the image holds the kind of objects this model segments"
+                    )
                 )
             elif ratio and measured:  # a model of object size (nuclei): no pixel size to give
                 typed = f"{round(measured / ratio / factor, 1):g}"  # the training size / factor
                 tried = " ('auto object size' did not fix it here)" if auto else ""
                 measure = "" if auto else _measure_hint(auto)
                 remedies.append(
-                    f"rescale the image by {factor:.2f}: set the object diameter {typed} px "
-                    f"(--diameter {typed}){_in_all(zoom)}{tried}{measure}"
+                    Remedy(
+                        f"rescale the image by {factor:.2f}: {{set_diameter}}"
+                        f"{_in_all(zoom)}{tried}{measure}",
+                        diameter=typed,
+                    )
                 )
             else:
                 remedies.append(
-                    f"rescale the image by {factor:.2f} (or give its pixel size) so objects "
-                    f"match the training size{_in_all(zoom)}"
-                    f"{_measure_hint(auto) if sized else ''}"
+                    Remedy(
+                        f"rescale the image by {factor:.2f} ({{rescale}}) so objects match "
+                        f"the training size{_in_all(zoom)}{_measure_hint(auto) if sized else ''}",
+                        factor=f"{factor:.2f}",
+                    )
                 )
         else:
             remedies.append(
-                "check the pixel size (rescale so objects have the training size); "
-                "if they already match, fine-tune on a few labelled regions of this "
-                "image (the highest-disagreement ones)"
+                Remedy(
+                    "{check_scale}; if they already match, {fine_tune} on a few labelled "
+                    "regions of this image (the highest-disagreement ones: {regions})"
+                )
             )
     elif ratio is not None and not 1 / SIZE_HINT <= ratio <= SIZE_HINT:
         # within the natural spread of the training images, so no warning; still worth a try
-        if auto:  # the measured diameter on the image's own grid, as --diameter takes it
-            diameter = float(signals.get("object_diameter") or 0.0) / zoom
-            instead = f"their diameter in pixels (--diameter {diameter:.0f})"
-        else:
-            instead = "'auto object size' (--rescale auto)"
-        remedies.append(f"objects are {ratio:.2f}x the training size: try {instead} and compare")
+        # (after auto object size: the measured diameter on the image's own grid, as
+        # --diameter takes it)
+        diameter = float(signals.get("object_diameter") or 0.0) / zoom
+        remedies.append(
+            Remedy(
+                f"objects are {ratio:.2f}x the training size: try "
+                f"{{{'try_diameter' if auto else 'auto_size'}}} and compare",
+                diameter=f"{diameter:.0f}",
+            )
+        )
     return bool(reasons), reasons, remedies
 
 
@@ -295,12 +378,12 @@ def _in_all(zoom: float) -> str:
 
 
 def _measure_hint(auto: bool) -> str:
-    """The remedy's second choice: let the objects be measured, or, when this result
-    already ran with ``rescale="auto"`` (measured, or skipped for want of objects), give
-    their size by hand."""
+    """The remedy's second choice (a :class:`Remedy` template's tail): let the objects be
+    measured, or, when this result already ran with ``rescale="auto"`` (measured, or
+    skipped for want of objects), give their size by hand."""
     if auto:
-        return "; 'auto object size' did not fix it here: give their diameter (--diameter D)"
-    return "; or let the objects be measured: 'auto object size' (--rescale auto)"
+        return "; 'auto object size' did not fix it here: {give_diameter}"
+    return "; or let the objects be measured: {auto_size}"
 
 
 def calibrate(

@@ -27,6 +27,7 @@ calls back once the widget no longer belongs to the viewer's window.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import weakref
 from collections.abc import Callable, Generator
@@ -256,6 +257,26 @@ _queues: dict[int, JobQueue] = {}
 #: with it the running ticket); had that freed the worker, its Qt signals would be deleted
 #: under the still-running thread, and its last ``finished.emit`` aborts Python.
 _LIVE_WORKERS: set[Any] = set()
+#: How long Python's exit waits for live workers' threads (a dock's ``import torch`` takes
+#: 2-3 s; a job stopped by the quit ends after its current step).
+EXIT_WAIT_MS = 30_000
+
+
+@atexit.register
+def _wait_for_live_workers() -> None:
+    """At Python's exit, let live workers' threads end before the module's globals go.
+
+    Why: freed with :data:`_LIVE_WORKERS` under a running thread, a worker's signals were
+    deleted and its last ``finished.emit`` aborted Python ("wrapped C/C++ object ... has
+    been deleted"; exit status 134): napari quit within seconds of opening the Segment
+    dock, while torch was still loading.
+    """
+    if _LIVE_WORKERS:
+        from qtpy.QtCore import QThreadPool
+
+        for queue in list(_queues.values()):  # a script that ends without closing napari
+            queue.cancel_all()
+        QThreadPool.globalInstance().waitForDone(EXIT_WAIT_MS)
 
 
 def in_background(

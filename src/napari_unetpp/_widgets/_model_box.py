@@ -7,6 +7,7 @@ functions the dock calls and tests can call without a viewer.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,14 @@ def guess_zoo_model(layer: Any) -> str | None:
         if um < 0.1 or um > 100:
             return zoo_spec("em" if um < 0.1 else "ct")
     data = layer.data[-1] if layer.multiscale else layer.data  # the smallest level: cheap
-    if np.issubdtype(data.dtype, np.signedinteger) and data.size and np.min(data) < -500:
-        return zoo_spec("ct")
+    # floats too: a scan read as float (nibabel's get_fdata, most NIfTI readers) got the
+    # nuclei model; NaN-free minimum, as a masked scan may hold NaN outside the body
+    signed = np.issubdtype(data.dtype, np.signedinteger) or np.issubdtype(data.dtype, np.floating)
+    if signed and data.size:
+        with warnings.catch_warnings():  # an all-NaN image: no minimum, no CT
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if np.nanmin(data) < -500:
+                return zoo_spec("ct")
     return zoo_spec("nuclei") if layer.rgb else None
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from napari.layers import Image, Labels, Shapes
 
 from ._jobs import unproxied
-from ._layers import class_legend, labels_style, put_layer_steps
+from ._layers import PLUGIN_KEY, class_legend, labels_style, put_layer_steps
 
 if TYPE_CHECKING:
     import napari
@@ -54,12 +54,38 @@ def depth_layers(viewer: napari.viewer.Viewer, base: str, suffix: str) -> list[i
 
 
 def drop_stale_depths(
-    viewer: napari.viewer.Viewer, base: str, suffix: str, depths: set[int]
+    viewer: napari.viewer.Viewer,
+    base: str,
+    suffix: str,
+    made: set[int],
+    every: bool,
+    model: str | None = None,
 ) -> None:
-    """Remove per-depth layers an earlier model (with more depths) left behind."""
+    """Remove the per-depth layers this run does not write (``made``): all of them when it
+    is a run of ``every`` depth (an earlier model's deeper ones), else those another
+    ``model`` made.
+
+    Why the model: a run that writes no per-depth layer (adaptive depth) or one (Apply)
+    left another model's L1..L4 beside its result, hidden and named as its depths.
+    """
     for d in depth_layers(viewer, base, suffix):
-        if d not in depths:
-            viewer.layers.remove(f"{base} L{d}{suffix}")
+        layer = viewer.layers[f"{base} L{d}{suffix}"]
+        made_by = layer.metadata.get(PLUGIN_KEY, {}).get("model")
+        if d not in made and (every or made_by not in (None, model)):
+            viewer.layers.remove(layer)
+
+
+#: The layers only an adaptive run makes (``<image> UNet++ <name>``).
+ADAPTIVE_LAYERS = ("adaptive", "depth used", "disagreement")
+
+
+def drop_adaptive(viewer: napari.viewer.Viewer, base: str, suffix: str) -> None:
+    """Remove an earlier adaptive run's layers: after a run of fixed depth its mix of depths
+    stayed visible over the new probabilities, and its depth and disagreement maps
+    described labels that were no longer there."""
+    for name in ADAPTIVE_LAYERS:
+        if f"{base} {name}{suffix}" in viewer.layers:
+            viewer.layers.remove(f"{base} {name}{suffix}")
 
 
 def put_depths(
@@ -326,8 +352,11 @@ def _add_result(
     chosen = list(selection)  # a layer the user selects meanwhile keeps the selection
     base = f"{name} UNet++"
     suffix = "" if where.lead_index is None else " (quick look)"
-    if all_depths and not hasattr(probs, "depth_map"):
-        drop_stale_depths(viewer, base, suffix, set(probs))
+    adaptive = hasattr(probs, "depth_map")
+    if not adaptive:
+        drop_adaptive(viewer, base, suffix)
+    made = set() if adaptive else set(probs)
+    drop_stale_depths(viewer, base, suffix, made, all_depths and not adaptive, meta["model"])
     yield from put_depths(viewer, base, suffix, probs, np.ndim(labels), where, meta, meta["depth"])
     labels_name = f"{base} labels{suffix}"
     before = viewer.layers[labels_name] if labels_name in viewer.layers else None
@@ -341,6 +370,8 @@ def _add_result(
     next_name = f"{base} label here next{suffix}"
     if (yield from put_label_here_next(viewer, next_name, regions, where, meta)):
         notes.append(f"where to label next: the '{next_name}' layer (hidden)")
+    elif next_name in viewer.layers:  # an earlier run's blocks (of another model, maybe)
+        viewer.layers.remove(next_name)
     if labels_layer is not before:  # new: selected, as napari selects a new layer
         yield
         if labels_layer in viewer.layers and _untouched(selection, chosen):

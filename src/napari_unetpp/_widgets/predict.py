@@ -366,16 +366,25 @@ class PredictWidget(Container):
             show_error(str(exc))
             self._status.value = f"not started: {exc}"  # not an earlier run's "done"
             return
+        if self.scale.adaptive.value and config.tta and pruned_depth is None:
+            # else the ticked box did nothing, without a word (predict_config turns it off)
+            show_info("test-time augmentation runs every depth: adaptive depth is off")
         stopper, depth = Stopper(), pruned_depth or self.pruning.depth
         made_by = (model, self.info, self.model_spec)  # the model may be changed meanwhile
         scope = self._scope.value  # and the scope (another image chosen)
         metrics = dict(self.info.metrics) if self.info else {}
         check = metrics if self.scale.check_results.value else None
         job = segment_job(model, image, config, data, stopper, run_dir, depth, check)
+
+        def check_stopped() -> bool:  # Cancel pressed on a run that was to be checked
+            return stopper.stopped and check is not None
+
         self._start(
             f"segmenting {layer.name} (labels from L{depth})",
             over_passes(job, segment_passes(config, check is not None)),
-            lambda r: self._show(layer, placement, r, config, depth, made_by, scope),
+            lambda r: self._show(
+                layer, placement, r, config, depth, made_by, scope, check_stopped()
+            ),
             stopper,
         )
         if self._runner.queued:
@@ -447,7 +456,10 @@ class PredictWidget(Container):
         depth: int,
         made_by: tuple[UNetPlusPlus, CheckpointInfo | None, str | None],
         scope: str,
+        check_stopped: bool = False,
     ) -> None:
+        """The finished run's layers and status. ``check_stopped``: Cancel was pressed on a
+        run to be checked; in the check's pass that leaves whole labels, but no check."""
         probs, labels, regions, check = result
         if labels is None:
             self._status.value = "cancelled: layers left unchanged"
@@ -500,6 +512,8 @@ class PredictWidget(Container):
             saved = f"run saved in {self.last_run_dir}"
             warned = _warn_unlike_training(check, layer.name)
             hints = [] if warned else _hints(check, layer.name)
+            if check_stopped and check is None:  # else "done" hid that Cancel did anything
+                hints.append("cancelled while checking the result: labels complete, not checked")
             # the depth advice is about the model that ran: not shown on one chosen since
             if check is not None and check.advice is not None and self.model is model:
                 self.pruning.show_advice(check.advice, layer.name)
@@ -538,22 +552,27 @@ class PredictWidget(Container):
 
     def check_image(self, _value: Any = None) -> None:
         """Depth/flip disagreement and object size: is this image like the training data?"""
-        layer = self._image.value
+        layer, model = self._image.value, self.model
         self._run_side_job(
             "checking the image against the training data",
             check_job,
-            lambda check: self._on_check(check, layer),
+            lambda check: self._on_check(check, layer, model),
             metrics=dict(self.info.metrics) if self.info else {},
         )
 
-    def _on_check(self, check: Any, layer: Image) -> None:
+    def _on_check(self, check: Any, layer: Image, model: UNetPlusPlus | None = None) -> None:
         if check is None:
             return
         set_progress(self._progress, 100)
+        # the slider marks the depths on this image, as after a checked Segment (of the
+        # model that ran: not on one chosen since)
+        if check.advice is not None and model is not None and self.model is model:
+            self.pruning.show_advice(check.advice, layer.name)
         # named: another image may be chosen by now (the Segment check's words too)
-        report = f"{layer.name}: {check.report().removeprefix('WARNING: ')}"
+        report = f"{layer.name}: {check.report('dock').removeprefix('WARNING: ')}"
         warning = "WARNING: " if check.unlike_training else ""
-        self._status.value = warning + report.replace("\n", "; ")
+        # one line: the report's indented reasons and remedies as "; "-separated items
+        self._status.value = warning + "; ".join(line.strip() for line in report.splitlines())
         # napari heads a warning notification with "WARNING" already
         (show_warning if check.unlike_training else show_info)(report)
 
@@ -607,7 +626,7 @@ def _hints(check: Any, image_name: str) -> list[str]:
     a depth...): told once, as the status line's note; a warning's report has them."""
     if check is None or not check.remedies:
         return []
-    hint = "hint: " + "; ".join(check.remedies)
+    hint = "hint: " + "; ".join(check.remedies_for("dock"))
     show_info(f"{image_name}: {hint}")
     return [hint]
 
@@ -617,5 +636,5 @@ def _warn_unlike_training(check: Any, image_name: str) -> list[str]:
     the status line's note (empty when the image looks like it, or was not checked)."""
     if check is None or not check.unlike_training:
         return []
-    show_warning(f"{image_name}: {check.report().removeprefix('WARNING: ')}")
+    show_warning(f"{image_name}: {check.report('dock').removeprefix('WARNING: ')}")
     return ["WARNING: this image looks unlike the training data (see the notification)"]

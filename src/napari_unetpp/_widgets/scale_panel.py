@@ -14,6 +14,7 @@ viewer's queue and calls :meth:`set_model`, :meth:`set_layer` and :meth:`overrid
 
 from __future__ import annotations
 
+import math
 import re
 import weakref
 from collections.abc import Generator
@@ -61,6 +62,12 @@ def parse_pixel_size(text: str) -> tuple[tuple[float, ...] | None, str]:
         sizes = tuple(float(v) for v in re.split(r"[\s,;x]+", match.group(1).strip()) if v)
     except ValueError:
         raise ValueError(f"pixel size {text!r}: not numbers") from None
+    # in the field's words: the engine's check named PredictConfig.pixel_size ("0", "-1")
+    if not 1 <= len(sizes) <= 3 or not all(math.isfinite(s) and s > 0 for s in sizes):
+        raise ValueError(
+            f"pixel size {text!r}: type 1 to 3 numbers above 0 (one per axis Z Y X, or one "
+            "for all), optionally a unit (nm, um, mm), e.g. '0.98 0.98 mm'"
+        )
     return sizes, unit or ""
 
 
@@ -73,7 +80,8 @@ def layer_pixel_size(layer: Any) -> tuple[tuple[float, ...] | None, str]:
     if meta.get("pixel_size") and meta.get("unit"):
         return tuple(float(s) for s in meta["pixel_size"]), str(meta["unit"])
     units = [str(u) for u in getattr(layer, "units", ())]
-    scale = [float(s) for s in getattr(layer, "scale", ())]
+    # a negative scale flips the axis in the viewer; its pixels are as large as ever
+    scale = [abs(float(s)) for s in getattr(layer, "scale", ())]
     known = {UNIT_WORDS.get(u) for u in units}
     if scale and len(known) == 1 and None not in known:
         return tuple(scale[-min(3, len(scale)) :]), str(known.pop())
@@ -149,6 +157,11 @@ class ScalePanel(Container):
             widget.enabled = sized
         if not sized:
             self._diameter.value, self._auto.value = 0.0, False
+        # adaptive depth compares each head with the next: a model of one head has none
+        # (ticked, every Segment failed with "needs a deeply supervised network")
+        self.adaptive.enabled = config.deep_supervision and config.depth > 1
+        if not self.adaptive.enabled:
+            self.adaptive.value = False
 
     def set_layer(self, layer: Any) -> None:
         """Take the layer's pixel size (kept from its file) into the field; another layer's

@@ -191,6 +191,8 @@ class TrainWidget(TrainForm):
             return
         if image.rgb:
             self._channel_axis.value = "-1"
+        elif layer_data(image).ndim == layer_data(labels).ndim:  # no axis left for channels
+            self._channel_axis.value = "none"  # (an RGB layer chosen before had set "last")
         try:
             self._check_pair(image, labels)
         except ValueError as exc:
