@@ -276,7 +276,9 @@ def _wait_for_live_workers() -> None:
 
         for queue in list(_queues.values()):  # a script that ends without closing napari
             queue.cancel_all()
-        QThreadPool.globalInstance().waitForDone(EXIT_WAIT_MS)
+        pool = QThreadPool.globalInstance()
+        if pool is not None:  # None only once Qt itself is gone
+            pool.waitForDone(EXIT_WAIT_MS)
 
 
 def in_background(
