@@ -230,3 +230,28 @@ def test_bands_are_repaired_as_the_whole_image(fluorescence) -> None:
     assert whole.max() < 3  # no spike at (65535 - low) / (high - low)
     assert tiles.on_device(hostile, "cpu") is None
     assert TileNormaliser(NORM, value_range).on_device(hostile, "cpu") is not None
+
+
+def test_the_image_check_sees_a_hot_pixel_copy_as_the_clean_image(pairs) -> None:
+    """The check's half-size probe halves the image, which smears each hot pixel over levels
+    where it is no longer recognised: the probe too predicts on the repaired image, so a
+    hot-pixel copy gets the clean copy's verdict and scale signals."""
+    from napari_unetpp.disagreement import check_image
+    from napari_unetpp.events import drive
+
+    model, info = zoo.load_pretrained("nuclei")
+    image, _ = pairs[IOU_IMAGES[0]]
+    checks = {}
+    for name, copy in (
+        ("clean", uint16(image)),
+        ("hot", defect_pixels(uint16(image), 0.005, 65535)),
+    ):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            checks[name], _ = drive(
+                check_image(model, copy, info.data, PredictConfig(device="cpu"))
+            )
+    clean, hot = checks["clean"].signals, checks["hot"].signals
+    print({k: (clean[k], hot[k]) for k in clean})
+    assert checks["hot"].unlike_training == checks["clean"].unlike_training
+    assert hot["scale_gain"] == pytest.approx(clean["scale_gain"], abs=0.05)

@@ -29,6 +29,7 @@ True
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -433,7 +434,7 @@ def check_prediction(
         judge,
     )
     from .inference import predict
-    from .normalization import contrast_problem
+    from .normalization import contrast_problem, repaired
 
     def stopped() -> bool:
         return stopper is not None and stopper.stopped
@@ -446,7 +447,11 @@ def check_prediction(
     config = _check_config(predict_config)
     zoom = zoom_used(probs)
     half = None
-    small = half_size(image, model.config.spatial_dims, data_config.channel_axis)
+    # camera defects repaired before halving, which smears hot pixels past recognition
+    with warnings.catch_warnings():  # the segmentation's own pass told the user already
+        warnings.simplefilter("ignore")
+        whole = repaired(image, data_config.normalization, data_config.channel_axis)
+    small = half_size(whole, model.config.spatial_dims, data_config.channel_axis)
     if scale_probe and zoom == 1.0 and small is not None:
         at_scale = config.replace(pixel_size=None, pixel_unit="", rescale=None)
         half = yield from predict(model, small, at_scale, data_config, stopper=stopper)
