@@ -220,7 +220,9 @@ def test_check_and_estimate_wait_while_a_results_layers_are_added(
     monkeypatch.setattr(predict_module, "show_info", told.append)
     viewer = make_napari_viewer()
     w, _ = _segment_dock(viewer, qtbot, checkpoint, tmp_path, em_stack[0][:2, :64, :64])
-    qtbot.waitUntil(lambda: w._showing, timeout=WAIT_MS)
+    # the job's 'returned' and 'finished' are two signals: on a loaded machine the layers
+    # started going in (returned) a moment before the job counted as finished
+    qtbot.waitUntil(lambda: w._showing and not w._runner.running, timeout=WAIT_MS)
     w.check_image()
     w.estimate_size()
     assert not w._runner.running and len(told) == 2 and "running" in told[0]
