@@ -151,15 +151,25 @@ def test_disagreement_map_and_ranked_regions() -> None:
 
 
 def test_depth_advice_names_the_depth_that_holds() -> None:
-    deepest = np.zeros((3, 20, 20), "float32")
+    deepest = np.zeros((3, 40, 40), "float32")
     deepest[1] = 1.0  # class 1 everywhere at L3
     shallow = deepest.copy()
-    shallow[:, :10] = [[[1.0]], [[0.0]], [[0.0]]]  # L1 says background on half the image
+    shallow[:, :20] = [[[1.0]], [[0.0]], [[0.0]]]  # L1 says background on half the image
     probs = {1: shallow, 2: deepest, 3: deepest}
     advice = advise_depth(probs, num_classes=3, recommended=1, tolerance=0.02)
     assert advice.agreement[1] == pytest.approx(0.5) and advice.suggested == 2
     assert "departs" in advice.message and "L2" in advice.message
     assert "holds" in advise_depth(probs, 3, recommended=2).message
+
+
+def test_depth_advice_keeps_the_recommended_depth_on_a_tiny_image() -> None:
+    """An 8 x 8 image got "use L2 here" from 2 of its 64 pixels: too few to tell."""
+    deepest = np.zeros((3, 8, 8), "float32")
+    deepest[1] = 1.0
+    shallow = deepest.copy()
+    shallow[:, 0, :2] = [[1.0], [0.0], [0.0]]  # 2 pixels of 64 differ at L1
+    advice = advise_depth({1: shallow, 2: deepest, 3: deepest}, 3, recommended=1)
+    assert advice.suggested == 1 and "too small" in advice.message
 
 
 @pytest.mark.parametrize("tolerance", [float("nan"), -0.1, 5.0])
@@ -428,6 +438,10 @@ def test_judge_and_calibrate_name_the_remedy() -> None:
     assert not judge({**quiet, "half_size_ratio": 1.2})[0]
     noisy = judge({**quiet, "flip_disagreement": 0.5})
     assert noisy[0] and "fine-tune" in noisy[2][0]
+    limit = THRESHOLDS["uncertain_fraction"]
+    just_over = judge({**quiet, "uncertain_fraction": limit + 2e-4})[1][0]
+    shown, bound = (float(v) for v in just_over.split()[-3::2])
+    assert shown > bound  # the reason never reads "0.127 > 0.127"
     limits = calibrate([quiet, {**quiet, "depth_disagreement": 0.04}], margin=1.5)
     assert limits["depth_disagreement"] == pytest.approx(0.06)
     assert limits["scale_gain"] == THRESHOLDS["scale_gain"]  # natives far below the fallback

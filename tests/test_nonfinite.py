@@ -202,6 +202,20 @@ def test_one_small_stroke_as_dense_labels_warns_before_it_teaches_background():
     assert rare_classes(prepare_volumes(images, labels, DataConfig(class_values=(1,)))) is None
 
 
+def test_training_on_an_image_without_contrast_says_so():
+    """predict warned on an all-zero image, training took it silently (found by a QA
+    session in a real viewer); now the run warns at its start, as for degenerate labels,
+    and the checkpoint's card keeps the warning."""
+    images, labels = _blobs()
+    flat = [np.zeros_like(images[0]), images[1]]
+    with pytest.warns(DegenerateLabelsWarning, match="no contrast"):
+        result = drive(Trainer(TINY, _tiny_train(), DataConfig()).run(flat, labels))
+    assert "training image 1 of 2" in result.info.metrics["warning"]
+    with warnings.catch_warnings():  # ordinary images: no such warning
+        warnings.simplefilter("error", DegenerateLabelsWarning)
+        drive(Trainer(TINY, _tiny_train(), DataConfig()).run(images, labels))
+
+
 def test_cli_fills_a_nan_patch_and_refuses_a_diverging_run(em_stack, tmp_path: Path, capsys):
     import tifffile
 
@@ -263,3 +277,24 @@ def test_cli_fills_a_nan_patch_and_refuses_a_diverging_run(em_stack, tmp_path: P
     assert code != 0 and ("diverged" in error or "lr" in error) and "Traceback" not in error
     for weights in tmp_path.glob("diverged/*/weights.safetensors"):
         assert all_finite(load_file(str(weights)))
+
+
+def test_a_rescaled_prediction_counts_the_images_own_nan_pixels(em_stack):
+    """A zoomed prediction resampled the image before filling it: the warning counted the
+    NaN of the resampled copy (25 or 484 for 100) and linear resampling spread them."""
+    from napari_unetpp import zoo
+
+    model, info = zoo.load_pretrained("em")
+    image = _em_crop(em_stack, 128)
+    image[40:50, 40:50] = np.nan  # 100 pixels
+    config = PredictConfig(device="cpu", depths=(4,), pixel_size=(8.0, 8.0), pixel_unit="nm")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prob = predict_array(model, image, config, info.data)[4]
+    counts = [
+        str(w.message).split(" has ")[1].split()[0]
+        for w in caught
+        if issubclass(w.category, NonFiniteWarning)
+    ]
+    assert counts == ["100"]
+    assert prob.shape == image.shape and np.isfinite(prob).all()

@@ -265,6 +265,10 @@ class DepthAdvice:
         return agreement is not None and agreement < 1 - self.tolerance
 
 
+#: Below this many pixels (32 x 32) the depths' agreement is too coarse to advise a depth.
+ADVICE_MIN_PIXELS = 1024
+
+
 def advise_depth(
     probs: Mapping[int, Any],
     num_classes: int,
@@ -289,7 +293,13 @@ def advise_depth(
     reference = labels(deepest)
     agreement = {d: float((labels(d) == reference).mean()) for d in sorted(probs)}
     suggested = min(d for d, a in agreement.items() if a >= 1 - tolerance)
-    if recommended is None or recommended not in agreement:
+    if reference.size < ADVICE_MIN_PIXELS:  # 2 pixels of 64 are 3 %: no evidence either way
+        suggested = recommended if recommended in agreement else deepest
+        message = (
+            f"the image is too small ({reference.size} pixels) to judge the depths on it: "
+            f"keeping L{suggested}"
+        )
+    elif recommended is None or recommended not in agreement:
         message = (
             f"on this image L{suggested} labels as L{deepest} does on "
             f"{100 * agreement[suggested]:.1f}% of the pixels (tolerance "

@@ -275,6 +275,15 @@ def flat_image_check(problem: str) -> ImageCheck:
     )
 
 
+def _above(value: float, limit: float) -> str:
+    """``"0.1274 > 0.1271"``: as few decimals (3 to 6) as show the value above its limit
+    (at 3 a value just over read "0.127 > 0.127")."""
+    for places in range(3, 7):
+        if round(value, places) > round(limit, places):
+            break
+    return f"{value:.{places}f} > {limit:.{places}f}"
+
+
 def judge(
     signals: Mapping[str, float | None],
     thresholds: Mapping[str, float] = THRESHOLDS,
@@ -293,7 +302,7 @@ def judge(
     for name in ("depth_disagreement", "flip_disagreement", "uncertain_fraction"):
         value = signals.get(name)
         if value is not None and value > thresholds[name]:
-            reasons.append(f"{name.replace('_', ' ')} {value:.3f} > {thresholds[name]:.3f}")
+            reasons.append(f"{name.replace('_', ' ')} {_above(value, thresholds[name])}")
     ratio = signals.get("size_ratio")
     limit = thresholds["size_ratio"]
     size_off = ratio is not None and not 1 / limit <= ratio <= limit

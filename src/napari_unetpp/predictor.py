@@ -211,7 +211,11 @@ class TileRunner:
             out = torch.empty(shape, dtype=torch.float32, device=first.device)
             self._buffer = out if reuse else None
         for k, d in enumerate(self.depths):
-            torch.sigmoid(logits[d].float(), out=out[:, k : k + 1])
+            head = out[:, k : k + 1]
+            if logits[d].dtype == torch.float32:
+                torch.sigmoid(logits[d], out=head)
+            else:  # bf16 logits widened into the kept buffer: no fresh float32 copy per head
+                head.copy_(logits[d]).sigmoid_()
         return out
 
     def _forward(self, batch: np.ndarray | torch.Tensor) -> stitching.StackedOutputs:

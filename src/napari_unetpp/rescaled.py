@@ -31,6 +31,7 @@ import numpy as np
 from . import scale as S
 from .config import DataConfig, ModelConfig, PredictConfig
 from .events import Stopper
+from .nonfinite import fill_image
 from .normalization import repaired
 
 __all__ = [
@@ -286,7 +287,9 @@ def _one_pass(
         return (yield from predict(model, image, config, data_config, out=out, stopper=stopper))
     dims = model.config.spatial_dims
     axes = S.spatial_axes(len(image.shape), dims, data_config.channel_axis)
-    whole = repaired(image, data_config.normalization, data_config.channel_axis)  # hot pixels
+    # filled and repaired first: resampling spreads each NaN (miscounting them in the
+    # warning) and smears hot pixels past recognition
+    whole = repaired(fill_image(image), data_config.normalization, data_config.channel_axis)
     small = S.resample(whole, zoom, axes, order=1)
     result = yield from predict(model, small, config, data_config, stopper=stopper)
     if not result:

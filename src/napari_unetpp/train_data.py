@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import IGNORE_INDEX, DataConfig, ModelConfig, TrainConfig
+from .config import IGNORE_INDEX, DataConfig, ModelConfig, NormalizationConfig, TrainConfig
 from .labels import num_output_channels, resolve_class_values
-from .normalization import as_list, to_channels_first
+from .normalization import as_list, contrast_problem, to_channels_first
 from .patches import (
     DegenerateLabelsWarning,
     PatchSampler,
@@ -71,6 +71,20 @@ def _evenly(items: list[Any], limit: int) -> list[Any]:
     return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
 
 
+def _flat_image(images: list[Any], config: NormalizationConfig) -> str | None:
+    """What is wrong with the first training image too flat to learn from, or None.
+
+    Why: predict warns on an image with no contrast (all zero, 2-3 grey levels), but
+    training took one silently and fitted the labels to noise stretched to 0..1.
+    """
+    for k, image in enumerate(images):
+        problem = contrast_problem(image, config)
+        if problem is not None:
+            which = f"training image {k + 1} of {len(images)}" if len(images) > 1 else "the image"
+            return f"{which}: {problem}; the model can learn nothing from it"
+    return None
+
+
 def prepare_data(
     images: Any,
     labels: Any,
@@ -93,7 +107,11 @@ def prepare_data(
     first = to_channels_first(images[0], data_config.channel_axis)
     _check_model_fits(model_config, data_config, labels + extra, first.shape[0])
     volumes = prepare_volumes(images, labels, data_config, dims)
-    degenerate = degenerate_labels(volumes) or rare_classes(volumes)
+    degenerate = (
+        degenerate_labels(volumes)
+        or rare_classes(volumes)
+        or _flat_image(images, data_config.normalization)
+    )
     if degenerate:
         warnings.warn(degenerate, DegenerateLabelsWarning, stacklevel=2)
     if val_images is not None:
