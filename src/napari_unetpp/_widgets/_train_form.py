@@ -162,7 +162,12 @@ class TrainForm(Container):
             tooltip="Where you painted nothing, the model is held to its own starting "
             "prediction, so a few strokes correct it without changing the rest",
         )
-        self._mixed_precision = CheckBox(text="Mixed precision (CUDA)", value=True)
+        self._mixed_precision = CheckBox(
+            text="Mixed precision (GPU; CPU with bf16)",
+            value=True,
+            tooltip="bf16/fp16 on a CUDA GPU, bf16 on a CPU with bf16 instructions "
+            "(AVX512-BF16, AMX): about 2x faster, the same scores; off: float32",
+        )
         self._seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
         advanced: list[Widget] = [
             self._custom_widths,
