@@ -129,6 +129,7 @@ def foreground_iou(model, data_config, depth: int, pairs, make, rescale=None) ->
 
     from napari_unetpp.config import PredictConfig
     from napari_unetpp.inference import predict_array
+    from napari_unetpp.metrics import confusion_counts
 
     config = PredictConfig(depths=(depth,), device="cpu", rescale=rescale)
     tp = fp = fn = 0
@@ -136,10 +137,8 @@ def foreground_iou(model, data_config, depth: int, pairs, make, rescale=None) ->
         with warnings.catch_warnings():  # the defect warning, once per image: not scored
             warnings.simplefilter("ignore")
             pred = predict_array(model, make(image), config, data_config)[depth].argmax(0) > 0
-        truth = labels > 0
-        tp += int((pred & truth).sum())
-        fp += int((pred & ~truth).sum())
-        fn += int((~pred & truth).sum())
+        counts = confusion_counts(pred, labels > 0)  # pooled over the images, as the cards
+        tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
     return tp / max(tp + fp + fn, 1)
 
 

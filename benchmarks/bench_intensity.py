@@ -105,6 +105,7 @@ def foreground_iou(model, data_config, variant, depth: int) -> float:
     """Pooled foreground IoU (class interior or boundary vs labels > 0) at ``depth``."""
     from napari_unetpp.config import PredictConfig
     from napari_unetpp.inference import predict_array
+    from napari_unetpp.metrics import confusion_counts
     from napari_unetpp.normalization import intensity_range
 
     config = PredictConfig(
@@ -118,10 +119,8 @@ def foreground_iou(model, data_config, variant, depth: int) -> float:
             normalization=norm.replace(mode="window", low=low, high=max(high, low + 1e-8))
         )
         pred = predict_array(model, image, config, fixed)[depth].argmax(0) > 0
-        truth = truth > 0
-        tp += int((pred & truth).sum())
-        fp += int((pred & ~truth).sum())
-        fn += int((~pred & truth).sum())
+        counts = confusion_counts(pred, truth > 0)  # pooled over the images, as the cards
+        tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
     return tp / max(tp + fp + fn, 1)
 
 
