@@ -568,3 +568,22 @@ def test_check_this_image_marks_the_depths_on_the_slider(
     w.check_image()
     assert not errors, errors
     assert "on blurred em: 97.0% as L4; use L4 here" in w.pruning._readout.value
+
+
+def test_an_adaptive_run_after_a_fixed_depth_one_keeps_the_labels_on_top(
+    dock: Any, data_dir: Path
+) -> None:
+    """Segment, then Segment with adaptive depth: the new 'adaptive' probability layer was
+    added above the kept labels layer and washed it out (found by a QA session in a real
+    viewer); it goes under the labels."""
+    viewer, w, errors = dock
+    image = tifffile.imread(data_dir / "em_isbi2012" / "image.tif")[16, :128, :128]
+    w._image.value = viewer.add_image(image, name="em")
+    w._source.value = "shipped"
+    w._model.value = "zoo:em"
+    w.segment()
+    w.scale.adaptive.value = True
+    w.segment()
+    assert not errors, errors
+    names = [layer.name for layer in viewer.layers]
+    assert names.index("em UNet++ adaptive") < names.index("em UNet++ labels"), names

@@ -129,10 +129,13 @@ def put_layer_steps(
     meta: dict[str, Any],
     *,
     select: bool = True,
+    below: str | None = None,
     **style: Any,
 ) -> Generator[None, None, Any]:
     """:func:`put_layer` as a generator: a new layer is built, inserted hidden, then shown,
     with a yield between the steps (a hidden layer is built and inserted in two).
+    ``below``: a new layer goes under the layer of that name when it is there (a result's
+    probabilities under its labels, which they washed out when added on top).
 
     Why: building a Labels or Shapes layer takes 10-40 ms of the GUI thread, napari's
     insert 50-100 ms more, and showing a layer (its first slice, thumbnail and paint)
@@ -157,6 +160,8 @@ def put_layer_steps(
     layers = viewer.layers  # looked up again: the user may have changed the list meanwhile
     old = layers[name] if name in layers else None
     index = layers.index(old) if old is not None else len(layers)
+    if old is None and below is not None and below in layers:
+        index = layers.index(below)
     if old is not None:
         layers.remove(old)
     insert_layer(layers, index, layer, select=select)

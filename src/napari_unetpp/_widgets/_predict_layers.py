@@ -124,6 +124,7 @@ def put_depths(
             blending="additive",
             visible=adaptive or d == shown_depth,  # a hidden new layer uploads no texture
             select=False,  # a run selects its labels layer, once (see show_result)
+            below=f"{base} labels{suffix}",  # a re-run's new layer under the kept labels
         )
         yield
     for d in depth_layers(viewer, base, suffix):
