@@ -11,6 +11,7 @@ its own ``distributed.Client``.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ class PredictJob:
     model_spec: str
     predict: dict[str, Any]
     data: dict[str, Any]
+    #: the whole image's camera defect pixels (``defects.Defects`` as a dict), repaired in
+    #: each slice: a slice's fixed window (see :func:`_fixed_normalization`) finds none
+    defects: dict[str, Any] | None = None
 
 
 _WORKER_MODELS: dict[tuple[str, str], Any] = {}
@@ -87,8 +91,14 @@ def predict_block(
     config = PredictConfig.from_dict(job.predict)
     model = _worker_model(job.model_spec, config.device)
     image = _worker_image(source)
-    block = image if axis is None else np.take(image, index, axis=axis)
-    result = drive(predict(model, np.asarray(block), config, DataConfig.from_dict(job.data)))
+    block = np.asarray(image if axis is None else np.take(image, index, axis=axis))
+    data = DataConfig.from_dict(job.data)
+    if job.defects is not None:
+        from .defects import Defects
+        from .normalization import repair_image
+
+        block = repair_image(block, Defects(**job.defects), data.channel_axis)
+    result = drive(predict(model, block, config, data))
     return index, dict(result), getattr(result, "scale", None)
 
 
@@ -124,20 +134,29 @@ def close_client(client: Any) -> None:
         cluster.close()
 
 
-def _fixed_normalization(image: Any, data: DataConfig) -> DataConfig:
-    """The stack's percentile range as a fixed window, so every slice is normalised alike.
+def _fixed_normalization(image: Any, data: DataConfig) -> tuple[DataConfig, dict[str, Any] | None]:
+    """The stack's percentile range as a fixed window, so every slice is normalised alike,
+    and its camera defect pixels (as a dict for :class:`PredictJob`; None: none).
 
     ``inference.predict`` computes one intensity range per image (a stack is one
-    image); a task sees one slice, so it gets the whole stack's range instead.
+    image); a task sees one slice, so it gets the whole stack's range instead. With a
+    window a slice looks for no defects, so the stack's are found here (and the user
+    told, once) and each task repairs them in its slice.
     """
-    from .normalization import intensity_range
+    from dataclasses import asdict
+
+    from .normalization import range_and_defects
 
     norm = data.normalization
     if norm.mode != "percentile":
-        return data
-    low, high = intensity_range(image, norm)
+        return data, None
+    (low, high), defects = range_and_defects(image, norm)
     high = max(high, low + 1e-8)  # a constant image: normalize() guards the scale the same way
-    return data.replace(normalization=norm.replace(mode="window", low=low, high=high))
+    fixed = data.replace(normalization=norm.replace(mode="window", low=low, high=high))
+    if defects is None:
+        return fixed, None
+    defects.warn(math.prod(int(n) for n in image.shape))
+    return fixed, asdict(defects)
 
 
 def predict_distributed(
@@ -165,14 +184,14 @@ def predict_distributed(
     # here, not on the workers: a wrong channel axis is one error, not one worker traceback
     # per slice in the cluster's log before it
     image_layout(tuple(image.shape), data.channel_axis, model)
-    data = _fixed_normalization(image, data)
+    data, defects = _fixed_normalization(image, data)
     channel = None if data.channel_axis is None else data.channel_axis % image.ndim
     others = [a for a in range(image.ndim) if a != channel]
     axis = others[0] if len(others) > model.config.spatial_dims else None
     if axis is not None and channel is not None and channel > axis:
         channel -= 1  # the slice has one axis less before the channels
     data_dict = {**data.to_dict(), "channel_axis": channel}
-    job = PredictJob(portable_spec(job.model_spec), job.predict, data_dict)
+    job = PredictJob(portable_spec(job.model_spec), job.predict, data_dict, defects)
     count = 1 if axis is None else image.shape[axis]
     source = str(path.resolve())  # workers read their own slice: nothing big leaves here
     futures = [client.submit(predict_block, job, source, axis, i, pure=False) for i in range(count)]

@@ -26,6 +26,7 @@ __all__ = [
     "repaired",
     "looks_rgb",
     "normalize",
+    "repair_image",
     "rgb_to_grey",
     "spatial_shape",
     "subsample",
@@ -153,6 +154,12 @@ def repaired(image: ArrayLike, config: NormalizationConfig, channel_axis: int | 
     if defects is None:
         return image
     defects.warn(int(np.prod(image.shape)))
+    return repair_image(image, defects, channel_axis)
+
+
+def repair_image(image: ArrayLike, defects: Defects, channel_axis: int | None) -> np.ndarray:
+    """``image`` with the pixels ``defects`` describes repaired along its rows (x), in its
+    own layout (a dask worker's slice of a stack whose defects were found on the whole)."""
     fixed = repair_rows(to_channels_first(image, channel_axis), defects)  # rows along x
     return fixed[0] if channel_axis is None else np.moveaxis(fixed, 0, channel_axis)
 
