@@ -197,7 +197,8 @@ def check_loss(loss: Any, step: int, lr: float) -> None:
     if not math.isfinite(value):
         raise NonFiniteError(
             f"training diverged at step {step}: the loss is {value} (learning rate {lr:g}); "
-            "lower the learning rate (--lr, TrainConfig.learning_rate; 1e-3 is the usual) or "
+            "lower the learning rate (the Train dock's 'Learning rate', the command line's "
+            "--lr, TrainConfig.learning_rate; 1e-3 is the usual) or "
             "check the images for extreme values. Checkpoints saved before (best/, last/) "
             "keep the last finite weights"
         )
