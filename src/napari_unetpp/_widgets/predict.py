@@ -14,6 +14,7 @@ predictable place, never a write into data folders (often read-only shares).
 from __future__ import annotations
 
 import sys
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +95,7 @@ class PredictWidget(Container):
         self.model_spec: str | None = None  # "zoo:<name>" or a checkpoint path (for command.sh)
         self.last_run_dir: Path | None = None
         self.last_probabilities: dict[int, Any] | None = None  # engine output of the last run
+        self._job_image: weakref.ref[Image] | None = None  # the image being segmented
         # torch is imported by a thread, not here: on the GUI thread its 2-3 s froze the
         # viewer at every first dock open; the model and devices come when it is in
         self._torch_ready = "torch" in sys.modules
@@ -227,6 +229,13 @@ class PredictWidget(Container):
             self._image.reset_choices()
         except RuntimeError:  # its Qt widgets were deleted before the dock said so
             self._on_closed()
+            return
+        source = self._job_image() if self._job_image is not None else None
+        if self._runner.running and source is not None and source not in self._viewer.layers:
+            # its result would be dropped (no layers for a removed image): stop the work now
+            self._job_image = None
+            self._status.value = f"the image {source.name!r} was removed: cancelling..."
+            self._runner.request_stop()
 
     def _on_user_model(self, _index: int) -> None:
         self._model_from_user = True
@@ -370,6 +379,7 @@ class PredictWidget(Container):
             # else the ticked box did nothing, without a word (predict_config turns it off)
             show_info("test-time augmentation runs every depth: adaptive depth is off")
         stopper, depth = Stopper(), pruned_depth or self.pruning.depth
+        self._job_image = weakref.ref(layer)  # removed while segmenting: the job is stopped
         made_by = (model, self.info, self.model_spec)  # the model may be changed meanwhile
         scope = self._scope.value  # and the scope (another image chosen)
         metrics = dict(self.info.metrics) if self.info else {}
@@ -461,15 +471,17 @@ class PredictWidget(Container):
         """The finished run's layers and status. ``check_stopped``: Cancel was pressed on a
         run to be checked; in the check's pass that leaves whole labels, but no check."""
         probs, labels, regions, check = result
-        if labels is None:
-            self._status.value = "cancelled: layers left unchanged"
-            return
         if layer not in self._viewer.layers:  # the user removed the image meanwhile
-            set_progress(self._progress, 100)
+            set_progress(self._progress, 100 if labels is not None else 0)
             self._status.value = (
                 f"done, but the image {layer.name!r} was removed: no layers added; "
                 f"run saved in {self.last_run_dir}"
+                if labels is not None
+                else f"stopped: the image {layer.name!r} was removed"
             )
+            return
+        if labels is None:
+            self._status.value = "cancelled: layers left unchanged"
             return
         model, info, spec = made_by  # described by the model that made them, not today's
         assert info is not None
