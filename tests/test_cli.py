@@ -517,6 +517,7 @@ def test_info_shows_exact_gflop_and_times_depths_on_request(
     assert f"{round(exact, 2):.3f}" in row
     code, out, _ = _run(capsys, "info", trained, "--time")
     assert code == 0 and "ms/Mpx (now, median)" in out
+    assert "as predict runs it" in out and ("bfloat16" in out or "float32" in out)
     print(out)
 
 

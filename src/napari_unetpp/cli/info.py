@@ -140,6 +140,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         model, _ = load_model(args.checkpoint, device="cpu")
         timed = depth_costs(model, "cpu")
     _out(depth_table(info, timed))
+    if timed:
+        from ..devices import inference_dtype
+
+        precision = str(inference_dtype("cpu")).removeprefix("torch.")
+        _out(f"times measured now on this CPU, in {precision} as predict runs it")
     return 0
 
 
