@@ -26,6 +26,7 @@ from .devices import (
     inference_dtype,
     is_out_of_memory,
     memory_format,
+    mixed_precision_on,
     place_model,
 )
 from .model import UNetPlusPlus
@@ -108,12 +109,18 @@ def network_dtype(net: nn.Module) -> torch.dtype:
 def inference_autocast(net: nn.Module, device: torch.device, enabled: bool) -> Any:
     """:func:`devices.autocast` for a prepared network: none for a copy already in bf16
     (a CPU's), which needs no casts; CUDA's float32 copy runs under autocast."""
-    return autocast(device, enabled and network_dtype(net) == torch.float32)
+    wanted = mixed_precision_on(device, enabled, _spatial_dims(net))
+    return autocast(device, wanted and network_dtype(net) == torch.float32)
+
+
+def _spatial_dims(net: nn.Module) -> int:
+    return int(getattr(net, "spatial_dims", 2))
 
 
 def precision_note(net: nn.Module, device: torch.device, mixed_precision: bool) -> str:
     """`` (bfloat16)`` / `` (float16)`` for progress messages, when not in float32."""
-    dtype = autocast_dtype(device, mixed_precision) or network_dtype(net)
+    wanted = mixed_precision_on(device, mixed_precision, _spatial_dims(net))
+    dtype = autocast_dtype(device, wanted) or network_dtype(net)
     return "" if dtype == torch.float32 else f" ({str(dtype).removeprefix('torch.')})"
 
 
@@ -285,6 +292,7 @@ def prepare_on(
     ``mixed_precision``: in bfloat16 where the device computes it natively on the CPU
     (:func:`devices.inference_dtype`); CUDA keeps float32 weights under autocast.
     """
+    mixed_precision = mixed_precision_on(device, mixed_precision, net.spatial_dims)
     dtype = inference_dtype(device, mixed_precision)
     try:
         prepared = cached_derived(
@@ -302,4 +310,5 @@ def prepare_on(
         "out of GPU memory while loading the model: running on the CPU (slower); "
         "free GPU memory (close other jobs) to use the GPU"
     )
-    return prepare_for_inference(net, cpu, inference_dtype(cpu, mixed_precision)), cpu, [message]
+    dtype = inference_dtype(cpu, mixed_precision_on(cpu, mixed_precision, net.spatial_dims))
+    return prepare_for_inference(net, cpu, dtype), cpu, [message]

@@ -226,12 +226,13 @@ def measure_ms_per_mpx(
     machine's real overheads. Measure when the machine is idle (not during
     training): the number is as stable as the machine is.
     """
-    from .devices import inference_dtype, memory_format
+    from .devices import inference_dtype, memory_format, mixed_precision_on
     from .predictor import inference_autocast, prepare_for_inference
 
     net = unwrap_model(model)
     tile_shape = tuple(tile_shape) if tile_shape else timing_tile(net.config.spatial_dims)
     device = torch.device(device)
+    mixed_precision = mixed_precision_on(device, mixed_precision, net.config.spatial_dims)
     dtype = inference_dtype(device, mixed_precision)
     pruned = prepare_for_inference(net.prune(depth), device, dtype)
     x = torch.zeros(1, net.config.in_channels, *tile_shape, device=device, dtype=dtype)

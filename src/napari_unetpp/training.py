@@ -48,7 +48,7 @@ from .augmentation import AugmentOptions
 from .checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
 from .config import DataConfig, ModelConfig, TrainConfig
 from .ddp import join_torchrun, process_rank, rank_device, world_size, wrap_ddp
-from .devices import autocast, autocast_dtype, memory_format, place_model
+from .devices import autocast, autocast_dtype, memory_format, mixed_precision_on, place_model
 from .events import EtaClock, Event, Stopper
 from .finetune import (
     build_model,
@@ -240,7 +240,8 @@ class Trainer:
             lr=tc.learning_rate,
             weight_decay=tc.weight_decay,
         )
-        fp16 = autocast_dtype(device, tc.mixed_precision) == torch.float16  # bf16 needs no scaling
+        mixed = mixed_precision_on(device, tc.mixed_precision, net.config.spatial_dims)
+        fp16 = autocast_dtype(device, mixed) == torch.float16  # bf16 needs no scaling
         scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         loss_fn = DeepSupervisionLoss(net.config.num_classes, dice_weight=tc.dice_weight)
         run = _Run(model, net, optimizer, scaler, loss_fn, device, rng)
@@ -291,11 +292,12 @@ class Trainer:
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         run.optimizer.zero_grad(set_to_none=True)
-        with autocast(run.device, tc.mixed_precision):
+        mixed = mixed_precision_on(run.device, tc.mixed_precision, run.net.config.spatial_dims)
+        with autocast(run.device, mixed):
             logits = run.model(x_t)
         loss, heads = run.loss_fn({d: v.float() for d, v in logits.items()}, y_t)
         if run.teacher is not None:
-            with torch.no_grad(), autocast(run.device, tc.mixed_precision):
+            with torch.no_grad(), autocast(run.device, mixed):
                 kept = run.teacher(x_t)
             loss = loss + run.preserve_weight * preservation_loss(logits, kept, y_t)
         check_loss(loss, run.step + 1, lr)
