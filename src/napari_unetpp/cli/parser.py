@@ -212,8 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--full-precision",
         action="store_true",
-        help="float32 throughout (by default a GPU, and a CPU with bfloat16 instructions, "
-        "run the network in bfloat16: 2-3x faster on such a CPU, scores within 0.003)",
+        help="float32 throughout (by default a GPU, and a CPU with bfloat16 instructions "
+        "for 2D models, run the network in bfloat16: 2-3x faster on such a CPU, scores "
+        "within 0.004)",
     )
     p.add_argument(
         "--no-check",
