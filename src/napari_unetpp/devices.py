@@ -147,7 +147,7 @@ def cpu_computes_bf16() -> bool:
     """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX tiles).
 
     Why it matters: there oneDNN runs bf16 convolutions at about twice the fp32 rate
-    (UNet++ L4, paper widths, 2 cores: 4.6 -> 2.1 s per batch of four 256 px tiles);
+    (UNet++ L4 tiled, paper widths, 2 cores: 8.17 -> 3.81 s/Mpx, docs/benchmarks.md);
     without them bf16 is emulated and slower than fp32.
     """
     cpu = getattr(torch, "cpu", None)
@@ -160,8 +160,9 @@ def inference_dtype(device: str | torch.device, enabled: bool = True) -> torch.d
 
     bfloat16 on a CPU that computes it in hardware when mixed precision is on
     (:func:`cpu_computes_bf16`): the whole frozen network in bf16 beat autocast by
-    20 % there, as autocast re-casts every weight on every call. float32 elsewhere:
-    CUDA runs float32 weights under :func:`autocast`, and MPS stays in full precision.
+    20 % there (one measurement, under load), as autocast re-casts every weight on every
+    call. float32 elsewhere: CUDA runs float32 weights under :func:`autocast`, and MPS
+    stays in full precision.
     """
     device = _as_device(device)
     if device.type == "cpu" and autocast_dtype(device, enabled) == torch.bfloat16:

@@ -291,13 +291,12 @@ def show_result(
     meta: dict[str, Any],
     model: ModelConfig,
     *,
-    instance: bool,
-    all_depths: bool,
-    regions: Sequence[Region] = (),
     image: Any = None,
+    **options: Any,
 ) -> Generator[None, None, tuple[str, list[str]]]:
     """All of a finished run's layers for the image ``name``; returns (legend, notes).
 
+    ``options``: :func:`_add_result`'s (``instance``, ``all_depths``, ``regions``).
     ``meta["depth"]`` is the labels' depth; ``regions``: the blocks to label next (the
     job ranked them). A run of all depths first drops the per-depth layers it did not
     make (a pruned run makes one and keeps the rest). A generator that yields between
@@ -310,17 +309,7 @@ def show_result(
     added (a note says so), as when it was removed before the result came; the rest of a
     removed image's result came in one by one, labels over nothing, and 'done'.
     """
-    steps = _add_result(
-        viewer,
-        name,
-        result,
-        where,
-        meta,
-        model,
-        instance=instance,
-        all_depths=all_depths,
-        regions=regions,
-    )
+    steps = _add_result(viewer, name, result, where, meta, model, **options)
     try:
         while True:
             try:
@@ -330,7 +319,7 @@ def show_result(
             yield
             if image is not None and image not in viewer.layers:
                 note = f"the image {name!r} was removed: the rest of its layers were not added"
-                return class_legend(model, instance), [note]
+                return class_legend(model, options["instance"]), [note]
     finally:  # now, on the GUI thread: a layer inserted hidden is shown (put_layer_steps)
         steps.close()
 
