@@ -73,3 +73,28 @@ def test_label_here_next_with_classes() -> None:
     prob[:, 8:, 8:] = np.array([0.1, 0.45, 0.45], "float32")[:, None, None]  # class 1 or 2?
     chosen = label_here_next({3: prob, 4: prob}, 3, (8, 8), top=1)
     assert chosen[0].start == (8, 8) and chosen[0].score == pytest.approx(1.0)
+
+
+def test_label_here_next_on_a_stack_picks_every_block_in_another_item() -> None:
+    # Image 0 is doubtful everywhere, at every foreground fraction; images 1-5 are sure
+    # (nuclei the model misses are sure background too). Strata of blocks take the best
+    # block of each stratum, all from image 0; strata of images spread the picks.
+    prob = np.full((6, 32, 32), 0.05, "float32")
+    prob[:, 16:, :] = 0.95
+    prob[0, 16:, :] = 0.55
+    prob[0, :8, :] = 0.55
+    prob[0, 8:16, :] = 0.45
+    probs = {4: prob}
+    by_blocks = rank_regions(margin_doubt(prob, 1), (8, 8), top=3, strata=prob > 0.5)
+    assert [r.item[0] for r in by_blocks].count(0) >= 2
+    chosen = label_here_next(probs, 1, (8, 8), top=3)
+    items = [r.item[0] for r in chosen]
+    assert len(set(items)) == 3 and 0 in items
+    assert [r.score for r in chosen] == sorted((r.score for r in chosen), reverse=True)
+    # Fewer images than picks: strata of blocks, as on one image.
+    assert label_here_next(probs, 1, (8, 8), top=7) == rank_regions(
+        margin_doubt(prob, 1), (8, 8), top=7, strata=prob > 0.5
+    )
+    assert label_here_next(probs, 1, (8, 8), top=0) == []
+    with pytest.raises(ValueError, match="region_size"):
+        label_here_next(probs, 1, (8, 8, 8, 8), top=3)

@@ -125,16 +125,20 @@ def label_here_next(
 ) -> list[Region]:
     """The ``top`` blocks to label next: doubt of the deepest head, spread over kinds of content.
 
-    Each block scores by the deepest head's mean :func:`margin_doubt`; the blocks
-    are sorted by their predicted foreground fraction into ``top`` strata of equal
-    count, and the most doubtful block of each stratum is taken (best first).
+    Each block scores by the deepest head's mean :func:`margin_doubt`. The blocks
+    are split into ``top`` strata and the most doubtful block of each is taken (best
+    first). On a stack of at least ``top`` items (slices, images) the strata are
+    groups of items of similar predicted foreground fraction, so every pick lies in
+    another item, the least-foreground items included; on fewer items, equal-count
+    strata of the blocks' own foreground fraction.
     Why not the depths' disagreement: it is highest where the *shallow* heads
     fail and the deepest is right (on EM, dark organelles the shallow heads call
     membrane), and its top blocks repeat one structure on neighbouring slices;
     labels there taught the deepest head less than random blocks did
-    (``benchmarks/bench_depth.py labelling``, docs/benchmarks.md). Doubt cannot see
-    confident mistakes: on a domain the model misses outright (darkened nuclei)
-    random blocks taught more.
+    (``benchmarks/bench_depth.py labelling``, docs/benchmarks.md). Why strata of
+    items: doubt cannot see confident mistakes (darkened nuclei the model misses are
+    sure background); strata of blocks crowded the picks into the few images the
+    model half-sees, and random blocks taught more than they did.
     ``probs``: per-depth probabilities as :func:`inference.predict` returns them
     (only the deepest is used, so a pruned or adaptive result works too).
     """
@@ -143,7 +147,23 @@ def label_here_next(
         foreground = deepest > threshold
     else:
         foreground = deepest.argmax(axis=0) > 0
-    return rank_regions(margin_doubt(deepest, num_classes), region_size, top, strata=foreground)
+    doubt = margin_doubt(deepest, num_classes)
+    size = _block_size(region_size, doubt.shape)
+    lead = doubt.shape[: doubt.ndim - len(size)]
+    if top < 1 or int(np.prod(lead)) < top:  # one item (np.prod of () is 1) or a few
+        return rank_regions(doubt, size, top, strata=foreground)
+    found, _ = _blocks(doubt, size, None)
+    return _stratified_items(found, foreground, lead, top)
+
+
+def _stratified_items(
+    found: list[Region], foreground: np.ndarray, lead: tuple[int, ...], count: int
+) -> list[Region]:
+    """The best block of each of ``count`` groups of items of similar foreground fraction."""
+    items = sorted(np.ndindex(*lead), key=lambda item: float(foreground[item].mean()))
+    groups = [{items[i] for i in g} for g in np.array_split(np.arange(len(items)), count)]
+    best = [max((r for r in found if r.item in group), key=lambda r: r.score) for group in groups]
+    return sorted(best, key=lambda r: -r.score)
 
 
 def rank_regions(
@@ -169,13 +189,7 @@ def rank_regions(
     and the items (slices) take turns, each giving its best remaining block per
     round.
     """
-    size = tuple(int(s) for s in region_size)
-    dims = len(size)
-    if dims == 0 or dims > disagreement.ndim or any(s < 1 for s in size):
-        raise ValueError(
-            f"region_size {tuple(region_size)}: give one positive size per "
-            f"spatial axis of a map of shape {disagreement.shape}, e.g. (128, 128)"
-        )
+    size = _block_size(region_size, disagreement.shape)
     if strata is not None and np.shape(strata) != disagreement.shape:
         raise ValueError(
             f"strata of shape {np.shape(strata)} must match the map's {disagreement.shape}"
@@ -186,6 +200,17 @@ def rank_regions(
         return _stratified(found, kinds, count)
     found.sort(key=lambda r: -r.score)
     return _spread_out(found, size, count) if spread else found[:count]
+
+
+def _block_size(region_size: Sequence[int], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``region_size`` as ints, or why it does not fit a map of ``shape``."""
+    size = tuple(int(s) for s in region_size)
+    if not size or len(size) > len(shape) or any(s < 1 for s in size):
+        raise ValueError(
+            f"region_size {tuple(region_size)}: give one positive size per "
+            f"spatial axis of a map of shape {shape}, e.g. (128, 128)"
+        )
+    return size
 
 
 def _blocks(
