@@ -298,14 +298,18 @@ def current_slice(
 def layer_file(layer: Any, folder: str | os.PathLike[str], stem: str) -> str:
     """A file holding ``layer``'s data, for ``command.sh``.
 
-    An Image layer opened from a file uses that file; other data (painted
+    An Image layer opened from a file uses that file, unless the layer is only part of it
+    (one channel a reader split off); other data (painted
     labels, samples, arrays from scripts) is saved as ``folder/stem.tif`` when it
     is in memory and not huge; otherwise a ``<...>`` placeholder says what to put.
     """
+    from ..readers import holds_whole_file
+
     source = getattr(getattr(layer, "source", None), "path", None)
-    if source and Path(source).is_file() and type(layer).__name__ == "Image":
-        return str(Path(source).resolve())
     data = layer_data(layer)
+    if source and Path(source).is_file() and type(layer).__name__ == "Image":
+        if holds_whole_file(source, np.shape(data)):  # not one channel of the file
+            return str(Path(source).resolve())
     if not hasattr(data, "__array__") or type(data).__module__.split(".")[0] != "numpy":
         return f"<{stem}: save layer {layer.name!r} to a file>"
     if data.nbytes > MAX_SAVED_BYTES:
