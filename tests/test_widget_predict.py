@@ -191,6 +191,23 @@ def test_stack_slicewise_then_current_slice(setup: Any, crop: np.ndarray) -> Non
     assert errors and "3D" in errors[-1]
 
 
+def test_a_quick_look_refuses_a_view_of_another_plane(setup: Any, crop: np.ndarray) -> None:
+    """With the axis order changed the view showed a Z-X plane, and a quick look segmented
+    the Y-X plane at the slider's Z: one row of the view (QA session 11)."""
+    viewer, w, errors = setup
+    layer = viewer.add_image(crop, name="stack")
+    w._image.value = layer
+    w._scope.value = "current slice only (quick look)"
+    viewer.dims.order = (1, 0, 2)  # the view shows axes 0 and 2 (Z and X)
+    w.segment()
+    assert errors and "axis order" in errors[-1]
+    assert "stack UNet++ labels (quick look)" not in viewer.layers
+    viewer.dims.order = (0, 2, 1)  # the Y-X plane, transposed: still the slice segmented
+    w.segment()
+    assert len(errors) == 1
+    assert viewer.layers["stack UNet++ labels (quick look)"].data.shape == (1, 128, 128)
+
+
 def test_a_three_slice_stack_is_saved_as_slices_not_rgb(
     setup: Any, em_stack: tuple[np.ndarray, np.ndarray]
 ) -> None:

@@ -68,12 +68,18 @@ def default_scope(layer: Any, model: ModelConfig) -> str:
 
 
 def predict_input(
-    layer: Any, model: ModelConfig, data_config: DataConfig, scope: str, point: Any
+    layer: Any,
+    model: ModelConfig,
+    data_config: DataConfig,
+    scope: str,
+    point: Any,
+    displayed: tuple[int, ...] | None = None,
 ) -> tuple[Any, DataConfig, Placement]:
     """The array to segment, its DataConfig and where the output goes; checks the scope.
 
     ``point`` is the viewer's world position (``viewer.dims.point``): the slice a
-    "current slice only" run takes.
+    "current slice only" run takes; ``displayed`` (``viewer.dims.displayed``): the
+    axes the view shows, which must be that slice's.
     """
     data = layer.data[0] if layer.multiscale else layer.data
     dims, channels = model.spatial_dims, model.in_channels
@@ -98,6 +104,7 @@ def predict_input(
     _check_scope(scope, dims, spatial)
     lead_index = None
     if scope.startswith("current") and spatial > 2:
+        _check_plane_shown(layer.ndim, len(point), displayed, removed)
         world = list(layer.world_to_data(point))
         lead = [a for a in range(data.ndim) if a != axis][: spatial - 2]
         lead_index = tuple(int(np.clip(round(world[a]), 0, data.shape[a] - 1)) for a in lead)
@@ -114,6 +121,30 @@ def predict_input(
         data_config.replace(channel_axis=axis),
         Placement(lead_index, tuple(scale), tuple(translate), layer_frame(layer, removed)),
     )
+
+
+def _check_plane_shown(
+    ndim: int, world_ndim: int, displayed: tuple[int, ...] | None, channel: int | None
+) -> None:
+    """A ValueError when a 2D view shows another plane than the one a quick look segments
+    (the image's last two axes, its Y-X plane).
+
+    Why: with the axis order changed (napari's transpose / roll buttons) the view showed
+    a Z-X plane, the quick look segmented the Y-X plane at the slider's Z, and its result
+    was one row of the view.
+    """
+    if displayed is None or len(displayed) != 2:  # a 3D view shows no one plane
+        return
+    offset = world_ndim - ndim  # a layer takes the viewer's last axes
+    shown = sorted(d - offset for d in displayed)
+    plane = [a for a in range(ndim) if a != channel][-2:]
+    if shown != plane:
+        raise ValueError(
+            "'current slice only' segments the image's Y-X plane (its last two axes), but "
+            f"the view shows axes {shown[0]} and {shown[1]} (the axis order was changed): "
+            "put the order back with the viewer's transpose / roll buttons, or choose "
+            "'whole stack slice-wise'"
+        )
 
 
 def _check_scope(scope: str, dims: int, spatial: int) -> None:

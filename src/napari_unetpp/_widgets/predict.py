@@ -352,8 +352,10 @@ class PredictWidget(Container):
     def _input(self, layer: Image) -> tuple[Any, DataConfig, Placement]:
         """The array to segment, its DataConfig and where the output goes; checks the scope."""
         assert self.model is not None and self.info is not None
-        point = self._viewer.dims.point
-        return predict_input(layer, self.model.config, self.info.data, self._scope.value, point)
+        dims = self._viewer.dims
+        return predict_input(
+            layer, self.model.config, self.info.data, self._scope.value, dims.point, dims.displayed
+        )
 
     def _predict_config(self, pruned_depth: int | None) -> PredictConfig:
         dims = self.model.config.spatial_dims if self.model is not None else 2
