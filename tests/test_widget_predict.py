@@ -208,6 +208,19 @@ def test_a_quick_look_refuses_a_view_of_another_plane(setup: Any, crop: np.ndarr
     assert viewer.layers["stack UNet++ labels (quick look)"].data.shape == (1, 128, 128)
 
 
+def test_a_colour_like_last_axis_of_a_layer_not_rgb_is_refused(
+    setup: Any, crop: np.ndarray
+) -> None:
+    """A (Y, X, 3) layer added with rgb=False: the dock took it for a stack of Y x 3 planes,
+    the engine for colour, and the run failed with an IndexError (QA session 11)."""
+    viewer, w, errors = setup
+    layer = viewer.add_image(np.stack([crop[0]] * 3, axis=-1), name="yxc", rgb=False)
+    w._image.value = layer
+    w.segment()
+    assert errors and "rgb=True" in errors[-1]
+    assert w.busy is False and "yxc UNet++ labels" not in viewer.layers
+
+
 def test_a_three_slice_stack_is_saved_as_slices_not_rgb(
     setup: Any, em_stack: tuple[np.ndarray, np.ndarray]
 ) -> None:

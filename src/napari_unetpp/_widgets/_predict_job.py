@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from ..normalization import as_model_input
+from ..normalization import as_model_input, looks_rgb
 from ..runs import format_command, predict_record, save_run_record
 from ._layers import layer_file
 
@@ -84,6 +84,15 @@ def predict_input(
     data = layer.data[0] if layer.multiscale else layer.data
     dims, channels = model.spatial_dims, model.in_channels
     data, grey = as_model_input(data, channels, None, rgb=layer.rgb)  # as the CLI and zoo
+    if channels == 1 and not layer.rgb and looks_rgb(np.shape(data)):
+        # the engine reads such a last axis as colour: the dock and it disagreed on the
+        # image's dimensions, and the run ended in an IndexError (QA session 11)
+        raise ValueError(
+            f"the layer's last axis has {np.shape(data)[-1]} values, like colour, but the "
+            "layer is not RGB (napari shows it as planes of "
+            f"{' x '.join(map(str, np.shape(data)[-2:]))} pixels): add it with rgb=True, "
+            "or split the channels into layers (channel_axis=-1)"
+        )
     if grey:
         axis = None
     elif layer.rgb:
