@@ -191,6 +191,20 @@ def test_stack_slicewise_then_current_slice(setup: Any, crop: np.ndarray) -> Non
     assert errors and "3D" in errors[-1]
 
 
+def test_a_quick_looks_command_segments_the_slice_it_segmented(
+    setup: Any, crop: np.ndarray, tmp_path: Path
+) -> None:
+    """A quick look's command.sh named the whole stack: replayed, it segmented every slice,
+    not the one the dock did (QA session 11)."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop, name="stack")
+    w._scope.value = "current slice only (quick look)"
+    viewer.dims.set_point(0, 1)
+    w.segment()
+    assert not errors
+    _replay_command_and_compare(w.last_run_dir, tmp_path / "replay")
+
+
 def test_a_quick_look_refuses_a_view_of_another_plane(setup: Any, crop: np.ndarray) -> None:
     """With the axis order changed the view showed a Z-X plane, and a quick look segmented
     the Y-X plane at the slider's Z: one row of the view (QA session 11)."""

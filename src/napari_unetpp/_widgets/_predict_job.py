@@ -350,11 +350,13 @@ def record_predict(
     data: DataConfig,
     scope: str,
     check: bool = True,
+    part: Any = None,
 ) -> None:
     """``run.json`` and ``command.sh``: the same run as ``napari-unetpp predict``
     (``check``: the result is checked against the training data, as the CLI does unless
-    ``--no-check``)."""
-    image = layer_file(layer, run_dir, "image")
+    ``--no-check``; ``part``: the slice a quick look segments, saved as the command's
+    image: the layer's file made the command segment the whole stack)."""
+    image = layer_file(layer, run_dir, "image", part)
     model = info.model.to_dict()
     configs = predict_record(spec, config, data, model=model, images=[image], scope=scope)
     command = format_command(

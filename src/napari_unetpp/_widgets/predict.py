@@ -372,7 +372,8 @@ class PredictWidget(Container):
         try:
             image, data, placement = self._input(layer)
             config = self._predict_config(pruned_depth)
-            run_dir = self._new_run(layer, config, data)
+            part = None if placement.lead_index is None else image  # a quick look's slice
+            run_dir = self._new_run(layer, config, data, part)
         except (ValueError, OSError) as exc:
             show_error(str(exc))
             self._status.value = f"not started: {exc}"  # not an earlier run's "done"
@@ -616,8 +617,11 @@ class PredictWidget(Container):
 
     # ------------------------------------------------------------------ records
 
-    def _new_run(self, layer: Image, config: PredictConfig, data: DataConfig) -> Path:
-        """A fresh run folder with ``run.json`` and ``command.sh`` in it."""
+    def _new_run(
+        self, layer: Image, config: PredictConfig, data: DataConfig, part: Any = None
+    ) -> Path:
+        """A fresh run folder with ``run.json`` and ``command.sh`` in it (``part``: the
+        slice of ``layer`` a quick look segments)."""
         if self.info is None:
             raise ValueError("load a model first")
         folder = chosen_path(self._output.value, "output folder")
@@ -631,6 +635,7 @@ class PredictWidget(Container):
             data,
             self._scope.value,
             check=bool(self.scale.check_results.value),
+            part=part,
         )
         return run_dir
 
