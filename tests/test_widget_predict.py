@@ -205,6 +205,21 @@ def test_a_quick_looks_command_segments_the_slice_it_segmented(
     _replay_command_and_compare(w.last_run_dir, tmp_path / "replay")
 
 
+def test_the_command_labels_from_the_depth_the_dock_labelled_from(
+    setup: Any, crop: np.ndarray, tmp_path: Path
+) -> None:
+    """The dock labels from the Depth slider's head (the recommended one at first: L3 for
+    the shipped EM model); command.sh said no --depth, and the CLI labelled from the
+    deepest (QA session 11: 0.85 % of an EM crop's pixels differed)."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="plane")
+    w.pruning._depth.value = 1  # not the deepest head
+    w.segment()
+    assert not errors and viewer.layers["plane UNet++ labels"].metadata
+    assert "--depth 1" in (w.last_run_dir / "command.sh").read_text()
+    _replay_command_and_compare(w.last_run_dir, tmp_path / "replay")
+
+
 def test_a_quick_look_refuses_a_view_of_another_plane(setup: Any, crop: np.ndarray) -> None:
     """With the axis order changed the view showed a Z-X plane, and a quick look segmented
     the Y-X plane at the slider's Z: one row of the view (QA session 11)."""

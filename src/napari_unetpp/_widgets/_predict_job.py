@@ -351,12 +351,20 @@ def record_predict(
     scope: str,
     check: bool = True,
     part: Any = None,
+    labels_depth: int | None = None,
 ) -> None:
     """``run.json`` and ``command.sh``: the same run as ``napari-unetpp predict``
     (``check``: the result is checked against the training data, as the CLI does unless
     ``--no-check``; ``part``: the slice a quick look segments, saved as the command's
-    image: the layer's file made the command segment the whole stack)."""
+    image: the layer's file made the command segment the whole stack).
+
+    ``labels_depth``: the head the dock's labels come from (the Depth slider's). The CLI
+    labels from the deepest head unless ``--depth`` names one, so a command without it
+    gave other labels (EM: L4 for the dock's recommended L3)."""
     image = layer_file(layer, run_dir, "image", part)
+    depth = config.pruned_depth
+    if depth is None and not config.adaptive_depth and labels_depth != info.model.depth:
+        depth = labels_depth
     model = info.model.to_dict()
     configs = predict_record(spec, config, data, model=model, images=[image], scope=scope)
     command = format_command(
@@ -365,7 +373,7 @@ def record_predict(
         image,
         out=run_dir,
         config=run_dir / "run.json",
-        depth=config.pruned_depth,
+        depth=depth,
         channel_axis=data.channel_axis,
         probabilities=True,
         no_check=not check,
