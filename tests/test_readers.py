@@ -596,6 +596,30 @@ def test_napari_opens_dicom_folder_with_scale(
     assert [str(u) for u in layer.units] == ["millimeter"] * 3
 
 
+@pytest.mark.gui
+def test_a_channel_of_a_multichannel_tiff_is_recorded_as_its_own_pixels(
+    make_napari_viewer, tmp_path: Path
+) -> None:
+    """A run's command.sh named the whole 2-channel file for the one channel segmented: the
+    CLI then segmented both channels as a 2-slice stack (QA session 11)."""
+    from napari_unetpp._widgets._layers import layer_file
+
+    channels = np.stack(
+        [np.full((8, 9), 7, np.uint16), np.arange(72, dtype=np.uint16).reshape(8, 9)]
+    )
+    two = tmp_path / "two.ome.tif"
+    tifffile.imwrite(two, channels, ome=True, metadata={"axes": "CYX", "PhysicalSizeX": 0.2})
+    one = tmp_path / "one.tif"
+    tifffile.imwrite(one, channels[1])
+    viewer = make_napari_viewer()
+    first, second = viewer.open(str(two), plugin="napari-unetpp")
+    recorded = Path(layer_file(second, tmp_path / "run", "image"))
+    assert recorded != two.resolve()
+    np.testing.assert_array_equal(tifffile.imread(recorded), channels[1])
+    (whole,) = viewer.open(str(one), plugin="napari-unetpp")
+    assert layer_file(whole, tmp_path / "run", "image") == str(one.resolve())  # the file itself
+
+
 def test_cli_segments_a_1mm_nifti_at_the_models_3mm(
     ct_zyx: tuple[np.ndarray, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -191,6 +191,65 @@ def test_stack_slicewise_then_current_slice(setup: Any, crop: np.ndarray) -> Non
     assert errors and "3D" in errors[-1]
 
 
+def test_a_quick_looks_command_segments_the_slice_it_segmented(
+    setup: Any, crop: np.ndarray, tmp_path: Path
+) -> None:
+    """A quick look's command.sh named the whole stack: replayed, it segmented every slice,
+    not the one the dock did (QA session 11)."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop, name="stack")
+    w._scope.value = "current slice only (quick look)"
+    viewer.dims.set_point(0, 1)
+    w.segment()
+    assert not errors
+    _replay_command_and_compare(w.last_run_dir, tmp_path / "replay")
+
+
+def test_the_command_labels_from_the_depth_the_dock_labelled_from(
+    setup: Any, crop: np.ndarray, tmp_path: Path
+) -> None:
+    """The dock labels from the Depth slider's head (the recommended one at first: L3 for
+    the shipped EM model); command.sh said no --depth, and the CLI labelled from the
+    deepest (QA session 11: 0.85 % of an EM crop's pixels differed)."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="plane")
+    w.pruning._depth.value = 1  # not the deepest head
+    w.segment()
+    assert not errors and viewer.layers["plane UNet++ labels"].metadata
+    assert "--depth 1" in (w.last_run_dir / "command.sh").read_text()
+    _replay_command_and_compare(w.last_run_dir, tmp_path / "replay")
+
+
+def test_a_quick_look_refuses_a_view_of_another_plane(setup: Any, crop: np.ndarray) -> None:
+    """With the axis order changed the view showed a Z-X plane, and a quick look segmented
+    the Y-X plane at the slider's Z: one row of the view (QA session 11)."""
+    viewer, w, errors = setup
+    layer = viewer.add_image(crop, name="stack")
+    w._image.value = layer
+    w._scope.value = "current slice only (quick look)"
+    viewer.dims.order = (1, 0, 2)  # the view shows axes 0 and 2 (Z and X)
+    w.segment()
+    assert errors and "axis order" in errors[-1]
+    assert "stack UNet++ labels (quick look)" not in viewer.layers
+    viewer.dims.order = (0, 2, 1)  # the Y-X plane, transposed: still the slice segmented
+    w.segment()
+    assert len(errors) == 1
+    assert viewer.layers["stack UNet++ labels (quick look)"].data.shape == (1, 128, 128)
+
+
+def test_a_colour_like_last_axis_of_a_layer_not_rgb_is_refused(
+    setup: Any, crop: np.ndarray
+) -> None:
+    """A (Y, X, 3) layer added with rgb=False: the dock took it for a stack of Y x 3 planes,
+    the engine for colour, and the run failed with an IndexError (QA session 11)."""
+    viewer, w, errors = setup
+    layer = viewer.add_image(np.stack([crop[0]] * 3, axis=-1), name="yxc", rgb=False)
+    w._image.value = layer
+    w.segment()
+    assert errors and "rgb=True" in errors[-1]
+    assert w.busy is False and "yxc UNet++ labels" not in viewer.layers
+
+
 def test_a_three_slice_stack_is_saved_as_slices_not_rgb(
     setup: Any, em_stack: tuple[np.ndarray, np.ndarray]
 ) -> None:

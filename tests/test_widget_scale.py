@@ -60,6 +60,17 @@ def test_a_layer_scale_without_units_is_never_taken_as_physical() -> None:
     )
 
 
+def test_a_calibrated_time_series_gives_its_in_plane_pixel_size() -> None:
+    """A (T, Y, X) layer in seconds and micrometres (or "pixel" and micrometres) left the
+    Pixel size field empty: only layers whose every axis was a length counted (QA 11)."""
+    for time in ("second", "pixel"):
+        layer = _Layer((2.0, 0.5, 0.5), units=(time, "micrometer", "micrometer"))
+        assert layer_pixel_size(layer) == ((0.5, 0.5), "um")
+    stack = _Layer((9.0, 3.0, 0.8, 0.8), units=("second", *["millimeter"] * 3))
+    assert layer_pixel_size(stack) == ((3.0, 0.8, 0.8), "mm")
+    assert layer_pixel_size(_Layer((1.0, 0.5), units=("pixel", "micrometer"))) == (None, "")
+
+
 def test_a_flipped_layer_has_a_positive_pixel_size() -> None:
     """A layer shown flipped (scale -0.5 in Y, in micrometres) filled the Pixel size field
     with '-0.5 0.5 um', and Segment was refused until the user cleared it."""

@@ -22,6 +22,7 @@ __all__ = [
     "TIFF_SUFFIXES",
     "read_image",
     "read_tiff",
+    "holds_whole_file",
     "array_axes",
     "known_pixel_size",
     "tiff_spacing",
@@ -287,6 +288,25 @@ def read_tiff(path: str | Path) -> ImageData:
         "file_axes": axes,
     }
     return ImageData(array, axes, scale, unit, kind, metadata)
+
+
+def holds_whole_file(path: str | Path, shape: tuple[int, ...]) -> bool:
+    """Whether an array of ``shape`` is all of the image in ``path`` (a TIFF's first series,
+    from its header); True when that cannot be told (not a TIFF).
+
+    Why: a reader splits a multichannel TIFF into one layer per channel, each naming the
+    file as its source; a ``command.sh`` naming the file then segmented every channel as a
+    stack (other labels, of another shape) instead of the channel the dock segmented.
+    """
+    if Path(path).suffix.lower() not in TIFF_SUFFIXES:
+        return True
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            return tuple(tif.series[0].shape) == tuple(shape)
+    except (OSError, IndexError, ValueError):  # tifffile.TiffFileError is a ValueError
+        return False  # unreadable now: the layer's own pixels are the safe record
 
 
 # --------------------------------------------------------------------------- zarr

@@ -295,17 +295,22 @@ def current_slice(
     return np.asarray(data[index])
 
 
-def layer_file(layer: Any, folder: str | os.PathLike[str], stem: str) -> str:
+def layer_file(layer: Any, folder: str | os.PathLike[str], stem: str, part: Any = None) -> str:
     """A file holding ``layer``'s data, for ``command.sh``.
 
-    An Image layer opened from a file uses that file; other data (painted
+    An Image layer opened from a file uses that file, unless the layer is only part of it
+    (one channel a reader split off); other data (painted
     labels, samples, arrays from scripts) is saved as ``folder/stem.tif`` when it
     is in memory and not huge; otherwise a ``<...>`` placeholder says what to put.
+    ``part``: the part of the layer a run used (a quick look's slice), saved instead.
     """
+    from ..readers import holds_whole_file
+
     source = getattr(getattr(layer, "source", None), "path", None)
-    if source and Path(source).is_file() and type(layer).__name__ == "Image":
-        return str(Path(source).resolve())
-    data = layer_data(layer)
+    data = layer_data(layer) if part is None else part
+    if part is None and source and Path(source).is_file() and type(layer).__name__ == "Image":
+        if holds_whole_file(source, np.shape(data)):  # not one channel of the file
+            return str(Path(source).resolve())
     if not hasattr(data, "__array__") or type(data).__module__.split(".")[0] != "numpy":
         return f"<{stem}: save layer {layer.name!r} to a file>"
     if data.nbytes > MAX_SAVED_BYTES:
@@ -314,9 +319,8 @@ def layer_file(layer: Any, folder: str | os.PathLike[str], stem: str) -> str:
 
     path = Path(folder) / f"{stem}.tif"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(
-        path, data, photometric="rgb" if getattr(layer, "rgb", False) else "minisblack"
-    )
+    rgb = getattr(layer, "rgb", False) and np.shape(data)[-1] in (3, 4)  # not its grey part
+    tifffile.imwrite(path, data, photometric="rgb" if rgb else "minisblack")
     return str(path.resolve())
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from ..normalization import as_model_input
+from ..normalization import as_model_input, looks_rgb
 from ..runs import format_command, predict_record, save_run_record
 from ._layers import layer_file
 
@@ -68,16 +68,31 @@ def default_scope(layer: Any, model: ModelConfig) -> str:
 
 
 def predict_input(
-    layer: Any, model: ModelConfig, data_config: DataConfig, scope: str, point: Any
+    layer: Any,
+    model: ModelConfig,
+    data_config: DataConfig,
+    scope: str,
+    point: Any,
+    displayed: tuple[int, ...] | None = None,
 ) -> tuple[Any, DataConfig, Placement]:
     """The array to segment, its DataConfig and where the output goes; checks the scope.
 
     ``point`` is the viewer's world position (``viewer.dims.point``): the slice a
-    "current slice only" run takes.
+    "current slice only" run takes; ``displayed`` (``viewer.dims.displayed``): the
+    axes the view shows, which must be that slice's.
     """
     data = layer.data[0] if layer.multiscale else layer.data
     dims, channels = model.spatial_dims, model.in_channels
     data, grey = as_model_input(data, channels, None, rgb=layer.rgb)  # as the CLI and zoo
+    if channels == 1 and not layer.rgb and looks_rgb(np.shape(data)):
+        # the engine reads such a last axis as colour: the dock and it disagreed on the
+        # image's dimensions, and the run ended in an IndexError (QA session 11)
+        raise ValueError(
+            f"the layer's last axis has {np.shape(data)[-1]} values, like colour, but the "
+            "layer is not RGB (napari shows it as planes of "
+            f"{' x '.join(map(str, np.shape(data)[-2:]))} pixels): add it with rgb=True, "
+            "or split the channels into layers (channel_axis=-1)"
+        )
     if grey:
         axis = None
     elif layer.rgb:
@@ -98,6 +113,7 @@ def predict_input(
     _check_scope(scope, dims, spatial)
     lead_index = None
     if scope.startswith("current") and spatial > 2:
+        _check_plane_shown(layer.ndim, len(point), displayed, removed)
         world = list(layer.world_to_data(point))
         lead = [a for a in range(data.ndim) if a != axis][: spatial - 2]
         lead_index = tuple(int(np.clip(round(world[a]), 0, data.shape[a] - 1)) for a in lead)
@@ -114,6 +130,30 @@ def predict_input(
         data_config.replace(channel_axis=axis),
         Placement(lead_index, tuple(scale), tuple(translate), layer_frame(layer, removed)),
     )
+
+
+def _check_plane_shown(
+    ndim: int, world_ndim: int, displayed: tuple[int, ...] | None, channel: int | None
+) -> None:
+    """A ValueError when a 2D view shows another plane than the one a quick look segments
+    (the image's last two axes, its Y-X plane).
+
+    Why: with the axis order changed (napari's transpose / roll buttons) the view showed
+    a Z-X plane, the quick look segmented the Y-X plane at the slider's Z, and its result
+    was one row of the view.
+    """
+    if displayed is None or len(displayed) != 2:  # a 3D view shows no one plane
+        return
+    offset = world_ndim - ndim  # a layer takes the viewer's last axes
+    shown = sorted(d - offset for d in displayed)
+    plane = [a for a in range(ndim) if a != channel][-2:]
+    if shown != plane:
+        raise ValueError(
+            "'current slice only' segments the image's Y-X plane (its last two axes), but "
+            f"the view shows axes {shown[0]} and {shown[1]} (the axis order was changed): "
+            "put the order back with the viewer's transpose / roll buttons, or choose "
+            "'whole stack slice-wise'"
+        )
 
 
 def _check_scope(scope: str, dims: int, spatial: int) -> None:
@@ -310,11 +350,21 @@ def record_predict(
     data: DataConfig,
     scope: str,
     check: bool = True,
+    part: Any = None,
+    labels_depth: int | None = None,
 ) -> None:
     """``run.json`` and ``command.sh``: the same run as ``napari-unetpp predict``
     (``check``: the result is checked against the training data, as the CLI does unless
-    ``--no-check``)."""
-    image = layer_file(layer, run_dir, "image")
+    ``--no-check``; ``part``: the slice a quick look segments, saved as the command's
+    image: the layer's file made the command segment the whole stack).
+
+    ``labels_depth``: the head the dock's labels come from (the Depth slider's). The CLI
+    labels from the deepest head unless ``--depth`` names one, so a command without it
+    gave other labels (EM: L4 for the dock's recommended L3)."""
+    image = layer_file(layer, run_dir, "image", part)
+    depth = config.pruned_depth
+    if depth is None and not config.adaptive_depth and labels_depth != info.model.depth:
+        depth = labels_depth
     model = info.model.to_dict()
     configs = predict_record(spec, config, data, model=model, images=[image], scope=scope)
     command = format_command(
@@ -323,7 +373,7 @@ def record_predict(
         image,
         out=run_dir,
         config=run_dir / "run.json",
-        depth=config.pruned_depth,
+        depth=depth,
         channel_axis=data.channel_axis,
         probabilities=True,
         no_check=not check,

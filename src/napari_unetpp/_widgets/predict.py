@@ -352,8 +352,10 @@ class PredictWidget(Container):
     def _input(self, layer: Image) -> tuple[Any, DataConfig, Placement]:
         """The array to segment, its DataConfig and where the output goes; checks the scope."""
         assert self.model is not None and self.info is not None
-        point = self._viewer.dims.point
-        return predict_input(layer, self.model.config, self.info.data, self._scope.value, point)
+        dims = self._viewer.dims
+        return predict_input(
+            layer, self.model.config, self.info.data, self._scope.value, dims.point, dims.displayed
+        )
 
     def _predict_config(self, pruned_depth: int | None) -> PredictConfig:
         dims = self.model.config.spatial_dims if self.model is not None else 2
@@ -370,7 +372,9 @@ class PredictWidget(Container):
         try:
             image, data, placement = self._input(layer)
             config = self._predict_config(pruned_depth)
-            run_dir = self._new_run(layer, config, data)
+            part = None if placement.lead_index is None else image  # a quick look's slice
+            depth = pruned_depth or self.pruning.depth
+            run_dir = self._new_run(layer, config, data, part, depth)
         except (ValueError, OSError) as exc:
             show_error(str(exc))
             self._status.value = f"not started: {exc}"  # not an earlier run's "done"
@@ -378,7 +382,7 @@ class PredictWidget(Container):
         if self.scale.adaptive.value and config.tta and pruned_depth is None:
             # else the ticked box did nothing, without a word (predict_config turns it off)
             show_info("test-time augmentation runs every depth: adaptive depth is off")
-        stopper, depth = Stopper(), pruned_depth or self.pruning.depth
+        stopper = Stopper()
         self._job_image = weakref.ref(layer)  # removed while segmenting: the job is stopped
         made_by = (model, self.info, self.model_spec)  # the model may be changed meanwhile
         scope = self._scope.value  # and the scope (another image chosen)
@@ -614,8 +618,16 @@ class PredictWidget(Container):
 
     # ------------------------------------------------------------------ records
 
-    def _new_run(self, layer: Image, config: PredictConfig, data: DataConfig) -> Path:
-        """A fresh run folder with ``run.json`` and ``command.sh`` in it."""
+    def _new_run(
+        self,
+        layer: Image,
+        config: PredictConfig,
+        data: DataConfig,
+        part: Any = None,
+        depth: int | None = None,
+    ) -> Path:
+        """A fresh run folder with ``run.json`` and ``command.sh`` in it (``part``: the
+        slice of ``layer`` a quick look segments; ``depth``: the labels' head)."""
         if self.info is None:
             raise ValueError("load a model first")
         folder = chosen_path(self._output.value, "output folder")
@@ -629,6 +641,8 @@ class PredictWidget(Container):
             data,
             self._scope.value,
             check=bool(self.scale.check_results.value),
+            part=part,
+            labels_depth=depth,
         )
         return run_dir
 

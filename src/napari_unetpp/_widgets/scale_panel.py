@@ -74,18 +74,24 @@ def parse_pixel_size(text: str) -> tuple[tuple[float, ...] | None, str]:
 def layer_pixel_size(layer: Any) -> tuple[tuple[float, ...] | None, str]:
     """The pixel size a layer carries: the reader's metadata, else a ``scale`` with real units.
 
-    A scale without a unit (napari's default "pixel") is never taken as physical.
+    A scale without a unit (napari's default "pixel") is never taken as physical. The
+    spatial axes are the last two or three in one length unit: a time axis before them
+    (in seconds, or "pixel") left the field empty for a calibrated time series.
     """
     meta = getattr(layer, "metadata", {}) or {}
     if meta.get("pixel_size") and meta.get("unit"):
         return tuple(float(s) for s in meta["pixel_size"]), str(meta["unit"])
-    units = [str(u) for u in getattr(layer, "units", ())]
+    units = [UNIT_WORDS.get(str(u)) for u in getattr(layer, "units", ())]
     # a negative scale flips the axis in the viewer; its pixels are as large as ever
     scale = [abs(float(s)) for s in getattr(layer, "scale", ())]
-    known = {UNIT_WORDS.get(u) for u in units}
-    if scale and len(known) == 1 and None not in known:
-        return tuple(scale[-min(3, len(scale)) :]), str(known.pop())
-    return None, ""
+    if not units or len(units) != len(scale) or units[-1] is None:
+        return None, ""
+    spatial = 1
+    while spatial < min(3, len(units)) and units[-spatial - 1] == units[-1]:
+        spatial += 1
+    if spatial < 2:
+        return None, ""
+    return tuple(scale[-spatial:]), str(units[-1])
 
 
 class ScalePanel(Container):
