@@ -192,3 +192,89 @@ def test_scribbles_on_the_last_slice_of_a_stack_train(em_stack):
     )
     assert result.info.provenance["data"]["validation"] == NO_VALIDATION
     assert result.info.provenance["iterations"] == 4
+
+
+def _interrupted_at(trainer: Trainer, images: list, labels: list, step: int) -> list[float]:
+    """Run ``trainer`` and stop it after ``step``; its step losses."""
+    losses: list[float] = []
+    for event in trainer.run(images, labels):
+        if event.kind == "step":
+            losses.append(event.loss)
+            if event.step == step:
+                trainer.stop()
+    return losses
+
+
+def test_a_fine_tune_resumed_twice_keeps_its_origin_and_its_unpainted_predictions(
+    em_stack, tmp_path: Path
+):
+    """A resumed run wrote ``started_from: scratch`` into ``last/`` (the resumed Trainer has
+    no ``initial``), so a second resume lost the starting model and with it the "keep
+    unpainted predictions" term: its losses left those of an uninterrupted run."""
+    from napari_unetpp.checkpoint import read_info
+
+    image, membranes = _em(em_stack)
+    torch.manual_seed(0)
+    start = save_checkpoint(
+        tmp_path / "start",
+        UNetPlusPlus.from_config(TINY),
+        CheckpointInfo(model=TINY, data=DataConfig()),
+    )
+    scribbles = _scribbles(membranes, strokes=4, radius=8)
+    config, data = _config(iterations=6, learning_rate=3e-3), DataConfig(label_mode="sparse")
+    whole = drive(
+        Trainer(TINY, config, data, initial=start, output_dir=tmp_path / "a").run(
+            [image], [scribbles]
+        )
+    )
+    assert whole.info.provenance["started_from"] == str(start)
+    full: list[float] = []
+    drive(
+        Trainer(TINY, config, data, initial=start).run([image], [scribbles]),
+        lambda e: e.kind == "step" and full.append(e.loss),
+    )
+    run = tmp_path / "b"
+    losses = _interrupted_at(
+        Trainer(TINY, config, data, initial=start, output_dir=run), [image], [scribbles], 2
+    )
+    losses += _interrupted_at(
+        Trainer(TINY, config, data, output_dir=run, resume=True), [image], [scribbles], 4
+    )
+    assert read_info(run / "last").provenance["started_from"] == str(start)
+    losses += _interrupted_at(
+        Trainer(TINY, config, data, output_dir=run, resume=True), [image], [scribbles], 6
+    )
+    np.testing.assert_allclose(losses, full, rtol=1e-5)
+    assert read_info(run / "best").provenance["started_from"] == str(start)
+
+
+def test_a_shipped_model_is_named_zoo_name_where_the_run_says_what_it_started_from(
+    em_stack, tmp_path: Path
+):
+    """The Train dock passes the shipped model's folder, ``train --from zoo:em`` loaded it as
+    a module: their checkpoints said an install path (gone after an upgrade, so a resume
+    lost the starting model) or 'model' (nothing)."""
+    import tifffile
+
+    from napari_unetpp.checkpoint import read_info
+    from napari_unetpp.cli import main
+    from napari_unetpp.locate import locate
+
+    image, membranes = _em(em_stack, 64)
+    scribbles = _scribbles(membranes, strokes=3, radius=8)
+    config = _config(iterations=1, validate_every=1)
+    folder = locate("zoo:em").path
+    zoo_model = read_info(folder).model
+    result = drive(
+        Trainer(zoo_model, config, DataConfig(label_mode="sparse"), initial=folder).run(
+            [image], [scribbles]
+        )
+    )
+    assert result.info.provenance["started_from"] == "zoo:em"
+    tifffile.imwrite(tmp_path / "im.tif", image.astype(np.uint8))
+    tifffile.imwrite(tmp_path / "lab.tif", scribbles)
+    argv = ["train", "--images", str(tmp_path / "im.tif"), "--labels", str(tmp_path / "lab.tif")]
+    flags = ["--iterations", "1", "--patch-size", "32", "--batch-size", "1", "--device", "cpu"]
+    assert main([*argv, *flags, "--from", "zoo:em", "--out", str(tmp_path / "run"), "-q"]) == 0
+    for name in ("best", "last"):
+        assert read_info(tmp_path / "run" / name).provenance["started_from"] == "zoo:em"

@@ -65,7 +65,7 @@ def _load_initial(initial: str | os.PathLike[str] | nn.Module) -> tuple[nn.Modul
 
         return load_model(str(initial), device="cpu")[0], str(initial)
     model, _ = load_checkpoint(initial, device="cpu")
-    return model, str(initial)
+    return model, origin_of(initial)
 
 
 def build_model(
@@ -107,10 +107,23 @@ def resolve_freeze_norm(train_config: TrainConfig, initial: Any) -> bool:
 
 
 def origin_of(initial: Any) -> str:
-    """How the provenance names where weights started: scratch, model, or the path."""
+    """How the provenance names where weights started: scratch, model, ``zoo:NAME`` or the path.
+
+    Why ``zoo:NAME`` for a shipped model's folder (the Train dock passes the folder): an
+    install path changes with every environment, and a resume looks the start up again.
+    """
     if initial is None:
         return "scratch"
-    return "model" if isinstance(initial, nn.Module) else str(initial)
+    if isinstance(initial, nn.Module):
+        return "model"
+    if not is_zoo(str(initial)):
+        from .zoo import available_models
+
+        here = Path(initial).resolve()
+        for entry in available_models():
+            if entry.path.resolve() == here:
+                return entry.spec
+    return str(initial)
 
 
 def resolve_preserve_weight(train_config: TrainConfig, initial: Any, new_heads: list[str]) -> float:
