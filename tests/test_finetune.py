@@ -278,3 +278,30 @@ def test_a_shipped_model_is_named_zoo_name_where_the_run_says_what_it_started_fr
     assert main([*argv, *flags, "--from", "zoo:em", "--out", str(tmp_path / "run"), "-q"]) == 0
     for name in ("best", "last"):
         assert read_info(tmp_path / "run" / name).provenance["started_from"] == "zoo:em"
+
+
+def test_a_fine_tunes_card_keeps_the_licence_and_says_what_it_was_trained_on(
+    em_stack, tmp_path: Path
+):
+    """A fine-tune's card was empty: a fine-tune of the non-commercial EM model lost its
+    licence (a bioimage.io export then called the weights CC-BY-4.0), and the Segment dock
+    titled the user's own validation scores, or none, 'Held-back scores'."""
+    from napari_unetpp.bioimageio import _spdx
+    from napari_unetpp.zoo import card_markdown
+
+    image, membranes = _em(em_stack)
+    card = {"licence": "non-commercial research use only", "citation": "Someone (2010)"}
+    info = CheckpointInfo(model=TINY, data=DataConfig(), card={**card, "split": "slices 15-19"})
+    start = save_checkpoint(tmp_path / "start", UNetPlusPlus.from_config(TINY), info)
+    scribbles = _scribbles(membranes, strokes=3, radius=8)
+    trainer = Trainer(TINY, _config(), DataConfig(label_mode="sparse"), initial=start)
+    tuned = drive(trainer.run([image], [scribbles])).info
+    assert {k: tuned.card[k] for k in card} == card and _spdx(tuned.card) == "CC-BY-NC-4.0"
+    assert "split" not in tuned.card  # the start's held-back data is not this model's
+    assert f"fine-tuned from {start}" in tuned.card["training"]
+    assert "sparse" in tuned.card["data"] and NO_VALIDATION in tuned.card["data"]
+    text = card_markdown(tuned)
+    assert "held-back" not in text.lower() and "Validation scores per depth" in text
+    scratch = drive(Trainer(TINY, _config(), DataConfig()).run([image], [membranes])).info
+    assert "from scratch" in scratch.card["training"] and "licence" not in scratch.card
+    assert "image 0 (val)" in scratch.card["data"]

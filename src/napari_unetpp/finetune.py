@@ -21,6 +21,7 @@ from .model import UNetPlusPlus, unwrap_model
 __all__ = [
     "build_model",
     "frozen_copy",
+    "inherited_card",
     "origin_of",
     "preservation_teacher",
     "resolve_freeze_norm",
@@ -78,6 +79,29 @@ def build_model(
     source, origin = _load_initial(initial)
     fresh = transfer_weights(source, model)
     return model, origin, sorted({k.split(".")[1] for k in fresh})
+
+
+#: What a model made from another keeps of its card: the terms its weights come under.
+INHERITED_CARD_KEYS = ("licence", "license", "spdx", "citation", "cite", "authors")
+
+
+def inherited_card(initial: Any) -> dict[str, Any]:
+    """The starting model's licence and citations, for the new model's card.
+
+    Why: a fine-tune derives from its start's weights (the shipped EM model's are for
+    non-commercial use only); with an empty card a bioimage.io export called them
+    CC-BY-4.0. What it was trained and scored on is the new run's, not inherited.
+    """
+    from .checkpoint import read_info
+    from .locate import locate
+
+    if initial is None or isinstance(initial, nn.Module):
+        return {}
+    try:
+        card = read_info(locate(str(initial)).path).card
+    except (OSError, ValueError):
+        return {}
+    return {k: card[k] for k in INHERITED_CARD_KEYS if card.get(k)}
 
 
 def set_train_mode(model: nn.Module, freeze_encoder: bool, freeze_norm: bool = False) -> None:

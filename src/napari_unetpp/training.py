@@ -52,6 +52,7 @@ from .devices import autocast, autocast_dtype, memory_format, mixed_precision_on
 from .events import EtaClock, Event, Stopper
 from .finetune import (
     build_model,
+    inherited_card,
     preservation_teacher,
     resolve_freeze_norm,
     set_train_mode,
@@ -123,6 +124,8 @@ class _Run:
     origin: str = "scratch"
     #: BatchNorm statistics kept (a fine-tune's default, resumed or not)
     freeze_norm: bool = False
+    #: the starting model's licence and citations (``finetune.inherited_card``)
+    card: dict[str, Any] = field(default_factory=dict)
 
 
 class Trainer:
@@ -250,6 +253,7 @@ class Trainer:
         run = _Run(model, net, optimizer, scaler, loss_fn, device, rng)
         run.teacher, run.preserve_weight, run.origin = teacher, preserve, origin
         run.freeze_norm = resolve_freeze_norm(tc, None if origin == "scratch" else origin)
+        run.card = inherited_card(initial)
         if self.resume_from is not None:
             self._restore(run)
         return run, new_heads
@@ -393,9 +397,24 @@ class Trainer:
             train=self.train_config,
             metrics=metrics,
             provenance=provenance,
-            card={},
+            card={**run.card, **self._card(data, run)},
             version=__version__,
         )
+
+    def _card(self, data: TrainData, run: _Run) -> dict[str, str]:
+        """What this run trained on and how, in the model card's words (its scores are
+        on the validation part of these labels, never held-back data)."""
+        tc, dc, described = self.train_config, data.data_config, data.description
+        validation = described.get("validation")
+        held = f"none ({NO_VALIDATION})" if validation == NO_VALIDATION else ", ".join(validation)
+        start = "from scratch" if run.origin == "scratch" else f"fine-tuned from {run.origin}"
+        return {
+            "data": f"{dc.label_mode} labels ({dc.target}) on {', '.join(described['train'])}; "
+            f"validated on {held}",
+            "training": f"{start}: {run.step} of {tc.iterations} iterations, batch "
+            f"{tc.batch_size}, patches {list(tc.patch_size)}, learning rate "
+            f"{tc.learning_rate:g}, seed {tc.seed}, on {run.device}",
+        }
 
     def _save(
         self,
