@@ -221,6 +221,14 @@ def test_negative_and_float_labels_are_rejected():
         labels_to_targets(np.array([[-1, 1]]), DataConfig())
     with pytest.raises(ValueError, match="non-integer"):
         labels_to_targets(np.array([[0.5, 1]]), DataConfig())
+    # the class values are resolved first (Trainer, Train dock): negative scribble values
+    # (an int8 layer) were reported as "labels contain no class pixels"
+    sparse = DataConfig(label_mode="sparse")
+    for config in (sparse, DataConfig()):
+        with pytest.raises(ValueError, match="negative"):
+            resolve_class_values(config, [np.array([[1, 2]]), np.array([[-1, 1]], np.int8)])
+    with pytest.raises(ValueError, match="non-integer"):
+        num_output_channels(sparse, np.array([[1.5, 2]]))
 
 
 # ---------------------------------------------------------------- volumes, sampler, split

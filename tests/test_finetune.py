@@ -192,3 +192,116 @@ def test_scribbles_on_the_last_slice_of_a_stack_train(em_stack):
     )
     assert result.info.provenance["data"]["validation"] == NO_VALIDATION
     assert result.info.provenance["iterations"] == 4
+
+
+def _interrupted_at(trainer: Trainer, images: list, labels: list, step: int) -> list[float]:
+    """Run ``trainer`` and stop it after ``step``; its step losses."""
+    losses: list[float] = []
+    for event in trainer.run(images, labels):
+        if event.kind == "step":
+            losses.append(event.loss)
+            if event.step == step:
+                trainer.stop()
+    return losses
+
+
+def test_a_fine_tune_resumed_twice_keeps_its_origin_and_its_unpainted_predictions(
+    em_stack, tmp_path: Path
+):
+    """A resumed run wrote ``started_from: scratch`` into ``last/`` (the resumed Trainer has
+    no ``initial``), so a second resume lost the starting model and with it the "keep
+    unpainted predictions" term: its losses left those of an uninterrupted run."""
+    from napari_unetpp.checkpoint import read_info
+
+    image, membranes = _em(em_stack)
+    torch.manual_seed(0)
+    start = save_checkpoint(
+        tmp_path / "start",
+        UNetPlusPlus.from_config(TINY),
+        CheckpointInfo(model=TINY, data=DataConfig()),
+    )
+    scribbles = _scribbles(membranes, strokes=4, radius=8)
+    config, data = _config(iterations=6, learning_rate=3e-3), DataConfig(label_mode="sparse")
+    whole = drive(
+        Trainer(TINY, config, data, initial=start, output_dir=tmp_path / "a").run(
+            [image], [scribbles]
+        )
+    )
+    assert whole.info.provenance["started_from"] == str(start)
+    full: list[float] = []
+    drive(
+        Trainer(TINY, config, data, initial=start).run([image], [scribbles]),
+        lambda e: e.kind == "step" and full.append(e.loss),
+    )
+    run = tmp_path / "b"
+    losses = _interrupted_at(
+        Trainer(TINY, config, data, initial=start, output_dir=run), [image], [scribbles], 2
+    )
+    losses += _interrupted_at(
+        Trainer(TINY, config, data, output_dir=run, resume=True), [image], [scribbles], 4
+    )
+    assert read_info(run / "last").provenance["started_from"] == str(start)
+    losses += _interrupted_at(
+        Trainer(TINY, config, data, output_dir=run, resume=True), [image], [scribbles], 6
+    )
+    np.testing.assert_allclose(losses, full, rtol=1e-5)
+    assert read_info(run / "best").provenance["started_from"] == str(start)
+
+
+def test_a_shipped_model_is_named_zoo_name_where_the_run_says_what_it_started_from(
+    em_stack, tmp_path: Path
+):
+    """The Train dock passes the shipped model's folder, ``train --from zoo:em`` loaded it as
+    a module: their checkpoints said an install path (gone after an upgrade, so a resume
+    lost the starting model) or 'model' (nothing)."""
+    import tifffile
+
+    from napari_unetpp.checkpoint import read_info
+    from napari_unetpp.cli import main
+    from napari_unetpp.locate import locate
+
+    image, membranes = _em(em_stack, 64)
+    scribbles = _scribbles(membranes, strokes=3, radius=8)
+    config = _config(iterations=1, validate_every=1)
+    folder = locate("zoo:em").path
+    zoo_model = read_info(folder).model
+    result = drive(
+        Trainer(zoo_model, config, DataConfig(label_mode="sparse"), initial=folder).run(
+            [image], [scribbles]
+        )
+    )
+    assert result.info.provenance["started_from"] == "zoo:em"
+    tifffile.imwrite(tmp_path / "im.tif", image.astype(np.uint8))
+    tifffile.imwrite(tmp_path / "lab.tif", scribbles)
+    argv = ["train", "--images", str(tmp_path / "im.tif"), "--labels", str(tmp_path / "lab.tif")]
+    flags = ["--iterations", "1", "--patch-size", "32", "--batch-size", "1", "--device", "cpu"]
+    assert main([*argv, *flags, "--from", "zoo:em", "--out", str(tmp_path / "run"), "-q"]) == 0
+    for name in ("best", "last"):
+        assert read_info(tmp_path / "run" / name).provenance["started_from"] == "zoo:em"
+
+
+def test_a_fine_tunes_card_keeps_the_licence_and_says_what_it_was_trained_on(
+    em_stack, tmp_path: Path
+):
+    """A fine-tune's card was empty: a fine-tune of the non-commercial EM model lost its
+    licence (a bioimage.io export then called the weights CC-BY-4.0), and the Segment dock
+    titled the user's own validation scores, or none, 'Held-back scores'."""
+    from napari_unetpp.bioimageio import _spdx
+    from napari_unetpp.zoo import card_markdown
+
+    image, membranes = _em(em_stack)
+    card = {"licence": "non-commercial research use only", "citation": "Someone (2010)"}
+    info = CheckpointInfo(model=TINY, data=DataConfig(), card={**card, "split": "slices 15-19"})
+    start = save_checkpoint(tmp_path / "start", UNetPlusPlus.from_config(TINY), info)
+    scribbles = _scribbles(membranes, strokes=3, radius=8)
+    trainer = Trainer(TINY, _config(), DataConfig(label_mode="sparse"), initial=start)
+    tuned = drive(trainer.run([image], [scribbles])).info
+    assert {k: tuned.card[k] for k in card} == card and _spdx(tuned.card) == "CC-BY-NC-4.0"
+    assert "split" not in tuned.card  # the start's held-back data is not this model's
+    assert f"fine-tuned from {start}" in tuned.card["training"]
+    assert "sparse" in tuned.card["data"] and NO_VALIDATION in tuned.card["data"]
+    text = card_markdown(tuned)
+    assert "held-back" not in text.lower() and "Validation scores per depth" in text
+    scratch = drive(Trainer(TINY, _config(), DataConfig()).run([image], [membranes])).info
+    assert "from scratch" in scratch.card["training"] and "licence" not in scratch.card
+    assert "image 0 (val)" in scratch.card["data"]

@@ -122,6 +122,9 @@ def test_stop_keeps_a_usable_model(make_napari_viewer, em_crop, tmp_path, monkey
     assert all(torch.isfinite(v).all() for v in out.values())
     assert w.last_run_dir.name in _state.registered_models()
     assert "stopped" in w._status.value
+    # dense labels, stopped before the first validation (every 5 steps): not the labels' fault
+    assert "paint on more" not in w._status.value, w._status.value
+    assert "stopped before the first validation (every 5 steps)" in w._status.value
     # where to find it: a Segment dock on a shipped model stays on it (segmenting, the
     # user thought the fine-tuned model was used)
     assert "Model from: just trained" in infos[-1], infos
@@ -622,3 +625,24 @@ def test_a_grey_image_after_an_rgb_one_drops_the_channel_axis(make_napari_viewer
     assert w._channel_axis.value == "none"
     assert not w._pair_info.value.startswith("⚠"), w._pair_info.value
     w._check_pair(w._image.value, w._labels_box.value)  # what Start checks
+
+
+def test_two_train_docks_each_keep_their_own_result(make_napari_viewer, qtbot, em_crop, tmp_path):
+    """Two Train docks started one after the other: when the second's training started, the
+    first dock's "finished ...; model saved to ..." became "a training of this viewer is
+    stopping; Start waits for it" (meant for a closed dock's training), hiding where its
+    model went and saying something false."""
+    viewer = make_napari_viewer()
+    first = _widget(viewer, em_crop, tmp_path / "a", iterations=4)
+    second = TrainWidget(viewer)
+    for name in ("_image", "_labels_box", "_custom_widths", "_depth", "_patch", "_batch"):
+        getattr(second, name).value = getattr(first, name).value
+    second._iterations.value, second._device.value, second._output.value = 3, "cpu", tmp_path / "b"
+    first._on_start()
+    second._on_start()
+    assert "waiting for another UNet++ job" in second._status.value
+    qtbot.waitUntil(
+        lambda: not first._runner.running and not second._runner.running, timeout=TIMEOUT_MS
+    )
+    assert first._status.value.startswith("finished at step 4"), first._status.value
+    assert second._status.value.startswith("finished at step 3"), second._status.value

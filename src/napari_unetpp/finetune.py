@@ -21,6 +21,7 @@ from .model import UNetPlusPlus, unwrap_model
 __all__ = [
     "build_model",
     "frozen_copy",
+    "inherited_card",
     "origin_of",
     "preservation_teacher",
     "resolve_freeze_norm",
@@ -65,7 +66,7 @@ def _load_initial(initial: str | os.PathLike[str] | nn.Module) -> tuple[nn.Modul
 
         return load_model(str(initial), device="cpu")[0], str(initial)
     model, _ = load_checkpoint(initial, device="cpu")
-    return model, str(initial)
+    return model, origin_of(initial)
 
 
 def build_model(
@@ -78,6 +79,29 @@ def build_model(
     source, origin = _load_initial(initial)
     fresh = transfer_weights(source, model)
     return model, origin, sorted({k.split(".")[1] for k in fresh})
+
+
+#: What a model made from another keeps of its card: the terms its weights come under.
+INHERITED_CARD_KEYS = ("licence", "license", "spdx", "citation", "cite", "authors")
+
+
+def inherited_card(initial: Any) -> dict[str, Any]:
+    """The starting model's licence and citations, for the new model's card.
+
+    Why: a fine-tune derives from its start's weights (the shipped EM model's are for
+    non-commercial use only); with an empty card a bioimage.io export called them
+    CC-BY-4.0. What it was trained and scored on is the new run's, not inherited.
+    """
+    from .checkpoint import read_info
+    from .locate import locate
+
+    if initial is None or isinstance(initial, nn.Module):
+        return {}
+    try:
+        card = read_info(locate(str(initial)).path).card
+    except (OSError, ValueError):
+        return {}
+    return {k: card[k] for k in INHERITED_CARD_KEYS if card.get(k)}
 
 
 def set_train_mode(model: nn.Module, freeze_encoder: bool, freeze_norm: bool = False) -> None:
@@ -107,10 +131,23 @@ def resolve_freeze_norm(train_config: TrainConfig, initial: Any) -> bool:
 
 
 def origin_of(initial: Any) -> str:
-    """How the provenance names where weights started: scratch, model, or the path."""
+    """How the provenance names where weights started: scratch, model, ``zoo:NAME`` or the path.
+
+    Why ``zoo:NAME`` for a shipped model's folder (the Train dock passes the folder): an
+    install path changes with every environment, and a resume looks the start up again.
+    """
     if initial is None:
         return "scratch"
-    return "model" if isinstance(initial, nn.Module) else str(initial)
+    if isinstance(initial, nn.Module):
+        return "model"
+    if not is_zoo(str(initial)):
+        from .zoo import available_models
+
+        here = Path(initial).resolve()
+        for entry in available_models():
+            if entry.path.resolve() == here:
+                return entry.spec
+    return str(initial)
 
 
 def resolve_preserve_weight(train_config: TrainConfig, initial: Any, new_heads: list[str]) -> float:

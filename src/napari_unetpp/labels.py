@@ -123,6 +123,8 @@ def _label_values(labels: ArrayLike | Sequence[ArrayLike]) -> np.ndarray:
     if not arrays:
         raise ValueError("no labels given; pass at least one labels array")
     values = [np.unique(np.asarray(a)) for a in arrays]
+    for distinct in values:  # checked on the few distinct values, before any mode's reading
+        _check_labels_dtype(distinct)
     return np.unique(np.concatenate(values))
 
 

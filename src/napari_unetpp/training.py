@@ -52,7 +52,7 @@ from .devices import autocast, autocast_dtype, memory_format, mixed_precision_on
 from .events import EtaClock, Event, Stopper
 from .finetune import (
     build_model,
-    origin_of,
+    inherited_card,
     preservation_teacher,
     resolve_freeze_norm,
     set_train_mode,
@@ -120,6 +120,12 @@ class _Run:
     #: the starting network and the weight of keeping its predictions (fine-tuning)
     teacher: UNetPlusPlus | None = None
     preserve_weight: float = 0.0
+    #: where the weights first came from (a resumed run's too): every save records it
+    origin: str = "scratch"
+    #: BatchNorm statistics kept (a fine-tune's default, resumed or not)
+    freeze_norm: bool = False
+    #: the starting model's licence and citations (``finetune.inherited_card``)
+    card: dict[str, Any] = field(default_factory=dict)
 
 
 class Trainer:
@@ -184,7 +190,7 @@ class Trainer:
         data = prepare_data(
             images, labels, val_images, val_labels, self.model_config, tc, self.data_config, rng
         )
-        run, origin, new_heads = self._setup(rng)
+        run, new_heads = self._setup(rng)
         total = tc.iterations
         data.description["new_heads"] = new_heads
         if not data.val_tiles:
@@ -203,7 +209,7 @@ class Trainer:
                 yield from self._validate(run, data)
                 if self.stopper.stopped:
                     break
-        result = self._finish(run, data, origin)
+        result = self._finish(run, data)
         yield TrainEvent(
             "done",
             run.step,
@@ -216,7 +222,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
 
-    def _setup(self, rng: np.random.Generator) -> tuple[_Run, str, list[str]]:
+    def _setup(self, rng: np.random.Generator) -> tuple[_Run, list[str]]:
         tc = self.train_config
         device = rank_device(tc.device)
         initial = self.initial
@@ -245,10 +251,12 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         loss_fn = DeepSupervisionLoss(net.config.num_classes, dice_weight=tc.dice_weight)
         run = _Run(model, net, optimizer, scaler, loss_fn, device, rng)
-        run.teacher, run.preserve_weight = teacher, preserve
+        run.teacher, run.preserve_weight, run.origin = teacher, preserve, origin
+        run.freeze_norm = resolve_freeze_norm(tc, None if origin == "scratch" else origin)
+        run.card = inherited_card(initial)
         if self.resume_from is not None:
             self._restore(run)
-        return run, origin, new_heads
+        return run, new_heads
 
     def _restore(self, run: _Run) -> None:
         """Continue a run: optimizer, step, RNG streams and the best so far."""
@@ -279,7 +287,7 @@ class Trainer:
 
     def _train_step(self, run: _Run, data: TrainData) -> tuple[float, dict[int, float]]:
         tc = self.train_config
-        set_train_mode(run.model, tc.freeze_encoder, resolve_freeze_norm(tc, self.initial))
+        set_train_mode(run.model, tc.freeze_encoder, run.freeze_norm)
         x, y = data.sampler.sample(
             tc.batch_size,
             augment_patches=tc.augment,
@@ -371,12 +379,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ saving
 
-    def _info(
-        self, data: TrainData, run: _Run, metrics: dict[str, Any], origin: str = ""
-    ) -> CheckpointInfo:
+    def _info(self, data: TrainData, run: _Run, metrics: dict[str, Any]) -> CheckpointInfo:
         provenance = {
             "data": data.description,
-            "started_from": origin or origin_of(self.initial),
+            "started_from": run.origin,
             "iterations": run.step,
             "best_step": run.best_step,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -391,9 +397,24 @@ class Trainer:
             train=self.train_config,
             metrics=metrics,
             provenance=provenance,
-            card={},
+            card={**run.card, **self._card(data, run)},
             version=__version__,
         )
+
+    def _card(self, data: TrainData, run: _Run) -> dict[str, str]:
+        """What this run trained on and how, in the model card's words (its scores are
+        on the validation part of these labels, never held-back data)."""
+        tc, dc, described = self.train_config, data.data_config, data.description
+        validation = described.get("validation")
+        held = f"none ({NO_VALIDATION})" if validation == NO_VALIDATION else ", ".join(validation)
+        start = "from scratch" if run.origin == "scratch" else f"fine-tuned from {run.origin}"
+        return {
+            "data": f"{dc.label_mode} labels ({dc.target}) on {', '.join(described['train'])}; "
+            f"validated on {held}",
+            "training": f"{start}: {run.step} of {tc.iterations} iterations, batch "
+            f"{tc.batch_size}, patches {list(tc.patch_size)}, learning rate "
+            f"{tc.learning_rate:g}, seed {tc.seed}, on {run.device}",
+        }
 
     def _save(
         self,
@@ -433,7 +454,7 @@ class Trainer:
             extra=lambda folder: save_resume_state(folder, run.optimizer, run.step, run.rng, best),
         )
 
-    def _finish(self, run: _Run, data: TrainData, origin: str) -> TrainResult:
+    def _finish(self, run: _Run, data: TrainData) -> TrainResult:
         """Best model, per-depth table (scores, parameters, measured ms/Mpx), final saves."""
         if self.output_dir is not None and process_rank() == 0:
             self._save_last(run, data)
@@ -454,7 +475,7 @@ class Trainer:
             metrics["image_check"] = calibrate_on_tiles(
                 best, data.val_tiles, data.data_config, run.device
             )
-        info = self._info(data, run, metrics, origin)
+        info = self._info(data, run, metrics)
         checkpoint = None
         if self.output_dir is not None and process_rank() == 0:
             check_weights(best, "best")

@@ -291,9 +291,11 @@ def card_markdown(info: Any, title: str = "") -> str:
         score = metrics.get("score_name", "iou")
         columns = list(card.get("columns") or [c for c in ("iou", "dice") if c != score])
         columns = [score] + [c for c in columns if c != score] + ["parameters", "ms_per_mpx"]
+        # a model trained in napari is scored on its own labels' validation part, if any
+        kind = "Held-back" if card.get("split") else "Validation"
+        timing = "; ms_per_mpx measured on CPU, see CPU timing" if card.get("timing") else ""
         lines += [
-            f"Held-back scores per depth (recommended: L{metrics.get('best_depth', '?')}; "
-            "ms_per_mpx measured on CPU, see CPU timing):",
+            f"{kind} scores per depth (recommended: L{metrics.get('best_depth', '?')}{timing}):",
             "",
         ]
         lines += _table(rows, columns) + [""]

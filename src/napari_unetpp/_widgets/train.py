@@ -164,8 +164,11 @@ class TrainWidget(TrainForm):
             self._closed()
 
     def _on_queue_changed(self) -> None:
-        """Show a training of this viewer that another (closed) dock left stopping."""
-        if not self._runner.running and self._runner.queue.busy("train"):
+        """Show a training of this viewer that a closed dock left stopping (another open
+        Train dock's training says nothing here: this dock's last result stays shown)."""
+        current = self._runner.queue.current
+        left = current is not None and current.owner == "train" and current.dropped
+        if not self._runner.running and left:
             self._status.value = "a training of this viewer is stopping; Start waits for it"
         elif self._runner.queued:
             self._status.value = "waiting for another UNet++ job of this viewer to finish..."
@@ -410,6 +413,8 @@ class TrainWidget(TrainForm):
         self._status.value = f"failed: {exc.__cause__ or exc}"
 
     def _on_result(self, result: Any) -> None:
+        from ..train_data import NO_VALIDATION
+
         if result.checkpoint is None:
             return
         if not result.info.provenance.get("iterations"):  # Stop came before the first step
@@ -423,11 +428,15 @@ class TrainWidget(TrainForm):
         how = "stopped" if result.info.provenance.get("stopped_early") else "finished"
         scores = [row.get("iou") for row in (metrics.get("depths") or {}).values()]
         known = [s for s in scores if s is not None]
+        few_labels = (result.info.provenance.get("data") or {}).get("validation") == NO_VALIDATION
         judged = (
             f"validation IoU {max(known):.3f}"
             if known
             else "no validation score: paint on more of the image; compare the before/after "
             "layers instead"
+            if few_labels
+            else "no validation score: stopped before the first validation (every "
+            f"{result.info.train.validate_every} steps)"
         )
         warning = metrics.get("warning")  # e.g. labels of one class only: said at step 1 too
         self._status.value = (

@@ -19,7 +19,6 @@ from ..files import (
     check_image,
     check_labels,
     collect_files,
-    load_model,
     pair_files,
     read_array,
     read_image_with_size,
@@ -427,7 +426,7 @@ def _initial_model(args: argparse.Namespace, out: Path, resuming: bool) -> Any:
     if resuming or not args.from_:
         return None
     where = locate(args.from_)
-    return load_model(args.from_, device="cpu")[0] if where.kind == "zoo" else str(where.path)
+    return args.from_ if where.kind == "zoo" else str(where.path)  # zoo:NAME in the provenance
 
 
 def _read_pairs(
