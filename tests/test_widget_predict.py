@@ -356,6 +356,36 @@ def test_a_model_chosen_while_segmenting_keeps_the_slider_locked(
     assert panel._depth.enabled and panel._apply.enabled
 
 
+def test_cancel_while_waiting_for_another_job_says_it_never_started(
+    setup: Any, crop: np.ndarray, qtbot: Any
+) -> None:
+    """Cancel pressed while Segment waited for another job of the viewer (the pruning
+    timing, a training) took it off the queue, and the status said 'cancelling...' for
+    good: no callback but on_finish came (QA session 11)."""
+    import threading
+
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="plane")
+    release = threading.Event()
+
+    def other_job() -> Any:
+        release.wait(30)
+        yield from ()
+
+    other = _runner.JobRunner(inline=False, queue=w._runner.queue, owner="prune")
+    other.start(other_job())
+    try:
+        w.segment()
+        assert w._runner.queued and "waiting" in w._status.value
+        w.cancel()
+        assert not w.busy and w._run.enabled
+        assert w._status.value == "stopped before it started: nothing was changed"
+    finally:
+        release.set()
+        qtbot.waitUntil(lambda: not other.running, timeout=30_000)
+    assert "plane UNet++ labels" not in viewer.layers and not errors
+
+
 def test_cancel_leaves_layers_unchanged(setup: Any, crop: np.ndarray) -> None:
     viewer, w, errors = setup
     w._image.value = viewer.add_image(crop, name="stack")
