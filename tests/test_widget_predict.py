@@ -601,6 +601,29 @@ def test_shipped_model_matches_the_image(make_napari_viewer: Any) -> None:
     assert guess_zoo_model(blank) is None
 
 
+def test_the_model_guess_reads_one_plane_of_a_lazy_volume(make_napari_viewer: Any) -> None:
+    """Choosing a lazy (dask, zarr) volume read all of it three times to guess its model,
+    the GUI thread waiting: minutes for a big light-sheet or CT store (QA session 11)."""
+    import dask.array as da
+
+    from napari_unetpp._widgets._model_box import guess_zoo_model
+
+    read: list[int] = []
+
+    def count(block: np.ndarray) -> np.ndarray:
+        read.append(1)
+        return block
+
+    def volume(value: float) -> Any:
+        return da.full((16, 32, 32), value, np.float32, chunks=(1, 32, 32)).map_blocks(count)
+
+    viewer = make_napari_viewer()
+    scan, light = viewer.add_image(volume(-1000.0)), viewer.add_image(volume(5.0))
+    read.clear()
+    assert guess_zoo_model(scan) == "zoo:ct" and guess_zoo_model(light) is None
+    assert len(read) <= 2  # a plane each
+
+
 def test_a_microscope_image_after_a_scan_does_not_keep_the_ct_model(
     make_napari_viewer: Any,
 ) -> None:
