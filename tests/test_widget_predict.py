@@ -250,6 +250,32 @@ def test_a_colour_like_last_axis_of_a_layer_not_rgb_is_refused(
     assert w.busy is False and "yxc UNet++ labels" not in viewer.layers
 
 
+def test_a_scans_labels_are_saved_on_its_grid(setup: Any, crop: np.ndarray, tmp_path: Path) -> None:
+    """The dock's labels.tif had no pixel size, and a NIfTI scan's labels no NIfTI file on
+    the scan's grid (the CLI writes both): ITK-SNAP / Slicer could not overlay them (QA 11)."""
+    import nibabel
+    import tifffile
+
+    from napari_unetpp import readers
+
+    viewer, w, errors = setup
+    scan = tmp_path / "scan.nii.gz"
+    affine = np.array([[0, -0.5, 0, 1], [0.6, 0, 0, 2], [0, 0, 3, 3], [0, 0, 0, 1.0]])
+    voxels = np.ascontiguousarray(crop.transpose(1, 2, 0))  # (i, j, k) of a NIfTI file
+    nibabel.save(nibabel.Nifti1Image(voxels, affine), str(scan))
+    (layer,) = viewer.open(str(scan), plugin="napari-unetpp")
+    w._image.value = layer
+    w.segment()
+    assert not errors
+    run = w.last_run_dir
+    saved = readers.read_image(run / "labels.tif")
+    assert saved.pixel_size == pytest.approx(tuple(layer.scale)) and saved.unit == "mm"
+    labels = nibabel.load(str(run / "labels.nii.gz"))
+    assert labels.shape == voxels.shape and np.allclose(labels.affine, affine)
+    back = readers.read_image(run / "labels.nii.gz").array  # the reader's view: the layer's
+    np.testing.assert_array_equal(back, tifffile.imread(run / "labels.tif"))
+
+
 def test_a_three_slice_stack_is_saved_as_slices_not_rgb(
     setup: Any, em_stack: tuple[np.ndarray, np.ndarray]
 ) -> None:

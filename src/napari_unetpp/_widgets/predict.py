@@ -55,6 +55,7 @@ from ._predict_job import (
     predict_config,
     predict_input,
     record_predict,
+    scan_file,
     segment_job,
     segment_passes,
 )
@@ -62,7 +63,7 @@ from ._predict_layers import show_result
 from ._runner import JobRunner
 from ._ui import narrow, scroll_inside, set_progress, spread, wrapped
 from .pruning_panel import PruningPanel
-from .scale_panel import ScalePanel, check_job, estimate_job
+from .scale_panel import ScalePanel, check_job, estimate_job, layer_pixel_size
 
 if TYPE_CHECKING:
     import napari
@@ -388,7 +389,9 @@ class PredictWidget(Container):
         scope = self._scope.value  # and the scope (another image chosen)
         metrics = dict(self.info.metrics) if self.info else {}
         check = metrics if self.scale.check_results.value else None
-        job = segment_job(model, image, config, data, stopper, run_dir, depth, check)
+        grid = layer_pixel_size(layer)  # the labels are saved with it
+        scan = scan_file(layer) if placement.lead_index is None else None
+        job = segment_job(model, image, config, data, stopper, run_dir, depth, check, grid, scan)
 
         def check_stopped() -> bool:  # Cancel pressed on a run that was to be checked
             return stopper.stopped and check is not None
