@@ -591,6 +591,10 @@ def test_napari_opens_dicom_folder_with_scale(
     viewer = make_napari_viewer()
     (layer,) = viewer.open(str(tmp_path / "series"), plugin="napari-unetpp")
     np.testing.assert_allclose(layer.scale, (2.5, 0.75, 0.6))
+    # a run's command.sh names the series (the CLI reads it), not a copy of its pixels
+    from napari_unetpp._widgets._layers import layer_file
+
+    assert layer_file(layer, tmp_path / "run", "image") == str((tmp_path / "series").resolve())
     np.testing.assert_array_equal(layer.data, ct)
     assert layer.metadata["unit"] == "mm"
     assert [str(u) for u in layer.units] == ["millimeter"] * 3

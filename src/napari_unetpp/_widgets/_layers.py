@@ -304,11 +304,14 @@ def layer_file(layer: Any, folder: str | os.PathLike[str], stem: str, part: Any 
     is in memory and not huge; otherwise a ``<...>`` placeholder says what to put.
     ``part``: the part of the layer a run used (a quick look's slice), saved instead.
     """
+    from ..medical import is_dicom
     from ..readers import holds_whole_file
 
     source = getattr(getattr(layer, "source", None), "path", None)
     data = layer_data(layer) if part is None else part
-    if part is None and source and Path(source).is_file() and type(layer).__name__ == "Image":
+    # a DICOM series is a folder: named as it is, not copied (a CT: 300 MB on the GUI thread)
+    readable = source and (Path(source).is_file() or is_dicom(source))
+    if part is None and readable and type(layer).__name__ == "Image":
         if holds_whole_file(source, np.shape(data)):  # not one channel of the file
             return str(Path(source).resolve())
     if not hasattr(data, "__array__") or type(data).__module__.split(".")[0] != "numpy":
