@@ -323,3 +323,18 @@ def test_nan_outside_a_scans_field_of_view_is_air_not_organs(data_dir: Path, pix
     labels = probabilities_to_labels(prob, model.config, info.data)
     assert labels[:, ~outside].any()  # the organs are still found
     assert (labels[:, outside] > 0).mean() < 0.01
+
+
+def test_the_checks_half_size_probe_fills_a_scans_nan_as_the_segmentation_does() -> None:
+    """The image check's half-size copy of a NaN-masked scan got the median there (soft
+    tissue) while the segmentation saw air: the check judged another image."""
+    from napari_unetpp.config import NormalizationConfig
+    from napari_unetpp.image_check import half_size
+
+    scan = np.full((64, 64), 40.0, np.float32)
+    scan[:, :16] = np.nan
+    window = NormalizationConfig(mode="window", low=-160.0, high=240.0, clip=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteWarning)
+        small = half_size(scan, 2, None, window)
+    assert small is not None and small[:, :6] == pytest.approx(-160.0)
