@@ -310,10 +310,11 @@ def layer_file(layer: Any, folder: str | os.PathLike[str], stem: str, part: Any 
     source = getattr(getattr(layer, "source", None), "path", None)
     data = layer_data(layer) if part is None else part
     # a DICOM series is a folder: named as it is, not copied (a CT: 300 MB on the GUI thread)
-    readable = source and (Path(source).is_file() or is_dicom(source))
-    if part is None and readable and type(layer).__name__ == "Image":
-        if holds_whole_file(source, np.shape(data)):  # not one channel of the file
-            return str(Path(source).resolve())
+    file = Path(source) if source else None
+    readable = file is not None and (file.is_file() or is_dicom(file))
+    if part is None and file is not None and readable and type(layer).__name__ == "Image":
+        if holds_whole_file(file, np.shape(data)):  # not one channel of the file
+            return str(file.resolve())
     if not hasattr(data, "__array__") or type(data).__module__.split(".")[0] != "numpy":
         return f"<{stem}: save layer {layer.name!r} to a file>"
     if data.nbytes > MAX_SAVED_BYTES:
