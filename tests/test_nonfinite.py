@@ -298,3 +298,43 @@ def test_a_rescaled_prediction_counts_the_images_own_nan_pixels(em_stack):
     ]
     assert counts == ["100"]
     assert prob.shape == image.shape and np.isfinite(prob).all()
+
+
+@pytest.mark.parametrize("pixel_size", [None, (1.5, 1.5)])  # at its scale, and resampled
+def test_nan_outside_a_scans_field_of_view_is_air_not_organs(data_dir: Path, pixel_size):
+    """A CT masked with NaN outside its round field of view: the NaN were filled with the
+    median (-31 HU, soft tissue) and the CT model labelled organs all around the body (QA
+    session 11: 6449 pixels of 4 slices, none without the NaN)."""
+    import tifffile
+
+    from napari_unetpp import zoo
+    from napari_unetpp.postprocess import probabilities_to_labels
+
+    model, info = zoo.load_pretrained("ct")
+    scan = tifffile.imread(data_dir / "ct_totalseg" / "ct.tif")[11:13].astype(np.float32)
+    y, x = np.ogrid[: scan.shape[1], : scan.shape[2]]
+    outside = ((y - 50) / 50.0) ** 2 + ((x - 61) / 61.0) ** 2 > 1.0
+    scan[:, outside] = np.nan
+    config = PredictConfig(device="cpu", depths=(4,), pixel_size=pixel_size, pixel_unit="mm")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prob = predict_array(model, scan, config, info.data)[4]
+    assert any("window's low end -160" in str(w.message) for w in caught)
+    labels = probabilities_to_labels(prob, model.config, info.data)
+    assert labels[:, ~outside].any()  # the organs are still found
+    assert (labels[:, outside] > 0).mean() < 0.01
+
+
+def test_the_checks_half_size_probe_fills_a_scans_nan_as_the_segmentation_does() -> None:
+    """The image check's half-size copy of a NaN-masked scan got the median there (soft
+    tissue) while the segmentation saw air: the check judged another image."""
+    from napari_unetpp.config import NormalizationConfig
+    from napari_unetpp.image_check import half_size
+
+    scan = np.full((64, 64), 40.0, np.float32)
+    scan[:, :16] = np.nan
+    window = NormalizationConfig(mode="window", low=-160.0, high=240.0, clip=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteWarning)
+        small = half_size(scan, 2, None, window)
+    assert small is not None and small[:, :6] == pytest.approx(-160.0)

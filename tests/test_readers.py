@@ -236,6 +236,14 @@ def test_a_dicom_folder_of_two_series_or_with_missing_slices_is_read_with_a_warn
         assert readers.read_image(tmp_path / "gap").array.shape == (4, 8, 6)
     with pytest.raises(ValueError, match="unevenly spaced"):  # no NIfTI misplacing slices
         medical.write_nifti_like(tmp_path / "gap.nii.gz", np.ones((4, 8, 6)), tmp_path / "gap")
+    # one slice of another pixel spacing (a re-exported slice): read silently at the first's
+    write_dicom_series(tmp_path / "mixed", zyx, (1.0, 1.0), 2.0)
+    odd = next(iter(sorted((tmp_path / "mixed").iterdir())))
+    ds = pydicom.dcmread(str(odd))
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.save_as(str(odd))
+    with pytest.warns(UserWarning, match="2 different pixel spacings"):
+        assert readers.read_image(tmp_path / "mixed").array.shape == (6, 8, 6)
 
 
 def test_labels_of_a_dicom_series_go_out_as_nifti_on_the_scan(
@@ -591,6 +599,10 @@ def test_napari_opens_dicom_folder_with_scale(
     viewer = make_napari_viewer()
     (layer,) = viewer.open(str(tmp_path / "series"), plugin="napari-unetpp")
     np.testing.assert_allclose(layer.scale, (2.5, 0.75, 0.6))
+    # a run's command.sh names the series (the CLI reads it), not a copy of its pixels
+    from napari_unetpp._widgets._layers import layer_file
+
+    assert layer_file(layer, tmp_path / "run", "image") == str((tmp_path / "series").resolve())
     np.testing.assert_array_equal(layer.data, ct)
     assert layer.metadata["unit"] == "mm"
     assert [str(u) for u in layer.units] == ["millimeter"] * 3

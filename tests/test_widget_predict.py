@@ -250,6 +250,32 @@ def test_a_colour_like_last_axis_of_a_layer_not_rgb_is_refused(
     assert w.busy is False and "yxc UNet++ labels" not in viewer.layers
 
 
+def test_a_scans_labels_are_saved_on_its_grid(setup: Any, crop: np.ndarray, tmp_path: Path) -> None:
+    """The dock's labels.tif had no pixel size, and a NIfTI scan's labels no NIfTI file on
+    the scan's grid (the CLI writes both): ITK-SNAP / Slicer could not overlay them (QA 11)."""
+    import nibabel
+    import tifffile
+
+    from napari_unetpp import readers
+
+    viewer, w, errors = setup
+    scan = tmp_path / "scan.nii.gz"
+    affine = np.array([[0, -0.5, 0, 1], [0.6, 0, 0, 2], [0, 0, 3, 3], [0, 0, 0, 1.0]])
+    voxels = np.ascontiguousarray(crop.transpose(1, 2, 0))  # (i, j, k) of a NIfTI file
+    nibabel.save(nibabel.Nifti1Image(voxels, affine), str(scan))
+    (layer,) = viewer.open(str(scan), plugin="napari-unetpp")
+    w._image.value = layer
+    w.segment()
+    assert not errors
+    run = w.last_run_dir
+    saved = readers.read_image(run / "labels.tif")
+    assert saved.pixel_size == pytest.approx(tuple(layer.scale)) and saved.unit == "mm"
+    labels = nibabel.load(str(run / "labels.nii.gz"))
+    assert labels.shape == voxels.shape and np.allclose(labels.affine, affine)
+    back = readers.read_image(run / "labels.nii.gz").array  # the reader's view: the layer's
+    np.testing.assert_array_equal(back, tifffile.imread(run / "labels.tif"))
+
+
 def test_a_three_slice_stack_is_saved_as_slices_not_rgb(
     setup: Any, em_stack: tuple[np.ndarray, np.ndarray]
 ) -> None:
@@ -354,6 +380,36 @@ def test_a_model_chosen_while_segmenting_keeps_the_slider_locked(
     assert not panel._depth.enabled and not panel._apply.enabled
     panel.set_busy(False)
     assert panel._depth.enabled and panel._apply.enabled
+
+
+def test_cancel_while_waiting_for_another_job_says_it_never_started(
+    setup: Any, crop: np.ndarray, qtbot: Any
+) -> None:
+    """Cancel pressed while Segment waited for another job of the viewer (the pruning
+    timing, a training) took it off the queue, and the status said 'cancelling...' for
+    good: no callback but on_finish came (QA session 11)."""
+    import threading
+
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="plane")
+    release = threading.Event()
+
+    def other_job() -> Any:
+        release.wait(30)
+        yield from ()
+
+    other = _runner.JobRunner(inline=False, queue=w._runner.queue, owner="prune")
+    other.start(other_job())
+    try:
+        w.segment()
+        assert w._runner.queued and "waiting" in w._status.value
+        w.cancel()
+        assert not w.busy and w._run.enabled
+        assert w._status.value == "stopped before it started: nothing was changed"
+    finally:
+        release.set()
+        qtbot.waitUntil(lambda: not other.running, timeout=30_000)
+    assert "plane UNet++ labels" not in viewer.layers and not errors
 
 
 def test_cancel_leaves_layers_unchanged(setup: Any, crop: np.ndarray) -> None:
@@ -569,6 +625,29 @@ def test_shipped_model_matches_the_image(make_napari_viewer: Any) -> None:
     assert guess_zoo_model(viewer.add_image(hu, name="volume")) == "zoo:ct"
     blank = viewer.add_image(np.full((8, 8), np.nan, np.float32), name="blank")
     assert guess_zoo_model(blank) is None
+
+
+def test_the_model_guess_reads_one_plane_of_a_lazy_volume(make_napari_viewer: Any) -> None:
+    """Choosing a lazy (dask, zarr) volume read all of it three times to guess its model,
+    the GUI thread waiting: minutes for a big light-sheet or CT store (QA session 11)."""
+    import dask.array as da
+
+    from napari_unetpp._widgets._model_box import guess_zoo_model
+
+    read: list[int] = []
+
+    def count(block: np.ndarray) -> np.ndarray:
+        read.append(1)
+        return block
+
+    def volume(value: float) -> Any:
+        return da.full((16, 32, 32), value, np.float32, chunks=(1, 32, 32)).map_blocks(count)
+
+    viewer = make_napari_viewer()
+    scan, light = viewer.add_image(volume(-1000.0)), viewer.add_image(volume(5.0))
+    read.clear()
+    assert guess_zoo_model(scan) == "zoo:ct" and guess_zoo_model(light) is None
+    assert len(read) <= 2  # a plane each
 
 
 def test_a_microscope_image_after_a_scan_does_not_keep_the_ct_model(

@@ -486,7 +486,8 @@ def check_prediction(
     with warnings.catch_warnings():  # the segmentation's own pass told the user already
         warnings.simplefilter("ignore")
         whole = repaired(image, data_config.normalization, data_config.channel_axis)
-    small = half_size(whole, model.config.spatial_dims, data_config.channel_axis)
+    norm = data_config.normalization
+    small = half_size(whole, model.config.spatial_dims, data_config.channel_axis, norm)
     if scale_probe and zoom == 1.0 and small is not None:
         at_scale = config.replace(pixel_size=None, pixel_unit="", rescale=None)
         half = yield from predict(model, small, at_scale, data_config, stopper=stopper)

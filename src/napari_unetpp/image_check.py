@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .config import DataConfig, ModelConfig
+from .config import DataConfig, ModelConfig, NormalizationConfig
 from .disagreement import DepthAdvice, class_spread, disagreement_map
 from .nonfinite import NonFiniteWarning, fill_image
 from .rescaled import measure_diameters
@@ -492,8 +492,14 @@ def check_region(
     return None if small else tuple(region)
 
 
-def half_size(image: Any, spatial_dims: int, channel_axis: int | None) -> np.ndarray | None:
-    """The image at half size along its spatial axes (anti-aliased), or None when too small."""
+def half_size(
+    image: Any,
+    spatial_dims: int,
+    channel_axis: int | None,
+    normalization: NormalizationConfig | None = None,
+) -> np.ndarray | None:
+    """The image at half size along its spatial axes (anti-aliased), or None when too small;
+    its NaN filled as the segmentation fills them (``normalization``: a CT's window)."""
     from skimage.transform import resize
 
     array = np.asarray(image)
@@ -505,7 +511,7 @@ def half_size(image: Any, spatial_dims: int, channel_axis: int | None) -> np.nda
         return None
     with warnings.catch_warnings():  # the segmentation's own pass reported them already
         warnings.simplefilter("ignore", NonFiniteWarning)
-        array = fill_image(array)  # else the smoothing spreads each NaN over its neighbours
+        array = fill_image(array, normalization=normalization)  # else smoothing spreads NaN
     sigma = [0.5 if a in spatial else 0.0 for a in range(ndim)]
     return resize(
         array.astype(np.float32),

@@ -204,7 +204,7 @@ def _normaliser(image: Any, data_config: DataConfig) -> TileNormaliser:
         )
     if defects is not None:  # hot / dead camera pixels: left out of the range and repaired
         defects.warn(int(np.prod(image.shape)))
-    fill = non_finite_filler(image)  # NaN pixels: filled with a warning, or refused
+    fill = non_finite_filler(image, normalization=norm)  # NaN: filled with a warning, or refused
     return TileNormaliser(norm, value_range, fill, defects)
 
 

@@ -332,6 +332,7 @@ class _Series:
     spacing: tuple[float, float, float]  # slice, row, column (mm)
     has_spacing: bool
     uneven: bool
+    pixel_spacings: int = 1  # how many different PixelSpacing values its slices give
 
 
 def _dicom_series(path: Path) -> _Series:
@@ -380,9 +381,10 @@ def _dicom_series(path: Path) -> _Series:
         where = getattr(first, "ImagePositionPatient", None)
         if where is not None and placed:
             origin_ras = np.asarray(where, dtype=np.float64) * lps_to_ras
+    spacings = {tuple(float(v) for v in getattr(ds, "PixelSpacing", ()) or ()) for _, ds in chosen}
     return _Series(
         [f for f, _ in chosen], first, all_series, axes_ras, origin_ras, (dz, dy, dx),
-        has_spacing, uneven,
+        has_spacing, uneven, len(spacings),
     )  # fmt: skip
 
 
@@ -395,6 +397,14 @@ def _warn_series(path: Path, series: _Series) -> None:
             f"with the most slices ({len(series.files)}, SeriesInstanceUID "
             f"{getattr(series.first, 'SeriesInstanceUID', '?')}); put one series per folder "
             "to choose another",
+            stacklevel=3,
+        )
+    if series.pixel_spacings > 1:
+        warnings.warn(
+            f"{path}: the slices give {series.pixel_spacings} different pixel spacings "
+            "(PixelSpacing); all are read at the lowest slice's "
+            f"{series.spacing[1]:g} x {series.spacing[2]:g} mm, so sizes in the others are "
+            "off; put one series per folder, or resample it (e.g. with 3D Slicer)",
             stacklevel=3,
         )
     if series.uneven:

@@ -6,7 +6,8 @@ NaN pixels the whole output), and a NaN loss silently turns every weight into
 NaN. The policy, applied at one point of training and inference each:
 
 - images: non-finite pixels (NaN, inf, or beyond float32's range, which the
-  network would see as inf) are filled with the image's finite median, with a
+  network would see as inf) are filled with the image's finite median (CT, a fixed
+  window: the window's low end, as around a scan is air), with a
   :class:`NonFiniteWarning` that says how many; an image with more than
   :data:`MAX_NON_FINITE_FRACTION` non-finite pixels is refused (there is too little
   left to segment);
@@ -19,11 +20,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .normalization import subsample
+
+if TYPE_CHECKING:
+    from .config import NormalizationConfig
 
 __all__ = [
     "MAX_NON_FINITE_FRACTION",
@@ -126,7 +130,9 @@ def _finite_median(image: Any) -> float:
 _KINDS = "non-finite (NaN, infinite or beyond float32's +-3.4e38)"
 
 
-def non_finite_filler(image: Any, what: str = "image") -> Callable[[np.ndarray], np.ndarray]:
+def non_finite_filler(
+    image: Any, what: str = "image", normalization: NormalizationConfig | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
     """Check ``image`` once; return what to apply to each of its tiles before normalising.
 
     Clean images (all integer ones) get the identity. Otherwise the count is
@@ -134,6 +140,11 @@ def non_finite_filler(image: Any, what: str = "image") -> Callable[[np.ndarray],
     tile's non-finite pixels with the image's finite median, so a NaN pixel can
     neither spread through the network nor skew the normalisation. More than
     :data:`MAX_NON_FINITE_FRACTION` non-finite pixels raise :class:`NonFiniteError`.
+
+    With a fixed intensity window (``normalization.mode == "window"``: CT in Hounsfield
+    units) they get the window's low end instead: NaN there is mostly outside a scan's
+    field of view, which is air. The median (soft tissue, -31 HU on the shipped CT) made
+    the CT model label organs all around a scan masked with NaN.
     """
     count = count_non_finite(image)
     if count == 0:
@@ -148,19 +159,24 @@ def non_finite_filler(image: Any, what: str = "image") -> Callable[[np.ndarray],
             "np.nan_to_num(image, nan=background_value)), or scale values beyond float32 "
             "into its range (e.g. image / np.abs(image).max())"
         )
-    fill = _finite_median(image)
+    if normalization is not None and normalization.mode == "window":
+        fill, source = float(normalization.low), "the intensity window's low end"
+    else:
+        fill, source = _finite_median(image), "the image's median"
     warnings.warn(
         f"{what} has {count} {_KINDS} pixels ({100 * fraction:.3g} %); "
-        f"they were filled with the image's median {fill:.6g} (results there are guesses)",
+        f"they were filled with {source} {fill:.6g} (results there are guesses)",
         NonFiniteWarning,
         stacklevel=2,
     )
     return lambda tile: fill_non_finite(tile, fill)
 
 
-def fill_image(image: Any, what: str = "image") -> Any:
+def fill_image(
+    image: Any, what: str = "image", normalization: NormalizationConfig | None = None
+) -> Any:
     """A whole image with non-finite pixels filled (training: the image is in memory anyway)."""
-    return non_finite_filler(image, what)(np.asarray(image))
+    return non_finite_filler(image, what, normalization)(np.asarray(image))
 
 
 def all_finite(state_dict: Mapping[str, Any]) -> bool:

@@ -289,7 +289,8 @@ def _one_pass(
     axes = S.spatial_axes(len(image.shape), dims, data_config.channel_axis)
     # filled and repaired first: resampling spreads each NaN (miscounting them in the
     # warning) and smears hot pixels past recognition
-    whole = repaired(fill_image(image), data_config.normalization, data_config.channel_axis)
+    norm = data_config.normalization
+    whole = repaired(fill_image(image, normalization=norm), norm, data_config.channel_axis)
     small = S.resample(whole, zoom, axes, order=1)
     result = yield from predict(model, small, config, data_config, stopper=stopper)
     if not result:

@@ -304,13 +304,17 @@ def layer_file(layer: Any, folder: str | os.PathLike[str], stem: str, part: Any 
     is in memory and not huge; otherwise a ``<...>`` placeholder says what to put.
     ``part``: the part of the layer a run used (a quick look's slice), saved instead.
     """
+    from ..medical import is_dicom
     from ..readers import holds_whole_file
 
     source = getattr(getattr(layer, "source", None), "path", None)
     data = layer_data(layer) if part is None else part
-    if part is None and source and Path(source).is_file() and type(layer).__name__ == "Image":
-        if holds_whole_file(source, np.shape(data)):  # not one channel of the file
-            return str(Path(source).resolve())
+    # a DICOM series is a folder: named as it is, not copied (a CT: 300 MB on the GUI thread)
+    file = Path(source) if source else None
+    readable = file is not None and (file.is_file() or is_dicom(file))
+    if part is None and file is not None and readable and type(layer).__name__ == "Image":
+        if holds_whole_file(file, np.shape(data)):  # not one channel of the file
+            return str(file.resolve())
     if not hasattr(data, "__array__") or type(data).__module__.split(".")[0] != "numpy":
         return f"<{stem}: save layer {layer.name!r} to a file>"
     if data.nbytes > MAX_SAVED_BYTES:

@@ -66,6 +66,10 @@ def guess_zoo_model(layer: Any) -> str | None:
         if um < 0.1 or um > 100:
             return zoo_spec("em" if um < 0.1 else "ct")
     data = layer.data[-1] if layer.multiscale else layer.data  # the smallest level: cheap
+    if not isinstance(data, np.ndarray) and np.ndim(data) > 2 and not layer.rgb:
+        # a lazy volume (dask, zarr): its middle plane; the whole was read three times, the
+        # GUI thread waiting, whenever the dock opened or chose it (air is in every CT slice)
+        data = data[tuple(n // 2 for n in data.shape[:-2])]
     # floats too: a scan read as float (nibabel's get_fdata, most NIfTI readers) got the
     # nuclei model; NaN-free minimum, as a masked scan may hold NaN outside the body
     signed = np.issubdtype(data.dtype, np.signedinteger) or np.issubdtype(data.dtype, np.floating)

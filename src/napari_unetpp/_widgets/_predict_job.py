@@ -212,13 +212,15 @@ def segment_job(
     run_dir: Path,
     depth: int | None = None,
     check: Mapping[str, Any] | None = None,
+    grid: tuple[tuple[float, ...] | None, str] = (None, ""),
+    scan: Path | None = None,
 ) -> Generator[Any, None, tuple[Any, Any, list[Any], Any]]:
     """Predict, then turn head ``depth`` (default: the pruned or deepest one) into labels;
-    save them to ``run_dir``. Returns the probabilities, the labels, the blocks to label
-    next (here, in the worker: ranking a big stack would stall the GUI thread) and, when
-    ``check`` (the model's metrics) is given, the image check of the result (or None)."""
-    import tifffile
-
+    save them to ``run_dir`` (:func:`save_labels`: ``grid`` is the layer's pixel size and
+    unit, ``scan`` its NIfTI / DICOM file). Returns the probabilities, the labels, the
+    blocks to label next (here, in the worker: ranking a big stack would stall the GUI
+    thread) and, when ``check`` (the model's metrics) is given, the image check of the
+    result (or None)."""
     from ..disagreement import label_here_next, region_size
     from ..inference import predict
     from ..postprocess import probabilities_to_labels
@@ -236,8 +238,7 @@ def segment_job(
         threshold=config.threshold,
         min_size=config.min_size,
     )
-    # minisblack: a 3- or 4-slice stack must not be stored (and opened) as RGB
-    tifffile.imwrite(run_dir / "labels.tif", labels, compression="zlib", photometric="minisblack")
+    save_labels(run_dir, labels, grid, scan)
     deepest = probs[max(probs)]
     regions = (
         label_here_next(probs, model.config.num_classes, region_size(2), top=8)
@@ -250,6 +251,39 @@ def segment_job(
         if result is not None:
             _add_to_run_file(run_dir, {"image_check": result.to_dict()})
     return probs, labels, regions, result
+
+
+def scan_file(layer: Any) -> Path | None:
+    """The NIfTI file or DICOM series a layer was read from by this plugin's reader, or None."""
+    meta = getattr(layer, "metadata", {}) or {}
+    path = meta.get("path")
+    return Path(path) if meta.get("source") in ("nifti", "dicom") and path else None
+
+
+def save_labels(
+    run_dir: Path,
+    labels: np.ndarray,
+    grid: tuple[tuple[float, ...] | None, str],
+    scan: Path | None = None,
+) -> None:
+    """``labels.tif`` with the image's pixel size, and for a scan ``labels.nii.gz`` on its own
+    grid, as ``napari-unetpp predict`` writes them.
+
+    Why: the dock's labels.tif had no pixel size, and a radiologist's labels of a NIfTI or
+    DICOM scan were only in the reader's axis order: ITK-SNAP or 3D Slicer could not lay
+    them on the scan (the CLI's run of the same command could).
+    """
+    from ..files import write_array
+    from ..medical import write_nifti_like
+
+    sizes, unit = grid
+    sizes = None if sizes is None else tuple(sizes)[-min(len(sizes), labels.ndim) :]
+    write_array(run_dir / "labels", labels, "tif", sizes, unit or None)
+    if scan is not None:
+        try:
+            write_nifti_like(run_dir / "labels.nii.gz", labels, scan)
+        except ValueError:  # unevenly spaced DICOM slices: no one grid (the CLI skips it too)
+            pass
 
 
 def result_check(

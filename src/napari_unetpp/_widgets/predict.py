@@ -55,6 +55,7 @@ from ._predict_job import (
     predict_config,
     predict_input,
     record_predict,
+    scan_file,
     segment_job,
     segment_passes,
 )
@@ -62,7 +63,7 @@ from ._predict_layers import show_result
 from ._runner import JobRunner
 from ._ui import narrow, scroll_inside, set_progress, spread, wrapped
 from .pruning_panel import PruningPanel
-from .scale_panel import ScalePanel, check_job, estimate_job
+from .scale_panel import ScalePanel, check_job, estimate_job, layer_pixel_size
 
 if TYPE_CHECKING:
     import napari
@@ -388,7 +389,9 @@ class PredictWidget(Container):
         scope = self._scope.value  # and the scope (another image chosen)
         metrics = dict(self.info.metrics) if self.info else {}
         check = metrics if self.scale.check_results.value else None
-        job = segment_job(model, image, config, data, stopper, run_dir, depth, check)
+        grid = layer_pixel_size(layer)  # the labels are saved with it
+        scan = scan_file(layer) if placement.lead_index is None else None
+        job = segment_job(model, image, config, data, stopper, run_dir, depth, check, grid, scan)
 
         def check_stopped() -> bool:  # Cancel pressed on a run that was to be checked
             return stopper.stopped and check is not None
@@ -417,14 +420,31 @@ class PredictWidget(Container):
 
     def _start(self, what: str, job: Any, on_return: Any, stopper: Stopper) -> None:
         """Run ``job`` in the viewer's job queue; progress in the dock; buttons locked."""
+        ended: list[bool] = []  # it returned or failed; else it was stopped while queued
+
+        def returned(result: Any) -> None:
+            ended.append(True)
+            on_return(result)
+
+        def failed(exc: BaseException) -> None:
+            ended.append(True)
+            self._on_error(exc)
+
+        def finished() -> None:
+            self._set_running(False)
+            if not ended and not self._closed:  # Cancel (or its image removed) while waiting:
+                # no callback but this one, and the status said "cancelling..." for good
+                self._status.value = "stopped before it started: nothing was changed"
+                set_progress(self._progress, 0)
+
         self._set_running(True)
         self._status.value = f"{what}..."
         self._runner.start(
             job,
             on_yield=self._on_event,
-            on_return=on_return,
-            on_error=self._on_error,
-            on_finish=lambda: self._set_running(False),
+            on_return=returned,
+            on_error=failed,
+            on_finish=finished,
             stop=stopper.stop,
         )
 
