@@ -416,6 +416,27 @@ def test_cli_depth_auto_disagreement_and_info_on(tmp_path, em_stack, capsys) -> 
     assert "depth:" in text and "training data" in text
 
 
+def test_a_crop_too_small_to_judge_gets_no_verdict(tmp_path, em_stack, capsys) -> None:
+    """An 8 x 8 or 1 x 256 EM crop was called "unlike the training data" (uncertain fraction
+    over its limit), with a remedy, while the depth advice said it was too small to judge."""
+    from napari_unetpp.cli import main
+    from napari_unetpp.zoo import load_pretrained
+
+    model, info = load_pretrained("em")
+    for crop in (em_stack[0][16, 100:108, 100:108], em_stack[0][16, 200:201, :256]):
+        check, _ = drive(check_image(model, crop, info.data, recommended=3))
+        assert not check.judged and not check.unlike_training and not check.remedies
+        assert check.advice is not None and "too small" in check.advice.message
+        assert check.report().startswith("not compared with the training data: the image is")
+    path = tmp_path / "line.tif"
+    tifffile.imwrite(path, em_stack[0][16, 200:201, :256])
+    assert main(["info", "zoo:em", "--on", str(path), "-q", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "too small (256 pixels" in text and "WARNING" not in text
+    judged, _ = drive(check_image(model, em_stack[0][16, :40, :40], info.data))
+    assert judged.judged and judged.signals  # 1600 pixels: judged as before
+
+
 def test_judge_and_calibrate_name_the_remedy() -> None:
     from napari_unetpp.image_check import THRESHOLDS, calibrate, judge
 

@@ -467,6 +467,7 @@ def check_prediction(
         half_size,
         image_signals,
         judge,
+        tiny_image_check,
     )
     from .inference import predict
     from .normalization import contrast_problem, repaired
@@ -480,6 +481,12 @@ def check_prediction(
     if problem is not None:
         return flat_image_check(problem)
     config = _check_config(predict_config)
+    classes = model.config.num_classes
+    tiny = tiny_image_check(int(np.size(probs[max(probs)])) // (classes if classes > 1 else 1))
+    if tiny is not None:
+        if len(probs) > 1:
+            tiny.advice = advise_depth(probs, classes, recommended, tolerance, config.threshold)
+        return tiny
     zoom = zoom_used(probs)
     half = None
     # camera defects repaired before halving, which smears hot pixels past recognition

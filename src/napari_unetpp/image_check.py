@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .config import DataConfig, ModelConfig, NormalizationConfig
-from .disagreement import DepthAdvice, class_spread, disagreement_map
+from .disagreement import ADVICE_MIN_PIXELS, DepthAdvice, class_spread, disagreement_map
 from .nonfinite import NonFiniteWarning, fill_image
 from .rescaled import measure_diameters
 from .scale import MAX_ZOOM, MIN_ZOOM
@@ -227,11 +227,14 @@ class ImageCheck:
     reasons: list[str] = field(default_factory=list)
     remedies: list[str] = field(default_factory=list)
     advice: DepthAdvice | None = None
+    #: False when the image was too small to judge (``reasons`` says why): no verdict.
+    judged: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: for ``info --on --json`` and a run's ``run.json``."""
         return {
             "signals": self.signals,
+            "judged": self.judged,
             "unlike_training": self.unlike_training,
             "reasons": self.reasons,
             "remedies": self.remedies,
@@ -245,15 +248,18 @@ class ImageCheck:
     def report(self, audience: Audience = "cli") -> str:
         """Lines for a CLI or (``audience="dock"``) a notification."""
         shown = ", ".join(f"{k} {v:.3f}" for k, v in self.signals.items() if v is not None)
-        lines = [
-            (
-                "WARNING: this image looks unlike the model's training data"
-                if self.unlike_training
-                else "this image looks like the training data"
-            )
-            + (f" ({shown})" if shown else "")
-        ]
-        lines += [f"  - {r}" for r in self.reasons]
+        if not self.judged:
+            lines = [f"not compared with the training data: {'; '.join(self.reasons)}"]
+        else:
+            lines = [
+                (
+                    "WARNING: this image looks unlike the model's training data"
+                    if self.unlike_training
+                    else "this image looks like the training data"
+                )
+                + (f" ({shown})" if shown else "")
+            ]
+            lines += [f"  - {r}" for r in self.reasons]
         lines += [f"  remedy: {r}" for r in self.remedies_for(audience)]
         if self.advice is not None:
             lines.append(f"depth: {self.advice.message}")
@@ -272,6 +278,23 @@ def flat_image_check(problem: str) -> ImageCheck:
         unlike_training=True,
         reasons=[problem],
         remedies=["check that the layer, file, channel or plane is the image you mean"],
+    )
+
+
+def tiny_image_check(pixels: int) -> ImageCheck | None:
+    """No verdict on an image of ``pixels`` under ``ADVICE_MIN_PIXELS`` (32 x 32, the depth
+    advice's limit too), else None.
+
+    Why: one uncertain pixel of 64 is 1.6 %; an 8 x 8 or 1 x 256 crop was called "unlike
+    the training data", with a remedy, while the depth advice said it was too small.
+    """
+    if pixels >= ADVICE_MIN_PIXELS:
+        return None
+    return ImageCheck(
+        signals={},
+        unlike_training=False,
+        reasons=[f"the image is too small ({pixels} pixels; {ADVICE_MIN_PIXELS} needed) to judge"],
+        judged=False,
     )
 
 
