@@ -34,6 +34,7 @@ __all__ = [
     "patch_shape_zyx",
     "prepare_volumes",
     "split_validation",
+    "unpainted_slices",
     "validation_tiles",
 ]
 
@@ -182,6 +183,35 @@ def rare_classes(volumes: Sequence[Volume]) -> str | None:
         "are a class, the rest background: the model will learn to find almost nothing. With "
         "dense labels every unpainted pixel is background; if you painted scribbles, paint "
         "background with 1 and classes with 2, 3... and use the sparse label mode"
+    )
+
+
+#: Dense labels holding a class on at most this share of a stack's slices are warned about.
+MAX_PAINTED_SHARE = 1 / 3
+
+
+def unpainted_slices(volumes: Sequence[Volume]) -> str | None:
+    """Why dense labels on a few slices of a stack would teach "background" on the rest.
+
+    Why: a user paints the slice shown; with dense labels (0 = background) every other
+    slice of the stack, or frame of a time series, is then taught as background
+    everywhere, objects included. A stack whose classes lie in some slices only (organs
+    in part of a CT scan) is fine, so only a stack painted on at most a third of its
+    slices is warned about. Sparse labels leave unpainted slices out (nothing to say).
+    """
+    painted = total = 0
+    for volume in volumes:
+        if volume.target.shape[0] < 2 or (volume.target == IGNORE_INDEX).any():
+            continue  # one plane, or scribbles (unlabelled pixels are ignored)
+        total += volume.target.shape[0]
+        painted += int(np.count_nonzero(volume.target.reshape(volume.target.shape[0], -1).any(1)))
+    if not painted or total - painted == 0 or painted > MAX_PAINTED_SHARE * total:
+        return None
+    return (
+        f"only {painted} of the {total} slices hold labels: with dense labels (0 = background) "
+        f"the other {total - painted} train as background everywhere, objects included. If you "
+        "painted only those slices, crop the image and labels to them, or paint scribbles "
+        "(sparse: 0 = unlabelled, 1 = background, 2.. = classes)"
     )
 
 

@@ -22,6 +22,7 @@ from .patches import (
     prepare_volumes,
     rare_classes,
     split_validation,
+    unpainted_slices,
     validation_tiles,
 )
 
@@ -47,6 +48,8 @@ class TrainData:
     val_tiles: list[tuple[np.ndarray, np.ndarray]]
     data_config: DataConfig
     description: dict[str, Any]
+    #: every labelled pixel is one class: a validation score means nothing
+    one_class: bool = False
 
 
 def _check_model_fits(
@@ -107,9 +110,11 @@ def prepare_data(
     first = to_channels_first(images[0], data_config.channel_axis)
     _check_model_fits(model_config, data_config, labels + extra, first.shape[0])
     volumes = prepare_volumes(images, labels, data_config, dims)
+    one_class = degenerate_labels(volumes)
     degenerate = (
-        degenerate_labels(volumes)
+        one_class
         or rare_classes(volumes)
+        or unpainted_slices(volumes)
         or _flat_image(images, data_config.normalization)
     )
     if degenerate:
@@ -143,7 +148,7 @@ def prepare_data(
     }
     if degenerate:
         description["degenerate_labels"] = degenerate  # saved with the checkpoint
-    return TrainData(sampler, tiles, data_config, description)
+    return TrainData(sampler, tiles, data_config, description, one_class is not None)
 
 
 def _any_labelled(volumes: list[Any]) -> bool:

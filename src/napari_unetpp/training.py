@@ -348,11 +348,7 @@ class Trainer:
             run.step,
             total,
             f"val IoU {scores[best_depth]['iou']:.3f} at L{best_depth}"
-            + (
-                " (meaningless: the labels hold one class only)"
-                if data.description.get("degenerate_labels")
-                else ""
-            ),
+            + (" (meaningless: the labels hold one class only)" if data.one_class else ""),
             val_loss=val_loss,
             val_scores={d: s["iou"] for d, s in scores.items()},
             val_dice={d: s["dice"] for d, s in scores.items()},
