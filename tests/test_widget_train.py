@@ -646,3 +646,38 @@ def test_two_train_docks_each_keep_their_own_result(make_napari_viewer, qtbot, e
     )
     assert first._status.value.startswith("finished at step 4"), first._status.value
     assert second._status.value.startswith("finished at step 3"), second._status.value
+
+
+def test_a_fine_tune_whose_labels_replace_the_models_heads_says_so_at_start(
+    make_napari_viewer, em_crop, tmp_path, monkeypatch
+):
+    """Scribbles with a stray value (7) beside the one class of the starting model: the
+    model's heads were replaced by untrained ones, said only in the first step's status
+    (`train --from` warns at once); the dock now warns at Start, as the CLI."""
+    from napari_unetpp.checkpoint import CheckpointInfo, save_checkpoint
+    from napari_unetpp.config import DataConfig
+    from napari_unetpp.model import UNetPlusPlus
+
+    warned: list[str] = []
+    monkeypatch.setattr(train_module, "show_warning", warned.append)
+    net = UNetPlusPlus(widths=(4, 8, 16), depth=2, num_classes=1)
+    net.config = net.config.replace(class_names=("membrane",))
+    start = save_checkpoint(
+        tmp_path / "em", net, CheckpointInfo(model=net.config, data=DataConfig())
+    )
+    viewer = make_napari_viewer()
+    w = _widget(viewer, em_crop, tmp_path, iterations=1)
+    scribbles = np.zeros((2, 128, 128), np.uint8)
+    scribbles[0, 10, :], scribbles[0, 50, :], scribbles[0, 90, :] = 1, 2, 7
+    viewer.layers["membranes"].data = scribbles
+    w._runner.inline = True
+    w._start_from.value = "file"
+    w._checkpoint_file.value = start
+    w._label_mode.value = "sparse"
+    w._on_start()
+    assert any("replaced by new, untrained ones" in m for m in warned), warned
+    warned.clear()
+    scribbles[0, 90, :] = 1  # the model's one class: its heads are kept, nothing to warn
+    viewer.layers["membranes"].data = scribbles
+    w._on_start()
+    assert not any("untrained" in m for m in warned), warned

@@ -311,15 +311,18 @@ class TrainWidget(TrainForm):
                 data = data.replace(channel_axis=None)
             sizes = pair_pixel_sizes(pairs)  # resampled to the model's in the job, as the CLI
             model = _at_pixel_size(model, sizes)
+            heads = self._heads_warning(pairs, data, model.num_classes)
             run_dir = self._new_run(pairs, model, train, data, initial, sizes)
         except (ValueError, OSError) as exc:
             show_error(str(exc))
             self._status.value = f"not started: {exc}"  # not an earlier run's "finished"
             return
+        if heads:
+            show_warning(f"UNet++ training: {heads}")
         images = [as_model_input(layer_data(i), 1, None, rgb=grey)[0] for i, _ in pairs]
         labels = [np.array(layer_data(lab)) for _, lab in pairs]  # a copy: painting goes on
         self._preview_layer, stopper = pairs[0][0], Stopper()
-        self._note, self._shown_at = "", 0.0
+        self._note, self._shown_at = heads or "", 0.0
         preview = (
             self._preview_source(model.spatial_dims, sizes[0], grey)
             if self._preview.value
@@ -340,6 +343,18 @@ class TrainWidget(TrainForm):
             stop=stopper.stop,
         )
         self._on_queue_changed()
+
+    def _heads_warning(
+        self, pairs: list[tuple[Image, Labels]], data: DataConfig, classes: int
+    ) -> str | None:
+        """For a fine-tune whose labels replace the model's heads: the warning to give at
+        Start (``train --from`` gives it too), else None."""
+        from ..finetune import class_mapping
+
+        _, base = self._initial()
+        if base is None:
+            return None
+        return class_mapping([layer_data(lab) for _, lab in pairs], base.model, data, classes)[0]
 
     def _preview_source(
         self, dims: int, pixel_size: tuple[tuple[float, ...], str] | None, grey: bool = False
