@@ -681,3 +681,34 @@ def test_a_fine_tune_whose_labels_replace_the_models_heads_says_so_at_start(
     viewer.layers["membranes"].data = scribbles
     w._on_start()
     assert not any("untrained" in m for m in warned), warned
+
+
+def test_a_multichannel_image_gets_its_channel_axis_and_a_plane_gets_2d(
+    make_napari_viewer, em_crop, tmp_path, monkeypatch
+):
+    """A (2, Y, X) or (Y, X, 2) image with (Y, X) labels was refused ("set
+    DataConfig.channel_axis=-1", a name the dock does not show, and the wrong axis for
+    channels first); choosing the axis left the warning up. 'Stacks as: 3D' kept for a
+    single plane failed inside the job, in the engine's words ('give 3 spatial axes')."""
+    errors = _errors(monkeypatch)
+    viewer = make_napari_viewer()
+    image, membranes = em_crop
+    w = TrainWidget(viewer)
+    plane = membranes[0].astype(np.uint8)
+    labels = viewer.add_labels(plane, name="labels")
+    for data, axis in ((np.stack([image[0], image[1]]), "0"), (np.stack([image[0]] * 2, -1), "-1")):
+        w._image.value = viewer.add_image(data, name=f"channels {axis}")
+        w._labels_box.value = labels
+        assert w._channel_axis.value == axis and not w._pair_info.value, w._pair_info.value
+        w._check_pair(w._image.value, labels)  # what Start checks
+    w._channel_axis.value = "1"  # the user's wrong choice: said at once, and undone by nothing
+    assert w._pair_info.value.startswith("⚠") and "Channel axis" in w._pair_info.value
+    w._channel_axis.value = "-1"
+    assert not w._pair_info.value
+    w._dims.value = 3
+    w._image.value = viewer.add_image(image[0], name="plane")
+    assert w._dims.value == 2  # a plane has no Z to train in 3D
+    w._dims.value = 3  # chosen again by the user: Start says which field to change
+    w._output.value = tmp_path
+    w._on_start()
+    assert errors and "Stacks as" in errors[-1] and w._status.value.startswith("not started")
