@@ -202,21 +202,6 @@ class TrainWidget(TrainForm):
             return
         self._guess_label_mode(labels)
 
-    def _fit_axes(self, image: Image, labels: Labels) -> None:
-        """Channel axis and 'Stacks as' for a newly chosen pair: last for RGB, none when the
-        image has the labels' axes, else the one axis whose removal leaves the labels' shape
-        (the user's choice stays when it fits); 2D for a single plane (no Z for 3D)."""
-        shape, target = layer_data(image).shape, layer_data(labels).shape
-        axis = self._channel_axis.value
-        if image.rgb:
-            axis = "-1"  # (an RGB layer chosen before had set "last" for a grey one too)
-        elif len(shape) == len(target) or not _axis_fits(shape, target, axis):
-            fits = [v for v in ("none", "0", "1", "-1") if _axis_fits(shape, target, v)]
-            axis = fits[0] if fits else axis
-        self._channel_axis.value = axis
-        if len(shape) - (axis != "none") < 3:
-            self._dims.value = 2
-
     def _on_axes_changed(self, _value: Any = None) -> None:
         """Channel axis or 'Stacks as' changed: say at once whether the pair fits them."""
         image, labels = self._image.value, self._labels_box.value
@@ -262,26 +247,6 @@ class TrainWidget(TrainForm):
         instance = mode == "dense" and values > INSTANCE_GUESS_VALUES
         self._target.value = "instance" if instance else "semantic"
         return f"; {values} label values: guessed instances (one id per object)" if instance else ""
-
-    def _check_pair(self, image: Image, labels: Labels) -> None:
-        """What Start needs of a pair, in the dock's words (its fields, not config names)."""
-        from ..normalization import check_pair
-
-        shape, target = layer_data(image).shape, layer_data(labels).shape
-        axis = self._channel_axis_value()
-        if len(shape) == len(target) + 1 and not _axis_fits(
-            shape, target, self._channel_axis.value
-        ):
-            raise ValueError(
-                f"image shape {shape} and labels shape {target} do not match with Channel axis "
-                f"'{self._channel_axis.value}': choose the image's channel axis in 'Channel axis'"
-            )
-        check_pair(layer_data(image), layer_data(labels), axis)
-        if self._dims.value == 3 and len(shape) - (axis is not None) < 3:
-            raise ValueError(
-                f"'{image.name}' is a single plane {shape}: 'Stacks as: 3D' needs a stack "
-                "(Z, Y, X); choose 'Stacks as: 2D slice-wise'"
-            )
 
     def _on_add_pair(self, _value: Any = None) -> None:
         image, labels = self._image.value, self._labels_box.value
@@ -541,16 +506,6 @@ class TrainWidget(TrainForm):
             **layer_frame(layer, None if layer.rgb else self._channel_axis_value()),
             opacity=0.5,
         )
-
-
-def _axis_fits(shape: tuple[int, ...], target: tuple[int, ...], axis: str) -> bool:
-    """Whether ``shape`` less the channel axis ``axis`` (a Channel axis value) is ``target``."""
-    if axis == "none":
-        return tuple(shape) == tuple(target)
-    index = int(axis)
-    if not -len(shape) <= index < len(shape):
-        return False
-    return tuple(np.delete(np.asarray(shape), index)) == tuple(target)
 
 
 def _rgb_as_grey(pairs: list[tuple[Image, Labels]], model: ModelConfig, data: DataConfig) -> bool:
