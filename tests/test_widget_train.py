@@ -712,3 +712,17 @@ def test_a_multichannel_image_gets_its_channel_axis_and_a_plane_gets_2d(
     w._output.value = tmp_path
     w._on_start()
     assert errors and "Stacks as" in errors[-1] and w._status.value.startswith("not started")
+
+
+def test_labels_shown_at_another_scale_than_the_image_are_pointed_out(make_napari_viewer, em_crop):
+    """Labels of the image's shape but another scale (a label file without the image's pixel
+    size) are shown beside the image, not on it, and were trained pixel by pixel without a
+    word: what was painted over one place trained another. The dock now says how it pairs."""
+    viewer = make_napari_viewer()
+    image, membranes = em_crop
+    w = TrainWidget(viewer)
+    w._image.value = viewer.add_image(image, name="em", scale=(50, 4, 4))
+    w._labels_box.value = viewer.add_labels(membranes.astype(np.uint8), name="mem")
+    assert "pixel by pixel" in w._pair_info.value and "scale" in w._pair_info.value
+    w._labels_box.value = viewer.add_labels(membranes.astype(np.uint8), name="on", scale=(50, 4, 4))
+    assert not w._pair_info.value

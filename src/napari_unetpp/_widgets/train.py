@@ -200,6 +200,7 @@ class TrainWidget(TrainForm):
         except ValueError as exc:
             self._pair_info.value = f"⚠ {exc}"
             return
+        self._pair_info.value = _placement_note(image, labels)
         self._guess_label_mode(labels)
 
     def _on_axes_changed(self, _value: Any = None) -> None:
@@ -506,6 +507,21 @@ class TrainWidget(TrainForm):
             **layer_frame(layer, None if layer.rgb else self._channel_axis_value()),
             opacity=0.5,
         )
+
+
+def _placement_note(image: Image, labels: Labels) -> str:
+    """A note when the labels are shown at another scale or place than the image (a label
+    file without the image's pixel size): training pairs their arrays pixel by pixel."""
+    n = labels.ndim
+    same = np.allclose(image.scale[-n:], labels.scale) and np.allclose(
+        image.translate[-n:], labels.translate
+    )
+    return (
+        ""
+        if same
+        else "note: the labels are shown at another scale or position than the image; "
+        "training pairs them pixel by pixel (as painted into the labels' array)"
+    )
 
 
 def _rgb_as_grey(pairs: list[tuple[Image, Labels]], model: ModelConfig, data: DataConfig) -> bool:
