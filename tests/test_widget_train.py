@@ -158,8 +158,14 @@ def test_shape_mismatch_is_a_clear_error(make_napari_viewer, tmp_path, monkeypat
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((64, 64), np.float32), name="img")
     viewer.add_labels(np.zeros((64, 48), np.uint8), name="lab")
+    strokes = np.zeros((64, 64), np.uint8)
+    strokes[10, :], strokes[30, :] = 1, 2
+    viewer.add_labels(strokes, name="strokes")
     w = TrainWidget(viewer)
-    w._image.value, w._labels_box.value = viewer.layers["img"], viewer.layers["lab"]
+    w._image.value, w._labels_box.value = viewer.layers["img"], viewer.layers["strokes"]
+    assert "scribbles" in w._label_reason.value
+    w._labels_box.value = viewer.layers["lab"]
+    assert not w._label_reason.value  # the other layer's guess is not left beside this one
     w._output.value = tmp_path
     assert "(64, 64)" in w._pair_info.value and "(64, 48)" in w._pair_info.value
     w._on_start()

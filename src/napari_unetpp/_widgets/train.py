@@ -199,6 +199,8 @@ class TrainWidget(TrainForm):
             self._check_pair(image, labels)
         except ValueError as exc:
             self._pair_info.value = f"⚠ {exc}"
+            if not self._mode_from_user:  # another layer's guess says nothing of this one
+                self._label_reason.value = ""
             return
         self._pair_info.value = _placement_note(image, labels)
         self._guess_label_mode(labels)
