@@ -732,3 +732,27 @@ def test_labels_shown_at_another_scale_than_the_image_are_pointed_out(make_napar
     assert "pixel by pixel" in w._pair_info.value and "scale" in w._pair_info.value
     w._labels_box.value = viewer.add_labels(membranes.astype(np.uint8), name="on", scale=(50, 4, 4))
     assert not w._pair_info.value
+
+
+def test_a_model_of_other_input_channels_is_refused_at_start(
+    make_napari_viewer, em_crop, tmp_path, monkeypatch
+):
+    """Fine-tuning a 2-channel model on a grey image started the job, made a run folder and
+    failed in the before-preview with "set DataConfig.channel_axis" (a name the dock does
+    not show); Start now refuses it, naming the channels and the dock's field."""
+    from napari_unetpp.checkpoint import CheckpointInfo, save_checkpoint
+    from napari_unetpp.config import DataConfig
+    from napari_unetpp.model import UNetPlusPlus
+
+    errors = _errors(monkeypatch)
+    net = UNetPlusPlus(in_channels=2, widths=(4, 8, 16), depth=2, num_classes=1)
+    start = save_checkpoint(
+        tmp_path / "two", net, CheckpointInfo(model=net.config, data=DataConfig())
+    )
+    viewer = make_napari_viewer()
+    w = _widget(viewer, em_crop, tmp_path / "runs", iterations=1)
+    w._start_from.value = "file"
+    w._checkpoint_file.value = start
+    w._on_start()
+    assert errors and "2 input channel(s)" in errors[-1] and "'Channel axis'" in errors[-1]
+    assert w._status.value.startswith("not started") and not (tmp_path / "runs").exists()

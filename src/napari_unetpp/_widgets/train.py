@@ -318,6 +318,7 @@ class TrainWidget(TrainForm):
             grey = _rgb_as_grey(pairs, model, data)
             if grey:  # as `train --from` does: RGB for a one-channel model is its luminance
                 data = data.replace(channel_axis=None)
+            _check_channels(pairs, model, data)
             sizes = pair_pixel_sizes(pairs)  # resampled to the model's in the job, as the CLI
             model = _at_pixel_size(model, sizes)
             heads = self._heads_warning(pairs, data, model.num_classes)
@@ -509,6 +510,22 @@ class TrainWidget(TrainForm):
             **layer_frame(layer, None if layer.rgb else self._channel_axis_value()),
             opacity=0.5,
         )
+
+
+def _check_channels(
+    pairs: list[tuple[Image, Labels]], model: ModelConfig, data: DataConfig
+) -> None:
+    """Refuse at Start images whose channels the model (a fine-tuned one's) cannot take; it
+    failed inside the job, in the engine's words, after making a run folder."""
+    for image, _ in pairs:
+        shape = layer_data(image).shape
+        channels = 1 if data.channel_axis is None else shape[data.channel_axis]
+        if channels != model.in_channels:
+            raise ValueError(
+                f"the model takes {model.in_channels} input channel(s) but '{image.name}' "
+                f"{shape} has {channels} with its 'Channel axis' choice: choose that axis, an "
+                f"image of {model.in_channels} channel(s), or start from scratch"
+            )
 
 
 def _placement_note(image: Image, labels: Labels) -> str:
