@@ -756,3 +756,20 @@ def test_a_model_of_other_input_channels_is_refused_at_start(
     w._on_start()
     assert errors and "2 input channel(s)" in errors[-1] and "'Channel axis'" in errors[-1]
     assert w._status.value.startswith("not started") and not (tmp_path / "runs").exists()
+
+
+def test_a_dock_opened_while_a_closed_docks_training_stops_says_so(
+    make_napari_viewer, qtbot, em_crop, tmp_path
+):
+    """The 'is stopping' line is for a closed dock's training (its job dropped), which a new
+    dock's Start waits for; another open dock's training does not set it (test above)."""
+    viewer = make_napari_viewer()
+    closed = _widget(viewer, em_crop, tmp_path, iterations=500)
+    closed._on_start()
+    qtbot.waitUntil(lambda: closed._runner.queue.current is not None, timeout=TIMEOUT_MS)
+    queue = closed._runner.queue
+    closed._closed()  # what closing the dock does; its thread ends only when Qt says so
+    assert queue.current is not None and queue.current.dropped
+    fresh = TrainWidget(viewer)
+    assert fresh._status.value == "a training of this viewer is stopping; Start waits for it"
+    qtbot.waitUntil(lambda: queue.current is None, timeout=TIMEOUT_MS)
