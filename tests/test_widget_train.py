@@ -773,3 +773,26 @@ def test_a_dock_opened_while_a_closed_docks_training_stops_says_so(
     fresh = TrainWidget(viewer)
     assert fresh._status.value == "a training of this viewer is stopping; Start waits for it"
     qtbot.waitUntil(lambda: queue.current is None, timeout=TIMEOUT_MS)
+
+
+def test_the_pruning_timing_says_it_waits_for_a_training(
+    make_napari_viewer, qtbot, em_crop, tmp_path
+):
+    """The Segment dock's slider moved while the Train dock trains: its timing is queued
+    behind the training (one torch job at a time) and the readout said 'timing on cpu...'
+    for as long as the training ran, as if the panel hung."""
+    from napari_unetpp._widgets.predict import PredictWidget
+
+    viewer = make_napari_viewer()
+    w = _widget(viewer, em_crop, tmp_path, iterations=2000)
+    segment = PredictWidget(viewer)
+    qtbot.waitUntil(lambda: segment.model is not None, timeout=TIMEOUT_MS)  # zoo:em for "em"
+    qtbot.waitUntil(lambda: not segment.pruning._runner.running, timeout=TIMEOUT_MS)
+    w._on_start()
+    qtbot.waitUntil(lambda: w._runner.queue.current is not None, timeout=TIMEOUT_MS)
+    segment.pruning._depth.value = 1
+    qtbot.waitUntil(lambda: segment.pruning._runner.queued, timeout=TIMEOUT_MS)
+    assert "waits for the UNet++ job running now" in segment.pruning._readout.value
+    w._on_stop()
+    qtbot.waitUntil(lambda: segment.pruning.ms_per_mpx is not None, timeout=TIMEOUT_MS)
+    assert "ms per megapixel here" in segment.pruning._readout.value
