@@ -19,6 +19,7 @@ from .patches import (
     DegenerateLabelsWarning,
     PatchSampler,
     degenerate_labels,
+    fit_patch,
     prepare_volumes,
     rare_classes,
     split_validation,
@@ -50,6 +51,8 @@ class TrainData:
     description: dict[str, Any]
     #: every labelled pixel is one class: a validation score means nothing
     one_class: bool = False
+    #: the patch size trained at: ``TrainConfig.patch_size`` cut to the images
+    patch_size: tuple[int, ...] = ()
 
 
 def _check_model_fits(
@@ -125,10 +128,8 @@ def prepare_data(
         # the split comes from the seed alone: every rank validates on the same data
         split_rng = np.random.default_rng(train_config.seed)
         train, val = split_validation(volumes, train_config.validation_fraction, split_rng)
-    tile = [
-        p * (VALIDATION_TILE_FACTOR if k >= len(train_config.patch_size) - 2 else 1)
-        for k, p in enumerate(train_config.patch_size)
-    ]
+    patch = fit_patch(train_config.patch_size, volumes, dims, 2**model_config.depth)
+    tile = [p * (VALIDATION_TILE_FACTOR if k >= len(patch) - 2 else 1) for k, p in enumerate(patch)]
     tiles = _evenly(validation_tiles(val, tile, dims), MAX_VALIDATION_TILES)
     if val and val_images is None and (not _can_score(tiles) or not _any_labelled(train)):
         # too few to score, or every stroke in the held-back block (painted on the last
@@ -136,7 +137,7 @@ def prepare_data(
         train, val, tiles = volumes, [], []
     sampler = PatchSampler(
         train,
-        train_config.patch_size,
+        patch,
         dims,
         train_config.foreground_fraction,
         rng,
@@ -148,7 +149,7 @@ def prepare_data(
     }
     if degenerate:
         description["degenerate_labels"] = degenerate  # saved with the checkpoint
-    return TrainData(sampler, tiles, data_config, description, one_class is not None)
+    return TrainData(sampler, tiles, data_config, description, one_class is not None, patch)
 
 
 def _any_labelled(volumes: list[Any]) -> bool:

@@ -193,6 +193,14 @@ class Trainer:
         run, new_heads = self._setup(rng)
         total = tc.iterations
         data.description["new_heads"] = new_heads
+        if data.patch_size != tuple(tc.patch_size):
+            asked, used = (" x ".join(map(str, p)) for p in (tc.patch_size, data.patch_size))
+            yield TrainEvent(
+                "note",
+                0,
+                total,
+                f"patch {asked} is larger than the images: training on {used} patches",
+            )
         if not data.val_tiles:
             yield TrainEvent("note", 0, total, NO_VALIDATION)
         while run.step < total and not self.stopper.stopped:
