@@ -409,7 +409,7 @@ class Trainer:
         """What this run trained on and how, in the model card's words (its scores are
         on the validation part of these labels, never held-back data)."""
         tc, dc, described = self.train_config, data.data_config, data.description
-        validation = described.get("validation")
+        validation = described.get("validation") or NO_VALIDATION
         held = f"none ({NO_VALIDATION})" if validation == NO_VALIDATION else ", ".join(validation)
         start = "from scratch" if run.origin == "scratch" else f"fine-tuned from {run.origin}"
         return {
