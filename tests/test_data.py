@@ -356,3 +356,36 @@ def test_rgb_to_grey_is_skimage_luminance_and_stays_lazy(data_dir):
     np.testing.assert_allclose(lazy.compute(), grey)
     assert looks_rgb(rgb.shape) and looks_rgb((5, *rgb.shape))
     assert not looks_rgb(rgb.shape[:2]) and not looks_rgb((3, 256, 320))
+
+
+def test_a_patch_larger_than_the_images_is_cut_to_them():
+    """Patch 1024 on a 32 x 32 image (the Train dock allows up to 1024): every patch was
+    padded to 1024 x 1024, a thousand times the work of the image, for nothing (hours per
+    run with the default widths); the run now trains on patches the size of the images,
+    rounded up to the network's pooling, and says so."""
+    from napari_unetpp.config import ModelConfig, TrainConfig
+    from napari_unetpp.events import drive
+    from napari_unetpp.patches import fit_patch
+    from napari_unetpp.training import Trainer
+
+    rng = _rng()
+    image, labels = rng.random((32, 30)).astype(np.float32), np.zeros((32, 30), np.uint8)
+    labels[8:20, 8:20] = 1
+    config = TrainConfig(
+        iterations=1, batch_size=1, patch_size=(1024, 1024), validation_fraction=0, device="cpu"
+    )
+    events: list = []
+    drive(
+        Trainer(ModelConfig(widths=(4, 8, 16), depth=2), config, DataConfig()).run(
+            [image], [labels]
+        ),
+        events.append,
+    )
+    notes = [e.message for e in events if e.kind == "note"]
+    assert any("training on 32 x 32 patches" in m for m in notes), notes
+    volumes = _volumes(np.zeros((3, 40, 70), np.uint8) + 1, DataConfig(), dims=3)
+    assert fit_patch((16, 64, 64), volumes, 3, 8) == (8, 40, 64)
+    assert fit_patch((128, 128), _volumes(np.ones((20, 200), np.uint8), DataConfig()), 2, 16) == (
+        32,
+        128,
+    )

@@ -33,6 +33,7 @@ from napari_unetpp.patches import (
     degenerate_labels,
     prepare_volumes,
     rare_classes,
+    unpainted_slices,
 )
 from napari_unetpp.training import Trainer
 
@@ -338,3 +339,28 @@ def test_the_checks_half_size_probe_fills_a_scans_nan_as_the_segmentation_does()
         warnings.simplefilter("ignore", NonFiniteWarning)
         small = half_size(scan, 2, None, window)
     assert small is not None and small[:, :6] == pytest.approx(-160.0)
+
+
+def test_dense_labels_painted_on_one_slice_of_a_stack_warn_that_the_rest_is_background():
+    """Dense labels painted on the slice shown, one of three: the two unpainted slices
+    trained as background everywhere, without a word (a QA session in a real viewer, with
+    a 2D+time series too). A stack whose labels fill most slices is not warned about."""
+    images, labels = _blobs()
+    stack, dense = np.stack([*images, images[0]]), np.stack([*labels, labels[0]])
+    painted = np.zeros_like(dense)
+    painted[1] = dense[1]
+    for dims, model in ((2, TINY), (3, TINY.replace(spatial_dims=3))):
+        patch = (32, 32) if dims == 2 else (2, 32, 32)
+        with pytest.warns(DegenerateLabelsWarning, match="only 1 of the 3 slices"):
+            events: list = []
+            config = _tiny_train(patch_size=patch, validate_every=1)
+            result = drive(
+                Trainer(model, config, DataConfig()).run([stack], [painted]), events.append
+            )
+        assert "train as background" in result.info.metrics["warning"]
+        assert not any("meaningless" in e.message for e in events if e.kind == "validation")
+    assert (
+        unpainted_slices(prepare_volumes([stack], [dense], DataConfig(class_values=(1,)))) is None
+    )
+    sparse = DataConfig(label_mode="sparse", class_values=(2,))
+    assert unpainted_slices(prepare_volumes([stack], [painted + (painted > 0)], sparse)) is None

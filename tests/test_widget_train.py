@@ -158,8 +158,14 @@ def test_shape_mismatch_is_a_clear_error(make_napari_viewer, tmp_path, monkeypat
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((64, 64), np.float32), name="img")
     viewer.add_labels(np.zeros((64, 48), np.uint8), name="lab")
+    strokes = np.zeros((64, 64), np.uint8)
+    strokes[10, :], strokes[30, :] = 1, 2
+    viewer.add_labels(strokes, name="strokes")
     w = TrainWidget(viewer)
-    w._image.value, w._labels_box.value = viewer.layers["img"], viewer.layers["lab"]
+    w._image.value, w._labels_box.value = viewer.layers["img"], viewer.layers["strokes"]
+    assert "scribbles" in w._label_reason.value
+    w._labels_box.value = viewer.layers["lab"]
+    assert not w._label_reason.value  # the other layer's guess is not left beside this one
     w._output.value = tmp_path
     assert "(64, 64)" in w._pair_info.value and "(64, 48)" in w._pair_info.value
     w._on_start()
@@ -646,3 +652,147 @@ def test_two_train_docks_each_keep_their_own_result(make_napari_viewer, qtbot, e
     )
     assert first._status.value.startswith("finished at step 4"), first._status.value
     assert second._status.value.startswith("finished at step 3"), second._status.value
+
+
+def test_a_fine_tune_whose_labels_replace_the_models_heads_says_so_at_start(
+    make_napari_viewer, em_crop, tmp_path, monkeypatch
+):
+    """Scribbles with a stray value (7) beside the one class of the starting model: the
+    model's heads were replaced by untrained ones, said only in the first step's status
+    (`train --from` warns at once); the dock now warns at Start, as the CLI."""
+    from napari_unetpp.checkpoint import CheckpointInfo, save_checkpoint
+    from napari_unetpp.config import DataConfig
+    from napari_unetpp.model import UNetPlusPlus
+
+    warned: list[str] = []
+    monkeypatch.setattr(train_module, "show_warning", warned.append)
+    net = UNetPlusPlus(widths=(4, 8, 16), depth=2, num_classes=1)
+    net.config = net.config.replace(class_names=("membrane",))
+    start = save_checkpoint(
+        tmp_path / "em", net, CheckpointInfo(model=net.config, data=DataConfig())
+    )
+    viewer = make_napari_viewer()
+    w = _widget(viewer, em_crop, tmp_path, iterations=1)
+    scribbles = np.zeros((2, 128, 128), np.uint8)
+    scribbles[0, 10, :], scribbles[0, 50, :], scribbles[0, 90, :] = 1, 2, 7
+    viewer.layers["membranes"].data = scribbles
+    w._runner.inline = True
+    w._start_from.value = "file"
+    w._checkpoint_file.value = start
+    w._label_mode.value = "sparse"
+    w._on_start()
+    assert any("replaced by new, untrained ones" in m for m in warned), warned
+    warned.clear()
+    scribbles[0, 90, :] = 1  # the model's one class: its heads are kept, nothing to warn
+    viewer.layers["membranes"].data = scribbles
+    w._on_start()
+    assert not any("untrained" in m for m in warned), warned
+
+
+def test_a_multichannel_image_gets_its_channel_axis_and_a_plane_gets_2d(
+    make_napari_viewer, em_crop, tmp_path, monkeypatch
+):
+    """A (2, Y, X) or (Y, X, 2) image with (Y, X) labels was refused ("set
+    DataConfig.channel_axis=-1", a name the dock does not show, and the wrong axis for
+    channels first); choosing the axis left the warning up. 'Stacks as: 3D' kept for a
+    single plane failed inside the job, in the engine's words ('give 3 spatial axes')."""
+    errors = _errors(monkeypatch)
+    viewer = make_napari_viewer()
+    image, membranes = em_crop
+    w = TrainWidget(viewer)
+    plane = membranes[0].astype(np.uint8)
+    labels = viewer.add_labels(plane, name="labels")
+    for data, axis in ((np.stack([image[0], image[1]]), "0"), (np.stack([image[0]] * 2, -1), "-1")):
+        w._image.value = viewer.add_image(data, name=f"channels {axis}")
+        w._labels_box.value = labels
+        assert w._channel_axis.value == axis and not w._pair_info.value, w._pair_info.value
+        w._check_pair(w._image.value, labels)  # what Start checks
+    w._channel_axis.value = "1"  # the user's wrong choice: said at once, and undone by nothing
+    assert w._pair_info.value.startswith("⚠") and "Channel axis" in w._pair_info.value
+    w._channel_axis.value = "-1"
+    assert not w._pair_info.value
+    w._dims.value = 3
+    w._image.value = viewer.add_image(image[0], name="plane")
+    assert w._dims.value == 2  # a plane has no Z to train in 3D
+    w._dims.value = 3  # chosen again by the user: Start says which field to change
+    w._output.value = tmp_path
+    w._on_start()
+    assert errors and "Stacks as" in errors[-1] and w._status.value.startswith("not started")
+
+
+def test_labels_shown_at_another_scale_than_the_image_are_pointed_out(make_napari_viewer, em_crop):
+    """Labels of the image's shape but another scale (a label file without the image's pixel
+    size) are shown beside the image, not on it, and were trained pixel by pixel without a
+    word: what was painted over one place trained another. The dock now says how it pairs."""
+    viewer = make_napari_viewer()
+    image, membranes = em_crop
+    w = TrainWidget(viewer)
+    w._image.value = viewer.add_image(image, name="em", scale=(50, 4, 4))
+    w._labels_box.value = viewer.add_labels(membranes.astype(np.uint8), name="mem")
+    assert "pixel by pixel" in w._pair_info.value and "scale" in w._pair_info.value
+    w._labels_box.value = viewer.add_labels(membranes.astype(np.uint8), name="on", scale=(50, 4, 4))
+    assert not w._pair_info.value
+
+
+def test_a_model_of_other_input_channels_is_refused_at_start(
+    make_napari_viewer, em_crop, tmp_path, monkeypatch
+):
+    """Fine-tuning a 2-channel model on a grey image started the job, made a run folder and
+    failed in the before-preview with "set DataConfig.channel_axis" (a name the dock does
+    not show); Start now refuses it, naming the channels and the dock's field."""
+    from napari_unetpp.checkpoint import CheckpointInfo, save_checkpoint
+    from napari_unetpp.config import DataConfig
+    from napari_unetpp.model import UNetPlusPlus
+
+    errors = _errors(monkeypatch)
+    net = UNetPlusPlus(in_channels=2, widths=(4, 8, 16), depth=2, num_classes=1)
+    start = save_checkpoint(
+        tmp_path / "two", net, CheckpointInfo(model=net.config, data=DataConfig())
+    )
+    viewer = make_napari_viewer()
+    w = _widget(viewer, em_crop, tmp_path / "runs", iterations=1)
+    w._start_from.value = "file"
+    w._checkpoint_file.value = start
+    w._on_start()
+    assert errors and "2 input channel(s)" in errors[-1] and "'Channel axis'" in errors[-1]
+    assert w._status.value.startswith("not started") and not (tmp_path / "runs").exists()
+
+
+def test_a_dock_opened_while_a_closed_docks_training_stops_says_so(
+    make_napari_viewer, qtbot, em_crop, tmp_path
+):
+    """The 'is stopping' line is for a closed dock's training (its job dropped), which a new
+    dock's Start waits for; another open dock's training does not set it (test above)."""
+    viewer = make_napari_viewer()
+    closed = _widget(viewer, em_crop, tmp_path, iterations=500)
+    closed._on_start()
+    qtbot.waitUntil(lambda: closed._runner.queue.current is not None, timeout=TIMEOUT_MS)
+    queue = closed._runner.queue
+    closed._closed()  # what closing the dock does; its thread ends only when Qt says so
+    assert queue.current is not None and queue.current.dropped
+    fresh = TrainWidget(viewer)
+    assert fresh._status.value == "a training of this viewer is stopping; Start waits for it"
+    qtbot.waitUntil(lambda: queue.current is None, timeout=TIMEOUT_MS)
+
+
+def test_the_pruning_timing_says_it_waits_for_a_training(
+    make_napari_viewer, qtbot, em_crop, tmp_path
+):
+    """The Segment dock's slider moved while the Train dock trains: its timing is queued
+    behind the training (one torch job at a time) and the readout said 'timing on cpu...'
+    for as long as the training ran, as if the panel hung."""
+    from napari_unetpp._widgets.predict import PredictWidget
+
+    viewer = make_napari_viewer()
+    w = _widget(viewer, em_crop, tmp_path, iterations=2000)
+    segment = PredictWidget(viewer)
+    qtbot.waitUntil(lambda: segment.model is not None, timeout=TIMEOUT_MS)  # zoo:em for "em"
+    qtbot.waitUntil(lambda: not segment.pruning._runner.running, timeout=TIMEOUT_MS)
+    w._on_start()
+    qtbot.waitUntil(lambda: w._runner.queue.current is not None, timeout=TIMEOUT_MS)
+    segment.pruning._depth.value = 1
+    qtbot.waitUntil(lambda: segment.pruning._runner.queued, timeout=TIMEOUT_MS)
+    assert "waits for the UNet++ job running now" in segment.pruning._readout.value
+    w._on_stop()
+    qtbot.waitUntil(lambda: segment.pruning.ms_per_mpx is not None, timeout=TIMEOUT_MS)
+    assert "ms per megapixel here" in segment.pruning._readout.value

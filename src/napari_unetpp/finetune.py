@@ -14,12 +14,13 @@ from typing import Any
 from torch import nn
 
 from .checkpoint import load_checkpoint
-from .config import ModelConfig, TrainConfig
+from .config import DataConfig, ModelConfig, TrainConfig
 from .locate import is_zoo
 from .model import UNetPlusPlus, unwrap_model
 
 __all__ = [
     "build_model",
+    "class_mapping",
     "frozen_copy",
     "inherited_card",
     "origin_of",
@@ -102,6 +103,38 @@ def inherited_card(initial: Any) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return {k: card[k] for k in INHERITED_CARD_KEYS if card.get(k)}
+
+
+def class_mapping(
+    labels: list[Any], start: ModelConfig, data_config: DataConfig, classes: int
+) -> tuple[str | None, str | None]:
+    """A fine-tune from ``start``: a warning when the labels' ``classes`` outputs replace its
+    heads by untrained ones, else which label value trains which of its named classes.
+
+    Why: label values are taken in sorted order as classes 1..K; another tool's ids
+    (TotalSegmentator's, where 1 is the spleen and the shipped CT model's class 1 the
+    liver) would silently train the wrong organ, and 41 ids (or one stray stroke of
+    another value) replace the model's heads by untrained ones: its IoU fell to 0 after
+    a short fine-tune, without a word why. The CLI and the Train dock say the same.
+    """
+    from .labels import resolve_class_values
+
+    if data_config.target != "semantic":
+        return None, None
+    values = resolve_class_values(data_config, labels)
+    if classes != start.num_classes:
+        shown = ", ".join(map(str, values[:8])) + (", ..." if len(values) > 8 else "")
+        return (
+            f"the labels hold {len(values)} class value(s) ({shown}), "
+            f"the starting model {start.num_classes} output(s): its output heads are "
+            "replaced by new, untrained ones (give the labels the model's class values to "
+            "keep what it knows)"
+        ), None
+    names = start.class_names[-len(values) :] if start.class_names else ()
+    if len(names) != len(values):
+        return None, None
+    pairs = ", ".join(f"{v} -> {n}" for v, n in zip(values, names, strict=True))
+    return None, f"label values train the model's classes: {pairs}"
 
 
 def set_train_mode(model: nn.Module, freeze_encoder: bool, freeze_norm: bool = False) -> None:

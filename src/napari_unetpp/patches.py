@@ -31,9 +31,11 @@ __all__ = [
     "PatchSampler",
     "Volume",
     "degenerate_labels",
+    "fit_patch",
     "patch_shape_zyx",
     "prepare_volumes",
     "split_validation",
+    "unpainted_slices",
     "validation_tiles",
 ]
 
@@ -185,6 +187,35 @@ def rare_classes(volumes: Sequence[Volume]) -> str | None:
     )
 
 
+#: Dense labels holding a class on at most this share of a stack's slices are warned about.
+MAX_PAINTED_SHARE = 1 / 3
+
+
+def unpainted_slices(volumes: Sequence[Volume]) -> str | None:
+    """Why dense labels on a few slices of a stack would teach "background" on the rest.
+
+    Why: a user paints the slice shown; with dense labels (0 = background) every other
+    slice of the stack, or frame of a time series, is then taught as background
+    everywhere, objects included. A stack whose classes lie in some slices only (organs
+    in part of a CT scan) is fine, so only a stack painted on at most a third of its
+    slices is warned about. Sparse labels leave unpainted slices out (nothing to say).
+    """
+    painted = total = 0
+    for volume in volumes:
+        if volume.target.shape[0] < 2 or (volume.target == IGNORE_INDEX).any():
+            continue  # one plane, or scribbles (unlabelled pixels are ignored)
+        total += volume.target.shape[0]
+        painted += int(np.count_nonzero(volume.target.reshape(volume.target.shape[0], -1).any(1)))
+    if not painted or total - painted == 0 or painted > MAX_PAINTED_SHARE * total:
+        return None
+    return (
+        f"only {painted} of the {total} slices hold labels: with dense labels (0 = background) "
+        f"the other {total - painted} train as background everywhere, objects included. If you "
+        "painted only those slices, crop the image and labels to them, or paint scribbles "
+        "(sparse: 0 = unlabelled, 1 = background, 2.. = classes)"
+    )
+
+
 def split_validation(
     volumes: list[Volume], fraction: float, rng: np.random.Generator
 ) -> tuple[list[Volume], list[Volume]]:
@@ -230,6 +261,21 @@ def patch_shape_zyx(patch_size: Sequence[int], spatial_dims: int) -> tuple[int, 
         )
     size = (1, *patch_size) if spatial_dims == 2 else tuple(patch_size)
     return size  # type: ignore[return-value]
+
+
+def fit_patch(
+    patch_size: Sequence[int], volumes: Sequence[Volume], spatial_dims: int, multiple: int
+) -> tuple[int, ...]:
+    """``patch_size`` cut to the largest image along each axis, rounded up to ``multiple``
+    (the network's pooling).
+
+    Why: a patch larger than every image is padding around it (ignored by the loss):
+    patch 1024 on a 32 x 32 image cost a thousand times the work of the image per step.
+    """
+    extent = [max(v.spatial[axis] for v in volumes) for axis in range(3 - spatial_dims, 3)]
+    return tuple(
+        min(int(p), -(-e // multiple) * multiple) for p, e in zip(patch_size, extent, strict=True)
+    )
 
 
 def crop(

@@ -19,9 +19,11 @@ from .patches import (
     DegenerateLabelsWarning,
     PatchSampler,
     degenerate_labels,
+    fit_patch,
     prepare_volumes,
     rare_classes,
     split_validation,
+    unpainted_slices,
     validation_tiles,
 )
 
@@ -47,6 +49,10 @@ class TrainData:
     val_tiles: list[tuple[np.ndarray, np.ndarray]]
     data_config: DataConfig
     description: dict[str, Any]
+    #: every labelled pixel is one class: a validation score means nothing
+    one_class: bool = False
+    #: the patch size trained at: ``TrainConfig.patch_size`` cut to the images
+    patch_size: tuple[int, ...] = ()
 
 
 def _check_model_fits(
@@ -107,9 +113,11 @@ def prepare_data(
     first = to_channels_first(images[0], data_config.channel_axis)
     _check_model_fits(model_config, data_config, labels + extra, first.shape[0])
     volumes = prepare_volumes(images, labels, data_config, dims)
+    one_class = degenerate_labels(volumes)
     degenerate = (
-        degenerate_labels(volumes)
+        one_class
         or rare_classes(volumes)
+        or unpainted_slices(volumes)
         or _flat_image(images, data_config.normalization)
     )
     if degenerate:
@@ -120,10 +128,8 @@ def prepare_data(
         # the split comes from the seed alone: every rank validates on the same data
         split_rng = np.random.default_rng(train_config.seed)
         train, val = split_validation(volumes, train_config.validation_fraction, split_rng)
-    tile = [
-        p * (VALIDATION_TILE_FACTOR if k >= len(train_config.patch_size) - 2 else 1)
-        for k, p in enumerate(train_config.patch_size)
-    ]
+    patch = fit_patch(train_config.patch_size, volumes, dims, 2**model_config.depth)
+    tile = [p * (VALIDATION_TILE_FACTOR if k >= len(patch) - 2 else 1) for k, p in enumerate(patch)]
     tiles = _evenly(validation_tiles(val, tile, dims), MAX_VALIDATION_TILES)
     if val and val_images is None and (not _can_score(tiles) or not _any_labelled(train)):
         # too few to score, or every stroke in the held-back block (painted on the last
@@ -131,7 +137,7 @@ def prepare_data(
         train, val, tiles = volumes, [], []
     sampler = PatchSampler(
         train,
-        train_config.patch_size,
+        patch,
         dims,
         train_config.foreground_fraction,
         rng,
@@ -143,7 +149,7 @@ def prepare_data(
     }
     if degenerate:
         description["degenerate_labels"] = degenerate  # saved with the checkpoint
-    return TrainData(sampler, tiles, data_config, description)
+    return TrainData(sampler, tiles, data_config, description, one_class is not None, patch)
 
 
 def _any_labelled(volumes: list[Any]) -> bool:

@@ -193,6 +193,14 @@ class Trainer:
         run, new_heads = self._setup(rng)
         total = tc.iterations
         data.description["new_heads"] = new_heads
+        if data.patch_size != tuple(tc.patch_size):
+            asked, used = (" x ".join(map(str, p)) for p in (tc.patch_size, data.patch_size))
+            yield TrainEvent(
+                "note",
+                0,
+                total,
+                f"patch {asked} is larger than the images: training on {used} patches",
+            )
         if not data.val_tiles:
             yield TrainEvent("note", 0, total, NO_VALIDATION)
         while run.step < total and not self.stopper.stopped:
@@ -348,11 +356,7 @@ class Trainer:
             run.step,
             total,
             f"val IoU {scores[best_depth]['iou']:.3f} at L{best_depth}"
-            + (
-                " (meaningless: the labels hold one class only)"
-                if data.description.get("degenerate_labels")
-                else ""
-            ),
+            + (" (meaningless: the labels hold one class only)" if data.one_class else ""),
             val_loss=val_loss,
             val_scores={d: s["iou"] for d, s in scores.items()},
             val_dice={d: s["dice"] for d, s in scores.items()},
@@ -405,7 +409,7 @@ class Trainer:
         """What this run trained on and how, in the model card's words (its scores are
         on the validation part of these labels, never held-back data)."""
         tc, dc, described = self.train_config, data.data_config, data.description
-        validation = described.get("validation")
+        validation = described.get("validation") or NO_VALIDATION
         held = f"none ({NO_VALIDATION})" if validation == NO_VALIDATION else ", ".join(validation)
         start = "from scratch" if run.origin == "scratch" else f"fine-tuned from {run.origin}"
         return {

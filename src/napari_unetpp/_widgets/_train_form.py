@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
@@ -237,6 +238,41 @@ class TrainForm(Container):
         value = self._channel_axis.value
         return None if value == "none" else int(value)
 
+    def _check_pair(self, image: Image, labels: Labels) -> None:
+        """What Start needs of a pair, in the dock's words (its fields, not config names)."""
+        from ..normalization import check_pair
+
+        shape, target = layer_data(image).shape, layer_data(labels).shape
+        axis = self._channel_axis_value()
+        if len(shape) == len(target) + 1 and not _axis_fits(
+            shape, target, self._channel_axis.value
+        ):
+            raise ValueError(
+                f"image shape {shape} and labels shape {target} do not match with Channel axis "
+                f"'{self._channel_axis.value}': choose the image's channel axis in 'Channel axis'"
+            )
+        check_pair(layer_data(image), layer_data(labels), axis)
+        if self._dims.value == 3 and len(shape) - (axis is not None) < 3:
+            raise ValueError(
+                f"'{image.name}' is a single plane {shape}: 'Stacks as: 3D' needs a stack "
+                "(Z, Y, X); choose 'Stacks as: 2D slice-wise'"
+            )
+
+    def _fit_axes(self, image: Image, labels: Labels) -> None:
+        """Channel axis and 'Stacks as' for a newly chosen pair: last for RGB, none when the
+        image has the labels' axes, else the one axis whose removal leaves the labels' shape
+        (the user's choice stays when it fits); 2D for a single plane (no Z for 3D)."""
+        shape, target = layer_data(image).shape, layer_data(labels).shape
+        axis = self._channel_axis.value
+        if image.rgb:
+            axis = "-1"  # (an RGB layer chosen before had set "last" for a grey one too)
+        elif len(shape) == len(target) or not _axis_fits(shape, target, axis):
+            fits = [v for v in ("none", "0", "1", "-1") if _axis_fits(shape, target, v)]
+            axis = fits[0] if fits else axis
+        self._channel_axis.value = axis
+        if len(shape) - (axis != "none") < 3:
+            self._dims.value = 2
+
     def _initial(self) -> tuple[str | None, Any]:
         """The checkpoint to start from (path or zoo folder) and its info, or (None, None)."""
         from ..checkpoint import read_info
@@ -310,6 +346,16 @@ class TrainForm(Container):
             preserve_weight=1.0 if self._preserve.value and initial is not None else 0.0,
         )
         return model, train, data, initial
+
+
+def _axis_fits(shape: tuple[int, ...], target: tuple[int, ...], axis: str) -> bool:
+    """Whether ``shape`` less the channel axis ``axis`` (a Channel axis value) is ``target``."""
+    if axis == "none":
+        return tuple(shape) == tuple(target)
+    index = int(axis)
+    if not -len(shape) <= index < len(shape):
+        return False
+    return tuple(np.delete(np.asarray(shape), index)) == tuple(target)
 
 
 def _import_plot() -> Any:

@@ -195,6 +195,8 @@ class PruningPanel(Container):
             prune_job(model, d, self.device),
             on_return=lambda result: self._on_pruned(d, result),
         )
+        if self._runner.queued:  # a training (or segmenting) holds the viewer's torch jobs
+            self._text(f"L{d}: timing waits for the UNet++ job running now")
 
     def _on_pruned(
         self, depth: int, result: tuple[UNetPlusPlus, float, tuple[float, float]]

@@ -121,6 +121,8 @@ class TrainWidget(TrainForm):
         self._labels_box.changed.connect(self._on_pair_changed)
         self._label_mode.native.activated.connect(self._on_user_mode)  # user choices only
         self._target.native.activated.connect(self._on_user_target)
+        self._channel_axis.changed.connect(self._on_axes_changed)
+        self._dims.changed.connect(self._on_axes_changed)
         self._add_pair.changed.connect(self._on_add_pair)
         self._clear_pairs.changed.connect(self._on_clear_pairs)
         self._start_from.changed.connect(self._on_start_from)
@@ -192,16 +194,28 @@ class TrainWidget(TrainForm):
         self._follow_painting(labels)
         if image is None or labels is None:
             return
-        if image.rgb:
-            self._channel_axis.value = "-1"
-        elif layer_data(image).ndim == layer_data(labels).ndim:  # no axis left for channels
-            self._channel_axis.value = "none"  # (an RGB layer chosen before had set "last")
+        self._fit_axes(image, labels)
         try:
             self._check_pair(image, labels)
         except ValueError as exc:
             self._pair_info.value = f"⚠ {exc}"
+            if not self._mode_from_user:  # another layer's guess says nothing of this one
+                self._label_reason.value = ""
             return
+        self._pair_info.value = _placement_note(image, labels)
         self._guess_label_mode(labels)
+
+    def _on_axes_changed(self, _value: Any = None) -> None:
+        """Channel axis or 'Stacks as' changed: say at once whether the pair fits them."""
+        image, labels = self._image.value, self._labels_box.value
+        if image is None or labels is None:
+            return
+        try:
+            self._check_pair(image, labels)
+        except ValueError as exc:
+            self._pair_info.value = f"⚠ {exc}"
+        else:
+            self._pair_info.value = ""
 
     def _on_user_mode(self, _index: int) -> None:
         self._mode_from_user = True
@@ -236,11 +250,6 @@ class TrainWidget(TrainForm):
         instance = mode == "dense" and values > INSTANCE_GUESS_VALUES
         self._target.value = "instance" if instance else "semantic"
         return f"; {values} label values: guessed instances (one id per object)" if instance else ""
-
-    def _check_pair(self, image: Image, labels: Labels) -> None:
-        from ..normalization import check_pair
-
-        check_pair(layer_data(image), layer_data(labels), self._channel_axis_value())
 
     def _on_add_pair(self, _value: Any = None) -> None:
         image, labels = self._image.value, self._labels_box.value
@@ -309,17 +318,21 @@ class TrainWidget(TrainForm):
             grey = _rgb_as_grey(pairs, model, data)
             if grey:  # as `train --from` does: RGB for a one-channel model is its luminance
                 data = data.replace(channel_axis=None)
+            _check_channels(pairs, model, data)
             sizes = pair_pixel_sizes(pairs)  # resampled to the model's in the job, as the CLI
             model = _at_pixel_size(model, sizes)
+            heads = self._heads_warning(pairs, data, model.num_classes)
             run_dir = self._new_run(pairs, model, train, data, initial, sizes)
         except (ValueError, OSError) as exc:
             show_error(str(exc))
             self._status.value = f"not started: {exc}"  # not an earlier run's "finished"
             return
+        if heads:
+            show_warning(f"UNet++ training: {heads}")
         images = [as_model_input(layer_data(i), 1, None, rgb=grey)[0] for i, _ in pairs]
         labels = [np.array(layer_data(lab)) for _, lab in pairs]  # a copy: painting goes on
         self._preview_layer, stopper = pairs[0][0], Stopper()
-        self._note, self._shown_at = "", 0.0
+        self._note, self._shown_at = heads or "", 0.0
         preview = (
             self._preview_source(model.spatial_dims, sizes[0], grey)
             if self._preview.value
@@ -340,6 +353,18 @@ class TrainWidget(TrainForm):
             stop=stopper.stop,
         )
         self._on_queue_changed()
+
+    def _heads_warning(
+        self, pairs: list[tuple[Image, Labels]], data: DataConfig, classes: int
+    ) -> str | None:
+        """For a fine-tune whose labels replace the model's heads: the warning to give at
+        Start (``train --from`` gives it too), else None."""
+        from ..finetune import class_mapping
+
+        _, base = self._initial()
+        if base is None:
+            return None
+        return class_mapping([layer_data(lab) for _, lab in pairs], base.model, data, classes)[0]
 
     def _preview_source(
         self, dims: int, pixel_size: tuple[tuple[float, ...], str] | None, grey: bool = False
@@ -485,6 +510,37 @@ class TrainWidget(TrainForm):
             **layer_frame(layer, None if layer.rgb else self._channel_axis_value()),
             opacity=0.5,
         )
+
+
+def _check_channels(
+    pairs: list[tuple[Image, Labels]], model: ModelConfig, data: DataConfig
+) -> None:
+    """Refuse at Start images whose channels the model (a fine-tuned one's) cannot take; it
+    failed inside the job, in the engine's words, after making a run folder."""
+    for image, _ in pairs:
+        shape = layer_data(image).shape
+        channels = 1 if data.channel_axis is None else shape[data.channel_axis]
+        if channels != model.in_channels:
+            raise ValueError(
+                f"the model takes {model.in_channels} input channel(s) but '{image.name}' "
+                f"{shape} has {channels} with its 'Channel axis' choice: choose that axis, an "
+                f"image of {model.in_channels} channel(s), or start from scratch"
+            )
+
+
+def _placement_note(image: Image, labels: Labels) -> str:
+    """A note when the labels are shown at another scale or place than the image (a label
+    file without the image's pixel size): training pairs their arrays pixel by pixel."""
+    n = labels.ndim
+    same = np.allclose(image.scale[-n:], labels.scale) and np.allclose(
+        image.translate[-n:], labels.translate
+    )
+    return (
+        ""
+        if same
+        else "note: the labels are shown at another scale or position than the image; "
+        "training pairs them pixel by pixel (as painted into the labels' array)"
+    )
 
 
 def _rgb_as_grey(pairs: list[tuple[Image, Labels]], model: ModelConfig, data: DataConfig) -> bool:

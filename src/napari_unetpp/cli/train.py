@@ -293,29 +293,12 @@ def _note_class_mapping(
     labels: list[Any], model_config: ModelConfig, data_config: DataConfig, classes: int
 ) -> None:
     """A fine-tune: say which label value trains which of the starting model's classes, or
-    that its output heads start anew.
+    that its output heads start anew (``finetune.class_mapping``, as the Train dock)."""
+    from ..finetune import class_mapping
 
-    Why: label values are taken in sorted order as classes 1..K; another tool's ids
-    (TotalSegmentator's, where 1 is the spleen and the shipped CT model's class 1 the
-    liver) would silently train the wrong organ, and 41 ids replace the model's heads by
-    untrained ones: its IoU fell to 0 after a short fine-tune, without a word why.
-    """
-    from ..labels import resolve_class_values
-
-    if data_config.target != "semantic":
-        return
-    values = resolve_class_values(data_config, labels)
-    if classes != model_config.num_classes:
-        _note(
-            f"warning: the labels hold {len(values)} class value(s), the starting model "
-            f"{model_config.num_classes} output(s): its output heads are replaced by new, "
-            "untrained ones (give the labels the model's class values to keep what it knows)"
-        )
-        return
-    names = model_config.class_names[-len(values) :] if model_config.class_names else ()
-    if len(names) == len(values):
-        pairs = ", ".join(f"{v} -> {n}" for v, n in zip(values, names, strict=True))
-        _note(f"label values train the model's classes: {pairs}")
+    warning, mapping = class_mapping(labels, model_config, data_config, classes)
+    if warning or mapping:
+        _note(f"warning: {warning}" if warning else str(mapping))
 
 
 def _run_trainer(
