@@ -1,8 +1,9 @@
 """Non-finite pixels, losses and weights never give silent NaN results (issue 18, item 3).
 
-Inference and training fill NaN/inf pixels with the image's finite median and say how
-many; more than half non-finite is refused; a diverged training stops with a one-line
-error and never saves NaN weights; labels of one class only are called meaningless.
+Inference and training fill NaN/inf pixels with the image's finite median (a CT: its window's
+low end) and say how many; more than half non-finite is refused; a diverged training stops
+with a one-line error and never saves NaN weights; labels of one class only are called
+meaningless.
 """
 
 from __future__ import annotations
@@ -324,6 +325,30 @@ def test_nan_outside_a_scans_field_of_view_is_air_not_organs(data_dir: Path, pix
     labels = probabilities_to_labels(prob, model.config, info.data)
     assert labels[:, ~outside].any()  # the organs are still found
     assert (labels[:, outside] > 0).mean() < 0.01
+
+
+def test_a_nan_masked_ct_trains_with_air_outside_its_field_of_view(data_dir: Path) -> None:
+    """Training filled a CT's NaN with the median (-31 HU, soft tissue) while prediction fills
+    them with the window's low end (air): a model trained on a NaN-masked scan learnt a ring
+    of soft tissue around the body that it never sees when segmenting."""
+    import tifffile
+
+    from napari_unetpp.config import NormalizationConfig
+
+    scan = tifffile.imread(data_dir / "ct_totalseg" / "ct.tif")[11:13].astype(np.float32)
+    organs = tifffile.imread(data_dir / "ct_totalseg" / "organs.tif")[11:13] == 5  # liver
+    y, x = np.ogrid[: scan.shape[1], : scan.shape[2]]
+    outside = ((y - 50) / 50.0) ** 2 + ((x - 61) / 61.0) ** 2 > 1.0
+    scan[:, outside] = np.nan
+    window = NormalizationConfig.ct_window()
+    config = DataConfig(normalization=window, class_values=(1,))
+    with pytest.warns(NonFiniteWarning, match="window's low end -160"):
+        (volume,) = prepare_volumes([scan], [organs.astype(np.uint8)], config)
+    median = (np.nanmedian(scan) - window.low) / (window.high - window.low)
+    assert 0.1 < median < 0.9  # soft tissue, as the median filled it before
+    assert volume.image[0][:, outside] == pytest.approx(0.0)  # the window's low end
+    assert volume.image[0][:, ~outside].max() > 0.5  # the body itself is not touched
+    assert unpainted_slices([volume]) is None
 
 
 def test_the_checks_half_size_probe_fills_a_scans_nan_as_the_segmentation_does() -> None:

@@ -111,7 +111,11 @@ def prepare_volumes(
     for n, (image, label) in enumerate(zip(images, labels, strict=False)):
         check_pair(image, label, data_config.channel_axis)
         check_numeric(image, f"image {n}")
-        channels = fill_image(to_channels_first(image, data_config.channel_axis), f"image {n}")
+        channels = fill_image(  # a CT's NaN: the window's low end (air), as prediction fills it
+            to_channels_first(image, data_config.channel_axis),
+            f"image {n}",
+            data_config.normalization,
+        )
         normed = normalize(channels, data_config.normalization)
         target = labels_to_targets(label, data_config, spatial_dims=spatial_dims)
         pieces = _to_zyx(normed, spatial_dims)
