@@ -191,8 +191,17 @@ def rare_classes(volumes: Sequence[Volume]) -> str | None:
     )
 
 
-#: Dense labels holding a class on at most this share of a stack's slices are warned about.
-MAX_PAINTED_SHARE = 1 / 3
+#: Dense labels on at most this share of a stack's slices may be a few painted slices ...
+MAX_PAINTED_SHARE = 1 / 2
+#: ... when no run of consecutive slices holding labels is longer than this.
+MAX_PAINTED_RUN = 3
+
+
+def _painted_runs(target: np.ndarray) -> list[int]:
+    """Lengths of the runs of consecutive slices (axis 0) of ``target`` that hold a class."""
+    painted = np.concatenate([[0], target.reshape(target.shape[0], -1).any(1), [0]]).astype(int)
+    edges = np.flatnonzero(np.diff(painted))
+    return (edges[1::2] - edges[::2]).tolist()
 
 
 def unpainted_slices(volumes: Sequence[Volume]) -> str | None:
@@ -200,17 +209,26 @@ def unpainted_slices(volumes: Sequence[Volume]) -> str | None:
 
     Why: a user paints the slice shown; with dense labels (0 = background) every other
     slice of the stack, or frame of a time series, is then taught as background
-    everywhere, objects included. A stack whose classes lie in some slices only (organs
-    in part of a CT scan) is fine, so only a stack painted on at most a third of its
-    slices is warned about. Sparse labels leave unpainted slices out (nothing to say).
+    everywhere, objects included. But a stack whose objects lie in some slices only is
+    fine: the shipped CT model's training stacks hold organs on 13 of 79 and 20 of 20
+    slices (33 of 99), and the slices without organs rightly teach "no organ here".
+
+    The rule tells the two apart by how the labelled slices lie: objects span several
+    consecutive slices (organs 13 and 20, 3 mm each), while painting the slice shown,
+    or a few browsed to, gives isolated slices or short runs. So the labels are warned
+    about when at most :data:`MAX_PAINTED_SHARE` of the stacks' slices hold a class and
+    no run of consecutive labelled slices is longer than :data:`MAX_PAINTED_RUN`. Single
+    planes and sparse labels (unpainted slices are ignored there) are never warned about.
     """
-    painted = total = 0
+    total = 0
+    runs: list[int] = []
     for volume in volumes:
         if volume.target.shape[0] < 2 or (volume.target == IGNORE_INDEX).any():
             continue  # one plane, or scribbles (unlabelled pixels are ignored)
         total += volume.target.shape[0]
-        painted += int(np.count_nonzero(volume.target.reshape(volume.target.shape[0], -1).any(1)))
-    if not painted or total - painted == 0 or painted > MAX_PAINTED_SHARE * total:
+        runs += _painted_runs(volume.target)
+    painted = sum(runs)
+    if not painted or painted > MAX_PAINTED_SHARE * total or max(runs) > MAX_PAINTED_RUN:
         return None
     return (
         f"only {painted} of the {total} slices hold labels: with dense labels (0 = background) "
