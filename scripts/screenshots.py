@@ -91,8 +91,12 @@ def save_small(image: Any, path: Path, max_kb: int) -> None:
 
 def grab_widget(widget: Any) -> Any:
     """The whole content of a (possibly scrollable) magicgui Container, not just what shows."""
-    inner = widget.native  # for a scrollable Container: the content inside the scroll area
-    inner.adjustSize()
+    from qtpy.QtWidgets import QScrollArea
+
+    # the docks keep their rows in a scroll area inside ``.native`` (_ui.scroll_inside)
+    area = widget.native.findChild(QScrollArea)
+    inner = widget.native if area is None or area.widget() is None else area.widget()
+    inner.resize(inner.width(), inner.sizeHint().height())
     return inner.grab()
 
 
@@ -156,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     predict = PredictWidget(viewer)
     predict_dock = viewer.window.add_dock_widget(predict, name="Segment with UNet++", area="right")
     viewer.window._qt_window.resizeDocks([predict_dock], [420], Qt.Horizontal)
+    # the dock imports torch off the GUI thread; a model set before that is not loaded
+    wait_until(lambda: predict._torch_ready, args.timeout, "PyTorch loaded by the dock")
     predict._source.value = "shipped"
     predict._model.value = em.spec
     predict._image.value = viewer.layers["em sample"]
