@@ -773,6 +773,10 @@ def test_a_dock_opened_while_a_closed_docks_training_stops_says_so(
     fresh = TrainWidget(viewer)
     assert fresh._status.value == "a training of this viewer is stopping; Start waits for it"
     qtbot.waitUntil(lambda: queue.current is None, timeout=TIMEOUT_MS)
+    # and then where it was saved (it stopped early: last/ resumes it)
+    assert fresh._status.value.startswith("the closed dock's training stopped early")
+    assert str(closed.last_run_dir) in fresh._status.value
+    assert (closed.last_run_dir / "last" / "config.json").is_file()
 
 
 def test_the_pruning_timing_says_it_waits_for_a_training(

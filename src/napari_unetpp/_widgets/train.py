@@ -106,6 +106,7 @@ class TrainWidget(TrainForm):
         self._note, self._shown_at = "", 0.0
         self.last_run_dir: Path | None = None
         self.last_checkpoint: Path | None = None
+        self._left_run: str | None = None  # a closed dock's training, stopping: its run
         self._connect()
         self._on_pair_changed()
         self._on_queue_changed()
@@ -171,7 +172,15 @@ class TrainWidget(TrainForm):
         current = self._runner.queue.current
         left = current is not None and current.owner == "train" and current.dropped
         if not self._runner.running and left:
+            self._left_run = current.where  # type: ignore[union-attr]
             self._status.value = "a training of this viewer is stopping; Start waits for it"
+        elif self._left_run is not None and not self._runner.running:
+            self._status.value = (
+                f"the closed dock's training stopped early; its last step is saved in "
+                f"{self._left_run} (last/ continues it: napari-unetpp train --out "
+                "<that folder> --resume)"
+            )
+            self._left_run = None
         elif self._runner.queued:
             self._status.value = "waiting for another UNet++ job of this viewer to finish..."
 
@@ -351,6 +360,7 @@ class TrainWidget(TrainForm):
             on_error=self._on_error,
             on_finish=lambda: self._set_running(False),
             stop=stopper.stop,
+            where=str(run_dir),
         )
         self._on_queue_changed()
 
