@@ -87,9 +87,7 @@ def test_model_card_and_source(setup: Any, checkpoint: Path) -> None:
     assert width <= 450  # a laptop screen keeps its canvas (issue 16)
 
 
-def test_segment_2d_layers_and_rerun(
-    setup: Any, crop: np.ndarray, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def test_segment_2d_layers_and_rerun(setup: Any, crop: np.ndarray) -> None:
     viewer, w, errors = setup
     layer = viewer.add_image(crop[0], name="em", scale=SCALE, translate=TRANSLATE)
     w._image.value = layer
@@ -136,25 +134,29 @@ def test_segment_2d_layers_and_rerun(
     command = (w.last_run_dir / "command.sh").read_text()
     assert "napari-unetpp predict" in command and str(w.last_run_dir / "run.json") in command
     assert (w.last_run_dir / "labels.tif").is_file()
-    _replay_command_and_compare(w.last_run_dir, tmp_path_factory.mktemp("replay"))
+    _replay_command_and_compare(w.last_run_dir)
 
 
-def _replay_command_and_compare(run_dir: Path, out: Path) -> None:
-    """The recorded command.sh, run headless through the CLI, reproduces the widget's labels."""
+def _replay_command_and_compare(run_dir: Path) -> None:
+    """The recorded command.sh, run headless through the CLI as written, reproduces the
+    widget's labels in ``run_dir/replay`` and leaves the dock's own files as they were
+    (its --out was the run folder: the replay wrote beside the dock's labels.tif)."""
     import shlex
 
     import tifffile
 
     from napari_unetpp import cli
 
-    line = next(
-        ln
-        for ln in (run_dir / "command.sh").read_text().splitlines()
-        if ln.startswith("napari-unetpp ")
-    )
+    script = (run_dir / "command.sh").read_text()
+    assert "# It writes into replay/ in this folder" in script
+    line = next(ln for ln in script.splitlines() if ln.startswith("napari-unetpp "))
     argv = shlex.split(line)[1:]
-    argv[argv.index("--out") + 1] = str(out)
+    out = run_dir / "replay"
+    assert argv[argv.index("--out") + 1] == str(out)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert cli.main(argv) == 0
+    assert {p: p.read_bytes() for p in before} == before  # nothing of the dock's replaced
+    assert {p for p in run_dir.rglob("*") if p.is_file() and out not in p.parents} == set(before)
     replayed = sorted(out.glob("*_labels.tif"))
     assert len(replayed) == 1
     np.testing.assert_array_equal(
@@ -192,7 +194,7 @@ def test_stack_slicewise_then_current_slice(setup: Any, crop: np.ndarray) -> Non
 
 
 def test_a_quick_looks_command_segments_the_slice_it_segmented(
-    setup: Any, crop: np.ndarray, tmp_path: Path
+    setup: Any, crop: np.ndarray
 ) -> None:
     """A quick look's command.sh named the whole stack: replayed, it segmented every slice,
     not the one the dock did (QA session 11)."""
@@ -202,11 +204,11 @@ def test_a_quick_looks_command_segments_the_slice_it_segmented(
     viewer.dims.set_point(0, 1)
     w.segment()
     assert not errors
-    _replay_command_and_compare(w.last_run_dir, tmp_path / "replay")
+    _replay_command_and_compare(w.last_run_dir)
 
 
 def test_the_command_labels_from_the_depth_the_dock_labelled_from(
-    setup: Any, crop: np.ndarray, tmp_path: Path
+    setup: Any, crop: np.ndarray
 ) -> None:
     """The dock labels from the Depth slider's head (the recommended one at first: L3 for
     the shipped EM model); command.sh said no --depth, and the CLI labelled from the
@@ -217,7 +219,7 @@ def test_the_command_labels_from_the_depth_the_dock_labelled_from(
     w.segment()
     assert not errors and viewer.layers["plane UNet++ labels"].metadata
     assert "--depth 1" in (w.last_run_dir / "command.sh").read_text()
-    _replay_command_and_compare(w.last_run_dir, tmp_path / "replay")
+    _replay_command_and_compare(w.last_run_dir)
 
 
 def test_a_quick_look_refuses_a_view_of_another_plane(setup: Any, crop: np.ndarray) -> None:

@@ -45,6 +45,25 @@ def _widget(viewer, em_crop, tmp_path: Path, iterations: int = 12) -> TrainWidge
     return w
 
 
+def _replay_keeps_the_docks_model(run: Path) -> None:
+    """command.sh, run as written, trains into ``run/replay`` from the same data and
+    config; the dock's best/ and last/ (its "just trained" model) stay as they were (its
+    --out was the run folder: replayed on another machine, the registered model changed)."""
+    import shlex
+
+    from napari_unetpp import cli
+
+    script = (run / "command.sh").read_text()
+    assert "# It writes into replay/ in this folder" in script
+    argv = shlex.split(next(ln for ln in script.splitlines() if ln.startswith("napari-unetpp")))
+    assert argv[argv.index("--out") + 1] == str(run / "replay")
+    assert argv[argv.index("--config") + 1] == str(run / "run.json")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert cli.main([*argv[1:], "-q"]) == 0
+    assert {p: p.read_bytes() for p in before} == before
+    assert (run / "replay" / "best" / "config.json").is_file()
+
+
 def _errors(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     shown: list[str] = []
     monkeypatch.setattr(train_module, "show_error", shown.append)
@@ -80,6 +99,7 @@ def test_train_to_completion(make_napari_viewer, qtbot, em_crop, tmp_path, monke
     assert "napari-unetpp train --images" in command and "--config" in command
     for path in config["images"] + config["labels"]:
         assert Path(path).is_file()  # the command can really be replayed
+    _replay_keeps_the_docks_model(run)
     assert _state.registered_models()[run.name] == run / "best"
     assert len(w._plot.losses) == 12
     assert set(w._plot.scores) == {1, 2} and len(w._plot.scores[1]) >= 2

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from ..normalization import as_model_input, looks_rgb
-from ..runs import format_command, predict_record, save_run_record
+from ..runs import format_command, predict_record, replay_dir, save_run_record
 from ._layers import layer_file
 
 if TYPE_CHECKING:
@@ -405,7 +405,7 @@ def record_predict(
         "predict",
         spec,
         image,
-        out=run_dir,
+        out=replay_dir(run_dir),  # never beside (or over) the dock's labels.tif
         config=run_dir / "run.json",
         depth=depth,
         channel_axis=data.channel_axis,

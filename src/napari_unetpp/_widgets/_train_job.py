@@ -191,7 +191,7 @@ def record_train(
     """``run.json``, ``command.sh`` and the (image, labels) layers as files: the same run
     as ``napari-unetpp train``; ``origin`` is the starting model (spec or path) or None;
     ``pixel_size``: the images' one pixel size and unit (``--pixel-size``), if known."""
-    from ..runs import format_command, save_run_record, train_record
+    from ..runs import format_command, replay_dir, save_run_record, train_record
     from ._layers import layer_files
 
     images = layer_files([i for i, _ in pairs], run_dir / "data", "image")
@@ -201,7 +201,7 @@ def record_train(
         "train",
         images=images,
         labels=labels,
-        out=run_dir,
+        out=replay_dir(run_dir),  # never over the dock's best/ and last/
         config=run_dir / "run.json",
         from_=origin,
         pixel_size=list(pixel_size[0]) if pixel_size else None,
