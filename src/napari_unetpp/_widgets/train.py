@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     import napari
 
     from ..config import DataConfig, ModelConfig, TrainConfig
+    from ._layers import LayerCopy
 
 #: Labels with more elements are guessed from their middle slice (keeps the GUI snappy).
 GUESS_MAX_SIZE = 1 << 24
@@ -331,7 +332,8 @@ class TrainWidget(TrainForm):
             sizes = pair_pixel_sizes(pairs)  # resampled to the model's in the job, as the CLI
             model = _at_pixel_size(model, sizes)
             heads = self._heads_warning(pairs, data, model.num_classes)
-            run_dir = self._new_run(pairs, model, train, data, initial, sizes)
+            labels = [np.array(layer_data(lab)) for _, lab in pairs]  # a copy: painting goes on
+            run_dir, copies = self._new_run(pairs, labels, model, train, data, initial, sizes)
         except (ValueError, OSError) as exc:
             show_error(str(exc))
             self._status.value = f"not started: {exc}"  # not an earlier run's "finished"
@@ -339,7 +341,6 @@ class TrainWidget(TrainForm):
         if heads:
             show_warning(f"UNet++ training: {heads}")
         images = [as_model_input(layer_data(i), 1, None, rgb=grey)[0] for i, _ in pairs]
-        labels = [np.array(layer_data(lab)) for _, lab in pairs]  # a copy: painting goes on
         self._preview_layer, stopper = pairs[0][0], Stopper()
         self._note, self._shown_at = heads or "", 0.0
         preview = (
@@ -351,7 +352,7 @@ class TrainWidget(TrainForm):
         self._set_running(True)
         self._status.value = f"preparing data ({model.num_classes} output channel(s))..."
         job = train_job(
-            model, train, data, initial, run_dir, stopper, images, labels, preview, sizes
+            model, train, data, initial, run_dir, stopper, images, labels, preview, sizes, copies
         )
         self._runner.start(
             job,
@@ -393,20 +394,22 @@ class TrainWidget(TrainForm):
     def _new_run(
         self,
         pairs: list[tuple[Image, Labels]],
+        labels: list[np.ndarray],
         model: ModelConfig,
         train: TrainConfig,
         data: DataConfig,
         initial: str | None,
         sizes: list[tuple[tuple[float, ...], str] | None],
-    ) -> Path:
-        """A fresh run folder with ``run.json`` and ``command.sh`` (and the data) in it."""
+    ) -> tuple[Path, list[LayerCopy]]:
+        """A fresh run folder with ``run.json`` and ``command.sh`` in it, and the copies of
+        the data they name, for the job to write (``labels``: the copies trained on)."""
         folder = chosen_path(self._output.value, "output folder")
         self.last_run_dir = run_dir = new_run_dir(folder, pairs[0][0].name)
         start = self._start_from.value
         origin = start if is_zoo(start) else initial  # a shipped model by name, not path
         one_size = sizes[0] if sizes and all(s == sizes[0] for s in sizes) else None
-        record_train(run_dir, pairs, model, train, data, origin, one_size)
-        return run_dir
+        copies = record_train(run_dir, pairs, labels, model, train, data, origin, one_size)
+        return run_dir, copies
 
     def _set_running(self, running: bool) -> None:
         self._start.enabled, self._stop.enabled = not running, running
