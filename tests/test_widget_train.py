@@ -188,6 +188,35 @@ def test_stop_keeps_a_usable_model(make_napari_viewer, em_crop, tmp_path, monkey
     assert "Model from: just trained" in infos[-1], infos
 
 
+def test_a_dock_closed_mid_training_inline_saves_the_stopped_run(
+    make_napari_viewer, em_crop, tmp_path, monkeypatch
+):
+    """Inline too (the path tests and NAPARI_UNETPP_INLINE use): a dock closed at step 3
+    stops its training, which saves last/ (resumable) as Stop does; its callbacks are
+    dropped (the job was abandoned at its next event, and nothing was saved)."""
+    from napari_unetpp.checkpoint import read_info
+
+    viewer = make_napari_viewer()
+    w = _widget(viewer, em_crop, tmp_path, iterations=200)
+    w._runner.inline = True
+    steps: list[int] = []
+    on_event = TrainWidget._on_event
+
+    def close_after_three(self: TrainWidget, event) -> None:
+        on_event(self, event)
+        if event.kind == "step":
+            steps.append(event.step)
+            if event.step == 3:
+                self._closed()
+
+    monkeypatch.setattr(TrainWidget, "_on_event", close_after_three)
+    w._on_start()
+    assert steps == [1, 2, 3] and w.last_checkpoint is None  # no callback after the close
+    provenance = read_info(w.last_run_dir / "last").provenance
+    assert provenance["stopped_early"] and provenance["iterations"] == 3
+    assert (w.last_run_dir / "last" / "optimizer.safetensors").is_file()
+
+
 def test_stop_before_the_first_step_offers_no_model(
     make_napari_viewer, em_crop, tmp_path, monkeypatch
 ):
