@@ -59,11 +59,11 @@ class Ticket:
     on_error: Callable[[BaseException], None] | None = None
     on_finish: Callback = None
     stop: Callable[[], None] | None = None
+    where: str = ""  # where its results go (a reopened dock names a closed one's run)
     state: str = "pending"  # pending -> running -> done
     dropped: bool = False  # callbacks are ignored from now on
     worker: Any = field(default=None, repr=False)
     froze: bool = False  # holds a share of :func:`freeze_old_objects`
-    where: str = ""  # where its results go (a reopened dock names a closed one's run)
 
     def call(self, callback: Callback, *args: Any) -> None:
         if not self.dropped and callback is not None:

@@ -146,9 +146,8 @@ class JobRunner:
         if self.running:
             raise ValueError("a job is already running: stop it first, or wait until it ends")
         ticket = Ticket(
-            self.owner, gen, self.inline, on_yield, on_return, on_error, on_finish, stop
+            self.owner, gen, self.inline, on_yield, on_return, on_error, on_finish, stop, where
         )
-        ticket.where = where
         self._ticket = ticket
         self.queue.submit(ticket)
         return self.worker

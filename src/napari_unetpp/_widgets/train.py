@@ -13,7 +13,7 @@ Fine-tuning (starting from a model) switches to safe defaults: learning rate
 the same), and a before/after view of the slice shown: ``<image> UNet++ before``
 (the starting model) and ``<image> UNet++ preview`` (the new one). Previews are
 computed inside the training job (never a second torch job beside it). Closing the
-dock stops its training.
+dock (or the viewer) stops its training as Stop does: ``last/`` and ``best/`` are saved.
 """
 
 from __future__ import annotations
@@ -171,9 +171,9 @@ class TrainWidget(TrainForm):
         """Show a training of this viewer that a closed dock left stopping (another open
         Train dock's training says nothing here: this dock's last result stays shown)."""
         current = self._runner.queue.current
-        left = current is not None and current.owner == "train" and current.dropped
-        if not self._runner.running and left:
-            self._left_run = current.where  # type: ignore[union-attr]
+        left = current if current and current.owner == "train" and current.dropped else None
+        if not self._runner.running and left is not None:
+            self._left_run = left.where
             self._status.value = "a training of this viewer is stopping; Start waits for it"
         elif self._left_run is not None and not self._runner.running:
             self._status.value = (
