@@ -602,7 +602,8 @@ def test_napari_opens_dicom_folder_with_scale(
     # a run's command.sh names the series (the CLI reads it), not a copy of its pixels
     from napari_unetpp._widgets._layers import layer_file
 
-    assert layer_file(layer, tmp_path / "run", "image") == str((tmp_path / "series").resolve())
+    series = str((tmp_path / "series").resolve())
+    assert layer_file(layer, tmp_path / "run", "image") == (series, None)
     np.testing.assert_array_equal(layer.data, ct)
     assert layer.metadata["unit"] == "mm"
     assert [str(u) for u in layer.units] == ["millimeter"] * 3
@@ -625,11 +626,12 @@ def test_a_channel_of_a_multichannel_tiff_is_recorded_as_its_own_pixels(
     tifffile.imwrite(one, channels[1])
     viewer = make_napari_viewer()
     first, second = viewer.open(str(two), plugin="napari-unetpp")
-    recorded = Path(layer_file(second, tmp_path / "run", "image"))
-    assert recorded != two.resolve()
-    np.testing.assert_array_equal(tifffile.imread(recorded), channels[1])
+    path, copy = layer_file(second, tmp_path / "run", "image")
+    assert copy is not None and Path(path) == copy.path != two.resolve()
+    copy.write()  # what the run's job does first
+    np.testing.assert_array_equal(tifffile.imread(path), channels[1])
     (whole,) = viewer.open(str(one), plugin="napari-unetpp")
-    assert layer_file(whole, tmp_path / "run", "image") == str(one.resolve())  # the file itself
+    assert layer_file(whole, tmp_path / "run", "image") == (str(one.resolve()), None)  # itself
 
 
 def test_cli_segments_a_1mm_nifti_at_the_models_3mm(

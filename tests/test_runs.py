@@ -14,12 +14,14 @@ from napari_unetpp.config import DataConfig, ModelConfig, PredictConfig, TrainCo
 from napari_unetpp.files import UserError
 from napari_unetpp.runs import (
     COMMAND_FILE,
+    REPLAY_DIR,
     RUN_FILE,
     format_command,
     new_run_dir,
     predict_record,
     read_run_file,
     recorded_inputs,
+    replay_dir,
     save_run_record,
     train_record,
     write_image_record,
@@ -33,7 +35,7 @@ def test_widget_train_record_reads_back_as_cli_config(tmp_path: Path) -> None:
     record = train_record(
         model, TrainConfig(iterations=3), DataConfig(), {"images": ["/a b.tif"]}, "zoo:em"
     )
-    command = format_command("train", images=["/a b.tif"], out=run_dir, from_="zoo:em")
+    command = format_command("train", images=["/a b.tif"], out=replay_dir(run_dir), from_="zoo:em")
     run_json, script = save_run_record(run_dir, "train", record, command)
     assert (run_json.name, script.name) == (RUN_FILE, COMMAND_FILE)
     read = read_run_file(run_json)
@@ -44,6 +46,8 @@ def test_widget_train_record_reads_back_as_cli_config(tmp_path: Path) -> None:
     assert os.access(script, os.X_OK)
     line = script.read_text().splitlines()[-1]
     assert shlex.split(line)[:4] == ["napari-unetpp", "train", "--images", "/a b.tif"]
+    assert shlex.split(line)[-4:-2] == ["--out", str(run_dir / REPLAY_DIR)]
+    assert f"# It writes into {REPLAY_DIR}/ in this folder" in script.read_text()
     assert not list(run_dir.glob(".*tmp*"))  # the atomic write left no temporary file
 
 

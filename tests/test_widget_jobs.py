@@ -293,6 +293,7 @@ def test_closed_train_dock_stops_training(
     qtbot.wait(500)
     assert not worker.is_running and len(steps) == seen and max(steps) < 100
     assert [layer.name for layer in viewer.layers] == ["em", "membranes"]  # no preview later
+    _assert_saved_stopped(w.last_run_dir)  # before the fix: run.json, command.sh, data/ only
 
     again = TrainWidget(viewer)  # reopened: Start enabled, Stop disabled, nothing running
     viewer.window.add_dock_widget(again)
@@ -390,6 +391,57 @@ def test_a_failing_threaded_job_is_reported_once_and_not_reraised(
     qtbot.wait(200)
     assert len(shown) == 1 and "no finite values" in shown[0]
     assert w._status.value.startswith("failed: ") and w._run.enabled
+
+
+def _assert_saved_stopped(run_dir: Path) -> None:
+    """A training stopped before its first validation saved ``last/`` (resumable: optimizer
+    state) and ``best/``, both saying it stopped early, as the CLI's Ctrl-C does."""
+    from napari_unetpp.checkpoint import read_info
+    from napari_unetpp.resume import load_resume_state
+
+    for name in ("last", "best"):
+        provenance = read_info(run_dir / name).provenance
+        assert provenance["stopped_early"] is True and 0 < provenance["iterations"] < 100
+    state, _ = load_resume_state(run_dir / "last")
+    assert state["step"] == read_info(run_dir / "last").provenance["iterations"]
+
+
+@pytest.mark.timeout(300, method="thread")
+def test_closing_the_viewer_mid_training_saves_the_run(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    threaded: None,
+    em_stack: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Closing the viewer at step 3 of a long training: the run folder held only run.json,
+    command.sh and data/ (the job was quit, not stopped)."""
+    import gc
+
+    from napari_unetpp._widgets import _jobs
+
+    viewer = make_napari_viewer()
+    viewer.add_image(em_stack[0][0, :96, :96].copy(), name="em")
+    viewer.add_labels(em_stack[1][0, :96, :96].astype(np.uint8), name="membranes")
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w._custom_widths.value, w._depth.value, w._iterations.value = "4 8 16", 2, 5000
+    w._patch.value, w._batch.value, w._device.value = 64, 2, "cpu"
+    w._output.value, w._preview.value = tmp_path, False
+    steps: list[int] = []
+    original = TrainWidget._on_event
+    monkeypatch.setattr(
+        TrainWidget, "_on_event", lambda self, e: (steps.append(e.step), original(self, e))
+    )
+    w._on_start()
+    qtbot.waitUntil(lambda: len(steps) >= 3, timeout=WAIT_MS)
+    worker, run_dir = w._runner.worker, w.last_run_dir
+    viewer.close()
+    w = viewer = None
+    gc.collect()
+    qtbot.waitUntil(lambda: worker not in _jobs._LIVE_WORKERS, timeout=WAIT_MS)
+    _assert_saved_stopped(run_dir)
 
 
 @pytest.mark.timeout(300, method="thread")

@@ -87,9 +87,7 @@ def test_model_card_and_source(setup: Any, checkpoint: Path) -> None:
     assert width <= 450  # a laptop screen keeps its canvas (issue 16)
 
 
-def test_segment_2d_layers_and_rerun(
-    setup: Any, crop: np.ndarray, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def test_segment_2d_layers_and_rerun(setup: Any, crop: np.ndarray) -> None:
     viewer, w, errors = setup
     layer = viewer.add_image(crop[0], name="em", scale=SCALE, translate=TRANSLATE)
     w._image.value = layer
@@ -136,30 +134,75 @@ def test_segment_2d_layers_and_rerun(
     command = (w.last_run_dir / "command.sh").read_text()
     assert "napari-unetpp predict" in command and str(w.last_run_dir / "run.json") in command
     assert (w.last_run_dir / "labels.tif").is_file()
-    _replay_command_and_compare(w.last_run_dir, tmp_path_factory.mktemp("replay"))
+    _replay_command_and_compare(w.last_run_dir)
 
 
-def _replay_command_and_compare(run_dir: Path, out: Path) -> None:
-    """The recorded command.sh, run headless through the CLI, reproduces the widget's labels."""
+def _replay_command_and_compare(run_dir: Path) -> None:
+    """The recorded command.sh, run headless through the CLI as written, reproduces the
+    widget's labels in ``run_dir/replay`` and leaves the dock's own files as they were
+    (its --out was the run folder: the replay wrote beside the dock's labels.tif)."""
     import shlex
 
     import tifffile
 
     from napari_unetpp import cli
 
-    line = next(
-        ln
-        for ln in (run_dir / "command.sh").read_text().splitlines()
-        if ln.startswith("napari-unetpp ")
-    )
+    script = (run_dir / "command.sh").read_text()
+    assert "# It writes into replay/ in this folder" in script
+    line = next(ln for ln in script.splitlines() if ln.startswith("napari-unetpp "))
     argv = shlex.split(line)[1:]
-    argv[argv.index("--out") + 1] = str(out)
+    out = run_dir / "replay"
+    assert argv[argv.index("--out") + 1] == str(out)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert cli.main(argv) == 0
+    assert {p: p.read_bytes() for p in before} == before  # nothing of the dock's replaced
+    assert {p for p in run_dir.rglob("*") if p.is_file() and out not in p.parents} == set(before)
     replayed = sorted(out.glob("*_labels.tif"))
     assert len(replayed) == 1
     np.testing.assert_array_equal(
         tifffile.imread(replayed[0]), tifffile.imread(run_dir / "labels.tif")
     )
+
+
+def _held_jobs(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Jobs a dock starts, held instead of run (what its Start click alone did)."""
+    held: list[Any] = []
+    monkeypatch.setattr(_runner.JobRunner, "start", lambda self, job, **_: held.append(job))
+    return held
+
+
+def test_the_image_copy_for_command_sh_is_written_by_the_job(
+    setup: Any, crop: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Segment wrote image.tif (up to 1 GiB) in its click handler: 0.42 s of the GUI thread
+    for a 6000 x 6000 uint16 image, and a run cancelled while queued kept the copy. The
+    command names it at once; the job writes it before it predicts anything."""
+    import shlex
+
+    import tifffile
+
+    from napari_unetpp import inference
+    from napari_unetpp.events import drive
+
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="plane")
+    held = _held_jobs(monkeypatch)
+    w.segment()
+    run = w.last_run_dir
+    line = (run / "command.sh").read_text().splitlines()[-1]
+    assert not errors and str((run / "image.tif").resolve()) in shlex.split(line)
+    assert not (run / "image.tif").exists()  # the click wrote nothing of the image
+    seen: list[bool] = []
+    original = inference.predict
+
+    def predict(*args: Any, **kwargs: Any) -> Any:
+        seen.append((run / "image.tif").is_file())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "predict", predict)
+    drive(held[0])
+    assert seen and all(seen)  # written before the prediction started
+    np.testing.assert_array_equal(tifffile.imread(run / "image.tif"), crop[0])
 
 
 def test_stack_slicewise_then_current_slice(setup: Any, crop: np.ndarray) -> None:
@@ -192,7 +235,7 @@ def test_stack_slicewise_then_current_slice(setup: Any, crop: np.ndarray) -> Non
 
 
 def test_a_quick_looks_command_segments_the_slice_it_segmented(
-    setup: Any, crop: np.ndarray, tmp_path: Path
+    setup: Any, crop: np.ndarray
 ) -> None:
     """A quick look's command.sh named the whole stack: replayed, it segmented every slice,
     not the one the dock did (QA session 11)."""
@@ -202,11 +245,11 @@ def test_a_quick_looks_command_segments_the_slice_it_segmented(
     viewer.dims.set_point(0, 1)
     w.segment()
     assert not errors
-    _replay_command_and_compare(w.last_run_dir, tmp_path / "replay")
+    _replay_command_and_compare(w.last_run_dir)
 
 
 def test_the_command_labels_from_the_depth_the_dock_labelled_from(
-    setup: Any, crop: np.ndarray, tmp_path: Path
+    setup: Any, crop: np.ndarray
 ) -> None:
     """The dock labels from the Depth slider's head (the recommended one at first: L3 for
     the shipped EM model); command.sh said no --depth, and the CLI labelled from the
@@ -217,7 +260,7 @@ def test_the_command_labels_from_the_depth_the_dock_labelled_from(
     w.segment()
     assert not errors and viewer.layers["plane UNet++ labels"].metadata
     assert "--depth 1" in (w.last_run_dir / "command.sh").read_text()
-    _replay_command_and_compare(w.last_run_dir, tmp_path / "replay")
+    _replay_command_and_compare(w.last_run_dir)
 
 
 def test_a_quick_look_refuses_a_view_of_another_plane(setup: Any, crop: np.ndarray) -> None:

@@ -45,6 +45,25 @@ def _widget(viewer, em_crop, tmp_path: Path, iterations: int = 12) -> TrainWidge
     return w
 
 
+def _replay_keeps_the_docks_model(run: Path) -> None:
+    """command.sh, run as written, trains into ``run/replay`` from the same data and
+    config; the dock's best/ and last/ (its "just trained" model) stay as they were (its
+    --out was the run folder: replayed on another machine, the registered model changed)."""
+    import shlex
+
+    from napari_unetpp import cli
+
+    script = (run / "command.sh").read_text()
+    assert "# It writes into replay/ in this folder" in script
+    argv = shlex.split(next(ln for ln in script.splitlines() if ln.startswith("napari-unetpp")))
+    assert argv[argv.index("--out") + 1] == str(run / "replay")
+    assert argv[argv.index("--config") + 1] == str(run / "run.json")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert cli.main([*argv[1:], "-q"]) == 0
+    assert {p: p.read_bytes() for p in before} == before
+    assert (run / "replay" / "best" / "config.json").is_file()
+
+
 def _errors(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     shown: list[str] = []
     monkeypatch.setattr(train_module, "show_error", shown.append)
@@ -80,6 +99,7 @@ def test_train_to_completion(make_napari_viewer, qtbot, em_crop, tmp_path, monke
     assert "napari-unetpp train --images" in command and "--config" in command
     for path in config["images"] + config["labels"]:
         assert Path(path).is_file()  # the command can really be replayed
+    _replay_keeps_the_docks_model(run)
     assert _state.registered_models()[run.name] == run / "best"
     assert len(w._plot.losses) == 12
     assert set(w._plot.scores) == {1, 2} and len(w._plot.scores[1]) >= 2
@@ -89,6 +109,44 @@ def test_train_to_completion(make_napari_viewer, qtbot, em_crop, tmp_path, monke
     # the training waited for each preview to be shown (not sharing the GIL meanwhile)
     assert previews and all(e.shown.is_set() for e in previews)
     assert "em UNet++ before" not in viewer.layers  # from scratch: nothing to compare with
+
+
+def test_the_data_for_command_sh_is_written_by_the_job(
+    make_napari_viewer, em_crop, tmp_path, monkeypatch
+):
+    """Start wrote data/image_0.tif and labels_0.tif in its click handler (up to 1 GiB each:
+    0.42 s for a 6000 x 6000 uint16 image). The command names them at once; the job writes
+    them before it trains, the labels as they were at Start (painting goes on meanwhile)."""
+    import tifffile
+
+    from napari_unetpp._widgets._runner import JobRunner
+    from napari_unetpp.events import drive
+    from napari_unetpp.training import Trainer
+
+    errors = _errors(monkeypatch)
+    viewer = make_napari_viewer()
+    w = _widget(viewer, em_crop, tmp_path, iterations=2)
+    w._preview.value = False
+    held: list = []
+    monkeypatch.setattr(JobRunner, "start", lambda self, job, **_: held.append(job))
+    w._on_start()
+    data = w.last_run_dir / "data"
+    config = json.loads((w.last_run_dir / "run.json").read_text())
+    assert not errors and config["images"] == [str((data / "image_0.tif").resolve())]
+    assert not data.exists()  # the click wrote nothing of the data
+    viewer.layers["membranes"].data[:] = 0  # painted over after Start
+    seen: list[bool] = []
+    run = Trainer.run
+    monkeypatch.setattr(
+        Trainer,
+        "run",
+        lambda self, *a: (seen.append(Path(config["labels"][0]).is_file()), run(self, *a))[1],
+    )
+    drive(held[0])
+    assert seen == [True]  # written before the training started
+    image, membranes = em_crop
+    np.testing.assert_array_equal(tifffile.imread(data / "image_0.tif"), image)
+    np.testing.assert_array_equal(tifffile.imread(data / "labels_0.tif"), membranes)
 
 
 def test_stop_keeps_a_usable_model(make_napari_viewer, em_crop, tmp_path, monkeypatch):
@@ -128,6 +186,35 @@ def test_stop_keeps_a_usable_model(make_napari_viewer, em_crop, tmp_path, monkey
     # where to find it: a Segment dock on a shipped model stays on it (segmenting, the
     # user thought the fine-tuned model was used)
     assert "Model from: just trained" in infos[-1], infos
+
+
+def test_a_dock_closed_mid_training_inline_saves_the_stopped_run(
+    make_napari_viewer, em_crop, tmp_path, monkeypatch
+):
+    """Inline too (the path tests and NAPARI_UNETPP_INLINE use): a dock closed at step 3
+    stops its training, which saves last/ (resumable) as Stop does; its callbacks are
+    dropped (the job was abandoned at its next event, and nothing was saved)."""
+    from napari_unetpp.checkpoint import read_info
+
+    viewer = make_napari_viewer()
+    w = _widget(viewer, em_crop, tmp_path, iterations=200)
+    w._runner.inline = True
+    steps: list[int] = []
+    on_event = TrainWidget._on_event
+
+    def close_after_three(self: TrainWidget, event) -> None:
+        on_event(self, event)
+        if event.kind == "step":
+            steps.append(event.step)
+            if event.step == 3:
+                self._closed()
+
+    monkeypatch.setattr(TrainWidget, "_on_event", close_after_three)
+    w._on_start()
+    assert steps == [1, 2, 3] and w.last_checkpoint is None  # no callback after the close
+    provenance = read_info(w.last_run_dir / "last").provenance
+    assert provenance["stopped_early"] and provenance["iterations"] == 3
+    assert (w.last_run_dir / "last" / "optimizer.safetensors").is_file()
 
 
 def test_stop_before_the_first_step_offers_no_model(
@@ -773,6 +860,10 @@ def test_a_dock_opened_while_a_closed_docks_training_stops_says_so(
     fresh = TrainWidget(viewer)
     assert fresh._status.value == "a training of this viewer is stopping; Start waits for it"
     qtbot.waitUntil(lambda: queue.current is None, timeout=TIMEOUT_MS)
+    # and then where it was saved (it stopped early: last/ resumes it)
+    assert fresh._status.value.startswith("the closed dock's training stopped early")
+    assert str(closed.last_run_dir) in fresh._status.value
+    assert (closed.last_run_dir / "last" / "config.json").is_file()
 
 
 def test_the_pruning_timing_says_it_waits_for_a_training(

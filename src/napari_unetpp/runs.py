@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 __all__ = [
     "RUN_FILE",
     "COMMAND_FILE",
+    "REPLAY_DIR",
+    "replay_dir",
     "PATH_KEYS",
     "new_run_dir",
     "write_json",
@@ -56,6 +58,8 @@ __all__ = [
 
 RUN_FILE = "run.json"
 COMMAND_FILE = "command.sh"
+#: The folder of a widget's run that its ``command.sh`` writes into (its ``--out``).
+REPLAY_DIR = "replay"
 #: Input-file entries of a run record (the CLI and the train widget write them).
 PATH_KEYS = ("images", "labels", "val_images", "val_labels")
 #: The configs ``--config`` reads.
@@ -84,6 +88,16 @@ def new_run_dir(folder: str | os.PathLike[str], name: str) -> Path:
         run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
     run_dir.mkdir(parents=True)
     return run_dir
+
+
+def replay_dir(run_dir: str | os.PathLike[str]) -> Path:
+    """Where a widget run's ``command.sh`` writes: ``run_dir/replay``.
+
+    Why not ``run_dir`` itself: replayed there, the command replaced the dock's own
+    ``best/`` and ``last/`` (the model it registered as "just trained": on another machine
+    or GPU, silently another model) or wrote beside the dock's ``labels.tif``.
+    """
+    return Path(run_dir) / REPLAY_DIR
 
 
 def write_json(path: Path, record: dict[str, Any]) -> Path:
@@ -222,8 +236,9 @@ def save_run_record(
     folder: str | os.PathLike[str], job: Job, record: dict[str, Any], cli_command: str
 ) -> tuple[Path, Path]:
     """Write ``run.json`` (``record``, with the plugin version) and an executable
-    ``command.sh`` (``cli_command``) into ``folder``, so a widget run can be replayed from
-    a shell or a cluster job. Returns both paths."""
+    ``command.sh`` (``cli_command``, whose ``--out`` is :func:`replay_dir` of ``folder``)
+    into ``folder``, so a widget run can be replayed from a shell or a cluster job.
+    Returns both paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     run_json = write_run_file(folder, {"version": __version__, **record})
@@ -231,6 +246,8 @@ def save_run_record(
     script.write_text(
         "#!/bin/sh\n"
         f"# The napari-unetpp {job} run that the napari widget started, as a shell command.\n"
+        f"# It writes into {REPLAY_DIR}/ in this folder: the widget's own results stay as "
+        "they are.\n"
         "set -e\n"
         f"{cli_command}\n"
     )

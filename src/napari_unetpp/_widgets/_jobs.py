@@ -5,8 +5,9 @@ timing beside a segmentation) froze napari for good when the GUI thread entered
 its activity dialog meanwhile (issue 16). So every job of every dock of a viewer
 (segment, train, pruning timing, preview) goes through that viewer's
 :class:`JobQueue`, which starts a job only after the previous one has *finished*:
-a job that is replaced or cancelled is asked to stop, its callbacks are dropped,
-and the next job waits until its thread has really ended. Never two at once.
+a job that is replaced or cancelled is asked to stop (one that can stop cleanly runs
+to its end, saving what its stop saves), its callbacks are dropped, and the next job
+waits until its thread has really ended. Never two at once.
 
 Why the old objects are frozen while a job runs (``gc.freeze``): a full garbage
 collection walks every object of the process, and napari's (its Qt wrappers, models,
@@ -28,6 +29,7 @@ calls back once the widget no longer belongs to the viewer's window.
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
 import weakref
 from collections.abc import Callable, Generator
@@ -57,6 +59,7 @@ class Ticket:
     on_error: Callable[[BaseException], None] | None = None
     on_finish: Callback = None
     stop: Callable[[], None] | None = None
+    where: str = ""  # where its results go (a reopened dock names a closed one's run)
     state: str = "pending"  # pending -> running -> done
     dropped: bool = False  # callbacks are ignored from now on
     worker: Any = field(default=None, repr=False)
@@ -100,7 +103,11 @@ class JobQueue:
         """Stop ``ticket``: a waiting one never starts; a running one is asked to stop.
 
         ``drop``: ignore its callbacks from now on (its owner went away or
-        replaced it). The next job starts only when a running one has finished.
+        replaced it). A dropped job with a ``stop`` still runs to its own end, so
+        what its stop saves is saved (a training's ``last/`` and ``best/``, as the
+        CLI's Ctrl-C): quit at its next event, a closed Train dock's run kept
+        nothing since its last validation. A job without one is quit at its next
+        event. The next job starts only when a running one has finished.
         """
         if ticket.state == "pending" and ticket in self._pending:
             self._pending.remove(ticket)
@@ -117,7 +124,7 @@ class JobQueue:
         if drop:
             ticket.dropped = True
             if ticket.worker is not None:
-                ticket.worker.quit()  # leaves the generator at its next event
+                ticket.worker.quit()  # a job without a clean stop: left at its next event
 
     def cancel_all(self) -> None:
         """Drop every job (the application quits)."""
@@ -162,7 +169,10 @@ class JobQueue:
 
         # errors go to _failed (one message in the dock); without ignore_errors superqt
         # also re-raises them on the GUI thread (a second traceback, or an abort with no hook)
-        worker = thread_worker(_relay, start_thread=False, ignore_errors=True)(ticket.gen)
+        worker = thread_worker(
+            _relay, start_thread=False, ignore_errors=True, worker_class=_stopping_worker()
+        )(ticket.gen)
+        worker.clean_stop = ticket.stop
         worker.yielded.connect(lambda event: ticket.call(ticket.on_yield, event))
         worker.returned.connect(lambda result: ticket.call(ticket.on_return, result))
         worker.errored.connect(lambda exc: self._failed(ticket, exc))
@@ -186,7 +196,7 @@ class JobQueue:
 
         def each(event: Any) -> None:
             ticket.call(ticket.on_yield, event)
-            if ticket.dropped:
+            if ticket.dropped and ticket.stop is None:
                 raise _Quit
 
         try:
@@ -208,6 +218,30 @@ class JobQueue:
         if app is not None:
             app.aboutToQuit.connect(self.cancel_all)
             self._quit_hooked = True
+
+
+@functools.cache
+def _stopping_worker() -> type[Any]:
+    """napari's generator worker, whose ``quit`` stops a job that can stop cleanly (its
+    ``clean_stop``) instead of leaving it at its next event.
+
+    Why a worker class: napari registers every worker with its window and quits them all
+    when the window closes (superqt, when the application quits), through the worker's
+    own ``quit``. A training left at its next event never reached the save of a stopped
+    run: closing the viewer (or the Train dock) mid-training kept no ``last/``.
+    """
+    from napari.qt.threading import GeneratorWorker
+
+    class StoppingWorker(GeneratorWorker):  # type: ignore[misc]
+        clean_stop: Callable[[], None] | None = None
+
+        def quit(self) -> None:
+            if self.clean_stop is not None:
+                self.clean_stop()  # the job returns after its current step
+            else:
+                super().quit()
+
+    return StoppingWorker
 
 
 def _show_warning(showwarning_args: tuple[Any, ...]) -> None:

@@ -6,13 +6,15 @@ features table napari shows in the status bar) and their colours the same.
 Class colours are fixed per class id (not napari's random label colours, which
 gave CT organs 3-5 near-identical purples), and the dock shows them as a legend.
 On the way in, :func:`layer_data` and :func:`current_slice` give the engine arrays,
-and :func:`layer_file` a file for the run's ``command.sh`` (:mod:`napari_unetpp.runs`).
+and :func:`layer_file` a file for the run's ``command.sh`` (:mod:`napari_unetpp.runs`),
+written by the run's job (:class:`LayerCopy`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +33,10 @@ __all__ = [
     "PLUGIN_KEY",
     "layer_data",
     "current_slice",
+    "LayerCopy",
     "layer_file",
     "layer_files",
+    "write_copies",
 ]
 
 #: Distinct colours for class ids 1, 2, ... (0 = background stays transparent).
@@ -295,14 +299,44 @@ def current_slice(
     return np.asarray(data[index])
 
 
-def layer_file(layer: Any, folder: str | os.PathLike[str], stem: str, part: Any = None) -> str:
-    """A file holding ``layer``'s data, for ``command.sh``.
+@dataclass(frozen=True)
+class LayerCopy:
+    """A layer's array that ``command.sh`` names as ``path``, written by the run's job.
+
+    Why by the job (in its worker, before anything else): written in the Start click's
+    handler, a 6000 x 6000 uint16 image held the GUI thread 0.42 s (a 1 GiB one, seconds),
+    and a run cancelled while queued left the copy behind.
+    """
+
+    path: Path
+    data: Any = field(repr=False)
+    rgb: bool = False
+
+    def write(self) -> None:
+        import tifffile
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(self.path, self.data, photometric="rgb" if self.rgb else "minisblack")
+
+
+def write_copies(copies: Sequence[LayerCopy]) -> None:
+    """Write the arrays a run's ``command.sh`` names (a job's first step)."""
+    for copy in copies:
+        copy.write()
+
+
+def layer_file(
+    layer: Any, folder: str | os.PathLike[str], stem: str, part: Any = None
+) -> tuple[str, LayerCopy | None]:
+    """A file holding ``layer``'s data, for ``command.sh``, and the copy to write there.
 
     An Image layer opened from a file uses that file, unless the layer is only part of it
     (one channel a reader split off); other data (painted
-    labels, samples, arrays from scripts) is saved as ``folder/stem.tif`` when it
-    is in memory and not huge; otherwise a ``<...>`` placeholder says what to put.
-    ``part``: the part of the layer a run used (a quick look's slice), saved instead.
+    labels, samples, arrays from scripts) is to be saved as ``folder/stem.tif`` (the
+    :class:`LayerCopy` returned, for the job to write) when it is in memory and not huge;
+    otherwise a ``<...>`` placeholder says what to put.
+    ``part``: the part of the layer a run used (a quick look's slice, a copy of painted
+    labels), saved instead.
     """
     from ..medical import is_dicom
     from ..readers import holds_whole_file
@@ -314,20 +348,26 @@ def layer_file(layer: Any, folder: str | os.PathLike[str], stem: str, part: Any 
     readable = file is not None and (file.is_file() or is_dicom(file))
     if part is None and file is not None and readable and type(layer).__name__ == "Image":
         if holds_whole_file(file, np.shape(data)):  # not one channel of the file
-            return str(file.resolve())
+            return str(file.resolve()), None
     if not hasattr(data, "__array__") or type(data).__module__.split(".")[0] != "numpy":
-        return f"<{stem}: save layer {layer.name!r} to a file>"
+        return f"<{stem}: save layer {layer.name!r} to a file>", None
     if data.nbytes > MAX_SAVED_BYTES:
-        return f"<{stem}: save layer {layer.name!r} to a file>"
-    import tifffile
-
-    path = Path(folder) / f"{stem}.tif"
-    path.parent.mkdir(parents=True, exist_ok=True)
+        return f"<{stem}: save layer {layer.name!r} to a file>", None
+    path = (Path(folder) / f"{stem}.tif").resolve()
     rgb = getattr(layer, "rgb", False) and np.shape(data)[-1] in (3, 4)  # not its grey part
-    tifffile.imwrite(path, data, photometric="rgb" if rgb else "minisblack")
-    return str(path.resolve())
+    return str(path), LayerCopy(path, data, bool(rgb))
 
 
-def layer_files(layers: Sequence[Any], folder: str | os.PathLike[str], prefix: str) -> list[str]:
-    """:func:`layer_file` for several layers (``prefix_0``, ``prefix_1``...)."""
-    return [layer_file(layer, folder, f"{prefix}_{n}") for n, layer in enumerate(layers)]
+def layer_files(
+    layers: Sequence[Any],
+    folder: str | os.PathLike[str],
+    prefix: str,
+    parts: Sequence[Any] | None = None,
+) -> tuple[list[str], list[LayerCopy]]:
+    """:func:`layer_file` for several layers (``prefix_0``, ``prefix_1``...): their paths,
+    and the copies to write."""
+    named = [
+        layer_file(layer, folder, f"{prefix}_{n}", None if parts is None else parts[n])
+        for n, layer in enumerate(layers)
+    ]
+    return [path for path, _ in named], [copy for _, copy in named if copy is not None]

@@ -9,7 +9,7 @@ job queue runs; :func:`record_predict` writes ``run.json`` and ``command.sh``.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from ..normalization import as_model_input, looks_rgb
-from ..runs import format_command, predict_record, save_run_record
-from ._layers import layer_file
+from ..runs import format_command, predict_record, replay_dir, save_run_record
+from ._layers import LayerCopy, layer_file, write_copies
 
 if TYPE_CHECKING:
     from ..checkpoint import CheckpointInfo
@@ -214,8 +214,10 @@ def segment_job(
     check: Mapping[str, Any] | None = None,
     grid: tuple[tuple[float, ...] | None, str] = (None, ""),
     scan: Path | None = None,
+    copies: Sequence[LayerCopy] = (),
 ) -> Generator[Any, None, tuple[Any, Any, list[Any], Any]]:
-    """Predict, then turn head ``depth`` (default: the pruned or deepest one) into labels;
+    """Write ``copies`` (the image ``command.sh`` names: :func:`record_predict`), predict,
+    then turn head ``depth`` (default: the pruned or deepest one) into labels;
     save them to ``run_dir`` (:func:`save_labels`: ``grid`` is the layer's pixel size and
     unit, ``scan`` its NIfTI / DICOM file). Returns the probabilities, the labels, the
     blocks to label next (here, in the worker: ranking a big stack would stall the GUI
@@ -225,6 +227,7 @@ def segment_job(
     from ..inference import predict
     from ..postprocess import probabilities_to_labels
 
+    write_copies(copies)
     probs = yield from predict(model, image, config, data, stopper=stopper)
     if not probs.complete:
         return probs, None, [], None
@@ -386,7 +389,7 @@ def record_predict(
     check: bool = True,
     part: Any = None,
     labels_depth: int | None = None,
-) -> None:
+) -> list[LayerCopy]:
     """``run.json`` and ``command.sh``: the same run as ``napari-unetpp predict``
     (``check``: the result is checked against the training data, as the CLI does unless
     ``--no-check``; ``part``: the slice a quick look segments, saved as the command's
@@ -394,8 +397,11 @@ def record_predict(
 
     ``labels_depth``: the head the dock's labels come from (the Depth slider's). The CLI
     labels from the deepest head unless ``--depth`` names one, so a command without it
-    gave other labels (EM: L4 for the dock's recommended L3)."""
-    image = layer_file(layer, run_dir, "image", part)
+    gave other labels (EM: L4 for the dock's recommended L3).
+
+    Returns the image copy the command names, for :func:`segment_job` to write (off the
+    GUI thread)."""
+    image, copy = layer_file(layer, run_dir, "image", part)
     depth = config.pruned_depth
     if depth is None and not config.adaptive_depth and labels_depth != info.model.depth:
         depth = labels_depth
@@ -405,7 +411,7 @@ def record_predict(
         "predict",
         spec,
         image,
-        out=run_dir,
+        out=replay_dir(run_dir),  # never beside (or over) the dock's labels.tif
         config=run_dir / "run.json",
         depth=depth,
         channel_axis=data.channel_axis,
@@ -413,3 +419,4 @@ def record_predict(
         no_check=not check,
     )
     save_run_record(run_dir, "predict", configs, command)
+    return [] if copy is None else [copy]

@@ -4,10 +4,11 @@ Every long engine job (``Trainer.run``, ``inference.predict``...) is a generator
 events that returns its result. :class:`JobRunner` drives one such generator in a
 ``napari.qt.threading.thread_worker`` (so the viewer never freezes), routes its
 events to the widget on the GUI thread, and can ask the job to stop cleanly (the
-engine's stopper: the job returns what it has) or quit it outright (the widget is
-closing). ``JobRunner(inline=True)`` (or ``RUN_INLINE = True`` /
-``NAPARI_UNETPP_INLINE=1``) runs the *same* generator synchronously, as
-stardist-napari does, for deterministic tests and debugging.
+engine's stopper: the job returns what it has, a training saves ``last/``) or also
+drop its callbacks (the widget is closing: the job still ends as a stopped one).
+``JobRunner(inline=True)`` (or ``RUN_INLINE = True`` / ``NAPARI_UNETPP_INLINE=1``)
+runs the *same* generator synchronously, as stardist-napari does, for deterministic
+tests and debugging.
 
 Example
 -------
@@ -131,6 +132,7 @@ class JobRunner:
         on_error: Callback = None,
         on_finish: Callback = None,
         stop: Callable[[], None] | None = None,
+        where: str = "",
     ) -> Any:
         """Queue ``gen``; callbacks run on the GUI thread. Returns the worker (None inline
         or while queued).
@@ -139,11 +141,12 @@ class JobRunner:
         ``on_finish`` runs last in every case (returned, failed, stopped, or stopped
         before it started), but not after :meth:`quit`. ``stop`` asks the engine to
         stop cleanly (e.g. ``Trainer.stop``); :meth:`request_stop` and :meth:`quit` call it.
+        ``where``: the folder its results go to (see :attr:`._jobs.Ticket.where`).
         """
         if self.running:
             raise ValueError("a job is already running: stop it first, or wait until it ends")
         ticket = Ticket(
-            self.owner, gen, self.inline, on_yield, on_return, on_error, on_finish, stop
+            self.owner, gen, self.inline, on_yield, on_return, on_error, on_finish, stop, where
         )
         self._ticket = ticket
         self.queue.submit(ticket)
@@ -158,7 +161,9 @@ class JobRunner:
     def quit(self) -> None:
         """Stop the job and drop it: no more callbacks (its widget closes or replaces it).
 
-        The queue starts the next job only after this one's thread has ended.
+        A job started with ``stop`` runs on to its stopped end (a training saves
+        ``last/`` and ``best/``); one without is quit at its next event. The queue
+        starts the next job only after this one's thread has ended.
         """
         ticket, self._ticket = self._ticket, None
         if ticket is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ import numpy as np
 if TYPE_CHECKING:
     from ..config import DataConfig, DeviceName, ModelConfig, TrainConfig
     from ..training import TrainResult
+    from ._layers import LayerCopy
 
 __all__ = [
     "PreviewEvent",
@@ -125,8 +126,10 @@ def train_job(
     labels: list[Any],
     preview: PreviewSource | None = None,
     pixel_sizes: list[tuple[tuple[float, ...], str] | None] | None = None,
+    copies: Sequence[LayerCopy] = (),
 ) -> Generator[Any, None, TrainResult]:
-    """Build the Trainer in the worker (importing the engine takes seconds) and run it,
+    """Write ``copies`` (the data ``command.sh`` names: :func:`record_train`), build the
+    Trainer in the worker (importing the engine takes seconds) and run it,
     yielding :class:`PreviewEvent` s among its events when ``preview`` is given.
 
     ``pixel_sizes`` (per pair, from the image layers): the pairs are resampled to the
@@ -134,7 +137,9 @@ def train_job(
     """
     from ..scale import training_scale
     from ..training import Trainer, TrainEvent
+    from ._layers import write_copies
 
+    write_copies(copies)
     if pixel_sizes and any(pixel_sizes):
         dims, axis = model.spatial_dims, data.channel_axis
         images, labels, size, unit, notes = training_scale(
@@ -182,29 +187,36 @@ def pair_pixel_sizes(pairs: list[tuple[Any, Any]]) -> list[tuple[tuple[float, ..
 def record_train(
     run_dir: Path,
     pairs: list[tuple[Any, Any]],
+    labels_now: list[np.ndarray],
     model: ModelConfig,
     train: TrainConfig,
     data: DataConfig,
     origin: str | None,
     pixel_size: tuple[tuple[float, ...], str] | None = None,
-) -> None:
-    """``run.json``, ``command.sh`` and the (image, labels) layers as files: the same run
-    as ``napari-unetpp train``; ``origin`` is the starting model (spec or path) or None;
-    ``pixel_size``: the images' one pixel size and unit (``--pixel-size``), if known."""
-    from ..runs import format_command, save_run_record, train_record
+) -> list[LayerCopy]:
+    """``run.json`` and ``command.sh``: the same run as ``napari-unetpp train``, naming
+    the (image, labels) layers as files; ``labels_now``: the labels trained on (copies
+    taken at Start: painting goes on while the job waits); ``origin`` is the starting
+    model (spec or path) or None; ``pixel_size``: the images' one pixel size and unit
+    (``--pixel-size``), if known. Returns the copies the command names, for
+    :func:`train_job` to write (off the GUI thread)."""
+    from ..runs import format_command, replay_dir, save_run_record, train_record
     from ._layers import layer_files
 
-    images = layer_files([i for i, _ in pairs], run_dir / "data", "image")
-    labels = layer_files([lab for _, lab in pairs], run_dir / "data", "labels")
+    images, image_copies = layer_files([i for i, _ in pairs], run_dir / "data", "image")
+    labels, label_copies = layer_files(
+        [lab for _, lab in pairs], run_dir / "data", "labels", labels_now
+    )
     configs = train_record(model, train, data, {"images": images, "labels": labels}, origin)
     command = format_command(
         "train",
         images=images,
         labels=labels,
-        out=run_dir,
+        out=replay_dir(run_dir),  # never over the dock's best/ and last/
         config=run_dir / "run.json",
         from_=origin,
         pixel_size=list(pixel_size[0]) if pixel_size else None,
         pixel_unit=pixel_size[1] if pixel_size else None,
     )
     save_run_record(run_dir, "train", configs, command)
+    return image_copies + label_copies

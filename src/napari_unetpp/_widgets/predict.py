@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from ..config import DataConfig, PredictConfig
     from ..events import Stopper
     from ..model import UNetPlusPlus
+    from ._layers import LayerCopy
 
 DEFAULT_OUTPUT = Path.home() / "napari-unetpp" / "predictions"
 
@@ -375,7 +376,7 @@ class PredictWidget(Container):
             config = self._predict_config(pruned_depth)
             part = None if placement.lead_index is None else image  # a quick look's slice
             depth = pruned_depth or self.pruning.depth
-            run_dir = self._new_run(layer, config, data, part, depth)
+            run_dir, copies = self._new_run(layer, config, data, part, depth)
         except (ValueError, OSError) as exc:
             show_error(str(exc))
             self._status.value = f"not started: {exc}"  # not an earlier run's "done"
@@ -391,7 +392,9 @@ class PredictWidget(Container):
         check = metrics if self.scale.check_results.value else None
         grid = layer_pixel_size(layer)  # the labels are saved with it
         scan = scan_file(layer) if placement.lead_index is None else None
-        job = segment_job(model, image, config, data, stopper, run_dir, depth, check, grid, scan)
+        job = segment_job(
+            model, image, config, data, stopper, run_dir, depth, check, grid, scan, copies
+        )
 
         def check_stopped() -> bool:  # Cancel pressed on a run that was to be checked
             return stopper.stopped and check is not None
@@ -645,14 +648,15 @@ class PredictWidget(Container):
         data: DataConfig,
         part: Any = None,
         depth: int | None = None,
-    ) -> Path:
+    ) -> tuple[Path, list[LayerCopy]]:
         """A fresh run folder with ``run.json`` and ``command.sh`` in it (``part``: the
-        slice of ``layer`` a quick look segments; ``depth``: the labels' head)."""
+        slice of ``layer`` a quick look segments; ``depth``: the labels' head), and the
+        image copy the command names, for the job to write."""
         if self.info is None:
             raise ValueError("load a model first")
         folder = chosen_path(self._output.value, "output folder")
         self.last_run_dir = run_dir = new_run_dir(folder, layer.name)
-        record_predict(
+        copies = record_predict(
             run_dir,
             layer,
             self.model_spec or "",
@@ -664,7 +668,7 @@ class PredictWidget(Container):
             part=part,
             labels_depth=depth,
         )
-        return run_dir
+        return run_dir, copies
 
 
 def _hints(check: Any, image_name: str) -> list[str]:

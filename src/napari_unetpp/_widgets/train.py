@@ -13,7 +13,7 @@ Fine-tuning (starting from a model) switches to safe defaults: learning rate
 the same), and a before/after view of the slice shown: ``<image> UNet++ before``
 (the starting model) and ``<image> UNet++ preview`` (the new one). Previews are
 computed inside the training job (never a second torch job beside it). Closing the
-dock stops its training.
+dock (or the viewer) stops its training as Stop does: ``last/`` and ``best/`` are saved.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     import napari
 
     from ..config import DataConfig, ModelConfig, TrainConfig
+    from ._layers import LayerCopy
 
 #: Labels with more elements are guessed from their middle slice (keeps the GUI snappy).
 GUESS_MAX_SIZE = 1 << 24
@@ -106,6 +107,7 @@ class TrainWidget(TrainForm):
         self._note, self._shown_at = "", 0.0
         self.last_run_dir: Path | None = None
         self.last_checkpoint: Path | None = None
+        self._left_run: str | None = None  # a closed dock's training, stopping: its run
         self._connect()
         self._on_pair_changed()
         self._on_queue_changed()
@@ -169,9 +171,17 @@ class TrainWidget(TrainForm):
         """Show a training of this viewer that a closed dock left stopping (another open
         Train dock's training says nothing here: this dock's last result stays shown)."""
         current = self._runner.queue.current
-        left = current is not None and current.owner == "train" and current.dropped
-        if not self._runner.running and left:
+        left = current if current and current.owner == "train" and current.dropped else None
+        if not self._runner.running and left is not None:
+            self._left_run = left.where
             self._status.value = "a training of this viewer is stopping; Start waits for it"
+        elif self._left_run is not None and not self._runner.running:
+            self._status.value = (
+                f"the closed dock's training stopped early; its last step is saved in "
+                f"{self._left_run} (last/ continues it: napari-unetpp train --out "
+                "<that folder> --resume)"
+            )
+            self._left_run = None
         elif self._runner.queued:
             self._status.value = "waiting for another UNet++ job of this viewer to finish..."
 
@@ -322,7 +332,8 @@ class TrainWidget(TrainForm):
             sizes = pair_pixel_sizes(pairs)  # resampled to the model's in the job, as the CLI
             model = _at_pixel_size(model, sizes)
             heads = self._heads_warning(pairs, data, model.num_classes)
-            run_dir = self._new_run(pairs, model, train, data, initial, sizes)
+            labels = [np.array(layer_data(lab)) for _, lab in pairs]  # a copy: painting goes on
+            run_dir, copies = self._new_run(pairs, labels, model, train, data, initial, sizes)
         except (ValueError, OSError) as exc:
             show_error(str(exc))
             self._status.value = f"not started: {exc}"  # not an earlier run's "finished"
@@ -330,7 +341,6 @@ class TrainWidget(TrainForm):
         if heads:
             show_warning(f"UNet++ training: {heads}")
         images = [as_model_input(layer_data(i), 1, None, rgb=grey)[0] for i, _ in pairs]
-        labels = [np.array(layer_data(lab)) for _, lab in pairs]  # a copy: painting goes on
         self._preview_layer, stopper = pairs[0][0], Stopper()
         self._note, self._shown_at = heads or "", 0.0
         preview = (
@@ -342,7 +352,7 @@ class TrainWidget(TrainForm):
         self._set_running(True)
         self._status.value = f"preparing data ({model.num_classes} output channel(s))..."
         job = train_job(
-            model, train, data, initial, run_dir, stopper, images, labels, preview, sizes
+            model, train, data, initial, run_dir, stopper, images, labels, preview, sizes, copies
         )
         self._runner.start(
             job,
@@ -351,6 +361,7 @@ class TrainWidget(TrainForm):
             on_error=self._on_error,
             on_finish=lambda: self._set_running(False),
             stop=stopper.stop,
+            where=str(run_dir),
         )
         self._on_queue_changed()
 
@@ -383,20 +394,22 @@ class TrainWidget(TrainForm):
     def _new_run(
         self,
         pairs: list[tuple[Image, Labels]],
+        labels: list[np.ndarray],
         model: ModelConfig,
         train: TrainConfig,
         data: DataConfig,
         initial: str | None,
         sizes: list[tuple[tuple[float, ...], str] | None],
-    ) -> Path:
-        """A fresh run folder with ``run.json`` and ``command.sh`` (and the data) in it."""
+    ) -> tuple[Path, list[LayerCopy]]:
+        """A fresh run folder with ``run.json`` and ``command.sh`` in it, and the copies of
+        the data they name, for the job to write (``labels``: the copies trained on)."""
         folder = chosen_path(self._output.value, "output folder")
         self.last_run_dir = run_dir = new_run_dir(folder, pairs[0][0].name)
         start = self._start_from.value
         origin = start if is_zoo(start) else initial  # a shipped model by name, not path
         one_size = sizes[0] if sizes and all(s == sizes[0] for s in sizes) else None
-        record_train(run_dir, pairs, model, train, data, origin, one_size)
-        return run_dir
+        copies = record_train(run_dir, pairs, labels, model, train, data, origin, one_size)
+        return run_dir, copies
 
     def _set_running(self, running: bool) -> None:
         self._start.enabled, self._stop.enabled = not running, running
