@@ -670,6 +670,32 @@ def test_shipped_model_matches_the_image(make_napari_viewer: Any) -> None:
     assert guess_zoo_model(blank) is None
 
 
+def test_an_em_stack_without_a_telling_name_gets_the_em_model(
+    make_napari_viewer: Any, data_dir: Path
+) -> None:
+    """An EM stack named "em10" (no pixel size) got the nuclei model (QA session 11): a grey
+    image whose median lies mid-range is taken for EM; DSB's fluorescence (dark background)
+    and brightfield (bright background) images are not."""
+    import tifffile
+
+    from napari_unetpp._widgets._model_box import guess_zoo_model
+
+    viewer = make_napari_viewer()
+    em = tifffile.imread(data_dir / "em_isbi2012" / "image.tif")[:10, :256, :256]
+    assert guess_zoo_model(viewer.add_image(em, name="em10")) == "zoo:em"
+    assert guess_zoo_model(viewer.add_image(em[3], name="stack1")) == "zoo:em"
+    from skimage import io
+
+    from napari_unetpp.normalization import rgb_to_grey
+
+    guesses = []
+    for path in sorted((data_dir / "nuclei_dsb2018" / "images").glob("*.png"))[:40]:
+        image = io.imread(path)
+        grey = image if image.ndim == 2 else rgb_to_grey(image).astype(np.uint8)
+        guesses.append(guess_zoo_model(viewer.add_image(grey, name="img")))
+    assert guesses.count("zoo:em") <= 2 and guesses.count(None) >= 38
+
+
 def test_the_model_guess_reads_one_plane_of_a_lazy_volume(make_napari_viewer: Any) -> None:
     """Choosing a lazy (dask, zarr) volume read all of it three times to guess its model,
     the GUI thread waiting: minutes for a big light-sheet or CT store (QA session 11)."""

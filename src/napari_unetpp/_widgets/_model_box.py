@@ -39,7 +39,8 @@ def guess_zoo_model(layer: Any) -> str | None:
 
     From what napari knows: the sample's or file's name, the pixel size (under 0.1 um
     is electron microscopy, over 0.1 mm a CT scan), then the pixel values (Hounsfield
-    units below -500 are CT; an 8-bit RGB image is a nuclei stain).
+    units below -500 are CT; an 8-bit RGB image is a nuclei stain; a grey image whose
+    median lies mid-range is an EM section).
     """
     text = " ".join(
         str(v)
@@ -69,7 +70,7 @@ def guess_zoo_model(layer: Any) -> str | None:
     if not isinstance(data, np.ndarray) and np.ndim(data) > 2 and not layer.rgb:
         # a lazy volume (dask, zarr): its middle plane; the whole was read three times, the
         # GUI thread waiting, whenever the dock opened or chose it (air is in every CT slice)
-        data = data[tuple(n // 2 for n in data.shape[:-2])]
+        data = np.asarray(data[tuple(n // 2 for n in data.shape[:-2])])  # read once
     # floats too: a scan read as float (nibabel's get_fdata, most NIfTI readers) got the
     # nuclei model; NaN-free minimum, as a masked scan may hold NaN outside the body
     signed = np.issubdtype(data.dtype, np.signedinteger) or np.issubdtype(data.dtype, np.floating)
@@ -78,7 +79,34 @@ def guess_zoo_model(layer: Any) -> str | None:
             warnings.simplefilter("ignore", RuntimeWarning)
             if np.nanmin(data) < -500:
                 return zoo_spec("ct")
-    return zoo_spec("nuclei") if layer.rgb else None
+    if layer.rgb:
+        return zoo_spec("nuclei")
+    return zoo_spec("em") if _mid_grey(data) else None
+
+
+#: Where the median of a grey image lies between its 1st and 99th percentiles, for EM: TEM
+#: sections are textured grey throughout (ISBI 2012: 0.54-0.58), fluorescence is mostly
+#: dark background (DSB: median 0.04) and brightfield mostly bright (0.93); 9 of DSB's
+#: 500 grey images fall inside.
+EM_MEDIAN_BAND = (0.35, 0.7)
+
+
+def _mid_grey(data: Any) -> bool:
+    """Whether a grey image's median lies mid-range (:data:`EM_MEDIAN_BAND`): an EM section.
+
+    Why: an EM stack without a telling name or pixel size (an "em10" array, a tif from a
+    microscope that writes no resolution) got the nuclei model.
+    """
+    plane = np.asarray(data[tuple(n // 2 for n in np.shape(data)[:-2])])  # the middle plane
+    step = max(1, int(np.sqrt(plane.size / 65536)))
+    sample = plane[::step, ::step].astype(np.float64, copy=False)
+    sample = sample[np.isfinite(sample)]
+    if sample.size < 64:
+        return False
+    low, median, high = np.percentile(sample, [1, 50, 99])
+    if high <= low:
+        return False
+    return EM_MEDIAN_BAND[0] < (median - low) / (high - low) < EM_MEDIAN_BAND[1]
 
 
 def could_be_ct(layer: Any) -> bool:
