@@ -375,7 +375,7 @@ def test_a_patch_larger_than_the_images_is_cut_to_them():
         iterations=1, batch_size=1, patch_size=(1024, 1024), validation_fraction=0, device="cpu"
     )
     events: list = []
-    drive(
+    result = drive(
         Trainer(ModelConfig(widths=(4, 8, 16), depth=2), config, DataConfig()).run(
             [image], [labels]
         ),
@@ -383,6 +383,7 @@ def test_a_patch_larger_than_the_images_is_cut_to_them():
     )
     notes = [e.message for e in events if e.kind == "note"]
     assert any("training on 32 x 32 patches" in m for m in notes), notes
+    assert "patches [32, 32]" in result.info.card["training"]  # the card as the note: not 1024
     volumes = _volumes(np.zeros((3, 40, 70), np.uint8) + 1, DataConfig(), dims=3)
     assert fit_patch((16, 64, 64), volumes, 3, 8) == (8, 40, 64)
     assert fit_patch((128, 128), _volumes(np.ones((20, 200), np.uint8), DataConfig()), 2, 16) == (

@@ -416,7 +416,7 @@ class Trainer:
             "data": f"{dc.label_mode} labels ({dc.target}) on {', '.join(described['train'])}; "
             f"validated on {held}",
             "training": f"{start}: {run.step} of {tc.iterations} iterations, batch "
-            f"{tc.batch_size}, patches {list(tc.patch_size)}, learning rate "
+            f"{tc.batch_size}, patches {list(data.patch_size or tc.patch_size)}, learning rate "
             f"{tc.learning_rate:g}, seed {tc.seed}, on {run.device}",
         }
 
