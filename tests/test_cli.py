@@ -854,3 +854,22 @@ def test_full_precision_flag_is_recorded_and_replayed(
     default = json.loads((tmp_path / "a" / "em_run.json").read_text())["predict"]
     full = json.loads((tmp_path / "b" / "em_run.json").read_text())["predict"]
     assert default["mixed_precision"] is True and full["mixed_precision"] is False
+
+
+def test_a_run_files_pixel_size_is_used_and_said_for_a_file_without_one(
+    em_stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Segment dock's command.sh replays ``image.tif`` (no pixel size in the file) with
+    ``--config run.json`` holding the layer's pixel size: the note said "segmenting it as if it
+    had the model's 4 x 4 nm" while the run used run.json's 8 nm (zoom 2)."""
+    image, _ = em_stack
+    np.save(tmp_path / "crop.npy", image[16, 100:164, 50:114])
+    run_file = tmp_path / "run.json"
+    run_file.write_text(json.dumps({"predict": {"pixel_size": [8, 8], "pixel_unit": "nm"}}))
+    argv = ["predict", "zoo:em", str(tmp_path / "crop.npy"), "--depth", "1", "-q"]
+    assert main([*argv, "--out", str(tmp_path / "a"), "--config", str(run_file)]) == 0
+    err = capsys.readouterr().err
+    assert "as if it had the model's" not in err
+    assert "the pixel size 8 x 8 nm from --config" in err
+    run = json.loads((tmp_path / "a" / "crop_run.json").read_text())
+    assert run["scale"]["zoom"] == pytest.approx([2.0, 2.0])

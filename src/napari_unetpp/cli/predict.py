@@ -227,6 +227,13 @@ def with_file_pixel_size(
         return config.replace(pixel_size=None, pixel_unit="")
     if args.pixel_size is not None or config.rescale is not None or not model_config.pixel_size:
         return config
+    if not file_size and config.pixel_size:  # --config's (a dock run's run.json): used
+        given = " x ".join(f"{s:g}" for s in config.pixel_size)
+        _note(
+            f"{path}: the file gives no pixel size; using the pixel size {given} "
+            f"{config.pixel_unit} from --config"
+        )
+        return config
     if not file_size:  # a CT at 1 mm in a .npy would run as if at 3 mm, silently
         trained = " x ".join(f"{s:g}" for s in model_config.pixel_size)
         _note(
