@@ -253,6 +253,35 @@ def test_an_image_removed_while_segmented_gets_no_layers(
     assert w._run.enabled and not (w.last_run_dir / "labels.tif").exists()
 
 
+def _start_long_training(
+    viewer: Any,
+    w: Any,
+    crop: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    qtbot: Any,
+    preview: bool,
+) -> tuple[Any, list[int]]:
+    """Dock ``w`` (a TrainWidget), start a 5000-step training on ``crop`` (image, membranes)
+    and wait for its third step; returns the dock and the steps the dock has been told of."""
+    from napari_unetpp._widgets.train import TrainWidget
+
+    viewer.add_image(crop[0].copy(), name="em")
+    viewer.add_labels(crop[1].astype(np.uint8), name="membranes")
+    dock = viewer.window.add_dock_widget(w)
+    w._custom_widths.value, w._depth.value, w._iterations.value = "4 8 16", 2, 5000
+    w._patch.value, w._batch.value, w._device.value = 64, 2, "cpu"
+    w._output.value, w._preview.value = tmp_path, preview
+    steps: list[int] = []
+    original = TrainWidget._on_event
+    monkeypatch.setattr(
+        TrainWidget, "_on_event", lambda self, e: (steps.append(e.step), original(self, e))
+    )
+    w._on_start()
+    qtbot.waitUntil(lambda: len(steps) >= 3, timeout=WAIT_MS)
+    return dock, steps
+
+
 @pytest.mark.timeout(300, method="thread")
 @pytest.mark.parametrize("given", ["viewer", "proxy"])
 def test_closed_train_dock_stops_training(
@@ -271,21 +300,10 @@ def test_closed_train_dock_stops_training(
     errors: list[str] = []
     monkeypatch.setattr(train_module, "show_error", errors.append)
     viewer = make_napari_viewer()
-    viewer.add_image(em_stack[0][:2, :128, :128].copy(), name="em")
-    viewer.add_labels(em_stack[1][:2, :128, :128].astype(np.uint8), name="membranes")
+    crop = (em_stack[0][:2, :128, :128], em_stack[1][:2, :128, :128])
     w = TrainWidget(PublicOnlyProxy(viewer) if given == "proxy" else viewer)
-    dock = viewer.window.add_dock_widget(w)
-    w._custom_widths.value, w._depth.value, w._iterations.value = "4 8 16", 2, 5000
-    w._patch.value, w._batch.value, w._device.value = 64, 2, "cpu"
-    w._output.value, w._preview.value = tmp_path, True
-    steps: list[int] = []
-    original = TrainWidget._on_event
-    monkeypatch.setattr(
-        TrainWidget, "_on_event", lambda self, e: (steps.append(e.step), original(self, e))
-    )
-    w._on_start()
+    dock, steps = _start_long_training(viewer, w, crop, tmp_path, monkeypatch, qtbot, preview=True)
     assert not errors
-    qtbot.waitUntil(lambda: len(steps) >= 3, timeout=WAIT_MS)
     worker = w._runner.worker
     viewer.window.remove_dock_widget(dock)  # what the dock's close button does
     qtbot.waitUntil(lambda: not w._runner.queue.busy(), timeout=WAIT_MS)
@@ -422,20 +440,9 @@ def test_closing_the_viewer_mid_training_saves_the_run(
     from napari_unetpp._widgets import _jobs
 
     viewer = make_napari_viewer()
-    viewer.add_image(em_stack[0][0, :96, :96].copy(), name="em")
-    viewer.add_labels(em_stack[1][0, :96, :96].astype(np.uint8), name="membranes")
+    crop = (em_stack[0][0, :96, :96], em_stack[1][0, :96, :96])
     w = TrainWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    w._custom_widths.value, w._depth.value, w._iterations.value = "4 8 16", 2, 5000
-    w._patch.value, w._batch.value, w._device.value = 64, 2, "cpu"
-    w._output.value, w._preview.value = tmp_path, False
-    steps: list[int] = []
-    original = TrainWidget._on_event
-    monkeypatch.setattr(
-        TrainWidget, "_on_event", lambda self, e: (steps.append(e.step), original(self, e))
-    )
-    w._on_start()
-    qtbot.waitUntil(lambda: len(steps) >= 3, timeout=WAIT_MS)
+    _start_long_training(viewer, w, crop, tmp_path, monkeypatch, qtbot, preview=False)
     worker, run_dir = w._runner.worker, w.last_run_dir
     viewer.close()
     w = viewer = None
