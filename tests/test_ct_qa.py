@@ -1,0 +1,48 @@
+"""A radiologist's hostile CT inputs (session 11 QA): what the check and readers say."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+
+@pytest.fixture(scope="module")
+def ct_slices(data_dir: Path) -> np.ndarray:
+    """Two slices of the CT sample in Hounsfield units (int16)."""
+    return tifffile.imread(data_dir / "ct_totalseg" / "ct.tif")[10:12]
+
+
+def _check(image: np.ndarray):
+    import torch
+
+    from napari_unetpp.config import DataConfig, NormalizationConfig, PredictConfig
+    from napari_unetpp.disagreement import check_prediction
+    from napari_unetpp.events import drive
+    from napari_unetpp.inference import predict_array
+    from napari_unetpp.model import UNetPlusPlus
+
+    torch.manual_seed(0)
+    net = UNetPlusPlus(widths=(4, 8), depth=1).eval()
+    data = DataConfig(normalization=NormalizationConfig.ct_window())
+    config = PredictConfig(device="cpu")
+    probs = predict_array(net, image, config, data)
+    return drive(check_prediction(net, image, probs, data, config))
+
+
+def test_a_windowed_8_bit_ct_is_told_its_values_are_not_hounsfield_units(ct_slices) -> None:
+    """A scan exported with its window applied (0..255) was blamed on its pixel size."""
+    windowed = (np.clip((ct_slices + 160) / 400, 0, 1) * 255).round().astype(np.uint8)
+    check = _check(windowed[0])
+    assert check.unlike_training
+    assert "not the units" in check.reasons[0] and "Hounsfield" in check.reasons[0]
+    assert "original values" in check.remedies_for("dock")[0]
+    raw = (ct_slices[0].astype(np.int32) + 1024).astype(np.uint16)  # intercept not applied
+    assert "RescaleIntercept" in _check(raw).reasons[0]
+
+
+def test_a_scan_in_hounsfield_units_gets_no_units_reason(ct_slices) -> None:
+    check = _check(ct_slices[0])
+    assert not any("not the units" in r for r in check.reasons)
