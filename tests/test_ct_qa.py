@@ -85,3 +85,26 @@ def test_cancel_of_a_rescaled_stack_does_not_resample_the_partial_result_back(
     assert not stopped.complete and not backs
     whole = run(stop_after=None)  # a finished run still comes back on the image's grid
     assert whole.complete and backs and whole[1].shape[-2:] == (96, 96)
+
+
+def test_liver_strokes_on_the_ct_model_keep_its_organ_heads(make_napari_viewer) -> None:
+    """Sparse liver strokes (2, the CT model's liver) and background (1) made a 2-output
+    model: its heads were replaced by untrained ones and every other organ was lost."""
+    from napari_unetpp._widgets.train import TrainWidget
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.full((64, 64), -1000, np.int16), name="scan")
+    strokes = np.zeros((64, 64), np.uint8)
+    strokes[10, 5:40], strokes[40, 5:40] = 2, 1
+    labels = viewer.add_labels(strokes, name="strokes")
+    w = TrainWidget(viewer)
+    w._image.value, w._labels_box.value = image, labels
+    w._label_mode.value = "sparse"
+    w._start_from.value = "zoo:ct"
+    model, _, data, _ = w._configs([(image, labels)])
+    assert model.num_classes == 6 and data.class_values == (2, 3, 4, 5, 6)
+    assert model.class_names[1] == "liver"
+    assert w._heads_warning([(image, labels)], data, model.num_classes) is None
+    strokes[10, 5:40] = 1  # background strokes only: against false positives
+    labels.data = strokes
+    assert w._configs([(image, labels)])[0].num_classes == 6
