@@ -132,6 +132,8 @@ def test_ct_at_1mm_through_the_dock_uses_the_layers_pixel_size(dock: Any, data_d
     w.scale._pixel.value = ""  # the user clears it: the model sees 1 mm pixels as 3 mm
     w.segment(pruned_depth=4)
     unknown = _liver_dice(viewer, fine_liver)
+    # the status said nothing of it (the command line notes it): QA 11
+    assert "no pixel size: segmented as if at the model's 3 x 3 mm" in w._status.value
     print(
         f"liver Dice through the dock at 1 mm: with the layer's pixel size {given:.3f}, "
         f"without {unknown:.3f}"

@@ -468,6 +468,8 @@ def check_prediction(
         image_signals,
         judge,
         tiny_image_check,
+        units_image_check,
+        units_problem,
     )
     from .inference import predict
     from .normalization import contrast_problem, repaired
@@ -480,6 +482,8 @@ def check_prediction(
     problem = contrast_problem(image, data_config.normalization)
     if problem is not None:
         return flat_image_check(problem)
+    if (units := units_problem(image, data_config.normalization)) is not None:
+        return units_image_check(units)
     config = _check_config(predict_config)
     classes = model.config.num_classes
     tiny = tiny_image_check(int(np.size(probs[max(probs)])) // (classes if classes > 1 else 1))

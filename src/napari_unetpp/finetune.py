@@ -105,6 +105,36 @@ def inherited_card(initial: Any) -> dict[str, Any]:
     return {k: card[k] for k in INHERITED_CARD_KEYS if card.get(k)}
 
 
+def kept_class_values(
+    labels: list[Any], start: ModelConfig, data_config: DataConfig
+) -> tuple[int, ...]:
+    """The starting model's class values (sparse: 2..N) when a fine-tune's scribbles name only
+    some of its classes (or none: background strokes against false positives), else ().
+
+    Why: class values were counted, not read: a radiologist's liver strokes (value 2, the
+    CT model's liver) made a 2-output model, so the model's heads were replaced by untrained
+    ones and every other organ was lost (spleen, kidneys, stomach Dice 0.7-0.8 -> 0, liver
+    0.89 -> 0.66 on unseen slices). Sparse only: unpainted pixels say nothing, so the
+    classes no stroke names are kept (``preserve_weight`` holds them); dense labels claim
+    every pixel, and a dense 0/1 mask may well mean a new binary task.
+    """
+    from .labels import resolve_class_values
+
+    if (
+        data_config.class_values
+        or data_config.target != "semantic"
+        or data_config.label_mode != "sparse"
+        or start.num_classes < 2
+    ):
+        return ()
+    model_values = tuple(range(2, start.num_classes + 1))
+    try:
+        values = resolve_class_values(data_config, labels)
+    except ValueError:  # background strokes only
+        values = ()
+    return model_values if set(values) <= set(model_values) else ()
+
+
 def class_mapping(
     labels: list[Any], start: ModelConfig, data_config: DataConfig, classes: int
 ) -> tuple[str | None, str | None]:

@@ -28,6 +28,8 @@ __all__ = [
     "ImageCheck",
     "Remedy",
     "flat_image_check",
+    "units_image_check",
+    "units_problem",
     "SIZE_HINT",
     "THRESHOLDS",
     "calibrate",
@@ -278,6 +280,45 @@ def flat_image_check(problem: str) -> ImageCheck:
         unlike_training=True,
         reasons=[problem],
         remedies=["check that the layer, file, channel or plane is the image you mean"],
+    )
+
+
+def units_problem(image: Any, normalization: NormalizationConfig) -> str | None:
+    """Why ``image`` cannot hold the units of a model's fixed window that reaches below 0
+    (CT: Hounsfield units), in words, or None when it can.
+
+    Why: a scan exported with its window/level applied (0..255) or read without its
+    ``RescaleIntercept`` (0..4095) has no value below 0, while every abdominal CT slice
+    holds air (-1000 HU) or fat (-100 HU); the CT model then saw a body of bright soft
+    tissue, and the check's remedy sent a radiologist to the pixel size.
+    """
+    from .normalization import subsample
+
+    if normalization.mode != "window" or normalization.low >= 0:
+        return None
+    sample = np.asarray(subsample(image), dtype=np.float64)
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0 or sample.min() < 0:
+        return None
+    return (
+        f"its values are {sample.min():g}..{sample.max():g}, none below 0: not the units of "
+        f"the model's intensity window ({normalization.low:g}..{normalization.high:g}; for CT "
+        "Hounsfield units, where air is -1000 and fat -100), so a window/level was already "
+        "applied (an 8-bit export) or the scanner's values lack their RescaleIntercept"
+    )
+
+
+def units_image_check(problem: str) -> ImageCheck:
+    """The verdict on an image in the wrong units (``problem``, from :func:`units_problem`):
+    its depth signals would only blame the pixel size."""
+    return ImageCheck(
+        signals={},
+        unlike_training=True,
+        reasons=[problem],
+        remedies=[
+            "open the scan's original values (the DICOM series, or a NIfTI converted from "
+            "it, e.g. with dcm2niix), not a windowed or screenshot export"
+        ],
     )
 
 

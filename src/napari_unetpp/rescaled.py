@@ -295,6 +295,9 @@ def _one_pass(
     result = yield from predict(model, small, config, data_config, stopper=stopper)
     if not result:
         return result
+    if not result.complete and out is None:  # stopped: nobody reads a partial in-memory result
+        # (Cancel on a 0.98 mm CT waited 16 s for every head to be resampled back, 1.2 GB)
+        return type(result)({}, complete=False)
     return _back(result, image.shape, model.config.num_classes, data_config, dims, out)
 
 

@@ -301,6 +301,7 @@ class TrainForm(Container):
         self, pairs: list[tuple[Image, Labels]]
     ) -> tuple[ModelConfig, TrainConfig, DataConfig, str | None]:
         from ..config import DataConfig, ModelConfig, NormalizationConfig, TrainConfig
+        from ..finetune import kept_class_values
         from ..labels import num_output_channels
 
         initial, base = self._initial()
@@ -313,6 +314,9 @@ class TrainForm(Container):
             target=self._target.value,
             channel_axis=self._channel_axis_value(),
         )
+        if base is not None:  # scribbles of some of its classes keep its heads
+            kept = kept_class_values([layer_data(lab) for _, lab in pairs], base.model, data)
+            data = data.replace(class_values=kept) if kept else data
         classes = num_output_channels(data, [layer_data(lab) for _, lab in pairs])
         axis = data.channel_axis
         channels = 1 if axis is None else layer_data(pairs[0][0]).shape[axis]

@@ -1,0 +1,110 @@
+"""A radiologist's hostile CT inputs (session 11 QA): what the check and readers say."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+
+@pytest.fixture(scope="module")
+def ct_slices(data_dir: Path) -> np.ndarray:
+    """Two slices of the CT sample in Hounsfield units (int16)."""
+    return tifffile.imread(data_dir / "ct_totalseg" / "ct.tif")[10:12]
+
+
+def _check(image: np.ndarray):
+    import torch
+
+    from napari_unetpp.config import DataConfig, NormalizationConfig, PredictConfig
+    from napari_unetpp.disagreement import check_prediction
+    from napari_unetpp.events import drive
+    from napari_unetpp.inference import predict_array
+    from napari_unetpp.model import UNetPlusPlus
+
+    torch.manual_seed(0)
+    net = UNetPlusPlus(widths=(4, 8), depth=1).eval()
+    data = DataConfig(normalization=NormalizationConfig.ct_window())
+    config = PredictConfig(device="cpu")
+    probs = predict_array(net, image, config, data)
+    return drive(check_prediction(net, image, probs, data, config))
+
+
+def test_a_windowed_8_bit_ct_is_told_its_values_are_not_hounsfield_units(ct_slices) -> None:
+    """A scan exported with its window applied (0..255) was blamed on its pixel size."""
+    windowed = (np.clip((ct_slices + 160) / 400, 0, 1) * 255).round().astype(np.uint8)
+    check = _check(windowed[0])
+    assert check.unlike_training
+    assert "not the units" in check.reasons[0] and "Hounsfield" in check.reasons[0]
+    assert "original values" in check.remedies_for("dock")[0]
+    raw = (ct_slices[0].astype(np.int32) + 1024).astype(np.uint16)  # intercept not applied
+    assert "RescaleIntercept" in _check(raw).reasons[0]
+
+
+def test_a_scan_in_hounsfield_units_gets_no_units_reason(ct_slices) -> None:
+    check = _check(ct_slices[0])
+    assert not any("not the units" in r for r in check.reasons)
+
+
+def test_cancel_of_a_rescaled_stack_does_not_resample_the_partial_result_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancel on a 0.98 mm scan (the model's 3 mm) took 16 s: every head of the partial
+    result was resampled back onto the 112 x 309 x 373 grid, only to be thrown away."""
+    from napari_unetpp import rescaled
+    from napari_unetpp.config import DataConfig, PredictConfig
+    from napari_unetpp.events import Stopper
+    from napari_unetpp.inference import predict
+    from napari_unetpp.model import UNetPlusPlus
+
+    backs: list[int] = []
+    real_back = rescaled._back
+    monkeypatch.setattr(rescaled, "_back", lambda *a, **k: backs.append(1) or real_back(*a, **k))
+    net = UNetPlusPlus(widths=(4, 8), depth=1).eval()
+    net.config = net.config.replace(pixel_size=(3.0, 3.0), pixel_unit="mm")
+    stack = np.random.default_rng(0).normal(size=(6, 96, 96)).astype(np.float32)
+    config = PredictConfig(
+        device="cpu", pixel_size=(1.0, 1.0), pixel_unit="mm", tile_size=(16, 16), batch_size=1
+    )
+
+    def run(stop_after: int | None):
+        stopper, events = Stopper(), 0
+        job = predict(net, stack, config, DataConfig(), stopper=stopper)
+        while True:
+            try:
+                event = next(job)
+            except StopIteration as end:
+                return end.value
+            events += event.kind == "tiles"
+            if stop_after is not None and events >= stop_after:
+                stopper.stop()
+
+    stopped = run(stop_after=1)
+    assert not stopped.complete and not backs
+    whole = run(stop_after=None)  # a finished run still comes back on the image's grid
+    assert whole.complete and backs and whole[1].shape[-2:] == (96, 96)
+
+
+def test_liver_strokes_on_the_ct_model_keep_its_organ_heads(make_napari_viewer) -> None:
+    """Sparse liver strokes (2, the CT model's liver) and background (1) made a 2-output
+    model: its heads were replaced by untrained ones and every other organ was lost."""
+    from napari_unetpp._widgets.train import TrainWidget
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.full((64, 64), -1000, np.int16), name="scan")
+    strokes = np.zeros((64, 64), np.uint8)
+    strokes[10, 5:40], strokes[40, 5:40] = 2, 1
+    labels = viewer.add_labels(strokes, name="strokes")
+    w = TrainWidget(viewer)
+    w._image.value, w._labels_box.value = image, labels
+    w._label_mode.value = "sparse"
+    w._start_from.value = "zoo:ct"
+    model, _, data, _ = w._configs([(image, labels)])
+    assert model.num_classes == 6 and data.class_values == (2, 3, 4, 5, 6)
+    assert model.class_names[1] == "liver"
+    assert w._heads_warning([(image, labels)], data, model.num_classes) is None
+    strokes[10, 5:40] = 1  # background strokes only: against false positives
+    labels.data = strokes
+    assert w._configs([(image, labels)])[0].num_classes == 6
