@@ -108,3 +108,26 @@ def test_liver_strokes_on_the_ct_model_keep_its_organ_heads(make_napari_viewer) 
     strokes[10, 5:40] = 1  # background strokes only: against false positives
     labels.data = strokes
     assert w._configs([(image, labels)])[0].num_classes == 6
+
+
+def test_the_cli_keeps_the_ct_models_organ_heads_for_liver_strokes_as_the_dock(
+    tmp_path: Path, ct_slices: np.ndarray, capsys
+) -> None:
+    """`train --from zoo:ct --label-mode sparse` with liver strokes still made a 2-output
+    model (the dock's fix was the dock's alone): the run's configs now keep the model's six
+    classes and their names, as the Train dock's do."""
+    import json
+
+    from napari_unetpp.cli import main
+
+    image, strokes = tmp_path / "scan.tif", tmp_path / "strokes.tif"
+    tifffile.imwrite(image, ct_slices[0])
+    painted = np.zeros(ct_slices[0].shape, np.uint8)
+    painted[40, 20:60], painted[5, 5:60] = 2, 1
+    tifffile.imwrite(strokes, painted)
+    args = ["train", "--images", str(image), "--labels", str(strokes), "--out", str(tmp_path)]
+    args += ["--from", "zoo:ct", "--label-mode", "sparse", "--dry-run", "-q"]
+    assert main(args) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["model"]["num_classes"] == 6 and record["model"]["class_names"][1] == "liver"
+    assert record["data"]["class_values"] == [2, 3, 4, 5, 6]

@@ -256,6 +256,11 @@ def _train(
     channels = (
         1 if data_config.channel_axis is None else int(images[0].shape[data_config.channel_axis])
     )
+    if initial is not None:  # scribbles of some of its classes keep its heads (as the dock)
+        from ..finetune import kept_class_values
+
+        kept = kept_class_values(labels, model_config, data_config)
+        data_config = data_config.replace(class_values=kept) if kept else data_config
     classes = num_output_channels(data_config, labels)
     if initial is not None and main_process:
         _note_class_mapping(labels, model_config, data_config, classes)
