@@ -86,7 +86,7 @@ def guess_zoo_model(layer: Any) -> str | None:
 
 #: Where the median of a grey image lies between its 1st and 99th percentiles, for EM: TEM
 #: sections are textured grey throughout (ISBI 2012: 0.54-0.58), fluorescence is mostly
-#: dark background (DSB: median 0.04) and brightfield mostly bright (0.93); 9 of DSB's
+#: dark background (DSB: median 0.04) and brightfield mostly bright (0.93); 10 of DSB's
 #: 500 grey images fall inside.
 EM_MEDIAN_BAND = (0.35, 0.7)
 
