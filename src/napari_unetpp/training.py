@@ -191,6 +191,8 @@ class Trainer:
             images, labels, val_images, val_labels, self.model_config, tc, self.data_config, rng
         )
         run, new_heads = self._setup(rng)
+        if run.teacher is not None and run.preserve_weight > 0:  # keep it on every slice
+            data.sampler.anywhere = 1
         total = tc.iterations
         data.description["new_heads"] = new_heads
         if data.patch_size != tuple(tc.patch_size):
