@@ -28,6 +28,7 @@ __all__ = [
     "ImageCheck",
     "Remedy",
     "flat_image_check",
+    "tiny_image_check",
     "units_image_check",
     "units_problem",
     "SIZE_HINT",

@@ -97,9 +97,10 @@ def _mid_grey(data: Any) -> bool:
     Why: an EM stack without a telling name or pixel size (an "em10" array, a tif from a
     microscope that writes no resolution) got the nuclei model.
     """
+    from ..normalization import subsample
+
     plane = np.asarray(data[tuple(n // 2 for n in np.shape(data)[:-2])])  # the middle plane
-    step = max(1, int(np.sqrt(plane.size / 65536)))
-    sample = plane[::step, ::step].astype(np.float64, copy=False)
+    sample = subsample(plane).astype(np.float64, copy=False)  # as the percentiles are taken
     sample = sample[np.isfinite(sample)]
     if sample.size < 64:
         return False

@@ -274,11 +274,11 @@ def scale_note(probs: Any, model: ModelConfig | None = None) -> str | None:
     if not scale:
         if model is None or not model.pixel_size:
             return None
-        trained = " x ".join(f"{s:g}" for s in model.pixel_size)
+        trained = f"{' x '.join(f'{s:g}' for s in model.pixel_size)} {model.pixel_unit}".strip()
         return (
-            f"no pixel size: segmented as if at the model's {trained} {model.pixel_unit}"
-            "; type the image's in 'Pixel size' (Your image panel) if it differs"
-        ).replace(" ;", ";")
+            f"no pixel size: segmented as if at the model's {trained}; type the image's in "
+            "'Pixel size' (Your image panel) if it differs"
+        )
     zooms = scale.get("zoom", ())
     zoom = " x ".join(f"{z:.2f}" for z in zooms)
     measured = scale.get("measured_diameter")
