@@ -505,6 +505,7 @@ def check_prediction(
     if stopped():
         return None
     signals = image_signals(probs, flipped, model.config, data_config, half or None, zoom=zoom)
+    signals["noise"] = _input_noise(model, whole, probs, data_config)  # not the heads'
     verdict, reasons, remedies = judge(
         signals, {**THRESHOLDS, **(thresholds or {})}, zoom=zoom, auto=config.rescale == "auto"
     )
@@ -514,6 +515,26 @@ def check_prediction(
         else None
     )
     return ImageCheck(signals, verdict, reasons, remedies, advice)
+
+
+def _input_noise(
+    model: Any, image: Any, probs: Mapping[int, Any], data_config: DataConfig
+) -> float | None:
+    """The noise of what the network saw (:func:`noise.noise_level`): the model's grey
+    input, resampled by the zoom the pass ran at (a 1 mm CT shrunk to a 3 mm model's grid
+    averages its noise down, and the model judges that)."""
+    from . import scale as S
+    from .noise import noise_level
+    from .normalization import as_model_input
+
+    axis = data_config.channel_axis
+    grey, was_rgb = as_model_input(image, model.config.in_channels, axis)
+    axis = None if was_rgb else axis
+    zoom = (getattr(probs, "scale", None) or {}).get("zoom")
+    if zoom and any(float(z) != 1.0 for z in zoom):
+        axes = S.spatial_axes(np.ndim(grey), model.config.spatial_dims, axis)
+        grey = S.resample(np.asarray(grey), zoom, axes)
+    return noise_level(grey, data_config.replace(channel_axis=axis))
 
 
 def check_result(

@@ -1,0 +1,101 @@
+"""The input's noise level, and the warning on images noisier than a model tolerates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unetpp.config import DataConfig, NormalizationConfig, PredictConfig
+from napari_unetpp.image_check import NOISE_REMEDY, THRESHOLDS, judge
+from napari_unetpp.noise import noise_level, plane_noise
+
+
+@pytest.mark.parametrize("sd", [0.01, 0.03, 0.1])
+def test_plane_noise_recovers_the_standard_deviation_of_white_noise(sd: float) -> None:
+    """On a smooth ramp (which the kernel cancels), the estimate is the noise's own sd."""
+    rng = np.random.default_rng(0)
+    ramp = np.add.outer(np.linspace(0.2, 0.5, 200), np.linspace(0, 0.2, 300))
+    measured = plane_noise(ramp + rng.normal(0, sd, ramp.shape), clipped=False)
+    print(f"sd {sd}: measured {measured:.4f}")
+    assert measured == pytest.approx(sd, rel=0.08)
+
+
+def test_clipped_pixels_are_left_out() -> None:
+    """CT air is clipped to 0 by the window: its pixels have no noise left to measure and
+    must not pull the median to 0; an image that is all clipped gives no estimate."""
+    rng = np.random.default_rng(1)
+    body = np.clip(0.5 + rng.normal(0, 0.05, (64, 64)), 0, 1)
+    image = np.zeros((64, 256))  # three quarters air
+    image[:, 96:160] = body
+    assert plane_noise(image, clipped=False) == 0.0  # the median falls in the air
+    assert plane_noise(image, clipped=True) == pytest.approx(0.05, rel=0.15)
+    assert plane_noise(np.zeros((64, 64)), clipped=True) is None
+
+
+def test_noise_level_on_ct_is_in_normalised_units(data_dir) -> None:
+    """The real CT's slices and the same slices with 40 HU of noise (0.1 of the W400
+    window): the estimate rises by about that much, whatever the stack's length."""
+    import tifffile
+
+    ct = tifffile.imread(data_dir / "ct_totalseg" / "ct.tif")[:6]
+    config = DataConfig(normalization=NormalizationConfig.ct_window())
+    clean = noise_level(ct, config)
+    shaken = np.round(ct + np.random.default_rng(0).normal(0, 40, ct.shape)).astype(np.int16)
+    noisy = noise_level(shaken, config)
+    print(f"CT noise: native {clean:.4f}, +40 HU {noisy:.4f}")
+    assert clean is not None and noisy is not None
+    assert clean < 0.05
+    assert np.hypot(clean, 0.1) == pytest.approx(noisy, rel=0.15)
+    assert noise_level(ct[0], config) == pytest.approx(clean, rel=0.1)
+
+
+def test_noise_level_of_rgb_and_channel_images(data_dir) -> None:
+    """A channel axis is measured per channel (their median), not read as a spatial axis."""
+    import tifffile
+
+    em = tifffile.imread(data_dir / "em_isbi2012" / "image.tif")[0]
+    grey = noise_level(em, DataConfig())
+    three = np.stack([em, em, em], axis=-1)
+    assert noise_level(three, DataConfig(channel_axis=-1)) == pytest.approx(grey)
+
+
+def test_judge_names_the_noise_only_where_the_model_has_a_limit() -> None:
+    quiet = {**{name: 0.0 for name in THRESHOLDS}, "size_ratio": 1.0}
+    assert not judge(quiet, THRESHOLDS)[0]
+    assert not judge({**quiet, "noise": 0.5}, THRESHOLDS)[0]  # no limit measured: no verdict
+    limits = {**THRESHOLDS, "noise": 0.06}
+    assert not judge({**quiet, "noise": 0.05}, limits)[0]
+    unlike, reasons, remedies = judge({**quiet, "noise": 0.1}, limits)
+    assert unlike and "noisier than this model tolerates" in reasons[0]
+    # the remedy is the noise's own, not "check the scale" (the scale is not the problem)
+    assert [r.template for r in remedies] == [NOISE_REMEDY]
+
+
+def test_the_shipped_ct_model_warns_on_a_noisy_scan_and_not_on_its_own(data_dir) -> None:
+    """The case the output signals miss: 40 HU of noise takes the CT model's liver to a
+    fraction of its native Dice while its depths agree; the input's noise gives it away."""
+    import tifffile
+
+    from napari_unetpp import metrics as M
+    from napari_unetpp import zoo
+    from napari_unetpp.disagreement import check_result
+    from napari_unetpp.events import drive
+    from napari_unetpp.inference import predict
+
+    model, info = zoo.load_pretrained("ct")
+    ct = tifffile.imread(data_dir / "ct_totalseg" / "ct.tif")[:3]
+    organs = tifffile.imread(data_dir / "ct_totalseg" / "organs.tif")[:3]
+    liver = organs == dict(zoo.CT_ORGANS)["liver"]
+    shaken = np.round(ct + np.random.default_rng(0).normal(0, 40, ct.shape)).astype(np.int16)
+    config = PredictConfig(device="cpu")
+    verdicts, dice = {}, {}
+    for name, image in (("native", ct), ("noisy", shaken)):
+        probs = drive(predict(model, image, config, info.data))
+        check = drive(check_result(model, image, probs, info.data, config, info.metrics))
+        verdicts[name] = check
+        dice[name] = M.dice(np.asarray(probs[4]).argmax(0) == 1, liver)
+    print({k: (v.unlike_training, v.signals["noise"]) for k, v in verdicts.items()}, dice)
+    assert dice["noisy"] < dice["native"] - 0.2  # the model does fail there
+    assert not verdicts["native"].unlike_training
+    assert verdicts["noisy"].unlike_training
+    assert any("noisier" in r for r in verdicts["noisy"].reasons)
