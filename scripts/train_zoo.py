@@ -157,6 +157,9 @@ def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
         tc_kwargs["validate_every"] = args.validate_every or recorded["validate_every"]
     if args.iterations or recorded.get("iterations"):
         tc_kwargs["iterations"] = args.iterations or recorded["iterations"]
+    if args.augment_noise is not None or recorded.get("augment_noise") is not None:
+        noise = args.augment_noise if args.augment_noise is not None else recorded["augment_noise"]
+        tc_kwargs["augment_noise"] = noise
     train_config = TrainConfig(**tc_kwargs)
     model_config = spec.model_config(widths)
     log(f"{spec.name}: loading data")
@@ -192,6 +195,7 @@ def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
         hardware=hardware(args.device),
         learning_rate=train_config.learning_rate,
         keep_norm=bool(train_config.freeze_norm),
+        augment_noise=train_config.augment_noise,
     )
     clock = [time.perf_counter()]
     deadline = time.perf_counter() + args.time_budget * 60 * 1.15 if args.time_budget else None
@@ -262,6 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--validate-every", type=int, default=None, help="default: per model")
     parser.add_argument("--learning-rate", type=float, default=None, help="default: per model")
+    parser.add_argument(
+        "--augment-noise",
+        type=float,
+        default=None,
+        metavar="SD",
+        help="largest added noise sd (normalised units; default: per model, 0.05); the CT "
+        "noise study used 0.15 (60 HU), docs/benchmarks.md",
+    )
     parser.add_argument(
         "--keep-norm",
         action="store_true",
