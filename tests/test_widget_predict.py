@@ -263,6 +263,31 @@ def test_the_command_labels_from_the_depth_the_dock_labelled_from(
     _replay_command_and_compare(w.last_run_dir)
 
 
+def test_the_docks_label_here_next_blocks_are_the_commands(
+    setup: Any, em_stack: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """The dock's 'label here next' rectangles are the blocks ``predict --disagreement``
+    writes to ``_regions.json`` for the same image: the dock ranked 8, the command 10,
+    and as each block is the best of its stratum, 3 of the dock's 8 were not among the
+    command's (QA session 12, on 3 EM slices)."""
+    import tifffile
+
+    from napari_unetpp import cli
+
+    viewer, w, errors = setup
+    image = em_stack[0][:2, :384, :384].copy()  # 18 blocks of 128 x 128 in 2 slices
+    w._image.value = viewer.add_image(image, name="stack")
+    w.segment()
+    assert not errors
+    boxes = viewer.layers["stack UNet++ label here next"]
+    dock = [(int(b[0, 0]), *map(int, b[:, 1:].min(axis=0))) for b in boxes.data]
+    tifffile.imwrite(tmp_path / "stack.tif", image)
+    argv = [str(w.model_spec), str(tmp_path / "stack.tif"), "--out", str(tmp_path / "cli")]
+    assert cli.main(["predict", *argv, "--disagreement", "--device", "cpu", "-q"]) == 0
+    regions = json.loads((tmp_path / "cli" / "stack_regions.json").read_text())
+    assert dock == [(*r["item"], *r["start"]) for r in regions["label_here_next"]]
+
+
 def test_a_quick_look_refuses_a_view_of_another_plane(setup: Any, crop: np.ndarray) -> None:
     """With the axis order changed the view showed a Z-X plane, and a quick look segmented
     the Y-X plane at the slider's Z: one row of the view (QA session 11)."""
