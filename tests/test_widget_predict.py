@@ -920,6 +920,33 @@ def test_just_trained_offers_the_newest_model_first(
     assert w.model_spec == str(runs[0])
 
 
+def test_a_fine_tune_replaces_the_shipped_model_the_dock_picked(
+    make_napari_viewer: Any, checkpoint: Path, crop: np.ndarray, tmp_path: Path
+) -> None:
+    """The 'label here next' loop: segment with the shipped model the dock picked, paint,
+    fine-tune, press Segment again; the dock still held the shipped model and gave the
+    first result again (QA session 12). A model the user picked stays, and a pruned model
+    saved from the dock is no fine-tune."""
+    import shutil
+
+    viewer = make_napari_viewer()
+    viewer.add_image(crop[0], name="em")
+    w = PredictWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert w._source.value == "shipped" and w.model_spec == "zoo:em"
+    w.pruning.saved = pruned = shutil.copytree(checkpoint, tmp_path / "em-L2")
+    _state.register_model("em L2", pruned)  # Save pruned model: kept as it was
+    assert w._source.value == "shipped" and w.model_spec == "zoo:em"
+    _state.register_model("em-run", checkpoint)  # a fine-tune ends
+    assert w._source.value == "just trained" and w.model_spec == str(checkpoint)
+    assert "just trained" in w._status.value
+    w._source.value = "shipped"
+    w._model.value = "zoo:em"
+    w._on_user_model(0)  # picked by the user: kept
+    _state.register_model("em-run 2", tmp_path / "tiny")
+    assert w._source.value == "shipped" and w.model_spec == "zoo:em"
+
+
 def test_undo_after_a_rerun_does_not_bring_back_the_old_result(
     setup: Any, crop: np.ndarray
 ) -> None:

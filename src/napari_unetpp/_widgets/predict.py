@@ -284,9 +284,24 @@ class PredictWidget(Container):
 
     def _on_models_changed(self) -> None:
         """A run finished (or a model was dropped): listed, and chosen unless the user
-        picked a model (segmenting with the older run after training is a silent trap)."""
+        picked a model (segmenting with the older run after training is a silent trap).
+
+        A shipped model the dock picked for the image (not the user) gives way too: in
+        the 'label here next' loop (segment, paint, fine-tune, segment again) the second
+        Segment ran the shipped model again and gave the first result (QA session 12).
+        A pruned model saved from this dock is no training: the dock keeps its model.
+        """
         try:
-            if self._source.value == "just trained":
+            newest = list(_state.registered_models().values())[-1:]
+            if (
+                self._source.value == "shipped"
+                and not self._model_from_user
+                and newest
+                and newest[0] != self.pruning.saved
+            ):
+                self._source.value = "just trained"  # loads the newest (see _on_source)
+                self._status.value = f"model: {self.model_name}, just trained"
+            elif self._source.value == "just trained":
                 self._model.reset_choices()
                 newest = self._model_choices()[:1]  # the box keeps its old order
                 if not self._model_from_user and newest:
