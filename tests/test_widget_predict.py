@@ -761,6 +761,29 @@ def test_a_microscope_image_after_a_scan_does_not_keep_the_ct_model(
     assert widget._model.value not in (None, "zoo:ct")  # kept what it had: floats may be HU
 
 
+def test_a_fluorescence_image_after_an_em_stack_gets_the_nuclei_model(
+    make_napari_viewer: Any, crop: np.ndarray
+) -> None:
+    """An EM stack picked the EM model; a grey fluorescence image (dark background, bright
+    nuclei) chosen next kept it, as nothing was guessed for it, and its nuclei were
+    segmented as membranes (QA session 12). The user guide: anything else gets nuclei."""
+    viewer = make_napari_viewer()
+    widget = PredictWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._image.value = viewer.add_image(crop, name="stack")
+    assert widget._model.value == "zoo:em"
+    cells = np.zeros((64, 64), np.uint8)
+    cells[10:20, 10:20] = cells[40:52, 30:40] = 200
+    widget._image.value = viewer.add_image(cells, name="cells")
+    assert widget._model.value == "zoo:nuclei" and widget.model_spec == "zoo:nuclei"
+    widget._image.value = viewer.layers["stack"]  # and back
+    assert widget._model.value == "zoo:em"
+    widget._model.value = "zoo:ct"  # a model the user picks is kept
+    widget._on_user_model(0)
+    widget._image.value = viewer.layers["cells"]
+    assert widget._model.value == "zoo:ct"
+
+
 def test_removing_the_image_falls_back_to_a_users_image_not_a_result(
     setup: Any, crop: np.ndarray
 ) -> None:

@@ -250,14 +250,20 @@ class PredictWidget(Container):
             self.scale.set_layer(self._image.value)
 
     def _pick_zoo_model(self) -> None:
-        """Choose the shipped model that matches the chosen image (EM, CT, nuclei); an image
-        that cannot be a CT scan leaves the CT model for the default (the first shipped)."""
+        """Choose the shipped model that matches the chosen image (EM, CT, nuclei); any other
+        image gets the nuclei model, as the user guide says, but one that could hold
+        Hounsfield units keeps the CT model it has (floats may be a scan).
+
+        Why not keep the model for an image nothing was guessed for: a grey fluorescence
+        image chosen after an EM stack kept the EM model, and its nuclei came out as
+        membranes (QA session 12); after a scan, an EM plane was segmented as a body.
+        """
         layer = self._image.value
         match = None if layer is None else guess_zoo_model(layer)
         choices = [value for _, value in zoo_choices()]
-        if match is None and layer is not None and self._model.value == zoo_spec("ct"):
-            if not could_be_ct(layer):
-                match = next((c for c in choices if c != zoo_spec("ct")), None)
+        if match is None and layer is not None:
+            keep_ct = self._model.value == zoo_spec("ct") and could_be_ct(layer)
+            match = None if keep_ct else zoo_spec("nuclei")
         if match in choices:
             self._model.reset_choices()
             self._model.value = match
