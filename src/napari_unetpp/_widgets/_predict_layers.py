@@ -308,11 +308,11 @@ def show_result(
     """All of a finished run's layers for the image ``name``; returns (legend, notes).
 
     ``options``: :func:`_add_result`'s (``instance``, ``all_depths``, ``regions``).
-    ``meta["depth"]`` is the labels' depth; ``regions``: the blocks to label next (the
-    job ranked them). A run of all depths first drops the per-depth layers it did not
-    make (a pruned run makes one and keeps the rest). A generator that yields between
-    the steps of adding a layer (building it, then inserting it: napari's insert alone is
-    50-100 ms of the GUI thread here), so the dock runs one step per event-loop turn
+    ``meta["depth"]`` is the labels' depth (``"adaptive"``: a mix); ``regions``: the blocks
+    to label next (the job ranked them). A run of all depths first drops the per-depth
+    layers it did not make (a pruned run makes one and keeps the rest). A generator that
+    yields between the steps of adding a layer (building it, then inserting it: napari's
+    insert alone is 50-100 ms of the GUI thread here), so the dock runs one step per event-loop turn
     (:func:`._ui.spread`) and the viewer keeps painting between them (issue 16). The
     layers are added unselected; a new labels layer is then selected, once (each
     selection builds and shows a layer's controls), unless the user selected a layer

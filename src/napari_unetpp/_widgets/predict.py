@@ -535,10 +535,13 @@ class PredictWidget(Container):
         assert info is not None
         self.last_probabilities = dict(probs)
         final = config.pruned_depth or (depth if depth in probs else max(probs))
+        adaptive = hasattr(probs, "depth_map")
         meta = {
             "model": spec,
             "model_name": model_name(spec),
-            "depth": final,
+            # an adaptive run's labels come from a mix of depths: recorded as L4, they
+            # passed for the deepest head's (its probabilities layer already said "adaptive")
+            "depth": "adaptive" if adaptive else final,
             "scale": list(where.scale),
             "run": str(self.last_run_dir),
             "scope": scope,
@@ -555,9 +558,7 @@ class PredictWidget(Container):
             all_depths=config.pruned_depth is None,
             image=layer,
         )
-        source = (
-            "adaptive depth, up to" if hasattr(probs, "depth_map") else "the Depth slider's depth:"
-        )
+        source = "adaptive depth, up to" if adaptive else "the Depth slider's depth:"
         self._showing = True  # Run stays locked until every layer is in
 
         def shown(legend_notes: tuple[str, list[str]] | None) -> None:
