@@ -306,7 +306,8 @@ class PredictWidget(Container):
                 and newest[0] != self.pruning.saved
             ):
                 self._source.value = "just trained"  # loads the newest (see _on_source)
-                self._status.value = f"model: {self.model_name}, just trained"
+                if not self.busy:  # else a run's progress (or "waiting...") is shown
+                    self._status.value = f"model: {self.model_name}, just trained"
             elif self._source.value == "just trained":
                 self._model.reset_choices()
                 newest = self._model_choices()[:1]  # the box keeps its old order
