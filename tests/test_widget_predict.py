@@ -973,9 +973,12 @@ def test_a_fine_tune_replaces_the_shipped_model_the_dock_picked(
 def test_undo_after_a_rerun_does_not_bring_back_the_old_result(
     setup: Any, crop: np.ndarray
 ) -> None:
-    """A user corrected the labels with the brush, segmented again (the layer is updated
-    in place), then pressed ctrl+z: napari's undo history still held the first result's
-    pixels and wrote them into the new labels."""
+    """A user corrected the labels with the brush, segmented again, then pressed ctrl+z:
+    napari's undo history still held the first result's pixels and wrote them into the new
+    labels. And the re-run, updating the layer in place, wiped the correction without a
+    word (QA session 12): a painted result is kept, as the user's, beside the new one."""
+    from napari_unetpp._widgets._layers import PLUGIN_KEY
+
     viewer, w, errors = setup
     w._image.value = viewer.add_image(crop[0], name="em")
     w.segment()
@@ -984,12 +987,21 @@ def test_undo_after_a_rerun_does_not_bring_back_the_old_result(
     everywhere = tuple(np.indices(first.shape).reshape(2, -1))
     labels.data_setitem(everywhere, 7)  # a brush correction (napari records it for undo)
     labels.mode = "paint"
-    w.segment(pruned_depth=1)  # Apply at L1: a different result in the same layer
-    second = np.array(labels.data)
-    assert not np.array_equal(first, second) and not errors
+    w.segment(pruned_depth=1)  # Apply at L1: a different result
+    assert labels.name == "em UNet++ labels (edited)" and (labels.data == 7).all()
+    assert PLUGIN_KEY not in labels.metadata and "kept in 'em UNet++ labels (edited)'" in (
+        w._status.value
+    )
     assert labels.mode == "paint"  # the user's tool is kept
-    labels.undo()
-    np.testing.assert_array_equal(labels.data, second)
+    new = viewer.layers["em UNet++ labels"]
+    second = np.array(new.data)
+    assert not np.array_equal(first, second) and not errors
+    new.undo()  # nothing of the first result comes back into the new one
+    np.testing.assert_array_equal(new.data, second)
+    labels.undo()  # the user's own history still undoes their stroke
+    np.testing.assert_array_equal(labels.data, first)
+    w.segment(pruned_depth=1)  # not painted since: updated in place
+    assert viewer.layers["em UNet++ labels"] is new and len(viewer.layers) == 6
 
 
 def test_the_status_names_the_model_that_segmented(setup: Any, crop: np.ndarray) -> None:
