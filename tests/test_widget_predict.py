@@ -269,7 +269,7 @@ def test_the_docks_label_here_next_blocks_are_the_commands(
     """The dock's 'label here next' rectangles are the blocks ``predict --disagreement``
     writes to ``_regions.json`` for the same image: the dock ranked 8, the command 10,
     and as each block is the best of its stratum, 3 of the dock's 8 were not among the
-    command's (QA session 12, on 3 EM slices)."""
+    command's first 8 (QA session 12, on a nuclei image)."""
     import tifffile
 
     from napari_unetpp import cli

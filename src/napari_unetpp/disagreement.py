@@ -115,7 +115,8 @@ def margin_doubt(prob: Any, num_classes: int) -> np.ndarray:
 #: How many blocks "label here next" gives, in the Segment dock and ``predict --disagreement``
 #: alike: the count measured in ``bench_depth.py labelling`` (at 16 it lost to random on EM).
 #: Why one number: the blocks are the best of ``top`` strata, so the dock's 8 were not the
-#: first 8 of the command line's 10 (QA session 12: 3 of 8 blocks differed on one image).
+#: first 8 of the command line's 10 (QA session 12: on a 720 x 720 nuclei image, 3 of the
+#: dock's 8 were not among them; on 3 EM slices, 1).
 LABEL_NEXT_COUNT = 8
 
 
