@@ -298,12 +298,12 @@ class PredictWidget(Container):
         A pruned model saved from this dock is no training: the dock keeps its model.
         """
         try:
-            newest = list(_state.registered_models().values())[-1:]
+            latest = list(_state.registered_models().values())[-1:]
             if (
                 self._source.value == "shipped"
                 and not self._model_from_user
-                and newest
-                and newest[0] != self.pruning.saved
+                and latest
+                and latest[0] != self.pruning.saved
             ):
                 self._source.value = "just trained"  # loads the newest (see _on_source)
                 if not self.busy:  # else a run's progress (or "waiting...") is shown
