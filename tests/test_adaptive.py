@@ -459,6 +459,10 @@ def test_judge_and_calibrate_name_the_remedy() -> None:
     assert not judge({**quiet, "half_size_ratio": 1.2})[0]
     noisy = judge({**quiet, "flip_disagreement": 0.5})
     assert noisy[0] and "fine-tune" in noisy[2][0]
+    # the blocks it names are the deepest head's least sure, not the depths' disagreement
+    # (the adaptive run's 'disagreement' layer): the remedy said "highest-disagreement"
+    told = noisy[2][0].phrased("dock")
+    assert "least sure" in told and "disagreement" not in told.split("fine-tune")[1]
     limit = THRESHOLDS["uncertain_fraction"]
     just_over = judge({**quiet, "uncertain_fraction": limit + 2e-4})[1][0]
     shown, bound = (float(v) for v in just_over.split()[-3::2])

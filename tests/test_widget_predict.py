@@ -263,6 +263,31 @@ def test_the_command_labels_from_the_depth_the_dock_labelled_from(
     _replay_command_and_compare(w.last_run_dir)
 
 
+def test_the_docks_label_here_next_blocks_are_the_commands(
+    setup: Any, em_stack: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """The dock's 'label here next' rectangles are the blocks ``predict --disagreement``
+    writes to ``_regions.json`` for the same image: the dock ranked 8, the command 10,
+    and as each block is the best of its stratum, 3 of the dock's 8 were not among the
+    command's first 8 (QA session 12, on a nuclei image)."""
+    import tifffile
+
+    from napari_unetpp import cli
+
+    viewer, w, errors = setup
+    image = em_stack[0][:2, :384, :384].copy()  # 18 blocks of 128 x 128 in 2 slices
+    w._image.value = viewer.add_image(image, name="stack")
+    w.segment()
+    assert not errors
+    boxes = viewer.layers["stack UNet++ label here next"]
+    dock = [(int(b[0, 0]), *map(int, b[:, 1:].min(axis=0))) for b in boxes.data]
+    tifffile.imwrite(tmp_path / "stack.tif", image)
+    argv = [str(w.model_spec), str(tmp_path / "stack.tif"), "--out", str(tmp_path / "cli")]
+    assert cli.main(["predict", *argv, "--disagreement", "--device", "cpu", "-q"]) == 0
+    regions = json.loads((tmp_path / "cli" / "stack_regions.json").read_text())
+    assert dock == [(*r["item"], *r["start"]) for r in regions["label_here_next"]]
+
+
 def test_a_quick_look_refuses_a_view_of_another_plane(setup: Any, crop: np.ndarray) -> None:
     """With the axis order changed the view showed a Z-X plane, and a quick look segmented
     the Y-X plane at the slider's Z: one row of the view (QA session 11)."""
@@ -736,6 +761,29 @@ def test_a_microscope_image_after_a_scan_does_not_keep_the_ct_model(
     assert widget._model.value not in (None, "zoo:ct")  # kept what it had: floats may be HU
 
 
+def test_a_fluorescence_image_after_an_em_stack_gets_the_nuclei_model(
+    make_napari_viewer: Any, crop: np.ndarray
+) -> None:
+    """An EM stack picked the EM model; a grey fluorescence image (dark background, bright
+    nuclei) chosen next kept it, as nothing was guessed for it, and its nuclei were
+    segmented as membranes (QA session 12). The user guide: anything else gets nuclei."""
+    viewer = make_napari_viewer()
+    widget = PredictWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._image.value = viewer.add_image(crop, name="stack")
+    assert widget._model.value == "zoo:em"
+    cells = np.zeros((64, 64), np.uint8)
+    cells[10:20, 10:20] = cells[40:52, 30:40] = 200
+    widget._image.value = viewer.add_image(cells, name="cells")
+    assert widget._model.value == "zoo:nuclei" and widget.model_spec == "zoo:nuclei"
+    widget._image.value = viewer.layers["stack"]  # and back
+    assert widget._model.value == "zoo:em"
+    widget._model.value = "zoo:ct"  # a model the user picks is kept
+    widget._on_user_model(0)
+    widget._image.value = viewer.layers["cells"]
+    assert widget._model.value == "zoo:ct"
+
+
 def test_removing_the_image_falls_back_to_a_users_image_not_a_result(
     setup: Any, crop: np.ndarray
 ) -> None:
@@ -895,12 +943,42 @@ def test_just_trained_offers_the_newest_model_first(
     assert w.model_spec == str(runs[0])
 
 
+def test_a_fine_tune_replaces_the_shipped_model_the_dock_picked(
+    make_napari_viewer: Any, checkpoint: Path, crop: np.ndarray, tmp_path: Path
+) -> None:
+    """The 'label here next' loop: segment with the shipped model the dock picked, paint,
+    fine-tune, press Segment again; the dock still held the shipped model and gave the
+    first result again (QA session 12). A model the user picked stays, and a pruned model
+    saved from the dock is no fine-tune."""
+    import shutil
+
+    viewer = make_napari_viewer()
+    viewer.add_image(crop[0], name="em")
+    w = PredictWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert w._source.value == "shipped" and w.model_spec == "zoo:em"
+    w.pruning.saved = pruned = shutil.copytree(checkpoint, tmp_path / "em-L2")
+    _state.register_model("em L2", pruned)  # Save pruned model: kept as it was
+    assert w._source.value == "shipped" and w.model_spec == "zoo:em"
+    _state.register_model("em-run", checkpoint)  # a fine-tune ends
+    assert w._source.value == "just trained" and w.model_spec == str(checkpoint)
+    assert "just trained" in w._status.value
+    w._source.value = "shipped"
+    w._model.value = "zoo:em"
+    w._on_user_model(0)  # picked by the user: kept
+    _state.register_model("em-run 2", tmp_path / "tiny")
+    assert w._source.value == "shipped" and w.model_spec == "zoo:em"
+
+
 def test_undo_after_a_rerun_does_not_bring_back_the_old_result(
     setup: Any, crop: np.ndarray
 ) -> None:
-    """A user corrected the labels with the brush, segmented again (the layer is updated
-    in place), then pressed ctrl+z: napari's undo history still held the first result's
-    pixels and wrote them into the new labels."""
+    """A user corrected the labels with the brush, segmented again, then pressed ctrl+z:
+    napari's undo history still held the first result's pixels and wrote them into the new
+    labels. And the re-run, updating the layer in place, wiped the correction without a
+    word (QA session 12): a painted result is kept, as the user's, beside the new one."""
+    from napari_unetpp._widgets._layers import PLUGIN_KEY
+
     viewer, w, errors = setup
     w._image.value = viewer.add_image(crop[0], name="em")
     w.segment()
@@ -909,12 +987,21 @@ def test_undo_after_a_rerun_does_not_bring_back_the_old_result(
     everywhere = tuple(np.indices(first.shape).reshape(2, -1))
     labels.data_setitem(everywhere, 7)  # a brush correction (napari records it for undo)
     labels.mode = "paint"
-    w.segment(pruned_depth=1)  # Apply at L1: a different result in the same layer
-    second = np.array(labels.data)
-    assert not np.array_equal(first, second) and not errors
+    w.segment(pruned_depth=1)  # Apply at L1: a different result
+    assert labels.name == "em UNet++ labels (edited)" and (labels.data == 7).all()
+    assert PLUGIN_KEY not in labels.metadata and "kept in 'em UNet++ labels (edited)'" in (
+        w._status.value
+    )
     assert labels.mode == "paint"  # the user's tool is kept
-    labels.undo()
-    np.testing.assert_array_equal(labels.data, second)
+    new = viewer.layers["em UNet++ labels"]
+    second = np.array(new.data)
+    assert not np.array_equal(first, second) and not errors
+    new.undo()  # nothing of the first result comes back into the new one
+    np.testing.assert_array_equal(new.data, second)
+    labels.undo()  # the user's own history still undoes their stroke
+    np.testing.assert_array_equal(labels.data, first)
+    w.segment(pruned_depth=1)  # not painted since: updated in place
+    assert viewer.layers["em UNet++ labels"] is new and len(viewer.layers) == 6
 
 
 def test_the_status_names_the_model_that_segmented(setup: Any, crop: np.ndarray) -> None:

@@ -161,6 +161,8 @@ def test_adaptive_depth_and_estimate_from_the_dock(dock: Any, data_dir: Path) ->
     mix = viewer.layers["em UNet++ adaptive"]  # the mix of depths is not passed off as L4
     assert mix.visible and mix.metadata["napari_unetpp"]["depth"] == "adaptive"
     assert "em UNet++ L4" not in viewer.layers
+    # nor are its labels (their metadata said depth 4: QA session 12)
+    assert viewer.layers["em UNet++ labels"].metadata["napari_unetpp"]["depth"] == "adaptive"
 
 
 def test_estimate_fills_the_diameter_of_nuclei_shown_at_twice_their_size(

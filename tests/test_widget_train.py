@@ -315,6 +315,29 @@ def test_label_mode_guess_on_scribbles(make_napari_viewer):
     assert "scribbles" in w._label_reason.value and "guessed" in w._label_reason.value
 
 
+def test_a_labels_layer_added_after_a_segment_run_replaces_its_output_in_the_box(
+    make_napari_viewer,
+):
+    """The 'label here next' loop: a dock opened after Segment holds the plugin's labels
+    (the only Labels layer then); the layer the user adds to paint in must be chosen,
+    else Start fine-tunes the model on its own output (QA session 12)."""
+    from napari_unetpp._widgets._layers import PLUGIN_KEY
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64), np.float32), name="img")
+    output = viewer.add_labels(np.ones((64, 64), np.uint8), name="img UNet++ labels")
+    output.metadata[PLUGIN_KEY] = {"model": "zoo:em"}
+    w = TrainWidget(viewer)
+    assert w._labels_box.value is output
+    mine = viewer.add_labels(np.zeros((64, 64), np.uint8), name="my labels")
+    assert w._labels_box.value is mine
+    # a layer the user picked in the box (here: the output, to correct it) stays picked
+    w._labels_box.value = output
+    w._labels_box.native.activated.emit(w._labels_box.native.currentIndex())
+    viewer.add_labels(np.zeros((64, 64), np.uint8), name="more")
+    assert w._labels_box.value is output
+
+
 def test_closed_widget_is_not_called_back(make_napari_viewer, qtbot):
     """After its Qt widget is deleted, model registrations and layer changes skip it."""
     from qtpy.QtCore import QCoreApplication, QEvent

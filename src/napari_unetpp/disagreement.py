@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DepthAdvice",
+    "LABEL_NEXT_COUNT",
     "Region",
     "advise_depth",
     "CHECK_LIMIT",
@@ -111,6 +112,14 @@ def margin_doubt(prob: Any, num_classes: int) -> np.ndarray:
     return (1 - (top2[1] - top2[0])).astype(np.float32)
 
 
+#: How many blocks "label here next" gives, in the Segment dock and ``predict --disagreement``
+#: alike: the count measured in ``bench_depth.py labelling`` (at 16 it lost to random on EM).
+#: Why one number: the blocks are the best of ``top`` strata, so the dock's 8 were not the
+#: first 8 of the command line's 10 (QA session 12: on a 720 x 720 nuclei image, 3 of the
+#: dock's 8 were not among them; on 3 EM slices, 1).
+LABEL_NEXT_COUNT = 8
+
+
 def region_size(spatial_dims: int) -> tuple[int, ...]:
     """The block size "label here next" ranks: about what one paints in a minute."""
     return (128,) * spatial_dims if spatial_dims == 2 else (32, 64, 64)
@@ -120,7 +129,7 @@ def label_here_next(
     probs: Mapping[int, Any],
     num_classes: int,
     region_size: Sequence[int],
-    top: int = 10,
+    top: int = LABEL_NEXT_COUNT,
     threshold: float = 0.5,
 ) -> list[Region]:
     """The ``top`` blocks to label next: doubt of the deepest head, spread over kinds of content.

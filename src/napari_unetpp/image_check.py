@@ -434,7 +434,9 @@ def judge(
             remedies.append(
                 Remedy(
                     "{check_scale}; if they already match, {fine_tune} on a few labelled "
-                    "regions of this image (the highest-disagreement ones: {regions})"
+                    # not "the highest-disagreement ones": the blocks it points to are
+                    # ranked by the deepest head's doubt (disagreement.label_here_next)
+                    "regions of this image (where the model is least sure: {regions})"
                 )
             )
     elif ratio is not None and not 1 / SIZE_HINT <= ratio <= SIZE_HINT:

@@ -271,10 +271,15 @@ def layer_choices(viewer: Any, kind: type[Any]) -> Any:
 
     def choices(_w: Any = None) -> list[tuple[str, Any]]:
         layers = [layer for layer in viewer.layers if isinstance(layer, kind)]
-        layers.sort(key=lambda layer: PLUGIN_KEY in layer.metadata)  # stable: user's first
+        layers.sort(key=made_here)  # stable: user's first
         return [(layer.name, layer) for layer in layers]
 
     return choices
+
+
+def made_here(layer: Any) -> bool:
+    """Whether ``layer`` is one of this plugin's result layers (not the user's own)."""
+    return PLUGIN_KEY in getattr(layer, "metadata", {})
 
 
 def layer_data(layer: Any) -> Any:

@@ -16,6 +16,7 @@ the names and metadata stay the same for whole-stack runs and quick looks.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -144,21 +145,51 @@ def put_labels(
     model: ModelConfig,
     instance: bool,
 ) -> Generator[None, None, Any]:
-    """The labels layer (class names on hover, fixed colours), added unselected; returns it."""
-    return (
-        yield from put_layer_steps(
-            viewer,
-            Labels,
-            name,
-            lift_for(where)(labels),
-            where.scale,
-            where.translate,
-            meta,
-            **where.frame,
-            **labels_style(model, instance),
-            select=False,
-        )
+    """The labels layer (class names on hover, fixed colours), added unselected; returns it.
+    Its first brush stroke, fill or erase marks it edited (:func:`keep_edited`)."""
+    layer = yield from put_layer_steps(
+        viewer,
+        Labels,
+        name,
+        lift_for(where)(labels),
+        where.scale,
+        where.translate,
+        meta,
+        **where.frame,
+        **labels_style(model, instance),
+        select=False,
     )
+    if layer not in _watched:
+        _watched.add(layer)
+        layer.events.paint.connect(_mark_edited)
+    return layer
+
+
+#: Result labels layers whose paint events mark them edited (weakly: never kept alive).
+_watched: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _mark_edited(event: Any) -> None:
+    """A result's labels were painted on: the next run must not overwrite them."""
+    meta = event.source.metadata.get(PLUGIN_KEY)
+    if isinstance(meta, dict):
+        meta["edited"] = True
+
+
+def keep_edited(viewer: napari.viewer.Viewer, name: str) -> str | None:
+    """Hand a result's labels layer the user painted on over to them: renamed
+    ``<name> (edited)`` and no longer marked as the plugin's (so the Train dock lists it
+    as theirs). Returns its new name, or None when there was none to keep.
+
+    Why: a re-run updated the layer in place, and corrections painted in it, in the
+    'label here next' blocks say, were gone without a word (QA session 12).
+    """
+    layer = viewer.layers[name] if name in viewer.layers else None
+    if layer is None or not (layer.metadata.get(PLUGIN_KEY) or {}).get("edited"):
+        return None
+    layer.metadata = {k: v for k, v in layer.metadata.items() if k != PLUGIN_KEY}
+    layer.name = f"{name} (edited)"  # napari makes it unique (a second one: " [1]")
+    return str(layer.name)
 
 
 def put_adaptive_maps(
@@ -308,11 +339,11 @@ def show_result(
     """All of a finished run's layers for the image ``name``; returns (legend, notes).
 
     ``options``: :func:`_add_result`'s (``instance``, ``all_depths``, ``regions``).
-    ``meta["depth"]`` is the labels' depth; ``regions``: the blocks to label next (the
-    job ranked them). A run of all depths first drops the per-depth layers it did not
-    make (a pruned run makes one and keeps the rest). A generator that yields between
-    the steps of adding a layer (building it, then inserting it: napari's insert alone is
-    50-100 ms of the GUI thread here), so the dock runs one step per event-loop turn
+    ``meta["depth"]`` is the labels' depth (``"adaptive"``: a mix); ``regions``: the blocks
+    to label next (the job ranked them). A run of all depths first drops the per-depth
+    layers it did not make (a pruned run makes one and keeps the rest). A generator that
+    yields between the steps of adding a layer (building it, then inserting it: napari's
+    insert alone is 50-100 ms of the GUI thread here), so the dock runs one step per event-loop turn
     (:func:`._ui.spread`) and the viewer keeps painting between them (issue 16). The
     layers are added unselected; a new labels layer is then selected, once (each
     selection builds and shows a layer's controls), unless the user selected a layer
@@ -360,9 +391,10 @@ def _add_result(
     drop_stale_depths(viewer, base, suffix, made, all_depths and not adaptive, meta["model"])
     yield from put_depths(viewer, base, suffix, probs, np.ndim(labels), where, meta, meta["depth"])
     labels_name = f"{base} labels{suffix}"
+    kept = keep_edited(viewer, labels_name)
     before = viewer.layers[labels_name] if labels_name in viewer.layers else None
     labels_layer = yield from put_labels(viewer, labels_name, labels, where, meta, model, instance)
-    notes = []
+    notes = [] if kept is None else [f"your edits of the labels are kept in '{kept}'"]
     if hasattr(probs, "depth_map"):
         yield
         yield from put_adaptive_maps(viewer, base, suffix, probs, where, meta, model.depth)

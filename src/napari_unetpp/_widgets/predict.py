@@ -250,14 +250,20 @@ class PredictWidget(Container):
             self.scale.set_layer(self._image.value)
 
     def _pick_zoo_model(self) -> None:
-        """Choose the shipped model that matches the chosen image (EM, CT, nuclei); an image
-        that cannot be a CT scan leaves the CT model for the default (the first shipped)."""
+        """Choose the shipped model that matches the chosen image (EM, CT, nuclei); any other
+        image gets the nuclei model, as the user guide says, but one that could hold
+        Hounsfield units keeps the CT model it has (floats may be a scan).
+
+        Why not keep the model for an image nothing was guessed for: a grey fluorescence
+        image chosen after an EM stack kept the EM model, and its nuclei came out as
+        membranes (QA session 12); after a scan, an EM plane was segmented as a body.
+        """
         layer = self._image.value
         match = None if layer is None else guess_zoo_model(layer)
         choices = [value for _, value in zoo_choices()]
-        if match is None and layer is not None and self._model.value == zoo_spec("ct"):
-            if not could_be_ct(layer):
-                match = next((c for c in choices if c != zoo_spec("ct")), None)
+        if match is None and layer is not None:
+            keep_ct = self._model.value == zoo_spec("ct") and could_be_ct(layer)
+            match = None if keep_ct else zoo_spec("nuclei")
         if match in choices:
             self._model.reset_choices()
             self._model.value = match
@@ -284,9 +290,25 @@ class PredictWidget(Container):
 
     def _on_models_changed(self) -> None:
         """A run finished (or a model was dropped): listed, and chosen unless the user
-        picked a model (segmenting with the older run after training is a silent trap)."""
+        picked a model (segmenting with the older run after training is a silent trap).
+
+        A shipped model the dock picked for the image (not the user) gives way too: in
+        the 'label here next' loop (segment, paint, fine-tune, segment again) the second
+        Segment ran the shipped model again and gave the first result (QA session 12).
+        A pruned model saved from this dock is no training: the dock keeps its model.
+        """
         try:
-            if self._source.value == "just trained":
+            latest = list(_state.registered_models().values())[-1:]
+            if (
+                self._source.value == "shipped"
+                and not self._model_from_user
+                and latest
+                and latest[0] != self.pruning.saved
+            ):
+                self._source.value = "just trained"  # loads the newest (see _on_source)
+                if not self.busy:  # else a run's progress (or "waiting...") is shown
+                    self._status.value = f"model: {self.model_name}, just trained"
+            elif self._source.value == "just trained":
                 self._model.reset_choices()
                 newest = self._model_choices()[:1]  # the box keeps its old order
                 if not self._model_from_user and newest:
@@ -514,10 +536,13 @@ class PredictWidget(Container):
         assert info is not None
         self.last_probabilities = dict(probs)
         final = config.pruned_depth or (depth if depth in probs else max(probs))
+        adaptive = hasattr(probs, "depth_map")
         meta = {
             "model": spec,
             "model_name": model_name(spec),
-            "depth": final,
+            # an adaptive run's labels come from a mix of depths: recorded as L4, they
+            # passed for the deepest head's (its probabilities layer already said "adaptive")
+            "depth": "adaptive" if adaptive else final,
             "scale": list(where.scale),
             "run": str(self.last_run_dir),
             "scope": scope,
@@ -534,9 +559,7 @@ class PredictWidget(Container):
             all_depths=config.pruned_depth is None,
             image=layer,
         )
-        source = (
-            "adaptive depth, up to" if hasattr(probs, "depth_map") else "the Depth slider's depth:"
-        )
+        source = "adaptive depth, up to" if adaptive else "the Depth slider's depth:"
         self._showing = True  # Run stays locked until every layer is in
 
         def shown(legend_notes: tuple[str, list[str]] | None) -> None:

@@ -77,6 +77,7 @@ class PruningPanel(Container):
         super().__init__(label="Pruning")
         self._runner = JobRunner(queue=queue, owner="prune")
         self.device = "auto"
+        self.saved: Path | None = None  # the last pruned model saved from here
         self.output_folder = Path("~/napari-unetpp/predictions")
         self.model_name = "model"
         self.source = ""  # "zoo:<name>" or a checkpoint path: the saved model's provenance
@@ -267,6 +268,7 @@ class PruningPanel(Container):
         except (ValueError, OSError) as exc:
             show_error(f"could not save the pruned model: {exc}")
             return None
+        self.saved = folder  # the owner knows this registration for no training's
         _state.register_model(f"{self.model_name} L{d}", folder)
         show_info(f"pruned L{d} model saved to {folder}")
         return folder

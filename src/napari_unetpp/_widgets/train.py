@@ -32,7 +32,7 @@ from ..normalization import as_model_input
 from ..runs import new_run_dir
 from . import _state
 from ._jobs import on_dock_closed, queue_for
-from ._layers import current_slice, layer_data
+from ._layers import current_slice, layer_data, made_here
 from ._paths import chosen_path
 from ._predict_job import layer_frame
 from ._runner import JobRunner
@@ -103,6 +103,7 @@ class TrainWidget(TrainForm):
         self._pairs: list[tuple[Image, Labels]] = []
         self._mode_from_user = False
         self._target_from_user = False
+        self._labels_from_user = False  # the user picked the Labels box's layer
         self._painted: Labels | None = None  # the layer whose paint events we follow
         self._note, self._shown_at = "", 0.0
         self.last_run_dir: Path | None = None
@@ -121,6 +122,7 @@ class TrainWidget(TrainForm):
         self._guess_timer.timeout.connect(self._on_pair_changed)
         self._image.changed.connect(self._on_pair_changed)
         self._labels_box.changed.connect(self._on_pair_changed)
+        self._labels_box.native.activated.connect(self._on_user_labels)  # user choices only
         self._label_mode.native.activated.connect(self._on_user_mode)  # user choices only
         self._target.native.activated.connect(self._on_user_target)
         self._channel_axis.changed.connect(self._on_axes_changed)
@@ -155,11 +157,34 @@ class TrainWidget(TrainForm):
 
     # ------------------------------------------------------------------ UI events
 
-    def _on_layers_changed(self, _event: Any = None) -> None:
+    def _on_layers_changed(self, event: Any = None) -> None:
         try:
             self.reset_choices()
         except RuntimeError:  # its Qt widgets were deleted before the dock said so
             self._closed()
+            return
+        if getattr(event, "type", "") == "inserted":
+            self._take_new_labels(event.value)
+
+    def _take_new_labels(self, layer: Any) -> None:
+        """A Labels layer the user adds replaces the plugin's own labels in the Labels box.
+
+        Why: a dock opened after a Segment run holds ``<image> UNet++ labels`` (the only
+        Labels layer then); the user's new layer, painted in the 'label here next'
+        blocks, was listed but not chosen, and Start fine-tuned the model on its own
+        output. A layer the user picked in the box stays picked.
+        """
+        chosen = self._labels_box.value
+        if (
+            isinstance(layer, Labels)
+            and not made_here(layer)
+            and not self._labels_from_user
+            and (chosen is None or made_here(chosen))
+        ):
+            self._labels_box.value = layer
+
+    def _on_user_labels(self, _index: int) -> None:
+        self._labels_from_user = True
 
     def _on_models_changed(self) -> None:
         try:
