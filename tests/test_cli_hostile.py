@@ -198,6 +198,21 @@ def test_predict_names_the_channel_axis_flag(
     assert code == 2 and "--channel-axis 5 is out of range" in err and "DataConfig" not in err
 
 
+@pytest.mark.parametrize("channels", [1, 2])
+def test_channels_last_without_a_channel_axis_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], channels: int
+) -> None:
+    """A two-channel TIFF saved (Y, X, C), or a .npy of (Y, X, 1): the last axis was taken for
+    X and the image segmented as 64 planes of 64 x 2 pixels (exit 0, hundreds of "nuclei")."""
+    image = tmp_path / "yxc.npy"
+    np.save(image, np.stack([_discs()] * channels, axis=-1))
+    code, _, err = _run(capsys, "predict", "zoo:nuclei", image, "--out", tmp_path / "out", "-q")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"ends in an axis of {channels}" in err and "channels" in err
+    assert ("--channel-axis -1" in err) == (channels == 1) and "DataConfig" not in err
+    assert not list((tmp_path / "out").glob("*"))
+
+
 def test_an_empty_stack_is_called_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A (0, 5, 5) array: "image has no finite values to normalise", as if it held NaNs."""
     image = tmp_path / "empty.npy"
