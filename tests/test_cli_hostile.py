@@ -213,6 +213,23 @@ def test_channels_last_without_a_channel_axis_is_refused(
     assert not list((tmp_path / "out").glob("*"))
 
 
+def test_predict_run_json_names_the_image_it_segmented(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``<name>_run.json`` held the model and every setting but not the input file (the
+    dock's record names it): "what was segmented with what" had half an answer. It is
+    recorded absolute, and ``--config`` still replays the record."""
+    monkeypatch.chdir(tmp_path)
+    tifffile.imwrite("discs.tif", _discs())
+    code, _, err = _run(capsys, "predict", "zoo:nuclei", "discs.tif", "--out", "out", "-q")
+    assert code == 0, err
+    record = json.loads(Path("out/discs_run.json").read_text())
+    assert record["images"] == [str((tmp_path / "discs.tif").resolve())]
+    again = ["--out", "again", "--config", "out/discs_run.json", "-q", "--no-check"]
+    code, _, err = _run(capsys, "predict", "zoo:nuclei", "discs.tif", *again)
+    assert code == 0, err
+
+
 def test_an_empty_stack_is_called_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A (0, 5, 5) array: "image has no finite values to normalise", as if it held NaNs."""
     image = tmp_path / "empty.npy"

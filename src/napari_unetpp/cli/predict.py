@@ -362,7 +362,7 @@ def _predict_file(
         else _check_result(path, image, model, probs, config, data, args, metrics or {})
     )
     write_image_record(
-        run_json, args.checkpoint, config, data, getattr(probs, "scale", None), check
+        run_json, args.checkpoint, config, data, getattr(probs, "scale", None), check, path
     )
     depth = config.pruned_depth if config.pruned_depth is not None else max(probs)
     prob = probs[depth]
