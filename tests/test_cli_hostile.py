@@ -230,6 +230,27 @@ def test_predict_run_json_names_the_image_it_segmented(
     assert code == 0, err
 
 
+def test_training_again_into_a_trained_run_keeps_its_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same ``train`` command run twice (``--resume`` forgotten, or a dock's command.sh
+    replayed) started from step 0 and replaced the first run's best/ and last/ without a
+    word. It is refused before any work, and ``--resume`` still continues the run."""
+    tifffile.imwrite(tmp_path / "im.tif", _discs())
+    tifffile.imwrite(tmp_path / "lab.tif", (_discs() > 100).astype(np.uint8))
+    argv = ["train", "--images", tmp_path / "im.tif", "--labels", tmp_path / "lab.tif"]
+    argv += ["--out", tmp_path / "run", "--widths", "4", "8", "--depth", "1"]
+    argv += ["--iterations", "2", "--patch-size", "32", "--batch-size", "1", "-q"]
+    assert _run(capsys, *argv)[0] == 0
+    weights = (tmp_path / "run" / "best" / "weights.safetensors").read_bytes()
+    code, _, err = _run(capsys, *argv, "--seed", "5")
+    assert code == 2 and "already holds a trained model" in err and "--resume" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert (tmp_path / "run" / "best" / "weights.safetensors").read_bytes() == weights
+    code, _, err = _run(capsys, "train", "--out", tmp_path / "run", "--resume", "-q")
+    assert code == 0, err
+
+
 def test_an_empty_stack_is_called_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A (0, 5, 5) array: "image has no finite values to normalise", as if it held NaNs."""
     image = tmp_path / "empty.npy"
