@@ -251,6 +251,31 @@ def test_training_again_into_a_trained_run_keeps_its_model(
     assert code == 0, err
 
 
+def test_a_tiffs_own_channel_axis_is_used_or_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ImageJ TIFF of axes CYX (two channels) was segmented as a two-slice stack, silently,
+    by any model. A model of two input channels now takes them as its channels; a
+    one-channel model still segments each, and the run says so."""
+    from napari_unetpp.checkpoint import CheckpointInfo, save_checkpoint
+    from napari_unetpp.config import DataConfig
+    from napari_unetpp.model import UNetPlusPlus
+
+    image = tmp_path / "cyx.tif"
+    tifffile.imwrite(image, np.stack([_discs(), _discs(value=90)]), imagej=True)
+    assert tifffile.TiffFile(image).series[0].axes == "CYX"
+    code, _, err = _run(capsys, "predict", "zoo:nuclei", image, "--out", tmp_path / "a", "-q")
+    assert code == 0 and "2 channels are segmented each as its own plane" in err, err
+    assert tifffile.imread(tmp_path / "a" / "cyx_labels.tif").shape == (2, 64, 64)
+    net = UNetPlusPlus(in_channels=2, num_classes=1, widths=(4, 8), depth=1)
+    save_checkpoint(tmp_path / "two", net, CheckpointInfo(model=net.config, data=DataConfig()))
+    argv = ["predict", tmp_path / "two", image, "--out", tmp_path / "b", "-q", "--no-check"]
+    code, _, err = _run(capsys, *argv)
+    assert code == 0 and "are the model's input channels" in err, err
+    assert tifffile.imread(tmp_path / "b" / "cyx_labels.tif").shape == (64, 64)
+    assert json.loads((tmp_path / "b" / "cyx_run.json").read_text())["data"]["channel_axis"] == 0
+
+
 def test_an_empty_stack_is_called_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A (0, 5, 5) array: "image has no finite values to normalise", as if it held NaNs."""
     image = tmp_path / "empty.npy"

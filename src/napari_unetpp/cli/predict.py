@@ -185,6 +185,8 @@ def _predict_path(
     predict_config, data_config = configs
     image, file_size, file_unit = read_image_with_size(path, lazy=True)
     check_image(image, path)
+    if args.channel_axis is None:
+        data_config = _file_channel_axis(path, image.shape, data_config, model.config.in_channels)
     # before anything reads its axes: the check's probes flip and halve the image itself
     image, grey = as_model_input(image, model.config.in_channels, data_config.channel_axis)
     if grey:
@@ -203,6 +205,33 @@ def _predict_path(
         (file_size, file_unit),
         info.metrics or {},
     )
+
+
+def _file_channel_axis(
+    path: Path, shape: tuple[int, ...], data: DataConfig, in_channels: int
+) -> DataConfig:
+    """A TIFF whose metadata names a channel axis (ImageJ or OME ``C``) and no --channel-axis:
+    its channels are the model's input when their number fits; else each is segmented as its
+    own plane, and said so (a two-channel ImageJ file came out as a two-slice "stack" silently).
+    """
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return data
+    from ..readers import array_axes, tiff_spacing
+
+    axes = array_axes(tiff_spacing(path)[0], len(shape))
+    count = shape[axes.index("C")] if "C" in axes else 1
+    if count == 1:
+        return data
+    axis = axes.index("C")
+    if count == in_channels:
+        _note(f"{path}: its {count} channels (axes {axes}) are the model's input channels")
+        return data.replace(channel_axis=axis)
+    _note(
+        f"{path}: the file's axes are {axes}: its {count} channels are segmented each as its "
+        f"own plane (this model takes {in_channels} channel(s)); --channel-axis {axis} is "
+        f"for a model trained on {count}"
+    )
+    return data
 
 
 def with_file_pixel_size(
