@@ -8,6 +8,7 @@ Files are written in ``tmp_path``; the shipped models run on tiny images (second
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -407,8 +408,16 @@ def test_distributed_slices_leave_the_cluster_once_written(
             self.array = array
 
         def __setitem__(self, key: object, value: np.ndarray) -> None:
-            held.append(sum(len(w.data) for w in cluster.workers.values()))
+            held.append(settled())
             self.array[key] = value
+
+    def settled() -> int:  # a release reaches the worker asynchronously: give it a moment
+        deadline = time.monotonic() + 5
+        while (count := sum(len(w.data) for w in cluster.workers.values())) > 2:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        return count
 
     def counting(*args: object) -> tuple[dict[int, Counting], object]:
         arrays, group = allocate(*args)  # type: ignore[arg-type]
