@@ -277,6 +277,37 @@ def test_a_tiffs_own_channel_axis_is_used_or_named(
     assert json.loads((tmp_path / "b" / "cyx_run.json").read_text())["data"]["channel_axis"] == 0
 
 
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--tile", "0"], "--tile"),
+        (["--overlap", "1.5"], "--overlap"),
+        (["--threshold", "2"], "--threshold"),
+        (["--depth", "9"], "--depth"),
+        (["--min-size", "-1"], "--min-size"),
+        (["--depth-tolerance", "2"], "--depth-tolerance"),
+        (["train", "--iterations", "0"], "--iterations"),
+        (["train", "--lr", "-1"], "--lr"),
+        (["train", "--seed", "-1"], "--seed"),
+    ],
+)
+def test_a_bad_setting_is_named_by_its_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], named: str
+) -> None:
+    """``--overlap 1.5`` said "PredictConfig.overlap must lie in [0, 1)", ``--lr -1``
+    "TrainConfig.learning_rate ...": names a command-line user never typed; ``--seed -1``
+    ran until numpy said "expected non-negative integer", naming nothing."""
+    tifffile.imwrite(tmp_path / "im.tif", _discs())
+    tifffile.imwrite(tmp_path / "lab.tif", (_discs() > 100).astype(np.uint8))
+    out = ["--out", tmp_path / "out", "-q"]
+    if flags[0] == "train":
+        argv = ["train", "--images", tmp_path / "im.tif", "--labels", tmp_path / "lab.tif"]
+        code, _, err = _run(capsys, *argv, *out, *flags[1:])
+    else:
+        code, _, err = _run(capsys, "predict", "zoo:nuclei", tmp_path / "im.tif", *out, *flags)
+    assert code == 2 and f"error: {named} " in err and "Config" not in err, err
+
+
 def test_an_empty_stack_is_called_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A (0, 5, 5) array: "image has no finite values to normalise", as if it held NaNs."""
     image = tmp_path / "empty.npy"
