@@ -305,7 +305,24 @@ def test_a_bad_setting_is_named_by_its_flag(
         code, _, err = _run(capsys, *argv, *out, *flags[1:])
     else:
         code, _, err = _run(capsys, "predict", "zoo:nuclei", tmp_path / "im.tif", *out, *flags)
-    assert code == 2 and f"error: {named} " in err and "Config" not in err, err
+    assert code == 2 and f" {named} " in err and "Config" not in err, err
+
+
+@pytest.mark.parametrize("command", ["predict", "info"])
+def test_an_error_about_one_of_several_images_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """``predict zoo:nuclei a.tif b.npy ...`` stopped on "image has no finite values to
+    normalise; check the input data": which of the images, it did not say."""
+    tifffile.imwrite(tmp_path / "good.tif", _discs())
+    np.save(tmp_path / "blank.npy", np.full((64, 64), np.nan, np.float32))
+    images = [tmp_path / "good.tif", tmp_path / "blank.npy"]
+    if command == "predict":
+        argv = ["predict", "zoo:nuclei", *images, "--out", tmp_path / "out", "-q"]
+    else:
+        argv = ["info", "zoo:nuclei", "--on", *images, "-q"]
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and f"error: {tmp_path / 'blank.npy'}: " in err, err
 
 
 def test_an_empty_stack_is_called_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,7 +27,7 @@ from ..files import (
     write_array,
 )
 from ..runs import read_run_file, write_image_record
-from .common import ProgressBar, _note, _out, _override, warnings_once
+from .common import ProgressBar, _note, _out, _override, naming, warnings_once
 
 if TYPE_CHECKING:
     from ..checkpoint import CheckpointInfo
@@ -147,7 +147,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             client = start_client(args.distributed)
         try:
             for path in files:
-                with warnings_once():  # the check's probes repeat the prediction's warnings
+                with naming(path), warnings_once():  # the check repeats the run's warnings
                     written = _predict_path(
                         path, (model, info), (predict_config, data_config), outputs,
                         formats[path], args, client,
