@@ -433,6 +433,7 @@ def _predict_file(
     )
     if store is not None:
         if args.probabilities:
+            _store_spacing(store, grid)
             written.append(outputs.commit(store.name))
         else:
             shutil.rmtree(store)
@@ -443,6 +444,21 @@ def _predict_file(
     written += [outputs.commit(p.name) for p in maps]
     written.append(outputs.commit(run_json.name))
     return written
+
+
+def _store_spacing(store: Path, grid: tuple[tuple[float, ...] | None, str | None]) -> None:
+    """The probabilities' zarr (the group and each head's array) carries the input's pixel
+    size, as the labels and the TIFF ``_L{d}`` files do: it carried none, so its heads
+    opened on a grid of 1 unit per pixel beside labels at the scan's spacing."""
+    attrs = spacing_attrs(*grid)
+    if not attrs:
+        return
+    import zarr
+
+    group = zarr.open_group(str(store), mode="r+")
+    group.attrs.update(attrs)
+    for _, array in group.arrays():
+        array.attrs.update(attrs)
 
 
 def _nifti_copy(path: Path) -> bool:
