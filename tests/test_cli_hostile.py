@@ -375,6 +375,14 @@ def test_an_interrupted_training_says_how_to_resume(
     monkeypatch.setattr(training.Trainer, "run", interrupted)
     code, _, err = _run(capsys, "train", "--out", out, "--resume", "--iterations", "4", "-q")
     assert code == 130 and f"napari-unetpp train --out '{out}' --resume" in err, err
+    # under torchrun (2 processes) the way on is torchrun again: resumed alone, each step saw
+    # half the patches (the note said "napari-unetpp train ... --resume")
+    from napari_unetpp import ddp
+
+    monkeypatch.setattr(ddp, "world_size", lambda: 2)
+    code, _, err = _run(capsys, "train", "--out", out, "--resume", "--iterations", "4", "-q")
+    launch = "torchrun --nproc_per_node 2 -m napari_unetpp.cli train"
+    assert code == 130 and f"{launch} --out '{out}' --resume" in err, err
 
 
 def test_ctrl_c_in_train_stops_after_the_step_and_keeps_it_for_resume(

@@ -178,7 +178,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     channels = base.model.in_channels if base is not None else None
     if args.dry_run:
         return _train(args, out, initial, *configs, main_process=True, channels=channels)
-    from ..ddp import join_torchrun, process_rank
+    from ..ddp import join_torchrun, process_rank, world_size
 
     leave = join_torchrun(configs[1].device)
     try:
@@ -190,6 +190,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             from ..runs import format_command
 
             command = format_command("train", out=str(out), resume=True)
+            if world_size() > 1:  # resumed alone, each step would see 1/N of the patches
+                launcher = f"torchrun --nproc_per_node {world_size()} -m napari_unetpp.cli"
+                command = command.replace("napari-unetpp", launcher, 1)
             _note(f"to continue from the last saved step: {command}")
         raise
     finally:
