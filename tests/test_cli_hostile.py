@@ -325,6 +325,17 @@ def test_an_error_about_one_of_several_images_names_it(
     assert code == 2 and f"error: {tmp_path / 'blank.npy'}: " in err, err
 
 
+def test_a_size_reason_names_the_limit_it_crossed() -> None:
+    """Nuclei at half the training size: "objects are 0.38x the training size (limit 2.50x)",
+    which reads as well within the limit; the small side's bound is 1/2.5."""
+    from napari_unetpp.image_check import THRESHOLDS, judge
+
+    limit = THRESHOLDS["size_ratio"]
+    small = judge({"size_ratio": 0.38})[1][0]
+    large = judge({"size_ratio": limit + 0.5})[1][0]
+    assert f"(limit {1 / limit:.2f}x)" in small and f"(limit {limit:.2f}x)" in large
+
+
 def test_an_empty_stack_is_called_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A (0, 5, 5) array: "image has no finite values to normalise", as if it held NaNs."""
     image = tmp_path / "empty.npy"
