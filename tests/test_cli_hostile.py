@@ -336,6 +336,17 @@ def test_a_size_reason_names_the_limit_it_crossed() -> None:
     assert f"(limit {1 / limit:.2f}x)" in small and f"(limit {limit:.2f}x)" in large
 
 
+def test_a_scheduler_address_that_is_none_says_what_to_give(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--distributed mycluster`` said "missing port number in address 'mycluster'"."""
+    pytest.importorskip("distributed")
+    tifffile.imwrite(tmp_path / "im.tif", _discs())
+    argv = ["predict", "zoo:nuclei", tmp_path / "im.tif", "--out", tmp_path / "out", "-q"]
+    code, _, err = _run(capsys, *argv, "--distributed", "mycluster")
+    assert code == 2 and "'local'" in err and "tcp://host:8786" in err, err
+
+
 def test_an_empty_stack_is_called_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A (0, 5, 5) array: "image has no finite values to normalise", as if it held NaNs."""
     image = tmp_path / "empty.npy"

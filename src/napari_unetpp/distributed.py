@@ -124,6 +124,11 @@ def start_client(address: str) -> Any:
         return Client(address, timeout="20s")
     except OSError as exc:
         raise UserError(f"cannot reach dask scheduler at {address}: {exc}") from exc
+    except ValueError as exc:  # dask's "missing port number in address 'x'" named no fix
+        raise UserError(
+            f"--distributed {address}: not a scheduler address ({exc}); give 'local' for a "
+            "cluster on this machine, or the scheduler's address, e.g. tcp://host:8786"
+        ) from exc
 
 
 def close_client(client: Any) -> None:
