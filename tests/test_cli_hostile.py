@@ -8,6 +8,7 @@ Files are written in ``tmp_path``; the shipped models run on tiny images (second
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,154 @@ def test_predict_names_the_channel_axis_flag(
     assert code == 2 and "--channel-axis 5 is out of range" in err and "DataConfig" not in err
 
 
+@pytest.mark.parametrize("channels", [1, 2])
+def test_channels_last_without_a_channel_axis_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], channels: int
+) -> None:
+    """A two-channel TIFF saved (Y, X, C), or a .npy of (Y, X, 1): the last axis was taken for
+    X and the image segmented as 64 planes of 64 x 2 pixels (exit 0, hundreds of "nuclei")."""
+    image = tmp_path / "yxc.npy"
+    np.save(image, np.stack([_discs()] * channels, axis=-1))
+    code, _, err = _run(capsys, "predict", "zoo:nuclei", image, "--out", tmp_path / "out", "-q")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"ends in an axis of {channels}" in err and "channels" in err
+    assert ("--channel-axis -1" in err) == (channels == 1) and "DataConfig" not in err
+    assert not list((tmp_path / "out").glob("*"))
+
+
+def test_predict_run_json_names_the_image_it_segmented(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``<name>_run.json`` held the model and every setting but not the input file (the
+    dock's record names it): "what was segmented with what" had half an answer. It is
+    recorded absolute, and ``--config`` still replays the record."""
+    monkeypatch.chdir(tmp_path)
+    tifffile.imwrite("discs.tif", _discs())
+    code, _, err = _run(capsys, "predict", "zoo:nuclei", "discs.tif", "--out", "out", "-q")
+    assert code == 0, err
+    record = json.loads(Path("out/discs_run.json").read_text())
+    assert record["images"] == [str((tmp_path / "discs.tif").resolve())]
+    again = ["--out", "again", "--config", "out/discs_run.json", "-q", "--no-check"]
+    code, _, err = _run(capsys, "predict", "zoo:nuclei", "discs.tif", *again)
+    assert code == 0, err
+
+
+def test_training_again_into_a_trained_run_keeps_its_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same ``train`` command run twice (``--resume`` forgotten, or a dock's command.sh
+    replayed) started from step 0 and replaced the first run's best/ and last/ without a
+    word. It is refused before any work, and ``--resume`` still continues the run."""
+    tifffile.imwrite(tmp_path / "im.tif", _discs())
+    tifffile.imwrite(tmp_path / "lab.tif", (_discs() > 100).astype(np.uint8))
+    argv = ["train", "--images", tmp_path / "im.tif", "--labels", tmp_path / "lab.tif"]
+    argv += ["--out", tmp_path / "run", "--widths", "4", "8", "--depth", "1"]
+    argv += ["--iterations", "2", "--patch-size", "32", "--batch-size", "1", "-q"]
+    assert _run(capsys, *argv)[0] == 0
+    weights = (tmp_path / "run" / "best" / "weights.safetensors").read_bytes()
+    code, _, err = _run(capsys, *argv, "--seed", "5")
+    assert code == 2 and "already holds a trained model" in err and "--resume" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert (tmp_path / "run" / "best" / "weights.safetensors").read_bytes() == weights
+    code, _, err = _run(capsys, "train", "--out", tmp_path / "run", "--resume", "-q")
+    assert code == 0, err
+
+
+def test_a_tiffs_own_channel_axis_is_used_or_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ImageJ TIFF of axes CYX (two channels) was segmented as a two-slice stack, silently,
+    by any model. A model of two input channels now takes them as its channels; a
+    one-channel model still segments each, and the run says so."""
+    from napari_unetpp.checkpoint import CheckpointInfo, save_checkpoint
+    from napari_unetpp.config import DataConfig
+    from napari_unetpp.model import UNetPlusPlus
+
+    image = tmp_path / "cyx.tif"
+    tifffile.imwrite(image, np.stack([_discs(), _discs(value=90)]), imagej=True)
+    assert tifffile.TiffFile(image).series[0].axes == "CYX"
+    code, _, err = _run(capsys, "predict", "zoo:nuclei", image, "--out", tmp_path / "a", "-q")
+    assert code == 0 and "2 channels are segmented each as its own plane" in err, err
+    assert tifffile.imread(tmp_path / "a" / "cyx_labels.tif").shape == (2, 64, 64)
+    net = UNetPlusPlus(in_channels=2, num_classes=1, widths=(4, 8), depth=1)
+    save_checkpoint(tmp_path / "two", net, CheckpointInfo(model=net.config, data=DataConfig()))
+    argv = ["predict", tmp_path / "two", image, "--out", tmp_path / "b", "-q", "--no-check"]
+    code, _, err = _run(capsys, *argv)
+    assert code == 0 and "are the model's input channels" in err, err
+    assert tifffile.imread(tmp_path / "b" / "cyx_labels.tif").shape == (64, 64)
+    assert json.loads((tmp_path / "b" / "cyx_run.json").read_text())["data"]["channel_axis"] == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--tile", "0"], "--tile"),
+        (["--overlap", "1.5"], "--overlap"),
+        (["--threshold", "2"], "--threshold"),
+        (["--depth", "9"], "--depth"),
+        (["--min-size", "-1"], "--min-size"),
+        (["--depth-tolerance", "2"], "--depth-tolerance"),
+        (["train", "--iterations", "0"], "--iterations"),
+        (["train", "--lr", "-1"], "--lr"),
+        (["train", "--seed", "-1"], "--seed"),
+    ],
+)
+def test_a_bad_setting_is_named_by_its_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], named: str
+) -> None:
+    """``--overlap 1.5`` said "PredictConfig.overlap must lie in [0, 1)", ``--lr -1``
+    "TrainConfig.learning_rate ...": names a command-line user never typed; ``--seed -1``
+    ran until numpy said "expected non-negative integer", naming nothing."""
+    tifffile.imwrite(tmp_path / "im.tif", _discs())
+    tifffile.imwrite(tmp_path / "lab.tif", (_discs() > 100).astype(np.uint8))
+    out = ["--out", tmp_path / "out", "-q"]
+    if flags[0] == "train":
+        argv = ["train", "--images", tmp_path / "im.tif", "--labels", tmp_path / "lab.tif"]
+        code, _, err = _run(capsys, *argv, *out, *flags[1:])
+    else:
+        code, _, err = _run(capsys, "predict", "zoo:nuclei", tmp_path / "im.tif", *out, *flags)
+    assert code == 2 and f" {named} " in err and "Config" not in err, err
+
+
+@pytest.mark.parametrize("command", ["predict", "info"])
+def test_an_error_about_one_of_several_images_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """``predict zoo:nuclei a.tif b.npy ...`` stopped on "image has no finite values to
+    normalise; check the input data": which of the images, it did not say."""
+    tifffile.imwrite(tmp_path / "good.tif", _discs())
+    np.save(tmp_path / "blank.npy", np.full((64, 64), np.nan, np.float32))
+    images = [tmp_path / "good.tif", tmp_path / "blank.npy"]
+    if command == "predict":
+        argv = ["predict", "zoo:nuclei", *images, "--out", tmp_path / "out", "-q"]
+    else:
+        argv = ["info", "zoo:nuclei", "--on", *images, "-q"]
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and f"error: {tmp_path / 'blank.npy'}: " in err, err
+
+
+def test_a_size_reason_names_the_limit_it_crossed() -> None:
+    """Nuclei at half the training size: "objects are 0.38x the training size (limit 2.50x)",
+    which reads as well within the limit; the small side's bound is 1/2.5."""
+    from napari_unetpp.image_check import THRESHOLDS, judge
+
+    limit = THRESHOLDS["size_ratio"]
+    small = judge({"size_ratio": 0.38})[1][0]
+    large = judge({"size_ratio": limit + 0.5})[1][0]
+    assert f"(limit {1 / limit:.2f}x)" in small and f"(limit {limit:.2f}x)" in large
+
+
+def test_a_scheduler_address_that_is_none_says_what_to_give(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--distributed mycluster`` said "missing port number in address 'mycluster'"."""
+    pytest.importorskip("distributed")
+    tifffile.imwrite(tmp_path / "im.tif", _discs())
+    argv = ["predict", "zoo:nuclei", tmp_path / "im.tif", "--out", tmp_path / "out", "-q"]
+    code, _, err = _run(capsys, *argv, "--distributed", "mycluster")
+    assert code == 2 and "'local'" in err and "tcp://host:8786" in err, err
+
+
 def test_an_empty_stack_is_called_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A (0, 5, 5) array: "image has no finite values to normalise", as if it held NaNs."""
     image = tmp_path / "empty.npy"
@@ -248,6 +397,14 @@ def test_an_interrupted_training_says_how_to_resume(
     monkeypatch.setattr(training.Trainer, "run", interrupted)
     code, _, err = _run(capsys, "train", "--out", out, "--resume", "--iterations", "4", "-q")
     assert code == 130 and f"napari-unetpp train --out '{out}' --resume" in err, err
+    # under torchrun (2 processes) the way on is torchrun again: resumed alone, each step saw
+    # half the patches (the note said "napari-unetpp train ... --resume")
+    from napari_unetpp import ddp
+
+    monkeypatch.setattr(ddp, "world_size", lambda: 2)
+    code, _, err = _run(capsys, "train", "--out", out, "--resume", "--iterations", "4", "-q")
+    launch = "torchrun --nproc_per_node 2 -m napari_unetpp.cli train"
+    assert code == 130 and f"{launch} --out '{out}' --resume" in err, err
 
 
 def test_ctrl_c_in_train_stops_after_the_step_and_keeps_it_for_resume(
@@ -300,6 +457,56 @@ def test_distributed_prediction_checks_the_image_before_any_task(tmp_path: Path)
     job = PredictJob("zoo:em", {}, info.data.replace(channel_axis=-1).to_dict())
     with pytest.raises(ValueError, match="expects 1 input channel"):
         predict_distributed(NoCluster(), job, tmp_path / "x.tif", image, model, None)
+
+
+def test_distributed_slices_leave_the_cluster_once_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every slice's future was kept until the last one arrived, so the workers held the
+    whole stack's probabilities (a 1000-slice 2048^2 stack: 16 GB per depth). Each slice
+    is now released as soon as it is written: the cluster holds about one at a time."""
+    pytest.importorskip("distributed")
+    from distributed import Client, LocalCluster
+
+    from napari_unetpp import distributed
+    from napari_unetpp.zoo import load_pretrained
+
+    image = np.random.default_rng(0).integers(0, 255, (6, 32, 32), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "s.tif", image)
+    model, info = load_pretrained("em", "cpu")
+    job = distributed.PredictJob("zoo:em", {"pruned_depth": 1}, info.data.to_dict())
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    )
+    held: list[int] = []
+    allocate = distributed._allocate_outputs
+
+    class Counting:  # counts the results the worker still holds at each write
+        def __init__(self, array: np.ndarray) -> None:
+            self.array = array
+
+        def __setitem__(self, key: object, value: np.ndarray) -> None:
+            held.append(settled())
+            self.array[key] = value
+
+    def settled() -> int:  # a release reaches the worker asynchronously: give it a moment
+        deadline = time.monotonic() + 5
+        while (count := sum(len(w.data) for w in cluster.workers.values())) > 2:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        return count
+
+    def counting(*args: object) -> tuple[dict[int, Counting], object]:
+        arrays, group = allocate(*args)  # type: ignore[arg-type]
+        return {d: Counting(a) for d, a in arrays.items()}, group
+
+    monkeypatch.setattr(distributed, "_allocate_outputs", counting)
+    with Client(cluster) as client:
+        out = distributed.predict_distributed(client, job, tmp_path / "s.tif", image, model, None)
+    cluster.close()
+    assert out[1].array.shape == (6, 32, 32) and len(held) == 6
+    assert max(held) <= 2, held  # was 1, 2, ..., 6: every slice kept to the end
 
 
 def test_a_distributed_worker_reads_a_nifti_volume_once(

@@ -380,6 +380,26 @@ def test_results_carry_the_pixel_size_in_the_tiffs_own_resolution_tags(tmp_path:
         assert unit is None or int(unit.value) != 3
 
 
+def test_zarr_probabilities_carry_the_inputs_pixel_size(tmp_path: Path) -> None:
+    """``predict --format zarr --probabilities``: the labels zarr and the TIFF ``_L{d}`` files
+    carried the input's 5 x 4 x 4 nm, the probabilities' zarr nothing (its heads opened on
+    a 1-unit grid beside the labels)."""
+    from napari_unetpp.cli import main
+    from napari_unetpp.stores import open_zarr
+
+    image = tmp_path / "stack.tif"
+    stack = np.random.default_rng(0).integers(0, 255, (2, 64, 64), dtype=np.uint8)
+    tifffile.imwrite(image, stack, imagej=True, resolution=(0.25, 0.25),
+                     metadata={"unit": "nm", "spacing": 5.0, "axes": "ZYX"})  # fmt: skip
+    argv = [str(image), "--out", str(tmp_path / "out"), "--format", "zarr", "--probabilities"]
+    assert main(["predict", "zoo:em", *argv, "--depths", "1", "--no-check", "-q"]) == 0
+    group = open_zarr(tmp_path / "out" / "stack_probabilities.zarr")
+    for node in (group, group["L1"]):
+        assert readers.zarr_spacing(node, 3) == ((5.0, 4.0, 4.0), "nm")
+    labels = open_zarr(tmp_path / "out" / "stack_labels.zarr")
+    assert readers.zarr_spacing(labels, 3) == ((5.0, 4.0, 4.0), "nm")
+
+
 def test_imagej_tiff_spacing_and_unit(tmp_path: Path) -> None:
     path = tmp_path / "ij.tif"
     tifffile.imwrite(

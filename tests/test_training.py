@@ -158,6 +158,30 @@ def test_resume_continues_from_last_step(tmp_path: Path):
     assert result.info.provenance["iterations"] == 6
 
 
+def test_each_ddp_rank_resumes_its_own_patch_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under torchrun rank 0 alone writes ``last/`` and saved only its own RNG state: a
+    resumed run gave every rank rank 0's stream, so all ranks trained on the same patches
+    (2 processes on CPU, stopped at step 50 of 300 and resumed: weights 0.26 away from the
+    uninterrupted run; now equal). Every rank's state is gathered and saved, and each rank
+    continues its own; a rank the save did not know keeps its own seed's stream."""
+    from napari_unetpp import resume, training
+
+    images, labels = _blobs()
+    other = np.random.default_rng(123).bit_generator.state
+    monkeypatch.setattr(training, "gather_json", lambda own: [own, other], raising=False)
+    config = _config(iterations=2, validate_every=10)
+    _run(Trainer(TINY, config, DataConfig(), output_dir=tmp_path), images, labels)
+    monkeypatch.setattr(training, "process_rank", lambda: 1)
+    resumed = Trainer(TINY, config, DataConfig(), output_dir=tmp_path, resume=True)
+    run, _ = resumed._setup(np.random.default_rng(config.seed + 1))
+    assert run.rng.bit_generator.state == other  # was rank 0's state
+    saved = {"numpy_rng": np.random.default_rng(0).bit_generator.state}
+    assert resume.rank_rng_state(saved, 0) == saved["numpy_rng"]
+    assert resume.rank_rng_state(saved, 1) is None
+
+
 def test_finetune_new_class_count_creates_new_heads_keeps_encoder(tmp_path: Path):
     source = UNetPlusPlus.from_config(TINY)
     three = TINY.replace(num_classes=3)

@@ -323,7 +323,7 @@ class TrainConfig(_Config):
             owner, "validate_every", self.validate_every, 1, MAX_ITERATIONS
         )
         self.num_workers = as_int(owner, "num_workers", self.num_workers, 0, 256)
-        self.seed = as_int(owner, "seed", self.seed, -(2**63), 2**63 - 1)
+        self.seed = as_int(owner, "seed", self.seed, 0, 2**63 - 1)  # numpy: non-negative
         for name in ("learning_rate", "weight_decay", "dice_weight"):
             value = getattr(self, name)
             if (

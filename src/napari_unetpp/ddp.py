@@ -6,15 +6,24 @@ and the trainer only asks "which rank am I, on which device, wrapped or not".
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from .devices import resolve_device
 
-__all__ = ["join_torchrun", "process_rank", "rank_device", "world_size", "wrap_ddp"]
+__all__ = [
+    "gather_json",
+    "join_torchrun",
+    "process_rank",
+    "rank_device",
+    "world_size",
+    "wrap_ddp",
+]
 
 
 def join_torchrun(device: str | torch.device = "auto") -> Callable[[], None]:
@@ -70,3 +79,30 @@ def wrap_ddp(net: nn.Module, device: torch.device) -> nn.Module:
 
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(net, device_ids=ids)
+
+
+def gather_json(value: Any) -> list[Any] | None:
+    """``value`` of every rank, in rank order, on every rank (None when not distributed).
+
+    Why: each rank samples its own patches from its own RNG stream, but rank 0 alone
+    writes ``last/``; the trainer gathers every rank's stream state so that a resumed
+    run continues each one (it had given all ranks rank 0's stream: identical patches on
+    every rank). A collective: every rank must call it. JSON through ``all_gather`` of
+    byte tensors, never pickle.
+    """
+    if world_size() == 1:
+        return None
+    dist = torch.distributed
+    device = rank_device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+    data = torch.tensor(list(json.dumps(value).encode()), dtype=torch.uint8, device=device)
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64, device=device))
+    longest = int(max(int(n) for n in sizes))
+    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
+    padded[: data.numel()] = data
+    parts = [torch.zeros_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return [
+        json.loads(bytes(part[: int(n)].cpu().tolist()).decode())
+        for part, n in zip(parts, sizes, strict=True)
+    ]

@@ -124,6 +124,11 @@ def start_client(address: str) -> Any:
         return Client(address, timeout="20s")
     except OSError as exc:
         raise UserError(f"cannot reach dask scheduler at {address}: {exc}") from exc
+    except ValueError as exc:  # dask's "missing port number in address 'x'" named no fix
+        raise UserError(
+            f"--distributed {address}: not a scheduler address ({exc}); give 'local' for a "
+            "cluster on this machine, or the scheduler's address, e.g. tcp://host:8786"
+        ) from exc
 
 
 def close_client(client: Any) -> None:
@@ -194,15 +199,20 @@ def predict_distributed(
     job = PredictJob(portable_spec(job.model_spec), job.predict, data_dict, defects)
     count = 1 if axis is None else image.shape[axis]
     source = str(path.resolve())  # workers read their own slice: nothing big leaves here
-    futures = [client.submit(predict_block, job, source, axis, i, pure=False) for i in range(count)]
+    tasks = as_completed(
+        [client.submit(predict_block, job, source, axis, i, pure=False) for i in range(count)]
+    )
     shape = output_shape(tuple(image.shape), data.channel_axis, model.config.num_classes)
     class_axes = 0 if model.config.num_classes == 1 else 1
     where = 0 if axis is None else others.index(axis)  # position among non-channel axes
     arrays: dict[int, Any] = {}
     group = None
     scales: dict[int, dict[str, Any] | None] = {}
-    for future in as_completed(futures):
+    for future in tasks:
         index, result, scales[index] = future.result()
+        # written here, so the worker may drop it: a kept future pins its slice's
+        # probabilities in the cluster's memory until the last slice (a whole stack's worth)
+        future.release()
         if not arrays:
             arrays, group = _allocate_outputs(sorted(result), shape, store)
         for d, prob in result.items():

@@ -380,8 +380,9 @@ def judge(
     # small measured objects that the half-size pass shows to be larger: fragments of
     # large objects (the 537 pieces for 23 nuclei), not small objects to enlarge
     fragments = larger and ratio is not None and ratio < 1
-    if size_off and not fragments:
-        reasons.append(f"objects are {ratio:.2f}x the training size (limit {limit:.2f}x)")
+    if size_off and not fragments and ratio is not None:
+        bound = limit if ratio > 1 else 1 / limit  # the side crossed ("0.38x (limit 2.50x)")
+        reasons.append(f"objects are {ratio:.2f}x the training size (limit {bound:.2f}x)")
     if gain_fired:
         reasons.append(
             f"the depths agree {gain:.1f}x better at half size: objects look "

@@ -65,6 +65,7 @@ def image_layout(shape: tuple[int, ...], channel_axis: int | None, model: UNetPl
             f"{len(others)} besides channels; give an image with {dims} or more axes besides "
             "its channels (models are 2D or 3D), or check channel_axis"
         )
+    _check_channels_last(shape, channel_axis, in_channels)
     channels = 1 if channel_axis is None else shape[channel_axis]
     if channels != in_channels:
         hint = (
@@ -85,6 +86,25 @@ def image_layout(shape: tuple[int, ...], channel_axis: int | None, model: UNetPl
         tuple(shape[a] for a in lead),
         spatial,
         tuple(shape[a] for a in spatial),
+    )
+
+
+def _check_channels_last(
+    shape: tuple[int, ...], channel_axis: int | None, in_channels: int
+) -> None:
+    """Refuse an image whose last axis of 1 or 2 can only be channels (a two-channel TIFF
+    saved Y, X, C): taken as X, it was segmented as 256 planes of 256 x 2 pixels without a
+    word. RGB(A) (3, 4) is handled by ``normalization.as_model_input``."""
+    if channel_axis is not None or len(shape) < 3 or not (shape[-1] <= 2 < 4 < shape[-2]):
+        return
+    use = (
+        f"give DataConfig.channel_axis=-1 (the model takes {in_channels})"
+        if in_channels == shape[-1]
+        else f"save each channel as its own image (the model takes {in_channels} channel(s))"
+    )
+    raise ValueError(
+        f"the image of shape {shape} ends in an axis of {shape[-1]}, which would be segmented "
+        f"as planes {shape[-2]} x {shape[-1]} pixels wide; if these are channels, {use}"
     )
 
 

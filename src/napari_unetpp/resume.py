@@ -68,12 +68,18 @@ def save_resume_state(
     step: int,
     rng: np.random.Generator,
     best: dict[str, Any],
+    rank_rngs: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Optimizer, RNG and progress beside the ``last`` checkpoint (no pickle anywhere)."""
+    """Optimizer, RNG and progress beside the ``last`` checkpoint (no pickle anywhere).
+
+    ``rank_rngs``: under DDP, every rank's numpy RNG state (``ddp.gather_json``), so that
+    each rank resumes its own patch stream (:func:`rank_rng_state`)."""
     tensors, meta = optimizer_to_files(optimizer)
     tensors["__torch_rng__"] = torch.get_rng_state()
     _write_atomic(folder / OPTIMIZER_FILE, lambda p: save_file(tensors, str(p)))
     state = {"step": step, "numpy_rng": rng.bit_generator.state, "best": best, "optimizer": meta}
+    if rank_rngs is not None:
+        state["numpy_rng_ranks"] = rank_rngs
     _write_atomic(folder / STATE_FILE, lambda p: p.write_text(json.dumps(state)))
 
 
@@ -86,6 +92,18 @@ def load_resume_state(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Ten
             "resume, or point resume at an output_dir/last folder of an earlier run"
         )
     return json.loads(state_file.read_text()), load_file(str(tensor_file))
+
+
+def rank_rng_state(state: dict[str, Any], rank: int) -> dict[str, Any] | None:
+    """The numpy RNG state rank ``rank`` continues with; None: keep its fresh stream.
+
+    Rank 0, or any rank of a run that saved every rank's (``numpy_rng_ranks``), gets its
+    own; another rank of a run saved by fewer processes keeps its own seed's stream, so
+    no two ranks ever draw the same patches."""
+    ranks = state.get("numpy_rng_ranks") or []
+    if rank < len(ranks):
+        return ranks[rank]
+    return state["numpy_rng"] if rank == 0 else None
 
 
 def started_from(resume_from: Path, fallback: str) -> str:

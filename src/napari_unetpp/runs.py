@@ -200,12 +200,16 @@ def write_image_record(
     data: DataConfig,
     scale: dict[str, Any] | None,
     image_check: dict[str, Any] | None = None,
+    image: Path | None = None,
 ) -> Path:
-    """The CLI's ``<name>_run.json`` beside one image's results: configs, the scale used
-    (pixel sizes, zoom per model axis, measured object diameter) and the image check."""
+    """The CLI's ``<name>_run.json`` beside one image's results: the input file (``images``,
+    absolute, as the dock's record names its layer's: the record said what was done, not to
+    what), configs, the scale used (pixel sizes, zoom per model axis, measured object
+    diameter) and the image check."""
     from .outputs import TIFF_SOFTWARE
 
-    record = {"written_by": TIFF_SOFTWARE, **predict_record(checkpoint, predict, data)}
+    inputs = {} if image is None else {"images": [str(Path(image).resolve())]}
+    record = {"written_by": TIFF_SOFTWARE, **predict_record(checkpoint, predict, data, **inputs)}
     return write_json(path, {**record, "scale": scale, "image_check": image_check})
 
 

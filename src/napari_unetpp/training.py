@@ -47,7 +47,7 @@ from . import __version__
 from .augmentation import AugmentOptions
 from .checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
 from .config import DataConfig, ModelConfig, TrainConfig
-from .ddp import join_torchrun, process_rank, rank_device, world_size, wrap_ddp
+from .ddp import gather_json, join_torchrun, process_rank, rank_device, world_size, wrap_ddp
 from .devices import autocast, autocast_dtype, memory_format, mixed_precision_on, place_model
 from .events import EtaClock, Event, Stopper
 from .finetune import (
@@ -62,7 +62,13 @@ from .model import UNetPlusPlus
 from .nonfinite import check_loss, check_weights
 from .patches import patch_shape_zyx
 from .pruning import depth_table, recommend_depth, score_tiles
-from .resume import load_resume_state, optimizer_from_files, save_resume_state, started_from
+from .resume import (
+    load_resume_state,
+    optimizer_from_files,
+    rank_rng_state,
+    save_resume_state,
+    started_from,
+)
 from .train_data import NO_VALIDATION, TrainData, prepare_data
 
 __all__ = ["NO_VALIDATION", "TrainEvent", "TrainResult", "Trainer", "join_torchrun"]
@@ -281,7 +287,9 @@ class Trainer:
             )
         torch.set_rng_state(tensors.pop("__torch_rng__"))
         run.optimizer.load_state_dict(optimizer_from_files(tensors, state["optimizer"]))
-        run.rng.bit_generator.state = state["numpy_rng"]
+        own = rank_rng_state(state, process_rank())
+        if own is not None:
+            run.rng.bit_generator.state = own
         run.step = int(state["step"])
         best = state.get("best", {})
         score = best.get("score")
@@ -369,6 +377,7 @@ class Trainer:
             run.best_score = scores[best_depth]["iou"]
             run.best_scores, run.best_step = scores, run.step
             run.best_state = {k: v.detach().cpu().clone() for k, v in run.net.state_dict().items()}
+        rank_rngs = gather_json(run.rng.bit_generator.state)  # every rank, before rank 0 saves
         if self.output_dir is None or process_rank() != 0:
             return
         if improved:
@@ -381,7 +390,7 @@ class Trainer:
                 path=path,
                 best_depth=best_depth,
             )
-        self._save_last(run, data)
+        self._save_last(run, data, rank_rngs)
 
     # ------------------------------------------------------------------ saving
 
@@ -444,8 +453,12 @@ class Trainer:
         )
         return Path(path)
 
-    def _save_last(self, run: _Run, data: TrainData) -> None:
-        """Weights and resume state in one atomic rename: a kill never leaves a mix."""
+    def _save_last(
+        self, run: _Run, data: TrainData, rank_rngs: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Weights and resume state in one atomic rename: a kill never leaves a mix.
+
+        ``rank_rngs``: every rank's RNG state under DDP (gathered by all ranks)."""
         best = {
             "score": None if run.best_score == -math.inf else run.best_score,
             "scores": {str(d): s for d, s in run.best_scores.items()},
@@ -457,13 +470,16 @@ class Trainer:
             run,
             "last",
             run.best_scores,
-            extra=lambda folder: save_resume_state(folder, run.optimizer, run.step, run.rng, best),
+            extra=lambda folder: save_resume_state(
+                folder, run.optimizer, run.step, run.rng, best, rank_rngs
+            ),
         )
 
     def _finish(self, run: _Run, data: TrainData) -> TrainResult:
         """Best model, per-depth table (scores, parameters, measured ms/Mpx), final saves."""
+        rank_rngs = gather_json(run.rng.bit_generator.state)
         if self.output_dir is not None and process_rank() == 0:
-            self._save_last(run, data)
+            self._save_last(run, data, rank_rngs)
         best = UNetPlusPlus.from_config(run.net.config)
         best.load_state_dict(run.best_state or run.net.state_dict())
         best = best.to(run.device).eval()

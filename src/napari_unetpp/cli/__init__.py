@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         # CheckpointError subclasses ValueError, FileNotFoundError OSError: user mistakes
         # and disk problems (read-only, full, missing) never show a traceback
-        return _error(_one_line(exc))
+        return _error(_one_line(exc, config=bool(getattr(args, "config", None))))
 
 
 #: Engine names of settings in the words of the command line (a CLI user sets the flag).
@@ -104,11 +104,36 @@ _FLAGS = {
     "give a number instead (model object size": "give --rescale F instead (F = model object size",
 }
 
+#: Settings a run.json section can hold too: named by their flag unless ``--config`` was
+#: given (then the section's own name, ``PredictConfig.overlap``, says where to look).
+_SETTING_FLAGS = {
+    "PredictConfig.tile_size": "--tile",
+    "PredictConfig.overlap": "--overlap",
+    "PredictConfig.batch_size": "--batch-size",
+    "PredictConfig.threshold": "--threshold",
+    "PredictConfig.pruned_depth": "--depth",
+    "PredictConfig.depth_tolerance": "--depth-tolerance",
+    "PredictConfig.depths": "--depths",
+    "PredictConfig.min_size": "--min-size",
+    "PredictConfig.pixel_size": "--pixel-size",
+    "PredictConfig.pixel_unit": "--pixel-unit",
+    "TrainConfig.iterations": "--iterations",
+    "TrainConfig.batch_size": "--batch-size",
+    "TrainConfig.patch_size": "--patch-size",
+    "TrainConfig.learning_rate": "--lr",
+    "TrainConfig.validate_every": "--validate-every",
+    "TrainConfig.preserve_weight": "--preserve",
+    "TrainConfig.seed": "--seed",
+}
 
-def _one_line(exc: BaseException) -> str:
+
+def _one_line(exc: BaseException, config: bool = False) -> str:
+    """The error in one line, engine names in the command line's words (``config``: a
+    ``--config`` run.json was given, whose sections keep the engine's names)."""
     text = str(exc).strip() or type(exc).__name__
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
         text = f"{text}: {exc.filename}"
-    for engine, flag in _FLAGS.items():
+    names = _FLAGS if config else {**_SETTING_FLAGS, **_FLAGS}
+    for engine, flag in names.items():
         text = text.replace(engine, flag)
     return " ".join(text.split())

@@ -12,6 +12,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TextIO
 
 PROG = "napari-unetpp"
@@ -144,3 +145,17 @@ def warnings_once() -> Iterator[None]:
             yield
     finally:
         _shown = outer
+
+
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Errors about one input file name it: a batch (``predict a.tif b.tif ...``) stopped on
+    "image has no finite values to normalise" without saying which image."""
+    from ..files import UserError
+
+    try:
+        yield
+    except ValueError as exc:
+        if str(path) in str(exc):
+            raise
+        raise UserError(f"{path}: {exc}") from exc

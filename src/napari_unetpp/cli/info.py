@@ -16,7 +16,7 @@ from ..files import (
 )
 from ..locate import locate
 from ..zoo import scale_line
-from .common import ProgressBar, _note, _out, warnings_once
+from .common import ProgressBar, _note, _out, naming, warnings_once
 from .tables import _human_count, format_table
 
 if TYPE_CHECKING:  # engine imports are lazy: `napari-unetpp --help` must not load torch
@@ -153,7 +153,7 @@ def _info_on(args: argparse.Namespace) -> int:
     model, info = load_model(args.checkpoint, device="cpu")
     status = 0
     for path in collect_files(args.on, "image"):
-        with warnings_once():  # the check's passes (plain, flipped, half size) warn alike
+        with naming(path), warnings_once():  # the check's passes warn alike
             check = _check_file(args, path, model, info)
         if args.json:
             _out(json.dumps({"image": str(path), **check.to_dict()}, default=str))

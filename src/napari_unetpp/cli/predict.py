@@ -27,7 +27,7 @@ from ..files import (
     write_array,
 )
 from ..runs import read_run_file, write_image_record
-from .common import ProgressBar, _note, _out, _override, warnings_once
+from .common import ProgressBar, _note, _out, _override, naming, warnings_once
 
 if TYPE_CHECKING:
     from ..checkpoint import CheckpointInfo
@@ -147,7 +147,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             client = start_client(args.distributed)
         try:
             for path in files:
-                with warnings_once():  # the check's probes repeat the prediction's warnings
+                with naming(path), warnings_once():  # the check repeats the run's warnings
                     written = _predict_path(
                         path, (model, info), (predict_config, data_config), outputs,
                         formats[path], args, client,
@@ -185,6 +185,8 @@ def _predict_path(
     predict_config, data_config = configs
     image, file_size, file_unit = read_image_with_size(path, lazy=True)
     check_image(image, path)
+    if args.channel_axis is None:
+        data_config = _file_channel_axis(path, image.shape, data_config, model.config.in_channels)
     # before anything reads its axes: the check's probes flip and halve the image itself
     image, grey = as_model_input(image, model.config.in_channels, data_config.channel_axis)
     if grey:
@@ -203,6 +205,33 @@ def _predict_path(
         (file_size, file_unit),
         info.metrics or {},
     )
+
+
+def _file_channel_axis(
+    path: Path, shape: tuple[int, ...], data: DataConfig, in_channels: int
+) -> DataConfig:
+    """A TIFF whose metadata names a channel axis (ImageJ or OME ``C``) and no --channel-axis:
+    its channels are the model's input when their number fits; else each is segmented as its
+    own plane, and said so (a two-channel ImageJ file came out as a two-slice "stack" silently).
+    """
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return data
+    from ..readers import array_axes, tiff_spacing
+
+    axes = array_axes(tiff_spacing(path)[0], len(shape))
+    count = shape[axes.index("C")] if "C" in axes else 1
+    if count == 1:
+        return data
+    axis = axes.index("C")
+    if count == in_channels:
+        _note(f"{path}: its {count} channels (axes {axes}) are the model's input channels")
+        return data.replace(channel_axis=axis)
+    _note(
+        f"{path}: the file's axes are {axes}: its {count} channels are segmented each as its "
+        f"own plane (this model takes {in_channels} channel(s)); --channel-axis {axis} is "
+        f"for a model trained on {count}"
+    )
+    return data
 
 
 def with_file_pixel_size(
@@ -362,7 +391,7 @@ def _predict_file(
         else _check_result(path, image, model, probs, config, data, args, metrics or {})
     )
     write_image_record(
-        run_json, args.checkpoint, config, data, getattr(probs, "scale", None), check
+        run_json, args.checkpoint, config, data, getattr(probs, "scale", None), check, path
     )
     depth = config.pruned_depth if config.pruned_depth is not None else max(probs)
     prob = probs[depth]
@@ -404,6 +433,7 @@ def _predict_file(
     )
     if store is not None:
         if args.probabilities:
+            _store_spacing(store, grid)
             written.append(outputs.commit(store.name))
         else:
             shutil.rmtree(store)
@@ -414,6 +444,21 @@ def _predict_file(
     written += [outputs.commit(p.name) for p in maps]
     written.append(outputs.commit(run_json.name))
     return written
+
+
+def _store_spacing(store: Path, grid: tuple[tuple[float, ...] | None, str | None]) -> None:
+    """The probabilities' zarr (the group and each head's array) carries the input's pixel
+    size, as the labels and the TIFF ``_L{d}`` files do: it carried none, so its heads
+    opened on a grid of 1 unit per pixel beside labels at the scan's spacing."""
+    attrs = spacing_attrs(*grid)
+    if not attrs:
+        return
+    import zarr
+
+    group = zarr.open_group(str(store), mode="r+")
+    group.attrs.update(attrs)
+    for _, array in group.arrays():
+        array.attrs.update(attrs)
 
 
 def _nifti_copy(path: Path) -> bool:

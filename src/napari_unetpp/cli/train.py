@@ -164,6 +164,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         check_writable_folder(out)  # before reading data or building anything
         _check_checkpoint_folders(out)
+        if not args.resume:
+            _check_no_earlier_model(out)
     initial = _initial_model(args, out, resuming)
     base = None
     if resuming:
@@ -176,7 +178,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     channels = base.model.in_channels if base is not None else None
     if args.dry_run:
         return _train(args, out, initial, *configs, main_process=True, channels=channels)
-    from ..ddp import join_torchrun, process_rank
+    from ..ddp import join_torchrun, process_rank, world_size
 
     leave = join_torchrun(configs[1].device)
     try:
@@ -188,6 +190,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             from ..runs import format_command
 
             command = format_command("train", out=str(out), resume=True)
+            if world_size() > 1:  # resumed alone, each step would see 1/N of the patches
+                launcher = f"torchrun --nproc_per_node {world_size()} -m napari_unetpp.cli"
+                command = command.replace("napari-unetpp", launcher, 1)
             _note(f"to continue from the last saved step: {command}")
         raise
     finally:
@@ -207,6 +212,21 @@ def _check_checkpoint_folders(out: Path) -> None:
                 f"{folder} exists and is not a napari-unetpp checkpoint; refusing to replace "
                 "it. Choose a new or empty --out folder"
             )
+
+
+def _check_no_earlier_model(out: Path) -> None:
+    """A new run into the ``--out`` of a trained one would replace its model at the first
+    validation: repeating a command without ``--resume`` silently threw away the model
+    of a finished (or long interrupted) run."""
+    from ..locate import is_checkpoint_folder
+
+    held = [name for name in ("best", "last") if is_checkpoint_folder(out / name)]
+    if held:
+        raise UserError(
+            f"{out} already holds a trained model ({', '.join(f'{n}/' for n in held)}), which "
+            "a new run would replace: continue it with --resume, or give another --out "
+            f"(or delete {' and '.join(str(out / n) for n in held)} to start over)"
+        )
 
 
 def _train(
