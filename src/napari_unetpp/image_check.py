@@ -484,10 +484,11 @@ def _smaller_than_training(gain: float | None, thresholds: Mapping[str, float]) 
     """Do the depths agree clearly better at full size than at half size, beyond what the
     model's native images do (its calibrated ``scale_gain_low``)?
 
-    Why: objects smaller than in training (an EM stack at 8 nm for a 4 nm model, a CT at
-    6 mm for 3 mm) shrink further at half size, and the heads lose them there; at full size
-    they still agree, so no other signal fires (EM at 0.5x: IoU 0.709 -> 0.59, scale gain
-    0.51-0.77 against 0.89-1.18 native). Only a calibrated model has the limit.
+    Why: objects smaller than in training (an EM stack at 8 nm for a 4 nm model) shrink
+    further at half size, and the heads lose them there; at full size they still agree, so
+    no other signal fired (EM at 0.5x: IoU 0.709 -> 0.59, scale gain 0.51-0.77 against
+    0.89-1.18 native; benchmarks/bench_depth.py warning). Only a calibrated model has the
+    limit. A CT at 6 mm is not caught: its slices are too small for the half-size pass.
     """
     low = thresholds.get("scale_gain_low")
     return gain is not None and low is not None and gain < low
