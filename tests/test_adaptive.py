@@ -524,6 +524,68 @@ def test_a_remedy_after_a_rescale_names_the_whole_rescale() -> None:
     assert "rescale the image by" not in told and "no rescale can bring" in told
 
 
+def test_objects_smaller_than_training_are_told_to_enlarge() -> None:
+    """EM shrunk 0.5x (8 nm pixels for a 4 nm model) lost 0.12 IoU and was called "like the
+    training data": its depths agree better at full size than at half size, the one
+    direction the scale probe did not judge. The remedy must enlarge, never shrink."""
+    from napari_unetpp.image_check import SCALE_GAIN_LOW_CAP, THRESHOLDS, calibrate, judge
+
+    quiet = {"depth_disagreement": 0.01, "flip_disagreement": 0.01, "uncertain_fraction": 0.01}
+    shrunk = {**quiet, "scale_gain": 0.6}
+    assert judge(shrunk) == (False, [], [])  # an uncalibrated model has no low limit
+    limits = {**THRESHOLDS, "scale_gain_low": 0.88}
+    fired, reasons, remedies = judge(shrunk, limits)
+    assert fired and "smaller than in training" in reasons[0], reasons
+    assert "rescale the image by 2.00 (--rescale 2.00, or give its pixel size" in remedies[0]
+    assert "'Pixel size'" in remedies[0].phrased("dock")
+    assert not judge({**quiet, "scale_gain": 0.95}, limits)[0]  # a native EM image's gain
+    # a model of object size: the diameter to type enlarges the image (18 px / 9 px)
+    sized = judge({**shrunk, "object_diameter": 9.0, "size_ratio": 0.5}, limits)
+    assert "rescale the image by 2.00" in sized[2][0]
+    assert "object diameter 9 px (--diameter 9)" in sized[2][0], sized
+    # objects split at full size (the half-size pass finds them whole) are larger, not smaller
+    split = judge({**shrunk, "half_size_ratio": 2.2}, limits)
+    assert "smaller" not in " ".join(split[1]) and "rescale the image by 0.50" in split[2][0]
+    # calibrated: 1/1.1 of the smallest native gain, never above the cap
+    em_natives = [{**quiet, "scale_gain": g} for g in (0.968, 1.085, 1.176)]
+    assert calibrate(em_natives)["scale_gain_low"] == pytest.approx(0.968 / 1.1, abs=1e-3)
+    ct_natives = [{**quiet, "scale_gain": g} for g in (1.64, 2.25)]
+    assert calibrate(ct_natives)["scale_gain_low"] == SCALE_GAIN_LOW_CAP
+    assert "scale_gain_low" not in calibrate([quiet])  # no probe, no limit
+
+
+def test_the_shipped_em_model_warns_on_em_shrunk_by_half(em_stack) -> None:
+    """The QA session's case on real data: the shipped EM model on an EM slice at 0.5x (no
+    pixel size) warns and says to enlarge it; the same slice at its own size does not."""
+    from skimage.transform import rescale
+
+    from napari_unetpp.disagreement import check_image
+    from napari_unetpp.zoo import load_pretrained
+
+    model, info = load_pretrained("em")
+    plane = em_stack[0][17]  # a held-back test slice
+    images = {
+        "native": plane[128:384, 128:384],
+        "0.5x": rescale(plane.astype(np.float32), 0.5, order=1, preserve_range=True),
+    }
+    checks = {}
+    for name, image in images.items():
+        run = check_image(
+            model,
+            image,
+            info.data,
+            PredictConfig(device="cpu"),
+            flip=False,
+            thresholds=info.metrics["image_check"],
+        )
+        checks[name] = drive(run)[0]
+        print(name, checks[name].report())
+    assert not checks["native"].unlike_training
+    shrunk = checks["0.5x"]
+    assert shrunk.unlike_training and "smaller than in training" in " ".join(shrunk.reasons)
+    assert any("rescale the image by 2.00" in r for r in shrunk.remedies), shrunk.remedies
+
+
 def test_spread_regions_take_turns_and_never_touch() -> None:
     doubt = np.zeros((2, 40, 40), "float32")
     doubt[0, :20, :20] = 1.0  # four doubtful blocks side by side on slice 0

@@ -21,6 +21,7 @@ from napari_unetpp._widgets import _runner
 from napari_unetpp._widgets import predict as predict_module
 from napari_unetpp._widgets.predict import PredictWidget
 from napari_unetpp._widgets.scale_panel import ScalePanel, layer_pixel_size, parse_pixel_size
+from napari_unetpp.image_check import THRESHOLDS
 
 
 def test_pixel_size_text_forms_and_errors() -> None:
@@ -463,6 +464,8 @@ _REMEDY_CASES = [
     ),
     ({**_QUIET, "scale_gain": 2.5, "depth_disagreement": 0.5}, {}),  # EM/CT: a pixel size
     ({**_QUIET, "flip_disagreement": 0.5}, {}),  # check the scale, or fine-tune
+    # objects smaller than in training (EM at 8 nm for a 4 nm model): enlarge it
+    ({**_QUIET, "scale_gain": 0.6}, {"thresholds": {**THRESHOLDS, "scale_gain_low": 0.88}}),
 ]
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "units_image_check",
     "units_problem",
     "NOISE_REMEDY",
+    "SCALE_GAIN_LOW_CAP",
     "SIZE_HINT",
     "THRESHOLDS",
     "calibrate",
@@ -55,6 +56,12 @@ THRESHOLDS: dict[str, float] = {
     "scale_gain": 1.6,
     "half_size_ratio": 1.6,
 }
+#: The most a calibrated ``scale_gain_low`` may be (:func:`calibrate`): an image is called
+#: "objects smaller than in training" only when its depths agree at least 1.1x better at
+#: full size than at half size, and than on every native validation image (1/1.1 of the
+#: smallest). No fallback: an uncalibrated model has no low limit, as DSB natives go down
+#: to 0.30 (small nuclei fade at half size) while EM natives stay above 0.89.
+SCALE_GAIN_LOW_CAP = 0.9
 #: A size ratio beyond this (but within ``size_ratio``) gives a hint, not a warning.
 SIZE_HINT = 1.5
 #: Added to both sides of the scale probe's ratio, so images where the heads agree
@@ -163,7 +170,8 @@ def image_signals(
 
     ``flipped``: the deepest head's probabilities of the flipped image, flipped back.
     ``half``: every depth's probabilities of the image at half size; ``scale_gain``
-    is how much better the heads agree there (> 1: objects look larger than in training).
+    is how much better the heads agree there (> 1: objects look larger than in training;
+    below a model's calibrated ``scale_gain_low``: already smaller than in training).
     ``zoom``: the zoom the pass ran at (its probabilities are back on the image's grid),
     so object sizes are compared with the training size at the model's scale. One depth
     (a pruned pass) gives no depth disagreement, and a pruned pass shallower than the
@@ -377,6 +385,7 @@ def judge(
     split = signals.get("half_size_ratio")
     split_fired = split is not None and split > thresholds["half_size_ratio"]
     larger = gain_fired or split_fired
+    smaller = not larger and _smaller_than_training(gain, thresholds)
     # small measured objects that the half-size pass shows to be larger: fragments of
     # large objects (the 537 pieces for 23 nuclei), not small objects to enlarge
     fragments = larger and ratio is not None and ratio < 1
@@ -393,6 +402,12 @@ def judge(
             f"objects found at half size are {split:.1f}x those at full size: large "
             "objects are being split into training-sized pieces"
         )
+    if smaller and gain is not None:
+        reasons.append(
+            f"the depths agree {1 / gain:.1f}x better at full size than at half size "
+            f"(scale gain {gain:.3f} < {thresholds['scale_gain_low']:.3f}): objects look "
+            "smaller than in training"
+        )
     noisy = _noisier_than_tolerated(signals, thresholds)
     if noisy:
         reasons.append(noisy)
@@ -400,8 +415,9 @@ def judge(
     if reasons:
         if noisy:
             remedies.append(Remedy(NOISE_REMEDY))
-        if size_off or larger:
-            factor = zoom * (1 / ratio if size_off and ratio and not fragments else 0.5)
+        if size_off or larger or smaller:
+            step = 0.5 if larger else 2.0  # smaller: enlarge (e.g. 8 nm pixels, not 4)
+            factor = zoom * (1 / ratio if size_off and ratio and not fragments else step)
             sized = ratio is not None or split is not None  # the model knows its object size
             measured = signals.get("object_diameter")
             if not MIN_ZOOM <= factor <= MAX_ZOOM:
@@ -465,6 +481,20 @@ NOISE_REMEDY = (
 )
 
 
+def _smaller_than_training(gain: float | None, thresholds: Mapping[str, float]) -> bool:
+    """Do the depths agree clearly better at full size than at half size, beyond what the
+    model's native images do (its calibrated ``scale_gain_low``)?
+
+    Why: objects smaller than in training (an EM stack at 8 nm for a 4 nm model) shrink
+    further at half size, and the heads lose them there; at full size they still agree, so
+    no other signal fired (EM at 0.5x: IoU 0.709 -> 0.59, scale gain 0.51-0.77 against
+    0.89-1.18 native; benchmarks/bench_depth.py warning). Only a calibrated model has the
+    limit. A CT at 6 mm is not caught: its slices are too small for the half-size pass.
+    """
+    low = thresholds.get("scale_gain_low")
+    return gain is not None and low is not None and gain < low
+
+
 def _noisier_than_tolerated(
     signals: Mapping[str, float | None], thresholds: Mapping[str, float]
 ) -> str:
@@ -517,6 +547,11 @@ def calibrate(
         if ratios:
             high = float(np.percentile(ratios, quantile))
             out[name] = round(max(THRESHOLDS[name], 1.1 * high), 3)
+    # the low side (objects smaller than in training): 1/1.1 of the smallest native gain,
+    # never above the cap (a model whose natives all agree better at half size)
+    gains = [float(v) for r in native if (v := r.get("scale_gain")) is not None]
+    if gains:
+        out["scale_gain_low"] = round(min(SCALE_GAIN_LOW_CAP, min(gains) / 1.1), 3)
     return out
 
 
