@@ -405,6 +405,7 @@ def test_cli_depth_auto_disagreement_and_info_on(tmp_path, em_stack, capsys) -> 
     )
     used = tifffile.imread(out / "em_depth_used.tif")
     assert used.shape == (160, 192) and set(np.unique(used)) <= {2, 3, 4}
+    assert used.dtype == np.uint8  # depths, not float32 probabilities
     assert tifffile.imread(out / "em_disagreement.tif").shape == (160, 192)
     regions = json.loads((out / "em_regions.json").read_text())["label_here_next"]
     assert regions and regions[0]["score"] >= regions[-1]["score"]

@@ -365,9 +365,9 @@ def predict_adaptive(
     arrays, group = stores.allocate_outputs(
         (deepest,), output_shape(shape, layout.channel_axis, num_classes), tile, out
     )
-    maps = {
-        key: np.zeros(layout.shape_without_channels, np.float32)
-        for key in ("depth", "disagreement")
+    maps = {  # depths are small integers: uint8, as the CLI writes them and napari shows them
+        "depth": np.zeros(layout.shape_without_channels, np.uint8),
+        "disagreement": np.zeros(layout.shape_without_channels, np.float32),
     }
     sizes = layout.spatial_shape
     blend_on = device if device.type == "cpu" else None  # torch on the host, as predict
