@@ -365,7 +365,7 @@ def predict_adaptive(
     arrays, group = stores.allocate_outputs(
         (deepest,), output_shape(shape, layout.channel_axis, num_classes), tile, out
     )
-    maps = {  # depths are small integers: uint8, as the CLI writes them and napari shows them
+    maps: dict[str, np.ndarray] = {  # depths are small integers: uint8, as the CLI writes them
         "depth": np.zeros(layout.shape_without_channels, np.uint8),
         "disagreement": np.zeros(layout.shape_without_channels, np.float32),
     }
