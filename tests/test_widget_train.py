@@ -149,6 +149,25 @@ def test_the_data_for_command_sh_is_written_by_the_job(
     np.testing.assert_array_equal(tifffile.imread(data / "labels_0.tif"), membranes)
 
 
+def _at_step_three(monkeypatch, action) -> list[int]:
+    """Record the dock's training steps and call ``action(dock)`` right after step 3.
+
+    Patched on the class: magicgui Containers treat deleting an instance attribute as
+    removing a widget."""
+    steps: list[int] = []
+    on_event = TrainWidget._on_event
+
+    def act_after_three(self: TrainWidget, event) -> None:
+        on_event(self, event)
+        if event.kind == "step":
+            steps.append(event.step)
+            if event.step == 3:
+                action(self)
+
+    monkeypatch.setattr(TrainWidget, "_on_event", act_after_three)
+    return steps
+
+
 def test_stop_keeps_a_usable_model(make_napari_viewer, em_crop, tmp_path, monkeypatch):
     import torch
 
@@ -160,18 +179,7 @@ def test_stop_keeps_a_usable_model(make_napari_viewer, em_crop, tmp_path, monkey
     viewer = make_napari_viewer()
     w = _widget(viewer, em_crop, tmp_path, iterations=200)
     w._runner.inline = True  # deterministic: the stop lands after exactly 3 steps
-    steps: list[int] = []
-    on_event = TrainWidget._on_event
-
-    def stop_after_three(self: TrainWidget, event) -> None:
-        on_event(self, event)
-        if event.kind == "step":
-            steps.append(event.step)
-            if event.step == 3:
-                self._on_stop()
-
-    # on the class: magicgui Containers treat deleting an instance attribute as removing a widget
-    monkeypatch.setattr(TrainWidget, "_on_event", stop_after_three)
+    steps = _at_step_three(monkeypatch, TrainWidget._on_stop)
     w._on_start()
     assert not errors and steps == [1, 2, 3]
     model, info = load_checkpoint(w.last_checkpoint)
@@ -199,17 +207,7 @@ def test_a_dock_closed_mid_training_inline_saves_the_stopped_run(
     viewer = make_napari_viewer()
     w = _widget(viewer, em_crop, tmp_path, iterations=200)
     w._runner.inline = True
-    steps: list[int] = []
-    on_event = TrainWidget._on_event
-
-    def close_after_three(self: TrainWidget, event) -> None:
-        on_event(self, event)
-        if event.kind == "step":
-            steps.append(event.step)
-            if event.step == 3:
-                self._closed()
-
-    monkeypatch.setattr(TrainWidget, "_on_event", close_after_three)
+    steps = _at_step_three(monkeypatch, TrainWidget._closed)
     w._on_start()
     assert steps == [1, 2, 3] and w.last_checkpoint is None  # no callback after the close
     provenance = read_info(w.last_run_dir / "last").provenance
