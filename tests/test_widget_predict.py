@@ -867,9 +867,10 @@ def test_layers_are_described_by_the_model_that_made_them(
 def test_each_result_is_checked_against_the_training_data(
     setup: Any, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Segment with the shipped nuclei model: nuclei at twice the training size warn (and
-    say to shrink the image or measure the objects), a native image stays quiet; unticked,
-    nothing is checked and command.sh says --no-check (as the CLI would run)."""
+    """Segment with the shipped nuclei model: nuclei at twice the training size are shrunk
+    by the default "auto object size" and pass; without it they warn (and say to shrink the
+    image or measure the objects), a native image stays quiet; "check each result"
+    unticked, nothing is checked and command.sh says --no-check (as the CLI would run)."""
     from skimage import io
     from skimage.transform import rescale
 
@@ -893,6 +894,12 @@ def test_each_result_is_checked_against_the_training_data(
         assert not errors
         return json.loads((w.last_run_dir / "run.json").read_text())
 
+    # with the default "auto object size" the dock shrinks them to the training size first,
+    # and the check finds the rescaled image like the training data
+    run = segment(zoomed, "large nuclei (auto)")
+    assert run["scale"]["rescale"] == "auto" and run["scale"]["zoom"][0] < 0.75, run["scale"]
+    assert not run["image_check"]["unlike_training"] and not warned, run["image_check"]
+    w.scale._auto.value = False  # unticked: the model sees nuclei twice its size
     run = segment(zoomed, "large nuclei")
     assert run["image_check"]["unlike_training"], run["image_check"]
     assert len(warned) == 1 and "auto object size" in warned[0], warned
