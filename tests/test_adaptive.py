@@ -11,14 +11,10 @@ import torch
 
 from napari_unetpp.adaptive import NestedForward, depth_cost_fractions, predict_adaptive
 from napari_unetpp.config import DataConfig, PredictConfig
-from napari_unetpp.disagreement import (
-    advise_depth,
-    check_image,
-    disagreement_map,
-    rank_regions,
-)
+from napari_unetpp.disagreement import advise_depth, check_image, disagreement_map
 from napari_unetpp.events import Stopper, drive
 from napari_unetpp.inference import predict_array
+from napari_unetpp.label_next import rank_regions
 from napari_unetpp.model import UNetPlusPlus, nodes_for_depth
 from napari_unetpp.tiling import tile_grid
 

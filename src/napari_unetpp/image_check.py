@@ -452,7 +452,7 @@ def judge(
                 Remedy(
                     "{check_scale}; if they already match, {fine_tune} on a few labelled "
                     # not "the highest-disagreement ones": the blocks it points to are
-                    # ranked by the deepest head's doubt (disagreement.label_here_next)
+                    # ranked by the deepest head's doubt (label_next.label_here_next)
                     "regions of this image (where the model is least sure: {regions})"
                 )
             )
