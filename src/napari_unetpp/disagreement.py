@@ -7,7 +7,8 @@ on the validation set still holds there (:func:`advise_depth`); and depth
 disagreement, flip disagreement, the fraction of uncertain pixels and the size of
 the objects against the model's training scale together say "this image is unlike
 the training data" before the user trusts a result (:func:`check_image`: it runs the
-predictions here; the signals, thresholds and verdict are in :mod:`image_check`).
+predictions here; the signals are in :mod:`image_signals`, the thresholds and verdict in
+:mod:`image_check`).
 Where to label next (the deepest head's doubt, ranked in blocks)
 is :mod:`label_next`.
 
@@ -268,13 +269,12 @@ def check_prediction(
         THRESHOLDS,
         ImageCheck,
         flat_image_check,
-        half_size,
-        image_signals,
         judge,
         tiny_image_check,
         units_image_check,
         units_problem,
     )
+    from .image_signals import half_size, image_signals
     from .inference import predict
     from .normalization import contrast_problem, repaired
 
@@ -353,7 +353,7 @@ def check_result(
     """:func:`check_prediction` with the model's own calibration and recommended depth
     (its checkpoint's ``metrics``), as the Segment dock and ``predict`` check each result.
 
-    A big image is judged on the region ``info --on`` reads (:func:`image_check.check_region`:
+    A big image is judged on the region ``info --on`` reads (:func:`image_signals.check_region`:
     a central block of a few evenly spaced planes), so a whole CT scan is checked too;
     None when even that holds more than :data:`CHECK_LIMIT` values per depth.
     """
@@ -377,9 +377,9 @@ def check_result(
 def _check_part(
     model: Any, image: Any, probs: Mapping[int, Any], data_config: DataConfig
 ) -> tuple[Any, Mapping[int, Any]]:
-    """The image and its probabilities cut to :func:`image_check.check_region`
+    """The image and its probabilities cut to :func:`image_signals.check_region`
     (the probabilities have no channel axis, and a class axis first for several classes)."""
-    from .image_check import check_region
+    from .image_signals import check_region
     from .inference import PredictResult
 
     shape = tuple(int(n) for n in np.shape(image))
