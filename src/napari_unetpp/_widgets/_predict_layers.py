@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image, Labels, Shapes
 
-from ._jobs import unproxied
 from ._layers import PLUGIN_KEY, class_legend, labels_style, put_layer_steps
+from ._ui import unproxied
 
 if TYPE_CHECKING:
     import napari

@@ -36,7 +36,7 @@ from ..locate import zoo_spec
 from ..runs import new_run_dir
 from ..zoo import card_markdown
 from . import _state
-from ._jobs import in_background, on_dock_closed, queue_for
+from ._jobs import queue_for
 from ._layers import layer_choices
 from ._model_box import (
     SOURCES,
@@ -61,7 +61,8 @@ from ._predict_job import (
 )
 from ._predict_layers import show_result
 from ._runner import JobRunner
-from ._ui import narrow, scroll_inside, set_progress, spread, wrapped
+from ._ui import narrow, on_dock_closed, scroll_inside, set_progress, spread, wrapped
+from ._workers import in_background
 from .pruning_panel import PruningPanel
 from .scale_panel import ScalePanel, check_job, estimate_job, layer_pixel_size
 

@@ -31,7 +31,7 @@ from ..locate import is_zoo
 from ..normalization import as_model_input
 from ..runs import new_run_dir
 from . import _state
-from ._jobs import on_dock_closed, queue_for
+from ._jobs import queue_for
 from ._layers import current_slice, layer_data, made_here
 from ._paths import chosen_path
 from ._predict_job import layer_frame
@@ -50,7 +50,7 @@ from ._train_job import (
     record_train,
     train_job,
 )
-from ._ui import set_progress
+from ._ui import on_dock_closed, set_progress
 
 if TYPE_CHECKING:
     import napari
