@@ -211,13 +211,12 @@ def test_check_and_estimate_wait_while_a_results_layers_are_added(
     em_stack: tuple[np.ndarray, np.ndarray],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    patch_segment_dock: Any,
 ) -> None:
     """Check this image (or Estimate size) clicked while a run's layers went in started a job
     whose status replaced the run's 'done ... saved in'; it now waits, as Segment does."""
-    from napari_unetpp._widgets import predict as predict_module
-
     told: list[str] = []
-    monkeypatch.setattr(predict_module, "show_info", told.append)
+    patch_segment_dock("show_info", told.append)
     viewer = make_napari_viewer()
     w, _ = _segment_dock(viewer, qtbot, checkpoint, tmp_path, em_stack[0][:2, :64, :64])
     # the job's 'returned' and 'finished' are two signals: on a loaded machine the layers
