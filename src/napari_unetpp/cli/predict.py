@@ -61,6 +61,20 @@ def _scale_flags(args: argparse.Namespace, object_diameter: float | None) -> dic
     }
 
 
+def _diameter_given(
+    args: argparse.Namespace, scale: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """``--diameter`` as the user gave it, for ``<name>_run.json`` (the config keeps only the
+    rescale factor it became): ``{"given": D}``, or ``{"given": "auto", "estimated": d}``
+    with the median diameter the auto run measured (px of the image; None: no objects)."""
+    given = getattr(args, "diameter", None)
+    if given is None:
+        return None
+    if given == "auto":
+        return {"given": "auto", "estimated": (scale or {}).get("measured_diameter")}
+    return {"given": float(given)}
+
+
 def _positive_float(text: str, flag: str) -> float:
     try:
         value = float(text)
@@ -390,8 +404,9 @@ def _predict_file(
         if args.no_check
         else _check_result(path, image, model, probs, config, data, args, metrics or {})
     )
+    scale = getattr(probs, "scale", None)
     write_image_record(
-        run_json, args.checkpoint, config, data, getattr(probs, "scale", None), check, path
+        run_json, args.checkpoint, config, data, scale, check, path, _diameter_given(args, scale)
     )
     depth = config.pruned_depth if config.pruned_depth is not None else max(probs)
     prob = probs[depth]
