@@ -339,6 +339,8 @@ def test_auto_object_size_is_the_default_for_a_model_that_knows_its_objects_size
     assert not errors, errors
     run = json.loads((w.last_run_dir / "run.json").read_text())
     assert run["scale"]["rescale"] == "auto" and run["scale"]["zoom"][0] < 0.7, run["scale"]
+    # what the user set, as the CLI's --diameter records it: the factor alone lost it
+    assert run["diameter"] == {"given": "auto", "estimated": run["scale"]["measured_diameter"]}
     labels = viewer.layers["nuclei 2x UNet++ labels"].data
     big_truth = S.resample_to(np.asarray(truth), labels.shape, (0, 1), order=0)
     # L3 foreground IoU 0.827 with auto, 0.778 at the model's scale (a /tmp run, session 13)
@@ -346,6 +348,10 @@ def test_auto_object_size_is_the_default_for_a_model_that_knows_its_objects_size
     w.scale._diameter.value = 36.0  # the user types the size they measured
     assert not w.scale._auto.value
     assert w.scale.overrides()["rescale"] == pytest.approx(w.model.config.object_diameter / 36)
+    w.segment()
+    assert not errors, errors
+    run = json.loads((w.last_run_dir / "run.json").read_text())
+    assert run["diameter"] == {"given": 36.0}, run.get("diameter")
     w.scale._auto.value = True  # and goes back to auto: the typed size is cleared
     assert w.scale._diameter.value == 0.0
     w._model.value = "zoo:em"  # a model that knows a pixel size instead

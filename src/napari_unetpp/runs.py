@@ -203,6 +203,23 @@ def predict_record(
     return {"checkpoint": checkpoint, "predict": predict.to_dict(), "data": data.to_dict(), **extra}
 
 
+def diameter_record(
+    given: float | str | None, scale: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The object diameter a user gave, as run records keep it: ``{"given": D}``, or
+    ``{"given": "auto", "estimated": d}`` with the median diameter the auto run measured
+    (px of the image; None: no objects); None when none was given.
+
+    Why: ``predict.rescale`` keeps only the factor it became (0.5 for 36.24 px on the
+    nuclei model), and the user's own number was lost. One shape for the CLI's
+    ``--diameter`` and the dock's Object diameter / auto object size."""
+    if given is None:
+        return None
+    if given == "auto":
+        return {"given": "auto", "estimated": (scale or {}).get("measured_diameter")}
+    return {"given": float(given)}
+
+
 def write_image_record(
     path: Path,
     checkpoint: str,
@@ -216,11 +233,8 @@ def write_image_record(
     """The CLI's ``<name>_run.json`` beside one image's results: the input file (``images``,
     absolute, as the dock's record names its layer's: the record said what was done, not to
     what), configs, the scale used (pixel sizes, zoom per model axis, measured object
-    diameter), the object diameter the user gave (``diameter``: ``{"given": D}``, or
-    ``{"given": "auto", "estimated": d}``; None without ``--diameter``) and the image check.
-
-    Why the diameter given: ``predict.rescale`` keeps only the factor it became (0.5 for
-    ``--diameter 36.24`` on the nuclei model), and the user's own number was lost."""
+    diameter), the object diameter the user gave (:func:`diameter_record`; None without
+    ``--diameter``) and the image check."""
     from .outputs import TIFF_SOFTWARE
 
     inputs = {} if image is None else {"images": [str(Path(image).resolve())]}

@@ -201,6 +201,7 @@ class PredictForm(Container):
             check=bool(self.scale.check_results.value),
             part=part,
             labels_depth=depth,
+            diameter=self.scale.diameter_given(),
         )
         return run_dir, copies
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from ..normalization import as_model_input, looks_rgb
-from ..runs import format_command, predict_record, replay_dir, save_run_record
+from ..runs import diameter_record, format_command, predict_record, replay_dir, save_run_record
 from ._layers import LayerCopy, layer_file, write_copies
 
 if TYPE_CHECKING:
@@ -236,7 +236,10 @@ def segment_job(
     if not probs.complete:
         return probs, None, [], None, None
     if getattr(probs, "scale", None) is not None:  # the zoom used, as the CLI's run.json has
-        _add_to_run_file(run_dir, {"scale": probs.scale})
+        measured = (
+            {"diameter": diameter_record("auto", probs.scale)} if config.rescale == "auto" else {}
+        )
+        _add_to_run_file(run_dir, {"scale": probs.scale, **measured})
     depth = config.pruned_depth or (depth if depth in probs else max(probs))
     labels = probabilities_to_labels(
         np.asarray(probs[depth]),
@@ -404,6 +407,7 @@ def record_predict(
     check: bool = True,
     part: Any = None,
     labels_depth: int | None = None,
+    diameter: float | str | None = None,
 ) -> list[LayerCopy]:
     """``run.json`` and ``command.sh``: the same run as ``napari-unetpp predict``
     (``check``: the result is checked against the training data, as the CLI does unless
@@ -412,7 +416,8 @@ def record_predict(
 
     ``labels_depth``: the head the dock's labels come from (the Depth slider's). The CLI
     labels from the deepest head unless ``--depth`` names one, so a command without it
-    gave other labels (EM: L4 for the dock's recommended L3).
+    gave other labels (EM: L4 for the dock's recommended L3). ``diameter``: the object
+    size the user set (``runs.diameter_record``; an auto run adds what it estimated).
 
     Returns the image copy the command names, for :func:`segment_job` to write (off the
     GUI thread)."""
@@ -422,6 +427,8 @@ def record_predict(
         depth = labels_depth
     model = info.model.to_dict()
     configs = predict_record(spec, config, data, model=model, images=[image], scope=scope)
+    if diameter is not None:
+        configs["diameter"] = diameter_record(diameter, None)
     command = format_command(
         "predict",
         spec,

@@ -207,6 +207,15 @@ class ScalePanel(Container):
     def show_diameter(self, diameter: float) -> None:
         self._diameter.value = round(float(diameter), 1)
 
+    def diameter_given(self) -> float | str | None:
+        """The object size the user set: ``"auto"``, a typed or estimated diameter, or None
+        (for the run record: the config keeps only the rescale factor it becomes)."""
+        if not self._auto.enabled:
+            return None
+        if self._auto.value:
+            return "auto"
+        return float(self._diameter.value) if self._diameter.value > 0 else None
+
     def overrides(self) -> dict[str, Any]:
         """``PredictConfig`` fields from the panel (ValueError on a malformed pixel size)."""
         from ..scale import rescale_from_diameter

@@ -26,7 +26,7 @@ from ..files import (
     stem,
     write_array,
 )
-from ..runs import read_run_file, write_image_record
+from ..runs import diameter_record, read_run_file, write_image_record
 from .common import ProgressBar, _note, _out, _override, naming, warnings_once
 
 if TYPE_CHECKING:
@@ -59,20 +59,6 @@ def _scale_flags(args: argparse.Namespace, object_diameter: float | None) -> dic
         "rescale": rescale,
         "pixel_unit": getattr(args, "pixel_unit", None),
     }
-
-
-def _diameter_given(
-    args: argparse.Namespace, scale: dict[str, Any] | None
-) -> dict[str, Any] | None:
-    """``--diameter`` as the user gave it, for ``<name>_run.json`` (the config keeps only the
-    rescale factor it became): ``{"given": D}``, or ``{"given": "auto", "estimated": d}``
-    with the median diameter the auto run measured (px of the image; None: no objects)."""
-    given = getattr(args, "diameter", None)
-    if given is None:
-        return None
-    if given == "auto":
-        return {"given": "auto", "estimated": (scale or {}).get("measured_diameter")}
-    return {"given": float(given)}
 
 
 def _positive_float(text: str, flag: str) -> float:
@@ -405,9 +391,8 @@ def _predict_file(
         else _check_result(path, image, model, probs, config, data, args, metrics or {})
     )
     scale = getattr(probs, "scale", None)
-    write_image_record(
-        run_json, args.checkpoint, config, data, scale, check, path, _diameter_given(args, scale)
-    )
+    diameter = diameter_record(getattr(args, "diameter", None), scale)
+    write_image_record(run_json, args.checkpoint, config, data, scale, check, path, diameter)
     depth = config.pruned_depth if config.pruned_depth is not None else max(probs)
     prob = probs[depth]
     if fmt == "zarr":  # streamed slice by slice: a big volume's labels never sit in memory
