@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unetpp import devices, inference, predictor
+from napari_unetpp import devices, inference, predictor, tiling
 from napari_unetpp.config import DataConfig, NormalizationConfig, PredictConfig
 from napari_unetpp.devices import memory_format
 from napari_unetpp.events import Stopper, drive
@@ -122,6 +122,28 @@ def test_bf16_inference_keeps_the_shipped_em_models_score(em_stack, monkeypatch)
     assert (labels[True] == labels[False]).mean() > 0.99
     assert abs(scores[True] - scores[False]) < 0.005
     assert scores[False] > 0.6  # the comparison is on a real segmentation, not on noise
+
+
+def test_bf16_tiles_are_cast_as_they_are_stacked_with_the_same_result(em_crop, em_net, monkeypatch):
+    """On a bf16 CPU (forced here) the tiles are stacked straight into bf16 (one copy, not
+    a float32 batch and then a cast) and the probabilities keep their bits."""
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: True)
+    stack, dtypes = tiling._BatchBuffer.stack, []
+
+    def recording(self, tiles):
+        batch = stack(self, tiles)
+        dtypes.append(batch.dtype)
+        return batch
+
+    monkeypatch.setattr(tiling._BatchBuffer, "stack", recording)
+    config = _config(tile_size=(64, 64), depths=(2,))
+    stacked_in_bf16 = predict_array(em_net, em_crop, config, DataConfig())[2]
+    assert set(dtypes) == {torch.bfloat16}
+    dtypes.clear()
+    monkeypatch.setattr(predictor.TileRunner, "input_dtype", property(lambda self: None))
+    cast_by_the_runner = predict_array(em_net, em_crop, config, DataConfig())[2]
+    assert set(dtypes) == {torch.float32}
+    np.testing.assert_array_equal(stacked_in_bf16, cast_by_the_runner)
 
 
 def test_prepare_folds_batchnorm_into_a_copy(em_crop):
@@ -587,6 +609,33 @@ def test_prepared_networks_are_reused_until_the_weights_change(em_crop):
         net.heads["head_1"].bias += 5.0  # an optimizer step does the same (in place)
     changed = predict_array(net, image, config, data)
     assert (changed[1] > first[1]).mean() > 0.99  # the new weights were used
+
+
+def test_weights_version_sees_every_change_a_cached_copy_must_follow():
+    """The cache key of the prepared copies: an in-place step, a replaced weight or buffer,
+    and a forward hook added or removed anywhere in the tree each change it."""
+    net = UNetPlusPlus(widths=(4, 8), depth=1)
+    seen = {predictor._weights_version(net)}
+
+    def changed() -> bool:
+        version = predictor._weights_version(net)
+        new = version not in seen
+        seen.add(version)
+        return new
+
+    conv = net.nodes[node_name(0, 0)][0]
+    with torch.no_grad():
+        conv.weight.add_(1.0)
+    assert changed()
+    conv.weight = torch.nn.Parameter(conv.weight.detach().clone())
+    assert changed()
+    bn = net.nodes[node_name(0, 0)][1]
+    bn.running_mean = torch.ones_like(bn.running_mean)
+    assert changed()
+    hook = bn.register_forward_hook(lambda *_: None)
+    assert changed()
+    hook.remove()
+    assert predictor._weights_version(net) in seen and not changed()
 
 
 def test_cpu_inference_runs_channels_last_in_2d_only():

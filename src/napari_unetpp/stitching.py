@@ -153,6 +153,9 @@ class Band:
     on the host): the means are kept there directly, so there is nothing to write out
     or shift, only the band of weights; that saves a copy of every output and the
     band's copies, most of the host's memory traffic.
+
+    ``weighted=False``: every tile comes with its recorded share (:class:`RatioCache`
+    replaying), so there is no band of weights to allocate, fill or shift.
     """
 
     def __init__(
@@ -162,6 +165,7 @@ class Band:
         channels: int,
         backend: _NumpyBackend | _TorchBackend,
         into: Any = None,
+        weighted: bool = True,
     ) -> None:
         self.spatial = spatial
         self.height = min(tile[0], spatial[0])
@@ -169,7 +173,10 @@ class Band:
         self.backend = backend
         self.direct = into is not None
         band = (self.height, *spatial[1:])
-        self.weight, self._spare_weight = backend.zeros((1, *band)), backend.zeros((1, *band))
+        self.weight: Any = None
+        self._spare_weight: Any = None
+        if weighted:
+            self.weight, self._spare_weight = backend.zeros((1, *band)), backend.zeros((1, *band))
         if self.direct:
             self.mean, self._spare_mean = into, None
         else:
@@ -178,31 +185,37 @@ class Band:
                 backend.zeros((channels, *band)),
             )
         self._tile = tuple(tile)
-        self._delta, self._ratio = backend.scratch((channels, *tile)), backend.zeros((1, *tile))
+        self._delta = backend.scratch((channels, *tile))
+        self._ratio: Any = backend.zeros((1, *tile)) if weighted else None
 
-    def add(self, start: tuple[int, ...], block: Any, w: Any, ratio: Any = None) -> Any:
-        """Blend ``block`` ``(C, *valid_tile)`` with weights ``w`` in at ``start``.
+    def add(self, region: tuple[slice, ...], block: Any, w: Any, ratio: Any = None) -> Any:
+        """Blend ``block`` ``(C, *valid_tile)`` with weights ``w`` in at ``region``
+        ``(all channels, *valid_tile's place in the image)``.
 
         Returns the tile's share ``w / W`` (a scratch view, overwritten by the next
         tile); pass a recorded ``ratio`` to skip the weights (see :class:`RatioCache`).
         """
-        shape = tuple(w.shape)
-        rest = [slice(s, s + n) for s, n in zip(start[1:], shape[1:], strict=False)]
-        row = start[0] - self.lo
-        if shape == self._tile:  # the scratch arrays as they are: no slicing
-            out, delta = self._ratio, self._delta
-        else:
-            scratch = (slice(None), *(slice(0, n) for n in shape))
-            out = self._ratio[scratch]
-            delta = None if self._delta is None else self._delta[scratch]
+        here = region  # in the band's rows (the weights', and the means' unless direct)
+        if self.lo:
+            rows = region[1]
+            here = (slice(None), slice(rows.start - self.lo, rows.stop - self.lo), *region[2:])
         if ratio is None:
-            rows = (slice(None), slice(row, row + shape[0]), *rest)
-            total = self.weight[rows]
+            if self.weight is None:
+                raise ValueError("this band keeps no weights: pass each tile's recorded share")
+            total = self.weight[here]
             total += w  # a view: updates the band in place
-            ratio = self.backend.divide(w, total, out)
-        first = start[0] if self.direct else row
-        where = (slice(None), slice(first, first + shape[0]), *rest)
-        target = self.mean[where]
+            shape = tuple(w.shape)  # the tile's valid part (weights have no channel axis)
+            scratch = (slice(None), *(slice(0, n) for n in shape))
+            ratio = self.backend.divide(
+                w, total, self._ratio if shape == self._tile else self._ratio[scratch]
+            )
+        if self._delta is None:  # torch: a fused update needs no scratch
+            delta = None
+        else:
+            shape = tuple(block.shape)
+            scratch = (slice(None), *(slice(0, n) for n in shape[1:]))
+            delta = self._delta if shape[1:] == self._tile else self._delta[scratch]
+        target = self.mean[region if self.direct else here]
         self.backend.blend(target, block, ratio, delta)
         return ratio
 
@@ -215,7 +228,8 @@ class Band:
             return
         shift = min(rows, self.height)
         self.flush(shift, sinks, slices)
-        self.weight, self._spare_weight = self._shifted(self.weight, self._spare_weight, shift)
+        if self.weight is not None:
+            self.weight, self._spare_weight = self._shifted(self.weight, self._spare_weight, shift)
         if not self.direct:
             self.mean, self._spare_mean = self._shifted(self.mean, self._spare_mean, shift)
         self.lo += rows
@@ -287,13 +301,14 @@ class Outputs:
         self.allocate = allocate
         self.slices: dict[Hashable, slice] = {}
         self.sinks: dict[Hashable, Any] = {}
+        self._channels: dict[Hashable, int] = {}  # as registered: unchanged, nothing to check
 
     def stack(self, outputs: Any, backend: Any, n: int, tile: tuple[int, ...]) -> Any:
         """All outputs of one batch as one ``(N, sum C, *tile)`` array on the backend."""
-        if isinstance(outputs, StackedOutputs):
-            for key in outputs.slices:
-                _check_output(key, outputs[key], n, tile)
-            self._register({k: s.stop - s.start for k, s in outputs.slices.items()})
+        if isinstance(outputs, StackedOutputs):  # one check for all keys: they share N, tile
+            _check_output(tuple(outputs.slices), outputs.data, n, tile)
+            if outputs.channels != self._channels:
+                self._register(outputs.channels)
             return backend.put(outputs.data)
         if isinstance(outputs, Mapping):
             items = list(outputs.items())
@@ -310,6 +325,7 @@ class Outputs:
         return backend.cat(values)
 
     def _register(self, channels: dict[Hashable, int]) -> None:
+        self._channels = dict(channels)
         if self.slices:
             now = {k: s.stop - s.start for k, s in self.slices.items()}
             if now != channels:
