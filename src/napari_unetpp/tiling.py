@@ -35,6 +35,7 @@ True
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable, Generator, Hashable, Sequence
 from typing import Any, Literal, NamedTuple, Protocol
@@ -258,6 +259,7 @@ class _Placed(NamedTuple):
     valid: tuple[slice, ...] | None  # the part inside the image, in the tile; None: all of it
     region: tuple[slice, ...] | None  # that part in the image; None: all in the padding
     weights: Any  # the blending weights of that part
+    share: Hashable = None  # equal for tiles whose blend shares are equal (see _share_keys)
 
 
 @functools.lru_cache(maxsize=8)
@@ -272,19 +274,60 @@ def _place(
     """The grid and its placed tiles, kept for the next item (a stack's slices share them)."""
     grid = tile_grid(spatial, tile, overlap, align)
     weights = backend_for(accumulate_on).put(blending_weights(tile, blending))
+    sizes = {
+        start: tuple(max(min(t, n - s), 0) for s, t, n in zip(start, tile, spatial, strict=False))
+        for start in grid
+    }
+    shares = _share_keys(grid, tile, sizes)
     placed = []
     for start in grid:
         read = (slice(None), *(slice(s, s + t) for s, t in zip(start, tile, strict=False)))
-        sizes = [max(min(t, n - s), 0) for s, t, n in zip(start, tile, spatial, strict=False)]
-        region = (slice(None), *(slice(s, s + v) for s, v in zip(start, sizes, strict=False)))
-        if tuple(sizes) == tile:  # inside the image: no slicing
-            placed.append(_Placed(start, read, None, region, weights))
-        elif min(sizes) == 0:  # a tile entirely in the alignment padding
+        size = sizes[start]
+        region = (slice(None), *(slice(s, s + v) for s, v in zip(start, size, strict=False)))
+        if size == tile:  # inside the image: no slicing
+            placed.append(_Placed(start, read, None, region, weights, shares[start]))
+        elif min(size) == 0:  # a tile entirely in the alignment padding
             placed.append(_Placed(start, read, None, None, None))
         else:
-            valid = tuple(slice(0, v) for v in sizes)
-            placed.append(_Placed(start, read, (slice(None), *valid), region, weights[valid]))
+            valid = tuple(slice(0, v) for v in size)
+            placed.append(
+                _Placed(start, read, (slice(None), *valid), region, weights[valid], shares[start])
+            )
     return grid, placed
+
+
+def _share_keys(
+    grid: list[tuple[int, ...]],
+    tile: tuple[int, ...],
+    sizes: dict[tuple[int, ...], tuple[int, ...]],
+) -> dict[tuple[int, ...], Hashable]:
+    """For each tile: its size inside the image and, in the order they are blended, where the
+    earlier tiles that overlap it lie relative to it (and their sizes).
+
+    Why: a tile's blend share ``w / W`` is made of exactly these (the same additions in the
+    same order, then a division), so tiles with equal keys have shares equal bit for bit:
+    in an evenly spaced grid most tiles do, and :class:`~stitching.RatioCache` keeps one
+    copy for them (the blend then reads a few shares that stay in the cache).
+    """
+    order = {start: i for i, start in enumerate(grid)}
+    per_axis = [sorted({start[a] for start in grid}) for a in range(len(tile))]
+    keys: dict[tuple[int, ...], Hashable] = {}
+    for i, start in enumerate(grid):
+        near = [
+            [v for v in starts if abs(v - s) < t]
+            for starts, s, t in zip(per_axis, start, tile, strict=False)
+        ]
+        earlier = sorted(
+            (u for u in itertools.product(*near) if order.get(u, i) < i and min(sizes[u])),
+            key=order.__getitem__,
+        )
+        keys[start] = (
+            sizes[start],
+            tuple(
+                (tuple(a - b for a, b in zip(u, start, strict=False)), sizes[u]) for u in earlier
+            ),
+        )
+    return keys
 
 
 class _BatchBuffer:
@@ -301,6 +344,40 @@ class _BatchBuffer:
     def __init__(self, dtype: Any = None) -> None:
         self._buffer: Any = None
         self._dtype = dtype
+        self._scratch: Any = None  # one float32 tile, for a batch in another dtype
+
+    def read(self, image: Any, tiles: list[_Placed], tile: tuple[int, ...]) -> Any:
+        """The batch of ``tiles``: written in place by an image that can (``read_into``, an
+        :class:`~layout.ItemView` on the CPU normalises each tile into its slot), else
+        read tile by tile and stacked."""
+        into = getattr(image, "read_into", None)
+        if into is None:
+            return self.stack([_read_tile(image, t.read, tile) for t in tiles])
+        import torch
+
+        n, shape = len(tiles), (len(tiles), int(image.shape[0]), *tile)
+        dtype = self._dtype or torch.float32
+        buffer = self._buffer
+        if (
+            not isinstance(buffer, torch.Tensor)
+            or buffer.shape[1:] != shape[1:]
+            or buffer.shape[0] < n
+            or buffer.device.type != "cpu"
+            or buffer.dtype != dtype
+        ):
+            buffer = self._buffer = torch.empty(shape, dtype=dtype)
+        for k, t in enumerate(tiles):
+            slot = buffer[k]
+            if dtype != torch.float32:  # normalised in float32, then cast in the copy
+                if self._scratch is None or self._scratch.shape != slot.shape:
+                    self._scratch = torch.empty(slot.shape, dtype=torch.float32)
+                if into(t.read, self._scratch):
+                    slot.copy_(self._scratch)
+                    continue
+            elif into(t.read, slot):
+                continue
+            slot.copy_(_read_tile(image, t.read, tile))  # cut short by the border: padded
+        return buffer[:n]
 
     def stack(self, tiles: list[Any]) -> Any:
         first, n = tiles[0], len(tiles)
@@ -378,7 +455,7 @@ def iter_sliding_window(
     done = 0
     for first in range(0, len(grid), batch_size):
         tiles = placed[first : first + batch_size]
-        batch = batches.stack([_read_tile(image, t.read, tile) for t in tiles])
+        batch = batches.read(image, tiles, tile)
         stacked = outputs.stack(predictor(batch), backend, len(tiles), tile)
         if band is None:
             target = None if into is None else backend.share(into)
@@ -394,7 +471,7 @@ def iter_sliding_window(
             share = ratios.get(t.start)
             used = band.add(t.region, block, t.weights, share)
             if share is None:
-                ratios.record(t.start, used)
+                ratios.record(t.start, used, t.share)
         done += len(tiles)
         yield TileProgress(done, len(grid))
         if should_stop is not None and should_stop() and done < len(grid):
