@@ -231,21 +231,19 @@ class ItemView:
         return block
 
     @property
-    def read_into(self) -> Callable[[tuple[slice, ...], torch.Tensor], bool] | None:
+    def read_into(self) -> Callable[[tuple[slice, ...], np.ndarray], bool] | None:
         """On the CPU (see above): ``read_into(index, out)`` normalises the tile at ``index``
         straight into ``out``; ``None`` where tiles are read as ``view[index]`` only."""
         return self._normalise_into if self._cut_then_normalise else None
 
-    def _normalise_into(self, index: tuple[slice, ...], out: torch.Tensor) -> bool:
-        """The tile at ``index`` normalised into ``out`` (a float32 CPU tensor of its shape,
-        e.g. its place in a batch); ``False`` for a tile cut short by the image's border
-        (read it with ``view[index]`` and pad it)."""
-        if out.dtype != torch.float32:
-            return False
+    def _normalise_into(self, index: tuple[slice, ...], out: np.ndarray) -> bool:
+        """The tile at ``index`` normalised into ``out`` (a float32 array of its shape, e.g.
+        its place in a batch); ``False`` for a tile cut short by the image's border (read
+        it with ``view[index]`` and pad it)."""
         block = self._cut(index)
-        if tuple(block.shape) != tuple(out.shape) or not out.is_contiguous():
+        if block.shape != out.shape or out.dtype != np.float32:
             return False
-        cast(TileNormaliser, self.normalise).scale(block, out=out.numpy())
+        cast(TileNormaliser, self.normalise).scale(block, out=out)
         return True
 
 

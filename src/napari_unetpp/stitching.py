@@ -195,29 +195,32 @@ class Band:
         Returns the tile's share ``w / W`` (a scratch view, overwritten by the next
         tile); pass a recorded ``ratio`` to skip the weights (see :class:`RatioCache`).
         """
-        here = region  # in the band's rows (the weights', and the means' unless direct)
-        if self.lo:
-            rows = region[1]
-            here = (slice(None), slice(rows.start - self.lo, rows.stop - self.lo), *region[2:])
         if ratio is None:
             if self.weight is None:
                 raise ValueError("this band keeps no weights: pass each tile's recorded share")
-            total = self.weight[here]
+            total = self.weight[self._in_band(region)]
             total += w  # a view: updates the band in place
             shape = tuple(w.shape)  # the tile's valid part (weights have no channel axis)
             scratch = (slice(None), *(slice(0, n) for n in shape))
             ratio = self.backend.divide(
                 w, total, self._ratio if shape == self._tile else self._ratio[scratch]
             )
-        if self._delta is None:  # torch: a fused update needs no scratch
-            delta = None
-        else:
-            shape = tuple(block.shape)
-            scratch = (slice(None), *(slice(0, n) for n in shape[1:]))
-            delta = self._delta if shape[1:] == self._tile else self._delta[scratch]
-        target = self.mean[region if self.direct else here]
+        target = self.mean[region if self.direct else self._in_band(region)]
+        if self._delta is None:  # torch: one fused update, no scratch (the hot path)
+            self.backend.blend(target, block, ratio, None)
+            return ratio
+        shape = tuple(block.shape)
+        scratch = (slice(None), *(slice(0, n) for n in shape[1:]))
+        delta = self._delta if shape[1:] == self._tile else self._delta[scratch]
         self.backend.blend(target, block, ratio, delta)
         return ratio
+
+    def _in_band(self, region: tuple[slice, ...]) -> tuple[slice, ...]:
+        """``region`` (image rows) in the band's rows."""
+        if not self.lo:
+            return region
+        rows = region[1]
+        return (slice(None), slice(rows.start - self.lo, rows.stop - self.lo), *region[2:])
 
     def advance(
         self, to: int, sinks: Mapping[Hashable, Any], slices: Mapping[Hashable, slice]

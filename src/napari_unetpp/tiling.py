@@ -344,7 +344,7 @@ class _BatchBuffer:
     def __init__(self, dtype: Any = None) -> None:
         self._buffer: Any = None
         self._dtype = dtype
-        self._scratch: Any = None  # one float32 tile, for a batch in another dtype
+        self._scratch: np.ndarray | None = None  # one float32 tile, for a batch in another dtype
 
     def read(self, image: Any, tiles: list[_Placed], tile: tuple[int, ...]) -> Any:
         """The batch of ``tiles``: written in place by an image that can (``read_into``, an
@@ -366,17 +366,20 @@ class _BatchBuffer:
             or buffer.dtype != dtype
         ):
             buffer = self._buffer = torch.empty(shape, dtype=dtype)
+        if dtype == torch.float32:
+            slots = buffer.numpy()  # numpy views of the slots: cheaper to cut than tensors
+        else:  # normalised in float32, then cast in the copy into the batch
+            if self._scratch is None or self._scratch.shape != shape[1:]:
+                self._scratch = np.empty(shape[1:], np.float32)
+            slots = None
         for k, t in enumerate(tiles):
-            slot = buffer[k]
-            if dtype != torch.float32:  # normalised in float32, then cast in the copy
-                if self._scratch is None or self._scratch.shape != slot.shape:
-                    self._scratch = torch.empty(slot.shape, dtype=torch.float32)
-                if into(t.read, self._scratch):
-                    slot.copy_(self._scratch)
+            if slots is not None:
+                if into(t.read, slots[k]):
                     continue
-            elif into(t.read, slot):
+            elif into(t.read, self._scratch):
+                buffer[k].copy_(torch.from_numpy(self._scratch))
                 continue
-            slot.copy_(_read_tile(image, t.read, tile))  # cut short by the border: padded
+            buffer[k].copy_(_read_tile(image, t.read, tile))  # cut short by the border: padded
         return buffer[:n]
 
     def stack(self, tiles: list[Any]) -> Any:
