@@ -34,8 +34,8 @@ True
 
 from __future__ import annotations
 
+import bisect
 import functools
-import itertools
 import math
 from collections.abc import Callable, Generator, Hashable, Sequence
 from typing import Any, Literal, NamedTuple, Protocol
@@ -274,15 +274,11 @@ def _place(
     """The grid and its placed tiles, kept for the next item (a stack's slices share them)."""
     grid = tile_grid(spatial, tile, overlap, align)
     weights = backend_for(accumulate_on).put(blending_weights(tile, blending))
-    sizes = {
-        start: tuple(max(min(t, n - s), 0) for s, t, n in zip(start, tile, spatial, strict=False))
-        for start in grid
-    }
-    shares = _share_keys(grid, tile, sizes)
+    shares = _share_keys(grid, tile, spatial)
     placed = []
     for start in grid:
         read = (slice(None), *(slice(s, s + t) for s, t in zip(start, tile, strict=False)))
-        size = sizes[start]
+        size = tuple(max(min(t, n - s), 0) for s, t, n in zip(start, tile, spatial, strict=False))
         region = (slice(None), *(slice(s, s + v) for s, v in zip(start, size, strict=False)))
         if size == tile:  # inside the image: no slicing
             placed.append(_Placed(start, read, None, region, weights, shares[start]))
@@ -297,37 +293,36 @@ def _place(
 
 
 def _share_keys(
-    grid: list[tuple[int, ...]],
-    tile: tuple[int, ...],
-    sizes: dict[tuple[int, ...], tuple[int, ...]],
+    grid: list[tuple[int, ...]], tile: tuple[int, ...], spatial: tuple[int, ...]
 ) -> dict[tuple[int, ...], Hashable]:
-    """For each tile: its size inside the image and, in the order they are blended, where the
-    earlier tiles that overlap it lie relative to it (and their sizes).
+    """For each tile, on each axis: where the starts within a tile of its own lie, relative
+    to it, and how much of their tile lies inside the image (on the first axis only the
+    starts up to its own: later rows of tiles are blended after it).
 
-    Why: a tile's blend share ``w / W`` is made of exactly these (the same additions in the
-    same order, then a division), so tiles with equal keys have shares equal bit for bit:
-    in an evenly spaced grid most tiles do, and :class:`~stitching.RatioCache` keeps one
-    copy for them (the blend then reads a few shares that stay in the cache).
+    Why: the grid is a product of its axes' starts, so these lists fix which earlier tiles
+    overlap a tile, where and how large, and in which order they were blended; its blend
+    share ``w / W`` is made of exactly those (the same additions in the same order, then a
+    division). Tiles with equal keys have shares equal bit for bit: in an evenly spaced
+    grid most tiles do, and :class:`~stitching.RatioCache` keeps one copy for them (the
+    blend then reads a few shares that stay in the cache). Tiles entirely in the alignment
+    padding are never blended and are left out.
     """
-    order = {start: i for i, start in enumerate(grid)}
-    per_axis = [sorted({start[a] for start in grid}) for a in range(len(tile))]
-    keys: dict[tuple[int, ...], Hashable] = {}
-    for i, start in enumerate(grid):
-        near = [
-            [v for v in starts if abs(v - s) < t]
-            for starts, s, t in zip(per_axis, start, tile, strict=False)
-        ]
-        earlier = sorted(
-            (u for u in itertools.product(*near) if order.get(u, i) < i and min(sizes[u])),
-            key=order.__getitem__,
-        )
-        keys[start] = (
-            sizes[start],
-            tuple(
-                (tuple(a - b for a, b in zip(u, start, strict=False)), sizes[u]) for u in earlier
-            ),
-        )
-    return keys
+    axes: list[dict[int, tuple[tuple[int, int], ...]]] = []
+    for a, (t, n) in enumerate(zip(tile, spatial, strict=False)):
+        starts = sorted({start[a] for start in grid})
+        inside = {v: max(min(t, n - v), 0) for v in starts}
+        near = {  # per start: the neighbours within a tile, as (offset, size inside)
+            s: tuple(
+                (v - s, inside[v])
+                for v in starts[
+                    bisect.bisect_right(starts, s - t) : bisect.bisect_left(starts, s + t)
+                ]
+                if inside[v] and (a > 0 or v <= s)
+            )
+            for s in starts
+        }
+        axes.append(near)
+    return {start: tuple(near[s] for near, s in zip(axes, start, strict=False)) for start in grid}
 
 
 class _BatchBuffer:
