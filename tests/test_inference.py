@@ -124,6 +124,27 @@ def test_bf16_inference_keeps_the_shipped_em_models_score(em_stack, monkeypatch)
     assert scores[False] > 0.6  # the comparison is on a real segmentation, not on noise
 
 
+def test_bf16_tiles_are_cast_as_they_are_stacked_with_the_same_result(em_crop, em_net, monkeypatch):
+    """On a bf16 CPU (forced here) the tiles are stacked straight into bf16 (one copy, not
+    a float32 batch and then a cast) and the probabilities keep their bits."""
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: True)
+    run, dtypes = predictor.TileRunner.__call__, []
+
+    def recording(self, batch):  # what the tiling hands the network's runner
+        dtypes.append(batch.dtype)
+        return run(self, batch)
+
+    monkeypatch.setattr(predictor.TileRunner, "__call__", recording)
+    config = _config(tile_size=(64, 64), depths=(2,))
+    stacked_in_bf16 = predict_array(em_net, em_crop, config, DataConfig())[2]
+    assert set(dtypes) == {torch.bfloat16}
+    dtypes.clear()
+    monkeypatch.setattr(predictor.TileRunner, "input_dtype", property(lambda self: None))
+    cast_by_the_runner = predict_array(em_net, em_crop, config, DataConfig())[2]
+    assert set(dtypes) == {torch.float32}
+    np.testing.assert_array_equal(stacked_in_bf16, cast_by_the_runner)
+
+
 def test_prepare_folds_batchnorm_into_a_copy(em_crop):
     net = calibrated(normalize(em_crop[:64, :64], RAW)[None, None]).train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -589,6 +610,33 @@ def test_prepared_networks_are_reused_until_the_weights_change(em_crop):
     assert (changed[1] > first[1]).mean() > 0.99  # the new weights were used
 
 
+def test_weights_version_sees_every_change_a_cached_copy_must_follow():
+    """The cache key of the prepared copies: an in-place step, a replaced weight or buffer,
+    and a forward hook added or removed anywhere in the tree each change it."""
+    net = UNetPlusPlus(widths=(4, 8), depth=1)
+    seen = {predictor._weights_version(net)}
+
+    def changed() -> bool:
+        version = predictor._weights_version(net)
+        new = version not in seen
+        seen.add(version)
+        return new
+
+    conv = net.nodes[node_name(0, 0)][0]
+    with torch.no_grad():
+        conv.weight.add_(1.0)
+    assert changed()
+    conv.weight = torch.nn.Parameter(conv.weight.detach().clone())
+    assert changed()
+    bn = net.nodes[node_name(0, 0)][1]
+    bn.running_mean = torch.ones_like(bn.running_mean)
+    assert changed()
+    hook = bn.register_forward_hook(lambda *_: None)
+    assert changed()
+    hook.remove()
+    assert predictor._weights_version(net) in seen and not changed()
+
+
 def test_cpu_inference_runs_channels_last_in_2d_only():
     assert memory_format(2, torch.device("cpu")) == torch.channels_last
     assert memory_format(3, torch.device("cpu")) == torch.contiguous_format
@@ -641,6 +689,30 @@ def test_integer_bands_travel_raw_and_give_the_hosts_normalised_tiles(em_crop):
     for start in tile_grid(image.shape, (32, 32), 0.25, 2):
         index = (slice(None), *(slice(s, s + 32) for s in start))
         np.testing.assert_array_equal(on_device[index].numpy(), on_host[index])
+
+
+def test_cpu_tiles_are_normalised_straight_into_the_batch(em_crop):
+    """On the CPU each tile is normalised as it is cut, into its slot of the batch: the
+    values of the host's normalised band, for whole tiles and for tiles cut short."""
+    from napari_unetpp.inference import _normaliser
+
+    image = em_crop[:100, :90]
+    layout = image_layout(image.shape, None, UNetPlusPlus(widths=(4, 8), depth=1))
+    normaliser = _normaliser(image, DataConfig())
+    on_cpu = ItemView(image, layout, (), normaliser, torch.device("cpu"))
+    on_host = ItemView(image, layout, (), normaliser)  # normalised bands, as numpy
+    assert on_cpu.read_into is not None and on_host.read_into is None
+    slot, written = np.full((1, 32, 32), np.nan, np.float32), 0
+    for start in tile_grid(image.shape, (32, 32), 0.25, 2):
+        index = (slice(None), *(slice(s, s + 32) for s in start))
+        expected = on_host[index]
+        np.testing.assert_array_equal(on_cpu[index].numpy(), expected)
+        if on_cpu.read_into(index, slot):
+            np.testing.assert_array_equal(slot, expected)
+            written += 1
+        else:  # cut short by the border: read and padded instead
+            assert expected.shape != (1, 32, 32)
+    assert written > 0
 
 
 def test_a_flat_image_is_flagged_before_its_labels_are_trusted(em_crop, em_net):

@@ -176,6 +176,30 @@ def test_tiles_cut_on_a_torch_device_are_those_numpy_cuts(shape, tile, align):
     np.testing.assert_array_equal(reference["b"], image[:1] - 3)
 
 
+def test_torch_tiles_are_stacked_in_the_predictors_dtype():
+    """``tile_dtype``: the batch arrives in the network's dtype (bf16 on a CPU that has it),
+    cast in the stacking copy, with the values of casting the float32 batch afterwards."""
+    image = np.random.default_rng(6).normal(size=(1, 47, 61)).astype(np.float32)
+    seen: list[torch.Tensor] = []
+
+    def cast_here(batch):
+        seen.append(batch)
+        return {"y": torch.as_tensor(batch).to(torch.bfloat16).float()}
+
+    reference = sliding_window(cast_here, TorchTiles(image), (16, 32), 0.5, 3, align=8)
+    float_batches, seen[:] = [b.clone() for b in seen], []
+    gen = iter_sliding_window(
+        cast_here, TorchTiles(image), (16, 32), 0.5, 3, align=8, tile_dtype=torch.bfloat16
+    )
+    with pytest.raises(StopIteration) as end:
+        while True:
+            next(gen)
+    assert {b.dtype for b in seen} == {torch.bfloat16}
+    for cast, full in zip(seen, float_batches, strict=True):
+        assert torch.equal(cast, full.to(torch.bfloat16))
+    np.testing.assert_array_equal(end.value.value["y"], reference["y"])
+
+
 def test_stacked_outputs_read_as_a_mapping_and_check_their_channels():
     data = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
     out = StackedOutputs(data, {1: 1, 2: 2})
@@ -379,3 +403,28 @@ def test_blend_shares_replayed_across_items_give_the_same_bits(max_values):
         assert counts[0] == 0 and tiles > 0 and counts[2] == 2 * tiles and counts[3] == 0
     else:
         assert counts == [0, 0, 0, 0]
+
+
+def test_tiles_with_equal_blend_shares_keep_one_stored_copy():
+    """The shares of an evenly spaced grid repeat: one copy is kept for tiles whose shares
+    are equal, and it is each such tile's own share, bit for bit (edge tiles cut short too)."""
+    from napari_unetpp.stitching import RatioCache
+
+    class EveryTile(RatioCache):  # a copy for every tile, whatever its key
+        def record(self, start, ratio, like=None):
+            super().record(start, ratio)
+
+    image = np.zeros((1, 150, 161), np.float32)
+    caches = {"shared": RatioCache(), "every tile": EveryTile()}
+    for cache in caches.values():
+        for _ in iter_sliding_window(
+            plus_one, image, (32, 32), 0.5, 4, accumulate_on=torch.device("cpu"), ratios=cache
+        ):
+            pass
+    shared, every = caches["shared"]._ratios, caches["every tile"]._ratios
+    assert shared.keys() == every.keys() and len(shared) > 50
+    for start, ratio in every.items():
+        assert torch.equal(shared[start], ratio), start
+    copies = len({id(r) for r in shared.values()})
+    assert copies < len(shared) / 2  # most tiles see the same neighbours
+    assert len({id(r) for r in every.values()}) == len(every)

@@ -360,6 +360,7 @@ def predict(
             accumulate_on=accumulate_on,
             into=_host_target(arrays, lead, num_classes, accumulate_on),
             ratios=ratios,
+            tile_dtype=runner.input_dtype,
         )
 
     for n, lead in enumerate(items):

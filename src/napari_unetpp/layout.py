@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -125,6 +125,11 @@ class ItemView:
     cores are otherwise idle; on a CPU the network already uses every core).
     ``raw_to_device``: integer bands move raw and are normalised on the device (default:
     off the CPU; see :meth:`_load`).
+
+    On the CPU with a :class:`TileNormaliser` the band is kept as stored (repaired) and
+    each tile is normalised as it is cut: :meth:`read_into` writes it straight into its
+    place in the batch (a normalised band and then a copy of each tile into the batch
+    cost 1.8x as much, measured on a row of 256 px tiles).
     """
 
     _pool: ThreadPoolExecutor | None = None  # one reader thread, shared, made on first use
@@ -156,6 +161,12 @@ class ItemView:
         on_cpu = device is None or device.type == "cpu"
         self.raw_to_device = not on_cpu if raw_to_device is None else raw_to_device
         self._pending: dict[tuple[int, int], Future[Any]] = {}
+        self._cut_then_normalise = (
+            device is not None
+            and device.type == "cpu"
+            and not self.raw_to_device
+            and isinstance(normalise, TileNormaliser)
+        )
 
     def _raw(self, rows: slice) -> np.ndarray:
         """Rows of the first spatial axis, all channels and other axes, as stored."""
@@ -179,6 +190,8 @@ class ItemView:
         of the bytes to copy to a GPU. On the CPU numpy's one-pass cast-and-subtract is faster.
         """
         raw = self._raw(slice(start, stop))
+        if self._cut_then_normalise:
+            return cast(TileNormaliser, self.normalise).prepare(raw)
         if self.device is None:
             return self.normalise(raw)
         if self.raw_to_device and isinstance(self.normalise, TileNormaliser):
@@ -198,7 +211,8 @@ class ItemView:
                 ItemView._pool = ThreadPoolExecutor(1, thread_name_prefix="unetpp-read")
             self._pending[key] = ItemView._pool.submit(self._load, *key)
 
-    def __getitem__(self, index: tuple[slice, ...]) -> Any:
+    def _cut(self, index: tuple[slice, ...]) -> Any:
+        """``index`` cut from the band that holds it (read first if it is not this one)."""
         rows = index[1]
         start, stop = rows.start or 0, min(rows.stop, self.shape[1])
         if self._band is None or not (self._band[0] <= start and stop <= self._band[1]):
@@ -209,6 +223,28 @@ class ItemView:
         lo, _, band = self._band
         key = (slice(None), slice(start - lo, stop - lo), *index[2:])
         return band[key]
+
+    def __getitem__(self, index: tuple[slice, ...]) -> Any:
+        block = self._cut(index)
+        if self._cut_then_normalise:
+            return torch.from_numpy(cast(TileNormaliser, self.normalise).scale(block))
+        return block
+
+    @property
+    def read_into(self) -> Callable[[tuple[slice, ...], np.ndarray], bool] | None:
+        """On the CPU (see above): ``read_into(index, out)`` normalises the tile at ``index``
+        straight into ``out``; ``None`` where tiles are read as ``view[index]`` only."""
+        return self._normalise_into if self._cut_then_normalise else None
+
+    def _normalise_into(self, index: tuple[slice, ...], out: np.ndarray) -> bool:
+        """The tile at ``index`` normalised into ``out`` (a float32 array of its shape, e.g.
+        its place in a batch); ``False`` for a tile cut short by the image's border (read
+        it with ``view[index]`` and pad it)."""
+        block = self._cut(index)
+        if block.shape != out.shape or out.dtype != np.float32:
+            return False
+        cast(TileNormaliser, self.normalise).scale(block, out=out)
+        return True
 
 
 def stacked_item(stacked: np.ndarray, lead: tuple[int, ...], num_classes: int) -> np.ndarray | None:

@@ -363,6 +363,7 @@ def normalize(
     config: NormalizationConfig,
     *,
     value_range: tuple[float, float] | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Raw intensities -> float32 network input.
 
@@ -372,8 +373,13 @@ def normalize(
     ``none``: cast only. ``clip`` clips to 0..1 afterwards. ``value_range``
     overrides the computed range (tiles of one image must share it); without it, camera
     defect pixels are also repaired (:mod:`defects`), as :class:`TileNormaliser` does.
+    ``out``: a float32 array of the image's shape to write into (with ``value_range``,
+    a tile goes straight into its place in a batch: no array of its own, no copy).
     """
     check_numeric(image, "image")
+    if out is not None and (value_range is None or config.mode == "none"):
+        np.copyto(out, normalize(image, config, value_range=value_range))
+        return out
     if config.mode == "none":
         data = np.asarray(image, dtype=np.float32)
         return np.clip(data, 0, 1) if config.clip else data
@@ -384,10 +390,22 @@ def normalize(
             data = repair_rows(np.asarray(image), defects)
     else:  # tiles and bands: cast inside the subtraction (the same float32 values, one pass)
         data, (low, high) = np.asarray(image), value_range
-    scale = 1.0 / max(high - low, 1e-8)  # constant images become 0, not NaN
-    out = np.subtract(data, np.float32(low), dtype=np.float32)  # one new array, then in place
-    out *= np.float32(scale)
-    if config.clip:
+    return _to_unit(data, *_offset_scale(low, high), config.clip, out)
+
+
+def _offset_scale(low: float, high: float) -> tuple[np.float32, np.float32]:
+    """``low`` and ``1 / (high - low)`` in float32: constant images become 0, not NaN."""
+    return np.float32(low), np.float32(1.0 / max(high - low, 1e-8))
+
+
+def _to_unit(
+    data: np.ndarray, low: np.float32, scale: np.float32, clip: bool, out: np.ndarray | None
+) -> np.ndarray:
+    """``(data - low) * scale`` in float32, each step rounded: one new array (or ``out``),
+    then in place. The one place this arithmetic lives (whole images, bands, tiles)."""
+    out = np.subtract(data, low, out=out, dtype=np.float32)
+    out *= scale
+    if clip:
         np.clip(out, 0.0, 1.0, out=out)
     return out
 
@@ -416,12 +434,26 @@ class TileNormaliser:
         self.value_range = value_range
         self.fill = fill
         self.defects = defects
+        self._constants = _offset_scale(*value_range)
 
     def __call__(self, band: np.ndarray) -> np.ndarray:
+        return self.scale(self.prepare(band))
+
+    def prepare(self, band: np.ndarray) -> np.ndarray:
+        """The band's non-finite pixels filled and its defect pixels repaired, as stored:
+        what :meth:`scale` then normalises (per band, or tile by tile into a batch)."""
         band = band if self.fill is None else self.fill(band)
-        if self.defects is not None:
-            band = repair_rows(band, self.defects)
-        return normalize(band, self.config, value_range=self.value_range)
+        return band if self.defects is None else repair_rows(band, self.defects)
+
+    def scale(self, band: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """A :meth:`prepare`-d band (or a tile of it) normalised, into ``out`` if given.
+
+        :func:`normalize`'s arithmetic without its checks (the image was checked once):
+        called for every tile, where those checks cost as much as a small tile's work.
+        """
+        if self.config.mode == "none":
+            return normalize(band, self.config, value_range=self.value_range, out=out)
+        return _to_unit(band, *self._constants, self.config.clip, out)
 
     def on_device(self, band: np.ndarray, device: Any) -> Any:
         """``self(band)`` as a float32 torch tensor on ``device``, computed there from the

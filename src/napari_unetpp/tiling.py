@@ -34,6 +34,7 @@ True
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 from collections.abc import Callable, Generator, Hashable, Sequence
@@ -232,18 +233,96 @@ def _pad_tensor(block: Any, tile: tuple[int, ...]) -> Any:
     return block
 
 
-def _read_tile(image: Any, start: tuple[int, ...], tile: tuple[int, ...]) -> Any:
-    """One tile ``(C, *tile)`` as float32, read lazily and reflect-padded past the border.
+def _read_tile(image: Any, index: tuple[slice, ...], tile: tuple[int, ...]) -> Any:
+    """The tile ``image[index]`` ``(C, *tile)`` as float32, read lazily and reflect-padded
+    past the border.
 
     An image that serves torch tensors (inference's device-resident bands) gets torch
     tiles cut and padded on that device; anything else gives numpy.
     """
-    index = (slice(None),) + tuple(slice(s, s + t) for s, t in zip(start, tile, strict=False))
     block = image[index]
     if hasattr(block, "detach"):
         block = block.float()  # the band is float32 already: no copy
         return block if tuple(block.shape[1:]) == tile else _pad_tensor(block, tile)
     return pad_to(np.asarray(block, dtype=np.float32), tile)[0]
+
+
+class _Placed(NamedTuple):
+    """One tile of the grid with its slices, worked out once per sliding window.
+
+    Why: every item of a stack, and every batch, would otherwise rebuild the same slices
+    tile by tile in Python, which cost as much as blending a small tile.
+    """
+
+    start: tuple[int, ...]
+    read: tuple[slice, ...]  # (all channels, *tile) in the image
+    valid: tuple[slice, ...] | None  # the part inside the image, in the tile; None: all of it
+    region: tuple[slice, ...] | None  # that part in the image; None: all in the padding
+    weights: Any  # the blending weights of that part
+    share: Hashable = None  # equal for tiles whose blend shares are equal (see _share_keys)
+
+
+@functools.lru_cache(maxsize=8)
+def _place(
+    spatial: tuple[int, ...],
+    tile: tuple[int, ...],
+    overlap: float,
+    align: int,
+    blending: BlendMode,
+    accumulate_on: Any,
+) -> tuple[list[tuple[int, ...]], list[_Placed]]:
+    """The grid and its placed tiles, kept for the next item (a stack's slices share them)."""
+    grid = tile_grid(spatial, tile, overlap, align)
+    weights = backend_for(accumulate_on).put(blending_weights(tile, blending))
+    shares = _share_keys(grid, tile, spatial)
+    placed = []
+    for start in grid:
+        read = (slice(None), *(slice(s, s + t) for s, t in zip(start, tile, strict=False)))
+        size = tuple(max(min(t, n - s), 0) for s, t, n in zip(start, tile, spatial, strict=False))
+        region = (slice(None), *(slice(s, s + v) for s, v in zip(start, size, strict=False)))
+        if size == tile:  # inside the image: no slicing
+            placed.append(_Placed(start, read, None, region, weights, shares[start]))
+        elif min(size) == 0:  # a tile entirely in the alignment padding
+            placed.append(_Placed(start, read, None, None, None))
+        else:
+            valid = tuple(slice(0, v) for v in size)
+            placed.append(
+                _Placed(start, read, (slice(None), *valid), region, weights[valid], shares[start])
+            )
+    return grid, placed
+
+
+def _share_keys(
+    grid: list[tuple[int, ...]], tile: tuple[int, ...], spatial: tuple[int, ...]
+) -> dict[tuple[int, ...], Hashable]:
+    """For each tile, on each axis: where the starts within a tile of its own lie, relative
+    to it, and how much of their tile lies inside the image (on the first axis only the
+    starts up to its own: later rows of tiles are blended after it).
+
+    Why: the grid is a product of its axes' starts, so these lists fix which earlier tiles
+    overlap a tile, where and how large, and in which order they were blended; its blend
+    share ``w / W`` is made of exactly those (the same additions in the same order, then a
+    division). Tiles with equal keys have shares equal bit for bit: in an evenly spaced
+    grid most tiles do, and :class:`~stitching.RatioCache` keeps one copy for them (the
+    blend then reads a few shares that stay in the cache). Tiles entirely in the alignment
+    padding are never blended and are left out.
+    """
+    axes: list[dict[int, tuple[tuple[int, int], ...]]] = []
+    for a, (t, n) in enumerate(zip(tile, spatial, strict=False)):
+        starts = sorted({start[a] for start in grid})
+        inside = {v: max(min(t, n - v), 0) for v in starts}
+        near = {  # per start: the neighbours within a tile, as (offset, size inside)
+            s: tuple(
+                (v - s, inside[v])
+                for v in starts[
+                    bisect.bisect_right(starts, s - t) : bisect.bisect_left(starts, s + t)
+                ]
+                if inside[v] and (a > 0 or v <= s)
+            )
+            for s in starts
+        }
+        axes.append(near)
+    return {start: tuple(near[s] for near, s in zip(axes, start, strict=False)) for start in grid}
 
 
 class _BatchBuffer:
@@ -252,10 +331,51 @@ class _BatchBuffer:
     Why: a fresh batch (a megabyte and more) per predictor call is mapped and faulted in
     page by page on every call; written into kept memory, stacking is a plain copy. Safe
     because each batch is predicted and blended before the next one is cut.
+    ``dtype``: torch tiles are stacked in this dtype (the network's input, bfloat16 on a
+    CPU that has it): the cast happens in the stacking copy, one pass instead of two, and
+    gives the same values as casting the stacked float32 batch.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, dtype: Any = None) -> None:
         self._buffer: Any = None
+        self._dtype = dtype
+        self._scratch: np.ndarray | None = None  # one float32 tile, for a batch in another dtype
+
+    def read(self, image: Any, tiles: list[_Placed], tile: tuple[int, ...]) -> Any:
+        """The batch of ``tiles``: written in place by an image that can (``read_into``, an
+        :class:`~layout.ItemView` on the CPU normalises each tile into its slot), else
+        read tile by tile and stacked."""
+        into = getattr(image, "read_into", None)
+        if into is None:
+            return self.stack([_read_tile(image, t.read, tile) for t in tiles])
+        import torch
+
+        n, shape = len(tiles), (len(tiles), int(image.shape[0]), *tile)
+        dtype = self._dtype or torch.float32
+        buffer = self._buffer
+        if (
+            not isinstance(buffer, torch.Tensor)
+            or buffer.shape[1:] != shape[1:]
+            or buffer.shape[0] < n
+            or buffer.device.type != "cpu"
+            or buffer.dtype != dtype
+        ):
+            buffer = self._buffer = torch.empty(shape, dtype=dtype)
+        if dtype == torch.float32:
+            slots = buffer.numpy()  # numpy views of the slots: cheaper to cut than tensors
+        else:  # normalised in float32, then cast in the copy into the batch
+            if self._scratch is None or self._scratch.shape != shape[1:]:
+                self._scratch = np.empty(shape[1:], np.float32)
+            slots = None
+        for k, t in enumerate(tiles):
+            if slots is not None:
+                if into(t.read, slots[k]):
+                    continue
+            elif into(t.read, self._scratch):
+                buffer[k].copy_(torch.from_numpy(self._scratch))
+                continue
+            buffer[k].copy_(_read_tile(image, t.read, tile))  # cut short by the border: padded
+        return buffer[:n]
 
     def stack(self, tiles: list[Any]) -> Any:
         first, n = tiles[0], len(tiles)
@@ -264,13 +384,14 @@ class _BatchBuffer:
         if hasattr(first, "detach"):
             import torch
 
+            dtype = self._dtype or first.dtype
             if (
                 buffer is None
                 or buffer.shape[1:] != shape[1:]
                 or len(buffer) < n
-                or (buffer.device != first.device or buffer.dtype != first.dtype)
+                or (buffer.device != first.device or buffer.dtype != dtype)
             ):
-                buffer = self._buffer = torch.empty(shape, dtype=first.dtype, device=first.device)
+                buffer = self._buffer = torch.empty(shape, dtype=dtype, device=first.device)
             return torch.stack(tiles, out=buffer[:n])
         if buffer is None or buffer.shape[1:] != shape[1:] or len(buffer) < n:
             buffer = self._buffer = np.empty(shape, dtype=first.dtype)
@@ -291,6 +412,7 @@ def iter_sliding_window(
     accumulate_on: Any = None,
     into: Any = None,
     ratios: RatioCache | None = None,
+    tile_dtype: Any = None,
 ) -> Generator[TileProgress, None, dict[Hashable, Any]]:
     """Generator form of :func:`sliding_window`: yields progress, returns the outputs.
 
@@ -306,6 +428,8 @@ def iter_sliding_window(
     ``allocate``'s arrays are not written).
     ``ratios``: a :class:`stitching.RatioCache` shared by the items of one stack: the
     blend shares of the first item's tiles are replayed on the next ones.
+    ``tile_dtype``: the torch dtype the predictor casts its input to (its network's): torch
+    tiles are stacked straight into it (numpy tiles stay float32).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -318,42 +442,35 @@ def iter_sliding_window(
             f"tile size {tile} has {len(tile)} axes but the image has spatial shape {spatial}; "
             f"give one size per spatial axis, e.g. {tuple(min(s, 256) for s in spatial)}"
         )
-    grid = tile_grid(spatial, tile, overlap, align)
+    grid, placed = _place(spatial, tile, float(overlap), int(align), blending, accumulate_on)
     backend = backend_for(accumulate_on)
-    weights = backend.put(blending_weights(tile, blending))
     if ratios is not None:
         ratios.bind((spatial, tile, tuple(grid), blending, str(accumulate_on), into is None))
+    replay = ratios is not None and ratios.complete  # every share known: no weights to add
     outputs = Outputs(spatial, allocate or (lambda key, shape: np.zeros(shape, np.float32)))
     band: Band | None = None
-    batches = _BatchBuffer()
+    batches = _BatchBuffer(tile_dtype)
     done = 0
     for first in range(0, len(grid), batch_size):
-        starts = grid[first : first + batch_size]
-        batch = batches.stack([_read_tile(image, s, tile) for s in starts])
-        stacked = outputs.stack(predictor(batch), backend, len(starts), tile)
+        tiles = placed[first : first + batch_size]
+        batch = batches.read(image, tiles, tile)
+        stacked = outputs.stack(predictor(batch), backend, len(tiles), tile)
         if band is None:
             target = None if into is None else backend.share(into)
-            band = Band(spatial, tile, outputs.channels, backend, into=target)
-        for k, start in enumerate(starts):
-            band.advance(start[0], outputs.sinks, outputs.slices)
-            if all(s + t <= n for s, t, n in zip(start, tile, spatial, strict=False)):
-                block, w = stacked[k], weights  # inside the image: no slicing
-            else:
-                valid = tuple(
-                    slice(0, max(min(t, n - s), 0))
-                    for s, t, n in zip(start, tile, spatial, strict=False)
-                )
-                if any(v.stop == 0 for v in valid):
-                    continue  # a tile entirely in the alignment padding
-                block, w = stacked[(k, slice(None)) + valid], weights[valid]
-            if ratios is None:
-                band.add(start, block, w)
+            band = Band(spatial, tile, outputs.channels, backend, into=target, weighted=not replay)
+        for k, t in enumerate(tiles):
+            band.advance(t.start[0], outputs.sinks, outputs.slices)
+            if t.region is None:
                 continue
-            share = ratios.get(start)
-            used = band.add(start, block, w, share)
+            block = stacked[k] if t.valid is None else stacked[k][t.valid]
+            if ratios is None:
+                band.add(t.region, block, t.weights)
+                continue
+            share = ratios.get(t.start)
+            used = band.add(t.region, block, t.weights, share)
             if share is None:
-                ratios.record(start, used)
-        done += len(starts)
+                ratios.record(t.start, used, t.share)
+        done += len(tiles)
         yield TileProgress(done, len(grid))
         if should_stop is not None and should_stop() and done < len(grid):
             band.flush(band.height, outputs.sinks, outputs.slices)
