@@ -122,3 +122,36 @@ def test_non_finite_pixels_do_not_make_the_noise_nan(data_dir) -> None:
     masked = ct.copy()
     masked[:, :, :20] = np.nan  # outside the field of view
     assert noise_level(masked, window) == pytest.approx(noise_level(ct, window), rel=0.1)
+
+
+def test_a_noisy_image_is_not_told_to_rescale(data_dir) -> None:
+    """Noise averages out at half size, so the depths of a noisy image agree better there:
+    the scale gain's low side read that as "objects look smaller than in training" and
+    told a radiologist to "rescale the image by 2.00" on a CT at the model's own 3 mm,
+    with 40 HU of noise (QA session 13, the Segment dock: liver Dice 0.25, and 0.00 after
+    following that remedy). The noise's own remedy is the one to give."""
+    import tifffile
+
+    from napari_unetpp import zoo
+    from napari_unetpp.disagreement import check_result
+    from napari_unetpp.events import drive
+    from napari_unetpp.inference import predict
+
+    quiet = {**{name: 0.0 for name in THRESHOLDS}, "size_ratio": 1.0}
+    limits = {**THRESHOLDS, "noise": 0.057, "scale_gain_low": 0.9}
+    unlike, reasons, remedies = judge({**quiet, "noise": 0.106, "scale_gain": 0.87}, limits)
+    assert unlike and not any("smaller" in r for r in reasons), reasons
+    assert [r.template for r in remedies] == [NOISE_REMEDY]
+    # without the noise, the same gain still says the objects look smaller
+    _, reasons, _ = judge({**quiet, "noise": 0.01, "scale_gain": 0.87}, limits)
+    assert any("smaller" in r for r in reasons)
+
+    model, info = zoo.load_pretrained("ct")
+    ct = tifffile.imread(data_dir / "ct_totalseg" / "ct_full.tif")[84:92]
+    noisy = np.round(ct + np.random.default_rng(0).normal(0, 40, ct.shape)).astype(np.int16)
+    config = PredictConfig(device="cpu")
+    probs = drive(predict(model, noisy, config, info.data))
+    check = drive(check_result(model, noisy, probs, info.data, config, info.metrics))
+    print(check.signals, check.reasons)
+    assert check.unlike_training and any("noisier" in r for r in check.reasons)
+    assert not any("rescale" in r for r in check.remedies_for("cli")), check.remedies

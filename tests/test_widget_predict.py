@@ -1128,3 +1128,27 @@ def test_adaptive_depth_with_test_time_augmentation_says_it_is_off(
     assert not errors, errors
     assert "em UNet++ depth used" not in _names(viewer)
     assert any("adaptive depth is off" in t for t in told), told
+
+
+def test_saving_a_pruned_model_keeps_a_just_trained_model_in_the_dock(
+    setup: Any, checkpoint: Path, tmp_path: Path
+) -> None:
+    """A model of the user's own (a run just trained, or a model folder opened in napari:
+    both are listed under 'just trained'): Save pruned model switched the dock to the pruned
+    network, its one head, and the Depth slider stuck at that depth (QA session 13); the
+    guide says a pruned model saved from the dock does not switch it."""
+    _, w, errors = setup
+    _state.register_model("tiny run", checkpoint)  # as the reader registers a model folder
+    w.load_model(checkpoint)
+    assert w._source.value == "just trained" and w.model_spec == str(checkpoint)
+    w.pruning._depth.value = 1
+    try:
+        folder = w.pruning.save_pruned()
+        assert folder is not None and not errors
+        assert w.model_spec == str(checkpoint), w.model_spec
+        assert w.model is not None and w.model.head_depths == (1, 2)
+        assert w.pruning._depth.max == 2
+        assert str(folder) in [value for _, value in w._model.choices]  # listed all the same
+    finally:
+        _state.unregister_model(f"{w.model_name} L1")
+        _state.unregister_model("tiny run")

@@ -211,9 +211,11 @@ def estimate_job(
     """The median equivalent diameter (px) of the objects, measured as ``rescale="auto"``
     measures it: one pass at the deepest head, and a half-size probe when the objects
     came out in fragments (a first pass alone called nuclei 2-3x the training size
-    "8 px": their pieces)."""
+    "8 px": their pieces). None with fewer objects than 'auto object size' needs
+    (``scale.AUTO_MIN_OBJECTS``): one speck of a 10 x 10 crop set a 3.7x enlargement."""
     from ..inference import predict
     from ..rescaled import object_sizes
+    from ..scale import AUTO_MIN_OBJECTS
 
     first = config.replace(
         rescale=None,
@@ -230,7 +232,7 @@ def estimate_job(
     diameters, _ = yield from object_sizes(
         model, image, first, data, zoom, probs[model.depth], model.depth, stopper
     )
-    return float(np.median(diameters)) if diameters.size else None
+    return float(np.median(diameters)) if diameters.size >= AUTO_MIN_OBJECTS else None
 
 
 #: Relative cost of the passes of ``disagreement.check_image``: every depth, the deepest
