@@ -1157,7 +1157,7 @@ def test_saving_a_pruned_model_keeps_a_just_trained_model_in_the_dock(
         assert w.model_spec == str(checkpoint), w.model_spec
         assert w.model is not None and w.model.head_depths == (1, 2)
         assert w.pruning._depth.max == 2
-        assert str(folder) in [value for _, value in w._model.choices]  # listed all the same
+        assert str(folder) in w._model.choices  # listed all the same
     finally:
         _state.unregister_model(f"{w.model_name} L1")
         _state.unregister_model("tiny run")

@@ -137,7 +137,10 @@ class PredictModels(PredictForm):
             elif self._source.value == "just trained":
                 self._model.reset_choices()
                 newest = self._model_choices()[:1]  # the box keeps its old order
-                if not self._model_from_user and newest:
+                # not a pruned model saved here: it switched a fine-tuned (or opened)
+                # model to its one head, the Depth slider stuck there (QA session 13)
+                pruned = str(self.pruning.saved) if self.pruning.saved else None
+                if not self._model_from_user and newest and newest[0][1] != pruned:
                     self._model.value = newest[0][1]
         except RuntimeError:  # its Qt widgets were deleted before the dock said so
             self._on_closed()
