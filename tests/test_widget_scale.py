@@ -640,3 +640,21 @@ def test_estimate_needs_as_many_objects_as_auto_object_size(dock: Any, data_dir:
     assert w.scale._diameter.value == 0.0  # nothing measured: no rescale
     assert "rescale" not in w.scale.overrides()
     assert f"{S.AUTO_MIN_OBJECTS} needed" in w._status.value
+
+
+def test_a_pixel_size_no_resampling_can_reach_is_refused_before_the_run(
+    dock: Any, tmp_path: Path
+) -> None:
+    """'1 mm' typed for the 4 nm EM model (a wrong unit) is a zoom of 250000: the run
+    started, wrote its folder, run.json and command.sh, then failed (QA session 13). It is
+    refused at Segment, in the panel's words, and nothing is written."""
+    viewer, w, errors = dock
+    w._image.value = viewer.add_image(np.zeros((64, 64), np.uint8), name="plane")
+    w._source.value = "shipped"
+    w._model.value = "zoo:em"
+    w.scale._pixel.value = "1 mm"
+    w.segment()
+    print(w._status.value)
+    assert w._status.value.startswith("not started") and "pixel size" in w._status.value
+    assert errors and "10x" in errors[0]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -186,11 +186,17 @@ class ScalePanel(Container):
         self._diameter.value = round(float(diameter), 1)
 
     def overrides(self) -> dict[str, Any]:
-        """``PredictConfig`` fields from the panel (ValueError on a malformed pixel size)."""
-        from ..scale import rescale_from_diameter
+        """``PredictConfig`` fields from the panel (ValueError on a malformed pixel size, or
+        one no resampling can bring to the model's: '1 mm' for a 4 nm model started a run
+        that wrote its folder and failed)."""
+        from ..scale import check_zoom, rescale_from_diameter, zoom_from_pixel_size
 
         used = self._model is None or bool(self._model.pixel_size)
         sizes, unit = parse_pixel_size(self._pixel.value) if used else (None, "")
+        if sizes is not None and self._model is not None and self._model.pixel_size:
+            model = self._model
+            zoom = zoom_from_pixel_size(sizes, model.pixel_size, unit, model.pixel_unit)
+            check_zoom(zoom, f"pixel size {self._pixel.value.strip()!r}: a zoom")
         values: dict[str, Any] = {
             "pixel_size": sizes,
             "pixel_unit": unit,
