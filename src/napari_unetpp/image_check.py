@@ -25,6 +25,7 @@ from .scale import MAX_ZOOM, MIN_ZOOM
 
 __all__ = [
     "ImageCheck",
+    "empty_result_check",
     "flat_image_check",
     "tiny_image_check",
     "units_image_check",
@@ -162,6 +163,38 @@ def units_image_check(problem: str) -> ImageCheck:
             "it, e.g. with dcm2niix), not a windowed or screenshot export"
         ],
     )
+
+
+def empty_result_check(
+    class_names: Sequence[str], normalization: NormalizationConfig, depth: int
+) -> ImageCheck:
+    """What a result without a single class pixel (at head ``depth``) is told: its reason
+    and remedies go first in :func:`disagreement.check_prediction`'s verdict.
+
+    Why: its heads agree on the empty result and are sure of it, so no signal fired: a
+    CT darkened by 300 HU (its organs below the CT model's window) came out with no organ
+    at all and "done" (liver Dice 0.00; QA session 13). Nothing found is told, with what
+    to check: the intensities for a model of a fixed window, else the image and its scale.
+    """
+    names = [n for n in class_names if n != "background"] or ["any class"]
+    what = ", ".join(names)
+    reason = f"the model found nothing in this image: no pixel labelled {what} at L{depth}"
+    remedies: list[str] = []
+    if normalization.mode == "window":
+        remedies.append(
+            "check the image's intensities: the model reads them through its intensity "
+            f"window {normalization.low:g}..{normalization.high:g} (for CT: Hounsfield "
+            "units, air -1000, fat -100, organs 20..80), and values shifted out of it (a "
+            "RescaleIntercept missing or applied twice, another modality) look like nothing "
+            "to it"
+        )
+    remedies.append(
+        Remedy(
+            f"check that the layer, channel or plane shows what this model segments ({what}); "
+            "if it does, {check_scale}"
+        )
+    )
+    return ImageCheck(signals={}, unlike_training=True, reasons=[reason], remedies=remedies)
 
 
 def tiny_image_check(pixels: int) -> ImageCheck | None:
