@@ -474,6 +474,8 @@ def test_cancel_while_waiting_for_another_job_says_it_never_started(
     try:
         w.segment()
         assert w._runner.queued and "waiting" in w._status.value
+        # named: the user started no other job (QA session 13)
+        assert "(the pruning panel timing a depth" in w._status.value, w._status.value
         w.cancel()
         assert not w.busy and w._run.enabled
         assert w._status.value == "stopped before it started: nothing was changed"
