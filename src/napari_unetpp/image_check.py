@@ -190,8 +190,8 @@ def empty_result_check(
         )
     remedies.append(
         Remedy(
-            f"check that the layer, channel or plane shows what this model segments ({what}); "
-            "if it does, {check_scale}"
+            "check that the image (its channel, its plane) shows what this model segments "
+            f"({what}); " + "if it does, {check_scale}"
         )
     )
     return ImageCheck(signals={}, unlike_training=True, reasons=[reason], remedies=remedies)
