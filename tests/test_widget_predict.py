@@ -321,6 +321,21 @@ def test_a_colour_like_last_axis_of_a_layer_not_rgb_is_refused(
     assert w.busy is False and "yxc UNet++ labels" not in viewer.layers
 
 
+
+def test_a_last_axis_of_one_value_is_refused_in_the_docks_words(
+    setup: Any, crop: np.ndarray, tmp_path: Path
+) -> None:
+    """A (Y, X, 1) layer (a TIFF saved with one sample per pixel as its own axis): the run
+    started, wrote its folder, and failed with the engine's advice "give
+    DataConfig.channel_axis=-1", which no field of the dock sets (QA session 13)."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0][..., None], name="yx1")
+    w.segment()
+    assert errors and "DataConfig" not in errors[-1], errors
+    assert "last axis" in errors[-1] and "1 value" in errors[-1], errors
+    assert w._status.value.startswith("not started")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
 def test_a_scans_labels_are_saved_on_its_grid(setup: Any, crop: np.ndarray, tmp_path: Path) -> None:
     """The dock's labels.tif had no pixel size, and a NIfTI scan's labels no NIfTI file on
     the scan's grid (the CLI writes both): ITK-SNAP / Slicer could not overlay them (QA 11)."""
