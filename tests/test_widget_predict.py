@@ -321,7 +321,6 @@ def test_a_colour_like_last_axis_of_a_layer_not_rgb_is_refused(
     assert w.busy is False and "yxc UNet++ labels" not in viewer.layers
 
 
-
 def test_a_last_axis_of_one_value_is_refused_in_the_docks_words(
     setup: Any, crop: np.ndarray, tmp_path: Path
 ) -> None:
@@ -335,6 +334,7 @@ def test_a_last_axis_of_one_value_is_refused_in_the_docks_words(
     assert "last axis" in errors[-1] and "1 value" in errors[-1], errors
     assert w._status.value.startswith("not started")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
 
 def test_a_scans_labels_are_saved_on_its_grid(setup: Any, crop: np.ndarray, tmp_path: Path) -> None:
     """The dock's labels.tif had no pixel size, and a NIfTI scan's labels no NIfTI file on
