@@ -100,8 +100,10 @@ class JobQueue:
         job of this viewer" for seconds, and the user had started none: it was the
         pruning panel timing the model's depth (QA session 13).
         """
-        owner = self.current.owner if self.current is not None else ""
-        what = JOB_WORDS.get(owner, "")
+        current = self.current
+        what = JOB_WORDS.get(current.owner, "") if current is not None else ""
+        if what and current is not None and current.dropped:  # its dock was closed
+            what = f"{what.split(' in the ')[0]} of a closed dock, stopping"
         return "waiting for another UNet++ job of this viewer to finish" + (
             f" ({what})..." if what else "..."
         )
