@@ -1178,3 +1178,31 @@ def test_saving_a_pruned_model_keeps_a_just_trained_model_in_the_dock(
     finally:
         _state.unregister_model(f"{w.model_name} L1")
         _state.unregister_model("tiny run")
+
+
+def test_cancelling_stays_shown_until_the_job_stops(setup: Any, crop: np.ndarray) -> None:
+    """Cancel said "cancelling...", and the next tile's progress replaced it at once
+    ("pass 1 of 2: tile 8/24 · 11 s left"), as if Cancel had done nothing (QA session 13).
+    The bar still moves; the words stay until the job has stopped."""
+    from napari_unetpp.inference import PredictEvent
+
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="plane")
+    seen: list[str] = []
+    shown = w._on_event
+
+    def cancel_then_report(event: Any) -> None:
+        if event.step > 0 and not seen:
+            w.cancel()
+            w._shown_at = 0.0  # not held back as a redraw too soon
+            shown(PredictEvent(kind="tiles", step=1, total=event.total + 1, eta_s=9.0))
+            seen.append(w._status.value)
+        shown(event)
+
+    w._on_event = cancel_then_report
+    w.segment()
+    assert seen == ["cancelling..."], seen
+    assert w._status.value.startswith("cancelled") or "cancel" in w._status.value
+    w._on_event = shown
+    w.segment()  # a new run reports its progress again
+    assert w._status.value.startswith("done"), w._status.value

@@ -75,6 +75,7 @@ class PredictForm(Container):
         self._loading = False
         self._showing = False  # a finished run's layers are being added
         self._closed = False  # the dock left the viewer: no more layers, no more widget updates
+        self._stopping = False  # Cancel (or the image's removal) asked the job to stop
         self._model_from_user = False
         self.model: UNetPlusPlus | None = None
         self.info: CheckpointInfo | None = None
@@ -237,6 +238,7 @@ class PredictForm(Container):
                 set_progress(self._progress, 0)
 
         self._set_running(True)
+        self._stopping = False
         self._status.value = f"{what}..."
         self._runner.start(
             job,
@@ -256,6 +258,7 @@ class PredictForm(Container):
     def cancel(self, _value: Any = None) -> None:
         """Ask the running segmentation to stop after its current tile batch."""
         self._status.value = "cancelling..."
+        self._stopping = True  # the tiles still reported must not hide it
         self._runner.request_stop()
 
     @property
@@ -277,5 +280,7 @@ class PredictForm(Container):
             return  # the text is redrawn a few times a second, not per tile
         self._shown_at = now
         set_progress(self._progress, int(100 * event.fraction))
+        if self._stopping:  # "cancelling..." stays until the job stops:
+            return  # the next tile's "· 11 s left" read as if Cancel had done nothing
         eta = "" if event.eta_s is None else f" · {event.eta_s:.0f} s left"
         self._status.value = (event.message or f"tile {event.step}/{event.total}") + eta

@@ -72,6 +72,7 @@ class PredictModels(PredictForm):
             # its result would be dropped (no layers for a removed image): stop the work now
             self._job_image = None
             self._status.value = f"the image {source.name!r} was removed: cancelling..."
+            self._stopping = True
             self._runner.request_stop()
 
     def _on_user_model(self, _index: int) -> None:
