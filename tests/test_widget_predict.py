@@ -1206,3 +1206,34 @@ def test_cancelling_stays_shown_until_the_job_stops(setup: Any, crop: np.ndarray
     w._on_event = shown
     w.segment()  # a new run reports its progress again
     assert w._status.value.startswith("done"), w._status.value
+
+
+def test_check_and_estimate_are_locked_while_the_dock_runs(
+    setup: Any, crop: np.ndarray, qtbot: Any
+) -> None:
+    """Segment greyed out while a run waited or ran, 'Check this image' (and Estimate, for
+    a model of object size) stayed enabled and answered a click with "a UNet++ job of this
+    dock is running" (QA session 13)."""
+    import threading
+
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="plane")
+    assert w.scale.check.enabled
+    release = threading.Event()
+
+    def other_job() -> Any:
+        release.wait(30)
+        yield from ()
+
+    other = _runner.JobRunner(inline=False, queue=w._runner.queue, owner="prune")
+    other.start(other_job())
+    try:
+        w.segment()
+        assert w.busy and not w._run.enabled
+        assert not w.scale.check.enabled and not w.scale.estimate.enabled
+        w.cancel()
+        assert w.scale.check.enabled and w._run.enabled
+    finally:
+        release.set()
+        qtbot.waitUntil(lambda: not other.running, timeout=30_000)
+    assert not errors

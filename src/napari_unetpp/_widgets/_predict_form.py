@@ -271,6 +271,7 @@ class PredictForm(Container):
         busy = running or self._showing or not self._torch_ready
         self._run.enabled, self._cancel.enabled = not busy, running
         self.pruning.set_busy(busy)
+        self.scale.set_busy(busy)
 
     def _on_event(self, event: Any) -> None:
         import time

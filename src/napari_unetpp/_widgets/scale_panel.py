@@ -142,6 +142,7 @@ class ScalePanel(Container):
             ]
         )
         self._model: ModelConfig | None = None
+        self._busy = False  # the owner runs a job (see set_busy)
         self._layer: weakref.ref[Any] | None = None  # the image the values are for
 
     def set_model(self, config: ModelConfig) -> None:
@@ -161,6 +162,7 @@ class ScalePanel(Container):
         sized = config.object_diameter is not None
         for widget in (self._diameter, self.estimate, self._auto):
             widget.enabled = sized
+        self.estimate.enabled = sized and not self._busy
         if not sized:
             self._diameter.value, self._auto.value = 0.0, False
         # adaptive depth compares each head with the next: a model of one head has none
@@ -168,6 +170,14 @@ class ScalePanel(Container):
         self.adaptive.enabled = config.deep_supervision and config.depth > 1
         if not self.adaptive.enabled:
             self.adaptive.value = False
+
+    def set_busy(self, busy: bool) -> None:
+        """Lock Estimate and Check while the owner runs a job, as its Segment button is:
+        pressed mid-run they only said "a UNet++ job of this dock is running"."""
+        self._busy = busy
+        sized = self._model is not None and self._model.object_diameter is not None
+        self.estimate.enabled = sized and not busy
+        self.check.enabled = not busy
 
     def set_layer(self, layer: Any) -> None:
         """Take the layer's pixel size (kept from its file) into the field; another layer's
