@@ -47,7 +47,7 @@ from ._predict_job import (
 from ._runner import JobRunner
 from ._ui import narrow, scroll_inside, set_progress, wrapped
 from .pruning_panel import PruningPanel
-from .scale_panel import ScalePanel
+from .scale_panel import ScalePanel, check_reachable
 
 if TYPE_CHECKING:
     import napari
@@ -173,7 +173,9 @@ class PredictForm(Container):
 
     def _predict_config(self, pruned_depth: int | None) -> PredictConfig:
         dims = self.model.config.spatial_dims if self.model is not None else 2
-        tile, tta, overrides = self._tile.value, self._tta.value, self.scale.overrides()
+        model = self.model.config if self.model is not None else None
+        overrides = check_reachable(self.scale.overrides(), model)
+        tile, tta = self._tile.value, self._tta.value
         return predict_config(dims, tile, tta, self._device.value, overrides, pruned_depth)
 
     def _new_run(

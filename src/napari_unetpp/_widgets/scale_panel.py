@@ -196,17 +196,11 @@ class ScalePanel(Container):
         self._diameter.value = round(float(diameter), 1)
 
     def overrides(self) -> dict[str, Any]:
-        """``PredictConfig`` fields from the panel (ValueError on a malformed pixel size, or
-        one no resampling can bring to the model's: '1 mm' for a 4 nm model started a run
-        that wrote its folder and failed)."""
-        from ..scale import check_zoom, rescale_from_diameter, zoom_from_pixel_size
+        """``PredictConfig`` fields from the panel (ValueError on a malformed pixel size)."""
+        from ..scale import rescale_from_diameter
 
         used = self._model is None or bool(self._model.pixel_size)
         sizes, unit = parse_pixel_size(self._pixel.value) if used else (None, "")
-        if sizes is not None and self._model is not None and self._model.pixel_size:
-            model = self._model
-            zoom = zoom_from_pixel_size(sizes, model.pixel_size, unit, model.pixel_unit)
-            check_zoom(zoom, f"pixel size {self._pixel.value.strip()!r}: a zoom")
         values: dict[str, Any] = {
             "pixel_size": sizes,
             "pixel_unit": unit,
@@ -219,6 +213,24 @@ class ScalePanel(Container):
                 self._model.object_diameter, float(self._diameter.value)
             )
         return values
+
+
+def check_reachable(fields: dict[str, Any], model: ModelConfig | None) -> dict[str, Any]:
+    """``fields`` (:meth:`ScalePanel.overrides`), or a ValueError when no resampling can bring
+    their pixel size to the model's.
+
+    Why: '1 mm' typed for the 4 nm EM model (a zoom of 250000) started a run that wrote
+    its folder, run.json and command.sh, then failed; Segment refuses it before that.
+    """
+    from ..scale import check_zoom, zoom_from_pixel_size
+
+    sizes = fields.get("pixel_size")
+    if sizes is not None and model is not None and model.pixel_size:
+        unit = fields.get("pixel_unit", "")
+        zoom = zoom_from_pixel_size(sizes, model.pixel_size, unit, model.pixel_unit)
+        shown = " ".join(f"{v:g}" for v in sizes) + (f" {unit}" if unit else "")
+        check_zoom(zoom, f"pixel size '{shown}': a zoom")
+    return fields
 
 
 def estimate_job(
