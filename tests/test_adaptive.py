@@ -158,6 +158,17 @@ def test_depth_advice_names_the_depth_that_holds() -> None:
     assert "holds" in advise_depth(probs, 3, recommended=2).message
 
 
+def test_depth_advice_just_past_its_tolerance_shows_it_past() -> None:
+    """2.04 % of the pixels differing read "2.0% of the pixels differ, tolerance 2.0%: use L4
+    here" on an EM plane in the dock, a contradiction (QA session 13)."""
+    deepest = np.ones((100, 100), "float32")
+    shallow = deepest.copy()
+    shallow.flat[:204] = 0.0  # 2.04 % of the pixels differ at L1
+    advice = advise_depth({1: shallow, 2: deepest}, 1, recommended=1, tolerance=0.02)
+    assert advice.departs
+    assert "2.04% of the pixels differ, tolerance 2.00%" in advice.message, advice.message
+
+
 def test_depth_advice_keeps_the_recommended_depth_on_a_tiny_image() -> None:
     """An 8 x 8 image got "use L2 here" from 2 of its 64 pixels: too few to tell."""
     deepest = np.zeros((3, 8, 8), "float32")

@@ -141,10 +141,14 @@ def advise_depth(
             f"L{deepest} on {100 * agreement[recommended]:.1f}% of the pixels"
         )
     else:
+        differ, allowed = 100 * (1 - agreement[recommended]), 100 * tolerance
+        # as many decimals as show it above the tolerance: "2.0% differ, tolerance 2.0%"
+        # read as a contradiction (QA session 13)
+        places = next((p for p in range(1, 5) if round(differ, p) > round(allowed, p)), 4)
         message = (
             f"the recommended depth L{recommended} departs from L{deepest} on this "
-            f"image ({100 * (1 - agreement[recommended]):.1f}% of the pixels differ, "
-            f"tolerance {100 * tolerance:.1f}%): use L{suggested} here"
+            f"image ({differ:.{places}f}% of the pixels differ, "
+            f"tolerance {allowed:.{places}f}%): use L{suggested} here"
         )
     return DepthAdvice(agreement, recommended, suggested, tolerance, message)
 
