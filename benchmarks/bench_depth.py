@@ -11,6 +11,7 @@ Run (CPU; the machine may be shared, so timings are interleaved and repeated)::
         --tolerances 0.04 0.05 0.06 --tiles 256 128 --repeats 2
     NAPARI_UNETPP_DATA=/work/shared/data python benchmarks/bench_depth.py warning \
         --object-diameter 18.1 --json /tmp/signals.json
+    NAPARI_UNETPP_DATA=/work/shared/data python benchmarks/bench_depth.py scale-gain-low --crop 256
     NAPARI_UNETPP_DATA=/work/shared/data python benchmarks/bench_depth.py labelling \
         --regions 8 --seeds 0 1 2 3 4 5    # --model nuclei --seeds 0 1 2
 
@@ -282,6 +283,73 @@ def _write_thresholds(config_file: Path, thresholds: dict[str, float]) -> None:
     print(f"wrote metrics.image_check into {config_file}")
 
 
+def _corners(image: np.ndarray, crop: int) -> list[tuple[slice, slice]]:
+    """The four corner crops and the centre crop of one plane."""
+    y, x = image.shape[:2]
+    starts = [(0, 0), (0, x - crop), (y - crop, 0), (y - crop, x - crop)]
+    return [(slice(a, a + crop), slice(b, b + crop)) for a, b in starts] + [_center(image, crop)]
+
+
+def bench_scale_gain_low(crop: int, write: bool) -> None:
+    """EM's ``scale_gain_low`` from every corner and the centre of its validation slices
+    (the check after Segment on each crop, as the dock runs it), then its fire rate on the
+    test slices' crops at 4 nm and on whole test slices at 8 nm (0.5x: crop-sized).
+
+    Why: calibrated on three centre crops (0.968-1.176), the limit (0.88) fired on 2 of 20
+    native 4 nm corner crops of the test slices (0.782, 0.864), telling the user to
+    "rescale the image by 2.00", which lost them 0.09-0.10 IoU (QA session 13).
+    ``write``: store the new limit in the shipped EM model's config.json.
+    """
+    from napari_unetpp.disagreement import check_result
+    from napari_unetpp.inference import predict
+
+    model, info = zoo.load_pretrained("em")
+    image, membranes = D.load_em()
+    config = PredictConfig(device="cpu")
+
+    def gain_and_iou(plane: np.ndarray, truth: np.ndarray, rescale: bool) -> tuple[float, ...]:
+        probs = drive(predict(model, plane, config, info.data))
+        check = drive(check_result(model, plane, probs, info.data, config, info.metrics))
+        iou = M.iou(np.asarray(probs[model.depth]) > 0.5, truth.astype(bool))
+        if not rescale:
+            return check.signals["scale_gain"], iou, float("nan")
+        twice = predict_array(model, plane, config.replace(rescale=2.0), info.data)
+        return check.signals["scale_gain"], iou, M.iou(twice[model.depth] > 0.5, truth > 0)
+
+    calibration = [
+        gain_and_iou(image[z][i], membranes[z][i], False)[0]
+        for z in range(*zoo.EM_VAL_SLICES)
+        for i in _corners(image[z], crop)
+    ]
+    low = calibrate([{"scale_gain": g} for g in calibration])["scale_gain_low"]
+    old = info.metrics["image_check"]["scale_gain_low"]
+    print(f"validation crops {crop}: scale gain {min(calibration):.3f}-{max(calibration):.3f}")
+    print(f"scale_gain_low: {old} -> {low}\n")
+    print("| test images | count | scale gain | fires at old / new | IoU (L4) | IoU at 2x |")
+    print("|---|---|---|---|---|---|")
+    tests = {"native 4 nm crops": [], "8 nm (whole slice at 0.5x)": []}
+    for z in range(*zoo.EM_TEST_SLICES):
+        for i in _corners(image[z], crop):
+            tests["native 4 nm crops"].append(gain_and_iou(image[z][i], membranes[z][i], True))
+        small, truth = _rescale(image[z], membranes[z], crop / image.shape[-1])
+        tests["8 nm (whole slice at 0.5x)"].append(gain_and_iou(small, truth, False))
+    for name, rows in tests.items():
+        gains, ious, twice = (np.asarray(v) for v in zip(*rows, strict=True))
+        print(
+            f"| {name} | {len(rows)} | {gains.min():.3f}-{gains.max():.3f} "
+            f"| {(gains < old).sum()} / {(gains < low).sum()} | {ious.mean():.3f} "
+            f"| {'-' if np.isnan(twice).all() else f'{np.nanmean(twice):.3f}'} |"
+        )
+    if write:
+        path = zoo.models_dir() / "em" / CONFIG_NAME
+        stored = json.loads(path.read_text())
+        stored["metrics"]["image_check"]["scale_gain_low"] = low
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(stored, indent=2) + "\n")
+        tmp.replace(path)
+        print(f"\nwrote metrics.image_check.scale_gain_low {low} into {path}")
+
+
 def summarise(rows: list[dict[str, Any]], thresholds: dict[str, dict[str, float]]) -> None:
     """Fire rate per model and shift; per-image correlation of each signal with the IoU."""
     print("\n| model | shift | images | mean IoU | warning fires |")
@@ -479,6 +547,9 @@ def main() -> None:
         action="store_true",
         help="store the calibrated thresholds in the shipped models' config.json",
     )
+    g = sub.add_parser("scale-gain-low", help="EM's scale_gain_low from corner crops")
+    g.add_argument("--crop", type=int, default=256)
+    g.add_argument("--write", action="store_true", help="store it in the EM model's config")
     lab = sub.add_parser("labelling")
     lab.add_argument("--model", choices=("em", "nuclei"), default="em")
     lab.add_argument("--regions", type=int, default=8)
@@ -510,6 +581,8 @@ def main() -> None:
         bench_adaptive(args.tolerances, args.tiles, args.repeats)
     elif args.what == "labelling":
         bench_labelling(args.model, args.regions, args.size, args.iterations, args.seeds, args.arms)
+    elif args.what == "scale-gain-low":
+        bench_scale_gain_low(args.crop, args.write)
     elif args.what == "warning":
         bench_warning(args.crop, args.json, args.object_diameter, args.write)
     else:

@@ -158,6 +158,17 @@ def test_depth_advice_names_the_depth_that_holds() -> None:
     assert "holds" in advise_depth(probs, 3, recommended=2).message
 
 
+def test_depth_advice_just_past_its_tolerance_shows_it_past() -> None:
+    """2.04 % of the pixels differing read "2.0% of the pixels differ, tolerance 2.0%: use L4
+    here" on an EM plane in the dock, a contradiction (QA session 13)."""
+    deepest = np.ones((100, 100), "float32")
+    shallow = deepest.copy()
+    shallow.flat[:204] = 0.0  # 2.04 % of the pixels differ at L1
+    advice = advise_depth({1: shallow, 2: deepest}, 1, recommended=1, tolerance=0.02)
+    assert advice.departs
+    assert "2.04% of the pixels differ, tolerance 2.00%" in advice.message, advice.message
+
+
 def test_depth_advice_keeps_the_recommended_depth_on_a_tiny_image() -> None:
     """An 8 x 8 image got "use L2 here" from 2 of its 64 pixels: too few to tell."""
     deepest = np.zeros((3, 8, 8), "float32")
@@ -581,6 +592,28 @@ def test_the_shipped_em_model_warns_on_em_shrunk_by_half(em_stack) -> None:
     shrunk = checks["0.5x"]
     assert shrunk.unlike_training and "smaller than in training" in " ".join(shrunk.reasons)
     assert any("rescale the image by 2.00" in r for r in shrunk.remedies), shrunk.remedies
+
+
+def test_the_shipped_em_model_does_not_tell_native_corner_crops_to_enlarge(em_stack) -> None:
+    """The top-left 256 x 256 corners of held-back slices 15 and 16, at the model's own
+    4 nm, have scale gains of 0.86 and 0.78: under the EM model's old limit (0.88, from three
+    centre crops) the check after Segment said "objects look smaller than in training:
+    rescale the image by 2.00", and following it lost 0.10 and 0.09 IoU (QA session 13).
+    The limit is calibrated on every corner of the validation slices now
+    (``benchmarks/bench_depth.py scale-gain-low``)."""
+    from napari_unetpp.disagreement import check_result
+    from napari_unetpp.inference import predict
+    from napari_unetpp.zoo import load_pretrained
+
+    model, info = load_pretrained("em")
+    config = PredictConfig(device="cpu")
+    for z in (15, 16):
+        corner = em_stack[0][z, :256, :256]
+        probs = drive(predict(model, corner, config, info.data))
+        check = drive(check_result(model, corner, probs, info.data, config, info.metrics))
+        print(z, check.signals["scale_gain"], check.reasons)
+        assert not any("smaller than in training" in r for r in check.reasons), check.reasons
+        assert not any("rescale" in r for r in check.remedies), check.remedies
 
 
 def test_spread_regions_take_turns_and_never_touch() -> None:

@@ -131,3 +131,33 @@ def test_the_cli_keeps_the_ct_models_organ_heads_for_liver_strokes_as_the_dock(
     record = json.loads(capsys.readouterr().out)
     assert record["model"]["num_classes"] == 6 and record["model"]["class_names"][1] == "liver"
     assert record["data"]["class_values"] == [2, 3, 4, 5, 6]
+
+
+def test_a_scan_in_which_the_model_finds_nothing_is_not_called_like_the_training_data(
+    data_dir: Path,
+) -> None:
+    """A scan darkened by 300 HU (e.g. a RescaleIntercept applied to values already in
+    HU's neighbourhood) puts the liver below the CT model's window: the shipped model found
+    no organ at all (liver Dice 0.00), its heads agreed on the empty result, and the check
+    said nothing; the Segment dock said "done" (QA session 13). A result without a single
+    class pixel is told, with what to check."""
+    from napari_unetpp import zoo
+    from napari_unetpp.config import PredictConfig
+    from napari_unetpp.disagreement import check_result
+    from napari_unetpp.events import drive
+    from napari_unetpp.inference import predict
+
+    model, info = zoo.load_pretrained("ct")
+    ct = tifffile.imread(data_dir / "ct_totalseg" / "ct_full.tif")[86:89]
+    config = PredictConfig(device="cpu")
+    checks = {}
+    for name, image in (("native", ct), ("darkened", (ct - 300).astype(np.int16))):
+        probs = drive(predict(model, image, config, info.data))
+        checks[name] = drive(check_result(model, image, probs, info.data, config, info.metrics))
+        print(name, checks[name].unlike_training, checks[name].reasons)
+    assert not any("nothing" in r for r in checks["native"].reasons)
+    dark = checks["darkened"]
+    assert dark.unlike_training
+    assert any("found nothing" in r and "liver" in r for r in dark.reasons), dark.reasons
+    remedy = " ".join(dark.remedies_for("dock"))
+    assert "intensity window" in remedy and "Hounsfield" in remedy, remedy

@@ -99,3 +99,59 @@ def test_the_shipped_ct_model_warns_on_a_noisy_scan_and_not_on_its_own(data_dir)
     assert not verdicts["native"].unlike_training
     assert verdicts["noisy"].unlike_training
     assert any("noisier" in r for r in verdicts["noisy"].reasons)
+
+
+def test_non_finite_pixels_do_not_make_the_noise_nan(data_dir) -> None:
+    """NaN / inf pixels are filled before segmenting (:mod:`nonfinite`); the noise of such
+    an image was NaN, which the check read as "noise nan > 0.0817: the image is noisier
+    than this model tolerates" on a clean image with a NaN corner (QA session 13, the
+    Segment dock). Measured as the network sees it: filled, close to the clean value."""
+    import tifffile
+
+    em = tifffile.imread(data_dir / "em_isbi2012" / "image.tif")[0, :256, :256]
+    clean = noise_level(em, DataConfig())
+    holed = em.astype(np.float32)
+    holed[:40, :40] = np.nan
+    holed[100:110, 100:110] = np.inf
+    measured = noise_level(holed, DataConfig())
+    print(f"EM noise: clean {clean}, with NaN/inf pixels {measured}")
+    assert clean is not None and measured is not None
+    assert measured == pytest.approx(clean, rel=0.1)
+    ct = tifffile.imread(data_dir / "ct_totalseg" / "ct.tif")[:2].astype(np.float32)
+    window = DataConfig(normalization=NormalizationConfig.ct_window())
+    masked = ct.copy()
+    masked[:, :, :20] = np.nan  # outside the field of view
+    assert noise_level(masked, window) == pytest.approx(noise_level(ct, window), rel=0.1)
+
+
+def test_a_noisy_image_is_not_told_to_rescale(data_dir) -> None:
+    """Noise averages out at half size, so the depths of a noisy image agree better there:
+    the scale gain's low side read that as "objects look smaller than in training" and
+    told a radiologist to "rescale the image by 2.00" on a CT at the model's own 3 mm,
+    with 40 HU of noise (QA session 13, the Segment dock: liver Dice 0.25, and 0.00 after
+    following that remedy). The noise's own remedy is the one to give."""
+    import tifffile
+
+    from napari_unetpp import zoo
+    from napari_unetpp.disagreement import check_result
+    from napari_unetpp.events import drive
+    from napari_unetpp.inference import predict
+
+    quiet = {**{name: 0.0 for name in THRESHOLDS}, "size_ratio": 1.0}
+    limits = {**THRESHOLDS, "noise": 0.057, "scale_gain_low": 0.9}
+    unlike, reasons, remedies = judge({**quiet, "noise": 0.106, "scale_gain": 0.87}, limits)
+    assert unlike and not any("smaller" in r for r in reasons), reasons
+    assert [r.template for r in remedies] == [NOISE_REMEDY]
+    # without the noise, the same gain still says the objects look smaller
+    _, reasons, _ = judge({**quiet, "noise": 0.01, "scale_gain": 0.87}, limits)
+    assert any("smaller" in r for r in reasons)
+
+    model, info = zoo.load_pretrained("ct")
+    ct = tifffile.imread(data_dir / "ct_totalseg" / "ct_full.tif")[84:92]
+    noisy = np.round(ct + np.random.default_rng(0).normal(0, 40, ct.shape)).astype(np.int16)
+    config = PredictConfig(device="cpu")
+    probs = drive(predict(model, noisy, config, info.data))
+    check = drive(check_result(model, noisy, probs, info.data, config, info.metrics))
+    print(check.signals, check.reasons)
+    assert check.unlike_training and any("noisier" in r for r in check.reasons)
+    assert not any("rescale" in r for r in check.remedies_for("cli")), check.remedies

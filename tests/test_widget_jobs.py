@@ -587,3 +587,19 @@ def test_python_exits_cleanly_while_a_background_worker_runs() -> None:
     )
     assert "exiting" in done.stdout, done.stderr[-2000:]
     assert done.returncode == 0 and "has been deleted" not in done.stderr, done.stderr[-2000:]
+
+
+def test_a_waiting_job_names_the_job_it_waits_for() -> None:
+    """Segment on a new image said "waiting for another UNet++ job of this viewer" for
+    seconds, the user having started none: the pruning panel was timing a depth; a dock
+    reopened after closing one mid-run waits for that closed dock's job (QA session 13)."""
+    from napari_unetpp._widgets._jobs import JobQueue, Ticket
+
+    queue = JobQueue()
+    assert queue.waiting_note() == "waiting for another UNet++ job of this viewer to finish..."
+    queue.current = Ticket("prune", (x for x in ()), True)
+    assert "(the pruning panel timing a depth on this computer)" in queue.waiting_note()
+    queue.current = Ticket("segment", (x for x in ()), True)
+    assert "(a segmentation in the Segment dock)" in queue.waiting_note()
+    queue.current.dropped = True
+    assert "(a segmentation of a closed dock, stopping)" in queue.waiting_note()

@@ -380,6 +380,21 @@ def test_a_colour_like_last_axis_of_a_layer_not_rgb_is_refused(
     assert w.busy is False and "yxc UNet++ labels" not in viewer.layers
 
 
+def test_a_last_axis_of_one_value_is_refused_in_the_docks_words(
+    setup: Any, crop: np.ndarray, tmp_path: Path
+) -> None:
+    """A (Y, X, 1) layer (a TIFF saved with one sample per pixel as its own axis): the run
+    started, wrote its folder, and failed with the engine's advice "give
+    DataConfig.channel_axis=-1", which no field of the dock sets (QA session 13)."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0][..., None], name="yx1")
+    w.segment()
+    assert errors and "DataConfig" not in errors[-1], errors
+    assert "last axis" in errors[-1] and "1 value" in errors[-1], errors
+    assert w._status.value.startswith("not started")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 def test_a_scans_labels_are_saved_on_its_grid(setup: Any, crop: np.ndarray, tmp_path: Path) -> None:
     """The dock's labels.tif had no pixel size, and a NIfTI scan's labels no NIfTI file on
     the scan's grid (the CLI writes both): ITK-SNAP / Slicer could not overlay them (QA 11)."""
@@ -534,6 +549,8 @@ def test_cancel_while_waiting_for_another_job_says_it_never_started(
     try:
         w.segment()
         assert w._runner.queued and "waiting" in w._status.value
+        # named: the user started no other job (QA session 13)
+        assert "(the pruning panel timing a depth" in w._status.value, w._status.value
         w.cancel()
         assert not w.busy and w._run.enabled
         assert w._status.value == "stopped before it started: nothing was changed"
@@ -1204,3 +1221,86 @@ def test_adaptive_depth_with_test_time_augmentation_says_it_is_off(
     assert not errors, errors
     assert "em UNet++ depth used" not in _names(viewer)
     assert any("adaptive depth is off" in t for t in told), told
+
+
+def test_saving_a_pruned_model_keeps_a_just_trained_model_in_the_dock(
+    setup: Any, checkpoint: Path, tmp_path: Path
+) -> None:
+    """A model of the user's own (a run just trained, or a model folder opened in napari:
+    both are listed under 'just trained'): Save pruned model switched the dock to the pruned
+    network, its one head, and the Depth slider stuck at that depth (QA session 13); the
+    guide says a pruned model saved from the dock does not switch it."""
+    _, w, errors = setup
+    _state.register_model("tiny run", checkpoint)  # as the reader registers a model folder
+    w.load_model(checkpoint)
+    assert w._source.value == "just trained" and w.model_spec == str(checkpoint)
+    w.pruning._depth.value = 1
+    try:
+        folder = w.pruning.save_pruned()
+        assert folder is not None and not errors
+        assert w.model_spec == str(checkpoint), w.model_spec
+        assert w.model is not None and w.model.head_depths == (1, 2)
+        assert w.pruning._depth.max == 2
+        assert str(folder) in w._model.choices  # listed all the same
+    finally:
+        _state.unregister_model(f"{w.model_name} L1")
+        _state.unregister_model("tiny run")
+
+
+def test_cancelling_stays_shown_until_the_job_stops(setup: Any, crop: np.ndarray) -> None:
+    """Cancel said "cancelling...", and the next tile's progress replaced it at once
+    ("pass 1 of 2: tile 8/24 · 11 s left"), as if Cancel had done nothing (QA session 13).
+    The bar still moves; the words stay until the job has stopped."""
+    from napari_unetpp.inference import PredictEvent
+
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="plane")
+    seen: list[str] = []
+    shown = w._on_event
+
+    def cancel_then_report(event: Any) -> None:
+        if event.step > 0 and not seen:
+            w.cancel()
+            w._shown_at = 0.0  # not held back as a redraw too soon
+            shown(PredictEvent(kind="tiles", step=1, total=event.total + 1, eta_s=9.0))
+            seen.append(w._status.value)
+        shown(event)
+
+    w._on_event = cancel_then_report
+    w.segment()
+    assert seen == ["cancelling..."], seen
+    assert w._status.value.startswith("cancelled") or "cancel" in w._status.value
+    w._on_event = shown
+    w.segment()  # a new run reports its progress again
+    assert w._status.value.startswith("done"), w._status.value
+
+
+def test_check_and_estimate_are_locked_while_the_dock_runs(
+    setup: Any, crop: np.ndarray, qtbot: Any
+) -> None:
+    """Segment greyed out while a run waited or ran, 'Check this image' (and Estimate, for
+    a model of object size) stayed enabled and answered a click with "a UNet++ job of this
+    dock is running" (QA session 13)."""
+    import threading
+
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="plane")
+    assert w.scale.check.enabled
+    release = threading.Event()
+
+    def other_job() -> Any:
+        release.wait(30)
+        yield from ()
+
+    other = _runner.JobRunner(inline=False, queue=w._runner.queue, owner="prune")
+    other.start(other_job())
+    try:
+        w.segment()
+        assert w.busy and not w._run.enabled
+        assert not w.scale.check.enabled and not w.scale.estimate.enabled
+        w.cancel()
+        assert w.scale.check.enabled and w._run.enabled
+    finally:
+        release.set()
+        qtbot.waitUntil(lambda: not other.running, timeout=30_000)
+    assert not errors

@@ -664,3 +664,42 @@ def test_an_adaptive_run_after_a_fixed_depth_one_keeps_the_labels_on_top(
     assert not errors, errors
     names = [layer.name for layer in viewer.layers]
     assert names.index("em UNet++ adaptive") < names.index("em UNet++ labels"), names
+
+
+def test_estimate_needs_as_many_objects_as_auto_object_size(dock: Any, data_dir: Path) -> None:
+    """A 10 x 10 corner of a DSB image holds one piece of a nucleus. Estimate filled in its
+    4.9 px as "the median object diameter" and the next Segment enlarged the image 3.7x,
+    where 'auto object size' on the same image said "1 object(s) found, 5 needed to measure
+    their size" (QA session 13): both must measure the same way, as the guide says."""
+    import imageio.v3 as iio
+
+    viewer, w, errors = dock
+    image = iio.imread(data_dir / "nuclei_dsb2018" / "images" / "00071198d059ba7f.png")
+    viewer.add_image(np.asarray(image)[:10, :10], name="corner")
+    w._source.value = "shipped"
+    w._model.value = "zoo:nuclei"
+    w._image.value = viewer.layers["corner"]
+    w.estimate_size()
+    assert not errors, errors
+    print(w._status.value)
+    assert w.scale._diameter.value == 0.0  # nothing measured: no rescale
+    assert "rescale" not in w.scale.overrides()
+    assert f"{S.AUTO_MIN_OBJECTS} needed" in w._status.value
+
+
+def test_a_pixel_size_no_resampling_can_reach_is_refused_before_the_run(
+    dock: Any, tmp_path: Path
+) -> None:
+    """'1 mm' typed for the 4 nm EM model (a wrong unit) is a zoom of 250000: the run
+    started, wrote its folder, run.json and command.sh, then failed (QA session 13). It is
+    refused at Segment, in the panel's words, and nothing is written."""
+    viewer, w, errors = dock
+    w._image.value = viewer.add_image(np.zeros((64, 64), np.uint8), name="plane")
+    w._source.value = "shipped"
+    w._model.value = "zoo:em"
+    w.scale._pixel.value = "1 mm"
+    w.segment()
+    print(w._status.value)
+    assert w._status.value.startswith("not started") and "pixel size" in w._status.value
+    assert errors and "10x" in errors[0]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

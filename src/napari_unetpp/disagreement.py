@@ -155,10 +155,14 @@ def advise_depth(
             f"L{deepest} on {100 * agreement[recommended]:.1f}% of the pixels"
         )
     else:
+        differ, allowed = 100 * (1 - agreement[recommended]), 100 * tolerance
+        # as many decimals as show it above the tolerance: "2.0% differ, tolerance 2.0%"
+        # read as a contradiction (QA session 13)
+        places = next((p for p in range(1, 5) if round(differ, p) > round(allowed, p)), 4)
         message = (
             f"the recommended depth L{recommended} departs from L{deepest} on this "
-            f"image ({100 * (1 - agreement[recommended]):.1f}% of the pixels differ, "
-            f"tolerance {100 * tolerance:.1f}%): use L{suggested} here"
+            f"image ({differ:.{places}f}% of the pixels differ, "
+            f"tolerance {allowed:.{places}f}%): use L{suggested} here"
         )
     return DepthAdvice(agreement, recommended, suggested, tolerance, message)
 
@@ -260,6 +264,7 @@ def check_prediction(
     tolerance: float = 0.02,
     thresholds: Mapping[str, float] | None = None,
     stopper: Stopper | None = None,
+    found: bool | None = None,
 ) -> Generator[Any, None, ImageCheck | None]:
     """Judge an image from a prediction already made (a segmentation's own pass).
 
@@ -277,18 +282,22 @@ def check_prediction(
     (:func:`check_image`). ``recommended``: the card's depth (``metrics["best_depth"]``),
     for the depth advice. ``thresholds``: the model's calibration (a checkpoint's
     ``metrics["image_check"]``, see :func:`image_check.calibrate`); missing signals fall
-    back to :data:`image_check.THRESHOLDS`.
+    back to :data:`image_check.THRESHOLDS`. ``found``: whether the whole result labels
+    any class pixel (:func:`check_result` knows it when ``probs`` is a region of it);
+    None: read from ``probs``. A result without one is called unlike the training data,
+    :func:`image_check.empty_result_check` saying why first.
     """
     from .image_check import (
         THRESHOLDS,
         ImageCheck,
+        empty_result_check,
         flat_image_check,
         judge,
         tiny_image_check,
         units_image_check,
         units_problem,
     )
-    from .image_signals import half_size, image_signals
+    from .image_signals import half_size, image_signals, labels_anything
     from .inference import predict
     from .normalization import contrast_problem, repaired
 
@@ -309,6 +318,9 @@ def check_prediction(
         if len(probs) > 1:
             tiny.advice = advise_depth(probs, classes, recommended, tolerance, config.threshold)
         return tiny
+    deepest = max(probs)
+    if found is None:
+        found = labels_anything(probs[deepest], classes, config.threshold)
     zoom = zoom_used(probs)
     half = None
     # camera defects repaired before halving, which smears hot pixels past recognition
@@ -327,6 +339,14 @@ def check_prediction(
     verdict, reasons, remedies = judge(
         signals, {**THRESHOLDS, **(thresholds or {})}, zoom=zoom, auto=config.rescale == "auto"
     )
+    # the heads agree on nothing and are sure of it (fewer unsure pixels than the zoo
+    # models' own limit): told first, whatever else fired. A model unsure everywhere (a
+    # few training steps) finds nothing on its own training data too: not the image's fault
+    unsure = signals.get("uncertain_fraction")
+    if not found and (unsure is None or unsure <= THRESHOLDS["uncertain_fraction"]):
+        empty = empty_result_check(model.config.class_names, data_config.normalization, deepest)
+        verdict, reasons = True, empty.reasons + reasons
+        remedies = empty.remedies + [r for r in remedies if r not in empty.remedies]
     advice = (
         advise_depth(probs, model.config.num_classes, recommended, tolerance, config.threshold)
         if len(probs) > 1
@@ -371,9 +391,16 @@ def check_result(
     a central block of a few evenly spaced planes), so a whole CT scan is checked too;
     None when even that holds more than :data:`CHECK_LIMIT` values per depth.
     """
-    image, probs = _check_part(model, image, probs, data_config)
-    if np.size(probs[max(probs)]) > CHECK_LIMIT:
+    from .image_signals import labels_anything
+
+    part_image, part = _check_part(model, image, probs, data_config)
+    if np.size(part[max(part)]) > CHECK_LIMIT:
         return None
+    found = None  # whether the whole result labels anything, when a region of it is judged
+    if part is not probs:
+        threshold = _check_config(predict_config).threshold
+        found = labels_anything(probs[max(probs)], model.config.num_classes, threshold)
+    image, probs = part_image, part
     return (
         yield from check_prediction(
             model,
@@ -384,6 +411,7 @@ def check_result(
             recommended=metrics.get("best_depth"),
             thresholds=metrics.get("image_check"),
             stopper=stopper,
+            found=found,
         )
     )
 

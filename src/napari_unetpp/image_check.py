@@ -25,6 +25,7 @@ from .scale import MAX_ZOOM, MIN_ZOOM
 
 __all__ = [
     "ImageCheck",
+    "empty_result_check",
     "flat_image_check",
     "tiny_image_check",
     "units_image_check",
@@ -164,6 +165,38 @@ def units_image_check(problem: str) -> ImageCheck:
     )
 
 
+def empty_result_check(
+    class_names: Sequence[str], normalization: NormalizationConfig, depth: int
+) -> ImageCheck:
+    """What a result without a single class pixel (at head ``depth``) is told: its reason
+    and remedies go first in :func:`disagreement.check_prediction`'s verdict.
+
+    Why: its heads agree on the empty result and are sure of it, so no signal fired: a
+    CT darkened by 300 HU (its organs below the CT model's window) came out with no organ
+    at all and "done" (liver Dice 0.00; QA session 13). Nothing found is told, with what
+    to check: the intensities for a model of a fixed window, else the image and its scale.
+    """
+    names = [n for n in class_names if n != "background"] or ["any class"]
+    what = ", ".join(names)
+    reason = f"the model found nothing in this image: no pixel labelled {what} at L{depth}"
+    remedies: list[str] = []
+    if normalization.mode == "window":
+        remedies.append(
+            "check the image's intensities: the model reads them through its intensity "
+            f"window {normalization.low:g}..{normalization.high:g} (for CT: Hounsfield "
+            "units, air -1000, fat -100, organs 20..80), and values shifted out of it (a "
+            "RescaleIntercept missing or applied twice, another modality) look like nothing "
+            "to it"
+        )
+    remedies.append(
+        Remedy(
+            "check that the image (its channel, its plane) shows what this model segments "
+            f"({what}); " + "if it does, {check_scale}"
+        )
+    )
+    return ImageCheck(signals={}, unlike_training=True, reasons=[reason], remedies=remedies)
+
+
 def tiny_image_check(pixels: int) -> ImageCheck | None:
     """No verdict on an image of ``pixels`` under ``ADVICE_MIN_PIXELS`` (32 x 32, the depth
     advice's limit too), else None.
@@ -217,7 +250,11 @@ def judge(
     split = signals.get("half_size_ratio")
     split_fired = split is not None and split > thresholds["half_size_ratio"]
     larger = gain_fired or split_fired
-    smaller = not larger and _smaller_than_training(gain, thresholds)
+    noisy = _noisier_than_tolerated(signals, thresholds)
+    # noise averages out at half size, so the depths of a noisy image agree better there
+    # too: not "objects smaller" (a CT at its own 3 mm, 40 HU of noise, was told to
+    # "rescale the image by 2.00": liver Dice 0.25 -> 0.00; QA session 13)
+    smaller = not larger and not noisy and _smaller_than_training(gain, thresholds)
     # small measured objects that the half-size pass shows to be larger: fragments of
     # large objects (the 537 pieces for 23 nuclei), not small objects to enlarge
     fragments = larger and ratio is not None and ratio < 1
@@ -240,7 +277,6 @@ def judge(
             f"(scale gain {gain:.3f} < {thresholds['scale_gain_low']:.3f}): objects look "
             "smaller than in training"
         )
-    noisy = _noisier_than_tolerated(signals, thresholds)
     if noisy:
         reasons.append(noisy)
     remedies: list[str] = []

@@ -20,7 +20,14 @@ from .disagreement import class_spread, disagreement_map
 from .nonfinite import NonFiniteWarning, fill_image
 from .rescaled import measure_diameters
 
-__all__ = ["CHECK_PLANES", "CHECK_SIDE", "check_region", "half_size", "image_signals"]
+__all__ = [
+    "CHECK_PLANES",
+    "CHECK_SIDE",
+    "check_region",
+    "half_size",
+    "image_signals",
+    "labels_anything",
+]
 
 #: Added to both sides of the scale probe's ratio, so images where the heads agree
 #: almost perfectly at both sizes (ratio of two tiny numbers) do not count as a gain.
@@ -31,6 +38,28 @@ def _uncertain(prob: np.ndarray, num_classes: int) -> np.ndarray:
     """Pixels whose deepest prediction is far from certain (top class below 0.75)."""
     confidence = np.maximum(prob, 1 - prob) if num_classes == 1 else prob.max(axis=0)
     return confidence < 0.75
+
+
+def labels_anything(prob: Any, num_classes: int, threshold: float = 0.5) -> bool:
+    """Whether one head's probabilities (class axis first for several classes) label any
+    pixel as a class, as :func:`postprocess.probabilities_to_labels` would; read in blocks
+    along the first spatial axis (about 4 M values each), so a big result (or a zarr on
+    disk) is never read whole."""
+    shape = tuple(int(n) for n in np.shape(prob))
+    spatial = shape[1:] if num_classes > 1 else shape
+    if not spatial or 0 in spatial:
+        return False
+    per_row = max(1, int(np.prod(shape)) // spatial[0])
+    step = max(1, (1 << 22) // per_row)
+    for start in range(0, spatial[0], step):
+        rows = slice(start, start + step)
+        if num_classes > 1:
+            p = np.asarray(prob[:, rows])
+            if (p[1:].max(axis=0) > p[0]).any():
+                return True
+        elif (np.asarray(prob[rows]) > threshold).any():
+            return True
+    return False
 
 
 def _object_diameter(

@@ -11,11 +11,13 @@ tolerate (``metrics["image_check"]["noise"]``, measured by
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 
 from .config import DataConfig
+from .nonfinite import NonFiniteError, NonFiniteWarning, non_finite_filler
 from .normalization import normalize, to_channels_first
 
 __all__ = ["MAX_PLANES", "noise_level", "plane_noise"]
@@ -59,12 +61,21 @@ def noise_level(image: Any, data_config: DataConfig) -> float | None:
 
     In-plane (the last two spatial axes), the median over up to :data:`MAX_PLANES` evenly
     spaced planes and over the channels, after the model's own normalisation, so the value
-    compares with the model's tolerance whatever the camera's units.
+    compares with the model's tolerance whatever the camera's units. Non-finite pixels
+    are filled as the network's input is (:func:`nonfinite.non_finite_filler`, quietly:
+    the prediction has said so): one NaN made the estimate NaN, which the check took
+    for "noisier than this model tolerates".
     """
     norm = data_config.normalization
     data = to_channels_first(np.asarray(image), data_config.channel_axis)
     values = []
     for channel in data:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NonFiniteWarning)
+            try:
+                channel = non_finite_filler(channel, normalization=norm)(channel)
+            except NonFiniteError:  # mostly non-finite: nothing to measure
+                continue
         x = normalize(channel, norm)
         if x.ndim < 2:
             continue

@@ -64,6 +64,14 @@ class Ticket:
             callback(*args)
 
 
+#: A running job in the words of a job waiting for it (by its runner's ``owner``).
+JOB_WORDS = {
+    "segment": "a segmentation in the Segment dock",
+    "train": "a training in the Train dock",
+    "prune": "the pruning panel timing a depth on this computer",
+}
+
+
 class JobQueue:
     """Runs the jobs of one viewer one after the other (see the module docstring).
 
@@ -84,6 +92,21 @@ class JobQueue:
         """Whether a job (of ``owner``, if given) is running or waiting."""
         tickets = ([self.current] if self.current else []) + self._pending
         return any(owner is None or t.owner == owner for t in tickets)
+
+    def waiting_note(self) -> str:
+        """What a job queued behind the running one says, naming that job.
+
+        Why: Segment pressed on a freshly opened image said "waiting for another UNet++
+        job of this viewer" for seconds, and the user had started none: it was the
+        pruning panel timing the model's depth (QA session 13).
+        """
+        current = self.current
+        what = JOB_WORDS.get(current.owner, "") if current is not None else ""
+        if what and current is not None and current.dropped:  # its dock was closed
+            what = f"{what.split(' in the ')[0]} of a closed dock, stopping"
+        return "waiting for another UNet++ job of this viewer to finish" + (
+            f" ({what})..." if what else "..."
+        )
 
     # ------------------------------------------------------------------ control
 

@@ -47,7 +47,7 @@ from ._predict_job import (
 from ._runner import JobRunner
 from ._ui import narrow, scroll_inside, set_progress, wrapped
 from .pruning_panel import PruningPanel
-from .scale_panel import ScalePanel
+from .scale_panel import ScalePanel, check_reachable
 
 if TYPE_CHECKING:
     import napari
@@ -75,6 +75,7 @@ class PredictForm(Container):
         self._loading = False
         self._showing = False  # a finished run's layers are being added
         self._closed = False  # the dock left the viewer: no more layers, no more widget updates
+        self._stopping = False  # Cancel (or the image's removal) asked the job to stop
         self._model_from_user = False
         self.model: UNetPlusPlus | None = None
         self.info: CheckpointInfo | None = None
@@ -172,7 +173,9 @@ class PredictForm(Container):
 
     def _predict_config(self, pruned_depth: int | None) -> PredictConfig:
         dims = self.model.config.spatial_dims if self.model is not None else 2
-        tile, tta, overrides = self._tile.value, self._tta.value, self.scale.overrides()
+        model = self.model.config if self.model is not None else None
+        overrides = check_reachable(self.scale.overrides(), model)
+        tile, tta = self._tile.value, self._tta.value
         return predict_config(dims, tile, tta, self._device.value, overrides, pruned_depth)
 
     def _new_run(
@@ -238,6 +241,7 @@ class PredictForm(Container):
                 set_progress(self._progress, 0)
 
         self._set_running(True)
+        self._stopping = False
         self._status.value = f"{what}..."
         self._runner.start(
             job,
@@ -257,6 +261,7 @@ class PredictForm(Container):
     def cancel(self, _value: Any = None) -> None:
         """Ask the running segmentation to stop after its current tile batch."""
         self._status.value = "cancelling..."
+        self._stopping = True  # the tiles still reported must not hide it
         self._runner.request_stop()
 
     @property
@@ -269,6 +274,7 @@ class PredictForm(Container):
         busy = running or self._showing or not self._torch_ready
         self._run.enabled, self._cancel.enabled = not busy, running
         self.pruning.set_busy(busy)
+        self.scale.set_busy(busy)
 
     def _on_event(self, event: Any) -> None:
         import time
@@ -278,5 +284,7 @@ class PredictForm(Container):
             return  # the text is redrawn a few times a second, not per tile
         self._shown_at = now
         set_progress(self._progress, int(100 * event.fraction))
+        if self._stopping:  # "cancelling..." stays until the job stops:
+            return  # the next tile's "· 11 s left" read as if Cancel had done nothing
         eta = "" if event.eta_s is None else f" · {event.eta_s:.0f} s left"
         self._status.value = (event.message or f"tile {event.step}/{event.total}") + eta

@@ -93,6 +93,13 @@ def predict_input(
             f"{' x '.join(map(str, np.shape(data)[-2:]))} pixels): add it with rgb=True, "
             "or split the channels into layers (channel_axis=-1)"
         )
+    if channels == 1 and not layer.rgb and np.ndim(data) > 2 and np.shape(data)[-1] == 1:
+        # the engine's advice ("give DataConfig.channel_axis=-1") names no field of the dock
+        raise ValueError(
+            "the layer's last axis has 1 value (napari shows it as planes of "
+            f"{np.shape(data)[-2]} x 1 pixels): remove that axis (in napari's console: "
+            "layer.data = layer.data[..., 0]), or save the image without it"
+        )
     if grey:
         axis = None
     elif layer.rgb:

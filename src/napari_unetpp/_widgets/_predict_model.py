@@ -72,6 +72,7 @@ class PredictModels(PredictForm):
             # its result would be dropped (no layers for a removed image): stop the work now
             self._job_image = None
             self._status.value = f"the image {source.name!r} was removed: cancelling..."
+            self._stopping = True
             self._runner.request_stop()
 
     def _on_user_model(self, _index: int) -> None:
@@ -137,7 +138,10 @@ class PredictModels(PredictForm):
             elif self._source.value == "just trained":
                 self._model.reset_choices()
                 newest = self._model_choices()[:1]  # the box keeps its old order
-                if not self._model_from_user and newest:
+                # not a pruned model saved here: it switched a fine-tuned (or opened)
+                # model to its one head, the Depth slider stuck there (QA session 13)
+                pruned = str(self.pruning.saved) if self.pruning.saved else None
+                if not self._model_from_user and newest and newest[0][1] != pruned:
                     self._model.value = newest[0][1]
         except RuntimeError:  # its Qt widgets were deleted before the dock said so
             self._on_closed()

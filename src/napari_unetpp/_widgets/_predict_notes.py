@@ -62,8 +62,13 @@ def notify_check(check: Any, report: str) -> None:
 
 def estimate_status(diameter: float | None, image_name: str, still_chosen: bool) -> str:
     """What an object-size estimate says: the diameter now in the panel, or why not."""
-    if diameter is None:
-        return "no objects found: the diameter is left as it was"
+    from ..scale import AUTO_MIN_OBJECTS
+
+    if diameter is None:  # as 'auto object size' says it (scale.auto_rescale)
+        return (
+            f"fewer than {AUTO_MIN_OBJECTS} objects found, {AUTO_MIN_OBJECTS} needed to "
+            "measure their size: the diameter is left as it was"
+        )
     if not still_chosen:  # another image was chosen meanwhile
         return (
             f"median object diameter {diameter:.1f} px of {image_name!r}, no longer the "

@@ -123,7 +123,7 @@ class PredictWidget(PredictModels):
             stopper,
         )
         if self._runner.queued:
-            self._status.value = "waiting for another UNet++ job of this viewer to finish..."
+            self._status.value = self._runner.queue.waiting_note()
 
     def _show(
         self,

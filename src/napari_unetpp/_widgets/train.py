@@ -148,7 +148,7 @@ class TrainWidget(TrainInputs):
             )
             self._left_run = None
         elif self._runner.queued:
-            self._status.value = "waiting for another UNet++ job of this viewer to finish..."
+            self._status.value = self._runner.queue.waiting_note()
 
     # ------------------------------------------------------------------ run
 
