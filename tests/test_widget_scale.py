@@ -682,8 +682,8 @@ def test_estimate_needs_as_many_objects_as_auto_object_size(dock: Any, data_dir:
     w.estimate_size()
     assert not errors, errors
     print(w._status.value)
-    assert w.scale._diameter.value == 0.0  # nothing measured: no rescale
-    assert "rescale" not in w.scale.overrides()
+    assert w.scale._diameter.value == 0.0  # nothing measured: no fixed rescale
+    assert w.scale.overrides()["rescale"] == "auto"  # the default, which measures the same way
     assert f"{S.AUTO_MIN_OBJECTS} needed" in w._status.value
 
 
