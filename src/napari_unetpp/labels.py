@@ -67,9 +67,26 @@ def _interior_fraction(labels: np.ndarray, mask: np.ndarray) -> float:
     return float(same[mask].mean())
 
 
+#: Regions of a value smaller than this share of its largest are specks (a mask's stray
+#: islands), not strokes of their own.
+SPECK_SHARE = 0.1
+
+
 def _has_repeated_regions(labels: np.ndarray, values: np.ndarray) -> bool:
-    """True when some value forms several separate regions (strokes, not one object each)."""
-    return any(ndi.label(labels == v)[1] > 1 for v in values)
+    """True when some value forms several sizeable separate regions (strokes, not one object
+    each).
+
+    Why sizeable: a dense organ mask's stray island (the CT slab's stomach: 28 pixels beside
+    2839) made the masks "repeated strokes", and as scribbles their value 1 (an organ) was
+    trained as background.
+    """
+    for value in values:
+        regions, count = ndi.label(labels == value)
+        if count > 1:
+            sizes = np.bincount(regions.ravel())[1:]
+            if np.count_nonzero(sizes >= SPECK_SHARE * sizes.max()) > 1:
+                return True
+    return False
 
 
 def guess_label_mode(labels: ArrayLike) -> tuple[LabelMode, str]:
