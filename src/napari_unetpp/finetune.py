@@ -164,6 +164,13 @@ def class_mapping(
     if len(names) != len(values):
         return None, None
     pairs = ", ".join(f"{v} -> {n}" for v, n in zip(values, names, strict=True))
+    own = tuple(range(1, len(values) + 1))  # dense values of classes 1..K, as trained
+    if data_config.label_mode == "dense" and len(values) > 1 and tuple(values) != own:
+        return (
+            f"the label values ({', '.join(map(str, values))}) are not the model's own "
+            f"({', '.join(map(str, own))}): they train its classes in sorted order, {pairs}; "
+            "if your values mean other classes (another tool's ids), relabel them first"
+        ), None
     return None, f"label values train the model's classes: {pairs}"
 
 
