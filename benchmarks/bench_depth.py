@@ -340,7 +340,7 @@ LABELLING_ARMS = ("random", "disagreement", "doubt", "label_here_next")
 
 def _scan_blocks(shape: tuple[int, ...], size: int) -> list[Any]:
     """Every ``size`` x ``size`` block of a (images, y, x) stack, in scan order (random picks)."""
-    from napari_unetpp.disagreement import Region
+    from napari_unetpp.label_next import Region
 
     return [
         Region((z,), (y, x), (size, size), 0.0)
@@ -418,12 +418,8 @@ def bench_labelling(
     """A shifted domain: label the regions each arm picks on the pool (same area for every
     arm), fine-tune the shipped model from the same start, score the deepest head on the
     shifted test split. Every arm ranks the same prediction of the pool."""
-    from napari_unetpp.disagreement import (
-        disagreement_map,
-        label_here_next,
-        margin_doubt,
-        rank_regions,
-    )
+    from napari_unetpp.disagreement import disagreement_map
+    from napari_unetpp.label_next import label_here_next, margin_doubt, rank_regions
 
     case = _labelling_case(name)
     model, pool, classes, probs = case["model"], case["pool"], case["classes"], case["probs"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -53,3 +54,18 @@ def _fresh_model_registry():
     yield
     _state._models.clear()
     _state._models.update(saved)
+
+
+@pytest.fixture
+def patch_segment_dock(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``patch(name, func)``: replace a notification (``show_info``, ``show_warning``,
+    ``show_error``) in every module of the Segment dock, which is split over ``predict``,
+    ``_predict_form``, ``_predict_model`` and ``_predict_notes``."""
+    from napari_unetpp._widgets import _predict_form, _predict_model, _predict_notes, predict
+
+    def patch(name: str, func: Any) -> None:
+        for module in (predict, _predict_form, _predict_model, _predict_notes):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, func)
+
+    return patch

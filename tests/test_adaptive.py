@@ -11,14 +11,10 @@ import torch
 
 from napari_unetpp.adaptive import NestedForward, depth_cost_fractions, predict_adaptive
 from napari_unetpp.config import DataConfig, PredictConfig
-from napari_unetpp.disagreement import (
-    advise_depth,
-    check_image,
-    disagreement_map,
-    rank_regions,
-)
+from napari_unetpp.disagreement import advise_depth, check_image, disagreement_map
 from napari_unetpp.events import Stopper, drive
 from napari_unetpp.inference import predict_array
+from napari_unetpp.label_next import rank_regions
 from napari_unetpp.model import UNetPlusPlus, nodes_for_depth
 from napari_unetpp.tiling import tile_grid
 
@@ -340,11 +336,11 @@ def test_check_prediction_judges_nothing_when_stopped() -> None:
 
 def test_a_big_stack_is_checked_on_the_region_info_on_reads(monkeypatch) -> None:
     """A whole CT scan's result is over the in-memory limit: judged on a few planes
-    (image_check.check_region), with a class axis first in the probabilities."""
-    from napari_unetpp import image_check
+    (image_signals.check_region), with a class axis first in the probabilities."""
+    from napari_unetpp import image_signals
     from napari_unetpp.disagreement import check_result
 
-    monkeypatch.setattr(image_check, "CHECK_PLANES", 3)
+    monkeypatch.setattr(image_signals, "CHECK_PLANES", 3)
     torch.manual_seed(0)
     net = UNetPlusPlus(widths=(4, 8, 16), depth=2, num_classes=3).eval()
     stack = np.random.default_rng(0).random((9, 64, 64)).astype("float32")

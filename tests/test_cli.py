@@ -690,13 +690,13 @@ def test_info_on_checks_a_bounded_region_of_a_big_image(
 ) -> None:
     """`info --on` keeps every depth's probabilities in memory (1.4 GB for a 4096^2 plane): it
     reads a central region per plane and a few planes of a stack, and says so."""
-    from napari_unetpp import image_check
+    from napari_unetpp import image_signals
 
-    assert image_check.check_region((2048, 2048), 2, None) is None
-    assert image_check.check_region((4096, 100), 2, None) == (slice(1024, 3072), slice(0, 100))
-    assert image_check.check_region((40, 9, 9), 2, None)[0] == slice(0, 40, 5)  # 8 planes
-    assert image_check.check_region((300, 64, 64), 3, None)[0] == slice(70, 230)
-    monkeypatch.setattr(image_check, "CHECK_SIDE", {2: 48, 3: 16})
+    assert image_signals.check_region((2048, 2048), 2, None) is None
+    assert image_signals.check_region((4096, 100), 2, None) == (slice(1024, 3072), slice(0, 100))
+    assert image_signals.check_region((40, 9, 9), 2, None)[0] == slice(0, 40, 5)  # 8 planes
+    assert image_signals.check_region((300, 64, 64), 3, None)[0] == slice(70, 230)
+    monkeypatch.setattr(image_signals, "CHECK_SIDE", {2: 48, 3: 16})
     image, _ = em_stack
     np.save(tmp_path / "stack.npy", image[:12, 100:196, 50:114])
     argv = ["info", "zoo:em", "--on", str(tmp_path / "stack.npy"), "--device", "cpu", "-q"]

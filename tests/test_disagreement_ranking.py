@@ -5,12 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unetpp.disagreement import (
-    disagreement_map,
-    label_here_next,
-    margin_doubt,
-    rank_regions,
-)
+from napari_unetpp.disagreement import disagreement_map
+from napari_unetpp.label_next import label_here_next, margin_doubt, rank_regions
 
 
 def _covered(regions: list, shape: tuple[int, ...]) -> np.ndarray:

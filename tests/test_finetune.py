@@ -126,7 +126,7 @@ def _scribbles(membranes: np.ndarray, strokes: int = 10, radius: int = 12) -> np
 def test_widget_fine_tune_defaults_keep_the_em_model_good_on_unseen_slices(em_stack):
     """zoo:em fine-tuned on scribbles of one held-back slice, scored on three others."""
     from napari_unetpp import zoo
-    from napari_unetpp._widgets.train import FINE_TUNE_LR
+    from napari_unetpp._widgets._train_form import FINE_TUNE_LR
     from napari_unetpp.config import PredictConfig
     from napari_unetpp.inference import predict_array
 

@@ -355,7 +355,7 @@ def test_the_checks_half_size_probe_fills_a_scans_nan_as_the_segmentation_does()
     """The image check's half-size copy of a NaN-masked scan got the median there (soft
     tissue) while the segmentation saw air: the check judged another image."""
     from napari_unetpp.config import NormalizationConfig
-    from napari_unetpp.image_check import half_size
+    from napari_unetpp.image_signals import half_size
 
     scan = np.full((64, 64), 40.0, np.float32)
     scan[:, :16] = np.nan

@@ -211,13 +211,12 @@ def test_check_and_estimate_wait_while_a_results_layers_are_added(
     em_stack: tuple[np.ndarray, np.ndarray],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    patch_segment_dock: Any,
 ) -> None:
     """Check this image (or Estimate size) clicked while a run's layers went in started a job
     whose status replaced the run's 'done ... saved in'; it now waits, as Segment does."""
-    from napari_unetpp._widgets import predict as predict_module
-
     told: list[str] = []
-    monkeypatch.setattr(predict_module, "show_info", told.append)
+    patch_segment_dock("show_info", told.append)
     viewer = make_napari_viewer()
     w, _ = _segment_dock(viewer, qtbot, checkpoint, tmp_path, em_stack[0][:2, :64, :64])
     # the job's 'returned' and 'finished' are two signals: on a loaded machine the layers
@@ -437,7 +436,7 @@ def test_closing_the_viewer_mid_training_saves_the_run(
     command.sh and data/ (the job was quit, not stopped)."""
     import gc
 
-    from napari_unetpp._widgets import _jobs
+    from napari_unetpp._widgets import _workers
 
     viewer = make_napari_viewer()
     crop = (em_stack[0][0, :96, :96], em_stack[1][0, :96, :96])
@@ -447,7 +446,7 @@ def test_closing_the_viewer_mid_training_saves_the_run(
     viewer.close()
     w = viewer = None
     gc.collect()
-    qtbot.waitUntil(lambda: worker not in _jobs._LIVE_WORKERS, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: worker not in _workers.LIVE_WORKERS, timeout=WAIT_MS)
     _assert_saved_stopped(run_dir)
 
 
@@ -464,17 +463,17 @@ def test_closing_the_viewer_while_a_job_runs_keeps_python_alive(
     ends (freed earlier, its last signal aborted Python: exit 134)."""
     import gc
 
-    from napari_unetpp._widgets import _jobs
+    from napari_unetpp._widgets import _workers
 
     viewer = make_napari_viewer()
     w, _ = _segment_dock(viewer, qtbot, checkpoint, tmp_path, em_stack[0][:6, :128, :128])
     qtbot.waitUntil(lambda: w._runner.worker is not None, timeout=WAIT_MS)
     worker = w._runner.worker
-    assert worker in _jobs._LIVE_WORKERS
+    assert worker in _workers.LIVE_WORKERS
     viewer.close()
     w = viewer = None  # nothing of ours keeps the viewer, its queue or its dock alive
     gc.collect()
-    qtbot.waitUntil(lambda: worker not in _jobs._LIVE_WORKERS, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: worker not in _workers.LIVE_WORKERS, timeout=WAIT_MS)
     qtbot.wait(300)  # its last signals were delivered without a crash
 
 
@@ -568,7 +567,7 @@ _EXIT_WHILE_LOADING = """
 import time
 from qtpy.QtWidgets import QApplication
 app = QApplication([])
-from napari_unetpp._widgets._jobs import in_background
+from napari_unetpp._widgets._workers import in_background
 in_background(lambda: time.sleep(1.0), lambda _: None, lambda _: None)  # as torch loads
 print("exiting", flush=True)
 """

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from napari_unetpp._widgets import _runner, _state
-from napari_unetpp._widgets import predict as predict_module
 from napari_unetpp._widgets.predict import PredictWidget
 from napari_unetpp.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from napari_unetpp.config import DataConfig, PredictConfig
@@ -54,12 +53,16 @@ def crop(em_stack: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
 
 @pytest.fixture
 def setup(
-    make_napari_viewer: Any, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_napari_viewer: Any,
+    checkpoint: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    patch_segment_dock: Any,
 ) -> tuple[Any, PredictWidget, list[str]]:
     monkeypatch.setattr(_runner, "RUN_INLINE", True)
     monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(tmp_path / "no-zoo"))  # no shipped models
     errors: list[str] = []
-    monkeypatch.setattr(predict_module, "show_error", errors.append)
+    patch_segment_dock("show_error", errors.append)
     viewer = make_napari_viewer()
     widget = PredictWidget(viewer)
     viewer.window.add_dock_widget(widget)  # as napari does; the viewer's teardown deletes it
@@ -597,8 +600,8 @@ def test_label_here_next_is_updated_in_place(make_napari_viewer: Any) -> None:
     from napari_unetpp._widgets._layers import put_layer
     from napari_unetpp._widgets._predict_job import Placement
     from napari_unetpp._widgets._predict_layers import put_label_here_next
-    from napari_unetpp.disagreement import Region
     from napari_unetpp.events import drive
+    from napari_unetpp.label_next import Region
 
     viewer = make_napari_viewer()
     where = Placement(None, (1.0, 1.0), (0.0, 0.0))
@@ -865,7 +868,10 @@ def test_layers_are_described_by_the_model_that_made_them(
 
 
 def test_each_result_is_checked_against_the_training_data(
-    setup: Any, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    setup: Any,
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    patch_segment_dock: Any,
 ) -> None:
     """Segment with the shipped nuclei model: nuclei at twice the training size warn (and
     say to shrink the image or measure the objects), a native image stays quiet; unticked,
@@ -878,7 +884,7 @@ def test_each_result_is_checked_against_the_training_data(
 
     viewer, w, errors = setup
     warned: list[str] = []
-    monkeypatch.setattr(predict_module, "show_warning", warned.append)
+    patch_segment_dock("show_warning", warned.append)
     w.load_model(Path(napari_unetpp.__file__).parent / "models" / "nuclei")
     image = io.imread(data_dir / "nuclei_dsb2018" / "images" / "2349e95ece2857c8.png")
     if image.ndim == 3:
@@ -1114,13 +1120,16 @@ def test_cancel_in_the_check_pass_says_the_result_was_not_checked(
 
 
 def test_adaptive_depth_with_test_time_augmentation_says_it_is_off(
-    setup: Any, crop: np.ndarray, monkeypatch: pytest.MonkeyPatch
+    setup: Any,
+    crop: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+    patch_segment_dock: Any,
 ) -> None:
     """Both ticked: the run was not adaptive (test-time augmentation runs every depth) and
     nothing said so; the user looked for the 'depth used' layer in vain."""
     viewer, w, errors = setup
     told: list[str] = []
-    monkeypatch.setattr(predict_module, "show_info", told.append)
+    patch_segment_dock("show_info", told.append)
     w._image.value = viewer.add_image(crop[0], name="em")
     w.scale.adaptive.value = True
     w._tta.value = True

@@ -83,11 +83,14 @@ def test_a_flipped_layer_has_a_positive_pixel_size() -> None:
 
 @pytest.fixture
 def dock(
-    make_napari_viewer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_napari_viewer: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    patch_segment_dock: Any,
 ) -> tuple[Any, PredictWidget, list[str]]:
     monkeypatch.setattr(_runner, "RUN_INLINE", True)
     errors: list[str] = []
-    monkeypatch.setattr(predict_module, "show_error", errors.append)
+    patch_segment_dock("show_error", errors.append)
     viewer = make_napari_viewer()
     widget = PredictWidget(viewer)
     viewer.window.add_dock_widget(widget)
@@ -188,15 +191,18 @@ def test_estimate_fills_the_diameter_of_nuclei_shown_at_twice_their_size(
 
 
 def test_a_cancelled_check_or_estimate_says_cancelled(
-    dock: Any, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    dock: Any,
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    patch_segment_dock: Any,
 ) -> None:
     """Cancel mid-check: the tiles not yet done are empty, and the check judged them (a
     "looks unlike the training data" warning, uncertain fraction 0.49 on a CT it had
     passed); a cancelled Estimate said "no objects found"."""
     viewer, w, errors = dock
     warned: list[str] = []
-    monkeypatch.setattr(predict_module, "show_warning", warned.append)
-    monkeypatch.setattr(predict_module, "show_info", warned.append)
+    patch_segment_dock("show_warning", warned.append)
+    patch_segment_dock("show_info", warned.append)
     image = tifffile.imread(data_dir / "em_isbi2012" / "image.tif")[16:18, :256, :256]
     w._image.value = viewer.add_image(image, name="em")
     w._source.value = "shipped"
@@ -284,7 +290,9 @@ def test_check_this_image_shows_one_progress_over_all_its_passes(dock: Any, data
 
 
 def test_segment_passes_on_the_checks_remedy_when_the_image_looks_like_training(
-    dock: Any, monkeypatch: pytest.MonkeyPatch
+    dock: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    patch_segment_dock: Any,
 ) -> None:
     """Nuclei shown at twice their size: the result's check passes the image but finds the
     objects 1.8x the training size and has a remedy ('auto object size'); Segment showed
@@ -293,7 +301,7 @@ def test_segment_passes_on_the_checks_remedy_when_the_image_looks_like_training(
 
     viewer, w, errors = dock
     told: list[str] = []
-    monkeypatch.setattr(predict_module, "show_info", told.append)
+    patch_segment_dock("show_info", told.append)
     image, _, _ = load_sample("nuclei")
     big = S.resample(np.asarray(image, dtype=np.float32), (2, 2), (0, 1))
     w._image.value = viewer.add_image(big, name="nuclei 2x")
@@ -424,14 +432,16 @@ def test_an_estimate_finished_after_choosing_another_image_is_not_given_to_it(
     assert "large nuclei" in w._status.value, w._status.value
 
 
-def test_a_check_names_the_image_it_judged(dock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_check_names_the_image_it_judged(
+    dock: Any, monkeypatch: pytest.MonkeyPatch, patch_segment_dock: Any
+) -> None:
     """'Check this image' on image A, then B chosen while it ran: the warning and status
     said 'this image looks unlike the training data' under B's name in the Image box."""
     from napari_unetpp.image_check import ImageCheck
 
     viewer, w, errors = dock
     warned: list[str] = []
-    monkeypatch.setattr(predict_module, "show_warning", warned.append)
+    patch_segment_dock("show_warning", warned.append)
     w._source.value = "shipped"
     w._model.value = "zoo:nuclei"
     first = viewer.add_image(np.zeros((64, 64), np.uint8), name="large nuclei")
@@ -492,7 +502,9 @@ def test_remedies_name_the_docks_controls_and_the_clis_flags(
 
 
 def test_a_hint_in_the_dock_names_its_own_controls(
-    dock: Any, monkeypatch: pytest.MonkeyPatch
+    dock: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    patch_segment_dock: Any,
 ) -> None:
     """Nuclei twice the training size pass the check with a hint; the dock's status and
     notification said "try 'auto object size' (--rescale auto)": a command-line flag."""
@@ -502,8 +514,8 @@ def test_a_hint_in_the_dock_names_its_own_controls(
 
     viewer, w, errors = dock
     told: list[str] = []
-    monkeypatch.setattr(predict_module, "show_info", told.append)
-    monkeypatch.setattr(predict_module, "show_warning", told.append)
+    patch_segment_dock("show_info", told.append)
+    patch_segment_dock("show_warning", told.append)
     image, _, _ = load_sample("nuclei")
     large = ndimage.zoom(image, 2, order=1)[64:320, 64:320]  # nuclei ~1.8x the training size
     w._source.value = "shipped"
@@ -563,7 +575,9 @@ def test_adaptive_depth_is_off_for_a_model_of_one_head(qtbot: Any) -> None:
 
 
 def test_check_this_image_marks_the_depths_on_the_slider(
-    dock: Any, monkeypatch: pytest.MonkeyPatch
+    dock: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    patch_segment_dock: Any,
 ) -> None:
     """'Check this image' said "use L4 here" in its notification only; the pruning
     readout, which a checked Segment marks with the depth advice, stayed silent."""
@@ -571,7 +585,7 @@ def test_check_this_image_marks_the_depths_on_the_slider(
     from napari_unetpp.image_check import ImageCheck
 
     viewer, w, errors = dock
-    monkeypatch.setattr(predict_module, "show_info", lambda _message: None)
+    patch_segment_dock("show_info", lambda _message: None)
     w._source.value = "shipped"
     w._model.value = "zoo:em"
     w._image.value = viewer.add_image(np.zeros((64, 64), np.uint8), name="blurred em")

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_unetpp._widgets import _state
+from napari_unetpp._widgets import _state, _train_form
+from napari_unetpp._widgets import _train_inputs as inputs_module
 from napari_unetpp._widgets import train as train_module
 from napari_unetpp._widgets.train import TrainWidget
 
@@ -67,6 +68,7 @@ def _replay_keeps_the_docks_model(run: Path) -> None:
 def _errors(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     shown: list[str] = []
     monkeypatch.setattr(train_module, "show_error", shown.append)
+    monkeypatch.setattr(inputs_module, "show_error", shown.append)
     monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
     return shown
 
@@ -396,17 +398,17 @@ def test_fine_tune_defaults_and_label_guess_while_painting(make_napari_viewer, q
     w = TrainWidget(viewer)
     w._image.value, w._labels_box.value = viewer.layers["img"], labels
     assert w._label_mode.value == "dense"
-    assert w._lr.value == train_module.SCRATCH_LR and not w._freeze_norm.value
+    assert w._lr.value == _train_form.SCRATCH_LR and not w._freeze_norm.value
     w._start_from.value = "file"  # any start from a model (shipped, trained or a file)
-    assert w._lr.value == train_module.FINE_TUNE_LR and w._freeze_norm.value
-    assert w._iterations.value == train_module.FINE_TUNE_ITERATIONS and w._preview.value
+    assert w._lr.value == _train_form.FINE_TUNE_LR and w._freeze_norm.value
+    assert w._iterations.value == _train_form.FINE_TUNE_ITERATIONS and w._preview.value
     # the user erases to scribbles: the guess follows the painting, not only layer choices
     labels.data[:] = 0
     labels.data[5, 5:60] = 1
     labels.data[30, 5:60] = 2
     labels.events.paint(value=[])
     qtbot.waitUntil(
-        lambda: w._label_mode.value == "sparse", timeout=5 * train_module.GUESS_DELAY_MS
+        lambda: w._label_mode.value == "sparse", timeout=5 * inputs_module.GUESS_DELAY_MS
     )
 
 

@@ -1,32 +1,30 @@
-"""Is this image like the training data? The signals, their thresholds and the verdict.
+"""Is this image like the training data? The thresholds, the verdict and its remedies.
 
-Why apart from :mod:`disagreement`: the maps there say *where* the heads disagree; this
-module turns one pass's probabilities into a handful of per-image numbers (depth and
-flip disagreement, uncertain fraction, object size, scale gain) and judges them against
-thresholds calibrated per model. :func:`judge` and :func:`calibrate` are pure, so the
-benchmark re-runs the verdict on stored signals without predicting again;
-:func:`disagreement.check_image` runs the predictions and calls them.
+Why apart from :mod:`disagreement`: the maps there say *where* the heads disagree;
+:mod:`image_signals` turns one pass's probabilities into a handful of per-image numbers
+(depth and flip disagreement, uncertain fraction, object size, scale gain), and this
+module judges them against thresholds calibrated per model. :func:`judge` and
+:func:`calibrate` are pure, so the benchmark re-runs the verdict on stored signals
+without predicting again; :func:`disagreement.check_image` runs the predictions and
+calls them. The remedies' words for each reader are in :mod:`remedies`.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from .config import DataConfig, ModelConfig, NormalizationConfig
-from .disagreement import ADVICE_MIN_PIXELS, DepthAdvice, class_spread, disagreement_map
-from .nonfinite import NonFiniteWarning, fill_image
-from .rescaled import measure_diameters
+from .config import DataConfig, NormalizationConfig
+from .disagreement import ADVICE_MIN_PIXELS, DepthAdvice
+from .image_signals import image_signals
+from .remedies import Audience, Remedy, phrased
 from .scale import MAX_ZOOM, MIN_ZOOM
 
 __all__ = [
-    "CONTROLS",
     "ImageCheck",
-    "Remedy",
     "flat_image_check",
     "tiny_image_check",
     "units_image_check",
@@ -37,8 +35,6 @@ __all__ = [
     "THRESHOLDS",
     "calibrate",
     "calibrate_on_tiles",
-    "half_size",
-    "image_signals",
     "judge",
 ]
 
@@ -64,170 +60,6 @@ THRESHOLDS: dict[str, float] = {
 SCALE_GAIN_LOW_CAP = 0.9
 #: A size ratio beyond this (but within ``size_ratio``) gives a hint, not a warning.
 SIZE_HINT = 1.5
-#: Added to both sides of the scale probe's ratio, so images where the heads agree
-#: almost perfectly at both sizes (ratio of two tiny numbers) do not count as a gain.
-_PROBE_FLOOR = 0.002
-
-
-#: Who reads a remedy: a command-line user ("cli", also ``run.json``) or a user of the
-#: Segment dock ("dock").
-Audience = Literal["cli", "dock"]
-
-#: The controls a remedy names, in each audience's words: the command line's options, the
-#: Segment dock's own fields (its "Your image" panel, the Train dock). Why one table: each
-#: remedy is written once (in :func:`judge`), and the dock showed the command line's
-#: flags ("--diameter 36", "--rescale auto") to users who had typed no command.
-CONTROLS: dict[str, dict[str, str]] = {
-    "cli": {
-        "set_diameter": "set the object diameter {diameter} px (--diameter {diameter})",
-        "auto_size": "'auto object size' (--rescale auto)",
-        "give_diameter": "give their diameter (--diameter D)",
-        "try_diameter": "their diameter in pixels (--diameter {diameter})",
-        "rescale": "--rescale {factor}, or give its pixel size: --pixel-size",
-        "check_scale": "check the pixel size (--pixel-size; rescale so objects have the "
-        "training size)",
-        "fine_tune": "fine-tune (train --from)",
-        "regions": "predict --disagreement ranks them",
-    },
-    "dock": {
-        "set_diameter": "type {diameter} in 'Object diameter (px)' (Your image panel)",
-        "auto_size": "'auto object size'",
-        "give_diameter": "type their diameter in 'Object diameter (px)'",
-        "try_diameter": "'Object diameter (px)' {diameter}",
-        "rescale": "type its true 'Pixel size' in the Your image panel",
-        "check_scale": "check the image's scale in the Your image panel ('Pixel size', or "
-        "'Object diameter (px)' for a model of object size) so objects have the training size",
-        "fine_tune": "fine-tune in the Train / fine-tune UNet++ dock",
-        "regions": "the 'label here next' layer numbers them",
-    },
-}
-
-
-def phrase(template: str, audience: Audience, values: Mapping[str, str]) -> str:
-    """``template`` with each ``{control}`` in ``audience``'s words (:data:`CONTROLS`)."""
-    from string import Formatter
-
-    named = {field for _, field, _, _ in Formatter().parse(template) if field}
-    return template.format(**{n: CONTROLS[audience][n].format(**values) for n in named})
-
-
-class Remedy(str):
-    """A remedy: its text (this ``str``: the terminal, ``run.json``) names the command
-    line's options; :meth:`phrased` gives the same sentence for the Segment dock."""
-
-    template: str
-    values: dict[str, str]
-
-    def __new__(cls, template: str, **values: str) -> Remedy:
-        # a plain text (no ``{control}``) is its own template: copies and unpickling pass
-        # the str value back in, and ImageCheck's remedies may be plain strings
-        self = super().__new__(cls, phrase(template, "cli", values))
-        self.template, self.values = template, values
-        return self
-
-    def phrased(self, audience: Audience) -> str:
-        return phrase(self.template, audience, self.values)
-
-
-def phrased(remedy: str, audience: Audience) -> str:
-    """Any remedy (a :class:`Remedy` or a plain text) in ``audience``'s words."""
-    return remedy.phrased(audience) if isinstance(remedy, Remedy) else str(remedy)
-
-
-# --------------------------------------------------------------------------- signals
-
-
-def _uncertain(prob: np.ndarray, num_classes: int) -> np.ndarray:
-    """Pixels whose deepest prediction is far from certain (top class below 0.75)."""
-    confidence = np.maximum(prob, 1 - prob) if num_classes == 1 else prob.max(axis=0)
-    return confidence < 0.75
-
-
-def _object_diameter(
-    prob: np.ndarray, model_config: ModelConfig, data_config: DataConfig, to_model: float = 1.0
-) -> float | None:
-    """Median diameter of the predicted objects in model-grid pixels (``to_model``: that
-    grid's pixels per pixel of ``prob``); ``None`` without objects.
-
-    Specks are kept here, unlike in ``rescale="auto"``'s measurement: a first pass that
-    shatters large objects leaves specks among the fragments, and the check reads them
-    as such (the half-size ratio); dropped, the check missed 2 of 14 nuclei images at 2x
-    and 3 bad blurred or darkened results (benchmarks/bench_depth.py warning).
-    """
-    found = measure_diameters(prob, model_config, data_config) * to_model
-    return float(np.median(found)) if found.size else None
-
-
-def image_signals(
-    probs: Mapping[int, Any],
-    flipped: np.ndarray | None,
-    model_config: ModelConfig,
-    data_config: DataConfig,
-    half: Mapping[int, Any] | None = None,
-    zoom: float = 1.0,
-) -> dict[str, float | None]:
-    """The per-image signals of :func:`check_image` from one pass (and optional probes).
-
-    ``flipped``: the deepest head's probabilities of the flipped image, flipped back.
-    ``half``: every depth's probabilities of the image at half size; ``scale_gain``
-    is how much better the heads agree there (> 1: objects look larger than in training;
-    below a model's calibrated ``scale_gain_low``: already smaller than in training).
-    ``zoom``: the zoom the pass ran at (its probabilities are back on the image's grid),
-    so object sizes are compared with the training size at the model's scale. One depth
-    (a pruned pass) gives no depth disagreement, and a pruned pass shallower than the
-    model no uncertain fraction (its threshold is the deepest head's).
-    """
-    deepest = np.asarray(probs[max(probs)], np.float32)
-    c = model_config.num_classes
-    # the uncertain fraction's threshold is calibrated on the model's deepest head; a
-    # shallower pruned head is always less sure (the EM sample at L1: 0.141 > 0.127)
-    pruned = max(probs) < model_config.depth
-    signals: dict[str, float | None] = {
-        "depth_disagreement": (
-            float(disagreement_map(probs, c).mean()) if len(probs) > 1 else None
-        ),
-        "uncertain_fraction": None if pruned else float(_uncertain(deepest, c).mean()),
-        "flip_disagreement": None,
-        "object_diameter": None,
-        "size_ratio": None,
-        "scale_gain": None,
-        "half_size_ratio": None,
-    }
-    if half is not None and signals["depth_disagreement"] is not None:
-        at_half = float(disagreement_map(half, c).mean())
-        signals["scale_gain"] = ((signals["depth_disagreement"] or 0.0) + _PROBE_FLOOR) / (
-            at_half + _PROBE_FLOOR
-        )
-    if flipped is not None:
-        signals["flip_disagreement"] = float(class_spread(np.stack([deepest, flipped]), c).mean())
-    expected = getattr(model_config, "object_diameter", None)  # the "scale" engineer's field
-    if expected:
-        measured = _object_diameter(deepest, model_config, data_config, zoom)
-        signals["object_diameter"] = measured
-        signals["size_ratio"] = None if measured is None else measured / float(expected)
-        signals["half_size_ratio"] = _half_size_ratio(half, measured, model_config, data_config)
-    return signals
-
-
-def _half_size_ratio(
-    half: Mapping[int, Any] | None,
-    measured: float | None,
-    model_config: ModelConfig,
-    data_config: DataConfig,
-) -> float | None:
-    """Twice the objects' diameter found at half size over the diameter at full size.
-
-    Why: objects much larger than in training are not seen as large ones; the model
-    splits each into fragments about its training size (537 pieces for 23 nuclei on
-    one user image), so the measured size looks normal. At half size the same objects
-    come out whole: about 2x the fragments' size. Near 1 (or below: small objects
-    fade at half size) on images like the training data.
-    """
-    if half is None or not measured:
-        return None
-    half_deepest = np.asarray(half[max(half)], np.float32)
-    whole = _object_diameter(half_deepest, model_config, data_config, to_model=2.0)
-    return None if whole is None else whole / measured
 
 
 @dataclass
@@ -452,7 +284,7 @@ def judge(
                 Remedy(
                     "{check_scale}; if they already match, {fine_tune} on a few labelled "
                     # not "the highest-disagreement ones": the blocks it points to are
-                    # ranked by the deepest head's doubt (disagreement.label_here_next)
+                    # ranked by the deepest head's doubt (label_next.label_here_next)
                     "regions of this image (where the model is least sure: {regions})"
                 )
             )
@@ -595,65 +427,3 @@ def calibrate_on_tiles(
     # data: never stricter than the fallback (only a model that is less sure than the
     # shipped ones gets wider limits)
     return {k: max(v, THRESHOLDS[k]) for k, v in calibrate([pooled]).items()} if pooled else {}
-
-
-#: The check keeps every depth's probabilities (and the flipped and half-size passes) in
-#: memory: 1.4 GB and 5 minutes for a 4096 x 4096 EM plane on 2 cores, growing with the image.
-#: So it reads a central region of at most this side per spatial axis (4 Mpx in 2D, 4 M voxels
-#: in 3D) and at most :data:`CHECK_PLANES` evenly spaced planes of a stack.
-CHECK_SIDE = {2: 2048, 3: 160}
-CHECK_PLANES = 8
-
-
-def check_region(
-    shape: Sequence[int], spatial_dims: int, channel_axis: int | None
-) -> tuple[slice, ...] | None:
-    """The part of an image the check reads (slices per axis), or None for all of it."""
-    from .scale import spatial_axes
-
-    ndim = len(shape)
-    spatial = spatial_axes(ndim, spatial_dims, channel_axis)
-    channel = None if channel_axis is None else channel_axis % ndim
-    side = CHECK_SIDE.get(spatial_dims, CHECK_SIDE[3])
-    region = []
-    for axis, n in enumerate(shape):
-        if axis in spatial:
-            start = max(0, (n - side) // 2)
-            region.append(slice(start, start + min(n, side)))
-        elif axis == channel:
-            region.append(slice(0, n))
-        else:  # leading Z / T of a 2D model's stack
-            region.append(slice(0, n, -(-n // CHECK_PLANES)))
-    small = all(len(range(n)[r]) == n for n, r in zip(shape, region, strict=True))
-    return None if small else tuple(region)
-
-
-def half_size(
-    image: Any,
-    spatial_dims: int,
-    channel_axis: int | None,
-    normalization: NormalizationConfig | None = None,
-) -> np.ndarray | None:
-    """The image at half size along its spatial axes (anti-aliased), or None when too small;
-    its NaN filled as the segmentation fills them (``normalization``: a CT's window)."""
-    from skimage.transform import resize
-
-    array = np.asarray(image)
-    ndim = array.ndim
-    channel = None if channel_axis is None else channel_axis % ndim
-    spatial = [a for a in range(ndim) if a != channel][-spatial_dims:]
-    shape = [s // 2 if a in spatial else s for a, s in enumerate(array.shape)]
-    if min(shape[a] for a in spatial) < 32:
-        return None
-    with warnings.catch_warnings():  # the segmentation's own pass reported them already
-        warnings.simplefilter("ignore", NonFiniteWarning)
-        array = fill_image(array, normalization=normalization)  # else smoothing spreads NaN
-    sigma = [0.5 if a in spatial else 0.0 for a in range(ndim)]
-    return resize(
-        array.astype(np.float32),
-        shape,
-        order=1,
-        anti_aliasing=True,
-        anti_aliasing_sigma=sigma,
-        preserve_range=True,
-    ).astype(np.float32)

@@ -223,8 +223,8 @@ def segment_job(
     blocks to label next (here, in the worker: ranking a big stack would stall the GUI
     thread) and, when ``check`` (the model's metrics) is given, the image check of the
     result (or None)."""
-    from ..disagreement import label_here_next, region_size
     from ..inference import predict
+    from ..label_next import label_here_next, region_size
     from ..postprocess import probabilities_to_labels
 
     write_copies(copies)

@@ -10,7 +10,7 @@ show the probability of *any foreground* (1 - background) per depth, what one
 compares across depths by eye; the classes are in the labels. "current slice only"
 writes its own one-slice-thick ``... (quick look)`` layers placed at the slice shown,
 leaving the whole-stack layers alone. ``<image> UNet++ label here next`` (hidden)
-numbers the blocks to paint next (``disagreement.label_here_next``). Why in one file:
+numbers the blocks to paint next (``label_next.label_here_next``). Why in one file:
 the names and metadata stay the same for whole-stack runs and quick looks.
 """
 
@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image, Labels, Shapes
 
-from ._jobs import unproxied
 from ._layers import PLUGIN_KEY, class_legend, labels_style, put_layer_steps
+from ._ui import unproxied
 
 if TYPE_CHECKING:
     import napari
 
     from ..config import ModelConfig
-    from ..disagreement import Region
+    from ..label_next import Region
     from ._predict_job import Placement
 
 Lift = Callable[[Any], Any]
@@ -246,7 +246,7 @@ def put_label_here_next(
 ) -> Generator[None, None, int]:
     """The blocks to label next as numbered rectangles (a hidden Shapes layer); how many.
 
-    ``regions``: ``disagreement.label_here_next`` of the deepest head (what the CLI's
+    ``regions``: ``label_next.label_here_next`` of the deepest head (what the CLI's
     ``--disagreement`` writes to ``_regions.json``), ranked in the job's worker thread;
     2D blocks only (a 3D block is not a rectangle).
     """

@@ -206,7 +206,7 @@ class TrainForm(Container):
         # the plot's matplotlib import froze the GUI thread 1.1 s at the first dock open:
         # a thread imports it, then the plot is made here (or at first use, if sooner)
         from . import _runner
-        from ._jobs import in_background
+        from ._workers import in_background
 
         in_background(_import_plot, self._plot_ready, _runner.report_error, _runner.RUN_INLINE)
 

@@ -1,4 +1,5 @@
-"""The train dock's job: training plus its previews, as one generator in the job queue.
+"""The train dock's job: training plus its previews, as one generator in the job queue;
+the checks at Start of what it trains on, its run record, and what its end says.
 
 Why previews live inside the training job: a preview is torch work too, and a
 second job beside the training would race it for the CPU (and break the
@@ -33,9 +34,13 @@ if TYPE_CHECKING:
 __all__ = [
     "PreviewEvent",
     "PreviewSource",
+    "at_pixel_size",
+    "check_channels",
+    "finished_message",
     "pair_pixel_sizes",
     "predict_labels_job",
     "record_train",
+    "rgb_as_grey",
     "train_job",
 ]
 
@@ -182,6 +187,71 @@ def pair_pixel_sizes(pairs: list[tuple[Any, Any]]) -> list[tuple[tuple[float, ..
         size, unit = layer_pixel_size(image)
         sizes.append((tuple(size), unit) if size and unit else None)
     return sizes
+
+
+def at_pixel_size(
+    model: ModelConfig, sizes: list[tuple[tuple[float, ...], str] | None]
+) -> ModelConfig:
+    """The model config with the pixel size the run trains at (a new model takes the
+    images'; a fine-tuned one keeps its own): recorded in run.json and the checkpoint."""
+    from ..scale import training_pixel_size
+
+    size, unit = training_pixel_size(sizes, model.pixel_size, model.pixel_unit, model.spatial_dims)
+    return model.replace(pixel_size=size, pixel_unit=unit) if size else model
+
+
+def check_channels(pairs: list[tuple[Any, Any]], model: ModelConfig, data: DataConfig) -> None:
+    """Refuse at Start images whose channels the model (a fine-tuned one's) cannot take; it
+    failed inside the job, in the engine's words, after making a run folder."""
+    from ._layers import layer_data
+
+    for image, _ in pairs:
+        shape = layer_data(image).shape
+        channels = 1 if data.channel_axis is None else shape[data.channel_axis]
+        if channels != model.in_channels:
+            raise ValueError(
+                f"the model takes {model.in_channels} input channel(s) but '{image.name}' "
+                f"{shape} has {channels} with its 'Channel axis' choice: choose that axis, an "
+                f"image of {model.in_channels} channel(s), or start from scratch"
+            )
+
+
+def rgb_as_grey(pairs: list[tuple[Any, Any]], model: ModelConfig, data: DataConfig) -> bool:
+    """Whether the training images are RGB layers for a one-channel model (a fine-tune of
+    the shipped nuclei model on H&E, say): then they are trained on as their luminance, as
+    the Segment dock and the CLI see them (the channel axis would be a dead end)."""
+    return (
+        model.in_channels == 1
+        and data.channel_axis is not None
+        and all(image.rgb for image, _ in pairs)
+    )
+
+
+def finished_message(result: Any, how: str, checkpoint: Path) -> str:
+    """The dock's status line for a run that took steps (``how``: "finished" or
+    "stopped"): its depth, its validation score (or why there is none), where it is."""
+    from ..train_data import NO_VALIDATION
+
+    metrics = result.info.metrics
+    best = metrics.get("best_depth")
+    scores = [row.get("iou") for row in (metrics.get("depths") or {}).values()]
+    known = [s for s in scores if s is not None]
+    few_labels = (result.info.provenance.get("data") or {}).get("validation") == NO_VALIDATION
+    judged = (
+        f"validation IoU {max(known):.3f}"
+        if known
+        else "no validation score: paint on more of the image; compare the before/after "
+        "layers instead"
+        if few_labels
+        else "no validation score: stopped before the first validation (every "
+        f"{result.info.train.validate_every} steps)"
+    )
+    warning = metrics.get("warning")
+    return (
+        f"{how} at step {result.info.provenance.get('iterations')}; "
+        f"depth L{best}; {judged}; model saved to {checkpoint}"
+        + (f"; WARNING: {warning}" if warning else "")
+    )
 
 
 def record_train(

@@ -1,5 +1,5 @@
-"""Small Qt touches the docks share: long text never widens a dock, and job
-progress and results never freeze the viewer.
+"""Small Qt touches the docks share: long text never widens a dock, job progress and
+results never freeze the viewer, and a dock knows when it was closed.
 
 Why: napari docks sit beside the canvas on laptop screens; a long run path, model
 name or layer name in a label or combo box would otherwise push the dock wider
@@ -9,6 +9,7 @@ the viewer does not pan or paint (issue 16).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
@@ -111,12 +112,12 @@ def spread(
     scripts): all steps now, as :class:`._runner.JobRunner` runs jobs inline. Meanwhile
     the old objects are kept out of garbage collection, as during a job (a full
     collection of napari's objects, which a layer add can trigger, took ~0.3 s: see
-    :mod:`._jobs`).
+    :mod:`._workers`).
     """
     from qtpy.QtCore import QTimer
 
     from ..events import drive
-    from ._jobs import freeze_old_objects, thaw_old_objects
+    from ._workers import freeze_old_objects, thaw_old_objects
 
     if inline:
         done(drive(steps))
@@ -147,3 +148,80 @@ def spread(
 
     freeze_old_objects()
     step()
+
+
+def unproxied(viewer: Any) -> Any:
+    """The viewer behind napari's ``PublicOnlyProxy`` (each plugin dock gets its own proxy,
+    and everything reached through it is proxied too, so identity checks fail on it)."""
+    for _ in range(8):  # proxies of proxies; bounded, whatever the object says
+        inner = getattr(viewer, "__wrapped__", None)  # a dunder: no private-access warning
+        if inner is None or inner is viewer:
+            break
+        viewer = inner
+    return viewer
+
+
+def on_dock_closed(native: Any, viewer: Any, callback: Callable[[], None]) -> Any:
+    """Call ``callback`` (a bound method) once when ``native`` leaves ``viewer``'s window
+    (its dock was closed) or is deleted.
+
+    Why: napari's close button does not delete a dock's widget (it only takes it out of
+    the window), so ``destroyed`` never fires and a closed dock's job would keep running
+    and add layers later.
+
+    The window is the real one behind the dock's proxy of the viewer: through the proxy
+    it is a proxy too, never a parent of ``native``, and the dock's close went unseen.
+
+    Hidden docks (tabbed, collapsed) still belong to the window and do not count.
+    Only weak references are kept, so the watcher never keeps a closed dock (or the
+    viewer) alive. Returns the event filter (parented to ``native``).
+    """
+    from qtpy.QtCore import QEvent, QObject, QTimer
+
+    state = {"fired": False, "seen": False}
+    window = unproxied(viewer).window._qt_window
+    window_ref, native_ref = weakref.ref(window), weakref.ref(native)
+    method = weakref.WeakMethod(callback)  # type: ignore[arg-type]
+
+    def fire() -> None:
+        target = method()
+        if not state["fired"] and target is not None:
+            state["fired"] = True
+            try:
+                target()
+            except RuntimeError:  # some Qt objects are already gone (the application quits)
+                pass
+
+    def belongs() -> bool:
+        """Whether ``native`` sits inside the window; False once its Qt objects are deleted."""
+        widget, target = native_ref(), window_ref()
+        try:
+            while widget is not None:
+                if widget is target:
+                    return True
+                widget = widget.parent()
+        except RuntimeError:  # a parent's C++ object is gone (the viewer is closing)
+            return False
+        return False
+
+    def check() -> None:
+        inside = belongs()
+        state["seen"] = state["seen"] or inside
+        if state["seen"] and not inside:
+            fire()
+
+    class _Watcher(QObject):
+        def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 (Qt's name)
+            kind = event.type()
+            if not state["seen"]:  # until it is docked, any event may be the first inside
+                state["seen"] = belongs()
+            elif kind == QEvent.Type.ParentChange:
+                check()  # the new parent is set: a removed dock stops before any callback
+            elif kind == QEvent.Type.Hide:
+                QTimer.singleShot(0, check)  # an ancestor may be on its way out
+            return False
+
+    watcher = _Watcher(native)
+    native.installEventFilter(watcher)
+    native.destroyed.connect(lambda *_: fire())
+    return watcher

@@ -4,16 +4,19 @@ UI values -> ModelConfig / TrainConfig / DataConfig -> ``training.Trainer.run`` 
 viewer's job queue -> events -> progress bar, live plot, optional preview layer. The
 finished (or stopped) run's best model is registered in :mod:`._state` for the predict
 widget, and ``run.json`` + ``command.sh`` beside it reproduce it from a shell. The
-widgets and the configs they say are :class:`._train_form.TrainForm`; the job and
-the run record are in :mod:`._train_job`.
+widgets and the configs they say are :class:`._train_form.TrainForm`; its reactions
+to the user (pairs, label-mode and target guesses, 'Start from') are
+:class:`._train_inputs.TrainInputs`; the job, the checks at Start and the run record
+are in :mod:`._train_job`, the before/after layers in :mod:`._train_preview`.
 
 Fine-tuning (starting from a model) switches to safe defaults: learning rate
-:data:`FINE_TUNE_LR`, :data:`FINE_TUNE_ITERATIONS` steps, BatchNorm statistics kept
-(``TrainConfig.freeze_norm``, the engine's default for fine-tunes, so the CLI does
-the same), and a before/after view of the slice shown: ``<image> UNet++ before``
-(the starting model) and ``<image> UNet++ preview`` (the new one). Previews are
-computed inside the training job (never a second torch job beside it). Closing the
-dock (or the viewer) stops its training as Stop does: ``last/`` and ``best/`` are saved.
+:data:`._train_form.FINE_TUNE_LR`, :data:`._train_form.FINE_TUNE_ITERATIONS` steps,
+BatchNorm statistics kept (``TrainConfig.freeze_norm``, the engine's default for
+fine-tunes, so the CLI does the same), and a before/after view of the slice shown:
+``<image> UNet++ before`` (the starting model) and ``<image> UNet++ preview`` (the new
+one). Previews are computed inside the training job (never a second torch job beside
+it). Closing the dock (or the viewer) stops its training as Stop does: ``last/`` and
+``best/`` are saved.
 """
 
 from __future__ import annotations
@@ -31,26 +34,24 @@ from ..locate import is_zoo
 from ..normalization import as_model_input
 from ..runs import new_run_dir
 from . import _state
-from ._jobs import on_dock_closed, queue_for
-from ._layers import current_slice, layer_data, made_here
+from ._jobs import queue_for
+from ._layers import layer_data
 from ._paths import chosen_path
-from ._predict_job import layer_frame
 from ._runner import JobRunner
-from ._train_form import (
-    FINE_TUNE_ITERATIONS,
-    FINE_TUNE_LR,
-    SCRATCH_ITERATIONS,
-    SCRATCH_LR,
-    TrainForm,
-)
+from ._train_inputs import TrainInputs
 from ._train_job import (
     PreviewEvent,
     PreviewSource,
+    at_pixel_size,
+    check_channels,
+    finished_message,
     pair_pixel_sizes,
     record_train,
+    rgb_as_grey,
     train_job,
 )
-from ._ui import set_progress
+from ._train_preview import preview_source, show_preview
+from ._ui import on_dock_closed, set_progress
 
 if TYPE_CHECKING:
     import napari
@@ -58,31 +59,13 @@ if TYPE_CHECKING:
     from ..config import DataConfig, ModelConfig, TrainConfig
     from ._layers import LayerCopy
 
-#: Labels with more elements are guessed from their middle slice (keeps the GUI snappy).
-GUESS_MAX_SIZE = 1 << 24
-#: The label-mode guess is refreshed this long after the last brush stroke.
-GUESS_DELAY_MS = 500
 #: Progress text is redrawn at most this often (each redraw costs the GUI thread).
 STATUS_INTERVAL_S = 0.25
-#: Dense labels with more distinct values than this are guessed to be instance ids (each
-#: object painted with its own id): more classes than anyone paints by hand.
-INSTANCE_GUESS_VALUES = 16
 #: Why a run cannot learn instances from scribbles, in the dock's words.
 SCRIBBLES_NEED_CLASSES = (
     "Target 'instances (boundaries)' needs dense labels, every object painted with its own "
     "id; scribbles (Label mode 'sparse') teach classes: choose Target 'semantic (classes)'"
 )
-
-
-def _at_pixel_size(
-    model: ModelConfig, sizes: list[tuple[tuple[float, ...], str] | None]
-) -> ModelConfig:
-    """The model config with the pixel size the run trains at (a new model takes the
-    images'; a fine-tuned one keeps its own): recorded in run.json and the checkpoint."""
-    from ..scale import training_pixel_size
-
-    size, unit = training_pixel_size(sizes, model.pixel_size, model.pixel_unit, model.spatial_dims)
-    return model.replace(pixel_size=size, pixel_unit=unit) if size else model
 
 
 def _first_loss(model: ModelConfig, initial: str | None) -> float | None:
@@ -94,17 +77,12 @@ def _first_loss(model: ModelConfig, initial: str | None) -> float | None:
     return None if initial is not None else math.log(max(2, model.num_classes)) + 1.0
 
 
-class TrainWidget(TrainForm):
+class TrainWidget(TrainInputs):
     """Dock widget: train a UNet++ from scratch or fine-tune one, on painted labels."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(napari_viewer)
         self._runner = JobRunner(queue=queue_for(napari_viewer), owner="train")
-        self._pairs: list[tuple[Image, Labels]] = []
-        self._mode_from_user = False
-        self._target_from_user = False
-        self._labels_from_user = False  # the user picked the Labels box's layer
-        self._painted: Labels | None = None  # the layer whose paint events we follow
         self._note, self._shown_at = "", 0.0
         self.last_run_dir: Path | None = None
         self.last_checkpoint: Path | None = None
@@ -114,23 +92,6 @@ class TrainWidget(TrainForm):
         self._on_queue_changed()
 
     def _connect(self) -> None:
-        from qtpy.QtCore import QTimer
-
-        self._guess_timer = QTimer()
-        self._guess_timer.setSingleShot(True)
-        self._guess_timer.setInterval(GUESS_DELAY_MS)
-        self._guess_timer.timeout.connect(self._on_pair_changed)
-        self._image.changed.connect(self._on_pair_changed)
-        self._labels_box.changed.connect(self._on_pair_changed)
-        self._labels_box.native.activated.connect(self._on_user_labels)  # user choices only
-        self._label_mode.native.activated.connect(self._on_user_mode)  # user choices only
-        self._target.native.activated.connect(self._on_user_target)
-        self._channel_axis.changed.connect(self._on_axes_changed)
-        self._dims.changed.connect(self._on_axes_changed)
-        self._add_pair.changed.connect(self._on_add_pair)
-        self._clear_pairs.changed.connect(self._on_clear_pairs)
-        self._start_from.changed.connect(self._on_start_from)
-        self._checkpoint_file.changed.connect(self._inherit_target)
         self._show_advanced.changed.connect(lambda v: setattr(self._advanced, "visible", v))
         self._start.changed.connect(self._on_start)
         self._stop.changed.connect(self._on_stop)
@@ -152,8 +113,7 @@ class TrainWidget(TrainForm):
         self._runner.queue.changed.disconnect(self._on_queue_changed)
         for event in ("inserted", "removed", "reordered"):
             getattr(self._viewer.layers.events, event).disconnect(self._on_layers_changed)
-        self._follow_painting(None)
-        self._guess_timer.stop()
+        self._stop_following()
 
     # ------------------------------------------------------------------ UI events
 
@@ -165,26 +125,6 @@ class TrainWidget(TrainForm):
             return
         if getattr(event, "type", "") == "inserted":
             self._take_new_labels(event.value)
-
-    def _take_new_labels(self, layer: Any) -> None:
-        """A Labels layer the user adds replaces the plugin's own labels in the Labels box.
-
-        Why: a dock opened after a Segment run holds ``<image> UNet++ labels`` (the only
-        Labels layer then); the user's new layer, painted in the 'label here next'
-        blocks, was listed but not chosen, and Start fine-tuned the model on its own
-        output. A layer the user picked in the box stays picked.
-        """
-        chosen = self._labels_box.value
-        if (
-            isinstance(layer, Labels)
-            and not made_here(layer)
-            and not self._labels_from_user
-            and (chosen is None or made_here(chosen))
-        ):
-            self._labels_box.value = layer
-
-    def _on_user_labels(self, _index: int) -> None:
-        self._labels_from_user = True
 
     def _on_models_changed(self) -> None:
         try:
@@ -210,134 +150,6 @@ class TrainWidget(TrainForm):
         elif self._runner.queued:
             self._status.value = "waiting for another UNet++ job of this viewer to finish..."
 
-    def _follow_painting(self, labels: Labels | None) -> None:
-        """Refresh the label-mode guess a moment after each brush stroke on ``labels``."""
-        if self._painted is labels:
-            return
-        if self._painted is not None:
-            self._painted.events.paint.disconnect(self._on_paint)
-        self._painted = labels
-        if labels is not None:
-            labels.events.paint.connect(self._on_paint)
-
-    def _on_paint(self, _event: Any = None) -> None:
-        self._guess_timer.start()
-
-    def _on_pair_changed(self, _value: Any = None) -> None:
-        image, labels = self._image.value, self._labels_box.value
-        self._pair_info.value = ""
-        self._follow_painting(labels)
-        if image is None or labels is None:
-            return
-        self._fit_axes(image, labels)
-        try:
-            self._check_pair(image, labels)
-        except ValueError as exc:
-            self._pair_info.value = f"⚠ {exc}"
-            if not self._mode_from_user:  # another layer's guess says nothing of this one
-                self._label_reason.value = ""
-            return
-        self._pair_info.value = _placement_note(image, labels)
-        self._guess_label_mode(labels)
-
-    def _on_axes_changed(self, _value: Any = None) -> None:
-        """Channel axis or 'Stacks as' changed: say at once whether the pair fits them."""
-        image, labels = self._image.value, self._labels_box.value
-        if image is None or labels is None:
-            return
-        try:
-            self._check_pair(image, labels)
-        except ValueError as exc:
-            self._pair_info.value = f"⚠ {exc}"
-        else:
-            self._pair_info.value = ""
-
-    def _on_user_mode(self, _index: int) -> None:
-        self._mode_from_user = True
-        self._label_reason.value = f"label mode set to {self._label_mode.value} by you"
-
-    def _on_user_target(self, _index: int) -> None:
-        self._target_from_user = True
-
-    def _guess_label_mode(self, labels: Labels) -> None:
-        from ..labels import guess_label_mode
-
-        if self._mode_from_user:
-            return
-        data = layer_data(labels)
-        if data.size > GUESS_MAX_SIZE and data.ndim > 2:
-            data = data[data.shape[0] // 2]
-        data = np.asarray(data)
-        try:
-            mode, why = guess_label_mode(data)
-        except ValueError as exc:
-            self._label_reason.value = str(exc)
-            return
-        self._label_mode.value = mode
-        self._label_reason.value = f"guessed {mode}: {why}{self._guess_target(data, mode)}"
-
-    def _guess_target(self, data: np.ndarray, mode: str) -> str:
-        """Instances for dense labels of many ids, unless the user or the model to fine-tune
-        says otherwise; returns the reason to show (empty when nothing was guessed)."""
-        if self._target_from_user or self._start_from.value != "scratch":
-            return ""
-        values = int(np.unique(data[data > 0]).size)
-        instance = mode == "dense" and values > INSTANCE_GUESS_VALUES
-        self._target.value = "instance" if instance else "semantic"
-        return f"; {values} label values: guessed instances (one id per object)" if instance else ""
-
-    def _on_add_pair(self, _value: Any = None) -> None:
-        image, labels = self._image.value, self._labels_box.value
-        try:
-            if image is None or labels is None:
-                raise ValueError("choose an Image layer and a Labels layer to add a pair")
-            self._check_pair(image, labels)
-        except ValueError as exc:
-            show_error(str(exc))
-            return
-        self._pairs.append((image, labels))
-        names = ", ".join(f"{i.name} + {lab.name}" for i, lab in self._pairs)
-        self._pair_list.value = f"training on: {names}"
-
-    def _on_clear_pairs(self, _value: Any = None) -> None:
-        self._pairs.clear()
-        self._pair_list.value = "training on: the selected pair"
-
-    def _training_pairs(self) -> list[tuple[Image, Labels]]:
-        if self._pairs:
-            return list(self._pairs)
-        image, labels = self._image.value, self._labels_box.value
-        if image is None or labels is None:
-            raise ValueError("choose an Image layer and a Labels layer (paint labels first)")
-        self._check_pair(image, labels)
-        self._guess_label_mode(labels)
-        return [(image, labels)]
-
-    def _on_start_from(self, value: str) -> None:
-        self._checkpoint_file.visible = value == "file"
-        scratch = value == "scratch"
-        for widget in (self._widths, self._depth, self._custom_widths):
-            widget.enabled = scratch  # a fine-tuned model keeps its architecture
-        # fine-tuning: small steps, BatchNorm statistics kept (issue 16: a good model got worse)
-        self._lr.value = SCRATCH_LR if scratch else FINE_TUNE_LR
-        self._iterations.value = SCRATCH_ITERATIONS if scratch else FINE_TUNE_ITERATIONS
-        self._freeze_norm.value = not scratch
-        self._preserve.value = not scratch
-        self._preview.value = not scratch
-        self._inherit_target()
-
-    def _inherit_target(self, _value: Any = None) -> None:
-        """A fine-tune learns what its model learnt (an instance model stays one), as the
-        CLI's ``--from`` does; the user may still change it."""
-        try:
-            _, base = self._initial()
-        except (ValueError, OSError, KeyError):  # no checkpoint chosen yet
-            return
-        if base is not None:
-            self._target.value = base.data.target
-
-    # ------------------------------------------------------------------ configs
-
     # ------------------------------------------------------------------ run
 
     def _on_start(self, _value: Any = None) -> None:
@@ -350,12 +162,12 @@ class TrainWidget(TrainForm):
             model, train, data, initial = self._configs(pairs)
             if data.target == "instance" and data.label_mode == "sparse":
                 raise ValueError(SCRIBBLES_NEED_CLASSES)
-            grey = _rgb_as_grey(pairs, model, data)
+            grey = rgb_as_grey(pairs, model, data)
             if grey:  # as `train --from` does: RGB for a one-channel model is its luminance
                 data = data.replace(channel_axis=None)
-            _check_channels(pairs, model, data)
+            check_channels(pairs, model, data)
             sizes = pair_pixel_sizes(pairs)  # resampled to the model's in the job, as the CLI
-            model = _at_pixel_size(model, sizes)
+            model = at_pixel_size(model, sizes)
             heads = self._heads_warning(pairs, data, model.num_classes)
             labels = [np.array(layer_data(lab)) for _, lab in pairs]  # a copy: painting goes on
             run_dir, copies = self._new_run(pairs, labels, model, train, data, initial, sizes)
@@ -389,32 +201,6 @@ class TrainWidget(TrainForm):
             where=str(run_dir),
         )
         self._on_queue_changed()
-
-    def _heads_warning(
-        self, pairs: list[tuple[Image, Labels]], data: DataConfig, classes: int
-    ) -> str | None:
-        """For a fine-tune whose labels replace the model's heads: the warning to give at
-        Start (``train --from`` gives it too), else None."""
-        from ..finetune import class_mapping
-
-        _, base = self._initial()
-        if base is None:
-            return None
-        return class_mapping([layer_data(lab) for _, lab in pairs], base.model, data, classes)[0]
-
-    def _preview_source(
-        self, dims: int, pixel_size: tuple[tuple[float, ...], str] | None, grey: bool = False
-    ) -> PreviewSource:
-        """The slice shown now, of the (first) training image, for the before/after view
-        (``grey``: an RGB image seen by a one-channel model, as its luminance)."""
-        axis = self._channel_axis_value()
-        self._preview_point = tuple(self._viewer.dims.point)
-        image = current_slice(self._preview_layer, self._viewer.dims.point, axis, dims)
-        if grey:
-            image, axis = as_model_input(image, 1, None, rgb=True)[0], None
-        return PreviewSource(
-            np.ascontiguousarray(image), axis is not None, self._device.value, pixel_size
-        )
 
     def _new_run(
         self,
@@ -476,8 +262,6 @@ class TrainWidget(TrainForm):
         self._status.value = f"failed: {exc.__cause__ or exc}"
 
     def _on_result(self, result: Any) -> None:
-        from ..train_data import NO_VALIDATION
-
         if result.checkpoint is None:
             return
         if not result.info.provenance.get("iterations"):  # Stop came before the first step
@@ -486,27 +270,9 @@ class TrainWidget(TrainForm):
         self.last_checkpoint = Path(result.checkpoint)
         assert self.last_run_dir is not None
         _state.register_model(self.last_run_dir.name, self.last_checkpoint)
-        metrics = result.info.metrics
-        best = metrics.get("best_depth")
         how = "stopped" if result.info.provenance.get("stopped_early") else "finished"
-        scores = [row.get("iou") for row in (metrics.get("depths") or {}).values()]
-        known = [s for s in scores if s is not None]
-        few_labels = (result.info.provenance.get("data") or {}).get("validation") == NO_VALIDATION
-        judged = (
-            f"validation IoU {max(known):.3f}"
-            if known
-            else "no validation score: paint on more of the image; compare the before/after "
-            "layers instead"
-            if few_labels
-            else "no validation score: stopped before the first validation (every "
-            f"{result.info.train.validate_every} steps)"
-        )
-        warning = metrics.get("warning")  # e.g. labels of one class only: said at step 1 too
-        self._status.value = (
-            f"{how} at step {result.info.provenance.get('iterations')}; "
-            f"depth L{best}; {judged}; model saved to {self.last_checkpoint}"
-            + (f"; WARNING: {warning}" if warning else "")
-        )
+        warning = result.info.metrics.get("warning")  # e.g. one class only: said at step 1 too
+        self._status.value = finished_message(result, how, self.last_checkpoint)
         if warning:
             show_warning(f"UNet++ training: {warning}")
         show_info(
@@ -516,77 +282,25 @@ class TrainWidget(TrainForm):
 
     # ------------------------------------------------------------------ preview
 
+    def _preview_source(
+        self, dims: int, pixel_size: tuple[tuple[float, ...], str] | None, grey: bool = False
+    ) -> PreviewSource:
+        """The slice shown now, of the (first) training image, for the before/after view
+        (``grey``: an RGB image seen by a one-channel model, as its luminance)."""
+        self._preview_point = tuple(self._viewer.dims.point)
+        return preview_source(
+            self._preview_layer,
+            self._preview_point,
+            self._channel_axis_value(),
+            dims,
+            self._device.value,
+            pixel_size,
+            grey,
+        )
+
     def _show_preview(self, event: PreviewEvent) -> None:
         """``<image> UNet++ before`` (starting model) or ``... preview`` (the new one)."""
-        from ._layers import put_layer
-
         layer = self._preview_layer
         if layer not in self._viewer.layers:  # the user removed the image meanwhile
             return
-        stage = "before" if event.stage == "before" else "preview"
-        labels = event.labels
-        lead = layer.ndim - (self._channel_axis_value() is not None) - labels.ndim
-        point = [int(round(p)) for p in layer.world_to_data(self._preview_point)]
-        scale, translate = list(layer.scale[-labels.ndim :]), list(layer.translate[-labels.ndim :])
-        if lead > 0:  # a slice of a stack: place it where it was taken
-            labels = labels[(None,) * lead]
-            scale = list(layer.scale[:lead]) + scale
-            translate = [
-                t + p * s
-                for t, p, s in zip(
-                    layer.translate[:lead], point[:lead], layer.scale[:lead], strict=True
-                )
-            ] + translate
-        put_layer(
-            self._viewer,
-            Labels,
-            f"{layer.name} UNet++ {stage}",
-            labels,
-            scale,
-            translate,
-            {"stage": event.stage, "step": event.step},
-            **layer_frame(layer, None if layer.rgb else self._channel_axis_value()),
-            opacity=0.5,
-        )
-
-
-def _check_channels(
-    pairs: list[tuple[Image, Labels]], model: ModelConfig, data: DataConfig
-) -> None:
-    """Refuse at Start images whose channels the model (a fine-tuned one's) cannot take; it
-    failed inside the job, in the engine's words, after making a run folder."""
-    for image, _ in pairs:
-        shape = layer_data(image).shape
-        channels = 1 if data.channel_axis is None else shape[data.channel_axis]
-        if channels != model.in_channels:
-            raise ValueError(
-                f"the model takes {model.in_channels} input channel(s) but '{image.name}' "
-                f"{shape} has {channels} with its 'Channel axis' choice: choose that axis, an "
-                f"image of {model.in_channels} channel(s), or start from scratch"
-            )
-
-
-def _placement_note(image: Image, labels: Labels) -> str:
-    """A note when the labels are shown at another scale or place than the image (a label
-    file without the image's pixel size): training pairs their arrays pixel by pixel."""
-    n = labels.ndim
-    same = np.allclose(image.scale[-n:], labels.scale) and np.allclose(
-        image.translate[-n:], labels.translate
-    )
-    return (
-        ""
-        if same
-        else "note: the labels are shown at another scale or position than the image; "
-        "training pairs them pixel by pixel (as painted into the labels' array)"
-    )
-
-
-def _rgb_as_grey(pairs: list[tuple[Image, Labels]], model: ModelConfig, data: DataConfig) -> bool:
-    """Whether the training images are RGB layers for a one-channel model (a fine-tune of
-    the shipped nuclei model on H&E, say): then they are trained on as their luminance, as
-    the Segment dock and the CLI see them (the channel axis would be a dead end)."""
-    return (
-        model.in_channels == 1
-        and data.channel_axis is not None
-        and all(image.rgb for image, _ in pairs)
-    )
+        show_preview(self._viewer, layer, event, self._preview_point, self._channel_axis_value())

@@ -169,7 +169,7 @@ def _check_file(
     """The image check of one file, at its pixel size, on a bounded region of a big image."""
     from ..config import PredictConfig
     from ..disagreement import check_image as check_on_image
-    from ..image_check import check_region
+    from ..image_signals import check_region
     from ..normalization import as_model_input
     from .predict import with_file_pixel_size  # the file's pixel size, as predict uses it
 

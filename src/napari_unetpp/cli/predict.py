@@ -491,7 +491,8 @@ def _write_disagreement(
     grid: tuple[tuple[float, ...] | None, str | None] = (None, None),
 ) -> list[Path]:
     """``_disagreement`` (and ``_depth_used`` for --depth auto) maps, ``_regions.json`` ranking."""
-    from ..disagreement import disagreement_map, label_here_next, region_size
+    from ..disagreement import disagreement_map
+    from ..label_next import label_here_next, region_size
     from ..outputs import TIFF_SOFTWARE
 
     adaptive = hasattr(probs, "depth_map")
