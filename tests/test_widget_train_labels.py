@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from napari_unetpp._widgets import train as train_module
+from napari_unetpp._widgets._runner import JobRunner
 from napari_unetpp._widgets.train import TrainWidget
 
 pytestmark = pytest.mark.gui
@@ -21,6 +22,45 @@ def _told(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     for name in ("show_info", "show_warning", "show_error"):
         monkeypatch.setattr(train_module, name, told.append)
     return told
+
+
+def _organs(values: tuple[int, ...]) -> np.ndarray:
+    """Dense masks of a 4-slice CT slab: one compact block per organ value."""
+    labels = np.zeros((4, 64, 64), np.uint8)
+    for k, value in enumerate(values):
+        labels[:, 4 + 12 * k : 12 + 12 * k, 8:24] = value
+    return labels
+
+
+def test_a_fine_tune_of_the_ct_model_says_which_value_trains_which_organ(
+    make_napari_viewer, tmp_path, monkeypatch
+):
+    """Dense organ masks with TotalSegmentator's ids (1 spleen, 2 right kidney, 3 left kidney,
+    5 liver, 6 stomach) fine-tuned the CT model as 1 -> liver, 2 -> spleen, ... without a
+    word: `train --from` says the mapping, the dock said nothing. Values other than the
+    model's own are now a warning at Start, and the model's own a note."""
+    told = _told(monkeypatch)
+    held: list[object] = []
+    monkeypatch.setattr(JobRunner, "start", lambda self, job, **_: held.append(job))
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.full((4, 64, 64), 40, np.int16), name="ct")
+    labels = viewer.add_labels(_organs((1, 2, 3, 5, 6)), name="organs")
+    w = TrainWidget(viewer)
+    w._image.value, w._labels_box.value = image, labels
+    w._start_from.value = "zoo:ct"
+    w._output.value = tmp_path
+    assert w._label_mode.value == "dense"
+    w._on_start()
+    assert held, told
+    mapping = [m for m in told if "1 -> liver" in m]
+    assert mapping and "6 -> stomach" in mapping[0] and "1, 2, 3, 4, 5" in mapping[0], told
+    assert "1 -> liver" in str(w._status.value) or "1 -> liver" in w._note
+    told.clear()
+    held.clear()
+    labels.data = _organs((1, 2, 3, 4, 5))  # the model's own values: a note, no warning
+    w._on_start()
+    assert any("1 -> liver" in m and "5 -> stomach" in m for m in told), told
+    assert not any("differ" in m for m in told), told
 
 
 def test_a_stack_with_one_plane_of_labels_is_not_read_as_channels(
@@ -57,3 +97,43 @@ def test_a_stack_with_one_plane_of_labels_is_not_read_as_channels(
     w._image.value = viewer.add_image(image[0, :64, :64], name="grey plane")
     assert w._channel_axis.value == "none" and "(64,)" not in w._pair_info.value
     assert "(64, 64)" in w._pair_info.value and "(2, 64, 64)" in w._pair_info.value
+
+
+def test_strokes_wider_than_what_the_model_finds_are_said_when_the_before_view_comes(
+    make_napari_viewer, qtbot, em_stack, tmp_path, monkeypatch
+):
+    """Membrane scribbles painted with napari's default brush (10 px) on an EM slice, and the
+    dock's fine-tune defaults: the shipped EM model got worse on unseen slices (membrane IoU
+    0.725 -> 0.647) without a word. The "before" preview (the starting model on the slice
+    shown) now meets the strokes, and the dock says they are wider than the membranes."""
+    from skimage.draw import disk
+    from skimage.morphology import skeletonize
+
+    told = _told(monkeypatch)
+    image, membranes = em_stack[0][9, :128, :128], em_stack[1][9, :128, :128]
+    strokes = np.zeros(membranes.shape, np.uint8)
+    strokes[20:30, 20:60] = strokes[90:100, 60:110] = 1  # background, say inside cells
+    strokes[membranes == 1] = 0
+    skeleton = np.argwhere(skeletonize(membranes == 1))
+    for point in skeleton[(skeleton[:, 0] > 40) & (skeleton[:, 0] < 80)]:
+        strokes[disk(tuple(point), 5, shape=strokes.shape)] = 2  # along membranes, brush 10
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    w._image.value = viewer.add_image(image, name="em")
+    w._labels_box.value = viewer.add_labels(strokes, name="scribbles")
+    w._start_from.value = "zoo:em"
+    assert w._label_mode.value == "sparse" and w._preview.value  # the dock's defaults
+    w._iterations.value, w._patch.value, w._batch.value = 1, 64, 1
+    w._device.value, w._output.value = "cpu", tmp_path
+    w._on_start()
+    qtbot.waitUntil(lambda: not w._runner.running, timeout=180_000)
+    wide = [m for m in told if "wider than what the starting model finds" in m]
+    assert wide and "'membrane' (value 2)" in wide[0], told
+    strokes[strokes == 2] = 0  # thin strokes: one pixel along the membranes
+    strokes[tuple(skeleton[(skeleton[:, 0] > 40) & (skeleton[:, 0] < 80)].T)] = 2
+    viewer.layers["scribbles"].data = strokes
+    told.clear()
+    w._on_start()
+    qtbot.waitUntil(lambda: not w._runner.running, timeout=180_000)
+    assert not any("wider than what" in m for m in told), told
+    assert any("training finished" in m for m in told), told

@@ -24,6 +24,7 @@ from .config import IGNORE_INDEX, DataConfig, LabelMode
 from .normalization import ArrayLike, as_list
 
 __all__ = [
+    "check_instance_scribbles",
     "guess_label_mode",
     "instance_scribble_targets",
     "instance_targets",
@@ -226,14 +227,21 @@ def instance_scribble_targets(labels: np.ndarray) -> np.ndarray:
     done so, the fine-tuned model gave classes, no objects (held-out AP@0.5 0.75 -> 0.0 in
     30 steps). Read as the model's own three classes, they keep it an instance model.
     """
-    high = int(labels.max()) if labels.size else 0
+    check_instance_scribbles(labels)
+    return remap_values(labels, INSTANCE_SCRIBBLES, (0, 1, 2), IGNORE_INDEX)
+
+
+def check_instance_scribbles(labels: ArrayLike) -> None:
+    """Raise a ``ValueError`` saying the values to paint when scribbles for an instance
+    model hold another value than :data:`INSTANCE_SCRIBBLES` (a cheap check, for Start)."""
+    array = np.asarray(labels)
+    high = int(array.max()) if array.size else 0
     if high > INSTANCE_SCRIBBLES[-1]:
         raise ValueError(
             f"scribbles for an instance model use 1 = background, 2 = inside an object and "
             f"3 = an object's edge (between touching objects), not {high}: repaint those "
             "strokes, or paint dense labels (every object of a region with its own id)"
         )
-    return remap_values(labels, INSTANCE_SCRIBBLES, (0, 1, 2), IGNORE_INDEX)
 
 
 def remap_values(

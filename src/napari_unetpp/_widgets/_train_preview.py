@@ -8,6 +8,7 @@ layer geometry, not the dock's run logic.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from ._layers import current_slice, put_layer
 from ._predict_job import layer_frame
 from ._train_job import PreviewEvent, PreviewSource
 
-__all__ = ["preview_source", "show_preview"]
+__all__ = ["preview_source", "show_preview", "StrokeCheck"]
 
 
 def preview_source(
@@ -68,3 +69,22 @@ def show_preview(
         **layer_frame(layer, None if layer.rgb else axis),
         opacity=0.5,
     )
+
+
+@dataclass
+class StrokeCheck:
+    """The scribbles of the previewed slice, to hold against the starting model's labels of
+    it when the "before" preview comes (``finetune.wide_strokes``: strokes wider than the
+    objects teach thicker ones). Made at Start for a fine-tune on scribbles of classes."""
+
+    strokes: np.ndarray
+    class_names: tuple[str, ...]
+
+    @classmethod
+    def at_start(cls, labels: Any, point: tuple[float, ...], dims: int, names: Any) -> StrokeCheck:
+        return cls(current_slice(labels, point, None, dims).copy(), tuple(names))
+
+    def warning(self, before: np.ndarray) -> str | None:
+        from ..finetune import wide_strokes
+
+        return wide_strokes(self.strokes, before, self.class_names)

@@ -30,6 +30,7 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from ..labels import check_instance_scribbles
 from ..locate import is_zoo
 from ..normalization import as_model_input
 from ..runs import new_run_dir
@@ -50,7 +51,7 @@ from ._train_job import (
     rgb_as_grey,
     train_job,
 )
-from ._train_preview import preview_source, show_preview
+from ._train_preview import StrokeCheck, preview_source, show_preview
 from ._ui import on_dock_closed, set_progress
 
 if TYPE_CHECKING:
@@ -61,11 +62,6 @@ if TYPE_CHECKING:
 
 #: Progress text is redrawn at most this often (each redraw costs the GUI thread).
 STATUS_INTERVAL_S = 0.25
-#: Why a run cannot learn instances from scribbles, in the dock's words.
-SCRIBBLES_NEED_CLASSES = (
-    "Target 'instances (boundaries)' needs dense labels, every object painted with its own "
-    "id; scribbles (Label mode 'sparse') teach classes: choose Target 'semantic (classes)'"
-)
 
 
 def _first_loss(model: ModelConfig, initial: str | None) -> float | None:
@@ -84,6 +80,7 @@ class TrainWidget(TrainInputs):
         super().__init__(napari_viewer)
         self._runner = JobRunner(queue=queue_for(napari_viewer), owner="train")
         self._note, self._shown_at = "", 0.0
+        self._strokes: StrokeCheck | None = None
         self.last_run_dir: Path | None = None
         self.last_checkpoint: Path | None = None
         self._left_run: str | None = None  # a closed dock's training, stopping: its run
@@ -161,14 +158,15 @@ class TrainWidget(TrainInputs):
             pairs = self._training_pairs()
             model, train, data, initial = self._configs(pairs)
             if data.target == "instance" and data.label_mode == "sparse":
-                raise ValueError(SCRIBBLES_NEED_CLASSES)
+                for _, lab in pairs:  # its three classes: 1 background, 2 inside, 3 edge
+                    check_instance_scribbles(layer_data(lab))
             grey = rgb_as_grey(pairs, model, data)
             if grey:  # as `train --from` does: RGB for a one-channel model is its luminance
                 data = data.replace(channel_axis=None)
             check_channels(pairs, model, data)
             sizes = pair_pixel_sizes(pairs)  # resampled to the model's in the job, as the CLI
             model = at_pixel_size(model, sizes)
-            heads = self._heads_warning(pairs, data, model.num_classes)
+            heads, mapping = self._class_mapping(pairs, data, model.num_classes)
             labels = [np.array(layer_data(lab)) for _, lab in pairs]  # a copy: painting goes on
             run_dir, copies = self._new_run(pairs, labels, model, train, data, initial, sizes)
         except (ValueError, OSError) as exc:
@@ -177,12 +175,22 @@ class TrainWidget(TrainInputs):
             return
         if heads:
             show_warning(f"UNet++ training: {heads}")
+        elif mapping:  # which value trains which of the model's classes, as `train --from`
+            show_info(f"UNet++ training: {mapping}")
         images = [as_model_input(layer_data(i), 1, None, rgb=grey)[0] for i, _ in pairs]
         self._preview_layer, stopper = pairs[0][0], Stopper()
-        self._note, self._shown_at = heads or "", 0.0
+        self._note, self._shown_at = heads or mapping or "", 0.0
         preview = (
             self._preview_source(model.spatial_dims, sizes[0], grey)
             if self._preview.value
+            else None
+        )
+        scribbles = data.label_mode == "sparse" and data.target == "semantic"
+        self._strokes = (  # held against the "before" preview (a brush too wide?)
+            StrokeCheck.at_start(
+                pairs[0][1], self._preview_point, model.spatial_dims, model.class_names
+            )
+            if preview is not None and initial is not None and scribbles
             else None
         )
         self._plot.start(train.iterations, range(1, model.depth + 1), _first_loss(model, initial))
@@ -252,10 +260,19 @@ class TrainWidget(TrainInputs):
         elif event.kind == "preview":
             try:
                 self._show_preview(event)
+                if event.stage == "before" and self._strokes is not None:
+                    self._warn_of_strokes(self._strokes.warning(event.labels))
             finally:
                 event.shown.set()  # the training waits for this (see _train_job)
         elif event.kind == "done":
             set_progress(self._progress, int(100 * event.fraction))
+
+    def _warn_of_strokes(self, warning: str | None) -> None:
+        """Strokes wider than what the starting model finds: said at once, and under each
+        step (the run goes on: Stop is the user's)."""
+        if warning:
+            show_warning(f"UNet++ training: {warning}")
+            self._note = self._status.value = warning
 
     def _on_error(self, exc: BaseException) -> None:
         """The status says the run failed (the notification says why)."""
