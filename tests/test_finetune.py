@@ -345,3 +345,20 @@ def test_strokes_wider_than_the_membranes_are_pointed_out(em_stack):
     missed[:, 128:] = 0  # the model misses the right half: strokes there correct it
     thin = _membrane_strokes(membranes, 1.5)
     assert wide_strokes(thin, missed, ("membrane",)) is None
+
+
+def test_dense_labels_of_a_few_membranes_are_said_to_unteach_them(em_stack):
+    """Membrane strokes painted with napari's default label 1 on one EM slice read as dense
+    labels (every unpainted pixel background): 2 % of the slice marked where the model
+    finds a quarter of it, not rare enough for ``rare_classes``. The slice's membranes
+    (standing for what the model finds) against the strokes: said; the full mask: not."""
+    from napari_unetpp.finetune import shrinking_classes
+
+    membranes = em_stack[1][9, :256, :256]
+    strokes = (_membrane_strokes(membranes, 1.5) == 2).astype(np.uint8)  # value 1 only
+    dense = DataConfig(class_values=(1,))
+    said = shrinking_classes(strokes, membranes, dense, ("membrane",))
+    assert said is not None and "as 'membrane'" in said and "'sparse'" in said
+    assert shrinking_classes(membranes, membranes, dense, ("membrane",)) is None
+    sparse = DataConfig(label_mode="sparse")
+    assert shrinking_classes(strokes, membranes, sparse, ("membrane",)) is None

@@ -105,7 +105,9 @@ def test_strokes_wider_than_what_the_model_finds_are_said_when_the_before_view_c
     """Membrane scribbles painted with napari's default brush (10 px) on an EM slice, and the
     dock's fine-tune defaults: the shipped EM model got worse on unseen slices (membrane IoU
     0.725 -> 0.647) without a word. The "before" preview (the starting model on the slice
-    shown) now meets the strokes, and the dock says they are wider than the membranes."""
+    shown) now meets the strokes, and the dock says they are wider than the membranes. The
+    same strokes painted with label 1 alone (dense: the rest background) are said to
+    unteach the membranes."""
     from skimage.draw import disk
     from skimage.morphology import skeletonize
 
@@ -137,3 +139,11 @@ def test_strokes_wider_than_what_the_model_finds_are_said_when_the_before_view_c
     qtbot.waitUntil(lambda: not w._runner.running, timeout=180_000)
     assert not any("wider than what" in m for m in told), told
     assert any("training finished" in m for m in told), told
+    strokes[strokes == 1] = 0  # the membrane strokes alone, napari's default label 1: dense
+    strokes[strokes == 2] = 1
+    viewer.layers["scribbles"].data = strokes
+    w._label_mode.value = "dense"
+    told.clear()
+    w._on_start()
+    qtbot.waitUntil(lambda: not w._runner.running, timeout=180_000)
+    assert any("will learn to find far less 'membrane'" in m for m in told), told

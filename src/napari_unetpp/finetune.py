@@ -28,6 +28,7 @@ __all__ = [
     "resolve_freeze_norm",
     "resolve_preserve_weight",
     "set_train_mode",
+    "shrinking_classes",
     "transfer_weights",
     "wide_strokes",
 ]
@@ -320,5 +321,51 @@ def wide_strokes(strokes: Any, before: Any, class_names: tuple[str, ...] = ()) -
                 f"'{name}' and may get worse. Paint thinner strokes (a smaller brush size in "
                 "the layer controls) and Start again, or let it run and compare the before "
                 "and preview layers"
+            )
+    return None
+
+
+#: Dense labels marking a class on less than this share of the pixels where the starting
+#: model finds it ...
+SHRINK_RATIO = 0.25
+#: ... on a slice where it finds the class on at least this share, would unteach it.
+SHRINK_MIN_SHARE = 0.05
+
+
+def shrinking_classes(
+    labels: Any, before: Any, data_config: DataConfig, class_names: tuple[str, ...] = ()
+) -> str | None:
+    """Why dense labels would teach the starting model to find far less of a class, or None.
+
+    ``labels``: dense labels of a slice; ``before``: the starting model's class labels of
+    it (0 = background, 1.. = classes).
+
+    Why: membrane strokes painted with napari's default label 1 read as dense labels, every
+    unpainted pixel background; on a single EM slice they covered 2 % of it where the model
+    finds 23 %, too many to be called rare (``patches.rare_classes``), and the dock's
+    fine-tune taught the EM model that membranes are rare.
+    """
+    import numpy as np
+
+    from .labels import labels_to_targets
+
+    labels, before = np.asarray(labels), np.asarray(before)
+    if labels.shape != before.shape or data_config.label_mode != "dense":
+        return None
+    try:
+        target = labels_to_targets(labels, data_config, spatial_dims=labels.ndim)
+    except ValueError:  # no class painted on this slice: nothing to compare
+        return None
+    names = class_names[1:] if len(class_names) > 1 else class_names
+    for cls in range(1, int(before.max(initial=0)) + 1):
+        found, marked = float((before == cls).mean()), float((target == cls).mean())
+        if found >= SHRINK_MIN_SHARE and marked < SHRINK_RATIO * found:
+            name = names[cls - 1] if cls - 1 < len(names) else f"class {cls}"
+            return (
+                f"your labels mark {100 * marked:.1f}% of the slice shown as '{name}', where "
+                f"the starting model finds {100 * found:.0f}%: with dense labels every "
+                f"unpainted pixel is background, so the model will learn to find far less "
+                f"'{name}'. If you painted only some of them (strokes), paint background "
+                f"with 1 and '{name}' with 2 and choose Label mode 'sparse'"
             )
     return None

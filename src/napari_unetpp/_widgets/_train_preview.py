@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 from napari.layers import Labels
 
+from ..config import DataConfig
 from ..normalization import as_model_input
-from ._layers import current_slice, put_layer
+from ._layers import current_slice, layer_data, put_layer
 from ._predict_job import layer_frame
 from ._train_job import PreviewEvent, PreviewSource
 
@@ -73,18 +74,28 @@ def show_preview(
 
 @dataclass
 class StrokeCheck:
-    """The scribbles of the previewed slice, to hold against the starting model's labels of
-    it when the "before" preview comes (``finetune.wide_strokes``: strokes wider than the
-    objects teach thicker ones). Made at Start for a fine-tune on scribbles of classes."""
+    """The labels of the previewed slice, to hold against the starting model's labels of it
+    when the "before" preview comes: scribbles wider than the objects teach thicker ones
+    (``finetune.wide_strokes``), dense labels of a few objects teach that there are almost
+    none (``finetune.shrinking_classes``). Made at Start for a fine-tune of classes."""
 
-    strokes: np.ndarray
+    labels: np.ndarray
+    data: DataConfig
     class_names: tuple[str, ...]
 
     @classmethod
-    def at_start(cls, labels: Any, point: tuple[float, ...], dims: int, names: Any) -> StrokeCheck:
-        return cls(current_slice(labels, point, None, dims).copy(), tuple(names))
+    def at_start(
+        cls, layer: Any, point: tuple[float, ...], dims: int, data: DataConfig, names: Any
+    ) -> StrokeCheck:
+        from ..labels import resolve_class_values
+
+        if not data.class_values:  # the values of every slice, not only of the one shown
+            data = data.replace(class_values=resolve_class_values(data, layer_data(layer)))
+        return cls(current_slice(layer, point, None, dims).copy(), data, tuple(names))
 
     def warning(self, before: np.ndarray) -> str | None:
-        from ..finetune import wide_strokes
+        from ..finetune import shrinking_classes, wide_strokes
 
-        return wide_strokes(self.strokes, before, self.class_names)
+        if self.data.label_mode == "sparse":
+            return wide_strokes(self.labels, before, self.class_names)
+        return shrinking_classes(self.labels, before, self.data, self.class_names)

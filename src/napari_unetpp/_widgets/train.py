@@ -185,12 +185,11 @@ class TrainWidget(TrainInputs):
             if self._preview.value
             else None
         )
-        scribbles = data.label_mode == "sparse" and data.target == "semantic"
         self._strokes = (  # held against the "before" preview (a brush too wide?)
             StrokeCheck.at_start(
-                pairs[0][1], self._preview_point, model.spatial_dims, model.class_names
+                pairs[0][1], self._preview_point, model.spatial_dims, data, model.class_names
             )
-            if preview is not None and initial is not None and scribbles
+            if preview is not None and initial is not None and data.target == "semantic"
             else None
         )
         self._plot.start(train.iterations, range(1, model.depth + 1), _first_loss(model, initial))
