@@ -8,6 +8,7 @@ a user sees: exit status, stdout, the one-line error on stderr.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -205,6 +206,21 @@ def test_export_round_trip(
         tifffile.imread(direct / "stack_L1.tif"),
         atol=1e-5,
     )
+
+
+def test_every_subcommand_takes_quiet(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """`export -q` failed with "unrecognized arguments: -q" while train, predict, info and
+    demo take it, so a script passing -q to each command stopped at the export."""
+    from napari_unetpp.cli.parser import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        flags = {flag for action in sub._actions for flag in action.option_strings}
+        assert {"-q", "--quiet"} <= flags, name
+    code, out, _ = _run(capsys, "export", "zoo:em", "--out", tmp_path / "em", "-q")
+    assert code == 0 and "exported folder" in out
+    assert (tmp_path / "em" / "weights.safetensors").is_file()
 
 
 def test_distributed_local_matches_local(

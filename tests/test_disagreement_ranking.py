@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_unetpp.config import NormalizationConfig
 from napari_unetpp.disagreement import disagreement_map
-from napari_unetpp.label_next import label_here_next, margin_doubt, rank_regions
+from napari_unetpp.label_next import NEGLIGIBLE_DOUBT, label_here_next, margin_doubt, rank_regions
 
 
 def _covered(regions: list, shape: tuple[int, ...]) -> np.ndarray:
@@ -94,3 +95,26 @@ def test_label_here_next_on_a_stack_picks_every_block_in_another_item() -> None:
     assert label_here_next(probs, 1, (8, 8), top=0) == []
     with pytest.raises(ValueError, match="region_size"):
         label_here_next(probs, 1, (8, 8, 8, 8), top=3)
+
+
+def test_nothing_is_ranked_where_nothing_is_worth_labelling() -> None:
+    """'Label here next' ranked noise on empty images: blocks of a field the model is sure
+    of everywhere, or of a constant image (where the EM model is unsure everywhere alike).
+    It now ranks nothing there and says why."""
+    sure = {4: np.full((2, 32, 32), 0.0005, "float32")}  # doubt 0.001 everywhere
+    refused = label_here_next(sure, 1, (8, 8), top=4)
+    assert refused == [] and "nothing worth labelling" in refused.note
+    assert "sure of every pixel" in refused.note
+    unsure = {4: np.full((32, 32), 0.5, "float32")}
+    constant = np.full((32, 32), 128, np.uint8)
+    norm = NormalizationConfig()  # percentile mode: a constant image has no contrast
+    flat = label_here_next(unsure, 1, (8, 8), top=4, image=constant, normalization=norm)
+    assert flat == [] and "no contrast" in flat.note
+    # the same doubt on an image with content is ranked, with no note
+    content = np.random.default_rng(0).integers(0, 255, (32, 32)).astype(np.uint8)
+    ranked = label_here_next(unsure, 1, (8, 8), top=4, image=content, normalization=norm)
+    assert len(ranked) == 4 and ranked.note == ""
+    # just above the floor still counts: a block the model doubts a little stands out
+    sure[4][1, 8:16, 8:16] = 0.01  # mean doubt 0.02 in that block
+    assert NEGLIGIBLE_DOUBT < 0.02
+    assert label_here_next(sure, 1, (8, 8), top=4)[0].start == (8, 8)

@@ -371,6 +371,33 @@ def test_cli_scale_flags_and_run_json(tmp_path, data_dir):
     )
 
 
+def test_run_json_records_the_diameter_given(tmp_path, data_dir):
+    """`predict --diameter D` was recorded only as the rescale factor it became (0.5 for
+    36.24 px on the nuclei model): run.json now keeps the diameter given, and for
+    `--diameter auto` the word and the diameter it estimated."""
+    import json
+
+    from napari_unetpp import zoo
+    from napari_unetpp.cli import main
+
+    image, _ = _nuclei_pair(data_dir, zoo.NUCLEI_HELD_OUT_IDS[0])
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, np.ascontiguousarray(image[:96, :96]))
+    common = ["predict", "zoo:nuclei", str(path), "--depth", "2", "--device", "cpu", "-q"]
+
+    def record(folder: str, *flags: str) -> dict:
+        assert main([*common, "--out", str(tmp_path / folder), *flags]) == 0
+        return json.loads((tmp_path / folder / "cells_run.json").read_text())
+
+    given = record("a", "--diameter", "36.24")
+    assert given["diameter"] == {"given": 36.24}
+    assert given["predict"]["rescale"] == pytest.approx(0.5)  # the factor, as before
+    auto = record("b", "--diameter", "auto")
+    assert auto["diameter"]["given"] == "auto" and auto["predict"]["rescale"] == "auto"
+    assert auto["diameter"]["estimated"] == auto["scale"]["measured_diameter"] > 0
+    assert record("c", "--rescale", "0.5")["diameter"] is None
+
+
 def test_training_pairs_are_resampled_to_the_models_pixel_size() -> None:
     """Fine-tuning a 4 nm model on 2 nm images trains at 4 nm, where it will predict."""
     from napari_unetpp.scale import training_scale

@@ -291,6 +291,31 @@ def test_the_docks_label_here_next_blocks_are_the_commands(
     assert dock == [(*r["item"], *r["start"]) for r in regions["label_here_next"]]
 
 
+def test_no_label_here_next_blocks_on_an_image_with_nothing_to_label(
+    setup: Any, tmp_path: Path
+) -> None:
+    """A constant image got 8 numbered 'label here next' blocks (ranked on noise), in the
+    dock and in ``predict --disagreement``'s ``_regions.json``: both now say there is
+    nothing worth labelling there, and rank nothing."""
+    import tifffile
+
+    from napari_unetpp import cli
+
+    viewer, w, errors = setup
+    flat = np.full((256, 256), 128, np.uint8)
+    w._image.value = viewer.add_image(flat, name="flat")
+    w.segment()
+    assert not errors
+    assert "flat UNet++ labels" in _names(viewer)
+    assert "flat UNet++ label here next" not in _names(viewer)
+    assert "nothing worth labelling here: the image has no contrast" in w._status.value
+    tifffile.imwrite(tmp_path / "flat.tif", flat)
+    argv = [str(w.model_spec), str(tmp_path / "flat.tif"), "--out", str(tmp_path / "cli")]
+    assert cli.main(["predict", *argv, "--disagreement", "--device", "cpu", "-q"]) == 0
+    regions = json.loads((tmp_path / "cli" / "flat_regions.json").read_text())
+    assert regions["label_here_next"] == [] and "no contrast" in regions["note"]
+
+
 def test_a_quick_look_refuses_a_view_of_another_plane(setup: Any, crop: np.ndarray) -> None:
     """With the axis order changed the view showed a Z-X plane, and a quick look segmented
     the Y-X plane at the slider's Z: one row of the view (QA session 11)."""

@@ -20,12 +20,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from .config import NormalizationConfig
+
 __all__ = [
     "LABEL_NEXT_COUNT",
+    "NEGLIGIBLE_DOUBT",
+    "Ranking",
     "Region",
     "label_here_next",
     "margin_doubt",
@@ -77,13 +82,37 @@ def region_size(spatial_dims: int) -> tuple[int, ...]:
     return (128,) * spatial_dims if spatial_dims == 2 else (32, 64, 64)
 
 
+#: Below this mean doubt in its most doubtful block, the deepest head is sure of the whole
+#: image and no block is worth labelling more than another: the nuclei model's best block on
+#: an empty field scored 0.0002, on each of 40 DSB images (every 10th, 128-px blocks) at
+#: least 0.0068 (``benchmarks/bench_label_floor.py``, docs/benchmarks.md).
+NEGLIGIBLE_DOUBT = 0.002
+
+
+class Ranking(list[Region]):
+    """:func:`label_here_next`'s blocks, best first; empty with :attr:`note` saying why when
+    nothing in the image is worth labelling (a list, so every caller of the blocks works)."""
+
+    note: str = ""
+
+    @classmethod
+    def refused(cls, why: str) -> Ranking:
+        """No blocks, and why (the dock's status and the CLI's ``_regions.json`` say it)."""
+        ranking = cls()
+        ranking.note = f"nothing worth labelling here: {why}"
+        return ranking
+
+
 def label_here_next(
     probs: Mapping[int, Any],
     num_classes: int,
     region_size: Sequence[int],
     top: int = LABEL_NEXT_COUNT,
     threshold: float = 0.5,
-) -> list[Region]:
+    *,
+    image: Any = None,
+    normalization: NormalizationConfig | None = None,
+) -> Ranking:
     """The ``top`` blocks to label next: doubt of the deepest head, spread over kinds of content.
 
     Each block scores by the deepest head's mean :func:`margin_doubt`. The blocks
@@ -102,7 +131,19 @@ def label_here_next(
     model half-sees, and random blocks taught more than they did.
     ``probs``: per-depth probabilities as :func:`inference.predict` returns them
     (only the deepest is used, so a pruned or adaptive result works too).
+
+    Nothing is ranked (an empty :class:`Ranking` whose ``note`` says why) when nothing is
+    worth labelling: ``image`` (with the model's ``normalization``) has no contrast
+    (:func:`normalization.contrast_problem`: a constant field, where the EM model is unsure
+    everywhere alike, 0.72-0.76 per block), or the deepest head is sure of every block
+    (:data:`NEGLIGIBLE_DOUBT`: pure background). Ranked, such blocks were noise.
     """
+    from .normalization import contrast_problem
+
+    if image is not None and normalization is not None and top >= 1:
+        problem = contrast_problem(image, normalization)
+        if problem is not None:
+            return Ranking.refused(problem)
     deepest = np.asarray(probs[max(probs)], np.float32)
     if num_classes == 1:
         foreground = deepest > threshold
@@ -112,9 +153,18 @@ def label_here_next(
     size = _block_size(region_size, doubt.shape)
     lead = doubt.shape[: doubt.ndim - len(size)]
     if top < 1 or int(np.prod(lead)) < top:  # one item (np.prod of () is 1) or a few
-        return rank_regions(doubt, size, top, strata=foreground)
-    found, _ = _blocks(doubt, size, None)
-    return _stratified_items(found, foreground, lead, top)
+        ranked = rank_regions(doubt, size, top, strata=foreground)
+    else:
+        found, _ = _blocks(doubt, size, None)
+        ranked = _stratified_items(found, foreground, lead, top)
+    # the best block of the image is the best of its stratum: first, whatever the strata
+    if ranked and ranked[0].score < NEGLIGIBLE_DOUBT:
+        return Ranking.refused(
+            f"the model is sure of every pixel (its most doubtful block's mean doubt is "
+            f"{ranked[0].score:.4f}, below {NEGLIGIBLE_DOUBT}), so no block stands out; if its "
+            "labels are wrong somewhere, paint there"
+        )
+    return Ranking(ranked)
 
 
 def _stratified_items(

@@ -67,7 +67,17 @@ CONFIG_SECTIONS = frozenset({"model", "train", "data", "predict"})
 #: Provenance recorded beside the configs (not settings the CLI reads); ``written_by`` and
 #: ``scale`` are in the per-image record, which ``predict --config`` replays too.
 PROVENANCE_KEYS = frozenset(
-    {"version", *PATH_KEYS, "from", "checkpoint", "scope", "written_by", "scale", "image_check"}
+    {
+        "version",
+        *PATH_KEYS,
+        "from",
+        "checkpoint",
+        "scope",
+        "written_by",
+        "diameter",
+        "scale",
+        "image_check",
+    }
 )
 #: A run.json larger than this is not one (read with a cap: it may come from anyone).
 MAX_RUN_FILE_BYTES = 16 * 2**20
@@ -201,16 +211,23 @@ def write_image_record(
     scale: dict[str, Any] | None,
     image_check: dict[str, Any] | None = None,
     image: Path | None = None,
+    diameter: dict[str, Any] | None = None,
 ) -> Path:
     """The CLI's ``<name>_run.json`` beside one image's results: the input file (``images``,
     absolute, as the dock's record names its layer's: the record said what was done, not to
     what), configs, the scale used (pixel sizes, zoom per model axis, measured object
-    diameter) and the image check."""
+    diameter), the object diameter the user gave (``diameter``: ``{"given": D}``, or
+    ``{"given": "auto", "estimated": d}``; None without ``--diameter``) and the image check.
+
+    Why the diameter given: ``predict.rescale`` keeps only the factor it became (0.5 for
+    ``--diameter 36.24`` on the nuclei model), and the user's own number was lost."""
     from .outputs import TIFF_SOFTWARE
 
     inputs = {} if image is None else {"images": [str(Path(image).resolve())]}
     record = {"written_by": TIFF_SOFTWARE, **predict_record(checkpoint, predict, data, **inputs)}
-    return write_json(path, {**record, "scale": scale, "image_check": image_check})
+    return write_json(
+        path, {**record, "diameter": diameter, "scale": scale, "image_check": image_check}
+    )
 
 
 # --------------------------------------------------------------------------- command lines

@@ -244,7 +244,13 @@ def segment_job(
     save_labels(run_dir, labels, grid, scan)
     deepest = probs[max(probs)]
     regions = (
-        label_here_next(probs, model.config.num_classes, region_size(2))
+        label_here_next(
+            probs,
+            model.config.num_classes,
+            region_size(2),
+            image=image,
+            normalization=data.normalization,
+        )
         if model.config.spatial_dims == 2 and np.size(deepest) <= RANK_LIMIT
         else []  # 3D blocks are no rectangles; a huge plane: the CLI's --disagreement
     )

@@ -405,6 +405,9 @@ def _add_result(
         notes.append(f"where to label next: the '{next_name}' layer (hidden)")
     elif next_name in viewer.layers:  # an earlier run's blocks (of another model, maybe)
         viewer.layers.remove(next_name)
+    refused = str(getattr(regions, "note", ""))  # nothing worth labelling (label_next.Ranking)
+    if refused:
+        notes.append(refused)
     if labels_layer is not before:  # new: selected, as napari selects a new layer
         yield
         if labels_layer in viewer.layers and _untouched(selection, chosen):

@@ -74,6 +74,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         default=None,
         help="compute device (default: auto = cuda, else mps, else cpu)",
     )
+    _add_quiet(p)
+
+
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    """``-q/--quiet`` on every subcommand, so a script can pass it to each of them."""
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
@@ -328,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--license", help="SPDX id of the weights for bioimage.io (default: read from the card)"
     )
+    _add_quiet(e)  # export shows no progress bar: accepted like on the other subcommands
     e.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="segment a bundled sample with a shipped model")

@@ -61,6 +61,20 @@ def _scale_flags(args: argparse.Namespace, object_diameter: float | None) -> dic
     }
 
 
+def _diameter_given(
+    args: argparse.Namespace, scale: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """``--diameter`` as the user gave it, for ``<name>_run.json`` (the config keeps only the
+    rescale factor it became): ``{"given": D}``, or ``{"given": "auto", "estimated": d}``
+    with the median diameter the auto run measured (px of the image; None: no objects)."""
+    given = getattr(args, "diameter", None)
+    if given is None:
+        return None
+    if given == "auto":
+        return {"given": "auto", "estimated": (scale or {}).get("measured_diameter")}
+    return {"given": float(given)}
+
+
 def _positive_float(text: str, flag: str) -> float:
     try:
         value = float(text)
@@ -390,8 +404,9 @@ def _predict_file(
         if args.no_check
         else _check_result(path, image, model, probs, config, data, args, metrics or {})
     )
+    scale = getattr(probs, "scale", None)
     write_image_record(
-        run_json, args.checkpoint, config, data, getattr(probs, "scale", None), check, path
+        run_json, args.checkpoint, config, data, scale, check, path, _diameter_given(args, scale)
     )
     depth = config.pruned_depth if config.pruned_depth is not None else max(probs)
     prob = probs[depth]
@@ -427,7 +442,7 @@ def _predict_file(
     # the maps read the probabilities: before their store is committed (moved) or removed,
     # after which zarr read its chunks as zeros (an empty map, regions ranked on nothing)
     maps = (
-        _write_disagreement(outputs.stage(name), probs, model.config, fmt, grid)
+        _write_disagreement(outputs.stage(name), probs, model.config, fmt, grid, (image, data))
         if args.disagreement
         else []
     )
@@ -489,8 +504,11 @@ def _write_disagreement(
     config: ModelConfig,
     fmt: str,
     grid: tuple[tuple[float, ...] | None, str | None] = (None, None),
+    source: tuple[Any, DataConfig] | None = None,
 ) -> list[Path]:
-    """``_disagreement`` (and ``_depth_used`` for --depth auto) maps, ``_regions.json`` ranking."""
+    """``_disagreement`` (and ``_depth_used`` for --depth auto) maps, ``_regions.json`` ranking
+    (``source``: the image and its data config; on an image with nothing worth labelling the
+    ranking is empty and ``_regions.json`` says why, as the terminal does)."""
     from ..disagreement import disagreement_map
     from ..label_next import label_here_next, region_size
     from ..outputs import TIFF_SOFTWARE
@@ -508,6 +526,9 @@ def _write_disagreement(
         write_array(base.with_name(f"{base.name}_{k}"), v, fmt, *grid) for k, v in maps.items()
     ]
     size = region_size(config.spatial_dims)
+    image, data = source if source is not None else (None, None)
+    norm = None if data is None else data.normalization
+    ranking = label_here_next(probs, config.num_classes, size, image=image, normalization=norm)
     regions = [
         {
             "item": list(r.item),
@@ -515,10 +536,14 @@ def _write_disagreement(
             "size": list(r.size),
             "score": round(r.score, 5),
         }
-        for r in label_here_next(probs, config.num_classes, size)
+        for r in ranking
     ]
+    record: dict[str, Any] = {"written_by": TIFF_SOFTWARE, "label_here_next": regions}
+    if ranking.note:
+        record["note"] = ranking.note
+        _note(f"{base.name}: {ranking.note}")
     path = base.with_name(f"{base.name}_regions.json")
-    path.write_text(json.dumps({"written_by": TIFF_SOFTWARE, "label_here_next": regions}, indent=1))
+    path.write_text(json.dumps(record, indent=1))
     return [*written, path]
 
 
