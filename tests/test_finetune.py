@@ -362,3 +362,28 @@ def test_dense_labels_of_a_few_membranes_are_said_to_unteach_them(em_stack):
     assert shrinking_classes(membranes, membranes, dense, ("membrane",)) is None
     sparse = DataConfig(label_mode="sparse")
     assert shrinking_classes(strokes, membranes, sparse, ("membrane",)) is None
+
+
+def test_a_fine_tune_recommends_no_shallower_depth_than_its_start(em_stack, tmp_path, monkeypatch):
+    """The CT model fine-tuned on 16 slices of dense organ masks (the dock's defaults): its 3
+    held-back slices scored L2 within 0.01 of L4, so L2 was recommended, and the Segment
+    dock used it: liver Dice on unseen slices 0.726, against 0.801 at L4, the start's
+    recommended depth. A fine-tune now keeps at least its start's depth; with new heads
+    (another task) its own validation decides."""
+    from napari_unetpp import training
+
+    image, membranes = _em(em_stack, 64)
+    start = UNetPlusPlus.from_config(TINY)
+    info = CheckpointInfo(model=TINY, data=DataConfig(), metrics={"best_depth": 2})
+    folder = save_checkpoint(tmp_path / "start", start, info)
+    monkeypatch.setattr(training, "recommend_depth", lambda table: 1)  # validation says L1
+    tuned = drive(
+        Trainer(TINY, _config(iterations=2), DataConfig(), initial=folder).run([image], [membranes])
+    )
+    assert tuned.info.metrics["best_depth"] == 2
+    three = TINY.replace(num_classes=3)  # new heads: nothing of the start's to keep
+    labels = np.where(membranes == 1, 2, 1).astype(np.uint8)
+    other = drive(
+        Trainer(three, _config(iterations=2), DataConfig(), initial=folder).run([image], [labels])
+    )
+    assert other.info.metrics["best_depth"] == 1

@@ -29,6 +29,7 @@ __all__ = [
     "resolve_preserve_weight",
     "set_train_mode",
     "shrinking_classes",
+    "starting_depth",
     "transfer_weights",
     "wide_strokes",
 ]
@@ -233,6 +234,27 @@ def resolve_preserve_weight(train_config: TrainConfig, initial: Any, new_heads: 
     if train_config.preserve_weight is not None:
         return float(train_config.preserve_weight)
     return 1.0
+
+
+def starting_depth(origin: str) -> int | None:
+    """The depth the starting model recommends (its card's ``best_depth``), or None.
+
+    Why a fine-tune recommends no shallower depth: its validation is a few painted slices,
+    too few to tell depths apart within the 0.01 tolerance. The CT model fine-tuned on
+    dense organ masks of 16 slices (the dock's defaults) scored L2 0.861 and L4 0.869 on
+    its 3 held-back slices, so L2 was recommended and segmented with; on unseen slices 70-85
+    its liver Dice was 0.726 at L2 and 0.801 at L4 (the start's recommended depth).
+    """
+    from .checkpoint import read_info
+    from .locate import locate
+
+    if origin in ("scratch", "model"):
+        return None
+    try:
+        depth = read_info(locate(origin).path).metrics.get("best_depth")
+    except (OSError, ValueError):
+        return None
+    return int(depth) if depth else None
 
 
 def frozen_copy(net: UNetPlusPlus) -> UNetPlusPlus:
