@@ -147,3 +147,38 @@ def test_strokes_wider_than_what_the_model_finds_are_said_when_the_before_view_c
     w._on_start()
     qtbot.waitUntil(lambda: not w._runner.running, timeout=180_000)
     assert any("will learn to find far less 'membrane'" in m for m in told), told
+
+
+def test_stop_while_waiting_for_another_job_says_so_and_leaves_no_run_folder(
+    make_napari_viewer, qtbot, em_stack, tmp_path
+):
+    """Start pressed while the Segment dock segments (the training waits in the viewer's
+    queue), then Stop: the status said "stopping after this step; keeping the best
+    model..." for good, though no step ran and no model was kept, and the run folder stayed
+    with a command.sh naming data never written (its replay failed on the missing files)."""
+    from napari_unetpp._widgets._jobs import Ticket
+
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    image, membranes = em_stack
+    w._image.value = viewer.add_image(image[:2, :64, :64], name="em")
+    w._labels_box.value = viewer.add_labels(membranes[:2, :64, :64].astype(np.uint8), name="m")
+    w._custom_widths.value, w._depth.value, w._iterations.value = "4 8 16", 2, 2
+    w._patch.value, w._batch.value, w._device.value = 64, 1, "cpu"
+    w._output.value = tmp_path
+
+    def other_job():  # another dock's job, holding the queue until released
+        while not release:
+            yield None
+
+    release: list[bool] = []
+    w._runner.queue.submit(Ticket("segment", other_job(), inline=False))
+    w._on_start()
+    assert w._runner.queued and len(list(tmp_path.iterdir())) == 1
+    w._on_stop()
+    qtbot.waitUntil(lambda: not w._runner.running, timeout=10_000)
+    release.append(True)
+    qtbot.waitUntil(lambda: not w._runner.queue.busy(), timeout=30_000)
+    assert str(w._status.value) == "stopped before it started: nothing was trained"
+    assert w._start.enabled and not w._stop.enabled
+    assert not list(tmp_path.iterdir())  # no half run folder

@@ -89,8 +89,11 @@ class StrokeCheck:
     ) -> StrokeCheck:
         from ..labels import resolve_class_values
 
-        if not data.class_values:  # the values of every slice, not only of the one shown
-            data = data.replace(class_values=resolve_class_values(data, layer_data(layer)))
+        if data.label_mode == "dense" and not data.class_values:  # every slice's values
+            try:
+                data = data.replace(class_values=resolve_class_values(data, layer_data(layer)))
+            except ValueError:  # Start refuses such labels before it gets here
+                pass
         return cls(current_slice(layer, point, None, dims).copy(), data, tuple(names))
 
     def warning(self, before: np.ndarray) -> str | None:

@@ -27,13 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..labels import check_instance_scribbles
-from ..locate import is_zoo
 from ..normalization import as_model_input
-from ..runs import new_run_dir
+from ..runs import discard_unstarted_run
 from . import _state
 from ._jobs import queue_for
 from ._layers import layer_data
@@ -46,8 +44,8 @@ from ._train_job import (
     at_pixel_size,
     check_channels,
     finished_message,
+    new_train_run,
     pair_pixel_sizes,
-    record_train,
     rgb_as_grey,
     train_job,
 )
@@ -57,8 +55,7 @@ from ._ui import on_dock_closed, set_progress
 if TYPE_CHECKING:
     import napari
 
-    from ..config import DataConfig, ModelConfig, TrainConfig
-    from ._layers import LayerCopy
+    from ..config import ModelConfig
 
 #: Progress text is redrawn at most this often (each redraw costs the GUI thread).
 STATUS_INTERVAL_S = 0.25
@@ -168,7 +165,12 @@ class TrainWidget(TrainInputs):
             model = at_pixel_size(model, sizes)
             heads, mapping = self._class_mapping(pairs, data, model.num_classes)
             labels = [np.array(layer_data(lab)) for _, lab in pairs]  # a copy: painting goes on
-            run_dir, copies = self._new_run(pairs, labels, model, train, data, initial, sizes)
+            folder = chosen_path(self._output.value, "output folder")
+            start = self._start_from.value
+            run_dir, copies = new_train_run(
+                folder, pairs, labels, (model, train, data), start, initial, sizes
+            )
+            self.last_run_dir = run_dir
         except (ValueError, OSError) as exc:
             show_error(str(exc))
             self._status.value = f"not started: {exc}"  # not an earlier run's "finished"
@@ -198,39 +200,39 @@ class TrainWidget(TrainInputs):
         job = train_job(
             model, train, data, initial, run_dir, stopper, images, labels, preview, sizes, copies
         )
+        ended: list[bool] = []  # it returned or failed; else Stop came while it waited
+
+        def returned(result: Any) -> None:
+            ended.append(True)
+            self._on_result(result)
+
+        def failed(exc: BaseException) -> None:
+            ended.append(True)
+            self._on_error(exc)
+
         self._runner.start(
             job,
             on_yield=self._on_event,
-            on_return=self._on_result,
-            on_error=self._on_error,
-            on_finish=lambda: self._set_running(False),
+            on_return=returned,
+            on_error=failed,
+            on_finish=lambda: self._finished(run_dir, bool(ended)),
             stop=stopper.stop,
             where=str(run_dir),
         )
         self._on_queue_changed()
 
-    def _new_run(
-        self,
-        pairs: list[tuple[Image, Labels]],
-        labels: list[np.ndarray],
-        model: ModelConfig,
-        train: TrainConfig,
-        data: DataConfig,
-        initial: str | None,
-        sizes: list[tuple[tuple[float, ...], str] | None],
-    ) -> tuple[Path, list[LayerCopy]]:
-        """A fresh run folder with ``run.json`` and ``command.sh`` in it, and the copies of
-        the data they name, for the job to write (``labels``: the copies trained on)."""
-        folder = chosen_path(self._output.value, "output folder")
-        self.last_run_dir = run_dir = new_run_dir(folder, pairs[0][0].name)
-        start = self._start_from.value
-        origin = start if is_zoo(start) else initial  # a shipped model by name, not path
-        one_size = sizes[0] if sizes and all(s == sizes[0] for s in sizes) else None
-        copies = record_train(run_dir, pairs, labels, model, train, data, origin, one_size)
-        return run_dir, copies
-
     def _set_running(self, running: bool) -> None:
         self._start.enabled, self._stop.enabled = not running, running
+
+    def _finished(self, run_dir: Path, ended: bool) -> None:
+        """Buttons back; a run stopped while it waited for another job says so, and its
+        folder goes (its command.sh named data never written; the status said
+        "stopping after this step" for good)."""
+        self._set_running(False)
+        if not ended:
+            discard_unstarted_run(run_dir)
+            self._status.value = "stopped before it started: nothing was trained"
+            set_progress(self._progress, 0)
 
     def _on_stop(self, _value: Any = None) -> None:
         self._status.value = "stopping after this step; keeping the best model..."
