@@ -35,9 +35,22 @@ ENGINE = [
     "export",
     "cli",
     "runs",
+    "disagreement",
+    "label_next",
+    "image_check",
+    "image_signals",
+    "remedies",
 ]
 #: Plain numpy: the widget checks labels and images with these without loading torch.
-NUMPY_ONLY = ["normalization", "labels", "patches", "train_data", "datasets"]
+NUMPY_ONLY = [
+    "normalization",
+    "labels",
+    "patches",
+    "train_data",
+    "datasets",
+    "label_next",
+    "remedies",
+]
 GUI = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "superqt")
 
 

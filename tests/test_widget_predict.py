@@ -102,6 +102,7 @@ def test_segment_2d_layers_and_rerun(setup: Any, crop: np.ndarray) -> None:
         "em UNet++ L1",
         "em UNet++ L2",
         "em UNet++ labels",
+        "em UNet++ disagreement",
         "em UNet++ label here next",
     ]
     boxes = viewer.layers["em UNet++ label here next"]  # the blocks to paint next, numbered
@@ -128,7 +129,7 @@ def test_segment_2d_layers_and_rerun(setup: Any, crop: np.ndarray) -> None:
     for name in ("em UNet++ L1", "em UNet++ L2"):
         viewer.layers[name].events.visible.connect(lambda e, n=name: shown.append(n))
     w.segment()  # re-running updates the same layers
-    assert len(viewer.layers) == 5 and not errors and shown == []
+    assert len(viewer.layers) == 6 and not errors and shown == []
     np.testing.assert_allclose(viewer.layers["em UNet++ L1"].data, expected[1], atol=1e-6)
     assert w.last_run_dir != first_dir
 
@@ -214,8 +215,9 @@ def test_stack_slicewise_then_current_slice(setup: Any, crop: np.ndarray) -> Non
     w._image.value = layer
     assert w._scope.value == "whole stack slice-wise"
     w.segment()
-    assert not errors and len(viewer.layers) == 5
+    assert not errors and len(viewer.layers) == 6
     assert viewer.layers["stack UNet++ L2"].data.shape == (2, 128, 128)
+    assert viewer.layers["stack UNet++ disagreement"].data.shape == (2, 128, 128)
     boxes = viewer.layers["stack UNet++ label here next"]  # one block per slice, on its slice
     assert boxes.nshapes == 2 and {int(b[0, 0]) for b in boxes.data} == {0, 1}
     assert viewer.layers["stack UNet++ labels"].data.shape == (2, 128, 128)
@@ -223,7 +225,9 @@ def test_stack_slicewise_then_current_slice(setup: Any, crop: np.ndarray) -> Non
     w._scope.value = "current slice only (quick look)"
     viewer.dims.set_point(0, 6.0)  # world z = 1 + 5 * 1: slice 1
     w.segment()  # a quick look writes its own layers: the whole-stack ones stay
-    assert not errors and len(viewer.layers) == 9
+    assert not errors and len(viewer.layers) == 11
+    quick_map = viewer.layers["stack UNet++ disagreement (quick look)"]
+    assert quick_map.data.shape == (1, 128, 128) and tuple(quick_map.translate) == (6.0, *TRANSLATE)
     quick_boxes = viewer.layers["stack UNet++ label here next (quick look)"]
     assert quick_boxes.nshapes == 1 and tuple(quick_boxes.translate) == (6.0, *TRANSLATE)
     assert viewer.layers["stack UNet++ labels"].data.shape == (2, 128, 128)
@@ -316,6 +320,36 @@ def test_no_label_here_next_blocks_on_an_image_with_nothing_to_label(
     assert regions["label_here_next"] == [] and "no contrast" in regions["note"]
 
 
+def test_every_run_of_several_heads_shows_its_disagreement_map(
+    setup: Any, crop: np.ndarray, tmp_path: Path
+) -> None:
+    """The depth-disagreement layer came only with adaptive depth, though every run computes
+    all heads: an ordinary Segment now shows it too (hidden), the very map
+    ``predict --disagreement`` writes; a pruned run (one head) has none, and drops the last."""
+    import tifffile
+
+    from napari_unetpp import cli
+    from napari_unetpp.disagreement import disagreement_map
+
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="em", scale=SCALE, translate=TRANSLATE)
+    w.segment()
+    assert not errors
+    layer = viewer.layers["em UNet++ disagreement"]
+    assert not layer.visible and tuple(layer.scale) == SCALE
+    assert w.last_probabilities is not None and len(w.last_probabilities) == 2
+    np.testing.assert_array_equal(layer.data, disagreement_map(w.last_probabilities, 1))
+    tifffile.imwrite(tmp_path / "em.tif", crop[0])
+    argv = [str(w.model_spec), str(tmp_path / "em.tif"), "--out", str(tmp_path / "cli")]
+    flags = ["--tile", "128", "128", "--device", "cpu", "--no-check", "-q"]
+    assert cli.main(["predict", *argv, "--disagreement", *flags]) == 0
+    written = tifffile.imread(tmp_path / "cli" / "em_disagreement.tif")
+    np.testing.assert_allclose(layer.data, written, atol=1e-6)
+    w.segment(pruned_depth=1)  # the pruning slider's Apply: one head, no map
+    assert not errors
+    assert "em UNet++ disagreement" not in _names(viewer), _names(viewer)
+
+
 def test_a_quick_look_refuses_a_view_of_another_plane(setup: Any, crop: np.ndarray) -> None:
     """With the axis order changed the view showed a Z-X plane, and a quick look segmented
     the Y-X plane at the slider's Z: one row of the view (QA session 11)."""
@@ -406,7 +440,8 @@ def test_pruning_slider_apply_and_save(
 
     labels_before = viewer.layers["em UNet++ labels"].data.copy()
     w.pruning.apply()
-    assert not errors and len(viewer.layers) == 5  # the same layers, label-here-next included
+    # the same layers, label-here-next included, but the disagreement map: one head has none
+    assert not errors and len(viewer.layers) == 5
     assert sorted(w.last_probabilities) == [1]
     np.testing.assert_allclose(
         w.last_probabilities[1], viewer.layers["em UNet++ L1"].data, atol=1e-5
@@ -552,7 +587,7 @@ def test_threaded_run_and_reader_entry(
         qtbot.waitUntil(lambda: not w.busy, timeout=30_000)
         assert w._run.enabled
         assert _names(viewer)[:4] == ["em", "em UNet++ L1", "em UNet++ L2", "em UNet++ labels"]
-        assert _names(viewer)[4:] == ["em UNet++ label here next"]
+        assert _names(viewer)[4:] == ["em UNet++ disagreement", "em UNet++ label here next"]
     finally:
         _state.unregister_model("tiny run")
 

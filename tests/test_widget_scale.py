@@ -21,6 +21,7 @@ from napari_unetpp._widgets import _runner
 from napari_unetpp._widgets import predict as predict_module
 from napari_unetpp._widgets.predict import PredictWidget
 from napari_unetpp._widgets.scale_panel import ScalePanel, layer_pixel_size, parse_pixel_size
+from napari_unetpp.disagreement import disagreement_map
 from napari_unetpp.image_check import THRESHOLDS
 
 
@@ -547,8 +548,11 @@ def test_a_run_of_fixed_depth_after_an_adaptive_one_leaves_no_adaptive_layers(
     w.segment()
     assert not errors, errors
     names = [layer.name for layer in viewer.layers]
-    for stale in ("adaptive", "depth used", "disagreement"):
+    for stale in ("adaptive", "depth used"):
         assert f"em UNet++ {stale}" not in names, names
+    # the disagreement map is the new run's (every run of several heads has one)
+    mine = disagreement_map(w.last_probabilities, 1)
+    np.testing.assert_array_equal(viewer.layers["em UNet++ disagreement"].data, mine)
     shown = [layer.name for layer in viewer.layers if "L" in layer.name and layer.visible]
     assert shown == [f"em UNet++ L{w.pruning.depth}"], names
 

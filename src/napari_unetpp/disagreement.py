@@ -50,6 +50,7 @@ __all__ = [
     "check_result",
     "class_spread",
     "disagreement_map",
+    "result_disagreement",
     "zoom_used",
 ]
 
@@ -76,6 +77,19 @@ def disagreement_map(probs: Mapping[int, Any], num_classes: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- advice
+
+
+def result_disagreement(probs: Mapping[int, Any], num_classes: int) -> np.ndarray | None:
+    """The disagreement map of one prediction, from the pass that made it: an adaptive
+    run's own (``AdaptiveResult.disagreement``: the heads it computed), else the range of
+    its heads (:func:`disagreement_map`); None for one head (a pruned run).
+
+    Why one function: ``predict --disagreement`` and the Segment dock show the same map.
+    """
+    own = getattr(probs, "disagreement", None)
+    if own is not None:
+        return np.asarray(own)
+    return disagreement_map(probs, num_classes) if len(probs) > 1 else None
 
 
 @dataclass

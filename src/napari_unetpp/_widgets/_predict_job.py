@@ -198,8 +198,8 @@ def predict_config(
     )
 
 
-#: Probabilities larger than this (values) are not ranked for "label here next" in the dock:
-#: the ranking holds a copy of them (about 1 GB at this size).
+#: Probabilities larger than this (values) are not ranked for "label here next" in the dock,
+#: nor given a disagreement map: each holds a copy of them (about 1 GB at this size).
 RANK_LIMIT = 2**28
 
 
@@ -215,14 +215,18 @@ def segment_job(
     grid: tuple[tuple[float, ...] | None, str] = (None, ""),
     scan: Path | None = None,
     copies: Sequence[LayerCopy] = (),
-) -> Generator[Any, None, tuple[Any, Any, list[Any], Any]]:
+) -> Generator[Any, None, tuple[Any, Any, list[Any], Any, Any]]:
     """Write ``copies`` (the image ``command.sh`` names: :func:`record_predict`), predict,
     then turn head ``depth`` (default: the pruned or deepest one) into labels;
     save them to ``run_dir`` (:func:`save_labels`: ``grid`` is the layer's pixel size and
     unit, ``scan`` its NIfTI / DICOM file). Returns the probabilities, the labels, the
     blocks to label next (here, in the worker: ranking a big stack would stall the GUI
-    thread) and, when ``check`` (the model's metrics) is given, the image check of the
-    result (or None)."""
+    thread), when ``check`` (the model's metrics) is given the image check of the
+    result (or None), and the disagreement map of the pass
+    (``disagreement.result_disagreement``, as ``predict --disagreement`` writes it; None
+    for one head, or past :data:`RANK_LIMIT` unless an adaptive run brought its own),
+    computed here for the same reason."""
+    from ..disagreement import result_disagreement
     from ..inference import predict
     from ..label_next import label_here_next, region_size
     from ..postprocess import probabilities_to_labels
@@ -230,7 +234,7 @@ def segment_job(
     write_copies(copies)
     probs = yield from predict(model, image, config, data, stopper=stopper)
     if not probs.complete:
-        return probs, None, [], None
+        return probs, None, [], None, None
     if getattr(probs, "scale", None) is not None:  # the zoom used, as the CLI's run.json has
         _add_to_run_file(run_dir, {"scale": probs.scale})
     depth = config.pruned_depth or (depth if depth in probs else max(probs))
@@ -254,12 +258,17 @@ def segment_job(
         if model.config.spatial_dims == 2 and np.size(deepest) <= RANK_LIMIT
         else []  # 3D blocks are no rectangles; a huge plane: the CLI's --disagreement
     )
+    disagreement = (  # an adaptive run's map comes with it; others are computed here
+        result_disagreement(probs, model.config.num_classes)
+        if hasattr(probs, "disagreement") or np.size(deepest) <= RANK_LIMIT
+        else None  # a huge volume: none in the dock (the CLI's --disagreement writes one)
+    )
     result = None
     if check is not None:
         result = yield from result_check(model, image, probs, config, data, check, stopper)
         if result is not None:
             _add_to_run_file(run_dir, {"image_check": result.to_dict()})
-    return probs, labels, regions, result
+    return probs, labels, regions, result, disagreement
 
 
 def scan_file(layer: Any) -> Path | None:

@@ -76,14 +76,15 @@ def drop_stale_depths(
             viewer.layers.remove(layer)
 
 
-#: The layers only an adaptive run makes (``<image> UNet++ <name>``).
-ADAPTIVE_LAYERS = ("adaptive", "depth used", "disagreement")
+#: The layers only an adaptive run makes (``<image> UNet++ <name>``); its disagreement map
+#: is every run's of several heads (replaced by the next run's, or dropped by a pruned run).
+ADAPTIVE_LAYERS = ("adaptive", "depth used")
 
 
 def drop_adaptive(viewer: napari.viewer.Viewer, base: str, suffix: str) -> None:
     """Remove an earlier adaptive run's layers: after a run of fixed depth its mix of depths
-    stayed visible over the new probabilities, and its depth and disagreement maps
-    described labels that were no longer there."""
+    stayed visible over the new probabilities, and its depth map described labels that were
+    no longer there."""
     for name in ADAPTIVE_LAYERS:
         if f"{base} {name}{suffix}" in viewer.layers:
             viewer.layers.remove(f"{base} {name}{suffix}")
@@ -192,7 +193,7 @@ def keep_edited(viewer: napari.viewer.Viewer, name: str) -> str | None:
     return str(layer.name)
 
 
-def put_adaptive_maps(
+def put_depth_used(
     viewer: napari.viewer.Viewer,
     base: str,
     suffix: str,
@@ -201,14 +202,12 @@ def put_adaptive_maps(
     meta: dict[str, Any],
     max_depth: int,
 ) -> Generator[None, None, None]:
-    """Adaptive depth's "depth used" and disagreement layers (hidden at first); yields
-    after each."""
-    lift = lift_for(where)
+    """Adaptive depth's "depth used" layer (hidden at first)."""
     yield from put_layer_steps(
         viewer,
         Image,
         f"{base} depth used{suffix}",
-        lift(probs.depth_map),
+        lift_for(where)(probs.depth_map),
         where.scale,
         where.translate,
         meta,
@@ -219,12 +218,23 @@ def put_adaptive_maps(
         visible=False,
         select=False,
     )
-    yield
+
+
+def put_disagreement(
+    viewer: napari.viewer.Viewer,
+    name: str,
+    disagreement: Any,
+    where: Placement,
+    meta: dict[str, Any],
+) -> Generator[None, None, None]:
+    """The run's per-pixel depth disagreement (``disagreement.result_disagreement``, hidden
+    at first): of every run of several heads, adaptive or not, as ``predict
+    --disagreement`` writes it."""
     yield from put_layer_steps(
         viewer,
         Image,
-        f"{base} disagreement{suffix}",
-        lift(probs.disagreement),
+        name,
+        lift_for(where)(disagreement),
         where.scale,
         where.translate,
         meta,
@@ -338,7 +348,8 @@ def show_result(
 ) -> Generator[None, None, tuple[str, list[str]]]:
     """All of a finished run's layers for the image ``name``; returns (legend, notes).
 
-    ``options``: :func:`_add_result`'s (``instance``, ``all_depths``, ``regions``).
+    ``options``: :func:`_add_result`'s (``instance``, ``all_depths``, ``regions``,
+    ``disagreement``: the run's map, shown for every run of several heads).
     ``meta["depth"]`` is the labels' depth (``"adaptive"``: a mix); ``regions``: the blocks
     to label next (the job ranked them). A run of all depths first drops the per-depth
     layers it did not make (a pruned run makes one and keeps the rest). A generator that
@@ -377,6 +388,7 @@ def _add_result(
     instance: bool,
     all_depths: bool,
     regions: Sequence[Region] = (),
+    disagreement: Any = None,
 ) -> Generator[None, None, tuple[str, list[str]]]:
     """:func:`show_result`'s steps, without the watch on the input image."""
     probs, labels = result
@@ -397,8 +409,14 @@ def _add_result(
     notes = [] if kept is None else [f"your edits of the labels are kept in '{kept}'"]
     if hasattr(probs, "depth_map"):
         yield
-        yield from put_adaptive_maps(viewer, base, suffix, probs, where, meta, model.depth)
+        yield from put_depth_used(viewer, base, suffix, probs, where, meta, model.depth)
         notes.append(probs.summary())
+    disagreement_name = f"{base} disagreement{suffix}"
+    if disagreement is not None:
+        yield
+        yield from put_disagreement(viewer, disagreement_name, disagreement, where, meta)
+    elif disagreement_name in viewer.layers:  # one head now: the map described other labels
+        viewer.layers.remove(disagreement_name)
     yield
     next_name = f"{base} label here next{suffix}"
     if (yield from put_label_here_next(viewer, next_name, regions, where, meta)):

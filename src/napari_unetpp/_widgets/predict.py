@@ -129,7 +129,7 @@ class PredictWidget(PredictModels):
         self,
         layer: Image,
         where: Placement,
-        result: tuple[Any, Any, list[Any], Any],
+        result: tuple[Any, Any, list[Any], Any, Any],
         config: PredictConfig,
         depth: int,
         made_by: tuple[UNetPlusPlus, CheckpointInfo | None, str | None],
@@ -138,7 +138,7 @@ class PredictWidget(PredictModels):
     ) -> None:
         """The finished run's layers and status. ``check_stopped``: Cancel was pressed on a
         run to be checked; in the check's pass that leaves whole labels, but no check."""
-        probs, labels, regions, check = result
+        probs, labels, regions, check, disagreement = result
         if layer not in self._viewer.layers:  # the user removed the image meanwhile
             set_progress(self._progress, 100 if labels is not None else 0)
             self._status.value = (
@@ -174,6 +174,7 @@ class PredictWidget(PredictModels):
             meta,
             model.config,
             regions=regions,
+            disagreement=disagreement,
             instance=info.data.target == "instance",
             all_depths=config.pruned_depth is None,
             image=layer,

@@ -509,15 +509,17 @@ def _write_disagreement(
     """``_disagreement`` (and ``_depth_used`` for --depth auto) maps, ``_regions.json`` ranking
     (``source``: the image and its data config; on an image with nothing worth labelling the
     ranking is empty and ``_regions.json`` says why, as the terminal does)."""
-    from ..disagreement import disagreement_map
+    from ..disagreement import disagreement_map, result_disagreement
     from ..label_next import label_here_next, region_size
     from ..outputs import TIFF_SOFTWARE
 
     adaptive = hasattr(probs, "depth_map")
+    disagreement = result_disagreement(probs, config.num_classes)
+    # one head (a pruned --depth d run): disagreement_map raises, saying how to get the map
     maps = {
-        "disagreement": probs.disagreement
-        if adaptive
-        else disagreement_map(probs, config.num_classes)
+        "disagreement": disagreement_map(probs, config.num_classes)
+        if disagreement is None
+        else disagreement
     }
     if adaptive:
         maps["depth_used"] = probs.depth_map
