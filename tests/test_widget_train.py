@@ -273,6 +273,26 @@ def test_add_and_clear_pairs(make_napari_viewer, em_crop, tmp_path, monkeypatch)
     assert not w._pairs and w._pair_list.value == "training on: the selected pair"
 
 
+def test_pairs_drop_a_removed_layer_and_take_a_pair_once(make_napari_viewer, em_crop, tmp_path):
+    """A pair added twice trained twice as often, and a pair whose layer the user deleted
+    was still trained on at Start, listed under its old name (QA session 13)."""
+    viewer = make_napari_viewer()
+    w = _widget(viewer, em_crop, tmp_path)
+    w._add_pair.clicked.emit()
+    w._add_pair.clicked.emit()
+    assert len(w._pairs) == 1
+    image, membranes = em_crop
+    second = viewer.add_labels(membranes.astype(np.uint8), name="second")
+    w._labels_box.value = second
+    w._add_pair.clicked.emit()
+    assert w._pair_list.value == "training on: em + membranes, em + second"
+    viewer.layers.remove("membranes")
+    assert [lab.name for _, lab in w._pairs] == ["second"]
+    assert w._pair_list.value == "training on: em + second"
+    viewer.layers.remove("em")
+    assert not w._pairs and w._pair_list.value == "training on: the selected pair"
+
+
 def test_viewer_stays_responsive(make_napari_viewer, qtbot, em_crop, tmp_path, monkeypatch):
     """A 20 ms QTimer keeps firing while training runs in the worker (no freeze)."""
     from qtpy.QtCore import QTimer

@@ -188,13 +188,24 @@ class TrainInputs(TrainForm):
         except ValueError as exc:
             show_error(str(exc))
             return
-        self._pairs.append((image, labels))
-        names = ", ".join(f"{i.name} + {lab.name}" for i, lab in self._pairs)
-        self._pair_list.value = f"training on: {names}"
+        if (image, labels) not in self._pairs:  # twice would train it twice as often
+            self._pairs.append((image, labels))
+        self._show_pairs()
 
     def _on_clear_pairs(self, _value: Any = None) -> None:
         self._pairs.clear()
-        self._pair_list.value = "training on: the selected pair"
+        self._show_pairs()
+
+    def _drop_pairs_of(self, layer: Any) -> None:
+        """A layer removed from the viewer leaves the pairs (Start trained on it unseen)."""
+        kept = [pair for pair in self._pairs if layer not in pair]
+        if len(kept) != len(self._pairs):
+            self._pairs[:] = kept
+            self._show_pairs()
+
+    def _show_pairs(self) -> None:
+        names = ", ".join(f"{i.name} + {lab.name}" for i, lab in self._pairs)
+        self._pair_list.value = f"training on: {names or 'the selected pair'}"
 
     def _training_pairs(self) -> list[tuple[Image, Labels]]:
         if self._pairs:

@@ -119,6 +119,8 @@ class TrainWidget(TrainInputs):
             return
         if getattr(event, "type", "") == "inserted":
             self._take_new_labels(event.value)
+        elif getattr(event, "type", "") == "removed":
+            self._drop_pairs_of(event.value)
 
     def _on_models_changed(self) -> None:
         try:
