@@ -571,8 +571,14 @@ def test_fine_tuning_on_another_tools_label_ids_says_what_they_become(
     flags = ["--from", "zoo:ct", "--label-mode", "dense", "--dry-run"]
     code, _, err = _run(capsys, *argv, *flags)
     assert code == 0, err
+    assert "warning: the label values (1, 2, 3, 5, 6) are not the model's own" in err
+    assert "in sorted order, 1 -> liver, 2 -> spleen" in err and "6 -> stomach" in err
+    own = organs.copy()
+    own[organs == 5], own[organs == 6] = 4, 5
+    tifffile.imwrite(labels, own)
+    code, _, err = _run(capsys, *argv, *flags)  # the model's own values: said, no warning
+    assert code == 0 and "warning" not in err, err
     assert "label values train the model's classes: 1 -> liver, 2 -> spleen" in err
-    assert "6 -> stomach" in err
     organs[50:60, 50:60] = 52
     tifffile.imwrite(labels, organs)
     code, _, err = _run(capsys, *argv, *flags)

@@ -16,6 +16,7 @@ import pytest
 from napari_unetpp._widgets import _state, _train_form
 from napari_unetpp._widgets import _train_inputs as inputs_module
 from napari_unetpp._widgets import train as train_module
+from napari_unetpp._widgets._runner import JobRunner
 from napari_unetpp._widgets.train import TrainWidget
 
 pytestmark = pytest.mark.gui
@@ -269,6 +270,26 @@ def test_add_and_clear_pairs(make_napari_viewer, em_crop, tmp_path, monkeypatch)
     assert not errors and len(w._pairs) == 1
     assert w._pair_list.value == "training on: em + membranes"
     w._clear_pairs.clicked.emit()
+    assert not w._pairs and w._pair_list.value == "training on: the selected pair"
+
+
+def test_pairs_drop_a_removed_layer_and_take_a_pair_once(make_napari_viewer, em_crop, tmp_path):
+    """A pair added twice trained twice as often, and a pair whose layer the user deleted
+    was still trained on at Start, listed under its old name (QA session 13)."""
+    viewer = make_napari_viewer()
+    w = _widget(viewer, em_crop, tmp_path)
+    w._add_pair.clicked.emit()
+    w._add_pair.clicked.emit()
+    assert len(w._pairs) == 1
+    image, membranes = em_crop
+    second = viewer.add_labels(membranes.astype(np.uint8), name="second")
+    w._labels_box.value = second
+    w._add_pair.clicked.emit()
+    assert w._pair_list.value == "training on: em + membranes, em + second"
+    viewer.layers.remove("membranes")
+    assert [lab.name for _, lab in w._pairs] == ["second"]
+    assert w._pair_list.value == "training on: em + second"
+    viewer.layers.remove("em")
     assert not w._pairs and w._pair_list.value == "training on: the selected pair"
 
 
@@ -697,7 +718,11 @@ def test_instance_labels_are_guessed_and_scribbles_never_meet_an_instance_model(
     with "use DataConfig(target='instance') or list the classes in class_values" (the Python
     API's words) and the status line stayed empty; with fewer than 64 nuclei it would have
     trained one class per nucleus. Scribbles with a model that learns instances (the shipped
-    nuclei one) failed inside the job with "use label_mode='dense' or target='semantic'"."""
+    nuclei one) failed inside the job with "use label_mode='dense' or target='semantic'";
+    then Start refused them with "choose Target 'semantic (classes)'", and done so the
+    nuclei model became a class model (held-out AP@0.5 0.75 -> 0.0, QA session 13). They
+    now train its own three classes (1 background, 2 inside, 3 edge) and it stays one that
+    finds objects; another value is refused at Start, saying which to paint."""
     from napari_unetpp._sample_data import load_sample
 
     errors = _errors(monkeypatch)
@@ -718,11 +743,22 @@ def test_instance_labels_are_guessed_and_scribbles_never_meet_an_instance_model(
     assert (w._label_mode.value, w._target.value) == ("sparse", "semantic")
     w._start_from.value = "zoo:nuclei"  # a model that learns instances
     assert w._target.value == "instance"
+    assert "2 = inside an object, 3 = an object's edge" in w._label_reason.value
     w._output.value = tmp_path
+    scribbles[60, 100:110] = 4  # not one of its classes: said at Start, no run folder
+    viewer.layers["scribbles"].data = scribbles
     w._on_start()
-    assert errors and "Target 'semantic (classes)'" in errors[-1], errors
+    assert errors and "2 = inside an object" in errors[-1] and "not 4" in errors[-1], errors
     assert w._status.value.startswith("not started"), w._status.value
     assert not w._runner.running and not list(tmp_path.iterdir())  # no run folder left behind
+    scribbles[60, 100:110] = 3
+    viewer.layers["scribbles"].data = scribbles
+    held: list[object] = []
+    monkeypatch.setattr(JobRunner, "start", lambda self, job, **_: held.append(job))
+    w._on_start()
+    assert held, errors
+    run = json.loads((w.last_run_dir / "run.json").read_text())
+    assert (run["data"]["target"], run["data"]["label_mode"]) == ("instance", "sparse")
 
 
 def test_a_grey_image_after_an_rgb_one_drops_the_channel_axis(make_napari_viewer, em_crop):

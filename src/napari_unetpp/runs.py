@@ -42,6 +42,7 @@ __all__ = [
     "replay_dir",
     "PATH_KEYS",
     "new_run_dir",
+    "discard_unstarted_run",
     "write_json",
     "write_run_file",
     "is_run_record",
@@ -98,6 +99,22 @@ def new_run_dir(folder: str | os.PathLike[str], name: str) -> Path:
         run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
     run_dir.mkdir(parents=True)
     return run_dir
+
+
+def discard_unstarted_run(run_dir: str | os.PathLike[str]) -> bool:
+    """Remove ``run_dir`` if it holds only its run record (``run.json``, ``command.sh``).
+
+    Why: a dock's run stopped while it waited for another job never wrote the data its
+    ``command.sh`` names; the folder left behind looked like a run, and its command failed
+    on the missing files. Anything else in the folder keeps it. Returns whether it went.
+    """
+    folder = Path(run_dir)
+    if not folder.is_dir() or {p.name for p in folder.iterdir()} - {RUN_FILE, COMMAND_FILE}:
+        return False
+    for name in (RUN_FILE, COMMAND_FILE):
+        (folder / name).unlink(missing_ok=True)
+    folder.rmdir()
+    return True
 
 
 def replay_dir(run_dir: str | os.PathLike[str]) -> Path:

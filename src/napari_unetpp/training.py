@@ -56,6 +56,7 @@ from .finetune import (
     preservation_teacher,
     resolve_freeze_norm,
     set_train_mode,
+    starting_depth,
 )
 from .losses import DeepSupervisionLoss, preservation_loss
 from .model import UNetPlusPlus
@@ -484,10 +485,13 @@ class Trainer:
         best.load_state_dict(run.best_state or run.net.state_dict())
         best = best.to(run.device).eval()
         table = depth_table(best, run.best_scores or None, None, run.device)
+        depth = recommend_depth(table)
+        if not data.description.get("new_heads"):  # its heads carry the start's knowledge
+            depth = max(depth, min(starting_depth(run.origin) or 0, run.net.config.depth))
         metrics = {
             "depths": {str(d): row for d, row in table.items()},
             "score_name": "iou",
-            "best_depth": recommend_depth(table),
+            "best_depth": depth,
         }
         if data.description.get("degenerate_labels"):
             metrics["warning"] = data.description["degenerate_labels"]

@@ -52,6 +52,9 @@ CHANNEL_AXES = [
     ("axis 1", "1"),
 ]
 DEFAULT_OUTPUT = Path.home() / "napari-unetpp" / "runs"
+#: An axis longer than this is never guessed to hold channels: 20 planes of a stack with
+#: one-plane labels trained a 20-channel model without a word (QA session 13).
+MAX_GUESSED_CHANNELS = 4
 #: Defaults when starting from a trained model: small steps that keep what it knows.
 FINE_TUNE_LR, FINE_TUNE_ITERATIONS = FINE_TUNE_LEARNING_RATE, 200
 SCRATCH_LR, SCRATCH_ITERATIONS = 1e-3, 2000
@@ -247,6 +250,15 @@ class TrainForm(Container):
         if len(shape) == len(target) + 1 and not _axis_fits(
             shape, target, self._channel_axis.value
         ):
+            planes = [v for v in ("0", "-1") if _axis_fits(shape, target, v)]
+            if self._channel_axis.value == "none" and planes and not image.rgb:
+                count = shape[int(planes[0])]
+                raise ValueError(
+                    f"'{image.name}' {shape} holds {count} planes and the labels "
+                    f"'{labels.name}' {target} one: paint on a Labels layer of the image's "
+                    "shape (layer list: New labels layer), or, if the planes are channels "
+                    "of one image, choose their axis in 'Channel axis'"
+                )
             raise ValueError(
                 f"image shape {shape} and labels shape {target} do not match with Channel axis "
                 f"'{self._channel_axis.value}': choose the image's channel axis in 'Channel axis'"
@@ -261,14 +273,22 @@ class TrainForm(Container):
     def _fit_axes(self, image: Image, labels: Labels) -> None:
         """Channel axis and 'Stacks as' for a newly chosen pair: last for RGB, none when the
         image has the labels' axes, else the one axis whose removal leaves the labels' shape
-        (the user's choice stays when it fits); 2D for a single plane (no Z for 3D)."""
+        (the user's choice stays when it fits); 2D for a single plane (no Z for 3D).
+        An axis of more than :data:`MAX_GUESSED_CHANNELS` is a stack's, and no fit leaves
+        none (a grey image kept an RGB one's "last", and the shape error named it)."""
         shape, target = layer_data(image).shape, layer_data(labels).shape
+
+        def guessable(axis: str) -> bool:
+            return _axis_fits(shape, target, axis) and (
+                axis == "none" or shape[int(axis)] <= MAX_GUESSED_CHANNELS
+            )
+
         axis = self._channel_axis.value
         if image.rgb:
             axis = "-1"  # (an RGB layer chosen before had set "last" for a grey one too)
-        elif len(shape) == len(target) or not _axis_fits(shape, target, axis):
-            fits = [v for v in ("none", "0", "1", "-1") if _axis_fits(shape, target, v)]
-            axis = fits[0] if fits else axis
+        elif len(shape) == len(target) or not guessable(axis):
+            fits = [v for v in ("none", "0", "1", "-1") if guessable(v)]
+            axis = fits[0] if fits else "none"
         self._channel_axis.value = axis
         if len(shape) - (axis != "none") < 3:
             self._dims.value = 2

@@ -36,6 +36,11 @@ GUESS_DELAY_MS = 500
 #: Dense labels with more distinct values than this are guessed to be instance ids (each
 #: object painted with its own id): more classes than anyone paints by hand.
 INSTANCE_GUESS_VALUES = 16
+#: Said with scribbles for a model that learns instances (the shipped nuclei one).
+INSTANCE_SCRIBBLES_NOTE = (
+    "; for a model that finds objects (Target 'instances') scribbles are its classes: "
+    "1 = background, 2 = inside an object, 3 = an object's edge (between touching objects)"
+)
 
 
 class TrainInputs(TrainForm):
@@ -165,11 +170,14 @@ class TrainInputs(TrainForm):
         """Instances for dense labels of many ids, unless the user or the model to fine-tune
         says otherwise; returns the reason to show (empty when nothing was guessed)."""
         if self._target_from_user or self._start_from.value != "scratch":
-            return ""
+            return INSTANCE_SCRIBBLES_NOTE if self._instance_scribbles(mode) else ""
         values = int(np.unique(data[data > 0]).size)
         instance = mode == "dense" and values > INSTANCE_GUESS_VALUES
         self._target.value = "instance" if instance else "semantic"
         return f"; {values} label values: guessed instances (one id per object)" if instance else ""
+
+    def _instance_scribbles(self, mode: str) -> bool:
+        return mode == "sparse" and self._target.value == "instance"
 
     def _on_add_pair(self, _value: Any = None) -> None:
         image, labels = self._image.value, self._labels_box.value
@@ -180,13 +188,24 @@ class TrainInputs(TrainForm):
         except ValueError as exc:
             show_error(str(exc))
             return
-        self._pairs.append((image, labels))
-        names = ", ".join(f"{i.name} + {lab.name}" for i, lab in self._pairs)
-        self._pair_list.value = f"training on: {names}"
+        if (image, labels) not in self._pairs:  # twice would train it twice as often
+            self._pairs.append((image, labels))
+        self._show_pairs()
 
     def _on_clear_pairs(self, _value: Any = None) -> None:
         self._pairs.clear()
-        self._pair_list.value = "training on: the selected pair"
+        self._show_pairs()
+
+    def _drop_pairs_of(self, layer: Any) -> None:
+        """A layer removed from the viewer leaves the pairs (Start trained on it unseen)."""
+        kept = [pair for pair in self._pairs if layer not in pair]
+        if len(kept) != len(self._pairs):
+            self._pairs[:] = kept
+            self._show_pairs()
+
+    def _show_pairs(self) -> None:
+        names = ", ".join(f"{i.name} + {lab.name}" for i, lab in self._pairs)
+        self._pair_list.value = f"training on: {names or 'the selected pair'}"
 
     def _training_pairs(self) -> list[tuple[Image, Labels]]:
         if self._pairs:
@@ -220,18 +239,24 @@ class TrainInputs(TrainForm):
             return
         if base is not None:
             self._target.value = base.data.target
+            reason = str(self._label_reason.value)
+            if self._instance_scribbles(self._label_mode.value) and not reason.endswith(
+                INSTANCE_SCRIBBLES_NOTE
+            ):
+                self._label_reason.value = reason + INSTANCE_SCRIBBLES_NOTE
 
-    def _heads_warning(
+    def _class_mapping(
         self, pairs: list[tuple[Image, Labels]], data: DataConfig, classes: int
-    ) -> str | None:
-        """For a fine-tune whose labels replace the model's heads: the warning to give at
-        Start (``train --from`` gives it too), else None."""
+    ) -> tuple[str | None, str | None]:
+        """For a fine-tune: the warning to give at Start when its labels replace the model's
+        heads or are not the model's own values, else which label value trains which of its
+        classes (``train --from`` says the same: ``finetune.class_mapping``)."""
         from ..finetune import class_mapping
 
         _, base = self._initial()
         if base is None:
-            return None
-        return class_mapping([layer_data(lab) for _, lab in pairs], base.model, data, classes)[0]
+            return None, None
+        return class_mapping([layer_data(lab) for _, lab in pairs], base.model, data, classes)
 
 
 def _placement_note(image: Image, labels: Labels) -> str:

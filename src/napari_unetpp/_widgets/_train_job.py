@@ -37,6 +37,7 @@ __all__ = [
     "at_pixel_size",
     "check_channels",
     "finished_message",
+    "new_train_run",
     "pair_pixel_sizes",
     "predict_labels_job",
     "record_train",
@@ -252,6 +253,27 @@ def finished_message(result: Any, how: str, checkpoint: Path) -> str:
         f"depth L{best}; {judged}; model saved to {checkpoint}"
         + (f"; WARNING: {warning}" if warning else "")
     )
+
+
+def new_train_run(
+    folder: Path,
+    pairs: list[tuple[Any, Any]],
+    labels: list[np.ndarray],
+    configs: tuple[ModelConfig, TrainConfig, DataConfig],
+    start: str,
+    initial: str | None,
+    sizes: list[tuple[tuple[float, ...], str] | None],
+) -> tuple[Path, list[LayerCopy]]:
+    """A fresh run folder in ``folder`` with ``run.json`` and ``command.sh`` in it, and the
+    copies of the data they name, for the job to write (``labels``: the copies trained on;
+    ``start``: the dock's 'Start from' value, a shipped model named by its spec)."""
+    from ..locate import is_zoo
+    from ..runs import new_run_dir
+
+    run_dir = new_run_dir(folder, pairs[0][0].name)
+    origin = start if is_zoo(start) else initial  # a shipped model by name, not path
+    one_size = sizes[0] if sizes and all(s == sizes[0] for s in sizes) else None
+    return run_dir, record_train(run_dir, pairs, labels, *configs, origin, one_size)
 
 
 def record_train(

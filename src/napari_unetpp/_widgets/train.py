@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..locate import is_zoo
+from ..labels import check_instance_scribbles
 from ..normalization import as_model_input
-from ..runs import new_run_dir
+from ..runs import discard_unstarted_run
 from . import _state
 from ._jobs import queue_for
 from ._layers import layer_data
@@ -45,27 +44,21 @@ from ._train_job import (
     at_pixel_size,
     check_channels,
     finished_message,
+    new_train_run,
     pair_pixel_sizes,
-    record_train,
     rgb_as_grey,
     train_job,
 )
-from ._train_preview import preview_source, show_preview
+from ._train_preview import StrokeCheck, preview_source, show_preview
 from ._ui import on_dock_closed, set_progress
 
 if TYPE_CHECKING:
     import napari
 
-    from ..config import DataConfig, ModelConfig, TrainConfig
-    from ._layers import LayerCopy
+    from ..config import ModelConfig
 
 #: Progress text is redrawn at most this often (each redraw costs the GUI thread).
 STATUS_INTERVAL_S = 0.25
-#: Why a run cannot learn instances from scribbles, in the dock's words.
-SCRIBBLES_NEED_CLASSES = (
-    "Target 'instances (boundaries)' needs dense labels, every object painted with its own "
-    "id; scribbles (Label mode 'sparse') teach classes: choose Target 'semantic (classes)'"
-)
 
 
 def _first_loss(model: ModelConfig, initial: str | None) -> float | None:
@@ -84,6 +77,7 @@ class TrainWidget(TrainInputs):
         super().__init__(napari_viewer)
         self._runner = JobRunner(queue=queue_for(napari_viewer), owner="train")
         self._note, self._shown_at = "", 0.0
+        self._strokes: StrokeCheck | None = None
         self.last_run_dir: Path | None = None
         self.last_checkpoint: Path | None = None
         self._left_run: str | None = None  # a closed dock's training, stopping: its run
@@ -125,6 +119,8 @@ class TrainWidget(TrainInputs):
             return
         if getattr(event, "type", "") == "inserted":
             self._take_new_labels(event.value)
+        elif getattr(event, "type", "") == "removed":
+            self._drop_pairs_of(event.value)
 
     def _on_models_changed(self) -> None:
         try:
@@ -161,28 +157,43 @@ class TrainWidget(TrainInputs):
             pairs = self._training_pairs()
             model, train, data, initial = self._configs(pairs)
             if data.target == "instance" and data.label_mode == "sparse":
-                raise ValueError(SCRIBBLES_NEED_CLASSES)
+                for _, lab in pairs:  # its three classes: 1 background, 2 inside, 3 edge
+                    check_instance_scribbles(layer_data(lab))
             grey = rgb_as_grey(pairs, model, data)
             if grey:  # as `train --from` does: RGB for a one-channel model is its luminance
                 data = data.replace(channel_axis=None)
             check_channels(pairs, model, data)
             sizes = pair_pixel_sizes(pairs)  # resampled to the model's in the job, as the CLI
             model = at_pixel_size(model, sizes)
-            heads = self._heads_warning(pairs, data, model.num_classes)
+            heads, mapping = self._class_mapping(pairs, data, model.num_classes)
             labels = [np.array(layer_data(lab)) for _, lab in pairs]  # a copy: painting goes on
-            run_dir, copies = self._new_run(pairs, labels, model, train, data, initial, sizes)
+            folder = chosen_path(self._output.value, "output folder")
+            start = self._start_from.value
+            run_dir, copies = new_train_run(
+                folder, pairs, labels, (model, train, data), start, initial, sizes
+            )
+            self.last_run_dir = run_dir
         except (ValueError, OSError) as exc:
             show_error(str(exc))
             self._status.value = f"not started: {exc}"  # not an earlier run's "finished"
             return
         if heads:
             show_warning(f"UNet++ training: {heads}")
+        elif mapping:  # which value trains which of the model's classes, as `train --from`
+            show_info(f"UNet++ training: {mapping}")
         images = [as_model_input(layer_data(i), 1, None, rgb=grey)[0] for i, _ in pairs]
         self._preview_layer, stopper = pairs[0][0], Stopper()
-        self._note, self._shown_at = heads or "", 0.0
+        self._note, self._shown_at = heads or mapping or "", 0.0
         preview = (
             self._preview_source(model.spatial_dims, sizes[0], grey)
             if self._preview.value
+            else None
+        )
+        self._strokes = (  # held against the "before" preview (a brush too wide?)
+            StrokeCheck.at_start(
+                pairs[0][1], self._preview_point, model.spatial_dims, data, model.class_names
+            )
+            if preview is not None and initial is not None and data.target == "semantic"
             else None
         )
         self._plot.start(train.iterations, range(1, model.depth + 1), _first_loss(model, initial))
@@ -191,39 +202,39 @@ class TrainWidget(TrainInputs):
         job = train_job(
             model, train, data, initial, run_dir, stopper, images, labels, preview, sizes, copies
         )
+        ended: list[bool] = []  # it returned or failed; else Stop came while it waited
+
+        def returned(result: Any) -> None:
+            ended.append(True)
+            self._on_result(result)
+
+        def failed(exc: BaseException) -> None:
+            ended.append(True)
+            self._on_error(exc)
+
         self._runner.start(
             job,
             on_yield=self._on_event,
-            on_return=self._on_result,
-            on_error=self._on_error,
-            on_finish=lambda: self._set_running(False),
+            on_return=returned,
+            on_error=failed,
+            on_finish=lambda: self._finished(run_dir, bool(ended)),
             stop=stopper.stop,
             where=str(run_dir),
         )
         self._on_queue_changed()
 
-    def _new_run(
-        self,
-        pairs: list[tuple[Image, Labels]],
-        labels: list[np.ndarray],
-        model: ModelConfig,
-        train: TrainConfig,
-        data: DataConfig,
-        initial: str | None,
-        sizes: list[tuple[tuple[float, ...], str] | None],
-    ) -> tuple[Path, list[LayerCopy]]:
-        """A fresh run folder with ``run.json`` and ``command.sh`` in it, and the copies of
-        the data they name, for the job to write (``labels``: the copies trained on)."""
-        folder = chosen_path(self._output.value, "output folder")
-        self.last_run_dir = run_dir = new_run_dir(folder, pairs[0][0].name)
-        start = self._start_from.value
-        origin = start if is_zoo(start) else initial  # a shipped model by name, not path
-        one_size = sizes[0] if sizes and all(s == sizes[0] for s in sizes) else None
-        copies = record_train(run_dir, pairs, labels, model, train, data, origin, one_size)
-        return run_dir, copies
-
     def _set_running(self, running: bool) -> None:
         self._start.enabled, self._stop.enabled = not running, running
+
+    def _finished(self, run_dir: Path, ended: bool) -> None:
+        """Buttons back; a run stopped while it waited for another job says so, and its
+        folder goes (its command.sh named data never written; the status said
+        "stopping after this step" for good)."""
+        self._set_running(False)
+        if not ended:
+            discard_unstarted_run(run_dir)
+            self._status.value = "stopped before it started: nothing was trained"
+            set_progress(self._progress, 0)
 
     def _on_stop(self, _value: Any = None) -> None:
         self._status.value = "stopping after this step; keeping the best model..."
@@ -252,10 +263,19 @@ class TrainWidget(TrainInputs):
         elif event.kind == "preview":
             try:
                 self._show_preview(event)
+                if event.stage == "before" and self._strokes is not None:
+                    self._warn_of_strokes(self._strokes.warning(event.labels))
             finally:
                 event.shown.set()  # the training waits for this (see _train_job)
         elif event.kind == "done":
             set_progress(self._progress, int(100 * event.fraction))
+
+    def _warn_of_strokes(self, warning: str | None) -> None:
+        """Strokes wider than what the starting model finds: said at once, and under each
+        step (the run goes on: Stop is the user's)."""
+        if warning:
+            show_warning(f"UNet++ training: {warning}")
+            self._note = self._status.value = warning
 
     def _on_error(self, exc: BaseException) -> None:
         """The status says the run failed (the notification says why)."""
