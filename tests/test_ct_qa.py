@@ -87,6 +87,45 @@ def test_cancel_of_a_rescaled_stack_does_not_resample_the_partial_result_back(
     assert whole.complete and backs and whole[1].shape[-2:] == (96, 96)
 
 
+def test_cancel_while_the_result_is_resampled_back_stops_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 112 x 512 x 512 CT at 0.8 mm: after the last tile every head was resampled back for
+    over a minute, the status stuck at 'tile 111/112 · 4 s left' and a Cancel pressed then
+    was ignored until the whole result (and its check) was shown."""
+    from napari_unetpp import rescaled
+    from napari_unetpp.config import DataConfig, PredictConfig
+    from napari_unetpp.events import Stopper
+    from napari_unetpp.inference import predict
+    from napari_unetpp.model import UNetPlusPlus
+
+    resampled: list[tuple[int, ...]] = []
+    real = rescaled.S.resample_to
+    monkeypatch.setattr(
+        rescaled.S,
+        "resample_to",
+        lambda im, shape, *a, **k: resampled.append(shape) or real(im, shape, *a, **k),
+    )
+    net = UNetPlusPlus(widths=(4, 8, 16), depth=2).eval()
+    net.config = net.config.replace(pixel_size=(3.0, 3.0), pixel_unit="mm")
+    stack = np.random.default_rng(0).normal(size=(2, 96, 96)).astype(np.float32)
+    config = PredictConfig(device="cpu", pixel_size=(1.0, 1.0), pixel_unit="mm", batch_size=1)
+    stopper, messages = Stopper(), []
+    job = predict(net, stack, config, DataConfig(), stopper=stopper)
+    while True:
+        try:
+            event = next(job)
+        except StopIteration as end:
+            result = end.value
+            break
+        messages.append(event.message)
+        if "resampling the result back" in event.message:
+            stopper.stop()  # Cancel pressed once the tiles are done
+    assert "resampling the result back to the image's grid (head 1 of 2)" in messages
+    assert not result.complete and not result
+    assert len([s for s in resampled if s[-2:] == (96, 96)]) <= 1  # not every head
+
+
 def test_liver_strokes_on_the_ct_model_keep_its_organ_heads(make_napari_viewer) -> None:
     """Sparse liver strokes (2, the CT model's liver) and background (1) made a 2-output
     model: its heads were replaced by untrained ones and every other organ was lost."""
