@@ -43,6 +43,19 @@ def test_a_windowed_8_bit_ct_is_told_its_values_are_not_hounsfield_units(ct_slic
     assert "RescaleIntercept" in _check(raw).reasons[0]
 
 
+def test_a_ct_stored_with_1024_added_is_told_to_subtract_it(ct_slices) -> None:
+    """A TIFF of the scanner's raw values (HU + 1024, 0..2231) was told to 'open the scan's
+    original values (the DICOM series...)', which a user holding only the TIFF cannot do;
+    the shipped CT model's liver Dice there was 0.24 (0.94 once 1024 was subtracted)."""
+    raw = (np.clip(ct_slices[0].astype(np.int32), -1024, None) + 1024).astype(np.uint16)
+    check = _check(raw)
+    assert check.unlike_training
+    assert "stored with 1024 added" in check.reasons[0]
+    assert "subtract 1024" in check.remedies_for("dock")[0]
+    windowed = (np.clip((ct_slices[0] + 160) / 400, 0, 1) * 255).round().astype(np.uint8)
+    assert "subtract" not in " ".join(_check(windowed).remedies)  # an 8-bit export: no sum
+
+
 def test_a_scan_in_hounsfield_units_gets_no_units_reason(ct_slices) -> None:
     check = _check(ct_slices[0])
     assert not any("not the units" in r for r in check.reasons)
