@@ -276,6 +276,23 @@ def test_a_localizer_inside_the_scans_own_series_is_left_out_with_a_warning(
     medical.write_nifti_like(tmp_path / "labels.nii.gz", labels, tmp_path / "scan")
 
 
+def test_one_file_of_a_dicom_series_says_the_folder_holds_the_series(tmp_path: Path) -> None:
+    """File > Open on one slice of an 11-slice series opened one 379 x 458 slice and said
+    nothing: a radiologist used to viewers that load the series took it for the scan."""
+    zyx = np.arange(4 * 8 * 6, dtype=np.int16).reshape(4, 8, 6)
+    write_dicom_series(tmp_path / "scan", zyx, (1.0, 1.0), 2.0)
+    one = sorted((tmp_path / "scan").iterdir())[0]
+    with pytest.warns(UserWarning, match=r"one of the 4 DICOM files in its folder; .*open the"):
+        assert readers.read_image(one).array.shape == (8, 6)
+    (tmp_path / "alone").mkdir()
+    one.rename(tmp_path / "alone" / one.name)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a lone slice: nothing to say
+        readers.read_image(tmp_path / "alone" / one.name)
+
+
 def test_labels_of_a_dicom_series_go_out_as_nifti_on_the_scan(
     ct_zyx: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:

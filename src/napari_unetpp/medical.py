@@ -426,6 +426,13 @@ def _warn_series(path: Path, series: _Series) -> None:
             "to choose another",
             stacklevel=3,
         )
+    if path.is_file() and len(siblings := _dicom_files(path.parent)) > 1:
+        warnings.warn(
+            f"{path}: read as one slice, one of the {len(siblings)} DICOM files in its "
+            "folder; to read the whole series open the folder (napari: File > Open Folder..., "
+            "or drag the folder in)",
+            stacklevel=3,
+        )
     if series.left_out:
         names = ", ".join(f.name for f in series.left_out[:3])
         more = f" and {len(series.left_out) - 3} more" if len(series.left_out) > 3 else ""
