@@ -246,6 +246,53 @@ def test_a_dicom_folder_of_two_series_or_with_missing_slices_is_read_with_a_warn
         assert readers.read_image(tmp_path / "mixed").array.shape == (6, 8, 6)
 
 
+def test_a_localizer_inside_the_scans_own_series_is_left_out_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    """A coronal scout of another size saved in the scan's own SeriesInstanceUID: the folder
+    was refused ("a slice of shape (5, 7) in a series of (8, 6); put one series per folder",
+    though it held one series) after a warning of uneven slices it did not have."""
+    import warnings
+
+    zyx = np.arange(6 * 8 * 6, dtype=np.int16).reshape(6, 8, 6)
+    write_dicom_series(tmp_path / "scan", zyx, (1.0, 1.0), 2.0)
+    first = sorted((tmp_path / "scan").iterdir())[0]
+    scout = pydicom.dcmread(str(first))
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    scout.ImagePositionPatient = [-60.0, 0.0, 260.0]
+    scout.Rows, scout.Columns = 5, 7
+    scout.PixelData = np.zeros((5, 7), np.uint16).tobytes()
+    scout.save_as(str(tmp_path / "scan" / "scout.dcm"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = readers.read_image(tmp_path / "scan")
+    said = [str(w.message) for w in caught]
+    assert any("left out 1 localizer / scout slice(s)" in m for m in said), said
+    assert not any("unevenly spaced" in m for m in said), said
+    np.testing.assert_array_equal(got.array, zyx)
+    assert got.scale == (2.0, 1.0, 1.0)
+    labels = np.ones_like(zyx, dtype=np.uint8)  # and its labels still go out on the scan
+    medical.write_nifti_like(tmp_path / "labels.nii.gz", labels, tmp_path / "scan")
+
+
+def test_one_file_of_a_dicom_series_says_the_folder_holds_the_series(tmp_path: Path) -> None:
+    """File > Open on one slice of an 11-slice series opened one 379 x 458 slice and said
+    nothing: a radiologist used to viewers that load the series took it for the scan."""
+    zyx = np.arange(4 * 8 * 6, dtype=np.int16).reshape(4, 8, 6)
+    write_dicom_series(tmp_path / "scan", zyx, (1.0, 1.0), 2.0)
+    one = sorted((tmp_path / "scan").iterdir())[0]
+    with pytest.warns(UserWarning, match=r"one of the 4 DICOM files in its folder; .*open the"):
+        assert readers.read_image(one).array.shape == (8, 6)
+    (tmp_path / "alone").mkdir()
+    one.rename(tmp_path / "alone" / one.name)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a lone slice: nothing to say
+        readers.read_image(tmp_path / "alone" / one.name)
+
+
 def test_labels_of_a_dicom_series_go_out_as_nifti_on_the_scan(
     ct_zyx: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:

@@ -34,6 +34,11 @@ def test_pixel_size_text_forms_and_errors() -> None:
     for bad in ("abc", "1 furlong", "1,,x"):
         with pytest.raises(ValueError, match="pixel size"):
             parse_pixel_size(bad)
+    # a European decimal comma: '1,5 mm' ran at 1 x 5 mm (Y x X) without a word
+    for bad in ("1,5", "1,5 mm", "3,0 1,5 1,5"):
+        with pytest.raises(ValueError, match="a decimal comma"):
+            parse_pixel_size(bad)
+    assert parse_pixel_size("0.8,0.8 mm") == ((0.8, 0.8), "mm")
     # the engine's refusal named PredictConfig.pixel_size, no field of the dock
     for bad in ("0", "-1 1", "1 2 3 4", "1e999 nm"):
         with pytest.raises(ValueError, match="pixel size .*: type 1 to 3 numbers above 0"):

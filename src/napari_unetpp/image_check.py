@@ -126,6 +126,11 @@ def flat_image_check(problem: str) -> ImageCheck:
     )
 
 
+#: What most CT scanners add to Hounsfield units when storing them (RescaleIntercept -1024).
+HU_OFFSET = 1024
+OFFSET_WORDS = f"stored with {HU_OFFSET} added"
+
+
 def units_problem(image: Any, normalization: NormalizationConfig) -> str | None:
     """Why ``image`` cannot hold the units of a model's fixed window that reaches below 0
     (CT: Hounsfield units), in words, or None when it can.
@@ -143,6 +148,18 @@ def units_problem(image: Any, normalization: NormalizationConfig) -> str | None:
     sample = sample[np.isfinite(sample)]
     if sample.size == 0 or sample.min() < 0:
         return None
+    low, high = float(sample.min()), float(sample.max())
+    if (
+        normalization.low < 0 < normalization.high
+        and low < HU_OFFSET - 800 < HU_OFFSET + 200 < high
+    ):
+        # air near 0 and bone above 1224: HU stored + 1024, not an 8-bit window export
+        return (
+            f"its values are {low:g}..{high:g}, none below 0: not the units of the model's "
+            f"intensity window ({normalization.low:g}..{normalization.high:g} Hounsfield "
+            f"units) but Hounsfield units {OFFSET_WORDS} (air at {low:g} instead of -1000), "
+            "as a scanner stores them before its RescaleIntercept is applied"
+        )
     return (
         f"its values are {sample.min():g}..{sample.max():g}, none below 0: not the units of "
         f"the model's intensity window ({normalization.low:g}..{normalization.high:g}; for CT "
@@ -154,6 +171,18 @@ def units_problem(image: Any, normalization: NormalizationConfig) -> str | None:
 def units_image_check(problem: str) -> ImageCheck:
     """The verdict on an image in the wrong units (``problem``, from :func:`units_problem`):
     its depth signals would only blame the pixel size."""
+    if OFFSET_WORDS in problem:  # a TIFF export has no DICOM to go back to: say the sum
+        return ImageCheck(
+            signals={},
+            unlike_training=True,
+            reasons=[problem],
+            remedies=[
+                f"subtract {HU_OFFSET} from the image to get Hounsfield units (Fiji: "
+                f"Process > Math > Subtract...; napari's console: layer.data = "
+                f"layer.data.astype('int16') - {HU_OFFSET}), or open the DICOM series, "
+                "whose RescaleIntercept the reader applies"
+            ],
+        )
     return ImageCheck(
         signals={},
         unlike_training=True,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -320,6 +320,31 @@ def _pick_series(headers: list[Any]) -> tuple[list[Any], list[str]]:
     return series[uid], sorted(series)
 
 
+def _plane(ds: Any) -> tuple[float, ...] | None:
+    """A slice's orientation; a localizer says so in its ImageType, or lies in another plane."""
+    if "LOCALIZER" in [str(v).upper() for v in (getattr(ds, "ImageType", None) or [])]:
+        return (float("nan"),)
+    orientation = getattr(ds, "ImageOrientationPatient", None)
+    return tuple(round(float(v), 3) for v in orientation) if orientation else None
+
+
+def _drop_localizers(chosen: list[Any]) -> tuple[list[Any], list[Path]]:
+    """The slices in the series' most common plane, and the files left out (scouts).
+
+    A scout / localizer stored in the scan's own series (another size, a coronal plane) made
+    the whole series unreadable ("put one series per folder") and, before that, its position
+    along the axial normal was taken for a gap between slices. A slice in the scan's plane
+    but of another size stays in: it is named when the pixels are read."""
+    groups: dict[Any, list[Any]] = {}
+    for item in chosen:
+        groups.setdefault(_plane(item[1]), []).append(item)
+    if len(groups) == 1:
+        return chosen, []
+    keep = max(groups.values(), key=len)
+    kept = {file for file, _ in keep}
+    return keep, sorted(file for file, _ in chosen if file not in kept)
+
+
 @dataclass
 class _Series:
     """The geometry of the chosen DICOM series, from its headers only (no pixels)."""
@@ -333,6 +358,7 @@ class _Series:
     has_spacing: bool
     uneven: bool
     pixel_spacings: int = 1  # how many different PixelSpacing values its slices give
+    left_out: list[Path] = field(default_factory=list)  # localizers in the series
 
 
 def _dicom_series(path: Path) -> _Series:
@@ -342,6 +368,7 @@ def _dicom_series(path: Path) -> _Series:
     if not headers:
         raise ValueError(f"{path}: no readable DICOM file")
     chosen, all_series = _pick_series(headers)
+    chosen, left_out = _drop_localizers(chosen)
     first = chosen[0][1]
     orientation = getattr(first, "ImageOrientationPatient", None)
     row_dir = np.array(orientation[:3] if orientation else (1, 0, 0), dtype=np.float64)
@@ -384,7 +411,7 @@ def _dicom_series(path: Path) -> _Series:
     spacings = {tuple(float(v) for v in getattr(ds, "PixelSpacing", ()) or ()) for _, ds in chosen}
     return _Series(
         [f for f, _ in chosen], first, all_series, axes_ras, origin_ras, (dz, dy, dx),
-        has_spacing, uneven, len(spacings),
+        has_spacing, uneven, len(spacings), left_out,
     )  # fmt: skip
 
 
@@ -397,6 +424,21 @@ def _warn_series(path: Path, series: _Series) -> None:
             f"with the most slices ({len(series.files)}, SeriesInstanceUID "
             f"{getattr(series.first, 'SeriesInstanceUID', '?')}); put one series per folder "
             "to choose another",
+            stacklevel=3,
+        )
+    if path.is_file() and len(siblings := _dicom_files(path.parent)) > 1:
+        warnings.warn(
+            f"{path}: read as one slice, one of the {len(siblings)} DICOM files in its "
+            "folder; to read the whole series open the folder (napari: File > Open Folder..., "
+            "or drag the folder in)",
+            stacklevel=3,
+        )
+    if series.left_out:
+        names = ", ".join(f.name for f in series.left_out[:3])
+        more = f" and {len(series.left_out) - 3} more" if len(series.left_out) > 3 else ""
+        warnings.warn(
+            f"{path}: left out {len(series.left_out)} localizer / scout slice(s) (another plane "
+            f"than the series' other {len(series.files)}, or marked LOCALIZER): {names}{more}",
             stacklevel=3,
         )
     if series.pixel_spacings > 1:

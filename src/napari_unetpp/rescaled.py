@@ -298,7 +298,10 @@ def _one_pass(
     if not result.complete and out is None:  # stopped: nobody reads a partial in-memory result
         # (Cancel on a 0.98 mm CT waited 16 s for every head to be resampled back, 1.2 GB)
         return type(result)({}, complete=False)
-    return _back(result, image.shape, model.config.num_classes, data_config, dims, out)
+    shape = tuple(int(s) for s in image.shape)
+    return (
+        yield from _back(result, shape, model.config.num_classes, data_config, dims, out, stopper)
+    )
 
 
 def _back(
@@ -308,11 +311,15 @@ def _back(
     data_config: DataConfig,
     dims: int,
     out: str | Path | None,
-) -> Any:
+    stopper: Stopper | None = None,
+) -> Generator[Any, None, Any]:
     """The probabilities of ``result`` resampled (linearly) onto the input grid ``shape``.
 
     An adaptive-depth result keeps its kind: its depth-used map (nearest) and
-    disagreement map (linear) come back on the same grid.
+    disagreement map (linear) come back on the same grid. Each head is announced and
+    ``stopper`` is heard between heads: on a 112 x 512 x 512 CT at 0.8 mm this took over
+    a minute after the last tile, the status stuck at 'tile 111/112 · 4 s left' and Cancel
+    pressed then ignored until the whole result was shown.
     """
     from .adaptive import AdaptiveResult
     from .inference import PredictResult
@@ -322,7 +329,15 @@ def _back(
     target = output_shape(tuple(int(s) for s in shape), data_config.channel_axis, num_classes)
     arrays, group = allocate_outputs(tuple(result), target, (256,) * dims, out)
     axes = tuple(range(len(target) - dims, len(target)))
-    for depth, prob in result.items():
+    for n, (depth, prob) in enumerate(result.items(), start=1):
+        if stopper is not None and stopper.stopped:  # nobody reads half the heads
+            if group is None:
+                return type(result)({}, complete=False)
+            mark_complete(group, False)
+            return PredictResult(arrays, False, Path(out) if out is not None else None)
+        yield _scale_event(
+            f"resampling the result back to the image's grid (head {n} of {len(result)})"
+        )
         S.resample_to(prob, target, axes, order=1, out=arrays[depth])
     if group is not None:
         mark_complete(group, bool(result.complete))

@@ -58,6 +58,11 @@ def parse_pixel_size(text: str) -> tuple[tuple[float, ...] | None, str]:
             f"pixel size {text!r}: type one number per axis (or one for all), "
             "optionally a unit (nm, um, mm), e.g. '0.98 0.98 mm'"
         )
+    if re.search(r"\d,\d", text) and "." not in text:  # '1,5' was 1 x 5 mm, silently
+        raise ValueError(
+            f"pixel size {text!r}: a decimal comma? type a dot ('1.5'), and separate the "
+            "numbers with spaces ('3 1.5 1.5 mm')"
+        )
     try:
         sizes = tuple(float(v) for v in re.split(r"[\s,;x]+", match.group(1).strip()) if v)
     except ValueError:
