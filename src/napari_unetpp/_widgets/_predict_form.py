@@ -45,7 +45,7 @@ from ._predict_job import (
     record_predict,
 )
 from ._runner import JobRunner
-from ._ui import narrow, scroll_inside, set_progress, wrapped
+from ._ui import narrow, scroll_inside, set_progress, share_dock_area, wrapped
 from .pruning_panel import PruningPanel
 from .scale_panel import ScalePanel, check_reachable
 
@@ -90,6 +90,7 @@ class PredictForm(Container):
         self._deferred_spec: str | None = None  # the model to load once torch is in
         self._build()
         scroll_inside(self)  # fits a laptop screen, and beside the Train dock
+        share_dock_area(self.native)  # a tab beside the other UNet++ dock, not one row
 
     # ------------------------------------------------------------------ layout
 

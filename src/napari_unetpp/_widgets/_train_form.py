@@ -32,7 +32,7 @@ from ..locate import is_zoo, locate
 from . import _state
 from ._layers import layer_choices, layer_data
 from ._paths import chosen_path
-from ._ui import scroll_inside, wrapped
+from ._ui import scroll_inside, share_dock_area, wrapped
 
 if TYPE_CHECKING:
     import napari
@@ -75,6 +75,7 @@ class TrainForm(Container):
         self._build_advanced()
         self._build_run()
         self._rows = scroll_inside(self)  # fits a laptop screen, and beside the Segment dock
+        share_dock_area(self.native)  # a tab beside the other UNet++ dock, not one row
 
     # ------------------------------------------------------------------ layout
 
@@ -189,8 +190,24 @@ class TrainForm(Container):
             self._mixed_precision,
             self._seed,
         ]
-        self._advanced = Container(visible=False, widgets=advanced)
-        self.extend([self._show_advanced, self._advanced])
+        # rows of this form, not a nested Container: that one sat indented by this form's
+        # label column, with its own beside it, and was ~60 px wider than the dock (clipped
+        # at 434 px: issue 16); shown and hidden together by 'Advanced options'
+        self._advanced = tuple(advanced)
+        for widget in advanced:
+            widget.visible = False
+        self.extend([self._show_advanced, *advanced])
+
+    def _on_show_advanced(self, shown: bool) -> None:
+        for widget in self._advanced:
+            widget.visible = shown
+
+    def _grey_widths(self, _value: Any = None) -> None:
+        """'Widths' greyed (and its tooltip says why) while 'Custom widths' overrides it
+        or a started-from model keeps its own (issue 16: it showed a preset not used)."""
+        custom = bool(self._custom_widths.value.strip())
+        self._widths.enabled = self._start_from.value == "scratch" and not custom
+        self._widths.tooltip = "overridden by Custom widths (Advanced options)" if custom else ""
 
     def _build_run(self) -> None:
         self._output = FileEdit(

@@ -73,6 +73,7 @@ class TrainInputs(TrainForm):
         self._add_pair.changed.connect(self._on_add_pair)
         self._clear_pairs.changed.connect(self._on_clear_pairs)
         self._start_from.changed.connect(self._on_start_from)
+        self._custom_widths.changed.connect(self._grey_widths)
         self._checkpoint_file.changed.connect(self._inherit_target)
 
     def _stop_following(self) -> None:
@@ -220,8 +221,9 @@ class TrainInputs(TrainForm):
     def _on_start_from(self, value: str) -> None:
         self._checkpoint_file.visible = value == "file"
         scratch = value == "scratch"
-        for widget in (self._widths, self._depth, self._custom_widths):
+        for widget in (self._depth, self._custom_widths):
             widget.enabled = scratch  # a fine-tuned model keeps its architecture
+        self._grey_widths()
         # fine-tuning: small steps, BatchNorm statistics kept (issue 16: a good model got worse)
         self._lr.value = SCRATCH_LR if scratch else FINE_TUNE_LR
         self._iterations.value = SCRATCH_ITERATIONS if scratch else FINE_TUNE_ITERATIONS

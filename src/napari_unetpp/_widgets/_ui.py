@@ -21,11 +21,25 @@ R = TypeVar("R")
 SPREAD_PAUSE_MS = 20
 
 
+class _Note(Label):
+    """A Label that takes no row while its text is empty (a QLabel has no change signal,
+    so ``changed`` cannot tell)."""
+
+    hides_when_empty = False  # set once made: a parentless QLabel shown is a window
+
+    def set_value(self, value: Any) -> None:
+        super().set_value(value)
+        if self.hides_when_empty and (not value or self.native.parent() is not None):
+            self.visible = bool(value)
+
+
 def wrapped(text: str = "") -> Label:
-    """A Label whose long text wraps instead of widening the dock."""
+    """A Label whose long text wraps instead of widening the dock; empty, it takes no row
+    (an empty note under the Labels box left a gap in the Train dock: issue 16)."""
     from qtpy.QtWidgets import QSizePolicy
 
-    label = Label(value=text)
+    label = _Note(value=text, visible=None if text else False)
+    label.hides_when_empty = True
     label.native.setWordWrap(True)
     # a wrapping QLabel still asks for the width of its longest line; ignoring that
     # request keeps the dock (and the live plot beside it, which redraws on every
@@ -45,7 +59,7 @@ def scroll_inside(container: Container) -> Any:
     issue 16). The area is never narrower than the rows (no horizontal scrolling).
     Returns the QWidget that holds the rows (add more rows to its layout).
     """
-    from qtpy.QtCore import QSize, Qt
+    from qtpy.QtCore import QEvent, QSize, Qt
     from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
     class Rows(QScrollArea):
@@ -53,6 +67,13 @@ def scroll_inside(container: Container) -> Any:
             rows, bar = self.widget(), self.verticalScrollBar()
             width = 0 if rows is None else rows.minimumSizeHint().width()
             return QSize(width + (0 if bar is None else bar.sizeHint().width()), 0)
+
+        def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 (Qt's name)
+            # rows shown or hidden (Advanced expanded): the dock's minimum width follows,
+            # else the dock kept the width measured with them hidden and clipped them
+            if obj is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+                self.updateGeometry()
+            return bool(super().eventFilter(obj, event))
 
     outer, inner = container.native, QWidget()
     inner.setLayout(outer.layout())  # Qt moves the layout (magicgui keeps its handle) and rows
@@ -65,6 +86,91 @@ def scroll_inside(container: Container) -> Any:
     layout.setContentsMargins(0, 0, 0, 0)
     layout.addWidget(rows)
     return inner
+
+
+#: This package's docks (their ``.native``), for :func:`share_dock_area`; weak: a closed
+#: dock is not kept.
+_DOCKS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def share_dock_area(native: Any) -> None:
+    """Once docked, put this dock in a tab beside an open UNet++ dock of the same area,
+    and raise it.
+
+    Why: napari stacks a second dock under the first and its ``resizeDocks`` left the
+    later one ~50 px (one row) at 1600x1000, whichever size hints we gave (issue 16).
+    Each dock needs most of a laptop's height, so tabs give both their use. napari's
+    public ``add_dock_widget(tabify=True)`` is the caller's choice (the Plugins menu does
+    not pass it) and the manifest has no such option, so this uses Qt's public
+    ``QMainWindow.tabifyDockWidget`` once napari has docked the widget; anything
+    unexpected (no main window, a floating dock) leaves napari's layout as it is.
+    """
+    from qtpy.QtCore import QEvent, QObject, QTimer
+
+    _DOCKS.add(native)
+    state = {"done": False, "pending": False}
+
+    def attempt() -> None:
+        state["pending"] = False
+        if state["done"]:
+            return
+        try:
+            state["done"] = _tabify_beside_ours(native)
+        except (RuntimeError, AttributeError, TypeError):  # deleted, or a napari change
+            state["done"] = True
+
+    class _Docked(QObject):
+        def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 (Qt's name)
+            kinds = (QEvent.Type.ParentChange, QEvent.Type.Show)
+            if not state["done"] and not state["pending"] and event.type() in kinds:
+                state["pending"] = True  # after napari's add_dock_widget (its resizeDocks)
+                QTimer.singleShot(0, attempt)
+            return False
+
+    native.installEventFilter(_Docked(native))
+
+
+def _tabify_beside_ours(native: Any) -> bool:
+    """Tabify ``native``'s dock onto another of :data:`_DOCKS` in its area; False while
+    ``native`` is not docked in a main window yet (try again later)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+    def dock_of(widget: Any) -> Any:
+        while widget is not None and not isinstance(widget, QDockWidget):
+            widget = widget.parentWidget()
+        return widget
+
+    dock = dock_of(native)
+    window = None if dock is None else dock.parentWidget()
+    if not isinstance(window, QMainWindow):
+        return False
+    area = window.dockWidgetArea(dock)
+    if dock.isFloating() or area == Qt.DockWidgetArea.NoDockWidgetArea:
+        return True  # floated by the user: theirs to place
+
+    def beside(other: Any) -> Any:
+        """``other``'s dock if it is open in ``dock``'s area, else None."""
+        try:  # a closed viewer's dock: its Qt objects may be deleted
+            found = dock_of(other)
+            fits = (
+                found is not None
+                and found is not dock
+                and found.parentWidget() is window
+                and not found.isFloating()
+                and not found.isHidden()
+                and window.dockWidgetArea(found) == area
+            )
+        except RuntimeError:
+            return None
+        return found if fits else None
+
+    others = [d for d in (beside(n) for n in list(_DOCKS) if n is not native) if d is not None]
+    if others:
+        window.tabifyDockWidget(others[-1], dock)
+        dock.show()
+        dock.raise_()
+    return True
 
 
 def narrow(box: ComboBox, chars: int = 12) -> None:

@@ -86,7 +86,7 @@ class TrainWidget(TrainInputs):
         self._on_queue_changed()
 
     def _connect(self) -> None:
-        self._show_advanced.changed.connect(lambda v: setattr(self._advanced, "visible", v))
+        self._show_advanced.changed.connect(self._on_show_advanced)
         self._start.changed.connect(self._on_start)
         self._stop.changed.connect(self._on_stop)
         # outside signals: disconnected when the Qt widget goes, so a closed widget that
