@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from ..config import ModelConfig
     from ..label_next import Region
-    from ._predict_job import Placement
+    from ._predict_input import Placement
 
 Lift = Callable[[Any], Any]
 
