@@ -674,9 +674,9 @@ def test_label_here_next_is_updated_in_place(make_napari_viewer: Any) -> None:
     of the GUI thread each run, issue 16), looking as a new layer's blocks look."""
     from napari.layers import Image
 
+    from napari_unetpp._widgets._label_layers import put_label_here_next
     from napari_unetpp._widgets._layers import put_layer
     from napari_unetpp._widgets._predict_input import Placement
-    from napari_unetpp._widgets._predict_layers import put_label_here_next
     from napari_unetpp.events import drive
     from napari_unetpp.label_next import Region
 

@@ -10,7 +10,7 @@ PredictConfig. The job that runs on them is :mod:`._predict_job`; what it writes
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -37,6 +37,15 @@ class Placement(NamedTuple):
     scale: tuple[float, ...]
     translate: tuple[float, ...]
     frame: Mapping[str, Any] = MappingProxyType({})
+
+
+Lift = Callable[[Any], Any]
+
+
+def lift_for(where: Placement) -> Lift:
+    """Give a quick look's one-slice output back its sliced axes (length 1)."""
+    lead = where.lead_index
+    return (lambda a: a) if lead is None else (lambda a: a[(None,) * len(lead)])
 
 
 def layer_frame(layer: Any, removed_axis: int | None) -> dict[str, Any]:
