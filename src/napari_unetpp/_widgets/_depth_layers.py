@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image
 
-from ._layers import PLUGIN_KEY, put_layer_steps
+from ._layers import PLUGIN_KEY
+from ._output_layers import put_layer_steps
 from ._predict_input import lift_for
 
 if TYPE_CHECKING:

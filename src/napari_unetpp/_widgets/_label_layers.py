@@ -1,11 +1,13 @@
 """The Segment dock's labels layers: the result's labels, and the blocks to label next.
 
 ``<image> UNet++ labels`` (``postprocess.probabilities_to_labels`` of the depth the
-pruning panel's slider shows: instances for nuclei models), class names on hover and
-fixed colours; labels the user painted on are handed over to them before a re-run
-(:func:`keep_edited`). ``<image> UNet++ label here next`` (hidden) numbers the blocks
-to paint next (``label_next.label_here_next``). Why apart: what the user paints on,
-and where to paint, are one job; :mod:`._predict_layers` puts a result's layers together.
+pruning panel's slider shows: instances for nuclei models), with class names on hover
+and fixed colours per class id (not napari's random label colours, which gave CT
+organs 3-5 near-identical purples), shown as a legend in the dock; labels the user
+painted on are handed over to them before a re-run (:func:`keep_edited`).
+``<image> UNet++ label here next`` (hidden) numbers the blocks to paint next
+(``label_next.label_here_next``). Why apart: what the user paints on, and where to
+paint, are one job; :mod:`._predict_layers` puts a result's layers together.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Labels, Shapes
 
-from ._layers import PLUGIN_KEY, labels_style, put_layer_steps
+from ._layers import PLUGIN_KEY
+from ._output_layers import put_layer_steps
 from ._predict_input import lift_for
 
 if TYPE_CHECKING:
@@ -26,6 +29,59 @@ if TYPE_CHECKING:
     from ..config import ModelConfig
     from ..label_next import Region
     from ._predict_input import Placement
+
+
+#: Distinct colours for class ids 1, 2, ... (0 = background stays transparent).
+CLASS_COLOURS = (
+    "#e6194b",
+    "#3cb44b",
+    "#4363d8",
+    "#ffe119",
+    "#f58231",
+    "#911eb4",
+    "#46f0f0",
+    "#f032e6",
+    "#bcf60c",
+    "#008080",
+    "#9a6324",
+    "#800000",
+)
+
+
+def class_names(config: ModelConfig) -> list[str]:
+    """Names of label ids 0..C-1 of a multi-class semantic model (empty otherwise)."""
+    names = list(config.class_names)
+    if config.num_classes < 2 or len(names) != config.num_classes:
+        return []
+    return names
+
+
+def labels_style(config: ModelConfig, instance: bool = False) -> dict[str, Any]:
+    """Layer keyword arguments for a model's labels: class names (hover) and fixed colours."""
+    names = [] if instance else class_names(config)
+    if not names:
+        return {"opacity": 0.5}
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colours: dict[int | None, Any] = {None: "transparent", 0: "transparent"}
+    for k in range(1, len(names)):
+        colours[k] = CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)]
+    return {
+        "opacity": 0.5,
+        "features": {"index": np.arange(len(names)), "class": names},
+        "colormap": DirectLabelColormap(color_dict=colours),
+    }
+
+
+def class_legend(config: ModelConfig, instance: bool = False) -> str:
+    """Rich text: one coloured square and name per class (empty when there are no names)."""
+    names = [] if instance else class_names(config)
+    return "  ".join(
+        f'<span style="color:{CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)]}">'
+        f"&#9632;</span>&nbsp;{name}"
+        for k, name in enumerate(names)
+        if k > 0
+    )
 
 
 def put_labels(

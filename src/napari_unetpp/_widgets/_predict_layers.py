@@ -25,8 +25,7 @@ from ._depth_layers import (
     put_depths,
     put_disagreement,
 )
-from ._label_layers import keep_edited, put_label_here_next, put_labels
-from ._layers import class_legend
+from ._label_layers import class_legend, keep_edited, put_label_here_next, put_labels
 from ._predict_notes import scale_note
 from ._ui import unproxied
 
