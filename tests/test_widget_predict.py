@@ -616,7 +616,7 @@ def test_a_new_layer_is_built_in_one_turn_and_inserted_unselected_in_the_next(
     unselected; show), an update in place in one (issue 16: each turn is a stall)."""
     from napari.layers import Image, Labels
 
-    from napari_unetpp._widgets._layers import put_layer_steps
+    from napari_unetpp._widgets._output_layers import put_layer_steps
 
     viewer = make_napari_viewer()
     mine = viewer.add_labels(np.zeros((8, 8), np.int32), name="mine")
@@ -650,7 +650,7 @@ def test_a_layer_inserted_through_a_docks_viewer_proxy_raises_no_warning(
     from napari.layers import Labels
     from napari.utils._proxies import PublicOnlyProxy
 
-    from napari_unetpp._widgets._layers import put_layer
+    from napari_unetpp._widgets._output_layers import put_layer
 
     viewer = make_napari_viewer()
     mine = viewer.add_image(np.zeros((8, 8), np.float32), name="mine")
@@ -674,9 +674,9 @@ def test_label_here_next_is_updated_in_place(make_napari_viewer: Any) -> None:
     of the GUI thread each run, issue 16), looking as a new layer's blocks look."""
     from napari.layers import Image
 
-    from napari_unetpp._widgets._layers import put_layer
-    from napari_unetpp._widgets._predict_job import Placement
-    from napari_unetpp._widgets._predict_layers import put_label_here_next
+    from napari_unetpp._widgets._label_layers import put_label_here_next
+    from napari_unetpp._widgets._output_layers import put_layer
+    from napari_unetpp._widgets._predict_input import Placement
     from napari_unetpp.events import drive
     from napari_unetpp.label_next import Region
 

@@ -509,7 +509,7 @@ def test_updated_layer_keeps_its_transform_without_a_refresh(make_napari_viewer)
     translate: each assignment refreshed the layer on the GUI thread (issue 16)."""
     from napari.layers import Labels
 
-    from napari_unetpp._widgets._layers import put_layer
+    from napari_unetpp._widgets._output_layers import put_layer
 
     viewer = make_napari_viewer()
     layer = put_layer(viewer, Labels, "p", np.zeros((1, 8, 8), np.int32), [2, 1, 1], [3, 0, 0], {})

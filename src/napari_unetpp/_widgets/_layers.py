@@ -1,36 +1,27 @@
-"""Layers in and out of the widgets: input arrays and files, output layers updated in place.
+"""The user's layers on the way in: choices, arrays, and files for a run's ``command.sh``.
 
-Why here: the Segment and Train docks both write labels layers; one helper
-keeps their metadata (model, depth, scale), their class names on hover (a
-features table napari shows in the status bar) and their colours the same.
-Class colours are fixed per class id (not napari's random label colours, which
-gave CT organs 3-5 near-identical purples), and the dock shows them as a legend.
-On the way in, :func:`layer_data` and :func:`current_slice` give the engine arrays,
-and :func:`layer_file` a file for the run's ``command.sh`` (:mod:`napari_unetpp.runs`),
-written by the run's job (:class:`LayerCopy`).
+Why here: the Segment and Train docks both read Image and Labels layers and name them
+in a run's ``command.sh`` (:mod:`napari_unetpp.runs`). :func:`layer_choices` lists the
+user's layers before the plugin's own results (:data:`PLUGIN_KEY` tells them apart);
+:func:`layer_data` and :func:`current_slice` give the engine arrays, and
+:func:`layer_file` a file for ``command.sh``, written by the run's job
+(:class:`LayerCopy`). The plugin's output layers are :mod:`._output_layers`'.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from ..config import ModelConfig
-
 __all__ = [
-    "CLASS_COLOURS",
-    "class_names",
-    "labels_style",
-    "class_legend",
-    "put_layer",
-    "put_layer_steps",
     "PLUGIN_KEY",
+    "layer_choices",
+    "made_here",
     "layer_data",
     "current_slice",
     "LayerCopy",
@@ -39,225 +30,10 @@ __all__ = [
     "write_copies",
 ]
 
-#: Distinct colours for class ids 1, 2, ... (0 = background stays transparent).
-CLASS_COLOURS = (
-    "#e6194b",
-    "#3cb44b",
-    "#4363d8",
-    "#ffe119",
-    "#f58231",
-    "#911eb4",
-    "#46f0f0",
-    "#f032e6",
-    "#bcf60c",
-    "#008080",
-    "#9a6324",
-    "#800000",
-)
 #: Key of the metadata the plugin writes on its output layers (tells them from the user's).
 PLUGIN_KEY = "napari_unetpp"
 #: Arrays up to this size are saved beside a run so that ``command.sh`` can replay it.
 MAX_SAVED_BYTES = 1 << 30
-
-
-def class_names(config: ModelConfig) -> list[str]:
-    """Names of label ids 0..C-1 of a multi-class semantic model (empty otherwise)."""
-    names = list(config.class_names)
-    if config.num_classes < 2 or len(names) != config.num_classes:
-        return []
-    return names
-
-
-def labels_style(config: ModelConfig, instance: bool = False) -> dict[str, Any]:
-    """Layer keyword arguments for a model's labels: class names (hover) and fixed colours."""
-    names = [] if instance else class_names(config)
-    if not names:
-        return {"opacity": 0.5}
-    from napari.utils.colormaps import DirectLabelColormap
-
-    colours: dict[int | None, Any] = {None: "transparent", 0: "transparent"}
-    for k in range(1, len(names)):
-        colours[k] = CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)]
-    return {
-        "opacity": 0.5,
-        "features": {"index": np.arange(len(names)), "class": names},
-        "colormap": DirectLabelColormap(color_dict=colours),
-    }
-
-
-def class_legend(config: ModelConfig, instance: bool = False) -> str:
-    """Rich text: one coloured square and name per class (empty when there are no names)."""
-    names = [] if instance else class_names(config)
-    return "  ".join(
-        f'<span style="color:{CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)]}">'
-        f"&#9632;</span>&nbsp;{name}"
-        for k, name in enumerate(names)
-        if k > 0
-    )
-
-
-def put_layer(
-    viewer: Any,
-    kind: type[Any],
-    name: str,
-    data: Any,
-    scale: Sequence[float],
-    translate: Sequence[float],
-    meta: dict[str, Any],
-    *,
-    select: bool = True,
-    **style: Any,
-) -> Any:
-    """Update layer ``name`` in place, or add it (replacing one of another kind or ndim).
-
-    ``meta`` goes to ``layer.metadata[PLUGIN_KEY]``; ``style`` applies to new layers
-    and, for the colours and class names of labels, also to updated ones. ``select``:
-    whether a new layer becomes the selected one, as napari does (see :func:`insert_layer`).
-    All at once; :func:`put_layer_steps` is the same in event-loop turns.
-    """
-    from ..events import drive
-
-    steps = put_layer_steps(
-        viewer, kind, name, data, scale, translate, meta, select=select, **style
-    )
-    return drive(steps)
-
-
-def put_layer_steps(
-    viewer: Any,
-    kind: type[Any],
-    name: str,
-    data: Any,
-    scale: Sequence[float],
-    translate: Sequence[float],
-    meta: dict[str, Any],
-    *,
-    select: bool = True,
-    below: str | None = None,
-    **style: Any,
-) -> Generator[None, None, Any]:
-    """:func:`put_layer` as a generator: a new layer is built, inserted hidden, then shown,
-    with a yield between the steps (a hidden layer is built and inserted in two).
-    ``below``: a new layer goes under the layer of that name when it is there (a result's
-    probabilities under its labels, which they washed out when added on top).
-
-    Why: building a Labels or Shapes layer takes 10-40 ms of the GUI thread, napari's
-    insert 50-100 ms more, and showing a layer (its first slice, thumbnail and paint)
-    ~20 ms (issue 16, measured); in separate event-loop turns the viewer paints and
-    serves input in between. An update in place does not yield.
-    """
-    old = viewer.layers[name] if name in viewer.layers else None
-    if isinstance(old, kind) and old.ndim == _data_ndim(data):
-        _update(old, data, scale, translate, meta, style)
-        return old
-    visible = style.pop("visible", True)
-    layer = kind(
-        data,
-        name=name,
-        scale=scale,
-        translate=translate,
-        metadata={PLUGIN_KEY: meta},
-        visible=False,
-        **style,
-    )
-    yield
-    layers = viewer.layers  # looked up again: the user may have changed the list meanwhile
-    old = layers[name] if name in layers else None
-    index = layers.index(old) if old is not None else len(layers)
-    if old is None and below is not None and below in layers:
-        index = layers.index(below)
-    if old is not None:
-        layers.remove(old)
-    insert_layer(layers, index, layer, select=select)
-    if visible:
-        try:
-            yield
-        finally:  # also when the steps are dropped here (the dock was closed): never left
-            layer.visible = True  # hidden, where a re-run's update in place kept it hidden
-    return layer
-
-
-def _forget_edits(layer: Any) -> None:
-    """Clear a Labels layer's undo history after its data was replaced by a new result.
-
-    Why: napari keeps the history across ``layer.data = ...``; a brush correction on the
-    old result, then ctrl+z after a re-run, wrote the old result's pixels into the new one.
-    Made not editable, napari clears the history (public API; the tool mode is kept).
-    """
-    from napari.layers import Labels
-
-    if not isinstance(layer, Labels):
-        return
-    mode = layer.mode
-    layer.editable = False
-    layer.editable = True
-    layer.mode = mode
-
-
-def _data_ndim(data: Any) -> int:
-    """The ndim of a layer of ``data``: an array's, or a list of shapes' vertex dimension."""
-    return int(np.shape(data[0])[-1]) if isinstance(data, list) and data else int(np.ndim(data))
-
-
-def _update(
-    old: Any,
-    data: Any,
-    scale: Sequence[float],
-    translate: Sequence[float],
-    meta: dict[str, Any],
-    style: dict[str, Any],
-) -> None:
-    """Give an existing layer new data, transform, class names and metadata."""
-    old.data = data
-    _forget_edits(old)
-    # each assignment refreshes the layer (~10 ms of the GUI thread): only on a change
-    if not np.array_equal(old.scale, scale):
-        old.scale = scale
-    if not np.array_equal(old.translate, translate):
-        old.translate = translate
-    for key in ("features", "colormap"):
-        if key in style:
-            setattr(old, key, style[key])
-    for key in ("units", "rotate", "shear", "affine"):  # the image layer's frame
-        if key in style and not _same(getattr(old, key), style[key]):
-            setattr(old, key, style[key])
-    old.metadata = {**old.metadata, PLUGIN_KEY: meta}
-
-
-def insert_layer(layers: Any, index: int, layer: Any, *, select: bool = True) -> None:
-    """Insert ``layer``; with ``select=False`` the selection stays as it was.
-
-    Why: napari makes each inserted layer the selected one, which builds and shows
-    its controls panel: about a quarter of the GUI-thread time of inserting a hidden
-    layer (~20 of ~80 ms CPU, measured; issue 16). A result of five layers (the hidden
-    depths among them) is selected once, not five times. napari has no public switch
-    for this; with a napari that lacks the private one, the layer is selected as usual.
-    The list behind a dock's proxy of the viewer is used: through the proxy the private
-    switch raised three 'Private attribute access' warnings in the viewer at the first run.
-    """
-    from ._ui import unproxied
-
-    layers = unproxied(layers)
-    if select or not hasattr(layers, "_activate_on_insert"):
-        layers.insert(index, layer)
-        return
-    layers._activate_on_insert = False
-    try:
-        layers.insert(index, layer)
-    finally:
-        layers._activate_on_insert = True
-
-
-def _same(current: Any, wanted: Any) -> bool:
-    """Whether a layer's transform part already is ``wanted`` (units compare as text)."""
-    if hasattr(current, "affine_matrix"):
-        current = current.affine_matrix
-    if isinstance(wanted, tuple) and wanted and isinstance(wanted[0], str):
-        return tuple(str(u) for u in current) == wanted
-    return bool(np.array_equal(np.asarray(current), np.asarray(wanted)))
-
-
-# --------------------------------------------------------------------------- input layers
 
 
 def layer_choices(viewer: Any, kind: type[Any]) -> Any:

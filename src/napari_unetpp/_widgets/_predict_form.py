@@ -36,14 +36,8 @@ from ._jobs import queue_for
 from ._layers import layer_choices
 from ._model_box import SOURCES, device_choices, zoo_choices
 from ._paths import chosen_path
-from ._predict_job import (
-    SCOPES,
-    Placement,
-    default_scope,
-    predict_config,
-    predict_input,
-    record_predict,
-)
+from ._predict_input import SCOPES, Placement, default_scope, predict_config, predict_input
+from ._predict_record import record_predict
 from ._runner import JobRunner
 from ._ui import narrow, scroll_inside, set_progress, share_dock_area, wrapped
 from .pruning_panel import PruningPanel

@@ -2,18 +2,22 @@
 
 Why apart from the dock (:mod:`.predict`): the words and notifications of a finished
 run (the check's warning, its remedies as a hint, Cancel during the check), of the
-Check button's verdict and of the object-size estimate are one policy (a warning's
-report already holds the hints and the depth advice, so neither is told twice); the
-dock only puts the returned lines in its status.
+Check button's verdict, of the object-size estimate and of the scale step a run took
+(:func:`scale_note`) are one policy (a warning's report already holds the hints and
+the depth advice, so neither is told twice); the dock only puts the returned lines in
+its status.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from napari.utils.notifications import show_info, show_warning
 
-__all__ = ["check_status", "estimate_status", "notify_check", "result_notes"]
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+
+__all__ = ["check_status", "estimate_status", "notify_check", "result_notes", "scale_note"]
 
 
 def result_notes(check: Any, image_name: str, check_stopped: bool) -> tuple[bool, list[str]]:
@@ -76,4 +80,35 @@ def estimate_status(diameter: float | None, image_name: str, still_chosen: bool)
         )
     return (
         f"median object diameter {diameter:.1f} px; Segment rescales to the model's training size"
+    )
+
+
+def scale_note(probs: Any, model: ModelConfig | None = None) -> str | None:
+    """What the scale step did (zoom, measured size), or None when it did nothing.
+
+    A run of a model that records its training pixel size on an image without one says
+    so: a plain tif of a CT at 0.98 mm ran as if at the zoo model's 3 mm (liver Dice 0.45
+    instead of 0.92) while the status said nothing (the command line notes it).
+    """
+    scale = getattr(probs, "scale", None)
+    if not scale:
+        if model is None or not model.pixel_size:
+            return None
+        trained = f"{' x '.join(f'{s:g}' for s in model.pixel_size)} {model.pixel_unit}".strip()
+        return (
+            f"no pixel size: segmented as if at the model's {trained}; type the image's in "
+            "'Pixel size' (Your image panel) if it differs"
+        )
+    zooms = scale.get("zoom", ())
+    zoom = " x ".join(f"{z:.2f}" for z in zooms)
+    measured = scale.get("measured_diameter")
+    done = (
+        "already at the model's scale"
+        if all(abs(z - 1) < 0.005 for z in zooms)
+        else f"resampled by {zoom} to the model's scale"
+    )
+    return (
+        done
+        + (f" (objects ~{measured:.0f} px)" if measured else "")
+        + (f"; {scale['note']}" if scale.get("note") else "")
     )

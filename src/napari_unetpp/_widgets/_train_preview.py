@@ -16,8 +16,9 @@ from napari.layers import Labels
 
 from ..config import DataConfig
 from ..normalization import as_model_input
-from ._layers import current_slice, layer_data, put_layer
-from ._predict_job import layer_frame
+from ._layers import current_slice, layer_data
+from ._output_layers import put_layer
+from ._predict_input import layer_frame
 from ._train_job import PreviewEvent, PreviewSource
 
 __all__ = ["preview_source", "show_preview", "StrokeCheck"]

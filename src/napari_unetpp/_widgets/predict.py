@@ -1,6 +1,6 @@
 """Segment an Image layer with a UNet++ and see every depth (a thin widget).
 
-UI values -> PredictConfig + the model's DataConfig (:mod:`._predict_job`) ->
+UI values -> PredictConfig + the model's DataConfig (:mod:`._predict_input`) ->
 ``inference.predict`` in a :class:`._runner.JobRunner` -> events -> progress bar ->
 layers, updated in place on re-runs (:mod:`._predict_layers`). The model box offers
 shipped, just-trained and saved models (:mod:`._model_box`, :mod:`._predict_model`).
@@ -23,10 +23,12 @@ from napari.utils.notifications import show_error, show_info
 
 from . import _state
 from ._model_box import model_name, zoo_choices
-from ._predict_job import Placement, over_passes, scan_file, segment_job, segment_passes
+from ._predict_input import Placement
+from ._predict_job import over_passes, segment_job, segment_passes
 from ._predict_layers import show_result
 from ._predict_model import PredictModels
 from ._predict_notes import check_status, estimate_status, notify_check, result_notes
+from ._predict_record import scan_file
 from ._ui import on_dock_closed, set_progress, spread
 from .scale_panel import check_job, estimate_job, layer_pixel_size
 
