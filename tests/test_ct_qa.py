@@ -156,7 +156,7 @@ def test_liver_strokes_on_the_ct_model_keep_its_organ_heads(make_napari_viewer) 
     model, _, data, _ = w._configs([(image, labels)])
     assert model.num_classes == 6 and data.class_values == (2, 3, 4, 5, 6)
     assert model.class_names[1] == "liver"
-    assert w._heads_warning([(image, labels)], data, model.num_classes) is None
+    assert w._class_mapping([(image, labels)], data, model.num_classes)[0] is None
     strokes[10, 5:40] = 1  # background strokes only: against false positives
     labels.data = strokes
     assert w._configs([(image, labels)])[0].num_classes == 6
