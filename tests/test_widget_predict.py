@@ -7,7 +7,10 @@ inline (``_runner.RUN_INLINE``) except in one test of the threaded path.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -528,16 +531,10 @@ def test_a_model_chosen_while_segmenting_keeps_the_slider_locked(
     assert panel._depth.enabled and panel._apply.enabled
 
 
-def test_cancel_while_waiting_for_another_job_says_it_never_started(
-    setup: Any, crop: np.ndarray, qtbot: Any
-) -> None:
-    """Cancel pressed while Segment waited for another job of the viewer (the pruning
-    timing, a training) took it off the queue, and the status said 'cancelling...' for
-    good: no callback but on_finish came (QA session 11)."""
-    import threading
-
-    viewer, w, errors = setup
-    w._image.value = viewer.add_image(crop[0], name="plane")
+@contextlib.contextmanager
+def _queue_held_by_pruning_timing(w: Any, qtbot: Any) -> Iterator[None]:
+    """The viewer's job queue busy with a job the user never started (the pruning panel
+    timing a depth) until the block ends; then it finishes."""
     release = threading.Event()
 
     def other_job() -> Any:
@@ -547,6 +544,21 @@ def test_cancel_while_waiting_for_another_job_says_it_never_started(
     other = _runner.JobRunner(inline=False, queue=w._runner.queue, owner="prune")
     other.start(other_job())
     try:
+        yield
+    finally:
+        release.set()
+        qtbot.waitUntil(lambda: not other.running, timeout=30_000)
+
+
+def test_cancel_while_waiting_for_another_job_says_it_never_started(
+    setup: Any, crop: np.ndarray, qtbot: Any
+) -> None:
+    """Cancel pressed while Segment waited for another job of the viewer (the pruning
+    timing, a training) took it off the queue, and the status said 'cancelling...' for
+    good: no callback but on_finish came (QA session 11)."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="plane")
+    with _queue_held_by_pruning_timing(w, qtbot):
         w.segment()
         assert w._runner.queued and "waiting" in w._status.value
         # named: the user started no other job (QA session 13)
@@ -554,9 +566,6 @@ def test_cancel_while_waiting_for_another_job_says_it_never_started(
         w.cancel()
         assert not w.busy and w._run.enabled
         assert w._status.value == "stopped before it started: nothing was changed"
-    finally:
-        release.set()
-        qtbot.waitUntil(lambda: not other.running, timeout=30_000)
     assert "plane UNet++ labels" not in viewer.layers and not errors
 
 
@@ -1281,26 +1290,13 @@ def test_check_and_estimate_are_locked_while_the_dock_runs(
     """Segment greyed out while a run waited or ran, 'Check this image' (and Estimate, for
     a model of object size) stayed enabled and answered a click with "a UNet++ job of this
     dock is running" (QA session 13)."""
-    import threading
-
     viewer, w, errors = setup
     w._image.value = viewer.add_image(crop[0], name="plane")
     assert w.scale.check.enabled
-    release = threading.Event()
-
-    def other_job() -> Any:
-        release.wait(30)
-        yield from ()
-
-    other = _runner.JobRunner(inline=False, queue=w._runner.queue, owner="prune")
-    other.start(other_job())
-    try:
+    with _queue_held_by_pruning_timing(w, qtbot):
         w.segment()
         assert w.busy and not w._run.enabled
         assert not w.scale.check.enabled and not w.scale.estimate.enabled
         w.cancel()
         assert w.scale.check.enabled and w._run.enabled
-    finally:
-        release.set()
-        qtbot.waitUntil(lambda: not other.running, timeout=30_000)
     assert not errors
