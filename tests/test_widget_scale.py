@@ -105,6 +105,21 @@ def dock(
     return viewer, widget, errors
 
 
+def _nuclei_twice_the_size(viewer: Any, w: PredictWidget) -> np.ndarray:
+    """The nuclei sample shown at twice its size (~36 px nuclei, DSB's are ~18 px) as layer
+    "nuclei 2x", chosen in the dock with the shipped nuclei model; returns the sample's
+    own (native-size) labels."""
+    from napari_unetpp._sample_data import load_sample
+
+    image, truth, _ = load_sample("nuclei")
+    big = S.resample(np.asarray(image, dtype=np.float32), (2, 2), (0, 1))
+    viewer.add_image(big, name="nuclei 2x")
+    w._source.value = "shipped"
+    w._model.value = "zoo:nuclei"
+    w._image.value = viewer.layers["nuclei 2x"]
+    return truth
+
+
 def _liver_dice(viewer: Any, truth: np.ndarray) -> float:
     labels = viewer.layers["ct 1mm UNet++ labels"].data
     assert labels.shape == truth.shape  # labels always on the layer's own grid
@@ -179,14 +194,8 @@ def test_estimate_fills_the_diameter_of_nuclei_shown_at_twice_their_size(
     dock: Any, data_dir: Path
 ) -> None:
     viewer, w, errors = dock
-    from napari_unetpp._sample_data import load_sample
 
-    image, _, _ = load_sample("nuclei")
-    big = S.resample(np.asarray(image, dtype=np.float32), (2, 2), (0, 1))
-    viewer.add_image(big, name="nuclei 2x")
-    w._source.value = "shipped"
-    w._model.value = "zoo:nuclei"
-    w._image.value = viewer.layers["nuclei 2x"]
+    _nuclei_twice_the_size(viewer, w)
     w.estimate_size()
     assert not errors, errors
     trained = w.model.config.object_diameter
@@ -303,16 +312,11 @@ def test_segment_passes_on_the_checks_remedy_when_the_image_looks_like_training(
     """Nuclei shown at twice their size: the result's check passes the image but finds the
     objects 1.8x the training size and has a remedy ('auto object size'); Segment showed
     only "done", so the user never learnt it (only "Check this image" said so)."""
-    from napari_unetpp._sample_data import load_sample
 
     viewer, w, errors = dock
     told: list[str] = []
     patch_segment_dock("show_info", told.append)
-    image, _, _ = load_sample("nuclei")
-    big = S.resample(np.asarray(image, dtype=np.float32), (2, 2), (0, 1))
-    w._image.value = viewer.add_image(big, name="nuclei 2x")
-    w._source.value = "shipped"
-    w._model.value = "zoo:nuclei"
+    _nuclei_twice_the_size(viewer, w)
     w.scale._auto.value = False  # the user turned the default off
     w.segment()
     assert not errors, errors
@@ -331,14 +335,9 @@ def test_auto_object_size_is_the_default_for_a_model_that_knows_its_objects_size
     scale they come out worse (the issue's large nuclei: 537 pieces for 23) unless the
     user found and ticked "auto object size". It is on by default for a model that records its
     objects' size; a typed diameter replaces it (ticked, the typed value was ignored)."""
-    from napari_unetpp._sample_data import load_sample
 
     viewer, w, errors = dock
-    image, truth, _ = load_sample("nuclei")
-    big = S.resample(np.asarray(image, dtype=np.float32), (2, 2), (0, 1))
-    w._image.value = viewer.add_image(big, name="nuclei 2x")
-    w._source.value = "shipped"
-    w._model.value = "zoo:nuclei"
+    truth = _nuclei_twice_the_size(viewer, w)
     assert w.scale._auto.value and w.scale._auto.enabled
     w.segment()
     assert not errors, errors
@@ -410,14 +409,9 @@ def test_the_object_diameter_of_one_image_is_not_used_for_the_next(dock: Any) ->
 def test_auto_object_size_shows_one_progress_over_its_passes(dock: Any) -> None:
     """'auto object size' segments twice (measure, then at the measured size); unchecked,
     each pass ran the bar to 100 % and back to 0 (checked, the check's plan hid it)."""
-    from napari_unetpp._sample_data import load_sample
 
     viewer, w, errors = dock
-    image, _, _ = load_sample("nuclei")
-    big = S.resample(np.asarray(image, dtype=np.float32), (2, 2), (0, 1))
-    w._image.value = viewer.add_image(big, name="nuclei 2x")
-    w._source.value = "shipped"
-    w._model.value = "zoo:nuclei"
+    _nuclei_twice_the_size(viewer, w)
     w.scale._auto.value, w.scale.check_results.value = True, False
     seen: list[Any] = []
     show = w._on_event
