@@ -93,7 +93,7 @@ def grab_widget(widget: Any) -> Any:
     """The whole content of a (possibly scrollable) magicgui Container, not just what shows."""
     from qtpy.QtWidgets import QScrollArea
 
-    # the docks keep their rows in a scroll area inside ``.native`` (_ui.scroll_inside)
+    # the docks keep their rows in a scroll area inside ``.native`` (_dock.scroll_inside)
     area = widget.native.findChild(QScrollArea)
     inner = widget.native if area is None or area.widget() is None else area.widget()
     inner.resize(inner.width(), inner.sizeHint().height())

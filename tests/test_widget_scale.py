@@ -19,8 +19,9 @@ from napari_unetpp import metrics
 from napari_unetpp import scale as S
 from napari_unetpp._widgets import _runner
 from napari_unetpp._widgets import predict as predict_module
+from napari_unetpp._widgets._pixel_size import layer_pixel_size, parse_pixel_size
 from napari_unetpp._widgets.predict import PredictWidget
-from napari_unetpp._widgets.scale_panel import ScalePanel, layer_pixel_size, parse_pixel_size
+from napari_unetpp._widgets.scale_panel import ScalePanel
 from napari_unetpp.disagreement import disagreement_map
 from napari_unetpp.image_check import THRESHOLDS
 

@@ -11,7 +11,7 @@ waits until its thread has really ended. Never two at once.
 
 The threads themselves (napari's workers, kept alive until they end, the old objects
 frozen out of garbage collection meanwhile, a job's warnings shown) are
-:mod:`._workers`'; knowing when a dock was closed is :func:`._ui.on_dock_closed`.
+:mod:`._workers`'; knowing when a dock was closed is :func:`._dock.on_dock_closed`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 from psygnal import Signal
 
-from ._ui import unproxied
+from ._dock import unproxied
 from ._workers import (
     LIVE_WORKERS,
     freeze_old_objects,

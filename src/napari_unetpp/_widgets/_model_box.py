@@ -59,7 +59,7 @@ def guess_zoo_model(layer: Any) -> str | None:
         if words & hints:
             return zoo_spec(name)
     from ..scale import UNITS
-    from .scale_panel import layer_pixel_size
+    from ._pixel_size import layer_pixel_size
 
     size, unit = layer_pixel_size(layer)
     if size and unit in UNITS:  # pixels under 0.1 um are electron microscopy, over 0.1 mm CT

@@ -157,7 +157,7 @@ def insert_layer(layers: Any, index: int, layer: Any, *, select: bool = True) ->
     The list behind a dock's proxy of the viewer is used: through the proxy the private
     switch raised three 'Private attribute access' warnings in the viewer at the first run.
     """
-    from ._ui import unproxied
+    from ._dock import unproxied
 
     layers = unproxied(layers)
     if select or not hasattr(layers, "_activate_on_insert"):

@@ -32,6 +32,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..runs import new_run_dir
 from . import _state
+from ._dock import scroll_inside, share_dock_area
 from ._jobs import queue_for
 from ._layers import layer_choices
 from ._model_box import SOURCES, device_choices, zoo_choices
@@ -39,7 +40,7 @@ from ._paths import chosen_path
 from ._predict_input import SCOPES, Placement, default_scope, predict_config, predict_input
 from ._predict_record import record_predict
 from ._runner import JobRunner
-from ._ui import narrow, scroll_inside, set_progress, share_dock_area, wrapped
+from ._ui import narrow, set_progress, wrapped
 from .pruning_panel import PruningPanel
 from .scale_panel import ScalePanel, check_reachable
 
@@ -62,7 +63,7 @@ class PredictForm(Container):
         # not magicgui's scrollable: napari docks ``.native``, the content *inside* magicgui's
         # scroll area, and the orphaned scroll area kept resizing it to its own width
         # (624 px) on every layout change, so the dock swung 405 <-> 624 px and relaid out
-        # twice per status update (issue 16); _ui.scroll_inside scrolls inside ``.native``
+        # twice per status update (issue 16); _dock.scroll_inside scrolls inside ``.native``
         super().__init__()
         self._viewer = napari_viewer
         self._runner = JobRunner(queue=queue_for(napari_viewer), owner="segment")

@@ -2,9 +2,10 @@
 
 Why apart from the dock: these take a model, configs and arrays, never a widget or a
 layer. :func:`segment_job` predicts, labels, ranks the blocks to label next and checks
-the result in the worker; :func:`over_passes` gives a job of several prediction passes
-(a Segment run, "Check this image") one progress bar. The input they get is
-:mod:`._predict_input`'s; the files they write, :mod:`._predict_record`'s.
+the result in the worker; :func:`estimate_job` and :func:`check_job` are the scale
+panel's "Estimate size" and "Check this image"; :func:`over_passes` gives a job of
+several prediction passes (a Segment run, "Check this image") one progress bar. The
+input they get is :mod:`._predict_input`'s; the files they write, :mod:`._predict_record`'s.
 """
 
 from __future__ import annotations
@@ -180,3 +181,64 @@ def over_passes(
             )
     finally:
         job.close()  # a dropped job's passes end here too (their files, their memory)
+
+
+def estimate_job(
+    model: UNetPlusPlus, image: Any, config: PredictConfig, data: DataConfig, stopper: Stopper
+) -> Generator[Any, None, float | None]:
+    """The median equivalent diameter (px) of the objects, measured as ``rescale="auto"``
+    measures it: one pass at the deepest head, and a half-size probe when the objects
+    came out in fragments (a first pass alone called nuclei 2-3x the training size
+    "8 px": their pieces). None with fewer objects than 'auto object size' needs
+    (``scale.AUTO_MIN_OBJECTS``): one speck of a 10 x 10 crop set a 3.7x enlargement."""
+    from ..inference import predict
+    from ..rescaled import object_sizes
+    from ..scale import AUTO_MIN_OBJECTS
+
+    first = config.replace(
+        rescale=None,
+        pixel_size=None,
+        adaptive_depth=False,
+        depths=(),
+        pruned_depth=model.depth,
+        tta=False,
+    )
+    probs = yield from predict(model, image, first, data, stopper=stopper)
+    if not probs.complete:
+        return None
+    zoom = (1.0,) * model.config.spatial_dims
+    diameters, _ = yield from object_sizes(
+        model, image, first, data, zoom, probs[model.depth], model.depth, stopper
+    )
+    return float(np.median(diameters)) if diameters.size >= AUTO_MIN_OBJECTS else None
+
+
+#: Relative cost of the passes of ``disagreement.check_image``: every depth, the deepest
+#: on the mirrored image (nearly every node again), every depth at half size (a quarter
+#: of the pixels; skipped when the run rescales).
+CHECK_PASSES = (1.0, 1.0, 0.25)
+
+
+def check_job(
+    model: UNetPlusPlus,
+    image: Any,
+    config: PredictConfig,
+    data: DataConfig,
+    metrics: dict[str, Any],
+    stopper: Stopper,
+) -> Generator[Any, None, Any]:
+    """``disagreement.check_image`` with the model card's recommended depth and calibration,
+    its progress counted over all its passes."""
+    from ..disagreement import check_image
+
+    checking = check_image(
+        model,
+        image,
+        data,
+        config.replace(adaptive_depth=False),
+        recommended=metrics.get("best_depth"),
+        thresholds=metrics.get("image_check"),
+        stopper=stopper,
+    )
+    check, _ = yield from over_passes(checking, CHECK_PASSES)
+    return check

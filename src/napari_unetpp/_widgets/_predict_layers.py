@@ -25,9 +25,9 @@ from ._depth_layers import (
     put_depths,
     put_disagreement,
 )
+from ._dock import unproxied
 from ._label_layers import class_legend, keep_edited, put_label_here_next, put_labels
 from ._predict_notes import scale_note
-from ._ui import unproxied
 
 if TYPE_CHECKING:
     import napari

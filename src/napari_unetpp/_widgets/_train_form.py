@@ -1,9 +1,10 @@
-"""The train dock's form: its widgets, grouped in sections, and the configs they say.
+"""The train dock's form: its widgets, grouped in sections (data, model, advanced, run).
 
-Why apart from the dock's behaviour (:mod:`.train`): what the user can set, and how
-those values become ``ModelConfig`` / ``TrainConfig`` / ``DataConfig``, is one
-mapping; the dock adds the events, the label-mode guess and the run. Sub-widgets
-stay attributes (``w._lr``, ``w._start_from``) so tests set them and call handlers.
+Why apart from the dock's behaviour (:mod:`.train`): what the user can set is laid out
+here once; how those values become ``ModelConfig`` / ``TrainConfig`` / ``DataConfig``
+is :class:`._train_configs.TrainConfigs`, and the dock adds the events, the label-mode
+guess and the run. Sub-widgets stay attributes (``w._lr``, ``w._start_from``) so tests
+set them and call handlers.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
@@ -28,16 +28,14 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 
 from ..config import FINE_TUNE_LEARNING_RATE
-from ..locate import is_zoo, locate
 from . import _state
-from ._layers import layer_choices, layer_data
-from ._paths import chosen_path
-from ._ui import scroll_inside, share_dock_area, wrapped
+from ._dock import scroll_inside, share_dock_area
+from ._layers import layer_choices
+from ._ui import wrapped
 
 if TYPE_CHECKING:
     import napari
 
-    from ..config import DataConfig, ModelConfig, TrainConfig
     from ._plot import TrainingPlot
 
 WIDTH_PRESETS = {
@@ -52,22 +50,19 @@ CHANNEL_AXES = [
     ("axis 1", "1"),
 ]
 DEFAULT_OUTPUT = Path.home() / "napari-unetpp" / "runs"
-#: An axis longer than this is never guessed to hold channels: 20 planes of a stack with
-#: one-plane labels trained a 20-channel model without a word (QA session 13).
-MAX_GUESSED_CHANNELS = 4
 #: Defaults when starting from a trained model: small steps that keep what it knows.
 FINE_TUNE_LR, FINE_TUNE_ITERATIONS = FINE_TUNE_LEARNING_RATE, 200
 SCRATCH_LR, SCRATCH_ITERATIONS = 1e-3, 2000
 
 
 class TrainForm(Container):
-    """The train dock's widgets (data, model, advanced, run sections) and their configs."""
+    """The train dock's widgets (data, model, advanced, run sections)."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         # not magicgui's scrollable: napari docks ``.native``, the content *inside* magicgui's
         # scroll area, and the orphaned scroll area kept resizing it to its own width
         # (624 px) on every layout change, so the dock swung 405 <-> 624 px and relaid out
-        # twice per status update (issue 16); _ui.scroll_inside scrolls inside ``.native``
+        # twice per status update (issue 16); _dock.scroll_inside scrolls inside ``.native``
         super().__init__()
         self._viewer = napari_viewer
         self._build_data()
@@ -251,152 +246,6 @@ class TrainForm(Container):
         choices += [(f"shipped: {e.name}", e.spec) for e in available_models()]
         choices += [(f"trained: {n}", f"trained:{n}") for n in _state.registered_models()]
         return choices + [("checkpoint file...", "file")]
-
-    # ------------------------------------------------------------------ configs
-
-    def _channel_axis_value(self) -> int | None:
-        value = self._channel_axis.value
-        return None if value == "none" else int(value)
-
-    def _check_pair(self, image: Image, labels: Labels) -> None:
-        """What Start needs of a pair, in the dock's words (its fields, not config names)."""
-        from ..normalization import check_pair
-
-        shape, target = layer_data(image).shape, layer_data(labels).shape
-        axis = self._channel_axis_value()
-        if len(shape) == len(target) + 1 and not _axis_fits(
-            shape, target, self._channel_axis.value
-        ):
-            planes = [v for v in ("0", "-1") if _axis_fits(shape, target, v)]
-            if self._channel_axis.value == "none" and planes and not image.rgb:
-                count = shape[int(planes[0])]
-                raise ValueError(
-                    f"'{image.name}' {shape} holds {count} planes and the labels "
-                    f"'{labels.name}' {target} one: paint on a Labels layer of the image's "
-                    "shape (layer list: New labels layer), or, if the planes are channels "
-                    "of one image, choose their axis in 'Channel axis'"
-                )
-            raise ValueError(
-                f"image shape {shape} and labels shape {target} do not match with Channel axis "
-                f"'{self._channel_axis.value}': choose the image's channel axis in 'Channel axis'"
-            )
-        check_pair(layer_data(image), layer_data(labels), axis)
-        if self._dims.value == 3 and len(shape) - (axis is not None) < 3:
-            raise ValueError(
-                f"'{image.name}' is a single plane {shape}: 'Stacks as: 3D' needs a stack "
-                "(Z, Y, X); choose 'Stacks as: 2D slice-wise'"
-            )
-
-    def _fit_axes(self, image: Image, labels: Labels) -> None:
-        """Channel axis and 'Stacks as' for a newly chosen pair: last for RGB, none when the
-        image has the labels' axes, else the one axis whose removal leaves the labels' shape
-        (the user's choice stays when it fits); 2D for a single plane (no Z for 3D).
-        An axis of more than :data:`MAX_GUESSED_CHANNELS` is a stack's, and no fit leaves
-        none (a grey image kept an RGB one's "last", and the shape error named it)."""
-        shape, target = layer_data(image).shape, layer_data(labels).shape
-
-        def guessable(axis: str) -> bool:
-            return _axis_fits(shape, target, axis) and (
-                axis == "none" or shape[int(axis)] <= MAX_GUESSED_CHANNELS
-            )
-
-        axis = self._channel_axis.value
-        if image.rgb:
-            axis = "-1"  # (an RGB layer chosen before had set "last" for a grey one too)
-        elif len(shape) == len(target) or not guessable(axis):
-            fits = [v for v in ("none", "0", "1", "-1") if guessable(v)]
-            axis = fits[0] if fits else "none"
-        self._channel_axis.value = axis
-        if len(shape) - (axis != "none") < 3:
-            self._dims.value = 2
-
-    def _initial(self) -> tuple[str | None, Any]:
-        """The checkpoint to start from (path or zoo folder) and its info, or (None, None)."""
-        from ..checkpoint import read_info
-
-        value = self._start_from.value
-        if value == "scratch":
-            return None, None
-        if is_zoo(value):
-            path = str(locate(value).path)
-        elif value.startswith("trained:"):
-            path = str(_state.registered_models()[value[8:]])
-        else:
-            path = str(chosen_path(self._checkpoint_file.value, "checkpoint file"))
-        return path, read_info(path)
-
-    def _widths_value(self) -> tuple[int, ...]:
-        text = self._custom_widths.value.replace(",", " ").split()
-        try:
-            return tuple(int(t) for t in text) if text else self._widths.value
-        except ValueError:
-            raise ValueError(
-                f"custom widths {self._custom_widths.value!r}: give integers, e.g. 8 16 32 64 128"
-            ) from None
-
-    def _configs(
-        self, pairs: list[tuple[Image, Labels]]
-    ) -> tuple[ModelConfig, TrainConfig, DataConfig, str | None]:
-        from ..config import DataConfig, ModelConfig, NormalizationConfig, TrainConfig
-        from ..finetune import kept_class_values
-        from ..labels import num_output_channels
-
-        initial, base = self._initial()
-        norm = NormalizationConfig(
-            self._normalization.value, self._norm_low.value, self._norm_high.value
-        )
-        data = DataConfig(
-            normalization=base.data.normalization if base else norm,
-            label_mode=self._label_mode.value,
-            target=self._target.value,
-            channel_axis=self._channel_axis_value(),
-        )
-        if base is not None:  # scribbles of some of its classes keep its heads
-            kept = kept_class_values([layer_data(lab) for _, lab in pairs], base.model, data)
-            data = data.replace(class_values=kept) if kept else data
-        classes = num_output_channels(data, [layer_data(lab) for _, lab in pairs])
-        axis = data.channel_axis
-        channels = 1 if axis is None else layer_data(pairs[0][0]).shape[axis]
-        if base is None:
-            model = ModelConfig(
-                in_channels=channels,
-                num_classes=classes,
-                widths=self._widths_value(),
-                depth=self._depth.value,
-                spatial_dims=self._dims.value,
-            )
-        else:  # the same classes keep their names (as the CLI); other classes: new heads
-            names = base.model.class_names if classes == base.model.num_classes else ()
-            model = base.model.replace(num_classes=classes, class_names=names)
-        dims = model.spatial_dims
-        patch = (self._patch.value,) * 2
-        train = TrainConfig(
-            iterations=self._iterations.value,
-            batch_size=self._batch.value,
-            patch_size=patch if dims == 2 else (self._patch_z.value, *patch),
-            learning_rate=self._lr.value,
-            validate_every=min(self._validate_every.value, self._iterations.value),
-            validation_fraction=self._val_fraction.value,
-            augment=self._augment.value,
-            elastic=self._elastic.value,
-            device=self._device.value,
-            mixed_precision=self._mixed_precision.value,
-            seed=self._seed.value,
-            freeze_encoder=self._freeze_encoder.value,
-            freeze_norm=self._freeze_norm.value,
-            preserve_weight=1.0 if self._preserve.value and initial is not None else 0.0,
-        )
-        return model, train, data, initial
-
-
-def _axis_fits(shape: tuple[int, ...], target: tuple[int, ...], axis: str) -> bool:
-    """Whether ``shape`` less the channel axis ``axis`` (a Channel axis value) is ``target``."""
-    if axis == "none":
-        return tuple(shape) == tuple(target)
-    index = int(axis)
-    if not -len(shape) <= index < len(shape):
-        return False
-    return tuple(np.delete(np.asarray(shape), index)) == tuple(target)
 
 
 def _import_plot() -> Any:

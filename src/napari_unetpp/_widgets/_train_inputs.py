@@ -1,10 +1,12 @@
 """The train dock's inputs: which image and labels it trains on, and what they are.
 
 Why apart from the run (:mod:`.train`): choosing the pairs, guessing the label mode
-(dense or scribbles) and the target (classes or instances) as the user paints, and the
-fine-tune defaults of 'Start from' are the form's reactions to the user; the dock adds
+(dense or scribbles) and the target (classes or instances) as the user paints, the
+fine-tune defaults of 'Start from', and following the viewer's layers and the trained
+models are the form's reactions to the user; the dock adds
 the job, its progress and its result. Sub-widgets stay attributes of the form
-(:class:`._train_form.TrainForm`), so tests set them and call the handlers.
+(:class:`._train_form.TrainForm`, read by :class:`._train_configs.TrainConfigs`), so
+tests set them and call the handlers.
 """
 
 from __future__ import annotations
@@ -15,14 +17,10 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
 
+from . import _state
 from ._layers import layer_data, made_here
-from ._train_form import (
-    FINE_TUNE_ITERATIONS,
-    FINE_TUNE_LR,
-    SCRATCH_ITERATIONS,
-    SCRATCH_LR,
-    TrainForm,
-)
+from ._train_configs import TrainConfigs, placement_note
+from ._train_form import FINE_TUNE_ITERATIONS, FINE_TUNE_LR, SCRATCH_ITERATIONS, SCRATCH_LR
 
 if TYPE_CHECKING:
     import napari
@@ -43,9 +41,9 @@ INSTANCE_SCRIBBLES_NOTE = (
 )
 
 
-class TrainInputs(TrainForm):
+class TrainInputs(TrainConfigs):
     """The form plus its reactions: training pairs, label-mode and target guesses,
-    following the brush, and the defaults of 'Start from'."""
+    following the brush and the viewer's layers, and the defaults of 'Start from'."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(napari_viewer)
@@ -75,11 +73,40 @@ class TrainInputs(TrainForm):
         self._start_from.changed.connect(self._on_start_from)
         self._custom_widths.changed.connect(self._grey_widths)
         self._checkpoint_file.changed.connect(self._inherit_target)
+        # outside signals: disconnected when the dock goes (:meth:`_closed`), so a closed
+        # widget that Python has not collected yet is never called back (its Qt objects
+        # are deleted)
+        for event in ("inserted", "removed", "reordered"):
+            getattr(self._viewer.layers.events, event).connect(self._on_layers_changed)
+        _state.models_changed.connect(self._on_models_changed)
 
-    def _stop_following(self) -> None:
-        """The dock was closed: no more paint events, no pending guess."""
+    def _closed(self) -> None:
+        """The dock was closed (or deleted): no more layer, model or paint events, no
+        pending guess (the dock adds stopping its training)."""
+        _state.models_changed.disconnect(self._on_models_changed)
+        for event in ("inserted", "removed", "reordered"):
+            getattr(self._viewer.layers.events, event).disconnect(self._on_layers_changed)
         self._follow_painting(None)
         self._guess_timer.stop()
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        """Layers added, removed or moved: the boxes list them; a new Labels layer of the
+        user's is chosen, a removed layer leaves the pairs."""
+        try:
+            self.reset_choices()
+        except RuntimeError:  # its Qt widgets were deleted before the dock said so
+            self._closed()
+            return
+        if getattr(event, "type", "") == "inserted":
+            self._take_new_labels(event.value)
+        elif getattr(event, "type", "") == "removed":
+            self._drop_pairs_of(event.value)
+
+    def _on_models_changed(self) -> None:
+        try:
+            self._start_from.reset_choices()
+        except RuntimeError:
+            self._closed()
 
     def _take_new_labels(self, layer: Any) -> None:
         """A Labels layer the user adds replaces the plugin's own labels in the Labels box.
@@ -128,7 +155,7 @@ class TrainInputs(TrainForm):
             if not self._mode_from_user:  # another layer's guess says nothing of this one
                 self._label_reason.value = ""
             return
-        self._pair_info.value = _placement_note(image, labels)
+        self._pair_info.value = placement_note(image, labels)
         self._guess_label_mode(labels)
 
     def _on_axes_changed(self, _value: Any = None) -> None:
@@ -259,18 +286,3 @@ class TrainInputs(TrainForm):
         if base is None:
             return None, None
         return class_mapping([layer_data(lab) for _, lab in pairs], base.model, data, classes)
-
-
-def _placement_note(image: Image, labels: Labels) -> str:
-    """A note when the labels are shown at another scale or place than the image (a label
-    file without the image's pixel size): training pairs their arrays pixel by pixel."""
-    n = labels.ndim
-    same = np.allclose(image.scale[-n:], labels.scale) and np.allclose(
-        image.translate[-n:], labels.translate
-    )
-    return (
-        ""
-        if same
-        else "note: the labels are shown at another scale or position than the image; "
-        "training pairs them pixel by pixel (as painted into the labels' array)"
-    )

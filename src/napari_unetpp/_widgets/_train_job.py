@@ -1,5 +1,6 @@
 """The train dock's job: training plus its previews, as one generator in the job queue;
-the checks at Start of what it trains on, its run record, and what its end says.
+its run record, and what its end says (the checks at Start of what it trains on are
+:mod:`._train_configs`').
 
 Why previews live inside the training job: a preview is torch work too, and a
 second job beside the training would race it for the CPU (and break the
@@ -34,14 +35,10 @@ if TYPE_CHECKING:
 __all__ = [
     "PreviewEvent",
     "PreviewSource",
-    "at_pixel_size",
-    "check_channels",
     "finished_message",
     "new_train_run",
-    "pair_pixel_sizes",
     "predict_labels_job",
     "record_train",
-    "rgb_as_grey",
     "train_job",
 ]
 
@@ -176,56 +173,6 @@ def train_job(
         steps = int(result.info.provenance.get("iterations") or 0)
         yield from _show(PreviewEvent("after", _preview(result.checkpoint, preview), steps))
     return result
-
-
-def pair_pixel_sizes(pairs: list[tuple[Any, Any]]) -> list[tuple[tuple[float, ...], str] | None]:
-    """Each pair's image pixel size and unit, from its layer (the reader's, or a scale with
-    real units; see ``scale_panel.layer_pixel_size``), or None where it is unknown."""
-    from .scale_panel import layer_pixel_size
-
-    sizes: list[tuple[tuple[float, ...], str] | None] = []
-    for image, _ in pairs:
-        size, unit = layer_pixel_size(image)
-        sizes.append((tuple(size), unit) if size and unit else None)
-    return sizes
-
-
-def at_pixel_size(
-    model: ModelConfig, sizes: list[tuple[tuple[float, ...], str] | None]
-) -> ModelConfig:
-    """The model config with the pixel size the run trains at (a new model takes the
-    images'; a fine-tuned one keeps its own): recorded in run.json and the checkpoint."""
-    from ..scale import training_pixel_size
-
-    size, unit = training_pixel_size(sizes, model.pixel_size, model.pixel_unit, model.spatial_dims)
-    return model.replace(pixel_size=size, pixel_unit=unit) if size else model
-
-
-def check_channels(pairs: list[tuple[Any, Any]], model: ModelConfig, data: DataConfig) -> None:
-    """Refuse at Start images whose channels the model (a fine-tuned one's) cannot take; it
-    failed inside the job, in the engine's words, after making a run folder."""
-    from ._layers import layer_data
-
-    for image, _ in pairs:
-        shape = layer_data(image).shape
-        channels = 1 if data.channel_axis is None else shape[data.channel_axis]
-        if channels != model.in_channels:
-            raise ValueError(
-                f"the model takes {model.in_channels} input channel(s) but '{image.name}' "
-                f"{shape} has {channels} with its 'Channel axis' choice: choose that axis, an "
-                f"image of {model.in_channels} channel(s), or start from scratch"
-            )
-
-
-def rgb_as_grey(pairs: list[tuple[Any, Any]], model: ModelConfig, data: DataConfig) -> bool:
-    """Whether the training images are RGB layers for a one-channel model (a fine-tune of
-    the shipped nuclei model on H&E, say): then they are trained on as their luminance, as
-    the Segment dock and the CLI see them (the channel axis would be a dead end)."""
-    return (
-        model.in_channels == 1
-        and data.channel_axis is not None
-        and all(image.rgb for image, _ in pairs)
-    )
 
 
 def finished_message(result: Any, how: str, checkpoint: Path) -> str:

@@ -22,15 +22,16 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 
 from . import _state
+from ._dock import on_dock_closed
 from ._model_box import model_name, zoo_choices
+from ._pixel_size import layer_pixel_size
 from ._predict_input import Placement
-from ._predict_job import over_passes, segment_job, segment_passes
+from ._predict_job import check_job, estimate_job, over_passes, segment_job, segment_passes
 from ._predict_layers import show_result
 from ._predict_model import PredictModels
 from ._predict_notes import check_status, estimate_status, notify_check, result_notes
 from ._predict_record import scan_file
-from ._ui import on_dock_closed, set_progress, spread
-from .scale_panel import check_job, estimate_job, layer_pixel_size
+from ._ui import set_progress, spread
 
 if TYPE_CHECKING:
     import napari

@@ -9,94 +9,23 @@ does that inside every run (cellpose's two-pass recipe). "Adaptive depth" and "C
 image" use what deep supervision gives for free (``adaptive.py``, ``disagreement.py``).
 
 The panel holds values only; its owner (the Segment dock) runs the jobs in the
-viewer's queue and calls :meth:`set_model`, :meth:`set_layer` and :meth:`overrides`.
+viewer's queue (Estimate and Check are :mod:`._predict_job`'s) and calls
+:meth:`set_model`, :meth:`set_layer` and :meth:`overrides`. How a pixel size is read
+from a layer or typed is :mod:`._pixel_size`'s.
 """
 
 from __future__ import annotations
 
-import math
-import re
 import weakref
-from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from magicgui.widgets import CheckBox, Container, FloatSpinBox, LineEdit, PushButton
 
+from ._pixel_size import layer_pixel_size, parse_pixel_size, pixel_size_text
 from ._ui import wrapped
 
 if TYPE_CHECKING:
-    from ..config import DataConfig, ModelConfig, PredictConfig
-    from ..events import Stopper
-    from ..model import UNetPlusPlus
-
-#: Units a pixel size may be typed in (the model's unit when none is typed).
-UNIT_WORDS = {
-    "nm": "nm",
-    "um": "um",
-    "µm": "um",
-    "micron": "um",
-    "mm": "mm",
-    "nanometer": "nm",
-    "micrometer": "um",
-    "millimeter": "mm",
-}
-
-
-def parse_pixel_size(text: str) -> tuple[tuple[float, ...] | None, str]:
-    """``"0.98"``, ``"3, 0.98 0.98 mm"`` -> sizes and unit (``""`` = the model's); empty -> None.
-
-    Raises ValueError with the accepted forms, so a typo never runs at a wrong scale.
-    """
-    text = text.strip()
-    if not text:
-        return None, ""
-    match = re.fullmatch(r"([0-9eE.+\-,;x\s]+?)\s*([A-Za-zµ]+)?", text)
-    unit = UNIT_WORDS.get((match.group(2) or "").lower(), None) if match else None
-    if not match or (match.group(2) and unit is None):
-        raise ValueError(
-            f"pixel size {text!r}: type one number per axis (or one for all), "
-            "optionally a unit (nm, um, mm), e.g. '0.98 0.98 mm'"
-        )
-    if re.search(r"\d,\d", text) and "." not in text:  # '1,5' was 1 x 5 mm, silently
-        raise ValueError(
-            f"pixel size {text!r}: a decimal comma? type a dot ('1.5'), and separate the "
-            "numbers with spaces ('3 1.5 1.5 mm')"
-        )
-    try:
-        sizes = tuple(float(v) for v in re.split(r"[\s,;x]+", match.group(1).strip()) if v)
-    except ValueError:
-        raise ValueError(f"pixel size {text!r}: not numbers") from None
-    # in the field's words: the engine's check named PredictConfig.pixel_size ("0", "-1")
-    if not 1 <= len(sizes) <= 3 or not all(math.isfinite(s) and s > 0 for s in sizes):
-        raise ValueError(
-            f"pixel size {text!r}: type 1 to 3 numbers above 0 (one per axis Z Y X, or one "
-            "for all), optionally a unit (nm, um, mm), e.g. '0.98 0.98 mm'"
-        )
-    return sizes, unit or ""
-
-
-def layer_pixel_size(layer: Any) -> tuple[tuple[float, ...] | None, str]:
-    """The pixel size a layer carries: the reader's metadata, else a ``scale`` with real units.
-
-    A scale without a unit (napari's default "pixel") is never taken as physical. The
-    spatial axes are the last two or three in one length unit: a time axis before them
-    (in seconds, or "pixel") left the field empty for a calibrated time series.
-    """
-    meta = getattr(layer, "metadata", {}) or {}
-    if meta.get("pixel_size") and meta.get("unit"):
-        return tuple(float(s) for s in meta["pixel_size"]), str(meta["unit"])
-    units = [UNIT_WORDS.get(str(u)) for u in getattr(layer, "units", ())]
-    # a negative scale flips the axis in the viewer; its pixels are as large as ever
-    scale = [abs(float(s)) for s in getattr(layer, "scale", ())]
-    if not units or len(units) != len(scale) or units[-1] is None:
-        return None, ""
-    spatial = 1
-    while spatial < min(3, len(units)) and units[-spatial - 1] == units[-1]:
-        spatial += 1
-    if spatial < 2:
-        return None, ""
-    return tuple(scale[-spatial:]), str(units[-1])
+    from ..config import ModelConfig
 
 
 class ScalePanel(Container):
@@ -212,11 +141,7 @@ class ScalePanel(Container):
             self._diameter.value = 0.0
         self._layer = weakref.ref(layer)
         sizes, unit = layer_pixel_size(layer)
-        self._pixel.value = (
-            ""
-            if sizes is None
-            else (" ".join(f"{s:g}" for s in sizes) + (f" {unit}" if unit else ""))
-        )
+        self._pixel.value = "" if sizes is None else pixel_size_text(sizes, unit)
 
     def show_diameter(self, diameter: float) -> None:
         self._diameter.value = round(float(diameter), 1)
@@ -263,68 +188,5 @@ def check_reachable(fields: dict[str, Any], model: ModelConfig | None) -> dict[s
     if sizes is not None and model is not None and model.pixel_size:
         unit = fields.get("pixel_unit", "")
         zoom = zoom_from_pixel_size(sizes, model.pixel_size, unit, model.pixel_unit)
-        shown = " ".join(f"{v:g}" for v in sizes) + (f" {unit}" if unit else "")
-        check_zoom(zoom, f"pixel size '{shown}': a zoom")
+        check_zoom(zoom, f"pixel size '{pixel_size_text(sizes, unit)}': a zoom")
     return fields
-
-
-def estimate_job(
-    model: UNetPlusPlus, image: Any, config: PredictConfig, data: DataConfig, stopper: Stopper
-) -> Generator[Any, None, float | None]:
-    """The median equivalent diameter (px) of the objects, measured as ``rescale="auto"``
-    measures it: one pass at the deepest head, and a half-size probe when the objects
-    came out in fragments (a first pass alone called nuclei 2-3x the training size
-    "8 px": their pieces). None with fewer objects than 'auto object size' needs
-    (``scale.AUTO_MIN_OBJECTS``): one speck of a 10 x 10 crop set a 3.7x enlargement."""
-    from ..inference import predict
-    from ..rescaled import object_sizes
-    from ..scale import AUTO_MIN_OBJECTS
-
-    first = config.replace(
-        rescale=None,
-        pixel_size=None,
-        adaptive_depth=False,
-        depths=(),
-        pruned_depth=model.depth,
-        tta=False,
-    )
-    probs = yield from predict(model, image, first, data, stopper=stopper)
-    if not probs.complete:
-        return None
-    zoom = (1.0,) * model.config.spatial_dims
-    diameters, _ = yield from object_sizes(
-        model, image, first, data, zoom, probs[model.depth], model.depth, stopper
-    )
-    return float(np.median(diameters)) if diameters.size >= AUTO_MIN_OBJECTS else None
-
-
-#: Relative cost of the passes of ``disagreement.check_image``: every depth, the deepest
-#: on the mirrored image (nearly every node again), every depth at half size (a quarter
-#: of the pixels; skipped when the run rescales).
-CHECK_PASSES = (1.0, 1.0, 0.25)
-
-
-def check_job(
-    model: UNetPlusPlus,
-    image: Any,
-    config: PredictConfig,
-    data: DataConfig,
-    metrics: dict[str, Any],
-    stopper: Stopper,
-) -> Generator[Any, None, Any]:
-    """``disagreement.check_image`` with the model card's recommended depth and calibration,
-    its progress counted over all its passes."""
-    from ..disagreement import check_image
-    from ._predict_job import over_passes
-
-    checking = check_image(
-        model,
-        image,
-        data,
-        config.replace(adaptive_depth=False),
-        recommended=metrics.get("best_depth"),
-        thresholds=metrics.get("image_check"),
-        stopper=stopper,
-    )
-    check, _ = yield from over_passes(checking, CHECK_PASSES)
-    return check

@@ -4,10 +4,10 @@ UI values -> ModelConfig / TrainConfig / DataConfig -> ``training.Trainer.run`` 
 viewer's job queue -> events -> progress bar, live plot, optional preview layer. The
 finished (or stopped) run's best model is registered in :mod:`._state` for the predict
 widget, and ``run.json`` + ``command.sh`` beside it reproduce it from a shell. The
-widgets and the configs they say are :class:`._train_form.TrainForm`; its reactions
-to the user (pairs, label-mode and target guesses, 'Start from') are
-:class:`._train_inputs.TrainInputs`; the job, the checks at Start and the run record
-are in :mod:`._train_job`, the before/after layers in :mod:`._train_preview`.
+widgets are :class:`._train_form.TrainForm`, the configs they say and the checks at
+Start :mod:`._train_configs`; its reactions to the user (pairs, label-mode and target
+guesses, 'Start from') are :class:`._train_inputs.TrainInputs`; the job and the run
+record are in :mod:`._train_job`, the before/after layers in :mod:`._train_preview`.
 
 Fine-tuning (starting from a model) switches to safe defaults: learning rate
 :data:`._train_form.FINE_TUNE_LR`, :data:`._train_form.FINE_TUNE_ITERATIONS` steps,
@@ -33,24 +33,16 @@ from ..labels import check_instance_scribbles
 from ..normalization import as_model_input
 from ..runs import discard_unstarted_run
 from . import _state
+from ._dock import on_dock_closed
 from ._jobs import queue_for
 from ._layers import layer_data
 from ._paths import chosen_path
 from ._runner import JobRunner
+from ._train_configs import at_pixel_size, check_channels, pair_pixel_sizes, rgb_as_grey
 from ._train_inputs import TrainInputs
-from ._train_job import (
-    PreviewEvent,
-    PreviewSource,
-    at_pixel_size,
-    check_channels,
-    finished_message,
-    new_train_run,
-    pair_pixel_sizes,
-    rgb_as_grey,
-    train_job,
-)
+from ._train_job import PreviewEvent, PreviewSource, finished_message, new_train_run, train_job
 from ._train_preview import StrokeCheck, preview_source, show_preview
-from ._ui import on_dock_closed, set_progress
+from ._ui import set_progress
 
 if TYPE_CHECKING:
     import napari
@@ -89,44 +81,18 @@ class TrainWidget(TrainInputs):
         self._show_advanced.changed.connect(self._on_show_advanced)
         self._start.changed.connect(self._on_start)
         self._stop.changed.connect(self._on_stop)
-        # outside signals: disconnected when the Qt widget goes, so a closed widget that
-        # Python has not collected yet is never called back (its Qt objects are deleted)
-        emitters = [
-            getattr(self._viewer.layers.events, e) for e in ("inserted", "removed", "reordered")
-        ]
-        for emitter in emitters:
-            emitter.connect(self._on_layers_changed)
-        _state.models_changed.connect(self._on_models_changed)
+        # an outside signal (as the viewer's, in TrainInputs): disconnected when the dock
+        # goes, so a closed widget that Python has not collected yet is never called back
         self._runner.queue.changed.connect(self._on_queue_changed)
         on_dock_closed(self.native, self._viewer, self._closed)
 
     def _closed(self) -> None:
         """The dock was closed (or deleted): stop its training, stop listening."""
         self._runner.quit()
-        _state.models_changed.disconnect(self._on_models_changed)
         self._runner.queue.changed.disconnect(self._on_queue_changed)
-        for event in ("inserted", "removed", "reordered"):
-            getattr(self._viewer.layers.events, event).disconnect(self._on_layers_changed)
-        self._stop_following()
+        super()._closed()
 
     # ------------------------------------------------------------------ UI events
-
-    def _on_layers_changed(self, event: Any = None) -> None:
-        try:
-            self.reset_choices()
-        except RuntimeError:  # its Qt widgets were deleted before the dock said so
-            self._closed()
-            return
-        if getattr(event, "type", "") == "inserted":
-            self._take_new_labels(event.value)
-        elif getattr(event, "type", "") == "removed":
-            self._drop_pairs_of(event.value)
-
-    def _on_models_changed(self) -> None:
-        try:
-            self._start_from.reset_choices()
-        except RuntimeError:
-            self._closed()
 
     def _on_queue_changed(self) -> None:
         """Show a training of this viewer that a closed dock left stopping (another open
