@@ -603,3 +603,28 @@ def test_a_waiting_job_names_the_job_it_waits_for() -> None:
     assert "(a segmentation in the Segment dock)" in queue.waiting_note()
     queue.current.dropped = True
     assert "(a segmentation of a closed dock, stopping)" in queue.waiting_note()
+
+
+def test_on_finish_says_whether_the_job_ran() -> None:
+    """Both docks told "stopped before it started" from "ended" by tracking their own
+    returned/failed callbacks (the same lines twice); the runner now says it."""
+    from napari_unetpp._widgets._jobs import JobQueue, Ticket
+
+    queue = JobQueue()
+    queue.current = Ticket("train", (x for x in ()), True)  # another job holds the queue
+    finished: list[tuple[str, bool]] = []
+
+    def job() -> Any:
+        yield 1
+        return 2
+
+    waiting = _runner.JobRunner(inline=True, queue=queue)
+    waiting.start(job(), on_finish=lambda ran: finished.append(("waiting", ran)))
+    assert waiting.queued
+    waiting.request_stop()  # Cancel while it waits: no other callback comes
+    assert finished == [("waiting", False)] and not waiting.running
+    queue.current = None
+    results: list[Any] = []
+    ran = _runner.JobRunner(inline=True, queue=queue)
+    ran.start(job(), on_return=results.append, on_finish=lambda r: finished.append(("ran", r)))
+    assert results == [2] and finished[-1] == ("ran", True)

@@ -51,7 +51,7 @@ class Ticket:
     on_yield: Callback = None
     on_return: Callback = None
     on_error: Callable[[BaseException], None] | None = None
-    on_finish: Callback = None
+    on_finish: Callable[[bool], None] | None = None  # called with whether the job ran
     stop: Callable[[], None] | None = None
     where: str = ""  # where its results go (a reopened dock names a closed one's run)
     state: str = "pending"  # pending -> running -> done
@@ -130,7 +130,7 @@ class JobQueue:
             self._pending.remove(ticket)
             ticket.state = "done"
             if not drop:
-                ticket.call(ticket.on_finish)
+                ticket.call(ticket.on_finish, False)  # it never ran
             ticket.dropped = ticket.dropped or drop
             self.changed.emit()
             return
@@ -167,7 +167,7 @@ class JobQueue:
         ticket.state = "done"
         if self.current is ticket:
             self.current = None
-        ticket.call(ticket.on_finish)
+        ticket.call(ticket.on_finish, True)
         self.changed.emit()
         self._pump()
 

@@ -219,19 +219,10 @@ class PredictForm(Container):
 
     def _start(self, what: str, job: Any, on_return: Any, stopper: Stopper) -> None:
         """Run ``job`` in the viewer's job queue; progress in the dock; buttons locked."""
-        ended: list[bool] = []  # it returned or failed; else it was stopped while queued
 
-        def returned(result: Any) -> None:
-            ended.append(True)
-            on_return(result)
-
-        def failed(exc: BaseException) -> None:
-            ended.append(True)
-            self._on_error(exc)
-
-        def finished() -> None:
+        def finished(ran: bool) -> None:
             self._set_running(False)
-            if not ended and not self._closed:  # Cancel (or its image removed) while waiting:
+            if not ran and not self._closed:  # Cancel (or its image removed) while waiting:
                 # no callback but this one, and the status said "cancelling..." for good
                 self._status.value = "stopped before it started: nothing was changed"
                 set_progress(self._progress, 0)
@@ -242,8 +233,8 @@ class PredictForm(Container):
         self._runner.start(
             job,
             on_yield=self._on_event,
-            on_return=returned,
-            on_error=failed,
+            on_return=on_return,
+            on_error=self._on_error,
             on_finish=finished,
             stop=stopper.stop,
         )

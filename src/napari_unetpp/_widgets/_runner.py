@@ -130,7 +130,7 @@ class JobRunner:
         on_yield: Callback = None,
         on_return: Callback = None,
         on_error: Callback = None,
-        on_finish: Callback = None,
+        on_finish: Callable[[bool], None] | None = None,
         stop: Callable[[], None] | None = None,
         where: str = "",
     ) -> Any:
@@ -139,8 +139,10 @@ class JobRunner:
 
         ``on_error`` (if given) runs before the error is shown to the user;
         ``on_finish`` runs last in every case (returned, failed, stopped, or stopped
-        before it started), but not after :meth:`quit`. ``stop`` asks the engine to
-        stop cleanly (e.g. ``Trainer.stop``); :meth:`request_stop` and :meth:`quit` call it.
+        before it started), but not after :meth:`quit`, with whether the job ran (False:
+        stopped while it waited for another job; no other callback came). ``stop`` asks the
+        engine to stop cleanly (e.g. ``Trainer.stop``); :meth:`request_stop` and :meth:`quit`
+        call it.
         ``where``: the folder its results go to (see :attr:`._jobs.Ticket.where`).
         """
         if self.running:

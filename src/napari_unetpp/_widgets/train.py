@@ -168,22 +168,12 @@ class TrainWidget(TrainInputs):
         job = train_job(
             model, train, data, initial, run_dir, stopper, images, labels, preview, sizes, copies
         )
-        ended: list[bool] = []  # it returned or failed; else Stop came while it waited
-
-        def returned(result: Any) -> None:
-            ended.append(True)
-            self._on_result(result)
-
-        def failed(exc: BaseException) -> None:
-            ended.append(True)
-            self._on_error(exc)
-
         self._runner.start(
             job,
             on_yield=self._on_event,
-            on_return=returned,
-            on_error=failed,
-            on_finish=lambda: self._finished(run_dir, bool(ended)),
+            on_return=self._on_result,
+            on_error=self._on_error,
+            on_finish=lambda ran: self._finished(run_dir, ran),
             stop=stopper.stop,
             where=str(run_dir),
         )
@@ -192,12 +182,12 @@ class TrainWidget(TrainInputs):
     def _set_running(self, running: bool) -> None:
         self._start.enabled, self._stop.enabled = not running, running
 
-    def _finished(self, run_dir: Path, ended: bool) -> None:
+    def _finished(self, run_dir: Path, ran: bool) -> None:
         """Buttons back; a run stopped while it waited for another job says so, and its
         folder goes (its command.sh named data never written; the status said
         "stopping after this step" for good)."""
         self._set_running(False)
-        if not ended:
+        if not ran:
             discard_unstarted_run(run_dir)
             self._status.value = "stopped before it started: nothing was trained"
             set_progress(self._progress, 0)
