@@ -100,8 +100,9 @@ class PruningPanel(Container):
         self._timing = ""
         self._apply = PushButton(text="Apply (segment at this depth)", enabled=False)
         self._save = PushButton(text="Save pruned model", enabled=False)
-        buttons = Container(widgets=[self._apply, self._save], labels=False)  # fits ~420 px
-        self.extend([self._depth, self._readout, buttons])
+        # the buttons as rows of their own (buttons take no label column): in a nested
+        # Container they sat behind an empty label column and made the dock 432 px wide
+        self.extend([self._depth, self._readout, self._apply, self._save])
         self._depth.changed.connect(self._on_depth)
         self._apply.changed.connect(self.apply)
         self._save.changed.connect(lambda: self.save_pruned())
