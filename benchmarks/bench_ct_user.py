@@ -1,0 +1,269 @@
+"""The shipped CT model on a user's scan: a fine pixel size with noise, contrast, HU offsets.
+
+Why: the CT model was trained on one scan at 3 mm. A user's second scan is at ~1 mm with
+per-pixel noise, may be contrast-enhanced, and may be stored with its Hounsfield units
+shifted. Each part builds such copies of the card's held-back slices (``ct.tif`` slices 0-5
+= full-scan slices 82-87) and scores the deepest head per organ (Dice over the slices).
+
+- ``smoothing``: the slices upsampled 3x (to 1 mm) with white or spatially correlated noise
+  (0-30 HU), segmented with ``pixel_size=(1, 1)`` mm, with and without a Gaussian before the
+  shrink to 3 mm (``rescaled.model_grid``: a fraction of skimage's anti-aliasing sigma,
+  always or only when the shrunk image is noisy);
+- ``contrast``: organs brightened as in a portal-venous phase; the score and what the image
+  check says (``check_prediction``: the dock's check after a run);
+- ``offset``: the Hounsfield units shifted (no RescaleIntercept, -1000...); what the check
+  and its remedies say.
+
+Run (CPU, 1 torch thread)::
+
+    NAPARI_UNETPP_DATA=/work/shared/data PYTHONPATH=src python benchmarks/bench_ct_user.py smoothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import zoo_data as D  # noqa: E402  (the zoo's data loaders)
+import zoo_specs as Z  # noqa: E402  (the zoo's held-back splits and card scores)
+
+from napari_unetpp import rescaled, zoo  # noqa: E402
+from napari_unetpp import scale as S  # noqa: E402
+from napari_unetpp.config import PredictConfig  # noqa: E402
+from napari_unetpp.inference import predict_array  # noqa: E402
+
+ORGANS = [name for name, _ in zoo.CT_ORGANS]
+
+
+def held_back() -> tuple[np.ndarray, np.ndarray]:
+    """The card's held-back slices (Z, Y, X) in HU and their model classes 1..5."""
+    test = Z._ct_test()
+    return np.stack([i for i, _ in test]), np.stack([t for _, t in test])
+
+
+def organ_dice(classes: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Dice per organ over all slices (the card's score), and their mean."""
+    pairs = list(zip(truth, truth, strict=True))  # _ct_score reads only the truths
+    score = Z._ct_score(list(classes), pairs)
+    return {**{o: score[f"dice_{o}"] for o in ORGANS}, "mean": score["dice"]}
+
+
+def segment(model: Any, info: Any, image: np.ndarray, **config: Any) -> Any:
+    """The deepest head (what a user gets) on the CPU in float32; ``config`` may ask for more."""
+    settings = PredictConfig(device="cpu", mixed_precision=False, pruned_depth=4)
+    settings = settings.replace(**config)
+    return predict_array(model, image, settings, info.data)
+
+
+def noisy(image: np.ndarray, sd: float, correlated: float, seed: int) -> np.ndarray:
+    """``image`` + Gaussian noise of ``sd`` HU per pixel; ``correlated`` > 0: white noise
+    smoothed by that sigma (px) and scaled back to ``sd`` (a CT's noise is not white)."""
+    if sd == 0:
+        return image.astype(np.float32)
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0.0, 1.0, image.shape).astype(np.float32)
+    if correlated:
+        noise = ndimage.gaussian_filter(noise, (0, correlated, correlated))
+        noise /= noise.std()
+    return image.astype(np.float32) + sd * noise
+
+
+def _row(cells: list[Any]) -> str:
+    return "| " + " | ".join(f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells) + " |"
+
+
+# --------------------------------------------------------------------------- smoothing
+
+
+#: (name, fraction of skimage's sigma, noise above which it smooths): the choices compared.
+SMOOTHINGS = {
+    "none": (0.0, 0.0),
+    "always": (None, 0.0),
+    "if noisy (shipped)": (None, rescaled.SMOOTH_NOISE),
+}
+
+
+def smoothing(args: argparse.Namespace) -> None:
+    from napari_unetpp.disagreement import _input_noise
+
+    model, info = zoo.load_pretrained("ct")
+    limit = info.metrics["image_check"]["noise"]
+    ct, truth = held_back()
+    up = 3.0  # 3 mm -> 1 mm
+    fine = S.resample(ct, (up, up), (1, 2), order=1)
+    fine_truth = S.resample_to(truth, fine.shape, (1, 2), order=0)
+    native = segment(model, info, ct)
+    base = organ_dice(np.asarray(native[4]).argmax(0), truth)
+    print(
+        "| noise at 1 mm | smoothing | sigma (px at 1 mm) | "
+        + " | ".join(ORGANS)
+        + " | mean | noise seen | noise warning |"
+    )
+    print("|---|---|---|" + "---|" * (len(ORGANS) + 3))
+    print(_row(["native 3 mm", "-", "-", *base.values(), "-", "-"]), flush=True)
+    fractions = [(f"k = {k:g}", k, 0.0) for k in args.k]
+    fractions += [(n, args.fraction if k is None else k, t) for n, (k, t) in SMOOTHINGS.items()]
+    for sd in args.noise:
+        for corr in [0.0] if sd == 0 else args.correlated:
+            kind = f"{sd:g} HU" + (f", correlated {corr:g} px" if corr else ", white")
+            for name, k, above in fractions:
+                rescaled.SMOOTH_FRACTION, rescaled.SMOOTH_NOISE = k, above
+                scores, seen, sigmas = [], [], []
+                for seed in range(args.seeds if sd else 1):
+                    image = noisy(fine, sd, corr, seed)
+                    probs = segment(model, info, image, pixel_size=(1.0, 1.0))
+                    scores.append(organ_dice(np.asarray(probs[4]).argmax(0), fine_truth))
+                    seen.append(_input_noise(model, image, probs, info.data) or 0.0)
+                    sigmas.append(probs.scale["smoothing_sigma"][0])
+                mean = {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}
+                fired = f"{sum(v > limit for v in seen)}/{len(seen)}"
+                cells = [kind, name, f"{np.mean(sigmas):.2f}", *mean.values()]
+                print(_row([*cells, float(np.mean(seen)), fired]), flush=True)
+
+
+# --------------------------------------------------------------------------- contrast
+
+#: TotalSegmentator ids of ``ct.tif``'s organ labels (``classes.json``) that a contrast
+#: phase brightens; ``ct_full.tif``'s v1 ids differ for the vessels and the pancreas.
+IDS = {
+    "ct.tif": {
+        "liver": 5,
+        "spleen": 1,
+        "kidney": (2, 3),
+        "pancreas": 7,
+        "aorta": 52,
+        "veins": (63, 64),
+    },
+    "ct_full.tif": {
+        "liver": 5,
+        "spleen": 1,
+        "kidney": (2, 3),
+        "pancreas": 10,
+        "aorta": 7,
+        "veins": (8, 9),
+    },
+}
+#: HU added per structure: a portal-venous phase, mild and strong (kidney: cortex, medulla).
+PHASES = {
+    "portal-venous, mild": {
+        "liver": 40,
+        "spleen": 50,
+        "cortex": 100,
+        "medulla": 60,
+        "pancreas": 40,
+        "aorta": 100,
+        "veins": 100,
+    },
+    "portal-venous, strong": {
+        "liver": 80,
+        "spleen": 100,
+        "cortex": 200,
+        "medulla": 120,
+        "pancreas": 60,
+        "aorta": 200,
+        "veins": 150,
+    },
+}
+
+
+def enhanced(ct: np.ndarray, organs: np.ndarray, phase: dict[str, float], ids: dict) -> np.ndarray:
+    """``ct`` with its organs brightened as ``phase`` says (a kidney's outer 2 px are its
+    cortex), the added map softened by a 0.5 px Gaussian (partial volume at the edges)."""
+    add = np.zeros(ct.shape, np.float32)
+    for name in ("liver", "spleen", "pancreas", "aorta"):
+        add[organs == ids[name]] = phase[name]
+    add[np.isin(organs, ids["veins"])] = phase["veins"]
+    kidney = np.isin(organs, ids["kidney"])
+    for z in range(len(ct)):
+        depth = ndimage.distance_transform_edt(kidney[z])
+        add[z][kidney[z]] = np.where(depth[kidney[z]] <= 2, phase["cortex"], phase["medulla"])
+    add = ndimage.gaussian_filter(add, (0, 0.5, 0.5))
+    return (ct.astype(np.float32) + add).astype(np.float32)
+
+
+def checked(model: Any, info: Any, image: np.ndarray) -> tuple[Any, Any, Any]:
+    """The labels of the deepest head, the dock's check after a run and ``info --on``'s."""
+    from napari_unetpp.disagreement import check_image, check_result
+    from napari_unetpp.events import drive
+
+    metrics = info.metrics
+    probs = segment(model, info, image, pruned_depth=None)
+    after = drive(check_result(model, image, probs, info.data, None, metrics))
+    config = PredictConfig(device="cpu", mixed_precision=False)
+    full, _ = drive(
+        check_image(
+            model,
+            image,
+            info.data,
+            config,
+            recommended=metrics.get("best_depth"),
+            thresholds=metrics.get("image_check"),
+        )
+    )
+    return np.asarray(probs[4]).argmax(0), after, full
+
+
+def contrast(args: argparse.Namespace) -> None:
+    import tifffile
+
+    model, info = zoo.load_pretrained("ct")
+    ct, truth = held_back()
+    t0, t1 = zoo.CT_TEST_SLICES
+    organs = tifffile.imread(D.DATA / "ct_totalseg" / "organs.tif")[t0:t1]
+    print("| scan | " + " | ".join(ORGANS) + " | mean | dock's check | info --on |")
+    print("|---|" + "---|" * (len(ORGANS) + 3))
+    for name, phase in [("native", None), *PHASES.items()]:
+        image = ct if phase is None else enhanced(ct, organs, phase, IDS["ct.tif"])
+        classes, after, full = checked(model, info, image)
+        dice = organ_dice(classes, truth)
+        print(_row([name, *dice.values(), _verdict(after), _verdict(full)]), flush=True)
+        for label, check in (("dock", after), ("info", full)):
+            print(f"  {label}: {check.report()}".replace("\n", "\n    "), flush=True)
+
+
+def _verdict(check: Any) -> str:
+    if check is None:
+        return "not checked"
+    return "fires" if check.unlike_training else "silent"
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="part", required=True)
+    smooth = sub.add_parser("smoothing", help="Gaussian before the shrink, 1 mm + noise")
+    smooth.add_argument("--noise", type=float, nargs="+", default=[0, 10, 20, 30])
+    smooth.add_argument("--correlated", type=float, nargs="+", default=[0.0, 0.7])
+    smooth.add_argument(
+        "--k",
+        type=float,
+        nargs="*",
+        default=[0.25, 0.75, 1.0],
+        help="also these fractions of skimage's sigma, always applied",
+    )
+    smooth.add_argument(
+        "--fraction", type=float, default=rescaled.SMOOTH_FRACTION, help="the shipped fraction"
+    )
+    smooth.add_argument("--seeds", type=int, default=2, help="noise draws per level")
+    sub.add_parser("contrast", help="organs brightened as in a portal-venous phase")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    {"smoothing": smoothing, "contrast": contrast}[args.part](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
