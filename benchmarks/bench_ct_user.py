@@ -9,10 +9,10 @@ shifted. Each part builds such copies of the card's held-back slices (``ct.tif``
   (0-30 HU), segmented with ``pixel_size=(1, 1)`` mm, with and without a Gaussian before the
   shrink to 3 mm (``rescaled.model_grid``: a fraction of skimage's anti-aliasing sigma,
   always or only when the shrunk image is noisy);
-- ``contrast``: organs brightened as in a portal-venous phase; the score and what the image
-  check says (``check_prediction``: the dock's check after a run);
-- ``offset``: the Hounsfield units shifted (no RescaleIntercept, -1000...); what the check
-  and its remedies say.
+- ``contrast``: organs brightened as in a portal-venous phase, and the Hounsfield units
+  shifted as a whole (a RescaleIntercept missing or wrong): the score and what the image
+  check says (after a run, and ``info --on``); it calibrates the check's intensity
+  references (``--write`` stores them in the zoo).
 
 Run (CPU, 1 torch thread)::
 
@@ -190,44 +190,105 @@ def enhanced(ct: np.ndarray, organs: np.ndarray, phase: dict[str, float], ids: d
     return (ct.astype(np.float32) + add).astype(np.float32)
 
 
-def checked(model: Any, info: Any, image: np.ndarray) -> tuple[Any, Any, Any]:
-    """The labels of the deepest head, the dock's check after a run and ``info --on``'s."""
+def checked(model: Any, info: Any, image: np.ndarray, full: bool = True) -> tuple[Any, Any, Any]:
+    """The labels of the deepest head, the dock's check after a run and (``full``) ``info
+    --on``'s (the flipped pass as well)."""
     from napari_unetpp.disagreement import check_image, check_result
     from napari_unetpp.events import drive
 
     metrics = info.metrics
     probs = segment(model, info, image, pruned_depth=None)
     after = drive(check_result(model, image, probs, info.data, None, metrics))
-    config = PredictConfig(device="cpu", mixed_precision=False)
-    full, _ = drive(
-        check_image(
-            model,
-            image,
-            info.data,
-            config,
-            recommended=metrics.get("best_depth"),
-            thresholds=metrics.get("image_check"),
+    whole = None
+    if full:
+        config = PredictConfig(device="cpu", mixed_precision=False)
+        whole, _ = drive(
+            check_image(
+                model,
+                image,
+                info.data,
+                config,
+                recommended=metrics.get("best_depth"),
+                thresholds=metrics.get("image_check"),
+            )
         )
-    )
-    return np.asarray(probs[4]).argmax(0), after, full
+    return np.asarray(probs[4]).argmax(0), after, whole
+
+
+def calibrate(model: Any, info: Any) -> dict[str, float]:
+    """The CT model's intensity references: its training slices under their labels, and the
+    limit from the check's measure on the native validation slices (``zoo.CT_VAL_SLICES``)."""
+    from napari_unetpp.image_check import calibrate_intensity
+    from napari_unetpp.image_signals import intensity_signals
+
+    images, labels, val, _ = Z._ct_train()
+    names = list(model.config.class_names)
+    references = calibrate_intensity(images, labels, names)
+    probs = segment(model, info, val[0])
+    shift = intensity_signals(val[0], probs[4], model.config, info.data, references)
+    print(f"validation slices: {shift}")
+    return calibrate_intensity(images, labels, names, [shift["intensity_shift"] or 0.0])
+
+
+def write(values: dict[str, float]) -> None:
+    """Add the references to the shipped CT config.json (weights untouched)."""
+    import json
+
+    from napari_unetpp.locate import CONFIG_NAME
+
+    path = zoo.models_dir() / "ct" / CONFIG_NAME
+    config = json.loads(path.read_text())
+    config["metrics"].setdefault("image_check", {}).update(values)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    tmp.replace(path)
+    print(f"wrote {sorted(values)} into {path}")
 
 
 def contrast(args: argparse.Namespace) -> None:
     import tifffile
 
     model, info = zoo.load_pretrained("ct")
+    values = calibrate(model, info)
+    print("intensity references:", values)
+    if args.write:
+        write(values)
+        model, info = zoo.load_pretrained("ct")
+    info.metrics.setdefault("image_check", {}).update(values)  # judged as shipped
     ct, truth = held_back()
     t0, t1 = zoo.CT_TEST_SLICES
     organs = tifffile.imread(D.DATA / "ct_totalseg" / "organs.tif")[t0:t1]
-    print("| scan | " + " | ".join(ORGANS) + " | mean | dock's check | info --on |")
-    print("|---|" + "---|" * (len(ORGANS) + 3))
-    for name, phase in [("native", None), *PHASES.items()]:
-        image = ct if phase is None else enhanced(ct, organs, phase, IDS["ct.tif"])
-        classes, after, full = checked(model, info, image)
+    head = "| scan | " + " | ".join(ORGANS) + " | mean | intensity / air shift (HU) |"
+    print(head + " dock's check | info --on |")
+    print("|---|" + "---|" * (len(ORGANS) + 4))
+    scans = [("held-back, native", ct, False)]
+    scans += [
+        (f"held-back, {n}", enhanced(ct, organs, p, IDS["ct.tif"]), True) for n, p in PHASES.items()
+    ]
+    scans += [
+        (f"held-back, values {o:+d} HU", ct.astype(np.float32) + o, True) for o in args.offsets
+    ]
+    for name, image, shifted in scans:
+        classes, after, whole = checked(model, info, image)
         dice = organ_dice(classes, truth)
-        print(_row([name, *dice.values(), _verdict(after), _verdict(full)]), flush=True)
-        for label, check in (("dock", after), ("info", full)):
-            print(f"  {label}: {check.report()}".replace("\n", "\n    "), flush=True)
+        found = f"{_hu(after, 'intensity_shift')} / {_hu(after, 'air_shift')}"
+        print(_row([name, *dice.values(), found, _verdict(after), _verdict(whole)]), flush=True)
+        if shifted or after.unlike_training:
+            print("    " + after.report("dock").replace("\n", "\n    "), flush=True)
+    full, _ = D.load_ct_full()
+    silent = 0
+    blocks = range(args.first, 112, 8)
+    for start in blocks:  # the whole scan's native slices, 8 at a time (what a check reads)
+        _, after, _ = checked(model, info, full[start : start + 8], full=False)
+        silent += not after.unlike_training
+        found = f"{_hu(after, 'intensity_shift')} / {_hu(after, 'air_shift')}"
+        print(f"native slices {start}-{min(start + 8, 112) - 1}: {found}, {_verdict(after)}")
+    print(f"native whole-scan blocks silent: {silent}/{len(blocks)}")
+
+
+def _hu(check: Any, name: str) -> str:
+    value = check.signals.get(name) if check is not None else None
+    return "-" if value is None else f"{value:+.0f}"
 
 
 def _verdict(check: Any) -> str:
@@ -256,7 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         "--fraction", type=float, default=rescaled.SMOOTH_FRACTION, help="the shipped fraction"
     )
     smooth.add_argument("--seeds", type=int, default=2, help="noise draws per level")
-    sub.add_parser("contrast", help="organs brightened as in a portal-venous phase")
+    enhance = sub.add_parser("contrast", help="contrast phases and shifted HU: score, check")
+    enhance.add_argument("--write", action="store_true", help="store the references in the zoo")
+    enhance.add_argument("--offsets", type=int, nargs="*", default=[-100, -50, 50, 100, 200])
+    enhance.add_argument("--first", type=int, default=66, help="first native slice (organs)")
     args = parser.parse_args(argv)
     import torch
 

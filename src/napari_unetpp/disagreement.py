@@ -297,7 +297,7 @@ def check_prediction(
         units_image_check,
         units_problem,
     )
-    from .image_signals import half_size, image_signals, labels_anything
+    from .image_signals import half_size, image_signals, intensity_signals, labels_anything
     from .inference import predict
     from .normalization import contrast_problem, repaired
 
@@ -336,9 +336,13 @@ def check_prediction(
         return None
     signals = image_signals(probs, flipped, model.config, data_config, half or None, zoom=zoom)
     signals["noise"] = _input_noise(model, whole, probs, data_config)  # not the heads'
-    verdict, reasons, remedies = judge(
-        signals, {**THRESHOLDS, **(thresholds or {})}, zoom=zoom, auto=config.rescale == "auto"
+    limits = {**THRESHOLDS, **(thresholds or {})}
+    signals.update(
+        intensity_signals(
+            image, probs[deepest], model.config, data_config, limits, config.threshold
+        )
     )
+    verdict, reasons, remedies = judge(signals, limits, zoom=zoom, auto=config.rescale == "auto")
     # the heads agree on nothing and are sure of it (fewer unsure pixels than the zoo
     # models' own limit): told first, whatever else fired. A model unsure everywhere (a
     # few training steps) finds nothing on its own training data too: not the image's fault
