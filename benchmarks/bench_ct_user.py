@@ -12,7 +12,9 @@ shifted. Each part builds such copies of the card's held-back slices (``ct.tif``
 - ``contrast``: organs brightened as in a portal-venous phase, and the Hounsfield units
   shifted as a whole (a RescaleIntercept missing or wrong): the score and what the image
   check says (after a run, and ``info --on``); it calibrates the check's intensity
-  references (``--write`` stores them in the zoo).
+  references (``--write`` stores them in the zoo);
+- ``grid``: native slices resampled to finer pixels and segmented with their pixel size: the
+  check's uncertain fraction on the image's grid and at the model's scale.
 
 Run (CPU, 1 torch thread)::
 
@@ -297,6 +299,36 @@ def _verdict(check: Any) -> str:
     return "fires" if check.unlike_training else "silent"
 
 
+# --------------------------------------------------------------------------- grid
+
+
+def grid(args: argparse.Namespace) -> None:
+    """The uncertain fraction of native blocks resampled to finer pixels (pixel size given):
+    on the image's grid (before) and at the model's scale (the check's, now), and the verdict."""
+    from napari_unetpp.disagreement import check_result
+    from napari_unetpp.events import drive
+    from napari_unetpp.image_signals import _uncertain
+
+    model, info = zoo.load_pretrained("ct")
+    limit = info.metrics["image_check"]["uncertain_fraction"]
+    full, _ = D.load_ct_full()
+    columns = ["slices", "pixel size", "uncertain fraction, image grid"]
+    columns += [f"at the model's scale (limit {limit})", "check"]
+    print("| " + " | ".join(columns) + " |")
+    print("|---|---|---|---|---|")
+    for start, stop in ((82, 88), (88, 92), (92, 100), (74, 82)):
+        for mm in args.sizes:
+            zoom = 3.0 / mm
+            ct = full[start:stop]
+            image = ct if zoom == 1 else S.resample(ct, (zoom, zoom), (1, 2))
+            probs = segment(model, info, image, pruned_depth=None, pixel_size=(mm, mm))
+            check = drive(check_result(model, image, probs, info.data, None, info.metrics))
+            fine = float(_uncertain(np.asarray(probs[4]), model.config.num_classes).mean())
+            cells = [f"{start}-{stop - 1}", f"{mm:g} mm", f"{fine:.4f}"]
+            cells += [f"{check.signals['uncertain_fraction']:.4f}", _verdict(check)]
+            print(_row(cells), flush=True)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -321,11 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     enhance.add_argument("--write", action="store_true", help="store the references in the zoo")
     enhance.add_argument("--offsets", type=int, nargs="*", default=[-100, -50, 50, 100, 200])
     enhance.add_argument("--first", type=int, default=66, help="first native slice (organs)")
+    fine = sub.add_parser("grid", help="the uncertain fraction of resampled native slices")
+    fine.add_argument("--sizes", type=float, nargs="+", default=[3.0, 1.0, 0.98, 0.8])
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    {"smoothing": smoothing, "contrast": contrast}[args.part](args)
+    {"smoothing": smoothing, "contrast": contrast, "grid": grid}[args.part](args)
     return 0
 
 

@@ -42,6 +42,24 @@ def _uncertain(prob: np.ndarray, num_classes: int) -> np.ndarray:
     return confidence < 0.75
 
 
+def _at_model_scale(prob: np.ndarray, dims: int, zoom: float) -> np.ndarray:
+    """One head's probabilities (on the image's grid) resampled by ``zoom`` back to the grid
+    the model predicted them on, where its uncertain fraction was calibrated.
+
+    Why: a result resampled back to a finer grid is interpolated between the model's
+    pixels, so every class edge gains a band of blended, unsure values. The CT model's held-back
+    slices at 1 mm (pixel size given) had an uncertain fraction of 0.027-0.029 against
+    0.014-0.018 natively (limit 0.029): the check warned on a 0.8 mm scan it segmented well
+    (benchmarks/bench_ct_user.py grid).
+    """
+    if zoom == 1.0:
+        return prob
+    from .scale import resample
+
+    axes = tuple(range(prob.ndim - dims, prob.ndim))  # the model's axes (``zoom``: their mean)
+    return resample(prob, (zoom,) * dims, axes, order=1)
+
+
 def labels_anything(prob: Any, num_classes: int, threshold: float = 0.5) -> bool:
     """Whether one head's probabilities (class axis first for several classes) label any
     pixel as a class, as :func:`postprocess.probabilities_to_labels` would; read in blocks
@@ -103,11 +121,14 @@ def image_signals(
     # the uncertain fraction's threshold is calibrated on the model's deepest head; a
     # shallower pruned head is always less sure (the EM sample at L1: 0.141 > 0.127)
     pruned = max(probs) < model_config.depth
+    dims = model_config.spatial_dims
     signals: dict[str, float | None] = {
         "depth_disagreement": (
             float(disagreement_map(probs, c).mean()) if len(probs) > 1 else None
         ),
-        "uncertain_fraction": None if pruned else float(_uncertain(deepest, c).mean()),
+        "uncertain_fraction": (
+            None if pruned else float(_uncertain(_at_model_scale(deepest, dims, zoom), c).mean())
+        ),
         "flip_disagreement": None,
         "object_diameter": None,
         "size_ratio": None,
