@@ -250,6 +250,9 @@ def write(values: dict[str, float]) -> None:
 def contrast(args: argparse.Namespace) -> None:
     import tifffile
 
+    from napari_unetpp.disagreement import check_result
+    from napari_unetpp.events import drive
+
     model, info = zoo.load_pretrained("ct")
     values = calibrate(model, info)
     print("intensity references:", values)
@@ -286,6 +289,13 @@ def contrast(args: argparse.Namespace) -> None:
         found = f"{_hu(after, 'intensity_shift')} / {_hu(after, 'air_shift')}"
         print(f"native slices {start}-{min(start + 8, 112) - 1}: {found}, {_verdict(after)}")
     print(f"native whole-scan blocks silent: {silent}/{len(blocks)}")
+    for mm in (3.0, 0.98):  # the whole scan as the dock checks it (8 planes of the 112)
+        zoom = 3.0 / mm
+        image = full if zoom == 1 else S.resample(full, (zoom, zoom), (1, 2)).round()
+        probs = segment(model, info, image, pruned_depth=None, pixel_size=(3.0, mm, mm))
+        after = drive(check_result(model, image, probs, info.data, None, info.metrics))
+        found = f"{_hu(after, 'intensity_shift')} / {_hu(after, 'air_shift')}"
+        print(f"whole scan at {mm:g} mm: {found}, {_verdict(after)}", flush=True)
 
 
 def _hu(check: Any, name: str) -> str:
