@@ -273,8 +273,10 @@ def bench_warning(
 def _write_thresholds(config_file: Path, thresholds: dict[str, float]) -> None:
     """Put the calibrated thresholds into a shipped model's config.json (weights untouched)."""
     config = json.loads(config_file.read_text())
-    kept = {  # measured by benchmarks/bench_noise.py, not calibrated here
-        k: v for k, v in (config["metrics"].get("image_check") or {}).items() if k == "noise"
+    kept = {  # measured by benchmarks/bench_noise.py and bench_ct_user.py, not calibrated here
+        k: v
+        for k, v in (config["metrics"].get("image_check") or {}).items()
+        if k == "noise" or k.startswith("intensity_")
     }
     config["metrics"]["image_check"] = {**thresholds, **kept}
     tmp = config_file.with_suffix(".tmp")

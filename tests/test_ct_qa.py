@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -213,3 +215,115 @@ def test_a_scan_in_which_the_model_finds_nothing_is_not_called_like_the_training
     assert any("found nothing" in r and "liver" in r for r in dark.reasons), dark.reasons
     remedy = " ".join(dark.remedies_for("dock"))
     assert "intensity window" in remedy and "Hounsfield" in remedy, remedy
+
+
+@pytest.fixture(scope="module")
+def ct_model() -> tuple[Any, Any]:
+    from napari_unetpp import zoo
+
+    return zoo.load_pretrained("ct")
+
+
+def _dock_check(ct_model: tuple[Any, Any], image: np.ndarray) -> Any:
+    """The Segment dock's check after a run of the shipped CT model (all depths)."""
+    from napari_unetpp.config import PredictConfig
+    from napari_unetpp.disagreement import check_result
+    from napari_unetpp.events import drive
+    from napari_unetpp.inference import predict_array
+
+    model, info = ct_model
+    config = PredictConfig(device="cpu", mixed_precision=False)
+    probs = predict_array(model, image, config, info.data)
+    return drive(check_result(model, image, probs, info.data, config, info.metrics))
+
+
+def test_a_contrast_enhanced_ct_is_told_so_and_not_sent_to_its_pixel_size(
+    data_dir: Path, ct_model: tuple[Any, Any]
+) -> None:
+    """Organs brightened as in a portal-venous phase (liver +80, spleen +100, kidneys +200 HU)
+    took the CT model's kidneys from Dice 0.77 to 0.00 while its heads agreed and were sure:
+    the check said "looks like the training data" (benchmarks/bench_ct_user.py contrast)."""
+    folder = data_dir / "ct_totalseg"
+    ct = tifffile.imread(folder / "ct.tif")[1:3].astype(np.float32)  # held-back slices
+    organs = tifffile.imread(folder / "organs.tif")[1:3]
+    added = {5: 80.0, 1: 100.0, 2: 200.0, 3: 200.0, 52: 200.0}  # liver, spleen, kidneys, aorta
+    bright = ct + sum(np.where(organs == k, v, 0.0) for k, v in added.items())
+    native = _dock_check(ct_model, ct)
+    assert not any("read" in r for r in native.reasons), native.reasons
+    assert abs(native.signals["intensity_shift"]) < 30
+    check = _dock_check(ct_model, bright)
+    print(check.report("dock"))
+    assert check.unlike_training
+    assert "contrast-enhanced" in check.reasons[0] and "liver +" in check.reasons[0]
+    remedies = check.remedies_for("dock")
+    assert "fine-tune" in remedies[0]
+    assert not any("Pixel size" in r for r in remedies)
+
+
+def test_a_ct_with_shifted_values_is_told_how_much_to_subtract(
+    data_dir: Path, ct_model: tuple[Any, Any]
+) -> None:
+    """HU shifted as a whole (a RescaleIntercept missing or wrong) kept values below 0 when the
+    scan's padding did (-2000 stored), so no units check caught it, and the check's remedy
+    named the pixel size. Air, moved with the organs, tells it from a contrast phase."""
+    ct = tifffile.imread(data_dir / "ct_totalseg" / "ct.tif")[1:3].astype(np.int32)
+    yy, xx = np.mgrid[: ct.shape[1], : ct.shape[2]]
+    outside = (yy - ct.shape[1] / 2) ** 2 + (xx - ct.shape[2] / 2) ** 2 > (ct.shape[1] / 2) ** 2
+    for offset, told in ((100, range(90, 121)), (1024, [1024])):
+        image = np.where(outside, -2000, ct + offset).astype(np.int16)  # padding stays -2000
+        check = _dock_check(ct_model, image)
+        print(offset, check.report("dock"))
+        assert check.unlike_training
+        assert "shifted as a whole" in check.reasons[0], check.reasons
+        remedies = check.remedies_for("dock")
+        amount = re.match(r"subtract (?:about )?(\d+) from the image", remedies[0])
+        assert amount is not None and int(amount.group(1)) in told, remedies
+        assert not any("Pixel size" in r for r in remedies)
+
+
+def test_judge_tells_a_contrast_phase_from_shifted_values_by_the_air() -> None:
+    """Brighter organs with air in place: contrast; air moved with them: shifted values; no
+    air to tell and more than any contrast agent brightens: shifted; no limit: not judged."""
+    from napari_unetpp.image_check import THRESHOLDS, judge
+
+    limits = {**THRESHOLDS, "intensity_shift": 30.0}
+    organs = {"shift_liver": 40.0, "shift_spleen": 50.0, "intensity_shift": 45.0}
+    cases = [
+        ({**organs, "air_shift": 3.0}, "contrast-enhanced"),
+        ({**organs, "air_shift": 52.0}, "shifted as a whole"),
+        ({**organs, "intensity_shift": 400.0, "air_shift": None}, "shifted as a whole"),
+        ({**organs, "intensity_shift": -45.0, "air_shift": 2.0}, "darker"),
+    ]
+    for signals, words in cases:
+        fired, reasons, remedies = judge(signals, limits)
+        assert fired and words in reasons[0], (signals, reasons)
+        assert "pixel" not in " ".join(remedies).lower()
+    assert not judge({**organs, "intensity_shift": 25.0, "air_shift": 3.0}, limits)[0]
+    assert not judge({**organs, "air_shift": 3.0}, THRESHOLDS)[0]  # an uncalibrated model
+
+
+def test_the_uncertain_fraction_of_a_resampled_scan_is_measured_at_the_models_scale(
+    data_dir: Path, ct_model: tuple[Any, Any]
+) -> None:
+    """Probabilities resampled back to a finer grid blend the model's pixels at every class
+    edge: held-back slices at 0.8 mm (pixel size given) measured 0.026 unsure pixels against
+    0.018 natively, near the 0.029 limit calibrated at 3 mm, and a 0.8 mm NIfTI the model
+    segmented well was warned about (benchmarks/bench_ct_user.py grid)."""
+    from napari_unetpp import scale as S
+    from napari_unetpp.config import PredictConfig
+    from napari_unetpp.disagreement import check_result
+    from napari_unetpp.events import drive
+    from napari_unetpp.inference import predict_array
+
+    model, info = ct_model
+    ct = tifffile.imread(data_dir / "ct_totalseg" / "ct.tif")[0:4]  # held-back slices
+    fine = S.resample(ct, (3.75, 3.75), (1, 2))  # 0.8 mm
+    fractions = []
+    for image, size in ((ct, None), (fine, (0.8, 0.8))):
+        config = PredictConfig(device="cpu", mixed_precision=False, pixel_size=size)
+        probs = predict_array(model, image, config, info.data)
+        check = drive(check_result(model, image, probs, info.data, config, info.metrics))
+        fractions.append(check.signals["uncertain_fraction"])
+        assert not check.unlike_training, check.reasons
+    print(f"uncertain fraction native {fractions[0]:.4f}, 0.8 mm {fractions[1]:.4f}")
+    assert fractions[1] <= fractions[0] + 0.004

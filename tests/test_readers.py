@@ -637,13 +637,19 @@ def test_napari_reader_gives_scale_units_and_metadata(
     path = tmp_path / "scan.nii.gz"
     nibabel.save(nibabel.Nifti1Image(ras_from_zyx(ct), np.diag([0.8, 0.7, 3.0, 1.0])), str(path))
     assert get_reader(str(path)) is None  # the model reader leaves images alone
-    ((data, kwargs, kind),) = get_image_reader(str(path))(str(path))
-    assert kind == "image" and kwargs["name"] == "scan"
-    np.testing.assert_array_equal(data, ct)
-    assert kwargs["scale"] == pytest.approx((3.0, 0.7, 0.8))
-    assert kwargs["metadata"]["unit"] == "mm"
-    assert kwargs["metadata"]["pixel_size"] == pytest.approx((3.0, 0.7, 0.8))
-    assert kwargs["contrast_limits"] == (-160.0, 240.0)
+    (layer,) = get_image_reader(str(path))(str(path))  # a scan in HU: a windowed layer
+    assert layer.name == "scan"
+    np.testing.assert_array_equal(layer.data, ct)
+    assert tuple(layer.scale) == pytest.approx((3.0, 0.7, 0.8))
+    assert layer.metadata["unit"] == "mm"
+    assert layer.metadata["pixel_size"] == pytest.approx((3.0, 0.7, 0.8))
+    assert layer.contrast_limits == [-160.0, 240.0]
+    assert layer.contrast_limits_range == [ct.min(), ct.max()]
+    tifffile.imwrite(tmp_path / "scan.tif", ct)  # not known to be in HU: a tuple, as before
+    ((data, kwargs, kind),) = get_image_reader(str(tmp_path / "scan.tif"))(
+        str(tmp_path / "scan.tif")
+    )
+    assert kind == "image" and "contrast_limits" not in kwargs
     ome = tmp_path / "cells.ome.tif"
     tifffile.imwrite(
         ome,
@@ -674,6 +680,34 @@ def test_napari_opens_dicom_folder_with_scale(
     np.testing.assert_array_equal(layer.data, ct)
     assert layer.metadata["unit"] == "mm"
     assert [str(u) for u in layer.units] == ["millimeter"] * 3
+
+
+@pytest.mark.gui
+def test_a_ct_opens_windowed_and_its_contrast_slider_can_widen_to_bone_and_air(
+    make_napari_viewer, ct_zyx: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """A NIfTI in HU opened with the soft-tissue window, and napari made that window the
+    contrast slider's whole range: a user could not widen it to see bone or lung."""
+    from superqt import QDoubleRangeSlider
+
+    ct, _ = ct_zyx
+    path = tmp_path / "scan.nii.gz"
+    nibabel.save(
+        nibabel.Nifti1Image(ras_from_zyx(ct[:3]), np.diag([0.8, 0.8, 3.0, 1.0])), str(path)
+    )
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari-unetpp")
+    assert layer.contrast_limits == [-160.0, 240.0]
+    assert layer.contrast_limits_range == [ct[:3].min(), ct[:3].max()]
+    viewer.layers.selection.active = layer
+    sliders = [
+        s
+        for s in viewer.window._qt_window.findChildren(QDoubleRangeSlider)
+        if tuple(s.value()) == (-160.0, 240.0)
+    ]
+    assert sliders, "no contrast slider shows the window"
+    # the slider reaches air and bone: the user can widen the window from it
+    assert all(s.minimum() <= ct[:3].min() and s.maximum() >= ct[:3].max() for s in sliders)
 
 
 @pytest.mark.gui

@@ -137,8 +137,40 @@ def open_image(path: str | os.PathLike[str]) -> list[LayerData]:
     if image.unit is not None and _layer_takes_units():
         kwargs["units"] = tuple(_napari_unit(image.unit) if a in "ZYX" else "pixel" for a in axes)
     if image.source in ("nifti", "dicom") and image.array.size and image.array.min() < -500:
-        kwargs["contrast_limits"] = CT_CONTRAST  # Hounsfield units: show soft tissue
+        return [_ct_windowed(image.array, kwargs)]  # Hounsfield units: show soft tissue
     return [(image.array, kwargs, "image")]
+
+
+def _ct_windowed(array: Any, kwargs: dict[str, Any]) -> Any:
+    """An Image layer of a scan in Hounsfield units shown through :data:`CT_CONTRAST`, whose
+    contrast slider still spans the scan's whole range.
+
+    Why a layer and not a layer-data tuple: napari makes the ``contrast_limits`` it is given
+    the slider's range too, so a scan opened with its soft-tissue window could not be
+    widened to bone or lung from the slider. A reader may return a built layer (napari >=
+    0.5.6, napari PR 7443), whose range is then the data's; an older napari gets the tuple.
+    """
+    window = {**kwargs, "contrast_limits": CT_CONTRAST}
+    if not _reader_takes_layers():
+        return (array, window, "image")
+    from napari.layers import Image
+
+    low, high = float(array.min()), float(array.max())
+    layer = Image(
+        array,
+        **{**kwargs, "contrast_limits": (min(low, CT_CONTRAST[0]), max(high, CT_CONTRAST[1]))},
+    )
+    layer.contrast_limits = CT_CONTRAST
+    return layer
+
+
+def _reader_takes_layers() -> bool:
+    """napari >= 0.5.6 adds a Layer that a reader returns (earlier ones want tuples)."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    return Version(version("napari")) >= Version("0.5.6")
 
 
 def _napari_unit(unit: str) -> str:

@@ -297,7 +297,7 @@ def check_prediction(
         units_image_check,
         units_problem,
     )
-    from .image_signals import half_size, image_signals, labels_anything
+    from .image_signals import half_size, image_signals, intensity_signals, labels_anything
     from .inference import predict
     from .normalization import contrast_problem, repaired
 
@@ -336,9 +336,13 @@ def check_prediction(
         return None
     signals = image_signals(probs, flipped, model.config, data_config, half or None, zoom=zoom)
     signals["noise"] = _input_noise(model, whole, probs, data_config)  # not the heads'
-    verdict, reasons, remedies = judge(
-        signals, {**THRESHOLDS, **(thresholds or {})}, zoom=zoom, auto=config.rescale == "auto"
+    limits = {**THRESHOLDS, **(thresholds or {})}
+    signals.update(
+        intensity_signals(
+            image, probs[deepest], model.config, data_config, limits, config.threshold
+        )
     )
+    verdict, reasons, remedies = judge(signals, limits, zoom=zoom, auto=config.rescale == "auto")
     # the heads agree on nothing and are sure of it (fewer unsure pixels than the zoo
     # models' own limit): told first, whatever else fired. A model unsure everywhere (a
     # few training steps) finds nothing on its own training data too: not the image's fault
@@ -359,8 +363,8 @@ def _input_noise(
     model: Any, image: Any, probs: Mapping[int, Any], data_config: DataConfig
 ) -> float | None:
     """The noise of what the network saw (:func:`noise.noise_level`): the model's grey
-    input, resampled by the zoom the pass ran at (a 1 mm CT shrunk to a 3 mm model's grid
-    averages its noise down, and the model judges that)."""
+    input, resampled by the zoom the pass ran at and smoothed as it was (a noisy 1 mm CT is
+    smoothed before it is shrunk to a 3 mm model's grid, and the model judges that)."""
     from . import scale as S
     from .noise import noise_level
     from .normalization import as_model_input
@@ -368,10 +372,14 @@ def _input_noise(
     axis = data_config.channel_axis
     grey, was_rgb = as_model_input(image, model.config.in_channels, axis)
     axis = None if was_rgb else axis
-    zoom = (getattr(probs, "scale", None) or {}).get("zoom")
+    scale = getattr(probs, "scale", None) or {}
+    zoom = scale.get("zoom")
     if zoom and any(float(z) != 1.0 for z in zoom):
         axes = S.spatial_axes(np.ndim(grey), model.config.spatial_dims, axis)
-        grey = S.resample(np.asarray(grey), zoom, axes)
+        sigma = scale.get("smoothing_sigma")  # as the pass smoothed it (rescaled.model_grid)
+        grey = S.resample(
+            np.asarray(grey), zoom, axes, sigma=sigma if sigma and any(sigma) else None
+        )
     return noise_level(grey, data_config.replace(channel_axis=axis))
 
 

@@ -35,7 +35,9 @@ __all__ = [
     "SIZE_HINT",
     "THRESHOLDS",
     "calibrate",
+    "calibrate_intensity",
     "calibrate_on_tiles",
+    "INTENSITY_FLOOR",
     "judge",
 ]
 
@@ -278,12 +280,15 @@ def judge(
     gain_fired = gain is not None and gain > thresholds["scale_gain"]
     split = signals.get("half_size_ratio")
     split_fired = split is not None and split > thresholds["half_size_ratio"]
+    shifted = _intensity_shift(signals, thresholds)
+    if shifted:  # the depths' agreement at half size says nothing about size then
+        gain_fired = split_fired = False
     larger = gain_fired or split_fired
     noisy = _noisier_than_tolerated(signals, thresholds)
     # noise averages out at half size, so the depths of a noisy image agree better there
     # too: not "objects smaller" (a CT at its own 3 mm, 40 HU of noise, was told to
     # "rescale the image by 2.00": liver Dice 0.25 -> 0.00; QA session 13)
-    smaller = not larger and not noisy and _smaller_than_training(gain, thresholds)
+    smaller = not larger and not noisy and not shifted and _smaller_than_training(gain, thresholds)
     # small measured objects that the half-size pass shows to be larger: fragments of
     # large objects (the 537 pieces for 23 nuclei), not small objects to enlarge
     fragments = larger and ratio is not None and ratio < 1
@@ -308,8 +313,12 @@ def judge(
         )
     if noisy:
         reasons.append(noisy)
+    if shifted:
+        reasons.insert(0, shifted[0])
     remedies: list[str] = []
     if reasons:
+        if shifted:  # the intensities first: no pixel size fixes them
+            remedies.append(shifted[1])
         if noisy:
             remedies.append(Remedy(NOISE_REMEDY))
         if size_off or larger or smaller:
@@ -344,7 +353,7 @@ def judge(
                         factor=f"{factor:.2f}",
                     )
                 )
-        elif not noisy or len(reasons) > 1:
+        elif not shifted and (not noisy or len(reasons) > 1):
             remedies.append(
                 Remedy(
                     "{check_scale}; if they already match, {fine_tune} on a few labelled "
@@ -376,6 +385,69 @@ NOISE_REMEDY = (
     "or acquire it with less noise (a longer exposure, more frames averaged, a "
     "standard-dose protocol)"
 )
+
+
+def _intensity_shift(
+    signals: Mapping[str, float | None], thresholds: Mapping[str, float]
+) -> tuple[str, Remedy] | None:
+    """The reason and remedy for an image whose classes read off the training's intensities
+    (:func:`image_signals.intensity_signals`), or None.
+
+    Only a model calibrated for it has the limit (``intensity_shift``, with its classes'
+    training medians: the shipped CT model). Air tells the causes apart: a contrast phase
+    brightens the organs and leaves air at -1000 HU; values shifted as a whole (a
+    RescaleIntercept missing, wrong or applied twice) move the air with them.
+    """
+    shift, limit = signals.get("intensity_shift"), thresholds.get("intensity_shift")
+    if shift is None or limit is None or abs(shift) <= limit:
+        return None
+    air = signals.get("air_shift")
+    ct = "air_shift" in signals  # a window in Hounsfield units
+    unit = " HU" if ct else ""
+    per_class = ", ".join(
+        f"{key[len('shift_') :]} {value:+.0f}"
+        for key, value in signals.items()
+        if key.startswith("shift_") and value is not None
+    )
+    measured = f"its classes read {shift:+.0f}{unit} from the training data's ({per_class})"
+    moved = air is not None and air * shift > 0 and abs(air - shift) < max(limit, abs(shift) / 2)
+    if ct and (moved or (air is None and abs(shift) > CONTRAST_MAX)):
+        # air reads -1000 +- 15 HU between scanners, the organs differ between patients:
+        # their mean, to 10 HU; 1024 exactly when that is near (a scanner's stored values)
+        by = (air + shift) / 2 if moved and air is not None else shift
+        amount = f"about {abs(round(by, -1)):.0f}"
+        if abs(abs(by) - HU_OFFSET) < 50:
+            by, amount = float(np.sign(by) * HU_OFFSET), f"{HU_OFFSET}"
+        step = f"subtract {amount} from" if by > 0 else f"add {amount} to"
+        seen = f"its air {air:+.0f} HU from -1000" if moved else "more than any contrast agent"
+        return (
+            f"{measured}, {seen}: the values are shifted as a whole, not Hounsfield units as "
+            "the model reads them",
+            Remedy(
+                f"{step} the image so that air reads -1000 HU (its RescaleIntercept was "
+                "missing, wrong or applied twice), or open the DICOM series, whose "
+                "RescaleIntercept the reader applies"
+            ),
+        )
+    air_words = " with its air in place" if air is not None else ""
+    if shift > 0 and ct:
+        return (
+            f"{measured}{air_words}: the scan looks contrast-enhanced (organs brightened by "
+            "an injected contrast agent), which the model's training data was not",
+            Remedy(
+                "{fine_tune} on a few labelled slices of this scan (or of scans of the same "
+                "contrast phase), so the model learns its organs' brightness; if the scan has "
+                "no contrast, check its values (a wrong RescaleIntercept shifts them)"
+            ),
+        )
+    return (
+        f"{measured}{air_words}: {'darker' if shift < 0 else 'brighter'} than the model's "
+        "training data",
+        Remedy(
+            "check the image's values (for CT: Hounsfield units, air -1000, fat -100, liver "
+            "about 50); if they are right, {fine_tune} on a few labelled slices of this image"
+        ),
+    )
 
 
 def _smaller_than_training(gain: float | None, thresholds: Mapping[str, float]) -> bool:
@@ -449,6 +521,41 @@ def calibrate(
     gains = [float(v) for r in native if (v := r.get("scale_gain")) is not None]
     if gains:
         out["scale_gain_low"] = round(min(SCALE_GAIN_LOW_CAP, min(gains) / 1.1), 3)
+    return out
+
+
+#: No contrast phase brightens organs by more than this (HU, their median): a shift beyond it
+#: with no air in the image to tell is called values shifted as a whole.
+CONTRAST_MAX = 250.0
+#: The least ``intensity_shift`` limit (model units: HU for CT) :func:`calibrate_intensity`
+#: sets. One scan's own spread says little of another patient's: non-contrast livers differ
+#: by 10-20 HU between people, while a portal-venous phase brightens the organs by 40-200.
+INTENSITY_FLOOR = 30.0
+
+
+def calibrate_intensity(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    class_names: Sequence[str],
+    native_shifts: Sequence[float] = (),
+    margin: float = 1.5,
+) -> dict[str, float]:
+    """The intensity references of a model of fixed units (a CT window): per class, the median
+    of its training images' values under its training labels (``intensity_<class>``, ids
+    ``1..K`` in ``class_names`` order after the background), and the limit ``intensity_shift``:
+    ``margin`` x the largest ``native_shifts`` (the check's measure on native images), never
+    below :data:`INTENSITY_FLOOR`. Stored in ``metrics["image_check"]``.
+    """
+    out: dict[str, float] = {}
+    for k, name in enumerate(class_names):
+        if name == "background":
+            continue
+        values = [np.asarray(i)[np.asarray(t) == k] for i, t in zip(images, labels, strict=True)]
+        pooled = np.concatenate(values) if values else np.zeros(0)
+        if pooled.size:
+            out[f"intensity_{name}"] = round(float(np.median(pooled)), 1)
+    spread = max((abs(float(v)) for v in native_shifts), default=0.0)
+    out["intensity_shift"] = round(max(INTENSITY_FLOOR, margin * spread), 1)
     return out
 
 

@@ -21,11 +21,13 @@ from .nonfinite import NonFiniteWarning, fill_image
 from .rescaled import measure_diameters
 
 __all__ = [
+    "AIR_HU",
     "CHECK_PLANES",
     "CHECK_SIDE",
     "check_region",
     "half_size",
     "image_signals",
+    "intensity_signals",
     "labels_anything",
 ]
 
@@ -38,6 +40,24 @@ def _uncertain(prob: np.ndarray, num_classes: int) -> np.ndarray:
     """Pixels whose deepest prediction is far from certain (top class below 0.75)."""
     confidence = np.maximum(prob, 1 - prob) if num_classes == 1 else prob.max(axis=0)
     return confidence < 0.75
+
+
+def _at_model_scale(prob: np.ndarray, dims: int, zoom: float) -> np.ndarray:
+    """One head's probabilities (on the image's grid) resampled by ``zoom`` back to the grid
+    the model predicted them on, where its uncertain fraction was calibrated.
+
+    Why: a result resampled back to a finer grid is interpolated between the model's
+    pixels, so every class edge gains a band of blended, unsure values. The CT model's held-back
+    slices at 1 mm (pixel size given) had an uncertain fraction of 0.027-0.029 against
+    0.014-0.018 natively (limit 0.029): the check warned on a 0.8 mm scan it segmented well
+    (benchmarks/bench_ct_user.py grid).
+    """
+    if zoom == 1.0:
+        return prob
+    from .scale import resample
+
+    axes = tuple(range(prob.ndim - dims, prob.ndim))  # the model's axes (``zoom``: their mean)
+    return resample(prob, (zoom,) * dims, axes, order=1)
 
 
 def labels_anything(prob: Any, num_classes: int, threshold: float = 0.5) -> bool:
@@ -101,11 +121,14 @@ def image_signals(
     # the uncertain fraction's threshold is calibrated on the model's deepest head; a
     # shallower pruned head is always less sure (the EM sample at L1: 0.141 > 0.127)
     pruned = max(probs) < model_config.depth
+    dims = model_config.spatial_dims
     signals: dict[str, float | None] = {
         "depth_disagreement": (
             float(disagreement_map(probs, c).mean()) if len(probs) > 1 else None
         ),
-        "uncertain_fraction": None if pruned else float(_uncertain(deepest, c).mean()),
+        "uncertain_fraction": (
+            None if pruned else float(_uncertain(_at_model_scale(deepest, dims, zoom), c).mean())
+        ),
         "flip_disagreement": None,
         "object_diameter": None,
         "size_ratio": None,
@@ -147,6 +170,81 @@ def _half_size_ratio(
     half_deepest = np.asarray(half[max(half)], np.float32)
     whole = _object_diameter(half_deepest, model_config, data_config, to_model=2.0)
     return None if whole is None else whole / measured
+
+
+#: Where air reads in Hounsfield units, and the band searched for it: padding outside a
+#: scanner's field of view (-2048, -3024) lies below it, lung and bowel gas inside it.
+AIR_HU = -1000.0
+AIR_BAND = (-1300.0, -600.0)
+#: A class (or the air) measured on fewer pixels than this gives no value.
+INTENSITY_MIN_PIXELS = 50
+
+
+def intensity_signals(
+    image: Any,
+    prob: Any,
+    model_config: ModelConfig,
+    data_config: DataConfig,
+    reference: Mapping[str, float],
+    threshold: float = 0.5,
+) -> dict[str, float | None]:
+    """How far the image's classes read from the training's, in the model's units (HU for CT).
+
+    ``reference``: the model's calibration (``metrics["image_check"]``), whose
+    ``intensity_<class>`` is the median intensity of that class in its training data. Per
+    class found (the deepest head's labels ``prob``), ``shift_<class>`` is its median here
+    minus that; ``intensity_shift`` the median of those; ``air_shift`` how far the air of a
+    CT (the peak of the values in :data:`AIR_BAND`, moved by ``intensity_shift`` when that is
+    beyond its limit) reads from -1000 HU. Empty for a model without a fixed
+    intensity window or without the references, or an image with channels.
+
+    Why: on a contrast-enhanced CT (organs 40-200 HU brighter, a portal-venous phase) the
+    CT model's heads agree and are sure while its kidneys are lost (Dice 0.77 -> 0.08), so no
+    other signal fired (benchmarks/bench_ct_user.py contrast). The organs it still finds read
+    brighter than in training; air tells a contrast phase (air in place) from values shifted
+    as a whole (a RescaleIntercept missing or wrong: air moves with the organs).
+    """
+    norm = data_config.normalization
+    names = [n for n in model_config.class_names if f"intensity_{n}" in reference]
+    if norm.mode != "window" or not names or data_config.channel_axis is not None:
+        return {}
+    values = np.asarray(image, np.float32)
+    p = np.asarray(prob, np.float32)
+    if model_config.num_classes > 1:
+        labels, ids = p.argmax(axis=0), list(range(model_config.num_classes))
+    else:
+        labels, ids = (p > threshold).astype(np.int64), [1]
+    if labels.shape != values.shape:
+        return {}
+    out: dict[str, float | None] = {}
+    shifts = []
+    for k in ids:
+        name = model_config.class_names[k if model_config.num_classes > 1 else 0]
+        if name not in names:
+            continue
+        inside = values[labels == k]
+        inside = inside[np.isfinite(inside)]
+        if inside.size < INTENSITY_MIN_PIXELS:
+            out[f"shift_{name}"] = None
+            continue
+        one = float(np.median(inside)) - float(reference[f"intensity_{name}"])
+        out[f"shift_{name}"] = one
+        shifts.append(one)
+    shift = float(np.median(shifts)) if shifts else None
+    out["intensity_shift"] = shift
+    out["air_shift"] = None
+    if norm.low < 0 and shift is not None:  # a window in Hounsfield units (CT)
+        # looked for where it would be if all values had moved with the classes (a scan
+        # without its RescaleIntercept has air at +24, its padding at -2000)
+        limit = reference.get("intensity_shift")
+        moved = shift if limit is not None and abs(shift) > limit else 0.0
+        low, high = AIR_BAND[0] + moved, AIR_BAND[1] + moved
+        air = values[(values >= low) & (values <= high)]
+        if air.size >= INTENSITY_MIN_PIXELS:  # the peak: lung (-850) is a minority, noise even
+            counts, edges = np.histogram(air, bins=np.arange(low, high + 10, 10))
+            peak = int(np.argmax(np.convolve(counts, np.ones(3), mode="same")))
+            out["air_shift"] = float(edges[peak] + 5.0) - AIR_HU
+    return out
 
 
 #: The check keeps every depth's probabilities (and the flipped and half-size passes) in
