@@ -161,8 +161,7 @@ class Band:
     ``into``: the whole item's zeroed output ``(channels, *spatial)`` (in-memory results
     on the host): the means are kept there directly, so there is nothing to write out
     or shift, only the band of weights; that saves a copy of every output and the
-    band's copies, most of the host's memory traffic. Its pages are faulted in row by
-    row as the tiles reach them (:meth:`_fault`), on this thread.
+    band's copies, most of the host's memory traffic.
 
     ``weighted=False``: every tile comes with its recorded share (:class:`RatioCache`
     replaying), so there is no band of weights to allocate, fill or shift.
@@ -187,11 +186,10 @@ class Band:
         self._spare_weight: Any = None
         if weighted:
             self.weight, self._spare_weight = backend.zeros((1, *band)), backend.zeros((1, *band))
-        self._faulted = 0  # rows of ``into`` whose pages are faulted in (see _fault)
         self._host: np.ndarray | None = None
         if self.direct:
             self.mean, self._spare_mean = into, None
-            self._host = backend.host(into)  # the same memory, as numpy
+            self._host = backend.host(into)  # the same memory, as numpy (cut faster)
         else:
             self.mean, self._spare_mean = (
                 backend.zeros((channels, *band)),
@@ -219,8 +217,6 @@ class Band:
                 w, total, self._ratio if shape == self._tile else self._ratio[scratch]
             )
         if self.direct:
-            if region[1].stop > self._faulted:
-                self._fault(region[1].stop)
             target = self.backend.view(self.mean, self._host, region)
         else:
             target = self.mean[self._in_band(region)]
@@ -232,27 +228,6 @@ class Band:
         delta = self._delta if shape[1:] == self._tile else self._delta[scratch]
         self.backend.blend(target, block, ratio, delta)
         return ratio
-
-    def _fault(self, stop: int) -> None:
-        """Fault in the pages of ``into``'s rows ``[faulted, stop)``: one write of 0 per 4 kB
-        page, into rows no tile has reached (still 0), just before the tiles blend there.
-
-        Why: a fresh ``np.zeros`` is mapped lazily. Faulted by the blend itself, the pages
-        are faulted by every torch thread at once, in contention (all heads ran slower on
-        two threads than on one: 31 against 70 Mpx/s); faulted all at once up front, the
-        zeroed pages have left the cache before the blend reads them back (the output is
-        far larger than the cache). Row by row, the kernel zeroes a band's pages just
-        before its tiles blend into them, while they are still cached.
-        """
-        start, self._faulted = self._faulted, stop
-        host = self._host
-        if host is None:
-            return
-        step = 4096 // host.itemsize
-        for plane in host:  # each channel's rows are contiguous in a C-ordered item
-            rows = plane[start:stop]
-            if rows.flags.c_contiguous and rows.size:
-                rows.reshape(-1)[::step] = 0
 
     def _in_band(self, region: tuple[slice, ...]) -> tuple[slice, ...]:
         """``region`` (image rows) in the band's rows."""
