@@ -246,7 +246,7 @@ def main(rounds: int, depth: int, timed: bool = True) -> None:
             f"{seconds['default']:.3f} | {seconds['float32'] / best:.2f}x |"
         )
     print()
-    print("| zoo:em L4, slices 15-19 | membrane IoU | change |")
+    print(f"| zoo:em L{depth}, slices 15-19 | membrane IoU | change |")
     print("|---|---|---|")
     fp32 = head_logits(model, depth)
     reference = membrane_iou(fp32, image, truth, info.data)
