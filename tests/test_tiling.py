@@ -357,6 +357,41 @@ def test_blending_into_the_results_in_place_matches_the_band(accumulate_on):
     assert (stopped[:, 16:] == 0).all()
 
 
+@pytest.mark.parametrize("accumulate_on", [None, torch.device("cpu")])
+@pytest.mark.parametrize(
+    "shape, tile", [((2, 150, 1000), (64, 96)), ((1, 40, 30, 50), (16, 16, 16))]
+)
+def test_blending_in_place_matches_the_band_on_wide_rows_and_in_3d(shape, tile, accumulate_on):
+    """Tile targets cut from the results in place (numpy views of the torch results on the
+    CPU) blend the band's bits, on rows wider than a page and on 3D volumes."""
+    rng = np.random.default_rng(11)
+    image = rng.normal(size=shape).astype(np.float32)
+    noise = [rng.normal(size=(3, shape[0] + 1, *tile)).astype(np.float32) for _ in range(200)]
+
+    def run(into):
+        calls = iter(range(10**6))
+
+        def heads(batch):  # the same noise, call by call, in both runs: tiles disagree
+            k = next(calls) % len(noise)
+            x = torch.as_tensor(batch) + torch.from_numpy(noise[k][: len(batch), : shape[0]])
+            return StackedOutputs(torch.cat([x, x[:, :1] * 3], dim=1), {"a": shape[0], "b": 1})
+
+        gen = iter_sliding_window(
+            heads, image, tile, 0.25, 3, accumulate_on=accumulate_on, into=into
+        )
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value
+
+    band = run(None)
+    into = np.zeros((shape[0] + 1, *shape[1:]), np.float32)  # fresh: mapped lazily
+    run(into)
+    np.testing.assert_array_equal(into[:-1], band["a"])
+    np.testing.assert_array_equal(into[-1:], band["b"])
+
+
 def plus_one_only(batch):
     return {"same": np.asarray(batch) + 1}
 

@@ -88,6 +88,10 @@ class _NumpyBackend:
     def divide(self, a: Any, b: Any, out: Any) -> Any:
         return np.divide(a, b, out=out)
 
+    def view(self, array: Any, host: np.ndarray | None, index: tuple[slice, ...]) -> Any:
+        """``array[index]`` (``host``: the same memory as numpy, or None)."""
+        return array[index]
+
     def host(self, array: Any) -> np.ndarray:
         return array
 
@@ -131,6 +135,11 @@ class _TorchBackend:
 
     def divide(self, a: Any, b: Any, out: Any) -> Any:
         return self.torch.div(a, b, out=out)
+
+    def view(self, array: Any, host: np.ndarray | None, index: tuple[slice, ...]) -> Any:
+        """``array[index]``; cut from ``host`` (``array``'s memory as numpy) where given:
+        numpy slices a view in under a microsecond, torch's indexing took ~10 us a tile."""
+        return array[index] if host is None else self.torch.from_numpy(host[index])
 
     def host(self, array: Any) -> np.ndarray:
         return array.cpu().numpy()
@@ -177,8 +186,10 @@ class Band:
         self._spare_weight: Any = None
         if weighted:
             self.weight, self._spare_weight = backend.zeros((1, *band)), backend.zeros((1, *band))
+        self._host: np.ndarray | None = None
         if self.direct:
             self.mean, self._spare_mean = into, None
+            self._host = backend.host(into)  # the same memory, as numpy (cut faster)
         else:
             self.mean, self._spare_mean = (
                 backend.zeros((channels, *band)),
@@ -205,7 +216,10 @@ class Band:
             ratio = self.backend.divide(
                 w, total, self._ratio if shape == self._tile else self._ratio[scratch]
             )
-        target = self.mean[region if self.direct else self._in_band(region)]
+        if self.direct:
+            target = self.backend.view(self.mean, self._host, region)
+        else:
+            target = self.mean[self._in_band(region)]
         if self._delta is None:  # torch: one fused update, no scratch (the hot path)
             self.backend.blend(target, block, ratio, None)
             return ratio

@@ -458,11 +458,12 @@ def iter_sliding_window(
         if band is None:
             target = None if into is None else backend.share(into)
             band = Band(spatial, tile, outputs.channels, backend, into=target, weighted=not replay)
-        for k, t in enumerate(tiles):
+        blocks = list(stacked)  # one call (torch: unbind) instead of one index per tile
+        for t, whole in zip(tiles, blocks, strict=True):
             band.advance(t.start[0], outputs.sinks, outputs.slices)
             if t.region is None:
                 continue
-            block = stacked[k] if t.valid is None else stacked[k][t.valid]
+            block = whole if t.valid is None else whole[t.valid]
             if ratios is None:
                 band.add(t.region, block, t.weights)
                 continue
