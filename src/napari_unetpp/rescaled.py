@@ -145,10 +145,14 @@ def predict_rescaled(
     if any(z != 1.0 for z in zoom):
         yield _scale_event(f"resampling the input by {_fmt(zoom)} to the model's scale")
     # adaptive depth stops many tiles at a shallow head, which splits large objects more:
-    # the objects are measured on one fixed head, and the adaptive pass follows
+    # the objects are measured on one fixed head, the deepest, and the adaptive pass
+    # follows; so is a pruned run's (shallower heads measured other sizes: the dock's
+    # all-depth run and its command.sh's --depth 3 took two zooms; QA session 14)
+    heads = [inner.pruned_depth] if inner.pruned_depth is not None else list(inner.depths)
+    shallow = bool(heads) and max(heads) != mc.depth
     measuring = (
         inner.replace(adaptive_depth=False, depths=(), pruned_depth=mc.depth)
-        if auto and inner.adaptive_depth
+        if auto and (inner.adaptive_depth or shallow)
         else inner
     )
     result = yield from _one_pass(
