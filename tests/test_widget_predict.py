@@ -1300,3 +1300,25 @@ def test_check_and_estimate_are_locked_while_the_dock_runs(
         w.cancel()
         assert w.scale.check.enabled and w._run.enabled
     assert not errors
+
+
+def test_segment_without_an_image_says_not_started_not_the_last_runs_done(
+    setup: Any, crop: np.ndarray
+) -> None:
+    """The image segmented, then removed, a Labels layer left (which the Image box does
+    not list): Segment showed an error notification, and the status line still said
+    "done with ...; run saved in ..." of the earlier run, as if this click had run
+    (QA session 14)."""
+    viewer, w, errors = setup
+    image = viewer.add_image(crop[0], name="plane")
+    w._image.value = image
+    w.segment()
+    assert w._status.value.startswith("done"), w._status.value
+    viewer.layers.remove(image)
+    for name in [layer.name for layer in viewer.layers]:
+        viewer.layers.remove(name)
+    viewer.add_labels((crop[0] > 100).astype(np.uint8), name="mask")
+    assert w._image.value is None
+    w.segment()
+    assert errors and "Image layer" in errors[-1], errors
+    assert w._status.value.startswith("not started"), w._status.value
