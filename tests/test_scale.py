@@ -458,3 +458,20 @@ def test_auto_rescale_measures_on_the_deepest_head_whatever_depth_is_labelled(da
     assert pruned.scale["zoom"] == every.scale["zoom"]
     assert list(pruned) == [2]
     np.testing.assert_array_equal(pruned[2], every[2])  # the labels' head, as the dock's
+
+
+def test_auto_rescale_does_not_probe_an_image_smaller_than_one_object() -> None:
+    """A 2 x 2 image of the values 1..4 in the Segment dock (auto object size on for the
+    nuclei model): the half-size probe of the measurement ran on one pixel and warned "the
+    image has no contrast (every sampled pixel is 2.5)", which is not the image's
+    (QA session 14). An image whose half size holds no whole training-sized object is
+    not probed."""
+    import warnings
+
+    net = _net(object_diameter=18.0)
+    image = np.array([[1, 2], [3, 4]], np.uint16)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = predict_array(net, image, PredictConfig(rescale="auto", **CPU), DataConfig())
+    assert result[max(result)].shape[-2:] == (2, 2)
+    assert not [w for w in seen if "no contrast" in str(w.message)], [str(w.message) for w in seen]

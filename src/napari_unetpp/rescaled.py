@@ -254,6 +254,11 @@ def _probe_half(
     half = tuple(z * 0.5 for z in zoom)
     if any(z < S.MIN_ZOOM for z in half):
         return None
+    axes = S.spatial_axes(len(image.shape), model.config.spatial_dims, data_config.channel_axis)
+    if any(image.shape[a] * z < model_diameter for a, z in zip(axes, half, strict=True)):
+        # no whole object fits: a 2 x 2 image probed at 1 x 1 warned "the image has no
+        # contrast (every sampled pixel is 2.5)" of its 1..4 (QA session 14)
+        return None
     probe_config = config.replace(depths=(), pruned_depth=depth)
     result = yield from _one_pass(model, image, probe_config, data_config, half, None, stopper)
     if not result or not result.complete:
