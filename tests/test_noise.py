@@ -155,3 +155,26 @@ def test_a_noisy_image_is_not_told_to_rescale(data_dir) -> None:
     print(check.signals, check.reasons)
     assert check.unlike_training and any("noisier" in r for r in check.reasons)
     assert not any("rescale" in r for r in check.remedies_for("cli")), check.remedies
+
+
+def test_tiny_objects_on_a_noisy_image_get_the_noise_remedy_not_an_enlargement() -> None:
+    """A dim 16-bit nuclei image (nuclei 2.5x DSB's, much empty noisy field), segmented by
+    the dock's defaults: auto object size rightly shrank it 0.39x (nuclei of 46 px), the
+    result held 233 noise specks beside 13 nuclei, and the check (median of specks: 1.5 px)
+    said "rescale the image by 4.64: type 3.9 in 'Object diameter (px)'", a 12x blow-up of
+    the noise. The signals are that run's (QA session 14)."""
+    signals = {
+        **{name: 0.0 for name in THRESHOLDS},
+        "depth_disagreement": 0.133,
+        "uncertain_fraction": 0.103,
+        "object_diameter": 1.538,
+        "size_ratio": 0.085,
+        "noise": 0.089,
+    }
+    limits = {**THRESHOLDS, "noise": 0.082}
+    unlike, reasons, remedies = judge(signals, limits, zoom=0.394, auto=True)
+    assert unlike and any("noisier" in r for r in reasons), reasons
+    assert [r.template for r in remedies] == [NOISE_REMEDY], remedies
+    # the same tiny objects on a quiet image are still told to enlarge
+    _, _, remedies = judge({**signals, "noise": 0.01}, limits, zoom=0.394, auto=True)
+    assert any("rescale the image by" in r.template for r in remedies), remedies

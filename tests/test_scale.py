@@ -462,3 +462,43 @@ def test_a_new_model_takes_the_first_known_pixel_size() -> None:
     )
     assert size == (1.0, 1.0) and unit == "mm"  # a 2D model: the in-plane size
     assert labels[0].shape == (3, 16, 16) and labels[1].shape == (3, 32, 32)
+
+
+def test_auto_rescale_measures_on_the_deepest_head_whatever_depth_is_labelled(data_dir):
+    """The Segment dock runs every depth and labels from the Depth slider's (the nuclei
+    model's recommended L3); its command.sh replays that with ``--depth 3``, the pruned
+    network. Auto object size measured the objects on the deepest head of the first run
+    and on head 3 of the second: on a 1024 x 1024 dim nuclei image 34.0 px against
+    33.8 px, another zoom, and the replayed labels differed from the dock's on 0.3 % of
+    the pixels (QA session 14). Both measure on the deepest head, as "Estimate size" does."""
+    from napari_unetpp import zoo
+
+    model, info = zoo.load_pretrained("nuclei")
+    image, _ = _nuclei_pair(data_dir, "4590d7d47f521df6")
+    big = S.resample(image[:128, :128], (2, 2), (0, 1))
+    every = predict_array(model, big, PredictConfig(rescale="auto", **CPU), info.data)
+    pruned = predict_array(
+        model, big, PredictConfig(rescale="auto", pruned_depth=2, **CPU), info.data
+    )
+    assert every.scale["passes"] == pruned.scale["passes"] == 2
+    assert pruned.scale["measured_diameter"] == every.scale["measured_diameter"]
+    assert pruned.scale["zoom"] == every.scale["zoom"]
+    assert list(pruned) == [2]
+    np.testing.assert_array_equal(pruned[2], every[2])  # the labels' head, as the dock's
+
+
+def test_auto_rescale_does_not_probe_an_image_smaller_than_one_object() -> None:
+    """A 2 x 2 image of the values 1..4 in the Segment dock (auto object size on for the
+    nuclei model): the half-size probe of the measurement ran on one pixel and warned "the
+    image has no contrast (every sampled pixel is 2.5)", which is not the image's
+    (QA session 14). An image whose half size holds no whole training-sized object is
+    not probed."""
+    import warnings
+
+    net = _net(object_diameter=18.0)
+    image = np.array([[1, 2], [3, 4]], np.uint16)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = predict_array(net, image, PredictConfig(rescale="auto", **CPU), DataConfig())
+    assert result[max(result)].shape[-2:] == (2, 2)
+    assert not [w for w in seen if "no contrast" in str(w.message)], [str(w.message) for w in seen]

@@ -1300,3 +1300,61 @@ def test_check_and_estimate_are_locked_while_the_dock_runs(
         w.cancel()
         assert w.scale.check.enabled and w._run.enabled
     assert not errors
+
+
+def test_segment_without_an_image_says_not_started_not_the_last_runs_done(
+    setup: Any, crop: np.ndarray
+) -> None:
+    """The image segmented, then removed, a Labels layer left (which the Image box does
+    not list): Segment showed an error notification, and the status line still said
+    "done with ...; run saved in ..." of the earlier run, as if this click had run
+    (QA session 14)."""
+    viewer, w, errors = setup
+    image = viewer.add_image(crop[0], name="plane")
+    w._image.value = image
+    w.segment()
+    assert w._status.value.startswith("done"), w._status.value
+    viewer.layers.remove(image)
+    for name in [layer.name for layer in viewer.layers]:
+        viewer.layers.remove(name)
+    viewer.add_labels((crop[0] > 100).astype(np.uint8), name="mask")
+    assert w._image.value is None
+    w.segment()
+    assert errors and "Image layer" in errors[-1], errors
+    assert w._status.value.startswith("not started"), w._status.value
+
+
+def test_a_dim_fluorescence_tiff_with_a_micrometre_pixel_size_gets_the_nuclei_model(
+    make_napari_viewer: Any, data_dir: Path, tmp_path: Path
+) -> None:
+    """A 16-bit fluorescence TIFF as a microscope camera writes it (an offset of 100 counts,
+    noise, dim nuclei in a mostly empty field; ImageJ resolution 0.1625 um), opened with
+    File > Open under a name without a hint: its median lies mid-range, as an EM section's,
+    and the dock chose the EM model, though its pixel size says light microscope
+    (QA session 14)."""
+    import tifffile
+    from scipy import ndimage
+    from skimage import io
+
+    dsb = io.imread(data_dir / "nuclei_dsb2018" / "images" / "003cee89357d9fe1.png")
+    grey = dsb if dsb.ndim == 2 else dsb[..., 0]  # a grey stain saved as RGB(A) or not
+    crop = ndimage.zoom(grey[:240, :240].astype(np.float32), 2.5, order=1)
+    field = np.zeros((1024, 1024), np.float32)
+    field[:600, :600] = crop / 255 * 60  # dim: 60 counts above the offset at most
+    rng = np.random.default_rng(0)
+    image = rng.poisson(field + 5) + 100 + rng.normal(0, 3, field.shape)
+    path = tmp_path / "sample_01.tif"
+    tifffile.imwrite(
+        path,
+        image.clip(0, 65535).astype(np.uint16),
+        imagej=True,
+        resolution=(1 / 0.1625, 1 / 0.1625),
+        metadata={"unit": "um"},
+    )
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(path, plugin="napari-unetpp")
+    assert layer.metadata["unit"] == "um"
+    widget = PredictWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._image.value = layer
+    assert widget._model.value == "zoo:nuclei"

@@ -292,6 +292,10 @@ def judge(
     # small measured objects that the half-size pass shows to be larger: fragments of
     # large objects (the 537 pieces for 23 nuclei), not small objects to enlarge
     fragments = larger and ratio is not None and ratio < 1
+    # tiny "objects" on an image noisier than the model tolerates are the noise's specks:
+    # an enlargement makes more of them (a dim nuclei image, its 46 px nuclei rightly
+    # shrunk 0.39x by auto object size, was told "rescale the image by 4.64"; QA session 14)
+    specks = bool(noisy) and size_off and ratio is not None and ratio < 1 and not larger
     if size_off and not fragments and ratio is not None:
         bound = limit if ratio > 1 else 1 / limit  # the side crossed ("0.38x (limit 2.50x)")
         reasons.append(f"objects are {ratio:.2f}x the training size (limit {bound:.2f}x)")
@@ -321,7 +325,7 @@ def judge(
             remedies.append(shifted[1])
         if noisy:
             remedies.append(Remedy(NOISE_REMEDY))
-        if size_off or larger or smaller:
+        if (size_off and not specks) or larger or smaller:
             step = 0.5 if larger else 2.0  # smaller: enlarge (e.g. 8 nm pixels, not 4)
             factor = zoom * (1 / ratio if size_off and ratio and not fragments else step)
             sized = ratio is not None or split is not None  # the model knows its object size
@@ -353,7 +357,7 @@ def judge(
                         factor=f"{factor:.2f}",
                     )
                 )
-        elif not shifted and (not noisy or len(reasons) > 1):
+        elif not shifted and not specks and (not noisy or len(reasons) > 1):
             remedies.append(
                 Remedy(
                     "{check_scale}; if they already match, {fine_tune} on a few labelled "

@@ -148,10 +148,14 @@ def predict_rescaled(
     if any(z != 1.0 for z in zoom):
         yield _scale_event(f"resampling the input by {_fmt(zoom)} to the model's scale")
     # adaptive depth stops many tiles at a shallow head, which splits large objects more:
-    # the objects are measured on one fixed head, and the adaptive pass follows
+    # the objects are measured on one fixed head, the deepest, and the adaptive pass
+    # follows; so is a pruned run's (shallower heads measured other sizes: the dock's
+    # all-depth run and its command.sh's --depth 3 took two zooms; QA session 14)
+    heads = [inner.pruned_depth] if inner.pruned_depth is not None else list(inner.depths)
+    shallow = bool(heads) and max(heads) != mc.depth
     measuring = (
         inner.replace(adaptive_depth=False, depths=(), pruned_depth=mc.depth)
-        if auto and inner.adaptive_depth
+        if auto and (inner.adaptive_depth or shallow)
         else inner
     )
     result = yield from _one_pass(
@@ -253,6 +257,11 @@ def _probe_half(
         return None  # large and whole already: shrinking to the model's size follows
     half = tuple(z * 0.5 for z in zoom)
     if any(z < S.MIN_ZOOM for z in half):
+        return None
+    axes = S.spatial_axes(len(image.shape), model.config.spatial_dims, data_config.channel_axis)
+    if any(image.shape[a] * z < model_diameter for a, z in zip(axes, half, strict=True)):
+        # no whole object fits: a 2 x 2 image probed at 1 x 1 warned "the image has no
+        # contrast (every sampled pixel is 2.5)" of its 1..4 (QA session 14)
         return None
     probe_config = config.replace(depths=(), pruned_depth=depth)
     result = yield from _one_pass(model, image, probe_config, data_config, half, None, stopper)

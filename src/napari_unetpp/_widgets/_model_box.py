@@ -40,7 +40,8 @@ def guess_zoo_model(layer: Any) -> str | None:
     From what napari knows: the sample's or file's name, the pixel size (under 0.1 um
     is electron microscopy, over 0.1 mm a CT scan), then the pixel values (Hounsfield
     units below -500 are CT; an 8-bit RGB image is a nuclei stain; a grey image whose
-    median lies mid-range is an EM section).
+    median lies mid-range is an EM section, unless its pixel size is a light
+    microscope's: then it gets the nuclei model).
     """
     text = " ".join(
         str(v)
@@ -62,10 +63,12 @@ def guess_zoo_model(layer: Any) -> str | None:
     from ._pixel_size import layer_pixel_size
 
     size, unit = layer_pixel_size(layer)
+    light = False  # a light microscope's pixel size: never EM (see below)
     if size and unit in UNITS:  # pixels under 0.1 um are electron microscopy, over 0.1 mm CT
         um = float(size[-1]) * UNITS[unit]
         if um < 0.1 or um > 100:
             return zoo_spec("em" if um < 0.1 else "ct")
+        light = True
     data = layer.data[-1] if layer.multiscale else layer.data  # the smallest level: cheap
     if not isinstance(data, np.ndarray) and np.ndim(data) > 2 and not layer.rgb:
         # a lazy volume (dask, zarr): its middle plane; the whole was read three times, the
@@ -79,7 +82,9 @@ def guess_zoo_model(layer: Any) -> str | None:
             warnings.simplefilter("ignore", RuntimeWarning)
             if np.nanmin(data) < -500:
                 return zoo_spec("ct")
-    if layer.rgb:
+    if layer.rgb or light:
+        # light: a dim fluorescence image of 0.16 um pixels (camera offset and noise over a
+        # mostly empty field, so its median lies mid-range) got the EM model (QA session 14)
         return zoo_spec("nuclei")
     return zoo_spec("em") if _mid_grey(data) else None
 

@@ -213,7 +213,15 @@ class PredictForm(Container):
             return None
         layer = self._image.value
         if self.model is None or layer is None:
-            show_error("choose a model and an Image layer first")
+            why = (
+                "choose a model first"
+                if self.model is None
+                else "choose an Image layer first (the Image box lists Image layers only, "
+                "not Labels)"
+            )
+            show_error(why)
+            # not an earlier run's "done ... run saved in ...", as if this click had run
+            self._status.value = f"not started: {why}"
             return None
         return self.model, layer
 
