@@ -159,6 +159,14 @@ def test_adaptive_depth_on_real_em_runs_past_l2_on_the_tiles_boxes(em_stack) -> 
     per_tile = np.mean([fractions[d] for g in auto.tile_depths.values() for d in g.ravel()])
     print("EM crop, tolerance 0.05:", auto.summary(), f"(whole tiles: {per_tile:.3f})")
     assert auto.cost_fraction < 0.95 * per_tile  # the boxes skip the overlaps' deep nodes
+    # the depth map shows the depth of the tile whose box holds each pixel
+    starts = tile_grid(crop.shape, (128, 128), config.overlap, align=16)
+    boxes = owned_boxes(starts, (128, 128), crop.shape, align=16)
+    expected = np.zeros(crop.shape, np.uint8)
+    for start, box, depth in zip(starts, boxes, auto.tile_depths[()].ravel(), strict=True):
+        index = tuple(slice(s + a, s + b) for s, (a, b) in zip(start, box, strict=True))
+        np.maximum(expected[index], int(depth), out=expected[index])
+    assert np.array_equal(auto.depth_map, expected)
     assert iou(auto[4] > 0.5, truth) > iou(deepest[4] > 0.5, truth) - 0.01
 
 
@@ -814,3 +822,36 @@ def test_the_remedy_for_a_model_of_object_size_names_the_diameter_to_type() -> N
     assert "object diameter 5.4 px (--diameter 5.4)" in small[2][0], small
     unsized = judge({**quiet, "scale_gain": 2.5})  # an EM or CT model: its pixel size
     assert "give its pixel size" in unsized[2][0] and "diameter" not in unsized[2][0]
+
+
+def test_a_ct_slice_at_6_mm_too_small_to_halve_is_told_to_enlarge(data_dir) -> None:
+    """A held-back CT slice at 6 mm (50 x 61 px, no pixel size) for the 3 mm model: too small
+    for the half-size probe, it was called like the training data (liver Dice 0); probed at
+    twice its size, the model finds its organs there, and the check says to enlarge it. A
+    3 mm crop just as small (the probe runs on it too) stays quiet."""
+    from skimage.transform import rescale
+
+    from napari_unetpp.disagreement import check_result
+    from napari_unetpp.zoo import load_pretrained
+
+    model, info = load_pretrained("ct")
+    # a held-back (validation) slice on which the model at 6 mm still labels a few pixels,
+    # so the "found nothing" verdict stays silent: the check called it like the training data
+    plane = tifffile.imread(data_dir / "ct_totalseg" / "ct.tif")[6]
+    images = {
+        "6 mm": rescale(plane.astype(np.float32), 0.5, order=1, preserve_range=True),
+        "3 mm crop": plane[20:80, 30:90].astype(np.float32),
+    }
+    config = PredictConfig(device="cpu")
+    checks = {}
+    for name, image in images.items():
+        probs = predict_array(model, image, config, info.data)
+        checks[name] = drive(check_result(model, image, probs, info.data, config, info.metrics))
+        print(name, image.shape, checks[name].report())
+    small = checks["6 mm"]
+    assert small.signals["found_gain"] is not None and small.unlike_training
+    assert "at twice its size" in " ".join(small.reasons)
+    assert "rescale the image by 2.00" in small.remedies[0], small.remedies  # not "intensities"
+    crop = checks["3 mm crop"]
+    assert crop.signals["found_gain"] is not None  # probed the same way
+    assert not any("twice its size" in r for r in crop.reasons), crop.reasons

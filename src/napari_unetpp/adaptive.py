@@ -433,7 +433,8 @@ class AdaptiveResult(PredictResult):
 
     Keyed by the deepest depth so every consumer of :class:`inference.PredictResult`
     (labels, the CLI's files) takes the adaptive probabilities as "the" result.
-    ``depth_map``: depth used per pixel (the deepest tile where tiles overlap), the image
+    ``depth_map``: depth used per pixel (the deepest tile where tiles overlap; of the
+    tile whose box holds it, when the heads past L2 ran on boxes), the image
     shape without channels; ``tile_depths``: per item (slice), the depth of each
     tile on the tile grid; ``disagreement``: per pixel, the range of the computed
     heads' probabilities (0 = all heads agree); ``tiles_per_depth``: tile counts;
@@ -476,16 +477,21 @@ def _paint(
     used: list[int],
     tile: tuple[int, ...],
     sizes: tuple[int, ...],
+    boxes: list[Box] | None = None,
 ) -> np.ndarray:
-    """Paint each tile's depth over its pixels (the deeper tile wins where tiles overlap).
+    """Paint each tile's depth over its pixels (the deeper tile wins where tiles overlap);
+    with ``boxes``, over its box only (past L2 it ran there alone).
 
     Returns the same depths on the tile grid (``int8``, 0 for tiles not reached).
     """
     grid_shape = tuple(len({s[k] for s in starts}) for k in range(len(starts[0])))
     grid = np.zeros(grid_shape, np.int8)
     grid.flat[: len(used)] = used
-    for start, depth in zip(starts, used, strict=False):  # a stopped run has fewer
-        region = tuple(slice(s, min(s + t, n)) for s, t, n in zip(start, tile, sizes, strict=True))
+    for k, (start, depth) in enumerate(zip(starts, used, strict=False)):  # a stopped run: fewer
+        box = boxes[k] if boxes is not None else tuple((0, t) for t in tile)
+        region = tuple(
+            slice(s + a, min(s + b, n)) for s, (a, b), n in zip(start, box, sizes, strict=True)
+        )
         np.maximum(target[region], depth, out=target[region])
     return grid
 
@@ -602,7 +608,7 @@ def predict_adaptive(
             yield event("tiles", step, n, eta=clock.update(step, total))
         done += len(starts)
         used = predictor.depths_used[first:]
-        tile_depths[lead] = _paint(maps["depth"][lead], starts, used, tile, sizes)
+        tile_depths[lead] = _paint(maps["depth"][lead], starts, used, tile, sizes, boxes)
         if stopped():
             complete = False
             break
