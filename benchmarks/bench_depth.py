@@ -42,6 +42,7 @@ from napari_unetpp.config import PredictConfig  # noqa: E402
 from napari_unetpp.disagreement import check_image  # noqa: E402
 from napari_unetpp.events import drive  # noqa: E402
 from napari_unetpp.image_check import THRESHOLDS, calibrate, judge  # noqa: E402
+from napari_unetpp.image_signals import labels_anything  # noqa: E402
 from napari_unetpp.inference import predict_array  # noqa: E402
 from napari_unetpp.locate import CONFIG_NAME  # noqa: E402
 from napari_unetpp.postprocess import probabilities_to_labels  # noqa: E402
@@ -61,11 +62,12 @@ def bench_adaptive(tolerances: list[float], tiles: list[int], repeats: int) -> N
     )
     print(
         "| tile | run | tolerance | IoU | IoU - L4 | tiles L2/L3/L4 | MAC fraction "
-        "| time s | time / L4 |"
+        "| time s | time / L4 | CPU s | CPU / L4 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for tile in tiles:
         runs: dict[Any, list[float]] = {}
+        cpus: dict[Any, list[float]] = {}  # 1 thread: the process's own time, load or not
         scores: dict[Any, tuple[float, str, float]] = {}
         for _ in range(repeats):  # interleaved: L4, then each tolerance, again
             for tol in [None, *tolerances]:
@@ -79,24 +81,25 @@ def bench_adaptive(tolerances: list[float], tiles: list[int], repeats: int) -> N
                         depth_tolerance=tol,
                     )
                 )
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 probs = predict_array(model, image, config, info.data)
                 runs.setdefault(tol, []).append(time.perf_counter() - start)
+                cpus.setdefault(tol, []).append(time.process_time() - cpu)
                 counts = getattr(probs, "tiles_per_depth", {4: 0})
                 scores[tol] = (
                     M.iou(probs[4] > 0.5, truth),
                     "/".join(str(counts.get(d, 0)) for d in (2, 3, 4)),
                     getattr(probs, "cost_fraction", 1.0),
                 )
-        base_t, base_iou = min(runs[None]), scores[None][0]
+        base_t, base_cpu, base_iou = min(runs[None]), min(cpus[None]), scores[None][0]
         for tol in [None, *tolerances]:
             iou, counts, cost = scores[tol]
-            t = min(runs[tol])
+            t, c = min(runs[tol]), min(cpus[tol])
             name = "L4 (pruned)" if tol is None else "auto"
             print(
                 f"| {tile} | {name} | {'-' if tol is None else tol} | {iou:.4f} | "
                 f"{iou - base_iou:+.4f} | {counts} | {cost:.2f} | {t:.1f} | "
-                f"{t / base_t:.2f} |",
+                f"{t / base_t:.2f} | {c:.1f} | {c / base_cpu:.2f} |",
                 flush=True,
             )
 
@@ -223,11 +226,14 @@ def _signals(cases: list[tuple], models: dict[str, Any]) -> list[dict[str, Any]]
             check_image(model, image, info.data, PredictConfig(device="cpu"), recommended=best)
         )
         score = _truth_score(name, probs[max(probs)], truth, info)
+        c = info.model.num_classes
         rows.append(
             {
                 "model": name,
                 "shift": shift,
                 "iou": score,
+                # the check's own verdict besides the signals: "found nothing" fires too
+                "found_nothing": not labels_anything(probs[max(probs)], c),
                 **check.signals,
                 "advice": check.advice.suggested if check.advice else None,
             }
@@ -352,6 +358,15 @@ def bench_scale_gain_low(crop: int, write: bool) -> None:
         print(f"\nwrote metrics.image_check.scale_gain_low {low} into {path}")
 
 
+def _nothing_found(row: dict[str, Any]) -> bool:
+    """The check's "found nothing" verdict (``check_prediction``): no class pixel, and the
+    heads sure of it. Rows saved before this key was recorded count as found."""
+    unsure = row.get("uncertain_fraction")
+    return bool(row.get("found_nothing")) and (
+        unsure is None or unsure <= THRESHOLDS["uncertain_fraction"]
+    )
+
+
 def summarise(rows: list[dict[str, Any]], thresholds: dict[str, dict[str, float]]) -> None:
     """Fire rate per model and shift; per-image correlation of each signal with the IoU."""
     print("\n| model | shift | images | mean IoU | warning fires |")
@@ -361,7 +376,7 @@ def summarise(rows: list[dict[str, Any]], thresholds: dict[str, dict[str, float]
         groups.setdefault((row["model"], row["shift"]), []).append(row)
     for (name, shift), group in groups.items():
         limits = {**THRESHOLDS, **thresholds.get(name, {})}
-        fired = sum(judge(r, limits)[0] for r in group)
+        fired = sum(judge(r, limits)[0] or _nothing_found(r) for r in group)
         print(
             f"| {name} | {shift} | {len(group)} | {np.mean([r['iou'] for r in group]):.3f} "
             f"| {fired}/{len(group)} |"

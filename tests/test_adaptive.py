@@ -9,14 +9,21 @@ import pytest
 import tifffile
 import torch
 
-from napari_unetpp.adaptive import NestedForward, depth_cost_fractions, predict_adaptive
+from napari_unetpp.adaptive import (
+    AdaptivePredictor,
+    NestedForward,
+    RegionForward,
+    _node_macs,
+    depth_cost_fractions,
+    predict_adaptive,
+)
 from napari_unetpp.config import DataConfig, PredictConfig
 from napari_unetpp.disagreement import advise_depth, check_image, disagreement_map
 from napari_unetpp.events import Stopper, drive
 from napari_unetpp.inference import predict_array
 from napari_unetpp.label_next import rank_regions
 from napari_unetpp.model import UNetPlusPlus, nodes_for_depth
-from napari_unetpp.tiling import tile_grid
+from napari_unetpp.tiling import owned_boxes, tile_grid
 
 
 def _random_net(spatial_dims: int = 2, seed: int = 0) -> UNetPlusPlus:
@@ -78,6 +85,89 @@ def test_tolerance_zero_on_the_shipped_em_model(em_stack) -> None:
     )
     print("EM crop, tolerance 0.2:", loose.summary())
     assert min(loose.tiles_per_depth) < 4 and loose.cost_fraction < 1.0
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_region_forward_gives_the_whole_tiles_heads_on_a_box(spatial_dims: int) -> None:
+    net = _random_net(spatial_dims)
+    size = (64, 96) if spatial_dims == 2 else (32, 32, 48)
+    boxes = (
+        [((0, 32), (16, 64)), ((16, 48), (32, 96)), ((48, 64), (80, 96))]
+        if spatial_dims == 2
+        else [((0, 16), (16, 32), (16, 48))]
+    )
+    x = torch.randn(2, 1, *size)
+    with torch.no_grad():
+        full = net(x)
+        forward = NestedForward(net, x)
+        forward.head(2)
+        for box in boxes:
+            region = RegionForward(net, {k: v[1:2] for k, v in forward.features.items()})
+            index = (slice(1, 2), slice(None), *(slice(a, b) for a, b in box))
+            for d in (3, 4):
+                assert torch.allclose(region.head(d, box), full[d][index], atol=1e-5)
+            # L3's and L4's own nodes on a box cost less than on the whole tile
+            whole = sum(_node_macs(net.config, i, j) for i, j in nodes_for_depth(4)[6:])
+            assert 0 < region.macs < 0.9 * whole
+
+
+def test_owned_boxes_are_where_each_tile_outweighs_its_neighbours() -> None:
+    grid = tile_grid((512, 512), (256, 256), 0.25, align=16)
+    boxes = owned_boxes(grid, (256, 256), (512, 512), align=16)
+    assert sorted({b for box in boxes for b in box}) == [(0, 192), (64, 192), (64, 256)]
+    covered = np.zeros((512, 512), int)
+    for start, box in zip(grid, boxes, strict=True):
+        index = tuple(slice(s + a, s + b) for s, (a, b) in zip(start, box, strict=True))
+        covered[index] += 1
+    assert (covered >= 1).all()  # every pixel has a tile that runs every depth there
+    # small tiles on the pooling grid: boxes round out to the grid (here the whole tile)
+    grid = tile_grid((70, 90), (32, 32), 0.25, align=16)
+    assert set(owned_boxes(grid, (32, 32), (70, 90), align=16)) == {((0, 32), (0, 32))}
+
+
+def test_tiles_run_their_deeper_heads_on_their_boxes_only() -> None:
+    net = _random_net()
+    batch = np.random.default_rng(3).random((3, 1, 64, 64)).astype("float32")
+    boxes = [((0, 48), (0, 48)), ((16, 48), (16, 64)), ((32, 64), (0, 32))]
+    predictor = AdaptivePredictor(
+        net, torch.device("cpu"), 1, tolerance=0.05, min_depth=4, boxes=boxes
+    )
+    out = predictor(batch)["probabilities"]
+    with torch.no_grad():
+        full = {d: torch.sigmoid(v) for d, v in net(torch.from_numpy(batch)).items()}
+    assert predictor.depths_used == [4, 4, 4]
+    for k, box in enumerate(boxes):
+        inside = np.zeros((64, 64), bool)
+        inside[tuple(slice(a, b) for a, b in box)] = True
+        assert torch.allclose(out[k, 0][inside], full[4][k, 0][inside], atol=1e-5)
+        assert torch.allclose(out[k, 0][~inside], full[2][k, 0][~inside], atol=1e-6)
+    assert max(predictor.costs) < 1.0
+
+
+def test_adaptive_depth_on_real_em_runs_past_l2_on_the_tiles_boxes(em_stack) -> None:
+    from napari_unetpp.metrics import iou
+    from napari_unetpp.zoo import load_pretrained
+
+    model, info = load_pretrained("em")
+    crop, truth = em_stack[0][17, :256, :384], em_stack[1][17, :256, :384] > 0
+    config = PredictConfig(device="cpu", tile_size=(128, 128))
+    deepest = predict_array(model, crop, config.replace(pruned_depth=4), info.data)
+    auto = predict_array(
+        model, crop, config.replace(adaptive_depth=True, depth_tolerance=0.05), info.data
+    )
+    fractions = depth_cost_fractions(model.config)
+    per_tile = np.mean([fractions[d] for g in auto.tile_depths.values() for d in g.ravel()])
+    print("EM crop, tolerance 0.05:", auto.summary(), f"(whole tiles: {per_tile:.3f})")
+    assert auto.cost_fraction < 0.95 * per_tile  # the boxes skip the overlaps' deep nodes
+    # the depth map shows the depth of the tile whose box holds each pixel
+    starts = tile_grid(crop.shape, (128, 128), config.overlap, align=16)
+    boxes = owned_boxes(starts, (128, 128), crop.shape, align=16)
+    expected = np.zeros(crop.shape, np.uint8)
+    for start, box, depth in zip(starts, boxes, auto.tile_depths[()].ravel(), strict=True):
+        index = tuple(slice(s + a, s + b) for s, (a, b) in zip(start, box, strict=True))
+        np.maximum(expected[index], int(depth), out=expected[index])
+    assert np.array_equal(auto.depth_map, expected)
+    assert iou(auto[4] > 0.5, truth) > iou(deepest[4] > 0.5, truth) - 0.01
 
 
 def test_depth_used_map_and_tile_grid_shapes() -> None:
@@ -732,3 +822,36 @@ def test_the_remedy_for_a_model_of_object_size_names_the_diameter_to_type() -> N
     assert "object diameter 5.4 px (--diameter 5.4)" in small[2][0], small
     unsized = judge({**quiet, "scale_gain": 2.5})  # an EM or CT model: its pixel size
     assert "give its pixel size" in unsized[2][0] and "diameter" not in unsized[2][0]
+
+
+def test_a_ct_slice_at_6_mm_too_small_to_halve_is_told_to_enlarge(data_dir) -> None:
+    """A held-back CT slice at 6 mm (50 x 61 px, no pixel size) for the 3 mm model: too small
+    for the half-size probe, it was called like the training data (liver Dice 0); probed at
+    twice its size, the model finds its organs there, and the check says to enlarge it. A
+    3 mm crop just as small (the probe runs on it too) stays quiet."""
+    from skimage.transform import rescale
+
+    from napari_unetpp.disagreement import check_result
+    from napari_unetpp.zoo import load_pretrained
+
+    model, info = load_pretrained("ct")
+    # a held-back (validation) slice on which the model at 6 mm still labels a few pixels,
+    # so the "found nothing" verdict stays silent: the check called it like the training data
+    plane = tifffile.imread(data_dir / "ct_totalseg" / "ct.tif")[6]
+    images = {
+        "6 mm": rescale(plane.astype(np.float32), 0.5, order=1, preserve_range=True),
+        "3 mm crop": plane[20:80, 30:90].astype(np.float32),
+    }
+    config = PredictConfig(device="cpu")
+    checks = {}
+    for name, image in images.items():
+        probs = predict_array(model, image, config, info.data)
+        checks[name] = drive(check_result(model, image, probs, info.data, config, info.metrics))
+        print(name, image.shape, checks[name].report())
+    small = checks["6 mm"]
+    assert small.signals["found_gain"] is not None and small.unlike_training
+    assert "at twice its size" in " ".join(small.reasons)
+    assert "rescale the image by 2.00" in small.remedies[0], small.remedies  # not "intensities"
+    crop = checks["3 mm crop"]
+    assert crop.signals["found_gain"] is not None  # probed the same way
+    assert not any("twice its size" in r for r in crop.reasons), crop.reasons

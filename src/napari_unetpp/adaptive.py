@@ -8,7 +8,12 @@ deeper head is asked for, so going from L2 to L3 costs exactly the L3-only nodes
 :class:`AdaptivePredictor` stops a tile at depth ``d`` when the labels of L(d-1)
 and L(d) differ on fewer than ``tolerance`` of its pixels (strictly fewer: a
 tolerance of 0 never stops early, so it reproduces the deepest head exactly);
-tiles that keep changing go on to the deepest head.
+tiles that keep changing go on to the deepest head. Past L2 a tile runs only on
+its box (:func:`tiling.owned_boxes`: where its blending weight outweighs every
+neighbour's) and keeps L2 elsewhere: :class:`RegionForward` computes the deeper
+nodes there with the halos their convolutions need, so the head's values on the
+box are the whole tile's (on the EM test slices, tiles of 256, this halved the
+deeper heads' work; docs/benchmarks.md). The decisions are taken on the box too.
 
 It is a predictor of :func:`tiling.iter_sliding_window`, so tiling, blending,
 cancellation and progress are those of ordinary prediction; besides the
@@ -100,6 +105,125 @@ class NestedForward:
         self.features = {key: value[rows] for key, value in self.features.items()}
 
 
+Box = tuple[tuple[int, int], ...]  # (start, stop) per spatial axis
+
+
+def _grow(box: Box, k: int, sizes: tuple[int, ...]) -> Box:
+    """``box`` grown by ``k`` on every side, clipped to the level's ``sizes``, rounded out to
+    even bounds (so its half is the box of the level below, and ``up`` doubles it back)."""
+    out = []
+    for (a, b), n in zip(box, sizes, strict=True):
+        a, b = max(a - k, 0), min(b + k, n)
+        out.append((a - a % 2, min(b + b % 2, n)))
+    return tuple(out)
+
+
+def _inside(inner: Box, outer: Box) -> bool:
+    return all(a >= c and b <= d for (a, b), (c, d) in zip(inner, outer, strict=True))
+
+
+def _union(a: Box, b: Box) -> Box:
+    return tuple((min(x, z), max(y, w)) for (x, y), (z, w) in zip(a, b, strict=True))
+
+
+def _cut(t: torch.Tensor, box: Box) -> torch.Tensor:
+    """``t[:, :, box]``: a view of a batch's spatial ``box``."""
+    index = (slice(None), slice(None)) + tuple(slice(a, b) for a, b in box)
+    return t[index]
+
+
+def _area(box: Box) -> int:
+    return int(np.prod([b - a for a, b in box]))
+
+
+class RegionForward:
+    """The heads of one tile on a box of it: the deeper nodes run on that box and a halo.
+
+    Why: a tile's output counts only where its blending weight is the largest (its
+    :func:`tiling.owned_boxes` box); elsewhere a neighbour outweighs it. The nodes that
+    :class:`NestedForward` computed on the whole tile (``full``) are cut to what each new
+    node needs; a new node ``X[i, j]`` runs on its box grown by 2 (its two 3x3
+    convolutions), so it is exact there, and the box halves level by level down the
+    graph. Where a grown box meets the tile's border the padding is the whole tile's
+    padding: the head's values on the box equal the whole tile's, to float rounding.
+    ``macs``: the multiply-adds run, per pixel of the tile, in :func:`_node_macs` units.
+    """
+
+    def __init__(self, net: UNetPlusPlus, full: dict[tuple[int, int], torch.Tensor]) -> None:
+        self.net = net
+        self.full = full  # whole-tile nodes, batch of one
+        self.crops: dict[tuple[int, int], tuple[torch.Tensor, Box, Box]] = {}
+        self.sizes = tuple(int(n) for n in full[0, 0].shape[2:])
+        self.macs = 0.0
+
+    def head(self, depth: int, box: Box, ahead: int | None = None) -> torch.Tensor:
+        """Logits of head ``depth`` on ``box`` (tile coordinates), ``(1, C, *box)``.
+
+        ``ahead``: a deeper head that may be asked for next on the same box; its nodes
+        need wider halos of the shared ones, which are computed that wide now (else
+        they would run again).
+        """
+        plan = self._plan(ahead or depth, box)
+        for i, j in nodes_for_depth(depth):
+            self._ensure(i, j, plan[i, j])
+        return self.net.heads[head_name(depth)](self._get(0, depth, box))
+
+    def _plan(self, depth: int, box: Box) -> dict[tuple[int, int], Box]:
+        """Where each node must be exact for head ``depth`` on ``box`` (consumers first)."""
+        need = {(0, depth): box}
+        for i, j in reversed(nodes_for_depth(depth)):
+            if (i, j) in self.full or (i, j) not in need:
+                continue
+            where = _grow(need[i, j], 2, self._level(i))
+            if j == 0:
+                inputs = [((i - 1, 0), tuple((2 * a, 2 * b) for a, b in where))]
+            else:
+                half = tuple((a // 2, (b + 1) // 2) for a, b in where)
+                inputs = [((i, k), where) for k in range(j)] + [((i + 1, j - 1), half)]
+            for key, region in inputs:
+                need[key] = _union(need[key], region) if key in need else region
+        return need
+
+    def _level(self, i: int) -> tuple[int, ...]:
+        return tuple(n >> i for n in self.sizes)
+
+    def _get(self, i: int, j: int, box: Box) -> torch.Tensor:
+        if (i, j) in self.full:
+            return _cut(self.full[i, j], box)
+        out, where, _ = self.crops[i, j]
+        return _cut(out, tuple((a - c, b - c) for (a, b), (c, _) in zip(box, where, strict=True)))
+
+    def _ensure(self, i: int, j: int, box: Box) -> None:
+        """Compute ``X[i, j]`` so that it is exact on ``box`` (level-``i`` coordinates)."""
+        if (i, j) in self.full:
+            return
+        if (i, j) in self.crops:
+            exact = self.crops[i, j][2]
+            if _inside(box, exact):
+                return
+            box = _union(box, exact)  # a deeper head asks for more: run it once on both
+        sizes = self._level(i)
+        where = _grow(box, 2, sizes)
+        node = self.net.nodes[node_name(i, j)]
+        if j == 0:  # encoder: pool of the level above, exact wherever its input is
+            twice = tuple((2 * a, 2 * b) for a, b in where)
+            self._ensure(i - 1, 0, twice)
+            out = node(self.net.pool(self._get(i - 1, 0, twice)))
+        else:
+            half = tuple((a // 2, (b + 1) // 2) for a, b in where)
+            for k in range(j):
+                self._ensure(i, k, where)
+            self._ensure(i + 1, j - 1, half)
+            out = node([self._get(i, k, where) for k in range(j)], self._get(i + 1, j - 1, half))
+        exact = tuple(
+            (a if a == 0 else a + 2, b if b == n else b - 2)
+            for (a, b), n in zip(where, sizes, strict=True)
+        )
+        self.crops[i, j] = (out, where, exact)
+        share = _area(where) / float(np.prod(sizes))
+        self.macs += _node_macs(self.net.config, i, j) * share
+
+
 def _node_macs(config: ModelConfig, i: int, j: int) -> float:
     """Multiply-adds of node ``X[i, j]`` per full-resolution input pixel (its share of the cost)."""
     w, dims = config.widths, config.spatial_dims
@@ -127,6 +251,10 @@ def depth_cost_fractions(config: ModelConfig) -> dict[int, float]:
 
 
 # --------------------------------------------------------------------------- decision
+
+#: Pixels added around a tile's box (:func:`tiling.owned_boxes`) before its heads past L2
+#: run there (rounded out to the pooling grid).
+OWNED_MARGIN = 0
 
 
 def _activate(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -171,6 +299,7 @@ class AdaptivePredictor:
         threshold: float = 0.5,
         mixed_precision: bool = False,
         min_depth: int = 2,
+        boxes: list[Box] | None = None,
     ) -> None:
         heads = net.head_depths
         if len(heads) < 2 or heads != tuple(range(1, net.depth + 1)):
@@ -185,7 +314,9 @@ class AdaptivePredictor:
         self.threshold = threshold
         self.mixed_precision = mixed_precision
         self.min_depth = max(2, min(min_depth, net.depth))
+        self.boxes = list(boxes) if boxes else None
         self.depths_used: list[int] = []
+        self.costs: list[float] = []  # per tile: multiply-adds run / the deepest head's
 
     def __call__(self, batch: np.ndarray) -> dict[str, torch.Tensor]:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, network_dtype(self.net))
@@ -193,7 +324,10 @@ class AdaptivePredictor:
             torch.inference_mode(),
             inference_autocast(self.net, self.device, self.mixed_precision),
         ):
-            return self._adapt(NestedForward(self.net, x), len(batch))
+            forward = NestedForward(self.net, x)
+            if self.boxes is not None and forward.x.shape == x.shape:  # no padding added
+                return self._adapt_boxes(forward, len(batch))
+            return self._adapt(forward, len(batch))
 
     def _adapt(self, forward: NestedForward, n: int) -> dict[str, torch.Tensor]:
         active = torch.arange(n, device=self.device)
@@ -223,8 +357,72 @@ class AdaptivePredictor:
                 continue  # no row stopped: nothing to drop (and no batch-size change)
             active, prob, low, high = active[go], prob[go], low[go], high[go]
             forward.keep(torch.nonzero(go).flatten())
-        self.depths_used.extend(int(d) for d in used.cpu())
+        depths = [int(d) for d in used.cpu()]
+        self.depths_used.extend(depths)
+        fractions = depth_cost_fractions(self.net.config)
+        self.costs.extend(fractions[d] for d in depths)
         return {"probabilities": final, "disagreement": spread}
+
+    def _adapt_boxes(self, forward: NestedForward, n: int) -> dict[str, torch.Tensor]:
+        """:meth:`_adapt` with the heads past L2 run on each tile's box only (``boxes``).
+
+        L1 and L2 run on the whole batch of tiles; a tile whose labels still change
+        between them (on its box) goes on alone, its deeper heads computed by a
+        :class:`RegionForward` on its box; outside the box it keeps L2, which the
+        neighbouring tiles outweigh there.
+        """
+        assert self.boxes is not None
+        first = len(self.depths_used)
+        boxes = [self.boxes[(first + k) % len(self.boxes)] for k in range(n)]
+        config = self.net.config
+        unit = sum(_node_macs(config, i, j) for i, j in nodes_for_depth(config.depth))
+        unit += config.widths[0] * config.num_classes * config.depth
+        base = depth_cost_fractions(config)[2]
+        p1 = _activate(forward.head(1), self.num_classes)
+        prob = _activate(forward.head(2), self.num_classes)
+        low, high = torch.minimum(p1, prob), torch.maximum(p1, prob)
+        for k, box in enumerate(boxes):
+            index = (slice(k, k + 1), slice(None), *(slice(a, b) for a, b in box))
+            depth = 2
+            change = label_change(p1[index], prob[index], self.num_classes, self.threshold)
+            if self.min_depth > 2 or float(change) >= self.tolerance:
+                depth, macs = self._deeper(forward, k, box, index, prob, low, high)
+            else:
+                macs = 0.0
+            self.depths_used.append(depth)
+            self.costs.append(base + macs / unit)
+        return {"probabilities": prob, "disagreement": _spread(low, high)}
+
+    def _deeper(
+        self,
+        forward: NestedForward,
+        k: int,
+        box: Box,
+        index: tuple[slice, ...],
+        prob: torch.Tensor,
+        low: torch.Tensor,
+        high: torch.Tensor,
+    ) -> tuple[int, float]:
+        """Heads 3.. of tile ``k`` on its ``box``, written into ``prob`` / ``low`` / ``high``
+        there; returns the depth it stopped at and the multiply-adds run for it."""
+        region = RegionForward(self.net, {key: v[k : k + 1] for key, v in forward.features.items()})
+        previous = prob[index].clone()  # prob[index] is overwritten below
+        share = _area(box) / float(np.prod(region.sizes))
+        heads = 0.0
+        for d in range(3, self.net.depth + 1):
+            current = _activate(region.head(d, box, self.net.depth), self.num_classes)
+            heads += self.net.config.widths[0] * self.num_classes * share
+            low[index] = torch.minimum(low[index], current)
+            high[index] = torch.maximum(high[index], current)
+            prob[index] = current
+            if d == self.net.depth or (
+                d >= self.min_depth
+                and float(label_change(previous, current, self.num_classes, self.threshold))
+                < self.tolerance
+            ):
+                return d, region.macs + heads
+            previous = current
+        return self.net.depth, region.macs + heads
 
 
 # --------------------------------------------------------------------------- predict
@@ -235,7 +433,8 @@ class AdaptiveResult(PredictResult):
 
     Keyed by the deepest depth so every consumer of :class:`inference.PredictResult`
     (labels, the CLI's files) takes the adaptive probabilities as "the" result.
-    ``depth_map``: depth used per pixel (the deepest tile where tiles overlap), the image
+    ``depth_map``: depth used per pixel (the deepest tile where tiles overlap; of the
+    tile whose box holds it, when the heads past L2 ran on boxes), the image
     shape without channels; ``tile_depths``: per item (slice), the depth of each
     tile on the tile grid; ``disagreement``: per pixel, the range of the computed
     heads' probabilities (0 = all heads agree); ``tiles_per_depth``: tile counts;
@@ -278,16 +477,21 @@ def _paint(
     used: list[int],
     tile: tuple[int, ...],
     sizes: tuple[int, ...],
+    boxes: list[Box] | None = None,
 ) -> np.ndarray:
-    """Paint each tile's depth over its pixels (the deeper tile wins where tiles overlap).
+    """Paint each tile's depth over its pixels (the deeper tile wins where tiles overlap);
+    with ``boxes``, over its box only (past L2 it ran there alone).
 
     Returns the same depths on the tile grid (``int8``, 0 for tiles not reached).
     """
     grid_shape = tuple(len({s[k] for s in starts}) for k in range(len(starts[0])))
     grid = np.zeros(grid_shape, np.int8)
     grid.flat[: len(used)] = used
-    for start, depth in zip(starts, used, strict=False):  # a stopped run has fewer
-        region = tuple(slice(s, min(s + t, n)) for s, t, n in zip(start, tile, sizes, strict=True))
+    for k, (start, depth) in enumerate(zip(starts, used, strict=False)):  # a stopped run: fewer
+        box = boxes[k] if boxes is not None else tuple((0, t) for t in tile)
+        region = tuple(
+            slice(s + a, min(s + b, n)) for s, (a, b), n in zip(start, box, sizes, strict=True)
+        )
         np.maximum(target[region], depth, out=target[region])
     return grid
 
@@ -323,6 +527,15 @@ def predict_adaptive(
     deepest = model.depth
     stopped = (lambda: stopper.stopped) if stopper is not None else (lambda: False)
     prepared, device, notes = prepare_on(model, device, predict_config.mixed_precision)
+    items = list(np.ndindex(*layout.lead_shape))
+    starts = tiling.tile_grid(layout.spatial_shape, tile, predict_config.overlap, multiple)
+    # past L2 a tile runs only where its blending weight is the largest (a tolerance of 0
+    # keeps whole tiles: the deepest head exactly; constant blending has no such box)
+    boxes = (
+        tiling.owned_boxes(starts, tile, layout.spatial_shape, OWNED_MARGIN, multiple)
+        if predict_config.depth_tolerance > 0 and predict_config.blending == "gaussian"
+        else None
+    )
     predictor = AdaptivePredictor(
         prepared,
         device,
@@ -330,9 +543,8 @@ def predict_adaptive(
         tolerance=predict_config.depth_tolerance,
         threshold=predict_config.threshold,
         mixed_precision=predict_config.mixed_precision,
+        boxes=boxes,
     )
-    items = list(np.ndindex(*layout.lead_shape))
-    starts = tiling.tile_grid(layout.spatial_shape, tile, predict_config.overlap, multiple)
     total = len(starts) * len(items)
 
     def event(kind: str, step: int, item: int, message: str = "", eta: float | None = None):
@@ -396,7 +608,7 @@ def predict_adaptive(
             yield event("tiles", step, n, eta=clock.update(step, total))
         done += len(starts)
         used = predictor.depths_used[first:]
-        tile_depths[lead] = _paint(maps["depth"][lead], starts, used, tile, sizes)
+        tile_depths[lead] = _paint(maps["depth"][lead], starts, used, tile, sizes, boxes)
         if stopped():
             complete = False
             break
@@ -407,7 +619,7 @@ def predict_adaptive(
         maps,
         tile_depths,
         predictor.depths_used,
-        model.config,
+        predictor.costs,
         complete,
         out,
         time.perf_counter() - started,
@@ -426,14 +638,13 @@ def _result(
     maps: dict[str, np.ndarray],
     tile_depths: dict[tuple[int, ...], np.ndarray],
     used: list[int],
-    config: ModelConfig,
+    costs: list[float],
     complete: bool,
     out: str | Path | None,
     seconds: float,
 ) -> AdaptiveResult:
-    fractions = depth_cost_fractions(config)
     counts = {d: used.count(d) for d in sorted(set(used))}
-    cost = float(np.mean([fractions[d] for d in used])) if used else 1.0
+    cost = float(np.mean(costs)) if costs else 1.0
     return AdaptiveResult(
         arrays,
         complete,

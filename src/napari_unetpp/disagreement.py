@@ -297,7 +297,13 @@ def check_prediction(
         units_image_check,
         units_problem,
     )
-    from .image_signals import half_size, image_signals, intensity_signals, labels_anything
+    from .image_signals import (
+        double_size,
+        half_size,
+        image_signals,
+        intensity_signals,
+        labels_anything,
+    )
     from .inference import predict
     from .normalization import contrast_problem, repaired
 
@@ -329,12 +335,22 @@ def check_prediction(
         whole = repaired(image, data_config.normalization, data_config.channel_axis)
     norm = data_config.normalization
     small = half_size(whole, model.config.spatial_dims, data_config.channel_axis, norm)
+    at_scale = config.replace(pixel_size=None, pixel_unit="", rescale=None)
     if scale_probe and zoom == 1.0 and small is not None:
-        at_scale = config.replace(pixel_size=None, pixel_unit="", rescale=None)
         half = yield from predict(model, small, at_scale, data_config, stopper=stopper)
+    double = None  # an image too small to halve is probed at twice its size instead
+    large = (
+        double_size(whole, model.config.spatial_dims, data_config.channel_axis, norm)
+        if scale_probe and zoom == 1.0 and small is None
+        else None
+    )
+    if large is not None:
+        double = yield from predict(model, large, at_scale, data_config, stopper=stopper)
     if stopped():
         return None
-    signals = image_signals(probs, flipped, model.config, data_config, half or None, zoom=zoom)
+    signals = image_signals(
+        probs, flipped, model.config, data_config, half or None, zoom=zoom, double=double or None
+    )
     signals["noise"] = _input_noise(model, whole, probs, data_config)  # not the heads'
     limits = {**THRESHOLDS, **(thresholds or {})}
     signals.update(
@@ -350,7 +366,12 @@ def check_prediction(
     if not found and (unsure is None or unsure <= THRESHOLDS["uncertain_fraction"]):
         empty = empty_result_check(model.config.class_names, data_config.normalization, deepest)
         verdict, reasons = True, empty.reasons + reasons
-        remedies = empty.remedies + [r for r in remedies if r not in empty.remedies]
+        if (signals.get("found_gain") or 0.0) > limits["found_gain"]:
+            # found at twice the size: the scale explains the empty result, so its rescale
+            # goes first (not "check the intensities", which sent a 6 mm CT astray)
+            remedies = remedies + [r for r in empty.remedies if r not in remedies]
+        else:
+            remedies = empty.remedies + [r for r in remedies if r not in empty.remedies]
     advice = (
         advise_depth(probs, model.config.num_classes, recommended, tolerance, config.threshold)
         if len(probs) > 1

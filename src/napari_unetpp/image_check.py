@@ -54,7 +54,13 @@ THRESHOLDS: dict[str, float] = {
     "size_ratio": 2.5,
     "scale_gain": 1.6,
     "half_size_ratio": 1.6,
+    "found_gain": 2.0,
 }
+#: ``found_gain`` (an image too small to halve, probed at twice its size): the CT model
+#: labels 0.54-0.77x as much of its native 3 mm slices at twice their size (forced probe),
+#: and 2.3-8.9x as much of the same slices at 6 mm, where it finds almost no organ at their
+#: own size (shares floored at 0.01); EM: 0.96-1.22 native, 0.86-0.94 at 8 nm. A fixed
+#: limit: natives large enough to halve never run the probe, so none calibrates it.
 #: The most a calibrated ``scale_gain_low`` may be (:func:`calibrate`): an image is called
 #: "objects smaller than in training" only when its depths agree at least 1.1x better at
 #: full size than at half size, and than on every native validation image (1/1.1 of the
@@ -288,7 +294,10 @@ def judge(
     # noise averages out at half size, so the depths of a noisy image agree better there
     # too: not "objects smaller" (a CT at its own 3 mm, 40 HU of noise, was told to
     # "rescale the image by 2.00": liver Dice 0.25 -> 0.00; QA session 13)
-    smaller = not larger and not noisy and not shifted and _smaller_than_training(gain, thresholds)
+    found = signals.get("found_gain")
+    found_fired = found is not None and found > thresholds["found_gain"]
+    smaller_gain = _smaller_than_training(gain, thresholds)
+    smaller = not larger and not noisy and not shifted and (smaller_gain or found_fired)
     # small measured objects that the half-size pass shows to be larger: fragments of
     # large objects (the 537 pieces for 23 nuclei), not small objects to enlarge
     fragments = larger and ratio is not None and ratio < 1
@@ -309,7 +318,12 @@ def judge(
             f"objects found at half size are {split:.1f}x those at full size: large "
             "objects are being split into training-sized pieces"
         )
-    if smaller and gain is not None:
+    if smaller and found_fired and found is not None:
+        reasons.append(
+            f"the model labels {found:.1f}x as much of the image at twice its size "
+            f"(limit {thresholds['found_gain']:.1f}x): objects look smaller than in training"
+        )
+    if smaller and smaller_gain and gain is not None:
         reasons.append(
             f"the depths agree {1 / gain:.1f}x better at full size than at half size "
             f"(scale gain {gain:.3f} < {thresholds['scale_gain_low']:.3f}): objects look "

@@ -24,7 +24,9 @@ __all__ = [
     "AIR_HU",
     "CHECK_PLANES",
     "CHECK_SIDE",
+    "DOUBLE_MAX",
     "check_region",
+    "double_size",
     "half_size",
     "image_signals",
     "intensity_signals",
@@ -58,6 +60,18 @@ def _at_model_scale(prob: np.ndarray, dims: int, zoom: float) -> np.ndarray:
 
     axes = tuple(range(prob.ndim - dims, prob.ndim))  # the model's axes (``zoom``: their mean)
     return resample(prob, (zoom,) * dims, axes, order=1)
+
+
+#: Added to both shares of :func:`_found_fraction` in ``found_gain``: a crop that holds
+#: nothing at its own size and a few stray pixels at twice it is no gain.
+_FOUND_FLOOR = 0.01
+
+
+def _found_fraction(prob: np.ndarray, num_classes: int) -> float:
+    """Share of the pixels the deepest head labels as a class (not background)."""
+    if num_classes > 1:
+        return float((prob.argmax(axis=0) > 0).mean())
+    return float((prob > 0.5).mean())
 
 
 def labels_anything(prob: Any, num_classes: int, threshold: float = 0.5) -> bool:
@@ -104,6 +118,7 @@ def image_signals(
     data_config: DataConfig,
     half: Mapping[int, Any] | None = None,
     zoom: float = 1.0,
+    double: Mapping[int, Any] | None = None,
 ) -> dict[str, float | None]:
     """The per-image signals of :func:`check_image` from one pass (and optional probes).
 
@@ -111,6 +126,9 @@ def image_signals(
     ``half``: every depth's probabilities of the image at half size; ``scale_gain``
     is how much better the heads agree there (> 1: objects look larger than in training;
     below a model's calibrated ``scale_gain_low``: already smaller than in training).
+    ``double``: every depth's probabilities of the image at twice its size (an image too
+    small for ``half``, :func:`double_size`); ``found_gain`` is how much more of it the
+    deepest head labels there (a share of the pixels at each size).
     ``zoom``: the zoom the pass ran at (its probabilities are back on the image's grid),
     so object sizes are compared with the training size at the model's scale. One depth
     (a pruned pass) gives no depth disagreement, and a pruned pass shallower than the
@@ -134,7 +152,12 @@ def image_signals(
         "size_ratio": None,
         "scale_gain": None,
         "half_size_ratio": None,
+        "found_gain": None,
     }
+    if double is not None:
+        found = _found_fraction(deepest, c)
+        at_double = _found_fraction(np.asarray(double[max(double)], np.float32), c)
+        signals["found_gain"] = (at_double + _FOUND_FLOOR) / (found + _FOUND_FLOOR)
     if half is not None and signals["depth_disagreement"] is not None:
         at_half = float(disagreement_map(half, c).mean())
         signals["scale_gain"] = ((signals["depth_disagreement"] or 0.0) + _PROBE_FLOOR) / (
@@ -286,13 +309,53 @@ def half_size(
 ) -> np.ndarray | None:
     """The image at half size along its spatial axes (anti-aliased), or None when too small;
     its NaN filled as the segmentation fills them (``normalization``: a CT's window)."""
+    return _resized(image, 0.5, spatial_dims, channel_axis, normalization)
+
+
+#: :func:`double_size` enlarges only images of at most this many pixels (voxels) per plane
+#: (volume): a thin strip or a flat stack of large planes would cost four (eight) times itself.
+DOUBLE_MAX = 2**16
+
+
+def double_size(
+    image: Any,
+    spatial_dims: int,
+    channel_axis: int | None,
+    normalization: NormalizationConfig | None = None,
+) -> np.ndarray | None:
+    """The image at twice its size along its spatial axes, for an image too small to halve
+    (:func:`half_size` gives None: a side under 64 px) and small enough to enlarge
+    (:data:`DOUBLE_MAX`), else None.
+
+    Why: the half-size probe is what tells "objects smaller than in training", and a small
+    image cannot have it: a CT at 6 mm for a 3 mm model (50 x 61 px) was called like the
+    training data while the model found no organ in it (benchmarks/bench_depth.py warning).
+    Enlarged, such an image costs four times its few pixels.
+    """
+    array = np.asarray(image)
+    channel = None if channel_axis is None else channel_axis % array.ndim
+    spatial = [n for a, n in enumerate(array.shape) if a != channel][-spatial_dims:]
+    if int(np.prod(spatial)) > DOUBLE_MAX or min(spatial) >= 64:  # 64: halved instead
+        return None
+    return _resized(array, 2.0, spatial_dims, channel_axis, normalization)
+
+
+def _resized(
+    image: Any,
+    factor: float,
+    spatial_dims: int,
+    channel_axis: int | None,
+    normalization: NormalizationConfig | None,
+) -> np.ndarray | None:
+    """The image zoomed by ``factor`` (0.5: anti-aliased; 2: linear), its NaN filled; None
+    when a zoomed side would be under 32 px (a UNet++ of depth 4 pools it to 2 px)."""
     from skimage.transform import resize
 
     array = np.asarray(image)
     ndim = array.ndim
     channel = None if channel_axis is None else channel_axis % ndim
     spatial = [a for a in range(ndim) if a != channel][-spatial_dims:]
-    shape = [s // 2 if a in spatial else s for a, s in enumerate(array.shape)]
+    shape = [int(s * factor) if a in spatial else s for a, s in enumerate(array.shape)]
     if min(shape[a] for a in spatial) < 32:
         return None
     with warnings.catch_warnings():  # the segmentation's own pass reported them already
@@ -303,7 +366,7 @@ def half_size(
         array.astype(np.float32),
         shape,
         order=1,
-        anti_aliasing=True,
-        anti_aliasing_sigma=sigma,
+        anti_aliasing=factor < 1,
+        anti_aliasing_sigma=sigma if factor < 1 else None,
         preserve_range=True,
     ).astype(np.float32)

@@ -50,6 +50,7 @@ __all__ = [
     "TileProgress",
     "blending_weights",
     "iter_sliding_window",
+    "owned_boxes",
     "pad_to",
     "round_up",
     "sliding_window",
@@ -161,6 +162,41 @@ def tile_grid(
     for starts in per_axis:
         grid = [g + (s,) for g in grid for s in starts]
     return grid
+
+
+def owned_boxes(
+    grid: Sequence[tuple[int, ...]],
+    tile: Sequence[int],
+    shape: Sequence[int],
+    margin: int = 0,
+    align: int = 1,
+) -> list[tuple[tuple[int, int], ...]]:
+    """Per tile of ``grid``: the box (``(start, stop)`` per axis, tile coordinates) where its
+    Gaussian blending weight is the largest, grown by ``margin`` and rounded out to ``align``.
+
+    Why: outside that box a neighbouring tile outweighs this one (by the Gaussian's ratio,
+    ``exp(-8)`` at the far border), so a predictor may compute there less carefully (adaptive
+    depth runs its deeper nodes on the box only). The grid is a product of per-axis starts,
+    so the tile of largest weight is the nearest centre on every axis; ties own both sides.
+    """
+    tile = tuple(int(t) for t in tile)
+    per_axis: list[dict[int, tuple[int, int]]] = []
+    for axis, (t, n) in enumerate(zip(tile, shape, strict=True)):
+        starts = sorted({g[axis] for g in grid})
+        x = np.arange(max(int(n), 1))
+        centre = {s: s + (t - 1) / 2 for s in starts}
+        nearest = np.full(x.shape, np.inf)
+        for s in starts:
+            covered = (x >= s) & (x < s + t)
+            nearest = np.where(covered, np.minimum(nearest, np.abs(x - centre[s])), nearest)
+        boxes = {}
+        for s in starts:
+            own = np.nonzero((x >= s) & (x < s + t) & (np.abs(x - centre[s]) <= nearest))[0]
+            low, high = (int(own[0]) - s, int(own[-1]) + 1 - s) if own.size else (0, t)
+            low, high = max(low - margin, 0) // align * align, min(high + margin, t)
+            boxes[s] = (low, min(round_up(high, align), t))
+        per_axis.append(boxes)
+    return [tuple(per_axis[a][g[a]] for a in range(len(tile))) for g in grid]
 
 
 @functools.lru_cache(maxsize=32)
