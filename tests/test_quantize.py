@@ -98,3 +98,10 @@ def test_int8_flag_is_recorded_and_replayed(tmp_path: Path, capsys, em_stack) ->
     capsys.readouterr()
     run = json.loads((tmp_path / "a" / "em_run.json").read_text())["predict"]
     assert run["int8"] is True
+
+
+def test_calibration_uses_the_centre_of_each_tile_on_the_pooling_grid():
+    x = torch.arange(2 * 64 * 48, dtype=torch.float32).reshape(2, 1, 64, 48)
+    centre = quantize._centres(x, 16)
+    torch.testing.assert_close(centre, x[:, :, 16:48, 16:32])
+    assert quantize._centres(x[:, :, :16, :16], 16).shape == (2, 1, 16, 16)  # one cell: whole
