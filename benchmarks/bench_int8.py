@@ -20,137 +20,48 @@ Run (needs ``NAPARI_UNETPP_DATA``, see /work/shared/data/README; with one thread
 times are the process's CPU time, which a busy machine distorts least)::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_int8.py --rounds 3
+
+``--predict``: instead, the landed opt-in end to end: ``predict_array`` with
+``PredictConfig(int8=True)`` (calibrated on each slice's own first tile batch) against
+float32 (``mixed_precision=False``) on slices 15-19, all four heads in one pass, each
+slice's two runs interleaved; per head the membrane IoU and the share of equal labels.
+The int8 copy is cached per calibration batch, so only the first round calibrates; the
+first round's times are given apart.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_speed import load_em  # noqa: E402
 
 from napari_unetpp import zoo  # noqa: E402
-from napari_unetpp.model import (  # noqa: E402
-    ConvBlock,
-    NestedNode,
-    UNetPlusPlus,
-    head_name,
-    node_name,
-    nodes_for_depth,
-)
+from napari_unetpp.model import UNetPlusPlus  # noqa: E402
 from napari_unetpp.normalization import normalize  # noqa: E402
 from napari_unetpp.predictor import prepare_for_inference  # noqa: E402
+from napari_unetpp.quantize import int8_network  # noqa: E402
 from napari_unetpp.tiling import sliding_window  # noqa: E402
 
 PAPER_WIDTHS = (32, 64, 128, 256, 512)
 TILE, BATCH, OVERLAP = 256, 4, 0.25
 
 
-class ShuffleUp(nn.Module):
-    """A stride-2, 2 x 2 transposed convolution as a 1 x 1 convolution to four times the
-    channels, then each pixel's four groups of channels moved to its 2 x 2 block: the same
-    sums (each input pixel makes one block).
-
-    Why: torch's quantised ``ConvTranspose2d`` gave errors larger than its outputs on every
-    x86 engine here (fbgemm, oneDNN; per-tensor weights; per-channel is not supported),
-    while int8 1 x 1 convolutions are exact to their quantisation. The groups are ordered
-    (row, column, channel), so in channels_last memory the move copies whole pixels'
-    channels, and the result stays channels_last (the quantised cat's fast path).
-    """
-
-    def __init__(self, up: nn.ConvTranspose2d) -> None:
-        super().__init__()
-        inputs, outputs = up.weight.shape[:2]
-        self.conv = nn.Conv2d(inputs, outputs * 4, 1)
-        with torch.no_grad():  # weight[i, c, a, b] -> row a * 2 * out + b * out + c, column i
-            self.conv.weight.copy_(up.weight.permute(2, 3, 1, 0).reshape(-1, inputs, 1, 1))
-            bias = up.bias if up.bias is not None else torch.zeros(outputs)
-            self.conv.bias.copy_(bias.repeat(4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x).contiguous(memory_format=torch.channels_last)
-        n, four, h, w = y.shape
-        pixels = y.permute(0, 2, 3, 1).reshape(n, h, w, 2, 2, four // 4)  # a view
-        blocks = pixels.permute(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, four // 4)
-        return blocks.permute(0, 3, 1, 2)  # channels_last
-
-
-class Int8UNet(nn.Module):
-    """Head ``depth`` of a UNet++ with every convolution in int8 (eager-mode static
-    quantisation): the input quantised once, the logits dequantised once."""
-
-    def __init__(self, model: UNetPlusPlus, depth: int, observer: str) -> None:
-        super().__init__()
-        from torch.ao import quantization as q
-        from torch.ao.nn.quantized import FloatFunctional
-
-        net = copy.deepcopy(model).float().eval()
-        self.depth = depth
-        self.order = nodes_for_depth(depth)
-        self.nodes = nn.ModuleDict(
-            {node_name(i, j): net.nodes[node_name(i, j)] for i, j in self.order}
-        )
-        self.head = net.heads[head_name(depth)]
-        self.pool = net.pool
-        self.cats = nn.ModuleDict(
-            {node_name(i, j): FloatFunctional() for i, j in self.order if j > 0}
-        )
-        self.quant, self.dequant = q.QuantStub(), q.DeQuantStub()
-        for node in self.nodes.values():  # conv -> BatchNorm -> ReLU, twice: one int8 op each
-            block = node if isinstance(node, ConvBlock) else node.block
-            q.fuse_modules(block, [["0", "1", "2"], ["3", "4", "5"]], inplace=True)
-        if observer == "histogram":  # torch's x86 default: 7-bit activations, histogram ranges
-            self.qconfig = q.get_default_qconfig("x86")
-        else:  # full 8-bit activations (VNNI has no overflow to avoid), min/max ranges
-            self.qconfig = q.QConfig(
-                activation=q.MinMaxObserver.with_args(reduce_range=False),
-                weight=q.default_per_channel_weight_observer,
-            )
-        for node in self.nodes.values():  # torch's int8 transposed convolution is wrong here
-            if isinstance(node, NestedNode):
-                node.up = ShuffleUp(node.up)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features: dict[tuple[int, int], torch.Tensor] = {}
-        x = self.quant(x)
-        for i, j in self.order:
-            node = self.nodes[node_name(i, j)]
-            if j == 0:
-                features[i, j] = node(x if i == 0 else self.pool(features[i - 1, 0]))
-                continue
-            same = [features[i, k] for k in range(j)]
-            joined = self.cats[node_name(i, j)].cat([*same, node.up(features[i + 1, j - 1])], 1)
-            features[i, j] = node.block(joined)
-        return self.dequant(self.head(features[0, self.depth]))
-
-
-def int8_network(
+def int8_logits(
     model: UNetPlusPlus, depth: int, calibration: torch.Tensor, observer: str
-) -> nn.Module:
-    """The int8 copy of head ``depth``, its activation ranges observed on ``calibration``."""
-    from torch.ao import quantization as q
-
-    torch.backends.quantized.engine = "x86"
-    net = Int8UNet(model, depth, observer)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # observer / deprecation notices of torch.ao
-        q.prepare(net, inplace=True)
-        with torch.no_grad():
-            for start in range(0, len(calibration), BATCH):
-                net(calibration[start : start + BATCH])
-        q.convert(net, inplace=True)
-    return net
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Head ``depth`` of the int8 copy ``predict --int8`` runs (``quantize.int8_network``),
+    its activation ranges observed on ``calibration``."""
+    net = int8_network(model, (depth,), calibration, observer, BATCH)
+    return lambda x: net(x, (depth,))[depth]
 
 
 def head_logits(model: UNetPlusPlus, depth: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -230,8 +141,8 @@ def main(rounds: int, depth: int, timed: bool = True) -> None:
         if not timed:
             break
         fp32 = head_logits(net, depth)
-        minmax = int8_network(net, depth, calibration, "minmax")
-        default = int8_network(net, depth, calibration, "histogram")
+        minmax = int8_logits(net, depth, calibration, "minmax")
+        default = int8_logits(net, depth, calibration, "histogram")
         seconds = speed(
             {
                 "float32": lambda f=fp32: f(batch),
@@ -252,13 +163,77 @@ def main(rounds: int, depth: int, timed: bool = True) -> None:
     reference = membrane_iou(fp32, image, truth, info.data)
     print(f"| float32 (as predict runs it) | {reference:.4f} | |")
     for observer in ("minmax", "histogram"):
-        net = int8_network(model, depth, calibration, observer)
-        iou = membrane_iou(net, image, truth, info.data)
+        iou = membrane_iou(
+            int8_logits(model, depth, calibration, observer), image, truth, info.data
+        )
         print(f"| int8 ({observer}) | {iou:.4f} | {iou - reference:+.4f} |")
     # what a per-image calibration would do: ranges from the segmented slices' own tiles
     own = em_tiles(image, zoo_test_slices(), info.data, 16)
-    iou = membrane_iou(int8_network(model, depth, own, "minmax"), image, truth, info.data)
+    iou = membrane_iou(int8_logits(model, depth, own, "minmax"), image, truth, info.data)
     print(f"| int8 (min/max), calibrated on slices 15-19 | {iou:.4f} | {iou - reference:+.4f} |")
+
+
+def end_to_end(rounds: int) -> None:
+    """``predict`` in float32 and with ``int8=True`` on slices 15-19, interleaved."""
+    from napari_unetpp.config import PredictConfig
+    from napari_unetpp.inference import predict_array
+
+    em = load_em()
+    if em is None:
+        raise SystemExit("set NAPARI_UNETPP_DATA to the shared data folder (EM slices)")
+    image, truth = em
+    model, info = zoo.load_pretrained("em")
+    configs = {
+        q: PredictConfig(device="cpu", mixed_precision=False, int8=q, overlap=OVERLAP)
+        for q in (False, True)
+    }
+    clock = time.process_time if torch.get_num_threads() == 1 else time.perf_counter
+    seconds: dict[bool, list[float]] = {False: [], True: []}
+    first: dict[bool, float] = {False: 0.0, True: 0.0}
+    probs: dict[bool, list] = {False: [], True: []}
+    for k in range(rounds + 1):
+        for z in zoo_test_slices():
+            for q, config in configs.items():
+                start = clock()
+                result = predict_array(model, image[z], config, info.data)
+                spent = clock() - start
+                if k == 0:
+                    first[q] += spent
+                    probs[q].append(result)
+                else:
+                    seconds[q].append(spent)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), predict_array on "
+        f"slices 15-19 (512 x 512), tiles {TILE}, batch {BATCH}, all heads in one pass"
+    )
+    print()
+    per_slice = {q: statistics.median(v) if v else float("nan") for q, v in seconds.items()}
+    print("| | float32 | int8 | speed-up |")
+    print("|---|---|---|---|")
+    print(
+        f"| 5 slices, first round (int8 calibrates) s | {first[False]:.2f} | {first[True]:.2f} "
+        f"| {first[False] / first[True]:.2f}x |"
+    )
+    print(
+        f"| per slice, median of {rounds} more round(s) s | {per_slice[False]:.3f} | "
+        f"{per_slice[True]:.3f} | {per_slice[False] / per_slice[True]:.2f}x |"
+    )
+    print()
+    print("| head | membrane IoU float32 | int8 | change | equal labels |")
+    print("|---|---|---|---|---|")
+    masks = [truth[z] > 0 for z in zoo_test_slices()]
+    for d in model.head_depths:
+        labels = {q: [r[d] > 0.5 for r in probs[q]] for q in probs}
+        iou = {
+            q: sum(int((p & m).sum()) for p, m in zip(v, masks, strict=True))
+            / sum(int((p | m).sum()) for p, m in zip(v, masks, strict=True))
+            for q, v in labels.items()
+        }
+        equal = np.mean([(a == b).mean() for a, b in zip(labels[False], labels[True], strict=True)])
+        print(
+            f"| L{d} | {iou[False]:.4f} | {iou[True]:.4f} | {iou[True] - iou[False]:+.4f} | "
+            f"{100 * equal:.2f} % |"
+        )
 
 
 if __name__ == "__main__":
@@ -266,5 +241,11 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds")
     parser.add_argument("--depth", type=int, default=4, help="the head to run (1-4)")
     parser.add_argument("--skip-speed", action="store_true", help="membrane IoU only")
+    parser.add_argument(
+        "--predict", action="store_true", help="predict_array end to end, int8=True vs float32"
+    )
     args = parser.parse_args()
-    main(args.rounds, args.depth, not args.skip_speed)
+    if args.predict:
+        end_to_end(args.rounds)
+    else:
+        main(args.rounds, args.depth, not args.skip_speed)

@@ -66,7 +66,7 @@ from .layout import ItemSink, ItemView, image_layout, output_shape, stacked_item
 from .model import UNetPlusPlus
 from .nonfinite import non_finite_filler
 from .normalization import TileNormaliser, as_model_input, contrast_problem, range_and_defects
-from .predictor import TileRunner, cached_derived, precision_note, prepare_on
+from .predictor import TileRunner, cached_derived, precision_note, prepare_int8, prepare_on
 
 __all__ = ["PredictEvent", "PredictResult", "predict", "predict_array"]
 
@@ -284,14 +284,19 @@ def predict(
     per_item = len(grid)
     row_starts = sorted({start[0] for start in grid})
     total = per_item * len(items)
-    prepared, device, notes = prepare_on(net, device, predict_config.mixed_precision)
+    mixed = predict_config.mixed_precision and not predict_config.int8
+    notes: list[str] = []
+    if predict_config.int8:  # calibrated on the first tile batch (quantize.py)
+        prepared = prepare_int8(net, depths, device)
+    else:
+        prepared, device, notes = prepare_on(net, device, mixed)
     runner = TileRunner(
-        prepared,
+        prepared,  # type: ignore[arg-type]
         depths,
         device,
         num_classes,
         predict_config.tta,
-        predict_config.mixed_precision,
+        mixed,
         predict_config.batch_size,
     )
     runner.messages.extend(notes)
@@ -310,7 +315,7 @@ def predict(
             runner.chunk,
         )
 
-    precision = precision_note(prepared, device, predict_config.mixed_precision)
+    precision = precision_note(prepared, device, mixed)
     yield event(
         "start",
         0,

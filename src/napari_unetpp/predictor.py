@@ -40,6 +40,7 @@ __all__ = [
     "network_dtype",
     "precision_note",
     "prepare_for_inference",
+    "prepare_int8",
     "prepare_on",
 ]
 
@@ -124,7 +125,12 @@ def _spatial_dims(net: nn.Module) -> int:
 
 
 def precision_note(net: nn.Module, device: torch.device, mixed_precision: bool) -> str:
-    """`` (bfloat16)`` / `` (float16)`` for progress messages, when not in float32."""
+    """`` (bfloat16)`` / `` (float16)`` / `` (int8)`` for progress messages, when not in
+    float32."""
+    from .quantize import LazyInt8
+
+    if isinstance(net, LazyInt8):
+        return " (int8)"
     wanted = mixed_precision_on(device, mixed_precision, _spatial_dims(net))
     dtype = autocast_dtype(device, wanted) or network_dtype(net)
     return "" if dtype == torch.float32 else f" ({str(dtype).removeprefix('torch.')})"
@@ -309,6 +315,21 @@ def cached_derived(model: nn.Module, key: Hashable, make: Callable[[], Any]) -> 
     value = make()
     entries[key] = (version, value)
     return value
+
+
+def prepare_int8(net: UNetPlusPlus, depths: tuple[int, ...], device: torch.device) -> nn.Module:
+    """The int8 copy of ``net``'s heads ``depths`` (:mod:`quantize`), calibrated on the first
+    tile batch it runs; refused (ValueError with the fix) off the CPU or for a network the
+    quantiser cannot take."""
+    from .quantize import LazyInt8
+
+    if device.type != "cpu":
+        raise ValueError(
+            f"int8 inference runs on the CPU only, but the device is {device.type}: set "
+            "device='cpu' (--device cpu), or int8=False (drop --int8; a GPU is faster with "
+            "its default mixed precision)"
+        )
+    return LazyInt8(net, depths)
 
 
 def prepare_on(

@@ -222,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
         "within 0.004)",
     )
     p.add_argument(
+        "--int8",
+        action="store_true",
+        help="run the network in int8 on the CPU (2D models with BatchNorm; calibrated on "
+        "each image's first tiles): 2.1-2.6x faster than float32 on a CPU without "
+        "bfloat16, EM membrane IoU unchanged",
+    )
+    p.add_argument(
         "--no-check",
         action="store_true",
         help="skip the check of each result against the training data (it adds one "

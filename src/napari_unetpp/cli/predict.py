@@ -105,6 +105,8 @@ def build_predict_config(
         predict["tta"] = True
     if args.full_precision:
         predict["mixed_precision"] = False
+    if getattr(args, "int8", False):
+        predict["int8"] = True
     tile = tuple(predict.get("tile_size", ()))
     if len(tile) == 1:
         predict["tile_size"] = tile * spatial_dims
