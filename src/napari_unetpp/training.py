@@ -195,9 +195,17 @@ class Trainer:
         torch.manual_seed(tc.seed)
         rng = np.random.default_rng(tc.seed + rank)
         data = prepare_data(
-            images, labels, val_images, val_labels, self.model_config, tc, self.data_config, rng
+            images,
+            labels,
+            val_images,
+            val_labels,
+            self.model_config,
+            tc,
+            self.data_config,
+            rng,
+            fine_tune=self._fine_tune(),
         )
-        run, new_heads = self._setup(rng)
+        run, new_heads = self._setup(rng, unlabelled=bool(data.description.get("unpainted_slices")))
         if run.teacher is not None and run.preserve_weight > 0:  # keep it on every slice
             data.sampler.anywhere = 1
         total = tc.iterations
@@ -239,7 +247,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
 
-    def _setup(self, rng: np.random.Generator) -> tuple[_Run, list[str]]:
+    def _fine_tune(self) -> bool:
+        """Whether the run starts from a model (a resumed run: whether its first start did)."""
+        if self.resume_from is not None and self.initial is None:
+            return started_from(self.resume_from, "scratch") != "scratch"
+        return self.initial is not None
+
+    def _setup(self, rng: np.random.Generator, unlabelled: bool = False) -> tuple[_Run, list[str]]:
+        """The model, optimizer and run state; ``unlabelled``: dense labels left pixels
+        unpainted (``prepare_data(fine_tune=True)``), which the preservation term holds."""
         tc = self.train_config
         device = rank_device(tc.device)
         initial = self.initial
@@ -250,7 +266,7 @@ class Trainer:
             origin = started_from(self.resume_from, origin)
         net = place_model(net, device)
         teacher, preserve = None, 0.0
-        if self.data_config.label_mode == "sparse":  # dense labels leave no pixel to keep
+        if self.data_config.label_mode == "sparse" or unlabelled:  # else no pixel to keep
             teacher, preserve = preservation_teacher(
                 net, self.model_config, tc, self.initial, self.resume_from, new_heads
             )
