@@ -335,7 +335,7 @@ def test_strokes_wider_than_the_membranes_are_pointed_out(em_stack):
     15-19 from 0.725 to 0.647, without a word; thin strokes (3 px) took it to 0.736. The
     strokes are compared with what the model finds on the slice (here the true membranes
     stand for it): the wide ones are said, thin ones and corrections are not."""
-    from napari_unetpp.finetune import wide_strokes
+    from napari_unetpp.finetune_checks import wide_strokes
 
     membranes = em_stack[1][9, :256, :256]
     wide = wide_strokes(_membrane_strokes(membranes, 5), membranes, ("membrane",))
@@ -352,7 +352,7 @@ def test_dense_labels_of_a_few_membranes_are_said_to_unteach_them(em_stack):
     labels (every unpainted pixel background): 2 % of the slice marked where the model
     finds a quarter of it, not rare enough for ``rare_classes``. The slice's membranes
     (standing for what the model finds) against the strokes: said; the full mask: not."""
-    from napari_unetpp.finetune import shrinking_classes
+    from napari_unetpp.finetune_checks import shrinking_classes
 
     membranes = em_stack[1][9, :256, :256]
     strokes = (_membrane_strokes(membranes, 1.5) == 2).astype(np.uint8)  # value 1 only

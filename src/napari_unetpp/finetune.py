@@ -292,6 +292,3 @@ def preservation_teacher(
         weight = resolve_preserve_weight(train_config, start, fresh)
         net = source.to(next(net.parameters()).device)
     return (frozen_copy(net), weight) if weight > 0 else (None, 0.0)
-
-
-from .finetune_checks import shrinking_classes, wide_strokes  # noqa: E402,F401  (moved there)

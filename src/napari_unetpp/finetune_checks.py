@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import DataConfig, ModelConfig
+from .config import DataConfig
 
 __all__ = [
     "TRAIN_ANYWAY",
@@ -154,54 +154,55 @@ def most_painted_plane(
     )
     picture = np.asarray(channels.reshape(channels.shape[0], -1, *channels.shape[-2:])[:, k])
     where = f"slice {k}" if len(planes) > 1 else "the image"
-    return picture[(slice(None), *box)], plane[box], where
+    return picture[:, box[0], box[1]], plane[box], where
 
 
-def _starting_labels(start: Any, image: np.ndarray, device: str) -> tuple[np.ndarray, Any]:
+def _starting_labels(model: Any, info: Any, image: np.ndarray, device: str) -> np.ndarray:
     """The starting model's class labels of ``image (C, Y, X)`` at its recommended depth."""
     from .config import PredictConfig
     from .events import drive
-    from .files import load_model
     from .inference import predict
     from .postprocess import probabilities_to_labels
 
-    model, info = load_model(str(start), device="cpu")
     depth = int(info.metrics.get("best_depth") or model.config.depth)
     data = info.data.replace(channel_axis=0)
     config = PredictConfig(depths=(depth,), device=device, tile_size=(256, 256))  # type: ignore[arg-type]
     probabilities = drive(predict(model, image, config, data))
-    return np.asarray(probabilities_to_labels(probabilities[depth], info.model, data)), info
+    return np.asarray(probabilities_to_labels(probabilities[depth], info.model, data))
 
 
 def harmful_labels(
     start: str | os.PathLike[str],
-    start_config: ModelConfig,
     images: list[Any],
     labels: list[Any],
     data_config: DataConfig,
     classes: int,
     device: str = "cpu",
 ) -> str | None:
-    """Why a fine-tune of ``start`` on these labels would make it worse, or None.
+    """Why a fine-tune of ``start`` (a checkpoint or ``zoo:NAME``) on these labels would make
+    it worse, or None.
 
-    ``start_config``: the starting model's; ``classes``: the outputs these labels need;
-    ``data_config``: the run's (its label mode decided). Label values that are not the
-    model's own are found from the values alone; wide strokes (sparse) and shrinking
-    classes (dense) on the first pair's most painted plane, against the starting model's
-    labels of it. 3D models and instance targets are judged by their values only.
+    ``data_config``: the run's (its label mode decided); ``classes``: the outputs these
+    labels need. Label values that are not the model's own are found from the values
+    alone; wide strokes (sparse) and shrinking classes (dense) on the first pair's most
+    painted plane, against the starting model's labels of it. 3D models and instance
+    targets are judged by their values only. Another class count (new heads) is a new task,
+    not refused (``class_mapping`` says what it costs).
     """
+    from .files import load_model
     from .finetune import class_mapping
     from .labels import resolve_class_values
 
-    warning, _ = class_mapping(labels, start_config, data_config, classes)
-    if warning and classes == start_config.num_classes:  # another tool's ids: wrong classes
+    model, info = load_model(str(start), device="cpu")
+    warning, _ = class_mapping(labels, info.model, data_config, classes)
+    if warning and classes == info.model.num_classes:  # another tool's ids: wrong classes
         return warning
-    if start_config.spatial_dims != 2 or data_config.target != "semantic" or not labels:
+    if info.model.spatial_dims != 2 or data_config.target != "semantic" or not labels:
         return None
     image, plane, where = most_painted_plane(images[0], labels[0], data_config.channel_axis)
     if not plane.any():
         return None
-    before, info = _starting_labels(start, image, device)
+    before = _starting_labels(model, info, image, device)
     names = tuple(info.model.class_names)
     if data_config.label_mode == "sparse":
         return wide_strokes(plane, before, names, where)

@@ -209,11 +209,21 @@ class TrainForm(Container):
             label="Output folder", mode=FileDialogMode.EXISTING_DIRECTORY, value=DEFAULT_OUTPUT
         )
         self._preview = CheckBox(text="Preview the slice shown (before/after)", value=False)
+        self._train_anyway = CheckBox(
+            text="Train anyway (despite a label warning)",
+            value=False,
+            tooltip="A fine-tune whose labels would make the model worse (values not its "
+            "own, strokes wider than its objects, dense labels that unteach a class) stops "
+            "before it starts and says why; tick this to train on them all the same",
+        )
         self._start, self._stop = PushButton(text="Start"), PushButton(text="Stop", enabled=False)
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=100)
         self._status = wrapped()
         buttons = Container(widgets=[self._start, self._stop], layout="horizontal", labels=False)
-        self.extend([self._output, self._preview, buttons, self._progress, self._status])
+        self.extend(
+            [self._output, self._preview, self._train_anyway, buttons, self._progress]
+            + [self._status]
+        )
         self._live_plot: TrainingPlot | None = None
         # the plot's matplotlib import froze the GUI thread 1.1 s at the first dock open:
         # a thread imports it, then the plot is made here (or at first use, if sooner)

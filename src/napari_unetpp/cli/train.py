@@ -285,7 +285,7 @@ def _train(
     if initial is not None and main_process:
         _note_class_mapping(labels, model_config, data_config, classes)
     if initial is not None and not args.dry_run and not args.train_anyway:
-        _refuse_harmful_labels(initial, model_config, (images, labels), data_config, classes)
+        _refuse_harmful_labels(initial, (images, labels), data_config, classes, train_config)
     model_config = model_config.replace(
         in_channels=channels,
         num_classes=classes,
@@ -330,10 +330,10 @@ def _note_class_mapping(
 
 def _refuse_harmful_labels(
     initial: Any,
-    start: ModelConfig,
     pairs: tuple[list[Any], list[Any]],
     data_config: DataConfig,
     classes: int,
+    train_config: TrainConfig,
 ) -> None:
     """Stop before the first step when the labels would make the starting model worse
     (``finetune_checks.harmful_labels``, as the Train dock); ``--train-anyway`` goes on.
@@ -342,7 +342,7 @@ def _refuse_harmful_labels(
     the EM model on membrane strokes read as dense labels ended at IoU 0.015."""
     from ..finetune_checks import TRAIN_ANYWAY, harmful_labels
 
-    reason = harmful_labels(initial, start, *pairs, data_config, classes)
+    reason = harmful_labels(initial, *pairs, data_config, classes, train_config.device)
     if reason:
         raise UserError(f"{reason}; {TRAIN_ANYWAY.format(how='add --train-anyway')}")
 
