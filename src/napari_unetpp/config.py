@@ -41,6 +41,11 @@ DeviceName = Literal["auto", "cuda", "mps", "cpu"]
 #: Learning rate of a fine-tune when none is given (CLI ``--from`` and the Train dock): 10x
 #: below a from-scratch run, so a few scribbles adapt a good model instead of overwriting it.
 FINE_TUNE_LEARNING_RATE = 1e-4
+#: Steps of a fine-tune when none are given: enough to correct a good model, too few to
+#: overwrite it (the EM model on thin strokes: unseen-slice IoU 0.725 -> 0.736).
+FINE_TUNE_ITERATIONS = 200
+#: Batch and in-plane patch of a fine-tune when none are given (a CPU's: the dock's own).
+FINE_TUNE_BATCH_SIZE, FINE_TUNE_PATCH = 4, 128
 
 #: Value used in integer target maps for pixels that the loss must ignore.
 IGNORE_INDEX = -1

@@ -27,7 +27,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels
 
-from ..config import FINE_TUNE_LEARNING_RATE
+from ..config import FINE_TUNE_BATCH_SIZE, FINE_TUNE_LEARNING_RATE, FINE_TUNE_PATCH
 from . import _state
 from ._dock import scroll_inside, share_dock_area
 from ._layers import layer_choices
@@ -51,7 +51,7 @@ CHANNEL_AXES = [
 ]
 DEFAULT_OUTPUT = Path.home() / "napari-unetpp" / "runs"
 #: Defaults when starting from a trained model: small steps that keep what it knows.
-FINE_TUNE_LR, FINE_TUNE_ITERATIONS = FINE_TUNE_LEARNING_RATE, 200
+FINE_TUNE_LR = FINE_TUNE_LEARNING_RATE
 SCRATCH_LR, SCRATCH_ITERATIONS = 1e-3, 2000
 
 
@@ -118,8 +118,9 @@ class TrainForm(Container):
         self._widths = ComboBox(label="Widths", choices=list(WIDTH_PRESETS.items()))
         self._depth = SpinBox(label="Depth", value=4, min=1, max=4)
         self._iterations = SpinBox(label="Iterations", value=2000, min=1, max=1_000_000, step=100)
-        self._patch = SpinBox(label="Patch size", value=128, min=16, max=1024, step=16)
-        self._batch = SpinBox(label="Batch size", value=4, min=1, max=256)
+        # a fine-tune's (and ``train --from``'s) batch and patch, and a CPU's from scratch
+        self._patch = SpinBox(label="Patch size", value=FINE_TUNE_PATCH, min=16, max=1024, step=16)
+        self._batch = SpinBox(label="Batch size", value=FINE_TUNE_BATCH_SIZE, min=1, max=256)
         self._lr = FloatSpinBox(
             label="Learning rate", value=SCRATCH_LR, min=1e-6, max=1.0, step=1e-5
         )

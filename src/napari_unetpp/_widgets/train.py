@@ -10,7 +10,7 @@ guesses, 'Start from') are :class:`._train_inputs.TrainInputs`; the job and the 
 record are in :mod:`._train_job`, the before/after layers in :mod:`._train_preview`.
 
 Fine-tuning (starting from a model) switches to safe defaults: learning rate
-:data:`._train_form.FINE_TUNE_LR`, :data:`._train_form.FINE_TUNE_ITERATIONS` steps,
+:data:`._train_form.FINE_TUNE_LR`, :data:`..config.FINE_TUNE_ITERATIONS` steps,
 BatchNorm statistics kept (``TrainConfig.freeze_norm``, the engine's default for
 fine-tunes, so the CLI does the same), and a before/after view of the slice shown:
 ``<image> UNet++ before`` (the starting model) and ``<image> UNet++ preview`` (the new
