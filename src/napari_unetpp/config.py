@@ -301,9 +301,11 @@ class TrainConfig(_Config):
     freeze_norm: bool | None = None
     #: Weight of the "keep what you knew" term: on unlabelled pixels, every head is pulled
     #: towards the starting model's own prediction (KL; ``losses.preservation_loss``), so a
-    #: few scribbles correct a model without dragging the rest of the image. None = 1.0
-    #: when fine-tuning with the starting model's classes, 0 from scratch; 0 = off. Only
-    #: sparse labels have unlabelled pixels: with dense ones the term is not computed.
+    #: few scribbles correct a model without dragging the rest of the image. With dense
+    #: labels the term holds every pixel (a painted slab is a narrow sample of the data),
+    #: and a stack's slices without a class are unpainted. None = 1.0 when fine-tuning with
+    #: the starting model's classes (``finetune.DENSE_PRESERVE_WEIGHT`` with dense labels),
+    #: 0 from scratch; 0 = off.
     preserve_weight: float | None = None
 
     def __post_init__(self) -> None:

@@ -221,8 +221,19 @@ def origin_of(initial: Any) -> str:
     return str(initial)
 
 
-def resolve_preserve_weight(train_config: TrainConfig, initial: Any, new_heads: list[str]) -> float:
-    """``TrainConfig.preserve_weight``, with None meaning 1 when fine-tuning a model's heads.
+#: The default weight of the preservation term with dense labels (held on every pixel).
+#: Why 5: correct masks of the CT model's organs on slices 90-105 (the dock's 200 steps)
+#: took unseen slices 70-85 from L4 liver Dice 0.912 to 0.801 without the term, 0.872 at
+#: weight 1 and 0.913 at 5, where the painted slab still gained (liver 0.953 -> 0.962);
+#: at 20 the slab gained less (``benchmarks/bench_finetune_dense.py``, docs/benchmarks.md).
+DENSE_PRESERVE_WEIGHT = 5.0
+
+
+def resolve_preserve_weight(
+    train_config: TrainConfig, initial: Any, new_heads: list[str], dense: bool = False
+) -> float:
+    """``TrainConfig.preserve_weight``, with None meaning 1 when fine-tuning a model's heads
+    (:data:`DENSE_PRESERVE_WEIGHT` with ``dense`` labels, where the term holds every pixel).
 
     Heads created anew (another class count) have no prediction to keep, so the term
     is off for them whatever was asked.
@@ -231,7 +242,7 @@ def resolve_preserve_weight(train_config: TrainConfig, initial: Any, new_heads: 
         return 0.0
     if train_config.preserve_weight is not None:
         return float(train_config.preserve_weight)
-    return 1.0
+    return DENSE_PRESERVE_WEIGHT if dense else 1.0
 
 
 def starting_depth(origin: str) -> int | None:
@@ -271,8 +282,10 @@ def preservation_teacher(
     initial: Any,
     resume_from: Path | None,
     new_heads: list[str],
+    dense: bool = False,
 ) -> tuple[UNetPlusPlus | None, float]:
-    """The frozen starting model for the "keep what you knew" term, and its weight.
+    """The frozen starting model for the "keep what you knew" term, and its weight
+    (``dense``: the labels are dense, see :func:`resolve_preserve_weight`).
 
     ``net`` is the network about to be trained, already on its device. A resumed run
     rebuilds the reference from the model the run first started from (the weights in
@@ -280,7 +293,7 @@ def preservation_teacher(
     """
     from .resume import started_from
 
-    weight = resolve_preserve_weight(train_config, initial, new_heads)
+    weight = resolve_preserve_weight(train_config, initial, new_heads, dense)
     if resume_from is not None and initial is None:
         start = started_from(resume_from, "scratch")
         if start in ("scratch", "model"):
@@ -289,6 +302,6 @@ def preservation_teacher(
             source, _, fresh = build_model(model_config, start)
         except (OSError, ValueError):
             return None, 0.0
-        weight = resolve_preserve_weight(train_config, start, fresh)
+        weight = resolve_preserve_weight(train_config, start, fresh, dense)
         net = source.to(next(net.parameters()).device)
     return (frozen_copy(net), weight) if weight > 0 else (None, 0.0)

@@ -205,7 +205,7 @@ class Trainer:
             rng,
             fine_tune=self._fine_tune(),
         )
-        run, new_heads = self._setup(rng, unlabelled=bool(data.description.get("unpainted_slices")))
+        run, new_heads = self._setup(rng)
         if run.teacher is not None and run.preserve_weight > 0:  # keep it on every slice
             data.sampler.anywhere = 1
         total = tc.iterations
@@ -253,9 +253,8 @@ class Trainer:
             return started_from(self.resume_from, "scratch") != "scratch"
         return self.initial is not None
 
-    def _setup(self, rng: np.random.Generator, unlabelled: bool = False) -> tuple[_Run, list[str]]:
-        """The model, optimizer and run state; ``unlabelled``: dense labels left pixels
-        unpainted (``prepare_data(fine_tune=True)``), which the preservation term holds."""
+    def _setup(self, rng: np.random.Generator) -> tuple[_Run, list[str]]:
+        """The model, optimizer and run state (a fine-tune's frozen start too)."""
         tc = self.train_config
         device = rank_device(tc.device)
         initial = self.initial
@@ -265,11 +264,10 @@ class Trainer:
         if self.resume_from is not None:
             origin = started_from(self.resume_from, origin)
         net = place_model(net, device)
-        teacher, preserve = None, 0.0
-        if self.data_config.label_mode == "sparse" or unlabelled:  # else no pixel to keep
-            teacher, preserve = preservation_teacher(
-                net, self.model_config, tc, self.initial, self.resume_from, new_heads
-            )
+        dense = self.data_config.label_mode == "dense"  # the term then holds every pixel
+        teacher, preserve = preservation_teacher(
+            net, self.model_config, tc, self.initial, self.resume_from, new_heads, dense
+        )
         if tc.freeze_encoder:
             for p in net.encoder_parameters():
                 p.requires_grad_(False)
@@ -342,7 +340,8 @@ class Trainer:
         if run.teacher is not None:
             with torch.no_grad(), autocast(run.device, mixed):
                 kept = run.teacher(x_t)
-            loss = loss + run.preserve_weight * preservation_loss(logits, kept, y_t)
+            dense = self.data_config.label_mode == "dense"
+            loss = loss + run.preserve_weight * preservation_loss(logits, kept, y_t, dense)
         check_loss(loss, run.step + 1, lr)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)

@@ -155,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="W",
-        help="weight of keeping the starting model's predictions on unlabelled pixels "
-        "(default: 1 with --from and the model's classes, else 0; 0 = off)",
+        help="weight of keeping the starting model's predictions on unlabelled pixels, "
+        "on every pixel with dense labels (default with --from and the model's classes: "
+        "1, or finetune.DENSE_PRESERVE_WEIGHT with dense labels; else 0; 0 = off)",
     )
     t.add_argument(
         "--train-anyway",
