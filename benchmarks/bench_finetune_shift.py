@@ -32,11 +32,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 from test_finetune import _scribbles  # noqa: E402  (the slow test's dabs)
 
 from napari_unetpp import zoo  # noqa: E402
-from napari_unetpp._widgets._train_form import (  # noqa: E402
+from napari_unetpp.config import (  # noqa: E402
     FINE_TUNE_ITERATIONS,
-    FINE_TUNE_LR,
+    FINE_TUNE_LEARNING_RATE,
+    PredictConfig,
+    TrainConfig,
 )
-from napari_unetpp.config import PredictConfig, TrainConfig  # noqa: E402
 from napari_unetpp.events import drive  # noqa: E402
 from napari_unetpp.inference import predict_array  # noqa: E402
 from napari_unetpp.metrics import confusion_counts  # noqa: E402
@@ -92,7 +93,7 @@ def main() -> None:
         iterations=FINE_TUNE_ITERATIONS,
         batch_size=4,
         patch_size=(128, 128),
-        learning_rate=FINE_TUNE_LR,
+        learning_rate=FINE_TUNE_LEARNING_RATE,
         validate_every=10_000,
         device="cpu",
         seed=0,

@@ -335,7 +335,7 @@ def test_strokes_wider_than_the_membranes_are_pointed_out(em_stack):
     15-19 from 0.725 to 0.647, without a word; thin strokes (3 px) took it to 0.736. The
     strokes are compared with what the model finds on the slice (here the true membranes
     stand for it): the wide ones are said, thin ones and corrections are not."""
-    from napari_unetpp.finetune import wide_strokes
+    from napari_unetpp.finetune_checks import wide_strokes
 
     membranes = em_stack[1][9, :256, :256]
     wide = wide_strokes(_membrane_strokes(membranes, 5), membranes, ("membrane",))
@@ -352,7 +352,7 @@ def test_dense_labels_of_a_few_membranes_are_said_to_unteach_them(em_stack):
     labels (every unpainted pixel background): 2 % of the slice marked where the model
     finds a quarter of it, not rare enough for ``rare_classes``. The slice's membranes
     (standing for what the model finds) against the strokes: said; the full mask: not."""
-    from napari_unetpp.finetune import shrinking_classes
+    from napari_unetpp.finetune_checks import shrinking_classes
 
     membranes = em_stack[1][9, :256, :256]
     strokes = (_membrane_strokes(membranes, 1.5) == 2).astype(np.uint8)  # value 1 only
@@ -387,3 +387,77 @@ def test_a_fine_tune_recommends_no_shallower_depth_than_its_start(em_stack, tmp_
         Trainer(three, _config(iterations=2), DataConfig(), initial=folder).run([image], [labels])
     )
     assert other.info.metrics["best_depth"] == 1
+
+
+def test_labels_that_would_unteach_the_model_stop_the_cli_before_training(
+    em_stack, tmp_path, capsys
+):
+    """The dock's warnings came once the run had started, and it went on: a new user's
+    membrane strokes in napari's default label 1 (dense: every unpainted pixel background)
+    took the EM model to IoU 0.015, strokes with the default 10 px brush to 0.647 (from
+    0.725). `train --from` now stops before its first step, says why, and goes on with
+    --train-anyway; thin strokes train at once."""
+    import tifffile
+
+    from napari_unetpp.cli import main
+
+    image, membranes = em_stack[0][9, :256, :256], em_stack[1][9, :256, :256]
+    tifffile.imwrite(tmp_path / "em.tif", image)
+    base = ["train", "--images", str(tmp_path / "em.tif"), "--labels", str(tmp_path / "l.tif")]
+    base += ["--from", "zoo:em", "--iterations", "1", "--patch-size", "64", "--batch-size", "1"]
+    base += ["--device", "cpu", "-q"]
+    cases = {
+        "label1": ((_membrane_strokes(membranes, 1.5) == 2).astype(np.uint8), "far less"),
+        "wide": (_membrane_strokes(membranes, 5), "are wider than what the starting model"),
+    }
+    for name, (labels, said) in cases.items():
+        tifffile.imwrite(tmp_path / "l.tif", labels)
+        out = tmp_path / name
+        assert main([*base, "--out", str(out)]) == 2 and not (out / "best").exists()
+        err = capsys.readouterr().err
+        assert said in err and "not started; to train anyway, add --train-anyway" in err, err
+        assert main([*base, "--out", str(out), "--train-anyway"]) == 0
+        assert (out / "best").is_dir()
+    tifffile.imwrite(tmp_path / "l.tif", _membrane_strokes(membranes, 1.5))
+    assert main([*base, "--out", str(tmp_path / "thin")]) == 0
+
+
+def test_a_dense_slab_leaves_the_stacks_unpainted_slices_to_the_starting_model(
+    data_dir: Path, monkeypatch
+):
+    """Dense organ masks painted on some slices of a CT stack: every other slice was taught
+    background, organs included, and the preservation term was off for dense labels. In a
+    fine-tune the slices holding no class are now unpainted (ignored by the loss), and the
+    starting model's predictions are held on every pixel, painted or not (correct masks of
+    slices 90-105 alone took unseen liver Dice 0.912 -> 0.801); from scratch the empty
+    slices still teach "no organ here"."""
+    import tifffile
+
+    from napari_unetpp import training
+    from napari_unetpp.config import IGNORE_INDEX
+    from napari_unetpp.files import load_model
+    from napari_unetpp.train_data import prepare_data
+
+    scan = tifffile.imread(data_dir / "ct_totalseg" / "ct_full.tif")[88:100, 16:80, 24:88]
+    ids = tifffile.imread(data_dir / "ct_totalseg" / "organs_full.tif")[88:100, 16:80, 24:88]
+    labels = np.zeros(ids.shape, np.uint8)
+    for tool, value in {5: 1, 1: 2, 2: 3, 3: 4, 6: 5}.items():  # the model's own values
+        labels[6:][ids[6:] == tool] = value
+    model, info = load_model("zoo:ct")
+    dense = DataConfig(normalization=info.data.normalization, class_values=(1, 2, 3, 4, 5))
+    config = _config(iterations=2, patch_size=(64, 64), validation_fraction=0.0)
+    rng = np.random.default_rng(0)
+    tuned = prepare_data(scan, labels, None, None, info.model, config, dense, rng, True)
+    (volume,) = tuned.sampler.volumes
+    assert (volume.target[:6] == IGNORE_INDEX).all() and (volume.target[6:] >= 0).all()
+    assert tuned.description["unpainted_slices"] == 6
+    scratch = prepare_data(scan, labels, None, None, info.model, config, dense, rng)
+    assert (scratch.sampler.volumes[0].target[:6] == 0).all()
+    held: list[bool] = []
+    kept = training.preservation_loss
+    monkeypatch.setattr(training, "preservation_loss", lambda *a: held.append(a[3]) or kept(*a))
+    drive(Trainer(info.model, config, dense, initial="zoo:ct").run(scan, labels))
+    assert held == [True, True]  # the starting model held every pixel at every step
+    held.clear()  # the painted slab alone: its labelled pixels are held too (they were not)
+    drive(Trainer(info.model, config, dense, initial="zoo:ct").run(scan[6:], labels[6:]))
+    assert held == [True, True]

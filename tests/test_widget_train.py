@@ -18,6 +18,7 @@ from napari_unetpp._widgets import _train_inputs as inputs_module
 from napari_unetpp._widgets import train as train_module
 from napari_unetpp._widgets._runner import JobRunner
 from napari_unetpp._widgets.train import TrainWidget
+from napari_unetpp.config import FINE_TUNE_ITERATIONS, TrainConfig
 
 pytestmark = pytest.mark.gui
 TIMEOUT_MS = 180_000
@@ -422,7 +423,7 @@ def test_fine_tune_defaults_and_label_guess_while_painting(make_napari_viewer, q
     assert w._lr.value == _train_form.SCRATCH_LR and not w._freeze_norm.value
     w._start_from.value = "file"  # any start from a model (shipped, trained or a file)
     assert w._lr.value == _train_form.FINE_TUNE_LR and w._freeze_norm.value
-    assert w._iterations.value == _train_form.FINE_TUNE_ITERATIONS and w._preview.value
+    assert w._iterations.value == FINE_TUNE_ITERATIONS and w._preview.value
     # the user erases to scribbles: the guess follows the painting, not only layer choices
     labels.data[:] = 0
     labels.data[5, 5:60] = 1
@@ -431,6 +432,34 @@ def test_fine_tune_defaults_and_label_guess_while_painting(make_napari_viewer, q
     qtbot.waitUntil(
         lambda: w._label_mode.value == "sparse", timeout=5 * inputs_module.GUESS_DELAY_MS
     )
+
+
+def test_the_dock_and_train_from_fine_tune_with_the_same_settings(
+    make_napari_viewer, em_crop, tmp_path, capsys
+):
+    """Issue 16 asks the widget to match the CLI: `train --from zoo:em` ran 2000 steps at
+    batch 8 and patch 256, the dock's fine-tune 200 at batch 4 and patch 128, and the dock
+    fixed the preservation weight where the CLI let the engine choose it. The same labels
+    now give the same training settings, whichever way the run is started."""
+    import tifffile
+
+    from napari_unetpp.cli import main
+
+    image, membranes = em_crop
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    pair = (viewer.add_image(image, name="em"), viewer.add_labels(membranes, name="masks"))
+    w._image.value, w._labels_box.value = pair
+    w._start_from.value = "zoo:em"
+    dock = w._configs([pair])[1].to_dict()
+    tifffile.imwrite(tmp_path / "em.tif", image)
+    tifffile.imwrite(tmp_path / "masks.tif", membranes)
+    argv = ["train", "--images", tmp_path / "em.tif", "--labels", tmp_path / "masks.tif"]
+    argv += ["--from", "zoo:em", "--out", tmp_path / "run", "--dry-run"]
+    assert main([str(a) for a in argv]) == 0
+    cli = TrainConfig.from_dict(json.loads(capsys.readouterr().out)["train"]).to_dict()
+    assert dock == cli
+    assert (cli["iterations"], cli["batch_size"], cli["patch_size"]) == (200, 4, [128, 128])
 
 
 def test_live_plot_draws_lines_over_a_saved_background(qtbot):
@@ -591,7 +620,8 @@ def test_images_with_a_pixel_size_train_at_the_models(
     w._start_from.value = "file"
     w._checkpoint_file.value = w.last_checkpoint
     w._iterations.value = 2
-    w._on_start()
+    w._train_anyway.value = True  # a 2-step model finds membranes everywhere: the masks
+    w._on_start()  # would be refused as unteaching them (finetune_checks.shrinking_classes)
     assert not errors
     assert notes and "resampled to the model's 0.002 x 0.002 um (zoom 2 x 2)" in notes[0]
     tuned, _ = load_checkpoint(w.last_checkpoint)

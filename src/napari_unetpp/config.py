@@ -41,6 +41,11 @@ DeviceName = Literal["auto", "cuda", "mps", "cpu"]
 #: Learning rate of a fine-tune when none is given (CLI ``--from`` and the Train dock): 10x
 #: below a from-scratch run, so a few scribbles adapt a good model instead of overwriting it.
 FINE_TUNE_LEARNING_RATE = 1e-4
+#: Steps of a fine-tune when none are given: enough to correct a good model, too few to
+#: overwrite it (the EM model on thin strokes: unseen-slice IoU 0.725 -> 0.736).
+FINE_TUNE_ITERATIONS = 200
+#: Batch and in-plane patch of a fine-tune when none are given (a CPU's: the dock's own).
+FINE_TUNE_BATCH_SIZE, FINE_TUNE_PATCH = 4, 128
 
 #: Value used in integer target maps for pixels that the loss must ignore.
 IGNORE_INDEX = -1
@@ -296,9 +301,11 @@ class TrainConfig(_Config):
     freeze_norm: bool | None = None
     #: Weight of the "keep what you knew" term: on unlabelled pixels, every head is pulled
     #: towards the starting model's own prediction (KL; ``losses.preservation_loss``), so a
-    #: few scribbles correct a model without dragging the rest of the image. None = 1.0
-    #: when fine-tuning with the starting model's classes, 0 from scratch; 0 = off. Only
-    #: sparse labels have unlabelled pixels: with dense ones the term is not computed.
+    #: few scribbles correct a model without dragging the rest of the image. With dense
+    #: labels the term holds every pixel (a painted slab is a narrow sample of the data),
+    #: and a stack's slices without a class are unpainted. None = 1.0 when fine-tuning with
+    #: the starting model's classes (``finetune.DENSE_PRESERVE_WEIGHT`` with dense labels),
+    #: 0 from scratch; 0 = off.
     preserve_weight: float | None = None
 
     def __post_init__(self) -> None:

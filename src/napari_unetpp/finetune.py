@@ -28,10 +28,8 @@ __all__ = [
     "resolve_freeze_norm",
     "resolve_preserve_weight",
     "set_train_mode",
-    "shrinking_classes",
     "starting_depth",
     "transfer_weights",
-    "wide_strokes",
 ]
 
 
@@ -223,8 +221,19 @@ def origin_of(initial: Any) -> str:
     return str(initial)
 
 
-def resolve_preserve_weight(train_config: TrainConfig, initial: Any, new_heads: list[str]) -> float:
-    """``TrainConfig.preserve_weight``, with None meaning 1 when fine-tuning a model's heads.
+#: The default weight of the preservation term with dense labels (held on every pixel).
+#: Why 5: correct masks of the CT model's organs on slices 90-105 (the dock's 200 steps)
+#: took unseen slices 70-85 from L4 liver Dice 0.912 to 0.801 without the term, 0.872 at
+#: weight 1 and 0.913 at 5, where the painted slab still gained (liver 0.953 -> 0.962);
+#: at 20 the slab gained less (``benchmarks/bench_finetune_dense.py``, docs/benchmarks.md).
+DENSE_PRESERVE_WEIGHT = 5.0
+
+
+def resolve_preserve_weight(
+    train_config: TrainConfig, initial: Any, new_heads: list[str], dense: bool = False
+) -> float:
+    """``TrainConfig.preserve_weight``, with None meaning 1 when fine-tuning a model's heads
+    (:data:`DENSE_PRESERVE_WEIGHT` with ``dense`` labels, where the term holds every pixel).
 
     Heads created anew (another class count) have no prediction to keep, so the term
     is off for them whatever was asked.
@@ -233,7 +242,7 @@ def resolve_preserve_weight(train_config: TrainConfig, initial: Any, new_heads: 
         return 0.0
     if train_config.preserve_weight is not None:
         return float(train_config.preserve_weight)
-    return 1.0
+    return DENSE_PRESERVE_WEIGHT if dense else 1.0
 
 
 def starting_depth(origin: str) -> int | None:
@@ -273,8 +282,10 @@ def preservation_teacher(
     initial: Any,
     resume_from: Path | None,
     new_heads: list[str],
+    dense: bool = False,
 ) -> tuple[UNetPlusPlus | None, float]:
-    """The frozen starting model for the "keep what you knew" term, and its weight.
+    """The frozen starting model for the "keep what you knew" term, and its weight
+    (``dense``: the labels are dense, see :func:`resolve_preserve_weight`).
 
     ``net`` is the network about to be trained, already on its device. A resumed run
     rebuilds the reference from the model the run first started from (the weights in
@@ -282,7 +293,7 @@ def preservation_teacher(
     """
     from .resume import started_from
 
-    weight = resolve_preserve_weight(train_config, initial, new_heads)
+    weight = resolve_preserve_weight(train_config, initial, new_heads, dense)
     if resume_from is not None and initial is None:
         start = started_from(resume_from, "scratch")
         if start in ("scratch", "model"):
@@ -291,103 +302,6 @@ def preservation_teacher(
             source, _, fresh = build_model(model_config, start)
         except (OSError, ValueError):
             return None, 0.0
-        weight = resolve_preserve_weight(train_config, start, fresh)
+        weight = resolve_preserve_weight(train_config, start, fresh, dense)
         net = source.to(next(net.parameters()).device)
     return (frozen_copy(net), weight) if weight > 0 else (None, 0.0)
-
-
-#: Class strokes with more than this share of their pixels where the starting model sees
-#: another class ...
-WIDE_STROKE_SHARE = 0.25
-#: ... nearly all of them (:data:`WIDE_STROKE_BESIDE`) within this many pixels of what it
-#: calls that class, are wider than the objects (a brush wider than a membrane).
-WIDE_STROKE_MARGIN = 3
-WIDE_STROKE_BESIDE = 0.7
-#: Strokes of fewer pixels are not judged.
-WIDE_STROKE_MIN_PIXELS = 50
-
-
-def wide_strokes(strokes: Any, before: Any, class_names: tuple[str, ...] = ()) -> str | None:
-    """Why scribbles look wider than the objects the starting model finds, or None.
-
-    ``strokes``: sparse labels of a slice (1 = background, 2.. = classes); ``before``: the
-    starting model's class labels of the same slice (0 = background, 1.. = classes).
-
-    Why: painted with napari's default brush (10 px), membrane strokes on an EM slice
-    covered the interior beside each membrane; the dock's fine-tune then taught thicker
-    membranes, and the shipped EM model's membrane IoU on unseen slices fell from 0.725 to
-    0.647 (thin strokes: 0.736). Strokes where the model is wrong (a correction) disagree
-    with it along their whole length; strokes wider than the objects disagree beside them.
-    """
-    import numpy as np
-    from scipy import ndimage as ndi
-
-    strokes, before = np.asarray(strokes), np.asarray(before)
-    if strokes.shape != before.shape:
-        return None
-    for value in np.unique(strokes[strokes >= 2]):
-        painted = strokes == value
-        if painted.sum() < WIDE_STROKE_MIN_PIXELS:
-            continue
-        found = before == value - 1
-        off = painted & ~found
-        beside = off & ndi.binary_dilation(found, iterations=WIDE_STROKE_MARGIN)
-        share = off.sum() / painted.sum()
-        if share > WIDE_STROKE_SHARE and beside.sum() > WIDE_STROKE_BESIDE * off.sum():
-            names = class_names[1:] if len(class_names) > 1 else class_names
-            name = names[value - 2] if value - 2 < len(names) else f"class {value - 1}"
-            return (
-                f"your strokes of '{name}' (value {value}) on the slice shown are wider than "
-                f"what the starting model finds there: {100 * share:.0f}% of their pixels lie "
-                "beside it, where it sees another class, so the model will learn thicker "
-                f"'{name}' and may get worse. Paint thinner strokes (a smaller brush size in "
-                "the layer controls) and Start again, or let it run and compare the before "
-                "and preview layers"
-            )
-    return None
-
-
-#: Dense labels marking a class on less than this share of the pixels where the starting
-#: model finds it ...
-SHRINK_RATIO = 0.25
-#: ... on a slice where it finds the class on at least this share, would unteach it.
-SHRINK_MIN_SHARE = 0.05
-
-
-def shrinking_classes(
-    labels: Any, before: Any, data_config: DataConfig, class_names: tuple[str, ...] = ()
-) -> str | None:
-    """Why dense labels would teach the starting model to find far less of a class, or None.
-
-    ``labels``: dense labels of a slice; ``before``: the starting model's class labels of
-    it (0 = background, 1.. = classes).
-
-    Why: membrane strokes painted with napari's default label 1 read as dense labels, every
-    unpainted pixel background; on a single EM slice they covered 2 % of it where the model
-    finds 23 %, too many to be called rare (``patches.rare_classes``), and the dock's
-    fine-tune taught the EM model that membranes are rare.
-    """
-    import numpy as np
-
-    from .labels import labels_to_targets
-
-    labels, before = np.asarray(labels), np.asarray(before)
-    if labels.shape != before.shape or data_config.label_mode != "dense":
-        return None
-    try:
-        target = labels_to_targets(labels, data_config, spatial_dims=labels.ndim)
-    except ValueError:  # no class painted on this slice: nothing to compare
-        return None
-    names = class_names[1:] if len(class_names) > 1 else class_names
-    for cls in range(1, int(before.max(initial=0)) + 1):
-        found, marked = float((before == cls).mean()), float((target == cls).mean())
-        if found >= SHRINK_MIN_SHARE and marked < SHRINK_RATIO * found:
-            name = names[cls - 1] if cls - 1 < len(names) else f"class {cls}"
-            return (
-                f"your labels mark {100 * marked:.1f}% of the slice shown as '{name}', where "
-                f"the starting model finds {100 * found:.0f}%: with dense labels every "
-                f"unpainted pixel is background, so the model will learn to find far less "
-                f"'{name}'. If you painted only some of them (strokes), paint background "
-                f"with 1 and '{name}' with 2 and choose Label mode 'sparse'"
-            )
-    return None

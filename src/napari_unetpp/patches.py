@@ -35,6 +35,7 @@ __all__ = [
     "patch_shape_zyx",
     "prepare_volumes",
     "split_validation",
+    "unpaint_empty_slices",
     "unpainted_slices",
     "validation_tiles",
 ]
@@ -236,6 +237,30 @@ def unpainted_slices(volumes: Sequence[Volume]) -> str | None:
         "painted only those slices, crop the image and labels to them, or paint scribbles "
         "(sparse: 0 = unlabelled, 1 = background, 2.. = classes)"
     )
+
+
+def unpaint_empty_slices(volumes: Sequence[Volume]) -> int:
+    """Mark the slices of dense stacks that hold no class as unlabelled; return how many.
+
+    Why, for a fine-tune only: dense labels on a slab of a stack (organs painted on slices
+    90-105 of a CT scan) taught every other slice background, organs included, and nothing
+    held those slices to what the starting model knew there; unlabelled, they are left to
+    the preservation term (``losses.preservation_loss``), which keeps the starting model's
+    predictions wherever nothing was painted. From scratch there is nothing to keep, and a
+    stack's slices without objects rightly teach "no object here" (see
+    :func:`unpainted_slices`). Single planes and scribbles are left as they are.
+    """
+    count = 0
+    for volume in volumes:
+        target = volume.target
+        if target.shape[0] < 2 or (target == IGNORE_INDEX).any():
+            continue
+        empty = ~target.reshape(target.shape[0], -1).any(1)
+        if empty.all():
+            continue
+        target[empty] = IGNORE_INDEX
+        count += int(empty.sum())
+    return count
 
 
 def split_validation(

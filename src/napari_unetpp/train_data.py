@@ -23,6 +23,7 @@ from .patches import (
     prepare_volumes,
     rare_classes,
     split_validation,
+    unpaint_empty_slices,
     unpainted_slices,
     validation_tiles,
 )
@@ -100,8 +101,13 @@ def prepare_data(
     train_config: TrainConfig,
     data_config: DataConfig,
     rng: np.random.Generator,
+    fine_tune: bool = False,
 ) -> TrainData:
-    """Resolve classes once, build volumes, split, and set up the sampler and validation tiles."""
+    """Resolve classes once, build volumes, split, and set up the sampler and validation tiles.
+
+    ``fine_tune``: the run starts from a model, so the slices of a dense stack that hold no
+    class are unpainted, not background (``patches.unpaint_empty_slices``).
+    """
     images, labels = as_list(images), as_list(labels)
     extra = as_list(val_labels) if val_labels is not None else []
     if (val_images is None) != (val_labels is None):
@@ -113,6 +119,7 @@ def prepare_data(
     first = to_channels_first(images[0], data_config.channel_axis)
     _check_model_fits(model_config, data_config, labels + extra, first.shape[0])
     volumes = prepare_volumes(images, labels, data_config, dims)
+    unpainted = unpaint_empty_slices(volumes) if fine_tune else 0
     one_class = degenerate_labels(volumes)
     degenerate = (
         one_class
@@ -149,6 +156,8 @@ def prepare_data(
     }
     if degenerate:
         description["degenerate_labels"] = degenerate  # saved with the checkpoint
+    if unpainted:
+        description["unpainted_slices"] = unpainted
     return TrainData(sampler, tiles, data_config, description, one_class is not None, patch)
 
 

@@ -195,7 +195,15 @@ class Trainer:
         torch.manual_seed(tc.seed)
         rng = np.random.default_rng(tc.seed + rank)
         data = prepare_data(
-            images, labels, val_images, val_labels, self.model_config, tc, self.data_config, rng
+            images,
+            labels,
+            val_images,
+            val_labels,
+            self.model_config,
+            tc,
+            self.data_config,
+            rng,
+            fine_tune=self._fine_tune(),
         )
         run, new_heads = self._setup(rng)
         if run.teacher is not None and run.preserve_weight > 0:  # keep it on every slice
@@ -239,7 +247,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
 
+    def _fine_tune(self) -> bool:
+        """Whether the run starts from a model (a resumed run: whether its first start did)."""
+        if self.resume_from is not None and self.initial is None:
+            return started_from(self.resume_from, "scratch") != "scratch"
+        return self.initial is not None
+
     def _setup(self, rng: np.random.Generator) -> tuple[_Run, list[str]]:
+        """The model, optimizer and run state (a fine-tune's frozen start too)."""
         tc = self.train_config
         device = rank_device(tc.device)
         initial = self.initial
@@ -249,11 +264,10 @@ class Trainer:
         if self.resume_from is not None:
             origin = started_from(self.resume_from, origin)
         net = place_model(net, device)
-        teacher, preserve = None, 0.0
-        if self.data_config.label_mode == "sparse":  # dense labels leave no pixel to keep
-            teacher, preserve = preservation_teacher(
-                net, self.model_config, tc, self.initial, self.resume_from, new_heads
-            )
+        dense = self.data_config.label_mode == "dense"  # the term then holds every pixel
+        teacher, preserve = preservation_teacher(
+            net, self.model_config, tc, self.initial, self.resume_from, new_heads, dense
+        )
         if tc.freeze_encoder:
             for p in net.encoder_parameters():
                 p.requires_grad_(False)
@@ -326,7 +340,8 @@ class Trainer:
         if run.teacher is not None:
             with torch.no_grad(), autocast(run.device, mixed):
                 kept = run.teacher(x_t)
-            loss = loss + run.preserve_weight * preservation_loss(logits, kept, y_t)
+            dense = self.data_config.label_mode == "dense"
+            loss = loss + run.preserve_weight * preservation_loss(logits, kept, y_t, dense)
         check_loss(loss, run.step + 1, lr)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)

@@ -148,6 +148,7 @@ class TrainConfigs(TrainForm):
             model = base.model.replace(num_classes=classes, class_names=names)
         dims = model.spatial_dims
         patch = (self._patch.value,) * 2
+        keep = bool(self._freeze_norm.value)
         train = TrainConfig(
             iterations=self._iterations.value,
             batch_size=self._batch.value,
@@ -161,8 +162,10 @@ class TrainConfigs(TrainForm):
             mixed_precision=self._mixed_precision.value,
             seed=self._seed.value,
             freeze_encoder=self._freeze_encoder.value,
-            freeze_norm=self._freeze_norm.value,
-            preserve_weight=1.0 if self._preserve.value and initial is not None else 0.0,
+            # ticked for a fine-tune: the engine's default (as ``train --from``), kept
+            freeze_norm=None if self._freeze_norm.value and initial is not None else keep,
+            # ticked: the engine's default weight (as ``train --from``), else off
+            preserve_weight=None if self._preserve.value and initial is not None else 0.0,
         )
         return model, train, data, initial
 

@@ -27,7 +27,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels
 
-from ..config import FINE_TUNE_LEARNING_RATE
+from ..config import FINE_TUNE_BATCH_SIZE, FINE_TUNE_LEARNING_RATE, FINE_TUNE_PATCH
 from . import _state
 from ._dock import scroll_inside, share_dock_area
 from ._layers import layer_choices
@@ -51,7 +51,7 @@ CHANNEL_AXES = [
 ]
 DEFAULT_OUTPUT = Path.home() / "napari-unetpp" / "runs"
 #: Defaults when starting from a trained model: small steps that keep what it knows.
-FINE_TUNE_LR, FINE_TUNE_ITERATIONS = FINE_TUNE_LEARNING_RATE, 200
+FINE_TUNE_LR = FINE_TUNE_LEARNING_RATE
 SCRATCH_LR, SCRATCH_ITERATIONS = 1e-3, 2000
 
 
@@ -118,8 +118,9 @@ class TrainForm(Container):
         self._widths = ComboBox(label="Widths", choices=list(WIDTH_PRESETS.items()))
         self._depth = SpinBox(label="Depth", value=4, min=1, max=4)
         self._iterations = SpinBox(label="Iterations", value=2000, min=1, max=1_000_000, step=100)
-        self._patch = SpinBox(label="Patch size", value=128, min=16, max=1024, step=16)
-        self._batch = SpinBox(label="Batch size", value=4, min=1, max=256)
+        # a fine-tune's (and ``train --from``'s) batch and patch, and a CPU's from scratch
+        self._patch = SpinBox(label="Patch size", value=FINE_TUNE_PATCH, min=16, max=1024, step=16)
+        self._batch = SpinBox(label="Batch size", value=FINE_TUNE_BATCH_SIZE, min=1, max=256)
         self._lr = FloatSpinBox(
             label="Learning rate", value=SCRATCH_LR, min=1e-6, max=1.0, step=1e-5
         )
@@ -209,11 +210,21 @@ class TrainForm(Container):
             label="Output folder", mode=FileDialogMode.EXISTING_DIRECTORY, value=DEFAULT_OUTPUT
         )
         self._preview = CheckBox(text="Preview the slice shown (before/after)", value=False)
+        self._train_anyway = CheckBox(
+            text="Train anyway (despite a label warning)",
+            value=False,
+            tooltip="A fine-tune whose labels would make the model worse (values not its "
+            "own, strokes wider than its objects, dense labels that unteach a class) stops "
+            "before it starts and says why; tick this to train on them all the same",
+        )
         self._start, self._stop = PushButton(text="Start"), PushButton(text="Stop", enabled=False)
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=100)
         self._status = wrapped()
         buttons = Container(widgets=[self._start, self._stop], layout="horizontal", labels=False)
-        self.extend([self._output, self._preview, buttons, self._progress, self._status])
+        self.extend(
+            [self._output, self._preview, self._train_anyway, buttons, self._progress]
+            + [self._status]
+        )
         self._live_plot: TrainingPlot | None = None
         # the plot's matplotlib import froze the GUI thread 1.1 s at the first dock open:
         # a thread imports it, then the plot is made here (or at first use, if sooner)

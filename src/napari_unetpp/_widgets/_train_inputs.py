@@ -17,10 +17,11 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
 
+from ..config import FINE_TUNE_ITERATIONS
 from . import _state
 from ._layers import layer_data, made_here
 from ._train_configs import TrainConfigs, placement_note
-from ._train_form import FINE_TUNE_ITERATIONS, FINE_TUNE_LR, SCRATCH_ITERATIONS, SCRATCH_LR
+from ._train_form import FINE_TUNE_LR, SCRATCH_ITERATIONS, SCRATCH_LR
 
 if TYPE_CHECKING:
     import napari

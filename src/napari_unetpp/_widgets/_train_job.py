@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PreviewEvent",
     "PreviewSource",
+    "Refused",
     "finished_message",
     "new_train_run",
     "predict_labels_job",
@@ -54,6 +55,13 @@ class PreviewSource:
     channels_last: bool
     device: DeviceName
     pixel_size: tuple[tuple[float, ...], str] | None = None  # the layer's, with its unit
+
+
+@dataclass
+class Refused:
+    """A fine-tune not started: why its labels would make the model worse."""
+
+    reason: str
 
 
 @dataclass
@@ -130,27 +138,38 @@ def train_job(
     preview: PreviewSource | None = None,
     pixel_sizes: list[tuple[tuple[float, ...], str] | None] | None = None,
     copies: Sequence[LayerCopy] = (),
-) -> Generator[Any, None, TrainResult]:
+    check: bool = False,
+) -> Generator[Any, None, TrainResult | Refused]:
     """Write ``copies`` (the data ``command.sh`` names: :func:`record_train`), build the
     Trainer in the worker (importing the engine takes seconds) and run it,
     yielding :class:`PreviewEvent` s among its events when ``preview`` is given.
 
     ``pixel_sizes`` (per pair, from the image layers): the pairs are resampled to the
     model's pixel size first, as ``napari-unetpp train`` does (``scale.training_scale``).
+    ``check``: a fine-tune whose labels would make its model worse
+    (``finetune_checks.harmful_labels``, as ``train --from``) returns :class:`Refused`
+    before anything is written or trained.
     """
     from ..scale import training_scale
     from ..training import Trainer, TrainEvent
     from ._layers import write_copies
 
-    write_copies(copies)
+    notes: list[str] = []
     if pixel_sizes and any(pixel_sizes):
         dims, axis = model.spatial_dims, data.channel_axis
         images, labels, size, unit, notes = training_scale(
             images, labels, pixel_sizes, model.pixel_size, model.pixel_unit, dims, axis
         )
         model = model.replace(pixel_size=size, pixel_unit=unit) if size else model
-        for note in notes:
-            yield TrainEvent("note", 0, train.iterations, note)
+    if check and initial is not None:
+        from ..finetune_checks import harmful_labels
+
+        reason = harmful_labels(initial, images, labels, data, model.num_classes, train.device)
+        if reason:
+            return Refused(reason)
+    write_copies(copies)
+    for note in notes:
+        yield TrainEvent("note", 0, train.iterations, note)
     trainer = Trainer(model, train, data, initial=initial, output_dir=run_dir, stopper=stopper)
     if preview is not None and initial is not None:
         yield from _show(PreviewEvent("before", _preview(initial, preview), 0))
@@ -210,6 +229,7 @@ def new_train_run(
     start: str,
     initial: str | None,
     sizes: list[tuple[tuple[float, ...], str] | None],
+    anyway: bool = False,
 ) -> tuple[Path, list[LayerCopy]]:
     """A fresh run folder in ``folder`` with ``run.json`` and ``command.sh`` in it, and the
     copies of the data they name, for the job to write (``labels``: the copies trained on;
@@ -220,7 +240,8 @@ def new_train_run(
     run_dir = new_run_dir(folder, pairs[0][0].name)
     origin = start if is_zoo(start) else initial  # a shipped model by name, not path
     one_size = sizes[0] if sizes and all(s == sizes[0] for s in sizes) else None
-    return run_dir, record_train(run_dir, pairs, labels, *configs, origin, one_size)
+    copies = record_train(run_dir, pairs, labels, *configs, origin, one_size, anyway)
+    return run_dir, copies
 
 
 def record_train(
@@ -232,12 +253,14 @@ def record_train(
     data: DataConfig,
     origin: str | None,
     pixel_size: tuple[tuple[float, ...], str] | None = None,
+    anyway: bool = False,
 ) -> list[LayerCopy]:
     """``run.json`` and ``command.sh``: the same run as ``napari-unetpp train``, naming
     the (image, labels) layers as files; ``labels_now``: the labels trained on (copies
     taken at Start: painting goes on while the job waits); ``origin`` is the starting
     model (spec or path) or None; ``pixel_size``: the images' one pixel size and unit
-    (``--pixel-size``), if known. Returns the copies the command names, for
+    (``--pixel-size``), if known; ``anyway``: 'Train anyway' ticked (``--train-anyway``).
+    Returns the copies the command names, for
     :func:`train_job` to write (off the GUI thread)."""
     from ..runs import format_command, replay_dir, save_run_record, train_record
     from ._layers import layer_files
@@ -256,6 +279,7 @@ def record_train(
         from_=origin,
         pixel_size=list(pixel_size[0]) if pixel_size else None,
         pixel_unit=pixel_size[1] if pixel_size else None,
+        train_anyway=anyway and origin is not None,
     )
     save_run_record(run_dir, "train", configs, command)
     return image_copies + label_copies

@@ -8,20 +8,18 @@ layer geometry, not the dock's run logic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from napari.layers import Labels
 
-from ..config import DataConfig
 from ..normalization import as_model_input
-from ._layers import current_slice, layer_data
+from ._layers import current_slice
 from ._output_layers import put_layer
 from ._predict_input import layer_frame
 from ._train_job import PreviewEvent, PreviewSource
 
-__all__ = ["preview_source", "show_preview", "StrokeCheck"]
+__all__ = ["preview_source", "show_preview"]
 
 
 def preview_source(
@@ -71,35 +69,3 @@ def show_preview(
         **layer_frame(layer, None if layer.rgb else axis),
         opacity=0.5,
     )
-
-
-@dataclass
-class StrokeCheck:
-    """The labels of the previewed slice, to hold against the starting model's labels of it
-    when the "before" preview comes: scribbles wider than the objects teach thicker ones
-    (``finetune.wide_strokes``), dense labels of a few objects teach that there are almost
-    none (``finetune.shrinking_classes``). Made at Start for a fine-tune of classes."""
-
-    labels: np.ndarray
-    data: DataConfig
-    class_names: tuple[str, ...]
-
-    @classmethod
-    def at_start(
-        cls, layer: Any, point: tuple[float, ...], dims: int, data: DataConfig, names: Any
-    ) -> StrokeCheck:
-        from ..labels import resolve_class_values
-
-        if data.label_mode == "dense" and not data.class_values:  # every slice's values
-            try:
-                data = data.replace(class_values=resolve_class_values(data, layer_data(layer)))
-            except ValueError:  # Start refuses such labels before it gets here
-                pass
-        return cls(current_slice(layer, point, None, dims).copy(), data, tuple(names))
-
-    def warning(self, before: np.ndarray) -> str | None:
-        from ..finetune import shrinking_classes, wide_strokes
-
-        if self.data.label_mode == "sparse":
-            return wide_strokes(self.labels, before, self.class_names)
-        return shrinking_classes(self.labels, before, self.data, self.class_names)

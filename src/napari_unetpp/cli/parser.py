@@ -155,8 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="W",
-        help="weight of keeping the starting model's predictions on unlabelled pixels "
-        "(default: 1 with --from and the model's classes, else 0; 0 = off)",
+        help="weight of keeping the starting model's predictions on unlabelled pixels, "
+        "on every pixel with dense labels (default with --from and the model's classes: "
+        "1, or finetune.DENSE_PRESERVE_WEIGHT with dense labels; else 0; 0 = off)",
+    )
+    t.add_argument(
+        "--train-anyway",
+        action="store_true",
+        help="fine-tune even when the labels look harmful to the starting model (values "
+        "not its own, strokes wider than its objects, dense labels that unteach a class); "
+        "without it such a run stops before its first step and says why",
     )
     t.add_argument("--validate-every", type=int)
     t.add_argument(

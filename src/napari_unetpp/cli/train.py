@@ -65,7 +65,7 @@ def build_train_configs(
     ``--widths/--depth`` may repeat but not change.
     Returns the configs and whether the label mode is still to be guessed ("auto").
     """
-    from ..config import FINE_TUNE_LEARNING_RATE, DataConfig, ModelConfig, TrainConfig
+    from ..config import DataConfig, ModelConfig, TrainConfig
 
     run = read_run_file(args.config)
     model_base = base.model.to_dict() if base is not None else run.get("model", {})
@@ -85,16 +85,12 @@ def build_train_configs(
     )
     if args.widths and args.depth is None and "depth" not in model_base:
         model["depth"] = min(len(args.widths) - 1, 4)
+    recorded = dict(run.get("train", {}))
+    if base is not None and not resuming:  # the Train dock's fine-tune, unless told otherwise
+        recorded = {**fine_tune_defaults(int(model.get("spatial_dims", 2))), **recorded}
     learning_rate = args.lr
-    if (
-        base is not None
-        and not resuming
-        and learning_rate is None
-        and "learning_rate" not in run.get("train", {})
-    ):
-        learning_rate = FINE_TUNE_LEARNING_RATE  # as the widget: a few labels must not undo it
     train = _override(
-        run.get("train", {}),
+        recorded,
         iterations=args.iterations,
         batch_size=args.batch_size,
         learning_rate=learning_rate,
@@ -129,6 +125,29 @@ def build_train_configs(
         DataConfig.from_dict(data),
         auto_label,
     )
+
+
+def fine_tune_defaults(spatial_dims: int) -> dict[str, Any]:
+    """A fine-tune's training settings where none are given: the Train dock's.
+
+    Why: ``train --from`` ran 2000 steps at batch 8 and patch 256, the dock 200 at batch 4
+    and patch 128, so the same labels gave two different models (issue 16: the CLI and the
+    dock give the same run)."""
+    from ..config import (
+        FINE_TUNE_BATCH_SIZE,
+        FINE_TUNE_ITERATIONS,
+        FINE_TUNE_LEARNING_RATE,
+        FINE_TUNE_PATCH,
+    )
+
+    defaults: dict[str, Any] = {
+        "iterations": FINE_TUNE_ITERATIONS,
+        "batch_size": FINE_TUNE_BATCH_SIZE,
+        "learning_rate": FINE_TUNE_LEARNING_RATE,
+    }
+    if spatial_dims == 2:
+        defaults["patch_size"] = (FINE_TUNE_PATCH,) * 2
+    return defaults
 
 
 def _run_record(
@@ -284,6 +303,8 @@ def _train(
     classes = num_output_channels(data_config, labels)
     if initial is not None and main_process:
         _note_class_mapping(labels, model_config, data_config, classes)
+    if initial is not None and not args.dry_run and not args.train_anyway:
+        _refuse_harmful_labels(initial, (images, labels), data_config, classes, train_config)
     model_config = model_config.replace(
         in_channels=channels,
         num_classes=classes,
@@ -324,6 +345,25 @@ def _note_class_mapping(
     warning, mapping = class_mapping(labels, model_config, data_config, classes)
     if warning or mapping:
         _note(f"warning: {warning}" if warning else str(mapping))
+
+
+def _refuse_harmful_labels(
+    initial: Any,
+    pairs: tuple[list[Any], list[Any]],
+    data_config: DataConfig,
+    classes: int,
+    train_config: TrainConfig,
+) -> None:
+    """Stop before the first step when the labels would make the starting model worse
+    (``finetune_checks.harmful_labels``, as the Train dock); ``--train-anyway`` goes on.
+
+    Why before: said as a warning while the run went on, it was missed, and a fine-tune of
+    the EM model on membrane strokes read as dense labels ended at IoU 0.015."""
+    from ..finetune_checks import TRAIN_ANYWAY, harmful_labels
+
+    reason = harmful_labels(initial, *pairs, data_config, classes, train_config.device)
+    if reason:
+        raise UserError(f"{reason}; {TRAIN_ANYWAY.format(how='add --train-anyway')}")
 
 
 def _run_trainer(
