@@ -217,3 +217,27 @@ def test_level_counts_leave_floats_and_wide_ranges_to_numpy():
 
     assert LevelCounts.of(np.linspace(0, 1, 100)) is None
     assert LevelCounts.of(np.array([0, LevelCounts.MAX_LEVELS], np.int64)) is None
+
+
+def test_torch_clip_and_count_give_numpys_bits():
+    """Normalisation clips with torch's clamp_ and counts levels with torch's bincount once
+    torch is loaded (faster): the same bits as np.clip (NaN, -0.0, infinities, vectorised
+    part and tail) and the same counts as np.bincount."""
+    import torch  # noqa: F401 - loaded: the torch paths are taken
+
+    from napari_unetpp.normalization import _bincount, _clip_unit
+
+    rng = np.random.default_rng(7)
+    values = (rng.standard_normal(1000) * 2).astype(np.float32)
+    values[[0, 17, 500, 999]] = [-0.0, np.nan, np.inf, -np.inf]
+    values[[3, 998]] = [-0.0, np.nan]  # in a vector and in the scalar tail
+    for n in (1000, 37, 5):
+        mine, theirs = values[:n].copy(), values[:n].copy()
+        _clip_unit(mine)
+        np.clip(theirs, 0.0, 1.0, out=theirs)
+        assert mine.tobytes() == theirs.tobytes()
+    for dtype, top in ((np.uint8, 256), (np.uint16, 65536), (np.uint32, 5000)):
+        offsets = rng.integers(0, top, 10_000).astype(dtype)
+        for length in (top, top + 3):
+            expected = np.bincount(offsets.astype(np.intp), minlength=length)
+            np.testing.assert_array_equal(_bincount(offsets, length), expected)
