@@ -645,6 +645,22 @@ def test_cpu_inference_runs_channels_last_in_2d_only():
     assert weight.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_cpu_batches_run_in_passes_whose_feature_maps_stay_on_the_heap(em_stack):
+    """Four 256 x 256 tiles at width 32 make 32 MiB feature maps, which glibc maps and
+    faults in afresh on every layer: on the CPU they run in two passes of two (one pass at
+    width 8), with the probabilities of one tile per pass."""
+    image = em_stack[0][0, :512, :512]
+    for widths, passes in (((32, 64), [2, 2, 2, 2, 1]), ((8, 16), [4, 4, 1])):
+        net = calibrated(normalize(image, DataConfig().normalization)[None, None], widths=widths)
+        sizes: list[int] = []
+        net.register_forward_pre_hook(lambda _m, args, seen=sizes: seen.append(len(args[0])))
+        config = _config(tile_size=(256, 256), batch_size=4)
+        batched = predict_array(net, image, config, DataConfig())
+        assert sizes == passes
+        single = predict_array(net, image, config.replace(batch_size=1), DataConfig())
+        np.testing.assert_allclose(batched[1], single[1], atol=1e-5)
+
+
 def test_prefetching_view_reads_the_next_band_in_the_background(em_crop):
     """A GPU run reads band k+1 while band k is predicted: same tiles, read off the main thread."""
     import threading

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import math
 import weakref
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
@@ -136,6 +137,12 @@ def precision_note(net: nn.Module, device: torch.device, mixed_precision: bool) 
     return "" if dtype == torch.float32 else f" ({str(dtype).removeprefix('torch.')})"
 
 
+#: Bytes below which a CPU feature map comes from glibc's heap once its mmap threshold has
+#: adapted (the threshold follows freed maps up to 32 MiB on 64-bit Linux); at 32 MiB and
+#: above every map is mapped and faulted in afresh. A little under, for allocator headers.
+HEAP_LIMIT = 32 * 2**20 - 2**16
+
+
 class TileRunner:
     """The tile predictor: one network pass for all depths, TTA, OOM fallback.
 
@@ -173,6 +180,7 @@ class TileRunner:
         # the network's parameters and the CPU's features cost as much as a small tile)
         self._format: tuple[torch.device, torch.memory_format, torch.dtype, bool] | None = None
         self._channels: dict[Hashable, int] = {d: num_classes for d in depths}
+        self._passes: dict[tuple[torch.device, int, tuple[int, ...]], int] = {}
 
     @property
     def input_dtype(self) -> torch.dtype:
@@ -182,10 +190,11 @@ class TileRunner:
     def __call__(self, batch: np.ndarray | torch.Tensor) -> Mapping[int, torch.Tensor]:
         parts: list[Mapping[int, torch.Tensor]] = []
         size = int(batch.shape[0])  # not len(): a Python-level call on a tensor
-        self._reuse = size <= self.chunk and len(self.flips) == 1  # one part, no sums
+        step = min(self.chunk, self._per_pass(size, tuple(batch.shape[2:])))
+        self._reuse = size <= step and len(self.flips) == 1  # one part, no sums
         start = 0
         while start < size:
-            chunk = batch[start : start + self.chunk]
+            chunk = batch[start : start + step]
             try:
                 parts.append(self._forward(chunk))
             except Exception as exc:  # noqa: BLE001 - re-raised unless it is an OOM on CUDA
@@ -195,6 +204,7 @@ class TileRunner:
                 start += int(chunk.shape[0])
                 continue
             self._shrink()  # outside the except block: the traceback's tensors are freed
+            step = min(step, self.chunk)
         if len(parts) == 1:
             return parts[0]
         stacked = [p for p in parts if isinstance(p, stitching.StackedOutputs)]
@@ -204,6 +214,32 @@ class TileRunner:
             return stitching.StackedOutputs(data, stacked[0].channels)
         where = {d: t.device for d, t in parts[-1].items()}  # after a CPU fallback: the CPU
         return {d: torch.cat([p[d].to(where[d]) for p in parts]) for d in parts[0]}
+
+    def _per_pass(self, size: int, tile: tuple[int, ...]) -> int:
+        """Tiles per network pass on the CPU: as many as keep its largest feature map under
+        glibc's largest mmap threshold (:data:`HEAP_LIMIT`), in passes of equal size.
+
+        Why: glibc maps every allocation above that threshold fresh and returns it on free,
+        so each such feature map is faulted in page by page, layer after layer. A batch of
+        four 256 x 256 tiles at width 32 makes 32 MiB maps, just above; in two passes of two
+        they come from the heap, with the same results bit for bit: tiled L1 / L2 / L4 took
+        0.89x / 0.93x / 0.94x the CPU time (one thread, interleaved, benchmarks.md). CUDA has
+        its own caching allocator: no split.
+        """
+        key = (self.device, size, tile)
+        known = self._passes.get(key)
+        if known is not None:
+            return known
+        widths = getattr(getattr(self.net, "config", None), "widths", None)
+        step = size
+        if self.device.type == "cpu" and size > 1 and widths:
+            pixels = math.prod(int(t) for t in tile)
+            shrink = 2 ** len(tile)  # each level pools every spatial axis by 2
+            per_tile = max(int(w) * pixels // shrink**level for level, w in enumerate(widths))
+            passes = -(-size * per_tile * network_dtype(self.net).itemsize // HEAP_LIMIT)
+            step = max(1, -(-size // passes))
+        self._passes[key] = step
+        return step
 
     def _shrink(self) -> None:
         empty_cache(self.device)
