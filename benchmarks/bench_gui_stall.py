@@ -174,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     image = tifffile.imread(DATA_DIR / "em_isbi2012" / "image.tif")
     labels = tifffile.imread(DATA_DIR / "em_isbi2012" / "membranes.tif")
     crop = (slice(0, args.slices), slice(0, args.size), slice(0, args.size))
-    print(f"CPU cores: {os.cpu_count()}, torch threads: default; EM {image[crop].shape}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())  # a busy machine inflates lateness
+    shape = image[crop].shape
+    print(f"CPU cores: {os.cpu_count()}, torch threads: default; EM {shape}; load {load}")
     results = measure(image[crop], labels[crop], steps=args.steps, model=args.model)
     for phase, stats in results.items():
         print(

@@ -635,6 +635,9 @@ def test_a_new_layer_is_built_in_one_turn_and_inserted_unselected_in_the_next(
     steps = put_layer_steps(viewer, Labels, "p", new, [1, 1], [0, 0], {}, select=False)
     next(steps)  # built, not yet in the viewer
     assert isinstance(viewer.layers["p"], Image)
+    for _ in range(3):  # its visual and controls (test_a_new_layers_visual_and_controls_...)
+        next(steps)
+    assert isinstance(viewer.layers["p"], Image)
     next(steps)  # inserted where the replaced layer was, hidden, the selection unchanged
     added = viewer.layers["p"]
     assert isinstance(added, Labels) and viewer.layers.index("p") == 1 and not added.visible
@@ -646,6 +649,69 @@ def test_a_new_layer_is_built_in_one_turn_and_inserted_unselected_in_the_next(
     with pytest.raises(StopIteration):  # in place: no turn of its own
         next(update)
     assert viewer.layers["p"] is added and added.data.max() == 2
+
+
+def test_a_new_layers_visual_and_controls_are_built_in_turns_before_its_insert(
+    make_napari_viewer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """napari's insert of a hidden layer was 100-190 ms of one event-loop turn (issue 16), most
+    of it its canvas visual and its controls panel: each now has a turn of its own before the
+    insert, and the layer looks, selects and removes as one napari added."""
+    import napari._qt.layer_controls.qt_layer_controls_container as container_module
+    import napari._qt.qt_viewer as qt_viewer_module
+    import napari._vispy.utils.visual as visual_module
+    from napari.layers import Image
+
+    from napari_unetpp._widgets._output_layers import put_layer_steps
+
+    built: list[str] = []
+    for module, name in [
+        (qt_viewer_module, "create_vispy_layer"),
+        (visual_module, "create_vispy_layer"),
+        (container_module, "create_qt_layer_controls"),
+    ]:
+        real = getattr(module, name)
+        monkeypatch.setattr(
+            module, name, lambda *a, _f=real, _n=name, **k: built.append(_n) or _f(*a, **k)
+        )
+    viewer = make_napari_viewer()
+    data = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
+    plain = viewer.add_image(data, name="plain", colormap="magma", contrast_limits=(0, 1))
+    assert built == ["create_vispy_layer", "create_qt_layer_controls"]  # napari's own path
+    built.clear()
+    style = {"colormap": "magma", "contrast_limits": (0.0, 1.0)}
+    steps = put_layer_steps(
+        viewer, Image, "p", data, [1, 1, 1], [0, 0, 0], {}, select=False, **style
+    )
+    for _ in range(4):  # built; its visual; its controls; those put in napari's stack
+        next(steps)
+    assert "p" not in viewer.layers and built == ["create_vispy_layer", "create_qt_layer_controls"]
+    built.clear()
+    next(steps)  # the insert's turn: neither part built in it
+    added = viewer.layers["p"]
+    assert built == [] and not added.visible
+    qt_viewer = viewer.window._qt_viewer
+    assert added in qt_viewer.canvas.layer_to_visual and added in qt_viewer.controls.widgets
+    with pytest.raises(StopIteration):
+        next(steps)
+    viewer.dims.current_step = (2, 0, 0)
+    plain.visible = False
+    mine = viewer.screenshot(canvas_only=True)
+    plain.visible, added.visible = True, False
+    np.testing.assert_array_equal(viewer.screenshot(canvas_only=True), mine)
+    assert mine.std() > 0
+    viewer.layers.selection.active = added
+    assert qt_viewer.controls.currentWidget() is qt_viewer.controls.widgets[added]
+    viewer.layers.remove(added)
+    assert added not in qt_viewer.canvas.layer_to_visual
+    stack = qt_viewer.controls.count()
+    dropped = put_layer_steps(viewer, Image, "q", data, [1, 1, 1], [0, 0, 0], {}, select=False)
+    for _ in range(4):
+        next(dropped)
+    assert qt_viewer.controls.count() == stack + 1
+    dropped.close()  # the dock closed before the insert: nothing added, nothing left behind
+    assert "q" not in viewer.layers and len(qt_viewer.canvas.layer_to_visual) == 1
+    assert qt_viewer.controls.count() == stack and len(qt_viewer.controls.widgets) == 1
 
 
 def test_a_layer_inserted_through_a_docks_viewer_proxy_raises_no_warning(

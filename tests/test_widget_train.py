@@ -533,6 +533,57 @@ def test_live_plot_started_for_a_new_network_draws_whole_before_the_job(qtbot):
     assert train_module._first_loss(ModelConfig(num_classes=1), "zoo:em") is None
 
 
+def test_a_new_preview_layer_comes_in_event_loop_turns_unselected(make_napari_viewer):
+    """The first preview was one GUI-thread turn of ~220 ms CPU (napari's insert, selection
+    and first paint; late ticks of 0.3-0.8 s while training, issue 16): now built, its
+    visual and controls made, inserted unselected and shown in turns of their own; the
+    training's wait (``shown``) ends with the last; an update is one turn."""
+    from napari_unetpp._widgets._train_job import PreviewEvent
+    from napari_unetpp._widgets._train_preview import show_preview
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((3, 16, 16), np.float32), name="em")
+    mine = viewer.add_labels(np.zeros((3, 16, 16), np.int32), name="mine")
+    viewer.dims.current_step = (2, 0, 0)
+    event = PreviewEvent("best", np.ones((16, 16), np.int32), 4)
+    steps = show_preview(viewer, image, event, tuple(viewer.dims.point), None)
+    turns = 0
+    for _ in steps:
+        turns += 1
+        assert not event.shown.is_set()
+    preview = viewer.layers["em UNet++ preview"]
+    assert turns >= 5 and event.shown.is_set() and preview.visible
+    assert viewer.layers.selection.active is mine  # the user paints on, into their labels
+    assert preview.data.shape == (1, 16, 16) and tuple(preview.translate) == (2, 0, 0)
+    again = PreviewEvent("after", np.full((16, 16), 2, np.int32), 8)
+    assert list(show_preview(viewer, image, again, tuple(viewer.dims.point), None)) == []
+    assert again.shown.is_set() and viewer.layers["em UNet++ preview"] is preview
+    assert preview.data.max() == 2
+
+
+def test_objects_made_while_a_job_runs_are_frozen_by_the_layers_that_made_them():
+    """A preview layer's visual and controls (thousands of objects, made on the GUI thread
+    during a training) were walked by the training thread's full collections, 154-279 ms
+    each with the GIL held (issue 16): frozen once the layer is in, while a job runs."""
+    import gc
+
+    from napari_unetpp._widgets import _workers
+
+    before = gc.get_freeze_count()
+    made = [[k] for k in range(1000)]
+    _workers.freeze_new_objects()  # no job: nothing frozen
+    assert gc.get_freeze_count() == before
+    _workers.freeze_old_objects()
+    try:
+        frozen = gc.get_freeze_count()
+        made += [[k] for k in range(1000)]
+        _workers.freeze_new_objects()
+        assert gc.get_freeze_count() >= frozen + 1000
+    finally:
+        _workers.thaw_old_objects()
+    assert gc.get_freeze_count() == before and len(made) == 2000
+
+
 def test_updated_layer_keeps_its_transform_without_a_refresh(make_napari_viewer):
     """Updating a layer in place (each preview) does not reassign an unchanged scale or
     translate: each assignment refreshed the layer on the GUI thread (issue 16)."""

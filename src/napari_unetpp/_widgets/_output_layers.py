@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ._layer_parts import LayerParts, insert_with, prebuild
 from ._layers import PLUGIN_KEY
 
 
@@ -58,15 +59,16 @@ def put_layer_steps(
     below: str | None = None,
     **style: Any,
 ) -> Generator[None, None, Any]:
-    """:func:`put_layer` as a generator: a new layer is built, inserted hidden, then shown,
-    with a yield between the steps (a hidden layer is built and inserted in two).
+    """:func:`put_layer` as a generator: a new layer is built, its canvas visual and
+    controls panel are built (unselected layers: :mod:`._layer_parts`), it is inserted
+    hidden, then shown, with a yield between the steps (a hidden layer has no show step).
     ``below``: a new layer goes under the layer of that name when it is there (a result's
     probabilities under its labels, which they washed out when added on top).
 
     Why: building a Labels or Shapes layer takes 10-40 ms of the GUI thread, napari's
-    insert 50-100 ms more, and showing a layer (its first slice, thumbnail and paint)
-    ~20 ms (issue 16, measured); in separate event-loop turns the viewer paints and
-    serves input in between. An update in place does not yield.
+    insert 100-190 ms more (its visual ~40, its controls ~35), and showing a layer (its
+    first slice, thumbnail and paint) ~20 ms (issue 16, measured); in separate event-loop
+    turns the viewer paints and serves input in between. An update in place does not yield.
     """
     old = viewer.layers[name] if name in viewer.layers else None
     if isinstance(old, kind) and old.ndim == _data_ndim(data):
@@ -83,14 +85,24 @@ def put_layer_steps(
         **style,
     )
     yield
-    layers = viewer.layers  # looked up again: the user may have changed the list meanwhile
-    old = layers[name] if name in layers else None
-    index = layers.index(old) if old is not None else len(layers)
-    if old is None and below is not None and below in layers:
-        index = layers.index(below)
-    if old is not None:
-        layers.remove(old)
-    insert_layer(layers, index, layer, select=select)
+    # its canvas visual and controls panel, a turn each (select=False: a layer napari
+    # selects needs its controls during the insert); None: napari builds them in the insert
+    parts = None if select else (yield from prebuild(viewer, layer))
+    try:
+        if parts is not None:
+            yield
+        layers = viewer.layers  # looked up again: the user may have changed the list meanwhile
+        old = layers[name] if name in layers else None
+        index = layers.index(old) if old is not None else len(layers)
+        if old is None and below is not None and below in layers:
+            index = layers.index(below)
+        if old is not None:
+            layers.remove(old)
+    except BaseException:  # the steps were dropped (the dock closed): nothing left behind
+        if parts is not None:
+            parts.discard()
+        raise
+    insert_layer(layers, index, layer, select=select, parts=parts)
     if visible:
         try:
             yield
@@ -146,8 +158,11 @@ def _update(
     old.metadata = {**old.metadata, PLUGIN_KEY: meta}
 
 
-def insert_layer(layers: Any, index: int, layer: Any, *, select: bool = True) -> None:
-    """Insert ``layer``; with ``select=False`` the selection stays as it was.
+def insert_layer(
+    layers: Any, index: int, layer: Any, *, select: bool = True, parts: LayerParts | None = None
+) -> None:
+    """Insert ``layer``; with ``select=False`` the selection stays as it was. ``parts``: its
+    canvas visual and controls, built before (:func:`._layer_parts.prebuild`; unselected only).
 
     Why: napari makes each inserted layer the selected one, which builds and shows
     its controls panel: about a quarter of the GUI-thread time of inserting a hidden
@@ -161,11 +176,16 @@ def insert_layer(layers: Any, index: int, layer: Any, *, select: bool = True) ->
 
     layers = unproxied(layers)
     if select or not hasattr(layers, "_activate_on_insert"):
+        if parts is not None:  # napari selects it during the insert: its controls must exist
+            parts.discard()
         layers.insert(index, layer)
         return
     layers._activate_on_insert = False
     try:
-        layers.insert(index, layer)
+        if parts is None:
+            layers.insert(index, layer)
+        else:
+            insert_with(layers, index, layer, parts)
     finally:
         layers._activate_on_insert = True
 

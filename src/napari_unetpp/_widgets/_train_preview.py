@@ -8,6 +8,7 @@ layer geometry, not the dock's run logic.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ from napari.layers import Labels
 
 from ..normalization import as_model_input
 from ._layers import current_slice
-from ._output_layers import put_layer
+from ._output_layers import put_layer_steps
 from ._predict_input import layer_frame
 from ._train_job import PreviewEvent, PreviewSource
 
@@ -41,9 +42,25 @@ def preview_source(
 
 def show_preview(
     viewer: Any, layer: Any, event: PreviewEvent, point: tuple[float, ...], axis: int | None
-) -> None:
+) -> Generator[None, None, None]:
     """``<image> UNet++ before`` (starting model) or ``... preview`` (the new one), placed
-    where the slice taken at ``point`` lies in ``layer`` (``axis``: its channel axis)."""
+    where the slice taken at ``point`` lies in ``layer`` (``axis``: its channel axis).
+
+    A generator of event-loop steps (:func:`._ui.spread`), as the Segment dock's layers: a
+    new layer is built, its canvas visual and controls made, inserted unselected and shown
+    in turns of their own (the first preview was one turn of 220 ms of GUI-thread CPU on a
+    busy 2-core machine, 0.3-0.8 s late ticks: issue 16); an update is one step. Sets
+    ``event.shown`` when done or dropped: the training waits for it (:mod:`._train_job`).
+    """
+    try:
+        yield from _put_preview(viewer, layer, event, point, axis)
+    finally:
+        event.shown.set()
+
+
+def _put_preview(
+    viewer: Any, layer: Any, event: PreviewEvent, point: tuple[float, ...], axis: int | None
+) -> Generator[None, None, None]:
     stage = "before" if event.stage == "before" else "preview"
     labels = event.labels
     lead = layer.ndim - (axis is not None) - labels.ndim
@@ -58,7 +75,7 @@ def show_preview(
                 layer.translate[:lead], index[:lead], layer.scale[:lead], strict=True
             )
         ] + translate
-    put_layer(
+    yield from put_layer_steps(
         viewer,
         Labels,
         f"{layer.name} UNet++ {stage}",
@@ -68,4 +85,5 @@ def show_preview(
         {"stage": event.stage, "step": event.step},
         **layer_frame(layer, None if layer.rgb else axis),
         opacity=0.5,
+        select=False,  # the user's own labels stay selected, to paint on
     )

@@ -98,13 +98,14 @@ def spread(
     from qtpy.QtCore import QTimer
 
     from ..events import drive
-    from ._workers import freeze_old_objects, thaw_old_objects
+    from ._workers import freeze_new_objects, freeze_old_objects, thaw_old_objects
 
     if inline:
         done(drive(steps))
         return
 
     def finish(value: R | None) -> None:
+        freeze_new_objects()  # the layers' objects, while a job (a training) still runs
         thaw_old_objects()
         done(value)
 

@@ -49,7 +49,7 @@ from ._train_job import (
     train_job,
 )
 from ._train_preview import preview_source, show_preview
-from ._ui import set_progress
+from ._ui import set_progress, spread
 
 if TYPE_CHECKING:
     import napari
@@ -75,7 +75,7 @@ class TrainWidget(TrainInputs):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(napari_viewer)
         self._runner = JobRunner(queue=queue_for(napari_viewer), owner="train")
-        self._note, self._shown_at = "", 0.0
+        self._note, self._shown_at, self._gone = "", 0.0, False
         self.last_run_dir: Path | None = None
         self.last_checkpoint: Path | None = None
         self._left_run: str | None = None  # a closed dock's training, stopping: its run
@@ -94,6 +94,7 @@ class TrainWidget(TrainInputs):
 
     def _closed(self) -> None:
         """The dock was closed (or deleted): stop its training, stop listening."""
+        self._gone = True  # a preview being added stops (its Qt widgets may be deleted)
         self._runner.quit()
         self._runner.queue.changed.disconnect(self._on_queue_changed)
         super()._closed()
@@ -218,10 +219,7 @@ class TrainWidget(TrainInputs):
         elif event.kind == "validation":
             self._plot.add_validation(event.step, event.val_loss, event.val_scores)
         elif event.kind == "preview":
-            try:
-                self._show_preview(event)
-            finally:
-                event.shown.set()  # the training waits for this (see _train_job)
+            self._show_preview(event)  # sets event.shown: the training waits (see _train_job)
         elif event.kind == "done":
             set_progress(self._progress, int(100 * event.fraction))
 
@@ -285,8 +283,16 @@ class TrainWidget(TrainInputs):
         )
 
     def _show_preview(self, event: PreviewEvent) -> None:
-        """``<image> UNet++ before`` (starting model) or ``... preview`` (the new one)."""
+        """``<image> UNet++ before`` (starting model) or ``... preview`` (the new one), one
+        step per event-loop turn (:func:`._train_preview.show_preview`)."""
         layer = self._preview_layer
-        if layer not in self._viewer.layers:  # the user removed the image meanwhile
-            return
-        show_preview(self._viewer, layer, event, self._preview_point, self._channel_axis_value())
+        try:
+            if layer not in self._viewer.layers:  # the user removed the image meanwhile
+                event.shown.set()
+                return
+            point, axis = self._preview_point, self._channel_axis_value()
+        except BaseException:
+            event.shown.set()
+            raise
+        steps = show_preview(self._viewer, layer, event, point, axis)
+        spread(steps, lambda _none: None, self._runner.inline, alive=lambda: not self._gone)
