@@ -1240,6 +1240,25 @@ def test_an_adaptive_run_of_another_model_drops_the_first_models_depths(
     assert "em UNet++ L1" not in names and "em UNet++ L2" not in names, names
 
 
+def test_depth_layers_stay_in_order_after_apply_with_another_model_then_segment(
+    setup: Any, crop: np.ndarray, tmp_path: Path
+) -> None:
+    """QA session 15, a biologist's loop: Segment, fine-tune (another model), Apply at L2
+    (the first model's other depths dropped, L2 updated in place), then a full Segment:
+    the new L1 went in under the labels, above the kept L2, so the layer list read L2, L1
+    (napari draws later layers on top). The depths are back in order, under the labels."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="em")
+    w.segment()
+    w.load_model(_other_model(tmp_path, "tuned"))
+    w.segment(pruned_depth=2)
+    assert _names(viewer)[:3] == ["em", "em UNet++ L2", "em UNet++ labels"]
+    w.segment()
+    assert not errors, errors
+    assert _names(viewer)[:4] == ["em", "em UNet++ L1", "em UNet++ L2", "em UNet++ labels"]
+    assert viewer.layers["em UNet++ L2"].visible and not viewer.layers["em UNet++ L1"].visible
+
+
 def test_a_run_without_blocks_to_label_drops_the_earlier_runs_blocks(
     setup: Any, crop: np.ndarray, tmp_path: Path
 ) -> None:
