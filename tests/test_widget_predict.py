@@ -1259,6 +1259,21 @@ def test_depth_layers_stay_in_order_after_apply_with_another_model_then_segment(
     assert viewer.layers["em UNet++ L2"].visible and not viewer.layers["em UNet++ L1"].visible
 
 
+def test_an_image_opened_again_goes_under_its_updated_results(setup: Any, crop: np.ndarray) -> None:
+    """QA session 15: the image removed by mistake and opened again lands on top of its
+    earlier result layers; Segment updated them in place under the opaque image, and the
+    user saw no labels. The image now goes under its results."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="em")
+    w.segment()
+    viewer.layers.remove("em")
+    w._image.value = viewer.add_image(crop[0], name="em")
+    assert _names(viewer)[-1] == "em"
+    w.segment()
+    assert not errors, errors
+    assert _names(viewer)[:4] == ["em", "em UNet++ L1", "em UNet++ L2", "em UNet++ labels"]
+
+
 def test_a_run_without_blocks_to_label_drops_the_earlier_runs_blocks(
     setup: Any, crop: np.ndarray, tmp_path: Path
 ) -> None:
