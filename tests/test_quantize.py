@@ -105,3 +105,25 @@ def test_calibration_uses_the_centre_of_each_tile_on_the_pooling_grid():
     centre = quantize._centres(x, 16)
     torch.testing.assert_close(centre, x[:, :, 16:48, 16:32])
     assert quantize._centres(x[:, :, :16, :16], 16).shape == (2, 1, 16, 16)  # one cell: whole
+
+
+def test_int8_refusal_names_why_the_dock_greys_its_switch(monkeypatch):
+    """``int8_refusal``: None for a 2D batch-norm model on a CPU without bf16; else why not
+    (a GPU, also through 'auto'; a CPU with bf16; a 3D model; instance norm)."""
+    from napari_unetpp import devices
+
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: False)
+    flat = UNetPlusPlus(widths=(4, 8), depth=1)
+    assert quantize.int8_refusal(flat, "cpu") is None
+    assert "2D models only" in str(
+        quantize.int8_refusal(UNetPlusPlus(widths=(4, 8), depth=1, spatial_dims=3))
+    )
+    assert "BatchNorm" in str(
+        quantize.int8_refusal(UNetPlusPlus(widths=(4, 8), depth=1, norm="instance"))
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for device in ("auto", "cuda"):
+        assert "CPU only" in str(quantize.int8_refusal(flat, device))
+    assert quantize.int8_refusal(flat, "cpu") is None
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: True)
+    assert "bfloat16" in str(quantize.int8_refusal(flat, "cpu"))

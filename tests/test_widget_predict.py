@@ -977,6 +977,74 @@ def test_an_emptied_output_folder_is_refused_not_the_working_directory(
     assert set(Path.cwd().iterdir()) == before  # nothing written where napari was started
 
 
+def test_the_int8_switch_runs_int8_and_the_written_command_replays_it(
+    setup: Any, crop: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15: int8 from the Segment dock. Ticked on a CPU without bf16, the dock's run
+    is the engine's int8 run (not float32's), run.json and command.sh say int8, and the
+    command replays the dock's labels."""
+    from napari_unetpp import devices
+
+    viewer, w, errors = setup
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: False)  # as on this CI CPU
+    w._refresh_int8()
+    assert w._int8.enabled and not w._int8.value  # offered, off by default
+    assert "int8" in w._int8.tooltip and "2x faster" in w._int8.tooltip
+    w._image.value = viewer.add_image(crop[0], name="em")
+    w._int8.value = True
+    w.segment()
+    assert not errors, errors
+    run = json.loads((w.last_run_dir / "run.json").read_text())
+    assert run["predict"]["int8"] is True
+    assert "--int8" in (w.last_run_dir / "command.sh").read_text()
+    shown = viewer.layers["em UNet++ L2"].data
+    runs = {
+        int8: predict_array(
+            w.model,
+            crop[0],
+            PredictConfig(tile_size=(128, 128), device="cpu", int8=int8),
+            DataConfig(),
+        )
+        for int8 in (True, False)
+    }
+    np.testing.assert_allclose(shown, runs[True][2], atol=1e-6)
+    assert not np.allclose(shown, runs[False][2], atol=1e-4)  # int8 really ran
+    _replay_command_and_compare(w.last_run_dir)
+
+
+def test_the_int8_switch_is_greyed_where_it_cannot_run_or_help(
+    setup: Any, crop: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The switch is greyed and off, its tooltip saying why, on a CPU with bf16 and for a
+    3D model (a GPU: ``quantize.int8_refusal``); with adaptive depth it is refused in the
+    dock's words before anything runs."""
+    from napari_unetpp import devices
+
+    viewer, w, errors = setup
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: False)
+    w._refresh_int8()
+    w._int8.value = True
+    w._image.value = viewer.add_image(crop[0], name="em")
+    w.scale.adaptive.value = True
+    w.segment()
+    assert errors and "untick 'adaptive depth'" in errors[-1] and w.last_run_dir is None
+    assert w._status.value.startswith("not started")
+    w.scale.adaptive.value = False
+
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: True)
+    w._device.value = "auto"  # a Device change re-checks (here: no GPU, a bf16 CPU)
+    assert not w._int8.enabled and not w._int8.value and "bfloat16" in w._int8.tooltip
+    assert w._predict_config(None).int8 is False
+
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: False)
+    w._device.value = "cpu"
+    assert w._int8.enabled
+    w._int8.value = True
+    w.load_model(_other_model(tmp_path, "3d", spatial_dims=3))
+    assert not w._int8.enabled and not w._int8.value and "2D models only" in w._int8.tooltip
+    assert w._predict_config(None).int8 is False
+
+
 def test_result_layers_take_the_images_units_rotation_and_affine(
     setup: Any, crop: np.ndarray
 ) -> None:
@@ -1236,6 +1304,40 @@ def test_an_adaptive_run_of_another_model_drops_the_first_models_depths(
     names = _names(viewer)
     assert "em UNet++ adaptive" in names
     assert "em UNet++ L1" not in names and "em UNet++ L2" not in names, names
+
+
+def test_depth_layers_stay_in_order_after_apply_with_another_model_then_segment(
+    setup: Any, crop: np.ndarray, tmp_path: Path
+) -> None:
+    """QA session 15, a biologist's loop: Segment, fine-tune (another model), Apply at L2
+    (the first model's other depths dropped, L2 updated in place), then a full Segment:
+    the new L1 went in under the labels, above the kept L2, so the layer list read L2, L1
+    (napari draws later layers on top). The depths are back in order, under the labels."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="em")
+    w.segment()
+    w.load_model(_other_model(tmp_path, "tuned"))
+    w.segment(pruned_depth=2)
+    assert _names(viewer)[:3] == ["em", "em UNet++ L2", "em UNet++ labels"]
+    w.segment()
+    assert not errors, errors
+    assert _names(viewer)[:4] == ["em", "em UNet++ L1", "em UNet++ L2", "em UNet++ labels"]
+    assert viewer.layers["em UNet++ L2"].visible and not viewer.layers["em UNet++ L1"].visible
+
+
+def test_an_image_opened_again_goes_under_its_updated_results(setup: Any, crop: np.ndarray) -> None:
+    """QA session 15: the image removed by mistake and opened again lands on top of its
+    earlier result layers; Segment updated them in place under the opaque image, and the
+    user saw no labels. The image now goes under its results."""
+    viewer, w, errors = setup
+    w._image.value = viewer.add_image(crop[0], name="em")
+    w.segment()
+    viewer.layers.remove("em")
+    w._image.value = viewer.add_image(crop[0], name="em")
+    assert _names(viewer)[-1] == "em"
+    w.segment()
+    assert not errors, errors
+    assert _names(viewer)[:4] == ["em", "em UNet++ L1", "em UNet++ L2", "em UNet++ labels"]
 
 
 def test_a_run_without_blocks_to_label_drops_the_earlier_runs_blocks(

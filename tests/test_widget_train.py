@@ -671,12 +671,27 @@ def test_images_with_a_pixel_size_train_at_the_models(
     w._start_from.value = "file"
     w._checkpoint_file.value = w.last_checkpoint
     w._iterations.value = 2
-    w._train_anyway.value = True  # a 2-step model finds membranes everywhere: the masks
-    w._on_start()  # would be refused as unteaching them (finetune_checks.shrinking_classes)
+    # a 2-step model calls every pixel membrane at p ~ 0.5: its correct masks were refused
+    w._on_start()  # as unteaching them, until the check judged only against a sure start
     assert not errors
     assert notes and "resampled to the model's 0.002 x 0.002 um (zoom 2 x 2)" in notes[0]
     tuned, _ = load_checkpoint(w.last_checkpoint)
     assert tuned.config.pixel_size == pytest.approx((0.002, 0.002))
+
+
+def test_custom_widths_that_do_not_fit_the_depth_are_said_in_the_docks_words(
+    make_napari_viewer, em_crop, tmp_path, monkeypatch
+):
+    """QA session 15: Custom widths '4 8 16' left at Depth 4 said "ModelConfig: depth 4
+    needs 5 widths (one per level)", naming no field of the dock."""
+    errors = _errors(monkeypatch)
+    viewer = make_napari_viewer()
+    w = _widget(viewer, em_crop, tmp_path, iterations=2)
+    w._depth.value = 4
+    w._on_start()
+    assert errors and "ModelConfig" not in errors[-1], errors
+    assert "Depth 4 needs 5" in errors[-1] and "set Depth to 2" in errors[-1], errors
+    assert w.last_run_dir is None or not (w.last_run_dir / "best").exists()
 
 
 def test_a_failed_or_one_class_training_says_so(make_napari_viewer, em_crop, tmp_path, monkeypatch):

@@ -157,6 +157,8 @@ def test_labels_that_would_make_the_model_worse_stop_the_dock_before_it_trains(
     start()
     assert any("will learn to find far less 'membrane'" in m for m in told), told
     assert "not started" in w._status.value
+    assert "choose Label mode 'sparse'" in w._status.value  # the dock's field, not a flag
+    assert "--label-mode" not in w._status.value
 
 
 def test_stop_while_waiting_for_another_job_says_so_and_leaves_no_run_folder(

@@ -32,7 +32,7 @@ from torch import nn
 
 from .model import ConvBlock, NestedNode, UNetPlusPlus, head_name, node_name, nodes_for_depth
 
-__all__ = ["Int8UNet", "LazyInt8", "ShuffleUp", "check_int8", "int8_network"]
+__all__ = ["Int8UNet", "LazyInt8", "ShuffleUp", "check_int8", "int8_network", "int8_refusal"]
 
 
 class ShuffleUp(nn.Module):
@@ -67,25 +67,61 @@ class ShuffleUp(nn.Module):
 
 def check_int8(model: UNetPlusPlus) -> None:
     """Refuse (ValueError with the fix) a network the int8 path cannot take."""
+    refused = _model_refusal(model)
+    if refused is not None:
+        reason, fix = refused
+        raise ValueError(f"{reason}: set int8=False (drop --int8){fix}")
+
+
+def _model_refusal(model: UNetPlusPlus) -> tuple[str, str] | None:
+    """Why the int8 path cannot take ``model`` and what else fixes it, or None."""
     if model.spatial_dims != 2:
-        raise ValueError(
-            f"int8 inference supports 2D models only (this one is {model.spatial_dims}D): "
-            "set int8=False (drop --int8)"
-        )
+        return f"int8 inference supports 2D models only (this one is {model.spatial_dims}D)", ""
     if "x86" not in torch.backends.quantized.supported_engines:
-        raise ValueError(
+        return (
             "int8 inference needs torch's x86 quantisation engine, which this CPU / torch "
-            "build lacks: set int8=False (drop --int8)"
+            "build lacks",
+            "",
         )
     for node in model.nodes.values():
         block = node if isinstance(node, ConvBlock) else node.get_submodule("block")
         kinds = [type(m) for m in block.children()]
         if kinds != [nn.Conv2d, nn.BatchNorm2d, nn.ReLU] * 2:
-            raise ValueError(
+            return (
                 f"int8 inference needs conv -> BatchNorm -> ReLU blocks (to fuse them); this "
-                f"model uses {getattr(model.config, 'norm', '?')!r} normalisation: set "
-                "int8=False (drop --int8), or train with norm='batch'"
+                f"model uses {getattr(model.config, 'norm', '?')!r} normalisation",
+                ", or train with norm='batch'",
             )
+    return None
+
+
+def int8_refusal(model: UNetPlusPlus, device: str | torch.device = "cpu") -> str | None:
+    """Why int8 would not run, or not help, for ``model`` on ``device``; None when it would.
+
+    Why: the Segment dock greys its int8 switch with this as the tooltip, instead of a
+    refusal after Segment. Beside what :func:`check_int8` refuses: a GPU (``auto`` on a
+    machine with one; int8 runs on the CPU only, and a GPU's mixed precision is faster),
+    and a CPU with bfloat16 instructions, where the default bf16 run is the measured fast
+    path and int8 was not measured (docs/benchmarks.md).
+    """
+    from .devices import cpu_computes_bf16, resolve_device
+
+    try:
+        kind = resolve_device(device).type
+    except ValueError as exc:  # a device this machine lacks: Segment says so anyway
+        return str(exc)
+    if kind != "cpu":
+        return (
+            f"int8 runs on the CPU only, and the device here is {kind} (faster with its "
+            "mixed precision): choose Device 'cpu' to use it"
+        )
+    if cpu_computes_bf16():
+        return (
+            "this CPU has bfloat16 instructions: the default bf16 run is its measured fast "
+            "path (int8 was measured only on CPUs without them)"
+        )
+    refused = _model_refusal(model)
+    return None if refused is None else refused[0]
 
 
 class Int8UNet(nn.Module):

@@ -16,7 +16,7 @@ __all__ = ["Audience", "CONTROLS", "Remedy", "phrase", "phrased"]
 
 
 #: Who reads a remedy: a command-line user ("cli", also ``run.json``) or a user of the
-#: Segment dock ("dock").
+#: Segment or Train dock ("dock").
 Audience = Literal["cli", "dock"]
 
 #: The controls a remedy names, in each audience's words: the command line's options, the
@@ -34,6 +34,7 @@ CONTROLS: dict[str, dict[str, str]] = {
         "training size)",
         "fine_tune": "fine-tune (train --from)",
         "regions": "predict --disagreement ranks them",
+        "sparse_mode": "give --label-mode sparse",
     },
     "dock": {
         "set_diameter": "type {diameter} in 'Object diameter (px)' (Your image panel)",
@@ -45,6 +46,7 @@ CONTROLS: dict[str, dict[str, str]] = {
         "'Object diameter (px)' for a model of object size) so objects have the training size",
         "fine_tune": "fine-tune in the Train / fine-tune UNet++ dock",
         "regions": "the 'label here next' layer numbers them",
+        "sparse_mode": "choose Label mode 'sparse'",
     },
 }
 

@@ -116,12 +116,31 @@ def put_depths(
             below=f"{base} labels{suffix}",  # a re-run's new layer under the kept labels
         )
         yield
+    _in_depth_order(viewer, base, suffix)
     for d in depth_layers(viewer, base, suffix):
         layer = viewer.layers[f"{base} L{d}{suffix}"]
         # an adaptive run hides an earlier run's per-depth layers; napari refreshes a layer
         # on every assignment, the same value too (a shown one is re-sliced): only on a change
         if layer.visible != (not adaptive and d == shown_depth):
             layer.visible = not adaptive and d == shown_depth
+
+
+def _in_depth_order(viewer: napari.viewer.Viewer, base: str, suffix: str) -> None:
+    """Put the per-depth layers back in depth order (L1 lowest), where the last one is.
+
+    Why: after Apply at L2 with another model (its other depths dropped, L2 updated in
+    place), a full Segment inserted the new L1 under the labels, above the kept L2: the
+    layer list read L2, L1, L3, L4 (QA session 15). Moves nothing when in order already
+    (each move is a reorder event the viewer redraws for).
+    """
+    found = depth_layers(viewer, base, suffix)
+    if found == sorted(found):
+        return
+    layers = viewer.layers
+    names = [f"{base} L{d}{suffix}" for d in sorted(found)]
+    end = max(layers.index(name) for name in names) + 1
+    for name in names:  # each moved to the end of the group: ascending, L1 lowest
+        layers.move(layers.index(name), end)
 
 
 def put_depth_used(

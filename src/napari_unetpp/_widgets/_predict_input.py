@@ -190,20 +190,28 @@ def predict_config(
     device: DeviceName,
     scale: dict[str, Any],
     pruned_depth: int | None,
+    int8: bool = False,
 ) -> PredictConfig:
     """The dock's PredictConfig; ``scale`` is the scale panel's overrides.
 
     Apply (a pruned depth) runs the pruned network and TTA all depths, so neither
-    runs adaptive depth.
+    runs adaptive depth. ``int8``: the int8 switch (greyed where it cannot run); it
+    cannot run adaptive depth, which the user must untick (both were asked for).
     """
     from ..config import PredictConfig
 
     if pruned_depth is not None or tta:
         scale = {**scale, "adaptive_depth": False}
+    if int8 and scale.get("adaptive_depth"):
+        raise ValueError(
+            "int8 does not run adaptive depth (it chooses the heads per tile): untick "
+            "'adaptive depth' (Your image) or 'int8'"
+        )
     return PredictConfig(
         pruned_depth=pruned_depth,
         tile_size=(tile,) * dims,
         tta=tta,
         device=device,
+        int8=int8,
         **scale,
     )

@@ -74,6 +74,8 @@ def show_result(
     added (a note says so), as when it was removed before the result came; the rest of a
     removed image's result came in one by one, labels over nothing, and 'done'.
     """
+    if image is not None:
+        _image_under_results(viewer, image, f"{name} UNet++ ")
     steps = _add_result(viewer, name, result, where, meta, model, **options)
     try:
         while True:
@@ -87,6 +89,22 @@ def show_result(
                 return class_legend(model, options["instance"]), [note]
     finally:  # now, on the GUI thread: a layer inserted hidden is shown (put_layer_steps)
         steps.close()
+
+
+def _image_under_results(viewer: napari.viewer.Viewer, image: Any, prefix: str) -> None:
+    """Move the input image under its earlier results (layers named ``prefix...``).
+
+    Why: an image removed and opened again went on top of its earlier result layers, which
+    a Segment then updated in place under the opaque image: the new labels were hidden
+    (QA session 15).
+    """
+    layers = viewer.layers
+    if image not in layers:
+        return
+    below = [i for i, layer in enumerate(layers) if layer.name.startswith(prefix)]
+    here = layers.index(image)
+    if below and here > min(below):
+        layers.move(here, min(below))
 
 
 def _add_result(

@@ -190,6 +190,25 @@ class PredictModels(PredictForm):
         self._default_scope()
         self.pruning.set_model(model, info, name=self.model_name, source=spec)
         self.scale.set_model(model.config)
+        self._refresh_int8()
+
+    def _refresh_int8(self, _value: Any = None) -> None:
+        """The int8 switch greyed (and off) where int8 cannot run or does not help, its
+        tooltip saying why (``quantize.int8_refusal``): a GPU, a CPU with bf16, a 3D
+        model or one without batch norm; a model change or Device choice re-checks it."""
+        if self.model is None:
+            return
+        from ..quantize import int8_refusal
+
+        refused = int8_refusal(self.model, self._device.value)
+        self._int8.enabled = refused is None
+        if refused is not None:
+            self._int8.value = False
+        self._int8.tooltip = refused or (
+            "runs the network in int8 on this CPU: about 2x faster per slice on the EM "
+            "model, membrane IoU within 0.002 of float32 (calibrated on the image's first "
+            "tiles); written into run.json and command.sh (--int8)"
+        )
 
     @property
     def model_name(self) -> str:

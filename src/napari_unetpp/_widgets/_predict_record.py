@@ -106,6 +106,7 @@ def record_predict(
         channel_axis=data.channel_axis,
         probabilities=True,
         no_check=not check,
+        int8=config.int8,  # run.json has it too: said here, where a reader looks
     )
     save_run_record(run_dir, "predict", configs, command)
     return [] if copy is None else [copy]

@@ -106,11 +106,20 @@ class TrainConfigs(TrainForm):
     def _widths_value(self) -> tuple[int, ...]:
         text = self._custom_widths.value.replace(",", " ").split()
         try:
-            return tuple(int(t) for t in text) if text else self._widths.value
+            widths = tuple(int(t) for t in text) if text else self._widths.value
         except ValueError:
             raise ValueError(
                 f"custom widths {self._custom_widths.value!r}: give integers, e.g. 8 16 32 64 128"
             ) from None
+        depth = self._depth.value
+        if text and len(widths) != depth + 1:  # else "ModelConfig: depth 4 needs 5 widths"
+            other = f", or set Depth to {len(widths) - 1}" if 2 <= len(widths) <= 5 else ""
+            raise ValueError(
+                f"custom widths {self._custom_widths.value!r}: {len(widths)} width(s), but "
+                f"Depth {depth} needs {depth + 1} (one per level): give {depth + 1} "
+                f"widths{other}"
+            )
+        return widths
 
     def _configs(
         self, pairs: list[tuple[Image, Labels]]

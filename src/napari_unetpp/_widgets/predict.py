@@ -77,6 +77,7 @@ class PredictWidget(PredictModels):
         self._run.changed.connect(lambda: self.segment())
         self._cancel.changed.connect(self.cancel)
         self._device.changed.connect(self.pruning.set_device)
+        self._device.changed.connect(self._refresh_int8)
         self._output.changed.connect(self.pruning.set_output_folder)
         self.pruning.apply_requested.connect(lambda depth: self.segment(pruned_depth=depth))
 

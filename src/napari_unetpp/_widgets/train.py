@@ -257,10 +257,12 @@ class TrainWidget(TrainInputs):
         missed, and the EM model fine-tuned on membrane strokes in label 1 ended at IoU
         0.015 (``benchmarks/bench_dock_finetune.py em-label1``)."""
         from ..finetune_checks import TRAIN_ANYWAY
+        from ..remedies import phrased
 
         if self.last_run_dir is not None:
             discard_unstarted_run(self.last_run_dir)
         how = TRAIN_ANYWAY.format(how="tick 'Train anyway' and press Start")
+        reason = phrased(reason, "dock")  # the dock's fields, not the CLI's flags
         show_error(f"UNet++ training: {reason}; {how}")
         self._status.value = f"{reason}; {how}"
 
