@@ -327,3 +327,24 @@ def test_the_uncertain_fraction_of_a_resampled_scan_is_measured_at_the_models_sc
         assert not check.unlike_training, check.reasons
     print(f"uncertain fraction native {fractions[0]:.4f}, 0.8 mm {fractions[1]:.4f}")
     assert fractions[1] <= fractions[0] + 0.004
+
+
+def test_the_users_own_native_scan_is_not_called_unlike_the_training_data(
+    data_dir: Path, ct_model: tuple[Any, Any]
+) -> None:
+    """Native blocks of the whole scan (the model's own training slices: the pelvis, the lung
+    bases) were called unlike the training data on the half-size probe alone ("objects look
+    larger", scale gain 3.2 > 2.477; "smaller", 0.756 < 0.9): its limits came from 4
+    mid-abdominal validation slices, while at half size (6 mm) the CT model finds next to
+    nothing anywhere. A scan at 1 mm without its pixel size still fires."""
+    from napari_unetpp import scale as S
+
+    full = tifffile.imread(data_dir / "ct_totalseg" / "ct_full.tif")
+    for start in (34, 104):  # pelvis; lung bases and the top of the liver
+        check = _dock_check(ct_model, full[start : start + 8])
+        print(start, check.report("cli"))
+        assert not check.unlike_training, (start, check.reasons)
+    fine = S.resample(full[90:94].astype(np.float32), (3.0, 3.0), (1, 2))
+    check = _dock_check(ct_model, fine)
+    print(check.report("cli"))
+    assert check.unlike_training and "uncertain fraction" in check.reasons[0], check.reasons
