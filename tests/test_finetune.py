@@ -461,3 +461,31 @@ def test_a_dense_slab_leaves_the_stacks_unpainted_slices_to_the_starting_model(
     held.clear()  # the painted slab alone: its labelled pixels are held too (they were not)
     drive(Trainer(info.model, config, dense, initial="zoo:ct").run(scan[6:], labels[6:]))
     assert held == [True, True]
+
+
+def test_a_ct_fine_tune_keeps_the_starts_intensity_references(data_dir: Path) -> None:
+    """A fine-tune's card was calibrated on its own validation tiles only, so a CT model
+    fine-tuned from zoo:ct lost its organs' training medians and its check could no longer
+    tell a contrast-enhanced or shifted scan. The start's pass on; an organ painted here
+    (a liver 80 HU brighter, as in a contrast phase) is re-measured on this scan."""
+    import tifffile
+
+    from napari_unetpp.files import load_model
+
+    folder = data_dir / "ct_totalseg"
+    scan = tifffile.imread(folder / "ct_full.tif")[90:94, 16:80, 24:88].astype(np.float32)
+    ids = tifffile.imread(folder / "organs_full.tif")[90:94, 16:80, 24:88]
+    liver = ids == 5
+    scan[liver] += 80.0
+    labels = np.where(liver, 1, 0).astype(np.uint8)
+    model, info = load_model("zoo:ct")
+    start = info.metrics["image_check"]
+    dense = DataConfig(normalization=info.data.normalization, class_values=(1, 2, 3, 4, 5))
+    config = _config(iterations=2, patch_size=(64, 64), validation_fraction=0.5)
+    result = drive(Trainer(info.model, config, dense, initial="zoo:ct").run(scan, labels))
+    card = result.info.metrics["image_check"]
+    for key in ("intensity_spleen", "intensity_kidney_left", "intensity_shift"):
+        assert card[key] == start[key], key
+    assert card["intensity_liver"] == pytest.approx(float(np.median(scan[liver])), abs=0.5)
+    assert card["intensity_liver"] > start["intensity_liver"] + 50
+    assert "depth_disagreement" in card  # its own calibration kept
