@@ -489,3 +489,40 @@ def test_a_ct_fine_tune_keeps_the_starts_intensity_references(data_dir: Path) ->
     assert card["intensity_liver"] == pytest.approx(float(np.median(scan[liver])), abs=0.5)
     assert card["intensity_liver"] > start["intensity_liver"] + 50
     assert "depth_disagreement" in card  # its own calibration kept
+
+
+def test_a_noisy_fine_ct_is_smoothed_for_a_fine_tune_as_predict_smooths_it(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Predict smooths a noisy 1 mm CT before shrinking it to the model's 3 mm (session 14);
+    a fine-tune's pairs at 1 mm were shrunk without it, so the model was tuned on a noisier
+    image than it is shown. Both now resample through ``rescaled.model_grid``."""
+    import argparse
+
+    import tifffile
+
+    from napari_unetpp import rescaled
+    from napari_unetpp import scale as S
+    from napari_unetpp.cli import train as cli_train
+    from napari_unetpp.files import load_model
+
+    ct = tifffile.imread(data_dir / "ct_totalseg" / "ct.tif")[0].astype(np.float32)
+    fine = S.resample(ct, (3.0, 3.0), (0, 1), order=1)
+    noisy = fine + np.random.default_rng(0).normal(0, 30, fine.shape).astype(np.float32)
+    labels = np.zeros(fine.shape, np.uint8)
+    labels[100:140, 100:140] = 1
+    _, info = load_model("zoo:ct")
+    model_config, data_config = info.model, info.data
+    notes: list[str] = []
+    monkeypatch.setattr(cli_train, "_note", notes.append)
+    args = argparse.Namespace(pixel_size=[1.0, 1.0], pixel_unit="mm")
+    pairs = ([noisy], [labels], [None])
+    _, (images, out_labels), _ = cli_train._at_model_scale(
+        args, model_config, data_config, pairs, ([], [], [])
+    )
+    zoom = (images[0].shape[0] / noisy.shape[0], images[0].shape[1] / noisy.shape[1])
+    expected, sigma = rescaled.model_grid(noisy, zoom, (0, 1), model_config, data_config)
+    assert any(sigma), sigma  # this noise is smoothed by predict
+    np.testing.assert_allclose(images[0], expected, atol=1e-4)
+    assert out_labels[0].shape == images[0].shape
+    assert any("smoothed first" in n for n in notes), notes
