@@ -348,6 +348,8 @@ def grid(args: argparse.Namespace) -> None:
 #: The half-size probe's limits, recalibrated by ``natives`` (the rest of the check's limits
 #: are kept: the uncertain fraction is what catches a 1 mm scan without its pixel size).
 PROBE_LIMITS = ("scale_gain", "scale_gain_low")
+#: Those limits as session 14 shipped them (from the 4 validation slices): the "before" column.
+PROBE_BEFORE = {"scale_gain": 2.477, "scale_gain_low": 0.9}
 
 
 def _blocks(slices: range, size: int = 8) -> list[tuple[int, int]]:
@@ -370,18 +372,21 @@ def natives(args: argparse.Namespace) -> None:
     full, organs = D.load_ct_full()
     below, above = D.ct_train_slices()
     v0, v1 = (D.CT_FULL_OFFSET + v for v in zoo.CT_VAL_SLICES)
-    sources = [*_blocks(below), (v0, v1), *_blocks(above)]
+    sources = [*_blocks(below), (v0, v1), *_blocks(above)]  # what a check reads: 8 planes
+    sources += [(z, z + 1) for z in [*below, *range(v0, v1), *above]]  # or one
     records = []
     for a, b in sources:
         probs = segment(model, info, full[a:b], pruned_depth=None)
         check = drive(check_result(model, full[a:b], probs, info.data, None, info.metrics))
         records.append(check.signals)
         print(f"calibration slices {a}-{b - 1}: scale gain {check.signals['scale_gain']:.3f}")
+    records = [r for r in records if r.get("scale_gain") is not None]
     limits = {k: v for k, v in calibrate(records).items() if k in PROBE_LIMITS}
     print(f"shipped: { {k: shipped.get(k) for k in PROBE_LIMITS} }, calibrated: {limits}")
     if args.write:
         write(limits)
     after = {**shipped, **limits}
+    shipped = {**shipped, **PROBE_BEFORE}
     ct, _ = held_back()
     t0, t1 = zoo.CT_TEST_SLICES
     held = tifffile_organs()[t0:t1]
@@ -389,6 +394,8 @@ def natives(args: argparse.Namespace) -> None:
     for start in range(args.first, 112, 8):
         name = f"slices {start}-{min(start + 8, 112) - 1}"
         cases.append(("native", name, full[start : start + 8]))
+    for z in range(112) if args.slices else ():
+        cases.append(("native, one slice", f"slice {z}", full[z]))
     for start in range(66, 112, 8):  # 1 mm without its pixel size, where the organs are
         image = S.resample(full[start : start + 8].astype(np.float32), (3.0, 3.0), (1, 2))
         cases.append(("1 mm, no pixel size", f"slices {start}-{min(start + 8, 112) - 1}", image))
@@ -455,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     cal = sub.add_parser("natives", help="the probe's limits on the whole scan; confusion")
     cal.add_argument("--write", action="store_true", help="store the limits in the zoo")
     cal.add_argument("--first", type=int, default=2, help="first native slice judged")
+    cal.add_argument("--slices", action="store_true", help="also judge every slice alone")
     cal.add_argument("--offsets", type=int, nargs="*", default=[-500, -200, -100, 100, 200])
     args = parser.parse_args(argv)
     import torch
