@@ -373,8 +373,7 @@ def check_prediction(
             return none_here
         verdict, reasons = True, empty.reasons + reasons
         if values_shifted(signals, limits) is not None:
-            # the histogram says why nothing was found: its remedy alone, not the scale
-            pass
+            pass  # the histogram says why nothing was found: its remedy alone, not the scale
         elif (signals.get("found_gain") or 0.0) > limits["found_gain"]:
             # found at twice the size: the scale explains the empty result, so its rescale
             # goes first (not "check the intensities", which sent a 6 mm CT astray)
