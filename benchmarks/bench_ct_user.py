@@ -14,7 +14,11 @@ shifted. Each part builds such copies of the card's held-back slices (``ct.tif``
   check says (after a run, and ``info --on``); it calibrates the check's intensity
   references (``--write`` stores them in the zoo);
 - ``grid``: native slices resampled to finer pixels and segmented with their pixel size: the
-  check's uncertain fraction on the image's grid and at the model's scale.
+  check's uncertain fraction on the image's grid and at the model's scale;
+- ``natives``: the half-size probe's limits (``scale_gain``, ``scale_gain_low``) calibrated
+  on blocks of the model's training slices across the whole scan (``--write`` stores them),
+  and the check's confusion table before / after: the whole scan's native blocks against
+  the true alarms (1 mm without its pixel size, contrast, shifted HU).
 
 Run (CPU, 1 torch thread)::
 
@@ -339,6 +343,96 @@ def grid(args: argparse.Namespace) -> None:
             print(_row(cells), flush=True)
 
 
+# --------------------------------------------------------------------------- natives
+
+#: The half-size probe's limits, recalibrated by ``natives`` (the rest of the check's limits
+#: are kept: the uncertain fraction is what catches a 1 mm scan without its pixel size).
+PROBE_LIMITS = ("scale_gain", "scale_gain_low")
+#: Those limits as session 14 shipped them (from the 4 validation slices): the "before" column.
+PROBE_BEFORE = {"scale_gain": 2.477, "scale_gain_low": 0.9}
+
+
+def _blocks(slices: range, size: int = 8) -> list[tuple[int, int]]:
+    """``slices`` cut into blocks of ``size`` (the last one ends at the range's end)."""
+    starts = list(range(slices.start, slices.stop - size + 1, size))
+    if starts and starts[-1] + size < slices.stop:
+        starts.append(slices.stop - size)
+    return [(a, a + size) for a in starts]
+
+
+def natives(args: argparse.Namespace) -> None:
+    """Calibrate the probe's limits on the training slices' blocks (and the validation
+    slices), then count which images the check calls unlike the training data."""
+    from napari_unetpp.disagreement import check_result
+    from napari_unetpp.events import drive
+    from napari_unetpp.image_check import calibrate
+
+    model, info = zoo.load_pretrained("ct")
+    shipped = dict(info.metrics["image_check"])
+    full, organs = D.load_ct_full()
+    below, above = D.ct_train_slices()
+    v0, v1 = (D.CT_FULL_OFFSET + v for v in zoo.CT_VAL_SLICES)
+    sources = [*_blocks(below), (v0, v1), *_blocks(above)]  # what a check reads: 8 planes
+    sources += [(z, z + 1) for z in [*below, *range(v0, v1), *above]]  # or one
+    records = []
+    for a, b in sources:
+        probs = segment(model, info, full[a:b], pruned_depth=None)
+        check = drive(check_result(model, full[a:b], probs, info.data, None, info.metrics))
+        records.append(check.signals)
+        print(f"calibration slices {a}-{b - 1}: scale gain {check.signals['scale_gain']:.3f}")
+    records = [r for r in records if r.get("scale_gain") is not None]
+    limits = {k: v for k, v in calibrate(records).items() if k in PROBE_LIMITS}
+    print(f"shipped: { {k: shipped.get(k) for k in PROBE_LIMITS} }, calibrated: {limits}")
+    if args.write:
+        write(limits)
+    after = {**shipped, **limits}
+    shipped = {**shipped, **PROBE_BEFORE}
+    ct, _ = held_back()
+    t0, t1 = zoo.CT_TEST_SLICES
+    held = tifffile_organs()[t0:t1]
+    cases: list[tuple[str, str, np.ndarray]] = []
+    for start in range(args.first, 112, 8):
+        name = f"slices {start}-{min(start + 8, 112) - 1}"
+        cases.append(("native", name, full[start : start + 8]))
+    for z in range(112) if args.slices else ():
+        cases.append(("native, one slice", f"slice {z}", full[z]))
+    for start in range(66, 112, 8):  # 1 mm without its pixel size, where the organs are
+        image = S.resample(full[start : start + 8].astype(np.float32), (3.0, 3.0), (1, 2))
+        cases.append(("1 mm, no pixel size", f"slices {start}-{min(start + 8, 112) - 1}", image))
+    for name, phase in PHASES.items():
+        cases.append(("contrast", name, enhanced(ct, held, phase, IDS["ct.tif"])))
+    for offset in args.offsets:
+        cases.append(("HU shifted", f"{offset:+d} HU", ct.astype(np.float32) + offset))
+    counts: dict[str, list[int]] = {}
+    print("| kind | image | before | after | reasons (after) |")
+    print("|---|---|---|---|---|")
+    for kind, name, image in cases:
+        probs = segment(model, info, image, pruned_depth=None)
+        verdicts = []
+        for limit in (shipped, after):
+            metrics = {**info.metrics, "image_check": limit}
+            check = drive(check_result(model, image, probs, info.data, None, metrics))
+            verdicts.append(check)
+        fired = [int(c.unlike_training) for c in verdicts]
+        total = counts.setdefault(kind, [0, 0, 0])
+        total[0] += fired[0]
+        total[1] += fired[1]
+        total[2] += 1
+        why = "; ".join(r.split(":")[0] for r in verdicts[1].reasons)[:90]
+        print(_row([kind, name, _verdict(verdicts[0]), _verdict(verdicts[1]), why]), flush=True)
+    print("| kind | images | fires before | fires after |")
+    print("|---|---|---|---|")
+    for kind, (before, now, n) in counts.items():
+        print(f"| {kind} | {n} | {before}/{n} | {now}/{n} |")
+
+
+def tifffile_organs() -> np.ndarray:
+    """``organs.tif``: the held-back slices' TotalSegmentator ids."""
+    import tifffile
+
+    return tifffile.imread(D.DATA / "ct_totalseg" / "organs.tif")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -365,11 +459,17 @@ def main(argv: list[str] | None = None) -> int:
     enhance.add_argument("--first", type=int, default=66, help="first native slice (organs)")
     fine = sub.add_parser("grid", help="the uncertain fraction of resampled native slices")
     fine.add_argument("--sizes", type=float, nargs="+", default=[3.0, 1.0, 0.98, 0.8])
+    cal = sub.add_parser("natives", help="the probe's limits on the whole scan; confusion")
+    cal.add_argument("--write", action="store_true", help="store the limits in the zoo")
+    cal.add_argument("--first", type=int, default=2, help="first native slice judged")
+    cal.add_argument("--slices", action="store_true", help="also judge every slice alone")
+    cal.add_argument("--offsets", type=int, nargs="*", default=[-500, -200, -100, 100, 200])
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    {"smoothing": smoothing, "contrast": contrast, "grid": grid}[args.part](args)
+    parts = {"smoothing": smoothing, "contrast": contrast, "grid": grid, "natives": natives}
+    parts[args.part](args)
     return 0
 
 

@@ -490,3 +490,68 @@ def test_a_dense_slab_leaves_the_stacks_unpainted_slices_to_the_starting_model(
     held.clear()  # the painted slab alone: its labelled pixels are held too (they were not)
     drive(Trainer(info.model, config, dense, initial="zoo:ct").run(scan[6:], labels[6:]))
     assert held == [True, True]
+
+
+def test_a_ct_fine_tune_keeps_the_starts_intensity_references(data_dir: Path) -> None:
+    """A fine-tune's card was calibrated on its own validation tiles only, so a CT model
+    fine-tuned from zoo:ct lost its organs' training medians and its check could no longer
+    tell a contrast-enhanced or shifted scan. The start's pass on; an organ painted here
+    (a liver 80 HU brighter, as in a contrast phase) is re-measured on this scan."""
+    import tifffile
+
+    from napari_unetpp.files import load_model
+
+    folder = data_dir / "ct_totalseg"
+    scan = tifffile.imread(folder / "ct_full.tif")[90:94, 16:80, 24:88].astype(np.float32)
+    ids = tifffile.imread(folder / "organs_full.tif")[90:94, 16:80, 24:88]
+    liver = ids == 5
+    scan[liver] += 80.0
+    labels = np.where(liver, 1, 0).astype(np.uint8)
+    model, info = load_model("zoo:ct")
+    start = info.metrics["image_check"]
+    dense = DataConfig(normalization=info.data.normalization, class_values=(1, 2, 3, 4, 5))
+    config = _config(iterations=2, patch_size=(64, 64), validation_fraction=0.5)
+    result = drive(Trainer(info.model, config, dense, initial="zoo:ct").run(scan, labels))
+    card = result.info.metrics["image_check"]
+    for key in ("intensity_spleen", "intensity_kidney_left", "intensity_shift"):
+        assert card[key] == start[key], key
+    assert card["intensity_liver"] == pytest.approx(float(np.median(scan[liver])), abs=0.5)
+    assert card["intensity_liver"] > start["intensity_liver"] + 50
+    assert "depth_disagreement" in card  # its own calibration kept
+
+
+def test_a_noisy_fine_ct_is_smoothed_for_a_fine_tune_as_predict_smooths_it(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Predict smooths a noisy 1 mm CT before shrinking it to the model's 3 mm (session 14);
+    a fine-tune's pairs at 1 mm were shrunk without it, so the model was tuned on a noisier
+    image than it is shown. Both now resample through ``rescaled.model_grid``."""
+    import argparse
+
+    import tifffile
+
+    from napari_unetpp import rescaled
+    from napari_unetpp import scale as S
+    from napari_unetpp.cli import train as cli_train
+    from napari_unetpp.files import load_model
+
+    ct = tifffile.imread(data_dir / "ct_totalseg" / "ct.tif")[0].astype(np.float32)
+    fine = S.resample(ct, (3.0, 3.0), (0, 1), order=1)
+    noisy = fine + np.random.default_rng(0).normal(0, 30, fine.shape).astype(np.float32)
+    labels = np.zeros(fine.shape, np.uint8)
+    labels[100:140, 100:140] = 1
+    _, info = load_model("zoo:ct")
+    model_config, data_config = info.model, info.data
+    notes: list[str] = []
+    monkeypatch.setattr(cli_train, "_note", notes.append)
+    args = argparse.Namespace(pixel_size=[1.0, 1.0], pixel_unit="mm")
+    pairs = ([noisy], [labels], [None])
+    _, (images, out_labels), _ = cli_train._at_model_scale(
+        args, model_config, data_config, pairs, ([], [], [])
+    )
+    zoom = (images[0].shape[0] / noisy.shape[0], images[0].shape[1] / noisy.shape[1])
+    expected, sigma = rescaled.model_grid(noisy, zoom, (0, 1), model_config, data_config)
+    assert any(sigma), sigma  # this noise is smoothed by predict
+    np.testing.assert_allclose(images[0], expected, atol=1e-4)
+    assert out_labels[0].shape == images[0].shape
+    assert any("smoothed first" in n for n in notes), notes

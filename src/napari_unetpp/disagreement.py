@@ -293,9 +293,11 @@ def check_prediction(
         empty_result_check,
         flat_image_check,
         judge,
+        no_classes_here,
         tiny_image_check,
         units_image_check,
         units_problem,
+        values_shifted,
     )
     from .image_signals import (
         double_size,
@@ -365,19 +367,34 @@ def check_prediction(
     unsure = signals.get("uncertain_fraction")
     if not found and (unsure is None or unsure <= THRESHOLDS["uncertain_fraction"]):
         empty = empty_result_check(model.config.class_names, data_config.normalization, deepest)
+        none_here = None if verdict else no_classes_here(signals, model.config.class_names)
+        if none_here is not None:  # a CT in HU without this model's organs: not its fault
+            none_here.advice = _advice(probs, model, recommended, tolerance, config.threshold)
+            return none_here
         verdict, reasons = True, empty.reasons + reasons
-        if (signals.get("found_gain") or 0.0) > limits["found_gain"]:
+        if values_shifted(signals, limits) is not None:
+            pass  # the histogram says why nothing was found: its remedy alone, not the scale
+        elif (signals.get("found_gain") or 0.0) > limits["found_gain"]:
             # found at twice the size: the scale explains the empty result, so its rescale
             # goes first (not "check the intensities", which sent a 6 mm CT astray)
             remedies = remedies + [r for r in empty.remedies if r not in remedies]
         else:
             remedies = empty.remedies + [r for r in remedies if r not in empty.remedies]
-    advice = (
-        advise_depth(probs, model.config.num_classes, recommended, tolerance, config.threshold)
-        if len(probs) > 1
-        else None
-    )
+    advice = _advice(probs, model, recommended, tolerance, config.threshold)
     return ImageCheck(signals, verdict, reasons, remedies, advice)
+
+
+def _advice(
+    probs: Mapping[int, Any],
+    model: Any,
+    recommended: int | None,
+    tolerance: float,
+    threshold: float,
+) -> DepthAdvice | None:
+    """The depth advice of a check (none for a single depth)."""
+    if len(probs) < 2:
+        return None
+    return advise_depth(probs, model.config.num_classes, recommended, tolerance, threshold)
 
 
 def _input_noise(

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from .checkpoint import load_checkpoint
@@ -23,6 +24,7 @@ __all__ = [
     "class_mapping",
     "frozen_copy",
     "inherited_card",
+    "inherited_references",
     "origin_of",
     "preservation_teacher",
     "resolve_freeze_norm",
@@ -104,6 +106,56 @@ def inherited_card(initial: Any) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return {k: card[k] for k in INHERITED_CARD_KEYS if card.get(k)}
+
+
+def inherited_references(
+    initial: Any,
+    model_config: ModelConfig,
+    data_config: DataConfig,
+    images: Any,
+    labels: Any,
+) -> dict[str, float]:
+    """The starting model's intensity references (``metrics["image_check"]``'s
+    ``intensity_<class>`` medians and ``intensity_shift`` limit) for the fine-tuned model's
+    card, the classes painted in this fine-tune's ``labels`` re-measured on ``images``.
+
+    Why: a fine-tune's card is calibrated on its own validation tiles, which gave the depth
+    signals only: a CT model fine-tuned from ``zoo:ct`` lost its organs' training medians, so
+    its check could no longer tell a contrast-enhanced or shifted scan. Only a start with
+    references, read through the same intensity window and class names, passes them on;
+    an organ painted here reads as this scan does (a fine-tune on a contrast phase has
+    learned its brightness), the others keep the start's.
+    """
+    from .checkpoint import read_info
+    from .image_check import calibrate_intensity
+    from .labels import labels_to_targets
+    from .locate import locate
+
+    if initial is None or isinstance(initial, nn.Module) or data_config.target != "semantic":
+        return {}
+    try:
+        start = read_info(locate(str(initial)).path)
+    except (OSError, ValueError):
+        return {}
+    if start.data.normalization != data_config.normalization:
+        return {}
+    names = list(model_config.class_names)
+    kept = {
+        key: float(value)
+        for key, value in (start.metrics.get("image_check") or {}).items()
+        if key == "intensity_shift"
+        or (key.startswith("intensity_") and key[len("intensity_") :] in names)
+    }
+    if "intensity_shift" not in kept or len(kept) < 2:
+        return {}
+    pairs = list(zip(images, labels, strict=True)) if isinstance(images, list) else []
+    pairs = [(np.asarray(i), t) for i, t in pairs or [(images, labels)]]
+    pairs = [(i, t) for i, t in pairs if i.shape == np.shape(t)]  # no channel axis: CT
+    dims = model_config.spatial_dims
+    targets = [labels_to_targets(t, data_config, spatial_dims=dims) for _, t in pairs]
+    painted = calibrate_intensity([i for i, _ in pairs], targets, names)
+    painted.pop("intensity_shift", None)
+    return {**kept, **painted}
 
 
 def kept_class_values(

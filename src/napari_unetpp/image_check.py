@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import DataConfig, NormalizationConfig
 from .disagreement import ADVICE_MIN_PIXELS, DepthAdvice
-from .image_signals import image_signals
+from .image_signals import TISSUE_PEAKS_HU, image_signals
 from .remedies import Audience, Remedy, phrased
 from .scale import MAX_ZOOM, MIN_ZOOM
 
@@ -39,6 +39,9 @@ __all__ = [
     "calibrate_on_tiles",
     "INTENSITY_FLOOR",
     "judge",
+    "no_classes_here",
+    "values_shifted",
+    "TISSUE_SHIFT_LIMIT",
 ]
 
 #: Fallback warning thresholds, for a model without its own calibration (a checkpoint's
@@ -417,6 +420,17 @@ def _intensity_shift(
     RescaleIntercept missing, wrong or applied twice) move the air with them.
     """
     shift, limit = signals.get("intensity_shift"), thresholds.get("intensity_shift")
+    tissue = signals.get("tissue_shift")
+    if shift is None and tissue is not None and abs(tissue) > TISSUE_SHIFT_LIMIT:
+        # no class found to measure (organs shifted below the window): the histogram's peaks
+        pairs = zip(_PEAK_WORDS, TISSUE_PEAKS_HU, strict=True)
+        peaks = ", ".join(f"{w} {p + tissue:+.0f}" for w, p in pairs)
+        return (
+            f"its histogram's air, fat and soft tissue peaks read {tissue:+.0f} HU from where "
+            f"Hounsfield units put them ({peaks} HU): the values are shifted as a whole, so "
+            "the model's organs fall outside its intensity window",
+            _shift_remedy(tissue),
+        )
     if shift is None or limit is None or abs(shift) <= limit:
         return None
     air = signals.get("air_shift")
@@ -433,19 +447,11 @@ def _intensity_shift(
         # air reads -1000 +- 15 HU between scanners, the organs differ between patients:
         # their mean, to 10 HU; 1024 exactly when that is near (a scanner's stored values)
         by = (air + shift) / 2 if moved and air is not None else shift
-        amount = f"about {abs(round(by, -1)):.0f}"
-        if abs(abs(by) - HU_OFFSET) < 50:
-            by, amount = float(np.sign(by) * HU_OFFSET), f"{HU_OFFSET}"
-        step = f"subtract {amount} from" if by > 0 else f"add {amount} to"
         seen = f"its air {air:+.0f} HU from -1000" if moved else "more than any contrast agent"
         return (
             f"{measured}, {seen}: the values are shifted as a whole, not Hounsfield units as "
             "the model reads them",
-            Remedy(
-                f"{step} the image so that air reads -1000 HU (its RescaleIntercept was "
-                "missing, wrong or applied twice), or open the DICOM series, whose "
-                "RescaleIntercept the reader applies"
-            ),
+            _shift_remedy(by),
         )
     air_words = " with its air in place" if air is not None else ""
     if shift > 0 and ct:
@@ -465,6 +471,68 @@ def _intensity_shift(
             "check the image's values (for CT: Hounsfield units, air -1000, fat -100, liver "
             "about 50); if they are right, {fine_tune} on a few labelled slices of this image"
         ),
+    )
+
+
+#: A shift of the histogram's peaks (:func:`image_signals.tissue_shift`, HU) beyond which a
+#: CT in which the model finds nothing is told its values are shifted; within
+#: :data:`TISSUE_IN_PLACE` they are Hounsfield units as the model reads them. The whole
+#: scan's native slices read 0 or -10 (air, fat and soft tissue differ by 10-30 HU
+#: between patients and scanners).
+TISSUE_SHIFT_LIMIT = 100.0
+TISSUE_IN_PLACE = 50.0
+_PEAK_WORDS = ("air", "fat", "soft tissue")
+
+
+def _shift_remedy(by: float) -> Remedy:
+    """Subtract (``by`` > 0) or add about ``by`` HU, to 10 (1024 exactly when near it: a
+    scanner's stored offset), and where such a shift comes from."""
+    amount = f"about {abs(round(by, -1)):.0f}"
+    if abs(abs(by) - HU_OFFSET) < 50:
+        by, amount = float(np.sign(by) * HU_OFFSET), f"{HU_OFFSET}"
+    step = f"subtract {amount} from" if by > 0 else f"add {amount} to"
+    return Remedy(
+        f"{step} the image so that air reads -1000 HU (its RescaleSlope / RescaleIntercept "
+        "were missing, wrong or applied twice), or open the DICOM series, whose "
+        "RescaleIntercept the reader applies"
+    )
+
+
+def values_shifted(
+    signals: Mapping[str, float | None], thresholds: Mapping[str, float]
+) -> Remedy | None:
+    """The remedy for a CT whose values are shifted as a whole (or read off the training's
+    intensities), or None: :func:`disagreement.check_prediction` puts it before the "found
+    nothing" remedies, which would otherwise send the user to the image's scale."""
+    found = _intensity_shift(signals, thresholds)
+    return None if found is None else found[1]
+
+
+def no_classes_here(
+    signals: Mapping[str, float | None], class_names: Sequence[str]
+) -> ImageCheck | None:
+    """The verdict on a CT in which the model finds none of its classes while the image's
+    air, fat and soft tissue sit where Hounsfield units put them (or None): these slices hold
+    none of its organs (the pelvis, the chest), which is no fault of the image.
+
+    Why: the whole scan's pelvic slices (the model's own training slices) were called
+    unlike the training data, with a remedy naming their intensities and their scale.
+    """
+    tissue = signals.get("tissue_shift")
+    if tissue is None or abs(tissue) > TISSUE_IN_PLACE:
+        return None
+    what = ", ".join(n for n in class_names if n != "background")
+    return ImageCheck(
+        signals=dict(signals),
+        unlike_training=False,
+        reasons=[
+            f"no {what} of this model here: it found none, and the image's air, fat and soft "
+            f"tissue read {tissue:+.0f} HU from where Hounsfield units put them, so these "
+            "slices likely hold none of its organs (e.g. the pelvis or the chest)"
+        ],
+        remedies=[
+            f"if they do hold {what}, check the image's pixel size (the model's is in its card)"
+        ],
     )
 
 

@@ -31,6 +31,8 @@ __all__ = [
     "image_signals",
     "intensity_signals",
     "labels_anything",
+    "TISSUE_PEAKS_HU",
+    "tissue_shift",
 ]
 
 #: Added to both sides of the scale probe's ratio, so images where the heads agree
@@ -229,8 +231,11 @@ def intensity_signals(
     """
     norm = data_config.normalization
     names = [n for n in model_config.class_names if f"intensity_{n}" in reference]
-    if norm.mode != "window" or not names or data_config.channel_axis is not None:
+    if norm.mode != "window" or data_config.channel_axis is not None:
         return {}
+    peaks = {"tissue_shift": tissue_shift(image)} if norm.low < 0 else {}
+    if not names:  # no class references (a model without them): the histogram alone
+        return peaks
     values = np.asarray(image, np.float32)
     p = np.asarray(prob, np.float32)
     if model_config.num_classes > 1:
@@ -238,8 +243,8 @@ def intensity_signals(
     else:
         labels, ids = (p > threshold).astype(np.int64), [1]
     if labels.shape != values.shape:
-        return {}
-    out: dict[str, float | None] = {}
+        return peaks
+    out: dict[str, float | None] = dict(peaks)
     shifts = []
     for k in ids:
         name = model_config.class_names[k if model_config.num_classes > 1 else 0]
@@ -268,6 +273,55 @@ def intensity_signals(
             peak = int(np.argmax(np.convolve(counts, np.ones(3), mode="same")))
             out["air_shift"] = float(edges[peak] + 5.0) - AIR_HU
     return out
+
+
+#: Where a CT's histogram peaks in Hounsfield units: air, fat, soft tissue (muscle, organs).
+TISSUE_PEAKS_HU = (-1000.0, -100.0, 40.0)
+#: The least share of the values (per 10 HU, smoothed over 50 HU) a peak must hold to count.
+_PEAK_MIN_SHARE = 0.004
+
+
+def tissue_shift(image: Any, span: float = 2000.0) -> float | None:
+    """How far (HU, to 10) the image's own air / fat / soft-tissue histogram peaks sit from
+    :data:`TISSUE_PEAKS_HU`, or None when its histogram does not show at least two of them
+    (no CT, or too few values).
+
+    Why: values shifted down by 200-1024 HU (a RescaleIntercept applied twice, data stored
+    as HU - 1024) put every organ below the CT model's window: it finds nothing, so no organ
+    median can say how far they moved, and the check's remedy named the image's scale. The
+    histogram of any abdominal slice still shows its three peaks, moved as a whole: the
+    shift is the one (within ``span``) that puts the most of them back (each peak's share
+    counted by its square root, so a field of air does not outvote fat and soft tissue).
+    """
+    from .normalization import subsample
+
+    values = np.asarray(subsample(image), np.float64)
+    values = values[np.isfinite(values)]
+    if values.size < 1000:
+        return None
+    low = float(values.min())
+    if np.mean(values == low) > 0.01:  # a constant padding outside the field of view
+        values = values[values > low]
+    if values.size < 1000:
+        return None
+    start = np.floor(values.min() / 10) * 10
+    counts, _ = np.histogram(values, bins=np.arange(start, values.max() + 20, 10))
+    share = np.convolve(counts / values.size, np.ones(5) / 5, mode="same")
+
+    def at(hu: np.ndarray) -> np.ndarray:
+        index = np.round((hu - start) / 10).astype(int)
+        inside = (index >= 0) & (index < share.size)
+        return np.where(inside, share[np.clip(index, 0, share.size - 1)], 0.0)
+
+    shifts = np.arange(-span, span + 10, 10)
+    found = np.stack([at(hu + shifts) for hu in TISSUE_PEAKS_HU])  # (peaks, shifts)
+    score = np.sqrt(found).sum(axis=0)
+    best = int(np.argmax(score))
+    # a peak stands above the histogram's floor and 3x above a flat one's share per bin
+    least = max(_PEAK_MIN_SHARE, 3.0 / share.size)
+    if int((found[:, best] >= least).sum()) < 2:
+        return None
+    return float(shifts[best])
 
 
 #: The check keeps every depth's probabilities (and the flipped and half-size passes) in

@@ -53,6 +53,7 @@ from .events import EtaClock, Event, Stopper
 from .finetune import (
     build_model,
     inherited_card,
+    inherited_references,
     preservation_teacher,
     resolve_freeze_norm,
     set_train_mode,
@@ -234,7 +235,10 @@ class Trainer:
                 yield from self._validate(run, data)
                 if self.stopper.stopped:
                     break
-        result = self._finish(run, data)
+        references = inherited_references(
+            self.initial, run.net.config, data.data_config, images, labels
+        )
+        result = self._finish(run, data, references)
         yield TrainEvent(
             "done",
             run.step,
@@ -491,8 +495,11 @@ class Trainer:
             ),
         )
 
-    def _finish(self, run: _Run, data: TrainData) -> TrainResult:
-        """Best model, per-depth table (scores, parameters, measured ms/Mpx), final saves."""
+    def _finish(
+        self, run: _Run, data: TrainData, references: dict[str, float] | None = None
+    ) -> TrainResult:
+        """Best model, per-depth table (scores, parameters, measured ms/Mpx), final saves;
+        ``references``: the start's intensity references (``finetune.inherited_references``)."""
         rank_rngs = gather_json(run.rng.bit_generator.state)
         if self.output_dir is not None and process_rank() == 0:
             self._save_last(run, data, rank_rngs)
@@ -516,6 +523,10 @@ class Trainer:
             metrics["image_check"] = calibrate_on_tiles(
                 best, data.val_tiles, data.data_config, run.device
             )
+        if references:
+            calibrated = metrics.get("image_check")
+            limits = dict(calibrated) if isinstance(calibrated, dict) else {}
+            metrics["image_check"] = {**limits, **references}
         info = self._info(data, run, metrics)
         checkpoint = None
         if self.output_dir is not None and process_rank() == 0:

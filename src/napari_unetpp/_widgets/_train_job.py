@@ -150,6 +150,7 @@ def train_job(
     (``finetune_checks.harmful_labels``, as ``train --from``) returns :class:`Refused`
     before anything is written or trained.
     """
+    from ..rescaled import training_shrink
     from ..scale import training_scale
     from ..training import Trainer, TrainEvent
     from ._layers import write_copies
@@ -157,8 +158,9 @@ def train_job(
     notes: list[str] = []
     if pixel_sizes and any(pixel_sizes):
         dims, axis = model.spatial_dims, data.channel_axis
+        shrink = training_shrink(model, data)  # as predict shrinks (smoothed if noisy)
         images, labels, size, unit, notes = training_scale(
-            images, labels, pixel_sizes, model.pixel_size, model.pixel_unit, dims, axis
+            images, labels, pixel_sizes, model.pixel_size, model.pixel_unit, dims, axis, shrink
         )
         model = model.replace(pixel_size=size, pixel_unit=unit) if size else model
     if check and initial is not None:

@@ -512,6 +512,7 @@ def _at_model_scale(
 ) -> tuple[ModelConfig, tuple[list[Any], list[Any]], tuple[list[Any], list[Any]]]:
     """Resample the pairs to the model's pixel size (``scale.training_scale``); a new model
     records the images' pixel size, so that prediction later resamples to it."""
+    from ..rescaled import training_shrink
     from ..scale import training_scale
 
     if args.pixel_size:
@@ -522,11 +523,14 @@ def _at_model_scale(
         train = (train[0], train[1], [given] * len(train[0]))
         val = (val[0], val[1], [given] * len(val[0]))
     dims, axis = model_config.spatial_dims, data_config.channel_axis
+    shrink = training_shrink(model_config, data_config)  # as predict shrinks (smoothed if noisy)
     try:
         images, labels, size, unit, notes = training_scale(
-            *train, model_config.pixel_size, model_config.pixel_unit, dims, axis
+            *train, model_config.pixel_size, model_config.pixel_unit, dims, axis, shrink
         )
-        val_images, val_labels, _, _, val_notes = training_scale(*val, size, unit, dims, axis)
+        val_images, val_labels, _, _, val_notes = training_scale(
+            *val, size, unit, dims, axis, shrink
+        )
     except ValueError as exc:
         raise UserError(f"pixel size: {exc}") from exc
     for note in notes + [f"validation {n}" for n in val_notes]:
