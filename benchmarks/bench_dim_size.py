@@ -117,6 +117,7 @@ def measure(
             "zoom": round(float((used.get("zoom") or [1.0])[0]), 3),
             "measured": used.get("measured_diameter"),
             "probe": used.get("probe"),
+            "sigma": round(float((used.get("smoothing_sigma") or [0.0])[0]), 2),
             "iou": round(M.iou(labels > 0, truth > 0), 3),
             "ap50": round(M.average_precision(labels, truth, 0.5), 3),
             "objects": int(len(np.unique(labels)) - 1),
