@@ -306,6 +306,40 @@ def test_auto_rescale_ignores_specks_of_large_dim_nuclei_and_still_enlarges_tiny
     assert tiny["auto"][1][0] > 2.0  # enlarged toward the training size
 
 
+def test_auto_rescale_finds_the_size_of_dim_noisy_large_nuclei_and_smooths_them(data_dir):
+    """The users' hidden data (issue 14): nuclei 2x DSB's size, dim (8 photons at the
+    brightest), noisy, 16-bit, in a mostly empty field. The first pass finds thousands of
+    noise specks and fragments; the half-size probe still finds mostly noise blobs
+    (median 12 px), which auto took for tiny nuclei merging and enlarged 4x on the whole
+    1024 x 1024 field (IoU 0.002), or, on this crop, kept the scale (IoU 0.04). The quarter
+    probe finds the nuclei whole; the noisy shrink is smoothed enough to segment them."""
+    import sys
+    from pathlib import Path
+
+    from napari_unetpp import zoo
+    from napari_unetpp.postprocess import probabilities_to_labels
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_dim_size import hostile
+
+    model, info = zoo.load_pretrained("nuclei")
+    ids = {i[:8]: i for i in zoo.NUCLEI_HELD_OUT_IDS}
+    image, truth = _nuclei_pair(data_dir, ids["573a657d"])  # 27 nuclei of ~17 px
+    image = np.clip(np.round(image), 0, 255).astype(np.uint8)
+    field, truth = hostile(image, truth, 2.0, photons=8.0, field=512)
+    config = PredictConfig(pruned_depth=4, **CPU)
+    scores = {}
+    for rescale in (None, "auto"):
+        result = predict_array(model, field, config.replace(rescale=rescale), info.data)
+        labels = probabilities_to_labels(result[4], model.config, info.data)
+        scores[rescale] = M.iou(labels > 0, truth > 0), result.scale
+    auto_iou, used = scores["auto"]
+    print(f"IoU none {scores[None][0]:.3f}, auto {auto_iou:.3f}; {used}")
+    assert 0.35 <= used["zoom"][0] <= 0.65  # the nuclei are ~35 px: shrunk about 2x
+    assert used["smoothing_sigma"][0] > 0.5  # more than half of skimage's sigma (0.27 px)
+    assert auto_iou > 0.6 and auto_iou > scores[None][0] + 0.4
+
+
 def test_drop_specks_leaves_out_noise_sized_objects():
     d = np.array([1.0, 2.9, 3.0, 4.5, 10.0, 60.0])
     assert S.drop_specks(d, 18.0).tolist() == [3.0, 4.5, 10.0, 60.0]  # a sixth of 18 px

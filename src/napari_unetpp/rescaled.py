@@ -13,8 +13,8 @@ the base scale, the median equivalent diameter of its objects (instances, or
 connected components of the foreground), then a second pass zoomed by
 ``model.config.object_diameter / measured`` (skipped when the sizes already
 agree or too few objects were found; see ``scale.auto_rescale``). When the first
-pass finds no large objects, a cheap probe at half the zoom checks that they were
-not shattered into fragments (see ``_probe_half``).
+pass finds no large objects, cheap probes at half and a quarter of the zoom check that
+they were not shattered into fragments (see ``_probe_ladder``).
 
 The result's ``scale`` attribute (a dict, also in the ``"scale"`` event's message)
 says what was used: pixel sizes, zoom per model axis, measured diameter, passes.
@@ -165,7 +165,7 @@ def predict_rescaled(
     if auto and result.complete and result:
         depth = measuring.pruned_depth if measuring.pruned_depth is not None else max(result)
         gmean = S.mean_zoom(zoom)  # native-grid px -> model-grid px
-        diameters, probed = yield from object_sizes(
+        diameters, probe = yield from object_sizes(
             model, image, measuring, data_config, zoom, result[depth], depth, stopper
         )
         factor, why = S.auto_rescale(mc.object_diameter * 1.0, diameters)
@@ -173,7 +173,7 @@ def predict_rescaled(
             measured_diameter=float(np.median(diameters) / gmean) if diameters.size else None,
             objects=int(diameters.size),
             auto_factor=factor,
-            probe=probed,
+            probe=probe,  # the fraction of the zoom the objects were measured at
         )
         report["note"] = "; ".join(n for n in (note, why) if n)
         yield _scale_event(why)
@@ -198,43 +198,60 @@ def object_sizes(
     prob: Any,
     depth: int,
     stopper: Stopper | None,
-) -> Generator[Any, None, tuple[np.ndarray, bool]]:
+) -> Generator[Any, None, tuple[np.ndarray, float]]:
     """Model-grid diameters of the objects in ``prob`` (head ``depth`` of a pass at ``zoom``),
-    specks left out (``scale.drop_specks``), and whether a half-zoom probe replaced them
-    (the objects had come out shattered).
+    specks left out (``scale.drop_specks``), and the fraction of ``zoom`` they were measured
+    at: 1.0 for this pass, :data:`PROBE_FRACTIONS` when a smaller probe replaced them (the
+    objects had come out shattered; see :func:`_probe_ladder`).
+
+    A pass that found mostly specks (more than :data:`NOISE_SPECK_SHARE` of its objects)
+    found noise: its few larger "objects" are no evidence of small ones, so without a probe
+    that finds the real objects no diameter is returned (no enlargement).
 
     The one measurement behind ``rescale="auto"`` and the dock's "Estimate size", so the
     diameter a user is shown is the one an auto run would use. ``config`` carries no
     pixel size or rescale (the zoom is given).
     """
     gmean = S.mean_zoom(zoom)  # native-grid px -> model-grid px
-    diameters = measure_diameters(prob, model.config, data_config, config.threshold) * gmean
-    diameters = S.drop_specks(diameters, model.config.object_diameter)
-    probe = yield from _probe_half(
-        model,
-        image,
-        config,
-        data_config,
-        zoom,
-        depth,
-        diameters,
-        model.config.object_diameter,
-        stopper,
+    found = measure_diameters(prob, model.config, data_config, config.threshold) * gmean
+    diameters = S.drop_specks(found, model.config.object_diameter)
+    noisy = found.size >= S.AUTO_MIN_OBJECTS and diameters.size < (1 - NOISE_SPECK_SHARE) * (
+        found.size
     )
-    return (diameters, False) if probe is None else (probe, True)
+    probe, fraction = yield from _probe_ladder(
+        model, image, config, data_config, zoom, depth, diameters, noisy, stopper
+    )
+    if probe is not None:
+        return probe, fraction
+    if noisy:
+        yield _scale_event(
+            f"object size not measured: {found.size - diameters.size} of the {found.size} "
+            "objects found are specks (noise), and no smaller probe found whole objects"
+        )
+        return np.zeros(0), 1.0
+    return diameters, 1.0
 
 
-#: The half-scale probe's objects must measure this much larger than the first pass's
-#: to be believed: then the first pass had shattered them.
+#: A probe's objects must measure this much larger than the finer pass's to be believed:
+#: then the finer pass had shattered them.
 PROBE_RATIO = 1.3
 #: No probe when the first pass's objects are this many times the model's: they came out
 #: whole. Below it a probe runs: pieces of objects 4x the training size, specks left out,
 #: measured 25 px (1.4x) on DSB nuclei shown 2.5x larger, so "larger than the model's"
 #: alone does not mean whole (that image was shrunk 0.7x instead of 0.23x).
 PROBE_SKIP_ABOVE = 1.5
+#: The probes, as fractions of the first pass's zoom, finest first: powers of two, whose
+#: linear resampling averages 2 x 2 input pixels (at 1/3 it picks single pixels, so a
+#: noisy image stays as noisy: the probe at 1/3 of a dim 2x image found 600 noise blobs
+#: where 1/2 and 1/4 found the 20 nuclei; benchmarks/bench_dim_size.py).
+PROBE_FRACTIONS = (0.5, 0.25)
+#: A pass whose objects are more than this share specks found noise, not objects: the
+#: held-back DSB images have at most a third (2349e95e, 4 of 12), dim noisy 2x copies of
+#: them 0.67-0.81 (benchmarks/bench_dim_size.py).
+NOISE_SPECK_SHARE = 0.5
 
 
-def _probe_half(
+def _probe_ladder(
     model: Any,
     image: Any,
     config: PredictConfig,
@@ -242,43 +259,52 @@ def _probe_half(
     zoom: tuple[float, ...],
     depth: int,
     diameters: np.ndarray,
-    model_diameter: float,
+    noisy: bool,
     stopper: Stopper | None,
-) -> Generator[Any, None, np.ndarray | None]:
-    """Model-grid diameters measured at half the zoom, when they show the objects are large.
+) -> Generator[Any, None, tuple[np.ndarray | None, float]]:
+    """Model-grid diameters measured by a smaller probe, when they show the objects are
+    large, and the probe's fraction of ``zoom``; ``(None, 1.0)`` when the pass's own stand.
 
     Why: objects far larger than the training ones come out of the first pass in
     fragments (the issue's 537 pieces for 23 nuclei), whose median says "small"
     and would skip the rescale (or ask for an enlargement). At half the zoom they
-    are whole again. Run (one head, a quarter of the pixels) unless the first pass
-    found objects clearly larger than the model's.
+    are whole again; dim noisy ones may still be noise and fragments there, and whole
+    only at a quarter (one head, a sixteenth of the pixels). A probe is believed when its
+    objects measure :data:`PROBE_RATIO` times the finer pass's, and then the next one
+    checks it in turn. Runs unless the first pass found objects clearly larger than the
+    model's.
     """
+    model_diameter = model.config.object_diameter
     first = float(np.median(diameters)) if diameters.size else 0.0
-    if first > model_diameter * PROBE_SKIP_ABOVE:
-        return None  # large and whole already: shrinking to the model's size follows
-    half = tuple(z * 0.5 for z in zoom)
-    if any(z < S.MIN_ZOOM for z in half):
-        return None
+    if first > model_diameter * PROBE_SKIP_ABOVE and not noisy:
+        return None, 1.0  # large and whole already: shrinking to the model's size follows
     axes = S.spatial_axes(len(image.shape), model.config.spatial_dims, data_config.channel_axis)
-    if any(image.shape[a] * z < model_diameter for a, z in zip(axes, half, strict=True)):
-        # no whole object fits: a 2 x 2 image probed at 1 x 1 warned "the image has no
-        # contrast (every sampled pixel is 2.5)" of its 1..4 (QA session 14)
-        return None
-    probe_config = config.replace(depths=(), pruned_depth=depth)
-    result = yield from _one_pass(model, image, probe_config, data_config, half, None, stopper)
-    if not result or not result.complete:
-        return None
     gmean = S.mean_zoom(zoom)
-    found = measure_diameters(result[depth], model.config, data_config, config.threshold) * gmean
-    found = S.drop_specks(found, model_diameter)
-    if found.size < S.AUTO_MIN_OBJECTS:
-        return None
-    whole = float(np.median(found))
-    if whole <= PROBE_RATIO * first:
-        return None
-    if first < model_diameter / S.AUTO_GROW_BELOW and whole < model_diameter:
-        return None  # tiny objects that merged at half the zoom, not fragments of large ones
-    return found
+    best: tuple[np.ndarray | None, float] = (None, 1.0)
+    finer = first
+    for fraction in PROBE_FRACTIONS:
+        small = tuple(z * fraction for z in zoom)
+        if any(z < S.MIN_ZOOM for z in small):
+            break
+        if any(image.shape[a] * z < model_diameter for a, z in zip(axes, small, strict=True)):
+            # no whole object fits: a 2 x 2 image probed at 1 x 1 warned "the image has no
+            # contrast (every sampled pixel is 2.5)" of its 1..4 (QA session 14)
+            break
+        probe_config = config.replace(depths=(), pruned_depth=depth)
+        result = yield from _one_pass(model, image, probe_config, data_config, small, None, stopper)
+        if not result or not result.complete:
+            break
+        found = measure_diameters(result[depth], model.config, data_config, config.threshold)
+        found = S.drop_specks(found * gmean, model_diameter)
+        if found.size < S.AUTO_MIN_OBJECTS:
+            break
+        whole = float(np.median(found))
+        if whole <= PROBE_RATIO * finer:
+            break  # as large as the finer pass saw them: that pass saw them whole
+        if not noisy and first < model_diameter / S.AUTO_GROW_BELOW and whole < model_diameter:
+            break  # tiny objects that merged at a smaller size, not fragments of large ones
+        best, finer = (found, fraction), whole
+    return best
 
 
 #: The Gaussian smoothing before a shrink to the model's grid, as a fraction of skimage's
@@ -292,6 +318,16 @@ def _probe_half(
 #: at 30 HU; smoothing only the noisy ones keeps both.
 SMOOTH_FRACTION = 0.5
 SMOOTH_NOISE = 0.057
+#: Still noisier than this after :data:`SMOOTH_FRACTION`, the fraction doubles (up to
+#: :data:`SMOOTH_MAX_FRACTION`) until the noise is down to :data:`SMOOTH_NOISE`. Dim, noisy
+#: nuclei 2x DSB's size (held-back images at 8 photons, benchmarks/bench_dim_size.py) come
+#: out at 0.077-0.10 with half of skimage's sigma; a crop of one shrunk 0.48x scored
+#: foreground IoU 0.21 so, and 0.74 and 0.82 with 1x and 2x of the sigma. A limit at 0.086
+#: split those images by the estimator's own scatter (0.83 or 0.51 at zooms 3 % apart).
+#: Half of the sigma brings the CT 1 mm copies with up to 30 HU of noise (the ones the
+#: smoothing was measured on) to 0.063 at most, so none of them is smoothed more than before.
+SMOOTH_MORE_ABOVE = 0.07
+SMOOTH_MAX_FRACTION = 2.0
 
 
 def model_grid(
@@ -304,7 +340,8 @@ def model_grid(
     """``image`` resampled (linearly) by ``zoom`` to the model's grid, and the Gaussian sigma
     (input px per axis of ``axes``) it was smoothed with first: none, unless the image
     shrinks by more than ``scale.SMOOTH_BEYOND`` and comes out noisier than
-    :data:`SMOOTH_NOISE`; then :data:`SMOOTH_FRACTION` of skimage's anti-aliasing sigma.
+    :data:`SMOOTH_NOISE`; then :data:`SMOOTH_FRACTION` of skimage's anti-aliasing sigma, and
+    more (see :data:`SMOOTH_MORE_ABOVE`) when that leaves it far noisier.
 
     Why: a fine scan (a CT at 1 mm for a 3 mm model) carries per-pixel noise that plain
     shrinking (nnU-Net's way) passes on to the model undiminished: 30 HU took the CT model's
@@ -319,11 +356,25 @@ def model_grid(
     if not any(sigma):
         return plain, sigma
     axis = data_config.channel_axis  # measured on what the network takes (grey for RGB)
-    grey, was_rgb = as_model_input(plain, model_config.in_channels, axis)
-    noise = noise_level(grey, data_config.replace(channel_axis=None if was_rgb else axis))
+
+    def noise_of(array: np.ndarray) -> float | None:
+        grey, was_rgb = as_model_input(array, model_config.in_channels, axis)
+        return noise_level(grey, data_config.replace(channel_axis=None if was_rgb else axis))
+
+    noise = noise_of(plain)
     if noise is None or noise <= SMOOTH_NOISE:
         return plain, (0.0,) * len(sigma)
-    return S.resample(image, zoom, axes, order=1, sigma=sigma), sigma
+    fraction = SMOOTH_FRACTION
+    smooth = S.resample(image, zoom, axes, order=1, sigma=sigma)
+    noise = noise_of(smooth)
+    if noise is None or noise <= SMOOTH_MORE_ABOVE:
+        return smooth, sigma
+    while noise is not None and noise > SMOOTH_NOISE and fraction < SMOOTH_MAX_FRACTION:
+        fraction *= 2.0
+        sigma = S.shrink_sigma(zoom, fraction)
+        smooth = S.resample(image, zoom, axes, order=1, sigma=sigma)
+        noise = noise_of(smooth)
+    return smooth, sigma
 
 
 def training_shrink(
