@@ -337,7 +337,7 @@ def specs() -> dict[str, ZooSpec]:
                 "brightfield / H&E images (dark nuclei) 0.745, 29 % of the wrong pixels. A "
                 "colour input for H&E (the model sees luminance only) and more brightfield "
                 "training images would pay most. Not enough (session 15, docs/benchmarks.md, "
-                "Card targets): the label threshold (chosen on validation, 0.50 kept) and 500 "
+                "Card targets): the label threshold (chosen on validation, 0.50 kept) and 325 "
                 "more CPU steps at lr 1e-4 (validation IoU 0.841-0.844 at L4, not above the "
                 "shipped 0.846). The GPU model before the transfer augmentation scored 0.882: "
                 "this recipe on a GPU (batch 16, 256 px patches) may recover it (not tried); or "
