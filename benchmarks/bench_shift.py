@@ -39,7 +39,7 @@ from napari_unetpp import scale as S  # noqa: E402
 from napari_unetpp import zoo  # noqa: E402
 from napari_unetpp.config import PredictConfig  # noqa: E402
 from napari_unetpp.inference import predict_array  # noqa: E402
-from napari_unetpp.postprocess import probabilities_to_labels  # noqa: E402
+from napari_unetpp.postprocess import label_threshold, probabilities_to_labels  # noqa: E402
 
 Pair = tuple[np.ndarray, np.ndarray]
 
@@ -62,8 +62,12 @@ def blur(image: np.ndarray) -> np.ndarray:
     return ndimage.gaussian_filter(image.astype(np.float32), 2.0)
 
 
+#: The labels' threshold (``--threshold``): None = each model's own (``ModelConfig.threshold``).
+THRESHOLD: float | None = None
+
+
 def predict_all(model: Any, image: np.ndarray, data: Any, **scale: Any) -> tuple[dict, Any]:
-    config = PredictConfig(device="cpu", mixed_precision=False, **scale)
+    config = PredictConfig(device="cpu", mixed_precision=False, threshold=THRESHOLD, **scale)
     result = predict_array(model, image, config, data)
     return dict(result), result.scale
 
@@ -104,7 +108,7 @@ def nuclei_rows(count: int, side: int, only: list[str] | None = None) -> list[di
                 probs, used = predict_all(model, image, info.data, rescale=mode)
                 zooms.append(used["zoom"][0] if used else 1.0)
                 for d, prob in probs.items():
-                    labels = probabilities_to_labels(prob, model.config, info.data)
+                    labels = probabilities_to_labels(prob, model.config, info.data, THRESHOLD)
                     per_depth.setdefault(d, []).append(np.asarray(labels))
             scores = {d: Z._nuclei_score(out, pairs) for d, out in per_depth.items()}
             rows.append(
@@ -184,7 +188,7 @@ def em_rows(crop: int, slices: int) -> list[dict[str, Any]]:
                 "zoom": f"{used['zoom'][0]:.2f}" if used else "1.00",
             }
             for d, prob in sorted(probs.items()):
-                row[f"L{d}"] = M.iou(prob > 0.5, truth > 0)
+                row[f"L{d}"] = M.iou(prob > label_threshold(model.config, THRESHOLD), truth > 0)
             row["s"] = time.perf_counter() - t0
             rows.append(row)
             _print_row(row)
@@ -236,8 +240,17 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="only these nuclei shifts (native 0.5x 2x dark blur)",
     )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="cut the labels (and the auto size's first pass) here instead of at each "
+        "model's own threshold (0.5 = before the models recorded one)",
+    )
     parser.add_argument("--markdown", type=Path, default=None, help="write the tables here")
     args = parser.parse_args(argv)
+    global THRESHOLD
+    THRESHOLD = args.threshold
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))

@@ -44,7 +44,7 @@ from zoo_cards import (  # noqa: E402
     write_docs,
 )
 from zoo_data import ROOT, log  # noqa: E402
-from zoo_ship import read_state, ship, write_state  # noqa: E402
+from zoo_ship import read_state, reship, ship, write_state  # noqa: E402
 from zoo_specs import CPU_WIDTHS, SEED, ZooSpec, specs  # noqa: E402
 
 from napari_unetpp import zoo  # noqa: E402
@@ -160,6 +160,8 @@ def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
     if args.augment_noise is not None or recorded.get("augment_noise") is not None:
         noise = args.augment_noise if args.augment_noise is not None else recorded["augment_noise"]
         tc_kwargs["augment_noise"] = noise
+    if args.elastic or recorded.get("elastic"):
+        tc_kwargs["elastic"] = True
     train_config = TrainConfig(**tc_kwargs)
     model_config = spec.model_config(widths)
     log(f"{spec.name}: loading data")
@@ -196,6 +198,7 @@ def train_one(spec: ZooSpec, args: argparse.Namespace) -> None:
         learning_rate=train_config.learning_rate,
         keep_norm=bool(train_config.freeze_norm),
         augment_noise=train_config.augment_noise,
+        elastic=bool(train_config.elastic),
     )
     clock = [time.perf_counter()]
     deadline = time.perf_counter() + args.time_budget * 60 * 1.15 if args.time_budget else None
@@ -275,6 +278,12 @@ def main(argv: list[str] | None = None) -> int:
         "noise study used 0.15 (60 HU), docs/benchmarks.md",
     )
     parser.add_argument(
+        "--elastic",
+        action="store_true",
+        help="elastic deformation of the training patches (TrainConfig.elastic; the U-Net "
+        "recipe for ISBI EM)",
+    )
+    parser.add_argument(
         "--keep-norm",
         action="store_true",
         help="with --start-from: keep the starting model's normalisation statistics",
@@ -319,6 +328,12 @@ def main(argv: list[str] | None = None) -> int:
         help="train only (e.g. on a lent GPU); ship later with --ship-only",
     )
     parser.add_argument(
+        "--reship",
+        action="store_true",
+        help="the shipped model as it is: choose its threshold on the validation split, "
+        "score it on the held-back split, rewrite its card (no run folder needed)",
+    )
+    parser.add_argument(
         "--ship-only",
         action="store_true",
         help="score runs/zoo/<name>/best on the held-back split and ship it",
@@ -337,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         if args.baseline_only:
             cached_baseline(all_specs[name], RUNS / name)
+            continue
+        if args.reship:
+            reship(all_specs[name], DOCS)
             continue
         if not args.ship_only:
             train_one(all_specs[name], args)

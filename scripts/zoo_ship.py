@@ -7,6 +7,7 @@ how, how well, how to reproduce it) is the part of a run users read.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -16,7 +17,14 @@ import torch
 from zoo_baseline import cached_baseline
 from zoo_cards import augmentation_text, best_row, hardware, origin_text, verdict, write_docs
 from zoo_data import log, scale_metadata
-from zoo_specs import SEED, ZooSpec, evaluate_model
+from zoo_specs import (
+    SEED,
+    THRESHOLD_GRID,
+    THRESHOLD_MIN_GAIN,
+    ZooSpec,
+    choose_threshold,
+    evaluate_model,
+)
 
 from napari_unetpp import zoo
 from napari_unetpp.checkpoint import CheckpointInfo, save_checkpoint
@@ -92,6 +100,84 @@ def _start_provenance(run: Path) -> dict[str, Any]:
     }
 
 
+def choose_postprocess(spec: ZooSpec, model: Any, data_config: Any) -> str:
+    """Set ``model.config.threshold`` to the validation split's best; the card's words for it.
+
+    Empty (and the threshold left unset) for a model whose labels take no threshold.
+    """
+    if spec.validation_data is None:
+        return ""
+    validation = spec.validation_data()
+    log(f"{spec.name}: choosing the threshold on the {len(validation)} validation items")
+    threshold, scores = choose_threshold(spec, model, data_config, validation)
+    model.config = model.config.replace(threshold=threshold)
+    key = next(iter(spec.targets))
+    log(f"{spec.name}: threshold {threshold:.2f} ({key} per threshold: {scores})")
+    top = max(scores, key=lambda t: scores[t])
+    how = (
+        f"{scores['0.50']:.3f} at 0.50, {scores[f'{threshold:.2f}']:.3f} at {threshold:.2f}"
+        if threshold != 0.5
+        else f"{scores['0.50']:.3f} at 0.50, best {scores[top]:.3f} at {top}: a gain below "
+        f"{THRESHOLD_MIN_GAIN} keeps 0.50"
+    )
+    return (
+        f"labels at probability threshold {threshold:.2f} (`ModelConfig.threshold`), chosen "
+        f"on the training run's validation split ({len(validation)} "
+        f"{'slices' if spec.name == 'em' else 'images'}, never the held-back one) among "
+        f"{THRESHOLD_GRID[0]:.2f}-{THRESHOLD_GRID[-1]:.2f} by the mean {key} over the heads "
+        f"({how}); `--threshold` / `PredictConfig.threshold` overrides it"
+    )
+
+
+def reship(spec: ZooSpec, docs: Path) -> Path:
+    """Choose the shipped model's post-processing on validation, re-score it, rewrite its card.
+
+    For the weights already shipped (no run folder needed): the training line, the
+    baseline, the provenance and the image-check calibration stay; the held-back scores,
+    the recommended depth and the verdict are measured again with the chosen threshold.
+    The CPU times per megapixel are the card's (same weights, same network), not
+    re-measured on a machine busy with other jobs.
+    """
+    from napari_unetpp.checkpoint import load_checkpoint
+
+    folder = zoo.models_dir() / spec.name
+    model, info = load_checkpoint(folder, device="cpu")
+    postprocess_text = choose_postprocess(spec, model, info.data)
+    old = dict(info.metrics or {})
+    timing = {d: row["ms_per_mpx"] for d, row in old.get("depths", {}).items()}
+    log(f"{spec.name}: evaluating on the held-back split")
+    table = evaluate_model(spec, model, info.data, spec.test_data(), "cpu", timing=timing)
+    baseline = old["baseline"]
+    best = best_row(spec, table)
+    met = all(best[key] >= goal for key, goal in spec.targets.items())
+    beats = best[spec.score_name] > baseline.get(spec.score_name, -1)
+    metrics = {**old, "depths": table, "best_depth": recommend_depth(table, score=spec.score_name)}
+    card = dict(info.card or {})
+    card.update(
+        postprocess=postprocess_text,
+        verdict=verdict(spec, table, best, baseline, met and beats),
+        to_reach_target=_to_reach(spec, met and beats),
+    )
+    if not postprocess_text:
+        card.pop("postprocess", None)
+    updated = dataclasses.replace(info, model=model.config, metrics=metrics, card=card)
+    save_checkpoint(folder, model, updated, half=True)
+    log(f"{spec.name}: re-shipped {folder}; {card['verdict']}")
+    write_docs(docs)
+    return folder
+
+
+def _to_reach(spec: ZooSpec, met: bool) -> str:
+    """The card's "what would reach it" line."""
+    if met:
+        return "already met; wider networks and longer training would still gain"
+    return spec.card.get("to_reach_target") or (
+        "longer GPU training with the paper's widths (32..512, beyond the "
+        "10 MB limit unless pruned) and elastic augmentation; or fine-tune "
+        "on your own labels in napari"
+    )
+
+
 def ship(spec: ZooSpec, runs: Path, docs: Path) -> Path:
     """Score the run's best checkpoint on the held-back split on CPU; ship it fp16 with its card.
 
@@ -105,6 +191,7 @@ def ship(spec: ZooSpec, runs: Path, docs: Path) -> Path:
     model.config = model.config.replace(**scale_metadata(spec.name))
     state = read_state(runs, spec.name)
     train_config, data_config = trained.train, trained.data
+    postprocess_text = choose_postprocess(spec, model, data_config)
     log(
         f"{spec.name}: evaluating on the held-back split (CPU, {torch.get_num_threads()} "
         "torch threads)"
@@ -136,6 +223,8 @@ def ship(spec: ZooSpec, runs: Path, docs: Path) -> Path:
         )
         if value != default
     )
+    if train_config.elastic and not defaults.elastic:
+        gpu_args += " --elastic"
     reproduce = " && ".join(
         f"python scripts/train_zoo.py {spec.name} --widths {' '.join(map(str, widths))} "
         f"--iterations {n} --device {state.get('device', 'cpu')}{gpu_args}"
@@ -186,16 +275,11 @@ def ship(spec: ZooSpec, runs: Path, docs: Path) -> Path:
         + f" at the best depth (by {spec.score_name}) on the held-back split, and above the "
         "baseline",
         verdict=verdict(spec, table, best, baseline, all(met.values()) and beats),
-        to_reach_target=(
-            "already met; wider networks and longer training would still gain"
-            if all(met.values()) and beats
-            else spec.card.get("to_reach_target")
-            or "longer GPU training with the paper's widths (32..512, beyond the "
-            "10 MB limit unless pruned) and elastic augmentation; or fine-tune "
-            "on your own labels in napari"
-        ),
+        to_reach_target=_to_reach(spec, all(met.values()) and beats),
         columns=spec.columns,
     )
+    if postprocess_text:
+        card["postprocess"] = postprocess_text
     provenance = dict(trained.provenance)
     if state.get("soup"):  # the weights are an average: the last ingredient's run is not theirs
         provenance = {"soup": {k: state["soup"][k] for k in ("of", "weights")}}

@@ -46,6 +46,8 @@ def test_model_config_keeps_only_the_widths_it_uses():
         (lambda: DataConfig(label_mode="scribble"), "label_mode"),
         (lambda: DataConfig(label_mode="sparse", class_values=(1,)), "label 1 means background"),
         (lambda: PredictConfig(threshold=1.5), "threshold"),
+        (lambda: ModelConfig(threshold=0.0), "threshold must lie in"),
+        (lambda: ModelConfig(threshold="0.7"), "threshold must be a number"),
         (lambda: PredictConfig(pixel_size=(4, 4, 4, 4)), "one per spatial"),
     ],
 )
@@ -106,3 +108,12 @@ def test_numpy_scalars_are_numbers_and_round_trip(cls, fields):
     assert type(config).from_dict(json.loads(text)) == config
     for name, value in fields.items():
         assert getattr(config, name) == pytest.approx(value if np.ndim(value) else value.item())
+
+
+def test_the_models_threshold_round_trips_and_predict_defers_to_it():
+    """``ModelConfig.threshold`` (chosen on validation by the zoo script) survives config.json;
+    ``PredictConfig.threshold`` defaults to None, "the model's own"."""
+    config = ModelConfig(num_classes=3, threshold=0.7)
+    assert ModelConfig.from_dict(config.to_dict()).threshold == 0.7
+    assert ModelConfig().threshold is None
+    assert PredictConfig().threshold is None and PredictConfig(threshold=0.4).threshold == 0.4

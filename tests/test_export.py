@@ -277,3 +277,12 @@ def test_cli_export_writes_onnx_and_a_bioimageio_package(tmp_path: Path) -> None
     with pytest.raises(SystemExit) as refused:  # argparse: not a choice, nothing written
         main(["export", str(folder), "--out", str(tmp_path / "x"), "--format", "pickle"])
     assert refused.value.code == 2 and not (tmp_path / "x").exists()
+
+
+def test_bioimageio_readme_states_the_models_own_threshold(tmp_path: Path) -> None:
+    """A package's README tells a bioimage.io user where to cut a one-class model's
+    probabilities: the model's own threshold (``ModelConfig.threshold``), not always 0.5."""
+    net = _net(1)
+    net.config = net.config.replace(threshold=0.7)
+    path = export_model(net, tmp_path / "own", "bioimageio", info=_info(net))
+    assert "Labels: threshold at 0.7 (one class)" in (path / "README.md").read_text()

@@ -11,6 +11,7 @@ from napari_unetpp.config import DataConfig, ModelConfig
 from napari_unetpp.labels import instance_targets
 from napari_unetpp.postprocess import (
     instances_from_probabilities,
+    label_threshold,
     probabilities_to_labels,
     remove_small,
 )
@@ -167,3 +168,22 @@ def test_labels_stream_into_out_one_slice_at_a_time(em_stack, tmp_path):
     assert peak_streamed < whole_bytes / 2, (peak_streamed, whole_bytes)
     with pytest.raises(ValueError, match="out has shape"):
         probabilities_to_labels(prob, model, data, out=np.zeros((2, 2), np.int32))
+
+
+def test_labels_use_the_models_own_threshold_unless_one_is_given():
+    """A model's validation-chosen threshold (``ModelConfig.threshold``) cuts its labels when
+    the caller gives none (``PredictConfig.threshold`` None); a given one wins."""
+    prob = np.linspace(0.05, 0.95, 10 * 10, dtype=np.float32).reshape(10, 10)
+    own = ModelConfig(num_classes=1, threshold=0.7)
+    labels = probabilities_to_labels(prob, own, SEMANTIC)
+    assert label_threshold(own) == 0.7 and label_threshold(own, 0.4) == 0.4
+    assert label_threshold(BINARY) == 0.5  # a model that records none
+    np.testing.assert_array_equal(labels, prob > 0.7)
+    np.testing.assert_array_equal(probabilities_to_labels(prob, own, SEMANTIC, 0.5), prob > 0.5)
+    np.testing.assert_array_equal(probabilities_to_labels(prob, BINARY, SEMANTIC), prob > 0.5)
+    # an instance model: seeds and foreground at its own threshold
+    soft = soft_probabilities(two_touching_discs(), blur=2.0)
+    model = INSTANCE_MODEL.replace(threshold=0.7)
+    ours = probabilities_to_labels(soft, model, INSTANCE_DATA)
+    np.testing.assert_array_equal(ours, instances_from_probabilities(soft, 0.7))
+    assert (ours > 0).sum() < (instances_from_probabilities(soft, 0.5) > 0).sum()

@@ -298,3 +298,70 @@ def test_train_zoo_time_budget_then_ship_only(tmp_path: Path, monkeypatch, data_
     assert f"iou {best['iou']:.3f}" in info.card["verdict"]
     assert f"--iterations {state['iterations']}" in info.card["training"]
     assert "## EM membranes" in docs.read_text()
+
+
+# --------------------------------------------------------------------------- post-processing
+
+
+def test_zoo_threshold_is_chosen_on_the_trainers_validation_images(monkeypatch) -> None:
+    """``zoo_specs.nuclei_validation_ids`` names exactly the images the Trainer held out for
+    model selection (so the threshold is chosen where the best step was, never on the
+    held-back split)."""
+    from napari_unetpp.config import ModelConfig, TrainConfig
+    from napari_unetpp.train_data import prepare_data
+
+    _load_script("train_zoo")
+    specs = importlib.import_module("zoo_specs")
+    ids = [f"id{k:02d}" for k in range(30)]
+    monkeypatch.setattr(specs, "nuclei_split", lambda: (ids, ["held"]))
+    rng = np.random.default_rng(1)
+    images = [rng.random((16, 16)).astype(np.float32) for _ in ids]
+    labels = [(image > 0.5).astype(np.int32) for image in images]
+    data = prepare_data(
+        images,
+        labels,
+        None,
+        None,
+        ModelConfig(widths=(4, 8, 16), depth=2, num_classes=3),
+        TrainConfig(patch_size=(16, 16), validation_fraction=0.1, seed=specs.SEED),
+        DataConfig(target="instance"),
+        np.random.default_rng(0),
+    )
+    held = [int(name.split()[1]) for name in data.description["validation"]]
+    assert [ids[k] for k in held] == specs.nuclei_validation_ids() and len(held) == 3
+
+
+@pytest.mark.parametrize("name", ["nuclei", "em"])
+def test_a_models_own_threshold_is_read_from_its_config_and_used_by_predict(
+    name: str, tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``napari-unetpp predict zoo:NAME`` cuts the labels at the threshold the model's
+    config.json records (``train_zoo.py`` chooses it on validation) unless ``--threshold``
+    says otherwise. A copy of the shipped model recording 0.7, on its sample crop."""
+    import dataclasses
+
+    import tifffile
+
+    from napari_unetpp.cli import main
+
+    model, info = zoo.load_pretrained(name, device="cpu")
+    if info.card.get("postprocess"):  # the card states the threshold the config holds
+        own = 0.5 if model.config.threshold is None else model.config.threshold
+        assert f"threshold {own:.2f}" in info.card["postprocess"]
+    model.config = model.config.replace(threshold=0.7)
+    zoo_dir = tmp_path / "zoo"
+    save_checkpoint(zoo_dir / name, model, dataclasses.replace(info, model=model.config))
+    monkeypatch.setenv("NAPARI_UNETPP_ZOO", str(zoo_dir))
+    assert zoo.load_pretrained(name)[0].config.threshold == 0.7
+    image, _, _ = load_sample(name)
+    image = image[-1] if image.ndim == 3 else image  # one EM slice is enough
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    found = {}
+    runs = {"own": [], "given": ["--threshold", "0.7"], "half": ["--threshold", "0.5"]}
+    for key, flags in runs.items():
+        out = tmp_path / key
+        argv = ["predict", f"zoo:{name}", str(tmp_path / "in.tif"), "--out", str(out), "-q"]
+        assert main([*argv, *flags]) == 0, capsys.readouterr().err
+        found[key] = tifffile.imread(out / "in_labels.tif")
+    np.testing.assert_array_equal(found["own"], found["given"])
+    assert (found["own"] > 0).sum() < (found["half"] > 0).sum()

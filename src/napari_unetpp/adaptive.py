@@ -52,6 +52,7 @@ from .events import EtaClock, Stopper
 from .inference import PredictResult
 from .layout import ItemSink, ItemView, image_layout, output_shape
 from .model import UNetPlusPlus, head_name, node_name, nodes_for_depth
+from .postprocess import label_threshold
 from .predictor import inference_autocast, network_dtype, precision_note, prepare_on
 from .stores import mark_complete
 
@@ -541,7 +542,7 @@ def predict_adaptive(
         device,
         num_classes,
         tolerance=predict_config.depth_tolerance,
-        threshold=predict_config.threshold,
+        threshold=label_threshold(model.config, predict_config.threshold),
         mixed_precision=predict_config.mixed_precision,
         boxes=boxes,
     )

@@ -219,6 +219,7 @@ def _sha256(path: Path) -> str:
 
 
 def _readme(info: CheckpointInfo, net: ProbabilityNet, title: str) -> str:
+    from .postprocess import label_threshold
     from .zoo import card_markdown
 
     heads = ", ".join(f"L{d}" for d in net.depths)
@@ -232,7 +233,8 @@ def _readme(info: CheckpointInfo, net: ProbabilityNet, title: str) -> str:
         + f" normalised per image: {norm.mode} {norm.low:g}..{norm.high:g}"
         + (" then clipped to 0..1" if norm.clip else "")
         + f". Every spatial size must be a multiple of {net.multiple}."
-        + " Labels: threshold at 0.5 (one class) or argmax over the classes.\n\n"
+        + f" Labels: threshold at {label_threshold(info.model):g} (one class) or argmax over "
+        + "the classes.\n\n"
         + "- Licence (as the model card states it): "
         + str(info.card.get("licence") or info.card.get("license") or "see rdf.yaml")
         + "\n- Citation: "

@@ -114,6 +114,11 @@ class ModelConfig(_Config):
     (``scale.py``): ``pixel_size`` per spatial axis of the model in ``pixel_unit``
     ("nm", "um" or "mm"; empty = unknown), and ``object_diameter``, the training
     set's median object diameter in pixels (for ``PredictConfig.rescale="auto"``).
+
+    ``threshold``: the probability threshold the labels are made with (foreground of a
+    one-class model; seeds and foreground of an instance model), chosen on the training
+    run's validation split (``scripts/train_zoo.py``), as nnU-Net chooses its
+    post-processing; None = 0.5. ``PredictConfig.threshold`` overrides it.
     """
 
     in_channels: int = 1
@@ -128,10 +133,13 @@ class ModelConfig(_Config):
     pixel_size: tuple[float, ...] = ()
     pixel_unit: str = ""
     object_diameter: float | None = None
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         self._plain_numbers()
         owner = "ModelConfig"
+        if self.threshold is not None:
+            _check_threshold(owner, self.threshold)
         self.widths = as_ints(owner, "widths", self.widths, 1, MAX_WIDTH)
         self.class_names = _names(owner, "class_names", self.class_names)
         self.channel_names = _names(owner, "channel_names", self.channel_names)
@@ -410,6 +418,9 @@ class PredictConfig(_Config):
     by a factor (model object size / input object size), or ``"auto"``: a first
     pass measures the objects' median diameter and a second pass runs at the
     model's training size. Outputs always come back on the input's grid.
+
+    ``threshold``: the probability threshold of the labels; None = the model's own
+    (``ModelConfig.threshold``, chosen on its validation split), else 0.5.
     """
 
     depths: tuple[int, ...] = ()
@@ -421,7 +432,7 @@ class PredictConfig(_Config):
     tta: bool = False
     device: DeviceName = "auto"
     mixed_precision: bool = True
-    threshold: float = 0.5
+    threshold: float | None = None
     min_size: int = 0
     adaptive_depth: bool = False
     depth_tolerance: float = 0.05
@@ -441,8 +452,10 @@ class PredictConfig(_Config):
         if self.pruned_depth is not None:
             self.pruned_depth = as_int(owner, "pruned_depth", self.pruned_depth, -(2**31), 2**31)
         self.min_size = as_int(owner, "min_size", self.min_size, -(2**63), 2**63)
-        for name in ("overlap", "threshold", "depth_tolerance"):
+        for name in ("overlap", "depth_tolerance"):
             _check_real(owner, name, getattr(self, name))
+        if self.threshold is not None:
+            _check_threshold(owner, self.threshold)
         for name in ("tta", "mixed_precision", "adaptive_depth", "int8"):
             _check_bool(owner, name, getattr(self, name))
         if not 0 <= self.overlap < 1:
@@ -452,8 +465,6 @@ class PredictConfig(_Config):
         check_choice("PredictConfig", "device", self.device, ("auto", "cuda", "mps", "cpu"))
         if any(t <= 0 for t in self.tile_size):
             raise ValueError(f"PredictConfig.tile_size must be positive, got {self.tile_size}")
-        if not 0 < self.threshold < 1:
-            raise ValueError(f"PredictConfig.threshold must lie in (0, 1), got {self.threshold}")
         if self.pruned_depth is not None and self.pruned_depth < 1:
             raise ValueError(f"PredictConfig.pruned_depth must be >= 1, got {self.pruned_depth}")
         if self.min_size < 0:
@@ -491,6 +502,16 @@ def _check_real(owner: str, name: str, value: Any) -> None:
     """A finite real number (not a bool, a string or a list)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{owner}.{name} must be a number, got {value!r}")
+
+
+def _check_threshold(owner: str, value: Any) -> None:
+    """A probability threshold strictly between 0 and 1 (0 or 1 would label all or nothing)."""
+    _check_real(owner, "threshold", value)
+    if not 0 < value < 1:
+        raise ValueError(
+            f"{owner}.threshold must lie in (0, 1), got {value}; 0.5 is the usual, "
+            "or None for the model's own"
+        )
 
 
 def _names(owner: str, name: str, value: Any) -> tuple[str, ...]:

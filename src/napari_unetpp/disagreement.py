@@ -36,6 +36,7 @@ import numpy as np
 
 from .config import DataConfig, PredictConfig
 from .events import Stopper
+from .postprocess import label_threshold
 
 if TYPE_CHECKING:
     from .image_check import ImageCheck
@@ -320,15 +321,16 @@ def check_prediction(
     if (units := units_problem(image, data_config.normalization)) is not None:
         return units_image_check(units)
     config = _check_config(predict_config)
+    threshold = label_threshold(model.config, config.threshold)
     classes = model.config.num_classes
     tiny = tiny_image_check(int(np.size(probs[max(probs)])) // (classes if classes > 1 else 1))
     if tiny is not None:
         if len(probs) > 1:
-            tiny.advice = advise_depth(probs, classes, recommended, tolerance, config.threshold)
+            tiny.advice = advise_depth(probs, classes, recommended, tolerance, threshold)
         return tiny
     deepest = max(probs)
     if found is None:
-        found = labels_anything(probs[deepest], classes, config.threshold)
+        found = labels_anything(probs[deepest], classes, threshold)
     zoom = zoom_used(probs)
     half = None
     # camera defects repaired before halving, which smears hot pixels past recognition
@@ -356,9 +358,7 @@ def check_prediction(
     signals["noise"] = _input_noise(model, whole, probs, data_config)  # not the heads'
     limits = {**THRESHOLDS, **(thresholds or {})}
     signals.update(
-        intensity_signals(
-            image, probs[deepest], model.config, data_config, limits, config.threshold
-        )
+        intensity_signals(image, probs[deepest], model.config, data_config, limits, threshold)
     )
     verdict, reasons, remedies = judge(signals, limits, zoom=zoom, auto=config.rescale == "auto")
     # the heads agree on nothing and are sure of it (fewer unsure pixels than the zoo
@@ -369,7 +369,7 @@ def check_prediction(
         empty = empty_result_check(model.config.class_names, data_config.normalization, deepest)
         none_here = None if verdict else no_classes_here(signals, model.config.class_names)
         if none_here is not None:  # a CT in HU without this model's organs: not its fault
-            none_here.advice = _advice(probs, model, recommended, tolerance, config.threshold)
+            none_here.advice = _advice(probs, model, recommended, tolerance, threshold)
             return none_here
         verdict, reasons = True, empty.reasons + reasons
         if values_shifted(signals, limits) is not None:
@@ -380,7 +380,7 @@ def check_prediction(
             remedies = remedies + [r for r in empty.remedies if r not in remedies]
         else:
             remedies = empty.remedies + [r for r in remedies if r not in empty.remedies]
-    advice = _advice(probs, model, recommended, tolerance, config.threshold)
+    advice = _advice(probs, model, recommended, tolerance, threshold)
     return ImageCheck(signals, verdict, reasons, remedies, advice)
 
 
@@ -444,7 +444,7 @@ def check_result(
         return None
     found = None  # whether the whole result labels anything, when a region of it is judged
     if part is not probs:
-        threshold = _check_config(predict_config).threshold
+        threshold = label_threshold(model.config, _check_config(predict_config).threshold)
         found = labels_anything(probs[max(probs)], model.config.num_classes, threshold)
     image, probs = part_image, part
     return (

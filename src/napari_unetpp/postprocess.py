@@ -32,6 +32,7 @@ from .config import DataConfig, ModelConfig
 
 __all__ = [
     "probabilities_to_labels",
+    "label_threshold",
     "labels_shape",
     "remove_small",
     "instances_from_probabilities",
@@ -131,6 +132,23 @@ def instances_from_probabilities(
     return relabel_sequential(labels)[0].astype(np.int32)
 
 
+#: The threshold of a model that records none (``ModelConfig.threshold``).
+DEFAULT_THRESHOLD = 0.5
+
+
+def label_threshold(model_config: ModelConfig, threshold: float | None = None) -> float:
+    """The probability threshold labels are made with: ``threshold`` if given, else the
+    model's own (chosen on its validation split, ``ModelConfig.threshold``), else 0.5.
+
+    Why one helper: the labels, the depth advice and the object-size pass must all cut
+    the probabilities where the model's card was scored.
+    """
+    if threshold is not None:
+        return float(threshold)
+    own = getattr(model_config, "threshold", None)
+    return DEFAULT_THRESHOLD if own is None else float(own)
+
+
 def _class_axes(model_config: ModelConfig) -> int:
     """Leading class axes of one depth's probabilities: none for one class, else one."""
     return 0 if model_config.num_classes == 1 else 1
@@ -168,7 +186,7 @@ def probabilities_to_labels(
     prob: Any,
     model_config: ModelConfig,
     data_config: DataConfig,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     min_size: int = 0,
     out: Any = None,
     band_rows: int | None = None,
@@ -181,6 +199,7 @@ def probabilities_to_labels(
     - ``data_config.target == "instance"``: one id per object by seeded watershed
       (see :func:`instances_from_probabilities`), ids unique over a whole stack.
 
+    ``threshold``: None = the model's own (:func:`label_threshold`).
     ``min_size`` removes objects (connected components of a class, or instances)
     smaller than that many pixels. Stacks of a 2D model are handled slice by slice.
 
@@ -194,6 +213,7 @@ def probabilities_to_labels(
     bands equal the whole-plane result exactly; instance bands can differ from it
     only next to a seam (see :func:`_instances_in_bands`).
     """
+    threshold = label_threshold(model_config, threshold)
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must lie in (0, 1), got {threshold}; 0.5 is the usual")
     if band_rows is not None and band_rows < 1:

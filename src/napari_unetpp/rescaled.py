@@ -76,7 +76,7 @@ def base_zoom(model_config: ModelConfig, config: PredictConfig) -> tuple[tuple[f
 
 
 def measure_diameters(
-    prob: Any, model_config: ModelConfig, data_config: DataConfig, threshold: float = 0.5
+    prob: Any, model_config: ModelConfig, data_config: DataConfig, threshold: float | None = None
 ) -> np.ndarray:
     """Equivalent diameters (px) of the objects in one depth's probabilities.
 

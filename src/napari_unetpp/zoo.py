@@ -277,6 +277,7 @@ def card_markdown(info: Any, title: str = "") -> str:
         ("data", "Training data"),
         ("split", "Held-back split"),
         ("training", "Training"),
+        ("postprocess", "Post-processing"),
         ("hardware", "Hardware"),
         ("time", "Time taken"),
         ("timing", "CPU timing"),
